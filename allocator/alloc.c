@@ -1,0 +1,209 @@
+/*
+ * alloc.c - the allocator's life cycle, its statistics and the worker
+ * thread that keeps the pool between its watermarks, scrubs returned pages
+ * and trims the cache down to its cap, all off the engine's path.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "alloc_int.h"
+#include "log.h"
+
+/* How long the worker sleeps when nobody wakes it: it wakes anyway to catch
+ * up on duties whose signal it could have missed. */
+#define KV_WORKER_PERIOD_MS 100
+
+void kv_alloc_opts_default(struct kv_alloc_opts *o)
+{
+	memset(o, 0, sizeof(*o));
+	o->device = 0;
+	o->limit = 0;
+	o->pool_low = 8u << 20;
+	o->pool_high = 64u << 20;
+	o->cache_max = SIZE_MAX;
+	o->zero = 1;
+	o->worker = 1;
+}
+
+/* One round of duties, lock held on entry and exit. */
+static int duties(kv_alloc_t *a)
+{
+	uint32_t high = (uint32_t)(a->o.pool_high / a->page), freed;
+	int rc, first = 0;
+
+	rc = kv_pool_scrub(a);
+	first = rc;
+	rc = kv_pool_refill(a);
+	if (!first)
+		first = rc;
+	if (a->clean.n + a->dirty.n > high) {
+		rc = kv_pool_shrink(a, high, &freed);
+		if (!first)
+			first = rc;
+	}
+	if ((uint64_t)a->cache.n * a->page > a->o.cache_max) {
+		uint32_t over = (uint32_t)(((uint64_t)a->cache.n * a->page -
+					    a->o.cache_max + a->page - 1) / a->page);
+
+		rc = kv_cache_trim(a, over, 0, &freed);
+		if (!first)
+			first = rc;
+	}
+	return first;
+}
+
+int kv_alloc_tick(kv_alloc_t *a)
+{
+	int rc;
+
+	if (!a)
+		return KVSHIM_EINVAL;
+	rc = kv_prim_bind(&a->prim);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&a->lock);
+	rc = duties(a);
+	pthread_mutex_unlock(&a->lock);
+	return rc;
+}
+
+static void *worker_main(void *arg)
+{
+	kv_alloc_t *a = arg;
+	struct timespec ts;
+
+	if (kv_prim_bind(&a->prim)) {
+		kv_error("the pool worker has no CUDA context; the pool is filled on demand");
+		return NULL;
+	}
+	pthread_mutex_lock(&a->lock);
+	while (!a->stop) {
+		duties(a);
+		if (a->stop)
+			break;
+		clock_gettime(CLOCK_MONOTONIC, &ts);
+		ts.tv_nsec += KV_WORKER_PERIOD_MS * 1000000L;
+		if (ts.tv_nsec >= 1000000000L) {
+			ts.tv_sec++;
+			ts.tv_nsec -= 1000000000L;
+		}
+		pthread_cond_timedwait(&a->wake, &a->lock, &ts);
+	}
+	pthread_mutex_unlock(&a->lock);
+	return NULL;
+}
+
+static int init_sync(kv_alloc_t *a)
+{
+	pthread_condattr_t ca;
+	int rc = 0;
+
+	if (pthread_mutex_init(&a->lock, NULL))
+		return KVSHIM_ENOMEM;
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	if (pthread_cond_init(&a->wake, &ca) || pthread_cond_init(&a->done, NULL))
+		rc = KVSHIM_ENOMEM;
+	pthread_condattr_destroy(&ca);
+	return rc;
+}
+
+int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
+{
+	kv_alloc_t *a;
+	size_t limit;
+	int rc;
+
+	if (!o || !out || o->pool_low > o->pool_high)
+		return KVSHIM_EINVAL;
+	a = calloc(1, sizeof(*a));
+	if (!a)
+		return KVSHIM_ENOMEM;
+	a->o = *o;
+	rc = init_sync(a);
+	if (rc) {
+		free(a);
+		return rc;
+	}
+	rc = kv_prim_open(&a->prim, o->device);
+	if (rc)
+		goto fail;
+	a->page = a->prim.page;
+	limit = o->limit;
+	if (!limit)
+		limit = a->prim.device_bytes / 100 *
+			(o->limit_pct ? o->limit_pct : 100);
+	if (limit / a->page >= UINT32_MAX) {
+		rc = KVSHIM_EINVAL;
+		goto fail;
+	}
+	a->max_pages = (uint32_t)(limit / a->page);
+	a->st.page_bytes = a->page;
+	rc = kv_pool_init(a);
+	if (rc)
+		goto fail;
+
+	pthread_mutex_lock(&a->lock);
+	rc = kv_pool_refill(a);
+	pthread_mutex_unlock(&a->lock);
+	if (rc && rc != KVSHIM_ENOMEM)
+		goto fail;
+	if (o->worker) {
+		if (pthread_create(&a->worker, NULL, worker_main, a) == 0)
+			a->worker_running = 1;
+		else
+			kv_warn("cannot start the pool worker (%s); the pool is filled on demand",
+				strerror(errno));
+	}
+	*out = a;
+	return 0;
+fail:
+	kv_alloc_destroy(a);
+	return rc;
+}
+
+void kv_alloc_destroy(kv_alloc_t *a)
+{
+	if (!a)
+		return;
+	if (a->worker_running) {
+		pthread_mutex_lock(&a->lock);
+		a->stop = 1;
+		pthread_cond_signal(&a->wake);
+		pthread_mutex_unlock(&a->lock);
+		pthread_join(a->worker, NULL);
+		a->worker_running = 0;
+	}
+	if (a->prim.ctx) {
+		kv_prim_bind(&a->prim);
+		kv_spans_fini(a);
+		kv_pool_fini(a);
+		kv_prim_close(&a->prim);
+	}
+	pthread_cond_destroy(&a->wake);
+	pthread_cond_destroy(&a->done);
+	pthread_mutex_destroy(&a->lock);
+	free(a);
+}
+
+int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
+{
+	if (!a || !out)
+		return KVSHIM_EINVAL;
+	pthread_mutex_lock(&a->lock);
+	*out = a->st;
+	out->page_bytes = a->page;
+	out->reserved_bytes = a->reserved;
+	out->mapped_bytes = (size_t)a->mapped * a->page;
+	out->cached_bytes = (size_t)a->cache.n * a->page;
+	out->pooled_bytes = (size_t)(a->clean.n + a->dirty.n + a->scrubbing) *
+			    a->page;
+	out->physical_bytes = (size_t)a->held * a->page;
+	out->peak_physical_bytes = (size_t)a->peak * a->page;
+	out->limit_bytes = (size_t)a->max_pages * a->page;
+	out->spans = a->nspans;
+	pthread_mutex_unlock(&a->lock);
+	return 0;
+}

@@ -1,0 +1,105 @@
+/*
+ * alloc.h - kvshim's page allocator: spans of virtual memory backed by
+ * physical pages on request.
+ *
+ * A span is a reserved virtual range. kv_alloc_map() backs a byte range of a
+ * span; each page keeps a count of claims, so a page shared by several
+ * ranges stays mapped until the last claim goes, and a range straddling a
+ * page boundary claims both pages. A page whose last claim goes stays mapped
+ * in the span as cache (no driver call on the caller's path) until a trim,
+ * or a map elsewhere that needs the memory, unmaps it.
+ *
+ * Physical pages come from a pool of handles created ahead of need and
+ * refilled by a worker thread between a low and a high watermark. With zero
+ * on map, every handle is also mapped once into a private arena, so a page
+ * coming back from a span is scrubbed there, off the caller's path, before
+ * any span sees it again.
+ *
+ * Every function returns 0 or a negative kvshim_error and, on error, leaves
+ * every span page as it was. All functions are thread-safe.
+ */
+#ifndef KV_ALLOC_H
+#define KV_ALLOC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda.h>
+
+#include "kvshim.h"
+
+typedef struct kv_alloc_s kv_alloc_t;
+
+struct kv_alloc_opts {
+	int device;          /* CUDA device ordinal */
+	size_t limit;        /* physical bytes this allocator may hold;
+			      * 0: limit_pct of the device's memory */
+	unsigned limit_pct;  /* 1-100; 0 means 100 */
+	size_t pool_low;     /* the worker refills when the pool drops under */
+	size_t pool_high;    /* ...up to this; pages beyond are released */
+	size_t cache_max;    /* cached bytes over this are trimmed by the
+			      * worker; SIZE_MAX: never */
+	int zero;            /* scrub pages before they reach a span */
+	int worker;          /* run the worker thread (tests may turn it off
+			      * to observe the pool step by step) */
+};
+
+/* The defaults: device 0, the device's memory, pool 8 MiB low and 64 MiB
+ * high, no cache cap, zeroing on, worker on. */
+void kv_alloc_opts_default(struct kv_alloc_opts *o);
+
+/* Open the driver for o->device and set the allocator up; the pool is filled
+ * to its low watermark before this returns. Returns 0, KVSHIM_EINVAL for
+ * inconsistent options (pool_low > pool_high), KVSHIM_ENODEV, KVSHIM_ENOMEM
+ * or KVSHIM_EDRIVER. */
+int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out);
+
+/* Stop the worker, unmap and release every page and span, close the driver.
+ * Safe with NULL. */
+void kv_alloc_destroy(kv_alloc_t *a);
+
+/* Reserve a span of size bytes rounded up to whole pages. Returns 0 with
+ * *base set, KVSHIM_EINVAL for size 0 or NULL base, or a driver error. */
+int kv_alloc_reserve(kv_alloc_t *a, size_t size, CUdeviceptr *base);
+
+/* Release the span starting at base: unmap its pages (claimed or not) into
+ * the pool and free the range. Returns 0, or KVSHIM_ERANGE when base starts
+ * no span. */
+int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base);
+
+/* Back [addr, addr + len) and add one claim to each page it touches. Needed
+ * pages come from the pool, then new handles, then the allocator's own
+ * cached pages elsewhere. Returns 0, KVSHIM_EINVAL (len 0), KVSHIM_ERANGE
+ * (not inside one span), KVSHIM_ELIMIT (the limit would be passed),
+ * KVSHIM_ENOMEM (the device is full) or KVSHIM_EDRIVER; on error no page of
+ * any span changed (pages gathered for the call stay pooled). */
+int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len);
+
+/* Drop one claim from each page [addr, addr + len) touches; pages left with
+ * none become cache. No driver call. Returns 0, KVSHIM_EINVAL,
+ * KVSHIM_ERANGE, or KVSHIM_ENOTCLAIMED when some page holds no claim (then
+ * no claim is dropped). */
+int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len);
+
+/* Give up to bytes of physical memory back to the driver, pooled pages
+ * first, then cached pages oldest first (unmapped in runs). *freed, if not
+ * NULL, gets the bytes given back. Returns 0 or KVSHIM_EDRIVER (what was
+ * freed before the failure is still reported). */
+int kv_alloc_trim(kv_alloc_t *a, size_t bytes, size_t *freed);
+
+/* Find the span holding addr. Returns 0 with *base and *size set, or
+ * KVSHIM_ERANGE. */
+int kv_alloc_find(kv_alloc_t *a, CUdeviceptr addr, CUdeviceptr *base,
+		  size_t *size);
+
+/* Claims on the page holding addr, or a negative error (KVSHIM_ERANGE). */
+int kv_alloc_claims(kv_alloc_t *a, CUdeviceptr addr);
+
+int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out);
+
+/* Run one round of the worker's duties on the calling thread (refill or
+ * shrink the pool, scrub, trim the cache over cache_max). Tests call it
+ * with the worker off. Returns 0 or a negative error. */
+int kv_alloc_tick(kv_alloc_t *a);
+
+#endif /* KV_ALLOC_H */

@@ -1,0 +1,118 @@
+/*
+ * alloc_int.h - the allocator's private state, shared by alloc.c (life
+ * cycle, worker), pool.c (physical pages) and span.c (spans and claims).
+ *
+ * Every physical page the allocator holds has a slot in one table. A slot
+ * is in exactly one state, and in the list that goes with it:
+ *
+ *   EMPTY  -> (create) -> DIRTY or CLEAN -> (map) -> MAPPED <-> CACHED
+ *     ^                     ^                                     |
+ *     +---- (release) ------+------- (unmap: trim, reclaim) -----+
+ *
+ * BUSY marks a slot whose driver work runs outside the lock (creation,
+ * scrubbing, unmapping); nothing else touches it until its owner is done,
+ * and threads waiting on it sleep on kv_alloc_s.done.
+ */
+#ifndef KV_ALLOC_INT_H
+#define KV_ALLOC_INT_H
+
+#include <pthread.h>
+
+#include "alloc.h"
+#include "prim.h"
+
+#define KV_NIL UINT32_MAX
+
+/* kv_pool_take: pages the map needs are in flight; wait on done, retry. */
+#define KV_RETRY 1
+
+enum kv_pstate {
+	KV_P_EMPTY = 0, /* no handle */
+	KV_P_CLEAN,     /* in the pool, scrubbed (or zeroing is off) */
+	KV_P_DIRTY,     /* in the pool, may hold another span's bytes */
+	KV_P_BUSY,      /* driver work in flight outside the lock */
+	KV_P_MAPPED,    /* in a span, claimed */
+	KV_P_CACHED     /* in a span, unclaimed, on the cache list */
+};
+
+struct kv_list {
+	uint32_t head, tail;
+	uint32_t n;
+};
+
+struct kv_phys {
+	CUmemGenericAllocationHandle h;
+	struct kv_span *span;   /* where it is mapped, or NULL */
+	uint32_t vpage;         /* its page index in span */
+	uint32_t prev, next;    /* links in the list of its state */
+	uint8_t state;
+};
+
+struct kv_span {
+	CUdeviceptr base;
+	size_t size;
+	uint32_t npages;
+	uint32_t *claims;       /* per page */
+	uint32_t *slot;         /* per page: the phys slot, or KV_NIL */
+	uint32_t mapped;        /* pages with a slot */
+	uint32_t busy;          /* of those, pages being unmapped */
+};
+
+struct kv_alloc_s {
+	kv_prim_t prim;
+	struct kv_alloc_opts o;
+	size_t page;
+	uint32_t max_pages;     /* the limit, in pages: the slot table's size */
+
+	pthread_mutex_t lock;
+	pthread_cond_t done;    /* a BUSY slot changed state */
+	pthread_cond_t wake;    /* the worker has something to do */
+
+	struct kv_phys *phys;
+	struct kv_list empty, clean, dirty, cache;
+	uint32_t held;          /* slots not EMPTY: the physical pages held */
+	uint32_t peak;
+	uint32_t mapped;        /* slots mapped into spans (cached included) */
+	uint32_t scrubbing;     /* pooled slots BUSY being created or scrubbed */
+	uint32_t outbound;      /* slots BUSY leaving a span or the pool:
+				 * a map short of pages waits for them */
+	CUdeviceptr arena;      /* slot i is mapped at arena + i * page when
+				 * zeroing is on */
+
+	struct kv_span **spans; /* sorted by base */
+	size_t nspans, cap;
+	size_t reserved;
+
+	struct kvshim_stats st; /* counters only; sizes are derived */
+
+	pthread_t worker;
+	int worker_running;
+	int stop;
+};
+
+/* ---- lists of slots (pool.c) ---- */
+void kv_list_init(struct kv_list *l);
+void kv_list_push(kv_alloc_t *a, struct kv_list *l, uint32_t s);
+void kv_list_remove(kv_alloc_t *a, struct kv_list *l, uint32_t s);
+uint32_t kv_list_pop(kv_alloc_t *a, struct kv_list *l);
+
+/* ---- physical pages (pool.c); called with the lock held unless said ---- */
+int kv_pool_init(kv_alloc_t *a);
+void kv_pool_fini(kv_alloc_t *a);
+int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots,
+		 const struct kv_span *keep, uint32_t p0, uint32_t p1);
+void kv_pool_put(kv_alloc_t *a, const uint32_t *slots, uint32_t n, int dirty);
+int kv_pool_refill(kv_alloc_t *a);
+int kv_pool_scrub(kv_alloc_t *a);
+int kv_pool_shrink(kv_alloc_t *a, uint32_t keep, uint32_t *freed);
+int kv_pool_release_busy(kv_alloc_t *a, uint32_t *slots, uint32_t n);
+
+/* ---- spans (span.c) ---- */
+uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
+			     int *rc);
+void kv_span_settle(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
+		    uint32_t done);
+int kv_cache_trim(kv_alloc_t *a, uint32_t n, int release, uint32_t *done);
+void kv_spans_fini(kv_alloc_t *a);
+
+#endif /* KV_ALLOC_INT_H */

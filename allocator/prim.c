@@ -1,0 +1,265 @@
+/*
+ * prim.c - the CUDA driver's memory functions, reached through dlopen so the
+ * library neither links libcuda nor needs a GPU to load.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+#include "kvshim.h"
+#include "log.h"
+#include "prim.h"
+
+/* ---- the driver's entry points ------------------------------------------- */
+
+#define KV_DRIVER_FUNCS(X)                                                 \
+	X(cuInit, CUresult, (unsigned int))                               \
+	X(cuGetErrorName, CUresult, (CUresult, const char **))            \
+	X(cuDeviceGet, CUresult, (CUdevice *, int))                        \
+	X(cuDeviceGetAttribute, CUresult, (int *, CUdevice_attribute, CUdevice)) \
+	X(cuDeviceTotalMem_v2, CUresult, (size_t *, CUdevice))             \
+	X(cuDevicePrimaryCtxRetain, CUresult, (CUcontext *, CUdevice))     \
+	X(cuDevicePrimaryCtxRelease_v2, CUresult, (CUdevice))              \
+	X(cuCtxGetCurrent, CUresult, (CUcontext *))                        \
+	X(cuCtxSetCurrent, CUresult, (CUcontext))                          \
+	X(cuStreamCreate, CUresult, (CUstream *, unsigned int))            \
+	X(cuStreamDestroy_v2, CUresult, (CUstream))                        \
+	X(cuStreamSynchronize, CUresult, (CUstream))                       \
+	X(cuMemGetInfo_v2, CUresult, (size_t *, size_t *))                 \
+	X(cuMemGetAllocationGranularity, CUresult,                         \
+	  (size_t *, const CUmemAllocationProp *,                          \
+	   CUmemAllocationGranularity_flags))                              \
+	X(cuMemAddressReserve, CUresult,                                   \
+	  (CUdeviceptr *, size_t, size_t, CUdeviceptr, unsigned long long)) \
+	X(cuMemAddressFree, CUresult, (CUdeviceptr, size_t))               \
+	X(cuMemCreate, CUresult,                                           \
+	  (CUmemGenericAllocationHandle *, size_t,                         \
+	   const CUmemAllocationProp *, unsigned long long))               \
+	X(cuMemRelease, CUresult, (CUmemGenericAllocationHandle))          \
+	X(cuMemMap, CUresult,                                              \
+	  (CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle,      \
+	   unsigned long long))                                            \
+	X(cuMemSetAccess, CUresult,                                        \
+	  (CUdeviceptr, size_t, const CUmemAccessDesc *, size_t))          \
+	X(cuMemUnmap, CUresult, (CUdeviceptr, size_t))                     \
+	X(cuMemsetD8Async, CUresult,                                       \
+	  (CUdeviceptr, unsigned char, size_t, CUstream))
+
+#define KV_DECLARE(name, ret, args) ret (*name) args;
+static struct {
+	KV_DRIVER_FUNCS(KV_DECLARE)
+} drv;
+#undef KV_DECLARE
+
+static pthread_once_t load_once = PTHREAD_ONCE_INIT;
+static int load_rc;
+
+/*
+ * Resolve every driver function once per process. RTLD_NOLOAD first: a host
+ * program that already loaded a driver (its own path, a container's mount)
+ * keeps using that one. Sets load_rc to 0 or KVSHIM_ENODEV.
+ */
+static void load(void)
+{
+	void *h;
+
+	h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+	if (!h)
+		h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+	if (!h) {
+		kv_info("no CUDA driver: %s", dlerror());
+		load_rc = KVSHIM_ENODEV;
+		return;
+	}
+#define KV_RESOLVE(name, ret, args)                                        \
+	drv.name = (ret (*) args)dlsym(h, #name);                          \
+	if (!drv.name) {                                                   \
+		kv_error("the CUDA driver lacks %s", #name);               \
+		load_rc = KVSHIM_ENODEV;                                   \
+		return;                                                    \
+	}
+	KV_DRIVER_FUNCS(KV_RESOLVE)
+#undef KV_RESOLVE
+	load_rc = 0;
+}
+
+/* Log a failed driver call and turn its CUresult into a kvshim_error. */
+static int fail(const char *what, CUresult r)
+{
+	const char *name = NULL;
+
+	if (drv.cuGetErrorName(r, &name) != CUDA_SUCCESS || !name)
+		name = "unknown CUresult";
+	if (r == CUDA_ERROR_OUT_OF_MEMORY) {
+		kv_debug("%s: %s", what, name);
+		return KVSHIM_ENOMEM;
+	}
+	kv_error("%s failed: %s (%d)", what, name, (int)r);
+	return KVSHIM_EDRIVER;
+}
+
+#define CALL(what, expr) do {                                             \
+		CUresult r_ = (expr);                                      \
+		if (r_ != CUDA_SUCCESS)                                    \
+			return fail(what, r_);                             \
+	} while (0)
+
+static void page_prop(const kv_prim_t *p, CUmemAllocationProp *prop)
+{
+	memset(prop, 0, sizeof(*prop));
+	prop->type = CU_MEM_ALLOCATION_TYPE_PINNED;
+	prop->location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	prop->location.id = p->dev;
+}
+
+/* ---- set-up ----------------------------------------------------------------- */
+
+int kv_prim_open(kv_prim_t *p, int ordinal)
+{
+	CUmemAllocationProp prop;
+	CUresult r;
+	int vmm = 0, rc;
+
+	memset(p, 0, sizeof(*p));
+	pthread_once(&load_once, load);
+	if (load_rc)
+		return load_rc;
+	p->ordinal = ordinal;
+	r = drv.cuInit(0);
+	if (r == CUDA_ERROR_NO_DEVICE) {
+		kv_info("the CUDA driver sees no device");
+		return KVSHIM_ENODEV;
+	}
+	CALL("cuInit", r);
+	r = drv.cuDeviceGet(&p->dev, ordinal);
+	if (r == CUDA_ERROR_INVALID_DEVICE) {
+		kv_error("no CUDA device %d", ordinal);
+		return KVSHIM_ENODEV;
+	}
+	CALL("cuDeviceGet", r);
+	CALL("cuDeviceGetAttribute",
+	     drv.cuDeviceGetAttribute(&vmm,
+		CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED, p->dev));
+	if (!vmm) {
+		kv_error("CUDA device %d has no virtual memory management", ordinal);
+		return KVSHIM_ENODEV;
+	}
+	CALL("cuDeviceTotalMem", drv.cuDeviceTotalMem_v2(&p->device_bytes, p->dev));
+	page_prop(p, &prop);
+	CALL("cuMemGetAllocationGranularity",
+	     drv.cuMemGetAllocationGranularity(&p->page, &prop,
+					      CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+	CALL("cuDevicePrimaryCtxRetain",
+	     drv.cuDevicePrimaryCtxRetain(&p->ctx, p->dev));
+	rc = kv_prim_bind(p);
+	if (rc == 0) {
+		r = drv.cuStreamCreate(&p->stream, CU_STREAM_NON_BLOCKING);
+		if (r != CUDA_SUCCESS)
+			rc = fail("cuStreamCreate", r);
+	}
+	if (rc) {
+		drv.cuDevicePrimaryCtxRelease_v2(p->dev);
+		p->ctx = NULL;
+	}
+	return rc;
+}
+
+void kv_prim_close(kv_prim_t *p)
+{
+	if (!p->ctx)
+		return;
+	if (p->stream && kv_prim_bind(p) == 0)
+		drv.cuStreamDestroy_v2(p->stream);
+	drv.cuDevicePrimaryCtxRelease_v2(p->dev);
+	p->ctx = NULL;
+	p->stream = NULL;
+}
+
+int kv_prim_bind(const kv_prim_t *p)
+{
+	CUcontext cur = NULL;
+
+	CALL("cuCtxGetCurrent", drv.cuCtxGetCurrent(&cur));
+	if (!cur)
+		CALL("cuCtxSetCurrent", drv.cuCtxSetCurrent(p->ctx));
+	return 0;
+}
+
+/* ---- virtual ranges and physical pages ------------------------------------ */
+
+int kv_prim_reserve(const kv_prim_t *p, size_t size, CUdeviceptr *va)
+{
+	if (size == 0 || size % p->page)
+		return KVSHIM_EINVAL;
+	CALL("cuMemAddressReserve",
+	     drv.cuMemAddressReserve(va, size, p->page, 0, 0));
+	return 0;
+}
+
+int kv_prim_unreserve(const kv_prim_t *p, CUdeviceptr va, size_t size)
+{
+	CALL("cuMemAddressFree", drv.cuMemAddressFree(va, size));
+	return 0;
+}
+
+int kv_prim_create(const kv_prim_t *p, CUmemGenericAllocationHandle *h)
+{
+	CUmemAllocationProp prop;
+
+	page_prop(p, &prop);
+	CALL("cuMemCreate", drv.cuMemCreate(h, p->page, &prop, 0));
+	return 0;
+}
+
+int kv_prim_release(const kv_prim_t *p, CUmemGenericAllocationHandle h)
+{
+	CALL("cuMemRelease", drv.cuMemRelease(h));
+	return 0;
+}
+
+int kv_prim_map(const kv_prim_t *p, CUdeviceptr va,
+		CUmemGenericAllocationHandle h)
+{
+	CALL("cuMemMap", drv.cuMemMap(va, p->page, 0, h, 0));
+	return 0;
+}
+
+int kv_prim_access(const kv_prim_t *p, CUdeviceptr va, size_t size)
+{
+	CUmemAccessDesc d;
+
+	memset(&d, 0, sizeof(d));
+	d.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	d.location.id = p->dev;
+	d.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+	CALL("cuMemSetAccess", drv.cuMemSetAccess(va, size, &d, 1));
+	return 0;
+}
+
+int kv_prim_unmap(const kv_prim_t *p, CUdeviceptr va, size_t size)
+{
+	CALL("cuMemUnmap", drv.cuMemUnmap(va, size));
+	return 0;
+}
+
+int kv_prim_zero(const kv_prim_t *p, CUdeviceptr va, size_t size)
+{
+	CALL("cuMemsetD8Async", drv.cuMemsetD8Async(va, 0, size, p->stream));
+	CALL("cuStreamSynchronize", drv.cuStreamSynchronize(p->stream));
+	return 0;
+}
+
+int kv_prim_meminfo(const kv_prim_t *p, size_t *free_bytes, size_t *total)
+{
+	CALL("cuMemGetInfo", drv.cuMemGetInfo_v2(free_bytes, total));
+	return 0;
+}
+
+uint64_t kv_prim_now_ns(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}

@@ -1,0 +1,83 @@
+/*
+ * prim.h - the primitive layer: the only code in kvshim that calls the CUDA
+ * driver's memory functions.
+ *
+ * The driver is found at run time (dlopen of libcuda.so.1), so the library
+ * builds and loads on machines without a GPU. Each function returns 0 or a
+ * negative kvshim_error; a driver failure is logged with its CUresult name
+ * and turned into KVSHIM_ENOMEM (out of memory) or KVSHIM_EDRIVER. Nothing
+ * here aborts or retries. All addresses and sizes handed to these functions
+ * must be multiples of kv_prim_t.page unless said otherwise.
+ */
+#ifndef KV_PRIM_H
+#define KV_PRIM_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include <cuda.h>
+
+typedef struct kv_prim_s {
+	int ordinal;          /* CUDA device ordinal */
+	CUdevice dev;
+	CUcontext ctx;        /* the device's primary context, retained */
+	CUstream stream;      /* private stream for scrubbing */
+	size_t page;          /* allocation granularity: 2 MiB on current GPUs */
+	size_t device_bytes;  /* total device memory */
+} kv_prim_t;
+
+/* Load the driver, initialise it, retain the primary context of device
+ * ordinal and read its granularity. Pre: p is not yet open.
+ * Returns 0, KVSHIM_ENODEV (no libcuda, no such device, or no VMM support)
+ * or KVSHIM_EDRIVER. */
+int kv_prim_open(kv_prim_t *p, int ordinal);
+
+/* Drop the primary context and the stream. Safe on a zeroed p. */
+void kv_prim_close(kv_prim_t *p);
+
+/* Make p's context current on the calling thread if none is. Returns 0 or
+ * KVSHIM_EDRIVER. */
+int kv_prim_bind(const kv_prim_t *p);
+
+/* Reserve size bytes of virtual address space, aligned to the page.
+ * Returns 0 with *va set, KVSHIM_EINVAL for a size that is not a non-zero
+ * page multiple, or a driver error. */
+int kv_prim_reserve(const kv_prim_t *p, size_t size, CUdeviceptr *va);
+
+/* Free a reservation made by kv_prim_reserve; it must have no mappings.
+ * Returns 0 or a driver error. */
+int kv_prim_unreserve(const kv_prim_t *p, CUdeviceptr va, size_t size);
+
+/* Create one physical page. Returns 0 with *h set, KVSHIM_ENOMEM when the
+ * device is full, or a driver error. */
+int kv_prim_create(const kv_prim_t *p, CUmemGenericAllocationHandle *h);
+
+/* Release a physical page; its memory goes back once it is mapped nowhere.
+ * Returns 0 or a driver error. */
+int kv_prim_release(const kv_prim_t *p, CUmemGenericAllocationHandle h);
+
+/* Map page h at va (one page). Access is not granted: see kv_prim_access.
+ * Returns 0 or a driver error. */
+int kv_prim_map(const kv_prim_t *p, CUdeviceptr va,
+		CUmemGenericAllocationHandle h);
+
+/* Grant the device read-write access to [va, va + size), all of it mapped.
+ * One call covers a whole contiguous run of pages: that is what keeps a map
+ * cheap (per-page access calls cost ~30 us each, one call per run ~0.3 us a
+ * page). Returns 0 or a driver error. */
+int kv_prim_access(const kv_prim_t *p, CUdeviceptr va, size_t size);
+
+/* Unmap [va, va + size), all of it mapped. Returns 0 or a driver error. */
+int kv_prim_unmap(const kv_prim_t *p, CUdeviceptr va, size_t size);
+
+/* Write zeros over [va, va + size), mapped and accessible, and wait until
+ * it is done. Returns 0 or a driver error. */
+int kv_prim_zero(const kv_prim_t *p, CUdeviceptr va, size_t size);
+
+/* Free and total device memory as the driver reports it. */
+int kv_prim_meminfo(const kv_prim_t *p, size_t *free_bytes, size_t *total);
+
+/* Monotonic nanoseconds, for the allocator's cost counters. */
+uint64_t kv_prim_now_ns(void);
+
+#endif /* KV_PRIM_H */

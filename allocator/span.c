@@ -1,0 +1,606 @@
+/*
+ * span.c - spans, claims, the map and unmap paths, and trimming the cache.
+ *
+ * The map path holds the allocator's lock from start to end, driver calls
+ * included, so a range is checked, backed and claimed as one step that no
+ * other thread can see half-done. Work that is slow and not on an engine's
+ * path (unmapping cached pages, scrubbing, creating the pool) marks its
+ * pages BUSY and runs outside the lock; the map path waits for such a page
+ * rather than race it.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "alloc_int.h"
+#include "log.h"
+
+/* ---- looking spans up ------------------------------------------------------- */
+
+/* Index of the first span whose base is above addr. */
+static size_t upper(const kv_alloc_t *a, CUdeviceptr addr)
+{
+	size_t lo = 0, hi = a->nspans;
+
+	while (lo < hi) {
+		size_t mid = lo + (hi - lo) / 2;
+
+		if (a->spans[mid]->base <= addr)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+static struct kv_span *find(const kv_alloc_t *a, CUdeviceptr addr)
+{
+	size_t i = upper(a, addr);
+	struct kv_span *sp;
+
+	if (i == 0)
+		return NULL;
+	sp = a->spans[i - 1];
+	return addr - sp->base < sp->size ? sp : NULL;
+}
+
+/*
+ * The span holding all of [addr, addr + len), with the pages it covers in
+ * *p0 and *p1. Returns NULL when no one span holds the whole range.
+ */
+static struct kv_span *find_range(const kv_alloc_t *a, CUdeviceptr addr,
+				  size_t len, uint32_t *p0, uint32_t *p1)
+{
+	struct kv_span *sp = find(a, addr);
+
+	if (!sp || len > sp->size - (addr - sp->base))
+		return NULL;
+	*p0 = (uint32_t)((addr - sp->base) / a->page);
+	*p1 = (uint32_t)((addr - sp->base + len - 1) / a->page);
+	return sp;
+}
+
+static int any_busy(const kv_alloc_t *a, const struct kv_span *sp,
+		    uint32_t p0, uint32_t p1)
+{
+	uint32_t p;
+
+	for (p = p0; p <= p1; p++)
+		if (sp->slot[p] != KV_NIL &&
+		    a->phys[sp->slot[p]].state == KV_P_BUSY)
+			return 1;
+	return 0;
+}
+
+static CUdeviceptr page_va(const kv_alloc_t *a, const struct kv_span *sp,
+			   uint32_t p)
+{
+	return sp->base + (CUdeviceptr)p * a->page;
+}
+
+/* ---- reserve and release -------------------------------------------------------- */
+
+static void span_free(struct kv_span *sp)
+{
+	if (!sp)
+		return;
+	free(sp->claims);
+	free(sp->slot);
+	free(sp);
+}
+
+int kv_alloc_reserve(kv_alloc_t *a, size_t size, CUdeviceptr *base)
+{
+	struct kv_span *sp = NULL, **grown;
+	size_t npages, i;
+	int rc;
+
+	if (!a || !base || size == 0 || size > SIZE_MAX - a->page)
+		return KVSHIM_EINVAL;
+	npages = (size + a->page - 1) / a->page;
+	if (npages >= UINT32_MAX)
+		return KVSHIM_EINVAL;
+	sp = calloc(1, sizeof(*sp));
+	if (!sp)
+		return KVSHIM_ENOMEM;
+	sp->npages = (uint32_t)npages;
+	sp->size = npages * a->page;
+	sp->claims = calloc(npages, sizeof(*sp->claims));
+	sp->slot = malloc(npages * sizeof(*sp->slot));
+	if (!sp->claims || !sp->slot) {
+		rc = KVSHIM_ENOMEM;
+		goto fail;
+	}
+	for (i = 0; i < npages; i++)
+		sp->slot[i] = KV_NIL;
+	rc = kv_prim_bind(&a->prim);
+	if (!rc)
+		rc = kv_prim_reserve(&a->prim, sp->size, &sp->base);
+	if (rc)
+		goto fail;
+
+	pthread_mutex_lock(&a->lock);
+	if (a->nspans == a->cap) {
+		size_t cap = a->cap ? a->cap * 2 : 16;
+
+		grown = realloc(a->spans, cap * sizeof(*grown));
+		if (!grown) {
+			pthread_mutex_unlock(&a->lock);
+			kv_prim_unreserve(&a->prim, sp->base, sp->size);
+			rc = KVSHIM_ENOMEM;
+			goto fail;
+		}
+		a->spans = grown;
+		a->cap = cap;
+	}
+	i = upper(a, sp->base);
+	memmove(a->spans + i + 1, a->spans + i,
+		(a->nspans - i) * sizeof(*a->spans));
+	a->spans[i] = sp;
+	a->nspans++;
+	a->reserved += sp->size;
+	pthread_mutex_unlock(&a->lock);
+	*base = sp->base;
+	return 0;
+fail:
+	span_free(sp);
+	return rc;
+}
+
+/*
+ * Unmap all of sp's pages into the pool and free its range, lock held.
+ * Returns 0, or a driver error with the pages that failed to unmap still in
+ * the span (a later release tries them again).
+ */
+static int release_locked(kv_alloc_t *a, struct kv_span *sp)
+{
+	uint32_t p, n = 0, done, *slots = NULL;
+	size_t i;
+	int rc = 0;
+
+	if (sp->mapped) {
+		slots = malloc(sp->mapped * sizeof(*slots));
+		if (!slots)
+			return KVSHIM_ENOMEM;
+	}
+	for (p = 0; p < sp->npages; p++) {
+		uint32_t s = sp->slot[p];
+
+		if (s == KV_NIL)
+			continue;
+		if (a->phys[s].state == KV_P_CACHED)
+			kv_list_remove(a, &a->cache, s);
+		a->phys[s].state = KV_P_BUSY;
+		sp->busy++;
+		slots[n++] = s;
+	}
+	done = kv_span_unmap_slots(a, slots, n, &rc);
+	kv_span_settle(a, slots, n, done);
+	kv_pool_put(a, slots, done, 1);
+	free(slots);
+	if (rc)
+		return rc;
+
+	rc = kv_prim_unreserve(&a->prim, sp->base, sp->size);
+	/* the pages are gone either way; a range the driver would not free
+	 * is lost address space, not memory */
+	i = upper(a, sp->base) - 1;
+	memmove(a->spans + i, a->spans + i + 1,
+		(a->nspans - i - 1) * sizeof(*a->spans));
+	a->nspans--;
+	a->reserved -= sp->size;
+	span_free(sp);
+	return rc;
+}
+
+int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
+{
+	struct kv_span *sp;
+	int rc;
+
+	if (!a)
+		return KVSHIM_EINVAL;
+	rc = kv_prim_bind(&a->prim);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&a->lock);
+	for (;;) {
+		sp = find(a, base);
+		if (!sp || sp->base != base) {
+			rc = KVSHIM_ERANGE;
+			break;
+		}
+		if (!sp->busy) {
+			rc = release_locked(a, sp);
+			break;
+		}
+		pthread_cond_wait(&a->done, &a->lock);
+	}
+	pthread_mutex_unlock(&a->lock);
+	if (rc == 0)
+		pthread_cond_signal(&a->wake);
+	return rc;
+}
+
+/* ---- map --------------------------------------------------------------------------- */
+
+/*
+ * Map slots[0..n) into sp's unbacked pages among [p0, p1], in page order,
+ * and grant access with one call per contiguous run. On failure every page
+ * mapped here is unmapped again and the slots go back to the pool. Returns 0
+ * or a driver error.
+ */
+static int install(kv_alloc_t *a, struct kv_span *sp, uint32_t p0,
+		   uint32_t p1, uint32_t *slots, uint32_t n)
+{
+	uint64_t t0 = kv_prim_now_ns();
+	uint32_t p, k = 0, run;
+	int rc = 0;
+
+	for (p = p0; p <= p1 && !rc; p++) {
+		if (sp->slot[p] != KV_NIL)
+			continue;
+		rc = kv_prim_map(&a->prim, page_va(a, sp, p), a->phys[slots[k]].h);
+		if (!rc)
+			sp->slot[p] = slots[k++];
+	}
+	for (p = p0; p <= p1 && !rc; p += run) {
+		run = 0;
+		while (p + run <= p1 && sp->slot[p + run] != KV_NIL &&
+		       a->phys[sp->slot[p + run]].state == KV_P_BUSY)
+			run++;
+		if (run)
+			rc = kv_prim_access(&a->prim, page_va(a, sp, p),
+					    (size_t)run * a->page);
+		else
+			run = 1;
+	}
+	if (rc) {
+		/* undo: the slots still BUSY in the range are the ones mapped here */
+		for (p = p0; p <= p1; p++) {
+			uint32_t s = sp->slot[p];
+
+			if (s == KV_NIL || a->phys[s].state != KV_P_BUSY)
+				continue;
+			kv_prim_unmap(&a->prim, page_va(a, sp, p), a->page);
+			sp->slot[p] = KV_NIL;
+		}
+		kv_pool_put(a, slots, n, 0);
+		return rc;
+	}
+	for (p = p0; p <= p1; p++) {
+		uint32_t s = sp->slot[p];
+
+		if (a->phys[s].state != KV_P_BUSY)
+			continue;
+		a->phys[s].state = KV_P_MAPPED;
+		a->phys[s].span = sp;
+		a->phys[s].vpage = p;
+	}
+	sp->mapped += n;
+	a->mapped += n;
+	a->st.map_calls++;
+	a->st.pages_mapped += n;
+	a->st.map_ns += kv_prim_now_ns() - t0;
+	return 0;
+}
+
+int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len)
+{
+	uint32_t p, p0, p1, need, stack[64], *slots = stack, nslots = 64;
+	struct kv_span *sp;
+	int rc = 0, wake;
+
+	if (!a || len == 0)
+		return KVSHIM_EINVAL;
+	if (addr + len < addr)
+		return KVSHIM_ERANGE;
+	rc = kv_prim_bind(&a->prim);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&a->lock);
+	for (;;) {
+		sp = find_range(a, addr, len, &p0, &p1);
+		if (!sp) {
+			rc = KVSHIM_ERANGE;
+			goto out;
+		}
+		if (any_busy(a, sp, p0, p1)) {
+			pthread_cond_wait(&a->done, &a->lock);
+			continue;
+		}
+		need = 0;
+		for (p = p0; p <= p1; p++)
+			need += sp->slot[p] == KV_NIL;
+		if (!need)
+			break;
+		if (need > 64 && need > nslots) {
+			if (slots != stack)
+				free(slots);
+			slots = malloc(need * sizeof(*slots));
+			if (!slots) {
+				slots = stack;
+				rc = KVSHIM_ENOMEM;
+				goto out;
+			}
+			nslots = need;
+		}
+		rc = kv_pool_take(a, need, slots, sp, p0, p1);
+		if (rc == KV_RETRY) {
+			rc = 0;
+			pthread_cond_wait(&a->done, &a->lock);
+			continue;
+		}
+		if (!rc)
+			rc = install(a, sp, p0, p1, slots, need);
+		if (rc)
+			goto out;
+		break;
+	}
+	for (p = p0; p <= p1; p++) {
+		uint32_t s = sp->slot[p];
+
+		if (sp->claims[p]++ == 0 && a->phys[s].state == KV_P_CACHED) {
+			kv_list_remove(a, &a->cache, s);
+			a->phys[s].state = KV_P_MAPPED;
+		}
+	}
+out:
+	wake = a->clean.n * a->page < a->o.pool_low;
+	pthread_mutex_unlock(&a->lock);
+	if (slots != stack)
+		free(slots);
+	if (wake && a->worker_running)
+		pthread_cond_signal(&a->wake);
+	return rc;
+}
+
+/* ---- unmap: dropping claims -------------------------------------------------------- */
+
+int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len)
+{
+	uint32_t p, p0, p1;
+	struct kv_span *sp;
+	int rc = 0, wake = 0;
+
+	if (!a || len == 0)
+		return KVSHIM_EINVAL;
+	if (addr + len < addr)
+		return KVSHIM_ERANGE;
+	pthread_mutex_lock(&a->lock);
+	sp = find_range(a, addr, len, &p0, &p1);
+	if (!sp) {
+		rc = KVSHIM_ERANGE;
+		goto out;
+	}
+	for (p = p0; p <= p1; p++) {
+		if (!sp->claims[p]) {
+			rc = KVSHIM_ENOTCLAIMED;
+			goto out;
+		}
+	}
+	for (p = p0; p <= p1; p++) {
+		uint32_t s = sp->slot[p];
+
+		if (--sp->claims[p])
+			continue;
+		a->phys[s].state = KV_P_CACHED;
+		kv_list_push(a, &a->cache, s);
+	}
+	wake = a->cache.n * a->page > a->o.cache_max;
+out:
+	pthread_mutex_unlock(&a->lock);
+	if (wake && a->worker_running)
+		pthread_cond_signal(&a->wake);
+	return rc;
+}
+
+int kv_alloc_find(kv_alloc_t *a, CUdeviceptr addr, CUdeviceptr *base,
+		  size_t *size)
+{
+	struct kv_span *sp;
+
+	if (!a)
+		return KVSHIM_EINVAL;
+	pthread_mutex_lock(&a->lock);
+	sp = find(a, addr);
+	if (sp) {
+		if (base)
+			*base = sp->base;
+		if (size)
+			*size = sp->size;
+	}
+	pthread_mutex_unlock(&a->lock);
+	return sp ? 0 : KVSHIM_ERANGE;
+}
+
+int kv_alloc_claims(kv_alloc_t *a, CUdeviceptr addr)
+{
+	struct kv_span *sp;
+	int n = KVSHIM_ERANGE;
+
+	if (!a)
+		return KVSHIM_EINVAL;
+	pthread_mutex_lock(&a->lock);
+	sp = find(a, addr);
+	if (sp)
+		n = (int)sp->claims[(addr - sp->base) / a->page];
+	pthread_mutex_unlock(&a->lock);
+	return n;
+}
+
+/* ---- unmapping pages out of spans ---------------------------------------------------- */
+
+static int cmp_place(const void *x, const void *y, void *arg)
+{
+	const kv_alloc_t *a = arg;
+	const struct kv_phys *p = &a->phys[*(const uint32_t *)x];
+	const struct kv_phys *q = &a->phys[*(const uint32_t *)y];
+
+	if (p->span != q->span)
+		return p->span->base < q->span->base ? -1 : 1;
+	return (p->vpage > q->vpage) - (p->vpage < q->vpage);
+}
+
+/*
+ * Unmap the span pages held by BUSY slots[0..n), one driver call per run of
+ * consecutive pages of one span. The lock may or may not be held: BUSY
+ * slots and their spans stay put either way. Reorders slots so the pages
+ * unmapped come first. Returns how many were unmapped; *rc gets the first
+ * driver error, or 0.
+ */
+uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
+			     int *rc)
+{
+	uint64_t t0 = kv_prim_now_ns();
+	uint32_t i, len, done = 0;
+	int e;
+
+	*rc = 0;
+	if (!n)
+		return 0;
+	qsort_r(slots, n, sizeof(*slots), cmp_place, a);
+	for (i = 0; i < n; i += len) {
+		const struct kv_phys *p = &a->phys[slots[i]];
+
+		for (len = 1; i + len < n; len++) {
+			const struct kv_phys *q = &a->phys[slots[i + len]];
+
+			if (q->span != p->span || q->vpage != p->vpage + len)
+				break;
+		}
+		e = kv_prim_unmap(&a->prim, page_va(a, p->span, p->vpage),
+				  (size_t)len * a->page);
+		if (e) {
+			if (!*rc)
+				*rc = e;
+			continue;
+		}
+		memmove(slots + done, slots + i, len * sizeof(*slots));
+		done += len;
+	}
+	a->st.pages_unmapped += done;
+	a->st.unmap_ns += kv_prim_now_ns() - t0;
+	return done;
+}
+
+/*
+ * After kv_span_unmap_slots, lock held: detach the first done slots from
+ * their spans (they stay BUSY for the caller to pool or release) and put
+ * the rest back where they were, mapped and cached or claimed.
+ */
+void kv_span_settle(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
+		    uint32_t done)
+{
+	uint32_t i;
+
+	for (i = 0; i < n; i++) {
+		struct kv_phys *p = &a->phys[slots[i]];
+		struct kv_span *sp = p->span;
+
+		sp->busy--;
+		if (i < done) {
+			sp->slot[p->vpage] = KV_NIL;
+			sp->claims[p->vpage] = 0;
+			sp->mapped--;
+			a->mapped--;
+			p->span = NULL;
+		} else if (sp->claims[p->vpage]) {
+			p->state = KV_P_MAPPED;
+		} else {
+			p->state = KV_P_CACHED;
+			kv_list_push(a, &a->cache, slots[i]);
+		}
+	}
+	pthread_cond_broadcast(&a->done);
+}
+
+/*
+ * Unmap up to n cached pages, oldest first, with the lock dropped for the
+ * driver work; then release them (release) or pool them for reuse. Lock held
+ * on entry and exit. *done gets the pages unmapped. Returns 0 or the first
+ * driver error.
+ */
+int kv_cache_trim(kv_alloc_t *a, uint32_t n, int release, uint32_t *done)
+{
+	uint32_t k = 0, *slots;
+	int rc, e;
+
+	*done = 0;
+	if (n > a->cache.n)
+		n = a->cache.n;
+	if (!n)
+		return 0;
+	slots = malloc(n * sizeof(*slots));
+	if (!slots)
+		return KVSHIM_ENOMEM;
+	while (k < n) {
+		uint32_t s = kv_list_pop(a, &a->cache);
+
+		a->phys[s].state = KV_P_BUSY;
+		a->phys[s].span->busy++;
+		slots[k++] = s;
+	}
+	a->outbound += n;
+	pthread_mutex_unlock(&a->lock);
+	*done = kv_span_unmap_slots(a, slots, n, &rc);
+	pthread_mutex_lock(&a->lock);
+	kv_span_settle(a, slots, n, *done);
+	if (release) {
+		e = kv_pool_release_busy(a, slots, *done);
+		if (!rc)
+			rc = e;
+	} else {
+		kv_pool_put(a, slots, *done, 1);
+	}
+	a->outbound -= n;
+	free(slots);
+	return rc;
+}
+
+int kv_alloc_trim(kv_alloc_t *a, size_t bytes, size_t *freed)
+{
+	uint64_t want;
+	uint32_t pool_freed = 0, cache_freed = 0;
+	int rc, rc2 = 0;
+
+	if (freed)
+		*freed = 0;
+	if (!a)
+		return KVSHIM_EINVAL;
+	want = bytes / a->page + (bytes % a->page != 0);
+	if (want > UINT32_MAX)
+		want = UINT32_MAX;
+	rc = kv_prim_bind(&a->prim);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&a->lock);
+	rc = kv_pool_shrink(a, a->clean.n + a->dirty.n > want ?
+			       a->clean.n + a->dirty.n - (uint32_t)want : 0,
+			    &pool_freed);
+	if (!rc && want > pool_freed)
+		rc2 = kv_cache_trim(a, (uint32_t)(want - pool_freed), 1,
+				    &cache_freed);
+	pthread_mutex_unlock(&a->lock);
+	if (freed)
+		*freed = (size_t)(pool_freed + cache_freed) * a->page;
+	return rc ? rc : rc2;
+}
+
+/* Release every span, at shutdown. Lock not held. */
+void kv_spans_fini(kv_alloc_t *a)
+{
+	while (a->nspans) {
+		CUdeviceptr base = a->spans[a->nspans - 1]->base;
+
+		if (kv_alloc_release(a, base) && a->nspans &&
+		    a->spans[a->nspans - 1]->base == base) {
+			/* the driver refused: drop the bookkeeping anyway */
+			struct kv_span *sp = a->spans[--a->nspans];
+
+			a->reserved -= sp->size;
+			span_free(sp);
+		}
+	}
+	free(a->spans);
+	a->spans = NULL;
+}

@@ -1,0 +1,81 @@
+/*
+ * api.c - the exported kvshim_* functions: each starts kvshim if needed and
+ * hands the call to the allocator.
+ */
+#include <stdint.h>
+
+#include "kvshim.h"
+#include "shim.h"
+
+#define KV_EXPORT __attribute__((visibility("default")))
+
+static CUdeviceptr dptr(const void *p)
+{
+	return (CUdeviceptr)(uintptr_t)p;
+}
+
+KV_EXPORT int kvshim_reserve(size_t size, void **addr)
+{
+	CUdeviceptr base;
+	kv_alloc_t *a;
+	int rc;
+
+	if (!addr)
+		return KVSHIM_EINVAL;
+	rc = kv_shim_alloc(&a);
+	if (!rc)
+		rc = kv_alloc_reserve(a, size, &base);
+	if (!rc)
+		*addr = (void *)(uintptr_t)base;
+	return rc;
+}
+
+KV_EXPORT int kvshim_release(void *addr)
+{
+	kv_alloc_t *a;
+	int rc = kv_shim_alloc(&a);
+
+	return rc ? rc : kv_alloc_release(a, dptr(addr));
+}
+
+KV_EXPORT int kvshim_map(const void *addr, size_t len)
+{
+	kv_alloc_t *a;
+	int rc = kv_shim_alloc(&a);
+
+	return rc ? rc : kv_alloc_map(a, dptr(addr), len);
+}
+
+KV_EXPORT int kvshim_unmap(const void *addr, size_t len)
+{
+	kv_alloc_t *a;
+	int rc = kv_shim_alloc(&a);
+
+	return rc ? rc : kv_alloc_unmap(a, dptr(addr), len);
+}
+
+KV_EXPORT int kvshim_trim(size_t bytes, size_t *freed)
+{
+	kv_alloc_t *a;
+	int rc = kv_shim_alloc(&a);
+
+	if (freed)
+		*freed = 0;
+	return rc ? rc : kv_alloc_trim(a, bytes, freed);
+}
+
+KV_EXPORT int kvshim_stats(struct kvshim_stats *out)
+{
+	kv_alloc_t *a;
+	int rc;
+
+	if (!out)
+		return KVSHIM_EINVAL;
+	rc = kv_shim_alloc(&a);
+	return rc ? rc : kv_alloc_stats(a, out);
+}
+
+KV_EXPORT const char *kvshim_strerror(int err)
+{
+	return kv_shim_strerror(err);
+}

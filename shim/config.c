@@ -1,0 +1,195 @@
+/*
+ * config.c - reading KVSHIM_* from the environment.
+ *
+ * Variables are read through getenv only, once, at kvshim's start; a
+ * preloaded library may start before the host program's main, so nothing
+ * here allocates or depends on the host's state.
+ */
+#include <ctype.h>
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/auxv.h>
+
+#include "config.h"
+#include "kvshim.h"
+#include "log.h"
+
+#define KV_ENTRY(NAME, field, parser, def, meaning) { #NAME, def, meaning },
+const struct kv_config_var kv_config_vars[] = {
+	KV_CONFIG_TABLE(KV_ENTRY)
+};
+#undef KV_ENTRY
+const size_t kv_config_nvars = sizeof(kv_config_vars) / sizeof(kv_config_vars[0]);
+
+int kv_parse_bool(const char *s, int *out, const char **why)
+{
+	static const char *const yes[] = { "1", "true", "yes", "on" };
+	static const char *const no[] = { "0", "false", "no", "off" };
+	size_t i;
+
+	for (i = 0; i < 4; i++) {
+		if (!strcasecmp(s, yes[i])) {
+			*out = 1;
+			return 0;
+		}
+		if (!strcasecmp(s, no[i])) {
+			*out = 0;
+			return 0;
+		}
+	}
+	*why = "expected 1/true/yes/on or 0/false/no/off";
+	return KVSHIM_ECONFIG;
+}
+
+int kv_parse_size(const char *s, size_t *out, const char **why)
+{
+	unsigned long long v;
+	unsigned shift = 0;
+	char *end;
+
+	if (!isdigit((unsigned char)*s)) {
+		*why = "expected a number of bytes, with an optional K, M, G or T suffix";
+		return KVSHIM_ECONFIG;
+	}
+	errno = 0;
+	v = strtoull(s, &end, 10);
+	switch (toupper((unsigned char)*end)) {
+	case 'K': shift = 10; end++; break;
+	case 'M': shift = 20; end++; break;
+	case 'G': shift = 30; end++; break;
+	case 'T': shift = 40; end++; break;
+	}
+	if (shift && (*end == 'i' || *end == 'I'))
+		end++;
+	if (shift && (*end == 'b' || *end == 'B'))
+		end++;
+	if (*end) {
+		*why = "expected a number of bytes, with an optional K, M, G or T suffix";
+		return KVSHIM_ECONFIG;
+	}
+	if (errno == ERANGE || v > (SIZE_MAX >> shift)) {
+		*why = "too large";
+		return KVSHIM_ECONFIG;
+	}
+	*out = (size_t)(v << shift);
+	return 0;
+}
+
+static int parse_level(const char *s, int *out, const char **why)
+{
+	static const char *const names[] = {
+		"none", "error", "warn", "info", "debug"
+	};
+	int i;
+
+	for (i = 0; i <= KV_LOG_DEBUG; i++) {
+		if (!strcasecmp(s, names[i]) ||
+		    (s[0] == '0' + i && s[1] == '\0')) {
+			*out = i;
+			return 0;
+		}
+	}
+	if (!strcasecmp(s, "warning")) {
+		*out = KV_LOG_WARN;
+		return 0;
+	}
+	*why = "expected none, error, warn, info, debug or 0-4";
+	return KVSHIM_ECONFIG;
+}
+
+static int parse_int(const char *s, int *out, const char **why)
+{
+	long v;
+	char *end;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (!*s || *end || errno || v < 0 || v > 1024) {
+		*why = "expected a whole number from 0 to 1024";
+		return KVSHIM_ECONFIG;
+	}
+	*out = (int)v;
+	return 0;
+}
+
+/* A size, or a whole percentage of device memory from 1 to 100. */
+static int parse_size_pct(const char *s, struct kv_config *c, const char **why)
+{
+	size_t len = strlen(s);
+	unsigned long v;
+	char *end;
+
+	if (len > 1 && s[len - 1] == '%') {
+		errno = 0;
+		v = strtoul(s, &end, 10);
+		if (!isdigit((unsigned char)*s) || end != s + len - 1 ||
+		    v < 1 || v > 100) {
+			*why = "a percentage must be a whole number from 1 to 100";
+			return KVSHIM_ECONFIG;
+		}
+		c->limit = 0;
+		c->limit_pct = (unsigned)v;
+		return 0;
+	}
+	if (kv_parse_size(s, &c->limit, why))
+		return KVSHIM_ECONFIG;
+	if (c->limit == 0) {
+		*why = "must be above zero";
+		return KVSHIM_ECONFIG;
+	}
+	c->limit_pct = 0;
+	return 0;
+}
+
+static int parse_size_off(const char *s, size_t *out, const char **why)
+{
+	if (!strcasecmp(s, "off") || !strcasecmp(s, "none")) {
+		*out = SIZE_MAX;
+		return 0;
+	}
+	return kv_parse_size(s, out, why);
+}
+
+/* Dispatch by the table's parser column. */
+#define kv_apply_level(c, f, s, why) parse_level(s, &(c)->f, why)
+#define kv_apply_bool(c, f, s, why) kv_parse_bool(s, &(c)->f, why)
+#define kv_apply_int(c, f, s, why) parse_int(s, &(c)->f, why)
+#define kv_apply_size(c, f, s, why) kv_parse_size(s, &(c)->f, why)
+#define kv_apply_size_pct(c, f, s, why) parse_size_pct(s, c, why)
+#define kv_apply_size_off(c, f, s, why) parse_size_off(s, &(c)->f, why)
+
+int kv_config_load(struct kv_config *c)
+{
+	const char *why = NULL, *v;
+	int secure = getauxval(AT_SECURE) != 0, rc = 0;
+
+	memset(c, 0, sizeof(*c));
+#define KV_DEFAULT(NAME, field, parser, def, meaning)                         \
+	kv_apply_##parser(c, field, def, &why);
+	KV_CONFIG_TABLE(KV_DEFAULT)
+#undef KV_DEFAULT
+	if (secure)
+		return 0;
+	/* the log level first, so the other variables' errors obey it */
+#define KV_READ(NAME, field, parser, def, meaning)                            \
+	v = getenv("KVSHIM_" #NAME);                                          \
+	if (v && kv_apply_##parser(c, field, v, &why)) {                      \
+		kv_log(KV_LOG_ERROR, NULL, "KVSHIM_" #NAME "=%s: %s", v, why);\
+		kv_apply_##parser(c, field, def, &why);                       \
+		rc = KVSHIM_ECONFIG;                                          \
+	}                                                                     \
+	if (!strcmp(#NAME, "LOG"))                                            \
+		kv_log_set_level(c->log);
+	KV_CONFIG_TABLE(KV_READ)
+#undef KV_READ
+	if (!rc && c->pool_low > c->pool_high) {
+		kv_log(KV_LOG_ERROR, NULL,
+		       "KVSHIM_POOL_LOW=%zu: above KVSHIM_POOL_HIGH=%zu",
+		       c->pool_low, c->pool_high);
+		rc = KVSHIM_ECONFIG;
+	}
+	return rc;
+}

@@ -1,0 +1,65 @@
+/*
+ * config.h - every KVSHIM_* variable, declared once in KV_CONFIG_TABLE with
+ * its default, its parser and a one-line meaning. The README's configuration
+ * table is this table (tests/test_api.c checks that they agree).
+ */
+#ifndef KV_CONFIG_H
+#define KV_CONFIG_H
+
+#include <stddef.h>
+
+/* X(NAME, field, parser, default, meaning) */
+#define KV_CONFIG_TABLE(X)                                                   \
+	X(LOG, log, level, "warn",                                           \
+	  "log level: none, error, warn, info or debug (or 0-4)")            \
+	X(STRICT, strict, bool, "off",                                       \
+	  "on a malformed variable exit the program with status 64 instead of disabling kvshim") \
+	X(DEVICE, device, int, "0",                                          \
+	  "CUDA device ordinal whose memory kvshim manages")                 \
+	X(LIMIT, limit, size_pct, "100%",                                    \
+	  "most physical memory this process may hold in pages: bytes (K/M/G/T suffixes) or % of device memory") \
+	X(POOL_LOW, pool_low, size, "8M",                                    \
+	  "the pool of ready pages is refilled in the background when it drops under this") \
+	X(POOL_HIGH, pool_high, size, "64M",                                 \
+	  "...up to this; pages pooled beyond it are given back to the driver") \
+	X(CACHE_MAX, cache_max, size_off, "off",                             \
+	  "pages left unclaimed but still mapped beyond this are unmapped in the background; off: no cap") \
+	X(ZERO, zero, bool, "on",                                            \
+	  "scrub a page before it reaches a span, so no span sees another's bytes")
+
+struct kv_config {
+	int log;
+	int strict;
+	int device;
+	size_t limit;        /* bytes, or 0 when limit_pct applies */
+	unsigned limit_pct;  /* 1-100, or 0 when limit is in bytes */
+	size_t pool_low;
+	size_t pool_high;
+	size_t cache_max;    /* SIZE_MAX: off */
+	int zero;
+};
+
+/* One entry of the table, for --print-config style listings. */
+struct kv_config_var {
+	const char *name;    /* without the KVSHIM_ prefix */
+	const char *def;
+	const char *meaning;
+};
+extern const struct kv_config_var kv_config_vars[];
+extern const size_t kv_config_nvars;
+
+/*
+ * Fill c from the environment (ignored in setuid/setgid programs), defaults
+ * where a variable is unset. A malformed value is reported as
+ * "kvshim: KVSHIM_X=value: why" and leaves its default in place.
+ * Returns 0, or KVSHIM_ECONFIG if any value was malformed (c is still
+ * complete).
+ */
+int kv_config_load(struct kv_config *c);
+
+/* Parsers, exposed for tests. Each returns 0 or KVSHIM_ECONFIG with *why
+ * set to a short reason. */
+int kv_parse_size(const char *s, size_t *out, const char **why);
+int kv_parse_bool(const char *s, int *out, const char **why);
+
+#endif /* KV_CONFIG_H */

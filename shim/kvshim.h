@@ -1,0 +1,96 @@
+/*
+ * kvshim.h - the public C interface of libkvshim.so.
+ *
+ * kvshim backs contiguous virtual spans of GPU memory with 2 MiB physical
+ * pages only where the caller says data will live. A span is reserved once;
+ * kvshim_map() backs a byte range before the caller's kernels touch it, and
+ * kvshim_unmap() drops that range's claim. A page holding several claimed
+ * ranges stays mapped until the last claim goes; a page with no claims stays
+ * mapped in a cache, at no driver cost, until it is needed elsewhere or
+ * trimmed.
+ *
+ * Every function returns 0 or a negative kvshim_error; on error nothing was
+ * changed. All functions are thread-safe.
+ */
+#ifndef KVSHIM_H
+#define KVSHIM_H
+
+#include <stddef.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define KVSHIM_VERSION_MAJOR 0
+#define KVSHIM_VERSION_MINOR 1
+
+enum kvshim_error {
+	KVSHIM_OK = 0,
+	KVSHIM_EINVAL = -1,      /* a NULL, zero or malformed argument */
+	KVSHIM_ERANGE = -2,      /* the address range is not inside one span */
+	KVSHIM_ENOTCLAIMED = -3, /* unmapping a range that holds no claim */
+	KVSHIM_ELIMIT = -4,      /* the physical-memory limit would be passed */
+	KVSHIM_ENOMEM = -5,      /* the device or the host is out of memory */
+	KVSHIM_EDRIVER = -6,     /* the CUDA driver failed (logged) */
+	KVSHIM_ENODEV = -7,      /* no CUDA driver or device */
+	KVSHIM_ECONFIG = -8,     /* a KVSHIM_* variable is malformed */
+	KVSHIM_EBUSY = -9,       /* the span is being released by another call */
+	KVSHIM_ESTATE = -10      /* kvshim is shut down or was disabled */
+};
+
+/* What this process holds. Byte counts are multiples of the page size. */
+struct kvshim_stats {
+	size_t page_bytes;       /* physical page size (allocation granularity) */
+	size_t reserved_bytes;   /* virtual bytes of all live spans */
+	size_t mapped_bytes;     /* pages mapped into spans, cached ones included */
+	size_t cached_bytes;     /* mapped but claimed by no range */
+	size_t pooled_bytes;     /* physical pages held ready, mapped nowhere */
+	size_t physical_bytes;   /* all physical pages held: mapped + pooled */
+	size_t peak_physical_bytes;
+	size_t limit_bytes;      /* the most physical_bytes may reach */
+	size_t spans;
+	unsigned long long map_calls;     /* kvshim_map calls that mapped pages */
+	unsigned long long pages_mapped;  /* pages mapped into spans */
+	unsigned long long map_ns;        /* time spent mapping them */
+	unsigned long long pages_unmapped;/* pages unmapped from spans (trim) */
+	unsigned long long unmap_ns;
+	unsigned long long pages_created; /* physical pages created */
+	unsigned long long create_ns;
+	unsigned long long pages_released;/* physical pages given back */
+	unsigned long long release_ns;
+	unsigned long long pages_zeroed;  /* pages scrubbed before reuse */
+	unsigned long long zero_ns;
+	unsigned long long reserved[8];
+};
+
+/* Reserve a lazy span of at least size bytes (rounded up to whole pages).
+ * No physical memory is used until kvshim_map(). */
+int kvshim_reserve(size_t size, void **addr);
+
+/* Release the span that starts at addr, its pages and any claims on them. */
+int kvshim_release(void *addr);
+
+/* Back [addr, addr + len) with physical pages before returning; the range
+ * must lie inside one span. Each page the range touches gains one claim.
+ * Fails whole: KVSHIM_ELIMIT or KVSHIM_ENOMEM leave every page as it was. */
+int kvshim_map(const void *addr, size_t len);
+
+/* Drop one claim on each page [addr, addr + len) touches. Pages left without
+ * claims stay mapped in the cache; no driver call is made. */
+int kvshim_unmap(const void *addr, size_t len);
+
+/* Give up to bytes of physical memory back to the driver: pooled pages
+ * first, then cached pages, oldest first. *freed (may be NULL) gets what was
+ * given back. */
+int kvshim_trim(size_t bytes, size_t *freed);
+
+int kvshim_stats(struct kvshim_stats *out);
+
+/* A static English message for a kvshim_error; never NULL. */
+const char *kvshim_strerror(int err);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVSHIM_H */

@@ -1,0 +1,103 @@
+/*
+ * shim.c - start-up: logging first, then configuration, then the allocator
+ * (which loads the driver). The outcome is kept, so a process without a GPU
+ * pays for the failed start once.
+ */
+#include <pthread.h>
+#include <stdlib.h>
+
+#include "kvshim.h"
+#include "log.h"
+#include "shim.h"
+
+#define KV_STRICT_EXIT 64
+
+static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct kv_config config;
+static kv_alloc_t *alloc;
+static int started;       /* 1 once start() ran */
+static int start_rc;
+
+static int start(void)
+{
+	struct kv_alloc_opts o;
+	int rc;
+
+	rc = kv_config_load(&config);
+	if (rc) {
+		if (config.strict) {
+			kv_log(KV_LOG_ERROR, NULL,
+			       "KVSHIM_STRICT is on: exiting with status %d",
+			       KV_STRICT_EXIT);
+			exit(KV_STRICT_EXIT);
+		}
+		kv_log(KV_LOG_ERROR, NULL,
+		       "kvshim is disabled by the malformed variable above");
+		return rc;
+	}
+	kv_alloc_opts_default(&o);
+	o.device = config.device;
+	o.limit = config.limit;
+	o.limit_pct = config.limit_pct;
+	o.pool_low = config.pool_low;
+	o.pool_high = config.pool_high;
+	o.cache_max = config.cache_max;
+	o.zero = config.zero;
+	rc = kv_alloc_create(&o, &alloc);
+	if (rc)
+		kv_log(KV_LOG_INFO, NULL, "not started: %s", kv_shim_strerror(rc));
+	return rc;
+}
+
+int kv_shim_alloc(kv_alloc_t **a)
+{
+	int rc;
+
+	/* a plain load after the first start: no lock on the hot path */
+	if (__atomic_load_n(&started, __ATOMIC_ACQUIRE)) {
+		*a = alloc;
+		return start_rc;
+	}
+	pthread_mutex_lock(&start_lock);
+	if (!started) {
+		start_rc = start();
+		__atomic_store_n(&started, 1, __ATOMIC_RELEASE);
+	}
+	rc = start_rc;
+	*a = alloc;
+	pthread_mutex_unlock(&start_lock);
+	return rc;
+}
+
+const struct kv_config *kv_shim_config(void)
+{
+	return __atomic_load_n(&started, __ATOMIC_ACQUIRE) ? &config : NULL;
+}
+
+void kv_shim_shutdown(void)
+{
+	pthread_mutex_lock(&start_lock);
+	kv_alloc_destroy(alloc);
+	alloc = NULL;
+	start_rc = 0;
+	__atomic_store_n(&started, 0, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&start_lock);
+}
+
+const char *kv_shim_strerror(int err)
+{
+	switch (err) {
+	case KVSHIM_OK: return "success";
+	case KVSHIM_EINVAL: return "invalid argument";
+	case KVSHIM_ERANGE: return "address range is not inside one kvshim span";
+	case KVSHIM_ENOTCLAIMED: return "range holds no claim to drop";
+	case KVSHIM_ELIMIT: return "physical memory limit reached";
+	case KVSHIM_ENOMEM: return "out of device or host memory";
+	case KVSHIM_EDRIVER: return "CUDA driver error (see the log)";
+	case KVSHIM_ENODEV: return "no CUDA driver or device";
+	case KVSHIM_ECONFIG: return "malformed KVSHIM_* variable (see the log)";
+	case KVSHIM_EBUSY: return "span is busy";
+	case KVSHIM_ESTATE: return "kvshim is shut down or disabled";
+	}
+	return "unknown kvshim error";
+}

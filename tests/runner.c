@@ -1,0 +1,90 @@
+/*
+ * runner.c - one test program for all suites. Under `make check` the
+ * library path names tests/emu, so the driver is the CPU emulation; with
+ * KVSHIM_TEST_GPU=1 (make check-gpu) it must be a real GPU, and the
+ * program exits 77 (Automake's skip) when there is none.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "shim.h"
+#include "suites.h"
+
+void kt_opts(struct kv_alloc_opts *o)
+{
+	kv_alloc_opts_default(o);
+	o->pool_low = 0;
+	o->pool_high = 0;
+	o->worker = 0;
+}
+
+static struct kvemu_usage baseline;
+
+kv_alloc_t *kt_create(const struct kv_alloc_opts *o)
+{
+	kv_alloc_t *a = NULL;
+	int rc;
+
+	kv_dev_usage(&baseline);
+	rc = kv_alloc_create(o, &a);
+	ck_assert_msg(rc == 0, "kv_alloc_create: %s", kv_shim_strerror(rc));
+	return a;
+}
+
+void kt_destroy(kv_alloc_t *a)
+{
+	struct kvemu_usage u;
+
+	kv_alloc_destroy(a);
+	if (kv_dev_usage(&u))
+		return;
+	ck_assert_uint_eq(u.handles, baseline.handles);
+	ck_assert_uint_eq(u.reservations, baseline.reservations);
+	ck_assert_uint_eq(u.mapped_pages, baseline.mapped_pages);
+	ck_assert_uint_eq(u.physical_bytes, baseline.physical_bytes);
+}
+
+struct kvshim_stats kt_stats(kv_alloc_t *a)
+{
+	struct kvshim_stats s;
+
+	ck_assert_int_eq(kv_alloc_stats(a, &s), 0);
+	return s;
+}
+
+int main(void)
+{
+	int gpu = getenv("KVSHIM_TEST_GPU") && strcmp(getenv("KVSHIM_TEST_GPU"), "0");
+	SRunner *sr;
+	int failed;
+
+	if (kv_dev_open()) {
+		if (gpu) {
+			printf("kvshim tests: no CUDA driver or GPU here: skipping the GPU suite\n");
+			return 77;
+		}
+		fprintf(stderr, "kvshim tests: cannot open the emulated driver: is tests/emu on LD_LIBRARY_PATH?\n");
+		return 1;
+	}
+	if (gpu && kv_dev_is_emu()) {
+		fprintf(stderr, "kvshim tests: KVSHIM_TEST_GPU is set but the driver found is the CPU emulation\n");
+		return 1;
+	}
+	printf("kvshim tests on %s\n", kv_dev_describe());
+	sr = srunner_create(prim_suite());
+	srunner_add_suite(sr, span_suite());
+	srunner_add_suite(sr, pool_suite());
+	srunner_add_suite(sr, reclaim_suite());
+	srunner_add_suite(sr, limit_suite());
+	srunner_add_suite(sr, threads_suite());
+	srunner_add_suite(sr, api_suite());
+	/* a CUDA context does not survive fork: on a GPU run every test in
+	 * this process (each one cleans up after itself) */
+	if (gpu && !getenv("CK_FORK"))
+		srunner_set_fork_status(sr, CK_NOFORK);
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? 1 : 0;
+}

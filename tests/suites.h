@@ -1,0 +1,52 @@
+/*
+ * suites.h - the test suites gathered by runner.c, and the fixtures they
+ * share. Every suite runs on the CPU emulation (make check) and on a real
+ * GPU (make check-gpu); tests that need the emulation's controls (failure
+ * injection, call counts, touching unmapped memory) are added only there.
+ */
+#ifndef KV_TEST_SUITES_H
+#define KV_TEST_SUITES_H
+
+#include <check.h>
+#include <stdlib.h>
+
+#include "alloc.h"
+#include "devmem.h"
+
+#define PG ((size_t)2 << 20)
+
+Suite *prim_suite(void);
+Suite *span_suite(void);
+Suite *pool_suite(void);
+Suite *reclaim_suite(void);
+Suite *limit_suite(void);
+Suite *threads_suite(void);
+Suite *api_suite(void);
+
+/* Options for a test allocator: no worker and an empty pool unless a test
+ * wants them, so every driver call is the test's own doing. */
+void kt_opts(struct kv_alloc_opts *o);
+
+/* Create an allocator from o, failing the test on error. */
+kv_alloc_t *kt_create(const struct kv_alloc_opts *o);
+
+/* Destroy a and check (on the emulation) that no handle, reservation or
+ * mapping outlived it. */
+void kt_destroy(kv_alloc_t *a);
+
+/* Stats of a, failing the test on error. */
+struct kvshim_stats kt_stats(kv_alloc_t *a);
+
+/* Add a test only where the emulation runs. */
+#define kt_add_emu(tc, fn) do {                                      \
+		if (kv_dev_is_emu())                                  \
+			tcase_add_test(tc, fn);                       \
+	} while (0)
+
+/* Add a test that needs its own process (it exits or crashes on purpose). */
+#define kt_add_exit(tc, fn, code) do {                               \
+		if (!getenv("KVSHIM_TEST_GPU") && !getenv("CK_FORK")) \
+			tcase_add_exit_test(tc, fn, code);            \
+	} while (0)
+
+#endif /* KV_TEST_SUITES_H */

@@ -1,0 +1,329 @@
+/*
+ * test_api.c - the public ABI as libkvshim.so exports it (loaded with
+ * dlopen, as a program would use it), configuration parsing, start-up with
+ * bad variables, and the README's configuration table.
+ */
+#include <dlfcn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "shim.h"
+#include "suites.h"
+
+static void *lib;
+static int (*reserve)(size_t, void **);
+static int (*release)(void *);
+static int (*map)(const void *, size_t);
+static int (*unmap)(const void *, size_t);
+static int (*trim)(size_t, size_t *);
+static int (*stats)(struct kvshim_stats *);
+static const char *(*strerr)(int);
+
+static void open_lib(void)
+{
+	const char *path = getenv("KVSHIM_LIB");
+
+	ck_assert_msg(path != NULL, "KVSHIM_LIB names no library");
+	lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	ck_assert_msg(lib != NULL, "dlopen %s: %s", path, dlerror());
+	*(void **)&reserve = dlsym(lib, "kvshim_reserve");
+	*(void **)&release = dlsym(lib, "kvshim_release");
+	*(void **)&map = dlsym(lib, "kvshim_map");
+	*(void **)&unmap = dlsym(lib, "kvshim_unmap");
+	*(void **)&trim = dlsym(lib, "kvshim_trim");
+	*(void **)&stats = dlsym(lib, "kvshim_stats");
+	*(void **)&strerr = dlsym(lib, "kvshim_strerror");
+	ck_assert(reserve && release && map && unmap && trim && stats && strerr);
+}
+
+START_TEST(test_abi_round_trip)
+{
+	struct kvshim_stats s;
+	size_t freed = 0;
+	void *p = NULL;
+
+	open_lib();
+	ck_assert_int_eq(reserve(100 * PG, &p), 0);
+	ck_assert_ptr_nonnull(p);
+	ck_assert_int_eq(map((char *)p + 3 * PG + 10, PG), 0);
+	ck_assert_int_eq(kv_dev_fill((CUdeviceptr)(uintptr_t)p + 3 * PG, 2 * PG, 1), CUDA_SUCCESS);
+	ck_assert_int_eq(stats(&s), 0);
+	ck_assert_uint_eq(s.page_bytes, PG);
+	ck_assert_uint_eq(s.reserved_bytes, 100 * PG);
+	ck_assert_uint_eq(s.mapped_bytes, 2 * PG);
+	ck_assert_uint_eq(s.cached_bytes, 0);
+	ck_assert_uint_eq(s.spans, 1);
+	ck_assert_int_eq(unmap((char *)p + 3 * PG + 10, PG), 0);
+	ck_assert_int_eq(stats(&s), 0);
+	ck_assert_uint_eq(s.cached_bytes, 2 * PG);
+	ck_assert_int_eq(trim(SIZE_MAX, &freed), 0);
+	ck_assert_uint_ge(freed, 2 * PG);
+	ck_assert_int_eq(release(p), 0);
+	ck_assert_int_eq(stats(&s), 0);
+	ck_assert_uint_eq(s.reserved_bytes, 0);
+	ck_assert_uint_eq(s.mapped_bytes, 0);
+}
+END_TEST
+
+START_TEST(test_abi_bad_input)
+{
+	struct kvshim_stats s;
+	void *p = NULL;
+	int x;
+
+	open_lib();
+	ck_assert_int_eq(reserve(0, &p), KVSHIM_EINVAL);
+	ck_assert_int_eq(reserve(PG, NULL), KVSHIM_EINVAL);
+	ck_assert_ptr_null(p);
+	ck_assert_int_eq(map(NULL, PG), KVSHIM_ERANGE);
+	ck_assert_int_eq(map(&x, sizeof(x)), KVSHIM_ERANGE);
+	ck_assert_int_eq(unmap(&x, sizeof(x)), KVSHIM_ERANGE);
+	ck_assert_int_eq(release(&x), KVSHIM_ERANGE);
+	ck_assert_int_eq(stats(NULL), KVSHIM_EINVAL);
+	ck_assert_int_eq(stats(&s), 0);
+	ck_assert_uint_eq(s.reserved_bytes, 0);
+}
+END_TEST
+
+START_TEST(test_strerror)
+{
+	int e, f;
+
+	open_lib();
+	for (e = KVSHIM_ESTATE; e <= 0; e++) {
+		ck_assert_ptr_nonnull(strerr(e));
+		ck_assert_str_ne(strerr(e), strerr(1));
+		for (f = KVSHIM_ESTATE; f < e; f++)
+			ck_assert_str_ne(strerr(e), strerr(f));
+	}
+	ck_assert_str_eq(strerr(12345), "unknown kvshim error");
+}
+END_TEST
+
+/* ---- configuration ---- */
+
+START_TEST(test_parse_size)
+{
+	const char *why = NULL;
+	size_t v = 0;
+
+	ck_assert_int_eq(kv_parse_size("4096", &v, &why), 0);
+	ck_assert_uint_eq(v, 4096);
+	ck_assert_int_eq(kv_parse_size("2M", &v, &why), 0);
+	ck_assert_uint_eq(v, 2u << 20);
+	ck_assert_int_eq(kv_parse_size("3g", &v, &why), 0);
+	ck_assert_uint_eq(v, (size_t)3 << 30);
+	ck_assert_int_eq(kv_parse_size("1KiB", &v, &why), 0);
+	ck_assert_uint_eq(v, 1024);
+	ck_assert_int_eq(kv_parse_size("2T", &v, &why), 0);
+	ck_assert_uint_eq(v, (size_t)2 << 40);
+}
+END_TEST
+
+START_TEST(test_parse_size_bad)
+{
+	static const char *const bad[] = {
+		"", "x", "-1", "1X", "1.5G", "G", "1 G", "99999999999999999999",
+		"17179869184T"
+	};
+	const char *why;
+	size_t i, v = 77;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		why = NULL;
+		ck_assert_msg(kv_parse_size(bad[i], &v, &why) == KVSHIM_ECONFIG,
+			      "'%s' accepted", bad[i]);
+		ck_assert_ptr_nonnull(why);
+		ck_assert_uint_eq(v, 77);
+	}
+}
+END_TEST
+
+START_TEST(test_parse_bool)
+{
+	static const char *const yes[] = { "1", "true", "YES", "On" };
+	static const char *const no[] = { "0", "false", "no", "OFF" };
+	const char *why;
+	int i, v;
+
+	for (i = 0; i < 4; i++) {
+		ck_assert_int_eq(kv_parse_bool(yes[i], &v, &why), 0);
+		ck_assert_int_eq(v, 1);
+		ck_assert_int_eq(kv_parse_bool(no[i], &v, &why), 0);
+		ck_assert_int_eq(v, 0);
+	}
+	v = 5;
+	ck_assert_int_eq(kv_parse_bool("2", &v, &why), KVSHIM_ECONFIG);
+	ck_assert_int_eq(kv_parse_bool("", &v, &why), KVSHIM_ECONFIG);
+	ck_assert_int_eq(kv_parse_bool("onn", &v, &why), KVSHIM_ECONFIG);
+	ck_assert_int_eq(v, 5);
+}
+END_TEST
+
+START_TEST(test_config_defaults)
+{
+	struct kv_config c;
+
+	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert_int_eq(c.device, 0);
+	ck_assert_uint_eq(c.limit, 0);
+	ck_assert_uint_eq(c.limit_pct, 100);
+	ck_assert_uint_eq(c.pool_low, 8u << 20);
+	ck_assert_uint_eq(c.pool_high, 64u << 20);
+	ck_assert_uint_eq(c.cache_max, SIZE_MAX);
+	ck_assert_int_eq(c.zero, 1);
+	ck_assert_int_eq(c.strict, 0);
+}
+END_TEST
+
+START_TEST(test_config_values)
+{
+	struct kv_config c;
+
+	setenv("KVSHIM_LIMIT", "40%", 1);
+	setenv("KVSHIM_POOL_LOW", "2M", 1);
+	setenv("KVSHIM_POOL_HIGH", "1G", 1);
+	setenv("KVSHIM_CACHE_MAX", "256M", 1);
+	setenv("KVSHIM_ZERO", "off", 1);
+	setenv("KVSHIM_LOG", "error", 1);
+	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert_uint_eq(c.limit_pct, 40);
+	ck_assert_uint_eq(c.pool_low, 2u << 20);
+	ck_assert_uint_eq(c.pool_high, 1u << 30);
+	ck_assert_uint_eq(c.cache_max, 256u << 20);
+	ck_assert_int_eq(c.zero, 0);
+	setenv("KVSHIM_LIMIT", "6G", 1);
+	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert_uint_eq(c.limit, (size_t)6 << 30);
+	ck_assert_uint_eq(c.limit_pct, 0);
+}
+END_TEST
+
+/* Each malformed value: reported, its default kept, the load refused. */
+START_TEST(test_config_bad_values)
+{
+	static const char *const bad[][2] = {
+		{ "KVSHIM_LIMIT", "0" }, { "KVSHIM_LIMIT", "150%" },
+		{ "KVSHIM_LIMIT", "0%" }, { "KVSHIM_LIMIT", "lots" },
+		{ "KVSHIM_LIMIT", "%" }, { "KVSHIM_POOL_LOW", "-4M" },
+		{ "KVSHIM_POOL_HIGH", "4Q" }, { "KVSHIM_CACHE_MAX", "some" },
+		{ "KVSHIM_ZERO", "maybe" }, { "KVSHIM_LOG", "loud" },
+		{ "KVSHIM_DEVICE", "-1" }, { "KVSHIM_DEVICE", "1x" },
+		{ "KVSHIM_STRICT", "2" },
+	};
+	struct kv_config c;
+	size_t i;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		setenv(bad[i][0], bad[i][1], 1);
+		ck_assert_msg(kv_config_load(&c) == KVSHIM_ECONFIG,
+			      "%s=%s accepted", bad[i][0], bad[i][1]);
+		ck_assert_uint_eq(c.limit_pct, 100);
+		ck_assert_uint_eq(c.pool_low, 8u << 20);
+		ck_assert_uint_eq(c.cache_max, SIZE_MAX);
+		ck_assert_int_eq(c.zero, 1);
+		unsetenv(bad[i][0]);
+	}
+	setenv("KVSHIM_POOL_LOW", "128M", 1);
+	ck_assert_int_eq(kv_config_load(&c), KVSHIM_ECONFIG);
+	unsetenv("KVSHIM_POOL_LOW");
+}
+END_TEST
+
+/* A malformed variable disables kvshim: every call says so, nothing runs. */
+START_TEST(test_bad_config_disables)
+{
+	kv_alloc_t *a = (kv_alloc_t *)1;
+
+	setenv("KVSHIM_ZERO", "perhaps", 1);
+	ck_assert_int_eq(kv_shim_alloc(&a), KVSHIM_ECONFIG);
+	ck_assert_ptr_null(a);
+	ck_assert_int_eq(kv_shim_alloc(&a), KVSHIM_ECONFIG);
+	kv_shim_shutdown();
+	unsetenv("KVSHIM_ZERO");
+}
+END_TEST
+
+START_TEST(test_bad_config_strict_exits)
+{
+	kv_alloc_t *a;
+
+	setenv("KVSHIM_STRICT", "1", 1);
+	setenv("KVSHIM_LIMIT", "much", 1);
+	kv_shim_alloc(&a);
+}
+END_TEST
+
+START_TEST(test_shim_starts)
+{
+	kv_alloc_t *a = NULL;
+	struct kvshim_stats s;
+
+	setenv("KVSHIM_LIMIT", "64M", 1);
+	setenv("KVSHIM_POOL_LOW", "2M", 1);
+	setenv("KVSHIM_POOL_HIGH", "4M", 1);
+	ck_assert_int_eq(kv_shim_alloc(&a), 0);
+	ck_assert_ptr_nonnull(a);
+	ck_assert_int_eq(kv_alloc_stats(a, &s), 0);
+	ck_assert_uint_eq(s.limit_bytes, 64u << 20);
+	ck_assert_uint_eq(s.pooled_bytes, 4u << 20);
+	ck_assert_ptr_nonnull(kv_shim_config());
+	kv_shim_shutdown();
+	ck_assert_ptr_null(kv_shim_config());
+	unsetenv("KVSHIM_LIMIT");
+	unsetenv("KVSHIM_POOL_LOW");
+	unsetenv("KVSHIM_POOL_HIGH");
+}
+END_TEST
+
+/* The README's table lists every variable with its default. */
+START_TEST(test_readme_table)
+{
+	const char *dir = getenv("srcdir");
+	char path[4096], row[256], *text;
+	size_t i, n;
+	FILE *f;
+
+	snprintf(path, sizeof(path), "%s/README.md", dir ? dir : ".");
+	f = fopen(path, "r");
+	ck_assert_msg(f != NULL, "cannot read %s", path);
+	text = calloc(1, 1 << 20);
+	n = fread(text, 1, (1 << 20) - 1, f);
+	fclose(f);
+	ck_assert_uint_gt(n, 0);
+	for (i = 0; i < kv_config_nvars; i++) {
+		snprintf(row, sizeof(row), "| `KVSHIM_%s` | `%s` |",
+			 kv_config_vars[i].name, kv_config_vars[i].def);
+		ck_assert_msg(strstr(text, row) != NULL,
+			      "README.md has no row starting \"%s\"", row);
+	}
+	free(text);
+}
+END_TEST
+
+Suite *api_suite(void)
+{
+	Suite *s = suite_create("api");
+	TCase *abi = tcase_create("abi");
+	TCase *cfg = tcase_create("config");
+
+	tcase_add_test(abi, test_abi_round_trip);
+	tcase_add_test(abi, test_abi_bad_input);
+	tcase_add_test(abi, test_strerror);
+	suite_add_tcase(s, abi);
+
+	tcase_add_test(cfg, test_parse_size);
+	tcase_add_test(cfg, test_parse_size_bad);
+	tcase_add_test(cfg, test_parse_bool);
+	tcase_add_test(cfg, test_config_defaults);
+	kt_add_exit(cfg, test_config_values, 0);
+	kt_add_exit(cfg, test_config_bad_values, 0);
+	kt_add_exit(cfg, test_bad_config_disables, 0);
+	kt_add_exit(cfg, test_bad_config_strict_exits, 64);
+	tcase_add_test(cfg, test_shim_starts);
+	tcase_add_test(cfg, test_readme_table);
+	suite_add_tcase(s, cfg);
+	return s;
+}

@@ -1,0 +1,241 @@
+/*
+ * test_limit.c - the physical limit, the driver running out of memory and
+ * failing mid-way: a map that cannot be fully backed changes no page.
+ */
+#include "suites.h"
+
+static kv_alloc_t *a;
+static CUdeviceptr base;
+
+static void make(size_t limit)
+{
+	struct kv_alloc_opts o;
+
+	kt_opts(&o);
+	o.limit = limit;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &base), 0);
+}
+
+static void teardown(void)
+{
+	kt_destroy(a);
+}
+
+/* Nothing of the span changed since `before`: no page backed anew, no
+ * claim added. */
+static void assert_span_unchanged(const struct kvshim_stats *before,
+				  CUdeviceptr from, size_t pages)
+{
+	struct kvshim_stats s = kt_stats(a);
+	size_t i;
+
+	ck_assert_uint_eq(s.mapped_bytes, before->mapped_bytes);
+	ck_assert_uint_eq(s.cached_bytes, before->cached_bytes);
+	ck_assert_uint_eq(s.pages_mapped, before->pages_mapped);
+	for (i = 0; i < pages; i++)
+		ck_assert_int_eq(kv_alloc_claims(a, from + i * PG), 0);
+}
+
+START_TEST(test_limit_refuses_whole)
+{
+	struct kvshim_stats before;
+
+	make(4 * PG);
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), 0);
+	before = kt_stats(a);
+	kv_dev_reset_counts();
+	ck_assert_int_eq(kv_alloc_map(a, base + 10 * PG, 2 * PG), KVSHIM_ELIMIT);
+	assert_span_unchanged(&before, base + 10 * PG, 2);
+	ck_assert_uint_eq(kv_dev_calls("cuMemMap"), 0);
+	ck_assert_uint_eq(kv_dev_calls("cuMemCreate"), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 10 * PG, PG), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 11 * PG, 1), KVSHIM_ELIMIT);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 4 * PG);
+	ck_assert_uint_eq(kt_stats(a).peak_physical_bytes, 4 * PG);
+}
+END_TEST
+
+START_TEST(test_limit_larger_than_limit)
+{
+	struct kvshim_stats before;
+
+	make(4 * PG);
+	before = kt_stats(a);
+	ck_assert_int_eq(kv_alloc_map(a, base, 5 * PG), KVSHIM_ELIMIT);
+	assert_span_unchanged(&before, base, 5);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 0);
+}
+END_TEST
+
+/* At the limit, this allocator's own cached pages are taken before the map
+ * gives up; the range's own cached pages are not. */
+START_TEST(test_limit_takes_cache)
+{
+	make(4 * PG);
+	ck_assert_int_eq(kv_alloc_map(a, base, 4 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, 2 * PG), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 20 * PG, 2 * PG), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 4 * PG);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 20 * PG, 2 * PG), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 30 * PG, PG), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 40 * PG, PG), 0);
+	ck_assert_uint_eq(kt_stats(a).pages_unmapped, 4);
+	/* claimed: 2, 3, 30, 40. Cache page 3, then map 3..4: the one page
+	 * needed could only come from page 3, which the range claims again */
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 3 * PG, PG), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 3 * PG, 2 * PG), KVSHIM_ELIMIT);
+	ck_assert_int_eq(kv_alloc_claims(a, base + 3 * PG), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
+	ck_assert_int_eq(kv_alloc_map(a, base + 4 * PG, PG), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);
+}
+END_TEST
+
+START_TEST(test_limit_percent)
+{
+	struct kv_alloc_opts o;
+	kv_alloc_t *b;
+
+	kt_opts(&o);
+	o.limit_pct = 50;
+	b = kt_create(&o);
+	ck_assert_uint_eq(kt_stats(b).limit_bytes % PG, 0);
+	ck_assert_uint_gt(kt_stats(b).limit_bytes, 0);
+	kt_destroy(b);
+	a = NULL;
+	make(PG);
+	ck_assert_uint_eq(kt_stats(a).limit_bytes, PG);
+}
+END_TEST
+
+/* ---- the driver failing (emulation) ---- */
+
+START_TEST(test_device_oom)
+{
+	struct kvshim_stats before;
+	size_t dev = 0, free_b;
+	struct kvemu_usage u0, u1;
+	CUdeviceptr big;
+
+	make(0);
+	free_b = kt_stats(a).limit_bytes;
+	dev = free_b / PG;
+	ck_assert_int_eq(kv_alloc_reserve(a, (dev + 8) * PG, &big), 0);
+	before = kt_stats(a);
+	kv_dev_usage(&u0);
+	ck_assert_int_eq(kv_alloc_map(a, big, (dev + 4) * PG), KVSHIM_ELIMIT);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemCreate", 3, CUDA_ERROR_OUT_OF_MEMORY), 0);
+	ck_assert_int_eq(kv_alloc_map(a, big, 8 * PG), KVSHIM_ENOMEM);
+	assert_span_unchanged(&before, big, 8);
+	kv_dev_usage(&u1);
+	ck_assert_uint_eq(u1.mapped_pages, u0.mapped_pages + 2); /* 2 pooled, in the arena */
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 2 * PG);
+	/* and it works once the device has room */
+	ck_assert_int_eq(kv_alloc_map(a, big, 8 * PG), 0);
+	ck_assert_uint_eq(kt_stats(a).pages_created, 8);
+}
+END_TEST
+
+/* Arm one driver failure, map pages 0..5 of the span (page 2 is claimed
+ * already), and check the span is as it was. */
+static void fail_step(const char *step, int nth)
+{
+	struct kvshim_stats before = kt_stats(a);
+	struct kvemu_usage u0, u1;
+
+	kv_dev_usage(&u0);
+	ck_assert_int_eq(kv_dev_fail_nth(step, nth, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_msg(kv_alloc_map(a, base, 6 * PG) == KVSHIM_EDRIVER,
+		      "a failing %s did not fail the map", step);
+	assert_span_unchanged(&before, base, 2);
+	assert_span_unchanged(&before, base + 3 * PG, 3);
+	ck_assert_int_eq(kv_alloc_claims(a, base + 2 * PG), 1);
+	kv_dev_usage(&u1);
+	ck_assert_uint_le(u1.handles - u0.handles, 5);
+	ck_assert_int_eq(kv_dev_fill(base, PG, 1), CUDA_ERROR_ILLEGAL_ADDRESS);
+	kv_dev_fail_nth(step, 0, CUDA_SUCCESS);
+}
+
+static void map_works_after(void)
+{
+	unsigned long long bad = 1;
+
+	ck_assert_int_eq(kv_alloc_map(a, base, 6 * PG), 0);
+	ck_assert_int_eq(kv_dev_fill(base, 6 * PG, 5), CUDA_SUCCESS);
+	ck_assert_int_eq(kv_dev_check(base, 6 * PG, 5, &bad), CUDA_SUCCESS);
+	ck_assert_uint_eq(bad, 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base + 2 * PG), 2);
+}
+
+/* The pool empty: the failures hit page creation and scrubbing. */
+START_TEST(test_driver_fails_creating)
+{
+	make(0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 2 * PG, PG), 0);
+	fail_step("cuMemCreate", 3);
+	fail_step("cuMemMap", 3);
+	fail_step("cuMemSetAccess", 1);
+	fail_step("cuMemsetD8Async", 1);
+	map_works_after();
+}
+END_TEST
+
+/* The pool full and scrubbed: the failures hit mapping into the span. */
+START_TEST(test_driver_fails_mapping)
+{
+	struct kv_alloc_opts o;
+
+	kt_opts(&o);
+	o.pool_low = o.pool_high = 8 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &base), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 2 * PG, PG), 0);
+	kv_dev_reset_counts();
+	fail_step("cuMemMap", 3);
+	fail_step("cuMemSetAccess", 1);
+	ck_assert_uint_eq(kv_dev_calls("cuMemCreate"), 0);
+	map_works_after();
+}
+END_TEST
+
+/* Trim with the driver refusing to unmap: the pages stay cached. */
+START_TEST(test_trim_unmap_fails)
+{
+	size_t freed = 1;
+
+	make(0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 2 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, 2 * PG), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_trim(a, SIZE_MAX, &freed), KVSHIM_EDRIVER);
+	ck_assert_uint_eq(freed, 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 2 * PG);
+	ck_assert_int_eq(kv_alloc_trim(a, SIZE_MAX, &freed), 0);
+	ck_assert_uint_eq(freed, 2 * PG);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 0);
+}
+END_TEST
+
+Suite *limit_suite(void)
+{
+	Suite *s = suite_create("limit");
+	TCase *tc = tcase_create("limit");
+	TCase *drv = tcase_create("driver-failures");
+
+	tcase_add_checked_fixture(tc, NULL, teardown);
+	tcase_add_test(tc, test_limit_refuses_whole);
+	tcase_add_test(tc, test_limit_larger_than_limit);
+	tcase_add_test(tc, test_limit_takes_cache);
+	tcase_add_test(tc, test_limit_percent);
+	suite_add_tcase(s, tc);
+
+	tcase_add_checked_fixture(drv, NULL, teardown);
+	kt_add_emu(drv, test_device_oom);
+	kt_add_emu(drv, test_driver_fails_creating);
+	kt_add_emu(drv, test_driver_fails_mapping);
+	kt_add_emu(drv, test_trim_unmap_fails);
+	suite_add_tcase(s, drv);
+	return s;
+}

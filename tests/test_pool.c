@@ -1,0 +1,166 @@
+/*
+ * test_pool.c - the page pool: watermarks, reuse, shrinking, the worker.
+ */
+#include <time.h>
+#include <unistd.h>
+
+#include "suites.h"
+
+static kv_alloc_t *a;
+static CUdeviceptr base;
+
+static void make(size_t low, size_t high, int worker)
+{
+	struct kv_alloc_opts o;
+
+	kt_opts(&o);
+	o.pool_low = low;
+	o.pool_high = high;
+	o.worker = worker;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 32 * PG, &base), 0);
+}
+
+static void teardown(void)
+{
+	kt_destroy(a);
+}
+
+START_TEST(test_filled_at_start)
+{
+	struct kvshim_stats s;
+
+	make(4 * PG, 8 * PG, 0);
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.pooled_bytes, 8 * PG);
+	ck_assert_uint_eq(s.physical_bytes, 8 * PG);
+	ck_assert_uint_eq(s.pages_created, 8);
+	ck_assert_uint_eq(s.mapped_bytes, 0);
+}
+END_TEST
+
+START_TEST(test_refill_below_low)
+{
+	struct kvshim_stats s;
+
+	make(4 * PG, 8 * PG, 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), 0);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 5 * PG);
+	ck_assert_int_eq(kv_alloc_tick(a), 0);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 5 * PG); /* not under low */
+	ck_assert_int_eq(kv_alloc_map(a, base + 3 * PG, 2 * PG), 0);
+	ck_assert_int_eq(kv_alloc_tick(a), 0);
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.pooled_bytes, 8 * PG);
+	ck_assert_uint_eq(s.mapped_bytes, 5 * PG);
+	ck_assert_uint_eq(s.physical_bytes, 13 * PG);
+	ck_assert_uint_eq(s.pages_created, 13);
+}
+END_TEST
+
+/* Pages come back to the pool and are used again: nothing new is made. */
+START_TEST(test_pages_reused)
+{
+	int round;
+
+	make(0, 16 * PG, 0);
+	for (round = 0; round < 5; round++) {
+		ck_assert_int_eq(kv_alloc_map(a, base, 6 * PG), 0);
+		ck_assert_int_eq(kv_alloc_unmap(a, base, 6 * PG), 0);
+		/* the worker's job, done here: cached pages back to the pool */
+		ck_assert_int_eq(kv_alloc_release(a, base), 0);
+		ck_assert_int_eq(kv_alloc_reserve(a, 32 * PG, &base), 0);
+	}
+	ck_assert_uint_eq(kt_stats(a).pages_created, 6);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 6 * PG);
+}
+END_TEST
+
+START_TEST(test_shrink_above_high)
+{
+	struct kvshim_stats s;
+
+	make(0, 4 * PG, 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 10 * PG), 0);
+	ck_assert_int_eq(kv_alloc_release(a, base), 0);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 10 * PG);
+	ck_assert_int_eq(kv_alloc_tick(a), 0);
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.pooled_bytes, 4 * PG);
+	ck_assert_uint_eq(s.physical_bytes, 4 * PG);
+	ck_assert_uint_eq(s.pages_released, 6);
+}
+END_TEST
+
+/* With the pool empty and no worker, a map creates what it needs itself. */
+START_TEST(test_empty_pool_creates)
+{
+	make(0, 0, 0);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), 0);
+	ck_assert_uint_eq(kt_stats(a).pages_created, 3);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 0);
+}
+END_TEST
+
+/* The worker refills the pool on its own after a map drains it. */
+START_TEST(test_worker_refills)
+{
+	struct timespec ts = { 0, 10 * 1000 * 1000 };
+	int i;
+
+	make(4 * PG, 8 * PG, 1);
+	ck_assert_int_eq(kv_alloc_map(a, base, 8 * PG), 0);
+	for (i = 0; i < 300 && kt_stats(a).pooled_bytes < 8 * PG; i++)
+		nanosleep(&ts, NULL);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 8 * PG);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 8 * PG);
+}
+END_TEST
+
+START_TEST(test_bad_watermarks)
+{
+	struct kv_alloc_opts o;
+	kv_alloc_t *b = NULL;
+
+	kt_opts(&o);
+	o.pool_low = 8 * PG;
+	o.pool_high = 4 * PG;
+	ck_assert_int_eq(kv_alloc_create(&o, &b), KVSHIM_EINVAL);
+	ck_assert_ptr_null(b);
+	ck_assert_int_eq(kv_alloc_create(NULL, &b), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_create(&o, NULL), KVSHIM_EINVAL);
+}
+END_TEST
+
+START_TEST(test_bad_device)
+{
+	struct kv_alloc_opts o;
+	kv_alloc_t *b = NULL;
+
+	kt_opts(&o);
+	o.device = 77;
+	ck_assert_int_eq(kv_alloc_create(&o, &b), KVSHIM_ENODEV);
+	ck_assert_ptr_null(b);
+}
+END_TEST
+
+Suite *pool_suite(void)
+{
+	Suite *s = suite_create("pool");
+	TCase *tc = tcase_create("watermarks");
+	TCase *bad = tcase_create("bad-input");
+
+	tcase_add_checked_fixture(tc, NULL, teardown);
+	tcase_add_test(tc, test_filled_at_start);
+	tcase_add_test(tc, test_refill_below_low);
+	tcase_add_test(tc, test_pages_reused);
+	tcase_add_test(tc, test_shrink_above_high);
+	tcase_add_test(tc, test_empty_pool_creates);
+	tcase_add_test(tc, test_worker_refills);
+	suite_add_tcase(s, tc);
+	tcase_add_test(bad, test_bad_watermarks);
+	tcase_add_test(bad, test_bad_device);
+	suite_add_tcase(s, bad);
+	return s;
+}

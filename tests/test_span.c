@@ -1,0 +1,278 @@
+/*
+ * test_span.c - spans, lazy backing, claims and the map/unmap contracts.
+ */
+#include "suites.h"
+
+static kv_alloc_t *a;
+static CUdeviceptr base;
+
+static void setup(void)
+{
+	struct kv_alloc_opts o;
+
+	kt_opts(&o);
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &base), 0);
+}
+
+static void teardown(void)
+{
+	kt_destroy(a);
+}
+
+START_TEST(test_reserve_rounds_up)
+{
+	CUdeviceptr b, found;
+	size_t size;
+	struct kvshim_stats s;
+
+	ck_assert_int_eq(kv_alloc_reserve(a, PG + 1, &b), 0);
+	ck_assert_int_eq(kv_alloc_find(a, b + PG + 5, &found, &size), 0);
+	ck_assert_uint_eq(found, b);
+	ck_assert_uint_eq(size, 2 * PG);
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.reserved_bytes, 18 * PG);
+	ck_assert_uint_eq(s.spans, 2);
+	ck_assert_uint_eq(s.mapped_bytes, 0);
+	ck_assert_int_eq(kv_alloc_release(a, b), 0);
+	ck_assert_int_eq(kv_alloc_find(a, b, &found, &size), KVSHIM_ERANGE);
+	ck_assert_uint_eq(kt_stats(a).reserved_bytes, 16 * PG);
+}
+END_TEST
+
+/* Laziness proven by touching: nothing is backed until mapped. */
+START_TEST(test_touch_before_map_faults)
+{
+	unsigned long long bad = 1;
+
+	ck_assert_int_eq(kv_dev_fill(base, PG, 1), CUDA_ERROR_ILLEGAL_ADDRESS);
+	ck_assert_int_eq(kv_alloc_map(a, base + 100, 1000), 0);
+	ck_assert_int_eq(kv_dev_fill(base, PG, 1), CUDA_SUCCESS);
+	ck_assert_int_eq(kv_dev_check(base, PG, 1, &bad), CUDA_SUCCESS);
+	ck_assert_uint_eq(bad, 0);
+	/* the next page is still unbacked */
+	ck_assert_int_eq(kv_dev_fill(base + PG, 4096, 1), CUDA_ERROR_ILLEGAL_ADDRESS);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, PG);
+}
+END_TEST
+
+/* Two blocks in one page: the page stays until the last claim goes, then
+ * stays mapped as cache with its bytes. */
+START_TEST(test_claims_share_a_page)
+{
+	unsigned long long bad = 1;
+	struct kvshim_stats s;
+
+	ck_assert_int_eq(kv_alloc_map(a, base, PG / 2), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + PG / 2, PG / 2), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 2);
+	ck_assert_int_eq(kv_dev_fill(base, PG, 3), CUDA_SUCCESS);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, PG / 2), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 1);
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.mapped_bytes, PG);
+	ck_assert_uint_eq(s.cached_bytes, 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + PG / 2, PG / 2), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 0);
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.mapped_bytes, PG);
+	ck_assert_uint_eq(s.cached_bytes, PG);
+	ck_assert_int_eq(kv_dev_check(base, PG, 3, &bad), CUDA_SUCCESS);
+	ck_assert_uint_eq(bad, 0);
+	/* claiming the cached page again keeps its bytes */
+	ck_assert_int_eq(kv_alloc_map(a, base + 64, 64), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);
+	ck_assert_int_eq(kv_dev_check(base, PG, 3, &bad), CUDA_SUCCESS);
+	ck_assert_uint_eq(bad, 0);
+}
+END_TEST
+
+START_TEST(test_straddle_claims_both_pages)
+{
+	ck_assert_int_eq(kv_alloc_map(a, base + PG - 16, 32), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 1);
+	ck_assert_int_eq(kv_alloc_claims(a, base + PG), 1);
+	ck_assert_int_eq(kv_alloc_claims(a, base + 2 * PG), 0);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 2 * PG);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + PG - 16, 32), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base + PG), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 2 * PG);
+}
+END_TEST
+
+/* A whole span mapped, and a kernel writes and reads back every page. */
+START_TEST(test_every_page_writes_and_reads)
+{
+	unsigned long long bad = 1;
+	size_t i;
+
+	ck_assert_int_eq(kv_alloc_map(a, base, 16 * PG), 0);
+	ck_assert_int_eq(kv_dev_fill(base, 16 * PG, 0x5eed), CUDA_SUCCESS);
+	ck_assert_int_eq(kv_dev_check(base, 16 * PG, 0x5eed, &bad), CUDA_SUCCESS);
+	ck_assert_uint_eq(bad, 0);
+	/* a seed per page: each page holds its own bytes, none aliases another */
+	for (i = 0; i < 16; i++)
+		ck_assert_int_eq(kv_dev_fill(base + i * PG, PG, 100 + i), CUDA_SUCCESS);
+	for (i = 0; i < 16; i++) {
+		ck_assert_int_eq(kv_dev_check(base + i * PG, PG, 100 + i, &bad), CUDA_SUCCESS);
+		ck_assert_uint_eq(bad, 0);
+	}
+}
+END_TEST
+
+START_TEST(test_release_with_claims)
+{
+	struct kvshim_stats s;
+
+	ck_assert_int_eq(kv_alloc_map(a, base, 5 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, PG), 0);
+	ck_assert_int_eq(kv_alloc_release(a, base), 0);
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.reserved_bytes, 0);
+	ck_assert_uint_eq(s.mapped_bytes, 0);
+	ck_assert_uint_eq(s.cached_bytes, 0);
+	ck_assert_uint_eq(s.pooled_bytes, 5 * PG);
+	ck_assert_uint_eq(s.physical_bytes, 5 * PG);
+	ck_assert_int_eq(kv_alloc_map(a, base, PG), KVSHIM_ERANGE);
+}
+END_TEST
+
+/* ---- bad arguments: exact error, no state change ---- */
+
+static void assert_untouched(void)
+{
+	struct kvshim_stats s = kt_stats(a);
+
+	ck_assert_uint_eq(s.reserved_bytes, 16 * PG);
+	ck_assert_uint_eq(s.mapped_bytes, 0);
+	ck_assert_uint_eq(s.spans, 1);
+}
+
+START_TEST(test_bad_null_and_zero)
+{
+	CUdeviceptr b = 0;
+
+	ck_assert_int_eq(kv_alloc_map(NULL, base, PG), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_unmap(NULL, base, PG), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_release(NULL, base), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_reserve(NULL, PG, &b), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_reserve(a, PG, NULL), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_reserve(a, 0, &b), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_reserve(a, SIZE_MAX, &b), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_map(a, base, 0), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, 0), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_stats(a, NULL), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_trim(NULL, PG, NULL), KVSHIM_EINVAL);
+	ck_assert_uint_eq(b, 0);
+	assert_untouched();
+}
+END_TEST
+
+START_TEST(test_bad_outside_span)
+{
+	ck_assert_int_eq(kv_alloc_map(a, base - 1, 1), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_map(a, base + 16 * PG, 1), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_map(a, 4096, 1), KVSHIM_ERANGE);
+	/* starts inside, runs past the end */
+	ck_assert_int_eq(kv_alloc_map(a, base + 15 * PG, PG + 1), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_map(a, base, SIZE_MAX), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_unmap(a, base - PG, PG), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 15 * PG, 2 * PG), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_claims(a, base + 16 * PG), KVSHIM_ERANGE);
+	assert_untouched();
+}
+END_TEST
+
+START_TEST(test_bad_release)
+{
+	ck_assert_int_eq(kv_alloc_release(a, base + PG), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_release(a, base - PG), KVSHIM_ERANGE);
+	assert_untouched();
+	ck_assert_int_eq(kv_alloc_release(a, base), 0);
+	ck_assert_int_eq(kv_alloc_release(a, base), KVSHIM_ERANGE);
+}
+END_TEST
+
+/* Releasing what was not claimed drops nothing, not even the claims the
+ * range does hold. */
+START_TEST(test_bad_unmap_unclaimed)
+{
+	ck_assert_int_eq(kv_alloc_unmap(a, base, PG), KVSHIM_ENOTCLAIMED);
+	ck_assert_int_eq(kv_alloc_map(a, base, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, 2 * PG), KVSHIM_ENOTCLAIMED);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 1);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, PG), KVSHIM_ENOTCLAIMED);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 0);
+}
+END_TEST
+
+/* ---- driver calls (emulation: counted) ---- */
+
+/* With the pool warm, mapping n pages is n cuMemMap calls and one
+ * cuMemSetAccess per contiguous run. */
+START_TEST(test_one_access_call_per_run)
+{
+	struct kv_alloc_opts o;
+
+	kt_destroy(a);
+	kt_opts(&o);
+	o.pool_low = o.pool_high = 16 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &base), 0);
+	kv_dev_reset_counts();
+	ck_assert_int_eq(kv_alloc_map(a, base, 8 * PG), 0);
+	ck_assert_uint_eq(kv_dev_calls("cuMemMap"), 8);
+	ck_assert_uint_eq(kv_dev_calls("cuMemSetAccess"), 1);
+	/* pages 10 and 13 first: mapping 9..15 then fills three runs */
+	ck_assert_int_eq(kv_alloc_map(a, base + 10 * PG, 1), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 13 * PG, 1), 0);
+	kv_dev_reset_counts();
+	ck_assert_int_eq(kv_alloc_map(a, base + 9 * PG, 7 * PG), 0);
+	ck_assert_uint_eq(kv_dev_calls("cuMemMap"), 5);
+	ck_assert_uint_eq(kv_dev_calls("cuMemSetAccess"), 3);
+}
+END_TEST
+
+START_TEST(test_mapped_page_costs_no_call)
+{
+	ck_assert_int_eq(kv_alloc_map(a, base, PG), 0);
+	kv_dev_reset_counts();
+	ck_assert_int_eq(kv_alloc_map(a, base + 4096, 4096), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 4096, 4096), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, PG), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 100), 0);
+	ck_assert_uint_eq(kv_dev_calls("cuMemMap"), 0);
+	ck_assert_uint_eq(kv_dev_calls("cuMemSetAccess"), 0);
+	ck_assert_uint_eq(kv_dev_calls("cuMemUnmap"), 0);
+	ck_assert_uint_eq(kv_dev_calls("cuMemCreate"), 0);
+	ck_assert_uint_eq(kv_dev_calls("cuMemRelease"), 0);
+}
+END_TEST
+
+Suite *span_suite(void)
+{
+	Suite *s = suite_create("span");
+	TCase *tc = tcase_create("claims");
+	TCase *bad = tcase_create("bad-input");
+
+	tcase_add_checked_fixture(tc, setup, teardown);
+	tcase_add_test(tc, test_reserve_rounds_up);
+	kt_add_emu(tc, test_touch_before_map_faults);
+	tcase_add_test(tc, test_claims_share_a_page);
+	tcase_add_test(tc, test_straddle_claims_both_pages);
+	tcase_add_test(tc, test_every_page_writes_and_reads);
+	tcase_add_test(tc, test_release_with_claims);
+	kt_add_emu(tc, test_one_access_call_per_run);
+	kt_add_emu(tc, test_mapped_page_costs_no_call);
+	suite_add_tcase(s, tc);
+
+	tcase_add_checked_fixture(bad, setup, teardown);
+	tcase_add_test(bad, test_bad_null_and_zero);
+	tcase_add_test(bad, test_bad_outside_span);
+	tcase_add_test(bad, test_bad_release);
+	tcase_add_test(bad, test_bad_unmap_unclaimed);
+	suite_add_tcase(s, bad);
+	return s;
+}
