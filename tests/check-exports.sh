@@ -7,7 +7,7 @@ if [ ! -f "$lib" ]; then
 	echo "check-exports: $lib not built" >&2
 	exit 1
 fi
-bad=$(nm -D --defined-only "$lib" | awk '{print $NF}' |
+bad=$(nm -D --defined-only "$lib" | awk '{print $NF}' | sed 's/@.*//' |
 	grep -vE '^(kvshim_[a-z_]+|cu[A-Z][A-Za-z0-9_]*|cuda[A-Z][A-Za-z0-9_]*|dlsym|dlvsym|KVSHIM_[0-9]+)$')
 if [ -n "$bad" ]; then
 	echo "check-exports: $lib exports names outside kvshim_* and the CUDA API:" >&2

@@ -1,0 +1,573 @@
+/*
+ * cudart.c: a stand-in CUDA runtime (libcudart.so.13) so test programs written like real CUDA
+ * programs run on the driver emulation, or on any libcuda.so.1.
+ *
+ * Like the real runtime it does not link libcuda: it dlopens libcuda.so.1, takes only
+ * cuGetProcAddress_v2 from dlsym and gets every other driver function through it, by base
+ * name. That is the path an interposer of driver entry points has to cover.
+ *
+ * Everything runs synchronously on the driver's default stream semantics; the *Async calls are
+ * the synchronous driver calls with a stream argument where the driver has one.
+ */
+#define _GNU_SOURCE
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+#define KV_RT_API __attribute__((visibility("default")))
+#define KV_RT_VERSION 13000
+#define KV_RT_MAX_DEVICES 64
+
+/* The driver functions used: X(exported symbol, base name asked of cuGetProcAddress). */
+#define KV_RT_DRIVER(X)                                  \
+    X(cuInit, "cuInit")                                  \
+    X(cuDriverGetVersion, "cuDriverGetVersion")          \
+    X(cuDeviceGetCount, "cuDeviceGetCount")              \
+    X(cuDevicePrimaryCtxRetain, "cuDevicePrimaryCtxRetain") \
+    X(cuCtxGetCurrent, "cuCtxGetCurrent")                \
+    X(cuCtxSetCurrent, "cuCtxSetCurrent")                \
+    X(cuCtxGetDevice, "cuCtxGetDevice")                  \
+    X(cuCtxSynchronize, "cuCtxSynchronize")              \
+    X(cuMemAlloc_v2, "cuMemAlloc")                       \
+    X(cuMemFree_v2, "cuMemFree")                         \
+    X(cuMemGetInfo_v2, "cuMemGetInfo")                   \
+    X(cuMemsetD8_v2, "cuMemsetD8")                       \
+    X(cuMemsetD8Async, "cuMemsetD8Async")                \
+    X(cuMemcpy, "cuMemcpy")                              \
+    X(cuMemcpyAsync, "cuMemcpyAsync")                    \
+    X(cuMemcpyHtoD_v2, "cuMemcpyHtoD")                   \
+    X(cuMemcpyDtoH_v2, "cuMemcpyDtoH")                   \
+    X(cuMemcpyDtoD_v2, "cuMemcpyDtoD")                   \
+    X(cuMemcpyHtoDAsync_v2, "cuMemcpyHtoDAsync")         \
+    X(cuMemcpyDtoHAsync_v2, "cuMemcpyDtoHAsync")         \
+    X(cuMemcpyDtoDAsync_v2, "cuMemcpyDtoDAsync")         \
+    X(cuStreamCreate, "cuStreamCreate")                  \
+    X(cuStreamDestroy_v2, "cuStreamDestroy")             \
+    X(cuStreamSynchronize, "cuStreamSynchronize")
+
+static struct {
+#define KV_RT_FIELD(sym, name) __typeof__(sym) *sym;
+    KV_RT_DRIVER(KV_RT_FIELD)
+#undef KV_RT_FIELD
+} drv;
+
+static __typeof__(cuGetProcAddress_v2) *get_proc;
+
+static pthread_once_t load_once = PTHREAD_ONCE_INIT;
+static cudaError_t load_error;      /* why the driver is unusable, set once */
+static bool driver_found;           /* libcuda.so.1 and its entry points were found */
+
+static pthread_mutex_t ctx_lock = PTHREAD_MUTEX_INITIALIZER;
+static CUcontext primary[KV_RT_MAX_DEVICES];   /* retained once, kept for the process */
+
+static __thread cudaError_t last_error;
+static __thread int thread_device;
+
+/* ------------------------------------------------------------------ errors */
+
+/* The runtime's code for a driver result, as the real runtime maps them. */
+static cudaError_t from_driver(CUresult r)
+{
+    switch (r) {
+    case CUDA_SUCCESS: return cudaSuccess;
+    case CUDA_ERROR_INVALID_VALUE: return cudaErrorInvalidValue;
+    case CUDA_ERROR_OUT_OF_MEMORY: return cudaErrorMemoryAllocation;
+    case CUDA_ERROR_NOT_INITIALIZED: return cudaErrorInitializationError;
+    case CUDA_ERROR_DEINITIALIZED: return cudaErrorCudartUnloading;
+    case CUDA_ERROR_NO_DEVICE: return cudaErrorNoDevice;
+    case CUDA_ERROR_INVALID_DEVICE: return cudaErrorInvalidDevice;
+    case CUDA_ERROR_INVALID_IMAGE: return cudaErrorInvalidKernelImage;
+    case CUDA_ERROR_INVALID_CONTEXT: return cudaErrorDeviceUninitialized;
+    case CUDA_ERROR_ALREADY_MAPPED: return cudaErrorAlreadyMapped;
+    case CUDA_ERROR_NOT_MAPPED: return cudaErrorNotMapped;
+    case CUDA_ERROR_INVALID_HANDLE: return cudaErrorInvalidResourceHandle;
+    case CUDA_ERROR_ILLEGAL_STATE: return cudaErrorIllegalState;
+    case CUDA_ERROR_NOT_FOUND: return cudaErrorSymbolNotFound;
+    case CUDA_ERROR_NOT_READY: return cudaErrorNotReady;
+    case CUDA_ERROR_ILLEGAL_ADDRESS: return cudaErrorIllegalAddress;
+    case CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: return cudaErrorLaunchOutOfResources;
+    case CUDA_ERROR_LAUNCH_FAILED: return cudaErrorLaunchFailure;
+    case CUDA_ERROR_NOT_PERMITTED: return cudaErrorNotPermitted;
+    case CUDA_ERROR_NOT_SUPPORTED: return cudaErrorNotSupported;
+    case CUDA_ERROR_OPERATING_SYSTEM: return cudaErrorOperatingSystem;
+    default: return cudaErrorUnknown;
+    }
+}
+
+/* Remember a failure as the thread's last error (success leaves it). Returns e. */
+static cudaError_t record(cudaError_t e)
+{
+    if (e != cudaSuccess)
+        last_error = e;
+    return e;
+}
+
+static cudaError_t record_driver(CUresult r)
+{
+    return record(from_driver(r));
+}
+
+#define KV_RT_ERRORS(E)                                                                      \
+    E(cudaSuccess, "no error")                                                               \
+    E(cudaErrorInvalidValue, "invalid argument")                                             \
+    E(cudaErrorMemoryAllocation, "out of memory")                                            \
+    E(cudaErrorInitializationError, "initialization error")                                  \
+    E(cudaErrorCudartUnloading, "driver shutting down")                                      \
+    E(cudaErrorInvalidDevicePointer, "invalid device pointer")                               \
+    E(cudaErrorInvalidMemcpyDirection, "invalid copy direction for memcpy")                  \
+    E(cudaErrorInsufficientDriver, "CUDA driver version is insufficient for CUDA runtime version") \
+    E(cudaErrorNoDevice, "no CUDA-capable device is detected")                               \
+    E(cudaErrorInvalidDevice, "invalid device ordinal")                                      \
+    E(cudaErrorInvalidKernelImage, "device kernel image is invalid")                         \
+    E(cudaErrorDeviceUninitialized, "invalid device context")                                \
+    E(cudaErrorAlreadyMapped, "resource already mapped")                                     \
+    E(cudaErrorNotMapped, "resource not mapped")                                             \
+    E(cudaErrorOperatingSystem, "OS call failed or operation not supported on this OS")      \
+    E(cudaErrorInvalidResourceHandle, "invalid resource handle")                             \
+    E(cudaErrorIllegalState, "the operation cannot be performed in the present state")       \
+    E(cudaErrorSymbolNotFound, "named symbol not found")                                     \
+    E(cudaErrorNotReady, "device not ready")                                                 \
+    E(cudaErrorIllegalAddress, "an illegal memory access was encountered")                   \
+    E(cudaErrorLaunchOutOfResources, "too many resources requested for launch")              \
+    E(cudaErrorLaunchFailure, "unspecified launch failure")                                  \
+    E(cudaErrorNotPermitted, "operation not permitted")                                      \
+    E(cudaErrorNotSupported, "operation not supported")                                      \
+    E(cudaErrorUnknown, "unknown error")
+
+static const struct {
+    cudaError_t code;
+    const char *name;
+    const char *text;
+} errors[] = {
+#define KV_RT_ERR(code, text) { code, #code, text },
+    KV_RT_ERRORS(KV_RT_ERR)
+#undef KV_RT_ERR
+};
+
+static int find_error(cudaError_t e)
+{
+    for (size_t i = 0; i < sizeof(errors) / sizeof(errors[0]); i++)
+        if (errors[i].code == e)
+            return (int)i;
+    return -1;
+}
+
+KV_RT_API const char *cudaGetErrorName(cudaError_t error)
+{
+    int i = find_error(error);
+
+    return i < 0 ? "unrecognized error code" : errors[i].name;
+}
+
+KV_RT_API const char *cudaGetErrorString(cudaError_t error)
+{
+    int i = find_error(error);
+
+    return i < 0 ? "unrecognized error code" : errors[i].text;
+}
+
+KV_RT_API cudaError_t cudaGetLastError(void)
+{
+    cudaError_t e = last_error;
+
+    last_error = cudaSuccess;
+    return e;
+}
+
+KV_RT_API cudaError_t cudaPeekAtLastError(void)
+{
+    return last_error;
+}
+
+/* ------------------------------------------------------------------ start-up */
+
+/*
+ * Find the driver and its entry points, then cuInit. Runs once: a process whose driver is
+ * missing or refuses to start gets the same error from every later call, as with the real one.
+ */
+static void load_driver(void)
+{
+    CUdriverProcAddressQueryResult st;
+    void *lib, *fn;
+    CUresult r;
+
+    lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_GLOBAL);
+    if (!lib)
+        goto insufficient;
+    get_proc = (__typeof__(get_proc))dlsym(lib, "cuGetProcAddress_v2");
+    if (!get_proc)
+        goto insufficient;
+#define KV_RT_RESOLVE(sym, name)                                                    \
+    if (get_proc(name, &fn, KV_RT_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &st) !=      \
+            CUDA_SUCCESS || !fn)                                                     \
+        goto insufficient;                                                           \
+    drv.sym = (__typeof__(drv.sym))fn;
+    KV_RT_DRIVER(KV_RT_RESOLVE)
+#undef KV_RT_RESOLVE
+    driver_found = true;
+    r = drv.cuInit(0);
+    load_error = from_driver(r);
+    if (r == CUDA_ERROR_INVALID_VALUE || r == CUDA_ERROR_NOT_INITIALIZED)
+        load_error = cudaErrorInitializationError;
+    return;
+
+insufficient:
+    load_error = cudaErrorInsufficientDriver;
+}
+
+/* The driver, loaded and initialized. Returns cudaSuccess or why it cannot be used. */
+static cudaError_t need_driver(void)
+{
+    pthread_once(&load_once, load_driver);
+    return load_error;
+}
+
+/* Device dev's primary context, retained on first use. Returns a driver result. */
+static CUresult get_primary(int dev, CUcontext *out)
+{
+    CUresult r = CUDA_SUCCESS;
+
+    if (dev < 0 || dev >= KV_RT_MAX_DEVICES)
+        return CUDA_ERROR_INVALID_DEVICE;
+    pthread_mutex_lock(&ctx_lock);
+    if (!primary[dev])
+        r = drv.cuDevicePrimaryCtxRetain(&primary[dev], dev);
+    *out = primary[dev];
+    pthread_mutex_unlock(&ctx_lock);
+    return r;
+}
+
+/*
+ * The driver loaded, and a context current in this thread: where none is, the primary
+ * context of this thread's device (cudaSetDevice's, else 0) becomes current.
+ */
+static cudaError_t need_context(void)
+{
+    cudaError_t e = need_driver();
+    CUcontext c = NULL;
+    CUresult r;
+
+    if (e != cudaSuccess)
+        return e;
+    r = drv.cuCtxGetCurrent(&c);
+    if (r == CUDA_SUCCESS && !c) {
+        r = get_primary(thread_device, &c);
+        if (r == CUDA_SUCCESS)
+            r = drv.cuCtxSetCurrent(c);
+    }
+    return from_driver(r);
+}
+
+/* ------------------------------------------------------------------ devices and versions */
+
+KV_RT_API cudaError_t cudaRuntimeGetVersion(int *runtimeVersion)
+{
+    if (!runtimeVersion)
+        return record(cudaErrorInvalidValue);
+    *runtimeVersion = KV_RT_VERSION;
+    return cudaSuccess;
+}
+
+/* 0 without a driver, as the real runtime reports it. */
+KV_RT_API cudaError_t cudaDriverGetVersion(int *driverVersion)
+{
+    if (!driverVersion)
+        return record(cudaErrorInvalidValue);
+    need_driver();
+    if (!driver_found) {
+        *driverVersion = 0;
+        return cudaSuccess;
+    }
+    return record_driver(drv.cuDriverGetVersion(driverVersion));
+}
+
+KV_RT_API cudaError_t cudaGetDeviceCount(int *count)
+{
+    cudaError_t e;
+
+    if (!count)
+        return record(cudaErrorInvalidValue);
+    e = need_driver();
+    if (e != cudaSuccess) {
+        *count = 0;
+        return record(e);
+    }
+    return record_driver(drv.cuDeviceGetCount(count));
+}
+
+KV_RT_API cudaError_t cudaSetDevice(int device)
+{
+    cudaError_t e = need_driver();
+    CUcontext c;
+    CUresult r;
+    int n;
+
+    if (e != cudaSuccess)
+        return record(e);
+    r = drv.cuDeviceGetCount(&n);
+    if (r != CUDA_SUCCESS)
+        return record_driver(r);
+    if (device < 0 || device >= n)
+        return record(cudaErrorInvalidDevice);
+    r = get_primary(device, &c);
+    if (r == CUDA_SUCCESS)
+        r = drv.cuCtxSetCurrent(c);
+    if (r == CUDA_SUCCESS)
+        thread_device = device;
+    return record_driver(r);
+}
+
+KV_RT_API cudaError_t cudaGetDevice(int *device)
+{
+    cudaError_t e;
+    CUcontext c = NULL;
+    CUdevice d;
+
+    if (!device)
+        return record(cudaErrorInvalidValue);
+    e = need_driver();
+    if (e != cudaSuccess)
+        return record(e);
+    if (drv.cuCtxGetCurrent(&c) == CUDA_SUCCESS && c &&
+        drv.cuCtxGetDevice(&d) == CUDA_SUCCESS) {
+        *device = d;
+        return cudaSuccess;
+    }
+    *device = thread_device;
+    return cudaSuccess;
+}
+
+KV_RT_API cudaError_t cudaDeviceSynchronize(void)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuCtxSynchronize());
+}
+
+/* ------------------------------------------------------------------ memory */
+
+/*
+ * The exported functions never call each other: a library interposing on one of them must see
+ * only the application's calls. Shared bodies are static.
+ *
+ * A zero-byte request succeeds with NULL, as in the real runtime.
+ */
+static cudaError_t alloc(void **devPtr, size_t size)
+{
+    cudaError_t e;
+    CUdeviceptr p;
+    CUresult r;
+
+    if (!devPtr)
+        return record(cudaErrorInvalidValue);
+    e = need_context();
+    if (e != cudaSuccess)
+        return record(e);
+    if (size == 0) {
+        *devPtr = NULL;
+        return cudaSuccess;
+    }
+    r = drv.cuMemAlloc_v2(&p, size);
+    if (r == CUDA_SUCCESS)
+        *devPtr = (void *)p;
+    return record_driver(r);
+}
+
+/* free(NULL) only starts the runtime: cudaFree(0) is the usual way to create the context. */
+static cudaError_t release(void *devPtr)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    if (!devPtr)
+        return cudaSuccess;
+    return record_driver(drv.cuMemFree_v2((CUdeviceptr)devPtr));
+}
+
+KV_RT_API cudaError_t cudaMalloc(void **devPtr, size_t size)
+{
+    return alloc(devPtr, size);
+}
+
+KV_RT_API cudaError_t cudaFree(void *devPtr)
+{
+    return release(devPtr);
+}
+
+/* Stream-ordered allocation is plain allocation here: all work is already complete. */
+KV_RT_API cudaError_t cudaMallocAsync(void **devPtr, size_t size, cudaStream_t hStream)
+{
+    (void)hStream;
+    return alloc(devPtr, size);
+}
+
+KV_RT_API cudaError_t cudaFreeAsync(void *devPtr, cudaStream_t hStream)
+{
+    (void)hStream;
+    return release(devPtr);
+}
+
+KV_RT_API cudaError_t cudaMemGetInfo(size_t *free, size_t *total)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuMemGetInfo_v2(free, total));
+}
+
+KV_RT_API cudaError_t cudaMemset(void *devPtr, int value, size_t count)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuMemsetD8_v2((CUdeviceptr)devPtr, (unsigned char)value, count));
+}
+
+KV_RT_API cudaError_t cudaMemsetAsync(void *devPtr, int value, size_t count, cudaStream_t stream)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuMemsetD8Async((CUdeviceptr)devPtr, (unsigned char)value, count,
+                                             stream));
+}
+
+/*
+ * One copy, by kind: the explicit kinds go to the driver's directional copies (which check the
+ * device side), host-to-host and Default to the unified cuMemcpy.
+ */
+static cudaError_t copy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind,
+                        bool async, cudaStream_t s)
+{
+    CUdeviceptr d = (CUdeviceptr)dst, sp = (CUdeviceptr)src;
+    cudaError_t e = need_context();
+    CUresult r;
+
+    if (e != cudaSuccess)
+        return record(e);
+    switch (kind) {
+    case cudaMemcpyHostToDevice:
+        r = async ? drv.cuMemcpyHtoDAsync_v2(d, src, count, s) : drv.cuMemcpyHtoD_v2(d, src, count);
+        break;
+    case cudaMemcpyDeviceToHost:
+        r = async ? drv.cuMemcpyDtoHAsync_v2(dst, sp, count, s) : drv.cuMemcpyDtoH_v2(dst, sp, count);
+        break;
+    case cudaMemcpyDeviceToDevice:
+        r = async ? drv.cuMemcpyDtoDAsync_v2(d, sp, count, s) : drv.cuMemcpyDtoD_v2(d, sp, count);
+        break;
+    case cudaMemcpyHostToHost:
+    case cudaMemcpyDefault:
+        r = async ? drv.cuMemcpyAsync(d, sp, count, s) : drv.cuMemcpy(d, sp, count);
+        break;
+    default:
+        return record(cudaErrorInvalidMemcpyDirection);
+    }
+    return record_driver(r);
+}
+
+KV_RT_API cudaError_t cudaMemcpy(void *dst, const void *src, size_t count,
+                                 enum cudaMemcpyKind kind)
+{
+    return copy(dst, src, count, kind, false, NULL);
+}
+
+KV_RT_API cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count,
+                                      enum cudaMemcpyKind kind, cudaStream_t stream)
+{
+    return copy(dst, src, count, kind, true, stream);
+}
+
+/* ------------------------------------------------------------------ streams */
+
+KV_RT_API cudaError_t cudaStreamCreate(cudaStream_t *pStream)
+{
+    cudaError_t e;
+
+    if (!pStream)
+        return record(cudaErrorInvalidValue);
+    e = need_context();
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuStreamCreate(pStream, 0));
+}
+
+KV_RT_API cudaError_t cudaStreamDestroy(cudaStream_t stream)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuStreamDestroy_v2(stream));
+}
+
+KV_RT_API cudaError_t cudaStreamSynchronize(cudaStream_t stream)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuStreamSynchronize(stream));
+}
+
+/* ------------------------------------------------------------------ driver entry points */
+
+/*
+ * As the real runtime: a symbol that is not found is success with a NULL pointer and the
+ * reason in driverStatus; a version newer than the driver is an invalid value.
+ */
+static cudaError_t entry_point(const char *symbol, void **funcPtr, unsigned int cudaVersion,
+                               unsigned long long flags,
+                               enum cudaDriverEntryPointQueryResult *driverStatus)
+{
+    CUdriverProcAddressQueryResult st = CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    int driver_version = 0;
+    cudaError_t e;
+    CUresult r;
+
+    if (!symbol || !funcPtr ||
+        (flags & ~(unsigned long long)(cudaEnableLegacyStream | cudaEnablePerThreadDefaultStream)))
+        return record(cudaErrorInvalidValue);
+    e = need_driver();
+    if (e != cudaSuccess)
+        return record(e);
+    drv.cuDriverGetVersion(&driver_version);
+    if (cudaVersion > (unsigned int)driver_version)
+        return record(cudaErrorInvalidValue);
+    r = get_proc(symbol, funcPtr, (int)cudaVersion, (cuuint64_t)flags, &st);
+    if (r != CUDA_SUCCESS && r != CUDA_ERROR_NOT_FOUND)
+        return record_driver(r);
+    if (r != CUDA_SUCCESS)
+        *funcPtr = NULL;
+    if (driverStatus)
+        *driverStatus = st == CU_GET_PROC_ADDRESS_SUCCESS ? cudaDriverEntryPointSuccess
+                      : st == CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT
+                          ? cudaDriverEntryPointVersionNotSufficent
+                          : cudaDriverEntryPointSymbolNotFound;
+    return cudaSuccess;
+}
+
+KV_RT_API cudaError_t cudaGetDriverEntryPoint(const char *symbol, void **funcPtr,
+                                              unsigned long long flags,
+                                              enum cudaDriverEntryPointQueryResult *driverStatus)
+{
+    return entry_point(symbol, funcPtr, KV_RT_VERSION, flags, driverStatus);
+}
+
+KV_RT_API cudaError_t cudaGetDriverEntryPointByVersion(const char *symbol, void **funcPtr,
+                                                       unsigned int cudaVersion,
+                                                       unsigned long long flags,
+                                                       enum cudaDriverEntryPointQueryResult *driverStatus)
+{
+    return entry_point(symbol, funcPtr, cudaVersion, flags, driverStatus);
+}

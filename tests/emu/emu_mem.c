@@ -1,0 +1,695 @@
+/*
+ * emu_mem.c: physical memory (a chunk allocator over one sparse memfd per device), handles,
+ * address reservations, mappings and access, and cuMemAlloc built from the same pieces.
+ *
+ * A mapping is an mmap of the memfd at the chunk's offset, so two mappings of one handle show
+ * the same bytes, and an unmapped page is PROT_NONE anonymous memory that faults when touched.
+ * Freed chunks get their pages punched out of the memfd, so the host gets the memory back and
+ * the next owner reads zeros, as it does from a fresh cuMemCreate.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "emu_int.h"
+
+#define P KV_EMU_PAGE
+
+static bool aligned(uintptr_t v)
+{
+    return v % P == 0;
+}
+
+/* ------------------------------------------------------------------ physical chunks */
+
+int kv_emu_mem_init(void)
+{
+    char name[32];
+    int err = 0, i;
+
+    for (i = 0; i < kv_emu.ndevices; i++) {
+        kv_emu_dev_t *d = &kv_emu.devs[i];
+
+        d->ctx.device = i;
+        d->nchunks = kv_emu.device_bytes / P;
+        snprintf(name, sizeof(name), "kvemu-dev%d", i);
+        d->memfd = memfd_create(name, MFD_CLOEXEC);
+        if (d->memfd < 0) {
+            err = -errno;
+            goto fail;
+        }
+        if (ftruncate(d->memfd, (off_t)kv_emu.device_bytes) < 0) {
+            err = -errno;
+            close(d->memfd);
+            goto fail;
+        }
+        d->free_stack = malloc(d->nchunks * sizeof(*d->free_stack));
+        if (!d->free_stack) {
+            err = -ENOMEM;
+            close(d->memfd);
+            goto fail;
+        }
+        /* Lowest chunk on top: a fresh device hands out ascending, file-contiguous chunks. */
+        for (size_t c = 0; c < d->nchunks; c++)
+            d->free_stack[c] = (uint32_t)(d->nchunks - 1 - c);
+        d->nfree = d->nchunks;
+    }
+    return 0;
+
+fail:
+    while (--i >= 0) {
+        close(kv_emu.devs[i].memfd);
+        free(kv_emu.devs[i].free_stack);
+        kv_emu.devs[i].free_stack = NULL;
+    }
+    return err;
+}
+
+/*
+ * Give a chunk's memory back to the host and make it read zero. Punching a hole does both;
+ * where the file system refuses, zero it through a temporary mapping instead.
+ */
+static void wipe_chunk(kv_emu_dev_t *d, uint32_t chunk)
+{
+    off_t off = (off_t)chunk * (off_t)P;
+    void *m;
+
+    if (fallocate(d->memfd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, off, (off_t)P) == 0)
+        return;
+    m = mmap(NULL, P, PROT_READ | PROT_WRITE, MAP_SHARED, d->memfd, off);
+    if (m == MAP_FAILED)
+        return;
+    memset(m, 0, P);
+    munmap(m, P);
+}
+
+/* Take n free chunks of d into out. Returns 0, or -ENOMEM taking none. */
+static int take_chunks(kv_emu_dev_t *d, size_t n, uint32_t *out)
+{
+    if (d->nfree < n)
+        return -ENOMEM;
+    for (size_t i = 0; i < n; i++)
+        out[i] = d->free_stack[--d->nfree];
+    return 0;
+}
+
+static void give_chunks(kv_emu_dev_t *d, size_t n, const uint32_t *chunks)
+{
+    for (size_t i = 0; i < n; i++) {
+        wipe_chunk(d, chunks[i]);
+        d->free_stack[d->nfree++] = chunks[i];
+    }
+}
+
+/* ------------------------------------------------------------------ handles */
+
+/* A handle of size bytes (a multiple of P) on device dev. Returns 0 or -ENOMEM. */
+static int create_handle(int dev, size_t size, bool internal, kv_emu_handle_t **out)
+{
+    kv_emu_dev_t *d = &kv_emu.devs[dev];
+    kv_emu_handle_t *h;
+    int err = -ENOMEM;
+
+    h = calloc(1, sizeof(*h));
+    if (!h)
+        goto fail;
+    h->nchunks = size / P;
+    h->chunks = malloc(h->nchunks * sizeof(*h->chunks));
+    if (!h->chunks)
+        goto fail;
+    err = take_chunks(d, h->nchunks, h->chunks);
+    if (err < 0)
+        goto fail;
+    h->id = kv_emu.next_handle++;
+    h->device = dev;
+    h->internal = internal;
+    h->next = kv_emu.handles;
+    kv_emu.handles = h;
+    if (!internal)
+        d->handles++;
+    *out = h;
+    return 0;
+
+fail:
+    if (h)
+        free(h->chunks);
+    free(h);
+    return err;
+}
+
+static void destroy_handle(kv_emu_handle_t *h)
+{
+    kv_emu_dev_t *d = &kv_emu.devs[h->device];
+
+    for (kv_emu_handle_t **pp = &kv_emu.handles; *pp; pp = &(*pp)->next) {
+        if (*pp == h) {
+            *pp = h->next;
+            break;
+        }
+    }
+    give_chunks(d, h->nchunks, h->chunks);
+    if (!h->internal)
+        d->handles--;
+    free(h->chunks);
+    free(h);
+}
+
+static kv_emu_handle_t *find_handle(CUmemGenericAllocationHandle id)
+{
+    for (kv_emu_handle_t *h = kv_emu.handles; h; h = h->next)
+        if (h->id == id)
+            return h;
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ reservations */
+
+/*
+ * Reserve size bytes of host VA aligned to align (a power of two, at least P): over-reserve by
+ * align and trim both ends. MAP_NORESERVE, so hundreds of GiB cost no memory. Returns 0,
+ * -ENOMEM.
+ */
+static int create_resv(size_t size, size_t align, kv_emu_resv_t **out)
+{
+    kv_emu_resv_t *r = NULL;
+    uintptr_t raw, base;
+    size_t span;
+    void *m;
+
+    if (size > SIZE_MAX - align)
+        return -ENOMEM;
+    span = size + align;
+    m = mmap(NULL, span, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (m == MAP_FAILED)
+        return -ENOMEM;
+    raw = (uintptr_t)m;
+    base = (raw + align - 1) & ~(uintptr_t)(align - 1);
+    if (base > raw)
+        munmap(m, base - raw);
+    if (raw + span > base + size)
+        munmap((void *)(base + size), raw + span - (base + size));
+
+    r = calloc(1, sizeof(*r));
+    if (!r)
+        goto fail;
+    r->base = base;
+    r->size = size;
+    r->npages = size / P;
+    r->pages = calloc(r->npages, sizeof(*r->pages));
+    if (!r->pages)
+        goto fail;
+    r->next = kv_emu.resvs;
+    kv_emu.resvs = r;
+    *out = r;
+    return 0;
+
+fail:
+    free(r);
+    munmap((void *)base, size);
+    return -ENOMEM;
+}
+
+/* Give the range back to the host; its pages must have been dropped. */
+static void destroy_resv(kv_emu_resv_t *r)
+{
+    for (kv_emu_resv_t **pp = &kv_emu.resvs; *pp; pp = &(*pp)->next) {
+        if (*pp == r) {
+            *pp = r->next;
+            break;
+        }
+    }
+    munmap((void *)r->base, r->size);
+    free(r->pages);
+    free(r);
+}
+
+kv_emu_resv_t *kv_emu_find_resv(uintptr_t p, size_t n)
+{
+    for (kv_emu_resv_t *r = kv_emu.resvs; r; r = r->next)
+        if (p >= r->base && p - r->base < r->size && n <= r->size - (p - r->base))
+            return r;
+    return NULL;
+}
+
+/* The user reservation holding [p, p + n) whole, NULL if none or if it backs a cuMemAlloc. */
+static kv_emu_resv_t *find_user_resv(uintptr_t p, size_t n)
+{
+    kv_emu_resv_t *r = kv_emu_find_resv(p, n);
+
+    return r && !r->alloc_bytes ? r : NULL;
+}
+
+/* How many of pages [first, first + n) of r are mapped. */
+static size_t count_mapped(const kv_emu_resv_t *r, size_t first, size_t n)
+{
+    size_t c = 0;
+
+    for (size_t i = first; i < first + n; i++)
+        c += r->pages[i].handle != NULL;
+    return c;
+}
+
+/* ------------------------------------------------------------------ mappings */
+
+/*
+ * Forget pages [first, first + n) of r, all mapped (the host mapping is the caller's business);
+ * a released handle whose last page this was is freed, as in the real driver.
+ */
+static void drop_pages(kv_emu_resv_t *r, size_t first, size_t n)
+{
+    for (size_t i = first; i < first + n; i++) {
+        kv_emu_page_t *pg = &r->pages[i];
+        kv_emu_handle_t *h = pg->handle;
+
+        h->maps--;
+        if (!h->internal)
+            kv_emu.devs[h->device].mapped_pages--;
+        memset(pg, 0, sizeof(*pg));
+        if (h->maps == 0 && h->released)
+            destroy_handle(h);
+    }
+    r->mapped -= n;
+}
+
+/* Put anonymous PROT_NONE memory back over n pages at addr. Returns 0 or -errno. */
+static int clear_range(uintptr_t addr, size_t n)
+{
+    void *m = mmap((void *)addr, n * P, PROT_NONE,
+                   MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+
+    return m == MAP_FAILED ? -errno : 0;
+}
+
+/*
+ * Map chunks [hfirst, hfirst + n) of h at pages [first, first + n) of r, all unmapped, with no
+ * access. Runs of file-contiguous chunks go in one mmap so the host keeps few VMAs. Returns 0
+ * or -errno, leaving nothing mapped.
+ */
+static int map_pages(kv_emu_resv_t *r, size_t first, size_t n, kv_emu_handle_t *h, size_t hfirst)
+{
+    int fd = kv_emu.devs[h->device].memfd;
+    uint32_t id;
+    size_t i = 0, run;
+    void *m;
+
+    while (i < n) {
+        for (run = 1; i + run < n; run++)
+            if (h->chunks[hfirst + i + run] != h->chunks[hfirst + i] + run)
+                break;
+        m = mmap((void *)(r->base + (first + i) * P), run * P, PROT_NONE, MAP_SHARED | MAP_FIXED,
+                 fd, (off_t)h->chunks[hfirst + i] * (off_t)P);
+        if (m == MAP_FAILED) {
+            int err = -errno;
+
+            if (i > 0)
+                clear_range(r->base + first * P, i);
+            return err;
+        }
+        i += run;
+    }
+
+    id = kv_emu.next_map_id++;
+    if (kv_emu.next_map_id == 0)
+        kv_emu.next_map_id = 1;
+    for (i = 0; i < n; i++) {
+        r->pages[first + i].handle = h;
+        r->pages[first + i].index = (uint32_t)(hfirst + i);
+        r->pages[first + i].map_id = id;
+        r->pages[first + i].prot = PROT_NONE;
+    }
+    h->maps += n;
+    r->mapped += n;
+    if (!h->internal)
+        kv_emu.devs[h->device].mapped_pages += n;
+    return 0;
+}
+
+/* ------------------------------------------------------------------ VMM entry points */
+
+/* Validate an allocation property as the real driver does for pinned device memory. */
+static CUresult check_prop(const CUmemAllocationProp *prop)
+{
+    if (!prop || prop->type != CU_MEM_ALLOCATION_TYPE_PINNED ||
+        prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (!kv_emu_valid_device(prop->location.id))
+        return CUDA_ERROR_INVALID_DEVICE;
+    return CUDA_SUCCESS;
+}
+
+KV_EMU_API CUresult cuMemGetAllocationGranularity(size_t *granularity,
+                                                  const CUmemAllocationProp *prop,
+                                                  CUmemAllocationGranularity_flags option)
+{
+    CUresult r;
+
+    KV_EMU_ENTER(cuMemGetAllocationGranularity);
+    if (!granularity || (option != CU_MEM_ALLOC_GRANULARITY_MINIMUM &&
+                         option != CU_MEM_ALLOC_GRANULARITY_RECOMMENDED))
+        return CUDA_ERROR_INVALID_VALUE;
+    r = check_prop(prop);
+    if (r != CUDA_SUCCESS)
+        return r;
+    *granularity = P;
+    return CUDA_SUCCESS;
+}
+KV_EMU_ALIAS(cuMemGetAllocationGranularity);
+
+/* The hint addr is ignored: the real driver may ignore it too. */
+KV_EMU_API CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment,
+                                        CUdeviceptr addr, unsigned long long flags)
+{
+    kv_emu_resv_t *r;
+    int err;
+
+    KV_EMU_ENTER(cuMemAddressReserve);
+    (void)addr;
+    if (!ptr || size == 0 || !aligned(size) || (alignment & (alignment - 1)) || flags)
+        return CUDA_ERROR_INVALID_VALUE;
+    kv_emu_lock();
+    err = create_resv(size, alignment > P ? alignment : P, &r);
+    if (err == 0)
+        *ptr = r->base;
+    kv_emu_unlock();
+    return err < 0 ? kv_emu_from_errno(-err) : CUDA_SUCCESS;
+}
+KV_EMU_ALIAS(cuMemAddressReserve);
+
+/* A reservation with pages still mapped is refused (the real driver leaves it undefined). */
+KV_EMU_API CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size)
+{
+    CUresult res = CUDA_SUCCESS;
+    kv_emu_resv_t *r;
+
+    KV_EMU_ENTER(cuMemAddressFree);
+    kv_emu_lock();
+    r = find_user_resv(ptr, 1);
+    if (!r || r->base != ptr || r->size != size || r->mapped) {
+        res = CUDA_ERROR_INVALID_VALUE;
+        goto out;
+    }
+    destroy_resv(r);
+out:
+    kv_emu_unlock();
+    return res;
+}
+KV_EMU_ALIAS(cuMemAddressFree);
+
+KV_EMU_API CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
+                                const CUmemAllocationProp *prop, unsigned long long flags)
+{
+    kv_emu_handle_t *h;
+    CUresult r;
+    int err;
+
+    KV_EMU_ENTER(cuMemCreate);
+    if (!handle || size == 0 || !aligned(size) || flags)
+        return CUDA_ERROR_INVALID_VALUE;
+    r = check_prop(prop);
+    if (r != CUDA_SUCCESS)
+        return r;
+    kv_emu_lock();
+    err = create_handle(prop->location.id, size, false, &h);
+    if (err == 0)
+        *handle = h->id;
+    kv_emu_unlock();
+    return err < 0 ? CUDA_ERROR_OUT_OF_MEMORY : CUDA_SUCCESS;
+}
+KV_EMU_ALIAS(cuMemCreate);
+
+KV_EMU_API CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
+{
+    CUresult r = CUDA_SUCCESS;
+    kv_emu_handle_t *h;
+
+    KV_EMU_ENTER(cuMemRelease);
+    kv_emu_lock();
+    h = find_handle(handle);
+    if (!h || h->internal || h->released) {
+        r = CUDA_ERROR_INVALID_VALUE;
+        goto out;
+    }
+    if (h->maps == 0)
+        destroy_handle(h);
+    else
+        h->released = true;
+out:
+    kv_emu_unlock();
+    return r;
+}
+KV_EMU_ALIAS(cuMemRelease);
+
+KV_EMU_API CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+                             CUmemGenericAllocationHandle handle, unsigned long long flags)
+{
+    CUresult res = CUDA_ERROR_INVALID_VALUE;
+    kv_emu_handle_t *h;
+    kv_emu_resv_t *r;
+    size_t first;
+    int err;
+
+    KV_EMU_ENTER(cuMemMap);
+    if (size == 0 || !aligned(ptr) || !aligned(size) || !aligned(offset) || flags)
+        return CUDA_ERROR_INVALID_VALUE;
+    kv_emu_lock();
+    h = find_handle(handle);
+    if (!h || h->internal || h->released)
+        goto out;
+    if (offset > h->nchunks * P || size > h->nchunks * P - offset)
+        goto out;
+    r = find_user_resv(ptr, size);
+    if (!r)
+        goto out;
+    first = (ptr - r->base) / P;
+    if (count_mapped(r, first, size / P) != 0)
+        goto out;
+    err = map_pages(r, first, size / P, h, offset / P);
+    res = err < 0 ? kv_emu_from_errno(-err) : CUDA_SUCCESS;
+out:
+    kv_emu_unlock();
+    return res;
+}
+KV_EMU_ALIAS(cuMemMap);
+
+/*
+ * The host has one protection per page, not one per device, so with several descriptors the
+ * most permissive one applies.
+ */
+KV_EMU_API CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc,
+                                   size_t count)
+{
+    CUresult res = CUDA_ERROR_INVALID_VALUE;
+    CUmemAccess_flags best = CU_MEM_ACCESS_FLAGS_PROT_NONE;
+    kv_emu_resv_t *r;
+    size_t first;
+    int prot;
+
+    KV_EMU_ENTER(cuMemSetAccess);
+    if (size == 0 || !aligned(ptr) || !aligned(size) || !desc || count == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    for (size_t i = 0; i < count; i++) {
+        if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+            return CUDA_ERROR_INVALID_VALUE;
+        if (!kv_emu_valid_device(desc[i].location.id))
+            return CUDA_ERROR_INVALID_DEVICE;
+        if (desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_NONE &&
+            desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_READ &&
+            desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+            return CUDA_ERROR_INVALID_VALUE;
+        if (desc[i].flags > best)
+            best = desc[i].flags;
+    }
+    prot = best == CU_MEM_ACCESS_FLAGS_PROT_READWRITE ? PROT_READ | PROT_WRITE
+         : best == CU_MEM_ACCESS_FLAGS_PROT_READ      ? PROT_READ
+                                                       : PROT_NONE;
+    kv_emu_lock();
+    r = find_user_resv(ptr, size);
+    if (!r)
+        goto out;
+    first = (ptr - r->base) / P;
+    if (count_mapped(r, first, size / P) != size / P)
+        goto out;
+    if (mprotect((void *)ptr, size, prot) < 0) {
+        res = kv_emu_from_errno(errno);
+        goto out;
+    }
+    for (size_t i = first; i < first + size / P; i++)
+        r->pages[i].prot = prot;
+    res = CUDA_SUCCESS;
+out:
+    kv_emu_unlock();
+    return res;
+}
+KV_EMU_ALIAS(cuMemSetAccess);
+
+/*
+ * As in the real driver, the range must be made of whole mappings: a sub-range of what one
+ * cuMemMap mapped is refused.
+ */
+KV_EMU_API CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
+{
+    CUresult res = CUDA_ERROR_INVALID_VALUE;
+    kv_emu_resv_t *r;
+    size_t first, last;
+    int err;
+
+    KV_EMU_ENTER(cuMemUnmap);
+    if (size == 0 || !aligned(ptr) || !aligned(size))
+        return CUDA_ERROR_INVALID_VALUE;
+    kv_emu_lock();
+    r = find_user_resv(ptr, size);
+    if (!r)
+        goto out;
+    first = (ptr - r->base) / P;
+    last = first + size / P - 1;
+    if (count_mapped(r, first, size / P) != size / P)
+        goto out;
+    if (first > 0 && r->pages[first - 1].map_id == r->pages[first].map_id)
+        goto out;
+    if (last + 1 < r->npages && r->pages[last + 1].map_id == r->pages[last].map_id)
+        goto out;
+    err = clear_range(ptr, size / P);
+    if (err < 0) {
+        res = kv_emu_from_errno(-err);
+        goto out;
+    }
+    drop_pages(r, first, size / P);
+    res = CUDA_SUCCESS;
+out:
+    kv_emu_unlock();
+    return res;
+}
+KV_EMU_ALIAS(cuMemUnmap);
+
+/* ------------------------------------------------------------------ classic allocations */
+
+KV_EMU_API CUresult cuMemGetInfo_v2(size_t *free, size_t *total)
+{
+    struct CUctx_st *c;
+
+    KV_EMU_ENTER(cuMemGetInfo_v2);
+    if (!free || !total)
+        return CUDA_ERROR_INVALID_VALUE;
+    c = kv_emu_current();
+    if (!c)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    kv_emu_lock();
+    *free = kv_emu.devs[c->device].nfree * P;
+    *total = kv_emu.device_bytes;
+    kv_emu_unlock();
+    return CUDA_SUCCESS;
+}
+KV_EMU_ALIAS(cuMemGetInfo_v2);
+
+/*
+ * A private reservation mapped read-write over an internal handle, so cuMemGetInfo and the
+ * out-of-memory point are shared with cuMemCreate as on a GPU.
+ */
+KV_EMU_API CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
+{
+    kv_emu_handle_t *h = NULL;
+    kv_emu_resv_t *r = NULL;
+    struct CUctx_st *c;
+    size_t size;
+    int err;
+
+    KV_EMU_ENTER(cuMemAlloc_v2);
+    if (!dptr || bytesize == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    c = kv_emu_current();
+    if (!c)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    if (bytesize > SIZE_MAX - P)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    size = (bytesize + P - 1) / P * P;
+
+    kv_emu_lock();
+    err = create_handle(c->device, size, true, &h);
+    if (err < 0)
+        goto out;
+    err = create_resv(size, P, &r);
+    if (err < 0)
+        goto out;
+    err = map_pages(r, 0, r->npages, h, 0);
+    if (err < 0)
+        goto out;
+    if (mprotect((void *)r->base, size, PROT_READ | PROT_WRITE) < 0) {
+        err = -errno;
+        drop_pages(r, 0, r->npages);
+        goto out;
+    }
+    for (size_t i = 0; i < r->npages; i++)
+        r->pages[i].prot = PROT_READ | PROT_WRITE;
+    r->alloc_bytes = bytesize;
+    r->alloc_handle = h;
+    kv_emu.devs[c->device].allocs++;
+    *dptr = r->base;
+out:
+    if (err < 0) {
+        if (r)
+            destroy_resv(r);
+        if (h)
+            destroy_handle(h);
+    }
+    kv_emu_unlock();
+    return err < 0 ? kv_emu_from_errno(-err) : CUDA_SUCCESS;
+}
+KV_EMU_ALIAS(cuMemAlloc_v2);
+
+KV_EMU_API CUresult cuMemFree_v2(CUdeviceptr dptr)
+{
+    CUresult res = CUDA_ERROR_INVALID_VALUE;
+    kv_emu_handle_t *h;
+    kv_emu_resv_t *r;
+
+    KV_EMU_ENTER(cuMemFree_v2);
+    if (!kv_emu_current())
+        return CUDA_ERROR_INVALID_CONTEXT;
+    kv_emu_lock();
+    r = kv_emu_find_resv(dptr, 1);
+    if (!r || !r->alloc_bytes || r->base != dptr)
+        goto out;
+    h = r->alloc_handle;
+    kv_emu.devs[h->device].allocs--;
+    drop_pages(r, 0, r->npages);
+    destroy_resv(r);
+    destroy_handle(h);
+    res = CUDA_SUCCESS;
+out:
+    kv_emu_unlock();
+    return res;
+}
+KV_EMU_ALIAS(cuMemFree_v2);
+
+/* A cuMemAlloc allocation gives its requested size; a reservation gives itself whole. */
+KV_EMU_API CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr)
+{
+    CUresult res = CUDA_ERROR_NOT_FOUND;
+    kv_emu_resv_t *r;
+    size_t size;
+
+    KV_EMU_ENTER(cuMemGetAddressRange_v2);
+    if (!kv_emu_current())
+        return CUDA_ERROR_INVALID_CONTEXT;
+    kv_emu_lock();
+    r = kv_emu_find_resv(dptr, 1);
+    if (!r)
+        goto out;
+    size = r->alloc_bytes ? r->alloc_bytes : r->size;
+    if (dptr - r->base >= size)
+        goto out;
+    if (pbase)
+        *pbase = r->base;
+    if (psize)
+        *psize = size;
+    res = CUDA_SUCCESS;
+out:
+    kv_emu_unlock();
+    return res;
+}
+KV_EMU_ALIAS(cuMemGetAddressRange_v2);

@@ -1,0 +1,62 @@
+/*
+ * kvemu.h: control API of the CPU emulation of the CUDA driver (tests/emu/libcuda.so.1).
+ *
+ * Tests reach it through dlsym on the libcuda.so.1 handle, so the emulation is never a link-time
+ * dependency of a test: where dlsym(h, "kvemu_is_emulation") is NULL, the test runs on a real
+ * driver. The kvemu_*_fn typedefs are the matching function pointer types.
+ */
+#ifndef KVEMU_H
+#define KVEMU_H
+
+#include <stddef.h>
+#include <cuda.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * Make the n-th next call (1 = the very next) of driver function func (its exported name, e.g.
+ * "cuMemMap" or "cuMemAlloc_v2"; a base name such as "cuMemAlloc" means its newest variant)
+ * return err without doing anything. n = 0 disarms it. Several functions may be armed at once;
+ * each fires once. Returns 0, or -1 for an unknown name or a negative n.
+ */
+int kvemu_fail_nth(const char *func, int n, CUresult err);
+
+/* Calls of func (named as for kvemu_fail_nth) since start or kvemu_reset_counts(); 0 if unknown. */
+unsigned long long kvemu_calls(const char *func);
+void kvemu_reset_counts(void);
+
+/*
+ * Live state, so tests can prove nothing leaked. Per device: physical_bytes (chunks held by
+ * handles and cuMemAlloc allocations), handles (cuMemCreate handles not yet freed; a released
+ * handle still mapped counts until its last unmap), mapped_pages (2 MiB pages of those handles
+ * mapped), allocs (live cuMemAlloc allocations). Process-wide, the same for every device as
+ * reservations are not per device: reservations and reserved_bytes (cuMemAddressReserve ranges;
+ * the ranges behind cuMemAlloc are not counted). An invalid device, or a call before cuInit,
+ * gives all zeros.
+ */
+struct kvemu_usage {
+    size_t physical_bytes;
+    size_t handles;
+    size_t reservations;
+    size_t reserved_bytes;
+    size_t mapped_pages;
+    size_t allocs;
+};
+void kvemu_usage(int device, struct kvemu_usage *out);
+
+/* 1: this libcuda.so.1 is the emulation. */
+int kvemu_is_emulation(void);
+
+typedef int (*kvemu_fail_nth_fn)(const char *func, int n, CUresult err);
+typedef unsigned long long (*kvemu_calls_fn)(const char *func);
+typedef void (*kvemu_reset_counts_fn)(void);
+typedef void (*kvemu_usage_fn)(int device, struct kvemu_usage *out);
+typedef int (*kvemu_is_emulation_fn)(void);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* KVEMU_H */
