@@ -127,7 +127,7 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 		free(a);
 		return rc;
 	}
-	rc = kv_prim_open(&a->prim, o->device);
+	rc = kv_prim_open(&a->prim, o->device, o->page);
 	if (rc)
 		goto fail;
 	a->page = a->prim.page;

@@ -32,6 +32,8 @@ typedef struct kv_alloc_s kv_alloc_t;
 
 struct kv_alloc_opts {
 	int device;          /* CUDA device ordinal */
+	size_t page;         /* physical page size, a multiple of the device's
+			      * granularity; 0: the granularity (2 MiB) */
 	size_t limit;        /* physical bytes this allocator may hold;
 			      * 0: limit_pct of the device's memory */
 	unsigned limit_pct;  /* 1-100; 0 means 100 */
@@ -50,7 +52,8 @@ void kv_alloc_opts_default(struct kv_alloc_opts *o);
 
 /* Open the driver for o->device and set the allocator up; the pool is filled
  * to its low watermark before this returns. Returns 0, KVSHIM_EINVAL for
- * inconsistent options (pool_low > pool_high), KVSHIM_ENODEV, KVSHIM_ENOMEM
+ * inconsistent options (pool_low > pool_high, a page that is not a multiple
+ * of the granularity), KVSHIM_ENODEV, KVSHIM_ENOMEM
  * or KVSHIM_EDRIVER. */
 int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out);
 

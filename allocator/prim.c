@@ -115,7 +115,7 @@ static void page_prop(const kv_prim_t *p, CUmemAllocationProp *prop)
 
 /* ---- set-up ----------------------------------------------------------------- */
 
-int kv_prim_open(kv_prim_t *p, int ordinal)
+int kv_prim_open(kv_prim_t *p, int ordinal, size_t page)
 {
 	CUmemAllocationProp prop;
 	CUresult r;
@@ -148,8 +148,14 @@ int kv_prim_open(kv_prim_t *p, int ordinal)
 	CALL("cuDeviceTotalMem", drv.cuDeviceTotalMem_v2(&p->device_bytes, p->dev));
 	page_prop(p, &prop);
 	CALL("cuMemGetAllocationGranularity",
-	     drv.cuMemGetAllocationGranularity(&p->page, &prop,
+	     drv.cuMemGetAllocationGranularity(&p->gran, &prop,
 					      CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+	p->page = page ? page : p->gran;
+	if (p->page % p->gran) {
+		kv_error("a page of %zu bytes is not a multiple of the device's granularity (%zu)",
+			 p->page, p->gran);
+		return KVSHIM_EINVAL;
+	}
 	CALL("cuDevicePrimaryCtxRetain",
 	     drv.cuDevicePrimaryCtxRetain(&p->ctx, p->dev));
 	rc = kv_prim_bind(p);
@@ -190,10 +196,10 @@ int kv_prim_bind(const kv_prim_t *p)
 
 int kv_prim_reserve(const kv_prim_t *p, size_t size, CUdeviceptr *va)
 {
-	if (size == 0 || size % p->page)
+	if (size == 0 || size % p->gran)
 		return KVSHIM_EINVAL;
 	CALL("cuMemAddressReserve",
-	     drv.cuMemAddressReserve(va, size, p->page, 0, 0));
+	     drv.cuMemAddressReserve(va, size, p->gran, 0, 0));
 	return 0;
 }
 

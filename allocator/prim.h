@@ -22,15 +22,20 @@ typedef struct kv_prim_s {
 	CUdevice dev;
 	CUcontext ctx;        /* the device's primary context, retained */
 	CUstream stream;      /* private stream for scrubbing */
-	size_t page;          /* allocation granularity: 2 MiB on current GPUs */
+	size_t gran;          /* allocation granularity: 2 MiB on current GPUs */
+	size_t page;          /* kvshim's page: one physical handle, a multiple
+			       * of gran */
 	size_t device_bytes;  /* total device memory */
 } kv_prim_t;
 
 /* Load the driver, initialise it, retain the primary context of device
- * ordinal and read its granularity. Pre: p is not yet open.
- * Returns 0, KVSHIM_ENODEV (no libcuda, no such device, or no VMM support)
- * or KVSHIM_EDRIVER. */
-int kv_prim_open(kv_prim_t *p, int ordinal);
+ * ordinal and read its granularity. page is the size of one physical page
+ * (0: the granularity). Larger pages cost fewer driver calls per byte: the
+ * driver charges cuMemSetAccess and cuMemUnmap per mapping, not per byte.
+ * Pre: p is not yet open. Returns 0, KVSHIM_EINVAL (page not a multiple of
+ * the granularity), KVSHIM_ENODEV (no libcuda, no such device, or no VMM
+ * support) or KVSHIM_EDRIVER. */
+int kv_prim_open(kv_prim_t *p, int ordinal, size_t page);
 
 /* Drop the primary context and the stream. Safe on a zeroed p. */
 void kv_prim_close(kv_prim_t *p);
@@ -39,7 +44,8 @@ void kv_prim_close(kv_prim_t *p);
  * KVSHIM_EDRIVER. */
 int kv_prim_bind(const kv_prim_t *p);
 
-/* Reserve size bytes of virtual address space, aligned to the page.
+/* Reserve size bytes of virtual address space, aligned to the page (size
+ * need only be a multiple of the granularity).
  * Returns 0 with *va set, KVSHIM_EINVAL for a size that is not a non-zero
  * page multiple, or a driver error. */
 int kv_prim_reserve(const kv_prim_t *p, size_t size, CUdeviceptr *va);

@@ -144,6 +144,21 @@ static int parse_size_pct(const char *s, struct kv_config *c, const char **why)
 	return 0;
 }
 
+static int parse_size_auto(const char *s, size_t *out, const char **why)
+{
+	if (!strcasecmp(s, "auto")) {
+		*out = 0;
+		return 0;
+	}
+	if (kv_parse_size(s, out, why))
+		return KVSHIM_ECONFIG;
+	if (*out == 0 || *out % (2u << 20)) {
+		*why = "must be a whole number of 2 MiB pages, or auto";
+		return KVSHIM_ECONFIG;
+	}
+	return 0;
+}
+
 static int parse_size_off(const char *s, size_t *out, const char **why)
 {
 	if (!strcasecmp(s, "off") || !strcasecmp(s, "none")) {
@@ -160,6 +175,7 @@ static int parse_size_off(const char *s, size_t *out, const char **why)
 #define kv_apply_size(c, f, s, why) kv_parse_size(s, &(c)->f, why)
 #define kv_apply_size_pct(c, f, s, why) parse_size_pct(s, c, why)
 #define kv_apply_size_off(c, f, s, why) parse_size_off(s, &(c)->f, why)
+#define kv_apply_size_auto(c, f, s, why) parse_size_auto(s, &(c)->f, why)
 
 int kv_config_load(struct kv_config *c)
 {

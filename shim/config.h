@@ -16,6 +16,8 @@
 	  "on a malformed variable exit the program with status 64 instead of disabling kvshim") \
 	X(DEVICE, device, int, "0",                                          \
 	  "CUDA device ordinal whose memory kvshim manages")                 \
+	X(PAGE, page, size_auto, "auto",                                     \
+	  "physical page size, a multiple of the GPU's granularity (2 MiB); larger pages map with fewer driver calls but back memory more coarsely") \
 	X(LIMIT, limit, size_pct, "100%",                                    \
 	  "most physical memory this process may hold in pages: bytes (K/M/G/T suffixes) or % of device memory") \
 	X(POOL_LOW, pool_low, size, "8M",                                    \
@@ -31,6 +33,7 @@ struct kv_config {
 	int log;
 	int strict;
 	int device;
+	size_t page;         /* 0: the granularity */
 	size_t limit;        /* bytes, or 0 when limit_pct applies */
 	unsigned limit_pct;  /* 1-100, or 0 when limit is in bytes */
 	size_t pool_low;

@@ -37,6 +37,7 @@ static int start(void)
 	}
 	kv_alloc_opts_default(&o);
 	o.device = config.device;
+	o.page = config.page;
 	o.limit = config.limit;
 	o.limit_pct = config.limit_pct;
 	o.pool_low = config.pool_low;

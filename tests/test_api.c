@@ -168,6 +168,7 @@ START_TEST(test_config_defaults)
 
 	ck_assert_int_eq(kv_config_load(&c), 0);
 	ck_assert_int_eq(c.device, 0);
+	ck_assert_uint_eq(c.page, 0);
 	ck_assert_uint_eq(c.limit, 0);
 	ck_assert_uint_eq(c.limit_pct, 100);
 	ck_assert_uint_eq(c.pool_low, 8u << 20);
@@ -188,7 +189,9 @@ START_TEST(test_config_values)
 	setenv("KVSHIM_CACHE_MAX", "256M", 1);
 	setenv("KVSHIM_ZERO", "off", 1);
 	setenv("KVSHIM_LOG", "error", 1);
+	setenv("KVSHIM_PAGE", "32M", 1);
 	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert_uint_eq(c.page, 32u << 20);
 	ck_assert_uint_eq(c.limit_pct, 40);
 	ck_assert_uint_eq(c.pool_low, 2u << 20);
 	ck_assert_uint_eq(c.pool_high, 1u << 30);
@@ -211,7 +214,8 @@ START_TEST(test_config_bad_values)
 		{ "KVSHIM_POOL_HIGH", "4Q" }, { "KVSHIM_CACHE_MAX", "some" },
 		{ "KVSHIM_ZERO", "maybe" }, { "KVSHIM_LOG", "loud" },
 		{ "KVSHIM_DEVICE", "-1" }, { "KVSHIM_DEVICE", "1x" },
-		{ "KVSHIM_STRICT", "2" },
+		{ "KVSHIM_STRICT", "2" }, { "KVSHIM_PAGE", "3M" },
+		{ "KVSHIM_PAGE", "0" }, { "KVSHIM_PAGE", "big" },
 	};
 	struct kv_config c;
 	size_t i;

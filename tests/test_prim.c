@@ -9,7 +9,7 @@ static kv_prim_t p;
 
 static void open_prim(void)
 {
-	ck_assert_int_eq(kv_prim_open(&p, 0), 0);
+	ck_assert_int_eq(kv_prim_open(&p, 0, 0), 0);
 }
 
 static void close_prim(void)
@@ -33,7 +33,9 @@ START_TEST(test_open_bad_ordinal)
 {
 	kv_prim_t q;
 
-	ck_assert_int_eq(kv_prim_open(&q, 999), KVSHIM_ENODEV);
+	ck_assert_int_eq(kv_prim_open(&q, 999, 0), KVSHIM_ENODEV);
+	kv_prim_close(&q);
+	ck_assert_int_eq(kv_prim_open(&q, 0, PG + PG / 2), KVSHIM_EINVAL);
 	kv_prim_close(&q);
 }
 END_TEST

@@ -251,6 +251,66 @@ START_TEST(test_mapped_page_costs_no_call)
 }
 END_TEST
 
+/* ---- pages larger than the granularity ---- */
+
+#define BIG (4 * PG)
+
+static void setup_big(void)
+{
+	struct kv_alloc_opts o;
+
+	kt_opts(&o);
+	o.page = BIG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 3 * BIG - PG, &base), 0);
+}
+
+START_TEST(test_big_pages)
+{
+	unsigned long long bad = 1;
+	struct kvshim_stats s = kt_stats(a);
+
+	ck_assert_uint_eq(s.page_bytes, BIG);
+	ck_assert_uint_eq(s.reserved_bytes, 3 * BIG);
+	ck_assert_int_eq(kv_alloc_map(a, base + BIG - 8, 16), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 1);
+	ck_assert_int_eq(kv_alloc_claims(a, base + BIG), 1);
+	ck_assert_int_eq(kv_alloc_claims(a, base + 2 * BIG), 0);
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.mapped_bytes, 2 * BIG);
+	ck_assert_uint_eq(s.pages_mapped, 2);
+	ck_assert_int_eq(kv_dev_fill(base, 2 * BIG, 21), CUDA_SUCCESS);
+	ck_assert_int_eq(kv_dev_check(base, 2 * BIG, 21, &bad), CUDA_SUCCESS);
+	ck_assert_uint_eq(bad, 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + BIG - 8, 16), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 2 * BIG);
+}
+END_TEST
+
+/* One mapping, and so one access call, per big page. */
+START_TEST(test_big_pages_one_map_each)
+{
+	kv_dev_reset_counts();
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * BIG), 0);
+	ck_assert_uint_eq(kv_dev_calls("cuMemCreate"), 3);
+	/* three in the span, three in the scrub arena */
+	ck_assert_uint_eq(kv_dev_calls("cuMemMap"), 6);
+	ck_assert_uint_eq(kv_dev_calls("cuMemSetAccess"), 2);
+}
+END_TEST
+
+START_TEST(test_bad_page_size)
+{
+	struct kv_alloc_opts o;
+	kv_alloc_t *b = NULL;
+
+	kt_opts(&o);
+	o.page = 3 * PG / 2;
+	ck_assert_int_eq(kv_alloc_create(&o, &b), KVSHIM_EINVAL);
+	ck_assert_ptr_null(b);
+}
+END_TEST
+
 Suite *span_suite(void)
 {
 	Suite *s = suite_create("span");
@@ -273,6 +333,13 @@ Suite *span_suite(void)
 	tcase_add_test(bad, test_bad_outside_span);
 	tcase_add_test(bad, test_bad_release);
 	tcase_add_test(bad, test_bad_unmap_unclaimed);
+	tcase_add_test(bad, test_bad_page_size);
 	suite_add_tcase(s, bad);
+
+	tc = tcase_create("big-pages");
+	tcase_add_checked_fixture(tc, setup_big, teardown);
+	tcase_add_test(tc, test_big_pages);
+	kt_add_emu(tc, test_big_pages_one_map_each);
+	suite_add_tcase(s, tc);
 	return s;
 }

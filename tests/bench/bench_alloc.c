@@ -22,13 +22,13 @@
 #include "shim.h"
 
 #define MAX_REPS 100
-#define MAX_FIGS 24
+#define MAX_FIGS 32
 #define BLOCK ((size_t)512 << 10)
 #define MIB ((size_t)1 << 20)
 
 /* ---- options and the driver --------------------------------------------- */
 
-static size_t npages = 512, copy_mib = 1024;
+static size_t npages = 512, copy_mib = 1024, page_mib;
 static int reps = 5;
 static const char *csv_path;
 static size_t pg;               /* allocation granularity */
@@ -220,7 +220,8 @@ static double fig_median(const struct fig *f)
 static struct {
 	struct fig *floor, *map, *blk_pg, *blk_call, *nozero, *rel, *rel_blk,
 		*trim, *tick, *st, *pbp_map, *pbp_rel, *rt_alloc, *rt_free,
-		*bw_alloc, *bw_span;
+		*bw_alloc, *bw_span, *d_map, *d_access, *d_access_pp, *d_unmap,
+		*d_unmap_pp, *d_create, *d_release;
 } R;
 
 static void make_rows(int have_rt)
@@ -230,6 +231,13 @@ static void make_rows(int have_rt)
 
 	R.floor = fig_new("driver floor: N map + 1 set access", "page", n,
 			  n + 1);
+	R.d_map = fig_new("  of which N cuMemMap", "page", n, n);
+	R.d_access = fig_new("  of which 1 cuMemSetAccess over N pages", "page", n, 1);
+	R.d_access_pp = fig_new("driver: cuMemSetAccess page by page", "page", n, n);
+	R.d_unmap = fig_new("driver: 1 cuMemUnmap over N pages", "page", n, 1);
+	R.d_unmap_pp = fig_new("driver: cuMemUnmap page by page", "page", n, n);
+	R.d_create = fig_new("driver: cuMemCreate", "page", n, n);
+	R.d_release = fig_new("driver: cuMemRelease", "page", n, n);
 	R.map = fig_new("kvshim map, pool warm, zero on", "page", n, 1);
 	R.blk_pg = fig_new("kvshim map, block by block", "page", n, n4);
 	R.blk_call = fig_new("  the same, per 512 KiB call", "call", n4, n4);
@@ -267,14 +275,32 @@ static CUdeviceptr reserve_va(size_t bytes)
  * the contiguous range, the least any pool-based design can do. */
 static void floor_rep(CUmemGenericAllocationHandle *h, CUdeviceptr va)
 {
-	double t = now_us();
+	double t = now_us(), t1, t2;
 	size_t i;
 
 	for (i = 0; i < npages; i++)
 		CU(D.map(va + i * pg, pg, 0, h[i], 0));
+	t1 = now_us();
 	CU(D.access(va, npages * pg, &rw, 1));
-	fig_add(R.floor, now_us() - t);
+	t2 = now_us();
+	fig_add(R.floor, t2 - t);
+	fig_add(R.d_map, t1 - t);
+	fig_add(R.d_access, t2 - t1);
 	CU(D.unmap(va, npages * pg));
+	fig_add(R.d_unmap, now_us() - t2);
+
+	/* the same with access and unmap page by page */
+	for (i = 0; i < npages; i++)
+		CU(D.map(va + i * pg, pg, 0, h[i], 0));
+	t = now_us();
+	for (i = 0; i < npages; i++)
+		CU(D.access(va + i * pg, pg, &rw, 1));
+	t1 = now_us();
+	for (i = 0; i < npages; i++)
+		CU(D.unmap(va + i * pg, pg));
+	t2 = now_us();
+	fig_add(R.d_access_pp, t1 - t);
+	fig_add(R.d_unmap_pp, t2 - t1);
 }
 
 /* What kvcached does: every page created, mapped and made accessible on
@@ -307,12 +333,18 @@ static void bench_driver(void)
 
 	if (!h)
 		die("calloc", "out of memory", __LINE__);
-	for (i = 0; i < npages; i++)
-		CU(D.create(&h[i], pg, &prop, 0));
-	for (r = 0; r < reps; r++)
+	for (r = 0; r < reps; r++) {
+		double t = now_us();
+
+		for (i = 0; i < npages; i++)
+			CU(D.create(&h[i], pg, &prop, 0));
+		fig_add(R.d_create, now_us() - t);
 		floor_rep(h, va);
-	for (i = 0; i < npages; i++)
-		CU(D.release(h[i]));
+		t = now_us();
+		for (i = 0; i < npages; i++)
+			CU(D.release(h[i]));
+		fig_add(R.d_release, now_us() - t);
+	}
 	for (r = 0; r < reps; r++)
 		page_by_page_rep(h, va);
 	CU(D.addr_free(va, npages * pg));
@@ -385,6 +417,7 @@ static kv_alloc_t *make_alloc(int zero)
 
 	kv_alloc_opts_default(&o);
 	o.pool_low = o.pool_high = npages * pg;
+	o.page = page_mib * MIB;
 	o.zero = zero;
 	o.worker = 0;
 	KV(kv_alloc_create(&o, &a));
@@ -415,6 +448,10 @@ static void scrub_all(kv_alloc_t *a, unsigned long long n)
 {
 	unsigned long long z0 = stats(a).pages_zeroed;
 	unsigned long long ticks = 0;
+
+	/* n counts 2 MiB pages; the allocator counts its own */
+	if (page_mib)
+		n /= page_mib * MIB / pg;
 
 	while (stats(a).pages_zeroed - z0 < n) {
 		KV(kv_alloc_tick(a));
@@ -654,7 +691,11 @@ static void header(void)
 		printf("** CPU emulation of the driver: the timings below are "
 		       "not GPU figures **\n");
 	printf("%zu pages of %zu KiB, %d reps (median, min, max over reps); "
-	       "microseconds per page unless noted\n\n", npages, pg >> 10, reps);
+	       "microseconds per %zu KiB page unless noted\n", npages, pg >> 10,
+	       reps, pg >> 10);
+	printf("kvshim's page (physical handle): %zu MiB; the driver rows use "
+	       "one handle per %zu KiB page\n\n", page_mib ? page_mib : pg / MIB,
+	       pg >> 10);
 }
 
 #define DASHES "------------------------------------------"
@@ -741,8 +782,10 @@ static void usage(int code)
 {
 	fprintf(code ? stderr : stdout,
 		"usage: bench-alloc [--pages N] [--reps R] [--copy-mib M] "
-		"[--csv FILE]\n"
-		"  --pages N     pages per measurement (default 512)\n"
+		"[--page-mib P] [--csv FILE]\n"
+		"  --pages N     2 MiB pages per measurement (default 512)\n"
+		"  --page-mib P  kvshim's page size in MiB, a multiple of 2 (default: the\n"
+		"                granularity); N * 2 MiB must be whole pages\n"
 		"  --reps R      repetitions, 1-%d (default 5)\n"
 		"  --copy-mib M  MiB copied in the bandwidth test (default 1024)\n"
 		"  --csv FILE    also write every rep's raw figures\n", MAX_REPS);
@@ -769,6 +812,7 @@ static void parse(int argc, char **argv)
 		{ "reps", required_argument, NULL, 'r' },
 		{ "copy-mib", required_argument, NULL, 'c' },
 		{ "csv", required_argument, NULL, 'o' },
+		{ "page-mib", required_argument, NULL, 'g' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 }
 	};
@@ -780,11 +824,12 @@ static void parse(int argc, char **argv)
 		case 'r': reps = (int)number(optarg, 1, MAX_REPS); break;
 		case 'c': copy_mib = number(optarg, 1, 1u << 20); break;
 		case 'o': csv_path = optarg; break;
+		case 'g': page_mib = number(optarg, 2, 1024); break;
 		case 'h': usage(0); break;
 		default: usage(2);
 		}
 	}
-	if (optind < argc)
+	if (optind < argc || page_mib % 2 || (page_mib && npages % (page_mib / 2)))
 		usage(2);
 }
 
