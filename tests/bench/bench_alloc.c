@@ -220,7 +220,7 @@ static double fig_median(const struct fig *f)
 static struct {
 	struct fig *floor, *map, *blk_pg, *blk_call, *nozero, *rel, *rel_blk,
 		*trim, *tick, *st, *pbp_map, *pbp_rel, *rt_alloc, *rt_free,
-		*bw_alloc, *bw_span, *d_map, *d_access, *d_access_pp, *d_unmap,
+		*bw_alloc, *bw_span, *bw_span_nz, *bw_raw, *d_map, *d_access, *d_access_pp, *d_unmap,
 		*d_unmap_pp, *d_create, *d_release;
 } R;
 
@@ -259,6 +259,10 @@ static void make_rows(int have_rt)
 			    n, 1);
 	R.bw_alloc = fig_new("region from cuMemAlloc", "GB/s", bw, 1);
 	R.bw_span = fig_new("region = kvshim span, mapped", "GB/s", bw, 1);
+	R.bw_span_nz = fig_new("  the same, zero off (no arena mapping)", "GB/s",
+			       bw, 1);
+	R.bw_raw = fig_new("region = one cuMemCreate handle, mapped", "GB/s",
+			   bw, 1);
 }
 
 /* ---- 1 and 7: the driver alone ------------------------------------------- */
@@ -567,51 +571,78 @@ static double copy_us(CUdeviceptr base, size_t m, CUevent e0, CUevent e1)
 	return ms * 1e3;
 }
 
-/* Copy the first half of [base, base + 2m) onto the second: a pattern is
- * written first (a copy of zeros could be short-cut) and checked after. */
-static void copy_region(struct fig *f, CUdeviceptr base, size_t m,
-			unsigned seed)
+/* Copies alternate between the two regions, many reps of each, so that
+ * clock and thermal drift fall on both alike. */
+#define COPY_REPS 21
+
+/* The destination of a copy must hold the source's pattern. */
+static void check_copy(CUdeviceptr base, size_t m, unsigned seed)
 {
 	unsigned long long bad = 0;
-	CUevent e0, e1;
-	int r;
 
-	CU(D.ev_create(&e0, CU_EVENT_DEFAULT));
-	CU(D.ev_create(&e1, CU_EVENT_DEFAULT));
-	CU(kv_dev_fill(base, m, seed));
-	for (r = 0; r < 2; r++)
-		copy_us(base, m, e0, e1);       /* warm up */
-	for (r = 0; r < reps; r++)
-		fig_add(f, copy_us(base, m, e0, e1));
 	CU(D.ctx_sync());
 	CU(kv_dev_check(base + m, m, seed, &bad));
 	if (bad)
 		die("checking the copy", "the destination lacks the pattern",
 		    __LINE__);
-	CU(D.ev_destroy(e0));
-	CU(D.ev_destroy(e1));
+}
+
+/* Copy the first half of each region onto its second half: a pattern is
+ * written first (a copy of zeros could be short-cut) and checked after. */
+static kv_alloc_t *copy_alloc(int zero, size_t m, CUdeviceptr *s)
+{
+	struct kv_alloc_opts o;
+	kv_alloc_t *a;
+
+	kv_alloc_opts_default(&o);
+	o.pool_low = o.pool_high = 0;
+	o.page = page_mib * MIB;
+	o.zero = zero;
+	o.worker = 0;
+	KV(kv_alloc_create(&o, &a));
+	KV(kv_alloc_reserve(a, 2 * m, s));
+	KV(kv_alloc_map(a, *s, 2 * m));
+	return a;
 }
 
 static void bench_copy(void)
 {
+	struct fig *figs4[4] = { R.bw_alloc, R.bw_span, R.bw_span_nz, R.bw_raw };
 	size_t m = copy_mib * MIB;
-	struct kv_alloc_opts o;
-	kv_alloc_t *a;
-	CUdeviceptr d;
+	CUmemGenericAllocationHandle h;
+	CUdeviceptr reg[4];
+	kv_alloc_t *a, *anz;
+	CUevent e0, e1;
+	int r, i;
 
-	CU(D.alloc(&d, 2 * m));
-	copy_region(R.bw_alloc, d, m, 0xc0de);
-	CU(D.free(d));
-
-	kv_alloc_opts_default(&o);
-	o.pool_low = o.pool_high = 0;
-	o.worker = 0;
-	KV(kv_alloc_create(&o, &a));
-	KV(kv_alloc_reserve(a, 2 * m, &d));
-	KV(kv_alloc_map(a, d, 2 * m));
-	copy_region(R.bw_span, d, m, 0x5a5a);
-	KV(kv_alloc_release(a, d));
+	a = copy_alloc(1, m, &reg[1]);
+	anz = copy_alloc(0, m, &reg[2]);
+	CU(D.alloc(&reg[0], 2 * m));
+	reg[3] = reserve_va(2 * m);
+	CU(D.create(&h, 2 * m, &prop, 0));
+	CU(D.map(reg[3], 2 * m, 0, h, 0));
+	CU(D.access(reg[3], 2 * m, &rw, 1));
+	CU(D.ev_create(&e0, CU_EVENT_DEFAULT));
+	CU(D.ev_create(&e1, CU_EVENT_DEFAULT));
+	for (i = 0; i < 4; i++) {
+		CU(kv_dev_fill(reg[i], m, 0xc0de + i));
+		copy_us(reg[i], m, e0, e1);     /* warm up */
+	}
+	for (r = 0; r < COPY_REPS; r++)
+		for (i = 0; i < 4; i++)
+			fig_add(figs4[i], copy_us(reg[i], m, e0, e1));
+	for (i = 0; i < 4; i++)
+		check_copy(reg[i], m, 0xc0de + i);
+	CU(D.ev_destroy(e0));
+	CU(D.ev_destroy(e1));
+	CU(D.free(reg[0]));
+	CU(D.unmap(reg[3], 2 * m));
+	CU(D.release(h));
+	CU(D.addr_free(reg[3], 2 * m));
+	KV(kv_alloc_release(a, reg[1]));
+	KV(kv_alloc_release(anz, reg[2]));
 	kv_alloc_destroy(a);
+	kv_alloc_destroy(anz);
 }
 
 /* ---- 10: what a fresh page holds ------------------------------------------ */
@@ -742,7 +773,7 @@ static void summary(void)
 
 static void print_copy(void)
 {
-	const struct fig *f[2] = { R.bw_alloc, R.bw_span };
+	const struct fig *f[4] = { R.bw_alloc, R.bw_span, R.bw_span_nz, R.bw_raw };
 	double m, lo, hi, r;
 	int i;
 
@@ -750,7 +781,7 @@ static void print_copy(void)
 	       "written:\n", copy_mib);
 	printf("| %-40s | %9s | %9s | %9s |\n", "region", "GB/s med", "min",
 	       "max");
-	for (i = 0; i < 2; i++) {
+	for (i = 0; i < 4; i++) {
 		fig_stats(f[i], 0, &m, &lo, &hi);
 		printf("| %-40s | %9.1f | %9.1f | %9.1f |\n", f[i]->name, m,
 		       lo, hi);
