@@ -145,6 +145,9 @@ run_bench() {
 	# trade backing granularity for fewer charges
 	run_step "bench, 32 MiB pages" "$outdir/bench-32m.txt" \
 		tests/bench/bench-alloc --page-mib 32 --copy-mib 256 --csv "$outdir/bench-32m.csv"
+	if [[ -x tests/bench/vmm-probe ]]; then
+		run_step "driver probe" "$outdir/vmm-probe.txt" tests/bench/vmm-probe
+	fi
 }
 
 # Every tests/gpu/*.sh and *.py; KVSHIM_SUITE_OUT tells them where to write.
