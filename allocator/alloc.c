@@ -192,8 +192,16 @@ int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
 {
 	if (!a || !out)
 		return KVSHIM_EINVAL;
+	memset(out, 0, sizeof(*out));
+#define KV_READ(field) \
+	out->field = __atomic_load_n(&a->st.field, __ATOMIC_RELAXED);
+	KV_READ(map_calls) KV_READ(pages_mapped) KV_READ(map_ns)
+	KV_READ(pages_unmapped) KV_READ(unmap_ns)
+	KV_READ(pages_created) KV_READ(create_ns)
+	KV_READ(pages_released) KV_READ(release_ns)
+	KV_READ(pages_zeroed) KV_READ(zero_ns)
+#undef KV_READ
 	pthread_mutex_lock(&a->lock);
-	*out = a->st;
 	out->page_bytes = a->page;
 	out->reserved_bytes = a->reserved;
 	out->mapped_bytes = (size_t)a->mapped * a->page;

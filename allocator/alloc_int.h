@@ -90,6 +90,11 @@ struct kv_alloc_s {
 	int stop;
 };
 
+/* Add to a counter of a->st. Driver work outside the lock counts too, so
+ * the counters are atomic; kv_alloc_stats reads them under the lock. */
+#define KV_COUNT(a, field, v) \
+	__atomic_fetch_add(&(a)->st.field, (v), __ATOMIC_RELAXED)
+
 /* ---- lists of slots (pool.c) ---- */
 void kv_list_init(struct kv_list *l);
 void kv_list_push(kv_alloc_t *a, struct kv_list *l, uint32_t s);

@@ -139,8 +139,8 @@ static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 	}
 out:
 	/* slots past ok: either never created or released above */
-	a->st.pages_created += ok;
-	a->st.create_ns += kv_prim_now_ns() - t0;
+	KV_COUNT(a, pages_created, ok);
+	KV_COUNT(a, create_ns, kv_prim_now_ns() - t0);
 	*rc = err;
 	return ok;
 }
@@ -165,8 +165,8 @@ static int scrub_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n)
 				  (size_t)len * a->page);
 	}
 	if (!rc)
-		a->st.pages_zeroed += n;
-	a->st.zero_ns += kv_prim_now_ns() - t0;
+		KV_COUNT(a, pages_zeroed, n);
+	KV_COUNT(a, zero_ns, kv_prim_now_ns() - t0);
 	return rc;
 }
 
@@ -197,8 +197,8 @@ static int release_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n)
 			rc = e;
 		a->phys[slots[i]].h = 0;
 	}
-	a->st.pages_released += n;
-	a->st.release_ns += kv_prim_now_ns() - t0;
+	KV_COUNT(a, pages_released, n);
+	KV_COUNT(a, release_ns, kv_prim_now_ns() - t0);
 	return rc;
 }
 

@@ -278,9 +278,9 @@ static int install(kv_alloc_t *a, struct kv_span *sp, uint32_t p0,
 	}
 	sp->mapped += n;
 	a->mapped += n;
-	a->st.map_calls++;
-	a->st.pages_mapped += n;
-	a->st.map_ns += kv_prim_now_ns() - t0;
+	KV_COUNT(a, map_calls, 1);
+	KV_COUNT(a, pages_mapped, n);
+	KV_COUNT(a, map_ns, kv_prim_now_ns() - t0);
 	return 0;
 }
 
@@ -478,8 +478,8 @@ uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 		memmove(slots + done, slots + i, len * sizeof(*slots));
 		done += len;
 	}
-	a->st.pages_unmapped += done;
-	a->st.unmap_ns += kv_prim_now_ns() - t0;
+	KV_COUNT(a, pages_unmapped, done);
+	KV_COUNT(a, unmap_ns, kv_prim_now_ns() - t0);
 	return done;
 }
 
