@@ -24,7 +24,7 @@ static void row(const char *step)
 	}
 	if (s.pages_mapped)
 		per_page = s.map_ns / 1000.0 / s.pages_mapped;
-	printf("%-44s %10.0f %9.0f %8.0f %8.0f %9.0f %8.2f\n", step,
+	printf("%-44s %10.0f %9.0f %8.0f %8.0f %9.0f %9.2f\n", step,
 	       s.reserved_bytes / MIB, s.mapped_bytes / MIB, s.cached_bytes / MIB,
 	       s.pooled_bytes / MIB, s.physical_bytes / MIB, per_page);
 }
@@ -62,8 +62,8 @@ int main(int argc, char **argv)
 	if (check(rc, "reserve"))
 		return 1;
 	printf("kvshim demo on %s\n\n", driver_kind());
-	printf("%-44s %10s %9s %8s %8s %9s %8s\n", "step (MiB)", "reserved",
-	       "mapped", "cached", "pooled", "physical", "us/page");
+	printf("%-44s %10s %9s %8s %8s %9s %9s\n", "step (MiB)", "reserved",
+	       "mapped", "cached", "pooled", "physical", "map us/pg");
 	row("reserve a KV cache span");
 
 	/* requests arrive: their blocks are backed as the engine hands them out */
