@@ -215,9 +215,9 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 		}
 		pthread_cond_wait(&a->done, &a->lock);
 	}
-	pthread_mutex_unlock(&a->lock);
 	if (rc == 0)
-		pthread_cond_signal(&a->wake);
+		pthread_cond_signal(&a->wake);  /* pages to scrub */
+	pthread_mutex_unlock(&a->lock);
 	return rc;
 }
 
@@ -288,7 +288,7 @@ int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 {
 	uint32_t p, p0, p1, need, stack[64], *slots = stack, nslots = 64;
 	struct kv_span *sp;
-	int rc = 0, wake;
+	int rc = 0;
 
 	if (!a || len == 0)
 		return KVSHIM_EINVAL;
@@ -345,12 +345,11 @@ int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 		}
 	}
 out:
-	wake = a->clean.n * a->page < a->o.pool_low;
+	if (a->clean.n * a->page < a->o.pool_low)
+		pthread_cond_signal(&a->wake);
 	pthread_mutex_unlock(&a->lock);
 	if (slots != stack)
 		free(slots);
-	if (wake && a->worker_running)
-		pthread_cond_signal(&a->wake);
 	return rc;
 }
 
@@ -360,7 +359,7 @@ int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 {
 	uint32_t p, p0, p1;
 	struct kv_span *sp;
-	int rc = 0, wake = 0;
+	int rc = 0;
 
 	if (!a || len == 0)
 		return KVSHIM_EINVAL;
@@ -386,11 +385,10 @@ int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 		a->phys[s].state = KV_P_CACHED;
 		kv_list_push(a, &a->cache, s);
 	}
-	wake = a->cache.n * a->page > a->o.cache_max;
+	if (a->cache.n * a->page > a->o.cache_max)
+		pthread_cond_signal(&a->wake);
 out:
 	pthread_mutex_unlock(&a->lock);
-	if (wake && a->worker_running)
-		pthread_cond_signal(&a->wake);
 	return rc;
 }
 
