@@ -215,3 +215,8 @@ int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
 	pthread_mutex_unlock(&a->lock);
 	return 0;
 }
+
+const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a)
+{
+	return &a->prim;
+}

@@ -90,6 +90,21 @@ int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len);
  * freed before the failure is still reported). */
 int kv_alloc_trim(kv_alloc_t *a, size_t bytes, size_t *freed);
 
+/* A byte range, as kv_alloc_claim_mapped hands them back. */
+struct kv_run {
+	CUdeviceptr addr;
+	size_t len;
+};
+
+/* Add one claim to each page of [addr, addr + len) that is mapped now (cached
+ * pages are claimed again), leaving unmapped pages alone; *runs (malloc'd,
+ * the caller frees it) gets the parts of the range those pages cover, merged
+ * and clipped to the range, *nruns their number. The claims keep the pages
+ * from being trimmed under work the caller then does on them. Returns 0,
+ * KVSHIM_EINVAL, KVSHIM_ERANGE (not inside one span) or KVSHIM_ENOMEM. */
+int kv_alloc_claim_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
+			  struct kv_run **runs, size_t *nruns);
+
 /* Find the span holding addr. Returns 0 with *base and *size set, or
  * KVSHIM_ERANGE. */
 int kv_alloc_find(kv_alloc_t *a, CUdeviceptr addr, CUdeviceptr *base,
@@ -99,6 +114,9 @@ int kv_alloc_find(kv_alloc_t *a, CUdeviceptr addr, CUdeviceptr *base,
 int kv_alloc_claims(kv_alloc_t *a, CUdeviceptr addr);
 
 int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out);
+
+/* The driver handle a runs on, for callers that must check the device. */
+const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a);
 
 /* Run one round of the worker's duties on the calling thread (refill or
  * shrink the pool, scrub, trim the cache over cache_max). Tests call it

@@ -3,6 +3,7 @@
  * library neither links libcuda nor needs a GPU to load.
  */
 #include <dlfcn.h>
+#include <stddef.h>
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
@@ -23,6 +24,7 @@
 	X(cuDevicePrimaryCtxRelease_v2, CUresult, (CUdevice))              \
 	X(cuCtxGetCurrent, CUresult, (CUcontext *))                        \
 	X(cuCtxSetCurrent, CUresult, (CUcontext))                          \
+	X(cuCtxGetDevice, CUresult, (CUdevice *))                          \
 	X(cuStreamCreate, CUresult, (CUstream *, unsigned int))            \
 	X(cuStreamDestroy_v2, CUresult, (CUstream))                        \
 	X(cuStreamSynchronize, CUresult, (CUstream))                       \
@@ -54,6 +56,39 @@ static struct {
 
 static pthread_once_t load_once = PTHREAD_ONCE_INIT;
 static int load_rc;
+static void *driver;
+
+static void *(*real_dlsym)(void *, const char *);
+static pthread_once_t dlsym_once = PTHREAD_ONCE_INIT;
+
+/* The C library's dlsym, by version, so an interposed dlsym (ours included)
+ * is never in the way. */
+static void find_dlsym(void)
+{
+	static const char *const versions[] = {
+		"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17", NULL
+	};
+	const char *const *v;
+
+	for (v = versions; *v && !real_dlsym; v++)
+		*(void **)&real_dlsym = dlvsym(RTLD_NEXT, "dlsym", *v);
+	if (!real_dlsym)
+		real_dlsym = dlsym;
+}
+
+void *kv_prim_dlsym(void *handle, const char *name)
+{
+	pthread_once(&dlsym_once, find_dlsym);
+	return real_dlsym(handle, name);
+}
+
+static void load(void);
+
+void *kv_prim_driver(void)
+{
+	pthread_once(&load_once, load);
+	return driver;
+}
 
 /*
  * Resolve every driver function once per process. RTLD_NOLOAD first: a host
@@ -73,7 +108,7 @@ static void load(void)
 		return;
 	}
 #define KV_RESOLVE(name, ret, args)                                        \
-	drv.name = (ret (*) args)dlsym(h, #name);                          \
+	drv.name = (ret (*) args)kv_prim_dlsym(h, #name);                  \
 	if (!drv.name) {                                                   \
 		kv_error("the CUDA driver lacks %s", #name);               \
 		load_rc = KVSHIM_ENODEV;                                   \
@@ -81,6 +116,7 @@ static void load(void)
 	}
 	KV_DRIVER_FUNCS(KV_RESOLVE)
 #undef KV_RESOLVE
+	driver = h;
 	load_rc = 0;
 }
 
@@ -190,6 +226,18 @@ int kv_prim_bind(const kv_prim_t *p)
 	if (!cur)
 		CALL("cuCtxSetCurrent", drv.cuCtxSetCurrent(p->ctx));
 	return 0;
+}
+
+int kv_prim_on_device(const kv_prim_t *p)
+{
+	CUcontext cur = NULL;
+	CUdevice dev;
+
+	if (drv.cuCtxGetCurrent(&cur) != CUDA_SUCCESS || !cur)
+		return 1;
+	if (drv.cuCtxGetDevice(&dev) != CUDA_SUCCESS)
+		return 1;
+	return dev == p->dev;
 }
 
 /* ---- virtual ranges and physical pages ------------------------------------ */

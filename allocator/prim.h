@@ -84,6 +84,19 @@ int kv_prim_zero(const kv_prim_t *p, CUdeviceptr va, size_t size);
 /* Free and total device memory as the driver reports it. */
 int kv_prim_meminfo(const kv_prim_t *p, size_t *free_bytes, size_t *total);
 
+/* 1 when the calling thread's current context is on p's device, or when
+ * it has none (the runtime then uses device 0 unless told otherwise, and
+ * so does kvshim unless KVSHIM_DEVICE says otherwise). */
+int kv_prim_on_device(const kv_prim_t *p);
+
+/* The driver library's handle (dlopen'ed by kv_prim_open), or NULL. */
+void *kv_prim_driver(void);
+
+/* dlsym as the C library does it, whatever interposes dlsym in this
+ * process: hooks/ hand out wrappers through dlsym, kvshim itself must
+ * always see the real functions. */
+void *kv_prim_dlsym(void *handle, const char *name);
+
 /* Monotonic nanoseconds, for the allocator's cost counters. */
 uint64_t kv_prim_now_ns(void);
 

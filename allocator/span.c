@@ -392,6 +392,61 @@ out:
 	return rc;
 }
 
+int kv_alloc_claim_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
+			  struct kv_run **runs, size_t *nruns)
+{
+	CUdeviceptr end = addr + len, lo, hi;
+	uint32_t p, p0, p1;
+	struct kv_span *sp;
+	struct kv_run *r;
+	size_t n = 0;
+
+	if (!a || !runs || !nruns || len == 0)
+		return KVSHIM_EINVAL;
+	if (end < addr)
+		return KVSHIM_ERANGE;
+	*runs = NULL;
+	*nruns = 0;
+	pthread_mutex_lock(&a->lock);
+	for (;;) {
+		sp = find_range(a, addr, len, &p0, &p1);
+		if (!sp || !any_busy(a, sp, p0, p1))
+			break;
+		pthread_cond_wait(&a->done, &a->lock);
+	}
+	if (!sp) {
+		pthread_mutex_unlock(&a->lock);
+		return KVSHIM_ERANGE;
+	}
+	r = malloc(((p1 - p0) / 2 + 1) * sizeof(*r));
+	if (!r) {
+		pthread_mutex_unlock(&a->lock);
+		return KVSHIM_ENOMEM;
+	}
+	for (p = p0; p <= p1; p++) {
+		uint32_t s = sp->slot[p];
+
+		if (s == KV_NIL)
+			continue;
+		if (sp->claims[p]++ == 0 && a->phys[s].state == KV_P_CACHED) {
+			kv_list_remove(a, &a->cache, s);
+			a->phys[s].state = KV_P_MAPPED;
+		}
+		lo = page_va(a, sp, p);
+		hi = lo + a->page;
+		lo = lo < addr ? addr : lo;
+		hi = hi > end ? end : hi;
+		if (n && r[n - 1].addr + r[n - 1].len == lo)
+			r[n - 1].len += hi - lo;
+		else
+			r[n++] = (struct kv_run){ lo, hi - lo };
+	}
+	pthread_mutex_unlock(&a->lock);
+	*runs = r;
+	*nruns = n;
+	return 0;
+}
+
 int kv_alloc_find(kv_alloc_t *a, CUdeviceptr addr, CUdeviceptr *base,
 		  size_t *size)
 {

@@ -168,6 +168,20 @@ static int parse_size_off(const char *s, size_t *out, const char **why)
 	return kv_parse_size(s, out, why);
 }
 
+static int parse_meminfo(const char *s, int *out, const char **why)
+{
+	if (!strcasecmp(s, "real")) {
+		*out = KV_MEMINFO_REAL;
+		return 0;
+	}
+	if (!strcasecmp(s, "virtual")) {
+		*out = KV_MEMINFO_VIRTUAL;
+		return 0;
+	}
+	*why = "expected real or virtual";
+	return KVSHIM_ECONFIG;
+}
+
 /* Dispatch by the table's parser column. */
 #define kv_apply_level(c, f, s, why) parse_level(s, &(c)->f, why)
 #define kv_apply_bool(c, f, s, why) kv_parse_bool(s, &(c)->f, why)
@@ -176,6 +190,7 @@ static int parse_size_off(const char *s, size_t *out, const char **why)
 #define kv_apply_size_pct(c, f, s, why) parse_size_pct(s, c, why)
 #define kv_apply_size_off(c, f, s, why) parse_size_off(s, &(c)->f, why)
 #define kv_apply_size_auto(c, f, s, why) parse_size_auto(s, &(c)->f, why)
+#define kv_apply_meminfo(c, f, s, why) parse_meminfo(s, &(c)->f, why)
 
 int kv_config_load(struct kv_config *c)
 {

@@ -27,7 +27,13 @@
 	X(CACHE_MAX, cache_max, size_off, "off",                             \
 	  "pages left unclaimed but still mapped beyond this are unmapped in the background; off: no cap") \
 	X(ZERO, zero, bool, "on",                                            \
-	  "scrub a page before it reaches a span, so no span sees another's bytes")
+	  "scrub a page before it reaches a span, so no span sees another's bytes") \
+	X(WINDOW_MIN, window_min, size, "16M",                               \
+	  "inside a KV window (kvshim_kv_begin/end), allocations of at least this become lazy spans") \
+	X(MIN_BYTES, min_bytes, size_off, "off",                             \
+	  "outside a window, allocations of at least this become spans mapped in full (off: none)") \
+	X(MEMINFO, meminfo, meminfo, "virtual",                              \
+	  "what cudaMemGetInfo/cuMemGetInfo report: real (the driver's figures) or virtual (spans counted as fully backed, kvshim's idle pages as free)")
 
 struct kv_config {
 	int log;
@@ -40,7 +46,12 @@ struct kv_config {
 	size_t pool_high;
 	size_t cache_max;    /* SIZE_MAX: off */
 	int zero;
+	size_t window_min;
+	size_t min_bytes;    /* SIZE_MAX: off */
+	int meminfo;         /* KV_MEMINFO_* */
 };
+
+enum { KV_MEMINFO_REAL = 0, KV_MEMINFO_VIRTUAL = 1 };
 
 /* One entry of the table, for --print-config style listings. */
 struct kv_config_var {

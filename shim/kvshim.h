@@ -63,6 +63,16 @@ struct kvshim_stats {
 	unsigned long long reserved[8];
 };
 
+/* Open a KV window: until the matching kvshim_kv_end, allocations of at
+ * least KVSHIM_WINDOW_MIN bytes (cudaMalloc, cuMemAlloc) become lazy spans,
+ * whose pages come only from kvshim_map. Windows nest and are process-wide.
+ * Returns 0, or KVSHIM_ECONFIG when kvshim is disabled by its configuration. */
+int kvshim_kv_begin(void);
+
+/* Close the innermost KV window. Returns 0, or KVSHIM_ESTATE when none is
+ * open. */
+int kvshim_kv_end(void);
+
 /* Reserve a lazy span of at least size bytes (rounded up to whole pages).
  * No physical memory is used until kvshim_map(). */
 int kvshim_reserve(size_t size, void **addr);

@@ -1,7 +1,9 @@
 /*
- * shim.c - start-up: logging first, then configuration, then the allocator
- * (which loads the driver). The outcome is kept, so a process without a GPU
- * pays for the failed start once.
+ * shim.c - start-up in two steps. Logging and configuration come first, on
+ * the first call that needs them. The allocator (which loads the driver and
+ * fills the pool) starts only when a span is first needed, so a process that
+ * never makes one pays nothing. Each outcome is kept: a process without a
+ * GPU pays for the failed start once.
  */
 #include <pthread.h>
 #include <stdlib.h>
@@ -14,17 +16,17 @@
 
 static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct kv_config config;
+static int configured;    /* 1 once the configuration was read */
+static int config_rc;
 static kv_alloc_t *alloc;
-static int started;       /* 1 once start() ran */
+static int started;       /* 1 once the allocator's start was tried */
 static int start_rc;
 
-static int start(void)
+/* Read the configuration, lock held. */
+static void configure(void)
 {
-	struct kv_alloc_opts o;
-	int rc;
-
-	rc = kv_config_load(&config);
-	if (rc) {
+	config_rc = kv_config_load(&config);
+	if (config_rc) {
 		if (config.strict) {
 			kv_log(KV_LOG_ERROR, NULL,
 			       "KVSHIM_STRICT is on: exiting with status %d",
@@ -32,9 +34,29 @@ static int start(void)
 			exit(KV_STRICT_EXIT);
 		}
 		kv_log(KV_LOG_ERROR, NULL,
-		       "kvshim is disabled by the malformed variable above");
-		return rc;
+		       "kvshim is disabled by the malformed variable above: "
+		       "every call passes through untouched");
 	}
+	__atomic_store_n(&configured, 1, __ATOMIC_RELEASE);
+}
+
+const struct kv_config *kv_shim_settings(void)
+{
+	if (!__atomic_load_n(&configured, __ATOMIC_ACQUIRE)) {
+		pthread_mutex_lock(&start_lock);
+		if (!configured)
+			configure();
+		pthread_mutex_unlock(&start_lock);
+	}
+	return config_rc ? NULL : &config;
+}
+
+/* Start the allocator, lock held. */
+static int start(void)
+{
+	struct kv_alloc_opts o;
+	int rc;
+
 	kv_alloc_opts_default(&o);
 	o.device = config.device;
 	o.page = config.page;
@@ -60,8 +82,10 @@ int kv_shim_alloc(kv_alloc_t **a)
 		return start_rc;
 	}
 	pthread_mutex_lock(&start_lock);
+	if (!configured)
+		configure();
 	if (!started) {
-		start_rc = start();
+		start_rc = config_rc ? config_rc : start();
 		__atomic_store_n(&started, 1, __ATOMIC_RELEASE);
 	}
 	rc = start_rc;
@@ -70,9 +94,14 @@ int kv_shim_alloc(kv_alloc_t **a)
 	return rc;
 }
 
+kv_alloc_t *kv_shim_running(void)
+{
+	return __atomic_load_n(&started, __ATOMIC_ACQUIRE) ? alloc : NULL;
+}
+
 const struct kv_config *kv_shim_config(void)
 {
-	return __atomic_load_n(&started, __ATOMIC_ACQUIRE) ? &config : NULL;
+	return __atomic_load_n(&configured, __ATOMIC_ACQUIRE) ? &config : NULL;
 }
 
 void kv_shim_shutdown(void)
@@ -81,8 +110,24 @@ void kv_shim_shutdown(void)
 	kv_alloc_destroy(alloc);
 	alloc = NULL;
 	start_rc = 0;
+	config_rc = 0;
 	__atomic_store_n(&started, 0, __ATOMIC_RELEASE);
+	__atomic_store_n(&configured, 0, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&start_lock);
+}
+
+/*
+ * In a child after fork only the calling thread exists: the allocator's
+ * worker is gone and a CUDA context cannot be used. The child forgets the
+ * parent's allocator (its memory belongs to the parent) and starts afresh
+ * if it ever needs one.
+ */
+void kv_shim_forked(void)
+{
+	pthread_mutex_init(&start_lock, NULL);
+	alloc = NULL;
+	start_rc = 0;
+	__atomic_store_n(&started, 0, __ATOMIC_RELEASE);
 }
 
 const char *kv_shim_strerror(int err)

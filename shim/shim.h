@@ -9,16 +9,26 @@
 #include "config.h"
 
 /*
- * Start kvshim on first use (any thread, once) and hand back the process's
- * allocator. Returns 0 with *a set; KVSHIM_ECONFIG when a KVSHIM_* variable
+ * Start kvshim's allocator on first use (any thread, once) and hand back the
+ * process's allocator. Returns 0 with *a set; KVSHIM_ECONFIG when a KVSHIM_* variable
  * was malformed (kvshim then stays disabled: with KVSHIM_STRICT on the
  * process exits with status 64 instead); or the allocator's start-up error
  * (KVSHIM_ENODEV without a GPU), which is kept and returned again.
  */
 int kv_shim_alloc(kv_alloc_t **a);
 
+/* The configuration, read on first use; NULL when a variable was
+ * malformed (kvshim then passes everything through). */
+const struct kv_config *kv_shim_settings(void);
+
+/* The allocator if it has started, else NULL; never starts it. */
+kv_alloc_t *kv_shim_running(void);
+
 /* The configuration as read at start-up; NULL before it. */
 const struct kv_config *kv_shim_config(void);
+
+/* Reset after fork, in the child (see shim.c). */
+void kv_shim_forked(void);
 
 /* Release everything kvshim holds; the next call starts it again. For
  * tests and orderly shutdown, not for use while other threads call in. */

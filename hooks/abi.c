@@ -1,10 +1,15 @@
 /*
- * api.c - the exported kvshim_* functions: each starts kvshim if needed and
- * hands the call to the allocator.
+ * abi.c - the exported kvshim_* functions, kvshim's own API family: each
+ * starts kvshim if needed and hands the call to the shim. Opening a KV
+ * window also catches up on modules loaded since the last look, so that a
+ * module preloading cannot reach (RTLD_DEEPBIND) is patched before the
+ * engine allocates its KV cache through it.
  */
 #include <stdint.h>
 
+#include "hooks.h"
 #include "kvshim.h"
+#include "policy.h"
 #include "shim.h"
 
 #define KV_EXPORT __attribute__((visibility("default")))
@@ -12,6 +17,19 @@
 static CUdeviceptr dptr(const void *p)
 {
 	return (CUdeviceptr)(uintptr_t)p;
+}
+
+KV_EXPORT int kvshim_kv_begin(void)
+{
+	if (!kv_shim_settings())
+		return KVSHIM_ECONFIG;
+	kv_hooks_sweep();
+	return kv_policy_window(1);
+}
+
+KV_EXPORT int kvshim_kv_end(void)
+{
+	return kv_policy_window(0);
 }
 
 KV_EXPORT int kvshim_reserve(size_t size, void **addr)

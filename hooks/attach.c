@@ -1,0 +1,99 @@
+/*
+ * attach.c - what runs when libkvshim.so is loaded: the fork handler, and,
+ * when the library was not preloaded but loaded late (dlopen, Python's
+ * ctypes after torch was imported), GOT patching of every module already
+ * loaded, so their later CUDA calls reach the wrappers all the same.
+ */
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "got.h"
+#include "hooks.h"
+#include "log.h"
+#include "shim.h"
+
+/* The objects whose own calls must keep reaching the real functions. */
+static const char *const skip[] = {
+	"libcuda.so", "libcudart.so", "libnvidia-", "ld-linux", "libc.so",
+	"libkvshim", "linux-vdso", NULL
+};
+
+#define KV_GOT_ENTRY(name, ret, args) { #name, (void *)kv_hook_##name, NULL },
+static const struct kv_got_hook all_hooks[] = {
+	KV_DRIVER_HOOKS(KV_GOT_ENTRY)
+	KV_RUNTIME_HOOKS(KV_GOT_ENTRY)
+};
+#undef KV_GOT_ENTRY
+
+int kv_hooks_attach(int all)
+{
+	static const struct kv_got_hook dl[] = {
+		{ "dlsym", (void *)kv_hook_dlsym, NULL }
+	};
+
+	if (all)
+		return kv_got_patch_all((const void *)kv_hooks_attach, skip,
+					all_hooks,
+					sizeof(all_hooks) / sizeof(all_hooks[0]));
+	return kv_got_patch_all((const void *)kv_hooks_attach, skip, dl, 1);
+}
+
+static int count_adds(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	*(unsigned long long *)arg = info->dlpi_adds;
+	return 1;
+}
+
+int kv_hooks_sweep(void)
+{
+	static unsigned long long seen;
+	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+	unsigned long long adds = 0;
+	int n = 0;
+
+	dl_iterate_phdr(count_adds, &adds);
+	if (adds == __atomic_load_n(&seen, __ATOMIC_ACQUIRE))
+		return 0;
+	pthread_mutex_lock(&lock);
+	if (adds != seen) {
+		n = kv_hooks_attach(1);
+		__atomic_store_n(&seen, adds, __ATOMIC_RELEASE);
+	}
+	pthread_mutex_unlock(&lock);
+	return n < 0 ? 0 : n;
+}
+
+/* Was this library named in LD_PRELOAD? */
+static int preloaded(void)
+{
+	const char *list = getenv("LD_PRELOAD"), *base;
+	Dl_info info;
+
+	if (!list || !dladdr((void *)preloaded, &info) || !info.dli_fname)
+		return 0;
+	base = strrchr(info.dli_fname, '/');
+	base = base ? base + 1 : info.dli_fname;
+	return strstr(list, base) != NULL;
+}
+
+static void child(void)
+{
+	kv_shim_forked();
+}
+
+__attribute__((constructor)) static void attach(void)
+{
+	int n;
+
+	pthread_atfork(NULL, NULL, child);
+	if (preloaded())
+		return;
+	n = kv_hooks_attach(1);
+	if (n < 0)
+		kv_warn("loaded late, and the modules already loaded could not be patched: %d", n);
+	else
+		kv_info("loaded late: %d call sites of modules already loaded now reach kvshim", n);
+}

@@ -1,0 +1,133 @@
+/*
+ * driver.c - the driver API's allocation, memory-info, memset and memcpy
+ * calls. Each wrapper resolves the real function, lets the policy decide,
+ * and speaks CUresult. A call that arrives from inside a runtime wrapper
+ * (kv_in_runtime) goes straight to the driver: the runtime wrapper has
+ * applied the policy already.
+ */
+#include <stdlib.h>
+
+#include "hooks.h"
+#include "policy.h"
+
+#define REAL_OR_FAIL(name)                                                \
+	if (kv_hooks_driver() || !kv_real_##name)                          \
+		return CUDA_ERROR_NOT_INITIALIZED
+
+CUresult kv_hook_cuMemAlloc_v2(CUdeviceptr *p, size_t n)
+{
+	CUdeviceptr d;
+	int rc;
+
+	REAL_OR_FAIL(cuMemAlloc_v2);
+	if (!kv_in_runtime && p && n) {
+		rc = kv_policy_alloc(n, &d);
+		if (rc == 1) {
+			*p = d;
+			return CUDA_SUCCESS;
+		}
+		if (rc < 0)
+			return CUDA_ERROR_OUT_OF_MEMORY;
+	}
+	return kv_real_cuMemAlloc_v2(p, n);
+}
+
+CUresult kv_hook_cuMemFree_v2(CUdeviceptr p)
+{
+	REAL_OR_FAIL(cuMemFree_v2);
+	if (!kv_in_runtime && kv_policy_free(p) == 1)
+		return CUDA_SUCCESS;
+	return kv_real_cuMemFree_v2(p);
+}
+
+CUresult kv_hook_cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
+{
+	CUresult r;
+
+	REAL_OR_FAIL(cuMemGetInfo_v2);
+	r = kv_real_cuMemGetInfo_v2(free_bytes, total);
+	if (r == CUDA_SUCCESS && !kv_in_runtime)
+		kv_policy_meminfo(free_bytes, total);
+	return r;
+}
+
+/*
+ * Memsets: on a span, a zero memset sets only the pages mapped now (the
+ * others arrive zeroed when mapped); any other value backs the range first.
+ * ARGS/PASS carry the stream of the async forms.
+ */
+#define MEMSET(name, T, elem, ARGS, PASS)                                   \
+CUresult kv_hook_##name(CUdeviceptr p, T v, size_t n ARGS)                 \
+{                                                                          \
+	CUresult e = CUDA_SUCCESS;                                         \
+	struct kv_run *r;                                                  \
+	size_t k, i;                                                       \
+	int rc;                                                            \
+									   \
+	REAL_OR_FAIL(name);                                                \
+	if (kv_in_runtime)                                                 \
+		return kv_real_##name(p, v, n PASS);                       \
+	rc = kv_policy_memset(p, n * (elem), v == 0, &r, &k);              \
+	if (rc == 0)                                                       \
+		return kv_real_##name(p, v, n PASS);                       \
+	if (rc < 0)                                                        \
+		return CUDA_ERROR_OUT_OF_MEMORY;                           \
+	for (i = 0; i < k && e == CUDA_SUCCESS; i++)                       \
+		e = kv_real_##name(r[i].addr, v, r[i].len / (elem) PASS);  \
+	free(r);                                                           \
+	return e;                                                          \
+}
+
+#define SYNC
+#define ASYNC_ARGS , CUstream s
+#define ASYNC_PASS , s
+MEMSET(cuMemsetD8_v2, unsigned char, 1, SYNC, SYNC)
+MEMSET(cuMemsetD8_v2_ptds, unsigned char, 1, SYNC, SYNC)
+MEMSET(cuMemsetD16_v2, unsigned short, 2, SYNC, SYNC)
+MEMSET(cuMemsetD16_v2_ptds, unsigned short, 2, SYNC, SYNC)
+MEMSET(cuMemsetD32_v2, unsigned int, 4, SYNC, SYNC)
+MEMSET(cuMemsetD32_v2_ptds, unsigned int, 4, SYNC, SYNC)
+MEMSET(cuMemsetD8Async, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS)
+MEMSET(cuMemsetD8Async_ptsz, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS)
+MEMSET(cuMemsetD16Async, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS)
+MEMSET(cuMemsetD16Async_ptsz, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS)
+MEMSET(cuMemsetD32Async, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
+MEMSET(cuMemsetD32Async_ptsz, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
+
+/* Copies: whatever span pages the copy reads or writes are backed first. */
+static int touch2(CUdeviceptr dst, CUdeviceptr src, size_t n)
+{
+	if (kv_in_runtime)
+		return 0;
+	if (dst && kv_policy_touch(dst, n) < 0)
+		return -1;
+	if (src && kv_policy_touch(src, n) < 0)
+		return -1;
+	return 0;
+}
+
+#define COPY(name, DT, ST, DEV_DST, DEV_SRC, ARGS, PASS)                   \
+CUresult kv_hook_##name(DT dst, ST src, size_t n ARGS)                     \
+{                                                                          \
+	REAL_OR_FAIL(name);                                                \
+	if (touch2(DEV_DST, DEV_SRC, n))                                   \
+		return CUDA_ERROR_OUT_OF_MEMORY;                           \
+	return kv_real_##name(dst, src, n PASS);                           \
+}
+
+COPY(cuMemcpy, CUdeviceptr, CUdeviceptr, dst, src, SYNC, SYNC)
+COPY(cuMemcpy_ptds, CUdeviceptr, CUdeviceptr, dst, src, SYNC, SYNC)
+COPY(cuMemcpyAsync, CUdeviceptr, CUdeviceptr, dst, src, ASYNC_ARGS, ASYNC_PASS)
+COPY(cuMemcpyAsync_ptsz, CUdeviceptr, CUdeviceptr, dst, src, ASYNC_ARGS, ASYNC_PASS)
+COPY(cuMemcpyHtoD_v2, CUdeviceptr, const void *, dst, 0, SYNC, SYNC)
+COPY(cuMemcpyHtoD_v2_ptds, CUdeviceptr, const void *, dst, 0, SYNC, SYNC)
+COPY(cuMemcpyDtoH_v2, void *, CUdeviceptr, 0, src, SYNC, SYNC)
+COPY(cuMemcpyDtoH_v2_ptds, void *, CUdeviceptr, 0, src, SYNC, SYNC)
+COPY(cuMemcpyDtoD_v2, CUdeviceptr, CUdeviceptr, dst, src, SYNC, SYNC)
+COPY(cuMemcpyDtoD_v2_ptds, CUdeviceptr, CUdeviceptr, dst, src, SYNC, SYNC)
+COPY(cuMemcpyHtoDAsync_v2, CUdeviceptr, const void *, dst, 0, ASYNC_ARGS, ASYNC_PASS)
+COPY(cuMemcpyHtoDAsync_v2_ptsz, CUdeviceptr, const void *, dst, 0, ASYNC_ARGS, ASYNC_PASS)
+COPY(cuMemcpyDtoHAsync_v2, void *, CUdeviceptr, 0, src, ASYNC_ARGS, ASYNC_PASS)
+COPY(cuMemcpyDtoHAsync_v2_ptsz, void *, CUdeviceptr, 0, src, ASYNC_ARGS, ASYNC_PASS)
+COPY(cuMemcpyDtoDAsync_v2, CUdeviceptr, CUdeviceptr, dst, src, ASYNC_ARGS, ASYNC_PASS)
+COPY(cuMemcpyDtoDAsync_v2_ptsz, CUdeviceptr, CUdeviceptr, dst, src, ASYNC_ARGS, ASYNC_PASS)

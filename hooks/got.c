@@ -1,0 +1,548 @@
+/*
+ * got.c - GOT slot rewriting for the modules LD_PRELOAD does not reach.
+ *
+ * Each object's relocations come from its file on disk (libelf), checked
+ * against the loaded object's program headers; slots are written in place,
+ * with the page made writable only for the store when RELRO had made it
+ * read-only. The work for one object runs inside dl_iterate_phdr, so the
+ * loader cannot unmap the object while its slots are written.
+ */
+#include <elf.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <gelf.h>
+#include <libelf.h>
+#include <link.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/auxv.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include "got.h"
+#include "kvshim.h"
+#include "log.h"
+
+#if defined(__x86_64__)
+#define KV_GOT_MACHINE EM_X86_64
+#define KV_R_JUMP_SLOT R_X86_64_JUMP_SLOT
+#define KV_R_GLOB_DAT R_X86_64_GLOB_DAT
+#define KV_R_ABS64 R_X86_64_64
+#elif defined(__aarch64__)
+#define KV_GOT_MACHINE EM_AARCH64
+#define KV_R_JUMP_SLOT R_AARCH64_JUMP_SLOT
+#define KV_R_GLOB_DAT R_AARCH64_GLOB_DAT
+#define KV_R_ABS64 R_AARCH64_ABS64
+#else
+#define KV_GOT_MACHINE EM_NONE /* no patching: every object is refused */
+#define KV_R_JUMP_SLOT (-1)
+#define KV_R_GLOB_DAT (-1)
+#define KV_R_ABS64 (-1)
+#endif
+
+/* PLT-like sections of one object (file addresses): a slot that still
+ * points into one of them holds a lazy-binding stub, not a function. */
+#define KV_GOT_MAX_PLT 4
+
+/* An object as the loader has it. */
+struct loaded {
+	const char *name;
+	uintptr_t base;
+	const ElfW(Phdr) *phdr;
+	size_t phnum;
+};
+
+/* An object's file, opened with libelf. */
+struct file {
+	const char *path;
+	int fd;
+	Elf *elf;
+	GElf_Addr plt[KV_GOT_MAX_PLT][2];
+	int nplt;
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static int elf_ready;
+static uintptr_t page_size;
+
+/* ---- reading an object's file --------------------------------------------- */
+
+/*
+ * Open path ("" is the main program) and check that it is an ELF object for
+ * this machine; note where its PLT sections lie.
+ * Returns 0, KVSHIM_ESTATE (logged) or KVSHIM_ENOMEM.
+ */
+static int file_open(struct file *f, const char *path)
+{
+	GElf_Ehdr eh;
+	Elf_Scn *scn = NULL;
+	size_t shstr;
+
+	memset(f, 0, sizeof(*f));
+	f->path = path[0] ? path : "/proc/self/exe";
+	f->fd = open(f->path, O_RDONLY | O_CLOEXEC);
+	if (f->fd < 0) {
+		kv_warn("got: cannot open %s: %s", f->path, strerror(errno));
+		return KVSHIM_ESTATE;
+	}
+	errno = 0;
+	f->elf = elf_begin(f->fd, ELF_C_READ_MMAP, NULL);
+	if (!f->elf) {
+		int nomem = errno == ENOMEM;
+
+		kv_warn("got: %s: %s", f->path, elf_errmsg(-1));
+		close(f->fd);
+		return nomem ? KVSHIM_ENOMEM : KVSHIM_ESTATE;
+	}
+	if (elf_kind(f->elf) != ELF_K_ELF || gelf_getclass(f->elf) != ELFCLASS64 ||
+	    !gelf_getehdr(f->elf, &eh) || eh.e_machine != KV_GOT_MACHINE ||
+	    (eh.e_type != ET_DYN && eh.e_type != ET_EXEC)) {
+		kv_warn("got: %s is not an ELF object of this machine", f->path);
+		goto bad;
+	}
+	if (elf_getshdrstrndx(f->elf, &shstr)) {
+		kv_warn("got: %s has no section headers: %s", f->path, elf_errmsg(-1));
+		goto bad;
+	}
+	while ((scn = elf_nextscn(f->elf, scn))) {
+		GElf_Shdr sh;
+		const char *name;
+
+		if (!gelf_getshdr(scn, &sh) || !(sh.sh_flags & SHF_EXECINSTR))
+			continue;
+		name = elf_strptr(f->elf, shstr, sh.sh_name);
+		if (name && (!strncmp(name, ".plt", 4) || !strcmp(name, ".iplt")) &&
+		    f->nplt < KV_GOT_MAX_PLT) {
+			f->plt[f->nplt][0] = sh.sh_addr;
+			f->plt[f->nplt][1] = sh.sh_addr + sh.sh_size;
+			f->nplt++;
+		}
+	}
+	return 0;
+bad:
+	elf_end(f->elf);
+	close(f->fd);
+	return KVSHIM_ESTATE;
+}
+
+static void file_close(struct file *f)
+{
+	elf_end(f->elf);
+	close(f->fd);
+}
+
+/*
+ * Whether the file's program headers are those of the loaded object: the
+ * offsets we write at come from the file, so a file replaced on disk since
+ * it was loaded must not be trusted.
+ * Returns 1 when they match, else 0.
+ */
+static int file_matches(struct file *f, const struct loaded *lo)
+{
+	size_t n, i;
+
+	if (elf_getphdrnum(f->elf, &n) || n != lo->phnum)
+		return 0;
+	for (i = 0; i < n; i++) {
+		GElf_Phdr p;
+
+		if (!gelf_getphdr(f->elf, (int)i, &p) ||
+		    p.p_type != lo->phdr[i].p_type ||
+		    p.p_vaddr != lo->phdr[i].p_vaddr ||
+		    p.p_memsz != lo->phdr[i].p_memsz ||
+		    p.p_flags != lo->phdr[i].p_flags)
+			return 0;
+	}
+	return 1;
+}
+
+/* ---- writing one slot ------------------------------------------------------ */
+
+/*
+ * The protection of the page at pg (page-aligned) as read from
+ * /proc/self/maps: the fallback where the program headers are ambiguous.
+ * Returns PROT_* bits, or -1 when no mapping holds the page.
+ */
+static int maps_prot(uintptr_t pg)
+{
+	char line[512];
+	FILE *fp = fopen("/proc/self/maps", "re");
+	int prot = -1;
+
+	if (!fp)
+		return -1;
+	while (fgets(line, sizeof(line), fp)) {
+		unsigned long lo, hi;
+		char perm[5];
+
+		if (sscanf(line, "%lx-%lx %4s", &lo, &hi, perm) != 3)
+			continue;
+		if (pg >= lo && pg < hi) {
+			prot = (perm[0] == 'r' ? PROT_READ : 0) |
+			       (perm[1] == 'w' ? PROT_WRITE : 0) |
+			       (perm[2] == 'x' ? PROT_EXEC : 0);
+			break;
+		}
+		if (strlen(line) == sizeof(line) - 1 && line[sizeof(line) - 2] != '\n') {
+			int c; /* skip the rest of an overlong line */
+
+			while ((c = fgetc(fp)) != EOF && c != '\n')
+				;
+		}
+	}
+	fclose(fp);
+	return prot;
+}
+
+/*
+ * The protection the loader gave the page holding addr: the flags of the
+ * PT_LOAD segment that covers it, or PROT_READ where PT_GNU_RELRO covers the
+ * whole page (the loader rounds that range down to pages at both ends, as
+ * glibc's _dl_protect_relro does). A page shared by two segments (binaries
+ * aligned to pages smaller than the kernel's) is looked up in
+ * /proc/self/maps instead.
+ * Returns PROT_* bits, or -1 when addr is in no segment.
+ */
+static int page_prot(const struct loaded *lo, uintptr_t addr)
+{
+	uintptr_t pg = addr & ~(page_size - 1);
+	int prot = -1, nload = 0;
+	size_t i;
+
+	for (i = 0; i < lo->phnum; i++) {
+		const ElfW(Phdr) *p = &lo->phdr[i];
+		uintptr_t s = lo->base + p->p_vaddr, e = s + p->p_memsz;
+
+		if (p->p_type != PT_LOAD || e <= pg || s >= pg + page_size)
+			continue;
+		nload++;
+		if (addr >= s && addr < e)
+			prot = (p->p_flags & PF_R ? PROT_READ : 0) |
+			       (p->p_flags & PF_W ? PROT_WRITE : 0) |
+			       (p->p_flags & PF_X ? PROT_EXEC : 0);
+	}
+	if (prot < 0)
+		return -1;
+	if (nload != 1)
+		return maps_prot(pg);
+	for (i = 0; i < lo->phnum; i++) {
+		const ElfW(Phdr) *p = &lo->phdr[i];
+		uintptr_t s = (lo->base + p->p_vaddr) & ~(page_size - 1);
+		uintptr_t e = (lo->base + p->p_vaddr + p->p_memsz) & ~(page_size - 1);
+
+		if (p->p_type == PT_GNU_RELRO && pg >= s && pg < e)
+			prot = PROT_READ;
+	}
+	return prot;
+}
+
+static int in_plt(const struct file *f, const struct loaded *lo, const void *p)
+{
+	uintptr_t a = (uintptr_t)p;
+	int i;
+
+	for (i = 0; i < f->nplt; i++)
+		if (a >= lo->base + f->plt[i][0] && a < lo->base + f->plt[i][1])
+			return 1;
+	return 0;
+}
+
+/*
+ * Point the slot at addr to h->func, opening a read-only page for the store
+ * only and closing it again; record the old value in *h->orig where it is
+ * the first real function seen.
+ * Returns 1 when the slot was written, 0 when it already held the hook or
+ * could not be written (logged).
+ */
+static int patch_slot(const struct file *f, const struct loaded *lo, uintptr_t addr,
+		      const struct kv_got_hook *h)
+{
+	void **slot = (void **)addr;
+	void *pg = (void *)(addr & ~(page_size - 1));
+	void *old;
+	int prot;
+
+	if (addr % sizeof(void *)) {
+		kv_warn("got: %s: misaligned slot at %#lx for %s",
+			f->path, (unsigned long)addr, h->name);
+		return 0;
+	}
+	prot = page_prot(lo, addr);
+	if (prot < 0 || !(prot & PROT_READ)) {
+		kv_warn("got: %s: slot for %s at %#lx is in no readable segment",
+			f->path, h->name, (unsigned long)addr);
+		return 0;
+	}
+	if (__atomic_load_n(slot, __ATOMIC_ACQUIRE) == h->func)
+		return 0;
+	if (!(prot & PROT_WRITE) && mprotect(pg, page_size, prot | PROT_WRITE)) {
+		kv_warn("got: %s: cannot unprotect the slot for %s: %s",
+			f->path, h->name, strerror(errno));
+		return 0;
+	}
+	old = __atomic_exchange_n(slot, h->func, __ATOMIC_ACQ_REL);
+	if (!(prot & PROT_WRITE) && mprotect(pg, page_size, prot))
+		kv_error("got: %s: cannot protect the slot for %s again: %s",
+			 f->path, h->name, strerror(errno));
+	if (h->orig && old && old != h->func && !in_plt(f, lo, old) &&
+	    !__atomic_load_n(h->orig, __ATOMIC_ACQUIRE))
+		__atomic_store_n(h->orig, old, __ATOMIC_RELEASE);
+	kv_debug("got: %s: %s at %#lx now %p (was %p)",
+		 f->path, h->name, (unsigned long)addr, h->func, old);
+	return 1;
+}
+
+/* ---- one object ------------------------------------------------------------ */
+
+static const struct kv_got_hook *find_hook(const char *name,
+					   const struct kv_got_hook *hooks, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (!strcmp(name, hooks[i].name))
+			return &hooks[i];
+	return NULL;
+}
+
+/*
+ * Walk every dynamic SHT_RELA section of the file (.rela.plt, .rela.dyn) and
+ * patch the slots whose symbol is hooked, whether the object imports the
+ * symbol or defines it and calls it through its own PLT (interposable).
+ * Returns the number of slots written.
+ */
+static int file_patch(struct file *f, const struct loaded *lo,
+		      const struct kv_got_hook *hooks, size_t n)
+{
+	Elf_Scn *scn = NULL;
+	int count = 0;
+
+	while ((scn = elf_nextscn(f->elf, scn))) {
+		GElf_Shdr sh, symsh;
+		Elf_Scn *symscn;
+		Elf_Data *rel, *sym;
+		size_t i, nrel;
+
+		/* only what the loader applies: static relocations kept by
+		 * --emit-relocs are not allocated and name .symtab */
+		if (!gelf_getshdr(scn, &sh) || sh.sh_type != SHT_RELA ||
+		    !(sh.sh_flags & SHF_ALLOC) || !sh.sh_link || !sh.sh_entsize)
+			continue;
+		symscn = elf_getscn(f->elf, sh.sh_link);
+		if (!symscn || !gelf_getshdr(symscn, &symsh) || symsh.sh_type != SHT_DYNSYM)
+			continue;
+		rel = elf_getdata(scn, NULL);
+		sym = elf_getdata(symscn, NULL);
+		if (!rel || !sym)
+			continue;
+		nrel = sh.sh_size / sh.sh_entsize;
+		for (i = 0; i < nrel; i++) {
+			const struct kv_got_hook *h;
+			const char *name;
+			GElf_Rela r;
+			GElf_Sym s;
+			long type;
+
+			if (!gelf_getrela(rel, (int)i, &r))
+				break;
+			type = (long)GELF_R_TYPE(r.r_info);
+			if (type != KV_R_JUMP_SLOT && type != KV_R_GLOB_DAT && type != KV_R_ABS64)
+				continue;
+			/* a data slot with an addend holds an address inside the
+			 * symbol, not the symbol: leave it */
+			if (type != KV_R_JUMP_SLOT && r.r_addend)
+				continue;
+			if (!GELF_R_SYM(r.r_info) ||
+			    !gelf_getsym(sym, (int)GELF_R_SYM(r.r_info), &s))
+				continue;
+			name = elf_strptr(f->elf, symsh.sh_link, s.st_name);
+			if (!name || !(h = find_hook(name, hooks, n)))
+				continue;
+			count += patch_slot(f, lo, lo->base + r.r_offset, h);
+		}
+	}
+	return count;
+}
+
+/* ---- entry points ---------------------------------------------------------- */
+
+/*
+ * Checks shared by both entry points, and the one-time libelf setup; called
+ * with lock held.
+ * Returns 0, KVSHIM_EINVAL or KVSHIM_ESTATE.
+ */
+static int prepare(const struct kv_got_hook *hooks, size_t n)
+{
+	size_t i;
+
+	if (!hooks)
+		return KVSHIM_EINVAL;
+	for (i = 0; i < n; i++)
+		if (!hooks[i].name || !hooks[i].func)
+			return KVSHIM_EINVAL;
+	if (!elf_ready) {
+		if (elf_version(EV_CURRENT) == EV_NONE) {
+			kv_warn("got: libelf: %s", elf_errmsg(-1));
+			return KVSHIM_ESTATE;
+		}
+		page_size = (uintptr_t)sysconf(_SC_PAGESIZE);
+		elf_ready = 1;
+	}
+	return 0;
+}
+
+static void loaded_from(struct loaded *lo, const struct dl_phdr_info *info)
+{
+	lo->name = info->dlpi_name;
+	lo->base = info->dlpi_addr;
+	lo->phdr = info->dlpi_phdr;
+	lo->phnum = info->dlpi_phnum;
+}
+
+struct one_ctx {
+	struct file *f;
+	const struct kv_got_hook *hooks;
+	size_t n;
+	uintptr_t base;
+	int seen;   /* an object is loaded at base */
+	int result; /* slots written, when found */
+	int found;
+};
+
+static int one_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	struct one_ctx *c = arg;
+	struct loaded lo;
+
+	if (info->dlpi_addr != c->base)
+		return 0;
+	c->seen = 1;
+	loaded_from(&lo, info);
+	if (!file_matches(c->f, &lo))
+		return 0;
+	c->found = 1;
+	c->result = file_patch(c->f, &lo, c->hooks, c->n);
+	return 1;
+}
+
+int kv_got_patch_object(const char *path, uintptr_t load_base,
+			const struct kv_got_hook *hooks, size_t n)
+{
+	struct one_ctx c = { .hooks = hooks, .n = n, .base = load_base };
+	struct file f;
+	int rc;
+
+	if (!n)
+		return 0;
+	if (!path)
+		return KVSHIM_EINVAL;
+	pthread_mutex_lock(&lock);
+	rc = prepare(hooks, n);
+	if (rc)
+		goto out;
+	rc = file_open(&f, path);
+	if (rc)
+		goto out;
+	c.f = &f;
+	dl_iterate_phdr(one_cb, &c);
+	file_close(&f);
+	if (c.found) {
+		rc = c.result;
+	} else if (c.seen) {
+		kv_warn("got: %s is not the object loaded at %#lx",
+			f.path, (unsigned long)load_base);
+		rc = KVSHIM_ESTATE;
+	} else {
+		rc = KVSHIM_EINVAL;
+	}
+out:
+	pthread_mutex_unlock(&lock);
+	return rc;
+}
+
+struct all_ctx {
+	const void *self;
+	const char *const *skip;
+	const struct kv_got_hook *hooks;
+	size_t n;
+	uintptr_t vdso;
+	int index;
+	int total;
+	int nomem;
+};
+
+static int holds(const struct loaded *lo, uintptr_t a)
+{
+	size_t i;
+
+	for (i = 0; i < lo->phnum; i++) {
+		const ElfW(Phdr) *p = &lo->phdr[i];
+
+		if (p->p_type == PT_LOAD && a >= lo->base + p->p_vaddr &&
+		    a < lo->base + p->p_vaddr + p->p_memsz)
+			return 1;
+	}
+	return 0;
+}
+
+static int skipped(const char *name, const char *const *skip)
+{
+	const char *base = strrchr(name, '/');
+
+	base = base ? base + 1 : name;
+	for (; skip && *skip; skip++)
+		if (!strncmp(base, *skip, strlen(*skip)))
+			return 1;
+	return 0;
+}
+
+static int all_cb(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	struct all_ctx *c = arg;
+	struct loaded lo;
+	struct file f;
+	int first = c->index++ == 0, rc;
+
+	loaded_from(&lo, info);
+	/* the main program comes first and has no name; a nameless object
+	 * after it (the vDSO on older glibc) has no file */
+	if (!lo.name || (!lo.name[0] && !first))
+		return 0;
+	if ((c->vdso && lo.base == c->vdso) || skipped(lo.name, c->skip) ||
+	    (c->self && holds(&lo, (uintptr_t)c->self)))
+		return 0;
+	rc = file_open(&f, lo.name);
+	if (rc) {
+		if (rc == KVSHIM_ENOMEM)
+			c->nomem = 1;
+		return 0;
+	}
+	if (file_matches(&f, &lo))
+		c->total += file_patch(&f, &lo, c->hooks, c->n);
+	else
+		kv_warn("got: %s on disk is not the object loaded: skipped",
+			f.path);
+	file_close(&f);
+	return 0;
+}
+
+int kv_got_patch_all(const void *self, const char *const *skip,
+		     const struct kv_got_hook *hooks, size_t n)
+{
+	struct all_ctx c = { .self = self, .skip = skip, .hooks = hooks, .n = n };
+	int rc;
+
+	if (!n)
+		return 0;
+	pthread_mutex_lock(&lock);
+	rc = prepare(hooks, n);
+	if (rc)
+		goto out;
+	c.vdso = (uintptr_t)getauxval(AT_SYSINFO_EHDR);
+	dl_iterate_phdr(all_cb, &c);
+	rc = c.nomem && !c.total ? KVSHIM_ENOMEM : c.total;
+out:
+	pthread_mutex_unlock(&lock);
+	return rc;
+}

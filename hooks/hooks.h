@@ -1,0 +1,139 @@
+/*
+ * hooks.h - the interposed CUDA functions, their real counterparts and how
+ * they are found.
+ *
+ * Every hooked function has an exported wrapper with the real function's
+ * name (so preloading reaches callers that import it) and a pointer
+ * kv_real_<name> to the real one, resolved once: driver functions from
+ * libcuda.so.1, runtime functions from whichever libcudart the process
+ * loaded. Callers that find functions at run time (cuGetProcAddress,
+ * cudaGetDriverEntryPoint, dlsym on libcuda) are handed the wrapper in
+ * place of the real function by kv_hooks_wrap.
+ */
+#ifndef KV_HOOKS_H
+#define KV_HOOKS_H
+
+#include <stddef.h>
+
+#include <cuda.h>
+#include <driver_types.h>
+
+/* X(name, return type, parameters) of every driver function hooked. The
+ * _ptds/_ptsz variants are the per-thread default stream forms. */
+#define KV_DRIVER_HOOKS(X)                                                    \
+	X(cuMemAlloc_v2, CUresult, (CUdeviceptr *, size_t))                   \
+	X(cuMemFree_v2, CUresult, (CUdeviceptr))                              \
+	X(cuMemGetInfo_v2, CUresult, (size_t *, size_t *))                    \
+	X(cuMemsetD8_v2, CUresult, (CUdeviceptr, unsigned char, size_t))      \
+	X(cuMemsetD8_v2_ptds, CUresult, (CUdeviceptr, unsigned char, size_t)) \
+	X(cuMemsetD16_v2, CUresult, (CUdeviceptr, unsigned short, size_t))    \
+	X(cuMemsetD16_v2_ptds, CUresult, (CUdeviceptr, unsigned short, size_t)) \
+	X(cuMemsetD32_v2, CUresult, (CUdeviceptr, unsigned int, size_t))      \
+	X(cuMemsetD32_v2_ptds, CUresult, (CUdeviceptr, unsigned int, size_t)) \
+	X(cuMemsetD8Async, CUresult, (CUdeviceptr, unsigned char, size_t, CUstream)) \
+	X(cuMemsetD8Async_ptsz, CUresult, (CUdeviceptr, unsigned char, size_t, CUstream)) \
+	X(cuMemsetD16Async, CUresult, (CUdeviceptr, unsigned short, size_t, CUstream)) \
+	X(cuMemsetD16Async_ptsz, CUresult, (CUdeviceptr, unsigned short, size_t, CUstream)) \
+	X(cuMemsetD32Async, CUresult, (CUdeviceptr, unsigned int, size_t, CUstream)) \
+	X(cuMemsetD32Async_ptsz, CUresult, (CUdeviceptr, unsigned int, size_t, CUstream)) \
+	X(cuMemcpy, CUresult, (CUdeviceptr, CUdeviceptr, size_t))             \
+	X(cuMemcpy_ptds, CUresult, (CUdeviceptr, CUdeviceptr, size_t))        \
+	X(cuMemcpyAsync, CUresult, (CUdeviceptr, CUdeviceptr, size_t, CUstream)) \
+	X(cuMemcpyAsync_ptsz, CUresult, (CUdeviceptr, CUdeviceptr, size_t, CUstream)) \
+	X(cuMemcpyHtoD_v2, CUresult, (CUdeviceptr, const void *, size_t))     \
+	X(cuMemcpyHtoD_v2_ptds, CUresult, (CUdeviceptr, const void *, size_t)) \
+	X(cuMemcpyDtoH_v2, CUresult, (void *, CUdeviceptr, size_t))           \
+	X(cuMemcpyDtoH_v2_ptds, CUresult, (void *, CUdeviceptr, size_t))      \
+	X(cuMemcpyDtoD_v2, CUresult, (CUdeviceptr, CUdeviceptr, size_t))      \
+	X(cuMemcpyDtoD_v2_ptds, CUresult, (CUdeviceptr, CUdeviceptr, size_t)) \
+	X(cuMemcpyHtoDAsync_v2, CUresult, (CUdeviceptr, const void *, size_t, CUstream)) \
+	X(cuMemcpyHtoDAsync_v2_ptsz, CUresult, (CUdeviceptr, const void *, size_t, CUstream)) \
+	X(cuMemcpyDtoHAsync_v2, CUresult, (void *, CUdeviceptr, size_t, CUstream)) \
+	X(cuMemcpyDtoHAsync_v2_ptsz, CUresult, (void *, CUdeviceptr, size_t, CUstream)) \
+	X(cuMemcpyDtoDAsync_v2, CUresult, (CUdeviceptr, CUdeviceptr, size_t, CUstream)) \
+	X(cuMemcpyDtoDAsync_v2_ptsz, CUresult, (CUdeviceptr, CUdeviceptr, size_t, CUstream)) \
+	X(cuGetProcAddress, CUresult, (const char *, void **, int, cuuint64_t)) \
+	X(cuGetProcAddress_v2, CUresult, (const char *, void **, int, cuuint64_t, \
+					  CUdriverProcAddressQueryResult *))
+
+#define KV_RUNTIME_HOOKS(X)                                                   \
+	X(cudaMalloc, cudaError_t, (void **, size_t))                         \
+	X(cudaFree, cudaError_t, (void *))                                    \
+	X(cudaMemGetInfo, cudaError_t, (size_t *, size_t *))                  \
+	X(cudaMemset, cudaError_t, (void *, int, size_t))                     \
+	X(cudaMemset_ptds, cudaError_t, (void *, int, size_t))                \
+	X(cudaMemsetAsync, cudaError_t, (void *, int, size_t, cudaStream_t))  \
+	X(cudaMemsetAsync_ptsz, cudaError_t, (void *, int, size_t, cudaStream_t)) \
+	X(cudaMemcpy, cudaError_t, (void *, const void *, size_t, enum cudaMemcpyKind)) \
+	X(cudaMemcpy_ptds, cudaError_t, (void *, const void *, size_t, enum cudaMemcpyKind)) \
+	X(cudaMemcpyAsync, cudaError_t, (void *, const void *, size_t, enum cudaMemcpyKind, \
+					 cudaStream_t))                        \
+	X(cudaMemcpyAsync_ptsz, cudaError_t, (void *, const void *, size_t,    \
+					      enum cudaMemcpyKind, cudaStream_t)) \
+	X(cudaMallocAsync, cudaError_t, (void **, size_t, cudaStream_t))      \
+	X(cudaMallocAsync_ptsz, cudaError_t, (void **, size_t, cudaStream_t)) \
+	X(cudaFreeAsync, cudaError_t, (void *, cudaStream_t))                 \
+	X(cudaFreeAsync_ptsz, cudaError_t, (void *, cudaStream_t))            \
+	X(cudaGetDriverEntryPoint, cudaError_t, (const char *, void **,       \
+		unsigned long long, enum cudaDriverEntryPointQueryResult *)) \
+	X(cudaGetDriverEntryPoint_ptsz, cudaError_t, (const char *, void **,  \
+		unsigned long long, enum cudaDriverEntryPointQueryResult *)) \
+	X(cudaGetDriverEntryPointByVersion, cudaError_t, (const char *, void **, \
+		unsigned int, unsigned long long,                             \
+		enum cudaDriverEntryPointQueryResult *))                      \
+	X(cudaGetDriverEntryPointByVersion_ptsz, cudaError_t, (const char *,  \
+		void **, unsigned int, unsigned long long,                    \
+		enum cudaDriverEntryPointQueryResult *))
+
+#define KV_DECLARE_REAL(name, ret, args) extern ret (*kv_real_##name) args;
+KV_DRIVER_HOOKS(KV_DECLARE_REAL)
+KV_RUNTIME_HOOKS(KV_DECLARE_REAL)
+#undef KV_DECLARE_REAL
+
+/* The wrappers, by C name kv_hook_<name>; their exported symbols carry the
+ * real names, so a caller importing cudaMalloc binds to kv_hook_cudaMalloc.
+ * (libkvshim.so links with -Bsymbolic-functions: inside it, these names
+ * always mean the wrappers, even when loaded after the real libraries.) */
+#define KV_DECLARE_HOOK(name, ret, args) \
+	ret kv_hook_##name args __asm__(#name) __attribute__((visibility("default")));
+KV_DRIVER_HOOKS(KV_DECLARE_HOOK)
+KV_RUNTIME_HOOKS(KV_DECLARE_HOOK)
+#undef KV_DECLARE_HOOK
+
+/* Resolve the driver's real functions (once). Returns 0 or -1 without a
+ * driver. */
+int kv_hooks_driver(void);
+
+/* Resolve the runtime's real functions from the libcudart this process
+ * loaded (once found). Returns 0 or -1 when none is loaded yet. */
+int kv_hooks_runtime(void);
+
+/* The wrapper standing for real function fn, or fn itself when it is not
+ * hooked. What entry-point look-ups hand out. */
+void *kv_hooks_wrap(void *fn);
+
+/* The wrapper for a symbol name (the exported name, e.g. "cuMemAlloc_v2"
+ * or "cudaMalloc"), or NULL: what GOT patching writes. */
+void *kv_hooks_by_name(const char *name);
+
+/* dlsym as libcudart and others see it once patched: the real lookup,
+ * with hooked driver functions swapped for their wrappers. */
+void *kv_hook_dlsym(void *handle, const char *name);
+
+/* Runtime wrappers call into the real runtime, which calls the driver:
+ * this counts such calls on the thread, so the driver wrappers they reach
+ * pass straight through instead of applying the policy twice. */
+extern __thread int kv_in_runtime;
+
+/* Make every loaded module that imports a hooked function call the
+ * wrapper, by rewriting GOT slots (see got.h). Used when libkvshim.so was
+ * not preloaded but loaded late, and for dlsym in libcudart. Returns the
+ * slots patched or a negative error. */
+int kv_hooks_attach(int all);
+
+/* If modules were loaded since the last look, patch them as kv_hooks_attach
+ * does (a module loaded with RTLD_DEEPBIND binds past the preloaded
+ * wrappers). Cheap when nothing changed. Returns the slots patched. */
+int kv_hooks_sweep(void);
+
+#endif /* KV_HOOKS_H */

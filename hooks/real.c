@@ -1,0 +1,128 @@
+/*
+ * real.c - finding the real functions behind the hooks, once, without
+ * hard-coded paths: the driver through the handle the allocator's primitive
+ * layer opened (libcuda.so.1 by soname), the runtime by looking among the
+ * loaded objects for the libcudart the host program uses.
+ */
+#include <dlfcn.h>
+#include <link.h>
+#include <pthread.h>
+#include <string.h>
+
+#include "hooks.h"
+#include "log.h"
+#include "prim.h"
+
+#define KV_DEFINE_REAL(name, ret, args) ret (*kv_real_##name) args;
+KV_DRIVER_HOOKS(KV_DEFINE_REAL)
+KV_RUNTIME_HOOKS(KV_DEFINE_REAL)
+#undef KV_DEFINE_REAL
+
+__thread int kv_in_runtime;
+
+struct entry {
+	const char *name;
+	void *hook;
+	void **real;
+};
+
+#define KV_ENTRY(name, ret, args) \
+	{ #name, (void *)kv_hook_##name, (void **)&kv_real_##name },
+static const struct entry driver_entries[] = { KV_DRIVER_HOOKS(KV_ENTRY) };
+static const struct entry runtime_entries[] = { KV_RUNTIME_HOOKS(KV_ENTRY) };
+#undef KV_ENTRY
+
+#define NDRIVER (sizeof(driver_entries) / sizeof(driver_entries[0]))
+#define NRUNTIME (sizeof(runtime_entries) / sizeof(runtime_entries[0]))
+
+static pthread_once_t driver_once = PTHREAD_ONCE_INIT;
+static int driver_rc = -1;
+static pthread_mutex_t runtime_lock = PTHREAD_MUTEX_INITIALIZER;
+static int runtime_found;
+
+static void resolve_driver(void)
+{
+	void *h = kv_prim_driver();
+	size_t i;
+
+	if (!h)
+		return;
+	for (i = 0; i < NDRIVER; i++)
+		*driver_entries[i].real = kv_prim_dlsym(h, driver_entries[i].name);
+	driver_rc = 0;
+}
+
+int kv_hooks_driver(void)
+{
+	pthread_once(&driver_once, resolve_driver);
+	return driver_rc;
+}
+
+/* dl_iterate_phdr callback: the path of the first libcudart loaded. */
+static int find_cudart(struct dl_phdr_info *info, size_t size, void *arg)
+{
+	const char *base = strrchr(info->dlpi_name, '/');
+
+	base = base ? base + 1 : info->dlpi_name;
+	if (strncmp(base, "libcudart.so", 12) != 0)
+		return 0;
+	*(const char **)arg = info->dlpi_name;
+	return 1;
+}
+
+int kv_hooks_runtime(void)
+{
+	const char *path = NULL;
+	void *h;
+	size_t i;
+
+	if (__atomic_load_n(&runtime_found, __ATOMIC_ACQUIRE))
+		return 0;
+	pthread_mutex_lock(&runtime_lock);
+	if (!runtime_found) {
+		dl_iterate_phdr(find_cudart, &path);
+		h = path ? dlopen(path, RTLD_NOW | RTLD_NOLOAD) : NULL;
+		if (h) {
+			for (i = 0; i < NRUNTIME; i++)
+				*runtime_entries[i].real =
+					kv_prim_dlsym(h, runtime_entries[i].name);
+			kv_debug("runtime functions from %s", path);
+			/* the handle stays open: the runtime must not go away */
+			__atomic_store_n(&runtime_found, 1, __ATOMIC_RELEASE);
+		}
+	}
+	pthread_mutex_unlock(&runtime_lock);
+	return runtime_found ? 0 : -1;
+}
+
+void *kv_hooks_wrap(void *fn)
+{
+	size_t i;
+
+	if (!fn || kv_hooks_driver())
+		return fn;
+	for (i = 0; i < NDRIVER; i++)
+		if (*driver_entries[i].real == fn)
+			return driver_entries[i].hook;
+	return fn;
+}
+
+void *kv_hooks_by_name(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < NDRIVER; i++)
+		if (!strcmp(driver_entries[i].name, name))
+			return driver_entries[i].hook;
+	for (i = 0; i < NRUNTIME; i++)
+		if (!strcmp(runtime_entries[i].name, name))
+			return runtime_entries[i].hook;
+	if (!strcmp(name, "dlsym"))
+		return (void *)kv_hook_dlsym;
+	return NULL;
+}
+
+void *kv_hook_dlsym(void *handle, const char *name)
+{
+	return kv_hooks_wrap(kv_prim_dlsym(handle, name));
+}

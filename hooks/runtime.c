@@ -1,0 +1,159 @@
+/*
+ * runtime.c - the runtime API's allocation, memory-info, memset and memcpy
+ * calls, as PyTorch's caching allocator makes them (it imports cudaMalloc
+ * from libcudart dynamically, so a preloaded cudaMalloc sees every segment
+ * it allocates). Each wrapper finds the real runtime, lets the policy
+ * decide, and speaks cudaError_t. Calls into the real runtime are counted
+ * in kv_in_runtime so the driver wrappers they reach stay out of the way.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "hooks.h"
+#include "policy.h"
+
+#define REAL_OR_FAIL(name)                                                \
+	if (kv_hooks_runtime() || !kv_real_##name)                         \
+		return cudaErrorInitializationError
+
+#define CALL_REAL(e, call) do {                                           \
+		kv_in_runtime++;                                           \
+		(e) = (call);                                              \
+		kv_in_runtime--;                                           \
+	} while (0)
+
+static CUdeviceptr dptr(const void *p)
+{
+	return (CUdeviceptr)(uintptr_t)p;
+}
+
+cudaError_t kv_hook_cudaMalloc(void **p, size_t n)
+{
+	CUdeviceptr d;
+	cudaError_t e;
+	int rc;
+
+	REAL_OR_FAIL(cudaMalloc);
+	if (p && n) {
+		rc = kv_policy_alloc(n, &d);
+		if (rc == 1) {
+			*p = (void *)(uintptr_t)d;
+			return cudaSuccess;
+		}
+		if (rc < 0)
+			return cudaErrorMemoryAllocation;
+	}
+	CALL_REAL(e, kv_real_cudaMalloc(p, n));
+	return e;
+}
+
+cudaError_t kv_hook_cudaFree(void *p)
+{
+	cudaError_t e;
+
+	REAL_OR_FAIL(cudaFree);
+	if (p && kv_policy_free(dptr(p)) == 1)
+		return cudaSuccess;
+	CALL_REAL(e, kv_real_cudaFree(p));
+	return e;
+}
+
+cudaError_t kv_hook_cudaMemGetInfo(size_t *free_bytes, size_t *total)
+{
+	cudaError_t e;
+
+	REAL_OR_FAIL(cudaMemGetInfo);
+	CALL_REAL(e, kv_real_cudaMemGetInfo(free_bytes, total));
+	if (e == cudaSuccess)
+		kv_policy_meminfo(free_bytes, total);
+	return e;
+}
+
+#define SYNC
+#define ASYNC_ARGS , cudaStream_t s
+#define ASYNC_PASS , s
+
+/* On a span a zero memset sets only the pages mapped now; see policy.h. */
+#define MEMSET(name, ARGS, PASS)                                            \
+cudaError_t kv_hook_##name(void *p, int v, size_t n ARGS)                   \
+{                                                                           \
+	cudaError_t e = cudaSuccess;                                        \
+	struct kv_run *r;                                                   \
+	size_t k, i;                                                        \
+	int rc;                                                             \
+									    \
+	REAL_OR_FAIL(name);                                                 \
+	rc = kv_policy_memset(dptr(p), n, (unsigned char)v == 0, &r, &k);   \
+	if (rc < 0)                                                         \
+		return cudaErrorMemoryAllocation;                           \
+	if (rc == 0) {                                                      \
+		CALL_REAL(e, kv_real_##name(p, v, n PASS));                 \
+		return e;                                                   \
+	}                                                                   \
+	for (i = 0; i < k && e == cudaSuccess; i++)                         \
+		CALL_REAL(e, kv_real_##name((void *)(uintptr_t)r[i].addr, v, \
+					    r[i].len PASS));                \
+	free(r);                                                            \
+	return e;                                                           \
+}
+
+MEMSET(cudaMemset, SYNC, SYNC)
+MEMSET(cudaMemset_ptds, SYNC, SYNC)
+MEMSET(cudaMemsetAsync, ASYNC_ARGS, ASYNC_PASS)
+MEMSET(cudaMemsetAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
+
+/* Back the span pages a copy of kind k reads or writes. */
+static int touch(void *dst, const void *src, size_t n, enum cudaMemcpyKind k)
+{
+	if ((k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice ||
+	     k == cudaMemcpyDefault) && kv_policy_touch(dptr(dst), n) < 0)
+		return -1;
+	if ((k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice ||
+	     k == cudaMemcpyDefault) && kv_policy_touch(dptr(src), n) < 0)
+		return -1;
+	return 0;
+}
+
+#define MEMCPY(name, ARGS, PASS)                                            \
+cudaError_t kv_hook_##name(void *dst, const void *src, size_t n,            \
+			   enum cudaMemcpyKind k ARGS)                      \
+{                                                                           \
+	cudaError_t e;                                                      \
+									    \
+	REAL_OR_FAIL(name);                                                 \
+	if (touch(dst, src, n, k))                                          \
+		return cudaErrorMemoryAllocation;                           \
+	CALL_REAL(e, kv_real_##name(dst, src, n, k PASS));                  \
+	return e;                                                           \
+}
+
+MEMCPY(cudaMemcpy, SYNC, SYNC)
+MEMCPY(cudaMemcpy_ptds, SYNC, SYNC)
+MEMCPY(cudaMemcpyAsync, ASYNC_ARGS, ASYNC_PASS)
+MEMCPY(cudaMemcpyAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
+
+/* Stream-ordered allocations pass through: their pool is the driver's. */
+#define PASS_ALLOC(name)                                                    \
+cudaError_t kv_hook_##name(void **p, size_t n, cudaStream_t s)              \
+{                                                                           \
+	cudaError_t e;                                                      \
+									    \
+	REAL_OR_FAIL(name);                                                 \
+	CALL_REAL(e, kv_real_##name(p, n, s));                              \
+	return e;                                                           \
+}
+
+#define PASS_FREE(name)                                                     \
+cudaError_t kv_hook_##name(void *p, cudaStream_t s)                         \
+{                                                                           \
+	cudaError_t e;                                                      \
+									    \
+	REAL_OR_FAIL(name);                                                 \
+	CALL_REAL(e, kv_real_##name(p, s));                                 \
+	return e;                                                           \
+}
+
+PASS_ALLOC(cudaMallocAsync)
+PASS_ALLOC(cudaMallocAsync_ptsz)
+PASS_FREE(cudaFreeAsync)
+PASS_FREE(cudaFreeAsync_ptsz)

@@ -1,0 +1,141 @@
+/*
+ * policy.c - see policy.h. The checks that every allocation pays sit first
+ * and touch no lock: a process that never opens a window and sets no size
+ * policy never starts the allocator.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+
+#include "kvshim.h"
+#include "log.h"
+#include "policy.h"
+#include "prim.h"
+#include "shim.h"
+
+static int window;   /* open KV windows, process-wide */
+
+int kv_policy_window(int open)
+{
+	int n = __atomic_load_n(&window, __ATOMIC_ACQUIRE);
+
+	if (open) {
+		__atomic_add_fetch(&window, 1, __ATOMIC_ACQ_REL);
+		return 0;
+	}
+	do {
+		if (n <= 0)
+			return KVSHIM_ESTATE;
+	} while (!__atomic_compare_exchange_n(&window, &n, n - 1, 0,
+					      __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE));
+	return 0;
+}
+
+/* The process's allocator, if one is running; never starts it. */
+static kv_alloc_t *running(void)
+{
+	return kv_shim_running();
+}
+
+int kv_policy_alloc(size_t size, CUdeviceptr *ptr)
+{
+	const struct kv_config *c = kv_shim_settings();
+	int lazy, rc;
+	kv_alloc_t *a;
+
+	if (!c)
+		return 0;
+	lazy = __atomic_load_n(&window, __ATOMIC_ACQUIRE) > 0 &&
+	       size >= c->window_min;
+	if (!lazy && (c->min_bytes == SIZE_MAX || size < c->min_bytes))
+		return 0;
+	rc = kv_shim_alloc(&a);
+	if (rc)
+		return 0;       /* kvshim cannot run here: stay out of the way */
+	if (!kv_prim_on_device(kv_alloc_prim(a)))
+		return 0;       /* another device than the one kvshim manages */
+	rc = kv_alloc_reserve(a, size, ptr);
+	if (rc)
+		return rc;
+	/*
+	 * A lazy span still backs its last page: PyTorch's caching allocator
+	 * rounds a segment up to 2 MiB and may carve later tensors out of the
+	 * tail past the KV tensor, and those get no first-touch signal. An
+	 * eager span is backed whole.
+	 */
+	if (lazy)
+		rc = kv_alloc_map(a, *ptr + size - 1, 1);
+	else
+		rc = kv_alloc_map(a, *ptr, size);
+	if (rc) {
+		kv_alloc_release(a, *ptr);
+		return rc;
+	}
+	kv_debug("%s span of %zu bytes at 0x%llx", lazy ? "lazy" : "eager",
+		 size, (unsigned long long)*ptr);
+	return 1;
+}
+
+int kv_policy_free(CUdeviceptr ptr)
+{
+	kv_alloc_t *a = running();
+	CUdeviceptr base;
+
+	if (!a || kv_alloc_find(a, ptr, &base, NULL) || base != ptr)
+		return 0;
+	return kv_alloc_release(a, ptr) == 0 ? 1 : 0;
+}
+
+int kv_policy_memset(CUdeviceptr ptr, size_t bytes, int zero,
+		     struct kv_run **runs, size_t *nruns)
+{
+	const struct kv_config *c = kv_shim_settings();
+	kv_alloc_t *a = running();
+	int rc;
+
+	if (!a || bytes == 0 || kv_alloc_find(a, ptr, NULL, NULL))
+		return 0;
+	if (!zero || !c->zero) {
+		/* the bytes must land: back the range, then set all of it */
+		rc = kv_alloc_map(a, ptr, bytes);
+		if (rc)
+			return rc;
+		*runs = malloc(sizeof(**runs));
+		if (!*runs)
+			return KVSHIM_ENOMEM;
+		(*runs)->addr = ptr;
+		(*runs)->len = bytes;
+		*nruns = 1;
+		return 1;
+	}
+	rc = kv_alloc_claim_mapped(a, ptr, bytes, runs, nruns);
+	return rc ? rc : 1;
+}
+
+int kv_policy_touch(CUdeviceptr ptr, size_t bytes)
+{
+	kv_alloc_t *a = running();
+
+	if (!a || bytes == 0 || kv_alloc_find(a, ptr, NULL, NULL))
+		return 0;
+	return kv_alloc_map(a, ptr, bytes);
+}
+
+void kv_policy_meminfo(size_t *free_bytes, size_t *total)
+{
+	const struct kv_config *c = kv_shim_settings();
+	kv_alloc_t *a = running();
+	struct kvshim_stats s;
+	size_t idle, unbacked;
+
+	if (!a || !c || c->meminfo != KV_MEMINFO_VIRTUAL || !free_bytes ||
+	    kv_alloc_stats(a, &s))
+		return;
+	/* as if every span were backed, and kvshim's idle pages were free */
+	idle = s.pooled_bytes + s.cached_bytes;
+	unbacked = s.reserved_bytes > s.mapped_bytes ?
+		   s.reserved_bytes - s.mapped_bytes : 0;
+	*free_bytes += idle;
+	*free_bytes = *free_bytes > unbacked ? *free_bytes - unbacked : 0;
+	if (total && *free_bytes > *total)
+		*free_bytes = *total;
+}

@@ -1,0 +1,49 @@
+/*
+ * policy.h - which allocations become spans, and what the engine's other
+ * memory calls mean on a span. Called by hooks/; calls the allocator.
+ *
+ * An allocation becomes a lazy span when a KV window is open (the engine
+ * called kvshim_kv_begin) and it is at least KVSHIM_WINDOW_MIN; pages then
+ * come from first-touch signals (kvshim_map). Outside a window, allocations
+ * of at least KVSHIM_MIN_BYTES (off by default) become spans mapped in full:
+ * correct without any signal, yet released and accounted like the rest.
+ * Everything else passes through untouched.
+ */
+#ifndef KV_POLICY_H
+#define KV_POLICY_H
+
+#include <stddef.h>
+
+#include <cuda.h>
+
+#include "alloc.h"
+
+/* Decide on an allocation of size bytes. Returns 1 with *ptr set when
+ * kvshim made a span, 0 when the call should pass through to the driver,
+ * or a negative error (the caller reports out of memory). */
+int kv_policy_alloc(size_t size, CUdeviceptr *ptr);
+
+/* Returns 1 when ptr was a span and is released, 0 to pass through. */
+int kv_policy_free(CUdeviceptr ptr);
+
+/* A memset of [ptr, ptr + bytes); zero says every byte written is 0.
+ * Returns 0 to pass through whole; 1 when ptr is in a span, with *runs
+ * (free with free()) and *nruns the parts the caller must still set: a
+ * zero memset skips unmapped pages, which arrive zeroed; or a negative
+ * error. */
+int kv_policy_memset(CUdeviceptr ptr, size_t bytes, int zero,
+		     struct kv_run **runs, size_t *nruns);
+
+/* A copy is about to read or write [ptr, ptr + bytes): back whatever span
+ * pages it covers (they keep that claim until the span is released).
+ * Returns 0 (also when ptr is no span) or a negative error. */
+int kv_policy_touch(CUdeviceptr ptr, size_t bytes);
+
+/* Adjust the driver's free/total figures as KVSHIM_MEMINFO says. */
+void kv_policy_meminfo(size_t *free_bytes, size_t *total);
+
+/* Open (open = 1) or close (0) a KV window; windows nest. Returns 0, or
+ * KVSHIM_ESTATE when closing with none open. */
+int kv_policy_window(int open);
+
+#endif /* KV_POLICY_H */

@@ -1,0 +1,367 @@
+/*
+ * prog.c - an unmodified CUDA program, as kvshim meets one: it links the
+ * runtime (-lcudart) and allocates with cudaMalloc. The tests run it with
+ * LD_PRELOAD=libkvshim.so (or load kvshim late) on the CPU emulation; it
+ * finds kvshim_* with dlsym, as an engine adapter would, and checks what
+ * the shim did. Usage: prog CASE; exit 0 when the case holds.
+ */
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <pthread.h>
+
+#include <cuda.h>
+#include <cuda_runtime_api.h>
+
+#include "devmem.h"
+#include "kvshim.h"
+
+#define MB ((size_t)1 << 20)
+#define PG (2 * MB)
+
+static struct {
+	int (*begin)(void);
+	int (*end)(void);
+	int (*map)(const void *, size_t);
+	int (*unmap)(const void *, size_t);
+	int (*stats)(struct kvshim_stats *);
+} kv;
+
+static int failures;
+
+#define EXPECT(cond) do {                                                 \
+		if (!(cond)) {                                             \
+			fprintf(stderr, "%s:%d: expected %s\n", __FILE__,   \
+				__LINE__, #cond);                          \
+			failures++;                                        \
+		}                                                          \
+	} while (0)
+
+static int load_kvshim(void)
+{
+	*(void **)&kv.begin = dlsym(RTLD_DEFAULT, "kvshim_kv_begin");
+	*(void **)&kv.end = dlsym(RTLD_DEFAULT, "kvshim_kv_end");
+	*(void **)&kv.map = dlsym(RTLD_DEFAULT, "kvshim_map");
+	*(void **)&kv.unmap = dlsym(RTLD_DEFAULT, "kvshim_unmap");
+	*(void **)&kv.stats = dlsym(RTLD_DEFAULT, "kvshim_stats");
+	return kv.begin && kv.end && kv.map && kv.unmap && kv.stats ? 0 : -1;
+}
+
+static struct kvshim_stats stats(void)
+{
+	struct kvshim_stats s;
+
+	memset(&s, 0, sizeof(s));
+	if (kv.stats(&s))
+		memset(&s, 0, sizeof(s));
+	return s;
+}
+
+static CUdeviceptr dp(const void *p)
+{
+	return (CUdeviceptr)(uintptr_t)p;
+}
+
+/* Allocations outside a window pass through; inside one, large ones
+ * become lazy spans whose last page is backed (the caching allocator's
+ * tail), and cudaFree releases them. */
+static void case_window(void)
+{
+	char *small = NULL, *big = NULL, *kvp = NULL;
+	unsigned long long bad = 1;
+
+	EXPECT(cudaMalloc((void **)&big, 64 * MB) == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 0);
+	EXPECT(kv_dev_fill(dp(big), 64 * MB, 1) == CUDA_SUCCESS);
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&small, MB) == cudaSuccess);   /* < WINDOW_MIN */
+	EXPECT(cudaMalloc((void **)&kvp, 64 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	EXPECT(kv.end() == KVSHIM_ESTATE);
+	EXPECT(stats().reserved_bytes == 64 * MB);
+	EXPECT(stats().mapped_bytes == PG);
+	EXPECT(kv_dev_fill(dp(small), MB, 2) == CUDA_SUCCESS);
+	/* lazy: untouched pages fault, the tail page does not */
+	EXPECT(kv_dev_fill(dp(kvp), 4096, 3) == CUDA_ERROR_ILLEGAL_ADDRESS);
+	EXPECT(kv_dev_fill(dp(kvp) + 64 * MB - PG, PG, 3) == CUDA_SUCCESS);
+	/* first touch signalled: a block straddling pages 1 and 2 */
+	EXPECT(kv.map(kvp + 3 * MB, 2 * MB) == 0);
+	EXPECT(kv_dev_fill(dp(kvp) + PG, 2 * PG, 4) == CUDA_SUCCESS);
+	EXPECT(kv_dev_check(dp(kvp) + PG, 2 * PG, 4, &bad) == CUDA_SUCCESS);
+	EXPECT(bad == 0);
+	EXPECT(stats().mapped_bytes == 3 * PG);
+	EXPECT(kv.unmap(kvp + 3 * MB, 2 * MB) == 0);
+	EXPECT(stats().cached_bytes == 2 * PG);
+	EXPECT(kv.unmap(kvp + 3 * MB, 2 * MB) == KVSHIM_ENOTCLAIMED);
+	EXPECT(cudaFree(kvp) == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 0);
+	EXPECT(cudaFree(small) == cudaSuccess);
+	EXPECT(cudaFree(big) == cudaSuccess);
+}
+
+/* Memset over a span: zero skips unmapped pages, anything else backs
+ * them; memcpy into a span backs what it covers. */
+static void case_memset_memcpy(void)
+{
+	char *kvp = NULL, host[4096];
+	size_t nz = 1;
+	unsigned long long bad = 1;
+
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&kvp, 32 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	EXPECT(kv.map(kvp, PG) == 0);
+	EXPECT(kv_dev_fill(dp(kvp), PG, 9) == CUDA_SUCCESS);
+	EXPECT(cudaMemset(kvp, 0, 32 * MB) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == 2 * PG);            /* nothing new */
+	EXPECT(kv_dev_nonzero(dp(kvp), PG, &nz) == CUDA_SUCCESS);
+	EXPECT(nz == 0);
+	EXPECT(cudaMemsetAsync(kvp + 4 * PG, 7, 100, 0) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == 3 * PG);
+	memset(host, 0x5a, sizeof(host));
+	EXPECT(cudaMemcpy(kvp + 6 * PG + 10, host, sizeof(host),
+			  cudaMemcpyHostToDevice) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == 4 * PG);
+	memset(host, 0, sizeof(host));
+	EXPECT(cudaMemcpy(host, kvp + 6 * PG + 10, sizeof(host),
+			  cudaMemcpyDeviceToHost) == cudaSuccess);
+	EXPECT(host[0] == 0x5a && host[4095] == 0x5a);
+	/* a copy out of never-written span memory reads zeros */
+	EXPECT(cudaMemcpy(host, kvp + 8 * PG, sizeof(host),
+			  cudaMemcpyDeviceToHost) == cudaSuccess);
+	EXPECT(host[0] == 0 && host[100] == 0);
+	EXPECT(kv_dev_check(dp(kvp), 4, 9, &bad) == CUDA_SUCCESS);
+	EXPECT(cudaFree(kvp) == cudaSuccess);
+}
+
+/* Size policy: KVSHIM_MIN_BYTES=32M makes large allocations spans mapped
+ * in full, without any window. */
+static void case_size_policy(void)
+{
+	char *p = NULL, *q = NULL;
+	unsigned long long bad = 1;
+
+	EXPECT(cudaMalloc((void **)&p, 40 * MB) == cudaSuccess);
+	EXPECT(cudaMalloc((void **)&q, 8 * MB) == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 40 * MB);
+	EXPECT(stats().mapped_bytes == 40 * MB);
+	EXPECT(kv_dev_fill(dp(p), 40 * MB, 5) == CUDA_SUCCESS);
+	EXPECT(kv_dev_check(dp(p), 40 * MB, 5, &bad) == CUDA_SUCCESS);
+	EXPECT(bad == 0);
+	EXPECT(cudaFree(p) == cudaSuccess);
+	EXPECT(cudaFree(q) == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 0);
+}
+
+/* Memory info: real reports the driver, virtual counts spans as backed. */
+static void case_meminfo(void)
+{
+	size_t f0, t0, f1, t1;
+	const char *mode = getenv("KVSHIM_MEMINFO");
+	char *kvp;
+
+	EXPECT(cudaMemGetInfo(&f0, &t0) == cudaSuccess);
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&kvp, 512 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	EXPECT(cudaMemGetInfo(&f1, &t1) == cudaSuccess);
+	EXPECT(t0 == t1);
+	if (mode && !strcmp(mode, "real")) {
+		/* the driver saw the tail page and the pool */
+		EXPECT(f0 - f1 <= 128 * MB);
+	} else {
+		EXPECT(f0 - f1 >= 500 * MB && f0 - f1 <= 512 * MB);
+	}
+	EXPECT(cudaFree(kvp) == cudaSuccess);
+}
+
+/* The driver road: cuMemAlloc found through the runtime's entry-point
+ * look-up, inside a window. */
+static void case_entry_point(void)
+{
+	CUresult (*alloc)(CUdeviceptr *, size_t) = NULL;
+	CUresult (*fr)(CUdeviceptr) = NULL;
+	enum cudaDriverEntryPointQueryResult q;
+	CUdeviceptr d = 0;
+
+	EXPECT(cudaFree(0) == cudaSuccess);
+	EXPECT(cudaGetDriverEntryPointByVersion("cuMemAlloc", (void **)&alloc,
+						13000, cudaEnableDefault, &q) == cudaSuccess);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+	EXPECT(cudaGetDriverEntryPoint("cuMemFree", (void **)&fr,
+				       cudaEnableDefault, &q) == cudaSuccess);
+#pragma GCC diagnostic pop
+	EXPECT(alloc && fr);
+	if (!alloc || !fr)
+		return;
+	EXPECT(kv.begin() == 0);
+	EXPECT(alloc(&d, 32 * MB) == CUDA_SUCCESS);
+	EXPECT(kv.end() == 0);
+	EXPECT(stats().reserved_bytes == 32 * MB);
+	EXPECT(kv_dev_fill(d, 4096, 1) == CUDA_ERROR_ILLEGAL_ADDRESS);
+	EXPECT(fr(d) == CUDA_SUCCESS);
+	EXPECT(stats().reserved_bytes == 0);
+}
+
+/* Threads allocating in and out of a window at once. */
+static void *alloc_loop(void *arg)
+{
+	char *p;
+	int i, bad = 0;
+
+	for (i = 0; i < 50; i++) {
+		if (cudaMalloc((void **)&p, 20 * MB) != cudaSuccess ||
+		    cudaFree(p) != cudaSuccess)
+			bad++;
+	}
+	return (void *)(intptr_t)bad;
+}
+
+static void case_threads(void)
+{
+	pthread_t t[6];
+	void *r;
+	int i;
+
+	EXPECT(kv.begin() == 0);
+	for (i = 0; i < 6; i++)
+		pthread_create(&t[i], NULL, alloc_loop, NULL);
+	for (i = 0; i < 6; i++) {
+		pthread_join(t[i], &r);
+		EXPECT(r == NULL);
+	}
+	EXPECT(kv.end() == 0);
+	EXPECT(stats().reserved_bytes == 0);
+}
+
+/* A forked child starts afresh and can use kvshim itself. */
+static void case_fork(void)
+{
+	char *p;
+	int st = -1;
+	pid_t pid;
+
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&p, 32 * MB) == cudaSuccess);
+	pid = fork();
+	if (pid == 0) {
+		char *q;
+		int ok = cudaMalloc((void **)&q, 32 * MB) == cudaSuccess &&
+			 stats().reserved_bytes == 32 * MB;
+		_exit(ok ? 0 : 3);
+	}
+	EXPECT(waitpid(pid, &st, 0) == pid);
+	EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	EXPECT(stats().reserved_bytes == 32 * MB);
+	EXPECT(kv.end() == 0);
+	EXPECT(cudaFree(p) == cudaSuccess);
+}
+
+/* A bad KVSHIM_* value: everything passes through untouched. */
+static void case_bad_config(void)
+{
+	char *p;
+
+	EXPECT(kv.begin() == KVSHIM_ECONFIG);
+	EXPECT(cudaMalloc((void **)&p, 64 * MB) == cudaSuccess);
+	EXPECT(kv_dev_fill(dp(p), 64 * MB, 1) == CUDA_SUCCESS);
+	EXPECT(cudaFree(p) == cudaSuccess);
+}
+
+/* kvshim loaded late, with dlopen, after the runtime: the program's own
+ * cudaMalloc calls reach it through its patched GOT. */
+static void case_late(void)
+{
+	const char *lib = getenv("KVSHIM_LIB");
+	void *h;
+	char *p;
+
+	EXPECT(load_kvshim() != 0);        /* not there yet */
+	EXPECT(cudaFree(0) == cudaSuccess);
+	h = lib ? dlopen(lib, RTLD_NOW | RTLD_LOCAL) : NULL;
+	EXPECT(h != NULL);
+	if (!h)
+		return;
+	*(void **)&kv.begin = dlsym(h, "kvshim_kv_begin");
+	*(void **)&kv.end = dlsym(h, "kvshim_kv_end");
+	*(void **)&kv.stats = dlsym(h, "kvshim_stats");
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&p, 32 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	EXPECT(stats().reserved_bytes == 32 * MB);
+	EXPECT(kv_dev_fill(dp(p), 4096, 1) == CUDA_ERROR_ILLEGAL_ADDRESS);
+	EXPECT(cudaFree(p) == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 0);
+}
+
+/* A module loaded with RTLD_DEEPBIND allocates KV memory: kvshim patches
+ * it when the window opens. */
+static void case_deepbind(void)
+{
+	int (*ualloc)(void **, size_t), (*ufree)(void *);
+	const char *path = getenv("KVUSER_LIB");
+	void *h, *p = NULL;
+
+	h = path ? dlopen(path, RTLD_NOW | RTLD_LOCAL | RTLD_DEEPBIND) : NULL;
+	EXPECT(h != NULL);
+	if (!h)
+		return;
+	*(void **)&ualloc = dlsym(h, "kvuser_alloc");
+	*(void **)&ufree = dlsym(h, "kvuser_free");
+	EXPECT(kv.begin() == 0);
+	EXPECT(ualloc(&p, 32 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	EXPECT(stats().reserved_bytes == 32 * MB);
+	EXPECT(ufree(p) == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 0);
+}
+
+static const struct {
+	const char *name;
+	void (*run)(void);
+	int needs_kvshim;
+} cases[] = {
+	{ "window", case_window, 1 },
+	{ "memset-memcpy", case_memset_memcpy, 1 },
+	{ "size-policy", case_size_policy, 1 },
+	{ "meminfo", case_meminfo, 1 },
+	{ "entry-point", case_entry_point, 1 },
+	{ "threads", case_threads, 1 },
+	{ "fork", case_fork, 1 },
+	{ "bad-config", case_bad_config, 1 },
+	{ "late", case_late, 0 },
+	{ "deepbind", case_deepbind, 1 },
+};
+
+int main(int argc, char **argv)
+{
+	size_t i;
+
+	if (argc != 2) {
+		fprintf(stderr, "usage: %s CASE\n", argv[0]);
+		return 2;
+	}
+	if (kv_dev_open()) {
+		fprintf(stderr, "no driver\n");
+		return 77;
+	}
+	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+		if (strcmp(argv[1], cases[i].name))
+			continue;
+		if (cases[i].needs_kvshim && load_kvshim()) {
+			fprintf(stderr, "kvshim is not preloaded\n");
+			return 1;
+		}
+		cases[i].run();
+		if (failures)
+			fprintf(stderr, "%s: %d failed expectations\n", argv[1], failures);
+		return failures ? 1 : 0;
+	}
+	fprintf(stderr, "%s: no case %s\n", argv[0], argv[1]);
+	return 2;
+}

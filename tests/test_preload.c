@@ -1,0 +1,176 @@
+/*
+ * test_preload.c - unmodified CUDA programs (tests/preload/prog, built four
+ * ways) run with LD_PRELOAD=libkvshim.so, or loading it late, on the CPU
+ * emulation. Each case is a process of its own: what the shim does to a
+ * program is seen from outside, by its exit status.
+ */
+#include <limits.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#include "suites.h"
+
+extern char **environ;
+
+/* Run prog CASE with extra environment (NULL-terminated "K=V" list) and
+ * LD_PRELOAD set to libkvshim.so when preload is set; its exit status. */
+static int run(const char *prog, const char *test, int preload,
+	       const char *const *extra)
+{
+	char *argv[] = { (char *)prog, (char *)test, NULL };
+	char preload_var[PATH_MAX + 16], user_var[PATH_MAX + 16], real[PATH_MAX];
+	char lib_var[PATH_MAX + 16];
+	const char *lib = getenv("KVSHIM_LIB");
+	char **env;
+	size_t n = 0, i, k = 0;
+	pid_t pid;
+	int st;
+
+	ck_assert_ptr_nonnull(lib);
+	while (environ[n])
+		n++;
+	env = calloc(n + 16, sizeof(*env));
+	ck_assert_ptr_nonnull(env);
+	for (i = 0; i < n; i++)
+		if (strncmp(environ[i], "LD_PRELOAD=", 11) &&
+		    strncmp(environ[i], "KVSHIM_", 7))
+			env[k++] = environ[i];
+	snprintf(lib_var, sizeof(lib_var), "KVSHIM_LIB=%s", lib);
+	env[k++] = lib_var;
+	if (preload) {
+		snprintf(preload_var, sizeof(preload_var), "LD_PRELOAD=%s", lib);
+		env[k++] = preload_var;
+	}
+	ck_assert_ptr_nonnull(realpath("tests/preload/libkvuser.so", real));
+	snprintf(user_var, sizeof(user_var), "KVUSER_LIB=%s", real);
+	env[k++] = user_var;
+	for (i = 0; extra && extra[i]; i++)
+		env[k++] = (char *)extra[i];
+	env[k] = NULL;
+	ck_assert_int_eq(posix_spawn(&pid, prog, NULL, NULL, argv, env), 0);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	free(env);
+	ck_assert_msg(WIFEXITED(st), "%s %s died with signal %d", prog, test,
+		      WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+	return WEXITSTATUS(st);
+}
+
+#define PROG "tests/preload/prog"
+
+static void expect_pass(const char *prog, const char *test, int preload,
+			const char *const *extra)
+{
+	int st = run(prog, test, preload, extra);
+
+	ck_assert_msg(st == 0, "%s %s exited %d", prog, test, st);
+}
+
+START_TEST(test_window)
+{
+	expect_pass(PROG, "window", 1, NULL);
+}
+END_TEST
+
+START_TEST(test_memset_memcpy)
+{
+	expect_pass(PROG, "memset-memcpy", 1, NULL);
+}
+END_TEST
+
+START_TEST(test_size_policy)
+{
+	static const char *const env[] = { "KVSHIM_MIN_BYTES=32M", NULL };
+
+	expect_pass(PROG, "size-policy", 1, env);
+}
+END_TEST
+
+START_TEST(test_meminfo_virtual)
+{
+	expect_pass(PROG, "meminfo", 1, NULL);
+}
+END_TEST
+
+START_TEST(test_meminfo_real)
+{
+	static const char *const env[] = { "KVSHIM_MEMINFO=real", NULL };
+
+	expect_pass(PROG, "meminfo", 1, env);
+}
+END_TEST
+
+START_TEST(test_entry_point)
+{
+	expect_pass(PROG, "entry-point", 1, NULL);
+}
+END_TEST
+
+START_TEST(test_threads)
+{
+	expect_pass(PROG, "threads", 1, NULL);
+}
+END_TEST
+
+START_TEST(test_fork)
+{
+	expect_pass(PROG, "fork", 1, NULL);
+}
+END_TEST
+
+START_TEST(test_deepbind)
+{
+	expect_pass(PROG, "deepbind", 1, NULL);
+}
+END_TEST
+
+/* A malformed variable: the program runs untouched; with KVSHIM_STRICT it
+ * is stopped with status 64 at kvshim's first use. */
+START_TEST(test_bad_config)
+{
+	static const char *const env[] = { "KVSHIM_ZERO=perhaps", NULL };
+	static const char *const strict[] = {
+		"KVSHIM_ZERO=perhaps", "KVSHIM_STRICT=1", NULL
+	};
+
+	expect_pass(PROG, "bad-config", 1, env);
+	ck_assert_int_eq(run(PROG, "window", 1, strict), 64);
+}
+END_TEST
+
+/* Loaded late with dlopen: the GOT of every kind of binary is patched. */
+START_TEST(test_late_attach)
+{
+	static const char *const progs[] = {
+		PROG, PROG "-now", PROG "-noplt", PROG "-nopie"
+	};
+
+	expect_pass(progs[_i], "late", 0, NULL);
+}
+END_TEST
+
+Suite *preload_suite(void)
+{
+	Suite *s = suite_create("preload");
+	TCase *tc = tcase_create("ld-preload");
+	TCase *late = tcase_create("late-attach");
+
+	tcase_set_timeout(tc, 60);
+	kt_add_emu(tc, test_window);
+	kt_add_emu(tc, test_memset_memcpy);
+	kt_add_emu(tc, test_size_policy);
+	kt_add_emu(tc, test_meminfo_virtual);
+	kt_add_emu(tc, test_meminfo_real);
+	kt_add_emu(tc, test_entry_point);
+	kt_add_emu(tc, test_threads);
+	kt_add_emu(tc, test_fork);
+	kt_add_emu(tc, test_deepbind);
+	kt_add_emu(tc, test_bad_config);
+	suite_add_tcase(s, tc);
+	if (kv_dev_is_emu())
+		tcase_add_loop_test(late, test_late_attach, 0, 4);
+	suite_add_tcase(s, late);
+	return s;
+}
