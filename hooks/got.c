@@ -15,6 +15,7 @@
 #include <link.h>
 #include <pthread.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/auxv.h>
 #include <sys/mman.h>
@@ -295,33 +296,81 @@ static int patch_slot(const struct file *f, const struct loaded *lo, uintptr_t a
 
 /* ---- one object ------------------------------------------------------------ */
 
-static const struct kv_got_hook *find_hook(const char *name,
-					   const struct kv_got_hook *hooks, size_t n)
-{
-	size_t i;
+/* A dynamic symbol that names a hook. */
+struct match {
+	size_t sym;
+	const struct kv_got_hook *h;
+};
 
-	for (i = 0; i < n; i++)
-		if (!strcmp(name, hooks[i].name))
-			return &hooks[i];
-	return NULL;
+/*
+ * The symbols of the dynamic symbol table symscn that name one of the
+ * hooks, found in one pass so that the relocations (a million in a large
+ * C++ library) are matched by index, and an object that imports no hook is
+ * left after that pass.
+ * Returns the number of matches in *out (malloc'd, NULL when none) or
+ * KVSHIM_ENOMEM.
+ */
+static long find_matches(Elf *elf, Elf_Scn *symscn, const GElf_Shdr *symsh,
+			 const struct kv_got_hook *hooks, size_t n, struct match **out)
+{
+	Elf_Data *d = elf_getdata(symscn, NULL);
+	size_t i, k, nsym, cap = 0;
+	long found = 0;
+
+	*out = NULL;
+	if (!d || !symsh->sh_entsize)
+		return 0;
+	nsym = symsh->sh_size / symsh->sh_entsize;
+	for (i = 1; i < nsym; i++) {
+		const char *name;
+		GElf_Sym s;
+
+		if (!gelf_getsym(d, (int)i, &s) || !s.st_name)
+			continue;
+		name = elf_strptr(elf, symsh->sh_link, s.st_name);
+		if (!name)
+			continue;
+		for (k = 0; k < n && strcmp(name, hooks[k].name); k++)
+			;
+		if (k == n)
+			continue;
+		if ((size_t)found == cap) {
+			struct match *m = realloc(*out, (cap ? 2 * cap : 8) * sizeof(*m));
+
+			if (!m) {
+				free(*out);
+				*out = NULL;
+				return KVSHIM_ENOMEM;
+			}
+			*out = m;
+			cap = cap ? 2 * cap : 8;
+		}
+		(*out)[found].sym = i;
+		(*out)[found].h = &hooks[k];
+		found++;
+	}
+	return found;
 }
 
 /*
  * Walk every dynamic SHT_RELA section of the file (.rela.plt, .rela.dyn) and
  * patch the slots whose symbol is hooked, whether the object imports the
  * symbol or defines it and calls it through its own PLT (interposable).
- * Returns the number of slots written.
+ * Returns the number of slots written, or KVSHIM_ENOMEM.
  */
 static int file_patch(struct file *f, const struct loaded *lo,
 		      const struct kv_got_hook *hooks, size_t n)
 {
 	Elf_Scn *scn = NULL;
+	struct match *m = NULL;
+	size_t msym = 0; /* the symbol table m was found in */
+	long nm = 0;
 	int count = 0;
 
 	while ((scn = elf_nextscn(f->elf, scn))) {
 		GElf_Shdr sh, symsh;
 		Elf_Scn *symscn;
-		Elf_Data *rel, *sym;
+		Elf_Data *rel;
 		size_t i, nrel;
 
 		/* only what the loader applies: static relocations kept by
@@ -332,17 +381,21 @@ static int file_patch(struct file *f, const struct loaded *lo,
 		symscn = elf_getscn(f->elf, sh.sh_link);
 		if (!symscn || !gelf_getshdr(symscn, &symsh) || symsh.sh_type != SHT_DYNSYM)
 			continue;
+		if (sh.sh_link != msym) {
+			free(m);
+			nm = find_matches(f->elf, symscn, &symsh, hooks, n, &m);
+			if (nm < 0)
+				return (int)nm;
+			msym = sh.sh_link;
+		}
 		rel = elf_getdata(scn, NULL);
-		sym = elf_getdata(symscn, NULL);
-		if (!rel || !sym)
+		if (!nm || !rel)
 			continue;
 		nrel = sh.sh_size / sh.sh_entsize;
 		for (i = 0; i < nrel; i++) {
-			const struct kv_got_hook *h;
-			const char *name;
 			GElf_Rela r;
-			GElf_Sym s;
-			long type;
+			size_t sym;
+			long type, k;
 
 			if (!gelf_getrela(rel, (int)i, &r))
 				break;
@@ -353,15 +406,14 @@ static int file_patch(struct file *f, const struct loaded *lo,
 			 * symbol, not the symbol: leave it */
 			if (type != KV_R_JUMP_SLOT && r.r_addend)
 				continue;
-			if (!GELF_R_SYM(r.r_info) ||
-			    !gelf_getsym(sym, (int)GELF_R_SYM(r.r_info), &s))
-				continue;
-			name = elf_strptr(f->elf, symsh.sh_link, s.st_name);
-			if (!name || !(h = find_hook(name, hooks, n)))
-				continue;
-			count += patch_slot(f, lo, lo->base + r.r_offset, h);
+			sym = GELF_R_SYM(r.r_info);
+			for (k = 0; k < nm && m[k].sym != sym; k++)
+				;
+			if (k < nm)
+				count += patch_slot(f, lo, lo->base + r.r_offset, m[k].h);
 		}
 	}
+	free(m);
 	return count;
 }
 
@@ -518,9 +570,13 @@ static int all_cb(struct dl_phdr_info *info, size_t size, void *arg)
 			c->nomem = 1;
 		return 0;
 	}
-	if (file_matches(&f, &lo))
-		c->total += file_patch(&f, &lo, c->hooks, c->n);
-	else
+	if (file_matches(&f, &lo)) {
+		rc = file_patch(&f, &lo, c->hooks, c->n);
+		if (rc < 0)
+			c->nomem = 1;
+		else
+			c->total += rc;
+	} else
 		kv_warn("got: %s on disk is not the object loaded: skipped",
 			f.path);
 	file_close(&f);

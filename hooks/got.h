@@ -42,7 +42,7 @@ struct kv_got_hook {
  * without name or func, hooks NULL with n > 0, or a load_base where no
  * object is loaded; KVSHIM_ESTATE when the file cannot be read, is not an
  * ELF object of this machine or does not match the loaded object (logged,
- * nothing written); KVSHIM_ENOMEM when libelf runs out of memory. */
+ * nothing written); KVSHIM_ENOMEM when memory runs out. */
 int kv_got_patch_object(const char *path, uintptr_t load_base,
 			const struct kv_got_hook *hooks, size_t n);
 
@@ -52,8 +52,9 @@ int kv_got_patch_object(const char *path, uintptr_t load_base,
  * the NULL-terminated prefixes in skip (may be NULL), e.g. "libcuda.so",
  * "libcudart.so", "ld-linux", "linux-vdso". Objects that cannot be read
  * (no file, stale file) are logged and skipped.
- * Returns the total number of slots written, KVSHIM_EINVAL for bad hooks
- * (as kv_got_patch_object) or KVSHIM_ENOMEM. */
+ * Returns the total number of slots written; KVSHIM_EINVAL for bad hooks
+ * (as kv_got_patch_object); KVSHIM_ENOMEM when memory ran out for some
+ * object and no slot was written. */
 int kv_got_patch_all(const void *self, const char *const *skip,
 		     const struct kv_got_hook *hooks, size_t n);
 
