@@ -28,17 +28,43 @@ static const struct kv_got_hook all_hooks[] = {
 };
 #undef KV_GOT_ENTRY
 
-int kv_hooks_attach(int all)
+/*
+ * The dlsym road: a program that carries the runtime statically (nvcc's
+ * default) and libcudart itself open libcuda.so.1 and look its functions
+ * up with dlsym. Their dlsym slots go to kv_hook_dlsym, which hands back
+ * wrappers for hooked driver functions (cuGetProcAddress included, so the
+ * look-ups it serves are covered too). Only the main program and libcudart
+ * are patched: a dlsym(RTLD_NEXT) made through the wrapper resolves from
+ * libkvshim.so's place in the search order, which for them finds the same
+ * symbol, but would not for any module loaded after libkvshim.so.
+ */
+static int patch_dlsym(struct dl_phdr_info *info, size_t size, void *arg)
 {
 	static const struct kv_got_hook dl[] = {
 		{ "dlsym", (void *)kv_hook_dlsym, NULL }
 	};
+	const char *base = strrchr(info->dlpi_name, '/');
+	int n;
+
+	base = base ? base + 1 : info->dlpi_name;
+	if (info->dlpi_name[0] && strncmp(base, "libcudart.so", 12))
+		return 0;
+	n = kv_got_patch_object(info->dlpi_name, info->dlpi_addr, dl, 1);
+	if (n > 0)
+		*(int *)arg += n;
+	return 0;
+}
+
+int kv_hooks_attach(int all)
+{
+	int n = 0, m = 0;
 
 	if (all)
-		return kv_got_patch_all((const void *)kv_hooks_attach, skip,
-					all_hooks,
-					sizeof(all_hooks) / sizeof(all_hooks[0]));
-	return kv_got_patch_all((const void *)kv_hooks_attach, skip, dl, 1);
+		n = kv_got_patch_all((const void *)kv_hooks_attach, skip,
+				     all_hooks,
+				     sizeof(all_hooks) / sizeof(all_hooks[0]));
+	dl_iterate_phdr(patch_dlsym, &m);
+	return n < 0 ? n : n + m;
 }
 
 static int count_adds(struct dl_phdr_info *info, size_t size, void *arg)
@@ -89,8 +115,10 @@ __attribute__((constructor)) static void attach(void)
 	int n;
 
 	pthread_atfork(NULL, NULL, child);
-	if (preloaded())
+	if (preloaded()) {
+		kv_hooks_attach(0);
 		return;
+	}
 	n = kv_hooks_attach(1);
 	if (n < 0)
 		kv_warn("loaded late, and the modules already loaded could not be patched: %d", n);

@@ -126,9 +126,10 @@ void *kv_hook_dlsym(void *handle, const char *name);
 extern __thread int kv_in_runtime;
 
 /* Make every loaded module that imports a hooked function call the
- * wrapper, by rewriting GOT slots (see got.h). Used when libkvshim.so was
- * not preloaded but loaded late, and for dlsym in libcudart. Returns the
- * slots patched or a negative error. */
+ * wrapper, by rewriting GOT slots (see got.h); all = 0 patches only the
+ * dlsym road (dlsym in the main program and libcudart, see attach.c).
+ * Used when libkvshim.so was not preloaded but loaded late, and on every
+ * sweep. Returns the slots patched or a negative error. */
 int kv_hooks_attach(int all);
 
 /* If modules were loaded since the last look, patch them as kv_hooks_attach

@@ -87,6 +87,7 @@ int kv_hooks_runtime(void)
 				*runtime_entries[i].real =
 					kv_prim_dlsym(h, runtime_entries[i].name);
 			kv_debug("runtime functions from %s", path);
+			kv_hooks_attach(0);     /* its dlsym, before it starts */
 			/* the handle stays open: the runtime must not go away */
 			__atomic_store_n(&runtime_found, 1, __ATOMIC_RELEASE);
 		}

@@ -108,6 +108,12 @@ START_TEST(test_entry_point)
 }
 END_TEST
 
+START_TEST(test_dlsym_road)
+{
+	expect_pass(PROG, "dlsym-road", 1, NULL);
+}
+END_TEST
+
 START_TEST(test_threads)
 {
 	expect_pass(PROG, "threads", 1, NULL);
@@ -164,6 +170,7 @@ Suite *preload_suite(void)
 	kt_add_emu(tc, test_meminfo_virtual);
 	kt_add_emu(tc, test_meminfo_real);
 	kt_add_emu(tc, test_entry_point);
+	kt_add_emu(tc, test_dlsym_road);
 	kt_add_emu(tc, test_threads);
 	kt_add_emu(tc, test_fork);
 	kt_add_emu(tc, test_deepbind);

@@ -208,6 +208,37 @@ static void case_entry_point(void)
 	EXPECT(stats().reserved_bytes == 0);
 }
 
+/* The dlsym road, as a program with the runtime linked statically takes
+ * it: libcuda.so.1 opened by hand, cuGetProcAddress found with dlsym, and
+ * cuMemAlloc through it. */
+static void case_dlsym_road(void)
+{
+	CUresult (*gpa)(const char *, void **, int, cuuint64_t,
+			CUdriverProcAddressQueryResult *);
+	CUresult (*alloc)(CUdeviceptr *, size_t) = NULL;
+	CUresult (*fr)(CUdeviceptr) = NULL;
+	CUdriverProcAddressQueryResult q;
+	void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+	CUdeviceptr d = 0;
+
+	EXPECT(h != NULL);
+	*(void **)&gpa = dlsym(h, "cuGetProcAddress_v2");
+	EXPECT(gpa != NULL);
+	if (!gpa)
+		return;
+	EXPECT(gpa("cuMemAlloc", (void **)&alloc, 13000, 0, &q) == CUDA_SUCCESS);
+	*(void **)&fr = dlsym(h, "cuMemFree_v2");
+	EXPECT(alloc && fr);
+	if (!alloc || !fr)
+		return;
+	EXPECT(kv.begin() == 0);
+	EXPECT(alloc(&d, 32 * MB) == CUDA_SUCCESS);
+	EXPECT(kv.end() == 0);
+	EXPECT(stats().reserved_bytes == 32 * MB);
+	EXPECT(fr(d) == CUDA_SUCCESS);
+	EXPECT(stats().reserved_bytes == 0);
+}
+
 /* Threads allocating in and out of a window at once. */
 static void *alloc_loop(void *arg)
 {
@@ -331,6 +362,7 @@ static const struct {
 	{ "size-policy", case_size_policy, 1 },
 	{ "meminfo", case_meminfo, 1 },
 	{ "entry-point", case_entry_point, 1 },
+	{ "dlsym-road", case_dlsym_road, 1 },
 	{ "threads", case_threads, 1 },
 	{ "fork", case_fork, 1 },
 	{ "bad-config", case_bad_config, 1 },
