@@ -3,7 +3,8 @@
  * cudaMalloc/cudaFree pairs and of small host-to-device copies, as an
  * unmodified program makes them (linked with -lcudart). Run it with and
  * without LD_PRELOAD=libkvshim.so and compare; prints microseconds per
- * call, the median of reps.
+ * call, the median of reps. cudaFree(NULL), which the runtime answers at
+ * once, shows what a wrapper itself adds to a call.
  * Usage: bench-hooks [iterations] [reps]
  */
 #include <stdio.h>
@@ -38,7 +39,7 @@ static int cmp(const void *a, const void *b)
 int main(int argc, char **argv)
 {
 	int iters = argc > 1 ? atoi(argv[1]) : 2000, reps = argc > 2 ? atoi(argv[2]) : 7;
-	double alloc[64], copy[64], t;
+	double alloc[64], copy[64], nop[64], t;
 	static char host[4096];
 	void *p, *dst;
 	int r, i;
@@ -63,13 +64,21 @@ int main(int argc, char **argv)
 		for (i = 0; i < iters; i++)
 			CHECK(cudaMemcpy(dst, host, sizeof(host), cudaMemcpyHostToDevice));
 		copy[r] = (now_us() - t) / iters;
+		/* the cheapest hooked call: what a wrapper adds, nearly alone */
+		t = now_us();
+		for (i = 0; i < 50 * iters; i++)
+			CHECK(cudaFree(NULL));
+		nop[r] = (now_us() - t) / (50 * iters);
 	}
 	CHECK(cudaFree(dst));
 	qsort(alloc, reps, sizeof(double), cmp);
 	qsort(copy, reps, sizeof(double), cmp);
+	qsort(nop, reps, sizeof(double), cmp);
 	printf("cudaMalloc+cudaFree 4 MiB: %.3f us/pair (median of %d x %d)\n",
 	       alloc[reps / 2], reps, iters);
 	printf("cudaMemcpy 4 KiB H2D: %.3f us/call (median of %d x %d)\n",
 	       copy[reps / 2], reps, iters);
+	printf("cudaFree(NULL): %.4f us/call (median of %d x %d)\n",
+	       nop[reps / 2], reps, 50 * iters);
 	return 0;
 }

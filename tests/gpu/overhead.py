@@ -31,7 +31,7 @@ print("torch %.3f" % ts[len(ts) // 2])
 """
 
 
-ROUNDS = 6
+ROUNDS = 8
 
 
 def cudart_dir():
@@ -60,7 +60,8 @@ def main():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     bench = os.path.join(root, "tests", "bench", "bench-hooks")
     rt = cudart_dir()
-    res = {"c_alloc": {0: [], 1: []}, "c_copy": {0: [], 1: []}, "torch": {0: [], 1: []}}
+    res = {"c_alloc": {0: [], 1: []}, "c_copy": {0: [], 1: []}, "c_nop": {0: [], 1: []},
+           "torch": {0: [], 1: []}}
     for rnd in range(ROUNDS):
         for shim in (0, 1):
             env = dict(os.environ)
@@ -73,12 +74,14 @@ def main():
                 out = run([bench, "1000", "5"], cenv)
                 res["c_alloc"][shim].append(float(re.search(r"4 MiB: ([\d.]+)", out).group(1)))
                 res["c_copy"][shim].append(float(re.search(r"H2D: ([\d.]+)", out).group(1)))
+                res["c_nop"][shim].append(float(re.search(r"NULL\): ([\d.]+)", out).group(1)))
             out = run([sys.executable, "-c", TORCH_LOOP], env)
             res["torch"][shim].append(float(out.split()[-1]))
     print("| loop (%d rounds, alternating) | without shim us | with shim us | ratio of medians "
           "| per-round ratios min - max |" % ROUNDS)
     print("|---|---|---|---|---|")
     names = {"c_alloc": "C cudaMalloc+cudaFree 4 MiB", "c_copy": "C cudaMemcpy 4 KiB H2D",
+             "c_nop": "C cudaFree(NULL)",
              "torch": "torch.empty 64 MiB + empty_cache"}
     for k, name in names.items():
         if not res[k][0]:
@@ -86,7 +89,7 @@ def main():
             continue
         a, b = statistics.median(res[k][0]), statistics.median(res[k][1])
         r = [y / x for x, y in zip(res[k][0], res[k][1])]
-        print("| %s | %.3f | %.3f | %.3fx | %.2f - %.2f |" % (name, a, b, b / a, min(r), max(r)))
+        print("| %s | %.4f | %.4f | %.3fx | %.2f - %.2f |" % (name, a, b, b / a, min(r), max(r)))
     return 0
 
 
