@@ -126,6 +126,20 @@ START_TEST(test_fork)
 }
 END_TEST
 
+START_TEST(test_ctor)
+{
+	static const char *const env[] = { "KVTEST_CTOR=1", NULL };
+
+	expect_pass(PROG, "ctor", 1, env);
+}
+END_TEST
+
+START_TEST(test_exec)
+{
+	expect_pass(PROG, "exec", 1, NULL);
+}
+END_TEST
+
 START_TEST(test_deepbind)
 {
 	expect_pass(PROG, "deepbind", 1, NULL);
@@ -173,6 +187,8 @@ Suite *preload_suite(void)
 	kt_add_emu(tc, test_dlsym_road);
 	kt_add_emu(tc, test_threads);
 	kt_add_emu(tc, test_fork);
+	kt_add_emu(tc, test_ctor);
+	kt_add_emu(tc, test_exec);
 	kt_add_emu(tc, test_deepbind);
 	kt_add_emu(tc, test_bad_config);
 	suite_add_tcase(s, tc);

@@ -293,6 +293,47 @@ static void case_fork(void)
 	EXPECT(cudaFree(p) == cudaSuccess);
 }
 
+/* The first CUDA call can come from the host program's own constructor,
+ * before main: kvshim starts there as anywhere. */
+static void *ctor_ptr;
+static int ctor_rc = -1;
+
+__attribute__((constructor)) static void early(void)
+{
+	int (*begin)(void), (*end)(void);
+
+	if (!getenv("KVTEST_CTOR"))
+		return;
+	*(void **)&begin = dlsym(RTLD_DEFAULT, "kvshim_kv_begin");
+	*(void **)&end = dlsym(RTLD_DEFAULT, "kvshim_kv_end");
+	if (!begin || !end || begin())
+		return;
+	ctor_rc = cudaMalloc(&ctor_ptr, 32 * MB);
+	end();
+}
+
+static void case_ctor(void)
+{
+	EXPECT(ctor_rc == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 32 * MB);
+	EXPECT(cudaFree(ctor_ptr) == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 0);
+}
+
+/* exec keeps the preload: the new image runs under kvshim from scratch. */
+static void case_exec(void)
+{
+	int st = -1;
+	pid_t pid = fork();
+
+	if (pid == 0) {
+		execl("/proc/self/exe", "prog", "window", (char *)NULL);
+		_exit(127);
+	}
+	EXPECT(waitpid(pid, &st, 0) == pid);
+	EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 /* A bad KVSHIM_* value: everything passes through untouched. */
 static void case_bad_config(void)
 {
@@ -365,6 +406,8 @@ static const struct {
 	{ "dlsym-road", case_dlsym_road, 1 },
 	{ "threads", case_threads, 1 },
 	{ "fork", case_fork, 1 },
+	{ "ctor", case_ctor, 1 },
+	{ "exec", case_exec, 1 },
 	{ "bad-config", case_bad_config, 1 },
 	{ "late", case_late, 0 },
 	{ "deepbind", case_deepbind, 1 },
