@@ -77,6 +77,17 @@ static CUdeviceptr page_va(const kv_alloc_t *a, const struct kv_span *sp,
 	return sp->base + (CUdeviceptr)p * a->page;
 }
 
+/* One more claim on mapped page p of sp; a cached page leaves the cache. */
+static void claim(kv_alloc_t *a, struct kv_span *sp, uint32_t p)
+{
+	uint32_t s = sp->slot[p];
+
+	if (sp->claims[p]++ == 0 && a->phys[s].state == KV_P_CACHED) {
+		kv_list_remove(a, &a->cache, s);
+		a->phys[s].state = KV_P_MAPPED;
+	}
+}
+
 /* ---- reserve and release -------------------------------------------------------- */
 
 static void span_free(struct kv_span *sp)
@@ -336,14 +347,8 @@ int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 			goto out;
 		break;
 	}
-	for (p = p0; p <= p1; p++) {
-		uint32_t s = sp->slot[p];
-
-		if (sp->claims[p]++ == 0 && a->phys[s].state == KV_P_CACHED) {
-			kv_list_remove(a, &a->cache, s);
-			a->phys[s].state = KV_P_MAPPED;
-		}
-	}
+	for (p = p0; p <= p1; p++)
+		claim(a, sp, p);
 out:
 	if (a->clean.n * a->page < a->o.pool_low)
 		pthread_cond_signal(&a->wake);
@@ -428,10 +433,7 @@ int kv_alloc_claim_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
 
 		if (s == KV_NIL)
 			continue;
-		if (sp->claims[p]++ == 0 && a->phys[s].state == KV_P_CACHED) {
-			kv_list_remove(a, &a->cache, s);
-			a->phys[s].state = KV_P_MAPPED;
-		}
+		claim(a, sp, p);
 		lo = page_va(a, sp, p);
 		hi = lo + a->page;
 		lo = lo < addr ? addr : lo;
