@@ -30,6 +30,12 @@
 
 typedef struct kv_alloc_s kv_alloc_t;
 
+/* A byte range of device memory. */
+struct kv_run {
+	CUdeviceptr addr;
+	size_t len;
+};
+
 struct kv_alloc_opts {
 	int device;          /* CUDA device ordinal */
 	size_t page;         /* physical page size, a multiple of the device's
@@ -78,23 +84,32 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base);
  * any span changed (pages gathered for the call stay pooled). */
 int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len);
 
+/* kv_alloc_map for n ranges at once, in any spans, as one step: all are
+ * backed and claimed, or, on error, nothing changed. Pages the ranges share
+ * are backed once and claimed once per range; the pages needed are gathered
+ * in one go and access is granted per contiguous run. */
+int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n);
+
 /* Drop one claim from each page [addr, addr + len) touches; pages left with
  * none become cache. No driver call. Returns 0, KVSHIM_EINVAL,
  * KVSHIM_ERANGE, or KVSHIM_ENOTCLAIMED when some page holds no claim (then
  * no claim is dropped). */
 int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len);
 
+/* kv_alloc_unmap for n ranges as one step: every claim is dropped, or, with
+ * KVSHIM_ENOTCLAIMED (some page lacks a claim for some range), none. */
+int kv_alloc_unmap_many(kv_alloc_t *a, const struct kv_run *runs, size_t n);
+
+/* Bytes of pages a map could get now without failing: the pool, the cache,
+ * and new pages up to the limit and the device's free memory. Returns 0 or
+ * a driver error. */
+int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes);
+
 /* Give up to bytes of physical memory back to the driver, pooled pages
  * first, then cached pages oldest first (unmapped in runs). *freed, if not
  * NULL, gets the bytes given back. Returns 0 or KVSHIM_EDRIVER (what was
  * freed before the failure is still reported). */
 int kv_alloc_trim(kv_alloc_t *a, size_t bytes, size_t *freed);
-
-/* A byte range, as kv_alloc_claim_mapped hands them back. */
-struct kv_run {
-	CUdeviceptr addr;
-	size_t len;
-};
 
 /* Add one claim to each page of [addr, addr + len) that is mapped now (cached
  * pages are claimed again), leaving unmapped pages alone; *runs (malloc'd,

@@ -46,6 +46,7 @@ struct kv_phys {
 	uint32_t vpage;         /* its page index in span */
 	uint32_t prev, next;    /* links in the list of its state */
 	uint8_t state;
+	uint8_t fresh;          /* backed by the map in progress */
 };
 
 struct kv_span {
@@ -104,8 +105,7 @@ uint32_t kv_list_pop(kv_alloc_t *a, struct kv_list *l);
 /* ---- physical pages (pool.c); called with the lock held unless said ---- */
 int kv_pool_init(kv_alloc_t *a);
 void kv_pool_fini(kv_alloc_t *a);
-int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots,
-		 const struct kv_span *keep, uint32_t p0, uint32_t p1);
+int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots);
 void kv_pool_put(kv_alloc_t *a, const uint32_t *slots, uint32_t n, int dirty);
 int kv_pool_refill(kv_alloc_t *a);
 int kv_pool_scrub(kv_alloc_t *a);

@@ -261,27 +261,13 @@ static uint32_t pooled(const kv_alloc_t *a)
 
 /* ---- the map path's supply ---------------------------------------------------- */
 
-/* Cached pages that kv_pool_take may not reclaim: those of the range being
- * mapped, which are about to be claimed again. */
-static uint32_t cached_in(const kv_alloc_t *a, const struct kv_span *sp,
-			  uint32_t p0, uint32_t p1)
-{
-	uint32_t p, n = 0;
-
-	for (p = p0; sp && p <= p1; p++)
-		if (sp->slot[p] != KV_NIL &&
-		    a->phys[sp->slot[p]].state == KV_P_CACHED)
-			n++;
-	return n;
-}
-
 /*
- * Unmap up to n cached pages, oldest first, that are not in keep's pages
- * [p0, p1], into the dirty pool. Lock held throughout: this runs only when
- * the pool and the limit are exhausted. Returns the pages moved.
+ * Unmap up to n cached pages, oldest first, into the dirty pool. Lock held
+ * throughout: this runs only when the pool and the limit are exhausted (the
+ * map path has claimed its own ranges' cached pages, so none of those is
+ * taken). Returns the pages moved.
  */
-static uint32_t reclaim(kv_alloc_t *a, uint32_t n, const struct kv_span *keep,
-			uint32_t p0, uint32_t p1, uint32_t *tmp)
+static uint32_t reclaim(kv_alloc_t *a, uint32_t n, uint32_t *tmp)
 {
 	uint32_t s, next, k = 0, done;
 	int rc;
@@ -290,8 +276,6 @@ static uint32_t reclaim(kv_alloc_t *a, uint32_t n, const struct kv_span *keep,
 		struct kv_phys *p = &a->phys[s];
 
 		next = p->next;
-		if (p->span == keep && p->vpage >= p0 && p->vpage <= p1)
-			continue;
 		kv_list_remove(a, &a->cache, s);
 		set_state(a, s, KV_P_BUSY);
 		p->span->busy++;
@@ -303,15 +287,13 @@ static uint32_t reclaim(kv_alloc_t *a, uint32_t n, const struct kv_span *keep,
 }
 
 /*
- * Gather n CLEAN pages for a map of keep's pages [p0, p1] into slots, lock
- * held: from the pool, then new handles while the limit allows, then this
+ * Gather n CLEAN pages for a map into slots, lock held: from the pool, then new handles while the limit allows, then this
  * allocator's cached pages elsewhere. Returns 0 with slots filled; KV_RETRY
  * when only pages in flight (being scrubbed or trimmed) could make up the
  * number; or KVSHIM_ELIMIT / KVSHIM_ENOMEM / a driver error with every
  * gathered page back in the pool.
  */
-int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots,
-		 const struct kv_span *keep, uint32_t p0, uint32_t p1)
+int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots)
 {
 	uint32_t got = 0, k, m, dirty_from;
 	uint32_t *tmp = NULL;
@@ -319,7 +301,7 @@ int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots,
 	uint64_t avail;
 
 	avail = (uint64_t)a->clean.n + a->dirty.n + (a->max_pages - a->held) +
-		a->cache.n - cached_in(a, keep, p0, p1);
+		a->cache.n;
 	if (n > avail)
 		return a->scrubbing || a->outbound ? KV_RETRY : KVSHIM_ELIMIT;
 
@@ -350,7 +332,7 @@ int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots,
 			rc = KVSHIM_ENOMEM;
 			goto fail;
 		}
-		k = reclaim(a, n - got, keep, p0, p1, tmp);
+		k = reclaim(a, n - got, tmp);
 		memcpy(slots + got, tmp, k * sizeof(*tmp));
 		got += k;
 		free(tmp);

@@ -234,167 +234,346 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 
 /* ---- map --------------------------------------------------------------------------- */
 
+/* A range resolved to its span and the pages it covers. */
+struct place {
+	struct kv_span *sp;
+	uint32_t p0, p1;
+};
+
+/* Slot value of a page this call will back: only between the count and
+ * the install, always with the lock held. */
+#define KV_PEND (UINT32_MAX - 1)
+
+/* Resolve every range. Returns 0, KVSHIM_EINVAL or KVSHIM_ERANGE. */
+static int resolve(const kv_alloc_t *a, const struct kv_run *runs, size_t n,
+		   struct place *pl)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		if (runs[i].len == 0)
+			return KVSHIM_EINVAL;
+		if (runs[i].addr + runs[i].len < runs[i].addr)
+			return KVSHIM_ERANGE;
+		pl[i].sp = find_range(a, runs[i].addr, runs[i].len, &pl[i].p0,
+				      &pl[i].p1);
+		if (!pl[i].sp)
+			return KVSHIM_ERANGE;
+	}
+	return 0;
+}
+
+static int any_busy_many(const kv_alloc_t *a, const struct place *pl, size_t n)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		if (any_busy(a, pl[i].sp, pl[i].p0, pl[i].p1))
+			return 1;
+	return 0;
+}
+
 /*
- * Map slots[0..n) into sp's unbacked pages among [p0, p1], in page order,
- * and grant access with one call per contiguous run. On failure every page
- * mapped here is unmapped again and the slots go back to the pool. Returns 0
- * or a driver error.
+ * Claim every page of the ranges that is mapped already, so that none of
+ * them can be reclaimed to back the others, and mark the unmapped ones
+ * KV_PEND, each once however many ranges cover it. Returns how many.
  */
-static int install(kv_alloc_t *a, struct kv_span *sp, uint32_t p0,
-		   uint32_t p1, uint32_t *slots, uint32_t n)
+static uint32_t claim_present(kv_alloc_t *a, const struct place *pl, size_t n)
+{
+	uint32_t p, need = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		for (p = pl[i].p0; p <= pl[i].p1; p++) {
+			uint32_t *s = &pl[i].sp->slot[p];
+
+			if (*s == KV_NIL) {
+				*s = KV_PEND;
+				need++;
+			} else if (*s != KV_PEND) {
+				claim(a, pl[i].sp, p);
+			}
+		}
+	}
+	return need;
+}
+
+/* Undo claim_present: pending pages unbacked again, claims dropped. */
+static void unclaim_present(kv_alloc_t *a, const struct place *pl, size_t n)
+{
+	uint32_t p;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		for (p = pl[i].p0; p <= pl[i].p1; p++) {
+			uint32_t *s = &pl[i].sp->slot[p];
+
+			if (*s == KV_PEND) {
+				*s = KV_NIL;
+			} else if (*s != KV_NIL && --pl[i].sp->claims[p] == 0) {
+				a->phys[*s].state = KV_P_CACHED;
+				kv_list_push(a, &a->cache, *s);
+			}
+		}
+	}
+}
+
+/*
+ * Map slots[0..need) into the KV_PEND pages of the ranges in order, and
+ * grant access with one call per contiguous run of them. Pages mapped here
+ * are marked fresh, for claim_fresh. On failure they are unmapped and
+ * KV_PEND again, and the slots are back in the pool. Returns 0 or a driver
+ * error.
+ */
+static int cmp_place(const void *x, const void *y, void *arg);
+
+static int install(kv_alloc_t *a, const struct place *pl, size_t n,
+		   uint32_t *slots, uint32_t need)
 {
 	uint64_t t0 = kv_prim_now_ns();
-	uint32_t p, k = 0, run;
+	uint32_t p, k = 0, j, run;
+	size_t i;
 	int rc = 0;
 
-	for (p = p0; p <= p1 && !rc; p++) {
-		if (sp->slot[p] != KV_NIL)
-			continue;
-		rc = kv_prim_map(&a->prim, page_va(a, sp, p), a->phys[slots[k]].h);
-		if (!rc)
+	for (i = 0; i < n && !rc; i++) {
+		struct kv_span *sp = pl[i].sp;
+
+		for (p = pl[i].p0; p <= pl[i].p1 && !rc; p++) {
+			struct kv_phys *ph;
+
+			if (sp->slot[p] != KV_PEND)
+				continue;
+			ph = &a->phys[slots[k]];
+			rc = kv_prim_map(&a->prim, page_va(a, sp, p), ph->h);
+			if (rc)
+				break;
 			sp->slot[p] = slots[k++];
+			ph->span = sp;
+			ph->vpage = p;
+			ph->fresh = 1;
+		}
 	}
-	for (p = p0; p <= p1 && !rc; p += run) {
-		run = 0;
-		while (p + run <= p1 && sp->slot[p + run] != KV_NIL &&
-		       a->phys[sp->slot[p + run]].state == KV_P_BUSY)
-			run++;
-		if (run)
-			rc = kv_prim_access(&a->prim, page_va(a, sp, p),
-					    (size_t)run * a->page);
-		else
-			run = 1;
+	/* access: one call per run of consecutive new pages of one span,
+	 * whatever ranges brought them */
+	if (!rc)
+		qsort_r(slots, need, sizeof(*slots), cmp_place, a);
+	for (k = 0; k < need && !rc; k += run) {
+		const struct kv_phys *first = &a->phys[slots[k]];
+
+		for (run = 1; k + run < need; run++) {
+			const struct kv_phys *q = &a->phys[slots[k + run]];
+
+			if (q->span != first->span || q->vpage != first->vpage + run)
+				break;
+		}
+		rc = kv_prim_access(&a->prim, page_va(a, first->span, first->vpage),
+				    (size_t)run * a->page);
 	}
 	if (rc) {
-		/* undo: the slots still BUSY in the range are the ones mapped here */
-		for (p = p0; p <= p1; p++) {
-			uint32_t s = sp->slot[p];
+		for (j = 0; j < need; j++) {
+			struct kv_phys *ph = &a->phys[slots[j]];
 
-			if (s == KV_NIL || a->phys[s].state != KV_P_BUSY)
+			if (!ph->fresh)
 				continue;
-			kv_prim_unmap(&a->prim, page_va(a, sp, p), a->page);
-			sp->slot[p] = KV_NIL;
+			kv_prim_unmap(&a->prim, page_va(a, ph->span, ph->vpage),
+				      a->page);
+			ph->span->slot[ph->vpage] = KV_PEND;
+			ph->fresh = 0;
+			ph->span = NULL;
 		}
-		kv_pool_put(a, slots, n, 0);
+		kv_pool_put(a, slots, need, 0);
 		return rc;
 	}
-	for (p = p0; p <= p1; p++) {
-		uint32_t s = sp->slot[p];
-
-		if (a->phys[s].state != KV_P_BUSY)
-			continue;
-		a->phys[s].state = KV_P_MAPPED;
-		a->phys[s].span = sp;
-		a->phys[s].vpage = p;
+	for (k = 0; k < need; k++) {
+		a->phys[slots[k]].state = KV_P_MAPPED;
+		a->phys[slots[k]].span->mapped++;
 	}
-	sp->mapped += n;
-	a->mapped += n;
+	a->mapped += need;
 	KV_COUNT(a, map_calls, 1);
-	KV_COUNT(a, pages_mapped, n);
+	KV_COUNT(a, pages_mapped, need);
 	KV_COUNT(a, map_ns, kv_prim_now_ns() - t0);
 	return 0;
 }
 
-int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len)
+/* Each range claims the pages backed for it by this call. */
+static void claim_fresh(kv_alloc_t *a, const struct place *pl, size_t n,
+			const uint32_t *slots, uint32_t need)
 {
-	uint32_t p, p0, p1, need, stack[64], *slots = stack, nslots = 64;
-	struct kv_span *sp;
-	int rc = 0;
+	uint32_t p, k;
+	size_t i;
 
-	if (!a || len == 0)
-		return KVSHIM_EINVAL;
-	if (addr + len < addr)
-		return KVSHIM_ERANGE;
-	rc = kv_prim_bind(&a->prim);
-	if (rc)
-		return rc;
-	pthread_mutex_lock(&a->lock);
-	for (;;) {
-		sp = find_range(a, addr, len, &p0, &p1);
-		if (!sp) {
-			rc = KVSHIM_ERANGE;
-			goto out;
-		}
-		if (any_busy(a, sp, p0, p1)) {
-			pthread_cond_wait(&a->done, &a->lock);
-			continue;
-		}
-		need = 0;
-		for (p = p0; p <= p1; p++)
-			need += sp->slot[p] == KV_NIL;
-		if (!need)
-			break;
-		if (need > 64 && need > nslots) {
-			if (slots != stack)
-				free(slots);
-			slots = malloc(need * sizeof(*slots));
-			if (!slots) {
-				slots = stack;
-				rc = KVSHIM_ENOMEM;
-				goto out;
-			}
-			nslots = need;
-		}
-		rc = kv_pool_take(a, need, slots, sp, p0, p1);
-		if (rc == KV_RETRY) {
-			rc = 0;
-			pthread_cond_wait(&a->done, &a->lock);
-			continue;
-		}
-		if (!rc)
-			rc = install(a, sp, p0, p1, slots, need);
-		if (rc)
-			goto out;
-		break;
+	for (i = 0; i < n; i++)
+		for (p = pl[i].p0; p <= pl[i].p1; p++)
+			if (a->phys[pl[i].sp->slot[p]].fresh)
+				pl[i].sp->claims[p]++;
+	for (k = 0; k < need; k++)
+		a->phys[slots[k]].fresh = 0;
+}
+
+/*
+ * Back the pages of all ranges, lock held: claims on what is mapped first,
+ * then pages for the rest in one gathering, installed run by run. Returns
+ * 0, KV_RETRY (nothing changed; wait for pages in flight) or an error with
+ * nothing changed.
+ */
+static int map_locked(kv_alloc_t *a, const struct place *pl, size_t n)
+{
+	uint32_t need, stack[64], *slots = stack;
+	int rc;
+
+	need = claim_present(a, pl, n);
+	if (!need)
+		return 0;
+	if (need > 64 && !(slots = malloc(need * sizeof(*slots)))) {
+		unclaim_present(a, pl, n);
+		return KVSHIM_ENOMEM;
 	}
-	for (p = p0; p <= p1; p++)
-		claim(a, sp, p);
-out:
-	if (a->clean.n * a->page < a->o.pool_low)
-		pthread_cond_signal(&a->wake);
-	pthread_mutex_unlock(&a->lock);
+	rc = kv_pool_take(a, need, slots);
+	if (!rc)
+		rc = install(a, pl, n, slots, need);
+	if (!rc)
+		claim_fresh(a, pl, n, slots, need);
+	else
+		unclaim_present(a, pl, n);
 	if (slots != stack)
 		free(slots);
 	return rc;
 }
 
-/* ---- unmap: dropping claims -------------------------------------------------------- */
-
-int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len)
+int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 {
-	uint32_t p, p0, p1;
-	struct kv_span *sp;
-	int rc = 0;
+	struct place one, *pl = &one;
+	int rc;
+
+	if (!a || !runs || n == 0)
+		return KVSHIM_EINVAL;
+	if (n > 1 && !(pl = malloc(n * sizeof(*pl))))
+		return KVSHIM_ENOMEM;
+	rc = kv_prim_bind(&a->prim);
+	if (rc)
+		goto out;
+	pthread_mutex_lock(&a->lock);
+	for (;;) {
+		rc = resolve(a, runs, n, pl);
+		if (rc)
+			break;
+		if (any_busy_many(a, pl, n)) {
+			pthread_cond_wait(&a->done, &a->lock);
+			continue;
+		}
+		rc = map_locked(a, pl, n);
+		if (rc != KV_RETRY)
+			break;
+		pthread_cond_wait(&a->done, &a->lock);
+	}
+	if (a->clean.n * a->page < a->o.pool_low)
+		pthread_cond_signal(&a->wake);
+	pthread_mutex_unlock(&a->lock);
+out:
+	if (pl != &one)
+		free(pl);
+	return rc;
+}
+
+int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len)
+{
+	struct kv_run r = { addr, len };
 
 	if (!a || len == 0)
 		return KVSHIM_EINVAL;
-	if (addr + len < addr)
-		return KVSHIM_ERANGE;
-	pthread_mutex_lock(&a->lock);
-	sp = find_range(a, addr, len, &p0, &p1);
-	if (!sp) {
-		rc = KVSHIM_ERANGE;
-		goto out;
-	}
-	for (p = p0; p <= p1; p++) {
-		if (!sp->claims[p]) {
-			rc = KVSHIM_ENOTCLAIMED;
-			goto out;
+	return kv_alloc_map_many(a, &r, 1);
+}
+
+/* ---- unmap: dropping claims -------------------------------------------------------- */
+
+/* Drop one claim of each range's pages; on a page with none to drop, put
+ * back what was dropped and return KVSHIM_ENOTCLAIMED. Lock held. */
+static int unclaim(kv_alloc_t *a, const struct place *pl, size_t n)
+{
+	size_t i, j;
+	uint32_t p;
+
+	for (i = 0; i < n; i++) {
+		for (p = pl[i].p0; p <= pl[i].p1; p++) {
+			if (pl[i].sp->claims[p]) {
+				pl[i].sp->claims[p]--;
+				continue;
+			}
+			/* put back the claims of this range so far, then of the
+			 * ranges before it */
+			while (p-- > pl[i].p0)
+				pl[i].sp->claims[p]++;
+			for (j = 0; j < i; j++)
+				for (p = pl[j].p0; p <= pl[j].p1; p++)
+					pl[j].sp->claims[p]++;
+			return KVSHIM_ENOTCLAIMED;
 		}
 	}
-	for (p = p0; p <= p1; p++) {
-		uint32_t s = sp->slot[p];
+	return 0;
+}
 
-		if (--sp->claims[p])
-			continue;
-		a->phys[s].state = KV_P_CACHED;
-		kv_list_push(a, &a->cache, s);
+int kv_alloc_unmap_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
+{
+	struct place one, *pl = &one;
+	uint32_t p;
+	size_t i;
+	int rc;
+
+	if (!a || !runs || n == 0)
+		return KVSHIM_EINVAL;
+	if (n > 1 && !(pl = malloc(n * sizeof(*pl))))
+		return KVSHIM_ENOMEM;
+	pthread_mutex_lock(&a->lock);
+	rc = resolve(a, runs, n, pl);
+	if (!rc)
+		rc = unclaim(a, pl, n);
+	for (i = 0; i < n && !rc; i++) {
+		for (p = pl[i].p0; p <= pl[i].p1; p++) {
+			uint32_t s = pl[i].sp->slot[p];
+
+			/* a page several ranges share is cached once */
+			if (pl[i].sp->claims[p] || a->phys[s].state == KV_P_CACHED)
+				continue;
+			a->phys[s].state = KV_P_CACHED;
+			kv_list_push(a, &a->cache, s);
+		}
 	}
-	if (a->cache.n * a->page > a->o.cache_max)
+	if (!rc && a->cache.n * a->page > a->o.cache_max)
 		pthread_cond_signal(&a->wake);
-out:
 	pthread_mutex_unlock(&a->lock);
+	if (pl != &one)
+		free(pl);
 	return rc;
+}
+
+int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len)
+{
+	struct kv_run r = { addr, len };
+
+	if (!a || len == 0)
+		return KVSHIM_EINVAL;
+	return kv_alloc_unmap_many(a, &r, 1);
+}
+
+int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
+{
+	size_t free_b = 0, total = 0, grow;
+	int rc;
+
+	if (!a || !bytes)
+		return KVSHIM_EINVAL;
+	rc = kv_prim_bind(&a->prim);
+	if (!rc)
+		rc = kv_prim_meminfo(&a->prim, &free_b, &total);
+	if (rc)
+		return rc;
+	pthread_mutex_lock(&a->lock);
+	grow = (size_t)(a->max_pages - a->held) * a->page;
+	if (grow > free_b)
+		grow = free_b / a->page * a->page;
+	*bytes = grow + (size_t)(a->clean.n + a->dirty.n + a->cache.n) * a->page;
+	pthread_mutex_unlock(&a->lock);
+	return 0;
 }
 
 int kv_alloc_claim_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,

@@ -311,6 +311,127 @@ START_TEST(test_bad_page_size)
 }
 END_TEST
 
+/* ---- many ranges at once ---- */
+
+/* Blocks of two spans in one call: shared pages backed once, claimed once
+ * per range, one access call per contiguous run of each span. */
+START_TEST(test_map_many)
+{
+	struct kv_alloc_opts o;
+	CUdeviceptr other;
+	struct kv_run r[4];
+
+	kt_destroy(a);
+	kt_opts(&o);
+	o.pool_low = o.pool_high = 16 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &base), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &other), 0);
+	r[0] = (struct kv_run){ base + PG / 2, PG / 2 };        /* page 0 */
+	r[1] = (struct kv_run){ base, PG / 4 };                 /* page 0 again */
+	r[2] = (struct kv_run){ base + PG - 64, 128 };          /* pages 0, 1 */
+	r[3] = (struct kv_run){ other + 3 * PG, 2 * PG };       /* pages 3, 4 */
+	kv_dev_reset_counts();
+	ck_assert_int_eq(kv_alloc_map_many(a, r, 4), 0);
+	ck_assert_uint_eq(kv_dev_calls("cuMemMap"), 4);
+	ck_assert_uint_eq(kv_dev_calls("cuMemSetAccess"), 2);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 3);
+	ck_assert_int_eq(kv_alloc_claims(a, base + PG), 1);
+	ck_assert_int_eq(kv_alloc_claims(a, other + 3 * PG), 1);
+	ck_assert_int_eq(kv_alloc_claims(a, other + 4 * PG), 1);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 4 * PG);
+	ck_assert_uint_eq(kt_stats(a).map_calls, 1);
+	/* all claims go in one call; the pages stay as cache */
+	ck_assert_int_eq(kv_alloc_unmap_many(a, r, 4), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 4 * PG);
+	/* and again: cached pages are claimed back with no driver call */
+	kv_dev_reset_counts();
+	ck_assert_int_eq(kv_alloc_map_many(a, r, 4), 0);
+	ck_assert_uint_eq(kv_dev_calls("cuMemMap"), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);
+}
+END_TEST
+
+/* One range that cannot be backed fails the whole call. */
+START_TEST(test_map_many_all_or_nothing)
+{
+	struct kv_alloc_opts o;
+	struct kvshim_stats s0, s1;
+	struct kv_run r[3];
+
+	kt_destroy(a);
+	kt_opts(&o);
+	o.limit = 3 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &base), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, PG), 0);      /* page 0 cached */
+	r[0] = (struct kv_run){ base, 64 };
+	r[1] = (struct kv_run){ base + 2 * PG, 2 * PG };
+	r[2] = (struct kv_run){ base + 8 * PG, PG };
+	s0 = kt_stats(a);
+	ck_assert_int_eq(kv_alloc_map_many(a, r, 3), KVSHIM_ELIMIT);
+	s1 = kt_stats(a);
+	ck_assert_uint_eq(s1.mapped_bytes, s0.mapped_bytes);
+	ck_assert_uint_eq(s1.cached_bytes, PG);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base + 2 * PG), 0);
+	/* a bad range among good ones: nothing happens either */
+	r[2] = (struct kv_run){ base + 16 * PG, PG };
+	ck_assert_int_eq(kv_alloc_map_many(a, r, 3), KVSHIM_ERANGE);
+	r[2] = (struct kv_run){ base + 8 * PG, 0 };
+	ck_assert_int_eq(kv_alloc_map_many(a, r, 3), KVSHIM_EINVAL);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, s0.mapped_bytes);
+	ck_assert_int_eq(kv_alloc_map_many(a, r, 2), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 1);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 3 * PG);
+}
+END_TEST
+
+/* Unmapping ranges of which one holds no claim drops nothing. */
+START_TEST(test_unmap_many_all_or_nothing)
+{
+	struct kv_run r[3] = {
+		{ base, PG }, { base + PG, PG }, { base + 5 * PG, PG }
+	};
+
+	ck_assert_int_eq(kv_alloc_map_many(a, r, 2), 0);
+	ck_assert_int_eq(kv_alloc_unmap_many(a, r, 3), KVSHIM_ENOTCLAIMED);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 1);
+	ck_assert_int_eq(kv_alloc_claims(a, base + PG), 1);
+	ck_assert_int_eq(kv_alloc_unmap_many(NULL, r, 2), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_unmap_many(a, NULL, 2), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_unmap_many(a, r, 0), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_map_many(a, NULL, 1), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_unmap_many(a, r, 2), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 2 * PG);
+}
+END_TEST
+
+START_TEST(test_headroom)
+{
+	struct kv_alloc_opts o;
+	size_t h = 0;
+
+	kt_destroy(a);
+	kt_opts(&o);
+	o.limit = 8 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &base), 0);
+	ck_assert_int_eq(kv_alloc_headroom(a, &h), 0);
+	ck_assert_uint_eq(h, 8 * PG);
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), 0);
+	ck_assert_int_eq(kv_alloc_headroom(a, &h), 0);
+	ck_assert_uint_eq(h, 5 * PG);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, PG), 0);
+	ck_assert_int_eq(kv_alloc_headroom(a, &h), 0);
+	ck_assert_uint_eq(h, 6 * PG);
+	ck_assert_int_eq(kv_alloc_headroom(a, NULL), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_headroom(NULL, &h), KVSHIM_EINVAL);
+}
+END_TEST
+
 Suite *span_suite(void)
 {
 	Suite *s = suite_create("span");
@@ -335,6 +456,14 @@ Suite *span_suite(void)
 	tcase_add_test(bad, test_bad_unmap_unclaimed);
 	tcase_add_test(bad, test_bad_page_size);
 	suite_add_tcase(s, bad);
+
+	tc = tcase_create("many");
+	tcase_add_checked_fixture(tc, setup, teardown);
+	kt_add_emu(tc, test_map_many);
+	tcase_add_test(tc, test_map_many_all_or_nothing);
+	tcase_add_test(tc, test_unmap_many_all_or_nothing);
+	tcase_add_test(tc, test_headroom);
+	suite_add_tcase(s, tc);
 
 	tc = tcase_create("big-pages");
 	tcase_add_checked_fixture(tc, setup_big, teardown);
