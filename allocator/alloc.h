@@ -90,6 +90,12 @@ int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len);
  * in one go and access is granted per contiguous run. */
 int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n);
 
+/* Bytes of new pages kv_alloc_map_many would need for these ranges now
+ * (pages they share counted once). Returns 0, KVSHIM_EINVAL or
+ * KVSHIM_ERANGE. */
+int kv_alloc_cost_many(kv_alloc_t *a, const struct kv_run *runs, size_t n,
+		       size_t *bytes);
+
 /* Drop one claim from each page [addr, addr + len) touches; pages left with
  * none become cache. No driver call. Returns 0, KVSHIM_EINVAL,
  * KVSHIM_ERANGE, or KVSHIM_ENOTCLAIMED when some page holds no claim (then

@@ -298,6 +298,17 @@ static uint32_t claim_present(kv_alloc_t *a, const struct place *pl, size_t n)
 	return need;
 }
 
+static void clear_pending(const struct place *pl, size_t n)
+{
+	uint32_t p;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		for (p = pl[i].p0; p <= pl[i].p1; p++)
+			if (pl[i].sp->slot[p] == KV_PEND)
+				pl[i].sp->slot[p] = KV_NIL;
+}
+
 /* Undo claim_present: pending pages unbacked again, claims dropped. */
 static void unclaim_present(kv_alloc_t *a, const struct place *pl, size_t n)
 {
@@ -472,6 +483,37 @@ int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 out:
 	if (pl != &one)
 		free(pl);
+	return rc;
+}
+
+int kv_alloc_cost_many(kv_alloc_t *a, const struct kv_run *runs, size_t n,
+		       size_t *bytes)
+{
+	struct place one, *pl = &one;
+	uint32_t p, need = 0;
+	size_t i;
+	int rc;
+
+	if (!a || !runs || !bytes || n == 0)
+		return KVSHIM_EINVAL;
+	if (n > 1 && !(pl = malloc(n * sizeof(*pl))))
+		return KVSHIM_ENOMEM;
+	pthread_mutex_lock(&a->lock);
+	rc = resolve(a, runs, n, pl);
+	for (i = 0; i < n && !rc; i++) {
+		for (p = pl[i].p0; p <= pl[i].p1; p++) {
+			if (pl[i].sp->slot[p] == KV_NIL) {
+				pl[i].sp->slot[p] = KV_PEND;
+				need++;
+			}
+		}
+	}
+	if (!rc)
+		clear_pending(pl, n);
+	pthread_mutex_unlock(&a->lock);
+	if (pl != &one)
+		free(pl);
+	*bytes = (size_t)need * a->page;
 	return rc;
 }
 

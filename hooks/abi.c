@@ -7,6 +7,7 @@
  */
 #include <stdint.h>
 
+#include "group.h"
 #include "hooks.h"
 #include "kvshim.h"
 #include "policy.h"
@@ -30,6 +31,38 @@ KV_EXPORT int kvshim_kv_begin(void)
 KV_EXPORT int kvshim_kv_end(void)
 {
 	return kv_policy_window(0);
+}
+
+KV_EXPORT int kvshim_group_create(void *const *bases, size_t ntensors,
+				  size_t block_bytes, size_t nblocks, int *group)
+{
+	return kv_group_create(bases, ntensors, block_bytes, nblocks, group);
+}
+
+KV_EXPORT int kvshim_group_destroy(int group)
+{
+	return kv_group_destroy(group);
+}
+
+KV_EXPORT int kvshim_group_map(int group, const long long *blocks, size_t n)
+{
+	return kv_group_map(group, blocks, n);
+}
+
+KV_EXPORT int kvshim_group_unmap(int group, const long long *blocks, size_t n)
+{
+	return kv_group_unmap(group, blocks, n);
+}
+
+KV_EXPORT int kvshim_group_headroom(int group, size_t *blocks)
+{
+	return kv_group_headroom(group, blocks);
+}
+
+KV_EXPORT int kvshim_group_can_back(int group, const long long *blocks,
+				    size_t n)
+{
+	return kv_group_can_back(group, blocks, n);
 }
 
 KV_EXPORT int kvshim_reserve(size_t size, void **addr)

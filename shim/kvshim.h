@@ -73,6 +73,35 @@ int kvshim_kv_begin(void);
  * open. */
 int kvshim_kv_end(void);
 
+/*
+ * Block groups: KV tensors sharing one block geometry, block b being bytes
+ * [b * block_bytes, (b + 1) * block_bytes) of every tensor, as an engine's
+ * block manager hands them out. Each tensor must lie inside a span (made in
+ * a KV window, or by kvshim_reserve). *group gets a handle > 0.
+ */
+int kvshim_group_create(void *const *bases, size_t ntensors,
+			size_t block_bytes, size_t nblocks, int *group);
+int kvshim_group_destroy(int group);
+
+/* Back blocks[0..n) in every tensor of the group before kernels touch
+ * them: all or, on error, none (KVSHIM_ELIMIT, KVSHIM_ENOMEM). A block on
+ * pages mapped already costs no driver call; mapping is batched, one access
+ * call per contiguous run of pages of each tensor. */
+int kvshim_group_map(int group, const long long *blocks, size_t n);
+
+/* Drop the blocks' claims (all or none). Pages left unclaimed stay cached. */
+int kvshim_group_unmap(int group, const long long *blocks, size_t n);
+
+/* How many more blocks could be backed now, handed out densely (for an
+ * engine's admission check): *blocks, or a negative error. */
+int kvshim_group_headroom(int group, size_t *blocks);
+
+/* 1 if backing blocks[0..n) now would succeed (the new pages they need fit
+ * in what kvshim can still get), 0 if not, or a negative error. With blocks
+ * NULL: whether n more blocks, handed out densely, would. For an engine's
+ * admission check, so requests wait instead of failing. */
+int kvshim_group_can_back(int group, const long long *blocks, size_t n);
+
 /* Reserve a lazy span of at least size bytes (rounded up to whole pages).
  * No physical memory is used until kvshim_map(). */
 int kvshim_reserve(size_t size, void **addr);
