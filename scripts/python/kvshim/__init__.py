@@ -1,0 +1,200 @@
+"""kvshim from Python: a thin ctypes binding over libkvshim.so's C ABI.
+
+No compiled extension. The library is the one already in the process (when
+preloaded, as kvshim-run does), else the one named by KVSHIM_LIB, else the
+one installed next to this package (<libdir>/libkvshim.so for a package in
+<libdir>/kvshim/python/kvshim), else the build tree's (.libs/libkvshim.so).
+
+Every call raises KvshimError (with .code, a kvshim_error) when the library
+returns an error.
+"""
+import contextlib
+import ctypes
+import os
+
+__all__ = ["KvshimError", "library", "kv_begin", "kv_end", "window", "map",
+           "unmap", "reserve", "release", "trim", "stats", "Group"]
+
+_lib = None
+
+
+class KvshimError(OSError):
+    """A kvshim call failed; .code is the kvshim_error."""
+
+    def __init__(self, code, what):
+        self.code = code
+        super().__init__(code, "%s: %s" % (what, _strerror(code)))
+
+
+class Stats(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in (
+        "page_bytes", "reserved_bytes", "mapped_bytes", "cached_bytes",
+        "pooled_bytes", "physical_bytes", "peak_physical_bytes", "limit_bytes",
+        "spans")] + [(name, ctypes.c_ulonglong) for name in (
+            "map_calls", "pages_mapped", "map_ns", "pages_unmapped", "unmap_ns",
+            "pages_created", "create_ns", "pages_released", "release_ns",
+            "pages_zeroed", "zero_ns")] + [("reserved", ctypes.c_ulonglong * 8)]
+
+
+def _candidates():
+    maps = "/proc/self/maps"
+    if os.path.exists(maps):
+        with open(maps) as f:
+            for line in f:
+                path = line.split()[-1]
+                if os.path.basename(path) == "libkvshim.so":
+                    yield path
+    if os.environ.get("KVSHIM_LIB"):
+        yield os.environ["KVSHIM_LIB"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    yield os.path.normpath(os.path.join(here, "..", "..", "..", "libkvshim.so"))
+    yield os.path.normpath(os.path.join(here, "..", "..", "..", ".libs", "libkvshim.so"))
+
+
+def library():
+    """The libkvshim.so this process uses, loaded once."""
+    global _lib
+    if _lib is None:
+        for path in _candidates():
+            if os.path.exists(path):
+                lib = ctypes.CDLL(path)
+                break
+        else:
+            raise OSError("kvshim: libkvshim.so not found (set KVSHIM_LIB)")
+        vp, sz, i, ll = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_longlong
+        sigs = {
+            "kvshim_kv_begin": [], "kvshim_kv_end": [],
+            "kvshim_map": [vp, sz], "kvshim_unmap": [vp, sz],
+            "kvshim_reserve": [sz, ctypes.POINTER(vp)], "kvshim_release": [vp],
+            "kvshim_trim": [sz, ctypes.POINTER(sz)],
+            "kvshim_stats": [ctypes.POINTER(Stats)],
+            "kvshim_group_create": [ctypes.POINTER(vp), sz, sz, sz, ctypes.POINTER(i)],
+            "kvshim_group_destroy": [i],
+            "kvshim_group_map": [i, ctypes.POINTER(ll), sz],
+            "kvshim_group_unmap": [i, ctypes.POINTER(ll), sz],
+            "kvshim_group_headroom": [i, ctypes.POINTER(sz)],
+            "kvshim_group_can_back": [i, ctypes.POINTER(ll), sz],
+        }
+        for name, args in sigs.items():
+            fn = getattr(lib, name)
+            fn.argtypes = args
+            fn.restype = ctypes.c_int
+        lib.kvshim_strerror.argtypes = [ctypes.c_int]
+        lib.kvshim_strerror.restype = ctypes.c_char_p
+        _lib = lib
+    return _lib
+
+
+def _strerror(code):
+    try:
+        return library().kvshim_strerror(code).decode()
+    except OSError:
+        return "kvshim error %d" % code
+
+
+def _check(rc, what):
+    if rc < 0:
+        raise KvshimError(rc, what)
+    return rc
+
+
+def kv_begin():
+    """Open a KV window: large allocations become lazy spans until kv_end."""
+    _check(library().kvshim_kv_begin(), "kvshim_kv_begin")
+
+
+def kv_end():
+    _check(library().kvshim_kv_end(), "kvshim_kv_end")
+
+
+@contextlib.contextmanager
+def window():
+    """with kvshim.window(): allocate the KV cache."""
+    kv_begin()
+    try:
+        yield
+    finally:
+        kv_end()
+
+
+def map(addr, length):
+    _check(library().kvshim_map(addr, length), "kvshim_map")
+
+
+def unmap(addr, length):
+    _check(library().kvshim_unmap(addr, length), "kvshim_unmap")
+
+
+def reserve(size):
+    """A lazy span of size bytes; its address."""
+    p = ctypes.c_void_p()
+    _check(library().kvshim_reserve(size, ctypes.byref(p)), "kvshim_reserve")
+    return p.value
+
+
+def release(addr):
+    _check(library().kvshim_release(addr), "kvshim_release")
+
+
+def trim(nbytes):
+    """Give up to nbytes back to the driver; the bytes given back."""
+    freed = ctypes.c_size_t()
+    _check(library().kvshim_trim(nbytes, ctypes.byref(freed)), "kvshim_trim")
+    return freed.value
+
+
+def stats():
+    """This process's figures, as a dict."""
+    s = Stats()
+    _check(library().kvshim_stats(ctypes.byref(s)), "kvshim_stats")
+    return {name: getattr(s, name) for name, _ in Stats._fields_ if name != "reserved"}
+
+
+def _ids(blocks):
+    blocks = list(blocks)
+    return (ctypes.c_longlong * len(blocks))(*blocks), len(blocks)
+
+
+class Group:
+    """KV tensors sharing one block geometry: block b is bytes
+    [b * block_bytes, (b + 1) * block_bytes) of every tensor."""
+
+    def __init__(self, bases, block_bytes, nblocks):
+        bases = list(bases)
+        arr = (ctypes.c_void_p * len(bases))(*bases)
+        gid = ctypes.c_int()
+        _check(library().kvshim_group_create(arr, len(bases), block_bytes, nblocks,
+                                             ctypes.byref(gid)), "kvshim_group_create")
+        self.id = gid.value
+        self.block_bytes = block_bytes
+        self.nblocks = nblocks
+        self.ntensors = len(bases)
+
+    def map(self, blocks):
+        """Back the blocks in every tensor, all or none (KvshimError)."""
+        arr, n = _ids(blocks)
+        _check(library().kvshim_group_map(self.id, arr, n), "kvshim_group_map")
+
+    def unmap(self, blocks):
+        arr, n = _ids(blocks)
+        _check(library().kvshim_group_unmap(self.id, arr, n), "kvshim_group_unmap")
+
+    def can_back(self, blocks=None, n=None):
+        """Whether these block ids (or n more blocks) can be backed now."""
+        if blocks is None:
+            return _check(library().kvshim_group_can_back(self.id, None, n),
+                          "kvshim_group_can_back") == 1
+        arr, k = _ids(blocks)
+        return _check(library().kvshim_group_can_back(self.id, arr, k),
+                      "kvshim_group_can_back") == 1
+
+    def headroom(self):
+        room = ctypes.c_size_t()
+        _check(library().kvshim_group_headroom(self.id, ctypes.byref(room)),
+               "kvshim_group_headroom")
+        return room.value
+
+    def close(self):
+        if self.id:
+            _check(library().kvshim_group_destroy(self.id), "kvshim_group_destroy")
+            self.id = 0

@@ -1,0 +1,96 @@
+"""What every block-pool adapter shares: mirroring an engine's free list of
+KV blocks onto a kvshim block group. A block leaving the free list is
+backed (kvshim_group_map) before the engine's kernels can touch it; a block
+coming back is released (kvshim_group_unmap: its pages stay cached, no
+driver call). Engines keep their free lists in different shapes; the
+adapter for one wires its list to a BlockTracker.
+"""
+import collections
+
+import kvshim
+
+ELIMIT, ENOMEM, ENOTCLAIMED = -4, -5, -3
+
+
+class BlockTracker:
+    """The kvshim side of one engine block pool."""
+
+    def __init__(self, group):
+        self.group = group
+        self.mapped = 0          # blocks held backed, for reports and tests
+        self.refused = 0         # maps refused for want of memory
+
+    def take(self, ids):
+        """Back blocks the engine hands out. False (nothing changed) when
+        memory is short, so the engine can treat them as unavailable."""
+        ids = list(ids)
+        if not ids:
+            return True
+        try:
+            self.group.map(ids)
+        except kvshim.KvshimError as e:
+            if e.code in (ELIMIT, ENOMEM):
+                self.refused += 1
+                return False
+            raise
+        self.mapped += len(ids)
+        return True
+
+    def give(self, ids):
+        """Blocks back in the engine's free list: drop their claims."""
+        ids = list(ids)
+        if not ids:
+            return
+        try:
+            self.group.unmap(ids)
+        except kvshim.KvshimError as e:
+            if e.code != ENOTCLAIMED:
+                raise
+            # a block freed twice, or one the engine never took through us
+            # (present before the adapter attached): nothing to drop
+            for b in ids:
+                try:
+                    self.group.unmap([b])
+                    self.mapped -= 1
+                except kvshim.KvshimError:
+                    pass
+            return
+        self.mapped -= len(ids)
+
+    def can_take(self, ids):
+        """Would backing these blocks succeed now?"""
+        ids = list(ids)
+        return not ids or self.group.can_back(ids)
+
+
+class TrackedFreeList(collections.deque):
+    """A deque of free block ids that tells its tracker about every id put
+    back into it (append, extend and their left forms); taking ids out is
+    the engine's allocation path, which the adapter wraps to back them."""
+
+    def __init__(self, iterable, on_return):
+        super().__init__(iterable)
+        self._on_return = on_return
+
+    def append(self, x):
+        self._on_return([x])
+        super().append(x)
+
+    def appendleft(self, x):
+        self._on_return([x])
+        super().appendleft(x)
+
+    def extend(self, xs):
+        xs = list(xs)
+        self._on_return(xs)
+        super().extend(xs)
+
+    def extendleft(self, xs):
+        xs = list(xs)
+        self._on_return(xs)
+        super().extendleft(xs)
+
+    def put_back_front(self, ids):
+        """Return ids that were taken but never backed, in their order,
+        without releasing anything."""
+        super().extendleft(reversed(list(ids)))
