@@ -18,6 +18,7 @@ class BlockTracker:
     def __init__(self, group):
         self.group = group
         self.mapped = 0          # blocks held backed, for reports and tests
+        self.peak = 0            # the most blocks held backed at once
         self.refused = 0         # maps refused for want of memory
 
     def take(self, ids):
@@ -34,6 +35,7 @@ class BlockTracker:
                 return False
             raise
         self.mapped += len(ids)
+        self.peak = max(self.peak, self.mapped)
         return True
 
     def give(self, ids):

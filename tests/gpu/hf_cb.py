@@ -1,0 +1,143 @@
+"""Hugging Face transformers continuous batching under kvshim-run, on a GPU.
+
+A randomly initialised Llama-style model (16 layers, hidden 2048, 8 KV heads
+of 128, bf16; no download) serves 32 requests of 264 prompt tokens, 64 new
+tokens each, greedy, with generate_batch: once plain and once under
+kvshim-run (the transformers adapter attached through sitecustomize, no edit
+to transformers or to this script), for a block size that divides 2 MiB (32
+tokens: 64 KiB blocks) and one that does not (24 tokens: 48 KiB). Each run
+is a fresh process. Checks: generated tokens identical; with kvshim, peak
+physical KV memory within the blocks held at the peak plus three pages a
+tensor (a block straddling pages at the frontier, the padding tail, which
+may straddle too) and the pool. Reports
+tokens per second and cache start-up time against the plain run.
+
+Prints a table; writes hf_cb.json under $KVSHIM_SUITE_OUT (or .).
+Exit 0 when the checks hold, 1 if not, 77 without a GPU.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+N_REQ, PROMPT, NEW = 32, 264, 64
+MIB = 1 << 20
+
+
+def child(block_size, out):
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+    from transformers.generation.continuous_batching import cache as cb_cache
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
+                      num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                      vocab_size=32000, max_position_embeddings=4096)
+    model = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16).eval()
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(0, cfg.vocab_size, (PROMPT,), generator=g).tolist()
+               for _ in range(N_REQ)]
+    caches, inits = [], []
+    init = cb_cache.PagedAttentionCache.__init__
+
+    def timed_init(self, *a, **k):
+        t = time.perf_counter()
+        init(self, *a, **k)
+        inits.append(time.perf_counter() - t)
+        caches.append(self)
+
+    cb_cache.PagedAttentionCache.__init__ = timed_init
+    gen = GenerationConfig(max_new_tokens=NEW, do_sample=False, eos_token_id=-1, pad_token_id=0)
+    cbc = ContinuousBatchingConfig(block_size=block_size)
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    res = model.generate_batch(prompts, generation_config=gen,
+                               continuous_batching_config=cbc, progress_bar=False)
+    torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    tokens = {rid: list(o.generated_tokens) for rid, o in res.items()}
+    ntok = sum(len(v) for v in tokens.values())
+    c = caches[0]
+    t = c.key_cache[0]
+    block_bytes = c.block_size * t.stride(0) * t.element_size()
+    ntensors = len(c.key_cache) + len(c.value_cache)
+    info = {"block_size": block_size, "wall_s": wall, "tokens": ntok,
+            "cache_init_s": inits[0], "num_blocks": c.num_blocks,
+            "reserved_bytes": (c.num_blocks + 2) * block_bytes * ntensors,
+            "block_bytes": block_bytes, "ntensors": ntensors,
+            "outputs": [tokens[k] for k in sorted(tokens)]}
+    tracker = getattr(c, "kvshim_tracker", None)
+    if tracker is not None:
+        import kvshim
+        st = kvshim.stats()
+        info.update(peak_blocks=tracker.peak, refused=tracker.refused,
+                    peak_physical=st["peak_physical_bytes"], page=st["page_bytes"],
+                    pool_high=64 * MIB)     # KVSHIM_POOL_HIGH's default
+    json.dump(info, open(out, "w"))
+
+
+def main():
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            return 77
+    except ImportError:
+        return 77
+    out = os.environ.get("KVSHIM_SUITE_OUT", ".")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    run = os.path.join(root, "scripts", "kvshim-run")
+    env0 = dict(os.environ)
+    env0.pop("LD_PRELOAD", None)
+    env0.setdefault("KVSHIM_CONFIG_BIN", os.path.join(root, "kvshim-config"))
+    env0.setdefault("KVSHIM_PYTHONPATH", os.path.join(root, "scripts", "python"))
+    results, ok = {}, True
+    for bs in (32, 24):
+        for mode in ("plain", "kvshim"):
+            path = os.path.join(out, "hf_cb_%s_%d.json" % (mode, bs))
+            cmd = [sys.executable, os.path.abspath(__file__), "--child", str(bs), path]
+            if mode == "kvshim":
+                cmd = [run] + cmd
+            r = subprocess.run(cmd, env=env0)
+            if r.returncode:
+                print("hf_cb: %s run, block size %d, failed (exit %d)" % (mode, bs, r.returncode))
+                return 1
+            results[(mode, bs)] = json.load(open(path))
+    print("\n| block size | run | identical tokens | tokens/s | vs plain | cache start-up s "
+          "| KV reserved MiB | live KV at peak MiB | peak physical MiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    summary = {}
+    for bs in (32, 24):
+        p, k = results[("plain", bs)], results[("kvshim", bs)]
+        same = p["outputs"] == k["outputs"]
+        ok &= same
+        tps_p, tps_k = p["tokens"] / p["wall_s"], k["tokens"] / k["wall_s"]
+        live = k["peak_blocks"] * k["block_bytes"] * k["ntensors"]
+        # the straddling block at the frontier, and the padding tail (which
+        # may straddle too)
+        bound = live + 3 * k["page"] * k["ntensors"] + k["pool_high"]
+        within = k["peak_physical"] <= bound
+        ok &= within
+        for mode, r, tps in (("plain", p, tps_p), ("kvshim-run", k, tps_k)):
+            print("| %d | %s | %s | %.0f | %s | %.2f | %.0f | %s | %s |" % (
+                bs, mode, "yes" if same else "NO", tps,
+                "%.3fx" % (tps / tps_p), r["cache_init_s"], r["reserved_bytes"] / MIB,
+                "%.0f" % (live / MIB) if mode != "plain" else "-",
+                "%.0f (bound %.0f)" % (k["peak_physical"] / MIB, bound / MIB)
+                if mode != "plain" else "%.0f (all reserved)" % (r["reserved_bytes"] / MIB)))
+        summary[bs] = {"identical": same, "tps_plain": tps_p, "tps_kvshim": tps_k,
+                       "ratio": tps_k / tps_p, "live_peak": live,
+                       "peak_physical": k["peak_physical"], "bound": bound,
+                       "reserved": k["reserved_bytes"], "init_plain": p["cache_init_s"],
+                       "init_kvshim": k["cache_init_s"], "refused": k["refused"]}
+    json.dump(summary, open(os.path.join(out, "hf_cb.json"), "w"), indent=1)
+    print("hf_cb: %s" % ("PASS" if ok else "FAIL"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        child(int(sys.argv[2]), sys.argv[3])
+        sys.exit(0)
+    sys.exit(main())
