@@ -613,7 +613,10 @@ int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 	grow = (size_t)(a->max_pages - a->held) * a->page;
 	if (grow > free_b)
 		grow = free_b / a->page * a->page;
-	*bytes = grow + (size_t)(a->clean.n + a->dirty.n + a->cache.n) * a->page;
+	/* pages in flight (being scrubbed, trimmed or released) count: a map
+	 * waits for them rather than fail */
+	*bytes = grow + (size_t)(a->clean.n + a->dirty.n + a->scrubbing +
+				 a->outbound + a->cache.n) * a->page;
 	pthread_mutex_unlock(&a->lock);
 	return 0;
 }
