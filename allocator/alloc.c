@@ -14,6 +14,7 @@
 /* How long the worker sleeps when nobody wakes it: it wakes anyway to catch
  * up on duties whose signal it could have missed. */
 #define KV_WORKER_PERIOD_MS 100
+#define KV_SHARE_PERIOD_MS 5
 
 void kv_alloc_opts_default(struct kv_alloc_opts *o)
 {
@@ -25,6 +26,35 @@ void kv_alloc_opts_default(struct kv_alloc_opts *o)
 	o->cache_max = SIZE_MAX;
 	o->zero = 1;
 	o->worker = 1;
+	o->share_mode = 0600;
+	o->share_wait_ms = 500;
+}
+
+/*
+ * Publish this process's figures in the shared segment and give back what
+ * other processes asked for: pooled pages first, then cached ones. Lock
+ * held on entry and exit.
+ */
+static int share_duties(kv_alloc_t *a)
+{
+	uint64_t req;
+	uint32_t want, f1 = 0, f2 = 0;
+	int rc;
+
+	req = kv_share_update(a->share, (uint64_t)a->mapped * a->page,
+			      (uint64_t)a->cache.n * a->page,
+			      (uint64_t)(a->clean.n + a->dirty.n + a->scrubbing) * a->page,
+			      a->reserved);
+	if (!req)
+		return 0;
+	want = (uint32_t)((req + a->page - 1) / a->page);
+	rc = kv_pool_shrink(a, a->clean.n + a->dirty.n > want ?
+			       a->clean.n + a->dirty.n - want : 0, &f1);
+	if (!rc && f1 < want)
+		rc = kv_cache_trim(a, want - f1, 1, &f2);
+	kv_share_trimmed(a->share, (uint64_t)(f1 + f2) * a->page);
+	kv_debug("share: gave back %u pages on request", f1 + f2);
+	return rc;
 }
 
 /* One round of duties, lock held on entry and exit. */
@@ -33,8 +63,14 @@ static int duties(kv_alloc_t *a)
 	uint32_t high = (uint32_t)(a->o.pool_high / a->page), freed;
 	int rc, first = 0;
 
+	if (a->share) {
+		first = share_duties(a);
+		/* the pool refills only while others need nothing back */
+	}
+
 	rc = kv_pool_scrub(a);
-	first = rc;
+	if (!first)
+		first = rc;
 	rc = kv_pool_refill(a);
 	if (!first)
 		first = rc;
@@ -84,7 +120,10 @@ static void *worker_main(void *arg)
 		if (a->stop)
 			break;
 		clock_gettime(CLOCK_MONOTONIC, &ts);
-		ts.tv_nsec += KV_WORKER_PERIOD_MS * 1000000L;
+		/* with a shared budget, requests to trim come from other
+		 * processes, which cannot signal: look often */
+		ts.tv_nsec += (a->share ? KV_SHARE_PERIOD_MS : KV_WORKER_PERIOD_MS) *
+			      1000000L;
 		if (ts.tv_nsec >= 1000000000L) {
 			ts.tv_sec++;
 			ts.tv_nsec -= 1000000000L;
@@ -141,6 +180,16 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 	}
 	a->max_pages = (uint32_t)(limit / a->page);
 	a->st.page_bytes = a->page;
+	if (o->share) {
+		size_t budget = o->budget ? o->budget : a->prim.device_bytes / 100 *
+				(o->budget_pct ? o->budget_pct : 100);
+
+		rc = kv_share_open(a->prim.uuid, o->pool_name, budget,
+				   a->prim.device_bytes, o->min, o->max,
+				   o->share_mode ? o->share_mode : 0600, &a->share);
+		if (rc)
+			goto fail;
+	}
 	rc = kv_pool_init(a);
 	if (rc)
 		goto fail;
@@ -182,6 +231,7 @@ void kv_alloc_destroy(kv_alloc_t *a)
 		kv_pool_fini(a);
 		kv_prim_close(&a->prim);
 	}
+	kv_share_close(a->share);
 	pthread_cond_destroy(&a->wake);
 	pthread_cond_destroy(&a->done);
 	pthread_mutex_destroy(&a->lock);

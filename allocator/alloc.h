@@ -50,6 +50,13 @@ struct kv_alloc_opts {
 	int zero;            /* scrub pages before they reach a span */
 	int worker;          /* run the worker thread (tests may turn it off
 			      * to observe the pool step by step) */
+	int share;           /* register in the GPU's shared budget segment */
+	const char *pool_name; /* the segment's pool name, or NULL */
+	size_t budget;       /* bytes all processes may hold; 0: budget_pct */
+	unsigned budget_pct; /* 1-100 of device memory; 0 means 100 */
+	size_t min, max;     /* this process's floor and ceiling; max 0: none */
+	unsigned share_mode; /* the segment's permissions, e.g. 0600 */
+	unsigned share_wait_ms; /* how long a map waits for others to trim */
 };
 
 /* The defaults: device 0, the device's memory, pool 8 MiB low and 64 MiB

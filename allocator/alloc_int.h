@@ -20,11 +20,15 @@
 
 #include "alloc.h"
 #include "prim.h"
+#include "share.h"
 
 #define KV_NIL UINT32_MAX
 
 /* kv_pool_take: pages the map needs are in flight; wait on done, retry. */
 #define KV_RETRY 1
+/* kv_pool_take: the shared budget is held by other processes, which were
+ * asked to trim; wait a little, retry. */
+#define KV_RETRY_SHARE 3
 
 enum kv_pstate {
 	KV_P_EMPTY = 0, /* no handle */
@@ -85,6 +89,9 @@ struct kv_alloc_s {
 	size_t reserved;
 
 	struct kvshim_stats st; /* counters only; sizes are derived */
+
+	kv_share_t *share;      /* the GPU's shared budget, or NULL */
+	int share_said;         /* the last refusal of the shared budget */
 
 	pthread_t worker;
 	int worker_running;

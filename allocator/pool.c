@@ -209,17 +209,30 @@ static void set_state(kv_alloc_t *a, uint32_t s, enum kv_pstate st)
 	a->phys[s].state = (uint8_t)st;
 }
 
-/* Take up to n EMPTY slots, mark them BUSY and count them held. */
+/* Take up to n EMPTY slots, mark them BUSY and count them held. With a
+ * shared budget, as many as it grants (halving the ask until it does);
+ * its last refusal is left in a->share_said. */
 static uint32_t claim_empty(kv_alloc_t *a, uint32_t n, uint32_t *slots)
 {
 	uint32_t k;
+	int rc;
 
+	a->share_said = 0;
+	while (a->share && n) {
+		rc = kv_share_take(a->share, (uint64_t)n * a->page);
+		if (rc == 0)
+			break;
+		a->share_said = rc;
+		n /= 2;
+	}
 	for (k = 0; k < n; k++) {
 		slots[k] = kv_list_pop(a, &a->empty);
 		if (slots[k] == KV_NIL)
 			break;
 		set_state(a, slots[k], KV_P_BUSY);
 	}
+	if (a->share && k < n)
+		kv_share_give(a->share, (uint64_t)(n - k) * a->page);
 	a->held += k;
 	if (a->held > a->peak)
 		a->peak = a->held;
@@ -236,6 +249,8 @@ static void put_empty(kv_alloc_t *a, const uint32_t *slots, uint32_t n)
 		kv_list_push(a, &a->empty, slots[i]);
 	}
 	a->held -= n;
+	if (a->share && n)
+		kv_share_give(a->share, (uint64_t)n * a->page);
 }
 
 void kv_pool_put(kv_alloc_t *a, const uint32_t *slots, uint32_t n, int dirty)
@@ -300,6 +315,7 @@ int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots)
 	int rc = 0, oom = 0;
 	uint64_t avail;
 
+	a->share_said = 0;
 	avail = (uint64_t)a->clean.n + a->dirty.n + (a->max_pages - a->held) +
 		a->cache.n;
 	if (n > avail)
@@ -337,7 +353,12 @@ int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots)
 		got += k;
 		free(tmp);
 		if (got < n) {
-			rc = oom ? KVSHIM_ENOMEM : KVSHIM_ELIMIT;
+			/* pages on their way back (being released or scrubbed)
+			 * still count against the budgets: wait for them */
+			rc = oom ? KVSHIM_ENOMEM :
+			     a->share_said == KV_SHARE_WAIT ? KV_RETRY_SHARE :
+			     a->share && (a->outbound || a->scrubbing) ? KV_RETRY :
+			     KVSHIM_ELIMIT;
 			goto fail;
 		}
 	}

@@ -5,6 +5,7 @@
 #include <dlfcn.h>
 #include <stddef.h>
 #include <pthread.h>
+#include <stdio.h>
 #include <string.h>
 #include <time.h>
 
@@ -20,6 +21,7 @@
 	X(cuDeviceGet, CUresult, (CUdevice *, int))                        \
 	X(cuDeviceGetAttribute, CUresult, (int *, CUdevice_attribute, CUdevice)) \
 	X(cuDeviceTotalMem_v2, CUresult, (size_t *, CUdevice))             \
+	X(cuDeviceGetUuid_v2, CUresult, (CUuuid *, CUdevice))              \
 	X(cuDevicePrimaryCtxRetain, CUresult, (CUcontext *, CUdevice))     \
 	X(cuDevicePrimaryCtxRelease_v2, CUresult, (CUdevice))              \
 	X(cuCtxGetCurrent, CUresult, (CUcontext *))                        \
@@ -182,6 +184,16 @@ int kv_prim_open(kv_prim_t *p, int ordinal, size_t page)
 		return KVSHIM_ENODEV;
 	}
 	CALL("cuDeviceTotalMem", drv.cuDeviceTotalMem_v2(&p->device_bytes, p->dev));
+	{
+		CUuuid u;
+		const unsigned char *b = (const unsigned char *)u.bytes;
+
+		CALL("cuDeviceGetUuid", drv.cuDeviceGetUuid_v2(&u, p->dev));
+		snprintf(p->uuid, sizeof(p->uuid),
+			 "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x",
+			 b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7], b[8], b[9],
+			 b[10], b[11], b[12], b[13], b[14], b[15]);
+	}
 	page_prop(p, &prop);
 	CALL("cuMemGetAllocationGranularity",
 	     drv.cuMemGetAllocationGranularity(&p->gran, &prop,

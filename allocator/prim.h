@@ -26,6 +26,7 @@ typedef struct kv_prim_s {
 	size_t page;          /* kvshim's page: one physical handle, a multiple
 			       * of gran */
 	size_t device_bytes;  /* total device memory */
+	char uuid[48];        /* "GPU-xxxxxxxx-...", as nvidia-smi writes it */
 } kv_prim_t;
 
 /* Load the driver, initialise it, retain the primary context of device

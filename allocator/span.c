@@ -10,6 +10,7 @@
  */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "alloc_int.h"
 #include "log.h"
@@ -228,6 +229,9 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 	}
 	if (rc == 0)
 		pthread_cond_signal(&a->wake);  /* pages to scrub */
+	if (rc == 0 && a->share)
+		kv_share_note(a->share, (uint64_t)a->cache.n * a->page,
+			      (uint64_t)(a->clean.n + a->dirty.n + a->scrubbing) * a->page);
 	pthread_mutex_unlock(&a->lock);
 	return rc;
 }
@@ -454,6 +458,7 @@ static int map_locked(kv_alloc_t *a, const struct place *pl, size_t n)
 int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 {
 	struct place one, *pl = &one;
+	uint64_t deadline = 0;
 	int rc;
 
 	if (!a || !runs || n == 0)
@@ -473,9 +478,23 @@ int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 			continue;
 		}
 		rc = map_locked(a, pl, n);
-		if (rc != KV_RETRY)
+		if (rc == KV_RETRY) {
+			pthread_cond_wait(&a->done, &a->lock);
+			continue;
+		}
+		if (rc != KV_RETRY_SHARE)
 			break;
-		pthread_cond_wait(&a->done, &a->lock);
+		/* other processes were asked to trim: give them a moment */
+		if (!deadline)
+			deadline = kv_prim_now_ns() +
+				   (uint64_t)a->o.share_wait_ms * 1000000u;
+		if (kv_prim_now_ns() >= deadline) {
+			rc = KVSHIM_ELIMIT;
+			break;
+		}
+		pthread_mutex_unlock(&a->lock);
+		nanosleep(&(struct timespec){ 0, 2 * 1000 * 1000 }, NULL);
+		pthread_mutex_lock(&a->lock);
 	}
 	if (a->clean.n * a->page < a->o.pool_low)
 		pthread_cond_signal(&a->wake);
@@ -582,6 +601,9 @@ int kv_alloc_unmap_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 	}
 	if (!rc && a->cache.n * a->page > a->o.cache_max)
 		pthread_cond_signal(&a->wake);
+	if (!rc && a->share)
+		kv_share_note(a->share, (uint64_t)a->cache.n * a->page,
+			      (uint64_t)(a->clean.n + a->dirty.n + a->scrubbing) * a->page);
 	pthread_mutex_unlock(&a->lock);
 	if (pl != &one)
 		free(pl);

@@ -182,6 +182,69 @@ static int parse_meminfo(const char *s, int *out, const char **why)
 	return KVSHIM_ECONFIG;
 }
 
+static int parse_name(const char *s, char *out, size_t len, const char **why)
+{
+	size_t i;
+
+	for (i = 0; s[i]; i++) {
+		if (!isalnum((unsigned char)s[i]) && s[i] != '-' && s[i] != '_') {
+			*why = "only letters, digits, - and _";
+			return KVSHIM_ECONFIG;
+		}
+	}
+	if (i >= len) {
+		*why = "longer than 48 characters";
+		return KVSHIM_ECONFIG;
+	}
+	memcpy(out, s, i + 1);
+	return 0;
+}
+
+static int parse_budget(const char *s, struct kv_config *c, const char **why)
+{
+	size_t limit = c->limit;
+	unsigned pct = c->limit_pct;
+	int rc;
+
+	/* the limit's parser, then the result moved to the budget's fields */
+	rc = parse_size_pct(s, c, why);
+	c->budget = c->limit;
+	c->budget_pct = c->limit_pct;
+	c->limit = limit;
+	c->limit_pct = pct;
+	return rc;
+}
+
+static int parse_size_zero_off(const char *s, size_t *out, const char **why)
+{
+	if (!strcasecmp(s, "off") || !strcasecmp(s, "none")) {
+		*out = 0;
+		return 0;
+	}
+	if (kv_parse_size(s, out, why))
+		return KVSHIM_ECONFIG;
+	if (!*out) {
+		*why = "must be above zero, or off";
+		return KVSHIM_ECONFIG;
+	}
+	return 0;
+}
+
+static int parse_mode(const char *s, unsigned *out, const char **why)
+{
+	unsigned long v;
+	char *end;
+
+	errno = 0;
+	v = strtoul(s, &end, 8);
+	if (!*s || *end || errno || v > 0777 || !(v & 0600)) {
+		*why = "expected octal permissions from 0600 to 0777";
+		return KVSHIM_ECONFIG;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
 /* Dispatch by the table's parser column. */
 #define kv_apply_level(c, f, s, why) parse_level(s, &(c)->f, why)
 #define kv_apply_bool(c, f, s, why) kv_parse_bool(s, &(c)->f, why)
@@ -191,6 +254,10 @@ static int parse_meminfo(const char *s, int *out, const char **why)
 #define kv_apply_size_off(c, f, s, why) parse_size_off(s, &(c)->f, why)
 #define kv_apply_size_auto(c, f, s, why) parse_size_auto(s, &(c)->f, why)
 #define kv_apply_meminfo(c, f, s, why) parse_meminfo(s, &(c)->f, why)
+#define kv_apply_name(c, f, s, why) parse_name(s, (c)->f, sizeof((c)->f), why)
+#define kv_apply_budget(c, f, s, why) parse_budget(s, c, why)
+#define kv_apply_size_zero_off(c, f, s, why) parse_size_zero_off(s, &(c)->f, why)
+#define kv_apply_mode(c, f, s, why) parse_mode(s, &(c)->f, why)
 
 int kv_config_load(struct kv_config *c)
 {
@@ -216,6 +283,11 @@ int kv_config_load(struct kv_config *c)
 		kv_log_set_level(c->log);
 	KV_CONFIG_TABLE(KV_READ)
 #undef KV_READ
+	if (!rc && c->max && c->min > c->max) {
+		kv_log(KV_LOG_ERROR, NULL, "KVSHIM_MIN=%zu: above KVSHIM_MAX=%zu",
+		       c->min, c->max);
+		rc = KVSHIM_ECONFIG;
+	}
 	if (!rc && c->pool_low > c->pool_high) {
 		kv_log(KV_LOG_ERROR, NULL,
 		       "KVSHIM_POOL_LOW=%zu: above KVSHIM_POOL_HIGH=%zu",

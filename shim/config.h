@@ -33,7 +33,19 @@
 	X(MIN_BYTES, min_bytes, size_off, "off",                             \
 	  "outside a window, allocations of at least this become spans mapped in full (off: none)") \
 	X(MEMINFO, meminfo, meminfo, "virtual",                              \
-	  "what cudaMemGetInfo/cuMemGetInfo report: real (the driver's figures) or virtual (spans counted as fully backed, kvshim's idle pages as free)")
+	  "what cudaMemGetInfo/cuMemGetInfo report: real (the driver's figures) or virtual (spans counted as fully backed, kvshim's idle pages as free)") \
+	X(SHARE, share, bool, "off",                                         \
+	  "register in the GPU's shared budget segment in /dev/shm, so colocated processes share memory (in development)") \
+	X(POOL, pool, name, "",                                              \
+	  "name of the shared segment's pool (letters, digits, - and _): processes share a budget only within one pool") \
+	X(BUDGET, budget, budget, "100%",                                    \
+	  "bytes all processes of the pool may hold in pages together, or % of device memory (set by the segment's creator)") \
+	X(MIN, min, size, "0",                                               \
+	  "this process's floor: others are never asked to trim it below this") \
+	X(MAX, max, size_zero_off, "off",                                    \
+	  "this process's ceiling in the shared budget; off: none") \
+	X(SHARE_MODE, share_mode, mode, "0600",                              \
+	  "permissions of a segment this process creates (octal; 0660 or 0666 to share across users)")
 
 struct kv_config {
 	int log;
@@ -49,6 +61,13 @@ struct kv_config {
 	size_t window_min;
 	size_t min_bytes;    /* SIZE_MAX: off */
 	int meminfo;         /* KV_MEMINFO_* */
+	int share;
+	char pool[49];
+	size_t budget;       /* bytes, or 0 when budget_pct applies */
+	unsigned budget_pct;
+	size_t min;
+	size_t max;          /* 0: none */
+	unsigned share_mode;
 };
 
 enum { KV_MEMINFO_REAL = 0, KV_MEMINFO_VIRTUAL = 1 };

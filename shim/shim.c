@@ -66,6 +66,13 @@ static int start(void)
 	o.pool_high = config.pool_high;
 	o.cache_max = config.cache_max;
 	o.zero = config.zero;
+	o.share = config.share;
+	o.pool_name = config.pool[0] ? config.pool : NULL;
+	o.budget = config.budget;
+	o.budget_pct = config.budget_pct;
+	o.min = config.min;
+	o.max = config.max;
+	o.share_mode = config.share_mode;
 	rc = kv_alloc_create(&o, &alloc);
 	if (rc)
 		kv_log(KV_LOG_INFO, NULL, "not started: %s", kv_shim_strerror(rc));

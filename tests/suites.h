@@ -25,6 +25,7 @@ Suite *api_suite(void);
 Suite *preload_suite(void);
 Suite *got_suite(void);
 Suite *group_suite(void);
+Suite *share_suite(void);
 
 /* Options for a test allocator: no worker and an empty pool unless a test
  * wants them, so every driver call is the test's own doing. */
