@@ -270,3 +270,15 @@ const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a)
 {
 	return &a->prim;
 }
+
+int kv_alloc_shared(kv_alloc_t *a, size_t *budget, size_t *others)
+{
+	uint64_t b, o;
+
+	if (!a || !a->share)
+		return 0;
+	kv_share_figures(a->share, &b, &o);
+	*budget = (size_t)b;
+	*others = (size_t)o;
+	return 1;
+}

@@ -435,6 +435,16 @@ void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled)
 	pthread_mutex_unlock(&s->sh->lock);
 }
 
+void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others)
+{
+	*budget = *others = 0;
+	if (lock(s->sh))
+		return;
+	*budget = s->sh->budget;
+	*others = total_held(s->sh) - s->sh->slot[s->slot].held;
+	pthread_mutex_unlock(&s->sh->lock);
+}
+
 void kv_share_trimmed(kv_share_t *s, uint64_t bytes)
 {
 	if (lock(s->sh))

@@ -93,6 +93,9 @@ uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
  * deciding whom to ask must not read a stale figure). */
 void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled);
 
+/* The pool's budget, and the bytes the other processes hold now. */
+void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others);
+
 /* Record bytes given back on request. */
 void kv_share_trimmed(kv_share_t *s, uint64_t bytes);
 

@@ -125,7 +125,7 @@ void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 	const struct kv_config *c = kv_shim_settings();
 	kv_alloc_t *a = running();
 	struct kvshim_stats s;
-	size_t idle, unbacked;
+	size_t idle, unbacked, budget, others, claimed, cap;
 
 	if (!a || !c || c->meminfo != KV_MEMINFO_VIRTUAL || !free_bytes ||
 	    kv_alloc_stats(a, &s))
@@ -135,6 +135,19 @@ void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 	unbacked = s.reserved_bytes > s.mapped_bytes ?
 		   s.reserved_bytes - s.mapped_bytes : 0;
 	*free_bytes += idle;
+	/*
+	 * Sharing a budget, the engine plans as if alone: the other processes'
+	 * pages count as free (they give idle ones back on request, and maps
+	 * wait or fail cleanly otherwise), up to the budget less what this
+	 * process has claimed.
+	 */
+	if (kv_alloc_shared(a, &budget, &others)) {
+		claimed = s.mapped_bytes - s.cached_bytes;
+		*free_bytes += others;
+		cap = budget > claimed ? budget - claimed : 0;
+		if (*free_bytes > cap)
+			*free_bytes = cap;
+	}
 	*free_bytes = *free_bytes > unbacked ? *free_bytes - unbacked : 0;
 	if (total && *free_bytes > *total)
 		*free_bytes = *total;

@@ -290,6 +290,51 @@ START_TEST(test_share_limits)
 }
 END_TEST
 
+/* What memory info builds on: the budget and the others' pages. */
+START_TEST(test_share_figures)
+{
+	const struct kv_share *sh;
+	size_t budget = 0, others = 1;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+	int st;
+	pid_t pid;
+
+	new_pool();
+	a = make(16 * PG, 0, 0, 0);
+	sh = watch();
+	ck_assert_int_eq(kv_alloc_shared(a, &budget, &others), 1);
+	ck_assert_uint_eq(budget, 16 * PG);
+	ck_assert_uint_eq(others, 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 5 * PG), 0);
+	pid = fork();
+	if (pid == 0) {
+		kv_alloc_t *b = make(16 * PG, 0, 0, 0);
+		size_t bb = 0, oo = 0;
+		int ok = kv_alloc_shared(b, &bb, &oo) == 1 && bb == 16 * PG &&
+			 oo == 5 * PG;
+
+		kv_alloc_destroy(b);
+		_exit(ok ? 0 : 3);
+	}
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	kv_alloc_destroy(a);
+	unlink_pool(sh);
+	/* without sharing there are no figures */
+	{
+		struct kv_alloc_opts o;
+		kv_alloc_t *c;
+
+		kt_opts(&o);
+		c = kt_create(&o);
+		ck_assert_int_eq(kv_alloc_shared(c, &budget, &others), 0);
+		kt_destroy(c);
+	}
+}
+END_TEST
+
 /* A segment that is not what it should be is refused, whatever is in it. */
 START_TEST(test_share_bad_segment)
 {
@@ -348,6 +393,7 @@ Suite *share_suite(void)
 	kt_add_emu(tc, test_share_killed_process);
 	kt_add_emu(tc, test_share_limits);
 	kt_add_emu(tc, test_share_bad_segment);
+	kt_add_emu(tc, test_share_figures);
 	suite_add_tcase(s, tc);
 	return s;
 }
