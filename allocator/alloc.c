@@ -68,6 +68,9 @@ static int duties(kv_alloc_t *a)
 		/* the pool refills only while others need nothing back */
 	}
 
+	rc = kv_spans_reap(a);
+	if (!first)
+		first = rc;
 	rc = kv_pool_scrub(a);
 	if (!first)
 		first = rc;
@@ -254,7 +257,8 @@ int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
 	pthread_mutex_lock(&a->lock);
 	out->page_bytes = a->page;
 	out->reserved_bytes = a->reserved;
-	out->mapped_bytes = (size_t)a->mapped * a->page;
+	/* pages of released spans, still being unmapped, are no span's */
+	out->mapped_bytes = (size_t)(a->mapped - a->dying_pages) * a->page;
 	out->cached_bytes = (size_t)a->cache.n * a->page;
 	out->pooled_bytes = (size_t)(a->clean.n + a->dirty.n + a->scrubbing) *
 			    a->page;

@@ -61,6 +61,7 @@ struct kv_span {
 	uint32_t *slot;         /* per page: the phys slot, or KV_NIL */
 	uint32_t mapped;        /* pages with a slot */
 	uint32_t busy;          /* of those, pages being unmapped */
+	struct kv_span *next;   /* on the list of released spans */
 };
 
 struct kv_alloc_s {
@@ -85,6 +86,8 @@ struct kv_alloc_s {
 				 * zeroing is on */
 
 	struct kv_span **spans; /* sorted by base */
+	struct kv_span *dying;  /* released, their pages still to unmap */
+	uint32_t dying_pages;   /* pages mapped in those */
 	size_t nspans, cap;
 	size_t reserved;
 
@@ -126,5 +129,6 @@ void kv_span_settle(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
 		    uint32_t done);
 int kv_cache_trim(kv_alloc_t *a, uint32_t n, int release, uint32_t *done);
 void kv_spans_fini(kv_alloc_t *a);
+int kv_spans_reap(kv_alloc_t *a);
 
 #endif /* KV_ALLOC_INT_H */

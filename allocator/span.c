@@ -204,6 +204,95 @@ static int release_locked(kv_alloc_t *a, struct kv_span *sp)
 	return rc;
 }
 
+/*
+ * Take sp out of sight at once and leave the unmapping of its pages (20 to
+ * 40 us a page, however batched) to the worker: a cudaFree of a KV cache
+ * must not stall the engine for its whole size. The pages count as in
+ * flight until then, so a map short of memory waits for them. Lock held.
+ */
+static void retire(kv_alloc_t *a, struct kv_span *sp)
+{
+	uint32_t p;
+	size_t i;
+
+	for (p = 0; p < sp->npages; p++) {
+		uint32_t s = sp->slot[p];
+
+		if (s == KV_NIL)
+			continue;
+		if (a->phys[s].state == KV_P_CACHED)
+			kv_list_remove(a, &a->cache, s);
+		a->phys[s].state = KV_P_BUSY;
+		sp->busy++;
+	}
+	a->outbound += sp->busy;
+	a->dying_pages += sp->busy;
+	i = upper(a, sp->base) - 1;
+	memmove(a->spans + i, a->spans + i + 1,
+		(a->nspans - i - 1) * sizeof(*a->spans));
+	a->nspans--;
+	a->reserved -= sp->size;
+	sp->next = a->dying;
+	a->dying = sp;
+	pthread_cond_signal(&a->wake);
+}
+
+/*
+ * Unmap the pages of released spans into the pool and free their ranges,
+ * the lock dropped for the driver work. Lock held on entry and exit. A span
+ * whose unmap fails stays on the list for the next round. Returns 0 or the
+ * first driver error.
+ */
+int kv_spans_reap(kv_alloc_t *a)
+{
+	struct kv_span *sp;
+	uint32_t p, n, done, *slots;
+	int rc = 0, e;
+
+	while ((sp = a->dying)) {
+		a->dying = sp->next;
+		slots = malloc((sp->busy ? sp->busy : 1) * sizeof(*slots));
+		if (!slots) {
+			sp->next = a->dying;
+			a->dying = sp;
+			return KVSHIM_ENOMEM;
+		}
+		for (n = 0, p = 0; p < sp->npages; p++)
+			if (sp->slot[p] != KV_NIL)
+				slots[n++] = sp->slot[p];
+		pthread_mutex_unlock(&a->lock);
+		done = kv_span_unmap_slots(a, slots, n, &e);
+		pthread_mutex_lock(&a->lock);
+		for (p = 0; p < done; p++) {
+			struct kv_phys *ph = &a->phys[slots[p]];
+
+			sp->slot[ph->vpage] = KV_NIL;
+			ph->span = NULL;
+		}
+		sp->busy -= done;
+		sp->mapped -= done;
+		a->mapped -= done;
+		a->outbound -= done;
+		a->dying_pages -= done;
+		kv_pool_put(a, slots, done, 1);
+		free(slots);
+		pthread_cond_broadcast(&a->done);
+		if (e) {
+			/* try again next round */
+			sp->next = a->dying;
+			a->dying = sp;
+			return rc ? rc : e;
+		}
+		pthread_mutex_unlock(&a->lock);
+		e = kv_prim_unreserve(&a->prim, sp->base, sp->size);
+		pthread_mutex_lock(&a->lock);
+		if (e && !rc)
+			rc = e;
+		span_free(sp);
+	}
+	return rc;
+}
+
 int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 {
 	struct kv_span *sp;
@@ -222,7 +311,10 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 			break;
 		}
 		if (!sp->busy) {
-			rc = release_locked(a, sp);
+			if (a->worker_running)
+				retire(a, sp);
+			else
+				rc = release_locked(a, sp);
 			break;
 		}
 		pthread_cond_wait(&a->done, &a->lock);
@@ -875,6 +967,8 @@ int kv_alloc_trim(kv_alloc_t *a, size_t bytes, size_t *freed)
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&a->lock);
+	/* released spans' pages first join the pool, to be given back too */
+	kv_spans_reap(a);
 	rc = kv_pool_shrink(a, a->clean.n + a->dirty.n > want ?
 			       a->clean.n + a->dirty.n - (uint32_t)want : 0,
 			    &pool_freed);
@@ -890,6 +984,16 @@ int kv_alloc_trim(kv_alloc_t *a, size_t bytes, size_t *freed)
 /* Release every span, at shutdown. Lock not held. */
 void kv_spans_fini(kv_alloc_t *a)
 {
+	pthread_mutex_lock(&a->lock);
+	kv_spans_reap(a);
+	while (a->dying) {
+		/* the driver refused: drop the bookkeeping anyway */
+		struct kv_span *sp = a->dying;
+
+		a->dying = sp->next;
+		span_free(sp);
+	}
+	pthread_mutex_unlock(&a->lock);
 	while (a->nspans) {
 		CUdeviceptr base = a->spans[a->nspans - 1]->base;
 

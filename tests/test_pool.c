@@ -118,6 +118,36 @@ START_TEST(test_worker_refills)
 }
 END_TEST
 
+/* With a worker, releasing a span costs the caller no unmap: the worker
+ * unmaps its pages into the pool afterwards. */
+START_TEST(test_release_off_the_path)
+{
+	struct timespec ts = { 0, 5 * 1000 * 1000 };
+	struct kvshim_stats s;
+	int i;
+
+	make(0, 64 * PG, 1);
+	ck_assert_int_eq(kv_alloc_map(a, base, 20 * PG), 0);
+	kv_dev_reset_counts();
+	ck_assert_int_eq(kv_alloc_release(a, base), 0);
+	/* gone for the caller at once; the unmapping is the worker's */
+	ck_assert_uint_eq(kt_stats(a).reserved_bytes, 0);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, PG), KVSHIM_ERANGE);
+	for (i = 0; i < 400 && kt_stats(a).pooled_bytes < 20 * PG; i++)
+		nanosleep(&ts, NULL);
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.mapped_bytes, 0);
+	ck_assert_uint_eq(s.pooled_bytes, 20 * PG);
+	ck_assert_uint_eq(kv_dev_calls("cuMemUnmap"), 1);      /* one run */
+	ck_assert_uint_eq(kv_dev_calls("cuMemAddressFree"), 1);
+	/* and a release still pending at destroy is finished there */
+	ck_assert_int_eq(kv_alloc_reserve(a, 8 * PG, &base), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 8 * PG), 0);
+	ck_assert_int_eq(kv_alloc_release(a, base), 0);
+}
+END_TEST
+
 START_TEST(test_bad_watermarks)
 {
 	struct kv_alloc_opts o;
@@ -158,6 +188,7 @@ Suite *pool_suite(void)
 	tcase_add_test(tc, test_shrink_above_high);
 	tcase_add_test(tc, test_empty_pool_creates);
 	tcase_add_test(tc, test_worker_refills);
+	kt_add_emu(tc, test_release_off_the_path);
 	suite_add_tcase(s, tc);
 	tcase_add_test(bad, test_bad_watermarks);
 	tcase_add_test(bad, test_bad_device);
