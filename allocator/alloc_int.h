@@ -122,7 +122,24 @@ int kv_pool_scrub(kv_alloc_t *a);
 int kv_pool_shrink(kv_alloc_t *a, uint32_t keep, uint32_t *freed);
 int kv_pool_release_busy(kv_alloc_t *a, uint32_t *slots, uint32_t n);
 
-/* ---- spans (span.c) ---- */
+/* ---- spans (span.c), lock held ---- */
+struct kv_span *kv_span_find(const kv_alloc_t *a, CUdeviceptr addr);
+/* The span holding all of [addr, addr + len), and its pages in *p0, *p1. */
+struct kv_span *kv_span_find_range(const kv_alloc_t *a, CUdeviceptr addr,
+				   size_t len, uint32_t *p0, uint32_t *p1);
+int kv_span_any_busy(const kv_alloc_t *a, const struct kv_span *sp,
+		     uint32_t p0, uint32_t p1);
+/* One more claim on mapped page p; a cached page leaves the cache. */
+void kv_span_claim(kv_alloc_t *a, struct kv_span *sp, uint32_t p);
+/* qsort_r order of slots by span and page. */
+int kv_span_cmp_place(const void *x, const void *y, void *arg);
+
+static inline CUdeviceptr kv_span_va(const kv_alloc_t *a,
+				     const struct kv_span *sp, uint32_t p)
+{
+	return sp->base + (CUdeviceptr)p * a->page;
+}
+
 uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 			     int *rc);
 void kv_span_settle(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
