@@ -179,23 +179,13 @@ static void case_meminfo(void)
 	EXPECT(cudaFree(kvp) == cudaSuccess);
 }
 
-/* The driver road: cuMemAlloc found through the runtime's entry-point
- * look-up, inside a window. */
-static void case_entry_point(void)
+/* Allocate through driver functions found at run time, inside a window:
+ * the allocation must be a lazy span, and freeing it must release it. */
+static void window_alloc(CUresult (*alloc)(CUdeviceptr *, size_t),
+			 CUresult (*fr)(CUdeviceptr))
 {
-	CUresult (*alloc)(CUdeviceptr *, size_t) = NULL;
-	CUresult (*fr)(CUdeviceptr) = NULL;
-	enum cudaDriverEntryPointQueryResult q;
 	CUdeviceptr d = 0;
 
-	EXPECT(cudaFree(0) == cudaSuccess);
-	EXPECT(cudaGetDriverEntryPointByVersion("cuMemAlloc", (void **)&alloc,
-						13000, cudaEnableDefault, &q) == cudaSuccess);
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-	EXPECT(cudaGetDriverEntryPoint("cuMemFree", (void **)&fr,
-				       cudaEnableDefault, &q) == cudaSuccess);
-#pragma GCC diagnostic pop
 	EXPECT(alloc && fr);
 	if (!alloc || !fr)
 		return;
@@ -206,6 +196,25 @@ static void case_entry_point(void)
 	EXPECT(kv_dev_fill(d, 4096, 1) == CUDA_ERROR_ILLEGAL_ADDRESS);
 	EXPECT(fr(d) == CUDA_SUCCESS);
 	EXPECT(stats().reserved_bytes == 0);
+}
+
+/* The driver road: cuMemAlloc found through the runtime's entry-point
+ * look-up, inside a window. */
+static void case_entry_point(void)
+{
+	CUresult (*alloc)(CUdeviceptr *, size_t) = NULL;
+	CUresult (*fr)(CUdeviceptr) = NULL;
+	enum cudaDriverEntryPointQueryResult q;
+
+	EXPECT(cudaFree(0) == cudaSuccess);
+	EXPECT(cudaGetDriverEntryPointByVersion("cuMemAlloc", (void **)&alloc,
+						13000, cudaEnableDefault, &q) == cudaSuccess);
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+	EXPECT(cudaGetDriverEntryPoint("cuMemFree", (void **)&fr,
+				       cudaEnableDefault, &q) == cudaSuccess);
+#pragma GCC diagnostic pop
+	window_alloc(alloc, fr);
 }
 
 /* The dlsym road, as a program with the runtime linked statically takes
@@ -219,7 +228,6 @@ static void case_dlsym_road(void)
 	CUresult (*fr)(CUdeviceptr) = NULL;
 	CUdriverProcAddressQueryResult q;
 	void *h = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
-	CUdeviceptr d = 0;
 
 	EXPECT(h != NULL);
 	*(void **)&gpa = dlsym(h, "cuGetProcAddress_v2");
@@ -228,15 +236,7 @@ static void case_dlsym_road(void)
 		return;
 	EXPECT(gpa("cuMemAlloc", (void **)&alloc, 13000, 0, &q) == CUDA_SUCCESS);
 	*(void **)&fr = dlsym(h, "cuMemFree_v2");
-	EXPECT(alloc && fr);
-	if (!alloc || !fr)
-		return;
-	EXPECT(kv.begin() == 0);
-	EXPECT(alloc(&d, 32 * MB) == CUDA_SUCCESS);
-	EXPECT(kv.end() == 0);
-	EXPECT(stats().reserved_bytes == 32 * MB);
-	EXPECT(fr(d) == CUDA_SUCCESS);
-	EXPECT(stats().reserved_bytes == 0);
+	window_alloc(alloc, fr);
 }
 
 /* Threads allocating in and out of a window at once. */
