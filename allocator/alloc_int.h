@@ -51,6 +51,8 @@ struct kv_phys {
 	uint32_t prev, next;    /* links in the list of its state */
 	uint8_t state;
 	uint8_t fresh;          /* backed by the map in progress */
+	uint8_t failed;         /* driver work on it failed: see
+				 * kv_slots_failed_last */
 };
 
 struct kv_span {
@@ -111,6 +113,11 @@ void kv_list_init(struct kv_list *l);
 void kv_list_push(kv_alloc_t *a, struct kv_list *l, uint32_t s);
 void kv_list_remove(kv_alloc_t *a, struct kv_list *l, uint32_t s);
 uint32_t kv_list_pop(kv_alloc_t *a, struct kv_list *l);
+
+/* Move the slots marked failed to the end of slots[0..n), keeping both
+ * groups in order, and clear the marks. The caller owns the slots (BUSY).
+ * Returns how many were not marked. */
+uint32_t kv_slots_failed_last(kv_alloc_t *a, uint32_t *slots, uint32_t n);
 
 /* ---- physical pages (pool.c); called with the lock held unless said ---- */
 int kv_pool_init(kv_alloc_t *a);

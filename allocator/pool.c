@@ -78,6 +78,24 @@ static uint32_t run_len(const uint32_t *slots, uint32_t i, uint32_t n)
 	return j - i;
 }
 
+uint32_t kv_slots_failed_last(kv_alloc_t *a, uint32_t *slots, uint32_t n)
+{
+	uint32_t i, j, good = 0, s;
+
+	/* stable, in place: only ever run after a driver failure */
+	for (i = 0; i < n; i++) {
+		if (a->phys[slots[i]].failed)
+			continue;
+		s = slots[i];
+		for (j = i; j > good; j--)
+			slots[j] = slots[j - 1];
+		slots[good++] = s;
+	}
+	for (i = 0; i < n; i++)
+		a->phys[slots[i]].failed = 0;
+	return good;
+}
+
 static CUdeviceptr arena_va(const kv_alloc_t *a, uint32_t s)
 {
 	return a->arena + (CUdeviceptr)s * a->page;
@@ -96,8 +114,8 @@ static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 			     int *rc)
 {
 	uint64_t t0 = kv_prim_now_ns();
-	uint32_t i, k, len, ok = 0;
-	int err = 0;
+	uint32_t i, k, len, ok;
+	int err = 0, e;
 
 	for (k = 0; k < n; k++) {
 		err = kv_prim_create(&a->prim, &a->phys[slots[k]].h);
@@ -105,14 +123,11 @@ static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 			break;
 	}
 	qsort(slots, k, sizeof(*slots), cmp_slot);
-	if (!a->o.zero) {
-		ok = k;
-		goto out;
-	}
-	for (i = 0; i < k; i += len) {
+	ok = k;
+	for (i = 0; a->o.zero && i < k; i += len) {
 		uint32_t j, mapped;
-		int e = 0;
 
+		e = 0;
 		len = run_len(slots, i, k);
 		for (mapped = 0; mapped < len; mapped++) {
 			e = kv_prim_map(&a->prim, arena_va(a, slots[i + mapped]),
@@ -123,22 +138,23 @@ static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 		if (!e)
 			e = kv_prim_access(&a->prim, arena_va(a, slots[i]),
 					   (size_t)len * a->page);
-		if (!e) {
-			/* keep the good runs packed at the front */
-			memmove(slots + ok, slots + i, len * sizeof(*slots));
-			ok += len;
+		if (!e)
 			continue;
-		}
 		if (!err)
 			err = e;
 		if (mapped)
 			kv_prim_unmap(&a->prim, arena_va(a, slots[i]),
 				      (size_t)mapped * a->page);
-		for (j = 0; j < len; j++)
+		for (j = 0; j < len; j++) {
 			kv_prim_release(&a->prim, a->phys[slots[i + j]].h);
+			a->phys[slots[i + j]].failed = 1;
+		}
+		ok -= len;
 	}
-out:
-	/* slots past ok: either never created or released above */
+	/* the pages made ready first; after them the failed ones, then those
+	 * never created */
+	if (ok < k)
+		kv_slots_failed_last(a, slots, k);
 	KV_COUNT(a, pages_created, ok);
 	KV_COUNT(a, create_ns, kv_prim_now_ns() - t0);
 	*rc = err;
@@ -353,11 +369,12 @@ int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots)
 		got += k;
 		free(tmp);
 		if (got < n) {
-			/* pages on their way back (being released or scrubbed)
-			 * still count against the budgets: wait for them */
-			rc = oom ? KVSHIM_ENOMEM :
+			/* pages on their way back (a released span's, being
+			 * scrubbed) still count against the device and the
+			 * budgets: wait for them before saying no */
+			rc = a->outbound || a->scrubbing ? KV_RETRY :
+			     oom ? KVSHIM_ENOMEM :
 			     a->share_said == KV_SHARE_WAIT ? KV_RETRY_SHARE :
-			     a->share && (a->outbound || a->scrubbing) ? KV_RETRY :
 			     KVSHIM_ELIMIT;
 			goto fail;
 		}

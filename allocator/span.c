@@ -397,13 +397,18 @@ uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 		e = kv_prim_unmap(&a->prim, kv_span_va(a, p->span, p->vpage),
 				  (size_t)len * a->page);
 		if (e) {
+			uint32_t j;
+
 			if (!*rc)
 				*rc = e;
+			for (j = 0; j < len; j++)
+				a->phys[slots[i + j]].failed = 1;
 			continue;
 		}
-		memmove(slots + done, slots + i, len * sizeof(*slots));
 		done += len;
 	}
+	if (done < n)
+		kv_slots_failed_last(a, slots, n);
 	KV_COUNT(a, pages_unmapped, done);
 	KV_COUNT(a, unmap_ns, kv_prim_now_ns() - t0);
 	return done;

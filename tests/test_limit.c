@@ -218,6 +218,90 @@ START_TEST(test_trim_unmap_fails)
 }
 END_TEST
 
+/* Unmapping three runs with the second failing: the other two go, the
+ * failed one stays cached, and nothing is lost or counted twice. */
+START_TEST(test_unmap_run_fails_between_good_ones)
+{
+	size_t freed = 0;
+
+	make(16 * PG);
+	ck_assert_int_eq(kv_alloc_map(a, base, 6 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 2 * PG, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 4 * PG, PG), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 2, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_trim(a, 3 * PG, &freed), KVSHIM_EDRIVER);
+	ck_assert_uint_eq(freed, 2 * PG);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 4 * PG);
+	ck_assert_int_eq(kv_alloc_claims(a, base + 2 * PG), 0);
+	ck_assert_int_eq(kv_alloc_release(a, base), 0);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 0);
+}
+END_TEST
+
+/* Creating pages with the scrub arena's mapping failing in the middle:
+ * the pages made stay usable, the failed one is neither lost nor reused
+ * twice. */
+START_TEST(test_create_run_fails_between_good_ones)
+{
+	struct kvshim_stats s;
+	size_t freed = 0;
+
+	make(8 * PG);
+	ck_assert_int_eq(kv_alloc_map(a, base, 6 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, 2 * PG), 0);
+	ck_assert_int_eq(kv_alloc_trim(a, 2 * PG, &freed), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemMap", 2, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 10 * PG, 4 * PG), KVSHIM_EDRIVER);
+	ck_assert_int_eq(kv_alloc_map(a, base + 10 * PG, 4 * PG), 0);
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.physical_bytes, 8 * PG);
+	ck_assert_uint_eq(s.mapped_bytes, 8 * PG);
+	ck_assert_int_eq(kv_alloc_map(a, base + 20 * PG, PG), KVSHIM_ELIMIT);
+}
+END_TEST
+
+/* A span released while the device is full: a map waits for its pages to
+ * come back instead of failing. */
+START_TEST(test_map_waits_for_released_pages)
+{
+	struct kv_alloc_opts o;
+	struct kvemu_usage u;
+	CUdeviceptr filler = 0;
+	CUresult (*alloc)(CUdeviceptr *, size_t);
+	CUresult (*fr)(CUdeviceptr);
+	int i;
+
+	*(void **)&alloc = kv_dev_sym("cuMemAlloc_v2");
+	*(void **)&fr = kv_dev_sym("cuMemFree_v2");
+	kt_opts(&o);
+	o.worker = 1;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &base), 0);
+	kv_dev_usage(&u);
+	/* leave 16 pages of the device free */
+	{
+		size_t free_b = kt_stats(a).limit_bytes - u.physical_bytes - 16 * PG;
+
+		ck_assert_int_eq(alloc(&filler, free_b), CUDA_SUCCESS);
+	}
+	for (i = 0; i < 20; i++) {
+		CUdeviceptr next;
+
+		ck_assert_int_eq(kv_alloc_map(a, base, 16 * PG), 0);
+		ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &next), 0);
+		ck_assert_int_eq(kv_alloc_release(a, base), 0);
+		/* the worker may not have unmapped them yet */
+		ck_assert_int_eq(kv_alloc_map(a, next, 16 * PG), 0);
+		ck_assert_int_eq(kv_alloc_release(a, next), 0);
+		ck_assert_int_eq(kv_alloc_trim(a, SIZE_MAX, NULL), 0);
+		ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &base), 0);
+	}
+	ck_assert_int_eq(fr(filler), CUDA_SUCCESS);
+}
+END_TEST
+
 Suite *limit_suite(void)
 {
 	Suite *s = suite_create("limit");
@@ -236,6 +320,9 @@ Suite *limit_suite(void)
 	kt_add_emu(drv, test_driver_fails_creating);
 	kt_add_emu(drv, test_driver_fails_mapping);
 	kt_add_emu(drv, test_trim_unmap_fails);
+	kt_add_emu(drv, test_unmap_run_fails_between_good_ones);
+	kt_add_emu(drv, test_create_run_fails_between_good_ones);
+	kt_add_emu(drv, test_map_waits_for_released_pages);
 	suite_add_tcase(s, drv);
 	return s;
 }
