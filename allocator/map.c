@@ -294,14 +294,29 @@ int kv_alloc_cost_many(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		return KVSHIM_ENOMEM;
 	pthread_mutex_lock(&a->lock);
 	rc = resolve(a, runs, n, pl);
+	/*
+	 * New pages, and cached ones of the ranges too: the map would claim
+	 * them out of the cache, which kv_alloc_headroom counts as room. Each
+	 * page once (KV_PEND marks new ones, fresh the cached ones).
+	 */
 	for (i = 0; i < n && !rc; i++) {
 		for (p = pl[i].p0; p <= pl[i].p1; p++) {
-			if (pl[i].sp->slot[p] == KV_NIL) {
-				pl[i].sp->slot[p] = KV_PEND;
+			uint32_t *s = &pl[i].sp->slot[p];
+
+			if (*s == KV_NIL) {
+				*s = KV_PEND;
+				need++;
+			} else if (*s != KV_PEND && a->phys[*s].state == KV_P_CACHED &&
+				   !a->phys[*s].fresh) {
+				a->phys[*s].fresh = 1;
 				need++;
 			}
 		}
 	}
+	for (i = 0; i < n && !rc; i++)
+		for (p = pl[i].p0; p <= pl[i].p1; p++)
+			if (pl[i].sp->slot[p] < KV_PEND)
+				a->phys[pl[i].sp->slot[p]].fresh = 0;
 	if (!rc)
 		clear_pending(pl, n);
 	pthread_mutex_unlock(&a->lock);
@@ -396,7 +411,7 @@ int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 
 int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 {
-	size_t free_b = 0, total = 0, grow;
+	size_t free_b = 0, total = 0, grow, budget, others;
 	int rc;
 
 	if (!a || !bytes)
@@ -406,6 +421,20 @@ int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 		rc = kv_prim_meminfo(&a->prim, &free_b, &total);
 	if (rc)
 		return rc;
+	if (kv_alloc_shared(a, &budget, &others)) {
+		/* what the shared budget and this process's ceiling leave */
+		size_t own = 0, left;
+
+		pthread_mutex_lock(&a->lock);
+		own = (size_t)a->held * a->page;
+		pthread_mutex_unlock(&a->lock);
+		left = budget > others + own ? budget - others - own : 0;
+		if (a->o.max)
+			left = left < (a->o.max > own ? a->o.max - own : 0) ?
+			       left : (a->o.max > own ? a->o.max - own : 0);
+		if (free_b > left)
+			free_b = left;
+	}
 	pthread_mutex_lock(&a->lock);
 	grow = (size_t)(a->max_pages - a->held) * a->page;
 	if (grow > free_b)
