@@ -15,6 +15,7 @@
  * up on duties whose signal it could have missed. */
 #define KV_WORKER_PERIOD_MS 100
 #define KV_SHARE_PERIOD_MS 5
+#define KV_SHARE_QUIET_NS (500ull * 1000 * 1000)
 
 void kv_alloc_opts_default(struct kv_alloc_opts *o)
 {
@@ -47,6 +48,8 @@ static int share_duties(kv_alloc_t *a)
 			      a->reserved);
 	if (!req)
 		return 0;
+	/* what is given back must not come straight back into the pool */
+	a->share_quiet_until = kv_prim_now_ns() + KV_SHARE_QUIET_NS;
 	want = (uint32_t)((req + a->page - 1) / a->page);
 	rc = kv_pool_shrink(a, a->clean.n + a->dirty.n > want ?
 			       a->clean.n + a->dirty.n - want : 0, &f1);
@@ -63,10 +66,8 @@ static int duties(kv_alloc_t *a)
 	uint32_t high = (uint32_t)(a->o.pool_high / a->page), freed;
 	int rc, first = 0;
 
-	if (a->share) {
+	if (a->share)
 		first = share_duties(a);
-		/* the pool refills only while others need nothing back */
-	}
 
 	rc = kv_spans_reap(a);
 	if (!first)
@@ -74,9 +75,12 @@ static int duties(kv_alloc_t *a)
 	rc = kv_pool_scrub(a);
 	if (!first)
 		first = rc;
-	rc = kv_pool_refill(a);
-	if (!first)
-		first = rc;
+	/* the pool refills only while others have asked for nothing lately */
+	if (!a->share || kv_prim_now_ns() >= a->share_quiet_until) {
+		rc = kv_pool_refill(a);
+		if (!first)
+			first = rc;
+	}
 	if (a->clean.n + a->dirty.n > high) {
 		rc = kv_pool_shrink(a, high, &freed);
 		if (!first)

@@ -97,6 +97,7 @@ struct kv_alloc_s {
 
 	kv_share_t *share;      /* the GPU's shared budget, or NULL */
 	int share_said;         /* the last refusal of the shared budget */
+	uint64_t share_quiet_until; /* no pool refill before this (ns) */
 
 	pthread_t worker;
 	int worker_running;

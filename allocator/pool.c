@@ -227,15 +227,18 @@ static void set_state(kv_alloc_t *a, uint32_t s, enum kv_pstate st)
 
 /* Take up to n EMPTY slots, mark them BUSY and count them held. With a
  * shared budget, as many as it grants (halving the ask until it does);
- * its last refusal is left in a->share_said. */
-static uint32_t claim_empty(kv_alloc_t *a, uint32_t n, uint32_t *slots)
+ * its last refusal is left in a->share_said. spare: pages for the pool,
+ * which must never make other processes trim. */
+static uint32_t claim_empty(kv_alloc_t *a, uint32_t n, uint32_t *slots,
+			    int spare)
 {
 	uint32_t k;
 	int rc;
 
 	a->share_said = 0;
 	while (a->share && n) {
-		rc = kv_share_take(a->share, (uint64_t)n * a->page);
+		rc = spare ? kv_share_take_spare(a->share, (uint64_t)n * a->page)
+			   : kv_share_take(a->share, (uint64_t)n * a->page);
 		if (rc == 0)
 			break;
 		a->share_said = rc;
@@ -347,7 +350,7 @@ int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots)
 		m = n - got;
 		if (m > a->max_pages - a->held)
 			m = a->max_pages - a->held;
-		m = claim_empty(a, m, slots + got);
+		m = claim_empty(a, m, slots + got, 0);
 		k = create_slots(a, slots + got, m, &rc);
 		put_empty(a, slots + got + k, m - k);
 		got += k;
@@ -409,7 +412,7 @@ int kv_pool_refill(kv_alloc_t *a)
 	slots = malloc(n * sizeof(*slots));
 	if (!slots)
 		return KVSHIM_ENOMEM;
-	n = claim_empty(a, n, slots);
+	n = claim_empty(a, n, slots, 1);
 	a->scrubbing += n;
 	pthread_mutex_unlock(&a->lock);
 	k = create_slots(a, slots, n, &rc);

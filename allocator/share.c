@@ -353,7 +353,19 @@ static uint64_t ask(struct kv_share *sh, int me, uint64_t need)
 	return asked;
 }
 
+static int take(kv_share_t *s, uint64_t bytes, int may_ask);
+
 int kv_share_take(kv_share_t *s, uint64_t bytes)
+{
+	return take(s, bytes, 1);
+}
+
+int kv_share_take_spare(kv_share_t *s, uint64_t bytes)
+{
+	return take(s, bytes, 0);
+}
+
+static int take(kv_share_t *s, uint64_t bytes, int may_ask)
 {
 	struct kv_share *sh = s->sh;
 	struct kv_share_slot *me;
@@ -378,7 +390,7 @@ int kv_share_take(kv_share_t *s, uint64_t bytes)
 		me->last_ns = now_ns();
 		rc = 0;
 	} else {
-		rc = ask(sh, s->slot, total + bytes - sh->budget) ?
+		rc = may_ask && ask(sh, s->slot, total + bytes - sh->budget) ?
 		     KV_SHARE_WAIT : KVSHIM_ELIMIT;
 	}
 	pthread_mutex_unlock(&sh->lock);

@@ -81,6 +81,10 @@ const char *kv_share_name(const kv_share_t *s);
 #define KV_SHARE_WAIT 2
 int kv_share_take(kv_share_t *s, uint64_t bytes);
 
+/* kv_share_take for pages not needed yet (refilling the pool): never asks
+ * others to trim; KVSHIM_ELIMIT when the budget is short. */
+int kv_share_take_spare(kv_share_t *s, uint64_t bytes);
+
 /* Give bytes of budget back (pages released). */
 void kv_share_give(kv_share_t *s, uint64_t bytes);
 
