@@ -117,11 +117,13 @@ static void *worker_main(void *arg)
 	kv_alloc_t *a = arg;
 	struct timespec ts;
 
+	pthread_mutex_lock(&a->lock);
 	if (kv_prim_bind(&a->prim)) {
-		kv_error("the pool worker has no CUDA context; the pool is filled on demand");
+		kv_error("the pool worker has no CUDA context: the pool is filled on demand");
+		a->worker_alive = 0;
+		pthread_mutex_unlock(&a->lock);
 		return NULL;
 	}
-	pthread_mutex_lock(&a->lock);
 	while (!a->stop) {
 		duties(a);
 		if (a->stop)
@@ -207,11 +209,14 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 	if (rc && rc != KVSHIM_ENOMEM)
 		goto fail;
 	if (o->worker) {
-		if (pthread_create(&a->worker, NULL, worker_main, a) == 0)
+		a->worker_alive = 1;
+		if (pthread_create(&a->worker, NULL, worker_main, a) == 0) {
 			a->worker_running = 1;
-		else
+		} else {
+			a->worker_alive = 0;
 			kv_warn("cannot start the pool worker (%s); the pool is filled on demand",
 				strerror(errno));
+		}
 	}
 	*out = a;
 	return 0;
@@ -231,6 +236,7 @@ void kv_alloc_destroy(kv_alloc_t *a)
 		pthread_mutex_unlock(&a->lock);
 		pthread_join(a->worker, NULL);
 		a->worker_running = 0;
+		a->worker_alive = 0;    /* releases from here on are done at once */
 	}
 	if (a->prim.ctx) {
 		kv_prim_bind(&a->prim);

@@ -100,7 +100,8 @@ struct kv_alloc_s {
 	uint64_t share_quiet_until; /* no pool refill before this (ns) */
 
 	pthread_t worker;
-	int worker_running;
+	int worker_running;     /* a thread to join */
+	int worker_alive;       /* it does its duties (lock held to read) */
 	int stop;
 };
 

@@ -117,6 +117,18 @@ static void unclaim_present(kv_alloc_t *a, const struct place *pl, size_t n)
  * KV_PEND again, and the slots are back in the pool. Returns 0 or a driver
  * error.
  */
+/* How many of the ranges cover page p of sp. */
+static uint32_t covering(const struct place *pl, size_t n,
+			 const struct kv_span *sp, uint32_t p)
+{
+	uint32_t c = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		c += pl[i].sp == sp && p >= pl[i].p0 && p <= pl[i].p1;
+	return c;
+}
+
 static int install(kv_alloc_t *a, const struct place *pl, size_t n,
 		   uint32_t *slots, uint32_t need)
 {
@@ -160,18 +172,37 @@ static int install(kv_alloc_t *a, const struct place *pl, size_t n,
 				    (size_t)run * a->page);
 	}
 	if (rc) {
+		uint32_t good;
+
 		for (j = 0; j < need; j++) {
 			struct kv_phys *ph = &a->phys[slots[j]];
 
 			if (!ph->fresh)
 				continue;
-			kv_prim_unmap(&a->prim, kv_span_va(a, ph->span, ph->vpage),
-				      a->page);
-			ph->span->slot[ph->vpage] = KV_PEND;
 			ph->fresh = 0;
-			ph->span = NULL;
+			if (kv_prim_unmap(&a->prim, kv_span_va(a, ph->span, ph->vpage),
+					  a->page) == 0) {
+				ph->span->slot[ph->vpage] = KV_PEND;
+				ph->span = NULL;
+				continue;
+			}
+			/* still mapped in the span: it stays there, as a page
+			 * the ranges claimed and unclaim_present releases to
+			 * the cache (a later trim unmaps it), made accessible
+			 * like every cached page */
+			if (kv_prim_access(&a->prim, kv_span_va(a, ph->span, ph->vpage),
+					   a->page))
+				kv_error("page at 0x%llx left mapped without access",
+					 (unsigned long long)kv_span_va(a, ph->span,
+									ph->vpage));
+			ph->failed = 1;
+			ph->state = KV_P_MAPPED;
+			ph->span->claims[ph->vpage] = covering(pl, n, ph->span, ph->vpage);
+			ph->span->mapped++;
+			a->mapped++;
 		}
-		kv_pool_put(a, slots, need, 0);
+		good = kv_slots_failed_last(a, slots, need);
+		kv_pool_put(a, slots, good, 0);
 		return rc;
 	}
 	for (k = 0; k < need; k++) {

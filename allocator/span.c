@@ -303,7 +303,7 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 			break;
 		}
 		if (!sp->busy) {
-			if (a->worker_running)
+			if (a->worker_alive)
 				retire(a, sp);
 			else
 				rc = release_locked(a, sp);

@@ -262,6 +262,37 @@ START_TEST(test_create_run_fails_between_good_ones)
 }
 END_TEST
 
+/* A map whose access call fails, and whose undo cannot unmap one page:
+ * that page stays in the span as cache, the rest go back to the pool, and
+ * everything still adds up. */
+START_TEST(test_undo_unmap_fails)
+{
+	struct kv_alloc_opts o;
+	struct kvshim_stats s;
+	unsigned long long bad = 1;
+
+	kt_opts(&o);
+	o.pool_low = o.pool_high = 8 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &base), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemSetAccess", 1, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 2, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), KVSHIM_EDRIVER);
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.mapped_bytes, PG);
+	ck_assert_uint_eq(s.cached_bytes, PG);
+	ck_assert_uint_eq(s.physical_bytes, 8 * PG);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base + PG), 0);
+	/* and the same map then works, the cached page claimed back */
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), 0);
+	ck_assert_int_eq(kv_dev_fill(base, 3 * PG, 3), CUDA_SUCCESS);
+	ck_assert_int_eq(kv_dev_check(base, 3 * PG, 3, &bad), CUDA_SUCCESS);
+	ck_assert_uint_eq(bad, 0);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 3 * PG);
+}
+END_TEST
+
 /* A span released while the device is full: a map waits for its pages to
  * come back instead of failing. */
 START_TEST(test_map_waits_for_released_pages)
@@ -323,6 +354,7 @@ Suite *limit_suite(void)
 	kt_add_emu(drv, test_unmap_run_fails_between_good_ones);
 	kt_add_emu(drv, test_create_run_fails_between_good_ones);
 	kt_add_emu(drv, test_map_waits_for_released_pages);
+	kt_add_emu(drv, test_undo_unmap_fails);
 	suite_add_tcase(s, drv);
 	return s;
 }
