@@ -210,6 +210,31 @@ class AdapterTest(unittest.TestCase):
         self.assertIsInstance(c._block_manager._uninit_block_ids, collections.deque)
         self.assertNotIsInstance(c._block_manager._uninit_block_ids, blocks.TrackedFreeList)
 
+    def test_kvshim_not_running_leaves_cache(self):
+        c = StandInCache(64, 16, 1, 1024)
+        self.addCleanup(self.release, c)
+        real = kvshim.Group
+
+        def broken(*a, **k):
+            raise kvshim.KvshimError(-7, "kvshim_group_create")
+        kvshim.Group = broken
+        self.addCleanup(setattr, kvshim, "Group", real)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            self.assertIsNone(transformers_cb.attach(c))
+        self.assertIn("cannot manage the KV cache", err.getvalue())
+
+    def test_release_failure_keeps_the_id(self):
+        def refuse(ids):
+            raise kvshim.KvshimError(-2, "kvshim_group_unmap")
+        free = blocks.TrackedFreeList([1, 2], refuse)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            free.append(3)
+            free.extend([4, 5])
+        self.assertEqual(list(free), [1, 2, 3, 4, 5])
+        self.assertIn("not released", err.getvalue())
+
     def test_unexpected_transformers_warns(self):
         mod = types.ModuleType("fake")
         err = io.StringIO()

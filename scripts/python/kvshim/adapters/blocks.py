@@ -8,6 +8,7 @@ adapter for one wires its list to a BlockTracker.
 import collections
 
 import kvshim
+from kvshim.adapters import warn
 
 ELIMIT, ENOMEM, ENOTCLAIMED = -4, -5, -3
 
@@ -68,29 +69,37 @@ class BlockTracker:
 class TrackedFreeList(collections.deque):
     """A deque of free block ids that tells its tracker about every id put
     back into it (append, extend and their left forms); taking ids out is
-    the engine's allocation path, which the adapter wraps to back them."""
+    the engine's allocation path, which the adapter wraps to back them.
+    The id is back in the list first: a failure to release it is logged,
+    never lost."""
 
     def __init__(self, iterable, on_return):
         super().__init__(iterable)
         self._on_return = on_return
 
+    def _returned(self, ids):
+        try:
+            self._on_return(ids)
+        except kvshim.KvshimError as e:
+            warn("blocks %s not released: %s" % (ids[:8], e))
+
     def append(self, x):
-        self._on_return([x])
         super().append(x)
+        self._returned([x])
 
     def appendleft(self, x):
-        self._on_return([x])
         super().appendleft(x)
+        self._returned([x])
 
     def extend(self, xs):
         xs = list(xs)
-        self._on_return(xs)
         super().extend(xs)
+        self._returned(xs)
 
     def extendleft(self, xs):
         xs = list(xs)
-        self._on_return(xs)
         super().extendleft(xs)
+        self._returned(xs)
 
     def put_back_front(self, ids):
         """Return ids that were taken but never backed, in their order,

@@ -65,8 +65,11 @@ def _padding_backed(cache, torch):
             try:
                 kvshim.map(t.data_ptr() + (t.shape[0] - rows) * row, rows * row)
             except kvshim.KvshimError as e:
-                if e.code != ERANGE:    # ERANGE: not a span, nothing to do
-                    raise
+                # ERANGE: not a span (memory PyTorch had cached), nothing
+                # to do; anything else: kvshim cannot run here, and the
+                # tensor is plain memory all the same
+                if e.code != ERANGE:
+                    warn("transformers: padding blocks not backed: %s" % e)
         return t
 
     torch.empty = empty
@@ -90,8 +93,9 @@ def attach(cache):
         if e.code == ERANGE:
             warn("transformers: the KV tensors are not kvshim spans "
                  "(PyTorch's expandable segments, or a reused segment): left as they are")
-            return None
-        raise
+        else:
+            warn("transformers: kvshim cannot manage the KV cache (%s): left as it is" % e)
+        return None
     tracker = BlockTracker(group)
     bm = cache._block_manager
     free = TrackedFreeList(bm._uninit_block_ids, tracker.give)
@@ -136,8 +140,18 @@ def patch_cache_module(mod):
     orig_init = cls.__init__
 
     def __init__(self, *args, **kwargs):
-        with kvshim.window(), _padding_backed(self, torch):
+        try:
+            window = kvshim.window()
+            window.__enter__()
+        except kvshim.KvshimError as e:      # kvshim disabled: run as usual
+            warn("transformers: no KV window (%s): the cache is allocated whole" % e)
             orig_init(self, *args, **kwargs)
+            return
+        try:
+            with _padding_backed(self, torch):
+                orig_init(self, *args, **kwargs)
+        finally:
+            window.__exit__(None, None, None)
         attach(self)
 
     cls.__init__ = __init__
