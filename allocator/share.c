@@ -59,13 +59,32 @@ static uint64_t now_ns(void)
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* This process's pid namespace, 0 if unknown. */
+static uint64_t own_pidns(void)
+{
+	struct stat st;
+
+	return stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
+}
+
+/*
+ * Whether the slot's process still runs. Only a process of our own pid
+ * namespace can be judged (containers may share /dev/shm, not pids), and
+ * one whose start time cannot be read (/proc mounted with hidepid) counts
+ * as alive: a live process's slot must never be taken.
+ */
 static int alive(const struct kv_share_slot *sl)
 {
+	uint64_t ns = own_pidns(), start;
+
 	if (sl->pid <= 0)
 		return 0;
+	if (sl->pidns && ns && sl->pidns != ns)
+		return 1;
 	if (kill(sl->pid, 0) < 0 && errno == ESRCH)
 		return 0;
-	return proc_start(sl->pid) == sl->start;
+	start = proc_start(sl->pid);
+	return start == 0 || start == sl->start;
 }
 
 /* Free the slots of processes that are gone; their pages went with them. */
@@ -275,6 +294,7 @@ int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 		memset(sl, 0, sizeof(*sl));
 		sl->pid = getpid();
 		sl->start = proc_start(getpid());
+		sl->pidns = own_pidns();
 		own_command(sl->cmd, sizeof(sl->cmd));
 		sl->min = min;
 		sl->max = max;

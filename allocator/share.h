@@ -39,6 +39,7 @@ struct kv_share_slot {
 	uint64_t last_ns;        /* CLOCK_REALTIME of its last change */
 	uint64_t trim_request;   /* bytes others ask it to give back */
 	uint64_t trimmed;        /* bytes it gave back on request */
+	uint64_t pidns;          /* its pid namespace (inode), 0 if unknown */
 };
 
 struct kv_share {

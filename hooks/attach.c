@@ -17,8 +17,8 @@
 
 /* The objects whose own calls must keep reaching the real functions. */
 static const char *const skip[] = {
-	"libcuda.so", "libcudart.so", "libnvidia-", "ld-linux", "libc.so",
-	"libkvshim", "linux-vdso", NULL
+	"libcuda.so", "libcudart.so", "libcudart-", "libnvidia-", "ld-linux",
+	"libc.so", "libkvshim", "linux-vdso", NULL
 };
 
 #define KV_GOT_ENTRY(name, ret, args) { #name, (void *)kv_hook_##name, NULL },
@@ -47,7 +47,8 @@ static int patch_dlsym(struct dl_phdr_info *info, size_t size, void *arg)
 	int n;
 
 	base = base ? base + 1 : info->dlpi_name;
-	if (info->dlpi_name[0] && strncmp(base, "libcudart.so", 12))
+	if (info->dlpi_name[0] &&
+	    (strncmp(base, "libcudart", 9) || (base[9] != '.' && base[9] != '-')))
 		return 0;
 	n = kv_got_patch_object(info->dlpi_name, info->dlpi_addr, dl, 1);
 	if (n > 0)

@@ -64,7 +64,9 @@ static int find_cudart(struct dl_phdr_info *info, size_t size, void *arg)
 	const char *base = strrchr(info->dlpi_name, '/');
 
 	base = base ? base + 1 : info->dlpi_name;
-	if (strncmp(base, "libcudart.so", 12) != 0)
+	/* libcudart.so.13, and the renamed copies wheels bundle
+	 * (libcudart-1a2b3c4d.so.13) */
+	if (strncmp(base, "libcudart", 9) != 0 || (base[9] != '.' && base[9] != '-'))
 		return 0;
 	*(const char **)arg = info->dlpi_name;
 	return 1;
@@ -82,11 +84,14 @@ int kv_hooks_runtime(void)
 	if (!runtime_found) {
 		dl_iterate_phdr(find_cudart, &path);
 		h = path ? dlopen(path, RTLD_NOW | RTLD_NOLOAD) : NULL;
+		/* none by name: whatever defines the runtime after us */
+		if (!h && kv_prim_dlsym(RTLD_NEXT, "cudaMalloc"))
+			h = RTLD_NEXT;
 		if (h) {
 			for (i = 0; i < NRUNTIME; i++)
 				*runtime_entries[i].real =
 					kv_prim_dlsym(h, runtime_entries[i].name);
-			kv_debug("runtime functions from %s", path);
+			kv_debug("runtime functions from %s", path ? path : "the next object");
 			kv_hooks_attach(0);     /* its dlsym, before it starts */
 			/* the handle stays open: the runtime must not go away */
 			__atomic_store_n(&runtime_found, 1, __ATOMIC_RELEASE);

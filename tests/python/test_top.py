@@ -59,9 +59,10 @@ class TopTest(unittest.TestCase):
         self.assertIn(" %d " % os.getpid(), r.stdout)
 
     def test_corrupted_segment_refused(self):
+        good = json.loads(top("--json", "--pool", POOL).stdout)["segments"][0]["path"]
         path = "/dev/shm/kvshim-GPU-bad-%s" % POOL
         with open(path, "wb") as f:
-            f.write(b"\xff" * 10448)
+            f.write(b"\xff" * os.path.getsize(good))
         self.addCleanup(os.unlink, path)
         r = top("--json", "--pool", POOL)
         self.assertEqual(r.returncode, 0, r.stderr)
