@@ -7,6 +7,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -135,6 +136,99 @@ START_TEST(test_threads_at_limit)
 }
 END_TEST
 
+/* ---- a randomized stress of everything at once ---- */
+
+struct chaos {
+	unsigned seed;
+	int errors;
+};
+
+/* Each thread owns its spans: it reserves, maps blocks (keeping a shadow
+ * of what it claimed), checks bytes, unmaps, trims and releases at random,
+ * while the worker scrubs, refills, caps the cache and reaps releases. */
+static void *chaos_run(void *arg)
+{
+	struct chaos *c = arg;
+	CUdeviceptr span[3] = { 0 };
+	unsigned char held[3][32];
+	int r, k, b, rc;
+
+	memset(held, 0, sizeof(held));
+	for (r = 0; r < 400; r++) {
+		k = rand_r(&c->seed) % 3;
+		if (!span[k]) {
+			if (kv_alloc_reserve(a, 8 * PG, &span[k]))
+				c->errors++;
+			memset(held[k], 0, sizeof(held[k]));
+			continue;
+		}
+		b = rand_r(&c->seed) % 32;
+		switch (rand_r(&c->seed) % 8) {
+		case 0:         /* release the span, claims and all */
+			if (kv_alloc_release(a, span[k]))
+				c->errors++;
+			span[k] = 0;
+			break;
+		case 1:
+			kv_alloc_trim(a, (size_t)(rand_r(&c->seed) % 8) * PG, NULL);
+			break;
+		default:
+			if (!held[k][b]) {
+				rc = kv_alloc_map(a, span[k] + (CUdeviceptr)b * BLOCK, BLOCK);
+				if (rc == 0 && kv_dev_fill(span[k] + (CUdeviceptr)b * BLOCK,
+							   BLOCK, b) == CUDA_SUCCESS)
+					held[k][b] = 1;
+				else if (rc != KVSHIM_ELIMIT)
+					c->errors++;
+			} else {
+				unsigned long long bad = 1;
+
+				if (kv_dev_check(span[k] + (CUdeviceptr)b * BLOCK, BLOCK, b,
+						 &bad) != CUDA_SUCCESS || bad)
+					c->errors++;
+				if (kv_alloc_unmap(a, span[k] + (CUdeviceptr)b * BLOCK, BLOCK))
+					c->errors++;
+				held[k][b] = 0;
+			}
+		}
+	}
+	for (k = 0; k < 3; k++)
+		if (span[k] && kv_alloc_release(a, span[k]))
+			c->errors++;
+	return NULL;
+}
+
+START_TEST(test_threads_chaos)
+{
+	struct kv_alloc_opts o;
+	struct chaos c[NTHREADS];
+	pthread_t t[NTHREADS];
+	unsigned seed = (unsigned)time(NULL);
+	int i;
+
+	printf("chaos: seed %u\n", seed);
+	kt_opts(&o);
+	o.worker = 1;
+	o.pool_low = 2 * PG;
+	o.pool_high = 8 * PG;
+	o.cache_max = 4 * PG;
+	o.limit = 48 * PG;
+	a = kt_create(&o);
+	for (i = 0; i < NTHREADS; i++) {
+		c[i] = (struct chaos){ .seed = seed + 7 * i };
+		ck_assert_int_eq(pthread_create(&t[i], NULL, chaos_run, &c[i]), 0);
+	}
+	for (i = 0; i < NTHREADS; i++) {
+		pthread_join(t[i], NULL);
+		ck_assert_msg(c[i].errors == 0, "thread %d: %d errors (seed %u)", i,
+			      c[i].errors, seed);
+	}
+	ck_assert_uint_eq(kt_stats(a).reserved_bytes, 0);
+	ck_assert_uint_le(kt_stats(a).peak_physical_bytes, 48 * PG);
+	kt_destroy(a);
+}
+END_TEST
+
 Suite *threads_suite(void)
 {
 	Suite *s = suite_create("threads");
@@ -144,6 +238,7 @@ Suite *threads_suite(void)
 	tcase_add_test(tc, test_threads_share_pages);
 	tcase_add_test(tc, test_threads_with_trim);
 	tcase_add_test(tc, test_threads_at_limit);
+	tcase_add_test(tc, test_threads_chaos);
 	suite_add_tcase(s, tc);
 	return s;
 }
