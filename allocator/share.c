@@ -328,11 +328,6 @@ void kv_share_close(kv_share_t *s)
 	free(s);
 }
 
-const char *kv_share_name(const kv_share_t *s)
-{
-	return s->name;
-}
-
 static uint64_t total_held(const struct kv_share *sh)
 {
 	uint64_t t = 0;

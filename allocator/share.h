@@ -70,9 +70,6 @@ int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 		  unsigned mode, kv_share_t **out);
 void kv_share_close(kv_share_t *s);
 
-/* The segment's name in /dev/shm, for tools and tests. */
-const char *kv_share_name(const kv_share_t *s);
-
 /*
  * Take bytes of budget for new pages. Returns 0; KVSHIM_ELIMIT when this
  * process's ceiling forbids it; or KV_SHARE_WAIT when others hold the

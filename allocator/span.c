@@ -151,52 +151,6 @@ fail:
 }
 
 /*
- * Unmap all of sp's pages into the pool and free its range, lock held.
- * Returns 0, or a driver error with the pages that failed to unmap still in
- * the span (a later release tries them again).
- */
-static int release_locked(kv_alloc_t *a, struct kv_span *sp)
-{
-	uint32_t p, n = 0, done, *slots = NULL;
-	size_t i;
-	int rc = 0;
-
-	if (sp->mapped) {
-		slots = malloc(sp->mapped * sizeof(*slots));
-		if (!slots)
-			return KVSHIM_ENOMEM;
-	}
-	for (p = 0; p < sp->npages; p++) {
-		uint32_t s = sp->slot[p];
-
-		if (s == KV_NIL)
-			continue;
-		if (a->phys[s].state == KV_P_CACHED)
-			kv_list_remove(a, &a->cache, s);
-		a->phys[s].state = KV_P_BUSY;
-		sp->busy++;
-		slots[n++] = s;
-	}
-	done = kv_span_unmap_slots(a, slots, n, &rc);
-	kv_span_settle(a, slots, n, done);
-	kv_pool_put(a, slots, done, 1);
-	free(slots);
-	if (rc)
-		return rc;
-
-	rc = kv_prim_unreserve(&a->prim, sp->base, sp->size);
-	/* the pages are gone either way; a range the driver would not free
-	 * is lost address space, not memory */
-	i = upper(a, sp->base) - 1;
-	memmove(a->spans + i, a->spans + i + 1,
-		(a->nspans - i - 1) * sizeof(*a->spans));
-	a->nspans--;
-	a->reserved -= sp->size;
-	span_free(sp);
-	return rc;
-}
-
-/*
  * Take sp out of sight at once and leave the unmapping of its pages (20 to
  * 40 us a page, however batched) to the worker: a cudaFree of a KV cache
  * must not stall the engine for its whole size. The pages count as in
@@ -303,10 +257,10 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 			break;
 		}
 		if (!sp->busy) {
-			if (a->worker_alive)
-				retire(a, sp);
-			else
-				rc = release_locked(a, sp);
+			retire(a, sp);
+			/* without a worker, the caller does the unmapping */
+			if (!a->worker_alive)
+				rc = kv_spans_reap(a);
 			break;
 		}
 		pthread_cond_wait(&a->done, &a->lock);
@@ -523,6 +477,8 @@ int kv_alloc_trim(kv_alloc_t *a, size_t bytes, size_t *freed)
 void kv_spans_fini(kv_alloc_t *a)
 {
 	pthread_mutex_lock(&a->lock);
+	while (a->nspans)
+		retire(a, a->spans[a->nspans - 1]);
 	kv_spans_reap(a);
 	while (a->dying) {
 		/* the driver refused: drop the bookkeeping anyway */
@@ -532,18 +488,6 @@ void kv_spans_fini(kv_alloc_t *a)
 		span_free(sp);
 	}
 	pthread_mutex_unlock(&a->lock);
-	while (a->nspans) {
-		CUdeviceptr base = a->spans[a->nspans - 1]->base;
-
-		if (kv_alloc_release(a, base) && a->nspans &&
-		    a->spans[a->nspans - 1]->base == base) {
-			/* the driver refused: drop the bookkeeping anyway */
-			struct kv_span *sp = a->spans[--a->nspans];
-
-			a->reserved -= sp->size;
-			span_free(sp);
-		}
-	}
 	free(a->spans);
 	a->spans = NULL;
 }

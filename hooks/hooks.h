@@ -112,10 +112,6 @@ int kv_hooks_runtime(void);
  * hooked. What entry-point look-ups hand out. */
 void *kv_hooks_wrap(void *fn);
 
-/* The wrapper for a symbol name (the exported name, e.g. "cuMemAlloc_v2"
- * or "cudaMalloc"), or NULL: what GOT patching writes. */
-void *kv_hooks_by_name(const char *name);
-
 /* dlsym as libcudart and others see it once patched: the real lookup,
  * with hooked driver functions swapped for their wrappers. */
 void *kv_hook_dlsym(void *handle, const char *name);

@@ -113,21 +113,6 @@ void *kv_hooks_wrap(void *fn)
 	return fn;
 }
 
-void *kv_hooks_by_name(const char *name)
-{
-	size_t i;
-
-	for (i = 0; i < NDRIVER; i++)
-		if (!strcmp(driver_entries[i].name, name))
-			return driver_entries[i].hook;
-	for (i = 0; i < NRUNTIME; i++)
-		if (!strcmp(runtime_entries[i].name, name))
-			return runtime_entries[i].hook;
-	if (!strcmp(name, "dlsym"))
-		return (void *)kv_hook_dlsym;
-	return NULL;
-}
-
 void *kv_hook_dlsym(void *handle, const char *name)
 {
 	return kv_hooks_wrap(kv_prim_dlsym(handle, name));
