@@ -27,6 +27,9 @@
 	X(cuCtxGetCurrent, CUresult, (CUcontext *))                        \
 	X(cuCtxSetCurrent, CUresult, (CUcontext))                          \
 	X(cuCtxGetDevice, CUresult, (CUdevice *))                          \
+	X(cuCtxPushCurrent_v2, CUresult, (CUcontext))                      \
+	X(cuCtxPopCurrent_v2, CUresult, (CUcontext *))                     \
+	X(cuCtxSynchronize, CUresult, (void))                              \
 	X(cuStreamCreate, CUresult, (CUstream *, unsigned int))            \
 	X(cuStreamDestroy_v2, CUresult, (CUstream))                        \
 	X(cuStreamSynchronize, CUresult, (CUstream))                       \
@@ -307,6 +310,17 @@ int kv_prim_unmap(const kv_prim_t *p, CUdeviceptr va, size_t size)
 {
 	CALL("cuMemUnmap", drv.cuMemUnmap(va, size));
 	return 0;
+}
+
+int kv_prim_fence(const kv_prim_t *p)
+{
+	CUcontext prev;
+	CUresult r;
+
+	CALL("cuCtxPushCurrent", drv.cuCtxPushCurrent_v2(p->ctx));
+	r = drv.cuCtxSynchronize();
+	drv.cuCtxPopCurrent_v2(&prev);
+	return r == CUDA_SUCCESS ? 0 : fail("cuCtxSynchronize", r);
 }
 
 int kv_prim_zero(const kv_prim_t *p, CUdeviceptr va, size_t size)

@@ -78,6 +78,11 @@ int kv_prim_access(const kv_prim_t *p, CUdeviceptr va, size_t size);
 /* Unmap [va, va + size), all of it mapped. Returns 0 or a driver error. */
 int kv_prim_unmap(const kv_prim_t *p, CUdeviceptr va, size_t size);
 
+/* Wait until the work queued on the device's context so far is done. The
+ * driver's unmap does not wait for kernels that may still reach the range:
+ * pages leave a span only after a fence. Returns 0 or a driver error. */
+int kv_prim_fence(const kv_prim_t *p);
+
 /* Write zeros over [va, va + size), mapped and accessible, and wait until
  * it is done. Returns 0 or a driver error. */
 int kv_prim_zero(const kv_prim_t *p, CUdeviceptr va, size_t size);

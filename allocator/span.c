@@ -322,9 +322,9 @@ int kv_span_cmp_place(const void *x, const void *y, void *arg)
 }
 
 /*
- * Unmap the span pages held by BUSY slots[0..n), one driver call per run of
- * consecutive pages of one span. The lock may or may not be held: BUSY
- * slots and their spans stay put either way. Reorders slots so the pages
+ * Unmap the span pages held by BUSY slots[0..n), after a fence, one driver
+ * call per run of consecutive pages of one span. The lock may or may not be
+ * held: BUSY slots and their spans stay put either way. Reorders slots so the pages
  * unmapped come first. Returns how many were unmapped; *rc gets the first
  * driver error, or 0.
  */
@@ -338,6 +338,10 @@ uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 	*rc = 0;
 	if (!n)
 		return 0;
+	/* kernels queued before the engine let go of these pages may still
+	 * read them; a failed fence (a context already broken) is logged and
+	 * the pages leave all the same */
+	kv_prim_fence(&a->prim);
 	qsort_r(slots, n, sizeof(*slots), kv_span_cmp_place, a);
 	for (i = 0; i < n; i += len) {
 		const struct kv_phys *p = &a->phys[slots[i]];

@@ -113,6 +113,36 @@ START_TEST(test_trim_in_runs)
 }
 END_TEST
 
+/* Pages leave a span only after a fence (the driver's unmap does not wait
+ * for queued kernels): one fence a batch, none when nothing leaves, and a
+ * failed fence does not keep pages back. */
+START_TEST(test_fence_before_unmap)
+{
+	size_t freed = 0;
+
+	ck_assert_int_eq(kv_alloc_map(a, base, 4 * PG), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 10 * PG, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, 4 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 10 * PG, PG), 0);
+	kv_dev_reset_counts();
+	ck_assert_int_eq(kv_alloc_map(a, base, PG), 0);  /* cached: no unmap */
+	ck_assert_int_eq(kv_alloc_trim(a, 0, NULL), 0);
+	ck_assert_uint_eq(kv_dev_calls("cuCtxSynchronize"), 0);
+	ck_assert_int_eq(kv_alloc_trim(a, 2 * PG, &freed), 0);
+	ck_assert_uint_eq(freed, 2 * PG);
+	ck_assert_uint_eq(kv_dev_calls("cuCtxSynchronize"), 1);
+	ck_assert_int_eq(kv_dev_fail_nth("cuCtxSynchronize", 1, CUDA_ERROR_LAUNCH_FAILED), 0);
+	ck_assert_int_eq(kv_alloc_trim(a, SIZE_MAX, &freed), 0);
+	ck_assert_uint_eq(freed, 2 * PG);
+	ck_assert_uint_eq(kv_dev_calls("cuCtxSynchronize"), 2);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);
+	/* a released span's pages, reaped at once without a worker */
+	ck_assert_int_eq(kv_alloc_release(a, base), 0);
+	ck_assert_uint_eq(kv_dev_calls("cuCtxSynchronize"), 3);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 0);
+}
+END_TEST
+
 START_TEST(test_cache_cap)
 {
 	struct kvshim_stats s;
@@ -232,6 +262,7 @@ Suite *reclaim_suite(void)
 	tcase_add_test(tc, test_trim_pool_first);
 	tcase_add_test(tc, test_trim_spares_claimed);
 	kt_add_emu(tc, test_trim_in_runs);
+	kt_add_emu(tc, test_fence_before_unmap);
 	tcase_add_test(tc, test_cache_cap);
 	suite_add_tcase(s, tc);
 
