@@ -41,6 +41,9 @@ class FakeTensor:
     def element_size(self):
         return self.elem
 
+    def numel(self):
+        return self.rows * self.row_elems
+
 
 class StandInBlockManager:
     """The block manager's behaviour, written afresh: free ids in a deque
@@ -199,30 +202,42 @@ class AdapterTest(unittest.TestCase):
         bm.free_blocks(ids[42:], shareable=False)
         self.assertEqual(kvshim.stats()["cached_bytes"], 2 * 2 * 2 * MIB)
 
-    def test_not_spans_left_alone(self):
+    def test_not_spans_backed_whole(self):
         c = StandInCache(64, 16, 1, 1024)
         self.addCleanup(self.release, c)
         c.key_cache[0] = FakeTensor(4096, 66 * 16, 1024)      # not a span
         err = io.StringIO()
         with redirect_stderr(err):
             self.assertIsNone(transformers_cb.attach(c))
-        self.assertIn("not kvshim spans", err.getvalue())
+        self.assertIn("not all kvshim spans", err.getvalue())
         self.assertIsInstance(c._block_manager._uninit_block_ids, collections.deque)
         self.assertNotIsInstance(c._block_manager._uninit_block_ids, blocks.TrackedFreeList)
+        # the one span left is backed in full (66 blocks of 32 KiB: 2 pages)
+        self.assertEqual(pages(c), 2)
 
-    def test_kvshim_not_running_leaves_cache(self):
+    def test_kvshim_not_running_backs_whole(self):
         c = StandInCache(64, 16, 1, 1024)
         self.addCleanup(self.release, c)
         real = kvshim.Group
 
         def broken(*a, **k):
-            raise kvshim.KvshimError(-7, "kvshim_group_create")
+            raise kvshim.KvshimError(kvshim.ENODEV, "kvshim_group_create")
         kvshim.Group = broken
         self.addCleanup(setattr, kvshim, "Group", real)
         err = io.StringIO()
         with redirect_stderr(err):
             self.assertIsNone(transformers_cb.attach(c))
         self.assertIn("cannot manage the KV cache", err.getvalue())
+        self.assertEqual(pages(c), 2 * 2)
+
+    def test_backing_whole_short_of_memory(self):
+        c = StandInCache(4096, 16, 1, 8 * 1024)      # 2 x 258 MiB, over the limit
+        self.addCleanup(self.release, c)
+        c.key_cache[0] = FakeTensor(4096, 10, 8 * 1024)
+        with redirect_stderr(io.StringIO()):
+            with self.assertRaises(MemoryError):
+                transformers_cb.attach(c)
+        self.assertEqual(pages(c), 0)
 
     def test_release_failure_keeps_the_id(self):
         def refuse(ids):
@@ -242,6 +257,187 @@ class AdapterTest(unittest.TestCase):
             transformers_cb.patch_cache_module(mod)
         self.assertIn("not as expected", err.getvalue())
         self.assertIn("left eager", err.getvalue())
+
+
+class FakeDtype:
+    def __init__(self, name, itemsize):
+        self.name, self.itemsize = name, itemsize
+
+
+class FakeDevice:
+    def __init__(self, spec):
+        kind, _, index = str(spec).partition(":")
+        self.type, self.index = kind, int(index) if index else None
+
+
+class FakeCudaTensor:
+    """What torch.as_tensor makes of a __cuda_array_interface__ owner: a
+    view holding the owner as long as it lives."""
+
+    def __init__(self, owner, dtype):
+        cai = owner.__cuda_array_interface__
+        self.owner, self.dtype = owner, dtype
+        self.shape = cai["shape"]
+        self.addr = cai["data"][0]
+        self.is_cuda, self.device = True, FakeDevice("cuda:0")
+
+    def view(self, dtype):
+        return FakeCudaTensor(self.owner, dtype)
+
+    def data_ptr(self):
+        return self.addr
+
+    def stride(self, dim):
+        n = 1
+        for d in self.shape[dim + 1:]:
+            n *= d
+        return n
+
+    def element_size(self):
+        return self.dtype.itemsize
+
+    def numel(self):
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+class FakeTorch(types.ModuleType):
+    """The few torch calls kvshim.tensors and the cache construction make."""
+
+    def __init__(self):
+        super().__init__("torch")
+        self.bfloat16 = FakeDtype("bfloat16", 2)
+        self.int16 = FakeDtype("int16", 2)
+        self.complex32x4 = FakeDtype("wide", 16)
+        self.plain = []
+        self.cuda = types.SimpleNamespace(current_device=lambda: 0, is_available=lambda: True)
+
+    def empty(self, *args, **kwargs):
+        """Plain memory: an address in no span."""
+        self.plain.append((args, kwargs))
+        shape = args[0]
+        n = 1
+        for d in shape[1:]:
+            n *= d
+        return FakeTensor(4096, shape[0], n)
+
+    def as_tensor(self, owner):
+        # torch asks the driver where the pointer lives: it must be backed
+        if kvshim.stats()["mapped_bytes"] == 0:
+            raise RuntimeError("pointer not on any device")
+        return FakeCudaTensor(owner, self.int16)
+
+    def device(self, spec):
+        return FakeDevice(spec)
+
+    def get_default_dtype(self):
+        return FakeDtype("float32", 4)
+
+
+class FakePagedCache(StandInCache):
+    """PagedAttentionCache.__init__'s allocations, as transformers 5.17 makes
+    them: torch.empty(cache_shape, dtype=, device=) per layer."""
+
+    def __init__(self, torch, layers=2, num_blocks=256, block_size=16, row=8 * 128):
+        self.block_size, self.num_blocks = block_size, num_blocks
+        self.cache_shape = ((num_blocks + 2) * block_size, 8, row // 8)
+        self.key_cache, self.value_cache = [], []
+        for _ in range(layers):
+            self.key_cache.append(torch.empty(self.cache_shape, dtype=torch.bfloat16,
+                                              device="cuda:0"))
+            self.value_cache.append(torch.empty(self.cache_shape, dtype=torch.bfloat16,
+                                                device="cuda:0"))
+        self.other = torch.empty((64,), dtype=torch.int16, device="cuda:0")
+        self._block_manager = StandInBlockManager(num_blocks)
+
+
+class SpanTensorTest(unittest.TestCase):
+    def setUp(self):
+        self.torch = FakeTorch()
+        kvshim.trim(1 << 40)
+        self.spans0 = kvshim.stats()["spans"]
+
+    def build(self, **kw):
+        cache = FakePagedCache.__new__(FakePagedCache)
+        cache.cache_shape = ((kw.get("num_blocks", 256) + 2) * 16, 8, 128)
+        cache.block_size = 16
+        with transformers_cb._kv_from_spans(cache, self.torch):
+            FakePagedCache.__init__(cache, self.torch, **kw)
+        return cache
+
+    def test_kv_tensors_are_lazy_spans(self):
+        c = self.build()
+        # 4 KV tensors of 258 blocks x 32 KiB: one span each; the other
+        # allocation went to torch as usual
+        self.assertEqual(kvshim.stats()["spans"], self.spans0 + 4)
+        self.assertEqual([a for a, _ in self.torch.plain], [((64,),)])
+        for t in c.key_cache + c.value_cache:
+            self.assertEqual(t.dtype.name, "bfloat16")
+            self.assertEqual(t.shape, c.cache_shape)
+        # backed: the padding blocks (the last page), and the first page,
+        # left cached once torch had the pointer
+        st = kvshim.stats()
+        self.assertEqual(st["mapped_bytes"], 4 * 2 * 2 * MIB)
+        self.assertEqual(st["cached_bytes"], 4 * 2 * MIB)
+        tr = transformers_cb.attach(c)
+        self.assertIsNotNone(tr)
+        ids = c._block_manager.get_free_blocks(65, None, False, 0)   # pages 0 and 1
+        self.assertEqual(len(ids), 65)
+        self.assertEqual(kvshim.stats()["mapped_bytes"], 4 * 3 * 2 * MIB)
+        self.assertEqual(kvshim.stats()["cached_bytes"], 0)
+        tr.group.close()
+        # the spans go with the last tensor viewing them
+        del c, tr, t
+        import gc
+        gc.collect()
+        self.assertEqual(kvshim.stats()["spans"], self.spans0)
+
+    def test_reserve_failing_falls_back(self):
+        real = kvshim.reserve
+        calls = []
+
+        def second_fails(size):
+            calls.append(size)
+            if len(calls) == 2:
+                raise kvshim.KvshimError(kvshim.ENOMEM, "kvshim_reserve")
+            return real(size)
+        kvshim.reserve = second_fails
+        self.addCleanup(setattr, kvshim, "reserve", real)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            c = self.build()
+            self.assertIsNone(transformers_cb.attach(c))
+        self.assertIn("allocated whole", err.getvalue())
+        self.assertIn("not all kvshim spans", err.getvalue())
+        # one span made, then plain tensors; the span is backed in full
+        self.assertEqual(len(calls), 2)
+        self.assertEqual(kvshim.stats()["spans"], self.spans0 + 1)
+        self.assertEqual(kvshim.stats()["mapped_bytes"], 5 * 2 * MIB)
+        del c
+        import gc
+        gc.collect()
+        self.assertEqual(kvshim.stats()["spans"], self.spans0)
+
+    def test_other_devices_and_shapes_pass_through(self):
+        cache = types.SimpleNamespace(cache_shape=(32, 8, 128), block_size=16)
+        t = self.torch
+        with transformers_cb._kv_from_spans(cache, t):
+            t.empty((32, 8, 128), dtype=t.bfloat16, device="cuda:1")
+            t.empty((32, 8, 128), dtype=t.bfloat16, device="cpu")
+            t.empty((32, 8, 64), dtype=t.bfloat16, device="cuda:0")
+            t.empty((32, 8, 128), dtype=t.bfloat16, device="cuda:0", pin_memory=True)
+        self.assertEqual(len(t.plain), 4)
+        self.assertEqual(kvshim.stats()["spans"], self.spans0)
+
+    def test_bad_span_tensors_refused(self):
+        from kvshim import tensors
+        with self.assertRaises(ValueError):
+            tensors.span_tensor(self.torch, (0, 8), self.torch.bfloat16)
+        with self.assertRaises(ValueError):
+            tensors.span_tensor(self.torch, (4, 8), self.torch.complex32x4)
+        self.assertEqual(kvshim.stats()["spans"], self.spans0)
 
 
 class BindingTest(unittest.TestCase):

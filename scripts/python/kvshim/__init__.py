@@ -12,10 +12,16 @@ import contextlib
 import ctypes
 import os
 
-__all__ = ["KvshimError", "library", "kv_begin", "kv_end", "window", "map",
-           "unmap", "reserve", "release", "trim", "stats", "Group"]
+__all__ = ["KvshimError", "EINVAL", "ERANGE", "ENOTCLAIMED", "ELIMIT", "ENOMEM",
+           "EDRIVER", "ENODEV", "ECONFIG", "EBUSY", "ESTATE", "library", "kv_begin",
+           "kv_end", "window", "map", "unmap", "reserve", "release", "trim", "stats",
+           "Group"]
 
 _lib = None
+
+# enum kvshim_error (kvshim.h)
+(EINVAL, ERANGE, ENOTCLAIMED, ELIMIT, ENOMEM, EDRIVER, ENODEV, ECONFIG, EBUSY,
+ ESTATE) = range(-1, -11, -1)
 
 
 class KvshimError(OSError):

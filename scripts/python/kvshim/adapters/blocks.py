@@ -8,9 +8,8 @@ adapter for one wires its list to a BlockTracker.
 import collections
 
 import kvshim
+from kvshim import ELIMIT, ENOMEM, ENOTCLAIMED
 from kvshim.adapters import warn
-
-ELIMIT, ENOMEM, ENOTCLAIMED = -4, -5, -3
 
 
 class BlockTracker:

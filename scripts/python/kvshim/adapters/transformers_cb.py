@@ -5,9 +5,11 @@ uninitialised ids (lowest first, then in the order they were freed).
 
 This adapter, applied when transformers.generation.continuous_batching.cache
 is imported:
-- opens a KV window around PagedAttentionCache.__init__, so the tensors are
-  lazy spans, and backs the two padding blocks at their end as they are
-  allocated (the cache zeroes one of them at once);
+- makes the KV tensors PagedAttentionCache.__init__ allocates lazy spans
+  reserved from kvshim directly (kvshim.tensors: PyTorch's caching
+  allocator never sees them, so it cannot hand their unbacked pages to
+  other tensors once the cache is gone), and backs the two padding blocks
+  at their end (the cache zeroes one of them at once);
 - registers the tensors as a kvshim block group;
 - backs blocks as get_free_blocks hands them out (returning None, as when
   blocks run out, if memory is short), and releases them whenever an id
@@ -17,16 +19,17 @@ is imported:
   also ask kvshim whether the next blocks can be backed, so requests wait
   instead of the engine failing.
 If the installed transformers does not look as expected, it warns once and
-leaves the cache as it is: allocated whole, as without kvshim.
+leaves the cache as it is: allocated whole, as without kvshim. If kvshim
+cannot manage the tensors it made, it backs them in full.
 """
 import contextlib
 import itertools
 
 import kvshim
+from kvshim import ERANGE, tensors
 from kvshim.adapters import warn
 from kvshim.adapters.blocks import BlockTracker, TrackedFreeList
 
-ERANGE = -2
 _EXPECTED = {
     "PagedAttentionCache": ("__init__", "will_allocation_be_successful", "blocks_needed"),
 }
@@ -50,26 +53,58 @@ def _looks_right(mod):
     return None
 
 
+_KV_KWARGS = {"dtype", "device", "requires_grad"}
+
+
+def _device_index(torch, device):
+    if device is None:
+        return torch.cuda.current_device() if torch.cuda.is_available() else None
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def _kv_request(torch, cache, args, kwargs):
+    """The dtype of a torch.empty call that allocates one of the cache's KV
+    tensors (cache_shape, on kvshim's device), else None."""
+    shape = getattr(cache, "cache_shape", None)
+    if shape is None or set(kwargs) - _KV_KWARGS or kwargs.get("requires_grad"):
+        return None
+    size = args[0] if len(args) == 1 and isinstance(args[0], (tuple, list)) else args
+    try:
+        if tuple(int(d) for d in size) != tuple(shape):
+            return None
+    except (TypeError, ValueError):
+        return None
+    if _device_index(torch, kwargs.get("device")) != tensors.device_index():
+        return None
+    return kwargs.get("dtype") or torch.get_default_dtype()
+
+
 @contextlib.contextmanager
-def _padding_backed(cache, torch):
-    """While the cache is built: back the last two blocks (the padding zone)
-    of each KV tensor as soon as it is allocated."""
+def _kv_from_spans(cache, torch):
+    """While the cache is built: its KV tensors come from kvshim spans (see
+    kvshim.tensors), with the last two blocks of each (the padding zone,
+    which the cache zeroes at once) backed."""
     real_empty = torch.empty
+    failed = []
 
     def empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        shape = getattr(cache, "cache_shape", None)
-        if shape is not None and t.is_cuda and tuple(t.shape) == tuple(shape):
+        dtype = None if failed else _kv_request(torch, cache, args, kwargs)
+        if dtype is None:
+            return real_empty(*args, **kwargs)
+        try:
+            t = tensors.span_tensor(torch, cache.cache_shape, dtype)
             row = t.stride(0) * t.element_size()
             rows = 2 * cache.block_size
-            try:
-                kvshim.map(t.data_ptr() + (t.shape[0] - rows) * row, rows * row)
-            except kvshim.KvshimError as e:
-                # ERANGE: not a span (memory PyTorch had cached), nothing
-                # to do; anything else: kvshim cannot run here, and the
-                # tensor is plain memory all the same
-                if e.code != ERANGE:
-                    warn("transformers: padding blocks not backed: %s" % e)
+            kvshim.map(t.data_ptr() + (t.shape[0] - rows) * row, rows * row)
+        except (kvshim.KvshimError, ValueError) as e:
+            # kvshim cannot run here, or memory is short: this and the
+            # next KV tensors are plain memory, and attach leaves them be
+            warn("transformers: KV tensors allocated whole: %s" % e)
+            failed.append(e)
+            return real_empty(*args, **kwargs)
         return t
 
     torch.empty = empty
@@ -79,22 +114,37 @@ def _padding_backed(cache, torch):
         torch.empty = real_empty
 
 
+def _back_whole(kv):
+    """Back the span tensors among kv in full: a cache kvshim cannot manage
+    block by block runs as without kvshim. MemoryError when memory is short,
+    as for a plain allocation."""
+    for t in kv:
+        try:
+            kvshim.map(t.data_ptr(), t.numel() * t.element_size())
+        except kvshim.KvshimError as e:
+            if e.code != ERANGE:    # ERANGE: plain memory already
+                raise MemoryError("kvshim: cannot back the KV cache: %s" % e) from e
+
+
 def attach(cache):
     """Register the cache's tensors and wire its block manager. Returns the
-    tracker, or None when the tensors are not kvshim spans."""
-    tensors = list(cache.key_cache) + list(cache.value_cache)
-    if not tensors:
+    tracker, or None when kvshim cannot manage the tensors (they are then
+    backed in full)."""
+    kv = list(cache.key_cache) + list(cache.value_cache)
+    if not kv:
         return None
-    t = tensors[0]
+    t = kv[0]
     block_bytes = cache.block_size * t.stride(0) * t.element_size()
     try:
-        group = kvshim.Group([x.data_ptr() for x in tensors], block_bytes, cache.num_blocks)
+        group = kvshim.Group([x.data_ptr() for x in kv], block_bytes, cache.num_blocks)
     except kvshim.KvshimError as e:
         if e.code == ERANGE:
-            warn("transformers: the KV tensors are not kvshim spans "
-                 "(PyTorch's expandable segments, or a reused segment): left as they are")
+            warn("transformers: the KV tensors are not all kvshim spans: "
+                 "the cache is backed in full")
         else:
-            warn("transformers: kvshim cannot manage the KV cache (%s): left as it is" % e)
+            warn("transformers: kvshim cannot manage the KV cache (%s): "
+                 "it is backed in full" % e)
+        _back_whole(kv)
         return None
     tracker = BlockTracker(group)
     bm = cache._block_manager
@@ -140,18 +190,8 @@ def patch_cache_module(mod):
     orig_init = cls.__init__
 
     def __init__(self, *args, **kwargs):
-        try:
-            window = kvshim.window()
-            window.__enter__()
-        except kvshim.KvshimError as e:      # kvshim disabled: run as usual
-            warn("transformers: no KV window (%s): the cache is allocated whole" % e)
+        with _kv_from_spans(self, torch):
             orig_init(self, *args, **kwargs)
-            return
-        try:
-            with _padding_backed(self, torch):
-                orig_init(self, *args, **kwargs)
-        finally:
-            window.__exit__(None, None, None)
         attach(self)
 
     cls.__init__ = __init__
