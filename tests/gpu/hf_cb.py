@@ -6,7 +6,10 @@ tokens each, greedy, with generate_batch: once plain and once under
 kvshim-run (the transformers adapter attached through sitecustomize, no edit
 to transformers or to this script), for a block size that divides 2 MiB (32
 tokens: 64 KiB blocks) and one that does not (24 tokens: 48 KiB). Each run
-is a fresh process. Checks: generated tokens identical; with kvshim, peak
+is a fresh process. Checks: generated tokens identical; 4 GiB of tensors
+allocated once the cache is gone read back correct (the spans left then
+are reported);
+with kvshim, peak
 physical KV memory within the blocks held at the peak plus three pages a
 tensor (a block straddling pages at the frontier, the padding tail, which
 may straddle too) and the pool. Reports
@@ -17,6 +20,7 @@ flipped every round; tokens per second are medians over rounds. Prints a
 table; writes hf_cb.json under $KVSHIM_SUITE_OUT (or .).
 Exit 0 when the checks hold, 1 if not, 77 without a GPU.
 """
+import gc
 import json
 import os
 import statistics
@@ -78,6 +82,20 @@ def child(block_size, out):
         info.update(peak_blocks=tracker.peak, refused=tracker.refused,
                     peak_physical=st["peak_physical_bytes"], page=st["page_bytes"],
                     pool_high=64 * MIB)     # KVSHIM_POOL_HIGH's default
+    # teardown: the KV tensors go with the cache, their spans with them,
+    # and memory PyTorch hands out afterwards is plain memory (the caching
+    # allocator never held the spans, so it cannot reuse their unbacked
+    # pages): fill and read back 4 GiB of new tensors
+    del c, t, tracker, res
+    caches.clear()
+    gc.collect()
+    torch.cuda.synchronize()
+    x = torch.full((1 << 31,), 7, dtype=torch.int16, device="cuda")
+    info["teardown_ok"] = int(x.sum(dtype=torch.int64).item()) == 7 << 31
+    del x
+    if "peak_blocks" in info:
+        import kvshim
+        info["spans_after"] = kvshim.stats()["spans"]
     json.dump(info, open(out, "w"))
 
 
@@ -134,6 +152,14 @@ def main():
         bound = live + 3 * k["page"] * k["ntensors"] + k["pool_high"]
         within = k["peak_physical"] <= bound
         ok &= within
+        # spans left: a reference transformers keeps to the cache holds
+        # them (reported, not a kvshim failure); wrong data is a failure
+        teardown = p["teardown_ok"] and k["teardown_ok"]
+        print("hf_cb: block size %d: after teardown: 4 GiB of new tensors %s (plain), "
+              "%s (kvshim); kvshim spans left: %d" % (
+                  bs, "correct" if p["teardown_ok"] else "WRONG",
+                  "correct" if k["teardown_ok"] else "WRONG", k["spans_after"]))
+        ok &= teardown
         for mode, r, tps in (("plain", p, tps_p), ("kvshim-run", k, tps_k)):
             print("| %d | %s | %s | %.0f | %s | %.2f | %.0f | %s | %s |" % (
                 bs, mode, "yes" if same else "NO", tps,
@@ -146,6 +172,7 @@ def main():
                        "peak_physical": k["peak_physical"], "bound": bound,
                        "reserved": k["reserved_bytes"], "init_plain": p["cache_init_s"],
                        "init_kvshim": k["cache_init_s"], "refused": k["refused"],
+                       "teardown_ok": teardown, "spans_after": k["spans_after"],
                        "rates_plain": rates[("plain", bs)], "rates_kvshim": rates[("kvshim", bs)]}
     json.dump(summary, open(os.path.join(out, "hf_cb.json"), "w"), indent=1)
     print("hf_cb: %s" % ("PASS" if ok else "FAIL"))
