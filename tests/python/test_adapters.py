@@ -107,12 +107,32 @@ class StandInCache:
         finally:
             kvshim.kv_end()
         self._block_manager = StandInBlockManager(num_blocks)
+        self.group_cache_managers = [StandInGroup()]
 
     def blocks_needed(self, n, allocated):
-        return n
+        return n * len(self.group_cache_managers)
 
     def will_allocation_be_successful(self, n, allocated):
         return self.blocks_needed(n, allocated) <= self._block_manager.num_free_blocks
+
+    def allocate_blocks(self, n, request_id, allocated):
+        """Check once, then each layer group takes its blocks; a group
+        finding none after the check is an error, as in transformers."""
+        if not self.will_allocation_be_successful(n, allocated):
+            return None
+        for cm in self.group_cache_managers:
+            table = cm.block_table.setdefault(request_id, [])
+            ids = self._block_manager.get_free_blocks(n, table[-1] if table else None,
+                                                      cm.uses_block_sharing, 0)
+            if ids is None:
+                raise ValueError("Failed to allocate %d blocks for request %s" % (n, request_id))
+            table.extend(ids)
+        return n
+
+
+class StandInGroup:
+    def __init__(self):
+        self.block_table, self.uses_block_sharing = {}, True
 
 
 def pages(cache):
@@ -238,6 +258,58 @@ class AdapterTest(unittest.TestCase):
             with self.assertRaises(MemoryError):
                 transformers_cb.attach(c)
         self.assertEqual(pages(c), 0)
+
+    def test_memory_taken_after_the_check(self):
+        c, tr = self.make(num_blocks=256)
+        c.group_cache_managers.append(StandInGroup())    # two layer groups
+        bm = c._block_manager
+        real = tr.group.map
+        calls = []
+
+        def second_refused(ids):
+            calls.append(list(ids))
+            if len(calls) == 2:
+                raise kvshim.KvshimError(kvshim.ENOMEM, "kvshim_group_map")
+            return real(ids)
+        tr.group.map = second_refused
+        self.assertIsNone(c.allocate_blocks(4, "r1", 0))
+        # the first group's blocks went back; every table is as before
+        self.assertEqual(calls, [[0, 1, 2, 3], [4, 5, 6, 7]])
+        self.assertEqual([cm.block_table.get("r1") for cm in c.group_cache_managers], [[], []])
+        self.assertEqual(bm.num_free_blocks, 256)
+        self.assertEqual(tr.mapped, 0)
+        self.assertEqual(tr.refused, 1)
+        # the next try succeeds
+        self.assertEqual(c.allocate_blocks(4, "r1", 0), 4)
+        self.assertEqual(tr.mapped, 8)
+        # an engine error that is not kvshim's still raises
+        tr.group.map = real
+        bm.get_free_blocks = lambda *a: None
+        with self.assertRaises(ValueError):
+            c.allocate_blocks(1, "r2", 0)
+
+    def test_scheduler_waits_when_kvshim_is_short(self):
+        c, tr = self.make(num_blocks=4096, layers=4)
+        mod = types.ModuleType("fake_scheduler")
+
+        class Scheduler:
+            def __init__(self, cache):
+                self.cache = cache
+
+            def schedule_batch(self, budget, cache_budget):
+                if self.cache.allocate_blocks(budget, "r", 0) is None:
+                    return None, True, 0, 0
+                return ["r"], True, budget, 0
+        mod.Scheduler = Scheduler
+        transformers_cb.patch_scheduler_module(mod)
+        transformers_cb.patch_scheduler_module(mod)          # once only
+        sched = Scheduler(c)
+        # the engine's own pool is short: transformers' answer stands
+        self.assertEqual(sched.schedule_batch(8192, 0)[0], None)
+        # kvshim is short (the 64 MiB limit backs 256 blocks): nothing this step
+        self.assertEqual(sched.schedule_batch(256, 0)[0], ["r"])
+        self.assertEqual(sched.schedule_batch(64, 0)[0], [])
+        self.assertGreater(tr.short, 0)
 
     def test_release_failure_keeps_the_id(self):
         def refuse(ids):

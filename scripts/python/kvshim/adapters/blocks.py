@@ -20,6 +20,7 @@ class BlockTracker:
         self.mapped = 0          # blocks held backed, for reports and tests
         self.peak = 0            # the most blocks held backed at once
         self.refused = 0         # maps refused for want of memory
+        self.short = 0           # times kvshim said no, checks and maps alike
 
     def take(self, ids):
         """Back blocks the engine hands out. False (nothing changed) when
@@ -32,6 +33,7 @@ class BlockTracker:
         except kvshim.KvshimError as e:
             if e.code in (ELIMIT, ENOMEM):
                 self.refused += 1
+                self.short += 1
                 return False
             raise
         self.mapped += len(ids)
@@ -62,7 +64,10 @@ class BlockTracker:
     def can_take(self, ids):
         """Would backing these blocks succeed now?"""
         ids = list(ids)
-        return not ids or self.group.can_back(ids)
+        if not ids or self.group.can_back(ids):
+            return True
+        self.short += 1
+        return False
 
 
 class TrackedFreeList(collections.deque):

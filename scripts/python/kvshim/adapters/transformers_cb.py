@@ -17,7 +17,13 @@ is imported:
   cache): blocks kept alive for prefix sharing stay backed;
 - makes will_allocation_be_successful, the scheduler's admission check,
   also ask kvshim whether the next blocks can be backed, so requests wait
-  instead of the engine failing.
+  instead of the engine failing; an allocation kvshim refuses after the
+  check said yes (memory taken meanwhile) is undone and reported as
+  unavailable;
+- (transformers.generation.continuous_batching.scheduler) when nothing can
+  be scheduled because kvshim is short, schedules nothing this step, so
+  the loop retries: transformers would otherwise offload its requests, or
+  fail when none is running.
 If the installed transformers does not look as expected, it warns once and
 leaves the cache as it is: allocated whole, as without kvshim. If kvshim
 cannot manage the tensors it made, it backs them in full.
@@ -31,7 +37,8 @@ from kvshim.adapters import warn
 from kvshim.adapters.blocks import BlockTracker, TrackedFreeList
 
 _EXPECTED = {
-    "PagedAttentionCache": ("__init__", "will_allocation_be_successful", "blocks_needed"),
+    "PagedAttentionCache": ("__init__", "will_allocation_be_successful", "blocks_needed",
+                            "allocate_blocks"),
 }
 _MANAGER_EXPECTED = ("get_free_blocks", "free_blocks", "has_enough_free_blocks")
 
@@ -170,8 +177,32 @@ def attach(cache):
         need = cache.blocks_needed(num_requested_blocks, allocated_blocks)
         return tracker.can_take(itertools.islice(bm._uninit_block_ids, need))
 
+    orig_allocate = cache.allocate_blocks
+
+    def allocate_blocks(n_blocks, request_id, allocated_blocks):
+        # the admission check said yes, but the memory went (to another
+        # process) before the map: transformers raises when a group's
+        # allocation fails after the check; undo the groups served first
+        # and report the blocks unavailable, so the request waits
+        managers = list(getattr(cache, "group_cache_managers", ()))
+        before = [len(getattr(cm, "block_table", {}).get(request_id, ())) for cm in managers]
+        short = tracker.short
+        try:
+            return orig_allocate(n_blocks, request_id, allocated_blocks)
+        except ValueError:
+            if tracker.short == short:
+                raise
+        for cm, k in zip(managers, before):
+            table = cm.block_table.get(request_id)
+            if table is not None and len(table) > k:
+                extra = table[k:]
+                del table[k:]
+                bm.free_blocks(extra, shareable=cm.uses_block_sharing)
+        return None
+
     bm.get_free_blocks = get_free_blocks
     cache.will_allocation_be_successful = will_allocation_be_successful
+    cache.allocate_blocks = allocate_blocks
     cache.kvshim_tracker = tracker
     return tracker
 
@@ -196,3 +227,34 @@ def patch_cache_module(mod):
 
     cls.__init__ = __init__
     cls._kvshim_patched = True
+
+
+def patch_scheduler_module(mod):
+    """A batch that cannot be scheduled because kvshim, not the engine's own
+    block pool, is short (other processes hold the memory) schedules
+    nothing this step: the engine's loop waits and retries, where
+    transformers would offload its own requests to make room, and fail
+    when it has none to offload."""
+    classes = [c for c in vars(mod).values()
+               if isinstance(c, type) and "schedule_batch" in vars(c)
+               and not getattr(vars(c)["schedule_batch"], "__isabstractmethod__", False)]
+    if not classes:
+        warn("transformers continuous batching scheduler not as expected (no "
+             "schedule_batch): an engine short of memory may offload its requests")
+        return
+    for cls in classes:
+        if vars(cls).get("_kvshim_patched"):
+            continue
+        cls.schedule_batch = _waiting_schedule(cls.schedule_batch)
+        cls._kvshim_patched = True
+
+
+def _waiting_schedule(orig):
+    def schedule_batch(self, *args, **kwargs):
+        tracker = getattr(getattr(self, "cache", None), "kvshim_tracker", None)
+        short = tracker.short if tracker is not None else 0
+        out = orig(self, *args, **kwargs)
+        if tracker is not None and out and out[0] is None and tracker.short > short:
+            return ([],) + tuple(out[1:])
+        return out
+    return schedule_batch
