@@ -127,8 +127,13 @@ void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 	struct kvshim_stats s;
 	size_t idle, unbacked, budget, others, claimed, cap;
 
-	if (!a || !c || c->meminfo != KV_MEMINFO_VIRTUAL || !free_bytes ||
-	    kv_alloc_stats(a, &s))
+	if (!c || c->meminfo != KV_MEMINFO_VIRTUAL || !free_bytes)
+		return;
+	/* sharing a budget, an engine sizes its cache from the first look:
+	 * that must already show the budget (the caller has a context) */
+	if (!a && c->share && kv_shim_alloc(&a))
+		return;
+	if (!a || kv_alloc_stats(a, &s))
 		return;
 	/* as if every span were backed, and kvshim's idle pages were free */
 	idle = s.pooled_bytes + s.cached_bytes;

@@ -4,12 +4,14 @@
  * emulation. Each case is a process of its own: what the shim does to a
  * program is seen from outside, by its exit status.
  */
+#include <glob.h>
 #include <limits.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 #include "suites.h"
 
@@ -102,6 +104,28 @@ START_TEST(test_meminfo_real)
 }
 END_TEST
 
+START_TEST(test_meminfo_share)
+{
+	char pool[64];
+	const char *env[] = { "KVSHIM_SHARE=on", "KVSHIM_BUDGET=256M", pool, NULL };
+	char pattern[128];
+	glob_t g;
+	size_t i;
+	int st;
+
+	snprintf(pool, sizeof(pool), "KVSHIM_POOL=preload%d", (int)getpid());
+	st = run(PROG, "meminfo-share", 1, env);
+	/* the segment outlives its processes: drop it */
+	snprintf(pattern, sizeof(pattern), "/dev/shm/kvshim-*-preload%d", (int)getpid());
+	if (glob(pattern, 0, NULL, &g) == 0) {
+		for (i = 0; i < g.gl_pathc; i++)
+			unlink(g.gl_pathv[i]);
+		globfree(&g);
+	}
+	ck_assert_msg(st == 0, "%s meminfo-share exited %d", PROG, st);
+}
+END_TEST
+
 START_TEST(test_entry_point)
 {
 	expect_pass(PROG, "entry-point", 1, NULL);
@@ -183,6 +207,7 @@ Suite *preload_suite(void)
 	kt_add_emu(tc, test_size_policy);
 	kt_add_emu(tc, test_meminfo_virtual);
 	kt_add_emu(tc, test_meminfo_real);
+	kt_add_emu(tc, test_meminfo_share);
 	kt_add_emu(tc, test_entry_point);
 	kt_add_emu(tc, test_dlsym_road);
 	kt_add_emu(tc, test_threads);

@@ -179,6 +179,17 @@ static void case_meminfo(void)
 	EXPECT(cudaFree(kvp) == cudaSuccess);
 }
 
+/* Sharing a budget, the first look at memory info, before any kvshim
+ * call, already shows the budget (an engine sizes its cache from it). */
+static void case_meminfo_share(void)
+{
+	size_t f, t;
+
+	EXPECT(cudaMemGetInfo(&f, &t) == cudaSuccess);
+	EXPECT(f == 256 * MB);
+	EXPECT(t > f);
+}
+
 /* Allocate through driver functions found at run time, inside a window:
  * the allocation must be a lazy span, and freeing it must release it. */
 static void window_alloc(CUresult (*alloc)(CUdeviceptr *, size_t),
@@ -402,6 +413,7 @@ static const struct {
 	{ "memset-memcpy", case_memset_memcpy, 1 },
 	{ "size-policy", case_size_policy, 1 },
 	{ "meminfo", case_meminfo, 1 },
+	{ "meminfo-share", case_meminfo_share, 1 },
 	{ "entry-point", case_entry_point, 1 },
 	{ "dlsym-road", case_dlsym_road, 1 },
 	{ "threads", case_threads, 1 },

@@ -1,0 +1,558 @@
+#!/usr/bin/env python3
+"""colocate.py - three models on one GPU: a static KV partition against
+kvshim's shared budget, on a seeded bursty trace. Needs a GPU, torch and
+transformers 5.x; downloads nothing.
+
+Three engines, three processes: each is Hugging Face transformers'
+continuous batching (ContinuousBatchingManager, fed with add_request) over
+a randomly initialised Llama-style model of its own size (MODELS). Two
+configurations run one after the other, in one invocation:
+- static: plain processes; each engine's KV cache is fixed at a third of
+  the KV budget (num_blocks given), all of it allocated at start;
+- kvshim: each engine under kvshim-run with KVSHIM_SHARE=on and
+  KVSHIM_BUDGET set to the KV budget (a pool of its own); each sizes its
+  cache from the memory info kvshim shows it, as if alone, and pages flow
+  between the engines under the one budget.
+max_batch_tokens, the block size and everything else are the same in both;
+prefix caching is off (the prompts are random: nothing to share).
+
+The trace (make_trace): time is cut into phases of --phase seconds; in
+phase k model k mod 3 is hot. Each model's requests arrive as a Poisson
+process of rate R (requests/s) in its hot phases and --cold-rate
+otherwise; prompts are uniform in [--prompt-min, --prompt-max] random
+tokens, outputs uniform in [--new-min, --new-max] tokens (no EOS). One
+trace per rate in --rates, each --cycles x 3 phases long, all from --seed.
+The engines of a configuration replay the rates in turn, the same traces
+in both configurations.
+
+Measured per request: TTFT (first token's time, from transformers'
+per-token timestamps, less the time the request was submitted at its
+trace time), queue wait (until transformers started it), tokens; per
+engine, every 100 ms: its KV memory (static: the cache it allocated;
+kvshim: the pages it holds) and PyTorch's reserved memory; with kvshim,
+the shared segment's total held against the budget (kvshim-top's reader),
+every 50 ms; and the GPU's used memory (nvidia-smi), every 500 ms.
+
+Prints one table per rate (per model and configuration: TTFT p50 and p99,
+mean queue wait, tokens/s, peak KV and peak process memory); writes
+colocate.json, and colocate-memory-<rate>.png and colocate-ttft-<rate>.png
+under --out (default $KVSHIM_SUITE_OUT or .). Exit 0 when every request of
+every run completed and the shared budget was never passed, 1 if not, 77
+without a GPU.
+"""
+import argparse
+import importlib.machinery
+import importlib.util
+import json
+import os
+import queue
+import random
+import statistics
+import subprocess
+import sys
+import threading
+import time
+
+MIB = 1 << 20
+GIB = 1 << 30
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+# name: layers, hidden, attention heads, KV heads, MLP width (head_dim 128)
+MODELS = {
+    "small": (12, 1536, 12, 4, 4096),
+    "medium": (16, 2048, 16, 8, 5632),
+    "large": (24, 2560, 20, 8, 6912),
+}
+ORDER = ("small", "medium", "large")
+BLOCK = 32            # tokens a block
+VOCAB = 32000
+
+
+def kv_bytes_per_token(name):
+    layers, _, _, kv_heads, _ = MODELS[name]
+    return layers * 2 * kv_heads * 128 * 2          # K and V, bf16
+
+
+# ---- the trace ---------------------------------------------------------------
+
+def make_trace(seed, rate, args):
+    """[{model, t, prompt, new, seed}] sorted by t, for one hot rate."""
+    rng = random.Random("%d-%s" % (seed, rate))
+    phases = 3 * args.cycles
+    out = []
+    for m, name in enumerate(ORDER):
+        t = 0.0
+        for k in range(phases):
+            lo, hi = k * args.phase, (k + 1) * args.phase
+            r = rate if k % 3 == m else args.cold_rate
+            t = max(t, lo)
+            while r > 0:
+                t += rng.expovariate(r)
+                if t >= hi:
+                    t = hi          # memoryless: restart the clock at the next phase
+                    break
+                out.append({"model": name, "t": round(t, 4),
+                            "prompt": rng.randint(args.prompt_min, args.prompt_max),
+                            "new": rng.randint(args.new_min, args.new_max),
+                            "seed": rng.getrandbits(31)})
+    out.sort(key=lambda q: q["t"])
+    for i, q in enumerate(out):
+        q["id"] = "q%d" % i
+    return out
+
+
+# ---- an engine (a child process) --------------------------------------------------
+
+def engine(args):
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    name = args.engine
+    layers, hidden, heads, kv_heads, inter = MODELS[name]
+    torch.manual_seed(ORDER.index(name))
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=inter, num_hidden_layers=layers,
+                      num_attention_heads=heads, num_key_value_heads=kv_heads, head_dim=128,
+                      vocab_size=VOCAB, max_position_embeddings=8192)
+    torch.set_default_dtype(torch.bfloat16)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(cfg).eval()
+    torch.set_default_dtype(torch.float32)
+    gen = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=0, max_new_tokens=16)
+    cbc = ContinuousBatchingConfig(block_size=BLOCK, num_blocks=args.num_blocks or None,
+                                   max_batch_tokens=args.max_batch_tokens,
+                                   allow_block_sharing=False, use_cuda_graph=False)
+    kvshim = None
+    if os.environ.get("LD_PRELOAD", "").find("libkvshim") >= 0:
+        import kvshim
+    t_start = time.perf_counter()
+    manager = model.init_continuous_batching(generation_config=gen,
+                                             continuous_batching_config=cbc)
+    manager.start()
+    # a first request builds the cache (in the manager's thread)
+    manager.add_request(list(range(1, 65)), request_id="warmup", max_new_tokens=4)
+    while True:
+        out = manager.get_result(timeout=60)
+        if out is None:
+            raise SystemExit("engine %s: no warm-up result in 60 s" % name)
+        if out.request_id == "warmup" and out.is_finished():
+            break
+    cache = manager.batch_processor.cache
+    kv_tensor_bytes = sum(t.numel() * t.element_size()
+                          for t in list(cache.key_cache) + list(cache.value_cache))
+    info = {"engine": name, "pid": os.getpid(), "num_blocks": cache.num_blocks,
+            "max_batch_tokens": cache.max_batch_tokens, "kv_tensor_bytes": kv_tensor_bytes,
+            "kvshim": kvshim is not None, "ready_s": time.perf_counter() - t_start}
+
+    def kv_now():
+        if kvshim is None:
+            return kv_tensor_bytes
+        return kvshim.stats()["physical_bytes"]
+
+    print("READY " + json.dumps(info), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "QUIT":
+            break
+        trace_path, t0, out_path = cmd[1], float(cmd[2]), cmd[3]
+        with open(trace_path) as f:
+            mine = [q for q in json.load(f) if q["model"] == name]
+        run = replay(manager, mine, t0, kv_now, torch)
+        run.update(info)
+        if kvshim is not None:
+            run["kvshim_stats"] = kvshim.stats()
+        with open(out_path, "w") as f:
+            json.dump(run, f)
+        print("DONE", flush=True)
+    manager.stop(block=True, timeout=60)
+    return 0
+
+
+def replay(manager, reqs, t0, kv_now, torch):
+    """Submit reqs at t0 + their times; collect every result."""
+    submitted, results = {}, {}
+    samples, stop = [], threading.Event()
+
+    def sample():
+        while not stop.is_set():
+            samples.append((time.perf_counter() - t0, kv_now(), torch.cuda.memory_reserved()))
+            stop.wait(0.1)
+
+    def collect():
+        while len(results) < len(reqs) and not stop.is_set():
+            out = manager.get_result(timeout=0.1)
+            if out is None or not out.is_finished():
+                continue
+            ts = out.timestamps or []
+            results[out.request_id] = {
+                "status": int(out.status), "error": out.error,
+                "tokens": len(out.generated_tokens),
+                "first": ts[0] if ts else None, "last": ts[-1] if ts else None,
+                "started": out.lifespan[0] if out.lifespan else None}
+
+    threads = [threading.Thread(target=sample, daemon=True),
+               threading.Thread(target=collect, daemon=True)]
+    for th in threads:
+        th.start()
+    for q in reqs:
+        delay = t0 + q["t"] - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        g = random.Random(q["seed"])
+        ids = [g.randrange(1, VOCAB) for _ in range(q["prompt"])]
+        submitted[q["id"]] = time.perf_counter()
+        rid = manager.add_request(ids, request_id=q["id"], max_new_tokens=q["new"],
+                                  record_timestamps=True)
+        if rid is None:
+            results[q["id"]] = {"status": -1, "error": "dropped by add_request"}
+    deadline = time.perf_counter() + 300
+    while len(results) < len(reqs) and time.perf_counter() < deadline:
+        if not manager.is_running():        # the engine failed: report what it did
+            time.sleep(0.5)
+            break
+        time.sleep(0.05)
+    stop.set()
+    for th in threads:
+        th.join(timeout=5)
+    rows = []
+    for q in reqs:
+        r = results.get(q["id"], {"status": -2, "error": "no result in time"})
+        sub = submitted.get(q["id"])
+        row = dict(q, **r)
+        row["ttft"] = r["first"] - sub if r.get("first") and sub else None
+        row["wait"] = r["started"] - sub if r.get("started") and sub and r["started"] > 0 else None
+        row["done_at"] = r["last"] - t0 if r.get("last") else None
+        rows.append(row)
+    return {"requests": rows, "samples": samples}
+
+
+# ---- the parent ----------------------------------------------------------------------
+
+def nvidia_smi_used():
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
+                              "-i", os.environ.get("KVSHIM_DEVICE", "0")],
+                             capture_output=True, text=True, timeout=5).stdout
+        return int(out.split()[0]) * MIB
+    except (OSError, ValueError, IndexError, subprocess.SubprocessError):
+        return None
+
+
+def load_top():
+    path = os.path.join(ROOT, "scripts", "kvshim-top")
+    loader = importlib.machinery.SourceFileLoader("kvshim_top", path)
+    spec = importlib.util.spec_from_loader("kvshim_top", loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+class Sampler:
+    """GPU used memory (nvidia-smi), and the shared segment's held bytes."""
+
+    def __init__(self, t0, pool):
+        self.t0, self.pool = t0, pool
+        self.gpu, self.held = [], []
+        self.top = load_top() if pool else None
+        self.stop = threading.Event()
+        self.threads = [threading.Thread(target=self.run_gpu, daemon=True)]
+        if pool:
+            self.threads.append(threading.Thread(target=self.run_held, daemon=True))
+        for th in self.threads:
+            th.start()
+
+    def run_gpu(self):
+        while not self.stop.is_set():
+            used = nvidia_smi_used()
+            if used is not None:
+                self.gpu.append((time.perf_counter() - self.t0, used))
+            self.stop.wait(0.5)
+
+    def run_held(self):
+        while not self.stop.is_set():
+            for seg in self.top.segments(self.pool):
+                if "error" not in seg:
+                    self.held.append((time.perf_counter() - self.t0, seg["held"], seg["budget"],
+                                      {p["pid"]: p["held"] for p in seg["processes"]}))
+            self.stop.wait(0.05)
+
+    def finish(self):
+        self.stop.set()
+        for th in self.threads:
+            th.join(timeout=5)
+
+
+def read_line(proc, want, timeout):
+    """The next line of proc's stdout starting with want (others echoed)."""
+    q = proc.kv_lines
+    end = time.time() + timeout
+    while True:
+        try:
+            line = q.get(timeout=max(0.1, end - time.time()))
+        except queue.Empty:
+            raise RuntimeError("no %s from engine pid %d in %.0f s" % (want, proc.pid, timeout))
+        if line is None:
+            raise RuntimeError("engine pid %d exited (code %s) before %s"
+                               % (proc.pid, proc.poll(), want))
+        if line.startswith(want):
+            return line[len(want):].strip()
+        sys.stdout.write(line)
+
+
+def spawn(name, mode, args, budget, pool, outdir):
+    cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
+           "--max-batch-tokens", str(args.max_batch_tokens)]
+    env = dict(os.environ)
+    env.pop("LD_PRELOAD", None)
+    if mode == "static":
+        per_token = kv_bytes_per_token(name)
+        cmd += ["--num-blocks", str(budget // 3 // (per_token * BLOCK))]
+    else:
+        cmd = [os.path.join(ROOT, "scripts", "kvshim-run")] + cmd + ["--num-blocks", "0"]
+        env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET=str(budget), KVSHIM_POOL=pool)
+        env.setdefault("KVSHIM_CONFIG_BIN", os.path.join(ROOT, "kvshim-config"))
+        env.setdefault("KVSHIM_PYTHONPATH", os.path.join(ROOT, "scripts", "python"))
+    log = open(os.path.join(outdir, "colocate-%s-%s.log" % (mode, name)), "w")
+    proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=log, text=True, bufsize=1)
+    proc.kv_lines = queue.Queue()
+
+    def pump():
+        for line in proc.stdout:
+            proc.kv_lines.put(line)
+        proc.kv_lines.put(None)
+    threading.Thread(target=pump, daemon=True).start()
+    return proc
+
+
+def run_config(mode, args, traces, outdir):
+    budget = int(args.budget_gib * GIB)
+    pool = "colocate%d" % os.getpid() if mode == "kvshim" else None
+    t_spawn = time.perf_counter()
+    procs = {name: spawn(name, mode, args, budget, pool, outdir) for name in ORDER}
+    res = {"mode": mode, "engines": {}, "runs": {}}
+    try:
+        for name, p in procs.items():
+            res["engines"][name] = json.loads(read_line(p, "READY", 600))
+        res["startup_s"] = time.perf_counter() - t_spawn
+        print("colocate: %s: engines ready in %.1f s: %s" % (mode, res["startup_s"], ", ".join(
+            "%s %d blocks (%.0f MiB of KV tensors)" % (n, e["num_blocks"], e["kv_tensor_bytes"] / MIB)
+            for n, e in res["engines"].items())), flush=True)
+        for rate, path in traces:
+            t0 = time.perf_counter() + 2.0
+            sampler = Sampler(t0, pool)
+            outs = {}
+            for name, p in procs.items():
+                outs[name] = os.path.join(outdir, "colocate-%s-%s-%s.json" % (mode, rate, name))
+                p.stdin.write("RUN %s %.6f %s\n" % (path, t0, outs[name]))
+                p.stdin.flush()
+            for name, p in procs.items():
+                read_line(p, "DONE", args.cycles * 3 * args.phase + 400)
+            sampler.finish()
+            run = {"gpu_used": sampler.gpu, "held": sampler.held, "engines": {}}
+            for name in ORDER:
+                with open(outs[name]) as f:
+                    run["engines"][name] = json.load(f)
+            res["runs"][rate] = run
+            print("colocate: %s, rate %s: done" % (mode, rate), flush=True)
+    finally:
+        for p in procs.values():
+            try:
+                p.stdin.write("QUIT\n")
+                p.stdin.flush()
+            except OSError:
+                pass
+        for p in procs.values():
+            try:
+                p.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if pool:
+            for path in glob_segments(pool):
+                os.unlink(path)
+    return res
+
+
+def glob_segments(pool):
+    import glob
+    return glob.glob("/dev/shm/kvshim-GPU-*-" + pool)
+
+
+def pct(xs, p):
+    xs = sorted(xs)
+    if not xs:
+        return float("nan")
+    k = (len(xs) - 1) * p / 100.0
+    i = int(k)
+    return xs[i] if i + 1 >= len(xs) else xs[i] + (xs[i + 1] - xs[i]) * (k - i)
+
+
+def summarize(results, rates):
+    """Per rate, per model and mode: the table's figures. And whether all
+    requests completed and the budget held."""
+    table, ok = {}, True
+    for rate in rates:
+        for mode, res in results.items():
+            run = res["runs"][rate]
+            for name in ORDER + ("all",):
+                engines = ORDER if name == "all" else (name,)
+                rows = [r for n in engines for r in run["engines"][n]["requests"]]
+                good = [r for r in rows if r["ttft"] is not None and r["status"] == 3]
+                bad = len(rows) - len(good)
+                ok &= bad == 0
+                ttft = [r["ttft"] for r in good]
+                waits = [r["wait"] for r in good if r["wait"] is not None]
+                toks = sum(r["tokens"] for r in good)
+                span = max([r["done_at"] for r in good] or [1]) - min([r["t"] for r in rows] or [0])
+                peak_kv = sum(max(s[1] for s in run["engines"][n]["samples"]) for n in engines)
+                # static: the KV cache is part of PyTorch's reserved memory
+                peak_proc = sum(max(s[2] + (s[1] if res["engines"][n]["kvshim"] else 0)
+                                    for s in run["engines"][n]["samples"]) for n in engines)
+                table[(rate, mode, name)] = {
+                    "requests": len(rows), "failed": bad,
+                    "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
+                    "ttft_mean": statistics.fmean(ttft) if ttft else float("nan"),
+                    "wait_mean": statistics.fmean(waits) if waits else float("nan"),
+                    "tokens_s": toks / span if span > 0 else float("nan"),
+                    "peak_kv": peak_kv, "peak_proc": peak_proc}
+            if run["held"]:
+                over = [h for h in run["held"] if h[1] > h[2]]
+                table[(rate, mode, "held")] = {"peak_held": max(h[1] for h in run["held"]),
+                                               "budget": run["held"][0][2], "over": len(over)}
+                ok &= not over
+    return table, ok
+
+
+def print_tables(table, rates, args):
+    for rate in rates:
+        print("\nrate %s requests/s in a model's hot phase (%.2f/s otherwise), KV budget %.1f GiB"
+              % (rate, args.cold_rate, args.budget_gib))
+        print("(model all: every request; its peaks are sums of the engines' peaks)")
+        print("| model | config | requests | failed | TTFT p50 s | TTFT p99 s | p99 static/kvshim "
+              "| mean queue wait s | tokens/s | peak KV MiB | peak process MiB |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        for name in ORDER + ("all",):
+            st = table[(rate, "static", name)] if (rate, "static", name) in table else None
+            for mode in ("static", "kvshim"):
+                t = table.get((rate, mode, name))
+                if t is None:
+                    continue
+                ratio = "%.2fx" % (st["ttft_p99"] / t["ttft_p99"]) if st and mode == "kvshim" else "-"
+                print("| %s | %s | %d | %d | %.3f | %.3f | %s | %.3f | %.0f | %.0f | %.0f |" % (
+                    name, mode, t["requests"], t["failed"], t["ttft_p50"], t["ttft_p99"], ratio,
+                    t["wait_mean"], t["tokens_s"], t["peak_kv"] / MIB, t["peak_proc"] / MIB))
+        h = table.get((rate, "kvshim", "held"))
+        if h:
+            print("kvshim: shared segment held at most %.0f MiB of a %.0f MiB budget; samples over "
+                  "it: %d" % (h["peak_held"] / MIB, h["budget"] / MIB, h["over"]))
+
+
+def plot(results, rates, outdir):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("colocate: matplotlib not found: no plots")
+        return
+    for rate in rates:
+        fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4.5), sharey=True)
+        axes = axes if len(results) > 1 else [axes]
+        for ax, (mode, res) in zip(axes, results.items()):
+            run = res["runs"][rate]
+            for name in ORDER:
+                s = run["engines"][name]["samples"]
+                ax.plot([x[0] for x in s], [x[1] / GIB for x in s], label="%s KV" % name)
+            if run["held"]:
+                ax.plot([h[0] for h in run["held"]], [h[1] / GIB for h in run["held"]], "k-",
+                        lw=0.8, label="shared segment held")
+                ax.axhline(run["held"][0][2] / GIB, color="r", ls="--", lw=0.8, label="budget")
+            ax.set_title("%s: KV memory per engine (rate %s)" % (mode, rate))
+            ax.set_xlabel("seconds")
+            ax.set_ylabel("GiB")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(outdir, "colocate-memory-%s.png" % rate), dpi=110)
+        plt.close(fig)
+        fig, axes = plt.subplots(1, len(ORDER), figsize=(15, 4.2))
+        for ax, name in zip(axes, ORDER):
+            for mode, res in results.items():
+                rows = res["runs"][rate]["engines"][name]["requests"]
+                ttft = sorted(r["ttft"] for r in rows if r["ttft"] is not None)
+                if ttft:
+                    ax.plot(ttft, [(i + 1) / len(ttft) for i in range(len(ttft))],
+                            ls="--" if mode == "static" else "-", label=mode)
+            ax.set_xscale("log")
+            ax.set_title("%s: TTFT CDF (rate %s)" % (name, rate))
+            ax.set_xlabel("TTFT, seconds")
+            ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(os.path.join(outdir, "colocate-ttft-%s.png" % rate), dpi=110)
+        plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--engine", help=argparse.SUPPRESS)
+    ap.add_argument("--num-blocks", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--out", default=os.environ.get("KVSHIM_SUITE_OUT", "."))
+    ap.add_argument("--configs", default="static,kvshim")
+    ap.add_argument("--budget-gib", type=float, default=6.0, help="KV budget of the three engines")
+    ap.add_argument("--rates", default="3,6", help="hot-phase arrival rates, requests/s")
+    ap.add_argument("--cold-rate", type=float, default=0.25)
+    ap.add_argument("--phase", type=float, default=8.0, help="seconds a model stays hot")
+    ap.add_argument("--cycles", type=int, default=2, help="times each model is hot")
+    ap.add_argument("--prompt-min", type=int, default=256)
+    ap.add_argument("--prompt-max", type=int, default=1024)
+    ap.add_argument("--new-min", type=int, default=64)
+    ap.add_argument("--new-max", type=int, default=256)
+    ap.add_argument("--max-batch-tokens", type=int, default=2048)
+    ap.add_argument("--seed", type=int, default=2026)
+    args = ap.parse_args()
+    if args.engine:
+        return engine(args)
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            print("colocate: no GPU: skipped")
+            return 77
+    except ImportError:
+        print("colocate: no torch: skipped")
+        return 77
+    configs = [c for c in args.configs.split(",") if c]
+    if not configs or set(configs) - {"static", "kvshim"}:
+        ap.error("--configs takes static and kvshim")
+    rates = [r for r in args.rates.split(",") if r]
+    try:
+        [float(r) for r in rates]
+    except ValueError:
+        ap.error("--rates takes numbers")
+    if not rates or args.budget_gib <= 0 or args.phase <= 0 or args.cycles < 1:
+        ap.error("--rates, --budget-gib, --phase and --cycles must be positive")
+    outdir = os.path.abspath(args.out)
+    os.makedirs(outdir, exist_ok=True)
+    traces = []
+    for rate in rates:
+        trace = make_trace(args.seed, float(rate), args)
+        path = os.path.join(outdir, "colocate-trace-%s.json" % rate)
+        with open(path, "w") as f:
+            json.dump(trace, f)
+        traces.append((rate, path))
+        print("colocate: trace at rate %s: %d requests (%s)" % (rate, len(trace), ", ".join(
+            "%s %d" % (n, sum(q["model"] == n for q in trace)) for n in ORDER)))
+    results = {}
+    for mode in configs:
+        results[mode] = run_config(mode, args, traces, outdir)
+    table, ok = summarize(results, rates)
+    print_tables(table, rates, args)
+    plot(results, rates, outdir)
+    with open(os.path.join(outdir, "colocate.json"), "w") as f:
+        json.dump({"args": vars(args), "table": {"|".join(map(str, k)): v for k, v in table.items()},
+                   "engines": {m: r["engines"] for m, r in results.items()},
+                   "startup_s": {m: r.get("startup_s") for m, r in results.items()}}, f, indent=1)
+    print("colocate: %s" % ("PASS" if ok else "FAIL (requests failed or the budget was passed)"))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
