@@ -285,14 +285,17 @@ const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a)
 	return &a->prim;
 }
 
-int kv_alloc_shared(kv_alloc_t *a, size_t *budget, size_t *others)
+int kv_alloc_shared(kv_alloc_t *a, size_t *budget, size_t *others,
+		    size_t *idle)
 {
-	uint64_t b, o;
+	uint64_t b, o, i;
 
 	if (!a || !a->share)
 		return 0;
-	kv_share_figures(a->share, &b, &o);
+	kv_share_figures(a->share, &b, &o, &i);
 	*budget = (size_t)b;
 	*others = (size_t)o;
+	if (idle)
+		*idle = (size_t)i;
 	return 1;
 }

@@ -341,6 +341,16 @@ static uint64_t total_held(const struct kv_share *sh)
 
 /* Ask the others for need bytes of their idle pages, above their floors.
  * Returns the bytes asked for. */
+/* What a process would give back on request: its idle pages, down to its
+ * floor. Lock held. */
+static uint64_t givable(const struct kv_share_slot *sl)
+{
+	uint64_t idle = sl->cached + sl->pooled;
+	uint64_t spare = sl->held > sl->min ? sl->held - sl->min : 0;
+
+	return idle < spare ? idle : spare;
+}
+
 static uint64_t ask(struct kv_share *sh, int me, uint64_t need)
 {
 	uint64_t asked = 0;
@@ -348,13 +358,11 @@ static uint64_t ask(struct kv_share *sh, int me, uint64_t need)
 
 	for (i = 0; i < KV_SHARE_SLOTS && asked < need; i++) {
 		struct kv_share_slot *sl = &sh->slot[i];
-		uint64_t idle, spare, want;
+		uint64_t want;
 
 		if ((int)i == me || !sl->pid)
 			continue;
-		idle = sl->cached + sl->pooled;
-		spare = sl->held > sl->min ? sl->held - sl->min : 0;
-		want = idle < spare ? idle : spare;
+		want = givable(sl);
 		if (want > sl->trim_request) {
 			want -= sl->trim_request;
 			if (want > need - asked)
@@ -462,13 +470,19 @@ void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled)
 	pthread_mutex_unlock(&s->sh->lock);
 }
 
-void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others)
+void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others,
+		      uint64_t *idle)
 {
-	*budget = *others = 0;
+	unsigned i;
+
+	*budget = *others = *idle = 0;
 	if (lock(s->sh))
 		return;
 	*budget = s->sh->budget;
 	*others = total_held(s->sh) - s->sh->slot[s->slot].held;
+	for (i = 0; i < KV_SHARE_SLOTS; i++)
+		if ((int)i != s->slot && s->sh->slot[i].pid)
+			*idle += givable(&s->sh->slot[i]);
 	pthread_mutex_unlock(&s->sh->lock);
 }
 

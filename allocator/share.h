@@ -95,8 +95,10 @@ uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
  * deciding whom to ask must not read a stale figure). */
 void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled);
 
-/* The pool's budget, and the bytes the other processes hold now. */
-void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others);
+/* The pool's budget, the bytes the other processes hold now, and how many
+ * of those they would give back on request (idle, above their floors). */
+void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others,
+		      uint64_t *idle);
 
 /* Record bytes given back on request. */
 void kv_share_trimmed(kv_share_t *s, uint64_t bytes);

@@ -146,7 +146,7 @@ void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 	 * wait or fail cleanly otherwise), up to the budget less what this
 	 * process has claimed.
 	 */
-	if (kv_alloc_shared(a, &budget, &others)) {
+	if (kv_alloc_shared(a, &budget, &others, NULL)) {
 		claimed = s.mapped_bytes - s.cached_bytes;
 		*free_bytes += others;
 		cap = budget > claimed ? budget - claimed : 0;

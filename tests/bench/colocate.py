@@ -61,7 +61,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 MODELS = {
     "small": (12, 1536, 12, 4, 4096),
     "medium": (16, 2048, 16, 8, 5632),
-    "large": (24, 2560, 20, 8, 6912),
+    "large": (24, 3072, 24, 8, 8192),
 }
 ORDER = ("small", "medium", "large")
 BLOCK = 32            # tokens a block
@@ -205,7 +205,7 @@ def replay(manager, reqs, t0, kv_now, torch):
                                   record_timestamps=True)
         if rid is None:
             results[q["id"]] = {"status": -1, "error": "dropped by add_request"}
-    deadline = time.perf_counter() + 300
+    deadline = time.perf_counter() + 150
     while len(results) < len(reqs) and time.perf_counter() < deadline:
         if not manager.is_running():        # the engine failed: report what it did
             time.sleep(0.5)
@@ -482,10 +482,11 @@ def plot(results, rates, outdir):
                 if ttft:
                     ax.plot(ttft, [(i + 1) / len(ttft) for i in range(len(ttft))],
                             ls="--" if mode == "static" else "-", label=mode)
-            ax.set_xscale("log")
+            if ax.lines:
+                ax.set_xscale("log")
+                ax.legend(fontsize=8)
             ax.set_title("%s: TTFT CDF (rate %s)" % (name, rate))
             ax.set_xlabel("TTFT, seconds")
-            ax.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(os.path.join(outdir, "colocate-ttft-%s.png" % rate), dpi=110)
         plt.close(fig)
@@ -498,7 +499,7 @@ def main():
     ap.add_argument("--out", default=os.environ.get("KVSHIM_SUITE_OUT", "."))
     ap.add_argument("--configs", default="static,kvshim")
     ap.add_argument("--budget-gib", type=float, default=6.0, help="KV budget of the three engines")
-    ap.add_argument("--rates", default="3,6", help="hot-phase arrival rates, requests/s")
+    ap.add_argument("--rates", default="4,8", help="hot-phase arrival rates, requests/s")
     ap.add_argument("--cold-rate", type=float, default=0.25)
     ap.add_argument("--phase", type=float, default=8.0, help="seconds a model stays hot")
     ap.add_argument("--cycles", type=int, default=2, help="times each model is hot")
