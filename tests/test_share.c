@@ -126,8 +126,11 @@ START_TEST(test_share_gives_way)
 		b = make(16 * PG, 0, 0, 0);
 		kv_alloc_reserve(b, 16 * PG, &d);
 		/* the admission check counts the other process's idle pages */
-		if (kv_alloc_headroom(b, &room) || room < 10 * PG)
+		if (kv_alloc_headroom(b, &room) || room < 10 * PG) {
+			if (write(c2p[1], "h", 1) != 1)
+				_exit(4);
 			_exit(5);
+		}
 		clock_gettime(CLOCK_MONOTONIC, &t0);
 		rc = kv_alloc_map(b, d, 10 * PG);
 		clock_gettime(CLOCK_MONOTONIC, &t1);
