@@ -10,6 +10,7 @@ import io
 import os
 import sys
 import tempfile
+import time
 import types
 import unittest
 from contextlib import redirect_stderr
@@ -114,6 +115,9 @@ class StandInCache:
 
     def will_allocation_be_successful(self, n, allocated):
         return self.blocks_needed(n, allocated) <= self._block_manager.num_free_blocks
+
+    def get_num_free_blocks(self):
+        return self._block_manager.num_free_blocks
 
     def allocate_blocks(self, n, request_id, allocated):
         """Check once, then each layer group takes its blocks; a group
@@ -288,28 +292,43 @@ class AdapterTest(unittest.TestCase):
         with self.assertRaises(ValueError):
             c.allocate_blocks(1, "r2", 0)
 
-    def test_scheduler_waits_when_kvshim_is_short(self):
+    def test_free_blocks_are_what_kvshim_can_back(self):
         c, tr = self.make(num_blocks=4096, layers=4)
-        mod = types.ModuleType("fake_scheduler")
+        # the 64 MiB limit: 4 pages a tensor, less one page of margin: 192 blocks
+        self.assertEqual(c.get_num_free_blocks(), 192)
+        c._block_manager.get_free_blocks(64, None, False, 0)
+        time.sleep(0.01)                    # past the headroom's time to live
+        self.assertEqual(c.get_num_free_blocks(), 128)
+        # kvshim unable to tell: the engine's own count
+        tr.group.close()
+        time.sleep(0.01)
+        self.assertEqual(c.get_num_free_blocks(), 4096 - 64)
 
-        class Scheduler:
+    def test_engine_waits_when_kvshim_is_short(self):
+        c, tr = self.make(num_blocks=4096, layers=4)
+        mod = types.ModuleType("fake_api")
+
+        class ContinuousBatchProcessor:
             def __init__(self, cache):
                 self.cache = cache
 
-            def schedule_batch(self, budget, cache_budget):
-                if self.cache.allocate_blocks(budget, "r", 0) is None:
-                    return None, True, 0, 0
-                return ["r"], True, budget, 0
-        mod.Scheduler = Scheduler
-        transformers_cb.patch_scheduler_module(mod)
-        transformers_cb.patch_scheduler_module(mod)          # once only
-        sched = Scheduler(c)
-        # the engine's own pool is short: transformers' answer stands
-        self.assertEqual(sched.schedule_batch(8192, 0)[0], None)
-        # kvshim is short (the 64 MiB limit backs 256 blocks): nothing this step
-        self.assertEqual(sched.schedule_batch(256, 0)[0], ["r"])
-        self.assertEqual(sched.schedule_batch(64, 0)[0], [])
+            def prepare_next_batch(self, n=64):
+                # as transformers: nothing scheduled, nothing to offload
+                if self.cache.allocate_blocks(n, "r", 0) is None:
+                    raise RuntimeError("No requests can be scheduled and no requests "
+                                       "can be offloaded.")
+                return True
+        mod.ContinuousBatchProcessor = ContinuousBatchProcessor
+        transformers_cb.patch_api_module(mod)
+        transformers_cb.patch_api_module(mod)          # once only
+        proc = ContinuousBatchProcessor(c)
+        self.assertTrue(proc.prepare_next_batch(256))  # the limit backs 256 blocks
+        # kvshim is short: the step does nothing, the engine lives on
+        self.assertFalse(proc.prepare_next_batch(64))
         self.assertGreater(tr.short, 0)
+        # the engine's own pool is short: transformers' error stands
+        with self.assertRaises(RuntimeError):
+            proc.prepare_next_batch(8192)
 
     def test_release_failure_keeps_the_id(self):
         def refuse(ids):

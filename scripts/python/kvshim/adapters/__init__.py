@@ -14,8 +14,8 @@ import sys
 ADAPTERS = {
     "transformers.generation.continuous_batching.cache":
         ("kvshim.adapters.transformers_cb", "patch_cache_module"),
-    "transformers.generation.continuous_batching.scheduler":
-        ("kvshim.adapters.transformers_cb", "patch_scheduler_module"),
+    "transformers.generation.continuous_batching.continuous_api":
+        ("kvshim.adapters.transformers_cb", "patch_api_module"),
 }
 
 _installed = False

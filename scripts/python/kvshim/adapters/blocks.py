@@ -6,6 +6,7 @@ driver call). Engines keep their free lists in different shapes; the
 adapter for one wires its list to a BlockTracker.
 """
 import collections
+import time
 
 import kvshim
 from kvshim import ELIMIT, ENOMEM, ENOTCLAIMED
@@ -21,6 +22,7 @@ class BlockTracker:
         self.peak = 0            # the most blocks held backed at once
         self.refused = 0         # maps refused for want of memory
         self.short = 0           # times kvshim said no, checks and maps alike
+        self._room = (0.0, None)  # (when, blocks) of the last headroom read
 
     def take(self, ids):
         """Back blocks the engine hands out. False (nothing changed) when
@@ -60,6 +62,20 @@ class BlockTracker:
                     pass
             return
         self.mapped -= len(ids)
+
+    def room(self, ttl=0.005):
+        """Blocks kvshim could back now, read at most every ttl seconds
+        (an engine asks per request it schedules; the exact check is
+        can_take's); None when kvshim cannot tell."""
+        when, blocks = self._room
+        now = time.monotonic()
+        if now - when > ttl:
+            try:
+                blocks = self.group.headroom()
+            except kvshim.KvshimError:
+                blocks = None
+            self._room = (now, blocks)
+        return blocks
 
     def can_take(self, ids):
         """Would backing these blocks succeed now?"""

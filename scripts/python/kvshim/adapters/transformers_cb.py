@@ -20,10 +20,13 @@ is imported:
   instead of the engine failing; an allocation kvshim refuses after the
   check said yes (memory taken meanwhile) is undone and reported as
   unavailable;
-- (transformers.generation.continuous_batching.scheduler) when nothing can
-  be scheduled because kvshim is short, schedules nothing this step, so
-  the loop retries: transformers would otherwise offload its requests, or
-  fail when none is running.
+- makes the free block count the scheduler and the offloading manager read
+  (get_num_free_blocks) no more than kvshim can back: when memory is
+  short, new prefills wait and transformers preempts its own requests as
+  when its pool is full;
+- (transformers.generation.continuous_batching.continuous_api) when
+  nothing can be scheduled or offloaded because kvshim is short, the step
+  does nothing and the loop retries, where transformers would fail.
 If the installed transformers does not look as expected, it warns once and
 leaves the cache as it is: allocated whole, as without kvshim. If kvshim
 cannot manage the tensors it made, it backs them in full.
@@ -38,7 +41,7 @@ from kvshim.adapters.blocks import BlockTracker, TrackedFreeList
 
 _EXPECTED = {
     "PagedAttentionCache": ("__init__", "will_allocation_be_successful", "blocks_needed",
-                            "allocate_blocks"),
+                            "allocate_blocks", "get_num_free_blocks"),
 }
 _MANAGER_EXPECTED = ("get_free_blocks", "free_blocks", "has_enough_free_blocks")
 
@@ -200,7 +203,15 @@ def attach(cache):
                 bm.free_blocks(extra, shareable=cm.uses_block_sharing)
         return None
 
+    orig_free = cache.get_num_free_blocks
+
+    def get_num_free_blocks():
+        n = orig_free()
+        room = tracker.room()
+        return n if room is None else min(n, room)
+
     bm.get_free_blocks = get_free_blocks
+    cache.get_num_free_blocks = get_num_free_blocks
     cache.will_allocation_be_successful = will_allocation_be_successful
     cache.allocate_blocks = allocate_blocks
     cache.kvshim_tracker = tracker
@@ -229,32 +240,30 @@ def patch_cache_module(mod):
     cls._kvshim_patched = True
 
 
-def patch_scheduler_module(mod):
-    """A batch that cannot be scheduled because kvshim, not the engine's own
-    block pool, is short (other processes hold the memory) schedules
-    nothing this step: the engine's loop waits and retries, where
-    transformers would offload its own requests to make room, and fail
-    when it has none to offload."""
-    classes = [c for c in vars(mod).values()
-               if isinstance(c, type) and "schedule_batch" in vars(c)
-               and not getattr(vars(c)["schedule_batch"], "__isabstractmethod__", False)]
-    if not classes:
-        warn("transformers continuous batching scheduler not as expected (no "
-             "schedule_batch): an engine short of memory may offload its requests")
+
+def patch_api_module(mod):
+    """When transformers finds nothing to schedule and nothing to offload
+    because kvshim is short (other processes hold the memory), it fails the
+    engine; the step instead does nothing, and the loop retries."""
+    cls = getattr(mod, "ContinuousBatchProcessor", None)
+    if cls is None or not hasattr(cls, "prepare_next_batch"):
+        warn("transformers continuous batching not as expected (no ContinuousBatchProcessor."
+             "prepare_next_batch): an engine short of memory may fail")
         return
-    for cls in classes:
-        if vars(cls).get("_kvshim_patched"):
-            continue
-        cls.schedule_batch = _waiting_schedule(cls.schedule_batch)
-        cls._kvshim_patched = True
+    if vars(cls).get("_kvshim_patched"):
+        return
+    orig = cls.prepare_next_batch
 
-
-def _waiting_schedule(orig):
-    def schedule_batch(self, *args, **kwargs):
+    def prepare_next_batch(self, *args, **kwargs):
         tracker = getattr(getattr(self, "cache", None), "kvshim_tracker", None)
         short = tracker.short if tracker is not None else 0
-        out = orig(self, *args, **kwargs)
-        if tracker is not None and out and out[0] is None and tracker.short > short:
-            return ([],) + tuple(out[1:])
-        return out
-    return schedule_batch
+        try:
+            return orig(self, *args, **kwargs)
+        except RuntimeError as e:
+            if (tracker is None or tracker.short == short
+                    or "no requests can be offloaded" not in str(e).lower()):
+                raise
+            return False
+
+    cls.prepare_next_batch = prepare_next_batch
+    cls._kvshim_patched = True
