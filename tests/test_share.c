@@ -87,6 +87,32 @@ static uint64_t total(const struct kv_share *sh)
 	return t;
 }
 
+/* The segment mapped writable, to take its lock. */
+static struct kv_share *lockable(const struct kv_share *ro)
+{
+	struct kv_share *sh;
+	int fd;
+
+	fd = shm_open(ro->name, O_RDWR, 0);
+	ck_assert_int_ge(fd, 0);
+	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+	close(fd);
+	ck_assert_ptr_ne(sh, MAP_FAILED);
+	return sh;
+}
+
+/* The sum held, read under the segment's lock: read without it, slots
+ * changing between the reads can add up to more than was ever held. */
+static uint64_t locked_total(struct kv_share *sh)
+{
+	uint64_t t;
+
+	ck_assert_int_eq(pthread_mutex_lock(&sh->lock), 0);
+	t = total(sh);
+	pthread_mutex_unlock(&sh->lock);
+	return t;
+}
+
 static void unlink_pool(const struct kv_share *sh)
 {
 	char name[160];
@@ -162,6 +188,7 @@ START_TEST(test_share_never_over)
 {
 	unsigned seed = (unsigned)time(NULL);
 	const struct kv_share *sh;
+	struct kv_share *rw;
 	uint64_t most = 0, t;
 	pid_t pid[4];
 	int i, st, live = 4;
@@ -170,6 +197,7 @@ START_TEST(test_share_never_over)
 	new_pool();
 	a = make(24 * PG, 0, 0, 0);            /* creates the segment */
 	sh = watch();
+	rw = lockable(sh);
 	printf("share stress: seed %u\n", seed);
 	for (i = 0; i < 4; i++) {
 		pid[i] = fork();
@@ -196,7 +224,7 @@ START_TEST(test_share_never_over)
 		}
 	}
 	while (live) {
-		t = total(sh);
+		t = locked_total(rw);
 		most = t > most ? t : most;
 		for (i = 0; i < 4; i++)
 			if (pid[i] && waitpid(pid[i], &st, WNOHANG) == pid[i]) {
@@ -209,6 +237,7 @@ START_TEST(test_share_never_over)
 	printf("share stress: at most %llu of %d pages held together\n",
 	       (unsigned long long)(most / PG), 24);
 	ck_assert_uint_le(most, 24 * PG);
+	munmap(rw, sizeof(*rw));
 	kv_alloc_destroy(a);
 	unlink_pool(sh);
 }
