@@ -53,6 +53,7 @@ struct kv_phys {
 	uint8_t fresh;          /* backed by the map in progress */
 	uint8_t failed;         /* driver work on it failed: see
 				 * kv_slots_failed_last */
+	uint64_t idle_ns;       /* when it lost its last claim (or its span) */
 };
 
 struct kv_span {
@@ -75,6 +76,7 @@ struct kv_alloc_s {
 	pthread_mutex_t lock;
 	pthread_cond_t done;    /* a BUSY slot changed state */
 	pthread_cond_t wake;    /* the worker has something to do */
+	uint64_t fenced_ns;     /* kernels queued before it are done (atomic) */
 
 	struct kv_phys *phys;
 	struct kv_list empty, clean, dirty, cache;

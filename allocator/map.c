@@ -93,6 +93,7 @@ static void clear_pending(const struct place *pl, size_t n)
 /* Undo claim_present: pending pages unbacked again, claims dropped. */
 static void unclaim_present(kv_alloc_t *a, const struct place *pl, size_t n)
 {
+	uint64_t now = kv_prim_now_ns();
 	uint32_t p;
 	size_t i;
 
@@ -104,6 +105,7 @@ static void unclaim_present(kv_alloc_t *a, const struct place *pl, size_t n)
 				*s = KV_NIL;
 			} else if (*s != KV_NIL && --pl[i].sp->claims[p] == 0) {
 				a->phys[*s].state = KV_P_CACHED;
+				a->phys[*s].idle_ns = now;
 				kv_list_push(a, &a->cache, *s);
 			}
 		}
@@ -397,6 +399,7 @@ static int unclaim(kv_alloc_t *a, const struct place *pl, size_t n)
 int kv_alloc_unmap_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 {
 	struct place one, *pl = &one;
+	uint64_t now = kv_prim_now_ns();
 	uint32_t p;
 	size_t i;
 	int rc;
@@ -417,6 +420,7 @@ int kv_alloc_unmap_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 			if (pl[i].sp->claims[p] || a->phys[s].state == KV_P_CACHED)
 				continue;
 			a->phys[s].state = KV_P_CACHED;
+			a->phys[s].idle_ns = now;
 			kv_list_push(a, &a->cache, s);
 		}
 	}

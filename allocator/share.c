@@ -339,8 +339,6 @@ static uint64_t total_held(const struct kv_share *sh)
 	return t;
 }
 
-/* Ask the others for need bytes of their idle pages, above their floors.
- * Returns the bytes asked for. */
 /* What a process would give back on request: its idle pages, down to its
  * floor. Lock held. */
 static uint64_t givable(const struct kv_share_slot *sl)
@@ -351,6 +349,8 @@ static uint64_t givable(const struct kv_share_slot *sl)
 	return idle < spare ? idle : spare;
 }
 
+/* Ask the others for need bytes of their idle pages, above their floors.
+ * Returns the bytes asked for. */
 static uint64_t ask(struct kv_share *sh, int me, uint64_t need)
 {
 	uint64_t asked = 0;

@@ -158,6 +158,7 @@ fail:
  */
 static void retire(kv_alloc_t *a, struct kv_span *sp)
 {
+	uint64_t now = kv_prim_now_ns();
 	uint32_t p;
 	size_t i;
 
@@ -168,6 +169,8 @@ static void retire(kv_alloc_t *a, struct kv_span *sp)
 			continue;
 		if (a->phys[s].state == KV_P_CACHED)
 			kv_list_remove(a, &a->cache, s);
+		else
+			a->phys[s].idle_ns = now;
 		a->phys[s].state = KV_P_BUSY;
 		sp->busy++;
 	}
@@ -322,11 +325,35 @@ int kv_span_cmp_place(const void *x, const void *y, void *arg)
 }
 
 /*
+ * Kernels queued before the engine let go of a page may still read it, and
+ * the driver's unmap does not wait for them: wait for the device (once for
+ * all pages let go of since the last wait). A failed fence (a context
+ * already broken) is logged, and the pages leave all the same.
+ */
+static void fence(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
+		  uint64_t t0)
+{
+	uint64_t newest = 0, seen;
+	uint32_t i;
+
+	for (i = 0; i < n; i++)
+		if (a->phys[slots[i]].idle_ns > newest)
+			newest = a->phys[slots[i]].idle_ns;
+	seen = __atomic_load_n(&a->fenced_ns, __ATOMIC_ACQUIRE);
+	if (newest < seen || kv_prim_fence(&a->prim))
+		return;
+	while (seen < t0 &&
+	       !__atomic_compare_exchange_n(&a->fenced_ns, &seen, t0, 0,
+					    __ATOMIC_RELEASE, __ATOMIC_ACQUIRE))
+		;
+}
+
+/*
  * Unmap the span pages held by BUSY slots[0..n), after a fence, one driver
  * call per run of consecutive pages of one span. The lock may or may not be
- * held: BUSY slots and their spans stay put either way. Reorders slots so the pages
- * unmapped come first. Returns how many were unmapped; *rc gets the first
- * driver error, or 0.
+ * held: BUSY slots and their spans stay put either way. Reorders slots so
+ * the pages unmapped come first. Returns how many were unmapped; *rc gets
+ * the first driver error, or 0.
  */
 uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 			     int *rc)
@@ -338,10 +365,7 @@ uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 	*rc = 0;
 	if (!n)
 		return 0;
-	/* kernels queued before the engine let go of these pages may still
-	 * read them; a failed fence (a context already broken) is logged and
-	 * the pages leave all the same */
-	kv_prim_fence(&a->prim);
+	fence(a, slots, n, t0);
 	qsort_r(slots, n, sizeof(*slots), kv_span_cmp_place, a);
 	for (i = 0; i < n; i += len) {
 		const struct kv_phys *p = &a->phys[slots[i]];

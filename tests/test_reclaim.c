@@ -114,16 +114,18 @@ START_TEST(test_trim_in_runs)
 END_TEST
 
 /* Pages leave a span only after a fence (the driver's unmap does not wait
- * for queued kernels): one fence a batch, none when nothing leaves, and a
- * failed fence does not keep pages back. */
+ * for queued kernels): none when nothing leaves, and one for all pages let
+ * go of before it; a failed fence keeps no page back, and counts for none. */
 START_TEST(test_fence_before_unmap)
 {
 	size_t freed = 0;
 
 	ck_assert_int_eq(kv_alloc_map(a, base, 4 * PG), 0);
 	ck_assert_int_eq(kv_alloc_map(a, base + 10 * PG, PG), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 20 * PG, 2 * PG), 0);
 	ck_assert_int_eq(kv_alloc_unmap(a, base, 4 * PG), 0);
 	ck_assert_int_eq(kv_alloc_unmap(a, base + 10 * PG, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 20 * PG, 2 * PG), 0);
 	kv_dev_reset_counts();
 	ck_assert_int_eq(kv_alloc_map(a, base, PG), 0);  /* cached: no unmap */
 	ck_assert_int_eq(kv_alloc_trim(a, 0, NULL), 0);
@@ -131,14 +133,25 @@ START_TEST(test_fence_before_unmap)
 	ck_assert_int_eq(kv_alloc_trim(a, 2 * PG, &freed), 0);
 	ck_assert_uint_eq(freed, 2 * PG);
 	ck_assert_uint_eq(kv_dev_calls("cuCtxSynchronize"), 1);
-	ck_assert_int_eq(kv_dev_fail_nth("cuCtxSynchronize", 1, CUDA_ERROR_LAUNCH_FAILED), 0);
-	ck_assert_int_eq(kv_alloc_trim(a, SIZE_MAX, &freed), 0);
+	/* let go of before that fence: no other */
+	ck_assert_int_eq(kv_alloc_trim(a, 2 * PG, &freed), 0);
 	ck_assert_uint_eq(freed, 2 * PG);
+	ck_assert_uint_eq(kv_dev_calls("cuCtxSynchronize"), 1);
+	/* let go of since: a fence, which fails, and the pages leave */
+	ck_assert_int_eq(kv_alloc_map(a, base + 25 * PG, 2 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 25 * PG, 2 * PG), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuCtxSynchronize", 1, CUDA_ERROR_LAUNCH_FAILED), 0);
+	ck_assert_int_eq(kv_alloc_trim(a, 3 * PG, &freed), 0);
+	ck_assert_uint_eq(freed, 3 * PG);
 	ck_assert_uint_eq(kv_dev_calls("cuCtxSynchronize"), 2);
+	/* the failed fence covered nothing: the last page gets one */
+	ck_assert_int_eq(kv_alloc_trim(a, SIZE_MAX, &freed), 0);
+	ck_assert_uint_eq(freed, PG);
+	ck_assert_uint_eq(kv_dev_calls("cuCtxSynchronize"), 3);
 	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);
 	/* a released span's pages, reaped at once without a worker */
 	ck_assert_int_eq(kv_alloc_release(a, base), 0);
-	ck_assert_uint_eq(kv_dev_calls("cuCtxSynchronize"), 3);
+	ck_assert_uint_eq(kv_dev_calls("cuCtxSynchronize"), 4);
 	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 0);
 }
 END_TEST
