@@ -41,6 +41,7 @@ every run completed and the shared budget was never passed, 1 if not, 77
 without a GPU.
 """
 import argparse
+import glob
 import importlib.machinery
 import importlib.util
 import json
@@ -374,7 +375,6 @@ def run_config(mode, args, traces, outdir):
 
 
 def glob_segments(pool):
-    import glob
     return glob.glob("/dev/shm/kvshim-GPU-*-" + pool)
 
 
@@ -415,6 +415,8 @@ def summarize(results, rates):
                     "wait_mean": statistics.fmean(waits) if waits else float("nan"),
                     "tokens_s": toks / span if span > 0 else float("nan"),
                     "peak_kv": peak_kv, "peak_proc": peak_proc}
+            if run["gpu_used"]:
+                table[(rate, mode, "gpu")] = {"peak_used": max(g[1] for g in run["gpu_used"])}
             if run["held"]:
                 over = [h for h in run["held"] if h[1] > h[2]]
                 table[(rate, mode, "held")] = {"peak_held": max(h[1] for h in run["held"]),
@@ -441,6 +443,10 @@ def print_tables(table, rates, args):
                 print("| %s | %s | %d | %d | %.3f | %.3f | %s | %.3f | %.0f | %.0f | %.0f |" % (
                     name, mode, t["requests"], t["failed"], t["ttft_p50"], t["ttft_p99"], ratio,
                     t["wait_mean"], t["tokens_s"], t["peak_kv"] / MIB, t["peak_proc"] / MIB))
+        used = ["%s %.0f MiB" % (mode, table[(rate, mode, "gpu")]["peak_used"] / MIB)
+                for mode in ("static", "kvshim") if (rate, mode, "gpu") in table]
+        if used:
+            print("GPU memory used at most (nvidia-smi, every 500 ms): " + ", ".join(used))
         h = table.get((rate, "kvshim", "held"))
         if h:
             print("kvshim: shared segment held at most %.0f MiB of a %.0f MiB budget; samples over "

@@ -240,7 +240,6 @@ def patch_cache_module(mod):
     cls._kvshim_patched = True
 
 
-
 def patch_api_module(mod):
     """When transformers finds nothing to schedule and nothing to offload
     because kvshim is short (other processes hold the memory), it fails the
