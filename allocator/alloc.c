@@ -286,16 +286,16 @@ const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a)
 }
 
 int kv_alloc_shared(kv_alloc_t *a, size_t *budget, size_t *others,
-		    size_t *idle)
+		    size_t *room)
 {
-	uint64_t b, o, i;
+	uint64_t b, o, r;
 
 	if (!a || !a->share)
 		return 0;
-	kv_share_figures(a->share, &b, &o, &i);
+	kv_share_figures(a->share, &b, &o, &r);
 	*budget = (size_t)b;
 	*others = (size_t)o;
-	if (idle)
-		*idle = (size_t)i;
+	if (room)
+		*room = (size_t)r;
 	return 1;
 }

@@ -144,10 +144,10 @@ int kv_alloc_claims(kv_alloc_t *a, CUdeviceptr addr);
 int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out);
 
 /* With a shared budget: 1 with the pool's budget, what the other processes
- * hold and (idle, may be NULL) how much of it they would give back on
- * request; 0 without one. */
+ * hold and (room, may be NULL) the most this process could hold (see
+ * kv_share_figures); 0 without one. */
 int kv_alloc_shared(kv_alloc_t *a, size_t *budget, size_t *others,
-		    size_t *idle);
+		    size_t *room);
 
 /* The driver handle a runs on, for callers that must check the device. */
 const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a);

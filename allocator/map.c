@@ -446,7 +446,7 @@ int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 
 int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 {
-	size_t free_b = 0, total = 0, grow, budget, others, idle;
+	size_t free_b = 0, total = 0, grow, budget, others, room;
 	int rc;
 
 	if (!a || !bytes)
@@ -456,16 +456,16 @@ int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 		rc = kv_prim_meminfo(&a->prim, &free_b, &total);
 	if (rc)
 		return rc;
-	if (kv_alloc_shared(a, &budget, &others, &idle)) {
-		/* what the shared budget and this process's ceiling leave:
-		 * others' idle pages count, as a map asks them back */
+	if (kv_alloc_shared(a, &budget, &others, &room)) {
+		/* what the shared budget, the others' use and floors, and this
+		 * process's ceiling leave (others' idle pages count: a map asks
+		 * them back) */
 		size_t own = 0, left;
 
 		pthread_mutex_lock(&a->lock);
 		own = (size_t)a->held * a->page;
 		pthread_mutex_unlock(&a->lock);
-		others -= idle < others ? idle : others;
-		left = budget > others + own ? budget - others - own : 0;
+		left = room > own ? room - own : 0;
 		if (a->o.max)
 			left = left < (a->o.max > own ? a->o.max - own : 0) ?
 			       left : (a->o.max > own ? a->o.max - own : 0);

@@ -349,6 +349,22 @@ static uint64_t givable(const struct kv_share_slot *sl)
 	return idle < spare ? idle : spare;
 }
 
+/* The budget the other processes' floors keep for them: what each holds
+ * short of its floor. Lock held. */
+static uint64_t floors_unmet(const struct kv_share *sh, int me)
+{
+	uint64_t kept = 0;
+	unsigned i;
+
+	for (i = 0; i < KV_SHARE_SLOTS; i++) {
+		const struct kv_share_slot *sl = &sh->slot[i];
+
+		if ((int)i != me && sl->pid && sl->min > sl->held)
+			kept += sl->min - sl->held;
+	}
+	return kept;
+}
+
 /* Ask the others for need bytes of their idle pages, above their floors.
  * Returns the bytes asked for. */
 static uint64_t ask(struct kv_share *sh, int me, uint64_t need)
@@ -403,10 +419,11 @@ static int take(kv_share_t *s, uint64_t bytes, int may_ask)
 		pthread_mutex_unlock(&sh->lock);
 		return KVSHIM_ELIMIT;
 	}
-	total = total_held(sh);
+	/* the others' floors are budget they may claim at any time */
+	total = total_held(sh) + floors_unmet(sh, s->slot);
 	if (total + bytes > sh->budget) {
 		reap(sh);
-		total = total_held(sh);
+		total = total_held(sh) + floors_unmet(sh, s->slot);
 	}
 	if (total + bytes <= sh->budget) {
 		me->held += bytes;
@@ -471,18 +488,23 @@ void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled)
 }
 
 void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others,
-		      uint64_t *idle)
+		      uint64_t *room)
 {
+	uint64_t kept;
 	unsigned i;
 
-	*budget = *others = *idle = 0;
+	*budget = *others = *room = 0;
 	if (lock(s->sh))
 		return;
 	*budget = s->sh->budget;
 	*others = total_held(s->sh) - s->sh->slot[s->slot].held;
+	/* the others keep what they use and their floors; their idle pages
+	 * come back on request */
+	kept = *others + floors_unmet(s->sh, s->slot);
 	for (i = 0; i < KV_SHARE_SLOTS; i++)
 		if ((int)i != s->slot && s->sh->slot[i].pid)
-			*idle += givable(&s->sh->slot[i]);
+			kept -= givable(&s->sh->slot[i]);
+	*room = *budget > kept ? *budget - kept : 0;
 	pthread_mutex_unlock(&s->sh->lock);
 }
 

@@ -71,10 +71,11 @@ int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 void kv_share_close(kv_share_t *s);
 
 /*
- * Take bytes of budget for new pages. Returns 0; KVSHIM_ELIMIT when this
- * process's ceiling forbids it; or KV_SHARE_WAIT when others hold the
- * budget with idle pages: they have been asked to trim, and the caller
- * should try again shortly. When nobody can give way, KVSHIM_ELIMIT.
+ * Take bytes of budget for new pages. The others' floors count as held:
+ * a process below its floor can always grow to it. Returns 0; KVSHIM_ELIMIT
+ * when this process's ceiling forbids it; or KV_SHARE_WAIT when others
+ * hold the budget with idle pages: they have been asked to trim, and the
+ * caller should try again shortly. When nobody can give way, KVSHIM_ELIMIT.
  */
 #define KV_SHARE_WAIT 2
 int kv_share_take(kv_share_t *s, uint64_t bytes);
@@ -95,10 +96,11 @@ uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
  * deciding whom to ask must not read a stale figure). */
 void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled);
 
-/* The pool's budget, the bytes the other processes hold now, and how many
- * of those they would give back on request (idle, above their floors). */
+/* The pool's budget, the bytes the other processes hold now, and the most
+ * this process could hold: the budget less what the others use and what
+ * their floors keep for them (their idle pages come back on request). */
 void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others,
-		      uint64_t *idle);
+		      uint64_t *room);
 
 /* Record bytes given back on request. */
 void kv_share_trimmed(kv_share_t *s, uint64_t bytes);

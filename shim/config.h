@@ -41,7 +41,7 @@
 	X(BUDGET, budget, budget, "100%",                                    \
 	  "bytes all processes of the pool may hold in pages together, or % of device memory (set by the segment's creator)") \
 	X(MIN, min, size, "0",                                               \
-	  "this process's floor: others are never asked to trim it below this") \
+	  "this process's floor in the shared budget: kept for it while it holds less, and never trimmed below on request") \
 	X(MAX, max, size_zero_off, "off",                                    \
 	  "this process's ceiling in the shared budget; off: none") \
 	X(SHARE_MODE, share_mode, mode, "0600",                              \

@@ -326,6 +326,52 @@ START_TEST(test_share_limits)
 }
 END_TEST
 
+/* A floor is kept: while a process holds less than its floor, others
+ * cannot take that budget, and it grows to its floor at once. */
+START_TEST(test_share_floor_kept)
+{
+	const struct kv_share *sh;
+	int st, p2c[2], c2p[2];
+	size_t room = 0;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+	pid_t pid;
+	char c;
+
+	new_pool();
+	ck_assert_int_eq(pipe(p2c), 0);
+	ck_assert_int_eq(pipe(c2p), 0);
+	a = make(16 * PG, 0, 0, 0);
+	sh = watch();
+	pid = fork();
+	if (pid == 0) {
+		kv_alloc_t *b = make(16 * PG, 8 * PG, 0, 0);
+		CUdeviceptr d;
+		int r1, r2;
+
+		kv_alloc_reserve(b, 16 * PG, &d);
+		if (write(c2p[1], "r", 1) != 1 || read(p2c[0], &c, 1) != 1)
+			_exit(4);
+		/* up to its floor at once, and no more: a holds the rest */
+		r1 = kv_alloc_map(b, d, 8 * PG);
+		r2 = kv_alloc_map(b, d + 8 * PG, PG);
+		kv_alloc_destroy(b);
+		_exit(r1 == 0 && r2 == KVSHIM_ELIMIT ? 0 : 3);
+	}
+	ck_assert_int_eq(read(c2p[0], &c, 1), 1);      /* b is registered */
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &s), 0);
+	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
+	ck_assert_uint_eq(room, 8 * PG);
+	ck_assert_int_eq(kv_alloc_map(a, s, 9 * PG), KVSHIM_ELIMIT);
+	ck_assert_int_eq(kv_alloc_map(a, s, 8 * PG), 0);
+	ck_assert_int_eq(write(p2c[1], "x", 1), 1);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the floor was not kept");
+	kv_alloc_destroy(a);
+	unlink_pool(sh);
+}
+END_TEST
+
 /* What memory info builds on: the budget and the others' pages. */
 START_TEST(test_share_figures)
 {
@@ -428,6 +474,7 @@ Suite *share_suite(void)
 	kt_add_emu(tc, test_share_never_over);
 	kt_add_emu(tc, test_share_killed_process);
 	kt_add_emu(tc, test_share_limits);
+	kt_add_emu(tc, test_share_floor_kept);
 	kt_add_emu(tc, test_share_bad_segment);
 	kt_add_emu(tc, test_share_figures);
 	suite_add_tcase(s, tc);

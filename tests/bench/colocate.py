@@ -9,10 +9,11 @@ a randomly initialised Llama-style model of its own size (MODELS). Two
 configurations run one after the other, in one invocation:
 - static: plain processes; each engine's KV cache is fixed at a third of
   the KV budget (num_blocks given), all of it allocated at start;
-- kvshim: each engine under kvshim-run with KVSHIM_SHARE=on and
-  KVSHIM_BUDGET set to the KV budget (a pool of its own); each sizes its
-  cache from the memory info kvshim shows it, as if alone, and pages flow
-  between the engines under the one budget.
+- kvshim: each engine under kvshim-run with KVSHIM_SHARE=on,
+  KVSHIM_BUDGET set to the KV budget (a pool of its own) and KVSHIM_MIN to
+  --floor-gib (a floor the others cannot take); each sizes its cache from
+  the memory info kvshim shows it, as if alone, and pages flow between the
+  engines under the one budget.
 max_batch_tokens, the block size and everything else are the same in both;
 prefix caching is off (the prompts are random: nothing to share).
 
@@ -310,7 +311,8 @@ def spawn(name, mode, args, budget, pool, outdir):
         cmd += ["--num-blocks", str(budget // 3 // (per_token * BLOCK))]
     else:
         cmd = [os.path.join(ROOT, "scripts", "kvshim-run")] + cmd + ["--num-blocks", "0"]
-        env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET=str(budget), KVSHIM_POOL=pool)
+        env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET=str(budget), KVSHIM_POOL=pool,
+                   KVSHIM_MIN=str(int(args.floor_gib * GIB)))
         env.setdefault("KVSHIM_CONFIG_BIN", os.path.join(ROOT, "kvshim-config"))
         env.setdefault("KVSHIM_PYTHONPATH", os.path.join(ROOT, "scripts", "python"))
     log = open(os.path.join(outdir, "colocate-%s-%s.log" % (mode, name)), "w")
@@ -427,8 +429,8 @@ def summarize(results, rates):
 
 def print_tables(table, rates, args):
     for rate in rates:
-        print("\nrate %s requests/s in a model's hot phase (%.2f/s otherwise), KV budget %.1f GiB"
-              % (rate, args.cold_rate, args.budget_gib))
+        print("\nrate %s requests/s in a model's hot phase (%.2f/s otherwise), KV budget %.1f GiB, "
+              "kvshim floors %.1f GiB" % (rate, args.cold_rate, args.budget_gib, args.floor_gib))
         print("(model all: every request; its peaks are sums of the engines' peaks)")
         print("| model | config | requests | failed | TTFT p50 s | TTFT p99 s | p99 static/kvshim "
               "| mean queue wait s | tokens/s | peak KV MiB | peak process MiB |")
@@ -505,7 +507,9 @@ def main():
     ap.add_argument("--out", default=os.environ.get("KVSHIM_SUITE_OUT", "."))
     ap.add_argument("--configs", default="static,kvshim")
     ap.add_argument("--budget-gib", type=float, default=6.0, help="KV budget of the three engines")
-    ap.add_argument("--rates", default="4,8", help="hot-phase arrival rates, requests/s")
+    ap.add_argument("--floor-gib", type=float, default=1.0,
+                    help="each engine's floor in the shared budget (kvshim)")
+    ap.add_argument("--rates", default="3,4", help="hot-phase arrival rates, requests/s")
     ap.add_argument("--cold-rate", type=float, default=0.25)
     ap.add_argument("--phase", type=float, default=8.0, help="seconds a model stays hot")
     ap.add_argument("--cycles", type=int, default=2, help="times each model is hot")
@@ -518,14 +522,6 @@ def main():
     args = ap.parse_args()
     if args.engine:
         return engine(args)
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            print("colocate: no GPU: skipped")
-            return 77
-    except ImportError:
-        print("colocate: no torch: skipped")
-        return 77
     configs = [c for c in args.configs.split(",") if c]
     if not configs or set(configs) - {"static", "kvshim"}:
         ap.error("--configs takes static and kvshim")
@@ -536,6 +532,16 @@ def main():
         ap.error("--rates takes numbers")
     if not rates or args.budget_gib <= 0 or args.phase <= 0 or args.cycles < 1:
         ap.error("--rates, --budget-gib, --phase and --cycles must be positive")
+    if args.floor_gib < 0 or 3 * args.floor_gib > args.budget_gib:
+        ap.error("--floor-gib must be from 0 to a third of --budget-gib")
+    try:
+        import torch
+        if not torch.cuda.is_available():
+            print("colocate: no GPU: skipped")
+            return 77
+    except ImportError:
+        print("colocate: no torch: skipped")
+        return 77
     outdir = os.path.abspath(args.out)
     os.makedirs(outdir, exist_ok=True)
     traces = []
