@@ -11,9 +11,9 @@ configurations run one after the other, in one invocation:
   the KV budget (num_blocks given), all of it allocated at start;
 - kvshim: each engine under kvshim-run with KVSHIM_SHARE=on,
   KVSHIM_BUDGET set to the KV budget (a pool of its own) and KVSHIM_MIN to
-  --floor-gib (a floor the others cannot take); each sizes its cache from
-  the memory info kvshim shows it, as if alone, and pages flow between the
-  engines under the one budget.
+  --floor-gib (a floor the others cannot take; none by default); each sizes
+  its cache from the memory info kvshim shows it, as if alone, and pages
+  flow between the engines under the one budget.
 max_batch_tokens, the block size and everything else are the same in both;
 prefix caching is off (the prompts are random: nothing to share).
 
@@ -507,7 +507,7 @@ def main():
     ap.add_argument("--out", default=os.environ.get("KVSHIM_SUITE_OUT", "."))
     ap.add_argument("--configs", default="static,kvshim")
     ap.add_argument("--budget-gib", type=float, default=6.0, help="KV budget of the three engines")
-    ap.add_argument("--floor-gib", type=float, default=1.0,
+    ap.add_argument("--floor-gib", type=float, default=0.0,
                     help="each engine's floor in the shared budget (kvshim)")
     ap.add_argument("--rates", default="3,4", help="hot-phase arrival rates, requests/s")
     ap.add_argument("--cold-rate", type=float, default=0.25)
