@@ -203,11 +203,13 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 	if (rc)
 		goto fail;
 
-	pthread_mutex_lock(&a->lock);
-	rc = kv_pool_refill(a);
-	pthread_mutex_unlock(&a->lock);
-	if (rc && rc != KVSHIM_ENOMEM)
-		goto fail;
+	if (!(o->fill_later && o->worker)) {
+		pthread_mutex_lock(&a->lock);
+		rc = kv_pool_refill(a);
+		pthread_mutex_unlock(&a->lock);
+		if (rc && rc != KVSHIM_ENOMEM)
+			goto fail;
+	}
 	if (o->worker) {
 		a->worker_alive = 1;
 		if (pthread_create(&a->worker, NULL, worker_main, a) == 0) {

@@ -4,9 +4,11 @@
  * bad variables, and the README's configuration table.
  */
 #include <dlfcn.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "config.h"
 #include "shim.h"
@@ -84,6 +86,86 @@ START_TEST(test_abi_bad_input)
 	ck_assert_int_eq(stats(NULL), KVSHIM_EINVAL);
 	ck_assert_int_eq(stats(&s), 0);
 	ck_assert_uint_eq(s.reserved_bytes, 0);
+}
+END_TEST
+
+/* DLPack's DLManagedTensor as dlpack.h lays it out, written here apart
+ * from the library's so that the test checks the layout, not a copy */
+struct dl_managed {
+	void *data;
+	struct { int32_t type, id; } device;
+	int32_t ndim;
+	struct { uint8_t code, bits; uint16_t lanes; } dtype;
+	int64_t *shape, *strides;
+	uint64_t byte_offset;
+	void *manager_ctx;
+	void (*deleter)(struct dl_managed *);
+};
+
+START_TEST(test_abi_dlpack)
+{
+	int (*dlpack)(int, const long long *, unsigned, unsigned, void **);
+	static const long long shape[] = { 3 * 1024, 8, 128 };
+	struct dl_managed *m = NULL;
+	struct kvshim_stats s;
+
+	open_lib();
+	*(void **)&dlpack = dlsym(lib, "kvshim_reserve_dlpack");
+	ck_assert_ptr_nonnull(dlpack);
+	ck_assert_int_eq(dlpack(3, shape, 4, 16, (void **)&m), 0);
+	ck_assert_ptr_nonnull(m);
+	ck_assert_ptr_nonnull(m->data);
+	ck_assert_int_eq(m->device.type, 2);     /* kDLCUDA */
+	ck_assert_int_eq(m->device.id, 0);
+	ck_assert_int_eq(m->ndim, 3);
+	ck_assert_uint_eq(m->dtype.code, 4);
+	ck_assert_uint_eq(m->dtype.bits, 16);
+	ck_assert_uint_eq(m->dtype.lanes, 1);
+	ck_assert_int_eq(m->shape[0], 3 * 1024);
+	ck_assert_int_eq(m->shape[1], 8);
+	ck_assert_int_eq(m->shape[2], 128);
+	ck_assert_ptr_null(m->strides);
+	ck_assert_uint_eq(m->byte_offset, 0);
+	ck_assert_ptr_nonnull(m->deleter);
+	/* 6 MiB: a span of three pages, none backed */
+	ck_assert_int_eq(stats(&s), 0);
+	ck_assert_uint_eq(s.reserved_bytes, 3 * PG);
+	ck_assert_uint_eq(s.mapped_bytes, 0);
+	ck_assert_int_eq(map(m->data, PG + 1), 0);
+	ck_assert_int_eq(kv_dev_fill((CUdeviceptr)(uintptr_t)m->data, 2 * PG, 7), CUDA_SUCCESS);
+	m->deleter(m);
+	ck_assert_int_eq(stats(&s), 0);
+	ck_assert_uint_eq(s.reserved_bytes, 0);
+	ck_assert_uint_eq(s.mapped_bytes, 0);
+	ck_assert_uint_eq(s.spans, 0);
+}
+END_TEST
+
+START_TEST(test_abi_dlpack_bad)
+{
+	int (*dlpack)(int, const long long *, unsigned, unsigned, void **);
+	static const long long ok[] = { 4, 4 }, zero[] = { 4, 0 },
+		negative[] = { -4, 4 }, huge[] = { 1LL << 40, 1LL << 40 };
+	static const struct { int ndim; const long long *shape; unsigned code, bits; } bad[] = {
+		{ 0, ok, 2, 32 }, { 9, ok, 2, 32 }, { -1, ok, 2, 32 },
+		{ 2, NULL, 2, 32 }, { 2, zero, 2, 32 }, { 2, negative, 2, 32 },
+		{ 2, huge, 2, 32 }, { 2, ok, 3, 32 }, { 2, ok, 7, 32 },
+		{ 2, ok, 2, 0 }, { 2, ok, 2, 12 }, { 2, ok, 2, 256 },
+	};
+	struct kvshim_stats s;
+	void *m = NULL;
+	size_t i;
+
+	open_lib();
+	*(void **)&dlpack = dlsym(lib, "kvshim_reserve_dlpack");
+	ck_assert_ptr_nonnull(dlpack);
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		ck_assert_msg(dlpack(bad[i].ndim, bad[i].shape, bad[i].code, bad[i].bits,
+				     &m) == KVSHIM_EINVAL && m == NULL, "case %zu accepted", i);
+	ck_assert_int_eq(dlpack(2, ok, 2, 32, NULL), KVSHIM_EINVAL);
+	ck_assert_int_eq(stats(&s), 0);
+	ck_assert_uint_eq(s.reserved_bytes, 0);
+	ck_assert_uint_eq(s.spans, 0);
 }
 END_TEST
 
@@ -262,15 +344,23 @@ END_TEST
 
 START_TEST(test_shim_starts)
 {
+	struct timespec ts = { 0, 10 * 1000 * 1000 };
 	kv_alloc_t *a = NULL;
 	struct kvshim_stats s;
+	int i;
 
 	setenv("KVSHIM_LIMIT", "64M", 1);
 	setenv("KVSHIM_POOL_LOW", "2M", 1);
 	setenv("KVSHIM_POOL_HIGH", "4M", 1);
 	ck_assert_int_eq(kv_shim_alloc(&a), 0);
 	ck_assert_ptr_nonnull(a);
-	ck_assert_int_eq(kv_alloc_stats(a, &s), 0);
+	/* the shim's worker fills the pool after the start has returned */
+	for (i = 0; i < 300; i++) {
+		ck_assert_int_eq(kv_alloc_stats(a, &s), 0);
+		if (s.pooled_bytes >= 4u << 20)
+			break;
+		nanosleep(&ts, NULL);
+	}
 	ck_assert_uint_eq(s.limit_bytes, 64u << 20);
 	ck_assert_uint_eq(s.pooled_bytes, 4u << 20);
 	ck_assert_ptr_nonnull(kv_shim_config());
@@ -315,6 +405,8 @@ Suite *api_suite(void)
 
 	tcase_add_test(abi, test_abi_round_trip);
 	tcase_add_test(abi, test_abi_bad_input);
+	tcase_add_test(abi, test_abi_dlpack);
+	tcase_add_test(abi, test_abi_dlpack_bad);
 	tcase_add_test(abi, test_strerror);
 	suite_add_tcase(s, abi);
 
