@@ -6,10 +6,12 @@
  * engine allocates its KV cache through it.
  */
 #include <stdint.h>
+#include <stdlib.h>
 
 #include "group.h"
 #include "hooks.h"
 #include "kvshim.h"
+#include "log.h"
 #include "policy.h"
 #include "shim.h"
 
@@ -87,6 +89,84 @@ KV_EXPORT int kvshim_release(void *addr)
 	int rc = kv_shim_alloc(&a);
 
 	return rc ? rc : kv_alloc_release(a, dptr(addr));
+}
+
+/* DLPack's ABI (dlpack.h, unversioned): the layout frameworks read. */
+struct kv_dl_tensor {
+	void *data;
+	int32_t device_type;    /* kDLCUDA */
+	int32_t device_id;
+	int32_t ndim;
+	uint8_t code, bits;
+	uint16_t lanes;
+	int64_t *shape;
+	int64_t *strides;       /* NULL: dense, row-major */
+	uint64_t byte_offset;
+};
+
+struct kv_dl_managed {
+	struct kv_dl_tensor t;
+	void *manager_ctx;
+	void (*deleter)(struct kv_dl_managed *self);
+	int64_t shape[8];       /* t.shape points here */
+};
+
+#define KV_DL_CUDA 2
+
+static void dl_free(struct kv_dl_managed *m)
+{
+	int rc;
+
+	if (!m)
+		return;
+	rc = kvshim_release(m->t.data);
+	if (rc)
+		kv_warn("a DLPack tensor's span at %p not released: %s",
+			m->t.data, kv_shim_strerror(rc));
+	free(m);
+}
+
+static int dl_type_ok(unsigned code, unsigned bits)
+{
+	if (code > 6 || code == 3)
+		return 0;
+	return bits >= 8 && bits <= 128 && !(bits & (bits - 1));
+}
+
+KV_EXPORT int kvshim_reserve_dlpack(int ndim, const long long *shape,
+				    unsigned code, unsigned bits, void **managed)
+{
+	const struct kv_config *c;
+	struct kv_dl_managed *m;
+	size_t size = bits / 8;
+	int i, rc;
+
+	if (!managed || !shape || ndim < 1 || ndim > 8 || !dl_type_ok(code, bits))
+		return KVSHIM_EINVAL;
+	for (i = 0; i < ndim; i++)
+		if (shape[i] < 1 || __builtin_mul_overflow(size, (size_t)shape[i], &size))
+			return KVSHIM_EINVAL;
+	m = calloc(1, sizeof(*m));
+	if (!m)
+		return KVSHIM_ENOMEM;
+	rc = kvshim_reserve(size, &m->t.data);
+	if (rc) {
+		free(m);
+		return rc;
+	}
+	c = kv_shim_config();
+	m->t.device_type = KV_DL_CUDA;
+	m->t.device_id = c ? c->device : 0;
+	m->t.ndim = ndim;
+	m->t.code = (uint8_t)code;
+	m->t.bits = (uint8_t)bits;
+	m->t.lanes = 1;
+	for (i = 0; i < ndim; i++)
+		m->shape[i] = shape[i];
+	m->t.shape = m->shape;
+	m->deleter = dl_free;
+	*managed = m;
+	return 0;
 }
 
 KV_EXPORT int kvshim_map(const void *addr, size_t len)

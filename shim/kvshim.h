@@ -109,6 +109,19 @@ int kvshim_reserve(size_t size, void **addr);
 /* Release the span that starts at addr, its pages and any claims on them. */
 int kvshim_release(void *addr);
 
+/* Reserve a span for a dense, row-major tensor of ndim (1 to 8) dimensions
+ * shape[0..ndim), each at least 1, of elements of DLPack type code (0 int,
+ * 1 uint, 2 float, 4 bfloat, 5 complex, 6 bool) and bits (8 to 128, a power
+ * of two), and describe it in *managed as a DLPack DLManagedTensor (the
+ * unversioned struct of dlpack.h) on kvshim's CUDA device. Its deleter
+ * releases the span and frees the description; a framework that takes it
+ * (e.g. PyTorch, from a "dltensor" capsule) calls it when the tensor dies.
+ * The description names the device, so the framework never asks the driver
+ * about an address that no page backs yet. Returns 0, KVSHIM_EINVAL for a
+ * bad shape or type (nothing reserved), or what kvshim_reserve returns. */
+int kvshim_reserve_dlpack(int ndim, const long long *shape, unsigned code,
+			  unsigned bits, void **managed);
+
 /* Back [addr, addr + len) with physical pages before returning; the range
  * must lie inside one span. Each page the range touches gains one claim.
  * Fails whole: KVSHIM_ELIMIT or KVSHIM_ENOMEM leave every page as it was. */

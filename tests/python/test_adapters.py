@@ -6,6 +6,7 @@ alive for prefix sharing), over KV "tensors" that are kvshim spans.
 Run by `make check` with LD_LIBRARY_PATH naming tests/emu.
 """
 import collections
+import ctypes
 import io
 import os
 import sys
@@ -361,19 +362,30 @@ class FakeDevice:
         self.type, self.index = kind, int(index) if index else None
 
 
-class FakeCudaTensor:
-    """What torch.as_tensor makes of a __cuda_array_interface__ owner: a
-    view holding the owner as long as it lives."""
+class FakeStorage:
+    """A tensor's memory taken from a DLPack capsule: torch calls the
+    capsule's deleter when the storage dies."""
 
-    def __init__(self, owner, dtype):
-        cai = owner.__cuda_array_interface__
-        self.owner, self.dtype = owner, dtype
-        self.shape = cai["shape"]
-        self.addr = cai["data"][0]
-        self.is_cuda, self.device = True, FakeDevice("cuda:0")
+    def __init__(self, managed):
+        self.managed = managed
+
+    def __del__(self):
+        kvshim.dlpack_free(self.managed)
+
+
+class FakeCudaTensor:
+    """What torch.utils.dlpack.from_dlpack makes of a kvshim capsule: a view
+    sharing the storage."""
+
+    def __init__(self, storage, dtype):
+        m = kvshim.DLManaged.from_address(storage.managed)
+        self.storage, self.dtype = storage, dtype
+        self.shape = tuple(m.shape[i] for i in range(m.ndim))
+        self.addr = m.data
+        self.is_cuda, self.device = m.device_type == 2, FakeDevice("cuda:%d" % m.device_id)
 
     def view(self, dtype):
-        return FakeCudaTensor(self.owner, dtype)
+        return FakeCudaTensor(self.storage, dtype)
 
     def data_ptr(self):
         return self.addr
@@ -402,8 +414,11 @@ class FakeTorch(types.ModuleType):
         self.bfloat16 = FakeDtype("bfloat16", 2)
         self.int16 = FakeDtype("int16", 2)
         self.complex32x4 = FakeDtype("wide", 16)
-        self.plain = []
+        self.plain, self.taken, self.refuse_dlpack = [], [], False
+        self._used = ctypes.create_string_buffer(b"used_dltensor")
         self.cuda = types.SimpleNamespace(current_device=lambda: 0, is_available=lambda: True)
+        self.utils = types.SimpleNamespace(
+            dlpack=types.SimpleNamespace(from_dlpack=self.from_dlpack))
 
     def empty(self, *args, **kwargs):
         """Plain memory: an address in no span."""
@@ -414,11 +429,18 @@ class FakeTorch(types.ModuleType):
             n *= d
         return FakeTensor(4096, shape[0], n)
 
-    def as_tensor(self, owner):
-        # torch asks the driver where the pointer lives: it must be backed
-        if kvshim.stats()["mapped_bytes"] == 0:
-            raise RuntimeError("pointer not on any device")
-        return FakeCudaTensor(owner, self.int16)
+    def from_dlpack(self, capsule):
+        api = ctypes.pythonapi
+        api.PyCapsule_GetPointer.restype = ctypes.c_void_p
+        api.PyCapsule_GetPointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+        api.PyCapsule_SetName.argtypes = [ctypes.py_object, ctypes.c_char_p]
+        if self.refuse_dlpack:
+            raise RuntimeError("from_dlpack refused")
+        managed = api.PyCapsule_GetPointer(capsule, b"dltensor")
+        api.PyCapsule_SetName(capsule, self._used)
+        m = kvshim.DLManaged.from_address(managed)
+        self.taken.append((m.code, m.bits))
+        return FakeCudaTensor(FakeStorage(managed), self.int16)
 
     def device(self, spec):
         return FakeDevice(spec)
@@ -467,11 +489,12 @@ class SpanTensorTest(unittest.TestCase):
         for t in c.key_cache + c.value_cache:
             self.assertEqual(t.dtype.name, "bfloat16")
             self.assertEqual(t.shape, c.cache_shape)
-        # backed: the padding blocks (the last page), and the first page,
-        # left cached once torch had the pointer
+        # handed to torch as 16-bit integers in DLPack capsules, viewed as
+        # bfloat16; backed: the padding blocks only (the last page)
+        self.assertEqual(self.torch.taken, [(kvshim.DL_INT, 16)] * 4)
         st = kvshim.stats()
-        self.assertEqual(st["mapped_bytes"], 4 * 2 * 2 * MIB)
-        self.assertEqual(st["cached_bytes"], 4 * 2 * MIB)
+        self.assertEqual(st["mapped_bytes"], 4 * 2 * MIB)
+        self.assertEqual(st["cached_bytes"], 0)
         tr = transformers_cb.attach(c)
         self.assertIsNotNone(tr)
         ids = c._block_manager.get_free_blocks(65, None, False, 0)   # pages 0 and 1
@@ -486,16 +509,16 @@ class SpanTensorTest(unittest.TestCase):
         self.assertEqual(kvshim.stats()["spans"], self.spans0)
 
     def test_reserve_failing_falls_back(self):
-        real = kvshim.reserve
+        real = kvshim.reserve_dlpack
         calls = []
 
-        def second_fails(size):
-            calls.append(size)
+        def second_fails(*args):
+            calls.append(args)
             if len(calls) == 2:
-                raise kvshim.KvshimError(kvshim.ENOMEM, "kvshim_reserve")
-            return real(size)
-        kvshim.reserve = second_fails
-        self.addCleanup(setattr, kvshim, "reserve", real)
+                raise kvshim.KvshimError(kvshim.ENOMEM, "kvshim_reserve_dlpack")
+            return real(*args)
+        kvshim.reserve_dlpack = second_fails
+        self.addCleanup(setattr, kvshim, "reserve_dlpack", real)
         err = io.StringIO()
         with redirect_stderr(err):
             c = self.build()
@@ -528,7 +551,34 @@ class SpanTensorTest(unittest.TestCase):
             tensors.span_tensor(self.torch, (0, 8), self.torch.bfloat16)
         with self.assertRaises(ValueError):
             tensors.span_tensor(self.torch, (4, 8), self.torch.complex32x4)
+        with self.assertRaises(ValueError):
+            tensors.span_tensor(self.torch, (), self.torch.bfloat16)
+        with self.assertRaises(kvshim.KvshimError) as cm:
+            tensors.span_tensor(self.torch, (2,) * 9, self.torch.bfloat16)
+        self.assertEqual(cm.exception.code, kvshim.EINVAL)
         self.assertEqual(kvshim.stats()["spans"], self.spans0)
+
+    def test_span_released_when_torch_refuses_it(self):
+        from kvshim import tensors
+        self.torch.refuse_dlpack = True
+        with self.assertRaises(RuntimeError):
+            tensors.span_tensor(self.torch, (64, 8), self.torch.bfloat16)
+        self.assertEqual(kvshim.stats()["spans"], self.spans0)
+
+    def test_span_lives_as_long_as_a_view(self):
+        from kvshim import tensors
+        t = tensors.span_tensor(self.torch, (1024, 1024), self.torch.bfloat16)
+        v = t.view(self.torch.int16)
+        del t
+        import gc
+        gc.collect()
+        self.assertEqual(kvshim.stats()["spans"], self.spans0 + 1)
+        kvshim.map(v.data_ptr(), 4096)
+        del v
+        gc.collect()
+        st = kvshim.stats()
+        self.assertEqual(st["spans"], self.spans0)
+        self.assertEqual(st["mapped_bytes"], 0)
 
 
 class BindingTest(unittest.TestCase):

@@ -14,8 +14,8 @@ import os
 
 __all__ = ["KvshimError", "EINVAL", "ERANGE", "ENOTCLAIMED", "ELIMIT", "ENOMEM",
            "EDRIVER", "ENODEV", "ECONFIG", "EBUSY", "ESTATE", "library", "kv_begin",
-           "kv_end", "window", "map", "unmap", "reserve", "release", "trim", "stats",
-           "Group"]
+           "kv_end", "window", "map", "unmap", "reserve", "release", "reserve_dlpack",
+           "dlpack_free", "DLManaged", "trim", "stats", "Group"]
 
 _lib = None
 
@@ -40,6 +40,23 @@ class Stats(ctypes.Structure):
             "map_calls", "pages_mapped", "map_ns", "pages_unmapped", "unmap_ns",
             "pages_created", "create_ns", "pages_released", "release_ns",
             "pages_zeroed", "zero_ns")] + [("reserved", ctypes.c_ulonglong * 8)]
+
+
+class DLManaged(ctypes.Structure):
+    """DLPack's DLManagedTensor (dlpack.h, unversioned), as
+    kvshim_reserve_dlpack describes a span."""
+
+
+DLManaged._fields_ = [
+    ("data", ctypes.c_void_p), ("device_type", ctypes.c_int32),
+    ("device_id", ctypes.c_int32), ("ndim", ctypes.c_int32),
+    ("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16),
+    ("shape", ctypes.POINTER(ctypes.c_int64)), ("strides", ctypes.POINTER(ctypes.c_int64)),
+    ("byte_offset", ctypes.c_uint64), ("manager_ctx", ctypes.c_void_p),
+    ("deleter", ctypes.CFUNCTYPE(None, ctypes.POINTER(DLManaged)))]
+
+# DLPack type codes
+DL_INT, DL_UINT, DL_FLOAT, DL_BFLOAT = 0, 1, 2, 4
 
 
 def _candidates():
@@ -72,6 +89,8 @@ def library():
             "kvshim_kv_begin": [], "kvshim_kv_end": [],
             "kvshim_map": [vp, sz], "kvshim_unmap": [vp, sz],
             "kvshim_reserve": [sz, ctypes.POINTER(vp)], "kvshim_release": [vp],
+            "kvshim_reserve_dlpack": [i, ctypes.POINTER(ll), ctypes.c_uint, ctypes.c_uint,
+                                      ctypes.POINTER(vp)],
             "kvshim_trim": [sz, ctypes.POINTER(sz)],
             "kvshim_stats": [ctypes.POINTER(Stats)],
             "kvshim_group_create": [ctypes.POINTER(vp), sz, sz, sz, ctypes.POINTER(i)],
@@ -140,6 +159,24 @@ def reserve(size):
 
 def release(addr):
     _check(library().kvshim_release(addr), "kvshim_release")
+
+
+def reserve_dlpack(shape, code, bits):
+    """A lazy span for a dense tensor of shape and DLPack type (code, bits),
+    described as a DLManagedTensor on kvshim's device: its address (a
+    pointer to DLManaged). Whoever takes it calls its deleter, which
+    releases the span; dlpack_free does that for one never handed over."""
+    dims = (ctypes.c_longlong * len(shape))(*shape)
+    p = ctypes.c_void_p()
+    _check(library().kvshim_reserve_dlpack(len(shape), dims, code, bits, ctypes.byref(p)),
+           "kvshim_reserve_dlpack")
+    return p.value
+
+
+def dlpack_free(managed):
+    """Release what reserve_dlpack made and no framework took."""
+    m = DLManaged.from_address(managed)
+    m.deleter(ctypes.pointer(m))
 
 
 def trim(nbytes):
