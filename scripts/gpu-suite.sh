@@ -5,13 +5,16 @@
 #
 # Usage: scripts/gpu-suite.sh [OUTDIR]
 #   OUTDIR defaults to $OUT when set, else ./gpu-results. It receives
-#   tests.log, bench.txt, bench.csv, bench-32m.txt, bench-32m.csv and one
-#   log per tests/gpu/ script.
+#   tests.log, bench.txt, bench.csv, bench-32m.txt, bench-32m.csv,
+#   vmm-probe.txt, handoff.txt, startup.txt and .json, and one log per
+#   tests/gpu/ script.
 #
 # Steps: show the GPUs and the driver (nvidia-smi); run the test suites on
 # the real driver (KVSHIM_TEST_GPU=1 tests/kvshim-tests); run the allocator
-# benchmark (tests/bench/bench-alloc); run every tests/gpu/*.sh and
-# tests/gpu/*.py, so later work can add GPU checks by dropping a file there.
+# benchmark (tests/bench/bench-alloc), the driver probe, the cross-process
+# handoff (bench-handoff) and the cache start-up (startup.py); run every
+# tests/gpu/*.sh and tests/gpu/*.py, so later work can add GPU checks by
+# dropping a file there.
 # A step exiting 77 (Automake's skip: no GPU) is a SKIP. Prints a summary
 # table and exits 1 when any step failed.
 #
@@ -149,6 +152,15 @@ run_bench() {
 		tests/bench/bench-alloc --page-mib 32 --copy-mib 256 --csv "$outdir/bench-32m.csv"
 	if [[ -x tests/bench/vmm-probe ]]; then
 		run_step "driver probe" "$outdir/vmm-probe.txt" tests/bench/vmm-probe
+	fi
+	# pages one process lets go of, usable by another (shared budget)
+	if [[ -x tests/bench/bench-handoff ]]; then
+		run_step "handoff" "$outdir/handoff.txt" tests/bench/bench-handoff
+	fi
+	# a KV cache built plain and on kvshim spans, phase by phase
+	if [[ $emu != 1 ]]; then
+		run_step "cache start-up" "$outdir/startup.txt" \
+			python3 tests/bench/startup.py --json "$outdir/startup.json"
 	fi
 }
 
