@@ -13,6 +13,19 @@ from kvshim import ELIMIT, ENOMEM, ENOTCLAIMED
 from kvshim.adapters import warn
 
 
+def _timed(method):
+    """Add the time a tracker method takes to the tracker's .busy."""
+    def timed(self, *args, **kwargs):
+        t = time.perf_counter()
+        try:
+            return method(self, *args, **kwargs)
+        finally:
+            self.busy += time.perf_counter() - t
+            self.calls += 1
+    timed.__name__, timed.__doc__ = method.__name__, method.__doc__
+    return timed
+
+
 class BlockTracker:
     """The kvshim side of one engine block pool."""
 
@@ -23,7 +36,10 @@ class BlockTracker:
         self.refused = 0         # maps refused for want of memory
         self.short = 0           # times kvshim said no, checks and maps alike
         self._room = (0.0, None)  # (when, blocks) of the last headroom read
+        self.busy = 0.0          # seconds the engine spent in this tracker
+        self.calls = 0           # ...over this many calls
 
+    @_timed
     def take(self, ids):
         """Back blocks the engine hands out. False (nothing changed) when
         memory is short, so the engine can treat them as unavailable."""
@@ -42,6 +58,7 @@ class BlockTracker:
         self.peak = max(self.peak, self.mapped)
         return True
 
+    @_timed
     def give(self, ids):
         """Blocks back in the engine's free list: drop their claims."""
         ids = list(ids)
@@ -63,6 +80,7 @@ class BlockTracker:
             return
         self.mapped -= len(ids)
 
+    @_timed
     def room(self, ttl=0.005):
         """Blocks kvshim could back now, read at most every ttl seconds
         (an engine asks per request it schedules; the exact check is
@@ -77,6 +95,7 @@ class BlockTracker:
             self._room = (now, blocks)
         return blocks
 
+    @_timed
     def can_take(self, ids):
         """Would backing these blocks succeed now?"""
         ids = list(ids)
