@@ -9,6 +9,7 @@ import collections
 import ctypes
 import io
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -582,6 +583,16 @@ class SpanTensorTest(unittest.TestCase):
 
 
 class BindingTest(unittest.TestCase):
+    def test_preloaded_library_comes_first(self):
+        # the library in the process is the one used, whatever KVSHIM_LIB says
+        env = dict(os.environ, LD_PRELOAD=os.environ["KVSHIM_LIB"],
+                   KVSHIM_LIB="/nonexistent/libkvshim.so")
+        out = subprocess.run([sys.executable, "-c", "import kvshim; "
+                              "print(kvshim.library()._name, kvshim.stats()['spans'])"],
+                             env=env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(out.stdout.split(), ["libkvshim.so", "0"])
+
     def test_errors_are_raised_with_codes(self):
         with self.assertRaises(kvshim.KvshimError) as cm:
             kvshim.map(4096, 10)

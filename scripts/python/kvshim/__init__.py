@@ -59,14 +59,16 @@ DLManaged._fields_ = [
 DL_INT, DL_UINT, DL_FLOAT, DL_BFLOAT = 0, 1, 2, 4
 
 
+def _loaded():
+    """The libkvshim.so already in the process (preloaded), found by its
+    soname without a search, or None."""
+    try:
+        return ctypes.CDLL("libkvshim.so", mode=os.RTLD_NOLOAD)
+    except OSError:
+        return None
+
+
 def _candidates():
-    maps = "/proc/self/maps"
-    if os.path.exists(maps):
-        with open(maps) as f:
-            for line in f:
-                path = line.split()[-1]
-                if os.path.basename(path) == "libkvshim.so":
-                    yield path
     if os.environ.get("KVSHIM_LIB"):
         yield os.environ["KVSHIM_LIB"]
     here = os.path.dirname(os.path.abspath(__file__))
@@ -78,11 +80,12 @@ def library():
     """The libkvshim.so this process uses, loaded once."""
     global _lib
     if _lib is None:
-        for path in _candidates():
+        lib = _loaded()
+        for path in () if lib else _candidates():
             if os.path.exists(path):
                 lib = ctypes.CDLL(path)
                 break
-        else:
+        if lib is None:
             raise OSError("kvshim: libkvshim.so not found (set KVSHIM_LIB)")
         vp, sz, i, ll = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_longlong
         sigs = {
