@@ -33,6 +33,7 @@ cannot manage the tensors it made, it backs them in full.
 """
 import contextlib
 import itertools
+import threading
 
 import kvshim
 from kvshim import ERANGE, tensors
@@ -218,6 +219,18 @@ def attach(cache):
     return tracker
 
 
+def _start_kvshim():
+    """Start kvshim (its driver set-up, then its worker filling the page
+    pool) on a thread of its own while transformers sizes the cache, so
+    that the first KV tensor does not wait for it."""
+    def start():
+        try:
+            kvshim.stats()
+        except (OSError, kvshim.KvshimError):
+            pass    # the first span tensor meets the same error and says so
+    threading.Thread(target=start, name="kvshim-start", daemon=True).start()
+
+
 def patch_cache_module(mod):
     why = _looks_right(mod)
     if why:
@@ -232,6 +245,7 @@ def patch_cache_module(mod):
     orig_init = cls.__init__
 
     def __init__(self, *args, **kwargs):
+        _start_kvshim()
         with _kv_from_spans(self, torch):
             orig_init(self, *args, **kwargs)
         attach(self)
