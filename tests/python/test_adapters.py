@@ -182,6 +182,21 @@ class AdapterTest(unittest.TestCase):
         bm.get_free_blocks(bm.num_free_blocks, None, False, 0)
         self.assertEqual(tr.mapped, c.num_blocks)
 
+    def test_freed_blocks_handed_out_again_first(self):
+        # requests come and go; blocks freed are reused before ids never
+        # used, so the pages backed stay those of the busiest moment
+        c, tr = self.make(num_blocks=1024)
+        bm = c._block_manager
+        live = [bm.get_free_blocks(16, None, False, 0) for _ in range(8)]   # 128 blocks
+        self.assertEqual(pages(c), 4 * 2)
+        for step in range(200):
+            bm.free_blocks(live.pop(0), shareable=False)
+            live.append(bm.get_free_blocks(16, None, False, 0))
+        self.assertEqual(tr.mapped, 128)
+        self.assertEqual(pages(c), 4 * 2)
+        self.assertEqual(max(max(ids) for ids in live), 127)
+        self.assertEqual(kvshim.stats()["cached_bytes"], 0)
+
     def test_prefix_blocks_stay_backed(self):
         c, tr = self.make()
         bm = c._block_manager
@@ -340,7 +355,8 @@ class AdapterTest(unittest.TestCase):
         with redirect_stderr(err):
             free.append(3)
             free.extend([4, 5])
-        self.assertEqual(list(free), [1, 2, 3, 4, 5])
+        # put back at the left, lowest first: handed out again first
+        self.assertEqual(list(free), [4, 5, 3, 1, 2])
         self.assertIn("not released", err.getvalue())
 
     def test_unexpected_transformers_warns(self):
