@@ -6,22 +6,26 @@ tokens each, greedy, with generate_batch: once plain and once under
 kvshim-run (the transformers adapter attached through sitecustomize, no edit
 to transformers or to this script), for a block size that divides 2 MiB (32
 tokens: 64 KiB blocks) and one that does not (24 tokens: 48 KiB). Each run
-is a fresh process. Checks: generated tokens identical; 4 GiB of tensors
-allocated once the cache is gone read back correct (the spans left then
-are reported);
-with kvshim, peak
-physical KV memory within the blocks held at the peak plus three pages a
-tensor (a block straddling pages at the frontier, the padding tail, which
-may straddle too) and the pool. Reports
-tokens per second and cache start-up time against the plain run.
+is a fresh process.
 
 Each run serves the requests twice with one kept manager (persistent_manager):
-the first pass builds the cache (its start-up is timed) and warms up; tokens
-per second are the second pass's, the steady state, whose tokens must match
-the first's. Plain and kvshim runs alternate HF_CB_ROUNDS times (default 2),
-the order flipped every round; tokens per second and cache start-up are
-medians over rounds. Prints a
-table; writes hf_cb.json under $KVSHIM_SUITE_OUT (or .).
+the first pass builds the cache (its start-up is timed) and warms up; the
+second is the steady state, where blocks freed by the first pass are handed
+out again: its tokens per second are reported, its tokens compared. (The two
+passes of one run do not generate the same tokens, plain or not: the batches
+form differently, and a random bf16 model's greedy choices follow.)
+
+Checks: generated tokens identical to the plain run's; one cache per run;
+4 GiB of tensors allocated once the cache is gone read back correct (the
+spans left then are reported); with kvshim, peak physical KV memory within
+the blocks held at the peak plus three pages a tensor (a block straddling
+pages at the frontier, the padding tail, which may straddle too) and the
+pool. Reports tokens per second, cache start-up time and the time the
+adapter spent in kvshim against the plain run.
+
+Plain and kvshim runs alternate HF_CB_ROUNDS times (default 2), the order
+flipped every round; tokens per second and cache start-up are medians over
+rounds. Prints a table; writes hf_cb.json under $KVSHIM_SUITE_OUT (or .).
 Exit 0 when the checks hold, 1 if not, 77 without a GPU.
 """
 import gc
@@ -63,8 +67,7 @@ def child(block_size, out):
     gen = GenerationConfig(max_new_tokens=NEW, do_sample=False, eos_token_id=-1, pad_token_id=0)
     cbc = ContinuousBatchingConfig(block_size=block_size)
     # twice on one kept manager: the first pass pays for the cache, the
-    # CUDA graphs and the warm-up; the second is the steady state, where
-    # blocks freed by the first pass are handed out again
+    # CUDA graphs and the warm-up; the second is the steady state
     walls, passes = [], []
     for _ in range(2):
         torch.cuda.synchronize()
@@ -81,7 +84,7 @@ def child(block_size, out):
     block_bytes = c.block_size * t.stride(0) * t.element_size()
     ntensors = len(c.key_cache) + len(c.value_cache)
     info = {"block_size": block_size, "wall_s": walls[1], "wall_first_s": walls[0],
-            "tokens": ntok, "passes_agree": passes[0] == passes[1], "caches": len(caches),
+            "tokens": ntok, "caches": len(caches),
             "cache_init_s": inits[0], "num_blocks": c.num_blocks,
             "reserved_bytes": (c.num_blocks + 2) * block_bytes * ntensors,
             "block_bytes": block_bytes, "ntensors": ntensors,
@@ -145,10 +148,9 @@ def main():
                 if (mode, bs) in results and res["outputs"] != results[(mode, bs)]["outputs"]:
                     print("hf_cb: %s, block size %d: outputs differ between rounds" % (mode, bs))
                     ok = False
-                if not res["passes_agree"] or res["caches"] != 1:
-                    print("hf_cb: %s, block size %d: the second pass %s" % (
-                        mode, bs, "built a new cache" if res["caches"] != 1
-                        else "generated other tokens"))
+                if res["caches"] != 1:
+                    print("hf_cb: %s, block size %d: the second pass built a new cache"
+                          % (mode, bs))
                     ok = False
                 results[(mode, bs)] = res
                 rates.setdefault((mode, bs), []).append(res["tokens"] / res["wall_s"])
