@@ -39,6 +39,35 @@ START_TEST(test_filled_at_start)
 }
 END_TEST
 
+/* fill_later: the worker fills the pool after creation has returned; a
+ * map meanwhile creates what it needs. Without a worker the option is
+ * moot: creation fills the pool itself. */
+START_TEST(test_filled_later)
+{
+	struct timespec ts = { 0, 10 * 1000 * 1000 };
+	struct kv_alloc_opts o;
+	int i;
+
+	kt_opts(&o);
+	o.pool_low = 4 * PG;
+	o.pool_high = 8 * PG;
+	o.worker = 1;
+	o.fill_later = 1;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 32 * PG, &base), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 2 * PG), 0);
+	for (i = 0; i < 300 && kt_stats(a).pooled_bytes < 8 * PG; i++)
+		nanosleep(&ts, NULL);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 8 * PG);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 2 * PG);
+	kt_destroy(a);
+
+	o.worker = 0;
+	a = kt_create(&o);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 8 * PG);
+}
+END_TEST
+
 START_TEST(test_refill_below_low)
 {
 	struct kvshim_stats s;
@@ -183,6 +212,7 @@ Suite *pool_suite(void)
 
 	tcase_add_checked_fixture(tc, NULL, teardown);
 	tcase_add_test(tc, test_filled_at_start);
+	tcase_add_test(tc, test_filled_later);
 	tcase_add_test(tc, test_refill_below_low);
 	tcase_add_test(tc, test_pages_reused);
 	tcase_add_test(tc, test_shrink_above_high);
