@@ -110,7 +110,7 @@ def main():
         child(args.child)
         return
     if args.rounds < 1:
-        sys.exit("startup.py: --rounds must be at least 1, not %d" % args.rounds)
+        ap.error("--rounds must be at least 1, not %d" % args.rounds)
     try:
         import torch
         gpu = torch.cuda.is_available()
