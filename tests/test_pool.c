@@ -40,8 +40,9 @@ START_TEST(test_filled_at_start)
 END_TEST
 
 /* fill_later: the worker fills the pool after creation has returned; a
- * map meanwhile creates what it needs. Without a worker the option is
- * moot: creation fills the pool itself. */
+ * map meanwhile takes what is there or creates what it needs, so the pool
+ * ends between its watermarks. Without a worker the option is moot:
+ * creation fills the pool itself. */
 START_TEST(test_filled_later)
 {
 	struct timespec ts = { 0, 10 * 1000 * 1000 };
@@ -56,9 +57,10 @@ START_TEST(test_filled_later)
 	a = kt_create(&o);
 	ck_assert_int_eq(kv_alloc_reserve(a, 32 * PG, &base), 0);
 	ck_assert_int_eq(kv_alloc_map(a, base, 2 * PG), 0);
-	for (i = 0; i < 300 && kt_stats(a).pooled_bytes < 8 * PG; i++)
+	for (i = 0; i < 300 && kt_stats(a).pooled_bytes < 4 * PG; i++)
 		nanosleep(&ts, NULL);
-	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 8 * PG);
+	ck_assert_uint_ge(kt_stats(a).pooled_bytes, 4 * PG);
+	ck_assert_uint_le(kt_stats(a).pooled_bytes, 8 * PG);
 	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 2 * PG);
 	kt_destroy(a);
 
