@@ -641,6 +641,38 @@ class BindingTest(unittest.TestCase):
             g.map([0])
 
 
+class EarlyStartTest(unittest.TestCase):
+    def run_start(self):
+        import threading
+        raised = []
+        old = threading.excepthook
+        threading.excepthook = raised.append
+        self.addCleanup(setattr, threading, "excepthook", old)
+        transformers_cb._start_kvshim()
+        for t in threading.enumerate():
+            if t.name == "kvshim-start":
+                t.join(10)
+        return raised
+
+    def test_starts_kvshim(self):
+        calls = []
+        real = kvshim.stats
+        kvshim.stats = lambda: calls.append(1) or real()
+        self.addCleanup(setattr, kvshim, "stats", real)
+        self.assertEqual(self.run_start(), [])
+        self.assertEqual(calls, [1])
+
+    def test_errors_stay_on_the_thread(self):
+        # kvshim not found, or disabled: the first span tensor says so
+        self.addCleanup(setattr, kvshim, "stats", kvshim.stats)
+        for error in (OSError("kvshim: libkvshim.so not found"),
+                      kvshim.KvshimError(kvshim.ECONFIG, "kvshim_stats")):
+            def fail(error=error):
+                raise error
+            kvshim.stats = fail
+            self.assertEqual(self.run_start(), [])
+
+
 class ImportHookTest(unittest.TestCase):
     def test_adapter_applied_on_import(self):
         from kvshim import adapters
