@@ -203,7 +203,7 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 	if (rc)
 		goto fail;
 
-	if (!(o->fill_later && o->worker)) {
+	if (!o->worker) {
 		pthread_mutex_lock(&a->lock);
 		rc = kv_pool_refill(a);
 		pthread_mutex_unlock(&a->lock);

@@ -50,8 +50,6 @@ struct kv_alloc_opts {
 	int zero;            /* scrub pages before they reach a span */
 	int worker;          /* run the worker thread (tests may turn it off
 			      * to observe the pool step by step) */
-	int fill_later;      /* with the worker on, it fills the pool and
-			      * creation does not wait for that */
 	int share;           /* register in the GPU's shared budget segment */
 	const char *pool_name; /* the segment's pool name, or NULL */
 	size_t budget;       /* bytes all processes may hold; 0: budget_pct */
@@ -65,9 +63,10 @@ struct kv_alloc_opts {
  * high, no cache cap, zeroing on, worker on. */
 void kv_alloc_opts_default(struct kv_alloc_opts *o);
 
-/* Open the driver for o->device and set the allocator up; the pool is filled
- * to its high watermark before this returns, unless o->fill_later leaves
- * that to the worker. Returns 0, KVSHIM_EINVAL for
+/* Open the driver for o->device and set the allocator up. The worker, when
+ * on, fills the pool after this returns (a caller's first map need not wait
+ * for a pool it may not use yet); without one, the pool is filled to its
+ * high watermark before this returns. Returns 0, KVSHIM_EINVAL for
  * inconsistent options (pool_low > pool_high, a page that is not a multiple
  * of the granularity), KVSHIM_ENODEV, KVSHIM_ENOMEM
  * or KVSHIM_EDRIVER. */

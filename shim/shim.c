@@ -66,8 +66,6 @@ static int start(void)
 	o.pool_high = config.pool_high;
 	o.cache_max = config.cache_max;
 	o.zero = config.zero;
-	/* an engine's first call does not wait for a pool it may not need yet */
-	o.fill_later = 1;
 	o.share = config.share;
 	o.pool_name = config.pool[0] ? config.pool : NULL;
 	o.budget = config.budget;

@@ -39,10 +39,9 @@ START_TEST(test_filled_at_start)
 }
 END_TEST
 
-/* fill_later: the worker fills the pool after creation has returned; a
+/* With a worker, the worker fills the pool after creation has returned; a
  * map meanwhile takes what is there or creates what it needs, so the pool
- * ends between its watermarks. Without a worker the option is moot:
- * creation fills the pool itself. */
+ * ends between its watermarks. Without one, creation fills the pool. */
 START_TEST(test_filled_later)
 {
 	struct timespec ts = { 0, 10 * 1000 * 1000 };
@@ -53,7 +52,6 @@ START_TEST(test_filled_later)
 	o.pool_low = 4 * PG;
 	o.pool_high = 8 * PG;
 	o.worker = 1;
-	o.fill_later = 1;
 	a = kt_create(&o);
 	ck_assert_int_eq(kv_alloc_reserve(a, 32 * PG, &base), 0);
 	ck_assert_int_eq(kv_alloc_map(a, base, 2 * PG), 0);
