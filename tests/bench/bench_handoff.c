@@ -21,9 +21,9 @@
  * show the program runs and the handoff protocol's delays (the giver's
  * worker looks every 5 ms, a waiting map every 2 ms), nothing about a GPU.
  */
-#include <dirent.h>
 #include <dlfcn.h>
 #include <getopt.h>
+#include <glob.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -113,25 +113,16 @@ static size_t page_bytes(kv_alloc_t *a)
 /* The segment outlives its processes: take it away when done. */
 static void unlink_segment(void)
 {
-	char suffix[48], name[300];
-	struct dirent *e;
-	size_t n, k;
-	DIR *d;
+	char pattern[96];
+	size_t i;
+	glob_t g;
 
-	snprintf(suffix, sizeof(suffix), "-%s", pool_name);
-	k = strlen(suffix);
-	d = opendir("/dev/shm");
-	if (!d)
-		return;
-	while ((e = readdir(d))) {
-		n = strlen(e->d_name);
-		if (n > k && !strcmp(e->d_name + n - k, suffix) &&
-		    !strncmp(e->d_name, "kvshim-", 7)) {
-			snprintf(name, sizeof(name), "/%s", e->d_name);
-			shm_unlink(name);
-		}
+	snprintf(pattern, sizeof(pattern), "/dev/shm/kvshim-*-%s", pool_name);
+	if (glob(pattern, 0, NULL, &g) == 0) {
+		for (i = 0; i < g.gl_pathc; i++)
+			unlink(g.gl_pathv[i]);
+		globfree(&g);
 	}
-	closedir(d);
 }
 
 static int say(int fd, char c)

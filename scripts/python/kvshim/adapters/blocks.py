@@ -6,6 +6,7 @@ driver call). Engines keep their free lists in different shapes; the
 adapter for one wires its list to a BlockTracker.
 """
 import collections
+import functools
 import time
 
 import kvshim
@@ -15,6 +16,7 @@ from kvshim.adapters import warn
 
 def _timed(method):
     """Add the time a tracker method takes to the tracker's .busy."""
+    @functools.wraps(method)
     def timed(self, *args, **kwargs):
         t = time.perf_counter()
         try:
@@ -22,7 +24,6 @@ def _timed(method):
         finally:
             self.busy += time.perf_counter() - t
             self.calls += 1
-    timed.__name__, timed.__doc__ = method.__name__, method.__doc__
     return timed
 
 
