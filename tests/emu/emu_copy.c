@@ -1,5 +1,7 @@
 /*
- * emu_copy.c: the fault guard, and memset/memcpy done synchronously on host memory under it.
+ * emu_copy.c: the fault guard; memset/memcpy checked, then recorded into a stream capture or
+ * done at once on host memory under the guard; and the runner of every operation (memset, copy,
+ * kernel, event record), for a stream or a graph launch.
  *
  * A GPU that touches an unmapped or inaccessible VMM page reports an illegal address; here the
  * same touch is a SIGSEGV (or SIGBUS), which the guard turns into CUDA_ERROR_ILLEGAL_ADDRESS for
@@ -105,63 +107,44 @@ int kv_emu_guard(void (*fn)(void *), void *arg)
     return 0;
 }
 
-/* ------------------------------------------------------------------ memset and memcpy */
-
-struct op {
-    void *dst;
-    const void *src;
-    size_t n;               /* elements of width bytes */
-    unsigned int value;
-    int width;
-};
+/* ------------------------------------------------------------------ running an operation */
 
 static void run_copy(void *arg)
 {
-    struct op *o = arg;
+    const kv_emu_op_t *o = arg;
 
-    memmove(o->dst, o->src, o->n);
+    memmove((void *)o->u.copy.dst, (const void *)o->u.copy.src, o->u.copy.n);
 }
 
 static void run_set(void *arg)
 {
-    struct op *o = arg;
+    const kv_emu_op_t *o = arg;
+    void *dst = (void *)o->u.set.dst;
+    size_t n = o->u.set.n;
 
-    switch (o->width) {
+    switch (o->u.set.width) {
     case 1:
-        memset(o->dst, (int)(o->value & 0xff), o->n);
+        memset(dst, (int)(o->u.set.value & 0xff), n);
         break;
     case 2:
-        for (size_t i = 0; i < o->n; i++)
-            ((unsigned short *)o->dst)[i] = (unsigned short)o->value;
+        for (size_t i = 0; i < n; i++)
+            ((unsigned short *)dst)[i] = (unsigned short)o->u.set.value;
         break;
     default:
-        for (size_t i = 0; i < o->n; i++)
-            ((unsigned int *)o->dst)[i] = o->value;
+        for (size_t i = 0; i < n; i++)
+            ((unsigned int *)dst)[i] = o->u.set.value;
         break;
     }
 }
 
-/*
- * What the driver checks before a copy or memset is queued: a current context, a live stream,
- * and device-side ranges that lie in one allocation or reservation (mapped or not: touching an
- * unmapped page is the later, asynchronous illegal address).
- */
-static CUresult check_call(bool async, CUstream s, CUdeviceptr dev1, CUdeviceptr dev2,
-                           size_t bytes)
+static void run_kernel(void *arg)
 {
-    CUresult r = CUDA_SUCCESS;
+    const kv_emu_op_t *o = arg;
+    void *params[KV_EMU_KERNEL_ARGS];
 
-    if (!kv_emu_current())
-        return CUDA_ERROR_INVALID_CONTEXT;
-    kv_emu_lock();
-    if (async && !kv_emu_valid_stream(s))
-        r = CUDA_ERROR_INVALID_HANDLE;
-    else if (bytes && dev1 && !kv_emu_find_resv(dev1, bytes))
-        r = CUDA_ERROR_INVALID_VALUE;
-    else if (bytes && dev2 && !kv_emu_find_resv(dev2, bytes))
-        r = CUDA_ERROR_INVALID_VALUE;
-    kv_emu_unlock();
-    return r;
+    for (int i = 0; i < KV_EMU_KERNEL_ARGS; i++)
+        params[i] = (void *)&o->u.kernel.args[i];
+    o->u.kernel.kernel->run(params);
 }
 
 /* Under valgrind, have memcheck check [p, p + n) if it is host memory (in no reservation). */
@@ -178,58 +161,132 @@ static void check_host(CUdeviceptr p, size_t n)
         (void)VALGRIND_CHECK_MEM_IS_ADDRESSABLE((void *)p, n);
 }
 
+/* Stamp event e with the time now, if it still exists; a replayed record does only that. */
+static void stamp(struct CUevent_st *e)
+{
+    kv_emu_lock();
+    for (struct CUevent_st *p = kv_emu.events; p; p = p->next) {
+        if (p == e) {
+            clock_gettime(CLOCK_MONOTONIC, &e->when);
+            e->recorded = true;
+            e->capture_id = 0;
+            break;
+        }
+    }
+    kv_emu_unlock();
+}
+
+CUresult kv_emu_run(const kv_emu_op_t *op)
+{
+    void (*fn)(void *);
+
+    switch (op->kind) {
+    case KV_OP_SET:
+        if (op->u.set.n == 0)
+            return CUDA_SUCCESS;
+        fn = run_set;
+        break;
+    case KV_OP_COPY:
+        if (op->u.copy.n == 0)
+            return CUDA_SUCCESS;
+        check_host(op->u.copy.dst, op->u.copy.n);
+        check_host(op->u.copy.src, op->u.copy.n);
+        fn = run_copy;
+        break;
+    case KV_OP_KERNEL:
+        fn = run_kernel;
+        break;
+    default:
+        stamp(op->u.event.event);
+        return CUDA_SUCCESS;
+    }
+    /* The guard's argument is not const, but nothing writes through it. */
+    return kv_emu_guard(fn, (void *)op) < 0 ? CUDA_ERROR_ILLEGAL_ADDRESS : CUDA_SUCCESS;
+}
+
+/* ------------------------------------------------------------------ memset and memcpy */
+
+/*
+ * Check a copy or memset as the driver does before it is queued (a current context, a live
+ * stream, device-side ranges that lie in one allocation or reservation, mapped or not: touching
+ * an unmapped page is the later, asynchronous illegal address), then apply the capture rules:
+ * record it into a capture, refuse it, or run it now. dev1 and dev2 are the device sides to
+ * check (0: none); fn the exported function, for the capture statistics.
+ */
+static CUresult submit(enum kv_emu_fn fn, bool async, CUstream s, CUdeviceptr dev1,
+                       CUdeviceptr dev2, size_t bytes, const kv_emu_op_t *op)
+{
+    CUresult r = CUDA_SUCCESS;
+    bool recorded = false;
+
+    if (!kv_emu_current())
+        return CUDA_ERROR_INVALID_CONTEXT;
+    kv_emu_lock();
+    if (async && !kv_emu_valid_stream(s))
+        r = CUDA_ERROR_INVALID_HANDLE;
+    else if (bytes && dev1 && !kv_emu_find_resv(dev1, bytes))
+        r = CUDA_ERROR_INVALID_VALUE;
+    else if (bytes && dev2 && !kv_emu_find_resv(dev2, bytes))
+        r = CUDA_ERROR_INVALID_VALUE;
+    else if (async)
+        r = kv_emu_capture_enqueue(fn, s, false, op, 1, &recorded);
+    else
+        r = kv_emu_capture_sync_op(fn);
+    kv_emu_unlock();
+    if (r != CUDA_SUCCESS || recorded)
+        return r;
+    return kv_emu_run(op);
+}
+
 /*
  * Copy n bytes; check_dst / check_src say which sides must be device memory (cuMemcpy takes
  * either kind on both sides, as with unified addressing).
  */
-static CUresult copy(CUdeviceptr dst, CUdeviceptr src, size_t n, bool check_dst, bool check_src,
-                     bool async, CUstream s)
+static CUresult copy(enum kv_emu_fn fn, CUdeviceptr dst, CUdeviceptr src, size_t n,
+                     bool check_dst, bool check_src, bool async, CUstream s)
 {
-    struct op o = { .dst = (void *)dst, .src = (const void *)src, .n = n };
-    CUresult r;
+    kv_emu_op_t o = { .kind = KV_OP_COPY };
 
     if (n && (!dst || !src))
         return CUDA_ERROR_INVALID_VALUE;
-    r = check_call(async, s, check_dst ? dst : 0, check_src ? src : 0, n);
-    if (r != CUDA_SUCCESS || n == 0)
-        return r;
-    check_host(dst, n);
-    check_host(src, n);
-    return kv_emu_guard(run_copy, &o) < 0 ? CUDA_ERROR_ILLEGAL_ADDRESS : CUDA_SUCCESS;
+    o.u.copy.dst = dst;
+    o.u.copy.src = src;
+    o.u.copy.n = n;
+    return submit(fn, async, s, check_dst ? dst : 0, check_src ? src : 0, n, &o);
 }
 
-static CUresult set(CUdeviceptr dst, unsigned int value, size_t n, int width, bool async,
-                    CUstream s)
+static CUresult set(enum kv_emu_fn fn, CUdeviceptr dst, unsigned int value, size_t n, int width,
+                    bool async, CUstream s)
 {
-    struct op o = { .dst = (void *)dst, .n = n, .value = value, .width = width };
-    CUresult r;
+    kv_emu_op_t o = { .kind = KV_OP_SET };
 
     if (dst % (CUdeviceptr)width || n > SIZE_MAX / (size_t)width || (n && !dst))
         return CUDA_ERROR_INVALID_VALUE;
-    r = check_call(async, s, dst, 0, n * (size_t)width);
-    if (r != CUDA_SUCCESS || n == 0)
-        return r;
-    return kv_emu_guard(run_set, &o) < 0 ? CUDA_ERROR_ILLEGAL_ADDRESS : CUDA_SUCCESS;
+    o.u.set.dst = dst;
+    o.u.set.n = n;
+    o.u.set.value = value;
+    o.u.set.width = width;
+    return submit(fn, async, s, dst, 0, n * (size_t)width, &o);
 }
 
 KV_EMU_API CUresult cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char uc, size_t N)
 {
     KV_EMU_ENTER(cuMemsetD8_v2);
-    return set(dstDevice, uc, N, 1, false, NULL);
+    return set(KV_FN_cuMemsetD8_v2, dstDevice, uc, N, 1, false, NULL);
 }
 KV_EMU_ALIAS(cuMemsetD8_v2);
 
 KV_EMU_API CUresult cuMemsetD16_v2(CUdeviceptr dstDevice, unsigned short us, size_t N)
 {
     KV_EMU_ENTER(cuMemsetD16_v2);
-    return set(dstDevice, us, N, 2, false, NULL);
+    return set(KV_FN_cuMemsetD16_v2, dstDevice, us, N, 2, false, NULL);
 }
 KV_EMU_ALIAS(cuMemsetD16_v2);
 
 KV_EMU_API CUresult cuMemsetD32_v2(CUdeviceptr dstDevice, unsigned int ui, size_t N)
 {
     KV_EMU_ENTER(cuMemsetD32_v2);
-    return set(dstDevice, ui, N, 4, false, NULL);
+    return set(KV_FN_cuMemsetD32_v2, dstDevice, ui, N, 4, false, NULL);
 }
 KV_EMU_ALIAS(cuMemsetD32_v2);
 
@@ -237,7 +294,7 @@ KV_EMU_API CUresult cuMemsetD8Async(CUdeviceptr dstDevice, unsigned char uc, siz
                                     CUstream hStream)
 {
     KV_EMU_ENTER(cuMemsetD8Async);
-    return set(dstDevice, uc, N, 1, true, hStream);
+    return set(KV_FN_cuMemsetD8Async, dstDevice, uc, N, 1, true, hStream);
 }
 KV_EMU_ALIAS(cuMemsetD8Async);
 
@@ -245,7 +302,7 @@ KV_EMU_API CUresult cuMemsetD16Async(CUdeviceptr dstDevice, unsigned short us, s
                                      CUstream hStream)
 {
     KV_EMU_ENTER(cuMemsetD16Async);
-    return set(dstDevice, us, N, 2, true, hStream);
+    return set(KV_FN_cuMemsetD16Async, dstDevice, us, N, 2, true, hStream);
 }
 KV_EMU_ALIAS(cuMemsetD16Async);
 
@@ -253,14 +310,14 @@ KV_EMU_API CUresult cuMemsetD32Async(CUdeviceptr dstDevice, unsigned int ui, siz
                                      CUstream hStream)
 {
     KV_EMU_ENTER(cuMemsetD32Async);
-    return set(dstDevice, ui, N, 4, true, hStream);
+    return set(KV_FN_cuMemsetD32Async, dstDevice, ui, N, 4, true, hStream);
 }
 KV_EMU_ALIAS(cuMemsetD32Async);
 
 KV_EMU_API CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount)
 {
     KV_EMU_ENTER(cuMemcpy);
-    return copy(dst, src, ByteCount, false, false, false, NULL);
+    return copy(KV_FN_cuMemcpy, dst, src, ByteCount, false, false, false, NULL);
 }
 KV_EMU_ALIAS(cuMemcpy);
 
@@ -268,21 +325,23 @@ KV_EMU_API CUresult cuMemcpyAsync(CUdeviceptr dst, CUdeviceptr src, size_t ByteC
                                   CUstream hStream)
 {
     KV_EMU_ENTER(cuMemcpyAsync);
-    return copy(dst, src, ByteCount, false, false, true, hStream);
+    return copy(KV_FN_cuMemcpyAsync, dst, src, ByteCount, false, false, true, hStream);
 }
 KV_EMU_ALIAS(cuMemcpyAsync);
 
 KV_EMU_API CUresult cuMemcpyHtoD_v2(CUdeviceptr dstDevice, const void *srcHost, size_t ByteCount)
 {
     KV_EMU_ENTER(cuMemcpyHtoD_v2);
-    return copy(dstDevice, (CUdeviceptr)srcHost, ByteCount, true, false, false, NULL);
+    return copy(KV_FN_cuMemcpyHtoD_v2, dstDevice, (CUdeviceptr)srcHost, ByteCount, true, false,
+                false, NULL);
 }
 KV_EMU_ALIAS(cuMemcpyHtoD_v2);
 
 KV_EMU_API CUresult cuMemcpyDtoH_v2(void *dstHost, CUdeviceptr srcDevice, size_t ByteCount)
 {
     KV_EMU_ENTER(cuMemcpyDtoH_v2);
-    return copy((CUdeviceptr)dstHost, srcDevice, ByteCount, false, true, false, NULL);
+    return copy(KV_FN_cuMemcpyDtoH_v2, (CUdeviceptr)dstHost, srcDevice, ByteCount, false, true,
+                false, NULL);
 }
 KV_EMU_ALIAS(cuMemcpyDtoH_v2);
 
@@ -290,7 +349,7 @@ KV_EMU_API CUresult cuMemcpyDtoD_v2(CUdeviceptr dstDevice, CUdeviceptr srcDevice
                                     size_t ByteCount)
 {
     KV_EMU_ENTER(cuMemcpyDtoD_v2);
-    return copy(dstDevice, srcDevice, ByteCount, true, true, false, NULL);
+    return copy(KV_FN_cuMemcpyDtoD_v2, dstDevice, srcDevice, ByteCount, true, true, false, NULL);
 }
 KV_EMU_ALIAS(cuMemcpyDtoD_v2);
 
@@ -298,7 +357,8 @@ KV_EMU_API CUresult cuMemcpyHtoDAsync_v2(CUdeviceptr dstDevice, const void *srcH
                                          size_t ByteCount, CUstream hStream)
 {
     KV_EMU_ENTER(cuMemcpyHtoDAsync_v2);
-    return copy(dstDevice, (CUdeviceptr)srcHost, ByteCount, true, false, true, hStream);
+    return copy(KV_FN_cuMemcpyHtoDAsync_v2, dstDevice, (CUdeviceptr)srcHost, ByteCount, true,
+                false, true, hStream);
 }
 KV_EMU_ALIAS(cuMemcpyHtoDAsync_v2);
 
@@ -306,7 +366,8 @@ KV_EMU_API CUresult cuMemcpyDtoHAsync_v2(void *dstHost, CUdeviceptr srcDevice, s
                                          CUstream hStream)
 {
     KV_EMU_ENTER(cuMemcpyDtoHAsync_v2);
-    return copy((CUdeviceptr)dstHost, srcDevice, ByteCount, false, true, true, hStream);
+    return copy(KV_FN_cuMemcpyDtoHAsync_v2, (CUdeviceptr)dstHost, srcDevice, ByteCount, false,
+                true, true, hStream);
 }
 KV_EMU_ALIAS(cuMemcpyDtoHAsync_v2);
 
@@ -314,6 +375,6 @@ KV_EMU_API CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dstDevice, CUdeviceptr srcD
                                          size_t ByteCount, CUstream hStream)
 {
     KV_EMU_ENTER(cuMemcpyDtoDAsync_v2);
-    return copy(dstDevice, srcDevice, ByteCount, true, true, true, hStream);
+    return copy(KV_FN_cuMemcpyDtoDAsync_v2, dstDevice, srcDevice, ByteCount, true, true, true, hStream);
 }
 KV_EMU_ALIAS(cuMemcpyDtoDAsync_v2);

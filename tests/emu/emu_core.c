@@ -1,7 +1,7 @@
 /*
  * emu_core.c: configuration, the entry check shared by every driver function (call counts,
  * failure injection, not-initialized), cuInit, error strings, cuGetProcAddress, and the kvemu_*
- * control API.
+ * control API (kvemu_capture_stats is emu_graph.c's).
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -265,6 +265,15 @@ KV_EMU_ALIAS(cuDriverGetVersion);
     E(CUDA_ERROR_NOT_PERMITTED, "operation not permitted")                                \
     E(CUDA_ERROR_NOT_SUPPORTED, "operation not supported")                                \
     E(CUDA_ERROR_OPERATING_SYSTEM, "OS call failed or operation not supported on this OS") \
+    E(CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, "operation not permitted when stream is capturing") \
+    E(CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,                                                \
+      "operation failed due to a previous error during capture")                           \
+    E(CUDA_ERROR_STREAM_CAPTURE_IMPLICIT,                                                   \
+      "operation would make the legacy stream depend on a capturing blocking stream")       \
+    E(CUDA_ERROR_CAPTURED_EVENT,                                                            \
+      "operation not permitted on an event last recorded in a capturing stream")            \
+    E(CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD,                                               \
+      "attempt to terminate a thread-local capture sequence from another thread")           \
     E(CUDA_ERROR_UNKNOWN, "unknown error")
 
 static const struct {
@@ -314,6 +323,14 @@ KV_EMU_ALIAS(cuGetErrorName);
 
 /* ------------------------------------------------------------------ entry points by name */
 
+/* Whether name is a per-thread default stream variant: those are asked for by flag, not name. */
+static bool is_ptsz(const char *name)
+{
+    size_t n = strlen(name);
+
+    return n > 5 && strcmp(name + n - 5, "_ptsz") == 0;
+}
+
 /* Length of name without a version suffix "_v<digits>". */
 static size_t base_len(const char *name)
 {
@@ -338,7 +355,8 @@ static int find_variant(const char *sym, int max_version)
     bool known = false;
 
     for (int i = 0; i < KV_FN_COUNT; i++) {
-        if (base_len(funcs[i].name) != n || strncmp(funcs[i].name, sym, n) != 0)
+        if (is_ptsz(funcs[i].name) || base_len(funcs[i].name) != n ||
+            strncmp(funcs[i].name, sym, n) != 0)
             continue;
         known = true;
         if (funcs[i].version <= max_version &&
@@ -350,10 +368,22 @@ static int find_variant(const char *sym, int max_version)
     return best;
 }
 
+/* Index of the exported function named name + "_ptsz", or -1. */
+static int find_ptsz(const char *name)
+{
+    size_t n = strlen(name);
+
+    for (int i = 0; i < KV_FN_COUNT; i++)
+        if (strncmp(funcs[i].name, name, n) == 0 && strcmp(funcs[i].name + n, "_ptsz") == 0)
+            return i;
+    return -1;
+}
+
 /*
  * The lookup behind both cuGetProcAddress variants: by base name, as the real driver, so
- * "cuMemAlloc" gives cuMemAlloc_v2 and "cuMemAlloc_v2" is not found. The per-thread-stream
- * flags select nothing different: the emulation has no _ptds/_ptsz variants.
+ * "cuMemAlloc" gives cuMemAlloc_v2 and "cuMemAlloc_v2" is not found. With the per-thread
+ * default stream flag, the variant's _ptsz twin where there is one: only the stream capture
+ * calls have them here.
  */
 static CUresult get_proc(const char *symbol, void **pfn, int version, cuuint64_t flags,
                          CUdriverProcAddressQueryResult *status)
@@ -370,6 +400,12 @@ static CUresult get_proc(const char *symbol, void **pfn, int version, cuuint64_t
             *status = i == -2 ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT
                               : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
         return CUDA_ERROR_NOT_FOUND;
+    }
+    if (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) {
+        int t = find_ptsz(funcs[i].name);
+
+        if (t >= 0)
+            i = t;
     }
     *pfn = locals[i];
     if (status)
@@ -435,6 +471,9 @@ KV_EMU_API void kvemu_reset_counts(void)
 {
     for (int i = 0; i < KV_FN_COUNT; i++)
         __atomic_store_n(&calls[i], 0, __ATOMIC_RELAXED);
+    kv_emu_lock();
+    memset(&kv_emu.stats, 0, sizeof(kv_emu.stats));
+    kv_emu_unlock();
 }
 
 KV_EMU_API void kvemu_usage(int device, struct kvemu_usage *out)

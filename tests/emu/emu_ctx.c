@@ -1,7 +1,7 @@
 /*
  * emu_ctx.c: devices, primary contexts and the per-thread context stack, streams, events,
  * modules and the two known kernels. All work is synchronous, so streams and events only
- * carry identity (and a timestamp).
+ * carry identity (and a timestamp), and the capture in progress on them (emu_graph.c).
  */
 #define _GNU_SOURCE
 #include <stdlib.h>
@@ -213,8 +213,16 @@ KV_EMU_ALIAS(cuCtxGetDevice);
 
 KV_EMU_API CUresult cuCtxSynchronize(void)
 {
+    CUresult r;
+
     KV_EMU_ENTER(cuCtxSynchronize);
-    return need_ctx();
+    r = need_ctx();
+    if (r != CUDA_SUCCESS)
+        return r;
+    kv_emu_lock();
+    r = kv_emu_capture_sync_ctx(KV_FN_cuCtxSynchronize);
+    kv_emu_unlock();
+    return r;
 }
 KV_EMU_ALIAS(cuCtxSynchronize);
 
@@ -279,40 +287,59 @@ KV_EMU_API CUresult cuStreamCreate(CUstream *phStream, unsigned int Flags)
 }
 KV_EMU_ALIAS(cuStreamCreate);
 
+/* A capturing stream is refused: its capture must be ended first (see emu_graph.c). */
 KV_EMU_API CUresult cuStreamDestroy_v2(CUstream hStream)
 {
     struct CUstream_st **pp, *found = NULL;
+    CUresult r = CUDA_ERROR_INVALID_HANDLE;
 
     KV_EMU_ENTER(cuStreamDestroy_v2);
     kv_emu_lock();
     for (pp = &kv_emu.streams; *pp; pp = &(*pp)->next) {
         if (*pp == hStream) {
+            r = kv_emu_capture_destroy_stream(KV_FN_cuStreamDestroy_v2, *pp);
+            if (r != CUDA_SUCCESS)
+                break;
             found = *pp;
             *pp = found->next;
             break;
         }
     }
     kv_emu_unlock();
-    if (!found)
-        return CUDA_ERROR_INVALID_HANDLE;
     free(found);
-    return CUDA_SUCCESS;
+    return r;
 }
 KV_EMU_ALIAS(cuStreamDestroy_v2);
 
-KV_EMU_API CUresult cuStreamSynchronize(CUstream hStream)
+/* Synchronize and query do the same: all work is done by the time a call returns. */
+static CUresult wait_stream(enum kv_emu_fn fn, CUstream s)
 {
-    bool ok;
+    CUresult r;
 
-    KV_EMU_ENTER(cuStreamSynchronize);
     if (!kv_emu_current())
         return CUDA_ERROR_INVALID_CONTEXT;
     kv_emu_lock();
-    ok = kv_emu_valid_stream(hStream);
+    if (!kv_emu_valid_stream(s))
+        r = CUDA_ERROR_INVALID_HANDLE;
+    else
+        r = kv_emu_capture_sync_stream(fn, s, false);
     kv_emu_unlock();
-    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    return r;
+}
+
+KV_EMU_API CUresult cuStreamSynchronize(CUstream hStream)
+{
+    KV_EMU_ENTER(cuStreamSynchronize);
+    return wait_stream(KV_FN_cuStreamSynchronize, hStream);
 }
 KV_EMU_ALIAS(cuStreamSynchronize);
+
+KV_EMU_API CUresult cuStreamQuery(CUstream hStream)
+{
+    KV_EMU_ENTER(cuStreamQuery);
+    return wait_stream(KV_FN_cuStreamQuery, hStream);
+}
+KV_EMU_ALIAS(cuStreamQuery);
 
 /* ------------------------------------------------------------------ events */
 
@@ -347,32 +374,54 @@ KV_EMU_API CUresult cuEventCreate(CUevent *phEvent, unsigned int Flags)
 }
 KV_EMU_ALIAS(cuEventCreate);
 
+/* On a capturing stream the record is captured: the event is stamped at each graph launch. */
 KV_EMU_API CUresult cuEventRecord(CUevent hEvent, CUstream hStream)
 {
+    kv_emu_op_t op = { .kind = KV_OP_EVENT, .u.event.event = hEvent };
     CUresult r = CUDA_SUCCESS;
+    bool recorded = false;
 
     KV_EMU_ENTER(cuEventRecord);
     kv_emu_lock();
-    if (!valid_event(hEvent) || !kv_emu_valid_stream(hStream)) {
+    if (!valid_event(hEvent) || !kv_emu_valid_stream(hStream))
         r = CUDA_ERROR_INVALID_HANDLE;
-    } else {
+    else
+        r = kv_emu_capture_enqueue(KV_FN_cuEventRecord, hStream, false, &op, 1, &recorded);
+    if (r == CUDA_SUCCESS && !recorded) {
         clock_gettime(CLOCK_MONOTONIC, &hEvent->when);
         hEvent->recorded = true;
+        hEvent->capture_id = 0;
     }
     kv_emu_unlock();
     return r;
 }
 KV_EMU_ALIAS(cuEventRecord);
 
+/* Synchronize and query do the same: every recorded event has completed. */
+static CUresult wait_event(enum kv_emu_fn fn, CUevent e)
+{
+    CUresult r;
+
+    kv_emu_lock();
+    if (!valid_event(e))
+        r = CUDA_ERROR_INVALID_HANDLE;
+    else
+        r = kv_emu_capture_sync_event(fn, e);
+    kv_emu_unlock();
+    return r;
+}
+
+KV_EMU_API CUresult cuEventQuery(CUevent hEvent)
+{
+    KV_EMU_ENTER(cuEventQuery);
+    return wait_event(KV_FN_cuEventQuery, hEvent);
+}
+KV_EMU_ALIAS(cuEventQuery);
+
 KV_EMU_API CUresult cuEventSynchronize(CUevent hEvent)
 {
-    bool ok;
-
     KV_EMU_ENTER(cuEventSynchronize);
-    kv_emu_lock();
-    ok = valid_event(hEvent);
-    kv_emu_unlock();
-    return ok ? CUDA_SUCCESS : CUDA_ERROR_INVALID_HANDLE;
+    return wait_event(KV_FN_cuEventSynchronize, hEvent);
 }
 KV_EMU_ALIAS(cuEventSynchronize);
 
@@ -468,14 +517,12 @@ static void run_check(void *arg)
     *bad += count;
 }
 
-struct kv_emu_kernel {
-    const char *name;
-    void (*run)(void *params);
-};
-
 static const struct kv_emu_kernel kernels[KV_EMU_NKERNELS] = {
-    { "kv_fill", run_fill },
-    { "kv_check", run_check },
+    { "kv_fill", run_fill, 3,
+      { sizeof(unsigned int *), sizeof(unsigned long long), sizeof(unsigned int) } },
+    { "kv_check", run_check, 4,
+      { sizeof(const unsigned int *), sizeof(unsigned long long), sizeof(unsigned int),
+        sizeof(unsigned long long *) } },
 };
 
 static bool valid_module(CUmodule m)
@@ -567,9 +614,26 @@ static const struct kv_emu_kernel *find_kernel(CUfunction f)
     return NULL;
 }
 
+struct launch_args {
+    kv_emu_op_t *op;
+    void **params;
+};
+
+/* Copy a launch's arguments into op, as the driver does when the launch is queued. */
+static void copy_args(void *arg)
+{
+    struct launch_args *a = arg;
+    const struct kv_emu_kernel *k = a->op->u.kernel.kernel;
+
+    for (int i = 0; i < k->nargs; i++)
+        memcpy(&a->op->u.kernel.args[i], a->params[i], k->arg_size[i]);
+}
+
 /*
  * The grid is ignored: the host version covers all nwords whatever the launch shape, so the
- * CUDA version must be a grid-stride loop for the two to agree.
+ * CUDA version must be a grid-stride loop for the two to agree. The arguments are read under
+ * the guard, as the kernel itself reads them, so a bad pointer among them is an illegal
+ * address; the stream is checked again when the launch is queued, since the lock was let go.
  */
 KV_EMU_API CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned int gridDimY,
                                    unsigned int gridDimZ, unsigned int blockDimX,
@@ -577,8 +641,10 @@ KV_EMU_API CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned
                                    unsigned int sharedMemBytes, CUstream hStream,
                                    void **kernelParams, void **extra)
 {
-    const struct kv_emu_kernel *k;
-    bool stream_ok;
+    kv_emu_op_t op = { .kind = KV_OP_KERNEL };
+    struct launch_args a = { &op, kernelParams };
+    bool stream_ok, recorded = false;
+    CUresult r;
 
     KV_EMU_ENTER(cuLaunchKernel);
     (void)sharedMemBytes;
@@ -589,13 +655,21 @@ KV_EMU_API CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned
         blockDimX * blockDimY * blockDimZ > 1024 || !kernelParams || extra)
         return CUDA_ERROR_INVALID_VALUE;
     kv_emu_lock();
-    k = find_kernel(f);
+    op.u.kernel.kernel = find_kernel(f);
     stream_ok = kv_emu_valid_stream(hStream);
     kv_emu_unlock();
-    if (!k || !stream_ok)
+    if (!op.u.kernel.kernel || !stream_ok)
         return CUDA_ERROR_INVALID_HANDLE;
-    if (kv_emu_guard(k->run, kernelParams) < 0)
+    if (kv_emu_guard(copy_args, &a) < 0)
         return CUDA_ERROR_ILLEGAL_ADDRESS;
-    return CUDA_SUCCESS;
+    kv_emu_lock();
+    if (!kv_emu_valid_stream(hStream))
+        r = CUDA_ERROR_INVALID_HANDLE;
+    else
+        r = kv_emu_capture_enqueue(KV_FN_cuLaunchKernel, hStream, false, &op, 1, &recorded);
+    kv_emu_unlock();
+    if (r != CUDA_SUCCESS || recorded)
+        return r;
+    return kv_emu_run(&op);
 }
 KV_EMU_ALIAS(cuLaunchKernel);

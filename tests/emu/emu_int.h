@@ -27,10 +27,44 @@
 #undef cuDeviceGetUuid
 #undef cuEventElapsedTime
 #undef cuGetProcAddress
+#undef cuStreamBeginCapture
+#undef cuStreamGetCaptureInfo
 CUresult CUDAAPI cuDeviceGetUuid(CUuuid *uuid, CUdevice dev);
 CUresult CUDAAPI cuEventElapsedTime(float *pMilliseconds, CUevent hStart, CUevent hEnd);
 CUresult CUDAAPI cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion,
                                   cuuint64_t flags);
+CUresult CUDAAPI cuStreamBeginCapture(CUstream hStream);
+CUresult CUDAAPI cuStreamGetCaptureInfo(CUstream hStream, CUstreamCaptureStatus *captureStatus_out,
+                                        cuuint64_t *id_out);
+CUresult CUDAAPI cuStreamGetCaptureInfo_v2(CUstream hStream,
+                                           CUstreamCaptureStatus *captureStatus_out,
+                                           cuuint64_t *id_out, CUgraph *graph_out,
+                                           const CUgraphNode **dependencies_out,
+                                           size_t *numDependencies_out);
+
+/*
+ * The per-thread default stream variants (_ptsz) of the capture calls: the same arguments, but a
+ * NULL stream means the calling thread's default stream instead of the legacy one. cuda.h names
+ * them only when a program is built for per-thread default streams.
+ */
+CUresult CUDAAPI cuStreamBeginCapture_ptsz(CUstream hStream);
+CUresult CUDAAPI cuStreamBeginCapture_v2_ptsz(CUstream hStream, CUstreamCaptureMode mode);
+CUresult CUDAAPI cuStreamEndCapture_ptsz(CUstream hStream, CUgraph *phGraph);
+CUresult CUDAAPI cuStreamIsCapturing_ptsz(CUstream hStream, CUstreamCaptureStatus *captureStatus);
+CUresult CUDAAPI cuStreamGetCaptureInfo_ptsz(CUstream hStream,
+                                             CUstreamCaptureStatus *captureStatus_out,
+                                             cuuint64_t *id_out);
+CUresult CUDAAPI cuStreamGetCaptureInfo_v2_ptsz(CUstream hStream,
+                                                CUstreamCaptureStatus *captureStatus_out,
+                                                cuuint64_t *id_out, CUgraph *graph_out,
+                                                const CUgraphNode **dependencies_out,
+                                                size_t *numDependencies_out);
+CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
+                                                CUstreamCaptureStatus *captureStatus_out,
+                                                cuuint64_t *id_out, CUgraph *graph_out,
+                                                const CUgraphNode **dependencies_out,
+                                                const CUgraphEdgeData **edgeData_out,
+                                                size_t *numDependencies_out);
 
 #include "kvemu.h"
 
@@ -43,7 +77,8 @@ CUresult CUDAAPI cuGetProcAddress(const char *symbol, void **pfn, int cudaVersio
 /*
  * Every exported driver function: X(exported name, first CUDA version that has it). The order
  * is the index into the call counters and the fail-injection table; cuGetProcAddress resolves
- * base names through the same list (newest variant whose version is low enough).
+ * base names through the same list (newest variant whose version is low enough), and takes the
+ * variant's "_ptsz" twin, where the list has one, when asked for per-thread default streams.
  */
 #define KV_EMU_FUNCS(X)                                                  \
     X(cuInit, 2000)                                                      \
@@ -92,8 +127,30 @@ CUresult CUDAAPI cuGetProcAddress(const char *symbol, void **pfn, int cudaVersio
     X(cuStreamCreate, 2000)                                              \
     X(cuStreamDestroy_v2, 4000)                                          \
     X(cuStreamSynchronize, 2000)                                         \
+    X(cuStreamQuery, 2000)                                               \
+    X(cuStreamBeginCapture, 10000)                                       \
+    X(cuStreamBeginCapture_ptsz, 10010)                                  \
+    X(cuStreamBeginCapture_v2, 10010)                                    \
+    X(cuStreamBeginCapture_v2_ptsz, 10010)                               \
+    X(cuStreamEndCapture, 10000)                                         \
+    X(cuStreamEndCapture_ptsz, 10000)                                    \
+    X(cuStreamIsCapturing, 10000)                                        \
+    X(cuStreamIsCapturing_ptsz, 10000)                                   \
+    X(cuStreamGetCaptureInfo, 10010)                                     \
+    X(cuStreamGetCaptureInfo_ptsz, 10010)                                \
+    X(cuStreamGetCaptureInfo_v2, 11030)                                  \
+    X(cuStreamGetCaptureInfo_v2_ptsz, 11030)                             \
+    X(cuStreamGetCaptureInfo_v3, 12030)                                  \
+    X(cuStreamGetCaptureInfo_v3_ptsz, 12030)                             \
+    X(cuThreadExchangeStreamCaptureMode, 10010)                          \
+    X(cuGraphInstantiateWithFlags, 11040)                                \
+    X(cuGraphLaunch, 10000)                                              \
+    X(cuGraphGetNodes, 10000)                                            \
+    X(cuGraphExecDestroy, 10000)                                         \
+    X(cuGraphDestroy, 10000)                                             \
     X(cuEventCreate, 2000)                                               \
     X(cuEventRecord, 2000)                                               \
+    X(cuEventQuery, 2000)                                                \
     X(cuEventSynchronize, 2000)                                          \
     X(cuEventElapsedTime, 2000)                                          \
     X(cuEventElapsedTime_v2, 12080)                                      \
@@ -150,10 +207,13 @@ struct CUctx_st {
     int refs;                   /* primary context retain count */
 };
 
+struct kv_emu_capture_s;
+
 struct CUstream_st {
     struct CUstream_st *next;
     int device;
     unsigned int flags;
+    struct kv_emu_capture_s *cap;   /* the capture in progress on this stream, or NULL */
 };
 
 struct CUevent_st {
@@ -161,9 +221,20 @@ struct CUevent_st {
     unsigned int flags;
     bool recorded;
     struct timespec when;
+    cuuint64_t capture_id;          /* last recorded into this capture; 0: by running */
 };
 
-struct kv_emu_kernel;
+/*
+ * A kernel the emulation knows, run as host code: run(params) reads its arguments as a launch
+ * passes them (params[i] points at argument i), whose sizes are arg_size[0..nargs).
+ */
+#define KV_EMU_KERNEL_ARGS 4
+struct kv_emu_kernel {
+    const char *name;
+    void (*run)(void *params);
+    int nargs;
+    size_t arg_size[KV_EMU_KERNEL_ARGS];
+};
 struct CUmod_st;
 
 struct CUfunc_st {
@@ -220,6 +291,72 @@ typedef struct kv_emu_resv_s {
     kv_emu_page_t *pages;
 } kv_emu_resv_t;
 
+/*
+ * One operation as a stream takes it: enough to run it now, or to record it into a graph and
+ * run it at each launch. A kernel's arguments are copied, as a launch copies them.
+ */
+enum kv_emu_op_kind { KV_OP_SET, KV_OP_COPY, KV_OP_KERNEL, KV_OP_EVENT };
+typedef struct kv_emu_op_s {
+    enum kv_emu_op_kind kind;
+    union {
+        struct {
+            CUdeviceptr dst;
+            size_t n;               /* elements of width bytes */
+            unsigned int value;
+            int width;
+        } set;
+        struct {
+            CUdeviceptr dst, src;
+            size_t n;
+        } copy;
+        struct {
+            const struct kv_emu_kernel *kernel;
+            uint64_t args[KV_EMU_KERNEL_ARGS];
+        } kernel;
+        struct {
+            struct CUevent_st *event;
+        } event;
+    } u;
+} kv_emu_op_t;
+
+/* A graph node: one recorded operation. */
+struct CUgraphNode_st {
+    struct CUgraph_st *graph;
+    kv_emu_op_t op;
+};
+
+/* A graph: its nodes in the order they were recorded (stream capture gives a chain). */
+struct CUgraph_st {
+    struct CUgraph_st *next;
+    struct kv_emu_capture_s *capture;   /* the capture still recording into it, or NULL */
+    size_t n, cap;
+    struct CUgraphNode_st **nodes;
+};
+
+/* An executable graph: a copy of its graph's operations, run in order at each launch. */
+struct CUgraphExec_st {
+    struct CUgraphExec_st *next;
+    size_t n;
+    kv_emu_op_t *ops;
+};
+
+/*
+ * A capture sequence, from cuStreamBeginCapture to cuStreamEndCapture. Its stream points at it;
+ * it does not point back, so a per-thread stream whose thread has exited leaves nothing dangling.
+ */
+typedef struct kv_emu_capture_s {
+    struct kv_emu_capture_s *next;
+    cuuint64_t id;                  /* unique over the process's life, from 1 */
+    CUstreamCaptureMode mode;       /* the mode given to cuStreamBeginCapture */
+    uint64_t thread;                /* token of the thread that began it */
+    int device;                     /* device of the capturing stream */
+    bool blocking;                  /* the stream synchronizes with the legacy stream */
+    bool invalidated;
+    struct CUgraph_st *graph;
+    struct CUgraphNode_st *deps[1]; /* what the next node depends on: the last one */
+    CUgraphEdgeData edge[1];        /* and the (empty) data of that edge */
+} kv_emu_capture_t;
+
 typedef struct kv_emu_state_s {
     pthread_mutex_t lock;
     bool initialized;
@@ -231,6 +368,11 @@ typedef struct kv_emu_state_s {
     struct CUstream_st *streams;
     struct CUevent_st *events;
     struct CUmod_st *modules;
+    kv_emu_capture_t *captures;     /* in progress, invalidated or not */
+    struct CUgraph_st *graphs;
+    struct CUgraphExec_st *execs;
+    struct kvemu_capture_stats stats;   /* its live fields are filled in when read */
+    cuuint64_t next_capture_id;
     CUmemGenericAllocationHandle next_handle;
     uint32_t next_map_id;
 } kv_emu_state_t;
@@ -263,5 +405,66 @@ kv_emu_resv_t *kv_emu_find_resv(uintptr_t p, size_t n);
  * stall other threads, and the jump out of a fault would leave the lock held.
  */
 int kv_emu_guard(void (*fn)(void *), void *arg);
+/*
+ * Run op now, on the host, under the guard; call unlocked. An event is stamped only if it
+ * still exists. Returns CUDA_SUCCESS, or CUDA_ERROR_ILLEGAL_ADDRESS for a fault.
+ */
+CUresult kv_emu_run(const kv_emu_op_t *op);
+
+/* ---- emu_graph.c: stream capture and graphs ---- */
+/*
+ * The capture rules, applied by the calls that enqueue, synchronize or allocate. Each is called
+ * locked, after the call's own argument checks, with fn the exported function asking (for the
+ * statistics). A refusal is one of the stream-capture errors (900 to 908); where the rules say
+ * so, the captures the call conflicts with are invalidated first. The mode rules are
+ * cuThreadExchangeStreamCaptureMode's: a thread in global mode may not make potentially unsafe
+ * calls while it captures (other than in relaxed mode) or while another thread captures in
+ * global mode; a thread in thread-local mode only while it captures itself; a thread in relaxed
+ * mode always may. The legacy stream (NULL outside a _ptsz call, or CU_STREAM_LEGACY) may not be
+ * used while a blocking stream of its device captures, in any mode.
+ */
+
+/*
+ * An operation enqueued on stream s (ptsz: a NULL s is the per-thread stream). On a capturing
+ * stream it is recorded into the capture's graph and *recorded is set; an event recorded so
+ * becomes part of the capture. Returns CUDA_SUCCESS (run it now unless recorded),
+ * CUDA_ERROR_STREAM_CAPTURE_INVALIDATED (s's capture was invalidated: nothing recorded),
+ * CUDA_ERROR_STREAM_CAPTURE_IMPLICIT (s is the legacy stream while a blocking stream of the
+ * current device captures; that capture is invalidated), or CUDA_ERROR_OUT_OF_MEMORY.
+ */
+CUresult kv_emu_capture_enqueue(enum kv_emu_fn fn, CUstream s, bool ptsz, const kv_emu_op_t *op,
+                                size_t nops, bool *recorded);
+/*
+ * A potentially unsafe call (it waits for the device, or allocates or frees memory outside any
+ * stream). Returns CUDA_SUCCESS, or CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED having invalidated
+ * every capture that prohibits the calling thread such calls.
+ */
+CUresult kv_emu_capture_unsafe(enum kv_emu_fn fn);
+/*
+ * A synchronous memset or copy: potentially unsafe, and work on the legacy stream of the current
+ * device. Returns CUDA_SUCCESS, or what kv_emu_capture_unsafe or the legacy rule refuses with.
+ */
+CUresult kv_emu_capture_sync_op(enum kv_emu_fn fn);
+/*
+ * Waiting for or querying stream s. A capturing s refuses with
+ * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and is invalidated, in any mode; otherwise as a
+ * potentially unsafe call, then the legacy rule if s is the legacy stream.
+ */
+CUresult kv_emu_capture_sync_stream(enum kv_emu_fn fn, CUstream s, bool ptsz);
+/*
+ * Waiting for the current context: CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, invalidating them,
+ * while any stream of its device captures, in any mode; otherwise as a potentially unsafe call.
+ */
+CUresult kv_emu_capture_sync_ctx(enum kv_emu_fn fn);
+/*
+ * Waiting for or querying event e: CUDA_ERROR_CAPTURED_EVENT, invalidating that capture, if e was
+ * last recorded into a capture still in progress; otherwise as a potentially unsafe call.
+ */
+CUresult kv_emu_capture_sync_event(enum kv_emu_fn fn, struct CUevent_st *e);
+/*
+ * Destroying stream s: CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, invalidating its capture, while it
+ * captures (its capture must be ended first); else CUDA_SUCCESS.
+ */
+CUresult kv_emu_capture_destroy_stream(enum kv_emu_fn fn, struct CUstream_st *s);
 
 #endif /* KV_EMU_INT_H */

@@ -641,6 +641,10 @@ out:
 }
 KV_EMU_ALIAS(cuMemAlloc_v2);
 
+/*
+ * A free waits for the device and is not stream-ordered: potentially unsafe during a capture.
+ * (An allocation is allowed, as the real driver allows PyTorch's cudaMalloc during capture.)
+ */
 KV_EMU_API CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
     CUresult res = CUDA_ERROR_INVALID_VALUE;
@@ -654,12 +658,14 @@ KV_EMU_API CUresult cuMemFree_v2(CUdeviceptr dptr)
     r = kv_emu_find_resv(dptr, 1);
     if (!r || !r->alloc_bytes || r->base != dptr)
         goto out;
+    res = kv_emu_capture_unsafe(KV_FN_cuMemFree_v2);
+    if (res != CUDA_SUCCESS)
+        goto out;
     h = r->alloc_handle;
     kv_emu.devs[h->device].allocs--;
     drop_pages(r, 0, r->npages);
     destroy_resv(r);
     destroy_handle(h);
-    res = CUDA_SUCCESS;
 out:
     kv_emu_unlock();
     return res;

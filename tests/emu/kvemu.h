@@ -23,7 +23,10 @@ extern "C" {
  */
 int kvemu_fail_nth(const char *func, int n, CUresult err);
 
-/* Calls of func (named as for kvemu_fail_nth) since start or kvemu_reset_counts(); 0 if unknown. */
+/*
+ * Calls of func (named as for kvemu_fail_nth) since start or kvemu_reset_counts(); 0 if unknown.
+ * kvemu_reset_counts() also zeroes the counters of kvemu_capture_stats.
+ */
 unsigned long long kvemu_calls(const char *func);
 void kvemu_reset_counts(void);
 
@@ -46,6 +49,39 @@ struct kvemu_usage {
 };
 void kvemu_usage(int device, struct kvemu_usage *out);
 
+/*
+ * Stream capture as the emulation saw it, so a test can show that a library kept off a capture's
+ * path. The counters run from the start or the last kvemu_reset_counts(); the live fields
+ * (captures, graphs, graph_execs) are the state now.
+ *
+ * - begun, ended: captures begun, and ended with a graph (cuStreamBeginCapture*,
+ *   cuStreamEndCapture*); an invalidated capture ends without one.
+ * - invalidated: captures invalidated by a call that broke the capture rules, each counted once.
+ * - refused: calls that returned a stream-capture error (900 to 908,
+ *   CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED to CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD);
+ *   last_refused names the last of them (its exported name, e.g. "cuStreamSynchronize"), or is
+ *   NULL.
+ * - captured_ops: memsets, copies, kernel launches, event records and graph launches (one per
+ *   operation of the graph) enqueued on a capturing stream: recorded into its graph, not run.
+ * - eager_ops: operations that ran at once while some capture was in progress (on a stream not
+ *   capturing, or synchronous), whichever thread made them.
+ * - captures: captures in progress (invalidated ones included, until ended); graphs and
+ *   graph_execs: graphs (those being captured into included) and executable graphs alive.
+ */
+struct kvemu_capture_stats {
+    unsigned long long begun;
+    unsigned long long ended;
+    unsigned long long invalidated;
+    unsigned long long refused;
+    const char *last_refused;
+    unsigned long long captured_ops;
+    unsigned long long eager_ops;
+    size_t captures;
+    size_t graphs;
+    size_t graph_execs;
+};
+void kvemu_capture_stats(struct kvemu_capture_stats *out);
+
 /* 1: this libcuda.so.1 is the emulation. */
 int kvemu_is_emulation(void);
 
@@ -53,6 +89,7 @@ typedef int (*kvemu_fail_nth_fn)(const char *func, int n, CUresult err);
 typedef unsigned long long (*kvemu_calls_fn)(const char *func);
 typedef void (*kvemu_reset_counts_fn)(void);
 typedef void (*kvemu_usage_fn)(int device, struct kvemu_usage *out);
+typedef void (*kvemu_capture_stats_fn)(struct kvemu_capture_stats *out);
 typedef int (*kvemu_is_emulation_fn)(void);
 
 #ifdef __cplusplus
