@@ -7,7 +7,8 @@
  * name. That is the path an interposer of driver entry points has to cover.
  *
  * Everything runs synchronously on the driver's default stream semantics; the *Async calls are
- * the synchronous driver calls with a stream argument where the driver has one.
+ * the synchronous driver calls with a stream argument where the driver has one. Stream capture
+ * and graphs are the driver's, under the runtime's names and error codes.
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -48,7 +49,18 @@
     X(cuMemcpyDtoDAsync_v2, "cuMemcpyDtoDAsync")         \
     X(cuStreamCreate, "cuStreamCreate")                  \
     X(cuStreamDestroy_v2, "cuStreamDestroy")             \
-    X(cuStreamSynchronize, "cuStreamSynchronize")
+    X(cuStreamSynchronize, "cuStreamSynchronize")        \
+    X(cuStreamQuery, "cuStreamQuery")                    \
+    X(cuStreamBeginCapture_v2, "cuStreamBeginCapture")   \
+    X(cuStreamEndCapture, "cuStreamEndCapture")          \
+    X(cuStreamIsCapturing, "cuStreamIsCapturing")        \
+    X(cuStreamGetCaptureInfo_v3, "cuStreamGetCaptureInfo") \
+    X(cuThreadExchangeStreamCaptureMode, "cuThreadExchangeStreamCaptureMode") \
+    X(cuGraphInstantiateWithFlags, "cuGraphInstantiateWithFlags") \
+    X(cuGraphLaunch, "cuGraphLaunch")                    \
+    X(cuGraphGetNodes, "cuGraphGetNodes")                \
+    X(cuGraphExecDestroy, "cuGraphExecDestroy")          \
+    X(cuGraphDestroy, "cuGraphDestroy")
 
 static struct {
 #define KV_RT_FIELD(sym, name) __typeof__(sym) *sym;
@@ -95,6 +107,11 @@ static cudaError_t from_driver(CUresult r)
     case CUDA_ERROR_NOT_PERMITTED: return cudaErrorNotPermitted;
     case CUDA_ERROR_NOT_SUPPORTED: return cudaErrorNotSupported;
     case CUDA_ERROR_OPERATING_SYSTEM: return cudaErrorOperatingSystem;
+    case CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: return cudaErrorStreamCaptureUnsupported;
+    case CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: return cudaErrorStreamCaptureInvalidated;
+    case CUDA_ERROR_STREAM_CAPTURE_IMPLICIT: return cudaErrorStreamCaptureImplicit;
+    case CUDA_ERROR_CAPTURED_EVENT: return cudaErrorCapturedEvent;
+    case CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD: return cudaErrorStreamCaptureWrongThread;
     default: return cudaErrorUnknown;
     }
 }
@@ -137,6 +154,14 @@ static cudaError_t record_driver(CUresult r)
     E(cudaErrorLaunchFailure, "unspecified launch failure")                                  \
     E(cudaErrorNotPermitted, "operation not permitted")                                      \
     E(cudaErrorNotSupported, "operation not supported")                                      \
+    E(cudaErrorStreamCaptureUnsupported, "operation not permitted when stream is capturing") \
+    E(cudaErrorStreamCaptureInvalidated, "operation failed due to a previous error during capture") \
+    E(cudaErrorStreamCaptureImplicit,                                                        \
+      "operation would make the legacy stream depend on a capturing blocking stream")        \
+    E(cudaErrorCapturedEvent,                                                                \
+      "operation not permitted on an event last recorded in a capturing stream")             \
+    E(cudaErrorStreamCaptureWrongThread,                                                     \
+      "attempt to terminate a thread-local capture sequence from another thread")            \
     E(cudaErrorUnknown, "unknown error")
 
 static const struct {
@@ -490,16 +515,27 @@ KV_RT_API cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count,
 
 /* ------------------------------------------------------------------ streams */
 
-KV_RT_API cudaError_t cudaStreamCreate(cudaStream_t *pStream)
+static cudaError_t create_stream(cudaStream_t *pStream, unsigned int flags)
 {
     cudaError_t e;
 
-    if (!pStream)
+    if (!pStream || (flags & ~(unsigned int)cudaStreamNonBlocking))
         return record(cudaErrorInvalidValue);
     e = need_context();
     if (e != cudaSuccess)
         return record(e);
-    return record_driver(drv.cuStreamCreate(pStream, 0));
+    return record_driver(drv.cuStreamCreate(pStream, flags));
+}
+
+KV_RT_API cudaError_t cudaStreamCreate(cudaStream_t *pStream)
+{
+    return create_stream(pStream, cudaStreamDefault);
+}
+
+/* cudaStreamNonBlocking is CU_STREAM_NON_BLOCKING: a stream the legacy stream does not wait for. */
+KV_RT_API cudaError_t cudaStreamCreateWithFlags(cudaStream_t *pStream, unsigned int flags)
+{
+    return create_stream(pStream, flags);
 }
 
 KV_RT_API cudaError_t cudaStreamDestroy(cudaStream_t stream)
@@ -518,6 +554,122 @@ KV_RT_API cudaError_t cudaStreamSynchronize(cudaStream_t stream)
     if (e != cudaSuccess)
         return record(e);
     return record_driver(drv.cuStreamSynchronize(stream));
+}
+
+/* All work is done by the time a call returns: cudaSuccess, never cudaErrorNotReady. */
+KV_RT_API cudaError_t cudaStreamQuery(cudaStream_t stream)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuStreamQuery(stream));
+}
+
+/* ------------------------------------------------------------------ stream capture and graphs */
+
+/*
+ * The driver's calls with the runtime's names: the modes and statuses have the same values, and
+ * the driver's capture errors map to cudaErrorStreamCapture* (900 to 908, as in the driver).
+ */
+KV_RT_API cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuStreamBeginCapture_v2(stream, (CUstreamCaptureMode)mode));
+}
+
+KV_RT_API cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *pGraph)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuStreamEndCapture(stream, pGraph));
+}
+
+KV_RT_API cudaError_t cudaStreamIsCapturing(cudaStream_t stream,
+                                            enum cudaStreamCaptureStatus *pCaptureStatus)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuStreamIsCapturing(stream, (CUstreamCaptureStatus *)pCaptureStatus));
+}
+
+KV_RT_API cudaError_t cudaStreamGetCaptureInfo(cudaStream_t stream,
+                                               enum cudaStreamCaptureStatus *captureStatus_out,
+                                               unsigned long long *id_out, cudaGraph_t *graph_out,
+                                               const cudaGraphNode_t **dependencies_out,
+                                               const cudaGraphEdgeData **edgeData_out,
+                                               size_t *numDependencies_out)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuStreamGetCaptureInfo_v3(
+        stream, (CUstreamCaptureStatus *)captureStatus_out, (cuuint64_t *)id_out, graph_out,
+        dependencies_out, (const CUgraphEdgeData **)edgeData_out, numDependencies_out));
+}
+
+KV_RT_API cudaError_t cudaThreadExchangeStreamCaptureMode(enum cudaStreamCaptureMode *mode)
+{
+    cudaError_t e = need_driver();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuThreadExchangeStreamCaptureMode((CUstreamCaptureMode *)mode));
+}
+
+KV_RT_API cudaError_t cudaGraphInstantiate(cudaGraphExec_t *pGraphExec, cudaGraph_t graph,
+                                           unsigned long long flags)
+{
+    cudaError_t e = need_driver();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuGraphInstantiateWithFlags(pGraphExec, graph, flags));
+}
+
+KV_RT_API cudaError_t cudaGraphLaunch(cudaGraphExec_t graphExec, cudaStream_t stream)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuGraphLaunch(graphExec, stream));
+}
+
+KV_RT_API cudaError_t cudaGraphGetNodes(cudaGraph_t graph, cudaGraphNode_t *nodes,
+                                        size_t *numNodes)
+{
+    cudaError_t e = need_driver();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuGraphGetNodes(graph, nodes, numNodes));
+}
+
+KV_RT_API cudaError_t cudaGraphExecDestroy(cudaGraphExec_t graphExec)
+{
+    cudaError_t e = need_driver();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuGraphExecDestroy(graphExec));
+}
+
+KV_RT_API cudaError_t cudaGraphDestroy(cudaGraph_t graph)
+{
+    cudaError_t e = need_driver();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuGraphDestroy(graph));
 }
 
 /* ------------------------------------------------------------------ driver entry points */
