@@ -4,8 +4,8 @@
  * returning the number of failed expectations; exit status 0 when all pass.
  *
  * Build and run (from the repository root):
- *   gcc -std=gnu11 -O2 -g -Wall -Wextra -I/usr/local/cuda/include \
- *       -o tests/emu/emu_selftest tests/emu/emu_selftest.c -ldl -lpthread
+ *   gcc -std=gnu11 -O2 -g -Wall -Wextra -I/usr/local/cuda/include -o tests/emu/emu_selftest \
+ *       tests/emu/emu_selftest.c tests/emu/emu_selftest_capture.c -ldl -lpthread
  *   LD_LIBRARY_PATH=tests/emu tests/emu/emu_selftest
  *
  * The device is configured small (64 MiB, two devices) so out-of-memory is reachable.
@@ -21,190 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <cuda.h>
-#include <cuda_runtime_api.h>
-
-#include "kvemu.h"
-
-/*
- * Every library function is reached through dlopen/dlsym, as kvshim's tests reach the driver,
- * so this program links neither library. The names below become the pointers, so the calls read
- * like ordinary CUDA code; cuda.h's own macros (cuMemAlloc -> cuMemAlloc_v2) still apply first.
- */
-#define DRIVER_FUNCS(X) \
-    X(cuInit) \
-    X(cuDriverGetVersion) \
-    X(cuDeviceGet) \
-    X(cuDeviceGetCount) \
-    X(cuDeviceGetName) \
-    X(cuDeviceTotalMem_v2) \
-    X(cuDeviceGetAttribute) \
-    X(cuDeviceGetUuid_v2) \
-    X(cuDevicePrimaryCtxRetain) \
-    X(cuDevicePrimaryCtxRelease_v2) \
-    X(cuCtxGetCurrent) \
-    X(cuCtxSetCurrent) \
-    X(cuCtxGetDevice) \
-    X(cuCtxSynchronize) \
-    X(cuCtxPushCurrent_v2) \
-    X(cuCtxPopCurrent_v2) \
-    X(cuMemGetAllocationGranularity) \
-    X(cuMemAddressReserve) \
-    X(cuMemAddressFree) \
-    X(cuMemCreate) \
-    X(cuMemRelease) \
-    X(cuMemMap) \
-    X(cuMemSetAccess) \
-    X(cuMemUnmap) \
-    X(cuMemGetInfo_v2) \
-    X(cuMemAlloc_v2) \
-    X(cuMemFree_v2) \
-    X(cuMemGetAddressRange_v2) \
-    X(cuMemsetD8_v2) \
-    X(cuMemsetD16_v2) \
-    X(cuMemsetD32_v2) \
-    X(cuMemsetD8Async) \
-    X(cuMemsetD16Async) \
-    X(cuMemsetD32Async) \
-    X(cuMemcpy) \
-    X(cuMemcpyAsync) \
-    X(cuMemcpyHtoD_v2) \
-    X(cuMemcpyDtoH_v2) \
-    X(cuMemcpyDtoD_v2) \
-    X(cuMemcpyHtoDAsync_v2) \
-    X(cuMemcpyDtoHAsync_v2) \
-    X(cuMemcpyDtoDAsync_v2) \
-    X(cuStreamCreate) \
-    X(cuStreamDestroy_v2) \
-    X(cuStreamSynchronize) \
-    X(cuEventCreate) \
-    X(cuEventRecord) \
-    X(cuEventSynchronize) \
-    X(cuEventElapsedTime_v2) \
-    X(cuEventDestroy_v2) \
-    X(cuModuleLoadData) \
-    X(cuModuleUnload) \
-    X(cuModuleGetFunction) \
-    X(cuLaunchKernel) \
-    X(cuGetErrorString) \
-    X(cuGetErrorName) \
-    X(cuGetProcAddress_v2)
-
-#define RUNTIME_FUNCS(X) \
-    X(cudaMalloc) \
-    X(cudaFree) \
-    X(cudaMemGetInfo) \
-    X(cudaMemset) \
-    X(cudaMemsetAsync) \
-    X(cudaMemcpy) \
-    X(cudaMemcpyAsync) \
-    X(cudaMallocAsync) \
-    X(cudaFreeAsync) \
-    X(cudaDeviceSynchronize) \
-    X(cudaStreamCreate) \
-    X(cudaStreamDestroy) \
-    X(cudaStreamSynchronize) \
-    X(cudaGetDeviceCount) \
-    X(cudaSetDevice) \
-    X(cudaGetDevice) \
-    X(cudaGetLastError) \
-    X(cudaPeekAtLastError) \
-    X(cudaGetErrorString) \
-    X(cudaGetErrorName) \
-    X(cudaRuntimeGetVersion) \
-    X(cudaDriverGetVersion) \
-    X(cudaGetDriverEntryPoint) \
-    X(cudaGetDriverEntryPointByVersion)
-
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
-#define DECLARE(n) static __typeof__(n) *p_##n;
-DRIVER_FUNCS(DECLARE)
-RUNTIME_FUNCS(DECLARE)
-#undef DECLARE
-#pragma GCC diagnostic pop
-
-#define cuInit p_cuInit
-#define cuDriverGetVersion p_cuDriverGetVersion
-#define cuDeviceGet p_cuDeviceGet
-#define cuDeviceGetCount p_cuDeviceGetCount
-#define cuDeviceGetName p_cuDeviceGetName
-#define cuDeviceTotalMem_v2 p_cuDeviceTotalMem_v2
-#define cuDeviceGetAttribute p_cuDeviceGetAttribute
-#define cuDeviceGetUuid_v2 p_cuDeviceGetUuid_v2
-#define cuDevicePrimaryCtxRetain p_cuDevicePrimaryCtxRetain
-#define cuDevicePrimaryCtxRelease_v2 p_cuDevicePrimaryCtxRelease_v2
-#define cuCtxGetCurrent p_cuCtxGetCurrent
-#define cuCtxSetCurrent p_cuCtxSetCurrent
-#define cuCtxGetDevice p_cuCtxGetDevice
-#define cuCtxSynchronize p_cuCtxSynchronize
-#define cuCtxPushCurrent_v2 p_cuCtxPushCurrent_v2
-#define cuCtxPopCurrent_v2 p_cuCtxPopCurrent_v2
-#define cuMemGetAllocationGranularity p_cuMemGetAllocationGranularity
-#define cuMemAddressReserve p_cuMemAddressReserve
-#define cuMemAddressFree p_cuMemAddressFree
-#define cuMemCreate p_cuMemCreate
-#define cuMemRelease p_cuMemRelease
-#define cuMemMap p_cuMemMap
-#define cuMemSetAccess p_cuMemSetAccess
-#define cuMemUnmap p_cuMemUnmap
-#define cuMemGetInfo_v2 p_cuMemGetInfo_v2
-#define cuMemAlloc_v2 p_cuMemAlloc_v2
-#define cuMemFree_v2 p_cuMemFree_v2
-#define cuMemGetAddressRange_v2 p_cuMemGetAddressRange_v2
-#define cuMemsetD8_v2 p_cuMemsetD8_v2
-#define cuMemsetD16_v2 p_cuMemsetD16_v2
-#define cuMemsetD32_v2 p_cuMemsetD32_v2
-#define cuMemsetD8Async p_cuMemsetD8Async
-#define cuMemsetD16Async p_cuMemsetD16Async
-#define cuMemsetD32Async p_cuMemsetD32Async
-#define cuMemcpy p_cuMemcpy
-#define cuMemcpyAsync p_cuMemcpyAsync
-#define cuMemcpyHtoD_v2 p_cuMemcpyHtoD_v2
-#define cuMemcpyDtoH_v2 p_cuMemcpyDtoH_v2
-#define cuMemcpyDtoD_v2 p_cuMemcpyDtoD_v2
-#define cuMemcpyHtoDAsync_v2 p_cuMemcpyHtoDAsync_v2
-#define cuMemcpyDtoHAsync_v2 p_cuMemcpyDtoHAsync_v2
-#define cuMemcpyDtoDAsync_v2 p_cuMemcpyDtoDAsync_v2
-#define cuStreamCreate p_cuStreamCreate
-#define cuStreamDestroy_v2 p_cuStreamDestroy_v2
-#define cuStreamSynchronize p_cuStreamSynchronize
-#define cuEventCreate p_cuEventCreate
-#define cuEventRecord p_cuEventRecord
-#define cuEventSynchronize p_cuEventSynchronize
-#define cuEventElapsedTime_v2 p_cuEventElapsedTime_v2
-#define cuEventDestroy_v2 p_cuEventDestroy_v2
-#define cuModuleLoadData p_cuModuleLoadData
-#define cuModuleUnload p_cuModuleUnload
-#define cuModuleGetFunction p_cuModuleGetFunction
-#define cuLaunchKernel p_cuLaunchKernel
-#define cuGetErrorString p_cuGetErrorString
-#define cuGetErrorName p_cuGetErrorName
-#define cuGetProcAddress_v2 p_cuGetProcAddress_v2
-#define cudaMalloc p_cudaMalloc
-#define cudaFree p_cudaFree
-#define cudaMemGetInfo p_cudaMemGetInfo
-#define cudaMemset p_cudaMemset
-#define cudaMemsetAsync p_cudaMemsetAsync
-#define cudaMemcpy p_cudaMemcpy
-#define cudaMemcpyAsync p_cudaMemcpyAsync
-#define cudaMallocAsync p_cudaMallocAsync
-#define cudaFreeAsync p_cudaFreeAsync
-#define cudaDeviceSynchronize p_cudaDeviceSynchronize
-#define cudaStreamCreate p_cudaStreamCreate
-#define cudaStreamDestroy p_cudaStreamDestroy
-#define cudaStreamSynchronize p_cudaStreamSynchronize
-#define cudaGetDeviceCount p_cudaGetDeviceCount
-#define cudaSetDevice p_cudaSetDevice
-#define cudaGetDevice p_cudaGetDevice
-#define cudaGetLastError p_cudaGetLastError
-#define cudaPeekAtLastError p_cudaPeekAtLastError
-#define cudaGetErrorString p_cudaGetErrorString
-#define cudaGetErrorName p_cudaGetErrorName
-#define cudaRuntimeGetVersion p_cudaRuntimeGetVersion
-#define cudaDriverGetVersion p_cudaDriverGetVersion
-#define cudaGetDriverEntryPoint p_cudaGetDriverEntryPoint
-#define cudaGetDriverEntryPointByVersion p_cudaGetDriverEntryPointByVersion
+#include "selftest.h"
 
 #if defined(__has_include)
 #if __has_include(<valgrind/valgrind.h>)
@@ -217,49 +34,25 @@ RUNTIME_FUNCS(DECLARE)
 #define VALGRIND_DISABLE_ERROR_REPORTING do { } while (0)
 #endif
 
-#define MiB ((size_t)1 << 20)
-#define GiB ((size_t)1 << 30)
-#define PAGE (2 * MiB)
-#define DEV_BYTES (64 * MiB)
+int failed;
+void *libcuda, *libcudart;
+kvemu_fail_nth_fn fail_nth;
+kvemu_calls_fn calls;
+kvemu_reset_counts_fn reset_counts;
+kvemu_usage_fn usage;
+kvemu_capture_stats_fn capture_stats;
+CUcontext ctx0, ctx1;
 
-static int failed;
+/* The function pointers selftest.h declares, found by load_libraries. */
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wdeprecated-declarations"
+#define DEFINE(n) __typeof__(*p_##n) *p_##n;
+DRIVER_FUNCS(DEFINE)
+RUNTIME_FUNCS(DEFINE)
+#undef DEFINE
+#pragma GCC diagnostic pop
 
-#define EXPECT(c)                                                                  \
-    do {                                                                           \
-        if (!(c)) {                                                                \
-            printf("    %s:%d: expected %s\n", __FILE__, __LINE__, #c);            \
-            failed++;                                                              \
-        }                                                                          \
-    } while (0)
-
-#define EXPECT_CU(call, want)                                                      \
-    do {                                                                           \
-        CUresult got_ = (call);                                                    \
-        if (got_ != (want)) {                                                      \
-            printf("    %s:%d: %s gave %s, expected %s\n", __FILE__, __LINE__,     \
-                   #call, cu_name(got_), #want);                                   \
-            failed++;                                                              \
-        }                                                                          \
-    } while (0)
-
-#define EXPECT_RT(call, want)                                                      \
-    do {                                                                           \
-        cudaError_t got_ = (call);                                                 \
-        if (got_ != (want)) {                                                      \
-            printf("    %s:%d: %s gave %s, expected %s\n", __FILE__, __LINE__,     \
-                   #call, cudaGetErrorName(got_), #want);                          \
-            failed++;                                                              \
-        }                                                                          \
-    } while (0)
-
-static void *libcuda, *libcudart;
-static kvemu_fail_nth_fn fail_nth;
-static kvemu_calls_fn calls;
-static kvemu_reset_counts_fn reset_counts;
-static kvemu_usage_fn usage;
-static CUcontext ctx0, ctx1;
-
-static const char *cu_name(CUresult r)
+const char *cu_name(CUresult r)
 {
     const char *s = NULL;
 
@@ -267,7 +60,7 @@ static const char *cu_name(CUresult r)
     return s ? s : "(unknown code)";
 }
 
-static CUmemAllocationProp prop_for(int dev)
+CUmemAllocationProp prop_for(int dev)
 {
     CUmemAllocationProp p;
 
@@ -278,7 +71,7 @@ static CUmemAllocationProp prop_for(int dev)
     return p;
 }
 
-static CUresult set_access(CUdeviceptr p, size_t n, CUmemAccess_flags flags)
+CUresult set_access(CUdeviceptr p, size_t n, CUmemAccess_flags flags)
 {
     CUmemAccessDesc d;
 
@@ -289,8 +82,7 @@ static CUresult set_access(CUdeviceptr p, size_t n, CUmemAccess_flags flags)
     return cuMemSetAccess(p, n, &d, 1);
 }
 
-/* Whether every usage field of device dev is zero. */
-static int usage_clean(int dev)
+int usage_clean(int dev)
 {
     struct kvemu_usage u;
 
@@ -1366,7 +1158,8 @@ static int load_libraries(void)
     calls = (kvemu_calls_fn)dlsym(libcuda, "kvemu_calls");
     reset_counts = (kvemu_reset_counts_fn)dlsym(libcuda, "kvemu_reset_counts");
     usage = (kvemu_usage_fn)dlsym(libcuda, "kvemu_usage");
-    if (!fail_nth || !calls || !reset_counts || !usage) {
+    capture_stats = (kvemu_capture_stats_fn)dlsym(libcuda, "kvemu_capture_stats");
+    if (!fail_nth || !calls || !reset_counts || !usage || !capture_stats) {
         printf("FAIL: libcuda.so.1 is not the emulation (no kvemu_* symbols)\n");
         return -1;
     }
@@ -1397,6 +1190,14 @@ int main(int argc, char **argv)
         { "threads", test_threads },
         { "fault_outside_guard", test_fault_outside_guard },
         { "runtime", test_runtime },
+        { "capture", test_capture },
+        { "capture_refused", test_capture_refused },
+        { "capture_allowed", test_capture_allowed },
+        { "capture_legacy", test_capture_legacy },
+        { "capture_threads", test_capture_threads },
+        { "capture_ptsz", test_capture_ptsz },
+        { "capture_events", test_capture_events },
+        { "runtime_capture", test_runtime_capture },
     };
     int bad = 0;
 
