@@ -37,6 +37,7 @@ static void setup(void)
 static void teardown(void)
 {
 	kv_group_destroy(g);
+	kt_check(kv_shim_running());
 	kv_shim_shutdown();
 	unsetenv("KVSHIM_POOL_LOW");
 	unsetenv("KVSHIM_POOL_HIGH");
