@@ -96,7 +96,7 @@ int kv_policy_memset(CUdeviceptr ptr, size_t bytes, int zero,
 		return 0;
 	if (!zero || !c->zero) {
 		/* the bytes must land: back the range, then set all of it */
-		rc = kv_alloc_map(a, ptr, bytes);
+		rc = kv_alloc_pin(a, ptr, bytes);
 		if (rc)
 			return rc;
 		*runs = malloc(sizeof(**runs));
@@ -107,7 +107,7 @@ int kv_policy_memset(CUdeviceptr ptr, size_t bytes, int zero,
 		*nruns = 1;
 		return 1;
 	}
-	rc = kv_alloc_claim_mapped(a, ptr, bytes, runs, nruns);
+	rc = kv_alloc_pin_mapped(a, ptr, bytes, runs, nruns);
 	return rc ? rc : 1;
 }
 
@@ -117,7 +117,7 @@ int kv_policy_touch(CUdeviceptr ptr, size_t bytes)
 
 	if (!a || bytes == 0 || kv_alloc_find(a, ptr, NULL, NULL))
 		return 0;
-	return kv_alloc_map(a, ptr, bytes);
+	return kv_alloc_pin(a, ptr, bytes);
 }
 
 void kv_policy_meminfo(size_t *free_bytes, size_t *total)

@@ -35,7 +35,8 @@ int kv_policy_memset(CUdeviceptr ptr, size_t bytes, int zero,
 		     struct kv_run **runs, size_t *nruns);
 
 /* A copy is about to read or write [ptr, ptr + bytes): back whatever span
- * pages it covers (they keep that claim until the span is released).
+ * pages it covers and pin them (they stay backed until the span is
+ * released; a pin is no counter, so copies never pile claims up).
  * Returns 0 (also when ptr is no span) or a negative error. */
 int kv_policy_touch(CUdeviceptr ptr, size_t bytes);
 
