@@ -47,10 +47,15 @@ static struct CUstream_st *object(CUstream s, bool ptsz)
     return s;
 }
 
-/* The device of the calling thread's current context (callers have checked there is one). */
+/*
+ * The device of the calling thread's current context, or -1 without one (cuEventRecord needs
+ * none: its legacy stream then conflicts with no capture).
+ */
 static int current_device(void)
 {
-    return kv_emu_current()->device;
+    struct CUctx_st *c = kv_emu_current();
+
+    return c ? c->device : -1;
 }
 
 /* ------------------------------------------------------------------ the rules */

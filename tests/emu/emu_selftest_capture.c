@@ -470,6 +470,10 @@ int test_capture_legacy(void)
               CUDA_ERROR_STREAM_CAPTURE_IMPLICIT);
     EXPECT_CU(cuMemsetD8Async(a, 1, 16, nonblocking), CUDA_SUCCESS);  /* other streams run */
     EXPECT(((unsigned char *)a)[0] == 1);
+    /* Without a current context there is no legacy stream of the device to conflict with. */
+    EXPECT_CU(cuCtxPopCurrent(NULL), CUDA_SUCCESS);
+    EXPECT_CU(cuEventRecord(e, NULL), CUDA_SUCCESS);
+    EXPECT_CU(cuCtxPushCurrent(ctx0), CUDA_SUCCESS);
     end_valid(blocking, __LINE__);
 
     /* A non-blocking stream's capture leaves the legacy stream alone. */
