@@ -125,6 +125,13 @@ int kv_alloc_tick(kv_alloc_t *a)
 	return rc;
 }
 
+void kv_alloc_wake(kv_alloc_t *a)
+{
+	pthread_mutex_lock(&a->lock);
+	pthread_cond_signal(&a->wake);
+	pthread_mutex_unlock(&a->lock);
+}
+
 static void *worker_main(void *arg)
 {
 	kv_alloc_t *a = arg;
@@ -137,6 +144,8 @@ static void *worker_main(void *arg)
 		pthread_mutex_unlock(&a->lock);
 		return NULL;
 	}
+	/* its waits are on kvshim's own stream: legal while others capture */
+	kv_prim_relax();
 	while (!a->stop) {
 		duties(a);
 		if (a->stop)

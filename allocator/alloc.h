@@ -183,6 +183,10 @@ int kv_alloc_shared(kv_alloc_t *a, size_t *budget, size_t *others,
 /* The driver handle a runs on, for callers that must check the device. */
 const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a);
 
+/* Wake the worker to look at its duties now (work put off, e.g. by a
+ * stream capture, may be done). */
+void kv_alloc_wake(kv_alloc_t *a);
+
 /* Run one round of the worker's duties on the calling thread (refill or
  * shrink the pool, scrub, trim the cache over cache_max). Tests call it
  * with the worker off. Returns 0 or a negative error. */

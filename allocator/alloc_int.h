@@ -244,7 +244,7 @@ static inline CUdeviceptr kv_span_va(const kv_alloc_t *a,
 }
 
 uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
-			     int *rc);
+			     int *rc, int *later);
 int kv_cache_trim(kv_alloc_t *a, uint32_t n, int release, uint32_t *done);
 int kv_cache_reclaim(kv_alloc_t *a, uint32_t n, uint32_t *slots,
 		     uint32_t *got);

@@ -217,7 +217,7 @@ static void unlink_dying(kv_alloc_t *a, struct kv_span *sp)
 static int reap_one(kv_alloc_t *a, struct kv_span *sp)
 {
 	uint32_t p, n, done, *slots;
-	int e, rc;
+	int e, rc, later;
 
 	slots = malloc((sp->busy ? sp->busy : 1) * sizeof(*slots));
 	if (!slots)
@@ -227,7 +227,7 @@ static int reap_one(kv_alloc_t *a, struct kv_span *sp)
 			slots[n++] = sp->slot[p];
 	sp->reaping = 1;
 	pthread_mutex_unlock(&a->lock);
-	done = kv_span_unmap_slots(a, slots, n, &e);
+	done = kv_span_unmap_slots(a, slots, n, &e, &later);
 	pthread_mutex_lock(&a->lock);
 	for (p = 0; p < done; p++)
 		kv_slot_detach(a, slots[p], KV_P_DIRTY);
@@ -235,7 +235,8 @@ static int reap_one(kv_alloc_t *a, struct kv_span *sp)
 		pthread_cond_signal(&a->wake);  /* pages to scrub */
 	free(slots);
 	pthread_cond_broadcast(&a->done);
-	if (e) {
+	if (e || later) {
+		/* the span stays for a later round (after the capture) */
 		sp->reaping = 0;
 		return e;
 	}
@@ -256,7 +257,9 @@ int kv_spans_reap(kv_alloc_t *a)
 	struct kv_span *sp;
 	int rc = 0, e;
 
-	for (;;) {
+	/* while a stream captures, the spans wait for its end (the hooks
+	 * wake the worker then) */
+	while (!kv_prim_capturing()) {
 		for (sp = a->dying; sp && sp->reaping; sp = sp->next)
 			;
 		if (!sp)
@@ -267,6 +270,7 @@ int kv_spans_reap(kv_alloc_t *a)
 		if (e)
 			return rc;  /* the span stays; try again next round */
 	}
+	return rc;
 }
 
 int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
@@ -389,24 +393,32 @@ int kv_span_cmp_place(const void *x, const void *y, void *arg)
  * Kernels queued before the engine let go of a page may still read it, and
  * the driver's unmap does not wait for them: wait for the device (once for
  * all pages let go of since the last wait). A failed fence (a context
- * already broken) is logged, and the pages leave all the same.
+ * already broken) is logged, and the pages leave all the same. Returns 1
+ * when the pages may be unmapped, 0 when a fence is needed but a stream
+ * capture forbids it now.
  */
-static void fence(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
-		  uint64_t t0)
+static int fence(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
+		 uint64_t t0)
 {
 	uint64_t newest = 0, seen;
 	uint32_t i;
+	int fenced;
 
 	for (i = 0; i < n; i++)
 		if (a->phys[slots[i]].idle_ns > newest)
 			newest = a->phys[slots[i]].idle_ns;
 	seen = __atomic_load_n(&a->fenced_ns, __ATOMIC_ACQUIRE);
-	if (newest < seen || kv_prim_fence(&a->prim))
-		return;
+	if (newest < seen)
+		return 1;
+	if (kv_prim_fence(&a->prim, &fenced))
+		return 1;
+	if (!fenced)
+		return 0;
 	while (seen < t0 &&
 	       !__atomic_compare_exchange_n(&a->fenced_ns, &seen, t0, 0,
 					    __ATOMIC_RELEASE, __ATOMIC_ACQUIRE))
 		;
+	return 1;
 }
 
 /*
@@ -414,19 +426,27 @@ static void fence(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
  * caller), after a fence, one driver call per run of consecutive pages of
  * one span. The lock may or may not be held: such slots and their spans
  * stay put either way. Reorders slots so the pages unmapped come first.
- * Returns how many were unmapped; *rc gets the first driver error, or 0.
+ * Returns how many were unmapped; *rc gets the first driver error, or 0;
+ * *later, if not NULL, is set when a stream capture put the whole unmap
+ * off (then nothing was unmapped).
  */
 uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
-			     int *rc)
+			     int *rc, int *later)
 {
 	uint64_t t0 = kv_prim_now_ns();
 	uint32_t i, len, done = 0;
 	int e;
 
 	*rc = 0;
+	if (later)
+		*later = 0;
 	if (!n)
 		return 0;
-	fence(a, slots, n, t0);
+	if (!fence(a, slots, n, t0)) {
+		if (later)
+			*later = 1;
+		return 0;
+	}
 	qsort_r(slots, n, sizeof(*slots), kv_span_cmp_place, a);
 	for (i = 0; i < n; i += len) {
 		const struct kv_phys *p = &a->phys[slots[i]];
@@ -483,7 +503,7 @@ int kv_cache_reclaim(kv_alloc_t *a, uint32_t n, uint32_t *slots,
 	int rc;
 
 	k = take_cached(a, n, slots);
-	*got = kv_span_unmap_slots(a, slots, k, &rc);
+	*got = kv_span_unmap_slots(a, slots, k, &rc, NULL);
 	for (i = 0; i < k; i++)
 		if (i < *got)
 			kv_slot_detach(a, slots[i], KV_P_TAKEN);
@@ -513,7 +533,7 @@ int kv_cache_trim(kv_alloc_t *a, uint32_t n, int release, uint32_t *done)
 		return KVSHIM_ENOMEM;
 	k = take_cached(a, n, slots);
 	pthread_mutex_unlock(&a->lock);
-	*done = kv_span_unmap_slots(a, slots, k, &rc);
+	*done = kv_span_unmap_slots(a, slots, k, &rc, NULL);
 	pthread_mutex_lock(&a->lock);
 	/* pages left mapped go back to the cache: nothing claims a page in
 	 * flight (a map waits for it) */

@@ -10,6 +10,7 @@
 
 #include "kvshim.h"
 #include "log.h"
+#include "prim.h"
 #include "shim.h"
 
 #define KV_STRICT_EXIT 64
@@ -104,6 +105,21 @@ int kv_shim_alloc(kv_alloc_t **a)
 kv_alloc_t *kv_shim_running(void)
 {
 	return __atomic_load_n(&started, __ATOMIC_ACQUIRE) ? alloc : NULL;
+}
+
+void kv_shim_capture(int begin)
+{
+	kv_alloc_t *a;
+
+	if (begin) {
+		kv_prim_capture_begin();
+		return;
+	}
+	kv_prim_capture_end();
+	/* work put off during the capture (unmaps that need a fence) */
+	a = kv_shim_running();
+	if (a && !kv_prim_capturing())
+		kv_alloc_wake(a);
 }
 
 const struct kv_config *kv_shim_config(void)

@@ -99,8 +99,10 @@ static CUresult op_memset_own_poll_event(void)
 	r = cuMemsetD8Async(scratch, 0, gran, own_stream);
 	if (!r)
 		r = cuEventRecord(ev, own_stream);
-	while (!r && (r = cuEventQuery(ev)) == CUDA_ERROR_NOT_READY)
-		;
+	if (!r)
+		do
+			r = cuEventQuery(ev);
+		while (r == CUDA_ERROR_NOT_READY);
 	cuEventDestroy(ev);
 	return r;
 }
