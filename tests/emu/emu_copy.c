@@ -207,6 +207,17 @@ CUresult kv_emu_run(const kv_emu_op_t *op)
 /* ------------------------------------------------------------------ memset and memcpy */
 
 /*
+ * Whether the host waits for a synchronous copy of bytes from src to dst (CUDA's "API
+ * synchronization behavior": a copy from pageable host memory syncs the stream first, one to
+ * host memory returns once done, one between device buffers does not make the host wait).
+ * Host memory is what lies in no reservation. Call locked.
+ */
+static bool copy_waits(CUdeviceptr dst, CUdeviceptr src, size_t bytes)
+{
+    return !kv_emu_find_resv(dst, bytes ? bytes : 1) || !kv_emu_find_resv(src, bytes ? bytes : 1);
+}
+
+/*
  * Check a copy or memset as the driver does before it is queued (a current context, a live
  * stream, device-side ranges that lie in one allocation or reservation, mapped or not: touching
  * an unmapped page is the later, asynchronous illegal address), then apply the capture rules:
@@ -231,7 +242,8 @@ static CUresult submit(enum kv_emu_fn fn, bool async, CUstream s, CUdeviceptr de
     else if (async)
         r = kv_emu_capture_enqueue(fn, s, false, op, 1, &recorded);
     else
-        r = kv_emu_capture_sync_op(fn);
+        r = kv_emu_capture_sync_op(fn, op->kind == KV_OP_COPY &&
+                                           copy_waits(op->u.copy.dst, op->u.copy.src, bytes));
     kv_emu_unlock();
     if (r != CUDA_SUCCESS || recorded)
         return r;

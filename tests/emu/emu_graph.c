@@ -120,9 +120,9 @@ CUresult kv_emu_capture_unsafe(enum kv_emu_fn fn)
     return hit ? refuse(fn, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED) : CUDA_SUCCESS;
 }
 
-CUresult kv_emu_capture_sync_op(enum kv_emu_fn fn)
+CUresult kv_emu_capture_sync_op(enum kv_emu_fn fn, bool waits)
 {
-    CUresult r = kv_emu_capture_unsafe(fn);
+    CUresult r = waits ? kv_emu_capture_unsafe(fn) : CUDA_SUCCESS;
 
     if (r != CUDA_SUCCESS)
         return r;

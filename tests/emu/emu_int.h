@@ -435,16 +435,18 @@ CUresult kv_emu_run(const kv_emu_op_t *op);
 CUresult kv_emu_capture_enqueue(enum kv_emu_fn fn, CUstream s, bool ptsz, const kv_emu_op_t *op,
                                 size_t nops, bool *recorded);
 /*
- * A potentially unsafe call (it waits for the device, or allocates or frees memory outside any
- * stream). Returns CUDA_SUCCESS, or CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED having invalidated
- * every capture that prohibits the calling thread such calls.
+ * A potentially unsafe call (the host waits for the device, or memory is allocated or freed
+ * outside any stream). Returns CUDA_SUCCESS, or CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED having
+ * invalidated every capture that prohibits the calling thread such calls.
  */
 CUresult kv_emu_capture_unsafe(enum kv_emu_fn fn);
 /*
- * A synchronous memset or copy: potentially unsafe, and work on the legacy stream of the current
- * device. Returns CUDA_SUCCESS, or what kv_emu_capture_unsafe or the legacy rule refuses with.
+ * A synchronous memset or copy: work on the legacy stream of the current device, and
+ * potentially unsafe if the host waits for it (waits: a copy to or from host memory; a memset
+ * or a device-to-device copy returns before the work is done). Returns CUDA_SUCCESS, or what
+ * kv_emu_capture_unsafe or the legacy rule refuses with.
  */
-CUresult kv_emu_capture_sync_op(enum kv_emu_fn fn);
+CUresult kv_emu_capture_sync_op(enum kv_emu_fn fn, bool waits);
 /*
  * Waiting for or querying stream s. A capturing s refuses with
  * CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED and is invalidated, in any mode; otherwise as a

@@ -588,7 +588,8 @@ KV_EMU_ALIAS(cuMemGetInfo_v2);
 
 /*
  * A private reservation mapped read-write over an internal handle, so cuMemGetInfo and the
- * out-of-memory point are shared with cuMemCreate as on a GPU.
+ * out-of-memory point are shared with cuMemCreate as on a GPU. Potentially unsafe during a
+ * capture, as CUDA documents for cudaMalloc (PyTorch allocates during capture in relaxed mode).
  */
 KV_EMU_API CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
 {
@@ -609,6 +610,10 @@ KV_EMU_API CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
     size = (bytesize + P - 1) / P * P;
 
     kv_emu_lock();
+    if (kv_emu_capture_unsafe(KV_FN_cuMemAlloc_v2) != CUDA_SUCCESS) {
+        kv_emu_unlock();
+        return CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED;
+    }
     err = create_handle(c->device, size, true, &h);
     if (err < 0)
         goto out;
@@ -641,10 +646,7 @@ out:
 }
 KV_EMU_ALIAS(cuMemAlloc_v2);
 
-/*
- * A free waits for the device and is not stream-ordered: potentially unsafe during a capture.
- * (An allocation is allowed, as the real driver allows PyTorch's cudaMalloc during capture.)
- */
+/* A free waits for the device and is not stream-ordered: potentially unsafe during a capture. */
 KV_EMU_API CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
     CUresult res = CUDA_ERROR_INVALID_VALUE;

@@ -271,7 +271,7 @@ int test_capture_refused(void)
     struct kvemu_usage u;
     unsigned char host[16] = { 0 };
     CUgraph g = (CUgraph)&failed;
-    CUdeviceptr a, c;
+    CUdeviceptr a, c, d = 0;
     CUstream s, t;
     CUevent e;
 
@@ -300,24 +300,22 @@ int test_capture_refused(void)
     REFUSED(cuCtxSynchronize());
     REFUSED(cuEventSynchronize(e));
     REFUSED(cuEventQuery(e));
-    REFUSED(cuMemsetD8(a, 1, 16));              /* synchronous memsets and copies */
-    REFUSED(cuMemsetD16(a, 1, 8));
-    REFUSED(cuMemsetD32(a, 1, 4));
-    REFUSED(cuMemcpyHtoD(a, host, 16));
+    REFUSED(cuMemcpyHtoD(a, host, 16));         /* synchronous copies the host waits for */
     REFUSED(cuMemcpyDtoH(host, a + 64, 16));
-    REFUSED(cuMemcpyDtoD(a, c, 16));
     REFUSED(cuMemcpy(a, (CUdeviceptr)host, 16));
-    REFUSED(cuMemFree(c));                      /* legacy allocation: the free is unsafe */
+    REFUSED(cuMemcpy((CUdeviceptr)host, a, 16));
+    REFUSED(cuMemAlloc(&d, 1));                 /* legacy allocation and free */
+    REFUSED(cuMemFree(c));
     REFUSED(cuStreamDestroy(s));                /* its capture must end first */
 #undef REFUSED
     EXPECT(((unsigned char *)a)[0] == 0 && ((unsigned char *)a)[15] == 0);   /* nothing ran */
     usage(0, &u);
-    EXPECT(u.allocs == 2);                                                    /* nothing freed */
+    EXPECT(u.allocs == 2);                                    /* nothing allocated or freed */
     st = cstats();
-    EXPECT(st.invalidated == st0.invalidated + 18 && st.begun == st0.begun + 18 &&
+    EXPECT(st.invalidated == st0.invalidated + 16 && st.begun == st0.begun + 16 &&
            st.ended == st0.ended);
-    /* 18 refused calls, and 18 ends of an invalidated capture. */
-    EXPECT(st.refused == st0.refused + 36);
+    /* 16 refused calls, and 16 ends of an invalidated capture. */
+    EXPECT(st.refused == st0.refused + 32);
 
     /* An invalidated capture refuses further work on its stream (901), until it ends. */
     EXPECT_CU(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_SUCCESS);
@@ -334,7 +332,9 @@ int test_capture_refused(void)
     /* After the capture everything works again. */
     EXPECT_CU(cuStreamSynchronize(s), CUDA_SUCCESS);
     EXPECT_CU(cuCtxSynchronize(), CUDA_SUCCESS);
-    EXPECT_CU(cuMemsetD8(a, 3, 1), CUDA_SUCCESS);
+    EXPECT(d == 0);
+    host[0] = 3;
+    EXPECT_CU(cuMemcpyHtoD(a, host, 16), CUDA_SUCCESS);
     EXPECT(((unsigned char *)a)[0] == 3);
     EXPECT_CU(cuEventDestroy(e), CUDA_SUCCESS);
     EXPECT_CU(cuStreamDestroy(s), CUDA_SUCCESS);
@@ -351,7 +351,7 @@ int test_capture_allowed(void)
     CUmemAllocationProp p = prop_for(0);
     CUmemGenericAllocationHandle h;
     struct kvemu_capture_stats st0 = cstats(), st;
-    CUdeviceptr a, va;
+    CUdeviceptr a, b, va;
     CUstream s, t, u2;
     CUevent e;
     size_t f, tot;
@@ -359,12 +359,22 @@ int test_capture_allowed(void)
 
     EXPECT_CU(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
     EXPECT_CU(cuStreamCreate(&t, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    EXPECT_CU(cuMemAlloc(&b, 4096), CUDA_SUCCESS);
     EXPECT_CU(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_SUCCESS);
 
-    /* A legacy allocation: PyTorch allocates during capture and the real driver allows it. */
+    /* A legacy allocation in relaxed mode, as PyTorch makes its allocations during capture. */
+    EXPECT(set_mode(CU_STREAM_CAPTURE_MODE_RELAXED) == CU_STREAM_CAPTURE_MODE_GLOBAL);
     EXPECT_CU(cuMemAlloc(&a, 4096), CUDA_SUCCESS);
+    EXPECT(set_mode(CU_STREAM_CAPTURE_MODE_GLOBAL) == CU_STREAM_CAPTURE_MODE_RELAXED);
     EXPECT_CU(cuMemGetInfo(&f, &tot), CUDA_SUCCESS);
-    EXPECT(f == DEV_BYTES - PAGE);
+    EXPECT(f == DEV_BYTES - 2 * PAGE);
+    /* Synchronous memsets and device-to-device copies: the host does not wait for them. */
+    EXPECT_CU(cuMemsetD8(b, 0x11, 8), CUDA_SUCCESS);
+    EXPECT_CU(cuMemsetD16(b + 8, 0x2222, 4), CUDA_SUCCESS);
+    EXPECT_CU(cuMemsetD32(b + 16, 0x33333333, 2), CUDA_SUCCESS);
+    EXPECT_CU(cuMemcpyDtoD(b + 24, b, 24), CUDA_SUCCESS);
+    EXPECT_CU(cuMemcpy(b + 48, b, 48), CUDA_SUCCESS);
+    EXPECT(((unsigned char *)b)[95] == 0x33 && ((unsigned char *)b)[24] == 0x11);
     /* The VMM calls. */
     EXPECT_CU(cuMemAddressReserve(&va, 2 * PAGE, 0, 0, 0), CUDA_SUCCESS);
     EXPECT_CU(cuMemCreate(&h, PAGE, &p, 0), CUDA_SUCCESS);
@@ -388,9 +398,10 @@ int test_capture_allowed(void)
     EXPECT_CU(cuCtxPopCurrent(&c), CUDA_SUCCESS);
     EXPECT(status_of(t) == CU_STREAM_CAPTURE_STATUS_NONE);
     st = cstats();
-    EXPECT(st.eager_ops == st0.eager_ops + 3 && st.invalidated == st0.invalidated &&
+    EXPECT(st.eager_ops == st0.eager_ops + 8 && st.invalidated == st0.invalidated &&
            st.refused == st0.refused && st.captured_ops == st0.captured_ops);
     end_valid(s, __LINE__);
+    EXPECT_CU(cuMemFree(b), CUDA_SUCCESS);
 
     /* In relaxed mode the capturing thread may free and synchronize other streams. */
     EXPECT_CU(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_SUCCESS);
@@ -400,8 +411,9 @@ int test_capture_allowed(void)
     EXPECT_CU(cuEventSynchronize(e), CUDA_SUCCESS);
     EXPECT_CU(cuEventQuery(e), CUDA_SUCCESS);
     EXPECT_CU(cuEventDestroy(e), CUDA_SUCCESS);
-    EXPECT_CU(cuMemsetD8(a, 1, 4), CUDA_SUCCESS);      /* s does not block the legacy stream */
-    EXPECT(((unsigned char *)a)[3] == 1);
+    /* s does not block the legacy stream. */
+    EXPECT_CU(cuMemcpyHtoD(a, &f, sizeof(f)), CUDA_SUCCESS);
+    EXPECT(*(size_t *)a == f);
     EXPECT_CU(cuMemFree(a), CUDA_SUCCESS);
     /* ...but never synchronize the capturing stream or its context. */
     EXPECT_CU(cuStreamQuery(s), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
@@ -588,10 +600,6 @@ int test_capture_threads(void)
     EXPECT_CU(cuStreamBeginCapture(s, G), CUDA_SUCCESS);
     EXPECT_CU(on_peer(PEER_SYNC, G, ctx0, t, 0), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
     end_invalidated(s, __LINE__);
-    EXPECT_CU(cuStreamBeginCapture(s, G), CUDA_SUCCESS);
-    EXPECT_CU(on_peer(PEER_MEMSET, G, ctx0, 0, a), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
-    EXPECT(((unsigned char *)a)[0] == 0);
-    end_invalidated(s, __LINE__);
     EXPECT_CU(cuMemAlloc(&b, 1), CUDA_SUCCESS);
     EXPECT_CU(cuStreamBeginCapture(s, G), CUDA_SUCCESS);
     EXPECT_CU(on_peer(PEER_FREE, G, ctx0, 0, b), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
@@ -609,7 +617,8 @@ int test_capture_threads(void)
     EXPECT_CU(cuStreamBeginCapture(s, G), CUDA_SUCCESS);
     EXPECT_CU(on_peer(PEER_SYNC, R, ctx0, t, 0), CUDA_SUCCESS);
     EXPECT_CU(on_peer(PEER_SYNC, T, ctx0, t, 0), CUDA_SUCCESS);
-    EXPECT_CU(on_peer(PEER_MEMSET, R, ctx0, 0, a), CUDA_SUCCESS);   /* s is non-blocking */
+    /* A synchronous memset binds no one: the host does not wait, and s is non-blocking. */
+    EXPECT_CU(on_peer(PEER_MEMSET, G, ctx0, 0, a), CUDA_SUCCESS);
     EXPECT(((unsigned char *)a)[7] == 0x42);
     EXPECT_CU(on_peer(PEER_FREE, T, ctx0, 0, b), CUDA_SUCCESS);
     EXPECT_CU(on_peer(PEER_CTX_SYNC, R, ctx1, 0, 0), CUDA_SUCCESS);
@@ -634,8 +643,8 @@ int test_capture_threads(void)
      * Global captures on two threads: the other thread's free, refused, invalidates both its
      * own capture and this one (it ends its own before it returns).
      */
-    EXPECT_CU(cuStreamBeginCapture(s, G), CUDA_SUCCESS);
     EXPECT_CU(cuMemAlloc(&b, 1), CUDA_SUCCESS);
+    EXPECT_CU(cuStreamBeginCapture(s, G), CUDA_SUCCESS);
     EXPECT_CU(on_peer(PEER_CAPTURE_FREE, G, ctx0, t, b), CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
     end_invalidated(s, __LINE__);
     EXPECT(status_of(t) == CU_STREAM_CAPTURE_STATUS_NONE);
@@ -654,7 +663,7 @@ int test_capture_threads(void)
     EXPECT(status_of(s) == CU_STREAM_CAPTURE_STATUS_NONE);
 
     st = cstats();
-    EXPECT(st.invalidated == st0.invalidated + 10 && st.ended == st0.ended + 4);
+    EXPECT(st.invalidated == st0.invalidated + 9 && st.ended == st0.ended + 4);
     EXPECT_CU(cuStreamDestroy(s), CUDA_SUCCESS);
     EXPECT_CU(cuStreamDestroy(t), CUDA_SUCCESS);
     EXPECT_CU(cuMemFree(a), CUDA_SUCCESS);
@@ -851,9 +860,13 @@ static void *runtime_capture_thread(void *arg)
     EXPECT_RT(cudaMemset(a, 0, 4096), cudaSuccess);
     EXPECT_RT(cudaStreamQuery(s), cudaSuccess);
 
-    /* Allocation is allowed; synchronizing and freeing are refused and invalidate. */
+    /* Allocation in relaxed mode is allowed; freeing is refused and invalidates. */
     EXPECT_RT(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+    m = cudaStreamCaptureModeRelaxed;
+    EXPECT_RT(cudaThreadExchangeStreamCaptureMode(&m), cudaSuccess);
     EXPECT_RT(cudaMalloc(&b, 4096), cudaSuccess);
+    EXPECT_RT(cudaThreadExchangeStreamCaptureMode(&m), cudaSuccess);
+    EXPECT(m == cudaStreamCaptureModeRelaxed);
     EXPECT_RT(cudaMemsetAsync(a, 7, 4096, s), cudaSuccess);
     EXPECT(((unsigned char *)a)[0] == 0);
     EXPECT_RT(cudaStreamIsCapturing(s, &cs), cudaSuccess);
@@ -882,10 +895,19 @@ static void *runtime_capture_thread(void *arg)
     RT_REFUSED(cudaStreamSynchronize(s), cudaErrorStreamCaptureUnsupported);
     RT_REFUSED(cudaStreamQuery(s), cudaErrorStreamCaptureUnsupported);
     RT_REFUSED(cudaDeviceSynchronize(), cudaErrorStreamCaptureUnsupported);
-    RT_REFUSED(cudaMemset(a, 1, 16), cudaErrorStreamCaptureUnsupported);
-    RT_REFUSED(cudaMemcpy(a, (char *)a + 64, 16, cudaMemcpyDeviceToDevice),
+    RT_REFUSED(cudaMalloc(&b, 16), cudaErrorStreamCaptureUnsupported);
+    RT_REFUSED(cudaMemcpy(&id, a, sizeof(id), cudaMemcpyDeviceToHost),
                cudaErrorStreamCaptureUnsupported);
 #undef RT_REFUSED
+    /* A synchronous memset and a device-to-device copy run: the host does not wait for them. */
+    EXPECT_RT(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal), cudaSuccess);
+    EXPECT_RT(cudaMemset((char *)a + 64, 9, 16), cudaSuccess);
+    EXPECT_RT(cudaMemcpy((char *)a + 128, (char *)a + 64, 16, cudaMemcpyDeviceToDevice),
+              cudaSuccess);
+    EXPECT(((unsigned char *)a)[143] == 9);
+    EXPECT_RT(cudaStreamEndCapture(s, &g), cudaSuccess);
+    EXPECT_RT(cudaGraphDestroy(g), cudaSuccess);
+    EXPECT_RT(cudaMemset(a, 0, 4096), cudaSuccess);
     /* The legacy stream while a blocking stream captures. */
     m = cudaStreamCaptureModeRelaxed;
     EXPECT_RT(cudaThreadExchangeStreamCaptureMode(&m), cudaSuccess);
