@@ -60,7 +60,7 @@ CUresult kv_hook_cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
 CUresult kv_hook_##name(CUdeviceptr p, T v, size_t n ARGS)                 \
 {                                                                          \
 	CUresult e = CUDA_SUCCESS;                                         \
-	struct kv_run *r;                                                  \
+	struct kv_policy_run *r;                                           \
 	size_t k, i;                                                       \
 	int rc;                                                            \
 									   \

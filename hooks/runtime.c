@@ -78,7 +78,7 @@ cudaError_t kv_hook_cudaMemGetInfo(size_t *free_bytes, size_t *total)
 cudaError_t kv_hook_##name(void *p, int v, size_t n ARGS)                   \
 {                                                                           \
 	cudaError_t e = cudaSuccess;                                        \
-	struct kv_run *r;                                                   \
+	struct kv_policy_run *r;                                            \
 	size_t k, i;                                                        \
 	int rc;                                                             \
 									    \

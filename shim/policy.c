@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "alloc.h"
 #include "kvshim.h"
 #include "log.h"
 #include "policy.h"
@@ -86,10 +87,12 @@ int kv_policy_free(CUdeviceptr ptr)
 }
 
 int kv_policy_memset(CUdeviceptr ptr, size_t bytes, int zero,
-		     struct kv_run **runs, size_t *nruns)
+		     struct kv_policy_run **runs, size_t *nruns)
 {
 	const struct kv_config *c = kv_shim_settings();
 	kv_alloc_t *a = running();
+	struct kv_run *mapped;
+	size_t i, n;
 	int rc;
 
 	if (!a || bytes == 0 || kv_alloc_find(a, ptr, NULL, NULL))
@@ -107,8 +110,22 @@ int kv_policy_memset(CUdeviceptr ptr, size_t bytes, int zero,
 		*nruns = 1;
 		return 1;
 	}
-	rc = kv_alloc_claim_mapped(a, ptr, bytes, runs, nruns);
-	return rc ? rc : 1;
+	rc = kv_alloc_claim_mapped(a, ptr, bytes, &mapped, &n);
+	if (rc)
+		return rc;
+	*runs = malloc((n ? n : 1) * sizeof(**runs));
+	if (!*runs) {
+		kv_alloc_unmap_many(a, mapped, n);     /* the claims just added */
+		free(mapped);
+		return KVSHIM_ENOMEM;
+	}
+	for (i = 0; i < n; i++) {
+		(*runs)[i].addr = mapped[i].addr;
+		(*runs)[i].len = mapped[i].len;
+	}
+	free(mapped);
+	*nruns = n;
+	return 1;
 }
 
 int kv_policy_touch(CUdeviceptr ptr, size_t bytes)

@@ -16,7 +16,12 @@
 
 #include <cuda.h>
 
-#include "alloc.h"
+/* A byte range of device memory a caller must still work on. (The policy's
+ * own type: hooks/ see no allocator header.) */
+struct kv_policy_run {
+	CUdeviceptr addr;
+	size_t len;
+};
 
 /* Decide on an allocation of size bytes. Returns 1 with *ptr set when
  * kvshim made a span, 0 when the call should pass through to the driver,
@@ -32,7 +37,7 @@ int kv_policy_free(CUdeviceptr ptr);
  * zero memset skips unmapped pages, which arrive zeroed; or a negative
  * error. */
 int kv_policy_memset(CUdeviceptr ptr, size_t bytes, int zero,
-		     struct kv_run **runs, size_t *nruns);
+		     struct kv_policy_run **runs, size_t *nruns);
 
 /* A copy is about to read or write [ptr, ptr + bytes): back whatever span
  * pages it covers (they keep that claim until the span is released).

@@ -10,6 +10,7 @@
 
 #include "kvshim.h"
 #include "log.h"
+#include "prim.h"
 #include "shim.h"
 
 #define KV_STRICT_EXIT 64
@@ -21,6 +22,7 @@ static int config_rc;
 static kv_alloc_t *alloc;
 static int started;       /* 1 once the allocator's start was tried */
 static int start_rc;
+static int (*sweep_fn)(void);   /* see kv_shim_set_sweep */
 
 /* Read the configuration, lock held. */
 static void configure(void)
@@ -135,6 +137,28 @@ void kv_shim_forked(void)
 	alloc = NULL;
 	start_rc = 0;
 	__atomic_store_n(&started, 0, __ATOMIC_RELEASE);
+}
+
+void kv_shim_set_sweep(int (*sweep)(void))
+{
+	__atomic_store_n(&sweep_fn, sweep, __ATOMIC_RELEASE);
+}
+
+int kv_shim_sweep(void)
+{
+	int (*sweep)(void) = __atomic_load_n(&sweep_fn, __ATOMIC_ACQUIRE);
+
+	return sweep ? sweep() : 0;
+}
+
+void *kv_shim_driver(void)
+{
+	return kv_prim_driver();
+}
+
+void *kv_shim_dlsym(void *handle, const char *name)
+{
+	return kv_prim_dlsym(handle, name);
 }
 
 const char *kv_shim_strerror(int err)
