@@ -3,7 +3,9 @@
  * runtime (-lcudart) and allocates with cudaMalloc. The tests run it with
  * LD_PRELOAD=libkvshim.so (or load kvshim late) on the CPU emulation; it
  * finds kvshim_* with dlsym, as an engine adapter would, and checks what
- * the shim did. Usage: prog CASE; exit 0 when the case holds.
+ * the shim did. Usage: prog CASE; exit 0 when the case holds, else 1 with
+ * one line "FAIL file:line: what" on stderr for each failed expectation
+ * (test_preload.c puts them in its own failure message).
  */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -35,8 +37,8 @@ static int failures;
 
 #define EXPECT(cond) do {                                                 \
 		if (!(cond)) {                                             \
-			fprintf(stderr, "%s:%d: expected %s\n", __FILE__,   \
-				__LINE__, #cond);                          \
+			fprintf(stderr, "FAIL %s:%d: expected %s\n",        \
+				__FILE__, __LINE__, #cond);                \
 			failures++;                                        \
 		}                                                          \
 	} while (0)
@@ -404,11 +406,18 @@ static void case_deepbind(void)
 	EXPECT(stats().reserved_bytes == 0);
 }
 
+/* Fails on purpose: test_preload checks that the line comes back. */
+static void case_expect_fails(void)
+{
+	EXPECT(1 + 1 == 3);
+}
+
 static const struct {
 	const char *name;
 	void (*run)(void);
 	int needs_kvshim;
 } cases[] = {
+	{ "expect-fails", case_expect_fails, 0 },
 	{ "window", case_window, 1 },
 	{ "memset-memcpy", case_memset_memcpy, 1 },
 	{ "size-policy", case_size_policy, 1 },
@@ -434,14 +443,15 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (kv_dev_open()) {
-		fprintf(stderr, "no driver\n");
+		fprintf(stderr, "FAIL %s:%d: no CUDA driver found\n", __FILE__, __LINE__);
 		return 77;
 	}
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		if (strcmp(argv[1], cases[i].name))
 			continue;
 		if (cases[i].needs_kvshim && load_kvshim()) {
-			fprintf(stderr, "kvshim is not preloaded\n");
+			fprintf(stderr, "FAIL %s:%d: kvshim_* not found: is libkvshim.so preloaded?\n",
+				__FILE__, __LINE__);
 			return 1;
 		}
 		cases[i].run();
