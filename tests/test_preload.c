@@ -275,6 +275,15 @@ START_TEST(test_late_attach)
 }
 END_TEST
 
+/* Loaded late, started, then dlclose'd: the library stays loaded and the
+ * program's CUDA calls keep reaching it (no crash, from them or from the
+ * worker thread). */
+START_TEST(test_dlclose)
+{
+	expect_pass(PROG, "dlclose", 0, NULL);
+}
+END_TEST
+
 Suite *preload_suite(void)
 {
 	Suite *s = suite_create("preload");
@@ -298,8 +307,11 @@ Suite *preload_suite(void)
 	kt_add_emu(tc, test_deepbind);
 	kt_add_emu(tc, test_bad_config);
 	suite_add_tcase(s, tc);
-	if (kv_dev_is_emu())
+	tcase_set_timeout(late, 60);
+	if (kv_dev_is_emu()) {
 		tcase_add_loop_test(late, test_late_attach, 0, 4);
+		tcase_add_test(late, test_dlclose);
+	}
 	suite_add_tcase(s, late);
 	return s;
 }

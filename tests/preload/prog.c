@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <pthread.h>
 
@@ -406,6 +407,51 @@ static void case_deepbind(void)
 	EXPECT(stats().reserved_bytes == 0);
 }
 
+/*
+ * kvshim loaded late, started (its worker running, the program's GOT
+ * patched to reach it), then dlclose'd: it must stay loaded, and the
+ * program's CUDA calls, which still land in it, keep working for as long
+ * as the program lives (here a little over a second, the worker's time to
+ * wake up into unmapped code if it were unloaded).
+ */
+static void case_dlclose(void)
+{
+	const struct timespec step = { 0, 50 * 1000 * 1000 };
+	const char *lib = getenv("KVSHIM_LIB");
+	void *h, *again;
+	char *p = NULL, *q = NULL;
+	int i;
+
+	EXPECT(cudaFree(0) == cudaSuccess);
+	h = lib ? dlopen(lib, RTLD_NOW | RTLD_LOCAL) : NULL;
+	EXPECT(h != NULL);
+	if (!h)
+		return;
+	*(void **)&kv.begin = dlsym(h, "kvshim_kv_begin");
+	*(void **)&kv.end = dlsym(h, "kvshim_kv_end");
+	*(void **)&kv.stats = dlsym(h, "kvshim_stats");
+	EXPECT(kv.begin && kv.end && kv.stats);
+	if (!kv.begin || !kv.end || !kv.stats)
+		return;
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&p, 32 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	EXPECT(stats().reserved_bytes == 32 * MB);
+	EXPECT(dlclose(h) == 0);
+	again = dlopen(lib, RTLD_NOW | RTLD_NOLOAD);
+	EXPECT(again != NULL);          /* still loaded */
+	if (again)
+		dlclose(again);
+	for (i = 0; i < 24; i++) {
+		EXPECT(cudaMalloc((void **)&q, 4 * MB) == cudaSuccess);
+		EXPECT(cudaMemset(q, 1, 4 * MB) == cudaSuccess);
+		EXPECT(cudaFree(q) == cudaSuccess);
+		nanosleep(&step, NULL);
+	}
+	EXPECT(cudaMemset(p + 4 * PG, 7, 100) == cudaSuccess);
+	EXPECT(cudaFree(p) == cudaSuccess);
+}
+
 /* Fails on purpose: test_preload checks that the line comes back. */
 static void case_expect_fails(void)
 {
@@ -431,6 +477,7 @@ static const struct {
 	{ "exec", case_exec, 1 },
 	{ "bad-config", case_bad_config, 1 },
 	{ "late", case_late, 0 },
+	{ "dlclose", case_dlclose, 0 },
 	{ "deepbind", case_deepbind, 1 },
 };
 
