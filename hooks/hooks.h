@@ -18,6 +18,8 @@
 #include <cuda.h>
 #include <driver_types.h>
 
+#include "kvshim.h"
+
 /* X(name, return type, parameters) of every driver function hooked. The
  * _ptds/_ptsz variants are the per-thread default stream forms. */
 #define KV_DRIVER_HOOKS(X)                                                    \
@@ -132,5 +134,24 @@ int kv_hooks_attach(int all);
  * does (a module loaded with RTLD_DEEPBIND binds past the preloaded
  * wrappers). Cheap when nothing changed. Returns the slots patched. */
 int kv_hooks_sweep(void);
+
+/* What the driver answers for the mistake behind a kvshim_error the
+ * policy returned: arguments it would refuse are an invalid value (a range
+ * not inside one allocation included); a span that cannot be backed is out
+ * of memory. */
+static inline CUresult kv_hooks_cu_error(int rc)
+{
+	if (rc == KVSHIM_EINVAL || rc == KVSHIM_ERANGE)
+		return CUDA_ERROR_INVALID_VALUE;
+	return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+/* The same in the runtime's terms. */
+static inline cudaError_t kv_hooks_rt_error(int rc)
+{
+	if (rc == KVSHIM_EINVAL || rc == KVSHIM_ERANGE)
+		return cudaErrorInvalidValue;
+	return cudaErrorMemoryAllocation;
+}
 
 #endif /* KV_HOOKS_H */

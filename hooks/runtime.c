@@ -83,9 +83,9 @@ cudaError_t kv_hook_##name(void *p, int v, size_t n ARGS)                   \
 	int rc;                                                             \
 									    \
 	REAL_OR_FAIL(name);                                                 \
-	rc = kv_policy_memset(dptr(p), n, (unsigned char)v == 0, &r, &k);   \
+	rc = kv_policy_memset(dptr(p), n, 1, (unsigned char)v == 0, &r, &k); \
 	if (rc < 0)                                                         \
-		return cudaErrorMemoryAllocation;                           \
+		return kv_hooks_rt_error(rc);                               \
 	if (rc == 0) {                                                      \
 		CALL_REAL(e, kv_real_##name(p, v, n PASS));                 \
 		return e;                                                   \
@@ -102,15 +102,18 @@ MEMSET(cudaMemset_ptds, SYNC, SYNC)
 MEMSET(cudaMemsetAsync, ASYNC_ARGS, ASYNC_PASS)
 MEMSET(cudaMemsetAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
 
-/* Back the span pages a copy of kind k reads or writes. */
+/* Back the span pages a copy of kind k reads or writes. Returns 0 or the
+ * policy's error. */
 static int touch(void *dst, const void *src, size_t n, enum cudaMemcpyKind k)
 {
+	int rc;
+
 	if ((k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice ||
-	     k == cudaMemcpyDefault) && kv_policy_touch(dptr(dst), n) < 0)
-		return -1;
+	     k == cudaMemcpyDefault) && (rc = kv_policy_touch(dptr(dst), n)) < 0)
+		return rc;
 	if ((k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice ||
-	     k == cudaMemcpyDefault) && kv_policy_touch(dptr(src), n) < 0)
-		return -1;
+	     k == cudaMemcpyDefault) && (rc = kv_policy_touch(dptr(src), n)) < 0)
+		return rc;
 	return 0;
 }
 
@@ -119,10 +122,12 @@ cudaError_t kv_hook_##name(void *dst, const void *src, size_t n,            \
 			   enum cudaMemcpyKind k ARGS)                      \
 {                                                                           \
 	cudaError_t e;                                                      \
+	int rc;                                                             \
 									    \
 	REAL_OR_FAIL(name);                                                 \
-	if (touch(dst, src, n, k))                                          \
-		return cudaErrorMemoryAllocation;                           \
+	rc = touch(dst, src, n, k);                                         \
+	if (rc)                                                             \
+		return kv_hooks_rt_error(rc);                               \
 	CALL_REAL(e, kv_real_##name(dst, src, n, k PASS));                  \
 	return e;                                                           \
 }

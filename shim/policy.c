@@ -86,25 +86,43 @@ int kv_policy_free(CUdeviceptr ptr)
 	return kv_alloc_release(a, ptr) == 0 ? 1 : 0;
 }
 
-int kv_policy_memset(CUdeviceptr ptr, size_t bytes, int zero,
+/* The byte count of a memset that starts at ptr in the span [base, base +
+ * size): 0 with *bytes set, or the error the driver's refusal means. */
+static int memset_bytes(CUdeviceptr ptr, size_t count, size_t elem,
+			CUdeviceptr base, size_t size, size_t *bytes)
+{
+	if (__builtin_mul_overflow(count, elem, bytes) || ptr % elem)
+		return KVSHIM_EINVAL;
+	if (*bytes > size - (ptr - base))
+		return KVSHIM_ERANGE;
+	return 0;
+}
+
+int kv_policy_memset(CUdeviceptr ptr, size_t count, size_t elem, int zero,
 		     struct kv_policy_run **runs, size_t *nruns)
 {
 	const struct kv_config *c = kv_shim_settings();
 	kv_alloc_t *a = running();
 	struct kv_run *mapped;
-	size_t i, n;
+	CUdeviceptr base;
+	size_t i, n, size, bytes;
 	int rc;
 
-	if (!a || bytes == 0 || kv_alloc_find(a, ptr, NULL, NULL))
+	if (!a || count == 0 || kv_alloc_find(a, ptr, &base, &size))
 		return 0;
+	rc = memset_bytes(ptr, count, elem, base, size, &bytes);
+	if (rc)
+		return rc;
 	if (!zero || !c->zero) {
 		/* the bytes must land: back the range, then set all of it */
-		rc = kv_alloc_map(a, ptr, bytes);
-		if (rc)
-			return rc;
 		*runs = malloc(sizeof(**runs));
 		if (!*runs)
 			return KVSHIM_ENOMEM;
+		rc = kv_alloc_map(a, ptr, bytes);
+		if (rc) {
+			free(*runs);
+			return rc;
+		}
 		(*runs)->addr = ptr;
 		(*runs)->len = bytes;
 		*nruns = 1;

@@ -31,17 +31,24 @@ int kv_policy_alloc(size_t size, CUdeviceptr *ptr);
 /* Returns 1 when ptr was a span and is released, 0 to pass through. */
 int kv_policy_free(CUdeviceptr ptr);
 
-/* A memset of [ptr, ptr + bytes); zero says every byte written is 0.
- * Returns 0 to pass through whole; 1 when ptr is in a span, with *runs
- * (free with free()) and *nruns the parts the caller must still set: a
- * zero memset skips unmapped pages, which arrive zeroed; or a negative
- * error. */
-int kv_policy_memset(CUdeviceptr ptr, size_t bytes, int zero,
+/*
+ * A memset of count elements of elem bytes (1, 2 or 4) at ptr; zero says
+ * every byte written is 0. Returns 0 to pass the call through whole (ptr is
+ * in no span, or count is 0: the driver judges its own arguments); 1 when
+ * ptr is in a span, with *runs (free with free()) and *nruns the parts the
+ * caller must still set: a zero memset skips unmapped pages, which arrive
+ * zeroed, any other backs the range first. Or a negative error, and nothing
+ * changed: KVSHIM_EINVAL where the driver would refuse the call (the byte
+ * count overflows, ptr is not aligned to elem), KVSHIM_ERANGE when the
+ * range runs past the span's end, or the allocator's error.
+ */
+int kv_policy_memset(CUdeviceptr ptr, size_t count, size_t elem, int zero,
 		     struct kv_policy_run **runs, size_t *nruns);
 
 /* A copy is about to read or write [ptr, ptr + bytes): back whatever span
  * pages it covers (they keep that claim until the span is released).
- * Returns 0 (also when ptr is no span) or a negative error. */
+ * Returns 0 (also when ptr is no span), KVSHIM_ERANGE when the range runs
+ * past its span's end (nothing backed), or the allocator's error. */
 int kv_policy_touch(CUdeviceptr ptr, size_t bytes);
 
 /* Adjust the driver's free/total figures as KVSHIM_MEMINFO says. */

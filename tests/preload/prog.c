@@ -141,6 +141,31 @@ static void case_memset_memcpy(void)
 	EXPECT(cudaFree(kvp) == cudaSuccess);
 }
 
+/* The runtime's memsets on a span, as the runtime would answer them: a
+ * range running past the span's end is an invalid value (not out of
+ * memory), and backs nothing. */
+static void case_memset_bounds(void)
+{
+	char *kvp = NULL;
+	size_t before;
+
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&kvp, 32 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	before = stats().mapped_bytes;
+	EXPECT(cudaMemset(kvp + 30 * MB, 1, 4 * MB) == cudaErrorInvalidValue);
+	EXPECT(cudaMemset(kvp + 30 * MB, 0, 4 * MB) == cudaErrorInvalidValue);
+	EXPECT(cudaMemsetAsync(kvp + 28 * MB, 1, 6 * MB, 0) == cudaErrorInvalidValue);
+	EXPECT(cudaMemset(kvp, 1, SIZE_MAX) == cudaErrorInvalidValue);
+	EXPECT(stats().mapped_bytes == before);
+	/* up to the last byte is fine (that page was backed at allocation) */
+	EXPECT(cudaMemset(kvp + 30 * MB, 1, 2 * MB) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before);
+	EXPECT(cudaMemset(kvp + 20 * MB, 1, 2 * MB) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + PG);
+	EXPECT(cudaFree(kvp) == cudaSuccess);
+}
+
 /* Size policy: KVSHIM_MIN_BYTES=32M makes large allocations spans mapped
  * in full, without any window. */
 static void case_size_policy(void)
@@ -466,6 +491,7 @@ static const struct {
 	{ "expect-fails", case_expect_fails, 0 },
 	{ "window", case_window, 1 },
 	{ "memset-memcpy", case_memset_memcpy, 1 },
+	{ "memset-bounds", case_memset_bounds, 1 },
 	{ "size-policy", case_size_policy, 1 },
 	{ "meminfo", case_meminfo, 1 },
 	{ "meminfo-share", case_meminfo_share, 1 },
