@@ -96,6 +96,39 @@ MEMSET(cuMemsetD16Async_ptsz, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS)
 MEMSET(cuMemsetD32Async, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
 MEMSET(cuMemsetD32Async_ptsz, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
 
+/*
+ * 2D memsets: every page of the box the rows span is backed first (a zero
+ * value too: the rows may fall on unbacked pages, which fault), then the
+ * call goes to the driver whole.
+ */
+#define MEMSET2D(name, T, elem, ARGS, PASS)                                 \
+CUresult kv_hook_##name(CUdeviceptr p, size_t pitch, T v, size_t w,         \
+			size_t h ARGS)                                      \
+{                                                                          \
+	int rc;                                                            \
+									   \
+	REAL_OR_FAIL(name);                                                \
+	if (!kv_in_runtime) {                                              \
+		rc = kv_policy_memset_pitched(p, (elem), w, h, 1, pitch, h); \
+		if (rc < 0)                                                \
+			return kv_hooks_cu_error(rc);                      \
+	}                                                                  \
+	return kv_real_##name(p, pitch, v, w, h PASS);                     \
+}
+
+MEMSET2D(cuMemsetD2D8_v2, unsigned char, 1, SYNC, SYNC)
+MEMSET2D(cuMemsetD2D8_v2_ptds, unsigned char, 1, SYNC, SYNC)
+MEMSET2D(cuMemsetD2D16_v2, unsigned short, 2, SYNC, SYNC)
+MEMSET2D(cuMemsetD2D16_v2_ptds, unsigned short, 2, SYNC, SYNC)
+MEMSET2D(cuMemsetD2D32_v2, unsigned int, 4, SYNC, SYNC)
+MEMSET2D(cuMemsetD2D32_v2_ptds, unsigned int, 4, SYNC, SYNC)
+MEMSET2D(cuMemsetD2D8Async, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS)
+MEMSET2D(cuMemsetD2D8Async_ptsz, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS)
+MEMSET2D(cuMemsetD2D16Async, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS)
+MEMSET2D(cuMemsetD2D16Async_ptsz, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS)
+MEMSET2D(cuMemsetD2D32Async, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
+MEMSET2D(cuMemsetD2D32Async_ptsz, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
+
 /* Copies: whatever span pages the copy reads or writes are backed first.
  * Returns 0 or the policy's error. */
 static int touch2(CUdeviceptr dst, CUdeviceptr src, size_t n)

@@ -146,6 +146,47 @@ int kv_policy_memset(CUdeviceptr ptr, size_t count, size_t elem, int zero,
 	return 1;
 }
 
+/* The bytes from the first to the last one a pitched memset sets, into
+ * *bytes: 0, or KVSHIM_EINVAL for arguments the driver refuses. */
+static int box_bytes(CUdeviceptr ptr, size_t elem, size_t width, size_t height,
+		     size_t depth, size_t pitch, size_t ysize, size_t *bytes)
+{
+	size_t row, slice = 0, rows;
+
+	if (__builtin_mul_overflow(width, elem, &row) || ptr % elem)
+		return KVSHIM_EINVAL;
+	if ((height > 1 || depth > 1) && (pitch % elem || pitch < row))
+		return KVSHIM_EINVAL;
+	if (depth > 1 && (height > ysize || __builtin_mul_overflow(pitch, ysize, &slice)))
+		return KVSHIM_EINVAL;
+	if (__builtin_mul_overflow(depth - 1, slice, bytes) ||
+	    __builtin_mul_overflow(height - 1, pitch, &rows) ||
+	    __builtin_add_overflow(*bytes, rows, bytes) ||
+	    __builtin_add_overflow(*bytes, row, bytes))
+		return KVSHIM_EINVAL;
+	return 0;
+}
+
+int kv_policy_memset_pitched(CUdeviceptr ptr, size_t elem, size_t width,
+			     size_t height, size_t depth, size_t pitch,
+			     size_t ysize)
+{
+	kv_alloc_t *a = running();
+	CUdeviceptr base;
+	size_t size, bytes;
+	int rc;
+
+	if (!a || !width || !height || !depth || kv_alloc_find(a, ptr, &base, &size))
+		return 0;
+	rc = box_bytes(ptr, elem, width, height, depth, pitch, ysize, &bytes);
+	if (rc)
+		return rc;
+	if (bytes > size - (ptr - base))
+		return KVSHIM_ERANGE;
+	rc = kv_alloc_map(a, ptr, bytes);
+	return rc ? rc : 1;
+}
+
 int kv_policy_touch(CUdeviceptr ptr, size_t bytes)
 {
 	kv_alloc_t *a = running();

@@ -45,6 +45,22 @@ int kv_policy_free(CUdeviceptr ptr);
 int kv_policy_memset(CUdeviceptr ptr, size_t count, size_t elem, int zero,
 		     struct kv_policy_run **runs, size_t *nruns);
 
+/*
+ * A pitched memset: depth slices of height rows of width elements of elem
+ * bytes at ptr, rows pitch bytes apart, slices pitch * ysize bytes apart (a
+ * 2D memset is one slice). Its rows may land on any page of the box they
+ * span, so every page of it is backed, whatever the value. Returns 0 to pass
+ * the call through (ptr in no span, or nothing to set); 1 when ptr is in a
+ * span and the box is backed (the caller then makes the call whole); or a
+ * negative error, nothing changed: KVSHIM_EINVAL where the driver would
+ * refuse the call (sizes that overflow, ptr or the pitch not aligned to
+ * elem, a pitch narrower than a row, slices that overlap), KVSHIM_ERANGE
+ * when the box runs past the span's end, or the allocator's error.
+ */
+int kv_policy_memset_pitched(CUdeviceptr ptr, size_t elem, size_t width,
+			     size_t height, size_t depth, size_t pitch,
+			     size_t ysize);
+
 /* A copy is about to read or write [ptr, ptr + bytes): back whatever span
  * pages it covers (they keep that claim until the span is released).
  * Returns 0 (also when ptr is no span), KVSHIM_ERANGE when the range runs

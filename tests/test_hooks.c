@@ -20,6 +20,12 @@ typedef CUresult (*set8a_fn)(CUdeviceptr, unsigned char, size_t, CUstream);
 typedef CUresult (*set16a_fn)(CUdeviceptr, unsigned short, size_t, CUstream);
 typedef CUresult (*set32a_fn)(CUdeviceptr, unsigned int, size_t, CUstream);
 
+typedef CUresult (*set2d8_fn)(CUdeviceptr, size_t, unsigned char, size_t, size_t);
+typedef CUresult (*set2d16_fn)(CUdeviceptr, size_t, unsigned short, size_t, size_t);
+typedef CUresult (*set2d32_fn)(CUdeviceptr, size_t, unsigned int, size_t, size_t);
+typedef CUresult (*set2d8a_fn)(CUdeviceptr, size_t, unsigned char, size_t, size_t, CUstream);
+typedef CUresult (*set2d32a_fn)(CUdeviceptr, size_t, unsigned int, size_t, size_t, CUstream);
+
 /* One memset function of each family, the shim's and the driver's. */
 struct sets {
 	set8_fn d8;
@@ -28,6 +34,11 @@ struct sets {
 	set8a_fn d8a;
 	set16a_fn d16a;
 	set32a_fn d32a;
+	set2d8_fn d2d8;
+	set2d16_fn d2d16;
+	set2d32_fn d2d32;
+	set2d8a_fn d2d8a;
+	set2d32a_fn d2d32a;
 };
 
 static struct sets drv;      /* the driver's own, found before kvshim loads */
@@ -46,6 +57,11 @@ static void find_sets(struct sets *s, void *(*sym)(const char *))
 	*(void **)&s->d8a = sym("cuMemsetD8Async");
 	*(void **)&s->d16a = sym("cuMemsetD16Async");
 	*(void **)&s->d32a = sym("cuMemsetD32Async");
+	*(void **)&s->d2d8 = sym("cuMemsetD2D8_v2");
+	*(void **)&s->d2d16 = sym("cuMemsetD2D16_v2");
+	*(void **)&s->d2d32 = sym("cuMemsetD2D32_v2");
+	*(void **)&s->d2d8a = sym("cuMemsetD2D8Async");
+	*(void **)&s->d2d32a = sym("cuMemsetD2D32Async");
 }
 
 static void *lib_sym(const char *name)
@@ -63,6 +79,8 @@ static void open_lib(void)
 	ck_assert_msg(lib != NULL, "dlopen %s: %s", path, dlerror());
 	find_sets(&shim, lib_sym);
 	ck_assert(shim.d8 && shim.d16 && shim.d32 && shim.d8a && shim.d16a && shim.d32a);
+	ck_assert_msg(shim.d2d8 && shim.d2d16 && shim.d2d32 && shim.d2d8a && shim.d2d32a,
+		      "libkvshim.so does not interpose the 2D memsets");
 	*(void **)&reserve = dlsym(lib, "kvshim_reserve");
 	*(void **)&release = dlsym(lib, "kvshim_release");
 	*(void **)&map = dlsym(lib, "kvshim_map");
@@ -198,6 +216,55 @@ START_TEST(test_memset_misaligned)
 }
 END_TEST
 
+/*
+ * 2D memsets on a span: the rows' pages are backed first (a lazy span's
+ * unbacked pages would be an illegal address), and what the driver refuses
+ * is refused with its code before any page is backed.
+ */
+START_TEST(test_memset2d_on_span)
+{
+	CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+	unsigned int word = 0;
+	CUdeviceptr p;
+	size_t before;
+
+	open_lib();
+	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
+	ck_assert_ptr_nonnull(dtoh);
+	p = span8();
+	before = mapped();
+	/* 3 rows of 16 words, one at the start of pages 2, 3 and 4 */
+	ck_assert_int_eq(shim.d2d32(p + 2 * PG, PG, 0x0a0b0c0d, 16, 3), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 3 * PG);
+	ck_assert_int_eq(dtoh(&word, p + 4 * PG + 60, 4), CUDA_SUCCESS);
+	ck_assert_uint_eq(word, 0x0a0b0c0d);
+	ck_assert_int_eq(dtoh(&word, p + 4 * PG + 64, 4), CUDA_SUCCESS);
+	ck_assert_uint_eq(word, 0);
+	ck_assert_int_eq(shim.d2d8a(p + 5 * PG, 64, 0, 64, 2, NULL), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 4 * PG);
+	ck_assert_int_eq(shim.d2d16(p, 64, 1, 8, 4), CUDA_SUCCESS);   /* page 0 */
+	ck_assert_uint_eq(mapped(), before + 4 * PG);
+	before = mapped();
+
+	/* refused by the driver, refused alike, nothing backed */
+	ck_assert_int_eq(drv.d2d32(p, 64, 1, BIG32, 1), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d32(p + 6 * PG, 64, 1, BIG32, 1), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(drv.d2d8(p, SIZE_MAX / 2, 1, 4, 4), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d8(p + 6 * PG, SIZE_MAX / 2, 1, 4, 4), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(drv.d2d8(p, 4 * PG, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d8(p + 6 * PG, PG, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d32a(p + 6 * PG, PG, 1, 4, 3, NULL), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(drv.d2d8(p, 2, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d8(p + 6 * PG, 2, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(drv.d2d16(p + 1, 64, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d16(p + 6 * PG + 1, 64, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(drv.d2d32(p, 66, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d32(p + 6 * PG, 66, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_uint_eq(mapped(), before);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+}
+END_TEST
+
 /* A copy into or out of a span that runs past its end: invalid value, as
  * from the driver, and nothing backed. */
 START_TEST(test_copy_past_span_end)
@@ -263,6 +330,7 @@ Suite *hooks_suite(void)
 	tcase_add_test(tc, test_memset_misaligned);
 	tcase_add_test(tc, test_memset_in_span);
 	tcase_add_test(tc, test_copy_past_span_end);
+	tcase_add_test(tc, test_memset2d_on_span);
 	suite_add_tcase(s, tc);
 	return s;
 }

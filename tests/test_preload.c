@@ -167,6 +167,12 @@ START_TEST(test_memset_bounds)
 }
 END_TEST
 
+START_TEST(test_memset_2d)
+{
+	expect_pass(PROG, "memset-2d", 1, NULL);
+}
+END_TEST
+
 START_TEST(test_size_policy)
 {
 	static const char *const env[] = { "KVSHIM_MIN_BYTES=32M", NULL };
@@ -301,6 +307,7 @@ Suite *preload_suite(void)
 	kt_add_emu(tc, test_window);
 	kt_add_emu(tc, test_memset_memcpy);
 	kt_add_emu(tc, test_memset_bounds);
+	kt_add_emu(tc, test_memset_2d);
 	kt_add_emu(tc, test_size_policy);
 	kt_add_emu(tc, test_meminfo_virtual);
 	kt_add_emu(tc, test_meminfo_real);

@@ -166,6 +166,44 @@ static void case_memset_bounds(void)
 	EXPECT(cudaFree(kvp) == cudaSuccess);
 }
 
+/* The runtime's 2D and 3D memsets on a lazy span: the pages their rows
+ * cover are backed first; a range past the span's end is refused. */
+static void case_memset_2d(void)
+{
+	struct cudaPitchedPtr pp;
+	struct cudaExtent x = { 64, 2, 2 };
+	char *kvp = NULL, host[64];
+	size_t before;
+
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&kvp, 32 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	before = stats().mapped_bytes;
+	/* two rows of 64 bytes, at the start of pages 1 and 2 */
+	EXPECT(cudaMemset2D(kvp + PG, PG, 0x3c, 64, 2) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + 2 * PG);
+	EXPECT(cudaMemcpy(host, kvp + 2 * PG, 64, cudaMemcpyDeviceToHost) == cudaSuccess);
+	EXPECT(host[0] == 0x3c && host[63] == 0x3c);
+	EXPECT(cudaMemset2DAsync(kvp + 4 * PG, 64, 0x3d, 64, 2, 0) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + 3 * PG);
+	/* 2 slices of 2 rows: rows PG apart, slices 2 PG apart, from page 6 */
+	pp.ptr = kvp + 6 * PG;
+	pp.pitch = PG;
+	pp.xsize = 64;
+	pp.ysize = 2;
+	EXPECT(cudaMemset3D(pp, 0x3e, x) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + 7 * PG);
+	EXPECT(cudaMemcpy(host, kvp + 9 * PG, 64, cudaMemcpyDeviceToHost) == cudaSuccess);
+	EXPECT(host[0] == 0x3e && host[63] == 0x3e);
+	before = stats().mapped_bytes;
+	EXPECT(cudaMemset2D(kvp + 12 * PG, PG, 1, 64, 8) == cudaErrorInvalidValue);
+	pp.ptr = kvp + 12 * PG;
+	pp.pitch = 2 * PG;
+	EXPECT(cudaMemset3DAsync(pp, 1, x, 0) == cudaErrorInvalidValue);
+	EXPECT(stats().mapped_bytes == before);
+	EXPECT(cudaFree(kvp) == cudaSuccess);
+}
+
 /* Size policy: KVSHIM_MIN_BYTES=32M makes large allocations spans mapped
  * in full, without any window. */
 static void case_size_policy(void)
@@ -492,6 +530,7 @@ static const struct {
 	{ "window", case_window, 1 },
 	{ "memset-memcpy", case_memset_memcpy, 1 },
 	{ "memset-bounds", case_memset_bounds, 1 },
+	{ "memset-2d", case_memset_2d, 1 },
 	{ "size-policy", case_size_policy, 1 },
 	{ "meminfo", case_meminfo, 1 },
 	{ "meminfo-share", case_meminfo_share, 1 },
