@@ -118,7 +118,7 @@ int kv_policy_memset(CUdeviceptr ptr, size_t count, size_t elem, int zero,
 		*runs = malloc(sizeof(**runs));
 		if (!*runs)
 			return KVSHIM_ENOMEM;
-		rc = kv_alloc_map(a, ptr, bytes);
+		rc = kv_alloc_pin(a, ptr, bytes);
 		if (rc) {
 			free(*runs);
 			return rc;
@@ -128,12 +128,13 @@ int kv_policy_memset(CUdeviceptr ptr, size_t count, size_t elem, int zero,
 		*nruns = 1;
 		return 1;
 	}
-	rc = kv_alloc_claim_mapped(a, ptr, bytes, &mapped, &n);
+	rc = kv_alloc_pin_mapped(a, ptr, bytes, &mapped, &n);
 	if (rc)
 		return rc;
+	/* (the pins stay if this fails: a pin only keeps a page backed until
+	 * its span goes, and pinning again changes nothing) */
 	*runs = malloc((n ? n : 1) * sizeof(**runs));
 	if (!*runs) {
-		kv_alloc_unmap_many(a, mapped, n);     /* the claims just added */
 		free(mapped);
 		return KVSHIM_ENOMEM;
 	}
@@ -183,7 +184,7 @@ int kv_policy_memset_pitched(CUdeviceptr ptr, size_t elem, size_t width,
 		return rc;
 	if (bytes > size - (ptr - base))
 		return KVSHIM_ERANGE;
-	rc = kv_alloc_map(a, ptr, bytes);
+	rc = kv_alloc_pin(a, ptr, bytes);
 	return rc ? rc : 1;
 }
 
@@ -193,7 +194,7 @@ int kv_policy_touch(CUdeviceptr ptr, size_t bytes)
 
 	if (!a || bytes == 0 || kv_alloc_find(a, ptr, NULL, NULL))
 		return 0;
-	return kv_alloc_map(a, ptr, bytes);
+	return kv_alloc_pin(a, ptr, bytes);
 }
 
 void kv_policy_meminfo(size_t *free_bytes, size_t *total)

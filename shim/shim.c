@@ -187,6 +187,21 @@ kv_alloc_t *kv_shim_running(void)
 	return __atomic_load_n(&started, __ATOMIC_ACQUIRE) ? alloc : NULL;
 }
 
+void kv_shim_capture(int begin)
+{
+	kv_alloc_t *a;
+
+	if (begin) {
+		kv_prim_capture_begin();
+		return;
+	}
+	kv_prim_capture_end();
+	/* work put off during the capture (unmaps that need a fence) */
+	a = kv_shim_running();
+	if (a && !kv_prim_capturing())
+		kv_alloc_wake(a);
+}
+
 const struct kv_config *kv_shim_config(void)
 {
 	return __atomic_load_n(&configured, __ATOMIC_ACQUIRE) ? &config : NULL;
