@@ -19,6 +19,13 @@ void kv_shim_forked(void);
  */
 void kv_shim_set_sweep(int (*sweep)(void));
 
+/* A stream capture begins (begin 1: before the driver's call) or ends
+ * (begin 0: after it, or after a begin that failed). While any capture is
+ * in progress kvshim makes no context-wide synchronisation: unmaps that
+ * need a fence wait for the end, when the worker is woken to do them.
+ * (Here, not in shim.h: the hooks of the capture calls are its callers.) */
+void kv_shim_capture(int begin);
+
 /* The CUDA driver library's handle (libcuda.so.1, opened by the allocator's
  * primitive layer on first use), or NULL without a driver. */
 void *kv_shim_driver(void);

@@ -25,12 +25,6 @@ const struct kv_config *kv_shim_settings(void);
 /* The allocator if it has started, else NULL; never starts it. */
 kv_alloc_t *kv_shim_running(void);
 
-/* A stream capture begins (begin 1: before the driver's call) or ends
- * (begin 0: after it, or after a begin that failed). While any capture is
- * in progress kvshim makes no context-wide synchronisation: unmaps that
- * need a fence wait for the end, when the worker is woken to do them. */
-void kv_shim_capture(int begin);
-
 /* The configuration as read at start-up; NULL before it. */
 const struct kv_config *kv_shim_config(void);
 
