@@ -232,6 +232,34 @@ int kv_prim_open(kv_prim_t *p, int ordinal, size_t page)
 	return rc;
 }
 
+int kv_prim_device_info(int ordinal, size_t *total, size_t *gran)
+{
+	CUmemAllocationProp prop;
+	CUdevice dev;
+	CUresult r;
+
+	pthread_once(&load_once, load);
+	if (load_rc)
+		return load_rc;
+	r = drv.cuInit(0);
+	if (r == CUDA_ERROR_NO_DEVICE)
+		return KVSHIM_ENODEV;
+	CALL("cuInit", r);
+	r = drv.cuDeviceGet(&dev, ordinal);
+	if (r == CUDA_ERROR_INVALID_DEVICE)
+		return KVSHIM_EINVAL;
+	CALL("cuDeviceGet", r);
+	CALL("cuDeviceTotalMem", drv.cuDeviceTotalMem_v2(total, dev));
+	memset(&prop, 0, sizeof(prop));
+	prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+	prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	prop.location.id = dev;
+	CALL("cuMemGetAllocationGranularity",
+	     drv.cuMemGetAllocationGranularity(gran, &prop,
+					      CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+	return 0;
+}
+
 void kv_prim_close(kv_prim_t *p)
 {
 	if (!p->ctx)

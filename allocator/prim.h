@@ -38,6 +38,13 @@ typedef struct kv_prim_s {
  * support) or KVSHIM_EDRIVER. */
 int kv_prim_open(kv_prim_t *p, int ordinal, size_t page);
 
+/* What must be known of device ordinal before kvshim opens it (to check
+ * the configuration against it): its memory in *total and its allocation
+ * granularity in *gran. Loads and initialises the driver; retains no
+ * context. Returns 0, KVSHIM_ENODEV (no driver, or it sees no device),
+ * KVSHIM_EINVAL (the driver has no device ordinal) or KVSHIM_EDRIVER. */
+int kv_prim_device_info(int ordinal, size_t *total, size_t *gran);
+
 /* Drop the primary context and the stream. Safe on a zeroed p. */
 void kv_prim_close(kv_prim_t *p);
 

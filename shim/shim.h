@@ -6,6 +6,7 @@
 #define KV_SHIM_H
 
 #include "alloc.h"
+#include "boundary.h"
 #include "config.h"
 
 /*
@@ -24,17 +25,12 @@ const struct kv_config *kv_shim_settings(void);
 /* The allocator if it has started, else NULL; never starts it. */
 kv_alloc_t *kv_shim_running(void);
 
-/* A stream capture begins (begin 1: before the driver's call) or ends
- * (begin 0: after it, or after a begin that failed). While any capture is
- * in progress kvshim makes no context-wide synchronisation: unmaps that
- * need a fence wait for the end, when the worker is woken to do them. */
-void kv_shim_capture(int begin);
-
 /* The configuration as read at start-up; NULL before it. */
 const struct kv_config *kv_shim_config(void);
 
-/* Reset after fork, in the child (see shim.c). */
-void kv_shim_forked(void);
+/* Run the sweep hooks/ registered (kv_shim_set_sweep), if any. Returns the
+ * call sites it patched, or 0 without one. */
+int kv_shim_sweep(void);
 
 /* Release everything kvshim holds; the next call starts it again. For
  * tests and orderly shutdown, not for use while other threads call in. */

@@ -194,7 +194,7 @@ END_TEST
  */
 START_TEST(test_copies_pin)
 {
-	struct kv_run *runs = NULL;
+	struct kv_policy_run *runs = NULL;
 	size_t nruns = 0;
 	CUdeviceptr b = blk(0, 0);
 	int i;
@@ -202,10 +202,10 @@ START_TEST(test_copies_pin)
 	for (i = 0; i < 100; i++)
 		ck_assert_int_eq(kv_policy_touch(b + 64, 4096), 0);
 	ck_assert_int_eq(kv_alloc_claims(a, b), 0);
-	ck_assert_int_eq(kv_policy_memset(b, 128, 1, &runs, &nruns), 1);
+	ck_assert_int_eq(kv_policy_memset(b, 128, 1, 1, &runs, &nruns), 1);
 	ck_assert_uint_eq(nruns, 1);
 	free(runs);
-	ck_assert_int_eq(kv_policy_memset(b, 128, 0, &runs, &nruns), 1);
+	ck_assert_int_eq(kv_policy_memset(b, 128, 1, 0, &runs, &nruns), 1);
 	free(runs);
 	ck_assert_int_eq(kv_alloc_claims(a, b), 0);
 	/* a block on the pinned page claims and lets go as usual; the page

@@ -116,25 +116,30 @@ static void run_copy(void *arg)
     memmove((void *)o->u.copy.dst, (const void *)o->u.copy.src, o->u.copy.n);
 }
 
-static void run_set(void *arg)
+static void set_row(void *dst, size_t n, unsigned int value, int width)
 {
-    const kv_emu_op_t *o = arg;
-    void *dst = (void *)o->u.set.dst;
-    size_t n = o->u.set.n;
-
-    switch (o->u.set.width) {
+    switch (width) {
     case 1:
-        memset(dst, (int)(o->u.set.value & 0xff), n);
+        memset(dst, (int)(value & 0xff), n);
         break;
     case 2:
         for (size_t i = 0; i < n; i++)
-            ((unsigned short *)dst)[i] = (unsigned short)o->u.set.value;
+            ((unsigned short *)dst)[i] = (unsigned short)value;
         break;
     default:
         for (size_t i = 0; i < n; i++)
-            ((unsigned int *)dst)[i] = o->u.set.value;
+            ((unsigned int *)dst)[i] = value;
         break;
     }
+}
+
+static void run_set(void *arg)
+{
+    const kv_emu_op_t *o = arg;
+    char *row = (char *)o->u.set.dst;
+
+    for (size_t i = 0; i < o->u.set.height; i++, row += o->u.set.pitch)
+        set_row(row, o->u.set.n, o->u.set.value, o->u.set.width);
 }
 
 static void run_kernel(void *arg)
@@ -182,7 +187,7 @@ CUresult kv_emu_run(const kv_emu_op_t *op)
 
     switch (op->kind) {
     case KV_OP_SET:
-        if (op->u.set.n == 0)
+        if (op->u.set.n == 0 || op->u.set.height == 0)
             return CUDA_SUCCESS;
         fn = run_set;
         break;
@@ -276,6 +281,7 @@ static CUresult set(enum kv_emu_fn fn, CUdeviceptr dst, unsigned int value, size
         return CUDA_ERROR_INVALID_VALUE;
     o.u.set.dst = dst;
     o.u.set.n = n;
+    o.u.set.height = 1;
     o.u.set.value = value;
     o.u.set.width = width;
     return submit(fn, async, s, dst, 0, n * (size_t)width, &o);
@@ -325,6 +331,84 @@ KV_EMU_API CUresult cuMemsetD32Async(CUdeviceptr dstDevice, unsigned int ui, siz
     return set(KV_FN_cuMemsetD32Async, dstDevice, ui, N, 4, true, hStream);
 }
 KV_EMU_ALIAS(cuMemsetD32Async);
+
+/*
+ * 2D memsets: height rows of n elements, pitch bytes apart. The driver refuses a start or a
+ * pitch not aligned to the element, a pitch narrower than a row (rows would overlap; the pitch
+ * is unused with one row), sizes whose span does not fit in size_t, and a span not inside one
+ * allocation or reservation.
+ */
+static CUresult set2d(enum kv_emu_fn fn, CUdeviceptr dst, size_t pitch, unsigned int value,
+                      size_t n, size_t height, int width, bool async, CUstream s)
+{
+    kv_emu_op_t o = { .kind = KV_OP_SET };
+    size_t row, span = 0;
+
+    if (dst % (CUdeviceptr)width || __builtin_mul_overflow(n, (size_t)width, &row))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (height > 1 && (pitch % (size_t)width || pitch < row))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (n && height && (__builtin_mul_overflow(height - 1, pitch, &span) ||
+                        __builtin_add_overflow(span, row, &span) || !dst))
+        return CUDA_ERROR_INVALID_VALUE;
+    o.u.set.dst = dst;
+    o.u.set.n = n;
+    o.u.set.height = height;
+    o.u.set.pitch = pitch;
+    o.u.set.value = value;
+    o.u.set.width = width;
+    return submit(fn, async, s, dst, 0, n && height ? span : 0, &o);
+}
+
+KV_EMU_API CUresult cuMemsetD2D8_v2(CUdeviceptr dstDevice, size_t dstPitch, unsigned char uc,
+                                    size_t Width, size_t Height)
+{
+    KV_EMU_ENTER(cuMemsetD2D8_v2);
+    return set2d(KV_FN_cuMemsetD2D8_v2, dstDevice, dstPitch, uc, Width, Height, 1, false, NULL);
+}
+KV_EMU_ALIAS(cuMemsetD2D8_v2);
+
+KV_EMU_API CUresult cuMemsetD2D16_v2(CUdeviceptr dstDevice, size_t dstPitch, unsigned short us,
+                                     size_t Width, size_t Height)
+{
+    KV_EMU_ENTER(cuMemsetD2D16_v2);
+    return set2d(KV_FN_cuMemsetD2D16_v2, dstDevice, dstPitch, us, Width, Height, 2, false, NULL);
+}
+KV_EMU_ALIAS(cuMemsetD2D16_v2);
+
+KV_EMU_API CUresult cuMemsetD2D32_v2(CUdeviceptr dstDevice, size_t dstPitch, unsigned int ui,
+                                     size_t Width, size_t Height)
+{
+    KV_EMU_ENTER(cuMemsetD2D32_v2);
+    return set2d(KV_FN_cuMemsetD2D32_v2, dstDevice, dstPitch, ui, Width, Height, 4, false, NULL);
+}
+KV_EMU_ALIAS(cuMemsetD2D32_v2);
+
+KV_EMU_API CUresult cuMemsetD2D8Async(CUdeviceptr dstDevice, size_t dstPitch, unsigned char uc,
+                                      size_t Width, size_t Height, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemsetD2D8Async);
+    return set2d(KV_FN_cuMemsetD2D8Async, dstDevice, dstPitch, uc, Width, Height, 1, true, hStream);
+}
+KV_EMU_ALIAS(cuMemsetD2D8Async);
+
+KV_EMU_API CUresult cuMemsetD2D16Async(CUdeviceptr dstDevice, size_t dstPitch, unsigned short us,
+                                       size_t Width, size_t Height, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemsetD2D16Async);
+    return set2d(KV_FN_cuMemsetD2D16Async, dstDevice, dstPitch, us, Width, Height, 2, true,
+                 hStream);
+}
+KV_EMU_ALIAS(cuMemsetD2D16Async);
+
+KV_EMU_API CUresult cuMemsetD2D32Async(CUdeviceptr dstDevice, size_t dstPitch, unsigned int ui,
+                                       size_t Width, size_t Height, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemsetD2D32Async);
+    return set2d(KV_FN_cuMemsetD2D32Async, dstDevice, dstPitch, ui, Width, Height, 4, true,
+                 hStream);
+}
+KV_EMU_ALIAS(cuMemsetD2D32Async);
 
 KV_EMU_API CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount)
 {

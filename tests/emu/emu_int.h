@@ -116,6 +116,12 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
     X(cuMemsetD8Async, 3020)                                             \
     X(cuMemsetD16Async, 3020)                                            \
     X(cuMemsetD32Async, 3020)                                            \
+    X(cuMemsetD2D8_v2, 3020)                                             \
+    X(cuMemsetD2D16_v2, 3020)                                            \
+    X(cuMemsetD2D32_v2, 3020)                                            \
+    X(cuMemsetD2D8Async, 3020)                                           \
+    X(cuMemsetD2D16Async, 3020)                                          \
+    X(cuMemsetD2D32Async, 3020)                                          \
     X(cuMemcpy, 4000)                                                    \
     X(cuMemcpyAsync, 4000)                                               \
     X(cuMemcpyHtoD_v2, 3020)                                             \
@@ -301,7 +307,8 @@ typedef struct kv_emu_op_s {
     union {
         struct {
             CUdeviceptr dst;
-            size_t n;               /* elements of width bytes */
+            size_t n;               /* elements of width bytes in a row */
+            size_t height, pitch;   /* rows, and bytes from one row to the next (1D: 1, 0) */
             unsigned int value;
             int width;
         } set;

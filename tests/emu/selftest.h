@@ -55,6 +55,12 @@
     X(cuMemsetD8Async) \
     X(cuMemsetD16Async) \
     X(cuMemsetD32Async) \
+    X(cuMemsetD2D8_v2) \
+    X(cuMemsetD2D16_v2) \
+    X(cuMemsetD2D32_v2) \
+    X(cuMemsetD2D8Async) \
+    X(cuMemsetD2D16Async) \
+    X(cuMemsetD2D32Async) \
     X(cuMemcpy) \
     X(cuMemcpyAsync) \
     X(cuMemcpyHtoD_v2) \
@@ -97,6 +103,10 @@
     X(cudaMemGetInfo) \
     X(cudaMemset) \
     X(cudaMemsetAsync) \
+    X(cudaMemset2D) \
+    X(cudaMemset2DAsync) \
+    X(cudaMemset3D) \
+    X(cudaMemset3DAsync) \
     X(cudaMemcpy) \
     X(cudaMemcpyAsync) \
     X(cudaMallocAsync) \
@@ -171,6 +181,12 @@ RUNTIME_FUNCS(DECLARE)
 #define cuMemsetD8Async p_cuMemsetD8Async
 #define cuMemsetD16Async p_cuMemsetD16Async
 #define cuMemsetD32Async p_cuMemsetD32Async
+#define cuMemsetD2D8_v2 p_cuMemsetD2D8_v2
+#define cuMemsetD2D16_v2 p_cuMemsetD2D16_v2
+#define cuMemsetD2D32_v2 p_cuMemsetD2D32_v2
+#define cuMemsetD2D8Async p_cuMemsetD2D8Async
+#define cuMemsetD2D16Async p_cuMemsetD2D16Async
+#define cuMemsetD2D32Async p_cuMemsetD2D32Async
 #define cuMemcpy p_cuMemcpy
 #define cuMemcpyAsync p_cuMemcpyAsync
 #define cuMemcpyHtoD_v2 p_cuMemcpyHtoD_v2
@@ -211,6 +227,10 @@ RUNTIME_FUNCS(DECLARE)
 #define cudaMemGetInfo p_cudaMemGetInfo
 #define cudaMemset p_cudaMemset
 #define cudaMemsetAsync p_cudaMemsetAsync
+#define cudaMemset2D p_cudaMemset2D
+#define cudaMemset2DAsync p_cudaMemset2DAsync
+#define cudaMemset3D p_cudaMemset3D
+#define cudaMemset3DAsync p_cudaMemset3DAsync
 #define cudaMemcpy p_cudaMemcpy
 #define cudaMemcpyAsync p_cudaMemcpyAsync
 #define cudaMallocAsync p_cudaMallocAsync
