@@ -243,6 +243,21 @@ int test_capture(void)
     EXPECT_CU(cuGraphExecDestroy(x), CUDA_SUCCESS);
     EXPECT_CU(cuGraphDestroy(g), CUDA_SUCCESS);
 
+    /* A 2D memset is recorded whole and replayed row by row. */
+    memset((void *)a, 0, sizeof(src));
+    EXPECT_CU(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_SUCCESS);
+    EXPECT_CU(cuMemsetD2D8Async(a, 64, 0x5a, 16, 4, s), CUDA_SUCCESS);
+    EXPECT(((unsigned char *)a)[0] == 0);
+    EXPECT_CU(cuStreamEndCapture(s, &g), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphGetNodes(g, NULL, &nn), CUDA_SUCCESS);
+    EXPECT(nn == 1);
+    EXPECT_CU(cuGraphInstantiate(&x, g, 0), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphLaunch(x, s), CUDA_SUCCESS);
+    EXPECT(((unsigned char *)a)[3 * 64 + 15] == 0x5a && ((unsigned char *)a)[16] == 0 &&
+           ((unsigned char *)a)[4 * 64] == 0);
+    EXPECT_CU(cuGraphExecDestroy(x), CUDA_SUCCESS);
+    EXPECT_CU(cuGraphDestroy(g), CUDA_SUCCESS);
+
     /* A graph's replay faults like the operation it recorded. */
     EXPECT_CU(cuMemAddressReserve(&va, PAGE, 0, 0, 0), CUDA_SUCCESS);
     EXPECT_CU(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_SUCCESS);
@@ -374,7 +389,9 @@ int test_capture_allowed(void)
     EXPECT_CU(cuMemsetD32(b + 16, 0x33333333, 2), CUDA_SUCCESS);
     EXPECT_CU(cuMemcpyDtoD(b + 24, b, 24), CUDA_SUCCESS);
     EXPECT_CU(cuMemcpy(b + 48, b, 48), CUDA_SUCCESS);
+    EXPECT_CU(cuMemsetD2D32(b + 128, 64, 0x44444444, 2, 3), CUDA_SUCCESS);
     EXPECT(((unsigned char *)b)[95] == 0x33 && ((unsigned char *)b)[24] == 0x11);
+    EXPECT(((unsigned char *)b)[128 + 2 * 64 + 7] == 0x44 && ((unsigned char *)b)[128 + 8] == 0);
     /* The VMM calls. */
     EXPECT_CU(cuMemAddressReserve(&va, 2 * PAGE, 0, 0, 0), CUDA_SUCCESS);
     EXPECT_CU(cuMemCreate(&h, PAGE, &p, 0), CUDA_SUCCESS);
@@ -398,7 +415,7 @@ int test_capture_allowed(void)
     EXPECT_CU(cuCtxPopCurrent(&c), CUDA_SUCCESS);
     EXPECT(status_of(t) == CU_STREAM_CAPTURE_STATUS_NONE);
     st = cstats();
-    EXPECT(st.eager_ops == st0.eager_ops + 8 && st.invalidated == st0.invalidated &&
+    EXPECT(st.eager_ops == st0.eager_ops + 9 && st.invalidated == st0.invalidated &&
            st.refused == st0.refused && st.captured_ops == st0.captured_ops);
     end_valid(s, __LINE__);
     EXPECT_CU(cuMemFree(b), CUDA_SUCCESS);
