@@ -44,6 +44,22 @@ static int rt_capturing(cudaError_t (*is)(cudaStream_t,
 	return c;
 }
 
+int kv_hooks_captures(CUstream s, int ptsz)
+{
+	if (kv_hooks_driver())
+		return 0;
+	return drv_capturing(ptsz ? kv_real_cuStreamIsCapturing_ptsz :
+				    kv_real_cuStreamIsCapturing, s);
+}
+
+int kv_hooks_rt_captures(cudaStream_t s, int ptsz)
+{
+	if (kv_hooks_runtime())
+		return 0;
+	return rt_capturing(ptsz ? kv_real_cudaStreamIsCapturing_ptsz :
+				   kv_real_cudaStreamIsCapturing, s);
+}
+
 /* ---- the driver's calls ----------------------------------------------------- */
 
 #define DRV_BEGIN(name, params, args)                                      \

@@ -198,6 +198,11 @@ int kv_hooks_attach(int all);
  * wrappers). Cheap when nothing changed. Returns the slots patched. */
 int kv_hooks_sweep(void);
 
+/* 1 when stream s (of the driver or the runtime; ptsz: the per-thread
+ * default stream's form) is capturing into a graph now. */
+int kv_hooks_captures(CUstream s, int ptsz);
+int kv_hooks_rt_captures(cudaStream_t s, int ptsz);
+
 /* What the driver answers for the mistake behind a kvshim_error the
  * policy returned: arguments it would refuse are an invalid value (a range
  * not inside one allocation included); a span that cannot be backed is out
