@@ -953,12 +953,13 @@ class ReadBudgetTest(unittest.TestCase):
         free = list(bm._uninit_block_ids)
         self.assertEqual(p.runner.warmup(model=None), 1.0)
         # nothing taken from the block manager, nothing backed: the fake
-        # request read R tokens and wrote 256, all in the write-trash block
+        # request of R tokens (R - 256 cached, 256 new) read them all and
+        # wrote 256, all in the write-trash block
         self.assertEqual(tr.calls, 0)
         self.assertEqual(list(bm._uninit_block_ids), free)
         self.assertEqual(kvshim.stats()["mapped_bytes"], self.mapped0 + 2 * 2 * MIB)
         (reads_, writes), = p.runner.indices
-        self.assertEqual((len(reads_[0]), len(writes[0])), (1024 + 256, 256))
+        self.assertEqual((len(reads_[0]), len(writes[0])), (1024, 256))
         trash = range(16385 * 16, 16386 * 16)
         self.assertTrue(all(r in trash for r in reads_[0] + writes[0]))
         self.assertEqual(p.cache.group_cache_managers[0].block_table, {})
@@ -983,7 +984,7 @@ class ReadBudgetTest(unittest.TestCase):
             p.runner.warmup(model=None)
         p.cache.allocate_blocks = real
         # the warm-up ran as transformers' own, over R tokens, not 16384 blocks
-        self.assertEqual(seen, [(1024 + 256) // 16])
+        self.assertEqual(seen, [1024 // 16])
         self.assertIn("the warm-up backs the blocks it reads", err.getvalue())
 
     def test_requests_that_could_never_run_are_refused(self):

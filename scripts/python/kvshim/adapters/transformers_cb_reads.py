@@ -357,8 +357,9 @@ _WARMUP_PARAMS = ["self", "model", "num_q_tokens", "max_kv_read"]
 
 
 def patch_runner_module(mod):
-    """ModelRunner.run_one_warmup, on a cache kvshim manages, reads at most
-    the read budget and runs on the padding block."""
+    """ModelRunner.run_one_warmup, on a cache kvshim manages, warms up with a
+    request of R tokens instead of the whole cache (padded, its reads fill
+    the buffers as the largest batch does) and runs on the padding block."""
     cls = getattr(mod, "ModelRunner", None)
     orig = getattr(cls, "run_one_warmup", None)
     try:
@@ -379,7 +380,9 @@ def patch_runner_module(mod):
         if getattr(cache, "kvshim_tracker", None) is None:
             return orig(self, model=model, num_q_tokens=num_q_tokens, max_kv_read=max_kv_read)
         if max_kv_read is not None:
-            max_kv_read = min(max_kv_read, cache.num_pages)
+            # transformers warms up with a request of the whole cache
+            # (num_pages - num_q_tokens cached, num_q_tokens new): one of R
+            max_kv_read = min(max_kv_read, max(cache.num_pages - num_q_tokens, 0))
         with _warmup_on_padding(cache) as on_padding:
             if not on_padding:
                 _warn_once("warmup", "transformers continuous batching not as expected (no "
