@@ -240,7 +240,8 @@ class GpuSampler(threading.Thread):
                 n, used, total = self._nvml, {}, 0
                 for h in self._handles:
                     for p in n.nvmlDeviceGetComputeRunningProcesses(h):
-                        used[p.pid] = used.get(p.pid, 0) + (p.usedGpuMemory or 0)
+                        if p.usedGpuMemory is not None:     # None: not available here
+                            used[p.pid] = used.get(p.pid, 0) + p.usedGpuMemory
                     total += n.nvmlDeviceGetMemoryInfo(h).used
                 return used, total
             apps = subprocess.run(["nvidia-smi", "--query-compute-apps=pid,used_memory",
