@@ -1036,6 +1036,18 @@ class ReadBudgetTest(unittest.TestCase):
         self.assertIn("no Scheduler.add_waiting_request", err.getvalue())
         self.assertIn("no workload hints", err.getvalue())
 
+    def test_cache_not_as_expected(self):
+        # no capacity to read: warned, nothing changed
+        reads._wired.update(reads._NEEDED)
+        cache = types.SimpleNamespace(block_size=16, config=None)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            self.assertIsNone(reads.apply_read_budget(cache, None))
+        self.assertIn("not as expected (", err.getvalue())
+        self.assertIn("num_pages", err.getvalue())
+        self.assertFalse(hasattr(cache, "num_pages"))
+        self.assertFalse(hasattr(cache, "kvshim_read_tokens"))
+
     def test_bad_setting_leaves_the_buffers(self):
         os.environ[reads.READ_TOKENS_VAR] = "lots"
         p = self.build()
