@@ -58,7 +58,7 @@ CUresult kv_hook_cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
  * anything is backed, and a call it refuses gets the driver's answer.
  * ARGS/PASS carry the stream of the async forms.
  */
-#define MEMSET(name, T, elem, ARGS, PASS)                                   \
+#define MEMSET(name, T, elem, ARGS, PASS, CAPTURED)                         \
 CUresult kv_hook_##name(CUdeviceptr p, T v, size_t n ARGS)                 \
 {                                                                          \
 	CUresult e = CUDA_SUCCESS;                                         \
@@ -69,7 +69,7 @@ CUresult kv_hook_##name(CUdeviceptr p, T v, size_t n ARGS)                 \
 	REAL_OR_FAIL(name);                                                \
 	if (kv_in_runtime)                                                 \
 		return kv_real_##name(p, v, n PASS);                       \
-	rc = kv_policy_memset(p, n, (elem), v == 0, &r, &k);               \
+	rc = kv_policy_memset(p, n, (elem), v == 0 && !(CAPTURED), &r, &k); \
 	if (rc == 0)                                                       \
 		return kv_real_##name(p, v, n PASS);                       \
 	if (rc < 0)                                                        \
@@ -83,18 +83,26 @@ CUresult kv_hook_##name(CUdeviceptr p, T v, size_t n ARGS)                 \
 #define SYNC
 #define ASYNC_ARGS , CUstream s
 #define ASYNC_PASS , s
-MEMSET(cuMemsetD8_v2, unsigned char, 1, SYNC, SYNC)
-MEMSET(cuMemsetD8_v2_ptds, unsigned char, 1, SYNC, SYNC)
-MEMSET(cuMemsetD16_v2, unsigned short, 2, SYNC, SYNC)
-MEMSET(cuMemsetD16_v2_ptds, unsigned short, 2, SYNC, SYNC)
-MEMSET(cuMemsetD32_v2, unsigned int, 4, SYNC, SYNC)
-MEMSET(cuMemsetD32_v2_ptds, unsigned int, 4, SYNC, SYNC)
-MEMSET(cuMemsetD8Async, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS)
-MEMSET(cuMemsetD8Async_ptsz, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS)
-MEMSET(cuMemsetD16Async, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS)
-MEMSET(cuMemsetD16Async_ptsz, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS)
-MEMSET(cuMemsetD32Async, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
-MEMSET(cuMemsetD32Async_ptsz, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
+/* A memset captured into a graph sets, at every replay, whatever pages are
+ * there then: it is never cut to the pages mapped at capture. */
+MEMSET(cuMemsetD8_v2, unsigned char, 1, SYNC, SYNC, 0)
+MEMSET(cuMemsetD8_v2_ptds, unsigned char, 1, SYNC, SYNC, 0)
+MEMSET(cuMemsetD16_v2, unsigned short, 2, SYNC, SYNC, 0)
+MEMSET(cuMemsetD16_v2_ptds, unsigned short, 2, SYNC, SYNC, 0)
+MEMSET(cuMemsetD32_v2, unsigned int, 4, SYNC, SYNC, 0)
+MEMSET(cuMemsetD32_v2_ptds, unsigned int, 4, SYNC, SYNC, 0)
+MEMSET(cuMemsetD8Async, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS,
+       kv_hooks_captures(s, 0))
+MEMSET(cuMemsetD8Async_ptsz, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS,
+       kv_hooks_captures(s, 1))
+MEMSET(cuMemsetD16Async, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS,
+       kv_hooks_captures(s, 0))
+MEMSET(cuMemsetD16Async_ptsz, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS,
+       kv_hooks_captures(s, 1))
+MEMSET(cuMemsetD32Async, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS,
+       kv_hooks_captures(s, 0))
+MEMSET(cuMemsetD32Async_ptsz, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS,
+       kv_hooks_captures(s, 1))
 
 /*
  * 2D memsets: every page of the box the rows span is backed first (a zero

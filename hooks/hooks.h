@@ -72,6 +72,15 @@
 	X(cuMemcpyDtoHAsync_v2_ptsz, CUresult, (void *, CUdeviceptr, size_t, CUstream)) \
 	X(cuMemcpyDtoDAsync_v2, CUresult, (CUdeviceptr, CUdeviceptr, size_t, CUstream)) \
 	X(cuMemcpyDtoDAsync_v2_ptsz, CUresult, (CUdeviceptr, CUdeviceptr, size_t, CUstream)) \
+	X(cuStreamBeginCapture_v2, CUresult, (CUstream, CUstreamCaptureMode)) \
+	X(cuStreamBeginCapture_v2_ptsz, CUresult, (CUstream, CUstreamCaptureMode)) \
+	X(cuStreamBeginCaptureToGraph, CUresult, (CUstream, CUgraph, const CUgraphNode *, \
+		const CUgraphEdgeData *, size_t, CUstreamCaptureMode))        \
+	X(cuStreamBeginCaptureToGraph_ptsz, CUresult, (CUstream, CUgraph,     \
+		const CUgraphNode *, const CUgraphEdgeData *, size_t,         \
+		CUstreamCaptureMode))                                         \
+	X(cuStreamEndCapture, CUresult, (CUstream, CUgraph *))                \
+	X(cuStreamEndCapture_ptsz, CUresult, (CUstream, CUgraph *))           \
 	X(cuGetProcAddress, CUresult, (const char *, void **, int, cuuint64_t)) \
 	X(cuGetProcAddress_v2, CUresult, (const char *, void **, int, cuuint64_t, \
 					  CUdriverProcAddressQueryResult *))
@@ -102,6 +111,17 @@
 					 cudaStream_t))                        \
 	X(cudaMemcpyAsync_ptsz, cudaError_t, (void *, const void *, size_t,    \
 					      enum cudaMemcpyKind, cudaStream_t)) \
+	X(cudaStreamBeginCapture, cudaError_t, (cudaStream_t, enum cudaStreamCaptureMode)) \
+	X(cudaStreamBeginCapture_ptsz, cudaError_t, (cudaStream_t,            \
+		enum cudaStreamCaptureMode))                                  \
+	X(cudaStreamBeginCaptureToGraph, cudaError_t, (cudaStream_t, cudaGraph_t, \
+		const cudaGraphNode_t *, const cudaGraphEdgeData *, size_t,   \
+		enum cudaStreamCaptureMode))                                  \
+	X(cudaStreamBeginCaptureToGraph_ptsz, cudaError_t, (cudaStream_t,     \
+		cudaGraph_t, const cudaGraphNode_t *, const cudaGraphEdgeData *, \
+		size_t, enum cudaStreamCaptureMode))                          \
+	X(cudaStreamEndCapture, cudaError_t, (cudaStream_t, cudaGraph_t *))   \
+	X(cudaStreamEndCapture_ptsz, cudaError_t, (cudaStream_t, cudaGraph_t *)) \
 	X(cudaMallocAsync, cudaError_t, (void **, size_t, cudaStream_t))      \
 	X(cudaMallocAsync_ptsz, cudaError_t, (void **, size_t, cudaStream_t)) \
 	X(cudaFreeAsync, cudaError_t, (void *, cudaStream_t))                 \
@@ -117,9 +137,22 @@
 		void **, unsigned int, unsigned long long,                    \
 		enum cudaDriverEntryPointQueryResult *))
 
+/* Real functions the hooks call that are not hooked themselves. */
+#define KV_DRIVER_REALS(X)                                                    \
+	X(cuStreamIsCapturing, CUresult, (CUstream, CUstreamCaptureStatus *))  \
+	X(cuStreamIsCapturing_ptsz, CUresult, (CUstream, CUstreamCaptureStatus *))
+
+#define KV_RUNTIME_REALS(X)                                                   \
+	X(cudaStreamIsCapturing, cudaError_t, (cudaStream_t,                  \
+		enum cudaStreamCaptureStatus *))                              \
+	X(cudaStreamIsCapturing_ptsz, cudaError_t, (cudaStream_t,             \
+		enum cudaStreamCaptureStatus *))
+
 #define KV_DECLARE_REAL(name, ret, args) extern ret (*kv_real_##name) args;
 KV_DRIVER_HOOKS(KV_DECLARE_REAL)
 KV_RUNTIME_HOOKS(KV_DECLARE_REAL)
+KV_DRIVER_REALS(KV_DECLARE_REAL)
+KV_RUNTIME_REALS(KV_DECLARE_REAL)
 #undef KV_DECLARE_REAL
 
 /* The wrappers, by C name kv_hook_<name>; their exported symbols carry the
@@ -164,6 +197,11 @@ int kv_hooks_attach(int all);
  * does (a module loaded with RTLD_DEEPBIND binds past the preloaded
  * wrappers). Cheap when nothing changed. Returns the slots patched. */
 int kv_hooks_sweep(void);
+
+/* 1 when stream s (of the driver or the runtime; ptsz: the per-thread
+ * default stream's form) is capturing into a graph now. */
+int kv_hooks_captures(CUstream s, int ptsz);
+int kv_hooks_rt_captures(cudaStream_t s, int ptsz);
 
 /* What the driver answers for the mistake behind a kvshim_error the
  * policy returned: arguments it would refuse are an invalid value (a range

@@ -17,6 +17,8 @@
 #define KV_DEFINE_REAL(name, ret, args) ret (*kv_real_##name) args;
 KV_DRIVER_HOOKS(KV_DEFINE_REAL)
 KV_RUNTIME_HOOKS(KV_DEFINE_REAL)
+KV_DRIVER_REALS(KV_DEFINE_REAL)
+KV_RUNTIME_REALS(KV_DEFINE_REAL)
 #undef KV_DEFINE_REAL
 
 __thread int kv_in_runtime;
@@ -32,6 +34,10 @@ struct entry {
 static const struct entry driver_entries[] = { KV_DRIVER_HOOKS(KV_ENTRY) };
 static const struct entry runtime_entries[] = { KV_RUNTIME_HOOKS(KV_ENTRY) };
 #undef KV_ENTRY
+#define KV_REAL_ENTRY(name, ret, args) { #name, NULL, (void **)&kv_real_##name },
+static const struct entry driver_reals[] = { KV_DRIVER_REALS(KV_REAL_ENTRY) };
+static const struct entry runtime_reals[] = { KV_RUNTIME_REALS(KV_REAL_ENTRY) };
+#undef KV_REAL_ENTRY
 
 #define NDRIVER (sizeof(driver_entries) / sizeof(driver_entries[0]))
 #define NRUNTIME (sizeof(runtime_entries) / sizeof(runtime_entries[0]))
@@ -50,6 +56,8 @@ static void resolve_driver(void)
 		return;
 	for (i = 0; i < NDRIVER; i++)
 		*driver_entries[i].real = kv_shim_dlsym(h, driver_entries[i].name);
+	for (i = 0; i < sizeof(driver_reals) / sizeof(driver_reals[0]); i++)
+		*driver_reals[i].real = kv_shim_dlsym(h, driver_reals[i].name);
 	driver_rc = 0;
 }
 
@@ -92,6 +100,9 @@ int kv_hooks_runtime(void)
 			for (i = 0; i < NRUNTIME; i++)
 				*runtime_entries[i].real =
 					kv_shim_dlsym(h, runtime_entries[i].name);
+			for (i = 0; i < sizeof(runtime_reals) / sizeof(runtime_reals[0]); i++)
+				*runtime_reals[i].real =
+					kv_shim_dlsym(h, runtime_reals[i].name);
 			kv_debug("runtime functions from %s", path ? path : "the next object");
 			kv_hooks_attach(0);     /* its dlsym, before it starts */
 			/* the handle stays open: the runtime must not go away */

@@ -74,7 +74,7 @@ cudaError_t kv_hook_cudaMemGetInfo(size_t *free_bytes, size_t *total)
 #define ASYNC_PASS , s
 
 /* On a span a zero memset sets only the pages mapped now; see policy.h. */
-#define MEMSET(name, ARGS, PASS)                                            \
+#define MEMSET(name, ARGS, PASS, CAPTURED)                                  \
 cudaError_t kv_hook_##name(void *p, int v, size_t n ARGS)                   \
 {                                                                           \
 	cudaError_t e = cudaSuccess;                                        \
@@ -83,7 +83,8 @@ cudaError_t kv_hook_##name(void *p, int v, size_t n ARGS)                   \
 	int rc;                                                             \
 									    \
 	REAL_OR_FAIL(name);                                                 \
-	rc = kv_policy_memset(dptr(p), n, 1, (unsigned char)v == 0, &r, &k); \
+	rc = kv_policy_memset(dptr(p), n, 1,                                \
+			      (unsigned char)v == 0 && !(CAPTURED), &r, &k); \
 	if (rc < 0)                                                         \
 		return kv_hooks_rt_error(rc);                               \
 	if (rc == 0) {                                                      \
@@ -97,10 +98,12 @@ cudaError_t kv_hook_##name(void *p, int v, size_t n ARGS)                   \
 	return e;                                                           \
 }
 
-MEMSET(cudaMemset, SYNC, SYNC)
-MEMSET(cudaMemset_ptds, SYNC, SYNC)
-MEMSET(cudaMemsetAsync, ASYNC_ARGS, ASYNC_PASS)
-MEMSET(cudaMemsetAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
+/* A memset captured into a graph sets, at every replay, whatever pages
+ * are there then: it is never cut to the pages mapped at capture. */
+MEMSET(cudaMemset, SYNC, SYNC, 0)
+MEMSET(cudaMemset_ptds, SYNC, SYNC, 0)
+MEMSET(cudaMemsetAsync, ASYNC_ARGS, ASYNC_PASS, kv_hooks_rt_captures(s, 0))
+MEMSET(cudaMemsetAsync_ptsz, ASYNC_ARGS, ASYNC_PASS, kv_hooks_rt_captures(s, 1))
 
 /* 2D and 3D memsets: the box their rows span is backed first (see
  * kv_policy_memset_pitched), then the call goes to the runtime whole. */

@@ -566,7 +566,7 @@ START_TEST(test_span_ids)
 	r.span = id;
 	ck_assert_int_eq(kv_alloc_map_many(a, &r, 1), KVSHIM_ERANGE);
 	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 0);
-	ck_assert_int_eq(kv_alloc_span(a, base + 16 * PG, NULL, NULL, &id2),
+	ck_assert_int_eq(kv_alloc_span(a, (CUdeviceptr)4096, NULL, NULL, &id2),
 			 KVSHIM_ERANGE);
 	ck_assert_int_eq(kv_alloc_span(NULL, base, NULL, NULL, &id2), KVSHIM_EINVAL);
 }
