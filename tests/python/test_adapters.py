@@ -352,8 +352,12 @@ class AdapterTest(unittest.TestCase):
                                        "can be offloaded.")
                 return True
         mod.ContinuousBatchProcessor = ContinuousBatchProcessor
-        transformers_cb.patch_api_module(mod)
-        transformers_cb.patch_api_module(mod)          # once only
+        err = io.StringIO()
+        with redirect_stderr(err):
+            transformers_cb.patch_api_module(mod)
+            transformers_cb.patch_api_module(mod)      # once only
+        # no manager here: the read budget goes without the workload
+        self.assertIn("no workload hints", err.getvalue())
         proc = ContinuousBatchProcessor(c)
         self.assertTrue(proc.prepare_next_batch(256))  # the limit backs 256 blocks
         # kvshim is short: the step does nothing, the engine lives on
