@@ -31,7 +31,8 @@ rounds) at least 0.97x plain's.
 
 From the root of a built tree (after make; KVSHIM_LIB defaults to
 .libs/libkvshim.so, KVSHIM_CONFIG_BIN to kvshim-config, KVSHIM_PYTHONPATH to
-scripts/python). Prints a table, writes hf_cb_graphs.json (and one JSON a
+scripts/python; a gpu-libs/ folder there goes first on LD_LIBRARY_PATH, as
+scripts/gpu-suite.sh puts it). About 6 minutes on an H200 with the defaults. Prints a table, writes hf_cb_graphs.json (and one JSON a
 run) under $KVSHIM_SUITE_OUT (or .). Exit 0 when the checks hold, 1 if one
 fails, 2 for bad arguments, 77 without a GPU.
 """
@@ -420,6 +421,10 @@ def main(argv):
     env.setdefault("KVSHIM_LIB", os.path.join(ROOT, ".libs", "libkvshim.so"))
     env.setdefault("KVSHIM_CONFIG_BIN", os.path.join(ROOT, "kvshim-config"))
     env.setdefault("KVSHIM_PYTHONPATH", os.path.join(ROOT, "scripts", "python"))
+    libs = os.path.join(ROOT, "gpu-libs")       # what the built library needs, as gpu-suite.sh
+    if os.path.isdir(libs):
+        env["LD_LIBRARY_PATH"] = libs + (":" + env["LD_LIBRARY_PATH"]
+                                         if env.get("LD_LIBRARY_PATH") else "")
     start = time.monotonic()
     runs = []
     for rnd in range(args.rounds):
