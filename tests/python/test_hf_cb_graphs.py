@@ -160,6 +160,14 @@ class SummaryTest(unittest.TestCase):
         rows = hcg.summarize(runs)[0]
         self.assertEqual(rows[1]["nvml_peak"], 6 * GIB)
 
+    def test_a_failed_run_leaves_the_others(self):
+        # the kvshim run alone: nothing to compare its tokens with
+        rows, failures = hcg.summarize(both()[1:])
+        self.assertEqual(failures, [])
+        self.assertIsNone(rows[0]["identical"])
+        self.assertIsNone(rows[0]["ratio"])
+        self.assertIn("| 28l | on | kvshim | - | 500 (500) | - |", hcg.table(rows))
+
     def test_workloads_kept_apart(self):
         runs = both() + [run("16l", False, "plain", 0),
                          run("16l", False, "kvshim", 0, outputs=[[[9]], [[9]]])]
