@@ -16,6 +16,7 @@
 #include "config.h"
 #include "kvshim.h"
 #include "log.h"
+#include "share.h"
 
 #define KV_ENTRY(NAME, field, parser, def, meaning) { #NAME, def, meaning },
 const struct kv_config_var kv_config_vars[] = {
@@ -230,6 +231,8 @@ static int parse_size_zero_off(const char *s, size_t *out, const char **why)
 	return 0;
 }
 
+/* Octal permissions a segment may have (kv_share_mode_ok: owner rw, no
+ * write for others). */
 static int parse_mode(const char *s, unsigned *out, const char **why)
 {
 	unsigned long v;
@@ -237,10 +240,12 @@ static int parse_mode(const char *s, unsigned *out, const char **why)
 
 	errno = 0;
 	v = strtoul(s, &end, 8);
-	if (!*s || *end || errno || v > 0777 || !(v & 0600)) {
+	if (!isdigit((unsigned char)*s) || *end || errno || v > 0777) {
 		*why = "expected octal permissions from 0600 to 0777";
 		return KVSHIM_ECONFIG;
 	}
+	if (!kv_share_mode_ok((unsigned)v, why))
+		return KVSHIM_ECONFIG;
 	*out = (unsigned)v;
 	return 0;
 }

@@ -45,7 +45,7 @@
 	X(MAX, max, size_zero_off, "off",                                    \
 	  "this process's ceiling in the shared budget; off: none") \
 	X(SHARE_MODE, share_mode, mode, "0600",                              \
-	  "permissions of a segment this process creates (octal; 0660 or 0666 to share across users)")
+	  "permissions of a segment this process creates, and the only ones it joins (octal, owner rw, no write for others; 0660: shared with the group)")
 
 struct kv_config {
 	int log;
