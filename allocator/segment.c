@@ -167,8 +167,10 @@ uint64_t kv_seg_givable(const struct kv_seg_fig *f)
 /* Zero slot sl's figures and free it; its lock is held by the caller. */
 void kv_seg_clear(struct kv_share_slot *sl)
 {
+	uint64_t seq = LOAD(&sl->seq) | 1;
 	unsigned i;
 
+	STORE(&sl->seq, seq);
 	STORE(&sl->state, KV_SLOT_FREE);
 	STORE(&sl->pid, 0);
 	STORE(&sl->pidns, 0);
@@ -186,6 +188,7 @@ void kv_seg_clear(struct kv_share_slot *sl)
 	for (i = 0; i < sizeof(sl->spare) / sizeof(sl->spare[0]); i++)
 		STORE(&sl->spare[i], 0);
 	memset(sl->cmd, 0, sizeof(sl->cmd));
+	STORE(&sl->seq, seq + 1);
 }
 
 /*
@@ -411,14 +414,70 @@ int kv_share_path(char *out, size_t len, const char *uuid, const char *pool)
 	return 0;
 }
 
+/*
+ * Read every used slot of sh into out (totals over the live ones), and
+ * each slot's sequence number before and after: when every number was
+ * even and none changed, no slot changed during the read, and the figures
+ * are one instant's. Returns 1 then, else 0.
+ */
+static int collect(int fd, const struct kv_share *sh, uint64_t cap, uint64_t ns,
+		   struct kv_share_info *out)
+{
+	uint64_t seq[KV_SHARE_SLOTS];
+	int exact = 1;
+	unsigned i;
+
+	out->nprocs = 0;
+	out->held = out->pending = out->mapped = out->cached = out->pooled = 0;
+	for (i = 0; i < KV_SHARE_SLOTS; i++) {
+		const struct kv_share_slot *sl = &sh->slot[i];
+		struct kv_share_proc *p = &out->proc[out->nprocs];
+		struct kv_seg_fig f;
+
+		seq[i] = LOAD(&sl->seq);
+		exact &= !(seq[i] & 1);
+		if (LOAD(&sl->state) == KV_SLOT_FREE)
+			continue;
+		kv_seg_load(sl, cap, &f);
+		memset(p, 0, sizeof(*p));
+		p->slot = i;
+		p->pid = LOAD(&sl->pid);
+		p->other_pidns = LOAD(&sl->pidns) && ns && LOAD(&sl->pidns) != ns;
+		p->alive = kv_seg_locked(fd, KV_SHARE_LOCK_SLOT0 + i) != 0;
+		p->clamped = f.clamped;
+		kv_seg_printable(p->cmd, sl->cmd, sizeof(sl->cmd));
+		p->held = f.held;
+		p->pending = f.pending;
+		p->mapped = f.mapped;
+		p->cached = f.cached;
+		p->pooled = f.pooled;
+		p->reserved = f.reserved;
+		p->min = f.min;
+		p->max = f.max;
+		p->last_ns = f.last_ns;
+		p->trim_request = f.trim_request;
+		p->trimmed = f.trimmed;
+		out->nprocs++;
+		if (!p->alive)
+			continue;
+		out->held = kv_seg_sat_add(out->held, f.held);
+		out->pending = kv_seg_sat_add(out->pending, f.pending);
+		out->mapped = kv_seg_sat_add(out->mapped, f.mapped);
+		out->cached = kv_seg_sat_add(out->cached, f.cached);
+		out->pooled = kv_seg_sat_add(out->pooled, f.pooled);
+	}
+	for (i = 0; i < KV_SHARE_SLOTS && exact; i++)
+		exact = LOAD(&sh->slot[i].seq) == seq[i];
+	return exact;
+}
+
 int kv_share_read(const char *path, unsigned mode, int reap,
 		  struct kv_share_info *out, const char **why)
 {
 	struct kv_share head, *sh = NULL;
 	uint64_t cap, ns = kv_seg_pidns();
 	struct stat st;
-	int fd, writable = reap, rc = KVSHIM_ESTATE, locked;
-	unsigned i;
+	int fd, writable = reap, rc = KVSHIM_ESTATE, locked, tries;
 
 	memset(out, 0, sizeof(*out));
 	fd = open(path, (writable ? O_RDWR : O_RDONLY) | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
@@ -468,40 +527,8 @@ int kv_share_read(const char *path, unsigned mode, int reap,
 		out->reaped = kv_seg_reap_all(fd, sh, -1, path);
 	locked = kv_seg_lock_wait(fd, F_RDLCK, KV_SHARE_LOCK_UPDATE, KV_SHARE_LOCK_WAIT_MS) == 0;
 	out->locked = locked;
-	for (i = 0; i < KV_SHARE_SLOTS; i++) {
-		const struct kv_share_slot *sl = &sh->slot[i];
-		struct kv_share_proc *p = &out->proc[out->nprocs];
-		struct kv_seg_fig f;
-
-		if (LOAD(&sl->state) == KV_SLOT_FREE)
-			continue;
-		kv_seg_load(sl, cap, &f);
-		p->slot = i;
-		p->pid = LOAD(&sl->pid);
-		p->other_pidns = LOAD(&sl->pidns) && ns && LOAD(&sl->pidns) != ns;
-		p->alive = kv_seg_locked(fd, KV_SHARE_LOCK_SLOT0 + i) != 0;
-		p->clamped = f.clamped;
-		kv_seg_printable(p->cmd, sl->cmd, sizeof(sl->cmd));
-		p->held = f.held;
-		p->pending = f.pending;
-		p->mapped = f.mapped;
-		p->cached = f.cached;
-		p->pooled = f.pooled;
-		p->reserved = f.reserved;
-		p->min = f.min;
-		p->max = f.max;
-		p->last_ns = f.last_ns;
-		p->trim_request = f.trim_request;
-		p->trimmed = f.trimmed;
-		out->nprocs++;
-		if (!p->alive)
-			continue;
-		out->held = kv_seg_sat_add(out->held, f.held);
-		out->pending = kv_seg_sat_add(out->pending, f.pending);
-		out->mapped = kv_seg_sat_add(out->mapped, f.mapped);
-		out->cached = kv_seg_sat_add(out->cached, f.cached);
-		out->pooled = kv_seg_sat_add(out->pooled, f.pooled);
-	}
+	for (tries = 0; tries < 20 && !out->exact; tries++)
+		out->exact = collect(fd, sh, cap, ns, out);
 	if (locked)
 		kv_seg_lock(fd, F_UNLCK, KV_SHARE_LOCK_UPDATE);
 out:

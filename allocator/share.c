@@ -44,6 +44,7 @@ struct kv_share_handle_s {
 	/* this process's figures, published from here */
 	uint64_t held, mapped, cached, pooled, reserved, min, max, trimmed;
 	uint64_t last_ns;
+	uint64_t seq;            /* its slot's sequence number, even */
 	uint64_t stuck_until;    /* CLOCK_MONOTONIC ns, 0: the lock is not stuck */
 	int warned;              /* a slot's figures were found out of bounds */
 	char path[192];
@@ -107,11 +108,13 @@ static void update_unlock(kv_share_t *s, int locked)
 }
 
 /* Write this process's figures into its slot, every one of them, so that
- * a slot another member rewrote is repaired. */
+ * a slot another member rewrote is repaired; its sequence number is odd
+ * meanwhile (see share.h), and written from this process's own count. */
 static void publish(kv_share_t *s)
 {
 	struct kv_share_slot *me = &s->sh->slot[s->slot];
 
+	STORE(&me->seq, s->seq + 1);
 	STORE(&me->mapped, s->mapped);
 	STORE(&me->cached, s->cached);
 	STORE(&me->pooled, s->pooled);
@@ -124,6 +127,19 @@ static void publish(kv_share_t *s)
 	STORE(&me->last_ns, s->last_ns);
 	STORE(&me->pid, (int32_t)getpid());
 	STORE(&me->state, KV_SLOT_USED);
+	s->seq += 2;
+	STORE(&me->seq, s->seq);
+}
+
+/* Publish the bytes this process is taking (0: none). */
+static void set_pending(kv_share_t *s, uint64_t bytes)
+{
+	struct kv_share_slot *me = &s->sh->slot[s->slot];
+
+	STORE(&me->seq, s->seq + 1);
+	STORE(&me->pending, bytes);
+	s->seq += 2;
+	STORE(&me->seq, s->seq);
 }
 
 /* The budget: the segment's, or this process's where the header's is out
@@ -403,6 +419,7 @@ static int claim_slot(kv_share_t *s)
 			s->path, (int)LOAD(&sl->pid),
 			(unsigned long long)LOAD(&sl->held));
 	kv_seg_clear(sl);
+	s->seq = LOAD(&sl->seq) & ~1ull;
 	s->slot = (int)i;
 	STORE(&sl->pidns, kv_seg_pidns());
 	own_command(sl->cmd, sizeof(sl->cmd));
@@ -596,7 +613,6 @@ static uint64_t ask(kv_share_t *s, uint64_t cap, uint64_t need)
  */
 static int take(kv_share_t *s, uint64_t bytes, int may_ask)
 {
-	struct kv_share_slot *me;
 	struct sums t;
 	uint64_t cap, over;
 	int locked, rc;
@@ -608,10 +624,9 @@ static int take(kv_share_t *s, uint64_t bytes, int may_ask)
 		pthread_mutex_unlock(&s->mu);
 		return KVSHIM_ELIMIT;
 	}
-	me = &s->sh->slot[s->slot];
 	locked = update_lock(s, F_WRLCK);
 	cap = budget_of(s);
-	STORE(&me->pending, bytes);
+	set_pending(s, bytes);
 	others(s, cap, &t);
 	if (!fits(s, &t, cap, bytes, 1) &&
 	    kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
@@ -622,9 +637,9 @@ static int take(kv_share_t *s, uint64_t bytes, int may_ask)
 		publish(s);     /* held, then pending back to zero */
 		rc = 0;
 	} else {
-		STORE(&me->pending, 0);
-		over = kv_seg_sat_add(kv_seg_sat_add(kv_seg_sat_add(t.held, t.floors), t.pending),
-			       kv_seg_sat_add(s->held, bytes));
+		set_pending(s, 0);
+		over = kv_seg_sat_add(kv_seg_sat_add(t.held, t.floors),
+				      kv_seg_sat_add(t.pending, kv_seg_sat_add(s->held, bytes)));
 		over = over > cap ? over - cap : 0;
 		if (may_ask && fits(s, &t, cap, bytes, 0))
 			rc = KV_SHARE_WAIT;     /* others are taking: look again */

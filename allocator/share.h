@@ -22,6 +22,10 @@
  *     without it, safely: a taker first publishes what it wants (pending),
  *     then counts everyone's held and pending bytes, so two takers without
  *     the lock can both fail, never both pass over the budget;
+ *   - a slot's writer (its process, or whoever reclaims it) makes its
+ *     sequence number odd while it changes the slot: a reader that finds
+ *     every slot's number even and unchanged around its reads has the
+ *     figures of one instant;
  *   - setting a segment up or repairing it holds the set-up lock. A new
  *     segment is made under a temporary name and linked into place whole;
  *     one found half made (its header zero) is set up again.
@@ -73,7 +77,8 @@ struct kv_share_slot {
 	uint64_t trim_request;   /* bytes others ask it to give back */
 	uint64_t trimmed;        /* bytes it gave back on request */
 	char cmd[64];
-	uint64_t spare[6];       /* zero; a newer minor may use them */
+	uint64_t seq;            /* odd while the slot's writer changes it */
+	uint64_t spare[5];       /* zero; a newer minor may use them */
 };
 
 struct kv_share {
@@ -177,7 +182,9 @@ struct kv_share_info {
 	unsigned uid, gid, mode; /* the file's owner, group and permissions */
 	int joinable;            /* 1: this process's rule would join it */
 	char why_not[320];       /* if not, why (the rule, owner and mode) */
-	int locked;              /* 1: read under the update lock (exact sums) */
+	int locked;              /* 1: read under the update lock */
+	int exact;               /* 1: the figures are one instant's (no slot
+				  * changed while they were read) */
 	unsigned reaped;         /* slots of dead processes reclaimed now */
 	uint64_t budget, device_bytes;
 	char name[4 * 128 + 1];  /* printable, as cmd */
