@@ -38,21 +38,26 @@ void kv_alloc_opts_default(struct kv_alloc_opts *o)
  */
 static int share_duties(kv_alloc_t *a)
 {
+	uint32_t want, pool, floor, f1 = 0, f2 = 0;
 	uint64_t req;
-	uint32_t want, f1 = 0, f2 = 0;
 	int rc;
 
-	req = kv_share_update(a->share, (uint64_t)a->mapped * a->page,
-			      (uint64_t)a->cache.n * a->page,
-			      (uint64_t)(a->clean.n + a->dirty.n + a->scrubbing) * a->page,
-			      a->reserved);
+	req = kv_share_update(a->share, (uint64_t)kv_in_spans(a) * a->page,
+			      (uint64_t)a->n[KV_P_CACHED] * a->page,
+			      (uint64_t)kv_pooled(a) * a->page, a->reserved);
 	if (!req)
 		return 0;
 	/* what is given back must not come straight back into the pool */
 	a->share_quiet_until = kv_prim_now_ns() + KV_SHARE_QUIET_NS;
 	want = (uint32_t)((req + a->page - 1) / a->page);
-	rc = kv_pool_shrink(a, a->clean.n + a->dirty.n > want ?
-			       a->clean.n + a->dirty.n - want : 0, &f1);
+	/* never below this process's floor, whatever was asked */
+	floor = (uint32_t)((a->o.min + a->page - 1) / a->page);
+	if (kv_held(a) <= floor)
+		want = 0;
+	else if (want > kv_held(a) - floor)
+		want = kv_held(a) - floor;
+	pool = a->n[KV_P_CLEAN] + a->n[KV_P_DIRTY];
+	rc = kv_pool_shrink(a, pool > want ? pool - want : 0, &f1);
 	if (!rc && f1 < want)
 		rc = kv_cache_trim(a, want - f1, 1, &f2);
 	kv_share_trimmed(a->share, (uint64_t)(f1 + f2) * a->page);
@@ -60,7 +65,13 @@ static int share_duties(kv_alloc_t *a)
 	return rc;
 }
 
-/* One round of duties, lock held on entry and exit. */
+/*
+ * One round of duties, lock held on entry and exit: released spans'
+ * pages back to the pool, the pool trimmed to its high watermark before
+ * anything is scrubbed (dirty pages first, so none is scrubbed only to be
+ * released), scrubbing, refilling and the cache cap. Returns 0 or the
+ * first error.
+ */
 static int duties(kv_alloc_t *a)
 {
 	uint32_t high = (uint32_t)(a->o.pool_high / a->page), freed;
@@ -72,6 +83,12 @@ static int duties(kv_alloc_t *a)
 	rc = kv_spans_reap(a);
 	if (!first)
 		first = rc;
+	/* a map waiting for pages in flight wants what comes back */
+	if (a->n[KV_P_CLEAN] + a->n[KV_P_DIRTY] > high && !a->waiters) {
+		rc = kv_pool_shrink(a, high, &freed);
+		if (!first)
+			first = rc;
+	}
 	rc = kv_pool_scrub(a);
 	if (!first)
 		first = rc;
@@ -81,19 +98,15 @@ static int duties(kv_alloc_t *a)
 		if (!first)
 			first = rc;
 	}
-	if (a->clean.n + a->dirty.n > high) {
-		rc = kv_pool_shrink(a, high, &freed);
-		if (!first)
-			first = rc;
-	}
-	if ((uint64_t)a->cache.n * a->page > a->o.cache_max) {
-		uint32_t over = (uint32_t)(((uint64_t)a->cache.n * a->page -
+	if ((uint64_t)a->n[KV_P_CACHED] * a->page > a->o.cache_max) {
+		uint32_t over = (uint32_t)(((uint64_t)a->n[KV_P_CACHED] * a->page -
 					    a->o.cache_max + a->page - 1) / a->page);
 
 		rc = kv_cache_trim(a, over, 0, &freed);
 		if (!first)
 			first = rc;
 	}
+	KV_DEBUG_CHECK_LOCKED(a);
 	return first;
 }
 
@@ -112,6 +125,13 @@ int kv_alloc_tick(kv_alloc_t *a)
 	return rc;
 }
 
+void kv_alloc_wake(kv_alloc_t *a)
+{
+	pthread_mutex_lock(&a->lock);
+	pthread_cond_signal(&a->wake);
+	pthread_mutex_unlock(&a->lock);
+}
+
 static void *worker_main(void *arg)
 {
 	kv_alloc_t *a = arg;
@@ -124,6 +144,8 @@ static void *worker_main(void *arg)
 		pthread_mutex_unlock(&a->lock);
 		return NULL;
 	}
+	/* its waits are on kvshim's own stream: legal while others capture */
+	kv_prim_relax();
 	while (!a->stop) {
 		duties(a);
 		if (a->stop)
@@ -199,6 +221,7 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 		if (rc)
 			goto fail;
 	}
+	a->next_id = 1;
 	rc = kv_pool_init(a);
 	if (rc)
 		goto fail;
@@ -270,11 +293,10 @@ int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
 	out->page_bytes = a->page;
 	out->reserved_bytes = a->reserved;
 	/* pages of released spans, still being unmapped, are no span's */
-	out->mapped_bytes = (size_t)(a->mapped - a->dying_pages) * a->page;
-	out->cached_bytes = (size_t)a->cache.n * a->page;
-	out->pooled_bytes = (size_t)(a->clean.n + a->dirty.n + a->scrubbing) *
-			    a->page;
-	out->physical_bytes = (size_t)a->held * a->page;
+	out->mapped_bytes = (size_t)kv_in_spans(a) * a->page;
+	out->cached_bytes = (size_t)a->n[KV_P_CACHED] * a->page;
+	out->pooled_bytes = (size_t)kv_pooled(a) * a->page;
+	out->physical_bytes = (size_t)kv_held(a) * a->page;
 	out->peak_physical_bytes = (size_t)a->peak * a->page;
 	out->limit_bytes = (size_t)a->max_pages * a->page;
 	out->spans = a->nspans;

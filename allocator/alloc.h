@@ -16,7 +16,8 @@
  * any span sees it again.
  *
  * Every function returns 0 or a negative kvshim_error and, on error, leaves
- * every span page as it was. All functions are thread-safe.
+ * every span page as it was. All functions are thread-safe. A claim counts
+ * (a page holds at most 2^32 - 2); a pin does not.
  */
 #ifndef KV_ALLOC_H
 #define KV_ALLOC_H
@@ -30,10 +31,13 @@
 
 typedef struct kv_alloc_s kv_alloc_t;
 
-/* A byte range of device memory. */
+/* A byte range of device memory; span, when not 0, is the id of the span
+ * it must lie in (kv_alloc_span), so a range kept past its span's release
+ * is refused rather than landing in a new span at the same address. */
 struct kv_run {
 	CUdeviceptr addr;
 	size_t len;
+	uint64_t span;
 };
 
 struct kv_alloc_opts {
@@ -87,8 +91,10 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base);
 
 /* Back [addr, addr + len) and add one claim to each page it touches. Needed
  * pages come from the pool, then new handles, then the allocator's own
- * cached pages elsewhere. Returns 0, KVSHIM_EINVAL (len 0), KVSHIM_ERANGE
- * (not inside one span), KVSHIM_ELIMIT (the limit would be passed),
+ * cached pages elsewhere; pages a released span still holds are unmapped
+ * for it if it needs them. Returns 0, KVSHIM_EINVAL (len 0), KVSHIM_ERANGE
+ * (not inside one span), KVSHIM_ELIMIT (the limit, or the claims a page can
+ * carry, would be passed),
  * KVSHIM_ENOMEM (the device is full) or KVSHIM_EDRIVER; on error no page of
  * any span changed (pages gathered for the call stay pooled). */
 int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len);
@@ -126,22 +132,45 @@ int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes);
  * freed before the failure is still reported). */
 int kv_alloc_trim(kv_alloc_t *a, size_t bytes, size_t *freed);
 
-/* Add one claim to each page of [addr, addr + len) that is mapped now (cached
- * pages are claimed again), leaving unmapped pages alone; *runs (malloc'd,
- * the caller frees it) gets the parts of the range those pages cover, merged
- * and clipped to the range, *nruns their number. The claims keep the pages
+/* Back [addr, addr + len) like kv_alloc_map, but pin its pages instead of
+ * claiming them: a pinned page stays backed until its span is released,
+ * whatever claims come and go, and pinning it again changes nothing (the
+ * engine's copies and memsets into a span pin what they touch, however
+ * many there are). Returns what kv_alloc_map returns. */
+int kv_alloc_pin(kv_alloc_t *a, CUdeviceptr addr, size_t len);
+
+/* Pin each page of [addr, addr + len) that is mapped now (cached pages
+ * leave the cache), leaving unmapped pages alone; *runs (malloc'd, the
+ * caller frees it) gets the parts of the range those pages cover, merged
+ * and clipped to the range, *nruns their number. The pins keep the pages
  * from being trimmed under work the caller then does on them. Returns 0,
  * KVSHIM_EINVAL, KVSHIM_ERANGE (not inside one span) or KVSHIM_ENOMEM. */
-int kv_alloc_claim_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
-			  struct kv_run **runs, size_t *nruns);
+int kv_alloc_pin_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
+			struct kv_run **runs, size_t *nruns);
 
 /* Find the span holding addr. Returns 0 with *base and *size set, or
  * KVSHIM_ERANGE. */
 int kv_alloc_find(kv_alloc_t *a, CUdeviceptr addr, CUdeviceptr *base,
 		  size_t *size);
 
-/* Claims on the page holding addr, or a negative error (KVSHIM_ERANGE). */
+/* kv_alloc_find, with the span's id too (any of base, size and id may be
+ * NULL): unique over the allocator's life, never 0. */
+int kv_alloc_span(kv_alloc_t *a, CUdeviceptr addr, CUdeviceptr *base,
+		  size_t *size, uint64_t *id);
+
+/* Claims on the page holding addr (INT32_MAX for more), or a negative error
+ * (KVSHIM_ERANGE). */
 int kv_alloc_claims(kv_alloc_t *a, CUdeviceptr addr);
+
+/* For tests: set the claims of the mapped, claimed page holding addr to
+ * claims (1..the most a page can carry). Returns 0, KVSHIM_ERANGE or
+ * KVSHIM_EINVAL. */
+int kv_alloc_debug_claims(kv_alloc_t *a, CUdeviceptr addr, uint32_t claims);
+
+/* Recount every list and counter against the pages and spans and check
+ * every state invariant. Returns 0, or KVSHIM_ESTATE with the first
+ * violation logged. */
+int kv_alloc_check(kv_alloc_t *a);
 
 int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out);
 
@@ -153,6 +182,10 @@ int kv_alloc_shared(kv_alloc_t *a, size_t *budget, size_t *others,
 
 /* The driver handle a runs on, for callers that must check the device. */
 const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a);
+
+/* Wake the worker to look at its duties now (work put off, e.g. by a
+ * stream capture, may be done). */
+void kv_alloc_wake(kv_alloc_t *a);
 
 /* Run one round of the worker's duties on the calling thread (refill or
  * shrink the pool, scrub, trim the cache over cache_max). Tests call it

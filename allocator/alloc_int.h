@@ -1,17 +1,29 @@
 /*
  * alloc_int.h - the allocator's private state, shared by alloc.c (life
- * cycle, worker), pool.c (physical pages) and span.c (spans and claims).
+ * cycle, worker), slot.c (the page state machine and its checker), pool.c
+ * (physical pages), span.c (spans) and map.c (claims).
  *
- * Every physical page the allocator holds has a slot in one table. A slot
- * is in exactly one state, and in the list that goes with it:
+ * Every physical page the allocator may hold has a slot in one table, and
+ * a slot is in exactly one state:
  *
- *   EMPTY  -> (create) -> DIRTY or CLEAN -> (map) -> MAPPED <-> CACHED
- *     ^                     ^                                     |
- *     +---- (release) ------+------- (unmap: trim, reclaim) -----+
+ *   EMPTY --create--> FILLING --> CLEAN/DIRTY (the pool) --take--> TAKEN
+ *     ^  \                            ^   |                         |
+ *     |   +--create on a map-----------------------------> TAKEN    |install
+ *     |                               |   v                         v
+ *   FREEING <--shrink-- CLEAN/DIRTY   |  FILLING (scrub)       MAPPED <-> CACHED
+ *     ^                               |                          |          |
+ *     +---------- trim ---------------+---- UNMAPPING <----------+----------+
+ *                                     +---- DYING <-- (span released)
  *
- * BUSY marks a slot whose driver work runs outside the lock (creation,
- * scrubbing, unmapping); nothing else touches it until its owner is done,
- * and threads waiting on it sleep on kv_alloc_s.done.
+ * FILLING, UNMAPPING, DYING and FREEING are driver work in flight with the
+ * lock dropped: the slot belongs to the thread doing it, and a thread that
+ * needs it sleeps on kv_alloc_s.done. TAKEN slots belong to a map call,
+ * which holds the lock until they are installed or put back.
+ *
+ * Only kv_slot_move() changes a slot's state; it keeps the lists and the
+ * per-state counts (from which held, pooled, cached and in-flight figures
+ * are derived) and the span's page counts. kv_alloc_check() recounts all
+ * of it from the slots and spans.
  */
 #ifndef KV_ALLOC_INT_H
 #define KV_ALLOC_INT_H
@@ -24,24 +36,25 @@
 
 #define KV_NIL UINT32_MAX
 
-/* kv_pool_take: pages the map needs are in flight; wait on done, retry. */
-#define KV_RETRY 1
-/* kv_pool_take: the shared budget is held by other processes, which were
- * asked to trim; wait a little, retry. */
-#define KV_RETRY_SHARE 3
+/* The most claims one page can carry; a map that would pass it fails. */
+#define KV_CLAIMS_MAX (UINT32_MAX - 1)
 
 enum kv_pstate {
-	KV_P_EMPTY = 0, /* no handle */
-	KV_P_CLEAN,     /* in the pool, scrubbed (or zeroing is off) */
-	KV_P_DIRTY,     /* in the pool, may hold another span's bytes */
-	KV_P_BUSY,      /* driver work in flight outside the lock */
-	KV_P_MAPPED,    /* in a span, claimed */
-	KV_P_CACHED     /* in a span, unclaimed, on the cache list */
+	KV_P_EMPTY = 0, /* no handle; on the empty list */
+	KV_P_FILLING,   /* being created or scrubbed for the pool (lock dropped) */
+	KV_P_CLEAN,     /* pooled, scrubbed (or zeroing is off); clean list */
+	KV_P_DIRTY,     /* pooled, may hold another span's bytes; dirty list */
+	KV_P_TAKEN,     /* in a map call's hands, not in a span yet */
+	KV_P_MAPPED,    /* in a live span, claimed or pinned */
+	KV_P_CACHED,    /* in a live span, unclaimed; cache list, oldest first */
+	KV_P_UNMAPPING, /* leaving a live span (lock dropped) */
+	KV_P_DYING,     /* in a released span, until the worker unmaps it */
+	KV_P_FREEING,   /* its handle being released (lock dropped) */
+	KV_P_NSTATES
 };
 
 struct kv_list {
 	uint32_t head, tail;
-	uint32_t n;
 };
 
 struct kv_phys {
@@ -50,7 +63,8 @@ struct kv_phys {
 	uint32_t vpage;         /* its page index in span */
 	uint32_t prev, next;    /* links in the list of its state */
 	uint8_t state;
-	uint8_t fresh;          /* backed by the map in progress */
+	uint8_t fresh;          /* scratch of one call, lock held: backed by
+				 * the map in progress, or counted once */
 	uint8_t failed;         /* driver work on it failed: see
 				 * kv_slots_failed_last */
 	uint64_t idle_ns;       /* when it lost its last claim (or its span) */
@@ -59,11 +73,15 @@ struct kv_phys {
 struct kv_span {
 	CUdeviceptr base;
 	size_t size;
+	uint64_t id;            /* unique in the allocator's life, never 0 */
 	uint32_t npages;
 	uint32_t *claims;       /* per page */
+	uint8_t *pinned;        /* per page: backed until the span goes */
 	uint32_t *slot;         /* per page: the phys slot, or KV_NIL */
 	uint32_t mapped;        /* pages with a slot */
-	uint32_t busy;          /* of those, pages being unmapped */
+	uint32_t busy;          /* of those, UNMAPPING or DYING */
+	int dying;              /* released: off the span table */
+	int reaping;            /* released, its pages being unmapped */
 	struct kv_span *next;   /* on the list of released spans */
 };
 
@@ -74,26 +92,24 @@ struct kv_alloc_s {
 	uint32_t max_pages;     /* the limit, in pages: the slot table's size */
 
 	pthread_mutex_t lock;
-	pthread_cond_t done;    /* a BUSY slot changed state */
+	pthread_cond_t done;    /* a slot in flight changed state */
 	pthread_cond_t wake;    /* the worker has something to do */
 	uint64_t fenced_ns;     /* kernels queued before it are done (atomic) */
 
 	struct kv_phys *phys;
+	uint32_t n[KV_P_NSTATES]; /* slots in each state (kv_slot_move) */
 	struct kv_list empty, clean, dirty, cache;
-	uint32_t held;          /* slots not EMPTY: the physical pages held */
-	uint32_t peak;
-	uint32_t mapped;        /* slots mapped into spans (cached included) */
-	uint32_t scrubbing;     /* pooled slots BUSY being created or scrubbed */
-	uint32_t outbound;      /* slots BUSY leaving a span or the pool:
-				 * a map short of pages waits for them */
+	uint32_t peak;          /* most slots held at once */
+	uint32_t waiters;       /* maps waiting for pages in flight: the
+				 * worker then keeps what it pools */
 	CUdeviceptr arena;      /* slot i is mapped at arena + i * page when
 				 * zeroing is on */
 
-	struct kv_span **spans; /* sorted by base */
+	struct kv_span **spans; /* live spans, sorted by base */
 	struct kv_span *dying;  /* released, their pages still to unmap */
-	uint32_t dying_pages;   /* pages mapped in those */
 	size_t nspans, cap;
 	size_t reserved;
+	uint64_t next_id;       /* the next span's id */
 
 	struct kvshim_stats st; /* counters only; sizes are derived */
 
@@ -112,26 +128,99 @@ struct kv_alloc_s {
 #define KV_COUNT(a, field, v) \
 	__atomic_fetch_add(&(a)->st.field, (v), __ATOMIC_RELAXED)
 
-/* ---- lists of slots (pool.c) ---- */
-void kv_list_init(struct kv_list *l);
-void kv_list_push(kv_alloc_t *a, struct kv_list *l, uint32_t s);
-void kv_list_remove(kv_alloc_t *a, struct kv_list *l, uint32_t s);
-uint32_t kv_list_pop(kv_alloc_t *a, struct kv_list *l);
+/* ---- figures derived from the state counts (slot.c), lock held ---- */
+
+/* Slots holding a physical page. */
+static inline uint32_t kv_held(const kv_alloc_t *a)
+{
+	return a->max_pages - a->n[KV_P_EMPTY];
+}
+
+/* Pages in the pool or on their way into it. */
+static inline uint32_t kv_pooled(const kv_alloc_t *a)
+{
+	return a->n[KV_P_FILLING] + a->n[KV_P_CLEAN] + a->n[KV_P_DIRTY];
+}
+
+/* Pages mapped in live spans, cached ones and those being unmapped
+ * included. */
+static inline uint32_t kv_in_spans(const kv_alloc_t *a)
+{
+	return a->n[KV_P_MAPPED] + a->n[KV_P_CACHED] + a->n[KV_P_UNMAPPING];
+}
+
+/* Pages on their way out (of a span or to the driver): a map short of
+ * pages waits for them rather than fail. */
+static inline uint32_t kv_outbound(const kv_alloc_t *a)
+{
+	return a->n[KV_P_UNMAPPING] + a->n[KV_P_DYING] + a->n[KV_P_FREEING];
+}
+
+/* ---- the slot state machine (slot.c), lock held ---- */
+
+int kv_slots_init(kv_alloc_t *a);
+
+/*
+ * Move slot s to state to: off the list of its old state, onto the tail
+ * of the new one's, with the state counts and its span's page counts
+ * following. Joining a span is kv_slot_install, leaving one kv_slot_detach.
+ */
+void kv_slot_move(kv_alloc_t *a, uint32_t s, enum kv_pstate to);
+
+/* TAKEN slot s becomes page p of live span sp, MAPPED. */
+void kv_slot_install(kv_alloc_t *a, uint32_t s, struct kv_span *sp,
+		     uint32_t p);
+
+/* Slot s (UNMAPPING or DYING, unmapped now) leaves its span for state to
+ * (DIRTY, FREEING or TAKEN); its page's claims and pin go. */
+void kv_slot_detach(kv_alloc_t *a, uint32_t s, enum kv_pstate to);
+
+/* The first slot of list l, or KV_NIL. */
+static inline uint32_t kv_list_first(const struct kv_list *l)
+{
+	return l->head;
+}
 
 /* Move the slots marked failed to the end of slots[0..n), keeping both
- * groups in order, and clear the marks. The caller owns the slots (BUSY).
- * Returns how many were not marked. */
+ * groups in order, and clear the marks. Returns how many were not marked. */
 uint32_t kv_slots_failed_last(kv_alloc_t *a, uint32_t *slots, uint32_t n);
 
-/* ---- physical pages (pool.c); called with the lock held unless said ---- */
+/* kv_alloc_check with the lock held. */
+int kv_check_locked(kv_alloc_t *a);
+
+/* In a debug build (--enable-debug), check the allocator at the end of a
+ * public call, lock held; a no-op otherwise. */
+#ifdef KV_DEBUG
+#define KV_DEBUG_CHECK_LOCKED(a) ((void)kv_check_locked(a))
+#else
+#define KV_DEBUG_CHECK_LOCKED(a) ((void)0)
+#endif
+
+/* ---- physical pages (pool.c); lock held unless said ---- */
+
+/* What a map's call for pages came to. */
+enum kv_supply {
+	KV_SUPPLY_DONE,   /* the slots are TAKEN, clean */
+	KV_SUPPLY_WAIT,   /* pages in flight would make up the number: wait
+			   * for them (or unmap released spans) and retry */
+	KV_SUPPLY_ASK,    /* other processes hold the shared budget idle and
+			   * were asked to trim: retry shortly */
+	KV_SUPPLY_FAILED  /* *err says why */
+};
+
 int kv_pool_init(kv_alloc_t *a);
 void kv_pool_fini(kv_alloc_t *a);
-int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots);
+enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots,
+			    int *err);
+/* TAKEN slots back to the pool: clean ones (never left the pool's care)
+ * or dirty. */
 void kv_pool_put(kv_alloc_t *a, const uint32_t *slots, uint32_t n, int dirty);
 int kv_pool_refill(kv_alloc_t *a);
 int kv_pool_scrub(kv_alloc_t *a);
 int kv_pool_shrink(kv_alloc_t *a, uint32_t keep, uint32_t *freed);
-int kv_pool_release_busy(kv_alloc_t *a, uint32_t *slots, uint32_t n);
+/* Release the handles of FREEING slots[0..n), lock dropped for the driver;
+ * they end EMPTY. Returns 0 or the first driver error. */
+int kv_pool_free(kv_alloc_t *a, uint32_t *slots, uint32_t n);
 
 /* ---- spans (span.c), lock held ---- */
 struct kv_span *kv_span_find(const kv_alloc_t *a, CUdeviceptr addr);
@@ -142,6 +231,9 @@ int kv_span_any_busy(const kv_alloc_t *a, const struct kv_span *sp,
 		     uint32_t p0, uint32_t p1);
 /* One more claim on mapped page p; a cached page leaves the cache. */
 void kv_span_claim(kv_alloc_t *a, struct kv_span *sp, uint32_t p);
+/* Page p of sp lost a claim or its pin: cache it if nothing holds it. */
+void kv_span_idle(kv_alloc_t *a, struct kv_span *sp, uint32_t p,
+		  uint64_t now);
 /* qsort_r order of slots by span and page. */
 int kv_span_cmp_place(const void *x, const void *y, void *arg);
 
@@ -152,10 +244,10 @@ static inline CUdeviceptr kv_span_va(const kv_alloc_t *a,
 }
 
 uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
-			     int *rc);
-void kv_span_settle(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
-		    uint32_t done);
+			     int *rc, int *later);
 int kv_cache_trim(kv_alloc_t *a, uint32_t n, int release, uint32_t *done);
+int kv_cache_reclaim(kv_alloc_t *a, uint32_t n, uint32_t *slots,
+		     uint32_t *got);
 void kv_spans_fini(kv_alloc_t *a);
 int kv_spans_reap(kv_alloc_t *a);
 

@@ -4,10 +4,13 @@
  * The lowest layer owns logging so that every layer above can use it. The
  * level comes from KVSHIM_LOG through kv_log_set_level(); errors repeated
  * from one place in the code are capped so a failing driver cannot flood the
- * host program's stderr.
+ * host program's stderr. A line is one line: control characters in what is
+ * logged (a value from the environment, a path) are written escaped.
  */
 #ifndef KV_LOG_H
 #define KV_LOG_H
+
+#include <stddef.h>
 
 enum kv_log_level {
 	KV_LOG_NONE = 0,
@@ -28,6 +31,12 @@ int kv_log_get_level(void);
  * then nothing. */
 void kv_log(int level, unsigned *count, const char *fmt, ...)
 	__attribute__((format(printf, 3, 4)));
+
+/* Copy s into buf (len bytes, NUL ended) with every control character,
+ * backslash and byte outside printable ASCII written as an escape (\n, \t,
+ * \r, \\, \xHH), and "..." where it had to be cut short: a value read from
+ * outside, fit for a log line. Returns buf. */
+const char *kv_log_escape(const char *s, char *buf, size_t len);
 
 #define kv_log_capped(level, ...) do {                                   \
 		static unsigned kv_log_site_count_;                      \

@@ -1,10 +1,12 @@
 /*
- * map.c - backing ranges of spans and dropping their claims: the engine's
- * path. A map holds the allocator's lock from start to end, driver calls
- * included, so ranges are checked, backed and claimed as one step that no
- * other thread sees half-done; work that is slow and off the engine's path
- * runs outside the lock on BUSY pages (span.c, pool.c), and a map waits for
- * such a page rather than race it.
+ * map.c - backing ranges of spans, claiming and pinning them, and dropping
+ * their claims: the engine's path. A map holds the allocator's lock from
+ * start to end, driver calls included, so ranges are checked, backed and
+ * claimed as one step that no other thread sees half-done; work that is
+ * slow and off the engine's path runs outside the lock on pages in flight
+ * (span.c, pool.c), and a map waits for such a page rather than race it.
+ * A map short of pages that a released span still holds unmaps that span
+ * itself rather than wait for the worker to get round to it.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -25,7 +27,8 @@ struct place {
  * the install, always with the lock held. */
 #define KV_PEND (UINT32_MAX - 1)
 
-/* Resolve every range. Returns 0, KVSHIM_EINVAL or KVSHIM_ERANGE. */
+/* Resolve every range. Returns 0, KVSHIM_EINVAL or KVSHIM_ERANGE (outside
+ * one span, or not in the span its id names). */
 static int resolve(const kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		   struct place *pl)
 {
@@ -37,8 +40,8 @@ static int resolve(const kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		if (runs[i].addr + runs[i].len < runs[i].addr)
 			return KVSHIM_ERANGE;
 		pl[i].sp = kv_span_find_range(a, runs[i].addr, runs[i].len, &pl[i].p0,
-				      &pl[i].p1);
-		if (!pl[i].sp)
+					      &pl[i].p1);
+		if (!pl[i].sp || (runs[i].span && runs[i].span != pl[i].sp->id))
 			return KVSHIM_ERANGE;
 	}
 	return 0;
@@ -51,6 +54,29 @@ static int any_busy_many(const kv_alloc_t *a, const struct place *pl, size_t n)
 	for (i = 0; i < n; i++)
 		if (kv_span_any_busy(a, pl[i].sp, pl[i].p0, pl[i].p1))
 			return 1;
+	return 0;
+}
+
+/*
+ * Whether every page of the ranges can take the claims this call adds (at
+ * most one a range). Returns 0 or KVSHIM_ELIMIT.
+ */
+static int claims_fit(const kv_alloc_t *a, const struct place *pl, size_t n)
+{
+	uint64_t most = KV_CLAIMS_MAX > n ? KV_CLAIMS_MAX - n : 0;
+	uint32_t p;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		for (p = pl[i].p0; p <= pl[i].p1; p++) {
+			if (pl[i].sp->claims[p] <= most)
+				continue;
+			kv_warn("page 0x%llx holds %u claims: %zu more would pass %u",
+				(unsigned long long)kv_span_va(a, pl[i].sp, p),
+				pl[i].sp->claims[p], n, KV_CLAIMS_MAX);
+			return KVSHIM_ELIMIT;
+		}
+	}
 	return 0;
 }
 
@@ -103,22 +129,14 @@ static void unclaim_present(kv_alloc_t *a, const struct place *pl, size_t n)
 
 			if (*s == KV_PEND) {
 				*s = KV_NIL;
-			} else if (*s != KV_NIL && --pl[i].sp->claims[p] == 0) {
-				a->phys[*s].state = KV_P_CACHED;
-				a->phys[*s].idle_ns = now;
-				kv_list_push(a, &a->cache, *s);
+			} else if (*s != KV_NIL) {
+				pl[i].sp->claims[p]--;
+				kv_span_idle(a, pl[i].sp, p, now);
 			}
 		}
 	}
 }
 
-/*
- * Map slots[0..need) into the KV_PEND pages of the ranges in order, and
- * grant access with one call per contiguous run of them. Pages mapped here
- * are marked fresh, for claim_fresh. On failure they are unmapped and
- * KV_PEND again, and the slots are back in the pool. Returns 0 or a driver
- * error.
- */
 /* How many of the ranges cover page p of sp. */
 static uint32_t covering(const struct place *pl, size_t n,
 			 const struct kv_span *sp, uint32_t p)
@@ -131,11 +149,53 @@ static uint32_t covering(const struct place *pl, size_t n,
 	return c;
 }
 
+/*
+ * After a failed install, lock held: take the fresh pages back out of the
+ * spans (KV_PEND again) and return their slots to the pool. A page the
+ * driver will not unmap stays where it is, claimed by the ranges that
+ * cover it (unclaim_present then caches it for a later trim).
+ */
+static void uninstall(kv_alloc_t *a, const struct place *pl, size_t n,
+		      uint32_t *slots, uint32_t need)
+{
+	uint32_t j, good;
+
+	for (j = 0; j < need; j++) {
+		struct kv_phys *ph = &a->phys[slots[j]];
+		struct kv_span *sp = ph->span;
+		uint32_t p = ph->vpage;
+
+		if (!ph->fresh)
+			continue;
+		ph->fresh = 0;
+		if (kv_prim_unmap(&a->prim, kv_span_va(a, sp, p), a->page) == 0) {
+			sp->slot[p] = KV_PEND;
+			ph->span = NULL;
+			continue;
+		}
+		if (kv_prim_access(&a->prim, kv_span_va(a, sp, p), a->page))
+			kv_error("page at 0x%llx left mapped without access",
+				 (unsigned long long)kv_span_va(a, sp, p));
+		ph->failed = 1;
+		kv_slot_install(a, slots[j], sp, p);
+		sp->claims[p] = covering(pl, n, sp, p);
+	}
+	good = kv_slots_failed_last(a, slots, need);
+	kv_pool_put(a, slots, good, 0);
+}
+
+/*
+ * Map TAKEN slots[0..need) into the KV_PEND pages of the ranges in order,
+ * and grant access with one call per contiguous run of them. Pages mapped
+ * here are marked fresh, for claim_fresh. On failure they are unmapped and
+ * KV_PEND again, and the slots are back in the pool. Returns 0 or a driver
+ * error.
+ */
 static int install(kv_alloc_t *a, const struct place *pl, size_t n,
 		   uint32_t *slots, uint32_t need)
 {
 	uint64_t t0 = kv_prim_now_ns();
-	uint32_t p, k = 0, j, run;
+	uint32_t p, k = 0, run;
 	size_t i;
 	int rc = 0;
 
@@ -151,6 +211,7 @@ static int install(kv_alloc_t *a, const struct place *pl, size_t n,
 			rc = kv_prim_map(&a->prim, kv_span_va(a, sp, p), ph->h);
 			if (rc)
 				break;
+			/* linked, still TAKEN: only this call sees it */
 			sp->slot[p] = slots[k++];
 			ph->span = sp;
 			ph->vpage = p;
@@ -174,44 +235,12 @@ static int install(kv_alloc_t *a, const struct place *pl, size_t n,
 				    (size_t)run * a->page);
 	}
 	if (rc) {
-		uint32_t good;
-
-		for (j = 0; j < need; j++) {
-			struct kv_phys *ph = &a->phys[slots[j]];
-
-			if (!ph->fresh)
-				continue;
-			ph->fresh = 0;
-			if (kv_prim_unmap(&a->prim, kv_span_va(a, ph->span, ph->vpage),
-					  a->page) == 0) {
-				ph->span->slot[ph->vpage] = KV_PEND;
-				ph->span = NULL;
-				continue;
-			}
-			/* still mapped in the span: it stays there, as a page
-			 * the ranges claimed and unclaim_present releases to
-			 * the cache (a later trim unmaps it), made accessible
-			 * like every cached page */
-			if (kv_prim_access(&a->prim, kv_span_va(a, ph->span, ph->vpage),
-					   a->page))
-				kv_error("page at 0x%llx left mapped without access",
-					 (unsigned long long)kv_span_va(a, ph->span,
-									ph->vpage));
-			ph->failed = 1;
-			ph->state = KV_P_MAPPED;
-			ph->span->claims[ph->vpage] = covering(pl, n, ph->span, ph->vpage);
-			ph->span->mapped++;
-			a->mapped++;
-		}
-		good = kv_slots_failed_last(a, slots, need);
-		kv_pool_put(a, slots, good, 0);
+		uninstall(a, pl, n, slots, need);
 		return rc;
 	}
-	for (k = 0; k < need; k++) {
-		a->phys[slots[k]].state = KV_P_MAPPED;
-		a->phys[slots[k]].span->mapped++;
-	}
-	a->mapped += need;
+	for (k = 0; k < need; k++)
+		kv_slot_install(a, slots[k], a->phys[slots[k]].span,
+				a->phys[slots[k]].vpage);
 	KV_COUNT(a, map_calls, 1);
 	KV_COUNT(a, pages_mapped, need);
 	KV_COUNT(a, map_ns, kv_prim_now_ns() - t0);
@@ -236,41 +265,76 @@ static void claim_fresh(kv_alloc_t *a, const struct place *pl, size_t n,
 /*
  * Back the pages of all ranges, lock held: claims on what is mapped first,
  * then pages for the rest in one gathering, installed run by run. Returns
- * 0, KV_RETRY (nothing changed; wait for pages in flight) or an error with
- * nothing changed.
+ * KV_SUPPLY_DONE; WAIT or ASK with nothing changed; or FAILED with *err
+ * set and nothing changed.
  */
-static int map_locked(kv_alloc_t *a, const struct place *pl, size_t n)
+static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
+				 size_t n, int *err)
 {
 	uint32_t need, stack[64], *slots = stack;
-	int rc;
+	enum kv_supply out;
 
+	*err = 0;
 	need = claim_present(a, pl, n);
 	if (!need)
-		return 0;
+		return KV_SUPPLY_DONE;
 	if (need > 64 && !(slots = malloc(need * sizeof(*slots)))) {
 		unclaim_present(a, pl, n);
-		return KVSHIM_ENOMEM;
+		*err = KVSHIM_ENOMEM;
+		return KV_SUPPLY_FAILED;
 	}
-	rc = kv_pool_take(a, need, slots);
-	if (!rc)
-		rc = install(a, pl, n, slots, need);
-	if (!rc)
+	out = kv_pool_take(a, need, slots, err);
+	if (out == KV_SUPPLY_DONE) {
+		*err = install(a, pl, n, slots, need);
+		if (*err)
+			out = KV_SUPPLY_FAILED;
+	}
+	if (out == KV_SUPPLY_DONE)
 		claim_fresh(a, pl, n, slots, need);
 	else
 		unclaim_present(a, pl, n);
 	if (slots != stack)
 		free(slots);
-	return rc;
+	return out;
 }
 
-int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
+/* A released span no thread is unmapping yet, or NULL. */
+static int unreaped(const kv_alloc_t *a)
+{
+	const struct kv_span *sp;
+
+	for (sp = a->dying; sp; sp = sp->next)
+		if (!sp->reaping)
+			return 1;
+	return 0;
+}
+
+/* Turn the claim a one-range map just added to each page into a pin. */
+static void pin_range(kv_alloc_t *a, const struct place *pl)
+{
+	uint32_t p;
+
+	(void)a;
+	for (p = pl->p0; p <= pl->p1; p++) {
+		pl->sp->claims[p]--;
+		pl->sp->pinned[p] = 1;
+	}
+}
+
+/*
+ * kv_alloc_map_many, or with pin (one range) kv_alloc_pin: wait for pages
+ * in flight, unmap released spans whose pages it needs, ask other
+ * processes for budget for up to share_wait_ms. Returns 0 or an error with
+ * nothing changed.
+ */
+static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
+		    int pin)
 {
 	struct place one, *pl = &one;
 	uint64_t deadline = 0;
+	enum kv_supply out;
 	int rc;
 
-	if (!a || !runs || n == 0)
-		return KVSHIM_EINVAL;
 	if (n > 1 && !(pl = malloc(n * sizeof(*pl))))
 		return KVSHIM_ENOMEM;
 	rc = kv_prim_bind(&a->prim);
@@ -285,13 +349,28 @@ int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 			pthread_cond_wait(&a->done, &a->lock);
 			continue;
 		}
-		rc = map_locked(a, pl, n);
-		if (rc == KV_RETRY) {
-			pthread_cond_wait(&a->done, &a->lock);
+		rc = claims_fit(a, pl, n);
+		if (rc)
+			break;
+		out = map_locked(a, pl, n, &rc);
+		if (out == KV_SUPPLY_DONE) {
+			if (pin)
+				pin_range(a, pl);
+			break;
+		}
+		if (out == KV_SUPPLY_FAILED)
+			break;
+		if (out == KV_SUPPLY_WAIT) {
+			/* the pages a released span holds are needed now:
+			 * unmap it here rather than wait for the worker */
+			a->waiters++;
+			if (unreaped(a))
+				kv_spans_reap(a);
+			else
+				pthread_cond_wait(&a->done, &a->lock);
+			a->waiters--;
 			continue;
 		}
-		if (rc != KV_RETRY_SHARE)
-			break;
 		/* other processes were asked to trim: give them a moment */
 		if (!deadline)
 			deadline = kv_prim_now_ns() +
@@ -304,13 +383,39 @@ int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 		nanosleep(&(struct timespec){ 0, 2 * 1000 * 1000 }, NULL);
 		pthread_mutex_lock(&a->lock);
 	}
-	if (a->clean.n * a->page < a->o.pool_low)
+	if ((uint64_t)a->n[KV_P_CLEAN] * a->page < a->o.pool_low)
 		pthread_cond_signal(&a->wake);
+	KV_DEBUG_CHECK_LOCKED(a);
 	pthread_mutex_unlock(&a->lock);
 out:
 	if (pl != &one)
 		free(pl);
 	return rc;
+}
+
+int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
+{
+	if (!a || !runs || n == 0)
+		return KVSHIM_EINVAL;
+	return map_runs(a, runs, n, 0);
+}
+
+int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len)
+{
+	struct kv_run r = { addr, len, 0 };
+
+	if (!a || len == 0)
+		return KVSHIM_EINVAL;
+	return map_runs(a, &r, 1, 0);
+}
+
+int kv_alloc_pin(kv_alloc_t *a, CUdeviceptr addr, size_t len)
+{
+	struct kv_run r = { addr, len, 0 };
+
+	if (!a || len == 0)
+		return KVSHIM_EINVAL;
+	return map_runs(a, &r, 1, 1);
 }
 
 int kv_alloc_cost_many(kv_alloc_t *a, const struct kv_run *runs, size_t n,
@@ -359,15 +464,6 @@ int kv_alloc_cost_many(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 	return rc;
 }
 
-int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len)
-{
-	struct kv_run r = { addr, len };
-
-	if (!a || len == 0)
-		return KVSHIM_EINVAL;
-	return kv_alloc_map_many(a, &r, 1);
-}
-
 /* ---- unmap: dropping claims -------------------------------------------------------- */
 
 /* Drop one claim of each range's pages; on a page with none to drop, put
@@ -377,6 +473,7 @@ static int unclaim(kv_alloc_t *a, const struct place *pl, size_t n)
 	size_t i, j;
 	uint32_t p;
 
+	(void)a;
 	for (i = 0; i < n; i++) {
 		for (p = pl[i].p0; p <= pl[i].p1; p++) {
 			if (pl[i].sp->claims[p]) {
@@ -412,23 +509,15 @@ int kv_alloc_unmap_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 	rc = resolve(a, runs, n, pl);
 	if (!rc)
 		rc = unclaim(a, pl, n);
-	for (i = 0; i < n && !rc; i++) {
-		for (p = pl[i].p0; p <= pl[i].p1; p++) {
-			uint32_t s = pl[i].sp->slot[p];
-
-			/* a page several ranges share is cached once */
-			if (pl[i].sp->claims[p] || a->phys[s].state == KV_P_CACHED)
-				continue;
-			a->phys[s].state = KV_P_CACHED;
-			a->phys[s].idle_ns = now;
-			kv_list_push(a, &a->cache, s);
-		}
-	}
-	if (!rc && a->cache.n * a->page > a->o.cache_max)
+	for (i = 0; i < n && !rc; i++)
+		for (p = pl[i].p0; p <= pl[i].p1; p++)
+			kv_span_idle(a, pl[i].sp, p, now);
+	if (!rc && (uint64_t)a->n[KV_P_CACHED] * a->page > a->o.cache_max)
 		pthread_cond_signal(&a->wake);
 	if (!rc && a->share)
-		kv_share_note(a->share, (uint64_t)a->cache.n * a->page,
-			      (uint64_t)(a->clean.n + a->dirty.n + a->scrubbing) * a->page);
+		kv_share_note(a->share, (uint64_t)a->n[KV_P_CACHED] * a->page,
+			      (uint64_t)kv_pooled(a) * a->page);
+	KV_DEBUG_CHECK_LOCKED(a);
 	pthread_mutex_unlock(&a->lock);
 	if (pl != &one)
 		free(pl);
@@ -437,7 +526,7 @@ int kv_alloc_unmap_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 
 int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 {
-	struct kv_run r = { addr, len };
+	struct kv_run r = { addr, len, 0 };
 
 	if (!a || len == 0)
 		return KVSHIM_EINVAL;
@@ -460,32 +549,33 @@ int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 		/* what the shared budget, the others' use and floors, and this
 		 * process's ceiling leave (others' idle pages count: a map asks
 		 * them back) */
-		size_t own = 0, left;
+		size_t own = 0, left, cap;
 
 		pthread_mutex_lock(&a->lock);
-		own = (size_t)a->held * a->page;
+		own = (size_t)kv_held(a) * a->page;
 		pthread_mutex_unlock(&a->lock);
 		left = room > own ? room - own : 0;
-		if (a->o.max)
-			left = left < (a->o.max > own ? a->o.max - own : 0) ?
-			       left : (a->o.max > own ? a->o.max - own : 0);
+		if (a->o.max) {
+			cap = a->o.max > own ? a->o.max - own : 0;
+			left = left < cap ? left : cap;
+		}
 		if (free_b > left)
 			free_b = left;
 	}
 	pthread_mutex_lock(&a->lock);
-	grow = (size_t)(a->max_pages - a->held) * a->page;
+	grow = (size_t)a->n[KV_P_EMPTY] * a->page;
 	if (grow > free_b)
 		grow = free_b / a->page * a->page;
 	/* pages in flight (being scrubbed, trimmed or released) count: a map
 	 * waits for them rather than fail */
-	*bytes = grow + (size_t)(a->clean.n + a->dirty.n + a->scrubbing +
-				 a->outbound + a->cache.n) * a->page;
+	*bytes = grow + (size_t)(kv_pooled(a) + kv_outbound(a) +
+				 a->n[KV_P_CACHED]) * a->page;
 	pthread_mutex_unlock(&a->lock);
 	return 0;
 }
 
-int kv_alloc_claim_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
-			  struct kv_run **runs, size_t *nruns)
+int kv_alloc_pin_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
+			struct kv_run **runs, size_t *nruns)
 {
 	CUdeviceptr end = addr + len, lo, hi;
 	uint32_t p, p0, p1;
@@ -520,7 +610,9 @@ int kv_alloc_claim_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
 
 		if (s == KV_NIL)
 			continue;
-		kv_span_claim(a, sp, p);
+		sp->pinned[p] = 1;
+		if (a->phys[s].state == KV_P_CACHED)
+			kv_slot_move(a, s, KV_P_MAPPED);
 		lo = kv_span_va(a, sp, p);
 		hi = lo + a->page;
 		lo = lo < addr ? addr : lo;
@@ -528,11 +620,11 @@ int kv_alloc_claim_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
 		if (n && r[n - 1].addr + r[n - 1].len == lo)
 			r[n - 1].len += hi - lo;
 		else
-			r[n++] = (struct kv_run){ lo, hi - lo };
+			r[n++] = (struct kv_run){ lo, hi - lo, 0 };
 	}
+	KV_DEBUG_CHECK_LOCKED(a);
 	pthread_mutex_unlock(&a->lock);
 	*runs = r;
 	*nruns = n;
 	return 0;
 }
-

@@ -1,6 +1,6 @@
 /*
- * pool.c - physical pages: the slot table, the pool of ready pages, their
- * creation, scrubbing and release.
+ * pool.c - physical pages: the pool of ready pages, their creation,
+ * scrubbing and release, and the supply of pages to a map.
  *
  * With zeroing on, each page is mapped once into a private arena when it is
  * created and stays mapped there until it is released. Scrubbing a page that
@@ -13,53 +13,6 @@
 
 #include "alloc_int.h"
 #include "log.h"
-
-/* ---- lists of slots ------------------------------------------------------- */
-
-void kv_list_init(struct kv_list *l)
-{
-	l->head = l->tail = KV_NIL;
-	l->n = 0;
-}
-
-void kv_list_push(kv_alloc_t *a, struct kv_list *l, uint32_t s)
-{
-	struct kv_phys *p = &a->phys[s];
-
-	p->next = KV_NIL;
-	p->prev = l->tail;
-	if (l->tail != KV_NIL)
-		a->phys[l->tail].next = s;
-	else
-		l->head = s;
-	l->tail = s;
-	l->n++;
-}
-
-void kv_list_remove(kv_alloc_t *a, struct kv_list *l, uint32_t s)
-{
-	struct kv_phys *p = &a->phys[s];
-
-	if (p->prev != KV_NIL)
-		a->phys[p->prev].next = p->next;
-	else
-		l->head = p->next;
-	if (p->next != KV_NIL)
-		a->phys[p->next].prev = p->prev;
-	else
-		l->tail = p->prev;
-	p->prev = p->next = KV_NIL;
-	l->n--;
-}
-
-uint32_t kv_list_pop(kv_alloc_t *a, struct kv_list *l)
-{
-	uint32_t s = l->head;
-
-	if (s != KV_NIL)
-		kv_list_remove(a, l, s);
-	return s;
-}
 
 static int cmp_slot(const void *x, const void *y)
 {
@@ -78,37 +31,19 @@ static uint32_t run_len(const uint32_t *slots, uint32_t i, uint32_t n)
 	return j - i;
 }
 
-uint32_t kv_slots_failed_last(kv_alloc_t *a, uint32_t *slots, uint32_t n)
-{
-	uint32_t i, j, good = 0, s;
-
-	/* stable, in place: only ever run after a driver failure */
-	for (i = 0; i < n; i++) {
-		if (a->phys[slots[i]].failed)
-			continue;
-		s = slots[i];
-		for (j = i; j > good; j--)
-			slots[j] = slots[j - 1];
-		slots[good++] = s;
-	}
-	for (i = 0; i < n; i++)
-		a->phys[slots[i]].failed = 0;
-	return good;
-}
-
 static CUdeviceptr arena_va(const kv_alloc_t *a, uint32_t s)
 {
 	return a->arena + (CUdeviceptr)s * a->page;
 }
 
-/* ---- driver work on slots that the caller owns (BUSY) ------------------------ */
+/* ---- driver work on slots the caller owns (TAKEN or in flight) ------------- */
 
 /*
  * Create a handle for each of slots[0..n) and, with zeroing on, map it into
  * the arena with access granted per contiguous run. Stops at the first
  * failure; the slots that got no usable page are moved to the end of slots
- * in no particular order. Returns the number of pages made ready (the first
- * ones of slots) and stores the first error in *rc.
+ * with no handle. Returns the number of pages made ready (the first ones
+ * of slots) and stores the first error in *rc.
  */
 static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 			     int *rc)
@@ -147,6 +82,7 @@ static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 				      (size_t)mapped * a->page);
 		for (j = 0; j < len; j++) {
 			kv_prim_release(&a->prim, a->phys[slots[i + j]].h);
+			a->phys[slots[i + j]].h = 0;
 			a->phys[slots[i + j]].failed = 1;
 		}
 		ok -= len;
@@ -218,19 +154,16 @@ static int release_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n)
 	return rc;
 }
 
-/* ---- state moves, lock held ------------------------------------------------- */
+/* ---- taking and giving slots, lock held ---------------------------------------- */
 
-static void set_state(kv_alloc_t *a, uint32_t s, enum kv_pstate st)
-{
-	a->phys[s].state = (uint8_t)st;
-}
-
-/* Take up to n EMPTY slots, mark them BUSY and count them held. With a
- * shared budget, as many as it grants (halving the ask until it does);
- * its last refusal is left in a->share_said. spare: pages for the pool,
- * which must never make other processes trim. */
+/*
+ * Take up to n EMPTY slots into state to (TAKEN or FILLING). With a shared
+ * budget, as many as it grants (halving the ask until it does); its last
+ * refusal is left in a->share_said. spare: pages for the pool, which must
+ * never make other processes trim. Returns how many slots[] got.
+ */
 static uint32_t claim_empty(kv_alloc_t *a, uint32_t n, uint32_t *slots,
-			    int spare)
+			    int spare, enum kv_pstate to)
 {
 	uint32_t k;
 	int rc;
@@ -245,29 +178,23 @@ static uint32_t claim_empty(kv_alloc_t *a, uint32_t n, uint32_t *slots,
 		n /= 2;
 	}
 	for (k = 0; k < n; k++) {
-		slots[k] = kv_list_pop(a, &a->empty);
+		slots[k] = kv_list_first(&a->empty);
 		if (slots[k] == KV_NIL)
 			break;
-		set_state(a, slots[k], KV_P_BUSY);
+		kv_slot_move(a, slots[k], to);
 	}
 	if (a->share && k < n)
 		kv_share_give(a->share, (uint64_t)(n - k) * a->page);
-	a->held += k;
-	if (a->held > a->peak)
-		a->peak = a->held;
 	return k;
 }
 
+/* Slots with no handle any more back to EMPTY, their budget given back. */
 static void put_empty(kv_alloc_t *a, const uint32_t *slots, uint32_t n)
 {
 	uint32_t i;
 
-	for (i = 0; i < n; i++) {
-		a->phys[slots[i]].h = 0;
-		set_state(a, slots[i], KV_P_EMPTY);
-		kv_list_push(a, &a->empty, slots[i]);
-	}
-	a->held -= n;
+	for (i = 0; i < n; i++)
+		kv_slot_move(a, slots[i], KV_P_EMPTY);
 	if (a->share && n)
 		kv_share_give(a->share, (uint64_t)n * a->page);
 }
@@ -277,80 +204,83 @@ void kv_pool_put(kv_alloc_t *a, const uint32_t *slots, uint32_t n, int dirty)
 	int d = dirty && a->o.zero;
 	uint32_t i;
 
-	for (i = 0; i < n; i++) {
-		struct kv_phys *p = &a->phys[slots[i]];
-
-		p->span = NULL;
-		set_state(a, slots[i], d ? KV_P_DIRTY : KV_P_CLEAN);
-		kv_list_push(a, d ? &a->dirty : &a->clean, slots[i]);
-	}
-	if (d)
+	for (i = 0; i < n; i++)
+		kv_slot_move(a, slots[i], d ? KV_P_DIRTY : KV_P_CLEAN);
+	if (d && n)
 		pthread_cond_signal(&a->wake);
 }
 
-static uint32_t pooled(const kv_alloc_t *a)
+/* n slots off the head of list l into state to. */
+static void take_list(kv_alloc_t *a, struct kv_list *l, uint32_t n,
+		      uint32_t *slots, enum kv_pstate to)
 {
-	return a->clean.n + a->dirty.n + a->scrubbing;
-}
+	uint32_t i;
 
-/* ---- the map path's supply ---------------------------------------------------- */
-
-/*
- * Unmap up to n cached pages, oldest first, into the dirty pool. Lock held
- * throughout: this runs only when the pool and the limit are exhausted (the
- * map path has claimed its own ranges' cached pages, so none of those is
- * taken). Returns the pages moved.
- */
-static uint32_t reclaim(kv_alloc_t *a, uint32_t n, uint32_t *tmp)
-{
-	uint32_t s, next, k = 0, done;
-	int rc;
-
-	for (s = a->cache.head; s != KV_NIL && k < n; s = next) {
-		struct kv_phys *p = &a->phys[s];
-
-		next = p->next;
-		kv_list_remove(a, &a->cache, s);
-		set_state(a, s, KV_P_BUSY);
-		p->span->busy++;
-		tmp[k++] = s;
+	for (i = 0; i < n; i++) {
+		slots[i] = kv_list_first(l);
+		kv_slot_move(a, slots[i], to);
 	}
-	done = kv_span_unmap_slots(a, tmp, k, &rc);
-	kv_span_settle(a, tmp, k, done);
-	return done;
+}
+
+/* ---- the map path's supply ----------------------------------------------------- */
+
+/*
+ * A map is short of pages: whether to wait, to ask again, or to fail, in
+ * one place. reclaim_err is a driver failure met unmapping cached pages.
+ */
+static enum kv_supply short_of_pages(kv_alloc_t *a, int oom, int reclaim_err,
+				     int *err)
+{
+	/* pages on their way back (a released span's, being scrubbed or
+	 * trimmed) still count against the device and the budgets; a
+	 * released span's come back only once no stream captures (a map on
+	 * the capturing thread must not wait for its own capture to end) */
+	if (a->n[KV_P_FILLING] || a->n[KV_P_UNMAPPING] || a->n[KV_P_FREEING] ||
+	    (a->n[KV_P_DYING] && !kv_prim_capturing()))
+		return KV_SUPPLY_WAIT;
+	if (reclaim_err) {
+		*err = reclaim_err;
+		return KV_SUPPLY_FAILED;
+	}
+	if (a->share_said == KV_SHARE_WAIT)
+		return KV_SUPPLY_ASK;
+	*err = oom ? KVSHIM_ENOMEM : KVSHIM_ELIMIT;
+	return KV_SUPPLY_FAILED;
 }
 
 /*
- * Gather n CLEAN pages for a map into slots, lock held: from the pool, then new handles while the limit allows, then this
- * allocator's cached pages elsewhere. Returns 0 with slots filled; KV_RETRY
- * when only pages in flight (being scrubbed or trimmed) could make up the
- * number; or KVSHIM_ELIMIT / KVSHIM_ENOMEM / a driver error with every
- * gathered page back in the pool.
+ * Gather n clean pages for a map into slots, TAKEN, lock held: from the
+ * pool, then new handles while the limit allows, then this allocator's
+ * cached pages elsewhere (the map has claimed its own ranges' pages, so
+ * none of those is taken). Returns KV_SUPPLY_DONE, WAIT or ASK with nothing
+ * taken, or FAILED with *err set (KVSHIM_ELIMIT, KVSHIM_ENOMEM or a driver
+ * error) and every gathered page back in the pool.
  */
-int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots)
+enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots,
+			    int *err)
 {
-	uint32_t got = 0, k, m, dirty_from;
-	uint32_t *tmp = NULL;
+	uint32_t got, k, m, dirty_from;
+	enum kv_supply out = KV_SUPPLY_FAILED;
 	int rc = 0, oom = 0;
 	uint64_t avail;
 
+	*err = 0;
 	a->share_said = 0;
-	avail = (uint64_t)a->clean.n + a->dirty.n + (a->max_pages - a->held) +
-		a->cache.n;
+	avail = (uint64_t)a->n[KV_P_CLEAN] + a->n[KV_P_DIRTY] +
+		a->n[KV_P_EMPTY] + a->n[KV_P_CACHED];
 	if (n > avail)
-		return a->scrubbing || a->outbound ? KV_RETRY : KVSHIM_ELIMIT;
+		return short_of_pages(a, 0, 0, err);
 
-	while (got < n && a->clean.n)
-		slots[got++] = kv_list_pop(a, &a->clean);
+	got = n < a->n[KV_P_CLEAN] ? n : a->n[KV_P_CLEAN];
+	take_list(a, &a->clean, got, slots, KV_P_TAKEN);
 	dirty_from = got;
-	while (got < n && a->dirty.n)
-		slots[got++] = kv_list_pop(a, &a->dirty);
+	k = n - got < a->n[KV_P_DIRTY] ? n - got : a->n[KV_P_DIRTY];
+	take_list(a, &a->dirty, k, slots + got, KV_P_TAKEN);
+	got += k;
 
-	if (got < n && a->held < a->max_pages) {
-		m = n - got;
-		if (m > a->max_pages - a->held)
-			m = a->max_pages - a->held;
-		m = claim_empty(a, m, slots + got, 0);
+	if (got < n && a->n[KV_P_EMPTY]) {
+		m = n - got < a->n[KV_P_EMPTY] ? n - got : a->n[KV_P_EMPTY];
+		m = claim_empty(a, m, slots + got, 0, KV_P_TAKEN);
 		k = create_slots(a, slots + got, m, &rc);
 		put_empty(a, slots + got + k, m - k);
 		got += k;
@@ -362,37 +292,26 @@ int kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots)
 			goto fail;
 	}
 	if (got < n) {
-		tmp = malloc((n - got) * sizeof(*tmp));
-		if (!tmp) {
-			rc = KVSHIM_ENOMEM;
-			goto fail;
-		}
-		k = reclaim(a, n - got, tmp);
-		memcpy(slots + got, tmp, k * sizeof(*tmp));
+		rc = kv_cache_reclaim(a, n - got, slots + got, &k);
 		got += k;
-		free(tmp);
 		if (got < n) {
-			/* pages on their way back (a released span's, being
-			 * scrubbed) still count against the device and the
-			 * budgets: wait for them before saying no */
-			rc = a->outbound || a->scrubbing ? KV_RETRY :
-			     oom ? KVSHIM_ENOMEM :
-			     a->share_said == KV_SHARE_WAIT ? KV_RETRY_SHARE :
-			     KVSHIM_ELIMIT;
+			out = short_of_pages(a, oom, rc, err);
+			rc = 0;
 			goto fail;
 		}
+		rc = 0;
 	}
 	/* everything from dirty_from on may hold old bytes */
 	rc = scrub_slots(a, slots + dirty_from, got - dirty_from);
 	if (rc)
 		goto fail;
-	for (k = 0; k < got; k++)
-		set_state(a, slots[k], KV_P_BUSY);
-	return 0;
+	return KV_SUPPLY_DONE;
 fail:
+	if (rc)
+		*err = rc;
 	kv_pool_put(a, slots, dirty_from, 0);
 	kv_pool_put(a, slots + dirty_from, got - dirty_from, 1);
-	return rc;
+	return out;
 }
 
 /* ---- the worker's duties: lock held on entry and exit, dropped for the driver */
@@ -402,31 +321,23 @@ int kv_pool_refill(kv_alloc_t *a)
 	uint32_t low = (uint32_t)(a->o.pool_low / a->page);
 	uint32_t high = (uint32_t)(a->o.pool_high / a->page);
 	uint32_t n, k, *slots;
-	int rc;
+	int rc, bad;
 
-	if (pooled(a) >= low || a->held >= a->max_pages)
+	if (kv_pooled(a) >= low || !a->n[KV_P_EMPTY] || kv_pooled(a) >= high)
 		return 0;
-	n = high - pooled(a);
-	if (n > a->max_pages - a->held)
-		n = a->max_pages - a->held;
+	n = high - kv_pooled(a);
+	if (n > a->n[KV_P_EMPTY])
+		n = a->n[KV_P_EMPTY];
 	slots = malloc(n * sizeof(*slots));
 	if (!slots)
 		return KVSHIM_ENOMEM;
-	n = claim_empty(a, n, slots, 1);
-	a->scrubbing += n;
+	n = claim_empty(a, n, slots, 1, KV_P_FILLING);
 	pthread_mutex_unlock(&a->lock);
 	k = create_slots(a, slots, n, &rc);
-	if (scrub_slots(a, slots, k) != 0) {
-		/* unscrubbed pages stay dirty; the next round scrubs them */
-		pthread_mutex_lock(&a->lock);
-		a->scrubbing -= n;
-		kv_pool_put(a, slots, k, 1);
-		goto out;
-	}
+	/* unscrubbed pages go in dirty; a later round scrubs them */
+	bad = scrub_slots(a, slots, k) != 0;
 	pthread_mutex_lock(&a->lock);
-	a->scrubbing -= n;
-	kv_pool_put(a, slots, k, 0);
-out:
+	kv_pool_put(a, slots, k, bad);
 	put_empty(a, slots + k, n - k);
 	pthread_cond_broadcast(&a->done);
 	free(slots);
@@ -435,21 +346,31 @@ out:
 
 int kv_pool_scrub(kv_alloc_t *a)
 {
-	uint32_t slots[64], n = 0;
+	uint32_t slots[64], n;
 	int rc;
 
-	while (n < 64 && a->dirty.n) {
-		slots[n] = kv_list_pop(a, &a->dirty);
-		set_state(a, slots[n++], KV_P_BUSY);
-	}
+	n = a->n[KV_P_DIRTY] < 64 ? a->n[KV_P_DIRTY] : 64;
 	if (!n)
 		return 0;
-	a->scrubbing += n;
+	take_list(a, &a->dirty, n, slots, KV_P_FILLING);
 	pthread_mutex_unlock(&a->lock);
 	rc = scrub_slots(a, slots, n);
 	pthread_mutex_lock(&a->lock);
-	a->scrubbing -= n;
 	kv_pool_put(a, slots, n, rc != 0);
+	pthread_cond_broadcast(&a->done);
+	return rc;
+}
+
+int kv_pool_free(kv_alloc_t *a, uint32_t *slots, uint32_t n)
+{
+	int rc;
+
+	if (!n)
+		return 0;
+	pthread_mutex_unlock(&a->lock);
+	rc = release_slots(a, slots, n);
+	pthread_mutex_lock(&a->lock);
+	put_empty(a, slots, n);
 	pthread_cond_broadcast(&a->done);
 	return rc;
 }
@@ -461,43 +382,23 @@ int kv_pool_scrub(kv_alloc_t *a)
  */
 int kv_pool_shrink(kv_alloc_t *a, uint32_t keep, uint32_t *freed)
 {
-	uint32_t n = 0, k, *slots;
+	uint32_t n, d, *slots;
 	int rc;
 
 	*freed = 0;
-	if (a->clean.n + a->dirty.n <= keep)
+	n = a->n[KV_P_CLEAN] + a->n[KV_P_DIRTY];
+	if (n <= keep)
 		return 0;
-	k = a->clean.n + a->dirty.n - keep;
-	slots = malloc(k * sizeof(*slots));
+	n -= keep;
+	slots = malloc(n * sizeof(*slots));
 	if (!slots)
 		return KVSHIM_ENOMEM;
-	while (n < k) {
-		slots[n] = kv_list_pop(a, a->dirty.n ? &a->dirty : &a->clean);
-		set_state(a, slots[n++], KV_P_BUSY);
-	}
-	a->outbound += n;
-	pthread_mutex_unlock(&a->lock);
-	rc = release_slots(a, slots, n);
-	pthread_mutex_lock(&a->lock);
-	a->outbound -= n;
-	put_empty(a, slots, n);
-	pthread_cond_broadcast(&a->done);
+	d = n < a->n[KV_P_DIRTY] ? n : a->n[KV_P_DIRTY];
+	take_list(a, &a->dirty, d, slots, KV_P_FREEING);
+	take_list(a, &a->clean, n - d, slots + d, KV_P_FREEING);
+	rc = kv_pool_free(a, slots, n);
 	free(slots);
 	*freed = n;
-	return rc;
-}
-
-/* Release pages that were unmapped from spans (BUSY), lock held on entry
- * and exit; used by trim. Returns 0 or the first driver error. */
-int kv_pool_release_busy(kv_alloc_t *a, uint32_t *slots, uint32_t n)
-{
-	int rc;
-
-	pthread_mutex_unlock(&a->lock);
-	rc = release_slots(a, slots, n);
-	pthread_mutex_lock(&a->lock);
-	put_empty(a, slots, n);
-	pthread_cond_broadcast(&a->done);
 	return rc;
 }
 
@@ -505,20 +406,11 @@ int kv_pool_release_busy(kv_alloc_t *a, uint32_t *slots, uint32_t n)
 
 int kv_pool_init(kv_alloc_t *a)
 {
-	uint32_t s;
 	int rc;
 
-	a->phys = calloc(a->max_pages ? a->max_pages : 1, sizeof(*a->phys));
-	if (!a->phys)
-		return KVSHIM_ENOMEM;
-	kv_list_init(&a->empty);
-	kv_list_init(&a->clean);
-	kv_list_init(&a->dirty);
-	kv_list_init(&a->cache);
-	for (s = 0; s < a->max_pages; s++) {
-		a->phys[s].state = KV_P_EMPTY;
-		kv_list_push(a, &a->empty, s);
-	}
+	rc = kv_slots_init(a);
+	if (rc)
+		return rc;
 	if (a->o.zero && a->max_pages) {
 		rc = kv_prim_reserve(&a->prim, (size_t)a->max_pages * a->page,
 				     &a->arena);
@@ -531,7 +423,7 @@ int kv_pool_init(kv_alloc_t *a)
 	return 0;
 }
 
-/* Lock not needed: the worker is stopped and the spans are gone. */
+/* The worker is stopped and the spans are gone. */
 void kv_pool_fini(kv_alloc_t *a)
 {
 	uint32_t freed;

@@ -53,9 +53,15 @@
 	X(cuMemsetD8Async, CUresult,                                       \
 	  (CUdeviceptr, unsigned char, size_t, CUstream))
 
+/* Entry points kvshim can do without (older drivers, the emulation). */
+#define KV_DRIVER_OPTIONAL(X)                                              \
+	X(cuThreadExchangeStreamCaptureMode, CUresult,                    \
+	  (CUstreamCaptureMode *))
+
 #define KV_DECLARE(name, ret, args) ret (*name) args;
 static struct {
 	KV_DRIVER_FUNCS(KV_DECLARE)
+	KV_DRIVER_OPTIONAL(KV_DECLARE)
 } drv;
 #undef KV_DECLARE
 
@@ -121,6 +127,10 @@ static void load(void)
 	}
 	KV_DRIVER_FUNCS(KV_RESOLVE)
 #undef KV_RESOLVE
+#define KV_RESOLVE_OPTIONAL(name, ret, args)                               \
+	drv.name = (ret (*) args)kv_prim_dlsym(h, #name);
+	KV_DRIVER_OPTIONAL(KV_RESOLVE_OPTIONAL)
+#undef KV_RESOLVE_OPTIONAL
 	driver = h;
 	load_rc = 0;
 }
@@ -222,6 +232,34 @@ int kv_prim_open(kv_prim_t *p, int ordinal, size_t page)
 	return rc;
 }
 
+int kv_prim_device_info(int ordinal, size_t *total, size_t *gran)
+{
+	CUmemAllocationProp prop;
+	CUdevice dev;
+	CUresult r;
+
+	pthread_once(&load_once, load);
+	if (load_rc)
+		return load_rc;
+	r = drv.cuInit(0);
+	if (r == CUDA_ERROR_NO_DEVICE)
+		return KVSHIM_ENODEV;
+	CALL("cuInit", r);
+	r = drv.cuDeviceGet(&dev, ordinal);
+	if (r == CUDA_ERROR_INVALID_DEVICE)
+		return KVSHIM_EINVAL;
+	CALL("cuDeviceGet", r);
+	CALL("cuDeviceTotalMem", drv.cuDeviceTotalMem_v2(total, dev));
+	memset(&prop, 0, sizeof(prop));
+	prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+	prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+	prop.location.id = dev;
+	CALL("cuMemGetAllocationGranularity",
+	     drv.cuMemGetAllocationGranularity(gran, &prop,
+					      CU_MEM_ALLOC_GRANULARITY_MINIMUM));
+	return 0;
+}
+
 void kv_prim_close(kv_prim_t *p)
 {
 	if (!p->ctx)
@@ -312,22 +350,97 @@ int kv_prim_unmap(const kv_prim_t *p, CUdeviceptr va, size_t size)
 	return 0;
 }
 
-int kv_prim_fence(const kv_prim_t *p)
+/* ---- stream capture ---------------------------------------------------------- */
+
+/*
+ * Captures in progress in this process, as the hooks saw them begin and
+ * end. No context-wide synchronisation is allowed while any stream
+ * captures (cuCtxSynchronize fails and invalidates the capture, in every
+ * capture mode: docs/BENCHMARKS.md, capture-probe), so a fence waits for
+ * none: it is put off. The gate makes "no capture, so fence" one step: a
+ * capture begins only once a fence in progress is done.
+ */
+static pthread_mutex_t capture_gate = PTHREAD_MUTEX_INITIALIZER;
+static unsigned captures;
+
+void kv_prim_capture_begin(void)
+{
+	pthread_mutex_lock(&capture_gate);
+	captures++;
+	pthread_mutex_unlock(&capture_gate);
+}
+
+void kv_prim_capture_end(void)
+{
+	pthread_mutex_lock(&capture_gate);
+	if (captures)
+		captures--;
+	pthread_mutex_unlock(&capture_gate);
+}
+
+int kv_prim_capturing(void)
+{
+	return __atomic_load_n(&captures, __ATOMIC_RELAXED) != 0;
+}
+
+int kv_prim_relax(void)
+{
+	CUstreamCaptureMode m = CU_STREAM_CAPTURE_MODE_RELAXED;
+
+	if (!drv.cuThreadExchangeStreamCaptureMode ||
+	    drv.cuThreadExchangeStreamCaptureMode(&m) != CUDA_SUCCESS)
+		return -1;
+	return (int)m;
+}
+
+void kv_prim_unrelax(int mode)
+{
+	CUstreamCaptureMode m = (CUstreamCaptureMode)mode;
+
+	if (mode >= 0 && drv.cuThreadExchangeStreamCaptureMode)
+		drv.cuThreadExchangeStreamCaptureMode(&m);
+}
+
+int kv_prim_fence(const kv_prim_t *p, int *fenced)
 {
 	CUcontext prev;
 	CUresult r;
 
-	CALL("cuCtxPushCurrent", drv.cuCtxPushCurrent_v2(p->ctx));
-	r = drv.cuCtxSynchronize();
-	drv.cuCtxPopCurrent_v2(&prev);
-	return r == CUDA_SUCCESS ? 0 : fail("cuCtxSynchronize", r);
+	*fenced = 0;
+	pthread_mutex_lock(&capture_gate);
+	if (captures) {
+		pthread_mutex_unlock(&capture_gate);
+		return 0;
+	}
+	r = drv.cuCtxPushCurrent_v2(p->ctx);
+	if (r == CUDA_SUCCESS) {
+		r = drv.cuCtxSynchronize();
+		drv.cuCtxPopCurrent_v2(&prev);
+		if (r != CUDA_SUCCESS) {
+			pthread_mutex_unlock(&capture_gate);
+			return fail("cuCtxSynchronize", r);
+		}
+		*fenced = 1;
+	}
+	pthread_mutex_unlock(&capture_gate);
+	return r == CUDA_SUCCESS ? 0 : fail("cuCtxPushCurrent", r);
 }
 
 int kv_prim_zero(const kv_prim_t *p, CUdeviceptr va, size_t size)
 {
-	CALL("cuMemsetD8Async", drv.cuMemsetD8Async(va, 0, size, p->stream));
-	CALL("cuStreamSynchronize", drv.cuStreamSynchronize(p->stream));
-	return 0;
+	int mode, rc = 0;
+	CUresult r;
+
+	/* kvshim's own stream: relaxed, its wait is legal on any thread
+	 * while others capture (and on a capturing thread too) */
+	mode = kv_prim_relax();
+	r = drv.cuMemsetD8Async(va, 0, size, p->stream);
+	if (r != CUDA_SUCCESS)
+		rc = fail("cuMemsetD8Async", r);
+	else if ((r = drv.cuStreamSynchronize(p->stream)) != CUDA_SUCCESS)
+		rc = fail("cuStreamSynchronize", r);
+	kv_prim_unrelax(mode);
+	return rc;
 }
 
 int kv_prim_meminfo(const kv_prim_t *p, size_t *free_bytes, size_t *total)

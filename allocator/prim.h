@@ -38,6 +38,13 @@ typedef struct kv_prim_s {
  * support) or KVSHIM_EDRIVER. */
 int kv_prim_open(kv_prim_t *p, int ordinal, size_t page);
 
+/* What must be known of device ordinal before kvshim opens it (to check
+ * the configuration against it): its memory in *total and its allocation
+ * granularity in *gran. Loads and initialises the driver; retains no
+ * context. Returns 0, KVSHIM_ENODEV (no driver, or it sees no device),
+ * KVSHIM_EINVAL (the driver has no device ordinal) or KVSHIM_EDRIVER. */
+int kv_prim_device_info(int ordinal, size_t *total, size_t *gran);
+
 /* Drop the primary context and the stream. Safe on a zeroed p. */
 void kv_prim_close(kv_prim_t *p);
 
@@ -80,12 +87,30 @@ int kv_prim_unmap(const kv_prim_t *p, CUdeviceptr va, size_t size);
 
 /* Wait until the work queued on the device's context so far is done. The
  * driver's unmap does not wait for kernels that may still reach the range:
- * pages leave a span only after a fence. Returns 0 or a driver error. */
-int kv_prim_fence(const kv_prim_t *p);
+ * pages leave a span only after a fence. While a stream captures (see
+ * kv_prim_capture_begin) no fence is possible: *fenced is 0 and nothing is
+ * done; otherwise *fenced is 1 on success. Returns 0 or a driver error. */
+int kv_prim_fence(const kv_prim_t *p, int *fenced);
 
-/* Write zeros over [va, va + size), mapped and accessible, and wait until
- * it is done. Returns 0 or a driver error. */
+/* Write zeros over [va, va + size), mapped and accessible, on kvshim's own
+ * stream, and wait until it is done (in relaxed capture mode, so this is
+ * legal while any thread captures). Returns 0 or a driver error. */
 int kv_prim_zero(const kv_prim_t *p, CUdeviceptr va, size_t size);
+
+/* A stream capture is about to begin (before the driver's call) or has
+ * ended (after it, or after a begin that failed): the hooks see every
+ * capture an engine makes. A capture's begin waits for a fence in
+ * progress. */
+void kv_prim_capture_begin(void);
+void kv_prim_capture_end(void);
+
+/* 1 while some capture is in progress. */
+int kv_prim_capturing(void);
+
+/* Put the calling thread in relaxed capture mode; returns the mode to give
+ * kv_prim_unrelax, or -1 when the driver cannot (then nothing changed). */
+int kv_prim_relax(void);
+void kv_prim_unrelax(int mode);
 
 /* Free and total device memory as the driver reports it. */
 int kv_prim_meminfo(const kv_prim_t *p, size_t *free_bytes, size_t *total);

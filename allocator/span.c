@@ -1,10 +1,10 @@
 /*
  * span.c - spans: looking them up, reserving and releasing them (a release
- * retires the span at once and leaves its unmapping to the worker), and
- * unmapping pages out of them in runs: trim and the cache cap. The map and
- * unmap paths are in map.c. Work here that is slow marks its pages BUSY
- * and runs outside the lock; the map path waits for such a page rather
- * than race it.
+ * retires the span at once and leaves its unmapping to the worker, or to a
+ * map that needs its pages first), and unmapping pages out of them in
+ * runs: trim, reclaim and the cache cap. The map and unmap paths are in
+ * map.c. Work here that is slow runs outside the lock on slots in flight;
+ * the map path waits for such a page rather than race it.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -63,22 +63,32 @@ int kv_span_any_busy(const kv_alloc_t *a, const struct kv_span *sp,
 {
 	uint32_t p;
 
+	if (!sp->busy)
+		return 0;
 	for (p = p0; p <= p1; p++)
 		if (sp->slot[p] != KV_NIL &&
-		    a->phys[sp->slot[p]].state == KV_P_BUSY)
+		    a->phys[sp->slot[p]].state == KV_P_UNMAPPING)
 			return 1;
 	return 0;
 }
 
-/* One more claim on mapped page p of sp; a cached page leaves the cache. */
 void kv_span_claim(kv_alloc_t *a, struct kv_span *sp, uint32_t p)
 {
 	uint32_t s = sp->slot[p];
 
-	if (sp->claims[p]++ == 0 && a->phys[s].state == KV_P_CACHED) {
-		kv_list_remove(a, &a->cache, s);
-		a->phys[s].state = KV_P_MAPPED;
-	}
+	if (sp->claims[p]++ == 0 && a->phys[s].state == KV_P_CACHED)
+		kv_slot_move(a, s, KV_P_MAPPED);
+}
+
+void kv_span_idle(kv_alloc_t *a, struct kv_span *sp, uint32_t p,
+		  uint64_t now)
+{
+	uint32_t s = sp->slot[p];
+
+	if (sp->claims[p] || sp->pinned[p] || a->phys[s].state != KV_P_MAPPED)
+		return;
+	a->phys[s].idle_ns = now;
+	kv_slot_move(a, s, KV_P_CACHED);
 }
 
 /* ---- reserve and release -------------------------------------------------------- */
@@ -88,6 +98,7 @@ static void span_free(struct kv_span *sp)
 	if (!sp)
 		return;
 	free(sp->claims);
+	free(sp->pinned);
 	free(sp->slot);
 	free(sp);
 }
@@ -109,8 +120,9 @@ int kv_alloc_reserve(kv_alloc_t *a, size_t size, CUdeviceptr *base)
 	sp->npages = (uint32_t)npages;
 	sp->size = npages * a->page;
 	sp->claims = calloc(npages, sizeof(*sp->claims));
+	sp->pinned = calloc(npages, sizeof(*sp->pinned));
 	sp->slot = malloc(npages * sizeof(*sp->slot));
-	if (!sp->claims || !sp->slot) {
+	if (!sp->claims || !sp->pinned || !sp->slot) {
 		rc = KVSHIM_ENOMEM;
 		goto fail;
 	}
@@ -136,12 +148,14 @@ int kv_alloc_reserve(kv_alloc_t *a, size_t size, CUdeviceptr *base)
 		a->spans = grown;
 		a->cap = cap;
 	}
+	sp->id = a->next_id++;
 	i = upper(a, sp->base);
 	memmove(a->spans + i + 1, a->spans + i,
 		(a->nspans - i) * sizeof(*a->spans));
 	a->spans[i] = sp;
 	a->nspans++;
 	a->reserved += sp->size;
+	KV_DEBUG_CHECK_LOCKED(a);
 	pthread_mutex_unlock(&a->lock);
 	*base = sp->base;
 	return 0;
@@ -152,9 +166,10 @@ fail:
 
 /*
  * Take sp out of sight at once and leave the unmapping of its pages (20 to
- * 40 us a page, however batched) to the worker: a cudaFree of a KV cache
- * must not stall the engine for its whole size. The pages count as in
- * flight until then, so a map short of memory waits for them. Lock held.
+ * 40 us a page, however batched) for later: a cudaFree of a KV cache must
+ * not stall the engine for its whole size. Its pages are DYING until then,
+ * so a map short of memory unmaps them itself or waits. No page of sp may
+ * be in flight. Lock held.
  */
 static void retire(kv_alloc_t *a, struct kv_span *sp)
 {
@@ -167,77 +182,93 @@ static void retire(kv_alloc_t *a, struct kv_span *sp)
 
 		if (s == KV_NIL)
 			continue;
-		if (a->phys[s].state == KV_P_CACHED)
-			kv_list_remove(a, &a->cache, s);
-		else
+		if (a->phys[s].state == KV_P_MAPPED)
 			a->phys[s].idle_ns = now;
-		a->phys[s].state = KV_P_BUSY;
-		sp->busy++;
+		kv_slot_move(a, s, KV_P_DYING);
 	}
-	a->outbound += sp->busy;
-	a->dying_pages += sp->busy;
 	i = upper(a, sp->base) - 1;
 	memmove(a->spans + i, a->spans + i + 1,
 		(a->nspans - i - 1) * sizeof(*a->spans));
 	a->nspans--;
 	a->reserved -= sp->size;
+	sp->dying = 1;
 	sp->next = a->dying;
 	a->dying = sp;
 	pthread_cond_signal(&a->wake);
 }
 
+/* Unlink sp from the list of released spans. */
+static void unlink_dying(kv_alloc_t *a, struct kv_span *sp)
+{
+	struct kv_span **pp = &a->dying;
+
+	while (*pp != sp)
+		pp = &(*pp)->next;
+	*pp = sp->next;
+}
+
 /*
- * Unmap the pages of released spans into the pool and free their ranges,
- * the lock dropped for the driver work. Lock held on entry and exit. A span
- * whose unmap fails stays on the list for the next round. Returns 0 or the
- * first driver error.
+ * Unmap the pages of one released span into the dirty pool and free its
+ * range, the lock dropped for the driver work. Lock held on entry and exit.
+ * The span stays on the list, marked, while this runs (other reapers pass
+ * it by); a span whose unmap fails stays for the next round. Returns 0 or
+ * the first driver error.
+ */
+static int reap_one(kv_alloc_t *a, struct kv_span *sp)
+{
+	uint32_t p, n, done, *slots;
+	int e, rc, later;
+
+	slots = malloc((sp->busy ? sp->busy : 1) * sizeof(*slots));
+	if (!slots)
+		return KVSHIM_ENOMEM;
+	for (n = 0, p = 0; p < sp->npages; p++)
+		if (sp->slot[p] != KV_NIL)
+			slots[n++] = sp->slot[p];
+	sp->reaping = 1;
+	pthread_mutex_unlock(&a->lock);
+	done = kv_span_unmap_slots(a, slots, n, &e, &later);
+	pthread_mutex_lock(&a->lock);
+	for (p = 0; p < done; p++)
+		kv_slot_detach(a, slots[p], KV_P_DIRTY);
+	if (done)
+		pthread_cond_signal(&a->wake);  /* pages to scrub */
+	free(slots);
+	pthread_cond_broadcast(&a->done);
+	if (e || later) {
+		/* the span stays for a later round (after the capture) */
+		sp->reaping = 0;
+		return e;
+	}
+	unlink_dying(a, sp);
+	pthread_mutex_unlock(&a->lock);
+	rc = kv_prim_unreserve(&a->prim, sp->base, sp->size);
+	pthread_mutex_lock(&a->lock);
+	span_free(sp);
+	return rc;
+}
+
+/*
+ * Unmap the pages of every released span no other thread is reaping.
+ * Lock held on entry and exit. Returns 0 or the first driver error.
  */
 int kv_spans_reap(kv_alloc_t *a)
 {
 	struct kv_span *sp;
-	uint32_t p, n, done, *slots;
 	int rc = 0, e;
 
-	while ((sp = a->dying)) {
-		a->dying = sp->next;
-		slots = malloc((sp->busy ? sp->busy : 1) * sizeof(*slots));
-		if (!slots) {
-			sp->next = a->dying;
-			a->dying = sp;
-			return KVSHIM_ENOMEM;
-		}
-		for (n = 0, p = 0; p < sp->npages; p++)
-			if (sp->slot[p] != KV_NIL)
-				slots[n++] = sp->slot[p];
-		pthread_mutex_unlock(&a->lock);
-		done = kv_span_unmap_slots(a, slots, n, &e);
-		pthread_mutex_lock(&a->lock);
-		for (p = 0; p < done; p++) {
-			struct kv_phys *ph = &a->phys[slots[p]];
-
-			sp->slot[ph->vpage] = KV_NIL;
-			ph->span = NULL;
-		}
-		sp->busy -= done;
-		sp->mapped -= done;
-		a->mapped -= done;
-		a->outbound -= done;
-		a->dying_pages -= done;
-		kv_pool_put(a, slots, done, 1);
-		free(slots);
-		pthread_cond_broadcast(&a->done);
-		if (e) {
-			/* try again next round */
-			sp->next = a->dying;
-			a->dying = sp;
-			return rc ? rc : e;
-		}
-		pthread_mutex_unlock(&a->lock);
-		e = kv_prim_unreserve(&a->prim, sp->base, sp->size);
-		pthread_mutex_lock(&a->lock);
+	/* while a stream captures, the spans wait for its end (the hooks
+	 * wake the worker then) */
+	while (!kv_prim_capturing()) {
+		for (sp = a->dying; sp && sp->reaping; sp = sp->next)
+			;
+		if (!sp)
+			return rc;
+		e = reap_one(a, sp);
 		if (e && !rc)
 			rc = e;
-		span_free(sp);
+		if (e)
+			return rc;  /* the span stays; try again next round */
 	}
 	return rc;
 }
@@ -268,17 +299,22 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 		}
 		pthread_cond_wait(&a->done, &a->lock);
 	}
-	if (rc == 0)
-		pthread_cond_signal(&a->wake);  /* pages to scrub */
 	if (rc == 0 && a->share)
-		kv_share_note(a->share, (uint64_t)a->cache.n * a->page,
-			      (uint64_t)(a->clean.n + a->dirty.n + a->scrubbing) * a->page);
+		kv_share_note(a->share, (uint64_t)a->n[KV_P_CACHED] * a->page,
+			      (uint64_t)kv_pooled(a) * a->page);
+	KV_DEBUG_CHECK_LOCKED(a);
 	pthread_mutex_unlock(&a->lock);
 	return rc;
 }
 
 int kv_alloc_find(kv_alloc_t *a, CUdeviceptr addr, CUdeviceptr *base,
 		  size_t *size)
+{
+	return kv_alloc_span(a, addr, base, size, NULL);
+}
+
+int kv_alloc_span(kv_alloc_t *a, CUdeviceptr addr, CUdeviceptr *base,
+		  size_t *size, uint64_t *id)
 {
 	struct kv_span *sp;
 
@@ -291,6 +327,8 @@ int kv_alloc_find(kv_alloc_t *a, CUdeviceptr addr, CUdeviceptr *base,
 			*base = sp->base;
 		if (size)
 			*size = sp->size;
+		if (id)
+			*id = sp->id;
 	}
 	pthread_mutex_unlock(&a->lock);
 	return sp ? 0 : KVSHIM_ERANGE;
@@ -305,10 +343,37 @@ int kv_alloc_claims(kv_alloc_t *a, CUdeviceptr addr)
 		return KVSHIM_EINVAL;
 	pthread_mutex_lock(&a->lock);
 	sp = kv_span_find(a, addr);
-	if (sp)
-		n = (int)sp->claims[(addr - sp->base) / a->page];
+	if (sp) {
+		uint32_t c = sp->claims[(addr - sp->base) / a->page];
+
+		n = c > INT32_MAX ? INT32_MAX : (int)c;
+	}
 	pthread_mutex_unlock(&a->lock);
 	return n;
+}
+
+int kv_alloc_debug_claims(kv_alloc_t *a, CUdeviceptr addr, uint32_t claims)
+{
+	struct kv_span *sp;
+	uint32_t p;
+	int rc = KVSHIM_ERANGE;
+
+	if (!a)
+		return KVSHIM_EINVAL;
+	pthread_mutex_lock(&a->lock);
+	sp = kv_span_find(a, addr);
+	if (sp) {
+		p = (uint32_t)((addr - sp->base) / a->page);
+		rc = KVSHIM_EINVAL;
+		if (sp->slot[p] != KV_NIL &&
+		    a->phys[sp->slot[p]].state == KV_P_MAPPED && sp->claims[p] &&
+		    claims && claims <= KV_CLAIMS_MAX) {
+			sp->claims[p] = claims;
+			rc = 0;
+		}
+	}
+	pthread_mutex_unlock(&a->lock);
+	return rc;
 }
 
 /* ---- unmapping pages out of spans ---------------------------------------------------- */
@@ -328,44 +393,60 @@ int kv_span_cmp_place(const void *x, const void *y, void *arg)
  * Kernels queued before the engine let go of a page may still read it, and
  * the driver's unmap does not wait for them: wait for the device (once for
  * all pages let go of since the last wait). A failed fence (a context
- * already broken) is logged, and the pages leave all the same.
+ * already broken) is logged, and the pages leave all the same. Returns 1
+ * when the pages may be unmapped, 0 when a fence is needed but a stream
+ * capture forbids it now.
  */
-static void fence(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
-		  uint64_t t0)
+static int fence(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
+		 uint64_t t0)
 {
 	uint64_t newest = 0, seen;
 	uint32_t i;
+	int fenced;
 
 	for (i = 0; i < n; i++)
 		if (a->phys[slots[i]].idle_ns > newest)
 			newest = a->phys[slots[i]].idle_ns;
 	seen = __atomic_load_n(&a->fenced_ns, __ATOMIC_ACQUIRE);
-	if (newest < seen || kv_prim_fence(&a->prim))
-		return;
+	if (newest < seen)
+		return 1;
+	if (kv_prim_fence(&a->prim, &fenced))
+		return 1;
+	if (!fenced)
+		return 0;
 	while (seen < t0 &&
 	       !__atomic_compare_exchange_n(&a->fenced_ns, &seen, t0, 0,
 					    __ATOMIC_RELEASE, __ATOMIC_ACQUIRE))
 		;
+	return 1;
 }
 
 /*
- * Unmap the span pages held by BUSY slots[0..n), after a fence, one driver
- * call per run of consecutive pages of one span. The lock may or may not be
- * held: BUSY slots and their spans stay put either way. Reorders slots so
- * the pages unmapped come first. Returns how many were unmapped; *rc gets
- * the first driver error, or 0.
+ * Unmap the span pages held by slots[0..n) (in flight, owned by the
+ * caller), after a fence, one driver call per run of consecutive pages of
+ * one span. The lock may or may not be held: such slots and their spans
+ * stay put either way. Reorders slots so the pages unmapped come first.
+ * Returns how many were unmapped; *rc gets the first driver error, or 0;
+ * *later, if not NULL, is set when a stream capture put the whole unmap
+ * off (then nothing was unmapped).
  */
 uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
-			     int *rc)
+			     int *rc, int *later)
 {
 	uint64_t t0 = kv_prim_now_ns();
 	uint32_t i, len, done = 0;
 	int e;
 
 	*rc = 0;
+	if (later)
+		*later = 0;
 	if (!n)
 		return 0;
-	fence(a, slots, n, t0);
+	if (!fence(a, slots, n, t0)) {
+		if (later)
+			*later = 1;
+		return 0;
+	}
 	qsort_r(slots, n, sizeof(*slots), kv_span_cmp_place, a);
 	for (i = 0; i < n; i += len) {
 		const struct kv_phys *p = &a->phys[slots[i]];
@@ -396,35 +477,39 @@ uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 	return done;
 }
 
-/*
- * After kv_span_unmap_slots, lock held: detach the first done slots from
- * their spans (they stay BUSY for the caller to pool or release) and put
- * the rest back where they were, mapped and cached or claimed.
- */
-void kv_span_settle(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
-		    uint32_t done)
+/* Up to n cached pages, oldest first, into slots, UNMAPPING. Returns how
+ * many. */
+static uint32_t take_cached(kv_alloc_t *a, uint32_t n, uint32_t *slots)
 {
-	uint32_t i;
+	uint32_t k;
 
-	for (i = 0; i < n; i++) {
-		struct kv_phys *p = &a->phys[slots[i]];
-		struct kv_span *sp = p->span;
-
-		sp->busy--;
-		if (i < done) {
-			sp->slot[p->vpage] = KV_NIL;
-			sp->claims[p->vpage] = 0;
-			sp->mapped--;
-			a->mapped--;
-			p->span = NULL;
-		} else if (sp->claims[p->vpage]) {
-			p->state = KV_P_MAPPED;
-		} else {
-			p->state = KV_P_CACHED;
-			kv_list_push(a, &a->cache, slots[i]);
-		}
+	for (k = 0; k < n && a->n[KV_P_CACHED]; k++) {
+		slots[k] = kv_list_first(&a->cache);
+		kv_slot_move(a, slots[k], KV_P_UNMAPPING);
 	}
-	pthread_cond_broadcast(&a->done);
+	return k;
+}
+
+/*
+ * Unmap up to n cached pages, oldest first, with the lock held throughout
+ * (this runs only when a map finds the pool and the limit exhausted), into
+ * slots, TAKEN and unscrubbed. Pages the driver would not unmap stay
+ * cached. *got gets the pages taken. Returns 0 or the driver's error.
+ */
+int kv_cache_reclaim(kv_alloc_t *a, uint32_t n, uint32_t *slots,
+		     uint32_t *got)
+{
+	uint32_t k, i;
+	int rc;
+
+	k = take_cached(a, n, slots);
+	*got = kv_span_unmap_slots(a, slots, k, &rc, NULL);
+	for (i = 0; i < k; i++)
+		if (i < *got)
+			kv_slot_detach(a, slots[i], KV_P_TAKEN);
+		else
+			kv_slot_move(a, slots[i], KV_P_CACHED);
+	return rc;
 }
 
 /*
@@ -435,37 +520,35 @@ void kv_span_settle(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
  */
 int kv_cache_trim(kv_alloc_t *a, uint32_t n, int release, uint32_t *done)
 {
-	uint32_t k = 0, *slots;
+	uint32_t k, i, *slots;
 	int rc, e;
 
 	*done = 0;
-	if (n > a->cache.n)
-		n = a->cache.n;
+	if (n > a->n[KV_P_CACHED])
+		n = a->n[KV_P_CACHED];
 	if (!n)
 		return 0;
 	slots = malloc(n * sizeof(*slots));
 	if (!slots)
 		return KVSHIM_ENOMEM;
-	while (k < n) {
-		uint32_t s = kv_list_pop(a, &a->cache);
-
-		a->phys[s].state = KV_P_BUSY;
-		a->phys[s].span->busy++;
-		slots[k++] = s;
-	}
-	a->outbound += n;
+	k = take_cached(a, n, slots);
 	pthread_mutex_unlock(&a->lock);
-	*done = kv_span_unmap_slots(a, slots, n, &rc);
+	*done = kv_span_unmap_slots(a, slots, k, &rc, NULL);
 	pthread_mutex_lock(&a->lock);
-	kv_span_settle(a, slots, n, *done);
+	/* pages left mapped go back to the cache: nothing claims a page in
+	 * flight (a map waits for it) */
+	for (i = *done; i < k; i++)
+		kv_slot_move(a, slots[i], KV_P_CACHED);
+	for (i = 0; i < *done; i++)
+		kv_slot_detach(a, slots[i], release ? KV_P_FREEING : KV_P_DIRTY);
 	if (release) {
-		e = kv_pool_release_busy(a, slots, *done);
+		e = kv_pool_free(a, slots, *done);
 		if (!rc)
 			rc = e;
-	} else {
-		kv_pool_put(a, slots, *done, 1);
+	} else if (*done) {
+		pthread_cond_signal(&a->wake);
 	}
-	a->outbound -= n;
+	pthread_cond_broadcast(&a->done);
 	free(slots);
 	return rc;
 }
@@ -473,7 +556,7 @@ int kv_cache_trim(kv_alloc_t *a, uint32_t n, int release, uint32_t *done)
 int kv_alloc_trim(kv_alloc_t *a, size_t bytes, size_t *freed)
 {
 	uint64_t want;
-	uint32_t pool_freed = 0, cache_freed = 0;
+	uint32_t pool_freed = 0, cache_freed = 0, pooled;
 	int rc, rc2 = 0;
 
 	if (freed)
@@ -488,13 +571,15 @@ int kv_alloc_trim(kv_alloc_t *a, size_t bytes, size_t *freed)
 		return rc;
 	pthread_mutex_lock(&a->lock);
 	/* released spans' pages first join the pool, to be given back too */
-	kv_spans_reap(a);
-	rc = kv_pool_shrink(a, a->clean.n + a->dirty.n > want ?
-			       a->clean.n + a->dirty.n - (uint32_t)want : 0,
-			    &pool_freed);
+	rc = kv_spans_reap(a);
+	pooled = a->n[KV_P_CLEAN] + a->n[KV_P_DIRTY];
+	if (!rc)
+		rc = kv_pool_shrink(a, pooled > want ? pooled - (uint32_t)want : 0,
+				    &pool_freed);
 	if (!rc && want > pool_freed)
 		rc2 = kv_cache_trim(a, (uint32_t)(want - pool_freed), 1,
 				    &cache_freed);
+	KV_DEBUG_CHECK_LOCKED(a);
 	pthread_mutex_unlock(&a->lock);
 	if (freed)
 		*freed = (size_t)(pool_freed + cache_freed) * a->page;
@@ -504,14 +589,19 @@ int kv_alloc_trim(kv_alloc_t *a, size_t bytes, size_t *freed)
 /* Release every span, at shutdown. Lock not held. */
 void kv_spans_fini(kv_alloc_t *a)
 {
+	struct kv_span *sp;
+	uint32_t p;
+
 	pthread_mutex_lock(&a->lock);
 	while (a->nspans)
 		retire(a, a->spans[a->nspans - 1]);
 	kv_spans_reap(a);
-	while (a->dying) {
-		/* the driver refused: drop the bookkeeping anyway */
-		struct kv_span *sp = a->dying;
-
+	while ((sp = a->dying)) {
+		/* the driver refused: drop the bookkeeping anyway (the pages
+		 * are released with the pool's handles) */
+		for (p = 0; p < sp->npages; p++)
+			if (sp->slot[p] != KV_NIL)
+				kv_slot_detach(a, sp->slot[p], KV_P_DIRTY);
 		a->dying = sp->next;
 		span_free(sp);
 	}

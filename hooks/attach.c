@@ -10,10 +10,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "boundary.h"
 #include "got.h"
 #include "hooks.h"
-#include "log.h"
-#include "shim.h"
+#include "kvlog.h"
 
 /* The objects whose own calls must keep reaching the real functions. */
 static const char *const skip[] = {
@@ -116,6 +116,7 @@ __attribute__((constructor)) static void attach(void)
 	int n;
 
 	pthread_atfork(NULL, NULL, child);
+	kv_shim_set_sweep(kv_hooks_sweep);
 	if (preloaded()) {
 		kv_hooks_attach(0);
 		return;

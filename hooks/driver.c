@@ -54,24 +54,26 @@ CUresult kv_hook_cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
 /*
  * Memsets: on a span, a zero memset sets only the pages mapped now (the
  * others arrive zeroed when mapped); any other value backs the range first.
+ * The policy checks the element count, alignment and the span's end before
+ * anything is backed, and a call it refuses gets the driver's answer.
  * ARGS/PASS carry the stream of the async forms.
  */
-#define MEMSET(name, T, elem, ARGS, PASS)                                   \
+#define MEMSET(name, T, elem, ARGS, PASS, CAPTURED)                         \
 CUresult kv_hook_##name(CUdeviceptr p, T v, size_t n ARGS)                 \
 {                                                                          \
 	CUresult e = CUDA_SUCCESS;                                         \
-	struct kv_run *r;                                                  \
+	struct kv_policy_run *r;                                           \
 	size_t k, i;                                                       \
 	int rc;                                                            \
 									   \
 	REAL_OR_FAIL(name);                                                \
 	if (kv_in_runtime)                                                 \
 		return kv_real_##name(p, v, n PASS);                       \
-	rc = kv_policy_memset(p, n * (elem), v == 0, &r, &k);              \
+	rc = kv_policy_memset(p, n, (elem), v == 0 && !(CAPTURED), &r, &k); \
 	if (rc == 0)                                                       \
 		return kv_real_##name(p, v, n PASS);                       \
 	if (rc < 0)                                                        \
-		return CUDA_ERROR_OUT_OF_MEMORY;                           \
+		return kv_hooks_cu_error(rc);                              \
 	for (i = 0; i < k && e == CUDA_SUCCESS; i++)                       \
 		e = kv_real_##name(r[i].addr, v, r[i].len / (elem) PASS);  \
 	free(r);                                                           \
@@ -81,37 +83,84 @@ CUresult kv_hook_##name(CUdeviceptr p, T v, size_t n ARGS)                 \
 #define SYNC
 #define ASYNC_ARGS , CUstream s
 #define ASYNC_PASS , s
-MEMSET(cuMemsetD8_v2, unsigned char, 1, SYNC, SYNC)
-MEMSET(cuMemsetD8_v2_ptds, unsigned char, 1, SYNC, SYNC)
-MEMSET(cuMemsetD16_v2, unsigned short, 2, SYNC, SYNC)
-MEMSET(cuMemsetD16_v2_ptds, unsigned short, 2, SYNC, SYNC)
-MEMSET(cuMemsetD32_v2, unsigned int, 4, SYNC, SYNC)
-MEMSET(cuMemsetD32_v2_ptds, unsigned int, 4, SYNC, SYNC)
-MEMSET(cuMemsetD8Async, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS)
-MEMSET(cuMemsetD8Async_ptsz, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS)
-MEMSET(cuMemsetD16Async, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS)
-MEMSET(cuMemsetD16Async_ptsz, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS)
-MEMSET(cuMemsetD32Async, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
-MEMSET(cuMemsetD32Async_ptsz, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
+/* A memset captured into a graph sets, at every replay, whatever pages are
+ * there then: it is never cut to the pages mapped at capture. */
+MEMSET(cuMemsetD8_v2, unsigned char, 1, SYNC, SYNC, 0)
+MEMSET(cuMemsetD8_v2_ptds, unsigned char, 1, SYNC, SYNC, 0)
+MEMSET(cuMemsetD16_v2, unsigned short, 2, SYNC, SYNC, 0)
+MEMSET(cuMemsetD16_v2_ptds, unsigned short, 2, SYNC, SYNC, 0)
+MEMSET(cuMemsetD32_v2, unsigned int, 4, SYNC, SYNC, 0)
+MEMSET(cuMemsetD32_v2_ptds, unsigned int, 4, SYNC, SYNC, 0)
+MEMSET(cuMemsetD8Async, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS,
+       kv_hooks_captures(s, 0))
+MEMSET(cuMemsetD8Async_ptsz, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS,
+       kv_hooks_captures(s, 1))
+MEMSET(cuMemsetD16Async, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS,
+       kv_hooks_captures(s, 0))
+MEMSET(cuMemsetD16Async_ptsz, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS,
+       kv_hooks_captures(s, 1))
+MEMSET(cuMemsetD32Async, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS,
+       kv_hooks_captures(s, 0))
+MEMSET(cuMemsetD32Async_ptsz, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS,
+       kv_hooks_captures(s, 1))
 
-/* Copies: whatever span pages the copy reads or writes are backed first. */
+/*
+ * 2D memsets: every page of the box the rows span is backed first (a zero
+ * value too: the rows may fall on unbacked pages, which fault), then the
+ * call goes to the driver whole.
+ */
+#define MEMSET2D(name, T, elem, ARGS, PASS)                                 \
+CUresult kv_hook_##name(CUdeviceptr p, size_t pitch, T v, size_t w,         \
+			size_t h ARGS)                                      \
+{                                                                          \
+	int rc;                                                            \
+									   \
+	REAL_OR_FAIL(name);                                                \
+	if (!kv_in_runtime) {                                              \
+		rc = kv_policy_memset_pitched(p, (elem), w, h, 1, pitch, h); \
+		if (rc < 0)                                                \
+			return kv_hooks_cu_error(rc);                      \
+	}                                                                  \
+	return kv_real_##name(p, pitch, v, w, h PASS);                     \
+}
+
+MEMSET2D(cuMemsetD2D8_v2, unsigned char, 1, SYNC, SYNC)
+MEMSET2D(cuMemsetD2D8_v2_ptds, unsigned char, 1, SYNC, SYNC)
+MEMSET2D(cuMemsetD2D16_v2, unsigned short, 2, SYNC, SYNC)
+MEMSET2D(cuMemsetD2D16_v2_ptds, unsigned short, 2, SYNC, SYNC)
+MEMSET2D(cuMemsetD2D32_v2, unsigned int, 4, SYNC, SYNC)
+MEMSET2D(cuMemsetD2D32_v2_ptds, unsigned int, 4, SYNC, SYNC)
+MEMSET2D(cuMemsetD2D8Async, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS)
+MEMSET2D(cuMemsetD2D8Async_ptsz, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS)
+MEMSET2D(cuMemsetD2D16Async, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS)
+MEMSET2D(cuMemsetD2D16Async_ptsz, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS)
+MEMSET2D(cuMemsetD2D32Async, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
+MEMSET2D(cuMemsetD2D32Async_ptsz, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
+
+/* Copies: whatever span pages the copy reads or writes are backed first.
+ * Returns 0 or the policy's error. */
 static int touch2(CUdeviceptr dst, CUdeviceptr src, size_t n)
 {
+	int rc;
+
 	if (kv_in_runtime)
 		return 0;
-	if (dst && kv_policy_touch(dst, n) < 0)
-		return -1;
-	if (src && kv_policy_touch(src, n) < 0)
-		return -1;
+	if (dst && (rc = kv_policy_touch(dst, n)) < 0)
+		return rc;
+	if (src && (rc = kv_policy_touch(src, n)) < 0)
+		return rc;
 	return 0;
 }
 
 #define COPY(name, DT, ST, DEV_DST, DEV_SRC, ARGS, PASS)                   \
 CUresult kv_hook_##name(DT dst, ST src, size_t n ARGS)                     \
 {                                                                          \
+	int rc;                                                            \
+									   \
 	REAL_OR_FAIL(name);                                                \
-	if (touch2(DEV_DST, DEV_SRC, n))                                   \
-		return CUDA_ERROR_OUT_OF_MEMORY;                           \
+	rc = touch2(DEV_DST, DEV_SRC, n);                                  \
+	if (rc)                                                            \
+		return kv_hooks_cu_error(rc);                              \
 	return kv_real_##name(dst, src, n PASS);                           \
 }
 

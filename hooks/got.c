@@ -22,8 +22,8 @@
 #include <unistd.h>
 
 #include "got.h"
+#include "kvlog.h"
 #include "kvshim.h"
-#include "log.h"
 
 #if defined(__x86_64__)
 #define KV_GOT_MACHINE EM_X86_64

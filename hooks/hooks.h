@@ -18,6 +18,8 @@
 #include <cuda.h>
 #include <driver_types.h>
 
+#include "kvshim.h"
+
 /* X(name, return type, parameters) of every driver function hooked. The
  * _ptds/_ptsz variants are the per-thread default stream forms. */
 #define KV_DRIVER_HOOKS(X)                                                    \
@@ -36,6 +38,24 @@
 	X(cuMemsetD16Async_ptsz, CUresult, (CUdeviceptr, unsigned short, size_t, CUstream)) \
 	X(cuMemsetD32Async, CUresult, (CUdeviceptr, unsigned int, size_t, CUstream)) \
 	X(cuMemsetD32Async_ptsz, CUresult, (CUdeviceptr, unsigned int, size_t, CUstream)) \
+	X(cuMemsetD2D8_v2, CUresult, (CUdeviceptr, size_t, unsigned char, size_t, size_t)) \
+	X(cuMemsetD2D8_v2_ptds, CUresult, (CUdeviceptr, size_t, unsigned char, size_t, size_t)) \
+	X(cuMemsetD2D16_v2, CUresult, (CUdeviceptr, size_t, unsigned short, size_t, size_t)) \
+	X(cuMemsetD2D16_v2_ptds, CUresult, (CUdeviceptr, size_t, unsigned short, size_t, size_t)) \
+	X(cuMemsetD2D32_v2, CUresult, (CUdeviceptr, size_t, unsigned int, size_t, size_t)) \
+	X(cuMemsetD2D32_v2_ptds, CUresult, (CUdeviceptr, size_t, unsigned int, size_t, size_t)) \
+	X(cuMemsetD2D8Async, CUresult, (CUdeviceptr, size_t, unsigned char, size_t, size_t, \
+					CUstream))                             \
+	X(cuMemsetD2D8Async_ptsz, CUresult, (CUdeviceptr, size_t, unsigned char, size_t, \
+					     size_t, CUstream))                \
+	X(cuMemsetD2D16Async, CUresult, (CUdeviceptr, size_t, unsigned short, size_t, size_t, \
+					 CUstream))                            \
+	X(cuMemsetD2D16Async_ptsz, CUresult, (CUdeviceptr, size_t, unsigned short, size_t, \
+					      size_t, CUstream))               \
+	X(cuMemsetD2D32Async, CUresult, (CUdeviceptr, size_t, unsigned int, size_t, size_t, \
+					 CUstream))                            \
+	X(cuMemsetD2D32Async_ptsz, CUresult, (CUdeviceptr, size_t, unsigned int, size_t, \
+					      size_t, CUstream))               \
 	X(cuMemcpy, CUresult, (CUdeviceptr, CUdeviceptr, size_t))             \
 	X(cuMemcpy_ptds, CUresult, (CUdeviceptr, CUdeviceptr, size_t))        \
 	X(cuMemcpyAsync, CUresult, (CUdeviceptr, CUdeviceptr, size_t, CUstream)) \
@@ -52,6 +72,15 @@
 	X(cuMemcpyDtoHAsync_v2_ptsz, CUresult, (void *, CUdeviceptr, size_t, CUstream)) \
 	X(cuMemcpyDtoDAsync_v2, CUresult, (CUdeviceptr, CUdeviceptr, size_t, CUstream)) \
 	X(cuMemcpyDtoDAsync_v2_ptsz, CUresult, (CUdeviceptr, CUdeviceptr, size_t, CUstream)) \
+	X(cuStreamBeginCapture_v2, CUresult, (CUstream, CUstreamCaptureMode)) \
+	X(cuStreamBeginCapture_v2_ptsz, CUresult, (CUstream, CUstreamCaptureMode)) \
+	X(cuStreamBeginCaptureToGraph, CUresult, (CUstream, CUgraph, const CUgraphNode *, \
+		const CUgraphEdgeData *, size_t, CUstreamCaptureMode))        \
+	X(cuStreamBeginCaptureToGraph_ptsz, CUresult, (CUstream, CUgraph,     \
+		const CUgraphNode *, const CUgraphEdgeData *, size_t,         \
+		CUstreamCaptureMode))                                         \
+	X(cuStreamEndCapture, CUresult, (CUstream, CUgraph *))                \
+	X(cuStreamEndCapture_ptsz, CUresult, (CUstream, CUgraph *))           \
 	X(cuGetProcAddress, CUresult, (const char *, void **, int, cuuint64_t)) \
 	X(cuGetProcAddress_v2, CUresult, (const char *, void **, int, cuuint64_t, \
 					  CUdriverProcAddressQueryResult *))
@@ -64,12 +93,35 @@
 	X(cudaMemset_ptds, cudaError_t, (void *, int, size_t))                \
 	X(cudaMemsetAsync, cudaError_t, (void *, int, size_t, cudaStream_t))  \
 	X(cudaMemsetAsync_ptsz, cudaError_t, (void *, int, size_t, cudaStream_t)) \
+	X(cudaMemset2D, cudaError_t, (void *, size_t, int, size_t, size_t))  \
+	X(cudaMemset2D_ptds, cudaError_t, (void *, size_t, int, size_t, size_t)) \
+	X(cudaMemset2DAsync, cudaError_t, (void *, size_t, int, size_t, size_t, \
+					   cudaStream_t))                      \
+	X(cudaMemset2DAsync_ptsz, cudaError_t, (void *, size_t, int, size_t, size_t, \
+						cudaStream_t))                 \
+	X(cudaMemset3D, cudaError_t, (struct cudaPitchedPtr, int, struct cudaExtent)) \
+	X(cudaMemset3D_ptds, cudaError_t, (struct cudaPitchedPtr, int, struct cudaExtent)) \
+	X(cudaMemset3DAsync, cudaError_t, (struct cudaPitchedPtr, int, struct cudaExtent, \
+					   cudaStream_t))                      \
+	X(cudaMemset3DAsync_ptsz, cudaError_t, (struct cudaPitchedPtr, int,   \
+						struct cudaExtent, cudaStream_t)) \
 	X(cudaMemcpy, cudaError_t, (void *, const void *, size_t, enum cudaMemcpyKind)) \
 	X(cudaMemcpy_ptds, cudaError_t, (void *, const void *, size_t, enum cudaMemcpyKind)) \
 	X(cudaMemcpyAsync, cudaError_t, (void *, const void *, size_t, enum cudaMemcpyKind, \
 					 cudaStream_t))                        \
 	X(cudaMemcpyAsync_ptsz, cudaError_t, (void *, const void *, size_t,    \
 					      enum cudaMemcpyKind, cudaStream_t)) \
+	X(cudaStreamBeginCapture, cudaError_t, (cudaStream_t, enum cudaStreamCaptureMode)) \
+	X(cudaStreamBeginCapture_ptsz, cudaError_t, (cudaStream_t,            \
+		enum cudaStreamCaptureMode))                                  \
+	X(cudaStreamBeginCaptureToGraph, cudaError_t, (cudaStream_t, cudaGraph_t, \
+		const cudaGraphNode_t *, const cudaGraphEdgeData *, size_t,   \
+		enum cudaStreamCaptureMode))                                  \
+	X(cudaStreamBeginCaptureToGraph_ptsz, cudaError_t, (cudaStream_t,     \
+		cudaGraph_t, const cudaGraphNode_t *, const cudaGraphEdgeData *, \
+		size_t, enum cudaStreamCaptureMode))                          \
+	X(cudaStreamEndCapture, cudaError_t, (cudaStream_t, cudaGraph_t *))   \
+	X(cudaStreamEndCapture_ptsz, cudaError_t, (cudaStream_t, cudaGraph_t *)) \
 	X(cudaMallocAsync, cudaError_t, (void **, size_t, cudaStream_t))      \
 	X(cudaMallocAsync_ptsz, cudaError_t, (void **, size_t, cudaStream_t)) \
 	X(cudaFreeAsync, cudaError_t, (void *, cudaStream_t))                 \
@@ -85,9 +137,22 @@
 		void **, unsigned int, unsigned long long,                    \
 		enum cudaDriverEntryPointQueryResult *))
 
+/* Real functions the hooks call that are not hooked themselves. */
+#define KV_DRIVER_REALS(X)                                                    \
+	X(cuStreamIsCapturing, CUresult, (CUstream, CUstreamCaptureStatus *))  \
+	X(cuStreamIsCapturing_ptsz, CUresult, (CUstream, CUstreamCaptureStatus *))
+
+#define KV_RUNTIME_REALS(X)                                                   \
+	X(cudaStreamIsCapturing, cudaError_t, (cudaStream_t,                  \
+		enum cudaStreamCaptureStatus *))                              \
+	X(cudaStreamIsCapturing_ptsz, cudaError_t, (cudaStream_t,             \
+		enum cudaStreamCaptureStatus *))
+
 #define KV_DECLARE_REAL(name, ret, args) extern ret (*kv_real_##name) args;
 KV_DRIVER_HOOKS(KV_DECLARE_REAL)
 KV_RUNTIME_HOOKS(KV_DECLARE_REAL)
+KV_DRIVER_REALS(KV_DECLARE_REAL)
+KV_RUNTIME_REALS(KV_DECLARE_REAL)
 #undef KV_DECLARE_REAL
 
 /* The wrappers, by C name kv_hook_<name>; their exported symbols carry the
@@ -132,5 +197,29 @@ int kv_hooks_attach(int all);
  * does (a module loaded with RTLD_DEEPBIND binds past the preloaded
  * wrappers). Cheap when nothing changed. Returns the slots patched. */
 int kv_hooks_sweep(void);
+
+/* 1 when stream s (of the driver or the runtime; ptsz: the per-thread
+ * default stream's form) is capturing into a graph now. */
+int kv_hooks_captures(CUstream s, int ptsz);
+int kv_hooks_rt_captures(cudaStream_t s, int ptsz);
+
+/* What the driver answers for the mistake behind a kvshim_error the
+ * policy returned: arguments it would refuse are an invalid value (a range
+ * not inside one allocation included); a span that cannot be backed is out
+ * of memory. */
+static inline CUresult kv_hooks_cu_error(int rc)
+{
+	if (rc == KVSHIM_EINVAL || rc == KVSHIM_ERANGE)
+		return CUDA_ERROR_INVALID_VALUE;
+	return CUDA_ERROR_OUT_OF_MEMORY;
+}
+
+/* The same in the runtime's terms. */
+static inline cudaError_t kv_hooks_rt_error(int rc)
+{
+	if (rc == KVSHIM_EINVAL || rc == KVSHIM_ERANGE)
+		return cudaErrorInvalidValue;
+	return cudaErrorMemoryAllocation;
+}
 
 #endif /* KV_HOOKS_H */

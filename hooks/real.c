@@ -1,21 +1,24 @@
 /*
  * real.c - finding the real functions behind the hooks, once, without
- * hard-coded paths: the driver through the handle the allocator's primitive
- * layer opened (libcuda.so.1 by soname), the runtime by looking among the
- * loaded objects for the libcudart the host program uses.
+ * hard-coded paths: the driver through the handle the shim hands out (the
+ * one the allocator's primitive layer opened, libcuda.so.1 by soname), the
+ * runtime by looking among the loaded objects for the libcudart the host
+ * program uses.
  */
 #include <dlfcn.h>
 #include <link.h>
 #include <pthread.h>
 #include <string.h>
 
+#include "boundary.h"
 #include "hooks.h"
-#include "log.h"
-#include "prim.h"
+#include "kvlog.h"
 
 #define KV_DEFINE_REAL(name, ret, args) ret (*kv_real_##name) args;
 KV_DRIVER_HOOKS(KV_DEFINE_REAL)
 KV_RUNTIME_HOOKS(KV_DEFINE_REAL)
+KV_DRIVER_REALS(KV_DEFINE_REAL)
+KV_RUNTIME_REALS(KV_DEFINE_REAL)
 #undef KV_DEFINE_REAL
 
 __thread int kv_in_runtime;
@@ -31,6 +34,10 @@ struct entry {
 static const struct entry driver_entries[] = { KV_DRIVER_HOOKS(KV_ENTRY) };
 static const struct entry runtime_entries[] = { KV_RUNTIME_HOOKS(KV_ENTRY) };
 #undef KV_ENTRY
+#define KV_REAL_ENTRY(name, ret, args) { #name, NULL, (void **)&kv_real_##name },
+static const struct entry driver_reals[] = { KV_DRIVER_REALS(KV_REAL_ENTRY) };
+static const struct entry runtime_reals[] = { KV_RUNTIME_REALS(KV_REAL_ENTRY) };
+#undef KV_REAL_ENTRY
 
 #define NDRIVER (sizeof(driver_entries) / sizeof(driver_entries[0]))
 #define NRUNTIME (sizeof(runtime_entries) / sizeof(runtime_entries[0]))
@@ -42,13 +49,15 @@ static int runtime_found;
 
 static void resolve_driver(void)
 {
-	void *h = kv_prim_driver();
+	void *h = kv_shim_driver();
 	size_t i;
 
 	if (!h)
 		return;
 	for (i = 0; i < NDRIVER; i++)
-		*driver_entries[i].real = kv_prim_dlsym(h, driver_entries[i].name);
+		*driver_entries[i].real = kv_shim_dlsym(h, driver_entries[i].name);
+	for (i = 0; i < sizeof(driver_reals) / sizeof(driver_reals[0]); i++)
+		*driver_reals[i].real = kv_shim_dlsym(h, driver_reals[i].name);
 	driver_rc = 0;
 }
 
@@ -85,12 +94,15 @@ int kv_hooks_runtime(void)
 		dl_iterate_phdr(find_cudart, &path);
 		h = path ? dlopen(path, RTLD_NOW | RTLD_NOLOAD) : NULL;
 		/* none by name: whatever defines the runtime after us */
-		if (!h && kv_prim_dlsym(RTLD_NEXT, "cudaMalloc"))
+		if (!h && kv_shim_dlsym(RTLD_NEXT, "cudaMalloc"))
 			h = RTLD_NEXT;
 		if (h) {
 			for (i = 0; i < NRUNTIME; i++)
 				*runtime_entries[i].real =
-					kv_prim_dlsym(h, runtime_entries[i].name);
+					kv_shim_dlsym(h, runtime_entries[i].name);
+			for (i = 0; i < sizeof(runtime_reals) / sizeof(runtime_reals[0]); i++)
+				*runtime_reals[i].real =
+					kv_shim_dlsym(h, runtime_reals[i].name);
 			kv_debug("runtime functions from %s", path ? path : "the next object");
 			kv_hooks_attach(0);     /* its dlsym, before it starts */
 			/* the handle stays open: the runtime must not go away */
@@ -115,5 +127,5 @@ void *kv_hooks_wrap(void *fn)
 
 void *kv_hook_dlsym(void *handle, const char *name)
 {
-	return kv_hooks_wrap(kv_prim_dlsym(handle, name));
+	return kv_hooks_wrap(kv_shim_dlsym(handle, name));
 }

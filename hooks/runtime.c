@@ -74,18 +74,19 @@ cudaError_t kv_hook_cudaMemGetInfo(size_t *free_bytes, size_t *total)
 #define ASYNC_PASS , s
 
 /* On a span a zero memset sets only the pages mapped now; see policy.h. */
-#define MEMSET(name, ARGS, PASS)                                            \
+#define MEMSET(name, ARGS, PASS, CAPTURED)                                  \
 cudaError_t kv_hook_##name(void *p, int v, size_t n ARGS)                   \
 {                                                                           \
 	cudaError_t e = cudaSuccess;                                        \
-	struct kv_run *r;                                                   \
+	struct kv_policy_run *r;                                            \
 	size_t k, i;                                                        \
 	int rc;                                                             \
 									    \
 	REAL_OR_FAIL(name);                                                 \
-	rc = kv_policy_memset(dptr(p), n, (unsigned char)v == 0, &r, &k);   \
+	rc = kv_policy_memset(dptr(p), n, 1,                                \
+			      (unsigned char)v == 0 && !(CAPTURED), &r, &k); \
 	if (rc < 0)                                                         \
-		return cudaErrorMemoryAllocation;                           \
+		return kv_hooks_rt_error(rc);                               \
 	if (rc == 0) {                                                      \
 		CALL_REAL(e, kv_real_##name(p, v, n PASS));                 \
 		return e;                                                   \
@@ -97,20 +98,67 @@ cudaError_t kv_hook_##name(void *p, int v, size_t n ARGS)                   \
 	return e;                                                           \
 }
 
-MEMSET(cudaMemset, SYNC, SYNC)
-MEMSET(cudaMemset_ptds, SYNC, SYNC)
-MEMSET(cudaMemsetAsync, ASYNC_ARGS, ASYNC_PASS)
-MEMSET(cudaMemsetAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
+/* A memset captured into a graph sets, at every replay, whatever pages
+ * are there then: it is never cut to the pages mapped at capture. */
+MEMSET(cudaMemset, SYNC, SYNC, 0)
+MEMSET(cudaMemset_ptds, SYNC, SYNC, 0)
+MEMSET(cudaMemsetAsync, ASYNC_ARGS, ASYNC_PASS, kv_hooks_rt_captures(s, 0))
+MEMSET(cudaMemsetAsync_ptsz, ASYNC_ARGS, ASYNC_PASS, kv_hooks_rt_captures(s, 1))
 
-/* Back the span pages a copy of kind k reads or writes. */
+/* 2D and 3D memsets: the box their rows span is backed first (see
+ * kv_policy_memset_pitched), then the call goes to the runtime whole. */
+#define MEMSET2D(name, ARGS, PASS)                                          \
+cudaError_t kv_hook_##name(void *p, size_t pitch, int v, size_t w,          \
+			   size_t h ARGS)                                   \
+{                                                                           \
+	cudaError_t e;                                                      \
+	int rc;                                                             \
+									    \
+	REAL_OR_FAIL(name);                                                 \
+	rc = kv_policy_memset_pitched(dptr(p), 1, w, h, 1, pitch, h);       \
+	if (rc < 0)                                                         \
+		return kv_hooks_rt_error(rc);                               \
+	CALL_REAL(e, kv_real_##name(p, pitch, v, w, h PASS));               \
+	return e;                                                           \
+}
+
+#define MEMSET3D(name, ARGS, PASS)                                          \
+cudaError_t kv_hook_##name(struct cudaPitchedPtr p, int v,                  \
+			   struct cudaExtent x ARGS)                        \
+{                                                                           \
+	cudaError_t e;                                                      \
+	int rc;                                                             \
+									    \
+	REAL_OR_FAIL(name);                                                 \
+	rc = kv_policy_memset_pitched(dptr(p.ptr), 1, x.width, x.height,     \
+				      x.depth, p.pitch, p.ysize);           \
+	if (rc < 0)                                                         \
+		return kv_hooks_rt_error(rc);                               \
+	CALL_REAL(e, kv_real_##name(p, v, x PASS));                         \
+	return e;                                                           \
+}
+
+MEMSET2D(cudaMemset2D, SYNC, SYNC)
+MEMSET2D(cudaMemset2D_ptds, SYNC, SYNC)
+MEMSET2D(cudaMemset2DAsync, ASYNC_ARGS, ASYNC_PASS)
+MEMSET2D(cudaMemset2DAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
+MEMSET3D(cudaMemset3D, SYNC, SYNC)
+MEMSET3D(cudaMemset3D_ptds, SYNC, SYNC)
+MEMSET3D(cudaMemset3DAsync, ASYNC_ARGS, ASYNC_PASS)
+MEMSET3D(cudaMemset3DAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
+
+/* Back the span pages a copy of kind k reads or writes. Returns 0 or the
+ * policy's error. */
 static int touch(void *dst, const void *src, size_t n, enum cudaMemcpyKind k)
 {
+	int rc;
+
 	if ((k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice ||
-	     k == cudaMemcpyDefault) && kv_policy_touch(dptr(dst), n) < 0)
-		return -1;
+	     k == cudaMemcpyDefault) && (rc = kv_policy_touch(dptr(dst), n)) < 0)
+		return rc;
 	if ((k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice ||
-	     k == cudaMemcpyDefault) && kv_policy_touch(dptr(src), n) < 0)
-		return -1;
+	     k == cudaMemcpyDefault) && (rc = kv_policy_touch(dptr(src), n)) < 0)
+		return rc;
 	return 0;
 }
 
@@ -119,10 +167,12 @@ cudaError_t kv_hook_##name(void *dst, const void *src, size_t n,            \
 			   enum cudaMemcpyKind k ARGS)                      \
 {                                                                           \
 	cudaError_t e;                                                      \
+	int rc;                                                             \
 									    \
 	REAL_OR_FAIL(name);                                                 \
-	if (touch(dst, src, n, k))                                          \
-		return cudaErrorMemoryAllocation;                           \
+	rc = touch(dst, src, n, k);                                         \
+	if (rc)                                                             \
+		return kv_hooks_rt_error(rc);                               \
 	CALL_REAL(e, kv_real_##name(dst, src, n, k PASS));                  \
 	return e;                                                           \
 }

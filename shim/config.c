@@ -6,7 +6,6 @@
  * here allocates or depends on the host's state.
  */
 #include <ctype.h>
-#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -45,23 +44,51 @@ int kv_parse_bool(const char *s, int *out, const char **why)
 	return KVSHIM_ECONFIG;
 }
 
+/*
+ * The number written in digits of base (8 or 10) at the start of s: no
+ * white space, no sign, no base prefix before them. *v gets it and *end the
+ * first byte after the digits. Returns 0; -1 when s does not start with a
+ * digit; -2 when the number is over max (checked before it could wrap).
+ */
+static int digits(const char *s, unsigned base, unsigned long long max,
+		  unsigned long long *v, const char **end)
+{
+	unsigned long long n = 0;
+	unsigned d;
+
+	if (*s < '0' || (unsigned)(*s - '0') >= base)
+		return -1;
+	for (; *s >= '0' && (d = (unsigned)(*s - '0')) < base; s++) {
+		if (n > (max - d) / base)
+			return -2;
+		n = n * base + d;
+	}
+	*v = n;
+	*end = s;
+	return 0;
+}
+
 int kv_parse_size(const char *s, size_t *out, const char **why)
 {
 	unsigned long long v;
 	unsigned shift = 0;
-	char *end;
+	const char *end;
+	int rc;
 
-	if (!isdigit((unsigned char)*s)) {
+	rc = digits(s, 10, SIZE_MAX, &v, &end);
+	if (rc == -2) {
+		*why = "too large";
+		return KVSHIM_ECONFIG;
+	}
+	if (rc) {
 		*why = "expected a number of bytes, with an optional K, M, G or T suffix";
 		return KVSHIM_ECONFIG;
 	}
-	errno = 0;
-	v = strtoull(s, &end, 10);
-	switch (toupper((unsigned char)*end)) {
-	case 'K': shift = 10; end++; break;
-	case 'M': shift = 20; end++; break;
-	case 'G': shift = 30; end++; break;
-	case 'T': shift = 40; end++; break;
+	switch (*end) {
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	case 'g': case 'G': shift = 30; end++; break;
+	case 't': case 'T': shift = 40; end++; break;
 	}
 	if (shift && (*end == 'i' || *end == 'I'))
 		end++;
@@ -71,7 +98,7 @@ int kv_parse_size(const char *s, size_t *out, const char **why)
 		*why = "expected a number of bytes, with an optional K, M, G or T suffix";
 		return KVSHIM_ECONFIG;
 	}
-	if (errno == ERANGE || v > (SIZE_MAX >> shift)) {
+	if (v > (SIZE_MAX >> shift)) {
 		*why = "too large";
 		return KVSHIM_ECONFIG;
 	}
@@ -103,13 +130,11 @@ static int parse_level(const char *s, int *out, const char **why)
 
 static int parse_int(const char *s, int *out, const char **why)
 {
-	long v;
-	char *end;
+	unsigned long long v;
+	const char *end;
 
-	errno = 0;
-	v = strtol(s, &end, 10);
-	if (!*s || *end || errno || v < 0 || v > 1024) {
-		*why = "expected a whole number from 0 to 1024";
+	if (digits(s, 10, 1024, &v, &end) || *end) {
+		*why = "expected a whole number from 0 to 1024, digits only";
 		return KVSHIM_ECONFIG;
 	}
 	*out = (int)v;
@@ -120,14 +145,11 @@ static int parse_int(const char *s, int *out, const char **why)
 static int parse_size_pct(const char *s, struct kv_config *c, const char **why)
 {
 	size_t len = strlen(s);
-	unsigned long v;
-	char *end;
+	unsigned long long v;
+	const char *end;
 
 	if (len > 1 && s[len - 1] == '%') {
-		errno = 0;
-		v = strtoul(s, &end, 10);
-		if (!isdigit((unsigned char)*s) || end != s + len - 1 ||
-		    v < 1 || v > 100) {
+		if (digits(s, 10, 100, &v, &end) || end != s + len - 1 || v < 1) {
 			*why = "a percentage must be a whole number from 1 to 100";
 			return KVSHIM_ECONFIG;
 		}
@@ -231,17 +253,16 @@ static int parse_size_zero_off(const char *s, size_t *out, const char **why)
 	return 0;
 }
 
-/* Octal permissions a segment may have (kv_share_mode_ok: owner rw, no
- * write for others). */
+/* Octal permissions that let the owner read and write (0600 to 0777) and
+ * no other user write (kv_share_mode_ok): a segment every local user could
+ * write is never made nor joined. */
 static int parse_mode(const char *s, unsigned *out, const char **why)
 {
-	unsigned long v;
-	char *end;
+	unsigned long long v;
+	const char *end;
 
-	errno = 0;
-	v = strtoul(s, &end, 8);
-	if (!isdigit((unsigned char)*s) || *end || errno || v > 0777) {
-		*why = "expected octal permissions from 0600 to 0777";
+	if (digits(s, 8, 0777, &v, &end) || *end || (v & 0600) != 0600) {
+		*why = "expected octal permissions from 0600 to 0777 (the owner reads and writes)";
 		return KVSHIM_ECONFIG;
 	}
 	if (!kv_share_mode_ok((unsigned)v, why))
@@ -268,6 +289,7 @@ int kv_config_load(struct kv_config *c)
 {
 	const char *why = NULL, *v;
 	int secure = getauxval(AT_SECURE) != 0, rc = 0;
+	char shown[96];
 
 	memset(c, 0, sizeof(*c));
 #define KV_DEFAULT(NAME, field, parser, def, meaning)                         \
@@ -280,7 +302,8 @@ int kv_config_load(struct kv_config *c)
 #define KV_READ(NAME, field, parser, def, meaning)                            \
 	v = getenv("KVSHIM_" #NAME);                                          \
 	if (v && kv_apply_##parser(c, field, v, &why)) {                      \
-		kv_log(KV_LOG_ERROR, NULL, "KVSHIM_" #NAME "=%s: %s", v, why);\
+		kv_log(KV_LOG_ERROR, NULL, "KVSHIM_" #NAME "=%s: %s",          \
+		       kv_log_escape(v, shown, sizeof(shown)), why);          \
 		kv_apply_##parser(c, field, def, &why);                       \
 		rc = KVSHIM_ECONFIG;                                          \
 	}                                                                     \

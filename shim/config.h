@@ -19,7 +19,7 @@
 	X(PAGE, page, size_auto, "auto",                                     \
 	  "physical page size, a multiple of the GPU's granularity (2 MiB); larger pages map with fewer driver calls but back memory more coarsely") \
 	X(LIMIT, limit, size_pct, "100%",                                    \
-	  "most physical memory this process may hold in pages: bytes (K/M/G/T suffixes) or % of device memory") \
+	  "most physical memory this process may hold in pages: bytes (K/M/G/T suffixes; more than the device's memory is capped to it) or % of device memory") \
 	X(POOL_LOW, pool_low, size, "8M",                                    \
 	  "the pool of ready pages is refilled in the background when it drops under this") \
 	X(POOL_HIGH, pool_high, size, "64M",                                 \

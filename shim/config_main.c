@@ -44,12 +44,13 @@ int main(int argc, char **argv)
 	if (!print)
 		return 0;
 	for (i = 0; i < kv_config_nvars; i++) {
-		char name[64];
+		char name[64], shown[96];
 		const char *v;
 
 		snprintf(name, sizeof(name), "KVSHIM_%s", kv_config_vars[i].name);
 		v = getenv(name);
-		printf("%-18s %-10s %s%s\n", name, v ? v : kv_config_vars[i].def,
+		printf("%-18s %-10s %s%s\n", name,
+		       kv_log_escape(v ? v : kv_config_vars[i].def, shown, sizeof(shown)),
 		       v ? "" : "(default) ", kv_config_vars[i].meaning);
 	}
 	return 0;

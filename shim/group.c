@@ -3,6 +3,8 @@
  * map turns its block list into one byte range per block and tensor and
  * hands them all to the allocator at once, so a block's claim is its own
  * (two blocks on one page hold two claims) and a call backs all or none.
+ * Each range names its tensor's span by id, so a group outliving its
+ * spans gets KVSHIM_ERANGE and never touches a span made since.
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -15,6 +17,9 @@
 
 struct group {
 	CUdeviceptr *bases;
+	uint64_t *spans;        /* the span of each tensor, by id: a tensor
+				 * whose span is released (and whose address
+				 * a new span may take) is refused */
 	size_t ntensors;
 	size_t block_bytes;
 	size_t nblocks;
@@ -34,25 +39,28 @@ int kv_group_create(void *const *bases, size_t ntensors, size_t block_bytes,
 	int rc, slot = -1;
 
 	if (!bases || !id || ntensors == 0 || block_bytes == 0 || nblocks == 0 ||
-	    nblocks > SIZE_MAX / block_bytes)
+	    nblocks > SIZE_MAX / block_bytes ||
+	    ntensors > SIZE_MAX / sizeof(*g->spans))
 		return KVSHIM_EINVAL;
 	rc = kv_shim_alloc(&a);
 	if (rc)
 		return rc;
+	g = calloc(1, sizeof(*g));
+	if (!g || !(g->bases = malloc(ntensors * sizeof(*g->bases))) ||
+	    !(g->spans = malloc(ntensors * sizeof(*g->spans)))) {
+		rc = KVSHIM_ENOMEM;
+		goto fail;
+	}
 	for (i = 0; i < ntensors; i++) {
 		CUdeviceptr t = (CUdeviceptr)(uintptr_t)bases[i];
 
-		if (kv_alloc_find(a, t, &base, &span) ||
-		    nblocks * block_bytes > span - (t - base))
-			return KVSHIM_ERANGE;
+		if (kv_alloc_span(a, t, &base, &span, &g->spans[i]) ||
+		    nblocks * block_bytes > span - (t - base)) {
+			rc = KVSHIM_ERANGE;
+			goto fail;
+		}
+		g->bases[i] = t;
 	}
-	g = calloc(1, sizeof(*g));
-	if (!g || !(g->bases = malloc(ntensors * sizeof(*g->bases)))) {
-		free(g);
-		return KVSHIM_ENOMEM;
-	}
-	for (i = 0; i < ntensors; i++)
-		g->bases[i] = (CUdeviceptr)(uintptr_t)bases[i];
 	g->ntensors = ntensors;
 	g->block_bytes = block_bytes;
 	g->nblocks = nblocks;
@@ -65,9 +73,8 @@ int kv_group_create(void *const *bases, size_t ntensors, size_t block_bytes,
 		grown = realloc(groups, (ngroups + 1) * sizeof(*groups));
 		if (!grown) {
 			pthread_mutex_unlock(&lock);
-			free(g->bases);
-			free(g);
-			return KVSHIM_ENOMEM;
+			rc = KVSHIM_ENOMEM;
+			goto fail;
 		}
 		groups = grown;
 		slot = (int)ngroups++;
@@ -76,6 +83,13 @@ int kv_group_create(void *const *bases, size_t ntensors, size_t block_bytes,
 	pthread_mutex_unlock(&lock);
 	*id = slot + 1;
 	return 0;
+fail:
+	if (g) {
+		free(g->bases);
+		free(g->spans);
+		free(g);
+	}
+	return rc;
 }
 
 /* The group behind id, lock held; NULL if none. */
@@ -96,6 +110,7 @@ int kv_group_destroy(int id)
 	if (!g)
 		return KVSHIM_EINVAL;
 	free(g->bases);
+	free(g->spans);
 	free(g);
 	return 0;
 }
@@ -119,7 +134,7 @@ static int ranges(const struct group *g, const long long *blocks, size_t n,
 		for (i = 0; i < n; i++)
 			r[t * n + i] = (struct kv_run){
 				g->bases[t] + (CUdeviceptr)blocks[i] * g->block_bytes,
-				g->block_bytes
+				g->block_bytes, g->spans[t]
 			};
 	*out = r;
 	return 0;

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "alloc.h"
 #include "kvshim.h"
 #include "log.h"
 #include "policy.h"
@@ -85,29 +86,105 @@ int kv_policy_free(CUdeviceptr ptr)
 	return kv_alloc_release(a, ptr) == 0 ? 1 : 0;
 }
 
-int kv_policy_memset(CUdeviceptr ptr, size_t bytes, int zero,
-		     struct kv_run **runs, size_t *nruns)
+/* The byte count of a memset that starts at ptr in the span [base, base +
+ * size): 0 with *bytes set, or the error the driver's refusal means. */
+static int memset_bytes(CUdeviceptr ptr, size_t count, size_t elem,
+			CUdeviceptr base, size_t size, size_t *bytes)
+{
+	if (__builtin_mul_overflow(count, elem, bytes) || ptr % elem)
+		return KVSHIM_EINVAL;
+	if (*bytes > size - (ptr - base))
+		return KVSHIM_ERANGE;
+	return 0;
+}
+
+int kv_policy_memset(CUdeviceptr ptr, size_t count, size_t elem, int zero,
+		     struct kv_policy_run **runs, size_t *nruns)
 {
 	const struct kv_config *c = kv_shim_settings();
 	kv_alloc_t *a = running();
+	struct kv_run *mapped;
+	CUdeviceptr base;
+	size_t i, n, size, bytes;
 	int rc;
 
-	if (!a || bytes == 0 || kv_alloc_find(a, ptr, NULL, NULL))
+	if (!a || count == 0 || kv_alloc_find(a, ptr, &base, &size))
 		return 0;
+	rc = memset_bytes(ptr, count, elem, base, size, &bytes);
+	if (rc)
+		return rc;
 	if (!zero || !c->zero) {
 		/* the bytes must land: back the range, then set all of it */
-		rc = kv_alloc_map(a, ptr, bytes);
-		if (rc)
-			return rc;
 		*runs = malloc(sizeof(**runs));
 		if (!*runs)
 			return KVSHIM_ENOMEM;
+		rc = kv_alloc_pin(a, ptr, bytes);
+		if (rc) {
+			free(*runs);
+			return rc;
+		}
 		(*runs)->addr = ptr;
 		(*runs)->len = bytes;
 		*nruns = 1;
 		return 1;
 	}
-	rc = kv_alloc_claim_mapped(a, ptr, bytes, runs, nruns);
+	rc = kv_alloc_pin_mapped(a, ptr, bytes, &mapped, &n);
+	if (rc)
+		return rc;
+	/* (the pins stay if this fails: a pin only keeps a page backed until
+	 * its span goes, and pinning again changes nothing) */
+	*runs = malloc((n ? n : 1) * sizeof(**runs));
+	if (!*runs) {
+		free(mapped);
+		return KVSHIM_ENOMEM;
+	}
+	for (i = 0; i < n; i++) {
+		(*runs)[i].addr = mapped[i].addr;
+		(*runs)[i].len = mapped[i].len;
+	}
+	free(mapped);
+	*nruns = n;
+	return 1;
+}
+
+/* The bytes from the first to the last one a pitched memset sets, into
+ * *bytes: 0, or KVSHIM_EINVAL for arguments the driver refuses. */
+static int box_bytes(CUdeviceptr ptr, size_t elem, size_t width, size_t height,
+		     size_t depth, size_t pitch, size_t ysize, size_t *bytes)
+{
+	size_t row, slice = 0, rows;
+
+	if (__builtin_mul_overflow(width, elem, &row) || ptr % elem)
+		return KVSHIM_EINVAL;
+	if ((height > 1 || depth > 1) && (pitch % elem || pitch < row))
+		return KVSHIM_EINVAL;
+	if (depth > 1 && (height > ysize || __builtin_mul_overflow(pitch, ysize, &slice)))
+		return KVSHIM_EINVAL;
+	if (__builtin_mul_overflow(depth - 1, slice, bytes) ||
+	    __builtin_mul_overflow(height - 1, pitch, &rows) ||
+	    __builtin_add_overflow(*bytes, rows, bytes) ||
+	    __builtin_add_overflow(*bytes, row, bytes))
+		return KVSHIM_EINVAL;
+	return 0;
+}
+
+int kv_policy_memset_pitched(CUdeviceptr ptr, size_t elem, size_t width,
+			     size_t height, size_t depth, size_t pitch,
+			     size_t ysize)
+{
+	kv_alloc_t *a = running();
+	CUdeviceptr base;
+	size_t size, bytes;
+	int rc;
+
+	if (!a || !width || !height || !depth || kv_alloc_find(a, ptr, &base, &size))
+		return 0;
+	rc = box_bytes(ptr, elem, width, height, depth, pitch, ysize, &bytes);
+	if (rc)
+		return rc;
+	if (bytes > size - (ptr - base))
+		return KVSHIM_ERANGE;
+	rc = kv_alloc_pin(a, ptr, bytes);
 	return rc ? rc : 1;
 }
 
@@ -117,7 +194,7 @@ int kv_policy_touch(CUdeviceptr ptr, size_t bytes)
 
 	if (!a || bytes == 0 || kv_alloc_find(a, ptr, NULL, NULL))
 		return 0;
-	return kv_alloc_map(a, ptr, bytes);
+	return kv_alloc_pin(a, ptr, bytes);
 }
 
 void kv_policy_meminfo(size_t *free_bytes, size_t *total)

@@ -16,7 +16,12 @@
 
 #include <cuda.h>
 
-#include "alloc.h"
+/* A byte range of device memory a caller must still work on. (The policy's
+ * own type: hooks/ see no allocator header.) */
+struct kv_policy_run {
+	CUdeviceptr addr;
+	size_t len;
+};
 
 /* Decide on an allocation of size bytes. Returns 1 with *ptr set when
  * kvshim made a span, 0 when the call should pass through to the driver,
@@ -26,17 +31,42 @@ int kv_policy_alloc(size_t size, CUdeviceptr *ptr);
 /* Returns 1 when ptr was a span and is released, 0 to pass through. */
 int kv_policy_free(CUdeviceptr ptr);
 
-/* A memset of [ptr, ptr + bytes); zero says every byte written is 0.
- * Returns 0 to pass through whole; 1 when ptr is in a span, with *runs
- * (free with free()) and *nruns the parts the caller must still set: a
- * zero memset skips unmapped pages, which arrive zeroed; or a negative
- * error. */
-int kv_policy_memset(CUdeviceptr ptr, size_t bytes, int zero,
-		     struct kv_run **runs, size_t *nruns);
+/*
+ * A memset of count elements of elem bytes (1, 2 or 4) at ptr; zero says
+ * every byte written is 0. Returns 0 to pass the call through whole (ptr is
+ * in no span, or count is 0: the driver judges its own arguments); 1 when
+ * ptr is in a span, with *runs (free with free()) and *nruns the parts the
+ * caller must still set: a zero memset skips unmapped pages, which arrive
+ * zeroed, any other backs the range first; the pages set are pinned. Or a
+ * negative error, and nothing changed: KVSHIM_EINVAL where the driver would
+ * refuse the call (the byte count overflows, ptr is not aligned to elem),
+ * KVSHIM_ERANGE when the range runs past the span's end, or the
+ * allocator's error.
+ */
+int kv_policy_memset(CUdeviceptr ptr, size_t count, size_t elem, int zero,
+		     struct kv_policy_run **runs, size_t *nruns);
+
+/*
+ * A pitched memset: depth slices of height rows of width elements of elem
+ * bytes at ptr, rows pitch bytes apart, slices pitch * ysize bytes apart (a
+ * 2D memset is one slice). Its rows may land on any page of the box they
+ * span, so every page of it is backed and pinned, whatever the value.
+ * Returns 0 to pass the call through (ptr in no span, or nothing to set); 1
+ * when ptr is in a span and the box is backed (the caller then makes the
+ * call whole); or a negative error, nothing changed: KVSHIM_EINVAL where the driver would
+ * refuse the call (sizes that overflow, ptr or the pitch not aligned to
+ * elem, a pitch narrower than a row, slices that overlap), KVSHIM_ERANGE
+ * when the box runs past the span's end, or the allocator's error.
+ */
+int kv_policy_memset_pitched(CUdeviceptr ptr, size_t elem, size_t width,
+			     size_t height, size_t depth, size_t pitch,
+			     size_t ysize);
 
 /* A copy is about to read or write [ptr, ptr + bytes): back whatever span
- * pages it covers (they keep that claim until the span is released).
- * Returns 0 (also when ptr is no span) or a negative error. */
+ * pages it covers and pin them (they stay backed until the span is
+ * released; a pin is no counter, so copies never pile claims up).
+ * Returns 0 (also when ptr is no span), KVSHIM_ERANGE when the range runs
+ * past its span's end (nothing backed), or the allocator's error. */
 int kv_policy_touch(CUdeviceptr ptr, size_t bytes);
 
 /* Adjust the driver's free/total figures as KVSHIM_MEMINFO says. */

@@ -6,6 +6,7 @@
 #define KV_SHIM_H
 
 #include "alloc.h"
+#include "boundary.h"
 #include "config.h"
 
 /*
@@ -27,8 +28,9 @@ kv_alloc_t *kv_shim_running(void);
 /* The configuration as read at start-up; NULL before it. */
 const struct kv_config *kv_shim_config(void);
 
-/* Reset after fork, in the child (see shim.c). */
-void kv_shim_forked(void);
+/* Run the sweep hooks/ registered (kv_shim_set_sweep), if any. Returns the
+ * call sites it patched, or 0 without one. */
+int kv_shim_sweep(void);
 
 /* Release everything kvshim holds; the next call starts it again. For
  * tests and orderly shutdown, not for use while other threads call in. */

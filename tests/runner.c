@@ -32,10 +32,18 @@ kv_alloc_t *kt_create(const struct kv_alloc_opts *o)
 	return a;
 }
 
+void kt_check(kv_alloc_t *a)
+{
+	if (a)
+		ck_assert_msg(kv_alloc_check(a) == 0,
+			      "the allocator's lists and counters disagree (see the log)");
+}
+
 void kt_destroy(kv_alloc_t *a)
 {
 	struct kvemu_usage u;
 
+	kt_check(a);
 	kv_alloc_destroy(a);
 	if (kv_dev_usage(&u))
 		return;
@@ -71,6 +79,12 @@ int main(void)
 		fprintf(stderr, "kvshim tests: KVSHIM_TEST_GPU is set but the driver found is the CPU emulation\n");
 		return 1;
 	}
+	/*
+	 * A test's time limit guards against hangs, never against slowness:
+	 * CI runs on a busy 2-core machine. No test here needs more than a
+	 * few seconds on one; CK_DEFAULT_TIMEOUT still overrides this.
+	 */
+	setenv("CK_DEFAULT_TIMEOUT", "120", 0);
 	printf("kvshim tests on %s\n", kv_dev_describe());
 	sr = srunner_create(prim_suite());
 	srunner_add_suite(sr, span_suite());
@@ -84,6 +98,7 @@ int main(void)
 	srunner_add_suite(sr, group_suite());
 	srunner_add_suite(sr, share_suite());
 	srunner_add_suite(sr, share_trust_suite());
+	srunner_add_suite(sr, hooks_suite());
 	/* a CUDA context does not survive fork: on a GPU run every test in
 	 * this process (each one cleans up after itself) */
 	if (gpu && !getenv("CK_FORK"))

@@ -27,6 +27,7 @@ Suite *got_suite(void);
 Suite *group_suite(void);
 Suite *share_suite(void);
 Suite *share_trust_suite(void);
+Suite *hooks_suite(void);
 
 /* Options for a test allocator: no worker and an empty pool unless a test
  * wants them, so every driver call is the test's own doing. */
@@ -35,8 +36,12 @@ void kt_opts(struct kv_alloc_opts *o);
 /* Create an allocator from o, failing the test on error. */
 kv_alloc_t *kt_create(const struct kv_alloc_opts *o);
 
-/* Destroy a and check (on the emulation) that no handle, reservation or
- * mapping outlived it. */
+/* Fail the test unless kv_alloc_check(a) finds every list and counter
+ * right (a NULL a passes). */
+void kt_check(kv_alloc_t *a);
+
+/* Check a (kt_check), destroy it and check (on the emulation) that no
+ * handle, reservation or mapping outlived it. */
 void kt_destroy(kv_alloc_t *a);
 
 /* Stats of a, failing the test on error. */

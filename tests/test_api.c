@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "shim.h"
@@ -372,6 +373,238 @@ START_TEST(test_shim_starts)
 }
 END_TEST
 
+/* ---- configuration: values refused, capped or made to work ---- */
+
+static FILE *captured;
+static int saved_stderr = -1;
+
+/* Send stderr (kvshim's log) to a file until capture_end. */
+static void capture_start(void)
+{
+	fflush(stderr);
+	captured = tmpfile();
+	ck_assert_ptr_nonnull(captured);
+	saved_stderr = dup(2);
+	ck_assert_int_ge(saved_stderr, 0);
+	ck_assert_int_ge(dup2(fileno(captured), 2), 0);
+}
+
+/* Put stderr back; what was written meanwhile into out (len bytes, NUL
+ * ended), also copied to stderr for the test log. */
+static void capture_end(char *out, size_t len)
+{
+	size_t n;
+
+	fflush(stderr);
+	dup2(saved_stderr, 2);
+	close(saved_stderr);
+	rewind(captured);
+	n = fread(out, 1, len - 1, captured);
+	out[n] = '\0';
+	fclose(captured);
+	fputs(out, stderr);
+}
+
+/* kv_config_load refuses KVSHIM_<var>=value, naming the variable. */
+static void refused(const char *var, const char *value)
+{
+	char name[64], log[2048], expect[128];
+	struct kv_config c;
+	int rc;
+
+	snprintf(name, sizeof(name), "KVSHIM_%s", var);
+	setenv(name, value, 1);
+	capture_start();
+	rc = kv_config_load(&c);
+	capture_end(log, sizeof(log));
+	unsetenv(name);
+	ck_assert_msg(rc == KVSHIM_ECONFIG, "%s=\"%s\" accepted", name, value);
+	snprintf(expect, sizeof(expect), "kvshim: error: %s=", name);
+	ck_assert_msg(strstr(log, expect) != NULL, "%s=\"%s\": no message naming it in \"%s\"",
+		      name, value, log);
+}
+
+/* Numbers are digits only: no leading white space or sign, nothing after
+ * them but a suffix where one is allowed. */
+START_TEST(test_config_number_sign_space)
+{
+	static const char *const device[] = { " 1", "+1", "1 ", "\t1", "-0", "0x1", "" };
+	static const char *const size[] = { " 4G", "+4G", "4G ", " 50%", "+50%", "50 %" };
+	size_t i;
+
+	for (i = 0; i < sizeof(device) / sizeof(device[0]); i++)
+		refused("DEVICE", device[i]);
+	for (i = 0; i < sizeof(size) / sizeof(size[0]); i++)
+		refused("LIMIT", size[i]);
+	refused("POOL_LOW", "+2M");
+	refused("BUDGET", " 50%");
+	refused("SHARE_MODE", " 0600");
+	refused("SHARE_MODE", "+0600");
+}
+END_TEST
+
+/* A size whose suffix would carry it past 2^64 - 1 is refused, not
+ * wrapped. */
+START_TEST(test_config_size_overflow)
+{
+	refused("LIMIT", "99999999999999999999");
+	refused("LIMIT", "17179869184T");
+	refused("POOL_HIGH", "18446744073709551615K");
+	refused("MAX", "16777216T");
+	refused("DEVICE", "99999999999999999999");
+}
+END_TEST
+
+/* KVSHIM_SHARE_MODE must give the owner read and write (0600 to 0777), as
+ * its message says. */
+START_TEST(test_config_share_mode_owner)
+{
+	struct kv_config c;
+
+	refused("SHARE_MODE", "0400");
+	refused("SHARE_MODE", "0200");
+	refused("SHARE_MODE", "0066");
+	refused("SHARE_MODE", "01600");
+	refused("SHARE_MODE", "0800");
+	setenv("KVSHIM_SHARE_MODE", "0660", 1);
+	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert_uint_eq(c.share_mode, 0660);
+	unsetenv("KVSHIM_SHARE_MODE");
+}
+END_TEST
+
+/* A control character in a value reaches the log escaped: one line per
+ * message, whatever the value holds. */
+START_TEST(test_config_log_escapes)
+{
+	char log[2048], *nl;
+	struct kv_config c;
+
+	setenv("KVSHIM_ZERO", "on\nkvshim: error: forged\r\x1b[2J", 1);
+	capture_start();
+	ck_assert_int_eq(kv_config_load(&c), KVSHIM_ECONFIG);
+	capture_end(log, sizeof(log));
+	unsetenv("KVSHIM_ZERO");
+	ck_assert_msg(strstr(log, "KVSHIM_ZERO=on\\nkvshim: error: forged\\r\\x1b[2J") != NULL,
+		      "not escaped: \"%s\"", log);
+	nl = strchr(log, '\n');
+	ck_assert_ptr_nonnull(nl);
+	ck_assert_msg(strchr(nl + 1, '\n') == NULL, "more than one line: \"%s\"", log);
+	ck_assert_ptr_null(strchr(log, '\r'));
+	ck_assert_ptr_null(strchr(log, '\x1b'));
+}
+END_TEST
+
+/* The device's memory, as the driver reports it. */
+static size_t device_bytes(void)
+{
+	CUresult (*total_mem)(size_t *, CUdevice);
+	size_t total = 0;
+
+	*(void **)&total_mem = kv_dev_sym("cuDeviceTotalMem_v2");
+	ck_assert_ptr_nonnull(total_mem);
+	ck_assert_int_eq(total_mem(&total, 0), CUDA_SUCCESS);
+	return total;
+}
+
+/* KVSHIM_LIMIT=value starts kvshim with the limit capped to the device's
+ * memory, and says so naming the variable. */
+static void limit_capped(const char *value)
+{
+	char log[4096];
+	kv_alloc_t *a = NULL;
+	int rc;
+
+	setenv("KVSHIM_LIMIT", value, 1);
+	capture_start();
+	rc = kv_shim_alloc(&a);
+	capture_end(log, sizeof(log));
+	ck_assert_msg(rc == 0, "KVSHIM_LIMIT=%s: kvshim not started: %d", value, rc);
+	ck_assert_uint_eq(kt_stats(a).limit_bytes, device_bytes());
+	ck_assert_msg(strstr(log, "KVSHIM_LIMIT=") && strstr(log, "capped"),
+		      "KVSHIM_LIMIT=%s: no message: \"%s\"", value, log);
+	kv_shim_shutdown();
+	unsetenv("KVSHIM_LIMIT");
+}
+
+START_TEST(test_config_limit_100T)
+{
+	limit_capped("100T");
+}
+END_TEST
+
+START_TEST(test_config_limit_all_ones)
+{
+	limit_capped("18446744073709551615");
+}
+END_TEST
+
+START_TEST(test_config_limit_9000T)
+{
+	limit_capped("9000T");
+}
+END_TEST
+
+/* KVSHIM_PAGE larger than the device: kvshim is not started, and the
+ * message names the variable (with KVSHIM_STRICT: exit 64). */
+START_TEST(test_config_page_too_big)
+{
+	char log[4096];
+	kv_alloc_t *a = NULL;
+
+	setenv("KVSHIM_PAGE", "1T", 1);
+	capture_start();
+	ck_assert_int_eq(kv_shim_alloc(&a), KVSHIM_ECONFIG);
+	capture_end(log, sizeof(log));
+	ck_assert_ptr_null(a);
+	ck_assert_msg(strstr(log, "KVSHIM_PAGE=1T") != NULL, "no message naming it: \"%s\"", log);
+	kv_shim_shutdown();
+	unsetenv("KVSHIM_PAGE");
+}
+END_TEST
+
+START_TEST(test_config_page_too_big_strict)
+{
+	kv_alloc_t *a;
+
+	setenv("KVSHIM_STRICT", "1", 1);
+	setenv("KVSHIM_PAGE", "1T", 1);
+	kv_shim_alloc(&a);
+}
+END_TEST
+
+/* KVSHIM_DEVICE naming a device the driver does not have. */
+START_TEST(test_config_no_such_device)
+{
+	char log[4096];
+	kv_alloc_t *a = NULL;
+
+	setenv("KVSHIM_DEVICE", "7", 1);
+	capture_start();
+	ck_assert_int_eq(kv_shim_alloc(&a), KVSHIM_ECONFIG);
+	capture_end(log, sizeof(log));
+	ck_assert_msg(strstr(log, "KVSHIM_DEVICE=7") != NULL, "no message naming it: \"%s\"", log);
+	kv_shim_shutdown();
+	unsetenv("KVSHIM_DEVICE");
+}
+END_TEST
+
+/* KVSHIM_LIMIT under one page: every map would fail; refused instead. */
+START_TEST(test_config_limit_under_a_page)
+{
+	char log[4096];
+	kv_alloc_t *a = NULL;
+
+	setenv("KVSHIM_LIMIT", "1K", 1);
+	capture_start();
+	ck_assert_int_eq(kv_shim_alloc(&a), KVSHIM_ECONFIG);
+	capture_end(log, sizeof(log));
+	ck_assert_msg(strstr(log, "KVSHIM_LIMIT=1K") != NULL, "no message naming it: \"%s\"", log);
+	kv_shim_shutdown();
+	unsetenv("KVSHIM_LIMIT");
+}
+END_TEST
+
 /* The README's table lists every variable with its default. */
 START_TEST(test_readme_table)
 {
@@ -419,6 +652,17 @@ Suite *api_suite(void)
 	kt_add_exit(cfg, test_bad_config_disables, 0);
 	kt_add_exit(cfg, test_bad_config_strict_exits, 64);
 	tcase_add_test(cfg, test_shim_starts);
+	kt_add_exit(cfg, test_config_number_sign_space, 0);
+	kt_add_exit(cfg, test_config_size_overflow, 0);
+	kt_add_exit(cfg, test_config_share_mode_owner, 0);
+	kt_add_exit(cfg, test_config_log_escapes, 0);
+	kt_add_exit(cfg, test_config_limit_100T, 0);
+	kt_add_exit(cfg, test_config_limit_all_ones, 0);
+	kt_add_exit(cfg, test_config_limit_9000T, 0);
+	kt_add_exit(cfg, test_config_page_too_big, 0);
+	kt_add_exit(cfg, test_config_page_too_big_strict, 64);
+	kt_add_exit(cfg, test_config_no_such_device, 0);
+	kt_add_exit(cfg, test_config_limit_under_a_page, 0);
 	tcase_add_test(cfg, test_readme_table);
 	suite_add_tcase(s, cfg);
 	return s;

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 
 #include "group.h"
+#include "policy.h"
 #include "shim.h"
 #include "suites.h"
 
@@ -37,6 +38,7 @@ static void setup(void)
 static void teardown(void)
 {
 	kv_group_destroy(g);
+	kt_check(kv_shim_running());
 	kv_shim_shutdown();
 	unsetenv("KVSHIM_POOL_LOW");
 	unsetenv("KVSHIM_POOL_HIGH");
@@ -149,6 +151,75 @@ START_TEST(test_group_bad_input)
 }
 END_TEST
 
+/*
+ * A group outliving a span: once the span is released, the group's blocks
+ * in it are refused, even when a new span takes the same address (the
+ * new span's claims are never the stale group's to drop).
+ */
+START_TEST(test_group_stale_span)
+{
+	long long ids[] = { 0 };
+	CUdeviceptr old = (CUdeviceptr)(uintptr_t)bases[1], again;
+	int same = 0, i;
+
+	ck_assert_int_eq(kv_group_map(g, ids, 1), 0);
+	ck_assert_int_eq(kv_alloc_release(a, old), 0);
+	/* the emulation hands the freed range out again: try a few times */
+	for (i = 0; i < 8 && !same; i++) {
+		ck_assert_int_eq(kv_alloc_reserve(a, NB * BLK, &again), 0);
+		same = again == old;
+		if (!same)
+			ck_assert_int_eq(kv_alloc_release(a, again), 0);
+	}
+	ck_assert_int_eq(kv_group_map(g, ids, 1), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_group_unmap(g, ids, 1), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_group_can_back(g, ids, 1), KVSHIM_ERANGE);
+	if (same) {
+		/* a claim of the new span's own stays its own */
+		ck_assert_int_eq(kv_alloc_map(a, again, BLK), 0);
+		ck_assert_int_eq(kv_group_unmap(g, ids, 1), KVSHIM_ERANGE);
+		ck_assert_int_eq(kv_alloc_claims(a, again), 1);
+		ck_assert_int_eq(kv_alloc_release(a, again), 0);
+	}
+	/* the group's other tensors are no different: one call, all or none */
+	ck_assert_int_eq(kv_alloc_claims(a, blk(0, 0)), 1);
+	bases[1] = NULL;
+}
+END_TEST
+
+/*
+ * Copies and memsets into a span back what they touch and keep it backed
+ * until the span goes, without piling claims up: a page's claims are the
+ * engine's blocks only, however many copies reach it.
+ */
+START_TEST(test_copies_pin)
+{
+	struct kv_policy_run *runs = NULL;
+	size_t nruns = 0;
+	CUdeviceptr b = blk(0, 0);
+	int i;
+
+	for (i = 0; i < 100; i++)
+		ck_assert_int_eq(kv_policy_touch(b + 64, 4096), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, b), 0);
+	ck_assert_int_eq(kv_policy_memset(b, 128, 1, 1, &runs, &nruns), 1);
+	ck_assert_uint_eq(nruns, 1);
+	free(runs);
+	ck_assert_int_eq(kv_policy_memset(b, 128, 1, 0, &runs, &nruns), 1);
+	free(runs);
+	ck_assert_int_eq(kv_alloc_claims(a, b), 0);
+	/* a block on the pinned page claims and lets go as usual; the page
+	 * stays backed through a trim */
+	ck_assert_int_eq(kv_group_map(g, (long long[]){ 0 }, 1), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, b), 1);
+	ck_assert_int_eq(kv_group_unmap(g, (long long[]){ 0 }, 1), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, b), 0);
+	ck_assert_int_eq(kv_alloc_trim(a, SIZE_MAX, NULL), 0);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, PG);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);
+}
+END_TEST
+
 Suite *group_suite(void)
 {
 	Suite *s = suite_create("group");
@@ -159,6 +230,8 @@ Suite *group_suite(void)
 	kt_add_emu(tc, test_group_calls);
 	tcase_add_test(tc, test_group_all_or_nothing);
 	tcase_add_test(tc, test_group_bad_input);
+	tcase_add_test(tc, test_group_stale_span);
+	tcase_add_test(tc, test_copies_pin);
 	suite_add_tcase(s, tc);
 	return s;
 }

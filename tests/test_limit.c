@@ -333,6 +333,29 @@ START_TEST(test_map_waits_for_released_pages)
 }
 END_TEST
 
+/* A map at the limit reclaims cached pages; when the driver will not
+ * unmap them, the map reports the driver's failure (not the limit) and
+ * changes nothing. */
+START_TEST(test_reclaim_fails_as_driver)
+{
+	struct kvshim_stats before;
+
+	make(4 * PG);
+	ck_assert_int_eq(kv_alloc_map(a, base, 4 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, 4 * PG), 0);
+	before = kt_stats(a);
+	ck_assert_uint_eq(before.cached_bytes, 4 * PG);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 10 * PG, 2 * PG), KVSHIM_EDRIVER);
+	kv_dev_fail_nth("cuMemUnmap", 0, CUDA_SUCCESS);
+	assert_span_unchanged(&before, base + 10 * PG, 2);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 4 * PG);
+	/* and with the driver back, the cached pages move over */
+	ck_assert_int_eq(kv_alloc_map(a, base + 10 * PG, 2 * PG), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 2 * PG);
+}
+END_TEST
+
 Suite *limit_suite(void)
 {
 	Suite *s = suite_create("limit");
@@ -355,6 +378,7 @@ Suite *limit_suite(void)
 	kt_add_emu(drv, test_create_run_fails_between_good_ones);
 	kt_add_emu(drv, test_map_waits_for_released_pages);
 	kt_add_emu(drv, test_undo_unmap_fails);
+	kt_add_emu(drv, test_reclaim_fails_as_driver);
 	suite_add_tcase(s, drv);
 	return s;
 }

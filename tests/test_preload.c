@@ -17,17 +17,64 @@
 
 extern char **environ;
 
+/*
+ * What a child wrote to stderr, from file f, into out (len bytes, NUL
+ * ended): all of it if it fits; else its "FAIL file:line: what" lines
+ * first (what the test needs to see), then as much of its end as fits.
+ * Everything is also copied to this process's stderr, into the test log.
+ */
+static void collect(FILE *f, char *out, size_t len)
+{
+	size_t n, used = 0, tail, ll;
+	char *all, *line, *nl;
+	long end;
+
+	out[0] = '\0';
+	if (fseek(f, 0, SEEK_END) || (end = ftell(f)) <= 0 || fseek(f, 0, SEEK_SET))
+		return;
+	all = malloc((size_t)end + 1);
+	if (!all)
+		return;
+	n = fread(all, 1, (size_t)end, f);
+	all[n] = '\0';
+	fwrite(all, 1, n, stderr);
+	if (n < len) {
+		memcpy(out, all, n + 1);
+		free(all);
+		return;
+	}
+	for (line = all; line < all + n; line = nl + 1) {
+		nl = memchr(line, '\n', (size_t)(all + n - line));
+		if (!nl)
+			nl = all + n;
+		ll = (size_t)(nl - line);
+		if (!strncmp(line, "FAIL ", 5) && used + ll + 2 < len / 2) {
+			memcpy(out + used, line, ll);
+			used += ll;
+			out[used++] = '\n';
+		}
+	}
+	tail = len - used - 7;
+	memcpy(out + used, "[...]\n", 6);
+	memcpy(out + used + 6, all + n - tail, tail);
+	out[used + 6 + tail] = '\0';
+	free(all);
+}
+
 /* Run prog CASE with extra environment (NULL-terminated "K=V" list) and
- * LD_PRELOAD set to libkvshim.so when preload is set; its exit status. */
-static int run(const char *prog, const char *test, int preload,
-	       const char *const *extra)
+ * LD_PRELOAD set to libkvshim.so when preload is set; its exit status, with
+ * what it wrote to stderr in out (see collect). */
+static int run_out(const char *prog, const char *test, int preload,
+		   const char *const *extra, char *out, size_t len)
 {
 	char *argv[] = { (char *)prog, (char *)test, NULL };
 	char preload_var[PATH_MAX + 16], user_var[PATH_MAX + 16], real[PATH_MAX];
 	char lib_var[PATH_MAX + 16];
 	const char *lib = getenv("KVSHIM_LIB");
+	posix_spawn_file_actions_t fa;
 	char **env;
 	size_t n = 0, i, k = 0;
+	FILE *err;
 	pid_t pid;
 	int st;
 
@@ -52,23 +99,55 @@ static int run(const char *prog, const char *test, int preload,
 	for (i = 0; extra && extra[i]; i++)
 		env[k++] = (char *)extra[i];
 	env[k] = NULL;
-	ck_assert_int_eq(posix_spawn(&pid, prog, NULL, NULL, argv, env), 0);
+	/* the child's stderr goes to a file (a pipe could fill while we wait) */
+	err = tmpfile();
+	ck_assert_ptr_nonnull(err);
+	ck_assert_int_eq(posix_spawn_file_actions_init(&fa), 0);
+	ck_assert_int_eq(posix_spawn_file_actions_adddup2(&fa, fileno(err), 2), 0);
+	ck_assert_int_eq(posix_spawn(&pid, prog, &fa, NULL, argv, env), 0);
+	posix_spawn_file_actions_destroy(&fa);
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
 	free(env);
-	ck_assert_msg(WIFEXITED(st), "%s %s died with signal %d", prog, test,
-		      WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+	collect(err, out, len);
+	fclose(err);
+	ck_assert_msg(WIFEXITED(st), "%s %s died with signal %d; its stderr:\n%s",
+		      prog, test, WIFSIGNALED(st) ? WTERMSIG(st) : 0, out);
 	return WEXITSTATUS(st);
 }
 
 #define PROG "tests/preload/prog"
 
+/* Run a case and check its exit status; on a mismatch the message carries
+ * the child's failing lines. */
+static void expect_exit(const char *prog, const char *test, int preload,
+			const char *const *extra, int code)
+{
+	char out[4096];
+	int st = run_out(prog, test, preload, extra, out, sizeof(out));
+
+	ck_assert_msg(st == code, "%s %s exited %d, not %d; its stderr:\n%s",
+		      prog, test, st, code, out);
+}
+
 static void expect_pass(const char *prog, const char *test, int preload,
 			const char *const *extra)
 {
-	int st = run(prog, test, preload, extra);
-
-	ck_assert_msg(st == 0, "%s %s exited %d", prog, test, st);
+	expect_exit(prog, test, preload, extra, 0);
 }
+
+/* A child's failed expectation reaches the parent with its file and line:
+ * the "expect-fails" case fails one on purpose. */
+START_TEST(test_child_failure_reported)
+{
+	char out[4096] = "";
+	int st = run_out(PROG, "expect-fails", 1, NULL, out, sizeof(out));
+
+	ck_assert_int_eq(st, 1);
+	ck_assert_msg(strstr(out, "FAIL ") && strstr(out, "prog.c:") &&
+		      strstr(out, "1 + 1 == 3"),
+		      "the child's failure did not come back: \"%s\"", out);
+}
+END_TEST
 
 START_TEST(test_window)
 {
@@ -79,6 +158,18 @@ END_TEST
 START_TEST(test_memset_memcpy)
 {
 	expect_pass(PROG, "memset-memcpy", 1, NULL);
+}
+END_TEST
+
+START_TEST(test_memset_bounds)
+{
+	expect_pass(PROG, "memset-bounds", 1, NULL);
+}
+END_TEST
+
+START_TEST(test_memset_2d)
+{
+	expect_pass(PROG, "memset-2d", 1, NULL);
 }
 END_TEST
 
@@ -108,13 +199,13 @@ START_TEST(test_meminfo_share)
 {
 	char pool[64];
 	const char *env[] = { "KVSHIM_SHARE=on", "KVSHIM_BUDGET=256M", pool, NULL };
-	char pattern[128];
+	char pattern[128], out[4096];
 	glob_t g;
 	size_t i;
 	int st;
 
 	snprintf(pool, sizeof(pool), "KVSHIM_POOL=preload%d", (int)getpid());
-	st = run(PROG, "meminfo-share", 1, env);
+	st = run_out(PROG, "meminfo-share", 1, env, out, sizeof(out));
 	/* the segment outlives its processes: drop it */
 	snprintf(pattern, sizeof(pattern), "/dev/shm/kvshim-*-preload%d", (int)getpid());
 	if (glob(pattern, 0, NULL, &g) == 0) {
@@ -122,7 +213,8 @@ START_TEST(test_meminfo_share)
 			unlink(g.gl_pathv[i]);
 		globfree(&g);
 	}
-	ck_assert_msg(st == 0, "%s meminfo-share exited %d", PROG, st);
+	ck_assert_msg(st == 0, "%s meminfo-share exited %d; its stderr:\n%s",
+		      PROG, st, out);
 }
 END_TEST
 
@@ -180,7 +272,7 @@ START_TEST(test_bad_config)
 	};
 
 	expect_pass(PROG, "bad-config", 1, env);
-	ck_assert_int_eq(run(PROG, "window", 1, strict), 64);
+	expect_exit(PROG, "window", 1, strict, 64);
 }
 END_TEST
 
@@ -195,6 +287,15 @@ START_TEST(test_late_attach)
 }
 END_TEST
 
+/* Loaded late, started, then dlclose'd: the library stays loaded and the
+ * program's CUDA calls keep reaching it (no crash, from them or from the
+ * worker thread). */
+START_TEST(test_dlclose)
+{
+	expect_pass(PROG, "dlclose", 0, NULL);
+}
+END_TEST
+
 Suite *preload_suite(void)
 {
 	Suite *s = suite_create("preload");
@@ -202,8 +303,11 @@ Suite *preload_suite(void)
 	TCase *late = tcase_create("late-attach");
 
 	tcase_set_timeout(tc, 60);
+	kt_add_emu(tc, test_child_failure_reported);
 	kt_add_emu(tc, test_window);
 	kt_add_emu(tc, test_memset_memcpy);
+	kt_add_emu(tc, test_memset_bounds);
+	kt_add_emu(tc, test_memset_2d);
 	kt_add_emu(tc, test_size_policy);
 	kt_add_emu(tc, test_meminfo_virtual);
 	kt_add_emu(tc, test_meminfo_real);
@@ -217,8 +321,11 @@ Suite *preload_suite(void)
 	kt_add_emu(tc, test_deepbind);
 	kt_add_emu(tc, test_bad_config);
 	suite_add_tcase(s, tc);
-	if (kv_dev_is_emu())
+	tcase_set_timeout(late, 60);
+	if (kv_dev_is_emu()) {
 		tcase_add_loop_test(late, test_late_attach, 0, 4);
+		tcase_add_test(late, test_dlclose);
+	}
 	suite_add_tcase(s, late);
 	return s;
 }

@@ -183,12 +183,11 @@ START_TEST(test_share_mode_config)
 END_TEST
 
 /* The message names the variable and says why. */
-static int load_mode_0400(void *arg)
+static int load_mode(void *arg)
 {
 	struct kv_config c;
 
-	(void)arg;
-	setenv("KVSHIM_SHARE_MODE", "0400", 1);
+	setenv("KVSHIM_SHARE_MODE", arg, 1);
 	return kv_config_load(&c) == KVSHIM_ECONFIG ? 0 : 1;
 }
 
@@ -196,8 +195,11 @@ START_TEST(test_share_mode_message)
 {
 	char err[1024];
 
-	ck_assert_int_eq(kt_in_child(load_mode_0400, NULL, 30, err, sizeof(err)), 0);
-	ck_assert_msg(strstr(err, "KVSHIM_SHARE_MODE=0400") && strstr(err, "read and write"),
+	ck_assert_int_eq(kt_in_child(load_mode, "0400", 30, err, sizeof(err)), 0);
+	ck_assert_msg(strstr(err, "KVSHIM_SHARE_MODE=0400") && strstr(err, "owner"),
+		      "no message naming the variable: %s", err);
+	ck_assert_int_eq(kt_in_child(load_mode, "0666", 30, err, sizeof(err)), 0);
+	ck_assert_msg(strstr(err, "KVSHIM_SHARE_MODE=0666") && strstr(err, "every local user"),
 		      "no message naming the variable: %s", err);
 }
 END_TEST

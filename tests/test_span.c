@@ -1,6 +1,7 @@
 /*
  * test_span.c - spans, lazy backing, claims and the map/unmap contracts.
  */
+#include "alloc_int.h"
 #include "suites.h"
 
 static kv_alloc_t *a;
@@ -327,10 +328,10 @@ START_TEST(test_map_many)
 	a = kt_create(&o);
 	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &base), 0);
 	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &other), 0);
-	r[0] = (struct kv_run){ base + PG / 2, PG / 2 };        /* page 0 */
-	r[1] = (struct kv_run){ base, PG / 4 };                 /* page 0 again */
-	r[2] = (struct kv_run){ base + PG - 64, 128 };          /* pages 0, 1 */
-	r[3] = (struct kv_run){ other + 3 * PG, 2 * PG };       /* pages 3, 4 */
+	r[0] = (struct kv_run){ base + PG / 2, PG / 2, 0 };        /* page 0 */
+	r[1] = (struct kv_run){ base, PG / 4, 0 };                 /* page 0 again */
+	r[2] = (struct kv_run){ base + PG - 64, 128, 0 };          /* pages 0, 1 */
+	r[3] = (struct kv_run){ other + 3 * PG, 2 * PG, 0 };       /* pages 3, 4 */
 	kv_dev_reset_counts();
 	ck_assert_int_eq(kv_alloc_map_many(a, r, 4), 0);
 	ck_assert_uint_eq(kv_dev_calls("cuMemMap"), 4);
@@ -367,9 +368,9 @@ START_TEST(test_map_many_all_or_nothing)
 	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &base), 0);
 	ck_assert_int_eq(kv_alloc_map(a, base, PG), 0);
 	ck_assert_int_eq(kv_alloc_unmap(a, base, PG), 0);      /* page 0 cached */
-	r[0] = (struct kv_run){ base, 64 };
-	r[1] = (struct kv_run){ base + 2 * PG, 2 * PG };
-	r[2] = (struct kv_run){ base + 8 * PG, PG };
+	r[0] = (struct kv_run){ base, 64, 0 };
+	r[1] = (struct kv_run){ base + 2 * PG, 2 * PG, 0 };
+	r[2] = (struct kv_run){ base + 8 * PG, PG, 0 };
 	s0 = kt_stats(a);
 	ck_assert_int_eq(kv_alloc_map_many(a, r, 3), KVSHIM_ELIMIT);
 	s1 = kt_stats(a);
@@ -378,9 +379,9 @@ START_TEST(test_map_many_all_or_nothing)
 	ck_assert_int_eq(kv_alloc_claims(a, base), 0);
 	ck_assert_int_eq(kv_alloc_claims(a, base + 2 * PG), 0);
 	/* a bad range among good ones: nothing happens either */
-	r[2] = (struct kv_run){ base + 16 * PG, PG };
+	r[2] = (struct kv_run){ base + 16 * PG, PG, 0 };
 	ck_assert_int_eq(kv_alloc_map_many(a, r, 3), KVSHIM_ERANGE);
-	r[2] = (struct kv_run){ base + 8 * PG, 0 };
+	r[2] = (struct kv_run){ base + 8 * PG, 0, 0 };
 	ck_assert_int_eq(kv_alloc_map_many(a, r, 3), KVSHIM_EINVAL);
 	ck_assert_uint_eq(kt_stats(a).mapped_bytes, s0.mapped_bytes);
 	ck_assert_int_eq(kv_alloc_map_many(a, r, 2), 0);
@@ -393,7 +394,7 @@ END_TEST
 START_TEST(test_unmap_many_all_or_nothing)
 {
 	struct kv_run r[3] = {
-		{ base, PG }, { base + PG, PG }, { base + 5 * PG, PG }
+		{ base, PG, 0 }, { base + PG, PG, 0 }, { base + 5 * PG, PG, 0 }
 	};
 
 	ck_assert_int_eq(kv_alloc_map_many(a, r, 2), 0);
@@ -448,8 +449,8 @@ START_TEST(test_cost_counts_cached_pages)
 	ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &base), 0);
 	ck_assert_int_eq(kv_alloc_map(a, base, 4 * PG), 0);
 	ck_assert_int_eq(kv_alloc_unmap(a, base, PG), 0);      /* page 0 cached */
-	r[0] = (struct kv_run){ base, PG };
-	r[1] = (struct kv_run){ base + 10 * PG, PG };
+	r[0] = (struct kv_run){ base, PG, 0 };
+	r[1] = (struct kv_run){ base + 10 * PG, PG, 0 };
 	ck_assert_int_eq(kv_alloc_cost_many(a, r, 2, &cost), 0);
 	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
 	ck_assert_uint_eq(cost, 2 * PG);
@@ -461,6 +462,154 @@ START_TEST(test_cost_counts_cached_pages)
 	ck_assert_int_eq(kv_alloc_map_many(a, r, 1), 0);
 	ck_assert_int_eq(kv_alloc_cost_many(a, r, 1, &cost), 0);
 	ck_assert_uint_eq(cost, 0);
+}
+END_TEST
+
+/* Pins: backed until the span goes, however often; no claim counted. */
+START_TEST(test_pin)
+{
+	struct kv_run *runs = NULL;
+	size_t nruns = 0;
+	int i;
+
+	for (i = 0; i < 3; i++)
+		ck_assert_int_eq(kv_alloc_pin(a, base + 10, 2 * PG), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base + 2 * PG), 0);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 3 * PG);
+	/* a claim on a pinned page comes and goes; the page stays */
+	ck_assert_int_eq(kv_alloc_map(a, base, 64), 0);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 1);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, 64), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, 64), KVSHIM_ENOTCLAIMED);
+	ck_assert_int_eq(kv_alloc_trim(a, SIZE_MAX, NULL), 0);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 3 * PG);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);
+	/* pinning what is mapped: a cached page leaves the cache, unbacked
+	 * pages stay unbacked, the runs cover the mapped part only */
+	ck_assert_int_eq(kv_alloc_map(a, base + 5 * PG, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 5 * PG, PG), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
+	ck_assert_int_eq(kv_alloc_pin_mapped(a, base + 4 * PG, 3 * PG, &runs,
+					     &nruns), 0);
+	ck_assert_uint_eq(nruns, 1);
+	ck_assert_uint_eq(runs[0].addr, base + 5 * PG);
+	ck_assert_uint_eq(runs[0].len, PG);
+	free(runs);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 4 * PG);
+	ck_assert_int_eq(kv_alloc_pin(a, base, 0), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_pin(a, base + 16 * PG, 1), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_pin(NULL, base, 1), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_pin_mapped(a, base, 1, NULL, &nruns),
+			 KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_pin_mapped(a, base + 16 * PG, 1, &runs,
+					     &nruns), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_pin_mapped(a, base, (size_t)-1, &runs,
+					     &nruns), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_release(a, base), 0);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &base), 0);
+}
+END_TEST
+
+/* A page's claims cannot wrap: a map that would pass the most a page can
+ * carry fails whole. */
+START_TEST(test_claims_cannot_wrap)
+{
+	struct kv_run r[2] = { { base, 64, 0 }, { base + PG, 64, 0 } };
+
+	ck_assert_int_eq(kv_alloc_map(a, base, 2 * PG), 0);
+	ck_assert_int_eq(kv_alloc_debug_claims(a, base + PG, UINT32_MAX - 2), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + PG, 64), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + PG, 64), KVSHIM_ELIMIT);
+	ck_assert_int_eq(kv_alloc_map_many(a, r, 2), KVSHIM_ELIMIT);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 1);
+	ck_assert_int_eq(kv_alloc_claims(a, base + PG), INT32_MAX);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + PG, 64), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + PG, 64), 0);
+	/* the setter refuses what the checker would */
+	ck_assert_int_eq(kv_alloc_debug_claims(a, base, UINT32_MAX), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_debug_claims(a, base, 0), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_debug_claims(a, base + 3 * PG, 1), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_debug_claims(a, base + 16 * PG, 1), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_debug_claims(a, base + PG, 1), 0);
+}
+END_TEST
+
+/* A range naming its span by id lands only in that span: once it is
+ * released, a new span at the same address refuses it. */
+START_TEST(test_span_ids)
+{
+	struct kv_run r = { 0, PG, 0 };
+	CUdeviceptr b, again;
+	uint64_t id, id2;
+	size_t size;
+
+	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &b), 0);
+	ck_assert_int_eq(kv_alloc_span(a, b + PG, &again, &size, &id), 0);
+	ck_assert_uint_eq(again, b);
+	ck_assert_uint_eq(size, 4 * PG);
+	ck_assert_uint_ne(id, 0);
+	r.addr = b;
+	r.span = id;
+	ck_assert_int_eq(kv_alloc_map_many(a, &r, 1), 0);
+	r.span = id + 1000;
+	ck_assert_int_eq(kv_alloc_map_many(a, &r, 1), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_cost_many(a, &r, 1, &size), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_unmap_many(a, &r, 1), KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_release(a, b), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &again), 0);
+	ck_assert_int_eq(kv_alloc_span(a, again, NULL, NULL, &id2), 0);
+	ck_assert_uint_ne(id2, id);
+	r.addr = again;
+	r.span = id;
+	ck_assert_int_eq(kv_alloc_map_many(a, &r, 1), KVSHIM_ERANGE);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 0);
+	ck_assert_int_eq(kv_alloc_span(a, (CUdeviceptr)4096, NULL, NULL, &id2),
+			 KVSHIM_ERANGE);
+	ck_assert_int_eq(kv_alloc_span(NULL, base, NULL, NULL, &id2), KVSHIM_EINVAL);
+}
+END_TEST
+
+/* The checker is no formality: it notices a count, a list or a span page
+ * that disagrees with the slots. */
+START_TEST(test_checker_notices)
+{
+	struct kv_span *sp;
+	uint32_t s;
+
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + PG, PG), 0);
+	ck_assert_int_eq(kv_alloc_check(a), 0);
+	ck_assert_int_eq(kv_alloc_check(NULL), KVSHIM_EINVAL);
+
+	a->n[KV_P_CACHED]++;
+	ck_assert_int_eq(kv_alloc_check(a), KVSHIM_ESTATE);
+	a->n[KV_P_CACHED]--;
+
+	sp = a->spans[0];
+	s = sp->slot[1];
+	a->phys[s].state = KV_P_MAPPED;         /* cached, yet says mapped */
+	ck_assert_int_eq(kv_alloc_check(a), KVSHIM_ESTATE);
+	a->phys[s].state = KV_P_CACHED;
+
+	sp->claims[1] = 1;                      /* a claim on a cached page */
+	ck_assert_int_eq(kv_alloc_check(a), KVSHIM_ESTATE);
+	sp->claims[1] = 0;
+
+	sp->mapped++;
+	ck_assert_int_eq(kv_alloc_check(a), KVSHIM_ESTATE);
+	sp->mapped--;
+
+	a->reserved += PG;
+	ck_assert_int_eq(kv_alloc_check(a), KVSHIM_ESTATE);
+	a->reserved -= PG;
+
+	sp->slot[5] = sp->slot[0];              /* one page in two places */
+	ck_assert_int_eq(kv_alloc_check(a), KVSHIM_ESTATE);
+	sp->slot[5] = KV_NIL;
+	ck_assert_int_eq(kv_alloc_check(a), 0);
 }
 END_TEST
 
@@ -479,6 +628,10 @@ Suite *span_suite(void)
 	tcase_add_test(tc, test_release_with_claims);
 	kt_add_emu(tc, test_one_access_call_per_run);
 	kt_add_emu(tc, test_mapped_page_costs_no_call);
+	tcase_add_test(tc, test_pin);
+	tcase_add_test(tc, test_claims_cannot_wrap);
+	tcase_add_test(tc, test_span_ids);
+	tcase_add_test(tc, test_checker_notices);
 	suite_add_tcase(s, tc);
 
 	tcase_add_checked_fixture(bad, setup, teardown);

@@ -5,6 +5,7 @@
  * threads' blocks, and every block's bytes are checked before it is let go.
  */
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -198,15 +199,36 @@ static void *chaos_run(void *arg)
 	return NULL;
 }
 
+/* Recounts everything while the others churn, until told to stop. */
+struct checker {
+	int stop;
+	unsigned checks, failures;
+};
+
+static void *check_run(void *arg)
+{
+	struct checker *k = arg;
+
+	while (!__atomic_load_n(&k->stop, __ATOMIC_ACQUIRE)) {
+		if (kv_alloc_check(a))
+			k->failures++;
+		k->checks++;
+		sched_yield();
+	}
+	return NULL;
+}
+
 START_TEST(test_threads_chaos)
 {
 	struct kv_alloc_opts o;
 	struct chaos c[NTHREADS];
-	pthread_t t[NTHREADS];
-	unsigned seed = (unsigned)time(NULL);
+	struct checker k = { 0 };
+	pthread_t t[NTHREADS], kt;
+	const char *given = getenv("KVSHIM_TEST_SEED");
+	unsigned seed = given ? (unsigned)strtoul(given, NULL, 0) : (unsigned)time(NULL);
 	int i;
 
-	printf("chaos: seed %u\n", seed);
+	printf("chaos: seed %u (KVSHIM_TEST_SEED=%u repeats it)\n", seed, seed);
 	kt_opts(&o);
 	o.worker = 1;
 	o.pool_low = 2 * PG;
@@ -214,6 +236,7 @@ START_TEST(test_threads_chaos)
 	o.cache_max = 4 * PG;
 	o.limit = 48 * PG;
 	a = kt_create(&o);
+	ck_assert_int_eq(pthread_create(&kt, NULL, check_run, &k), 0);
 	for (i = 0; i < NTHREADS; i++) {
 		c[i] = (struct chaos){ .seed = seed + 7 * i };
 		ck_assert_int_eq(pthread_create(&t[i], NULL, chaos_run, &c[i]), 0);
@@ -223,6 +246,11 @@ START_TEST(test_threads_chaos)
 		ck_assert_msg(c[i].errors == 0, "thread %d: %d errors (seed %u)", i,
 			      c[i].errors, seed);
 	}
+	__atomic_store_n(&k.stop, 1, __ATOMIC_RELEASE);
+	pthread_join(kt, NULL);
+	printf("chaos: %u checks of the allocator while it ran\n", k.checks);
+	ck_assert_msg(k.failures == 0, "%u of %u checks failed (seed %u)",
+		      k.failures, k.checks, seed);
 	ck_assert_uint_eq(kt_stats(a).reserved_bytes, 0);
 	ck_assert_uint_le(kt_stats(a).peak_physical_bytes, 48 * PG);
 	kt_destroy(a);

@@ -38,6 +38,9 @@
     X(cuMemGetInfo_v2, "cuMemGetInfo")                   \
     X(cuMemsetD8_v2, "cuMemsetD8")                       \
     X(cuMemsetD8Async, "cuMemsetD8Async")                \
+    X(cuMemsetD2D8_v2, "cuMemsetD2D8")                   \
+    X(cuMemsetD2D8Async, "cuMemsetD2D8Async")            \
+    X(cuMemGetAddressRange_v2, "cuMemGetAddressRange")   \
     X(cuMemcpy, "cuMemcpy")                              \
     X(cuMemcpyAsync, "cuMemcpyAsync")                    \
     X(cuMemcpyHtoD_v2, "cuMemcpyHtoD")                   \
@@ -441,6 +444,78 @@ KV_RT_API cudaError_t cudaMemsetAsync(void *devPtr, int value, size_t count, cud
         return record(e);
     return record_driver(drv.cuMemsetD8Async((CUdeviceptr)devPtr, (unsigned char)value, count,
                                              stream));
+}
+
+KV_RT_API cudaError_t cudaMemset2D(void *devPtr, size_t pitch, int value, size_t width,
+                                  size_t height)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuMemsetD2D8_v2((CUdeviceptr)devPtr, pitch, (unsigned char)value,
+                                             width, height));
+}
+
+KV_RT_API cudaError_t cudaMemset2DAsync(void *devPtr, size_t pitch, int value, size_t width,
+                                       size_t height, cudaStream_t stream)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv.cuMemsetD2D8Async((CUdeviceptr)devPtr, pitch, (unsigned char)value,
+                                               width, height, stream));
+}
+
+/*
+ * A 3D memset: extent.depth slices of extent.height rows of extent.width bytes; rows p.pitch
+ * apart, slices p.pitch * p.ysize apart. Checked whole first (slices must not overlap, the
+ * range must lie in one allocation), so that a refused call writes nothing; then one 2D
+ * memset per slice.
+ */
+static cudaError_t memset3d(struct cudaPitchedPtr p, int value, struct cudaExtent x, bool async,
+                            cudaStream_t stream)
+{
+    CUdeviceptr base = 0, dst = (CUdeviceptr)p.ptr;
+    size_t slice, span, size = 0;
+    cudaError_t e = need_context();
+    CUresult r = CUDA_SUCCESS;
+
+    if (e != cudaSuccess)
+        return record(e);
+    if (x.width == 0 || x.height == 0 || x.depth == 0)
+        return record(cudaSuccess);
+    if ((x.height > 1 || x.depth > 1) && p.pitch < x.width)
+        return record(cudaErrorInvalidValue);
+    if (x.depth > 1 && x.height > p.ysize)
+        return record(cudaErrorInvalidValue);
+    if (__builtin_mul_overflow(p.pitch, p.ysize, &slice) ||
+        __builtin_mul_overflow(x.depth - 1, slice, &span) ||
+        __builtin_add_overflow(span, (x.height - 1) * p.pitch, &span) ||
+        __builtin_add_overflow(span, x.width, &span))
+        return record(cudaErrorInvalidValue);
+    r = drv.cuMemGetAddressRange_v2(&base, &size, dst);
+    if (r != CUDA_SUCCESS || span > size - (dst - base))
+        return record(cudaErrorInvalidValue);
+    for (size_t i = 0; i < x.depth && r == CUDA_SUCCESS; i++)
+        r = async ? drv.cuMemsetD2D8Async(dst + i * slice, p.pitch, (unsigned char)value,
+                                          x.width, x.height, stream)
+                  : drv.cuMemsetD2D8_v2(dst + i * slice, p.pitch, (unsigned char)value,
+                                        x.width, x.height);
+    return record_driver(r);
+}
+
+KV_RT_API cudaError_t cudaMemset3D(struct cudaPitchedPtr pitchedDevPtr, int value,
+                                  struct cudaExtent extent)
+{
+    return memset3d(pitchedDevPtr, value, extent, false, NULL);
+}
+
+KV_RT_API cudaError_t cudaMemset3DAsync(struct cudaPitchedPtr pitchedDevPtr, int value,
+                                       struct cudaExtent extent, cudaStream_t stream)
+{
+    return memset3d(pitchedDevPtr, value, extent, true, stream);
 }
 
 /*

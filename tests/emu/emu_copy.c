@@ -257,6 +257,97 @@ KV_EMU_API CUresult cuMemsetD32Async(CUdeviceptr dstDevice, unsigned int ui, siz
 }
 KV_EMU_ALIAS(cuMemsetD32Async);
 
+/*
+ * 2D memsets: height rows of n elements, pitch bytes apart. The driver refuses a start or a
+ * pitch not aligned to the element, a pitch narrower than a row (rows would overlap; the pitch
+ * is unused with one row), sizes whose span does not fit in size_t, and a span not inside one
+ * allocation or reservation.
+ */
+struct op2d {
+    struct op row;
+    size_t pitch, height;
+};
+
+static void run_set2d(void *arg)
+{
+    struct op2d *o = arg;
+    struct op row = o->row;
+
+    for (size_t i = 0; i < o->height; i++) {
+        run_set(&row);
+        row.dst = (char *)row.dst + o->pitch;
+    }
+}
+
+static CUresult set2d(CUdeviceptr dst, size_t pitch, unsigned int value, size_t n, size_t height,
+                      int width, bool async, CUstream s)
+{
+    struct op2d o = { .row = { .dst = (void *)dst, .n = n, .value = value, .width = width },
+                      .pitch = pitch, .height = height };
+    size_t row, span = 0;
+    CUresult r;
+
+    if (dst % (CUdeviceptr)width || __builtin_mul_overflow(n, (size_t)width, &row))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (height > 1 && (pitch % (size_t)width || pitch < row))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (n && height && (__builtin_mul_overflow(height - 1, pitch, &span) ||
+                        __builtin_add_overflow(span, row, &span) || !dst))
+        return CUDA_ERROR_INVALID_VALUE;
+    r = check_call(async, s, dst, 0, n && height ? span : 0);
+    if (r != CUDA_SUCCESS || n == 0 || height == 0)
+        return r;
+    return kv_emu_guard(run_set2d, &o) < 0 ? CUDA_ERROR_ILLEGAL_ADDRESS : CUDA_SUCCESS;
+}
+
+KV_EMU_API CUresult cuMemsetD2D8_v2(CUdeviceptr dstDevice, size_t dstPitch, unsigned char uc,
+                                    size_t Width, size_t Height)
+{
+    KV_EMU_ENTER(cuMemsetD2D8_v2);
+    return set2d(dstDevice, dstPitch, uc, Width, Height, 1, false, NULL);
+}
+KV_EMU_ALIAS(cuMemsetD2D8_v2);
+
+KV_EMU_API CUresult cuMemsetD2D16_v2(CUdeviceptr dstDevice, size_t dstPitch, unsigned short us,
+                                     size_t Width, size_t Height)
+{
+    KV_EMU_ENTER(cuMemsetD2D16_v2);
+    return set2d(dstDevice, dstPitch, us, Width, Height, 2, false, NULL);
+}
+KV_EMU_ALIAS(cuMemsetD2D16_v2);
+
+KV_EMU_API CUresult cuMemsetD2D32_v2(CUdeviceptr dstDevice, size_t dstPitch, unsigned int ui,
+                                     size_t Width, size_t Height)
+{
+    KV_EMU_ENTER(cuMemsetD2D32_v2);
+    return set2d(dstDevice, dstPitch, ui, Width, Height, 4, false, NULL);
+}
+KV_EMU_ALIAS(cuMemsetD2D32_v2);
+
+KV_EMU_API CUresult cuMemsetD2D8Async(CUdeviceptr dstDevice, size_t dstPitch, unsigned char uc,
+                                      size_t Width, size_t Height, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemsetD2D8Async);
+    return set2d(dstDevice, dstPitch, uc, Width, Height, 1, true, hStream);
+}
+KV_EMU_ALIAS(cuMemsetD2D8Async);
+
+KV_EMU_API CUresult cuMemsetD2D16Async(CUdeviceptr dstDevice, size_t dstPitch, unsigned short us,
+                                       size_t Width, size_t Height, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemsetD2D16Async);
+    return set2d(dstDevice, dstPitch, us, Width, Height, 2, true, hStream);
+}
+KV_EMU_ALIAS(cuMemsetD2D16Async);
+
+KV_EMU_API CUresult cuMemsetD2D32Async(CUdeviceptr dstDevice, size_t dstPitch, unsigned int ui,
+                                       size_t Width, size_t Height, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemsetD2D32Async);
+    return set2d(dstDevice, dstPitch, ui, Width, Height, 4, true, hStream);
+}
+KV_EMU_ALIAS(cuMemsetD2D32Async);
+
 KV_EMU_API CUresult cuMemcpy(CUdeviceptr dst, CUdeviceptr src, size_t ByteCount)
 {
     KV_EMU_ENTER(cuMemcpy);

@@ -81,6 +81,12 @@ CUresult CUDAAPI cuGetProcAddress(const char *symbol, void **pfn, int cudaVersio
     X(cuMemsetD8Async, 3020)                                             \
     X(cuMemsetD16Async, 3020)                                            \
     X(cuMemsetD32Async, 3020)                                            \
+    X(cuMemsetD2D8_v2, 3020)                                             \
+    X(cuMemsetD2D16_v2, 3020)                                            \
+    X(cuMemsetD2D32_v2, 3020)                                            \
+    X(cuMemsetD2D8Async, 3020)                                           \
+    X(cuMemsetD2D16Async, 3020)                                          \
+    X(cuMemsetD2D32Async, 3020)                                          \
     X(cuMemcpy, 4000)                                                    \
     X(cuMemcpyAsync, 4000)                                               \
     X(cuMemcpyHtoD_v2, 3020)                                             \

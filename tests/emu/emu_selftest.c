@@ -66,6 +66,12 @@
     X(cuMemsetD8Async) \
     X(cuMemsetD16Async) \
     X(cuMemsetD32Async) \
+    X(cuMemsetD2D8_v2) \
+    X(cuMemsetD2D16_v2) \
+    X(cuMemsetD2D32_v2) \
+    X(cuMemsetD2D8Async) \
+    X(cuMemsetD2D16Async) \
+    X(cuMemsetD2D32Async) \
     X(cuMemcpy) \
     X(cuMemcpyAsync) \
     X(cuMemcpyHtoD_v2) \
@@ -96,6 +102,10 @@
     X(cudaMemGetInfo) \
     X(cudaMemset) \
     X(cudaMemsetAsync) \
+    X(cudaMemset2D) \
+    X(cudaMemset2DAsync) \
+    X(cudaMemset3D) \
+    X(cudaMemset3DAsync) \
     X(cudaMemcpy) \
     X(cudaMemcpyAsync) \
     X(cudaMallocAsync) \
@@ -158,6 +168,12 @@ RUNTIME_FUNCS(DECLARE)
 #define cuMemsetD8Async p_cuMemsetD8Async
 #define cuMemsetD16Async p_cuMemsetD16Async
 #define cuMemsetD32Async p_cuMemsetD32Async
+#define cuMemsetD2D8_v2 p_cuMemsetD2D8_v2
+#define cuMemsetD2D16_v2 p_cuMemsetD2D16_v2
+#define cuMemsetD2D32_v2 p_cuMemsetD2D32_v2
+#define cuMemsetD2D8Async p_cuMemsetD2D8Async
+#define cuMemsetD2D16Async p_cuMemsetD2D16Async
+#define cuMemsetD2D32Async p_cuMemsetD2D32Async
 #define cuMemcpy p_cuMemcpy
 #define cuMemcpyAsync p_cuMemcpyAsync
 #define cuMemcpyHtoD_v2 p_cuMemcpyHtoD_v2
@@ -186,6 +202,10 @@ RUNTIME_FUNCS(DECLARE)
 #define cudaMemGetInfo p_cudaMemGetInfo
 #define cudaMemset p_cudaMemset
 #define cudaMemsetAsync p_cudaMemsetAsync
+#define cudaMemset2D p_cudaMemset2D
+#define cudaMemset2DAsync p_cudaMemset2DAsync
+#define cudaMemset3D p_cudaMemset3D
+#define cudaMemset3DAsync p_cudaMemset3DAsync
 #define cudaMemcpy p_cudaMemcpy
 #define cudaMemcpyAsync p_cudaMemcpyAsync
 #define cudaMallocAsync p_cudaMallocAsync
@@ -816,6 +836,77 @@ static int test_copies(void)
     return failed;
 }
 
+/*
+ * Memsets whose sizes the driver refuses: element counts whose byte count does not fit in
+ * size_t, ranges past the end of their allocation, misaligned starts and pitches, a pitch
+ * narrower than a row; and 2D memsets that set rows and leave the gaps between them alone.
+ */
+static int test_memset_bounds(void)
+{
+    const size_t big16 = ((size_t)1 << 63) + 4, big32 = ((size_t)1 << 62) + 2;
+    CUdeviceptr a;
+    unsigned char *b;
+
+    EXPECT_CU(cuMemAlloc(&a, PAGE), CUDA_SUCCESS);
+    b = (unsigned char *)a;
+    memset(b, 0x11, PAGE);
+    EXPECT_CU(cuMemsetD16(a, 0, big16), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuMemsetD32(a, 0, big32), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuMemsetD16Async(a, 1, big16, NULL), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuMemsetD32Async(a, 1, big32, NULL), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuMemsetD8(a, 1, SIZE_MAX), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuMemsetD32(a + PAGE - 8, 1, 3), CUDA_ERROR_INVALID_VALUE);
+    EXPECT(b[0] == 0x11 && b[PAGE - 1] == 0x11);
+
+    /* 2D: 3 rows of 4 elements, 64 bytes apart */
+    EXPECT_CU(cuMemsetD2D8(a, 64, 0xaa, 4, 3), CUDA_SUCCESS);
+    EXPECT(b[0] == 0xaa && b[3] == 0xaa && b[4] == 0x11 && b[128 + 3] == 0xaa &&
+           b[128 + 4] == 0x11 && b[192] == 0x11);
+    EXPECT_CU(cuMemsetD2D16(a + 256, 64, 0xbeef, 4, 2), CUDA_SUCCESS);
+    EXPECT(((unsigned short *)(b + 256 + 64))[3] == 0xbeef && b[256 + 64 + 8] == 0x11);
+    EXPECT_CU(cuMemsetD2D32Async(a + 512, 64, 0xfeedf00d, 16, 2, NULL), CUDA_SUCCESS);
+    EXPECT(((unsigned int *)(b + 512 + 64))[15] == 0xfeedf00d);
+    EXPECT_CU(cuMemsetD2D8Async(a, 64, 1, 0, 3, NULL), CUDA_SUCCESS);
+    EXPECT_CU(cuMemsetD2D16Async(a, 64, 1, 4, 0, NULL), CUDA_SUCCESS);
+    /* one row: the pitch is unused */
+    EXPECT_CU(cuMemsetD2D32(a + 1024, 0, 0x01010101, 4, 1), CUDA_SUCCESS);
+    memset(b, 0x11, PAGE);
+    EXPECT_CU(cuMemsetD2D8(a, 2, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);        /* pitch < row */
+    EXPECT_CU(cuMemsetD2D16(a + 1, 64, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);  /* start */
+    EXPECT_CU(cuMemsetD2D32(a, 66, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);      /* pitch */
+    EXPECT_CU(cuMemsetD2D8(a, PAGE / 2, 1, 4, 3), CUDA_ERROR_INVALID_VALUE); /* past the end */
+    EXPECT_CU(cuMemsetD2D32Async(a, 64, 1, big32, 1, NULL), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuMemsetD2D8(a, SIZE_MAX / 2, 1, 4, 4), CUDA_ERROR_INVALID_VALUE);
+    EXPECT(b[0] == 0x11 && b[PAGE / 2] == 0x11 && b[PAGE - 1] == 0x11);
+
+    /* the runtime's 2D and 3D memsets */
+    EXPECT(cudaMemset2D(b, 64, 0x22, 4, 3) == cudaSuccess);
+    EXPECT(b[128] == 0x22 && b[132] == 0x11);
+    EXPECT(cudaMemset2DAsync(b, 64, 0x23, 4, 3, NULL) == cudaSuccess);
+    EXPECT(b[128] == 0x23);
+    EXPECT(cudaMemset2D(b, 2, 0x22, 4, 3) == cudaErrorInvalidValue);
+    {
+        struct cudaPitchedPtr p = { b, 64, 16, 4 };
+        struct cudaExtent x = { 16, 3, 2 };
+
+        /* 2 slices of 3 rows of 16 bytes; rows 64 apart, slices 256 apart */
+        EXPECT(cudaMemset3D(p, 0x33, x) == cudaSuccess);
+        EXPECT(b[0] == 0x33 && b[128 + 15] == 0x33 && b[192] == 0x11 && b[256 + 128] == 0x33 &&
+               b[256 + 192] == 0x11 && b[16] == 0x11);
+        EXPECT(cudaMemset3DAsync(p, 0x34, x, NULL) == cudaSuccess);
+        EXPECT(b[256] == 0x34);
+        p.ysize = 2;                            /* slices would overlap */
+        EXPECT(cudaMemset3D(p, 0x35, x) == cudaErrorInvalidValue);
+        p.ysize = 4;
+        p.pitch = PAGE / 2;                     /* past the end */
+        EXPECT(cudaMemset3D(p, 0x35, x) == cudaErrorInvalidValue);
+        EXPECT(b[0] == 0x34 && b[PAGE / 2] == 0x11);
+    }
+    EXPECT_CU(cuMemFree(a), CUDA_SUCCESS);
+    EXPECT(usage_clean(0));
+    return failed;
+}
+
 static int test_streams_events(void)
 {
     CUresult (*elapsed_v1)(float *, CUevent, CUevent) =
@@ -1397,6 +1488,7 @@ int main(int argc, char **argv)
         { "threads", test_threads },
         { "fault_outside_guard", test_fault_outside_guard },
         { "runtime", test_runtime },
+        { "memset_bounds", test_memset_bounds },   /* after runtime: it starts libcudart */
     };
     int bad = 0;
 

@@ -3,7 +3,9 @@
  * runtime (-lcudart) and allocates with cudaMalloc. The tests run it with
  * LD_PRELOAD=libkvshim.so (or load kvshim late) on the CPU emulation; it
  * finds kvshim_* with dlsym, as an engine adapter would, and checks what
- * the shim did. Usage: prog CASE; exit 0 when the case holds.
+ * the shim did. Usage: prog CASE; exit 0 when the case holds, else 1 with
+ * one line "FAIL file:line: what" on stderr for each failed expectation
+ * (test_preload.c puts them in its own failure message).
  */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -11,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <pthread.h>
 
@@ -35,8 +38,8 @@ static int failures;
 
 #define EXPECT(cond) do {                                                 \
 		if (!(cond)) {                                             \
-			fprintf(stderr, "%s:%d: expected %s\n", __FILE__,   \
-				__LINE__, #cond);                          \
+			fprintf(stderr, "FAIL %s:%d: expected %s\n",        \
+				__FILE__, __LINE__, #cond);                \
 			failures++;                                        \
 		}                                                          \
 	} while (0)
@@ -135,6 +138,69 @@ static void case_memset_memcpy(void)
 			  cudaMemcpyDeviceToHost) == cudaSuccess);
 	EXPECT(host[0] == 0 && host[100] == 0);
 	EXPECT(kv_dev_check(dp(kvp), 4, 9, &bad) == CUDA_SUCCESS);
+	EXPECT(cudaFree(kvp) == cudaSuccess);
+}
+
+/* The runtime's memsets on a span, as the runtime would answer them: a
+ * range running past the span's end is an invalid value (not out of
+ * memory), and backs nothing. */
+static void case_memset_bounds(void)
+{
+	char *kvp = NULL;
+	size_t before;
+
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&kvp, 32 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	before = stats().mapped_bytes;
+	EXPECT(cudaMemset(kvp + 30 * MB, 1, 4 * MB) == cudaErrorInvalidValue);
+	EXPECT(cudaMemset(kvp + 30 * MB, 0, 4 * MB) == cudaErrorInvalidValue);
+	EXPECT(cudaMemsetAsync(kvp + 28 * MB, 1, 6 * MB, 0) == cudaErrorInvalidValue);
+	EXPECT(cudaMemset(kvp, 1, SIZE_MAX) == cudaErrorInvalidValue);
+	EXPECT(stats().mapped_bytes == before);
+	/* up to the last byte is fine (that page was backed at allocation) */
+	EXPECT(cudaMemset(kvp + 30 * MB, 1, 2 * MB) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before);
+	EXPECT(cudaMemset(kvp + 20 * MB, 1, 2 * MB) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + PG);
+	EXPECT(cudaFree(kvp) == cudaSuccess);
+}
+
+/* The runtime's 2D and 3D memsets on a lazy span: the pages their rows
+ * cover are backed first; a range past the span's end is refused. */
+static void case_memset_2d(void)
+{
+	struct cudaPitchedPtr pp;
+	struct cudaExtent x = { 64, 2, 2 };
+	char *kvp = NULL, host[64];
+	size_t before;
+
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&kvp, 32 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	before = stats().mapped_bytes;
+	/* two rows of 64 bytes, at the start of pages 1 and 2 */
+	EXPECT(cudaMemset2D(kvp + PG, PG, 0x3c, 64, 2) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + 2 * PG);
+	EXPECT(cudaMemcpy(host, kvp + 2 * PG, 64, cudaMemcpyDeviceToHost) == cudaSuccess);
+	EXPECT(host[0] == 0x3c && host[63] == 0x3c);
+	EXPECT(cudaMemset2DAsync(kvp + 4 * PG, 64, 0x3d, 64, 2, 0) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + 3 * PG);
+	/* 2 slices of 2 rows: rows PG apart, slices 2 PG apart, from page 6 */
+	pp.ptr = kvp + 6 * PG;
+	pp.pitch = PG;
+	pp.xsize = 64;
+	pp.ysize = 2;
+	EXPECT(cudaMemset3D(pp, 0x3e, x) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + 7 * PG);
+	EXPECT(cudaMemcpy(host, kvp + 9 * PG, 64, cudaMemcpyDeviceToHost) == cudaSuccess);
+	EXPECT(host[0] == 0x3e && host[63] == 0x3e);
+	before = stats().mapped_bytes;
+	EXPECT(cudaMemset2D(kvp + 12 * PG, PG, 1, 64, 8) == cudaErrorInvalidValue);
+	pp.ptr = kvp + 12 * PG;
+	pp.pitch = 2 * PG;
+	EXPECT(cudaMemset3DAsync(pp, 1, x, 0) == cudaErrorInvalidValue);
+	EXPECT(stats().mapped_bytes == before);
 	EXPECT(cudaFree(kvp) == cudaSuccess);
 }
 
@@ -404,13 +470,67 @@ static void case_deepbind(void)
 	EXPECT(stats().reserved_bytes == 0);
 }
 
+/*
+ * kvshim loaded late, started (its worker running, the program's GOT
+ * patched to reach it), then dlclose'd: it must stay loaded, and the
+ * program's CUDA calls, which still land in it, keep working for as long
+ * as the program lives (here a little over a second, the worker's time to
+ * wake up into unmapped code if it were unloaded).
+ */
+static void case_dlclose(void)
+{
+	const struct timespec step = { 0, 50 * 1000 * 1000 };
+	const char *lib = getenv("KVSHIM_LIB");
+	void *h, *again;
+	char *p = NULL, *q = NULL;
+	int i;
+
+	EXPECT(cudaFree(0) == cudaSuccess);
+	h = lib ? dlopen(lib, RTLD_NOW | RTLD_LOCAL) : NULL;
+	EXPECT(h != NULL);
+	if (!h)
+		return;
+	*(void **)&kv.begin = dlsym(h, "kvshim_kv_begin");
+	*(void **)&kv.end = dlsym(h, "kvshim_kv_end");
+	*(void **)&kv.stats = dlsym(h, "kvshim_stats");
+	EXPECT(kv.begin && kv.end && kv.stats);
+	if (!kv.begin || !kv.end || !kv.stats)
+		return;
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&p, 32 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	EXPECT(stats().reserved_bytes == 32 * MB);
+	EXPECT(dlclose(h) == 0);
+	again = dlopen(lib, RTLD_NOW | RTLD_NOLOAD);
+	EXPECT(again != NULL);          /* still loaded */
+	if (again)
+		dlclose(again);
+	for (i = 0; i < 24; i++) {
+		EXPECT(cudaMalloc((void **)&q, 4 * MB) == cudaSuccess);
+		EXPECT(cudaMemset(q, 1, 4 * MB) == cudaSuccess);
+		EXPECT(cudaFree(q) == cudaSuccess);
+		nanosleep(&step, NULL);
+	}
+	EXPECT(cudaMemset(p + 4 * PG, 7, 100) == cudaSuccess);
+	EXPECT(cudaFree(p) == cudaSuccess);
+}
+
+/* Fails on purpose: test_preload checks that the line comes back. */
+static void case_expect_fails(void)
+{
+	EXPECT(1 + 1 == 3);
+}
+
 static const struct {
 	const char *name;
 	void (*run)(void);
 	int needs_kvshim;
 } cases[] = {
+	{ "expect-fails", case_expect_fails, 0 },
 	{ "window", case_window, 1 },
 	{ "memset-memcpy", case_memset_memcpy, 1 },
+	{ "memset-bounds", case_memset_bounds, 1 },
+	{ "memset-2d", case_memset_2d, 1 },
 	{ "size-policy", case_size_policy, 1 },
 	{ "meminfo", case_meminfo, 1 },
 	{ "meminfo-share", case_meminfo_share, 1 },
@@ -422,6 +542,7 @@ static const struct {
 	{ "exec", case_exec, 1 },
 	{ "bad-config", case_bad_config, 1 },
 	{ "late", case_late, 0 },
+	{ "dlclose", case_dlclose, 0 },
 	{ "deepbind", case_deepbind, 1 },
 };
 
@@ -434,14 +555,15 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	if (kv_dev_open()) {
-		fprintf(stderr, "no driver\n");
+		fprintf(stderr, "FAIL %s:%d: no CUDA driver found\n", __FILE__, __LINE__);
 		return 77;
 	}
 	for (i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
 		if (strcmp(argv[1], cases[i].name))
 			continue;
 		if (cases[i].needs_kvshim && load_kvshim()) {
-			fprintf(stderr, "kvshim is not preloaded\n");
+			fprintf(stderr, "FAIL %s:%d: kvshim_* not found: is libkvshim.so preloaded?\n",
+				__FILE__, __LINE__);
 			return 1;
 		}
 		cases[i].run();

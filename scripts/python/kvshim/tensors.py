@@ -24,11 +24,12 @@ _capsule_unused.argtypes = [ctypes.py_object, ctypes.c_char_p]
 
 
 def device_index():
-    """The CUDA device whose memory kvshim manages (KVSHIM_DEVICE)."""
-    try:
-        return int(os.environ.get("KVSHIM_DEVICE", "0"))
-    except ValueError:
-        return 0
+    """The CUDA device whose memory kvshim manages (KVSHIM_DEVICE), read as
+    the library reads it: digits only (" 1" or "+1" disable kvshim there)."""
+    value = os.environ.get("KVSHIM_DEVICE", "0")
+    if value and all("0" <= c <= "9" for c in value):
+        return int(value)
+    return 0
 
 
 def span_tensor(torch, shape, dtype):

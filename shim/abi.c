@@ -1,15 +1,23 @@
 /*
- * abi.c - the exported kvshim_* functions, kvshim's own API family: each
- * starts kvshim if needed and hands the call to the shim. Opening a KV
- * window also catches up on modules loaded since the last look, so that a
- * module preloading cannot reach (RTLD_DEEPBIND) is patched before the
- * engine allocates its KV cache through it.
+ * abi.c - the exported kvshim_* functions, kvshim's public C interface
+ * (include/kvshim.h): each starts kvshim if needed and hands the call to the
+ * policy, the block groups or the allocator.
+ *
+ * Opening a KV window also catches up on modules loaded since the last look,
+ * so that a module preloading cannot reach (RTLD_DEEPBIND) is patched before
+ * the engine allocates its KV cache through it. That sweep is the hooks'
+ * business, and this layer must not call up into hooks/: the hooks register
+ * it at load (kv_shim_set_sweep) and kvshim_kv_begin runs whatever is
+ * registered. A registered callback rather than a kvshim_kv_begin left in
+ * hooks/: the whole ABI then lives in one place, and the core (shim and
+ * allocator, which the tests link without any hooks) stays free of
+ * references to hooks/.
  */
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "alloc.h"
 #include "group.h"
-#include "hooks.h"
 #include "kvshim.h"
 #include "log.h"
 #include "policy.h"
@@ -26,7 +34,7 @@ KV_EXPORT int kvshim_kv_begin(void)
 {
 	if (!kv_shim_settings())
 		return KVSHIM_ECONFIG;
-	kv_hooks_sweep();
+	kv_shim_sweep();
 	return kv_policy_window(1);
 }
 

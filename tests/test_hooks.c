@@ -1,0 +1,336 @@
+/*
+ * test_hooks.c - the interposed driver entry points as libkvshim.so exports
+ * them (loaded with dlopen, called by their CUDA names), against what the
+ * driver itself returns for the same arguments: on a span, a call the
+ * driver would refuse is refused with the driver's code, and changes
+ * nothing.
+ */
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "suites.h"
+
+typedef CUresult (*set8_fn)(CUdeviceptr, unsigned char, size_t);
+typedef CUresult (*set16_fn)(CUdeviceptr, unsigned short, size_t);
+typedef CUresult (*set32_fn)(CUdeviceptr, unsigned int, size_t);
+typedef CUresult (*set8a_fn)(CUdeviceptr, unsigned char, size_t, CUstream);
+typedef CUresult (*set16a_fn)(CUdeviceptr, unsigned short, size_t, CUstream);
+typedef CUresult (*set32a_fn)(CUdeviceptr, unsigned int, size_t, CUstream);
+
+typedef CUresult (*set2d8_fn)(CUdeviceptr, size_t, unsigned char, size_t, size_t);
+typedef CUresult (*set2d16_fn)(CUdeviceptr, size_t, unsigned short, size_t, size_t);
+typedef CUresult (*set2d32_fn)(CUdeviceptr, size_t, unsigned int, size_t, size_t);
+typedef CUresult (*set2d8a_fn)(CUdeviceptr, size_t, unsigned char, size_t, size_t, CUstream);
+typedef CUresult (*set2d32a_fn)(CUdeviceptr, size_t, unsigned int, size_t, size_t, CUstream);
+
+/* One memset function of each family, the shim's and the driver's. */
+struct sets {
+	set8_fn d8;
+	set16_fn d16;
+	set32_fn d32;
+	set8a_fn d8a;
+	set16a_fn d16a;
+	set32a_fn d32a;
+	set2d8_fn d2d8;
+	set2d16_fn d2d16;
+	set2d32_fn d2d32;
+	set2d8a_fn d2d8a;
+	set2d32a_fn d2d32a;
+};
+
+static struct sets drv;      /* the driver's own, found before kvshim loads */
+static struct sets shim;
+static void *lib;
+static int (*reserve)(size_t, void **);
+static int (*release)(void *);
+static int (*map)(const void *, size_t);
+static int (*stats)(struct kvshim_stats *);
+
+static void find_sets(struct sets *s, void *(*sym)(const char *))
+{
+	*(void **)&s->d8 = sym("cuMemsetD8_v2");
+	*(void **)&s->d16 = sym("cuMemsetD16_v2");
+	*(void **)&s->d32 = sym("cuMemsetD32_v2");
+	*(void **)&s->d8a = sym("cuMemsetD8Async");
+	*(void **)&s->d16a = sym("cuMemsetD16Async");
+	*(void **)&s->d32a = sym("cuMemsetD32Async");
+	*(void **)&s->d2d8 = sym("cuMemsetD2D8_v2");
+	*(void **)&s->d2d16 = sym("cuMemsetD2D16_v2");
+	*(void **)&s->d2d32 = sym("cuMemsetD2D32_v2");
+	*(void **)&s->d2d8a = sym("cuMemsetD2D8Async");
+	*(void **)&s->d2d32a = sym("cuMemsetD2D32Async");
+}
+
+static void *lib_sym(const char *name)
+{
+	return dlsym(lib, name);
+}
+
+static void open_lib(void)
+{
+	const char *path = getenv("KVSHIM_LIB");
+
+	ck_assert_msg(path != NULL, "KVSHIM_LIB names no library");
+	ck_assert_ptr_nonnull(drv.d8);
+	lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	ck_assert_msg(lib != NULL, "dlopen %s: %s", path, dlerror());
+	find_sets(&shim, lib_sym);
+	ck_assert(shim.d8 && shim.d16 && shim.d32 && shim.d8a && shim.d16a && shim.d32a);
+	ck_assert_msg(shim.d2d8 && shim.d2d16 && shim.d2d32 && shim.d2d8a && shim.d2d32a,
+		      "libkvshim.so does not interpose the 2D memsets");
+	*(void **)&reserve = dlsym(lib, "kvshim_reserve");
+	*(void **)&release = dlsym(lib, "kvshim_release");
+	*(void **)&map = dlsym(lib, "kvshim_map");
+	*(void **)&stats = dlsym(lib, "kvshim_stats");
+	ck_assert(reserve && release && map && stats);
+}
+
+static size_t mapped(void)
+{
+	struct kvshim_stats s;
+
+	ck_assert_int_eq(stats(&s), 0);
+	return s.mapped_bytes;
+}
+
+/* A span of 8 pages whose first page is backed and holds seed 5's
+ * pattern. */
+static CUdeviceptr span8(void)
+{
+	void *p = NULL;
+
+	ck_assert_int_eq(reserve(8 * PG, &p), 0);
+	ck_assert_int_eq(map(p, PG), 0);
+	ck_assert_int_eq(kv_dev_fill((CUdeviceptr)(uintptr_t)p, PG, 5), CUDA_SUCCESS);
+	return (CUdeviceptr)(uintptr_t)p;
+}
+
+/* The first page still holds seed 5's pattern. */
+static void untouched(CUdeviceptr p)
+{
+	unsigned long long bad = 1;
+
+	ck_assert_int_eq(kv_dev_check(p, PG, 5, &bad), CUDA_SUCCESS);
+	ck_assert_uint_eq(bad, 0);
+}
+
+#define BIG16 (((size_t)1 << 63) + 4)     /* 2 bytes each: 2^64 + 8 */
+#define BIG32 (((size_t)1 << 62) + 2)     /* 4 bytes each: 2^64 + 8 */
+
+/*
+ * Element counts whose byte count does not fit in size_t (it wraps to 8):
+ * the driver refuses them, and so must the shim, with a zero value (which
+ * the shim would skip over unmapped pages) and any other alike.
+ */
+START_TEST(test_memset_count_overflow)
+{
+	static const unsigned vals[] = { 0, 0x5a5a5a5a };
+	CUdeviceptr p;
+	size_t before, i;
+
+	open_lib();
+	p = span8();
+	before = mapped();
+	for (i = 0; i < 2; i++) {
+		unsigned v = vals[i];
+
+		ck_assert_int_eq(drv.d16(p, (unsigned short)v, BIG16), CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(shim.d16(p, (unsigned short)v, BIG16), CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(drv.d32(p, v, BIG32), CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(shim.d32(p, v, BIG32), CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(drv.d16a(p, (unsigned short)v, BIG16, NULL),
+				 CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(shim.d16a(p, (unsigned short)v, BIG16, NULL),
+				 CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(drv.d32a(p, v, BIG32, NULL), CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(shim.d32a(p, v, BIG32, NULL), CUDA_ERROR_INVALID_VALUE);
+		/* a byte count past the end of memory, one byte at a time */
+		ck_assert_int_eq(drv.d8(p, (unsigned char)v, SIZE_MAX), CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(shim.d8(p, (unsigned char)v, SIZE_MAX), CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(shim.d8a(p, (unsigned char)v, SIZE_MAX, NULL),
+				 CUDA_ERROR_INVALID_VALUE);
+		ck_assert_uint_eq(mapped(), before);
+		untouched(p);
+	}
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+}
+END_TEST
+
+/*
+ * A range that starts in a span and runs past its end: the driver says
+ * invalid value (the range is not inside one allocation), not out of
+ * memory, and no page of the span is backed for it.
+ */
+START_TEST(test_memset_past_span_end)
+{
+	static const unsigned vals[] = { 0, 7 };
+	CUdeviceptr p, q;
+	size_t before, i;
+
+	open_lib();
+	p = span8();
+	q = p + 7 * PG + 64;     /* the last page, unmapped */
+	before = mapped();
+	for (i = 0; i < 2; i++) {
+		unsigned v = vals[i];
+
+		ck_assert_int_eq(shim.d8(q, (unsigned char)v, PG), CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(shim.d16(q, (unsigned short)v, PG / 2), CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(shim.d32(q, v, PG / 4), CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(shim.d8a(q, (unsigned char)v, PG, NULL), CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(shim.d16a(q, (unsigned short)v, PG / 2, NULL),
+				 CUDA_ERROR_INVALID_VALUE);
+		ck_assert_int_eq(shim.d32a(q, v, PG / 4, NULL), CUDA_ERROR_INVALID_VALUE);
+		/* the whole span and one byte more, from its first page */
+		ck_assert_int_eq(shim.d8(p, (unsigned char)v, 8 * PG + 1), CUDA_ERROR_INVALID_VALUE);
+		ck_assert_uint_eq(mapped(), before);
+		untouched(p);
+	}
+	/* the driver, on a start it can touch: the same answer */
+	ck_assert_int_eq(drv.d8(p, 7, 8 * PG + 1), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(drv.d32(p + 4, 7, 2 * PG), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+}
+END_TEST
+
+/* A start not aligned to the element: refused before any page is backed. */
+START_TEST(test_memset_misaligned)
+{
+	CUdeviceptr p;
+	size_t before;
+
+	open_lib();
+	p = span8();
+	before = mapped();
+	ck_assert_int_eq(drv.d32(p + 2, 1, 4), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(drv.d16(p + 1, 1, 4), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d32(p + 3 * PG + 2, 1, 4), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d16(p + 3 * PG + 1, 1, 4), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d32a(p + 3 * PG + 2, 1, 4, NULL), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_uint_eq(mapped(), before);
+	untouched(p);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+}
+END_TEST
+
+/*
+ * 2D memsets on a span: the rows' pages are backed first (a lazy span's
+ * unbacked pages would be an illegal address), and what the driver refuses
+ * is refused with its code before any page is backed.
+ */
+START_TEST(test_memset2d_on_span)
+{
+	CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+	unsigned int word = 0;
+	CUdeviceptr p;
+	size_t before;
+
+	open_lib();
+	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
+	ck_assert_ptr_nonnull(dtoh);
+	p = span8();
+	before = mapped();
+	/* 3 rows of 16 words, one at the start of pages 2, 3 and 4 */
+	ck_assert_int_eq(shim.d2d32(p + 2 * PG, PG, 0x0a0b0c0d, 16, 3), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 3 * PG);
+	ck_assert_int_eq(dtoh(&word, p + 4 * PG + 60, 4), CUDA_SUCCESS);
+	ck_assert_uint_eq(word, 0x0a0b0c0d);
+	ck_assert_int_eq(dtoh(&word, p + 4 * PG + 64, 4), CUDA_SUCCESS);
+	ck_assert_uint_eq(word, 0);
+	ck_assert_int_eq(shim.d2d8a(p + 5 * PG, 64, 0, 64, 2, NULL), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 4 * PG);
+	ck_assert_int_eq(shim.d2d16(p, 64, 1, 8, 4), CUDA_SUCCESS);   /* page 0 */
+	ck_assert_uint_eq(mapped(), before + 4 * PG);
+	before = mapped();
+
+	/* refused by the driver, refused alike, nothing backed */
+	ck_assert_int_eq(drv.d2d32(p, 64, 1, BIG32, 1), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d32(p + 6 * PG, 64, 1, BIG32, 1), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(drv.d2d8(p, SIZE_MAX / 2, 1, 4, 4), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d8(p + 6 * PG, SIZE_MAX / 2, 1, 4, 4), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(drv.d2d8(p, 4 * PG, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d8(p + 6 * PG, PG, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d32a(p + 6 * PG, PG, 1, 4, 3, NULL), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(drv.d2d8(p, 2, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d8(p + 6 * PG, 2, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(drv.d2d16(p + 1, 64, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d16(p + 6 * PG + 1, 64, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(drv.d2d32(p, 66, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(shim.d2d32(p + 6 * PG, 66, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_uint_eq(mapped(), before);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+}
+END_TEST
+
+/* A copy into or out of a span that runs past its end: invalid value, as
+ * from the driver, and nothing backed. */
+START_TEST(test_copy_past_span_end)
+{
+	CUresult (*htod)(CUdeviceptr, const void *, size_t);
+	CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+	static char host[2 * PG];
+	CUdeviceptr p;
+	size_t before;
+
+	open_lib();
+	*(void **)&htod = dlsym(lib, "cuMemcpyHtoD_v2");
+	*(void **)&dtoh = dlsym(lib, "cuMemcpyDtoH_v2");
+	ck_assert(htod && dtoh);
+	p = span8();
+	before = mapped();
+	ck_assert_int_eq(htod(p + 7 * PG, host, 2 * PG), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(dtoh(host, p + 7 * PG + 1, PG), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_uint_eq(mapped(), before);
+	ck_assert_int_eq(htod(p + 7 * PG, host, PG), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + PG);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+}
+END_TEST
+
+/* The same calls within the span still work: the range's pages are backed
+ * and set. */
+START_TEST(test_memset_in_span)
+{
+	unsigned int word = 0;
+	CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+	CUdeviceptr p;
+	size_t before;
+
+	open_lib();
+	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
+	ck_assert_ptr_nonnull(dtoh);
+	p = span8();
+	before = mapped();
+	ck_assert_int_eq(shim.d32(p + 7 * PG, 0x01020304, PG / 4), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + PG);
+	ck_assert_int_eq(dtoh(&word, p + 8 * PG - 4, 4), CUDA_SUCCESS);
+	ck_assert_uint_eq(word, 0x01020304);
+	ck_assert_int_eq(shim.d16a(p + 6 * PG, 0x0102, PG / 2, NULL), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 2 * PG);
+	/* zero over the rest: nothing new backed */
+	ck_assert_int_eq(shim.d8(p, 0, 8 * PG), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 2 * PG);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+}
+END_TEST
+
+Suite *hooks_suite(void)
+{
+	Suite *s = suite_create("hooks");
+	TCase *tc = tcase_create("memset");
+
+	/* the driver's own functions, looked up before any test loads kvshim
+	 * (once loaded late, it hands out its wrappers through dlsym) */
+	find_sets(&drv, kv_dev_sym);
+	tcase_add_test(tc, test_memset_count_overflow);
+	tcase_add_test(tc, test_memset_past_span_end);
+	tcase_add_test(tc, test_memset_misaligned);
+	tcase_add_test(tc, test_memset_in_span);
+	tcase_add_test(tc, test_copy_past_span_end);
+	tcase_add_test(tc, test_memset2d_on_span);
+	suite_add_tcase(s, tc);
+	return s;
+}
