@@ -20,11 +20,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include "log.h"
+#include "prim.h"
 #include "share_util.h"
 #include "shim.h"
 
@@ -129,6 +132,65 @@ START_TEST(test_share_trust_own)
 	ck_assert_int_eq(mkdir(kt_path, 0700), 0);
 	assert_refused(&j, "directory", NULL);
 	ck_assert_int_eq(rmdir(kt_path), 0);
+
+	{
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		int sk = socket(AF_UNIX, SOCK_STREAM, 0);
+
+		ck_assert_int_ge(sk, 0);
+		ck_assert_uint_lt(strlen(kt_path), sizeof(sa.sun_path));
+		memcpy(sa.sun_path, kt_path, strlen(kt_path) + 1);
+		ck_assert_int_eq(bind(sk, (struct sockaddr *)&sa, sizeof(sa)), 0);
+		assert_refused(&j, "socket", NULL);
+		close(sk);
+		ck_assert_int_eq(unlink(kt_path), 0);
+	}
+}
+END_TEST
+
+/* A budget beyond four times the device is refused before anything is
+ * made; a segment whose 64 slots are all held refuses a 65th process, by
+ * name, and takes it once one is free. */
+START_TEST(test_share_limits_refused)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
+			    .l_start = KV_SHARE_LOCK_SLOT0, .l_len = KV_SHARE_SLOTS };
+	struct join j = { 0600, 2, 0 };
+	struct kv_alloc_opts o;
+	kv_alloc_t *a = NULL;
+	int fd, st;
+	pid_t pid;
+
+	kt_new_pool();
+	kt_opts(&o);
+	ck_assert_int_eq(kv_alloc_create(&o, &a), 0);
+	o.budget = 5 * kv_alloc_prim(a)->device_bytes;
+	kv_alloc_destroy(a);
+	a = NULL;
+	o.share = 1;
+	o.pool_name = kt_pool;
+	ck_assert_int_eq(kv_alloc_create(&o, &a), KVSHIM_EINVAL);
+	ck_assert_ptr_null(a);
+	ck_assert_int_eq(access(kt_path, F_OK), -1);
+
+	assert_joins(&j);       /* the segment, made */
+	fd = open(kt_path, O_RDWR | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		/* every slot's lock, as 64 live processes would hold them */
+		KT_CHILD_CHECK(fcntl(fd, F_OFD_SETLK, &fl) == 0);
+		raise(SIGSTOP);
+		_exit(0);
+	}
+	close(fd);
+	ck_assert_int_eq(waitpid(pid, &st, WUNTRACED), pid);
+	assert_refused(&j, "no free slot", "64", NULL);
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	assert_joins(&j);
+	kt_seg_unlink();
 }
 END_TEST
 
@@ -900,6 +962,7 @@ Suite *share_trust_suite(void)
 
 	tcase_set_timeout(tc, 60);
 	kt_add_emu(tc, test_share_trust_own);
+	kt_add_emu(tc, test_share_limits_refused);
 	kt_add_emu(tc, test_share_mode_config);
 	kt_add_emu(tc, test_share_mode_message);
 	kt_add_emu(tc, test_share_other_user);

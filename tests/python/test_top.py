@@ -129,6 +129,11 @@ class TopTest(unittest.TestCase):
     def test_bad_arguments(self):
         self.assertEqual(top("--interval", "0").returncode, 2)
         self.assertEqual(top("--bogus").returncode, 2)
+        for args in (["--bogus"], ["--pool"], ["--json", "x"]):
+            r = subprocess.run([os.environ["KVSHIM_CONFIG_BIN"], "--segments"] + args,
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertIn("unknown argument", r.stderr)
 
 
 if __name__ == "__main__":
