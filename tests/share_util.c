@@ -3,6 +3,7 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <stdio.h>
@@ -34,34 +35,36 @@ static const char *uuid(void)
 	return id;
 }
 
-/* The segments this process named, removed when it exits: a test that
- * fails (Check exits its process) leaves nothing in /dev/shm. */
-static char made[32][256];
-static int nmade;
-static pid_t maker;
+/* The runner process (the share suites are made there): every pool name
+ * starts with its pid, so that its teardown finds what its tests left. */
+static pid_t runner;
 
-static void unlink_made(void)
+static void cleanup(void)
 {
-	int i;
+	char pattern[128];
+	glob_t g;
+	size_t i;
 
-	if (getpid() != maker)
+	snprintf(pattern, sizeof(pattern), "%s/kvshim-*-t%d-*", KV_SHARE_DIR, (int)runner);
+	if (glob(pattern, 0, NULL, &g) != 0)
 		return;
-	for (i = 0; i < nmade && i < 32; i++)
-		unlink(made[i]);
+	for (i = 0; i < g.gl_pathc; i++)
+		unlink(g.gl_pathv[i]);
+	globfree(&g);
+}
+
+void kt_share_fixture(TCase *tc)
+{
+	runner = getpid();
+	tcase_add_unchecked_fixture(tc, NULL, cleanup);
 }
 
 void kt_new_pool(void)
 {
 	static int n;
 
-	snprintf(kt_pool, sizeof(kt_pool), "t%d-%d", (int)getpid(), n++);
+	snprintf(kt_pool, sizeof(kt_pool), "t%d-%d-%d", (int)runner, (int)getpid(), n++);
 	ck_assert_int_eq(kv_share_path(kt_path, sizeof(kt_path), uuid(), kt_pool), 0);
-	if (maker != getpid()) {
-		maker = getpid();
-		nmade = 0;
-		atexit(unlink_made);
-	}
-	snprintf(made[nmade++ % 32], sizeof(made[0]), "%s", kt_path);
 }
 
 int kt_mk(size_t budget, size_t min, size_t max, int worker, unsigned mode,

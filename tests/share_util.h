@@ -29,6 +29,12 @@
 extern char kt_pool[40];
 extern char kt_path[256];
 
+/* Call on each share test case, in the runner: pool names start with the
+ * runner's pid, and once the case has run (in the runner), its tests'
+ * segments are removed, those of tests that failed too (Check ends a
+ * failed test's process without running its exit handlers). */
+void kt_share_fixture(TCase *tc);
+
 /* A fresh pool name (unique to this process and call), and its path. */
 void kt_new_pool(void);
 

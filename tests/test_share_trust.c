@@ -961,6 +961,7 @@ Suite *share_trust_suite(void)
 	TCase *tc = tcase_create("trust");
 
 	tcase_set_timeout(tc, 60);
+	kt_share_fixture(tc);
 	kt_add_emu(tc, test_share_trust_own);
 	kt_add_emu(tc, test_share_limits_refused);
 	kt_add_emu(tc, test_share_mode_config);
