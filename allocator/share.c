@@ -526,8 +526,14 @@ int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 		return KVSHIM_ENOMEM;
 	}
 	rc = kv_share_path(s->path, sizeof(s->path), uuid, pool);
-	if (rc)
+	if (rc) {
+		char b1[160], b2[160];
+
+		kv_error("share: no segment name from GPU UUID \"%s\" and pool \"%s\": a pool name is letters, digits, - and _, at most 48",
+			 kv_log_escape(uuid ? uuid : "", b1, sizeof(b1)),
+			 kv_log_escape(pool ? pool : "", b2, sizeof(b2)));
 		goto fail;
+	}
 	rc = open_file(s, s->path + strlen(KV_SHARE_DIR));
 	if (!rc)
 		rc = settle(s, s->path + strlen(KV_SHARE_DIR));

@@ -928,6 +928,18 @@ START_TEST(test_share_versions)
 }
 END_TEST
 
+static int create_bad_pool(void *arg)
+{
+	struct kv_alloc_opts o;
+	kv_alloc_t *a = NULL;
+
+	(void)arg;
+	kt_opts(&o);
+	o.share = 1;
+	o.pool_name = "x\x1b[2Jy";
+	return kv_alloc_create(&o, &a) == KVSHIM_EINVAL ? 0 : 1;
+}
+
 /* Damage refused by what it is: a segment of the wrong size whose magic
  * is there, and pool names that are not names. */
 START_TEST(test_share_bad_segment)
@@ -952,6 +964,13 @@ START_TEST(test_share_bad_segment)
 	o.pool_name = "..";
 	ck_assert_int_eq(kv_alloc_create(&o, &a), KVSHIM_EINVAL);
 	ck_assert_ptr_null(a);
+	{
+		char err[1024];
+
+		ck_assert_int_eq(kt_in_child(create_bad_pool, NULL, 30, err, sizeof(err)), 0);
+		ck_assert_msg(strstr(err, "pool \"x\\x1b[2Jy\"") && strstr(err, "letters, digits"),
+			      "no message naming the bad pool name: %s", err);
+	}
 }
 END_TEST
 
