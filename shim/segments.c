@@ -34,6 +34,8 @@ static void json_str(FILE *f, const char *s)
 	fputc('"', f);
 }
 
+/* Seconds since last_ns (CLOCK_REALTIME), 0 when unknown or ahead.
+ * Returns them. */
 static double idle_s(uint64_t last_ns)
 {
 	struct timespec ts;
@@ -44,6 +46,7 @@ static double idle_s(uint64_t last_ns)
 	return last_ns && now > last_ns ? (double)(now - last_ns) / 1e9 : 0.0;
 }
 
+/* One segment (or, rc set, its refusal with why) as a JSON object. */
 static void json_segment(FILE *f, const char *path, const struct kv_share_info *in,
 			 int rc, const char *why)
 {
@@ -95,6 +98,7 @@ static void json_segment(FILE *f, const char *path, const struct kv_share_info *
 	fputs("]}", f);
 }
 
+/* One segment (or, rc set, its refusal) as a few lines of text. */
 static void text_segment(FILE *f, const char *path, const struct kv_share_info *in,
 			 int rc, const char *why)
 {
@@ -132,7 +136,8 @@ static void text_segment(FILE *f, const char *path, const struct kv_share_info *
 	}
 }
 
-/* Whether path is a segment of pool (NULL: any). */
+/* Whether path is a segment of pool (NULL: any): it ends in -pool.
+ * Returns 1 or 0. */
 static int of_pool(const char *path, const char *pool)
 {
 	size_t n = strlen(path), k;
