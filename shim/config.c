@@ -191,6 +191,56 @@ static int parse_size_off(const char *s, size_t *out, const char **why)
 	return kv_parse_size(s, out, why);
 }
 
+/*
+ * A number of tokens, digits with an optional K (1024) or M (1048576)
+ * suffix, from 1 to KV_READ_TOKENS_MAX; auto is 0, off (or none) SIZE_MAX.
+ */
+static int parse_tokens(const char *s, size_t *out, const char **why)
+{
+	static const char *const expected =
+		"expected auto, off or a number of tokens, with an optional K or M suffix";
+	unsigned long long v;
+	unsigned shift = 0;
+	const char *end;
+	int rc;
+
+	if (!strcasecmp(s, "auto")) {
+		*out = 0;
+		return 0;
+	}
+	if (!strcasecmp(s, "off") || !strcasecmp(s, "none")) {
+		*out = SIZE_MAX;
+		return 0;
+	}
+	rc = digits(s, 10, KV_READ_TOKENS_MAX, &v, &end);
+	if (rc == -2) {
+		*why = "too large (at most 1G tokens)";
+		return KVSHIM_ECONFIG;
+	}
+	if (rc) {
+		*why = expected;
+		return KVSHIM_ECONFIG;
+	}
+	switch (*end) {
+	case 'k': case 'K': shift = 10; end++; break;
+	case 'm': case 'M': shift = 20; end++; break;
+	}
+	if (*end) {
+		*why = expected;
+		return KVSHIM_ECONFIG;
+	}
+	if (v == 0) {
+		*why = "must be above zero (off: the whole cache)";
+		return KVSHIM_ECONFIG;
+	}
+	if (v > (KV_READ_TOKENS_MAX >> shift)) {
+		*why = "too large (at most 1G tokens)";
+		return KVSHIM_ECONFIG;
+	}
+	*out = (size_t)(v << shift);
+	return 0;
+}
+
 static int parse_meminfo(const char *s, int *out, const char **why)
 {
 	if (!strcasecmp(s, "real")) {
@@ -284,6 +334,7 @@ static int parse_mode(const char *s, unsigned *out, const char **why)
 #define kv_apply_budget(c, f, s, why) parse_budget(s, c, why)
 #define kv_apply_size_zero_off(c, f, s, why) parse_size_zero_off(s, &(c)->f, why)
 #define kv_apply_mode(c, f, s, why) parse_mode(s, &(c)->f, why)
+#define kv_apply_tokens(c, f, s, why) parse_tokens(s, &(c)->f, why)
 
 int kv_config_load(struct kv_config *c)
 {

@@ -45,7 +45,9 @@
 	X(MAX, max, size_zero_off, "off",                                    \
 	  "this process's ceiling in the shared budget; off: none") \
 	X(SHARE_MODE, share_mode, mode, "0600",                              \
-	  "permissions of a segment this process creates, and the only ones it joins (octal, owner rw, no write for others; 0660: shared with the group)")
+	  "permissions of a segment this process creates, and the only ones it joins (octal, owner rw, no write for others; 0660: shared with the group)") \
+	X(CB_READ_TOKENS, cb_read_tokens, tokens, "auto",                    \
+	  "transformers continuous batching: the most KV tokens one step reads, which sizes its attention mask and index buffers: auto (from the workload), off (the whole cache, transformers' own size) or a number of tokens (K, M suffixes)")
 
 struct kv_config {
 	int log;
@@ -68,7 +70,11 @@ struct kv_config {
 	size_t min;
 	size_t max;          /* 0: none */
 	unsigned share_mode;
+	size_t cb_read_tokens; /* 0: auto, SIZE_MAX: off; the Python adapter reads it */
 };
+
+/* The most tokens KVSHIM_CB_READ_TOKENS may name. */
+#define KV_READ_TOKENS_MAX ((size_t)1 << 30)
 
 enum { KV_MEMINFO_REAL = 0, KV_MEMINFO_VIRTUAL = 1 };
 

@@ -455,6 +455,40 @@ START_TEST(test_config_size_overflow)
 }
 END_TEST
 
+/* KVSHIM_CB_READ_TOKENS (read by the Python adapter, checked here with the
+ * rest): auto, off or a number of tokens with a K or M suffix, each bad
+ * kind refused. */
+START_TEST(test_config_cb_read_tokens)
+{
+	static const char *const good[][2] = {
+		{ "auto", "0" }, { "AUTO", "0" }, { "16384", "16384" }, { "16k", "16384" },
+		{ "64K", "65536" }, { "1M", "1048576" }, { "1024M", "1073741824" },
+		{ "1073741824", "1073741824" },
+	};
+	static const char *const bad[] = {
+		"", "lots", "-16384", "+16384", " 16384", "16384 ", "1.5K", "16KB",
+		"16G", "0", "0K", "1073741825", "1025M", "99999999999999999999",
+	};
+	struct kv_config c;
+	size_t i;
+
+	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert_uint_eq(c.cb_read_tokens, 0);
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		setenv("KVSHIM_CB_READ_TOKENS", good[i][0], 1);
+		ck_assert_msg(kv_config_load(&c) == 0, "\"%s\" refused", good[i][0]);
+		ck_assert_msg(c.cb_read_tokens == strtoull(good[i][1], NULL, 10),
+			      "\"%s\" read as %zu", good[i][0], c.cb_read_tokens);
+	}
+	setenv("KVSHIM_CB_READ_TOKENS", "off", 1);
+	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert_uint_eq(c.cb_read_tokens, SIZE_MAX);
+	unsetenv("KVSHIM_CB_READ_TOKENS");
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		refused("CB_READ_TOKENS", bad[i]);
+}
+END_TEST
+
 /* KVSHIM_SHARE_MODE must give the owner read and write (0600 to 0777), as
  * its message says. */
 START_TEST(test_config_share_mode_owner)
@@ -655,6 +689,7 @@ Suite *api_suite(void)
 	kt_add_exit(cfg, test_config_number_sign_space, 0);
 	kt_add_exit(cfg, test_config_size_overflow, 0);
 	kt_add_exit(cfg, test_config_share_mode_owner, 0);
+	kt_add_exit(cfg, test_config_cb_read_tokens, 0);
 	kt_add_exit(cfg, test_config_log_escapes, 0);
 	kt_add_exit(cfg, test_config_limit_100T, 0);
 	kt_add_exit(cfg, test_config_limit_all_ones, 0);

@@ -117,6 +117,19 @@ static void untouched(CUdeviceptr p)
 	ck_assert_uint_eq(bad, 0);
 }
 
+/*
+ * What the driver itself answers for arguments it ought to refuse: asserted
+ * on the emulation, whose contract this is. On a GPU the call is not made:
+ * the driver 580 on an H200 took cuMemsetD16 with 2^63 + 4 elements and a
+ * 2D memset 2^62 + 2 words wide with CUDA_SUCCESS, the byte count wrapping
+ * (docs/BENCHMARKS.md, section 5), so it is no model for the shim, which
+ * refuses them, and a wild memset must not reach a real device.
+ */
+#define DRIVER_REFUSES(call) do {                                          \
+		if (kv_dev_is_emu())                                        \
+			ck_assert_int_eq((call), CUDA_ERROR_INVALID_VALUE); \
+	} while (0)
+
 #define BIG16 (((size_t)1 << 63) + 4)     /* 2 bytes each: 2^64 + 8 */
 #define BIG32 (((size_t)1 << 62) + 2)     /* 4 bytes each: 2^64 + 8 */
 
@@ -137,18 +150,17 @@ START_TEST(test_memset_count_overflow)
 	for (i = 0; i < 2; i++) {
 		unsigned v = vals[i];
 
-		ck_assert_int_eq(drv.d16(p, (unsigned short)v, BIG16), CUDA_ERROR_INVALID_VALUE);
+		DRIVER_REFUSES(drv.d16(p, (unsigned short)v, BIG16));
 		ck_assert_int_eq(shim.d16(p, (unsigned short)v, BIG16), CUDA_ERROR_INVALID_VALUE);
-		ck_assert_int_eq(drv.d32(p, v, BIG32), CUDA_ERROR_INVALID_VALUE);
+		DRIVER_REFUSES(drv.d32(p, v, BIG32));
 		ck_assert_int_eq(shim.d32(p, v, BIG32), CUDA_ERROR_INVALID_VALUE);
-		ck_assert_int_eq(drv.d16a(p, (unsigned short)v, BIG16, NULL),
-				 CUDA_ERROR_INVALID_VALUE);
+		DRIVER_REFUSES(drv.d16a(p, (unsigned short)v, BIG16, NULL));
 		ck_assert_int_eq(shim.d16a(p, (unsigned short)v, BIG16, NULL),
 				 CUDA_ERROR_INVALID_VALUE);
-		ck_assert_int_eq(drv.d32a(p, v, BIG32, NULL), CUDA_ERROR_INVALID_VALUE);
+		DRIVER_REFUSES(drv.d32a(p, v, BIG32, NULL));
 		ck_assert_int_eq(shim.d32a(p, v, BIG32, NULL), CUDA_ERROR_INVALID_VALUE);
 		/* a byte count past the end of memory, one byte at a time */
-		ck_assert_int_eq(drv.d8(p, (unsigned char)v, SIZE_MAX), CUDA_ERROR_INVALID_VALUE);
+		DRIVER_REFUSES(drv.d8(p, (unsigned char)v, SIZE_MAX));
 		ck_assert_int_eq(shim.d8(p, (unsigned char)v, SIZE_MAX), CUDA_ERROR_INVALID_VALUE);
 		ck_assert_int_eq(shim.d8a(p, (unsigned char)v, SIZE_MAX, NULL),
 				 CUDA_ERROR_INVALID_VALUE);
@@ -190,8 +202,8 @@ START_TEST(test_memset_past_span_end)
 		untouched(p);
 	}
 	/* the driver, on a start it can touch: the same answer */
-	ck_assert_int_eq(drv.d8(p, 7, 8 * PG + 1), CUDA_ERROR_INVALID_VALUE);
-	ck_assert_int_eq(drv.d32(p + 4, 7, 2 * PG), CUDA_ERROR_INVALID_VALUE);
+	DRIVER_REFUSES(drv.d8(p, 7, 8 * PG + 1));
+	DRIVER_REFUSES(drv.d32(p + 4, 7, 2 * PG));
 	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
 }
 END_TEST
@@ -205,8 +217,8 @@ START_TEST(test_memset_misaligned)
 	open_lib();
 	p = span8();
 	before = mapped();
-	ck_assert_int_eq(drv.d32(p + 2, 1, 4), CUDA_ERROR_INVALID_VALUE);
-	ck_assert_int_eq(drv.d16(p + 1, 1, 4), CUDA_ERROR_INVALID_VALUE);
+	DRIVER_REFUSES(drv.d32(p + 2, 1, 4));
+	DRIVER_REFUSES(drv.d16(p + 1, 1, 4));
 	ck_assert_int_eq(shim.d32(p + 3 * PG + 2, 1, 4), CUDA_ERROR_INVALID_VALUE);
 	ck_assert_int_eq(shim.d16(p + 3 * PG + 1, 1, 4), CUDA_ERROR_INVALID_VALUE);
 	ck_assert_int_eq(shim.d32a(p + 3 * PG + 2, 1, 4, NULL), CUDA_ERROR_INVALID_VALUE);
@@ -247,18 +259,18 @@ START_TEST(test_memset2d_on_span)
 	before = mapped();
 
 	/* refused by the driver, refused alike, nothing backed */
-	ck_assert_int_eq(drv.d2d32(p, 64, 1, BIG32, 1), CUDA_ERROR_INVALID_VALUE);
+	DRIVER_REFUSES(drv.d2d32(p, 64, 1, BIG32, 1));
 	ck_assert_int_eq(shim.d2d32(p + 6 * PG, 64, 1, BIG32, 1), CUDA_ERROR_INVALID_VALUE);
-	ck_assert_int_eq(drv.d2d8(p, SIZE_MAX / 2, 1, 4, 4), CUDA_ERROR_INVALID_VALUE);
+	DRIVER_REFUSES(drv.d2d8(p, SIZE_MAX / 2, 1, 4, 4));
 	ck_assert_int_eq(shim.d2d8(p + 6 * PG, SIZE_MAX / 2, 1, 4, 4), CUDA_ERROR_INVALID_VALUE);
-	ck_assert_int_eq(drv.d2d8(p, 4 * PG, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	DRIVER_REFUSES(drv.d2d8(p, 4 * PG, 1, 4, 3));
 	ck_assert_int_eq(shim.d2d8(p + 6 * PG, PG, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
 	ck_assert_int_eq(shim.d2d32a(p + 6 * PG, PG, 1, 4, 3, NULL), CUDA_ERROR_INVALID_VALUE);
-	ck_assert_int_eq(drv.d2d8(p, 2, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	DRIVER_REFUSES(drv.d2d8(p, 2, 1, 4, 3));
 	ck_assert_int_eq(shim.d2d8(p + 6 * PG, 2, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
-	ck_assert_int_eq(drv.d2d16(p + 1, 64, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	DRIVER_REFUSES(drv.d2d16(p + 1, 64, 1, 4, 3));
 	ck_assert_int_eq(shim.d2d16(p + 6 * PG + 1, 64, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
-	ck_assert_int_eq(drv.d2d32(p, 66, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
+	DRIVER_REFUSES(drv.d2d32(p, 66, 1, 4, 3));
 	ck_assert_int_eq(shim.d2d32(p + 6 * PG, 66, 1, 4, 3), CUDA_ERROR_INVALID_VALUE);
 	ck_assert_uint_eq(mapped(), before);
 	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);

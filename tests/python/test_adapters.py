@@ -23,6 +23,7 @@ os.environ.update(KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0", KVSHIM_LIMIT="64M")
 
 import kvshim  # noqa: E402
 from kvshim.adapters import blocks, transformers_cb  # noqa: E402
+from kvshim.adapters import transformers_cb_reads as reads  # noqa: E402
 
 MIB = 1 << 20
 
@@ -134,6 +135,21 @@ class StandInCache:
                 raise ValueError("Failed to allocate %d blocks for request %s" % (n, request_id))
             table.extend(ids)
         return n
+
+    def free_blocks(self, request_id):
+        for cm in self.group_cache_managers:
+            if request_id in cm.block_table:
+                self._block_manager.free_blocks(cm.block_table.pop(request_id),
+                                                shareable=cm.uses_block_sharing)
+
+    def extend_read_and_write_indices(self, request_id, past, query, read_index, write_index):
+        """Rows of the request's blocks, per layer group, as a full attention
+        group reads (everything up to the new tokens) and writes them."""
+        for cm, reads, writes in zip(self.group_cache_managers, read_index, write_index):
+            rows = [b * self.block_size + i for b in cm.block_table[request_id]
+                    for i in range(self.block_size)]
+            writes.extend(rows[past:past + query])
+            reads.extend(rows[:past + query])
 
 
 class StandInGroup:
@@ -336,8 +352,12 @@ class AdapterTest(unittest.TestCase):
                                        "can be offloaded.")
                 return True
         mod.ContinuousBatchProcessor = ContinuousBatchProcessor
-        transformers_cb.patch_api_module(mod)
-        transformers_cb.patch_api_module(mod)          # once only
+        err = io.StringIO()
+        with redirect_stderr(err):
+            transformers_cb.patch_api_module(mod)
+            transformers_cb.patch_api_module(mod)      # once only
+        # no manager here: the read budget goes without the workload
+        self.assertIn("no workload hints", err.getvalue())
         proc = ContinuousBatchProcessor(c)
         self.assertTrue(proc.prepare_next_batch(256))  # the limit backs 256 blocks
         # kvshim is short: the step does nothing, the engine lives on
@@ -596,6 +616,518 @@ class SpanTensorTest(unittest.TestCase):
         st = kvshim.stats()
         self.assertEqual(st["spans"], self.spans0)
         self.assertEqual(st["mapped_bytes"], 0)
+
+
+# ---- what one batch reads (transformers_cb_reads) ------------------------------
+
+class Grid:
+    """A 4-D float tensor of shape (1, 1, rows, columns) or a view of one,
+    with the few operations attention masks take: views by [..., q0:q1,
+    k0:k1], fill_, triu_, assignment of a same-shaped grid."""
+
+    def __init__(self, cells, r0, c0, rows, cols, dtype):
+        self.cells, self.r0, self.c0, self.dtype = cells, r0, c0, dtype
+        self.shape = (1, 1, rows, cols)
+        self.device = "cpu"
+
+    @classmethod
+    def new(cls, shape, value, dtype):
+        rows, cols = shape[-2], shape[-1]
+        return cls([[value] * cols for _ in range(rows)], 0, 0, rows, cols, dtype)
+
+    def _view(self, key):
+        assert key[0] is Ellipsis and len(key) == 3
+        q, k = key[1].indices(self.shape[2]), key[2].indices(self.shape[3])
+        return Grid(self.cells, self.r0 + q[0], self.c0 + k[0], q[1] - q[0], k[1] - k[0],
+                    self.dtype)
+
+    def __getitem__(self, key):
+        return self._view(key)
+
+    def __setitem__(self, key, other):
+        view = self._view(key)
+        assert view.shape == other.shape
+        for i, j in view.each():
+            view.set(i, j, other.get(i, j))
+
+    def each(self):
+        return ((i, j) for i in range(self.shape[2]) for j in range(self.shape[3]))
+
+    def get(self, i, j):
+        return self.cells[self.r0 + i][self.c0 + j]
+
+    def set(self, i, j, v):
+        self.cells[self.r0 + i][self.c0 + j] = v
+
+    def fill_(self, v):
+        for i, j in self.each():
+            self.set(i, j, v)
+        return self
+
+    def triu_(self, diagonal):
+        for i, j in self.each():
+            if j - i < diagonal:
+                self.set(i, j, 0.0)
+        return self
+
+    def clone(self):
+        return Grid([[self.get(i, j) for j in range(self.shape[3])]
+                     for i in range(self.shape[2])], 0, 0, self.shape[2], self.shape[3],
+                    self.dtype)
+
+    def rows(self):
+        return [[self.get(i, j) for j in range(self.shape[3])] for i in range(self.shape[2])]
+
+
+class MaskTorch:
+    """What building masks takes of torch, on Grids; counts the temporaries
+    (torch.full) made."""
+    bfloat16 = FakeDtype("bfloat16", 2)
+    LOW = -3.0e38
+
+    def __init__(self):
+        self.temporaries = 0
+
+    def finfo(self, dtype):
+        return types.SimpleNamespace(min=self.LOW)
+
+    def full(self, shape, value, dtype=None, device=None):
+        self.temporaries += 1
+        return Grid.new(shape, value, dtype)
+
+    def zeros(self, shape, dtype=None):
+        return Grid.new(shape, 0.0, dtype)
+
+    def triu(self, grid, diagonal=0):
+        return grid.clone().triu_(diagonal)
+
+    def equal(self, a, b):
+        return a.rows() == b.rows()
+
+
+def reference_mask_builder(torch, shift=0):
+    """build_attention_mask as transformers 5.17 writes it (causal part):
+    a full [seqlen_q, seqlen_k] block, its upper triangle kept, assigned.
+    shift moves the diagonal: a transformers building other masks."""
+    def build_attention_mask(attention_mask, cumulative_seqlens_q, cumulative_seqlens_k,
+                             sliding_window=1):
+        low = torch.finfo(attention_mask.dtype).min
+        for i in range(len(cumulative_seqlens_q) - 1):
+            seqlen_q = cumulative_seqlens_q[i + 1] - cumulative_seqlens_q[i]
+            seqlen_k = cumulative_seqlens_k[i + 1] - cumulative_seqlens_k[i]
+            diagonal = seqlen_k - seqlen_q + 1 if 1 <= seqlen_q < seqlen_k else 1
+            qr = slice(cumulative_seqlens_q[i], cumulative_seqlens_q[i + 1])
+            kr = slice(cumulative_seqlens_k[i], cumulative_seqlens_k[i + 1])
+            full = torch.full(attention_mask[..., qr, kr].shape, low,
+                              dtype=attention_mask.dtype, device=attention_mask.device)
+            attention_mask[..., qr, kr] = torch.triu(full, diagonal=diagonal + shift)
+    return build_attention_mask
+
+
+def io_module(mask_shift=0):
+    """transformers' input_outputs as the adapter sees it: the IOs size
+    their buffers from cache.num_blocks * cache.block_size at init."""
+    mod = types.ModuleType("input_outputs")
+    mod.torch = MaskTorch()
+    mod.build_attention_mask = reference_mask_builder(mod.torch, mask_shift)
+
+    class ContinuousBatchingIOs:
+        def __init__(self, cache):
+            self.cache = cache
+            self._setup_static_tensors()
+
+        def _setup_static_tensors(self):
+            m = self.cache.max_batch_tokens
+            num_pages = self.cache.num_blocks * self.cache.block_size
+            self.mask_shape = (1, 1, m, num_pages + m)
+            self.read_index_shape = (len(self.cache.group_cache_managers), num_pages + m)
+
+    mod.ContinuousBatchingIOs = ContinuousBatchingIOs
+    return mod
+
+
+def runner_module():
+    """transformers' model_runner: the varlen warm-up of 5.17, one fake
+    request of max_batch_tokens new tokens after num_blocks * block_size -
+    max_batch_tokens cached ones, its blocks from cache.allocate_blocks, its
+    indices from the cache, its blocks freed at the end."""
+    mod = types.ModuleType("model_runner")
+
+    class ModelRunner:
+        def __init__(self, cache):
+            self.cache, self.indices = cache, []
+
+        def warmup(self, model):
+            num_q = self.cache.max_batch_tokens
+            kv = self.cache.num_blocks * self.cache.block_size - num_q
+            return self.run_one_warmup(model=model, num_q_tokens=num_q, max_kv_read=kv)
+
+        def run_one_warmup(self, model, num_q_tokens, max_kv_read):
+            rid = "__warmup_PREFILLING_0__"
+            blocks = -(-(num_q_tokens + max_kv_read) // self.cache.block_size)
+            if self.cache.allocate_blocks(blocks, rid, 0) is None:
+                return 0.0
+            try:
+                reads = [[] for _ in self.cache.group_cache_managers]
+                writes = [[] for _ in self.cache.group_cache_managers]
+                self.cache.extend_read_and_write_indices(rid, max_kv_read, num_q_tokens, reads,
+                                                         writes)
+                self.indices.append((reads, writes))
+            finally:
+                self.cache.free_blocks(rid)
+            return 1.0
+
+    mod.ModelRunner = ModelRunner
+    return mod
+
+
+def scheduler_module():
+    mod = types.ModuleType("scheduler")
+
+    class Scheduler:
+        def __init__(self, cache):
+            self.cache, self.waiting = cache, {}
+
+        def add_waiting_request(self, state):
+            self.waiting[state.request_id] = state
+
+    mod.Scheduler = Scheduler
+    return mod
+
+
+def request(rid, prompt, new):
+    """A RequestState's fields the admission check reads."""
+    return types.SimpleNamespace(request_id=rid, initial_tokens=[1] * prompt, max_new_tokens=new,
+                                 _new_tokens_limit=2147483647 if new is None else new)
+
+
+def flow_modules(torch, cbc):
+    """transformers' cache and continuous_api as the adapter sees them: the
+    manager keeps nothing of its workload hints; building a batch
+    processor builds the cache (torch.empty per KV tensor, sized by the
+    config), then the IOs, the model runner and the scheduler."""
+    cache_mod = types.ModuleType("cache")
+    io, runner, sched = io_module(), runner_module(), scheduler_module()
+
+    class PagedAttentionCache(StandInCache):
+        def __init__(self, config, continuous_batching_config, device=None, dtype=None):
+            self.config = config
+            self.block_size = continuous_batching_config.block_size
+            self.num_blocks = continuous_batching_config.num_blocks
+            self.max_batch_tokens = continuous_batching_config.max_batch_tokens
+            self.num_pages = self.num_blocks * self.block_size
+            self.cache_shape = ((self.num_blocks + 2) * self.block_size, 8, 128)
+            self.key_cache = [torch.empty(self.cache_shape, dtype=torch.bfloat16, device="cuda:0")]
+            self.value_cache = [torch.empty(self.cache_shape, dtype=torch.bfloat16,
+                                            device="cuda:0")]
+            self._block_manager = StandInBlockManager(self.num_blocks)
+            self.group_cache_managers = [StandInGroup()]
+
+    cache_mod.PagedAttentionCache = PagedAttentionCache
+    api = types.ModuleType("continuous_api")
+
+    class ContinuousBatchProcessor:
+        def __init__(self, cache):
+            self.cache = cache
+            self.ios = io.ContinuousBatchingIOs(cache)
+            self.runner = runner.ModelRunner(cache)
+            self.scheduler = sched.Scheduler(cache)
+
+        def prepare_next_batch(self):
+            return False
+
+    class ContinuousBatchingManager:
+        def __init__(self, model, generation_config, continuous_batching_config,
+                     workload_hints=None):
+            self.cbc = continuous_batching_config
+
+        def _create_batch_processor(self):
+            config = types.SimpleNamespace(max_position_embeddings=2048)
+            return ContinuousBatchProcessor(cache_mod.PagedAttentionCache(config, self.cbc))
+
+    api.ContinuousBatchProcessor = ContinuousBatchProcessor
+    api.ContinuousBatchingManager = ContinuousBatchingManager
+    return cache_mod, api, io, runner, sched
+
+
+class ReadBudgetTest(unittest.TestCase):
+    # 16-token blocks of 32 KiB (8 heads x 128, bf16); 16384 blocks: a
+    # capacity of 262144 tokens; batches of up to 256 new tokens
+    def setUp(self):
+        self.addCleanup(self.restore, set(reads._wired), os.environ.get(reads.READ_TOKENS_VAR))
+        reads._warned.clear()
+        os.environ.pop(reads.READ_TOKENS_VAR, None)
+        kvshim.trim(1 << 40)
+        self.mapped0 = kvshim.stats()["mapped_bytes"]
+
+    def restore(self, wired, setting):
+        reads._wired.clear()
+        reads._wired.update(wired)
+        if setting is None:
+            os.environ.pop(reads.READ_TOKENS_VAR, None)
+        else:
+            os.environ[reads.READ_TOKENS_VAR] = setting
+
+    def fake_transformers(self, torch):
+        """The modules the adapter imports by name: torch, and the block
+        manager's (the stand-in)."""
+        names = ["torch", "transformers", "transformers.generation",
+                 "transformers.generation.continuous_batching",
+                 "transformers.generation.continuous_batching.cache_manager"]
+        for name in names:
+            self.addCleanup(self.put_back, name, sys.modules.get(name))
+            mod = types.ModuleType(name)
+            mod.__path__ = []
+            sys.modules[name] = mod
+        sys.modules["torch"] = torch
+        sys.modules[names[-1]].BlockManager = StandInBlockManager
+
+    def put_back(self, name, mod):
+        if mod is None:
+            sys.modules.pop(name, None)
+        else:
+            sys.modules[name] = mod
+
+    def build(self, hints=None, patch=("io", "runner", "scheduler"), wired=None):
+        """A batch processor built as generate_batch builds one, with the
+        adapter applied to the stand-in modules named in patch."""
+        torch = FakeTorch()
+        self.fake_transformers(torch)
+        cbc = types.SimpleNamespace(block_size=16, num_blocks=16384, max_batch_tokens=256,
+                                    max_requests_per_batch=8, kv_padding_interval_size=1024)
+        cache_mod, api, iom, runner, sched = flow_modules(torch, cbc)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            transformers_cb.patch_cache_module(cache_mod)
+            transformers_cb.patch_api_module(api)
+            for name, mod, fn in (("io", iom, reads.patch_io_module),
+                                  ("runner", runner, reads.patch_runner_module),
+                                  ("scheduler", sched, reads.patch_scheduler_module)):
+                if name in patch:
+                    fn(mod)
+            if wired is not None:
+                reads._wired.clear()
+                reads._wired.update(wired)
+            manager = api.ContinuousBatchingManager(None, None, cbc, workload_hints=hints)
+            proc = manager._create_batch_processor()
+        self.addCleanup(self.release, proc)
+        self.err = err.getvalue()
+        return proc
+
+    def release(self, proc):
+        proc.cache.kvshim_tracker.group.close()
+        proc.cache = proc.ios = proc.runner = proc.scheduler = None
+        import gc
+        gc.collect()
+        kvshim.trim(1 << 40)
+
+    def test_static_buffers_sized_by_the_workload(self):
+        # 8 requests of up to 100 + 28 tokens: a batch reads at most 1024
+        # KV tokens, not the capacity's 262144
+        hints = types.SimpleNamespace(max_prompt_length=100, max_generated_length=28,
+                                      num_requests=20)
+        p = self.build(hints)
+        self.assertEqual(self.err, "")
+        self.assertEqual(p.cache.kvshim_read_tokens, 1024)
+        self.assertEqual(p.cache.num_pages, 1024)          # the scheduler's budget
+        self.assertEqual(p.cache.num_blocks, 16384)        # the pool keeps its size
+        self.assertEqual(p.ios.mask_shape, (1, 1, 256, 1024 + 256))
+        self.assertEqual(p.ios.read_index_shape, (1, 1024 + 256))
+        self.assertIs(p.ios.cache, p.cache)
+        self.assertIn("8 requests", p.cache.kvshim_read_how)
+
+    def test_static_buffers_without_a_workload(self):
+        # a server: max_position_embeddings (2048), and at least 64K
+        p = self.build()
+        self.assertEqual(p.cache.kvshim_read_tokens, 65536)
+        self.assertIn("no workload given", p.cache.kvshim_read_how)
+        os.environ[reads.READ_TOKENS_VAR] = "3000"          # rounded up to 1024s
+        p = self.build()
+        self.assertEqual(p.ios.mask_shape, (1, 1, 256, 3072 + 256))
+        os.environ[reads.READ_TOKENS_VAR] = "off"
+        p = self.build()
+        self.assertIsNone(getattr(p.cache, "kvshim_read_tokens", None))
+        self.assertEqual(p.ios.mask_shape, (1, 1, 256, 262144 + 256))
+
+    def test_warmup_takes_no_blocks(self):
+        hints = types.SimpleNamespace(max_prompt_length=100, max_generated_length=28,
+                                      num_requests=8)
+        p = self.build(hints)
+        tr, bm = p.cache.kvshim_tracker, p.cache._block_manager
+        free = list(bm._uninit_block_ids)
+        self.assertEqual(p.runner.warmup(model=None), 1.0)
+        # nothing taken from the block manager, nothing backed: the fake
+        # request of R tokens (R - 256 cached, 256 new) read them all and
+        # wrote 256, all in the write-trash block
+        self.assertEqual(tr.calls, 0)
+        self.assertEqual(list(bm._uninit_block_ids), free)
+        self.assertEqual(kvshim.stats()["mapped_bytes"], self.mapped0 + 2 * 2 * MIB)
+        (reads_, writes), = p.runner.indices
+        self.assertEqual((len(reads_[0]), len(writes[0])), (1024, 256))
+        trash = range(16385 * 16, 16386 * 16)
+        self.assertTrue(all(r in trash for r in reads_[0] + writes[0]))
+        self.assertEqual(p.cache.group_cache_managers[0].block_table, {})
+        # after the warm-up, blocks come from the block manager again
+        self.assertEqual(p.cache.allocate_blocks(2, "r1", 0), 2)
+        self.assertEqual(p.cache.group_cache_managers[0].block_table["r1"], [0, 1])
+        self.assertEqual(tr.mapped, 2)
+        p.cache.free_blocks("r1")
+        self.assertEqual(tr.mapped, 0)
+
+    def test_warmup_without_block_tables_reads_at_most_r(self):
+        hints = types.SimpleNamespace(max_prompt_length=100, max_generated_length=28,
+                                      num_requests=8)
+        p = self.build(hints)
+        for cm in p.cache.group_cache_managers:
+            cm.block_table = None            # a transformers keeping them elsewhere
+        seen = []
+        real = p.cache.allocate_blocks
+        p.cache.allocate_blocks = lambda n, rid, a: seen.append(n)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            p.runner.warmup(model=None)
+        p.cache.allocate_blocks = real
+        # the warm-up ran as transformers' own, over R tokens, not 16384 blocks
+        self.assertEqual(seen, [1024 // 16])
+        self.assertIn("the warm-up backs the blocks it reads", err.getvalue())
+
+    def test_requests_that_could_never_run_are_refused(self):
+        hints = types.SimpleNamespace(max_prompt_length=100, max_generated_length=28,
+                                      num_requests=8)
+        p = self.build(hints)
+        s = p.scheduler
+        s.add_waiting_request(request("fits", 1000, 24))
+        with self.assertRaises(ValueError) as cm:
+            s.add_waiting_request(request("long", 1000, 25))
+        self.assertIn("request long of 1000 prompt tokens and 25 new ones", str(cm.exception))
+        self.assertIn("1024 KV tokens", str(cm.exception))
+        self.assertIn(reads.READ_TOKENS_VAR, str(cm.exception))
+        self.assertEqual(list(s.waiting), ["fits"])
+        with self.assertRaises(ValueError):
+            s.add_waiting_request(request("huge", 1025, None))
+        # no max_new_tokens: it stops at R tokens
+        err = io.StringIO()
+        with redirect_stderr(err):
+            r = request("open", 100, None)
+            s.add_waiting_request(r)
+        self.assertEqual(r._new_tokens_limit, 1024 - 100)
+        self.assertIn("stop at 1024 tokens", err.getvalue())
+
+    def test_unwired_pieces_leave_the_buffers(self):
+        # a runner whose warm-up takes other arguments is left alone, and
+        # the read budget is not applied: the buffers keep their size
+        p = self.build(patch=("io", "scheduler"), wired={"io", "scheduler"})
+        self.assertIn("runner not wired", self.err)
+        self.assertIsNone(getattr(p.cache, "kvshim_read_tokens", None))
+        self.assertEqual(p.cache.num_pages, 262144)
+        self.assertEqual(p.ios.mask_shape, (1, 1, 256, 262144 + 256))
+        mod = runner_module()
+        mod.ModelRunner.run_one_warmup = lambda self, model, num_q_tokens, max_kv_read, extra: 0
+        err = io.StringIO()
+        with redirect_stderr(err):
+            reads.patch_runner_module(mod)
+        self.assertIn("run_one_warmup takes", err.getvalue())
+        self.assertNotIn("runner", reads._wired)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            reads.patch_io_module(types.ModuleType("input_outputs"))
+            reads.patch_scheduler_module(types.ModuleType("scheduler"))
+            api = types.ModuleType("continuous_api")
+            api.ContinuousBatchingManager = type("ContinuousBatchingManager", (), {
+                "__init__": lambda self, model, generation_config: None})
+            reads.patch_manager(api)
+        self.assertIn("no ContinuousBatchingIOs._setup_static_tensors", err.getvalue())
+        self.assertIn("no Scheduler.add_waiting_request", err.getvalue())
+        self.assertIn("no workload hints", err.getvalue())
+
+    def test_cache_not_as_expected(self):
+        # no capacity to read: warned, nothing changed
+        reads._wired.update(reads._NEEDED)
+        cache = types.SimpleNamespace(block_size=16, config=None)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            self.assertIsNone(reads.apply_read_budget(cache, None))
+        self.assertIn("not as expected (", err.getvalue())
+        self.assertIn("num_pages", err.getvalue())
+        self.assertFalse(hasattr(cache, "num_pages"))
+        self.assertFalse(hasattr(cache, "kvshim_read_tokens"))
+
+    def test_bad_setting_leaves_the_buffers(self):
+        os.environ[reads.READ_TOKENS_VAR] = "lots"
+        p = self.build()
+        self.assertIn("KVSHIM_CB_READ_TOKENS=lots: expected auto, off or a number", self.err)
+        self.assertIsNone(getattr(p.cache, "kvshim_read_tokens", None))
+        self.assertEqual(p.ios.mask_shape, (1, 1, 256, 262144 + 256))
+
+    def test_setting_bad_values(self):
+        kinds = {
+            "": "expected auto, off or a number", "lots": "expected auto, off or a number",
+            "-16384": "expected", "+16384": "expected", " 16384": "expected",
+            "16384 ": "expected", "1.5K": "expected", "16KB": "expected", "16G": "expected",
+            "\u0661\u0662": "expected", "0": "must be above zero", "0K": "must be above zero",
+            "1073741825": "too large", "1025M": "too large",
+            "99999999999999999999": "too large",
+        }
+        for value, why in kinds.items():
+            with self.assertRaises(ValueError, msg=repr(value)) as cm:
+                reads.read_tokens_setting(value)
+            self.assertIn("KVSHIM_CB_READ_TOKENS=%s: %s" % (value, why), str(cm.exception))
+
+    def test_setting_good_values(self):
+        for value, want in ((None, "auto"), ("AUTO", "auto"), ("off", "off"), ("None", "off"),
+                            ("16384", 16384), ("16k", 16384), ("1M", 1 << 20),
+                            ("1073741824", 1 << 30)):
+            self.assertEqual(reads.read_tokens_setting(value), want)
+
+    def test_choice(self):
+        choose = reads.choose_read_tokens
+        hints = types.SimpleNamespace(max_prompt_length=264, max_generated_length=64,
+                                      num_requests=48)
+        # the issue's workload: 48 x 328 tokens, padded as transformers pads
+        self.assertEqual(choose("auto", 2885376, hints, 48, 4096, 16384)[0], 16384)
+        self.assertEqual(choose("auto", 2885376, hints, 48, 4096, 0)[0], 48 * 328)
+        # at most AUTO_READ_CAP from a workload, but one request always fits
+        many = types.SimpleNamespace(max_prompt_length=2000, max_generated_length=48,
+                                     num_requests=1000)
+        self.assertEqual(choose("auto", 10 ** 7, many, 1024, 4096, 16384)[0], 65536)
+        long = types.SimpleNamespace(max_prompt_length=100000, max_generated_length=1000,
+                                     num_requests=2)
+        self.assertEqual(choose("auto", 10 ** 7, long, 1024, 4096, 1)[0], 101000)
+        # no max_new_tokens, or no hints: the server default
+        hints.max_generated_length = 0
+        self.assertEqual(choose("auto", 10 ** 7, hints, 48, 131072, 16384)[0], 131072)
+        self.assertEqual(choose("auto", 10 ** 7, None, None, None, 16384)[0], 65536)
+        # a number, off, and anything not below the capacity: transformers' own
+        self.assertEqual(choose(20000, 10 ** 7, None, None, None, 16384)[0], 32768)
+        self.assertIsNone(choose("off", 10 ** 7)[0])
+        self.assertIsNone(choose(20000, 32768, None, None, None, 16384)[0])
+        self.assertIn("not below", choose(20000, 32768, None, None, None, 16384)[1])
+
+    def test_masks_built_in_place(self):
+        mod = io_module()
+        reads.patch_io_module(mod)
+        torch = mod.torch
+        torch.temporaries = 0
+        q, k = [0, 5, 6, 9, 9], [0, 12, 20, 23, 26]   # chunked prefill, decode, prefill, empty
+        ours = torch.zeros((1, 1, 9, 30))
+        mod.build_attention_mask(ours, q, k, 1)
+        self.assertEqual(torch.temporaries, 0)
+        theirs = torch.zeros((1, 1, 9, 30))
+        reference_mask_builder(torch)(theirs, q, k, 1)
+        self.assertEqual(ours.rows(), theirs.rows())
+        low = MaskTorch.LOW
+        self.assertEqual(ours.rows()[0][:13], [0.0] * 8 + [low] * 4 + [0.0])
+        self.assertEqual(ours.rows()[5][12:21], [0.0] * 9)   # the decode sees every key
+
+    def test_mask_builder_giving_other_masks_kept(self):
+        mod = io_module(mask_shift=1)
+        theirs = mod.build_attention_mask
+        err = io.StringIO()
+        with redirect_stderr(err):
+            reads.patch_io_module(mod)
+        self.assertIs(mod.build_attention_mask, theirs)
+        self.assertIn("build_attention_mask builds other masks", err.getvalue())
+        self.assertIn("io", reads._wired)     # the buffers are still sized by R
 
 
 class BindingTest(unittest.TestCase):

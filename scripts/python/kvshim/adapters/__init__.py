@@ -4,7 +4,8 @@ install() (called by kvshim-run's sitecustomize) registers an import hook:
 when an engine module an adapter knows is imported, the adapter patches it
 in place (no edit to the engine or to the user's script). The shared part
 of every adapter is in blocks.py; an engine's own part is one small module
-(transformers_cb.py for Hugging Face transformers' continuous batching).
+(transformers_cb.py and transformers_cb_reads.py for Hugging Face
+transformers' continuous batching).
 """
 import importlib.abc
 import importlib.util
@@ -16,6 +17,12 @@ ADAPTERS = {
         ("kvshim.adapters.transformers_cb", "patch_cache_module"),
     "transformers.generation.continuous_batching.continuous_api":
         ("kvshim.adapters.transformers_cb", "patch_api_module"),
+    "transformers.generation.continuous_batching.input_outputs":
+        ("kvshim.adapters.transformers_cb_reads", "patch_io_module"),
+    "transformers.generation.continuous_batching.model_runner":
+        ("kvshim.adapters.transformers_cb_reads", "patch_runner_module"),
+    "transformers.generation.continuous_batching.scheduler":
+        ("kvshim.adapters.transformers_cb_reads", "patch_scheduler_module"),
 }
 
 _installed = False

@@ -26,18 +26,23 @@ is imported:
   when its pool is full;
 - (transformers.generation.continuous_batching.continuous_api) when
   nothing can be scheduled or offloaded because kvshim is short, the step
-  does nothing and the loop retries, where transformers would fail.
+  does nothing and the loop retries, where transformers would fail;
+- gives the cache a read budget, the most KV tokens one batch reads, which
+  sizes transformers' static batch buffers and its warm-up instead of the
+  lazy cache's capacity (transformers_cb_reads.py).
 If the installed transformers does not look as expected, it warns once and
 leaves the cache as it is: allocated whole, as without kvshim. If kvshim
 cannot manage the tensors it made, it backs them in full.
 """
 import contextlib
+import inspect
 import itertools
 import threading
 
 import kvshim
 from kvshim import ERANGE, tensors
 from kvshim.adapters import warn
+from kvshim.adapters import transformers_cb_reads
 from kvshim.adapters.blocks import BlockTracker, TrackedFreeList
 
 _EXPECTED = {
@@ -243,12 +248,22 @@ def patch_cache_module(mod):
     if getattr(cls, "_kvshim_patched", False):
         return
     orig_init = cls.__init__
+    try:
+        sig = inspect.signature(orig_init)
+    except (TypeError, ValueError):
+        sig = None
 
     def __init__(self, *args, **kwargs):
         _start_kvshim()
         with _kv_from_spans(self, torch):
             orig_init(self, *args, **kwargs)
-        attach(self)
+        if attach(self) is None:
+            return
+        try:
+            cb_config = sig.bind(self, *args, **kwargs).arguments.get("continuous_batching_config")
+        except (AttributeError, TypeError):
+            cb_config = None
+        transformers_cb_reads.apply_read_budget(self, cb_config)
 
     cls.__init__ = __init__
     cls._kvshim_patched = True
@@ -257,7 +272,9 @@ def patch_cache_module(mod):
 def patch_api_module(mod):
     """When transformers finds nothing to schedule and nothing to offload
     because kvshim is short (other processes hold the memory), it fails the
-    engine; the step instead does nothing, and the loop retries."""
+    engine; the step instead does nothing, and the loop retries. And the
+    manager keeps generate_batch's workload for the read budget."""
+    transformers_cb_reads.patch_manager(mod)
     cls = getattr(mod, "ContinuousBatchProcessor", None)
     if cls is None or not hasattr(cls, "prepare_next_batch"):
         warn("transformers continuous batching not as expected (no ContinuousBatchProcessor."

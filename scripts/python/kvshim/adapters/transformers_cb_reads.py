@@ -1,0 +1,461 @@
+"""Hugging Face transformers (5.x) continuous batching: what one batch reads.
+
+transformers sizes its static batch buffers for a batch that reads the
+whole KV cache: ContinuousBatchingIOs._setup_static_tensors allocates read
+indices of num_pages + max_batch_tokens and, with sdpa or eager attention,
+an attention mask of max_batch_tokens x (num_pages + max_batch_tokens),
+and writes them whole at start (num_pages = num_blocks * block_size, the
+cache's capacity, sized from the memory the engine is shown). Under kvshim
+the cache is lazy and shown a whole GPU: those buffers are real and huge
+(45 GB for a 28-layer model on an H200) whatever the requests hold. With
+CUDA graphs, its warm-up hands every block to one fake request (the adapter
+would back the whole cache) and builds that request's mask through
+[max_batch_tokens, num_pages] temporaries (which alone run out of memory).
+
+With transformers_cb.py (which calls apply_read_budget once a cache is
+attached), this module:
+- gives the cache a read budget R, the most KV tokens one batch reads
+  (choose_read_tokens): cache.num_pages, which transformers' scheduler
+  takes as its cache budget per batch and its padding as a cap, becomes R,
+  and the static buffers are sized for R instead of the capacity; the block
+  pool and the KV spans keep the capacity transformers gave them;
+- admits a request only if its prompt and max_new_tokens fit in R, else
+  fails it with a message that says so (through transformers' own error
+  path, as a request it cannot take); a request without max_new_tokens
+  stops at R tokens;
+- runs the warm-up on the padding: the fake requests' block tables name the
+  write-trash block (backed with the cache), nothing is taken from the
+  block manager, and the warm-up reads at most R tokens; a captured graph
+  holds addresses, not index values, so replays with real blocks are as
+  without kvshim;
+- builds attention masks in place, without [q, k] temporaries, once a probe
+  shows it gives the masks transformers' own function gives.
+A piece of transformers that does not look as expected is left as it is,
+with a warning; R is applied only when the buffers, the warm-up and the
+admission check are all wired.
+"""
+import contextlib
+import functools
+import inspect
+import os
+import threading
+
+from kvshim.adapters import warn
+
+READ_TOKENS_VAR = "KVSHIM_CB_READ_TOKENS"
+READ_TOKENS_MAX = 1 << 30        # as kvshim-config's KV_READ_TOKENS_MAX
+AUTO_READ_CAP = 64 * 1024        # auto, from a workload: at most this (tokens)
+AUTO_READ_SERVER = 64 * 1024     # auto, no workload known: at least this
+
+_NEEDED = frozenset(("io", "runner", "scheduler"))
+_wired = set()                   # pieces patched, of _NEEDED
+_warned = set()
+_building = threading.local()    # .hints: the workload of the cache being built
+_MISSING = object()
+
+
+def _warn_once(key, msg):
+    if key not in _warned:
+        _warned.add(key)
+        warn(msg)
+
+
+# ---- the read budget ----------------------------------------------------------
+
+def read_tokens_setting(value):
+    """KVSHIM_CB_READ_TOKENS as kvshim-config reads it: "auto" (also when
+    unset), "off" (or none), or a number of tokens (digits, an optional K or
+    M suffix, 1 to 1G). Raises ValueError naming the variable and why."""
+    if value is None or value.lower() == "auto":
+        return "auto"
+    if value.lower() in ("off", "none"):
+        return "off"
+    text, scale = value, 1
+    if text[-1:] in ("k", "K"):
+        text, scale = text[:-1], 1 << 10
+    elif text[-1:] in ("m", "M"):
+        text, scale = text[:-1], 1 << 20
+    if not text or not text.isascii() or not text.isdigit():
+        raise ValueError("%s=%s: expected auto, off or a number of tokens, with an optional "
+                         "K or M suffix" % (READ_TOKENS_VAR, value))
+    n = int(text) * scale
+    if n == 0:
+        raise ValueError("%s=%s: must be above zero (off: the whole cache)"
+                         % (READ_TOKENS_VAR, value))
+    if n > READ_TOKENS_MAX:
+        raise ValueError("%s=%s: too large (at most 1G tokens)" % (READ_TOKENS_VAR, value))
+    return n
+
+
+def _positive(x):
+    try:
+        x = int(x)
+    except (TypeError, ValueError):
+        return 0
+    return max(x, 0)
+
+
+def choose_read_tokens(setting, capacity, hints=None, max_requests=None, max_positions=None,
+                       interval=0):
+    """The read budget R for a cache of capacity tokens, and a phrase saying
+    how it was chosen. R is None where transformers' own sizing stands:
+    setting "off", or R not below the capacity.
+    - a number: that many tokens;
+    - auto, with the workload generate_batch describes (its WorkloadHints:
+      the longest prompt, max_new_tokens, the number of requests): every
+      token the requests of one batch may hold, min(requests,
+      max_requests_per_batch) x (longest prompt + max_new_tokens), at most
+      AUTO_READ_CAP and never less than one whole request;
+    - auto, otherwise (a server; or max_new_tokens unset): the model's
+      max_position_embeddings, and at least AUTO_READ_SERVER.
+    R is rounded up to a multiple of interval (transformers'
+    kv_padding_interval_size), so batches pad to the sizes they would
+    without kvshim."""
+    if setting == "off":
+        return None, "%s=off" % READ_TOKENS_VAR
+    prompt = _positive(getattr(hints, "max_prompt_length", 0))
+    new = _positive(getattr(hints, "max_generated_length", 0))
+    requests = _positive(getattr(hints, "num_requests", 0))
+    if isinstance(setting, int):
+        read, how = setting, "%s=%d" % (READ_TOKENS_VAR, setting)
+    elif prompt and new and requests:
+        longest = prompt + new
+        per_batch = min(requests, _positive(max_requests) or requests)
+        read = max(longest, min(per_batch * longest, AUTO_READ_CAP))
+        how = ("auto: %d requests a batch of up to %d + %d tokens"
+               % (per_batch, prompt, new))
+    else:
+        read = max(_positive(max_positions), AUTO_READ_SERVER)
+        how = "auto: no workload given, max(max_position_embeddings, %d)" % AUTO_READ_SERVER
+    interval = _positive(interval)
+    if interval:
+        read = -(-read // interval) * interval
+    if read >= capacity:
+        return None, "%s, not below the cache's %d tokens" % (how, capacity)
+    return read, how
+
+
+def apply_read_budget(cache, cb_config):
+    """Give a cache kvshim manages its read budget: cache.num_pages and
+    cache.kvshim_read_tokens become R, cache.kvshim_read_how says how it
+    was chosen. Returns R, or None where transformers' sizing stands (R not
+    below the capacity, KVSHIM_CB_READ_TOKENS=off or malformed, or a piece
+    not wired, with a warning for the last two)."""
+    missing = _NEEDED - _wired
+    if missing:
+        _warn_once("wired", "transformers continuous batching not as expected (%s not wired): "
+                   "its static batch buffers are sized for the whole cache"
+                   % ", ".join(sorted(missing)))
+        return None
+    try:
+        setting = read_tokens_setting(os.environ.get(READ_TOKENS_VAR))
+    except ValueError as e:
+        _warn_once("setting", "%s: transformers' static batch buffers are sized for the whole "
+                   "cache" % e)
+        return None
+    try:
+        capacity = int(cache.num_pages)
+        int(cache.block_size)
+        max_positions = getattr(cache.config, "max_position_embeddings", None)
+    except (AttributeError, TypeError, ValueError) as e:
+        _warn_once("cache", "transformers continuous batching not as expected (%s): its static "
+                   "batch buffers are sized for the whole cache" % e)
+        return None
+    read, how = choose_read_tokens(
+        setting, capacity, getattr(_building, "hints", None),
+        getattr(cb_config, "max_requests_per_batch", None), max_positions,
+        getattr(cb_config, "kv_padding_interval_size", 0))
+    cache.kvshim_read_how = how
+    if read is None:
+        return None
+    cache.num_pages = read
+    cache.kvshim_read_tokens = read
+    return read
+
+
+def fit_request(state, read, how=""):
+    """Check a request against the read budget as it joins the scheduler.
+    Raises ValueError for one whose prompt and max_new_tokens pass R: the
+    scheduler skips a request whose past tokens pass its budget (it would
+    wait forever), and a longer one would pass the key length batches are
+    padded to (capped at R). A request without max_new_tokens is made to
+    stop at R tokens."""
+    prompt = len(state.initial_tokens)
+    new = state.max_new_tokens
+    if new is not None and prompt + new <= read:
+        return
+    if new is None and prompt <= read:
+        limit = getattr(state, "_new_tokens_limit", None)
+        if not isinstance(limit, int):
+            _warn_once("unbounded", "transformers: a request without max_new_tokens waits "
+                       "forever once it passes %d tokens (%s)" % (read, READ_TOKENS_VAR))
+        elif limit > read - prompt:
+            state._new_tokens_limit = read - prompt
+            _warn_once("unbounded", "transformers: requests without max_new_tokens stop at %d "
+                       "tokens, the most one batch reads (%s; %s)" % (read, how, READ_TOKENS_VAR))
+        return
+    raise ValueError("kvshim: request %s of %d prompt tokens and %s new ones passes the %d KV "
+                     "tokens one batch reads (%s): it could never be scheduled; set %s higher"
+                     % (state.request_id, prompt, "unlimited" if new is None else new, read,
+                        how, READ_TOKENS_VAR))
+
+
+# ---- the static buffers -------------------------------------------------------
+
+class _ReadBudgetView:
+    """The cache as ContinuousBatchingIOs sizes its buffers from it: its
+    num_blocks covers the read budget; everything else is the cache's."""
+
+    def __init__(self, cache, read):
+        self._cache = cache
+        self.num_blocks = -(-read // cache.block_size)
+
+    def __getattr__(self, name):
+        return getattr(self._cache, name)
+
+
+def _mask_in_place(torch, orig):
+    """transformers' build_attention_mask writing each request's block in
+    place (fill, then triu): no [seqlen_q, seqlen_k] temporaries. Sliding
+    windows go to the original."""
+    @functools.wraps(orig)
+    def build_attention_mask(attention_mask, cumulative_seqlens_q, cumulative_seqlens_k,
+                             sliding_window=1):
+        if sliding_window > 1:
+            return orig(attention_mask, cumulative_seqlens_q, cumulative_seqlens_k,
+                        sliding_window)
+        low = torch.finfo(attention_mask.dtype).min
+        for i in range(len(cumulative_seqlens_q) - 1):
+            q0, q1 = cumulative_seqlens_q[i], cumulative_seqlens_q[i + 1]
+            k0, k1 = cumulative_seqlens_k[i], cumulative_seqlens_k[i + 1]
+            diagonal = (k1 - k0) - (q1 - q0) + 1 if 1 <= q1 - q0 < k1 - k0 else 1
+            block = attention_mask[..., q0:q1, k0:k1]
+            block.fill_(low)
+            block.triu_(diagonal)
+        return None
+    return build_attention_mask
+
+
+# requests of (query, key) lengths covering prefill, chunked prefill and decode
+_MASK_PROBES = (([0, 3, 4, 9], [0, 5, 9, 14]), ([0, 4], [0, 4]), ([0, 1, 2, 5], [0, 7, 8, 11]))
+
+
+def _same_masks(torch, orig, mine):
+    """Whether mine writes the masks orig writes, on small CPU masks."""
+    for q, k in _MASK_PROBES:
+        theirs = torch.zeros((1, 1, q[-1], k[-1] + 3), dtype=torch.bfloat16)
+        ours = theirs.clone()
+        orig(theirs, q, k, 1)
+        mine(ours, q, k, 1)
+        if not torch.equal(theirs, ours):
+            return False
+    return True
+
+
+_MASK_PARAMS = ["attention_mask", "cumulative_seqlens_q", "cumulative_seqlens_k", "sliding_window"]
+
+
+def _patch_mask(mod):
+    orig = getattr(mod, "build_attention_mask", None)
+    torch = getattr(mod, "torch", None)
+    try:
+        params = list(inspect.signature(orig).parameters)
+    except (TypeError, ValueError):
+        params = None
+    why = None
+    if torch is None or params != _MASK_PARAMS:
+        why = "build_attention_mask%s" % (" takes %s" % params if params else " not found")
+    else:
+        mine = _mask_in_place(torch, orig)
+        try:
+            same = _same_masks(torch, orig, mine)
+        except Exception as e:  # a probe that cannot run says no
+            same, why = False, "build_attention_mask probe failed: %s" % e
+        if same:
+            mod.build_attention_mask = mine
+            return
+        why = why or "build_attention_mask builds other masks"
+    warn("transformers continuous batching not as expected (%s): attention masks are built "
+         "with transformers' temporaries" % why)
+
+
+def patch_io_module(mod):
+    """ContinuousBatchingIOs sizes its static buffers for the cache's read
+    budget (kvshim_read_tokens) instead of its capacity; masks are built in
+    place."""
+    cls = getattr(mod, "ContinuousBatchingIOs", None)
+    orig = getattr(cls, "_setup_static_tensors", None)
+    if not callable(orig):
+        warn("transformers continuous batching not as expected (no ContinuousBatchingIOs."
+             "_setup_static_tensors): its static batch buffers are sized for the whole cache")
+        return
+    if vars(cls).get("_kvshim_patched"):
+        return
+
+    @functools.wraps(orig)
+    def _setup_static_tensors(self, *args, **kwargs):
+        cache = getattr(self, "cache", None)
+        read = getattr(cache, "kvshim_read_tokens", None)
+        if read is None:
+            return orig(self, *args, **kwargs)
+        self.cache = _ReadBudgetView(cache, read)
+        try:
+            return orig(self, *args, **kwargs)
+        finally:
+            self.cache = cache
+
+    cls._setup_static_tensors = _setup_static_tensors
+    cls._kvshim_patched = True
+    _wired.add("io")
+    _patch_mask(mod)
+
+
+# ---- the warm-up --------------------------------------------------------------
+
+@contextlib.contextmanager
+def _warmup_on_padding(cache):
+    """While transformers warms up: a fake request's block table names the
+    write-trash block (the last padding block, backed with the cache, which
+    padding tokens write and nothing reads as KV) for every block it asks
+    for, and the block manager gives nothing. Yields False, changing
+    nothing, when the cache's layer groups keep no block tables."""
+    try:
+        trash = int(cache.num_blocks) + 1
+        block_size = int(cache.block_size)
+        groups = list(cache.group_cache_managers)
+        tables = [cm.block_table for cm in groups]
+    except (AttributeError, TypeError, ValueError):
+        tables = None
+    if not tables or not all(isinstance(t, dict) for t in tables):
+        yield False
+        return
+    # a sliding window's table is indexed over the whole window
+    least = [-(-_positive(getattr(cm, "sliding_window", 0)) // block_size) for cm in groups]
+
+    def allocate_blocks(n_blocks, request_id, allocated_blocks):
+        for table, n in zip(tables, least):
+            table.setdefault(request_id, []).extend([trash] * max(n_blocks, n))
+        return n_blocks
+
+    def free_blocks(request_id):
+        for table in tables:
+            table.pop(request_id, None)
+
+    saved = {name: vars(cache).get(name, _MISSING) for name in ("allocate_blocks", "free_blocks")}
+    cache.allocate_blocks, cache.free_blocks = allocate_blocks, free_blocks
+    try:
+        yield True
+    finally:
+        for name, value in saved.items():
+            if value is _MISSING:
+                delattr(cache, name)
+            else:
+                setattr(cache, name, value)
+
+
+_WARMUP_PARAMS = ["self", "model", "num_q_tokens", "max_kv_read"]
+
+
+def patch_runner_module(mod):
+    """ModelRunner.run_one_warmup, on a cache kvshim manages, warms up with a
+    request of R tokens instead of the whole cache (padded, its reads fill
+    the buffers as the largest batch does) and runs on the padding block."""
+    cls = getattr(mod, "ModelRunner", None)
+    orig = getattr(cls, "run_one_warmup", None)
+    try:
+        params = list(inspect.signature(orig).parameters)
+    except (TypeError, ValueError):
+        params = None
+    if params != _WARMUP_PARAMS:
+        warn("transformers continuous batching not as expected (ModelRunner.run_one_warmup %s): "
+             "the warm-up backs every block it reads" % ("takes %s" % params if params
+                                                         else "not found"))
+        return
+    if vars(cls).get("_kvshim_patched"):
+        return
+
+    @functools.wraps(orig)
+    def run_one_warmup(self, model, num_q_tokens, max_kv_read):
+        cache = getattr(self, "cache", None)
+        if getattr(cache, "kvshim_tracker", None) is None:
+            return orig(self, model=model, num_q_tokens=num_q_tokens, max_kv_read=max_kv_read)
+        if max_kv_read is not None:
+            # transformers warms up with a request of the whole cache
+            # (num_pages - num_q_tokens cached, num_q_tokens new): one of R
+            max_kv_read = min(max_kv_read, max(cache.num_pages - num_q_tokens, 0))
+        with _warmup_on_padding(cache) as on_padding:
+            if not on_padding:
+                _warn_once("warmup", "transformers continuous batching not as expected (no "
+                           "block tables): the warm-up backs the blocks it reads")
+            return orig(self, model=model, num_q_tokens=num_q_tokens, max_kv_read=max_kv_read)
+
+    cls.run_one_warmup = run_one_warmup
+    cls._kvshim_patched = True
+    _wired.add("runner")
+
+
+# ---- requests and workloads -----------------------------------------------------
+
+def patch_scheduler_module(mod):
+    """Scheduler.add_waiting_request checks each request against the read
+    budget (fit_request); transformers fails one it refuses, with the
+    message, as a request it cannot take."""
+    cls = getattr(mod, "Scheduler", None)
+    orig = getattr(cls, "add_waiting_request", None)
+    if not callable(orig):
+        warn("transformers continuous batching not as expected (no Scheduler."
+             "add_waiting_request): its static batch buffers are sized for the whole cache")
+        return
+    if vars(cls).get("_kvshim_patched"):
+        return
+
+    @functools.wraps(orig)
+    def add_waiting_request(self, state, *args, **kwargs):
+        cache = getattr(self, "cache", None)
+        read = getattr(cache, "kvshim_read_tokens", None)
+        if read is not None:
+            fit_request(state, read, getattr(cache, "kvshim_read_how", ""))
+        return orig(self, state, *args, **kwargs)
+
+    cls.add_waiting_request = add_waiting_request
+    cls._kvshim_patched = True
+    _wired.add("scheduler")
+
+
+def patch_manager(mod):
+    """ContinuousBatchingManager keeps the workload hints generate_batch
+    passes it, for the read budget of the cache it builds."""
+    cls = getattr(mod, "ContinuousBatchingManager", None)
+    init = getattr(cls, "__init__", None)
+    create = getattr(cls, "_create_batch_processor", None)
+    try:
+        sig = inspect.signature(init)
+    except (TypeError, ValueError):
+        sig = None
+    if sig is None or "workload_hints" not in sig.parameters or not callable(create):
+        warn("transformers continuous batching not as expected (no workload hints): the read "
+             "budget is chosen without generate_batch's workload")
+        return
+    if vars(cls).get("_kvshim_hints_patched"):
+        return
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        try:
+            hints = sig.bind(self, *args, **kwargs).arguments.get("workload_hints")
+        except TypeError:
+            hints = None
+        self._kvshim_hints = hints
+
+    @functools.wraps(create)
+    def _create_batch_processor(self, *args, **kwargs):
+        _building.hints = getattr(self, "_kvshim_hints", None)
+        try:
+            return create(self, *args, **kwargs)
+        finally:
+            _building.hints = None
+
+    cls.__init__ = __init__
+    cls._create_batch_processor = _create_batch_processor
+    cls._kvshim_hints_patched = True
