@@ -1,14 +1,21 @@
 /*
- * share.c - see share.h.
+ * share.c - see share.h: a process's handle on the segment (opening,
+ * setting up, its slot) and the budget (take, give, ask, figures). The
+ * segment file's primitives (locks, slots read with bounds, the header,
+ * the trust rule) are in segment.c.
+ *
+ * Every figure another process wrote is loaded once, atomically, and kept
+ * within bounds before use; this process's own slot is written from its
+ * own copies and never read back. Calls on one handle take its mutex: its
+ * locks belong to one open file description, which two threads would
+ * share (one thread's unlock would drop the other's lock).
  */
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -16,230 +23,44 @@
 
 #include "kvshim.h"
 #include "log.h"
+#include "segment.h"
 #include "share.h"
 
+#define LOAD(p) __atomic_load_n((p), __ATOMIC_SEQ_CST)
+#define STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_SEQ_CST)
+
+/* A second: how long the update lock counts as stuck after a wait for it
+ * ran out (meanwhile a call tries for KV_SHARE_STUCK_WAIT_MS only). */
+#define STUCK_NS 1000000000ull
+
 struct kv_share_handle_s {
+	pthread_mutex_t mu;      /* one call at a time (see the top) */
 	struct kv_share *sh;
+	int fd;                  /* -1 in a forked child: the handle is inert */
 	int slot;
-	char name[128];
+	unsigned mode;
+	uint64_t budget;         /* this process's: stands in for a bad header's */
+	uint64_t device_bytes;
+	/* this process's figures, published from here */
+	uint64_t held, mapped, cached, pooled, reserved, min, max, trimmed;
+	uint64_t last_ns;
+	uint64_t seq;            /* its slot's sequence number, even */
+	uint64_t stuck_until;    /* CLOCK_MONOTONIC ns, 0: the lock is not stuck */
+	int warned;              /* a slot's figures were found out of bounds */
+	char path[192];
+	struct kv_share_handle_s *next;   /* the open handles, for fork */
 };
 
-/* The start time of process pid (clock ticks since boot), or 0. */
-static uint64_t proc_start(pid_t pid)
-{
-	char path[64], buf[1024], *p;
-	unsigned long long start = 0;
-	size_t n;
-	FILE *f;
-	int field;
-
-	snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-	f = fopen(path, "r");
-	if (!f)
-		return 0;
-	n = fread(buf, 1, sizeof(buf) - 1, f);
-	fclose(f);
-	buf[n] = '\0';
-	/* fields after the command, which may hold spaces and parentheses */
-	p = strrchr(buf, ')');
-	if (!p)
-		return 0;
-	for (field = 2; p && field < 22; field++)
-		p = strchr(p + 1, ' ');
-	if (p)
-		sscanf(p + 1, "%llu", &start);
-	return start;
-}
-
-static uint64_t now_ns(void)
-{
-	struct timespec ts;
-
-	clock_gettime(CLOCK_REALTIME, &ts);
-	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
-}
-
-/* This process's pid namespace, 0 if unknown. */
-static uint64_t own_pidns(void)
-{
-	struct stat st;
-
-	return stat("/proc/self/ns/pid", &st) == 0 ? (uint64_t)st.st_ino : 0;
-}
-
-/*
- * Whether the slot's process still runs. Only a process of our own pid
- * namespace can be judged (containers may share /dev/shm, not pids), and
- * one whose start time cannot be read (/proc mounted with hidepid) counts
- * as alive: a live process's slot must never be taken.
- */
-static int alive(const struct kv_share_slot *sl)
-{
-	uint64_t ns = own_pidns(), start;
-
-	if (sl->pid <= 0)
-		return 0;
-	if (sl->pidns && ns && sl->pidns != ns)
-		return 1;
-	if (kill(sl->pid, 0) < 0 && errno == ESRCH)
-		return 0;
-	start = proc_start(sl->pid);
-	return start == 0 || start == sl->start;
-}
-
-/* Free the slots of processes that are gone; their pages went with them. */
-static void reap(struct kv_share *sh)
-{
-	unsigned i;
-
-	for (i = 0; i < KV_SHARE_SLOTS; i++) {
-		if (sh->slot[i].pid && !alive(&sh->slot[i])) {
-			kv_info("share: process %d is gone: its %llu bytes are free",
-				(int)sh->slot[i].pid,
-				(unsigned long long)sh->slot[i].held);
-			memset(&sh->slot[i], 0, sizeof(sh->slot[i]));
-		}
-	}
-}
-
-/* Lock the segment, recovering it from a holder that died. */
-static int lock(struct kv_share *sh)
-{
-	int r = pthread_mutex_lock(&sh->lock);
-
-	if (r == EOWNERDEAD) {
-		kv_warn("share: a process died holding the lock: recovered");
-		pthread_mutex_consistent(&sh->lock);
-		reap(sh);
-		r = 0;
-	}
-	if (r) {
-		kv_error("share: cannot lock the segment: %s", strerror(r));
-		return KVSHIM_ESTATE;
-	}
-	return 0;
-}
-
-int kv_share_check(const struct kv_share *sh, size_t len, const char **why)
-{
-	unsigned i;
-
-	if (len != sizeof(*sh)) {
-		*why = "its size is not this kvshim's";
-		return KVSHIM_ESTATE;
-	}
-	if (sh->magic != KV_SHARE_MAGIC) {
-		*why = "it is not a kvshim segment (bad magic)";
-		return KVSHIM_ESTATE;
-	}
-	if (sh->version != KV_SHARE_VERSION || sh->size != sizeof(*sh) ||
-	    sh->nslots != KV_SHARE_SLOTS) {
-		*why = "it was made by another version of kvshim";
-		return KVSHIM_ESTATE;
-	}
-	if (!sh->budget || sh->budget > 4 * sh->device_bytes) {
-		*why = "its budget is out of range";
-		return KVSHIM_ESTATE;
-	}
-	for (i = 0; i < KV_SHARE_SLOTS; i++) {
-		const struct kv_share_slot *sl = &sh->slot[i];
-
-		if (sl->pid < 0 || sl->held > 4 * sh->device_bytes ||
-		    sl->mapped > sl->held || sl->cached > sl->mapped ||
-		    (sl->max && sl->min > sl->max) ||
-		    memchr(sl->cmd, '\0', sizeof(sl->cmd)) == NULL) {
-			*why = "a process slot holds impossible figures";
-			return KVSHIM_ESTATE;
-		}
-	}
-	return 0;
-}
-
-static int init_segment(struct kv_share *sh, uint64_t budget,
-			uint64_t device_bytes, unsigned mode, const char *name)
-{
-	pthread_mutexattr_t ma;
-	int r;
-
-	memset(sh, 0, sizeof(*sh));
-	pthread_mutexattr_init(&ma);
-	pthread_mutexattr_setpshared(&ma, PTHREAD_PROCESS_SHARED);
-	pthread_mutexattr_setrobust(&ma, PTHREAD_MUTEX_ROBUST);
-	r = pthread_mutex_init(&sh->lock, &ma);
-	pthread_mutexattr_destroy(&ma);
-	if (r)
-		return KVSHIM_ENOMEM;
-	sh->version = KV_SHARE_VERSION;
-	sh->size = sizeof(*sh);
-	sh->nslots = KV_SHARE_SLOTS;
-	sh->mode = mode;
-	sh->budget = budget ? budget : device_bytes;
-	sh->device_bytes = device_bytes;
-	snprintf(sh->name, sizeof(sh->name), "%s", name);
-	/* the magic last: a segment half set up is never taken for one */
-	__atomic_store_n(&sh->magic, KV_SHARE_MAGIC, __ATOMIC_RELEASE);
-	return 0;
-}
-
-static int segment_name(char *out, size_t len, const char *uuid, const char *pool)
-{
-	const char *p;
-
-	for (p = pool; p && *p; p++)
-		if (!isalnum((unsigned char)*p) && *p != '-' && *p != '_')
-			return KVSHIM_EINVAL;
-	if (!uuid || !*uuid || (pool && strlen(pool) > 48))
-		return KVSHIM_EINVAL;
-	snprintf(out, len, "/kvshim-%s%s%s", uuid, pool && *pool ? "-" : "",
-		 pool ? pool : "");
-	return 0;
-}
-
-/* Map the segment behind fd, creating it if it is new, and check it.
- * Serialized against other openers by flock. */
-static int map_segment(int fd, const char *name, uint64_t budget,
-		       uint64_t device_bytes, unsigned mode, struct kv_share **out)
-{
-	struct kv_share *sh;
-	const char *why = NULL;
-	struct stat st;
-	int rc = 0, fresh;
-
-	if (flock(fd, LOCK_EX) < 0 || fstat(fd, &st) < 0)
-		return KVSHIM_ESTATE;
-	fresh = st.st_size == 0;
-	if (fresh && ftruncate(fd, sizeof(*sh)) < 0) {
-		flock(fd, LOCK_UN);
-		return KVSHIM_ENOMEM;
-	}
-	if (!fresh && (size_t)st.st_size != sizeof(*sh)) {
-		kv_error("share: refusing /dev/shm%s: its size is not this kvshim's", name);
-		flock(fd, LOCK_UN);
-		return KVSHIM_ESTATE;
-	}
-	sh = mmap(NULL, sizeof(*sh), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-	if (sh == MAP_FAILED) {
-		flock(fd, LOCK_UN);
-		return KVSHIM_ENOMEM;
-	}
-	if (fresh)
-		rc = init_segment(sh, budget, device_bytes, mode, name);
-	else if (kv_share_check(sh, sizeof(*sh), &why)) {
-		kv_error("share: refusing /dev/shm%s: %s", name, why);
-		rc = KVSHIM_ESTATE;
-	}
-	flock(fd, LOCK_UN);
-	if (rc) {
-		munmap(sh, sizeof(*sh));
-		return rc;
-	}
-	*out = sh;
-	return 0;
-}
+/* What the other processes hold, take, keep by their floors and could
+ * give back, summed without wrapping. */
+struct sums {
+	uint64_t held, pending, floors, givable;
+	int clamped;
+};
 
 static void own_command(char *out, size_t len)
 {
-	FILE *f = fopen("/proc/self/comm", "r");
+	FILE *f = fopen("/proc/self/comm", "re");
 
 	out[0] = '\0';
 	if (f) {
@@ -250,68 +71,485 @@ static void own_command(char *out, size_t len)
 	out[strcspn(out, "\n")] = '\0';
 }
 
+/* ---- the update lock, this process's slot, the sums --------------------------- */
+
+/*
+ * Take the update lock (F_WRLCK to take budget, F_RDLCK to read), waiting
+ * KV_SHARE_LOCK_WAIT_MS at most, or KV_SHARE_STUCK_WAIT_MS while it was
+ * lately found stuck. Going on without it is safe (see share.h) and
+ * logged once per episode. Returns 1 when held, 0 when going on without.
+ */
+static int update_lock(kv_share_t *s, short type)
+{
+	uint64_t t = kv_seg_mono_ns();
+	unsigned ms = t < s->stuck_until ? KV_SHARE_STUCK_WAIT_MS : KV_SHARE_LOCK_WAIT_MS;
+
+	if (kv_seg_lock_wait(s->fd, type, KV_SHARE_LOCK_UPDATE, ms) == 0) {
+		if (s->stuck_until) {
+			kv_info("share: %s: its lock is free again", s->path);
+			s->stuck_until = 0;
+		}
+		return 1;
+	}
+	if (errno != EAGAIN)
+		kv_warn("share: %s: cannot lock it (%s): going on without the lock",
+			s->path, strerror(errno));
+	else if (!s->stuck_until)
+		kv_warn("share: %s: its lock has been held for over %d ms (a stopped or hung process?): going on without it",
+			s->path, KV_SHARE_LOCK_WAIT_MS);
+	s->stuck_until = kv_seg_mono_ns() + STUCK_NS;
+	return 0;
+}
+
+static void update_unlock(kv_share_t *s, int locked)
+{
+	if (locked)
+		kv_seg_lock(s->fd, F_UNLCK, KV_SHARE_LOCK_UPDATE);
+}
+
+/* Write this process's figures into its slot, every one of them, so that
+ * a slot another member rewrote is repaired; its sequence number is odd
+ * meanwhile (see share.h), and written from this process's own count. */
+static void publish(kv_share_t *s)
+{
+	struct kv_share_slot *me = &s->sh->slot[s->slot];
+
+	STORE(&me->seq, s->seq + 1);
+	STORE(&me->mapped, s->mapped);
+	STORE(&me->cached, s->cached);
+	STORE(&me->pooled, s->pooled);
+	STORE(&me->reserved, s->reserved);
+	STORE(&me->held, s->held);
+	STORE(&me->pending, 0);
+	STORE(&me->min, s->min);
+	STORE(&me->max, s->max);
+	STORE(&me->trimmed, s->trimmed);
+	STORE(&me->last_ns, s->last_ns);
+	STORE(&me->pid, (int32_t)getpid());
+	STORE(&me->state, KV_SLOT_USED);
+	s->seq += 2;
+	STORE(&me->seq, s->seq);
+}
+
+/* Publish the bytes this process is taking (0: none). */
+static void set_pending(kv_share_t *s, uint64_t bytes)
+{
+	struct kv_share_slot *me = &s->sh->slot[s->slot];
+
+	STORE(&me->seq, s->seq + 1);
+	STORE(&me->pending, bytes);
+	s->seq += 2;
+	STORE(&me->seq, s->seq);
+}
+
+/* The budget: the segment's, or this process's where the header's is out
+ * of range (zero, or more than four times this device). */
+static uint64_t budget_of(kv_share_t *s)
+{
+	uint64_t b = LOAD(&s->sh->budget);
+
+	if (!b || b / 4 > s->device_bytes) {
+		kv_warn("share: %s: its budget (%llu) is out of range: counting with this process's (%llu)",
+			s->path, (unsigned long long)b, (unsigned long long)s->budget);
+		return s->budget;
+	}
+	return b;
+}
+
+/* Sum the other used slots' figures into t (cap: the budget). */
+static void others(kv_share_t *s, uint64_t cap, struct sums *t)
+{
+	unsigned i;
+
+	memset(t, 0, sizeof(*t));
+	for (i = 0; i < KV_SHARE_SLOTS; i++) {
+		const struct kv_share_slot *sl = &s->sh->slot[i];
+		struct kv_seg_fig f;
+		uint64_t has;
+
+		if ((int)i == s->slot || LOAD(&sl->state) == KV_SLOT_FREE)
+			continue;
+		kv_seg_load(sl, cap, &f);
+		t->held = kv_seg_sat_add(t->held, f.held);
+		t->pending = kv_seg_sat_add(t->pending, f.pending);
+		has = kv_seg_sat_add(f.held, f.pending);
+		if (f.min > has)
+			t->floors = kv_seg_sat_add(t->floors, f.min - has);
+		t->givable = kv_seg_sat_add(t->givable, kv_seg_givable(&f));
+		t->clamped |= f.clamped;
+	}
+	if (t->clamped && !s->warned) {
+		s->warned = 1;
+		kv_warn("share: %s: a process's slot holds figures out of bounds: counted as at most the budget",
+			s->path);
+	}
+}
+
+/* ---- opening ------------------------------------------------------------------ */
+
+/* Write a fresh header (magic last, release) for s; slots of processes
+ * gone are freed first, those of live ones kept. Set-up lock held. */
+static void init_header(kv_share_t *s, const char *name)
+{
+	struct kv_share *sh = s->sh;
+	unsigned i;
+
+	STORE(&sh->magic, 0);
+	kv_seg_reap_all(s->fd, sh, -1, s->path);
+	sh->major = KV_SHARE_MAJOR;
+	sh->minor = KV_SHARE_MINOR;
+	STORE(&sh->size, (uint32_t)sizeof(*sh));
+	STORE(&sh->nslots, KV_SHARE_SLOTS);
+	STORE(&sh->slot_size, (uint32_t)sizeof(struct kv_share_slot));
+	STORE(&sh->mode, s->mode);
+	STORE(&sh->flags, 0);
+	STORE(&sh->budget, s->budget);
+	STORE(&sh->device_bytes, s->device_bytes);
+	STORE(&sh->created_ns, kv_seg_realtime_ns());
+	memset(sh->name, 0, sizeof(sh->name));
+	snprintf(sh->name, sizeof(sh->name), "%s", name);
+	for (i = 0; i < sizeof(sh->spare) / sizeof(sh->spare[0]); i++)
+		STORE(&sh->spare[i], 0);
+	__atomic_store_n(&sh->magic, KV_SHARE_MAGIC, __ATOMIC_RELEASE);
+}
+
+static int map_segment(kv_share_t *s)
+{
+	void *p;
+
+	if (s->sh)
+		return 0;
+	p = mmap(NULL, sizeof(*s->sh), PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+	if (p == MAP_FAILED) {
+		kv_error("share: cannot map %s: %s", s->path, strerror(errno));
+		return KVSHIM_ENOMEM;
+	}
+	/* a child forked without exec gets no copy: a mapping holds the file
+	 * open, and with it the slot's lock, for as long as it lives */
+	madvise(p, sizeof(*s->sh), MADV_DONTFORK);
+	s->sh = p;
+	return 0;
+}
+
+/*
+ * Make a segment under a temporary name, set it up whole, and link it into
+ * place: no process ever finds a new segment half made. Losing the race to
+ * another creator is no error: the caller opens theirs. Returns 0 or
+ * KVSHIM_ESTATE / KVSHIM_ENOMEM (logged).
+ */
+static int create_segment(kv_share_t *s, const char *name)
+{
+	static unsigned seq;
+	char tmp[224];
+	int fd, rc = 0;
+
+	snprintf(tmp, sizeof(tmp), "%s/.kvshim-new-%d-%u", KV_SHARE_DIR, (int)getpid(),
+		 __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED));
+	fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		kv_error("share: cannot create %s: %s", tmp, strerror(errno));
+		return KVSHIM_ESTATE;
+	}
+	if (fchmod(fd, s->mode) < 0 || ftruncate(fd, sizeof(*s->sh)) < 0) {
+		kv_error("share: cannot set %s up: %s", tmp, strerror(errno));
+		rc = errno == ENOSPC || errno == ENOMEM ? KVSHIM_ENOMEM : KVSHIM_ESTATE;
+		goto out;
+	}
+	s->fd = fd;
+	rc = map_segment(s);
+	if (!rc) {
+		init_header(s, name);
+		munmap(s->sh, sizeof(*s->sh));
+		s->sh = NULL;
+	}
+	s->fd = -1;
+	if (!rc && link(tmp, s->path) < 0 && errno != EEXIST) {
+		kv_error("share: cannot create %s: %s", s->path, strerror(errno));
+		rc = KVSHIM_ESTATE;
+	}
+	if (!rc)
+		kv_debug("share: %s set up", s->path);
+out:
+	unlink(tmp);
+	close(fd);
+	return rc;
+}
+
+/* Whether a mapped segment's header can be used as it is: its layout
+ * fields and its budget in range. Returns 1 or 0. */
+static int sound(const kv_share_t *s)
+{
+	uint64_t b = LOAD(&s->sh->budget);
+
+	return kv_seg_layout_ok(s->sh) && b && b / 4 <= s->device_bytes;
+}
+
+/*
+ * Make the trusted segment behind s->fd usable: join a sound one at once;
+ * under the set-up lock, set up one found half made (a creator killed
+ * before its header was written: zero magic) and repair header fields
+ * this major fixes (layout, an out-of-range budget); refuse another kind
+ * of file, another major or size. Returns 0 with s->sh mapped, or
+ * KVSHIM_ESTATE / KVSHIM_ENOMEM (logged).
+ */
+static int settle(kv_share_t *s, const char *name)
+{
+	struct kv_share head;
+	struct stat st;
+	const char *why;
+	int rc;
+
+	if (fstat(s->fd, &st) < 0)
+		return KVSHIM_ESTATE;
+	kv_seg_read_head(s->fd, &head);
+	if (!kv_seg_head_check(&head, (size_t)st.st_size, &why)) {
+		rc = map_segment(s);
+		if (rc)
+			return rc;
+		if (sound(s))
+			goto joined;
+	}
+	if (kv_seg_lock_wait(s->fd, F_WRLCK, KV_SHARE_LOCK_INIT, KV_SHARE_INIT_WAIT_MS) < 0) {
+		kv_error("share: refusing %s: another process has been setting it up for over %d ms",
+			 s->path, KV_SHARE_INIT_WAIT_MS);
+		return KVSHIM_ESTATE;
+	}
+	rc = KVSHIM_ESTATE;
+	if (fstat(s->fd, &st) < 0)
+		goto unlock;
+	kv_seg_read_head(s->fd, &head);
+	if (head.magic == 0) {
+		if ((size_t)st.st_size != sizeof(*s->sh) &&
+		    ftruncate(s->fd, sizeof(*s->sh)) < 0) {
+			kv_error("share: cannot set %s up again: %s", s->path, strerror(errno));
+			goto unlock;
+		}
+		rc = map_segment(s);
+		if (rc)
+			goto unlock;
+		kv_warn("share: %s was left half made (its creator died?): set up again",
+			s->path);
+		init_header(s, name);
+		goto unlock;
+	}
+	if (kv_seg_head_check(&head, (size_t)st.st_size, &why)) {
+		kv_error("share: refusing %s: %s", s->path, why);
+		goto unlock;
+	}
+	rc = map_segment(s);
+	if (rc)
+		goto unlock;
+	if (!sound(s)) {
+		kv_warn("share: %s: its header was damaged (layout or budget): repaired",
+			s->path);
+		STORE(&s->sh->size, (uint32_t)sizeof(*s->sh));
+		STORE(&s->sh->nslots, KV_SHARE_SLOTS);
+		STORE(&s->sh->slot_size, (uint32_t)sizeof(struct kv_share_slot));
+		if (!LOAD(&s->sh->budget) || LOAD(&s->sh->budget) / 4 > s->device_bytes)
+			STORE(&s->sh->budget, s->budget);
+	}
+unlock:
+	kv_seg_lock(s->fd, F_UNLCK, KV_SHARE_LOCK_INIT);
+	if (rc)
+		return rc;
+joined:
+	if (s->sh->minor > KV_SHARE_MINOR)
+		kv_info("share: %s is a version %u.%u segment, newer than this kvshim's %u.%u: joined",
+			s->path, (unsigned)s->sh->major, (unsigned)s->sh->minor,
+			KV_SHARE_MAJOR, KV_SHARE_MINOR);
+	return 0;
+}
+
+/*
+ * Open the segment's file (creating it if there is none), never following
+ * a link nor blocking on a FIFO, and check that it is to be trusted.
+ * Returns 0 with s->fd open (O_CLOEXEC), or KVSHIM_ESTATE / KVSHIM_ENOMEM
+ * (logged).
+ */
+static int open_file(kv_share_t *s, const char *name)
+{
+	char why[320];
+	struct stat st;
+	int tries, rc;
+
+	for (tries = 0; tries < 8; tries++) {
+		s->fd = open(s->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+		if (s->fd >= 0 || errno != ENOENT)
+			break;
+		rc = create_segment(s, name);
+		if (rc)
+			return rc;
+	}
+	if (s->fd < 0) {
+		kv_seg_open_failed(s->path, errno, why, sizeof(why));
+		kv_error("share: refusing %s: %s", s->path, why);
+		return KVSHIM_ESTATE;
+	}
+	if (fstat(s->fd, &st) < 0 || !kv_seg_join_rule(&st, s->mode, why, sizeof(why))) {
+		kv_error("share: refusing %s: %s", s->path, why);
+		return KVSHIM_ESTATE;
+	}
+	return 0;
+}
+
+/* Take a free slot: the first whose lock nobody holds (a used one's
+ * process is gone: its figures are cleared). Returns 0 or KVSHIM_ESTATE. */
+static int claim_slot(kv_share_t *s)
+{
+	struct kv_share_slot *sl;
+	unsigned i;
+
+	for (i = 0; i < KV_SHARE_SLOTS; i++) {
+		if (kv_seg_lock(s->fd, F_WRLCK, KV_SHARE_LOCK_SLOT0 + i) == 0)
+			break;
+		if (errno != EAGAIN && errno != EACCES) {
+			kv_error("share: cannot lock %s (%s): open file description locks need Linux 3.15 or later",
+				 s->path, strerror(errno));
+			return KVSHIM_ESTATE;
+		}
+	}
+	if (i == KV_SHARE_SLOTS) {
+		kv_error("share: %s has no free slot (%d processes)", s->path,
+			 KV_SHARE_SLOTS);
+		return KVSHIM_ESTATE;
+	}
+	sl = &s->sh->slot[i];
+	if (LOAD(&sl->state) != KV_SLOT_FREE)
+		kv_info("share: %s: process %d is gone: its %llu bytes are free",
+			s->path, (int)LOAD(&sl->pid),
+			(unsigned long long)LOAD(&sl->held));
+	kv_seg_clear(sl);
+	s->seq = LOAD(&sl->seq) & ~1ull;
+	s->slot = (int)i;
+	STORE(&sl->pidns, kv_seg_pidns());
+	own_command(sl->cmd, sizeof(sl->cmd));
+	s->last_ns = kv_seg_realtime_ns();
+	publish(s);
+	return 0;
+}
+
+/* ---- the open handles, for fork -------------------------------------------- */
+
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+static kv_share_t *reg_head;
+static pthread_once_t reg_once = PTHREAD_ONCE_INIT;
+
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&reg_lock);
+}
+
+static void fork_parent(void)
+{
+	pthread_mutex_unlock(&reg_lock);
+}
+
+/* In a child forked without exec, the parent's slots are the parent's:
+ * their descriptors close (the mappings were not copied: MADV_DONTFORK),
+ * so that the parent's death frees its slot however long the child lives,
+ * and the handles go inert. */
+static void fork_child(void)
+{
+	kv_share_t *s;
+
+	for (s = reg_head; s; s = s->next) {
+		close(s->fd);
+		s->fd = -1;
+		s->sh = NULL;
+	}
+	pthread_mutex_unlock(&reg_lock);
+}
+
+static void reg_init(void)
+{
+	pthread_atfork(fork_prepare, fork_parent, fork_child);
+}
+
+static void reg_add(kv_share_t *s)
+{
+	pthread_once(&reg_once, reg_init);
+	pthread_mutex_lock(&reg_lock);
+	s->next = reg_head;
+	reg_head = s;
+	pthread_mutex_unlock(&reg_lock);
+}
+
+static void reg_remove(kv_share_t *s)
+{
+	kv_share_t **p;
+
+	pthread_mutex_lock(&reg_lock);
+	for (p = &reg_head; *p; p = &(*p)->next) {
+		if (*p == s) {
+			*p = s->next;
+			break;
+		}
+	}
+	pthread_mutex_unlock(&reg_lock);
+}
+
+/* ---- the interface ---------------------------------------------------------- */
+
 int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 		  uint64_t device_bytes, uint64_t min, uint64_t max,
 		  unsigned mode, kv_share_t **out)
 {
+	const char *why;
 	kv_share_t *s;
-	unsigned i;
-	int fd, rc;
+	int rc;
 
-	if (!out || !device_bytes || (max && min > max) || (mode & ~0777u))
+	if (!out || !device_bytes || (max && min > max))
 		return KVSHIM_EINVAL;
+	if (!kv_share_mode_ok(mode, &why)) {
+		kv_error("share: segment mode 0%03o: %s", mode, why);
+		return KVSHIM_EINVAL;
+	}
+	if (!budget)
+		budget = device_bytes;
+	if (budget / 4 > device_bytes) {
+		kv_error("share: a budget of %llu bytes is more than four times the device's %llu",
+			 (unsigned long long)budget, (unsigned long long)device_bytes);
+		return KVSHIM_EINVAL;
+	}
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return KVSHIM_ENOMEM;
-	rc = segment_name(s->name, sizeof(s->name), uuid, pool);
-	if (rc)
-		goto fail;
-	fd = shm_open(s->name, O_RDWR | O_CREAT | O_EXCL, mode);
-	if (fd >= 0)
-		fchmod(fd, mode);       /* not the umask's idea of it */
-	else if (errno == EEXIST)
-		fd = shm_open(s->name, O_RDWR, 0);
-	if (fd < 0) {
-		kv_error("share: cannot open /dev/shm%s: %s", s->name, strerror(errno));
-		rc = KVSHIM_ESTATE;
-		goto fail;
-	}
-	rc = map_segment(fd, s->name, budget, device_bytes, mode, &s->sh);
-	close(fd);
-	if (rc)
-		goto fail;
-	rc = lock(s->sh);
-	if (rc)
-		goto unmap;
-	reap(s->sh);
+	s->fd = -1;
 	s->slot = -1;
-	for (i = 0; i < KV_SHARE_SLOTS && s->slot < 0; i++)
-		if (!s->sh->slot[i].pid)
-			s->slot = (int)i;
-	if (s->slot >= 0) {
-		struct kv_share_slot *sl = &s->sh->slot[s->slot];
+	s->mode = mode;
+	s->budget = budget;
+	s->device_bytes = device_bytes;
+	s->min = min;
+	s->max = max;
+	if (pthread_mutex_init(&s->mu, NULL)) {
+		free(s);
+		return KVSHIM_ENOMEM;
+	}
+	rc = kv_share_path(s->path, sizeof(s->path), uuid, pool);
+	if (rc) {
+		char b1[160], b2[160];
 
-		memset(sl, 0, sizeof(*sl));
-		sl->pid = getpid();
-		sl->start = proc_start(getpid());
-		sl->pidns = own_pidns();
-		own_command(sl->cmd, sizeof(sl->cmd));
-		sl->min = min;
-		sl->max = max;
-		sl->last_ns = now_ns();
+		kv_error("share: no segment name from GPU UUID \"%s\" and pool \"%s\": a pool name is letters, digits, - and _, at most 48",
+			 kv_log_escape(uuid ? uuid : "", b1, sizeof(b1)),
+			 kv_log_escape(pool ? pool : "", b2, sizeof(b2)));
+		goto fail;
 	}
-	pthread_mutex_unlock(&s->sh->lock);
-	if (s->slot < 0) {
-		kv_error("share: /dev/shm%s has no free slot (%d processes)", s->name,
-			 KV_SHARE_SLOTS);
-		rc = KVSHIM_ESTATE;
-		goto unmap;
-	}
+	rc = open_file(s, s->path + strlen(KV_SHARE_DIR));
+	if (!rc)
+		rc = settle(s, s->path + strlen(KV_SHARE_DIR));
+	if (!rc)
+		rc = claim_slot(s);
+	if (rc)
+		goto fail;
+	reg_add(s);
 	*out = s;
 	return 0;
-unmap:
-	munmap(s->sh, sizeof(*s->sh));
 fail:
+	if (s->sh)
+		munmap(s->sh, sizeof(*s->sh));
+	if (s->fd >= 0)
+		close(s->fd);
+	pthread_mutex_destroy(&s->mu);
 	free(s);
 	return rc;
 }
@@ -320,79 +558,104 @@ void kv_share_close(kv_share_t *s)
 {
 	if (!s)
 		return;
-	if (lock(s->sh) == 0) {
-		memset(&s->sh->slot[s->slot], 0, sizeof(s->sh->slot[0]));
-		pthread_mutex_unlock(&s->sh->lock);
+	reg_remove(s);
+	if (s->fd >= 0) {
+		pthread_mutex_lock(&s->mu);
+		kv_seg_clear(&s->sh->slot[s->slot]);
+		pthread_mutex_unlock(&s->mu);
+		close(s->fd);           /* the kernel drops the slot's lock */
+		pthread_mutex_destroy(&s->mu);
 	}
-	munmap(s->sh, sizeof(*s->sh));
+	if (s->sh)
+		munmap(s->sh, sizeof(*s->sh));
 	free(s);
 }
 
-static uint64_t total_held(const struct kv_share *sh)
+/* Whether bytes more for this process fit beside the others' sums t.
+ * Returns 1 or 0. */
+static int fits(const kv_share_t *s, const struct sums *t, uint64_t cap,
+		uint64_t bytes, int with_pending)
 {
-	uint64_t t = 0;
-	unsigned i;
+	uint64_t used = kv_seg_sat_add(kv_seg_sat_add(t->held, t->floors),
+				with_pending ? t->pending : 0);
 
-	for (i = 0; i < KV_SHARE_SLOTS; i++)
-		if (sh->slot[i].pid)
-			t += sh->slot[i].held;
-	return t;
-}
-
-/* What a process would give back on request: its idle pages, down to its
- * floor. Lock held. */
-static uint64_t givable(const struct kv_share_slot *sl)
-{
-	uint64_t idle = sl->cached + sl->pooled;
-	uint64_t spare = sl->held > sl->min ? sl->held - sl->min : 0;
-
-	return idle < spare ? idle : spare;
-}
-
-/* The budget the other processes' floors keep for them: what each holds
- * short of its floor. Lock held. */
-static uint64_t floors_unmet(const struct kv_share *sh, int me)
-{
-	uint64_t kept = 0;
-	unsigned i;
-
-	for (i = 0; i < KV_SHARE_SLOTS; i++) {
-		const struct kv_share_slot *sl = &sh->slot[i];
-
-		if ((int)i != me && sl->pid && sl->min > sl->held)
-			kept += sl->min - sl->held;
-	}
-	return kept;
+	return used <= cap && kv_seg_sat_add(s->held, bytes) <= cap - used;
 }
 
 /* Ask the others for need bytes of their idle pages, above their floors.
- * Returns the bytes asked for. */
-static uint64_t ask(struct kv_share *sh, int me, uint64_t need)
+ * Returns the bytes asked for (or already on their way). */
+static uint64_t ask(kv_share_t *s, uint64_t cap, uint64_t need)
 {
 	uint64_t asked = 0;
 	unsigned i;
 
 	for (i = 0; i < KV_SHARE_SLOTS && asked < need; i++) {
-		struct kv_share_slot *sl = &sh->slot[i];
-		uint64_t want;
+		struct kv_share_slot *sl = &s->sh->slot[i];
+		uint64_t want, req;
+		struct kv_seg_fig f;
 
-		if ((int)i == me || !sl->pid)
+		if ((int)i == s->slot || LOAD(&sl->state) == KV_SLOT_FREE)
 			continue;
-		want = givable(sl);
-		if (want > sl->trim_request) {
-			want -= sl->trim_request;
-			if (want > need - asked)
-				want = need - asked;
-			sl->trim_request += want;
-			asked += want;
-		} else {
-			asked += want;   /* already asked: it is on its way */
+		kv_seg_load(sl, cap, &f);
+		want = kv_seg_givable(&f);
+		req = f.trim_request;
+		if (want > req) {
+			want = kv_seg_min(want - req, need - asked);
+			/* one try: a request changing meanwhile is another
+			 * asker's, and this one's share of it will come */
+			__atomic_compare_exchange_n(&sl->trim_request, &req,
+						    kv_seg_sat_add(req, want), 0,
+						    __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
 		}
+		asked = kv_seg_sat_add(asked, want);
 	}
 	return asked;
 }
 
-static int take(kv_share_t *s, uint64_t bytes, int may_ask);
+/*
+ * Take bytes for this process: publish them as pending, then count what
+ * the others hold and take (see share.h), reaping the dead when short.
+ * Returns 0, KV_SHARE_WAIT or KVSHIM_ELIMIT (see kv_share_take).
+ */
+static int take(kv_share_t *s, uint64_t bytes, int may_ask)
+{
+	struct sums t;
+	uint64_t cap, over;
+	int locked, rc;
+
+	if (s->fd < 0)
+		return KVSHIM_ESTATE;
+	pthread_mutex_lock(&s->mu);
+	if (s->max && (bytes > s->max || s->held > s->max - bytes)) {
+		pthread_mutex_unlock(&s->mu);
+		return KVSHIM_ELIMIT;
+	}
+	locked = update_lock(s, F_WRLCK);
+	cap = budget_of(s);
+	set_pending(s, bytes);
+	others(s, cap, &t);
+	if (!fits(s, &t, cap, bytes, 1) &&
+	    kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
+		others(s, cap, &t);
+	if (fits(s, &t, cap, bytes, 1)) {
+		s->held += bytes;
+		s->last_ns = kv_seg_realtime_ns();
+		publish(s);     /* held, then pending back to zero */
+		rc = 0;
+	} else {
+		set_pending(s, 0);
+		over = kv_seg_sat_add(kv_seg_sat_add(t.held, t.floors),
+				      kv_seg_sat_add(t.pending, kv_seg_sat_add(s->held, bytes)));
+		over = over > cap ? over - cap : 0;
+		if (may_ask && fits(s, &t, cap, bytes, 0))
+			rc = KV_SHARE_WAIT;     /* others are taking: look again */
+		else
+			rc = may_ask && ask(s, cap, over) ? KV_SHARE_WAIT : KVSHIM_ELIMIT;
+	}
+	update_unlock(s, locked);
+	pthread_mutex_unlock(&s->mu);
+	return rc;
+}
 
 int kv_share_take(kv_share_t *s, uint64_t bytes)
 {
@@ -404,114 +667,89 @@ int kv_share_take_spare(kv_share_t *s, uint64_t bytes)
 	return take(s, bytes, 0);
 }
 
-static int take(kv_share_t *s, uint64_t bytes, int may_ask)
-{
-	struct kv_share *sh = s->sh;
-	struct kv_share_slot *me;
-	uint64_t total;
-	int rc;
-
-	rc = lock(sh);
-	if (rc)
-		return rc;
-	me = &sh->slot[s->slot];
-	if (me->max && me->held + bytes > me->max) {
-		pthread_mutex_unlock(&sh->lock);
-		return KVSHIM_ELIMIT;
-	}
-	/* the others' floors are budget they may claim at any time */
-	total = total_held(sh) + floors_unmet(sh, s->slot);
-	if (total + bytes > sh->budget) {
-		reap(sh);
-		total = total_held(sh) + floors_unmet(sh, s->slot);
-	}
-	if (total + bytes <= sh->budget) {
-		me->held += bytes;
-		me->last_ns = now_ns();
-		rc = 0;
-	} else {
-		rc = may_ask && ask(sh, s->slot, total + bytes - sh->budget) ?
-		     KV_SHARE_WAIT : KVSHIM_ELIMIT;
-	}
-	pthread_mutex_unlock(&sh->lock);
-	return rc;
-}
-
 void kv_share_give(kv_share_t *s, uint64_t bytes)
 {
-	struct kv_share_slot *me;
-
-	if (lock(s->sh))
+	if (s->fd < 0)
 		return;
-	me = &s->sh->slot[s->slot];
-	me->held = me->held > bytes ? me->held - bytes : 0;
-	me->last_ns = now_ns();
-	pthread_mutex_unlock(&s->sh->lock);
+	pthread_mutex_lock(&s->mu);
+	s->held = s->held > bytes ? s->held - bytes : 0;
+	s->mapped = kv_seg_min(s->mapped, s->held);
+	s->cached = kv_seg_min(s->cached, s->mapped);
+	s->pooled = kv_seg_min(s->pooled, s->held);
+	s->last_ns = kv_seg_realtime_ns();
+	publish(s);
+	pthread_mutex_unlock(&s->mu);
 }
 
 uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
 			 uint64_t pooled, uint64_t reserved)
 {
-	struct kv_share_slot *me;
 	uint64_t req;
 
-	if (lock(s->sh))
+	if (s->fd < 0)
 		return 0;
-	me = &s->sh->slot[s->slot];
-	me->mapped = mapped < me->held ? mapped : me->held;
-	me->cached = cached < me->mapped ? cached : me->mapped;
-	me->pooled = pooled;
-	me->reserved = reserved;
-	req = me->trim_request;
-	me->trim_request = 0;
-	pthread_mutex_unlock(&s->sh->lock);
+	pthread_mutex_lock(&s->mu);
+	s->mapped = kv_seg_min(mapped, s->held);
+	s->cached = kv_seg_min(cached, s->mapped);
+	s->pooled = kv_seg_min(pooled, s->held);
+	s->reserved = reserved;
+	req = __atomic_exchange_n(&s->sh->slot[s->slot].trim_request, 0,
+				  __ATOMIC_SEQ_CST);
+	publish(s);
+	/* never below the floor: a request read off a stale figure (asked
+	 * again before this process's last trim was published) is cut */
+	req = kv_seg_min(req, s->held > s->min ? s->held - s->min : 0);
+	pthread_mutex_unlock(&s->mu);
 	return req;
 }
 
 void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled)
 {
-	struct kv_share_slot *me;
-
-	if (lock(s->sh))
+	if (s->fd < 0)
 		return;
-	me = &s->sh->slot[s->slot];
-	me->pooled = pooled;
-	me->cached = cached;
-	if (me->mapped < cached)
-		me->mapped = cached;
-	if (me->mapped > me->held)
-		me->mapped = me->held;
-	if (me->cached > me->mapped)
-		me->cached = me->mapped;
-	me->last_ns = now_ns();
-	pthread_mutex_unlock(&s->sh->lock);
+	pthread_mutex_lock(&s->mu);
+	s->pooled = kv_seg_min(pooled, s->held);
+	if (s->mapped < cached)
+		s->mapped = cached;
+	s->mapped = kv_seg_min(s->mapped, s->held);
+	s->cached = kv_seg_min(cached, s->mapped);
+	s->last_ns = kv_seg_realtime_ns();
+	publish(s);
+	pthread_mutex_unlock(&s->mu);
 }
 
-void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others,
+void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,
 		      uint64_t *room)
 {
-	uint64_t kept;
-	unsigned i;
+	uint64_t cap, kept;
+	struct sums t;
+	int locked;
 
-	*budget = *others = *room = 0;
-	if (lock(s->sh))
+	*budget = *others_out = *room = 0;
+	if (s->fd < 0)
 		return;
-	*budget = s->sh->budget;
-	*others = total_held(s->sh) - s->sh->slot[s->slot].held;
-	/* the others keep what they use and their floors; their idle pages
-	 * come back on request */
-	kept = *others + floors_unmet(s->sh, s->slot);
-	for (i = 0; i < KV_SHARE_SLOTS; i++)
-		if ((int)i != s->slot && s->sh->slot[i].pid)
-			kept -= givable(&s->sh->slot[i]);
-	*room = *budget > kept ? *budget - kept : 0;
-	pthread_mutex_unlock(&s->sh->lock);
+	pthread_mutex_lock(&s->mu);
+	kv_seg_reap_all(s->fd, s->sh, s->slot, s->path);
+	locked = update_lock(s, F_RDLCK);
+	cap = budget_of(s);
+	others(s, cap, &t);
+	update_unlock(s, locked);
+	pthread_mutex_unlock(&s->mu);
+	*budget = cap;
+	*others_out = t.held;
+	/* the others keep what they use, take and keep by their floors;
+	 * their idle pages come back on request */
+	kept = kv_seg_sat_add(kv_seg_sat_add(t.held, t.pending), t.floors);
+	kept = kept > t.givable ? kept - t.givable : 0;
+	*room = cap > kept ? cap - kept : 0;
 }
 
 void kv_share_trimmed(kv_share_t *s, uint64_t bytes)
 {
-	if (lock(s->sh))
+	if (s->fd < 0)
 		return;
-	s->sh->slot[s->slot].trimmed += bytes;
-	pthread_mutex_unlock(&s->sh->lock);
+	pthread_mutex_lock(&s->mu);
+	s->trimmed = kv_seg_sat_add(s->trimmed, bytes);
+	publish(s);
+	pthread_mutex_unlock(&s->mu);
 }

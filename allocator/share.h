@@ -8,29 +8,66 @@
  * them; when the budget is held by others, it asks those with idle pages
  * (cached or pooled, above their floor) to trim, and waits a bounded time.
  *
- * The lock is a robust process-shared mutex: a process killed while
- * holding it leaves it recoverable. A process that died leaves its slot,
- * which the next look reclaims (its pages went with it). The segment is
- * checked (magic, version, size, slot count, sane figures) every time it is
- * opened; a segment that fails is refused, never trusted.
+ * Every member can write all of the segment, so nothing in it is trusted:
+ * it holds numbers only (no pointer, no lock state), each read with bounds,
+ * and sums saturate. The locks are the kernel's: open-file-description locks
+ * (F_OFD_SETLK) on byte ranges of the segment's file, held through a
+ * descriptor opened O_CLOEXEC, so the kernel drops them when their process
+ * dies or execs, whatever pid namespace it lives in:
+ *   - each process holds its slot's lock for its whole life: a slot whose
+ *     lock nobody holds belongs to no process, and is reclaimed by whoever
+ *     looks at the budget next;
+ *   - taking budget holds the update lock; a process that cannot have it
+ *     within KV_SHARE_LOCK_WAIT_MS (its holder stopped or hung) goes on
+ *     without it, safely: a taker first publishes what it wants (pending),
+ *     then counts everyone's held and pending bytes, so two takers without
+ *     the lock can both fail, never both pass over the budget;
+ *   - a slot's writer (its process, or whoever reclaims it) makes its
+ *     sequence number odd while it changes the slot: a reader that finds
+ *     every slot's number even and unchanged around its reads has the
+ *     figures of one instant;
+ *   - setting a segment up or repairing it holds the set-up lock. A new
+ *     segment is made under a temporary name and linked into place whole;
+ *     one found half made (its header zero) is set up again.
+ * A segment is joined only if it is a regular file owned by this user with
+ * exactly the mode this process would give it, or, with a group mode (e.g.
+ * KVSHIM_SHARE_MODE=0660), owned by a group this process is in with that
+ * mode. README.md ("Sharing one GPU") states the trust model.
  */
 #ifndef KV_SHARE_H
 #define KV_SHARE_H
 
-#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
-#define KV_SHARE_MAGIC 0x315348535653564bULL   /* "KVSVSHS1" */
-#define KV_SHARE_VERSION 1
+#define KV_SHARE_MAGIC 0x315348535653564bULL   /* "KVSVSHS1", every version */
+#define KV_SHARE_MAJOR 2       /* another major is refused */
+#define KV_SHARE_MINOR 0       /* a newer minor only gives meaning to spare fields */
 #define KV_SHARE_SLOTS 64
+#define KV_SHARE_DIR "/dev/shm"
 
+/* Byte offsets of the segment file's locks (ranges of one byte; a lock's
+ * range is only a name: nothing is written through it). */
+#define KV_SHARE_LOCK_INIT 0       /* setting the segment up or repairing it */
+#define KV_SHARE_LOCK_UPDATE 1     /* write: taking budget; read: a snapshot */
+#define KV_SHARE_LOCK_SLOT0 64     /* + i: slot i's process, for its life */
+
+/* How long a process waits for the update lock before it goes on without
+ * it, and, for the second after that happened, how long it tries again. */
+#define KV_SHARE_LOCK_WAIT_MS 100
+#define KV_SHARE_STUCK_WAIT_MS 2
+/* How long an opener waits for another process setting the segment up. */
+#define KV_SHARE_INIT_WAIT_MS 1000
+
+enum { KV_SLOT_FREE = 0, KV_SLOT_USED = 1 };
+
+/* Fixed-size fields only, naturally aligned: the same bytes on every ABI. */
 struct kv_share_slot {
-	int32_t pid;             /* 0: free */
-	uint32_t pad;
-	uint64_t start;          /* the process's start time, against pid reuse */
-	char cmd[64];
+	uint32_t state;          /* KV_SLOT_*: set by the slot lock's holder */
+	int32_t pid;             /* in its own pid namespace: shown, never used */
+	uint64_t pidns;          /* that namespace's inode, 0 if unknown */
 	uint64_t held;           /* bytes of physical pages it holds */
+	uint64_t pending;        /* bytes it is taking: counted as held */
 	uint64_t mapped;         /* of those, mapped into spans (cached too) */
 	uint64_t cached;
 	uint64_t pooled;
@@ -39,21 +76,29 @@ struct kv_share_slot {
 	uint64_t last_ns;        /* CLOCK_REALTIME of its last change */
 	uint64_t trim_request;   /* bytes others ask it to give back */
 	uint64_t trimmed;        /* bytes it gave back on request */
-	uint64_t pidns;          /* its pid namespace (inode), 0 if unknown */
+	char cmd[64];
+	uint64_t seq;            /* odd while the slot's writer changes it */
+	uint64_t spare[5];       /* zero; a newer minor may use them */
 };
 
 struct kv_share {
-	uint64_t magic;
-	uint32_t version;
-	uint32_t size;           /* sizeof(struct kv_share) */
+	uint64_t magic;          /* written last: a segment half set up has none */
+	uint16_t major, minor;
+	uint32_t size;           /* sizeof(struct kv_share) of its major */
 	uint32_t nslots;
-	uint32_t mode;
+	uint32_t slot_size;
+	uint32_t mode;           /* the mode its creator asked for */
+	uint32_t flags;          /* zero; a newer minor may use it */
 	uint64_t budget;         /* bytes all processes may hold together */
-	uint64_t device_bytes;
+	uint64_t device_bytes;   /* the creator's device: shown, never used */
+	uint64_t created_ns;     /* CLOCK_REALTIME */
 	char name[128];
-	pthread_mutex_t lock;    /* robust, process-shared */
+	uint64_t spare[17];      /* zero; a newer minor may use them */
 	struct kv_share_slot slot[KV_SHARE_SLOTS];
 };
+
+_Static_assert(sizeof(struct kv_share_slot) == 216, "slot layout");
+_Static_assert(sizeof(struct kv_share) == 320 + 64 * 216, "segment layout");
 
 typedef struct kv_share_handle_s kv_share_t;
 
@@ -62,33 +107,40 @@ typedef struct kv_share_handle_s kv_share_t;
  * pool name (may be NULL), and take a slot for this process. budget is
  * the bytes all processes may hold (0: device_bytes); a segment that
  * exists keeps its budget. min and max are this process's floor and
- * ceiling (max 0: none). Returns 0, KVSHIM_EINVAL, KVSHIM_ESTATE (the
- * segment is corrupt, of another version, or full) or KVSHIM_ENOMEM.
+ * ceiling (max 0: none). mode: owner rw, nothing for others to write.
+ * Each refusal is logged with the path, and for a segment not trusted its
+ * owner and mode. Returns 0, KVSHIM_EINVAL (bad arguments), KVSHIM_ESTATE
+ * (the segment is not to be trusted, of another major version, not a kvshim
+ * segment, or full) or KVSHIM_ENOMEM.
  */
 int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 		  uint64_t device_bytes, uint64_t min, uint64_t max,
 		  unsigned mode, kv_share_t **out);
+
+/* Give the slot back and close. In a child forked from the opener, only
+ * frees the child's copy: the slot is the parent's. */
 void kv_share_close(kv_share_t *s);
 
 /*
  * Take bytes of budget for new pages. The others' floors count as held:
  * a process below its floor can always grow to it. Returns 0; KVSHIM_ELIMIT
  * when this process's ceiling forbids it; or KV_SHARE_WAIT when others
- * hold the budget with idle pages: they have been asked to trim, and the
- * caller should try again shortly. When nobody can give way, KVSHIM_ELIMIT.
+ * hold the budget with idle pages (they have been asked to trim) or are
+ * taking budget themselves: the caller should try again shortly. When
+ * nobody can give way, KVSHIM_ELIMIT; in a forked child, KVSHIM_ESTATE.
  */
 #define KV_SHARE_WAIT 2
 int kv_share_take(kv_share_t *s, uint64_t bytes);
 
 /* kv_share_take for pages not needed yet (refilling the pool): never asks
- * others to trim; KVSHIM_ELIMIT when the budget is short. */
+ * others to trim. Returns 0 or KVSHIM_ELIMIT when the budget is short. */
 int kv_share_take_spare(kv_share_t *s, uint64_t bytes);
 
 /* Give bytes of budget back (pages released). */
 void kv_share_give(kv_share_t *s, uint64_t bytes);
 
-/* Publish this process's figures, and read the bytes others ask it to
- * trim (the request is cleared). */
+/* Publish this process's figures; returns the bytes others ask it to
+ * trim (the request is cleared), at most what it holds above its floor. */
 uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
 			 uint64_t pooled, uint64_t reserved);
 
@@ -98,14 +150,67 @@ void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled);
 
 /* The pool's budget, the bytes the other processes hold now, and the most
  * this process could hold: the budget less what the others use and what
- * their floors keep for them (their idle pages come back on request). */
+ * their floors keep for them (their idle pages come back on request).
+ * Slots of processes that are gone are reclaimed first. */
 void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others,
 		      uint64_t *room);
 
 /* Record bytes given back on request. */
 void kv_share_trimmed(kv_share_t *s, uint64_t bytes);
 
-/* Check a mapped segment: 0, or KVSHIM_ESTATE with *why set. */
+/* Check a segment's header (magic, version, layout). Slots are never a
+ * reason to refuse: they are read with bounds. Returns 0, or KVSHIM_ESTATE
+ * with *why set (why may name both versions: it points to a buffer of
+ * this thread's that the next call reuses). */
 int kv_share_check(const struct kv_share *sh, size_t len, const char **why);
+
+/* ---- reading segments from outside (kvshim-config --segments, tests) ---- */
+
+struct kv_share_proc {
+	unsigned slot;
+	int pid;                 /* in its own pid namespace */
+	int other_pidns;         /* 1: not the reader's pid namespace */
+	int alive;               /* 1: a process holds the slot's lock */
+	int clamped;             /* 1: a figure was out of bounds */
+	char cmd[4 * 64 + 1];    /* printable ASCII: other bytes as \xNN */
+	uint64_t held, pending, mapped, cached, pooled, reserved;
+	uint64_t min, max, last_ns, trim_request, trimmed;
+};
+
+struct kv_share_info {
+	unsigned major, minor;
+	unsigned uid, gid, mode; /* the file's owner, group and permissions */
+	int joinable;            /* 1: this process's rule would join it */
+	char why_not[320];       /* if not, why (the rule, owner and mode) */
+	int locked;              /* 1: read under the update lock */
+	int exact;               /* 1: the figures are one instant's (no slot
+				  * changed while they were read) */
+	unsigned reaped;         /* slots of dead processes reclaimed now */
+	uint64_t budget, device_bytes;
+	char name[4 * 128 + 1];  /* printable, as cmd */
+	uint64_t held, pending, mapped, cached, pooled; /* the live processes' */
+	unsigned nprocs;         /* used slots, live or not, in proc[] */
+	struct kv_share_proc proc[KV_SHARE_SLOTS];
+};
+
+/*
+ * Read the segment at path without joining it: never blocks on a file
+ * that is not regular, never trusts a figure. mode is the KVSHIM_SHARE_MODE
+ * this process would join with (for joinable). With reap, slots of dead
+ * processes are reclaimed where this process may join and write it.
+ * Returns 0, or KVSHIM_ESTATE (not a regular file, not a kvshim segment,
+ * another major version, unreadable) with *why set as kv_share_check's.
+ */
+int kv_share_read(const char *path, unsigned mode, int reap,
+		  struct kv_share_info *out, const char **why);
+
+/* The path of the segment for uuid and pool (may be NULL) into out (len
+ * bytes). Returns 0 or KVSHIM_EINVAL (no uuid, or a pool name that is not
+ * letters, digits, - and _ up to 48 characters). */
+int kv_share_path(char *out, size_t len, const char *uuid, const char *pool);
+
+/* Whether mode is one a segment may have: owner read and write, no write
+ * for others, nothing above 0777. Returns 1, or 0 with *why set. */
+int kv_share_mode_ok(unsigned mode, const char **why);
 
 #endif /* KV_SHARE_H */

@@ -15,6 +15,7 @@
 #include "config.h"
 #include "kvshim.h"
 #include "log.h"
+#include "share.h"
 
 #define KV_ENTRY(NAME, field, parser, def, meaning) { #NAME, def, meaning },
 const struct kv_config_var kv_config_vars[] = {
@@ -302,7 +303,9 @@ static int parse_size_zero_off(const char *s, size_t *out, const char **why)
 	return 0;
 }
 
-/* Octal permissions that let the owner read and write: 0600 to 0777. */
+/* Octal permissions that let the owner read and write (0600 to 0777) and
+ * no other user write (kv_share_mode_ok): a segment every local user could
+ * write is never made nor joined. */
 static int parse_mode(const char *s, unsigned *out, const char **why)
 {
 	unsigned long long v;
@@ -312,6 +315,8 @@ static int parse_mode(const char *s, unsigned *out, const char **why)
 		*why = "expected octal permissions from 0600 to 0777 (the owner reads and writes)";
 		return KVSHIM_ECONFIG;
 	}
+	if (!kv_share_mode_ok((unsigned)v, why))
+		return KVSHIM_ECONFIG;
 	*out = (unsigned)v;
 	return 0;
 }

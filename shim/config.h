@@ -45,7 +45,7 @@
 	X(MAX, max, size_zero_off, "off",                                    \
 	  "this process's ceiling in the shared budget; off: none") \
 	X(SHARE_MODE, share_mode, mode, "0600",                              \
-	  "permissions of a segment this process creates (octal; 0660 or 0666 to share across users)") \
+	  "permissions of a segment this process creates, and the only ones it joins (octal, owner rw, no write for others; 0660: shared with the group)") \
 	X(CB_READ_TOKENS, cb_read_tokens, tokens, "auto",                    \
 	  "transformers continuous batching: the most KV tokens one step reads, which sizes its attention mask and index buffers: auto (from the workload), off (the whole cache, transformers' own size) or a number of tokens (K, M suffixes)")
 

@@ -2,7 +2,8 @@
  * config_main.c - kvshim-config: what kvshim-run asks before it starts
  * anything. --check reads every KVSHIM_* variable as the library will and
  * exits 64 naming the first malformed one; --print also lists the
- * effective configuration, one variable a line.
+ * effective configuration, one variable a line; --segments lists the
+ * shared budget segments (segments.c).
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -10,14 +11,16 @@
 
 #include "config.h"
 #include "log.h"
+#include "segments.h"
 
 #define KV_EXIT_CONFIG 64
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: kvshim-config --check | --print\n"
+	fprintf(f, "usage: kvshim-config --check | --print | --segments [--json] [--pool NAME]\n"
 		"  --check  validate the KVSHIM_* variables of the environment (exit 64 if one is malformed)\n"
-		"  --print  validate, then print every variable's effective value and meaning\n");
+		"  --print  validate, then print every variable's effective value and meaning\n"
+		"  --segments  list the shared budget segments in /dev/shm (JSON with --json)\n");
 }
 
 int main(int argc, char **argv)
@@ -26,6 +29,8 @@ int main(int argc, char **argv)
 	size_t i;
 	int rc, print;
 
+	if (argc >= 2 && !strcmp(argv[1], "--segments"))
+		return kv_segments_main(argc, argv);
 	if (argc != 2 || (strcmp(argv[1], "--check") && strcmp(argv[1], "--print"))) {
 		usage(argc == 2 && !strcmp(argv[1], "--help") ? stdout : stderr);
 		return argc == 2 && !strcmp(argv[1], "--help") ? 0 : 2;

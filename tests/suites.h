@@ -26,6 +26,7 @@ Suite *preload_suite(void);
 Suite *got_suite(void);
 Suite *group_suite(void);
 Suite *share_suite(void);
+Suite *share_trust_suite(void);
 Suite *hooks_suite(void);
 
 /* Options for a test allocator: no worker and an empty pool unless a test

@@ -295,7 +295,10 @@ def child(model_name, graphs, out):
     class Seen(logging.Handler):
         def emit(self, record):
             warnings.append(record.getMessage())
-    logging.getLogger("transformers").addHandler(Seen(logging.WARNING))
+    # continuous batching logs through a logger of its own, outside the
+    # "transformers" tree ("Failed to warm up" among its messages)
+    for name in ("transformers", "ContinuousBatchingLogger"):
+        logging.getLogger(name).addHandler(Seen(logging.WARNING))
 
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=32000, max_position_embeddings=4096, **fields)

@@ -1,6 +1,9 @@
 """kvshim-top against a live shared segment, on the CPU emulation: this
 process registers (KVSHIM_SHARE=on, a pool of its own), maps pages, and
-kvshim-top must show it; a corrupted segment is reported, not trusted.
+kvshim-top must show it, read through kvshim-config --segments (the
+library's reader); a corrupted segment is reported, not trusted; a FIFO at
+a segment's path is reported, never waited on; a command name's escape
+sequences never reach the terminal.
 """
 import json
 import os
@@ -18,8 +21,21 @@ TOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scri
 MIB = 1 << 20
 
 
-def top(*args):
-    return subprocess.run([sys.executable, TOP] + list(args), capture_output=True, text=True)
+def top(*args, env=None):
+    return subprocess.run([sys.executable, TOP] + list(args), capture_output=True, text=True,
+                          timeout=60, env=env)
+
+
+# A process that names itself with escape sequences, then joins the pool.
+EVIL = r"""
+import ctypes, sys
+ctypes.CDLL(None).prctl(15, b"\x1b[2J\x1b]0;x\x07ev", 0, 0, 0)
+import kvshim
+span = kvshim.reserve(4 << 20)
+kvshim.map(span, 2 << 20)
+print("ready", flush=True)
+sys.stdin.read()
+"""
 
 
 class TopTest(unittest.TestCase):
@@ -50,7 +66,12 @@ class TopTest(unittest.TestCase):
         self.assertEqual(me["min"], 4 * MIB)
         self.assertEqual(me["max"], 64 * MIB)
         self.assertTrue(me["alive"])
+        self.assertFalse(me["other_pidns"])
         self.assertEqual(segs[0]["held"], 6 * MIB)
+        self.assertEqual(segs[0]["version"], "2.0")
+        self.assertTrue(segs[0]["joinable"])
+        self.assertEqual(segs[0]["mode"], "0600")
+        self.assertEqual(segs[0]["owner"], os.geteuid())
 
     def test_once_prints_a_table(self):
         r = top("--once", "--pool", POOL)
@@ -72,9 +93,47 @@ class TopTest(unittest.TestCase):
         r = top("--once", "--pool", POOL)
         self.assertIn("refused", r.stdout)
 
+    def test_fifo_never_waited_on(self):
+        path = "/dev/shm/kvshim-GPU-fifo-%s" % POOL
+        os.mkfifo(path, 0o600)
+        self.addCleanup(os.unlink, path)
+        r = top("--once", "--pool", POOL)      # the old reader blocked here for ever
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn("FIFO", r.stdout)
+        bad = [s for s in json.loads(top("--json", "--pool", POOL).stdout)["segments"]
+               if s["path"] == path]
+        self.assertIn("not a regular file", bad[0]["error"])
+
+    def test_escapes_never_printed(self):
+        p = subprocess.Popen([sys.executable, "-c", EVIL], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        self.addCleanup(p.stdout.close)
+        self.addCleanup(p.wait)
+        self.addCleanup(p.stdin.close)
+        self.assertEqual(p.stdout.readline().strip(), "ready")
+        r = top("--once", "--pool", POOL)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertNotIn("\x1b", r.stdout)
+        self.assertNotIn("\x07", r.stdout)
+        self.assertIn("\\x1b[2J", r.stdout)
+        procs = json.loads(top("--json", "--pool", POOL).stdout)["segments"][0]["processes"]
+        evil = [q for q in procs if q["pid"] == p.pid]
+        self.assertEqual(evil[0]["command"], "\\x1b[2J\\x1b]0;x\\x07ev")
+
+    def test_no_reader(self):
+        env = dict(os.environ, KVSHIM_CONFIG_BIN="/nonexistent/kvshim-config")
+        r = top("--once", "--pool", POOL, env=env)
+        self.assertEqual(r.returncode, 1)
+        self.assertIn("kvshim-top: ", r.stderr)
+
     def test_bad_arguments(self):
         self.assertEqual(top("--interval", "0").returncode, 2)
         self.assertEqual(top("--bogus").returncode, 2)
+        for args in (["--bogus"], ["--pool"], ["--json", "x"]):
+            r = subprocess.run([os.environ["KVSHIM_CONFIG_BIN"], "--segments"] + args,
+                               capture_output=True, text=True, timeout=60)
+            self.assertEqual(r.returncode, 2, args)
+            self.assertIn("unknown argument", r.stderr)
 
 
 if __name__ == "__main__":

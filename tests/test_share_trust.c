@@ -1,0 +1,1004 @@
+/*
+ * test_share_trust.c - the shared budget against hostile members, other
+ * users, and crashes at bad moments (issue 15): who may join a segment,
+ * that nothing in it is trusted as a pointer, lock state or unbounded
+ * number, that a dead process's budget always comes back (killed in its own
+ * pid namespace, after exec, with a forked child alive), that a half-made
+ * segment is set up again, that a stopped lock holder delays the others a
+ * bounded time, and the segment's versions. Every case runs several
+ * processes on the emulation; the refused ones run in children whose
+ * stderr is checked for the message.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <pwd.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "log.h"
+#include "prim.h"
+#include "share_util.h"
+#include "shim.h"
+
+#define REFUSED 10     /* try_join's exit status for KVSHIM_ESTATE */
+
+struct join {
+	unsigned mode;     /* KVSHIM_SHARE_MODE (0: 0600) */
+	size_t pages;      /* to map once joined */
+	int retry_s;       /* retry a map refused for the budget this long */
+};
+
+/* In a child: join the pool and map j->pages. Returns 0, REFUSED when the
+ * segment was refused, 20 + -code for another error, 1 when the map
+ * failed. */
+static int try_join(void *arg)
+{
+	const struct join *j = arg;
+	kv_alloc_t *b;
+	CUdeviceptr d;
+	int rc = kt_mk(16 * PG, 0, 0, 0, j ? j->mode : 0, &b);
+
+	if (rc == KVSHIM_ESTATE)
+		return REFUSED;
+	if (rc)
+		return 20 - rc;
+	if (j && j->pages) {
+		struct timespec t0;
+
+		clock_gettime(CLOCK_MONOTONIC, &t0);
+		if (kv_alloc_reserve(b, 16 * PG, &d))
+			return 1;
+		while ((rc = kv_alloc_map(b, d, j->pages * PG)) == KVSHIM_ELIMIT &&
+		       kt_ms_since(&t0) < j->retry_s * 1000.0)
+			nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+		if (rc)
+			return 1;
+	}
+	kv_alloc_destroy(b);
+	return 0;
+}
+
+/* Assert that a child joining the pool is refused, with a message naming
+ * the segment and holding each of the words given (NULL-terminated). */
+static void assert_refused(const struct join *j, ...)
+{
+	char err[4096];
+	const char *w;
+	va_list ap;
+	int rc = kt_in_child(try_join, (void *)j, 30, err, sizeof(err));
+
+	ck_assert_msg(rc == REFUSED, "a child was not refused (status %d): %s", rc, err);
+	ck_assert_msg(strstr(err, kt_path), "the refusal does not name %s: %s", kt_path, err);
+	va_start(ap, j);
+	while ((w = va_arg(ap, const char *)))
+		ck_assert_msg(strstr(err, w), "the refusal does not say \"%s\": %s", w, err);
+	va_end(ap);
+}
+
+static void assert_joins(const struct join *j)
+{
+	char err[4096];
+	int rc = kt_in_child(try_join, (void *)j, 30, err, sizeof(err));
+
+	ck_assert_msg(rc == 0, "a child could not join and map (status %d): %s", rc, err);
+}
+
+/* ---- who may join ------------------------------------------------------------- */
+
+/* This user's files that are not what this process would create: another
+ * mode, a symbolic link, a FIFO (never waited on), a directory. */
+START_TEST(test_share_trust_own)
+{
+	struct join j = { 0600, 2, 0 };
+	char owner[64], target[300];
+	int fd;
+
+	kt_new_pool();
+	snprintf(owner, sizeof(owner), "owner uid %u", (unsigned)geteuid());
+	/* a mode others can read (0644 leaks nothing now, but is not 0600) */
+	fd = open(kt_path, O_RDWR | O_CREAT | O_EXCL, 0644);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fchmod(fd, 0644), 0);
+	close(fd);
+	assert_refused(&j, owner, "mode 0644", "0600", NULL);
+	/* the same file with the mode this process asks for is joined */
+	ck_assert_int_eq(chmod(kt_path, 0600), 0);
+	assert_joins(&j);
+	ck_assert_int_eq(unlink(kt_path), 0);
+
+	/* a symbolic link: never followed, its target left alone */
+	snprintf(target, sizeof(target), "%s-target", kt_path);
+	ck_assert_int_eq(symlink(target, kt_path), 0);
+	assert_refused(&j, "symbolic link", NULL);
+	ck_assert_int_eq(access(target, F_OK), -1);
+	ck_assert_int_eq(unlink(kt_path), 0);
+
+	/* a FIFO: refused at once, nothing waits for a writer */
+	ck_assert_int_eq(mkfifo(kt_path, 0600), 0);
+	assert_refused(&j, "FIFO", "not a regular file", NULL);
+	ck_assert_int_eq(unlink(kt_path), 0);
+
+	ck_assert_int_eq(mkdir(kt_path, 0700), 0);
+	assert_refused(&j, "directory", NULL);
+	ck_assert_int_eq(rmdir(kt_path), 0);
+
+	{
+		struct sockaddr_un sa = { .sun_family = AF_UNIX };
+		int sk = socket(AF_UNIX, SOCK_STREAM, 0);
+
+		ck_assert_int_ge(sk, 0);
+		ck_assert_uint_lt(strlen(kt_path), sizeof(sa.sun_path));
+		memcpy(sa.sun_path, kt_path, strlen(kt_path) + 1);
+		ck_assert_int_eq(bind(sk, (struct sockaddr *)&sa, sizeof(sa)), 0);
+		assert_refused(&j, "socket", NULL);
+		close(sk);
+		ck_assert_int_eq(unlink(kt_path), 0);
+	}
+}
+END_TEST
+
+/* A budget beyond four times the device is refused before anything is
+ * made; a segment whose 64 slots are all held refuses a 65th process, by
+ * name, and takes it once one is free. */
+START_TEST(test_share_limits_refused)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
+			    .l_start = KV_SHARE_LOCK_SLOT0, .l_len = KV_SHARE_SLOTS };
+	struct join j = { 0600, 2, 0 };
+	struct kv_alloc_opts o;
+	kv_alloc_t *a = NULL;
+	int fd, st;
+	pid_t pid;
+
+	kt_new_pool();
+	kt_opts(&o);
+	ck_assert_int_eq(kv_alloc_create(&o, &a), 0);
+	o.budget = 5 * kv_alloc_prim(a)->device_bytes;
+	kv_alloc_destroy(a);
+	a = NULL;
+	o.share = 1;
+	o.pool_name = kt_pool;
+	ck_assert_int_eq(kv_alloc_create(&o, &a), KVSHIM_EINVAL);
+	ck_assert_ptr_null(a);
+	ck_assert_int_eq(access(kt_path, F_OK), -1);
+
+	assert_joins(&j);       /* the segment, made */
+	fd = open(kt_path, O_RDWR | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		/* every slot's lock, as 64 live processes would hold them */
+		KT_CHILD_CHECK(fcntl(fd, F_OFD_SETLK, &fl) == 0);
+		raise(SIGSTOP);
+		_exit(0);
+	}
+	close(fd);
+	ck_assert_int_eq(waitpid(pid, &st, WUNTRACED), pid);
+	assert_refused(&j, "no free slot", "64", NULL);
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	assert_joins(&j);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* KVSHIM_SHARE_MODE: owner rw and no write for others, else refused by
+ * name; the allocator refuses such a mode too. */
+START_TEST(test_share_mode_config)
+{
+	static const char *const bad[] = {
+		"0400", "0200", "0000", "0060", "0666", "0602", "0777", "01600",
+		"0999", "abc", "", "-600", "0x180"
+	};
+	static const struct { const char *s; unsigned v; } good[] = {
+		{ "0600", 0600 }, { "600", 0600 }, { "0660", 0660 },
+		{ "0640", 0640 }, { "0700", 0700 }, { "0770", 0770 },
+	};
+	struct kv_alloc_opts o;
+	struct kv_config c;
+	kv_alloc_t *a = NULL;
+	const char *why;
+	size_t i;
+
+	setenv("KVSHIM_LOG", "none", 1);        /* test_share_mode_message reads it */
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		setenv("KVSHIM_SHARE_MODE", bad[i], 1);
+		ck_assert_msg(kv_config_load(&c) == KVSHIM_ECONFIG,
+			      "KVSHIM_SHARE_MODE=%s was taken", bad[i]);
+		ck_assert_uint_eq(c.share_mode, 0600);  /* the default stays */
+	}
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		setenv("KVSHIM_SHARE_MODE", good[i].s, 1);
+		ck_assert_msg(kv_config_load(&c) == 0, "KVSHIM_SHARE_MODE=%s refused", good[i].s);
+		ck_assert_uint_eq(c.share_mode, good[i].v);
+	}
+	unsetenv("KVSHIM_SHARE_MODE");
+	unsetenv("KVSHIM_LOG");
+	kv_log_set_level(KV_LOG_WARN);
+	ck_assert(!kv_share_mode_ok(0400, &why));
+	ck_assert_ptr_nonnull(strstr(why, "read and write"));
+	ck_assert(!kv_share_mode_ok(0666, &why));
+	ck_assert_ptr_nonnull(strstr(why, "every local user"));
+	kt_new_pool();
+	kt_opts(&o);
+	o.share = 1;
+	o.pool_name = kt_pool;
+	o.share_mode = 0666;
+	ck_assert_int_eq(kv_alloc_create(&o, &a), KVSHIM_EINVAL);
+	o.share_mode = 0400;
+	ck_assert_int_eq(kv_alloc_create(&o, &a), KVSHIM_EINVAL);
+	ck_assert_ptr_null(a);
+	ck_assert_int_eq(access(kt_path, F_OK), -1);    /* nothing was made */
+}
+END_TEST
+
+/* The message names the variable and says why. */
+static int load_mode(void *arg)
+{
+	struct kv_config c;
+
+	setenv("KVSHIM_SHARE_MODE", arg, 1);
+	return kv_config_load(&c) == KVSHIM_ECONFIG ? 0 : 1;
+}
+
+START_TEST(test_share_mode_message)
+{
+	char err[1024];
+
+	ck_assert_int_eq(kt_in_child(load_mode, "0400", 30, err, sizeof(err)), 0);
+	ck_assert_msg(strstr(err, "KVSHIM_SHARE_MODE=0400") && strstr(err, "owner"),
+		      "no message naming the variable: %s", err);
+	ck_assert_int_eq(kt_in_child(load_mode, "0666", 30, err, sizeof(err)), 0);
+	ck_assert_msg(strstr(err, "KVSHIM_SHARE_MODE=0666") && strstr(err, "every local user"),
+		      "no message naming the variable: %s", err);
+}
+END_TEST
+
+/* A uid no one uses, for a second user (root only). Returns it, or 0. */
+static uid_t spare_uid(void)
+{
+	uid_t u;
+
+	for (u = 40000 + (uid_t)(getpid() % 5000); u < 50000; u++)
+		if (!getpwuid(u))
+			return u;
+	return 0;
+}
+
+struct as_user {
+	uid_t uid;
+	gid_t gid;
+	int what;        /* PLANT_EMPTY, PLANT_COPY, CREATE_GROUP, JOIN */
+	const void *copy;
+	size_t copy_len;
+	int ctl;         /* CREATE_GROUP: 'r' written here once joined */
+	int wait;        /* CREATE_GROUP: read here before leaving */
+};
+
+enum { PLANT_EMPTY, PLANT_COPY, CREATE_GROUP, JOIN };
+
+/* In a child: become the second user, then plant a file (mode 0666) at the
+ * segment's path, create a group segment (0660) and hold it, or try to
+ * join root's segment. */
+static int as_other(void *arg)
+{
+	const struct as_user *u = arg;
+	kv_alloc_t *b;
+	CUdeviceptr d;
+	char c;
+	int fd, rc;
+
+	if (setgroups(0, NULL) || setresgid(u->gid, u->gid, u->gid) ||
+	    setresuid(u->uid, u->uid, u->uid))
+		return 2;
+	switch (u->what) {
+	case PLANT_EMPTY:
+	case PLANT_COPY:
+		fd = open(kt_path, O_RDWR | O_CREAT | O_EXCL, 0666);
+		if (fd < 0 || fchmod(fd, 0666))
+			return 3;
+		if (u->what == PLANT_COPY && write(fd, u->copy, u->copy_len) != (ssize_t)u->copy_len)
+			return 4;
+		close(fd);
+		return 0;
+	case CREATE_GROUP:
+		rc = kt_mk(16 * PG, 0, 0, 0, 0660, &b);
+		if (rc)
+			return 5;
+		if (kv_alloc_reserve(b, 16 * PG, &d) || kv_alloc_map(b, d, 2 * PG))
+			return 6;
+		if (write(u->ctl, "r", 1) != 1 || read(u->wait, &c, 1) != 1)
+			return 7;
+		kv_alloc_destroy(b);
+		return 0;
+	default:
+		return try_join(NULL);
+	}
+}
+
+/*
+ * A second user (an unused uid, taken by a root child with setresuid):
+ * its 0666 file at the path, empty or a valid segment, is refused by root
+ * with its owner and mode named; it cannot join root's segment; with the
+ * group mode (0660), a segment of a group root is in is joined, and its
+ * budget shared, while root with 0600 refuses it. Skipped without root.
+ */
+START_TEST(test_share_other_user)
+{
+	struct as_user u = { 0 };
+	struct join j = { 0600, 2, 0 };
+	char err[4096], owner[64];
+	struct kv_share copy;
+	int p2c[2], c2p[2], rc;
+	pid_t pid;
+	char c;
+
+	if (geteuid() != 0 || !(u.uid = spare_uid())) {
+		printf("share: not root (or no spare uid): the tests with a second user are skipped\n");
+		return;
+	}
+	u.gid = (gid_t)u.uid;
+	snprintf(owner, sizeof(owner), "owner uid %u", (unsigned)u.uid);
+
+	/* an empty 0666 file planted at the path */
+	kt_new_pool();
+	u.what = PLANT_EMPTY;
+	ck_assert_int_eq(kt_in_child(as_other, &u, 30, err, sizeof(err)), 0);
+	assert_refused(&j, owner, "mode 0666", NULL);
+	ck_assert_int_eq(unlink(kt_path), 0);
+
+	/* a valid segment of the other user's, mode 0666 */
+	assert_joins(&j);       /* root's own, to copy */
+	{
+		struct kv_share *sh = kt_seg_map();
+
+		memcpy(&copy, sh, sizeof(copy));
+		kt_seg_unmap(sh);
+	}
+	ck_assert_int_eq(unlink(kt_path), 0);
+	u.what = PLANT_COPY;
+	u.copy = &copy;
+	u.copy_len = sizeof(copy);
+	ck_assert_int_eq(kt_in_child(as_other, &u, 30, err, sizeof(err)), 0);
+	assert_refused(&j, owner, "mode 0666", NULL);
+	ck_assert_int_eq(unlink(kt_path), 0);
+
+	/* root's segment: the other user cannot even open it */
+	kt_new_pool();
+	assert_joins(&j);
+	u.what = JOIN;
+	rc = kt_in_child(as_other, &u, 30, err, sizeof(err));
+	ck_assert_msg(rc == REFUSED && strstr(err, "permission denied"),
+		      "the other user was not refused (status %d): %s", rc, err);
+	ck_assert_int_eq(unlink(kt_path), 0);
+
+	/* the group mode: the other user's segment, group root's, 0660 */
+	kt_new_pool();
+	ck_assert_int_eq(pipe(p2c), 0);
+	ck_assert_int_eq(pipe(c2p), 0);
+	u.what = CREATE_GROUP;
+	u.gid = getegid();
+	u.ctl = c2p[1];
+	u.wait = p2c[0];
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0)
+		_exit(as_other(&u));
+	ck_assert_msg(read(c2p[0], &c, 1) == 1, "the other user could not create a group segment");
+	{
+		struct stat st;
+
+		ck_assert_int_eq(stat(kt_path, &st), 0);
+		ck_assert_uint_eq(st.st_uid, u.uid);
+		ck_assert_uint_eq(st.st_mode & 07777, 0660);
+	}
+	j.mode = 0660;
+	j.pages = 14;           /* the other user holds 2 of the 16 */
+	assert_joins(&j);
+	j.pages = 15;
+	ck_assert_int_eq(kt_in_child(try_join, &j, 30, err, sizeof(err)), 1);
+	j.mode = 0600;
+	j.pages = 2;
+	assert_refused(&j, owner, "mode 0660", NULL);
+	ck_assert_int_eq(write(p2c[1], "q", 1), 1);
+	ck_assert_int_eq(waitpid(pid, &rc, 0), pid);
+	ck_assert(WIFEXITED(rc) && WEXITSTATUS(rc) == 0);
+	unlink(kt_path);
+}
+END_TEST
+
+/* ---- nothing in the segment is trusted ---------------------------------------- */
+
+/*
+ * Every byte past the magic and versions overwritten with garbage, the
+ * lock's old place, slots and the budget included: no process hangs or
+ * crashes, a new one joins and maps, the dead garbage slots are reclaimed,
+ * the header's budget is repaired, and a live member's slot is rewritten
+ * by its owner.
+ */
+START_TEST(test_share_hostile_bytes)
+{
+	const struct kv_share_info *in;
+	struct join j = { 0600, 4, 0 };
+	struct kv_share *sh;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+	unsigned i;
+
+	kt_new_pool();
+	a = kt_make(16 * PG, 0, 0, 1);  /* its worker republishes its slot */
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 4 * PG), 0);
+	sh = kt_seg_map();
+	memset((char *)sh + 16, 0xa5, sizeof(*sh) - 16);
+	j.retry_s = 10;
+	assert_joins(&j);
+	ck_assert_int_eq(kv_alloc_map(a, s + 4 * PG, 2 * PG), 0);
+	in = kt_seg_read(1);
+	ck_assert_uint_eq(in->budget, 16 * PG);         /* repaired */
+	ck_assert_uint_eq(in->nprocs, 1);               /* only a is left */
+	ck_assert_int_eq(in->proc[0].pid, getpid());
+	ck_assert_uint_eq(in->proc[0].held, 6 * PG);    /* rewritten by a */
+	for (i = 0; i < KV_SHARE_SLOTS; i++)
+		if (i != in->proc[0].slot)
+			ck_assert_uint_eq(sh->slot[i].state, KV_SLOT_FREE);
+	kt_seg_unmap(sh);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
+ * Slots that lie without a process behind them: a live pid (init, and this
+ * very process), a pid of another namespace, a floor of 2^62, each claiming
+ * the whole budget. No process holds their locks: they are reclaimed at
+ * the first look, and the budget is whole again.
+ */
+START_TEST(test_share_lying_slots)
+{
+	struct kv_share *sh;
+	size_t room = 0;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+
+	kt_new_pool();
+	a = kt_make(16 * PG, 0, 0, 0);
+	sh = kt_seg_map();
+	sh->slot[10].pid = 1;
+	sh->slot[10].held = 16 * PG;
+	sh->slot[11].pid = getpid();
+	sh->slot[11].pidns = 12345;
+	sh->slot[11].held = 16 * PG;
+	sh->slot[12].pid = getppid();
+	sh->slot[12].min = 1ull << 62;
+	sh->slot[10].state = sh->slot[11].state = sh->slot[12].state = KV_SLOT_USED;
+	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
+	ck_assert_uint_eq(room, 16 * PG);
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 16 * PG), 0);
+	ck_assert_uint_eq(kt_seg_read(0)->nprocs, 1);
+	kt_seg_unmap(sh);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
+ * Two live members whose slots claim 2^63 bytes each, beside a device size
+ * of 2^62 - 1 in the header: the sum does not wrap; each counts as the
+ * whole budget at most, so nothing fits (never passed). Once they leave,
+ * the budget is whole.
+ */
+START_TEST(test_share_no_wrap)
+{
+	const struct kv_share_info *in;
+	struct kt_member m1, m2;
+	struct kv_share *sh;
+	size_t room = 1;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+	int i1, i2;
+
+	kt_new_pool();
+	a = kt_make(16 * PG, 0, 0, 0);
+	kt_member_start(&m1, 16 * PG, 0, 0);
+	kt_member_start(&m2, 16 * PG, 0, 0);
+	sh = kt_seg_map();
+	i1 = kt_slot_of(sh, m1.pid);
+	i2 = kt_slot_of(sh, m2.pid);
+	ck_assert(i1 >= 0 && i2 >= 0);
+	sh->device_bytes = (1ull << 62) - 1;
+	__atomic_store_n(&sh->slot[i1].held, 1ull << 63, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&sh->slot[i2].held, 1ull << 63, __ATOMIC_SEQ_CST);
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, PG), KVSHIM_ELIMIT);
+	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
+	ck_assert_uint_eq(room, 0);
+	in = kt_seg_read(0);
+	ck_assert_uint_eq(in->held, 2 * 16 * PG);       /* clamped, not wrapped */
+	ck_assert(in->proc[0].clamped || in->proc[1].clamped || in->proc[2].clamped);
+	ck_assert_int_eq(kt_member_leave(&m1), 0);
+	ck_assert_int_eq(kt_member_leave(&m2), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 16 * PG), 0);
+	kt_seg_unmap(sh);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
+ * Mapped above held, in a live member's slot (the moment after budget was
+ * given back in version 1) and in a dead one's: never a reason to refuse
+ * the segment; new processes join and map.
+ */
+START_TEST(test_share_mapped_over_held)
+{
+	struct join j = { 0600, 4, 0 };
+	struct kt_member m;
+	struct kv_share *sh;
+	kv_alloc_t *a;
+	int i;
+
+	kt_new_pool();
+	a = kt_make(16 * PG, 0, 0, 0);
+	kt_member_start(&m, 16 * PG, 0, 2);
+	sh = kt_seg_map();
+	i = kt_slot_of(sh, m.pid);
+	ck_assert_int_ge(i, 0);
+	__atomic_store_n(&sh->slot[i].mapped, 6 * PG, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&sh->slot[i].cached, 6 * PG, __ATOMIC_SEQ_CST);
+	sh->slot[40].pid = 999999;
+	sh->slot[40].held = 2 * PG;
+	sh->slot[40].mapped = 10 * PG;
+	__atomic_store_n(&sh->slot[40].state, KV_SLOT_USED, __ATOMIC_SEQ_CST);
+	assert_joins(&j);
+	assert_joins(&j);
+	kt_member_kill(&m);     /* dead with mapped > held in its slot */
+	assert_joins(&j);
+	kt_seg_unmap(sh);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* ---- a dead process's budget always comes back ----------------------------- */
+
+/* The admission check (kv_alloc_headroom, under kvshim_group_can_back)
+ * reclaims a dead holder's slot itself: no map needed first. */
+START_TEST(test_share_headroom_reaps)
+{
+	struct kt_member m;
+	size_t room = 0;
+	kv_alloc_t *a;
+
+	kt_new_pool();
+	a = kt_make(16 * PG, 0, 0, 0);
+	kt_member_start(&m, 16 * PG, 0, 14);
+	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
+	ck_assert_uint_eq(room, 2 * PG);
+	kt_member_kill(&m);
+	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
+	ck_assert_uint_eq(room, 16 * PG);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* a's headroom once it reaches want, or the last seen after secs seconds.
+ * The kernel drops the locks of a file closed at exec a moment after the
+ * exec: "comes back" is within a bound, not at an instant. */
+static size_t room_within(kv_alloc_t *a, size_t want, int secs)
+{
+	struct timespec t0;
+	size_t room = 0;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
+		if (room >= want)
+			break;
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	} while (kt_ms_since(&t0) < secs * 1000.0);
+	printf("share: headroom back to %zu pages after %.1f ms\n", room / PG, kt_ms_since(&t0));
+	return room;
+}
+
+/* Whether this process can make a child in a pid namespace of its own.
+ * Returns 1 or 0. */
+static int can_unshare_pid(void)
+{
+	pid_t pid;
+	int st;
+
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0)
+		_exit(unshare(CLONE_NEWPID) == 0 ? 0 : 1);
+	return pid > 0 && waitpid(pid, &st, 0) == pid && WIFEXITED(st) &&
+	       WEXITSTATUS(st) == 0;
+}
+
+/* A member that is pid 1 of its own pid namespace maps most of the budget
+ * and is killed: its budget comes back (liveness is its slot's lock, not
+ * a pid). Skipped where pid namespaces cannot be made. */
+START_TEST(test_share_pidns)
+{
+	int ready[2], st;
+	size_t room = 0;
+	kv_alloc_t *a;
+	pid_t mid, inner = 0;
+
+	if (!can_unshare_pid()) {
+		printf("share: no pid namespace can be made here (needs root): skipped\n");
+		return;
+	}
+	kt_new_pool();
+	a = kt_make(16 * PG, 0, 0, 0);
+	ck_assert_int_eq(pipe(ready), 0);
+	fflush(stdout);
+	mid = fork();
+	if (mid == 0) {
+		KT_CHILD_CHECK(unshare(CLONE_NEWPID) == 0);
+		inner = fork();
+		if (inner == 0) {
+			kv_alloc_t *b;
+			CUdeviceptr d;
+
+			KT_CHILD_CHECK(getpid() == 1);
+			KT_CHILD_CHECK(kt_mk(16 * PG, 0, 0, 0, 0, &b) == 0);
+			KT_CHILD_CHECK(kv_alloc_reserve(b, 16 * PG, &d) == 0);
+			KT_CHILD_CHECK(kv_alloc_map(b, d, 14 * PG) == 0);
+			KT_CHILD_CHECK(write(ready[1], "r", 1) == 1);
+			for (;;)
+				pause();
+		}
+		KT_CHILD_CHECK(write(ready[1], &inner, sizeof(inner)) == sizeof(inner));
+		waitpid(inner, &st, 0);
+		_exit(0);
+	}
+	ck_assert_int_eq(read(ready[0], &inner, sizeof(inner)), sizeof(inner));
+	ck_assert_int_eq(read(ready[0], &st, 1), 1);
+	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
+	ck_assert_uint_eq(room, 2 * PG);
+	ck_assert(kt_seg_read(0)->proc[1].other_pidns || kt_seg_read(0)->proc[0].other_pidns);
+	kill(inner, SIGKILL);
+	ck_assert_int_eq(waitpid(mid, &st, 0), mid);
+	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
+	ck_assert_uint_eq(room, 16 * PG);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* A member maps most of the budget, then execs another program: the new
+ * program holds no kvshim pages, and the budget comes back. */
+START_TEST(test_share_exec)
+{
+	int ready[2], st;
+	kv_alloc_t *a;
+	pid_t pid;
+	char c;
+
+	kt_new_pool();
+	a = kt_make(16 * PG, 0, 0, 0);
+	ck_assert_int_eq(pipe2(ready, O_CLOEXEC), 0);
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		kv_alloc_t *b;
+		CUdeviceptr d;
+
+		KT_CHILD_CHECK(kt_mk(16 * PG, 0, 0, 0, 0, &b) == 0);
+		KT_CHILD_CHECK(kv_alloc_reserve(b, 16 * PG, &d) == 0);
+		KT_CHILD_CHECK(kv_alloc_map(b, d, 14 * PG) == 0);
+		KT_CHILD_CHECK(write(ready[1], "r", 1) == 1);
+		execl("/bin/sleep", "sleep", "60", (char *)NULL);
+		_exit(1);
+	}
+	close(ready[1]);
+	ck_assert_int_eq(read(ready[0], &c, 1), 1);
+	ck_assert_int_eq(read(ready[0], &c, 1), 0);     /* EOF: it exec'd */
+	ck_assert_uint_eq(room_within(a, 16 * PG, 10), 16 * PG);
+	ck_assert_int_eq(waitpid(pid, &st, WNOHANG), 0);  /* sleep runs */
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* A member forks a child that lives on (no exec) and is killed: the child
+ * keeps nothing of its parent's slot, the budget comes back. */
+START_TEST(test_share_forked_child)
+{
+	int ready[2], st;
+	size_t room = 0;
+	kv_alloc_t *a;
+	pid_t pid, kid = 0;
+
+	kt_new_pool();
+	a = kt_make(16 * PG, 0, 0, 0);
+	ck_assert_int_eq(pipe(ready), 0);
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		kv_alloc_t *b;
+		CUdeviceptr d;
+
+		KT_CHILD_CHECK(kt_mk(16 * PG, 0, 0, 0, 0, &b) == 0);
+		KT_CHILD_CHECK(kv_alloc_reserve(b, 16 * PG, &d) == 0);
+		KT_CHILD_CHECK(kv_alloc_map(b, d, 14 * PG) == 0);
+		kid = fork();
+		if (kid == 0) {
+			for (;;)
+				pause();
+		}
+		KT_CHILD_CHECK(write(ready[1], &kid, sizeof(kid)) == sizeof(kid));
+		for (;;)
+			pause();
+	}
+	ck_assert_int_eq(read(ready[0], &kid, sizeof(kid)), sizeof(kid));
+	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
+	ck_assert_uint_eq(room, 2 * PG);
+	kill(pid, SIGKILL);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_int_eq(kill(kid, 0), 0);              /* the child lives */
+	room = room_within(a, 16 * PG, 10);
+	ck_assert_int_eq(kill(kid, 0), 0);
+	kill(kid, SIGKILL);
+	ck_assert_uint_eq(room, 16 * PG);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* ---- crashes while setting up, and a stopped lock holder ------------------- */
+
+/* Segments a creator killed before its header was written: empty, short
+ * and all zero, full size and all zero. The next process sets it up. */
+START_TEST(test_share_half_made)
+{
+	static const size_t sizes[] = { sizeof(struct kv_share), 0, 100 };
+	struct join j = { 0600, 4, 0 };
+	const struct kv_share_info *in;
+	size_t i;
+	int fd;
+
+	for (i = 0; i < sizeof(sizes) / sizeof(sizes[0]); i++) {
+		kt_new_pool();
+		fd = open(kt_path, O_RDWR | O_CREAT | O_EXCL, 0600);
+		ck_assert_int_ge(fd, 0);
+		ck_assert_int_eq(fchmod(fd, 0600), 0);
+		ck_assert_int_eq(ftruncate(fd, (off_t)sizes[i]), 0);
+		close(fd);
+		assert_joins(&j);
+		in = kt_seg_read(0);
+		ck_assert_uint_eq(in->major, KV_SHARE_MAJOR);
+		ck_assert_uint_eq(in->budget, 16 * PG);
+		ck_assert_uint_eq(in->nprocs, 0);
+		kt_seg_unlink();
+	}
+}
+END_TEST
+
+/* A process holding the set-up lock of a half-made segment, stopped:
+ * openers wait a bounded time, then refuse with a message (a segment nobody
+ * can set up is never joined half made). */
+START_TEST(test_share_stuck_creator)
+{
+	struct join j = { 0600, 0, 0 };
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
+			    .l_start = KV_SHARE_LOCK_INIT, .l_len = 1 };
+	int fd, st;
+	pid_t pid;
+
+	kt_new_pool();
+	fd = open(kt_path, O_RDWR | O_CREAT | O_EXCL, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fchmod(fd, 0600), 0);
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		KT_CHILD_CHECK(fcntl(fd, F_OFD_SETLK, &fl) == 0);
+		raise(SIGSTOP);
+		_exit(0);
+	}
+	close(fd);
+	ck_assert_int_eq(waitpid(pid, &st, WUNTRACED), pid);
+	ck_assert(WIFSTOPPED(st));
+	assert_refused(&j, "setting it up", NULL);
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	assert_joins(&j);       /* its lock went with it */
+	kt_seg_unlink();
+}
+END_TEST
+
+struct timed_join {
+	double ms;
+};
+
+static int join_and_map_timed(void *arg)
+{
+	struct timespec t0;
+	kv_alloc_t *b;
+	CUdeviceptr d;
+	int rc;
+
+	(void)arg;
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	KT_CHILD_CHECK(kt_mk(16 * PG, 0, 0, 0, 0, &b) == 0);
+	KT_CHILD_CHECK(kv_alloc_reserve(b, 16 * PG, &d) == 0);
+	rc = kv_alloc_map(b, d, 4 * PG);
+	KT_CHILD_CHECK(rc == 0);
+	KT_CHILD_CHECK(kv_alloc_map(b, d + 4 * PG, 4 * PG) == 0);
+	fprintf(stderr, "joined and mapped twice in %.1f ms\n", kt_ms_since(&t0));
+	kv_alloc_destroy(b);
+	return 0;
+}
+
+/*
+ * A process stopped (SIGSTOP) while it holds the update lock: another
+ * process joins and maps after a bounded wait, logging that it goes on
+ * without the lock; the stopped one's held budget still counts.
+ */
+START_TEST(test_share_stopped_holder)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET,
+			    .l_start = KV_SHARE_LOCK_UPDATE, .l_len = 1 };
+	struct kt_member m;
+	char err[4096];
+	kv_alloc_t *a;
+	int st, rc;
+	pid_t pid;
+
+	kt_new_pool();
+	a = kt_make(16 * PG, 0, 0, 0);
+	kt_member_start(&m, 16 * PG, 0, 6);
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		int fd = open(kt_path, O_RDWR | O_CLOEXEC);
+
+		KT_CHILD_CHECK(fd >= 0 && fcntl(fd, F_OFD_SETLK, &fl) == 0);
+		raise(SIGSTOP);
+		_exit(0);
+	}
+	ck_assert_int_eq(waitpid(pid, &st, WUNTRACED), pid);
+	ck_assert(WIFSTOPPED(st));
+	rc = kt_in_child(join_and_map_timed, NULL, 30, err, sizeof(err));
+	kill(pid, SIGKILL);
+	waitpid(pid, &st, 0);
+	printf("share: beside a stopped lock holder: %s", strstr(err, "joined") ? strstr(err, "joined") : "\n");
+	ck_assert_msg(rc == 0, "a process waited on a stopped lock holder (status %d): %s", rc, err);
+	ck_assert_msg(strstr(err, "going on without it"), "no message said why: %s", err);
+	/* the member's 6 pages still counted: 8 + 6 + 2 = 16 */
+	ck_assert_int_eq(kt_member_leave(&m), 0);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* ---- versions ------------------------------------------------------------------- */
+
+/* A newer minor, with its spare fields used, is joined; another major is
+ * refused with both versions named. */
+START_TEST(test_share_versions)
+{
+	struct join j = { 0600, 4, 0 };
+	struct kv_share *sh;
+	kv_alloc_t *a;
+	unsigned i;
+
+	kt_new_pool();
+	a = kt_make(16 * PG, 0, 0, 0);
+	sh = kt_seg_map();
+	sh->minor = KV_SHARE_MINOR + 7;
+	sh->flags = 0xffffffffu;
+	for (i = 0; i < sizeof(sh->spare) / sizeof(sh->spare[0]); i++)
+		sh->spare[i] = 0x5a5a5a5a5a5a5a5aull;
+	for (i = 0; i < KV_SHARE_SLOTS; i++)
+		memset(sh->slot[i].spare, 0x5a, sizeof(sh->slot[i].spare));
+	assert_joins(&j);
+	ck_assert_uint_eq(kt_seg_read(0)->minor, KV_SHARE_MINOR + 7);
+	sh->major = KV_SHARE_MAJOR + 1;
+	assert_refused(&j, "version 3.7", "version 2.0", NULL);
+	sh->major = 1;
+	sh->minor = 0;
+	assert_refused(&j, "version 1.0", "version 2.0", NULL);
+	sh->major = KV_SHARE_MAJOR;
+	sh->magic ^= 1;
+	assert_refused(&j, "not a kvshim segment", NULL);
+	sh->magic ^= 1;
+	kt_seg_unmap(sh);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+static int create_bad_pool(void *arg)
+{
+	struct kv_alloc_opts o;
+	kv_alloc_t *a = NULL;
+
+	(void)arg;
+	kt_opts(&o);
+	o.share = 1;
+	o.pool_name = "x\x1b[2Jy";
+	return kv_alloc_create(&o, &a) == KVSHIM_EINVAL ? 0 : 1;
+}
+
+/* Damage refused by what it is: a segment of the wrong size whose magic
+ * is there, and pool names that are not names. */
+START_TEST(test_share_bad_segment)
+{
+	struct join j = { 0600, 0, 0 };
+	struct kv_alloc_opts o;
+	kv_alloc_t *a = NULL;
+	int fd;
+
+	kt_new_pool();
+	assert_joins(&j);
+	fd = open(kt_path, O_RDWR);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(ftruncate(fd, 100), 0);
+	close(fd);
+	assert_refused(&j, "its size (100 bytes)", NULL);
+	kt_seg_unlink();
+	kt_opts(&o);
+	o.share = 1;
+	o.pool_name = "a/b";
+	ck_assert_int_eq(kv_alloc_create(&o, &a), KVSHIM_EINVAL);
+	o.pool_name = "..";
+	ck_assert_int_eq(kv_alloc_create(&o, &a), KVSHIM_EINVAL);
+	ck_assert_ptr_null(a);
+	{
+		char err[1024];
+
+		ck_assert_int_eq(kt_in_child(create_bad_pool, NULL, 30, err, sizeof(err)), 0);
+		ck_assert_msg(strstr(err, "pool \"x\\x1b[2Jy\"") && strstr(err, "letters, digits"),
+			      "no message naming the bad pool name: %s", err);
+	}
+}
+END_TEST
+
+Suite *share_trust_suite(void)
+{
+	Suite *s = suite_create("share_trust");
+	TCase *tc = tcase_create("trust");
+
+	tcase_set_timeout(tc, 60);
+	kt_share_fixture(tc);
+	kt_add_emu(tc, test_share_trust_own);
+	kt_add_emu(tc, test_share_limits_refused);
+	kt_add_emu(tc, test_share_mode_config);
+	kt_add_emu(tc, test_share_mode_message);
+	kt_add_emu(tc, test_share_other_user);
+	kt_add_emu(tc, test_share_hostile_bytes);
+	kt_add_emu(tc, test_share_lying_slots);
+	kt_add_emu(tc, test_share_no_wrap);
+	kt_add_emu(tc, test_share_mapped_over_held);
+	kt_add_emu(tc, test_share_headroom_reaps);
+	kt_add_emu(tc, test_share_pidns);
+	kt_add_emu(tc, test_share_exec);
+	kt_add_emu(tc, test_share_forked_child);
+	kt_add_emu(tc, test_share_half_made);
+	kt_add_emu(tc, test_share_stuck_creator);
+	kt_add_emu(tc, test_share_stopped_holder);
+	kt_add_emu(tc, test_share_versions);
+	kt_add_emu(tc, test_share_bad_segment);
+	suite_add_tcase(s, tc);
+	return s;
+}
