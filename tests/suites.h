@@ -28,6 +28,7 @@ Suite *group_suite(void);
 Suite *share_suite(void);
 Suite *share_trust_suite(void);
 Suite *hooks_suite(void);
+Suite *capture_suite(void);
 
 /* Options for a test allocator: no worker and an empty pool unless a test
  * wants them, so every driver call is the test's own doing. */

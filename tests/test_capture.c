@@ -1,0 +1,366 @@
+/*
+ * test_capture.c - kvshim while a stream captures into a CUDA graph, on the
+ * emulation (which refuses, with the real driver's codes, every call that
+ * is unsafe during a capture, and invalidates the capture as the driver
+ * does). libkvshim.so is loaded with dlopen and the capture is begun and
+ * ended through its exported hooks, as an engine's calls reach them. No
+ * kvshim call may be refused or invalidate the capture: not a map that
+ * creates and scrubs pages, not the worker filling the pool, not a trim or
+ * release whose unmaps need a fence (those wait for the capture's end),
+ * nor memory info; a memset captured over a span is made whole.
+ */
+#include <dlfcn.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "emu/kvemu.h"
+#include "suites.h"
+
+static void *lib;
+static struct {
+	int (*reserve)(size_t, void **);
+	int (*release)(void *);
+	int (*map)(const void *, size_t);
+	int (*unmap)(const void *, size_t);
+	int (*trim)(size_t, size_t *);
+	int (*stats)(struct kvshim_stats *);
+	CUresult (*begin)(CUstream, CUstreamCaptureMode);
+	CUresult (*end)(CUstream, CUgraph *);
+	CUresult (*memset_async)(CUdeviceptr, unsigned char, size_t, CUstream);
+	CUresult (*meminfo)(size_t *, size_t *);
+} k;
+static struct {
+	CUresult (*stream_create)(CUstream *, unsigned int);
+	CUresult (*stream_destroy)(CUstream);
+	CUresult (*graph_destroy)(CUgraph);
+	CUresult (*instantiate)(CUgraphExec *, CUgraph, unsigned long long);
+	CUresult (*launch)(CUgraphExec, CUstream);
+	CUresult (*exec_destroy)(CUgraphExec);
+	CUresult (*sync)(CUstream);
+	CUresult (*begin)(CUstream, CUstreamCaptureMode);
+	CUresult (*end)(CUstream, CUgraph *);
+	void (*capture_stats)(struct kvemu_capture_stats *);
+} d;
+static CUstream s;
+
+#define SYM(h, field, name) do {                                             \
+		*(void **)&(field) = dlsym((h), (name));                     \
+		ck_assert_msg((field) != NULL, "no %s", (name));             \
+	} while (0)
+#define DEV(field, name) do {                                                \
+		*(void **)&(field) = kv_dev_sym(name);                       \
+		ck_assert_msg((field) != NULL, "no %s", (name));             \
+	} while (0)
+
+static void setup(void)
+{
+	const char *path = getenv("KVSHIM_LIB");
+
+	setenv("KVSHIM_POOL_LOW", "8M", 1);
+	setenv("KVSHIM_POOL_HIGH", "16M", 1);
+	DEV(d.stream_create, "cuStreamCreate");
+	DEV(d.stream_destroy, "cuStreamDestroy_v2");
+	DEV(d.graph_destroy, "cuGraphDestroy");
+	DEV(d.instantiate, "cuGraphInstantiateWithFlags");
+	DEV(d.launch, "cuGraphLaunch");
+	DEV(d.exec_destroy, "cuGraphExecDestroy");
+	DEV(d.sync, "cuStreamSynchronize");
+	DEV(d.begin, "cuStreamBeginCapture_v2");
+	DEV(d.end, "cuStreamEndCapture");
+	DEV(d.capture_stats, "kvemu_capture_stats");
+	ck_assert_msg(path != NULL, "KVSHIM_LIB names no library");
+	lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	ck_assert_msg(lib != NULL, "dlopen %s: %s", path, dlerror());
+	SYM(lib, k.reserve, "kvshim_reserve");
+	SYM(lib, k.release, "kvshim_release");
+	SYM(lib, k.map, "kvshim_map");
+	SYM(lib, k.unmap, "kvshim_unmap");
+	SYM(lib, k.trim, "kvshim_trim");
+	SYM(lib, k.stats, "kvshim_stats");
+	SYM(lib, k.begin, "cuStreamBeginCapture_v2");
+	SYM(lib, k.end, "cuStreamEndCapture");
+	SYM(lib, k.memset_async, "cuMemsetD8Async");
+	SYM(lib, k.meminfo, "cuMemGetInfo_v2");
+	ck_assert_int_eq(d.stream_create(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+	kv_dev_reset_counts();
+}
+
+static void teardown(void)
+{
+	d.stream_destroy(s);
+	unsetenv("KVSHIM_POOL_LOW");
+	unsetenv("KVSHIM_POOL_HIGH");
+	unsetenv("KVSHIM_LIMIT");
+}
+
+static struct kvshim_stats st(void)
+{
+	struct kvshim_stats out;
+
+	ck_assert_int_eq(k.stats(&out), 0);
+	return out;
+}
+
+static struct kvemu_capture_stats cst(void)
+{
+	struct kvemu_capture_stats out;
+
+	d.capture_stats(&out);
+	return out;
+}
+
+/* Nothing of kvshim's was refused, and no capture was invalidated. */
+static void no_harm(void)
+{
+	struct kvemu_capture_stats c = cst();
+
+	ck_assert_msg(c.refused == 0 && c.invalidated == 0,
+		      "%llu calls refused during a capture (the last: %s), %llu captures invalidated",
+		      c.refused, c.last_refused ? c.last_refused : "none", c.invalidated);
+}
+
+/* Begin a global-mode capture of s through kvshim's hook, with one
+ * operation of the engine's own on it. */
+static void begin(void)
+{
+	ck_assert_int_eq(k.begin(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_SUCCESS);
+}
+
+static void end(void)
+{
+	CUgraph g = NULL;
+
+	ck_assert_int_eq(k.end(s, &g), CUDA_SUCCESS);
+	ck_assert_ptr_nonnull(g);
+	d.graph_destroy(g);
+}
+
+/* Wait, without a deadline tighter than a loaded machine can meet, until
+ * kvshim maps at most `most` bytes (its worker works after the capture). */
+static int wait_mapped_at_most(size_t most)
+{
+	struct timespec ts = { 0, 2 * 1000 * 1000 };
+	int i;
+
+	for (i = 0; i < 20000; i++) {   /* 40 s at most */
+		if (st().mapped_bytes <= most)
+			return 1;
+		nanosleep(&ts, NULL);
+	}
+	return 0;
+}
+
+/* A map during a capture creates pages and scrubs them (a wait on kvshim's
+ * own stream), while the worker fills the pool: nothing is refused. */
+START_TEST(test_capture_map)
+{
+	void *p;
+
+	begin();
+	ck_assert_int_eq(k.reserve(16 * PG, &p), 0);
+	ck_assert_int_eq(k.map(p, 12 * PG), 0);         /* more than the pool */
+	ck_assert_uint_eq(st().mapped_bytes, 12 * PG);
+	end();
+	no_harm();
+	ck_assert_int_eq(kv_dev_fill((CUdeviceptr)(uintptr_t)p, 12 * PG, 3), CUDA_SUCCESS);
+	ck_assert_uint_ge(st().pages_zeroed, 12);
+	ck_assert_int_eq(k.release(p), 0);
+}
+END_TEST
+
+static void *map_elsewhere(void *arg)
+{
+	void *p;
+	int rc;
+
+	(void)arg;
+	rc = k.reserve(8 * PG, &p);
+	if (!rc)
+		rc = k.map(p, 6 * PG);
+	if (!rc)
+		rc = k.release(p);
+	return (void *)(intptr_t)rc;
+}
+
+/* The same from another thread, in the default (global) capture mode,
+ * while this one captures: kvshim's waits are its own, in relaxed mode. */
+START_TEST(test_capture_map_other_thread)
+{
+	pthread_t t;
+	void *rc;
+
+	begin();
+	ck_assert_int_eq(pthread_create(&t, NULL, map_elsewhere, NULL), 0);
+	ck_assert_int_eq(pthread_join(t, &rc), 0);
+	ck_assert_int_eq((int)(intptr_t)rc, 0);
+	end();
+	no_harm();
+}
+END_TEST
+
+/*
+ * Unmapping pages out of a span needs a fence (a context-wide wait) for
+ * pages let go of since the last one: during a capture it is put off. A
+ * trim gives back only pooled pages, a released span keeps its pages until
+ * the capture ends; then the worker unmaps them.
+ */
+START_TEST(test_capture_puts_fences_off)
+{
+	void *p, *q;
+	size_t freed = 0;
+
+	ck_assert_int_eq(k.reserve(8 * PG, &p), 0);
+	ck_assert_int_eq(k.reserve(8 * PG, &q), 0);
+	ck_assert_int_eq(k.map(p, 4 * PG), 0);
+	ck_assert_int_eq(k.map(q, 4 * PG), 0);
+	ck_assert_int_eq(k.unmap(p, 4 * PG), 0);        /* 4 pages cached */
+	begin();
+	ck_assert_int_eq(k.trim(SIZE_MAX, &freed), 0);
+	ck_assert_uint_eq(st().cached_bytes, 4 * PG);   /* put off */
+	ck_assert_int_eq(k.release(q), 0);              /* its pages stay */
+	ck_assert_uint_ge(st().physical_bytes, 8 * PG);
+	end();
+	no_harm();
+	/* after the capture: the released span's pages go (the worker), and a
+	 * trim gives back the cached ones */
+	ck_assert_msg(wait_mapped_at_most(4 * PG), "the released span's pages never left");
+	ck_assert_int_eq(k.trim(SIZE_MAX, &freed), 0);
+	ck_assert_uint_eq(st().cached_bytes, 0);
+	ck_assert_uint_le(st().physical_bytes, 16u << 20);     /* the pool refilled */
+	ck_assert_int_eq(k.release(p), 0);
+	no_harm();
+}
+END_TEST
+
+/*
+ * A map short of pages that only a released span holds cannot wait for
+ * them during a capture (it may run on the capturing thread): it answers at
+ * once, backed from the freed span's pages if they came back before the
+ * capture began, or out of memory, and the capture goes on.
+ */
+START_TEST(test_capture_map_short)
+{
+	void *p, *q;
+	int rc;
+
+	setenv("KVSHIM_LIMIT", "8M", 1);
+	setenv("KVSHIM_POOL_LOW", "0", 1);
+	setenv("KVSHIM_POOL_HIGH", "0", 1);
+	ck_assert_int_eq(k.reserve(8 * PG, &p), 0);
+	ck_assert_int_eq(k.reserve(8 * PG, &q), 0);
+	ck_assert_int_eq(k.map(p, 4 * PG), 0);
+	ck_assert_int_eq(k.release(p), 0);
+	begin();
+	rc = k.map(q, 2 * PG);
+	ck_assert_msg(rc == 0 || rc == KVSHIM_ELIMIT, "map during the capture: %d", rc);
+	end();
+	no_harm();
+	if (rc)
+		ck_assert_int_eq(k.map(q, 2 * PG), 0);  /* after it, it works */
+	ck_assert_int_eq(k.release(q), 0);
+}
+END_TEST
+
+/*
+ * A zero memset captured on a span is recorded whole, with every page it
+ * covers backed and pinned: a replay sets whatever the pages hold then.
+ * Outside a capture the same memset skips unmapped pages.
+ */
+START_TEST(test_capture_memset_whole)
+{
+	struct kvemu_capture_stats before;
+	CUgraphExec exec;
+	CUgraph g = NULL;
+	CUdeviceptr base;
+	void *p;
+
+	ck_assert_int_eq(k.reserve(8 * PG, &p), 0);
+	base = (CUdeviceptr)(uintptr_t)p;
+	ck_assert_int_eq(k.memset_async(base, 0, 8 * PG, s), CUDA_SUCCESS);
+	ck_assert_int_eq(d.sync(s), CUDA_SUCCESS);
+	ck_assert_uint_eq(st().mapped_bytes, 0);
+	before = cst();
+	begin();
+	ck_assert_int_eq(k.memset_async(base, 0, 8 * PG, s), CUDA_SUCCESS);
+	ck_assert_uint_eq(st().mapped_bytes, 8 * PG);
+	ck_assert_int_eq(k.end(s, &g), CUDA_SUCCESS);
+	ck_assert_uint_gt(cst().captured_ops, before.captured_ops);
+	no_harm();
+	/* the engine writes, then the replay sets every page again */
+	ck_assert_int_eq(kv_dev_fill(base, 8 * PG, 9), CUDA_SUCCESS);
+	ck_assert_int_eq(d.instantiate(&exec, g, 0), CUDA_SUCCESS);
+	ck_assert_int_eq(d.launch(exec, s), CUDA_SUCCESS);
+	ck_assert_int_eq(d.sync(s), CUDA_SUCCESS);
+	{
+		size_t nonzero = 1;
+
+		ck_assert_int_eq(kv_dev_nonzero(base, 8 * PG, &nonzero), CUDA_SUCCESS);
+		ck_assert_uint_eq(nonzero, 0);
+	}
+	d.exec_destroy(exec);
+	d.graph_destroy(g);
+	/* pinned: a trim leaves the pages the graph writes */
+	ck_assert_int_eq(k.trim(SIZE_MAX, NULL), 0);
+	ck_assert_uint_eq(st().mapped_bytes, 8 * PG);
+	ck_assert_int_eq(k.release(p), 0);
+}
+END_TEST
+
+/* Memory info during a capture: the driver's and kvshim's figures, no
+ * refusal. */
+START_TEST(test_capture_meminfo)
+{
+	size_t free_b = 0, total = 0;
+	void *p;
+
+	ck_assert_int_eq(k.reserve(8 * PG, &p), 0);
+	begin();
+	ck_assert_int_eq(k.meminfo(&free_b, &total), CUDA_SUCCESS);
+	ck_assert_uint_gt(total, 0);
+	end();
+	no_harm();
+	ck_assert_int_eq(k.release(p), 0);
+}
+END_TEST
+
+/* The control: a capture kvshim is not told of (begun past its hooks) is
+ * invalidated by a trim that needs a fence. This is what the hooks guard. */
+START_TEST(test_capture_unseen_is_invalidated)
+{
+	void *p;
+	CUgraph g = NULL;
+
+	ck_assert_int_eq(k.reserve(8 * PG, &p), 0);
+	ck_assert_int_eq(k.map(p, 2 * PG), 0);
+	ck_assert_int_eq(k.unmap(p, 2 * PG), 0);
+	ck_assert_int_eq(d.begin(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_SUCCESS);
+	k.trim(SIZE_MAX, NULL);
+	ck_assert_int_eq(d.end(s, &g), CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+	ck_assert_uint_ge(cst().invalidated, 1);
+	ck_assert_int_eq(k.release(p), 0);
+}
+END_TEST
+
+Suite *capture_suite(void)
+{
+	Suite *su = suite_create("capture");
+	TCase *tc = tcase_create("capture");
+
+	/* each test needs a kvshim of its own, with its own settings: run
+	 * only where every test is a process of its own */
+	if (getenv("CK_FORK") && strcmp(getenv("CK_FORK"), "no") == 0)
+		return su;
+	tcase_add_checked_fixture(tc, setup, teardown);
+	kt_add_emu(tc, test_capture_map);
+	kt_add_emu(tc, test_capture_map_other_thread);
+	kt_add_emu(tc, test_capture_puts_fences_off);
+	kt_add_emu(tc, test_capture_map_short);
+	kt_add_emu(tc, test_capture_memset_whole);
+	kt_add_emu(tc, test_capture_meminfo);
+	kt_add_emu(tc, test_capture_unseen_is_invalidated);
+	suite_add_tcase(su, tc);
+	return su;
+}
