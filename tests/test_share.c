@@ -71,6 +71,7 @@ START_TEST(test_share_gives_way)
 		fflush(stdout);
 		KT_CHILD_CHECK(write(c2p[1], rc == 0 ? "y" : "n", 1) == 1);
 		KT_CHILD_CHECK(read(p2c[0], &c, 1) == 1);
+		KT_CHILD_CHECK(kv_alloc_check(b) == 0);
 		kv_alloc_destroy(b);
 		_exit(rc == 0 ? 0 : 3);
 	}
@@ -83,6 +84,7 @@ START_TEST(test_share_gives_way)
 	ck_assert_int_eq(write(p2c[1], "x", 1), 1);
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
 	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	ck_assert(exact_held(&held));
 	ck_assert_uint_eq(held, 0);
@@ -124,6 +126,7 @@ START_TEST(test_share_never_over)
 				if (!rc)
 					kv_alloc_unmap(b, d + (CUdeviceptr)p * PG, n * PG);
 			}
+			KT_CHILD_CHECK(kv_alloc_check(b) == 0);
 			kv_alloc_destroy(b);
 			_exit(0);
 		}
@@ -142,6 +145,7 @@ START_TEST(test_share_never_over)
 	printf("share stress: at most %llu of %d pages held together\n",
 	       (unsigned long long)(most / PG), 24);
 	ck_assert_uint_le(most, 24 * PG);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
@@ -169,6 +173,7 @@ START_TEST(test_share_killed_process)
 	printf("share: a killed process's pages usable after %.1f ms\n", kt_ms_since(&t0));
 	ck_assert(exact_held(&held));
 	ck_assert_uint_eq(held, 12 * PG);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
@@ -201,12 +206,14 @@ START_TEST(test_share_limits)
 		KT_CHILD_CHECK(kv_alloc_map(b, d, 6 * PG) == 0);
 		/* and no more: a is at its floor */
 		KT_CHILD_CHECK(kv_alloc_map(b, d + 6 * PG, PG) == KVSHIM_ELIMIT);
+		KT_CHILD_CHECK(kv_alloc_check(b) == 0);
 		kv_alloc_destroy(b);
 		_exit(0);
 	}
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the floor was not kept");
 	ck_assert_uint_ge(kt_stats(a).physical_bytes, 10 * PG);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
@@ -239,6 +246,7 @@ START_TEST(test_share_floor_kept)
 		/* up to its floor at once, and no more: a holds the rest */
 		KT_CHILD_CHECK(kv_alloc_map(b, d, 8 * PG) == 0);
 		KT_CHILD_CHECK(kv_alloc_map(b, d + 8 * PG, PG) == KVSHIM_ELIMIT);
+		KT_CHILD_CHECK(kv_alloc_check(b) == 0);
 		kv_alloc_destroy(b);
 		_exit(0);
 	}
@@ -251,6 +259,7 @@ START_TEST(test_share_floor_kept)
 	ck_assert_int_eq(write(p2c[1], "x", 1), 1);
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the floor was not kept");
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
@@ -282,11 +291,13 @@ START_TEST(test_share_figures)
 		KT_CHILD_CHECK(kt_mk(16 * PG, 0, 0, 0, 0, &b) == 0);
 		KT_CHILD_CHECK(kv_alloc_shared(b, &bb, &oo, NULL) == 1);
 		KT_CHILD_CHECK(bb == 16 * PG && oo == 5 * PG);
+		KT_CHILD_CHECK(kv_alloc_check(b) == 0);
 		kv_alloc_destroy(b);
 		_exit(0);
 	}
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
 	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 	/* without sharing there are no figures */
@@ -610,6 +621,7 @@ START_TEST(test_share_chaos)
 		kill(w[i], SIGKILL);
 	for (i = 0; i < CHAOS_WORKERS; i++)
 		waitpid(w[i], &st, 0);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 	qsort(reuse, (size_t)nreuse, sizeof(reuse[0]), cmp_double);

@@ -165,6 +165,7 @@ START_TEST(test_share_limits_refused)
 	kt_opts(&o);
 	ck_assert_int_eq(kv_alloc_create(&o, &a), 0);
 	o.budget = 5 * kv_alloc_prim(a)->device_bytes;
+	kt_check(a);
 	kv_alloc_destroy(a);
 	a = NULL;
 	o.share = 1;
@@ -455,6 +456,7 @@ START_TEST(test_share_hostile_bytes)
 		if (i != in->proc[0].slot)
 			ck_assert_uint_eq(sh->slot[i].state, KV_SLOT_FREE);
 	kt_seg_unmap(sh);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
@@ -490,6 +492,7 @@ START_TEST(test_share_lying_slots)
 	ck_assert_int_eq(kv_alloc_map(a, s, 16 * PG), 0);
 	ck_assert_uint_eq(kt_seg_read(0)->nprocs, 1);
 	kt_seg_unmap(sh);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
@@ -533,6 +536,7 @@ START_TEST(test_share_no_wrap)
 	ck_assert_int_eq(kt_member_leave(&m2), 0);
 	ck_assert_int_eq(kv_alloc_map(a, s, 16 * PG), 0);
 	kt_seg_unmap(sh);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
@@ -568,6 +572,7 @@ START_TEST(test_share_mapped_over_held)
 	kt_member_kill(&m);     /* dead with mapped > held in its slot */
 	assert_joins(&j);
 	kt_seg_unmap(sh);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
@@ -591,6 +596,7 @@ START_TEST(test_share_headroom_reaps)
 	kt_member_kill(&m);
 	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
 	ck_assert_uint_eq(room, 16 * PG);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
@@ -677,6 +683,7 @@ START_TEST(test_share_pidns)
 	ck_assert_int_eq(waitpid(mid, &st, 0), mid);
 	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
 	ck_assert_uint_eq(room, 16 * PG);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
@@ -714,6 +721,7 @@ START_TEST(test_share_exec)
 	ck_assert_int_eq(waitpid(pid, &st, WNOHANG), 0);  /* sleep runs */
 	kill(pid, SIGKILL);
 	waitpid(pid, &st, 0);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
@@ -759,6 +767,7 @@ START_TEST(test_share_forked_child)
 	ck_assert_int_eq(kill(kid, 0), 0);
 	kill(kid, SIGKILL);
 	ck_assert_uint_eq(room, 16 * PG);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
@@ -845,6 +854,7 @@ static int join_and_map_timed(void *arg)
 	KT_CHILD_CHECK(rc == 0);
 	KT_CHILD_CHECK(kv_alloc_map(b, d + 4 * PG, 4 * PG) == 0);
 	fprintf(stderr, "joined and mapped twice in %.1f ms\n", kt_ms_since(&t0));
+	KT_CHILD_CHECK(kv_alloc_check(b) == 0);
 	kv_alloc_destroy(b);
 	return 0;
 }
@@ -886,6 +896,7 @@ START_TEST(test_share_stopped_holder)
 	ck_assert_msg(strstr(err, "going on without it"), "no message said why: %s", err);
 	/* the member's 6 pages still counted: 8 + 6 + 2 = 16 */
 	ck_assert_int_eq(kt_member_leave(&m), 0);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
@@ -923,6 +934,7 @@ START_TEST(test_share_versions)
 	assert_refused(&j, "not a kvshim segment", NULL);
 	sh->magic ^= 1;
 	kt_seg_unmap(sh);
+	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
 }
