@@ -38,7 +38,7 @@ void kv_alloc_opts_default(struct kv_alloc_opts *o)
  */
 static int share_duties(kv_alloc_t *a)
 {
-	uint32_t want, pool, floor, f1 = 0, f2 = 0;
+	uint32_t want, pool, f1 = 0, f2 = 0;
 	uint64_t req;
 	int rc;
 
@@ -49,13 +49,8 @@ static int share_duties(kv_alloc_t *a)
 		return 0;
 	/* what is given back must not come straight back into the pool */
 	a->share_quiet_until = kv_prim_now_ns() + KV_SHARE_QUIET_NS;
+	/* (kv_share_update never asks for what lies under the floor) */
 	want = (uint32_t)((req + a->page - 1) / a->page);
-	/* never below this process's floor, whatever was asked */
-	floor = (uint32_t)((a->o.min + a->page - 1) / a->page);
-	if (kv_held(a) <= floor)
-		want = 0;
-	else if (want > kv_held(a) - floor)
-		want = kv_held(a) - floor;
 	pool = a->n[KV_P_CLEAN] + a->n[KV_P_DIRTY];
 	rc = kv_pool_shrink(a, pool > want ? pool - want : 0, &f1);
 	if (!rc && f1 < want)

@@ -4,19 +4,22 @@
  * (physical pages), span.c (spans) and map.c (claims).
  *
  * Every physical page the allocator may hold has a slot in one table, and
- * a slot is in exactly one state:
+ * a slot is in exactly one state. The moves (slot.c's table checks them):
  *
- *   EMPTY --create--> FILLING --> CLEAN/DIRTY (the pool) --take--> TAKEN
- *     ^  \                            ^   |                         |
- *     |   +--create on a map-----------------------------> TAKEN    |install
- *     |                               |   v                         v
- *   FREEING <--shrink-- CLEAN/DIRTY   |  FILLING (scrub)       MAPPED <-> CACHED
- *     ^                               |                          |          |
- *     +---------- trim ---------------+---- UNMAPPING <----------+----------+
- *                                     +---- DYING <-- (span released)
+ *   EMPTY     -> FILLING (the worker fills the pool), TAKEN (a map creates)
+ *   FILLING   -> CLEAN, DIRTY (its scrub failed), EMPTY (creation failed)
+ *   CLEAN     -> TAKEN (a map), FREEING (the pool shrinks)
+ *   DIRTY     -> TAKEN, FILLING (scrubbed), FREEING
+ *   TAKEN     -> MAPPED (installed), CLEAN or DIRTY (put back), EMPTY
+ *   MAPPED    -> CACHED (its last claim and pin gone), DYING (span released)
+ *   CACHED    -> MAPPED (claimed again), UNMAPPING (trim, reclaim), DYING
+ *   UNMAPPING -> DIRTY, FREEING or TAKEN (unmapped), CACHED or MAPPED (not)
+ *   DYING     -> DIRTY (its span's pages unmapped)
+ *   FREEING   -> EMPTY
  *
- * FILLING, UNMAPPING, DYING and FREEING are driver work in flight with the
- * lock dropped: the slot belongs to the thread doing it, and a thread that
+ * FILLING, UNMAPPING, DYING and FREEING are driver work in flight, mostly
+ * with the lock dropped (a map's reclaim keeps it): the slot belongs to the
+ * thread doing it, and a thread that
  * needs it sleeps on kv_alloc_s.done. TAKEN slots belong to a map call,
  * which holds the lock until they are installed or put back.
  *

@@ -310,11 +310,10 @@ static int unreaped(const kv_alloc_t *a)
 }
 
 /* Turn the claim a one-range map just added to each page into a pin. */
-static void pin_range(kv_alloc_t *a, const struct place *pl)
+static void pin_range(const struct place *pl)
 {
 	uint32_t p;
 
-	(void)a;
 	for (p = pl->p0; p <= pl->p1; p++) {
 		pl->sp->claims[p]--;
 		pl->sp->pinned[p] = 1;
@@ -355,7 +354,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		out = map_locked(a, pl, n, &rc);
 		if (out == KV_SUPPLY_DONE) {
 			if (pin)
-				pin_range(a, pl);
+				pin_range(pl);
 			break;
 		}
 		if (out == KV_SUPPLY_FAILED)
