@@ -28,6 +28,7 @@ void kv_alloc_opts_default(struct kv_alloc_opts *o)
 	o->zero = 1;
 	o->worker = 1;
 	o->share_mode = 0600;
+	o->weight = 1;
 	o->share_wait_ms = 500;
 }
 
@@ -211,8 +212,12 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 				(o->budget_pct ? o->budget_pct : 100);
 
 		rc = kv_share_open(a->prim.uuid, o->pool_name, budget,
-				   a->prim.device_bytes, o->min, o->max,
+				   a->prim.device_bytes, o->min, o->max, o->weight,
 				   o->share_mode ? o->share_mode : 0600, &a->share);
+		if (rc && o->share == KV_ALLOC_SHARE_AUTO) {
+			kv_warn("share: this process runs alone, with no shared budget (KVSHIM_SHARE=on makes that an error)");
+			rc = 0;
+		}
 		if (rc)
 			goto fail;
 	}

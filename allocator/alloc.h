@@ -54,7 +54,9 @@ struct kv_alloc_opts {
 	int zero;            /* scrub pages before they reach a span */
 	int worker;          /* run the worker thread (tests may turn it off
 			      * to observe the pool step by step) */
-	int share;           /* register in the GPU's shared budget segment */
+	int share;           /* KV_ALLOC_SHARE_*: register in the GPU's shared
+			      * budget segment (AUTO: alone if it cannot) */
+	unsigned weight;     /* its weight in the fair shares, 1-1000 */
 	const char *pool_name; /* the segment's pool name, or NULL */
 	size_t budget;       /* bytes all processes may hold; 0: budget_pct */
 	unsigned budget_pct; /* 1-100 of device memory; 0 means 100 */
@@ -63,8 +65,10 @@ struct kv_alloc_opts {
 	unsigned share_wait_ms; /* how long a map waits for others to trim */
 };
 
+enum { KV_ALLOC_SHARE_OFF = 0, KV_ALLOC_SHARE_ON = 1, KV_ALLOC_SHARE_AUTO = 2 };
+
 /* The defaults: device 0, the device's memory, pool 8 MiB low and 64 MiB
- * high, no cache cap, zeroing on, worker on. */
+ * high, no cache cap, zeroing on, worker on, no sharing (weight 1). */
 void kv_alloc_opts_default(struct kv_alloc_opts *o);
 
 /* Open the driver for o->device and set the allocator up. The worker, when
@@ -179,6 +183,14 @@ int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out);
  * kv_share_figures); 0 without one. */
 int kv_alloc_shared(kv_alloc_t *a, size_t *budget, size_t *others,
 		    size_t *room);
+
+/* With a shared budget, state the bytes this process waits for now beyond
+ * what it holds (kv_share_demand); without one, nothing. */
+void kv_alloc_demand(kv_alloc_t *a, size_t bytes);
+
+/* With a shared budget, the bytes of what this process uses it is asked
+ * to give back now (kv_share_asked); 0 without one. */
+size_t kv_alloc_asked(kv_alloc_t *a);
 
 /* The driver handle a runs on, for callers that must check the device. */
 const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a);

@@ -382,6 +382,8 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		nanosleep(&(struct timespec){ 0, 2 * 1000 * 1000 }, NULL);
 		pthread_mutex_lock(&a->lock);
 	}
+	if (a->share)
+		kv_share_waited(a->share);      /* whatever came of it */
 	if ((uint64_t)a->n[KV_P_CLEAN] * a->page < a->o.pool_low)
 		pthread_cond_signal(&a->wake);
 	KV_DEBUG_CHECK_LOCKED(a);
@@ -534,8 +536,8 @@ int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 
 int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 {
-	size_t free_b = 0, total = 0, grow, budget, others, room;
-	int rc;
+	size_t free_b = 0, total = 0, grow, budget, others, room, used;
+	int rc, shared;
 
 	if (!a || !bytes)
 		return KVSHIM_EINVAL;
@@ -544,7 +546,8 @@ int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 		rc = kv_prim_meminfo(&a->prim, &free_b, &total);
 	if (rc)
 		return rc;
-	if (kv_alloc_shared(a, &budget, &others, &room)) {
+	shared = kv_alloc_shared(a, &budget, &others, &room);
+	if (shared) {
 		/* what the shared budget, the others' use and floors, and this
 		 * process's ceiling leave (others' idle pages count: a map asks
 		 * them back) */
@@ -569,8 +572,25 @@ int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 	 * waits for them rather than fail */
 	*bytes = grow + (size_t)(kv_pooled(a) + kv_outbound(a) +
 				 a->n[KV_P_CACHED]) * a->page;
+	/* its own idle pages too count within the most it may hold: past its
+	 * fair share, while others wait, that is less than it holds (alone,
+	 * or with nobody waiting, this cuts nothing) */
+	used = (size_t)(a->n[KV_P_MAPPED] + a->n[KV_P_TAKEN]) * a->page;
+	if (shared && *bytes > (room > used ? room - used : 0))
+		*bytes = room > used ? room - used : 0;
 	pthread_mutex_unlock(&a->lock);
 	return 0;
+}
+
+void kv_alloc_demand(kv_alloc_t *a, size_t bytes)
+{
+	if (a && a->share)
+		kv_share_demand(a->share, bytes);
+}
+
+size_t kv_alloc_asked(kv_alloc_t *a)
+{
+	return a && a->share ? (size_t)kv_share_asked(a->share) : 0;
 }
 
 int kv_alloc_pin_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,

@@ -125,7 +125,9 @@ int kv_seg_lock_wait(int fd, short type, off_t off, unsigned ms)
  * mapped at most held, cached at most mapped. pending is loaded before held:
  * a taker moves its bytes from pending to held in the other order, so they
  * are never missed. Sets clamped when held, pending, pooled or min was out
- * of bounds (a figure no process of this version writes).
+ * of bounds (a figure no process of this version writes). A weight of 0
+ * (a slot of minor 0) is 1; a weight above KV_FAIR_WEIGHT_MAX, a demand
+ * above cap and asked above held are cut to them, and set clamped.
  */
 void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig *f)
 {
@@ -152,6 +154,26 @@ void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig
 	f->last_ns = LOAD(&sl->last_ns);
 	f->trim_request = kv_seg_min(LOAD(&sl->trim_request), f->held);
 	f->trimmed = LOAD(&sl->trimmed);
+	f->weight = LOAD(&sl->weight);
+	f->demand = LOAD(&sl->demand);
+	f->asked = LOAD(&sl->asked);
+	if (f->weight > KV_FAIR_WEIGHT_MAX || f->demand > cap || f->asked > f->held)
+		f->clamped = 1;
+	f->weight = f->weight ? kv_seg_min(f->weight, KV_FAIR_WEIGHT_MAX) : 1;
+	f->demand = kv_seg_min(f->demand, cap);
+	f->asked = kv_seg_min(f->asked, f->held);
+}
+
+void kv_seg_fair_in(const struct kv_seg_fig *f, struct kv_fair_in *in)
+{
+	in->weight = f->weight;
+	in->held = f->held;
+	in->pending = f->pending;
+	in->idle = kv_seg_min(kv_seg_sat_add(f->cached, f->pooled), f->held);
+	in->givable = kv_seg_givable(f);
+	in->demand = f->demand;
+	in->min = f->min;
+	in->max = f->max;
 }
 
 /* What a process would give back on request: its idle pages, down to
@@ -185,6 +207,9 @@ void kv_seg_clear(struct kv_share_slot *sl)
 	STORE(&sl->last_ns, 0);
 	STORE(&sl->trim_request, 0);
 	STORE(&sl->trimmed, 0);
+	STORE(&sl->weight, 0);
+	STORE(&sl->demand, 0);
+	STORE(&sl->asked, 0);
 	for (i = 0; i < sizeof(sl->spare) / sizeof(sl->spare[0]); i++)
 		STORE(&sl->spare[i], 0);
 	memset(sl->cmd, 0, sizeof(sl->cmd));
@@ -423,6 +448,9 @@ int kv_share_path(char *out, size_t len, const char *uuid, const char *pool)
 static int collect(int fd, const struct kv_share *sh, uint64_t cap, uint64_t ns,
 		   struct kv_share_info *out)
 {
+	struct kv_fair_in fin[KV_SHARE_SLOTS];
+	struct kv_fair_out fout[KV_SHARE_SLOTS];
+	unsigned live[KV_SHARE_SLOTS], nlive = 0;
 	uint64_t seq[KV_SHARE_SLOTS];
 	int exact = 1;
 	unsigned i;
@@ -457,14 +485,25 @@ static int collect(int fd, const struct kv_share *sh, uint64_t cap, uint64_t ns,
 		p->last_ns = f.last_ns;
 		p->trim_request = f.trim_request;
 		p->trimmed = f.trimmed;
+		p->weight = f.weight;
+		p->demand = f.demand;
+		p->asked = f.asked;
 		out->nprocs++;
 		if (!p->alive)
 			continue;
+		kv_seg_fair_in(&f, &fin[nlive]);
+		live[nlive++] = out->nprocs - 1;
 		out->held = kv_seg_sat_add(out->held, f.held);
 		out->pending = kv_seg_sat_add(out->pending, f.pending);
 		out->mapped = kv_seg_sat_add(out->mapped, f.mapped);
 		out->cached = kv_seg_sat_add(out->cached, f.cached);
 		out->pooled = kv_seg_sat_add(out->pooled, f.pooled);
+	}
+	/* the shares of the live processes, as the members compute them */
+	kv_fair_plan(cap, fin, nlive, fout, NULL);
+	for (i = 0; i < nlive; i++) {
+		out->proc[live[i]].share = fout[i].share;
+		out->proc[live[i]].gap = fout[i].gap;
 	}
 	for (i = 0; i < KV_SHARE_SLOTS && exact; i++)
 		exact = LOAD(&sh->slot[i].seq) == seq[i];

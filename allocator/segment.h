@@ -12,12 +12,14 @@
 #include <sys/stat.h>
 #include <sys/types.h>
 
+#include "fair.h"
 #include "share.h"
 
 /* Figures of one slot, each within bounds (kv_seg_load). */
 struct kv_seg_fig {
 	uint64_t held, pending, mapped, cached, pooled, reserved;
 	uint64_t min, max, last_ns, trim_request, trimmed;
+	uint64_t weight, demand, asked;
 	int clamped;
 };
 
@@ -58,6 +60,9 @@ int kv_seg_lock_wait(int fd, short type, off_t off, unsigned ms);
 
 /* Slot sl's figures into f, bounded by cap (the budget). */
 void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig *f);
+
+/* f as the rule's input (fair.h). */
+void kv_seg_fair_in(const struct kv_seg_fig *f, struct kv_fair_in *in);
 
 /* The idle bytes a slot would give back on request, down to its floor.
  * Returns them. */

@@ -21,6 +21,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "fair.h"
 #include "kvshim.h"
 #include "log.h"
 #include "segment.h"
@@ -43,6 +44,11 @@ struct kv_share_handle_s {
 	uint64_t device_bytes;
 	/* this process's figures, published from here */
 	uint64_t held, mapped, cached, pooled, reserved, min, max, trimmed;
+	uint64_t weight;
+	uint64_t waiting;        /* bytes a map waits for (kv_share_take) */
+	uint64_t stated;         /* bytes stated by kv_share_demand ... */
+	uint64_t stated_until;   /* ...until then (CLOCK_MONOTONIC ns) */
+	uint64_t asked;          /* of what it uses, asked back (fair.h) */
 	uint64_t last_ns;
 	uint64_t seq;            /* its slot's sequence number, even */
 	uint64_t stuck_until;    /* CLOCK_MONOTONIC ns, 0: the lock is not stuck */
@@ -52,9 +58,14 @@ struct kv_share_handle_s {
 };
 
 /* What the other processes hold, take, keep by their floors and could
- * give back, summed without wrapping. */
+ * give back, summed without wrapping; and the rule's plan (fair.h) with
+ * this process among them. */
 struct sums {
 	uint64_t held, pending, floors, givable;
+	uint64_t gaps;           /* what the others waiting below their
+				  * share claim */
+	struct kv_fair_out me;   /* this process's share, gap and asked */
+	struct kv_fair_sums plan;
 	int clamped;
 };
 
@@ -107,6 +118,15 @@ static void update_unlock(kv_share_t *s, int locked)
 		kv_seg_lock(s->fd, F_UNLCK, KV_SHARE_LOCK_UPDATE);
 }
 
+/* The bytes this process waits for now: what a map waits for, or what
+ * was stated lately, whichever is more. */
+static uint64_t demand_of(const kv_share_t *s)
+{
+	uint64_t stated = kv_seg_mono_ns() < s->stated_until ? s->stated : 0;
+
+	return s->waiting > stated ? s->waiting : stated;
+}
+
 /* Write this process's figures into its slot, every one of them, so that
  * a slot another member rewrote is repaired; its sequence number is odd
  * meanwhile (see share.h), and written from this process's own count. */
@@ -125,6 +145,9 @@ static void publish(kv_share_t *s)
 	STORE(&me->max, s->max);
 	STORE(&me->trimmed, s->trimmed);
 	STORE(&me->last_ns, s->last_ns);
+	STORE(&me->weight, s->weight);
+	STORE(&me->demand, demand_of(s));
+	STORE(&me->asked, s->asked);
 	STORE(&me->pid, (int32_t)getpid());
 	STORE(&me->state, KV_SLOT_USED);
 	s->seq += 2;
@@ -156,12 +179,34 @@ static uint64_t budget_of(kv_share_t *s)
 	return b;
 }
 
-/* Sum the other used slots' figures into t (cap: the budget). */
-static void others(kv_share_t *s, uint64_t cap, struct sums *t)
+/* This process's own figures as the rule's input, waiting for demand
+ * bytes. */
+static void own_fair_in(const kv_share_t *s, uint64_t cap, uint64_t demand,
+			struct kv_fair_in *in)
 {
-	unsigned i;
+	in->weight = s->weight;
+	in->held = kv_seg_min(s->held, cap);
+	in->pending = 0;
+	in->idle = kv_seg_min(kv_seg_sat_add(s->cached, s->pooled), in->held);
+	in->min = kv_seg_min(s->min, cap);
+	in->max = s->max;
+	in->givable = kv_seg_min(in->idle, in->held > in->min ? in->held - in->min : 0);
+	in->demand = kv_seg_min(demand, cap);
+}
+
+/*
+ * Sum the other used slots' figures into t (cap: the budget), and plan the
+ * budget by the rule with this process among them, waiting for demand
+ * bytes.
+ */
+static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
+{
+	struct kv_fair_in in[KV_SHARE_SLOTS];
+	struct kv_fair_out out[KV_SHARE_SLOTS];
+	unsigned i, n = 1;
 
 	memset(t, 0, sizeof(*t));
+	own_fair_in(s, cap, demand, &in[0]);
 	for (i = 0; i < KV_SHARE_SLOTS; i++) {
 		const struct kv_share_slot *sl = &s->sh->slot[i];
 		struct kv_seg_fig f;
@@ -177,7 +222,11 @@ static void others(kv_share_t *s, uint64_t cap, struct sums *t)
 			t->floors = kv_seg_sat_add(t->floors, f.min - has);
 		t->givable = kv_seg_sat_add(t->givable, kv_seg_givable(&f));
 		t->clamped |= f.clamped;
+		kv_seg_fair_in(&f, &in[n++]);
 	}
+	kv_fair_plan(cap, in, n, out, &t->plan);
+	t->me = out[0];
+	t->gaps = t->plan.gaps > t->me.gap ? t->plan.gaps - t->me.gap : 0;
 	if (t->clamped && !s->warned) {
 		s->warned = 1;
 		kv_warn("share: %s: a process's slot holds figures out of bounds: counted as at most the budget",
@@ -492,7 +541,7 @@ static void reg_remove(kv_share_t *s)
 
 int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 		  uint64_t device_bytes, uint64_t min, uint64_t max,
-		  unsigned mode, kv_share_t **out)
+		  unsigned weight, unsigned mode, kv_share_t **out)
 {
 	const char *why;
 	kv_share_t *s;
@@ -500,6 +549,10 @@ int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 
 	if (!out || !device_bytes || (max && min > max))
 		return KVSHIM_EINVAL;
+	if (weight < 1 || weight > KV_FAIR_WEIGHT_MAX) {
+		kv_error("share: a weight of %u: expected 1 to %d", weight, KV_FAIR_WEIGHT_MAX);
+		return KVSHIM_EINVAL;
+	}
 	if (!kv_share_mode_ok(mode, &why)) {
 		kv_error("share: segment mode 0%03o: %s", mode, why);
 		return KVSHIM_EINVAL;
@@ -521,6 +574,7 @@ int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 	s->device_bytes = device_bytes;
 	s->min = min;
 	s->max = max;
+	s->weight = weight;
 	if (pthread_mutex_init(&s->mu, NULL)) {
 		free(s);
 		return KVSHIM_ENOMEM;
@@ -571,15 +625,36 @@ void kv_share_close(kv_share_t *s)
 	free(s);
 }
 
+/* Whether bytes more would take this process past its share while
+ * others wait below theirs. Returns 1 or 0. */
+static int past_share(const kv_share_t *s, const struct sums *t, uint64_t bytes)
+{
+	return t->gaps && kv_seg_sat_add(s->held, bytes) > t->me.share;
+}
+
+/* What the others keep from this process, taking bytes more: what they
+ * hold and keep by their floors, what they take (with_pending), and past
+ * its share, what those waiting below theirs claim. Returns it. */
+static uint64_t kept_from(const kv_share_t *s, const struct sums *t,
+			  uint64_t bytes, int with_pending)
+{
+	uint64_t kept = kv_seg_sat_add(t->held, t->floors);
+
+	if (with_pending)
+		kept = kv_seg_sat_add(kept, t->pending);
+	if (past_share(s, t, bytes))
+		kept = kv_seg_sat_add(kept, t->gaps);
+	return kept;
+}
+
 /* Whether bytes more for this process fit beside the others' sums t.
  * Returns 1 or 0. */
 static int fits(const kv_share_t *s, const struct sums *t, uint64_t cap,
 		uint64_t bytes, int with_pending)
 {
-	uint64_t used = kv_seg_sat_add(kv_seg_sat_add(t->held, t->floors),
-				with_pending ? t->pending : 0);
+	uint64_t kept = kept_from(s, t, bytes, with_pending);
 
-	return used <= cap && kv_seg_sat_add(s->held, bytes) <= cap - used;
+	return kept <= cap && kv_seg_sat_add(s->held, bytes) <= cap - kept;
 }
 
 /* Ask the others for need bytes of their idle pages, above their floors.
@@ -613,14 +688,44 @@ static uint64_t ask(kv_share_t *s, uint64_t cap, uint64_t need)
 }
 
 /*
+ * A take of bytes that did not fit beside t, by a map that may wait: the
+ * bytes are published as what this process waits for, so that the others'
+ * rule counts them. Then wait for others taking, for idle pages asked back,
+ * or, below its share, for those above theirs to give back what they use
+ * (their workers read the rule, their engines preempt). Returns
+ * KV_SHARE_WAIT, or KVSHIM_ELIMIT when nobody can give way.
+ */
+static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
+		   uint64_t bytes)
+{
+	uint64_t over;
+
+	if (s->waiting < bytes) {
+		s->waiting = kv_seg_min(bytes, cap);
+		publish(s);
+	}
+	if (fits(s, t, cap, bytes, 0))
+		return KV_SHARE_WAIT;           /* others are taking: look again */
+	over = kv_seg_sat_add(kept_from(s, t, bytes, 1), kv_seg_sat_add(s->held, bytes));
+	over = over > cap ? over - cap : 0;
+	if (ask(s, cap, over))
+		return KV_SHARE_WAIT;
+	if (!past_share(s, t, bytes) && t->me.gap && t->plan.over)
+		return KV_SHARE_WAIT;
+	return KVSHIM_ELIMIT;
+}
+
+/*
  * Take bytes for this process: publish them as pending, then count what
  * the others hold and take (see share.h), reaping the dead when short.
- * Returns 0, KV_SHARE_WAIT or KVSHIM_ELIMIT (see kv_share_take).
+ * A map's take counts the bytes as this process's demand in the rule;
+ * a spare one (the pool) does not. Returns 0, KV_SHARE_WAIT or
+ * KVSHIM_ELIMIT (see kv_share_take).
  */
 static int take(kv_share_t *s, uint64_t bytes, int may_ask)
 {
 	struct sums t;
-	uint64_t cap, over;
+	uint64_t cap, demand;
 	int locked, rc;
 
 	if (s->fd < 0)
@@ -633,10 +738,13 @@ static int take(kv_share_t *s, uint64_t bytes, int may_ask)
 	locked = update_lock(s, F_WRLCK);
 	cap = budget_of(s);
 	set_pending(s, bytes);
-	others(s, cap, &t);
+	demand = demand_of(s);
+	if (may_ask && demand < bytes)
+		demand = bytes;
+	others(s, cap, demand, &t);
 	if (!fits(s, &t, cap, bytes, 1) &&
 	    kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
-		others(s, cap, &t);
+		others(s, cap, demand, &t);
 	if (fits(s, &t, cap, bytes, 1)) {
 		s->held += bytes;
 		s->last_ns = kv_seg_realtime_ns();
@@ -644,13 +752,7 @@ static int take(kv_share_t *s, uint64_t bytes, int may_ask)
 		rc = 0;
 	} else {
 		set_pending(s, 0);
-		over = kv_seg_sat_add(kv_seg_sat_add(t.held, t.floors),
-				      kv_seg_sat_add(t.pending, kv_seg_sat_add(s->held, bytes)));
-		over = over > cap ? over - cap : 0;
-		if (may_ask && fits(s, &t, cap, bytes, 0))
-			rc = KV_SHARE_WAIT;     /* others are taking: look again */
-		else
-			rc = may_ask && ask(s, cap, over) ? KV_SHARE_WAIT : KVSHIM_ELIMIT;
+		rc = may_ask ? refused(s, &t, cap, bytes) : KVSHIM_ELIMIT;
 	}
 	update_unlock(s, locked);
 	pthread_mutex_unlock(&s->mu);
@@ -684,6 +786,7 @@ void kv_share_give(kv_share_t *s, uint64_t bytes)
 uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
 			 uint64_t pooled, uint64_t reserved)
 {
+	struct sums t;
 	uint64_t req;
 
 	if (s->fd < 0)
@@ -693,6 +796,10 @@ uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
 	s->cached = kv_seg_min(cached, s->mapped);
 	s->pooled = kv_seg_min(pooled, s->held);
 	s->reserved = reserved;
+	/* what the rule asks of it now, read without the update lock: the
+	 * figures are bounded, and the next look (5 ms on) corrects them */
+	others(s, budget_of(s), demand_of(s), &t);
+	s->asked = t.me.asked;
 	req = __atomic_exchange_n(&s->sh->slot[s->slot].trim_request, 0,
 				  __ATOMIC_SEQ_CST);
 	publish(s);
@@ -732,7 +839,7 @@ void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,
 	kv_seg_reap_all(s->fd, s->sh, s->slot, s->path);
 	locked = update_lock(s, F_RDLCK);
 	cap = budget_of(s);
-	others(s, cap, &t);
+	others(s, cap, demand_of(s), &t);
 	update_unlock(s, locked);
 	pthread_mutex_unlock(&s->mu);
 	*budget = cap;
@@ -742,6 +849,49 @@ void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,
 	kept = kv_seg_sat_add(kv_seg_sat_add(t.held, t.pending), t.floors);
 	kept = kept > t.givable ? kept - t.givable : 0;
 	*room = cap > kept ? cap - kept : 0;
+	/* past its share, what those waiting below theirs claim is kept too */
+	if (t.gaps) {
+		uint64_t within = kv_seg_min(t.me.share, *room);
+
+		*room = *room > t.gaps ? *room - t.gaps : 0;
+		if (*room < within)
+			*room = within;
+	}
+}
+
+void kv_share_waited(kv_share_t *s)
+{
+	if (s->fd < 0)
+		return;
+	pthread_mutex_lock(&s->mu);
+	if (s->waiting) {
+		s->waiting = 0;
+		publish(s);
+	}
+	pthread_mutex_unlock(&s->mu);
+}
+
+void kv_share_demand(kv_share_t *s, uint64_t bytes)
+{
+	if (s->fd < 0)
+		return;
+	pthread_mutex_lock(&s->mu);
+	s->stated = kv_seg_min(bytes, budget_of(s));
+	s->stated_until = bytes ? kv_seg_mono_ns() + KV_SHARE_DEMAND_MS * 1000000ull : 0;
+	publish(s);
+	pthread_mutex_unlock(&s->mu);
+}
+
+uint64_t kv_share_asked(kv_share_t *s)
+{
+	uint64_t asked;
+
+	if (s->fd < 0)
+		return 0;
+	pthread_mutex_lock(&s->mu);
+	asked = s->asked;
+	pthread_mutex_unlock(&s->mu);
+	return asked;
 }
 
 void kv_share_trimmed(kv_share_t *s, uint64_t bytes)

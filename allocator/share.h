@@ -2,11 +2,13 @@
  * share.h - one GPU's memory budget, shared by every kvshim process on it.
  *
  * A segment in /dev/shm (named from the GPU's UUID and an optional pool
- * name) holds a slot per process: what it holds, its floor and ceiling,
- * and the bytes other processes ask it to give back. A process takes budget
- * before it creates physical pages and gives it back when it releases
- * them; when the budget is held by others, it asks those with idle pages
- * (cached or pooled, above their floor) to trim, and waits a bounded time.
+ * name) holds a slot per process: what it holds, its floor, ceiling and
+ * weight, what it waits for (its demand), and the bytes other processes
+ * ask it to give back. A process takes budget before it creates physical
+ * pages and gives it back when it releases them; when the budget is held
+ * by others, it asks those with idle pages (cached or pooled, above their
+ * floor) to trim, and waits a bounded time. Who may take and who must give
+ * back what it uses is fair.h's rule: weighted fair shares.
  *
  * Every member can write all of the segment, so nothing in it is trusted:
  * it holds numbers only (no pointer, no lock state), each read with bounds,
@@ -42,7 +44,8 @@
 
 #define KV_SHARE_MAGIC 0x315348535653564bULL   /* "KVSVSHS1", every version */
 #define KV_SHARE_MAJOR 2       /* another major is refused */
-#define KV_SHARE_MINOR 0       /* a newer minor only gives meaning to spare fields */
+#define KV_SHARE_MINOR 1       /* a newer minor only gives meaning to spare fields
+				* (1: a slot's weight, demand and asked) */
 #define KV_SHARE_SLOTS 64
 #define KV_SHARE_DIR "/dev/shm"
 
@@ -78,7 +81,12 @@ struct kv_share_slot {
 	uint64_t trimmed;        /* bytes it gave back on request */
 	char cmd[64];
 	uint64_t seq;            /* odd while the slot's writer changes it */
-	uint64_t spare[5];       /* zero; a newer minor may use them */
+	/* minor 1 (0 in a slot of minor 0, read as weight 1, no demand) */
+	uint64_t weight;         /* its KVSHIM_WEIGHT */
+	uint64_t demand;         /* bytes it waits for now beyond what it holds */
+	uint64_t asked;          /* of what it uses, the bytes it is asked to
+				  * give back now (fair.h), as it computed them */
+	uint64_t spare[2];       /* zero; a newer minor may use them */
 };
 
 struct kv_share {
@@ -107,15 +115,16 @@ typedef struct kv_share_handle_s kv_share_t;
  * pool name (may be NULL), and take a slot for this process. budget is
  * the bytes all processes may hold (0: device_bytes); a segment that
  * exists keeps its budget. min and max are this process's floor and
- * ceiling (max 0: none). mode: owner rw, nothing for others to write.
+ * ceiling (max 0: none), weight its weight in the fair shares (1 to
+ * KV_FAIR_WEIGHT_MAX). mode: owner rw, nothing for others to write.
  * Each refusal is logged with the path, and for a segment not trusted its
- * owner and mode. Returns 0, KVSHIM_EINVAL (bad arguments), KVSHIM_ESTATE
- * (the segment is not to be trusted, of another major version, not a kvshim
- * segment, or full) or KVSHIM_ENOMEM.
+ * owner and mode. Returns 0, KVSHIM_EINVAL (bad arguments, logged),
+ * KVSHIM_ESTATE (the segment is not to be trusted, of another major
+ * version, not a kvshim segment, or full) or KVSHIM_ENOMEM.
  */
 int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 		  uint64_t device_bytes, uint64_t min, uint64_t max,
-		  unsigned mode, kv_share_t **out);
+		  unsigned weight, unsigned mode, kv_share_t **out);
 
 /* Give the slot back and close. In a child forked from the opener, only
  * frees the child's copy: the slot is the parent's. */
@@ -123,11 +132,15 @@ void kv_share_close(kv_share_t *s);
 
 /*
  * Take bytes of budget for new pages. The others' floors count as held:
- * a process below its floor can always grow to it. Returns 0; KVSHIM_ELIMIT
- * when this process's ceiling forbids it; or KV_SHARE_WAIT when others
- * hold the budget with idle pages (they have been asked to trim) or are
- * taking budget themselves: the caller should try again shortly. When
- * nobody can give way, KVSHIM_ELIMIT; in a forked child, KVSHIM_ESTATE.
+ * a process below its floor can always grow to it; so do the claims of
+ * processes waiting below their share, for a process that would pass its
+ * own (fair.h). Returns 0; KVSHIM_ELIMIT when this process's ceiling
+ * forbids it; or KV_SHARE_WAIT when others hold the budget with idle pages
+ * (they have been asked to trim), are taking budget themselves, or use
+ * more than their share while this process waits below its own (they are
+ * asked to give it back): the caller should try again shortly, and is
+ * counted as waiting for bytes until kv_share_waited. When nobody can
+ * give way, KVSHIM_ELIMIT; in a forked child, KVSHIM_ESTATE.
  */
 #define KV_SHARE_WAIT 2
 int kv_share_take(kv_share_t *s, uint64_t bytes);
@@ -136,11 +149,27 @@ int kv_share_take(kv_share_t *s, uint64_t bytes);
  * others to trim. Returns 0 or KVSHIM_ELIMIT when the budget is short. */
 int kv_share_take_spare(kv_share_t *s, uint64_t bytes);
 
+/* The map that took (or tried to) is over: this process no longer waits
+ * for what kv_share_take refused it. */
+void kv_share_waited(kv_share_t *s);
+
+/* State the bytes this process waits for now beyond what it holds (0:
+ * none), e.g. what the requests waiting for admission need; it counts for
+ * KV_SHARE_DEMAND_MS unless stated again. Bounded by the budget. */
+#define KV_SHARE_DEMAND_MS 1000
+void kv_share_demand(kv_share_t *s, uint64_t bytes);
+
+/* The bytes of what it uses this process is asked to give back now (its
+ * idle pages are given back without asking the engine): the engine
+ * adapter frees that much by preempting work. As of the last update. */
+uint64_t kv_share_asked(kv_share_t *s);
+
 /* Give bytes of budget back (pages released). */
 void kv_share_give(kv_share_t *s, uint64_t bytes);
 
-/* Publish this process's figures; returns the bytes others ask it to
- * trim (the request is cleared), at most what it holds above its floor. */
+/* Publish this process's figures and what the rule asks of it (see
+ * kv_share_asked); returns the bytes others ask it to trim (the request
+ * is cleared), at most what it holds above its floor. */
 uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
 			 uint64_t pooled, uint64_t reserved);
 
@@ -150,7 +179,8 @@ void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled);
 
 /* The pool's budget, the bytes the other processes hold now, and the most
  * this process could hold: the budget less what the others use and what
- * their floors keep for them (their idle pages come back on request).
+ * their floors keep for them (their idle pages come back on request), and
+ * past its share, less what processes waiting below theirs claim.
  * Slots of processes that are gone are reclaimed first. */
 void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others,
 		      uint64_t *room);
@@ -175,6 +205,8 @@ struct kv_share_proc {
 	char cmd[4 * 64 + 1];    /* printable ASCII: other bytes as \xNN */
 	uint64_t held, pending, mapped, cached, pooled, reserved;
 	uint64_t min, max, last_ns, trim_request, trimmed;
+	uint64_t weight, demand, asked;   /* as its slot says (bounded) */
+	uint64_t share, gap;     /* the rule's, from the figures read (fair.h) */
 };
 
 struct kv_share_info {

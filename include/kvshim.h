@@ -138,6 +138,27 @@ int kvshim_trim(size_t bytes, size_t *freed);
 
 int kvshim_stats(struct kvshim_stats *out);
 
+/*
+ * Sharing one GPU's budget with other processes (KVSHIM_SHARE): state the
+ * bytes this process waits for now beyond what it holds, e.g. the KV
+ * blocks of the requests waiting for admission (0: none). Processes below
+ * their fair share that wait take budget back from those above theirs.
+ * A statement holds for one second unless made again. Without a shared
+ * budget, does nothing. Returns 0, or the error that keeps kvshim from
+ * running (KVSHIM_ECONFIG, KVSHIM_ENODEV).
+ */
+int kvshim_share_demand(size_t bytes);
+
+/*
+ * The bytes of what this process uses (claimed blocks, not idle pages) it
+ * is asked to give back now: it holds more than its fair share while
+ * others wait below theirs. An engine frees them by preempting work (its
+ * idle pages are given back without it). *bytes is 0 without a shared
+ * budget. Returns 0, KVSHIM_EINVAL (bytes NULL), or the error that keeps
+ * kvshim from running.
+ */
+int kvshim_share_asked(size_t *bytes);
+
 /* A static English message for a kvshim_error; never NULL. */
 const char *kvshim_strerror(int err);
 

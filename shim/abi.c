@@ -214,6 +214,30 @@ KV_EXPORT int kvshim_stats(struct kvshim_stats *out)
 	return rc ? rc : kv_alloc_stats(a, out);
 }
 
+KV_EXPORT int kvshim_share_demand(size_t bytes)
+{
+	kv_alloc_t *a;
+	int rc = kv_shim_alloc(&a);
+
+	if (!rc)
+		kv_alloc_demand(a, bytes);
+	return rc;
+}
+
+KV_EXPORT int kvshim_share_asked(size_t *bytes)
+{
+	kv_alloc_t *a;
+	int rc;
+
+	if (!bytes)
+		return KVSHIM_EINVAL;
+	*bytes = 0;
+	rc = kv_shim_alloc(&a);
+	if (!rc)
+		*bytes = kv_alloc_asked(a);
+	return rc;
+}
+
 KV_EXPORT const char *kvshim_strerror(int err)
 {
 	return kv_shim_strerror(err);

@@ -13,6 +13,7 @@
 #include <sys/auxv.h>
 
 #include "config.h"
+#include "fair.h"
 #include "kvshim.h"
 #include "log.h"
 #include "share.h"
@@ -23,6 +24,8 @@ const struct kv_config_var kv_config_vars[] = {
 };
 #undef KV_ENTRY
 const size_t kv_config_nvars = sizeof(kv_config_vars) / sizeof(kv_config_vars[0]);
+
+_Static_assert(KV_WEIGHT_MAX == KV_FAIR_WEIGHT_MAX, "KVSHIM_WEIGHT's bound is the rule's");
 
 int kv_parse_bool(const char *s, int *out, const char **why)
 {
@@ -241,6 +244,46 @@ static int parse_tokens(const char *s, size_t *out, const char **why)
 	return 0;
 }
 
+/* auto, or a boolean: on and off. */
+static int parse_share(const char *s, int *out, const char **why)
+{
+	int on;
+
+	if (!strcasecmp(s, "auto")) {
+		*out = KV_SHARE_CFG_AUTO;
+		return 0;
+	}
+	if (kv_parse_bool(s, &on, why)) {
+		*why = "expected auto, 1/true/yes/on or 0/false/no/off";
+		return KVSHIM_ECONFIG;
+	}
+	*out = on ? KV_SHARE_CFG_ON : KV_SHARE_CFG_OFF;
+	return 0;
+}
+
+/* A whole number from 1 to KV_WEIGHT_MAX, digits only. */
+static int parse_weight(const char *s, unsigned *out, const char **why)
+{
+	unsigned long long v;
+	const char *end;
+	int rc = digits(s, 10, KV_WEIGHT_MAX, &v, &end);
+
+	if (rc == -2) {
+		*why = "too large (at most 1000)";
+		return KVSHIM_ECONFIG;
+	}
+	if (rc || *end) {
+		*why = "expected a whole number from 1 to 1000, digits only";
+		return KVSHIM_ECONFIG;
+	}
+	if (v == 0) {
+		*why = "must be at least 1 (a process of weight 0 would have no share)";
+		return KVSHIM_ECONFIG;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
 static int parse_meminfo(const char *s, int *out, const char **why)
 {
 	if (!strcasecmp(s, "real")) {
@@ -335,6 +378,8 @@ static int parse_mode(const char *s, unsigned *out, const char **why)
 #define kv_apply_size_zero_off(c, f, s, why) parse_size_zero_off(s, &(c)->f, why)
 #define kv_apply_mode(c, f, s, why) parse_mode(s, &(c)->f, why)
 #define kv_apply_tokens(c, f, s, why) parse_tokens(s, &(c)->f, why)
+#define kv_apply_share(c, f, s, why) parse_share(s, &(c)->f, why)
+#define kv_apply_weight(c, f, s, why) parse_weight(s, &(c)->f, why)
 
 int kv_config_load(struct kv_config *c)
 {

@@ -34,8 +34,8 @@
 	  "outside a window, allocations of at least this become spans mapped in full (off: none)") \
 	X(MEMINFO, meminfo, meminfo, "virtual",                              \
 	  "what cudaMemGetInfo/cuMemGetInfo report: real (the driver's figures) or virtual (spans counted as fully backed, kvshim's idle pages as free)") \
-	X(SHARE, share, bool, "off",                                         \
-	  "register in the GPU's shared budget segment in /dev/shm, so colocated processes share memory (in development)") \
+	X(SHARE, share, share, "auto",                                       \
+	  "share one budget with the GPU's other kvshim processes (a segment in /dev/shm): auto (when kvshim starts its allocator; alone if the segment cannot be joined), on (from the first memory-info call; kvshim off if the segment is refused) or off") \
 	X(POOL, pool, name, "",                                              \
 	  "name of the shared segment's pool (letters, digits, - and _): processes share a budget only within one pool") \
 	X(BUDGET, budget, budget, "100%",                                    \
@@ -44,6 +44,8 @@
 	  "this process's floor in the shared budget: kept for it while it holds less, and never trimmed below on request") \
 	X(MAX, max, size_zero_off, "off",                                    \
 	  "this process's ceiling in the shared budget; off: none") \
+	X(WEIGHT, weight, weight, "1",                                       \
+	  "this process's weight in the shared budget's fair shares: a whole number from 1 to 1000") \
 	X(SHARE_MODE, share_mode, mode, "0600",                              \
 	  "permissions of a segment this process creates, and the only ones it joins (octal, owner rw, no write for others; 0660: shared with the group)") \
 	X(CB_READ_TOKENS, cb_read_tokens, tokens, "auto",                    \
@@ -63,12 +65,13 @@ struct kv_config {
 	size_t window_min;
 	size_t min_bytes;    /* SIZE_MAX: off */
 	int meminfo;         /* KV_MEMINFO_* */
-	int share;
+	int share;           /* KV_SHARE_CFG_* */
 	char pool[49];
 	size_t budget;       /* bytes, or 0 when budget_pct applies */
 	unsigned budget_pct;
 	size_t min;
 	size_t max;          /* 0: none */
+	unsigned weight;     /* 1..KV_WEIGHT_MAX */
 	unsigned share_mode;
 	size_t cb_read_tokens; /* 0: auto, SIZE_MAX: off; the Python adapter reads it */
 };
@@ -77,6 +80,12 @@ struct kv_config {
 #define KV_READ_TOKENS_MAX ((size_t)1 << 30)
 
 enum { KV_MEMINFO_REAL = 0, KV_MEMINFO_VIRTUAL = 1 };
+
+/* KVSHIM_SHARE: the allocator's KV_ALLOC_SHARE_* values. */
+enum { KV_SHARE_CFG_OFF = 0, KV_SHARE_CFG_ON = 1, KV_SHARE_CFG_AUTO = 2 };
+
+/* The most KVSHIM_WEIGHT may be (allocator/fair.h's KV_FAIR_WEIGHT_MAX). */
+#define KV_WEIGHT_MAX 1000
 
 /* One entry of the table, for --print-config style listings. */
 struct kv_config_var {

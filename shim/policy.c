@@ -206,9 +206,11 @@ void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 
 	if (!c || c->meminfo != KV_MEMINFO_VIRTUAL || !free_bytes)
 		return;
-	/* sharing a budget, an engine sizes its cache from the first look:
-	 * that must already show the budget (the caller has a context) */
-	if (!a && c->share && kv_shim_alloc(&a))
+	/* sharing a budget by request (KVSHIM_SHARE=on), an engine sizes its
+	 * cache from the first look: that must already show the budget (the
+	 * caller has a context); by default (auto) memory info alone starts
+	 * nothing, so that a program making no KV span runs as without kvshim */
+	if (!a && c->share == KV_SHARE_CFG_ON && kv_shim_alloc(&a))
 		return;
 	if (!a || kv_alloc_stats(a, &s))
 		return;

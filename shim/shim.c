@@ -151,6 +151,7 @@ static int start(void)
 	o.budget_pct = config.budget_pct;
 	o.min = config.min;
 	o.max = config.max;
+	o.weight = config.weight;
 	o.share_mode = config.share_mode;
 	rc = fit_device(&o);
 	if (!rc)

@@ -15,7 +15,8 @@ import os
 __all__ = ["KvshimError", "EINVAL", "ERANGE", "ENOTCLAIMED", "ELIMIT", "ENOMEM",
            "EDRIVER", "ENODEV", "ECONFIG", "EBUSY", "ESTATE", "library", "kv_begin",
            "kv_end", "window", "map", "unmap", "reserve", "release", "reserve_dlpack",
-           "dlpack_free", "DLManaged", "trim", "stats", "Group"]
+           "dlpack_free", "DLManaged", "trim", "stats", "share_demand", "share_asked",
+           "Group"]
 
 _lib = None
 
@@ -102,6 +103,8 @@ def library():
             "kvshim_group_unmap": [i, ctypes.POINTER(ll), sz],
             "kvshim_group_headroom": [i, ctypes.POINTER(sz)],
             "kvshim_group_can_back": [i, ctypes.POINTER(ll), sz],
+            "kvshim_share_demand": [sz],
+            "kvshim_share_asked": [ctypes.POINTER(sz)],
         }
         for name, args in sigs.items():
             fn = getattr(lib, name)
@@ -194,6 +197,22 @@ def stats():
     s = Stats()
     _check(library().kvshim_stats(ctypes.byref(s)), "kvshim_stats")
     return {name: getattr(s, name) for name, _ in Stats._fields_ if name != "reserved"}
+
+
+def share_demand(nbytes):
+    """State the bytes this process waits for now beyond what it holds (0:
+    none), e.g. what the requests waiting for admission need; it holds for
+    one second unless stated again. Nothing without a shared budget."""
+    _check(library().kvshim_share_demand(max(0, int(nbytes))), "kvshim_share_demand")
+
+
+def share_asked():
+    """The bytes of what this process uses it is asked to give back now
+    (above its fair share while others wait below theirs); 0 without a
+    shared budget."""
+    n = ctypes.c_size_t()
+    _check(library().kvshim_share_asked(ctypes.byref(n)), "kvshim_share_asked")
+    return n.value
 
 
 def _ids(blocks):

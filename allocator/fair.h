@@ -1,0 +1,64 @@
+/*
+ * fair.h - the rule by which the shared budget moves between processes
+ * (README.md, "Sharing one GPU"), private to allocator/. One pure function
+ * of the figures the processes publish, computed alike by every member (to
+ * decide what it may take and what it must give back) and by the reader
+ * (kvshim-top), so that what an operator reads is what the members do.
+ *
+ * The rule, for a budget B and the live processes i, each with a weight
+ * w_i, a floor m_i, a ceiling M_i (none: 0), what it holds h_i, of which
+ * idle_i (cached or pooled), and its demand d_i (bytes it waits for now):
+ *   - it uses u_i = h_i - idle_i and wants u_i + d_i, at most M_i;
+ *   - floors first: each process's share starts at its floor; the rest of
+ *     the budget is shared by weight among the processes that want more
+ *     than their floor, none getting more than it wants, and what one does
+ *     not want goes to the others (weighted max-min, "water-filling");
+ *   - a process below its share that waits has a claim: its gap, what it
+ *     waits for up to its share; it is kept for it as a floor is, from
+ *     anyone who would grow past its own share;
+ *   - when the free budget and every process's idle pages cannot cover the
+ *     gaps, processes that use more than their share are asked to give
+ *     back the rest, in proportion to what they use above their share,
+ *     never more than that. A process at or below its share is never asked
+ *     to give back what it uses; its idle pages may always be asked for.
+ */
+#ifndef KV_FAIR_H
+#define KV_FAIR_H
+
+#include <stdint.h>
+
+/* The most KVSHIM_WEIGHT may be; a slot's weight beyond it counts as it. */
+#define KV_FAIR_WEIGHT_MAX 1000
+
+/* One process's figures, each already bounded by the budget. */
+struct kv_fair_in {
+	uint64_t weight;         /* 1..KV_FAIR_WEIGHT_MAX */
+	uint64_t held, pending;
+	uint64_t idle;           /* at most held */
+	uint64_t givable;        /* idle pages above its floor (kv_seg_givable) */
+	uint64_t demand;
+	uint64_t min, max;       /* max 0: none; min at most max */
+};
+
+struct kv_fair_out {
+	uint64_t share;
+	uint64_t gap;            /* what it waits for and may claim */
+	uint64_t asked;          /* of what it uses, what it must give back */
+};
+
+/* Totals of a plan, for the process deciding a take. */
+struct kv_fair_sums {
+	uint64_t gaps;           /* the waiters' claims, summed */
+	uint64_t asked;          /* what all are asked to give back, summed */
+	uint64_t over;           /* what all use above their shares, summed */
+};
+
+/*
+ * Apply the rule to n processes' figures in[0..n) under budget: out[i]
+ * gets process i's share, gap and what it is asked to give back; sums (may
+ * be NULL) the totals. Sums saturate; no figure wraps.
+ */
+void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
+		  struct kv_fair_out *out, struct kv_fair_sums *sums);
+
+#endif /* KV_FAIR_H */
