@@ -4,10 +4,13 @@
  * KVSHIM_TEST_GPU=1 (make check-gpu) it must be a real GPU, and the
  * program exits 77 (Automake's skip) when there is none.
  */
+#include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
+#include "share.h"
 #include "shim.h"
 #include "suites.h"
 
@@ -61,8 +64,29 @@ struct kvshim_stats kt_stats(kv_alloc_t *a)
 	return s;
 }
 
+static pid_t runner_pid;
+
+/* The segments of this run's pools (KVSHIM_POOL, and the share suites'
+ * own), removed when the runner ends. */
+static void remove_segments(void)
+{
+	char pattern[128];
+	glob_t g;
+	size_t i;
+
+	if (getpid() != runner_pid)
+		return;
+	snprintf(pattern, sizeof(pattern), "%s/kvshim-*-t%d-*", KV_SHARE_DIR, (int)runner_pid);
+	if (glob(pattern, 0, NULL, &g) != 0)
+		return;
+	for (i = 0; i < g.gl_pathc; i++)
+		unlink(g.gl_pathv[i]);
+	globfree(&g);
+}
+
 int main(void)
 {
+	char pool[40];
 	int gpu = getenv("KVSHIM_TEST_GPU") && strcmp(getenv("KVSHIM_TEST_GPU"), "0");
 	SRunner *sr;
 	int failed;
@@ -85,6 +109,15 @@ int main(void)
 	 * few seconds on one; CK_DEFAULT_TIMEOUT still overrides this.
 	 */
 	setenv("CK_DEFAULT_TIMEOUT", "120", 0);
+	/*
+	 * Sharing is on by default: every allocator the shim starts here (and
+	 * in the programs the tests run) joins a pool of this run's own, never
+	 * the GPU's real segment, whatever the environment says.
+	 */
+	runner_pid = getpid();
+	snprintf(pool, sizeof(pool), "t%d-shim", (int)runner_pid);
+	setenv("KVSHIM_POOL", pool, 1);
+	atexit(remove_segments);
 	printf("kvshim tests on %s\n", kv_dev_describe());
 	sr = srunner_create(prim_suite());
 	srunner_add_suite(sr, span_suite());

@@ -83,9 +83,15 @@ static int run_out(const char *prog, const char *test, int preload,
 		n++;
 	env = calloc(n + 16, sizeof(*env));
 	ck_assert_ptr_nonnull(env);
+	/* the extra variables first: getenv finds the first of a name */
+	for (i = 0; extra && extra[i]; i++)
+		env[k++] = (char *)extra[i];
+	/* the runner's pool stays (sharing is on by default: the programs
+	 * must not join the GPU's real segment) */
 	for (i = 0; i < n; i++)
 		if (strncmp(environ[i], "LD_PRELOAD=", 11) &&
-		    strncmp(environ[i], "KVSHIM_", 7))
+		    (strncmp(environ[i], "KVSHIM_", 7) ||
+		     !strncmp(environ[i], "KVSHIM_POOL=", 12)))
 			env[k++] = environ[i];
 	snprintf(lib_var, sizeof(lib_var), "KVSHIM_LIB=%s", lib);
 	env[k++] = lib_var;
@@ -96,8 +102,6 @@ static int run_out(const char *prog, const char *test, int preload,
 	ck_assert_ptr_nonnull(realpath("tests/preload/libkvuser.so", real));
 	snprintf(user_var, sizeof(user_var), "KVUSER_LIB=%s", real);
 	env[k++] = user_var;
-	for (i = 0; extra && extra[i]; i++)
-		env[k++] = (char *)extra[i];
 	env[k] = NULL;
 	/* the child's stderr goes to a file (a pipe could fill while we wait) */
 	err = tmpfile();

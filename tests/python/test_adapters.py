@@ -5,6 +5,7 @@ handed out lowest first, ids returned on free or eviction, blocks kept
 alive for prefix sharing), over KV "tensors" that are kvshim spans.
 Run by `make check` with LD_LIBRARY_PATH naming tests/emu.
 """
+import atexit
 import collections
 import ctypes
 import io
@@ -18,8 +19,20 @@ import unittest
 from contextlib import redirect_stderr
 
 # before kvshim reads its configuration: no pool, and a 64 MiB limit that
-# test_memory_short_requests_wait runs into
-os.environ.update(KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0", KVSHIM_LIMIT="64M")
+# test_memory_short_requests_wait runs into; sharing is on by default: a
+# shared budget of this test's own, never the GPU's real segment
+POOL = "adapters%d" % os.getpid()
+os.environ.update(KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0", KVSHIM_LIMIT="64M",
+                  KVSHIM_POOL=POOL)
+
+
+def _remove_segments():
+    import glob
+    for path in glob.glob("/dev/shm/kvshim-*-" + POOL):
+        os.unlink(path)
+
+
+atexit.register(_remove_segments)
 
 import kvshim  # noqa: E402
 from kvshim.adapters import blocks, transformers_cb  # noqa: E402

@@ -68,7 +68,7 @@ class TopTest(unittest.TestCase):
         self.assertTrue(me["alive"])
         self.assertFalse(me["other_pidns"])
         self.assertEqual(segs[0]["held"], 6 * MIB)
-        self.assertEqual(segs[0]["version"], "2.0")
+        self.assertEqual(segs[0]["version"], "2.1")
         self.assertTrue(segs[0]["joinable"])
         self.assertEqual(segs[0]["mode"], "0600")
         self.assertEqual(segs[0]["owner"], os.geteuid())
