@@ -27,77 +27,76 @@ static uint64_t scale(uint64_t a, uint64_t b, uint64_t c)
 	return (uint64_t)((unsigned __int128)a * b / c);
 }
 
-/*
- * Share rest by weight w among the processes whose got is below their want,
- * adding to got: whoever wants no more than its portion gets what it wants,
- * and the others share what is left, until nobody can take more or nothing
- * is left (weighted max-min fairness). Each round settles at least one
- * process or ends, so it takes at most n rounds.
- */
-static void fill(uint64_t rest, const uint64_t *want, const uint64_t *w,
-		 uint64_t *got, unsigned n)
+/* What process i gets at level L (bytes per unit of weight): L times its
+ * weight, but never under its floor nor over what it wants. */
+static uint64_t at_level(uint64_t L, uint64_t w, uint64_t floor, uint64_t want)
 {
-	unsigned char done[FAIR_MAX];
+	unsigned __int128 x = (unsigned __int128)L * w;
+
+	if (x < floor)
+		return floor;
+	return x > want ? want : (uint64_t)x;
+}
+
+/*
+ * The shares: the highest level L at which the processes' portions (see
+ * at_level) fit in budget, found by bisection (the sum grows with L).
+ * Every process gets at least its floor, even when the floors pass the
+ * budget. What rounding leaves (less than a byte per unit of weight) stays
+ * unshared.
+ */
+static uint64_t level(uint64_t budget, const uint64_t *w, const uint64_t *floor,
+		      const uint64_t *want, uint64_t *got, unsigned n)
+{
+	uint64_t lo = 0, hi = budget, sum, mid;
 	unsigned i;
 
-	for (i = 0; i < n; i++)
-		done[i] = got[i] >= want[i];
-	while (rest) {
-		uint64_t weights = 0, given = 0;
-		int settled = 0;
-
-		for (i = 0; i < n; i++)
-			if (!done[i])
-				weights += w[i];
-		if (!weights)
-			return;
-		for (i = 0; i < n; i++) {
-			if (done[i] || want[i] - got[i] > scale(rest, w[i], weights))
-				continue;
-			given += want[i] - got[i];
-			got[i] = want[i];
-			done[i] = 1;
-			settled = 1;
-		}
-		if (settled) {
-			rest -= given;
-			continue;
-		}
-		/* nobody is satisfied by its portion: each takes it, and the
-		 * rounding's few bytes stay unshared */
-		for (i = 0; i < n; i++)
-			if (!done[i])
-				got[i] += scale(rest, w[i], weights);
-		return;
+	while (lo < hi) {
+		mid = lo + (hi - lo) / 2 + 1;   /* above lo, at most hi */
+		for (i = 0, sum = 0; i < n; i++)
+			sum = add(sum, at_level(mid, w[i], floor[i], want[i]));
+		if (sum <= budget)
+			lo = mid;
+		else
+			hi = mid - 1;
 	}
+	for (i = 0; i < n; i++)
+		got[i] = at_level(lo, w[i], floor[i], want[i]);
+	return lo;
+}
+
+uint64_t kv_fair_most(uint64_t L, const struct kv_fair_in *in)
+{
+	uint64_t w = in->weight < 1 ? 1 : min64(in->weight, KV_FAIR_WEIGHT_MAX);
+	uint64_t floor = in->max ? min64(in->min, in->max) : in->min;
+
+	return at_level(L, w, floor, in->max ? in->max : UINT64_MAX);
 }
 
 void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		  struct kv_fair_out *out, struct kv_fair_sums *sums)
 {
 	uint64_t want[FAIR_MAX], w[FAIR_MAX], got[FAIR_MAX], used[FAIR_MAX];
-	uint64_t floors = 0, taken = 0, floor_gaps = 0, givable = 0, need = 0;
-	uint64_t over = 0, ask, free_b, asked = 0;
+	uint64_t base[FAIR_MAX];
+	uint64_t taken = 0, floor_gaps = 0, givable = 0, need = 0;
+	uint64_t over = 0, ask, free_b, asked = 0, L;
 	unsigned i;
 
 	if (n > FAIR_MAX)
 		n = FAIR_MAX;
 	for (i = 0; i < n; i++) {
 		const struct kv_fair_in *p = &in[i];
-		uint64_t base = p->max ? min64(p->min, p->max) : p->min;
 
+		base[i] = p->max ? min64(p->min, p->max) : p->min;
 		used[i] = sub(p->held, p->idle);
 		want[i] = add(used[i], p->demand);
 		if (p->max)
 			want[i] = min64(want[i], p->max);
-		if (want[i] < base)
-			want[i] = base;
+		if (want[i] < base[i])
+			want[i] = base[i];
 		w[i] = p->weight < 1 ? 1 : min64(p->weight, KV_FAIR_WEIGHT_MAX);
-		got[i] = base;
-		floors = add(floors, base);
 	}
-	/* floors first, then the rest by weight */
-	fill(sub(budget, floors), want, w, got, n);
+	L = level(budget, w, base, want, got, n);
 
 	for (i = 0; i < n; i++) {
 		const struct kv_fair_in *p = &in[i];
@@ -131,5 +130,6 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		sums->gaps = need;
 		sums->asked = asked;
 		sums->over = over;
+		sums->level = L;
 	}
 }

@@ -9,10 +9,10 @@
  * w_i, a floor m_i, a ceiling M_i (none: 0), what it holds h_i, of which
  * idle_i (cached or pooled), and its demand d_i (bytes it waits for now):
  *   - it uses u_i = h_i - idle_i and wants u_i + d_i, at most M_i;
- *   - floors first: each process's share starts at its floor; the rest of
- *     the budget is shared by weight among the processes that want more
- *     than their floor, none getting more than it wants, and what one does
- *     not want goes to the others (weighted max-min, "water-filling");
+ *   - its share is L * w_i, but at least its floor and at most what it
+ *     wants, with L the highest level at which the shares fit in B: what
+ *     one process does not want goes to the others by weight (weighted
+ *     max-min fairness, "water-filling"), and a floor is the least share;
  *   - a process below its share that waits has a claim: its gap, what it
  *     waits for up to its share; it is kept for it as a floor is, from
  *     anyone who would grow past its own share;
@@ -51,6 +51,7 @@ struct kv_fair_sums {
 	uint64_t gaps;           /* the waiters' claims, summed */
 	uint64_t asked;          /* what all are asked to give back, summed */
 	uint64_t over;           /* what all use above their shares, summed */
+	uint64_t level;          /* L: bytes a share holds per unit of weight */
 };
 
 /*
@@ -60,5 +61,10 @@ struct kv_fair_sums {
  */
 void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		  struct kv_fair_out *out, struct kv_fair_sums *sums);
+
+/* The most process in may use while others wait below their shares, in a
+ * plan of level L (sums->level): L times its weight, at least its floor,
+ * at most its ceiling, whatever it wants. Returns it. */
+uint64_t kv_fair_most(uint64_t level, const struct kv_fair_in *in);
 
 #endif /* KV_FAIR_H */

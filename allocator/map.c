@@ -271,11 +271,21 @@ static void claim_fresh(kv_alloc_t *a, const struct place *pl, size_t n,
 static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 				 size_t n, int *err)
 {
-	uint32_t need, stack[64], *slots = stack;
+	uint32_t need, stack[64], *slots = stack, before = a->n[KV_P_MAPPED];
 	enum kv_supply out;
 
 	*err = 0;
 	need = claim_present(a, pl, n);
+	/* past its fair share while others wait, what it uses may not grow,
+	 * from its own cache either (fair.h): no waiting, the map fails and
+	 * the engine preempts, as when its pool is full */
+	if (a->share && (need || a->n[KV_P_MAPPED] > before) &&
+	    !kv_share_may_use(a->share, (uint64_t)(a->n[KV_P_MAPPED] +
+						   a->n[KV_P_TAKEN] + need) * a->page)) {
+		unclaim_present(a, pl, n);
+		*err = KVSHIM_ELIMIT;
+		return KV_SUPPLY_FAILED;
+	}
 	if (!need)
 		return KV_SUPPLY_DONE;
 	if (need > 64 && !(slots = malloc(need * sizeof(*slots)))) {
@@ -590,7 +600,8 @@ void kv_alloc_demand(kv_alloc_t *a, size_t bytes)
 
 size_t kv_alloc_asked(kv_alloc_t *a)
 {
-	return a && a->share ? (size_t)kv_share_asked(a->share) : 0;
+	/* whole pages: less than one frees nothing */
+	return a && a->share ? (size_t)(kv_share_asked(a->share) / a->page * a->page) : 0;
 }
 
 int kv_alloc_pin_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,

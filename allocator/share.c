@@ -49,6 +49,8 @@ struct kv_share_handle_s {
 	uint64_t stated;         /* bytes stated by kv_share_demand ... */
 	uint64_t stated_until;   /* ...until then (CLOCK_MONOTONIC ns) */
 	uint64_t asked;          /* of what it uses, asked back (fair.h) */
+	uint64_t use_limit;      /* the most it may use now: its share while
+				  * others wait below theirs (fair.h) */
 	uint64_t last_ns;
 	uint64_t seq;            /* its slot's sequence number, even */
 	uint64_t stuck_until;    /* CLOCK_MONOTONIC ns, 0: the lock is not stuck */
@@ -64,6 +66,7 @@ struct sums {
 	uint64_t held, pending, floors, givable;
 	uint64_t gaps;           /* what the others waiting below their
 				  * share claim */
+	struct kv_fair_in me_in; /* this process's figures, as planned */
 	struct kv_fair_out me;   /* this process's share, gap and asked */
 	struct kv_fair_sums plan;
 	int clamped;
@@ -179,6 +182,19 @@ static uint64_t budget_of(kv_share_t *s)
 	return b;
 }
 
+/* The most this process may use now: while others wait below their
+ * shares, what its share would be if it wanted more (so a process below
+ * its share may grow to it, one above it may not grow); else no bound. */
+static uint64_t use_limit(const struct sums *t)
+{
+	uint64_t most;
+
+	if (!t->gaps)
+		return UINT64_MAX;
+	most = kv_fair_most(t->plan.level, &t->me_in);
+	return most > t->me.share ? most : t->me.share;
+}
+
 /* This process's own figures as the rule's input, waiting for demand
  * bytes. */
 static void own_fair_in(const kv_share_t *s, uint64_t cap, uint64_t demand,
@@ -225,6 +241,7 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 		kv_seg_fair_in(&f, &in[n++]);
 	}
 	kv_fair_plan(cap, in, n, out, &t->plan);
+	t->me_in = in[0];
 	t->me = out[0];
 	t->gaps = t->plan.gaps > t->me.gap ? t->plan.gaps - t->me.gap : 0;
 	if (t->clamped && !s->warned) {
@@ -575,6 +592,7 @@ int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 	s->min = min;
 	s->max = max;
 	s->weight = weight;
+	s->use_limit = UINT64_MAX;
 	if (pthread_mutex_init(&s->mu, NULL)) {
 		free(s);
 		return KVSHIM_ENOMEM;
@@ -745,6 +763,7 @@ static int take(kv_share_t *s, uint64_t bytes, int may_ask)
 	if (!fits(s, &t, cap, bytes, 1) &&
 	    kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
 		others(s, cap, demand, &t);
+	s->use_limit = use_limit(&t);
 	if (fits(s, &t, cap, bytes, 1)) {
 		s->held += bytes;
 		s->last_ns = kv_seg_realtime_ns();
@@ -800,6 +819,7 @@ uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
 	 * figures are bounded, and the next look (5 ms on) corrects them */
 	others(s, budget_of(s), demand_of(s), &t);
 	s->asked = t.me.asked;
+	s->use_limit = use_limit(&t);
 	req = __atomic_exchange_n(&s->sh->slot[s->slot].trim_request, 0,
 				  __ATOMIC_SEQ_CST);
 	publish(s);
@@ -885,13 +905,30 @@ void kv_share_demand(kv_share_t *s, uint64_t bytes)
 uint64_t kv_share_asked(kv_share_t *s)
 {
 	uint64_t asked;
+	struct sums t;
 
 	if (s->fd < 0)
 		return 0;
+	/* afresh: what the engine gave back since the last update (its pages
+	 * idle now, published by kv_share_note) is not asked again */
 	pthread_mutex_lock(&s->mu);
-	asked = s->asked;
+	others(s, budget_of(s), demand_of(s), &t);
+	asked = s->asked = t.me.asked;
+	s->use_limit = use_limit(&t);
 	pthread_mutex_unlock(&s->mu);
 	return asked;
+}
+
+int kv_share_may_use(kv_share_t *s, uint64_t used)
+{
+	int ok;
+
+	if (s->fd < 0)
+		return 1;
+	pthread_mutex_lock(&s->mu);
+	ok = used <= s->use_limit;
+	pthread_mutex_unlock(&s->mu);
+	return ok;
 }
 
 void kv_share_trimmed(kv_share_t *s, uint64_t bytes)

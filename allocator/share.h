@@ -161,8 +161,14 @@ void kv_share_demand(kv_share_t *s, uint64_t bytes);
 
 /* The bytes of what it uses this process is asked to give back now (its
  * idle pages are given back without asking the engine): the engine
- * adapter frees that much by preempting work. As of the last update. */
+ * adapter frees that much by preempting work. Read afresh. */
 uint64_t kv_share_asked(kv_share_t *s);
+
+/* Whether this process may use (claim) used bytes in all: past its share
+ * while others wait below theirs it may not grow what it uses, even from
+ * its own idle pages (they are the others' due). As of the last update or
+ * take. Returns 1 or 0. */
+int kv_share_may_use(kv_share_t *s, uint64_t used);
 
 /* Give bytes of budget back (pages released). */
 void kv_share_give(kv_share_t *s, uint64_t bytes);

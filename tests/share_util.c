@@ -67,8 +67,8 @@ void kt_new_pool(void)
 	ck_assert_int_eq(kv_share_path(kt_path, sizeof(kt_path), uuid(), kt_pool), 0);
 }
 
-int kt_mk(size_t budget, size_t min, size_t max, int worker, unsigned mode,
-	  kv_alloc_t **out)
+static int mk(size_t budget, size_t min, size_t max, unsigned weight, int worker,
+	      unsigned mode, kv_alloc_t **out)
 {
 	struct kv_alloc_opts o;
 
@@ -78,10 +78,23 @@ int kt_mk(size_t budget, size_t min, size_t max, int worker, unsigned mode,
 	o.budget = budget;
 	o.min = min;
 	o.max = max;
+	o.weight = weight;
 	o.worker = worker;
 	o.share_mode = mode ? mode : 0600;
 	*out = NULL;
 	return kv_alloc_create(&o, out);
+}
+
+int kt_mk_weight(size_t budget, size_t min, size_t max, unsigned weight,
+		 int worker, kv_alloc_t **out)
+{
+	return mk(budget, min, max, weight, worker, 0, out);
+}
+
+int kt_mk(size_t budget, size_t min, size_t max, int worker, unsigned mode,
+	  kv_alloc_t **out)
+{
+	return mk(budget, min, max, 1, worker, mode, out);
 }
 
 kv_alloc_t *kt_make(size_t budget, size_t min, size_t max, int worker)

@@ -43,6 +43,10 @@ void kt_new_pool(void);
 int kt_mk(size_t budget, size_t min, size_t max, int worker, unsigned mode,
 	  kv_alloc_t **out);
 
+/* kt_mk with a weight in the fair shares (mode 0600). */
+int kt_mk_weight(size_t budget, size_t min, size_t max, unsigned weight,
+		 int worker, kv_alloc_t **out);
+
 /* kt_mk with mode 0600, failing the test on error (not in a child). */
 kv_alloc_t *kt_make(size_t budget, size_t min, size_t max, int worker);
 

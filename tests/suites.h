@@ -27,6 +27,7 @@ Suite *got_suite(void);
 Suite *group_suite(void);
 Suite *share_suite(void);
 Suite *share_trust_suite(void);
+Suite *fair_suite(void);
 Suite *hooks_suite(void);
 Suite *capture_suite(void);
 

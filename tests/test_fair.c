@@ -1,0 +1,716 @@
+/*
+ * test_fair.c - the shared budget's fair shares (allocator/fair.h): the
+ * rule itself, figure by figure, then processes (forks of the test, each
+ * an "engine" that maps pages as its demand says and gives back what kvshim
+ * asks of it, as the transformers adapter preempts) under one budget on
+ * the emulation: skewed demand converges to the weighted shares; idle pages
+ * are never waited for; a process below its share gets memory back from
+ * one above it, which is asked for no more than that; floors and ceilings
+ * hold; bad weights are refused. No tight timing: bounds hold on a busy
+ * 2-core machine.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "fair.h"
+#include "share_util.h"
+
+#define B (24 * PG)     /* the budget of the multi-process cases */
+
+/* ---- the rule, figure by figure ------------------------------------------------- */
+
+/* A process using used bytes that waits for demand more. */
+static struct kv_fair_in proc(uint64_t weight, uint64_t used, uint64_t demand)
+{
+	struct kv_fair_in p = { .weight = weight, .held = used, .demand = demand };
+
+	return p;
+}
+
+static void plan(const struct kv_fair_in *in, unsigned n, struct kv_fair_out *out,
+		 struct kv_fair_sums *sums)
+{
+	kv_fair_plan(B, in, n, out, sums);
+}
+
+/* Whether a and b are within a few bytes (the rounding of shares). */
+static int near(uint64_t a, uint64_t b)
+{
+	return a > b ? a - b <= 64 : b - a <= 64;
+}
+
+#define ck_near(a, b) ck_assert_msg(near((a), (b)), "%s = %llu, expected %llu", \
+	#a, (unsigned long long)(a), (unsigned long long)(b))
+
+/* Everyone wants everything: shares by weight. */
+START_TEST(test_fair_plan_weights)
+{
+	struct kv_fair_in in[3] = { proc(1, 0, B), proc(1, 0, B), proc(2, 0, B) };
+	struct kv_fair_out out[3];
+
+	plan(in, 3, out, NULL);
+	ck_near(out[0].share, 6 * PG);
+	ck_near(out[1].share, 6 * PG);
+	ck_near(out[2].share, 12 * PG);
+	/* nobody holds anything: each waits for its share */
+	ck_near(out[2].gap, 12 * PG);
+	ck_assert_uint_eq(out[0].asked + out[1].asked + out[2].asked, 0);
+	/* a weight of 0 (a slot of minor 0) is 1; above the most, the most */
+	in[2].weight = 0;
+	plan(in, 3, out, NULL);
+	ck_near(out[2].share, 8 * PG);
+	in[0].weight = 1000000;
+	in[1].weight = in[2].weight = 1;
+	plan(in, 3, out, NULL);
+	ck_assert_uint_ge(out[0].share + 1024, B - 2 * B / (KV_FAIR_WEIGHT_MAX + 2));
+}
+END_TEST
+
+/* What one process does not want goes to the others; an idle process has
+ * no share beyond what it uses. */
+START_TEST(test_fair_plan_water)
+{
+	struct kv_fair_in in[4] = { proc(1, 0, B), proc(1, 0, B), proc(1, 4 * PG, 0),
+				    proc(1, 0, 0) };
+	struct kv_fair_out out[4];
+
+	in[3].held = in[3].idle = 6 * PG;       /* all of it cached */
+	plan(in, 4, out, NULL);
+	ck_near(out[0].share, 10 * PG);
+	ck_near(out[1].share, 10 * PG);
+	ck_assert_uint_eq(out[2].share, 4 * PG);
+	ck_assert_uint_eq(out[3].share, 0);
+	ck_assert_uint_eq(out[2].gap, 0);       /* it waits for nothing */
+}
+END_TEST
+
+/* A floor is the least share; a ceiling the most; floors past the budget
+ * are each kept (the take refuses what cannot be had). */
+START_TEST(test_fair_plan_limits)
+{
+	struct kv_fair_in in[3] = { proc(1, 0, B), proc(1, 0, B), proc(1, 0, B) };
+	struct kv_fair_out out[3];
+
+	in[0].min = 10 * PG;
+	plan(in, 3, out, NULL);
+	ck_assert_uint_eq(out[0].share, 10 * PG);
+	ck_near(out[1].share, 7 * PG);
+	ck_near(out[2].share, 7 * PG);
+	/* its floor already keeps what it waits for below it: no gap for that */
+	ck_near(out[0].gap, 0);
+	in[0].min = 0;
+	in[0].max = 5 * PG;
+	plan(in, 3, out, NULL);
+	ck_assert_uint_eq(out[0].share, 5 * PG);
+	ck_near(out[1].share, 19 * PG / 2);
+	in[0].max = 0;
+	in[0].min = in[1].min = in[2].min = 10 * PG;
+	plan(in, 3, out, NULL);
+	ck_assert_uint_eq(out[0].share, 10 * PG);
+	ck_assert_uint_eq(out[2].share, 10 * PG);
+}
+END_TEST
+
+/* Who is asked to give back what it uses: only those above their share,
+ * for what the free budget and the idle pages cannot cover, in proportion
+ * to what they use above their share. */
+START_TEST(test_fair_plan_asked)
+{
+	struct kv_fair_in in[3] = { proc(1, B, 0), proc(1, 0, 12 * PG), proc(1, 0, 0) };
+	struct kv_fair_out out[3];
+	struct kv_fair_sums sums;
+
+	/* one uses it all, another waits for half */
+	plan(in, 2, out, &sums);
+	ck_near(out[0].share, 12 * PG);
+	ck_near(out[1].gap, 12 * PG);
+	ck_near(out[0].asked, 12 * PG);
+	ck_assert_uint_eq(out[1].asked, 0);
+	ck_near(sums.gaps, 12 * PG);
+	/* it waits for more than its share: asked for its share only */
+	in[1].demand = B;
+	plan(in, 2, out, NULL);
+	ck_near(out[0].asked, 12 * PG);
+	/* half of the first's pages idle: they cover the gap, nobody is asked
+	 * for what it uses */
+	in[1].demand = 12 * PG;
+	in[0].idle = in[0].givable = 12 * PG;
+	plan(in, 2, out, &sums);
+	ck_assert_uint_eq(out[0].asked, 0);
+	ck_assert_uint_eq(sums.asked, 0);
+	/* at its share, never asked, however much the other waits for */
+	in[0] = proc(1, 12 * PG, 0);
+	in[1] = proc(1, 12 * PG, B);
+	plan(in, 2, out, &sums);
+	ck_near(out[0].share, 12 * PG);
+	ck_assert_uint_eq(out[0].asked, 0);
+	ck_assert_uint_eq(sums.asked, 0);
+	/* two above their share, in proportion to what they use above it */
+	in[0] = proc(1, 15 * PG, 0);
+	in[2] = proc(1, 9 * PG, 0);
+	in[1] = proc(1, 0, 6 * PG);
+	plan(in, 3, out, &sums);
+	ck_near(out[0].share, 9 * PG);
+	ck_near(out[1].gap, 6 * PG);
+	ck_near(out[0].asked, 6 * PG);
+	ck_assert_uint_eq(out[2].asked, 0);     /* at its share */
+	in[0] = proc(1, 11 * PG, 0);
+	in[1] = proc(1, 4 * PG, 8 * PG);
+	in[2] = proc(1, 9 * PG, 0);
+	plan(in, 3, out, &sums);
+	/* shares of 8 each: the first uses 3 over its share, the third 1,
+	 * and the second waits for 4 */
+	ck_near(out[1].gap, 4 * PG);
+	ck_near(out[0].share, 8 * PG);
+	ck_near(out[0].asked, 3 * PG);
+	ck_near(out[2].asked, 1 * PG);
+}
+END_TEST
+
+/* Figures at the edge of their bounds: nothing wraps. */
+START_TEST(test_fair_plan_bounds)
+{
+	struct kv_fair_in in[64];
+	struct kv_fair_out out[64];
+	struct kv_fair_sums sums;
+	unsigned i;
+
+	for (i = 0; i < 64; i++) {
+		in[i] = proc(KV_FAIR_WEIGHT_MAX, UINT64_MAX / 2, UINT64_MAX);
+		in[i].min = UINT64_MAX / 4;
+	}
+	kv_fair_plan(UINT64_MAX, in, 64, out, &sums);
+	for (i = 0; i < 64; i++) {
+		ck_assert_uint_ge(out[i].share, UINT64_MAX / 4);
+		ck_assert_uint_le(out[i].asked, UINT64_MAX / 2);
+	}
+	kv_fair_plan(0, in, 64, out, &sums);      /* no budget: floors only */
+	ck_assert_uint_eq(out[0].share, UINT64_MAX / 4);
+	kv_fair_plan(B, in, 0, out, &sums);       /* nobody */
+	ck_assert_uint_eq(sums.gaps, 0);
+}
+END_TEST
+
+/* ---- engines under one budget --------------------------------------------------- */
+
+#define ENGINES 4
+
+/* What the engines report, in memory shared with the test. */
+struct board {
+	int stop;
+	int ready[ENGINES];
+	int claimed[ENGINES];    /* pages it claims now */
+	int gave[ENGINES];       /* pages it gave back on being asked */
+	int below_floor[ENGINES]; /* times it was asked below its floor */
+	int asked_once[ENGINES]; /* 1: kvshim asked it to give back */
+	int bad;
+	char why[200];
+};
+
+struct engine {
+	int id;
+	unsigned weight;
+	size_t min, max;
+	int target;              /* pages it would claim */
+};
+
+/*
+ * An engine, as the transformers adapter drives kvshim: it states its
+ * demand (the pages it lacks for its target, as the adapter states the
+ * blocks its waiting requests need), claims pages one at a time (a map
+ * that cannot be served waits), and whenever kvshim asks it to give back
+ * what it uses, unmaps that many of its pages at once, as the adapter
+ * preempts requests. Runs until told to stop.
+ */
+static void engine(const struct engine *e, struct board *bd)
+{
+	kv_alloc_t *b = NULL;
+	CUdeviceptr d;
+	int claimed = 0, rc;
+
+	KT_CHILD_CHECK(kt_mk_weight(B, e->min, e->max, e->weight, 1, &b) == 0);
+	KT_CHILD_CHECK(kv_alloc_reserve(b, 64 * PG, &d) == 0);
+	__atomic_store_n(&bd->ready[e->id], 1, __ATOMIC_SEQ_CST);
+	while (!__atomic_load_n(&bd->stop, __ATOMIC_SEQ_CST)) {
+		int n = (int)(kv_alloc_asked(b) / PG);
+
+		if (n > claimed)
+			n = claimed;
+		if (n) {
+			if (e->min && (size_t)(claimed - n) * PG < e->min)
+				__atomic_fetch_add(&bd->below_floor[e->id], 1, __ATOMIC_SEQ_CST);
+			claimed -= n;
+			KT_CHILD_CHECK(kv_alloc_unmap(b, d + (CUdeviceptr)claimed * PG,
+						      (size_t)n * PG) == 0);
+			__atomic_store_n(&bd->claimed[e->id], claimed, __ATOMIC_SEQ_CST);
+			__atomic_fetch_add(&bd->gave[e->id], n, __ATOMIC_SEQ_CST);
+			__atomic_store_n(&bd->asked_once[e->id], 1, __ATOMIC_SEQ_CST);
+			continue;
+		}
+		kv_alloc_demand(b, (size_t)(e->target - claimed) * PG);
+		if (claimed < e->target) {
+			rc = kv_alloc_map(b, d + (CUdeviceptr)claimed * PG, PG);
+			if (rc && rc != KVSHIM_ELIMIT &&
+			    __atomic_fetch_add(&bd->bad, 1, __ATOMIC_SEQ_CST) == 0)
+				snprintf(bd->why, sizeof(bd->why), "engine %d: a map failed with %d",
+					 e->id, rc);
+			if (!rc) {
+				__atomic_store_n(&bd->claimed[e->id], ++claimed, __ATOMIC_SEQ_CST);
+				continue;
+			}
+		}
+		nanosleep(&(struct timespec){ 0, 2 * 1000 * 1000 }, NULL);
+	}
+	KT_CHILD_CHECK(kv_alloc_check(b) == 0);
+	kv_alloc_destroy(b);
+	_exit(0);
+}
+
+static struct board *board_new(void)
+{
+	struct board *bd = mmap(NULL, sizeof(*bd), PROT_READ | PROT_WRITE,
+				MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+
+	ck_assert_ptr_ne(bd, MAP_FAILED);
+	memset(bd, 0, sizeof(*bd));
+	return bd;
+}
+
+/* Start an engine and wait until it has joined (10 s at most). */
+static pid_t engine_start(const struct engine *e, struct board *bd)
+{
+	struct timespec t0;
+	pid_t pid;
+
+	fflush(stdout);
+	fflush(stderr);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0)
+		engine(e, bd);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (!__atomic_load_n(&bd->ready[e->id], __ATOMIC_SEQ_CST)) {
+		ck_assert_msg(waitpid(pid, NULL, WNOHANG) == 0,
+			      "engine %d died before joining: its line is above", e->id);
+		ck_assert_msg(kt_ms_since(&t0) < 10000, "engine %d did not join in 10 s", e->id);
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	}
+	return pid;
+}
+
+/* Stop the engines and check each left cleanly. */
+static void engines_stop(struct board *bd, const pid_t *pid, int n)
+{
+	int i, st;
+
+	__atomic_store_n(&bd->stop, 1, __ATOMIC_SEQ_CST);
+	for (i = 0; i < n; i++) {
+		ck_assert_int_eq(waitpid(pid[i], &st, 0), pid[i]);
+		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+			      "engine %d failed (status 0x%x): its line is above", i, st);
+	}
+	ck_assert_msg(bd->bad == 0, "%s", bd->why);
+}
+
+/* Wait (secs at most) until every engine i claims want[i] pages, give or
+ * take one, in 10 readings in a row 20 ms apart, the budget never passed
+ * (readings of one instant). Returns the milliseconds it took, or -1. */
+static double converge(struct board *bd, const int *want, int n, double secs)
+{
+	struct timespec t0;
+	int i, row = 0, ok;
+	uint64_t held;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (kt_ms_since(&t0) < secs * 1000) {
+		const struct kv_share_info *in = kt_seg_read(0);
+
+		if (in->exact) {
+			held = in->held;
+			ck_assert_msg(held <= B, "the budget was passed: %llu bytes held",
+				      (unsigned long long)held);
+		}
+		for (i = 0, ok = 1; i < n; i++) {
+			int c = __atomic_load_n(&bd->claimed[i], __ATOMIC_SEQ_CST);
+
+			ok &= c >= want[i] - 1 && c <= want[i] + 1;
+		}
+		row = ok ? row + 1 : 0;
+		if (row == 10)
+			return kt_ms_since(&t0);
+		nanosleep(&(struct timespec){ 0, 20 * 1000 * 1000 }, NULL);
+	}
+	return -1;
+}
+
+static void print_claims(const char *what, struct board *bd, int n)
+{
+	int i;
+
+	printf("fair: %s:", what);
+	for (i = 0; i < n; i++)
+		printf(" engine %d claims %d pages (gave back %d)", i, bd->claimed[i], bd->gave[i]);
+	printf("\n");
+	fflush(stdout);
+}
+
+/*
+ * Skewed demand: the first engine (weight 1) takes the whole budget before
+ * the others start; the second (weight 2) wants as much, the third
+ * (weight 1) 4 pages. They converge to the weighted shares: the third its
+ * 4 pages, the rest 1:2 (6.7 and 13.3 pages), within 30 s.
+ */
+START_TEST(test_fair_converge)
+{
+	struct engine e[3] = { { 0, 1, 0, 0, 30 }, { 1, 2, 0, 0, 30 }, { 2, 1, 0, 0, 4 } };
+	int want[3] = { 7, 13, 4 }, full[1] = { 24 };
+	struct board *bd = board_new();
+	pid_t pid[3];
+	double ms;
+
+	kt_new_pool();
+	pid[0] = engine_start(&e[0], bd);
+	ms = converge(bd, full, 1, 30);
+	ck_assert_msg(ms >= 0, "the first engine did not take the budget");
+	pid[1] = engine_start(&e[1], bd);
+	pid[2] = engine_start(&e[2], bd);
+	ms = converge(bd, want, 3, 30);
+	print_claims(ms >= 0 ? "converged" : "did not converge", bd, 3);
+	if (ms >= 0)
+		printf("fair: three engines (weights 1, 2, 1; the last wanting 4 pages) converged to their shares of 24 pages in %.0f ms\n",
+		       ms);
+	engines_stop(bd, pid, 3);
+	ck_assert_msg(ms >= 0, "no convergence to 7, 13 and 4 pages (give or take one) in 30 s");
+	ck_assert(bd->asked_once[0]);
+	ck_assert_int_eq(bd->gave[2], 0);       /* never above its share */
+	munmap(bd, sizeof(*bd));
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
+ * A process below its share gets memory back from one above its own: the
+ * first uses the whole budget; the second's map of half of it waits while
+ * the first is asked for that half (no more), and succeeds. Meanwhile the
+ * first may not grow, even from its own idle pages, and its admission
+ * check says so.
+ */
+START_TEST(test_fair_takes_back)
+{
+	int st, p2c[2], c2p[2];
+	kv_alloc_t *a;
+	CUdeviceptr s;
+	size_t asked = 0, room = 1;
+	struct timespec t0;
+	pid_t pid;
+	char c;
+
+	kt_new_pool();
+	ck_assert_int_eq(pipe(p2c), 0);
+	ck_assert_int_eq(pipe(c2p), 0);
+	a = kt_make(B, 0, 0, 1);
+	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, B), 0);
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		kv_alloc_t *b;
+		CUdeviceptr d;
+		int rc;
+
+		KT_CHILD_CHECK(kt_mk(B, 0, 0, 1, 0, &b) == 0);
+		KT_CHILD_CHECK(kv_alloc_reserve(b, B, &d) == 0);
+		KT_CHILD_CHECK(write(c2p[1], "r", 1) == 1);
+		/* waits (500 ms at most a try) while the first gives back */
+		do {
+			rc = kv_alloc_map(b, d, B / 2);
+		} while (rc == KVSHIM_ELIMIT);
+		KT_CHILD_CHECK(rc == 0);
+		KT_CHILD_CHECK(write(c2p[1], "y", 1) == 1);
+		KT_CHILD_CHECK(read(p2c[0], &c, 1) == 1);
+		KT_CHILD_CHECK(kv_alloc_check(b) == 0);
+		kv_alloc_destroy(b);
+		_exit(0);
+	}
+	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
+	/* the first is asked for half of what it uses, once the second waits */
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while ((asked = kv_alloc_asked(a)) == 0 && kt_ms_since(&t0) < 20000)
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	ck_assert_uint_eq(asked, B / 2);
+	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
+	ck_assert_uint_eq(room, 0);
+	/* it lets go of half, as an engine preempting requests; its idle pages
+	 * go to the second, not back to itself */
+	ck_assert_int_eq(kv_alloc_unmap(a, s + B / 2, B / 2), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s + B / 2, PG), KVSHIM_ELIMIT);
+	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
+	ck_assert_int_eq(c, 'y');
+	printf("fair: half the budget taken back from a process above its share in %.0f ms\n",
+	       kt_ms_since(&t0));
+	/* at its share now: asked for nothing more */
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (kv_alloc_asked(a) && kt_ms_since(&t0) < 20000)
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	ck_assert_uint_eq(kv_alloc_asked(a), 0);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, B / 2);
+	ck_assert_int_eq(write(p2c[1], "x", 1), 1);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child failed: its line is above");
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
+ * A process never waits for memory another holds idle: the first holds
+ * the whole budget cached (far above its share, which is nothing) and is
+ * never asked to give back what it uses (it uses nothing); the second's
+ * admission check counts those pages, and one map of the whole budget
+ * succeeds.
+ */
+START_TEST(test_fair_idle_not_waited)
+{
+	struct engine e = { 1, 1, 0, 0, 24 };
+	struct board *bd = board_new();
+	int want[2] = { 0, 24 };
+	size_t room = 0;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+	pid_t pid;
+	double ms;
+
+	kt_new_pool();
+	a = kt_make(B, 0, 0, 1);
+	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, B), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, s, B), 0);   /* all idle */
+	pid = engine_start(&e, bd);
+	ms = converge(bd, want, 2, 30);
+	print_claims("idle pages", bd, 2);
+	ck_assert_msg(ms >= 0, "the second process did not get the idle pages in 30 s");
+	printf("fair: 24 pages idle in another process claimed in %.0f ms\n", ms);
+	ck_assert_uint_eq(kv_alloc_asked(a), 0);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 0);
+	engines_stop(bd, &pid, 1);
+	ck_assert_int_eq(bd->gave[1], 0);
+	/* and the first's admission check sees it all come back */
+	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
+	ck_assert_uint_eq(room, B);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	munmap(bd, sizeof(*bd));
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
+ * Floors and ceilings keep their meaning: an engine with a floor of 10
+ * pages (weight 1, beside two of weight 1: a fair share of 8) keeps 10 and
+ * is never asked to give back below it; one with a ceiling of 5 never
+ * passes it, and the third takes the rest.
+ */
+START_TEST(test_fair_limits)
+{
+	struct engine e[3] = { { 0, 1, 10 * PG, 0, 30 }, { 1, 1, 0, 0, 30 },
+			       { 2, 1, 0, 5 * PG, 30 } };
+	int want[3] = { 10, 9, 5 };
+	struct board *bd = board_new();
+	pid_t pid[3];
+	double ms;
+
+	kt_new_pool();
+	pid[1] = engine_start(&e[1], bd);       /* takes what it can first */
+	pid[0] = engine_start(&e[0], bd);
+	pid[2] = engine_start(&e[2], bd);
+	ms = converge(bd, want, 3, 30);
+	print_claims(ms >= 0 ? "floor and ceiling" : "floor and ceiling not reached", bd, 3);
+	engines_stop(bd, pid, 3);
+	ck_assert_msg(ms >= 0, "no convergence to 10, 9 and 5 pages in 30 s");
+	ck_assert_int_eq(bd->below_floor[0], 0);
+	ck_assert_int_le(bd->claimed[2], 5);
+	munmap(bd, sizeof(*bd));
+	kt_seg_unlink();
+}
+END_TEST
+
+/* A process at its share is never asked, however long another waits. */
+START_TEST(test_fair_at_share_kept)
+{
+	struct engine e[2] = { { 0, 1, 0, 0, 12 }, { 1, 1, 0, 0, 30 } };
+	int want[2] = { 12, 12 };
+	struct board *bd = board_new();
+	pid_t pid[2];
+	double ms;
+
+	kt_new_pool();
+	pid[0] = engine_start(&e[0], bd);
+	pid[1] = engine_start(&e[1], bd);
+	ms = converge(bd, want, 2, 30);
+	ck_assert_msg(ms >= 0, "no convergence to 12 and 12 pages in 30 s");
+	nanosleep(&(struct timespec){ 0, 500 * 1000 * 1000 }, NULL);
+	print_claims("at their shares", bd, 2);
+	engines_stop(bd, pid, 2);
+	ck_assert_int_eq(bd->gave[0], 0);
+	ck_assert_int_eq(bd->claimed[1], 12);
+	munmap(bd, sizeof(*bd));
+	kt_seg_unlink();
+}
+END_TEST
+
+/* Demand stated by an adapter shows in the segment, and lapses. */
+START_TEST(test_fair_demand_stated)
+{
+	const struct kv_share_info *in;
+	struct timespec t0;
+	kv_alloc_t *a;
+	int i;
+
+	kt_new_pool();
+	a = kt_make(B, 0, 0, 1);
+	kv_alloc_demand(a, 5 * PG);
+	in = kt_seg_read(0);
+	ck_assert_uint_eq(in->nprocs, 1);
+	ck_assert_uint_eq(in->proc[0].demand, 5 * PG);
+	ck_assert_uint_eq(in->proc[0].weight, 1);
+	ck_assert_uint_eq(in->proc[0].share, 5 * PG);
+	ck_assert_uint_eq(in->proc[0].gap, 5 * PG);
+	kv_alloc_demand(a, 2 * B);              /* bounded by the budget */
+	ck_assert_uint_eq(kt_seg_read(0)->proc[0].demand, B);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	for (i = 0; kt_seg_read(0)->proc[0].demand && kt_ms_since(&t0) < 20000; i++)
+		nanosleep(&(struct timespec){ 0, 10 * 1000 * 1000 }, NULL);
+	ck_assert_uint_eq(kt_seg_read(0)->proc[0].demand, 0);
+	ck_assert_msg(kt_ms_since(&t0) >= KV_SHARE_DEMAND_MS - 50,
+		      "the demand lapsed after %.0f ms", kt_ms_since(&t0));
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* ---- bad weights ------------------------------------------------------------------ */
+
+static int load_weight(void *arg)
+{
+	struct kv_config c;
+
+	setenv("KVSHIM_WEIGHT", arg, 1);
+	return kv_config_load(&c) == KVSHIM_ECONFIG ? 0 : 1;
+}
+
+/* KVSHIM_WEIGHT: a whole number from 1 to 1000, digits only; anything else
+ * is refused with its name and why; the allocator refuses such a weight. */
+START_TEST(test_fair_bad_weight)
+{
+	static const char *const bad[][2] = {
+		{ "0", "at least 1" }, { "1001", "too large" }, { "99999999999999999999", "too large" },
+		{ "-1", "whole number" }, { "+2", "whole number" }, { " 2", "whole number" },
+		{ "2 ", "whole number" }, { "1.5", "whole number" }, { "abc", "whole number" },
+		{ "", "whole number" }, { "0x10", "whole number" }, { "2k", "whole number" },
+	};
+	struct kv_alloc_opts o;
+	kv_alloc_t *a = NULL;
+	struct kv_config c;
+	char err[1024], name[64];
+	size_t i;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		ck_assert_msg(kt_in_child(load_weight, (void *)bad[i][0], 30, err, sizeof(err)) == 0,
+			      "KVSHIM_WEIGHT=\"%s\" was not refused", bad[i][0]);
+		snprintf(name, sizeof(name), "KVSHIM_WEIGHT=%s:", bad[i][0]);
+		ck_assert_msg(strstr(err, name) && strstr(err, bad[i][1]),
+			      "the message for \"%s\" does not name it and say \"%s\": %s",
+			      bad[i][0], bad[i][1], err);
+	}
+	setenv("KVSHIM_WEIGHT", "1000", 1);
+	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert_uint_eq(c.weight, 1000);
+	unsetenv("KVSHIM_WEIGHT");
+	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert_uint_eq(c.weight, 1);
+	/* the allocator refuses what the configuration would */
+	kt_new_pool();
+	kt_opts(&o);
+	o.share = KV_ALLOC_SHARE_ON;
+	o.pool_name = kt_pool;
+	o.weight = 0;
+	ck_assert_int_eq(kv_alloc_create(&o, &a), KVSHIM_EINVAL);
+	o.weight = KV_FAIR_WEIGHT_MAX + 1;
+	ck_assert_int_eq(kv_alloc_create(&o, &a), KVSHIM_EINVAL);
+	ck_assert_ptr_null(a);
+	ck_assert_int_eq(access(kt_path, F_OK), -1);    /* nothing was made */
+}
+END_TEST
+
+static int load_share(void *arg)
+{
+	struct kv_config c;
+
+	setenv("KVSHIM_SHARE", arg, 1);
+	return kv_config_load(&c) == KVSHIM_ECONFIG ? 0 : 1;
+}
+
+/* KVSHIM_SHARE: auto by default, on and off as booleans, anything else
+ * refused by name. */
+START_TEST(test_fair_share_values)
+{
+	static const char *const good[][2] = {
+		{ "auto", "2" }, { "AUTO", "2" }, { "on", "1" }, { "1", "1" }, { "yes", "1" },
+		{ "off", "0" }, { "0", "0" }, { "false", "0" },
+	};
+	struct kv_config c;
+	char err[1024];
+	size_t i;
+
+	unsetenv("KVSHIM_SHARE");
+	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert_int_eq(c.share, KV_SHARE_CFG_AUTO);
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		setenv("KVSHIM_SHARE", good[i][0], 1);
+		ck_assert_int_eq(kv_config_load(&c), 0);
+		ck_assert_int_eq(c.share, atoi(good[i][1]));
+	}
+	unsetenv("KVSHIM_SHARE");
+	ck_assert_int_eq(kt_in_child(load_share, "maybe", 30, err, sizeof(err)), 0);
+	ck_assert_msg(strstr(err, "KVSHIM_SHARE=maybe") && strstr(err, "auto"),
+		      "no message naming the variable: %s", err);
+	ck_assert_int_eq(kt_in_child(load_share, "", 30, err, sizeof(err)), 0);
+	ck_assert_int_eq(KV_SHARE_CFG_ON, KV_ALLOC_SHARE_ON);
+	ck_assert_int_eq(KV_SHARE_CFG_AUTO, KV_ALLOC_SHARE_AUTO);
+}
+END_TEST
+
+Suite *fair_suite(void)
+{
+	Suite *s = suite_create("fair");
+	TCase *rule = tcase_create("rule");
+	TCase *tc = tcase_create("engines");
+
+	tcase_add_test(rule, test_fair_plan_weights);
+	tcase_add_test(rule, test_fair_plan_water);
+	tcase_add_test(rule, test_fair_plan_limits);
+	tcase_add_test(rule, test_fair_plan_asked);
+	tcase_add_test(rule, test_fair_plan_bounds);
+	suite_add_tcase(s, rule);
+	tcase_set_timeout(tc, 120);
+	kt_share_fixture(tc);
+	kt_add_emu(tc, test_fair_converge);
+	kt_add_emu(tc, test_fair_takes_back);
+	kt_add_emu(tc, test_fair_idle_not_waited);
+	kt_add_emu(tc, test_fair_limits);
+	kt_add_emu(tc, test_fair_at_share_kept);
+	kt_add_emu(tc, test_fair_demand_stated);
+	kt_add_emu(tc, test_fair_bad_weight);
+	kt_add_emu(tc, test_fair_share_values);
+	suite_add_tcase(s, tc);
+	return s;
+}
