@@ -13,7 +13,7 @@ import unittest
 
 POOL = "top%d" % os.getpid()
 os.environ.update(KVSHIM_SHARE="on", KVSHIM_POOL=POOL, KVSHIM_POOL_LOW="0",
-                  KVSHIM_POOL_HIGH="0", KVSHIM_MIN="4M", KVSHIM_MAX="64M")
+                  KVSHIM_POOL_HIGH="0", KVSHIM_MIN="4M", KVSHIM_MAX="64M", KVSHIM_WEIGHT="3")
 
 import kvshim  # noqa: E402
 
@@ -72,6 +72,31 @@ class TopTest(unittest.TestCase):
         self.assertTrue(segs[0]["joinable"])
         self.assertEqual(segs[0]["mode"], "0600")
         self.assertEqual(segs[0]["owner"], os.geteuid())
+
+    def test_fair_share_columns(self):
+        """Weight, demand, share and what it is asked for, in the JSON and
+        the table: this process waits for 8 MiB more (stated as an adapter
+        does) and, alone, its share is what it uses and waits for."""
+        kvshim.share_demand(8 * MIB)
+        self.assertEqual(kvshim.share_asked(), 0)
+        segs = json.loads(top("--json", "--pool", POOL).stdout)["segments"]
+        me = [p for p in segs[0]["processes"] if p["pid"] == os.getpid()][0]
+        self.assertEqual(me["weight"], 3)
+        self.assertEqual(me["demand"], 8 * MIB)
+        self.assertEqual(me["asked"], 0)
+        self.assertEqual(me["share"], 4 * MIB + 8 * MIB)   # used (6 - 2 cached) + demand
+        self.assertEqual(me["gap"], 8 * MIB - 2 * MIB)     # beyond what it holds
+        kvshim.share_demand(8 * MIB)
+        r = top("--once", "--pool", POOL)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for col in ("WEIGHT", "SHARE", "DEMAND", "ASKED", "GAVE"):
+            self.assertIn(col, r.stdout)
+        row = [line for line in r.stdout.splitlines() if line.split()[:1] == [str(os.getpid())]]
+        self.assertEqual(row[0].split()[9:12], ["3", "12", "8"])
+        kvshim.share_demand(0)
+        me = [p for p in json.loads(top("--json", "--pool", POOL).stdout)["segments"][0]
+              ["processes"] if p["pid"] == os.getpid()][0]
+        self.assertEqual(me["demand"], 0)
 
     def test_once_prints_a_table(self):
         r = top("--once", "--pool", POOL)
