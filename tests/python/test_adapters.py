@@ -380,6 +380,83 @@ class AdapterTest(unittest.TestCase):
         with self.assertRaises(RuntimeError):
             proc.prepare_next_batch(8192)
 
+    def test_fair_share_preempts_and_states_demand(self):
+        """kvshim asks the engine for blocks it uses: one request is
+        preempted a step (through transformers' offloading manager), no more
+        than asked; a pass kvshim cut short states the waiting requests'
+        blocks as demand, and a pass that was not, none."""
+        c, tr = self.make(num_blocks=4096, layers=4)
+        mod = types.ModuleType("fake_api_fair")
+        asked, stated = [0], []
+
+        class Request:
+            def __init__(self, n):
+                self.tokens_to_process = list(range(n))
+
+        class Scheduler:
+            def __init__(self):
+                self.active_requests, self.waiting_requests = {}, {}
+
+        class OffloadingManager:
+            def __init__(self, proc):
+                self.proc, self.calls = proc, 0
+
+            def offload_one_request(self):
+                self.calls += 1
+                rid = next(reversed(self.proc.scheduler.active_requests))
+                state = self.proc.scheduler.active_requests.pop(rid)
+                self.proc.cache.free_blocks(rid)
+                self.proc.scheduler.waiting_requests[rid] = state
+
+        class ContinuousBatchProcessor:
+            def __init__(self, cache):
+                self.cache, self.scheduler = cache, Scheduler()
+                self.offloading_manager = OffloadingManager(self)
+
+            def prepare_next_batch(self):
+                for rid in list(self.scheduler.waiting_requests):
+                    if self.cache.allocate_blocks(4, rid, 0) is None:
+                        return False
+                    self.scheduler.active_requests[rid] = self.scheduler.waiting_requests.pop(rid)
+                return True
+        mod.ContinuousBatchProcessor = ContinuousBatchProcessor
+        with redirect_stderr(io.StringIO()):
+            transformers_cb.patch_api_module(mod)
+        real_asked, real_demand = kvshim.share_asked, kvshim.share_demand
+        kvshim.share_asked = lambda: asked[0]
+        kvshim.share_demand = stated.append
+        self.addCleanup(setattr, kvshim, "share_asked", real_asked)
+        self.addCleanup(setattr, kvshim, "share_demand", real_demand)
+        proc = ContinuousBatchProcessor(c)
+        for i in range(3):
+            proc.scheduler.waiting_requests["r%d" % i] = Request(60)
+        self.assertTrue(proc.prepare_next_batch())
+        self.assertEqual(len(proc.scheduler.active_requests), 3)
+        self.assertEqual(stated, [])                # never short: no demand
+        # asked for one request's blocks: one preempted, then no more
+        asked[0] = 4 * tr.bytes_per_block
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(proc.offloading_manager.calls, 1)
+        self.assertEqual(tr.preempted, 1)
+        proc.scheduler.waiting_requests.clear()
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(proc.offloading_manager.calls, 1)
+        # kvshim short: the waiting request's blocks are stated as demand
+        asked[0] = 0
+        proc.scheduler.waiting_requests["w"] = Request(100)     # 7 blocks of 16
+        tr.short += 1
+        real_can = tr.can_take
+        tr.can_take = lambda ids: (setattr(tr, "short", tr.short + 1), False)[1]
+        self.addCleanup(setattr, tr, "can_take", real_can)
+        time.sleep(0.01)
+        self.assertFalse(proc.prepare_next_batch())
+        self.assertEqual(stated[-1], 7 * tr.bytes_per_block)
+        tr.can_take = real_can
+        self.assertTrue(proc.prepare_next_batch())
+        self.assertEqual(stated[-1], 0)
+
     def test_release_failure_keeps_the_id(self):
         def refuse(ids):
             raise kvshim.KvshimError(-2, "kvshim_group_unmap")

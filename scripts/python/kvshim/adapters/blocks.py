@@ -39,6 +39,15 @@ class BlockTracker:
         self._room = (0.0, None)  # (when, blocks) of the last headroom read
         self.busy = 0.0          # seconds the engine spent in this tracker
         self.calls = 0           # ...over this many calls
+        self.preempted = 0       # requests preempted because kvshim asked
+        self._demand = (0.0, 0)  # (when, bytes) of the last demand stated
+        self._asked = (0.0, 0)   # (when, bytes) of the last ask read
+        self._given = (0.0, 0)   # (since, bytes) of blocks given back on asks
+
+    @property
+    def bytes_per_block(self):
+        """Bytes one block id spans over every tensor of the group."""
+        return self.group.block_bytes * self.group.ntensors
 
     @_timed
     def take(self, ids):
@@ -95,6 +104,58 @@ class BlockTracker:
                 blocks = None
             self._room = (now, blocks)
         return blocks
+
+    @_timed
+    def state_demand(self, nblocks):
+        """State in the shared budget the blocks this engine waits for now
+        (those its waiting requests need; 0: none). kvshim holds a demand
+        for a second: it is stated again every 0.25 s while it lasts, and
+        at once when it changes."""
+        nbytes = max(0, int(nblocks)) * self.bytes_per_block
+        when, last = self._demand
+        now = time.monotonic()
+        if nbytes == last and (not nbytes or now - when < 0.25):
+            return
+        try:
+            kvshim.share_demand(nbytes)
+        except (kvshim.KvshimError, AttributeError):
+            return
+        self._demand = (now, nbytes)
+
+    @_timed
+    def asked(self, ttl=0.005):
+        """Bytes of the blocks it uses that kvshim asks this engine to give
+        back now (it holds more than its fair share while another process
+        waits below its own), read at most every ttl seconds; 0 when none
+        or when kvshim cannot tell."""
+        when, nbytes = self._asked
+        now = time.monotonic()
+        if now - when > ttl:
+            try:
+                nbytes = kvshim.share_asked()
+            except (kvshim.KvshimError, AttributeError):
+                nbytes = 0
+            self._asked = (now, nbytes)
+        return nbytes
+
+    def should_give_back(self):
+        """Whether to preempt one more request for kvshim's ask: it asks,
+        and what this engine freed for it within the last second is less
+        than the ask (blocks freed on pages other blocks still use free no
+        page: the ask stays, and preempting on would empty the engine)."""
+        nbytes = self.asked()
+        since, given = self._given
+        now = time.monotonic()
+        if not nbytes or now - since > 1.0:
+            self._given = (now, 0)
+            given = 0
+        return nbytes > given
+
+    def gave_back(self, nblocks):
+        """Count blocks the engine freed for kvshim's ask."""
+        since, given = self._given
+        self._given = (since, given + max(0, nblocks) * self.bytes_per_block)
+        self.preempted += 1
 
     @_timed
     def can_take(self, ids):

@@ -27,6 +27,15 @@ is imported:
 - (transformers.generation.continuous_batching.continuous_api) when
   nothing can be scheduled or offloaded because kvshim is short, the step
   does nothing and the loop retries, where transformers would fail;
+- shares the GPU's budget fairly with other processes (README.md, "Sharing
+  one GPU"): after each scheduling pass that kvshim cut short, states the
+  blocks the waiting requests need as this process's demand; and before
+  each pass, when kvshim asks the engine to give back blocks it uses (it
+  holds more than its fair share while another process waits below its
+  own), preempts one request the way transformers does when its cache is
+  full (its offloading manager: to CPU where transformers was given CPU
+  space, else the request starts again), at most as many blocks a second
+  as asked;
 - gives the cache a read budget, the most KV tokens one batch reads, which
   sizes transformers' static batch buffers and its warm-up instead of the
   lazy cache's capacity (transformers_cb_reads.py).
@@ -269,11 +278,50 @@ def patch_cache_module(mod):
     cls._kvshim_patched = True
 
 
+def _waiting_blocks(proc):
+    """Blocks the requests waiting for admission need for their prompts,
+    in every layer group: what the engine waits for."""
+    cache = proc.cache
+    waiting = getattr(getattr(proc, "scheduler", None), "waiting_requests", None) or {}
+    groups = len(getattr(cache, "group_cache_managers", ()) or ()) or 1
+    n = 0
+    for state in list(waiting.values()):
+        tokens = (getattr(state, "tokens_to_process", None)
+                  or getattr(state, "initial_tokens", None) or ())
+        n += -(-(len(tokens) + 1) // cache.block_size)
+    return n * groups
+
+
+def _give_back(proc, tracker):
+    """Preempt one request if kvshim asks this engine to give back blocks
+    it uses, as transformers does when its cache is full. Returns whether
+    one was."""
+    if not tracker.should_give_back():
+        return False
+    om = getattr(proc, "offloading_manager", None)
+    offload = getattr(om, "offload_one_request", None) or getattr(om, "offload_requests", None)
+    active = getattr(getattr(proc, "scheduler", None), "active_requests", None)
+    if offload is None:
+        if not getattr(proc, "_kvshim_warned_preempt", False):
+            proc._kvshim_warned_preempt = True
+            warn("transformers continuous batching has no offloading manager: an engine "
+                 "above its fair share gives memory back only as its requests finish")
+        return False
+    if not active:
+        return False
+    before = tracker.mapped
+    offload()
+    tracker.gave_back(before - tracker.mapped)
+    return True
+
+
 def patch_api_module(mod):
     """When transformers finds nothing to schedule and nothing to offload
     because kvshim is short (other processes hold the memory), it fails the
-    engine; the step instead does nothing, and the loop retries. And the
-    manager keeps generate_batch's workload for the read budget."""
+    engine; the step instead does nothing, and the loop retries. Each step
+    first gives back what kvshim asks for, and states what the engine waits
+    for (see the top). And the manager keeps generate_batch's workload for
+    the read budget."""
     transformers_cb_reads.patch_manager(mod)
     cls = getattr(mod, "ContinuousBatchProcessor", None)
     if cls is None or not hasattr(cls, "prepare_next_batch"):
@@ -286,14 +334,20 @@ def patch_api_module(mod):
 
     def prepare_next_batch(self, *args, **kwargs):
         tracker = getattr(getattr(self, "cache", None), "kvshim_tracker", None)
-        short = tracker.short if tracker is not None else 0
-        try:
+        if tracker is None:
             return orig(self, *args, **kwargs)
+        _give_back(self, tracker)
+        short = tracker.short
+        try:
+            out = orig(self, *args, **kwargs)
         except RuntimeError as e:
-            if (tracker is None or tracker.short == short
-                    or "no requests can be offloaded" not in str(e).lower()):
+            if tracker.short == short or "can be offloaded" not in str(e).lower():
                 raise
-            return False
+            out = False
+        # kvshim cut this pass short: the waiting requests' blocks are what
+        # the engine waits for (at least one block: a request decoding)
+        tracker.state_demand(max(1, _waiting_blocks(self)) if tracker.short != short else 0)
+        return out
 
     cls.prepare_next_batch = prepare_next_batch
     cls._kvshim_patched = True
