@@ -17,14 +17,25 @@ configurations run one after the other, in one invocation:
 max_batch_tokens, the block size and everything else are the same in both;
 prefix caching is off (the prompts are random: nothing to share).
 
-The trace (make_trace): time is cut into phases of --phase seconds; in
-phase k model k mod 3 is hot. Each model's requests arrive as a Poisson
-process of rate R (requests/s) in its hot phases and --cold-rate
-otherwise; prompts are uniform in [--prompt-min, --prompt-max] random
-tokens, outputs uniform in [--new-min, --new-max] tokens (no EOS). One
-trace per rate in --rates, each --cycles x 3 phases long, all from --seed.
-The engines of a configuration replay the rates in turn, the same traces
-in both configurations.
+The trace (make_trace): time is cut into phases of P seconds; in phase k
+model k mod 3 is hot. Each model's requests arrive as a Poisson process of
+rate R (requests/s) in its hot phases and --cold-rate otherwise; prompts
+are uniform in [--prompt-min, --prompt-max] random tokens, outputs uniform
+in [--new-min, --new-max] tokens (no EOS). One trace per rate in --rates,
+seed in --seeds and phase length P in --phases, each --cycles x 3 phases
+long. The engines of a configuration replay the traces in turn (started
+once), the same traces in every configuration. Under kvshim the engines
+share the budget by weighted fair shares (README.md, "Sharing one GPU"):
+kvshim-run's transformers adapter states each engine's demand and preempts
+requests of an engine above its share when another waits below its own.
+
+--sweep-gib B1,B2,... adds a kvshim configuration per budget (ascending,
+engines started afresh for each), replaying the traces of --sweep-rates
+(the first seed and phase), and reports the smallest budget at which every
+model's p99 TTFT is at most the static split's (at --budget-gib) times
+1 + --tolerance: "half the memory for the same service". --quick is rates
+3, 4 and 6, one seed and one phase length, and a sweep of 3 GiB at rate 3.
+How long each part took is printed as it ends, and an estimate first.
 
 Measured per request: TTFT (first token's time, from transformers'
 per-token timestamps, less the time the request was submitted at its
@@ -34,12 +45,16 @@ kvshim: the pages it holds) and PyTorch's reserved memory; with kvshim,
 the shared segment's total held against the budget (kvshim-top's reader),
 every 50 ms; and the GPU's used memory (nvidia-smi), every 500 ms.
 
-Prints one table per rate (per model and configuration: TTFT p50 and p99,
-mean queue wait, tokens/s, peak KV and peak process memory); writes
-colocate.json, and colocate-memory-<rate>.png and colocate-ttft-<rate>.png
-under --out (default $KVSHIM_SUITE_OUT or .). Exit 0 when every request of
-every run completed and the shared budget was never passed, 1 if not, 77
-without a GPU.
+Prints one table per trace (per model and configuration: TTFT p50 and
+p99, static p99 over this configuration's, mean queue wait, tokens/s, peak
+KV and peak process memory), then the summary against issue 13's targets
+(every model at or below its static p99; over all requests at least 2x at
+rate 3 and 1.5x at rate 4) and the sweep's answer; writes colocate.json,
+and per trace colocate-memory-<trace>.png, colocate-ttft-<trace>.png (CDF)
+and colocate-ttft-time-<trace>.png (each model's TTFT over the run, every
+kvshim configuration against the static baseline) under --out (default
+$KVSHIM_SUITE_OUT or .). Exit 0 when every request of every run completed
+and the shared budget was never passed, 1 if not, 77 without a GPU.
 """
 import argparse
 import glob
@@ -77,15 +92,17 @@ def kv_bytes_per_token(name):
 
 # ---- the trace ---------------------------------------------------------------
 
-def make_trace(seed, rate, args):
-    """[{model, t, prompt, new, seed}] sorted by t, for one hot rate."""
-    rng = random.Random("%d-%s" % (seed, rate))
+def make_trace(seed, rate, args, phase=None):
+    """[{model, t, prompt, new, seed}] sorted by t, for one hot rate and
+    phase length (--phase's first by default)."""
+    phase = phase or args.phase_list[0]
+    rng = random.Random("%d-%s" % (seed, rate) if phase == 8.0 else "%d-%s-%s" % (seed, rate, phase))
     phases = 3 * args.cycles
     out = []
     for m, name in enumerate(ORDER):
         t = 0.0
         for k in range(phases):
-            lo, hi = k * args.phase, (k + 1) * args.phase
+            lo, hi = k * phase, (k + 1) * phase
             r = rate if k % 3 == m else args.cold_rate
             t = max(t, lo)
             while r > 0:
@@ -121,9 +138,16 @@ def engine(args):
         model = LlamaForCausalLM(cfg).eval()
     torch.set_default_dtype(torch.float32)
     gen = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=0, max_new_tokens=16)
-    cbc = ContinuousBatchingConfig(block_size=BLOCK, num_blocks=args.num_blocks or None,
-                                   max_batch_tokens=args.max_batch_tokens,
-                                   allow_block_sharing=False, use_cuda_graph=False)
+    cb_args = dict(block_size=BLOCK, num_blocks=args.num_blocks or None,
+                   max_batch_tokens=args.max_batch_tokens,
+                   allow_block_sharing=False, use_cuda_graph=False)
+    if args.cpu_offload_gib > 0:
+        cb_args["cpu_offload_space"] = args.cpu_offload_gib
+    try:
+        cbc = ContinuousBatchingConfig(**cb_args)
+    except TypeError:       # a transformers without CPU offloading
+        cb_args.pop("cpu_offload_space", None)
+        cbc = ContinuousBatchingConfig(**cb_args)
     kvshim = None
     if os.environ.get("LD_PRELOAD", "").find("libkvshim") >= 0:
         import kvshim
@@ -163,6 +187,10 @@ def engine(args):
         run.update(info)
         if kvshim is not None:
             run["kvshim_stats"] = kvshim.stats()
+            tracker = getattr(cache, "kvshim_tracker", None)
+            if tracker is not None:     # the fair shares' work in this engine
+                run["kvshim_preempted"] = tracker.preempted
+                run["kvshim_short"] = tracker.short
         with open(out_path, "w") as f:
             json.dump(run, f)
         print("DONE", flush=True)
@@ -301,21 +329,23 @@ def read_line(proc, want, timeout):
         sys.stdout.write(line)
 
 
-def spawn(name, mode, args, budget, pool, outdir):
+def spawn(name, mode, args, budget, pool, outdir, tag):
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
-           "--max-batch-tokens", str(args.max_batch_tokens)]
+           "--max-batch-tokens", str(args.max_batch_tokens),
+           "--cpu-offload-gib", str(args.cpu_offload_gib)]
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     if mode == "static":
         per_token = kv_bytes_per_token(name)
         cmd += ["--num-blocks", str(budget // 3 // (per_token * BLOCK))]
+        env["KVSHIM_SHARE"] = "off"     # no kvshim here; said for clarity
     else:
         cmd = [os.path.join(ROOT, "scripts", "kvshim-run")] + cmd + ["--num-blocks", "0"]
         env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET=str(budget), KVSHIM_POOL=pool,
                    KVSHIM_MIN=str(int(args.floor_gib * GIB)))
         env.setdefault("KVSHIM_CONFIG_BIN", os.path.join(ROOT, "kvshim-config"))
         env.setdefault("KVSHIM_PYTHONPATH", os.path.join(ROOT, "scripts", "python"))
-    log = open(os.path.join(outdir, "colocate-%s-%s.log" % (mode, name)), "w")
+    log = open(os.path.join(outdir, "colocate-%s-%s.log" % (tag, name)), "w")
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=log, text=True, bufsize=1)
     proc.kv_lines = queue.Queue()
@@ -328,37 +358,45 @@ def spawn(name, mode, args, budget, pool, outdir):
     return proc
 
 
-def run_config(mode, args, traces, outdir):
-    budget = int(args.budget_gib * GIB)
-    pool = "colocate%d" % os.getpid() if mode == "kvshim" else None
+def run_config(cfg, args, traces, outdir):
+    """Start the three engines of configuration cfg ({"name", "mode",
+    "budget"}), replay traces in turn, stop them. Returns the results."""
+    mode, budget, tag = cfg["mode"], cfg["budget"], cfg["name"].replace("@", "-")
+    pool = "colocate%d%s" % (os.getpid(), tag.replace(".", "_").replace("-", "_")) \
+        if mode == "kvshim" else None
     t_spawn = time.perf_counter()
-    procs = {name: spawn(name, mode, args, budget, pool, outdir) for name in ORDER}
-    res = {"mode": mode, "engines": {}, "runs": {}}
+    procs = {name: spawn(name, mode, args, budget, pool, outdir, tag) for name in ORDER}
+    res = {"name": cfg["name"], "mode": mode, "budget": budget, "engines": {}, "runs": {},
+           "seconds": {}}
     try:
         for name, p in procs.items():
             res["engines"][name] = json.loads(read_line(p, "READY", 600))
         res["startup_s"] = time.perf_counter() - t_spawn
-        print("colocate: %s: engines ready in %.1f s: %s" % (mode, res["startup_s"], ", ".join(
+        print("colocate: %s: engines ready in %.1f s: %s" % (cfg["name"], res["startup_s"], ", ".join(
             "%s %d blocks (%.0f MiB of KV tensors)" % (n, e["num_blocks"], e["kv_tensor_bytes"] / MIB)
             for n, e in res["engines"].items())), flush=True)
-        for rate, path in traces:
-            t0 = time.perf_counter() + 2.0
+        for tr in traces:
+            t_run = time.perf_counter()
+            t0 = t_run + 2.0
             sampler = Sampler(t0, pool)
             outs = {}
             for name, p in procs.items():
-                outs[name] = os.path.join(outdir, "colocate-%s-%s-%s.json" % (mode, rate, name))
-                p.stdin.write("RUN %s %.6f %s\n" % (path, t0, outs[name]))
+                outs[name] = os.path.join(outdir, "colocate-%s-%s-%s.json" % (tag, tr["label"], name))
+                p.stdin.write("RUN %s %.6f %s\n" % (tr["path"], t0, outs[name]))
                 p.stdin.flush()
             for name, p in procs.items():
-                read_line(p, "DONE", args.cycles * 3 * args.phase + 400)
+                read_line(p, "DONE", args.cycles * 3 * tr["phase"] + 400)
             sampler.finish()
             run = {"gpu_used": sampler.gpu, "held": sampler.held, "engines": {}}
             for name in ORDER:
                 with open(outs[name]) as f:
                     run["engines"][name] = json.load(f)
-            res["runs"][rate] = run
-            print("colocate: %s, rate %s: done" % (mode, rate), flush=True)
+            res["runs"][tr["label"]] = run
+            res["seconds"][tr["label"]] = time.perf_counter() - t_run
+            print("colocate: %s, trace %s: done in %.0f s" % (cfg["name"], tr["label"],
+                                                              res["seconds"][tr["label"]]), flush=True)
     finally:
+        t_stop = time.perf_counter()
         for p in procs.values():
             try:
                 p.stdin.write("QUIT\n")
@@ -373,6 +411,10 @@ def run_config(mode, args, traces, outdir):
         if pool:
             for path in glob_segments(pool):
                 os.unlink(path)
+        res["stop_s"] = time.perf_counter() - t_stop
+    res["total_s"] = time.perf_counter() - t_spawn
+    print("colocate: %s took %.0f s in all (start %.0f s, stop %.0f s)" % (
+        cfg["name"], res["total_s"], res.get("startup_s", 0), res["stop_s"]), flush=True)
     return res
 
 
@@ -389,13 +431,16 @@ def pct(xs, p):
     return xs[i] if i + 1 >= len(xs) else xs[i] + (xs[i + 1] - xs[i]) * (k - i)
 
 
-def summarize(results, rates):
-    """Per rate, per model and mode: the table's figures. And whether all
-    requests completed and the budget held."""
+def summarize(results, traces):
+    """Per trace, per configuration and model: the table's figures. And
+    whether all requests completed and the budget held."""
     table, ok = {}, True
-    for rate in rates:
-        for mode, res in results.items():
-            run = res["runs"][rate]
+    for tr in traces:
+        label = tr["label"]
+        for cname, res in results.items():
+            run = res["runs"].get(label)
+            if run is None:
+                continue
             for name in ORDER + ("all",):
                 engines = ORDER if name == "all" else (name,)
                 rows = [r for n in engines for r in run["engines"][n]["requests"]]
@@ -410,52 +455,125 @@ def summarize(results, rates):
                 # static: the KV cache is part of PyTorch's reserved memory
                 peak_proc = sum(max(s[2] + (s[1] if res["engines"][n]["kvshim"] else 0)
                                     for s in run["engines"][n]["samples"]) for n in engines)
-                table[(rate, mode, name)] = {
+                table[(label, cname, name)] = {
                     "requests": len(rows), "failed": bad,
                     "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
                     "ttft_mean": statistics.fmean(ttft) if ttft else float("nan"),
                     "wait_mean": statistics.fmean(waits) if waits else float("nan"),
                     "tokens_s": toks / span if span > 0 else float("nan"),
-                    "peak_kv": peak_kv, "peak_proc": peak_proc}
+                    "peak_kv": peak_kv, "peak_proc": peak_proc,
+                    "preempted": sum(run["engines"][n].get("kvshim_preempted", 0) for n in engines)}
             if run["gpu_used"]:
-                table[(rate, mode, "gpu")] = {"peak_used": max(g[1] for g in run["gpu_used"])}
+                table[(label, cname, "gpu")] = {"peak_used": max(g[1] for g in run["gpu_used"])}
             if run["held"]:
                 over = [h for h in run["held"] if h[1] > h[2]]
-                table[(rate, mode, "held")] = {"peak_held": max(h[1] for h in run["held"]),
-                                               "budget": run["held"][0][2], "over": len(over)}
+                table[(label, cname, "held")] = {"peak_held": max(h[1] for h in run["held"]),
+                                                 "budget": run["held"][0][2], "over": len(over)}
                 ok &= not over
     return table, ok
 
 
-def print_tables(table, rates, args):
-    for rate in rates:
-        print("\nrate %s requests/s in a model's hot phase (%.2f/s otherwise), KV budget %.1f GiB, "
-              "kvshim floors %.1f GiB" % (rate, args.cold_rate, args.budget_gib, args.floor_gib))
+def ratio(table, label, cname, name):
+    """Static p99 over configuration cname's, for one model of a trace."""
+    st, t = table.get((label, "static", name)), table.get((label, cname, name))
+    if not st or not t or not t["ttft_p99"] > 0:
+        return float("nan")
+    return st["ttft_p99"] / t["ttft_p99"]
+
+
+def print_tables(table, traces, results, args):
+    for tr in traces:
+        label = tr["label"]
+        print("\ntrace %s: rate %s requests/s in a model's hot phase (%.2f/s otherwise), seed %d, "
+              "phases of %.0f s; static KV budget %.1f GiB, kvshim floors %.1f GiB" % (
+                  label, tr["rate"], args.cold_rate, tr["seed"], tr["phase"], args.budget_gib,
+                  args.floor_gib))
         print("(model all: every request; its peaks are sums of the engines' peaks)")
-        print("| model | config | requests | failed | TTFT p50 s | TTFT p99 s | p99 static/kvshim "
-              "| mean queue wait s | tokens/s | peak KV MiB | peak process MiB |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        print("| model | config | requests | failed | TTFT p50 s | TTFT p99 s | p99 static/config "
+              "| mean queue wait s | tokens/s | peak KV MiB | peak process MiB | preempted |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name in ORDER + ("all",):
-            st = table[(rate, "static", name)] if (rate, "static", name) in table else None
-            for mode in ("static", "kvshim"):
-                t = table.get((rate, mode, name))
+            for cname in results:
+                t = table.get((label, cname, name))
                 if t is None:
                     continue
-                ratio = "%.2fx" % (st["ttft_p99"] / t["ttft_p99"]) if st and mode == "kvshim" else "-"
-                print("| %s | %s | %d | %d | %.3f | %.3f | %s | %.3f | %.0f | %.0f | %.0f |" % (
-                    name, mode, t["requests"], t["failed"], t["ttft_p50"], t["ttft_p99"], ratio,
-                    t["wait_mean"], t["tokens_s"], t["peak_kv"] / MIB, t["peak_proc"] / MIB))
-        used = ["%s %.0f MiB" % (mode, table[(rate, mode, "gpu")]["peak_used"] / MIB)
-                for mode in ("static", "kvshim") if (rate, mode, "gpu") in table]
+                r = "-" if cname == "static" else "%.2fx" % ratio(table, label, cname, name)
+                print("| %s | %s | %d | %d | %.3f | %.3f | %s | %.3f | %.0f | %.0f | %.0f | %d |" % (
+                    name, cname, t["requests"], t["failed"], t["ttft_p50"], t["ttft_p99"], r,
+                    t["wait_mean"], t["tokens_s"], t["peak_kv"] / MIB, t["peak_proc"] / MIB,
+                    t["preempted"]))
+        used = ["%s %.0f MiB" % (c, table[(label, c, "gpu")]["peak_used"] / MIB)
+                for c in results if (label, c, "gpu") in table]
         if used:
             print("GPU memory used at most (nvidia-smi, every 500 ms): " + ", ".join(used))
-        h = table.get((rate, "kvshim", "held"))
-        if h:
-            print("kvshim: shared segment held at most %.0f MiB of a %.0f MiB budget; samples over "
-                  "it: %d" % (h["peak_held"] / MIB, h["budget"] / MIB, h["over"]))
+        for c in results:
+            h = table.get((label, c, "held"))
+            if h:
+                print("%s: shared segment held at most %.0f MiB of a %.0f MiB budget; samples "
+                      "over it: %d" % (c, h["peak_held"] / MIB, h["budget"] / MIB, h["over"]))
 
 
-def plot(results, rates, outdir):
+def targets(table, traces, results, args):
+    """Issue 13's table (static p99 / kvshim p99 per model), the targets
+    checked, and the sweep's smallest budget. Returns the summary (JSON)."""
+    out = {"traces": {}, "sweep": None}
+    tol = 1.0 + args.tolerance
+    print("\nsummary: p99 TTFT, static split at %.1f GiB against kvshim at %.1f GiB "
+          "(a model meets the static split when static/kvshim >= %.2f)" % (
+              args.budget_gib, args.budget_gib, 1 / tol))
+    print("| trace | rate | model | static p99 s | kvshim p99 s | static / kvshim |")
+    print("|---|---|---|---|---|---|")
+    for tr in traces:
+        label = tr["label"]
+        if (label, "kvshim", "all") not in table or (label, "static", "all") not in table:
+            continue
+        worst = min(ratio(table, label, "kvshim", n) for n in ORDER)
+        overall = ratio(table, label, "kvshim", "all")
+        for name in ORDER + ("all",):
+            print("| %s | %s | %s | %.3f | %.3f | %.2fx |" % (
+                label, tr["rate"], name, table[(label, "static", name)]["ttft_p99"],
+                table[(label, "kvshim", name)]["ttft_p99"], ratio(table, label, "kvshim", name)))
+        want = {3.0: 2.0, 4.0: 1.5}.get(float(tr["rate"]))
+        out["traces"][label] = {"worst_model_ratio": worst, "overall_ratio": overall,
+                                "every_model_at_or_below_static": worst * tol >= 1.0,
+                                "overall_target": want,
+                                "overall_met": None if want is None else overall >= want}
+    for label, v in out["traces"].items():
+        print("colocate: %s: every model at or below its static p99: %s (worst %.2fx); "
+              "over all %.2fx%s" % (label, "yes" if v["every_model_at_or_below_static"] else "NO",
+                                    v["worst_model_ratio"], v["overall_ratio"],
+                                    "" if v["overall_target"] is None else
+                                    " (target %.1fx: %s)" % (v["overall_target"],
+                                                             "met" if v["overall_met"] else "NOT met")))
+    sweep = [c for c in results if c.startswith("kvshim@")]
+    if sweep:
+        rows, smallest = [], None
+        for c in sorted(sweep, key=lambda c: results[c]["budget"]):
+            labels = [tr["label"] for tr in traces if (tr["label"], c, "all") in table]
+            meets = all(ratio(table, lb, c, n) * tol >= 1.0 for lb in labels for n in ORDER)
+            rows.append({"config": c, "budget_gib": results[c]["budget"] / GIB, "traces": labels,
+                         "meets": meets,
+                         "ratios": {lb: {n: ratio(table, lb, c, n) for n in ORDER + ("all",)}
+                                    for lb in labels}})
+            if meets and smallest is None:
+                smallest = results[c]["budget"] / GIB
+        print("\nbudget sweep: kvshim at each budget against the static split at %.1f GiB "
+              "(per model static p99 / kvshim p99)" % args.budget_gib)
+        print("| kvshim budget GiB | trace | small | medium | large | all | every model meets |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            for lb in r["traces"]:
+                x = r["ratios"][lb]
+                print("| %.2f | %s | %.2fx | %.2fx | %.2fx | %.2fx | %s |" % (
+                    r["budget_gib"], lb, x["small"], x["medium"], x["large"], x["all"],
+                    "yes" if r["meets"] else "no"))
+        print("colocate: smallest kvshim budget meeting the static %.1f GiB split's per-model p99: %s"
+              % (args.budget_gib, "%.2f GiB" % smallest if smallest else "none of those tried"))
+        out["sweep"] = {"rows": rows, "smallest_gib": smallest, "static_gib": args.budget_gib}
+    return out
+
+
+def plot(results, traces, outdir):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -463,11 +581,13 @@ def plot(results, rates, outdir):
     except ImportError:
         print("colocate: matplotlib not found: no plots")
         return
-    for rate in rates:
-        fig, axes = plt.subplots(1, len(results), figsize=(7 * len(results), 4.5), sharey=True)
-        axes = axes if len(results) > 1 else [axes]
-        for ax, (mode, res) in zip(axes, results.items()):
-            run = res["runs"][rate]
+    for tr in traces:
+        label = tr["label"]
+        have = [(c, r) for c, r in results.items() if label in r["runs"]]
+        fig, axes = plt.subplots(1, len(have), figsize=(7 * len(have), 4.5), sharey=True)
+        axes = axes if len(have) > 1 else [axes]
+        for ax, (cname, res) in zip(axes, have):
+            run = res["runs"][label]
             for name in ORDER:
                 s = run["engines"][name]["samples"]
                 ax.plot([x[0] for x in s], [x[1] / GIB for x in s], label="%s KV" % name)
@@ -475,29 +595,65 @@ def plot(results, rates, outdir):
                 ax.plot([h[0] for h in run["held"]], [h[1] / GIB for h in run["held"]], "k-",
                         lw=0.8, label="shared segment held")
                 ax.axhline(run["held"][0][2] / GIB, color="r", ls="--", lw=0.8, label="budget")
-            ax.set_title("%s: KV memory per engine (rate %s)" % (mode, rate))
+            ax.set_title("%s: KV memory per engine (%s)" % (cname, label))
             ax.set_xlabel("seconds")
             ax.set_ylabel("GiB")
             ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(os.path.join(outdir, "colocate-memory-%s.png" % rate), dpi=110)
+        fig.savefig(os.path.join(outdir, "colocate-memory-%s.png" % label), dpi=110)
         plt.close(fig)
+        # TTFT CDFs
         fig, axes = plt.subplots(1, len(ORDER), figsize=(15, 4.2))
         for ax, name in zip(axes, ORDER):
-            for mode, res in results.items():
-                rows = res["runs"][rate]["engines"][name]["requests"]
+            for cname, res in have:
+                rows = res["runs"][label]["engines"][name]["requests"]
                 ttft = sorted(r["ttft"] for r in rows if r["ttft"] is not None)
                 if ttft:
                     ax.plot(ttft, [(i + 1) / len(ttft) for i in range(len(ttft))],
-                            ls="--" if mode == "static" else "-", label=mode)
+                            ls="--" if cname == "static" else "-", label=cname)
             if ax.lines:
                 ax.set_xscale("log")
                 ax.legend(fontsize=8)
-            ax.set_title("%s: TTFT CDF (rate %s)" % (name, rate))
+            ax.set_title("%s: TTFT CDF (%s)" % (name, label))
             ax.set_xlabel("TTFT, seconds")
         fig.tight_layout()
-        fig.savefig(os.path.join(outdir, "colocate-ttft-%s.png" % rate), dpi=110)
+        fig.savefig(os.path.join(outdir, "colocate-ttft-%s.png" % label), dpi=110)
         plt.close(fig)
+        # each model's TTFT over the run, against its static baseline
+        fig, axes = plt.subplots(len(ORDER), 1, figsize=(12, 9), sharex=True)
+        for ax, (m, name) in zip(axes, enumerate(ORDER)):
+            for k in range(3 * tr["cycles"]):
+                if k % 3 == m:
+                    ax.axvspan(k * tr["phase"], (k + 1) * tr["phase"], color="0.93")
+            for cname, res in have:
+                rows = [r for r in res["runs"][label]["engines"][name]["requests"]
+                        if r["ttft"] is not None]
+                rows.sort(key=lambda r: r["t"])
+                static = cname == "static"
+                ax.plot([r["t"] for r in rows], [max(r["ttft"], 1e-3) for r in rows],
+                        "o-" if static else ".-", ms=3 if static else 4, lw=0.8,
+                        color="0.45" if static else None, label="%s (p99 %.2f s)" % (
+                            cname, pct([r["ttft"] for r in rows], 99)))
+            ax.set_yscale("log")
+            ax.set_ylabel("%s: TTFT, s" % name)
+            ax.legend(fontsize=8, loc="upper left")
+        axes[0].set_title("TTFT of each request by its arrival, %s (shaded: the model's hot phases)"
+                          % label)
+        axes[-1].set_xlabel("arrival, seconds into the trace")
+        fig.tight_layout()
+        fig.savefig(os.path.join(outdir, "colocate-ttft-time-%s.png" % label), dpi=110)
+        plt.close(fig)
+
+
+def numbers(text, what, ap, kind=float):
+    """A comma-separated list of positive numbers, or the usage error."""
+    try:
+        xs = [kind(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        ap.error("%s takes numbers separated by commas" % what)
+    if not xs or any(x <= 0 for x in xs):
+        ap.error("%s takes positive numbers" % what)
+    return xs
 
 
 def main():
@@ -509,31 +665,51 @@ def main():
     ap.add_argument("--budget-gib", type=float, default=6.0, help="KV budget of the three engines")
     ap.add_argument("--floor-gib", type=float, default=0.0,
                     help="each engine's floor in the shared budget (kvshim)")
-    ap.add_argument("--rates", default="3,4", help="hot-phase arrival rates, requests/s")
+    ap.add_argument("--rates", default="3,4,6", help="hot-phase arrival rates, requests/s")
+    ap.add_argument("--seeds", default="2026,7", help="trace seeds, one trace per rate each")
+    ap.add_argument("--seed", type=int, help="one seed (as --seeds)")
+    ap.add_argument("--phases", default="8", help="seconds a model stays hot, one trace per value")
+    ap.add_argument("--phase", type=float, help="one phase length (as --phases)")
     ap.add_argument("--cold-rate", type=float, default=0.25)
-    ap.add_argument("--phase", type=float, default=8.0, help="seconds a model stays hot")
     ap.add_argument("--cycles", type=int, default=2, help="times each model is hot")
+    ap.add_argument("--sweep-gib", default="",
+                    help="kvshim budgets to try against the static split at --budget-gib")
+    ap.add_argument("--sweep-rates", default="3", help="the rates the sweep replays")
+    ap.add_argument("--sweep-all", action="store_true",
+                    help="run every sweep budget (by default the sweep ends at the first that meets)")
+    ap.add_argument("--tolerance", type=float, default=0.0,
+                    help="a model meets the static split within this fraction of its p99")
+    ap.add_argument("--quick", action="store_true",
+                    help="rates 3, 4 and 6, one seed and phase, a sweep of 3 GiB at rate 3")
+    ap.add_argument("--cpu-offload-gib", type=float, default=0.0,
+                    help="transformers' CPU space for preempted requests' KV (0: its default)")
     ap.add_argument("--prompt-min", type=int, default=256)
     ap.add_argument("--prompt-max", type=int, default=1024)
     ap.add_argument("--new-min", type=int, default=64)
     ap.add_argument("--new-max", type=int, default=256)
     ap.add_argument("--max-batch-tokens", type=int, default=2048)
-    ap.add_argument("--seed", type=int, default=2026)
     args = ap.parse_args()
     if args.engine:
         return engine(args)
     configs = [c for c in args.configs.split(",") if c]
     if not configs or set(configs) - {"static", "kvshim"}:
         ap.error("--configs takes static and kvshim")
-    rates = [r for r in args.rates.split(",") if r]
-    try:
-        [float(r) for r in rates]
-    except ValueError:
-        ap.error("--rates takes numbers")
-    if not rates or args.budget_gib <= 0 or args.phase <= 0 or args.cycles < 1:
-        ap.error("--rates, --budget-gib, --phase and --cycles must be positive")
-    if args.floor_gib < 0 or 3 * args.floor_gib > args.budget_gib:
-        ap.error("--floor-gib must be from 0 to a third of --budget-gib")
+    if args.quick:
+        args.rates, args.seeds, args.phases = "3,4,6", "2026", "8"
+        args.sweep_gib = args.sweep_gib or "3"
+    rates = numbers(args.rates, "--rates", ap)
+    seeds = [args.seed] if args.seed is not None else numbers(args.seeds, "--seeds", ap, int)
+    args.phase_list = [args.phase] if args.phase else numbers(args.phases, "--phases", ap)
+    sweep = numbers(args.sweep_gib, "--sweep-gib", ap) if args.sweep_gib else []
+    sweep_rates = numbers(args.sweep_rates, "--sweep-rates", ap) if sweep else []
+    if args.budget_gib <= 0 or args.cycles < 1 or any(p <= 0 for p in args.phase_list):
+        ap.error("--budget-gib, --phases and --cycles must be positive")
+    if args.floor_gib < 0 or 3 * args.floor_gib > min([args.budget_gib] + sweep):
+        ap.error("--floor-gib must be from 0 to a third of --budget-gib (and of every --sweep-gib)")
+    if args.tolerance < 0 or args.cpu_offload_gib < 0:
+        ap.error("--tolerance and --cpu-offload-gib must not be negative")
+    if sweep and "static" not in configs:
+        ap.error("--sweep-gib compares with the static split: keep static in --configs")
     try:
         import torch
         if not torch.cuda.is_available():
@@ -542,27 +718,66 @@ def main():
     except ImportError:
         print("colocate: no torch: skipped")
         return 77
+    t_all = time.perf_counter()
     outdir = os.path.abspath(args.out)
     os.makedirs(outdir, exist_ok=True)
     traces = []
     for rate in rates:
-        trace = make_trace(args.seed, float(rate), args)
-        path = os.path.join(outdir, "colocate-trace-%s.json" % rate)
-        with open(path, "w") as f:
-            json.dump(trace, f)
-        traces.append((rate, path))
-        print("colocate: trace at rate %s: %d requests (%s)" % (rate, len(trace), ", ".join(
-            "%s %d" % (n, sum(q["model"] == n for q in trace)) for n in ORDER)))
-    results = {}
-    for mode in configs:
-        results[mode] = run_config(mode, args, traces, outdir)
-    table, ok = summarize(results, rates)
-    print_tables(table, rates, args)
-    plot(results, rates, outdir)
+        for seed in seeds:
+            for phase in args.phase_list:
+                label = "r%g-s%d-p%g" % (rate, seed, phase)
+                trace = make_trace(seed, float(rate), args, phase)
+                path = os.path.join(outdir, "colocate-trace-%s.json" % label)
+                with open(path, "w") as f:
+                    json.dump(trace, f)
+                traces.append({"label": label, "rate": "%g" % rate, "seed": seed, "phase": phase,
+                               "cycles": args.cycles, "path": path, "n": len(trace)})
+                print("colocate: trace %s: %d requests (%s)" % (label, len(trace), ", ".join(
+                    "%s %d" % (n, sum(q["model"] == n for q in trace)) for n in ORDER)))
+    sweep_traces = [tr for tr in traces if float(tr["rate"]) in sweep_rates
+                    and tr["seed"] == seeds[0] and tr["phase"] == args.phase_list[0]]
+    plan = [({"name": c, "mode": c, "budget": int(args.budget_gib * GIB)}, traces) for c in configs]
+    plan += [({"name": "kvshim@%g" % b, "mode": "kvshim", "budget": int(b * GIB)}, sweep_traces)
+             for b in sorted(sweep) if b != args.budget_gib or "kvshim" not in configs]
+    # about 30 s to start and stop three engines; each trace its length
+    # and the drain of its queue (a guess: 15 s, more at high rates)
+    est = sum(30 + sum(3 * args.cycles * tr["phase"] + 15 + 2 * float(tr["rate"]) for tr in trs)
+              for _, trs in plan)
+    print("colocate: %d configurations, %d trace runs in all: about %.0f min (a guess)" % (
+        len(plan), sum(len(trs) for _, trs in plan), est / 60), flush=True)
+    results, met = {}, None
+    for cfg, trs in plan:
+        if not trs:
+            continue
+        if cfg["name"].startswith("kvshim@") and met is not None and not args.sweep_all:
+            print("colocate: %s skipped: %g GiB already meets the static split" % (
+                cfg["name"], met), flush=True)
+            continue
+        results[cfg["name"]] = run_config(cfg, args, trs, outdir)
+        if cfg["name"].startswith("kvshim@") and "static" in results:
+            # ascending budgets: the first that meets the static split ends the sweep
+            table, _ = summarize(results, trs)
+            if all(ratio(table, tr["label"], cfg["name"], n) * (1 + args.tolerance) >= 1.0
+                   for tr in trs for n in ORDER):
+                met = cfg["budget"] / GIB
+    # the sweep's configuration at --budget-gib is the main kvshim run
+    if sweep and "kvshim" in results and args.budget_gib in sweep:
+        results["kvshim@%g" % args.budget_gib] = results["kvshim"]
+    table, ok = summarize(results, traces)
+    print_tables(table, traces, results, args)
+    summary = targets(table, traces, results, args)
+    t_plot = time.perf_counter()
+    plot(results, traces, outdir)
     with open(os.path.join(outdir, "colocate.json"), "w") as f:
-        json.dump({"args": vars(args), "table": {"|".join(map(str, k)): v for k, v in table.items()},
+        json.dump({"args": {k: v for k, v in vars(args).items()},
+                   "traces": traces, "summary": summary,
+                   "table": {"|".join(map(str, k)): v for k, v in table.items()},
                    "engines": {m: r["engines"] for m, r in results.items()},
-                   "startup_s": {m: r.get("startup_s") for m, r in results.items()}}, f, indent=1)
+                   "seconds": {m: {"startup": r.get("startup_s"), "total": r.get("total_s"),
+                                   "traces": r.get("seconds")} for m, r in results.items()}},
+                  f, indent=1)
+    print("colocate: plots and JSON written in %.0f s; the whole run took %.1f min" % (
+        time.perf_counter() - t_plot, (time.perf_counter() - t_all) / 60))
     print("colocate: %s" % ("PASS" if ok else "FAIL (requests failed or the budget was passed)"))
     return 0 if ok else 1
 
