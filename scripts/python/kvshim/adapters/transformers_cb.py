@@ -46,6 +46,7 @@ cannot manage the tensors it made, it backs them in full.
 import contextlib
 import inspect
 import itertools
+import os
 import threading
 
 import kvshim
@@ -278,6 +279,56 @@ def patch_cache_module(mod):
     cls._kvshim_patched = True
 
 
+AHEAD_VAR = "KVSHIM_CB_AHEAD"
+_BOOL = {"1": True, "true": True, "yes": True, "on": True,
+         "0": False, "false": False, "no": False, "off": False}
+_ahead_setting = []
+
+
+def ahead_setting(value):
+    """KVSHIM_CB_AHEAD as kvshim-config reads it: on (also when unset) or
+    off. Raises ValueError naming the variable."""
+    if value is None:
+        return True
+    if value.lower() not in _BOOL:
+        raise ValueError("%s=%s: expected 1/true/yes/on or 0/false/no/off"
+                         % (AHEAD_VAR, value))
+    return _BOOL[value.lower()]
+
+
+def _ahead_on():
+    if not _ahead_setting:
+        try:
+            _ahead_setting.append(ahead_setting(os.environ.get(AHEAD_VAR)))
+        except ValueError as e:
+            warn("%s: blocks are mapped when handed out only" % e)
+            _ahead_setting.append(False)
+    return _ahead_setting[0]
+
+
+def map_ahead(processor, tracker):
+    """After a step is scheduled (its blocks backed): back, on the tracker's
+    thread while the step computes, the blocks the next step's prefill will
+    take: the prompt tokens the scheduled and waiting requests have left,
+    at most one step's worth (max_batch_tokens), as the ids the block
+    manager will hand out next. Nothing when no prefill is pending, so
+    decode holds no block ahead."""
+    try:
+        cache, sched = processor.cache, processor.scheduler
+        states = itertools.chain(sched.active_requests.values(),
+                                 sched.waiting_requests.values())
+        tokens = min(sum(len(s.remaining_prefill_tokens) for s in states),
+                     processor.max_batch_tokens)
+        n = cache.blocks_needed(-(-tokens // cache.block_size), 0) if tokens > 0 else 0
+        ids = list(itertools.islice(cache._block_manager._uninit_block_ids, n))
+    except (AttributeError, TypeError) as e:
+        warn("transformers continuous batching not as expected (%s): blocks are mapped "
+             "when handed out only" % e)
+        _ahead_setting[:] = [False]
+        return
+    tracker.ahead(ids)
+
+
 def _waiting_blocks(proc):
     """Blocks the requests waiting for admission need for their prompts,
     in every layer group: what the engine waits for."""
@@ -339,15 +390,19 @@ def patch_api_module(mod):
         _give_back(self, tracker)
         short = tracker.short
         try:
-            out = orig(self, *args, **kwargs)
+            ready = orig(self, *args, **kwargs)
         except RuntimeError as e:
             if tracker.short == short or "can be offloaded" not in str(e).lower():
                 raise
-            out = False
+            ready = None
         # kvshim cut this pass short: the waiting requests' blocks are what
         # the engine waits for (at least one block: a request decoding)
         tracker.state_demand(max(1, _waiting_blocks(self)) if tracker.short != short else 0)
-        return out
+        if ready is None:
+            return False
+        if _ahead_on():
+            map_ahead(self, tracker)
+        return ready
 
     cls.prepare_next_batch = prepare_next_batch
     cls._kvshim_patched = True
