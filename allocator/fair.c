@@ -27,8 +27,8 @@ static uint64_t scale(uint64_t a, uint64_t b, uint64_t c)
 	return (uint64_t)((unsigned __int128)a * b / c);
 }
 
-/* What process i gets at level L (bytes per unit of weight): L times its
- * weight, but never under its floor nor over what it wants. */
+/* What a process gets at level L (bytes per unit of weight): L times its
+ * weight w, but never under its floor nor over what it wants. Returns it. */
 static uint64_t at_level(uint64_t L, uint64_t w, uint64_t floor, uint64_t want)
 {
 	unsigned __int128 x = (unsigned __int128)L * w;
@@ -43,7 +43,7 @@ static uint64_t at_level(uint64_t L, uint64_t w, uint64_t floor, uint64_t want)
  * at_level) fit in budget, found by bisection (the sum grows with L).
  * Every process gets at least its floor, even when the floors pass the
  * budget. What rounding leaves (less than a byte per unit of weight) stays
- * unshared.
+ * unshared. got[0..n) gets the shares. Returns L.
  */
 static uint64_t level(uint64_t budget, const uint64_t *w, const uint64_t *floor,
 		      const uint64_t *want, uint64_t *got, unsigned n)

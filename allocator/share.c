@@ -122,7 +122,7 @@ static void update_unlock(kv_share_t *s, int locked)
 }
 
 /* The bytes this process waits for now: what a map waits for, or what
- * was stated lately, whichever is more. */
+ * was stated lately, whichever is more. Returns them. */
 static uint64_t demand_of(const kv_share_t *s)
 {
 	uint64_t stated = kv_seg_mono_ns() < s->stated_until ? s->stated : 0;
@@ -182,9 +182,10 @@ static uint64_t budget_of(kv_share_t *s)
 	return b;
 }
 
-/* The most this process may use now: while others wait below their
- * shares, what its share would be if it wanted more (so a process below
- * its share may grow to it, one above it may not grow); else no bound. */
+/* The most this process may use now, from the plan t: while others wait
+ * below their shares, what its share would be if it wanted more (so a
+ * process below its share may grow to it, one above it may not grow).
+ * Returns it, or UINT64_MAX (no bound) while nobody waits. */
 static uint64_t use_limit(const struct sums *t)
 {
 	uint64_t most;
