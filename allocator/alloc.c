@@ -304,6 +304,11 @@ const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a)
 	return &a->prim;
 }
 
+int kv_alloc_device(const kv_alloc_t *a)
+{
+	return a->prim.ordinal;
+}
+
 int kv_alloc_shared(kv_alloc_t *a, size_t *budget, size_t *others,
 		    size_t *room)
 {
