@@ -99,7 +99,8 @@ static int reserve(size_t size, void **addr, kv_alloc_t **a)
  * The allocator whose span holds p, into *a. Returns 0; or, p in no span,
  * why kvshim cannot run on this thread's device if it cannot (starting it
  * there as any call does: KVSHIM_ECONFIG, KVSHIM_ENODEV), else
- * KVSHIM_ERANGE.
+ * KVSHIM_ERANGE. With one device, its allocator straight away (no lookup
+ * more than its own): it refuses an address outside its spans itself.
  */
 static int owner(const void *p, kv_alloc_t **a)
 {
@@ -107,7 +108,9 @@ static int owner(const void *p, kv_alloc_t **a)
 
 	if (!kv_shim_settings())
 		return KVSHIM_ECONFIG;
-	*a = kv_shim_owner(dptr(p), NULL, NULL, NULL);
+	*a = kv_shim_sole();
+	if (!*a)
+		*a = kv_shim_owner(dptr(p), NULL, NULL, NULL);
 	if (*a)
 		return 0;
 	rc = kv_shim_alloc(a);

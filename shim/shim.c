@@ -290,6 +290,11 @@ kv_alloc_t *kv_shim_running(void)
 	return kv_shim_running_on(device);
 }
 
+kv_alloc_t *kv_shim_sole(void)
+{
+	return __atomic_load_n(&nlive, __ATOMIC_ACQUIRE) == 1 ? live[0] : NULL;
+}
+
 kv_alloc_t *kv_shim_owner(CUdeviceptr addr, CUdeviceptr *base, size_t *size,
 			  uint64_t *id)
 {

@@ -52,6 +52,11 @@ kv_alloc_t *kv_shim_running(void);
 kv_alloc_t *kv_shim_owner(CUdeviceptr addr, CUdeviceptr *base, size_t *size,
 			  uint64_t *id);
 
+/* The allocator, when exactly one has started (the one-device case), else
+ * NULL: a call on an address can go to it straight, as its own lookup
+ * refuses an address outside its spans (KVSHIM_ERANGE). */
+kv_alloc_t *kv_shim_sole(void);
+
 /* The configuration as read at start-up; NULL before it. */
 const struct kv_config *kv_shim_config(void);
 
