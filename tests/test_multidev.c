@@ -640,12 +640,26 @@ START_TEST(test_share_two_processes_two_devices)
 		d[i].device = i;
 		ck_assert_int_eq(pipe(d[i].ready), 0);
 		ck_assert_int_eq(pipe(d[i].go), 0);
-		fflush(stdout);
-		fflush(stderr);
+	}
+	fflush(stdout);
+	fflush(stderr);
+	for (i = 0; i < 2; i++) {
 		pid[i] = fork();
 		ck_assert_int_ge(pid[i], 0);
-		if (pid[i] == 0)
+		if (pid[i] == 0) {
+			/* only its own ends: a child that dies closes its
+			 * ready pipe's last writer, and the test hears it */
+			close(d[1 - i].ready[0]);
+			close(d[1 - i].ready[1]);
+			close(d[1 - i].go[1]);
+			close(d[i].ready[0]);
+			close(d[i].go[1]);
 			_exit(fill_budget(&d[i]));
+		}
+	}
+	for (i = 0; i < 2; i++) {
+		close(d[i].ready[1]);
+		close(d[i].go[0]);
 	}
 	for (i = 0; i < 2; i++) {
 		if (read(d[i].ready[0], &c, 1) != 1) {
@@ -669,8 +683,6 @@ START_TEST(test_share_two_processes_two_devices)
 		ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
 			      "the process on device %d failed: its line is above", i);
 		close(d[i].ready[0]);
-		close(d[i].ready[1]);
-		close(d[i].go[0]);
 		close(d[i].go[1]);
 		ck_assert_int_eq(kv_share_path(path, sizeof(path), uuid_of(i), kt_pool), 0);
 		unlink(path);
