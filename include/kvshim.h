@@ -11,6 +11,14 @@
  *
  * Every function returns 0 or a negative kvshim_error; on error nothing was
  * changed. All functions are thread-safe.
+ *
+ * Devices: kvshim keeps an allocator per CUDA device the process uses
+ * (those KVSHIM_DEVICE names; all by default). A function on an address
+ * (kvshim_map, kvshim_unmap, kvshim_release, the block groups) works on the
+ * device whose span holds it, whatever device the calling thread is on;
+ * kvshim_reserve, kvshim_reserve_dlpack, kvshim_trim and kvshim_stats work
+ * on the calling thread's current device (its context's, device 0 without
+ * one). On a device KVSHIM_DEVICE leaves out they return KVSHIM_ENODEV.
  */
 #ifndef KVSHIM_H
 #define KVSHIM_H
@@ -38,7 +46,8 @@ enum kvshim_error {
 	KVSHIM_ESTATE = -10      /* kvshim is shut down or was disabled */
 };
 
-/* What this process holds. Byte counts are multiples of the page size. */
+/* What this process holds on one device. Byte counts are multiples of the
+ * page size. */
 struct kvshim_stats {
 	size_t page_bytes;       /* physical page size (allocation granularity) */
 	size_t reserved_bytes;   /* virtual bytes of all live spans */
@@ -77,7 +86,8 @@ int kvshim_kv_end(void);
  * Block groups: KV tensors sharing one block geometry, block b being bytes
  * [b * block_bytes, (b + 1) * block_bytes) of every tensor, as an engine's
  * block manager hands them out. Each tensor must lie inside a span (made in
- * a KV window, or by kvshim_reserve). *group gets a handle > 0.
+ * a KV window, or by kvshim_reserve), on any device: each is backed on its
+ * own. *group gets a handle > 0.
  */
 int kvshim_group_create(void *const *bases, size_t ntensors,
 			size_t block_bytes, size_t nblocks, int *group);
@@ -102,8 +112,8 @@ int kvshim_group_headroom(int group, size_t *blocks);
  * admission check, so requests wait instead of failing. */
 int kvshim_group_can_back(int group, const long long *blocks, size_t n);
 
-/* Reserve a lazy span of at least size bytes (rounded up to whole pages).
- * No physical memory is used until kvshim_map(). */
+/* Reserve a lazy span of at least size bytes (rounded up to whole pages)
+ * on the current device. No physical memory is used until kvshim_map(). */
 int kvshim_reserve(size_t size, void **addr);
 
 /* Release the span that starts at addr, its pages and any claims on them. */
@@ -113,7 +123,7 @@ int kvshim_release(void *addr);
  * shape[0..ndim), each at least 1, of elements of DLPack type code (0 int,
  * 1 uint, 2 float, 4 bfloat, 5 complex, 6 bool) and bits (8 to 128, a power
  * of two), and describe it in *managed as a DLPack DLManagedTensor (the
- * unversioned struct of dlpack.h) on kvshim's CUDA device. Its deleter
+ * unversioned struct of dlpack.h) on the current CUDA device. Its deleter
  * releases the span and frees the description; a framework that takes it
  * (e.g. PyTorch, from a "dltensor" capsule) calls it when the tensor dies.
  * The description names the device, so the framework never asks the driver
@@ -131,11 +141,12 @@ int kvshim_map(const void *addr, size_t len);
  * claims stay mapped in the cache; no driver call is made. */
 int kvshim_unmap(const void *addr, size_t len);
 
-/* Give up to bytes of physical memory back to the driver: pooled pages
- * first, then cached pages, oldest first. *freed (may be NULL) gets what was
- * given back. */
+/* Give up to bytes of the current device's physical memory back to the
+ * driver: pooled pages first, then cached pages, oldest first. *freed (may
+ * be NULL) gets what was given back. */
 int kvshim_trim(size_t bytes, size_t *freed);
 
+/* What this process holds on the current device. */
 int kvshim_stats(struct kvshim_stats *out);
 
 /* A static English message for a kvshim_error; never NULL. */
