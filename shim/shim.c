@@ -230,11 +230,14 @@ int kv_shim_alloc_on(int device, kv_alloc_t **a)
 
 	*a = NULL;
 	if (device < 0 || device >= KV_MAX_DEVICES) {
+		static int said;
+
 		if (!kv_shim_settings())
 			return KVSHIM_ECONFIG;
-		kv_log(KV_LOG_WARN, NULL,
-		       "device %d: kvshim manages devices 0 to %d only: it leaves this one alone",
-		       device, KV_MAX_DEVICES - 1);
+		if (!__atomic_exchange_n(&said, 1, __ATOMIC_RELAXED))
+			kv_log(KV_LOG_WARN, NULL,
+			       "device %d: kvshim manages devices 0 to %d only: it leaves this one alone",
+			       device, KV_MAX_DEVICES - 1);
 		return KVSHIM_ENODEV;
 	}
 	d = &devs[device];
