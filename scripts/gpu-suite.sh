@@ -6,13 +6,15 @@
 # Usage: scripts/gpu-suite.sh [OUTDIR]
 #   OUTDIR defaults to $OUT when set, else ./gpu-results. It receives
 #   tests.log, bench.txt, bench.csv, bench-32m.txt, bench-32m.csv,
-#   vmm-probe.txt, handoff.txt, startup.txt and .json, and one log per
-#   tests/gpu/ script.
+#   vmm-probe.txt, handoff.txt, startup.txt and .json, span-bandwidth.txt,
+#   long-prompt.txt (and their JSON), and one log per tests/gpu/ script.
 #
 # Steps: show the GPUs and the driver (nvidia-smi); run the test suites on
 # the real driver (KVSHIM_TEST_GPU=1 tests/kvshim-tests); run the allocator
 # benchmark (tests/bench/bench-alloc), the driver probe, the cross-process
-# handoff (bench-handoff) and the cache start-up (startup.py); run every
+# handoff (bench-handoff), the cache start-up (startup.py), bandwidth by
+# handle size (span_bandwidth.py) and long-prompt TTFT with warm and cold
+# pages and steady decode (long_prompt.py); run every
 # tests/gpu/*.sh and tests/gpu/*.py, so later work can add GPU checks by
 # dropping a file there.
 # A step exiting 77 (Automake's skip: no GPU) is a SKIP. Prints a summary
@@ -161,6 +163,14 @@ run_bench() {
 	if [[ $emu != 1 ]]; then
 		run_step "cache start-up" "$outdir/startup.txt" \
 			python3 tests/bench/startup.py --json "$outdir/startup.json"
+		# map cost, kernel and copy-engine bandwidth by handle size
+		run_step "span bandwidth" "$outdir/span-bandwidth.txt" \
+			env KVSHIM_SUITE_OUT="$outdir" python3 tests/bench/span_bandwidth.py
+		# long prompts with warm and cold pages, mapping ahead on and
+		# off, and steady decode, plain against kvshim-run
+		run_step "long prompts" "$outdir/long-prompt.txt" \
+			env KVSHIM_SUITE_OUT="$outdir" python3 tests/bench/long_prompt.py \
+			--pages 2M,32M --no-ahead
 	fi
 }
 

@@ -48,7 +48,9 @@
 	X(SHARE_MODE, share_mode, mode, "0600",                              \
 	  "permissions of a segment this process creates, and the only ones it joins (octal, owner rw, no write for others; 0660: shared with the group)") \
 	X(CB_READ_TOKENS, cb_read_tokens, tokens, "auto",                    \
-	  "transformers continuous batching: the most KV tokens one step reads, which sizes its attention mask and index buffers: auto (from the workload), off (the whole cache, transformers' own size) or a number of tokens (K, M suffixes)")
+	  "transformers continuous batching: the most KV tokens one step reads, which sizes its attention mask and index buffers: auto (from the workload), off (the whole cache, transformers' own size) or a number of tokens (K, M suffixes)") \
+	X(CB_AHEAD, cb_ahead, bool, "on",                                    \
+	  "transformers continuous batching: map the blocks the next step's prefill will take while the current step computes, on a thread of the adapter")
 
 /* Device ordinals KVSHIM_DEVICE can name: 0 to KV_MAX_DEVICES - 1. */
 #define KV_MAX_DEVICES 64
@@ -76,6 +78,7 @@ struct kv_config {
 	size_t max;          /* 0: none */
 	unsigned share_mode;
 	size_t cb_read_tokens; /* 0: auto, SIZE_MAX: off; the Python adapter reads it */
+	int cb_ahead;          /* the Python adapter reads it */
 };
 
 /* The most tokens KVSHIM_CB_READ_TOKENS may name. */

@@ -10,8 +10,10 @@ random tokens, 64 new tokens each, greedy, through generate_batch):
 Each with use_cuda_graph=True and False, plain and under scripts/kvshim-run
 with kvshim's default settings (the transformers adapter attaches through
 sitecustomize; no edit to transformers or to this script). Each run is a
-fresh process serving the requests twice on one kept manager: the first
-pass builds the cache, warms up (graphs) and captures; the second is timed.
+fresh process serving the requests on one kept manager, 1 + HF_CB_PASSES
+times (default 1): the first pass builds the cache, warms up (graphs) and
+captures; the others are timed (their median counts) and their forward
+calls and tokens counted, so a difference in scheduling shows.
 Plain and kvshim runs alternate, the order flipped every round.
 
 While a run goes, a thread here reads the child's GPU memory through NVML
@@ -279,6 +281,14 @@ class GpuSampler(threading.Thread):
         return None, "%s, unread" % self.how
 
 
+def _timed_passes():
+    """HF_CB_PASSES: timed passes after the first, 1 to 10 (1)."""
+    n = os.environ.get("HF_CB_PASSES", "1")
+    if not n.isdigit() or not 1 <= int(n) <= 10:
+        raise SystemExit("HF_CB_PASSES=%s: expected a number of passes from 1 to 10" % n)
+    return int(n)
+
+
 # ---- one run -----------------------------------------------------------------------
 
 def child(model_name, graphs, out):
@@ -322,8 +332,16 @@ def child(model_name, graphs, out):
     cb_cache.PagedAttentionCache.__init__ = keep
     gen = GenerationConfig(max_new_tokens=NEW, do_sample=False, eos_token_id=-1, pad_token_id=0)
     cbc = ContinuousBatchingConfig(use_cuda_graph=graphs, **cb_fields)
+    steps = []          # per pass: forward calls and the tokens they were given
+
+    def count(module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        steps[-1][0] += 1
+        steps[-1][1] += int(ids.numel()) if ids is not None else 0
+    model.register_forward_pre_hook(count, with_kwargs=True)
     walls, passes = [], []
-    for _ in range(2):
+    for _ in range(1 + _timed_passes()):
+        steps.append([0, 0])
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         res = model.generate_batch(prompts, generation_config=gen, persistent_manager=True,
@@ -336,8 +354,9 @@ def child(model_name, graphs, out):
     t = kv[0]
     block_bytes = c.block_size * t.stride(0) * t.element_size()
     info = {"model": model_name, "graphs": graphs, "weights": weights,
-            "wall_s": walls[1], "wall_first_s": walls[0], "tokens": sum(map(len, passes[1])),
-            "outputs": passes, "caches": len(caches), "capacity": c.num_blocks * c.block_size,
+            "wall_s": statistics.median(walls[1:]), "wall_first_s": walls[0],
+            "walls": walls, "steps": steps, "tokens": sum(map(len, passes[1])),
+            "outputs": passes[:2], "caches": len(caches), "capacity": c.num_blocks * c.block_size,
             "read": getattr(c, "kvshim_read_tokens", None),
             "read_how": getattr(c, "kvshim_read_how", None),
             "max_batch_tokens": c.max_batch_tokens, "block_bytes": block_bytes,
@@ -441,12 +460,15 @@ def main(argv):
                         runs.append(res)
     rows, failures = summarize(runs)
     failures = failed + failures
-    print("\n%d rounds in %.0f s; tokens/s: the second pass over the same requests on the kept "
-          "manager, median over rounds; NVML peak: the run's process, the worst round; KV pages: "
+    print("\n%d rounds in %.0f s; tokens/s: the timed passes over the same requests on the "
+          "kept manager (their median), median over rounds; NVML peak: the run's process, the worst round; KV pages: "
           "kvshim's peak physical pages (plain: all reserved)" % (args.rounds,
                                                                  time.monotonic() - start))
     print(table(rows))
     for r in runs:
+        print("hf_cb_graphs: %s, graphs %s, %s, round %d: passes %s s; forward calls, tokens "
+              "given: %s" % (r["model"], "on" if r["graphs"] else "off", r["mode"], r["round"],
+                             ", ".join("%.2f" % w for w in r.get("walls", [])), r.get("steps")))
         if r["mode"] == "kvshim":
             print("hf_cb_graphs: %s, graphs %s, round %d: read budget %s (%s); the adapter's "
                   "kvshim calls %.1f ms; torch reserved at most %s MiB"

@@ -380,6 +380,76 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(list(free), [4, 5, 3, 1, 2])
         self.assertIn("not released", err.getvalue())
 
+    def test_blocks_backed_ahead_cost_the_engine_no_map(self):
+        c, tr = self.make(num_blocks=1024)
+        bm = c._block_manager
+        bm.get_free_blocks(64, None, False, 0)                  # page 0 of each tensor
+        calls = kvshim.stats()["map_calls"]
+        tr.ahead(list(bm._uninit_block_ids)[:128])              # pages 1 and 2
+        b = bm.get_free_blocks(128, None, False, 0)             # waits for the batch
+        self.assertEqual(b, list(range(64, 192)))
+        self.assertEqual(tr.ahead_hits, 128)
+        self.assertEqual(tr.mapped, 192)
+        # one map call in all: the thread's; the engine's take made none
+        self.assertEqual(kvshim.stats()["map_calls"], calls + 1)
+        self.assertEqual(pages(c), 4 * 3)
+        self.assertGreater(tr.ahead_busy, 0)
+
+    def test_blocks_ahead_not_taken_are_released(self):
+        c, tr = self.make(num_blocks=1024)
+        bm = c._block_manager
+        tr.ahead(list(bm._uninit_block_ids)[:192])              # pages 0..2
+        tr.ahead(list(bm._uninit_block_ids)[:64])               # demand fell: page 0
+        tr.ahead([])                                            # none left: nothing held
+        tr._settle()
+        self.assertEqual(tr._ahead, set())
+        st = kvshim.stats()
+        self.assertEqual(st["mapped_bytes"], st["cached_bytes"])  # nothing claimed
+        self.assertEqual(tr.mapped, 0)
+        # and the ids are handed out and backed as usual after that
+        self.assertEqual(bm.get_free_blocks(8, None, False, 0), list(range(8)))
+        self.assertEqual(tr.ahead_hits, 0)
+        self.assertEqual(tr.mapped, 8)
+
+    def test_ahead_short_of_memory_leaves_the_map_to_the_engine(self):
+        c, tr = self.make(num_blocks=4096, layers=4)
+        bm = c._block_manager
+        # the 64 MiB limit backs 256 blocks; ahead asks for 512: refused whole
+        tr.ahead(list(bm._uninit_block_ids)[:512])
+        self.assertIsNotNone(bm.get_free_blocks(64, None, False, 0))
+        self.assertEqual(tr.ahead_hits, 0)
+        self.assertEqual(tr.mapped, 64)
+        self.assertEqual(tr.refused, 0)
+
+    def test_map_ahead_follows_pending_prefill(self):
+        c, tr = self.make(num_blocks=1024)
+        state = types.SimpleNamespace
+
+        class Processor:
+            cache, max_batch_tokens = c, 512
+            scheduler = state(active_requests={"a": state(remaining_prefill_tokens=[0] * 100)},
+                              waiting_requests={"b": state(remaining_prefill_tokens=[0] * 60)})
+        transformers_cb.map_ahead(Processor, tr)               # 160 tokens: 10 blocks
+        tr._settle()
+        self.assertEqual(sorted(tr._ahead), list(range(10)))
+        Processor.scheduler.waiting_requests["b"].remaining_prefill_tokens = [0] * 4000
+        transformers_cb.map_ahead(Processor, tr)               # capped at one step: 32
+        tr._settle()
+        self.assertEqual(sorted(tr._ahead), list(range(32)))
+        Processor.scheduler = state(active_requests={"a": state(remaining_prefill_tokens=[])},
+                                    waiting_requests={})
+        transformers_cb.map_ahead(Processor, tr)               # decode only: none
+        tr._settle()
+        self.assertEqual(tr._ahead, set())
+
+    def test_ahead_setting(self):
+        for v, want in ((None, True), ("on", True), ("0", False), ("No", False)):
+            self.assertEqual(transformers_cb.ahead_setting(v), want)
+        for bad in ("", "2", "maybe", "on "):
+            with self.assertRaises(ValueError) as e:
+                transformers_cb.ahead_setting(bad)
+            self.assertIn("KVSHIM_CB_AHEAD", str(e.exception))
+
     def test_unexpected_transformers_warns(self):
         mod = types.ModuleType("fake")
         err = io.StringIO()

@@ -7,6 +7,7 @@ adapter for one wires its list to a BlockTracker.
 """
 import collections
 import functools
+import threading
 import time
 
 import kvshim
@@ -27,8 +28,62 @@ def _timed(method):
     return timed
 
 
+class _Ahead(threading.Thread):
+    """The thread that backs blocks ahead of need: one batch at a time,
+    while the engine's thread goes on (kvshim's calls release the GIL)."""
+
+    def __init__(self, group):
+        super().__init__(name="kvshim-ahead", daemon=True)
+        self.group = group
+        self._cv = threading.Condition()
+        self._todo = None        # the ids to back next
+        self._done = None        # (ids, backed) of the last batch
+        self.busy = 0.0          # seconds spent backing
+
+    def start_batch(self, ids):
+        with self._cv:
+            self._todo, self._done = ids, None
+            self._cv.notify()
+        if not self.is_alive():
+            self.start()
+
+    def finish(self):
+        """Wait for the batch in flight: (ids, backed), or None if none."""
+        with self._cv:
+            while self._todo is not None:
+                self._cv.wait()
+            done, self._done = self._done, None
+            return done
+
+    def run(self):
+        while True:
+            with self._cv:
+                while self._todo is None:
+                    self._cv.wait()
+                ids = self._todo
+            t = time.perf_counter()
+            try:
+                self.group.map(ids)
+                backed = True
+            except kvshim.KvshimError:
+                backed = False   # short of memory: the engine maps them itself
+            self.busy += time.perf_counter() - t
+            with self._cv:
+                self._todo, self._done = None, (ids, backed)
+                self._cv.notify_all()
+
+
 class BlockTracker:
-    """The kvshim side of one engine block pool."""
+    """The kvshim side of one engine block pool.
+
+    Mapping ahead: an adapter that knows which ids its engine will hand out
+    next, and that it will hand them out soon (the blocks a request's
+    prefill still needs), names them with ahead(); they are backed on a
+    thread of their own while the engine computes the current step, and
+    claimed by the tracker until handed out, so the map on the engine's
+    path finds them backed and costs nothing. Ids named ahead that the
+    engine did not hand out are released at the next ahead(), so blocks
+    held this way never exceed one call's worth."""
 
     def __init__(self, group):
         self.group = group
@@ -39,6 +94,40 @@ class BlockTracker:
         self._room = (0.0, None)  # (when, blocks) of the last headroom read
         self.busy = 0.0          # seconds the engine spent in this tracker
         self.calls = 0           # ...over this many calls
+        self._ahead = set()      # ids backed ahead, not yet handed out
+        self._thread = None      # the _Ahead thread, once needed
+        self.ahead_hits = 0      # blocks handed out already backed
+
+    def _settle(self):
+        """Take in the batch backed ahead, if one was in flight."""
+        if self._thread is None:
+            return
+        done = self._thread.finish()
+        if done is not None and done[1]:
+            self._ahead.update(done[0])
+
+    @property
+    def ahead_busy(self):
+        """Seconds spent backing blocks ahead, off the engine's thread."""
+        return self._thread.busy if self._thread is not None else 0.0
+
+    @_timed
+    def ahead(self, ids):
+        """Back these ids ahead of need (the next the engine will hand out),
+        on the tracker's thread; release the ids backed ahead before that
+        are not among them."""
+        self._settle()
+        ids = list(ids)
+        keep = set(ids)
+        drop = [b for b in self._ahead if b not in keep]
+        if drop:
+            self.group.unmap(drop)
+            self._ahead.difference_update(drop)
+        new = [b for b in ids if b not in self._ahead]
+        if new:
+            if self._thread is None:
+                self._thread = _Ahead(self.group)
+            self._thread.start_batch(new)
 
     @_timed
     def take(self, ids):
@@ -47,14 +136,19 @@ class BlockTracker:
         ids = list(ids)
         if not ids:
             return True
+        self._settle()
+        need = [b for b in ids if b not in self._ahead]
         try:
-            self.group.map(ids)
+            if need:
+                self.group.map(need)
         except kvshim.KvshimError as e:
             if e.code in (ELIMIT, ENOMEM):
                 self.refused += 1
                 self.short += 1
                 return False
             raise
+        self.ahead_hits += len(ids) - len(need)
+        self._ahead.difference_update(ids)
         self.mapped += len(ids)
         self.peak = max(self.peak, self.mapped)
         return True
@@ -65,6 +159,7 @@ class BlockTracker:
         ids = list(ids)
         if not ids:
             return
+        self._settle()
         try:
             self.group.unmap(ids)
         except kvshim.KvshimError as e:

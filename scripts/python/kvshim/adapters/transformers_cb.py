@@ -41,6 +41,7 @@ cannot manage the tensors it made, it backs them in full.
 import contextlib
 import inspect
 import itertools
+import os
 import threading
 
 import kvshim
@@ -289,6 +290,56 @@ def patch_cache_module(mod):
     cls._kvshim_patched = True
 
 
+AHEAD_VAR = "KVSHIM_CB_AHEAD"
+_BOOL = {"1": True, "true": True, "yes": True, "on": True,
+         "0": False, "false": False, "no": False, "off": False}
+_ahead_setting = []
+
+
+def ahead_setting(value):
+    """KVSHIM_CB_AHEAD as kvshim-config reads it: on (also when unset) or
+    off. Raises ValueError naming the variable."""
+    if value is None:
+        return True
+    if value.lower() not in _BOOL:
+        raise ValueError("%s=%s: expected 1/true/yes/on or 0/false/no/off"
+                         % (AHEAD_VAR, value))
+    return _BOOL[value.lower()]
+
+
+def _ahead_on():
+    if not _ahead_setting:
+        try:
+            _ahead_setting.append(ahead_setting(os.environ.get(AHEAD_VAR)))
+        except ValueError as e:
+            warn("%s: blocks are mapped when handed out only" % e)
+            _ahead_setting.append(False)
+    return _ahead_setting[0]
+
+
+def map_ahead(processor, tracker):
+    """After a step is scheduled (its blocks backed): back, on the tracker's
+    thread while the step computes, the blocks the next step's prefill will
+    take: the prompt tokens the scheduled and waiting requests have left,
+    at most one step's worth (max_batch_tokens), as the ids the block
+    manager will hand out next. Nothing when no prefill is pending, so
+    decode holds no block ahead."""
+    try:
+        cache, sched = processor.cache, processor.scheduler
+        states = itertools.chain(sched.active_requests.values(),
+                                 sched.waiting_requests.values())
+        tokens = min(sum(len(s.remaining_prefill_tokens) for s in states),
+                     processor.max_batch_tokens)
+        n = cache.blocks_needed(-(-tokens // cache.block_size), 0) if tokens > 0 else 0
+        ids = list(itertools.islice(cache._block_manager._uninit_block_ids, n))
+    except (AttributeError, TypeError) as e:
+        warn("transformers continuous batching not as expected (%s): blocks are mapped "
+             "when handed out only" % e)
+        _ahead_setting[:] = [False]
+        return
+    tracker.ahead(ids)
+
+
 def patch_api_module(mod):
     """When transformers finds nothing to schedule and nothing to offload
     because kvshim is short (other processes hold the memory), it fails the
@@ -308,12 +359,15 @@ def patch_api_module(mod):
         tracker = getattr(getattr(self, "cache", None), "kvshim_tracker", None)
         short = tracker.short if tracker is not None else 0
         try:
-            return orig(self, *args, **kwargs)
+            ready = orig(self, *args, **kwargs)
         except RuntimeError as e:
             if (tracker is None or tracker.short == short
                     or "no requests can be offloaded" not in str(e).lower()):
                 raise
             return False
+        if tracker is not None and _ahead_on():
+            map_ahead(self, tracker)
+        return ready
 
     cls.prepare_next_batch = prepare_next_batch
     cls._kvshim_patched = True
