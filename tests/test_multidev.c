@@ -116,7 +116,8 @@ START_TEST(test_spans_on_two_devices)
 	ck_assert_int_eq(kv_dev_use(0), 0);
 	ck_assert_int_eq(kvshim_map((char *)p1 + PG + 100, 4096), 0);
 	ck_assert_int_eq(kv_dev_ordinal(dp(p1) + PG), 1);
-	ck_assert_int_eq(kv_dev_ordinal(dp(p1)), -1);          /* not backed */
+	if (kv_dev_is_emu())    /* (what a GPU's driver says of a bare page: not relied on) */
+		ck_assert_int_eq(kv_dev_ordinal(dp(p1)), -1);  /* not backed */
 	ck_assert_uint_eq(kt_stats(a1).mapped_bytes, PG);
 	ck_assert_uint_eq(kt_stats(a0).mapped_bytes, 0);
 	ck_assert_uint_eq(stats_on(0).mapped_bytes, 0);
@@ -244,7 +245,6 @@ START_TEST(test_filter_one_device)
 	ck_assert_ptr_null(kv_shim_running_on(1));
 	ck_assert_int_eq(kv_dev_use(0), 0);
 	ck_assert_int_eq(kvshim_reserve(PG, &q), 0);
-	ck_assert_int_eq(kv_dev_ordinal(dp(q)), -1);
 	ck_assert_int_eq(kvshim_map(q, PG), 0);
 	ck_assert_int_eq(kv_dev_ordinal(dp(q)), 0);
 	/* its span is reached from device 1 all the same */
@@ -279,7 +279,7 @@ END_TEST
 START_TEST(test_filter_lists)
 {
 	static const char *const both[] = { "0,1", "1,0", "all" };
-	char err[4096] = "";
+	char err[4096] = "", list[32], expect[96];
 	kv_alloc_t *a;
 	size_t i;
 	FILE *f;
@@ -294,7 +294,11 @@ START_TEST(test_filter_lists)
 		ck_assert_int_eq(kv_alloc_device(a), 1);
 		kv_shim_shutdown();
 	}
-	setenv("KVSHIM_DEVICE", "0,5", 1);
+	/* a device one past the driver's last */
+	snprintf(list, sizeof(list), "0,%d", kv_dev_count());
+	snprintf(expect, sizeof(expect), "KVSHIM_DEVICE=%s: the driver has no device %d", list,
+		 kv_dev_count());
+	setenv("KVSHIM_DEVICE", list, 1);
 	f = tmpfile();
 	ck_assert_ptr_nonnull(f);
 	fflush(stderr);
@@ -309,8 +313,7 @@ START_TEST(test_filter_lists)
 	err[fread(err, 1, sizeof(err) - 1, f)] = '\0';
 	fclose(f);
 	fputs(err, stderr);
-	ck_assert_msg(strstr(err, "KVSHIM_DEVICE=0,5: the driver has no device 5") != NULL,
-		      "no line naming it: \"%s\"", err);
+	ck_assert_msg(strstr(err, expect) != NULL, "no line \"%s\" in \"%s\"", expect, err);
 }
 END_TEST
 

@@ -540,9 +540,11 @@ static void case_set_device(void)
 	unsigned long long bad = 1;
 	int n = 0, dev = -1;
 
-	EXPECT(cudaGetDeviceCount(&n) == cudaSuccess && n >= 2);
-	if (n < 2)
+	EXPECT(cudaGetDeviceCount(&n) == cudaSuccess);
+	if (n < 2) {
+		fprintf(stderr, "fewer than two devices: nothing checked\n");
 		return;
+	}
 	EXPECT(cudaMemGetInfo(&f0, &t) == cudaSuccess);
 	EXPECT(cudaSetDevice(1) == cudaSuccess);
 	EXPECT(cudaGetDevice(&dev) == cudaSuccess && dev == 1);
@@ -607,9 +609,11 @@ static void case_set_device_filtered(void)
 	char *p1 = NULL, *p0 = NULL;
 	int n = 0;
 
-	EXPECT(cudaGetDeviceCount(&n) == cudaSuccess && n >= 2);
-	if (n < 2)
+	EXPECT(cudaGetDeviceCount(&n) == cudaSuccess);
+	if (n < 2) {
+		fprintf(stderr, "fewer than two devices: nothing checked\n");
 		return;
+	}
 	EXPECT(cudaSetDevice(1) == cudaSuccess);
 	EXPECT(kv.begin() == 0);
 	EXPECT(cudaMalloc((void **)&p1, 64 * MB) == cudaSuccess);
