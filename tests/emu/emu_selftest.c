@@ -1286,6 +1286,20 @@ static int test_two_devices(void)
     EXPECT(ord == 1 && type == CU_MEMORYTYPE_DEVICE);
     EXPECT_CU(cuPointerGetAttributes(2, which, data, (CUdeviceptr)&ord), CUDA_SUCCESS);
     EXPECT(ord == -2 && type == 0);
+    /* refused: an attribute not modelled, no count, no arrays, a NULL slot */
+    EXPECT_CU(cuPointerGetAttribute(&ord, CU_POINTER_ATTRIBUTE_P2P_TOKENS, a0),
+              CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuPointerGetAttribute(&ord, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, 0),
+              CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuPointerGetAttributes(0, which, data, a1), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuPointerGetAttributes(2, NULL, data, a1), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuPointerGetAttributes(2, which, NULL, a1), CUDA_ERROR_INVALID_VALUE);
+    data[1] = NULL;
+    EXPECT_CU(cuPointerGetAttributes(2, which, data, a1), CUDA_ERROR_INVALID_VALUE);
+    data[1] = &type;
+    which[1] = CU_POINTER_ATTRIBUTE_P2P_TOKENS;
+    EXPECT_CU(cuPointerGetAttributes(2, which, data, a1), CUDA_ERROR_INVALID_VALUE);
+    which[1] = CU_POINTER_ATTRIBUTE_MEMORY_TYPE;
 
     /* a page of device 1 mapped into a reservation: its device, and nothing on device 0 */
     EXPECT_CU(cuMemAddressReserve(&va, 2 * PAGE, 0, 0, 0), CUDA_SUCCESS);
