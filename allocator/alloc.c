@@ -208,8 +208,12 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 	a->max_pages = (uint32_t)(limit / a->page);
 	a->st.page_bytes = a->page;
 	if (o->share) {
-		size_t budget = o->budget ? o->budget : a->prim.device_bytes / 100 *
-				(o->budget_pct ? o->budget_pct : 100);
+		/* a percentage of the device, to the byte: 100% (the default,
+		 * sharing being on by default) is all of it, so that a process
+		 * alone sees the memory info it would without sharing */
+		size_t budget = o->budget ? o->budget :
+			(size_t)((unsigned __int128)a->prim.device_bytes *
+				 (o->budget_pct ? o->budget_pct : 100) / 100);
 
 		rc = kv_share_open(a->prim.uuid, o->pool_name, budget,
 				   a->prim.device_bytes, o->min, o->max, o->weight,
@@ -307,6 +311,11 @@ int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
 const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a)
 {
 	return &a->prim;
+}
+
+int kv_alloc_device(const kv_alloc_t *a)
+{
+	return a->prim.ordinal;
 }
 
 int kv_alloc_shared(kv_alloc_t *a, size_t *budget, size_t *others,

@@ -125,6 +125,12 @@ int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len);
  * KVSHIM_ENOTCLAIMED (some page lacks a claim for some range), none. */
 int kv_alloc_unmap_many(kv_alloc_t *a, const struct kv_run *runs, size_t n);
 
+/* Whether kv_alloc_unmap_many(a, runs, n) would drop every claim now (a
+ * caller spanning several allocators checks each before it unmaps any).
+ * Changes nothing. Returns 0, KVSHIM_EINVAL, KVSHIM_ERANGE or
+ * KVSHIM_ENOTCLAIMED. */
+int kv_alloc_claimed_many(kv_alloc_t *a, const struct kv_run *runs, size_t n);
+
 /* Bytes of pages a map could get now without failing: the pool, the cache,
  * and new pages up to the limit and the device's free memory. Returns 0 or
  * a driver error. */
@@ -194,6 +200,9 @@ size_t kv_alloc_asked(kv_alloc_t *a);
 
 /* The driver handle a runs on, for callers that must check the device. */
 const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a);
+
+/* The CUDA device ordinal a's pages live on. */
+int kv_alloc_device(const kv_alloc_t *a);
 
 /* Wake the worker to look at its duties now (work put off, e.g. by a
  * stream capture, may be done). */

@@ -535,6 +535,32 @@ int kv_alloc_unmap_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 	return rc;
 }
 
+int kv_alloc_claimed_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
+{
+	struct place one, *pl = &one;
+	uint32_t p;
+	size_t i;
+	int rc;
+
+	if (!a || !runs || n == 0)
+		return KVSHIM_EINVAL;
+	if (n > 1 && !(pl = malloc(n * sizeof(*pl))))
+		return KVSHIM_ENOMEM;
+	pthread_mutex_lock(&a->lock);
+	rc = resolve(a, runs, n, pl);
+	if (!rc)
+		rc = unclaim(a, pl, n);
+	/* dropped to see that they could be: put every one back (unclaim
+	 * moves no page, so the counts alone change) */
+	for (i = 0; i < n && !rc; i++)
+		for (p = pl[i].p0; p <= pl[i].p1; p++)
+			pl[i].sp->claims[p]++;
+	pthread_mutex_unlock(&a->lock);
+	if (pl != &one)
+		free(pl);
+	return rc;
+}
+
 int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 {
 	struct kv_run r = { addr, len, 0 };

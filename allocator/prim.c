@@ -166,11 +166,14 @@ static void page_prop(const kv_prim_t *p, CUmemAllocationProp *prop)
 
 /* ---- set-up ----------------------------------------------------------------- */
 
+static int enter(const kv_prim_t *p, int *pushed);
+static void leave(int pushed);
+
 int kv_prim_open(kv_prim_t *p, int ordinal, size_t page)
 {
 	CUmemAllocationProp prop;
 	CUresult r;
-	int vmm = 0, rc;
+	int vmm = 0, rc, pushed;
 
 	memset(p, 0, sizeof(*p));
 	pthread_once(&load_once, load);
@@ -219,11 +222,16 @@ int kv_prim_open(kv_prim_t *p, int ordinal, size_t page)
 	}
 	CALL("cuDevicePrimaryCtxRetain",
 	     drv.cuDevicePrimaryCtxRetain(&p->ctx, p->dev));
+	/* the stream is the context's: made with it current, whatever this
+	 * thread had current (another device's, when a process uses several) */
 	rc = kv_prim_bind(p);
+	if (rc == 0)
+		rc = enter(p, &pushed);
 	if (rc == 0) {
 		r = drv.cuStreamCreate(&p->stream, CU_STREAM_NON_BLOCKING);
 		if (r != CUDA_SUCCESS)
 			rc = fail("cuStreamCreate", r);
+		leave(pushed);
 	}
 	if (rc) {
 		drv.cuDevicePrimaryCtxRelease_v2(p->dev);
@@ -262,10 +270,14 @@ int kv_prim_device_info(int ordinal, size_t *total, size_t *gran)
 
 void kv_prim_close(kv_prim_t *p)
 {
+	int pushed;
+
 	if (!p->ctx)
 		return;
-	if (p->stream && kv_prim_bind(p) == 0)
+	if (p->stream && enter(p, &pushed) == 0) {
 		drv.cuStreamDestroy_v2(p->stream);
+		leave(pushed);
+	}
 	drv.cuDevicePrimaryCtxRelease_v2(p->dev);
 	p->ctx = NULL;
 	p->stream = NULL;
@@ -281,16 +293,42 @@ int kv_prim_bind(const kv_prim_t *p)
 	return 0;
 }
 
-int kv_prim_on_device(const kv_prim_t *p)
+int kv_prim_current_device(int *ordinal)
 {
 	CUcontext cur = NULL;
 	CUdevice dev;
 
-	if (drv.cuCtxGetCurrent(&cur) != CUDA_SUCCESS || !cur)
-		return 1;
-	if (drv.cuCtxGetDevice(&dev) != CUDA_SUCCESS)
-		return 1;
-	return dev == p->dev;
+	pthread_once(&load_once, load);
+	if (load_rc)
+		return load_rc;
+	*ordinal = 0;
+	if (drv.cuCtxGetCurrent(&cur) == CUDA_SUCCESS && cur &&
+	    drv.cuCtxGetDevice(&dev) == CUDA_SUCCESS)
+		*ordinal = (int)dev;
+	return 0;
+}
+
+/* Make p's context current on this thread if another one is: *pushed is 1
+ * when it was pushed (pop it with leave). Returns 0 or a driver error. */
+static int enter(const kv_prim_t *p, int *pushed)
+{
+	CUcontext cur = NULL;
+
+	*pushed = 0;
+	CALL("cuCtxGetCurrent", drv.cuCtxGetCurrent(&cur));
+	if (cur == p->ctx)
+		return 0;
+	CALL("cuCtxPushCurrent", drv.cuCtxPushCurrent_v2(p->ctx));
+	*pushed = 1;
+	return 0;
+}
+
+static void leave(int pushed)
+{
+	CUcontext prev;
+
+	if (pushed)
+		drv.cuCtxPopCurrent_v2(&prev);
 }
 
 /* ---- virtual ranges and physical pages ------------------------------------ */
@@ -428,9 +466,12 @@ int kv_prim_fence(const kv_prim_t *p, int *fenced)
 
 int kv_prim_zero(const kv_prim_t *p, CUdeviceptr va, size_t size)
 {
-	int mode, rc = 0;
+	int mode, pushed, rc;
 	CUresult r;
 
+	rc = enter(p, &pushed);
+	if (rc)
+		return rc;
 	/* kvshim's own stream: relaxed, its wait is legal on any thread
 	 * while others capture (and on a capturing thread too) */
 	mode = kv_prim_relax();
@@ -440,13 +481,21 @@ int kv_prim_zero(const kv_prim_t *p, CUdeviceptr va, size_t size)
 	else if ((r = drv.cuStreamSynchronize(p->stream)) != CUDA_SUCCESS)
 		rc = fail("cuStreamSynchronize", r);
 	kv_prim_unrelax(mode);
+	leave(pushed);
 	return rc;
 }
 
 int kv_prim_meminfo(const kv_prim_t *p, size_t *free_bytes, size_t *total)
 {
-	CALL("cuMemGetInfo", drv.cuMemGetInfo_v2(free_bytes, total));
-	return 0;
+	int pushed, rc;
+	CUresult r;
+
+	rc = enter(p, &pushed);
+	if (rc)
+		return rc;
+	r = drv.cuMemGetInfo_v2(free_bytes, total);
+	leave(pushed);
+	return r == CUDA_SUCCESS ? 0 : fail("cuMemGetInfo", r);
 }
 
 uint64_t kv_prim_now_ns(void)

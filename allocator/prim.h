@@ -94,7 +94,9 @@ int kv_prim_fence(const kv_prim_t *p, int *fenced);
 
 /* Write zeros over [va, va + size), mapped and accessible, on kvshim's own
  * stream, and wait until it is done (in relaxed capture mode, so this is
- * legal while any thread captures). Returns 0 or a driver error. */
+ * legal while any thread captures). p's context is made current for the
+ * call if another is, so any thread may scrub any device's pages. Returns
+ * 0 or a driver error. */
 int kv_prim_zero(const kv_prim_t *p, CUdeviceptr va, size_t size);
 
 /* A stream capture is about to begin (before the driver's call) or has
@@ -112,13 +114,16 @@ int kv_prim_capturing(void);
 int kv_prim_relax(void);
 void kv_prim_unrelax(int mode);
 
-/* Free and total device memory as the driver reports it. */
+/* Free and total memory of p's device as the driver reports it (p's
+ * context is made current for the call if another is). */
 int kv_prim_meminfo(const kv_prim_t *p, size_t *free_bytes, size_t *total);
 
-/* 1 when the calling thread's current context is on p's device, or when
- * it has none (the runtime then uses device 0 unless told otherwise, and
- * so does kvshim unless KVSHIM_DEVICE says otherwise). */
-int kv_prim_on_device(const kv_prim_t *p);
+/* The device ordinal of the calling thread's current context into *ordinal,
+ * or 0 when it has none (or the driver is not initialised yet): the
+ * runtime's default device, where a runtime call made now would allocate.
+ * (A CUdevice is its ordinal.) Loads the driver. Returns 0 or
+ * KVSHIM_ENODEV (no driver). */
+int kv_prim_current_device(int *ordinal);
 
 /* The driver library's handle (dlopen'ed by kv_prim_open), or NULL. */
 void *kv_prim_driver(void);

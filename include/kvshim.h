@@ -11,6 +11,14 @@
  *
  * Every function returns 0 or a negative kvshim_error; on error nothing was
  * changed. All functions are thread-safe.
+ *
+ * Devices: kvshim keeps an allocator per CUDA device the process uses
+ * (those KVSHIM_DEVICE names; all by default). A function on an address
+ * (kvshim_map, kvshim_unmap, kvshim_release, the block groups) works on the
+ * device whose span holds it, whatever device the calling thread is on;
+ * kvshim_reserve, kvshim_reserve_dlpack, kvshim_trim and kvshim_stats work
+ * on the calling thread's current device (its context's, device 0 without
+ * one). On a device KVSHIM_DEVICE leaves out they return KVSHIM_ENODEV.
  */
 #ifndef KVSHIM_H
 #define KVSHIM_H
@@ -38,7 +46,8 @@ enum kvshim_error {
 	KVSHIM_ESTATE = -10      /* kvshim is shut down or was disabled */
 };
 
-/* What this process holds. Byte counts are multiples of the page size. */
+/* What this process holds on one device. Byte counts are multiples of the
+ * page size. */
 struct kvshim_stats {
 	size_t page_bytes;       /* physical page size (allocation granularity) */
 	size_t reserved_bytes;   /* virtual bytes of all live spans */
@@ -77,7 +86,8 @@ int kvshim_kv_end(void);
  * Block groups: KV tensors sharing one block geometry, block b being bytes
  * [b * block_bytes, (b + 1) * block_bytes) of every tensor, as an engine's
  * block manager hands them out. Each tensor must lie inside a span (made in
- * a KV window, or by kvshim_reserve). *group gets a handle > 0.
+ * a KV window, or by kvshim_reserve), on any device: each is backed on its
+ * own. *group gets a handle > 0.
  */
 int kvshim_group_create(void *const *bases, size_t ntensors,
 			size_t block_bytes, size_t nblocks, int *group);
@@ -102,8 +112,8 @@ int kvshim_group_headroom(int group, size_t *blocks);
  * admission check, so requests wait instead of failing. */
 int kvshim_group_can_back(int group, const long long *blocks, size_t n);
 
-/* Reserve a lazy span of at least size bytes (rounded up to whole pages).
- * No physical memory is used until kvshim_map(). */
+/* Reserve a lazy span of at least size bytes (rounded up to whole pages)
+ * on the current device. No physical memory is used until kvshim_map(). */
 int kvshim_reserve(size_t size, void **addr);
 
 /* Release the span that starts at addr, its pages and any claims on them. */
@@ -113,7 +123,7 @@ int kvshim_release(void *addr);
  * shape[0..ndim), each at least 1, of elements of DLPack type code (0 int,
  * 1 uint, 2 float, 4 bfloat, 5 complex, 6 bool) and bits (8 to 128, a power
  * of two), and describe it in *managed as a DLPack DLManagedTensor (the
- * unversioned struct of dlpack.h) on kvshim's CUDA device. Its deleter
+ * unversioned struct of dlpack.h) on the current CUDA device. Its deleter
  * releases the span and frees the description; a framework that takes it
  * (e.g. PyTorch, from a "dltensor" capsule) calls it when the tensor dies.
  * The description names the device, so the framework never asks the driver
@@ -131,17 +141,19 @@ int kvshim_map(const void *addr, size_t len);
  * claims stay mapped in the cache; no driver call is made. */
 int kvshim_unmap(const void *addr, size_t len);
 
-/* Give up to bytes of physical memory back to the driver: pooled pages
- * first, then cached pages, oldest first. *freed (may be NULL) gets what was
- * given back. */
+/* Give up to bytes of the current device's physical memory back to the
+ * driver: pooled pages first, then cached pages, oldest first. *freed (may
+ * be NULL) gets what was given back. */
 int kvshim_trim(size_t bytes, size_t *freed);
 
+/* What this process holds on the current device. */
 int kvshim_stats(struct kvshim_stats *out);
 
 /*
  * Sharing one GPU's budget with other processes (KVSHIM_SHARE): state the
- * bytes this process waits for now beyond what it holds, e.g. the KV
- * blocks of the requests waiting for admission (0: none). Processes below
+ * bytes this process waits for now on the current device beyond what it
+ * holds there, e.g. the KV blocks of the requests waiting for admission
+ * (0: none). Processes below
  * their fair share that wait take budget back from those above theirs.
  * A statement holds for one second unless made again. Without a shared
  * budget, does nothing. Returns 0, or the error that keeps kvshim from
@@ -150,9 +162,10 @@ int kvshim_stats(struct kvshim_stats *out);
 int kvshim_share_demand(size_t bytes);
 
 /*
- * The bytes of what this process uses (claimed blocks, not idle pages) it
- * is asked to give back now: it holds more than its fair share while
- * others wait below theirs. An engine frees them by preempting work (its
+ * The bytes of what this process uses on the current device (claimed
+ * blocks, not idle pages) it is asked to give back now: it holds more
+ * than its fair share of that GPU's budget while others wait below
+ * theirs. An engine frees them by preempting work (its
  * idle pages are given back without it). *bytes is 0 without a shared
  * budget. Returns 0, KVSHIM_EINVAL (bytes NULL), or the error that keeps
  * kvshim from running.

@@ -1,7 +1,10 @@
 /*
  * abi.c - the exported kvshim_* functions, kvshim's public C interface
  * (include/kvshim.h): each starts kvshim if needed and hands the call to the
- * policy, the block groups or the allocator.
+ * policy, the block groups or the allocator of the right device. A call on
+ * an address goes to the allocator whose span holds it, whatever device the
+ * calling thread is on; a call that makes or measures goes to the calling
+ * thread's current device.
  *
  * Opening a KV window also catches up on modules loaded since the last look,
  * so that a module preloading cannot reach (RTLD_DEEPBIND) is patched before
@@ -75,26 +78,56 @@ KV_EXPORT int kvshim_group_can_back(int group, const long long *blocks,
 	return kv_group_can_back(group, blocks, n);
 }
 
-KV_EXPORT int kvshim_reserve(size_t size, void **addr)
+/* Reserve a span of size bytes on the current device: 0 with *addr set and
+ * *a its allocator, or an error. */
+static int reserve(size_t size, void **addr, kv_alloc_t **a)
 {
 	CUdeviceptr base;
-	kv_alloc_t *a;
 	int rc;
 
 	if (!addr)
 		return KVSHIM_EINVAL;
-	rc = kv_shim_alloc(&a);
+	rc = kv_shim_alloc(a);
 	if (!rc)
-		rc = kv_alloc_reserve(a, size, &base);
+		rc = kv_alloc_reserve(*a, size, &base);
 	if (!rc)
 		*addr = (void *)(uintptr_t)base;
 	return rc;
 }
 
+/*
+ * The allocator whose span holds p, into *a. Returns 0; or, p in no span,
+ * why kvshim cannot run on this thread's device if it cannot (starting it
+ * there as any call does: KVSHIM_ECONFIG, KVSHIM_ENODEV), else
+ * KVSHIM_ERANGE. With one device, its allocator straight away (no lookup
+ * more than its own): it refuses an address outside its spans itself.
+ */
+static int owner(const void *p, kv_alloc_t **a)
+{
+	int rc;
+
+	if (!kv_shim_settings())
+		return KVSHIM_ECONFIG;
+	*a = kv_shim_sole();
+	if (!*a)
+		*a = kv_shim_owner(dptr(p), NULL, NULL, NULL);
+	if (*a)
+		return 0;
+	rc = kv_shim_alloc(a);
+	return rc ? rc : KVSHIM_ERANGE;
+}
+
+KV_EXPORT int kvshim_reserve(size_t size, void **addr)
+{
+	kv_alloc_t *a;
+
+	return reserve(size, addr, &a);
+}
+
 KV_EXPORT int kvshim_release(void *addr)
 {
 	kv_alloc_t *a;
-	int rc = kv_shim_alloc(&a);
+	int rc = owner(addr, &a);
 
 	return rc ? rc : kv_alloc_release(a, dptr(addr));
 }
@@ -144,9 +177,9 @@ static int dl_type_ok(unsigned code, unsigned bits)
 KV_EXPORT int kvshim_reserve_dlpack(int ndim, const long long *shape,
 				    unsigned code, unsigned bits, void **managed)
 {
-	const struct kv_config *c;
 	struct kv_dl_managed *m;
 	size_t size = bits / 8;
+	kv_alloc_t *a;
 	int i, rc;
 
 	if (!managed || !shape || ndim < 1 || ndim > 8 || !dl_type_ok(code, bits))
@@ -157,14 +190,13 @@ KV_EXPORT int kvshim_reserve_dlpack(int ndim, const long long *shape,
 	m = calloc(1, sizeof(*m));
 	if (!m)
 		return KVSHIM_ENOMEM;
-	rc = kvshim_reserve(size, &m->t.data);
+	rc = reserve(size, &m->t.data, &a);
 	if (rc) {
 		free(m);
 		return rc;
 	}
-	c = kv_shim_config();
 	m->t.device_type = KV_DL_CUDA;
-	m->t.device_id = c ? c->device : 0;
+	m->t.device_id = kv_alloc_device(a);
 	m->t.ndim = ndim;
 	m->t.code = (uint8_t)code;
 	m->t.bits = (uint8_t)bits;
@@ -180,7 +212,7 @@ KV_EXPORT int kvshim_reserve_dlpack(int ndim, const long long *shape,
 KV_EXPORT int kvshim_map(const void *addr, size_t len)
 {
 	kv_alloc_t *a;
-	int rc = kv_shim_alloc(&a);
+	int rc = owner(addr, &a);
 
 	return rc ? rc : kv_alloc_map(a, dptr(addr), len);
 }
@@ -188,7 +220,7 @@ KV_EXPORT int kvshim_map(const void *addr, size_t len)
 KV_EXPORT int kvshim_unmap(const void *addr, size_t len)
 {
 	kv_alloc_t *a;
-	int rc = kv_shim_alloc(&a);
+	int rc = owner(addr, &a);
 
 	return rc ? rc : kv_alloc_unmap(a, dptr(addr), len);
 }

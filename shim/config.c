@@ -131,16 +131,44 @@ static int parse_level(const char *s, int *out, const char **why)
 	return KVSHIM_ECONFIG;
 }
 
-static int parse_int(const char *s, int *out, const char **why)
+/*
+ * KVSHIM_DEVICE: all, or device ordinals (0 to KV_MAX_DEVICES - 1, digits
+ * only) separated by commas, each once.
+ */
+static int parse_devices(const char *s, struct kv_config *c, const char **why)
 {
 	unsigned long long v;
 	const char *end;
+	uint64_t mask = 0;
+	int rc;
 
-	if (digits(s, 10, 1024, &v, &end) || *end) {
-		*why = "expected a whole number from 0 to 1024, digits only";
-		return KVSHIM_ECONFIG;
+	if (!strcasecmp(s, "all")) {
+		c->devices = UINT64_MAX;
+		c->devices_all = 1;
+		return 0;
 	}
-	*out = (int)v;
+	for (;;) {
+		rc = digits(s, 10, KV_MAX_DEVICES - 1, &v, &end);
+		if (rc == -2) {
+			*why = "a device ordinal above 63";
+			return KVSHIM_ECONFIG;
+		}
+		if (rc || (*end && *end != ',')) {
+			*why = *s == ',' || !*s ? "an empty entry: expected all, or device ordinals separated by commas (0,2)"
+			       : "expected all, or device ordinals (digits only) separated by commas (0,2)";
+			return KVSHIM_ECONFIG;
+		}
+		if (mask >> v & 1) {
+			*why = "a device is listed twice";
+			return KVSHIM_ECONFIG;
+		}
+		mask |= 1ull << v;
+		if (!*end)
+			break;
+		s = end + 1;
+	}
+	c->devices = mask;
+	c->devices_all = 0;
 	return 0;
 }
 
@@ -367,7 +395,7 @@ static int parse_mode(const char *s, unsigned *out, const char **why)
 /* Dispatch by the table's parser column. */
 #define kv_apply_level(c, f, s, why) parse_level(s, &(c)->f, why)
 #define kv_apply_bool(c, f, s, why) kv_parse_bool(s, &(c)->f, why)
-#define kv_apply_int(c, f, s, why) parse_int(s, &(c)->f, why)
+#define kv_apply_devices(c, f, s, why) parse_devices(s, c, why)
 #define kv_apply_size(c, f, s, why) kv_parse_size(s, &(c)->f, why)
 #define kv_apply_size_pct(c, f, s, why) parse_size_pct(s, c, why)
 #define kv_apply_size_off(c, f, s, why) parse_size_off(s, &(c)->f, why)

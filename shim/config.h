@@ -7,6 +7,7 @@
 #define KV_CONFIG_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* X(NAME, field, parser, default, meaning) */
 #define KV_CONFIG_TABLE(X)                                                   \
@@ -14,8 +15,8 @@
 	  "log level: none, error, warn, info or debug (or 0-4)")            \
 	X(STRICT, strict, bool, "off",                                       \
 	  "on a malformed variable exit the program with status 64 instead of disabling kvshim") \
-	X(DEVICE, device, int, "0",                                          \
-	  "CUDA device ordinal whose memory kvshim manages")                 \
+	X(DEVICE, devices, devices, "all",                                   \
+	  "CUDA devices whose memory kvshim manages: all, or a list of ordinals (0,2); allocations on other devices pass through") \
 	X(PAGE, page, size_auto, "auto",                                     \
 	  "physical page size, a multiple of the GPU's granularity (2 MiB); larger pages map with fewer driver calls but back memory more coarsely") \
 	X(LIMIT, limit, size_pct, "100%",                                    \
@@ -53,10 +54,14 @@
 	X(CB_AHEAD, cb_ahead, bool, "on",                                    \
 	  "transformers continuous batching: map the blocks the next step's prefill will take while the current step computes, on a thread of the adapter")
 
+/* Device ordinals KVSHIM_DEVICE can name: 0 to KV_MAX_DEVICES - 1. */
+#define KV_MAX_DEVICES 64
+
 struct kv_config {
 	int log;
 	int strict;
-	int device;
+	uint64_t devices;    /* bit d: kvshim manages device d */
+	int devices_all;     /* KVSHIM_DEVICE=all (devices has every bit) */
 	size_t page;         /* 0: the granularity */
 	size_t limit;        /* bytes, or 0 when limit_pct applies */
 	unsigned limit_pct;  /* 1-100, or 0 when limit is in bytes */
@@ -112,5 +117,11 @@ int kv_config_load(struct kv_config *c);
  * set to a short reason. */
 int kv_parse_size(const char *s, size_t *out, const char **why);
 int kv_parse_bool(const char *s, int *out, const char **why);
+
+/* Whether c lets kvshim manage device ordinal dev: 1 or 0. */
+static inline int kv_config_manages(const struct kv_config *c, int dev)
+{
+	return dev >= 0 && dev < KV_MAX_DEVICES && (c->devices >> dev & 1);
+}
 
 #endif /* KV_CONFIG_H */

@@ -5,6 +5,13 @@
  * (two blocks on one page hold two claims) and a call backs all or none.
  * Each range names its tensor's span by id, so a group outliving its
  * spans gets KVSHIM_ERANGE and never touches a span made since.
+ *
+ * A group's tensors may lie on several devices (an engine splitting its
+ * layers over GPUs in one process): the ranges then go to each device's
+ * allocator in turn, and a map one device refuses is undone on the devices
+ * before it; an unmap checks every device's claims before it drops any.
+ * The tensors of one device go to its allocator in one call, as with one
+ * device.
  */
 #include <pthread.h>
 #include <stdint.h>
@@ -13,6 +20,7 @@
 
 #include "group.h"
 #include "kvshim.h"
+#include "log.h"
 #include "shim.h"
 
 struct group {
@@ -20,50 +28,90 @@ struct group {
 	uint64_t *spans;        /* the span of each tensor, by id: a tensor
 				 * whose span is released (and whose address
 				 * a new span may take) is refused */
+	int *devs;              /* the device of each tensor's span */
 	size_t ntensors;
 	size_t block_bytes;
 	size_t nblocks;
+};
+
+/* The ranges of one device in a call: runs[0..n) for allocator a. */
+struct part {
+	int dev;
+	kv_alloc_t *a;
+	struct kv_run *runs;
+	size_t n;
+	size_t ntensors;
 };
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct group **groups;   /* groups[id - 1], NULL when free */
 static size_t ngroups;
 
+static void group_free(struct group *g)
+{
+	if (!g)
+		return;
+	free(g->bases);
+	free(g->spans);
+	free(g->devs);
+	free(g);
+}
+
+/*
+ * Find each tensor's span (and so its device) into g. Returns 0; or, a
+ * tensor in no span (or too short for the blocks), why kvshim cannot run
+ * on this thread's device if it cannot (KVSHIM_ECONFIG, KVSHIM_ENODEV),
+ * else KVSHIM_ERANGE.
+ */
+static int find_spans(struct group *g, void *const *bases)
+{
+	CUdeviceptr base;
+	kv_alloc_t *a;
+	size_t i, span;
+	int rc;
+
+	for (i = 0; i < g->ntensors; i++) {
+		CUdeviceptr t = (CUdeviceptr)(uintptr_t)bases[i];
+
+		a = kv_shim_owner(t, &base, &span, &g->spans[i]);
+		if (!a) {
+			rc = kv_shim_alloc(&a);
+			return rc ? rc : KVSHIM_ERANGE;
+		}
+		if (g->nblocks * g->block_bytes > span - (t - base))
+			return KVSHIM_ERANGE;
+		g->bases[i] = t;
+		g->devs[i] = kv_alloc_device(a);
+	}
+	return 0;
+}
+
 int kv_group_create(void *const *bases, size_t ntensors, size_t block_bytes,
 		    size_t nblocks, int *id)
 {
 	struct group *g = NULL, **grown;
-	CUdeviceptr base;
-	kv_alloc_t *a;
-	size_t i, span;
+	size_t i;
 	int rc, slot = -1;
 
 	if (!bases || !id || ntensors == 0 || block_bytes == 0 || nblocks == 0 ||
 	    nblocks > SIZE_MAX / block_bytes ||
 	    ntensors > SIZE_MAX / sizeof(*g->spans))
 		return KVSHIM_EINVAL;
-	rc = kv_shim_alloc(&a);
-	if (rc)
-		return rc;
+	if (!kv_shim_settings())
+		return KVSHIM_ECONFIG;
 	g = calloc(1, sizeof(*g));
 	if (!g || !(g->bases = malloc(ntensors * sizeof(*g->bases))) ||
-	    !(g->spans = malloc(ntensors * sizeof(*g->spans)))) {
+	    !(g->spans = malloc(ntensors * sizeof(*g->spans))) ||
+	    !(g->devs = malloc(ntensors * sizeof(*g->devs)))) {
 		rc = KVSHIM_ENOMEM;
 		goto fail;
-	}
-	for (i = 0; i < ntensors; i++) {
-		CUdeviceptr t = (CUdeviceptr)(uintptr_t)bases[i];
-
-		if (kv_alloc_span(a, t, &base, &span, &g->spans[i]) ||
-		    nblocks * block_bytes > span - (t - base)) {
-			rc = KVSHIM_ERANGE;
-			goto fail;
-		}
-		g->bases[i] = t;
 	}
 	g->ntensors = ntensors;
 	g->block_bytes = block_bytes;
 	g->nblocks = nblocks;
+	rc = find_spans(g, bases);
+	if (rc)
+		goto fail;
 
 	pthread_mutex_lock(&lock);
 	for (i = 0; i < ngroups && slot < 0; i++)
@@ -84,11 +132,7 @@ int kv_group_create(void *const *bases, size_t ntensors, size_t block_bytes,
 	*id = slot + 1;
 	return 0;
 fail:
-	if (g) {
-		free(g->bases);
-		free(g->spans);
-		free(g);
-	}
+	group_free(g);
 	return rc;
 }
 
@@ -109,18 +153,40 @@ int kv_group_destroy(int id)
 	pthread_mutex_unlock(&lock);
 	if (!g)
 		return KVSHIM_EINVAL;
-	free(g->bases);
-	free(g->spans);
-	free(g);
+	group_free(g);
 	return 0;
 }
 
-/* The byte ranges of blocks in every tensor, or an error for a bad id. */
+/* The devices of g's tensors into parts[0..*nparts), in the order they first
+ * appear, with how many tensors each holds. Lock held. */
+static void devices_of(const struct group *g, struct part *parts, size_t *nparts)
+{
+	size_t t, k;
+
+	*nparts = 0;
+	for (t = 0; t < g->ntensors; t++) {
+		for (k = 0; k < *nparts && parts[k].dev != g->devs[t]; k++)
+			;
+		if (k == *nparts) {
+			memset(&parts[k], 0, sizeof(parts[k]));
+			parts[k].dev = g->devs[t];
+			(*nparts)++;
+		}
+		parts[k].ntensors++;
+	}
+}
+
+/*
+ * The byte ranges of blocks in every tensor, into *out (malloc'd), split by
+ * device into parts[0..*nparts): each part's runs are its tensors' ranges,
+ * tensor by tensor. Lock held. Returns 0, or KVSHIM_EINVAL for a bad id,
+ * KVSHIM_ENOMEM.
+ */
 static int ranges(const struct group *g, const long long *blocks, size_t n,
-		  struct kv_run **out)
+		  struct kv_run **out, struct part *parts, size_t *nparts)
 {
 	struct kv_run *r;
-	size_t i, t;
+	size_t i, t, k, at = 0;
 
 	if (n > SIZE_MAX / sizeof(*r) / g->ntensors)
 		return KVSHIM_EINVAL;
@@ -130,107 +196,184 @@ static int ranges(const struct group *g, const long long *blocks, size_t n,
 	r = malloc(n * g->ntensors * sizeof(*r));
 	if (!r)
 		return KVSHIM_ENOMEM;
-	for (t = 0; t < g->ntensors; t++)
-		for (i = 0; i < n; i++)
-			r[t * n + i] = (struct kv_run){
-				g->bases[t] + (CUdeviceptr)blocks[i] * g->block_bytes,
-				g->block_bytes, g->spans[t]
-			};
+	devices_of(g, parts, nparts);
+	for (k = 0; k < *nparts; k++) {
+		parts[k].runs = r + at;
+		for (t = 0; t < g->ntensors; t++) {
+			if (g->devs[t] != parts[k].dev)
+				continue;
+			for (i = 0; i < n; i++)
+				r[at++] = (struct kv_run){
+					g->bases[t] + (CUdeviceptr)blocks[i] * g->block_bytes,
+					g->block_bytes, g->spans[t]
+				};
+		}
+		parts[k].n = (size_t)(r + at - parts[k].runs);
+	}
 	*out = r;
 	return 0;
 }
 
-enum { UNMAP, MAP, COST };
-
-/* Map, unmap or cost the blocks. The ranges are built under the
- * group lock, so a concurrent destroy cannot free the geometry under us. */
-static int apply(int id, const long long *blocks, size_t n, int op,
-		 size_t *cost)
+/* Each part's allocator, started already (its tensors' spans were made
+ * there). Returns 0, or KVSHIM_EINVAL when one is not running (kvshim was
+ * shut down since the group was made). */
+static int allocators(struct part *parts, size_t nparts)
 {
-	kv_alloc_t *a = kv_shim_running();
+	size_t k;
+
+	for (k = 0; k < nparts; k++)
+		if (!(parts[k].a = kv_shim_running_on(parts[k].dev)))
+			return KVSHIM_EINVAL;
+	return 0;
+}
+
+/* Map every part, all or none: a part refused undoes the parts before it.
+ * Returns 0 or the first refusal. */
+static int map_parts(int id, const struct part *parts, size_t nparts)
+{
+	size_t k, j;
+	int rc = 0, r;
+
+	for (k = 0; k < nparts && !rc; k++)
+		rc = kv_alloc_map_many(parts[k].a, parts[k].runs, parts[k].n);
+	if (!rc)
+		return 0;
+	for (j = 0; j + 1 < k; j++) {
+		r = kv_alloc_unmap_many(parts[j].a, parts[j].runs, parts[j].n);
+		if (r)
+			kv_error("group %d: its blocks on device %d stay claimed after device %d refused them: %s",
+				 id, parts[j].dev, parts[k - 1].dev, kv_shim_strerror(r));
+	}
+	return rc;
+}
+
+/* Unmap every part, all or none: with several devices, every device's
+ * claims are checked before any is dropped. Returns 0 or the first error. */
+static int unmap_parts(int id, const struct part *parts, size_t nparts)
+{
+	size_t k;
+	int rc = 0, r;
+
+	for (k = 0; k < nparts && nparts > 1 && !rc; k++)
+		rc = kv_alloc_claimed_many(parts[k].a, parts[k].runs, parts[k].n);
+	for (k = 0; k < nparts && !rc; k++) {
+		r = kv_alloc_unmap_many(parts[k].a, parts[k].runs, parts[k].n);
+		if (r && k > 0)     /* the same blocks unmapped meanwhile */
+			kv_error("group %d: blocks unmapped on devices before %d, not on it: %s",
+				 id, parts[k].dev, kv_shim_strerror(r));
+		rc = r;
+	}
+	return rc;
+}
+
+/* 1 when every part's new pages fit in what its device can still get, 0
+ * when not, or a negative error. */
+static int parts_fit(const struct part *parts, size_t nparts)
+{
+	size_t k, cost, room;
+	int rc;
+
+	for (k = 0; k < nparts; k++) {
+		rc = kv_alloc_cost_many(parts[k].a, parts[k].runs, parts[k].n, &cost);
+		if (!rc)
+			rc = kv_alloc_headroom(parts[k].a, &room);
+		if (rc)
+			return rc;
+		if (cost > room)
+			return 0;
+	}
+	return 1;
+}
+
+enum { UNMAP, MAP, FITS };
+
+/* Map, unmap or check the blocks. The ranges are built under the
+ * group lock, so a concurrent destroy cannot free the geometry under us. */
+static int apply(int id, const long long *blocks, size_t n, int op)
+{
+	struct part parts[KV_MAX_DEVICES];
 	struct kv_run *r = NULL;
-	size_t nruns = 0;
+	size_t nparts = 0;
 	struct group *g;
 	int rc;
 
 	if (!blocks && n)
 		return KVSHIM_EINVAL;
-	if (cost)
-		*cost = 0;
 	if (n == 0)
-		return 0;
-	if (!a)
-		return KVSHIM_EINVAL;
+		return op == FITS ? 1 : 0;
 	pthread_mutex_lock(&lock);
 	g = get(id);
-	rc = g ? ranges(g, blocks, n, &r) : KVSHIM_EINVAL;
-	if (!rc)
-		nruns = n * g->ntensors;
+	rc = g ? ranges(g, blocks, n, &r, parts, &nparts) : KVSHIM_EINVAL;
 	pthread_mutex_unlock(&lock);
-	if (rc)
-		return rc;
-	if (op == MAP)
-		rc = kv_alloc_map_many(a, r, nruns);
-	else if (op == UNMAP)
-		rc = kv_alloc_unmap_many(a, r, nruns);
-	else
-		rc = kv_alloc_cost_many(a, r, nruns, cost);
+	if (!rc)
+		rc = allocators(parts, nparts);
+	if (!rc) {
+		if (op == MAP)
+			rc = map_parts(id, parts, nparts);
+		else if (op == UNMAP)
+			rc = unmap_parts(id, parts, nparts);
+		else
+			rc = parts_fit(parts, nparts);
+	}
 	free(r);
 	return rc;
 }
 
 int kv_group_map(int id, const long long *blocks, size_t n)
 {
-	return apply(id, blocks, n, MAP, NULL);
+	return apply(id, blocks, n, MAP);
 }
 
 int kv_group_unmap(int id, const long long *blocks, size_t n)
 {
-	return apply(id, blocks, n, UNMAP, NULL);
+	return apply(id, blocks, n, UNMAP);
 }
 
 int kv_group_can_back(int id, const long long *blocks, size_t n)
 {
-	kv_alloc_t *a = kv_shim_running();
-	size_t cost, room;
+	size_t room;
 	int rc;
 
-	if (!a)
-		return KVSHIM_EINVAL;
 	if (!blocks) {
 		rc = kv_group_headroom(id, &room);
 		return rc ? rc : room >= n;
 	}
-	rc = apply(id, blocks, n, COST, &cost);
-	if (!rc)
-		rc = kv_alloc_headroom(a, &room);
-	return rc ? rc : cost <= room;
+	return apply(id, blocks, n, FITS);
 }
 
 int kv_group_headroom(int id, size_t *blocks)
 {
-	kv_alloc_t *a = kv_shim_running();
+	struct part parts[KV_MAX_DEVICES];
 	struct kvshim_stats s;
-	size_t bytes, per_tensor, ntensors, block_bytes;
+	size_t bytes, per_tensor, block_bytes = 0, nparts = 0, k, most = SIZE_MAX;
 	struct group *g;
 	int rc;
 
-	if (!blocks || !a)
+	if (!blocks)
 		return KVSHIM_EINVAL;
 	pthread_mutex_lock(&lock);
 	g = get(id);
-	ntensors = g ? g->ntensors : 0;
-	block_bytes = g ? g->block_bytes : 0;
+	if (g) {
+		block_bytes = g->block_bytes;
+		devices_of(g, parts, &nparts);
+	}
 	pthread_mutex_unlock(&lock);
 	if (!g)
 		return KVSHIM_EINVAL;
-	rc = kv_alloc_headroom(a, &bytes);
+	rc = allocators(parts, nparts);
+	/* a block needs room on every device its tensors are on */
+	for (k = 0; k < nparts && !rc; k++) {
+		rc = kv_alloc_headroom(parts[k].a, &bytes);
+		if (!rc)
+			rc = kv_alloc_stats(parts[k].a, &s);
+		if (rc)
+			break;
+		per_tensor = bytes / parts[k].ntensors;
+		per_tensor = per_tensor > s.page_bytes ?
+			     (per_tensor - s.page_bytes) / block_bytes : 0;
+		most = per_tensor < most ? per_tensor : most;
+	}
 	if (!rc)
-		rc = kv_alloc_stats(a, &s);
-	if (rc)
-		return rc;
-	per_tensor = bytes / ntensors;
-	*blocks = per_tensor > s.page_bytes ?
-		  (per_tensor - s.page_bytes) / block_bytes : 0;
-	return 0;
+		*blocks = most;
+	return rc;
 }

@@ -10,7 +10,6 @@
 #include "kvshim.h"
 #include "log.h"
 #include "policy.h"
-#include "prim.h"
 #include "shim.h"
 
 static int window;   /* open KV windows, process-wide */
@@ -31,16 +30,17 @@ int kv_policy_window(int open)
 	return 0;
 }
 
-/* The process's allocator, if one is running; never starts it. */
-static kv_alloc_t *running(void)
+/* The allocator whose span holds ptr (its base and size in *base, *size),
+ * whichever device it is on; NULL when ptr is in no span. */
+static kv_alloc_t *owner(CUdeviceptr ptr, CUdeviceptr *base, size_t *size)
 {
-	return kv_shim_running();
+	return kv_shim_owner(ptr, base, size, NULL);
 }
 
 int kv_policy_alloc(size_t size, CUdeviceptr *ptr)
 {
 	const struct kv_config *c = kv_shim_settings();
-	int lazy, rc;
+	int lazy, rc, dev;
 	kv_alloc_t *a;
 
 	if (!c)
@@ -49,11 +49,12 @@ int kv_policy_alloc(size_t size, CUdeviceptr *ptr)
 	       size >= c->window_min;
 	if (!lazy && (c->min_bytes == SIZE_MAX || size < c->min_bytes))
 		return 0;
-	rc = kv_shim_alloc(&a);
+	/* on the device the caller's context is on, if KVSHIM_DEVICE has it */
+	if (kv_shim_device(&dev) || !kv_config_manages(c, dev))
+		return 0;
+	rc = kv_shim_alloc_on(dev, &a);
 	if (rc)
 		return 0;       /* kvshim cannot run here: stay out of the way */
-	if (!kv_prim_on_device(kv_alloc_prim(a)))
-		return 0;       /* another device than the one kvshim manages */
 	rc = kv_alloc_reserve(a, size, ptr);
 	if (rc)
 		return rc;
@@ -78,10 +79,10 @@ int kv_policy_alloc(size_t size, CUdeviceptr *ptr)
 
 int kv_policy_free(CUdeviceptr ptr)
 {
-	kv_alloc_t *a = running();
 	CUdeviceptr base;
+	kv_alloc_t *a = owner(ptr, &base, NULL);
 
-	if (!a || kv_alloc_find(a, ptr, &base, NULL) || base != ptr)
+	if (!a || base != ptr)
 		return 0;
 	return kv_alloc_release(a, ptr) == 0 ? 1 : 0;
 }
@@ -102,13 +103,13 @@ int kv_policy_memset(CUdeviceptr ptr, size_t count, size_t elem, int zero,
 		     struct kv_policy_run **runs, size_t *nruns)
 {
 	const struct kv_config *c = kv_shim_settings();
-	kv_alloc_t *a = running();
 	struct kv_run *mapped;
 	CUdeviceptr base;
 	size_t i, n, size, bytes;
+	kv_alloc_t *a;
 	int rc;
 
-	if (!a || count == 0 || kv_alloc_find(a, ptr, &base, &size))
+	if (count == 0 || !(a = owner(ptr, &base, &size)))
 		return 0;
 	rc = memset_bytes(ptr, count, elem, base, size, &bytes);
 	if (rc)
@@ -172,12 +173,12 @@ int kv_policy_memset_pitched(CUdeviceptr ptr, size_t elem, size_t width,
 			     size_t height, size_t depth, size_t pitch,
 			     size_t ysize)
 {
-	kv_alloc_t *a = running();
 	CUdeviceptr base;
 	size_t size, bytes;
+	kv_alloc_t *a;
 	int rc;
 
-	if (!a || !width || !height || !depth || kv_alloc_find(a, ptr, &base, &size))
+	if (!width || !height || !depth || !(a = owner(ptr, &base, &size)))
 		return 0;
 	rc = box_bytes(ptr, elem, width, height, depth, pitch, ysize, &bytes);
 	if (rc)
@@ -190,9 +191,9 @@ int kv_policy_memset_pitched(CUdeviceptr ptr, size_t elem, size_t width,
 
 int kv_policy_touch(CUdeviceptr ptr, size_t bytes)
 {
-	kv_alloc_t *a = running();
+	kv_alloc_t *a;
 
-	if (!a || bytes == 0 || kv_alloc_find(a, ptr, NULL, NULL))
+	if (bytes == 0 || !(a = owner(ptr, NULL, NULL)))
 		return 0;
 	return kv_alloc_pin(a, ptr, bytes);
 }
@@ -200,17 +201,22 @@ int kv_policy_touch(CUdeviceptr ptr, size_t bytes)
 void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 {
 	const struct kv_config *c = kv_shim_settings();
-	kv_alloc_t *a = running();
 	struct kvshim_stats s;
 	size_t idle, unbacked, budget, others, claimed, cap;
+	kv_alloc_t *a;
+	int dev;
 
 	if (!c || c->meminfo != KV_MEMINFO_VIRTUAL || !free_bytes)
 		return;
+	/* the figures are the current device's (the caller's context's) */
+	if (kv_shim_device(&dev) || !kv_config_manages(c, dev))
+		return;
+	a = kv_shim_running_on(dev);
 	/* sharing a budget by request (KVSHIM_SHARE=on), an engine sizes its
 	 * cache from the first look: that must already show the budget (the
 	 * caller has a context); by default (auto) memory info alone starts
 	 * nothing, so that a program making no KV span runs as without kvshim */
-	if (!a && c->share == KV_SHARE_CFG_ON && kv_shim_alloc(&a))
+	if (!a && c->share == KV_SHARE_CFG_ON && kv_shim_alloc_on(dev, &a))
 		return;
 	if (!a || kv_alloc_stats(a, &s))
 		return;

@@ -5,6 +5,7 @@
  * library parses a segment. A file that is not a regular file is reported,
  * never waited on; names and commands are printed as printable ASCII.
  */
+#include <ctype.h>
 #include <glob.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,14 +47,46 @@ static double idle_s(uint64_t last_ns)
 	return last_ns && now > last_ns ? (double)(now - last_ns) / 1e9 : 0.0;
 }
 
+/* The GPU a segment's path names ("GPU-" and the 36 characters of its
+ * UUID, after "kvshim-", as kv_share_path writes them) into gpu (41
+ * bytes); "" when the name holds none. */
+static void gpu_of(const char *path, char *gpu)
+{
+	const char *base = strrchr(path, '/'), *u;
+	size_t i;
+
+	gpu[0] = '\0';
+	base = base ? base + 1 : path;
+	if (strncmp(base, "kvshim-GPU-", 11))
+		return;
+	u = base + 7;
+	for (i = 4; i < 40; i++) {
+		int dash = i == 12 || i == 17 || i == 22 || i == 27;
+
+		if (dash ? u[i] != '-' : !isxdigit((unsigned char)u[i]))
+			return;
+	}
+	if (u[40] != '\0' && u[40] != '-')
+		return;
+	memcpy(gpu, u, 40);
+	gpu[40] = '\0';
+}
+
 /* One segment (or, rc set, its refusal with why) as a JSON object. */
 static void json_segment(FILE *f, const char *path, const struct kv_share_info *in,
 			 int rc, const char *why)
 {
+	char gpu[41];
 	unsigned i;
 
 	fputs(" {\"path\": ", f);
 	json_str(f, path);
+	gpu_of(path, gpu);
+	fputs(", \"gpu\": ", f);
+	if (gpu[0])
+		json_str(f, gpu);
+	else
+		fputs("null", f);
 	if (rc) {
 		fputs(", \"error\": ", f);
 		json_str(f, why);
@@ -113,7 +146,7 @@ static void json_segment(FILE *f, const char *path, const struct kv_share_info *
 static void text_segment(FILE *f, const char *path, const struct kv_share_info *in,
 			 int rc, const char *why)
 {
-	char safe[4 * 256 + 1];
+	char safe[4 * 256 + 1], gpu[41];
 	unsigned i;
 	size_t n;
 
@@ -132,8 +165,9 @@ static void text_segment(FILE *f, const char *path, const struct kv_share_info *
 		fprintf(f, "%s: refused: %s\n", safe, why);
 		return;
 	}
-	fprintf(f, "%s: version %u.%u, owner %u, mode 0%03o%s; %llu of %llu bytes held, %llu mapped, %llu cached\n",
-		safe, in->major, in->minor, in->uid, in->mode,
+	gpu_of(path, gpu);
+	fprintf(f, "%s: %s%sversion %u.%u, owner %u, mode 0%03o%s; %llu of %llu bytes held, %llu mapped, %llu cached\n",
+		safe, gpu[0] ? gpu : "", gpu[0] ? ", " : "", in->major, in->minor, in->uid, in->mode,
 		in->joinable ? "" : " (this process would not join it)",
 		(unsigned long long)in->held, (unsigned long long)in->budget,
 		(unsigned long long)in->mapped, (unsigned long long)in->cached);

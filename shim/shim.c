@@ -1,9 +1,10 @@
 /*
  * shim.c - start-up in two steps. Logging and configuration come first, on
- * the first call that needs them. The allocator (which loads the driver and
- * fills the pool) starts only when a span is first needed, so a process that
- * never makes one pays nothing. Each outcome is kept: a process without a
- * GPU pays for the failed start once.
+ * the first call that needs them. A device's allocator (which loads the
+ * driver and fills that device's pool) starts only when a span is first
+ * needed on that device, so a process that never makes one pays nothing,
+ * and a process on one GPU of eight starts one allocator. Each outcome is
+ * kept: a process without a GPU pays for the failed start once.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -20,10 +21,23 @@ static pthread_mutex_t start_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct kv_config config;
 static int configured;    /* 1 once the configuration was read */
 static int config_rc;
-static kv_alloc_t *alloc;
-static int started;       /* 1 once the allocator's start was tried */
-static int start_rc;
+static int listed;        /* 1 once the devices KVSHIM_DEVICE lists were checked */
+static int listed_rc;
 static int (*sweep_fn)(void);   /* see kv_shim_set_sweep */
+
+/* Each device's allocator, indexed by ordinal. started is set (release)
+ * once the start was tried, after alloc and rc: readers that see it read
+ * those without the lock. */
+static struct kv_dev {
+	kv_alloc_t *alloc;
+	int rc;
+	int started;
+} devs[KV_MAX_DEVICES];
+
+/* The allocators started, in the order they started: what a lookup by
+ * address asks. nlive is published (release) after live[nlive - 1]. */
+static kv_alloc_t *live[KV_MAX_DEVICES];
+static int nlive;
 
 /* Read the configuration, lock held. */
 static void configure(void)
@@ -130,14 +144,57 @@ static int fit_device(struct kv_alloc_opts *o)
 	return 0;
 }
 
-/* Start the allocator, lock held. */
-static int start(void)
+/*
+ * Check, once, that the driver has every device KVSHIM_DEVICE lists (lock
+ * held): a list naming a device that is not there is refused like a
+ * malformed value, for every device. Returns 0, KVSHIM_ECONFIG or the
+ * driver's error (no driver: ENODEV).
+ */
+static int check_listed(void)
+{
+	size_t total, gran;
+	int d, rc;
+
+	if (listed)
+		return listed_rc;
+	listed_rc = 0;
+	for (d = 0; d < KV_MAX_DEVICES && !config.devices_all && !listed_rc; d++) {
+		if (!kv_config_manages(&config, d))
+			continue;
+		rc = kv_prim_device_info(d, &total, &gran);
+		if (rc == KVSHIM_EINVAL) {
+			char why[64];
+
+			snprintf(why, sizeof(why), "the driver has no device %d", d);
+			listed_rc = refuse("KVSHIM_DEVICE", why, 0);
+		} else if (rc) {
+			return rc;      /* no driver: not settled, said by the start */
+		}
+	}
+	listed = 1;
+	return listed_rc;
+}
+
+/* Start device's allocator, lock held. */
+static int start(int device)
 {
 	struct kv_alloc_opts o;
 	int rc;
 
+	rc = check_listed();
+	if (rc)
+		return rc;
+	if (!kv_config_manages(&config, device)) {
+		const char *v = getenv("KVSHIM_DEVICE");
+		char shown[96];
+
+		kv_log(KV_LOG_WARN, NULL,
+		       "device %d is not in KVSHIM_DEVICE=%s: kvshim leaves its memory alone",
+		       device, kv_log_escape(v ? v : "", shown, sizeof(shown)));
+		return KVSHIM_ENODEV;
+	}
 	kv_alloc_opts_default(&o);
-	o.device = config.device;
+	o.device = device;
 	o.page = config.page;
 	o.limit = config.limit;
 	o.limit_pct = config.limit_pct;
@@ -155,42 +212,107 @@ static int start(void)
 	o.share_mode = config.share_mode;
 	rc = fit_device(&o);
 	if (!rc)
-		rc = kv_alloc_create(&o, &alloc);
+		rc = kv_alloc_create(&o, &devs[device].alloc);
 	if (rc && rc != KVSHIM_ECONFIG)
-		kv_log(KV_LOG_INFO, NULL, "not started: %s", kv_shim_strerror(rc));
+		kv_log(KV_LOG_INFO, NULL, "not started on device %d: %s", device,
+		       kv_shim_strerror(rc));
+	if (!rc) {
+		live[nlive] = devs[device].alloc;
+		__atomic_store_n(&nlive, nlive + 1, __ATOMIC_RELEASE);
+		kv_debug("started on device %d", device);
+	}
 	return rc;
 }
 
-int kv_shim_alloc(kv_alloc_t **a)
+int kv_shim_alloc_on(int device, kv_alloc_t **a)
 {
+	struct kv_dev *d;
 	int rc;
 
+	*a = NULL;
+	if (device < 0 || device >= KV_MAX_DEVICES) {
+		static int said;
+
+		if (!kv_shim_settings())
+			return KVSHIM_ECONFIG;
+		if (!__atomic_exchange_n(&said, 1, __ATOMIC_RELAXED))
+			kv_log(KV_LOG_WARN, NULL,
+			       "device %d: kvshim manages devices 0 to %d only: it leaves this one alone",
+			       device, KV_MAX_DEVICES - 1);
+		return KVSHIM_ENODEV;
+	}
+	d = &devs[device];
 	/* a plain load after the first start: no lock on the hot path */
-	if (__atomic_load_n(&started, __ATOMIC_ACQUIRE)) {
-		*a = alloc;
-		return start_rc;
+	if (__atomic_load_n(&d->started, __ATOMIC_ACQUIRE)) {
+		*a = d->alloc;
+		return d->rc;
 	}
 	pthread_mutex_lock(&start_lock);
 	if (!configured)
 		configure();
-	if (!started) {
-		start_rc = config_rc ? config_rc : start();
-		__atomic_store_n(&started, 1, __ATOMIC_RELEASE);
+	if (!d->started) {
+		d->rc = config_rc ? config_rc : start(device);
+		__atomic_store_n(&d->started, 1, __ATOMIC_RELEASE);
 	}
-	rc = start_rc;
-	*a = alloc;
+	rc = d->rc;
+	*a = d->alloc;
 	pthread_mutex_unlock(&start_lock);
 	return rc;
 }
 
+int kv_shim_device(int *device)
+{
+	if (!kv_shim_settings())
+		return KVSHIM_ECONFIG;
+	return kv_prim_current_device(device);
+}
+
+int kv_shim_alloc(kv_alloc_t **a)
+{
+	int device, rc;
+
+	*a = NULL;
+	rc = kv_shim_device(&device);
+	return rc ? rc : kv_shim_alloc_on(device, a);
+}
+
+kv_alloc_t *kv_shim_running_on(int device)
+{
+	if (device < 0 || device >= KV_MAX_DEVICES ||
+	    !__atomic_load_n(&devs[device].started, __ATOMIC_ACQUIRE))
+		return NULL;
+	return devs[device].alloc;
+}
+
 kv_alloc_t *kv_shim_running(void)
 {
-	return __atomic_load_n(&started, __ATOMIC_ACQUIRE) ? alloc : NULL;
+	int device;
+
+	if (!__atomic_load_n(&nlive, __ATOMIC_ACQUIRE) ||
+	    kv_prim_current_device(&device))
+		return NULL;
+	return kv_shim_running_on(device);
+}
+
+kv_alloc_t *kv_shim_sole(void)
+{
+	return __atomic_load_n(&nlive, __ATOMIC_ACQUIRE) == 1 ? live[0] : NULL;
+}
+
+kv_alloc_t *kv_shim_owner(CUdeviceptr addr, CUdeviceptr *base, size_t *size,
+			  uint64_t *id)
+{
+	int i, n = __atomic_load_n(&nlive, __ATOMIC_ACQUIRE);
+
+	for (i = 0; i < n; i++)
+		if (kv_alloc_span(live[i], addr, base, size, id) == 0)
+			return live[i];
+	return NULL;
 }
 
 void kv_shim_capture(int begin)
 {
-	kv_alloc_t *a;
+	int i, n;
 
 	if (begin) {
 		kv_prim_capture_begin();
@@ -198,9 +320,11 @@ void kv_shim_capture(int begin)
 	}
 	kv_prim_capture_end();
 	/* work put off during the capture (unmaps that need a fence) */
-	a = kv_shim_running();
-	if (a && !kv_prim_capturing())
-		kv_alloc_wake(a);
+	if (kv_prim_capturing())
+		return;
+	n = __atomic_load_n(&nlive, __ATOMIC_ACQUIRE);
+	for (i = 0; i < n; i++)
+		kv_alloc_wake(live[i]);
 }
 
 const struct kv_config *kv_shim_config(void)
@@ -208,30 +332,43 @@ const struct kv_config *kv_shim_config(void)
 	return __atomic_load_n(&configured, __ATOMIC_ACQUIRE) ? &config : NULL;
 }
 
+/* Forget every device's allocator (destroying them when destroy), lock
+ * held or in a child after fork. */
+static void forget(int destroy)
+{
+	int i;
+
+	__atomic_store_n(&nlive, 0, __ATOMIC_RELEASE);
+	for (i = 0; i < KV_MAX_DEVICES; i++) {
+		if (destroy)
+			kv_alloc_destroy(devs[i].alloc);
+		devs[i].alloc = NULL;
+		devs[i].rc = 0;
+		__atomic_store_n(&devs[i].started, 0, __ATOMIC_RELEASE);
+		live[i] = NULL;
+	}
+}
+
 void kv_shim_shutdown(void)
 {
 	pthread_mutex_lock(&start_lock);
-	kv_alloc_destroy(alloc);
-	alloc = NULL;
-	start_rc = 0;
+	forget(1);
 	config_rc = 0;
-	__atomic_store_n(&started, 0, __ATOMIC_RELEASE);
+	listed = 0;
 	__atomic_store_n(&configured, 0, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&start_lock);
 }
 
 /*
- * In a child after fork only the calling thread exists: the allocator's
- * worker is gone and a CUDA context cannot be used. The child forgets the
- * parent's allocator (its memory belongs to the parent) and starts afresh
+ * In a child after fork only the calling thread exists: the allocators'
+ * workers are gone and a CUDA context cannot be used. The child forgets the
+ * parent's allocators (their memory belongs to the parent) and starts afresh
  * if it ever needs one.
  */
 void kv_shim_forked(void)
 {
 	pthread_mutex_init(&start_lock, NULL);
-	alloc = NULL;
-	start_rc = 0;
-	__atomic_store_n(&started, 0, __ATOMIC_RELEASE);
+	forget(0);
 }
 
 void kv_shim_set_sweep(int (*sweep)(void))

@@ -214,11 +214,51 @@ void kv_dev_reset_counts(void)
 
 int kv_dev_usage(struct kvemu_usage *u)
 {
+	return kv_dev_usage_of(0, u);
+}
+
+int kv_dev_usage_of(int device, struct kvemu_usage *u)
+{
 	kvemu_usage_fn f = (kvemu_usage_fn)kv_dev_sym("kvemu_usage");
 
 	memset(u, 0, sizeof(*u));
 	if (!f)
 		return -1;
-	f(0, u);
+	f(device, u);
 	return 0;
+}
+
+int kv_dev_count(void)
+{
+	CUresult (*count)(int *);
+	int n = 0;
+
+	*(void **)&count = kv_dev_sym("cuDeviceGetCount");
+	if (!count || count(&n) != CUDA_SUCCESS)
+		return 0;
+	return n;
+}
+
+int kv_dev_use(int device)
+{
+	static CUcontext ctxs[16];
+	CUdevice dev;
+
+	if (!lib || device < 0 || device >= 16 || device >= kv_dev_count())
+		return -1;
+	if (!ctxs[device] && (p_device_get(&dev, device) != CUDA_SUCCESS ||
+			      p_ctx_retain(&ctxs[device], dev) != CUDA_SUCCESS))
+		return -1;
+	return p_ctx_set(ctxs[device]) == CUDA_SUCCESS ? 0 : -1;
+}
+
+int kv_dev_ordinal(CUdeviceptr p)
+{
+	CUresult (*attr)(void *, CUpointer_attribute, CUdeviceptr);
+	int ordinal = -1;
+
+	*(void **)&attr = kv_dev_sym("cuPointerGetAttribute");
+	if (!attr || attr(&ordinal, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, p) != CUDA_SUCCESS)
+		return -1;
+	return ordinal;
 }

@@ -36,6 +36,19 @@ CUresult kv_dev_check(CUdeviceptr p, size_t bytes, unsigned seed,
 /* Count non-zero bytes of [p, p + bytes) (copied to the host). */
 CUresult kv_dev_nonzero(CUdeviceptr p, size_t bytes, size_t *nonzero);
 
+/* Devices the driver has (0 without a driver). */
+int kv_dev_count(void);
+
+/* Make device's primary context current on the calling thread, as
+ * cudaSetDevice does (the device's context is retained once, for the
+ * process). Returns 0 or -1 (no such device). */
+int kv_dev_use(int device);
+
+/* The device ordinal the driver gives for the memory at p
+ * (CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL), or -1 when it names none (host
+ * memory, a reserved page nothing backs). */
+int kv_dev_ordinal(CUdeviceptr p);
+
 /* The driver function name, for benchmarks that call it directly. */
 void *kv_dev_sym(const char *name);
 
@@ -44,5 +57,7 @@ int kv_dev_fail_nth(const char *func, int n, CUresult err);
 unsigned long long kv_dev_calls(const char *func);
 void kv_dev_reset_counts(void);
 int kv_dev_usage(struct kvemu_usage *u);
+/* kv_dev_usage of another device than 0. */
+int kv_dev_usage_of(int device, struct kvemu_usage *u);
 
 #endif /* KV_TEST_DEVMEM_H */

@@ -91,6 +91,9 @@ int main(void)
 	SRunner *sr;
 	int failed;
 
+	/* the emulation has two devices, as the multidev suite needs (set
+	 * before the driver reads its configuration, at its first call) */
+	setenv("KVEMU_DEVICES", "2", 0);
 	if (kv_dev_open()) {
 		if (gpu) {
 			printf("kvshim tests: no CUDA driver or GPU here: skipping the GPU suite\n");
@@ -134,6 +137,7 @@ int main(void)
 	srunner_add_suite(sr, fair_suite());
 	srunner_add_suite(sr, hooks_suite());
 	srunner_add_suite(sr, capture_suite());
+	srunner_add_suite(sr, multidev_suite());
 	/* a CUDA context does not survive fork: on a GPU run every test in
 	 * this process (each one cleans up after itself) */
 	if (gpu && !getenv("CK_FORK"))

@@ -30,6 +30,7 @@ Suite *share_trust_suite(void);
 Suite *fair_suite(void);
 Suite *hooks_suite(void);
 Suite *capture_suite(void);
+Suite *multidev_suite(void);
 
 /* Options for a test allocator: no worker and an empty pool unless a test
  * wants them, so every driver call is the test's own doing. */

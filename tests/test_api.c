@@ -250,7 +250,10 @@ START_TEST(test_config_defaults)
 	struct kv_config c;
 
 	ck_assert_int_eq(kv_config_load(&c), 0);
-	ck_assert_int_eq(c.device, 0);
+	ck_assert_int_eq(c.devices_all, 1);
+	ck_assert(c.devices == UINT64_MAX);
+	ck_assert(kv_config_manages(&c, 0) && kv_config_manages(&c, 7) && kv_config_manages(&c, 63));
+	ck_assert(!kv_config_manages(&c, 64) && !kv_config_manages(&c, -1));
 	ck_assert_uint_eq(c.page, 0);
 	ck_assert_uint_eq(c.limit, 0);
 	ck_assert_uint_eq(c.limit_pct, 100);
@@ -440,6 +443,80 @@ START_TEST(test_config_number_sign_space)
 	refused("BUDGET", " 50%");
 	refused("SHARE_MODE", " 0600");
 	refused("SHARE_MODE", "+0600");
+}
+END_TEST
+
+/* KVSHIM_DEVICE: all (any case), or a list of ordinals from 0 to 63, each
+ * once, in any order. */
+START_TEST(test_config_devices)
+{
+	static const struct { const char *value; uint64_t mask; int all; } good[] = {
+		{ "all", UINT64_MAX, 1 }, { "ALL", UINT64_MAX, 1 }, { "All", UINT64_MAX, 1 },
+		{ "0", 1, 0 }, { "3", 8, 0 }, { "0,2", 5, 0 }, { "2,0", 5, 0 },
+		{ "0,1,2,3", 15, 0 }, { "63", 1ull << 63, 0 }, { "00", 1, 0 },
+	};
+	struct kv_config c;
+	size_t i;
+
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		setenv("KVSHIM_DEVICE", good[i].value, 1);
+		ck_assert_msg(kv_config_load(&c) == 0, "KVSHIM_DEVICE=%s refused", good[i].value);
+		ck_assert_msg(c.devices == good[i].mask && c.devices_all == good[i].all,
+			      "KVSHIM_DEVICE=%s read as %#llx", good[i].value,
+			      (unsigned long long)c.devices);
+	}
+	setenv("KVSHIM_DEVICE", "0,2", 1);
+	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert(kv_config_manages(&c, 0) && !kv_config_manages(&c, 1) &&
+		  kv_config_manages(&c, 2) && !kv_config_manages(&c, 3));
+	unsetenv("KVSHIM_DEVICE");
+}
+END_TEST
+
+/* Every malformed KVSHIM_DEVICE is refused with a message naming it: an
+ * empty value or entry, signs, spaces, other separators, ranges, words,
+ * an ordinal above 63, one listed twice, all mixed with ordinals. */
+START_TEST(test_config_devices_bad)
+{
+	static const char *const bad[] = {
+		"", ",", "0,", ",0", "0,,1", "-1", "+1", " 1", "1 ", "0, 1", "0 ,1",
+		"0;1", "0 1", "0:1", "1-3", "0x1", "1x", "one", "al", "alll", "none",
+		"64", "100", "99999999999999999999", "0,64", "0,0", "2,1,2", "all,0",
+		"0,all", "\t0",
+	};
+	char log[2048], expect[128];
+	struct kv_config c;
+	size_t i;
+
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+		refused("DEVICE", bad[i]);
+		setenv("KVSHIM_DEVICE", bad[i], 1);
+		capture_start();
+		kv_config_load(&c);
+		capture_end(log, sizeof(log));
+		unsetenv("KVSHIM_DEVICE");
+		/* the default stays in place */
+		ck_assert_int_eq(c.devices_all, 1);
+		snprintf(expect, sizeof(expect), "%s", i == 0 ? "KVSHIM_DEVICE=: " : "KVSHIM_DEVICE=");
+		ck_assert_msg(strstr(log, expect) != NULL, "\"%s\": %s", bad[i], log);
+	}
+	/* the why says what is wrong */
+	setenv("KVSHIM_DEVICE", "0,0", 1);
+	capture_start();
+	kv_config_load(&c);
+	capture_end(log, sizeof(log));
+	ck_assert_msg(strstr(log, "listed twice") != NULL, "%s", log);
+	setenv("KVSHIM_DEVICE", "64", 1);
+	capture_start();
+	kv_config_load(&c);
+	capture_end(log, sizeof(log));
+	ck_assert_msg(strstr(log, "above 63") != NULL, "%s", log);
+	setenv("KVSHIM_DEVICE", "0,,1", 1);
+	capture_start();
+	kv_config_load(&c);
+	capture_end(log, sizeof(log));
+	ck_assert_msg(strstr(log, "an empty entry") != NULL, "%s", log);
+	unsetenv("KVSHIM_DEVICE");
 }
 END_TEST
 
@@ -688,6 +765,8 @@ Suite *api_suite(void)
 	tcase_add_test(cfg, test_shim_starts);
 	kt_add_exit(cfg, test_config_number_sign_space, 0);
 	kt_add_exit(cfg, test_config_size_overflow, 0);
+	kt_add_exit(cfg, test_config_devices, 0);
+	kt_add_exit(cfg, test_config_devices_bad, 0);
 	kt_add_exit(cfg, test_config_share_mode_owner, 0);
 	kt_add_exit(cfg, test_config_cb_read_tokens, 0);
 	kt_add_exit(cfg, test_config_log_escapes, 0);

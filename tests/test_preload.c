@@ -266,6 +266,23 @@ START_TEST(test_deepbind)
 }
 END_TEST
 
+/* cudaSetDevice(1), then a KV-sized buffer in a window: a lazy span on
+ * device 1 (needs two devices: make check emulates two). */
+START_TEST(test_set_device)
+{
+	expect_pass(PROG, "set-device", 1, NULL);
+}
+END_TEST
+
+/* The same worker with KVSHIM_DEVICE=0: its buffer passes through. */
+START_TEST(test_set_device_filtered)
+{
+	static const char *const env[] = { "KVSHIM_DEVICE=0", NULL };
+
+	expect_pass(PROG, "set-device-filtered", 1, env);
+}
+END_TEST
+
 /* A malformed variable: the program runs untouched; with KVSHIM_STRICT it
  * is stopped with status 64 at kvshim's first use. */
 START_TEST(test_bad_config)
@@ -324,6 +341,8 @@ Suite *preload_suite(void)
 	kt_add_emu(tc, test_exec);
 	kt_add_emu(tc, test_deepbind);
 	kt_add_emu(tc, test_bad_config);
+	kt_add_emu(tc, test_set_device);
+	kt_add_emu(tc, test_set_device_filtered);
 	suite_add_tcase(s, tc);
 	tcase_set_timeout(late, 60);
 	if (kv_dev_is_emu()) {

@@ -259,9 +259,11 @@ def replay(manager, reqs, t0, kv_now, torch):
 # ---- the parent ----------------------------------------------------------------------
 
 def nvidia_smi_used():
+    # the GPU the engines share: KVSHIM_DEVICE's first, or 0 (all, the default)
+    first = os.environ.get("KVSHIM_DEVICE", "0").split(",")[0]
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                              "-i", os.environ.get("KVSHIM_DEVICE", "0")],
+                              "-i", first if first.isdigit() else "0"],
                              capture_output=True, text=True, timeout=5).stdout
         return int(out.split()[0]) * MIB
     except (OSError, ValueError, IndexError, subprocess.SubprocessError):

@@ -42,6 +42,7 @@
     X(cuMemsetD2D8_v2, "cuMemsetD2D8")                   \
     X(cuMemsetD2D8Async, "cuMemsetD2D8Async")            \
     X(cuMemGetAddressRange_v2, "cuMemGetAddressRange")   \
+    X(cuPointerGetAttributes, "cuPointerGetAttributes")  \
     X(cuMemcpy, "cuMemcpy")                              \
     X(cuMemcpyAsync, "cuMemcpyAsync")                    \
     X(cuMemcpyHtoD_v2, "cuMemcpyHtoD")                   \
@@ -586,6 +587,40 @@ KV_RT_API cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count,
                                       enum cudaMemcpyKind kind, cudaStream_t stream)
 {
     return copy(dst, src, count, kind, true, stream);
+}
+
+/*
+ * Where ptr lives: a device's memory (type, device and device pointer), or memory of no device
+ * (cudaMemoryTypeUnregistered, device -2, no pointers), which is success as in CUDA 11 and
+ * later. The host pointer of device memory is NULL: nothing here is mapped for the host.
+ */
+KV_RT_API cudaError_t cudaPointerGetAttributes(struct cudaPointerAttributes *attributes,
+                                               const void *ptr)
+{
+    CUpointer_attribute which[] = { CU_POINTER_ATTRIBUTE_MEMORY_TYPE,
+                                    CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                                    CU_POINTER_ATTRIBUTE_DEVICE_POINTER };
+    unsigned int type = 0;
+    CUdeviceptr dp = 0;
+    int device = -2;
+    void *data[] = { &type, &device, &dp };
+    cudaError_t e;
+    CUresult r;
+
+    if (!attributes)
+        return record(cudaErrorInvalidValue);
+    e = need_driver();
+    if (e != cudaSuccess)
+        return record(e);
+    r = drv.cuPointerGetAttributes(3, which, data, (CUdeviceptr)ptr);
+    if (r != CUDA_SUCCESS)
+        return record_driver(r);
+    memset(attributes, 0, sizeof(*attributes));
+    attributes->type = type == CU_MEMORYTYPE_DEVICE ? cudaMemoryTypeDevice
+                                                    : cudaMemoryTypeUnregistered;
+    attributes->device = type == CU_MEMORYTYPE_DEVICE ? device : -2;
+    attributes->devicePointer = (void *)dp;
+    return cudaSuccess;
 }
 
 /* ------------------------------------------------------------------ streams */

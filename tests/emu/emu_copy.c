@@ -181,10 +181,44 @@ static void stamp(struct CUevent_st *e)
     kv_emu_unlock();
 }
 
+/*
+ * Whether op's device may do what op does to the pages of reservations it reaches: a memset
+ * writes its rows' span, a kernel reads (kv_check) or writes (kv_fill) its words. Copies are not
+ * judged (the driver moves peer memory itself). Returns true or false.
+ */
+static bool allowed(const kv_emu_op_t *op)
+{
+    uintptr_t p = 0;
+    size_t n = 0;
+    bool ok, write = true;
+
+    if (op->device < 0)
+        return true;
+    if (op->kind == KV_OP_SET) {
+        if (op->u.set.n == 0 || op->u.set.height == 0)
+            return true;
+        p = op->u.set.dst;
+        n = (op->u.set.height - 1) * op->u.set.pitch + op->u.set.n * (size_t)op->u.set.width;
+    } else if (op->kind == KV_OP_KERNEL) {
+        p = (uintptr_t)op->u.kernel.args[0];
+        if (__builtin_mul_overflow((size_t)op->u.kernel.args[1], (size_t)4, &n))
+            return true;    /* the guard will find what it reaches */
+        write = op->u.kernel.kernel->writes;
+    } else {
+        return true;
+    }
+    kv_emu_lock();
+    ok = kv_emu_check_access(op->device, p, n, write);
+    kv_emu_unlock();
+    return ok;
+}
+
 CUresult kv_emu_run(const kv_emu_op_t *op)
 {
     void (*fn)(void *);
 
+    if (!allowed(op))
+        return CUDA_ERROR_ILLEGAL_ADDRESS;
     switch (op->kind) {
     case KV_OP_SET:
         if (op->u.set.n == 0 || op->u.set.height == 0)
@@ -230,7 +264,7 @@ static bool copy_waits(CUdeviceptr dst, CUdeviceptr src, size_t bytes)
  * check (0: none); fn the exported function, for the capture statistics.
  */
 static CUresult submit(enum kv_emu_fn fn, bool async, CUstream s, CUdeviceptr dev1,
-                       CUdeviceptr dev2, size_t bytes, const kv_emu_op_t *op)
+                       CUdeviceptr dev2, size_t bytes, kv_emu_op_t *op)
 {
     CUresult r = CUDA_SUCCESS;
     bool recorded = false;
@@ -238,6 +272,7 @@ static CUresult submit(enum kv_emu_fn fn, bool async, CUstream s, CUdeviceptr de
     if (!kv_emu_current())
         return CUDA_ERROR_INVALID_CONTEXT;
     kv_emu_lock();
+    op->device = kv_emu_stream_device(async ? s : NULL);
     if (async && !kv_emu_valid_stream(s))
         r = CUDA_ERROR_INVALID_HANDLE;
     else if (bytes && dev1 && !kv_emu_find_resv(dev1, bytes))

@@ -118,25 +118,64 @@ static int parse_count(const char *s, int *out, const char **why)
 }
 
 /*
+ * Parse KVEMU_DEVICE_BYTES: one size for every device, or a comma-separated list of sizes, the
+ * n-th for device n (devices past the list take its last size; sizes past the devices are
+ * unused). Returns 0 with sizes[0..*n) set, or -EINVAL with *why.
+ */
+static int parse_sizes(const char *s, size_t *sizes, int *n, const char **why)
+{
+    char item[64];
+    const char *p = s, *comma;
+    size_t len;
+
+    *n = 0;
+    for (;;) {
+        comma = strchr(p, ',');
+        len = comma ? (size_t)(comma - p) : strlen(p);
+        if (*n == KV_EMU_MAX_DEVICES) {
+            *why = "more than 16 sizes";
+            return -EINVAL;
+        }
+        if (len == 0 || len >= sizeof(item)) {
+            *why = len ? "a size is too long" : "an empty size in the list";
+            return -EINVAL;
+        }
+        memcpy(item, p, len);
+        item[len] = '\0';
+        if (parse_bytes(item, &sizes[*n], why) < 0)
+            return -EINVAL;
+        (*n)++;
+        if (!comma)
+            return 0;
+        p = comma + 1;
+    }
+}
+
+/*
  * Read KVEMU_* once, at the first call of anything: a bad value is reported and replaced by the
- * default, never fatal, as a test should not die of its environment.
+ * default, never fatal, as a test should not die of its environment. KVEMU_DEVICES counts the
+ * devices; KVEMU_DEVICE_BYTES sizes each (see parse_sizes).
  */
 static void load_config(void)
 {
+    size_t sizes[KV_EMU_MAX_DEVICES] = { DEFAULT_DEVICE_BYTES };
     const char *s, *why = "";
+    int nsizes = 1;
 
-    kv_emu.device_bytes = DEFAULT_DEVICE_BYTES;
     kv_emu.ndevices = DEFAULT_DEVICE_COUNT;
     s = getenv("KVEMU_DEVICE_BYTES");
-    if (s && parse_bytes(s, &kv_emu.device_bytes, &why) < 0) {
+    if (s && parse_sizes(s, sizes, &nsizes, &why) < 0) {
         fprintf(stderr, "kvemu: KVEMU_DEVICE_BYTES=%s: %s\n", s, why);
-        kv_emu.device_bytes = DEFAULT_DEVICE_BYTES;
+        sizes[0] = DEFAULT_DEVICE_BYTES;
+        nsizes = 1;
     }
-    s = getenv("KVEMU_DEVICE_COUNT");
+    s = getenv("KVEMU_DEVICES");
     if (s && parse_count(s, &kv_emu.ndevices, &why) < 0) {
-        fprintf(stderr, "kvemu: KVEMU_DEVICE_COUNT=%s: %s\n", s, why);
+        fprintf(stderr, "kvemu: KVEMU_DEVICES=%s: %s\n", s, why);
         kv_emu.ndevices = DEFAULT_DEVICE_COUNT;
     }
+    for (int i = 0; i < KV_EMU_MAX_DEVICES; i++)
+        kv_emu.devs[i].bytes = sizes[i < nsizes ? i : nsizes - 1];
 }
 
 static void ensure_config(void)

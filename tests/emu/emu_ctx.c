@@ -79,7 +79,7 @@ KV_EMU_API CUresult cuDeviceTotalMem_v2(size_t *bytes, CUdevice dev)
         return CUDA_ERROR_INVALID_VALUE;
     if (!kv_emu_valid_device(dev))
         return CUDA_ERROR_INVALID_DEVICE;
-    *bytes = kv_emu.device_bytes;
+    *bytes = kv_emu.devs[dev].bytes;
     return CUDA_SUCCESS;
 }
 KV_EMU_ALIAS(cuDeviceTotalMem_v2);
@@ -253,6 +253,15 @@ KV_EMU_API CUresult cuCtxPopCurrent_v2(CUcontext *pctx)
 KV_EMU_ALIAS(cuCtxPopCurrent_v2);
 
 /* ------------------------------------------------------------------ streams */
+
+int kv_emu_stream_device(CUstream s)
+{
+    struct CUctx_st *c = kv_emu_current();
+
+    if (s && s != CU_STREAM_LEGACY && s != CU_STREAM_PER_THREAD)
+        return s->device;
+    return c ? c->device : -1;
+}
 
 bool kv_emu_valid_stream(CUstream s)
 {
@@ -519,10 +528,10 @@ static void run_check(void *arg)
 
 static const struct kv_emu_kernel kernels[KV_EMU_NKERNELS] = {
     { "kv_fill", run_fill, 3,
-      { sizeof(unsigned int *), sizeof(unsigned long long), sizeof(unsigned int) } },
+      { sizeof(unsigned int *), sizeof(unsigned long long), sizeof(unsigned int) }, true },
     { "kv_check", run_check, 4,
       { sizeof(const unsigned int *), sizeof(unsigned long long), sizeof(unsigned int),
-        sizeof(unsigned long long *) } },
+        sizeof(unsigned long long *) }, false },
 };
 
 static bool valid_module(CUmodule m)
@@ -663,10 +672,12 @@ KV_EMU_API CUresult cuLaunchKernel(CUfunction f, unsigned int gridDimX, unsigned
     if (kv_emu_guard(copy_args, &a) < 0)
         return CUDA_ERROR_ILLEGAL_ADDRESS;
     kv_emu_lock();
-    if (!kv_emu_valid_stream(hStream))
+    if (!kv_emu_valid_stream(hStream)) {
         r = CUDA_ERROR_INVALID_HANDLE;
-    else
+    } else {
+        op.device = kv_emu_stream_device(hStream);
         r = kv_emu_capture_enqueue(KV_FN_cuLaunchKernel, hStream, false, &op, 1, &recorded);
+    }
     kv_emu_unlock();
     if (r != CUDA_SUCCESS || recorded)
         return r;

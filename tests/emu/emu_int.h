@@ -110,6 +110,8 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
     X(cuMemAlloc_v2, 3020)                                               \
     X(cuMemFree_v2, 3020)                                                \
     X(cuMemGetAddressRange_v2, 3020)                                     \
+    X(cuPointerGetAttribute, 4000)                                       \
+    X(cuPointerGetAttributes, 7000)                                      \
     X(cuMemsetD8_v2, 3020)                                               \
     X(cuMemsetD16_v2, 3020)                                              \
     X(cuMemsetD32_v2, 3020)                                              \
@@ -232,7 +234,9 @@ struct CUevent_st {
 
 /*
  * A kernel the emulation knows, run as host code: run(params) reads its arguments as a launch
- * passes them (params[i] points at argument i), whose sizes are arg_size[0..nargs).
+ * passes them (params[i] points at argument i), whose sizes are arg_size[0..nargs). Both known
+ * kernels work on the words [p, p + 4 * nwords) of their first two arguments (p, nwords): the
+ * device running them needs the right to read them, and to write them if writes.
  */
 #define KV_EMU_KERNEL_ARGS 4
 struct kv_emu_kernel {
@@ -240,6 +244,7 @@ struct kv_emu_kernel {
     void (*run)(void *params);
     int nargs;
     size_t arg_size[KV_EMU_KERNEL_ARGS];
+    bool writes;
 };
 struct CUmod_st;
 
@@ -256,6 +261,7 @@ struct CUmod_st {
 
 /* Physical memory of one emulated device. */
 typedef struct kv_emu_dev_s {
+    size_t bytes;               /* its memory (KVEMU_DEVICE_BYTES) */
     int memfd;
     size_t nchunks;
     size_t nfree;
@@ -282,7 +288,8 @@ typedef struct kv_emu_page_s {
     kv_emu_handle_t *handle;    /* NULL: not mapped */
     uint32_t index;             /* which chunk of handle */
     uint32_t map_id;            /* pages of one cuMemMap call share it */
-    int prot;
+    uint32_t rd, wr;            /* bit d: device d may read, write (cuMemSetAccess) */
+    int prot;                   /* the host's protection: the most any device may do */
 } kv_emu_page_t;
 
 /* A reserved host VA range; also the range of a cuMemAlloc allocation (alloc_bytes != 0). */
@@ -304,6 +311,7 @@ typedef struct kv_emu_resv_s {
 enum kv_emu_op_kind { KV_OP_SET, KV_OP_COPY, KV_OP_KERNEL, KV_OP_EVENT };
 typedef struct kv_emu_op_s {
     enum kv_emu_op_kind kind;
+    int device;                     /* the device that runs it (its stream's) */
     union {
         struct {
             CUdeviceptr dst;
@@ -368,7 +376,6 @@ typedef struct kv_emu_state_s {
     pthread_mutex_t lock;
     bool initialized;
     int ndevices;
-    size_t device_bytes;
     kv_emu_dev_t devs[KV_EMU_MAX_DEVICES];
     kv_emu_handle_t *handles;
     kv_emu_resv_t *resvs;
@@ -398,12 +405,22 @@ bool kv_emu_valid_device(int ordinal);
 struct CUctx_st *kv_emu_current(void);
 /* Whether s names a live stream, the NULL stream or a special one; call locked. */
 bool kv_emu_valid_stream(CUstream s);
+/* The device work on s runs on: a created stream's, else (the NULL, legacy or per-thread
+ * stream) the current context's; -1 without one. Call locked. */
+int kv_emu_stream_device(CUstream s);
 
 /* ---- emu_mem.c ---- */
 /* Memory pools of all devices; 0 or -errno. Called once, locked, by cuInit. */
 int kv_emu_mem_init(void);
 /* The reservation holding [p, p + n) whole, or NULL; call locked. */
 kv_emu_resv_t *kv_emu_find_resv(uintptr_t p, size_t n);
+/*
+ * Whether device dev may read (write: write) the mapped pages of [p, p + n) of a reservation, as
+ * cuMemSetAccess granted; call locked. Unmapped pages are not judged here (they fault when
+ * touched), nor host memory and cuMemAlloc allocations (reachable from every device, as with
+ * peer access). Returns true or false.
+ */
+bool kv_emu_check_access(int dev, uintptr_t p, size_t n, bool write);
 
 /* ---- emu_copy.c ---- */
 /*

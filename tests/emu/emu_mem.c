@@ -36,14 +36,14 @@ int kv_emu_mem_init(void)
         kv_emu_dev_t *d = &kv_emu.devs[i];
 
         d->ctx.device = i;
-        d->nchunks = kv_emu.device_bytes / P;
+        d->nchunks = d->bytes / P;
         snprintf(name, sizeof(name), "kvemu-dev%d", i);
         d->memfd = memfd_create(name, MFD_CLOEXEC);
         if (d->memfd < 0) {
             err = -errno;
             goto fail;
         }
-        if (ftruncate(d->memfd, (off_t)kv_emu.device_bytes) < 0) {
+        if (ftruncate(d->memfd, (off_t)d->bytes) < 0) {
             err = -errno;
             close(d->memfd);
             goto fail;
@@ -320,6 +320,8 @@ static int map_pages(kv_emu_resv_t *r, size_t first, size_t n, kv_emu_handle_t *
         r->pages[first + i].handle = h;
         r->pages[first + i].index = (uint32_t)(hfirst + i);
         r->pages[first + i].map_id = id;
+        r->pages[first + i].rd = 0;
+        r->pages[first + i].wr = 0;
         r->pages[first + i].prot = PROT_NONE;
     }
     h->maps += n;
@@ -476,37 +478,58 @@ out:
 }
 KV_EMU_ALIAS(cuMemMap);
 
+/* The host protection a page gets from what its devices may do: the most any of them may. */
+static int host_prot(const kv_emu_page_t *pg)
+{
+    return pg->wr ? PROT_READ | PROT_WRITE : pg->rd ? PROT_READ : PROT_NONE;
+}
+
 /*
- * The host has one protection per page, not one per device, so with several descriptors the
- * most permissive one applies.
+ * Each descriptor sets what its device may do over the range (PROT_NONE takes it away), and
+ * leaves the other devices' rights as they were. The host has one protection per page, not one
+ * per device, so a page's host protection is the most permissive any device has; the memsets and
+ * kernels that run on a device check that device's own rights (kv_emu_check_access).
  */
 KV_EMU_API CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc,
                                    size_t count)
 {
     CUresult res = CUDA_ERROR_INVALID_VALUE;
-    CUmemAccess_flags best = CU_MEM_ACCESS_FLAGS_PROT_NONE;
+    uint32_t set_rd = 0, set_wr = 0, clear = 0;
     kv_emu_resv_t *r;
-    size_t first;
+    size_t first, i, run;
     int prot;
 
     KV_EMU_ENTER(cuMemSetAccess);
     if (size == 0 || !aligned(ptr) || !aligned(size) || !desc || count == 0)
         return CUDA_ERROR_INVALID_VALUE;
-    for (size_t i = 0; i < count; i++) {
+    for (i = 0; i < count; i++) {
+        uint32_t bit;
+
         if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE)
             return CUDA_ERROR_INVALID_VALUE;
         if (!kv_emu_valid_device(desc[i].location.id))
             return CUDA_ERROR_INVALID_DEVICE;
-        if (desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_NONE &&
-            desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_READ &&
-            desc[i].flags != CU_MEM_ACCESS_FLAGS_PROT_READWRITE)
+        bit = 1u << desc[i].location.id;
+        switch (desc[i].flags) {
+        case CU_MEM_ACCESS_FLAGS_PROT_NONE:
+            clear |= bit;
+            set_rd &= ~bit;
+            set_wr &= ~bit;
+            break;
+        case CU_MEM_ACCESS_FLAGS_PROT_READ:
+            clear |= bit;
+            set_rd |= bit;
+            set_wr &= ~bit;
+            break;
+        case CU_MEM_ACCESS_FLAGS_PROT_READWRITE:
+            clear |= bit;
+            set_rd |= bit;
+            set_wr |= bit;
+            break;
+        default:
             return CUDA_ERROR_INVALID_VALUE;
-        if (desc[i].flags > best)
-            best = desc[i].flags;
+        }
     }
-    prot = best == CU_MEM_ACCESS_FLAGS_PROT_READWRITE ? PROT_READ | PROT_WRITE
-         : best == CU_MEM_ACCESS_FLAGS_PROT_READ      ? PROT_READ
-                                                       : PROT_NONE;
     kv_emu_lock();
     r = find_user_resv(ptr, size);
     if (!r)
@@ -514,18 +537,61 @@ KV_EMU_API CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAcce
     first = (ptr - r->base) / P;
     if (count_mapped(r, first, size / P) != size / P)
         goto out;
-    if (mprotect((void *)ptr, size, prot) < 0) {
-        res = kv_emu_from_errno(errno);
-        goto out;
+    /* the host protection, page run by page run, before any right changes */
+    for (i = 0; i < size / P; i += run) {
+        kv_emu_page_t want = r->pages[first + i];
+
+        want.rd = (want.rd & ~clear) | set_rd;
+        want.wr = (want.wr & ~clear) | set_wr;
+        prot = host_prot(&want);
+        for (run = 1; i + run < size / P; run++) {
+            kv_emu_page_t next = r->pages[first + i + run];
+
+            next.rd = (next.rd & ~clear) | set_rd;
+            next.wr = (next.wr & ~clear) | set_wr;
+            if (host_prot(&next) != prot)
+                break;
+        }
+        if (mprotect((void *)(ptr + i * P), run * P, prot) < 0) {
+            res = kv_emu_from_errno(errno);
+            for (size_t k = 0; k < i; k++)      /* the runs done so far, as they were */
+                mprotect((void *)(ptr + k * P), P, r->pages[first + k].prot);
+            goto out;
+        }
     }
-    for (size_t i = first; i < first + size / P; i++)
-        r->pages[i].prot = prot;
+    for (i = first; i < first + size / P; i++) {
+        r->pages[i].rd = (r->pages[i].rd & ~clear) | set_rd;
+        r->pages[i].wr = (r->pages[i].wr & ~clear) | set_wr;
+        r->pages[i].prot = host_prot(&r->pages[i]);
+    }
     res = CUDA_SUCCESS;
 out:
     kv_emu_unlock();
     return res;
 }
 KV_EMU_ALIAS(cuMemSetAccess);
+
+bool kv_emu_check_access(int dev, uintptr_t p, size_t n, bool write)
+{
+    uint32_t bit = 1u << dev;
+    kv_emu_resv_t *r;
+    size_t first, last;
+
+    if (n == 0)
+        return true;
+    r = kv_emu_find_resv(p, n);
+    if (!r || r->alloc_bytes)
+        return true;        /* host memory, or a cuMemAlloc allocation: no rights kept */
+    first = (p - r->base) / P;
+    last = (p - r->base + n - 1) / P;
+    for (size_t i = first; i <= last; i++) {
+        const kv_emu_page_t *pg = &r->pages[i];
+
+        if (pg->handle && !((write ? pg->wr : pg->rd) & bit))
+            return false;
+    }
+    return true;
+}
 
 /*
  * As in the real driver, the range must be made of whole mappings: a sub-range of what one
@@ -580,7 +646,7 @@ KV_EMU_API CUresult cuMemGetInfo_v2(size_t *free, size_t *total)
         return CUDA_ERROR_INVALID_CONTEXT;
     kv_emu_lock();
     *free = kv_emu.devs[c->device].nfree * P;
-    *total = kv_emu.device_bytes;
+    *total = kv_emu.devs[c->device].bytes;
     kv_emu_unlock();
     return CUDA_SUCCESS;
 }
@@ -628,8 +694,10 @@ KV_EMU_API CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
         drop_pages(r, 0, r->npages);
         goto out;
     }
-    for (size_t i = 0; i < r->npages; i++)
+    for (size_t i = 0; i < r->npages; i++) {
+        r->pages[i].rd = r->pages[i].wr = 1u << c->device;
         r->pages[i].prot = PROT_READ | PROT_WRITE;
+    }
     r->alloc_bytes = bytesize;
     r->alloc_handle = h;
     kv_emu.devs[c->device].allocs++;
@@ -701,3 +769,134 @@ out:
     return res;
 }
 KV_EMU_ALIAS(cuMemGetAddressRange_v2);
+
+/* ------------------------------------------------------------------ pointer attributes */
+
+/*
+ * One attribute of the memory at p, locked; what cuPointerGetAttribute answers. Memory of a
+ * device is a cuMemAlloc allocation (its device is the allocating context's) or a mapped page of
+ * a reservation (the device of the handle mapped there). Host memory, an unmapped page of a
+ * reservation and an attribute not listed give CUDA_ERROR_INVALID_VALUE [choice: the real driver
+ * knows more attributes; for a reserved page no handle backs, it has no device to name].
+ */
+static CUresult attribute(void *data, CUpointer_attribute a, CUdeviceptr p)
+{
+    const kv_emu_handle_t *h;
+    kv_emu_resv_t *r = kv_emu_find_resv(p, 1);
+
+    if (!r)
+        return CUDA_ERROR_INVALID_VALUE;
+    h = r->alloc_bytes ? r->alloc_handle : r->pages[(p - r->base) / P].handle;
+    if (!h)
+        return CUDA_ERROR_INVALID_VALUE;
+    switch (a) {
+    case CU_POINTER_ATTRIBUTE_CONTEXT:
+        *(CUcontext *)data = r->alloc_bytes ? &kv_emu.devs[h->device].ctx : NULL;
+        break;
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+        *(unsigned int *)data = CU_MEMORYTYPE_DEVICE;
+        break;
+    case CU_POINTER_ATTRIBUTE_DEVICE_POINTER:
+        *(CUdeviceptr *)data = p;
+        break;
+    case CU_POINTER_ATTRIBUTE_IS_MANAGED:
+        *(unsigned int *)data = 0;
+        break;
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+        *(int *)data = h->device;
+        break;
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+        *(CUdeviceptr *)data = r->base;
+        break;
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+        *(size_t *)data = r->alloc_bytes ? r->alloc_bytes : r->size;
+        break;
+    case CU_POINTER_ATTRIBUTE_MAPPED:
+        *(unsigned int *)data = 1;
+        break;
+    default:
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    return CUDA_SUCCESS;
+}
+
+/* What cuPointerGetAttributes writes for an attribute of memory no device holds: the documented
+ * NULL values, and -2 for the device ordinal, as the runtime reports unregistered memory. */
+static void attribute_default(void *data, CUpointer_attribute a)
+{
+    switch (a) {
+    case CU_POINTER_ATTRIBUTE_CONTEXT:
+        *(CUcontext *)data = NULL;
+        break;
+    case CU_POINTER_ATTRIBUTE_DEVICE_POINTER:
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+        *(CUdeviceptr *)data = 0;
+        break;
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+        *(size_t *)data = 0;
+        break;
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+        *(int *)data = -2;
+        break;
+    default:
+        *(unsigned int *)data = 0;
+        break;
+    }
+}
+
+/* Whether the emulation answers attribute a (see attribute). */
+static bool known_attribute(CUpointer_attribute a)
+{
+    switch (a) {
+    case CU_POINTER_ATTRIBUTE_CONTEXT:
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+    case CU_POINTER_ATTRIBUTE_DEVICE_POINTER:
+    case CU_POINTER_ATTRIBUTE_IS_MANAGED:
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+    case CU_POINTER_ATTRIBUTE_MAPPED:
+        return true;
+    default:
+        return false;
+    }
+}
+
+KV_EMU_API CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attribute_,
+                                         CUdeviceptr ptr)
+{
+    CUresult r;
+
+    KV_EMU_ENTER(cuPointerGetAttribute);
+    if (!data || !ptr)
+        return CUDA_ERROR_INVALID_VALUE;
+    kv_emu_lock();
+    r = attribute(data, attribute_, ptr);
+    kv_emu_unlock();
+    return r;
+}
+KV_EMU_ALIAS(cuPointerGetAttribute);
+
+/*
+ * Several attributes at once. As the real driver documents it, memory that is no device's gets
+ * default values and success rather than an error; an attribute the emulation does not know is
+ * an invalid value.
+ */
+KV_EMU_API CUresult cuPointerGetAttributes(unsigned int numAttributes,
+                                          CUpointer_attribute *attributes, void **data,
+                                          CUdeviceptr ptr)
+{
+    KV_EMU_ENTER(cuPointerGetAttributes);
+    if (!numAttributes || !attributes || !data)
+        return CUDA_ERROR_INVALID_VALUE;
+    for (unsigned int i = 0; i < numAttributes; i++)
+        if (!data[i] || !known_attribute(attributes[i]))
+            return CUDA_ERROR_INVALID_VALUE;
+    kv_emu_lock();
+    for (unsigned int i = 0; i < numAttributes; i++)
+        if (!ptr || attribute(data[i], attributes[i], ptr) != CUDA_SUCCESS)
+            attribute_default(data[i], attributes[i]);
+    kv_emu_unlock();
+    return CUDA_SUCCESS;
+}
+KV_EMU_ALIAS(cuPointerGetAttributes);

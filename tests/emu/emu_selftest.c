@@ -908,17 +908,24 @@ static int test_control(void)
     return failed;
 }
 
-/* In a child: check the configuration that the environment asked for. */
-static int config_child(size_t want_bytes, int want_count)
+/* In a child: check the configuration that the environment asked for (the memory of the first
+ * and of the last device, and the count). */
+static int config_child(size_t want_bytes, size_t want_last, int want_count)
 {
-    size_t bytes = 0;
+    size_t bytes = 0, last = 0, free_last = 0, total = 0;
+    CUcontext c;
     int n = 0;
 
     if (cuInit(0) != CUDA_SUCCESS || cuDeviceGetCount(&n) != CUDA_SUCCESS ||
-        cuDeviceTotalMem(&bytes, 0) != CUDA_SUCCESS)
+        cuDeviceTotalMem(&bytes, 0) != CUDA_SUCCESS ||
+        cuDeviceTotalMem(&last, n - 1) != CUDA_SUCCESS ||
+        cuDevicePrimaryCtxRetain(&c, n - 1) != CUDA_SUCCESS || cuCtxSetCurrent(c) != CUDA_SUCCESS ||
+        cuMemGetInfo(&free_last, &total) != CUDA_SUCCESS)
         return 2;
-    if (bytes != want_bytes || n != want_count) {
-        printf("    child: %zu bytes, %d devices\n", bytes, n);
+    if (bytes != want_bytes || last != want_last || n != want_count || free_last != last ||
+        total != last) {
+        printf("    child: %zu bytes, the last device %zu (memory info %zu of %zu), %d devices\n",
+               bytes, last, free_last, total, n);
         return 1;
     }
     return 0;
@@ -928,15 +935,16 @@ static const char *self_path;
 
 /* Run this program as a config child under the given variables; returns its exit status and
  * what it wrote to stderr. */
-static int run_config(const char *bytes, const char *count, size_t want_bytes, int want_count,
-                      char *err, size_t errlen)
+static int run_config(const char *bytes, const char *count, size_t want_bytes, size_t want_last,
+                      int want_count, char *err, size_t errlen)
 {
-    char wb[32], wc[16];
+    char wb[32], wl[32], wc[16];
     int fds[2], st = 0;
     ssize_t n, got = 0;
     pid_t pid;
 
     snprintf(wb, sizeof(wb), "%zu", want_bytes);
+    snprintf(wl, sizeof(wl), "%zu", want_last);
     snprintf(wc, sizeof(wc), "%d", want_count);
     if (pipe(fds) < 0)
         return -1;
@@ -947,8 +955,8 @@ static int run_config(const char *bytes, const char *count, size_t want_bytes, i
         close(fds[0]);
         close(fds[1]);
         setenv("KVEMU_DEVICE_BYTES", bytes, 1);
-        setenv("KVEMU_DEVICE_COUNT", count, 1);
-        execl(self_path, self_path, "--config-child", wb, wc, (char *)NULL);
+        setenv("KVEMU_DEVICES", count, 1);
+        execl(self_path, self_path, "--config-child", wb, wl, wc, (char *)NULL);
         _exit(127);
     }
     close(fds[1]);
@@ -964,14 +972,30 @@ static int test_config(void)
 {
     char err[512];
 
-    EXPECT(run_config("101M", "3", 100 * MiB, 3, err, sizeof(err)) == 0);
+    EXPECT(run_config("101M", "3", 100 * MiB, 100 * MiB, 3, err, sizeof(err)) == 0);
     EXPECT(err[0] == '\0');
-    EXPECT(run_config("1T", "16", (size_t)1 << 40, 16, err, sizeof(err)) == 0);
-    EXPECT(run_config("12Q", "0", 8 * GiB, 1, err, sizeof(err)) == 0);
+    EXPECT(run_config("1T", "16", (size_t)1 << 40, (size_t)1 << 40, 16, err, sizeof(err)) == 0);
+    /* a size per device; the last one given goes on; sizes past the devices are unused */
+    EXPECT(run_config("64M,32M", "2", 64 * MiB, 32 * MiB, 2, err, sizeof(err)) == 0);
+    EXPECT(err[0] == '\0');
+    EXPECT(run_config("64M,32M", "4", 64 * MiB, 32 * MiB, 4, err, sizeof(err)) == 0);
+    EXPECT(run_config("8M,16M,32M", "2", 8 * MiB, 16 * MiB, 2, err, sizeof(err)) == 0);
+    EXPECT(err[0] == '\0');
+    EXPECT(run_config("12Q", "0", 8 * GiB, 8 * GiB, 1, err, sizeof(err)) == 0);
     EXPECT(strstr(err, "kvemu: KVEMU_DEVICE_BYTES=12Q: ") != NULL);
-    EXPECT(strstr(err, "kvemu: KVEMU_DEVICE_COUNT=0: ") != NULL);
-    EXPECT(run_config("1M", "x", 8 * GiB, 1, err, sizeof(err)) == 0);
-    EXPECT(strstr(err, "KVEMU_DEVICE_BYTES=1M") != NULL && strstr(err, "KVEMU_DEVICE_COUNT=x") != NULL);
+    EXPECT(strstr(err, "kvemu: KVEMU_DEVICES=0: ") != NULL);
+    EXPECT(run_config("1M", "x", 8 * GiB, 8 * GiB, 1, err, sizeof(err)) == 0);
+    EXPECT(strstr(err, "KVEMU_DEVICE_BYTES=1M") != NULL && strstr(err, "KVEMU_DEVICES=x") != NULL);
+    /* a bad list is refused whole: every device gets the default */
+    EXPECT(run_config("64M,,32M", "2", 8 * GiB, 8 * GiB, 2, err, sizeof(err)) == 0);
+    EXPECT(strstr(err, "KVEMU_DEVICE_BYTES=64M,,32M: an empty size") != NULL);
+    EXPECT(run_config("64M,", "2", 8 * GiB, 8 * GiB, 2, err, sizeof(err)) == 0);
+    EXPECT(strstr(err, "KVEMU_DEVICE_BYTES=64M,: an empty size") != NULL);
+    EXPECT(run_config("64M,1M", "2", 8 * GiB, 8 * GiB, 2, err, sizeof(err)) == 0);
+    EXPECT(strstr(err, "KVEMU_DEVICE_BYTES=64M,1M: less than one") != NULL);
+    EXPECT(run_config("2M,2M,2M,2M,2M,2M,2M,2M,2M,2M,2M,2M,2M,2M,2M,2M,2M", "2", 8 * GiB, 8 * GiB,
+                      2, err, sizeof(err)) == 0);
+    EXPECT(strstr(err, "more than 16 sizes") != NULL);
     return failed;
 }
 
@@ -1200,6 +1224,200 @@ static int test_runtime(void)
     return failed;
 }
 
+/* ------------------------------------------------------------------ several devices */
+
+/*
+ * Two devices in one process: each its own memory, UUID and primary context; memory info of the
+ * current context's device; physical pages where the allocation property puts them; pointer
+ * attributes naming the device that holds the memory; and the rights cuMemSetAccess gives one
+ * device checked when that device runs a memset or a kernel (another device's rights do not
+ * count), whichever context is current when the work is queued on a stream of the device.
+ */
+static int test_two_devices(void)
+{
+    CUmemAllocationProp p1 = prop_for(1);
+    CUmemGenericAllocationHandle h;
+    CUmemAccessDesc d[2];
+    CUpointer_attribute which[2] = { CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                                     CU_POINTER_ATTRIBUTE_MEMORY_TYPE };
+    CUdeviceptr va, a0, a1, counter;
+    CUmodule m;
+    CUfunction fill, check;
+    CUstream s1;
+    CUuuid u0, u1;
+    struct kvemu_usage u;
+    size_t f0, f1, t0, t1, f0b;
+    unsigned long long nwords = PAGE / 4, bad = 0;
+    unsigned int seed = 5, type = 0;
+    int ord = -1;
+    void *data[2] = { &ord, &type };
+    void *fill_args[] = { &va, &nwords, &seed };
+    void *check_args[] = { &va, &nwords, &seed, &counter };
+
+    EXPECT_CU(cuDeviceGetUuid(&u0, 0), CUDA_SUCCESS);
+    EXPECT_CU(cuDeviceGetUuid(&u1, 1), CUDA_SUCCESS);
+    EXPECT(memcmp(&u0, &u1, sizeof(u0)) != 0);
+
+    /* memory info follows the current context */
+    EXPECT_CU(cuCtxSetCurrent(ctx0), CUDA_SUCCESS);
+    EXPECT_CU(cuMemGetInfo(&f0, &t0), CUDA_SUCCESS);
+    EXPECT_CU(cuCtxSetCurrent(ctx1), CUDA_SUCCESS);
+    EXPECT_CU(cuMemAlloc(&a1, 3 * PAGE), CUDA_SUCCESS);
+    EXPECT_CU(cuMemGetInfo(&f1, &t1), CUDA_SUCCESS);
+    EXPECT(t0 == DEV_BYTES && t1 == DEV_BYTES);
+    EXPECT(f1 == DEV_BYTES - 3 * PAGE);
+    EXPECT_CU(cuCtxSetCurrent(ctx0), CUDA_SUCCESS);
+    EXPECT_CU(cuMemGetInfo(&f0b, &t0), CUDA_SUCCESS);
+    EXPECT(f0b == f0);
+    EXPECT_CU(cuMemAlloc(&a0, PAGE), CUDA_SUCCESS);
+    usage(1, &u);
+    EXPECT(u.allocs == 1 && u.physical_bytes == 3 * PAGE);
+
+    /* the device a pointer's memory is on */
+    EXPECT_CU(cuPointerGetAttribute(&ord, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, a1 + 5), CUDA_SUCCESS);
+    EXPECT(ord == 1);
+    EXPECT_CU(cuPointerGetAttribute(&ord, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, a0), CUDA_SUCCESS);
+    EXPECT(ord == 0);
+    EXPECT_CU(cuPointerGetAttribute(&ord, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, (CUdeviceptr)&ord),
+              CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuPointerGetAttribute(NULL, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, a0),
+              CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuPointerGetAttributes(2, which, data, a1), CUDA_SUCCESS);
+    EXPECT(ord == 1 && type == CU_MEMORYTYPE_DEVICE);
+    EXPECT_CU(cuPointerGetAttributes(2, which, data, (CUdeviceptr)&ord), CUDA_SUCCESS);
+    EXPECT(ord == -2 && type == 0);
+    /* refused: an attribute not modelled, no count, no arrays, a NULL slot */
+    EXPECT_CU(cuPointerGetAttribute(&ord, CU_POINTER_ATTRIBUTE_P2P_TOKENS, a0),
+              CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuPointerGetAttribute(&ord, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, 0),
+              CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuPointerGetAttributes(0, which, data, a1), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuPointerGetAttributes(2, NULL, data, a1), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuPointerGetAttributes(2, which, NULL, a1), CUDA_ERROR_INVALID_VALUE);
+    data[1] = NULL;
+    EXPECT_CU(cuPointerGetAttributes(2, which, data, a1), CUDA_ERROR_INVALID_VALUE);
+    data[1] = &type;
+    which[1] = CU_POINTER_ATTRIBUTE_P2P_TOKENS;
+    EXPECT_CU(cuPointerGetAttributes(2, which, data, a1), CUDA_ERROR_INVALID_VALUE);
+    which[1] = CU_POINTER_ATTRIBUTE_MEMORY_TYPE;
+
+    /* a page of device 1 mapped into a reservation: its device, and nothing on device 0 */
+    EXPECT_CU(cuMemAddressReserve(&va, 2 * PAGE, 0, 0, 0), CUDA_SUCCESS);
+    EXPECT_CU(cuPointerGetAttribute(&ord, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, va),
+              CUDA_ERROR_INVALID_VALUE);       /* reserved, no page there */
+    EXPECT_CU(cuMemCreate(&h, PAGE, &p1, 0), CUDA_SUCCESS);
+    EXPECT_CU(cuMemMap(va, PAGE, 0, h, 0), CUDA_SUCCESS);
+    usage(1, &u);
+    EXPECT(u.handles == 1 && u.mapped_pages == 1 && u.physical_bytes == 4 * PAGE);
+    usage(0, &u);
+    EXPECT(u.handles == 0 && u.mapped_pages == 0);
+    EXPECT_CU(cuPointerGetAttribute(&ord, CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL, va + 100),
+              CUDA_SUCCESS);
+    EXPECT(ord == 1);
+
+    /* rights are per device: device 1 may write, device 0 nothing */
+    memset(d, 0, sizeof(d));
+    d[0].location.type = d[1].location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    d[0].location.id = 1;
+    d[0].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    EXPECT_CU(cuMemSetAccess(va, PAGE, d, 1), CUDA_SUCCESS);
+    EXPECT_CU(cuCtxSetCurrent(ctx0), CUDA_SUCCESS);
+    EXPECT_CU(cuMemsetD8(va, 1, 64), CUDA_ERROR_ILLEGAL_ADDRESS);
+    EXPECT_CU(cuStreamCreate(&s1, 0), CUDA_SUCCESS);   /* a stream of device 0 */
+    EXPECT_CU(cuMemsetD8Async(va, 1, 64, s1), CUDA_ERROR_ILLEGAL_ADDRESS);
+    EXPECT_CU(cuStreamDestroy(s1), CUDA_SUCCESS);
+    EXPECT_CU(cuCtxSetCurrent(ctx1), CUDA_SUCCESS);
+    EXPECT_CU(cuMemsetD8(va, 2, 64), CUDA_SUCCESS);
+    EXPECT(((unsigned char *)va)[63] == 2);
+    /* a stream of device 1, used while device 0's context is current, runs on device 1 */
+    EXPECT_CU(cuStreamCreate(&s1, 0), CUDA_SUCCESS);
+    EXPECT_CU(cuCtxSetCurrent(ctx0), CUDA_SUCCESS);
+    EXPECT_CU(cuMemsetD8Async(va, 3, 64, s1), CUDA_SUCCESS);
+    EXPECT(((unsigned char *)va)[0] == 3);
+
+    /* kernels: device 0 may read once given PROT_READ, never write */
+    EXPECT_CU(cuModuleLoadData(&m, "any image"), CUDA_SUCCESS);
+    EXPECT_CU(cuModuleGetFunction(&fill, m, "kv_fill"), CUDA_SUCCESS);
+    EXPECT_CU(cuModuleGetFunction(&check, m, "kv_check"), CUDA_SUCCESS);
+    EXPECT_CU(cuMemAlloc(&counter, sizeof(bad)), CUDA_SUCCESS);
+    EXPECT_CU(cuMemsetD8(counter, 0, sizeof(bad)), CUDA_SUCCESS);
+    EXPECT_CU(launch(fill, fill_args), CUDA_ERROR_ILLEGAL_ADDRESS);
+    EXPECT_CU(cuLaunchKernel(fill, 4, 1, 1, 256, 1, 1, 0, s1, fill_args, NULL), CUDA_SUCCESS);
+    EXPECT_CU(launch(check, check_args), CUDA_ERROR_ILLEGAL_ADDRESS);
+    d[0].location.id = 0;
+    d[0].flags = CU_MEM_ACCESS_FLAGS_PROT_READ;
+    EXPECT_CU(cuMemSetAccess(va, PAGE, d, 1), CUDA_SUCCESS);
+    EXPECT_CU(launch(check, check_args), CUDA_SUCCESS);
+    EXPECT_CU(cuMemcpyDtoH(&bad, counter, sizeof(bad)), CUDA_SUCCESS);
+    EXPECT(bad == 0);
+    EXPECT_CU(launch(fill, fill_args), CUDA_ERROR_ILLEGAL_ADDRESS);
+    /* taking device 1's rights leaves device 0's: the host still reads the page */
+    d[0].location.id = 1;
+    d[0].flags = CU_MEM_ACCESS_FLAGS_PROT_NONE;
+    EXPECT_CU(cuMemSetAccess(va, PAGE, d, 1), CUDA_SUCCESS);
+    EXPECT_CU(cuMemsetD8Async(va, 4, 64, s1), CUDA_ERROR_ILLEGAL_ADDRESS);
+    EXPECT(((unsigned char *)va)[0] != 4);
+    /* both in one call: device 0 read-write, device 1 read */
+    d[0].location.id = 0;
+    d[0].flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    d[1].location.id = 1;
+    d[1].flags = CU_MEM_ACCESS_FLAGS_PROT_READ;
+    EXPECT_CU(cuMemSetAccess(va, PAGE, d, 2), CUDA_SUCCESS);
+    EXPECT_CU(cuMemsetD8(va, 6, 64), CUDA_SUCCESS);
+    EXPECT_CU(cuMemsetD8Async(va, 7, 64, s1), CUDA_ERROR_ILLEGAL_ADDRESS);
+    EXPECT(((unsigned char *)va)[0] == 6);
+
+    EXPECT_CU(cuStreamDestroy(s1), CUDA_SUCCESS);
+    EXPECT_CU(cuModuleUnload(m), CUDA_SUCCESS);
+    EXPECT_CU(cuMemUnmap(va, PAGE), CUDA_SUCCESS);
+    EXPECT_CU(cuMemRelease(h), CUDA_SUCCESS);
+    EXPECT_CU(cuMemAddressFree(va, 2 * PAGE), CUDA_SUCCESS);
+    EXPECT_CU(cuMemFree(counter), CUDA_SUCCESS);
+    EXPECT_CU(cuMemFree(a0), CUDA_SUCCESS);
+    EXPECT_CU(cuMemFree(a1), CUDA_SUCCESS);
+    EXPECT(usage_clean(0) && usage_clean(1));
+    return failed;
+}
+
+/* The runtime on two devices, on a thread of its own (a fresh current device). */
+static void *runtime_devices_thread(void *arg)
+{
+    struct cudaPointerAttributes at;
+    size_t f0, f1, t;
+    void *a = NULL;
+    int dev = -1;
+
+    (void)arg;
+    EXPECT_RT(cudaMemGetInfo(&f0, &t), cudaSuccess);
+    EXPECT_RT(cudaSetDevice(1), cudaSuccess);
+    EXPECT_RT(cudaGetDevice(&dev), cudaSuccess);
+    EXPECT(dev == 1);
+    EXPECT_RT(cudaMalloc(&a, 5 * MiB), cudaSuccess);
+    EXPECT_RT(cudaMemGetInfo(&f1, &t), cudaSuccess);
+    EXPECT(f1 == DEV_BYTES - 3 * PAGE);
+    EXPECT_RT(cudaPointerGetAttributes(&at, (char *)a + 7), cudaSuccess);
+    EXPECT(at.type == cudaMemoryTypeDevice && at.device == 1 &&
+           at.devicePointer == (char *)a + 7 && at.hostPointer == NULL);
+    EXPECT_RT(cudaPointerGetAttributes(&at, &at), cudaSuccess);
+    EXPECT(at.type == cudaMemoryTypeUnregistered && at.device == -2);
+    EXPECT_RT(cudaPointerGetAttributes(NULL, a), cudaErrorInvalidValue);
+    EXPECT_RT(cudaSetDevice(0), cudaSuccess);
+    EXPECT_RT(cudaMemGetInfo(&f1, &t), cudaSuccess);
+    EXPECT(f1 == f0);
+    EXPECT_RT(cudaFree(a), cudaSuccess);
+    return NULL;
+}
+
+static int test_runtime_devices(void)
+{
+    pthread_t th;
+
+    pthread_create(&th, NULL, runtime_devices_thread, NULL);
+    pthread_join(th, NULL);
+    EXPECT(usage_clean(0) && usage_clean(1));
+    return failed;
+}
+
 /* ------------------------------------------------------------------ main */
 
 /* Open both libraries and find every function. Returns 0, or -1 having said what is missing. */
@@ -1262,6 +1480,8 @@ int main(int argc, char **argv)
         { "fault_outside_guard", test_fault_outside_guard },
         { "runtime", test_runtime },
         { "memset_bounds", test_memset_bounds },   /* after runtime: it starts libcudart */
+        { "two_devices", test_two_devices },
+        { "runtime_devices", test_runtime_devices },
         { "capture", test_capture },
         { "capture_refused", test_capture_refused },
         { "capture_allowed", test_capture_allowed },
@@ -1273,15 +1493,16 @@ int main(int argc, char **argv)
     };
     int bad = 0;
 
-    if (argc == 4 && strcmp(argv[1], "--config-child") == 0) {
+    if (argc == 5 && strcmp(argv[1], "--config-child") == 0) {
         if (load_libraries() < 0)
             return 2;
-        return config_child((size_t)strtoull(argv[2], NULL, 10), atoi(argv[3]));
+        return config_child((size_t)strtoull(argv[2], NULL, 10),
+                            (size_t)strtoull(argv[3], NULL, 10), atoi(argv[4]));
     }
 
     self_path = argv[0];
     setenv("KVEMU_DEVICE_BYTES", "64M", 1);
-    setenv("KVEMU_DEVICE_COUNT", "2", 1);
+    setenv("KVEMU_DEVICES", "2", 1);
     if (load_libraries() < 0)
         return 1;
 

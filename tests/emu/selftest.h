@@ -49,6 +49,8 @@
     X(cuMemAlloc_v2) \
     X(cuMemFree_v2) \
     X(cuMemGetAddressRange_v2) \
+    X(cuPointerGetAttribute) \
+    X(cuPointerGetAttributes) \
     X(cuMemsetD8_v2) \
     X(cuMemsetD16_v2) \
     X(cuMemsetD32_v2) \
@@ -118,6 +120,7 @@
     X(cudaGetDeviceCount) \
     X(cudaSetDevice) \
     X(cudaGetDevice) \
+    X(cudaPointerGetAttributes) \
     X(cudaGetLastError) \
     X(cudaPeekAtLastError) \
     X(cudaGetErrorString) \
@@ -175,6 +178,8 @@ RUNTIME_FUNCS(DECLARE)
 #define cuMemAlloc_v2 p_cuMemAlloc_v2
 #define cuMemFree_v2 p_cuMemFree_v2
 #define cuMemGetAddressRange_v2 p_cuMemGetAddressRange_v2
+#define cuPointerGetAttribute p_cuPointerGetAttribute
+#define cuPointerGetAttributes p_cuPointerGetAttributes
 #define cuMemsetD8_v2 p_cuMemsetD8_v2
 #define cuMemsetD16_v2 p_cuMemsetD16_v2
 #define cuMemsetD32_v2 p_cuMemsetD32_v2
@@ -242,6 +247,7 @@ RUNTIME_FUNCS(DECLARE)
 #define cudaGetDeviceCount p_cudaGetDeviceCount
 #define cudaSetDevice p_cudaSetDevice
 #define cudaGetDevice p_cudaGetDevice
+#define cudaPointerGetAttributes p_cudaPointerGetAttributes
 #define cudaGetLastError p_cudaGetLastError
 #define cudaPeekAtLastError p_cudaPeekAtLastError
 #define cudaGetErrorString p_cudaGetErrorString

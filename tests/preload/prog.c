@@ -516,6 +516,124 @@ static void case_dlclose(void)
 }
 
 /* Fails on purpose: test_preload checks that the line comes back. */
+/* The device of the memory at p as the runtime reports it, or -3. */
+static int device_of(const void *p)
+{
+	struct cudaPointerAttributes at;
+
+	if (cudaPointerGetAttributes(&at, p) != cudaSuccess || at.type != cudaMemoryTypeDevice)
+		return -3;
+	return at.device;
+}
+
+/*
+ * A worker of a tensor-parallel engine: cudaSetDevice(1), then its KV
+ * cache in a window. It becomes a lazy span on device 1 (pages there, the
+ * memory info of device 1 counting it); device 0 stays as it was; calls
+ * on the span made while device 0 is current (a block mapped, a copy, the
+ * free) still reach device 1's span.
+ */
+static void case_set_device(void)
+{
+	char *kv1 = NULL, *kv0 = NULL, host[4096];
+	size_t f0, g0, f1, g1, t;
+	unsigned long long bad = 1;
+	int n = 0, dev = -1;
+
+	EXPECT(cudaGetDeviceCount(&n) == cudaSuccess);
+	if (n < 2) {
+		fprintf(stderr, "fewer than two devices: nothing checked\n");
+		return;
+	}
+	EXPECT(cudaMemGetInfo(&f0, &t) == cudaSuccess);
+	EXPECT(cudaSetDevice(1) == cudaSuccess);
+	EXPECT(cudaGetDevice(&dev) == cudaSuccess && dev == 1);
+	EXPECT(cudaMemGetInfo(&f1, &t) == cudaSuccess);
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&kv1, 256 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	EXPECT(stats().reserved_bytes == 256 * MB);
+	EXPECT(stats().mapped_bytes == PG);
+	EXPECT(device_of(kv1 + 256 * MB - 1) == 1);
+	EXPECT(device_of(kv1) == -3);                      /* nothing backs it yet */
+	EXPECT(kv_dev_fill(dp(kv1), 4096, 3) == CUDA_ERROR_ILLEGAL_ADDRESS);
+	EXPECT(kv_dev_fill(dp(kv1) + 256 * MB - PG, PG, 3) == CUDA_SUCCESS);
+	EXPECT(kv.map(kv1 + PG + 10, 4096) == 0);
+	EXPECT(kv_dev_fill(dp(kv1) + PG, PG, 4) == CUDA_SUCCESS);
+	EXPECT(kv_dev_check(dp(kv1) + PG, PG, 4, &bad) == CUDA_SUCCESS && bad == 0);
+	EXPECT(device_of(kv1 + PG) == 1);
+	EXPECT(cudaMemset(kv1 + 2 * PG, 7, 100) == cudaSuccess);
+	EXPECT(device_of(kv1 + 2 * PG) == 1);
+	EXPECT(stats().mapped_bytes == 3 * PG);
+	/* device 1's memory info counts the span as backed */
+	EXPECT(cudaMemGetInfo(&g1, &t) == cudaSuccess);
+	EXPECT(f1 - g1 >= 250 * MB && f1 - g1 <= 256 * MB);
+
+	/* device 0: no span of its own, its memory info untouched */
+	EXPECT(cudaSetDevice(0) == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 0);
+	EXPECT(cudaMemGetInfo(&g0, &t) == cudaSuccess);
+	EXPECT(g0 == f0);
+	/* calls on device 1's span from here reach it */
+	EXPECT(kv.map(kv1 + 3 * PG, PG) == 0);
+	EXPECT(device_of(kv1 + 3 * PG) == 1);
+	memset(host, 0x5a, sizeof(host));
+	EXPECT(cudaMemcpy(kv1 + 5 * PG, host, sizeof(host), cudaMemcpyHostToDevice) == cudaSuccess);
+	EXPECT(device_of(kv1 + 5 * PG) == 1);
+	EXPECT(kv.unmap(kv1 + 3 * PG, PG) == 0);
+	EXPECT(kv.unmap(kv1 + 3 * PG, PG) == KVSHIM_ENOTCLAIMED);
+	/* an allocation made now is device 0's */
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&kv0, 64 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	EXPECT(stats().reserved_bytes == 64 * MB);
+	EXPECT(device_of(kv0 + 64 * MB - 1) == 0);
+	EXPECT(cudaMemGetInfo(&g0, &t) == cudaSuccess);
+	EXPECT(f0 - g0 >= 60 * MB && f0 - g0 <= 64 * MB);
+	/* device 1's span freed from device 0 */
+	EXPECT(cudaFree(kv1) == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 64 * MB);
+	EXPECT(cudaSetDevice(1) == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 0);
+	EXPECT(stats().spans == 0);
+	EXPECT(cudaSetDevice(0) == cudaSuccess);
+	EXPECT(cudaFree(kv0) == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 0);
+}
+
+/* KVSHIM_DEVICE=0: the worker on device 1 keeps its whole cache, as
+ * without kvshim; device 0's cache is a lazy span. */
+static void case_set_device_filtered(void)
+{
+	struct kvshim_stats s;
+	char *p1 = NULL, *p0 = NULL;
+	int n = 0;
+
+	EXPECT(cudaGetDeviceCount(&n) == cudaSuccess);
+	if (n < 2) {
+		fprintf(stderr, "fewer than two devices: nothing checked\n");
+		return;
+	}
+	EXPECT(cudaSetDevice(1) == cudaSuccess);
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&p1, 64 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	EXPECT(kv.stats(&s) == KVSHIM_ENODEV);      /* kvshim leaves device 1 alone */
+	EXPECT(device_of(p1) == 1);
+	EXPECT(kv_dev_fill(dp(p1), 64 * MB, 6) == CUDA_SUCCESS);  /* backed whole */
+	EXPECT(kv.map(p1, PG) == KVSHIM_ENODEV);
+	EXPECT(cudaSetDevice(0) == cudaSuccess);
+	EXPECT(kv.map(p1, PG) == KVSHIM_ERANGE);
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&p0, 64 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	EXPECT(stats().reserved_bytes == 64 * MB);
+	EXPECT(kv_dev_fill(dp(p0), 4096, 6) == CUDA_ERROR_ILLEGAL_ADDRESS);
+	EXPECT(cudaFree(p1) == cudaSuccess);
+	EXPECT(cudaFree(p0) == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 0);
+}
+
 static void case_expect_fails(void)
 {
 	EXPECT(1 + 1 == 3);
@@ -544,6 +662,8 @@ static const struct {
 	{ "late", case_late, 0 },
 	{ "dlclose", case_dlclose, 0 },
 	{ "deepbind", case_deepbind, 1 },
+	{ "set-device", case_set_device, 1 },
+	{ "set-device-filtered", case_set_device_filtered, 1 },
 };
 
 int main(int argc, char **argv)

@@ -7,6 +7,7 @@ Run by `make check` with LD_LIBRARY_PATH naming tests/emu.
 """
 import atexit
 import collections
+import contextlib
 import ctypes
 import io
 import os
@@ -603,6 +604,61 @@ class FakeCudaTensor:
         return n
 
 
+class Devices:
+    """The emulated driver's devices, switched as torch.cuda switches them
+    (torch.cuda.set_device and torch.cuda.device make a device's primary
+    context current on the calling thread, through cudaSetDevice)."""
+
+    DEVICE_ORDINAL = 9      # CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL
+
+    def __init__(self):
+        self.cu = ctypes.CDLL("libcuda.so.1")
+        self.cu.cuInit(0)
+        self.cu.cuCtxSetCurrent.argtypes = [ctypes.c_void_p]
+        self.cu.cuPointerGetAttribute.argtypes = [ctypes.c_void_p, ctypes.c_int,
+                                                  ctypes.c_uint64]
+        self.ctx = {}
+
+    def count(self):
+        n = ctypes.c_int(0)
+        self.cu.cuDeviceGetCount(ctypes.byref(n))
+        return n.value
+
+    def current_device(self):
+        ctx, dev = ctypes.c_void_p(), ctypes.c_int(0)
+        if self.cu.cuCtxGetCurrent(ctypes.byref(ctx)) != 0 or not ctx.value:
+            return 0
+        self.cu.cuCtxGetDevice(ctypes.byref(dev))
+        return dev.value
+
+    def set_device(self, index):
+        if index not in self.ctx:
+            ctx = ctypes.c_void_p()
+            if self.cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), index) != 0:
+                raise RuntimeError("CUDA error: invalid device ordinal")
+            self.ctx[index] = ctx
+        self.cu.cuCtxSetCurrent(self.ctx[index])
+
+    @contextlib.contextmanager
+    def device(self, index):
+        prev = self.current_device()
+        self.set_device(index)
+        try:
+            yield
+        finally:
+            self.set_device(prev)
+
+    def ordinal(self, addr):
+        """The device holding the memory at addr, or None (nothing backs it)."""
+        dev = ctypes.c_int(-1)
+        if self.cu.cuPointerGetAttribute(ctypes.byref(dev), self.DEVICE_ORDINAL, addr) != 0:
+            return None
+        return dev.value
+
+
+DEVICES = Devices()
+
+
 class FakeTorch(types.ModuleType):
     """The few torch calls kvshim.tensors and the cache construction make."""
 
@@ -613,7 +669,9 @@ class FakeTorch(types.ModuleType):
         self.complex32x4 = FakeDtype("wide", 16)
         self.plain, self.taken, self.refuse_dlpack = [], [], False
         self._used = ctypes.create_string_buffer(b"used_dltensor")
-        self.cuda = types.SimpleNamespace(current_device=lambda: 0, is_available=lambda: True)
+        self.cuda = types.SimpleNamespace(current_device=DEVICES.current_device,
+                                          set_device=DEVICES.set_device,
+                                          device=DEVICES.device, is_available=lambda: True)
         self.utils = types.SimpleNamespace(
             dlpack=types.SimpleNamespace(from_dlpack=self.from_dlpack))
 
@@ -648,18 +706,21 @@ class FakeTorch(types.ModuleType):
 
 class FakePagedCache(StandInCache):
     """PagedAttentionCache.__init__'s allocations, as transformers 5.17 makes
-    them: torch.empty(cache_shape, dtype=, device=) per layer."""
+    them: torch.empty(cache_shape, dtype=, device=) per layer, each layer on
+    its device (devices[layer]: one device, or a model split over several)."""
 
-    def __init__(self, torch, layers=2, num_blocks=256, block_size=16, row=8 * 128):
+    def __init__(self, torch, layers=2, num_blocks=256, block_size=16, row=8 * 128,
+                 devices=("cuda:0",)):
         self.block_size, self.num_blocks = block_size, num_blocks
         self.cache_shape = ((num_blocks + 2) * block_size, 8, row // 8)
         self.key_cache, self.value_cache = [], []
-        for _ in range(layers):
+        for layer in range(layers):
+            dev = devices[layer % len(devices)]
             self.key_cache.append(torch.empty(self.cache_shape, dtype=torch.bfloat16,
-                                              device="cuda:0"))
+                                              device=dev))
             self.value_cache.append(torch.empty(self.cache_shape, dtype=torch.bfloat16,
-                                                device="cuda:0"))
-        self.other = torch.empty((64,), dtype=torch.int16, device="cuda:0")
+                                                device=dev))
+        self.other = torch.empty((64,), dtype=torch.int16, device=devices[0])
         self._block_manager = StandInBlockManager(num_blocks)
 
 
@@ -734,6 +795,8 @@ class SpanTensorTest(unittest.TestCase):
     def test_other_devices_and_shapes_pass_through(self):
         cache = types.SimpleNamespace(cache_shape=(32, 8, 128), block_size=16)
         t = self.torch
+        os.environ["KVSHIM_DEVICE"] = "0"       # device 1 is not kvshim's
+        self.addCleanup(os.environ.pop, "KVSHIM_DEVICE")
         with transformers_cb._kv_from_spans(cache, t):
             t.empty((32, 8, 128), dtype=t.bfloat16, device="cuda:1")
             t.empty((32, 8, 128), dtype=t.bfloat16, device="cpu")
@@ -777,6 +840,157 @@ class SpanTensorTest(unittest.TestCase):
         self.assertEqual(st["spans"], self.spans0)
         self.assertEqual(st["mapped_bytes"], 0)
 
+
+
+class MultiDeviceTest(unittest.TestCase):
+    """Several GPUs (make check emulates two): the KV tensors of a
+    tensor-parallel rank on its own GPU, each rank backing its own shards of
+    the same block ids; a model split over GPUs by layers, its cache's
+    tensors on two devices in one block group; kvshim started on the
+    current device."""
+
+    def setUp(self):
+        if DEVICES.count() < 2:
+            self.skipTest("the driver has fewer than two devices")
+        self.torch = FakeTorch()
+        self.addCleanup(DEVICES.set_device, DEVICES.current_device())
+        self.base = {}
+        for dev in (0, 1):
+            with DEVICES.device(dev):
+                kvshim.trim(1 << 40)
+                self.base[dev] = kvshim.stats()
+
+    def stats(self, dev):
+        """Device dev's figures since setUp (spans, mapped and cached)."""
+        with DEVICES.device(dev):
+            st = kvshim.stats()
+        return {k: st[k] - self.base[dev][k] for k in ("spans", "mapped_bytes", "cached_bytes")}
+
+    def build(self, devices, layers=2):
+        cache = FakePagedCache.__new__(FakePagedCache)
+        cache.cache_shape = ((256 + 2) * 16, 8, 128)
+        cache.block_size = 16
+        with transformers_cb._kv_from_spans(cache, self.torch):
+            FakePagedCache.__init__(cache, self.torch, layers=layers, devices=devices)
+        return cache
+
+    def release(self, cache):
+        cache.key_cache = cache.value_cache = None
+        import gc
+        gc.collect()
+
+    def test_tensor_parallel_ranks_map_their_own_shards(self):
+        ranks = {}
+        for rank in (1, 0):          # each rank: set_device(rank), its cache there
+            self.torch.cuda.set_device(rank)
+            c = self.build(("cuda:%d" % rank,))
+            self.addCleanup(self.release, c)
+            for t in c.key_cache + c.value_cache:
+                self.assertEqual(t.device.index, rank)
+                # the padding blocks at the end: backed, on the rank's GPU
+                self.assertEqual(DEVICES.ordinal(t.data_ptr() + t.numel() * 2 - 1), rank)
+            ranks[rank] = (c, transformers_cb.attach(c))
+            self.assertIsNotNone(ranks[rank][1])
+        self.assertEqual(DEVICES.current_device(), 0)
+        for rank, (c, tr) in ranks.items():
+            ids = c._block_manager.get_free_blocks(65, None, False, 0)    # pages 0 and 1
+            self.assertEqual(ids, list(range(65)))
+            for t in c.key_cache + c.value_cache:
+                self.assertEqual(DEVICES.ordinal(t.data_ptr()), rank)
+                self.assertEqual(DEVICES.ordinal(t.data_ptr() + 2 * MIB), rank)
+                self.assertIsNone(DEVICES.ordinal(t.data_ptr() + 4 * MIB))
+        for rank in (0, 1):
+            st = self.stats(rank)
+            self.assertEqual(st["mapped_bytes"], 4 * 3 * 2 * MIB)
+            self.assertEqual(st["spans"], 4)
+        # rank 1 frees its blocks: its pages are cached, rank 0's untouched
+        c, tr = ranks[1]
+        c._block_manager.free_blocks(list(range(65)), shareable=False)
+        self.assertEqual(self.stats(1)["cached_bytes"], 4 * 2 * 2 * MIB)
+        self.assertEqual(self.stats(0)["cached_bytes"], 0)
+        for rank, (c, tr) in ranks.items():
+            tr.group.close()
+
+    def test_layers_split_over_gpus(self):
+        c = self.build(("cuda:0", "cuda:1"))
+        self.addCleanup(self.release, c)
+        self.assertEqual([t.device.index for t in c.key_cache], [0, 1])
+        tr = transformers_cb.attach(c)
+        self.assertIsNotNone(tr)
+        ids = c._block_manager.get_free_blocks(65, None, False, 0)
+        for layer, dev in ((0, 0), (1, 1)):
+            for t in (c.key_cache[layer], c.value_cache[layer]):
+                self.assertEqual(DEVICES.ordinal(t.data_ptr() + 2 * MIB), dev)
+        for dev in (0, 1):
+            self.assertEqual(self.stats(dev)["mapped_bytes"], 2 * 3 * 2 * MIB)
+        self.assertTrue(tr.can_take([100]))
+        self.assertGreater(tr.room(ttl=0), 0)
+        c._block_manager.free_blocks(ids, shareable=False)
+        for dev in (0, 1):
+            self.assertEqual(self.stats(dev)["cached_bytes"], 2 * 2 * 2 * MIB)
+        tr.group.close()
+
+    def test_started_on_the_current_device(self):
+        import threading
+        seen = []
+        real = kvshim.stats
+        kvshim.stats = lambda: seen.append(DEVICES.current_device()) or real()
+        self.addCleanup(setattr, kvshim, "stats", real)
+        self.torch.cuda.set_device(1)
+        transformers_cb._start_kvshim(self.torch)
+        for t in threading.enumerate():
+            if t.name == "kvshim-start":
+                t.join(10)
+        self.assertEqual(seen, [1])
+
+    def test_not_started_on_a_device_kvshim_leaves(self):
+        import threading
+        seen = []
+        real = kvshim.stats
+        kvshim.stats = lambda: seen.append(1) or real()
+        self.addCleanup(setattr, kvshim, "stats", real)
+        os.environ["KVSHIM_DEVICE"] = "0"
+        self.addCleanup(os.environ.pop, "KVSHIM_DEVICE")
+        self.torch.cuda.set_device(1)
+        transformers_cb._start_kvshim(self.torch)
+        self.assertEqual([t for t in threading.enumerate() if t.name == "kvshim-start"], [])
+        self.assertEqual(seen, [])
+
+
+class DeviceSettingTest(unittest.TestCase):
+    """KVSHIM_DEVICE read in Python as the library reads it."""
+
+    def read(self, value):
+        from kvshim import tensors
+        old = os.environ.get("KVSHIM_DEVICE")
+        os.environ["KVSHIM_DEVICE"] = value
+        try:
+            return tensors.devices(), [tensors.manages(i) for i in (0, 1, 2, 63, 64)]
+        finally:
+            if old is None:
+                del os.environ["KVSHIM_DEVICE"]
+            else:
+                os.environ["KVSHIM_DEVICE"] = old
+
+    def test_good(self):
+        self.assertEqual(self.read("all"), (None, [True, True, True, True, False]))
+        self.assertEqual(self.read("ALL")[0], None)
+        self.assertEqual(self.read("0"), ({0}, [True, False, False, False, False]))
+        self.assertEqual(self.read("2,0"), ({0, 2}, [True, False, True, False, False]))
+        self.assertEqual(self.read("63")[0], {63})
+
+    def test_default_is_all(self):
+        from kvshim import tensors
+        if "KVSHIM_DEVICE" in os.environ:
+            self.skipTest("KVSHIM_DEVICE is set")
+        self.assertIsNone(tensors.devices())
+        self.assertTrue(tensors.manages(1))
+        self.assertFalse(tensors.manages(None))
+
+    def test_malformed_manages_nothing(self):
+        for bad in ("", ",", "0,", "0,,1", " 1", "+1", "1 ", "0, 1", "-1", "64", "0,0",
+                    "all,0", "1-3", "x"):
+            self.assertEqual(self.read(bad), (set(), [False] * 5), bad)
 
 # ---- what one batch reads (transformers_cb_reads) ------------------------------
 
@@ -1340,7 +1554,7 @@ class EarlyStartTest(unittest.TestCase):
         old = threading.excepthook
         threading.excepthook = raised.append
         self.addCleanup(setattr, threading, "excepthook", old)
-        transformers_cb._start_kvshim()
+        transformers_cb._start_kvshim(FakeTorch())
         for t in threading.enumerate():
             if t.name == "kvshim-start":
                 t.join(10)

@@ -5,6 +5,7 @@ library's reader); a corrupted segment is reported, not trusted; a FIFO at
 a segment's path is reported, never waited on; a command name's escape
 sequences never reach the terminal.
 """
+import ctypes
 import json
 import os
 import subprocess
@@ -36,6 +37,33 @@ kvshim.map(span, 2 << 20)
 print("ready", flush=True)
 sys.stdin.read()
 """
+
+
+# A process with spans on two GPUs (a model split over them): device 0, then
+# device 1 made current as torch.cuda.set_device(1) would.
+TWO = r"""
+import ctypes, sys
+cu = ctypes.CDLL("libcuda.so.1")
+import kvshim
+a = kvshim.reserve(8 << 20)
+kvshim.map(a, 2 << 20)
+ctx = ctypes.c_void_p()
+cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), 1)
+cu.cuCtxSetCurrent.argtypes = [ctypes.c_void_p]
+cu.cuCtxSetCurrent(ctx)
+b = kvshim.reserve(8 << 20)
+kvshim.map(b, 4 << 20)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
+def devices():
+    cu = ctypes.CDLL("libcuda.so.1")
+    n = ctypes.c_int(0)
+    if cu.cuInit(0) != 0 or cu.cuDeviceGetCount(ctypes.byref(n)) != 0:
+        return 0
+    return n.value
 
 
 class TopTest(unittest.TestCase):
@@ -144,6 +172,41 @@ class TopTest(unittest.TestCase):
         procs = json.loads(top("--json", "--pool", POOL).stdout)["segments"][0]["processes"]
         evil = [q for q in procs if q["pid"] == p.pid]
         self.assertEqual(evil[0]["command"], "\\x1b[2J\\x1b]0;x\\x07ev")
+
+    def test_one_process_on_two_gpus(self):
+        if devices() < 2:
+            self.skipTest("the driver has fewer than two devices")
+        pool = POOL + "two"
+        p = subprocess.Popen([sys.executable, "-c", TWO], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, KVSHIM_POOL=pool))
+        self.addCleanup(p.stdout.close)
+        self.addCleanup(p.wait)
+        self.addCleanup(p.stdin.close)
+        self.assertEqual(p.stdout.readline().strip(), "ready")
+        r = top("--json", "--pool", pool)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        segs = json.loads(r.stdout)["segments"]
+        for s in segs:
+            self.addCleanup(os.unlink, s["path"])
+        # a segment per GPU, the process in each with what it holds there
+        self.assertEqual(len(segs), 2)
+        gpus = sorted(s["gpu"] for s in segs)
+        self.assertNotEqual(gpus[0], gpus[1])
+        held = sorted([q["held"] for q in s["processes"] if q["pid"] == p.pid][0] for s in segs)
+        self.assertEqual(held, [2 * MIB, 4 * MIB])
+        for s in segs:
+            self.assertTrue(s["gpu"].startswith("GPU-") and len(s["gpu"]) == 40, s["gpu"])
+            self.assertIn(s["gpu"], s["name"])
+        r = top("--once", "--pool", pool)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        for g in gpus:
+            self.assertIn(g + " ", r.stdout)
+        self.assertEqual(r.stdout.count(" %d " % p.pid), 2)
+        text = subprocess.run([os.environ["KVSHIM_CONFIG_BIN"], "--segments", "--pool", pool],
+                              capture_output=True, text=True, timeout=60).stdout
+        for g in gpus:
+            self.assertIn(": %s, version" % g, text)
 
     def test_no_reader(self):
         env = dict(os.environ, KVSHIM_CONFIG_BIN="/nonexistent/kvshim-config")

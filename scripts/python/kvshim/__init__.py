@@ -7,6 +7,11 @@ one installed next to this package (<libdir>/libkvshim.so for a package in
 
 Every call raises KvshimError (with .code, a kvshim_error) when the library
 returns an error.
+
+Devices: a call on an address (map, unmap, release, a Group's calls) goes
+to the GPU whose span holds it; reserve, reserve_dlpack, trim and stats act
+on the calling thread's current CUDA device (torch.cuda.device(i) or
+torch.cuda.set_device(i) make i current), as the C interface does.
 """
 import contextlib
 import ctypes
@@ -157,7 +162,7 @@ def unmap(addr, length):
 
 
 def reserve(size):
-    """A lazy span of size bytes; its address."""
+    """A lazy span of size bytes on the current device; its address."""
     p = ctypes.c_void_p()
     _check(library().kvshim_reserve(size, ctypes.byref(p)), "kvshim_reserve")
     return p.value
@@ -169,8 +174,8 @@ def release(addr):
 
 def reserve_dlpack(shape, code, bits):
     """A lazy span for a dense tensor of shape and DLPack type (code, bits),
-    described as a DLManagedTensor on kvshim's device: its address (a
-    pointer to DLManaged). Whoever takes it calls its deleter, which
+    on the current device, described as a DLManagedTensor naming that
+    device: its address (a pointer to DLManaged). Whoever takes it calls its deleter, which
     releases the span; dlpack_free does that for one never handed over."""
     dims = (ctypes.c_longlong * len(shape))(*shape)
     p = ctypes.c_void_p()
@@ -186,14 +191,15 @@ def dlpack_free(managed):
 
 
 def trim(nbytes):
-    """Give up to nbytes back to the driver; the bytes given back."""
+    """Give up to nbytes of the current device's back to the driver; the
+    bytes given back."""
     freed = ctypes.c_size_t()
     _check(library().kvshim_trim(nbytes, ctypes.byref(freed)), "kvshim_trim")
     return freed.value
 
 
 def stats():
-    """This process's figures, as a dict."""
+    """This process's figures on the current device, as a dict."""
     s = Stats()
     _check(library().kvshim_stats(ctypes.byref(s)), "kvshim_stats")
     return {name: getattr(s, name) for name, _ in Stats._fields_ if name != "reserved"}
@@ -222,7 +228,8 @@ def _ids(blocks):
 
 class Group:
     """KV tensors sharing one block geometry: block b is bytes
-    [b * block_bytes, (b + 1) * block_bytes) of every tensor."""
+    [b * block_bytes, (b + 1) * block_bytes) of every tensor. The tensors
+    may be on several GPUs: each block is backed on each tensor's own."""
 
     def __init__(self, bases, block_bytes, nblocks):
         bases = list(bases)

@@ -8,9 +8,13 @@ is imported:
 - makes the KV tensors PagedAttentionCache.__init__ allocates lazy spans
   reserved from kvshim directly (kvshim.tensors: PyTorch's caching
   allocator never sees them, so it cannot hand their unbacked pages to
-  other tensors once the cache is gone), and backs the two padding blocks
-  at their end (the cache zeroes one of them at once);
-- registers the tensors as a kvshim block group;
+  other tensors once the cache is gone), each on the GPU it was asked for
+  (a tensor-parallel rank's own, or a layer's when a model is split over
+  GPUs), and backs the two padding blocks at their end (the cache zeroes
+  one of them at once);
+- registers the tensors as a kvshim block group (kvshim backs each tensor's
+  blocks on its own GPU: under tensor parallelism every rank maps its own
+  shards for the same block ids);
 - backs blocks as get_free_blocks hands them out (returning None, as when
   blocks run out, if memory is short), and releases them whenever an id
   goes back into the uninitialised deque (freed, evicted from the prefix
@@ -92,8 +96,11 @@ def _device_index(torch, device):
 
 
 def _kv_request(torch, cache, args, kwargs):
-    """The dtype of a torch.empty call that allocates one of the cache's KV
-    tensors (cache_shape, on kvshim's device), else None."""
+    """The dtype and device index of a torch.empty call that allocates one
+    of the cache's KV tensors (cache_shape, on a device kvshim manages),
+    else None. Under tensor parallelism each rank's cache is on its own GPU
+    (its shard of the heads); split over GPUs by layers, a cache's tensors
+    are on several."""
     shape = getattr(cache, "cache_shape", None)
     if shape is None or set(kwargs) - _KV_KWARGS or kwargs.get("requires_grad"):
         return None
@@ -103,9 +110,10 @@ def _kv_request(torch, cache, args, kwargs):
             return None
     except (TypeError, ValueError):
         return None
-    if _device_index(torch, kwargs.get("device")) != tensors.device_index():
+    index = _device_index(torch, kwargs.get("device"))
+    if not tensors.manages(index):
         return None
-    return kwargs.get("dtype") or torch.get_default_dtype()
+    return kwargs.get("dtype") or torch.get_default_dtype(), index
 
 
 @contextlib.contextmanager
@@ -117,17 +125,19 @@ def _kv_from_spans(cache, torch):
     failed = []
 
     def empty(*args, **kwargs):
-        dtype = None if failed else _kv_request(torch, cache, args, kwargs)
-        if dtype is None:
+        request = None if failed else _kv_request(torch, cache, args, kwargs)
+        if request is None:
             return real_empty(*args, **kwargs)
+        dtype, index = request
         try:
-            t = tensors.span_tensor(torch, cache.cache_shape, dtype)
+            t = tensors.span_tensor(torch, cache.cache_shape, dtype, index)
             row = t.stride(0) * t.element_size()
             rows = 2 * cache.block_size
             kvshim.map(t.data_ptr() + (t.shape[0] - rows) * row, rows * row)
-        except (kvshim.KvshimError, ValueError) as e:
-            # kvshim cannot run here, or memory is short: this and the
-            # next KV tensors are plain memory, and attach leaves them be
+        except (kvshim.KvshimError, ValueError, RuntimeError) as e:
+            # kvshim cannot run here, or memory is short (or torch cannot
+            # switch to the device: the plain allocation says why): this
+            # and the next KV tensors are plain memory, attach leaves them be
             warn("transformers: KV tensors allocated whole: %s" % e)
             failed.append(e)
             return real_empty(*args, **kwargs)
@@ -234,14 +244,24 @@ def attach(cache):
     return tracker
 
 
-def _start_kvshim():
-    """Start kvshim (its driver set-up, then its worker filling the page
-    pool) on a thread of its own while transformers sizes the cache, so
-    that the first KV tensor does not wait for it."""
+def _start_kvshim(torch):
+    """Start kvshim on the current device (its driver set-up, then its
+    worker filling the page pool) on a thread of its own while transformers
+    sizes the cache, so that the first KV tensor does not wait for it. The
+    thread makes that device current first: a fresh thread's would be
+    device 0, whatever GPU this rank runs on."""
+    try:
+        index = torch.cuda.current_device()
+    except (AttributeError, RuntimeError):
+        return
+    if not tensors.manages(index):
+        return
+
     def start():
         try:
-            kvshim.stats()
-        except (OSError, kvshim.KvshimError):
+            with torch.cuda.device(index):
+                kvshim.stats()
+        except (OSError, RuntimeError, kvshim.KvshimError):
             pass    # the first span tensor meets the same error and says so
     threading.Thread(target=start, name="kvshim-start", daemon=True).start()
 
@@ -264,7 +284,7 @@ def patch_cache_module(mod):
         sig = None
 
     def __init__(self, *args, **kwargs):
-        _start_kvshim()
+        _start_kvshim(torch)
         with _kv_from_spans(self, torch):
             orig_init(self, *args, **kwargs)
         if attach(self) is None:
