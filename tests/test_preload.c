@@ -69,7 +69,8 @@ static int run_out(const char *prog, const char *test, int preload,
 {
 	char *argv[] = { (char *)prog, (char *)test, NULL };
 	char preload_var[PATH_MAX + 16], user_var[PATH_MAX + 16], real[PATH_MAX];
-	char lib_var[PATH_MAX + 16];
+	char lib_var[PATH_MAX + 16], pool_var[80];
+	static unsigned runs;
 	const char *lib = getenv("KVSHIM_LIB");
 	posix_spawn_file_actions_t fa;
 	char **env;
@@ -86,12 +87,15 @@ static int run_out(const char *prog, const char *test, int preload,
 	/* the extra variables first: getenv finds the first of a name */
 	for (i = 0; extra && extra[i]; i++)
 		env[k++] = (char *)extra[i];
-	/* the runner's pool stays (sharing is on by default: the programs
-	 * must not join the GPU's real segment) */
+	/* sharing is on by default: each program gets a pool of its own, in
+	 * the runner's (never the GPU's real segment, nor a budget shared with
+	 * an allocator this process keeps, as it does without forking) */
+	snprintf(pool_var, sizeof(pool_var), "KVSHIM_POOL=%s-%u",
+		 getenv("KVSHIM_POOL") ? getenv("KVSHIM_POOL") : "t", runs++);
+	env[k++] = pool_var;
 	for (i = 0; i < n; i++)
 		if (strncmp(environ[i], "LD_PRELOAD=", 11) &&
-		    (strncmp(environ[i], "KVSHIM_", 7) ||
-		     !strncmp(environ[i], "KVSHIM_POOL=", 12)))
+		    strncmp(environ[i], "KVSHIM_", 7))
 			env[k++] = environ[i];
 	snprintf(lib_var, sizeof(lib_var), "KVSHIM_LIB=%s", lib);
 	env[k++] = lib_var;
