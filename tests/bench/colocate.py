@@ -271,6 +271,8 @@ def nvidia_smi_used():
 
 
 def load_top():
+    # kvshim-top reads segments through the built tree's kvshim-config
+    os.environ.setdefault("KVSHIM_CONFIG_BIN", os.path.join(ROOT, "kvshim-config"))
     path = os.path.join(ROOT, "scripts", "kvshim-top")
     loader = importlib.machinery.SourceFileLoader("kvshim_top", path)
     spec = importlib.util.spec_from_loader("kvshim_top", loader)
@@ -345,8 +347,14 @@ def spawn(name, mode, args, budget, pool, outdir, tag):
         cmd = [os.path.join(ROOT, "scripts", "kvshim-run")] + cmd + ["--num-blocks", "0"]
         env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET=str(budget), KVSHIM_POOL=pool,
                    KVSHIM_MIN=str(int(args.floor_gib * GIB)))
+        # the built tree's library and tools, as tests/gpu/hf_cb_graphs.py
+        env.setdefault("KVSHIM_LIB", os.path.join(ROOT, ".libs", "libkvshim.so"))
         env.setdefault("KVSHIM_CONFIG_BIN", os.path.join(ROOT, "kvshim-config"))
         env.setdefault("KVSHIM_PYTHONPATH", os.path.join(ROOT, "scripts", "python"))
+        libs = os.path.join(ROOT, "gpu-libs")
+        if os.path.isdir(libs):
+            env["LD_LIBRARY_PATH"] = libs + (":" + env["LD_LIBRARY_PATH"]
+                                             if env.get("LD_LIBRARY_PATH") else "")
     log = open(os.path.join(outdir, "colocate-%s-%s.log" % (tag, name)), "w")
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=log, text=True, bufsize=1)
@@ -472,6 +480,11 @@ def summarize(results, traces):
                 table[(label, cname, "held")] = {"peak_held": max(h[1] for h in run["held"]),
                                                  "budget": run["held"][0][2], "over": len(over)}
                 ok &= not over
+            elif cname != "static":
+                # sharing ran but its segment was never read: the budget
+                # cannot be said to have held
+                print("colocate: %s, %s: the shared segment was never read" % (cname, label))
+                ok = False
     return table, ok
 
 

@@ -381,6 +381,34 @@ class AdapterTest(unittest.TestCase):
         with self.assertRaises(RuntimeError):
             proc.prepare_next_batch(8192)
 
+    def test_engine_lives_when_kvshim_caps_its_free_blocks(self):
+        # transformers' scheduler reads the free block count first and, at
+        # zero, schedules nothing and finds nothing to offload: the engine
+        # must wait for memory, not fail (seen on an H200 with three
+        # engines under a 3 GiB shared budget)
+        c, tr = self.make(num_blocks=4096, layers=4)
+        mod = types.ModuleType("fake_api")
+
+        class ContinuousBatchProcessor:
+            def __init__(self, cache):
+                self.cache = cache
+
+            def prepare_next_batch(self, n=64):
+                if self.cache.get_num_free_blocks() < n:
+                    raise RuntimeError("No requests can be scheduled and no requests "
+                                       "can be offloaded.")
+                return self.cache.allocate_blocks(n, "r", 0) is not None
+        mod.ContinuousBatchProcessor = ContinuousBatchProcessor
+        with redirect_stderr(io.StringIO()):
+            transformers_cb.patch_api_module(mod)
+        proc = ContinuousBatchProcessor(c)
+        room = tr.group.headroom()
+        self.assertGreater(room, 0)
+        self.assertTrue(proc.prepare_next_batch(room))  # all kvshim can back
+        time.sleep(0.01)                               # past the headroom's ttl
+        self.assertFalse(proc.prepare_next_batch(64))  # kvshim has none left: wait
+        self.assertGreater(tr.short, 0)
+
     def test_fair_share_preempts_and_states_demand(self):
         """kvshim asks the engine for blocks it uses: one request is
         preempted a step (through transformers' offloading manager), no more
