@@ -504,7 +504,12 @@ static int unclaim(kv_alloc_t *a, const struct place *pl, size_t n)
 	return 0;
 }
 
-int kv_alloc_unmap_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
+/*
+ * Drop one claim on every page of the runs, all or none. With dry set,
+ * only see that it could be done: every claim is put back (unclaim moves
+ * no page, so the counts alone change).
+ */
+static int unclaim_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n, int dry)
 {
 	struct place one, *pl = &one;
 	uint64_t now = kv_prim_now_ns();
@@ -521,13 +526,19 @@ int kv_alloc_unmap_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 	if (!rc)
 		rc = unclaim(a, pl, n);
 	for (i = 0; i < n && !rc; i++)
-		for (p = pl[i].p0; p <= pl[i].p1; p++)
-			kv_span_idle(a, pl[i].sp, p, now);
-	if (!rc && (uint64_t)a->n[KV_P_CACHED] * a->page > a->o.cache_max)
-		pthread_cond_signal(&a->wake);
-	if (!rc && a->share)
-		kv_share_note(a->share, (uint64_t)a->n[KV_P_CACHED] * a->page,
-			      (uint64_t)kv_pooled(a) * a->page);
+		for (p = pl[i].p0; p <= pl[i].p1; p++) {
+			if (dry)
+				pl[i].sp->claims[p]++;
+			else
+				kv_span_idle(a, pl[i].sp, p, now);
+		}
+	if (!rc && !dry) {
+		if ((uint64_t)a->n[KV_P_CACHED] * a->page > a->o.cache_max)
+			pthread_cond_signal(&a->wake);
+		if (a->share)
+			kv_share_note(a->share, (uint64_t)a->n[KV_P_CACHED] * a->page,
+				      (uint64_t)kv_pooled(a) * a->page);
+	}
 	KV_DEBUG_CHECK_LOCKED(a);
 	pthread_mutex_unlock(&a->lock);
 	if (pl != &one)
@@ -535,30 +546,14 @@ int kv_alloc_unmap_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 	return rc;
 }
 
+int kv_alloc_unmap_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
+{
+	return unclaim_runs(a, runs, n, 0);
+}
+
 int kv_alloc_claimed_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 {
-	struct place one, *pl = &one;
-	uint32_t p;
-	size_t i;
-	int rc;
-
-	if (!a || !runs || n == 0)
-		return KVSHIM_EINVAL;
-	if (n > 1 && !(pl = malloc(n * sizeof(*pl))))
-		return KVSHIM_ENOMEM;
-	pthread_mutex_lock(&a->lock);
-	rc = resolve(a, runs, n, pl);
-	if (!rc)
-		rc = unclaim(a, pl, n);
-	/* dropped to see that they could be: put every one back (unclaim
-	 * moves no page, so the counts alone change) */
-	for (i = 0; i < n && !rc; i++)
-		for (p = pl[i].p0; p <= pl[i].p1; p++)
-			pl[i].sp->claims[p]++;
-	pthread_mutex_unlock(&a->lock);
-	if (pl != &one)
-		free(pl);
-	return rc;
+	return unclaim_runs(a, runs, n, 1);
 }
 
 int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len)

@@ -70,6 +70,9 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import built_tree  # noqa: E402  the built tree's library and tools
+
 MIB = 1 << 20
 GIB = 1 << 30
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -344,17 +347,10 @@ def spawn(name, mode, args, budget, pool, outdir, tag):
         cmd += ["--num-blocks", str(budget // 3 // (per_token * BLOCK))]
         env["KVSHIM_SHARE"] = "off"     # no kvshim here; said for clarity
     else:
-        cmd = [os.path.join(ROOT, "scripts", "kvshim-run")] + cmd + ["--num-blocks", "0"]
+        cmd = [built_tree.kvshim_run()] + cmd + ["--num-blocks", "0"]
         env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET=str(budget), KVSHIM_POOL=pool,
                    KVSHIM_MIN=str(int(args.floor_gib * GIB)))
-        # the built tree's library and tools, as tests/gpu/hf_cb_graphs.py
-        env.setdefault("KVSHIM_LIB", os.path.join(ROOT, ".libs", "libkvshim.so"))
-        env.setdefault("KVSHIM_CONFIG_BIN", os.path.join(ROOT, "kvshim-config"))
-        env.setdefault("KVSHIM_PYTHONPATH", os.path.join(ROOT, "scripts", "python"))
-        libs = os.path.join(ROOT, "gpu-libs")
-        if os.path.isdir(libs):
-            env["LD_LIBRARY_PATH"] = libs + (":" + env["LD_LIBRARY_PATH"]
-                                             if env.get("LD_LIBRARY_PATH") else "")
+        env = built_tree.environment(env)
     log = open(os.path.join(outdir, "colocate-%s-%s.log" % (tag, name)), "w")
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=log, text=True, bufsize=1)

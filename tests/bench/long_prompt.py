@@ -46,7 +46,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from built_tree import environment, kvshim_run  # noqa: E402
+
 MIB = 1 << 20
 VOCAB = 32000
 DECODE_PROMPT = 256
@@ -191,19 +193,6 @@ def child(spec):
 
 # ---- the parent ---------------------------------------------------------------------
 
-def environment():
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    env.setdefault("KVSHIM_LIB", os.path.join(ROOT, ".libs", "libkvshim.so"))
-    env.setdefault("KVSHIM_CONFIG_BIN", os.path.join(ROOT, "kvshim-config"))
-    env.setdefault("KVSHIM_PYTHONPATH", os.path.join(ROOT, "scripts", "python"))
-    libs = os.path.join(ROOT, "gpu-libs")
-    if os.path.isdir(libs):
-        env["LD_LIBRARY_PATH"] = libs + (":" + env["LD_LIBRARY_PATH"]
-                                         if env.get("LD_LIBRARY_PATH") else "")
-    return env
-
-
 def run_one(args, label, extra, rnd, out, env):
     path = os.path.join(out, "long_prompt_%s_r%d.json" % (label.replace(" ", "_"), rnd))
     spec = {"prompt": args.prompt, "requests": args.requests, "decode": args.decode,
@@ -211,7 +200,7 @@ def run_one(args, label, extra, rnd, out, env):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", json.dumps(spec)]
     e = dict(env)
     if extra is not None:
-        cmd = [os.path.join(ROOT, "scripts", "kvshim-run")] + cmd
+        cmd = [kvshim_run()] + cmd
         e.update(extra)
     t0 = time.monotonic()
     rc = subprocess.call(cmd, env=e)

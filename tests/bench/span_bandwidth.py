@@ -32,9 +32,9 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from long_prompt import environment, pages_setting  # noqa: E402  as long_prompt.py
+from built_tree import environment, kvshim_run  # noqa: E402
+from long_prompt import pages_setting  # noqa: E402
 
 GIB, MIB = 1 << 30, 1 << 20
 BLOCK = 32 << 10
@@ -127,7 +127,7 @@ def main(argv):
                    str(args.iters), path]
             e = dict(env)
             if page is not None:
-                cmd = [os.path.join(ROOT, "scripts", "kvshim-run")] + cmd
+                cmd = [kvshim_run()] + cmd
                 e["KVSHIM_PAGE"] = page
             rc = subprocess.call(cmd, env=e)
             if rc:

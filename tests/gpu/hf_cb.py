@@ -36,6 +36,10 @@ import subprocess
 import sys
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "bench"))
+import built_tree  # noqa: E402  the built tree's library and tools
+
 N_REQ, PROMPT, NEW = 32, 264, 64
 MIB = 1 << 20
 
@@ -123,12 +127,8 @@ def main():
     except ImportError:
         return 77
     out = os.environ.get("KVSHIM_SUITE_OUT", ".")
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    run = os.path.join(root, "scripts", "kvshim-run")
-    env0 = dict(os.environ)
-    env0.pop("LD_PRELOAD", None)
-    env0.setdefault("KVSHIM_CONFIG_BIN", os.path.join(root, "kvshim-config"))
-    env0.setdefault("KVSHIM_PYTHONPATH", os.path.join(root, "scripts", "python"))
+    run = built_tree.kvshim_run()
+    env0 = built_tree.environment()
     rounds = int(os.environ.get("HF_CB_ROUNDS", "2"))
     results, rates, inits, spent, ok = {}, {}, {}, {}, True
     # plain and kvshim alternate, the order flipped every round, so that

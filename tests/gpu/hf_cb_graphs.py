@@ -47,8 +47,11 @@ import sys
 import threading
 import time
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "bench"))
+import built_tree  # noqa: E402  the built tree's library and tools
+
 MIB, GIB = 1 << 20, 1 << 30
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROMPT, NEW = 264, 64
 # name -> (LlamaConfig fields, requests, ContinuousBatchingConfig fields)
 MODELS = {
@@ -410,7 +413,7 @@ def run_one(model, graphs, mode, rnd, out, env):
     cmd = [sys.executable, os.path.abspath(__file__), "--child", model,
            "on" if graphs else "off", path]
     if mode == "kvshim":
-        cmd = [os.path.join(ROOT, "scripts", "kvshim-run")] + cmd
+        cmd = [built_tree.kvshim_run()] + cmd
     sampler = GpuSampler()
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, env=env)
@@ -437,15 +440,7 @@ def main(argv):
     except ImportError:
         return 77
     out = os.environ.get("KVSHIM_SUITE_OUT", ".")
-    env = dict(os.environ)
-    env.pop("LD_PRELOAD", None)
-    env.setdefault("KVSHIM_LIB", os.path.join(ROOT, ".libs", "libkvshim.so"))
-    env.setdefault("KVSHIM_CONFIG_BIN", os.path.join(ROOT, "kvshim-config"))
-    env.setdefault("KVSHIM_PYTHONPATH", os.path.join(ROOT, "scripts", "python"))
-    libs = os.path.join(ROOT, "gpu-libs")       # what the built library needs, as gpu-suite.sh
-    if os.path.isdir(libs):
-        env["LD_LIBRARY_PATH"] = libs + (":" + env["LD_LIBRARY_PATH"]
-                                         if env.get("LD_LIBRARY_PATH") else "")
+    env = built_tree.environment()
     start = time.monotonic()
     runs, failed = [], []
     for rnd in range(args.rounds):
