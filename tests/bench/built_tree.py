@@ -28,3 +28,13 @@ def environment(base=None):
 def kvshim_run():
     """The tree's kvshim-run, to put before a command."""
     return os.path.join(ROOT, "scripts", "kvshim-run")
+
+
+def has_gpu():
+    """Whether torch is here and sees a GPU (a script exits 77, Automake's
+    skip, when not)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()

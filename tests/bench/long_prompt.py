@@ -47,7 +47,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from built_tree import environment, kvshim_run  # noqa: E402
+from built_tree import environment, has_gpu, kvshim_run  # noqa: E402
 
 MIB = 1 << 20
 VOCAB = 32000
@@ -261,11 +261,7 @@ def summarize(results, labels):
 
 def main(argv):
     args = parse_args(argv)
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            return 77
-    except ImportError:
+    if not has_gpu():
         return 77
     out = os.environ.get("KVSHIM_SUITE_OUT", ".")
     env = environment()

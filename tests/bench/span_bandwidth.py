@@ -33,7 +33,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from built_tree import environment, kvshim_run  # noqa: E402
+from built_tree import environment, has_gpu, kvshim_run  # noqa: E402
 from long_prompt import pages_setting  # noqa: E402
 
 GIB, MIB = 1 << 30, 1 << 20
@@ -108,11 +108,7 @@ def child(gib, iters, out):
 
 def main(argv):
     args = parse_args(argv)
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            return 77
-    except ImportError:
+    if not has_gpu():
         return 77
     out = os.environ.get("KVSHIM_SUITE_OUT", ".")
     env = environment()

@@ -120,11 +120,7 @@ def child(block_size, out):
 
 
 def main():
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            return 77
-    except ImportError:
+    if not built_tree.has_gpu():
         return 77
     out = os.environ.get("KVSHIM_SUITE_OUT", ".")
     run = built_tree.kvshim_run()

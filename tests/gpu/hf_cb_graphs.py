@@ -433,11 +433,7 @@ def run_one(model, graphs, mode, rnd, out, env):
 
 def main(argv):
     args = parse_args(argv)
-    try:
-        import torch
-        if not torch.cuda.is_available():
-            return 77
-    except ImportError:
+    if not built_tree.has_gpu():
         return 77
     out = os.environ.get("KVSHIM_SUITE_OUT", ".")
     env = built_tree.environment()
