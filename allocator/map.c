@@ -342,11 +342,11 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 	struct place one, *pl = &one;
 	uint64_t deadline = 0;
 	enum kv_supply out;
-	int rc;
+	int rc, pushed = 0;
 
 	if (n > 1 && !(pl = malloc(n * sizeof(*pl))))
 		return KVSHIM_ENOMEM;
-	rc = kv_prim_bind(&a->prim);
+	rc = kv_prim_hold(&a->prim, &pushed);
 	if (rc)
 		goto out;
 	pthread_mutex_lock(&a->lock);
@@ -399,6 +399,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 	KV_DEBUG_CHECK_LOCKED(a);
 	pthread_mutex_unlock(&a->lock);
 out:
+	kv_prim_unhold(pushed);
 	if (pl != &one)
 		free(pl);
 	return rc;
@@ -572,9 +573,8 @@ int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 
 	if (!a || !bytes)
 		return KVSHIM_EINVAL;
-	rc = kv_prim_bind(&a->prim);
-	if (!rc)
-		rc = kv_prim_meminfo(&a->prim, &free_b, &total);
+	/* (kv_prim_meminfo makes a's context current for its call) */
+	rc = kv_prim_meminfo(&a->prim, &free_b, &total);
 	if (rc)
 		return rc;
 	shared = kv_alloc_shared(a, &budget, &others, &room);

@@ -293,6 +293,27 @@ int kv_prim_bind(const kv_prim_t *p)
 	return 0;
 }
 
+int kv_prim_hold(const kv_prim_t *p, int *pushed)
+{
+	CUcontext cur = NULL;
+
+	*pushed = 0;
+	CALL("cuCtxGetCurrent", drv.cuCtxGetCurrent(&cur));
+	if (cur)
+		return 0;
+	CALL("cuCtxPushCurrent", drv.cuCtxPushCurrent_v2(p->ctx));
+	*pushed = 1;
+	return 0;
+}
+
+void kv_prim_unhold(int pushed)
+{
+	CUcontext prev;
+
+	if (pushed)
+		drv.cuCtxPopCurrent_v2(&prev);
+}
+
 int kv_prim_current_device(int *ordinal)
 {
 	CUcontext cur = NULL;

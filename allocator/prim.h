@@ -52,6 +52,13 @@ void kv_prim_close(kv_prim_t *p);
  * KVSHIM_EDRIVER. */
 int kv_prim_bind(const kv_prim_t *p);
 
+/* kv_prim_bind for the length of one call: where no context is current,
+ * p's is pushed (*pushed is 1) and kv_prim_unhold(*pushed) pops it, so that
+ * a thread whose call reached another device's allocator is left on the
+ * device it was on. Returns 0 or KVSHIM_EDRIVER. */
+int kv_prim_hold(const kv_prim_t *p, int *pushed);
+void kv_prim_unhold(int pushed);
+
 /* Reserve size bytes of virtual address space, aligned to the page (size
  * need only be a multiple of the granularity).
  * Returns 0 with *va set, KVSHIM_EINVAL for a size that is not a non-zero

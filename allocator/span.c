@@ -276,11 +276,11 @@ int kv_spans_reap(kv_alloc_t *a)
 int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 {
 	struct kv_span *sp;
-	int rc;
+	int rc, pushed;
 
 	if (!a)
 		return KVSHIM_EINVAL;
-	rc = kv_prim_bind(&a->prim);
+	rc = kv_prim_hold(&a->prim, &pushed);
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&a->lock);
@@ -304,6 +304,7 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 			      (uint64_t)kv_pooled(a) * a->page);
 	KV_DEBUG_CHECK_LOCKED(a);
 	pthread_mutex_unlock(&a->lock);
+	kv_prim_unhold(pushed);
 	return rc;
 }
 

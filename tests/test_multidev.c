@@ -10,6 +10,7 @@
  * nothing. Needs two devices (make check runs the emulation with
  * KVEMU_DEVICES=2); with fewer, each test says so and passes.
  */
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,6 +157,61 @@ START_TEST(test_spans_on_two_devices)
 	ck_assert_int_eq(kvshim_release(p0), 0);
 	ck_assert_uint_eq(kt_stats(a0).spans, 0);
 	ck_assert_int_eq(kvshim_release(p0), KVSHIM_ERANGE);
+}
+END_TEST
+
+/* A thread with no context (an adapter's own thread) that maps, unmaps and
+ * frees blocks of device 1's span is left as it was: its calls that make
+ * something still go to the runtime's default device, 0. */
+struct fresh_call {
+	void *p1;
+	int dev_after_map, dev_after_release, reserve_dev;
+	int map_rc, unmap_rc, release_rc;
+};
+
+static void *fresh_thread(void *arg)
+{
+	struct fresh_call *f = arg;
+	void *q = NULL;
+	kv_alloc_t *a;
+
+	f->map_rc = kvshim_map((char *)f->p1 + PG, 4096);
+	f->dev_after_map = -1;
+	kv_shim_device(&f->dev_after_map);
+	f->unmap_rc = kvshim_unmap((char *)f->p1 + PG, 4096);
+	f->release_rc = kvshim_release(f->p1);
+	f->dev_after_release = -1;
+	kv_shim_device(&f->dev_after_release);
+	f->reserve_dev = -1;
+	if (kvshim_reserve(PG, &q) == 0) {
+		a = kv_shim_owner(dp(q), NULL, NULL, NULL);
+		f->reserve_dev = a ? kv_alloc_device(a) : -1;
+		kvshim_release(q);
+	}
+	return NULL;
+}
+
+START_TEST(test_fresh_thread_keeps_its_device)
+{
+	struct fresh_call f = { 0 };
+	void *p0 = NULL;
+	pthread_t t;
+
+	if (!two())
+		return;
+	ck_assert_int_eq(kvshim_reserve(8 * PG, &p0), 0);     /* device 0 started */
+	ck_assert_int_eq(kv_dev_use(1), 0);
+	ck_assert_int_eq(kvshim_reserve(8 * PG, &f.p1), 0);
+	ck_assert_int_eq(kv_dev_use(0), 0);
+	ck_assert_int_eq(pthread_create(&t, NULL, fresh_thread, &f), 0);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ck_assert_int_eq(f.map_rc, 0);
+	ck_assert_int_eq(f.unmap_rc, 0);
+	ck_assert_int_eq(f.release_rc, 0);
+	ck_assert_int_eq(f.dev_after_map, 0);
+	ck_assert_int_eq(f.dev_after_release, 0);
+	ck_assert_int_eq(f.reserve_dev, 0);
+	ck_assert_int_eq(kvshim_release(p0), 0);
 }
 END_TEST
 
@@ -703,6 +759,7 @@ Suite *multidev_suite(void)
 
 	tcase_add_checked_fixture(tc, setup, teardown);
 	tcase_add_test(tc, test_spans_on_two_devices);
+	tcase_add_test(tc, test_fresh_thread_keeps_its_device);
 	tcase_add_test(tc, test_policy_routes_by_pointer);
 	tcase_add_test(tc, test_filter_one_device);
 	tcase_add_test(tc, test_filter_other_device);
