@@ -37,6 +37,24 @@ def both(**kvshim):
 
 
 class ArgumentsTest(unittest.TestCase):
+    def test_timed_passes(self):
+        saved = os.environ.get("HF_CB_PASSES")
+        try:
+            os.environ.pop("HF_CB_PASSES", None)
+            self.assertEqual(hcg._timed_passes(), 1)
+            os.environ["HF_CB_PASSES"] = "3"
+            self.assertEqual(hcg._timed_passes(), 3)
+            for bad in ("0", "11", "x", "", "-1", " 2"):
+                os.environ["HF_CB_PASSES"] = bad
+                with self.assertRaises(SystemExit) as e:
+                    hcg._timed_passes()
+                self.assertIn("HF_CB_PASSES", str(e.exception.code))
+        finally:
+            if saved is None:
+                os.environ.pop("HF_CB_PASSES", None)
+            else:
+                os.environ["HF_CB_PASSES"] = saved
+
     def refused(self, argv, name, env=None):
         out = subprocess.run([sys.executable, SCRIPT] + argv, capture_output=True, text=True,
                              env=dict(os.environ, **(env or {})), timeout=60)
