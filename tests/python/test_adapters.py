@@ -409,6 +409,101 @@ class AdapterTest(unittest.TestCase):
         self.assertFalse(proc.prepare_next_batch(64))  # kvshim has none left: wait
         self.assertGreater(tr.short, 0)
 
+    def test_fair_share_preempts_through_starved_requests(self):
+        """transformers 5.17's offloading manager has offload_requests only,
+        which evicts requests its scheduler found starved of blocks, newest
+        first, while their demand passes the free blocks, never the last
+        active one (the stand-in below follows that rule). Asked by kvshim,
+        the adapter has it evict the newest active request, once, and
+        leaves the starved list as it found it."""
+        c, tr = self.make(num_blocks=4096, layers=4)
+        mod = types.ModuleType("fake_api_517")
+        asked = [0]
+
+        class Request:
+            def __init__(self, rid):
+                self.request_id, self.tokens_to_process = rid, list(range(60))
+                self.remaining_prefill_tokens = []
+
+        class Scheduler:
+            def __init__(self):
+                self.active_requests, self.waiting_requests = {}, {}
+                self.starved_requests = []
+
+        class OffloadingManager:
+            def __init__(self, proc):
+                self.proc, self.evicted = proc, []
+
+            def offload_requests(self):
+                sched, cache = self.proc.scheduler, self.proc.cache
+                starved = sched.starved_requests
+                free = cache.get_num_free_blocks()
+                demand = sum(n for _, n in starved)
+                victims = []
+                while demand > free and starved and len(sched.active_requests) - len(victims) > 1:
+                    state, n = starved.pop()
+                    victims.append(state)
+                    demand -= n
+                    free += 4
+                for state in victims:
+                    rid = state.request_id
+                    sched.active_requests.pop(rid)
+                    cache.free_blocks(rid)
+                    sched.waiting_requests[rid] = state
+                    self.evicted.append(rid)
+                sched.block_new_requests = bool(victims)
+                return len(victims)
+
+        class ContinuousBatchProcessor:
+            def __init__(self, cache):
+                self.cache, self.scheduler = cache, Scheduler()
+                self.offloading_manager = OffloadingManager(self)
+
+            def prepare_next_batch(self):
+                if getattr(self.scheduler, "block_new_requests", False):
+                    return True             # as transformers: admit nothing this step
+                for rid in list(self.scheduler.waiting_requests):
+                    if self.cache.allocate_blocks(4, rid, 0) is None:
+                        return False
+                    self.scheduler.active_requests[rid] = self.scheduler.waiting_requests.pop(rid)
+                return True
+        mod.ContinuousBatchProcessor = ContinuousBatchProcessor
+        with redirect_stderr(io.StringIO()):
+            transformers_cb.patch_api_module(mod)
+        real_asked = kvshim.share_asked
+        kvshim.share_asked = lambda: asked[0]
+        self.addCleanup(setattr, kvshim, "share_asked", real_asked)
+        proc = ContinuousBatchProcessor(c)
+        for i in range(3):
+            proc.scheduler.waiting_requests["r%d" % i] = Request("r%d" % i)
+        self.assertTrue(proc.prepare_next_batch())
+        mapped = tr.mapped
+        asked[0] = 4 * tr.bytes_per_block                 # one request's blocks
+        time.sleep(0.01)
+        om, sched = proc.offloading_manager, proc.scheduler
+        proc.prepare_next_batch()
+        self.assertEqual(om.evicted, ["r2"])               # the newest
+        self.assertEqual(sched.starved_requests, [])       # left as found
+        self.assertEqual(tr.mapped, mapped - 4)
+        self.assertEqual(tr.preempted, 1)
+        # what it gave covers the ask: no second eviction within the second
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(om.evicted, ["r2"])
+        # a request the scheduler found starved is not named again: the
+        # newest other one is; and the last active request stays
+        asked[0] = 8 * tr.bytes_per_block
+        r1 = sched.active_requests["r1"]
+        sched.starved_requests.append((r1, 1))
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(om.evicted, ["r2", "r0"])
+        self.assertEqual(list(sched.active_requests), ["r1"])
+        self.assertEqual(sched.starved_requests, [(r1, 1)])
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(list(sched.active_requests), ["r1"])
+
     def test_fair_share_preempts_and_states_demand(self):
         """kvshim asks the engine for blocks it uses: one request is
         preempted a step (through transformers' offloading manager), no more

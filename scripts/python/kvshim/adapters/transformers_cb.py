@@ -375,20 +375,48 @@ def _give_back(proc, tracker):
     if not tracker.should_give_back():
         return False
     om = getattr(proc, "offloading_manager", None)
-    offload = getattr(om, "offload_one_request", None) or getattr(om, "offload_requests", None)
-    active = getattr(getattr(proc, "scheduler", None), "active_requests", None)
-    if offload is None:
+    sched = getattr(proc, "scheduler", None)
+    one = getattr(om, "offload_one_request", None)
+    many = getattr(om, "offload_requests", None)
+    starved = getattr(sched, "starved_requests", None)
+    if one is None and (many is None or not isinstance(starved, list)):
         if not getattr(proc, "_kvshim_warned_preempt", False):
             proc._kvshim_warned_preempt = True
-            warn("transformers continuous batching has no offloading manager: an engine "
-                 "above its fair share gives memory back only as its requests finish")
+            warn("transformers continuous batching has no offloading manager kvshim can "
+                 "drive: an engine above its fair share gives memory back only as its "
+                 "requests finish")
         return False
+    active = getattr(sched, "active_requests", None)
     if not active:
         return False
     before = tracker.mapped
-    offload()
+    if one is not None:
+        one()
+    else:
+        _offload_newest(proc, many, starved, active)
     tracker.gave_back(before - tracker.mapped)
     return True
+
+
+def _offload_newest(proc, offload_requests, starved, active):
+    """transformers 5.17's offloading manager evicts only requests its
+    scheduler found starved of blocks, newest first, while their demand
+    passes the free blocks (never the last active request): name the newest
+    active request starved of more blocks than are free, so it is the one
+    evicted (to CPU where transformers has room, else requeued to start
+    again), and take the name back if it was not used."""
+    named = {id(e[0]) for e in starved}
+    victim = next((r for r in reversed(active.values()) if id(r) not in named), None)
+    if victim is None:             # every active request is starved already
+        offload_requests()
+        return
+    entry = (victim, proc.cache.get_num_free_blocks() + 1)
+    starved.append(entry)
+    try:
+        offload_requests()
+    finally:
+        if starved and starved[-1] is entry:
+            starved.pop()
 
 
 def patch_api_module(mod):
