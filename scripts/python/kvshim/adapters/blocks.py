@@ -91,6 +91,8 @@ class BlockTracker:
         self.peak = 0            # the most blocks held backed at once
         self.refused = 0         # maps refused for want of memory
         self.short = 0           # times kvshim said no, checks and maps alike
+        self.capped = 0          # times the engine's free block count was capped at
+                                 # what kvshim can back
         self._room = (0.0, None)  # (when, blocks) of the last headroom read
         self.busy = 0.0          # seconds the engine spent in this tracker
         self.calls = 0           # ...over this many calls

@@ -238,7 +238,8 @@ def attach(cache):
             return n
         # kvshim, not the engine's pool, holds the engine back: a pass
         # that schedules nothing because of it must not fail the engine
-        tracker.short += 1
+        # (counted apart from short, which states demand)
+        tracker.capped += 1
         return room
 
     bm.get_free_blocks = get_free_blocks
@@ -441,11 +442,12 @@ def patch_api_module(mod):
         if tracker is None:
             return orig(self, *args, **kwargs)
         _give_back(self, tracker)
-        short = tracker.short
+        short, capped = tracker.short, tracker.capped
         try:
             ready = orig(self, *args, **kwargs)
         except RuntimeError as e:
-            if tracker.short == short or "can be offloaded" not in str(e).lower():
+            if ((tracker.short == short and tracker.capped == capped)
+                    or "can be offloaded" not in str(e).lower()):
                 raise
             ready = None
         # kvshim cut this pass short: the waiting requests' blocks are what
