@@ -71,6 +71,28 @@ static int try_join(void *arg)
 
 /* Assert that a child joining the pool is refused, with a message naming
  * the segment and holding each of the words given (NULL-terminated). */
+/* Fork a child that takes the lock fl on fd (an open description of the
+ * segment's file: the lock is the description's) and stops itself, and
+ * close fd here; returns once it is stopped, holding the lock. The caller
+ * kills and reaps it. */
+static pid_t hold_stopped(int fd, const struct flock *fl)
+{
+	int st;
+	pid_t pid;
+
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		KT_CHILD_CHECK(fcntl(fd, F_OFD_SETLK, fl) == 0);
+		raise(SIGSTOP);
+		_exit(0);
+	}
+	close(fd);
+	ck_assert_int_eq(waitpid(pid, &st, WUNTRACED), pid);
+	ck_assert(WIFSTOPPED(st));
+	return pid;
+}
+
 static void assert_refused(const struct join *j, ...)
 {
 	char err[4096];
@@ -177,16 +199,8 @@ START_TEST(test_share_limits_refused)
 	assert_joins(&j);       /* the segment, made */
 	fd = open(kt_path, O_RDWR | O_CLOEXEC);
 	ck_assert_int_ge(fd, 0);
-	fflush(stdout);
-	pid = fork();
-	if (pid == 0) {
-		/* every slot's lock, as 64 live processes would hold them */
-		KT_CHILD_CHECK(fcntl(fd, F_OFD_SETLK, &fl) == 0);
-		raise(SIGSTOP);
-		_exit(0);
-	}
-	close(fd);
-	ck_assert_int_eq(waitpid(pid, &st, WUNTRACED), pid);
+	/* every slot's lock, as 64 live processes would hold them */
+	pid = hold_stopped(fd, &fl);
 	assert_refused(&j, "no free slot", "64", NULL);
 	kill(pid, SIGKILL);
 	waitpid(pid, &st, 0);
@@ -817,16 +831,7 @@ START_TEST(test_share_stuck_creator)
 	fd = open(kt_path, O_RDWR | O_CREAT | O_EXCL, 0600);
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(fchmod(fd, 0600), 0);
-	fflush(stdout);
-	pid = fork();
-	if (pid == 0) {
-		KT_CHILD_CHECK(fcntl(fd, F_OFD_SETLK, &fl) == 0);
-		raise(SIGSTOP);
-		_exit(0);
-	}
-	close(fd);
-	ck_assert_int_eq(waitpid(pid, &st, WUNTRACED), pid);
-	ck_assert(WIFSTOPPED(st));
+	pid = hold_stopped(fd, &fl);
 	assert_refused(&j, "setting it up", NULL);
 	kill(pid, SIGKILL);
 	waitpid(pid, &st, 0);
@@ -877,17 +882,7 @@ START_TEST(test_share_stopped_holder)
 	kt_new_pool();
 	a = kt_make(16 * PG, 0, 0, 0);
 	kt_member_start(&m, 16 * PG, 0, 6);
-	fflush(stdout);
-	pid = fork();
-	if (pid == 0) {
-		int fd = open(kt_path, O_RDWR | O_CLOEXEC);
-
-		KT_CHILD_CHECK(fd >= 0 && fcntl(fd, F_OFD_SETLK, &fl) == 0);
-		raise(SIGSTOP);
-		_exit(0);
-	}
-	ck_assert_int_eq(waitpid(pid, &st, WUNTRACED), pid);
-	ck_assert(WIFSTOPPED(st));
+	pid = hold_stopped(open(kt_path, O_RDWR | O_CLOEXEC), &fl);
 	rc = kt_in_child(join_and_map_timed, NULL, 30, err, sizeof(err));
 	kill(pid, SIGKILL);
 	waitpid(pid, &st, 0);

@@ -88,7 +88,9 @@ static CUresult op_memset_own_sync_stream(void)
 	return r ? r : cuStreamSynchronize(own_stream);
 }
 
-static CUresult op_memset_own_poll_event(void)
+/* A memset on the private stream, an event recorded after it, and a wait
+ * for the event: by polling it, or by cuEventSynchronize. */
+static CUresult memset_then_wait_event(int poll)
 {
 	CUevent ev;
 	CUresult r;
@@ -99,29 +101,24 @@ static CUresult op_memset_own_poll_event(void)
 	r = cuMemsetD8Async(scratch, 0, gran, own_stream);
 	if (!r)
 		r = cuEventRecord(ev, own_stream);
-	if (!r)
+	if (!r && poll)
 		do
 			r = cuEventQuery(ev);
 		while (r == CUDA_ERROR_NOT_READY);
+	else if (!r)
+		r = cuEventSynchronize(ev);
 	cuEventDestroy(ev);
 	return r;
 }
 
+static CUresult op_memset_own_poll_event(void)
+{
+	return memset_then_wait_event(1);
+}
+
 static CUresult op_memset_own_event_sync(void)
 {
-	CUevent ev;
-	CUresult r;
-
-	r = cuEventCreate(&ev, CU_EVENT_DISABLE_TIMING);
-	if (r)
-		return r;
-	r = cuMemsetD8Async(scratch, 0, gran, own_stream);
-	if (!r)
-		r = cuEventRecord(ev, own_stream);
-	if (!r)
-		r = cuEventSynchronize(ev);
-	cuEventDestroy(ev);
-	return r;
+	return memset_then_wait_event(0);
 }
 
 static CUresult op_stream_query_own(void)

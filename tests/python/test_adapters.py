@@ -175,6 +175,22 @@ def pages(cache):
     return kvshim.stats()["mapped_bytes"] // (2 * MIB)
 
 
+NOTHING_SCHEDULED = "No requests can be scheduled and no requests can be offloaded."
+
+
+def stand_in_api(prepare_next_batch):
+    """A continuous_api module whose ContinuousBatchProcessor (over a cache)
+    prepares its batches with prepare_next_batch: (module, class)."""
+    mod = types.ModuleType("fake_api")
+
+    class ContinuousBatchProcessor:
+        def __init__(self, cache):
+            self.cache = cache
+    ContinuousBatchProcessor.prepare_next_batch = prepare_next_batch
+    mod.ContinuousBatchProcessor = ContinuousBatchProcessor
+    return mod, ContinuousBatchProcessor
+
+
 class AdapterTest(unittest.TestCase):
     # 16 tokens x 8 heads x 128 x bf16 = 32 KiB blocks; 64 blocks a 2 MiB page
     def make(self, num_blocks=1024, layers=2):
@@ -353,19 +369,13 @@ class AdapterTest(unittest.TestCase):
 
     def test_engine_waits_when_kvshim_is_short(self):
         c, tr = self.make(num_blocks=4096, layers=4)
-        mod = types.ModuleType("fake_api")
 
-        class ContinuousBatchProcessor:
-            def __init__(self, cache):
-                self.cache = cache
-
-            def prepare_next_batch(self, n=64):
-                # as transformers: nothing scheduled, nothing to offload
-                if self.cache.allocate_blocks(n, "r", 0) is None:
-                    raise RuntimeError("No requests can be scheduled and no requests "
-                                       "can be offloaded.")
-                return True
-        mod.ContinuousBatchProcessor = ContinuousBatchProcessor
+        def prepare_next_batch(self, n=64):
+            # as transformers: nothing scheduled, nothing to offload
+            if self.cache.allocate_blocks(n, "r", 0) is None:
+                raise RuntimeError(NOTHING_SCHEDULED)
+            return True
+        mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
         err = io.StringIO()
         with redirect_stderr(err):
             transformers_cb.patch_api_module(mod)
@@ -387,18 +397,12 @@ class AdapterTest(unittest.TestCase):
         # must wait for memory, not fail (seen on an H200 with three
         # engines under a 3 GiB shared budget)
         c, tr = self.make(num_blocks=4096, layers=4)
-        mod = types.ModuleType("fake_api")
 
-        class ContinuousBatchProcessor:
-            def __init__(self, cache):
-                self.cache = cache
-
-            def prepare_next_batch(self, n=64):
-                if self.cache.get_num_free_blocks() < n:
-                    raise RuntimeError("No requests can be scheduled and no requests "
-                                       "can be offloaded.")
-                return self.cache.allocate_blocks(n, "r", 0) is not None
-        mod.ContinuousBatchProcessor = ContinuousBatchProcessor
+        def prepare_next_batch(self, n=64):
+            if self.cache.get_num_free_blocks() < n:
+                raise RuntimeError(NOTHING_SCHEDULED)
+            return self.cache.allocate_blocks(n, "r", 0) is not None
+        mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
         with redirect_stderr(io.StringIO()):
             transformers_cb.patch_api_module(mod)
         proc = ContinuousBatchProcessor(c)

@@ -65,8 +65,8 @@ class _Ahead(threading.Thread):
             try:
                 self.group.map(ids)
                 backed = True
-            except kvshim.KvshimError:
-                backed = False   # short of memory: the engine maps them itself
+            except Exception:    # short of memory, or anything: the engine maps
+                backed = False   # them itself; the batch always ends, or it would wait
             self.busy += time.perf_counter() - t
             with self._cv:
                 self._todo, self._done = None, (ids, backed)
