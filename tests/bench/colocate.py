@@ -75,6 +75,7 @@ import built_tree  # noqa: E402  the built tree's library and tools
 
 MIB = 1 << 20
 GIB = 1 << 30
+SLOW_MS = 2           # the adapter's slow call (blocks.py's SLOW_S)
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 # name: layers, hidden, attention heads, KV heads, MLP width (head_dim 128)
@@ -154,6 +155,7 @@ def engine(args):
     kvshim = None
     if os.environ.get("LD_PRELOAD", "").find("libkvshim") >= 0:
         import kvshim
+    steps = time_steps()
     t_start = time.perf_counter()
     manager = model.init_continuous_batching(generation_config=gen,
                                              continuous_batching_config=cbc)
@@ -186,19 +188,64 @@ def engine(args):
         trace_path, t0, out_path = cmd[1], float(cmd[2]), cmd[3]
         with open(trace_path) as f:
             mine = [q for q in json.load(f) if q["model"] == name]
+        tracker = getattr(cache, "kvshim_tracker", None) if kvshim is not None else None
+        before = tracker_figures(tracker)
+        if tracker is not None:
+            tracker.worst = 0.0
+        first_step = len(steps)
         run = replay(manager, mine, t0, kv_now, torch)
         run.update(info)
-        if kvshim is not None:
+        run["steps"] = [(round(t - t0, 4), round(p, 5), round(d, 5))
+                        for t, p, d in steps[first_step:]]
+        if tracker is not None:         # the fair shares' work in this engine
             run["kvshim_stats"] = kvshim.stats()
-            tracker = getattr(cache, "kvshim_tracker", None)
-            if tracker is not None:     # the fair shares' work in this engine
-                run["kvshim_preempted"] = tracker.preempted
-                run["kvshim_short"] = tracker.short
+            after = tracker_figures(tracker)
+            run["kvshim_tracker"] = {k: after[k] - before[k] for k in after}
+            run["kvshim_tracker"]["worst"] = tracker.worst
+            run["kvshim_preempted"] = run["kvshim_tracker"]["preempted"]
+            run["kvshim_short"] = run["kvshim_tracker"]["short"]
         with open(out_path, "w") as f:
             json.dump(run, f)
         print("DONE", flush=True)
     manager.stop(block=True, timeout=60)
     return 0
+
+
+# What the kvshim adapter's tracker counts, per run (see blocks.py)
+TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted",
+                   "ahead_hits")
+
+
+def tracker_figures(tracker):
+    return {k: getattr(tracker, k, 0) for k in TRACKER_FIGURES} if tracker is not None else {}
+
+
+def time_steps():
+    """Time every generation step of the engine, both configurations
+    alike: a list that gets (start, seconds scheduling it, seconds running
+    it) per step that ran a batch. Scheduling (prepare_next_batch) includes
+    the kvshim adapter's admission checks and maps, when under kvshim; a
+    step without CUDA graphs is synchronous (transformers' sync batching),
+    so its time is the GPU's."""
+    from transformers.generation.continuous_batching import continuous_api
+    cls = continuous_api.ContinuousBatchProcessor
+    prepare, step = cls.prepare_next_batch, cls._generation_step
+    steps, last = [], threading.local()
+
+    def timed_prepare(self, *args, **kwargs):
+        t = time.perf_counter()
+        ready = prepare(self, *args, **kwargs)
+        last.prep = (t, time.perf_counter() - t)
+        return ready
+
+    def timed_step(self, *args, **kwargs):
+        t = time.perf_counter()
+        step(self, *args, **kwargs)
+        p = getattr(last, "prep", (t, 0.0))
+        steps.append((p[0], p[1], time.perf_counter() - t))
+
+    cls.prepare_next_batch, cls._generation_step = timed_prepare, timed_step
+    return steps
 
 
 def replay(manager, reqs, t0, kv_now, torch):
@@ -461,7 +508,24 @@ def summarize(results, traces):
                 # static: the KV cache is part of PyTorch's reserved memory
                 peak_proc = sum(max(s[2] + (s[1] if res["engines"][n]["kvshim"] else 0)
                                     for s in run["engines"][n]["samples"]) for n in engines)
+                steps = [st for n in engines for st in run["engines"][n].get("steps", ())]
+                tracker = [run["engines"][n].get("kvshim_tracker") or {} for n in engines]
                 table[(label, cname, name)] = {
+                    "steps": len(steps),
+                    "step_p50": pct([st[2] for st in steps], 50),
+                    "step_p99": pct([st[2] for st in steps], 99),
+                    "sched_p50": pct([st[1] for st in steps], 50),
+                    "sched_p99": pct([st[1] for st in steps], 99),
+                    "sched_max": max([st[1] for st in steps] or [float("nan")]),
+                    "wait_p99": pct(waits, 99),
+                    "prefill_p99": pct([r["ttft"] - r["wait"] for r in good
+                                        if r["wait"] is not None], 99),
+                    "kv_slow": sum(x.get("slow", 0) for x in tracker),
+                    "kv_worst": max([x.get("worst", 0.0) for x in tracker] or [0.0]),
+                    "kv_busy": sum(x.get("busy", 0.0) for x in tracker),
+                    "kv_retries": sum(x.get("retries", 0) for x in tracker),
+                    "kv_short": sum(x.get("short", 0) for x in tracker),
+                    "kv_capped": sum(x.get("capped", 0) for x in tracker),
                     "requests": len(rows), "failed": bad,
                     "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
                     "ttft_mean": statistics.fmean(ttft) if ttft else float("nan"),
@@ -513,6 +577,28 @@ def print_tables(table, traces, results, args):
                     name, cname, t["requests"], t["failed"], t["ttft_p50"], t["ttft_p99"], r,
                     t["wait_mean"], t["tokens_s"], t["peak_kv"] / MIB, t["peak_proc"] / MIB,
                     t["preempted"]))
+        print("\nwhere the time goes, trace %s: engine steps (each batch: scheduling it, which "
+              "under kvshim holds the adapter's checks and maps, then running it), queue wait and "
+              "prefill (TTFT less the wait) at p99, and the adapter's calls (slow: over %.0f ms)"
+              % (label, SLOW_MS))
+        print("| model | config | steps | step p50 ms | step p99 ms | sched p50 ms | sched p99 ms "
+              "| sched max ms | wait p99 s | prefill p99 s | kvshim calls slow | kvshim worst ms "
+              "| kvshim busy s | retries | short | capped |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for name in ORDER:
+            for cname in results:
+                t = table.get((label, cname, name))
+                if t is None:
+                    continue
+                kv = cname != "static"
+                print("| %s | %s | %d | %.1f | %.1f | %.2f | %.2f | %.1f | %.3f | %.3f | %s | %s | %s "
+                      "| %s | %s | %s |" % (
+                          name, cname, t["steps"], 1e3 * t["step_p50"], 1e3 * t["step_p99"],
+                          1e3 * t["sched_p50"], 1e3 * t["sched_p99"], 1e3 * t["sched_max"],
+                          t["wait_p99"], t["prefill_p99"],
+                          t["kv_slow"] if kv else "-", "%.1f" % (1e3 * t["kv_worst"]) if kv else "-",
+                          "%.2f" % t["kv_busy"] if kv else "-", t["kv_retries"] if kv else "-",
+                          t["kv_short"] if kv else "-", t["kv_capped"] if kv else "-"))
         used = ["%s %.0f MiB" % (c, table[(label, c, "gpu")]["peak_used"] / MIB)
                 for c in results if (label, c, "gpu") in table]
         if used:
@@ -556,6 +642,7 @@ def targets(table, traces, results, args):
                                     "" if v["overall_target"] is None else
                                     " (target %.1fx: %s)" % (v["overall_target"],
                                                              "met" if v["overall_met"] else "NOT met")))
+    out["repeats"] = repeats(table, traces, results)
     sweep = [c for c in results if c.startswith("kvshim@")]
     if sweep:
         rows, smallest = [], None
@@ -581,6 +668,46 @@ def targets(table, traces, results, args):
         print("colocate: smallest kvshim budget meeting the static %.1f GiB split's per-model p99: %s"
               % (args.budget_gib, "%.2f GiB" % smallest if smallest else "none of those tried"))
         out["sweep"] = {"rows": rows, "smallest_gib": smallest, "static_gib": args.budget_gib}
+    return out
+
+
+def repeats(table, traces, results):
+    """For each trace replayed more than once (--repeat): per model, the
+    p99 TTFT of every replay, static and kvshim, their medians and the
+    ratio of the medians; kvshim meets the static split within its spread
+    when its median is at most the static replays' largest p99. Printed;
+    returns {trace: {model: figures}}."""
+    bases = {}
+    for tr in traces:
+        bases.setdefault(tr["base"], []).append(tr["label"])
+    out = {}
+    for base, labels in bases.items():
+        if len(labels) < 2 or "static" not in results or "kvshim" not in results:
+            continue
+        if not out:
+            print("\nrun-to-run spread: each trace replayed %d times per configuration; p99 TTFT "
+                  "in seconds, median [least, most]; kvshim meets the static split within its "
+                  "spread when its median is at most static's most" % len(labels))
+            print("| trace | model | static p99 | kvshim p99 | static / kvshim (medians) "
+                  "| within static's spread |")
+            print("|---|---|---|---|---|---|")
+        out[base] = {}
+        for name in ORDER + ("all",):
+            st = [table[(lb, "static", name)]["ttft_p99"] for lb in labels
+                  if (lb, "static", name) in table]
+            kv = [table[(lb, "kvshim", name)]["ttft_p99"] for lb in labels
+                  if (lb, "kvshim", name) in table]
+            if not st or not kv:
+                continue
+            f = {"static": st, "kvshim": kv, "static_median": statistics.median(st),
+                 "kvshim_median": statistics.median(kv)}
+            f["ratio"] = f["static_median"] / f["kvshim_median"] if f["kvshim_median"] > 0 \
+                else float("nan")
+            f["within_spread"] = f["kvshim_median"] <= max(st)
+            out[base][name] = f
+            print("| %s | %s | %.3f [%.3f, %.3f] | %.3f [%.3f, %.3f] | %.2fx | %s |" % (
+                base, name, f["static_median"], min(st), max(st), f["kvshim_median"], min(kv),
+                max(kv), f["ratio"], "yes" if f["within_spread"] else "NO"))
     return out
 
 
@@ -656,6 +783,31 @@ def plot(results, traces, outdir):
         plt.close(fig)
 
 
+def write_json(path, args, traces, summary, table, results):
+    """colocate.json: the options, traces, summary and table, and every
+    request, engine step and sample of the shared segment."""
+    with open(path, "w") as f:
+        json.dump({"args": {k: v for k, v in vars(args).items()},
+                   "traces": traces, "summary": summary,
+                   "table": {"|".join(map(str, k)): v for k, v in table.items()},
+                   "engines": {m: r["engines"] for m, r in results.items()},
+                   # every request: [arrival s, TTFT s, queue wait s, prompt, new tokens, status]
+                   "requests": {m: {lb: {n: [[q["t"], q["ttft"], q["wait"], q["prompt"], q["new"],
+                                               q["status"]] for q in run["engines"][n]["requests"]]
+                                         for n in ORDER}
+                                    for lb, run in r["runs"].items()}
+                                for m, r in results.items()},
+                   "steps": {m: {lb: {n: run["engines"][n].get("steps", []) for n in ORDER}
+                                 for lb, run in r["runs"].items()}
+                             for m, r in results.items()},
+                   # the shared segment every 50 ms: [s, held, budget, {pid: held}]
+                   "held": {m: {lb: run["held"] for lb, run in r["runs"].items()}
+                            for m, r in results.items() if r["mode"] == "kvshim"},
+                   "seconds": {m: {"startup": r.get("startup_s"), "total": r.get("total_s"),
+                                   "traces": r.get("seconds")} for m, r in results.items()}},
+                  f, separators=(",", ":"))
+
+
 def numbers(text, what, ap, kind=float):
     """A comma-separated list of positive numbers, or the usage error."""
     try:
@@ -683,6 +835,9 @@ def main():
     ap.add_argument("--phase", type=float, help="one phase length (as --phases)")
     ap.add_argument("--cold-rate", type=float, default=0.25)
     ap.add_argument("--cycles", type=int, default=2, help="times each model is hot")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="replay each trace this many times per configuration (the run-to-run "
+                         "spread)")
     ap.add_argument("--sweep-gib", default="",
                     help="kvshim budgets to try against the static split at --budget-gib")
     ap.add_argument("--sweep-rates", default="3", help="the rates the sweep replays")
@@ -715,6 +870,8 @@ def main():
     sweep_rates = numbers(args.sweep_rates, "--sweep-rates", ap) if sweep else []
     if args.budget_gib <= 0 or args.cycles < 1 or any(p <= 0 for p in args.phase_list):
         ap.error("--budget-gib, --phases and --cycles must be positive")
+    if not 1 <= args.repeat <= 20:
+        ap.error("--repeat must be from 1 to 20")
     if args.floor_gib < 0 or 3 * args.floor_gib > min([args.budget_gib] + sweep):
         ap.error("--floor-gib must be from 0 to a third of --budget-gib (and of every --sweep-gib)")
     if args.tolerance < 0 or args.cpu_offload_gib < 0:
@@ -741,12 +898,16 @@ def main():
                 path = os.path.join(outdir, "colocate-trace-%s.json" % label)
                 with open(path, "w") as f:
                     json.dump(trace, f)
-                traces.append({"label": label, "rate": "%g" % rate, "seed": seed, "phase": phase,
-                               "cycles": args.cycles, "path": path, "n": len(trace)})
+                for k in range(args.repeat):
+                    traces.append({"label": label if k == 0 else "%s-run%d" % (label, k + 1),
+                                   "base": label, "rate": "%g" % rate, "seed": seed,
+                                   "phase": phase, "cycles": args.cycles, "path": path,
+                                   "n": len(trace)})
                 print("colocate: trace %s: %d requests (%s)" % (label, len(trace), ", ".join(
                     "%s %d" % (n, sum(q["model"] == n for q in trace)) for n in ORDER)))
     sweep_traces = [tr for tr in traces if float(tr["rate"]) in sweep_rates
-                    and tr["seed"] == seeds[0] and tr["phase"] == args.phase_list[0]]
+                    and tr["seed"] == seeds[0] and tr["phase"] == args.phase_list[0]
+                    and tr["label"] == tr["base"]]
     plan = [({"name": c, "mode": c, "budget": int(args.budget_gib * GIB)}, traces) for c in configs]
     plan += [({"name": "kvshim@%g" % b, "mode": "kvshim", "budget": int(b * GIB)}, sweep_traces)
              for b in sorted(sweep) if b != args.budget_gib or "kvshim" not in configs]
@@ -779,14 +940,7 @@ def main():
     summary = targets(table, traces, results, args)
     t_plot = time.perf_counter()
     plot(results, traces, outdir)
-    with open(os.path.join(outdir, "colocate.json"), "w") as f:
-        json.dump({"args": {k: v for k, v in vars(args).items()},
-                   "traces": traces, "summary": summary,
-                   "table": {"|".join(map(str, k)): v for k, v in table.items()},
-                   "engines": {m: r["engines"] for m, r in results.items()},
-                   "seconds": {m: {"startup": r.get("startup_s"), "total": r.get("total_s"),
-                                   "traces": r.get("seconds")} for m, r in results.items()}},
-                  f, indent=1)
+    write_json(os.path.join(outdir, "colocate.json"), args, traces, summary, table, results)
     print("colocate: plots and JSON written in %.0f s; the whole run took %.1f min" % (
         time.perf_counter() - t_plot, (time.perf_counter() - t_all) / 60))
     print("colocate: %s" % ("PASS" if ok else "FAIL (requests failed or the budget was passed)"))

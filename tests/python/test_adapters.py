@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import types
 import unittest
@@ -413,6 +414,41 @@ class AdapterTest(unittest.TestCase):
         self.assertFalse(proc.prepare_next_batch(64))  # kvshim has none left: wait
         self.assertGreater(tr.capped, 0)
 
+    def test_pass_kvshim_left_empty_looks_again(self):
+        # transformers' loop, finding nothing scheduled, sleeps 100 ms
+        # unless a new request comes: a pass kvshim left empty looks again
+        # soon, and schedules once the memory is back
+        c, tr = self.make(num_blocks=4096, layers=4)
+
+        def prepare_next_batch(self, n=64, rid="r"):
+            if n == 0:
+                return False                 # nothing to do: no retry
+            if self.cache.get_num_free_blocks() < n:
+                raise RuntimeError(NOTHING_SCHEDULED)
+            return self.cache.allocate_blocks(n, rid, 0) is not None
+        mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
+        with redirect_stderr(io.StringIO()):
+            transformers_cb.patch_api_module(mod)
+        proc = ContinuousBatchProcessor(c)
+        self.assertTrue(proc.prepare_next_batch(tr.group.headroom()))
+        t = time.monotonic()
+        self.assertFalse(proc.prepare_next_batch(0))
+        self.assertEqual(tr.retries, 0)
+        self.assertLess(time.monotonic() - t, transformers_cb.RETRY_FOR_S)
+        # the blocks come back 20 ms on (a request finishing, or another
+        # process letting its pages go): the same call schedules
+        freer = threading.Timer(0.02, c.free_blocks, ("r",))
+        freer.start()
+        self.addCleanup(freer.cancel)
+        t = time.monotonic()
+        self.assertTrue(proc.prepare_next_batch(64, "r2"))
+        self.assertGreater(tr.retries, 0)
+        self.assertGreaterEqual(time.monotonic() - t, 0.015)
+        # still short after RETRY_FOR_S: the step does nothing, the engine lives
+        retries = tr.retries
+        self.assertFalse(proc.prepare_next_batch(tr.group.headroom() + 1024, "r3"))
+        self.assertGreater(tr.retries, retries)
+
     def test_fair_share_preempts_through_starved_requests(self):
         """transformers 5.17's offloading manager has offload_requests only,
         which evicts requests its scheduler found starved of blocks, newest
@@ -583,6 +619,77 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(stated[-1], 7 * tr.bytes_per_block)
         tr.can_take = real_can
         self.assertTrue(proc.prepare_next_batch())
+        self.assertEqual(stated[-1], 0)
+        # asked for two requests' blocks: both preempted in one pass; asked
+        # for more than all of them: never the last active request
+        time.sleep(1.05)                             # the last second's gift forgotten
+        for i in range(3, 6):
+            proc.scheduler.waiting_requests["r%d" % i] = Request(60)
+        self.assertTrue(proc.prepare_next_batch())
+        active = len(proc.scheduler.active_requests)
+        self.assertGreaterEqual(active, 4)
+        calls = proc.offloading_manager.calls
+        asked[0] = 8 * tr.bytes_per_block
+        time.sleep(0.01)
+        proc.scheduler.waiting_requests.clear()
+        proc.prepare_next_batch()
+        self.assertEqual(proc.offloading_manager.calls - calls, 2)
+        # (the stand-in admits the two again in the same pass)
+        time.sleep(1.05)
+        calls = proc.offloading_manager.calls
+        asked[0] = 1000 * tr.bytes_per_block
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(proc.offloading_manager.calls - calls, active - 1)
+
+    def test_cap_holding_requests_back_states_demand(self):
+        """transformers 5.17 admits a request only if the free block count
+        covers it: kvshim's cap on that count, not a refused map, is what
+        holds a request back there (an H200 run with three engines stated
+        no demand at all, and nobody was asked to give back). A pass whose
+        waiting requests need more than kvshim can back states them as
+        demand; a capped pass whose waiting requests fit states none."""
+        c, tr = self.make(num_blocks=4096, layers=4)
+        stated = []
+
+        class Request:
+            def __init__(self, n):
+                self.tokens_to_process = list(range(n))
+
+        def prepare_next_batch(self):
+            waiting = self.scheduler.waiting_requests
+            for rid in list(waiting):
+                need = -(-(len(waiting[rid].tokens_to_process) + 1) // c.block_size)
+                if self.cache.get_num_free_blocks() < need:
+                    return False                   # waits for free blocks
+                self.cache.allocate_blocks(need, rid, 0)
+                del waiting[rid]
+            return True
+        mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
+        with redirect_stderr(io.StringIO()):
+            transformers_cb.patch_api_module(mod)
+        real_demand = kvshim.share_demand
+        kvshim.share_demand = stated.append
+        self.addCleanup(setattr, kvshim, "share_demand", real_demand)
+        proc = ContinuousBatchProcessor(c)
+        proc.scheduler = types.SimpleNamespace(active_requests={}, waiting_requests={})
+        room = tr.group.headroom()
+        # fits: admitted, no demand (the cap applied all the same)
+        proc.scheduler.waiting_requests["a"] = Request(10 * c.block_size)
+        self.assertTrue(proc.prepare_next_batch())
+        self.assertGreater(tr.capped, 0)
+        self.assertEqual(stated, [])
+        # more than kvshim can back: held back, its blocks stated
+        big = (room + 8) * c.block_size
+        proc.scheduler.waiting_requests["b"] = Request(big)
+        time.sleep(0.01)                                   # past the headroom's ttl
+        self.assertFalse(proc.prepare_next_batch())
+        self.assertEqual(stated[-1], -(-(big + 1) // c.block_size) * tr.bytes_per_block)
+        self.assertGreater(tr.retries, 0)
+        # gone (cancelled): the demand is taken back
+        proc.scheduler.waiting_requests.clear()
+        time.sleep(0.3)                       # a changed demand is stated at once
+        self.assertFalse(proc.prepare_next_batch() is None)
         self.assertEqual(stated[-1], 0)
 
     def test_release_failure_keeps_the_id(self):

@@ -15,16 +15,27 @@ from kvshim import ELIMIT, ENOMEM, ENOTCLAIMED
 from kvshim.adapters import warn
 
 
+# A call the engine waits on longer than this is counted (.slow): the time
+# of a 2 MiB page's map is tens of microseconds, a handoff of others' pages
+# about 14 ms.
+SLOW_S = 0.002
+
+
 def _timed(method):
-    """Add the time a tracker method takes to the tracker's .busy."""
+    """Add the time a tracker method takes to the tracker's .busy, count it
+    in .slow when it passes SLOW_S, and keep the longest in .worst."""
     @functools.wraps(method)
     def timed(self, *args, **kwargs):
         t = time.perf_counter()
         try:
             return method(self, *args, **kwargs)
         finally:
-            self.busy += time.perf_counter() - t
+            t = time.perf_counter() - t
+            self.busy += t
             self.calls += 1
+            self.worst = max(self.worst, t)
+            if t > SLOW_S:
+                self.slow += 1
     return timed
 
 
@@ -96,6 +107,9 @@ class BlockTracker:
         self._room = (0.0, None)  # (when, blocks) of the last headroom read
         self.busy = 0.0          # seconds the engine spent in this tracker
         self.calls = 0           # ...over this many calls
+        self.worst = 0.0         # the longest of them, seconds
+        self.slow = 0            # how many took longer than SLOW_S
+        self.retries = 0         # passes looked at again because kvshim was short
         self.preempted = 0       # requests preempted because kvshim asked
         self._demand = (0.0, 0)  # (when, bytes) of the last demand stated
         self._asked = (0.0, 0)   # (when, bytes) of the last ask read

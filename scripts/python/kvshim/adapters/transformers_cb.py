@@ -30,7 +30,9 @@ is imported:
   when its pool is full;
 - (transformers.generation.continuous_batching.continuous_api) when
   nothing can be scheduled or offloaded because kvshim is short, the step
-  does nothing and the loop retries, where transformers would fail;
+  does nothing and the loop retries, where transformers would fail; and a
+  pass kvshim left empty looks again every 2 ms for up to 100 ms, where
+  transformers' loop would sleep 100 ms (or until a new request came);
 - shares the GPU's budget fairly with other processes (README.md, "Sharing
   one GPU"): after each scheduling pass that kvshim cut short, states the
   blocks the waiting requests need as this process's demand; and before
@@ -52,6 +54,7 @@ import inspect
 import itertools
 import os
 import threading
+import time
 
 import kvshim
 from kvshim import ERANGE, tensors
@@ -370,9 +373,21 @@ def _waiting_blocks(proc):
 
 
 def _give_back(proc, tracker):
-    """Preempt one request if kvshim asks this engine to give back blocks
-    it uses, as transformers does when its cache is full. Returns whether
-    one was."""
+    """Preempt requests while kvshim asks this engine to give back blocks it
+    uses, as transformers does when its cache is full: the newest first,
+    as many in one pass as the ask needs (the process waiting below its
+    share waits a step, not a step per request), never the last active
+    one, and none more once one freed nothing. Returns how many were."""
+    n = 0
+    while _give_back_one(proc, tracker):
+        n += 1
+    return n
+
+
+def _give_back_one(proc, tracker):
+    """Preempt one request if kvshim asks for more than this engine gave
+    back within the last second and the engine has more than one active
+    request. Returns whether one was, and freed blocks."""
     if not tracker.should_give_back():
         return False
     om = getattr(proc, "offloading_manager", None)
@@ -388,7 +403,7 @@ def _give_back(proc, tracker):
                  "requests finish")
         return False
     active = getattr(sched, "active_requests", None)
-    if not active:
+    if not active or len(active) < 2:
         return False
     before = tracker.mapped
     if one is not None:
@@ -396,7 +411,7 @@ def _give_back(proc, tracker):
     else:
         _offload_newest(proc, many, starved, active)
     tracker.gave_back(before - tracker.mapped)
-    return True
+    return tracker.mapped < before
 
 
 def _offload_newest(proc, offload_requests, starved, active):
@@ -420,10 +435,21 @@ def _offload_newest(proc, offload_requests, starved, active):
             starved.pop()
 
 
+# How often, and for how long, a pass kvshim cut short looks again (see
+# patch_api_module): kvshim's own wait for memory looks every 2 ms; 100 ms
+# is how long transformers' loop sleeps when nothing was scheduled.
+RETRY_S = 0.002
+RETRY_FOR_S = 0.1
+
+
 def patch_api_module(mod):
     """When transformers finds nothing to schedule and nothing to offload
     because kvshim is short (other processes hold the memory), it fails the
-    engine; the step instead does nothing, and the loop retries. Each step
+    engine; the step instead does nothing, and the loop retries. A pass
+    that kvshim left with nothing scheduled looks again every RETRY_S for
+    up to RETRY_FOR_S: memory comes back within milliseconds, and
+    transformers' loop, finding nothing scheduled, would sleep 100 ms
+    unless a new request came. Each step
     first gives back what kvshim asks for, and states what the engine waits
     for (see the top). And the manager keeps generate_batch's workload for
     the read budget."""
@@ -437,10 +463,8 @@ def patch_api_module(mod):
         return
     orig = cls.prepare_next_batch
 
-    def prepare_next_batch(self, *args, **kwargs):
-        tracker = getattr(getattr(self, "cache", None), "kvshim_tracker", None)
-        if tracker is None:
-            return orig(self, *args, **kwargs)
+    def one_pass(self, tracker, args, kwargs):
+        """One scheduling pass: (ready, whether kvshim held it back)."""
         _give_back(self, tracker)
         short, capped = tracker.short, tracker.capped
         try:
@@ -450,9 +474,34 @@ def patch_api_module(mod):
                     or "can be offloaded" not in str(e).lower()):
                 raise
             ready = None
-        # kvshim cut this pass short: the waiting requests' blocks are what
-        # the engine waits for (at least one block: a request decoding)
-        tracker.state_demand(max(1, _waiting_blocks(self)) if tracker.short != short else 0)
+        # kvshim held this pass back: it refused blocks (a check or a map),
+        # the pass failed for want of what kvshim could not back (ready is
+        # None), or its cap on the free block count left out requests still
+        # waiting (the cap applies on most passes: only when the waiting
+        # requests need more than kvshim can back did it hold them back).
+        # Their blocks are what the engine waits for (at least one block:
+        # a request decoding), stated as its demand
+        waiting = _waiting_blocks(self)
+        held = tracker.short != short or ready is None or (
+            waiting > 0 and tracker.capped != capped and (tracker.room() or 0) < waiting)
+        tracker.state_demand(max(1, waiting) if held else 0)
+        return ready, held
+
+    def prepare_next_batch(self, *args, **kwargs):
+        tracker = getattr(getattr(self, "cache", None), "kvshim_tracker", None)
+        if tracker is None:
+            return orig(self, *args, **kwargs)
+        ready, held = one_pass(self, tracker, args, kwargs)
+        # nothing scheduled because kvshim held the pass back: transformers'
+        # loop would sleep until a new request comes or 100 ms pass; memory
+        # comes back within milliseconds (the free budget, others' idle
+        # pages), so look again every RETRY_S, as long as that sleep
+        if not ready and held:
+            end = time.monotonic() + RETRY_FOR_S
+            while not ready and held and time.monotonic() < end:
+                time.sleep(RETRY_S)
+                tracker.retries += 1
+                ready, held = one_pass(self, tracker, args, kwargs)
         if ready is None:
             return False
         if _ahead_on():
