@@ -117,11 +117,34 @@ class BlockTracker:
         self._ahead = set()      # ids backed ahead, not yet handed out
         self._thread = None      # the _Ahead thread, once needed
         self.ahead_hits = 0      # blocks handed out already backed
+        # blocks claimed per page index (the same in every tensor of the
+        # group): a free block on a page with claims costs no memory
+        self._claims = collections.Counter()
+        try:
+            self._page = int(kvshim.stats()["page_bytes"])
+        except (kvshim.KvshimError, KeyError, TypeError, ValueError, AttributeError):
+            self._page = 0       # unknown: every block counts as needing memory
+        self._cap = (0.0, None)  # (when, blocks) of the last capacity read
 
     @property
     def bytes_per_block(self):
         """Bytes one block id spans over every tensor of the group."""
         return self.group.block_bytes * self.group.ntensors
+
+    def _pages(self, b):
+        """The page indices block b lies on."""
+        bb = self.group.block_bytes
+        return range(b * bb // self._page, ((b + 1) * bb - 1) // self._page + 1)
+
+    def _claimed(self, ids, k):
+        """Count ids as claimed (k = 1) or released (k = -1) on their pages."""
+        if not self._page:
+            return
+        for b in ids:
+            for p in self._pages(b):
+                self._claims[p] += k
+                if self._claims[p] <= 0:
+                    del self._claims[p]
 
     def _settle(self):
         """Take in the batch backed ahead, if one was in flight."""
@@ -129,7 +152,42 @@ class BlockTracker:
             return
         done = self._thread.finish()
         if done is not None and done[1]:
-            self._ahead.update(done[0])
+            new = [b for b in done[0] if b not in self._ahead]
+            self._ahead.update(new)
+            self._claimed(new, 1)
+
+    @_timed
+    def capacity(self, free_ids, limit, room, ttl=0.005):
+        """How many of the ids the engine hands out next (free_ids, in
+        order) kvshim can back now, at most limit: those on pages other
+        blocks already claim cost no memory, the others take pages out of
+        room (blocks' worth of whole pages, as room() reads it). Without
+        this, blocks freed on pages that other blocks still hold would
+        not count, and an engine whose blocks are spread over its pages
+        would see none free while most are. Read at most every ttl
+        seconds (for the room and the ids of the first read)."""
+        when, blocks = self._cap
+        now = time.monotonic()
+        if blocks is not None and now - when <= ttl:
+            return min(blocks, limit)
+        want, limit = limit, len(free_ids)
+        if not self._page:
+            blocks = min(limit, room)
+        else:
+            per = max(1, self._page // self.group.block_bytes)
+            pages = room // per          # whole page indices room covers
+            new, blocks = set(), 0
+            for b in free_ids:
+                if blocks >= limit:
+                    break
+                fresh = [p for p in self._pages(b) if p not in self._claims and p not in new]
+                if len(new) + len(fresh) > pages:
+                    break
+                new.update(fresh)
+                blocks += 1
+            blocks = max(blocks, min(limit, room))
+        self._cap = (now, blocks)
+        return min(blocks, want)
 
     @property
     def ahead_busy(self):
@@ -148,6 +206,7 @@ class BlockTracker:
         if drop:
             self.group.unmap(drop)
             self._ahead.difference_update(drop)
+            self._claimed(drop, -1)
         new = [b for b in ids if b not in self._ahead]
         if new:
             if self._thread is None:
@@ -172,6 +231,7 @@ class BlockTracker:
                 self.short += 1
                 return False
             raise
+        self._claimed(need, 1)
         self.ahead_hits += len(ids) - len(need)
         self._ahead.difference_update(ids)
         self.mapped += len(ids)
@@ -196,10 +256,12 @@ class BlockTracker:
                 try:
                     self.group.unmap([b])
                     self.mapped -= 1
+                    self._claimed([b], -1)
                 except kvshim.KvshimError:
                     pass
             return
         self.mapped -= len(ids)
+        self._claimed(ids, -1)
 
     @_timed
     def room(self, ttl=0.005):

@@ -239,11 +239,16 @@ def attach(cache):
         room = tracker.room()
         if room is None or room >= n:
             return n
+        # the free blocks the engine hands out next that kvshim can back:
+        # those on pages other blocks hold, and whole pages' worth of room
+        cap = tracker.capacity(bm._uninit_block_ids, n, room)
+        if cap >= n:
+            return n
         # kvshim, not the engine's pool, holds the engine back: a pass
         # that schedules nothing because of it must not fail the engine
         # (counted apart from short, which states demand)
         tracker.capped += 1
-        return room
+        return cap
 
     bm.get_free_blocks = get_free_blocks
     cache.get_num_free_blocks = get_num_free_blocks
