@@ -180,6 +180,22 @@ def engine(args):
             return kv_tensor_bytes
         return kvshim.stats()["physical_bytes"]
 
+    def adapter_now():
+        """Under kvshim, what the adapter last saw (read without calling
+        kvshim): [blocks kvshim could back, capacity (the free block
+        count it let the engine see), the engine's own free blocks,
+        waiting requests, active requests, demand stated (bytes)]."""
+        tracker = getattr(cache, "kvshim_tracker", None)
+        proc = getattr(manager, "batch_processor", None)
+        sched = getattr(proc, "scheduler", None)
+        if tracker is None or sched is None:
+            return None
+        try:
+            return [tracker._room[1], tracker._cap[1], cache._block_manager.num_free_blocks,
+                    len(sched.waiting_requests), len(sched.active_requests), tracker._demand[1]]
+        except (AttributeError, TypeError, IndexError):
+            return None
+
     print("READY " + json.dumps(info), flush=True)
     for line in sys.stdin:
         cmd = line.split()
@@ -193,7 +209,7 @@ def engine(args):
         if tracker is not None:
             tracker.worst = 0.0
         first_step = len(steps)
-        run = replay(manager, mine, t0, kv_now, torch)
+        run = replay(manager, mine, t0, kv_now, torch, adapter_now if kvshim else None)
         run.update(info)
         run["steps"] = [(round(t - t0, 4), round(p, 5), round(d, 5))
                         for t, p, d in steps[first_step:]]
@@ -248,14 +264,17 @@ def time_steps():
     return steps
 
 
-def replay(manager, reqs, t0, kv_now, torch):
-    """Submit reqs at t0 + their times; collect every result."""
+def replay(manager, reqs, t0, kv_now, torch, adapter_now=None):
+    """Submit reqs at t0 + their times; collect every result. Samples
+    every 100 ms: (s, KV bytes, PyTorch's reserved bytes, the adapter's
+    view or None; see adapter_now in engine)."""
     submitted, results = {}, {}
     samples, stop = [], threading.Event()
 
     def sample():
         while not stop.is_set():
-            samples.append((time.perf_counter() - t0, kv_now(), torch.cuda.memory_reserved()))
+            samples.append((time.perf_counter() - t0, kv_now(), torch.cuda.memory_reserved(),
+                            adapter_now() if adapter_now else None))
             stop.wait(0.1)
 
     def collect():
@@ -356,8 +375,13 @@ class Sampler:
         while not self.stop.is_set():
             for seg in self.top.segments(self.pool):
                 if "error" not in seg:
+                    # per pid: held, idle (cached and pooled), demand,
+                    # asked, share and gap (the rule's, kvshim-config's)
                     self.held.append((time.perf_counter() - self.t0, seg["held"], seg["budget"],
-                                      {p["pid"]: p["held"] for p in seg["processes"]}))
+                                      {p["pid"]: [p["held"], p["cached"] + p["pooled"],
+                                                  p.get("demand"), p.get("asked"),
+                                                  p.get("share"), p.get("gap")]
+                                       for p in seg["processes"]}))
             self.stop.wait(0.05)
 
     def finish(self):
@@ -800,7 +824,8 @@ def write_json(path, args, traces, summary, table, results):
                    "steps": {m: {lb: {n: run["engines"][n].get("steps", []) for n in ORDER}
                                  for lb, run in r["runs"].items()}
                              for m, r in results.items()},
-                   # the shared segment every 50 ms: [s, held, budget, {pid: held}]
+                   # the shared segment every 50 ms: [s, held, budget, {pid: [held, idle,
+                   # demand, asked, share, gap]}]
                    "held": {m: {lb: run["held"] for lb, run in r["runs"].items()}
                             for m, r in results.items() if r["mode"] == "kvshim"},
                    "seconds": {m: {"startup": r.get("startup_s"), "total": r.get("total_s"),
