@@ -420,7 +420,15 @@ class AdapterTest(unittest.TestCase):
         # block) must see them free, not only whole pages kvshim can back
         # (on an H200 under a full shared budget, an engine holding 2.6 GiB
         # ran a handful of requests while 90 waited)
-        c, tr = self.make(num_blocks=4096, layers=4)
+        # 32 KiB blocks (64 a page), and 48 KiB blocks that straddle pages
+        for tokens in (16, 24):
+            with self.subTest(block_tokens=tokens):
+                self.held_pages_count(StandInCache(4096 if tokens == 16 else 2730, tokens, 4,
+                                                   8 * 128))
+
+    def held_pages_count(self, c):
+        self.addCleanup(self.release, c)
+        tr = transformers_cb.attach(c)
         bm = c._block_manager
         room = tr.group.headroom()
         taken = bm.get_free_blocks(room, None, False, 0)

@@ -171,20 +171,32 @@ class BlockTracker:
         if blocks is not None and now - when <= ttl:
             return min(blocks, limit)
         want, limit = limit, len(free_ids)
+        bb = self.group.block_bytes
         if not self._page:
             blocks = min(limit, room)
         else:
-            per = max(1, self._page // self.group.block_bytes)
+            per = max(1, self._page // bb)
             pages = room // per          # whole page indices room covers
-            new, blocks = set(), 0
-            for b in free_ids:
-                if blocks >= limit:
-                    break
-                fresh = [p for p in self._pages(b) if p not in self._claims and p not in new]
-                if len(new) + len(fresh) > pages:
-                    break
-                new.update(fresh)
-                blocks += 1
+            claims, new, blocks = self._claims, set(), 0
+            if self._page % bb == 0:     # a block on one page: the quick walk
+                for b in free_ids:
+                    if blocks >= limit:
+                        break
+                    p = b // per
+                    if p not in claims and p not in new:
+                        if len(new) >= pages:
+                            break
+                        new.add(p)
+                    blocks += 1
+            else:
+                for b in free_ids:
+                    if blocks >= limit:
+                        break
+                    fresh = [p for p in self._pages(b) if p not in claims and p not in new]
+                    if len(new) + len(fresh) > pages:
+                        break
+                    new.update(fresh)
+                    blocks += 1
             blocks = max(blocks, min(limit, room))
         self._cap = (now, blocks)
         return min(blocks, want)
