@@ -10,6 +10,7 @@ import collections
 import contextlib
 import ctypes
 import io
+import itertools
 import os
 import subprocess
 import sys
@@ -43,133 +44,7 @@ from kvshim.adapters import transformers_cb_reads as reads  # noqa: E402
 MIB = 1 << 20
 
 
-class FakeTensor:
-    """What the adapter reads of a torch tensor: address, row stride, size."""
-
-    def __init__(self, addr, rows, row_elems, elem=2):
-        self.addr, self.rows, self.row_elems, self.elem = addr, rows, row_elems, elem
-        self.shape = (rows, row_elems)
-        self.is_cuda = True
-
-    def data_ptr(self):
-        return self.addr
-
-    def stride(self, dim):
-        return self.row_elems
-
-    def element_size(self):
-        return self.elem
-
-    def numel(self):
-        return self.rows * self.row_elems
-
-
-class StandInBlockManager:
-    """The block manager's behaviour, written afresh: free ids in a deque
-    (uninitialised), complete shareable blocks kept in an ordered dict when
-    freed (initialised: prefix cache), evicted back to the deque on demand."""
-
-    def __init__(self, num_blocks):
-        self._uninit_block_ids = collections.deque(range(num_blocks))
-        self._init_block_ids = {}
-        self._id_to_block = {}
-        self.refs = {}
-
-    @property
-    def num_free_blocks(self):
-        return len(self._uninit_block_ids) + len(self._init_block_ids)
-
-    def has_enough_free_blocks(self, n):
-        short = n - len(self._uninit_block_ids)
-        if short <= 0:
-            return True
-        if len(self._init_block_ids) < short:
-            return False
-        for _ in range(short):                 # evict from the prefix cache
-            self._uninit_block_ids.append(self._init_block_ids.popitem()[0])
-        return True
-
-    def get_free_blocks(self, n, last_block_id, shareable, group_id):
-        if not self.has_enough_free_blocks(n):
-            return None
-        ids = [self._uninit_block_ids.popleft() for _ in range(n)]
-        for b in ids:
-            self.refs[b] = 1
-            if shareable:
-                self._id_to_block[b] = object()
-        return ids
-
-    def free_blocks(self, ids, shareable, complete=False):
-        for b in ids:
-            self.refs.pop(b)
-            if shareable and complete:
-                self._init_block_ids[b] = None     # kept for prefix sharing
-            else:
-                self._id_to_block.pop(b, None)
-                self._uninit_block_ids.append(b)
-
-    def reuse_cached(self, b):
-        """A new request shares a cached prefix block."""
-        self._init_block_ids.pop(b)
-        self.refs[b] = 1
-
-
-class StandInCache:
-    def __init__(self, num_blocks, block_size, layers, row_elems):
-        self.block_size, self.num_blocks = block_size, num_blocks
-        rows = (num_blocks + 2) * block_size
-        size = rows * row_elems * 2
-        kvshim.kv_begin()
-        try:
-            self.key_cache = [FakeTensor(kvshim.reserve(size), rows, row_elems) for _ in range(layers)]
-            self.value_cache = [FakeTensor(kvshim.reserve(size), rows, row_elems) for _ in range(layers)]
-        finally:
-            kvshim.kv_end()
-        self._block_manager = StandInBlockManager(num_blocks)
-        self.group_cache_managers = [StandInGroup()]
-
-    def blocks_needed(self, n, allocated):
-        return n * len(self.group_cache_managers)
-
-    def will_allocation_be_successful(self, n, allocated):
-        return self.blocks_needed(n, allocated) <= self._block_manager.num_free_blocks
-
-    def get_num_free_blocks(self):
-        return self._block_manager.num_free_blocks
-
-    def allocate_blocks(self, n, request_id, allocated):
-        """Check once, then each layer group takes its blocks; a group
-        finding none after the check is an error, as in transformers."""
-        if not self.will_allocation_be_successful(n, allocated):
-            return None
-        for cm in self.group_cache_managers:
-            table = cm.block_table.setdefault(request_id, [])
-            ids = self._block_manager.get_free_blocks(n, table[-1] if table else None,
-                                                      cm.uses_block_sharing, 0)
-            if ids is None:
-                raise ValueError("Failed to allocate %d blocks for request %s" % (n, request_id))
-            table.extend(ids)
-        return n
-
-    def free_blocks(self, request_id):
-        for cm in self.group_cache_managers:
-            if request_id in cm.block_table:
-                self._block_manager.free_blocks(cm.block_table.pop(request_id),
-                                                shareable=cm.uses_block_sharing)
-
-    def extend_read_and_write_indices(self, request_id, past, query, read_index, write_index):
-        """Rows of the request's blocks, per layer group, as a full attention
-        group reads (everything up to the new tokens) and writes them."""
-        for cm, reads, writes in zip(self.group_cache_managers, read_index, write_index):
-            rows = [b * self.block_size + i for b in cm.block_table[request_id]
-                    for i in range(self.block_size)]
-            writes.extend(rows[past:past + query])
-            reads.extend(rows[:past + query])
-
-
-class StandInGroup:
-    def __init__(self):
-        self.block_table, self.uses_block_sharing = {}, True
+from standins import FakeTensor, StandInBlockManager, StandInCache, StandInGroup  # noqa: E402,F401
 
 
 def pages(cache):
@@ -446,6 +321,64 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(sorted(again), sorted(freed))
         pages_now = kvshim.stats()["mapped_bytes"]
         self.assertEqual(pages_now, pages)
+
+    def test_ids_on_held_pages_handed_out_first(self):
+        # free ids on pages other blocks hold go out before the list's
+        # first (a page freed whole, here page index 2, and never-used ids):
+        # they cost no memory, and the pages in use stay few; what the
+        # adapter maps ahead is what the engine will take
+        c, tr = self.make(num_blocks=4096, layers=4)
+        bm, free = c._block_manager, c._block_manager._uninit_block_ids
+        taken = bm.get_free_blocks(192, None, False, 0)        # page indices 0, 1, 2
+        self.assertEqual(taken, list(range(192)))
+        scattered = list(range(1, 128, 2))                      # half of pages 0 and 1
+        # (freed last, page index 2's ids lead the list)
+        bm.free_blocks(scattered + list(range(128, 192)), shareable=False)
+        self.assertTrue(128 <= free[0] < 192)
+        self.assertEqual(len(set(free)), len(free))
+        coming = list(itertools.islice(free.upcoming(), 80))
+        again = bm.get_free_blocks(80, None, False, 0)
+        self.assertEqual(again, coming)
+        self.assertEqual(sorted(again[:64]), scattered)         # the held pages first
+        self.assertTrue(all(128 <= b < 192 for b in again[64:]))
+        self.assertEqual(len(free), 4096 - 192 + 64 - 16)
+
+    def test_admission_follows_what_kvshim_can_back(self):
+        """The scheduler's safety margin is of what the engine can have
+        now, not of its pool sized as if alone; while kvshim asks the engine
+        to give back, it admits nothing, and admits again when the ask is
+        over (but leaves transformers' own block on admissions alone)."""
+        c, tr = self.make(num_blocks=4096, layers=4)
+        asked = [0]
+
+        def prepare_next_batch(self):
+            return False
+        mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
+        with redirect_stderr(io.StringIO()):
+            transformers_cb.patch_api_module(mod)
+        real_asked = kvshim.share_asked
+        kvshim.share_asked = lambda: asked[0]
+        self.addCleanup(setattr, kvshim, "share_asked", real_asked)
+        proc = ContinuousBatchProcessor(c)
+        sched = proc.scheduler = types.SimpleNamespace(
+            active_requests={}, waiting_requests={}, safety_margin=0.15, block_new_requests=False)
+        proc.prepare_next_batch()
+        shown = c.get_num_free_blocks()                 # the 64 MiB limit's blocks
+        self.assertLess(shown, 4096)
+        self.assertAlmostEqual(sched.safety_margin, 0.15 * shown / 4096)
+        self.assertFalse(sched.block_new_requests)
+        asked[0] = tr.bytes_per_block
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertTrue(sched.block_new_requests)
+        asked[0] = 0
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertFalse(sched.block_new_requests)
+        sched.block_new_requests = True                 # transformers' own, after evicting
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertTrue(sched.block_new_requests)
 
     def test_pass_kvshim_left_empty_looks_again(self):
         # transformers' loop, finding nothing scheduled, sleeps 100 ms

@@ -187,7 +187,8 @@ def attach(cache):
         return None
     tracker = BlockTracker(group)
     bm = cache._block_manager
-    free = TrackedFreeList(bm._uninit_block_ids, tracker.give)
+    free = TrackedFreeList(bm._uninit_block_ids, tracker.give, tracker)
+    tracker.freed(free)     # ids never handed out are free on their pages too
     bm._uninit_block_ids = free
     orig_get = bm.get_free_blocks
 
@@ -207,7 +208,7 @@ def attach(cache):
         if not orig_will(num_requested_blocks, allocated_blocks):
             return False
         need = cache.blocks_needed(num_requested_blocks, allocated_blocks)
-        return tracker.can_take(itertools.islice(bm._uninit_block_ids, need))
+        return tracker.can_take(itertools.islice(free.upcoming(), need))
 
     orig_allocate = cache.allocate_blocks
 
@@ -241,7 +242,9 @@ def attach(cache):
             return n
         # the free blocks the engine hands out next that kvshim can back:
         # those on pages other blocks hold, and whole pages' worth of room
-        cap = tracker.capacity(bm._uninit_block_ids, n, room)
+        free_ids = bm._uninit_block_ids
+        cap = tracker.capacity(free_ids.upcoming() if hasattr(free_ids, "upcoming")
+                               else free_ids, n, room)
         if cap >= n:
             return n
         # kvshim, not the engine's pool, holds the engine back: a pass
@@ -354,7 +357,8 @@ def map_ahead(processor, tracker):
         tokens = min(sum(len(s.remaining_prefill_tokens) for s in states),
                      processor.max_batch_tokens)
         n = cache.blocks_needed(-(-tokens // cache.block_size), 0) if tokens > 0 else 0
-        ids = list(itertools.islice(cache._block_manager._uninit_block_ids, n))
+        free = cache._block_manager._uninit_block_ids
+        ids = list(itertools.islice(free.upcoming() if hasattr(free, "upcoming") else free, n))
     except (AttributeError, TypeError) as e:
         warn("transformers continuous batching not as expected (%s): blocks are mapped "
              "when handed out only" % e)
@@ -415,8 +419,52 @@ def _give_back_one(proc, tracker):
         one()
     else:
         _offload_newest(proc, many, starved, active)
-    tracker.gave_back(before - tracker.mapped)
-    return tracker.mapped < before
+    freed = before - tracker.mapped
+    if freed > 0:           # (an eviction transformers declined counts nothing)
+        tracker.gave_back(freed)
+    return freed > 0
+
+
+def _admission(proc, tracker):
+    """Before a scheduling pass: the scheduler's safety margin, and whether
+    it may admit new requests at all.
+
+    transformers' FIFO scheduler admits one new prefill a batch once the
+    free block count is under safety_margin x num_blocks (0.15 by default
+    in 5.17). num_blocks is the pool sized as if alone, and the count is
+    capped at what kvshim can back, so under a shared budget the engine
+    would admit one prefill a batch long before its memory is low: the
+    margin is taken of what the engine can have now (its blocks in use and
+    the free blocks it is shown) instead.
+
+    While kvshim asks the engine to give back, it admits nothing (its
+    block_new_requests, which transformers sets itself after evicting and
+    clears when a request finishes; the adapter clears it when the ask is
+    over, if it set it): requests it preempted, or that finished, would
+    otherwise leave blocks that new requests fill again at once, on the
+    same pages, and no page would ever go back."""
+    sched = getattr(proc, "scheduler", None)
+    if sched is None:
+        return
+    base = getattr(sched, "_kvshim_safety_margin", None)
+    if base is None and isinstance(getattr(sched, "safety_margin", None), (int, float)):
+        base = sched._kvshim_safety_margin = sched.safety_margin
+    cache = proc.cache
+    if base:
+        total = getattr(cache, "num_blocks", 0)
+        have = tracker.mapped + cache.get_num_free_blocks()
+        if total > 0:
+            sched.safety_margin = base * min(1.0, have / total)
+    if not hasattr(sched, "block_new_requests"):
+        return
+    if tracker.asked():
+        if not sched.block_new_requests:
+            sched.block_new_requests = sched._kvshim_blocked = True
+    elif getattr(sched, "_kvshim_blocked", False):
+        # the ask is over: admit again (transformers would wait for a
+        # request to finish, and an engine that gave back every one has
+        # none left to finish)
+        sched.block_new_requests = sched._kvshim_blocked = False
 
 
 def _offload_newest(proc, offload_requests, starved, active):
@@ -471,6 +519,7 @@ def patch_api_module(mod):
     def one_pass(self, tracker, args, kwargs):
         """One scheduling pass: (ready, whether kvshim held it back)."""
         _give_back(self, tracker)
+        _admission(self, tracker)
         short, capped = tracker.short, tracker.capped
         try:
             ready = orig(self, *args, **kwargs)

@@ -1,0 +1,225 @@
+#!/usr/bin/env python3
+"""fair_engines.py - engines of transformers 5.17's shape, one process each,
+sharing one kvshim budget on the CPU emulation, every one of them with
+more work than its share holds (colocate.py's rate 6, in small).
+
+An engine is the transformers adapter over stand-ins (standins.py): a
+paged cache whose block pool is sized as if alone, a scheduler that
+grows each active request by a block every few steps and admits waiting
+requests while the free block count covers their prompt (which the
+adapter caps at what kvshim can back), and 5.17's offloading manager,
+which evicts the newest starved requests while their demand passes the
+free blocks (an evicted request starts again). A step sleeps a while, as
+the GPU's would. Each engine keeps WAITING requests waiting from its start
+to its end.
+
+run(...) starts the engines (the first alone for a head start, the others
+after it) and returns each one's samples; as a script, it prints them as a
+table. Run by test_fair_engines.py on the emulation.
+"""
+import collections
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+BLOCK_TOKENS = 16        # 16 tokens x 8 heads x 128 x bf16: 32 KiB blocks, 64 a 2 MiB page
+LAYERS = 2               # four tensors: a page index is 8 MiB
+PROMPT = 8               # blocks a request's prompt takes
+STEPS = 24               # steps a request decodes
+GROW = 6                 # it takes one more block every GROW steps
+WAITING = 12             # requests each engine keeps waiting
+STEP_S = 0.004           # a step's time
+
+
+class Request:
+    def __init__(self, rid):
+        self.request_id = rid
+        self.tokens_to_process = list(range(PROMPT * BLOCK_TOKENS - 1))
+        self.remaining_prefill_tokens = []
+        self.blocks = self.steps = 0
+
+    def restart(self):
+        """Evicted: it starts again (no CPU space)."""
+        self.blocks = self.steps = 0
+
+
+class Scheduler:
+    def __init__(self):
+        self.active_requests = collections.OrderedDict()
+        self.waiting_requests = collections.OrderedDict()
+        self.starved_requests = []
+        self.block_new_requests = False
+
+
+class OffloadingManager:
+    """5.17's offload_requests: evict the newest starved requests while
+    their demand passes the free blocks, never the last active one."""
+
+    def __init__(self, proc):
+        self.proc, self.evicted = proc, 0
+
+    def offload_requests(self):
+        sched, cache = self.proc.scheduler, self.proc.cache
+        starved = sched.starved_requests
+        if not starved:
+            return 0
+        free = cache.get_num_free_blocks()
+        demand = sum(n for _, n in starved)
+        victims = []
+        while demand > free and starved and len(sched.active_requests) - len(victims) > 1:
+            state, n = starved.pop()
+            victims.append(state)
+            demand -= n
+            free += state.blocks
+        for state in reversed(victims):
+            rid = state.request_id
+            sched.active_requests.pop(rid, None)
+            cache.free_blocks(rid)
+            state.restart()
+            sched.waiting_requests[rid] = state
+        if victims:
+            sched.block_new_requests = True
+            self.evicted += len(victims)
+        return len(victims)
+
+
+class ContinuousBatchProcessor:
+    def __init__(self, cache):
+        self.cache, self.scheduler = cache, Scheduler()
+        self.offloading_manager = OffloadingManager(self)
+        self.done = 0
+
+    def prepare_next_batch(self):
+        sched, cache = self.scheduler, self.cache
+        sched.starved_requests = []
+        for state in list(sched.active_requests.values()):
+            if state.steps and state.steps % GROW == 0 and state.blocks <= state.steps // GROW + PROMPT - 1:
+                if cache.allocate_blocks(1, state.request_id, state.blocks) is None:
+                    sched.starved_requests.append((state, 1))
+                else:
+                    state.blocks += 1
+        if not sched.block_new_requests:
+            for rid, state in list(sched.waiting_requests.items()):
+                if cache.get_num_free_blocks() < PROMPT:
+                    break
+                if cache.allocate_blocks(PROMPT, rid, 0) is None:
+                    break
+                state.blocks = PROMPT
+                sched.active_requests[rid] = sched.waiting_requests.pop(rid)
+        if sched.starved_requests:
+            self.offloading_manager.offload_requests()
+        return bool(sched.active_requests)
+
+    def update_batch(self):
+        """Requests not starved this step decode a token; finished ones go."""
+        sched = self.scheduler
+        starved = {id(s) for s, _ in sched.starved_requests}
+        for rid, state in list(sched.active_requests.items()):
+            if id(state) in starved:
+                continue
+            state.steps += 1
+            if state.steps >= STEPS:
+                del sched.active_requests[rid]
+                self.cache.free_blocks(rid)
+                sched.block_new_requests = False
+                self.done += 1
+
+
+def engine(seconds, num_blocks, start_at):
+    """One engine (this process), from start_at (a time.time()) for
+    seconds; prints its samples as JSON."""
+    import kvshim
+    from kvshim.adapters import transformers_cb
+    from standins import StandInCache
+
+    mod = type(sys)("fair_engines_api")
+    mod.ContinuousBatchProcessor = ContinuousBatchProcessor
+    transformers_cb.patch_api_module(mod)
+    cache = StandInCache(num_blocks, BLOCK_TOKENS, LAYERS, 8 * 128)
+    tracker = transformers_cb.attach(cache)
+    proc = ContinuousBatchProcessor(cache)
+    time.sleep(max(0.0, start_at - time.time()))
+    t0 = time.monotonic()
+    end, n, samples, next_sample = t0 + seconds, 0, [], t0
+    while time.monotonic() < end:
+        while len(proc.scheduler.waiting_requests) < WAITING:
+            rid = "q%d" % n
+            proc.scheduler.waiting_requests[rid] = Request(rid)
+            n += 1
+        if proc.prepare_next_batch():
+            proc.update_batch()
+            time.sleep(STEP_S)
+        else:
+            time.sleep(STEP_S)
+        now = time.monotonic()
+        if now >= next_sample:
+            next_sample = now + 0.1
+            samples.append([round(now - t0, 3), tracker.mapped,
+                            kvshim.stats()["physical_bytes"],
+                            len(proc.scheduler.active_requests), proc.done,
+                            tracker.preempted, proc.offloading_manager.evicted, tracker.short,
+                            tracker.capped])
+    json.dump({"pid": os.getpid(), "samples": samples}, sys.stdout)
+    return 0
+
+
+# columns of a sample
+FIELDS = ("t", "blocks", "physical", "active", "done", "preempted", "evicted", "short", "capped")
+
+
+def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, lib=None):
+    """Start engines under one budget of budget_mib, the first head_start
+    seconds before the others, each running seconds from its start.
+    Returns [{"pid", "samples"}] in start order."""
+    pool = pool or "fairengines%d" % os.getpid()
+    env = dict(os.environ)
+    env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET="%dM" % budget_mib, KVSHIM_POOL=pool,
+               KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, env.get("PYTHONPATH")) if p)
+    # the block pool as if alone: the whole budget
+    num_blocks = budget_mib * 1024 // 32 // (2 * LAYERS)
+    start = time.time() + 1.0
+    procs = []
+    try:
+        for k in range(engines):
+            at = start + (head_start if k else 0.0)
+            procs.append(subprocess.Popen(
+                [sys.executable, os.path.abspath(__file__), "--engine", str(seconds),
+                 str(num_blocks), repr(at)], env=env, stdout=subprocess.PIPE, text=True))
+        out = []
+        for p in procs:
+            text, _ = p.communicate(timeout=seconds + head_start + 120)
+            if p.returncode:
+                raise RuntimeError("engine pid %d exited %d" % (p.pid, p.returncode))
+            out.append(json.loads(text))
+        return out
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+        for path in glob.glob("/dev/shm/kvshim-*-" + pool):
+            os.unlink(path)
+
+
+def main():
+    if len(sys.argv) > 1 and sys.argv[1] == "--engine":
+        return engine(float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+    out = run()
+    print("t     " + "  ".join("engine %d: blocks MiB active done evicted" % k
+                                for k in range(len(out))))
+    for i in range(0, max(len(o["samples"]) for o in out), 5):
+        row = []
+        for o in out:
+            s = o["samples"][i] if i < len(o["samples"]) else None
+            row.append("%5s %4s %4s %4s %4s" % ((s[1], s[2] >> 20, s[3], s[4], s[6])
+                                                 if s else ("", "", "", "", "")))
+        print("%4.1f  %s" % (i / 10, "   ".join(row)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

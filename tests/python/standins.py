@@ -1,0 +1,138 @@
+"""Stand-ins for what the transformers adapter reads of an engine: torch
+tensors (address, row stride, size), transformers' block manager and its
+paged cache, written afresh from their behaviour. Shared by the adapter's
+tests (test_adapters.py) and the engines sharing one budget
+(fair_engines.py). Import after kvshim's variables are set: it loads
+kvshim."""
+import collections
+
+import kvshim
+
+
+class FakeTensor:
+    """What the adapter reads of a torch tensor: address, row stride, size."""
+
+    def __init__(self, addr, rows, row_elems, elem=2):
+        self.addr, self.rows, self.row_elems, self.elem = addr, rows, row_elems, elem
+        self.shape = (rows, row_elems)
+        self.is_cuda = True
+
+    def data_ptr(self):
+        return self.addr
+
+    def stride(self, dim):
+        return self.row_elems
+
+    def element_size(self):
+        return self.elem
+
+    def numel(self):
+        return self.rows * self.row_elems
+
+
+class StandInBlockManager:
+    """The block manager's behaviour, written afresh: free ids in a deque
+    (uninitialised), complete shareable blocks kept in an ordered dict when
+    freed (initialised: prefix cache), evicted back to the deque on demand."""
+
+    def __init__(self, num_blocks):
+        self._uninit_block_ids = collections.deque(range(num_blocks))
+        self._init_block_ids = {}
+        self._id_to_block = {}
+        self.refs = {}
+
+    @property
+    def num_free_blocks(self):
+        return len(self._uninit_block_ids) + len(self._init_block_ids)
+
+    def has_enough_free_blocks(self, n):
+        short = n - len(self._uninit_block_ids)
+        if short <= 0:
+            return True
+        if len(self._init_block_ids) < short:
+            return False
+        for _ in range(short):                 # evict from the prefix cache
+            self._uninit_block_ids.append(self._init_block_ids.popitem()[0])
+        return True
+
+    def get_free_blocks(self, n, last_block_id, shareable, group_id):
+        if not self.has_enough_free_blocks(n):
+            return None
+        ids = [self._uninit_block_ids.popleft() for _ in range(n)]
+        for b in ids:
+            self.refs[b] = 1
+            if shareable:
+                self._id_to_block[b] = object()
+        return ids
+
+    def free_blocks(self, ids, shareable, complete=False):
+        for b in ids:
+            self.refs.pop(b)
+            if shareable and complete:
+                self._init_block_ids[b] = None     # kept for prefix sharing
+            else:
+                self._id_to_block.pop(b, None)
+                self._uninit_block_ids.append(b)
+
+    def reuse_cached(self, b):
+        """A new request shares a cached prefix block."""
+        self._init_block_ids.pop(b)
+        self.refs[b] = 1
+
+
+class StandInCache:
+    def __init__(self, num_blocks, block_size, layers, row_elems):
+        self.block_size, self.num_blocks = block_size, num_blocks
+        rows = (num_blocks + 2) * block_size
+        size = rows * row_elems * 2
+        kvshim.kv_begin()
+        try:
+            self.key_cache = [FakeTensor(kvshim.reserve(size), rows, row_elems) for _ in range(layers)]
+            self.value_cache = [FakeTensor(kvshim.reserve(size), rows, row_elems) for _ in range(layers)]
+        finally:
+            kvshim.kv_end()
+        self._block_manager = StandInBlockManager(num_blocks)
+        self.group_cache_managers = [StandInGroup()]
+
+    def blocks_needed(self, n, allocated):
+        return n * len(self.group_cache_managers)
+
+    def will_allocation_be_successful(self, n, allocated):
+        return self.blocks_needed(n, allocated) <= self._block_manager.num_free_blocks
+
+    def get_num_free_blocks(self):
+        return self._block_manager.num_free_blocks
+
+    def allocate_blocks(self, n, request_id, allocated):
+        """Check once, then each layer group takes its blocks; a group
+        finding none after the check is an error, as in transformers."""
+        if not self.will_allocation_be_successful(n, allocated):
+            return None
+        for cm in self.group_cache_managers:
+            table = cm.block_table.setdefault(request_id, [])
+            ids = self._block_manager.get_free_blocks(n, table[-1] if table else None,
+                                                      cm.uses_block_sharing, 0)
+            if ids is None:
+                raise ValueError("Failed to allocate %d blocks for request %s" % (n, request_id))
+            table.extend(ids)
+        return n
+
+    def free_blocks(self, request_id):
+        for cm in self.group_cache_managers:
+            if request_id in cm.block_table:
+                self._block_manager.free_blocks(cm.block_table.pop(request_id),
+                                                shareable=cm.uses_block_sharing)
+
+    def extend_read_and_write_indices(self, request_id, past, query, read_index, write_index):
+        """Rows of the request's blocks, per layer group, as a full attention
+        group reads (everything up to the new tokens) and writes them."""
+        for cm, reads, writes in zip(self.group_cache_managers, read_index, write_index):
+            rows = [b * self.block_size + i for b in cm.block_table[request_id]
+                    for i in range(self.block_size)]
+            writes.extend(rows[past:past + query])
+            reads.extend(rows[:past + query])
+
+
+class StandInGroup:
+    def __init__(self):
+        self.block_table, self.uses_block_sharing = {}, True
