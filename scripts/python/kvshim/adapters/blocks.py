@@ -213,49 +213,23 @@ class BlockTracker:
             self._claimed(new, 1)
 
     @_timed
-    def capacity(self, free_ids, limit, room, ttl=0.005):
-        """How many of the ids the engine hands out next (free_ids, in
-        order) kvshim can back now, at most limit: those on pages other
-        blocks already claim cost no memory, the others take pages out of
-        room (blocks' worth of whole pages, as room() reads it). Without
-        this, blocks freed on pages that other blocks still hold would
-        not count, and an engine whose blocks are spread over its pages
-        would see none free while most are. Read at most every ttl
-        seconds (for the room and the ids of the first read)."""
+    def capacity(self, limit, room, ttl=0.005):
+        """How many of the ids the engine hands out next kvshim can back
+        now, at most limit: the free ids on pages other blocks claim (they
+        go out first, see prefer, and cost no memory), then room's worth
+        (blocks of whole pages, as room() reads it; the exact check is
+        can_take's, on the very ids). Without the first part, blocks freed
+        on pages that other blocks still hold would not count, and an
+        engine whose blocks are spread over its pages would see none free
+        while most are. Read at most every ttl seconds."""
         when, blocks = self._cap
         now = time.monotonic()
-        if blocks is not None and now - when <= ttl:
-            return min(blocks, limit)
-        want = limit
-        bb = self.group.block_bytes
-        if not self._page:
-            blocks = min(limit, room)
-        else:
-            per = max(1, self._page // bb)
-            pages = room // per          # whole page indices room covers
-            claims, new, blocks = self._claims, set(), 0
-            if self._page % bb == 0:     # a block on one page: the quick walk
-                for b in free_ids:
-                    if blocks >= limit:
-                        break
-                    p = b // per
-                    if p not in claims and p not in new:
-                        if len(new) >= pages:
-                            break
-                        new.add(p)
-                    blocks += 1
-            else:
-                for b in free_ids:
-                    if blocks >= limit:
-                        break
-                    fresh = [p for p in self._pages(b) if p not in claims and p not in new]
-                    if len(new) + len(fresh) > pages:
-                        break
-                    new.update(fresh)
-                    blocks += 1
-            blocks = max(blocks, min(limit, room))
-        self._cap = (now, blocks)
-        return min(blocks, want)
+        if blocks is None or now - when > ttl:
+            blocks = room
+            if self._one_page():
+                blocks += sum(len(self._free_on.get(p, ())) for p in self._hot)
+            self._cap = (now, blocks)
+        return min(blocks, limit)
 
     @property
     def ahead_busy(self):
@@ -428,6 +402,34 @@ class TrackedFreeList(collections.deque):
         super().__init__(iterable)
         self._on_return = on_return
         self._tracker = tracker
+        # ids handed out from inside the list (the tracker's preferred):
+        # their copies stay where they are, counted here, and are dropped
+        # when popleft reaches them (removing them there would cost a walk
+        # of the list each: 60 us at 5000 ids deep)
+        self._stale = collections.Counter()
+        self._nstale = 0
+
+    def __len__(self):
+        return collections.deque.__len__(self) - self._nstale
+
+    def __iter__(self):
+        stale = collections.Counter(self._stale) if self._nstale else None
+        for b in collections.deque.__iter__(self):
+            if stale and stale[b] > 0:
+                stale[b] -= 1
+                continue
+            yield b
+
+    def __contains__(self, b):
+        return any(x == b for x in self)
+
+    def __getitem__(self, i):
+        if not isinstance(i, int) or i < 0:
+            raise TypeError("TrackedFreeList indexes from the left only")
+        for k, b in enumerate(self):
+            if k == i:
+                return b
+        raise IndexError("TrackedFreeList index out of range")
 
     def popleft(self):
         """The next id for the engine: the tracker's preferred one (on a
@@ -435,16 +437,34 @@ class TrackedFreeList(collections.deque):
         t = self._tracker
         b = t.prefer() if t is not None else None
         if b is not None:
-            try:
-                self.remove(b)
-            except ValueError:        # not in the list after all: forget it
-                t.handed(b)
-                b = None
-        if b is None:
-            b = super().popleft()
+            self._stale[b] += 1
+            self._nstale += 1
+            self._compact()
+        else:
+            while True:
+                b = collections.deque.popleft(self)
+                if self._stale.get(b):
+                    self._stale[b] -= 1
+                    if not self._stale[b]:
+                        del self._stale[b]
+                    self._nstale -= 1
+                    continue
+                break
         if t is not None:
             t.handed(b)
         return b
+
+    def _compact(self):
+        """Drop the counted copies once they are many (a quarter of the
+        list, and over a thousand): one walk for all of them."""
+        n = collections.deque.__len__(self)
+        if self._nstale <= 1024 or 4 * self._nstale <= n:
+            return
+        keep = list(self)
+        collections.deque.clear(self)
+        collections.deque.extend(self, keep)
+        self._stale.clear()
+        self._nstale = 0
 
     def _returned(self, ids):
         try:
@@ -486,6 +506,6 @@ class TrackedFreeList(collections.deque):
             for b in t.preferred():
                 seen.add(b)
                 yield b
-        for b in collections.deque.__iter__(self):
+        for b in self:
             if b not in seen:
                 yield b

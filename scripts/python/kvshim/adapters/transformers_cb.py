@@ -242,9 +242,7 @@ def attach(cache):
             return n
         # the free blocks the engine hands out next that kvshim can back:
         # those on pages other blocks hold, and whole pages' worth of room
-        free_ids = bm._uninit_block_ids
-        cap = tracker.capacity(free_ids.upcoming() if hasattr(free_ids, "upcoming")
-                               else free_ids, n, room)
+        cap = tracker.capacity(n, room)
         if cap >= n:
             return n
         # kvshim, not the engine's pool, holds the engine back: a pass
