@@ -25,9 +25,12 @@ is imported:
   check said yes (memory taken meanwhile) is undone and reported as
   unavailable;
 - makes the free block count the scheduler and the offloading manager read
-  (get_num_free_blocks) no more than kvshim can back: when memory is
-  short, new prefills wait and transformers preempts its own requests as
-  when its pool is full;
+  (get_num_free_blocks) no more than kvshim can back (the free ids on
+  pages other blocks hold, which the free list hands out first, and
+  room's worth of whole pages): when memory is short, new prefills wait
+  and transformers preempts its own requests as when its pool is full;
+  and scales the scheduler's safety margin to what the engine can have
+  (see _admission);
 - (transformers.generation.continuous_batching.continuous_api) when
   nothing can be scheduled or offloaded because kvshim is short, the step
   does nothing and the loop retries, where transformers would fail; and a
@@ -38,10 +41,11 @@ is imported:
   blocks the waiting requests need as this process's demand; and before
   each pass, when kvshim asks the engine to give back blocks it uses (it
   holds more than its fair share while another process waits below its
-  own), preempts one request the way transformers does when its cache is
+  own), preempts requests the way transformers does when its cache is
   full (its offloading manager: to CPU where transformers was given CPU
-  space, else the request starts again), at most as many blocks a second
-  as asked;
+  space, else the request starts again), as many in a pass as the ask
+  needs and at most as many blocks a second as asked, and admits nothing
+  new until the ask is over;
 - gives the cache a read budget, the most KV tokens one batch reads, which
   sizes transformers' static batch buffers and its warm-up instead of the
   lazy cache's capacity (transformers_cb_reads.py).
