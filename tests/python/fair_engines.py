@@ -55,42 +55,14 @@ class Scheduler:
         self.block_new_requests = False
 
 
-class OffloadingManager:
-    """5.17's offload_requests: evict the newest starved requests while
-    their demand passes the free blocks, never the last active one."""
-
-    def __init__(self, proc):
-        self.proc, self.evicted = proc, 0
-
-    def offload_requests(self):
-        sched, cache = self.proc.scheduler, self.proc.cache
-        starved = sched.starved_requests
-        if not starved:
-            return 0
-        free = cache.get_num_free_blocks()
-        demand = sum(n for _, n in starved)
-        victims = []
-        while demand > free and starved and len(sched.active_requests) - len(victims) > 1:
-            state, n = starved.pop()
-            victims.append(state)
-            demand -= n
-            free += state.blocks
-        for state in reversed(victims):
-            rid = state.request_id
-            sched.active_requests.pop(rid, None)
-            cache.free_blocks(rid)
-            state.restart()
-            sched.waiting_requests[rid] = state
-        if victims:
-            sched.block_new_requests = True
-            self.evicted += len(victims)
-        return len(victims)
-
-
 class ContinuousBatchProcessor:
+    """5.17's batch processor, in small (the offloading manager is
+    standins.OffloadingManager517)."""
+
     def __init__(self, cache):
+        from standins import OffloadingManager517    # (loads kvshim: engines only)
         self.cache, self.scheduler = cache, Scheduler()
-        self.offloading_manager = OffloadingManager(self)
+        self.offloading_manager = OffloadingManager517(self)
         self.done = 0
 
     def prepare_next_batch(self):
@@ -161,7 +133,7 @@ def engine(seconds, num_blocks, start_at):
             samples.append([round(now - t0, 3), tracker.mapped,
                             kvshim.stats()["physical_bytes"],
                             len(proc.scheduler.active_requests), proc.done,
-                            tracker.preempted, proc.offloading_manager.evicted, tracker.short,
+                            tracker.preempted, len(proc.offloading_manager.evicted), tracker.short,
                             tracker.capped])
     json.dump({"pid": os.getpid(), "samples": samples}, sys.stdout)
     return 0

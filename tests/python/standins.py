@@ -136,3 +136,40 @@ class StandInCache:
 class StandInGroup:
     def __init__(self):
         self.block_table, self.uses_block_sharing = {}, True
+
+
+class OffloadingManager517:
+    """transformers 5.17's offload_requests: evict the newest requests its
+    scheduler found starved of blocks while their demand passes the free
+    blocks, never the last active one; the victims go back to waiting,
+    oldest first (restarted, where the request can: no CPU space here), and
+    new requests wait until one finishes (block_new_requests).
+    .evicted: the request ids evicted, in order."""
+
+    def __init__(self, proc):
+        self.proc, self.evicted = proc, []
+
+    def offload_requests(self):
+        sched, cache = self.proc.scheduler, self.proc.cache
+        starved = sched.starved_requests
+        if not starved:
+            return 0
+        free = cache.get_num_free_blocks()
+        demand = sum(n for _, n in starved)
+        victims = []
+        while demand > free and starved and len(sched.active_requests) - len(victims) > 1:
+            state, n = starved.pop()
+            victims.append(state)
+            demand -= n
+            free += state.blocks
+        for state in reversed(victims):
+            rid = state.request_id
+            sched.active_requests.pop(rid, None)
+            cache.free_blocks(rid)
+            if hasattr(state, "restart"):
+                state.restart()
+            sched.waiting_requests[rid] = state
+            self.evicted.append(rid)
+        if victims:
+            sched.block_new_requests = True
+        return len(victims)

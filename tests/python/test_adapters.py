@@ -44,7 +44,8 @@ from kvshim.adapters import transformers_cb_reads as reads  # noqa: E402
 MIB = 1 << 20
 
 
-from standins import FakeTensor, StandInBlockManager, StandInCache, StandInGroup  # noqa: E402,F401
+from standins import (FakeTensor, OffloadingManager517, StandInBlockManager,  # noqa: E402,F401
+                      StandInCache, StandInGroup)
 
 
 def pages(cache):
@@ -69,6 +70,12 @@ def stand_in_api(prepare_next_batch):
 
 class AdapterTest(unittest.TestCase):
     # 16 tokens x 8 heads x 128 x bf16 = 32 KiB blocks; 64 blocks a 2 MiB page
+    def fake_ask(self, asked):
+        """kvshim's ask (share_asked) reads asked[0] for this test."""
+        real = kvshim.share_asked
+        kvshim.share_asked = lambda: asked[0]
+        self.addCleanup(setattr, kvshim, "share_asked", real)
+
     def make(self, num_blocks=1024, layers=2):
         c = StandInCache(num_blocks, 16, layers, 8 * 128)
         self.addCleanup(self.release, c)
@@ -389,9 +396,7 @@ class AdapterTest(unittest.TestCase):
         mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
         with redirect_stderr(io.StringIO()):
             transformers_cb.patch_api_module(mod)
-        real_asked = kvshim.share_asked
-        kvshim.share_asked = lambda: asked[0]
-        self.addCleanup(setattr, kvshim, "share_asked", real_asked)
+        self.fake_ask(asked)
         proc = ContinuousBatchProcessor(c)
         sched = proc.scheduler = types.SimpleNamespace(
             active_requests={}, waiting_requests={}, safety_margin=0.15, block_new_requests=False)
@@ -463,40 +468,17 @@ class AdapterTest(unittest.TestCase):
             def __init__(self, rid):
                 self.request_id, self.tokens_to_process = rid, list(range(60))
                 self.remaining_prefill_tokens = []
+                self.blocks = 4                  # what prepare_next_batch gives it
 
         class Scheduler:
             def __init__(self):
                 self.active_requests, self.waiting_requests = {}, {}
                 self.starved_requests = []
 
-        class OffloadingManager:
-            def __init__(self, proc):
-                self.proc, self.evicted = proc, []
-
-            def offload_requests(self):
-                sched, cache = self.proc.scheduler, self.proc.cache
-                starved = sched.starved_requests
-                free = cache.get_num_free_blocks()
-                demand = sum(n for _, n in starved)
-                victims = []
-                while demand > free and starved and len(sched.active_requests) - len(victims) > 1:
-                    state, n = starved.pop()
-                    victims.append(state)
-                    demand -= n
-                    free += 4
-                for state in victims:
-                    rid = state.request_id
-                    sched.active_requests.pop(rid)
-                    cache.free_blocks(rid)
-                    sched.waiting_requests[rid] = state
-                    self.evicted.append(rid)
-                sched.block_new_requests = bool(victims)
-                return len(victims)
-
         class ContinuousBatchProcessor:
             def __init__(self, cache):
                 self.cache, self.scheduler = cache, Scheduler()
-                self.offloading_manager = OffloadingManager(self)
+                self.offloading_manager = OffloadingManager517(self)
 
             def prepare_next_batch(self):
                 if getattr(self.scheduler, "block_new_requests", False):
@@ -509,9 +491,7 @@ class AdapterTest(unittest.TestCase):
         mod.ContinuousBatchProcessor = ContinuousBatchProcessor
         with redirect_stderr(io.StringIO()):
             transformers_cb.patch_api_module(mod)
-        real_asked = kvshim.share_asked
-        kvshim.share_asked = lambda: asked[0]
-        self.addCleanup(setattr, kvshim, "share_asked", real_asked)
+        self.fake_ask(asked)
         proc = ContinuousBatchProcessor(c)
         for i in range(3):
             proc.scheduler.waiting_requests["r%d" % i] = Request("r%d" % i)
@@ -585,10 +565,9 @@ class AdapterTest(unittest.TestCase):
         mod.ContinuousBatchProcessor = ContinuousBatchProcessor
         with redirect_stderr(io.StringIO()):
             transformers_cb.patch_api_module(mod)
-        real_asked, real_demand = kvshim.share_asked, kvshim.share_demand
-        kvshim.share_asked = lambda: asked[0]
+        self.fake_ask(asked)
+        real_demand = kvshim.share_demand
         kvshim.share_demand = stated.append
-        self.addCleanup(setattr, kvshim, "share_asked", real_asked)
         self.addCleanup(setattr, kvshim, "share_demand", real_demand)
         proc = ContinuousBatchProcessor(c)
         for i in range(3):
