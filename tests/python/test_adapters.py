@@ -70,6 +70,21 @@ def stand_in_api(prepare_next_batch):
 
 class AdapterTest(unittest.TestCase):
     # 16 tokens x 8 heads x 128 x bf16 = 32 KiB blocks; 64 blocks a 2 MiB page
+    def capped_engine(self):
+        """A cache, its tracker, and a processor whose pass takes n blocks
+        if the free block count covers them and otherwise raises as
+        transformers does when nothing can be scheduled or offloaded."""
+        c, tr = self.make(num_blocks=4096, layers=4)
+
+        def prepare_next_batch(self, n=64):
+            if self.cache.get_num_free_blocks() < n:
+                raise RuntimeError(NOTHING_SCHEDULED)
+            return self.cache.allocate_blocks(n, "r", 0) is not None
+        mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
+        with redirect_stderr(io.StringIO()):
+            transformers_cb.patch_api_module(mod)
+        return c, tr, ContinuousBatchProcessor(c)
+
     def fake_ask(self, asked):
         """kvshim's ask (share_asked) reads asked[0] for this test."""
         real = kvshim.share_asked
@@ -279,16 +294,7 @@ class AdapterTest(unittest.TestCase):
         # zero, schedules nothing and finds nothing to offload: the engine
         # must wait for memory, not fail (seen on an H200 with three
         # engines under a 3 GiB shared budget)
-        c, tr = self.make(num_blocks=4096, layers=4)
-
-        def prepare_next_batch(self, n=64):
-            if self.cache.get_num_free_blocks() < n:
-                raise RuntimeError(NOTHING_SCHEDULED)
-            return self.cache.allocate_blocks(n, "r", 0) is not None
-        mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
-        with redirect_stderr(io.StringIO()):
-            transformers_cb.patch_api_module(mod)
-        proc = ContinuousBatchProcessor(c)
+        c, tr, proc = self.capped_engine()
         room = tr.group.headroom()
         self.assertGreater(room, 0)
         self.assertTrue(proc.prepare_next_batch(room))  # all kvshim can back
@@ -386,20 +392,30 @@ class AdapterTest(unittest.TestCase):
     def test_admission_follows_what_kvshim_can_back(self):
         """The scheduler's safety margin is of what the engine can have
         now, not of its pool sized as if alone; while kvshim asks the engine
-        to give back, it admits nothing, and admits again when the ask is
-        over (but leaves transformers' own block on admissions alone)."""
+        to give back, it admits nothing (unless nothing runs), and admits
+        again when the ask is over, but leaves transformers' own block on
+        admissions (after its offloading manager evicted) alone."""
         c, tr = self.make(num_blocks=4096, layers=4)
         asked = [0]
 
         def prepare_next_batch(self):
+            if self.evict:
+                self.offloading_manager.offload_requests()
             return False
         mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
         with redirect_stderr(io.StringIO()):
             transformers_cb.patch_api_module(mod)
         self.fake_ask(asked)
         proc = ContinuousBatchProcessor(c)
+        proc.evict = False
         sched = proc.scheduler = types.SimpleNamespace(
-            active_requests={}, waiting_requests={}, safety_margin=0.15, block_new_requests=False)
+            active_requests={"r": object()}, waiting_requests={}, safety_margin=0.15,
+            block_new_requests=False)
+
+        def offload_requests():                         # as transformers: evicts, blocks
+            sched.block_new_requests = True
+            return 1
+        proc.offloading_manager = types.SimpleNamespace(offload_requests=offload_requests)
         proc.prepare_next_batch()
         shown = c.get_num_free_blocks()                 # the 64 MiB limit's blocks
         self.assertLess(shown, 4096)
@@ -417,6 +433,67 @@ class AdapterTest(unittest.TestCase):
         time.sleep(0.01)
         proc.prepare_next_batch()
         self.assertTrue(sched.block_new_requests)
+        # set by the adapter, then by transformers' eviction: the ask's end
+        # leaves it set (transformers clears it when a request finishes)
+        sched.block_new_requests = False
+        asked[0] = tr.bytes_per_block
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertTrue(sched.block_new_requests)
+        proc.evict = True
+        proc.prepare_next_batch()
+        proc.evict = False
+        asked[0] = 0
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertTrue(sched.block_new_requests)
+        # asked with nothing running: nothing to keep from refilling
+        sched.block_new_requests, sched.active_requests = False, {}
+        asked[0] = tr.bytes_per_block
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertFalse(sched.block_new_requests)
+
+    def test_no_second_pass_under_tensor_parallelism(self):
+        # each pass all-reduces the group's state: a rank that looked again
+        # alone would leave the others waiting in a collective
+        c, tr, proc = self.capped_engine()
+        proc.distributed_helper = types.SimpleNamespace(tp_size=2)
+        self.assertFalse(proc.prepare_next_batch(tr.group.headroom() + 1024))
+        self.assertEqual(tr.retries, 0)
+        proc.distributed_helper.tp_size = 1
+        self.assertFalse(proc.prepare_next_batch(tr.group.headroom() + 1024))
+        self.assertGreater(tr.retries, 0)
+
+    def test_asked_engine_drops_its_prefix_cache_first(self):
+        """transformers 5.17 keeps the complete blocks of finished requests
+        for prefix sharing and releases them only when its free list runs
+        short: asked to give back, the engine releases those first, before
+        preempting anything."""
+        c, tr = self.make(num_blocks=4096, layers=4)
+        bm = c._block_manager
+        asked = [0]
+        mod, ContinuousBatchProcessor = stand_in_api(lambda self: True)
+        with redirect_stderr(io.StringIO()):
+            transformers_cb.patch_api_module(mod)
+        self.fake_ask(asked)
+        proc = ContinuousBatchProcessor(c)
+        proc.scheduler = types.SimpleNamespace(active_requests={"a": 1, "b": 2},
+                                               waiting_requests={})
+        preempted = []
+        proc.offloading_manager = types.SimpleNamespace(
+            offload_one_request=lambda: preempted.append(1))
+        ids = bm.get_free_blocks(128, None, True, 0)
+        bm.free_blocks(ids, shareable=True, complete=True)       # the prefix cache
+        self.assertEqual(len(bm._init_block_ids), 128)
+        self.assertEqual(tr.mapped, 128)
+        asked[0] = 64 * tr.bytes_per_block
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(len(bm._init_block_ids), 64)
+        self.assertEqual(tr.mapped, 64)
+        self.assertEqual(tr.dropped, 64)
+        self.assertEqual(preempted, [])
 
     def test_pass_kvshim_left_empty_looks_again(self):
         # transformers' loop, finding nothing scheduled, sleeps 100 ms

@@ -111,6 +111,7 @@ class BlockTracker:
         self.slow = 0            # how many took longer than SLOW_S
         self.retries = 0         # passes looked at again because kvshim was short
         self.preempted = 0       # requests preempted because kvshim asked
+        self.dropped = 0         # prefix-cache blocks released because kvshim asked
         self._demand = (0.0, 0)  # (when, bytes) of the last demand stated
         self._asked = (0.0, 0)   # (when, bytes) of the last ask read
         self._given = (0.0, 0)   # (since, bytes) of blocks given back on asks
@@ -130,6 +131,10 @@ class BlockTracker:
         # best taken (see prefer)
         self._free_on = {}
         self._hot = set()
+        self._hot_stack = []     # the hot pages, newest last (stale entries
+                                 # skipped when met: a set's next() would walk
+                                 # every slot ever deleted)
+        self._hot_free = 0       # free ids on hot pages, all together
 
     @property
     def bytes_per_block(self):
@@ -150,9 +155,24 @@ class BlockTracker:
                 self._claims[p] += k
                 if self._claims[p] <= 0:
                     del self._claims[p]
-                    self._hot.discard(p)
+                    self._cool(p)
                 elif self._free_on.get(p):
-                    self._hot.add(p)
+                    self._heat(p)
+
+    def _heat(self, p):
+        """Page p has claims and free ids: hot."""
+        if p not in self._hot:
+            self._hot.add(p)
+            self._hot_stack.append(p)
+            self._hot_free += len(self._free_on[p])
+            if len(self._hot_stack) > 4 * len(self._hot) + 64:
+                self._hot_stack = [q for q in self._hot_stack if q in self._hot]
+
+    def _cool(self, p):
+        """Page p has no claims or no free ids any more."""
+        if p in self._hot:
+            self._hot.discard(p)
+            self._hot_free -= len(self._free_on.get(p, ()))
 
     def _one_page(self):
         """Whether every block lies on one page (the index below needs it)."""
@@ -165,9 +185,14 @@ class BlockTracker:
         bb = self.group.block_bytes
         for b in ids:
             p = b * bb // self._page
-            self._free_on.setdefault(p, set()).add(b)
-            if p in self._claims:
-                self._hot.add(p)
+            s = self._free_on.setdefault(p, set())
+            if b in s:
+                continue
+            s.add(b)
+            if p in self._hot:
+                self._hot_free += 1
+            elif p in self._claims:
+                self._heat(p)
 
     def handed(self, b):
         """Id b left the engine's free list: out of the index."""
@@ -175,16 +200,22 @@ class BlockTracker:
             return
         p = b * self.group.block_bytes // self._page
         s = self._free_on.get(p)
-        if s is not None:
-            s.discard(b)
-            if not s:
+        if s is not None and b in s:
+            if len(s) == 1:
+                self._cool(p)
                 del self._free_on[p]
-                self._hot.discard(p)
+            else:
+                s.discard(b)
+                if p in self._hot:
+                    self._hot_free -= 1
 
     def preferred(self):
         """Every id prefer() would give, in turn."""
-        for p in list(self._hot):
-            yield from list(self._free_on.get(p, ()))
+        seen = set()
+        for p in reversed(list(self._hot_stack)):
+            if p in self._hot and p not in seen:
+                seen.add(p)
+                yield from list(self._free_on.get(p, ()))
 
     def prefer(self):
         """A free id on a page other blocks claim, to hand out before the
@@ -194,12 +225,15 @@ class BlockTracker:
         blocks of long requests stay spread over every page they ever
         touched: on an H200 an engine pinned 48 MiB with one request).
         None when there is none."""
-        while self._hot:
-            p = next(iter(self._hot))
-            s = self._free_on.get(p)
-            if s:
-                return next(iter(s))
-            self._hot.discard(p)
+        stack = self._hot_stack
+        while stack:
+            p = stack[-1]
+            if p in self._hot:
+                s = self._free_on.get(p)
+                if s:
+                    return next(iter(s))
+                self._cool(p)
+            stack.pop()
         return None
 
     def _settle(self):
@@ -225,9 +259,7 @@ class BlockTracker:
         when, blocks = self._cap
         now = time.monotonic()
         if blocks is None or now - when > ttl:
-            blocks = room
-            if self._one_page():
-                blocks += sum(len(self._free_on.get(p, ())) for p in self._hot)
+            blocks = room + (self._hot_free if self._one_page() else 0)
             self._cap = (now, blocks)
         return min(blocks, limit)
 
@@ -367,11 +399,15 @@ class BlockTracker:
             given = 0
         return nbytes > given
 
-    def gave_back(self, nblocks):
-        """Count blocks the engine freed for kvshim's ask."""
+    def gave_back(self, nblocks, preempted=True):
+        """Count blocks the engine freed for kvshim's ask (by preempting a
+        request, or not: its prefix cache)."""
         since, given = self._given
         self._given = (since, given + max(0, nblocks) * self.bytes_per_block)
-        self.preempted += 1
+        if preempted:
+            self.preempted += 1
+        else:
+            self.dropped += max(0, nblocks)
 
     @_timed
     def can_take(self, ids):
@@ -413,11 +449,14 @@ class TrackedFreeList(collections.deque):
         return collections.deque.__len__(self) - self._nstale
 
     def __iter__(self):
-        stale = collections.Counter(self._stale) if self._nstale else None
+        stale, skipped = self._stale, None
         for b in collections.deque.__iter__(self):
-            if stale and stale[b] > 0:
-                stale[b] -= 1
-                continue
+            if stale and b in stale:
+                if skipped is None:
+                    skipped = collections.Counter()
+                if skipped[b] < stale[b]:
+                    skipped[b] += 1
+                    continue
             yield b
 
     def __contains__(self, b):

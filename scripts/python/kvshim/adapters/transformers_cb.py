@@ -35,7 +35,8 @@ is imported:
   nothing can be scheduled or offloaded because kvshim is short, the step
   does nothing and the loop retries, where transformers would fail; and a
   pass kvshim left empty looks again every 2 ms for up to 100 ms, where
-  transformers' loop would sleep 100 ms (or until a new request came);
+  transformers' loop would sleep 100 ms (or until a new request came),
+  but not under tensor parallelism (each pass is a collective call);
 - shares the GPU's budget fairly with other processes (README.md, "Sharing
   one GPU"): after each scheduling pass that kvshim cut short, states the
   blocks the waiting requests need as this process's demand; and before
@@ -389,10 +390,35 @@ def _give_back(proc, tracker):
     as many in one pass as the ask needs (the process waiting below its
     share waits a step, not a step per request), never the last active
     one, and none more once one freed nothing. Returns how many were."""
+    _drop_prefix_cache(proc, tracker)
     n = 0
     while _give_back_one(proc, tracker):
         n += 1
     return n
+
+
+def _drop_prefix_cache(proc, tracker):
+    """Asked to give back: first the prefix cache's blocks (complete
+    blocks no request uses, kept for sharing; transformers 5.17 releases
+    them only when its free list runs short, which a pool sized as if
+    alone hardly ever does), as many as the ask needs, through the block
+    manager's own eviction (has_enough_free_blocks moves them to the free
+    list, which releases them). Returns how many went."""
+    bm = getattr(getattr(proc, "cache", None), "_block_manager", None)
+    init = getattr(bm, "_init_block_ids", None)
+    if not init or not hasattr(bm, "has_enough_free_blocks") or not tracker.should_give_back():
+        return 0
+    since, given = tracker._given
+    need = max(0, tracker.asked() - given)
+    k = min(len(init), -(-need // max(1, tracker.bytes_per_block)))
+    if k <= 0:
+        return 0
+    before = tracker.mapped
+    bm.has_enough_free_blocks(len(bm._uninit_block_ids) + k)
+    freed = before - tracker.mapped
+    if freed > 0:
+        tracker.gave_back(freed, preempted=False)
+    return k
 
 
 def _give_back_one(proc, tracker):
@@ -459,14 +485,37 @@ def _admission(proc, tracker):
             sched.safety_margin = base * min(1.0, have / total)
     if not hasattr(sched, "block_new_requests"):
         return
-    if tracker.asked():
+    _own_blocks_count(proc, sched)
+    if tracker.asked() and getattr(sched, "active_requests", None):
         if not sched.block_new_requests:
             sched.block_new_requests = sched._kvshim_blocked = True
     elif getattr(sched, "_kvshim_blocked", False):
-        # the ask is over: admit again (transformers would wait for a
-        # request to finish, and an engine that gave back every one has
-        # none left to finish)
+        # the ask is over (or nothing is left running that could give
+        # back): admit again (transformers would wait for a request to
+        # finish, and an engine that gave back every one has none left)
         sched.block_new_requests = sched._kvshim_blocked = False
+
+
+def _own_blocks_count(proc, sched):
+    """When transformers' offloading manager evicts, its own block on
+    admissions (until a request finishes) is its, not the adapter's: the
+    adapter must not clear it when the ask ends. Wraps offload_requests
+    once to say so."""
+    om = getattr(proc, "offloading_manager", None)
+    orig = getattr(om, "offload_requests", None)
+    if orig is None or getattr(om, "_kvshim_wrapped", False):
+        return
+
+    def offload_requests(*args, **kwargs):
+        n = orig(*args, **kwargs)
+        if n:
+            sched._kvshim_blocked = False
+        return n
+    try:
+        om.offload_requests = offload_requests
+        om._kvshim_wrapped = True
+    except AttributeError:      # a manager that takes no attributes: left as it is
+        pass
 
 
 def _offload_newest(proc, offload_requests, starved, active):
@@ -495,6 +544,14 @@ def _offload_newest(proc, offload_requests, starved, active):
 # is how long transformers' loop sleeps when nothing was scheduled.
 RETRY_S = 0.002
 RETRY_FOR_S = 0.1
+
+
+def _tensor_parallel(proc):
+    """Whether the engine is one rank of a tensor-parallel group: each of
+    its scheduling passes is a collective call (the group's state is
+    all-reduced), so a rank must never run passes the others do not."""
+    helper = getattr(proc, "distributed_helper", None)
+    return getattr(helper, "tp_size", 1) > 1
 
 
 def patch_api_module(mod):
@@ -539,7 +596,8 @@ def patch_api_module(mod):
         # a request decoding), stated as its demand
         waiting = _waiting_blocks(self)
         held = tracker.short != short or ready is None or (
-            waiting > 0 and tracker.capped != capped and (tracker.room() or 0) < waiting)
+            waiting > 0 and tracker.capped != capped
+            and tracker.capacity(waiting, tracker.room() or 0) < waiting)
         tracker.state_demand(max(1, waiting) if held else 0)
         return ready, held
 
@@ -552,7 +610,7 @@ def patch_api_module(mod):
         # loop would sleep until a new request comes or 100 ms pass; memory
         # comes back within milliseconds (the free budget, others' idle
         # pages), so look again every RETRY_S, as long as that sleep
-        if not ready and held:
+        if not ready and held and not _tensor_parallel(self):
             end = time.monotonic() + RETRY_FOR_S
             while not ready and held and time.monotonic() < end:
                 time.sleep(RETRY_S)
