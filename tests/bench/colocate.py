@@ -228,7 +228,7 @@ def engine(args):
 
 
 # What the kvshim adapter's tracker counts, per run (see blocks.py)
-TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted",
+TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted", "dropped",
                    "ahead_hits")
 
 
