@@ -143,10 +143,11 @@ def engine(seconds, num_blocks, start_at):
 FIELDS = ("t", "blocks", "physical", "active", "done", "preempted", "evicted", "short", "capped")
 
 
-def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, lib=None):
+def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weights=None):
     """Start engines under one budget of budget_mib, the first head_start
-    seconds before the others, each running seconds from its start.
-    Returns [{"pid", "samples"}] in start order."""
+    seconds before the others, each running seconds from its start, with
+    KVSHIM_WEIGHT weights[k] (default 1 each). Returns [{"pid",
+    "samples"}] in start order."""
     pool = pool or "fairengines%d" % os.getpid()
     env = dict(os.environ)
     env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET="%dM" % budget_mib, KVSHIM_POOL=pool,
@@ -159,9 +160,10 @@ def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, lib=No
     try:
         for k in range(engines):
             at = start + (head_start if k else 0.0)
+            own = dict(env, KVSHIM_WEIGHT=str(weights[k] if weights else 1))
             procs.append(subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--engine", str(seconds),
-                 str(num_blocks), repr(at)], env=env, stdout=subprocess.PIPE, text=True))
+                 str(num_blocks), repr(at)], env=own, stdout=subprocess.PIPE, text=True))
         out = []
         for p in procs:
             text, _ = p.communicate(timeout=seconds + head_start + 120)

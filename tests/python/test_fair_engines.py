@@ -2,8 +2,9 @@
 """Engines of transformers 5.17's shape under one shared budget, every one
 with more work than its share holds (fair_engines.py), on the CPU
 emulation: the first, alone for a while, holds the whole budget; once the
-others start, it must give back until each holds about a third, and none
-may starve. On an H200 (colocate.py, rate 6) the small engine starved for
+others start, it must give back until each holds about its share (a
+third; with weights 2, 1 and 1, a half and two quarters), and none may
+starve. On an H200 (colocate.py, rate 6) the small engine starved for
 70 s: an engine asked to give back refilled the blocks it freed with new
 requests, on the same pages, so no page went back, and the blocks it kept
 stayed spread over every page it had held."""
@@ -49,6 +50,26 @@ class FairEnginesTest(unittest.TestCase):
         held = window(first, lo, hi, "physical")
         self.assertLessEqual(statistics.median(held), 2 * third,
                              "the first engine kept %s" % held)
+
+    def test_weights_set_the_shares(self):
+        # KVSHIM_WEIGHT 2, 1 and 1: half the budget, a quarter, a quarter
+        budget = 128
+        out = fair_engines.run(budget_mib=budget, seconds=SECONDS, head_start=HEAD_START,
+                               weights=[2, 1, 1])
+        lo, hi = SECONDS - 2.0, SECONDS
+        for k, o in enumerate(out):
+            shift = 0.0 if k == 0 else HEAD_START
+            held = window(o["samples"], lo - shift, hi - shift, "physical")
+            done = window(o["samples"], lo - shift, hi - shift, "done")
+            self.assertTrue(held and done, "engine %d: no samples in the window" % k)
+            share = budget * (1 << 20) * (2 if k == 0 else 1) / 4
+            self.assertGreaterEqual(statistics.median(held), share / 2,
+                                    "engine %d (weight %d) holds %s" % (k, 2 if k == 0 else 1,
+                                                                       held))
+            self.assertGreater(done[-1], done[0], "engine %d completed nothing" % k)
+        held = window(out[0]["samples"], lo, hi, "physical")
+        self.assertGreaterEqual(statistics.median(held), budget * (1 << 20) * 3 / 8,
+                                "the engine of weight 2 holds %s" % held)
 
 
 if __name__ == "__main__":
