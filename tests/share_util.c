@@ -279,3 +279,39 @@ double kt_ms_since(const struct timespec *t0)
 	clock_gettime(CLOCK_MONOTONIC, &t1);
 	return (t1.tv_sec - t0->tv_sec) * 1e3 + (t1.tv_nsec - t0->tv_nsec) / 1e6;
 }
+
+void kt_release_child(int fd, pid_t pid, const char *what)
+{
+	int st;
+
+	ck_assert_int_eq(write(fd, "x", 1), 1);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s", what);
+}
+
+static FILE *captured;
+static int saved_stderr = -1;
+
+void kt_capture_start(void)
+{
+	fflush(stderr);
+	captured = tmpfile();
+	ck_assert_ptr_nonnull(captured);
+	saved_stderr = dup(2);
+	ck_assert_int_ge(saved_stderr, 0);
+	ck_assert_int_ge(dup2(fileno(captured), 2), 0);
+}
+
+void kt_capture_end(char *out, size_t len)
+{
+	size_t n;
+
+	fflush(stderr);
+	dup2(saved_stderr, 2);
+	close(saved_stderr);
+	rewind(captured);
+	n = fread(out, 1, len - 1, captured);
+	out[n] = '\0';
+	fclose(captured);
+	fputs(out, stderr);
+}

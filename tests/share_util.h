@@ -2,7 +2,8 @@
  * share_util.h - what the shared-budget tests (test_share.c,
  * test_share_trust.c) share: a pool of their own per test, processes that
  * join it, children run with a deadline and their stderr captured, and
- * raw access to the segment, as a hostile member would have.
+ * raw access to the segment, as a hostile member would have; and kvshim's
+ * log of a call captured (test_api.c and test_multidev.c use it too).
  *
  * Code in a forked child never calls ck_assert (its failure would reach
  * Check from the wrong process): it reports with KT_CHILD_CHECK, which
@@ -89,5 +90,16 @@ void kt_seg_unlink(void);
 
 /* Milliseconds since t0 (CLOCK_MONOTONIC). */
 double kt_ms_since(const struct timespec *t0);
+
+/* Let a forked child that waits to read fd go on, wait for it, and check
+ * that it exited 0 (what names what its failure means). */
+void kt_release_child(int fd, pid_t pid, const char *what);
+
+/* Send stderr (kvshim's log) to a file until kt_capture_end. */
+void kt_capture_start(void);
+
+/* Put stderr back; what was written meanwhile into out (len bytes, NUL
+ * ended), also copied to stderr for the test log. */
+void kt_capture_end(char *out, size_t len);
 
 #endif /* KV_TEST_SHARE_UTIL_H */

@@ -12,6 +12,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "share_util.h"
 #include "shim.h"
 #include "suites.h"
 
@@ -378,36 +379,6 @@ END_TEST
 
 /* ---- configuration: values refused, capped or made to work ---- */
 
-static FILE *captured;
-static int saved_stderr = -1;
-
-/* Send stderr (kvshim's log) to a file until capture_end. */
-static void capture_start(void)
-{
-	fflush(stderr);
-	captured = tmpfile();
-	ck_assert_ptr_nonnull(captured);
-	saved_stderr = dup(2);
-	ck_assert_int_ge(saved_stderr, 0);
-	ck_assert_int_ge(dup2(fileno(captured), 2), 0);
-}
-
-/* Put stderr back; what was written meanwhile into out (len bytes, NUL
- * ended), also copied to stderr for the test log. */
-static void capture_end(char *out, size_t len)
-{
-	size_t n;
-
-	fflush(stderr);
-	dup2(saved_stderr, 2);
-	close(saved_stderr);
-	rewind(captured);
-	n = fread(out, 1, len - 1, captured);
-	out[n] = '\0';
-	fclose(captured);
-	fputs(out, stderr);
-}
-
 /* kv_config_load refuses KVSHIM_<var>=value, naming the variable. */
 static void refused(const char *var, const char *value)
 {
@@ -417,9 +388,9 @@ static void refused(const char *var, const char *value)
 
 	snprintf(name, sizeof(name), "KVSHIM_%s", var);
 	setenv(name, value, 1);
-	capture_start();
+	kt_capture_start();
 	rc = kv_config_load(&c);
-	capture_end(log, sizeof(log));
+	kt_capture_end(log, sizeof(log));
 	unsetenv(name);
 	ck_assert_msg(rc == KVSHIM_ECONFIG, "%s=\"%s\" accepted", name, value);
 	snprintf(expect, sizeof(expect), "kvshim: error: %s=", name);
@@ -491,9 +462,9 @@ START_TEST(test_config_devices_bad)
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
 		refused("DEVICE", bad[i]);
 		setenv("KVSHIM_DEVICE", bad[i], 1);
-		capture_start();
+		kt_capture_start();
 		kv_config_load(&c);
-		capture_end(log, sizeof(log));
+		kt_capture_end(log, sizeof(log));
 		unsetenv("KVSHIM_DEVICE");
 		/* the default stays in place */
 		ck_assert_int_eq(c.devices_all, 1);
@@ -502,19 +473,19 @@ START_TEST(test_config_devices_bad)
 	}
 	/* the why says what is wrong */
 	setenv("KVSHIM_DEVICE", "0,0", 1);
-	capture_start();
+	kt_capture_start();
 	kv_config_load(&c);
-	capture_end(log, sizeof(log));
+	kt_capture_end(log, sizeof(log));
 	ck_assert_msg(strstr(log, "listed twice") != NULL, "%s", log);
 	setenv("KVSHIM_DEVICE", "64", 1);
-	capture_start();
+	kt_capture_start();
 	kv_config_load(&c);
-	capture_end(log, sizeof(log));
+	kt_capture_end(log, sizeof(log));
 	ck_assert_msg(strstr(log, "above 63") != NULL, "%s", log);
 	setenv("KVSHIM_DEVICE", "0,,1", 1);
-	capture_start();
+	kt_capture_start();
 	kv_config_load(&c);
-	capture_end(log, sizeof(log));
+	kt_capture_end(log, sizeof(log));
 	ck_assert_msg(strstr(log, "an empty entry") != NULL, "%s", log);
 	unsetenv("KVSHIM_DEVICE");
 }
@@ -592,9 +563,9 @@ START_TEST(test_config_log_escapes)
 	struct kv_config c;
 
 	setenv("KVSHIM_ZERO", "on\nkvshim: error: forged\r\x1b[2J", 1);
-	capture_start();
+	kt_capture_start();
 	ck_assert_int_eq(kv_config_load(&c), KVSHIM_ECONFIG);
-	capture_end(log, sizeof(log));
+	kt_capture_end(log, sizeof(log));
 	unsetenv("KVSHIM_ZERO");
 	ck_assert_msg(strstr(log, "KVSHIM_ZERO=on\\nkvshim: error: forged\\r\\x1b[2J") != NULL,
 		      "not escaped: \"%s\"", log);
@@ -627,9 +598,9 @@ static void limit_capped(const char *value)
 	int rc;
 
 	setenv("KVSHIM_LIMIT", value, 1);
-	capture_start();
+	kt_capture_start();
 	rc = kv_shim_alloc(&a);
-	capture_end(log, sizeof(log));
+	kt_capture_end(log, sizeof(log));
 	ck_assert_msg(rc == 0, "KVSHIM_LIMIT=%s: kvshim not started: %d", value, rc);
 	ck_assert_uint_eq(kt_stats(a).limit_bytes, device_bytes());
 	ck_assert_msg(strstr(log, "KVSHIM_LIMIT=") && strstr(log, "capped"),
@@ -664,9 +635,9 @@ START_TEST(test_config_page_too_big)
 	kv_alloc_t *a = NULL;
 
 	setenv("KVSHIM_PAGE", "1T", 1);
-	capture_start();
+	kt_capture_start();
 	ck_assert_int_eq(kv_shim_alloc(&a), KVSHIM_ECONFIG);
-	capture_end(log, sizeof(log));
+	kt_capture_end(log, sizeof(log));
 	ck_assert_ptr_null(a);
 	ck_assert_msg(strstr(log, "KVSHIM_PAGE=1T") != NULL, "no message naming it: \"%s\"", log);
 	kv_shim_shutdown();
@@ -691,9 +662,9 @@ START_TEST(test_config_no_such_device)
 	kv_alloc_t *a = NULL;
 
 	setenv("KVSHIM_DEVICE", "7", 1);
-	capture_start();
+	kt_capture_start();
 	ck_assert_int_eq(kv_shim_alloc(&a), KVSHIM_ECONFIG);
-	capture_end(log, sizeof(log));
+	kt_capture_end(log, sizeof(log));
 	ck_assert_msg(strstr(log, "KVSHIM_DEVICE=7") != NULL, "no message naming it: \"%s\"", log);
 	kv_shim_shutdown();
 	unsetenv("KVSHIM_DEVICE");
@@ -707,9 +678,9 @@ START_TEST(test_config_limit_under_a_page)
 	kv_alloc_t *a = NULL;
 
 	setenv("KVSHIM_LIMIT", "1K", 1);
-	capture_start();
+	kt_capture_start();
 	ck_assert_int_eq(kv_shim_alloc(&a), KVSHIM_ECONFIG);
-	capture_end(log, sizeof(log));
+	kt_capture_end(log, sizeof(log));
 	ck_assert_msg(strstr(log, "KVSHIM_LIMIT=1K") != NULL, "no message naming it: \"%s\"", log);
 	kv_shim_shutdown();
 	unsetenv("KVSHIM_LIMIT");

@@ -404,7 +404,7 @@ END_TEST
  */
 START_TEST(test_fair_takes_back)
 {
-	int st, p2c[2], c2p[2];
+	int p2c[2], c2p[2];
 	kv_alloc_t *a;
 	CUdeviceptr s;
 	size_t asked = 0, room = 1;
@@ -461,9 +461,7 @@ START_TEST(test_fair_takes_back)
 		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
 	ck_assert_uint_eq(kv_alloc_asked(a), 0);
 	ck_assert_uint_eq(kt_stats(a).physical_bytes, B / 2);
-	ck_assert_int_eq(write(p2c[1], "x", 1), 1);
-	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the child failed: its line is above");
+	kt_release_child(p2c[1], pid, "the child failed: its line is above");
 	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();

@@ -272,8 +272,6 @@ START_TEST(test_filter_one_device)
 	char err[4096] = "";
 	CUdeviceptr p;
 	void *q = NULL;
-	FILE *f;
-	int saved;
 
 	if (!two())
 		return;
@@ -282,19 +280,9 @@ START_TEST(test_filter_one_device)
 	ck_assert_int_eq(kv_policy_window(1), 0);
 	ck_assert_int_eq(kv_policy_alloc(32 << 20, &p), 0);       /* passes through */
 	ck_assert_int_eq(kv_policy_window(0), 0);
-	f = tmpfile();
-	ck_assert_ptr_nonnull(f);
-	fflush(stderr);
-	saved = dup(2);
-	dup2(fileno(f), 2);
+	kt_capture_start();
 	ck_assert_int_eq(kvshim_reserve(PG, &q), KVSHIM_ENODEV);
-	fflush(stderr);
-	dup2(saved, 2);
-	close(saved);
-	rewind(f);
-	err[fread(err, 1, sizeof(err) - 1, f)] = '\0';
-	fclose(f);
-	fputs(err, stderr);
+	kt_capture_end(err, sizeof(err));
 	ck_assert_msg(strstr(err, "device 1 is not in KVSHIM_DEVICE=0") != NULL,
 		      "no line naming the device: \"%s\"", err);
 	ck_assert_ptr_null(q);
@@ -338,8 +326,6 @@ START_TEST(test_filter_lists)
 	char err[4096] = "", list[32], expect[96];
 	kv_alloc_t *a;
 	size_t i;
-	FILE *f;
-	int saved;
 
 	if (!two())
 		return;
@@ -355,20 +341,10 @@ START_TEST(test_filter_lists)
 	snprintf(expect, sizeof(expect), "KVSHIM_DEVICE=%s: the driver has no device %d", list,
 		 kv_dev_count());
 	setenv("KVSHIM_DEVICE", list, 1);
-	f = tmpfile();
-	ck_assert_ptr_nonnull(f);
-	fflush(stderr);
-	saved = dup(2);
-	dup2(fileno(f), 2);
+	kt_capture_start();
 	ck_assert_int_eq(kv_shim_alloc_on(0, &a), KVSHIM_ECONFIG);
 	ck_assert_int_eq(kv_shim_alloc_on(1, &a), KVSHIM_ECONFIG);
-	fflush(stderr);
-	dup2(saved, 2);
-	close(saved);
-	rewind(f);
-	err[fread(err, 1, sizeof(err) - 1, f)] = '\0';
-	fclose(f);
-	fputs(err, stderr);
+	kt_capture_end(err, sizeof(err));
 	ck_assert_msg(strstr(err, expect) != NULL, "no line \"%s\" in \"%s\"", expect, err);
 }
 END_TEST

@@ -37,7 +37,7 @@ START_TEST(test_share_gives_way)
 {
 	kv_alloc_t *a;
 	CUdeviceptr s;
-	int st = -1, p2c[2], c2p[2];
+	int p2c[2], c2p[2];
 	uint64_t held;
 	pid_t pid;
 	char c;
@@ -81,9 +81,7 @@ START_TEST(test_share_gives_way)
 	ck_assert(exact_held(&held));
 	ck_assert_uint_le(held, 16 * PG);
 	ck_assert_uint_le(kt_stats(a).physical_bytes, 6 * PG);
-	ck_assert_int_eq(write(p2c[1], "x", 1), 1);
-	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	kt_release_child(p2c[1], pid, "the child failed: its line is above");
 	kt_check(a);
 	kv_alloc_destroy(a);
 	ck_assert(exact_held(&held));
@@ -223,7 +221,7 @@ END_TEST
  * cannot take that budget, and it grows to its floor at once. */
 START_TEST(test_share_floor_kept)
 {
-	int st, p2c[2], c2p[2];
+	int p2c[2], c2p[2];
 	size_t room = 0;
 	kv_alloc_t *a;
 	CUdeviceptr s;
@@ -256,9 +254,7 @@ START_TEST(test_share_floor_kept)
 	ck_assert_uint_eq(room, 8 * PG);
 	ck_assert_int_eq(kv_alloc_map(a, s, 9 * PG), KVSHIM_ELIMIT);
 	ck_assert_int_eq(kv_alloc_map(a, s, 8 * PG), 0);
-	ck_assert_int_eq(write(p2c[1], "x", 1), 1);
-	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
-	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "the floor was not kept");
+	kt_release_child(p2c[1], pid, "the floor was not kept");
 	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();

@@ -68,6 +68,28 @@ def stand_in_api(prepare_next_batch):
     return mod, ContinuousBatchProcessor
 
 
+def admitting_api(scheduler, offloading_manager):
+    """A continuous_api module whose processor (over a cache, with a
+    scheduler() and an offloading_manager(processor)) admits each waiting
+    request with 4 blocks, and nothing while the scheduler has
+    block_new_requests set, as transformers: (module, class)."""
+    def __init__(self, cache):
+        self.cache, self.scheduler = cache, scheduler()
+        self.offloading_manager = offloading_manager(self)
+
+    def prepare_next_batch(self):
+        if getattr(self.scheduler, "block_new_requests", False):
+            return True             # as transformers: admit nothing this step
+        for rid in list(self.scheduler.waiting_requests):
+            if self.cache.allocate_blocks(4, rid, 0) is None:
+                return False
+            self.scheduler.active_requests[rid] = self.scheduler.waiting_requests.pop(rid)
+        return True
+    mod, cls = stand_in_api(prepare_next_batch)
+    cls.__init__ = __init__
+    return mod, cls
+
+
 class AdapterTest(unittest.TestCase):
     # 16 tokens x 8 heads x 128 x bf16 = 32 KiB blocks; 64 blocks a 2 MiB page
     def capped_engine(self):
@@ -537,7 +559,6 @@ class AdapterTest(unittest.TestCase):
         the adapter has it evict the newest active request, once, and
         leaves the starved list as it found it."""
         c, tr = self.make(num_blocks=4096, layers=4)
-        mod = types.ModuleType("fake_api_517")
         asked = [0]
 
         class Request:
@@ -551,20 +572,7 @@ class AdapterTest(unittest.TestCase):
                 self.active_requests, self.waiting_requests = {}, {}
                 self.starved_requests = []
 
-        class ContinuousBatchProcessor:
-            def __init__(self, cache):
-                self.cache, self.scheduler = cache, Scheduler()
-                self.offloading_manager = OffloadingManager517(self)
-
-            def prepare_next_batch(self):
-                if getattr(self.scheduler, "block_new_requests", False):
-                    return True             # as transformers: admit nothing this step
-                for rid in list(self.scheduler.waiting_requests):
-                    if self.cache.allocate_blocks(4, rid, 0) is None:
-                        return False
-                    self.scheduler.active_requests[rid] = self.scheduler.waiting_requests.pop(rid)
-                return True
-        mod.ContinuousBatchProcessor = ContinuousBatchProcessor
+        mod, ContinuousBatchProcessor = admitting_api(Scheduler, OffloadingManager517)
         with redirect_stderr(io.StringIO()):
             transformers_cb.patch_api_module(mod)
         self.fake_ask(asked)
@@ -605,7 +613,6 @@ class AdapterTest(unittest.TestCase):
         than asked; a pass kvshim cut short states the waiting requests'
         blocks as demand, and a pass that was not, none."""
         c, tr = self.make(num_blocks=4096, layers=4)
-        mod = types.ModuleType("fake_api_fair")
         asked, stated = [0], []
 
         class Request:
@@ -627,18 +634,7 @@ class AdapterTest(unittest.TestCase):
                 self.proc.cache.free_blocks(rid)
                 self.proc.scheduler.waiting_requests[rid] = state
 
-        class ContinuousBatchProcessor:
-            def __init__(self, cache):
-                self.cache, self.scheduler = cache, Scheduler()
-                self.offloading_manager = OffloadingManager(self)
-
-            def prepare_next_batch(self):
-                for rid in list(self.scheduler.waiting_requests):
-                    if self.cache.allocate_blocks(4, rid, 0) is None:
-                        return False
-                    self.scheduler.active_requests[rid] = self.scheduler.waiting_requests.pop(rid)
-                return True
-        mod.ContinuousBatchProcessor = ContinuousBatchProcessor
+        mod, ContinuousBatchProcessor = admitting_api(Scheduler, OffloadingManager)
         with redirect_stderr(io.StringIO()):
             transformers_cb.patch_api_module(mod)
         self.fake_ask(asked)

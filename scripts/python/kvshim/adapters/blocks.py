@@ -386,18 +386,22 @@ class BlockTracker:
             self._asked = (now, nbytes)
         return nbytes
 
-    def should_give_back(self):
-        """Whether to preempt one more request for kvshim's ask: it asks,
-        and what this engine freed for it within the last second is less
-        than the ask (blocks freed on pages other blocks still use free no
-        page: the ask stays, and preempting on would empty the engine)."""
+    def owed(self):
+        """Bytes of kvshim's ask not yet given back: the ask less what this
+        engine freed for it within the last second (blocks freed on pages
+        other blocks still use free no page: the ask stays, and giving on
+        would empty the engine)."""
         nbytes = self.asked()
         since, given = self._given
         now = time.monotonic()
         if not nbytes or now - since > 1.0:
             self._given = (now, 0)
             given = 0
-        return nbytes > given
+        return max(0, nbytes - given)
+
+    def should_give_back(self):
+        """Whether to preempt one more request for kvshim's ask."""
+        return self.owed() > 0
 
     def gave_back(self, nblocks, preempted=True):
         """Count blocks the engine freed for kvshim's ask (by preempting a

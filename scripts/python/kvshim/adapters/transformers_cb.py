@@ -406,11 +406,9 @@ def _drop_prefix_cache(proc, tracker):
     list, which releases them). Returns how many went."""
     bm = getattr(getattr(proc, "cache", None), "_block_manager", None)
     init = getattr(bm, "_init_block_ids", None)
-    if not init or not hasattr(bm, "has_enough_free_blocks") or not tracker.should_give_back():
+    if not init or not hasattr(bm, "has_enough_free_blocks"):
         return 0
-    since, given = tracker._given
-    need = max(0, tracker.asked() - given)
-    k = min(len(init), -(-need // max(1, tracker.bytes_per_block)))
+    k = min(len(init), -(-tracker.owed() // max(1, tracker.bytes_per_block)))
     if k <= 0:
         return 0
     before = tracker.mapped
