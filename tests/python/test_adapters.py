@@ -742,6 +742,256 @@ class AdapterTest(unittest.TestCase):
         self.assertFalse(proc.prepare_next_batch() is None)
         self.assertEqual(stated[-1], 0)
 
+    def test_engine_with_requests_states_a_step_of_prefill(self):
+        """An engine with requests, running or waiting, states one step's
+        prefill (max_batch_tokens, in every layer group) as demand even
+        when nothing holds it back: the shared budget keeps those blocks
+        for it, and a burst maps at once instead of waiting for another
+        engine to preempt. Held back by more, it states what it waits for;
+        idle, it states none (its idle pages are the others')."""
+        c, tr = self.make(num_blocks=4096, layers=4)
+        c.group_cache_managers.append(StandInGroup())       # two layer groups
+        asked, stated = [0], []
+
+        class Request:
+            def __init__(self, n):
+                self.tokens_to_process = list(range(n))
+                self.remaining_prefill_tokens = []
+
+        class Scheduler:
+            def __init__(self):
+                self.active_requests, self.waiting_requests = {}, {}
+                self.block_new_requests = False
+
+        mod, ContinuousBatchProcessor = admitting_api(Scheduler, lambda proc: None)
+        ContinuousBatchProcessor.max_batch_tokens = 250     # 16 blocks of 16 tokens
+        with redirect_stderr(io.StringIO()):
+            transformers_cb.patch_api_module(mod)
+        self.fake_ask(asked)
+        real_demand = kvshim.share_demand
+        kvshim.share_demand = stated.append
+        self.addCleanup(setattr, kvshim, "share_demand", real_demand)
+        proc = ContinuousBatchProcessor(c)
+        sched = proc.scheduler
+        step = 2 * 16 * tr.bytes_per_block
+        self.assertTrue(proc.prepare_next_batch())
+        self.assertEqual(stated, [])                        # idle: no demand
+        # a request waits (admissions blocked), nothing held back by kvshim
+        sched.waiting_requests["w"] = Request(60)
+        sched.block_new_requests = True
+        self.assertTrue(proc.prepare_next_batch())
+        self.assertEqual(tr.short, 0)
+        self.assertEqual(stated, [step])
+        # held back by kvshim: at least the step, more when more waits
+        real_can = tr.can_take
+        tr.can_take = lambda ids: (setattr(tr, "short", tr.short + 1), False)[1]
+        sched.block_new_requests = False
+        self.assertFalse(proc.prepare_next_batch())         # "w": 4 blocks a group
+        self.assertEqual(stated[-1], step)
+        sched.waiting_requests["big"] = Request(1000)       # and 63 a group
+        self.assertFalse(proc.prepare_next_batch())
+        self.assertEqual(stated[-1], 2 * (4 + 63) * tr.bytes_per_block)
+        # admitted and running, nothing waits: the step again
+        tr.can_take = real_can
+        self.assertTrue(proc.prepare_next_batch())
+        self.assertEqual(list(sched.active_requests), ["w", "big"])
+        self.assertEqual(stated[-1], step)
+        # both finished: idle, the demand taken back
+        for rid in list(sched.active_requests):
+            del sched.active_requests[rid]
+            c.free_blocks(rid)
+        self.assertTrue(proc.prepare_next_batch())
+        self.assertEqual(stated[-1], 0)
+
+    def test_growing_request_takes_a_block_on_its_last_page(self):
+        """A request growing by a block (decoding) gets it on the page of
+        its last block while that page has a free id, even when another
+        page with claims and free ids (here page 1, freed on last, which
+        the hot pages' order and the free list both hand out first) would
+        give one: a request's blocks then share few pages with other
+        requests', and preempting few requests empties a page (before,
+        handed out wherever the list was, every page held blocks of dozens
+        of requests)."""
+        c, tr = self.make(num_blocks=256, layers=2)      # 64 blocks a page
+        table = c.group_cache_managers[0].block_table
+        for rid, n in (("r", 60), ("x", 4), ("y", 60), ("z", 4)):
+            self.assertEqual(c.allocate_blocks(n, rid, 0), n)
+        self.assertEqual({tr.page_of(b) for b in table["r"] + table["x"]}, {0})
+        self.assertEqual({tr.page_of(b) for b in table["y"] + table["z"]}, {1})
+        c.free_blocks("x")                  # 4 free ids on page 0
+        c.free_blocks("z")                  # and 4 on page 1, freed last
+        self.assertEqual(tr.page_of(next(c._block_manager._uninit_block_ids.upcoming())), 1)
+        # a new request (no last block) is handed one of page 1's
+        self.assertEqual(c.allocate_blocks(1, "n", 0), 1)
+        self.assertEqual(tr.page_of(table["n"][0]), 1)
+        # r, its last block on page 0, gets page 0's: one, then three at once
+        self.assertEqual(c.allocate_blocks(1, "r", 0), 1)
+        self.assertEqual(tr.page_of(table["r"][-1]), 0)
+        self.assertEqual(c.allocate_blocks(3, "r", 0), 3)
+        self.assertEqual([tr.page_of(b) for b in table["r"][-3:]], [0, 0, 0])
+        self.assertEqual(sorted(table["r"][60:]), [60, 61, 62, 63])
+        # page 0 is full: r's next comes from the other page with claims
+        self.assertEqual(c.allocate_blocks(1, "r", 0), 1)
+        self.assertEqual(tr.page_of(table["r"][-1]), 1)
+        self.assertEqual(tr.mapped, 60 + 60 + 1 + 5)
+
+    def test_one_allocation_stays_on_one_page(self):
+        """The ids of one allocation are taken from the page of the id
+        before while it has free ids, even where the free list alternates
+        between pages (blocks freed one by one, as requests finish here
+        and there): a prefill's blocks lie on one page, not on every page
+        the list runs through (in the list's order they would be 127, 63,
+        126, 62: two pages)."""
+        c, tr = self.make(num_blocks=256, layers=2)
+        bm = c._block_manager
+        self.assertEqual(bm.get_free_blocks(256, None, False, 0), list(range(256)))
+        # pages 0 and 1 freed, their ids in turn (pages 2 and 3 stay held)
+        bm.free_blocks([b for pair in zip(range(64), range(64, 128)) for b in pair],
+                       shareable=False)
+        self.assertEqual(list(itertools.islice(bm._uninit_block_ids.upcoming(), 4)),
+                         [127, 63, 126, 62])
+        self.assertEqual(c.allocate_blocks(4, "r", 0), 4)
+        got = c.group_cache_managers[0].block_table["r"]
+        self.assertEqual(got[0], 127)
+        self.assertEqual([tr.page_of(b) for b in got], [1, 1, 1, 1])
+        self.assertEqual(tr.mapped, 128 + 4)
+        self.assertEqual(len(bm._uninit_block_ids), 128 - 4)
+
+    def paged_engine(self):
+        """A cache of 256 blocks (64 a 2 MiB page), its tracker, and a
+        processor over it as admitting_api's, with transformers 5.17's
+        offloading manager and a scheduler keeping its active requests in
+        admission order: (cache, tracker, processor, the ask fake_ask
+        reads)."""
+        c, tr = self.make(num_blocks=256, layers=2)
+        asked = [0]
+
+        class Scheduler:
+            def __init__(self):
+                self.active_requests = collections.OrderedDict()
+                self.waiting_requests, self.starved_requests = {}, []
+                self.block_new_requests = False
+
+        mod, ContinuousBatchProcessor = admitting_api(Scheduler, OffloadingManager517)
+        with redirect_stderr(io.StringIO()):
+            transformers_cb.patch_api_module(mod)
+        self.fake_ask(asked)
+        return c, tr, ContinuousBatchProcessor(c), asked
+
+    def lay_out(self, proc, plan):
+        """Run the requests of plan (pairs of a request id and a number of
+        blocks it takes, in the order taken) as decoding requests."""
+        class Request:
+            def __init__(self, rid):
+                self.request_id, self.tokens_to_process = rid, list(range(60))
+                self.remaining_prefill_tokens, self.blocks = [], 0
+
+        active = proc.scheduler.active_requests
+        for rid, n in plan:
+            state = active.setdefault(rid, Request(rid))
+            self.assertEqual(proc.cache.allocate_blocks(n, rid, 0), n)
+            state.blocks += n
+
+    def sharers(self, c, tr):
+        """{page index: the ids of the requests with blocks on it}."""
+        on = {}
+        for rid, ids in c.group_cache_managers[0].block_table.items():
+            for b in ids:
+                on.setdefault(tr.page_of(b), set()).add(rid)
+        return on
+
+    def test_asked_engine_empties_the_least_shared_page(self):
+        """kvshim asks for pages, and a page goes back only when no block
+        on it is used: asked for one page index, the engine preempts the
+        requests on the page the fewest requests share (newest first), and
+        that page goes back. Here page 1 holds blocks of a and b only,
+        pages 0 and 2 of four and three requests; preempted newest first
+        (before the change), d then c (80 blocks, more than the ask's 64)
+        would have gone and no page with them: the ask would stay, and
+        more requests would go the next second."""
+        c, tr, proc, asked = self.paged_engine()
+        self.lay_out(proc, [("a", 16), ("b", 16), ("c", 16), ("d", 16), ("a", 32),
+                            ("b", 32), ("b", 8), ("c", 24), ("d", 24)])
+        self.assertEqual(self.sharers(c, tr), {0: {"a", "b", "c", "d"}, 1: {"a", "b"},
+                                               2: {"b", "c", "d"}})
+        cached = kvshim.stats()["cached_bytes"]
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        om, sched = proc.offloading_manager, proc.scheduler
+        self.assertEqual(om.evicted, ["b", "a"])
+        self.assertEqual(list(sched.active_requests), ["c", "d"])
+        self.assertEqual(sched.starved_requests, [])
+        self.assertEqual(tr.preempted, 2)
+        self.assertNotIn(1, tr._claims)                  # page 1 goes back
+        self.assertEqual(kvshim.stats()["cached_bytes"] - cached, tr.page_index_bytes)
+        self.assertEqual(sorted(tr._claims), [0, 2])
+        # what it gave covers the ask: nothing more within the second
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(om.evicted, ["b", "a"])
+
+    def test_asked_engine_keeps_a_request_when_every_page_is_shared(self):
+        """Emptying a page never takes every active request (the engine
+        would stop): where every page holds blocks of every request, no
+        page is chosen, and preempting newest first leaves the oldest
+        running however much is asked."""
+        c, tr, proc, asked = self.paged_engine()
+        self.lay_out(proc, [("x", 22), ("y", 21), ("z", 21), ("x", 22), ("y", 21),
+                            ("z", 21)])
+        self.assertEqual(self.sharers(c, tr), {0: {"x", "y", "z"}, 1: {"x", "y", "z"}})
+        asked[0] = 4 * tr.page_index_bytes
+        time.sleep(0.01)
+        self.assertEqual(transformers_cb._victims(proc, tr), [])
+        proc.prepare_next_batch()
+        self.assertEqual(proc.offloading_manager.evicted, ["z", "y"])
+        self.assertEqual(list(proc.scheduler.active_requests), ["x"])
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(list(proc.scheduler.active_requests), ["x"])
+        self.assertEqual(tr.mapped, 44)
+
+    def test_victims_free_the_page_of_prefix_blocks_and_skip_pages_held_ahead(self):
+        """A page chosen for the ask goes back only if nothing on it stays
+        claimed: the prefix cache's blocks there (complete blocks no
+        request uses) are released with its requests, back to the free
+        list; and a page with a block neither a request nor the cache
+        holds (backed ahead for the next prefill) is never chosen:
+        preempting its requests would not empty it. (_give_back drops the
+        prefix cache before choosing victims: _victims is called alone.)"""
+        c, tr, proc, asked = self.paged_engine()
+        bm = c._block_manager
+        self.lay_out(proc, [("a", 16), ("b", 16), ("c", 16), ("d", 16), ("a", 24),
+                            ("p", 8), ("b", 32), ("b", 8), ("c", 24), ("d", 24)])
+        # p finished: its complete blocks stay in the prefix cache
+        del proc.scheduler.active_requests["p"]
+        prefix = c.group_cache_managers[0].block_table.pop("p")
+        bm.free_blocks(prefix, shareable=True, complete=True)
+        self.assertEqual(sorted(bm._init_block_ids), sorted(prefix))
+        self.assertEqual(self.sharers(c, tr), {0: {"a", "b", "c", "d"}, 1: {"a", "b"},
+                                               2: {"b", "c", "d"}})
+        self.assertEqual({tr.page_of(b) for b in prefix}, {1})
+        self.assertEqual(tr._claims[1], 64)
+        mapped = tr.mapped
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        self.assertEqual(transformers_cb._victims(proc, tr), ["b", "a"])
+        self.assertEqual(bm._init_block_ids, {})
+        self.assertEqual(sorted(b for b in bm._uninit_block_ids if b in prefix), sorted(prefix))
+        self.assertEqual(tr.mapped, mapped - 8)
+        self.assertEqual(tr.dropped, 8)
+        self.assertEqual(tr._claims[1], 24 + 32)         # a's and b's only
+        # a free id on page 1 backed ahead: page 1 cannot be emptied, and
+        # page 2 (b, c, d) is the fewest shared of the others
+        spare = next(b for b in bm._uninit_block_ids if tr.page_of(b) == 1)
+        tr.ahead([spare])
+        tr._settle()
+        self.assertEqual(tr._claims[1], 24 + 32 + 1)
+        self.assertEqual(transformers_cb._victims(proc, tr), ["d", "c", "b"])
+        tr.ahead([])                                     # released: page 1 again
+        tr._settle()
+        self.assertEqual(transformers_cb._victims(proc, tr), ["b", "a"])
+
     def test_release_failure_keeps_the_id(self):
         def refuse(ids):
             raise kvshim.KvshimError(-2, "kvshim_group_unmap")

@@ -198,7 +198,8 @@ def attach(cache):
     orig_get = bm.get_free_blocks
 
     def get_free_blocks(n_blocks, last_block_id, shareable, group_id):
-        ids = orig_get(n_blocks, last_block_id, shareable, group_id)
+        with tracker.near(last_block_id):
+            ids = orig_get(n_blocks, last_block_id, shareable, group_id)
         if ids is None or tracker.take(ids):
             return ids
         if shareable:
@@ -384,17 +385,121 @@ def _waiting_blocks(proc):
     return n * groups
 
 
+def _margin_blocks(proc):
+    """The free blocks under which the scheduler admits no new prefill
+    (safety_margin x num_blocks, as _admission scaled it); 0 when it has
+    none."""
+    margin = getattr(getattr(proc, "scheduler", None), "safety_margin", None)
+    total = getattr(proc.cache, "num_blocks", 0)
+    if not isinstance(margin, (int, float)) or not isinstance(total, int):
+        return 0
+    return max(0, int(-(-margin * total // 1)))
+
+
+def _cushion(proc):
+    """Blocks an engine with requests (running or waiting) keeps free for
+    its next step: one step's prefill (max_batch_tokens) in every layer
+    group above the scheduler's margin (below which it admits nothing),
+    stated as demand even when nothing waits. Within its share, the
+    shared budget keeps them for it (a claim), so that a model whose burst
+    begins maps at once, where it would otherwise wait for another engine
+    to preempt (on an H200 at rate 6, another engine took the idle pages of
+    the small model just as its burst began, and the small model waited
+    3 to 5 s). Its own idle pages cover it first. 0 for an idle engine:
+    its idle pages are the others'."""
+    sched = getattr(proc, "scheduler", None)
+    if not (getattr(sched, "active_requests", None) or getattr(sched, "waiting_requests", None)):
+        return 0
+    cache = proc.cache
+    tokens = getattr(proc, "max_batch_tokens", 0)
+    try:
+        step = cache.blocks_needed(-(-int(tokens) // cache.block_size), 0) if tokens else 0
+    except (AttributeError, TypeError, ValueError):
+        step = 0
+    return step + _margin_blocks(proc) if step else 0
+
+
 def _give_back(proc, tracker):
     """Preempt requests while kvshim asks this engine to give back blocks it
-    uses, as transformers does when its cache is full: the newest first,
-    as many in one pass as the ask needs (the process waiting below its
-    share waits a step, not a step per request), never the last active
-    one, and none more once one freed nothing. Returns how many were."""
-    _drop_prefix_cache(proc, tracker)
+    uses, as transformers does when its cache is full: first those whose
+    blocks fill the pages fewest requests share (see _victims: what goes
+    back is whole pages), then the newest, as many in one pass as the ask
+    needs (the process waiting below its share waits a step, not a step
+    per request), never the last active one, and none more once one freed
+    nothing. Returns how many were."""
     n = 0
+    for victim in _victims(proc, tracker):
+        if not _give_back_one(proc, tracker, victim):
+            break
+        n += 1
+    _drop_prefix_cache(proc, tracker)
     while _give_back_one(proc, tracker):
         n += 1
     return n
+
+
+def _victims(proc, tracker):
+    """The active requests to preempt for kvshim's ask, newest first: those
+    with blocks on the page indices the fewest requests share, taken until
+    their pages make up the ask (a request not yet past its prompt counts
+    twice: preempting it delays its first token), never every active one.
+    The prefix cache's blocks on those pages are released first. (Preempted
+    newest first, requests free blocks, but a page goes back only when
+    every block on it is free.) Empty when the pages cannot be told (blocks
+    straddle pages) or none can be emptied."""
+    owed = tracker.owed()
+    sched = getattr(proc, "scheduler", None)
+    active = getattr(sched, "active_requests", None)
+    if not owed or not active or len(active) < 2:
+        return []
+    tables = []
+    for cm in getattr(proc.cache, "group_cache_managers", ()) or ():
+        table = getattr(cm, "block_table", None)
+        if isinstance(table, dict):
+            tables.extend((rid, blocks) for rid, blocks in table.items() if rid in active)
+    bm = getattr(proc.cache, "_block_manager", None)
+    cached = getattr(bm, "_init_block_ids", None) or {}
+    owners = tracker.owners(tables, cached)
+    if not owners:
+        return []
+
+    def weight(rid):
+        return 2 if getattr(active[rid], "remaining_prefill_tokens", None) else 1
+
+    pages = -(-owed // max(1, tracker.page_index_bytes))
+    chosen, uncache = set(), []
+    while pages > 0 and owners:
+        p = min(owners, key=lambda p: (sum(weight(r) for r in owners[p][0] - chosen), p))
+        rids, ids = owners.pop(p)
+        if len(chosen | rids) >= len(active):
+            break
+        chosen |= rids
+        uncache += ids
+        pages -= 1
+    _uncache(bm, uncache, tracker)
+    return [rid for rid in reversed(active) if rid in chosen]
+
+
+def _uncache(bm, ids, tracker):
+    """Release these prefix-cache blocks (ids in the block manager's
+    _init_block_ids) as transformers 5.17's has_enough_free_blocks does
+    when its free list runs short: out of the cache and its hash table,
+    into the free list (which releases them)."""
+    init, by_hash = getattr(bm, "_init_block_ids", None), getattr(bm, "_hash_to_id", None)
+    blocks = getattr(bm, "_id_to_block", None)
+    if not ids or init is None or blocks is None:
+        return
+    before = tracker.mapped
+    for b in ids:
+        if b not in init:
+            continue
+        del init[b]
+        h = getattr(blocks.get(b), "hash", None)
+        if by_hash is not None and h is not None and by_hash.get(h) == b:
+            del by_hash[h]
+        bm._uninit_block_ids.append(b)
+    if before > tracker.mapped:
+        tracker.gave_back(before - tracker.mapped, preempted=False)
 
 
 def _drop_prefix_cache(proc, tracker):
@@ -419,11 +524,14 @@ def _drop_prefix_cache(proc, tracker):
     return k
 
 
-def _give_back_one(proc, tracker):
-    """Preempt one request if kvshim asks for more than this engine gave
-    back within the last second and the engine has more than one active
-    request. Returns whether one was, and freed blocks."""
-    if not tracker.should_give_back():
+def _give_back_one(proc, tracker, victim=None):
+    """Preempt one request (victim's id, or the newest) if kvshim asks for
+    more than this engine gave back within the last second and the engine
+    has more than one active request. Returns whether one was, and freed
+    blocks. A victim is preempted whatever is left of the ask: its blocks
+    count as given back, but its page goes back only with the last of the
+    victims that share it."""
+    if victim is None and not tracker.should_give_back():
         return False
     om = getattr(proc, "offloading_manager", None)
     sched = getattr(proc, "scheduler", None)
@@ -440,8 +548,15 @@ def _give_back_one(proc, tracker):
     active = getattr(sched, "active_requests", None)
     if not active or len(active) < 2:
         return False
+    if victim is not None:
+        if victim not in active:
+            return True              # gone already (evicted with another): go on
+        if many is None or not isinstance(starved, list):
+            return False             # cannot be named: the newest go instead
     before = tracker.mapped
-    if one is not None:
+    if victim is not None:
+        _offload_named(many, starved, active[victim], proc.cache)
+    elif one is not None:
         one()
     else:
         _offload_newest(proc, many, starved, active)
@@ -528,7 +643,15 @@ def _offload_newest(proc, offload_requests, starved, active):
     if victim is None:             # every active request is starved already
         offload_requests()
         return
-    entry = (victim, proc.cache.get_num_free_blocks() + 1)
+    _offload_named(offload_requests, starved, victim, proc.cache)
+
+
+def _offload_named(offload_requests, starved, victim, cache):
+    """Evict victim (an active request's state) through transformers 5.17's
+    offload_requests: named last among the starved, of more blocks than
+    are free, it is the first evicted; the name is taken back if it was
+    not used."""
+    entry = (victim, cache.get_num_free_blocks() + 1)
     starved.append(entry)
     try:
         offload_requests()
@@ -592,11 +715,17 @@ def patch_api_module(mod):
         # requests need more than kvshim can back did it hold them back).
         # Their blocks are what the engine waits for (at least one block:
         # a request decoding), stated as its demand
+        # (with the scheduler's margin: transformers admits no new prefill
+        # while the free count is under it, so an engine whose free count
+        # kvshim caps below margin and prompts waits as surely; on an H200
+        # the small model waited 5 s so, with 125 blocks shown free, 216 of
+        # margin and no demand stated)
         waiting = _waiting_blocks(self)
+        need = waiting + _margin_blocks(self) if waiting > 0 else 0
         held = tracker.short != short or ready is None or (
-            waiting > 0 and tracker.capped != capped
-            and tracker.capacity(waiting, tracker.room() or 0) < waiting)
-        tracker.state_demand(max(1, waiting) if held else 0)
+            need > 0 and tracker.capped != capped
+            and tracker.capacity(need, tracker.room() or 0) < need)
+        tracker.state_demand(max(max(1, need) if held else 0, _cushion(self)))
         return ready, held
 
     def prepare_next_batch(self, *args, **kwargs):
