@@ -12,6 +12,7 @@ import ctypes
 import io
 import itertools
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -402,14 +403,63 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(rest, list(range(100, 3000)) + list(range(4500, 5000)))
         self.assertEqual(free[0], 100)
         self.assertNotIn(3000, free)
-        free.append(3000)                                # freed again: back in, once
+        free.append(3000)                                # freed again: back in, once,
         self.assertIn(3000, free)
+        self.assertEqual(free[0], 3000)                  # first (its old copy skipped)
         self.assertEqual(len(free), 5000 - 1600 + 1)
         self.assertEqual(sorted(free), sorted(rest + [3000]))
         self.assertEqual(sorted(free.popleft() for _ in range(3401)), sorted(rest + [3000]))
         self.assertEqual(len(free), 0)
         with self.assertRaises(IndexError):
             free.popleft()
+
+    def test_free_list_matches_a_plain_list(self):
+        """Through any mix of ids handed out from the front and from
+        inside, freed again (one by one or several at once) and copies
+        compacted away, the free list hands out, holds and lists exactly
+        what a plain list would: freed ids go to the front (several
+        lowest first), the preferred id comes out of the middle."""
+        class Prefer:
+            want = None
+
+            def prefer(self):
+                b, self.want = self.want, None
+                return b
+
+            def handed(self, b):
+                pass
+
+            def freed(self, ids):
+                pass
+
+            def preferred(self):
+                return iter(())
+        for seed in range(20):
+            rng = random.Random(seed)
+            t = Prefer()
+            free = blocks.TrackedFreeList(range(3000), lambda ids: None, t)
+            model, out = list(range(3000)), []
+            for _ in range(6000):
+                op = rng.random()
+                if op < 0.45 and model:                   # handed out from inside
+                    t.want = rng.choice(model)
+                    model.remove(t.want)
+                    out.append(free.popleft())
+                elif op < 0.6 and model:                  # from the front
+                    self.assertEqual(free.popleft(), model.pop(0))
+                elif op < 0.9 and out:                    # freed again, one
+                    b = out.pop(rng.randrange(len(out)))
+                    free.append(b)
+                    model.insert(0, b)
+                elif out:                                 # several at once
+                    k = min(len(out), rng.randint(1, 8))
+                    ids = [out.pop(rng.randrange(len(out))) for _ in range(k)]
+                    free.extend(ids)
+                    model[:0] = sorted(ids)
+                self.assertEqual(len(free), len(model))
+            self.assertEqual(list(free), model, "seed %d" % seed)
+            self.assertTrue(all(b in free for b in model[:50]))
+            self.assertFalse(any(b in free for b in out[:50]))
 
     def test_admission_follows_what_kvshim_can_back(self):
         """The scheduler's safety margin is of what the engine can have
@@ -841,17 +891,20 @@ class AdapterTest(unittest.TestCase):
         between pages (blocks freed one by one, as requests finish here
         and there): a prefill's blocks lie on one page, not on every page
         the list runs through (in the list's order they would be 127, 63,
-        126, 62: two pages)."""
+        126, 62: two pages). What the adapter checks and maps ahead
+        (upcoming) is what the allocation then takes."""
         c, tr = self.make(num_blocks=256, layers=2)
         bm = c._block_manager
         self.assertEqual(bm.get_free_blocks(256, None, False, 0), list(range(256)))
         # pages 0 and 1 freed, their ids in turn (pages 2 and 3 stay held)
         bm.free_blocks([b for pair in zip(range(64), range(64, 128)) for b in pair],
                        shareable=False)
-        self.assertEqual(list(itertools.islice(bm._uninit_block_ids.upcoming(), 4)),
-                         [127, 63, 126, 62])
+        free = bm._uninit_block_ids
+        self.assertEqual(list(itertools.islice(free, 4)), [127, 63, 126, 62])
+        coming = list(itertools.islice(free.upcoming(), 4))
         self.assertEqual(c.allocate_blocks(4, "r", 0), 4)
         got = c.group_cache_managers[0].block_table["r"]
+        self.assertEqual(got, coming)
         self.assertEqual(got[0], 127)
         self.assertEqual([tr.page_of(b) for b in got], [1, 1, 1, 1])
         self.assertEqual(tr.mapped, 128 + 4)

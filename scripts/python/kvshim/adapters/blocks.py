@@ -221,6 +221,12 @@ class BlockTracker:
         pages (no index is kept then)."""
         return b * self.group.block_bytes // self._page if self._one_page() else None
 
+    def near_ids(self, b):
+        """The free ids on block b's page, in the order near hands them out
+        after b."""
+        p = self.page_of(b)
+        return list(self._free_on.get(p, ())) if p is not None else []
+
     @contextlib.contextmanager
     def near(self, last):
         """While one allocation hands out ids: take each from the page of
@@ -501,29 +507,35 @@ class TrackedFreeList(collections.deque):
         super().__init__(iterable)
         self._on_return = on_return
         self._tracker = tracker
-        # ids handed out from inside the list (the tracker's preferred):
-        # their copies stay where they are, counted here, and are dropped
-        # when popleft reaches them (removing them there would cost a walk
-        # of the list each: 60 us at 5000 ids deep)
-        self._stale = collections.Counter()
-        self._nstale = 0
+        # how many times each id is in the list (once, or more for an id
+        # freed twice), and the list's length: an id handed out from inside
+        # (the tracker's preferred) leaves its copy where it is (removing it
+        # there would cost a walk of the list: 60 us at 5000 ids deep), so
+        # an id has more copies than it is in the list: the leftmost are the
+        # ones in it (an id freed again goes out first, from the left), the
+        # others are skipped when popleft reaches them
+        self._count = collections.Counter(collections.deque.__iter__(self))
+        self._n = collections.deque.__len__(self)
+        self._extra = collections.Counter()     # copies beyond the count, by id
+        self._nextra = 0
 
     def __len__(self):
-        return collections.deque.__len__(self) - self._nstale
+        return self._n
 
     def __iter__(self):
-        stale, skipped = self._stale, None
+        if not self._nextra:
+            yield from collections.deque.__iter__(self)
+            return
+        extra, count, seen = self._extra, self._count, collections.Counter()
         for b in collections.deque.__iter__(self):
-            if stale and b in stale:
-                if skipped is None:
-                    skipped = collections.Counter()
-                if skipped[b] < stale[b]:
-                    skipped[b] += 1
+            if b in extra:
+                seen[b] += 1
+                if seen[b] > count[b]:
                     continue
             yield b
 
     def __contains__(self, b):
-        return any(x == b for x in self)
+        return self._count.get(b, 0) > 0
 
     def __getitem__(self, i):
         if not isinstance(i, int) or i < 0:
@@ -533,40 +545,58 @@ class TrackedFreeList(collections.deque):
                 return b
         raise IndexError("TrackedFreeList index out of range")
 
+    def _take(self, b):
+        """Id b leaves the list (one of its copies, counted)."""
+        self._count[b] -= 1
+        if not self._count[b]:
+            del self._count[b]
+        self._n -= 1
+
+    def _put(self, ids):
+        """Ids come into the list (their copies put at the left)."""
+        for b in ids:
+            self._count[b] += 1
+        self._n += len(ids)
+
     def popleft(self):
         """The next id for the engine: the tracker's preferred one (on a
         page other blocks hold; see BlockTracker.prefer), else the first."""
+        if not self._n:
+            raise IndexError("pop from an empty TrackedFreeList")
         t = self._tracker
         b = t.prefer() if t is not None else None
-        if b is not None:
-            self._stale[b] += 1
-            self._nstale += 1
+        if b is not None and b in self:
+            self._take(b)
+            self._extra[b] += 1
+            self._nextra += 1
             self._compact()
         else:
+            if b is not None:           # not in the list: the tracker's index was stale
+                t.handed(b)
             while True:
                 b = collections.deque.popleft(self)
-                if self._stale.get(b):
-                    self._stale[b] -= 1
-                    if not self._stale[b]:
-                        del self._stale[b]
-                    self._nstale -= 1
-                    continue
-                break
+                if b in self:           # the leftmost copy: in the list
+                    break
+                self._extra[b] -= 1     # an extra copy
+                if not self._extra[b]:
+                    del self._extra[b]
+                self._nextra -= 1
+            self._take(b)
         if t is not None:
             t.handed(b)
         return b
 
     def _compact(self):
-        """Drop the counted copies once they are many (a quarter of the
+        """Drop the extra copies once they are many (a quarter of the
         list, and over a thousand): one walk for all of them."""
         n = collections.deque.__len__(self)
-        if self._nstale <= 1024 or 4 * self._nstale <= n:
+        if self._nextra <= 1024 or 4 * self._nextra <= n:
             return
         keep = list(self)
         collections.deque.clear(self)
         collections.deque.extend(self, keep)
-        self._stale.clear()
-        self._nstale = 0
+        self._extra.clear()
+        self._nextra = 0
 
     def _returned(self, ids):
         try:
@@ -576,20 +606,24 @@ class TrackedFreeList(collections.deque):
 
     def append(self, x):
         super().appendleft(x)
+        self._put([x])
         self._returned([x])
 
     def appendleft(self, x):
         super().appendleft(x)
+        self._put([x])
         self._returned([x])
 
     def extend(self, xs):
         xs = list(xs)
         super().extendleft(sorted(xs, reverse=True))
+        self._put(xs)
         self._returned(xs)
 
     def extendleft(self, xs):
         xs = list(xs)
         super().extendleft(xs)
+        self._put(xs)
         self._returned(xs)
 
     def put_back_front(self, ids):
@@ -597,17 +631,27 @@ class TrackedFreeList(collections.deque):
         without releasing anything."""
         ids = list(ids)
         super().extendleft(reversed(ids))
+        self._put(ids)
         if self._tracker is not None:
             self._tracker.freed(ids)
 
     def upcoming(self):
-        """The ids in the order popleft hands them out (while nothing is
-        claimed or released meanwhile): the preferred ones, then the list's."""
+        """The ids in the order popleft hands them out to one allocation of
+        a new request (while nothing is claimed or released meanwhile): the
+        preferred ones, then the list's, each followed by the other free
+        ids on its page (see BlockTracker.near)."""
         t, seen = self._tracker, set()
         if t is not None:
             for b in t.preferred():
                 seen.add(b)
                 yield b
+        near = getattr(t, "near_ids", None)
         for b in self:
-            if b not in seen:
-                yield b
+            if b in seen:
+                continue
+            seen.add(b)
+            yield b
+            for x in near(b) if near else ():
+                if x not in seen:
+                    seen.add(x)
+                    yield x
