@@ -108,6 +108,13 @@ class AdapterTest(unittest.TestCase):
             transformers_cb.patch_api_module(mod)
         return c, tr, ContinuousBatchProcessor(c)
 
+    def capture_demand(self, stated):
+        """What the adapter states as demand (share_demand) goes to the
+        list stated for this test."""
+        real = kvshim.share_demand
+        kvshim.share_demand = stated.append
+        self.addCleanup(setattr, kvshim, "share_demand", real)
+
     def fake_ask(self, asked):
         """kvshim's ask (share_asked) reads asked[0] for this test."""
         real = kvshim.share_asked
@@ -688,9 +695,7 @@ class AdapterTest(unittest.TestCase):
         with redirect_stderr(io.StringIO()):
             transformers_cb.patch_api_module(mod)
         self.fake_ask(asked)
-        real_demand = kvshim.share_demand
-        kvshim.share_demand = stated.append
-        self.addCleanup(setattr, kvshim, "share_demand", real_demand)
+        self.capture_demand(stated)
         proc = ContinuousBatchProcessor(c)
         for i in range(3):
             proc.scheduler.waiting_requests["r%d" % i] = Request(60)
@@ -768,9 +773,7 @@ class AdapterTest(unittest.TestCase):
         mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
         with redirect_stderr(io.StringIO()):
             transformers_cb.patch_api_module(mod)
-        real_demand = kvshim.share_demand
-        kvshim.share_demand = stated.append
-        self.addCleanup(setattr, kvshim, "share_demand", real_demand)
+        self.capture_demand(stated)
         proc = ContinuousBatchProcessor(c)
         proc.scheduler = types.SimpleNamespace(active_requests={}, waiting_requests={})
         room = tr.group.headroom()
@@ -818,9 +821,7 @@ class AdapterTest(unittest.TestCase):
         with redirect_stderr(io.StringIO()):
             transformers_cb.patch_api_module(mod)
         self.fake_ask(asked)
-        real_demand = kvshim.share_demand
-        kvshim.share_demand = stated.append
-        self.addCleanup(setattr, kvshim, "share_demand", real_demand)
+        self.capture_demand(stated)
         proc = ContinuousBatchProcessor(c)
         sched = proc.scheduler
         step = 2 * 16 * tr.bytes_per_block
