@@ -922,12 +922,23 @@ uint64_t kv_share_asked(kv_share_t *s)
 
 int kv_share_may_use(kv_share_t *s, uint64_t used)
 {
+	struct sums t;
 	int ok;
 
 	if (s->fd < 0)
 		return 1;
 	pthread_mutex_lock(&s->mu);
 	ok = used <= s->use_limit;
+	if (!ok) {
+		/* the bound is set by takes, asks and the worker's updates: a
+		 * process without a worker would keep it past the wait that set
+		 * it, so before a refusal the rule is read again, and the bound
+		 * lifted if nobody waits below their share any more */
+		others(s, budget_of(s), demand_of(s), &t);
+		if (!t.gaps)
+			s->use_limit = UINT64_MAX;
+		ok = used <= s->use_limit;
+	}
 	pthread_mutex_unlock(&s->mu);
 	return ok;
 }

@@ -167,7 +167,8 @@ uint64_t kv_share_asked(kv_share_t *s);
 /* Whether this process may use (claim) used bytes in all: past its share
  * while others wait below theirs it may not grow what it uses, even from
  * its own idle pages (they are the others' due). As of the last update or
- * take. Returns 1 or 0. */
+ * take, and lifted before a refusal once nobody waits (a process without a
+ * worker would keep it). Returns 1 or 0. */
 int kv_share_may_use(kv_share_t *s, uint64_t used);
 
 /* Give bytes of budget back (pages released). */

@@ -469,6 +469,76 @@ START_TEST(test_fair_takes_back)
 END_TEST
 
 /*
+ * The bound on what a process may use while another waits below its share
+ * lapses with the wait, also in a process without a worker (nothing else
+ * reads the rule for it between its own calls): the first, asked for half
+ * of the budget, gives it to the second; once the second has gone, the
+ * first maps the whole budget again. Before, the bound read while the
+ * second waited stayed, and every map past it failed (KVSHIM_ELIMIT).
+ */
+START_TEST(test_fair_bound_lapses)
+{
+	int p2c[2], c2p[2];
+	kv_alloc_t *a;
+	CUdeviceptr s;
+	struct timespec t0;
+	pid_t pid;
+	char c;
+
+	kt_new_pool();
+	ck_assert_int_eq(pipe(p2c), 0);
+	ck_assert_int_eq(pipe(c2p), 0);
+	a = kt_make(B, 0, 0, 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, B), 0);
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		kv_alloc_t *b;
+		CUdeviceptr d;
+		int rc;
+
+		KT_CHILD_CHECK(kt_mk(B, 0, 0, 1, 0, &b) == 0);
+		KT_CHILD_CHECK(kv_alloc_reserve(b, B, &d) == 0);
+		do {
+			rc = kv_alloc_map(b, d, B / 2);
+		} while (rc == KVSHIM_ELIMIT);
+		KT_CHILD_CHECK(rc == 0);
+		KT_CHILD_CHECK(write(c2p[1], "y", 1) == 1);
+		KT_CHILD_CHECK(read(p2c[0], &c, 1) == 1);
+		KT_CHILD_CHECK(kv_alloc_unmap(b, d, B / 2) == 0);
+		kv_alloc_destroy(b);
+		_exit(0);
+	}
+	/* asked (the ask also reads the bound), it gives back half */
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (kv_alloc_asked(a) == 0 && kt_ms_since(&t0) < 20000)
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	ck_assert_uint_eq(kv_alloc_asked(a), B / 2);
+	ck_assert_int_eq(kv_alloc_unmap(a, s + B / 2, B / 2), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s + B / 2, PG), KVSHIM_ELIMIT);
+	/* (no worker trims for it: the second's map waits for the trim kvshim
+	 * asks of it, which this process makes here) */
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (kt_stats(a).physical_bytes > B / 2 && kt_ms_since(&t0) < 20000) {
+		size_t freed;
+
+		kv_alloc_trim(a, B / 2, &freed);
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	}
+	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
+	ck_assert_int_eq(c, 'y');
+	kt_release_child(p2c[1], pid, "the child failed: its line is above");
+	/* the second gone, nobody waits: the whole budget again */
+	ck_assert_int_eq(kv_alloc_map(a, s + B / 2, B / 2), 0);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, B);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
  * A process never waits for memory another holds idle: the first holds
  * the whole budget cached (far above its share, which is nothing) and is
  * never asked to give back what it uses (it uses nothing); the second's
@@ -703,6 +773,7 @@ Suite *fair_suite(void)
 	kt_share_fixture(tc);
 	kt_add_emu(tc, test_fair_converge);
 	kt_add_emu(tc, test_fair_takes_back);
+	kt_add_emu(tc, test_fair_bound_lapses);
 	kt_add_emu(tc, test_fair_idle_not_waited);
 	kt_add_emu(tc, test_fair_limits);
 	kt_add_emu(tc, test_fair_at_share_kept);
