@@ -36,6 +36,13 @@ model's p99 TTFT is at most the static split's (at --budget-gib) times
 1 + --tolerance: "half the memory for the same service". --quick is rates
 3, 4 and 6, one seed and one phase length, and a sweep of 3 GiB at rate 3.
 How long each part took is printed as it ends, and an estimate first.
+--deadline M ends the run within M minutes (a machine lent for a fixed
+time): a trace replay that would not end by then, by the estimate below,
+is not started, nor a configuration that could not replay one; the tables
+then compare what ran. A replay is estimated as the longest replay of the
+same trace so far plus 15 s, or, for the first, 3 x --cycles x its phase
++ 20 s + 8 s per request/s of its rate (the H200's longest at rate 6 took
+115 s, this guess 116 s).
 
 Measured per request: TTFT (first token's time, from transformers'
 per-token timestamps, less the time the request was submitted at its
@@ -435,9 +442,21 @@ def spawn(name, mode, args, budget, pool, outdir, tag):
     return proc
 
 
-def run_config(cfg, args, traces, outdir):
+def replay_guess(tr, args, took):
+    """Seconds a replay of trace tr is expected to take: the longest of
+    its replays so far (took: seconds by base label) plus 15 s, else a
+    guess from its length and rate (see the top)."""
+    if took.get(tr["base"]):
+        return max(took[tr["base"]]) + 15.0
+    return 3 * args.cycles * tr["phase"] + 20.0 + 8.0 * float(tr["rate"])
+
+
+def run_config(cfg, args, traces, outdir, deadline=None, took=None):
     """Start the three engines of configuration cfg ({"name", "mode",
-    "budget"}), replay traces in turn, stop them. Returns the results."""
+    "budget"}), replay traces in turn, stop them. A replay that would not
+    end by deadline (time.perf_counter()'s) is skipped. took ({base label:
+    [seconds]}) gets each replay's time. Returns the results."""
+    took = {} if took is None else took
     mode, budget, tag = cfg["mode"], cfg["budget"], cfg["name"].replace("@", "-")
     pool = "colocate%d%s" % (os.getpid(), tag.replace(".", "_").replace("-", "_")) \
         if mode == "kvshim" else None
@@ -454,6 +473,11 @@ def run_config(cfg, args, traces, outdir):
             for n, e in res["engines"].items())), flush=True)
         for tr in traces:
             t_run = time.perf_counter()
+            if deadline is not None and t_run + replay_guess(tr, args, took) > deadline:
+                print("colocate: %s, trace %s: skipped, it would end past --deadline (%.0f s "
+                      "left, about %.0f s needed)" % (cfg["name"], tr["label"], deadline - t_run,
+                                                      replay_guess(tr, args, took)), flush=True)
+                continue
             t0 = t_run + 2.0
             sampler = Sampler(t0, pool)
             outs = {}
@@ -470,6 +494,7 @@ def run_config(cfg, args, traces, outdir):
                     run["engines"][name] = json.load(f)
             res["runs"][tr["label"]] = run
             res["seconds"][tr["label"]] = time.perf_counter() - t_run
+            took.setdefault(tr["base"], []).append(res["seconds"][tr["label"]])
             print("colocate: %s, trace %s: done in %.0f s" % (cfg["name"], tr["label"],
                                                               res["seconds"][tr["label"]]), flush=True)
     finally:
@@ -746,6 +771,8 @@ def plot(results, traces, outdir):
     for tr in traces:
         label = tr["label"]
         have = [(c, r) for c, r in results.items() if label in r["runs"]]
+        if not have:                    # (every replay of it skipped: --deadline)
+            continue
         fig, axes = plt.subplots(1, len(have), figsize=(7 * len(have), 4.5), sharey=True)
         axes = axes if len(have) > 1 else [axes]
         for ax, (cname, res) in zip(axes, have):
@@ -863,6 +890,8 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="replay each trace this many times per configuration (the run-to-run "
                          "spread)")
+    ap.add_argument("--deadline", type=float, default=None,
+                    help="minutes the whole run may take: replays that would end later are skipped")
     ap.add_argument("--sweep-gib", default="",
                     help="kvshim budgets to try against the static split at --budget-gib")
     ap.add_argument("--sweep-rates", default="3", help="the rates the sweep replays")
@@ -895,6 +924,8 @@ def main():
     sweep_rates = numbers(args.sweep_rates, "--sweep-rates", ap) if sweep else []
     if args.budget_gib <= 0 or args.cycles < 1 or any(p <= 0 for p in args.phase_list):
         ap.error("--budget-gib, --phases and --cycles must be positive")
+    if args.deadline is not None and not args.deadline > 0:
+        ap.error("--deadline must be more than 0 minutes")
     if not 1 <= args.repeat <= 20:
         ap.error("--repeat must be from 1 to 20")
     if args.floor_gib < 0 or 3 * args.floor_gib > min([args.budget_gib] + sweep):
@@ -942,15 +973,21 @@ def main():
               for _, trs in plan)
     print("colocate: %d configurations, %d trace runs in all: about %.0f min (a guess)" % (
         len(plan), sum(len(trs) for _, trs in plan), est / 60), flush=True)
-    results, met = {}, None
+    results, met, took = {}, None, {}
+    deadline = t_all + 60 * args.deadline if args.deadline is not None else None
     for cfg, trs in plan:
         if not trs:
+            continue
+        if deadline is not None and time.perf_counter() + 30 + min(
+                replay_guess(tr, args, took) for tr in trs) > deadline:
+            print("colocate: %s skipped: no replay of it would end by --deadline" % cfg["name"],
+                  flush=True)
             continue
         if cfg["name"].startswith("kvshim@") and met is not None and not args.sweep_all:
             print("colocate: %s skipped: %g GiB already meets the static split" % (
                 cfg["name"], met), flush=True)
             continue
-        results[cfg["name"]] = run_config(cfg, args, trs, outdir)
+        results[cfg["name"]] = run_config(cfg, args, trs, outdir, deadline, took)
         if cfg["name"].startswith("kvshim@") and "static" in results:
             # ascending budgets: the first that meets the static split ends the sweep
             table, _ = summarize(results, trs)
