@@ -985,6 +985,23 @@ class AdapterTest(unittest.TestCase):
         proc.prepare_next_batch()
         self.assertEqual(om.evicted, ["b", "a"])
 
+    def test_tensor_parallel_rank_preempts_the_newest(self):
+        """Under tensor parallelism every rank must preempt the same
+        requests (their batches would differ, and the group's collectives
+        hang), and a rank's pages are its own: the choice by page is off,
+        and the newest go, as on every rank. The layout is the one above,
+        where the choice by page takes b and a."""
+        c, tr, proc, asked = self.paged_engine()
+        proc.distributed_helper = types.SimpleNamespace(tp_size=2)
+        self.lay_out(proc, [("a", 16), ("b", 16), ("c", 16), ("d", 16), ("a", 32),
+                            ("b", 32), ("b", 8), ("c", 24), ("d", 24)])
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        self.assertEqual(transformers_cb._victims(proc, tr), [])
+        proc.prepare_next_batch()
+        self.assertEqual(proc.offloading_manager.evicted, ["d", "c"])
+        self.assertEqual(list(proc.scheduler.active_requests), ["a", "b"])
+
     def test_asked_engine_keeps_a_request_when_every_page_is_shared(self):
         """Emptying a page never takes every active request (the engine
         would stop): where every page holds blocks of every request, no

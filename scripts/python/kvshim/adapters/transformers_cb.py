@@ -446,7 +446,11 @@ def _victims(proc, tracker):
     The prefix cache's blocks on those pages are released first. (Preempted
     newest first, requests free blocks, but a page goes back only when
     every block on it is free.) Empty when the pages cannot be told (blocks
-    straddle pages) or none can be emptied."""
+    straddle pages) or none can be emptied, and under tensor parallelism:
+    each rank's pages are its own, and ranks that preempted different
+    requests would run different batches (the newest go there instead)."""
+    if _tensor_parallel(proc):
+        return []
     owed = tracker.owed()
     sched = getattr(proc, "scheduler", None)
     active = getattr(sched, "active_requests", None)
