@@ -402,6 +402,42 @@ END_TEST
  * first may not grow, even from its own idle pages, and its admission
  * check says so.
  */
+/*
+ * Fork a second process beside one that maps the whole budget B: it
+ * reserves B and maps half of it, waiting (500 ms at most a try) while the
+ * first gives back. It writes "r" to fd out once it starts waiting and "y"
+ * once it mapped, then waits to read fd in, checks its allocator, lets its
+ * pages go and exits 0. Returns its pid.
+ */
+static pid_t half_taker(int in, int out)
+{
+	pid_t pid;
+
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		kv_alloc_t *b;
+		CUdeviceptr d;
+		char c;
+		int rc;
+
+		KT_CHILD_CHECK(kt_mk(B, 0, 0, 1, 0, &b) == 0);
+		KT_CHILD_CHECK(kv_alloc_reserve(b, B, &d) == 0);
+		KT_CHILD_CHECK(write(out, "r", 1) == 1);
+		do {
+			rc = kv_alloc_map(b, d, B / 2);
+		} while (rc == KVSHIM_ELIMIT);
+		KT_CHILD_CHECK(rc == 0);
+		KT_CHILD_CHECK(write(out, "y", 1) == 1);
+		KT_CHILD_CHECK(read(in, &c, 1) == 1);
+		KT_CHILD_CHECK(kv_alloc_check(b) == 0);
+		KT_CHILD_CHECK(kv_alloc_unmap(b, d, B / 2) == 0);
+		kv_alloc_destroy(b);
+		_exit(0);
+	}
+	return pid;
+}
+
 START_TEST(test_fair_takes_back)
 {
 	int p2c[2], c2p[2];
@@ -418,27 +454,7 @@ START_TEST(test_fair_takes_back)
 	a = kt_make(B, 0, 0, 1);
 	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
 	ck_assert_int_eq(kv_alloc_map(a, s, B), 0);
-	fflush(stdout);
-	pid = fork();
-	if (pid == 0) {
-		kv_alloc_t *b;
-		CUdeviceptr d;
-		int rc;
-
-		KT_CHILD_CHECK(kt_mk(B, 0, 0, 1, 0, &b) == 0);
-		KT_CHILD_CHECK(kv_alloc_reserve(b, B, &d) == 0);
-		KT_CHILD_CHECK(write(c2p[1], "r", 1) == 1);
-		/* waits (500 ms at most a try) while the first gives back */
-		do {
-			rc = kv_alloc_map(b, d, B / 2);
-		} while (rc == KVSHIM_ELIMIT);
-		KT_CHILD_CHECK(rc == 0);
-		KT_CHILD_CHECK(write(c2p[1], "y", 1) == 1);
-		KT_CHILD_CHECK(read(p2c[0], &c, 1) == 1);
-		KT_CHILD_CHECK(kv_alloc_check(b) == 0);
-		kv_alloc_destroy(b);
-		_exit(0);
-	}
+	pid = half_taker(p2c[0], c2p[1]);
 	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
 	/* the first is asked for half of what it uses, once the second waits */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -491,25 +507,8 @@ START_TEST(test_fair_bound_lapses)
 	a = kt_make(B, 0, 0, 0);
 	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
 	ck_assert_int_eq(kv_alloc_map(a, s, B), 0);
-	fflush(stdout);
-	pid = fork();
-	if (pid == 0) {
-		kv_alloc_t *b;
-		CUdeviceptr d;
-		int rc;
-
-		KT_CHILD_CHECK(kt_mk(B, 0, 0, 1, 0, &b) == 0);
-		KT_CHILD_CHECK(kv_alloc_reserve(b, B, &d) == 0);
-		do {
-			rc = kv_alloc_map(b, d, B / 2);
-		} while (rc == KVSHIM_ELIMIT);
-		KT_CHILD_CHECK(rc == 0);
-		KT_CHILD_CHECK(write(c2p[1], "y", 1) == 1);
-		KT_CHILD_CHECK(read(p2c[0], &c, 1) == 1);
-		KT_CHILD_CHECK(kv_alloc_unmap(b, d, B / 2) == 0);
-		kv_alloc_destroy(b);
-		_exit(0);
-	}
+	pid = half_taker(p2c[0], c2p[1]);
+	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
 	/* asked (the ask also reads the bound), it gives back half */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	while (kv_alloc_asked(a) == 0 && kt_ms_since(&t0) < 20000)
