@@ -403,83 +403,86 @@ END_TEST
  * check says so.
  */
 /*
- * Fork a second process beside one that maps the whole budget B: it
- * reserves B and maps half of it, waiting (500 ms at most a try) while the
- * first gives back. It writes "r" to fd out once it starts waiting and "y"
- * once it mapped, then waits to read fd in, checks its allocator, lets its
- * pages go and exits 0. Returns its pid.
+ * Two processes on one budget B: the first (this one, with a worker or
+ * not) maps the whole budget; the second (forked) reserves B and maps half
+ * of it, waiting (500 ms at most a try) while the first gives back. It
+ * writes "y" to d->c2p once it mapped, then waits to read d->p2c, checks
+ * its allocator, lets its pages go and exits 0. Returns once the second
+ * waits.
  */
-static pid_t half_taker(int in, int out)
-{
-	pid_t pid;
+struct duo {
+	kv_alloc_t *a;          /* the first's allocator */
+	CUdeviceptr s;          /* its span of B, mapped */
+	int p2c[2], c2p[2];
+	pid_t pid;              /* the second */
+};
 
+static void duo_start(struct duo *d, int worker)
+{
+	char c;
+
+	kt_new_pool();
+	ck_assert_int_eq(pipe(d->p2c), 0);
+	ck_assert_int_eq(pipe(d->c2p), 0);
+	d->a = kt_make(B, 0, 0, worker);
+	ck_assert_int_eq(kv_alloc_reserve(d->a, B, &d->s), 0);
+	ck_assert_int_eq(kv_alloc_map(d->a, d->s, B), 0);
 	fflush(stdout);
-	pid = fork();
-	if (pid == 0) {
+	d->pid = fork();
+	if (d->pid == 0) {
 		kv_alloc_t *b;
-		CUdeviceptr d;
-		char c;
+		CUdeviceptr p;
 		int rc;
 
 		KT_CHILD_CHECK(kt_mk(B, 0, 0, 1, 0, &b) == 0);
-		KT_CHILD_CHECK(kv_alloc_reserve(b, B, &d) == 0);
-		KT_CHILD_CHECK(write(out, "r", 1) == 1);
+		KT_CHILD_CHECK(kv_alloc_reserve(b, B, &p) == 0);
+		KT_CHILD_CHECK(write(d->c2p[1], "r", 1) == 1);
 		do {
-			rc = kv_alloc_map(b, d, B / 2);
+			rc = kv_alloc_map(b, p, B / 2);
 		} while (rc == KVSHIM_ELIMIT);
 		KT_CHILD_CHECK(rc == 0);
-		KT_CHILD_CHECK(write(out, "y", 1) == 1);
-		KT_CHILD_CHECK(read(in, &c, 1) == 1);
+		KT_CHILD_CHECK(write(d->c2p[1], "y", 1) == 1);
+		KT_CHILD_CHECK(read(d->p2c[0], &c, 1) == 1);
 		KT_CHILD_CHECK(kv_alloc_check(b) == 0);
-		KT_CHILD_CHECK(kv_alloc_unmap(b, d, B / 2) == 0);
+		KT_CHILD_CHECK(kv_alloc_unmap(b, p, B / 2) == 0);
 		kv_alloc_destroy(b);
 		_exit(0);
 	}
-	return pid;
+	ck_assert_int_eq(read(d->c2p[0], &c, 1), 1);
 }
 
 START_TEST(test_fair_takes_back)
 {
-	int p2c[2], c2p[2];
-	kv_alloc_t *a;
-	CUdeviceptr s;
 	size_t asked = 0, room = 1;
 	struct timespec t0;
-	pid_t pid;
+	struct duo d;
 	char c;
 
-	kt_new_pool();
-	ck_assert_int_eq(pipe(p2c), 0);
-	ck_assert_int_eq(pipe(c2p), 0);
-	a = kt_make(B, 0, 0, 1);
-	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
-	ck_assert_int_eq(kv_alloc_map(a, s, B), 0);
-	pid = half_taker(p2c[0], c2p[1]);
-	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
+	duo_start(&d, 1);
 	/* the first is asked for half of what it uses, once the second waits */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while ((asked = kv_alloc_asked(a)) == 0 && kt_ms_since(&t0) < 20000)
+	while ((asked = kv_alloc_asked(d.a)) == 0 && kt_ms_since(&t0) < 20000)
 		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
 	ck_assert_uint_eq(asked, B / 2);
-	ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
+	ck_assert_int_eq(kv_alloc_headroom(d.a, &room), 0);
 	ck_assert_uint_eq(room, 0);
 	/* it lets go of half, as an engine preempting requests; its idle pages
 	 * go to the second, not back to itself */
-	ck_assert_int_eq(kv_alloc_unmap(a, s + B / 2, B / 2), 0);
-	ck_assert_int_eq(kv_alloc_map(a, s + B / 2, PG), KVSHIM_ELIMIT);
-	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
+	ck_assert_int_eq(kv_alloc_unmap(d.a, d.s + B / 2, B / 2), 0);
+	ck_assert_int_eq(kv_alloc_map(d.a, d.s + B / 2, PG), KVSHIM_ELIMIT);
+	ck_assert_int_eq(read(d.c2p[0], &c, 1), 1);
 	ck_assert_int_eq(c, 'y');
 	printf("fair: half the budget taken back from a process above its share in %.0f ms\n",
 	       kt_ms_since(&t0));
 	/* at its share now: asked for nothing more */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while (kv_alloc_asked(a) && kt_ms_since(&t0) < 20000)
+	while (kv_alloc_asked(d.a) && kt_ms_since(&t0) < 20000)
 		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
-	ck_assert_uint_eq(kv_alloc_asked(a), 0);
-	ck_assert_uint_eq(kt_stats(a).physical_bytes, B / 2);
-	kt_release_child(p2c[1], pid, "the child failed: its line is above");
-	kt_check(a);
-	kv_alloc_destroy(a);
+	ck_assert_uint_eq(kv_alloc_asked(d.a), 0);
+	ck_assert_uint_eq(kt_stats(d.a).physical_bytes, B / 2);
+	kt_release_child(d.p2c[1], d.pid, "the child failed: its line is above");
+	kt_check(d.a);
+	kv_alloc_destroy(d.a);
 	kt_seg_unlink();
 }
 END_TEST
@@ -494,45 +497,35 @@ END_TEST
  */
 START_TEST(test_fair_bound_lapses)
 {
-	int p2c[2], c2p[2];
-	kv_alloc_t *a;
-	CUdeviceptr s;
 	struct timespec t0;
-	pid_t pid;
+	struct duo d;
 	char c;
 
-	kt_new_pool();
-	ck_assert_int_eq(pipe(p2c), 0);
-	ck_assert_int_eq(pipe(c2p), 0);
-	a = kt_make(B, 0, 0, 0);
-	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
-	ck_assert_int_eq(kv_alloc_map(a, s, B), 0);
-	pid = half_taker(p2c[0], c2p[1]);
-	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
+	duo_start(&d, 0);
 	/* asked (the ask also reads the bound), it gives back half */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while (kv_alloc_asked(a) == 0 && kt_ms_since(&t0) < 20000)
+	while (kv_alloc_asked(d.a) == 0 && kt_ms_since(&t0) < 20000)
 		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
-	ck_assert_uint_eq(kv_alloc_asked(a), B / 2);
-	ck_assert_int_eq(kv_alloc_unmap(a, s + B / 2, B / 2), 0);
-	ck_assert_int_eq(kv_alloc_map(a, s + B / 2, PG), KVSHIM_ELIMIT);
+	ck_assert_uint_eq(kv_alloc_asked(d.a), B / 2);
+	ck_assert_int_eq(kv_alloc_unmap(d.a, d.s + B / 2, B / 2), 0);
+	ck_assert_int_eq(kv_alloc_map(d.a, d.s + B / 2, PG), KVSHIM_ELIMIT);
 	/* (no worker trims for it: the second's map waits for the trim kvshim
 	 * asks of it, which this process makes here) */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while (kt_stats(a).physical_bytes > B / 2 && kt_ms_since(&t0) < 20000) {
+	while (kt_stats(d.a).physical_bytes > B / 2 && kt_ms_since(&t0) < 20000) {
 		size_t freed;
 
-		kv_alloc_trim(a, B / 2, &freed);
+		kv_alloc_trim(d.a, B / 2, &freed);
 		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
 	}
-	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
+	ck_assert_int_eq(read(d.c2p[0], &c, 1), 1);
 	ck_assert_int_eq(c, 'y');
-	kt_release_child(p2c[1], pid, "the child failed: its line is above");
+	kt_release_child(d.p2c[1], d.pid, "the child failed: its line is above");
 	/* the second gone, nobody waits: the whole budget again */
-	ck_assert_int_eq(kv_alloc_map(a, s + B / 2, B / 2), 0);
-	ck_assert_uint_eq(kt_stats(a).physical_bytes, B);
-	kt_check(a);
-	kv_alloc_destroy(a);
+	ck_assert_int_eq(kv_alloc_map(d.a, d.s + B / 2, B / 2), 0);
+	ck_assert_uint_eq(kt_stats(d.a).physical_bytes, B);
+	kt_check(d.a);
+	kv_alloc_destroy(d.a);
 	kt_seg_unlink();
 }
 END_TEST
