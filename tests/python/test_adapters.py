@@ -664,6 +664,45 @@ class AdapterTest(unittest.TestCase):
         proc.prepare_next_batch()
         self.assertEqual(list(sched.active_requests), ["r1"])
 
+    def test_named_victim_goes_alone(self):
+        """A request the scheduler found starved in its last pass stays
+        where it is when the adapter has another evicted for kvshim's ask:
+        transformers 5.17's offload_requests meets the demand of every
+        starved request, so named beside it, the victim would take it
+        along (here r1, starved of 100 blocks in a pool of 16, went with
+        r2 before)."""
+        c, tr = self.make(num_blocks=16, layers=2)
+        asked = [0]
+
+        class Request:
+            def __init__(self, rid):
+                self.request_id, self.tokens_to_process = rid, list(range(60))
+                self.remaining_prefill_tokens = []
+                self.blocks = 4
+
+        class Scheduler:
+            def __init__(self):
+                self.active_requests, self.waiting_requests = {}, {}
+                self.starved_requests = []
+
+        mod, ContinuousBatchProcessor = admitting_api(Scheduler, OffloadingManager517)
+        with redirect_stderr(io.StringIO()):
+            transformers_cb.patch_api_module(mod)
+        self.fake_ask(asked)
+        proc = ContinuousBatchProcessor(c)
+        sched = proc.scheduler
+        for i in range(3):
+            sched.waiting_requests["r%d" % i] = Request("r%d" % i)
+        self.assertTrue(proc.prepare_next_batch())
+        r1 = sched.active_requests["r1"]
+        sched.starved_requests.append((r1, 100))
+        asked[0] = 4 * tr.bytes_per_block
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(proc.offloading_manager.evicted, ["r2"])
+        self.assertEqual(list(sched.active_requests), ["r0", "r1"])
+        self.assertEqual(sched.starved_requests, [(r1, 100)])
+
     def test_fair_share_preempts_and_states_demand(self):
         """kvshim asks the engine for blocks it uses: one request is
         preempted a step (through transformers' offloading manager), no more

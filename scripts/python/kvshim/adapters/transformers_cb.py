@@ -652,16 +652,17 @@ def _offload_newest(proc, offload_requests, starved, active):
 
 def _offload_named(offload_requests, starved, victim, cache):
     """Evict victim (an active request's state) through transformers 5.17's
-    offload_requests: named last among the starved, of more blocks than
-    are free, it is the first evicted; the name is taken back if it was
-    not used."""
-    entry = (victim, cache.get_num_free_blocks() + 1)
-    starved.append(entry)
+    offload_requests: named alone as starved, of more blocks than are
+    free, it is the one evicted (the requests the scheduler found starved
+    in its last pass would count in the demand offload_requests meets, and
+    go too); the starved list is put back as it was."""
+    found = list(starved)
+    starved[:] = [(victim, cache.get_num_free_blocks() + 1)]
     try:
         offload_requests()
     finally:
-        if starved and starved[-1] is entry:
-            starved.pop()
+        gone = not starved          # (offload_requests took the victim's entry)
+        starved[:] = [e for e in found if not (gone and e[0] is victim)]
 
 
 # How often, and for how long, a pass kvshim cut short looks again (see
