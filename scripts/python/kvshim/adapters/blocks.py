@@ -150,8 +150,11 @@ class BlockTracker:
         bb = self.group.block_bytes
         return range(b * bb // self._page, ((b + 1) * bb - 1) // self._page + 1)
 
-    def _claimed(self, ids, k):
-        """Count ids as claimed (k = 1) or released (k = -1) on their pages."""
+    def _claimed(self, ids, k, later=False):
+        """Count ids as claimed (k = 1) or released (k = -1) on their pages.
+        later: pages this makes hot go out after the hot pages there are,
+        in the order of ids (blocks backed ahead: they were named in the
+        order upcoming gives, after the hot pages' free ids)."""
         if not self._page:
             return
         for b in ids:
@@ -161,13 +164,17 @@ class BlockTracker:
                     del self._claims[p]
                     self._cool(p)
                 elif self._free_on.get(p):
-                    self._heat(p)
+                    self._heat(p, later)
 
-    def _heat(self, p):
-        """Page p has claims and free ids: hot."""
+    def _heat(self, p, later=False):
+        """Page p has claims and free ids: hot (its ids go out before the
+        other hot pages', or, later, after them)."""
         if p not in self._hot:
             self._hot.add(p)
-            self._hot_stack.append(p)
+            if later:
+                self._hot_stack.insert(0, p)
+            else:
+                self._hot_stack.append(p)
             self._hot_free += len(self._free_on[p])
             if len(self._hot_stack) > 4 * len(self._hot) + 64:
                 self._hot_stack = [q for q in self._hot_stack if q in self._hot]
@@ -309,7 +316,7 @@ class BlockTracker:
         if done is not None and done[1]:
             new = [b for b in done[0] if b not in self._ahead]
             self._ahead.update(new)
-            self._claimed(new, 1)
+            self._claimed(new, 1, later=True)
 
     @_timed
     def capacity(self, limit, room, ttl=0.005):
