@@ -50,7 +50,10 @@ static void setup(void)
 }
 
 /* Check every allocator started, shut kvshim down and check that neither
- * device keeps a page, handle or reservation of it. */
+ * device keeps a page, handle or reservation of it: no more than before
+ * the test (without a fork per test, CK_FORK=no as under valgrind, pages
+ * an earlier test left behind may go meanwhile: 7 to 10 did in about one
+ * run in four, and an equality failed). */
 static void teardown(void)
 {
 	struct kvemu_usage u;
@@ -65,14 +68,14 @@ static void teardown(void)
 	unsetenv("KVSHIM_LIMIT");
 	if (kv_dev_usage_of(1, &u))
 		return;
-	ck_assert_uint_eq(u.handles, base1.handles);
-	ck_assert_uint_eq(u.mapped_pages, base1.mapped_pages);
-	ck_assert_uint_eq(u.physical_bytes, base1.physical_bytes);
+	ck_assert_uint_le(u.handles, base1.handles);
+	ck_assert_uint_le(u.mapped_pages, base1.mapped_pages);
+	ck_assert_uint_le(u.physical_bytes, base1.physical_bytes);
 	kv_dev_usage_of(0, &u);
-	ck_assert_uint_eq(u.handles, base0.handles);
-	ck_assert_uint_eq(u.mapped_pages, base0.mapped_pages);
-	ck_assert_uint_eq(u.physical_bytes, base0.physical_bytes);
-	ck_assert_uint_eq(u.reservations, base0.reservations);
+	ck_assert_uint_le(u.handles, base0.handles);
+	ck_assert_uint_le(u.mapped_pages, base0.mapped_pages);
+	ck_assert_uint_le(u.physical_bytes, base0.physical_bytes);
+	ck_assert_uint_le(u.reservations, base0.reservations);
 }
 
 static struct kvshim_stats stats_on(int device)
