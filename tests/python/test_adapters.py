@@ -626,14 +626,12 @@ class AdapterTest(unittest.TestCase):
         self.assertFalse(proc.prepare_next_batch(tr.group.headroom() + 1024, "r3"))
         self.assertGreater(tr.retries, retries)
 
-    def test_fair_share_preempts_through_starved_requests(self):
-        """transformers 5.17's offloading manager has offload_requests only,
-        which evicts requests its scheduler found starved of blocks, newest
-        first, while their demand passes the free blocks, never the last
-        active one (the stand-in below follows that rule). Asked by kvshim,
-        the adapter has it evict the newest active request, once, and
-        leaves the starved list as it found it."""
-        c, tr = self.make(num_blocks=4096, layers=4)
+    def three_admitted(self, num_blocks, layers):
+        """A cache of num_blocks, its tracker, a processor as admitting_api's
+        with transformers 5.17's offloading manager and three requests
+        admitted (r0 to r2, 4 blocks each), and the ask fake_ask reads:
+        (cache, tracker, processor, ask)."""
+        c, tr = self.make(num_blocks=num_blocks, layers=layers)
         asked = [0]
 
         class Request:
@@ -655,6 +653,16 @@ class AdapterTest(unittest.TestCase):
         for i in range(3):
             proc.scheduler.waiting_requests["r%d" % i] = Request("r%d" % i)
         self.assertTrue(proc.prepare_next_batch())
+        return c, tr, proc, asked
+
+    def test_fair_share_preempts_through_starved_requests(self):
+        """transformers 5.17's offloading manager has offload_requests only,
+        which evicts requests its scheduler found starved of blocks, newest
+        first, while their demand passes the free blocks, never the last
+        active one (the stand-in below follows that rule). Asked by kvshim,
+        the adapter has it evict the newest active request, once, and
+        leaves the starved list as it found it."""
+        c, tr, proc, asked = self.three_admitted(4096, layers=4)
         mapped = tr.mapped
         asked[0] = 4 * tr.bytes_per_block                 # one request's blocks
         time.sleep(0.01)
@@ -689,29 +697,8 @@ class AdapterTest(unittest.TestCase):
         starved request, so named beside it, the victim would take it
         along (here r1, starved of 100 blocks in a pool of 16, went with
         r2 before)."""
-        c, tr = self.make(num_blocks=16, layers=2)
-        asked = [0]
-
-        class Request:
-            def __init__(self, rid):
-                self.request_id, self.tokens_to_process = rid, list(range(60))
-                self.remaining_prefill_tokens = []
-                self.blocks = 4
-
-        class Scheduler:
-            def __init__(self):
-                self.active_requests, self.waiting_requests = {}, {}
-                self.starved_requests = []
-
-        mod, ContinuousBatchProcessor = admitting_api(Scheduler, OffloadingManager517)
-        with redirect_stderr(io.StringIO()):
-            transformers_cb.patch_api_module(mod)
-        self.fake_ask(asked)
-        proc = ContinuousBatchProcessor(c)
+        c, tr, proc, asked = self.three_admitted(16, layers=2)
         sched = proc.scheduler
-        for i in range(3):
-            sched.waiting_requests["r%d" % i] = Request("r%d" % i)
-        self.assertTrue(proc.prepare_next_batch())
         r1 = sched.active_requests["r1"]
         sched.starved_requests.append((r1, 100))
         asked[0] = 4 * tr.bytes_per_block
