@@ -91,6 +91,16 @@ def admitting_api(scheduler, offloading_manager):
     return mod, cls
 
 
+def patched(api):
+    """The processor class of a stand-in continuous_api module (api: the
+    (module, class) stand_in_api and admitting_api return), once the
+    adapter has patched the module (its warnings kept off the output)."""
+    mod, cls = api
+    with redirect_stderr(io.StringIO()):
+        transformers_cb.patch_api_module(mod)
+    return cls
+
+
 class AdapterTest(unittest.TestCase):
     # 16 tokens x 8 heads x 128 x bf16 = 32 KiB blocks; 64 blocks a 2 MiB page
     def capped_engine(self):
@@ -103,9 +113,7 @@ class AdapterTest(unittest.TestCase):
             if self.cache.get_num_free_blocks() < n:
                 raise RuntimeError(NOTHING_SCHEDULED)
             return self.cache.allocate_blocks(n, "r", 0) is not None
-        mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
-        with redirect_stderr(io.StringIO()):
-            transformers_cb.patch_api_module(mod)
+        ContinuousBatchProcessor = patched(stand_in_api(prepare_next_batch))
         return c, tr, ContinuousBatchProcessor(c)
 
     def capture_demand(self, stated):
@@ -499,9 +507,7 @@ class AdapterTest(unittest.TestCase):
             if self.evict:
                 self.offloading_manager.offload_requests()
             return False
-        mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
-        with redirect_stderr(io.StringIO()):
-            transformers_cb.patch_api_module(mod)
+        ContinuousBatchProcessor = patched(stand_in_api(prepare_next_batch))
         self.fake_ask(asked)
         proc = ContinuousBatchProcessor(c)
         proc.evict = False
@@ -570,9 +576,7 @@ class AdapterTest(unittest.TestCase):
         c, tr = self.make(num_blocks=4096, layers=4)
         bm = c._block_manager
         asked = [0]
-        mod, ContinuousBatchProcessor = stand_in_api(lambda self: True)
-        with redirect_stderr(io.StringIO()):
-            transformers_cb.patch_api_module(mod)
+        ContinuousBatchProcessor = patched(stand_in_api(lambda self: True))
         self.fake_ask(asked)
         proc = ContinuousBatchProcessor(c)
         proc.scheduler = types.SimpleNamespace(active_requests={"a": 1, "b": 2},
@@ -608,9 +612,7 @@ class AdapterTest(unittest.TestCase):
             if self.cache.get_num_free_blocks() < n:
                 raise RuntimeError(NOTHING_SCHEDULED)
             return self.cache.allocate_blocks(n, rid, 0) is not None
-        mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
-        with redirect_stderr(io.StringIO()):
-            transformers_cb.patch_api_module(mod)
+        ContinuousBatchProcessor = patched(stand_in_api(prepare_next_batch))
         proc = ContinuousBatchProcessor(c)
         self.assertTrue(proc.prepare_next_batch(tr.group.headroom()))
         self.assertFalse(proc.prepare_next_batch(0))
@@ -645,9 +647,7 @@ class AdapterTest(unittest.TestCase):
                 self.active_requests, self.waiting_requests = {}, {}
                 self.starved_requests = []
 
-        mod, ContinuousBatchProcessor = admitting_api(Scheduler, OffloadingManager517)
-        with redirect_stderr(io.StringIO()):
-            transformers_cb.patch_api_module(mod)
+        ContinuousBatchProcessor = patched(admitting_api(Scheduler, OffloadingManager517))
         self.fake_ask(asked)
         proc = ContinuousBatchProcessor(c)
         for i in range(3):
@@ -735,9 +735,7 @@ class AdapterTest(unittest.TestCase):
                 self.proc.cache.free_blocks(rid)
                 self.proc.scheduler.waiting_requests[rid] = state
 
-        mod, ContinuousBatchProcessor = admitting_api(Scheduler, OffloadingManager)
-        with redirect_stderr(io.StringIO()):
-            transformers_cb.patch_api_module(mod)
+        ContinuousBatchProcessor = patched(admitting_api(Scheduler, OffloadingManager))
         self.fake_ask(asked)
         self.capture_demand(stated)
         proc = ContinuousBatchProcessor(c)
@@ -814,9 +812,7 @@ class AdapterTest(unittest.TestCase):
                 self.cache.allocate_blocks(need, rid, 0)
                 del waiting[rid]
             return True
-        mod, ContinuousBatchProcessor = stand_in_api(prepare_next_batch)
-        with redirect_stderr(io.StringIO()):
-            transformers_cb.patch_api_module(mod)
+        ContinuousBatchProcessor = patched(stand_in_api(prepare_next_batch))
         self.capture_demand(stated)
         proc = ContinuousBatchProcessor(c)
         proc.scheduler = types.SimpleNamespace(active_requests={}, waiting_requests={})
@@ -860,10 +856,8 @@ class AdapterTest(unittest.TestCase):
                 self.active_requests, self.waiting_requests = {}, {}
                 self.block_new_requests = False
 
-        mod, ContinuousBatchProcessor = admitting_api(Scheduler, lambda proc: None)
+        ContinuousBatchProcessor = patched(admitting_api(Scheduler, lambda proc: None))
         ContinuousBatchProcessor.max_batch_tokens = 250     # 16 blocks of 16 tokens
-        with redirect_stderr(io.StringIO()):
-            transformers_cb.patch_api_module(mod)
         self.fake_ask(asked)
         self.capture_demand(stated)
         proc = ContinuousBatchProcessor(c)
@@ -970,9 +964,7 @@ class AdapterTest(unittest.TestCase):
                 self.waiting_requests, self.starved_requests = {}, []
                 self.block_new_requests = False
 
-        mod, ContinuousBatchProcessor = admitting_api(Scheduler, OffloadingManager517)
-        with redirect_stderr(io.StringIO()):
-            transformers_cb.patch_api_module(mod)
+        ContinuousBatchProcessor = patched(admitting_api(Scheduler, OffloadingManager517))
         self.fake_ask(asked)
         return c, tr, ContinuousBatchProcessor(c), asked
 
