@@ -208,9 +208,9 @@ class BlockTracker:
     def handed(self, b):
         """Id b left the engine's free list: out of the index (and, while
         an allocation runs, where its next id is taken: see near)."""
-        if not self._one_page():
+        p = self.page_of(b)
+        if p is None:
             return
-        p = b * self.group.block_bytes // self._page
         if self._near_on:
             self._near = p
         s = self._free_on.get(p)

@@ -507,25 +507,18 @@ def _uncache(bm, ids, tracker):
 
 
 def _drop_prefix_cache(proc, tracker):
-    """Asked to give back: first the prefix cache's blocks (complete
-    blocks no request uses, kept for sharing; transformers 5.17 releases
-    them only when its free list runs short, which a pool sized as if
-    alone hardly ever does), as many as the ask needs, through the block
-    manager's own eviction (has_enough_free_blocks moves them to the free
-    list, which releases them). Returns how many went."""
+    """Asked to give back: the prefix cache's blocks (complete blocks no
+    request uses, kept for sharing; transformers 5.17 releases them only
+    when its free list runs short, which a pool sized as if alone hardly
+    ever does), as many as the ask needs, the newest first, as 5.17's own
+    eviction takes them (see _uncache)."""
     bm = getattr(getattr(proc, "cache", None), "_block_manager", None)
     init = getattr(bm, "_init_block_ids", None)
-    if not init or not hasattr(bm, "has_enough_free_blocks"):
-        return 0
+    if not init:
+        return
     k = min(len(init), -(-tracker.owed() // max(1, tracker.bytes_per_block)))
-    if k <= 0:
-        return 0
-    before = tracker.mapped
-    bm.has_enough_free_blocks(len(bm._uninit_block_ids) + k)
-    freed = before - tracker.mapped
-    if freed > 0:
-        tracker.gave_back(freed, preempted=False)
-    return k
+    if k > 0:
+        _uncache(bm, list(init)[-k:], tracker)
 
 
 def _give_back_one(proc, tracker, victim=None):
