@@ -716,7 +716,7 @@ def patch_api_module(mod):
         # (with the scheduler's margin: transformers admits no new prefill
         # while the free count is under it, so an engine whose free count
         # kvshim caps below margin and prompts waits as surely; on an H200
-        # the small model waited 5 s so, with 125 blocks shown free, 216 of
+        # the small model waited 5 s so, with 125 blocks shown free, about 210 of
         # margin and no demand stated)
         waiting = _waiting_blocks(self)
         need = waiting + _margin_blocks(self) if waiting > 0 else 0
