@@ -238,7 +238,7 @@ def engine(args):
 
 # What the kvshim adapter's tracker counts, per run (see blocks.py)
 TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted", "dropped",
-                   "ahead_hits")
+                   "reclaimed", "ahead_hits")
 
 
 def tracker_figures(tracker):

@@ -596,6 +596,108 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(tr.dropped, 64)
         self.assertEqual(preempted, [])
 
+    def cached_budget(self):
+        """A cache whose engine filled kvshim's limit (64 MiB: 256 blocks)
+        with blocks it then kept as its prefix cache (finished requests'
+        complete blocks): (cache, tracker, the cached ids in the order
+        they were kept)."""
+        c, tr = self.make(num_blocks=4096, layers=4)
+        bm = c._block_manager
+        ids = []
+        while tr.group.can_back(list(itertools.islice(bm._uninit_block_ids.upcoming(), 64))):
+            ids += bm.get_free_blocks(64, None, True, 0)
+        self.assertEqual(len(ids), 256)
+        bm.free_blocks(ids, shareable=True, complete=True)
+        time.sleep(0.01)                            # past the headroom's ttl
+        self.assertEqual(tr.group.headroom(), 0)
+        self.assertEqual(list(bm._init_block_ids), ids)
+        return c, tr, ids
+
+    def test_engine_short_of_memory_takes_its_prefix_cache(self):
+        """transformers 5.17 evicts its prefix cache only when its free list
+        runs short, and the list is the pool sized as if alone: an engine
+        whose prefix cache holds the memory kvshim lets it have sees those
+        blocks free, and taking them releases as many as it needs, the
+        newest first, at no new memory."""
+        c, tr, ids = self.cached_budget()
+        bm = c._block_manager
+        self.assertEqual(c.get_num_free_blocks(), len(ids))
+        mapped = kvshim.stats()["mapped_bytes"]
+        self.assertTrue(c.will_allocation_be_successful(64, 0))
+        got = bm.get_free_blocks(64, None, True, 0)
+        self.assertIsNotNone(got)
+        self.assertEqual(sorted(got), sorted(ids[-64:]))
+        self.assertEqual(list(bm._init_block_ids), ids[:-64])
+        self.assertEqual(tr.reclaimed, 64)
+        self.assertEqual(tr.dropped, 0)             # no ask: nothing given back
+        self.assertEqual(kvshim.stats()["mapped_bytes"], mapped)
+        # what the cache cannot cover waits, and the cache stays as it is
+        self.assertFalse(c.will_allocation_be_successful(256, 0))
+        self.assertEqual(list(bm._init_block_ids), ids[:-64])
+        # with room, the prefix cache is kept
+        bm.free_blocks(got, shareable=False)
+        kvshim.trim(1 << 40)
+        time.sleep(0.01)
+        self.assertIsNotNone(bm.get_free_blocks(8, None, False, 0))
+        self.assertEqual(tr.reclaimed, 64)
+
+    def test_prefix_cache_kept_under_tensor_parallelism(self):
+        """Each rank's kvshim would release different blocks: under tensor
+        parallelism the prefix cache is not counted free, and stays."""
+        c, tr, ids = self.cached_budget()
+        bm = c._block_manager
+        bm.tp_on = True
+        self.assertEqual(c.get_num_free_blocks(), 0)
+        self.assertIsNone(bm.get_free_blocks(64, None, True, 0))
+        self.assertEqual(list(bm._init_block_ids), ids)
+        self.assertEqual(tr.reclaimed, 0)
+
+    def test_prefix_cache_admits_a_waiting_request(self):
+        """A request waiting on an engine whose prefix cache holds its
+        memory is admitted from it: no demand stated, nobody asked."""
+        c, tr, ids = self.cached_budget()
+        stated = []
+
+        class Scheduler:
+            def __init__(self):
+                self.active_requests, self.waiting_requests = {}, {"w": object()}
+                self.block_new_requests = False
+
+        ContinuousBatchProcessor = patched(admitting_api(Scheduler, lambda proc: None))
+        self.fake_ask([0])
+        self.capture_demand(stated)
+        proc = ContinuousBatchProcessor(c)
+        self.assertTrue(proc.prepare_next_batch())
+        self.assertEqual(list(proc.scheduler.active_requests), ["w"])
+        self.assertEqual(tr.reclaimed, 4)
+        self.assertEqual(tr.short, 0)
+        self.assertEqual(stated, [])
+
+    def test_prefix_cache_counts_once_in_the_margin(self):
+        """The scheduler's margin is of what the engine can have: the
+        prefix cache's blocks are backed and counted free, once."""
+        c, tr, ids = self.cached_budget()
+        sched = types.SimpleNamespace(safety_margin=0.15, active_requests={},
+                                      waiting_requests={})
+        transformers_cb._admission(types.SimpleNamespace(cache=c, scheduler=sched), tr)
+        self.assertAlmostEqual(sched.safety_margin, 0.15 * len(ids) / 4096)
+
+    def test_prefix_cache_covers_the_cushion(self):
+        """The step of prefill an engine with requests states as demand is
+        covered by its prefix cache's blocks first (it takes them when it
+        needs them), never below none; not under tensor parallelism."""
+        c, tr = self.make(num_blocks=4096, layers=4)
+        bm = c._block_manager
+        sched = types.SimpleNamespace(active_requests={"a": object()}, waiting_requests={})
+        proc = types.SimpleNamespace(cache=c, scheduler=sched, max_batch_tokens=250)
+        self.assertEqual(transformers_cb._cushion(proc), 16)    # 16 blocks of 16 tokens
+        bm.free_blocks(bm.get_free_blocks(10, None, True, 0), shareable=True, complete=True)
+        self.assertEqual(transformers_cb._cushion(proc), 6)
+        bm.free_blocks(bm.get_free_blocks(20, None, True, 0), shareable=True, complete=True)
+        self.assertEqual(transformers_cb._cushion(proc), 0)
+        bm.tp_on = True
+        self.assertEqual(transformers_cb._cushion(proc), 16)
+
     def test_pass_kvshim_left_empty_looks_again(self):
         # transformers' loop, finding nothing scheduled, sleeps 100 ms
         # unless a new request comes: a pass kvshim left empty looks again

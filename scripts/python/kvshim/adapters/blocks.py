@@ -113,6 +113,7 @@ class BlockTracker:
         self.retries = 0         # passes looked at again because kvshim was short
         self.preempted = 0       # requests preempted because kvshim asked
         self.dropped = 0         # prefix-cache blocks released because kvshim asked
+        self.reclaimed = 0       # ...because the engine needed their memory
         self._demand = (0.0, 0)  # (when, bytes) of the last demand stated
         self._asked = (0.0, 0)   # (when, bytes) of the last ask read
         self._given = (0.0, 0)   # (since, bytes) of blocks given back on asks
@@ -409,6 +410,10 @@ class BlockTracker:
             return
         self.mapped -= len(ids)
         self._claimed(ids, -1)
+
+    def stale(self):
+        """Blocks were released: read the headroom and capacity again."""
+        self._room = self._cap = (0.0, None)
 
     @_timed
     def room(self, ttl=0.005):

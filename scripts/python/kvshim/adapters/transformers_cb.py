@@ -27,10 +27,11 @@ is imported:
 - makes the free block count the scheduler and the offloading manager read
   (get_num_free_blocks) no more than kvshim can back (the free ids on
   pages other blocks hold, which the free list hands out first, and
-  room's worth of whole pages): when memory is short, new prefills wait
-  and transformers preempts its own requests as when its pool is full;
-  and scales the scheduler's safety margin to what the engine can have
-  (see _admission);
+  room's worth of whole pages, and the prefix cache's blocks, released
+  when the engine needs them: see _reclaim): when memory is short, new
+  prefills wait and transformers preempts its own requests as when its
+  pool is full; and scales the scheduler's safety margin to what the
+  engine can have (see _admission);
 - (transformers.generation.continuous_batching.continuous_api) when
   nothing can be scheduled or offloaded because kvshim is short, the step
   does nothing and the loop retries, where transformers would fail; and a
@@ -198,6 +199,7 @@ def attach(cache):
     orig_get = bm.get_free_blocks
 
     def get_free_blocks(n_blocks, last_block_id, shareable, group_id):
+        _reclaim(bm, tracker, n_blocks, free.upcoming)
         with tracker.near(last_block_id):
             ids = orig_get(n_blocks, last_block_id, shareable, group_id)
         if ids is None or tracker.take(ids):
@@ -214,6 +216,7 @@ def attach(cache):
         if not orig_will(num_requested_blocks, allocated_blocks):
             return False
         need = cache.blocks_needed(num_requested_blocks, allocated_blocks)
+        _reclaim(bm, tracker, need, free.upcoming)
         return tracker.can_take(itertools.islice(free.upcoming(), need))
 
     orig_allocate = cache.allocate_blocks
@@ -247,8 +250,10 @@ def attach(cache):
         if room is None or room >= n:
             return n
         # the free blocks the engine hands out next that kvshim can back:
-        # those on pages other blocks hold, and whole pages' worth of room
-        cap = tracker.capacity(n, room)
+        # those on pages other blocks hold, and whole pages' worth of room;
+        # and its prefix cache's, which it releases when it needs them
+        # (see _reclaim)
+        cap = min(n, tracker.capacity(n, room) + len(_prefix_cache(bm)))
         if cap >= n:
             return n
         # kvshim, not the engine's pool, holds the engine back: a pass
@@ -405,8 +410,9 @@ def _cushion(proc):
     begins maps at once, where it would otherwise wait for another engine
     to preempt (on an H200 at rate 6, another engine took the idle pages of
     the small model just as its burst began, and the small model waited
-    3 to 5 s). Its own idle pages cover it first. 0 for an idle engine:
-    its idle pages are the others'."""
+    3 to 5 s). Its own prefix cache's blocks (see _reclaim) and then its
+    idle pages cover it first. 0 for an idle engine: its idle pages are
+    the others'."""
     sched = getattr(proc, "scheduler", None)
     if not (getattr(sched, "active_requests", None) or getattr(sched, "waiting_requests", None)):
         return 0
@@ -416,7 +422,10 @@ def _cushion(proc):
         step = cache.blocks_needed(-(-int(tokens) // cache.block_size), 0) if tokens else 0
     except (AttributeError, TypeError, ValueError):
         step = 0
-    return step + _margin_blocks(proc) if step else 0
+    if not step:
+        return 0
+    cached = len(_prefix_cache(getattr(cache, "_block_manager", None)))
+    return max(0, step + _margin_blocks(proc) - cached)
 
 
 def _give_back(proc, tracker):
@@ -484,11 +493,12 @@ def _victims(proc, tracker):
     return [rid for rid in reversed(active) if rid in chosen]
 
 
-def _uncache(bm, ids, tracker):
+def _uncache(bm, ids, tracker, asked=True):
     """Release these prefix-cache blocks (ids in the block manager's
     _init_block_ids) as transformers 5.17's has_enough_free_blocks does
     when its free list runs short: out of the cache and its hash table,
-    into the free list (which releases them)."""
+    into the free list (which releases them). asked: for kvshim's ask
+    (what they free counts as given back), else for the engine itself."""
     init, by_hash = getattr(bm, "_init_block_ids", None), getattr(bm, "_hash_to_id", None)
     blocks = getattr(bm, "_id_to_block", None)
     if not ids or init is None or blocks is None:
@@ -502,8 +512,50 @@ def _uncache(bm, ids, tracker):
         if by_hash is not None and h is not None and by_hash.get(h) == b:
             del by_hash[h]
         bm._uninit_block_ids.append(b)
-    if before > tracker.mapped:
+    if asked and before > tracker.mapped:
         tracker.gave_back(before - tracker.mapped, preempted=False)
+
+
+def _prefix_cache(bm):
+    """The prefix cache's blocks (transformers 5.17's _init_block_ids:
+    complete blocks of finished requests, kept for sharing), which the
+    engine counts as free and the adapter releases when the engine needs
+    their memory (see _reclaim); none under tensor parallelism, where each
+    rank's kvshim would release different ones."""
+    if bm is None or getattr(bm, "tp_on", False):
+        return {}
+    return getattr(bm, "_init_block_ids", None) or {}
+
+
+def _reclaim(bm, tracker, need, upcoming):
+    """Before the engine takes need blocks (upcoming() gives the ids it
+    hands out next): if kvshim cannot back them, release as many of its
+    prefix cache's blocks as capacity falls short, the newest first, as
+    transformers 5.17 evicts them when its free list runs short. kvshim
+    checks the very ids only when capacity, an estimate that keeps a page
+    of margin, falls short. If the prefix cache cannot cover the
+    difference, it is left as it is, as 5.17 leaves it.
+
+    5.17's free list is the pool sized as if alone, which hardly ever runs
+    short: left to itself, the prefix cache (on by default) would keep the
+    pages of every finished request, and the engine would wait for memory,
+    or others would be asked for theirs, while it held pages no request
+    uses. The ids released on pages other blocks hold go out first and
+    cost no memory; a page they empty is the engine's idle page."""
+    init = _prefix_cache(bm)
+    if not init or need <= 0:
+        return
+    room = tracker.room()
+    if room is None:
+        return
+    short = need - tracker.capacity(need, room)
+    if short <= 0 or short > len(init):
+        return
+    if tracker.group.can_back(list(itertools.islice(upcoming(), need))):
+        return
+    _uncache(bm, list(itertools.islice(reversed(init), short)), tracker, asked=False)
+    tracker.reclaimed += short
+    tracker.stale()
 
 
 def _drop_prefix_cache(proc, tracker):
@@ -590,7 +642,9 @@ def _admission(proc, tracker):
     cache = proc.cache
     if base:
         total = getattr(cache, "num_blocks", 0)
-        have = tracker.mapped + cache.get_num_free_blocks()
+        # (the prefix cache's blocks are both backed and counted free)
+        have = (tracker.mapped + cache.get_num_free_blocks()
+                - len(_prefix_cache(getattr(cache, "_block_manager", None))))
         if total > 0:
             sched.safety_margin = base * min(1.0, have / total)
     if not hasattr(sched, "block_new_requests"):
@@ -720,9 +774,10 @@ def patch_api_module(mod):
         # margin and no demand stated)
         waiting = _waiting_blocks(self)
         need = waiting + _margin_blocks(self) if waiting > 0 else 0
+        cached = len(_prefix_cache(getattr(self.cache, "_block_manager", None)))
         held = tracker.short != short or ready is None or (
             need > 0 and tracker.capped != capped
-            and tracker.capacity(need, tracker.room() or 0) < need)
+            and tracker.capacity(need, tracker.room() or 0) + cached < need)
         tracker.state_demand(max(max(1, need) if held else 0, _cushion(self)))
         return ready, held
 
