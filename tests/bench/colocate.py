@@ -38,7 +38,10 @@ model's p99 TTFT is at most the static split's (at --budget-gib) times
 How long each part took is printed as it ends, and an estimate first.
 --deadline M ends the run within M minutes (a machine lent for a fixed
 time): a trace replay that would not end by then, by the estimate below,
-is not started, nor a configuration that could not replay one (a minute is
+with its replays by the later configurations (for static's, the kvshim
+and sweep replays that pair it: each configuration replays its traces in
+turn), is not started, and the later ones replay only what the first did;
+nor is a configuration that could not replay one (a minute is
 kept to stop the engines and write the tables, plots and JSON); the tables
 then compare what ran, a sweep budget that skipped a replay is not said to
 meet, and the replays skipped are named. A replay is estimated as the longest replay of the
@@ -453,11 +456,25 @@ def replay_guess(tr, args, took):
     return 3 * args.cycles * tr["phase"] + 20.0 + 8.0 * float(tr["rate"])
 
 
-def run_config(cfg, args, traces, outdir, deadline=None, took=None):
+def fits(now, deadline, tr, ran, later, args, took):
+    """Whether a replay of trace tr started now would end by deadline, and
+    the replays of it by the later configurations after it (later: the
+    labels of each one's traces; one that replays tr starts its engines,
+    30 s, and replays those of the traces this one ran, ran, and tr it
+    has): a replay that nothing could be compared with is not started."""
+    need = replay_guess(tr, args, took)
+    for labels in later:
+        if tr["label"] in labels:
+            need += 30 + sum(replay_guess(t, args, took) for t in ran + [tr] if t["label"] in labels)
+    return now + need <= deadline
+
+
+def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=()):
     """Start the three engines of configuration cfg ({"name", "mode",
     "budget"}), replay traces in turn, stop them. A replay that would not
-    end by deadline (time.perf_counter()'s) is skipped. took ({base label:
-    [seconds]}) gets each replay's time. Returns the results."""
+    end by deadline (time.perf_counter()'s), with the later configurations'
+    replays of it (see fits), is skipped. took ({base label: [seconds]})
+    gets each replay's time. Returns the results."""
     took = {} if took is None else took
     mode, budget, tag = cfg["mode"], cfg["budget"], cfg["name"].replace("@", "-")
     pool = "colocate%d%s" % (os.getpid(), tag.replace(".", "_").replace("-", "_")) \
@@ -473,9 +490,10 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None):
         print("colocate: %s: engines ready in %.1f s: %s" % (cfg["name"], res["startup_s"], ", ".join(
             "%s %d blocks (%.0f MiB of KV tensors)" % (n, e["num_blocks"], e["kv_tensor_bytes"] / MIB)
             for n, e in res["engines"].items())), flush=True)
+        ran = []
         for tr in traces:
             t_run = time.perf_counter()
-            if deadline is not None and t_run + replay_guess(tr, args, took) > deadline:
+            if deadline is not None and not fits(t_run, deadline, tr, ran, later, args, took):
                 print("colocate: %s, trace %s: skipped, it would end past --deadline (%.0f s "
                       "left, about %.0f s needed)" % (cfg["name"], tr["label"], deadline - t_run,
                                                       replay_guess(tr, args, took)), flush=True)
@@ -496,6 +514,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None):
                 with open(outs[name]) as f:
                     run["engines"][name] = json.load(f)
             res["runs"][tr["label"]] = run
+            ran.append(tr)
             res["seconds"][tr["label"]] = time.perf_counter() - t_run
             took.setdefault(tr["base"], []).append(res["seconds"][tr["label"]])
             print("colocate: %s, trace %s: done in %.0f s" % (cfg["name"], tr["label"],
@@ -982,8 +1001,17 @@ def main():
     results, met, took = {}, None, {}
     # (a minute of it kept to stop the engines and write the tables, plots and JSON)
     deadline = t_all + 60 * args.deadline - 60 if args.deadline is not None else None
-    for cfg, trs in plan:
+    first = plan[0][0]["name"]
+    for i, (cfg, trs) in enumerate(plan):
+        unpaired = []
+        if i > 0 and first in results:
+            # the traces the first configuration replayed: the others pair them
+            unpaired = [tr["label"] for tr in trs if tr["label"] not in results[first]["runs"]]
+            trs = [tr for tr in trs if tr["label"] not in unpaired]
         if not trs:
+            if unpaired:
+                print("colocate: %s skipped: %s not replayed by %s" % (
+                    cfg["name"], ", ".join(unpaired), first), flush=True)
             continue
         if deadline is not None and time.perf_counter() + 30 + min(
                 replay_guess(tr, args, took) for tr in trs) > deadline:
@@ -994,7 +1022,9 @@ def main():
             print("colocate: %s skipped: %g GiB already meets the static split" % (
                 cfg["name"], met), flush=True)
             continue
-        results[cfg["name"]] = run_config(cfg, args, trs, outdir, deadline, took)
+        later = [{tr["label"] for tr in t} for _, t in plan[1:]] if i == 0 else []
+        results[cfg["name"]] = run_config(cfg, args, trs, outdir, deadline, took, later)
+        results[cfg["name"]]["skipped"] += unpaired
         if cfg["name"].startswith("kvshim@") and "static" in results:
             # ascending budgets: the first that meets the static split ends the sweep
             table, _ = summarize(results, trs)
