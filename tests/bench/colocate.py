@@ -15,7 +15,10 @@ configurations run one after the other, in one invocation:
   its cache from the memory info kvshim shows it, as if alone, and pages
   flow between the engines under the one budget.
 max_batch_tokens, the block size and everything else are the same in both;
-prefix caching is off (the prompts are random: nothing to share).
+prefix caching is off (the prompts are random: nothing to share) unless
+--prefix-cache turns it on, as transformers 5.17 has it by default: the
+complete blocks of finished requests are then kept (never reused here) until
+the engine needs their memory.
 
 The trace (make_trace): time is cut into phases of P seconds; in phase k
 model k mod 3 is hot. Each model's requests arrive as a Poisson process of
@@ -156,7 +159,7 @@ def engine(args):
     gen = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=0, max_new_tokens=16)
     cb_args = dict(block_size=BLOCK, num_blocks=args.num_blocks or None,
                    max_batch_tokens=args.max_batch_tokens,
-                   allow_block_sharing=False, use_cuda_graph=False)
+                   allow_block_sharing=args.prefix_cache, use_cuda_graph=False)
     if args.cpu_offload_gib > 0:
         cb_args["cpu_offload_space"] = args.cpu_offload_gib
     try:
@@ -423,6 +426,8 @@ def spawn(name, mode, args, budget, pool, outdir, tag):
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
            "--max-batch-tokens", str(args.max_batch_tokens),
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
+    if args.prefix_cache:
+        cmd.append("--prefix-cache")
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     if mode == "static":
@@ -928,6 +933,8 @@ def main():
                     help="rates 3, 4 and 6, one seed and phase, a sweep of 3 GiB at rate 3")
     ap.add_argument("--cpu-offload-gib", type=float, default=0.0,
                     help="transformers' CPU space for preempted requests' KV (0: its default)")
+    ap.add_argument("--prefix-cache", action="store_true",
+                    help="transformers' prefix caching on (its default; off here otherwise)")
     ap.add_argument("--prompt-min", type=int, default=256)
     ap.add_argument("--prompt-max", type=int, default=1024)
     ap.add_argument("--new-min", type=int, default=64)
