@@ -5,16 +5,21 @@ transformers 5.x; downloads nothing.
 
 Three engines, three processes: each is Hugging Face transformers'
 continuous batching (ContinuousBatchingManager, fed with add_request) over
-a randomly initialised Llama-style model of its own size (MODELS). Two
-configurations run one after the other, in one invocation:
+a randomly initialised Llama-style model of its own size (MODELS). Two (or
+three) configurations run one after the other, in one invocation:
 - static: plain processes; each engine's KV cache is fixed at a third of
   the KV budget (num_blocks given), all of it allocated at start;
 - kvshim: each engine under kvshim-run with KVSHIM_SHARE=on,
   KVSHIM_BUDGET set to the KV budget (a pool of its own) and KVSHIM_MIN to
   --floor-gib (a floor the others cannot take; none by default); each sizes
   its cache from the memory info kvshim shows it, as if alone, and pages
-  flow between the engines under the one budget.
-max_batch_tokens, the block size and everything else are the same in both;
+  flow between the engines under the one budget;
+- capped (only when --configs names it): kvshim, with each engine's ceiling
+  (KVSHIM_MAX) at a third of the budget, its static share: the static split
+  through kvshim's machinery, which tells what kvshim itself costs a model
+  from what another model using more memory (and so more of the GPU's time)
+  costs it.
+max_batch_tokens, the block size and everything else are the same in all;
 prefix caching is off (the prompts are random: nothing to share) unless
 --prefix-cache turns it on, as transformers 5.17 has it by default: the
 complete blocks of finished requests are then kept (never reused here) until
@@ -422,7 +427,7 @@ def read_line(proc, want, timeout):
         sys.stdout.write(line)
 
 
-def spawn(name, mode, args, budget, pool, outdir, tag):
+def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0):
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
            "--max-batch-tokens", str(args.max_batch_tokens),
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
@@ -438,6 +443,8 @@ def spawn(name, mode, args, budget, pool, outdir, tag):
         cmd = [built_tree.kvshim_run()] + cmd + ["--num-blocks", "0"]
         env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET=str(budget), KVSHIM_POOL=pool,
                    KVSHIM_MIN=str(int(args.floor_gib * GIB)))
+        if ceiling:
+            env["KVSHIM_MAX"] = str(ceiling)
         env = built_tree.environment(env)
     log = open(os.path.join(outdir, "colocate-%s-%s.log" % (tag, name)), "w")
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -485,7 +492,8 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=()):
     pool = "colocate%d%s" % (os.getpid(), tag.replace(".", "_").replace("-", "_")) \
         if mode == "kvshim" else None
     t_spawn = time.perf_counter()
-    procs = {name: spawn(name, mode, args, budget, pool, outdir, tag) for name in ORDER}
+    procs = {name: spawn(name, mode, args, budget, pool, outdir, tag, cfg.get("ceiling", 0))
+             for name in ORDER}
     res = {"name": cfg["name"], "mode": mode, "budget": budget, "engines": {}, "runs": {},
            "seconds": {}, "skipped": []}
     try:
@@ -944,8 +952,8 @@ def main():
     if args.engine:
         return engine(args)
     configs = [c for c in args.configs.split(",") if c]
-    if not configs or set(configs) - {"static", "kvshim"}:
-        ap.error("--configs takes static and kvshim")
+    if not configs or set(configs) - {"static", "kvshim", "capped"}:
+        ap.error("--configs takes static, kvshim and capped")
     if args.quick:
         args.rates, args.seeds, args.phases = "3,4,6", "2026", "8"
         args.sweep_gib = args.sweep_gib or "3"
@@ -996,7 +1004,9 @@ def main():
     sweep_traces = [tr for tr in traces if float(tr["rate"]) in sweep_rates
                     and tr["seed"] == seeds[0] and tr["phase"] == args.phase_list[0]
                     and tr["label"] == tr["base"]]
-    plan = [({"name": c, "mode": c, "budget": int(args.budget_gib * GIB)}, traces) for c in configs]
+    budget = int(args.budget_gib * GIB)
+    plan = [({"name": c, "mode": "static" if c == "static" else "kvshim", "budget": budget,
+              "ceiling": budget // 3 if c == "capped" else 0}, traces) for c in configs]
     plan += [({"name": "kvshim@%g" % b, "mode": "kvshim", "budget": int(b * GIB)}, sweep_traces)
              for b in sorted(sweep) if b != args.budget_gib or "kvshim" not in configs]
     # about 30 s to start and stop three engines; each trace its length
