@@ -44,7 +44,9 @@ model's p99 TTFT is at most the static split's (at --budget-gib) times
 1 + --tolerance: "half the memory for the same service". --quick is rates
 3, 4 and 6, one seed and one phase length, and a sweep of 3 GiB at rate 3.
 How long each part took is printed as it ends, and an estimate first.
---deadline M ends the run within M minutes (a machine lent for a fixed
+--dry-run tries all of it without torch or a GPU: engines that answer at
+once with made-up figures (bench.test runs it). --deadline M ends the run
+within M minutes (a machine lent for a fixed
 time): a trace replay that would not end by then, by the estimate below,
 with its replays by the later configurations (for static's, the kvshim
 and sweep replays that pair it: each configuration replays its traces in
@@ -146,7 +148,61 @@ def make_trace(seed, rate, args, phase=None):
 
 # ---- an engine (a child process) --------------------------------------------------
 
+def dry_engine(args):
+    """--dry-run's engine: no torch, no GPU. It answers as engine() does, at
+    once, with made-up figures of the same shape (each request's first
+    token after 50 to 150 ms, 1.5 times that under kvshim, as if every
+    configuration were its own), so that the run's orchestration,
+    --deadline, the tables, the plots and the JSON can be tried anywhere.
+    Under kvshim (the CPU emulation, where there is no GPU) it maps a
+    span's first 16 MiB, so that the shared segment has a process that
+    holds pages, and each replay takes 0.3 s, so that it is read."""
+    name = args.engine
+    num_blocks = args.num_blocks or 4 * GIB // (kv_bytes_per_token(name) * BLOCK)
+    kvshim = "libkvshim" in os.environ.get("LD_PRELOAD", "")
+    if kvshim:
+        import kvshim as kv
+        kv.map(kv.reserve(64 * MIB), 16 * MIB)
+    info = {"engine": name, "pid": os.getpid(), "num_blocks": num_blocks,
+            "max_batch_tokens": args.max_batch_tokens,
+            "kv_tensor_bytes": num_blocks * kv_bytes_per_token(name) * BLOCK,
+            "kvshim": kvshim, "ceiling": int(os.environ.get("KVSHIM_MAX", "0")), "ready_s": 0.0}
+    print("READY " + json.dumps(info), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "QUIT":
+            break
+        trace_path, t0, out_path = cmd[1], float(cmd[2]), cmd[3]
+        with open(trace_path) as f:
+            mine = [q for q in json.load(f) if q["model"] == name]
+        rows = []
+        for q in mine:
+            g = random.Random("%s %s %s" % (q["seed"], name, kvshim))
+            wait = g.uniform(0.0, 0.05)
+            ttft = (wait + g.uniform(0.05, 0.1)) * (1.5 if kvshim else 1.0)
+            rows.append(dict(q, status=3, error=None, tokens=q["new"], first=t0 + q["t"] + ttft,
+                             last=t0 + q["t"] + ttft + 0.01 * q["new"], started=t0 + q["t"] + wait,
+                             ttft=ttft, wait=wait, done_at=q["t"] + ttft + 0.01 * q["new"]))
+        if kvshim:
+            time.sleep(0.3)
+        kv = info["kv_tensor_bytes"]
+        run = dict(info, requests=rows,
+                   samples=[(0.1 * k, kv // (1 if not kvshim else 4 - k), kv, None)
+                            for k in range(3)],
+                   steps=[(round(q["t"], 4), 0.005, 0.07) for q in mine])
+        if kvshim:
+            run["kvshim_stats"] = {"physical_bytes": kv // 2}
+            run["kvshim_tracker"] = dict({k: 0 for k in TRACKER_FIGURES}, worst=0.0)
+            run["kvshim_preempted"] = run["kvshim_short"] = 0
+        with open(out_path, "w") as f:
+            json.dump(run, f)
+        print("DONE", flush=True)
+    return 0
+
+
 def engine(args):
+    if args.dry_run:
+        return dry_engine(args)
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
     from transformers.generation.configuration_utils import ContinuousBatchingConfig
@@ -193,7 +249,8 @@ def engine(args):
                           for t in list(cache.key_cache) + list(cache.value_cache))
     info = {"engine": name, "pid": os.getpid(), "num_blocks": cache.num_blocks,
             "max_batch_tokens": cache.max_batch_tokens, "kv_tensor_bytes": kv_tensor_bytes,
-            "kvshim": kvshim is not None, "ready_s": time.perf_counter() - t_start}
+            "kvshim": kvshim is not None, "ceiling": int(os.environ.get("KVSHIM_MAX", "0")),
+            "ready_s": time.perf_counter() - t_start}
 
     def kv_now():
         if kvshim is None:
@@ -433,6 +490,8 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0):
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
     if args.prefix_cache:
         cmd.append("--prefix-cache")
+    if args.dry_run:
+        cmd.append("--dry-run")
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     if mode == "static":
@@ -941,6 +1000,9 @@ def main():
                     help="rates 3, 4 and 6, one seed and phase, a sweep of 3 GiB at rate 3")
     ap.add_argument("--cpu-offload-gib", type=float, default=0.0,
                     help="transformers' CPU space for preempted requests' KV (0: its default)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="engines that answer at once with made-up figures (no torch, no GPU): "
+                         "tries the run's orchestration, tables, plots and JSON")
     ap.add_argument("--prefix-cache", action="store_true",
                     help="transformers' prefix caching on (its default; off here otherwise)")
     ap.add_argument("--prompt-min", type=int, default=256)
@@ -975,10 +1037,13 @@ def main():
     if sweep and "static" not in configs:
         ap.error("--sweep-gib compares with the static split: keep static in --configs")
     try:
-        import torch
-        if not torch.cuda.is_available():
-            print("colocate: no GPU: skipped")
-            return 77
+        if args.dry_run:
+            print("colocate: --dry-run: engines without torch or a GPU, figures made up")
+        else:
+            import torch
+            if not torch.cuda.is_available():
+                print("colocate: no GPU: skipped")
+                return 77
     except ImportError:
         print("colocate: no torch: skipped")
         return 77
