@@ -148,6 +148,28 @@ def make_trace(seed, rate, args, phase=None):
 
 # ---- an engine (a child process) --------------------------------------------------
 
+def commands(info):
+    """An engine's side of the protocol: says READY (with info), then gives
+    (its requests of the trace, t0, the output's path) for each RUN line,
+    until QUIT or the end of input; done() ends each."""
+    print("READY " + json.dumps(info), flush=True)
+    for line in sys.stdin:
+        cmd = line.split()
+        if not cmd or cmd[0] == "QUIT":
+            return
+        trace_path, t0, out_path = cmd[1], float(cmd[2]), cmd[3]
+        with open(trace_path) as f:
+            mine = [q for q in json.load(f) if q["model"] == info["engine"]]
+        yield mine, t0, out_path
+
+
+def done(run, out_path):
+    """Write a replay's figures, and say DONE."""
+    with open(out_path, "w") as f:
+        json.dump(run, f)
+    print("DONE", flush=True)
+
+
 def dry_engine(args):
     """--dry-run's engine: no torch, no GPU. It answers as engine() does, at
     once, with made-up figures of the same shape (each request's first
@@ -167,14 +189,7 @@ def dry_engine(args):
             "max_batch_tokens": args.max_batch_tokens,
             "kv_tensor_bytes": num_blocks * kv_bytes_per_token(name) * BLOCK,
             "kvshim": kvshim, "ceiling": int(os.environ.get("KVSHIM_MAX", "0")), "ready_s": 0.0}
-    print("READY " + json.dumps(info), flush=True)
-    for line in sys.stdin:
-        cmd = line.split()
-        if not cmd or cmd[0] == "QUIT":
-            break
-        trace_path, t0, out_path = cmd[1], float(cmd[2]), cmd[3]
-        with open(trace_path) as f:
-            mine = [q for q in json.load(f) if q["model"] == name]
+    for mine, t0, out_path in commands(info):
         rows = []
         for q in mine:
             g = random.Random("%s %s %s" % (q["seed"], name, kvshim))
@@ -194,9 +209,7 @@ def dry_engine(args):
             run["kvshim_stats"] = {"physical_bytes": kv // 2}
             run["kvshim_tracker"] = dict({k: 0 for k in TRACKER_FIGURES}, worst=0.0)
             run["kvshim_preempted"] = run["kvshim_short"] = 0
-        with open(out_path, "w") as f:
-            json.dump(run, f)
-        print("DONE", flush=True)
+        done(run, out_path)
     return 0
 
 
@@ -273,14 +286,7 @@ def engine(args):
         except (AttributeError, TypeError, IndexError):
             return None
 
-    print("READY " + json.dumps(info), flush=True)
-    for line in sys.stdin:
-        cmd = line.split()
-        if not cmd or cmd[0] == "QUIT":
-            break
-        trace_path, t0, out_path = cmd[1], float(cmd[2]), cmd[3]
-        with open(trace_path) as f:
-            mine = [q for q in json.load(f) if q["model"] == name]
+    for mine, t0, out_path in commands(info):
         tracker = getattr(cache, "kvshim_tracker", None) if kvshim is not None else None
         before = tracker_figures(tracker)
         if tracker is not None:
@@ -297,9 +303,7 @@ def engine(args):
             run["kvshim_tracker"]["worst"] = tracker.worst
             run["kvshim_preempted"] = run["kvshim_tracker"]["preempted"]
             run["kvshim_short"] = run["kvshim_tracker"]["short"]
-        with open(out_path, "w") as f:
-            json.dump(run, f)
-        print("DONE", flush=True)
+        done(run, out_path)
     manager.stop(block=True, timeout=60)
     return 0
 
