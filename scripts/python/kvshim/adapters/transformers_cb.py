@@ -529,19 +529,21 @@ def _prefix_cache(bm):
 
 def _reclaim(bm, tracker, need, upcoming):
     """Before the engine takes need blocks (upcoming() gives the ids it
-    hands out next): if kvshim cannot back them, release as many of its
-    prefix cache's blocks as capacity falls short, the newest first, as
-    transformers 5.17 evicts them when its free list runs short. kvshim
-    checks the very ids only when capacity, an estimate that keeps a page
-    of margin, falls short. If the prefix cache cannot cover the
-    difference, it is left as it is, as 5.17 leaves it.
+    hands out next): while kvshim cannot back them, release its prefix
+    cache's blocks, the newest first, as transformers 5.17 evicts them when
+    its free list runs short, a quarter of a page index's worth at a time
+    (the ids released on a page that other blocks hold cost no memory, and
+    a page they empty is the engine's own idle page: either may be enough
+    before the whole shortfall is). kvshim checks the very ids only when
+    capacity, an estimate that keeps a page of margin, falls short; if the
+    prefix cache cannot cover the difference by that estimate, it is left as
+    it is, as 5.17 leaves it (the engine waits for memory, and says so).
 
     5.17's free list is the pool sized as if alone, which hardly ever runs
     short: left to itself, the prefix cache (on by default) would keep the
     pages of every finished request, and the engine would wait for memory,
     or others would be asked for theirs, while it held pages no request
-    uses. The ids released on pages other blocks hold go out first and
-    cost no memory; a page they empty is the engine's idle page."""
+    uses."""
     init = _prefix_cache(bm)
     if not init or need <= 0:
         return
@@ -551,11 +553,12 @@ def _reclaim(bm, tracker, need, upcoming):
     short = need - tracker.capacity(need, room)
     if short <= 0 or short > len(init):
         return
-    if tracker.group.can_back(list(itertools.islice(upcoming(), need))):
-        return
-    _uncache(bm, list(itertools.islice(reversed(init), short)), tracker, asked=False)
-    tracker.reclaimed += short
-    tracker.stale()
+    step = max(1, tracker.page_index_bytes // max(1, tracker.bytes_per_block) // 4)
+    while init and not tracker.group.can_back(list(itertools.islice(upcoming(), need))):
+        k = min(step, len(init))
+        _uncache(bm, list(itertools.islice(reversed(init), k)), tracker, asked=False)
+        tracker.reclaimed += k
+        tracker.stale()
 
 
 def _drop_prefix_cache(proc, tracker):
@@ -563,9 +566,10 @@ def _drop_prefix_cache(proc, tracker):
     request uses, kept for sharing; transformers 5.17 releases them only
     when its free list runs short, which a pool sized as if alone hardly
     ever does), as many as the ask needs, the newest first, as 5.17's own
-    eviction takes them (see _uncache)."""
+    eviction takes them (see _uncache); none under tensor parallelism (see
+    _prefix_cache)."""
     bm = getattr(getattr(proc, "cache", None), "_block_manager", None)
-    init = getattr(bm, "_init_block_ids", None)
+    init = _prefix_cache(bm)
     if not init:
         return
     k = min(len(init), -(-tracker.owed() // max(1, tracker.bytes_per_block)))
@@ -778,7 +782,9 @@ def patch_api_module(mod):
         held = tracker.short != short or ready is None or (
             need > 0 and tracker.capped != capped
             and tracker.capacity(need, tracker.room() or 0) + cached < need)
-        tracker.state_demand(max(max(1, need) if held else 0, _cushion(self)))
+        # (less its prefix cache's blocks, which it takes before others'
+        # memory: see _reclaim)
+        tracker.state_demand(max(max(1, need - cached) if held else 0, _cushion(self)))
         return ready, held
 
     def prepare_next_batch(self, *args, **kwargs):
