@@ -15,7 +15,9 @@ three) configurations run one after the other, in one invocation:
   its cache from the memory info kvshim shows it, as if alone, and pages
   flow between the engines under the one budget;
 - capped (only when --configs names it): kvshim, with each engine's ceiling
-  (KVSHIM_MAX) at a third of the budget, its static share: the static split
+  (KVSHIM_MAX) at a third of the budget, its static share, and the page in
+  each KV tensor its two padding blocks take (static has those beside its
+  third; pages are whole, so it may have up to a page index less): the static split
   through kvshim's machinery, which tells what kvshim itself costs a model
   from what another model using more memory (and so more of the GPU's time)
   costs it.
@@ -506,8 +508,11 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0):
         cmd = [built_tree.kvshim_run()] + cmd + ["--num-blocks", "0"]
         env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET=str(budget), KVSHIM_POOL=pool,
                    KVSHIM_MIN=str(int(args.floor_gib * GIB)))
+        env.pop("KVSHIM_MAX", None)
         if ceiling:
-            env["KVSHIM_MAX"] = str(ceiling)
+            # and a page index more: the two padding blocks, backed at once
+            # (a page in each KV tensor), which static has beside its third
+            env["KVSHIM_MAX"] = str(ceiling + 2 * MODELS[name][0] * 2 * MIB)
         env = built_tree.environment(env)
     log = open(os.path.join(outdir, "colocate-%s-%s.log" % (tag, name)), "w")
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -533,14 +538,17 @@ def replay_guess(tr, args, took):
 
 def fits(now, deadline, tr, ran, later, args, took):
     """Whether a replay of trace tr started now would end by deadline, and
-    the replays of it by the later configurations after it (later: the
-    labels of each one's traces; one that replays tr starts its engines,
-    30 s, and replays those of the traces this one ran, ran, and tr it
-    has): a replay that nothing could be compared with is not started."""
+    the later configurations' replays after it (later: the labels of each
+    one's traces; each starts its engines, 30 s, and replays those of the
+    traces this one ran, ran, and tr, it has): a replay that nothing could
+    be compared with is not started, nor one that would leave no time for
+    the comparisons of those already run. (Every sweep budget counts, also
+    those a budget that meets would skip.)"""
     need = replay_guess(tr, args, took)
     for labels in later:
-        if tr["label"] in labels:
-            need += 30 + sum(replay_guess(t, args, took) for t in ran + [tr] if t["label"] in labels)
+        mine = [t for t in ran + [tr] if t["label"] in labels]
+        if mine:
+            need += 30 + sum(replay_guess(t, args, took) for t in mine)
     return now + need <= deadline
 
 
