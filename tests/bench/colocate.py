@@ -20,7 +20,9 @@ three) configurations run one after the other, in one invocation:
   third; pages are whole, so it may have up to a page index less): the static split
   through kvshim's machinery, which tells what kvshim itself costs a model
   from what another model using more memory (and so more of the GPU's time)
-  costs it.
+  costs it. --capped-share F sets the ceilings at F static shares instead
+  (1 to 3; 3 is the whole budget): how far a model may grow past its share
+  before the others' tails pay for it.
 max_batch_tokens, the block size and everything else are the same in all;
 prefix caching is off (the prompts are random: nothing to share) unless
 --prefix-cache turns it on, as transformers 5.17 has it by default: the
@@ -1012,6 +1014,8 @@ def main():
                     help="rates 3, 4 and 6, one seed and phase, a sweep of 3 GiB at rate 3")
     ap.add_argument("--cpu-offload-gib", type=float, default=0.0,
                     help="transformers' CPU space for preempted requests' KV (0: its default)")
+    ap.add_argument("--capped-share", type=float, default=1.0,
+                    help="capped's ceiling, in static shares (a third of the budget): 1 to 3")
     ap.add_argument("--dry-run", action="store_true",
                     help="engines that answer at once with made-up figures (no torch, no GPU): "
                          "tries the run's orchestration, tables, plots and JSON")
@@ -1044,6 +1048,8 @@ def main():
         ap.error("--repeat must be from 1 to 20")
     if args.floor_gib < 0 or 3 * args.floor_gib > min([args.budget_gib] + sweep):
         ap.error("--floor-gib must be from 0 to a third of --budget-gib (and of every --sweep-gib)")
+    if not 1.0 <= args.capped_share <= 3.0:
+        ap.error("--capped-share must be from 1 to 3 static shares")
     if args.tolerance < 0 or args.cpu_offload_gib < 0:
         ap.error("--tolerance and --cpu-offload-gib must not be negative")
     if sweep and "static" not in configs:
@@ -1083,7 +1089,8 @@ def main():
                     and tr["label"] == tr["base"]]
     budget = int(args.budget_gib * GIB)
     plan = [({"name": c, "mode": "static" if c == "static" else "kvshim", "budget": budget,
-              "ceiling": budget // 3 if c == "capped" else 0}, traces) for c in configs]
+              "ceiling": int(args.capped_share * budget) // 3 if c == "capped" else 0}, traces)
+            for c in configs]
     plan += [({"name": "kvshim@%g" % b, "mode": "kvshim", "budget": int(b * GIB)}, sweep_traces)
              for b in sorted(sweep) if b != args.budget_gib or "kvshim" not in configs]
     # about 30 s to start and stop three engines; each trace its length
