@@ -471,8 +471,7 @@ def _victims(proc, tracker):
         if isinstance(table, dict):
             tables.extend((rid, blocks) for rid, blocks in table.items() if rid in active)
     bm = getattr(proc.cache, "_block_manager", None)
-    cached = getattr(bm, "_init_block_ids", None) or {}
-    owners = tracker.owners(tables, cached)
+    owners = tracker.owners(tables, _prefix_cache(bm))
     if not owners:
         return []
 
@@ -527,6 +526,12 @@ def _prefix_cache(bm):
     return getattr(bm, "_init_block_ids", None) or {}
 
 
+def _newest(init, k):
+    """The k newest of the prefix cache's blocks, the newest first: those
+    5.17's eviction (popitem) takes first."""
+    return list(itertools.islice(reversed(init), k))
+
+
 def _reclaim(bm, tracker, need, upcoming):
     """Before the engine takes need blocks (upcoming() gives the ids it
     hands out next): while kvshim cannot back them, release its prefix
@@ -547,7 +552,10 @@ def _reclaim(bm, tracker, need, upcoming):
     init = _prefix_cache(bm)
     if not init or need <= 0:
         return
-    room = tracker.room()
+    # (a reading up to RETRY_FOR_S old will do for the estimate: the ids
+    # are checked exactly before any is released, and the engine's thread
+    # is spared a driver read per allocation)
+    room = tracker.room(ttl=RETRY_FOR_S)
     if room is None:
         return
     short = need - tracker.capacity(need, room)
@@ -556,7 +564,7 @@ def _reclaim(bm, tracker, need, upcoming):
     step = max(1, tracker.page_index_bytes // max(1, tracker.bytes_per_block) // 4)
     while init and not tracker.group.can_back(list(itertools.islice(upcoming(), need))):
         k = min(step, len(init))
-        _uncache(bm, list(itertools.islice(reversed(init), k)), tracker, asked=False)
+        _uncache(bm, _newest(init, k), tracker, asked=False)
         tracker.reclaimed += k
         tracker.stale()
 
@@ -574,7 +582,7 @@ def _drop_prefix_cache(proc, tracker):
         return
     k = min(len(init), -(-tracker.owed() // max(1, tracker.bytes_per_block)))
     if k > 0:
-        _uncache(bm, list(init)[-k:], tracker)
+        _uncache(bm, _newest(init, k), tracker)
 
 
 def _give_back_one(proc, tracker, victim=None):
