@@ -152,6 +152,11 @@ def make_trace(seed, rate, args, phase=None):
 
 # ---- an engine (a child process) --------------------------------------------------
 
+def ceiling_set():
+    """The engine's ceiling, as spawn set it (bytes; 0: none)."""
+    return int(os.environ.get("KVSHIM_MAX", "0"))
+
+
 def commands(info):
     """An engine's side of the protocol: says READY (with info), then gives
     (its requests of the trace, t0, the output's path) for each RUN line,
@@ -192,7 +197,7 @@ def dry_engine(args):
     info = {"engine": name, "pid": os.getpid(), "num_blocks": num_blocks,
             "max_batch_tokens": args.max_batch_tokens,
             "kv_tensor_bytes": num_blocks * kv_bytes_per_token(name) * BLOCK,
-            "kvshim": kvshim, "ceiling": int(os.environ.get("KVSHIM_MAX", "0")), "ready_s": 0.0}
+            "kvshim": kvshim, "ceiling": ceiling_set(), "ready_s": 0.0}
     for mine, t0, out_path in commands(info):
         rows = []
         for q in mine:
@@ -266,7 +271,7 @@ def engine(args):
                           for t in list(cache.key_cache) + list(cache.value_cache))
     info = {"engine": name, "pid": os.getpid(), "num_blocks": cache.num_blocks,
             "max_batch_tokens": cache.max_batch_tokens, "kv_tensor_bytes": kv_tensor_bytes,
-            "kvshim": kvshim is not None, "ceiling": int(os.environ.get("KVSHIM_MAX", "0")),
+            "kvshim": kvshim is not None, "ceiling": ceiling_set(),
             "ready_s": time.perf_counter() - t_start}
 
     def kv_now():
@@ -502,6 +507,7 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0):
         cmd.append("--dry-run")
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
+    env.pop("KVSHIM_MAX", None)         # capped's alone (the caller's would pass)
     if mode == "static":
         per_token = kv_bytes_per_token(name)
         cmd += ["--num-blocks", str(budget // 3 // (per_token * BLOCK))]
@@ -510,7 +516,6 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0):
         cmd = [built_tree.kvshim_run()] + cmd + ["--num-blocks", "0"]
         env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET=str(budget), KVSHIM_POOL=pool,
                    KVSHIM_MIN=str(int(args.floor_gib * GIB)))
-        env.pop("KVSHIM_MAX", None)
         if ceiling:
             # and a page index more: the two padding blocks, backed at once
             # (a page in each KV tensor), which static has beside its third
