@@ -292,6 +292,8 @@ int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
 	KV_READ(pages_created) KV_READ(create_ns)
 	KV_READ(pages_released) KV_READ(release_ns)
 	KV_READ(pages_zeroed) KV_READ(zero_ns)
+	KV_READ(share_waits) KV_READ(share_wait_ns)
+	KV_READ(share_waits_used) KV_READ(share_waits_failed)
 #undef KV_READ
 	pthread_mutex_lock(&a->lock);
 	out->page_bytes = a->page;

@@ -340,7 +340,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		    int pin)
 {
 	struct place one, *pl = &one;
-	uint64_t deadline = 0;
+	uint64_t deadline = 0, waited_from = 0;
 	enum kv_supply out;
 	int rc, pushed = 0;
 
@@ -381,9 +381,11 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 			continue;
 		}
 		/* other processes were asked to trim: give them a moment */
-		if (!deadline)
-			deadline = kv_prim_now_ns() +
+		if (!deadline) {
+			waited_from = kv_prim_now_ns();
+			deadline = waited_from +
 				   (uint64_t)a->o.share_wait_ms * 1000000u;
+		}
 		if (kv_prim_now_ns() >= deadline) {
 			rc = KVSHIM_ELIMIT;
 			break;
@@ -392,8 +394,16 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		nanosleep(&(struct timespec){ 0, 2 * 1000 * 1000 }, NULL);
 		pthread_mutex_lock(&a->lock);
 	}
-	if (a->share)
-		kv_share_waited(a->share);      /* whatever came of it */
+	if (a->share) {
+		int used = kv_share_waited(a->share);   /* whatever came of it */
+
+		if (deadline) {
+			KV_COUNT(a, share_waits, 1);
+			KV_COUNT(a, share_wait_ns, kv_prim_now_ns() - waited_from);
+			KV_COUNT(a, share_waits_used, used);
+			KV_COUNT(a, share_waits_failed, rc == KVSHIM_ELIMIT);
+		}
+	}
 	if ((uint64_t)a->n[KV_P_CLEAN] * a->page < a->o.pool_low)
 		pthread_cond_signal(&a->wake);
 	KV_DEBUG_CHECK_LOCKED(a);

@@ -46,6 +46,8 @@ struct kv_share_handle_s {
 	uint64_t held, mapped, cached, pooled, reserved, min, max, trimmed;
 	uint64_t weight;
 	uint64_t waiting;        /* bytes a map waits for (kv_share_take) */
+	int used;                /* ...and for others to give back pages they
+				  * use (kv_share_waits_used) */
 	uint64_t stated;         /* bytes stated by kv_share_demand ... */
 	uint64_t stated_until;   /* ...until then (CLOCK_MONOTONIC ns) */
 	uint64_t asked;          /* of what it uses, asked back (fair.h) */
@@ -729,8 +731,10 @@ static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
 	over = over > cap ? over - cap : 0;
 	if (ask(s, cap, over))
 		return KV_SHARE_WAIT;
-	if (!past_share(s, t, bytes) && t->me.gap && t->plan.over)
+	if (!past_share(s, t, bytes) && t->me.gap && t->plan.over) {
+		s->used = 1;
 		return KV_SHARE_WAIT;
+	}
 	return KVSHIM_ELIMIT;
 }
 
@@ -880,16 +884,21 @@ void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,
 	}
 }
 
-void kv_share_waited(kv_share_t *s)
+int kv_share_waited(kv_share_t *s)
 {
+	int used;
+
 	if (s->fd < 0)
-		return;
+		return 0;
 	pthread_mutex_lock(&s->mu);
+	used = s->used;
+	s->used = 0;
 	if (s->waiting) {
 		s->waiting = 0;
 		publish(s);
 	}
 	pthread_mutex_unlock(&s->mu);
+	return used;
 }
 
 void kv_share_demand(kv_share_t *s, uint64_t bytes)

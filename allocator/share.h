@@ -150,8 +150,10 @@ int kv_share_take(kv_share_t *s, uint64_t bytes);
 int kv_share_take_spare(kv_share_t *s, uint64_t bytes);
 
 /* The map that took (or tried to) is over: this process no longer waits
- * for what kv_share_take refused it. */
-void kv_share_waited(kv_share_t *s);
+ * for what kv_share_take refused it. Returns 1 when a refusal since the
+ * last call waited for others above their share to give back pages they
+ * use, else 0. */
+int kv_share_waited(kv_share_t *s);
 
 /* State the bytes this process waits for now beyond what it holds (0:
  * none), e.g. what the requests waiting for admission need; it counts for

@@ -69,7 +69,15 @@ struct kvshim_stats {
 	unsigned long long release_ns;
 	unsigned long long pages_zeroed;  /* pages scrubbed before reuse */
 	unsigned long long zero_ns;
-	unsigned long long reserved[8];
+	/* maps that waited for other processes sharing the budget (for their
+	 * idle pages, their takes, or, below this process's share, for those
+	 * above theirs to give back what they use), how long in all, how many
+	 * of them waited for the last reason, and how many gave up */
+	unsigned long long share_waits;
+	unsigned long long share_wait_ns;
+	unsigned long long share_waits_used;
+	unsigned long long share_waits_failed;
+	unsigned long long reserved[4];
 };
 
 /* Open a KV window: until the matching kvshim_kv_end, allocations of at

@@ -216,7 +216,10 @@ def dry_engine(args):
                    steps=[(round(q["t"], 4), 0.005, 0.07) for q in mine])
         if kvshim:
             run["kvshim_stats"] = {"physical_bytes": kv // 2}
-            run["kvshim_tracker"] = dict({k: 0 for k in TRACKER_FIGURES}, worst=0.0)
+            run["kvshim_tracker"] = dict({k: 0 for k in TRACKER_FIGURES}, worst=0.0,
+                                         worst_in="take")
+            run["kvshim_waits"] = dict({k: 0 for k in WAIT_FIGURES}, share_waits=1,
+                                       share_wait_ns=2000000)
             run["kvshim_preempted"] = run["kvshim_short"] = 0
         done(run, out_path)
     return 0
@@ -299,7 +302,8 @@ def engine(args):
         tracker = getattr(cache, "kvshim_tracker", None) if kvshim is not None else None
         before = tracker_figures(tracker)
         if tracker is not None:
-            tracker.worst = 0.0
+            tracker.worst, tracker.worst_in = 0.0, None
+            waits_before = kvshim.stats()
         first_step = len(steps)
         run = replay(manager, mine, t0, kv_now, torch, adapter_now if kvshim else None)
         run.update(info)
@@ -310,6 +314,9 @@ def engine(args):
             after = tracker_figures(tracker)
             run["kvshim_tracker"] = {k: after[k] - before[k] for k in after}
             run["kvshim_tracker"]["worst"] = tracker.worst
+            run["kvshim_tracker"]["worst_in"] = tracker.worst_in
+            run["kvshim_waits"] = {k: run["kvshim_stats"][k] - waits_before[k]
+                                   for k in WAIT_FIGURES}
             run["kvshim_preempted"] = run["kvshim_tracker"]["preempted"]
             run["kvshim_short"] = run["kvshim_tracker"]["short"]
         done(run, out_path)
@@ -320,6 +327,10 @@ def engine(args):
 # What the kvshim adapter's tracker counts, per run (see blocks.py)
 TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted", "dropped",
                    "reclaimed", "ahead_hits")
+
+
+# What kvshim counts of the maps that waited for other processes (kvshim.h)
+WAIT_FIGURES = ("share_waits", "share_wait_ns", "share_waits_used", "share_waits_failed")
 
 
 def tracker_figures(tracker):
@@ -688,6 +699,10 @@ def summarize(results, traces):
                     "kv_retries": sum(x.get("retries", 0) for x in tracker),
                     "kv_short": sum(x.get("short", 0) for x in tracker),
                     "kv_capped": sum(x.get("capped", 0) for x in tracker),
+                    "kv_worst_in": max(tracker, key=lambda x: x.get("worst", 0.0),
+                                       default={}).get("worst_in") or "-",
+                    "kv_waits": {k: sum((run["engines"][n].get("kvshim_waits") or {}).get(k, 0)
+                                        for n in engines) for k in WAIT_FIGURES},
                     "requests": len(rows), "failed": bad,
                     "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
                     "ttft_mean": statistics.fmean(ttft) if ttft else float("nan"),
@@ -761,6 +776,20 @@ def print_tables(table, traces, results, args):
                           t["kv_slow"] if kv else "-", "%.1f" % (1e3 * t["kv_worst"]) if kv else "-",
                           "%.2f" % t["kv_busy"] if kv else "-", t["kv_retries"] if kv else "-",
                           t["kv_short"] if kv else "-", t["kv_capped"] if kv else "-"))
+        print("\nmaps that waited for other processes, trace %s: how many, how long in all, "
+              "how many waited for pages others use (above their share), how many gave up; "
+              "and the adapter's slowest call" % label)
+        print("| model | config | waits | waited s | for pages in use | gave up | slowest call |")
+        print("|---|---|---|---|---|---|---|")
+        for name in ORDER:
+            for cname in results:
+                t = table.get((label, cname, name))
+                if t is None or cname == "static":
+                    continue
+                w = t["kv_waits"]
+                print("| %s | %s | %d | %.2f | %d | %d | %s |" % (
+                    name, cname, w["share_waits"], w["share_wait_ns"] / 1e9,
+                    w["share_waits_used"], w["share_waits_failed"], t["kv_worst_in"]))
         used = ["%s %.0f MiB" % (c, table[(label, c, "gpu")]["peak_used"] / MIB)
                 for c in results if (label, c, "gpu") in table]
         if used:

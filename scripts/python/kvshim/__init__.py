@@ -45,7 +45,9 @@ class Stats(ctypes.Structure):
         "spans")] + [(name, ctypes.c_ulonglong) for name in (
             "map_calls", "pages_mapped", "map_ns", "pages_unmapped", "unmap_ns",
             "pages_created", "create_ns", "pages_released", "release_ns",
-            "pages_zeroed", "zero_ns")] + [("reserved", ctypes.c_ulonglong * 8)]
+            "pages_zeroed", "zero_ns", "share_waits", "share_wait_ns",
+            "share_waits_used", "share_waits_failed")] + [
+                ("reserved", ctypes.c_ulonglong * 4)]
 
 
 class DLManaged(ctypes.Structure):

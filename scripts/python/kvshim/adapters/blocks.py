@@ -34,7 +34,8 @@ def _timed(method):
             t = time.perf_counter() - t
             self.busy += t
             self.calls += 1
-            self.worst = max(self.worst, t)
+            if t > self.worst:
+                self.worst, self.worst_in = t, method.__name__
             if t > SLOW_S:
                 self.slow += 1
     return timed
@@ -109,6 +110,7 @@ class BlockTracker:
         self.busy = 0.0          # seconds the engine spent in this tracker
         self.calls = 0           # ...over this many calls
         self.worst = 0.0         # the longest of them, seconds
+        self.worst_in = None     # ...in this method (its name)
         self.slow = 0            # how many took longer than SLOW_S
         self.retries = 0         # passes looked at again because kvshim was short
         self.preempted = 0       # requests preempted because kvshim asked
