@@ -109,6 +109,14 @@ int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len);
  * in one go and access is granted per contiguous run. */
 int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n);
 
+/* kv_alloc_map_many for an engine that can keep a request waiting (a block
+ * manager's): where the pages would come only from processes above their
+ * share giving back pages they use, it fails at once (KVSHIM_ELIMIT)
+ * rather than wait for them (up to share_wait_ms), so the engine's other
+ * requests go on; it still waits for pages in flight, for others' takes
+ * and for idle pages others trim. */
+int kv_alloc_try_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n);
+
 /* Bytes of new pages kv_alloc_map_many would need for these ranges now
  * (pages they share counted once). Returns 0, KVSHIM_EINVAL or
  * KVSHIM_ERANGE. */

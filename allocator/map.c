@@ -330,14 +330,19 @@ static void pin_range(const struct place *pl)
 	}
 }
 
+/* How map_runs backs its ranges. */
+enum {
+	MAP_PIN = 1,            /* one range, pinned (kv_alloc_pin) */
+	MAP_TRY = 2,            /* no wait for pages others use (kv_alloc_try_map_many) */
+};
+
 /*
- * kv_alloc_map_many, or with pin (one range) kv_alloc_pin: wait for pages
- * in flight, unmap released spans whose pages it needs, ask other
- * processes for budget for up to share_wait_ms. Returns 0 or an error with
- * nothing changed.
+ * kv_alloc_map_many, or as how says: wait for pages in flight, unmap
+ * released spans whose pages it needs, ask other processes for budget for
+ * up to share_wait_ms. Returns 0 or an error with nothing changed.
  */
 static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
-		    int pin)
+		    int how)
 {
 	struct place one, *pl = &one;
 	uint64_t deadline = 0, waited_from = 0;
@@ -363,12 +368,21 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 			break;
 		out = map_locked(a, pl, n, &rc);
 		if (out == KV_SUPPLY_DONE) {
-			if (pin)
+			if (how & MAP_PIN)
 				pin_range(pl);
 			break;
 		}
 		if (out == KV_SUPPLY_FAILED)
 			break;
+		/* the pages would come from processes above their share giving
+		 * back pages they use, between their engines' steps: an engine
+		 * that can keep its request waiting does, rather than stall
+		 * every request it runs for that long */
+		if (out == KV_SUPPLY_ASK && (how & MAP_TRY) &&
+		    kv_share_waits_used(a->share)) {
+			rc = KVSHIM_ELIMIT;
+			break;
+		}
 		if (out == KV_SUPPLY_WAIT) {
 			/* the pages a released span holds are needed now:
 			 * unmap it here rather than wait for the worker */
@@ -422,6 +436,13 @@ int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 	return map_runs(a, runs, n, 0);
 }
 
+int kv_alloc_try_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
+{
+	if (!a || !runs || n == 0)
+		return KVSHIM_EINVAL;
+	return map_runs(a, runs, n, MAP_TRY);
+}
+
 int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 {
 	struct kv_run r = { addr, len, 0 };
@@ -437,7 +458,7 @@ int kv_alloc_pin(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 
 	if (!a || len == 0)
 		return KVSHIM_EINVAL;
-	return map_runs(a, &r, 1, 1);
+	return map_runs(a, &r, 1, MAP_PIN);
 }
 
 int kv_alloc_cost_many(kv_alloc_t *a, const struct kv_run *runs, size_t n,

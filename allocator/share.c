@@ -884,6 +884,18 @@ void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,
 	}
 }
 
+int kv_share_waits_used(kv_share_t *s)
+{
+	int used;
+
+	if (s->fd < 0)
+		return 0;
+	pthread_mutex_lock(&s->mu);
+	used = s->used;
+	pthread_mutex_unlock(&s->mu);
+	return used;
+}
+
 int kv_share_waited(kv_share_t *s)
 {
 	int used;

@@ -149,6 +149,11 @@ int kv_share_take(kv_share_t *s, uint64_t bytes);
  * others to trim. Returns 0 or KVSHIM_ELIMIT when the budget is short. */
 int kv_share_take_spare(kv_share_t *s, uint64_t bytes);
 
+/* 1 when a refusal of the map in progress waits for others above their
+ * share to give back pages they use (their engines do, between steps),
+ * else 0. */
+int kv_share_waits_used(kv_share_t *s);
+
 /* The map that took (or tried to) is over: this process no longer waits
  * for what kv_share_take refused it. Returns 1 when a refusal since the
  * last call waited for others above their share to give back pages they

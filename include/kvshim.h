@@ -104,7 +104,12 @@ int kvshim_group_destroy(int group);
 /* Back blocks[0..n) in every tensor of the group before kernels touch
  * them: all or, on error, none (KVSHIM_ELIMIT, KVSHIM_ENOMEM). A block on
  * pages mapped already costs no driver call; mapping is batched, one access
- * call per contiguous run of pages of each tensor. */
+ * call per contiguous run of pages of each tensor. With a shared budget,
+ * where the pages would come only from processes above their fair share
+ * giving back pages they use (their engines do so between steps), it fails
+ * at once with KVSHIM_ELIMIT instead of waiting as kvshim_map does: the
+ * engine keeps the request waiting and states its demand
+ * (kvshim_share_demand), and its other requests go on. */
 int kvshim_group_map(int group, const long long *blocks, size_t n);
 
 /* Drop the blocks' claims (all or none). Pages left unclaimed stay cached. */

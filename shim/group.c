@@ -228,6 +228,8 @@ static int allocators(struct part *parts, size_t nparts)
 }
 
 /* Map every part, all or none: a part refused undoes the parts before it.
+ * A block manager keeps a request waiting rather than wait for processes
+ * above their share to give back pages they use (kv_alloc_try_map_many).
  * Returns 0 or the first refusal. */
 static int map_parts(int id, const struct part *parts, size_t nparts)
 {
@@ -235,7 +237,7 @@ static int map_parts(int id, const struct part *parts, size_t nparts)
 	int rc = 0, r;
 
 	for (k = 0; k < nparts && !rc; k++)
-		rc = kv_alloc_map_many(parts[k].a, parts[k].runs, parts[k].n);
+		rc = kv_alloc_try_map_many(parts[k].a, parts[k].runs, parts[k].n);
 	if (!rc)
 		return 0;
 	for (j = 0; j + 1 < k; j++) {

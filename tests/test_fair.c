@@ -405,10 +405,12 @@ END_TEST
 /*
  * Two processes on one budget B: the first (this one, with a worker or
  * not) maps the whole budget; the second (forked) reserves B and maps half
- * of it, waiting (500 ms at most a try) while the first gives back. It
- * writes "y" to d->c2p once it mapped, then waits to read d->p2c, checks
- * its allocator, lets its pages go and exits 0. Returns once the second
- * waits.
+ * of it, waiting (500 ms at most a try) while the first gives back; with
+ * try, as a block manager does (kv_alloc_try_map_many): it states its
+ * demand, and each map refused for pages the first uses fails at once,
+ * without waiting. It writes "y" to d->c2p once it mapped, then waits to
+ * read d->p2c, checks its allocator and what it counted of its waits, lets
+ * its pages go and exits 0. Returns once the second waits.
  */
 struct duo {
 	kv_alloc_t *a;          /* the first's allocator */
@@ -417,7 +419,7 @@ struct duo {
 	pid_t pid;              /* the second */
 };
 
-static void duo_start(struct duo *d, int worker)
+static void duo_start(struct duo *d, int worker, int try)
 {
 	char c;
 
@@ -435,15 +437,36 @@ static void duo_start(struct duo *d, int worker)
 		int rc;
 
 		KT_CHILD_CHECK(kt_mk(B, 0, 0, 1, 0, &b) == 0);
+		struct kv_run half = { 0, B / 2, 0 };
+		struct kvshim_stats st;
+
 		KT_CHILD_CHECK(kv_alloc_reserve(b, B, &p) == 0);
+		half.addr = p;
+		if (try) {
+			/* refused at once: no wait counted */
+			kv_alloc_demand(b, B / 2);
+			KT_CHILD_CHECK(kv_alloc_try_map_many(b, &half, 1) == KVSHIM_ELIMIT);
+			KT_CHILD_CHECK(kv_alloc_stats(b, &st) == 0 && st.share_waits == 0);
+		}
 		KT_CHILD_CHECK(write(d->c2p[1], "r", 1) == 1);
 		do {
-			rc = kv_alloc_map(b, p, B / 2);
+			if (try) {
+				kv_alloc_demand(b, B / 2);
+				nanosleep(&(struct timespec){ 0, 2000000 }, NULL);
+			}
+			rc = try ? kv_alloc_try_map_many(b, &half, 1) : kv_alloc_map(b, p, B / 2);
 		} while (rc == KVSHIM_ELIMIT);
 		KT_CHILD_CHECK(rc == 0);
+		kv_alloc_demand(b, 0);
 		KT_CHILD_CHECK(write(d->c2p[1], "y", 1) == 1);
 		KT_CHILD_CHECK(read(d->p2c[0], &c, 1) == 1);
 		KT_CHILD_CHECK(kv_alloc_check(b) == 0);
+		/* a plain map waited for the pages the first used; a try
+		 * never did */
+		KT_CHILD_CHECK(kv_alloc_stats(b, &st) == 0);
+		KT_CHILD_CHECK(try ? st.share_waits_used == 0 :
+			       st.share_waits >= 1 && st.share_waits_used >= 1 &&
+			       st.share_wait_ns > 0);
 		KT_CHILD_CHECK(kv_alloc_unmap(b, p, B / 2) == 0);
 		kv_alloc_destroy(b);
 		_exit(0);
@@ -458,7 +481,7 @@ START_TEST(test_fair_takes_back)
 	struct duo d;
 	char c;
 
-	duo_start(&d, 1);
+	duo_start(&d, 1, 0);
 	/* the first is asked for half of what it uses, once the second waits */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	while ((asked = kv_alloc_asked(d.a)) == 0 && kt_ms_since(&t0) < 20000)
@@ -488,6 +511,35 @@ START_TEST(test_fair_takes_back)
 END_TEST
 
 /*
+ * A block manager's map (kv_alloc_try_map_many) below its share never
+ * waits for a process above its own to give back pages it uses: it is
+ * refused at once, and the demand it states has the first asked for that
+ * half, as a waiting map would; once the first lets go of it, the map
+ * succeeds, never having waited for pages in use (the second checks).
+ */
+START_TEST(test_fair_try_map_keeps_going)
+{
+	struct timespec t0;
+	struct duo d;
+	char c;
+
+	duo_start(&d, 1, 1);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (kv_alloc_asked(d.a) == 0 && kt_ms_since(&t0) < 20000)
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	ck_assert_uint_eq(kv_alloc_asked(d.a), B / 2);
+	ck_assert_int_eq(kv_alloc_unmap(d.a, d.s + B / 2, B / 2), 0);
+	ck_assert_int_eq(read(d.c2p[0], &c, 1), 1);
+	ck_assert_int_eq(c, 'y');
+	ck_assert_uint_eq(kt_stats(d.a).physical_bytes, B / 2);
+	kt_release_child(d.p2c[1], d.pid, "the child failed: its line is above");
+	kt_check(d.a);
+	kv_alloc_destroy(d.a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
  * The bound on what a process may use while another waits below its share
  * lapses with the wait, also in a process without a worker (nothing else
  * reads the rule for it between its own calls): the first, asked for half
@@ -501,7 +553,7 @@ START_TEST(test_fair_bound_lapses)
 	struct duo d;
 	char c;
 
-	duo_start(&d, 0);
+	duo_start(&d, 0, 0);
 	/* asked (the ask also reads the bound), it gives back half */
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	while (kv_alloc_asked(d.a) == 0 && kt_ms_since(&t0) < 20000)
@@ -765,6 +817,7 @@ Suite *fair_suite(void)
 	kt_share_fixture(tc);
 	kt_add_emu(tc, test_fair_converge);
 	kt_add_emu(tc, test_fair_takes_back);
+	kt_add_emu(tc, test_fair_try_map_keeps_going);
 	kt_add_emu(tc, test_fair_bound_lapses);
 	kt_add_emu(tc, test_fair_idle_not_waited);
 	kt_add_emu(tc, test_fair_limits);
