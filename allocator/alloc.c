@@ -217,7 +217,6 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 
 		rc = kv_share_open(a->prim.uuid, o->pool_name, budget,
 				   a->prim.device_bytes, o->min, o->max, o->weight,
-				   o->share_reserve_pct,
 				   o->share_mode ? o->share_mode : 0600, &a->share);
 		if (rc && o->share == KV_ALLOC_SHARE_AUTO) {
 			kv_warn("share: this process runs alone, with no shared budget (KVSHIM_SHARE=on makes that an error)");

@@ -57,8 +57,6 @@ struct kv_alloc_opts {
 	int share;           /* KV_ALLOC_SHARE_*: register in the GPU's shared
 			      * budget segment (AUTO: alone if it cannot) */
 	unsigned weight;     /* its weight in the fair shares, 1-1000 */
-	unsigned share_reserve_pct; /* left free for others past its static
-				     * share, 0-100 (kv_fair_reserve) */
 	const char *pool_name; /* the segment's pool name, or NULL */
 	size_t budget;       /* bytes all processes may hold; 0: budget_pct */
 	unsigned budget_pct; /* 1-100 of device memory; 0 means 100 */

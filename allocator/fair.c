@@ -76,9 +76,8 @@ uint64_t kv_fair_most(uint64_t L, const struct kv_fair_in *in)
 void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		  struct kv_fair_out *out, struct kv_fair_sums *sums)
 {
-	/* (zeroed: the compiler cannot see that level reads only n of each) */
-	uint64_t want[FAIR_MAX] = { 0 }, w[FAIR_MAX] = { 0 }, got[FAIR_MAX];
-	uint64_t used[FAIR_MAX], base[FAIR_MAX] = { 0 };
+	uint64_t want[FAIR_MAX], w[FAIR_MAX], got[FAIR_MAX], used[FAIR_MAX];
+	uint64_t base[FAIR_MAX];
 	uint64_t taken = 0, floor_gaps = 0, givable = 0, need = 0;
 	uint64_t over = 0, ask, free_b, asked = 0, L;
 	unsigned i;
@@ -133,37 +132,4 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		sums->over = over;
 		sums->level = L;
 	}
-}
-
-uint64_t kv_fair_reserve(uint64_t budget, const struct kv_fair_in *in, unsigned n,
-			 unsigned pct, uint64_t *mine)
-{
-	uint64_t w[FAIR_MAX] = { 0 }, floor[FAIR_MAX] = { 0 }, want[FAIR_MAX] = { 0 };
-	uint64_t got[FAIR_MAX], sum = 0;
-	unsigned i;
-
-	*mine = budget;
-	if (n == 0)
-		return 0;
-	if (n > FAIR_MAX)
-		n = FAIR_MAX;
-	/* the static split: every process wanting all it may hold */
-	for (i = 0; i < n; i++) {
-		floor[i] = in[i].max ? min64(in[i].min, in[i].max) : in[i].min;
-		want[i] = in[i].max ? in[i].max : UINT64_MAX;
-		w[i] = in[i].weight < 1 ? 1 : min64(in[i].weight, KV_FAIR_WEIGHT_MAX);
-	}
-	level(budget, w, floor, want, got, n);
-	*mine = got[0];
-	if (pct > 100)
-		pct = 100;
-	for (i = 1; i < n; i++) {
-		/* what a floor keeps for it is kept already */
-		uint64_t has = add(in[i].held, in[i].pending);
-
-		if (has < floor[i])
-			has = floor[i];
-		sum = add(sum, min64(scale(got[i], pct, 100), sub(got[i], has)));
-	}
-	return sum;
 }

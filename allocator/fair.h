@@ -67,18 +67,4 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
  * at most its ceiling, whatever it wants. Returns it. */
 uint64_t kv_fair_most(uint64_t level, const struct kv_fair_in *in);
 
-/*
- * What a process, in[0] of n, leaves free for the others' next requests
- * while it holds more than its static share (KVSHIM_SHARE_RESERVE): a
- * static share is what the rule gives a process when every one wants all
- * it may hold (the budget split by weight, floors and ceilings kept); each
- * other process below its own is kept pct percent of it (at most 100), at
- * most what it lacks of it beyond what it holds, takes or keeps by its
- * floor. Those requests then get memory at once, not after a process
- * above its share gave some back between its engine's steps. *mine gets
- * in[0]'s static share. Returns the sum kept.
- */
-uint64_t kv_fair_reserve(uint64_t budget, const struct kv_fair_in *in, unsigned n,
-			 unsigned pct, uint64_t *mine);
-
 #endif /* KV_FAIR_H */

@@ -45,7 +45,6 @@ struct kv_share_handle_s {
 	/* this process's figures, published from here */
 	uint64_t held, mapped, cached, pooled, reserved, min, max, trimmed;
 	uint64_t weight;
-	unsigned reserve_pct;    /* KVSHIM_SHARE_RESERVE (kv_fair_reserve) */
 	uint64_t waiting;        /* bytes a map waits for (kv_share_take) */
 	int used;                /* ...and for others to give back pages they
 				  * use (kv_share_waits_used) */
@@ -72,9 +71,6 @@ struct sums {
 	struct kv_fair_in me_in; /* this process's figures, as planned */
 	struct kv_fair_out me;   /* this process's share, gap and asked */
 	struct kv_fair_sums plan;
-	uint64_t reserve;        /* kept free for the others' next requests
-				  * past this process's static share */
-	uint64_t static_me;      /* ...which this is (kv_fair_reserve) */
 	int clamped;
 };
 
@@ -251,9 +247,6 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 	t->me_in = in[0];
 	t->me = out[0];
 	t->gaps = t->plan.gaps > t->me.gap ? t->plan.gaps - t->me.gap : 0;
-	t->static_me = cap;
-	if (s->reserve_pct)
-		t->reserve = kv_fair_reserve(cap, in, n, s->reserve_pct, &t->static_me);
 	if (t->clamped && !s->warned) {
 		s->warned = 1;
 		kv_warn("share: %s: a process's slot holds figures out of bounds: counted as at most the budget",
@@ -568,8 +561,7 @@ static void reg_remove(kv_share_t *s)
 
 int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 		  uint64_t device_bytes, uint64_t min, uint64_t max,
-		  unsigned weight, unsigned reserve_pct, unsigned mode,
-		  kv_share_t **out)
+		  unsigned weight, unsigned mode, kv_share_t **out)
 {
 	const char *why;
 	kv_share_t *s;
@@ -579,10 +571,6 @@ int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 		return KVSHIM_EINVAL;
 	if (weight < 1 || weight > KV_FAIR_WEIGHT_MAX) {
 		kv_error("share: a weight of %u: expected 1 to %d", weight, KV_FAIR_WEIGHT_MAX);
-		return KVSHIM_EINVAL;
-	}
-	if (reserve_pct > 100) {
-		kv_error("share: a reserve of %u%%: expected 0 to 100", reserve_pct);
 		return KVSHIM_EINVAL;
 	}
 	if (!kv_share_mode_ok(mode, &why)) {
@@ -607,7 +595,6 @@ int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 	s->min = min;
 	s->max = max;
 	s->weight = weight;
-	s->reserve_pct = reserve_pct;
 	s->use_limit = UINT64_MAX;
 	if (pthread_mutex_init(&s->mu, NULL)) {
 		free(s);
@@ -667,9 +654,8 @@ static int past_share(const kv_share_t *s, const struct sums *t, uint64_t bytes)
 }
 
 /* What the others keep from this process, taking bytes more: what they
- * hold and keep by their floors, what they take (with_pending), past its
- * share what those waiting below theirs claim, and past its static share
- * the room kept for their next requests. Returns it. */
+ * hold and keep by their floors, what they take (with_pending), and past
+ * its share, what those waiting below theirs claim. Returns it. */
 static uint64_t kept_from(const kv_share_t *s, const struct sums *t,
 			  uint64_t bytes, int with_pending)
 {
@@ -679,8 +665,6 @@ static uint64_t kept_from(const kv_share_t *s, const struct sums *t,
 		kept = kv_seg_sat_add(kept, t->pending);
 	if (past_share(s, t, bytes))
 		kept = kv_seg_sat_add(kept, t->gaps);
-	if (t->reserve && kv_seg_sat_add(s->held, bytes) > t->static_me)
-		kept = kv_seg_sat_add(kept, t->reserve);
 	return kept;
 }
 
@@ -866,20 +850,10 @@ void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled)
 	pthread_mutex_unlock(&s->mu);
 }
 
-/* The most a process may hold of room, where kept is kept from it past
- * its share of mine, and not before. Returns it. */
-static uint64_t past(uint64_t room, uint64_t kept, uint64_t mine)
-{
-	uint64_t within = kv_seg_min(mine, room);
-
-	room = room > kept ? room - kept : 0;
-	return room > within ? room : within;
-}
-
 void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,
 		      uint64_t *room)
 {
-	uint64_t cap, kept, full;
+	uint64_t cap, kept;
 	struct sums t;
 	int locked;
 
@@ -899,14 +873,15 @@ void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,
 	 * their idle pages come back on request */
 	kept = kv_seg_sat_add(kv_seg_sat_add(t.held, t.pending), t.floors);
 	kept = kept > t.givable ? kept - t.givable : 0;
-	full = cap > kept ? cap - kept : 0;
-	*room = full;
+	*room = cap > kept ? cap - kept : 0;
 	/* past its share, what those waiting below theirs claim is kept too */
-	if (t.gaps)
-		*room = past(full, t.gaps, t.me.share);
-	/* and past its static share, the room for the others' next requests */
-	if (t.reserve)
-		*room = kv_seg_min(*room, past(full, t.reserve, t.static_me));
+	if (t.gaps) {
+		uint64_t within = kv_seg_min(t.me.share, *room);
+
+		*room = *room > t.gaps ? *room - t.gaps : 0;
+		if (*room < within)
+			*room = within;
+	}
 }
 
 int kv_share_waits_used(kv_share_t *s)

@@ -116,9 +116,7 @@ typedef struct kv_share_handle_s kv_share_t;
  * the bytes all processes may hold (0: device_bytes); a segment that
  * exists keeps its budget. min and max are this process's floor and
  * ceiling (max 0: none), weight its weight in the fair shares (1 to
- * KV_FAIR_WEIGHT_MAX), reserve_pct what it leaves free for the others
- * past its static share (0 to 100, kv_fair_reserve). mode: owner rw,
- * nothing for others to write.
+ * KV_FAIR_WEIGHT_MAX). mode: owner rw, nothing for others to write.
  * Each refusal is logged with the path, and for a segment not trusted its
  * owner and mode. Returns 0, KVSHIM_EINVAL (bad arguments, logged),
  * KVSHIM_ESTATE (the segment is not to be trusted, of another major
@@ -126,8 +124,7 @@ typedef struct kv_share_handle_s kv_share_t;
  */
 int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 		  uint64_t device_bytes, uint64_t min, uint64_t max,
-		  unsigned weight, unsigned reserve_pct, unsigned mode,
-		  kv_share_t **out);
+		  unsigned weight, unsigned mode, kv_share_t **out);
 
 /* Give the slot back and close. In a child forked from the opener, only
  * frees the child's copy: the slot is the parent's. */

@@ -312,23 +312,6 @@ static int parse_weight(const char *s, unsigned *out, const char **why)
 	return 0;
 }
 
-/* A percentage from 0 to 100, digits only, with or without a % sign. */
-static int parse_percent(const char *s, unsigned *out, const char **why)
-{
-	size_t len = strlen(s);
-	unsigned long long v;
-	const char *end;
-
-	if (len > 1 && s[len - 1] == '%')
-		len--;
-	if (digits(s, 10, 100, &v, &end) || end != s + len) {
-		*why = "expected a whole percentage from 0 to 100 (10 or 10%)";
-		return KVSHIM_ECONFIG;
-	}
-	*out = (unsigned)v;
-	return 0;
-}
-
 static int parse_meminfo(const char *s, int *out, const char **why)
 {
 	if (!strcasecmp(s, "real")) {
@@ -425,7 +408,6 @@ static int parse_mode(const char *s, unsigned *out, const char **why)
 #define kv_apply_tokens(c, f, s, why) parse_tokens(s, &(c)->f, why)
 #define kv_apply_share(c, f, s, why) parse_share(s, &(c)->f, why)
 #define kv_apply_weight(c, f, s, why) parse_weight(s, &(c)->f, why)
-#define kv_apply_percent(c, f, s, why) parse_percent(s, &(c)->f, why)
 
 int kv_config_load(struct kv_config *c)
 {

@@ -47,8 +47,6 @@
 	  "this process's ceiling in the shared budget; off: none") \
 	X(WEIGHT, weight, weight, "1",                                       \
 	  "this process's weight in the shared budget's fair shares: a whole number from 1 to 1000") \
-	X(SHARE_RESERVE, share_reserve, percent, "0",                        \
-	  "while this process holds more than its static share of the shared budget (the budget split by weight), it leaves free, for each other process below its own, this percentage of that share (0 to 100): their next requests get memory at once") \
 	X(SHARE_MODE, share_mode, mode, "0600",                              \
 	  "permissions of a segment this process creates, and the only ones it joins (octal, owner rw, no write for others; 0660: shared with the group)") \
 	X(CB_READ_TOKENS, cb_read_tokens, tokens, "auto",                    \
@@ -81,7 +79,6 @@ struct kv_config {
 	size_t min;
 	size_t max;          /* 0: none */
 	unsigned weight;     /* 1..KV_WEIGHT_MAX */
-	unsigned share_reserve; /* 0-100 */
 	unsigned share_mode;
 	size_t cb_read_tokens; /* 0: auto, SIZE_MAX: off; the Python adapter reads it */
 	int cb_ahead;          /* the Python adapter reads it */

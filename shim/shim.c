@@ -209,7 +209,6 @@ static int start(int device)
 	o.min = config.min;
 	o.max = config.max;
 	o.weight = config.weight;
-	o.share_reserve_pct = config.share_reserve;
 	o.share_mode = config.share_mode;
 	rc = fit_device(&o);
 	if (!rc)

@@ -68,7 +68,7 @@ void kt_new_pool(void)
 }
 
 static int mk(size_t budget, size_t min, size_t max, unsigned weight, int worker,
-	      unsigned mode, unsigned reserve_pct, kv_alloc_t **out)
+	      unsigned mode, kv_alloc_t **out)
 {
 	struct kv_alloc_opts o;
 
@@ -81,26 +81,20 @@ static int mk(size_t budget, size_t min, size_t max, unsigned weight, int worker
 	o.weight = weight;
 	o.worker = worker;
 	o.share_mode = mode ? mode : 0600;
-	o.share_reserve_pct = reserve_pct;
 	*out = NULL;
 	return kv_alloc_create(&o, out);
-}
-
-int kt_mk_reserve(size_t budget, unsigned reserve_pct, int worker, kv_alloc_t **out)
-{
-	return mk(budget, 0, 0, 1, worker, 0, reserve_pct, out);
 }
 
 int kt_mk_weight(size_t budget, size_t min, size_t max, unsigned weight,
 		 int worker, kv_alloc_t **out)
 {
-	return mk(budget, min, max, weight, worker, 0, 0, out);
+	return mk(budget, min, max, weight, worker, 0, out);
 }
 
 int kt_mk(size_t budget, size_t min, size_t max, int worker, unsigned mode,
 	  kv_alloc_t **out)
 {
-	return mk(budget, min, max, 1, worker, mode, 0, out);
+	return mk(budget, min, max, 1, worker, mode, out);
 }
 
 kv_alloc_t *kt_make(size_t budget, size_t min, size_t max, int worker)

@@ -48,10 +48,6 @@ int kt_mk(size_t budget, size_t min, size_t max, int worker, unsigned mode,
 int kt_mk_weight(size_t budget, size_t min, size_t max, unsigned weight,
 		 int worker, kv_alloc_t **out);
 
-/* kt_mk with mode 0600, weight 1, no floor or ceiling, and reserve_pct
- * (KVSHIM_SHARE_RESERVE). */
-int kt_mk_reserve(size_t budget, unsigned reserve_pct, int worker, kv_alloc_t **out);
-
 /* kt_mk with mode 0600, failing the test on error (not in a child). */
 kv_alloc_t *kt_make(size_t budget, size_t min, size_t max, int worker);
 

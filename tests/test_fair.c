@@ -175,47 +175,6 @@ START_TEST(test_fair_plan_asked)
 END_TEST
 
 /* Figures at the edge of their bounds: nothing wraps. */
-/*
- * The room kept for the others' next requests (KVSHIM_SHARE_RESERVE): a
- * percentage of each one's static share, at most what it lacks of it
- * beyond what it holds, takes or keeps by its floor; none for one at its
- * static share; static shares by weight, ceilings kept.
- */
-START_TEST(test_fair_plan_reserve)
-{
-	struct kv_fair_in in[3] = { proc(1, 0, 0), proc(1, 2 * PG, 0), proc(1, 8 * PG, 0) };
-	uint64_t mine = 0;
-
-	/* static shares of 8 pages: 2 of the first other's 6 lacking, none
-	 * of the second's (at its share) */
-	ck_near(kv_fair_reserve(B, in, 3, 25, &mine), 2 * PG);
-	ck_near(mine, 8 * PG);
-	ck_near(kv_fair_reserve(B, in, 3, 100, &mine), 6 * PG);
-	ck_near(kv_fair_reserve(B, in, 3, 250, &mine), 6 * PG);   /* at most 100% */
-	ck_assert_uint_eq(kv_fair_reserve(B, in, 3, 0, &mine), 0);
-	/* taking counts as holding; a floor keeps its part already */
-	in[1].pending = 5 * PG;
-	ck_near(kv_fair_reserve(B, in, 3, 25, &mine), 1 * PG);
-	in[1].pending = 0;
-	in[1].min = 7 * PG;
-	ck_near(kv_fair_reserve(B, in, 3, 25, &mine), 1 * PG);
-	in[1].min = 0;
-	/* a ceiling of 4 pages: the others' static shares are 10; the first
-	 * other (holding 2 of its 4) is kept 1, the second (8 of 10) 2 */
-	in[1].max = 4 * PG;
-	ck_near(kv_fair_reserve(B, in, 3, 25, &mine), 3 * PG);
-	ck_near(mine, 10 * PG);
-	/* weights: 2, 1, 1 of 24 pages are 12, 6, 6 */
-	in[1].max = 0;
-	in[0].weight = 2;
-	ck_near(kv_fair_reserve(B, in, 3, 50, &mine), 3 * PG);
-	ck_near(mine, 12 * PG);
-	/* alone: nothing kept, the whole budget its static share */
-	ck_assert_uint_eq(kv_fair_reserve(B, in, 1, 50, &mine), 0);
-	ck_assert_uint_eq(mine, B);
-}
-END_TEST
-
 START_TEST(test_fair_plan_bounds)
 {
 	struct kv_fair_in in[64];
@@ -666,100 +625,6 @@ START_TEST(test_fair_idle_not_waited)
 END_TEST
 
 /*
- * KVSHIM_SHARE_RESERVE: beside an idle engine (both static shares of 12
- * pages), a process with a reserve of 25% grows to 21 pages, not 24: 3
- * stay free for the engine's next request, which it gets at once (no map
- * of its waits, none is asked to give back). The admission check says so.
- * Without the reserve the same process takes the whole budget.
- */
-START_TEST(test_fair_reserve)
-{
-	struct engine e = { 1, 1, 0, 0, 0 };
-	struct board *bd = board_new();
-	size_t room = 1;
-	kv_alloc_t *a = NULL;
-	CUdeviceptr s;
-	pid_t pid;
-	int n, pct;
-
-	for (pct = 25; pct >= 0; pct -= 25) {
-		kt_new_pool();
-		memset(bd, 0, sizeof(*bd));
-		ck_assert_int_eq(kt_mk_reserve(B, (unsigned)pct, 1, &a), 0);
-		ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
-		pid = engine_start(&e, bd);
-		for (n = 0; n < 24; n++)
-			if (kv_alloc_map(a, s + (CUdeviceptr)n * PG, PG))
-				break;
-		ck_assert_int_eq(n, pct ? 21 : 24);
-		ck_assert_int_eq(kv_alloc_headroom(a, &room), 0);
-		ck_assert_uint_eq(room, 0);
-		ck_assert_uint_eq(kt_stats(a).share_waits_used, 0);
-		engines_stop(bd, &pid, 1);
-		/* the engine gone, nothing is kept for it */
-		if (n < 24)
-			ck_assert_int_eq(kv_alloc_map(a, s + (CUdeviceptr)n * PG,
-						      (size_t)(24 - n) * PG), 0);
-		ck_assert_int_eq(kv_alloc_unmap(a, s, B), 0);
-		kt_check(a);
-		kv_alloc_destroy(a);
-		kt_seg_unlink();
-	}
-	munmap(bd, sizeof(*bd));
-}
-END_TEST
-
-static int load_reserve(void *arg)
-{
-	struct kv_config c;
-
-	setenv("KVSHIM_SHARE_RESERVE", arg, 1);
-	return kv_config_load(&c) == KVSHIM_ECONFIG ? 0 : 1;
-}
-
-/* KVSHIM_SHARE_RESERVE: a whole percentage from 0 to 100, with or without
- * a % sign; anything else is refused with a message naming it, and leaves
- * the default (0); the allocator refuses more than 100 and makes nothing. */
-START_TEST(test_fair_bad_reserve)
-{
-	static const char *const bad[] = {
-		"101", "150%", "-1", "+5", " 5", "5 ", "2.5", "abc", "", "%", "5%%", "0x10", "10k",
-		"99999999999999999999",
-	};
-	struct kv_alloc_opts o;
-	kv_alloc_t *a = NULL;
-	struct kv_config c;
-	char err[1024], name[64];
-	size_t i;
-
-	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		ck_assert_msg(kt_in_child(load_reserve, (void *)bad[i], 30, err, sizeof(err)) == 0,
-			      "KVSHIM_SHARE_RESERVE=\"%s\" was not refused", bad[i]);
-		snprintf(name, sizeof(name), "KVSHIM_SHARE_RESERVE=%s:", bad[i]);
-		ck_assert_msg(strstr(err, name) && strstr(err, "percentage from 0 to 100"),
-			      "the message for \"%s\" does not name it: %s", bad[i], err);
-	}
-	setenv("KVSHIM_SHARE_RESERVE", "10%", 1);
-	ck_assert_int_eq(kv_config_load(&c), 0);
-	ck_assert_uint_eq(c.share_reserve, 10);
-	setenv("KVSHIM_SHARE_RESERVE", "100", 1);
-	ck_assert_int_eq(kv_config_load(&c), 0);
-	ck_assert_uint_eq(c.share_reserve, 100);
-	unsetenv("KVSHIM_SHARE_RESERVE");
-	ck_assert_int_eq(kv_config_load(&c), 0);
-	ck_assert_uint_eq(c.share_reserve, 0);
-	kt_new_pool();
-	kt_opts(&o);
-	o.share = KV_ALLOC_SHARE_ON;
-	o.pool_name = kt_pool;
-	o.share_reserve_pct = 101;
-	ck_assert_int_eq(kv_alloc_create(&o, &a), KVSHIM_EINVAL);
-	ck_assert_ptr_null(a);
-	ck_assert_int_eq(access(kt_path, F_OK), -1);    /* nothing was made */
-}
-END_TEST
-
-/*
  * Floors and ceilings keep their meaning: an engine with a floor of 10
  * pages (weight 1, beside two of weight 1: a fair share of 8) keeps 10 and
  * is never asked to give back below it; one with a ceiling of 5 never
@@ -947,7 +812,6 @@ Suite *fair_suite(void)
 	tcase_add_test(rule, test_fair_plan_limits);
 	tcase_add_test(rule, test_fair_plan_asked);
 	tcase_add_test(rule, test_fair_plan_bounds);
-	tcase_add_test(rule, test_fair_plan_reserve);
 	suite_add_tcase(s, rule);
 	tcase_set_timeout(tc, 120);
 	kt_share_fixture(tc);
@@ -956,8 +820,6 @@ Suite *fair_suite(void)
 	kt_add_emu(tc, test_fair_try_map_keeps_going);
 	kt_add_emu(tc, test_fair_bound_lapses);
 	kt_add_emu(tc, test_fair_idle_not_waited);
-	kt_add_emu(tc, test_fair_reserve);
-	kt_add_emu(tc, test_fair_bad_reserve);
 	kt_add_emu(tc, test_fair_limits);
 	kt_add_emu(tc, test_fair_at_share_kept);
 	kt_add_emu(tc, test_fair_demand_stated);
