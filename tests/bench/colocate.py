@@ -749,7 +749,8 @@ def print_tables(table, traces, results, args):
                 t = table.get((label, cname, name))
                 if t is None:
                     continue
-                r = "-" if cname == "static" else "%.2fx" % ratio(table, label, cname, name)
+                r = ratio(table, label, cname, name)
+                r = "-" if cname == "static" or r != r else "%.2fx" % r
                 print("| %s | %s | %d | %d | %.3f | %.3f | %s | %.3f | %.0f | %.0f | %.0f | %d |" % (
                     name, cname, t["requests"], t["failed"], t["ttft_p50"], t["ttft_p99"], r,
                     t["wait_mean"], t["tokens_s"], t["peak_kv"] / MIB, t["peak_proc"] / MIB,
@@ -806,6 +807,10 @@ def targets(table, traces, results, args):
     checked, and the sweep's smallest budget. Returns the summary (JSON)."""
     out = {"traces": {}, "sweep": None}
     tol = 1.0 + args.tolerance
+    if "static" not in results:
+        print("\nsummary: none (no static split in --configs to compare with)")
+        out["repeats"] = {}
+        return out
     print("\nsummary: p99 TTFT, static split at %.1f GiB against kvshim at %.1f GiB "
           "(a model meets the static split when static/kvshim >= %.2f)" % (
               args.budget_gib, args.budget_gib, 1 / tol))
