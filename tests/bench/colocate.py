@@ -24,10 +24,11 @@ three) configurations run one after the other, in one invocation:
   (1 to 3; 3 is the whole budget): how far a model may grow past its share
   before the others' tails pay for it.
 max_batch_tokens, the block size and everything else are the same in all;
-prefix caching is off (the prompts are random: nothing to share) unless
---prefix-cache turns it on, as transformers 5.17 has it by default: the
-complete blocks of finished requests are then kept (never reused here) until
-the engine needs their memory.
+prefix caching is on, as transformers 5.17 has it by default (the engines
+run as their users run them): the complete blocks of finished requests are
+kept (never reused here: the prompts are random) until the engine needs
+their memory. --no-prefix-cache turns it off, as every run before session 9
+had it.
 
 The trace (make_trace): time is cut into phases of P seconds; in phase k
 model k mod 3 is hot. Each model's requests arrive as a Poisson process of
@@ -512,8 +513,7 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0):
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
            "--max-batch-tokens", str(args.max_batch_tokens),
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
-    if args.prefix_cache:
-        cmd.append("--prefix-cache")
+    cmd.append("--prefix-cache" if args.prefix_cache else "--no-prefix-cache")
     if args.dry_run:
         cmd.append("--dry-run")
     env = dict(os.environ)
@@ -737,9 +737,10 @@ def print_tables(table, traces, results, args):
     for tr in traces:
         label = tr["label"]
         print("\ntrace %s: rate %s requests/s in a model's hot phase (%.2f/s otherwise), seed %d, "
-              "phases of %.0f s; static KV budget %.1f GiB, kvshim floors %.1f GiB" % (
+              "phases of %.0f s; static KV budget %.1f GiB, kvshim floors %.1f GiB; prefix "
+              "cache %s" % (
                   label, tr["rate"], args.cold_rate, tr["seed"], tr["phase"], args.budget_gib,
-                  args.floor_gib))
+                  args.floor_gib, "on" if args.prefix_cache else "off"))
         print("(model all: every request; its peaks are sums of the engines' peaks)")
         print("| model | config | requests | failed | TTFT p50 s | TTFT p99 s | p99 static/config "
               "| mean queue wait s | tokens/s | peak KV MiB | peak process MiB | preempted |")
@@ -1058,8 +1059,8 @@ def main():
     ap.add_argument("--dry-run", action="store_true",
                     help="engines that answer at once with made-up figures (no torch, no GPU): "
                          "tries the run's orchestration, tables, plots and JSON")
-    ap.add_argument("--prefix-cache", action="store_true",
-                    help="transformers' prefix caching on (its default; off here otherwise)")
+    ap.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=True,
+                    help="transformers' prefix caching (on by default, as transformers has it)")
     ap.add_argument("--prompt-min", type=int, default=256)
     ap.add_argument("--prompt-max", type=int, default=1024)
     ap.add_argument("--new-min", type=int, default=64)
