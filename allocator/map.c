@@ -347,7 +347,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 	struct place one, *pl = &one;
 	uint64_t deadline = 0, waited_from = 0;
 	enum kv_supply out;
-	int rc, pushed = 0;
+	int rc, pushed = 0, used = 0;
 
 	if (n > 1 && !(pl = malloc(n * sizeof(*pl))))
 		return KVSHIM_ENOMEM;
@@ -377,11 +377,14 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		/* the pages would come from processes above their share giving
 		 * back pages they use, between their engines' steps: an engine
 		 * that can keep its request waiting does, rather than stall
-		 * every request it runs for that long */
-		if (out == KV_SUPPLY_ASK && (how & MAP_TRY) &&
-		    kv_share_waits_used(a->share)) {
-			rc = KVSHIM_ELIMIT;
-			break;
+		 * every request it runs for that long (a->share_said is this
+		 * call's: the lock has been held since the take) */
+		if (out == KV_SUPPLY_ASK && a->share_said == KV_SHARE_WAIT_USED) {
+			if (how & MAP_TRY) {
+				rc = KVSHIM_ELIMIT;
+				break;
+			}
+			used = 1;
 		}
 		if (out == KV_SUPPLY_WAIT) {
 			/* the pages a released span holds are needed now:
@@ -408,15 +411,13 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		nanosleep(&(struct timespec){ 0, 2 * 1000 * 1000 }, NULL);
 		pthread_mutex_lock(&a->lock);
 	}
-	if (a->share) {
-		int used = kv_share_waited(a->share);   /* whatever came of it */
-
-		if (deadline) {
-			KV_COUNT(a, share_waits, 1);
-			KV_COUNT(a, share_wait_ns, kv_prim_now_ns() - waited_from);
-			KV_COUNT(a, share_waits_used, used);
-			KV_COUNT(a, share_waits_failed, rc == KVSHIM_ELIMIT);
-		}
+	if (a->share)
+		kv_share_waited(a->share);      /* whatever came of it */
+	if (deadline) {
+		KV_COUNT(a, share_waits, 1);
+		KV_COUNT(a, share_wait_ns, kv_prim_now_ns() - waited_from);
+		KV_COUNT(a, share_waits_used, used);
+		KV_COUNT(a, share_waits_failed, rc == KVSHIM_ELIMIT);
 	}
 	if ((uint64_t)a->n[KV_P_CLEAN] * a->page < a->o.pool_low)
 		pthread_cond_signal(&a->wake);
@@ -429,18 +430,21 @@ out:
 	return rc;
 }
 
-int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
+static int map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n, int how)
 {
 	if (!a || !runs || n == 0)
 		return KVSHIM_EINVAL;
-	return map_runs(a, runs, n, 0);
+	return map_runs(a, runs, n, how);
+}
+
+int kv_alloc_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
+{
+	return map_many(a, runs, n, 0);
 }
 
 int kv_alloc_try_map_many(kv_alloc_t *a, const struct kv_run *runs, size_t n)
 {
-	if (!a || !runs || n == 0)
-		return KVSHIM_EINVAL;
-	return map_runs(a, runs, n, MAP_TRY);
+	return map_many(a, runs, n, MAP_TRY);
 }
 
 int kv_alloc_map(kv_alloc_t *a, CUdeviceptr addr, size_t len)

@@ -242,7 +242,7 @@ static enum kv_supply short_of_pages(kv_alloc_t *a, int oom, int reclaim_err,
 		*err = reclaim_err;
 		return KV_SUPPLY_FAILED;
 	}
-	if (a->share_said == KV_SHARE_WAIT)
+	if (a->share_said == KV_SHARE_WAIT || a->share_said == KV_SHARE_WAIT_USED)
 		return KV_SUPPLY_ASK;
 	*err = oom ? KVSHIM_ENOMEM : KVSHIM_ELIMIT;
 	return KV_SUPPLY_FAILED;

@@ -46,8 +46,6 @@ struct kv_share_handle_s {
 	uint64_t held, mapped, cached, pooled, reserved, min, max, trimmed;
 	uint64_t weight;
 	uint64_t waiting;        /* bytes a map waits for (kv_share_take) */
-	int used;                /* ...and for others to give back pages they
-				  * use (kv_share_waits_used) */
 	uint64_t stated;         /* bytes stated by kv_share_demand ... */
 	uint64_t stated_until;   /* ...until then (CLOCK_MONOTONIC ns) */
 	uint64_t asked;          /* of what it uses, asked back (fair.h) */
@@ -714,7 +712,8 @@ static uint64_t ask(kv_share_t *s, uint64_t cap, uint64_t need)
  * rule counts them. Then wait for others taking, for idle pages asked back,
  * or, below its share, for those above theirs to give back what they use
  * (their workers read the rule, their engines preempt). Returns
- * KV_SHARE_WAIT, or KVSHIM_ELIMIT when nobody can give way.
+ * KV_SHARE_WAIT, KV_SHARE_WAIT_USED for the last, or KVSHIM_ELIMIT when
+ * nobody can give way.
  */
 static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
 		   uint64_t bytes)
@@ -731,10 +730,8 @@ static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
 	over = over > cap ? over - cap : 0;
 	if (ask(s, cap, over))
 		return KV_SHARE_WAIT;
-	if (!past_share(s, t, bytes) && t->me.gap && t->plan.over) {
-		s->used = 1;
-		return KV_SHARE_WAIT;
-	}
+	if (!past_share(s, t, bytes) && t->me.gap && t->plan.over)
+		return KV_SHARE_WAIT_USED;
 	return KVSHIM_ELIMIT;
 }
 
@@ -742,8 +739,8 @@ static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
  * Take bytes for this process: publish them as pending, then count what
  * the others hold and take (see share.h), reaping the dead when short.
  * A map's take counts the bytes as this process's demand in the rule;
- * a spare one (the pool) does not. Returns 0, KV_SHARE_WAIT or
- * KVSHIM_ELIMIT (see kv_share_take).
+ * a spare one (the pool) does not. Returns 0, KV_SHARE_WAIT,
+ * KV_SHARE_WAIT_USED or KVSHIM_ELIMIT (see kv_share_take).
  */
 static int take(kv_share_t *s, uint64_t bytes, int may_ask)
 {
@@ -884,33 +881,16 @@ void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,
 	}
 }
 
-int kv_share_waits_used(kv_share_t *s)
+void kv_share_waited(kv_share_t *s)
 {
-	int used;
-
 	if (s->fd < 0)
-		return 0;
+		return;
 	pthread_mutex_lock(&s->mu);
-	used = s->used;
-	pthread_mutex_unlock(&s->mu);
-	return used;
-}
-
-int kv_share_waited(kv_share_t *s)
-{
-	int used;
-
-	if (s->fd < 0)
-		return 0;
-	pthread_mutex_lock(&s->mu);
-	used = s->used;
-	s->used = 0;
 	if (s->waiting) {
 		s->waiting = 0;
 		publish(s);
 	}
 	pthread_mutex_unlock(&s->mu);
-	return used;
 }
 
 void kv_share_demand(kv_share_t *s, uint64_t bytes)

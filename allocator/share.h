@@ -138,27 +138,22 @@ void kv_share_close(kv_share_t *s);
  * forbids it; or KV_SHARE_WAIT when others hold the budget with idle pages
  * (they have been asked to trim), are taking budget themselves, or use
  * more than their share while this process waits below its own (they are
- * asked to give it back): the caller should try again shortly, and is
+ * asked to give it back; KV_SHARE_WAIT_USED then, as only their engines
+ * can, between their steps): the caller should try again shortly, and is
  * counted as waiting for bytes until kv_share_waited. When nobody can
  * give way, KVSHIM_ELIMIT; in a forked child, KVSHIM_ESTATE.
  */
 #define KV_SHARE_WAIT 2
+#define KV_SHARE_WAIT_USED 3
 int kv_share_take(kv_share_t *s, uint64_t bytes);
 
 /* kv_share_take for pages not needed yet (refilling the pool): never asks
  * others to trim. Returns 0 or KVSHIM_ELIMIT when the budget is short. */
 int kv_share_take_spare(kv_share_t *s, uint64_t bytes);
 
-/* 1 when a refusal of the map in progress waits for others above their
- * share to give back pages they use (their engines do, between steps),
- * else 0. */
-int kv_share_waits_used(kv_share_t *s);
-
 /* The map that took (or tried to) is over: this process no longer waits
- * for what kv_share_take refused it. Returns 1 when a refusal since the
- * last call waited for others above their share to give back pages they
- * use, else 0. */
-int kv_share_waited(kv_share_t *s);
+ * for what kv_share_take refused it. */
+void kv_share_waited(kv_share_t *s);
 
 /* State the bytes this process waits for now beyond what it holds (0:
  * none), e.g. what the requests waiting for admission need; it counts for

@@ -71,8 +71,9 @@ struct kvshim_stats {
 	unsigned long long zero_ns;
 	/* maps that waited for other processes sharing the budget (for their
 	 * idle pages, their takes, or, below this process's share, for those
-	 * above theirs to give back what they use), how long in all, how many
-	 * of them waited for the last reason, and how many gave up */
+	 * above theirs to give back what they use: kvshim_map only), how long
+	 * in all, how many of them waited for the last reason, and how many
+	 * gave up */
 	unsigned long long share_waits;
 	unsigned long long share_wait_ns;
 	unsigned long long share_waits_used;
@@ -105,11 +106,12 @@ int kvshim_group_destroy(int group);
  * them: all or, on error, none (KVSHIM_ELIMIT, KVSHIM_ENOMEM). A block on
  * pages mapped already costs no driver call; mapping is batched, one access
  * call per contiguous run of pages of each tensor. With a shared budget,
- * where the pages would come only from processes above their fair share
- * giving back pages they use (their engines do so between steps), it fails
- * at once with KVSHIM_ELIMIT instead of waiting as kvshim_map does: the
- * engine keeps the request waiting and states its demand
- * (kvshim_share_demand), and its other requests go on. */
+ * it waits, as kvshim_map does, for others' idle pages and takes; but where
+ * the pages would come only from processes above their fair share giving
+ * back pages they use (their engines do so between steps), it fails then
+ * with KVSHIM_ELIMIT instead of waiting for that: the engine keeps the
+ * request waiting and states its demand (kvshim_share_demand), and its
+ * other requests go on. */
 int kvshim_group_map(int group, const long long *blocks, size_t n);
 
 /* Drop the blocks' claims (all or none). Pages left unclaimed stay cached. */

@@ -436,6 +436,9 @@ static void duo_start(struct duo *d, int worker, int try)
 		CUdeviceptr p;
 		int rc;
 
+		close(d->p2c[1]);
+		close(d->c2p[0]);
+
 		KT_CHILD_CHECK(kt_mk(B, 0, 0, 1, 0, &b) == 0);
 		struct kv_run half = { 0, B / 2, 0 };
 		struct kvshim_stats st;
@@ -471,6 +474,9 @@ static void duo_start(struct duo *d, int worker, int try)
 		kv_alloc_destroy(b);
 		_exit(0);
 	}
+	/* (a child that fails ends its pipe: the reads below see it at once) */
+	close(d->p2c[0]);
+	close(d->c2p[1]);
 	ck_assert_int_eq(read(d->c2p[0], &c, 1), 1);
 }
 

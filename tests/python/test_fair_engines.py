@@ -8,13 +8,17 @@ starve. On an H200 (colocate.py, rate 6) the small engine starved for
 70 s: an engine asked to give back refilled the blocks it freed with new
 requests, on the same pages, so no page went back, and the blocks it kept
 stayed spread over every page it had held."""
+import glob
+import json
 import os
 import statistics
+import subprocess
 import sys
 import unittest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fair_engines  # noqa: E402
+import kvshim  # noqa: E402
 
 BUDGET_MIB = 96
 SECONDS = 8.0
@@ -70,6 +74,70 @@ class FairEnginesTest(unittest.TestCase):
         held = window(out[0]["samples"], lo, hi, "physical")
         self.assertGreaterEqual(statistics.median(held), budget * (1 << 20) * 3 / 8,
                                 "the engine of weight 2 holds %s" % held)
+
+
+# Two processes under one budget of 16 MiB (8 pages): the first holds it
+# all in use through a block group (and gives nothing back: no engine
+# reads its ask); the second, below its share and stating its demand,
+# asks for one block (a page).
+HOLDER = """
+import sys, kvshim
+span = kvshim.reserve(16 << 20)
+g = kvshim.Group([span], 2 << 20, 8)
+g.map(list(range(8)))
+print("held", flush=True)
+sys.stdin.readline()
+"""
+TAKER = """
+import json, kvshim
+out = {}
+g = kvshim.Group([kvshim.reserve(16 << 20)], 2 << 20, 8)
+kvshim.share_demand(2 << 20)
+try:
+    g.map([0])
+    out["group"] = 0
+except kvshim.KvshimError as e:
+    out["group"] = e.code
+out["after_group"] = kvshim.stats()
+try:
+    kvshim.map(kvshim.reserve(2 << 20), 2 << 20)
+    out["plain"] = 0
+except kvshim.KvshimError as e:
+    out["plain"] = e.code
+out["after_plain"] = kvshim.stats()
+print(json.dumps(out))
+"""
+
+
+class GroupMapTest(unittest.TestCase):
+    def test_group_map_does_not_wait_for_pages_in_use(self):
+        """An engine's block group map below its share is refused without
+        waiting when only pages another process uses could serve it (that
+        process gives them back between its engine's steps); a plain map
+        waits for them (up to 500 ms; here nobody gives back, and it gives
+        up). kvshim_stats counts the one wait and nothing for the group."""
+        pool = "groupmap%d" % os.getpid()
+        env = dict(os.environ, KVSHIM_SHARE="on", KVSHIM_BUDGET="16M", KVSHIM_POOL=pool,
+                   KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0")
+        holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=env, text=True,
+                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        try:
+            self.assertEqual(holder.stdout.readline().strip(), "held")
+            taker = subprocess.run([sys.executable, "-c", TAKER], env=env, text=True,
+                                   capture_output=True, timeout=120)
+            self.assertEqual(taker.returncode, 0, taker.stderr)
+            out = json.loads(taker.stdout)
+        finally:
+            holder.communicate("\n", timeout=60)
+            for path in glob.glob("/dev/shm/kvshim-*-" + pool):
+                os.unlink(path)
+        self.assertEqual(out["group"], kvshim.ELIMIT)
+        self.assertEqual(out["after_group"]["share_waits"], 0)
+        self.assertEqual(out["plain"], kvshim.ELIMIT)
+        self.assertEqual(out["after_plain"]["share_waits"], 1)
+        self.assertEqual(out["after_plain"]["share_waits_used"], 1)
+        self.assertEqual(out["after_plain"]["share_waits_failed"], 1)
+        self.assertGreater(out["after_plain"]["share_wait_ns"], 0)
 
 
 if __name__ == "__main__":
