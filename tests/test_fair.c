@@ -493,6 +493,17 @@ static void duo_give_half(struct duo *d)
 	ck_assert_int_eq(kv_alloc_unmap(d->a, d->s + B / 2, B / 2), 0);
 }
 
+/* The first holds half the budget; the second checks its own and exits;
+ * the first's allocator is checked and goes, and the segment with it. */
+static void duo_end(struct duo *d)
+{
+	ck_assert_uint_eq(kt_stats(d->a).physical_bytes, B / 2);
+	kt_release_child(d->p2c[1], d->pid, "the child failed: its line is above");
+	kt_check(d->a);
+	kv_alloc_destroy(d->a);
+	kt_seg_unlink();
+}
+
 START_TEST(test_fair_takes_back)
 {
 	size_t asked = 0, room = 1;
@@ -521,11 +532,7 @@ START_TEST(test_fair_takes_back)
 	while (kv_alloc_asked(d.a) && kt_ms_since(&t0) < 20000)
 		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
 	ck_assert_uint_eq(kv_alloc_asked(d.a), 0);
-	ck_assert_uint_eq(kt_stats(d.a).physical_bytes, B / 2);
-	kt_release_child(d.p2c[1], d.pid, "the child failed: its line is above");
-	kt_check(d.a);
-	kv_alloc_destroy(d.a);
-	kt_seg_unlink();
+	duo_end(&d);
 }
 END_TEST
 
@@ -545,11 +552,7 @@ START_TEST(test_fair_try_map_keeps_going)
 	duo_give_half(&d);
 	ck_assert_int_eq(read(d.c2p[0], &c, 1), 1);
 	ck_assert_int_eq(c, 'y');
-	ck_assert_uint_eq(kt_stats(d.a).physical_bytes, B / 2);
-	kt_release_child(d.p2c[1], d.pid, "the child failed: its line is above");
-	kt_check(d.a);
-	kv_alloc_destroy(d.a);
-	kt_seg_unlink();
+	duo_end(&d);
 }
 END_TEST
 
