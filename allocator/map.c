@@ -399,6 +399,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		}
 		/* other processes were asked to trim: give them a moment */
 		if (!deadline) {
+			kv_share_waiting(a->share);
 			waited_from = kv_prim_now_ns();
 			deadline = waited_from +
 				   (uint64_t)a->o.share_wait_ms * 1000000u;
@@ -412,7 +413,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		pthread_mutex_lock(&a->lock);
 	}
 	if (a->share)
-		kv_share_waited(a->share);      /* whatever came of it */
+		kv_share_waited(a->share, deadline != 0);   /* whatever came of it */
 	if (deadline) {
 		KV_COUNT(a, share_waits, 1);
 		KV_COUNT(a, share_wait_ns, kv_prim_now_ns() - waited_from);

@@ -46,6 +46,7 @@ struct kv_share_handle_s {
 	uint64_t held, mapped, cached, pooled, reserved, min, max, trimmed;
 	uint64_t weight;
 	uint64_t waiting;        /* bytes a map waits for (kv_share_take) */
+	unsigned waiters;        /* maps waiting now (kv_share_waiting) */
 	uint64_t stated;         /* bytes stated by kv_share_demand ... */
 	uint64_t stated_until;   /* ...until then (CLOCK_MONOTONIC ns) */
 	uint64_t asked;          /* of what it uses, asked back (fair.h) */
@@ -881,12 +882,24 @@ void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,
 	}
 }
 
-void kv_share_waited(kv_share_t *s)
+void kv_share_waiting(kv_share_t *s)
 {
 	if (s->fd < 0)
 		return;
 	pthread_mutex_lock(&s->mu);
-	if (s->waiting) {
+	s->waiters++;
+	pthread_mutex_unlock(&s->mu);
+}
+
+void kv_share_waited(kv_share_t *s, int waited)
+{
+	if (s->fd < 0)
+		return;
+	pthread_mutex_lock(&s->mu);
+	if (waited && s->waiters)
+		s->waiters--;
+	/* another thread's map still waiting keeps what it published */
+	if (s->waiting && !s->waiters) {
 		s->waiting = 0;
 		publish(s);
 	}

@@ -151,9 +151,14 @@ int kv_share_take(kv_share_t *s, uint64_t bytes);
  * others to trim. Returns 0 or KVSHIM_ELIMIT when the budget is short. */
 int kv_share_take_spare(kv_share_t *s, uint64_t bytes);
 
-/* The map that took (or tried to) is over: this process no longer waits
- * for what kv_share_take refused it. */
-void kv_share_waited(kv_share_t *s);
+/* A map refused by kv_share_take waits: until its kv_share_waited, what
+ * this process published as waiting for stays. */
+void kv_share_waiting(kv_share_t *s);
+
+/* The map that took (or tried to) is over (waited: it called
+ * kv_share_waiting): once no map of this process waits, it no longer
+ * waits for what kv_share_take refused it. */
+void kv_share_waited(kv_share_t *s, int waited);
 
 /* State the bytes this process waits for now beyond what it holds (0:
  * none), e.g. what the requests waiting for admission need; it counts for

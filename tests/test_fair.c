@@ -9,6 +9,7 @@
  * hold; bad weights are refused. No tight timing: bounds hold on a busy
  * 2-core machine.
  */
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -556,6 +557,73 @@ START_TEST(test_fair_try_map_keeps_going)
 }
 END_TEST
 
+/* A map of one page that waits (see test_fair_wait_kept). */
+static void *map_one(void *arg)
+{
+	void **x = arg;
+
+	return (void *)(intptr_t)kv_alloc_map(x[0], (CUdeviceptr)(uintptr_t)x[1], PG);
+}
+
+/* The demand the segment shows for this process. */
+static uint64_t own_demand(void)
+{
+	struct kv_share *sh = kt_seg_map();
+	int i = kt_slot_of(sh, getpid());
+	uint64_t d = i < 0 ? 0 : __atomic_load_n(&sh->slot[i].demand, __ATOMIC_ACQUIRE);
+
+	kt_seg_unmap(sh);
+	return d;
+}
+
+/*
+ * What a waiting map published stays while it waits, whatever another
+ * thread's map does meanwhile: a member holds the whole budget in use; one
+ * thread's map of a page waits for it (20 s at most); another thread's map
+ * ends at once (a range in no span). Before, any map's end cleared what the
+ * process waited for, until the waiting map published it again.
+ */
+START_TEST(test_fair_wait_kept)
+{
+	struct kv_alloc_opts o;
+	struct kt_member m;
+	struct timespec t0;
+	kv_alloc_t *a = NULL;
+	CUdeviceptr s;
+	pthread_t th;
+	void *x[2], *rc;
+
+	kt_new_pool();
+	kt_member_start(&m, B, 0, 24);
+	kt_opts(&o);
+	o.share = 1;
+	o.pool_name = kt_pool;
+	o.budget = B;
+	o.share_mode = 0600;
+	o.share_wait_ms = 20000;
+	ck_assert_int_eq(kv_alloc_create(&o, &a), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 2 * PG, &s), 0);
+	x[0] = a;
+	x[1] = (void *)(uintptr_t)s;
+	ck_assert_int_eq(pthread_create(&th, NULL, map_one, x), 0);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (own_demand() < PG && kt_ms_since(&t0) < 20000)
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	ck_assert_uint_ge(own_demand(), PG);
+	ck_assert_int_eq(kv_alloc_map(a, s + 64 * PG, PG), KVSHIM_ERANGE);
+	ck_assert_uint_ge(own_demand(), PG);
+	/* the member gone, the waiting map gets its page */
+	ck_assert_int_eq(kt_member_leave(&m), 0);
+	ck_assert_int_eq(pthread_join(th, &rc), 0);
+	ck_assert_int_eq((int)(intptr_t)rc, 0);
+	ck_assert_uint_eq(own_demand(), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, s, PG), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
 /*
  * The bound on what a process may use while another waits below its share
  * lapses with the wait, also in a process without a worker (nothing else
@@ -831,6 +899,7 @@ Suite *fair_suite(void)
 	kt_add_emu(tc, test_fair_converge);
 	kt_add_emu(tc, test_fair_takes_back);
 	kt_add_emu(tc, test_fair_try_map_keeps_going);
+	kt_add_emu(tc, test_fair_wait_kept);
 	kt_add_emu(tc, test_fair_bound_lapses);
 	kt_add_emu(tc, test_fair_idle_not_waited);
 	kt_add_emu(tc, test_fair_limits);
