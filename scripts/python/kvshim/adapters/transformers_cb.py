@@ -216,8 +216,9 @@ def attach(cache):
         if not orig_will(num_requested_blocks, allocated_blocks):
             return False
         need = cache.blocks_needed(num_requested_blocks, allocated_blocks)
-        _reclaim(bm, tracker, need, free.upcoming)
-        return tracker.can_take(itertools.islice(free.upcoming(), need))
+        # (a reclaim that checked the very ids has answered already)
+        return (_reclaim(bm, tracker, need, free.upcoming)
+                or tracker.can_take(itertools.islice(free.upcoming(), need)))
 
     orig_allocate = cache.allocate_blocks
 
@@ -424,8 +425,7 @@ def _cushion(proc):
         step = 0
     if not step:
         return 0
-    cached = len(_prefix_cache(getattr(cache, "_block_manager", None)))
-    return max(0, step + _margin_blocks(proc) - cached)
+    return max(0, step + _margin_blocks(proc) - _cached_blocks(cache))
 
 
 def _give_back(proc, tracker):
@@ -526,6 +526,11 @@ def _prefix_cache(bm):
     return getattr(bm, "_init_block_ids", None) or {}
 
 
+def _cached_blocks(cache):
+    """How many blocks the cache's prefix cache holds (see _prefix_cache)."""
+    return len(_prefix_cache(getattr(cache, "_block_manager", None)))
+
+
 def _newest(init, k):
     """The k newest of the prefix cache's blocks, the newest first: those
     5.17's eviction (popitem) takes first."""
@@ -548,25 +553,29 @@ def _reclaim(bm, tracker, need, upcoming):
     short: left to itself, the prefix cache (on by default) would keep the
     pages of every finished request, and the engine would wait for memory,
     or others would be asked for theirs, while it held pages no request
-    uses."""
+    uses. Returns True when kvshim, checking the very ids, found it could
+    back them; else False (not checked, or it could not)."""
     init = _prefix_cache(bm)
     if not init or need <= 0:
-        return
+        return False
     # (a reading up to RETRY_FOR_S old will do for the estimate: the ids
     # are checked exactly before any is released, and the engine's thread
     # is spared a driver read per allocation)
     room = tracker.room(ttl=RETRY_FOR_S)
     if room is None:
-        return
+        return False
     short = need - tracker.capacity(need, room)
     if short <= 0 or short > len(init):
-        return
+        return False
     step = max(1, tracker.page_index_bytes // max(1, tracker.bytes_per_block) // 4)
-    while init and not tracker.group.can_back(list(itertools.islice(upcoming(), need))):
+    while init:
+        if tracker.group.can_back(list(itertools.islice(upcoming(), need))):
+            return True
         k = min(step, len(init))
         _uncache(bm, _newest(init, k), tracker, asked=False)
         tracker.reclaimed += k
         tracker.stale()
+    return False
 
 
 def _drop_prefix_cache(proc, tracker):
@@ -655,8 +664,7 @@ def _admission(proc, tracker):
     if base:
         total = getattr(cache, "num_blocks", 0)
         # (the prefix cache's blocks are both backed and counted free)
-        have = (tracker.mapped + cache.get_num_free_blocks()
-                - len(_prefix_cache(getattr(cache, "_block_manager", None))))
+        have = tracker.mapped + cache.get_num_free_blocks() - _cached_blocks(cache)
         if total > 0:
             sched.safety_margin = base * min(1.0, have / total)
     if not hasattr(sched, "block_new_requests"):
@@ -786,7 +794,7 @@ def patch_api_module(mod):
         # margin and no demand stated)
         waiting = _waiting_blocks(self)
         need = waiting + _margin_blocks(self) if waiting > 0 else 0
-        cached = len(_prefix_cache(getattr(self.cache, "_block_manager", None)))
+        cached = _cached_blocks(self.cache)
         held = tracker.short != short or ready is None or (
             need > 0 and tracker.capped != capped
             and tracker.capacity(need, tracker.room() or 0) + cached < need)
