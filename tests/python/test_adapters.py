@@ -648,6 +648,28 @@ class AdapterTest(unittest.TestCase):
         self.assertIsNotNone(bm.get_free_blocks(8, None, False, 0))
         self.assertEqual(tr.reclaimed, 80)
 
+    def test_prefix_cache_covers_a_request_the_estimate_let_through(self):
+        """The estimate of what kvshim can back reads a headroom up to
+        RETRY_FOR_S old: another process may have taken that room since.
+        The admission check then finds the very ids refused, and releases
+        the prefix cache as far as needed rather than refuse a request its
+        own cache covers (and state a demand of a block, which asks
+        nobody for anything)."""
+        c, tr, ids = self.cached_budget()
+        tr.room = lambda ttl=0.005: 64      # read before the room went
+        short = tr.short
+        self.assertTrue(c.will_allocation_be_successful(64, 0))
+        self.assertEqual(tr.short, short)
+        self.assertEqual(tr.reclaimed, 64)
+        self.assertEqual(list(c._block_manager._init_block_ids), ids[:-64])
+        self.assertIsNotNone(c.allocate_blocks(64, "r", 0))
+        self.assertEqual(tr.short, short)
+        # what the cache cannot cover is still refused, the rest of it kept
+        del tr.room
+        time.sleep(0.01)                            # past the estimate's ttl
+        self.assertFalse(c.will_allocation_be_successful(256, 0))
+        self.assertEqual(list(c._block_manager._init_block_ids), ids[:-64])
+
     def test_prefix_cache_released_as_far_as_needed(self):
         """Released only until kvshim can back what the engine takes: here
         a free page backs 64 of 100 blocks, and 36 more come from the

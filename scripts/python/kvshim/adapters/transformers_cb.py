@@ -216,8 +216,9 @@ def attach(cache):
         if not orig_will(num_requested_blocks, allocated_blocks):
             return False
         need = cache.blocks_needed(num_requested_blocks, allocated_blocks)
-        # (a reclaim that checked the very ids has answered already)
-        return (_reclaim(bm, tracker, need, free.upcoming)
+        # (a reclaim checks the very ids while the prefix cache has blocks,
+        # and has answered then)
+        return (_reclaim(bm, tracker, need, free.upcoming, exact=True)
                 or tracker.can_take(itertools.islice(free.upcoming(), need)))
 
     orig_allocate = cache.allocate_blocks
@@ -537,17 +538,23 @@ def _newest(init, k):
     return list(itertools.islice(reversed(init), k))
 
 
-def _reclaim(bm, tracker, need, upcoming):
+def _reclaim(bm, tracker, need, upcoming, exact=False):
     """Before the engine takes need blocks (upcoming() gives the ids it
     hands out next): while kvshim cannot back them, release its prefix
     cache's blocks, the newest first, as transformers 5.17 evicts them when
     its free list runs short, a quarter of a page index's worth at a time
     (the ids released on a page that other blocks hold cost no memory, and
     a page they empty is the engine's own idle page: either may be enough
-    before the whole shortfall is). kvshim checks the very ids only when
-    capacity, an estimate that keeps a page of margin, falls short; if the
-    prefix cache cannot cover the difference by that estimate, it is left as
-    it is, as 5.17 leaves it (the engine waits for memory, and says so).
+    before the whole shortfall is). kvshim checks the very ids when
+    capacity, an estimate that keeps a page of margin, falls short, and
+    also when it does not if exact (the caller checks them anyway: the
+    admission check). The estimate can be wrong: its headroom reading is
+    up to RETRY_FOR_S old, and another process may have taken that room
+    since (on an H200 at rate 6, requests of the small model then waited
+    three steps, refused with their blocks in its own prefix cache, while
+    a larger one that arrived later was admitted through it). If the
+    prefix cache cannot cover the difference by that estimate, it is left
+    as it is, as 5.17 leaves it (the engine waits for memory, and says so).
 
     5.17's free list is the pool sized as if alone, which hardly ever runs
     short: left to itself, the prefix cache (on by default) would keep the
@@ -565,7 +572,7 @@ def _reclaim(bm, tracker, need, upcoming):
     if room is None:
         return False
     short = need - tracker.capacity(need, room)
-    if short <= 0 or short > len(init):
+    if short > len(init) or (short <= 0 and not exact):
         return False
     step = max(1, tracker.page_index_bytes // max(1, tracker.bytes_per_block) // 4)
     while init:
