@@ -1260,6 +1260,48 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(list(proc.scheduler.active_requests), ["x"])
         self.assertEqual(tr.mapped, 44)
 
+    def test_asks_counted_for_reports(self):
+        """What kvshim's asks cost an engine, for colocate's tables: how
+        many asks began (asks), how long they lasted in all and at most
+        (asked_s, ask_worst: from the read that saw one begin to the read
+        that saw it end), the passes whose waiting requests an ask kept
+        out (kept_out), and the asks that found no page to empty
+        (no_page): here every page holds blocks of every request."""
+        c, tr, proc, asked = self.paged_engine()
+        self.lay_out(proc, [("a", 16), ("b", 16), ("a", 48), ("b", 48)])
+        self.assertEqual(self.sharers(c, tr), {0: {"a", "b"}, 1: {"a", "b"}})
+        self.assertEqual((tr.asks, tr.asked_s, tr.kept_out, tr.no_page), (0, 0.0, 0, 0))
+        proc.scheduler.waiting_requests["w"] = object()
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        transformers_cb._admission(proc, tr)
+        self.assertTrue(proc.scheduler.block_new_requests)
+        self.assertEqual((tr.asks, tr.kept_out), (1, 1))
+        self.assertEqual(transformers_cb._victims(proc, tr), [])
+        self.assertEqual(tr.no_page, 1)
+        time.sleep(0.05)
+        transformers_cb._admission(proc, tr)
+        self.assertEqual((tr.asks, tr.kept_out, tr.asked_s), (1, 2, 0.0))
+        asked[0] = 0
+        time.sleep(0.01)
+        transformers_cb._admission(proc, tr)
+        self.assertFalse(proc.scheduler.block_new_requests)
+        self.assertEqual((tr.asks, tr.kept_out), (1, 2))
+        self.assertGreaterEqual(tr.asked_s, 0.06)
+        self.assertEqual(tr.ask_worst, tr.asked_s)
+        # no ask: no page sought, none counted
+        self.assertEqual(transformers_cb._victims(proc, tr), [])
+        self.assertEqual(tr.no_page, 1)
+        # a second, shorter ask
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        tr.asked()
+        asked[0] = 0
+        time.sleep(0.01)
+        tr.asked()
+        self.assertEqual(tr.asks, 2)
+        self.assertGreater(tr.asked_s, tr.ask_worst)
+
     def test_victims_free_the_page_of_prefix_blocks_and_skip_pages_held_ahead(self):
         """A page chosen for the ask goes back only if nothing on it stays
         claimed: the prefix cache's blocks there (complete blocks no

@@ -118,6 +118,12 @@ class BlockTracker:
         self.reclaimed = 0       # ...because the engine needed their memory
         self._demand = (0.0, 0)  # (when, bytes) of the last demand stated
         self._asked = (0.0, 0)   # (when, bytes) of the last ask read
+        self.asks = 0            # times kvshim began to ask for blocks back
+        self.asked_s = 0.0       # seconds under an ask, asks that ended
+        self.ask_worst = 0.0     # the longest of them, seconds
+        self._ask_from = None    # when the ask read now began, if one is
+        self.no_page = 0         # passes under an ask that found no page to empty
+        self.kept_out = 0        # passes whose waiting requests an ask kept out
         self._given = (0.0, 0)   # (since, bytes) of blocks given back on asks
         self._ahead = set()      # ids backed ahead, not yet handed out
         self._thread = None      # the _Ahead thread, once needed
@@ -463,7 +469,20 @@ class BlockTracker:
             except (kvshim.KvshimError, AttributeError):
                 nbytes = 0
             self._asked = (now, nbytes)
+            self._ask_seen(now, nbytes)
         return nbytes
+
+    def _ask_seen(self, now, nbytes):
+        """Count asks as they begin and end (as read: within the reads'
+        ttl), for reports: how often, how long in all, the longest."""
+        if nbytes and self._ask_from is None:
+            self._ask_from = now
+            self.asks += 1
+        elif not nbytes and self._ask_from is not None:
+            took = now - self._ask_from
+            self.asked_s += took
+            self.ask_worst = max(self.ask_worst, took)
+            self._ask_from = None
 
     def owed(self):
         """Bytes of kvshim's ask not yet given back: the ask less what this

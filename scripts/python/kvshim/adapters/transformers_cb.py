@@ -458,13 +458,19 @@ def _victims(proc, tracker):
     every block on it is free.) Empty when the pages cannot be told (blocks
     straddle pages) or none can be emptied, and under tensor parallelism:
     each rank's pages are its own, and ranks that preempted different
-    requests would run different batches (the newest go there instead)."""
+    requests would run different batches (the newest go there instead).
+    An ask that found no page (no request or too few, no page whose
+    claims requests explain, or none but pages every active request is
+    on) counts in tracker.no_page."""
     if _tensor_parallel(proc):
         return []
     owed = tracker.owed()
+    if not owed:
+        return []
     sched = getattr(proc, "scheduler", None)
     active = getattr(sched, "active_requests", None)
-    if not owed or not active or len(active) < 2:
+    if not active or len(active) < 2:
+        tracker.no_page += 1
         return []
     tables = []
     for cm in getattr(proc.cache, "group_cache_managers", ()) or ():
@@ -474,6 +480,7 @@ def _victims(proc, tracker):
     bm = getattr(proc.cache, "_block_manager", None)
     owners = tracker.owners(tables, _prefix_cache(bm))
     if not owners:
+        tracker.no_page += 1
         return []
 
     def weight(rid):
@@ -489,6 +496,8 @@ def _victims(proc, tracker):
         chosen |= rids
         uncache += ids
         pages -= 1
+    if not chosen and not uncache:
+        tracker.no_page += 1    # every page needs every active request
     _uncache(bm, uncache, tracker)
     return [rid for rid in reversed(active) if rid in chosen]
 
@@ -680,6 +689,8 @@ def _admission(proc, tracker):
     if tracker.asked() and getattr(sched, "active_requests", None):
         if not sched.block_new_requests:
             sched.block_new_requests = sched._kvshim_blocked = True
+        if getattr(sched, "waiting_requests", None):
+            tracker.kept_out += 1
     elif getattr(sched, "_kvshim_blocked", False):
         # the ask is over (or nothing is left running that could give
         # back): admit again (transformers would wait for a request to
