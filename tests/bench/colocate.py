@@ -218,7 +218,7 @@ def dry_engine(args):
         if kvshim:
             run["kvshim_stats"] = {"physical_bytes": kv // 2}
             run["kvshim_tracker"] = dict({k: 0 for k in TRACKER_FIGURES}, worst=0.0,
-                                         worst_in="take")
+                                         worst_in="take", asks=2, asked_s=0.25, ask_worst=0.2)
             run["kvshim_waits"] = dict({k: 0 for k in WAIT_FIGURES}, share_waits=1,
                                        share_wait_ns=2000000)
             run["kvshim_preempted"] = run["kvshim_short"] = 0
@@ -303,7 +303,7 @@ def engine(args):
         tracker = getattr(cache, "kvshim_tracker", None) if kvshim is not None else None
         before = tracker_figures(tracker)
         if tracker is not None:
-            tracker.worst, tracker.worst_in = 0.0, None
+            tracker.worst, tracker.worst_in, tracker.ask_worst = 0.0, None, 0.0
             waits_before = kvshim.stats()
         first_step = len(steps)
         run = replay(manager, mine, t0, kv_now, torch, adapter_now if kvshim else None)
@@ -316,6 +316,7 @@ def engine(args):
             run["kvshim_tracker"] = {k: after[k] - before[k] for k in after}
             run["kvshim_tracker"]["worst"] = tracker.worst
             run["kvshim_tracker"]["worst_in"] = tracker.worst_in
+            run["kvshim_tracker"]["ask_worst"] = tracker.ask_worst
             run["kvshim_waits"] = {k: run["kvshim_stats"][k] - waits_before[k]
                                    for k in WAIT_FIGURES}
             run["kvshim_preempted"] = run["kvshim_tracker"]["preempted"]
@@ -327,7 +328,7 @@ def engine(args):
 
 # What the kvshim adapter's tracker counts, per run (see blocks.py)
 TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted", "dropped",
-                   "reclaimed", "ahead_hits")
+                   "reclaimed", "ahead_hits", "asks", "asked_s", "no_page", "kept_out")
 
 
 # What kvshim counts of the maps that waited for other processes (kvshim.h)
@@ -561,13 +562,14 @@ def fits(now, deadline, tr, ran, later, args, took):
     traces this one ran, ran, and tr, it has): a replay that nothing could
     be compared with is not started, nor one that would leave no time for
     the comparisons of those already run. (Every sweep budget counts, also
-    those a budget that meets would skip.)"""
+    those a budget that meets would skip.) Returns (whether, the seconds
+    it would need)."""
     need = replay_guess(tr, args, took)
     for labels in later:
         mine = [t for t in ran + [tr] if t["label"] in labels]
         if mine:
             need += 30 + sum(replay_guess(t, args, took) for t in mine)
-    return now + need <= deadline
+    return now + need <= deadline, need
 
 
 def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=()):
@@ -595,10 +597,14 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=()):
         ran = []
         for tr in traces:
             t_run = time.perf_counter()
-            if deadline is not None and not fits(t_run, deadline, tr, ran, later, args, took):
+            ok, need = fits(t_run, deadline, tr, ran, later, args, took) \
+                if deadline is not None else (True, 0.0)
+            if not ok:
                 print("colocate: %s, trace %s: skipped, it would end past --deadline (%.0f s "
-                      "left, about %.0f s needed)" % (cfg["name"], tr["label"], deadline - t_run,
-                                                      replay_guess(tr, args, took)), flush=True)
+                      "left before the last minute, about %.0f s needed: %.0f s for it, the "
+                      "rest for its replays in the later configurations)" % (
+                          cfg["name"], tr["label"], deadline - t_run, need,
+                          replay_guess(tr, args, took)), flush=True)
                 res["skipped"].append(tr["label"])
                 continue
             t0 = t_run + 2.0
@@ -701,6 +707,9 @@ def summarize(results, traces):
                     "kv_capped": sum(x.get("capped", 0) for x in tracker),
                     "kv_worst_in": max(tracker, key=lambda x: x.get("worst", 0.0),
                                        default={}).get("worst_in") or "-",
+                    "kv_asks": {k: sum(x.get(k, 0) for x in tracker)
+                                for k in ("asks", "asked_s", "no_page", "kept_out")},
+                    "kv_ask_worst": max([x.get("ask_worst", 0.0) for x in tracker] or [0.0]),
                     "kv_waits": {k: sum((run["engines"][n].get("kvshim_waits") or {}).get(k, 0)
                                         for n in engines) for k in WAIT_FIGURES},
                     "requests": len(rows), "failed": bad,
@@ -792,6 +801,21 @@ def print_tables(table, traces, results, args):
                 print("| %s | %s | %d | %.2f | %d | %d | %s |" % (
                     name, cname, w["share_waits"], w["share_wait_ns"] / 1e9,
                     w["share_waits_used"], w["share_waits_failed"], t["kv_worst_in"]))
+        print("\nasks to give back, trace %s: how often kvshim began to ask the engine for "
+              "blocks it uses, how long the asks lasted in all and at most, the passes whose "
+              "waiting requests an ask kept out, and the asks that found no page to empty "
+              "(every page held blocks of every request)" % label)
+        print("| model | config | asks | asked s | longest s | passes kept out | no page |")
+        print("|---|---|---|---|---|---|---|")
+        for name in ORDER:
+            for cname in results:
+                t = table.get((label, cname, name))
+                if t is None or cname == "static":
+                    continue
+                a = t["kv_asks"]
+                print("| %s | %s | %d | %.2f | %.2f | %d | %d |" % (
+                    name, cname, a["asks"], a["asked_s"], t["kv_ask_worst"], a["kept_out"],
+                    a["no_page"]))
         used = ["%s %.0f MiB" % (c, table[(label, c, "gpu")]["peak_used"] / MIB)
                 for c in results if (label, c, "gpu") in table]
         if used:
