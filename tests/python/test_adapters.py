@@ -1343,6 +1343,31 @@ class AdapterTest(unittest.TestCase):
         tr._settle()
         self.assertEqual(transformers_cb._victims(proc, tr), ["b", "a"])
 
+    def test_ask_releases_blocks_backed_ahead_first(self):
+        """Blocks backed ahead claim pages no request explains, and the
+        pages with free ids (where the next ids come from) are those an
+        ask empties soonest: asked, the engine releases them first, and
+        the page they held is chosen again."""
+        c, tr, proc, asked = self.paged_engine()
+        bm = c._block_manager
+        self.lay_out(proc, [("a", 16), ("b", 16), ("c", 16), ("d", 16), ("a", 32),
+                            ("b", 32), ("b", 8), ("c", 24), ("d", 24)])
+        self.assertEqual(self.sharers(c, tr), {0: {"a", "b", "c", "d"}, 1: {"a", "b"},
+                                               2: {"b", "c", "d"}})
+        a = c.group_cache_managers[0].block_table["a"]     # a's last 8, on page 1
+        bm.free_blocks(a[-8:], shareable=False)
+        del a[-8:]
+        spare = next(b for b in bm._uninit_block_ids if tr.page_of(b) == 1)
+        tr.ahead([spare])
+        tr._settle()
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        transformers_cb._give_back(proc, tr)
+        self.assertEqual(tr._ahead, set())
+        self.assertEqual(list(proc.scheduler.active_requests), ["c", "d"])
+        self.assertEqual(tr.preempted, 2)
+        self.assertNotIn(1, tr._claims)
+
     def test_release_failure_keeps_the_id(self):
         def refuse(ids):
             raise kvshim.KvshimError(-2, "kvshim_group_unmap")

@@ -436,8 +436,13 @@ def _give_back(proc, tracker):
     back is whole pages), then the newest, as many in one pass as the ask
     needs (the process waiting below its share waits a step, not a step
     per request), never the last active one, and none more once one freed
-    nothing. Returns how many were."""
+    nothing. The blocks backed ahead go first: they are claims on the
+    pages with free ids, those an ask empties soonest, that no request
+    explains (see _victims), for a prefill the ask keeps waiting anyway
+    (see _admission). Returns how many were."""
     n = 0
+    if tracker.owed():
+        tracker.ahead([])
     for victim in _victims(proc, tracker):
         if not _give_back_one(proc, tracker, victim):
             break
