@@ -787,35 +787,24 @@ def print_tables(table, traces, results, args):
                           t["kv_slow"] if kv else "-", "%.1f" % (1e3 * t["kv_worst"]) if kv else "-",
                           "%.2f" % t["kv_busy"] if kv else "-", t["kv_retries"] if kv else "-",
                           t["kv_short"] if kv else "-", t["kv_capped"] if kv else "-"))
-        print("\nmaps that waited for other processes, trace %s: how many, how long in all, "
-              "how many waited for pages others use (above their share), how many gave up; "
-              "and the adapter's slowest call" % label)
-        print("| model | config | waits | waited s | for pages in use | gave up | slowest call |")
-        print("|---|---|---|---|---|---|---|")
-        for name in ORDER:
-            for cname in results:
-                t = table.get((label, cname, name))
-                if t is None or cname == "static":
-                    continue
-                w = t["kv_waits"]
-                print("| %s | %s | %d | %.2f | %d | %d | %s |" % (
-                    name, cname, w["share_waits"], w["share_wait_ns"] / 1e9,
-                    w["share_waits_used"], w["share_waits_failed"], t["kv_worst_in"]))
-        print("\nasks to give back, trace %s: how often kvshim began to ask the engine for "
-              "blocks it uses, how long the asks lasted in all and at most, the passes whose "
-              "waiting requests an ask kept out, and the asks that found no page to empty "
-              "(every page held blocks of every request)" % label)
-        print("| model | config | asks | asked s | longest s | passes kept out | no page |")
-        print("|---|---|---|---|---|---|---|")
-        for name in ORDER:
-            for cname in results:
-                t = table.get((label, cname, name))
-                if t is None or cname == "static":
-                    continue
-                a = t["kv_asks"]
-                print("| %s | %s | %d | %.2f | %.2f | %d | %d |" % (
-                    name, cname, a["asks"], a["asked_s"], t["kv_ask_worst"], a["kept_out"],
-                    a["no_page"]))
+        kv_table(table, label, results,
+                 "maps that waited for other processes, trace %s: how many, how long in all, "
+                 "how many waited for pages others use (above their share), how many gave up; "
+                 "and the adapter's slowest call" % label,
+                 ("waits", "waited s", "for pages in use", "gave up", "slowest call"),
+                 lambda t: ("%d" % t["kv_waits"]["share_waits"],
+                            "%.2f" % (t["kv_waits"]["share_wait_ns"] / 1e9),
+                            "%d" % t["kv_waits"]["share_waits_used"],
+                            "%d" % t["kv_waits"]["share_waits_failed"], t["kv_worst_in"]))
+        kv_table(table, label, results,
+                 "asks to give back, trace %s: how often kvshim began to ask the engine for "
+                 "blocks it uses, how long the asks lasted in all and at most, the passes whose "
+                 "waiting requests an ask kept out, and the asks that found no page to empty "
+                 "(no page that preempting fewer than all its requests would empty)" % label,
+                 ("asks", "asked s", "longest s", "passes kept out", "no page"),
+                 lambda t: ("%d" % t["kv_asks"]["asks"], "%.2f" % t["kv_asks"]["asked_s"],
+                            "%.2f" % t["kv_ask_worst"], "%d" % t["kv_asks"]["kept_out"],
+                            "%d" % t["kv_asks"]["no_page"]))
         used = ["%s %.0f MiB" % (c, table[(label, c, "gpu")]["peak_used"] / MIB)
                 for c in results if (label, c, "gpu") in table]
         if used:
@@ -1006,6 +995,20 @@ def plot(results, traces, outdir):
         fig.tight_layout()
         fig.savefig(os.path.join(outdir, "colocate-ttft-time-%s.png" % label), dpi=110)
         plt.close(fig)
+
+
+def kv_table(table, label, results, title, columns, row):
+    """Print title, then a table of the engines of the kvshim configurations
+    in results on trace label: per model and configuration, row(t) of its
+    figures t (strings, one per column)."""
+    print("\n" + title)
+    print("| model | config | %s |" % " | ".join(columns))
+    print("|---" * (len(columns) + 2) + "|")
+    for name in ORDER:
+        for cname in results:
+            t = table.get((label, cname, name))
+            if t is not None and cname != "static":
+                print("| %s | %s | %s |" % (name, cname, " | ".join(row(t))))
 
 
 def write_json(path, args, traces, summary, table, results):
