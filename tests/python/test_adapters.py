@@ -670,6 +670,17 @@ class AdapterTest(unittest.TestCase):
         self.assertFalse(c.will_allocation_be_successful(256, 0))
         self.assertEqual(list(c._block_manager._init_block_ids), ids[:-64])
 
+    def test_prefix_cache_kept_when_it_cannot_cover_what_the_estimate_let_through(self):
+        """Refused the very ids a stale estimate let through, the admission
+        check reads the estimate afresh before it releases anything: the
+        prefix cache (256 blocks) cannot cover 300, and stays."""
+        c, tr, ids = self.cached_budget()
+        real = tr.room
+        tr.room = lambda ttl=0.005: 512 if ttl else real(ttl)  # read before the room went
+        self.assertFalse(c.will_allocation_be_successful(300, 0))
+        self.assertEqual(list(c._block_manager._init_block_ids), ids)
+        self.assertEqual(tr.reclaimed, 0)
+
     def test_prefix_cache_released_as_far_as_needed(self):
         """Released only until kvshim can back what the engine takes: here
         a free page backs 64 of 100 blocks, and 36 more come from the
@@ -1282,6 +1293,8 @@ class AdapterTest(unittest.TestCase):
         time.sleep(0.05)
         transformers_cb._admission(proc, tr)
         self.assertEqual((tr.asks, tr.kept_out, tr.asked_s), (1, 2, 0.0))
+        self.assertEqual(transformers_cb._victims(proc, tr), [])
+        self.assertEqual(tr.no_page, 1)                 # once an ask
         asked[0] = 0
         time.sleep(0.01)
         transformers_cb._admission(proc, tr)
@@ -1289,6 +1302,7 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual((tr.asks, tr.kept_out), (1, 2))
         self.assertGreaterEqual(tr.asked_s, 0.06)
         self.assertEqual(tr.ask_worst, tr.asked_s)
+        first = tr.asked_s
         # no ask: no page sought, none counted
         self.assertEqual(transformers_cb._victims(proc, tr), [])
         self.assertEqual(tr.no_page, 1)
@@ -1300,7 +1314,8 @@ class AdapterTest(unittest.TestCase):
         time.sleep(0.01)
         tr.asked()
         self.assertEqual(tr.asks, 2)
-        self.assertGreater(tr.asked_s, tr.ask_worst)
+        self.assertAlmostEqual(tr.ask_worst, max(first, tr.asked_s - first))
+        self.assertGreater(tr.asked_s, first)
 
     def test_victims_free_the_page_of_prefix_blocks_and_skip_pages_held_ahead(self):
         """A page chosen for the ask goes back only if nothing on it stays
@@ -1367,6 +1382,27 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(list(proc.scheduler.active_requests), ["c", "d"])
         self.assertEqual(tr.preempted, 2)
         self.assertNotIn(1, tr._claims)
+
+    def test_blocks_backed_ahead_count_against_the_ask(self):
+        """Blocks backed ahead that fill a page alone: released for an ask
+        of one page index, they give it back, and the ask, read afresh, is
+        over: no request is preempted for it."""
+        c, tr, proc, asked = self.paged_engine()
+        bm = c._block_manager
+        self.lay_out(proc, [("a", 64), ("b", 64)])
+        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"b"}})
+        tr.ahead(list(itertools.islice(bm._uninit_block_ids.upcoming(), 64)))
+        tr._settle()
+        self.assertEqual({tr.page_of(b) for b in tr._ahead}, {2})
+        # kvshim's ask: a page index while the page backed ahead is in use
+        real = kvshim.share_asked
+        kvshim.share_asked = lambda: tr.page_index_bytes if tr._ahead else 0
+        self.addCleanup(setattr, kvshim, "share_asked", real)
+        time.sleep(0.01)
+        self.assertEqual(transformers_cb._give_back(proc, tr), 0)
+        self.assertEqual(tr._ahead, set())
+        self.assertEqual(list(proc.scheduler.active_requests), ["a", "b"])
+        self.assertEqual(tr.preempted, 0)
 
     def test_release_failure_keeps_the_id(self):
         def refuse(ids):
@@ -1439,6 +1475,13 @@ class AdapterTest(unittest.TestCase):
         Processor.scheduler = state(active_requests={"a": state(remaining_prefill_tokens=[])},
                                     waiting_requests={})
         transformers_cb.map_ahead(Processor, tr)               # decode only: none
+        tr._settle()
+        self.assertEqual(tr._ahead, set())
+        # while kvshim asks the engine to give back: none either
+        Processor.scheduler.active_requests["a"].remaining_prefill_tokens = [0] * 100
+        self.fake_ask([MIB])
+        time.sleep(0.01)
+        transformers_cb.map_ahead(Processor, tr)
         tr._settle()
         self.assertEqual(tr._ahead, set())
 

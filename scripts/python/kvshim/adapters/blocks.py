@@ -122,7 +122,8 @@ class BlockTracker:
         self.asked_s = 0.0       # seconds under an ask, asks that ended
         self.ask_worst = 0.0     # the longest of them, seconds
         self._ask_from = None    # when the ask read now began, if one is
-        self.no_page = 0         # passes under an ask that found no page to empty
+        self.no_page = 0         # asks in which a pass found no page to empty
+        self._no_page_seen = False  # ...this ask has been counted there
         self.kept_out = 0        # passes whose waiting requests an ask kept out
         self._given = (0.0, 0)   # (since, bytes) of blocks given back on asks
         self._ahead = set()      # ids backed ahead, not yet handed out
@@ -357,11 +358,7 @@ class BlockTracker:
         self._settle()
         ids = list(ids)
         keep = set(ids)
-        drop = [b for b in self._ahead if b not in keep]
-        if drop:
-            self.group.unmap(drop)
-            self._ahead.difference_update(drop)
-            self._claimed(drop, -1)
+        self._release_ahead([b for b in self._ahead if b not in keep])
         new = [b for b in ids if b not in self._ahead]
         if new:
             if self._thread is None:
@@ -473,11 +470,16 @@ class BlockTracker:
         return nbytes
 
     def _ask_seen(self, now, nbytes):
-        """Count asks as they begin and end (as read: within the reads'
-        ttl), for reports: how often, how long in all, the longest."""
+        """Count asks as they begin and end, for reports: how often, how
+        long in all, the longest. As read: an ask begins or ends at the
+        read that sees it (the engine reads once a pass, a step apart), so
+        one that comes and goes between two reads is not seen, two with
+        none read between them count as one, and one still on at the end
+        counts in asks, not yet in asked_s."""
         if nbytes and self._ask_from is None:
             self._ask_from = now
             self.asks += 1
+            self._no_page_seen = False
         elif not nbytes and self._ask_from is not None:
             took = now - self._ask_from
             self.asked_s += took
@@ -511,14 +513,46 @@ class BlockTracker:
         else:
             self.dropped += max(0, nblocks)
 
+    def found_no_page(self):
+        """A pass under the ask found no page to empty: counted once an
+        ask (no_page)."""
+        if not self._no_page_seen:
+            self._no_page_seen = True
+            self.no_page += 1
+
     @_timed
-    def can_take(self, ids):
-        """Would backing these blocks succeed now?"""
+    def can_back(self, ids):
+        """Would backing these blocks succeed now? (Not a refusal that
+        holds the engine back: see can_take.)"""
         ids = list(ids)
-        if not ids or self.group.can_back(ids):
+        return not ids or self.group.can_back(ids)
+
+    def can_take(self, ids):
+        """Would backing these blocks succeed now? A no counts in short:
+        the engine is held back."""
+        if self.can_back(ids):
             return True
         self.short += 1
         return False
+
+    @_timed
+    def drop_ahead(self):
+        """Release every block backed ahead (see ahead). Returns how many
+        were; when any, the next ask read is taken afresh (their pages
+        may be idle now, which kvshim no longer asks for)."""
+        self._settle()
+        drop = list(self._ahead)
+        self._release_ahead(drop)
+        if drop:
+            self._asked = (0.0, 0)
+        return len(drop)
+
+    def _release_ahead(self, drop):
+        """Release these ids backed ahead: unbacked, and no longer claimed."""
+        if drop:
+            self.group.unmap(drop)
+            self._ahead.difference_update(drop)
+            self._claimed(drop, -1)
 
 
 class TrackedFreeList(collections.deque):

@@ -360,7 +360,12 @@ def map_ahead(processor, tracker):
     take: the prompt tokens the scheduled and waiting requests have left,
     at most one step's worth (max_batch_tokens), as the ids the block
     manager will hand out next. Nothing when no prefill is pending, so
-    decode holds no block ahead."""
+    decode holds no block ahead, nor while kvshim asks the engine to give
+    back (the blocks backed ahead are released then, see _give_back:
+    backed again at every pass, they would come and go for as long as the
+    ask lasts; the engine's takes map its blocks)."""
+    if tracker.asked():
+        return
     try:
         cache, sched = processor.cache, processor.scheduler
         states = itertools.chain(sched.active_requests.values(),
@@ -438,11 +443,12 @@ def _give_back(proc, tracker):
     per request), never the last active one, and none more once one freed
     nothing. The blocks backed ahead go first: they are claims on the
     pages with free ids, those an ask empties soonest, that no request
-    explains (see _victims), for a prefill the ask keeps waiting anyway
-    (see _admission). Returns how many were."""
+    explains (see _victims), and while asked the engine backs none ahead
+    (see map_ahead); the ask is then read afresh, less what they gave
+    back. Returns how many were."""
     n = 0
     if tracker.owed():
-        tracker.ahead([])
+        tracker.drop_ahead()
     for victim in _victims(proc, tracker):
         if not _give_back_one(proc, tracker, victim):
             break
@@ -464,9 +470,9 @@ def _victims(proc, tracker):
     straddle pages) or none can be emptied, and under tensor parallelism:
     each rank's pages are its own, and ranks that preempted different
     requests would run different batches (the newest go there instead).
-    An ask that found no page (no request or too few, no page whose
-    claims requests explain, or none but pages every active request is
-    on) counts in tracker.no_page."""
+    An ask in which a pass found no page (none whose claims its requests
+    and prefix cache explain, or none but pages every active request is
+    on) counts in tracker.no_page (see found_no_page)."""
     if _tensor_parallel(proc):
         return []
     owed = tracker.owed()
@@ -475,7 +481,6 @@ def _victims(proc, tracker):
     sched = getattr(proc, "scheduler", None)
     active = getattr(sched, "active_requests", None)
     if not active or len(active) < 2:
-        tracker.no_page += 1
         return []
     tables = []
     for cm in getattr(proc.cache, "group_cache_managers", ()) or ():
@@ -485,7 +490,7 @@ def _victims(proc, tracker):
     bm = getattr(proc.cache, "_block_manager", None)
     owners = tracker.owners(tables, _prefix_cache(bm))
     if not owners:
-        tracker.no_page += 1
+        tracker.found_no_page()
         return []
 
     def weight(rid):
@@ -502,7 +507,7 @@ def _victims(proc, tracker):
         uncache += ids
         pages -= 1
     if not chosen and not uncache:
-        tracker.no_page += 1    # every page needs every active request
+        tracker.found_no_page()     # every page needs every active request
     _uncache(bm, uncache, tracker)
     return [rid for rid in reversed(active) if rid in chosen]
 
@@ -564,11 +569,13 @@ def _reclaim(bm, tracker, need, upcoming, exact=False):
     also when it does not if exact (the caller checks them anyway: the
     admission check). The estimate can be wrong: its headroom reading is
     up to RETRY_FOR_S old, and another process may have taken that room
-    since (on an H200 at rate 6, requests of the small model then waited
-    three steps, refused with their blocks in its own prefix cache, while
-    a larger one that arrived later was admitted through it). If the
-    prefix cache cannot cover the difference by that estimate, it is left
-    as it is, as 5.17 leaves it (the engine waits for memory, and says so).
+    since (on an H200 at rate 6, requests of the small model waited three
+    steps, refused, it seems, while blocks of its own prefix cache could
+    have served them, and a larger one that arrived later was admitted
+    through it); refused the very ids it let through, the estimate is read
+    again afresh. If the prefix cache cannot cover the difference by the
+    estimate, it is left as it is, as 5.17 leaves it (the engine waits for
+    memory, and says so).
 
     5.17's free list is the pool sized as if alone, which hardly ever runs
     short: left to itself, the prefix cache (on by default) would keep the
@@ -590,8 +597,17 @@ def _reclaim(bm, tracker, need, upcoming, exact=False):
         return False
     step = max(1, tracker.page_index_bytes // max(1, tracker.bytes_per_block) // 4)
     while init:
-        if tracker.group.can_back(list(itertools.islice(upcoming(), need))):
+        if tracker.can_back(itertools.islice(upcoming(), need)):
             return True
+        if short <= 0:
+            # the estimate let through what kvshim refuses: read it afresh
+            tracker.stale()
+            room = tracker.room(ttl=0)
+            if room is None:
+                return False
+            short = max(1, need - tracker.capacity(need, room))
+            if short > len(init):
+                return False
         k = min(step, len(init))
         _uncache(bm, _newest(init, k), tracker, asked=False)
         tracker.reclaimed += k
