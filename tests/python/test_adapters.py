@@ -130,6 +130,10 @@ class AdapterTest(unittest.TestCase):
         self.addCleanup(setattr, kvshim, "share_asked", real)
 
     def make(self, num_blocks=1024, layers=2):
+        # (a stand-in engine that map_ahead cannot read turns mapping ahead
+        # off for the process: each test starts from the setting as it was)
+        self.addCleanup(transformers_cb._ahead_setting.__setitem__, slice(None),
+                        list(transformers_cb._ahead_setting))
         c = StandInCache(num_blocks, 16, layers, 8 * 128)
         self.addCleanup(self.release, c)
         tracker = transformers_cb.attach(c)
