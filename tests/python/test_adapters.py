@@ -1408,6 +1408,34 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(list(proc.scheduler.active_requests), ["a", "b"])
         self.assertEqual(tr.preempted, 0)
 
+    def test_nothing_backed_ahead_pass_after_pass_while_asked(self):
+        """Through the engine's passes: a prefill still running has its next
+        blocks backed ahead; asked to give back, the engine releases them
+        and backs none again, pass after pass, until the ask is over."""
+        c, tr, proc, asked = self.paged_engine()
+        type(proc).max_batch_tokens = 512
+        self.lay_out(proc, [("a", 16), ("b", 16)])
+        proc.scheduler.active_requests["a"].remaining_prefill_tokens = [0] * 100
+        named = []
+        real = tr.ahead
+        tr.ahead = lambda ids: (named.append(list(ids)), real(ids))[1]
+        self.assertTrue(proc.prepare_next_batch())
+        tr._settle()
+        self.assertEqual(len(tr._ahead), 7)                     # 100 tokens: 7 blocks
+        asked[0] = tr.page_index_bytes
+        for _ in range(3):
+            time.sleep(0.01)
+            proc.prepare_next_batch()
+            tr._settle()
+            self.assertEqual(tr._ahead, set())
+        self.assertEqual(len(named), 1)
+        asked[0] = 0
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        tr._settle()
+        self.assertEqual(len(named), 2)
+        self.assertEqual(len(tr._ahead), 7)
+
     def test_release_failure_keeps_the_id(self):
         def refuse(ids):
             raise kvshim.KvshimError(-2, "kvshim_group_unmap")
