@@ -800,7 +800,8 @@ def print_tables(table, traces, results, args):
                  "asks to give back, trace %s: how often kvshim began to ask the engine for "
                  "blocks it uses, how long the asks lasted in all and at most, the passes whose "
                  "waiting requests an ask kept out, and the asks in which a pass found no page to "
-                 "empty (none that preempting fewer than all its requests would empty)" % label,
+                 "empty (with two requests or more, none that preempting fewer than all of them "
+                 "would empty)" % label,
                  ("asks", "asked s", "longest s", "passes kept out", "no page"),
                  lambda t: ("%d" % t["kv_asks"]["asks"], "%.2f" % t["kv_asks"]["asked_s"],
                             "%.2f" % t["kv_ask_worst"], "%d" % t["kv_asks"]["kept_out"],

@@ -660,7 +660,8 @@ class AdapterTest(unittest.TestCase):
         own cache covers (and state a demand of a block, which asks
         nobody for anything)."""
         c, tr, ids = self.cached_budget()
-        tr.room = lambda ttl=0.005: 64      # read before the room went
+        real = tr.room
+        tr.room = lambda ttl=0.005: 64 if ttl else real(ttl)   # read before the room went
         short = tr.short
         self.assertTrue(c.will_allocation_be_successful(64, 0))
         self.assertEqual(tr.short, short)
@@ -680,10 +681,24 @@ class AdapterTest(unittest.TestCase):
         prefix cache (256 blocks) cannot cover 300, and stays."""
         c, tr, ids = self.cached_budget()
         real = tr.room
-        tr.room = lambda ttl=0.005: 512 if ttl else real(ttl)  # read before the room went
-        self.assertFalse(c.will_allocation_be_successful(300, 0))
-        self.assertEqual(list(c._block_manager._init_block_ids), ids)
-        self.assertEqual(tr.reclaimed, 0)
+        for stale in (512, 200):    # no shortfall by it, or one the cache covers
+            tr.stale()              # (no earlier reading kept)
+            tr.room = lambda ttl=0.005: stale if ttl else real(ttl)
+            self.assertFalse(c.will_allocation_be_successful(300, 0))
+            self.assertIsNone(c._block_manager.get_free_blocks(300, None, True, 0))
+            self.assertEqual(list(c._block_manager._init_block_ids), ids)
+            self.assertEqual(tr.reclaimed, 0)
+
+    def test_admission_check_is_timed(self):
+        """The admission check's look at the very ids counts in the time the
+        engine spends in kvshim (busy, and slow when it is)."""
+        c, tr, ids = self.cached_budget()
+        real = tr.group.can_back
+        tr.group.can_back = lambda ids: (time.sleep(0.2), real(ids))[1]
+        self.addCleanup(setattr, tr.group, "can_back", real)
+        busy = tr.busy
+        self.assertTrue(c.will_allocation_be_successful(16, 0))
+        self.assertGreaterEqual(tr.busy - busy, 0.2)
 
     def test_prefix_cache_released_as_far_as_needed(self):
         """Released only until kvshim can back what the engine takes: here

@@ -470,9 +470,10 @@ def _victims(proc, tracker):
     straddle pages) or none can be emptied, and under tensor parallelism:
     each rank's pages are its own, and ranks that preempted different
     requests would run different batches (the newest go there instead).
-    An ask in which a pass found no page (none whose claims its requests
-    and prefix cache explain, or none but pages every active request is
-    on) counts in tracker.no_page (see found_no_page)."""
+    An ask in which a pass of an engine with two requests or more found
+    no page (none whose claims its requests and prefix cache explain, or
+    none but pages every active request is on) counts in tracker.no_page
+    (see found_no_page)."""
     if _tensor_parallel(proc):
         return []
     owed = tracker.owed()
@@ -572,10 +573,11 @@ def _reclaim(bm, tracker, need, upcoming, exact=False):
     since (on an H200 at rate 6, requests of the small model waited three
     steps, refused, it seems, while blocks of its own prefix cache could
     have served them, and a larger one that arrived later was admitted
-    through it); refused the very ids it let through, the estimate is read
-    again afresh. If the prefix cache cannot cover the difference by the
-    estimate, it is left as it is, as 5.17 leaves it (the engine waits for
-    memory, and says so).
+    through it). So at kvshim's first refusal of the very ids the estimate
+    is read afresh, and bounds what goes: if the prefix cache cannot cover
+    the difference by it, the cache is left as it is, as 5.17 leaves it
+    (the engine waits for memory, and says so), and no more than the
+    difference and a page index's blocks go.
 
     5.17's free list is the pool sized as if alone, which hardly ever runs
     short: left to itself, the prefix cache (on by default) would keep the
@@ -595,21 +597,31 @@ def _reclaim(bm, tracker, need, upcoming, exact=False):
     short = need - tracker.capacity(need, room)
     if short > len(init) or (short <= 0 and not exact):
         return False
-    step = max(1, tracker.page_index_bytes // max(1, tracker.bytes_per_block) // 4)
+    page = max(1, tracker.page_index_bytes // max(1, tracker.bytes_per_block))
+    step, most = max(1, page // 4), None
     while init:
         if tracker.can_back(itertools.islice(upcoming(), need)):
             return True
-        if short <= 0:
-            # the estimate let through what kvshim refuses: read it afresh
+        if most is None:
+            # refused: the estimate may be stale (another process took the
+            # room since); read afresh, it bounds what goes: the shortfall
+            # and a page index's blocks (the margin it keeps)
             tracker.stale()
             room = tracker.room(ttl=0)
             if room is None:
                 return False
-            short = max(1, need - tracker.capacity(need, room))
+            short = need - tracker.capacity(need, room)
             if short > len(init):
                 return False
-        k = min(step, len(init))
+            most = max(0, short) + page
+        k = min(step, len(init), most)
+        if k <= 0:
+            return False
+        before = len(init)
         _uncache(bm, _newest(init, k), tracker, asked=False)
+        if len(init) == before:         # (nothing it could release)
+            return False
+        most -= k
         tracker.reclaimed += k
         tracker.stale()
     return False
