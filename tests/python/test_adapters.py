@@ -129,6 +129,13 @@ class AdapterTest(unittest.TestCase):
         kvshim.share_asked = lambda: asked[0]
         self.addCleanup(setattr, kvshim, "share_asked", real)
 
+    def ahead_off(self):
+        """For a stand-in engine map_ahead cannot read (it would warn and
+        turn mapping ahead off): off for this test only."""
+        self.addCleanup(transformers_cb._ahead_setting.__setitem__, slice(None),
+                        list(transformers_cb._ahead_setting))
+        transformers_cb._ahead_setting[:] = [False]
+
     def make(self, num_blocks=1024, layers=2):
         # (a stand-in engine that map_ahead cannot read turns mapping ahead
         # off for the process: each test starts from the setting as it was)
@@ -308,6 +315,7 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(c.get_num_free_blocks(), 4096 - 64)
 
     def test_engine_waits_when_kvshim_is_short(self):
+        self.ahead_off()
         c, tr = self.make(num_blocks=4096, layers=4)
 
         def prepare_next_batch(self, n=64):
@@ -332,6 +340,7 @@ class AdapterTest(unittest.TestCase):
             proc.prepare_next_batch(8192)
 
     def test_engine_lives_when_kvshim_caps_its_free_blocks(self):
+        self.ahead_off()
         # transformers' scheduler reads the free block count first and, at
         # zero, schedules nothing and finds nothing to offload: the engine
         # must wait for memory, not fail (seen on an H200 with three
@@ -504,6 +513,7 @@ class AdapterTest(unittest.TestCase):
         to give back, it admits nothing (unless nothing runs), and admits
         again when the ask is over, but leaves transformers' own block on
         admissions (after its offloading manager evicted) alone."""
+        self.ahead_off()
         c, tr = self.make(num_blocks=4096, layers=4)
         asked = [0]
 
@@ -741,6 +751,7 @@ class AdapterTest(unittest.TestCase):
         memory is admitted from it, and the engine states no demand: not
         for the request, nor for its next step's prefill (16 blocks), which
         its prefix cache covers."""
+        self.ahead_off()
         c, tr, ids = self.cached_budget()
         stated = []
 
@@ -764,6 +775,7 @@ class AdapterTest(unittest.TestCase):
         """An engine held back states what it waits for less its prefix
         cache's blocks, which it takes before others' memory: 300 blocks
         wait, 256 are cached, 44 are asked of the budget."""
+        self.ahead_off()
         c, tr, ids = self.cached_budget()
         stated = []
 
@@ -786,6 +798,7 @@ class AdapterTest(unittest.TestCase):
         """A pass that admitted nothing by transformers' own choice, while
         what waits fits in the prefix cache, is not kvshim holding the
         engine back: no demand."""
+        self.ahead_off()
         c, tr, ids = self.cached_budget()
         stated = []
 
@@ -829,6 +842,7 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(transformers_cb._cushion(proc), 16)
 
     def test_pass_kvshim_left_empty_looks_again(self):
+        self.ahead_off()
         # transformers' loop, finding nothing scheduled, sleeps 100 ms
         # unless a new request comes: a pass kvshim left empty looks again
         # soon, and schedules once the memory is back
@@ -894,6 +908,7 @@ class AdapterTest(unittest.TestCase):
         active one (the stand-in below follows that rule). Asked by kvshim,
         the adapter has it evict the newest active request, once, and
         leaves the starved list as it found it."""
+        self.ahead_off()
         c, tr, proc, asked = self.three_admitted(4096, layers=4)
         mapped = tr.mapped
         asked[0] = 4 * tr.bytes_per_block                 # one request's blocks
@@ -929,6 +944,7 @@ class AdapterTest(unittest.TestCase):
         starved request, so named beside it, the victim would take it
         along (here r1, starved of 100 blocks in a pool of 16, went with
         r2 before)."""
+        self.ahead_off()
         c, tr, proc, asked = self.three_admitted(16, layers=2)
         sched = proc.scheduler
         r1 = sched.active_requests["r1"]
@@ -945,6 +961,7 @@ class AdapterTest(unittest.TestCase):
         preempted a step (through transformers' offloading manager), no more
         than asked; a pass kvshim cut short states the waiting requests'
         blocks as demand, and a pass that was not, none."""
+        self.ahead_off()
         c, tr = self.make(num_blocks=4096, layers=4)
         asked, stated = [0], []
 
@@ -1028,6 +1045,7 @@ class AdapterTest(unittest.TestCase):
         no demand at all, and nobody was asked to give back). A pass whose
         waiting requests need more than kvshim can back states them as
         demand; a capped pass whose waiting requests fit states none."""
+        self.ahead_off()
         c, tr = self.make(num_blocks=4096, layers=4)
         stated = []
 
