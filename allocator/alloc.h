@@ -202,6 +202,11 @@ int kv_alloc_shared(kv_alloc_t *a, size_t *budget, size_t *others,
  * what it holds (kv_share_demand); without one, nothing. */
 void kv_alloc_demand(kv_alloc_t *a, size_t bytes);
 
+/* With a shared budget, state the bytes of pages this process maps that
+ * only blocks no request uses claim (kv_share_unused); without one,
+ * nothing. */
+void kv_alloc_unused(kv_alloc_t *a, size_t bytes);
+
 /* With a shared budget, the bytes of what this process uses it is asked
  * to give back now (kv_share_asked); 0 without one. */
 size_t kv_alloc_asked(kv_alloc_t *a);

@@ -77,9 +77,9 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		  struct kv_fair_out *out, struct kv_fair_sums *sums)
 {
 	uint64_t want[FAIR_MAX], w[FAIR_MAX], got[FAIR_MAX], used[FAIR_MAX];
-	uint64_t base[FAIR_MAX];
+	uint64_t base[FAIR_MAX], unused[FAIR_MAX];
 	uint64_t taken = 0, floor_gaps = 0, givable = 0, need = 0;
-	uint64_t over = 0, ask, free_b, asked = 0, L;
+	uint64_t over = 0, spare = 0, ask, from_unused, free_b, asked = 0, L;
 	unsigned i;
 
 	if (n > FAIR_MAX)
@@ -89,6 +89,8 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 
 		base[i] = p->max ? min64(p->min, p->max) : p->min;
 		used[i] = sub(p->held, p->idle);
+		unused[i] = min64(p->unused, used[i]);
+		used[i] -= unused[i];
 		want[i] = add(used[i], p->demand);
 		if (p->max)
 			want[i] = min64(want[i], p->max);
@@ -112,24 +114,30 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		floor_gaps = add(floor_gaps, sub(p->min, add(p->held, p->pending)));
 		givable = add(givable, p->givable);
 		over = add(over, sub(used[i], got[i]));
+		spare = add(spare, unused[i]);
 	}
 	/* what the free budget and the idle pages cannot cover comes from
-	 * those who use more than their share, in proportion to that */
+	 * the unused pages, in proportion to them, then from those who use
+	 * more than their share, in proportion to that; each part rounded
+	 * up, so the parts add up to the whole */
 	free_b = sub(budget, add(taken, floor_gaps));
-	ask = min64(sub(need, add(free_b, givable)), over);
-	for (i = 0; i < n && ask; i++) {
+	ask = sub(need, add(free_b, givable));
+	from_unused = min64(ask, spare);
+	ask = min64(ask - from_unused, over);
+	for (i = 0; i < n; i++) {
 		uint64_t x = sub(used[i], got[i]);
 
-		if (!x)
-			continue;
-		/* rounded up, so the parts add up to the whole */
-		out[i].asked = min64(x, scale(ask, x, over) + 1);
+		if (from_unused && unused[i])
+			out[i].asked = min64(unused[i], scale(from_unused, unused[i], spare) + 1);
+		if (ask && x)
+			out[i].asked += min64(x, scale(ask, x, over) + 1);
 		asked = add(asked, out[i].asked);
 	}
 	if (sums) {
 		sums->gaps = need;
 		sums->asked = asked;
 		sums->over = over;
+		sums->unused = spare;
 		sums->level = L;
 	}
 }

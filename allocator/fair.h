@@ -7,8 +7,11 @@
  *
  * The rule, for a budget B and the live processes i, each with a weight
  * w_i, a floor m_i, a ceiling M_i (none: 0), what it holds h_i, of which
- * idle_i (cached or pooled), and its demand d_i (bytes it waits for now):
- *   - it uses u_i = h_i - idle_i and wants u_i + d_i, at most M_i;
+ * idle_i (cached or pooled) and unused_i (mapped, but claimed only by
+ * blocks no request uses: an engine's prefix cache, as its adapter states
+ * it), and its demand d_i (bytes it waits for now):
+ *   - it uses u_i = h_i - idle_i - unused_i and wants u_i + d_i, at most
+ *     M_i;
  *   - its share is L * w_i, but at least its floor and at most what it
  *     wants, with L the highest level at which the shares fit in B: what
  *     one process does not want goes to the others by weight (weighted
@@ -17,10 +20,13 @@
  *     waits for up to its share; it is kept for it as a floor is, from
  *     anyone who would grow past its own share;
  *   - when the free budget and every process's idle pages cannot cover the
- *     gaps, processes that use more than their share are asked to give
- *     back the rest, in proportion to what they use above their share,
- *     never more than that. A process at or below its share is never asked
- *     to give back what it uses; its idle pages may always be asked for.
+ *     gaps, the processes' unused pages are asked for, in proportion to
+ *     them, whatever their shares (their engines drop those blocks, which
+ *     no request waits on); and when those cannot either, processes that
+ *     use more than their share are asked to give back the rest, in
+ *     proportion to what they use above their share, never more than
+ *     that. A process at or below its share is never asked to give back
+ *     what it uses; its idle and unused pages may always be asked for.
  */
 #ifndef KV_FAIR_H
 #define KV_FAIR_H
@@ -37,13 +43,15 @@ struct kv_fair_in {
 	uint64_t idle;           /* at most held */
 	uint64_t givable;        /* idle pages above its floor (kv_seg_givable) */
 	uint64_t demand;
+	uint64_t unused;         /* at most held less idle */
 	uint64_t min, max;       /* max 0: none; min at most max */
 };
 
 struct kv_fair_out {
 	uint64_t share;
 	uint64_t gap;            /* what it waits for and may claim */
-	uint64_t asked;          /* of what it uses, what it must give back */
+	uint64_t asked;          /* of what it uses and its unused pages, what
+				  * it must give back */
 };
 
 /* Totals of a plan, for the process deciding a take. */
@@ -51,6 +59,7 @@ struct kv_fair_sums {
 	uint64_t gaps;           /* the waiters' claims, summed */
 	uint64_t asked;          /* what all are asked to give back, summed */
 	uint64_t over;           /* what all use above their shares, summed */
+	uint64_t unused;         /* all unused pages, summed */
 	uint64_t level;          /* L: bytes a share holds per unit of weight */
 };
 

@@ -655,6 +655,12 @@ void kv_alloc_demand(kv_alloc_t *a, size_t bytes)
 		kv_share_demand(a->share, bytes);
 }
 
+void kv_alloc_unused(kv_alloc_t *a, size_t bytes)
+{
+	if (a && a->share)
+		kv_share_unused(a->share, bytes);
+}
+
 size_t kv_alloc_asked(kv_alloc_t *a)
 {
 	/* whole pages: less than one frees nothing */

@@ -127,10 +127,13 @@ int kv_seg_lock_wait(int fd, short type, off_t off, unsigned ms)
  * are never missed. Sets clamped when held, pending, pooled or min was out
  * of bounds (a figure no process of this version writes). A weight of 0
  * (a slot of minor 0) is 1; a weight above KV_FAIR_WEIGHT_MAX, a demand
- * above cap and asked above held are cut to them, and set clamped.
+ * above cap, asked above held and unused above what it uses (held less
+ * idle) are cut to them, and set clamped.
  */
 void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig *f)
 {
+	uint64_t used;
+
 	f->clamped = 0;
 	f->pending = LOAD(&sl->pending);
 	f->held = LOAD(&sl->held);
@@ -162,6 +165,11 @@ void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig
 	f->weight = f->weight ? kv_seg_min(f->weight, KV_FAIR_WEIGHT_MAX) : 1;
 	f->demand = kv_seg_min(f->demand, cap);
 	f->asked = kv_seg_min(f->asked, f->held);
+	f->unused = LOAD(&sl->unused);
+	used = f->held - kv_seg_min(kv_seg_sat_add(f->cached, f->pooled), f->held);
+	if (f->unused > used)
+		f->clamped = 1;
+	f->unused = kv_seg_min(f->unused, used);
 }
 
 void kv_seg_fair_in(const struct kv_seg_fig *f, struct kv_fair_in *in)
@@ -172,6 +180,7 @@ void kv_seg_fair_in(const struct kv_seg_fig *f, struct kv_fair_in *in)
 	in->idle = kv_seg_min(kv_seg_sat_add(f->cached, f->pooled), f->held);
 	in->givable = kv_seg_givable(f);
 	in->demand = f->demand;
+	in->unused = f->unused;
 	in->min = f->min;
 	in->max = f->max;
 }
@@ -210,6 +219,7 @@ void kv_seg_clear(struct kv_share_slot *sl)
 	STORE(&sl->weight, 0);
 	STORE(&sl->demand, 0);
 	STORE(&sl->asked, 0);
+	STORE(&sl->unused, 0);
 	for (i = 0; i < sizeof(sl->spare) / sizeof(sl->spare[0]); i++)
 		STORE(&sl->spare[i], 0);
 	memset(sl->cmd, 0, sizeof(sl->cmd));
@@ -488,6 +498,7 @@ static int collect(int fd, const struct kv_share *sh, uint64_t cap, uint64_t ns,
 		p->weight = f.weight;
 		p->demand = f.demand;
 		p->asked = f.asked;
+		p->unused = f.unused;
 		out->nprocs++;
 		if (!p->alive)
 			continue;

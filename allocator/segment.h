@@ -20,6 +20,7 @@ struct kv_seg_fig {
 	uint64_t held, pending, mapped, cached, pooled, reserved;
 	uint64_t min, max, last_ns, trim_request, trimmed;
 	uint64_t weight, demand, asked;
+	uint64_t unused;         /* at most held less idle */
 	int clamped;
 };
 

@@ -49,6 +49,8 @@ struct kv_share_handle_s {
 	unsigned waiters;        /* maps waiting now (kv_share_waiting) */
 	uint64_t stated;         /* bytes stated by kv_share_demand ... */
 	uint64_t stated_until;   /* ...until then (CLOCK_MONOTONIC ns) */
+	uint64_t unused;         /* bytes stated by kv_share_unused ... */
+	uint64_t unused_until;   /* ...until then (CLOCK_MONOTONIC ns) */
 	uint64_t asked;          /* of what it uses, asked back (fair.h) */
 	uint64_t use_limit;      /* the most it may use now: its share while
 				  * others wait below theirs (fair.h) */
@@ -131,6 +133,17 @@ static uint64_t demand_of(const kv_share_t *s)
 	return s->waiting > stated ? s->waiting : stated;
 }
 
+/* The bytes of unused pages this process stated lately, at most what it
+ * uses (held less idle: held is exact at once, its mapped figure only
+ * from the worker's next update). Returns them. */
+static uint64_t unused_of(const kv_share_t *s)
+{
+	uint64_t unused = kv_seg_mono_ns() < s->unused_until ? s->unused : 0;
+	uint64_t idle = kv_seg_sat_add(s->cached, s->pooled);
+
+	return kv_seg_min(unused, s->held - kv_seg_min(idle, s->held));
+}
+
 /* Write this process's figures into its slot, every one of them, so that
  * a slot another member rewrote is repaired; its sequence number is odd
  * meanwhile (see share.h), and written from this process's own count. */
@@ -152,6 +165,7 @@ static void publish(kv_share_t *s)
 	STORE(&me->weight, s->weight);
 	STORE(&me->demand, demand_of(s));
 	STORE(&me->asked, s->asked);
+	STORE(&me->unused, unused_of(s));
 	STORE(&me->pid, (int32_t)getpid());
 	STORE(&me->state, KV_SLOT_USED);
 	s->seq += 2;
@@ -210,6 +224,7 @@ static void own_fair_in(const kv_share_t *s, uint64_t cap, uint64_t demand,
 	in->max = s->max;
 	in->givable = kv_seg_min(in->idle, in->held > in->min ? in->held - in->min : 0);
 	in->demand = kv_seg_min(demand, cap);
+	in->unused = kv_seg_min(unused_of(s), in->held - in->idle);
 }
 
 /*
@@ -731,7 +746,7 @@ static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
 	over = over > cap ? over - cap : 0;
 	if (ask(s, cap, over))
 		return KV_SHARE_WAIT;
-	if (!past_share(s, t, bytes) && t->me.gap && t->plan.over)
+	if (!past_share(s, t, bytes) && t->me.gap && (t->plan.over || t->plan.unused))
 		return KV_SHARE_WAIT_USED;
 	return KVSHIM_ELIMIT;
 }
@@ -917,6 +932,17 @@ void kv_share_demand(kv_share_t *s, uint64_t bytes)
 	pthread_mutex_unlock(&s->mu);
 }
 
+void kv_share_unused(kv_share_t *s, uint64_t bytes)
+{
+	if (s->fd < 0)
+		return;
+	pthread_mutex_lock(&s->mu);
+	s->unused = bytes;
+	s->unused_until = bytes ? kv_seg_mono_ns() + KV_SHARE_DEMAND_MS * 1000000ull : 0;
+	publish(s);
+	pthread_mutex_unlock(&s->mu);
+}
+
 uint64_t kv_share_asked(kv_share_t *s)
 {
 	uint64_t asked;
@@ -942,6 +968,8 @@ int kv_share_may_use(kv_share_t *s, uint64_t used)
 	if (s->fd < 0)
 		return 1;
 	pthread_mutex_lock(&s->mu);
+	/* its unused pages count out of what it uses (fair.h) */
+	used -= kv_seg_min(unused_of(s), used);
 	ok = used <= s->use_limit;
 	if (!ok) {
 		/* the bound is set by takes, asks and the worker's updates: a

@@ -44,8 +44,9 @@
 
 #define KV_SHARE_MAGIC 0x315348535653564bULL   /* "KVSVSHS1", every version */
 #define KV_SHARE_MAJOR 2       /* another major is refused */
-#define KV_SHARE_MINOR 1       /* a newer minor only gives meaning to spare fields
-				* (1: a slot's weight, demand and asked) */
+#define KV_SHARE_MINOR 2       /* a newer minor only gives meaning to spare fields
+				* (1: a slot's weight, demand and asked;
+				* 2: its unused) */
 #define KV_SHARE_SLOTS 64
 #define KV_SHARE_DIR "/dev/shm"
 
@@ -86,7 +87,11 @@ struct kv_share_slot {
 	uint64_t demand;         /* bytes it waits for now beyond what it holds */
 	uint64_t asked;          /* of what it uses, the bytes it is asked to
 				  * give back now (fair.h), as it computed them */
-	uint64_t spare[2];       /* zero; a newer minor may use them */
+	/* minor 2 (0 in a slot of an older minor: none) */
+	uint64_t unused;         /* of what it uses, the bytes of pages only
+				  * blocks no request uses claim (an engine's
+				  * prefix cache), as it stated them */
+	uint64_t spare[1];       /* zero; a newer minor may use it */
 };
 
 struct kv_share {
@@ -166,12 +171,21 @@ void kv_share_waited(kv_share_t *s, int waited);
 #define KV_SHARE_DEMAND_MS 1000
 void kv_share_demand(kv_share_t *s, uint64_t bytes);
 
+/* State the bytes of pages this process maps that only blocks no request
+ * uses claim (an engine's prefix cache: kept for reuse, dropped at will);
+ * the rule counts them out of what it uses, and asks for them first
+ * (fair.h). It counts for KV_SHARE_DEMAND_MS unless stated again, and at
+ * most what the process uses. */
+void kv_share_unused(kv_share_t *s, uint64_t bytes);
+
 /* The bytes of what it uses this process is asked to give back now (its
  * idle pages are given back without asking the engine): the engine
- * adapter frees that much by preempting work. Read afresh. */
+ * adapter frees that much, its unused pages first (kv_share_unused), then
+ * by preempting work. Read afresh. */
 uint64_t kv_share_asked(kv_share_t *s);
 
-/* Whether this process may use (claim) used bytes in all: past its share
+/* Whether this process may use (claim) used bytes in all (its unused
+ * pages among them, which count out of it): past its share
  * while others wait below theirs it may not grow what it uses, even from
  * its own idle pages (they are the others' due). As of the last update or
  * take, and lifted before a refusal once nobody waits (a process without a
@@ -220,6 +234,7 @@ struct kv_share_proc {
 	uint64_t held, pending, mapped, cached, pooled, reserved;
 	uint64_t min, max, last_ns, trim_request, trimmed;
 	uint64_t weight, demand, asked;   /* as its slot says (bounded) */
+	uint64_t unused;         /* as its slot says, at most what it uses */
 	uint64_t share, gap;     /* the rule's, from the figures read (fair.h) */
 };
 

@@ -256,6 +256,16 @@ KV_EXPORT int kvshim_share_demand(size_t bytes)
 	return rc;
 }
 
+KV_EXPORT int kvshim_share_unused(size_t bytes)
+{
+	kv_alloc_t *a;
+	int rc = kv_shim_alloc(&a);
+
+	if (!rc)
+		kv_alloc_unused(a, bytes);
+	return rc;
+}
+
 KV_EXPORT int kvshim_share_asked(size_t *bytes)
 {
 	kv_alloc_t *a;

@@ -127,12 +127,13 @@ static void json_segment(FILE *f, const char *path, const struct kv_share_info *
 		fprintf(f, ", \"idle_s\": %.3f, \"trim_request\": %llu, \"trimmed\": %llu",
 			idle_s(p->last_ns), (unsigned long long)p->trim_request,
 			(unsigned long long)p->trimmed);
-		/* the fair shares: its slot's weight, demand and what it is
-		 * asked to give back of what it uses; share and gap are the
-		 * rule's, from these figures (null for a process gone) */
-		fprintf(f, ", \"weight\": %llu, \"demand\": %llu, \"asked\": %llu",
+		/* the fair shares: its slot's weight, demand, unused pages
+		 * and what it is asked to give back of what it uses; share
+		 * and gap are the rule's, from these figures (null for a
+		 * process gone) */
+		fprintf(f, ", \"weight\": %llu, \"demand\": %llu, \"unused\": %llu, \"asked\": %llu",
 			(unsigned long long)p->weight, (unsigned long long)p->demand,
-			(unsigned long long)p->asked);
+			(unsigned long long)p->unused, (unsigned long long)p->asked);
 		if (p->alive)
 			fprintf(f, ", \"share\": %llu, \"gap\": %llu}",
 				(unsigned long long)p->share, (unsigned long long)p->gap);
@@ -174,12 +175,13 @@ static void text_segment(FILE *f, const char *path, const struct kv_share_info *
 	for (i = 0; i < in->nprocs; i++) {
 		const struct kv_share_proc *p = &in->proc[i];
 
-		fprintf(f, "  %8d %-16.16s held %llu mapped %llu cached %llu pooled %llu weight %llu share %llu demand %llu asked %llu%s\n",
+		fprintf(f, "  %8d %-16.16s held %llu mapped %llu cached %llu pooled %llu weight %llu share %llu demand %llu unused %llu asked %llu%s\n",
 			p->pid, p->cmd, (unsigned long long)p->held,
 			(unsigned long long)p->mapped, (unsigned long long)p->cached,
 			(unsigned long long)p->pooled, (unsigned long long)p->weight,
 			(unsigned long long)p->share, (unsigned long long)p->demand,
-			(unsigned long long)p->asked, p->alive ? "" : " (gone)");
+			(unsigned long long)p->unused, (unsigned long long)p->asked,
+			p->alive ? "" : " (gone)");
 	}
 }
 

@@ -175,6 +175,66 @@ START_TEST(test_fair_plan_asked)
 }
 END_TEST
 
+/* Unused pages (an engine's prefix cache, as its adapter states them) are
+ * not use: they make no share, and when others wait they are asked for
+ * first, whatever their holder's share; what they cannot cover comes from
+ * use above a share. */
+START_TEST(test_fair_plan_unused)
+{
+	struct kv_fair_in in[3] = { proc(1, 12 * PG, 0), proc(1, 12 * PG, 8 * PG),
+				    proc(1, 0, 0) };
+	struct kv_fair_out out[3];
+	struct kv_fair_sums sums;
+
+	/* each holds half; the second waits for 8 pages more: at their
+	 * shares, nobody is asked */
+	plan(in, 2, out, &sums);
+	ck_near(out[1].share, 12 * PG);
+	ck_assert_uint_eq(out[1].gap, 0);
+	ck_assert_uint_eq(sums.asked, 0);
+	/* 10 of the first's 12 pages unused: its share is what it uses, 2;
+	 * the second's rises to 20, and its gap of 8 is asked of the unused */
+	in[0].unused = 10 * PG;
+	plan(in, 2, out, &sums);
+	ck_near(out[0].share, 2 * PG);
+	ck_near(out[1].share, 20 * PG);
+	ck_near(out[1].gap, 8 * PG);
+	ck_near(out[0].asked, 8 * PG);
+	ck_assert_uint_le(out[0].asked, 10 * PG);
+	ck_assert_uint_eq(out[1].asked, 0);
+	ck_near(sums.unused, 10 * PG);
+	ck_assert_uint_eq(sums.over, 0);
+	/* unused counts at most what it uses: held 12, 8 idle, "10" unused */
+	in[0].idle = in[0].givable = 8 * PG;
+	plan(in, 2, out, &sums);
+	ck_near(sums.unused, 4 * PG);
+	ck_assert_uint_eq(sums.asked, 0);       /* the idle pages cover the gap */
+	/* the second waits for 12; the third holds 8, 4 of them unused: it
+	 * wants 4, and the first and second get 10 each. The free 4 pages
+	 * cover part of the second's gap of 10; the rest is asked of the
+	 * unused 4 first, though the third is at its share, then 2 of the
+	 * first's, which uses 2 over its share */
+	in[0] = proc(1, 12 * PG, 0);
+	in[1] = proc(1, 0, 12 * PG);
+	in[2] = proc(1, 8 * PG, 0);
+	in[2].unused = 4 * PG;
+	plan(in, 3, out, &sums);
+	ck_near(out[0].share, 10 * PG);
+	ck_near(out[2].share, 4 * PG);
+	ck_near(out[1].gap, 10 * PG);
+	ck_near(out[2].asked, 4 * PG);
+	ck_near(out[0].asked, 2 * PG);
+	ck_near(sums.asked, 6 * PG);
+	/* no free budget, and a gap of 3: from the unused alone */
+	in[0] = proc(1, 16 * PG, 0);
+	in[1].demand = 3 * PG;
+	plan(in, 3, out, &sums);
+	ck_near(out[1].gap, 3 * PG);
+	ck_near(out[2].asked, 3 * PG);
+	ck_assert_uint_eq(out[0].asked, 0);
+}
+END_TEST
+
 /* Figures at the edge of their bounds: nothing wraps. */
 START_TEST(test_fair_plan_bounds)
 {
@@ -186,12 +246,16 @@ START_TEST(test_fair_plan_bounds)
 	for (i = 0; i < 64; i++) {
 		in[i] = proc(KV_FAIR_WEIGHT_MAX, UINT64_MAX / 2, UINT64_MAX);
 		in[i].min = UINT64_MAX / 4;
+		in[i].unused = i % 2 ? UINT64_MAX : UINT64_MAX / 8;
 	}
 	kv_fair_plan(UINT64_MAX, in, 64, out, &sums);
 	for (i = 0; i < 64; i++) {
 		ck_assert_uint_ge(out[i].share, UINT64_MAX / 4);
 		ck_assert_uint_le(out[i].asked, UINT64_MAX / 2);
 	}
+	kv_fair_plan(UINT64_MAX / 2, in, 64, out, &sums);
+	for (i = 0; i < 64; i++)
+		ck_assert_uint_le(out[i].asked, UINT64_MAX / 2);
 	kv_fair_plan(0, in, 64, out, &sums);      /* no budget: floors only */
 	ck_assert_uint_eq(out[0].share, UINT64_MAX / 4);
 	kv_fair_plan(B, in, 0, out, &sums);       /* nobody */
@@ -790,6 +854,147 @@ START_TEST(test_fair_demand_stated)
 }
 END_TEST
 
+/* Unused pages stated by an adapter show in the segment, at most what the
+ * process uses, and lapse. */
+START_TEST(test_fair_unused_stated)
+{
+	struct timespec t0;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+
+	kt_new_pool();
+	a = kt_make(B, 0, 0, 1);
+	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 6 * PG), 0);
+	kv_alloc_unused(a, 4 * PG);
+	ck_assert_uint_eq(kt_seg_read(0)->proc[0].unused, 4 * PG);
+	/* no more than it uses: 6 pages, then 2 once 4 are idle */
+	kv_alloc_unused(a, B);
+	ck_assert_uint_eq(kt_seg_read(0)->proc[0].unused, 6 * PG);
+	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);
+	kv_alloc_unused(a, B);
+	ck_assert_uint_eq(kt_seg_read(0)->proc[0].unused, 2 * PG);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	/* (the worker publishes the figures every few ms) */
+	while (kt_seg_read(0)->proc[0].unused && kt_ms_since(&t0) < 20000)
+		nanosleep(&(struct timespec){ 0, 10 * 1000 * 1000 }, NULL);
+	ck_assert_uint_eq(kt_seg_read(0)->proc[0].unused, 0);
+	ck_assert_msg(kt_ms_since(&t0) >= KV_SHARE_DEMAND_MS - 50,
+		      "the statement lapsed after %.0f ms", kt_ms_since(&t0));
+	ck_assert_int_eq(kv_alloc_unmap(a, s + 4 * PG, 2 * PG), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* The demand the segment shows for process pid. */
+static uint64_t demand_of_pid(pid_t pid)
+{
+	const struct kv_share_info *in = kt_seg_read(0);
+	unsigned i;
+
+	for (i = 0; i < in->nprocs; i++)
+		if (in->proc[i].pid == pid)
+			return in->proc[i].demand;
+	return 0;
+}
+
+/*
+ * A process at its share that holds pages no request uses (a prefix cache)
+ * is asked for them when another waits: each maps half the budget, its
+ * share; the second (forked) waits for 8 pages more, as a block manager
+ * (refused at once, stating its demand). The first is not asked while it
+ * counts all its pages as use; once it states 10 of them unused, it is
+ * asked for the 8, lets them go (as its adapter drops prefix-cache blocks)
+ * and the second maps them. Before, it was never asked: the prefix cache
+ * of an engine at its share kept another waiting at its own.
+ */
+START_TEST(test_fair_unused_asked)
+{
+	int p2c[2], c2p[2];
+	struct timespec t0;
+	size_t asked = 0;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+	pid_t pid;
+	char c;
+
+	kt_new_pool();
+	ck_assert_int_eq(pipe(p2c), 0);
+	ck_assert_int_eq(pipe(c2p), 0);
+	a = kt_make(B, 0, 0, 1);
+	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, B / 2), 0);
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		struct kv_run more = { 0, 8 * PG, 0 };
+		kv_alloc_t *b;
+		CUdeviceptr p;
+		int rc;
+
+		close(p2c[1]);
+		close(c2p[0]);
+		KT_CHILD_CHECK(kt_mk(B, 0, 0, 1, 0, &b) == 0);
+		KT_CHILD_CHECK(kv_alloc_reserve(b, B, &p) == 0);
+		KT_CHILD_CHECK(kv_alloc_map(b, p, B / 2) == 0);
+		more.addr = p + B / 2;
+		KT_CHILD_CHECK(write(c2p[1], "r", 1) == 1);
+		do {
+			kv_alloc_demand(b, 8 * PG);
+			nanosleep(&(struct timespec){ 0, 2000000 }, NULL);
+			rc = kv_alloc_try_map_many(b, &more, 1);
+		} while (rc == KVSHIM_ELIMIT);
+		KT_CHILD_CHECK(rc == 0);
+		kv_alloc_demand(b, 0);
+		KT_CHILD_CHECK(write(c2p[1], "y", 1) == 1);
+		KT_CHILD_CHECK(read(p2c[0], &c, 1) == 1);
+		KT_CHILD_CHECK(kv_alloc_check(b) == 0);
+		KT_CHILD_CHECK(kv_alloc_unmap(b, p, B / 2 + 8 * PG) == 0);
+		kv_alloc_destroy(b);
+		_exit(0);
+	}
+	close(p2c[0]);
+	close(c2p[1]);
+	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (demand_of_pid(pid) < 8 * PG && kt_ms_since(&t0) < 20000)
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	ck_assert_uint_eq(demand_of_pid(pid), 8 * PG);
+	/* at its share, all of it used: not asked while the second waits */
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (kt_ms_since(&t0) < 300) {
+		ck_assert_uint_eq(kv_alloc_asked(a), 0);
+		nanosleep(&(struct timespec){ 0, 10 * 1000 * 1000 }, NULL);
+	}
+	/* 10 of its pages unused (stated again as an adapter does) */
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		kv_alloc_unused(a, 10 * PG);
+		asked = kv_alloc_asked(a);
+		if (!asked)
+			nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	} while (!asked && kt_ms_since(&t0) < 20000);
+	ck_assert_uint_eq(asked, 8 * PG);
+	/* it drops them: 8 of the 10 unused, the rest stated again */
+	ck_assert_int_eq(kv_alloc_unmap(a, s, 8 * PG), 0);
+	kv_alloc_unused(a, 2 * PG);
+	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
+	ck_assert_int_eq(c, 'y');
+	printf("fair: 8 unused pages of a process at its share given to another in %.0f ms\n",
+	       kt_ms_since(&t0));
+	ck_assert_uint_eq(kv_alloc_asked(a), 0);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, B / 2 - 8 * PG);
+	kt_release_child(p2c[1], pid, "the child failed: its line is above");
+	close(c2p[0]);
+	ck_assert_int_eq(kv_alloc_unmap(a, s + 8 * PG, B / 2 - 8 * PG), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
 /* ---- bad weights ------------------------------------------------------------------ */
 
 static int load_weight(void *arg)
@@ -892,6 +1097,7 @@ Suite *fair_suite(void)
 	tcase_add_test(rule, test_fair_plan_water);
 	tcase_add_test(rule, test_fair_plan_limits);
 	tcase_add_test(rule, test_fair_plan_asked);
+	tcase_add_test(rule, test_fair_plan_unused);
 	tcase_add_test(rule, test_fair_plan_bounds);
 	suite_add_tcase(s, rule);
 	tcase_set_timeout(tc, 120);
@@ -905,6 +1111,8 @@ Suite *fair_suite(void)
 	kt_add_emu(tc, test_fair_limits);
 	kt_add_emu(tc, test_fair_at_share_kept);
 	kt_add_emu(tc, test_fair_demand_stated);
+	kt_add_emu(tc, test_fair_unused_stated);
+	kt_add_emu(tc, test_fair_unused_asked);
 	kt_add_emu(tc, test_fair_bad_weight);
 	kt_add_emu(tc, test_fair_share_values);
 	suite_add_tcase(s, tc);

@@ -557,6 +557,46 @@ START_TEST(test_share_no_wrap)
 END_TEST
 
 /*
+ * A live member's slot that states more unused pages than it uses (2^63
+ * bytes, a lie: no process of this version writes it): read as what it
+ * uses at most, and flagged; the others' shares and takes go on.
+ */
+START_TEST(test_share_unused_bounded)
+{
+	const struct kv_share_info *in;
+	struct kt_member m;
+	struct kv_share *sh;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+	unsigned i;
+	int k;
+
+	kt_new_pool();
+	a = kt_make(16 * PG, 0, 0, 0);
+	kt_member_start(&m, 16 * PG, 0, 8);
+	sh = kt_seg_map();
+	k = kt_slot_of(sh, m.pid);
+	ck_assert(k >= 0);
+	__atomic_store_n(&sh->slot[k].unused, 1ull << 63, __ATOMIC_SEQ_CST);
+	in = kt_seg_read(0);
+	for (i = 0; i < in->nprocs && in->proc[i].pid != m.pid; i++)
+		;
+	ck_assert_uint_lt(i, in->nprocs);
+	ck_assert_uint_eq(in->proc[i].unused, 8 * PG);
+	ck_assert_int_eq(in->proc[i].clamped, 1);
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 8 * PG), 0);
+	ck_assert_uint_eq(kv_alloc_asked(a), 0);
+	ck_assert_int_eq(kt_member_leave(&m), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s + 8 * PG, 8 * PG), 0);
+	kt_seg_unmap(sh);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
  * Mapped above held, in a live member's slot (the moment after budget was
  * given back in version 1) and in a dead one's: never a reason to refuse
  * the segment; new processes join and map.
@@ -999,6 +1039,7 @@ Suite *share_trust_suite(void)
 	kt_add_emu(tc, test_share_hostile_bytes);
 	kt_add_emu(tc, test_share_lying_slots);
 	kt_add_emu(tc, test_share_no_wrap);
+	kt_add_emu(tc, test_share_unused_bounded);
 	kt_add_emu(tc, test_share_mapped_over_held);
 	kt_add_emu(tc, test_share_headroom_reaps);
 	kt_add_emu(tc, test_share_pidns);

@@ -96,15 +96,16 @@ class TopTest(unittest.TestCase):
         self.assertTrue(me["alive"])
         self.assertFalse(me["other_pidns"])
         self.assertEqual(segs[0]["held"], 6 * MIB)
-        self.assertEqual(segs[0]["version"], "2.1")
+        self.assertEqual(segs[0]["version"], "2.2")
         self.assertTrue(segs[0]["joinable"])
         self.assertEqual(segs[0]["mode"], "0600")
         self.assertEqual(segs[0]["owner"], os.geteuid())
 
     def test_fair_share_columns(self):
-        """Weight, demand, share and what it is asked for, in the JSON and
-        the table: this process waits for 8 MiB more (stated as an adapter
-        does) and, alone, its share is what it uses and waits for."""
+        """Weight, demand, unused pages, share and what it is asked for, in
+        the JSON and the table: this process waits for 8 MiB more (stated
+        as an adapter does) and, alone, its share is what it uses and waits
+        for; pages it states unused are not use."""
         kvshim.share_demand(8 * MIB)
         self.assertEqual(kvshim.share_asked(), 0)
         segs = json.loads(top("--json", "--pool", POOL).stdout)["segments"]
@@ -121,10 +122,24 @@ class TopTest(unittest.TestCase):
             self.assertIn(col, r.stdout)
         row = [line for line in r.stdout.splitlines() if line.split()[:1] == [str(os.getpid())]]
         self.assertEqual(row[0].split()[9:12], ["3", "12", "8"])
+        # 2 of the 4 MiB it uses unused (a prefix cache, as an adapter
+        # states it): counted out of its use, so out of its share
+        kvshim.share_unused(2 * MIB)
+        kvshim.share_demand(8 * MIB)
+        me = [p for p in json.loads(top("--json", "--pool", POOL).stdout)["segments"][0]
+              ["processes"] if p["pid"] == os.getpid()][0]
+        self.assertEqual(me["unused"], 2 * MIB)
+        self.assertEqual(me["share"], 2 * MIB + 8 * MIB)
+        r = top("--once", "--pool", POOL)
+        self.assertIn("UNUSED", r.stdout)
+        row = [line for line in r.stdout.splitlines() if line.split()[:1] == [str(os.getpid())]]
+        self.assertEqual(row[0].split()[9:13], ["3", "10", "8", "2"])
+        kvshim.share_unused(0)
         kvshim.share_demand(0)
         me = [p for p in json.loads(top("--json", "--pool", POOL).stdout)["segments"][0]
               ["processes"] if p["pid"] == os.getpid()][0]
         self.assertEqual(me["demand"], 0)
+        self.assertEqual(me["unused"], 0)
 
     def test_once_prints_a_table(self):
         r = top("--once", "--pool", POOL)

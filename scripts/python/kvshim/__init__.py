@@ -20,8 +20,8 @@ import os
 __all__ = ["KvshimError", "EINVAL", "ERANGE", "ENOTCLAIMED", "ELIMIT", "ENOMEM",
            "EDRIVER", "ENODEV", "ECONFIG", "EBUSY", "ESTATE", "library", "kv_begin",
            "kv_end", "window", "map", "unmap", "reserve", "release", "reserve_dlpack",
-           "dlpack_free", "DLManaged", "trim", "stats", "share_demand", "share_asked",
-           "Group"]
+           "dlpack_free", "DLManaged", "trim", "stats", "share_demand", "share_unused",
+           "share_asked", "Group"]
 
 _lib = None
 
@@ -111,6 +111,7 @@ def library():
             "kvshim_group_headroom": [i, ctypes.POINTER(sz)],
             "kvshim_group_can_back": [i, ctypes.POINTER(ll), sz],
             "kvshim_share_demand": [sz],
+            "kvshim_share_unused": [sz],
             "kvshim_share_asked": [ctypes.POINTER(sz)],
         }
         for name, args in sigs.items():
@@ -214,10 +215,19 @@ def share_demand(nbytes):
     _check(library().kvshim_share_demand(max(0, int(nbytes))), "kvshim_share_demand")
 
 
+def share_unused(nbytes):
+    """State the bytes of pages this process maps that only blocks no
+    request uses claim (an engine's prefix cache; 0: none): the fair
+    shares count them out of what it uses and ask for them first. It holds
+    for one second unless stated again. Nothing without a shared budget."""
+    _check(library().kvshim_share_unused(max(0, int(nbytes))), "kvshim_share_unused")
+
+
 def share_asked():
     """The bytes of what this process uses it is asked to give back now
-    (above its fair share while others wait below theirs); 0 without a
-    shared budget."""
+    (its unused pages first: see share_unused; then what it uses above its
+    fair share while others wait below theirs); 0 without a shared
+    budget."""
     n = ctypes.c_size_t()
     _check(library().kvshim_share_asked(ctypes.byref(n)), "kvshim_share_asked")
     return n.value
