@@ -585,13 +585,17 @@ class AdapterTest(unittest.TestCase):
     def test_asked_engine_drops_its_prefix_cache_first(self):
         """transformers 5.17 keeps the complete blocks of finished requests
         for prefix sharing and releases them only when its free list runs
-        short: asked to give back, the engine releases those first, before
-        preempting anything."""
+        short: asked to give back, the engine releases those first, a
+        whole page (the newest block's) here, before preempting anything.
+        (kvshim's ask here: everything above 64 blocks, as the rule's
+        shrinks with what is given back.)"""
         c, tr = self.make(num_blocks=4096, layers=4)
         bm = c._block_manager
         asked = [0]
         ContinuousBatchProcessor = patched(stand_in_api(lambda self: True))
-        self.fake_ask(asked)
+        real = kvshim.share_asked
+        kvshim.share_asked = lambda: asked[0] and max(0, tr.mapped - 64) * tr.bytes_per_block
+        self.addCleanup(setattr, kvshim, "share_asked", real)
         proc = ContinuousBatchProcessor(c)
         proc.scheduler = types.SimpleNamespace(active_requests={"a": 1, "b": 2},
                                                waiting_requests={})
@@ -602,13 +606,86 @@ class AdapterTest(unittest.TestCase):
         bm.free_blocks(ids, shareable=True, complete=True)       # the prefix cache
         self.assertEqual(len(bm._init_block_ids), 128)
         self.assertEqual(tr.mapped, 128)
-        asked[0] = 64 * tr.bytes_per_block
+        asked[0] = 1
         time.sleep(0.01)
         proc.prepare_next_batch()
-        self.assertEqual(len(bm._init_block_ids), 64)
+        self.assertEqual(list(bm._init_block_ids), ids[:64])
         self.assertEqual(tr.mapped, 64)
         self.assertEqual(tr.dropped, 64)
+        self.assertEqual(tr.unused_pages, 1)
         self.assertEqual(preempted, [])
+
+    def capture_unused(self, stated):
+        """What the adapter states as its unused pages (share_unused) goes
+        to the list stated for this test."""
+        real = kvshim.share_unused
+        kvshim.share_unused = stated.append
+        self.addCleanup(setattr, kvshim, "share_unused", real)
+
+    def test_unused_pages_stated(self):
+        """The page indices only prefix-cache blocks claim are stated as
+        unused (kvshim counts them out of the engine's use and asks for
+        them first); a page with a block a request uses is not. Stated
+        afresh when the cache changes here, and again within the second
+        kvshim holds a statement."""
+        c, tr, proc, _ = self.paged_engine()
+        stated = []
+        self.capture_unused(stated)
+        bm = c._block_manager
+        self.lay_out(proc, [("a", 40), ("p", 88), ("q", 64)])
+        # p and q finished: their complete blocks stay in the prefix cache;
+        # page 0 holds a's 40 and 24 of p's, page 1 the rest of p's, page
+        # 2 q's
+        for rid in ("p", "q"):
+            del proc.scheduler.active_requests[rid]
+            bm.free_blocks(c.group_cache_managers[0].block_table.pop(rid),
+                           shareable=True, complete=True)
+        self.assertEqual(sorted(tr.cache_only_pages(bm._init_block_ids)), [1, 2])
+        time.sleep(0.06)
+        proc.prepare_next_batch()
+        self.assertEqual(stated, [2 * tr.page_index_bytes])
+        proc.prepare_next_batch()                       # unchanged: not restated
+        self.assertEqual(len(stated), 1)
+        # a new request shares a block of page 2: that page is in use now
+        bm.reuse_cached(next(b for b in bm._init_block_ids if tr.page_of(b) == 2))
+        time.sleep(0.06)
+        proc.prepare_next_batch()
+        self.assertEqual(stated[-1], tr.page_index_bytes)
+        # restated before kvshim's second runs out
+        tr._unused = (time.monotonic() - 0.3, stated[-1])
+        time.sleep(0.06)
+        proc.prepare_next_batch()
+        self.assertEqual(stated[-2:], [tr.page_index_bytes] * 2)
+        # the engine takes its cache's blocks (here all of page 1's):
+        # stated at once, not 0.05 s on
+        transformers_cb._uncache(bm, [b for b in bm._init_block_ids if tr.page_of(b) == 1],
+                                 tr, asked=False)
+        self.assertEqual(stated[-1], 0)
+
+    def test_idle_engine_asked_gives_whole_pages_of_its_prefix_cache(self):
+        """An idle engine (no request) whose prefix cache holds three page
+        indices, asked for one: it releases the blocks of one whole page
+        (that of its newest block), and the page goes back. Released
+        newest block first (before), the 64 newest lay on all three pages,
+        and emptied none: the ask stood, and the engine gave again a
+        second later."""
+        c, tr, proc, _ = self.paged_engine()
+        bm = c._block_manager
+        ids = bm.get_free_blocks(192, None, True, 0)
+        # kept in an order that spreads the newest over every page
+        bm.free_blocks(sorted(ids, key=lambda b: (b % 64, b)), shareable=True, complete=True)
+        newest = list(bm._init_block_ids)[-64:]
+        self.assertEqual({tr.page_of(b) for b in newest}, {0, 1, 2})
+        cached = kvshim.stats()["cached_bytes"]
+        # (kvshim's ask: everything above 128 blocks, as the rule's shrinks
+        # with what is given back)
+        kvshim.share_asked = lambda: max(0, tr.mapped - 128) * tr.bytes_per_block
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(kvshim.stats()["cached_bytes"] - cached, tr.page_index_bytes)
+        self.assertEqual(sorted(tr._claims), [0, 1])
+        self.assertEqual(len(bm._init_block_ids), 128)
+        self.assertEqual((tr.dropped, tr.unused_pages, tr.preempted), (64, 1, 0))
 
     def cached_budget(self):
         """A cache whose engine filled kvshim's limit (64 MiB: 256 blocks)

@@ -117,6 +117,10 @@ class BlockTracker:
         self.dropped = 0         # prefix-cache blocks released because kvshim asked
         self.reclaimed = 0       # ...because the engine needed their memory
         self._demand = (0.0, 0)  # (when, bytes) of the last demand stated
+        self._unused = (0.0, 0)  # (when, bytes) of the last unused pages stated
+        self._unused_seen = -1.0  # when the prefix cache's pages were last looked at
+        self.unused_pages = 0    # page indices only prefix-cache blocks claimed,
+                                 # released because kvshim asked
         self._asked = (0.0, 0)   # (when, bytes) of the last ask read
         self.asks = 0            # times kvshim began to ask for blocks back
         self.asked_s = 0.0       # seconds under an ask, asks that ended
@@ -452,6 +456,46 @@ class BlockTracker:
             return
         self._demand = (now, nbytes)
 
+    def cache_only_pages(self, cached):
+        """The page indices whose every claimed block is in cached (blocks
+        no request uses, kept claimed: the prefix cache's): {page: [ids]},
+        each page's ids in cached's order. Releasing those ids empties the
+        page. Empty when blocks may straddle pages."""
+        if not self._one_page():
+            return {}
+        on = {}
+        for b in cached:
+            on.setdefault(self.page_of(b), []).append(b)
+        return {p: ids for p, ids in on.items() if 0 < self._claims.get(p, 0) <= len(ids)}
+
+    @_timed
+    def state_unused(self, cached, fresh=False):
+        """State in the shared budget the bytes of the page indices only
+        cached's blocks claim (see cache_only_pages): the fair shares count
+        them out of what this engine uses, and ask for them first. Looked
+        at every 0.05 s at most unless fresh (the prefix cache changed
+        here: an ask must not read pages already released), stated again
+        every 0.25 s while it lasts (kvshim holds it for a second), and at
+        once when it changes."""
+        now = time.monotonic()
+        if not fresh and now - self._unused_seen < 0.05:
+            return
+        self._unused_seen = now
+        nbytes = len(self.cache_only_pages(cached)) * self.page_index_bytes
+        when, last = self._unused
+        if nbytes == last and (not nbytes or now - when < 0.25):
+            return
+        try:
+            kvshim.share_unused(nbytes)
+        except (kvshim.KvshimError, AttributeError):
+            return
+        self._unused = (now, nbytes)
+
+    def reread(self):
+        """Take the next ask read afresh (what was just given back is no
+        longer asked for)."""
+        self._asked = (0.0, 0)
+
     @_timed
     def asked(self, ttl=0.005):
         """Bytes of the blocks it uses that kvshim asks this engine to give
@@ -544,7 +588,7 @@ class BlockTracker:
         drop = list(self._ahead)
         self._release_ahead(drop)
         if drop:
-            self._asked = (0.0, 0)
+            self.reread()
         return len(drop)
 
     def _release_ahead(self, drop):

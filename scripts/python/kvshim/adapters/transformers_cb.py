@@ -444,11 +444,14 @@ def _give_back(proc, tracker):
     nothing. The blocks backed ahead go first: they are claims on the
     pages with free ids, those an ask empties soonest, that no request
     explains (see _victims), and while asked the engine backs none ahead
-    (see map_ahead); the ask is then read afresh, less what they gave
-    back. Returns how many were."""
+    (see map_ahead); then the page indices only its prefix cache's blocks
+    claim (see _drop_unused), which kvshim asks for before anything in use
+    (even of an engine at its share); the ask is read afresh after each,
+    less what they gave back. Returns how many were."""
     n = 0
     if tracker.owed():
         tracker.drop_ahead()
+        _drop_unused(proc, tracker)
     for victim in _victims(proc, tracker):
         if not _give_back_one(proc, tracker, victim):
             break
@@ -534,6 +537,9 @@ def _uncache(bm, ids, tracker, asked=True):
         bm._uninit_block_ids.append(b)
     if asked and before > tracker.mapped:
         tracker.gave_back(before - tracker.mapped, preempted=False)
+    # (the pages it stated unused may be gone: stated afresh before kvshim
+    # is asked again, or it would ask for them twice)
+    tracker.state_unused(init, fresh=True)
 
 
 def _prefix_cache(bm):
@@ -625,6 +631,41 @@ def _reclaim(bm, tracker, need, upcoming, exact=False):
         tracker.reclaimed += k
         tracker.stale()
     return False
+
+
+def _drop_unused(proc, tracker):
+    """Asked to give back: the page indices only the prefix cache's blocks
+    claim, those the adapter states unused (see one_pass), the page of the
+    newest block first (5.17's eviction order), whole, as many as the ask
+    needs. kvshim asks for them before anything in use, of any engine
+    (README.md, "Sharing one GPU"), and each page they empty goes back, so
+    the ask is then read afresh (what was given back so is not asked
+    again; counted in tracker.unused_pages and dropped, not as given).
+    Returns the blocks released."""
+    bm = getattr(getattr(proc, "cache", None), "_block_manager", None)
+    init = _prefix_cache(bm)
+    owed = tracker.owed()
+    if not init or not owed:
+        return 0
+    pages = tracker.cache_only_pages(init)
+    want = -(-owed // max(1, tracker.page_index_bytes))
+    order = []
+    for b in reversed(init):
+        p = tracker.page_of(b)
+        if p in pages and p not in order:
+            order.append(p)
+            if len(order) >= want:
+                break
+    if not order:
+        return 0
+    ids = [b for p in order for b in pages[p]]
+    before = len(init)
+    _uncache(bm, ids, tracker, asked=False)
+    released = before - len(init)
+    tracker.dropped += released
+    tracker.unused_pages += len(order)
+    tracker.reread()
+    return released
 
 
 def _drop_prefix_cache(proc, tracker):
@@ -852,6 +893,9 @@ def patch_api_module(mod):
         # (less its prefix cache's blocks, which it takes before others'
         # memory: see _reclaim)
         tracker.state_demand(max(max(1, need - cached) if held else 0, _cushion(self)))
+        # and the pages only that prefix cache claims, which kvshim counts
+        # out of its use and asks for first (see _drop_unused)
+        tracker.state_unused(_prefix_cache(getattr(self.cache, "_block_manager", None)))
         return ready, held
 
     def prepare_next_batch(self, *args, **kwargs):
