@@ -328,7 +328,8 @@ def engine(args):
 
 # What the kvshim adapter's tracker counts, per run (see blocks.py)
 TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted", "dropped",
-                   "reclaimed", "ahead_hits", "asks", "asked_s", "no_page", "kept_out")
+                   "reclaimed", "ahead_hits", "asks", "asked_s", "no_page", "kept_out",
+                   "unused_pages")
 
 
 # What kvshim counts of the maps that waited for other processes (kvshim.h)
@@ -479,11 +480,13 @@ class Sampler:
             for seg in self.top.segments(self.pool):
                 if "error" not in seg:
                     # per pid: held, idle (cached and pooled), demand,
-                    # asked, share and gap (the rule's, kvshim-config's)
+                    # asked, share and gap (the rule's, kvshim-config's),
+                    # unused (stated by its adapter)
                     self.held.append((time.perf_counter() - self.t0, seg["held"], seg["budget"],
                                       {p["pid"]: [p["held"], p["cached"] + p["pooled"],
                                                   p.get("demand"), p.get("asked"),
-                                                  p.get("share"), p.get("gap")]
+                                                  p.get("share"), p.get("gap"),
+                                                  p.get("unused")]
                                        for p in seg["processes"]}))
             self.stop.wait(0.05)
 
@@ -708,7 +711,8 @@ def summarize(results, traces):
                     "kv_worst_in": max(tracker, key=lambda x: x.get("worst", 0.0),
                                        default={}).get("worst_in") or "-",
                     "kv_asks": {k: sum(x.get(k, 0) for x in tracker)
-                                for k in ("asks", "asked_s", "no_page", "kept_out")},
+                                for k in ("asks", "asked_s", "no_page", "kept_out",
+                                          "unused_pages")},
                     "kv_ask_worst": max([x.get("ask_worst", 0.0) for x in tracker] or [0.0]),
                     "kv_waits": {k: sum((run["engines"][n].get("kvshim_waits") or {}).get(k, 0)
                                         for n in engines) for k in WAIT_FIGURES},
@@ -801,11 +805,13 @@ def print_tables(table, traces, results, args):
                  "blocks it uses, how long the asks lasted in all and at most, the passes whose "
                  "waiting requests an ask kept out, and the asks in which a pass found no page to "
                  "empty (with two requests or more, none that preempting fewer than all of them "
-                 "would empty)" % label,
-                 ("asks", "asked s", "longest s", "passes kept out", "no page"),
+                 "would empty); and the page indices only prefix-cache blocks claimed (unused) "
+                 "that the asks had it release" % label,
+                 ("asks", "asked s", "longest s", "passes kept out", "no page", "unused pages"),
                  lambda t: ("%d" % t["kv_asks"]["asks"], "%.2f" % t["kv_asks"]["asked_s"],
                             "%.2f" % t["kv_ask_worst"], "%d" % t["kv_asks"]["kept_out"],
-                            "%d" % t["kv_asks"]["no_page"]))
+                            "%d" % t["kv_asks"]["no_page"],
+                            "%d" % t["kv_asks"].get("unused_pages", 0)))
         used = ["%s %.0f MiB" % (c, table[(label, c, "gpu")]["peak_used"] / MIB)
                 for c in results if (label, c, "gpu") in table]
         if used:
