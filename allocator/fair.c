@@ -77,7 +77,7 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		  struct kv_fair_out *out, struct kv_fair_sums *sums)
 {
 	uint64_t want[FAIR_MAX], w[FAIR_MAX], got[FAIR_MAX], used[FAIR_MAX];
-	uint64_t base[FAIR_MAX], unused[FAIR_MAX];
+	uint64_t base[FAIR_MAX], unused[FAIR_MAX], askable[FAIR_MAX];
 	uint64_t taken = 0, floor_gaps = 0, givable = 0, need = 0;
 	uint64_t over = 0, spare = 0, ask, from_unused, free_b, asked = 0, L;
 	unsigned i;
@@ -89,7 +89,12 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 
 		base[i] = p->max ? min64(p->min, p->max) : p->min;
 		used[i] = sub(p->held, p->idle);
-		unused[i] = min64(p->unused, used[i]);
+		/* a process that waits keeps its unused pages: its engine
+		 * takes them first for what it waits for */
+		unused[i] = p->demand ? 0 : min64(p->unused, used[i]);
+		/* of them, those it may be asked for: above its floor once
+		 * idle (given back, they are idle pages) */
+		askable[i] = min64(unused[i], sub(used[i], p->min));
 		used[i] -= unused[i];
 		want[i] = add(used[i], p->demand);
 		if (p->max)
@@ -114,7 +119,7 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		floor_gaps = add(floor_gaps, sub(p->min, add(p->held, p->pending)));
 		givable = add(givable, p->givable);
 		over = add(over, sub(used[i], got[i]));
-		spare = add(spare, unused[i]);
+		spare = add(spare, askable[i]);
 	}
 	/* what the free budget and the idle pages cannot cover comes from
 	 * the unused pages, in proportion to them, then from those who use
@@ -127,8 +132,8 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 	for (i = 0; i < n; i++) {
 		uint64_t x = sub(used[i], got[i]);
 
-		if (from_unused && unused[i])
-			out[i].asked = min64(unused[i], scale(from_unused, unused[i], spare) + 1);
+		if (from_unused && askable[i])
+			out[i].asked = min64(askable[i], scale(from_unused, askable[i], spare) + 1);
 		if (ask && x)
 			out[i].asked += min64(x, scale(ask, x, over) + 1);
 		asked = add(asked, out[i].asked);

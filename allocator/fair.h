@@ -11,7 +11,9 @@
  * blocks no request uses: an engine's prefix cache, as its adapter states
  * it), and its demand d_i (bytes it waits for now):
  *   - it uses u_i = h_i - idle_i - unused_i and wants u_i + d_i, at most
- *     M_i;
+ *     M_i; a process that waits (d_i > 0) counts its unused pages as use:
+ *     its engine takes them first for what it waits for (its adapter
+ *     states its demand beyond them);
  *   - its share is L * w_i, but at least its floor and at most what it
  *     wants, with L the highest level at which the shares fit in B: what
  *     one process does not want goes to the others by weight (weighted
@@ -21,12 +23,14 @@
  *     anyone who would grow past its own share;
  *   - when the free budget and every process's idle pages cannot cover the
  *     gaps, the processes' unused pages are asked for, in proportion to
- *     them, whatever their shares (their engines drop those blocks, which
- *     no request waits on); and when those cannot either, processes that
+ *     them, whatever their shares, but never below their floors (their
+ *     engines drop those blocks, which no request waits on, and the pages
+ *     go back idle); and when those cannot either, processes that
  *     use more than their share are asked to give back the rest, in
  *     proportion to what they use above their share, never more than
  *     that. A process at or below its share is never asked to give back
- *     what it uses; its idle and unused pages may always be asked for.
+ *     what it uses; its idle and unused pages may always be asked for,
+ *     above its floor.
  */
 #ifndef KV_FAIR_H
 #define KV_FAIR_H
@@ -59,7 +63,8 @@ struct kv_fair_sums {
 	uint64_t gaps;           /* the waiters' claims, summed */
 	uint64_t asked;          /* what all are asked to give back, summed */
 	uint64_t over;           /* what all use above their shares, summed */
-	uint64_t unused;         /* all unused pages, summed */
+	uint64_t unused;         /* the unused pages that may be asked for,
+				  * summed */
 	uint64_t level;          /* L: bytes a share holds per unit of weight */
 };
 

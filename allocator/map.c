@@ -663,8 +663,8 @@ void kv_alloc_unused(kv_alloc_t *a, size_t bytes)
 
 size_t kv_alloc_asked(kv_alloc_t *a)
 {
-	/* whole pages: less than one frees nothing */
-	return a && a->share ? (size_t)(kv_share_asked(a->share) / a->page * a->page) : 0;
+	/* whole pages (kv_share_asked) */
+	return a && a->share ? (size_t)kv_share_asked(a->share, a->page) : 0;
 }
 
 int kv_alloc_pin_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,

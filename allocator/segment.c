@@ -127,8 +127,8 @@ int kv_seg_lock_wait(int fd, short type, off_t off, unsigned ms)
  * are never missed. Sets clamped when held, pending, pooled or min was out
  * of bounds (a figure no process of this version writes). A weight of 0
  * (a slot of minor 0) is 1; a weight above KV_FAIR_WEIGHT_MAX, a demand
- * above cap, asked above held and unused above what it uses (held less
- * idle) are cut to them, and set clamped.
+ * above cap and asked above held are cut to them, and set clamped; unused
+ * above what it uses (held less idle) is cut to it.
  */
 void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig *f)
 {
@@ -165,11 +165,10 @@ void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig
 	f->weight = f->weight ? kv_seg_min(f->weight, KV_FAIR_WEIGHT_MAX) : 1;
 	f->demand = kv_seg_min(f->demand, cap);
 	f->asked = kv_seg_min(f->asked, f->held);
-	f->unused = LOAD(&sl->unused);
+	/* unused above what it uses is a moment's state (its writer
+	 * publishes cached before unused): cut, never a reason to warn */
 	used = f->held - kv_seg_min(kv_seg_sat_add(f->cached, f->pooled), f->held);
-	if (f->unused > used)
-		f->clamped = 1;
-	f->unused = kv_seg_min(f->unused, used);
+	f->unused = kv_seg_min(LOAD(&sl->unused), used);
 }
 
 void kv_seg_fair_in(const struct kv_seg_fig *f, struct kv_fair_in *in)

@@ -943,9 +943,9 @@ void kv_share_unused(kv_share_t *s, uint64_t bytes)
 	pthread_mutex_unlock(&s->mu);
 }
 
-uint64_t kv_share_asked(kv_share_t *s)
+uint64_t kv_share_asked(kv_share_t *s, uint64_t page)
 {
-	uint64_t asked;
+	uint64_t asked, above;
 	struct sums t;
 
 	if (s->fd < 0)
@@ -956,8 +956,17 @@ uint64_t kv_share_asked(kv_share_t *s)
 	others(s, budget_of(s), demand_of(s), &t);
 	asked = s->asked = t.me.asked;
 	s->use_limit = use_limit(&t);
+	above = s->held > s->min ? s->held - s->min : 0;
 	pthread_mutex_unlock(&s->mu);
-	return asked;
+	if (!page || !asked)
+		return asked;
+	/* whole pages, the nearest, at least one (a part of one frees
+	 * nothing, and an ask split over several processes would round to
+	 * nothing in each), but never below the floor */
+	asked = kv_seg_sat_add(asked, page / 2) / page * page;
+	if (!asked)
+		asked = page;
+	return kv_seg_min(asked, above / page * page);
 }
 
 int kv_share_may_use(kv_share_t *s, uint64_t used)
@@ -968,8 +977,10 @@ int kv_share_may_use(kv_share_t *s, uint64_t used)
 	if (s->fd < 0)
 		return 1;
 	pthread_mutex_lock(&s->mu);
-	/* its unused pages count out of what it uses (fair.h) */
-	used -= kv_seg_min(unused_of(s), used);
+	/* its unused pages count out of what it uses, unless it waits
+	 * (fair.h) */
+	if (!demand_of(s))
+		used -= kv_seg_min(unused_of(s), used);
 	ok = used <= s->use_limit;
 	if (!ok) {
 		/* the bound is set by takes, asks and the worker's updates: a

@@ -85,8 +85,9 @@ struct kv_share_slot {
 	/* minor 1 (0 in a slot of minor 0, read as weight 1, no demand) */
 	uint64_t weight;         /* its KVSHIM_WEIGHT */
 	uint64_t demand;         /* bytes it waits for now beyond what it holds */
-	uint64_t asked;          /* of what it uses, the bytes it is asked to
-				  * give back now (fair.h), as it computed them */
+	uint64_t asked;          /* of what it uses (its unused pages first),
+				  * the bytes it is asked to give back now
+				  * (fair.h), as it computed them */
 	/* minor 2 (0 in a slot of an older minor: none) */
 	uint64_t unused;         /* of what it uses, the bytes of pages only
 				  * blocks no request uses claim (an engine's
@@ -173,16 +174,17 @@ void kv_share_demand(kv_share_t *s, uint64_t bytes);
 
 /* State the bytes of pages this process maps that only blocks no request
  * uses claim (an engine's prefix cache: kept for reuse, dropped at will);
- * the rule counts them out of what it uses, and asks for them first
- * (fair.h). It counts for KV_SHARE_DEMAND_MS unless stated again, and at
+ * unless it waits, the rule counts them out of what it uses, and asks for
+ * them first (fair.h). It counts for KV_SHARE_DEMAND_MS unless stated again, and at
  * most what the process uses. */
 void kv_share_unused(kv_share_t *s, uint64_t bytes);
 
 /* The bytes of what it uses this process is asked to give back now (its
  * idle pages are given back without asking the engine): the engine
  * adapter frees that much, its unused pages first (kv_share_unused), then
- * by preempting work. Read afresh. */
-uint64_t kv_share_asked(kv_share_t *s);
+ * by preempting work. Read afresh. With page (bytes, 0: none), in whole
+ * pages: the nearest, at least one, but never below its floor. */
+uint64_t kv_share_asked(kv_share_t *s, uint64_t page);
 
 /* Whether this process may use (claim) used bytes in all (its unused
  * pages among them, which count out of it): past its share

@@ -179,9 +179,10 @@ int kvshim_share_demand(size_t bytes);
 /*
  * Sharing one GPU's budget: state the bytes of pages this process maps on
  * the current device that only blocks no request uses claim (an engine's
- * prefix cache, which it may drop at will; 0: none). The fair shares count
- * them out of what it uses, and when others wait they are asked back
- * first, whatever its share (kvshim_share_asked). A statement holds for
+ * prefix cache, which it may drop at will; 0: none). Unless it waits
+ * (kvshim_share_demand), the fair shares count them out of what it uses,
+ * and when others wait they are asked back first, whatever its share but
+ * never below its floor (kvshim_share_asked). A statement holds for
  * one second unless made again, and counts at most what the process
  * uses. Without a shared budget, does nothing. Returns 0, or the error
  * that keeps kvshim from running.
@@ -194,7 +195,8 @@ int kvshim_share_unused(size_t bytes);
  * below their fair share of that GPU's budget, and the free budget and
  * idle pages cannot cover them. Its unused pages (kvshim_share_unused)
  * are asked for first, whatever its share; then what it uses beyond its
- * share. An engine frees them by dropping those blocks, then by
+ * share; in whole pages (the nearest, at least one, never below its
+ * floor). An engine frees them by dropping those blocks, then by
  * preempting work (its idle pages are given back without it). *bytes is
  * 0 without a shared budget. Returns 0, KVSHIM_EINVAL (bytes NULL), or
  * the error that keeps kvshim from running.

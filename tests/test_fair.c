@@ -232,6 +232,30 @@ START_TEST(test_fair_plan_unused)
 	ck_near(out[1].gap, 3 * PG);
 	ck_near(out[2].asked, 3 * PG);
 	ck_assert_uint_eq(out[0].asked, 0);
+	/* never below a floor: the third's floor of 6 keeps all but 2 of its
+	 * unused pages (given back, they would be idle pages under it) */
+	in[2].min = 6 * PG;
+	plan(in, 3, out, &sums);
+	ck_near(sums.unused, 2 * PG);
+	ck_near(out[2].asked, 2 * PG);
+	ck_near(out[0].asked, 1 * PG);
+	in[2].min = 8 * PG;
+	plan(in, 3, out, &sums);
+	ck_assert_uint_eq(out[2].asked, 0);
+	ck_assert_uint_eq(sums.unused, 0);
+	/* a process that waits keeps its unused pages (its engine takes them
+	 * first, and states its demand beyond them): the first holds 2 pages,
+	 * all unused, and waits for 3 more; the second uses 8 of a budget of
+	 * 10. Shares of 5: the second is asked for 3, the first for nothing */
+	in[0] = proc(1, 2 * PG, 3 * PG);
+	in[0].unused = 2 * PG;
+	in[1] = proc(1, 8 * PG, 0);
+	kv_fair_plan(10 * PG, in, 2, out, &sums);
+	ck_near(out[0].share, 5 * PG);
+	ck_near(out[0].gap, 3 * PG);
+	ck_assert_uint_eq(out[0].asked, 0);
+	ck_near(out[1].asked, 3 * PG);
+	ck_assert_uint_eq(sums.unused, 0);
 }
 END_TEST
 
@@ -504,9 +528,21 @@ static void duo_start(struct duo *d, int worker, int try)
 		close(d->p2c[1]);
 		close(d->c2p[0]);
 
-		KT_CHILD_CHECK(kt_mk(B, 0, 0, 1, 0, &b) == 0);
 		struct kv_run half = { 0, B / 2, 0 };
 		struct kvshim_stats st;
+		struct kv_alloc_opts o;
+
+		kt_opts(&o);
+		o.share = 1;
+		o.pool_name = kt_pool;
+		o.budget = B;
+		o.share_mode = 0600;
+		o.worker = 1;
+		/* a plain map waits in one wait: between two (500 ms each by
+		 * default) it would wait for nothing for a moment, and on a
+		 * busy machine the first could then take its idle pages back */
+		o.share_wait_ms = 20000;
+		KT_CHILD_CHECK(kv_alloc_create(&o, &b) == 0);
 
 		KT_CHILD_CHECK(kv_alloc_reserve(b, B, &p) == 0);
 		half.addr = p;
@@ -840,9 +876,11 @@ START_TEST(test_fair_demand_stated)
 	ck_assert_uint_eq(in->proc[0].weight, 1);
 	ck_assert_uint_eq(in->proc[0].share, 5 * PG);
 	ck_assert_uint_eq(in->proc[0].gap, 5 * PG);
+	/* (t0 before the statement: the wait measured is never longer than
+	 * the statement held) */
+	clock_gettime(CLOCK_MONOTONIC, &t0);
 	kv_alloc_demand(a, 2 * B);              /* bounded by the budget */
 	ck_assert_uint_eq(kt_seg_read(0)->proc[0].demand, B);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
 	for (i = 0; kt_seg_read(0)->proc[0].demand && kt_ms_since(&t0) < 20000; i++)
 		nanosleep(&(struct timespec){ 0, 10 * 1000 * 1000 }, NULL);
 	ck_assert_uint_eq(kt_seg_read(0)->proc[0].demand, 0);
@@ -872,9 +910,9 @@ START_TEST(test_fair_unused_stated)
 	kv_alloc_unused(a, B);
 	ck_assert_uint_eq(kt_seg_read(0)->proc[0].unused, 6 * PG);
 	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);
+	clock_gettime(CLOCK_MONOTONIC, &t0);    /* (before, as above) */
 	kv_alloc_unused(a, B);
 	ck_assert_uint_eq(kt_seg_read(0)->proc[0].unused, 2 * PG);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
 	/* (the worker publishes the figures every few ms) */
 	while (kt_seg_read(0)->proc[0].unused && kt_ms_since(&t0) < 20000)
 		nanosleep(&(struct timespec){ 0, 10 * 1000 * 1000 }, NULL);
@@ -989,6 +1027,54 @@ START_TEST(test_fair_unused_asked)
 	kt_release_child(p2c[1], pid, "the child failed: its line is above");
 	close(c2p[0]);
 	ck_assert_int_eq(kv_alloc_unmap(a, s + 8 * PG, B / 2 - 8 * PG), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
+ * An ask split over several processes is at least a page each: two hold
+ * 12 pages of a budget of 24 with 5 unused each, and a third waits for 1
+ * page; each is asked for half a page (plus the rule's rounding), which
+ * whole pages rounded down made nothing: nobody gave, and the third waited
+ * on. Now each is asked for a page; so too for use above a share. (The second and third are members
+ * whose slots the test writes: neither has a worker to rewrite them.)
+ */
+START_TEST(test_fair_unused_split_ask)
+{
+	struct kt_member m1, m2;
+	struct kv_share *sh;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+	int i1, i2;
+
+	kt_new_pool();
+	a = kt_make(B, 0, 0, 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, B / 2), 0);
+	kt_member_start(&m1, B, 0, 12);
+	kt_member_start(&m2, B, 0, 0);
+	sh = kt_seg_map();
+	i1 = kt_slot_of(sh, m1.pid);
+	i2 = kt_slot_of(sh, m2.pid);
+	ck_assert(i1 >= 0 && i2 >= 0);
+	__atomic_store_n(&sh->slot[i1].unused, 5 * PG, __ATOMIC_SEQ_CST);
+	__atomic_store_n(&sh->slot[i2].demand, PG, __ATOMIC_SEQ_CST);
+	kv_alloc_unused(a, 5 * PG);
+	ck_assert_uint_eq(kv_alloc_asked(a), PG);
+	/* so with no unused pages stated, when each is half a page above
+	 * its share (11.5 pages) */
+	kv_alloc_unused(a, 0);
+	__atomic_store_n(&sh->slot[i1].unused, 0, __ATOMIC_SEQ_CST);
+	ck_assert_uint_eq(kv_alloc_asked(a), PG);
+	/* and nobody once the third waits no more */
+	__atomic_store_n(&sh->slot[i2].demand, 0, __ATOMIC_SEQ_CST);
+	ck_assert_uint_eq(kv_alloc_asked(a), 0);
+	ck_assert_int_eq(kt_member_leave(&m1), 0);
+	ck_assert_int_eq(kt_member_leave(&m2), 0);
+	kt_seg_unmap(sh);
+	ck_assert_int_eq(kv_alloc_unmap(a, s, B / 2), 0);
 	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
@@ -1113,6 +1199,7 @@ Suite *fair_suite(void)
 	kt_add_emu(tc, test_fair_demand_stated);
 	kt_add_emu(tc, test_fair_unused_stated);
 	kt_add_emu(tc, test_fair_unused_asked);
+	kt_add_emu(tc, test_fair_unused_split_ask);
 	kt_add_emu(tc, test_fair_bad_weight);
 	kt_add_emu(tc, test_fair_share_values);
 	suite_add_tcase(s, tc);
