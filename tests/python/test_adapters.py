@@ -625,9 +625,10 @@ class AdapterTest(unittest.TestCase):
     def test_unused_pages_stated(self):
         """The page indices only prefix-cache blocks claim are stated as
         unused (kvshim counts them out of the engine's use and asks for
-        them first); a page with a block a request uses is not. Stated
-        afresh when the cache changes here, and again within the second
-        kvshim holds a statement."""
+        them first); a page with a block a request uses is not. Looked at
+        again at the next pass when the cache changes here (not 0.05 s
+        on), and stated again within the second kvshim holds a
+        statement."""
         c, tr, proc, _ = self.paged_engine()
         stated = []
         self.capture_unused(stated)
@@ -657,10 +658,41 @@ class AdapterTest(unittest.TestCase):
         proc.prepare_next_batch()
         self.assertEqual(stated[-2:], [tr.page_index_bytes] * 2)
         # the engine takes its cache's blocks (here all of page 1's):
-        # stated at once, not 0.05 s on
+        # stated at the next pass, not 0.05 s on
         transformers_cb._uncache(bm, [b for b in bm._init_block_ids if tr.page_of(b) == 1],
                                  tr, asked=False)
+        proc.prepare_next_batch()
         self.assertEqual(stated[-1], 0)
+
+    def test_ask_for_unused_pages_taken_since_preempts_nothing(self):
+        """kvshim asks for the pages the engine stated unused; by the next
+        pass a request took a block of the only one (its statement is up
+        to 0.05 s old): no page is left to release, so the pages are
+        stated afresh and the ask read again, and it is over. Before, the
+        engine released its prefix cache's newest blocks for the ask
+        (none emptied a page) and preempted a request for the rest, asked
+        at its share."""
+        c, tr, proc, _ = self.paged_engine()
+        stated = []
+        self.capture_unused(stated)
+        bm = c._block_manager
+        self.lay_out(proc, [("a", 32), ("b", 32), ("p", 64)])
+        del proc.scheduler.active_requests["p"]
+        bm.free_blocks(c.group_cache_managers[0].block_table.pop("p"),
+                       shareable=True, complete=True)
+        time.sleep(0.06)
+        proc.prepare_next_batch()
+        self.assertEqual(stated, [tr.page_index_bytes])
+        # kvshim asks for what the engine states unused
+        kvshim.share_asked = lambda: stated[-1]
+        bm.reuse_cached(next(iter(bm._init_block_ids)))
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(stated[-1], 0)
+        self.assertEqual((tr.preempted, proc.offloading_manager.evicted), (0, []))
+        self.assertEqual(list(proc.scheduler.active_requests), ["a", "b"])
+        self.assertEqual(len(bm._init_block_ids), 63)
+        self.assertEqual(tr.dropped, 0)
 
     def test_idle_engine_asked_gives_whole_pages_of_its_prefix_cache(self):
         """An idle engine (no request) whose prefix cache holds three page

@@ -5,11 +5,13 @@ library's reader); a corrupted segment is reported, not trusted; a FIFO at
 a segment's path is reported, never waited on; a command name's escape
 sequences never reach the terminal.
 """
+import contextlib
 import ctypes
 import json
 import os
 import subprocess
 import sys
+import threading
 import unittest
 
 POOL = "top%d" % os.getpid()
@@ -20,6 +22,31 @@ import kvshim  # noqa: E402
 
 TOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "kvshim-top")
 MIB = 1 << 20
+
+
+@contextlib.contextmanager
+def stating(demand=0, unused=0):
+    """State demand and unused pages (as an adapter does), and again every
+    0.2 s while the block runs: kvshim holds a statement for a second, and
+    on a loaded machine one kvshim-top call can take half of that. Both
+    are stated 0 after."""
+    stop = threading.Event()
+
+    def again():
+        while True:
+            kvshim.share_demand(demand)
+            kvshim.share_unused(unused)
+            if stop.wait(0.2):
+                return
+    th = threading.Thread(target=again, daemon=True)
+    th.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        th.join()
+        kvshim.share_demand(0)
+        kvshim.share_unused(0)
 
 
 def top(*args, env=None):
@@ -105,41 +132,48 @@ class TopTest(unittest.TestCase):
         """Weight, demand, unused pages, share and what it is asked for, in
         the JSON and the table: this process waits for 8 MiB more (stated
         as an adapter does) and, alone, its share is what it uses and waits
-        for; pages it states unused are not use."""
-        kvshim.share_demand(8 * MIB)
-        self.assertEqual(kvshim.share_asked(), 0)
-        segs = json.loads(top("--json", "--pool", POOL).stdout)["segments"]
-        me = [p for p in segs[0]["processes"] if p["pid"] == os.getpid()][0]
-        self.assertEqual(me["weight"], 3)
-        self.assertEqual(me["demand"], 8 * MIB)
-        self.assertEqual(me["asked"], 0)
-        self.assertEqual(me["share"], 4 * MIB + 8 * MIB)   # used (6 - 2 cached) + demand
-        self.assertEqual(me["gap"], 8 * MIB - 2 * MIB)     # beyond what it holds
-        kvshim.share_demand(8 * MIB)
-        r = top("--once", "--pool", POOL)
-        self.assertEqual(r.returncode, 0, r.stderr)
-        for col in ("WEIGHT", "SHARE", "DEMAND", "ASKED", "GAVE"):
-            self.assertIn(col, r.stdout)
-        row = [line for line in r.stdout.splitlines() if line.split()[:1] == [str(os.getpid())]]
-        self.assertEqual(row[0].split()[9:12], ["3", "12", "8"])
+        for; pages it states unused are not use unless it waits."""
+        def mine():
+            return [p for p in json.loads(top("--json", "--pool", POOL).stdout)["segments"][0]
+                    ["processes"] if p["pid"] == os.getpid()][0]
+
+        def row():
+            r = top("--once", "--pool", POOL)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            for col in ("WEIGHT", "SHARE", "DEMAND", "UNUSED", "ASKED", "GAVE"):
+                self.assertIn(col, r.stdout)
+            return [line for line in r.stdout.splitlines()
+                    if line.split()[:1] == [str(os.getpid())]][0].split()[9:13]
+
+        with stating(demand=8 * MIB):
+            self.assertEqual(kvshim.share_asked(), 0)
+            me = mine()
+            self.assertEqual(me["weight"], 3)
+            self.assertEqual(me["demand"], 8 * MIB)
+            self.assertEqual(me["asked"], 0)
+            self.assertEqual(me["share"], 4 * MIB + 8 * MIB)   # used (6 - 2 cached) + demand
+            self.assertEqual(me["gap"], 8 * MIB - 2 * MIB)     # beyond what it holds
+            self.assertEqual(row(), ["3", "12", "8", "0"])
         # 2 of the 4 MiB it uses unused (a prefix cache, as an adapter
-        # states it): counted out of its use, so out of its share
-        kvshim.share_unused(2 * MIB)
-        kvshim.share_demand(8 * MIB)
-        me = [p for p in json.loads(top("--json", "--pool", POOL).stdout)["segments"][0]
-              ["processes"] if p["pid"] == os.getpid()][0]
-        self.assertEqual(me["unused"], 2 * MIB)
-        self.assertEqual(me["share"], 2 * MIB + 8 * MIB)
-        r = top("--once", "--pool", POOL)
-        self.assertIn("UNUSED", r.stdout)
-        row = [line for line in r.stdout.splitlines() if line.split()[:1] == [str(os.getpid())]]
-        self.assertEqual(row[0].split()[9:13], ["3", "10", "8", "2"])
-        kvshim.share_unused(0)
-        kvshim.share_demand(0)
-        me = [p for p in json.loads(top("--json", "--pool", POOL).stdout)["segments"][0]
-              ["processes"] if p["pid"] == os.getpid()][0]
-        self.assertEqual(me["demand"], 0)
-        self.assertEqual(me["unused"], 0)
+        # states it): kept as its own while it waits, out of its use (so
+        # of its share) when it does not
+        with stating(demand=8 * MIB, unused=2 * MIB):
+            me = mine()
+            self.assertEqual((me["unused"], me["share"]), (2 * MIB, 12 * MIB))
+        # (4 MiB more in use for this: its share is above its floor of 4)
+        more = self.span + 16 * MIB
+        kvshim.map(more, 4 * MIB)
+        try:
+            with stating(unused=2 * MIB):
+                me = mine()
+                self.assertEqual((me["unused"], me["share"], me["demand"]),
+                                 (2 * MIB, 6 * MIB, 0))           # 8 used less 2
+                self.assertEqual(row(), ["3", "6", "0", "2"])
+        finally:
+            kvshim.unmap(more, 4 * MIB)
+            kvshim.trim(4 * MIB)
+        me = mine()
+        self.assertEqual((me["demand"], me["unused"]), (0, 0))
 
     def test_once_prints_a_table(self):
         r = top("--once", "--pool", POOL)

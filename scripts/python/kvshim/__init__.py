@@ -217,9 +217,10 @@ def share_demand(nbytes):
 
 def share_unused(nbytes):
     """State the bytes of pages this process maps that only blocks no
-    request uses claim (an engine's prefix cache; 0: none): the fair
-    shares count them out of what it uses and ask for them first. It holds
-    for one second unless stated again. Nothing without a shared budget."""
+    request uses claim (an engine's prefix cache; 0: none): unless it
+    waits, the fair shares count them out of what it uses and ask for them
+    first. It holds for one second unless stated again. Nothing without a
+    shared budget."""
     _check(library().kvshim_share_unused(max(0, int(nbytes))), "kvshim_share_unused")
 
 

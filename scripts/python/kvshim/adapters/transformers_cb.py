@@ -537,9 +537,9 @@ def _uncache(bm, ids, tracker, asked=True):
         bm._uninit_block_ids.append(b)
     if asked and before > tracker.mapped:
         tracker.gave_back(before - tracker.mapped, preempted=False)
-    # (the pages it stated unused may be gone: stated afresh before kvshim
-    # is asked again, or it would ask for them twice)
-    tracker.state_unused(init, fresh=True)
+    # (the pages it stated unused may be gone: looked at again at the next
+    # statement; _drop_unused states them afresh before the ask is read)
+    tracker.unused_stale()
 
 
 def _prefix_cache(bm):
@@ -638,32 +638,35 @@ def _drop_unused(proc, tracker):
     claim, those the adapter states unused (see one_pass), the page of the
     newest block first (5.17's eviction order), whole, as many as the ask
     needs. kvshim asks for them before anything in use, of any engine
-    (README.md, "Sharing one GPU"), and each page they empty goes back, so
-    the ask is then read afresh (what was given back so is not asked
-    again; counted in tracker.unused_pages and dropped, not as given).
-    Returns the blocks released."""
+    (README.md, "Sharing one GPU"), and each page they empty goes back.
+    Then, released or not, the pages are stated afresh and the ask read
+    again: what was given back so is not asked again (counted in
+    tracker.unused_pages and dropped, not as given), and an ask for pages
+    stated unused that requests took since (its blocks are in use now)
+    ends instead of preempting requests for it. Returns the blocks
+    released."""
+    if not tracker.owed():
+        return 0
     bm = getattr(getattr(proc, "cache", None), "_block_manager", None)
     init = _prefix_cache(bm)
-    owed = tracker.owed()
-    if not init or not owed:
-        return 0
-    pages = tracker.cache_only_pages(init)
-    want = -(-owed // max(1, tracker.page_index_bytes))
-    order = []
-    for b in reversed(init):
+    pages = tracker.cache_only_pages(init) if init else {}
+    want = -(-tracker.owed() // max(1, tracker.page_index_bytes))
+    order, seen = [], set()
+    for b in reversed(init) if pages else ():
         p = tracker.page_of(b)
-        if p in pages and p not in order:
+        if p in pages and p not in seen:
+            seen.add(p)
             order.append(p)
             if len(order) >= want:
                 break
-    if not order:
-        return 0
-    ids = [b for p in order for b in pages[p]]
-    before = len(init)
-    _uncache(bm, ids, tracker, asked=False)
-    released = before - len(init)
-    tracker.dropped += released
-    tracker.unused_pages += len(order)
+    released = 0
+    if order:
+        before = len(init)
+        _uncache(bm, [b for p in order for b in pages[p]], tracker, asked=False)
+        released = before - len(init)
+        tracker.dropped += released
+        tracker.unused_pages += len(order)
+    tracker.state_unused(init, fresh=True)
     tracker.reread()
     return released
 
