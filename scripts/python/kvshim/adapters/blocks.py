@@ -443,19 +443,22 @@ class BlockTracker:
     @_timed
     def state_demand(self, nblocks):
         """State in the shared budget the blocks this engine waits for now
-        (those its waiting requests need; 0: none). kvshim holds a demand
-        for a second: it is stated again every 0.25 s while it lasts, and
-        at once when it changes."""
-        nbytes = max(0, int(nblocks)) * self.bytes_per_block
-        when, last = self._demand
+        (those its waiting requests need; 0: none), as _state does."""
+        self._state("demand", max(0, int(nblocks)) * self.bytes_per_block)
+
+    def _state(self, what, nbytes):
+        """State nbytes as this process's what (demand, unused) through
+        kvshim.share_<what>: again every 0.25 s while it lasts (kvshim
+        holds a statement for a second), and at once when it changes."""
+        when, last = getattr(self, "_" + what)
         now = time.monotonic()
         if nbytes == last and (not nbytes or now - when < 0.25):
             return
         try:
-            kvshim.share_demand(nbytes)
+            getattr(kvshim, "share_" + what)(nbytes)
         except (kvshim.KvshimError, AttributeError):
             return
-        self._demand = (now, nbytes)
+        setattr(self, "_" + what, (now, nbytes))
 
     def cache_only_pages(self, cached):
         """The page indices whose every claimed block is in cached (blocks
@@ -493,19 +496,11 @@ class BlockTracker:
         now = time.monotonic()
         seen, what = self._unused_seen
         key = (len(cached), self.mapped, len(self._claims))
-        when, last = self._unused
+        nbytes = self._unused[1]
         if fresh or (now - seen >= 0.05 and key != what):
             self._unused_seen = (now, key)
             nbytes = self._cache_only_count(cached) * self.page_index_bytes
-        else:
-            nbytes = last
-        if nbytes == last and (not nbytes or now - when < 0.25):
-            return
-        try:
-            kvshim.share_unused(nbytes)
-        except (kvshim.KvshimError, AttributeError):
-            return
-        self._unused = (now, nbytes)
+        self._state("unused", nbytes)
 
     def unused_stale(self):
         """The prefix cache changed here: the next state_unused looks."""
