@@ -132,8 +132,10 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 	for (i = 0; i < n; i++) {
 		uint64_t x = sub(used[i], got[i]);
 
+		out[i].asked_unused = 0;
 		if (from_unused && askable[i])
-			out[i].asked = min64(askable[i], scale(from_unused, askable[i], spare) + 1);
+			out[i].asked = out[i].asked_unused =
+				min64(askable[i], scale(from_unused, askable[i], spare) + 1);
 		if (ask && x)
 			out[i].asked += min64(x, scale(ask, x, over) + 1);
 		asked = add(asked, out[i].asked);

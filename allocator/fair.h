@@ -11,9 +11,9 @@
  * blocks no request uses: an engine's prefix cache, as its adapter states
  * it), and its demand d_i (bytes it waits for now):
  *   - it uses u_i = h_i - idle_i - unused_i and wants u_i + d_i, at most
- *     M_i; a process that waits (d_i > 0) counts its unused pages as use:
- *     its engine takes them first for what it waits for (its adapter
- *     states its demand beyond them);
+ *     M_i; a process that waits (d_i > 0) counts its unused pages as use,
+ *     all of them: its engine takes them first for what it waits for (the
+ *     transformers adapter states its demand beyond them);
  *   - its share is L * w_i, but at least its floor and at most what it
  *     wants, with L the highest level at which the shares fit in B: what
  *     one process does not want goes to the others by weight (weighted
@@ -56,6 +56,7 @@ struct kv_fair_out {
 	uint64_t gap;            /* what it waits for and may claim */
 	uint64_t asked;          /* of what it uses and its unused pages, what
 				  * it must give back */
+	uint64_t asked_unused;   /* the part of asked that is unused pages */
 };
 
 /* Totals of a plan, for the process deciding a take. */

@@ -945,7 +945,7 @@ void kv_share_unused(kv_share_t *s, uint64_t bytes)
 
 uint64_t kv_share_asked(kv_share_t *s, uint64_t page)
 {
-	uint64_t asked, above;
+	uint64_t asked, unused, over, above, idle;
 	struct sums t;
 
 	if (s->fd < 0)
@@ -956,16 +956,22 @@ uint64_t kv_share_asked(kv_share_t *s, uint64_t page)
 	others(s, budget_of(s), demand_of(s), &t);
 	asked = s->asked = t.me.asked;
 	s->use_limit = use_limit(&t);
-	above = s->held > s->min ? s->held - s->min : 0;
+	idle = kv_seg_min(kv_seg_sat_add(s->cached, s->pooled), s->held);
+	above = s->held - idle > s->min ? s->held - idle - s->min : 0;
 	pthread_mutex_unlock(&s->mu);
 	if (!page || !asked)
 		return asked;
-	/* whole pages, the nearest, at least one (a part of one frees
-	 * nothing, and an ask split over several processes would round to
-	 * nothing in each), but never below the floor */
-	asked = kv_seg_sat_add(asked, page / 2) / page * page;
-	if (!asked)
-		asked = page;
+	/* whole pages: the unused part rounded up (a part of a page frees
+	 * nothing, and an ask split over several holders would round to
+	 * nothing in each; it costs a cache, never a request), the part
+	 * above its share down (rounded up, a process just above its share
+	 * would stop a request and fall below it); never below its floor */
+	unused = kv_seg_min(t.me.asked_unused, asked);
+	over = asked - unused;
+	/* (less the byte the rule adds to each part so the parts make up
+	 * the whole: a whole number of pages stays so) */
+	unused = unused ? kv_seg_sat_add(unused - 1, page - 1) / page * page : 0;
+	asked = kv_seg_sat_add(unused, over / page * page);
 	return kv_seg_min(asked, above / page * page);
 }
 

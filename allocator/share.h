@@ -183,7 +183,8 @@ void kv_share_unused(kv_share_t *s, uint64_t bytes);
  * idle pages are given back without asking the engine): the engine
  * adapter frees that much, its unused pages first (kv_share_unused), then
  * by preempting work. Read afresh. With page (bytes, 0: none), in whole
- * pages: the nearest, at least one, but never below its floor. */
+ * pages: the unused part rounded up, the rest down, never below its
+ * floor. */
 uint64_t kv_share_asked(kv_share_t *s, uint64_t page);
 
 /* Whether this process may use (claim) used bytes in all (its unused

@@ -195,8 +195,8 @@ int kvshim_share_unused(size_t bytes);
  * below their fair share of that GPU's budget, and the free budget and
  * idle pages cannot cover them. Its unused pages (kvshim_share_unused)
  * are asked for first, whatever its share; then what it uses beyond its
- * share; in whole pages (the nearest, at least one, never below its
- * floor). An engine frees them by dropping those blocks, then by
+ * share; in whole pages (unused pages rounded up, the rest down, never
+ * below its floor). An engine frees them by dropping those blocks, then by
  * preempting work (its idle pages are given back without it). *bytes is
  * 0 without a shared budget. Returns 0, KVSHIM_EINVAL (bytes NULL), or
  * the error that keeps kvshim from running.

@@ -626,7 +626,7 @@ class AdapterTest(unittest.TestCase):
         """The page indices only prefix-cache blocks claim are stated as
         unused (kvshim counts them out of the engine's use and asks for
         them first); a page with a block a request uses is not. Looked at
-        again at the next pass when the cache changes here (not 0.05 s
+        again at the next pass when the cache changes here (not 0.1 s
         on), and stated again within the second kvshim holds a
         statement."""
         c, tr, proc, _ = self.paged_engine()
@@ -642,23 +642,23 @@ class AdapterTest(unittest.TestCase):
             bm.free_blocks(c.group_cache_managers[0].block_table.pop(rid),
                            shareable=True, complete=True)
         self.assertEqual(sorted(tr.cache_only_pages(bm._init_block_ids)), [1, 2])
-        time.sleep(0.06)
+        time.sleep(0.11)
         proc.prepare_next_batch()
         self.assertEqual(stated, [2 * tr.page_index_bytes])
         proc.prepare_next_batch()                       # unchanged: not restated
         self.assertEqual(len(stated), 1)
         # a new request shares a block of page 2: that page is in use now
         bm.reuse_cached(next(b for b in bm._init_block_ids if tr.page_of(b) == 2))
-        time.sleep(0.06)
+        time.sleep(0.11)
         proc.prepare_next_batch()
         self.assertEqual(stated[-1], tr.page_index_bytes)
         # restated before kvshim's second runs out
         tr._unused = (time.monotonic() - 0.3, stated[-1])
-        time.sleep(0.06)
+        time.sleep(0.11)
         proc.prepare_next_batch()
         self.assertEqual(stated[-2:], [tr.page_index_bytes] * 2)
         # the engine takes its cache's blocks (here all of page 1's):
-        # stated at the next pass, not 0.05 s on
+        # stated at the next pass, not 0.1 s on
         transformers_cb._uncache(bm, [b for b in bm._init_block_ids if tr.page_of(b) == 1],
                                  tr, asked=False)
         proc.prepare_next_batch()
@@ -667,7 +667,7 @@ class AdapterTest(unittest.TestCase):
     def test_ask_for_unused_pages_taken_since_preempts_nothing(self):
         """kvshim asks for the pages the engine stated unused; by the next
         pass a request took a block of the only one (its statement is up
-        to 0.05 s old): no page is left to release, so the pages are
+        to 0.1 s old): no page is left to release, so the pages are
         stated afresh and the ask read again, and it is over. Before, the
         engine released its prefix cache's newest blocks for the ask
         (none emptied a page) and preempted a request for the rest, asked
@@ -680,7 +680,7 @@ class AdapterTest(unittest.TestCase):
         del proc.scheduler.active_requests["p"]
         bm.free_blocks(c.group_cache_managers[0].block_table.pop("p"),
                        shareable=True, complete=True)
-        time.sleep(0.06)
+        time.sleep(0.11)
         proc.prepare_next_batch()
         self.assertEqual(stated, [tr.page_index_bytes])
         # kvshim asks for what the engine states unused

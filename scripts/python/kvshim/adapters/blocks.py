@@ -487,17 +487,18 @@ class BlockTracker:
         """State in the shared budget the bytes of the page indices only
         cached's blocks claim (see cache_only_pages): unless the engine
         waits, the fair shares count them out of what it uses, and ask for
-        them first. Looked at every 0.05 s at most, and then only if the
-        cache's size or the blocks claimed changed, unless fresh (an ask
-        must not read pages already released); stated again every 0.25 s
-        while it lasts (kvshim holds it for a second), and at once when it
-        changes. The look goes over every cached block: about 7 ms for
-        50,000 (unused_stale marks it due)."""
+        them first. Looked at every 0.1 s at most, and then if the cache's
+        size or the blocks claimed changed or a second passed (changes
+        that leave both alike are seen within it), and at once if fresh
+        (an ask must not read pages already released); stated again every
+        0.25 s while it lasts (kvshim holds it for a second), and at once
+        when it changes. The look goes over every cached block: about 7 ms
+        for 50,000 (unused_stale marks it due)."""
         now = time.monotonic()
         seen, what = self._unused_seen
         key = (len(cached), self.mapped, len(self._claims))
         nbytes = self._unused[1]
-        if fresh or (now - seen >= 0.05 and key != what):
+        if fresh or (now - seen >= 0.1 and (key != what or now - seen >= 1.0)):
             self._unused_seen = (now, key)
             nbytes = self._cache_only_count(cached) * self.page_index_bytes
         self._state("unused", nbytes)
