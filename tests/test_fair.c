@@ -1080,6 +1080,48 @@ START_TEST(test_fair_unused_split_ask)
 }
 END_TEST
 
+/*
+ * What a process may use while another waits counts its unused pages out
+ * unless it waits itself (fair.h): it holds 17 pages of 24, 8 of them
+ * unused, and a member waits for 20; its bound is 16 pages, and claiming
+ * back a page it had let go makes 17, 9 without the unused: allowed. Once
+ * it states demand, its unused pages are use, its share 12: refused.
+ */
+START_TEST(test_fair_unused_may_use)
+{
+	struct kt_member m;
+	struct kv_share *sh;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+	int i;
+
+	kt_new_pool();
+	a = kt_make(B, 0, 0, 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 17 * PG), 0);
+	kt_member_start(&m, B, 0, 0);
+	sh = kt_seg_map();
+	i = kt_slot_of(sh, m.pid);
+	ck_assert(i >= 0);
+	__atomic_store_n(&sh->slot[i].demand, 20 * PG, __ATOMIC_SEQ_CST);
+	kv_alloc_unused(a, 8 * PG);
+	ck_assert_int_eq(kv_alloc_unmap(a, s, PG), 0);      /* idle, still held */
+	(void)kv_alloc_asked(a);                            /* reads the rule */
+	ck_assert_int_eq(kv_alloc_map(a, s, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, s, PG), 0);
+	kv_alloc_demand(a, PG);
+	(void)kv_alloc_asked(a);
+	ck_assert_int_eq(kv_alloc_map(a, s, PG), KVSHIM_ELIMIT);
+	kv_alloc_demand(a, 0);
+	ck_assert_int_eq(kt_member_leave(&m), 0);
+	kt_seg_unmap(sh);
+	ck_assert_int_eq(kv_alloc_unmap(a, s + PG, 16 * PG), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
 /* ---- bad weights ------------------------------------------------------------------ */
 
 static int load_weight(void *arg)
@@ -1199,6 +1241,7 @@ Suite *fair_suite(void)
 	kt_add_emu(tc, test_fair_unused_stated);
 	kt_add_emu(tc, test_fair_unused_asked);
 	kt_add_emu(tc, test_fair_unused_split_ask);
+	kt_add_emu(tc, test_fair_unused_may_use);
 	kt_add_emu(tc, test_fair_bad_weight);
 	kt_add_emu(tc, test_fair_share_values);
 	suite_add_tcase(s, tc);
