@@ -34,6 +34,13 @@
  * ran out (meanwhile a call tries for KV_SHARE_STUCK_WAIT_MS only). */
 #define STUCK_NS 1000000000ull
 
+/* Bytes an engine's adapter stated, which hold until a time unless stated
+ * again (KV_SHARE_DEMAND_MS). */
+struct statement {
+	uint64_t bytes;
+	uint64_t until;          /* CLOCK_MONOTONIC ns */
+};
+
 struct kv_share_handle_s {
 	pthread_mutex_t mu;      /* one call at a time (see the top) */
 	struct kv_share *sh;
@@ -47,10 +54,8 @@ struct kv_share_handle_s {
 	uint64_t weight;
 	uint64_t waiting;        /* bytes a map waits for (kv_share_take) */
 	unsigned waiters;        /* maps waiting now (kv_share_waiting) */
-	uint64_t stated;         /* bytes stated by kv_share_demand ... */
-	uint64_t stated_until;   /* ...until then (CLOCK_MONOTONIC ns) */
-	uint64_t unused;         /* bytes stated by kv_share_unused ... */
-	uint64_t unused_until;   /* ...until then (CLOCK_MONOTONIC ns) */
+	struct statement demand; /* stated by kv_share_demand */
+	struct statement unused; /* stated by kv_share_unused */
 	uint64_t asked;          /* of what it uses, asked back (fair.h) */
 	uint64_t use_limit;      /* the most it may use now: its share while
 				  * others wait below theirs (fair.h) */
@@ -124,13 +129,32 @@ static void update_unlock(kv_share_t *s, int locked)
 		kv_seg_lock(s->fd, F_UNLCK, KV_SHARE_LOCK_UPDATE);
 }
 
+/* State bytes in st, to hold KV_SHARE_DEMAND_MS (0: none). */
+static void state(struct statement *st, uint64_t bytes)
+{
+	st->bytes = bytes;
+	st->until = bytes ? kv_seg_mono_ns() + KV_SHARE_DEMAND_MS * 1000000ull : 0;
+}
+
+/* What st holds now: its bytes until its time, then none. */
+static uint64_t lately(const struct statement *st)
+{
+	return kv_seg_mono_ns() < st->until ? st->bytes : 0;
+}
+
 /* The bytes this process waits for now: what a map waits for, or what
  * was stated lately, whichever is more. Returns them. */
 static uint64_t demand_of(const kv_share_t *s)
 {
-	uint64_t stated = kv_seg_mono_ns() < s->stated_until ? s->stated : 0;
+	uint64_t stated = lately(&s->demand);
 
 	return s->waiting > stated ? s->waiting : stated;
+}
+
+/* This process's idle pages (cached or pooled), at most what it holds. */
+static uint64_t idle_of(const kv_share_t *s)
+{
+	return kv_seg_min(kv_seg_sat_add(s->cached, s->pooled), s->held);
 }
 
 /* The bytes of unused pages this process stated lately, at most what it
@@ -138,10 +162,7 @@ static uint64_t demand_of(const kv_share_t *s)
  * from the worker's next update). Returns them. */
 static uint64_t unused_of(const kv_share_t *s)
 {
-	uint64_t unused = kv_seg_mono_ns() < s->unused_until ? s->unused : 0;
-	uint64_t idle = kv_seg_sat_add(s->cached, s->pooled);
-
-	return kv_seg_min(unused, s->held - kv_seg_min(idle, s->held));
+	return kv_seg_min(lately(&s->unused), s->held - idle_of(s));
 }
 
 /* Write this process's figures into its slot, every one of them, so that
@@ -219,7 +240,7 @@ static void own_fair_in(const kv_share_t *s, uint64_t cap, uint64_t demand,
 	in->weight = s->weight;
 	in->held = kv_seg_min(s->held, cap);
 	in->pending = 0;
-	in->idle = kv_seg_min(kv_seg_sat_add(s->cached, s->pooled), in->held);
+	in->idle = kv_seg_min(idle_of(s), in->held);
 	in->min = kv_seg_min(s->min, cap);
 	in->max = s->max;
 	in->givable = kv_seg_min(in->idle, in->held > in->min ? in->held - in->min : 0);
@@ -926,8 +947,7 @@ void kv_share_demand(kv_share_t *s, uint64_t bytes)
 	if (s->fd < 0)
 		return;
 	pthread_mutex_lock(&s->mu);
-	s->stated = kv_seg_min(bytes, budget_of(s));
-	s->stated_until = bytes ? kv_seg_mono_ns() + KV_SHARE_DEMAND_MS * 1000000ull : 0;
+	state(&s->demand, kv_seg_min(bytes, budget_of(s)));
 	publish(s);
 	pthread_mutex_unlock(&s->mu);
 }
@@ -937,8 +957,7 @@ void kv_share_unused(kv_share_t *s, uint64_t bytes)
 	if (s->fd < 0)
 		return;
 	pthread_mutex_lock(&s->mu);
-	s->unused = bytes;
-	s->unused_until = bytes ? kv_seg_mono_ns() + KV_SHARE_DEMAND_MS * 1000000ull : 0;
+	state(&s->unused, bytes);
 	publish(s);
 	pthread_mutex_unlock(&s->mu);
 }
@@ -956,7 +975,7 @@ uint64_t kv_share_asked(kv_share_t *s, uint64_t page)
 	others(s, budget_of(s), demand_of(s), &t);
 	asked = s->asked = t.me.asked;
 	s->use_limit = use_limit(&t);
-	idle = kv_seg_min(kv_seg_sat_add(s->cached, s->pooled), s->held);
+	idle = idle_of(s);
 	above = s->held - idle > s->min ? s->held - idle - s->min : 0;
 	pthread_mutex_unlock(&s->mu);
 	if (!page || !asked)

@@ -460,27 +460,29 @@ class BlockTracker:
             return
         setattr(self, "_" + what, (now, nbytes))
 
-    def cache_only_pages(self, cached):
-        """The page indices whose every claimed block is in cached (blocks
-        no request uses, kept claimed: the prefix cache's): {page: [ids]},
-        each page's ids in cached's order. Releasing those ids empties the
-        page. Empty when blocks may straddle pages."""
+    def _cache_only(self, cached):
+        """The set of page indices whose every claimed block is in cached
+        (blocks no request uses, kept claimed: the prefix cache's): those
+        on which cached has as many blocks as there are claims. Empty when
+        blocks may straddle pages."""
         if not self._one_page():
-            return {}
-        on = {}
-        for b in cached:
-            on.setdefault(self.page_of(b), []).append(b)
-        return {p: ids for p, ids in on.items() if 0 < self._claims.get(p, 0) <= len(ids)}
-
-    def _cache_only_count(self, cached):
-        """How many page indices cache_only_pages(cached) would give,
-        counted without building their lists."""
-        if not self._one_page():
-            return 0
+            return set()
         per = self._page // self.group.block_bytes
-        on = collections.Counter(b // per for b in cached)
         claims = self._claims
-        return sum(1 for p, n in on.items() if 0 < claims.get(p, 0) <= n)
+        return {p for p, n in collections.Counter(b // per for b in cached).items()
+                if 0 < claims.get(p, 0) <= n}
+
+    def cache_only_pages(self, cached):
+        """The page indices of _cache_only(cached), each with its ids in
+        cached's order: {page: [ids]}. Releasing those ids empties the
+        page."""
+        pages = self._cache_only(cached)
+        on = {}
+        for b in cached if pages else ():
+            p = self.page_of(b)
+            if p in pages:
+                on.setdefault(p, []).append(b)
+        return on
 
     @_timed
     def state_unused(self, cached, fresh=False):
@@ -500,7 +502,7 @@ class BlockTracker:
         nbytes = self._unused[1]
         if fresh or (now - seen >= 0.1 and (key != what or now - seen >= 1.0)):
             self._unused_seen = (now, key)
-            nbytes = self._cache_only_count(cached) * self.page_index_bytes
+            nbytes = len(self._cache_only(cached)) * self.page_index_bytes
         self._state("unused", nbytes)
 
     def unused_stale(self):

@@ -645,12 +645,13 @@ def _drop_unused(proc, tracker):
     stated unused that requests took since (its blocks are in use now)
     ends instead of preempting requests for it. Returns the blocks
     released."""
-    if not tracker.owed():
+    owed = tracker.owed()
+    if not owed:
         return 0
     bm = getattr(getattr(proc, "cache", None), "_block_manager", None)
     init = _prefix_cache(bm)
     pages = tracker.cache_only_pages(init) if init else {}
-    want = -(-tracker.owed() // max(1, tracker.page_index_bytes))
+    want = -(-owed // max(1, tracker.page_index_bytes))
     order, seen = [], set()
     for b in reversed(init) if pages else ():
         p = tracker.page_of(b)
