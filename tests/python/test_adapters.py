@@ -101,6 +101,22 @@ def patched(api):
     return cls
 
 
+class FallingAsk(list):
+    """An ask set as asked[0] = nbytes that, read through now(), falls by
+    every byte of pages this process empties after it is set, as kvshim's
+    does (the pages go to its idle pages, which cover the waiters before
+    anything in use)."""
+
+    base = 0
+
+    def __setitem__(self, i, nbytes):
+        super().__setitem__(i, nbytes)
+        self.base = kvshim.stats()["cached_bytes"]
+
+    def now(self):
+        return max(0, self[0] - (kvshim.stats()["cached_bytes"] - self.base))
+
+
 class AdapterTest(unittest.TestCase):
     # 16 tokens x 8 heads x 128 x bf16 = 32 KiB blocks; 64 blocks a 2 MiB page
     def capped_engine(self):
@@ -124,9 +140,10 @@ class AdapterTest(unittest.TestCase):
         self.addCleanup(setattr, kvshim, "share_demand", real)
 
     def fake_ask(self, asked):
-        """kvshim's ask (share_asked) reads asked[0] for this test."""
+        """kvshim's ask (share_asked) reads asked[0] for this test (or
+        asked.now(), for an ask that falls as pages go back: FallingAsk)."""
         real = kvshim.share_asked
-        kvshim.share_asked = lambda: asked[0]
+        kvshim.share_asked = getattr(asked, "now", lambda: asked[0])
         self.addCleanup(setattr, kvshim, "share_asked", real)
 
     def ahead_off(self):
@@ -1313,9 +1330,9 @@ class AdapterTest(unittest.TestCase):
         processor over it as admitting_api's, with transformers 5.17's
         offloading manager and a scheduler keeping its active requests in
         admission order: (cache, tracker, processor, the ask fake_ask
-        reads)."""
+        reads, a FallingAsk)."""
         c, tr = self.make(num_blocks=256, layers=2)
-        asked = [0]
+        asked = FallingAsk([0])
 
         class Scheduler:
             def __init__(self):
@@ -1503,6 +1520,89 @@ class AdapterTest(unittest.TestCase):
         tr.ahead([])                                     # released: page 1 again
         tr._settle()
         self.assertEqual(transformers_cb._victims(proc, tr), ["b", "a"])
+
+    def test_pages_emptied_for_an_ask_count_once(self):
+        """The ask falls as each page the engine empties goes back; what
+        emptied it is not counted as given back again. Asked for three
+        page indices, the engine preempts a and b (a page each); the ask,
+        read afresh, is one page, and the newest request goes for it (its
+        blocks share page 2 with c, the last active one, which stays).
+        Counted twice, as before, a and b's pages covered the whole ask."""
+        c, tr, proc, asked = self.paged_engine()
+        self.lay_out(proc, [("a", 64), ("b", 64), ("c", 32), ("d", 32)])
+        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"b"}, 2: {"c", "d"}})
+        asked[0] = 3 * tr.page_index_bytes
+        time.sleep(0.01)
+        emptied = tr.emptied
+        transformers_cb._give_back(proc, tr)
+        self.assertEqual(proc.offloading_manager.evicted, ["b", "a", "d"])
+        self.assertEqual(list(proc.scheduler.active_requests), ["c"])
+        self.assertEqual(tr.emptied - emptied, 2)
+        self.assertEqual(sorted(tr._claims), [2])
+        # d's 32 blocks emptied no page: they hold the rest of the ask off
+        self.assertEqual(tr.owed(), tr.page_index_bytes - 32 * tr.bytes_per_block)
+
+    def test_prefix_blocks_that_empty_no_page_are_kept(self):
+        """Asked for a page index by an engine whose prefix cache lies on
+        pages both its requests also hold: no page can be emptied without
+        preempting both, so the newest goes, and the prefix cache stays
+        (before, its newest 64 blocks were released first, emptying no
+        page, and counted as given: nothing was preempted for a second,
+        and the next passes released the rest of it for nothing)."""
+        c, tr, proc, asked = self.paged_engine()
+        bm = c._block_manager
+        self.lay_out(proc, [("x", 10), ("y", 10), ("p", 44)] * 3)
+        del proc.scheduler.active_requests["p"]
+        bm.free_blocks(c.group_cache_managers[0].block_table.pop("p"),
+                       shareable=True, complete=True)
+        cached = list(bm._init_block_ids)
+        self.assertEqual(len(cached), 132)
+        self.assertEqual(self.sharers(c, tr), {0: {"x", "y"}, 1: {"x", "y"}, 2: {"x", "y"}})
+        self.assertEqual(tr.cache_only_pages(bm._init_block_ids), {})
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        for _ in range(3):
+            proc.prepare_next_batch()
+            time.sleep(0.01)
+        self.assertEqual(proc.offloading_manager.evicted, ["y"])
+        self.assertEqual(list(bm._init_block_ids), cached)
+        self.assertEqual((tr.dropped, tr.preempted), (0, 1))
+        self.assertEqual(sorted(tr._claims), [0, 1, 2])
+        self.assertGreater(tr.owed(), 0)
+
+    def test_preemptions_held_off_hold_no_cache_back(self):
+        """What a preemption freed on pages still used holds off the next
+        preemption for a second, not the release of the pages only the
+        prefix cache claims: asked for a page index within that second,
+        the engine releases its cache-only page and preempts nothing."""
+        c, tr, proc, asked = self.paged_engine()
+        bm = c._block_manager
+        self.lay_out(proc, [("x", 32), ("y", 32), ("x", 32), ("y", 32), ("p", 64)])
+        del proc.scheduler.active_requests["p"]
+        bm.free_blocks(c.group_cache_managers[0].block_table.pop("p"),
+                       shareable=True, complete=True)
+        self.assertEqual(list(tr.cache_only_pages(bm._init_block_ids)), [2])
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        tr.gave_back(64)                # a preemption that emptied no page
+        self.assertEqual(tr.owed(), 0)
+        transformers_cb._give_back(proc, tr)
+        self.assertEqual(tr.unused_pages, 1)
+        self.assertEqual(sorted(tr._claims), [0, 1])
+        self.assertEqual(proc.offloading_manager.evicted, [])
+        self.assertEqual(asked.now(), 0)
+
+    def test_emptied_counts_pages_whose_last_claim_went(self):
+        """tracker.emptied counts a page index when its last block is
+        released, not before."""
+        c, tr = self.make(num_blocks=256, layers=2)
+        bm = c._block_manager
+        ids = bm.get_free_blocks(64, None, True, 0)
+        emptied = tr.emptied
+        bm.free_blocks(ids[:63], shareable=False)
+        self.assertEqual(tr.emptied, emptied)
+        bm.free_blocks(ids[63:], shareable=False)
+        self.assertEqual(tr.emptied, emptied + 1)
 
     def test_ask_releases_blocks_backed_ahead_first(self):
         """Blocks backed ahead claim pages no request explains, and the

@@ -130,7 +130,8 @@ class BlockTracker:
         self.no_page = 0         # asks in which a pass found no page to empty
         self._no_page_seen = False  # ...this ask has been counted there
         self.kept_out = 0        # passes whose waiting requests an ask kept out
-        self._given = (0.0, 0)   # (since, bytes) of blocks given back on asks
+        self._given = (0.0, 0)   # (since, bytes) freed on asks that emptied no page
+        self.emptied = 0         # page indices whose last claim went (see _claimed)
         self._ahead = set()      # ids backed ahead, not yet handed out
         self._thread = None      # the _Ahead thread, once needed
         self.ahead_hits = 0      # blocks handed out already backed
@@ -177,6 +178,7 @@ class BlockTracker:
                 self._claims[p] += k
                 if self._claims[p] <= 0:
                     del self._claims[p]
+                    self.emptied += 1
                     self._cool(p)
                 elif self._free_on.get(p):
                     self._heat(p, later)
@@ -549,10 +551,12 @@ class BlockTracker:
             self._ask_from = None
 
     def owed(self):
-        """Bytes of kvshim's ask not yet given back: the ask less what this
-        engine freed for it within the last second (blocks freed on pages
-        other blocks still use free no page: the ask stays, and giving on
-        would empty the engine)."""
+        """Bytes of kvshim's ask not yet given back: the ask, which drops
+        as each page the engine empties goes back, less the blocks its
+        preemptions freed on pages other blocks still use within the last
+        second, counted from the first of them (those free no page: the
+        ask stays, and giving on at once would empty the engine; the
+        engine takes its next blocks there instead of new pages)."""
         nbytes = self.asked()
         since, given = self._given
         now = time.monotonic()
@@ -565,12 +569,21 @@ class BlockTracker:
         """Whether to preempt one more request for kvshim's ask."""
         return self.owed() > 0
 
-    def gave_back(self, nblocks, preempted=True):
-        """Count blocks the engine freed for kvshim's ask (by preempting a
-        request, or not: its prefix cache)."""
-        since, given = self._given
-        self._given = (since, given + max(0, nblocks) * self.bytes_per_block)
+    def gave_back(self, nblocks, preempted=True, emptied=0):
+        """Count what the engine freed for kvshim's ask: nblocks blocks,
+        by preempting a request or (not preempted) from its prefix cache,
+        which emptied emptied page indices. Those went back: the ask is
+        read afresh. What a preemption freed beyond them emptied no page
+        and holds the next preemption off (see owed); a prefix cache's
+        blocks that emptied no page gave nothing and hold nothing off."""
+        if emptied > 0:
+            self.reread()
         if preempted:
+            pending = max(0, nblocks) * self.bytes_per_block \
+                - max(0, emptied) * self.page_index_bytes
+            since, given = self._given
+            if pending > 0:
+                self._given = (since if given else time.monotonic(), given + pending)
             self.preempted += 1
         else:
             self.dropped += max(0, nblocks)

@@ -446,10 +446,12 @@ def _give_back(proc, tracker):
     explains (see _victims), and while asked the engine backs none ahead
     (see map_ahead); then the page indices only its prefix cache's blocks
     claim (see _drop_unused), which kvshim asks for before anything in use
-    (even of an engine at its share); the ask is read afresh after each,
-    less what they gave back. Returns how many were."""
+    (even of an engine at its share); the ask is read afresh after each.
+    Those two cost the engine no work: what its preemptions freed on pages
+    still used holds back more preemptions (see owed), not them. Returns
+    how many were."""
     n = 0
-    if tracker.owed():
+    if tracker.asked():
         tracker.drop_ahead()
         _drop_unused(proc, tracker)
     for victim in _victims(proc, tracker):
@@ -521,12 +523,13 @@ def _uncache(bm, ids, tracker, asked=True):
     _init_block_ids) as transformers 5.17's has_enough_free_blocks does
     when its free list runs short: out of the cache and its hash table,
     into the free list (which releases them). asked: for kvshim's ask
-    (what they free counts as given back), else for the engine itself."""
+    (counted in tracker.dropped; the pages they empty go back, see
+    gave_back), else for the engine itself."""
     init, by_hash = getattr(bm, "_init_block_ids", None), getattr(bm, "_hash_to_id", None)
     blocks = getattr(bm, "_id_to_block", None)
     if not ids or init is None or blocks is None:
         return
-    before = tracker.mapped
+    before, emptied = tracker.mapped, tracker.emptied
     for b in ids:
         if b not in init:
             continue
@@ -536,7 +539,8 @@ def _uncache(bm, ids, tracker, asked=True):
             del by_hash[h]
         bm._uninit_block_ids.append(b)
     if asked and before > tracker.mapped:
-        tracker.gave_back(before - tracker.mapped, preempted=False)
+        tracker.gave_back(before - tracker.mapped, preempted=False,
+                          emptied=tracker.emptied - emptied)
     # (the pages it stated unused may be gone: looked at again at the next
     # statement; _drop_unused states them afresh before the ask is read)
     tracker.unused_stale()
@@ -643,15 +647,16 @@ def _drop_unused(proc, tracker):
     again: what was given back so is not asked again (counted in
     tracker.unused_pages and dropped, not as given), and an ask for pages
     stated unused that requests took since (its blocks are in use now)
-    ends instead of preempting requests for it. Returns the blocks
-    released."""
-    owed = tracker.owed()
-    if not owed:
+    ends instead of preempting requests for it. Read whole: not less what
+    preemptions freed within the second (see owed), which holds back only
+    more preemptions. Returns the blocks released."""
+    asked = tracker.asked()
+    if not asked:
         return 0
     bm = getattr(getattr(proc, "cache", None), "_block_manager", None)
     init = _prefix_cache(bm)
     pages = tracker.cache_only_pages(init) if init else {}
-    want = -(-owed // max(1, tracker.page_index_bytes))
+    want = -(-asked // max(1, tracker.page_index_bytes))
     order, seen = [], set()
     for b in reversed(init) if pages else ():
         p = tracker.page_of(b)
@@ -673,15 +678,17 @@ def _drop_unused(proc, tracker):
 
 
 def _drop_prefix_cache(proc, tracker):
-    """Asked to give back: the prefix cache's blocks (complete blocks no
+    """Asked to give back, when blocks may straddle pages (no page can be
+    told: see _victims): the prefix cache's blocks (complete blocks no
     request uses, kept for sharing; transformers 5.17 releases them only
     when its free list runs short, which a pool sized as if alone hardly
     ever does), as many as the ask needs, the newest first, as 5.17's own
-    eviction takes them (see _uncache); none under tensor parallelism (see
-    _prefix_cache)."""
+    eviction takes them (see _uncache). When pages can be told, those it
+    empties went already (see _drop_unused and _victims), and the rest
+    would empty none. None under tensor parallelism (see _prefix_cache)."""
     bm = getattr(getattr(proc, "cache", None), "_block_manager", None)
     init = _prefix_cache(bm)
-    if not init:
+    if not init or tracker.page_of(next(iter(init))) is not None:
         return
     k = min(len(init), -(-tracker.owed() // max(1, tracker.bytes_per_block)))
     if k > 0:
@@ -717,7 +724,7 @@ def _give_back_one(proc, tracker, victim=None):
             return True              # gone already (evicted with another): go on
         if many is None or not isinstance(starved, list):
             return False             # cannot be named: the newest go instead
-    before = tracker.mapped
+    before, emptied = tracker.mapped, tracker.emptied
     if victim is not None:
         _offload_named(many, starved, active[victim], proc.cache)
     elif one is not None:
@@ -726,7 +733,7 @@ def _give_back_one(proc, tracker, victim=None):
         _offload_newest(proc, many, starved, active)
     freed = before - tracker.mapped
     if freed > 0:           # (an eviction transformers declined counts nothing)
-        tracker.gave_back(freed)
+        tracker.gave_back(freed, emptied=tracker.emptied - emptied)
     return freed > 0
 
 
