@@ -555,32 +555,35 @@ def replay_guess(tr, args, took):
     guess from its length and rate (see the top)."""
     if took.get(tr["base"]):
         return max(took[tr["base"]]) + 15.0
-    return 3 * args.cycles * tr["phase"] + 20.0 + 8.0 * float(tr["rate"])
+    return 3 * tr.get("cycles", args.cycles) * tr["phase"] + 20.0 + 8.0 * float(tr["rate"])
 
 
 def fits(now, deadline, tr, ran, later, args, took):
     """Whether a replay of trace tr started now would end by deadline, and
     the later configurations' replays after it (later: the labels of each
-    one's traces; each starts its engines, 30 s, and replays those of the
-    traces this one ran, ran, and tr, it has): a replay that nothing could
+    one's traces; each starts its engines, 30 s, replays the warm-up trace
+    if any, and replays those of the traces this one ran, ran, and tr, it
+    has): a replay that nothing could
     be compared with is not started, nor one that would leave no time for
     the comparisons of those already run. (Every sweep budget counts, also
     those a budget that meets would skip.) Returns (whether, the seconds
     it would need)."""
     need = replay_guess(tr, args, took)
+    warmup = getattr(args, "warmup_trace", None)
     for labels in later:
         mine = [t for t in ran + [tr] if t["label"] in labels]
         if mine:
-            need += 30 + sum(replay_guess(t, args, took) for t in mine)
+            need += 30 + sum(replay_guess(t, args, took) for t in mine + [warmup] if t)
     return now + need <= deadline, need
 
 
-def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=()):
+def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), warmup=None):
     """Start the three engines of configuration cfg ({"name", "mode",
     "budget"}), replay traces in turn, stop them. A replay that would not
     end by deadline (time.perf_counter()'s), with the later configurations'
     replays of it (see fits), is skipped. took ({base label: [seconds]})
-    gets each replay's time. Returns the results."""
+    gets each replay's time. warmup: a trace replayed first and counted
+    nowhere (see --warmup). Returns the results."""
     took = {} if took is None else took
     mode, budget, tag = cfg["mode"], cfg["budget"], cfg["name"].replace("@", "-")
     pool = "colocate%d%s" % (os.getpid(), tag.replace(".", "_").replace("-", "_")) \
@@ -597,6 +600,13 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=()):
         print("colocate: %s: engines ready in %.1f s: %s" % (cfg["name"], res["startup_s"], ", ".join(
             "%s %d blocks (%.0f MiB of KV tensors)" % (n, e["num_blocks"], e["kv_tensor_bytes"] / MIB)
             for n, e in res["engines"].items())), flush=True)
+        if warmup is not None:
+            t_run = time.perf_counter()
+            replay(procs, warmup, os.path.join(outdir, "colocate-warmup-%s-%%s.json" % tag),
+                   args, pool)
+            took.setdefault(warmup["base"], []).append(time.perf_counter() - t_run)
+            print("colocate: %s: warm-up replay done in %.0f s (not counted)" % (
+                cfg["name"], took[warmup["base"]][-1]), flush=True)
         ran = []
         for tr in traces:
             t_run = time.perf_counter()
@@ -610,20 +620,8 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=()):
                           replay_guess(tr, args, took)), flush=True)
                 res["skipped"].append(tr["label"])
                 continue
-            t0 = t_run + 2.0
-            sampler = Sampler(t0, pool)
-            outs = {}
-            for name, p in procs.items():
-                outs[name] = os.path.join(outdir, "colocate-%s-%s-%s.json" % (tag, tr["label"], name))
-                p.stdin.write("RUN %s %.6f %s\n" % (tr["path"], t0, outs[name]))
-                p.stdin.flush()
-            for name, p in procs.items():
-                read_line(p, "DONE", args.cycles * 3 * tr["phase"] + 400)
-            sampler.finish()
-            run = {"gpu_used": sampler.gpu, "held": sampler.held, "engines": {}}
-            for name in ORDER:
-                with open(outs[name]) as f:
-                    run["engines"][name] = json.load(f)
+            run = replay(procs, tr, os.path.join(
+                outdir, "colocate-%s-%s-%%s.json" % (tag, tr["label"])), args, pool)
             res["runs"][tr["label"]] = run
             ran.append(tr)
             res["seconds"][tr["label"]] = time.perf_counter() - t_run
@@ -651,6 +649,26 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=()):
     print("colocate: %s took %.0f s in all (start %.0f s, stop %.0f s)" % (
         cfg["name"], res["total_s"], res.get("startup_s", 0), res["stop_s"]), flush=True)
     return res
+
+
+def replay(procs, tr, out, args, pool):
+    """Have the engines procs replay trace tr together, two seconds from
+    now, each writing its results to out % its name, and read the GPU and
+    the shared segment meanwhile. Returns the run: {"gpu_used", "held",
+    "engines": {name: its results}}."""
+    t0 = time.perf_counter() + 2.0
+    sampler = Sampler(t0, pool)
+    for name, p in procs.items():
+        p.stdin.write("RUN %s %.6f %s\n" % (tr["path"], t0, out % name))
+        p.stdin.flush()
+    for name, p in procs.items():
+        read_line(p, "DONE", tr["cycles"] * 3 * tr["phase"] + 400)
+    sampler.finish()
+    run = {"gpu_used": sampler.gpu, "held": sampler.held, "engines": {}}
+    for name in ORDER:
+        with open(out % name) as f:
+            run["engines"][name] = json.load(f)
+    return run
 
 
 def glob_segments(pool):
@@ -696,6 +714,7 @@ def summarize(results, traces):
                     "steps": len(steps),
                     "step_p50": pct([st[2] for st in steps], 50),
                     "step_p99": pct([st[2] for st in steps], 99),
+                    "step_max": max([st[2] for st in steps] or [float("nan")]),
                     "sched_p50": pct([st[1] for st in steps], 50),
                     "sched_p99": pct([st[1] for st in steps], 99),
                     "sched_max": max([st[1] for st in steps] or [float("nan")]),
@@ -771,22 +790,25 @@ def print_tables(table, traces, results, args):
                     t["preempted"]))
         print("\nwhere the time goes, trace %s: engine steps (each batch: scheduling it, which "
               "under kvshim holds the adapter's checks and maps, then running it), queue wait and "
-              "prefill (TTFT less the wait) at p99, and the adapter's calls (slow: over %.0f ms)"
+              "prefill (TTFT less the wait) at p99, and the adapter's calls (slow: over %.0f ms); "
+              "the slowest step is often a batch shape the machine runs for the first time, "
+              "whose kernels load or compile then (0.5 to 1 s on a fresh machine)"
               % (label, SLOW_MS))
-        print("| model | config | steps | step p50 ms | step p99 ms | sched p50 ms | sched p99 ms "
+        print("| model | config | steps | step p50 ms | step p99 ms | step max ms | sched p50 ms "
+              "| sched p99 ms "
               "| sched max ms | wait p99 s | prefill p99 s | kvshim calls slow | kvshim worst ms "
               "| kvshim busy s | retries | short | capped |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for name in ORDER:
             for cname in results:
                 t = table.get((label, cname, name))
                 if t is None:
                     continue
                 kv = cname != "static"
-                print("| %s | %s | %d | %.1f | %.1f | %.2f | %.2f | %.1f | %.3f | %.3f | %s | %s | %s "
-                      "| %s | %s | %s |" % (
+                print("| %s | %s | %d | %.1f | %.1f | %.0f | %.2f | %.2f | %.1f | %.3f | %.3f | %s | %s "
+                      "| %s | %s | %s | %s |" % (
                           name, cname, t["steps"], 1e3 * t["step_p50"], 1e3 * t["step_p99"],
-                          1e3 * t["sched_p50"], 1e3 * t["sched_p99"], 1e3 * t["sched_max"],
+                          1e3 * t["step_max"], 1e3 * t["sched_p50"], 1e3 * t["sched_p99"], 1e3 * t["sched_max"],
                           t["wait_p99"], t["prefill_p99"],
                           t["kv_slow"] if kv else "-", "%.1f" % (1e3 * t["kv_worst"]) if kv else "-",
                           "%.2f" % t["kv_busy"] if kv else "-", t["kv_retries"] if kv else "-",
@@ -1077,6 +1099,11 @@ def main():
                          "spread)")
     ap.add_argument("--deadline", type=float, default=None,
                     help="minutes the whole run may take: replays that would end later are skipped")
+    ap.add_argument("--warmup", action="store_true",
+                    help="before each configuration's replays, one it does not count: a trace "
+                         "of another seed, each model hot once at the highest rate (a machine "
+                         "loads or compiles kernels for each batch shape it first runs, 0.5 to "
+                         "1 s steps when fresh, which the first configuration pays most)")
     ap.add_argument("--sweep-gib", default="",
                     help="kvshim budgets to try against the static split at --budget-gib")
     ap.add_argument("--sweep-rates", default="3", help="the rates the sweep replays")
@@ -1158,6 +1185,20 @@ def main():
                                    "n": len(trace)})
                 print("colocate: trace %s: %d requests (%s)" % (label, len(trace), ", ".join(
                     "%s %d" % (n, sum(q["model"] == n for q in trace)) for n in ORDER)))
+    warmup = None
+    if args.warmup:
+        wargs = argparse.Namespace(**vars(args))
+        wargs.cycles = 1
+        seed, rate, phase = max(seeds) + 1, max(rates), args.phase_list[0]
+        trace = make_trace(seed, float(rate), wargs, phase)
+        path = os.path.join(outdir, "colocate-trace-warmup.json")
+        with open(path, "w") as f:
+            json.dump(trace, f)
+        warmup = {"label": "warmup", "base": "warmup", "rate": "%g" % rate, "seed": seed,
+                  "phase": phase, "cycles": 1, "path": path, "n": len(trace)}
+        print("colocate: warm-up trace (seed %d, rate %g, each model hot once): %d requests" % (
+            seed, rate, len(trace)))
+    args.warmup_trace = warmup
     sweep_traces = [tr for tr in traces if float(tr["rate"]) in sweep_rates
                     and tr["seed"] == seeds[0] and tr["phase"] == args.phase_list[0]
                     and tr["label"] == tr["base"]]
@@ -1169,7 +1210,8 @@ def main():
              for b in sorted(sweep) if b != args.budget_gib or "kvshim" not in configs]
     # about 30 s to start and stop three engines; each trace its length
     # and the drain of its queue (a guess: 15 s, more at high rates)
-    est = sum(30 + sum(3 * args.cycles * tr["phase"] + 15 + 2 * float(tr["rate"]) for tr in trs)
+    est = sum(30 + sum(3 * tr["cycles"] * tr["phase"] + 15 + 2 * float(tr["rate"])
+                       for tr in trs + ([warmup] if warmup else []))
               for _, trs in plan)
     print("colocate: %d configurations, %d trace runs in all: about %.0f min (a guess)" % (
         len(plan), sum(len(trs) for _, trs in plan), est / 60), flush=True)
@@ -1189,7 +1231,8 @@ def main():
                     cfg["name"], ", ".join(unpaired), first), flush=True)
             continue
         if deadline is not None and time.perf_counter() + 30 + min(
-                replay_guess(tr, args, took) for tr in trs) > deadline:
+                replay_guess(tr, args, took) for tr in trs) + (
+                replay_guess(warmup, args, took) if warmup else 0) > deadline:
             print("colocate: %s skipped: no replay of it would end by --deadline" % cfg["name"],
                   flush=True)
             continue
@@ -1198,7 +1241,7 @@ def main():
                 cfg["name"], met), flush=True)
             continue
         later = [{tr["label"] for tr in t} for _, t in plan[1:]] if i == 0 else []
-        results[cfg["name"]] = run_config(cfg, args, trs, outdir, deadline, took, later)
+        results[cfg["name"]] = run_config(cfg, args, trs, outdir, deadline, took, later, warmup)
         results[cfg["name"]]["skipped"] += unpaired
         if cfg["name"].startswith("kvshim@") and "static" in results:
             # ascending budgets: the first that meets the static split ends the sweep
