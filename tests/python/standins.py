@@ -81,6 +81,11 @@ class StandInBlockManager:
 
 
 class StandInCache:
+    # a request's blocks, freed, go to the prefix cache but for its last
+    # (transformers 5.17's decrease_ref_count: its complete blocks are kept
+    # for sharing, when finished or preempted alike)
+    complete_on_free = False
+
     def __init__(self, num_blocks, block_size, layers, row_elems):
         self.block_size, self.num_blocks = block_size, num_blocks
         rows = (num_blocks + 2) * block_size
@@ -120,8 +125,12 @@ class StandInCache:
     def free_blocks(self, request_id):
         for cm in self.group_cache_managers:
             if request_id in cm.block_table:
-                self._block_manager.free_blocks(cm.block_table.pop(request_id),
-                                                shareable=cm.uses_block_sharing)
+                ids = cm.block_table.pop(request_id)
+                share = cm.uses_block_sharing
+                if self.complete_on_free and share:
+                    self._block_manager.free_blocks(ids[:-1], shareable=True, complete=True)
+                    ids = ids[-1:]
+                self._block_manager.free_blocks(ids, shareable=share)
 
     def extend_read_and_write_indices(self, request_id, past, query, read_index, write_index):
         """Rows of the request's blocks, per layer group, as a full attention

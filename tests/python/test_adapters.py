@@ -146,6 +146,13 @@ class AdapterTest(unittest.TestCase):
         kvshim.share_asked = getattr(asked, "now", lambda: asked[0])
         self.addCleanup(setattr, kvshim, "share_asked", real)
 
+    def hold_off_long(self):
+        """What preemptions free holds the next off for an hour, not a
+        second, in this test: its figures do not depend on how fast a
+        loaded machine runs it."""
+        self.addCleanup(setattr, blocks.BlockTracker, "HOLD_OFF_S", blocks.BlockTracker.HOLD_OFF_S)
+        blocks.BlockTracker.HOLD_OFF_S = 3600.0
+
     def ahead_off(self):
         """For a stand-in engine map_ahead cannot read (it would warn and
         turn mapping ahead off): off for this test only."""
@@ -1528,6 +1535,7 @@ class AdapterTest(unittest.TestCase):
         read afresh, is one page, and the newest request goes for it (its
         blocks share page 2 with c, the last active one, which stays).
         Counted twice, as before, a and b's pages covered the whole ask."""
+        self.hold_off_long()
         c, tr, proc, asked = self.paged_engine()
         self.lay_out(proc, [("a", 64), ("b", 64), ("c", 32), ("d", 32)])
         self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"b"}, 2: {"c", "d"}})
@@ -1570,11 +1578,50 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(sorted(tr._claims), [0, 1, 2])
         self.assertGreater(tr.owed(), 0)
 
+    def test_preempted_requests_cached_blocks_go_back_with_their_page(self):
+        """A preempted request's complete blocks go to the prefix cache,
+        still claimed (transformers 5.17): asked for a page index, the
+        engine preempts a, whose page only a held, and the blocks a left
+        cached there are released with it: the page goes back and the ask
+        ends, and nothing more is preempted for it (before, no page went
+        back, and the newest requests went one by one down to the last)."""
+        c, tr, proc, asked = self.paged_engine()
+        c.complete_on_free = True
+        bm = c._block_manager
+        self.lay_out(proc, [("a", 64), ("b", 64), ("c", 32), ("d", 32)])
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        transformers_cb._give_back(proc, tr)
+        self.assertEqual(proc.offloading_manager.evicted, ["a"])
+        self.assertEqual(sorted(tr._claims), [1, 2])
+        self.assertEqual(dict(bm._init_block_ids), {})
+        self.assertEqual(asked.now(), 0)
+
+    def test_preempted_requests_cached_blocks_hold_off_the_next(self):
+        """On pages other requests hold, the blocks a preempted request
+        left in the prefix cache stay, and count as given back: z's 63
+        (and its last, released) make up the ask of a page index, and y
+        stays (counted as freeing one block, y would have gone too)."""
+        self.hold_off_long()
+        c, tr, proc, asked = self.paged_engine()
+        c.complete_on_free = True
+        bm = c._block_manager
+        self.lay_out(proc, [("x", 16), ("y", 16), ("z", 32)] * 2)
+        self.assertEqual(self.sharers(c, tr), {0: {"x", "y", "z"}, 1: {"x", "y", "z"}})
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        transformers_cb._give_back(proc, tr)
+        self.assertEqual(proc.offloading_manager.evicted, ["z"])
+        self.assertEqual(len(bm._init_block_ids), 63)
+        self.assertEqual(sorted(tr._claims), [0, 1])
+        self.assertEqual(tr.owed(), 0)
+
     def test_preemptions_held_off_hold_no_cache_back(self):
         """What a preemption freed on pages still used holds off the next
         preemption for a second, not the release of the pages only the
         prefix cache claims: asked for a page index within that second,
         the engine releases its cache-only page and preempts nothing."""
+        self.hold_off_long()
         c, tr, proc, asked = self.paged_engine()
         bm = c._block_manager
         self.lay_out(proc, [("x", 32), ("y", 32), ("x", 32), ("y", 32), ("p", 64)])
@@ -1584,13 +1631,48 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(list(tr.cache_only_pages(bm._init_block_ids)), [2])
         asked[0] = tr.page_index_bytes
         time.sleep(0.01)
-        tr.gave_back(64)                # a preemption that emptied no page
+        # a preemption that freed 32 blocks on each of pages 0 and 1, still claimed
+        tr.gave_back(64, on={0: 32, 1: 32})
         self.assertEqual(tr.owed(), 0)
         transformers_cb._give_back(proc, tr)
         self.assertEqual(tr.unused_pages, 1)
         self.assertEqual(sorted(tr._claims), [0, 1])
         self.assertEqual(proc.offloading_manager.evicted, [])
         self.assertEqual(asked.now(), 0)
+
+    def test_held_off_blocks_count_while_their_page_is_claimed(self):
+        """What preemptions freed on a page still claimed holds off the
+        next preemption, per page: once that page empties (and goes back,
+        counted in the ask), its blocks hold nothing off any more."""
+        self.hold_off_long()
+        c, tr = self.make(num_blocks=256, layers=2)
+        bm = c._block_manager
+        ids = bm.get_free_blocks(128, None, True, 0)               # pages 0 and 1
+        self.fake_ask([tr.page_index_bytes])
+        tr.gave_back(30, on={0: 10, 1: 20})
+        self.assertEqual(tr.owed(), tr.page_index_bytes - 30 * tr.bytes_per_block)
+        bm.free_blocks(ids[64:], shareable=False)                   # page 1 empties
+        self.assertEqual(sorted(tr._claims), [0])
+        self.assertEqual(tr.owed(), tr.page_index_bytes - 10 * tr.bytes_per_block)
+
+    def test_padding_page_never_counts_emptied(self):
+        """With 250 blocks, 64 a page, the last page index holds blocks
+        192 to 249 and the padding zone, backed outside the group: freeing
+        its blocks empties no page (kvshim keeps it), and an ask never
+        looks to it; page 2 empties as before."""
+        c, tr = self.make(num_blocks=250, layers=2)
+        bm = c._block_manager
+        ids = bm.get_free_blocks(250, None, True, 0)
+        self.assertEqual(sorted(tr._claims), [0, 1, 2, 3])
+        emptied = tr.emptied
+        bm.free_blocks(ids[192:], shareable=True, complete=True)   # page 3: prefix cache only
+        self.assertEqual(tr.cache_only_pages(bm._init_block_ids), {})
+        self.assertEqual(tr.owners([("r", ids[:192])], bm._init_block_ids).keys(), {0, 1, 2})
+        transformers_cb._uncache(bm, ids[192:], tr, asked=False)
+        self.assertNotIn(3, tr._claims)
+        self.assertEqual(tr.emptied, emptied)
+        bm.free_blocks(ids[128:192], shareable=False)              # page 2
+        self.assertEqual(tr.emptied, emptied + 1)
 
     def test_emptied_counts_pages_whose_last_claim_went(self):
         """tracker.emptied counts a page index when its last block is

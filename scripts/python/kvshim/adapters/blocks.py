@@ -98,6 +98,9 @@ class BlockTracker:
     engine did not hand out are released at the next ahead(), so blocks
     held this way never exceed one call's worth."""
 
+    HOLD_OFF_S = 1.0             # how long what a preemption freed on pages still
+                                 # claimed holds the next one off (see owed)
+
     def __init__(self, group):
         self.group = group
         self.mapped = 0          # blocks held backed, for reports and tests
@@ -130,7 +133,11 @@ class BlockTracker:
         self.no_page = 0         # asks in which a pass found no page to empty
         self._no_page_seen = False  # ...this ask has been counted there
         self.kept_out = 0        # passes whose waiting requests an ask kept out
-        self._given = (0.0, 0)   # (since, bytes) freed on asks that emptied no page
+        self._held_off = {}      # page index: blocks preemptions freed there for an
+                                 # ask, the page still claimed (see owed)
+        self._held_since = 0.0   # ...since, the first of them
+        self._released = None    # while released(): ids released per page index
+        self._pinned = set()     # page indices also backed outside the group (see pin)
         self.emptied = 0         # page indices whose last claim went (see _claimed)
         self._ahead = set()      # ids backed ahead, not yet handed out
         self._thread = None      # the _Ahead thread, once needed
@@ -176,9 +183,13 @@ class BlockTracker:
         for b in ids:
             for p in self._pages(b):
                 self._claims[p] += k
+                if k < 0 and self._released is not None:
+                    self._released[p] += 1
                 if self._claims[p] <= 0:
                     del self._claims[p]
-                    self.emptied += 1
+                    if p not in self._pinned:
+                        self.emptied += 1
+                    self._held_off.pop(p, None)
                     self._cool(p)
                 elif self._free_on.get(p):
                     self._heat(p, later)
@@ -201,6 +212,15 @@ class BlockTracker:
         if p in self._hot:
             self._hot.discard(p)
             self._hot_free -= len(self._free_on.get(p, ()))
+
+    def pin(self, offset):
+        """Each tensor of the group is backed from offset on outside it
+        (an engine's padding zone, mapped whole): the page index holding
+        offset, if blocks of the group lie on it too, never goes back when
+        they are all free. It is not counted emptied, and asks do not look
+        to empty it (owners, cache_only_pages)."""
+        if self._page and offset % self._page:
+            self._pinned.add(offset // self._page)
 
     def _one_page(self):
         """Whether every block lies on one page (the index below needs it)."""
@@ -287,7 +307,8 @@ class BlockTracker:
             if b not in ids.setdefault(p, set()):
                 on.setdefault(p, (set(), []))[1].append(b)
                 ids[p].add(b)
-        return {p: o for p, o in on.items() if len(ids[p]) >= self._claims.get(p, 0)}
+        return {p: o for p, o in on.items()
+                if len(ids[p]) >= self._claims.get(p, 0) and p not in self._pinned}
 
     @property
     def page_index_bytes(self):
@@ -472,7 +493,7 @@ class BlockTracker:
         per = self._page // self.group.block_bytes
         claims = self._claims
         return {p for p, n in collections.Counter(b // per for b in cached).items()
-                if 0 < claims.get(p, 0) <= n}
+                if 0 < claims.get(p, 0) <= n and p not in self._pinned}
 
     def cache_only_pages(self, cached):
         """The page indices of _cache_only(cached), each with its ids in
@@ -553,40 +574,57 @@ class BlockTracker:
     def owed(self):
         """Bytes of kvshim's ask not yet given back: the ask, which drops
         as each page the engine empties goes back, less the blocks its
-        preemptions freed on pages other blocks still use within the last
-        second, counted from the first of them (those free no page: the
-        ask stays, and giving on at once would empty the engine; the
-        engine takes its next blocks there instead of new pages)."""
+        preemptions freed on pages still claimed, within a second of the
+        first of them (those free no page: the ask stays, and giving on at
+        once would empty the engine; the engine takes its next blocks
+        there instead of new pages). A page that empties since counts
+        once, in the ask."""
         nbytes = self.asked()
-        since, given = self._given
-        now = time.monotonic()
-        if not nbytes or now - since > 1.0:
-            self._given = (now, 0)
-            given = 0
-        return max(0, nbytes - given)
+        if not nbytes or time.monotonic() - self._held_since > self.HOLD_OFF_S:
+            self._held_off = {}
+        held = sum(self._held_off.values()) * self.bytes_per_block
+        return max(0, nbytes - held)
 
     def should_give_back(self):
         """Whether to preempt one more request for kvshim's ask."""
         return self.owed() > 0
 
-    def gave_back(self, nblocks, preempted=True, emptied=0):
+    @contextlib.contextmanager
+    def released(self):
+        """While it lasts, count the ids released on each page index: the
+        Counter it yields (for gave_back)."""
+        self._released = collections.Counter()
+        try:
+            yield self._released
+        finally:
+            self._released = None
+
+    def gave_back(self, nblocks, preempted=True, emptied=0, on=None, cached=()):
         """Count what the engine freed for kvshim's ask: nblocks blocks,
         by preempting a request or (not preempted) from its prefix cache,
         which emptied emptied page indices. Those went back: the ask is
-        read afresh. What a preemption freed beyond them emptied no page
-        and holds the next preemption off (see owed); a prefix cache's
-        blocks that emptied no page gave nothing and hold nothing off."""
+        read afresh. What a preemption freed on pages still claimed (on:
+        ids released per page index, see released; cached: ids it left in
+        the prefix cache) holds the next preemption off (see owed); a
+        prefix cache's blocks that emptied no page gave nothing and hold
+        nothing off."""
         if emptied > 0:
             self.reread()
-        if preempted:
-            pending = max(0, nblocks) * self.bytes_per_block \
-                - max(0, emptied) * self.page_index_bytes
-            since, given = self._given
-            if pending > 0:
-                self._given = (since if given else time.monotonic(), given + pending)
-            self.preempted += 1
-        else:
+        if not preempted:
             self.dropped += max(0, nblocks)
+            return
+        self.preempted += 1
+        if not self._held_off:
+            self._held_since = time.monotonic()
+        if not self._page:       # no pages known: every block freed holds off
+            self._held_off[None] = self._held_off.get(None, 0) + max(0, nblocks)
+            return
+        freed = collections.Counter(on or ())
+        for b in cached:
+            freed.update(self._pages(b))
+        for p, n in freed.items():
+            if p in self._claims:
+                self._held_off[p] = self._held_off.get(p, 0) + n
 
     def found_no_page(self):
         """A pass under the ask found no page to empty: counted once an

@@ -192,6 +192,9 @@ def attach(cache):
         _back_whole(kv)
         return None
     tracker = BlockTracker(group)
+    # the padding zone, the last two blocks' rows, is backed whole (see
+    # _kv_from_spans)
+    tracker.pin((t.shape[0] - 2 * cache.block_size) * t.stride(0) * t.element_size())
     bm = cache._block_manager
     free = TrackedFreeList(bm._uninit_block_ids, tracker.give, tracker)
     tracker.freed(free)     # ids never handed out are free on their pages too
@@ -701,7 +704,10 @@ def _give_back_one(proc, tracker, victim=None):
     has more than one active request. Returns whether one was, and freed
     blocks. A victim is preempted whatever is left of the ask: its blocks
     count as given back, but its page goes back only with the last of the
-    victims that share it."""
+    victims that share it. A preempted request's complete blocks go to the
+    prefix cache, still claimed (transformers 5.17's free_blocks): those
+    on pages only the cache claims now are released with them (see
+    _uncache_emptied), or no page would go back."""
     if victim is None and not tracker.should_give_back():
         return False
     om = getattr(proc, "offloading_manager", None)
@@ -724,17 +730,40 @@ def _give_back_one(proc, tracker, victim=None):
             return True              # gone already (evicted with another): go on
         if many is None or not isinstance(starved, list):
             return False             # cannot be named: the newest go instead
+    bm = getattr(proc.cache, "_block_manager", None)
+    cached = set(_prefix_cache(bm))
     before, emptied = tracker.mapped, tracker.emptied
-    if victim is not None:
-        _offload_named(many, starved, active[victim], proc.cache)
-    elif one is not None:
-        one()
-    else:
-        _offload_newest(proc, many, starved, active)
-    freed = before - tracker.mapped
+    with tracker.released() as on:
+        if victim is not None:
+            _offload_named(many, starved, active[victim], proc.cache)
+        elif one is not None:
+            one()
+        else:
+            _offload_newest(proc, many, starved, active)
+        kept = _uncache_emptied(bm, tracker, cached)
+    freed = before - tracker.mapped + len(kept)
     if freed > 0:           # (an eviction transformers declined counts nothing)
-        tracker.gave_back(freed, emptied=tracker.emptied - emptied)
+        tracker.gave_back(freed, emptied=tracker.emptied - emptied, on=on, cached=kept)
     return freed > 0
+
+
+def _uncache_emptied(bm, tracker, cached):
+    """After a preemption: release the prefix cache's blocks on the page
+    indices that blocks cached by it are on, where only the cache claims
+    them now (cached: the cache's ids before it). Returns the blocks it
+    cached that stay cached (free for the engine's next blocks, on pages
+    still claimed)."""
+    init = _prefix_cache(bm)
+    new = [b for b in init if b not in cached]
+    if not new:
+        return []
+    pages = tracker.cache_only_pages(init)
+    on = {tracker.page_of(b) for b in new}.intersection(pages)
+    if on:
+        n = len(init)
+        _uncache(bm, [b for p in on for b in pages[p]], tracker, asked=False)
+        tracker.dropped += n - len(init)
+    return [b for b in new if b in init]
 
 
 def _admission(proc, tracker):
