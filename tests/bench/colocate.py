@@ -805,10 +805,11 @@ def print_tables(table, traces, results, args):
                 if t is None:
                     continue
                 kv = cname != "static"
-                print("| %s | %s | %d | %.1f | %.1f | %.0f | %.2f | %.2f | %.1f | %.3f | %.3f | %s | %s "
-                      "| %s | %s | %s | %s |" % (
+                print("| %s | %s | %d | %.1f | %.1f | %.0f | %.2f | %.2f | %.1f | %.3f | %.3f "
+                      "| %s | %s | %s | %s | %s | %s |" % (
                           name, cname, t["steps"], 1e3 * t["step_p50"], 1e3 * t["step_p99"],
-                          1e3 * t["step_max"], 1e3 * t["sched_p50"], 1e3 * t["sched_p99"], 1e3 * t["sched_max"],
+                          1e3 * t["step_max"], 1e3 * t["sched_p50"], 1e3 * t["sched_p99"],
+                          1e3 * t["sched_max"],
                           t["wait_p99"], t["prefill_p99"],
                           t["kv_slow"] if kv else "-", "%.1f" % (1e3 * t["kv_worst"]) if kv else "-",
                           "%.2f" % t["kv_busy"] if kv else "-", t["kv_retries"] if kv else "-",
