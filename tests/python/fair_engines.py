@@ -101,9 +101,11 @@ class ContinuousBatchProcessor:
                 self.done += 1
 
 
-def engine(seconds, num_blocks, start_at):
+def engine(seconds, num_blocks, start_at, prefix_cache=False):
     """One engine (this process), from start_at (a time.time()) for
-    seconds; prints its samples as JSON."""
+    seconds; prints its samples as JSON. prefix_cache: a request's
+    complete blocks, freed (finished or evicted), stay in the prefix cache
+    (transformers 5.17 with block sharing, its default)."""
     import kvshim
     from kvshim.adapters import transformers_cb
     from standins import StandInCache
@@ -112,6 +114,7 @@ def engine(seconds, num_blocks, start_at):
     mod.ContinuousBatchProcessor = ContinuousBatchProcessor
     transformers_cb.patch_api_module(mod)
     cache = StandInCache(num_blocks, BLOCK_TOKENS, LAYERS, 8 * 128)
+    cache.complete_on_free = prefix_cache
     tracker = transformers_cb.attach(cache)
     proc = ContinuousBatchProcessor(cache)
     time.sleep(max(0.0, start_at - time.time()))
@@ -143,11 +146,12 @@ def engine(seconds, num_blocks, start_at):
 FIELDS = ("t", "blocks", "physical", "active", "done", "preempted", "evicted", "short", "capped")
 
 
-def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weights=None):
+def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weights=None,
+        prefix_cache=False):
     """Start engines under one budget of budget_mib, the first head_start
     seconds before the others, each running seconds from its start, with
-    KVSHIM_WEIGHT weights[k] (default 1 each). Returns [{"pid",
-    "samples"}] in start order."""
+    KVSHIM_WEIGHT weights[k] (default 1 each), with a prefix cache or not
+    (see engine). Returns [{"pid", "samples"}] in start order."""
     pool = pool or "fairengines%d" % os.getpid()
     env = dict(os.environ)
     env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET="%dM" % budget_mib, KVSHIM_POOL=pool,
@@ -163,7 +167,8 @@ def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weight
             own = dict(env, KVSHIM_WEIGHT=str(weights[k] if weights else 1))
             procs.append(subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--engine", str(seconds),
-                 str(num_blocks), repr(at)], env=own, stdout=subprocess.PIPE, text=True))
+                 str(num_blocks), repr(at), "1" if prefix_cache else "0"],
+                env=own, stdout=subprocess.PIPE, text=True))
         out = []
         for p in procs:
             text, _ = p.communicate(timeout=seconds + head_start + 120)
@@ -181,7 +186,8 @@ def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weight
 
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--engine":
-        return engine(float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]))
+        return engine(float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]),
+                      sys.argv[5:6] == ["1"])
     out = run()
     print("t     " + "  ".join("engine %d: blocks MiB active done evicted" % k
                                 for k in range(len(out))))

@@ -1599,22 +1599,74 @@ class AdapterTest(unittest.TestCase):
 
     def test_preempted_requests_cached_blocks_hold_off_the_next(self):
         """On pages other requests hold, the blocks a preempted request
-        left in the prefix cache stay, and count as given back: z's 63
-        (and its last, released) make up the ask of a page index, and y
-        stays (counted as freeing one block, y would have gone too)."""
+        left in the prefix cache go to the free list, where the engine
+        takes its next blocks, and count as given back: z's 64 make up
+        the ask of a page index, and y stays (counted as freeing its one
+        incomplete block, y would have gone too)."""
         self.hold_off_long()
         c, tr, proc, asked = self.paged_engine()
         c.complete_on_free = True
         bm = c._block_manager
         self.lay_out(proc, [("x", 16), ("y", 16), ("z", 32)] * 2)
         self.assertEqual(self.sharers(c, tr), {0: {"x", "y", "z"}, 1: {"x", "y", "z"}})
+        z = list(c.group_cache_managers[0].block_table["z"])
         asked[0] = tr.page_index_bytes
         time.sleep(0.01)
         transformers_cb._give_back(proc, tr)
         self.assertEqual(proc.offloading_manager.evicted, ["z"])
-        self.assertEqual(len(bm._init_block_ids), 63)
+        self.assertEqual(len(bm._init_block_ids), 0)
+        self.assertEqual(sorted(itertools.islice(tr.preferred(), 64)), sorted(z))
         self.assertEqual(sorted(tr._claims), [0, 1])
         self.assertEqual(tr.owed(), 0)
+
+    def test_preempted_request_empties_a_page_the_cache_shares(self):
+        """Preempted, v releases its last (incomplete) block and leaves its
+        63 complete ones cached: those go, and with them page 0; page 1
+        held v's last block and f's cached blocks (f finished), and only
+        the cache claims it then: it goes back too, and the ask of two
+        page indices ends with v alone preempted."""
+        self.hold_off_long()
+        c, tr, proc, asked = self.paged_engine()
+        c.complete_on_free = True
+        self.lay_out(proc, [("v", 64), ("f", 63), ("v", 1), ("x", 32), ("y", 32)])
+        self.assertEqual(self.sharers(c, tr), {0: {"v"}, 1: {"f", "v"}, 2: {"x", "y"}})
+        c.free_blocks("f")
+        del proc.scheduler.active_requests["f"]
+        proc.scheduler.active_requests.move_to_end("v")            # the newest
+        asked[0] = 2 * tr.page_index_bytes
+        time.sleep(0.01)
+        while transformers_cb._give_back_one(proc, tr):
+            pass
+        self.assertEqual(proc.offloading_manager.evicted, ["v"])
+        self.assertEqual(sorted(tr._claims), [2])
+        self.assertEqual(asked.now(), 0)
+
+    def test_held_off_blocks_on_the_padding_page_stay_held_off(self):
+        """Blocks freed on the page index that also holds the padding zone
+        hold the next preemption off when its blocks are all free too:
+        kvshim keeps the page, and nothing went back."""
+        self.hold_off_long()
+        c, tr = self.make(num_blocks=250, layers=2)
+        bm = c._block_manager
+        ids = bm.get_free_blocks(250, None, True, 0)
+        self.fake_ask([tr.page_index_bytes])
+        tr.gave_back(10, on={3: 10})
+        bm.free_blocks(ids[192:], shareable=False)
+        self.assertNotIn(3, tr._claims)
+        self.assertEqual(tr.owed(), tr.page_index_bytes - 10 * tr.bytes_per_block)
+
+    def test_a_preemption_after_the_hold_off_starts_a_new_one(self):
+        """A preemption after the hold-off's second holds the next off
+        from then, even with no look at the ask between."""
+        self.hold_off_long()
+        c, tr = self.make(num_blocks=256, layers=2)
+        bm = c._block_manager
+        bm.get_free_blocks(128, None, True, 0)                     # pages 0 and 1
+        self.fake_ask([tr.page_index_bytes])
+        tr.gave_back(10, on={0: 10})
+        tr._held_since -= 2 * tr.HOLD_OFF_S                        # its second is over
+        tr.gave_back(30, on={1: 30})
+        self.assertEqual(tr.owed(), tr.page_index_bytes - 30 * tr.bytes_per_block)
 
     def test_preemptions_held_off_hold_no_cache_back(self):
         """What a preemption freed on pages still used holds off the next

@@ -32,7 +32,23 @@ def window(samples, lo, hi, field):
 
 class FairEnginesTest(unittest.TestCase):
     def test_engines_converge_to_their_shares(self):
-        out = fair_engines.run(budget_mib=BUDGET_MIB, seconds=SECONDS, head_start=HEAD_START)
+        self.converge(fair_engines.run(budget_mib=BUDGET_MIB, seconds=SECONDS,
+                                       head_start=HEAD_START))
+
+    def test_engines_converge_with_the_prefix_cache(self):
+        """The same with transformers' prefix cache (block sharing, its
+        default): a request's complete blocks, freed when it finishes or
+        is preempted, stay cached and claimed, and the adapter releases
+        them for asks. (How many requests the engines preempt varies too
+        much from run to run here to be a check: with session 12's fault,
+        a preempted request's cached blocks keeping its page, the engines
+        started later preempted 27 to 222 each over these 8 s, three runs
+        on the 2-core development machine, and 0 to 8 once mended; the
+        adapter's tests check it.)"""
+        self.converge(fair_engines.run(budget_mib=BUDGET_MIB, seconds=SECONDS,
+                                       head_start=HEAD_START, prefix_cache=True))
+
+    def converge(self, out):
         first, others = out[0]["samples"], [o["samples"] for o in out[1:]]
         third = BUDGET_MIB / 3 * (1 << 20)
         # alone, the first engine takes more than a third

@@ -181,15 +181,16 @@ class BlockTracker:
         if not self._page:
             return
         for b in ids:
-            for p in self._pages(b):
+            pages = self._pages(b)
+            if k < 0 and self._released is not None:
+                self._released[pages[0]] += 1
+            for p in pages:
                 self._claims[p] += k
-                if k < 0 and self._released is not None:
-                    self._released[p] += 1
                 if self._claims[p] <= 0:
                     del self._claims[p]
                     if p not in self._pinned:
                         self.emptied += 1
-                    self._held_off.pop(p, None)
+                        self._held_off.pop(p, None)
                     self._cool(p)
                 elif self._free_on.get(p):
                     self._heat(p, later)
@@ -495,6 +496,22 @@ class BlockTracker:
         return {p for p, n in collections.Counter(b // per for b in cached).items()
                 if 0 < claims.get(p, 0) <= n and p not in self._pinned}
 
+    def cache_only_of(self, pages, cached):
+        """Of these page indices, those _cache_only(cached) holds, each
+        with its ids in cached: {page: [ids]}, looking at each page's ids
+        only (not at the whole cache)."""
+        if not self._one_page():
+            return {}
+        per = self._page // self.group.block_bytes
+        on = {}
+        for p in pages:
+            n = self._claims.get(p, 0)
+            if n and p not in self._pinned:
+                ids = [b for b in range(p * per, (p + 1) * per) if b in cached]
+                if len(ids) >= n:
+                    on[p] = ids
+        return on
+
     def cache_only_pages(self, cached):
         """The page indices of _cache_only(cached), each with its ids in
         cached's order: {page: [ids]}. Releasing those ids empties the
@@ -599,30 +616,27 @@ class BlockTracker:
         finally:
             self._released = None
 
-    def gave_back(self, nblocks, preempted=True, emptied=0, on=None, cached=()):
+    def gave_back(self, nblocks, preempted=True, emptied=0, on=None):
         """Count what the engine freed for kvshim's ask: nblocks blocks,
         by preempting a request or (not preempted) from its prefix cache,
         which emptied emptied page indices. Those went back: the ask is
         read afresh. What a preemption freed on pages still claimed (on:
-        ids released per page index, see released; cached: ids it left in
-        the prefix cache) holds the next preemption off (see owed); a
-        prefix cache's blocks that emptied no page gave nothing and hold
-        nothing off."""
+        ids released per page index, see released) holds the next
+        preemption off (see owed); a prefix cache's blocks that emptied no
+        page gave nothing and hold nothing off."""
         if emptied > 0:
             self.reread()
         if not preempted:
             self.dropped += max(0, nblocks)
             return
         self.preempted += 1
-        if not self._held_off:
-            self._held_since = time.monotonic()
+        now = time.monotonic()
+        if not self._held_off or now - self._held_since > self.HOLD_OFF_S:
+            self._held_off, self._held_since = {}, now
         if not self._page:       # no pages known: every block freed holds off
             self._held_off[None] = self._held_off.get(None, 0) + max(0, nblocks)
             return
-        freed = collections.Counter(on or ())
-        for b in cached:
-            freed.update(self._pages(b))
-        for p, n in freed.items():
+        for p, n in (on or {}).items():
             if p in self._claims:
                 self._held_off[p] = self._held_off.get(p, 0) + n
 

@@ -705,9 +705,9 @@ def _give_back_one(proc, tracker, victim=None):
     blocks. A victim is preempted whatever is left of the ask: its blocks
     count as given back, but its page goes back only with the last of the
     victims that share it. A preempted request's complete blocks go to the
-    prefix cache, still claimed (transformers 5.17's free_blocks): those
-    on pages only the cache claims now are released with them (see
-    _uncache_emptied), or no page would go back."""
+    prefix cache, still claimed (transformers 5.17's free_blocks): they
+    are released with it, and the cache's blocks on pages only the cache
+    claims then (see _uncache_preempted), or no page would go back."""
     if victim is None and not tracker.should_give_back():
         return False
     om = getattr(proc, "offloading_manager", None)
@@ -731,7 +731,7 @@ def _give_back_one(proc, tracker, victim=None):
         if many is None or not isinstance(starved, list):
             return False             # cannot be named: the newest go instead
     bm = getattr(proc.cache, "_block_manager", None)
-    cached = set(_prefix_cache(bm))
+    cached = len(_prefix_cache(bm))
     before, emptied = tracker.mapped, tracker.emptied
     with tracker.released() as on:
         if victim is not None:
@@ -740,30 +740,28 @@ def _give_back_one(proc, tracker, victim=None):
             one()
         else:
             _offload_newest(proc, many, starved, active)
-        kept = _uncache_emptied(bm, tracker, cached)
-    freed = before - tracker.mapped + len(kept)
+        _uncache_preempted(bm, tracker, cached, on)
+    freed = before - tracker.mapped
     if freed > 0:           # (an eviction transformers declined counts nothing)
-        tracker.gave_back(freed, emptied=tracker.emptied - emptied, on=on, cached=kept)
+        tracker.gave_back(freed, emptied=tracker.emptied - emptied, on=on)
     return freed > 0
 
 
-def _uncache_emptied(bm, tracker, cached):
-    """After a preemption: release the prefix cache's blocks on the page
-    indices that blocks cached by it are on, where only the cache claims
-    them now (cached: the cache's ids before it). Returns the blocks it
-    cached that stay cached (free for the engine's next blocks, on pages
-    still claimed)."""
+def _uncache_preempted(bm, tracker, cached, on):
+    """After a preemption: release the blocks it left in the prefix cache
+    (the cache's newest since it held cached blocks: 5.17's free_blocks
+    appends them), into the free list, where the engine takes its next
+    blocks; then the cache's blocks on the page indices it released ids
+    on (on: their count per page) that only the cache claims now, which
+    empties them (counted in tracker.dropped)."""
     init = _prefix_cache(bm)
-    new = [b for b in init if b not in cached]
-    if not new:
-        return []
-    pages = tracker.cache_only_pages(init)
-    on = {tracker.page_of(b) for b in new}.intersection(pages)
-    if on:
+    if len(init) > cached:
+        _uncache(bm, _newest(init, len(init) - cached), tracker, asked=False)
+    pages = tracker.cache_only_of(list(on), init) if init else {}
+    if pages:
         n = len(init)
-        _uncache(bm, [b for p in on for b in pages[p]], tracker, asked=False)
+        _uncache(bm, [b for ids in pages.values() for b in ids], tracker, asked=False)
         tracker.dropped += n - len(init)
-    return [b for b in new if b in init]
 
 
 def _admission(proc, tracker):
