@@ -63,6 +63,12 @@ meet, and the replays skipped are named. A replay is estimated as the longest re
 same trace so far plus 15 s, or, for the first, 3 x --cycles x its phase
 + 20 s + 8 s per request/s of its rate (the H200's longest at rate 6 took
 115 s, this guess 116 s).
+--warmup replays, in each configuration before its traces, a trace of
+another seed (the largest given plus one) at the highest rate, each model
+hot once, and counts it nowhere (its time is in the JSON's seconds, and
+in the estimates): a machine runs its first batch shapes 0.5 to 1 s a
+step (kernels loaded or compiled; on an H200 the first configuration paid
+most of them).
 
 Measured per request: TTFT (first token's time, from transformers'
 per-token timestamps, less the time the request was submitted at its
@@ -604,7 +610,8 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
             t_run = time.perf_counter()
             replay(procs, warmup, os.path.join(outdir, "colocate-warmup-%s-%%s.json" % tag),
                    args, pool)
-            took.setdefault(warmup["base"], []).append(time.perf_counter() - t_run)
+            res["warmup_s"] = time.perf_counter() - t_run
+            took.setdefault(warmup["base"], []).append(res["warmup_s"])
             print("colocate: %s: warm-up replay done in %.0f s (not counted)" % (
                 cfg["name"], took[warmup["base"]][-1]), flush=True)
         ran = []
@@ -1063,7 +1070,8 @@ def write_json(path, args, traces, summary, table, results):
                    "held": {m: {lb: run["held"] for lb, run in r["runs"].items()}
                             for m, r in results.items() if r["mode"] == "kvshim"},
                    "seconds": {m: {"startup": r.get("startup_s"), "total": r.get("total_s"),
-                                   "traces": r.get("seconds")} for m, r in results.items()},
+                                   "warmup": r.get("warmup_s"), "traces": r.get("seconds")}
+                               for m, r in results.items()},
                    "skipped": {m: r.get("skipped", []) for m, r in results.items()}},
                   f, separators=(",", ":"))
 
