@@ -1070,6 +1070,22 @@ class AdapterTest(unittest.TestCase):
         proc.prepare_next_batch()
         self.assertEqual(list(sched.active_requests), ["r1"])
 
+    def test_every_request_starved_the_newest_goes_alone(self):
+        """When the scheduler found every active request starved, the
+        adapter names the newest alone: through the scheduler's own list,
+        transformers 5.17 would evict newest first while their demand
+        passes the free blocks, all but one at once."""
+        self.ahead_off()
+        c, tr, proc, asked = self.three_admitted(4096, layers=4)
+        sched, om = proc.scheduler, proc.offloading_manager
+        sched.starved_requests[:] = [(r, 10 ** 6) for r in sched.active_requests.values()]
+        found = list(sched.starved_requests)
+        asked[0] = 4 * tr.bytes_per_block
+        time.sleep(0.01)
+        self.assertTrue(transformers_cb._give_back_one(proc, tr))
+        self.assertEqual(om.evicted, ["r2"])
+        self.assertEqual(sched.starved_requests, found[:2])
+
     def test_named_victim_goes_alone(self):
         """A request the scheduler found starved in its last pass stays
         where it is when the adapter has another evicted for kvshim's ask:
@@ -1332,13 +1348,13 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(tr.mapped, 128 + 4)
         self.assertEqual(len(bm._uninit_block_ids), 128 - 4)
 
-    def paged_engine(self):
-        """A cache of 256 blocks (64 a 2 MiB page), its tracker, and a
-        processor over it as admitting_api's, with transformers 5.17's
+    def paged_engine(self, num_blocks=256):
+        """A cache of num_blocks blocks (64 a 2 MiB page), its tracker, and
+        a processor over it as admitting_api's, with transformers 5.17's
         offloading manager and a scheduler keeping its active requests in
         admission order: (cache, tracker, processor, the ask fake_ask
         reads, a FallingAsk)."""
-        c, tr = self.make(num_blocks=256, layers=2)
+        c, tr = self.make(num_blocks=num_blocks, layers=2)
         asked = FallingAsk([0])
 
         class Scheduler:
@@ -1547,7 +1563,8 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(list(proc.scheduler.active_requests), ["c"])
         self.assertEqual(tr.emptied - emptied, 2)
         self.assertEqual(sorted(tr._claims), [2])
-        # d's 32 blocks emptied no page: they hold the rest of the ask off
+        # d's 32 blocks emptied no page: they hold off half of the rest of the
+        # ask, and c, the last active request, stays
         self.assertEqual(tr.owed(), tr.page_index_bytes - 32 * tr.bytes_per_block)
 
     def test_prefix_blocks_that_empty_no_page_are_kept(self):
@@ -1642,18 +1659,26 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(asked.now(), 0)
 
     def test_held_off_blocks_on_the_padding_page_stay_held_off(self):
-        """Blocks freed on the page index that also holds the padding zone
-        hold the next preemption off when its blocks are all free too:
-        kvshim keeps the page, and nothing went back."""
+        """With 250 blocks, the last page index holds blocks 192 to 249
+        and the padding zone, backed whole (as _kv_from_spans backs it):
+        z, alone there, preempted for an ask of its 58 blocks, frees them
+        all, and kvshim keeps the page; those blocks hold the next
+        preemption off, and c stays."""
         self.hold_off_long()
-        c, tr = self.make(num_blocks=250, layers=2)
-        bm = c._block_manager
-        ids = bm.get_free_blocks(250, None, True, 0)
-        self.fake_ask([tr.page_index_bytes])
-        tr.gave_back(10, on={3: 10})
-        bm.free_blocks(ids[192:], shareable=False)
+        c, tr, proc, asked = self.paged_engine(num_blocks=250)
+        for t in list(c.key_cache) + list(c.value_cache):
+            row = t.stride(0) * t.element_size()
+            kvshim.map(t.data_ptr() + 250 * c.block_size * row, 2 * c.block_size * row)
+        self.lay_out(proc, [("a", 64), ("b", 64), ("c", 64), ("z", 58)])
+        self.assertEqual(self.sharers(c, tr)[3], {"z"})
+        asked[0] = 58 * tr.bytes_per_block
+        time.sleep(0.01)
+        while transformers_cb._give_back_one(proc, tr):
+            pass
+        self.assertEqual(proc.offloading_manager.evicted, ["z"])
         self.assertNotIn(3, tr._claims)
-        self.assertEqual(tr.owed(), tr.page_index_bytes - 10 * tr.bytes_per_block)
+        self.assertEqual(asked.now(), 58 * tr.bytes_per_block)   # the page stayed
+        self.assertEqual(tr.owed(), 0)
 
     def test_a_preemption_after_the_hold_off_starts_a_new_one(self):
         """A preemption after the hold-off's second holds the next off

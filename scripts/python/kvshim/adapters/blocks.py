@@ -620,10 +620,11 @@ class BlockTracker:
         """Count what the engine freed for kvshim's ask: nblocks blocks,
         by preempting a request or (not preempted) from its prefix cache,
         which emptied emptied page indices. Those went back: the ask is
-        read afresh. What a preemption freed on pages still claimed (on:
-        ids released per page index, see released) holds the next
-        preemption off (see owed); a prefix cache's blocks that emptied no
-        page gave nothing and hold nothing off."""
+        read afresh. What a preemption freed on pages still claimed, or on
+        the page also backed outside the group (see pin), (on: ids released
+        per page index, see released) holds the next preemption off (see
+        owed); a prefix cache's blocks that emptied no page gave nothing
+        and hold nothing off."""
         if emptied > 0:
             self.reread()
         if not preempted:
@@ -637,7 +638,7 @@ class BlockTracker:
             self._held_off[None] = self._held_off.get(None, 0) + max(0, nblocks)
             return
         for p, n in (on or {}).items():
-            if p in self._claims:
+            if p in self._claims or p in self._pinned:
                 self._held_off[p] = self._held_off.get(p, 0) + n
 
     def found_no_page(self):

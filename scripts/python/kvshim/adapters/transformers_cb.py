@@ -836,14 +836,15 @@ def _offload_newest(proc, offload_requests, starved, active):
     """transformers 5.17's offloading manager evicts only requests its
     scheduler found starved of blocks, newest first, while their demand
     passes the free blocks (never the last active request): name the newest
-    active request starved of more blocks than are free, so it is the one
-    evicted (to CPU where transformers has room, else requeued to start
-    again), and take the name back if it was not used."""
+    active request the scheduler did not find starved (those may go in its
+    own eviction), or the newest of all when it found every one starved,
+    alone starved of more blocks than are free, so it is the one evicted
+    (to CPU where transformers has room, else requeued to start again).
+    (Evicting through the scheduler's own list when every request was
+    starved could take all but one at once.)"""
     named = {id(e[0]) for e in starved}
-    victim = next((r for r in reversed(active.values()) if id(r) not in named), None)
-    if victim is None:             # every active request is starved already
-        offload_requests()
-        return
+    victim = next((r for r in reversed(active.values()) if id(r) not in named),
+                  next(reversed(active.values())))
     _offload_named(offload_requests, starved, victim, proc.cache)
 
 
