@@ -68,7 +68,12 @@ another seed (the largest given plus one) at the highest rate, each model
 hot once, and counts it nowhere (its time is in the JSON's seconds, and
 in the estimates): a machine runs its first batch shapes 0.5 to 1 s a
 step (kernels loaded or compiled; on an H200 the first configuration paid
-most of them).
+most of them). --alternate, with --repeat N, replays in N rounds: in round
+k each configuration replays the k-th replay of each trace, engines
+started afresh, in the configurations' order in even rounds and in
+reverse in odd ones (static, kvshim, kvshim, static, ...), so that no
+configuration always runs first; the warm-up is in round 0 only, and a
+replay the round's first configuration skipped is skipped by the others.
 
 Measured per request: TTFT (first token's time, from transformers'
 per-token timestamps, less the time the request was submitted at its
@@ -603,6 +608,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
         for name, p in procs.items():
             res["engines"][name] = json.loads(read_line(p, "READY", 600))
         res["startup_s"] = time.perf_counter() - t_spawn
+        pids = {n: e["pid"] for n, e in res["engines"].items()}
         print("colocate: %s: engines ready in %.1f s: %s" % (cfg["name"], res["startup_s"], ", ".join(
             "%s %d blocks (%.0f MiB of KV tensors)" % (n, e["num_blocks"], e["kv_tensor_bytes"] / MIB)
             for n, e in res["engines"].items())), flush=True)
@@ -629,6 +635,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
                 continue
             run = replay(procs, tr, os.path.join(
                 outdir, "colocate-%s-%s-%%s.json" % (tag, tr["label"])), args, pool)
+            run["pids"] = pids
             res["runs"][tr["label"]] = run
             ran.append(tr)
             res["seconds"][tr["label"]] = time.perf_counter() - t_run
@@ -676,6 +683,21 @@ def replay(procs, tr, out, args, pool):
         with open(out % name) as f:
             run["engines"][name] = json.load(f)
     return run
+
+
+def merge(res, more):
+    """Add a later turn's results (run_config's) of a configuration to
+    res: its replays, their times and those skipped; each turn's start,
+    warm-up, stop and total times in res["turns"]."""
+    res.setdefault("turns", [{k: res.get(k) for k in TURN_TIMES}])
+    res["turns"].append({k: more.get(k) for k in TURN_TIMES})
+    res["total_s"] = sum(t["total_s"] or 0.0 for t in res["turns"])
+    res["runs"].update(more["runs"])
+    res["seconds"].update(more["seconds"])
+    res["skipped"] += more["skipped"]
+
+
+TURN_TIMES = ("startup_s", "warmup_s", "stop_s", "total_s")
 
 
 def glob_segments(pool):
@@ -1069,8 +1091,12 @@ def write_json(path, args, traces, summary, table, results):
                    # demand, asked, share, gap]}]
                    "held": {m: {lb: run["held"] for lb, run in r["runs"].items()}
                             for m, r in results.items() if r["mode"] == "kvshim"},
+                   # each replay's engine pids (engines start afresh each turn)
+                   "pids": {m: {lb: run.get("pids") for lb, run in r["runs"].items()}
+                            for m, r in results.items()},
                    "seconds": {m: {"startup": r.get("startup_s"), "total": r.get("total_s"),
-                                   "warmup": r.get("warmup_s"), "traces": r.get("seconds")}
+                                   "warmup": r.get("warmup_s"), "traces": r.get("seconds"),
+                                   "turns": r.get("turns")}
                                for m, r in results.items()},
                    "skipped": {m: r.get("skipped", []) for m, r in results.items()}},
                   f, separators=(",", ":"))
@@ -1106,6 +1132,10 @@ def main():
     ap.add_argument("--repeat", type=int, default=1,
                     help="replay each trace this many times per configuration (the run-to-run "
                          "spread)")
+    ap.add_argument("--alternate", action="store_true",
+                    help="with --repeat N: N rounds, each configuration replaying the k-th "
+                         "replays in round k, in reverse order every other round (engines "
+                         "started afresh each round), so that none always replays first")
     ap.add_argument("--deadline", type=float, default=None,
                     help="minutes the whole run may take: replays that would end later are skipped")
     ap.add_argument("--warmup", action="store_true",
@@ -1189,7 +1219,7 @@ def main():
                     json.dump(trace, f)
                 for k in range(args.repeat):
                     traces.append({"label": label if k == 0 else "%s-run%d" % (label, k + 1),
-                                   "base": label, "rate": "%g" % rate, "seed": seed,
+                                   "base": label, "round": k, "rate": "%g" % rate, "seed": seed,
                                    "phase": phase, "cycles": args.cycles, "path": path,
                                    "n": len(trace)})
                 print("colocate: trace %s: %d requests (%s)" % (label, len(trace), ", ".join(
@@ -1217,21 +1247,33 @@ def main():
             for c in configs]
     plan += [({"name": "kvshim@%g" % b, "mode": "kvshim", "budget": int(b * GIB)}, sweep_traces)
              for b in sorted(sweep) if b != args.budget_gib or "kvshim" not in configs]
+    # the configurations' turns: each replays its traces in one turn, or,
+    # alternating, the k-th replays of them in round k, the order of the
+    # configurations reversed every other round
+    turns = []
+    for r in range(args.repeat if args.alternate else 1):
+        for cfg, trs in (plan if r % 2 == 0 else plan[::-1]):
+            mine = [tr for tr in trs if not args.alternate or tr["round"] == r]
+            if mine:
+                turns.append((cfg, mine, r))
     # about 30 s to start and stop three engines; each trace its length
     # and the drain of its queue (a guess: 15 s, more at high rates)
     est = sum(30 + sum(3 * tr["cycles"] * tr["phase"] + 15 + 2 * float(tr["rate"])
-                       for tr in trs + ([warmup] if warmup else []))
-              for _, trs in plan)
-    print("colocate: %d configurations, %d trace runs in all: about %.0f min (a guess)" % (
-        len(plan), sum(len(trs) for _, trs in plan), est / 60), flush=True)
+                       for tr in trs + ([warmup] if warmup and r == 0 else []))
+              for _, trs, r in turns)
+    print("colocate: %d configurations, %d trace runs in all%s: about %.0f min (a guess)" % (
+        len(plan), sum(len(trs) for _, trs, _ in turns),
+        ", alternating in %d rounds" % args.repeat if args.alternate else "", est / 60),
+        flush=True)
     results, met, took = {}, None, {}
     # (a minute of it kept to stop the engines and write the tables, plots and JSON)
     deadline = t_all + 60 * args.deadline - 60 if args.deadline is not None else None
-    first = plan[0][0]["name"]
-    for i, (cfg, trs) in enumerate(plan):
+    firsts = {}
+    for i, (cfg, trs, r) in enumerate(turns):
+        first = firsts.setdefault(r, cfg["name"])
         unpaired = []
-        if i > 0 and first in results:
-            # the traces the first configuration replayed: the others pair them
+        if first != cfg["name"] and first in results:
+            # the traces the round's first configuration replayed: the others pair them
             unpaired = [tr["label"] for tr in trs if tr["label"] not in results[first]["runs"]]
             trs = [tr for tr in trs if tr["label"] not in unpaired]
         if not trs:
@@ -1239,9 +1281,10 @@ def main():
                 print("colocate: %s skipped: %s not replayed by %s" % (
                     cfg["name"], ", ".join(unpaired), first), flush=True)
             continue
+        warm = warmup if r == 0 else None
         if deadline is not None and time.perf_counter() + 30 + min(
                 replay_guess(tr, args, took) for tr in trs) + (
-                replay_guess(warmup, args, took) if warmup else 0) > deadline:
+                replay_guess(warm, args, took) if warm else 0) > deadline:
             print("colocate: %s skipped: no replay of it would end by --deadline" % cfg["name"],
                   flush=True)
             continue
@@ -1249,9 +1292,14 @@ def main():
             print("colocate: %s skipped: %g GiB already meets the static split" % (
                 cfg["name"], met), flush=True)
             continue
-        later = [{tr["label"] for tr in t} for _, t in plan[1:]] if i == 0 else []
-        results[cfg["name"]] = run_config(cfg, args, trs, outdir, deadline, took, later, warmup)
-        results[cfg["name"]]["skipped"] += unpaired
+        later = [{tr["label"] for tr in t} for c, t, q in turns[i + 1:] if q == r] \
+            if first == cfg["name"] else []
+        res = run_config(cfg, args, trs, outdir, deadline, took, later, warm)
+        res["skipped"] += unpaired
+        if cfg["name"] in results:
+            merge(results[cfg["name"]], res)
+        else:
+            results[cfg["name"]] = res
         if cfg["name"].startswith("kvshim@") and "static" in results:
             # ascending budgets: the first that meets the static split ends the sweep
             table, _ = summarize(results, trs)
