@@ -702,9 +702,10 @@ def _give_back_one(proc, tracker, victim=None):
     """Preempt one request (victim's id, or the newest) if kvshim asks for
     more than this engine gave back within the last second and the engine
     has more than one active request. Returns whether one was, and freed
-    blocks. A victim is preempted whatever is left of the ask: its blocks
-    count as given back, but its page goes back only with the last of the
-    victims that share it. A preempted request's complete blocks go to the
+    blocks. A victim is preempted whatever is left of the ask (its page
+    goes back only with the last of the victims that share it); what a
+    preemption frees on pages still claimed holds the next one off (see
+    owed). A preempted request's complete blocks go to the
     prefix cache, still claimed (transformers 5.17's free_blocks): they
     are released with it, and the cache's blocks on pages only the cache
     claims then (see _uncache_preempted), or no page would go back."""
