@@ -614,12 +614,15 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
             for n, e in res["engines"].items())), flush=True)
         if warmup is not None:
             t_run = time.perf_counter()
-            replay(procs, warmup, os.path.join(outdir, "colocate-warmup-%s-%%s.json" % tag),
-                   args, pool)
+            run = replay(procs, warmup, os.path.join(outdir, "colocate-warmup-%s-%%s.json" % tag),
+                         args, pool)
             res["warmup_s"] = time.perf_counter() - t_run
+            res["warmup_failed"] = failed_requests(run)
             took.setdefault(warmup["base"], []).append(res["warmup_s"])
-            print("colocate: %s: warm-up replay done in %.0f s (not counted)" % (
-                cfg["name"], took[warmup["base"]][-1]), flush=True)
+            print("colocate: %s: warm-up replay done in %.0f s (not counted%s)" % (
+                cfg["name"], took[warmup["base"]][-1],
+                "; %d requests FAILED" % res["warmup_failed"] if res["warmup_failed"] else ""),
+                flush=True)
         ran = []
         for tr in traces:
             t_run = time.perf_counter()
@@ -683,6 +686,13 @@ def replay(procs, tr, out, args, pool):
         with open(out % name) as f:
             run["engines"][name] = json.load(f)
     return run
+
+
+def failed_requests(run):
+    """How many requests of a replay (replay's run) failed: no first token,
+    or not finished."""
+    return sum(1 for e in run["engines"].values() for r in e["requests"]
+               if r["ttft"] is None or r["status"] != 3)
 
 
 def merge(res, more):
@@ -1310,6 +1320,10 @@ def main():
     if sweep and "kvshim" in results and args.budget_gib in sweep:
         results["kvshim@%g" % args.budget_gib] = results["kvshim"]
     table, ok = summarize(results, traces)
+    for name, r in results.items():
+        if r.get("warmup_failed"):
+            print("colocate: %s: %d requests of its warm-up failed" % (name, r["warmup_failed"]))
+            ok = False
     print_tables(table, traces, results, args)
     summary = targets(table, traces, results, args)
     t_plot = time.perf_counter()
