@@ -138,7 +138,8 @@ class BlockTracker:
         self._held_since = 0.0   # ...since, the first of them
         self._released = None    # while released(): ids released per page index
         self._pinned = set()     # page indices also backed outside the group (see pin)
-        self.emptied = 0         # page indices whose last claim went (see _claimed)
+        self.emptied = 0         # page indices whose last claim went (each rereads
+                                 # the ask: see _claimed)
         self._ahead = set()      # ids backed ahead, not yet handed out
         self._thread = None      # the _Ahead thread, once needed
         self.ahead_hits = 0      # blocks handed out already backed
@@ -189,8 +190,10 @@ class BlockTracker:
                 if self._claims[p] <= 0:
                     del self._claims[p]
                     if p not in self._pinned:
+                        # it goes back, and the ask falls with it: read afresh
                         self.emptied += 1
                         self._held_off.pop(p, None)
+                        self.reread()
                     self._cool(p)
                 elif self._free_on.get(p):
                     self._heat(p, later)
@@ -497,9 +500,10 @@ class BlockTracker:
                 if 0 < claims.get(p, 0) <= n and p not in self._pinned}
 
     def cache_only_of(self, pages, cached):
-        """Of these page indices, those _cache_only(cached) holds, each
-        with its ids in cached: {page: [ids]}, looking at each page's ids
-        only (not at the whole cache)."""
+        """Of these page indices, those whose every claimed block is in
+        cached (see _cache_only), each with its ids in cached: {page:
+        [ids]}, looking at each page's ids only (not at the whole cache).
+        Releasing those ids empties the page."""
         if not self._one_page():
             return {}
         per = self._page // self.group.block_bytes
@@ -513,16 +517,9 @@ class BlockTracker:
         return on
 
     def cache_only_pages(self, cached):
-        """The page indices of _cache_only(cached), each with its ids in
-        cached's order: {page: [ids]}. Releasing those ids empties the
-        page."""
-        pages = self._cache_only(cached)
-        on = {}
-        for b in cached if pages else ():
-            p = self.page_of(b)
-            if p in pages:
-                on.setdefault(p, []).append(b)
-        return on
+        """The page indices of _cache_only(cached), each with its ids:
+        {page: [ids]} (see cache_only_of)."""
+        return self.cache_only_of(self._cache_only(cached), cached)
 
     @_timed
     def state_unused(self, cached, fresh=False):
@@ -616,17 +613,15 @@ class BlockTracker:
         finally:
             self._released = None
 
-    def gave_back(self, nblocks, preempted=True, emptied=0, on=None):
+    def gave_back(self, nblocks, preempted=True, on=None):
         """Count what the engine freed for kvshim's ask: nblocks blocks,
-        by preempting a request or (not preempted) from its prefix cache,
-        which emptied emptied page indices. Those went back: the ask is
-        read afresh. What a preemption freed on pages still claimed, or on
+        by preempting a request or (not preempted) from its prefix cache.
+        The pages they emptied went back (the ask falls with them, see
+        _claimed). What a preemption freed on pages still claimed, or on
         the page also backed outside the group (see pin), (on: ids released
         per page index, see released) holds the next preemption off (see
         owed); a prefix cache's blocks that emptied no page gave nothing
         and hold nothing off."""
-        if emptied > 0:
-            self.reread()
         if not preempted:
             self.dropped += max(0, nblocks)
             return
@@ -666,13 +661,11 @@ class BlockTracker:
     @_timed
     def drop_ahead(self):
         """Release every block backed ahead (see ahead). Returns how many
-        were; when any, the next ask read is taken afresh (their pages
-        may be idle now, which kvshim no longer asks for)."""
+        were (the pages they empty go back, and the ask is read afresh:
+        see _claimed)."""
         self._settle()
         drop = list(self._ahead)
         self._release_ahead(drop)
-        if drop:
-            self.reread()
         return len(drop)
 
     def _release_ahead(self, drop):

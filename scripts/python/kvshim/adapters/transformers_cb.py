@@ -532,7 +532,7 @@ def _uncache(bm, ids, tracker, asked=True):
     blocks = getattr(bm, "_id_to_block", None)
     if not ids or init is None or blocks is None:
         return
-    before, emptied = tracker.mapped, tracker.emptied
+    before = tracker.mapped
     for b in ids:
         if b not in init:
             continue
@@ -542,8 +542,7 @@ def _uncache(bm, ids, tracker, asked=True):
             del by_hash[h]
         bm._uninit_block_ids.append(b)
     if asked and before > tracker.mapped:
-        tracker.gave_back(before - tracker.mapped, preempted=False,
-                          emptied=tracker.emptied - emptied)
+        tracker.gave_back(before - tracker.mapped, preempted=False)
     # (the pages it stated unused may be gone: looked at again at the next
     # statement; _drop_unused states them afresh before the ask is read)
     tracker.unused_stale()
@@ -668,16 +667,13 @@ def _drop_unused(proc, tracker):
             order.append(p)
             if len(order) >= want:
                 break
-    released = 0
+    released = len(init)
     if order:
-        before = len(init)
-        _uncache(bm, [b for p in order for b in pages[p]], tracker, asked=False)
-        released = before - len(init)
-        tracker.dropped += released
+        _uncache(bm, [b for p in order for b in pages[p]], tracker)
         tracker.unused_pages += len(order)
     tracker.state_unused(init, fresh=True)
     tracker.reread()
-    return released
+    return released - len(init)
 
 
 def _drop_prefix_cache(proc, tracker):
@@ -733,7 +729,7 @@ def _give_back_one(proc, tracker, victim=None):
             return False             # cannot be named: the newest go instead
     bm = getattr(proc.cache, "_block_manager", None)
     cached = len(_prefix_cache(bm))
-    before, emptied = tracker.mapped, tracker.emptied
+    before = tracker.mapped
     with tracker.released() as on:
         if victim is not None:
             _offload_named(many, starved, active[victim], proc.cache)
@@ -744,7 +740,7 @@ def _give_back_one(proc, tracker, victim=None):
         _uncache_preempted(bm, tracker, cached, on)
     freed = before - tracker.mapped
     if freed > 0:           # (an eviction transformers declined counts nothing)
-        tracker.gave_back(freed, emptied=tracker.emptied - emptied, on=on)
+        tracker.gave_back(freed, on=on)
     return freed > 0
 
 
@@ -759,10 +755,7 @@ def _uncache_preempted(bm, tracker, cached, on):
     if len(init) > cached:
         _uncache(bm, _newest(init, len(init) - cached), tracker, asked=False)
     pages = tracker.cache_only_of(list(on), init) if init else {}
-    if pages:
-        n = len(init)
-        _uncache(bm, [b for ids in pages.values() for b in ids], tracker, asked=False)
-        tracker.dropped += n - len(init)
+    _uncache(bm, [b for ids in pages.values() for b in ids], tracker)
 
 
 def _admission(proc, tracker):
