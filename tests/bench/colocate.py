@@ -620,7 +620,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
             res["warmup_failed"] = failed_requests(run)
             took.setdefault(warmup["base"], []).append(res["warmup_s"])
             print("colocate: %s: warm-up replay done in %.0f s (not counted%s)" % (
-                cfg["name"], took[warmup["base"]][-1],
+                cfg["name"], res["warmup_s"],
                 "; %d requests FAILED" % res["warmup_failed"] if res["warmup_failed"] else ""),
                 flush=True)
         ran = []
@@ -688,11 +688,15 @@ def replay(procs, tr, out, args, pool):
     return run
 
 
+def served(r):
+    """Whether request r of a replay was served: a first token, and
+    finished."""
+    return r["ttft"] is not None and r["status"] == 3
+
+
 def failed_requests(run):
-    """How many requests of a replay (replay's run) failed: no first token,
-    or not finished."""
-    return sum(1 for e in run["engines"].values() for r in e["requests"]
-               if r["ttft"] is None or r["status"] != 3)
+    """How many requests of a replay (replay's run) failed (see served)."""
+    return sum(1 for e in run["engines"].values() for r in e["requests"] if not served(r))
 
 
 def merge(res, more):
@@ -736,7 +740,7 @@ def summarize(results, traces):
             for name in ORDER + ("all",):
                 engines = ORDER if name == "all" else (name,)
                 rows = [r for n in engines for r in run["engines"][n]["requests"]]
-                good = [r for r in rows if r["ttft"] is not None and r["status"] == 3]
+                good = [r for r in rows if served(r)]
                 bad = len(rows) - len(good)
                 ok &= bad == 0
                 ttft = [r["ttft"] for r in good]
