@@ -107,6 +107,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import built_tree  # noqa: E402  the built tree's library and tools
@@ -614,8 +615,8 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
             for n, e in res["engines"].items())), flush=True)
         if warmup is not None:
             t_run = time.perf_counter()
-            run = replay(procs, warmup, os.path.join(outdir, "colocate-warmup-%s-%%s.json" % tag),
-                         args, pool)
+            run = replay_all(procs, warmup, os.path.join(
+                outdir, "colocate-warmup-%s-%%s.json" % tag), args, pool)
             res["warmup_s"] = time.perf_counter() - t_run
             res["warmup_failed"] = failed_requests(run)
             took.setdefault(warmup["base"], []).append(res["warmup_s"])
@@ -636,7 +637,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
                           replay_guess(tr, args, took)), flush=True)
                 res["skipped"].append(tr["label"])
                 continue
-            run = replay(procs, tr, os.path.join(
+            run = replay_all(procs, tr, os.path.join(
                 outdir, "colocate-%s-%s-%%s.json" % (tag, tr["label"])), args, pool)
             run["pids"] = pids
             res["runs"][tr["label"]] = run
@@ -668,7 +669,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
     return res
 
 
-def replay(procs, tr, out, args, pool):
+def replay_all(procs, tr, out, args, pool):
     """Have the engines procs replay trace tr together, two seconds from
     now, each writing its results to out % its name, and read the GPU and
     the shared segment meanwhile. Returns the run: {"gpu_used", "held",
@@ -1182,7 +1183,14 @@ def main():
     ap.add_argument("--max-batch-tokens", type=int, default=2048)
     args = ap.parse_args()
     if args.engine:
-        return engine(args)
+        try:
+            return engine(args)
+        except Exception:
+            # transformers' batching thread is not a daemon: the engine
+            # would outlive its error, and the run wait for its DONE
+            traceback.print_exc()
+            sys.stderr.flush()
+            os._exit(1)
     configs = [c for c in args.configs.split(",") if c]
     if not configs or set(configs) - {"static", "kvshim", "capped"}:
         ap.error("--configs takes static, kvshim and capped")
