@@ -114,10 +114,14 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		out[i].share = got[i];
 		out[i].gap = p->demand && got[i] > has ? min64(beyond, got[i] - has) : 0;
 		out[i].asked = 0;
+		/* its idle pages, less those its own demand takes within its
+		 * share (they are in has: its gap is already less by them) */
+		out[i].givable = min64(p->givable, sub(min64(p->idle, p->held),
+			min64(p->demand, sub(got[i], used[i]))));
 		need = add(need, out[i].gap);
 		taken = add(taken, add(p->held, p->pending));
 		floor_gaps = add(floor_gaps, sub(p->min, add(p->held, p->pending)));
-		givable = add(givable, p->givable);
+		givable = add(givable, out[i].givable);
 		over = add(over, sub(used[i], got[i]));
 		spare = add(spare, askable[i]);
 	}
@@ -145,6 +149,7 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		sums->asked = asked;
 		sums->over = over;
 		sums->unused = spare;
+		sums->givable = givable;
 		sums->level = L;
 	}
 }

@@ -21,8 +21,12 @@
  *   - a process below its share that waits has a claim: its gap, what it
  *     waits for up to its share; it is kept for it as a floor is, from
  *     anyone who would grow past its own share;
- *   - when the free budget and every process's idle pages cannot cover the
- *     gaps, the processes' unused pages are asked for, in proportion to
+ *   - a process that waits keeps its idle pages for what it waits for, as
+ *     far as its share goes: its own maps take them first (they are in
+ *     what it holds, so its gap is already less by them); only the rest
+ *     may be asked for, and cover others' gaps;
+ *   - when the free budget and the idle pages that may be asked for cannot
+ *     cover the gaps, the processes' unused pages are asked for, in proportion to
  *     them, whatever their shares, but never below their floors (their
  *     engines drop those blocks, which no request waits on, and the pages
  *     go back idle); and when those cannot either, processes that
@@ -57,6 +61,9 @@ struct kv_fair_out {
 	uint64_t asked;          /* of what it uses and its unused pages, what
 				  * it must give back */
 	uint64_t asked_unused;   /* the part of asked that is unused pages */
+	uint64_t givable;        /* of its idle pages above its floor, those
+				  * it may be asked for: not those its own
+				  * demand takes within its share */
 };
 
 /* Totals of a plan, for the process deciding a take. */
@@ -65,6 +72,8 @@ struct kv_fair_sums {
 	uint64_t asked;          /* what all are asked to give back, summed */
 	uint64_t over;           /* what all use above their shares, summed */
 	uint64_t unused;         /* the unused pages that may be asked for,
+				  * summed */
+	uint64_t givable;        /* the idle pages that may be asked for,
 				  * summed */
 	uint64_t level;          /* L: bytes a share holds per unit of weight */
 };

@@ -71,7 +71,10 @@ struct kv_share_handle_s {
  * give back, summed without wrapping; and the rule's plan (fair.h) with
  * this process among them. */
 struct sums {
-	uint64_t held, pending, floors, givable;
+	uint64_t held, pending, floors;
+	uint64_t givable;        /* the idle pages they may be asked for (the
+				  * plan's), summed */
+	uint64_t give[KV_SHARE_SLOTS];  /* and each one's, by slot */
 	uint64_t gaps;           /* what the others waiting below their
 				  * share claim */
 	struct kv_fair_in me_in; /* this process's figures, as planned */
@@ -257,6 +260,7 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 {
 	struct kv_fair_in in[KV_SHARE_SLOTS];
 	struct kv_fair_out out[KV_SHARE_SLOTS];
+	unsigned slot_of[KV_SHARE_SLOTS];
 	unsigned i, n = 1;
 
 	memset(t, 0, sizeof(*t));
@@ -274,11 +278,15 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 		has = kv_seg_sat_add(f.held, f.pending);
 		if (f.min > has)
 			t->floors = kv_seg_sat_add(t->floors, f.min - has);
-		t->givable = kv_seg_sat_add(t->givable, kv_seg_givable(&f));
 		t->clamped |= f.clamped;
+		slot_of[n] = i;
 		kv_seg_fair_in(&f, &in[n++]);
 	}
 	kv_fair_plan(cap, in, n, out, &t->plan);
+	for (i = 1; i < n; i++) {
+		t->give[slot_of[i]] = out[i].givable;
+		t->givable = kv_seg_sat_add(t->givable, out[i].givable);
+	}
 	t->me_in = in[0];
 	t->me = out[0];
 	t->gaps = t->plan.gaps > t->me.gap ? t->plan.gaps - t->me.gap : 0;
@@ -713,9 +721,10 @@ static int fits(const kv_share_t *s, const struct sums *t, uint64_t cap,
 	return kept <= cap && kv_seg_sat_add(s->held, bytes) <= cap - kept;
 }
 
-/* Ask the others for need bytes of their idle pages, above their floors.
- * Returns the bytes asked for (or already on their way). */
-static uint64_t ask(kv_share_t *s, uint64_t cap, uint64_t need)
+/* Ask the others for need bytes of their idle pages, those the plan in t
+ * counts as theirs to give (above their floors, beyond what their own
+ * demand takes). Returns the bytes asked for (or already on their way). */
+static uint64_t ask(kv_share_t *s, const struct sums *t, uint64_t cap, uint64_t need)
 {
 	uint64_t asked = 0;
 	unsigned i;
@@ -728,7 +737,7 @@ static uint64_t ask(kv_share_t *s, uint64_t cap, uint64_t need)
 		if ((int)i == s->slot || LOAD(&sl->state) == KV_SLOT_FREE)
 			continue;
 		kv_seg_load(sl, cap, &f);
-		want = kv_seg_givable(&f);
+		want = t->give[i];
 		req = f.trim_request;
 		if (want > req) {
 			want = kv_seg_min(want - req, need - asked);
@@ -765,7 +774,7 @@ static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
 		return KV_SHARE_WAIT;           /* others are taking: look again */
 	over = kv_seg_sat_add(kept_from(s, t, bytes, 1), kv_seg_sat_add(s->held, bytes));
 	over = over > cap ? over - cap : 0;
-	if (ask(s, cap, over))
+	if (ask(s, t, cap, over))
 		return KV_SHARE_WAIT;
 	if (!past_share(s, t, bytes) && t->me.gap && (t->plan.over || t->plan.unused))
 		return KV_SHARE_WAIT_USED;

@@ -7,7 +7,8 @@
  * ask it to give back. A process takes budget before it creates physical
  * pages and gives it back when it releases them; when the budget is held
  * by others, it asks those with idle pages (cached or pooled, above their
- * floor) to trim, and waits a bounded time. Who may take and who must give
+ * floor, beyond what they wait for themselves: fair.h) to trim, and waits
+ * a bounded time. Who may take and who must give
  * back what it uses is fair.h's rule: weighted fair shares.
  *
  * Every member can write all of the segment, so nothing in it is trusted:
@@ -210,7 +211,8 @@ void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled);
 
 /* The pool's budget, the bytes the other processes hold now, and the most
  * this process could hold: the budget less what the others use and what
- * their floors keep for them (their idle pages come back on request), and
+ * their floors keep for them (their idle pages come back on request, but
+ * those they keep for what they wait for themselves: fair.h), and
  * past its share, less what processes waiting below theirs claim.
  * Slots of processes that are gone are reclaimed first. */
 void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others,
