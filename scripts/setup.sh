@@ -12,6 +12,7 @@ command -v libtoolize >/dev/null || need+=(libtool)
 command -v pkg-config >/dev/null || need+=(pkg-config)
 command -v make >/dev/null || need+=(make)
 command -v cc >/dev/null || need+=(gcc)
+command -v pyflakes3 >/dev/null || command -v pyflakes >/dev/null || need+=(pyflakes3)
 if command -v pkg-config >/dev/null; then
 	pkg-config --exists libelf || need+=(libelf-dev)
 	pkg-config --exists check || need+=(check)

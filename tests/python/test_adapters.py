@@ -2317,7 +2317,6 @@ class MultiDeviceTest(unittest.TestCase):
         tr.group.close()
 
     def test_started_on_the_current_device(self):
-        import threading
         seen = []
         real = kvshim.stats
         kvshim.stats = lambda: seen.append(DEVICES.current_device()) or real()
@@ -2330,7 +2329,6 @@ class MultiDeviceTest(unittest.TestCase):
         self.assertEqual(seen, [1])
 
     def test_not_started_on_a_device_kvshim_leaves(self):
-        import threading
         seen = []
         real = kvshim.stats
         kvshim.stats = lambda: seen.append(1) or real()
@@ -2935,7 +2933,6 @@ class BindingTest(unittest.TestCase):
 
 class EarlyStartTest(unittest.TestCase):
     def run_start(self):
-        import threading
         raised = []
         old = threading.excepthook
         threading.excepthook = raised.append
