@@ -570,18 +570,17 @@ def replay_guess(tr, args, took):
     return 3 * tr.get("cycles", args.cycles) * tr["phase"] + 20.0 + 8.0 * float(tr["rate"])
 
 
-def fits(now, deadline, tr, ran, later, args, took):
+def fits(now, deadline, tr, ran, later, args, took, warmup=None):
     """Whether a replay of trace tr started now would end by deadline, and
     the later configurations' replays after it (later: the labels of each
     one's traces; each starts its engines, 30 s, replays the warm-up trace
-    if any, and replays those of the traces this one ran, ran, and tr, it
-    has): a replay that nothing could
+    warmup if any, the round's, and replays those of the traces this one
+    ran, ran, and tr, it has): a replay that nothing could
     be compared with is not started, nor one that would leave no time for
     the comparisons of those already run. (Every sweep budget counts, also
     those a budget that meets would skip.) Returns (whether, the seconds
     it would need)."""
     need = replay_guess(tr, args, took)
-    warmup = getattr(args, "warmup_trace", None)
     for labels in later:
         mine = [t for t in ran + [tr] if t["label"] in labels]
         if mine:
@@ -627,7 +626,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
         ran = []
         for tr in traces:
             t_run = time.perf_counter()
-            ok, need = fits(t_run, deadline, tr, ran, later, args, took) \
+            ok, need = fits(t_run, deadline, tr, ran, later, args, took, warmup) \
                 if deadline is not None else (True, 0.0)
             if not ok:
                 print("colocate: %s, trace %s: skipped, it would end past --deadline (%.0f s "
@@ -1259,7 +1258,6 @@ def main():
                   "phase": phase, "cycles": 1, "path": path, "n": len(trace)}
         print("colocate: warm-up trace (seed %d, rate %g, each model hot once): %d requests" % (
             seed, rate, len(trace)))
-    args.warmup_trace = warmup
     sweep_traces = [tr for tr in traces if float(tr["rate"]) in sweep_rates
                     and tr["seed"] == seeds[0] and tr["phase"] == args.phase_list[0]
                     and tr["label"] == tr["base"]]
