@@ -213,7 +213,7 @@ enum kv_supply {
 
 int kv_pool_init(kv_alloc_t *a);
 void kv_pool_fini(kv_alloc_t *a);
-enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots,
+enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *slots,
 			    int *err);
 /* TAKEN slots back to the pool: clean ones (never left the pool's care)
  * or dirty. */

@@ -22,9 +22,12 @@
  *     waits for up to its share; it is kept for it as a floor is, from
  *     anyone who would grow past its own share;
  *   - a process that waits keeps its idle pages for what it waits for, as
- *     far as its share goes: its own maps take them first (they are in
- *     what it holds, so its gap is already less by them); only the rest
- *     may be asked for, and cover others' gaps;
+ *     far as its share goes: its own maps take them (its pooled pages
+ *     first, its cached ones when the budget refuses it), and they are in
+ *     what it holds, so its gap is already less by them; only the rest may
+ *     be asked for, and cover others' gaps (what it waits for counts its
+ *     own pages: an engine's stated demand does, and so does a map's
+ *     whole need, kv_share_take's);
  *   - when the free budget and the idle pages that may be asked for cannot
  *     cover the gaps, the processes' unused pages are asked for, in proportion to
  *     them, whatever their shares, but never below their floors (their
@@ -33,8 +36,8 @@
  *     use more than their share are asked to give back the rest, in
  *     proportion to what they use above their share, never more than
  *     that. A process at or below its share is never asked to give back
- *     what it uses; its idle and unused pages may always be asked for,
- *     above its floor.
+ *     what it uses; its unused pages, and its idle pages beyond what it
+ *     waits for, may always be asked for, above its floor.
  */
 #ifndef KV_FAIR_H
 #define KV_FAIR_H

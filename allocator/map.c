@@ -293,7 +293,9 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 		*err = KVSHIM_ENOMEM;
 		return KV_SUPPLY_FAILED;
 	}
-	out = kv_pool_take(a, need, slots, err);
+	/* (the ranges' cached pages it claimed back count in what it waits
+	 * for, as its pooled ones do: fair.h) */
+	out = kv_pool_take(a, need, a->n[KV_P_MAPPED] - before, slots, err);
 	if (out == KV_SUPPLY_DONE) {
 		*err = install(a, pl, n, slots, need);
 		if (*err)

@@ -159,10 +159,12 @@ static int release_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n)
 /*
  * Take up to n EMPTY slots into state to (TAKEN or FILLING). With a shared
  * budget, as many as it grants (halving the ask until it does); its last
- * refusal is left in a->share_said. spare: pages for the pool, which must
- * never make other processes trim. Returns how many slots[] got.
+ * refusal is left in a->share_said. need: the pages the whole map needs,
+ * its own pooled and cached ones too (what it waits for when refused).
+ * spare: pages for the pool, which must never make other processes trim.
+ * Returns how many slots[] got.
  */
-static uint32_t claim_empty(kv_alloc_t *a, uint32_t n, uint32_t *slots,
+static uint32_t claim_empty(kv_alloc_t *a, uint32_t n, uint32_t need, uint32_t *slots,
 			    int spare, enum kv_pstate to)
 {
 	uint32_t k;
@@ -171,7 +173,8 @@ static uint32_t claim_empty(kv_alloc_t *a, uint32_t n, uint32_t *slots,
 	a->share_said = 0;
 	while (a->share && n) {
 		rc = spare ? kv_share_take_spare(a->share, (uint64_t)n * a->page)
-			   : kv_share_take(a->share, (uint64_t)n * a->page);
+			   : kv_share_take(a->share, (uint64_t)n * a->page,
+					   (uint64_t)need * a->page);
 		if (rc == 0)
 			break;
 		a->share_said = rc;
@@ -252,11 +255,14 @@ static enum kv_supply short_of_pages(kv_alloc_t *a, int oom, int reclaim_err,
  * Gather n clean pages for a map into slots, TAKEN, lock held: from the
  * pool, then new handles while the limit allows, then this allocator's
  * cached pages elsewhere (the map has claimed its own ranges' pages, so
- * none of those is taken). Returns KV_SUPPLY_DONE, WAIT or ASK with nothing
- * taken, or FAILED with *err set (KVSHIM_ELIMIT, KVSHIM_ENOMEM or a driver
- * error) and every gathered page back in the pool.
+ * none of those is taken: also counts them). Refused by the shared budget,
+ * the map waits for all it needs, n and also (its own pages count in it,
+ * as in an engine's stated demand: fair.h). Returns KV_SUPPLY_DONE, WAIT or
+ * ASK with nothing taken, or FAILED with *err set (KVSHIM_ELIMIT,
+ * KVSHIM_ENOMEM or a driver error) and every gathered page back in the
+ * pool.
  */
-enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots,
+enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *slots,
 			    int *err)
 {
 	uint32_t got, k, m, dirty_from;
@@ -280,7 +286,7 @@ enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t *slots,
 
 	if (got < n && a->n[KV_P_EMPTY]) {
 		m = n - got < a->n[KV_P_EMPTY] ? n - got : a->n[KV_P_EMPTY];
-		m = claim_empty(a, m, slots + got, 0, KV_P_TAKEN);
+		m = claim_empty(a, m, n + also, slots + got, 0, KV_P_TAKEN);
 		k = create_slots(a, slots + got, m, &rc);
 		put_empty(a, slots + got + k, m - k);
 		got += k;
@@ -331,7 +337,7 @@ int kv_pool_refill(kv_alloc_t *a)
 	slots = malloc(n * sizeof(*slots));
 	if (!slots)
 		return KVSHIM_ENOMEM;
-	n = claim_empty(a, n, slots, 1, KV_P_FILLING);
+	n = claim_empty(a, n, n, slots, 1, KV_P_FILLING);
 	pthread_mutex_unlock(&a->lock);
 	k = create_slots(a, slots, n, &rc);
 	/* unscrubbed pages go in dirty; a later round scrubs them */

@@ -762,12 +762,12 @@ static uint64_t ask(kv_share_t *s, const struct sums *t, uint64_t cap, uint64_t 
  * nobody can give way.
  */
 static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
-		   uint64_t bytes)
+		   uint64_t bytes, uint64_t need)
 {
 	uint64_t over;
 
-	if (s->waiting < bytes) {
-		s->waiting = kv_seg_min(bytes, cap);
+	if (s->waiting < need) {
+		s->waiting = kv_seg_min(need, cap);
 		publish(s);
 	}
 	if (fits(s, t, cap, bytes, 0))
@@ -784,11 +784,12 @@ static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
 /*
  * Take bytes for this process: publish them as pending, then count what
  * the others hold and take (see share.h), reaping the dead when short.
- * A map's take counts the bytes as this process's demand in the rule;
- * a spare one (the pool) does not. Returns 0, KV_SHARE_WAIT,
- * KV_SHARE_WAIT_USED or KVSHIM_ELIMIT (see kv_share_take).
+ * A map's take counts its whole need (need bytes, at least bytes) as this
+ * process's demand in the rule; a spare one (the pool) does not. Returns
+ * 0, KV_SHARE_WAIT, KV_SHARE_WAIT_USED or KVSHIM_ELIMIT (see
+ * kv_share_take).
  */
-static int take(kv_share_t *s, uint64_t bytes, int may_ask)
+static int take(kv_share_t *s, uint64_t bytes, uint64_t need, int may_ask)
 {
 	struct sums t;
 	uint64_t cap, demand;
@@ -805,8 +806,9 @@ static int take(kv_share_t *s, uint64_t bytes, int may_ask)
 	cap = budget_of(s);
 	set_pending(s, bytes);
 	demand = demand_of(s);
-	if (may_ask && demand < bytes)
-		demand = bytes;
+	need = need > bytes ? need : bytes;
+	if (may_ask && demand < need)
+		demand = need;
 	others(s, cap, demand, &t);
 	if (!fits(s, &t, cap, bytes, 1) &&
 	    kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
@@ -819,21 +821,21 @@ static int take(kv_share_t *s, uint64_t bytes, int may_ask)
 		rc = 0;
 	} else {
 		set_pending(s, 0);
-		rc = may_ask ? refused(s, &t, cap, bytes) : KVSHIM_ELIMIT;
+		rc = may_ask ? refused(s, &t, cap, bytes, need) : KVSHIM_ELIMIT;
 	}
 	update_unlock(s, locked);
 	pthread_mutex_unlock(&s->mu);
 	return rc;
 }
 
-int kv_share_take(kv_share_t *s, uint64_t bytes)
+int kv_share_take(kv_share_t *s, uint64_t bytes, uint64_t need)
 {
-	return take(s, bytes, 1);
+	return take(s, bytes, need, 1);
 }
 
 int kv_share_take_spare(kv_share_t *s, uint64_t bytes)
 {
-	return take(s, bytes, 0);
+	return take(s, bytes, bytes, 0);
 }
 
 void kv_share_give(kv_share_t *s, uint64_t bytes)

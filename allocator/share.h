@@ -147,12 +147,14 @@ void kv_share_close(kv_share_t *s);
  * more than their share while this process waits below its own (they are
  * asked to give it back; KV_SHARE_WAIT_USED then, as only their engines
  * can, between their steps): the caller should try again shortly, and is
- * counted as waiting for bytes until kv_share_waited. When nobody can
- * give way, KVSHIM_ELIMIT; in a forked child, KVSHIM_ESTATE.
+ * counted as waiting for need bytes (the whole map's, at least bytes: the
+ * pages of its own it maps too, pooled or cached, count in it, as in an
+ * engine's stated demand; see fair.h) until kv_share_waited. When nobody
+ * can give way, KVSHIM_ELIMIT; in a forked child, KVSHIM_ESTATE.
  */
 #define KV_SHARE_WAIT 2
 #define KV_SHARE_WAIT_USED 3
-int kv_share_take(kv_share_t *s, uint64_t bytes);
+int kv_share_take(kv_share_t *s, uint64_t bytes, uint64_t need);
 
 /* kv_share_take for pages not needed yet (refilling the pool): never asks
  * others to trim. Returns 0 or KVSHIM_ELIMIT when the budget is short. */

@@ -864,12 +864,14 @@ START_TEST(test_fair_idle_not_waited)
 END_TEST
 
 /*
- * A map that waits with pages of its own pool idle (what it took before a
+ * A map that waits with pages of its own idle (what it took before a
  * refusal goes back to its pool) still has the process above its share
  * asked for what it waits for beyond them: this process holds 2 pages
- * idle and maps 4; a child uses the other 22 of the budget (its share:
- * 20). The child is asked for 2, lets them go, and the map succeeds.
- * Before, the rule counted the 2 idle pages as covering the gap, the
+ * idle and maps 4, stating no demand (a plain map: it waits for all 4); a
+ * child uses the other 22 of the budget (its share: 20). The child is
+ * asked for 2, lets them go, and the map succeeds. Before, the rule
+ * counted the 2 idle pages as covering the gap, and the map waited for
+ * only the 2 it lacked, as if they were all it needed: either way the
  * child was asked for nothing, and the map waited for nothing to come.
  */
 START_TEST(test_fair_waiter_idle_kept)
@@ -917,9 +919,8 @@ START_TEST(test_fair_waiter_idle_kept)
 	close(p2c[0]);
 	close(c2p[1]);
 	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
-	/* the 2 pages idle in this process's pool, and 4 waited for */
+	/* the 2 pages idle in this process's cache, and a map of 4 */
 	ck_assert_int_eq(kv_alloc_unmap(a, s, 2 * PG), 0);
-	kv_alloc_demand(a, 4 * PG);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
 	do
 		rc = kv_alloc_map(a, s, 4 * PG);
@@ -930,7 +931,6 @@ START_TEST(test_fair_waiter_idle_kept)
 	ck_assert_int_eq(c, 'g');
 	printf("fair: a map waiting with its own pages idle got the rest in %.0f ms\n",
 	       kt_ms_since(&t0));
-	kv_alloc_demand(a, 0);
 	kt_release_child(p2c[1], pid, "the child failed: its line is above");
 	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);
 	kt_check(a);
