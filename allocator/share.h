@@ -85,7 +85,8 @@ struct kv_share_slot {
 	uint64_t seq;            /* odd while the slot's writer changes it */
 	/* minor 1 (0 in a slot of minor 0, read as weight 1, no demand) */
 	uint64_t weight;         /* its KVSHIM_WEIGHT */
-	uint64_t demand;         /* bytes it waits for now beyond what it holds */
+	uint64_t demand;         /* bytes it waits for now beyond the pages it
+				  * maps (its idle pages count in it) */
 	uint64_t asked;          /* of what it uses (its unused pages first),
 				  * the bytes it is asked to give back now
 				  * (fair.h), as it computed them */
@@ -169,8 +170,9 @@ void kv_share_waiting(kv_share_t *s);
  * waits for what kv_share_take refused it. */
 void kv_share_waited(kv_share_t *s, int waited);
 
-/* State the bytes this process waits for now beyond what it holds (0:
- * none), e.g. what the requests waiting for admission need; it counts for
+/* State the bytes this process waits for now beyond the pages it maps (its
+ * idle pages count in it; 0: none), e.g. what the requests waiting for
+ * admission need; it counts for
  * KV_SHARE_DEMAND_MS unless stated again. Bounded by the budget. */
 #define KV_SHARE_DEMAND_MS 1000
 void kv_share_demand(kv_share_t *s, uint64_t bytes);

@@ -166,9 +166,9 @@ int kvshim_stats(struct kvshim_stats *out);
 
 /*
  * Sharing one GPU's budget with other processes (KVSHIM_SHARE): state the
- * bytes this process waits for now on the current device beyond what it
- * holds there, e.g. the KV blocks of the requests waiting for admission
- * (0: none). Processes below
+ * bytes this process waits for now on the current device beyond the pages
+ * it maps there (its idle pages, which serve it first, count in it), e.g.
+ * the KV blocks of the requests waiting for admission (0: none). Processes below
  * their fair share that wait take budget back from those above theirs.
  * A statement holds for one second unless made again. Without a shared
  * budget, does nothing. Returns 0, or the error that keeps kvshim from

@@ -262,8 +262,8 @@ END_TEST
 /*
  * A process that waits keeps its idle pages for what it waits for, as far
  * as its share goes: they do not cover another's gap, nor its own twice
- * (on an H200, the small model waited 0.8 s with 32 MiB of its own pool
- * idle and 57 MiB demand, while the large one, 26 MiB above its share,
+ * (on an H200, the small model waited 0.8 s with 32 MiB of its own pages idle
+ * and about 57 MiB demand, while the large one, 26 MiB above its share,
  * was asked for nothing: the rule counted the small one's idle pages as
  * covering its own gap). Idle pages beyond a waiter's share, or beyond its
  * demand, may still be asked for.

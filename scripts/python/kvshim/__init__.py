@@ -209,9 +209,10 @@ def stats():
 
 
 def share_demand(nbytes):
-    """State the bytes this process waits for now beyond what it holds (0:
-    none), e.g. what the requests waiting for admission need; it holds for
-    one second unless stated again. Nothing without a shared budget."""
+    """State the bytes this process waits for now beyond the pages it maps
+    (its idle pages count in it; 0: none), e.g. what the requests waiting
+    for admission need; it holds for one second unless stated again.
+    Nothing without a shared budget."""
     _check(library().kvshim_share_demand(max(0, int(nbytes))), "kvshim_share_demand")
 
 
