@@ -376,10 +376,11 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		}
 		if (out == KV_SUPPLY_FAILED)
 			break;
-		/* refused: what it took is back in its pool and cache, and the
+		/* short: what it took is back in its pool and cache, and the
 		 * others' rule must read it idle now, not as use besides what
-		 * the map waits for (fair.h) */
-		if (out == KV_SUPPLY_ASK && a->share)
+		 * the map waits for (fair.h; a refused take may end in a wait
+		 * for pages in flight too) */
+		if (a->share)
 			kv_share_note(a->share, (uint64_t)a->n[KV_P_CACHED] * a->page,
 				      (uint64_t)kv_pooled(a) * a->page);
 		/* the pages would come from processes above their share giving
