@@ -1,0 +1,104 @@
+"""How long the fair shares left gaps unserved in a colocate run, from its
+JSON (colocate.py's colocate.json, or that file compressed with xz, as
+docs/results keeps it). For each kvshim configuration and trace, from the
+shared segment's samples (every 50 ms; each counts until the next, at
+most 0.2 s):
+  - gap s: the time in which some engine had a gap (what it waited for,
+    below its share);
+  - unasked s: of that time, the time in which neither the free budget nor
+    the idle pages of the engines not waiting covered the gaps, the engines
+    were asked for less than the gaps, and engines that waited held idle
+    pages. Until session 13 the rule counted those pages as covering the
+    gaps (a waiter's own idle pages serve its own demand), so nobody was
+    asked for what they could not cover.
+Figures are the segment's KV pages, not process memory.
+  python3 tests/bench/gaps.py docs/results/2026-11-29-h200-session13/run3/colocate.json.xz
+"""
+import argparse
+import json
+import lzma
+import sys
+
+MIB = 1 << 20
+STEP_MAX = 0.2
+
+
+def load(path):
+    """The run's JSON at path (.xz: compressed). Exits 2 naming path when it
+    cannot be read or holds no segment samples."""
+    opener = lzma.open if path.endswith(".xz") else open
+    try:
+        with opener(path, "rt") as f:
+            run = json.load(f)
+    except (OSError, lzma.LZMAError, ValueError) as e:
+        refuse("%s: cannot read a colocate JSON: %s" % (path, e))
+    if not isinstance(run, dict) or not isinstance(run.get("held"), dict):
+        refuse("%s: no shared-segment samples (\"held\"): not colocate.py's JSON" % path)
+    return run
+
+
+def refuse(why):
+    print("gaps.py: " + why, file=sys.stderr)
+    sys.exit(2)
+
+
+def well_formed(samples):
+    """Whether samples are as colocate.py writes them: a list of [t, held,
+    budget, {pid: [held, idle, demand, asked, share, gap, ...]}], t and the
+    figures numbers (a figure may be None: not read)."""
+    def number(x, none_ok=False):
+        return (x is None and none_ok) or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+    return isinstance(samples, list) and all(
+        isinstance(s, list) and len(s) == 4 and number(s[0]) and number(s[2], True)
+        and isinstance(s[3], dict) and all(
+            isinstance(v, list) and len(v) >= 6 and all(number(x, True) for x in v[:6])
+            for v in s[3].values())
+        for s in samples)
+
+
+def times(samples):
+    """(seconds with a gap, seconds of them unasked) over samples (see
+    well_formed)."""
+    gap_s = unasked_s = 0.0
+    for (t, _, budget, procs), (t_next, _, _, _) in zip(samples, samples[1:]):
+        dt = min(t_next - t, STEP_MAX)
+        p = [[x or 0 for x in v[:6]] for v in procs.values()]
+        gap = sum(v[5] for v in p)
+        if gap <= 0:
+            continue
+        gap_s += dt
+        free = (budget or 0) - sum(v[0] for v in p)
+        waiters_idle = sum(v[1] for v in p if v[2] > 0)
+        others_idle = sum(v[1] for v in p if v[2] <= 0)
+        if (sum(v[3] for v in p) < gap and waiters_idle > 0
+                and free + others_idle < gap):
+            unasked_s += dt
+    return gap_s, unasked_s
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("json", nargs="+", help="colocate.json or colocate.json.xz")
+    args = ap.parse_args()
+    rows = []
+    for path in args.json:
+        run = load(path)
+        for cfg, traces in sorted(run["held"].items()):
+            if not isinstance(traces, dict):
+                refuse("%s: %s: samples not as colocate.py writes them" % (path, cfg))
+            for label, samples in sorted(traces.items()):
+                if not well_formed(samples):
+                    refuse("%s: %s, %s: samples not as colocate.py writes them" % (
+                        path, cfg, label))
+                rows.append((path, cfg, label) + times(samples))
+    print("| run | config | trace | gap s | unasked s |")
+    print("|---|---|---|---|---|")
+    for row in rows:
+        print("| %s | %s | %s | %.1f | %.1f |" % row)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
