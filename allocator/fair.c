@@ -114,9 +114,10 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		out[i].share = got[i];
 		out[i].gap = p->demand && got[i] > has ? min64(beyond, got[i] - has) : 0;
 		out[i].asked = 0;
-		/* its idle pages, less those its own demand takes within its
-		 * share (they are in has: its gap is already less by them) */
-		out[i].givable = min64(p->givable, sub(min64(p->idle, p->held),
+		/* its idle pages down to its floor, less those its own demand
+		 * takes within its share (they are in has: its gap is already
+		 * less by them) */
+		out[i].givable = min64(sub(p->held, p->min), sub(min64(p->idle, p->held),
 			min64(p->demand, sub(got[i], used[i]))));
 		need = add(need, out[i].gap);
 		taken = add(taken, add(p->held, p->pending));

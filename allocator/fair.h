@@ -52,7 +52,6 @@ struct kv_fair_in {
 	uint64_t weight;         /* 1..KV_FAIR_WEIGHT_MAX */
 	uint64_t held, pending;
 	uint64_t idle;           /* at most held */
-	uint64_t givable;        /* idle pages above its floor (kv_seg_givable) */
 	uint64_t demand;
 	uint64_t unused;         /* at most held less idle */
 	uint64_t min, max;       /* max 0: none; min at most max */
@@ -64,9 +63,9 @@ struct kv_fair_out {
 	uint64_t asked;          /* of what it uses and its unused pages, what
 				  * it must give back */
 	uint64_t asked_unused;   /* the part of asked that is unused pages */
-	uint64_t givable;        /* of its idle pages above its floor, those
-				  * it may be asked for: not those its own
-				  * demand takes within its share */
+	uint64_t givable;        /* of its idle pages, those it may be asked
+				  * for: above its floor, and not those its
+				  * own demand takes within its share */
 };
 
 /* Totals of a plan, for the process deciding a take. */

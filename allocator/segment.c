@@ -177,21 +177,10 @@ void kv_seg_fair_in(const struct kv_seg_fig *f, struct kv_fair_in *in)
 	in->held = f->held;
 	in->pending = f->pending;
 	in->idle = kv_seg_min(kv_seg_sat_add(f->cached, f->pooled), f->held);
-	in->givable = kv_seg_givable(f);
 	in->demand = f->demand;
 	in->unused = f->unused;
 	in->min = f->min;
 	in->max = f->max;
-}
-
-/* What a process would give back on request: its idle pages, down to
- * its floor. Returns those bytes. */
-uint64_t kv_seg_givable(const struct kv_seg_fig *f)
-{
-	uint64_t idle = kv_seg_sat_add(f->cached, f->pooled);
-	uint64_t spare = f->held > f->min ? f->held - f->min : 0;
-
-	return kv_seg_min(idle, spare);
 }
 
 /* Zero slot sl's figures and free it; its lock is held by the caller. */

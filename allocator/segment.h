@@ -65,10 +65,6 @@ void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig
 /* f as the rule's input (fair.h). */
 void kv_seg_fair_in(const struct kv_seg_fig *f, struct kv_fair_in *in);
 
-/* The idle bytes a slot would give back on request, down to its floor.
- * Returns them. */
-uint64_t kv_seg_givable(const struct kv_seg_fig *f);
-
 /* Zero slot sl and free it; the caller holds its lock. */
 void kv_seg_clear(struct kv_share_slot *sl);
 

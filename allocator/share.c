@@ -246,7 +246,6 @@ static void own_fair_in(const kv_share_t *s, uint64_t cap, uint64_t demand,
 	in->idle = kv_seg_min(idle_of(s), in->held);
 	in->min = kv_seg_min(s->min, cap);
 	in->max = s->max;
-	in->givable = kv_seg_min(in->idle, in->held > in->min ? in->held - in->min : 0);
 	in->demand = kv_seg_min(demand, cap);
 	in->unused = kv_seg_min(unused_of(s), in->held - in->idle);
 }
@@ -283,12 +282,11 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 		kv_seg_fair_in(&f, &in[n++]);
 	}
 	kv_fair_plan(cap, in, n, out, &t->plan);
-	for (i = 1; i < n; i++) {
+	for (i = 1; i < n; i++)
 		t->give[slot_of[i]] = out[i].givable;
-		t->givable = kv_seg_sat_add(t->givable, out[i].givable);
-	}
 	t->me_in = in[0];
 	t->me = out[0];
+	t->givable = t->plan.givable > t->me.givable ? t->plan.givable - t->me.givable : 0;
 	t->gaps = t->plan.gaps > t->me.gap ? t->plan.gaps - t->me.gap : 0;
 	if (t->clamped && !s->warned) {
 		s->warned = 1;

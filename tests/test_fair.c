@@ -142,7 +142,7 @@ START_TEST(test_fair_plan_asked)
 	/* half of the first's pages idle: they cover the gap, nobody is asked
 	 * for what it uses */
 	in[1].demand = 12 * PG;
-	in[0].idle = in[0].givable = 12 * PG;
+	in[0].idle = 12 * PG;
 	plan(in, 2, out, &sums);
 	ck_assert_uint_eq(out[0].asked, 0);
 	ck_assert_uint_eq(sums.asked, 0);
@@ -205,7 +205,7 @@ START_TEST(test_fair_plan_unused)
 	ck_near(sums.unused, 10 * PG);
 	ck_assert_uint_eq(sums.over, 0);
 	/* unused counts at most what it uses: held 12, 8 idle, "10" unused */
-	in[0].idle = in[0].givable = 8 * PG;
+	in[0].idle = 8 * PG;
 	plan(in, 2, out, &sums);
 	ck_near(sums.unused, 4 * PG);
 	ck_assert_uint_eq(sums.asked, 0);       /* the idle pages cover the gap */
@@ -278,7 +278,7 @@ START_TEST(test_fair_plan_idle_kept)
 	/* the first holds 4 pages, 1 idle, and waits for 3: it wants 6. The
 	 * third wants 17, its share is 10, and it uses 2 above it. The
 	 * budget is all held. The first's gap of 2 is asked of the third */
-	in[0].idle = in[0].givable = PG;
+	in[0].idle = PG;
 	plan(in, 3, out, &sums);
 	ck_near(out[0].share, 6 * PG);
 	ck_near(out[2].share, 10 * PG);
@@ -292,7 +292,7 @@ START_TEST(test_fair_plan_idle_kept)
 	 * its share is 11) */
 	in[0] = proc(1, 3 * PG, 2 * PG);
 	in[2] = proc(1, 13 * PG, 5 * PG);
-	in[2].idle = in[2].givable = PG;
+	in[2].idle = PG;
 	plan(in, 3, out, &sums);
 	ck_near(out[2].share, 11 * PG);
 	ck_near(out[0].gap, 2 * PG);
@@ -301,14 +301,13 @@ START_TEST(test_fair_plan_idle_kept)
 	/* a waiter's idle pages beyond its demand may be asked for: 4 idle,
 	 * 1 waited for */
 	in[0] = proc(1, 6 * PG, PG);
-	in[0].idle = in[0].givable = 4 * PG;
+	in[0].idle = 4 * PG;
 	in[1] = proc(1, 0, 0);
 	plan(in, 2, out, &sums);
 	ck_near(out[0].givable, 3 * PG);
 	ck_near(sums.givable, 3 * PG);
 	/* and never below its floor: held 6, floor 4 */
 	in[0].min = 4 * PG;
-	in[0].givable = 2 * PG;
 	plan(in, 2, out, &sums);
 	ck_near(out[0].givable, 2 * PG);
 	in[0].demand = 3 * PG;
