@@ -10,7 +10,13 @@ most 0.2 s):
     were asked for less than the gaps, and engines that waited held idle
     pages. Until session 13 the rule counted those pages as covering the
     gaps (a waiter's own idle pages serve its own demand), so nobody was
-    asked for what they could not cover.
+    asked for what they could not cover;
+  - queued s: of the unasked time, the time in which an engine with a gap
+    had requests in its queue (arrived, not yet started: the run's
+    requests, by their arrival and queue wait); the rest was demand an
+    engine stated with its queue empty (the cushion for requests it runs).
+    "-" when the JSON has no requests or pids for the trace (colocate.py
+    writes pids from d2e01ef on, after session 12's GPU runs).
 Figures are the segment's KV pages, not process memory.
   python3 tests/bench/gaps.py docs/results/2026-11-29-h200-session13/run3/colocate.json.xz
 """
@@ -57,24 +63,51 @@ def well_formed(samples):
         for s in samples)
 
 
-def times(samples):
-    """(seconds with a gap, seconds of them unasked) over samples (see
-    well_formed)."""
+def queues(run, path, cfg, label):
+    """{pid (as the samples name it): [(arrival, start)]}: when each of the
+    trace's requests waited in its engine's queue, from the run's requests
+    ([t, ttft, wait, ...]) and pids; None when the run has none for the
+    trace (colocate.py before d2e01ef). Exits 2 naming path when they are
+    there but not as colocate.py writes them."""
+    pids = (run.get("pids") or {}).get(cfg, {}).get(label) \
+        if isinstance(run.get("pids"), dict) else None
+    reqs = (run.get("requests") or {}).get(cfg, {}).get(label) \
+        if isinstance(run.get("requests"), dict) else None
+    if pids is None or reqs is None:
+        return None
+    try:
+        return {str(pid): [(float(r[0]), float(r[0]) + float(r[2])) for r in reqs[name]
+                           if r[2] is not None]
+                for name, pid in pids.items()}
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+        refuse("%s: %s, %s: requests or pids not as colocate.py writes them" % (
+            path, cfg, label))
+
+
+def times(samples, queued=None):
+    """(seconds with a gap, seconds of them unasked, seconds of those in
+    which an engine with a gap had requests queued, or None without
+    queued: see queues) over samples (see well_formed)."""
     gap_s = unasked_s = 0.0
+    queued_s = 0.0 if queued is not None else None
     for (t, _, budget, procs), (t_next, _, _, _) in zip(samples, samples[1:]):
         dt = min(t_next - t, STEP_MAX)
-        p = [[x or 0 for x in v[:6]] for v in procs.values()]
-        gap = sum(v[5] for v in p)
+        p = {pid: [x or 0 for x in v[:6]] for pid, v in procs.items()}
+        gap = sum(v[5] for v in p.values())
         if gap <= 0:
             continue
         gap_s += dt
-        free = (budget or 0) - sum(v[0] for v in p)
-        waiters_idle = sum(v[1] for v in p if v[2] > 0)
-        others_idle = sum(v[1] for v in p if v[2] <= 0)
-        if (sum(v[3] for v in p) < gap and waiters_idle > 0
+        free = (budget or 0) - sum(v[0] for v in p.values())
+        waiters_idle = sum(v[1] for v in p.values() if v[2] > 0)
+        others_idle = sum(v[1] for v in p.values() if v[2] <= 0)
+        if (sum(v[3] for v in p.values()) < gap and waiters_idle > 0
                 and free + others_idle < gap):
             unasked_s += dt
-    return gap_s, unasked_s
+            if queued is not None and any(
+                    v[5] > 0 and any(a <= t < b for a, b in queued.get(pid, ()))
+                    for pid, v in p.items()):
+                queued_s += dt
+    return gap_s, unasked_s, queued_s
 
 
 def main():
@@ -92,11 +125,12 @@ def main():
                 if not well_formed(samples):
                     refuse("%s: %s, %s: samples not as colocate.py writes them" % (
                         path, cfg, label))
-                rows.append((path, cfg, label) + times(samples))
-    print("| run | config | trace | gap s | unasked s |")
-    print("|---|---|---|---|---|")
+                rows.append((path, cfg, label) + times(samples, queues(run, path, cfg, label)))
+    print("| run | config | trace | gap s | unasked s | queued s |")
+    print("|---|---|---|---|---|---|")
     for row in rows:
-        print("| %s | %s | %s | %.1f | %.1f |" % row)
+        print("| %s | %s | %s | %.1f | %.1f | %s |" % (
+            row[:5] + ("-" if row[5] is None else "%.1f" % row[5],)))
     return 0
 
 
