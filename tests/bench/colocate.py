@@ -23,6 +23,12 @@ three) configurations run one after the other, in one invocation:
   costs it. --capped-share F sets the ceilings at F static shares instead
   (1 to 3; 3 is the whole budget): how far a model may grow past its share
   before the others' tails pay for it.
+- ample (only when --configs names it): plain processes as static, but
+  each engine's KV cache is the whole budget, so that no model queues for
+  memory (the three hold three budgets): each model's tail when the others
+  are served in full, without kvshim, which tells what serving a
+  neighbour's queue costs a model that does not queue (the GPU's time the
+  three processes share) from what kvshim costs it.
 max_batch_tokens, the block size and everything else are the same in all;
 prefix caching is on, as transformers 5.17 has it by default (the engines
 run as their users run them): the complete blocks of finished requests are
@@ -525,7 +531,7 @@ def read_line(proc, want, timeout):
         sys.stdout.write(line)
 
 
-def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0):
+def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1):
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
            "--max-batch-tokens", str(args.max_batch_tokens),
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
@@ -537,7 +543,7 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0):
     env.pop("KVSHIM_MAX", None)         # capped's alone (the caller's would pass)
     if mode == "static":
         per_token = kv_bytes_per_token(name)
-        cmd += ["--num-blocks", str(budget // 3 // (per_token * BLOCK))]
+        cmd += ["--num-blocks", str(budget * shares // 3 // (per_token * BLOCK))]
         env["KVSHIM_SHARE"] = "off"     # no kvshim here; said for clarity
     else:
         cmd = [built_tree.kvshim_run()] + cmd + ["--num-blocks", "0"]
@@ -600,7 +606,8 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
     pool = "colocate%d%s" % (os.getpid(), tag.replace(".", "_").replace("-", "_")) \
         if mode == "kvshim" else None
     t_spawn = time.perf_counter()
-    procs = {name: spawn(name, mode, args, budget, pool, outdir, tag, cfg.get("ceiling", 0))
+    procs = {name: spawn(name, mode, args, budget, pool, outdir, tag, cfg.get("ceiling", 0),
+                         cfg.get("shares", 1))
              for name in ORDER}
     res = {"name": cfg["name"], "mode": mode, "budget": budget, "engines": {}, "runs": {},
            "seconds": {}, "skipped": []}
@@ -792,7 +799,7 @@ def summarize(results, traces):
                 table[(label, cname, "held")] = {"peak_held": max(h[1] for h in run["held"]),
                                                  "budget": run["held"][0][2], "over": len(over)}
                 ok &= not over
-            elif cname != "static":
+            elif res["mode"] == "kvshim":
                 # sharing ran but its segment was never read: the budget
                 # cannot be said to have held
                 print("colocate: %s, %s: the shared segment was never read" % (cname, label))
@@ -847,7 +854,7 @@ def print_tables(table, traces, results, args):
                 t = table.get((label, cname, name))
                 if t is None:
                     continue
-                kv = cname != "static"
+                kv = results[cname]["mode"] == "kvshim"
                 print("| %s | %s | %d | %.1f | %.1f | %.0f | %.2f | %.2f | %.1f | %.3f | %.3f "
                       "| %s | %s | %s | %s | %s | %s |" % (
                           name, cname, t["steps"], 1e3 * t["step_p50"], 1e3 * t["step_p99"],
@@ -1080,7 +1087,7 @@ def kv_table(table, label, results, title, columns, row):
     for name in ORDER:
         for cname in results:
             t = table.get((label, cname, name))
-            if t is not None and cname != "static":
+            if t is not None and results[cname]["mode"] == "kvshim":
                 print("| %s | %s | %s |" % (name, cname, " | ".join(row(t))))
 
 
@@ -1191,8 +1198,8 @@ def main():
             sys.stderr.flush()
             os._exit(1)
     configs = [c for c in args.configs.split(",") if c]
-    if not configs or set(configs) - {"static", "kvshim", "capped"}:
-        ap.error("--configs takes static, kvshim and capped")
+    if not configs or set(configs) - {"static", "kvshim", "capped", "ample"}:
+        ap.error("--configs takes static, kvshim, capped and ample")
     if args.quick:
         args.rates, args.seeds, args.phases = "3,4,6", "2026", "8"
         args.sweep_gib = args.sweep_gib or "3"
@@ -1262,7 +1269,8 @@ def main():
                     and tr["seed"] == seeds[0] and tr["phase"] == args.phase_list[0]
                     and tr["label"] == tr["base"]]
     budget = int(args.budget_gib * GIB)
-    plan = [({"name": c, "mode": "static" if c == "static" else "kvshim", "budget": budget,
+    plan = [({"name": c, "mode": "static" if c in ("static", "ample") else "kvshim",
+              "budget": budget, "shares": 3 if c == "ample" else 1,
               "ceiling": int(args.capped_share * budget) // 3 if c == "capped" else 0}, traces)
             for c in configs]
     plan += [({"name": "kvshim@%g" % b, "mode": "kvshim", "budget": int(b * GIB)}, sweep_traces)
