@@ -12,11 +12,15 @@ most 0.2 s):
     gaps (a waiter's own idle pages serve its own demand), so nobody was
     asked for what they could not cover;
   - queued s: of the unasked time, the time in which an engine with a gap
-    had requests in its queue (arrived, not yet started: the run's
-    requests, by their arrival and queue wait); the rest was demand an
-    engine stated with its queue empty (the cushion for requests it runs).
-    "-" when the JSON has no requests or pids for the trace (colocate.py
-    writes pids from d2e01ef on, after session 12's GPU runs).
+    had a request waiting for its first start (arrived at its trace time,
+    not yet started: the run's requests, by their arrival and queue wait;
+    a request waits at least until the engine's next step, and one
+    preempted back into the queue is not counted again). In the rest, the
+    engines with gaps stated demand with no request waiting so: the
+    cushion an engine states for the requests it runs, or requests
+    preempted and waiting again. "-" when the JSON has no requests or pids
+    for the trace (colocate.py writes pids from d2e01ef on, after session
+    12's GPU runs).
 Figures are the segment's KV pages, not process memory.
   python3 tests/bench/gaps.py docs/results/2026-11-29-h200-session13/run3/colocate.json.xz
 """
@@ -64,24 +68,39 @@ def well_formed(samples):
 
 
 def queues(run, path, cfg, label):
-    """{pid (as the samples name it): [(arrival, start)]}: when each of the
-    trace's requests waited in its engine's queue, from the run's requests
-    ([t, ttft, wait, ...]) and pids; None when the run has none for the
-    trace (colocate.py before d2e01ef). Exits 2 naming path when they are
-    there but not as colocate.py writes them."""
-    pids = (run.get("pids") or {}).get(cfg, {}).get(label) \
-        if isinstance(run.get("pids"), dict) else None
-    reqs = (run.get("requests") or {}).get(cfg, {}).get(label) \
-        if isinstance(run.get("requests"), dict) else None
-    if pids is None or reqs is None:
-        return None
-    try:
-        return {str(pid): [(float(r[0]), float(r[0]) + float(r[2])) for r in reqs[name]
-                           if r[2] is not None]
-                for name, pid in pids.items()}
-    except (KeyError, TypeError, ValueError, IndexError, AttributeError):
+    """{pid (as the samples name it): [(arrival, first start)]}: when each
+    of the trace's requests waited in its engine's queue, from the run's
+    requests ([t, ttft, wait, ...]; a request never started has no wait)
+    and pids ({model: pid}); None when the run lacks either for the trace
+    (colocate.py before d2e01ef wrote no pids). Exits 2 naming path when they are there
+    but not as colocate.py writes them."""
+    def number(x):
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+    def of(key):
+        """The run's key for this trace: None when absent."""
+        top = run.get(key)
+        if top is None:
+            return None
+        if not isinstance(top, dict) or not isinstance(top.get(cfg, {}), dict):
+            bad()
+        return top.get(cfg, {}).get(label)
+
+    def bad():
         refuse("%s: %s, %s: requests or pids not as colocate.py writes them" % (
             path, cfg, label))
+
+    pids, reqs = of("pids"), of("requests")
+    if pids is None or reqs is None:
+        return None
+    if not isinstance(pids, dict) or not isinstance(reqs, dict) or any(
+            not number(pid) or not isinstance(reqs.get(name), list) or any(
+                not isinstance(r, list) or len(r) < 3 or not number(r[0])
+                or not (r[2] is None or number(r[2])) for r in reqs[name])
+            for name, pid in pids.items()):
+        bad()
+    return {str(pid): [(r[0], r[0] + r[2]) for r in reqs[name] if r[2] is not None]
+            for name, pid in pids.items()}
 
 
 def times(samples, queued=None):
