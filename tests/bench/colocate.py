@@ -5,8 +5,8 @@ transformers 5.x; downloads nothing.
 
 Three engines, three processes: each is Hugging Face transformers'
 continuous batching (ContinuousBatchingManager, fed with add_request) over
-a randomly initialised Llama-style model of its own size (MODELS). Two (or
-three) configurations run one after the other, in one invocation:
+a randomly initialised Llama-style model of its own size (MODELS). Two to
+four configurations (--configs) run one after the other, in one invocation:
 - static: plain processes; each engine's KV cache is fixed at a third of
   the KV budget (num_blocks given), all of it allocated at start;
 - kvshim: each engine under kvshim-run with KVSHIM_SHARE=on,
@@ -96,7 +96,7 @@ KV and peak process memory), then the summary against issue 13's targets
 rate 3 and 1.5x at rate 4) and the sweep's answer; writes colocate.json,
 and per trace colocate-memory-<trace>.png, colocate-ttft-<trace>.png (CDF)
 and colocate-ttft-time-<trace>.png (each model's TTFT over the run, every
-kvshim configuration against the static baseline) under --out (default
+other configuration against the static baseline) under --out (default
 $KVSHIM_SUITE_OUT or .). Exit 0 when every request of every run completed
 and the shared budget was never passed, 1 if not, 77 without a GPU.
 """
@@ -967,8 +967,9 @@ def repeats(table, traces, results):
     """For each trace replayed more than once (--repeat): per model, the
     p99 TTFT of every replay, static and kvshim, their medians and the
     ratio of the medians; kvshim meets the static split within its spread
-    when its median is at most the static replays' largest p99. Printed;
-    returns {trace: {model: figures}}."""
+    when its median is at most the static replays' largest p99 (capped and
+    ample are left out: the targets are kvshim's). Printed; returns
+    {trace: {model: figures}}."""
     bases = {}
     for tr in traces:
         bases.setdefault(tr["base"], []).append(tr["label"])
