@@ -13,9 +13,11 @@ most 0.2 s):
     asked for what they could not cover;
   - queued s: of the unasked time, the time in which an engine with a gap
     had a request waiting for its first start (arrived at its trace time,
-    not yet started: the run's requests, by their arrival and queue wait;
-    a request waits at least until the engine's next step, and one
-    preempted back into the queue is not counted again). In the rest, the
+    not yet started: the run's requests, by their arrival and queue wait,
+    which colocate.py takes to the request's last start; so a request is
+    counted until its first token at most, by which it had started; a
+    request waits at least until the engine's next step, and one preempted
+    back into the queue is not counted again). In the rest, the
     engines with gaps stated demand with no request waiting so: the
     cushion an engine states for the requests it runs, or requests
     preempted and waiting again. "-" when the JSON has no requests or pids
@@ -70,7 +72,8 @@ def well_formed(samples):
 def queues(run, path, cfg, label):
     """{pid (as the samples name it): [(arrival, first start)]}: when each
     of the trace's requests waited in its engine's queue, from the run's
-    requests ([t, ttft, wait, ...]; a request never started has no wait)
+    requests ([t, ttft, wait, ...]; a request never started has no wait;
+    wait runs to its last start, ttft bounds the first)
     and pids ({model: pid}); None when the run lacks either for the trace
     (colocate.py before d2e01ef wrote no pids). Exits 2 naming path when they are there
     but not as colocate.py writes them."""
@@ -96,10 +99,12 @@ def queues(run, path, cfg, label):
     if not isinstance(pids, dict) or not isinstance(reqs, dict) or any(
             not number(pid) or not isinstance(reqs.get(name), list) or any(
                 not isinstance(r, list) or len(r) < 3 or not number(r[0])
+                or not (r[1] is None or number(r[1]))
                 or not (r[2] is None or number(r[2])) for r in reqs[name])
             for name, pid in pids.items()):
         bad()
-    return {str(pid): [(r[0], r[0] + r[2]) for r in reqs[name] if r[2] is not None]
+    return {str(pid): [(r[0], r[0] + (r[2] if r[1] is None else min(r[1], r[2])))
+                       for r in reqs[name] if r[2] is not None]
             for name, pid in pids.items()}
 
 
