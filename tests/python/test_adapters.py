@@ -862,6 +862,33 @@ class AdapterTest(unittest.TestCase):
         self.assertIsNotNone(bm.get_free_blocks(100, None, True, 0))
         self.assertEqual(tr.reclaimed, 48)
 
+    def test_prefix_cache_released_first_on_pages_in_use(self):
+        """Short of memory, the engine releases the prefix cache's blocks on
+        the pages its blocks in use claim before the newest elsewhere: its
+        new blocks fill the page it uses, and the three pages only the cache
+        claims stay whole, stated unused, to go back when asked. Released
+        newest first (before), the new blocks went onto page 3, and only two
+        pages stayed the cache's alone."""
+        c, tr, ids = self.cached_budget()
+        bm = c._block_manager
+        per = tr.page_index_bytes // tr.bytes_per_block
+        self.assertEqual(per, 64)
+        # a request holds one block of page 0 (reused from the cache)
+        keep = ids[0]
+        bm.reuse_cached(keep)
+        self.assertEqual(len(tr.cache_only_pages(bm._init_block_ids)), 3)
+        got = bm.get_free_blocks(16, None, True, 0)
+        self.assertIsNotNone(got)
+        self.assertEqual({tr.page_of(b) for b in got}, {tr.page_of(keep)})
+        self.assertEqual(tr.reclaimed, 16)
+        self.assertEqual(sorted(tr.cache_only_pages(bm._init_block_ids)),
+                         sorted({tr.page_of(b) for b in ids} - {tr.page_of(keep)}))
+        # the order itself: page 0's cached blocks newest first, then the rest
+        order = tr.release_order(bm._init_block_ids)
+        on0 = [b for b in reversed(bm._init_block_ids) if tr.page_of(b) == tr.page_of(keep)]
+        self.assertEqual(order[:len(on0)], on0)
+        self.assertEqual(len(order), len(bm._init_block_ids))
+
     def test_prefix_cache_kept_under_tensor_parallelism(self):
         """Each rank's kvshim would release different blocks: under tensor
         parallelism the prefix cache is not counted free, and stays, even

@@ -573,8 +573,9 @@ def _newest(init, k):
 def _reclaim(bm, tracker, need, upcoming, exact=False):
     """Before the engine takes need blocks (upcoming() gives the ids it
     hands out next): while kvshim cannot back them, release its prefix
-    cache's blocks, the newest first, as transformers 5.17 evicts them when
-    its free list runs short, a quarter of a page index's worth at a time
+    cache's blocks, those on pages in use first, then the newest, as
+    transformers 5.17 evicts them when its free list runs short (see
+    tracker.release_order), a quarter of a page index's worth at a time
     (the ids released on a page that other blocks hold cost no memory, and
     a page they empty is the engine's own idle page: either may be enough
     before the whole shortfall is). kvshim checks the very ids when
@@ -610,7 +611,7 @@ def _reclaim(bm, tracker, need, upcoming, exact=False):
     if short > len(init) or (short <= 0 and not exact):
         return False
     page = max(1, tracker.page_index_bytes // max(1, tracker.bytes_per_block))
-    step, most = max(1, page // 4), None
+    step, most, order, at = max(1, page // 4), None, None, 0
     while init:
         if tracker.can_back(itertools.islice(upcoming(), need)):
             return True
@@ -629,8 +630,16 @@ def _reclaim(bm, tracker, need, upcoming, exact=False):
         k = min(step, len(init), most)
         if k <= 0:
             return False
+        if order is None:
+            # (the order is read once: a look goes over the whole cache)
+            order = tracker.release_order(init)
+        batch = []
+        while len(batch) < k and at < len(order):
+            if order[at] in init:
+                batch.append(order[at])
+            at += 1
         before = len(init)
-        _uncache(bm, _newest(init, k), tracker, asked=False)
+        _uncache(bm, batch, tracker, asked=False)
         if len(init) == before:         # (nothing it could release)
             return False
         most -= k
