@@ -230,7 +230,9 @@ def dry_engine(args):
             time.sleep(0.3)
         kv = info["kv_tensor_bytes"]
         run = dict(info, requests=rows,
-                   samples=[(0.1 * k, kv // (1 if not kvshim else 4 - k), kv, None)
+                   samples=[(0.1 * k, kv // (1 if not kvshim else 4 - k), kv,
+                             # (under kvshim: an eighth of the blocks in use)
+                             [0, 0, num_blocks - num_blocks // 8, 0, 1, 0] if kvshim else None)
                             for k in range(3)],
                    steps=[(round(q["t"], 4), 0.005, 0.07) for q in mine])
         if kvshim:
@@ -734,6 +736,20 @@ def pct(xs, p):
     return xs[i] if i + 1 >= len(xs) else xs[i] + (xs[i + 1] - xs[i]) * (k - i)
 
 
+def in_use(engine):
+    """(mean KV page bytes, mean bytes of blocks in use) over an engine's
+    samples under kvshim that have the adapter's view: the pages it holds,
+    and the cache's blocks less the engine's free count (transformers
+    counts the prefix cache's blocks free), at the same moments; None
+    without such samples (static, or no adapter)."""
+    n, per = engine.get("num_blocks"), engine.get("kv_tensor_bytes")
+    rows = [(s[1], (n - s[3][2]) * per / n) for s in engine.get("samples", ())
+            if n and per and len(s) > 3 and s[3] and s[3][2] is not None]
+    if not rows:
+        return None
+    return (statistics.fmean(r[0] for r in rows), statistics.fmean(r[1] for r in rows))
+
+
 def summarize(results, traces):
     """Per trace, per configuration and model: the table's figures. And
     whether all requests completed and the budget held."""
@@ -760,7 +776,11 @@ def summarize(results, traces):
                                     for s in run["engines"][n]["samples"]) for n in engines)
                 steps = [st for n in engines for st in run["engines"][n].get("steps", ())]
                 tracker = [run["engines"][n].get("kvshim_tracker") or {} for n in engines]
+                packing = [in_use(run["engines"][n]) for n in engines]
                 table[(label, cname, name)] = {
+                    # means over the replay (KV pages, blocks in use), summed
+                    "kv_pages_mean": sum(x[0] for x in packing) if all(packing) else None,
+                    "kv_blocks_mean": sum(x[1] for x in packing) if all(packing) else None,
                     "steps": len(steps),
                     "step_p50": pct([st[2] for st in steps], 50),
                     "step_p99": pct([st[2] for st in steps], 99),
@@ -885,6 +905,17 @@ def print_tables(table, traces, results, args):
                             "%.2f" % t["kv_ask_worst"], "%d" % t["kv_asks"]["kept_out"],
                             "%d" % t["kv_asks"]["no_page"],
                             "%d" % t["kv_asks"].get("unused_pages", 0)))
+        kv_table(table, label, results,
+                 "KV pages against blocks in use, trace %s: the engines' KV pages and the "
+                 "blocks their requests hold (the cache's blocks less the engine's free count, "
+                 "in which the prefix cache's count as free), means over the replay's samples "
+                 "(every 100 ms), and pages over blocks: a page goes back only when all of its "
+                 "blocks are free" % label,
+                 ("KV pages MiB", "blocks in use MiB", "pages / blocks"),
+                 lambda t: ("-", "-", "-") if t["kv_pages_mean"] is None else (
+                     "%.0f" % (t["kv_pages_mean"] / MIB), "%.0f" % (t["kv_blocks_mean"] / MIB),
+                     "%.2fx" % (t["kv_pages_mean"] / t["kv_blocks_mean"])
+                     if t["kv_blocks_mean"] > 0 else "-"))
         used = ["%s %.0f MiB" % (c, table[(label, c, "gpu")]["peak_used"] / MIB)
                 for c in results if (label, c, "gpu") in table]
         if used:
