@@ -889,6 +889,26 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(order[:len(on0)], on0)
         self.assertEqual(len(order), len(bm._init_block_ids))
 
+    def test_prefix_cache_parents_released_after_their_children(self):
+        """A prefix is matched block by block from its first and stops at
+        the first block missing: a cached block that is another cached
+        block's parent is released with the rest, after the blocks on
+        pages in use, so that a chain loses its end first."""
+        c, tr, ids = self.cached_budget()
+        bm = c._block_manager
+        bm.reuse_cached(ids[0])                     # a block in use on page 0
+        a, b, d = ids[1], ids[2], ids[3]            # a chain on page 0: a, b, d
+        bm._id_to_block[b] = types.SimpleNamespace(parent_id=a, hash=None)
+        bm._id_to_block[d] = types.SimpleNamespace(parent_id=b, hash=None)
+        parents = transformers_cb._cached_parents(bm, bm._init_block_ids)
+        self.assertEqual(parents, {a, b})
+        order = tr.release_order(bm._init_block_ids, parents)
+        on0 = [x for x in order if tr.page_of(x) == tr.page_of(ids[0])]
+        self.assertEqual(on0[-2:], [b, a])          # last of page 0's, child first
+        self.assertLess(order.index(d), order.index(ids[64]))   # d is a leaf: first group
+        self.assertGreater(order.index(a), order.index(ids[-1]))  # a after the newest
+        self.assertEqual(sorted(order), sorted(bm._init_block_ids))
+
     def churn(self, order=None, steps=1500, seed=5):
         """Requests growing a block at a time under kvshim's 64 MiB (four
         page indices of 64 blocks), five at once, each finishing at 4 to
@@ -934,7 +954,7 @@ class AdapterTest(unittest.TestCase):
         0.89, 0.82 and 0.77 against 1.80, 1.94 and 2.12; pages the cache's
         alone 1.60, 1.64 and 1.66 against 0.68, 0.51 and 0.31.)"""
         new = [self.churn(seed=k) for k in (4, 5, 6)]
-        old = [self.churn(order=lambda cached: list(reversed(cached)), seed=k)
+        old = [self.churn(order=lambda cached, parents=(): list(reversed(cached)), seed=k)
                for k in (4, 5, 6)]
         extra = [sum(x[0] for x in r) for r in (new, old)]
         only = [sum(x[1] for x in r) for r in (new, old)]

@@ -521,11 +521,15 @@ class BlockTracker:
         {page: [ids]} (see cache_only_of)."""
         return self.cache_only_of(self._cache_only(cached), cached)
 
-    def release_order(self, cached):
+    @_timed
+    def release_order(self, cached, parents=()):
         """cached's blocks (the prefix cache's, kept oldest first) in the
         order the engine's own need releases them: those on pages that
         blocks in use also claim, newest first, then the rest, newest first
-        (transformers 5.17's order). Released, the first ones' ids go out
+        (transformers 5.17's order). Blocks in parents (a cached block's
+        parent: a prefix is matched block by block from its first, and
+        stops at the first block missing, so a parent released before its
+        children would leave them unreachable) go with the rest. Released, the first ones' ids go out
         next at no memory cost (see prefer): the engine's new blocks fill
         the pages it uses, and the pages only the cache claims stay whole,
         to go back when kvshim asks (stated unused). Released newest first
@@ -542,8 +546,9 @@ class BlockTracker:
             return newest
         only = self._cache_only(cached)
         per = self._page // self.group.block_bytes
-        return ([b for b in newest if b // per not in only]
-                + [b for b in newest if b // per in only])
+        first = [b for b in newest if b // per not in only and b not in parents]
+        taken = set(first)
+        return first + [b for b in newest if b not in taken]
 
     @_timed
     def state_unused(self, cached, fresh=False):

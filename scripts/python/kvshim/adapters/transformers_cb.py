@@ -564,6 +564,16 @@ def _cached_blocks(cache):
     return len(_prefix_cache(getattr(cache, "_block_manager", None)))
 
 
+def _cached_parents(bm, init):
+    """The prefix cache's blocks (init) that are the parent of another of
+    its blocks (transformers' Block.parent_id: the block before it in its
+    request): released first, they would leave their children's prefix
+    unreachable (a match stops at the first block it cannot find)."""
+    blocks = getattr(bm, "_id_to_block", None) or {}
+    parents = {getattr(blocks.get(b), "parent_id", None) for b in init}
+    return {p for p in parents if p is not None and p in init}
+
+
 def _newest(init, k):
     """The k newest of the prefix cache's blocks, the newest first: those
     5.17's eviction (popitem) takes first."""
@@ -573,9 +583,10 @@ def _newest(init, k):
 def _reclaim(bm, tracker, need, upcoming, exact=False):
     """Before the engine takes need blocks (upcoming() gives the ids it
     hands out next): while kvshim cannot back them, release its prefix
-    cache's blocks, those on pages in use first, then the newest, as
-    transformers 5.17 evicts them when its free list runs short (see
-    tracker.release_order), a quarter of a page index's worth at a time
+    cache's blocks, those on pages in use first (but parents of other
+    cached blocks), then the newest, as transformers 5.17 evicts them when
+    its free list runs short (see tracker.release_order), a quarter of a
+    page index's worth at a time
     (the ids released on a page that other blocks hold cost no memory, and
     a page they empty is the engine's own idle page: either may be enough
     before the whole shortfall is). kvshim checks the very ids when
@@ -632,7 +643,7 @@ def _reclaim(bm, tracker, need, upcoming, exact=False):
             return False
         if order is None:
             # (the order is read once: a look goes over the whole cache)
-            order = tracker.release_order(init)
+            order = tracker.release_order(init, _cached_parents(bm, init))
         batch = []
         while len(batch) < k and at < len(order):
             if order[at] in init:
