@@ -906,12 +906,13 @@ def print_tables(table, traces, results, args):
                             "%d" % t["kv_asks"]["no_page"],
                             "%d" % t["kv_asks"].get("unused_pages", 0)))
         kv_table(table, label, results,
-                 "KV pages against blocks in use, trace %s: the engines' KV pages and the "
-                 "blocks their requests hold (the cache's blocks less the engine's free count, "
-                 "in which the prefix cache's count as free), means over the replay's samples "
-                 "(every 100 ms), and pages over blocks: a page goes back only when all of its "
-                 "blocks are free" % label,
-                 ("KV pages MiB", "blocks in use MiB", "pages / blocks"),
+                 "KV pages against blocks in use, trace %s: the KV pages each engine holds "
+                 "(idle ones included) and the blocks its requests hold (the cache's blocks "
+                 "less the engine's free count, in which the prefix cache's count as free), "
+                 "means over its samples of the replay (every 100 ms, until its results are "
+                 "in), and pages over blocks: a page goes back only when all of its blocks are "
+                 "free" % label,
+                 ("KV pages held MiB", "blocks in use MiB", "pages / blocks"),
                  lambda t: ("-", "-", "-") if t["kv_pages_mean"] is None else (
                      "%.0f" % (t["kv_pages_mean"] / MIB), "%.0f" % (t["kv_blocks_mean"] / MIB),
                      "%.2fx" % (t["kv_pages_mean"] / t["kv_blocks_mean"])
