@@ -776,11 +776,12 @@ def summarize(results, traces):
                                     for s in run["engines"][n]["samples"]) for n in engines)
                 steps = [st for n in engines for st in run["engines"][n].get("steps", ())]
                 tracker = [run["engines"][n].get("kvshim_tracker") or {} for n in engines]
-                packing = [in_use(run["engines"][n]) for n in engines]
+                # one engine's means over its own samples (none for "all":
+                # the engines' samples cover different windows)
+                packing = in_use(run["engines"][name]) if name in ORDER else None
                 table[(label, cname, name)] = {
-                    # means over the replay (KV pages, blocks in use), summed
-                    "kv_pages_mean": sum(x[0] for x in packing) if all(packing) else None,
-                    "kv_blocks_mean": sum(x[1] for x in packing) if all(packing) else None,
+                    "kv_pages_mean": packing[0] if packing else None,
+                    "kv_blocks_mean": packing[1] if packing else None,
                     "steps": len(steps),
                     "step_p50": pct([st[2] for st in steps], 50),
                     "step_p99": pct([st[2] for st in steps], 99),

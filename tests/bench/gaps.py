@@ -54,13 +54,15 @@ def refuse(why):
     sys.exit(2)
 
 
+def number(x, none_ok=False):
+    """Whether x is a number as JSON gives one (None too, if none_ok)."""
+    return (x is None and none_ok) or (isinstance(x, (int, float)) and not isinstance(x, bool))
+
+
 def well_formed(samples):
     """Whether samples are as colocate.py writes them: a list of [t, held,
     budget, {pid: [held, idle, demand, asked, share, gap, ...]}], t and the
     figures numbers (a figure may be None: not read)."""
-    def number(x, none_ok=False):
-        return (x is None and none_ok) or (isinstance(x, (int, float)) and not isinstance(x, bool))
-
     return isinstance(samples, list) and all(
         isinstance(s, list) and len(s) == 4 and number(s[0]) and number(s[2], True)
         and isinstance(s[3], dict) and all(
@@ -73,13 +75,10 @@ def queues(run, path, cfg, label):
     """{pid (as the samples name it): [(arrival, first start)]}: when each
     of the trace's requests waited in its engine's queue, from the run's
     requests ([t, ttft, wait, ...]; a request never started has no wait;
-    wait runs to its last start, ttft bounds the first)
-    and pids ({model: pid}); None when the run lacks either for the trace
-    (colocate.py before d2e01ef wrote no pids). Exits 2 naming path when they are there
-    but not as colocate.py writes them."""
-    def number(x):
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-
+    wait runs to its last start, ttft bounds the first) and pids ({model:
+    pid}); None when the run lacks either for the trace (colocate.py before
+    d2e01ef wrote no pids). Exits 2 naming path when they are there but not
+    as colocate.py writes them."""
     def of(key):
         """The run's key for this trace: None when absent."""
         top = run.get(key)
@@ -99,8 +98,7 @@ def queues(run, path, cfg, label):
     if not isinstance(pids, dict) or not isinstance(reqs, dict) or any(
             not number(pid) or not isinstance(reqs.get(name), list) or any(
                 not isinstance(r, list) or len(r) < 3 or not number(r[0])
-                or not (r[1] is None or number(r[1]))
-                or not (r[2] is None or number(r[2])) for r in reqs[name])
+                or not number(r[1], True) or not number(r[2], True) for r in reqs[name])
             for name, pid in pids.items()):
         bad()
     return {str(pid): [(r[0], r[0] + (r[2] if r[1] is None else min(r[1], r[2])))

@@ -529,10 +529,11 @@ class BlockTracker:
         (transformers 5.17's order). Blocks in parents (a cached block's
         parent: a prefix is matched block by block from its first, and
         stops at the first block missing, so a parent released before its
-        children would leave them unreachable) go with the rest. Released, the first ones' ids go out
-        next at no memory cost (see prefer): the engine's new blocks fill
-        the pages it uses, and the pages only the cache claims stay whole,
-        to go back when kvshim asks (stated unused). Released newest first
+        children would leave them unreachable) go with the rest. Released,
+        the first ones' ids go out next at no memory cost (see prefer):
+        the engine's new blocks fill the pages it uses, and the pages only
+        the cache claims stay whole, to go back when kvshim asks (stated
+        unused). Released newest first
         alone, the new blocks may go onto pages only the cache claimed
         while its blocks on the pages in use stay, and the pages in use
         hold far more than the blocks in use (on an H200 at 3 GiB, an
