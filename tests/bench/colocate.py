@@ -30,7 +30,8 @@ four configurations (--configs) run one after the other, in one invocation:
   neighbour's queue costs a model that does not queue (the GPU's time the
   three processes share) from what kvshim costs it.
 max_batch_tokens, the block size and everything else are the same in all;
-prefix caching is on, as transformers 5.17 has it by default (the engines
+CUDA graphs are on, as production engines serve (--no-cuda-graphs turns
+them off, as every run before session 15 had them); prefix caching is on, as transformers 5.17 has it by default (the engines
 run as their users run them): the complete blocks of finished requests are
 kept (never reused here: the prompts are random) until the engine needs
 their memory. --no-prefix-cache turns it off, as every run before session 9
@@ -216,7 +217,8 @@ def dry_engine(args):
     info = {"engine": name, "pid": os.getpid(), "num_blocks": num_blocks,
             "max_batch_tokens": args.max_batch_tokens,
             "kv_tensor_bytes": num_blocks * kv_bytes_per_token(name) * BLOCK,
-            "kvshim": kvshim, "ceiling": ceiling_set(), "ready_s": 0.0}
+            "kvshim": kvshim, "ceiling": ceiling_set(), "cuda_graphs": args.cuda_graphs,
+            "ready_s": 0.0}
     for mine, t0, out_path in commands(info):
         rows = []
         for q in mine:
@@ -230,9 +232,11 @@ def dry_engine(args):
             time.sleep(0.3)
         kv = info["kv_tensor_bytes"]
         run = dict(info, requests=rows,
+                   # (an eighth of the blocks in use under kvshim, a
+                   # quarter without)
                    samples=[(0.1 * k, kv // (1 if not kvshim else 4 - k), kv,
-                             # (under kvshim: an eighth of the blocks in use)
-                             [0, 0, num_blocks - num_blocks // 8, 0, 1, 0] if kvshim else None)
+                             [0, 0, num_blocks - num_blocks // 8, 0, 1, 0] if kvshim else
+                             [None, None, num_blocks - num_blocks // 4, 0, 1, None])
                             for k in range(3)],
                    steps=[(round(q["t"], 4), 0.005, 0.07) for q in mine])
         if kvshim:
@@ -266,7 +270,7 @@ def engine(args):
     gen = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=0, max_new_tokens=16)
     cb_args = dict(block_size=BLOCK, num_blocks=args.num_blocks or None,
                    max_batch_tokens=args.max_batch_tokens,
-                   allow_block_sharing=args.prefix_cache, use_cuda_graph=False)
+                   allow_block_sharing=args.prefix_cache, use_cuda_graph=args.cuda_graphs)
     if args.cpu_offload_gib > 0:
         cb_args["cpu_offload_space"] = args.cpu_offload_gib
     try:
@@ -296,7 +300,7 @@ def engine(args):
     info = {"engine": name, "pid": os.getpid(), "num_blocks": cache.num_blocks,
             "max_batch_tokens": cache.max_batch_tokens, "kv_tensor_bytes": kv_tensor_bytes,
             "kvshim": kvshim is not None, "ceiling": ceiling_set(),
-            "ready_s": time.perf_counter() - t_start}
+            "cuda_graphs": args.cuda_graphs, "ready_s": time.perf_counter() - t_start}
 
     def kv_now():
         if kvshim is None:
@@ -304,18 +308,22 @@ def engine(args):
         return kvshim.stats()["physical_bytes"]
 
     def adapter_now():
-        """Under kvshim, what the adapter last saw (read without calling
-        kvshim): [blocks kvshim could back, capacity (the free block
-        count it let the engine see), the engine's own free blocks,
-        waiting requests, active requests, demand stated (bytes)]."""
+        """What the engine and, under kvshim, its adapter last saw (read
+        without calling kvshim): [blocks kvshim could back, capacity (the
+        free block count it let the engine see), the engine's own free
+        blocks, waiting requests, active requests, demand stated (bytes)];
+        without kvshim the first two and the last are None."""
         tracker = getattr(cache, "kvshim_tracker", None)
         proc = getattr(manager, "batch_processor", None)
         sched = getattr(proc, "scheduler", None)
-        if tracker is None or sched is None:
+        if sched is None or (kvshim is not None and tracker is None):
             return None
         try:
-            return [tracker._room[1], tracker._cap[1], cache._block_manager.num_free_blocks,
-                    len(sched.waiting_requests), len(sched.active_requests), tracker._demand[1]]
+            own = [cache._block_manager.num_free_blocks, len(sched.waiting_requests),
+                   len(sched.active_requests)]
+            if tracker is None:
+                return [None, None] + own + [None]
+            return [tracker._room[1], tracker._cap[1]] + own + [tracker._demand[1]]
         except (AttributeError, TypeError, IndexError):
             return None
 
@@ -326,7 +334,7 @@ def engine(args):
             tracker.worst, tracker.worst_in, tracker.ask_worst = 0.0, None, 0.0
             waits_before = kvshim.stats()
         first_step = len(steps)
-        run = replay(manager, mine, t0, kv_now, torch, adapter_now if kvshim else None)
+        run = replay(manager, mine, t0, kv_now, torch, adapter_now)
         run.update(info)
         run["steps"] = [(round(t - t0, 4), round(p, 5), round(d, 5))
                         for t, p, d in steps[first_step:]]
@@ -366,7 +374,8 @@ def time_steps():
     it) per step that ran a batch. Scheduling (prepare_next_batch) includes
     the kvshim adapter's admission checks and maps, when under kvshim; a
     step without CUDA graphs is synchronous (transformers' sync batching),
-    so its time is the GPU's."""
+    so its time is the GPU's; with graphs (the default), whether a step
+    waits for its replay is transformers' doing, not checked here."""
     from transformers.generation.continuous_batching import continuous_api
     cls = continuous_api.ContinuousBatchProcessor
     prepare, step = cls.prepare_next_batch, cls._generation_step
@@ -390,7 +399,7 @@ def time_steps():
 
 def replay(manager, reqs, t0, kv_now, torch, adapter_now=None):
     """Submit reqs at t0 + their times; collect every result. Samples
-    every 100 ms: (s, KV bytes, PyTorch's reserved bytes, the adapter's
+    every 100 ms: (s, KV bytes, PyTorch's reserved bytes, the engine's
     view or None; see adapter_now in engine)."""
     submitted, results = {}, {}
     samples, stop = [], threading.Event()
@@ -538,6 +547,7 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1):
            "--max-batch-tokens", str(args.max_batch_tokens),
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
     cmd.append("--prefix-cache" if args.prefix_cache else "--no-prefix-cache")
+    cmd.append("--cuda-graphs" if args.cuda_graphs else "--no-cuda-graphs")
     if args.dry_run:
         cmd.append("--dry-run")
     env = dict(os.environ)
@@ -736,18 +746,43 @@ def pct(xs, p):
     return xs[i] if i + 1 >= len(xs) else xs[i] + (xs[i + 1] - xs[i]) * (k - i)
 
 
-def in_use(engine):
-    """(mean KV page bytes, mean bytes of blocks in use) over an engine's
-    samples under kvshim that have the adapter's view: the pages it holds,
-    and the cache's blocks less the engine's free count (transformers
-    counts the prefix cache's blocks free), at the same moments; None
-    without such samples (static, or no adapter)."""
+def blocks_in_use(engine):
+    """[(s, KV bytes, bytes of blocks in use)] over an engine's samples that
+    have the engine's view (every configuration's from session 15 on, only
+    kvshim's before): the KV memory it holds (static: its whole cache;
+    kvshim: its pages) and the cache's blocks less the engine's free count
+    (transformers counts the prefix cache's blocks free), at the same
+    moments."""
     n, per = engine.get("num_blocks"), engine.get("kv_tensor_bytes")
-    rows = [(s[1], (n - s[3][2]) * per / n) for s in engine.get("samples", ())
+    return [(s[0], s[1], (n - s[3][2]) * per / n) for s in engine.get("samples", ())
             if n and per and len(s) > 3 and s[3] and s[3][2] is not None]
+
+
+def in_use(engine):
+    """(mean KV bytes, mean bytes of blocks in use) over an engine's samples
+    with its view (blocks_in_use); None without them."""
+    rows = blocks_in_use(engine)
     if not rows:
         return None
-    return (statistics.fmean(r[0] for r in rows), statistics.fmean(r[1] for r in rows))
+    return (statistics.fmean(r[1] for r in rows), statistics.fmean(r[2] for r in rows))
+
+
+def summed_in_use(engines, step=0.1):
+    """The blocks in use of the engines together: on a grid of step seconds
+    over the time all of them have samples with their view, the sum of
+    each one's latest sample at or before the point. [] when one has none."""
+    rows = [blocks_in_use(e) for e in engines]
+    if not rows or not all(rows):
+        return []
+    start, end = max(r[0][0] for r in rows), min(r[-1][0] for r in rows)
+    out, at = [], [0] * len(rows)
+    for k in range(int((end - start) / step + 1e-6) + 1 if end >= start else 0):
+        t = start + k * step + 1e-9
+        for i, r in enumerate(rows):
+            while at[i] + 1 < len(r) and r[at[i] + 1][0] <= t:
+                at[i] += 1
+        out.append(sum(r[at[i]][2] for i, r in enumerate(rows)))
+    return out
 
 
 def summarize(results, traces):
@@ -813,6 +848,12 @@ def summarize(results, traces):
                     "tokens_s": toks / span if span > 0 else float("nan"),
                     "peak_kv": peak_kv, "peak_proc": peak_proc,
                     "preempted": sum(run["engines"][n].get("kvshim_preempted", 0) for n in engines)}
+            together = summed_in_use([run["engines"][n] for n in ORDER])
+            if together:
+                table[(label, cname, "blocks")] = {
+                    "p50": pct(together, 50), "p99": pct(together, 99), "peak": max(together),
+                    "kv": sum(max(s[1] for s in run["engines"][n]["samples"]) for n in ORDER)
+                    if res["mode"] == "static" else res["budget"]}
             if run["gpu_used"]:
                 table[(label, cname, "gpu")] = {"peak_used": max(g[1] for g in run["gpu_used"])}
             if run["held"]:
@@ -841,9 +882,10 @@ def print_tables(table, traces, results, args):
         label = tr["label"]
         print("\ntrace %s: rate %s requests/s in a model's hot phase (%.2f/s otherwise), seed %d, "
               "phases of %.0f s; static KV budget %.1f GiB, kvshim floors %.1f GiB; prefix "
-              "cache %s" % (
+              "cache %s; CUDA graphs %s" % (
                   label, tr["rate"], args.cold_rate, tr["seed"], tr["phase"], args.budget_gib,
-                  args.floor_gib, "on" if args.prefix_cache else "off"))
+                  args.floor_gib, "on" if args.prefix_cache else "off",
+                  "on" if args.cuda_graphs else "off"))
         print("(model all: every request; its peaks are sums of the engines' peaks)")
         print("| model | config | requests | failed | TTFT p50 s | TTFT p99 s | p99 static/config "
               "| mean queue wait s | tokens/s | peak KV MiB | peak process MiB | preempted |")
@@ -918,6 +960,19 @@ def print_tables(table, traces, results, args):
                      "%.0f" % (t["kv_pages_mean"] / MIB), "%.0f" % (t["kv_blocks_mean"] / MIB),
                      "%.2fx" % (t["kv_pages_mean"] / t["kv_blocks_mean"])
                      if t["kv_blocks_mean"] > 0 else "-"))
+        together = [(c, table[(label, c, "blocks")]) for c in results
+                    if (label, c, "blocks") in table]
+        if together:
+            print("\nblocks in use by the three engines together, trace %s: the sum of each "
+                  "engine's blocks in use (its latest sample, on a 100 ms grid while all three "
+                  "have samples), against the KV memory the configuration had (static: the "
+                  "engines' caches; kvshim: its budget); static's peak is the most its "
+                  "requests held at one moment" % label)
+            print("| config | p50 MiB | p99 MiB | peak MiB | KV memory MiB |")
+            print("|---|---|---|---|---|")
+            for c, b in together:
+                print("| %s | %.0f | %.0f | %.0f | %.0f |" % (
+                    c, b["p50"] / MIB, b["p99"] / MIB, b["peak"] / MIB, b["kv"] / MIB))
         used = ["%s %.0f MiB" % (c, table[(label, c, "gpu")]["peak_used"] / MIB)
                 for c in results if (label, c, "gpu") in table]
         if used:
@@ -1214,6 +1269,8 @@ def main():
     ap.add_argument("--dry-run", action="store_true",
                     help="engines that answer at once with made-up figures (no torch, no GPU): "
                          "tries the run's orchestration, tables, plots and JSON")
+    ap.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
+                    help="transformers' CUDA graphs (on by default, as production engines serve)")
     ap.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=True,
                     help="transformers' prefix caching (on by default, as transformers has it)")
     ap.add_argument("--prompt-min", type=int, default=256)
