@@ -92,9 +92,14 @@ every 50 ms; and the GPU's used memory (nvidia-smi), every 500 ms.
 
 Prints one table per trace (per model and configuration: TTFT p50 and
 p99, static p99 over this configuration's, mean queue wait, tokens/s, peak
-KV and peak process memory), then the summary against issue 13's targets
-(every model at or below its static p99; over all requests at least 2x at
-rate 3 and 1.5x at rate 4) and the sweep's answer; writes colocate.json,
+KV and peak process memory), with the others (where the time goes, kvshim's
+waits, asks and pages against blocks, and per configuration the three
+engines' blocks in use summed, each engine's own free block count read
+every 100 ms, the static split's too), then the summary against issue 13's
+targets (every model at or below its static p99; over all requests at
+least 2x at rate 3 and 1.5x at rate 4) and the sweep's answer, with the
+most blocks the static split's requests held at one moment (what a smaller
+budget cannot hold at once); writes colocate.json,
 and per trace colocate-memory-<trace>.png, colocate-ttft-<trace>.png (CDF)
 and colocate-ttft-time-<trace>.png (each model's TTFT over the run, every
 other configuration against the static baseline) under --out (default
@@ -1047,7 +1052,16 @@ def targets(table, traces, results, args):
                     "yes" if r["meets"] else "no"))
         print("colocate: smallest kvshim budget meeting the static %.1f GiB split's per-model p99: %s"
               % (args.budget_gib, "%.2f GiB" % smallest if smallest else "none of those tried"))
-        out["sweep"] = {"rows": rows, "smallest_gib": smallest, "static_gib": args.budget_gib}
+        # what no budget below can hold at once: static's requests' blocks at their peak
+        held = {lb: table[(lb, "static", "blocks")]["peak"]
+                for lb in sorted({lb for r in rows for lb in r["traces"]})
+                if (lb, "static", "blocks") in table}
+        for lb, peak in held.items():
+            print("colocate: %s: the static split's requests held up to %.0f MiB of blocks at one "
+                  "moment; a budget below that cannot hold them all at once (and pages, whole, "
+                  "hold more than their blocks)" % (lb, peak / MIB))
+        out["sweep"] = {"rows": rows, "smallest_gib": smallest, "static_gib": args.budget_gib,
+                        "static_peak_blocks": held}
     return out
 
 
