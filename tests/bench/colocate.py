@@ -30,12 +30,12 @@ four configurations (--configs) run one after the other, in one invocation:
   neighbour's queue costs a model that does not queue (the GPU's time the
   three processes share) from what kvshim costs it.
 max_batch_tokens, the block size and everything else are the same in all;
-CUDA graphs are on, as production engines serve (--no-cuda-graphs turns
-them off, as every run before session 15 had them); prefix caching is on, as transformers 5.17 has it by default (the engines
-run as their users run them): the complete blocks of finished requests are
-kept (never reused here: the prompts are random) until the engine needs
-their memory. --no-prefix-cache turns it off, as every run before session 9
-had it.
+CUDA graphs are on, as production engines serve (every run before session
+15 had them off; --no-cuda-graphs does that); prefix caching is on, as
+transformers 5.17 has it by default (the engines run as their users run
+them): the complete blocks of finished requests are kept (never reused
+here: the prompts are random) until the engine needs their memory.
+--no-prefix-cache turns it off, as every run before session 9 had it.
 
 The trace (make_trace): time is cut into phases of P seconds; in phase k
 model k mod 3 is hot. Each model's requests arrive as a Poisson process of
@@ -774,12 +774,13 @@ def in_use(engine):
 
 def summed_in_use(engines, step=0.1):
     """The blocks in use of the engines together: on a grid of step seconds
-    over the time all of them have samples with their view, the sum of
-    each one's latest sample at or before the point. [] when one has none."""
+    over the replay (from the trace's start: samples begin 2 s before it)
+    while all of them have samples with their view, the sum of each one's
+    latest sample at or before the point. [] when one has none."""
     rows = [blocks_in_use(e) for e in engines]
     if not rows or not all(rows):
         return []
-    start, end = max(r[0][0] for r in rows), min(r[-1][0] for r in rows)
+    start, end = max([0.0] + [r[0][0] for r in rows]), min(r[-1][0] for r in rows)
     out, at = [], [0] * len(rows)
     for k in range(int((end - start) / step + 1e-6) + 1 if end >= start else 0):
         t = start + k * step + 1e-9
@@ -818,7 +819,8 @@ def summarize(results, traces):
                 tracker = [run["engines"][n].get("kvshim_tracker") or {} for n in engines]
                 # one engine's means over its own samples (none for "all":
                 # the engines' samples cover different windows)
-                packing = in_use(run["engines"][name]) if name in ORDER else None
+                packing = in_use(run["engines"][name]) \
+                    if name in ORDER and res["mode"] == "kvshim" else None
                 table[(label, cname, name)] = {
                     "kv_pages_mean": packing[0] if packing else None,
                     "kv_blocks_mean": packing[1] if packing else None,
@@ -1066,7 +1068,8 @@ def targets(table, traces, results, args):
 
 
 def repeats(table, traces, results):
-    """For each trace replayed more than once (--repeat): per model, the
+    """For each trace that static and kvshim both replayed more than once
+    (--repeat; a replay --deadline skipped does not count): per model, the
     p99 TTFT of every replay, static and kvshim, their medians and the
     ratio of the medians; kvshim meets the static split within its spread
     when its median is at most the static replays' largest p99 (capped and
@@ -1077,32 +1080,33 @@ def repeats(table, traces, results):
         bases.setdefault(tr["base"], []).append(tr["label"])
     out = {}
     for base, labels in bases.items():
-        if len(labels) < 2 or "static" not in results or "kvshim" not in results:
+        if "static" not in results or "kvshim" not in results:
+            continue
+        done = [lb for lb in labels
+                if (lb, "static", "all") in table and (lb, "kvshim", "all") in table]
+        if len(done) < 2:
             continue
         if not out:
-            print("\nrun-to-run spread: each trace replayed %d times per configuration; p99 TTFT "
-                  "in seconds, median [least, most]; kvshim meets the static split within its "
-                  "spread when its median is at most static's most" % len(labels))
-            print("| trace | model | static p99 | kvshim p99 | static / kvshim (medians) "
-                  "| within static's spread |")
-            print("|---|---|---|---|---|---|")
+            print("\nrun-to-run spread: the traces static and kvshim both replayed more than "
+                  "once; p99 TTFT in seconds, median [least, most]; kvshim meets the static "
+                  "split within its spread when its median is at most static's most")
+            print("| trace | replays each | model | static p99 | kvshim p99 "
+                  "| static / kvshim (medians) | within static's spread |")
+            print("|---|---|---|---|---|---|---|")
         out[base] = {}
         for name in ORDER + ("all",):
-            st = [table[(lb, "static", name)]["ttft_p99"] for lb in labels
-                  if (lb, "static", name) in table]
-            kv = [table[(lb, "kvshim", name)]["ttft_p99"] for lb in labels
-                  if (lb, "kvshim", name) in table]
-            if not st or not kv:
-                continue
+            st = [table[(lb, "static", name)]["ttft_p99"] for lb in done]
+            kv = [table[(lb, "kvshim", name)]["ttft_p99"] for lb in done]
             f = {"static": st, "kvshim": kv, "static_median": statistics.median(st),
                  "kvshim_median": statistics.median(kv)}
             f["ratio"] = f["static_median"] / f["kvshim_median"] if f["kvshim_median"] > 0 \
                 else float("nan")
             f["within_spread"] = f["kvshim_median"] <= max(st)
             out[base][name] = f
-            print("| %s | %s | %.3f [%.3f, %.3f] | %.3f [%.3f, %.3f] | %.2fx | %s |" % (
-                base, name, f["static_median"], min(st), max(st), f["kvshim_median"], min(kv),
-                max(kv), f["ratio"], "yes" if f["within_spread"] else "NO"))
+            print("| %s | %d | %s | %.3f [%.3f, %.3f] | %.3f [%.3f, %.3f] | %.2fx | %s |" % (
+                base, len(done), name, f["static_median"], min(st), max(st),
+                f["kvshim_median"], min(kv), max(kv), f["ratio"],
+                "yes" if f["within_spread"] else "NO"))
     return out
 
 
