@@ -57,19 +57,22 @@ model's p99 TTFT is at most the static split's (at --budget-gib) times
 3, 4 and 6, one seed and one phase length, and a sweep of 3 GiB at rate 3.
 How long each part took is printed as it ends, and an estimate first.
 --dry-run tries all of it without torch or a GPU: engines that answer at
-once with made-up figures (bench.test runs it). --deadline M ends the run
-within M minutes (a machine lent for a fixed
-time): a trace replay that would not end by then, by the estimate below,
-with its replays by the later configurations (for static's, the kvshim
-and sweep replays that pair it: each configuration replays its traces in
-turn), is not started, and the later ones replay only what the first did;
-nor is a configuration that could not replay one (a minute is
-kept to stop the engines and write the tables, plots and JSON); the tables
-then compare what ran, a sweep budget that skipped a replay is not said to
-meet, and the replays skipped are named. A replay is estimated as the longest replay of the
-same trace so far plus 15 s, or, for the first, 3 x --cycles x its phase
-+ 20 s + 8 s per request/s of its rate (the H200's longest at rate 6 took
-115 s, this guess 116 s).
+once with made-up figures (bench.test runs it). --deadline M ends the
+run within M minutes (a machine lent for a fixed time): a trace replay
+that would not end by then, by the estimate below, with its replays by
+the later configurations (for static's, the kvshim and sweep replays
+that pair it: each configuration replays its traces in turn), is not
+started, and the later ones replay only what the first did; nor is a
+configuration that could not replay one (a minute is kept to stop the
+engines and write the tables, plots and JSON); the tables then compare
+what ran, a sweep budget that skipped a replay is not said to meet, and
+the replays skipped are named. A replay is estimated as the longest
+replay of the same trace so far plus 15 s; for the first, its length (3
+x --cycles x its phase) plus the longest time past the end of any replay
+so far at its rate or above (the warm-up's among them; about 12 s with
+CUDA graphs on an H200) plus 15 s; before any, its length + 20 s + 8 s
+per request/s of its rate (with graphs off the H200's longest at rate 6
+took 115 s, this guess 116 s; with graphs on, 66 s).
 --warmup replays, in each configuration before its traces, a trace of
 another seed (the largest given plus one) at the highest rate, each model
 hot once, and counts it nowhere (its time is in the JSON's seconds, and
@@ -584,13 +587,35 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1):
     return proc
 
 
+DRAINS = "(drains)"      # took's key for (rate, seconds past a trace's end)
+
+
+def trace_seconds(tr, args):
+    """How long trace tr's arrivals last: its cycles of three phases."""
+    return 3 * tr.get("cycles", args.cycles) * tr["phase"]
+
+
+def replay_took(took, tr, args, seconds):
+    """Count a replay of trace tr that took seconds: by its base label, and
+    what it took past the trace's end (the engines' start of it, the drain
+    of their queues), by its rate, for the first guesses of the others."""
+    took.setdefault(tr["base"], []).append(seconds)
+    took.setdefault(DRAINS, []).append((float(tr["rate"]),
+                                        max(0.0, seconds - trace_seconds(tr, args))))
+
+
 def replay_guess(tr, args, took):
     """Seconds a replay of trace tr is expected to take: the longest of
-    its replays so far (took: seconds by base label) plus 15 s, else a
-    guess from its length and rate (see the top)."""
+    its replays so far (took: seconds by base label) plus 15 s; else its
+    length plus the longest drain of the replays so far at its rate or
+    above (the warm-up's, at the highest rate, among them) plus 15 s;
+    else a guess from its length and rate (see the top)."""
     if took.get(tr["base"]):
         return max(took[tr["base"]]) + 15.0
-    return 3 * tr.get("cycles", args.cycles) * tr["phase"] + 20.0 + 8.0 * float(tr["rate"])
+    drains = [d for rate, d in took.get(DRAINS, ()) if rate >= float(tr["rate"])]
+    if drains:
+        return trace_seconds(tr, args) + max(drains) + 15.0
+    return trace_seconds(tr, args) + 20.0 + 8.0 * float(tr["rate"])
 
 
 def fits(now, deadline, tr, ran, later, args, took, warmup=None):
@@ -642,7 +667,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
                 outdir, "colocate-warmup-%s-%%s.json" % tag), args, pool)
             res["warmup_s"] = time.perf_counter() - t_run
             res["warmup_failed"] = failed_requests(run)
-            took.setdefault(warmup["base"], []).append(res["warmup_s"])
+            replay_took(took, warmup, args, res["warmup_s"])
             print("colocate: %s: warm-up replay done in %.0f s (not counted%s)" % (
                 cfg["name"], res["warmup_s"],
                 "; %d requests FAILED" % res["warmup_failed"] if res["warmup_failed"] else ""),
@@ -666,7 +691,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
             res["runs"][tr["label"]] = run
             ran.append(tr)
             res["seconds"][tr["label"]] = time.perf_counter() - t_run
-            took.setdefault(tr["base"], []).append(res["seconds"][tr["label"]])
+            replay_took(took, tr, args, res["seconds"][tr["label"]])
             print("colocate: %s, trace %s: done in %.0f s" % (cfg["name"], tr["label"],
                                                               res["seconds"][tr["label"]]), flush=True)
     finally:
