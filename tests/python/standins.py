@@ -5,6 +5,8 @@ tests (test_adapters.py) and the engines sharing one budget
 (fair_engines.py). Import after kvshim's variables are set: it loads
 kvshim."""
 import collections
+import ctypes
+import types
 
 import kvshim
 
@@ -28,6 +30,23 @@ class FakeTensor:
 
     def numel(self):
         return self.rows * self.row_elems
+
+    def __getitem__(self, rows):
+        """A view of these rows (a slice, step 1), as torch slices dim 0."""
+        start, stop, step = rows.indices(self.rows)
+        if step != 1:
+            raise ValueError("FakeTensor slices rows one by one only")
+        return FakeTensor(self.addr + start * self.row_elems * self.elem, max(0, stop - start),
+                          self.row_elems, self.elem)
+
+    def copy_(self, src):
+        """src's rows into these, through the (emulated) driver's copy."""
+        cu = ctypes.CDLL("libcuda.so.1")
+        cu.cuMemcpyDtoD_v2.argtypes = [ctypes.c_uint64, ctypes.c_uint64, ctypes.c_size_t]
+        rc = cu.cuMemcpyDtoD_v2(self.addr, src.addr, self.numel() * self.elem)
+        if rc:
+            raise RuntimeError("FakeTensor.copy_: CUDA error %d" % rc)
+        return self
 
 
 class StandInBlockManager:
@@ -62,7 +81,9 @@ class StandInBlockManager:
         for b in ids:
             self.refs[b] = 1
             if shareable:
-                self._id_to_block[b] = object()
+                # (a record as 5.17's Block, without a parent: chains are
+                # made by the tests that need them)
+                self._id_to_block[b] = types.SimpleNamespace(id=b, parent_id=None, hash=None)
         return ids
 
     def free_blocks(self, ids, shareable, complete=False):

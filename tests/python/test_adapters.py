@@ -1488,6 +1488,140 @@ class AdapterTest(unittest.TestCase):
                 on.setdefault(tr.page_of(b), set()).add(rid)
         return on
 
+    def pack_on(self):
+        """KVSHIM_CB_PACK on for this test only."""
+        self.addCleanup(transformers_cb._pack_setting.__setitem__, slice(None),
+                        list(transformers_cb._pack_setting))
+        transformers_cb._pack_setting[:] = [True]
+
+    def rows(self, c, b, fill=None):
+        """Block b's first row in the cache's first key tensor: written with
+        fill (bytes) when given; returns the row's bytes."""
+        t = c.key_cache[0]
+        n = t.row_elems * t.elem
+        cu = ctypes.CDLL("libcuda.so.1")
+        cu.cuMemcpyHtoD_v2.argtypes = [ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t]
+        cu.cuMemcpyDtoH_v2.argtypes = [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_size_t]
+        addr = t.addr + b * c.block_size * n
+        if fill is not None:
+            self.assertEqual(cu.cuMemcpyHtoD_v2(addr, fill * (n // len(fill)), n), 0)
+        out = ctypes.create_string_buffer(n)
+        self.assertEqual(cu.cuMemcpyDtoH_v2(out, addr, n), 0)
+        return out.raw
+
+    def two_half_pages(self):
+        """A paged engine (see paged_engine) whose two requests a and d hold
+        32 blocks each, on pages 0 and 1, once b and c, their neighbours
+        there, finished: (cache, tracker, processor, ask)."""
+        c, tr, proc, asked = self.paged_engine()
+        self.lay_out(proc, [("a", 32), ("b", 32), ("c", 32), ("d", 32)])
+        self.assertEqual(self.sharers(c, tr), {0: {"a", "b"}, 1: {"c", "d"}})
+        for rid in ("b", "c"):
+            del proc.scheduler.active_requests[rid]
+            c.free_blocks(rid)
+        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"d"}})
+        return c, tr, proc, asked
+
+    def test_asked_engine_packs_its_blocks_and_preempts_nobody(self):
+        """With KVSHIM_CB_PACK on, the pages that moving its blocks in use
+        would empty are stated unused, and asked for one page index, the
+        engine moves a's 32 blocks off page 0 (the fewest to move; a tie
+        goes to the lower page) onto page 1's free ids: their KV rows are
+        copied, a's block table and the block records name the new ids,
+        page 0 goes back, and nobody is preempted (without it, a would be:
+        see test_asked_engine_empties_the_least_shared_page)."""
+        self.pack_on()
+        c, tr, proc, asked = self.two_half_pages()
+        bm, table = c._block_manager, c.group_cache_managers[0].block_table
+        stated = []
+        self.capture_unused(stated)
+        self.assertEqual(tr.pack_plan(bm._init_block_ids), [(0, 32)])
+        tr.state_unused(bm._init_block_ids, fresh=True, pack=True)
+        self.assertEqual(stated[-1], tr.page_index_bytes)
+        before = list(table["a"])
+        marks = {b: bytes([65 + i]) for i, b in enumerate(before[:3])}
+        for b, m in marks.items():
+            self.rows(c, b, m)
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        transformers_cb._give_back(proc, tr)
+        self.assertEqual((proc.offloading_manager.evicted, tr.preempted), ([], 0))
+        self.assertEqual((tr.moved, tr.packed_pages), (32, 1))
+        self.assertEqual(sorted(tr._claims), [1])
+        self.assertEqual(self.sharers(c, tr), {1: {"a", "d"}})
+        for old, new in zip(before, table["a"]):
+            if old in marks:
+                self.assertEqual(self.rows(c, new), marks[old] * len(self.rows(c, new)))
+            self.assertNotIn(old, bm._id_to_block)
+            self.assertEqual(bm._id_to_block[new].id, new)
+        self.assertEqual(stated[-1], 0)             # nothing more to pack
+        # (the stand-in counts references beside the records, which the
+        # adapter moved: 5.17 counts them in the records)
+        for old, new in zip(before, table["a"]):
+            bm.refs[new] = bm.refs.pop(old)
+        for rid in ("a", "d"):
+            c.free_blocks(rid)
+        self.assertEqual((tr._claims, tr.mapped), ({}, 0))
+
+    def test_pack_plan_moves_only_what_fits_and_what_it_can_name(self):
+        """Pages go in the plan fewest blocks in use first while those
+        blocks fit in the free ids of the pages left (each page taken
+        leaves its own free ids out), never one only the prefix cache
+        claims (that one is stated unused as it is); and _pack leaves a
+        page with a block no table names (backed ahead), asking nothing
+        of the rest. Here: a 40 and b 8 on page 0 (16 free), c 60 on page
+        1 (4 free), d 20 on page 2 (44 free)."""
+        self.pack_on()
+        c, tr, proc, asked = self.paged_engine()
+        bm = c._block_manager
+        self.lay_out(proc, [("a", 40), ("b", 8), ("e", 16), ("c", 60), ("f", 4), ("d", 20),
+                            ("g", 44), ("p", 16)])
+        for rid in ("e", "f", "g"):
+            del proc.scheduler.active_requests[rid]
+            c.free_blocks(rid)
+        # p finished: its 16 blocks stay in the prefix cache, alone on page 3
+        del proc.scheduler.active_requests["p"]
+        bm.free_blocks(c.group_cache_managers[0].block_table.pop("p"), shareable=True,
+                       complete=True)
+        self.assertEqual(self.sharers(c, tr), {0: {"a", "b"}, 1: {"c"}, 2: {"d"}})
+        self.assertEqual(list(tr.cache_only_pages(bm._init_block_ids)), [3])
+        # d's 20 fit in pages 0 and 1's 20 free ids; then a and b's 48 do
+        # not fit in page 1's 4; page 3 is not in the plan
+        self.assertEqual(tr.pack_plan(bm._init_block_ids), [(2, 20)])
+        self.assertEqual(tr.pack_plan(bm._init_block_ids, most=0), [])
+        # a free id on page 2 backed ahead: page 2's claims are not all
+        # named, and nothing moves
+        spare = next(b for b in tr.near_ids(c.group_cache_managers[0].block_table["d"][0]))
+        tr.ahead([spare])
+        tr._settle()
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        self.assertEqual(transformers_cb._pack(proc, tr), 0)
+        self.assertEqual((tr.moved, sorted(tr._claims)), (0, [0, 1, 2, 3]))
+        tr.ahead([])
+        tr._settle()
+        self.assertEqual(transformers_cb._pack(proc, tr), 1)
+        self.assertEqual((tr.moved, sorted(tr._claims)), (20, [0, 1, 3]))
+        self.assertEqual(self.sharers(c, tr), {0: {"a", "b", "d"}, 1: {"c", "d"}})
+
+    def test_moved_blocks_keep_their_records(self):
+        """A moved block's id changes wherever it is named: in every block
+        table (a prefix block two requests share), its record, the hash
+        table's entry, and its child's parent id."""
+        bm = StandInBlockManager(8)
+        bm._id_to_block = {1: types.SimpleNamespace(id=1, parent_id=None, hash=11),
+                           2: types.SimpleNamespace(id=2, parent_id=1, hash=None),
+                           5: types.SimpleNamespace(id=5, parent_id=None, hash=55)}
+        bm._hash_to_id = {11: 1, 55: 5}
+        x, y = [1, 2], [1, 3]
+        spots = {1: [(x, 0), (y, 0)], 2: [(x, 1)]}
+        transformers_cb._rename_blocks(bm, spots, {1: 6, 2: 7})
+        self.assertEqual((x, y), ([6, 7], [6, 3]))
+        self.assertEqual(sorted(bm._id_to_block), [5, 6, 7])
+        self.assertEqual([(r.id, r.parent_id) for r in map(bm._id_to_block.get, (6, 7))],
+                         [(6, None), (7, 6)])
+        self.assertEqual(bm._hash_to_id, {11: 6, 55: 5})
+
     def test_asked_engine_empties_the_least_shared_page(self):
         """kvshim asks for pages, and a page goes back only when no block
         on it is used: asked for one page index, the engine preempts the
@@ -2016,6 +2150,14 @@ class AdapterTest(unittest.TestCase):
         transformers_cb.map_ahead(Processor, tr)
         tr._settle()
         self.assertEqual(tr._ahead, set())
+
+    def test_pack_setting(self):
+        for v, want in ((None, False), ("on", True), ("1", True), ("Off", False)):
+            self.assertEqual(transformers_cb.pack_setting(v), want)
+        for bad in ("", "2", "sometimes", "on "):
+            with self.assertRaises(ValueError) as e:
+                transformers_cb.pack_setting(bad)
+            self.assertIn("KVSHIM_CB_PACK", str(e.exception))
 
     def test_ahead_setting(self):
         for v, want in ((None, True), ("on", True), ("0", False), ("No", False)):

@@ -125,6 +125,9 @@ class BlockTracker:
                                  # were last looked at (see state_unused)
         self.unused_pages = 0    # page indices only prefix-cache blocks claimed,
                                  # released because kvshim asked
+        self.packed_pages = 0    # page indices emptied by moving the blocks in use
+                                 # on them (KVSHIM_CB_PACK), because kvshim asked
+        self.moved = 0           # ...the blocks moved so
         self._asked = (0.0, 0)   # (when, bytes) of the last ask read
         self.asks = 0            # times kvshim began to ask for blocks back
         self.asked_s = 0.0       # seconds under an ask, asks that ended
@@ -551,25 +554,74 @@ class BlockTracker:
         taken = set(first)
         return first + [b for b in newest if b not in taken]
 
+    def pack_plan(self, cached, most=None):
+        """The page indices whose blocks in use could move onto the free
+        ids of the other pages with claims, so that they empty (the blocks
+        in use being those claimed less cached's, the prefix cache's, which
+        are released instead; pages only cached claims are not among them:
+        see cache_only_pages), the fewest blocks to move first, at most
+        most: [(page, blocks in use on it)]. Each page taken leaves its own
+        free ids out of those the blocks can move to. Empty when blocks may
+        straddle pages."""
+        if not self._one_page() or most == 0:
+            return []
+        per = self._page // self.group.block_bytes
+        on_cached = collections.Counter(b // per for b in cached)
+        # the pages with blocks in use: where blocks move to (their free
+        # ids: not those of pages only the cache claims, which go back)
+        live_on = {p: n - on_cached[p] for p, n in self._claims.items() if n > on_cached[p]}
+        room = sum(len(self._free_on.get(p, ())) for p in live_on)
+        moving, plan = 0, []
+        for live, p in sorted((n, p) for p, n in live_on.items() if p not in self._pinned):
+            room -= len(self._free_on.get(p, ()))
+            if moving + live > room:
+                break
+            moving += live
+            plan.append((p, live))
+            if most is not None and len(plan) >= most:
+                break
+        return plan
+
+    def pack_targets(self, sources, n, cached):
+        """n free ids to move blocks in use to, off the page indices in
+        sources: on the other pages with blocks in use (see pack_plan), the
+        fullest first, so that the emptiest stay emptiest; fewer when there
+        are not n."""
+        if not self._one_page():
+            return []
+        per = self._page // self.group.block_bytes
+        on_cached = collections.Counter(b // per for b in cached)
+        pages = sorted((len(self._free_on.get(p, ())), p) for p, k in self._claims.items()
+                       if p not in sources and k > on_cached[p] and self._free_on.get(p))
+        ids = []
+        for _, p in pages:
+            for b in sorted(self._free_on[p]):
+                ids.append(b)
+                if len(ids) == n:
+                    return ids
+        return ids
+
     @_timed
-    def state_unused(self, cached, fresh=False):
+    def state_unused(self, cached, fresh=False, pack=False):
         """State in the shared budget the bytes of the page indices only
-        cached's blocks claim (see cache_only_pages): unless the engine
-        waits, the fair shares count them out of what it uses, and ask for
-        them first. Looked at every 0.1 s at most, and then if the cache's
-        size or the blocks claimed changed or a second passed (changes
-        that leave both alike are seen within it), and at once if fresh
-        (an ask must not read pages already released); stated again every
-        0.25 s while it lasts (kvshim holds it for a second), and at once
-        when it changes. The look goes over every cached block: about 7 ms
-        for 50,000 (unused_stale marks it due)."""
+        cached's blocks claim (see cache_only_pages), and with pack those
+        that moving the blocks in use on them would empty (see pack_plan):
+        unless the engine waits, the fair shares count them out of what it
+        uses, and ask for them first. Looked at every 0.1 s at most, and
+        then if the cache's size or the blocks claimed changed or a second
+        passed (changes that leave both alike are seen within it), and at
+        once if fresh (an ask must not read pages already released);
+        stated again every 0.25 s while it lasts (kvshim holds it for a
+        second), and at once when it changes. The look goes over every
+        cached block: about 7 ms for 50,000 (unused_stale marks it due)."""
         now = time.monotonic()
         seen, what = self._unused_seen
         key = (len(cached), self.mapped, len(self._claims))
         nbytes = self._unused[1]
         if fresh or (now - seen >= 0.1 and (key != what or now - seen >= 1.0)):
             self._unused_seen = (now, key)
-            nbytes = len(self._cache_only(cached)) * self.page_index_bytes
+            pages = len(self._cache_only(cached)) + (len(self.pack_plan(cached)) if pack else 0)
+            nbytes = pages * self.page_index_bytes
         self._state("unused", nbytes)
 
     def unused_stale(self):
@@ -770,6 +822,12 @@ class TrackedFreeList(collections.deque):
             del self._count[b]
         self._n -= 1
 
+    def _take_inside(self, b):
+        """Id b leaves the list from where it is: its copy stays, extra."""
+        self._take(b)
+        self._extra[b] += 1
+        self._nextra += 1
+
     def _put(self, ids):
         """Ids come into the list (their copies put at the left)."""
         for b in ids:
@@ -784,9 +842,7 @@ class TrackedFreeList(collections.deque):
         t = self._tracker
         b = t.prefer() if t is not None else None
         if b is not None and b in self:
-            self._take(b)
-            self._extra[b] += 1
-            self._nextra += 1
+            self._take_inside(b)
             self._compact()
         else:
             if b is not None:           # not in the list: the tracker's index was stale
@@ -843,6 +899,21 @@ class TrackedFreeList(collections.deque):
         super().extendleft(xs)
         self._put(xs)
         self._returned(xs)
+
+    def take_ids(self, ids):
+        """Take these ids out of the list, as popleft hands out the
+        tracker's preferred ones (their copies stay where they are, counted
+        extra). Returns those that were in it."""
+        got = []
+        for b in ids:
+            if b not in self:
+                continue
+            self._take_inside(b)
+            if self._tracker is not None:
+                self._tracker.handed(b)
+            got.append(b)
+        self._compact()
+        return got
 
     def put_back_front(self, ids):
         """Return ids that were taken but never backed, in their order,

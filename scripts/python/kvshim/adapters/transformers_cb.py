@@ -47,7 +47,9 @@ is imported:
   full (its offloading manager: to CPU where transformers was given CPU
   space, else the request starts again), as many in a pass as the ask
   needs and at most as many blocks a second as asked, and admits nothing
-  new until the ask is over;
+  new until the ask is over; with KVSHIM_CB_PACK on, it first moves blocks
+  in use off the pages few of them use, so that those pages go back with
+  nobody preempted (see _pack);
 - gives the cache a read budget, the most KV tokens one batch reads, which
   sizes transformers' static batch buffers and its warm-up instead of the
   lazy cache's capacity (transformers_cb_reads.py).
@@ -55,10 +57,12 @@ If the installed transformers does not look as expected, it warns once and
 leaves the cache as it is: allocated whole, as without kvshim. If kvshim
 cannot manage the tensors it made, it backs them in full.
 """
+import collections
 import contextlib
 import inspect
 import itertools
 import os
+import sys
 import threading
 import time
 
@@ -331,20 +335,43 @@ def patch_cache_module(mod):
 
 
 AHEAD_VAR = "KVSHIM_CB_AHEAD"
+PACK_VAR = "KVSHIM_CB_PACK"
 _BOOL = {"1": True, "true": True, "yes": True, "on": True,
          "0": False, "false": False, "no": False, "off": False}
 _ahead_setting = []
+_pack_setting = []
+
+
+def _bool_setting(var, value, unset):
+    """A switch as kvshim-config reads it: unset when value is None.
+    Raises ValueError naming var."""
+    if value is None:
+        return unset
+    if value.lower() not in _BOOL:
+        raise ValueError("%s=%s: expected 1/true/yes/on or 0/false/no/off" % (var, value))
+    return _BOOL[value.lower()]
 
 
 def ahead_setting(value):
     """KVSHIM_CB_AHEAD as kvshim-config reads it: on (also when unset) or
     off. Raises ValueError naming the variable."""
-    if value is None:
-        return True
-    if value.lower() not in _BOOL:
-        raise ValueError("%s=%s: expected 1/true/yes/on or 0/false/no/off"
-                         % (AHEAD_VAR, value))
-    return _BOOL[value.lower()]
+    return _bool_setting(AHEAD_VAR, value, True)
+
+
+def pack_setting(value):
+    """KVSHIM_CB_PACK as kvshim-config reads it: off (also when unset) or
+    on. Raises ValueError naming the variable."""
+    return _bool_setting(PACK_VAR, value, False)
+
+
+def _pack_on():
+    if not _pack_setting:
+        try:
+            _pack_setting.append(pack_setting(os.environ.get(PACK_VAR)))
+        except ValueError as e:
+            warn("%s: blocks in use are not moved" % e)
+            _pack_setting.append(False)
+    return _pack_setting[0]
 
 
 def _ahead_on():
@@ -449,14 +476,16 @@ def _give_back(proc, tracker):
     explains (see _victims), and while asked the engine backs none ahead
     (see map_ahead); then the page indices only its prefix cache's blocks
     claim (see _drop_unused), which kvshim asks for before anything in use
-    (even of an engine at its share); the ask is read afresh after each.
-    Those two cost the engine no work: what its preemptions freed on pages
+    (even of an engine at its share), and with KVSHIM_CB_PACK the pages
+    that moving its blocks in use empties (see _pack); the ask is read
+    afresh after each. Those cost the engine no work: what its preemptions freed on pages
     still used holds back more preemptions (see owed), not them. Returns
     how many were."""
     n = 0
     if tracker.asked():
         tracker.drop_ahead()
         _drop_unused(proc, tracker)
+        _pack(proc, tracker)
     for victim in _victims(proc, tracker):
         if not _give_back_one(proc, tracker, victim):
             break
@@ -694,6 +723,109 @@ def _drop_unused(proc, tracker):
     tracker.state_unused(init, fresh=True)
     tracker.reread()
     return released - len(init)
+
+
+def _pack(proc, tracker):
+    """Asked to give back, with KVSHIM_CB_PACK on: empty page indices by
+    moving the blocks in use on them onto the free ids of the other pages
+    with blocks in use, the fewest blocks to move first (see
+    BlockTracker.pack_plan and pack_targets), as many pages as the ask
+    still needs once the prefix cache's went (see _drop_unused). Each
+    block's KV rows are copied in every KV tensor of the cache, after the
+    device's queued work (a synchronize), its id replaced in the block
+    tables and in the block manager's records (the block, its hash, the
+    parent id of the blocks after it); then the prefix cache's blocks on
+    those pages are released and the old ids go back into the free list,
+    which empties the pages: they go back after kvshim's fence, which the
+    copies are queued before. No request is preempted and none loses
+    work. A page whose claims the block tables and the prefix cache do
+    not explain stays. Not under tensor parallelism (each rank's pages are
+    its own), nor when blocks may straddle pages. The pages stated unused
+    are looked at afresh and the ask read again after it, as after
+    _drop_unused. Returns the page indices emptied."""
+    if _tensor_parallel(proc) or not _pack_on():
+        return 0
+    owed = tracker.owed()
+    cache = getattr(proc, "cache", None)
+    bm = getattr(cache, "_block_manager", None)
+    free = getattr(bm, "_uninit_block_ids", None)
+    if not owed or not isinstance(free, TrackedFreeList):
+        return 0
+    init = _prefix_cache(bm)
+    plan = dict(tracker.pack_plan(init, -(-owed // max(1, tracker.page_index_bytes))))
+    spots = {}              # block on a page of the plan: where the tables name it
+    for cm in getattr(cache, "group_cache_managers", ()) or ():
+        table = getattr(cm, "block_table", None)
+        for blocks in (table.values() if isinstance(table, dict) else ()):
+            for i, b in enumerate(blocks):
+                if tracker.page_of(b) in plan:
+                    spots.setdefault(b, []).append((blocks, i))
+    named = collections.Counter(tracker.page_of(b) for b in spots)
+    pages = {p for p, live in plan.items() if named[p] == live}
+    moving = sorted(b for b in spots if tracker.page_of(b) in pages)
+    to = tracker.pack_targets(pages, len(moving), init) if moving else []
+    if not moving or len(to) < len(moving):
+        return 0
+    got = free.take_ids(to)
+    if got != to or not tracker.take(got):
+        free.put_back_front(got)
+        return 0
+    pairs = list(zip(moving, got))
+    _copy_blocks(cache, pairs)
+    _rename_blocks(bm, spots, dict(pairs))
+    _uncache(bm, [b for b in init if tracker.page_of(b) in pages], tracker)
+    emptied = tracker.emptied
+    free.extend(moving)
+    tracker.moved += len(pairs)
+    tracker.packed_pages += tracker.emptied - emptied
+    tracker.stale()
+    tracker.state_unused(_prefix_cache(bm), fresh=True, pack=True)
+    tracker.reread()
+    return tracker.emptied - emptied
+
+
+def _copy_blocks(cache, pairs):
+    """Copy the KV rows of each (from, to) block pair in every KV tensor of
+    the cache (a block's rows: block_size of them from block * block_size),
+    on the current stream after a synchronize of the tensors' devices (the
+    engine may have queued work that writes the blocks)."""
+    kv = list(cache.key_cache) + list(cache.value_cache)
+    torch = sys.modules.get("torch")
+    sync = getattr(getattr(torch, "cuda", None), "synchronize", None)
+    if sync is not None:
+        for dev in {getattr(t, "device", None) for t in kv} - {None}:
+            sync(dev)
+    bs = cache.block_size
+    for t in kv:
+        for a, b in pairs:
+            t[b * bs:(b + 1) * bs].copy_(t[a * bs:(a + 1) * bs])
+
+
+def _rename_blocks(bm, spots, new):
+    """Blocks moved (new: old id to new): their ids in the block tables
+    (spots: old id to (table, index) pairs), and in the block manager's
+    records: the Block (its id), the hash table's entry, and the parent id
+    of the blocks whose parent moved."""
+    for b, places in spots.items():
+        for blocks, i in places:
+            blocks[i] = new.get(b, b)
+    records = getattr(bm, "_id_to_block", None)
+    by_hash = getattr(bm, "_hash_to_id", None)
+    if not isinstance(records, dict):
+        return
+    for a, b in new.items():
+        block = records.pop(a, None)
+        if block is None:
+            continue
+        block.id = b
+        records[b] = block
+        h = getattr(block, "hash", None)
+        if isinstance(by_hash, dict) and h is not None and by_hash.get(h) == a:
+            by_hash[h] = b
+    for block in records.values():
+        parent = getattr(block, "parent_id", None)
+        if parent in new:
+            block.parent_id = new[parent]
 
 
 def _drop_prefix_cache(proc, tracker):
@@ -948,7 +1080,8 @@ def patch_api_module(mod):
         tracker.state_demand(max(max(1, need - cached) if held else 0, _cushion(self)))
         # and the pages only that prefix cache claims, which kvshim counts
         # out of its use and asks for first (see _drop_unused)
-        tracker.state_unused(_prefix_cache(getattr(self.cache, "_block_manager", None)))
+        tracker.state_unused(_prefix_cache(getattr(self.cache, "_block_manager", None)),
+                             pack=_pack_on() and not _tensor_parallel(self))
         return ready, held
 
     def prepare_next_batch(self, *args, **kwargs):
