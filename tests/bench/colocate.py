@@ -23,6 +23,10 @@ four configurations (--configs) run one after the other, in one invocation:
   costs it. --capped-share F sets the ceilings at F static shares instead
   (1 to 3; 3 is the whole budget): how far a model may grow past its share
   before the others' tails pay for it.
+- packed (only when --configs names it): kvshim with KVSHIM_CB_PACK=on
+  (README.md: asked to give back, an engine moves blocks in use off the
+  pages few of them use before preempting anyone); --sweep-pack runs the
+  sweep's budgets so too (packed@B);
 - ample (only when --configs names it): plain processes as static, but
   each engine's KV cache is the whole budget, so that no model queues for
   memory (the three hold three budgets): each model's tail when the others
@@ -49,13 +53,14 @@ share the budget by weighted fair shares (README.md, "Sharing one GPU"):
 kvshim-run's transformers adapter states each engine's demand and preempts
 requests of an engine above its share when another waits below its own.
 
---sweep-gib B1,B2,... adds a kvshim configuration per budget (ascending,
-engines started afresh for each), replaying the traces of --sweep-rates
-(the first seed and phase), and reports the smallest budget at which every
-model's p99 TTFT is at most the static split's (at --budget-gib) times
-1 + --tolerance: "half the memory for the same service". --quick is rates
-3, 4 and 6, one seed and one phase length, and a sweep of 3 GiB at rate 3.
-How long each part took is printed as it ends, and an estimate first.
+--sweep-gib B1,B2,... adds a kvshim configuration per budget (packed@B
+with --sweep-pack; ascending, engines started afresh for each),
+replaying the traces of --sweep-rates (the first seed and phase), and
+reports the smallest budget at which every model's p99 TTFT is at most
+the static split's (at --budget-gib) times 1 + --tolerance: "half the
+memory for the same service". --quick is rates 3, 4 and 6, one seed and
+one phase length, and a sweep of 3 GiB at rate 3. How long each part
+took is printed as it ends, and an estimate first.
 --dry-run tries all of it without torch or a GPU: engines that answer at
 once with made-up figures (bench.test runs it). --deadline M ends the
 run within M minutes (a machine lent for a fixed time): a trace replay
@@ -226,7 +231,7 @@ def dry_engine(args):
             "max_batch_tokens": args.max_batch_tokens,
             "kv_tensor_bytes": num_blocks * kv_bytes_per_token(name) * BLOCK,
             "kvshim": kvshim, "ceiling": ceiling_set(), "cuda_graphs": args.cuda_graphs,
-            "ready_s": 0.0}
+            "pack": os.environ.get("KVSHIM_CB_PACK"), "ready_s": 0.0}
     for mine, t0, out_path in commands(info):
         rows = []
         for q in mine:
@@ -308,7 +313,8 @@ def engine(args):
     info = {"engine": name, "pid": os.getpid(), "num_blocks": cache.num_blocks,
             "max_batch_tokens": cache.max_batch_tokens, "kv_tensor_bytes": kv_tensor_bytes,
             "kvshim": kvshim is not None, "ceiling": ceiling_set(),
-            "cuda_graphs": args.cuda_graphs, "ready_s": time.perf_counter() - t_start}
+            "cuda_graphs": args.cuda_graphs, "pack": os.environ.get("KVSHIM_CB_PACK"),
+            "ready_s": time.perf_counter() - t_start}
 
     def kv_now():
         if kvshim is None:
@@ -550,7 +556,7 @@ def read_line(proc, want, timeout):
         sys.stdout.write(line)
 
 
-def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1):
+def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack=False):
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
            "--max-batch-tokens", str(args.max_batch_tokens),
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
@@ -561,6 +567,7 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1):
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     env.pop("KVSHIM_MAX", None)         # capped's alone (the caller's would pass)
+    env["KVSHIM_CB_PACK"] = "on" if pack else "off"     # packed's alone
     if mode == "static":
         per_token = kv_bytes_per_token(name)
         cmd += ["--num-blocks", str(budget * shares // 3 // (per_token * BLOCK))]
@@ -649,7 +656,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
         if mode == "kvshim" else None
     t_spawn = time.perf_counter()
     procs = {name: spawn(name, mode, args, budget, pool, outdir, tag, cfg.get("ceiling", 0),
-                         cfg.get("shares", 1))
+                         cfg.get("shares", 1), cfg.get("pack", False))
              for name in ORDER}
     res = {"name": cfg["name"], "mode": mode, "budget": budget, "engines": {}, "runs": {},
            "seconds": {}, "skipped": []}
@@ -1016,6 +1023,11 @@ def print_tables(table, traces, results, args):
                       "over it: %d" % (c, h["peak_held"] / MIB, h["budget"] / MIB, h["over"]))
 
 
+def is_sweep(cname):
+    """Whether configuration cname is one of the sweep's budgets."""
+    return cname.startswith(("kvshim@", "packed@"))
+
+
 def targets(table, traces, results, args):
     """Issue 13's table (static p99 / kvshim p99 per model), the targets
     checked, and the sweep's smallest budget. Returns the summary (JSON)."""
@@ -1053,7 +1065,7 @@ def targets(table, traces, results, args):
                                     " (target %.1fx: %s)" % (v["overall_target"],
                                                              "met" if v["overall_met"] else "NOT met")))
     out["repeats"] = repeats(table, traces, results)
-    sweep = [c for c in results if c.startswith("kvshim@")]
+    sweep = [c for c in results if is_sweep(c)]
     if sweep:
         rows, smallest = [], None
         for c in sorted(sweep, key=lambda c: results[c]["budget"]):
@@ -1299,6 +1311,8 @@ def main():
     ap.add_argument("--sweep-gib", default="",
                     help="kvshim budgets to try against the static split at --budget-gib")
     ap.add_argument("--sweep-rates", default="3", help="the rates the sweep replays")
+    ap.add_argument("--sweep-pack", action="store_true",
+                    help="the sweep's budgets with KVSHIM_CB_PACK=on (packed@B)")
     ap.add_argument("--sweep-all", action="store_true",
                     help="run every sweep budget (by default the sweep ends at the first that meets)")
     ap.add_argument("--tolerance", type=float, default=0.0,
@@ -1332,8 +1346,8 @@ def main():
             sys.stderr.flush()
             os._exit(1)
     configs = [c for c in args.configs.split(",") if c]
-    if not configs or set(configs) - {"static", "kvshim", "capped", "ample"}:
-        ap.error("--configs takes static, kvshim, capped and ample")
+    if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "packed"}:
+        ap.error("--configs takes static, kvshim, capped, ample and packed")
     if args.quick:
         args.rates, args.seeds, args.phases = "3,4,6", "2026", "8"
         args.sweep_gib = args.sweep_gib or "3"
@@ -1356,6 +1370,8 @@ def main():
         ap.error("--tolerance and --cpu-offload-gib must not be negative")
     if sweep and "static" not in configs:
         ap.error("--sweep-gib compares with the static split: keep static in --configs")
+    if args.sweep_pack and not args.sweep_gib:
+        ap.error("--sweep-pack packs the sweep's budgets: give them with --sweep-gib")
     try:
         if args.dry_run:
             print("colocate: --dry-run: engines without torch or a GPU, figures made up")
@@ -1405,10 +1421,14 @@ def main():
     budget = int(args.budget_gib * GIB)
     plan = [({"name": c, "mode": "static" if c in ("static", "ample") else "kvshim",
               "budget": budget, "shares": 3 if c == "ample" else 1,
-              "ceiling": int(args.capped_share * budget) // 3 if c == "capped" else 0}, traces)
+              "ceiling": int(args.capped_share * budget) // 3 if c == "capped" else 0,
+              "pack": c == "packed"}, traces)
             for c in configs]
-    plan += [({"name": "kvshim@%g" % b, "mode": "kvshim", "budget": int(b * GIB)}, sweep_traces)
-             for b in sorted(sweep) if b != args.budget_gib or "kvshim" not in configs]
+    # the sweep's budgets, kvshim's (or packed's, --sweep-pack)
+    base = "packed" if args.sweep_pack else "kvshim"
+    plan += [({"name": "%s@%g" % (base, b), "mode": "kvshim", "budget": int(b * GIB),
+               "pack": args.sweep_pack}, sweep_traces)
+             for b in sorted(sweep) if b != args.budget_gib or base not in configs]
     # the configurations' turns: each replays its traces in one turn, or,
     # alternating, the k-th replays of them in round k, the order of the
     # configurations reversed every other round
@@ -1450,7 +1470,7 @@ def main():
             print("colocate: %s skipped: no replay of it would end by --deadline" % cfg["name"],
                   flush=True)
             continue
-        if cfg["name"].startswith("kvshim@") and met is not None and not args.sweep_all:
+        if is_sweep(cfg["name"]) and met is not None and not args.sweep_all:
             print("colocate: %s skipped: %g GiB already meets the static split" % (
                 cfg["name"], met), flush=True)
             continue
@@ -1462,15 +1482,15 @@ def main():
             merge(results[cfg["name"]], res)
         else:
             results[cfg["name"]] = res
-        if cfg["name"].startswith("kvshim@") and "static" in results:
+        if is_sweep(cfg["name"]) and "static" in results:
             # ascending budgets: the first that meets the static split ends the sweep
             table, _ = summarize(results, trs)
             if all(ratio(table, tr["label"], cfg["name"], n) * (1 + args.tolerance) >= 1.0
                    for tr in trs for n in ORDER):
                 met = cfg["budget"] / GIB
     # the sweep's configuration at --budget-gib is the main kvshim run
-    if sweep and "kvshim" in results and args.budget_gib in sweep:
-        results["kvshim@%g" % args.budget_gib] = results["kvshim"]
+    if sweep and base in results and args.budget_gib in sweep:
+        results["%s@%g" % (base, args.budget_gib)] = results[base]
     table, ok = summarize(results, traces)
     for name, r in results.items():
         if r.get("warmup_failed"):
