@@ -1494,20 +1494,31 @@ class AdapterTest(unittest.TestCase):
                         list(transformers_cb._pack_setting))
         transformers_cb._pack_setting[:] = [True]
 
-    def rows(self, c, b, fill=None):
-        """Block b's first row in the cache's first key tensor: written with
-        fill (bytes) when given; returns the row's bytes."""
-        t = c.key_cache[0]
+    def rows(self, c, t, b, fill=None):
+        """Block b's rows in tensor t of cache c: written with fill (bytes
+        of a row, each row its own) when given; returns their bytes."""
         n = t.row_elems * t.elem
         cu = ctypes.CDLL("libcuda.so.1")
         cu.cuMemcpyHtoD_v2.argtypes = [ctypes.c_uint64, ctypes.c_char_p, ctypes.c_size_t]
         cu.cuMemcpyDtoH_v2.argtypes = [ctypes.c_char_p, ctypes.c_uint64, ctypes.c_size_t]
-        addr = t.addr + b * c.block_size * n
+        addr, size = t.addr + b * c.block_size * n, c.block_size * n
         if fill is not None:
-            self.assertEqual(cu.cuMemcpyHtoD_v2(addr, fill * (n // len(fill)), n), 0)
-        out = ctypes.create_string_buffer(n)
-        self.assertEqual(cu.cuMemcpyDtoH_v2(out, addr, n), 0)
+            self.assertEqual(cu.cuMemcpyHtoD_v2(addr, fill, size), 0)
+        out = ctypes.create_string_buffer(size)
+        self.assertEqual(cu.cuMemcpyDtoH_v2(out, addr, size), 0)
         return out.raw
+
+    def mark(self, c, blocks):
+        """Write in every row of these blocks, in every KV tensor, bytes
+        that tell the tensor, block and row apart: {(tensor, block): rows}."""
+        marks = {}
+        for k, t in enumerate(c.key_cache + c.value_cache):
+            n = t.row_elems * t.elem
+            for b in blocks:
+                fill = b"".join(("%d/%d/%d;" % (k, b, r)).encode().ljust(n, b".")
+                                for r in range(c.block_size))
+                marks[(k, b)] = self.rows(c, t, b, fill)
+        return marks
 
     def two_half_pages(self):
         """A paged engine (see paged_engine) whose two requests a and d hold
@@ -1539,9 +1550,7 @@ class AdapterTest(unittest.TestCase):
         tr.state_unused(bm._init_block_ids, fresh=True, pack=True)
         self.assertEqual(stated[-1], tr.page_index_bytes)
         before = list(table["a"])
-        marks = {b: bytes([65 + i]) for i, b in enumerate(before[:3])}
-        for b, m in marks.items():
-            self.rows(c, b, m)
+        marks = self.mark(c, before)
         asked[0] = tr.page_index_bytes
         time.sleep(0.01)
         transformers_cb._give_back(proc, tr)
@@ -1549,9 +1558,10 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual((tr.moved, tr.packed_pages), (32, 1))
         self.assertEqual(sorted(tr._claims), [1])
         self.assertEqual(self.sharers(c, tr), {1: {"a", "d"}})
+        tensors = c.key_cache + c.value_cache
         for old, new in zip(before, table["a"]):
-            if old in marks:
-                self.assertEqual(self.rows(c, new), marks[old] * len(self.rows(c, new)))
+            for k, t in enumerate(tensors):
+                self.assertEqual(self.rows(c, t, new), marks[(k, old)])
             self.assertNotIn(old, bm._id_to_block)
             self.assertEqual(bm._id_to_block[new].id, new)
         self.assertEqual(stated[-1], 0)             # nothing more to pack
@@ -1562,6 +1572,68 @@ class AdapterTest(unittest.TestCase):
         for rid in ("a", "d"):
             c.free_blocks(rid)
         self.assertEqual((tr._claims, tr.mapped), ({}, 0))
+
+    def test_pages_stated_for_packing_are_asked_and_packed(self):
+        """kvshim asks for the pages the engine states unused: with
+        KVSHIM_CB_PACK, the page moving a's blocks would empty is stated,
+        asked for at the next pass, and packed; then nothing is stated and
+        nobody was preempted. (Before, the prefix cache's look at the ask
+        stated the pages afresh without it, and the ask was gone before the
+        engine could pack.)"""
+        self.pack_on()
+        c, tr, proc, _ = self.two_half_pages()
+        stated = []
+        self.capture_unused(stated)
+        time.sleep(0.11)
+        proc.prepare_next_batch()
+        self.assertEqual(stated[-1], tr.page_index_bytes)
+        kvshim.share_asked = lambda: stated[-1]
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual((tr.moved, tr.packed_pages, stated[-1]), (32, 1, 0))
+        self.assertEqual((tr.preempted, proc.offloading_manager.evicted), (0, []))
+        self.assertEqual(self.sharers(c, tr), {1: {"a", "d"}})
+
+    def test_pages_packing_cannot_empty_preempt_nobody(self):
+        """A page stated for packing that cannot be emptied when asked for
+        (a block on it no table names): the statement is taken back and the
+        ask read again, and nobody is preempted for it. (Before, the ask
+        for it went on to preempt a.)"""
+        self.pack_on()
+        c, tr, proc, _ = self.paged_engine()
+        self.lay_out(proc, [("a", 16), ("b", 48), ("c", 32), ("d", 32)])
+        for rid in ("b", "c"):
+            del proc.scheduler.active_requests[rid]
+            c.free_blocks(rid)
+        free = c._block_manager._uninit_block_ids
+        stray = free.take_ids([next(b for b in free if tr.page_of(b) == 0)])
+        self.assertTrue(tr.take(stray))
+        stated = []
+        self.capture_unused(stated)
+        self.assertEqual(tr.pack_plan({}), [(0, 17)])
+        time.sleep(0.11)
+        proc.prepare_next_batch()
+        self.assertEqual(stated[-1], tr.page_index_bytes)
+        kvshim.share_asked = lambda: stated[-1]
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual((tr.moved, tr.preempted, proc.offloading_manager.evicted), (0, 0, []))
+        self.assertIn(0, stated)
+
+    def test_packing_engine_cushion_comes_from_its_pages_first(self):
+        """The cushion an engine with requests states (one step's prefill
+        above the margin) is covered first, with KVSHIM_CB_PACK, by the
+        free ids on its pages: a and d leave 64 there, so a cushion of 40
+        is stated as none (and its pages that packing would empty count as
+        unused), and one of 80 as 16."""
+        c, tr, proc, _ = self.two_half_pages()
+        proc.max_batch_tokens = 40 * c.block_size
+        self.assertEqual(tr.free_on_pages(), 64)
+        self.assertEqual(transformers_cb._cushion(proc), 40)
+        self.pack_on()
+        self.assertEqual(transformers_cb._cushion(proc), 0)
+        proc.max_batch_tokens = 80 * c.block_size
+        self.assertEqual(transformers_cb._cushion(proc), 16)
 
     def test_pack_plan_moves_only_what_fits_and_what_it_can_name(self):
         """Pages go in the plan fewest blocks in use first while those

@@ -363,6 +363,11 @@ class BlockTracker:
             self._ahead.update(new)
             self._claimed(new, 1, later=True)
 
+    def free_on_pages(self):
+        """The free ids on pages other blocks claim (they cost no memory:
+        see prefer); 0 when blocks may straddle pages."""
+        return self._hot_free if self._one_page() else 0
+
     @_timed
     def capacity(self, limit, room, ttl=0.005):
         """How many of the ids the engine hands out next kvshim can back
@@ -376,7 +381,7 @@ class BlockTracker:
         when, blocks = self._cap
         now = time.monotonic()
         if blocks is None or now - when > ttl:
-            blocks = room + (self._hot_free if self._one_page() else 0)
+            blocks = room + self.free_on_pages()
             self._cap = (now, blocks)
         return min(blocks, limit)
 
@@ -914,6 +919,15 @@ class TrackedFreeList(collections.deque):
             got.append(b)
         self._compact()
         return got
+
+    def release_last(self, ids):
+        """Put ids back at the right, handed out after every other (their
+        pages are going back: taken again first, they would map them
+        again), and release them."""
+        ids = list(ids)
+        super().extend(ids)
+        self._put(ids)
+        self._returned(ids)
 
     def put_back_front(self, ids):
         """Return ids that were taken but never backed, in their order,

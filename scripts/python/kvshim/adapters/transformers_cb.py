@@ -448,8 +448,9 @@ def _cushion(proc):
     to preempt (on an H200 at rate 6, another engine took the idle pages of
     the small model just as its burst began, and the small model waited
     3 to 5 s). Its own prefix cache's blocks (see _reclaim) and then its
-    idle pages cover it first. 0 for an idle engine: its idle pages are
-    the others'."""
+    idle pages cover it first; with KVSHIM_CB_PACK, the free ids on its
+    pages before them. 0 for an idle engine: its idle pages are the
+    others'."""
     sched = getattr(proc, "scheduler", None)
     if not (getattr(sched, "active_requests", None) or getattr(sched, "waiting_requests", None)):
         return 0
@@ -461,7 +462,15 @@ def _cushion(proc):
         step = 0
     if not step:
         return 0
-    return max(0, step + _margin_blocks(proc) - _cached_blocks(cache))
+    need = max(0, step + _margin_blocks(proc) - _cached_blocks(cache))
+    tracker = getattr(cache, "kvshim_tracker", None)
+    if tracker is not None and _packs(proc):
+        # the free ids on its pages cost no memory and cover it first: an
+        # engine whose pages are part used states no cushion, and the pages
+        # packing would empty count as unused (the rule counts a process's
+        # unused pages only while it waits for nothing)
+        need = max(0, need - tracker.free_on_pages())
+    return need
 
 
 def _give_back(proc, tracker):
@@ -485,7 +494,16 @@ def _give_back(proc, tracker):
     if tracker.asked():
         tracker.drop_ahead()
         _drop_unused(proc, tracker)
-        _pack(proc, tracker)
+        if _packs(proc):
+            while tracker.owed() and _pack(proc, tracker):
+                pass
+            if tracker.owed():
+                # what is left, packing cannot give now (or the engine is
+                # above its share): the pages stated for it are taken back,
+                # so that no request is preempted for them (the next pass
+                # states them again)
+                _state_unused(proc, tracker, fresh=True, pack=False)
+                tracker.reread()
     for victim in _victims(proc, tracker):
         if not _give_back_one(proc, tracker, victim):
             break
@@ -720,9 +738,24 @@ def _drop_unused(proc, tracker):
     if order:
         _uncache(bm, [b for p in order for b in pages[p]], tracker)
         tracker.unused_pages += len(order)
-    tracker.state_unused(init, fresh=True)
+    _state_unused(proc, tracker, fresh=True)
     tracker.reread()
     return released - len(init)
+
+
+def _packs(proc):
+    """Whether this engine packs (KVSHIM_CB_PACK on, not under tensor
+    parallelism)."""
+    return _pack_on() and not _tensor_parallel(proc)
+
+
+def _state_unused(proc, tracker, fresh=False, pack=None):
+    """State the engine's unused pages (see BlockTracker.state_unused): the
+    prefix cache's, and, when it packs (pack: None, as _packs says), those
+    moving its blocks in use would empty."""
+    bm = getattr(getattr(proc, "cache", None), "_block_manager", None)
+    tracker.state_unused(_prefix_cache(bm), fresh=fresh,
+                         pack=_packs(proc) if pack is None else pack)
 
 
 def _pack(proc, tracker):
@@ -743,7 +776,7 @@ def _pack(proc, tracker):
     its own), nor when blocks may straddle pages. The pages stated unused
     are looked at afresh and the ask read again after it, as after
     _drop_unused. Returns the page indices emptied."""
-    if _tensor_parallel(proc) or not _pack_on():
+    if not _packs(proc):
         return 0
     owed = tracker.owed()
     cache = getattr(proc, "cache", None)
@@ -771,34 +804,56 @@ def _pack(proc, tracker):
         free.put_back_front(got)
         return 0
     pairs = list(zip(moving, got))
-    _copy_blocks(cache, pairs)
+    _copy_blocks(proc, pairs)
     _rename_blocks(bm, spots, dict(pairs))
     _uncache(bm, [b for b in init if tracker.page_of(b) in pages], tracker)
     emptied = tracker.emptied
-    free.extend(moving)
+    free.release_last(moving)
     tracker.moved += len(pairs)
     tracker.packed_pages += tracker.emptied - emptied
     tracker.stale()
-    tracker.state_unused(_prefix_cache(bm), fresh=True, pack=True)
+    _state_unused(proc, tracker, fresh=True)
     tracker.reread()
     return tracker.emptied - emptied
 
 
-def _copy_blocks(cache, pairs):
+def _copy_blocks(proc, pairs):
     """Copy the KV rows of each (from, to) block pair in every KV tensor of
-    the cache (a block's rows: block_size of them from block * block_size),
-    on the current stream after a synchronize of the tensors' devices (the
-    engine may have queued work that writes the blocks)."""
+    the engine's cache (a block's rows: block_size of them from block *
+    block_size): on the engine's compute stream where it has one
+    (transformers 5.17 runs its steps, and its own block copies, there: a
+    stream that does not wait for the default one), between two
+    synchronizes of the tensors' devices, so that nothing the engine
+    queued writes the blocks meanwhile and its next step reads them
+    copied. One indexed copy per tensor where torch has them, else a copy
+    per block."""
+    cache = proc.cache
     kv = list(cache.key_cache) + list(cache.value_cache)
     torch = sys.modules.get("torch")
-    sync = getattr(getattr(torch, "cuda", None), "synchronize", None)
-    if sync is not None:
-        for dev in {getattr(t, "device", None) for t in kv} - {None}:
-            sync(dev)
+    cuda = getattr(torch, "cuda", None)
+    sync = getattr(cuda, "synchronize", None)
+    devices = {getattr(t, "device", None) for t in kv} - {None}
+    stream = getattr(getattr(proc, "inputs_and_outputs", None), "compute_stream", None)
+    on = cuda.stream(stream) if stream is not None and hasattr(cuda, "stream") \
+        else contextlib.nullcontext()
     bs = cache.block_size
-    for t in kv:
-        for a, b in pairs:
-            t[b * bs:(b + 1) * bs].copy_(t[a * bs:(a + 1) * bs])
+    for dev in devices if sync is not None else ():
+        sync(dev)
+    with on:
+        index = {}
+        for t in kv:
+            if torch is not None and hasattr(t, "index_copy_") and hasattr(torch, "tensor"):
+                if t.device not in index:
+                    rows = [[a * bs + i for a, _ in pairs for i in range(bs)],
+                            [b * bs + i for _, b in pairs for i in range(bs)]]
+                    index[t.device] = [torch.tensor(r, device=t.device) for r in rows]
+                src, dst = index[t.device]
+                t.index_copy_(0, dst, t.index_select(0, src))
+            else:
+                for a, b in pairs:
+                    t[b * bs:(b + 1) * bs].copy_(t[a * bs:(a + 1) * bs])
+    for dev in devices if sync is not None else ():
+        sync(dev)
 
 
 def _rename_blocks(bm, spots, new):
@@ -1080,8 +1135,7 @@ def patch_api_module(mod):
         tracker.state_demand(max(max(1, need - cached) if held else 0, _cushion(self)))
         # and the pages only that prefix cache claims, which kvshim counts
         # out of its use and asks for first (see _drop_unused)
-        tracker.state_unused(_prefix_cache(getattr(self.cache, "_block_manager", None)),
-                             pack=_pack_on() and not _tensor_parallel(self))
+        _state_unused(self, tracker)
         return ready, held
 
     def prepare_next_batch(self, *args, **kwargs):
