@@ -79,26 +79,38 @@ class StandInBlockManager:
             return None
         ids = [self._uninit_block_ids.popleft() for _ in range(n)]
         for b in ids:
-            self.refs[b] = 1
             if shareable:
-                # (a record as 5.17's Block, without a parent: chains are
-                # made by the tests that need them)
-                self._id_to_block[b] = types.SimpleNamespace(id=b, parent_id=None, hash=None)
+                # a record as 5.17's Block, which counts its references
+                # (without a parent: chains are made by the tests that
+                # need them)
+                self._id_to_block[b] = types.SimpleNamespace(id=b, parent_id=None, hash=None,
+                                                             ref_count=1)
+            else:
+                self.refs[b] = 1
         return ids
 
     def free_blocks(self, ids, shareable, complete=False):
+        """Free ids; one not in use raises KeyError. A block with a record
+        counts there (its id follows the record when the adapter moves it),
+        the others in refs."""
         for b in ids:
-            self.refs.pop(b)
-            if shareable and complete:
-                self._init_block_ids[b] = None     # kept for prefix sharing
+            record = self._id_to_block.get(b)
+            if record is None:
+                self.refs.pop(b)
+            elif record.ref_count < 1:
+                raise KeyError(b)
             else:
-                self._id_to_block.pop(b, None)
-                self._uninit_block_ids.append(b)
+                record.ref_count -= 1
+                if shareable and complete:
+                    self._init_block_ids[b] = None     # kept for prefix sharing
+                    continue
+                del self._id_to_block[b]
+            self._uninit_block_ids.append(b)
 
     def reuse_cached(self, b):
         """A new request shares a cached prefix block."""
         self._init_block_ids.pop(b)
-        self.refs[b] = 1
+        self._id_to_block[b].ref_count = 1
 
 
 class StandInCache:
