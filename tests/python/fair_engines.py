@@ -138,7 +138,7 @@ def engine(seconds, num_blocks, start_at, prefix_cache=False):
                             len(proc.scheduler.active_requests), proc.done,
                             tracker.preempted, len(proc.offloading_manager.evicted), tracker.short,
                             tracker.capped])
-    json.dump({"pid": os.getpid(), "samples": samples}, sys.stdout)
+    json.dump({"pid": os.getpid(), "samples": samples, "moved": tracker.moved}, sys.stdout)
     return 0
 
 
@@ -147,15 +147,16 @@ FIELDS = ("t", "blocks", "physical", "active", "done", "preempted", "evicted", "
 
 
 def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weights=None,
-        prefix_cache=False):
+        prefix_cache=False, pack=False):
     """Start engines under one budget of budget_mib, the first head_start
     seconds before the others, each running seconds from its start, with
     KVSHIM_WEIGHT weights[k] (default 1 each), with a prefix cache or not
-    (see engine). Returns [{"pid", "samples"}] in start order."""
+    (see engine), packing or not (KVSHIM_CB_PACK). Returns [{"pid",
+    "samples", "moved"}] in start order (moved: the blocks it moved)."""
     pool = pool or "fairengines%d" % os.getpid()
     env = dict(os.environ)
     env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET="%dM" % budget_mib, KVSHIM_POOL=pool,
-               KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0")
+               KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0", KVSHIM_CB_PACK="on" if pack else "off")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, env.get("PYTHONPATH")) if p)
     # the block pool as if alone: the whole budget
     num_blocks = budget_mib * 1024 // 32 // (2 * LAYERS)

@@ -48,6 +48,14 @@ class FairEnginesTest(unittest.TestCase):
         self.converge(fair_engines.run(budget_mib=BUDGET_MIB, seconds=SECONDS,
                                        head_start=HEAD_START, prefix_cache=True))
 
+    def test_engines_converge_while_packing(self):
+        """The same with KVSHIM_CB_PACK: engines stating the pages moving
+        their blocks would empty, and moving them when asked, still
+        converge, and none starves. (Whether an engine moved blocks
+        depends on when its asks come: not a check here.)"""
+        self.converge(fair_engines.run(budget_mib=BUDGET_MIB, seconds=SECONDS,
+                                       head_start=HEAD_START, pack=True))
+
     def converge(self, out):
         first, others = out[0]["samples"], [o["samples"] for o in out[1:]]
         third = BUDGET_MIB / 3 * (1 << 20)
