@@ -5,7 +5,9 @@ requests: the tokens must be the same.
 One engine (a random 16-layer Llama-style model in bf16, block size 32,
 no download) serves REQUESTS requests of PROMPT random tokens each, with
 8 to 192 new tokens (greedy, no EOS), submitted at once through
-add_request, CUDA graphs on and off. Plain, then under scripts/kvshim-run
+add_request, CUDA graphs on and off, no prefix cache (a finished
+request's blocks become free ids on the pages in use, what packing moves
+blocks onto). Plain, then under scripts/kvshim-run
 with KVSHIM_CB_PACK=on, where this script stands in for kvshim's ask
 (kvshim.share_asked) in the engine: every ASK_EVERY reads, it asks for the
 pages packing and the prefix cache could give back then (as the fair
@@ -15,8 +17,8 @@ that the only thing the asks do is move blocks (a preemption would change
 the batches, and bf16 sums with them). Requests finishing at different
 times leave their pages part used, which is what packing empties.
 
-Checks, per graphs setting: every request's tokens identical to the plain
-run's; blocks moved (the tracker's figures) and pages emptied by it; no
+Checks, per graphs setting: every request finished in both runs, and its
+tokens identical to the plain run's; blocks moved (the tracker's figures) and pages emptied by it; no
 request preempted. Prints a table, writes hf_cb_pack.json under
 $KVSHIM_SUITE_OUT (or .). Exit 0 when the checks hold, 1 if one fails, 77
 without a GPU.
@@ -59,6 +61,10 @@ def failures(graphs, plain, packed):
     out = []
     if plain is None or packed is None:
         return ["%s: a run failed" % name]
+    for run, what in ((plain, "plain"), (packed, "packed")):
+        if len(run["outputs"]) != REQUESTS:
+            out.append("%s: the %s run finished %d of %d requests"
+                       % (name, what, len(run["outputs"]), REQUESTS))
     diff = compare(plain["outputs"], packed["outputs"])
     if diff:
         out.append("%s: %d requests' tokens differ from the plain run's (first: %s)"
@@ -85,7 +91,9 @@ def child(graphs, pack, out):
     prompts = [torch.randint(0, cfg.vocab_size, (PROMPT,), generator=g).tolist()
                for _ in range(REQUESTS)]
     gen = GenerationConfig(do_sample=False, eos_token_id=-1, pad_token_id=0, max_new_tokens=8)
-    cbc = ContinuousBatchingConfig(block_size=32, use_cuda_graph=graphs)
+    # (no prefix cache: a finished request's blocks then free ids on the
+    # pages in use, which is what packing moves blocks onto)
+    cbc = ContinuousBatchingConfig(block_size=32, use_cuda_graph=graphs, allow_block_sharing=False)
     manager = model.init_continuous_batching(generation_config=gen,
                                              continuous_batching_config=cbc)
     manager.start()

@@ -1619,17 +1619,58 @@ class AdapterTest(unittest.TestCase):
     def test_packing_engine_cushion_comes_from_its_pages_first(self):
         """The cushion an engine with requests states (one step's prefill
         above the margin) is covered first, with KVSHIM_CB_PACK, by the
-        free ids on its pages: a and d leave 64 there, so a cushion of 40
-        is stated as none (and its pages that packing would empty count as
-        unused), and one of 80 as 16."""
-        c, tr, proc, _ = self.two_half_pages()
-        proc.max_batch_tokens = 40 * c.block_size
-        self.assertEqual(tr.free_on_pages(), 64)
-        self.assertEqual(transformers_cb._cushion(proc), 40)
+        free ids on its pages that packing leaves, and packing keeps the
+        cushion's worth: a (16 blocks, page 0) and d (24, page 1) leave 88
+        free ids; with a cushion of 8, a's page is stated unused (its 16
+        blocks fit in page 1's 40, 24 left), the cushion is stated as none,
+        and asked, the engine packs a's page and still states none. Then
+        its 24 free ids cover that much of a larger cushion: one of 30 is
+        stated as 6, one of 100 as 76."""
         self.pack_on()
+        c, tr, proc, asked = self.paged_engine()
+        self.lay_out(proc, [("a", 16), ("b", 48), ("c", 40), ("d", 24)])
+        for rid in ("b", "c"):
+            del proc.scheduler.active_requests[rid]
+            c.free_blocks(rid)
+        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"d"}})
+        stated = []
+        self.capture_unused(stated)
+        proc.max_batch_tokens = 8 * c.block_size
+        self.assertEqual(transformers_cb._cushion_blocks(proc), 8)
         self.assertEqual(transformers_cb._cushion(proc), 0)
-        proc.max_batch_tokens = 80 * c.block_size
-        self.assertEqual(transformers_cb._cushion(proc), 16)
+        transformers_cb._state_unused(proc, tr, fresh=True)
+        self.assertEqual(stated[-1], tr.page_index_bytes)
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        self.assertEqual(transformers_cb._pack(proc, tr), 1)
+        self.assertEqual((self.sharers(c, tr), tr.free_on_pages()), ({1: {"a", "d"}}, 24))
+        self.assertEqual((transformers_cb._cushion(proc), stated[-1]), (0, 0))
+        proc.max_batch_tokens = 30 * c.block_size
+        self.assertEqual(transformers_cb._cushion(proc), 6)
+        proc.max_batch_tokens = 100 * c.block_size
+        self.assertEqual(transformers_cb._cushion(proc), 76)
+
+    def test_packable_page_behind_one_it_cannot_name_is_packed(self):
+        """Asked for one page, the engine packs the first page of the plan
+        whose every block in use a table names: page 0 has the fewest (a's
+        4 and a block no table names) but cannot be emptied, so page 1
+        (d's 10) goes. (Before, the plan was cut to the ask first, and
+        only page 0 was looked at.)"""
+        self.pack_on()
+        c, tr, proc, asked = self.paged_engine()
+        self.lay_out(proc, [("a", 4), ("b", 60), ("d", 10), ("f", 54), ("e", 30)])
+        for rid in ("b", "f"):
+            del proc.scheduler.active_requests[rid]
+            c.free_blocks(rid)
+        free = c._block_manager._uninit_block_ids
+        stray = free.take_ids([next(b for b in free if tr.page_of(b) == 0)])
+        self.assertTrue(tr.take(stray))
+        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"d"}, 2: {"e"}})
+        self.assertEqual(tr.pack_plan({}), [(0, 5), (1, 10)])
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        self.assertEqual(transformers_cb._pack(proc, tr), 1)
+        self.assertEqual((tr.moved, sorted(tr._claims)), (10, [0, 2]))
 
     def test_pack_plan_moves_only_what_fits_and_what_it_can_name(self):
         """Pages go in the plan fewest blocks in use first while those
@@ -1654,9 +1695,12 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(self.sharers(c, tr), {0: {"a", "b"}, 1: {"c"}, 2: {"d"}})
         self.assertEqual(list(tr.cache_only_pages(bm._init_block_ids)), [3])
         # d's 20 fit in pages 0 and 1's 20 free ids; then a and b's 48 do
-        # not fit in page 1's 4; page 3 is not in the plan
+        # not fit in page 1's 4; page 3 is not in the plan; keeping a free
+        # id on the pages left, nothing fits
         self.assertEqual(tr.pack_plan(bm._init_block_ids), [(2, 20)])
-        self.assertEqual(tr.pack_plan(bm._init_block_ids, most=0), [])
+        self.assertEqual(tr.free_after_plan(bm._init_block_ids), 0)
+        self.assertEqual(tr.pack_plan(bm._init_block_ids, keep=1), [])
+        self.assertEqual(tr.free_after_plan(bm._init_block_ids, keep=1), 16 + 4 + 44)
         # a free id on page 2 backed ahead: page 2's claims are not all
         # named, and nothing moves
         spare = next(b for b in tr.near_ids(c.group_cache_managers[0].block_table["d"][0]))

@@ -16,8 +16,9 @@ _spec.loader.exec_module(hcp)
 
 
 def runs(**packed):
-    """A plain run and a packed one with the same tokens, 12 blocks moved."""
-    out = {"q0": [1, 2, 3], "q1": [4]}
+    """A plain run and a packed one with the same tokens for every request,
+    12 blocks moved."""
+    out = {"q%d" % i: [i, i + 1] for i in range(hcp.REQUESTS)}
     p = {"outputs": dict(out), "moved": 12, "packed_pages": 1, "preempted": 0}
     p.update(packed)
     return {"outputs": out}, p
@@ -28,13 +29,23 @@ class PackCheckTest(unittest.TestCase):
         self.assertEqual(hcp.failures(True, *runs()), [])
 
     def test_tokens_that_differ_fail(self):
-        plain, packed = runs(outputs={"q0": [1, 2, 9], "q1": [4]})
-        self.assertEqual(hcp.compare(plain["outputs"], packed["outputs"]), ["q0"])
+        plain, packed = runs()
+        packed["outputs"]["q3"] = [9]
+        self.assertEqual(hcp.compare(plain["outputs"], packed["outputs"]), ["q3"])
         self.assertIn("1 requests' tokens differ", hcp.failures(True, plain, packed)[0])
 
     def test_a_request_missing_fails(self):
-        plain, packed = runs(outputs={"q0": [1, 2, 3]})
+        plain, packed = runs()
+        del packed["outputs"]["q1"]
         self.assertEqual(hcp.compare(plain["outputs"], packed["outputs"]), ["q1"])
+        self.assertIn("the packed run finished %d of %d" % (hcp.REQUESTS - 1, hcp.REQUESTS),
+                      hcp.failures(True, plain, packed)[0])
+
+    def test_requests_missing_from_both_fail(self):
+        plain, packed = runs()
+        for run in (plain, packed):
+            del run["outputs"]["q2"]
+        self.assertEqual(len(hcp.failures(True, plain, packed)), 2)
 
     def test_nothing_moved_fails(self):
         self.assertEqual(hcp.failures(False, *runs(moved=0)),

@@ -559,17 +559,31 @@ class BlockTracker:
         taken = set(first)
         return first + [b for b in newest if b not in taken]
 
-    def pack_plan(self, cached, most=None):
+    def pack_plan(self, cached, keep=0):
         """The page indices whose blocks in use could move onto the free
         ids of the other pages with claims, so that they empty (the blocks
         in use being those claimed less cached's, the prefix cache's, which
         are released instead; pages only cached claims are not among them:
-        see cache_only_pages), the fewest blocks to move first, at most
-        most: [(page, blocks in use on it)]. Each page taken leaves its own
-        free ids out of those the blocks can move to. Empty when blocks may
-        straddle pages."""
-        if not self._one_page() or most == 0:
-            return []
+        see cache_only_pages), the fewest blocks to move first, while keep
+        free ids stay on the pages left (the engine's cushion, which they
+        cover: see free_after_plan): [(page, blocks in use on it)]. Each
+        page taken leaves its own free ids out of those the blocks can move
+        to. Empty when blocks may straddle pages."""
+        return self._plan(cached, keep)[0]
+
+    def free_after_plan(self, cached, keep=0):
+        """The free ids on the pages with blocks in use that pack_plan(cached,
+        keep) leaves (at least keep when there is a plan; not those of the
+        pages only cached claims, stated unused): what covers the engine's
+        cushion at no memory cost while the plan's pages are stated unused,
+        so that the two are not counted twice."""
+        return self._plan(cached, keep)[1]
+
+    def _plan(self, cached, keep):
+        """(pack_plan's plan, the free ids left on the pages with blocks in
+        use once it is carried out)."""
+        if not self._one_page():
+            return [], 0
         per = self._page // self.group.block_bytes
         on_cached = collections.Counter(b // per for b in cached)
         # the pages with blocks in use: where blocks move to (their free
@@ -578,14 +592,13 @@ class BlockTracker:
         room = sum(len(self._free_on.get(p, ())) for p in live_on)
         moving, plan = 0, []
         for live, p in sorted((n, p) for p, n in live_on.items() if p not in self._pinned):
-            room -= len(self._free_on.get(p, ()))
-            if moving + live > room:
+            left = room - len(self._free_on.get(p, ()))
+            if moving + live + keep > left:
                 break
+            room = left
             moving += live
             plan.append((p, live))
-            if most is not None and len(plan) >= most:
-                break
-        return plan
+        return plan, room - moving
 
     def pack_targets(self, sources, n, cached):
         """n free ids to move blocks in use to, off the page indices in
@@ -607,10 +620,11 @@ class BlockTracker:
         return ids
 
     @_timed
-    def state_unused(self, cached, fresh=False, pack=False):
+    def state_unused(self, cached, fresh=False, pack=False, keep=0):
         """State in the shared budget the bytes of the page indices only
         cached's blocks claim (see cache_only_pages), and with pack those
-        that moving the blocks in use on them would empty (see pack_plan):
+        that moving the blocks in use on them would empty, keep free ids
+        left (see pack_plan):
         unless the engine waits, the fair shares count them out of what it
         uses, and ask for them first. Looked at every 0.1 s at most, and
         then if the cache's size or the blocks claimed changed or a second
@@ -625,7 +639,8 @@ class BlockTracker:
         nbytes = self._unused[1]
         if fresh or (now - seen >= 0.1 and (key != what or now - seen >= 1.0)):
             self._unused_seen = (now, key)
-            pages = len(self._cache_only(cached)) + (len(self.pack_plan(cached)) if pack else 0)
+            pages = len(self._cache_only(cached)) + (len(self.pack_plan(cached, keep))
+                                                     if pack else 0)
             nbytes = pages * self.page_index_bytes
         self._state("unused", nbytes)
 
@@ -919,15 +934,6 @@ class TrackedFreeList(collections.deque):
             got.append(b)
         self._compact()
         return got
-
-    def release_last(self, ids):
-        """Put ids back at the right, handed out after every other (their
-        pages are going back: taken again first, they would map them
-        again), and release them."""
-        ids = list(ids)
-        super().extend(ids)
-        self._put(ids)
-        self._returned(ids)
 
     def put_back_front(self, ids):
         """Return ids that were taken but never backed, in their order,

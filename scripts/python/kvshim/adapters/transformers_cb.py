@@ -449,8 +449,25 @@ def _cushion(proc):
     the small model just as its burst began, and the small model waited
     3 to 5 s). Its own prefix cache's blocks (see _reclaim) and then its
     idle pages cover it first; with KVSHIM_CB_PACK, the free ids on its
-    pages before them. 0 for an idle engine: its idle pages are the
-    others'."""
+    pages that packing leaves (it keeps the cushion's worth) before them.
+    0 for an idle engine: its idle pages are the others'."""
+    need = _cushion_blocks(proc)
+    tracker = getattr(proc.cache, "kvshim_tracker", None)
+    if need and tracker is not None and _packs(proc):
+        # the free ids on its pages that packing leaves cost no memory and
+        # cover it first: an engine whose pages are part used states no
+        # cushion, and the pages packing would empty (keeping the cushion's
+        # worth of free ids) count as unused (the rule counts a process's
+        # unused pages only while it waits for nothing)
+        init = _prefix_cache(getattr(proc.cache, "_block_manager", None))
+        need = max(0, need - tracker.free_after_plan(init, need))
+    return need
+
+
+def _cushion_blocks(proc):
+    """The cushion before what covers it without memory (see _cushion):
+    one step's prefill in every layer group above the margin, less the
+    prefix cache's blocks; 0 for an engine without requests."""
     sched = getattr(proc, "scheduler", None)
     if not (getattr(sched, "active_requests", None) or getattr(sched, "waiting_requests", None)):
         return 0
@@ -462,15 +479,7 @@ def _cushion(proc):
         step = 0
     if not step:
         return 0
-    need = max(0, step + _margin_blocks(proc) - _cached_blocks(cache))
-    tracker = getattr(cache, "kvshim_tracker", None)
-    if tracker is not None and _packs(proc):
-        # the free ids on its pages cost no memory and cover it first: an
-        # engine whose pages are part used states no cushion, and the pages
-        # packing would empty count as unused (the rule counts a process's
-        # unused pages only while it waits for nothing)
-        need = max(0, need - tracker.free_on_pages())
-    return need
+    return max(0, step + _margin_blocks(proc) - _cached_blocks(cache))
 
 
 def _give_back(proc, tracker):
@@ -754,8 +763,9 @@ def _state_unused(proc, tracker, fresh=False, pack=None):
     prefix cache's, and, when it packs (pack: None, as _packs says), those
     moving its blocks in use would empty."""
     bm = getattr(getattr(proc, "cache", None), "_block_manager", None)
-    tracker.state_unused(_prefix_cache(bm), fresh=fresh,
-                         pack=_packs(proc) if pack is None else pack)
+    pack = _packs(proc) if pack is None else pack
+    tracker.state_unused(_prefix_cache(bm), fresh=fresh, pack=pack,
+                         keep=_cushion_blocks(proc) if pack else 0)
 
 
 def _pack(proc, tracker):
@@ -785,7 +795,7 @@ def _pack(proc, tracker):
     if not owed or not isinstance(free, TrackedFreeList):
         return 0
     init = _prefix_cache(bm)
-    plan = dict(tracker.pack_plan(init, -(-owed // max(1, tracker.page_index_bytes))))
+    plan = dict(tracker.pack_plan(init, _cushion_blocks(proc)))
     spots = {}              # block on a page of the plan: where the tables name it
     for cm in getattr(cache, "group_cache_managers", ()) or ():
         table = getattr(cm, "block_table", None)
@@ -794,7 +804,11 @@ def _pack(proc, tracker):
                 if tracker.page_of(b) in plan:
                     spots.setdefault(b, []).append((blocks, i))
     named = collections.Counter(tracker.page_of(b) for b in spots)
-    pages = {p for p, live in plan.items() if named[p] == live}
+    # of the pages whose every block in use a table names, those the ask
+    # needs, the fewest blocks to move first
+    want = -(-owed // max(1, tracker.page_index_bytes))
+    whole = sorted((live, p) for p, live in plan.items() if named[p] == live)
+    pages = {p for _, p in whole[:want]}
     moving = sorted(b for b in spots if tracker.page_of(b) in pages)
     to = tracker.pack_targets(pages, len(moving), init) if moving else []
     if not moving or len(to) < len(moving):
@@ -804,17 +818,27 @@ def _pack(proc, tracker):
         free.put_back_front(got)
         return 0
     pairs = list(zip(moving, got))
-    _copy_blocks(proc, pairs)
+    try:
+        _copy_blocks(proc, pairs)
+    except (RuntimeError, MemoryError) as e:
+        # (the blocks stay where they are; the targets, partly written,
+        # were free and go back)
+        warn("transformers: blocks not moved (%s): the pages stay" % e)
+        free.extend(got)
+        return 0
     _rename_blocks(bm, spots, dict(pairs))
     _uncache(bm, [b for b in init if tracker.page_of(b) in pages], tracker)
     emptied = tracker.emptied
-    free.release_last(moving)
+    free.extend(moving)
     tracker.moved += len(pairs)
     tracker.packed_pages += tracker.emptied - emptied
     tracker.stale()
     _state_unused(proc, tracker, fresh=True)
     tracker.reread()
     return tracker.emptied - emptied
+
+
+COPY_BLOCKS = 64            # blocks one indexed copy moves (see _copy_blocks)
 
 
 def _copy_blocks(proc, pairs):
@@ -825,8 +849,9 @@ def _copy_blocks(proc, pairs):
     stream that does not wait for the default one), between two
     synchronizes of the tensors' devices, so that nothing the engine
     queued writes the blocks meanwhile and its next step reads them
-    copied. One indexed copy per tensor where torch has them, else a copy
-    per block."""
+    copied. An indexed copy per tensor and COPY_BLOCKS blocks (its
+    temporary, those blocks' rows, comes from PyTorch's allocator) where
+    torch has them, else a copy per block."""
     cache = proc.cache
     kv = list(cache.key_cache) + list(cache.value_cache)
     torch = sys.modules.get("torch")
@@ -839,19 +864,21 @@ def _copy_blocks(proc, pairs):
     bs = cache.block_size
     for dev in devices if sync is not None else ():
         sync(dev)
+    indexed = torch is not None and hasattr(torch, "tensor")
     with on:
-        index = {}
-        for t in kv:
-            if torch is not None and hasattr(t, "index_copy_") and hasattr(torch, "tensor"):
-                if t.device not in index:
-                    rows = [[a * bs + i for a, _ in pairs for i in range(bs)],
-                            [b * bs + i for _, b in pairs for i in range(bs)]]
-                    index[t.device] = [torch.tensor(r, device=t.device) for r in rows]
-                src, dst = index[t.device]
-                t.index_copy_(0, dst, t.index_select(0, src))
-            else:
-                for a, b in pairs:
-                    t[b * bs:(b + 1) * bs].copy_(t[a * bs:(a + 1) * bs])
+        for k in range(0, len(pairs), COPY_BLOCKS):
+            part, index = pairs[k:k + COPY_BLOCKS], {}
+            for t in kv:
+                if indexed and hasattr(t, "index_copy_"):
+                    if t.device not in index:
+                        rows = [[a * bs + i for a, _ in part for i in range(bs)],
+                                [b * bs + i for _, b in part for i in range(bs)]]
+                        index[t.device] = [torch.tensor(r, device=t.device) for r in rows]
+                    src, dst = index[t.device]
+                    t.index_copy_(0, dst, t.index_select(0, src))
+                else:
+                    for a, b in part:
+                        t[b * bs:(b + 1) * bs].copy_(t[a * bs:(a + 1) * bs])
     for dev in devices if sync is not None else ():
         sync(dev)
 
