@@ -1,7 +1,8 @@
 """What a GPU script needs to run kvshim from a built tree (after make):
 the environment of a child run plain or under scripts/kvshim-run, as
-scripts/gpu-suite.sh sets it. Imported by the benchmarks here and by
-tests/gpu's scripts; runs nothing itself."""
+scripts/gpu-suite.sh sets it; a transformers continuous-batching manager
+started and warmed up; the verdict a check prints. Imported by the
+benchmarks here and by tests/gpu's scripts; runs nothing itself."""
 import os
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -39,3 +40,28 @@ def has_gpu():
     except ImportError:
         return False
     return torch.cuda.is_available()
+
+
+def started_manager(model, gen, cbc, who, timeout=60):
+    """model's continuous-batching manager (generation config gen, batching
+    config cbc), started, once a first request built its cache (in the
+    manager's thread). Exits naming who when no result comes in timeout
+    seconds."""
+    manager = model.init_continuous_batching(generation_config=gen,
+                                             continuous_batching_config=cbc)
+    manager.start()
+    manager.add_request(list(range(1, 65)), request_id="warmup", max_new_tokens=4)
+    while True:
+        out = manager.get_result(timeout=timeout)
+        if out is None:
+            raise SystemExit("%s: no warm-up result in %d s" % (who, timeout))
+        if out.request_id == "warmup" and out.is_finished():
+            return manager
+
+
+def verdict(name, failures):
+    """Print each failure and the check's verdict; the exit status (0 or 1)."""
+    for line in failures:
+        print("%s: FAIL: %s" % (name, line))
+    print("%s: %s" % (name, "PASS" if not failures else "FAIL"))
+    return 1 if failures else 0

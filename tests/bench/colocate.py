@@ -296,17 +296,8 @@ def engine(args):
         import kvshim
     steps = time_steps()
     t_start = time.perf_counter()
-    manager = model.init_continuous_batching(generation_config=gen,
-                                             continuous_batching_config=cbc)
-    manager.start()
     # a first request builds the cache (in the manager's thread)
-    manager.add_request(list(range(1, 65)), request_id="warmup", max_new_tokens=4)
-    while True:
-        out = manager.get_result(timeout=60)
-        if out is None:
-            raise SystemExit("engine %s: no warm-up result in 60 s" % name)
-        if out.request_id == "warmup" and out.is_finished():
-            break
+    manager = built_tree.started_manager(model, gen, cbc, "engine %s" % name)
     cache = manager.batch_processor.cache
     kv_tensor_bytes = sum(t.numel() * t.element_size()
                           for t in list(cache.key_cache) + list(cache.value_cache))

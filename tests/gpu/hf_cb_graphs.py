@@ -469,10 +469,7 @@ def main(argv):
         json.dump({"rows": rows, "failures": failures,
                    "runs": [{k: v for k, v in r.items() if k != "outputs"} for r in runs]},
                   f, indent=1)
-    for line in failures:
-        print("hf_cb_graphs: FAIL: %s" % line)
-    print("hf_cb_graphs: %s" % ("PASS" if not failures else "FAIL"))
-    return 1 if failures else 0
+    return built_tree.verdict("hf_cb_graphs", failures)
 
 
 if __name__ == "__main__":

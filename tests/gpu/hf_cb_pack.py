@@ -94,16 +94,7 @@ def child(graphs, pack, out):
     # (no prefix cache: a finished request's blocks then free ids on the
     # pages in use, which is what packing moves blocks onto)
     cbc = ContinuousBatchingConfig(block_size=32, use_cuda_graph=graphs, allow_block_sharing=False)
-    manager = model.init_continuous_batching(generation_config=gen,
-                                             continuous_batching_config=cbc)
-    manager.start()
-    manager.add_request(list(range(1, 65)), request_id="warmup", max_new_tokens=4)
-    while True:
-        res = manager.get_result(timeout=120)
-        if res is None:
-            raise SystemExit("hf_cb_pack: no warm-up result in 120 s")
-        if res.request_id == "warmup" and res.is_finished():
-            break
+    manager = built_tree.started_manager(model, gen, cbc, "hf_cb_pack", 120)
     cache = manager.batch_processor.cache
     tracker = getattr(cache, "kvshim_tracker", None)
     if pack:
@@ -202,10 +193,7 @@ def main(argv):
     print("\n".join(rows))
     with open(os.path.join(out, "hf_cb_pack.json"), "w") as f:
         json.dump({"rows": rows, "failures": bad}, f, indent=1)
-    for line in bad:
-        print("hf_cb_pack: FAIL: %s" % line)
-    print("hf_cb_pack: %s" % ("PASS" if not bad else "FAIL"))
-    return 1 if bad else 0
+    return built_tree.verdict("hf_cb_pack", bad)
 
 
 if __name__ == "__main__":

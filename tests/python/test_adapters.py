@@ -1527,11 +1527,35 @@ class AdapterTest(unittest.TestCase):
         c, tr, proc, asked = self.paged_engine()
         self.lay_out(proc, [("a", 32), ("b", 32), ("c", 32), ("d", 32)])
         self.assertEqual(self.sharers(c, tr), {0: {"a", "b"}, 1: {"c", "d"}})
-        for rid in ("b", "c"):
-            del proc.scheduler.active_requests[rid]
-            c.free_blocks(rid)
+        self.finish(c, proc, ("b", "c"))
         self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"d"}})
         return c, tr, proc, asked
+
+    def finish(self, c, proc, rids):
+        """These requests finish: their blocks go back to the free list."""
+        for rid in rids:
+            del proc.scheduler.active_requests[rid]
+            c.free_blocks(rid)
+
+    def stray(self, c, tr, page):
+        """A free id on page taken and backed outside any block table (as
+        a block backed ahead would be)."""
+        free = c._block_manager._uninit_block_ids
+        ids = free.take_ids([next(b for b in free if tr.page_of(b) == page)])
+        self.assertTrue(tr.take(ids))
+
+    def asked_what_it_states(self, proc, tr):
+        """A pass states one page index unused; kvshim then asks for what
+        the engine states, and a second pass runs. Returns the statements."""
+        stated = []
+        self.capture_unused(stated)
+        time.sleep(0.11)
+        proc.prepare_next_batch()
+        self.assertEqual(stated[-1], tr.page_index_bytes)
+        kvshim.share_asked = lambda: stated[-1]
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        return stated
 
     def test_asked_engine_packs_its_blocks_and_preempts_nobody(self):
         """With KVSHIM_CB_PACK on, the pages that moving its blocks in use
@@ -1578,14 +1602,7 @@ class AdapterTest(unittest.TestCase):
         engine could pack.)"""
         self.pack_on()
         c, tr, proc, _ = self.two_half_pages()
-        stated = []
-        self.capture_unused(stated)
-        time.sleep(0.11)
-        proc.prepare_next_batch()
-        self.assertEqual(stated[-1], tr.page_index_bytes)
-        kvshim.share_asked = lambda: stated[-1]
-        time.sleep(0.01)
-        proc.prepare_next_batch()
+        stated = self.asked_what_it_states(proc, tr)
         self.assertEqual((tr.moved, tr.packed_pages, stated[-1]), (32, 1, 0))
         self.assertEqual((tr.preempted, proc.offloading_manager.evicted), (0, []))
         self.assertEqual(self.sharers(c, tr), {1: {"a", "d"}})
@@ -1598,21 +1615,10 @@ class AdapterTest(unittest.TestCase):
         self.pack_on()
         c, tr, proc, _ = self.paged_engine()
         self.lay_out(proc, [("a", 16), ("b", 48), ("c", 32), ("d", 32)])
-        for rid in ("b", "c"):
-            del proc.scheduler.active_requests[rid]
-            c.free_blocks(rid)
-        free = c._block_manager._uninit_block_ids
-        stray = free.take_ids([next(b for b in free if tr.page_of(b) == 0)])
-        self.assertTrue(tr.take(stray))
-        stated = []
-        self.capture_unused(stated)
+        self.finish(c, proc, ("b", "c"))
+        self.stray(c, tr, 0)
         self.assertEqual(tr.pack_plan({}), [(0, 17)])
-        time.sleep(0.11)
-        proc.prepare_next_batch()
-        self.assertEqual(stated[-1], tr.page_index_bytes)
-        kvshim.share_asked = lambda: stated[-1]
-        time.sleep(0.01)
-        proc.prepare_next_batch()
+        stated = self.asked_what_it_states(proc, tr)
         self.assertEqual((tr.moved, tr.preempted, proc.offloading_manager.evicted), (0, 0, []))
         self.assertIn(0, stated)
 
@@ -1629,9 +1635,7 @@ class AdapterTest(unittest.TestCase):
         self.pack_on()
         c, tr, proc, asked = self.paged_engine()
         self.lay_out(proc, [("a", 16), ("b", 48), ("c", 40), ("d", 24)])
-        for rid in ("b", "c"):
-            del proc.scheduler.active_requests[rid]
-            c.free_blocks(rid)
+        self.finish(c, proc, ("b", "c"))
         self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"d"}})
         stated = []
         self.capture_unused(stated)
@@ -1659,12 +1663,8 @@ class AdapterTest(unittest.TestCase):
         self.pack_on()
         c, tr, proc, asked = self.paged_engine()
         self.lay_out(proc, [("a", 4), ("b", 60), ("d", 10), ("f", 54), ("e", 30)])
-        for rid in ("b", "f"):
-            del proc.scheduler.active_requests[rid]
-            c.free_blocks(rid)
-        free = c._block_manager._uninit_block_ids
-        stray = free.take_ids([next(b for b in free if tr.page_of(b) == 0)])
-        self.assertTrue(tr.take(stray))
+        self.finish(c, proc, ("b", "f"))
+        self.stray(c, tr, 0)
         self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"d"}, 2: {"e"}})
         self.assertEqual(tr.pack_plan({}), [(0, 5), (1, 10)])
         asked[0] = tr.page_index_bytes
@@ -1685,9 +1685,7 @@ class AdapterTest(unittest.TestCase):
         bm = c._block_manager
         self.lay_out(proc, [("a", 40), ("b", 8), ("e", 16), ("c", 60), ("f", 4), ("d", 20),
                             ("g", 44), ("p", 16)])
-        for rid in ("e", "f", "g"):
-            del proc.scheduler.active_requests[rid]
-            c.free_blocks(rid)
+        self.finish(c, proc, ("e", "f", "g"))
         # p finished: its 16 blocks stay in the prefix cache, alone on page 3
         del proc.scheduler.active_requests["p"]
         bm.free_blocks(c.group_cache_managers[0].block_table.pop("p"), shareable=True,
@@ -2263,21 +2261,18 @@ class AdapterTest(unittest.TestCase):
         tr._settle()
         self.assertEqual(tr._ahead, set())
 
-    def test_pack_setting(self):
-        for v, want in ((None, False), ("on", True), ("1", True), ("Off", False)):
-            self.assertEqual(transformers_cb.pack_setting(v), want)
-        for bad in ("", "2", "sometimes", "on "):
-            with self.assertRaises(ValueError) as e:
-                transformers_cb.pack_setting(bad)
-            self.assertIn("KVSHIM_CB_PACK", str(e.exception))
-
-    def test_ahead_setting(self):
-        for v, want in ((None, True), ("on", True), ("0", False), ("No", False)):
-            self.assertEqual(transformers_cb.ahead_setting(v), want)
-        for bad in ("", "2", "maybe", "on "):
-            with self.assertRaises(ValueError) as e:
-                transformers_cb.ahead_setting(bad)
-            self.assertIn("KVSHIM_CB_AHEAD", str(e.exception))
+    def test_switch_settings(self):
+        """KVSHIM_CB_AHEAD (on when unset) and KVSHIM_CB_PACK (off when
+        unset): their values, and bad ones refused naming the variable."""
+        for setting, var, unset in ((transformers_cb.ahead_setting, "KVSHIM_CB_AHEAD", True),
+                                    (transformers_cb.pack_setting, "KVSHIM_CB_PACK", False)):
+            for v, want in ((None, unset), ("on", True), ("1", True), ("0", False),
+                            ("No", False), ("Off", False)):
+                self.assertEqual(setting(v), want, (var, v))
+            for bad in ("", "2", "maybe", "on "):
+                with self.assertRaises(ValueError) as e:
+                    setting(bad)
+                self.assertIn(var, str(e.exception))
 
     def test_unexpected_transformers_warns(self):
         mod = types.ModuleType("fake")

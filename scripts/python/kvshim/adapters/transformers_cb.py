@@ -364,24 +364,26 @@ def pack_setting(value):
     return _bool_setting(PACK_VAR, value, False)
 
 
-def _pack_on():
-    if not _pack_setting:
+def _switch(kept, setting, var, off):
+    """A switch read once from the environment's var by setting, kept in
+    the list kept; a bad value warns (off: what that leaves undone) and
+    counts as off."""
+    if not kept:
         try:
-            _pack_setting.append(pack_setting(os.environ.get(PACK_VAR)))
+            kept.append(setting(os.environ.get(var)))
         except ValueError as e:
-            warn("%s: blocks in use are not moved" % e)
-            _pack_setting.append(False)
-    return _pack_setting[0]
+            warn("%s: %s" % (e, off))
+            kept.append(False)
+    return kept[0]
+
+
+def _pack_on():
+    return _switch(_pack_setting, pack_setting, PACK_VAR, "blocks in use are not moved")
 
 
 def _ahead_on():
-    if not _ahead_setting:
-        try:
-            _ahead_setting.append(ahead_setting(os.environ.get(AHEAD_VAR)))
-        except ValueError as e:
-            warn("%s: blocks are mapped when handed out only" % e)
-            _ahead_setting.append(False)
-    return _ahead_setting[0]
+    return _switch(_ahead_setting, ahead_setting, AHEAD_VAR,
+                   "blocks are mapped when handed out only")
 
 
 def map_ahead(processor, tracker):
