@@ -1654,6 +1654,27 @@ class AdapterTest(unittest.TestCase):
         proc.max_batch_tokens = 100 * c.block_size
         self.assertEqual(transformers_cb._cushion(proc), 76)
 
+    def test_packing_cushion_looks_at_the_pages_once_a_tenth_of_a_second(self):
+        """The cushion is read at every pass, and its look at what packing
+        leaves goes over the prefix cache (milliseconds for a large one):
+        taken again only after 0.1 s (an hour in this test), for another
+        cushion, or once blocks were released or moved."""
+        self.pack_on()
+        c, tr, proc, _ = self.two_half_pages()
+        proc.max_batch_tokens = 8 * c.block_size
+        tr.PLAN_LOOK_S = 3600.0         # (a loaded machine's pauses do not count)
+        looks = []
+        plan = tr._plan
+        tr._plan = lambda cached, keep: looks.append(keep) or plan(cached, keep)
+        for _ in range(3):
+            transformers_cb._cushion(proc)
+        self.assertEqual(looks, [8])
+        tr.stale()
+        transformers_cb._cushion(proc)
+        proc.max_batch_tokens = 9 * c.block_size
+        transformers_cb._cushion(proc)
+        self.assertEqual(looks, [8, 8, 9])
+
     def test_packable_page_behind_one_it_cannot_name_is_packed(self):
         """Asked for one page, the engine packs the first page of the plan
         whose every block in use a table names: page 0 has the fewest (a's

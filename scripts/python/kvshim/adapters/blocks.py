@@ -100,6 +100,7 @@ class BlockTracker:
 
     HOLD_OFF_S = 1.0             # how long what a preemption freed on pages still
                                  # claimed holds the next one off (see owed)
+    PLAN_LOOK_S = 0.1            # how long free_after_plan's look holds
 
     def __init__(self, group):
         self.group = group
@@ -166,6 +167,7 @@ class BlockTracker:
         self._near = None        # while one allocation runs (see near):
                                  # the page its next id is taken from first
         self._near_on = False
+        self._left = (0.0, None, 0)  # (when, keep, free ids) of free_after_plan's look
 
     @property
     def bytes_per_block(self):
@@ -457,8 +459,10 @@ class BlockTracker:
         self._claimed(ids, -1)
 
     def stale(self):
-        """Blocks were released: read the headroom and capacity again."""
+        """Blocks were released or moved: read the headroom, the capacity
+        and the free ids a plan leaves again."""
         self._room = self._cap = (0.0, None)
+        self._left = (0.0, None, 0)
 
     @_timed
     def room(self, ttl=0.005):
@@ -576,8 +580,15 @@ class BlockTracker:
         keep) leaves (at least keep when there is a plan; not those of the
         pages only cached claims, stated unused): what covers the engine's
         cushion at no memory cost while the plan's pages are stated unused,
-        so that the two are not counted twice."""
-        return self._plan(cached, keep)[1]
+        so that the two are not counted twice. Looked at every PLAN_LOOK_S
+        at most for one keep (an engine asks at every pass, and the look
+        goes over the prefix cache: see state_unused)."""
+        now = time.monotonic()
+        when, was, left = self._left
+        if was != keep or now - when > self.PLAN_LOOK_S:
+            left = self._plan(cached, keep)[1]
+            self._left = (now, keep, left)
+        return left
 
     def _plan(self, cached, keep):
         """(pack_plan's plan, the free ids left on the pages with blocks in

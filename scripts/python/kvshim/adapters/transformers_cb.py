@@ -498,9 +498,9 @@ def _give_back(proc, tracker):
     claim (see _drop_unused), which kvshim asks for before anything in use
     (even of an engine at its share), and with KVSHIM_CB_PACK the pages
     that moving its blocks in use empties (see _pack); the ask is read
-    afresh after each. Those cost the engine no work: what its preemptions freed on pages
-    still used holds back more preemptions (see owed), not them. Returns
-    how many were."""
+    afresh after each. Those cost the engine no work: what its
+    preemptions freed on pages still used holds back more preemptions
+    (see owed), not them. Returns how many were."""
     n = 0
     if tracker.asked():
         tracker.drop_ahead()
@@ -774,8 +774,9 @@ def _pack(proc, tracker):
     """Asked to give back, with KVSHIM_CB_PACK on: empty page indices by
     moving the blocks in use on them onto the free ids of the other pages
     with blocks in use, the fewest blocks to move first (see
-    BlockTracker.pack_plan and pack_targets), as many pages as the ask
-    still needs once the prefix cache's went (see _drop_unused). Each
+    BlockTracker.pack_plan and pack_targets), keeping the cushion's worth
+    of free ids (see _cushion), as many pages as the ask still needs once
+    the prefix cache's went (see _drop_unused). Each
     block's KV rows are copied in every KV tensor of the cache, after the
     device's queued work (a synchronize), its id replaced in the block
     tables and in the block manager's records (the block, its hash, the
