@@ -39,6 +39,7 @@ import built_tree  # noqa: E402  the built tree's library and tools
 REQUESTS = 48
 PROMPT = 200
 ASK_EVERY = 25
+ASK_READS = 8
 MODEL = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=16,
              num_attention_heads=16, num_key_value_heads=8, head_dim=128)
 
@@ -100,7 +101,7 @@ def child(graphs, pack, out):
     if pack:
         if tracker is None:
             raise SystemExit("hf_cb_pack: the adapter did not attach")
-        stand_in_for_the_ask(cache, tracker)
+        stand_in_for_the_ask(manager.batch_processor, tracker)
     for i, p in enumerate(prompts):
         manager.add_request(p, request_id="q%d" % i, max_new_tokens=new_tokens(i))
     outputs, t0 = {}, time.monotonic()
@@ -120,26 +121,30 @@ def child(graphs, pack, out):
         json.dump(info, f)
 
 
-def stand_in_for_the_ask(cache, tracker):
+def stand_in_for_the_ask(proc, tracker):
     """kvshim's ask in this engine, for the check (see the top): every
-    ASK_EVERY reads, the page indices packing and the prefix cache could
-    give back then, falling as pages go back; and no preemption."""
+    ASK_EVERY reads, the page indices packing (keeping the engine's
+    cushion, as the engine does) and the prefix cache could give back
+    then, falling as pages go back, for ASK_READS reads at most (a pass
+    reads it a few times; the rule's ask goes when the statement does);
+    and no preemption."""
     import kvshim
     from kvshim.adapters import transformers_cb
-    bm = cache._block_manager
-    state = {"reads": 0, "want": 0, "from": 0}
+    bm = proc.cache._block_manager
+    state = {"reads": 0, "want": 0, "from": 0, "at": 0}
 
     def asked():
         state["reads"] += 1
         gone = tracker.emptied - state["from"]
-        if state["want"] > gone:
+        if state["want"] > gone and state["reads"] - state["at"] < ASK_READS:
             return (state["want"] - gone) * tracker.page_index_bytes
         state["want"] = 0
         if state["reads"] % ASK_EVERY == 0:
             init = bm._init_block_ids
-            pages = len(tracker.pack_plan(init)) + len(tracker.cache_only_pages(init))
+            pages = (len(tracker.pack_plan(init, transformers_cb._cushion_blocks(proc)))
+                     + len(tracker.cache_only_pages(init)))
             if pages:
-                state.update(want=pages, **{"from": tracker.emptied})
+                state.update(want=pages, at=state["reads"], **{"from": tracker.emptied})
                 return pages * tracker.page_index_bytes
         return 0
     kvshim.share_asked = asked

@@ -582,7 +582,9 @@ class BlockTracker:
         cushion at no memory cost while the plan's pages are stated unused,
         so that the two are not counted twice. Looked at every PLAN_LOOK_S
         at most for one keep (an engine asks at every pass, and the look
-        goes over the prefix cache: see state_unused)."""
+        goes over the prefix cache: see state_unused; what blocks the
+        engine takes or frees meanwhile shows at the next look), and afresh
+        after stale()."""
         now = time.monotonic()
         when, was, left = self._left
         if was != keep or now - when > self.PLAN_LOOK_S:
@@ -646,7 +648,7 @@ class BlockTracker:
         cached block: about 7 ms for 50,000 (unused_stale marks it due)."""
         now = time.monotonic()
         seen, what = self._unused_seen
-        key = (len(cached), self.mapped, len(self._claims))
+        key = (len(cached), self.mapped, len(self._claims), keep if pack else None)
         nbytes = self._unused[1]
         if fresh or (now - seen >= 0.1 and (key != what or now - seen >= 1.0)):
             self._unused_seen = (now, key)

@@ -511,8 +511,8 @@ def _give_back(proc, tracker):
             if tracker.owed():
                 # what is left, packing cannot give now (or the engine is
                 # above its share): the pages stated for it are taken back,
-                # so that no request is preempted for them (the next pass
-                # states them again)
+                # so that no request is preempted for them (stated again
+                # at the next look, within a second)
                 _state_unused(proc, tracker, fresh=True, pack=False)
                 tracker.reread()
     for victim in _victims(proc, tracker):
