@@ -1571,7 +1571,7 @@ class AdapterTest(unittest.TestCase):
         stated = []
         self.capture_unused(stated)
         self.assertEqual(tr.pack_plan(bm._init_block_ids), [(0, 32)])
-        tr.state_unused(bm._init_block_ids, fresh=True, pack=True)
+        transformers_cb._state_unused(proc, tr, fresh=True)
         self.assertEqual(stated[-1], tr.page_index_bytes)
         before = list(table["a"])
         marks = self.mark(c, before)
@@ -1608,18 +1608,51 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(self.sharers(c, tr), {1: {"a", "d"}})
 
     def test_pages_packing_cannot_empty_preempt_nobody(self):
-        """A page stated for packing that cannot be emptied when asked for
-        (a block on it no table names): the statement is taken back and the
-        ask read again, and nobody is preempted for it. (Before, the ask
-        for it went on to preempt a.)"""
+        """A page with a block no table names is not stated for packing;
+        one that gets such a block after it was stated (the statement is
+        up to a second old) and is then asked for: the statement is taken
+        back and the ask read again, and nobody is preempted for it.
+        (Before, the ask for it went on to preempt a.)"""
         self.pack_on()
         c, tr, proc, _ = self.paged_engine()
         self.lay_out(proc, [("a", 16), ("b", 48), ("c", 32), ("d", 32)])
         self.finish(c, proc, ("b", "c"))
+        stated = []
+        self.capture_unused(stated)
+        transformers_cb._state_unused(proc, tr, fresh=True)
+        self.assertEqual(stated[-1], tr.page_index_bytes)       # page 0: a's 16
         self.stray(c, tr, 0)
         self.assertEqual(tr.pack_plan({}), [(0, 17)])
-        stated = self.asked_what_it_states(proc, tr)
+        kvshim.share_asked = lambda: stated[-1]
+        time.sleep(0.01)
+        proc.prepare_next_batch()
         self.assertEqual((tr.moved, tr.preempted, proc.offloading_manager.evicted), (0, 0, []))
+        self.assertEqual(stated[-1], 0)
+        transformers_cb._state_unused(proc, tr, fresh=True)     # and not stated again
+        self.assertEqual(stated[-1], 0)
+
+    def test_a_failed_copy_moves_nothing_and_preempts_nobody(self):
+        """A copy that fails (out of memory on the GPU) leaves every block
+        where it was and frees the ids taken for the move; what the ask
+        wanted of packing is taken back from the statement, and nobody is
+        preempted for it (without that, the ask for the stated page went
+        on to preempt a)."""
+        self.pack_on()
+        c, tr, proc, _ = self.two_half_pages()
+        table = c.group_cache_managers[0].block_table
+        before, mapped = {r: list(b) for r, b in table.items()}, tr.mapped
+
+        def fail(proc, pairs):
+            raise RuntimeError("CUDA out of memory")
+        real = transformers_cb._copy_blocks
+        transformers_cb._copy_blocks = fail
+        self.addCleanup(setattr, transformers_cb, "_copy_blocks", real)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            stated = self.asked_what_it_states(proc, tr)
+        self.assertIn("blocks not moved (CUDA out of memory)", err.getvalue())
+        self.assertEqual((tr.moved, tr.preempted, proc.offloading_manager.evicted), (0, 0, []))
+        self.assertEqual(({r: list(b) for r, b in table.items()}, tr.mapped), (before, mapped))
         self.assertIn(0, stated)
 
     def test_packing_engine_cushion_comes_from_its_pages_first(self):

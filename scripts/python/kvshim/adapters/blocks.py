@@ -633,11 +633,11 @@ class BlockTracker:
         return ids
 
     @_timed
-    def state_unused(self, cached, fresh=False, pack=False, keep=0):
+    def state_unused(self, cached, fresh=False, packable=None, keep=0):
         """State in the shared budget the bytes of the page indices only
-        cached's blocks claim (see cache_only_pages), and with pack those
-        that moving the blocks in use on them would empty, keep free ids
-        left (see pack_plan):
+        cached's blocks claim (see cache_only_pages), and, given packable
+        (a function: how many page indices moving the blocks in use on them
+        would empty now, keep free ids left; see pack_plan), those too:
         unless the engine waits, the fair shares count them out of what it
         uses, and ask for them first. Looked at every 0.1 s at most, and
         then if the cache's size or the blocks claimed changed or a second
@@ -648,12 +648,11 @@ class BlockTracker:
         cached block: about 7 ms for 50,000 (unused_stale marks it due)."""
         now = time.monotonic()
         seen, what = self._unused_seen
-        key = (len(cached), self.mapped, len(self._claims), keep if pack else None)
+        key = (len(cached), self.mapped, len(self._claims), keep if packable else None)
         nbytes = self._unused[1]
         if fresh or (now - seen >= 0.1 and (key != what or now - seen >= 1.0)):
             self._unused_seen = (now, key)
-            pages = len(self._cache_only(cached)) + (len(self.pack_plan(cached, keep))
-                                                     if pack else 0)
+            pages = len(self._cache_only(cached)) + (packable() if packable else 0)
             nbytes = pages * self.page_index_bytes
         self._state("unused", nbytes)
 

@@ -763,11 +763,32 @@ def _packs(proc):
 def _state_unused(proc, tracker, fresh=False, pack=None):
     """State the engine's unused pages (see BlockTracker.state_unused): the
     prefix cache's, and, when it packs (pack: None, as _packs says), those
-    moving its blocks in use would empty."""
-    bm = getattr(getattr(proc, "cache", None), "_block_manager", None)
+    moving its blocks in use would empty (see _packable: the pages _pack
+    can empty, not those with a block no table names)."""
+    init = _prefix_cache(getattr(getattr(proc, "cache", None), "_block_manager", None))
     pack = _packs(proc) if pack is None else pack
-    tracker.state_unused(_prefix_cache(bm), fresh=fresh, pack=pack,
-                         keep=_cushion_blocks(proc) if pack else 0)
+    keep = _cushion_blocks(proc) if pack else 0
+    tracker.state_unused(init, fresh=fresh, keep=keep,
+                         packable=(lambda: len(_packable(proc, tracker, init, keep)[0]))
+                         if pack else None)
+
+
+def _packable(proc, tracker, init, keep):
+    """The pages packing can empty now, keeping keep free ids (see
+    BlockTracker.pack_plan), of those whose every block in use a block
+    table names (a page with another claim, a block backed ahead, cannot
+    be emptied by moving blocks), the fewest blocks to move first:
+    ([(blocks in use, page)], {block on them: [(its table, index)]})."""
+    plan = dict(tracker.pack_plan(init, keep))
+    spots = {}
+    for cm in getattr(proc.cache, "group_cache_managers", ()) or ():
+        table = getattr(cm, "block_table", None)
+        for blocks in (table.values() if isinstance(table, dict) else ()):
+            for i, b in enumerate(blocks):
+                if tracker.page_of(b) in plan:
+                    spots.setdefault(b, []).append((blocks, i))
+    named = collections.Counter(tracker.page_of(b) for b in spots)
+    return sorted((live, p) for p, live in plan.items() if named[p] == live), spots
 
 
 def _pack(proc, tracker):
@@ -798,20 +819,9 @@ def _pack(proc, tracker):
     if not owed or not isinstance(free, TrackedFreeList):
         return 0
     init = _prefix_cache(bm)
-    plan = dict(tracker.pack_plan(init, _cushion_blocks(proc)))
-    spots = {}              # block on a page of the plan: where the tables name it
-    for cm in getattr(cache, "group_cache_managers", ()) or ():
-        table = getattr(cm, "block_table", None)
-        for blocks in (table.values() if isinstance(table, dict) else ()):
-            for i, b in enumerate(blocks):
-                if tracker.page_of(b) in plan:
-                    spots.setdefault(b, []).append((blocks, i))
-    named = collections.Counter(tracker.page_of(b) for b in spots)
-    # of the pages whose every block in use a table names, those the ask
-    # needs, the fewest blocks to move first
-    want = -(-owed // max(1, tracker.page_index_bytes))
-    whole = sorted((live, p) for p, live in plan.items() if named[p] == live)
-    pages = {p for _, p in whole[:want]}
+    whole, spots = _packable(proc, tracker, init, _cushion_blocks(proc))
+    # those the ask needs, the fewest blocks to move first
+    pages = {p for _, p in whole[:-(-owed // max(1, tracker.page_index_bytes))]}
     moving = sorted(b for b in spots if tracker.page_of(b) in pages)
     to = tracker.pack_targets(pages, len(moving), init) if moving else []
     if not moving or len(to) < len(moving):
