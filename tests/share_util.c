@@ -67,6 +67,13 @@ void kt_new_pool(void)
 	ck_assert_int_eq(kv_share_path(kt_path, sizeof(kt_path), uuid(), kt_pool), 0);
 }
 
+void kt_new_pool_pipes(int p2c[2], int c2p[2])
+{
+	kt_new_pool();
+	ck_assert_int_eq(pipe(p2c), 0);
+	ck_assert_int_eq(pipe(c2p), 0);
+}
+
 static int mk(size_t budget, size_t min, size_t max, unsigned weight, int worker,
 	      unsigned mode, kv_alloc_t **out)
 {

@@ -39,6 +39,10 @@ void kt_share_fixture(TCase *tc);
 /* A fresh pool name (unique to this process and call), and its path. */
 void kt_new_pool(void);
 
+/* kt_new_pool, and two pipes for a test and the child it forks (parent to
+ * child, child to parent), failing the test if one cannot be made. */
+void kt_new_pool_pipes(int p2c[2], int c2p[2]);
+
 /* An allocator in the current pool: budget, floor, ceiling, worker, and the
  * segment mode (0: 0600). Returns kv_alloc_create's code. */
 int kt_mk(size_t budget, size_t min, size_t max, int worker, unsigned mode,

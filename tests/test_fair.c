@@ -904,9 +904,7 @@ static void waiter_idle(int idle, int free_pages, int ask)
 	pid_t pid;
 	char c;
 
-	kt_new_pool();
-	ck_assert_int_eq(pipe(p2c), 0);
-	ck_assert_int_eq(pipe(c2p), 0);
+	kt_new_pool_pipes(p2c, c2p);
 	a = kt_make(B, 0, 0, 0);
 	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &s), 0);
 	if (idle)
@@ -1127,9 +1125,7 @@ START_TEST(test_fair_unused_asked)
 	pid_t pid;
 	char c;
 
-	kt_new_pool();
-	ck_assert_int_eq(pipe(p2c), 0);
-	ck_assert_int_eq(pipe(c2p), 0);
+	kt_new_pool_pipes(p2c, c2p);
 	a = kt_make(B, 0, 0, 1);
 	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
 	ck_assert_int_eq(kv_alloc_map(a, s, B / 2), 0);

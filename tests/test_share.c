@@ -42,9 +42,7 @@ START_TEST(test_share_gives_way)
 	pid_t pid;
 	char c;
 
-	kt_new_pool();
-	ck_assert_int_eq(pipe(p2c), 0);
-	ck_assert_int_eq(pipe(c2p), 0);
+	kt_new_pool_pipes(p2c, c2p);
 	a = kt_make(16 * PG, 0, 0, 1);
 	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &s), 0);
 	ck_assert_int_eq(kv_alloc_map(a, s, 12 * PG), 0);
@@ -228,9 +226,7 @@ START_TEST(test_share_floor_kept)
 	pid_t pid;
 	char c;
 
-	kt_new_pool();
-	ck_assert_int_eq(pipe(p2c), 0);
-	ck_assert_int_eq(pipe(c2p), 0);
+	kt_new_pool_pipes(p2c, c2p);
 	a = kt_make(16 * PG, 0, 0, 0);
 	fflush(stdout);
 	pid = fork();

@@ -400,9 +400,7 @@ START_TEST(test_share_other_user)
 	ck_assert_int_eq(unlink(kt_path), 0);
 
 	/* the group mode: the other user's segment, group root's, 0660 */
-	kt_new_pool();
-	ck_assert_int_eq(pipe(p2c), 0);
-	ck_assert_int_eq(pipe(c2p), 0);
+	kt_new_pool_pipes(p2c, c2p);
 	u.what = CREATE_GROUP;
 	u.gid = getegid();
 	u.ctl = c2p[1];
