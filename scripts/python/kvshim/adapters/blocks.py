@@ -597,11 +597,9 @@ class BlockTracker:
         use once it is carried out)."""
         if not self._one_page():
             return [], 0
-        per = self._page // self.group.block_bytes
-        on_cached = collections.Counter(b // per for b in cached)
         # the pages with blocks in use: where blocks move to (their free
         # ids: not those of pages only the cache claims, which go back)
-        live_on = {p: n - on_cached[p] for p, n in self._claims.items() if n > on_cached[p]}
+        live_on = self._live_on(cached)
         room = sum(len(self._free_on.get(p, ())) for p in live_on)
         moving, plan = 0, []
         for live, p in sorted((n, p) for p, n in live_on.items() if p not in self._pinned):
@@ -613,6 +611,14 @@ class BlockTracker:
             plan.append((p, live))
         return plan, room - moving
 
+    def _live_on(self, cached):
+        """{page index: its blocks in use} for the pages with some: its
+        claims less cached's blocks there (blocks may not straddle
+        pages)."""
+        per = self._page // self.group.block_bytes
+        on_cached = collections.Counter(b // per for b in cached)
+        return {p: n - on_cached[p] for p, n in self._claims.items() if n > on_cached[p]}
+
     def pack_targets(self, sources, n, cached):
         """n free ids to move blocks in use to, off the page indices in
         sources: on the other pages with blocks in use (see pack_plan), the
@@ -620,10 +626,8 @@ class BlockTracker:
         are not n."""
         if not self._one_page():
             return []
-        per = self._page // self.group.block_bytes
-        on_cached = collections.Counter(b // per for b in cached)
-        pages = sorted((len(self._free_on.get(p, ())), p) for p, k in self._claims.items()
-                       if p not in sources and k > on_cached[p] and self._free_on.get(p))
+        pages = sorted((len(self._free_on[p]), p) for p in self._live_on(cached)
+                       if p not in sources and self._free_on.get(p))
         ids = []
         for _, p in pages:
             for b in sorted(self._free_on[p]):

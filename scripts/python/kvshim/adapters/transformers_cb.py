@@ -549,11 +549,7 @@ def _victims(proc, tracker):
     active = getattr(sched, "active_requests", None)
     if not active or len(active) < 2:
         return []
-    tables = []
-    for cm in getattr(proc.cache, "group_cache_managers", ()) or ():
-        table = getattr(cm, "block_table", None)
-        if isinstance(table, dict):
-            tables.extend((rid, blocks) for rid, blocks in table.items() if rid in active)
+    tables = [(rid, blocks) for rid, blocks in _block_tables(proc.cache) if rid in active]
     bm = getattr(proc.cache, "_block_manager", None)
     owners = tracker.owners(tables, _prefix_cache(bm))
     if not owners:
@@ -773,6 +769,14 @@ def _state_unused(proc, tracker, fresh=False, pack=None):
                          if pack else None)
 
 
+def _block_tables(cache):
+    """(request id, its block ids) in every layer group's block table."""
+    for cm in getattr(cache, "group_cache_managers", ()) or ():
+        table = getattr(cm, "block_table", None)
+        if isinstance(table, dict):
+            yield from table.items()
+
+
 def _packable(proc, tracker, init, keep):
     """The pages packing can empty now, keeping keep free ids (see
     BlockTracker.pack_plan), of those whose every block in use a block
@@ -781,12 +785,10 @@ def _packable(proc, tracker, init, keep):
     ([(blocks in use, page)], {block on them: [(its table, index)]})."""
     plan = dict(tracker.pack_plan(init, keep))
     spots = {}
-    for cm in getattr(proc.cache, "group_cache_managers", ()) or ():
-        table = getattr(cm, "block_table", None)
-        for blocks in (table.values() if isinstance(table, dict) else ()):
-            for i, b in enumerate(blocks):
-                if tracker.page_of(b) in plan:
-                    spots.setdefault(b, []).append((blocks, i))
+    for _, blocks in _block_tables(proc.cache):
+        for i, b in enumerate(blocks):
+            if tracker.page_of(b) in plan:
+                spots.setdefault(b, []).append((blocks, i))
     named = collections.Counter(tracker.page_of(b) for b in spots)
     return sorted((live, p) for p, live in plan.items() if named[p] == live), spots
 
