@@ -78,7 +78,10 @@ struct kvshim_stats {
 	unsigned long long share_wait_ns;
 	unsigned long long share_waits_used;
 	unsigned long long share_waits_failed;
-	unsigned long long reserved[4];
+	/* the budget this process shares with the others on its device (the
+	 * shared segment's); 0 without a shared budget (KVSHIM_SHARE off) */
+	unsigned long long share_budget_bytes;
+	unsigned long long reserved[3];
 };
 
 /* Open a KV window: until the matching kvshim_kv_end, allocations of at

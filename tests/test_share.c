@@ -261,6 +261,7 @@ END_TEST
 START_TEST(test_share_figures)
 {
 	size_t budget = 0, others = 1;
+	struct kvshim_stats stats;
 	struct kv_alloc_opts o;
 	kv_alloc_t *a, *c;
 	CUdeviceptr s;
@@ -272,6 +273,8 @@ START_TEST(test_share_figures)
 	ck_assert_int_eq(kv_alloc_shared(a, &budget, &others, NULL), 1);
 	ck_assert_uint_eq(budget, 16 * PG);
 	ck_assert_uint_eq(others, 0);
+	ck_assert_int_eq(kv_alloc_stats(a, &stats), 0);
+	ck_assert_uint_eq(stats.share_budget_bytes, 16 * PG);
 	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &s), 0);
 	ck_assert_int_eq(kv_alloc_map(a, s, 5 * PG), 0);
 	fflush(stdout);
@@ -296,6 +299,8 @@ START_TEST(test_share_figures)
 	kt_opts(&o);
 	c = kt_create(&o);
 	ck_assert_int_eq(kv_alloc_shared(c, &budget, &others, NULL), 0);
+	ck_assert_int_eq(kv_alloc_stats(c, &stats), 0);
+	ck_assert_uint_eq(stats.share_budget_bytes, 0);
 	kt_destroy(c);
 }
 END_TEST
