@@ -53,7 +53,7 @@
 	  "transformers continuous batching: the most KV tokens one step reads, which sizes its attention mask and index buffers: auto (from the workload), off (the whole cache, transformers' own size) or a number of tokens (K, M suffixes)") \
 	X(CB_AHEAD, cb_ahead, bool, "on",                                    \
 	  "transformers continuous batching: map the blocks the next step's prefill will take while the current step computes, on a thread of the adapter") \
-	X(CB_PACK, cb_pack, bool, "off",                                     \
+	X(CB_PACK, cb_pack, bool, "on",                                      \
 	  "transformers continuous batching: asked to give back, move blocks in use off the pages they share with few others (their KV copied on the GPU, the block tables rewritten) so that those pages go back, before preempting requests")
 
 /* Device ordinals KVSHIM_DEVICE can name: 0 to KV_MAX_DEVICES - 1. */

@@ -129,7 +129,9 @@ def stand_in_for_the_ask(proc, tracker):
     does); no preemption; and no cushion kept (alone on a GPU, the
     scheduler's margin in it is 0.15 of the blocks the engine can have,
     most of the GPU's memory, and nothing would move: this check is about
-    what moving does to the tokens; the policy is the adapter tests')."""
+    what moving does to the tokens; the policy is the adapter tests'); and
+    the engine taken as under a shared budget, which packing needs (this
+    run has none: the stand-in is the only one who asks)."""
     import kvshim
     from kvshim.adapters import transformers_cb
     bm = proc.cache._block_manager
@@ -149,6 +151,7 @@ def stand_in_for_the_ask(proc, tracker):
                 return pages * tracker.page_index_bytes
         return 0
     kvshim.share_asked = asked
+    transformers_cb._shared = lambda proc: True
     transformers_cb._cushion_blocks = lambda proc: 0
     transformers_cb._victims = lambda proc, tracker: []
     transformers_cb._give_back_one = lambda proc, tracker, victim=None: False

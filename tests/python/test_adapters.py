@@ -1489,10 +1489,39 @@ class AdapterTest(unittest.TestCase):
         return on
 
     def pack_on(self):
-        """KVSHIM_CB_PACK on for this test only."""
+        """KVSHIM_CB_PACK on for this test only, and the engine taken as
+        under a shared budget (these tests stand in for kvshim's asks; see
+        test_packing_needs_a_shared_budget)."""
         self.addCleanup(transformers_cb._pack_setting.__setitem__, slice(None),
                         list(transformers_cb._pack_setting))
         transformers_cb._pack_setting[:] = [True]
+        self.addCleanup(setattr, transformers_cb, "_shared", transformers_cb._shared)
+        transformers_cb._shared = lambda proc: True
+
+    def test_packing_needs_a_shared_budget(self):
+        """KVSHIM_CB_PACK on (its default) packs only under a shared budget,
+        as kvshim's stats tell it: alone (these tests' kvshim shares
+        nothing), the engine neither plans nor states packing's pages,
+        and its cushion is the one it had before packing was on."""
+        c, tr, proc, asked = self.paged_engine()
+        self.addCleanup(transformers_cb._pack_setting.__setitem__, slice(None),
+                        list(transformers_cb._pack_setting))
+        transformers_cb._pack_setting[:] = []
+        self.assertEqual(kvshim.stats()["share_budget_bytes"], 0)
+        self.assertTrue(transformers_cb._pack_on())
+        self.assertFalse(transformers_cb._packs(proc))
+        self.assertFalse(c.kvshim_shared)       # read once, kept on the cache
+        c.kvshim_shared = True
+        self.assertTrue(transformers_cb._packs(proc))
+        # and the stats field read through the real library: the budget
+        # of a process under KVSHIM_SHARE, 0 without
+        out = subprocess.run(
+            [sys.executable, "-c", "import kvshim; print(kvshim.stats()['share_budget_bytes'])"],
+            env=dict(os.environ, KVSHIM_SHARE="on", KVSHIM_BUDGET="64M",
+                     KVSHIM_POOL=POOL + "b"),
+            capture_output=True, text=True, timeout=60)
+        self.assertEqual(out.returncode, 0, out.stderr)
+        self.assertEqual(int(out.stdout), 64 * MIB)
 
     def rows(self, c, t, b, fill=None):
         """Block b's rows in tensor t of cache c: written with fill (bytes
@@ -2316,10 +2345,10 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(tr._ahead, set())
 
     def test_switch_settings(self):
-        """KVSHIM_CB_AHEAD (on when unset) and KVSHIM_CB_PACK (off when
-        unset): their values, and bad ones refused naming the variable."""
+        """KVSHIM_CB_AHEAD and KVSHIM_CB_PACK (both on when unset): their
+        values, and bad ones refused naming the variable."""
         for setting, var, unset in ((transformers_cb.ahead_setting, "KVSHIM_CB_AHEAD", True),
-                                    (transformers_cb.pack_setting, "KVSHIM_CB_PACK", False)):
+                                    (transformers_cb.pack_setting, "KVSHIM_CB_PACK", True)):
             for v, want in ((None, unset), ("on", True), ("1", True), ("0", False),
                             ("No", False), ("Off", False)):
                 self.assertEqual(setting(v), want, (var, v))

@@ -359,9 +359,9 @@ def ahead_setting(value):
 
 
 def pack_setting(value):
-    """KVSHIM_CB_PACK as kvshim-config reads it: off (also when unset) or
-    on. Raises ValueError naming the variable."""
-    return _bool_setting(PACK_VAR, value, False)
+    """KVSHIM_CB_PACK as kvshim-config reads it: on (also when unset) or
+    off. Raises ValueError naming the variable."""
+    return _bool_setting(PACK_VAR, value, True)
 
 
 def _switch(kept, setting, var, off):
@@ -751,9 +751,27 @@ def _drop_unused(proc, tracker):
 
 
 def _packs(proc):
-    """Whether this engine packs (KVSHIM_CB_PACK on, not under tensor
-    parallelism)."""
-    return _pack_on() and not _tensor_parallel(proc)
+    """Whether this engine packs: KVSHIM_CB_PACK on, a shared budget
+    (without one nobody asks, and the plan's look is work for nothing: an
+    engine alone does as before packing was on), not under tensor
+    parallelism."""
+    return _pack_on() and _shared(proc) and not _tensor_parallel(proc)
+
+
+def _shared(proc):
+    """Whether kvshim shares a budget with other processes here (its stats'
+    share_budget_bytes), read once per cache: the allocator's sharing is
+    set when it starts."""
+    cache = getattr(proc, "cache", None)
+    shared = getattr(cache, "kvshim_shared", None)
+    if shared is None:
+        try:
+            shared = kvshim.stats().get("share_budget_bytes", 0) > 0
+        except (kvshim.KvshimError, AttributeError):
+            shared = False
+        if cache is not None:
+            cache.kvshim_shared = shared
+    return shared
 
 
 def _state_unused(proc, tracker, fresh=False, pack=None):
