@@ -23,10 +23,14 @@ four configurations (--configs) run one after the other, in one invocation:
   costs it. --capped-share F sets the ceilings at F static shares instead
   (1 to 3; 3 is the whole budget): how far a model may grow past its share
   before the others' tails pay for it.
-- packed (only when --configs names it): kvshim with KVSHIM_CB_PACK=on
+- unpacked (only when --configs names it): kvshim with KVSHIM_CB_PACK=off
   (README.md: asked to give back, an engine moves blocks in use off the
-  pages few of them use before preempting anyone); --sweep-pack runs the
-  sweep's budgets so too (packed@B);
+  pages few of them use before preempting anyone; on by default from
+  session 16, so kvshim, capped and the sweep's budgets pack): kvshim as
+  it was before;
+- packed (only when --configs names it): kvshim with KVSHIM_CB_PACK=on,
+  which kvshim now is; --sweep-pack names the sweep's budgets packed@B
+  (both kept so that session 15's and 16's commands run as they ran);
 - ample (only when --configs names it): plain processes as static, but
   each engine's KV cache is the whole budget, so that no model queues for
   memory (the three hold three budgets): each model's tail when the others
@@ -53,8 +57,8 @@ share the budget by weighted fair shares (README.md, "Sharing one GPU"):
 kvshim-run's transformers adapter states each engine's demand and preempts
 requests of an engine above its share when another waits below its own.
 
---sweep-gib B1,B2,... adds a kvshim configuration per budget (packed@B
-with --sweep-pack; ascending, engines started afresh for each),
+--sweep-gib B1,B2,... adds a kvshim configuration per budget (named
+packed@B with --sweep-pack; ascending, engines started afresh for each),
 replaying the traces of --sweep-rates (the first seed and phase), and
 reports the smallest budget at which every model's p99 TTFT is at most
 the static split's (at --budget-gib) times 1 + --tolerance: "half the
@@ -547,7 +551,7 @@ def read_line(proc, want, timeout):
         sys.stdout.write(line)
 
 
-def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack=False):
+def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack=True):
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
            "--max-batch-tokens", str(args.max_batch_tokens),
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
@@ -558,7 +562,7 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     env.pop("KVSHIM_MAX", None)         # capped's alone (the caller's would pass)
-    env["KVSHIM_CB_PACK"] = "on" if pack else "off"     # packed's alone
+    env["KVSHIM_CB_PACK"] = "on" if pack else "off"     # unpacked's alone off
     if mode == "static":
         per_token = kv_bytes_per_token(name)
         cmd += ["--num-blocks", str(budget * shares // 3 // (per_token * BLOCK))]
@@ -647,7 +651,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
         if mode == "kvshim" else None
     t_spawn = time.perf_counter()
     procs = {name: spawn(name, mode, args, budget, pool, outdir, tag, cfg.get("ceiling", 0),
-                         cfg.get("shares", 1), cfg.get("pack", False))
+                         cfg.get("shares", 1), cfg.get("pack", True))
              for name in ORDER}
     res = {"name": cfg["name"], "mode": mode, "budget": budget, "engines": {}, "runs": {},
            "seconds": {}, "skipped": []}
@@ -1303,7 +1307,8 @@ def main():
                     help="kvshim budgets to try against the static split at --budget-gib")
     ap.add_argument("--sweep-rates", default="3", help="the rates the sweep replays")
     ap.add_argument("--sweep-pack", action="store_true",
-                    help="the sweep's budgets with KVSHIM_CB_PACK=on (packed@B)")
+                    help="name the sweep's budgets packed@B (they pack, as kvshim does by "
+                         "default from session 16)")
     ap.add_argument("--sweep-all", action="store_true",
                     help="run every sweep budget (by default the sweep ends at the first that meets)")
     ap.add_argument("--tolerance", type=float, default=0.0,
@@ -1337,8 +1342,9 @@ def main():
             sys.stderr.flush()
             os._exit(1)
     configs = [c for c in args.configs.split(",") if c]
-    if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "packed"}:
-        ap.error("--configs takes static, kvshim, capped, ample and packed")
+    if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "packed",
+                                      "unpacked"}:
+        ap.error("--configs takes static, kvshim, capped, ample, packed and unpacked")
     if args.quick:
         args.rates, args.seeds, args.phases = "3,4,6", "2026", "8"
         args.sweep_gib = args.sweep_gib or "3"
@@ -1362,7 +1368,7 @@ def main():
     if sweep and "static" not in configs:
         ap.error("--sweep-gib compares with the static split: keep static in --configs")
     if args.sweep_pack and not args.sweep_gib:
-        ap.error("--sweep-pack packs the sweep's budgets: give them with --sweep-gib")
+        ap.error("--sweep-pack names the sweep's budgets: give them with --sweep-gib")
     try:
         if args.dry_run:
             print("colocate: --dry-run: engines without torch or a GPU, figures made up")
@@ -1413,12 +1419,13 @@ def main():
     plan = [({"name": c, "mode": "static" if c in ("static", "ample") else "kvshim",
               "budget": budget, "shares": 3 if c == "ample" else 1,
               "ceiling": int(args.capped_share * budget) // 3 if c == "capped" else 0,
-              "pack": c == "packed"}, traces)
+              "pack": c not in ("static", "ample", "unpacked")}, traces)
             for c in configs]
-    # the sweep's budgets, kvshim's (or packed's, --sweep-pack)
+    # the sweep's budgets, kvshim's (packing, as kvshim does by default;
+    # named packed@B with --sweep-pack)
     base = "packed" if args.sweep_pack else "kvshim"
     plan += [({"name": "%s@%g" % (base, b), "mode": "kvshim", "budget": int(b * GIB),
-               "pack": args.sweep_pack}, sweep_traces)
+               "pack": True}, sweep_traces)
              for b in sorted(sweep) if b != args.budget_gib or base not in configs]
     # the configurations' turns: each replays its traces in one turn, or,
     # alternating, the k-th replays of them in round k, the order of the
