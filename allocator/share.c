@@ -893,6 +893,11 @@ void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled)
 	pthread_mutex_unlock(&s->mu);
 }
 
+uint64_t kv_share_budget(kv_share_t *s)
+{
+	return s->fd < 0 ? 0 : budget_of(s);
+}
+
 void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,
 		      uint64_t *room)
 {

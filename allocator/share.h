@@ -213,6 +213,10 @@ uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
  * deciding whom to ask must not read a stale figure). */
 void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled);
 
+/* The pool's budget alone (0 when the segment could not be had): cheap,
+ * no slot reaped and no lock taken. */
+uint64_t kv_share_budget(kv_share_t *s);
+
 /* The pool's budget, the bytes the other processes hold now, and the most
  * this process could hold: the budget less what the others use and what
  * their floors keep for them (their idle pages come back on request, but
