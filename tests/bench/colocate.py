@@ -5,8 +5,8 @@ transformers 5.x; downloads nothing.
 
 Three engines, three processes: each is Hugging Face transformers'
 continuous batching (ContinuousBatchingManager, fed with add_request) over
-a randomly initialised Llama-style model of its own size (MODELS). Two to
-four configurations (--configs) run one after the other, in one invocation:
+a randomly initialised Llama-style model of its own size (MODELS). One to
+six configurations (--configs) run one after the other, in one invocation:
 - static: plain processes; each engine's KV cache is fixed at a third of
   the KV budget (num_blocks given), all of it allocated at start;
 - kvshim: each engine under kvshim-run with KVSHIM_SHARE=on,
@@ -1424,9 +1424,12 @@ def main():
     # the sweep's budgets, kvshim's (packing, as kvshim does by default;
     # named packed@B with --sweep-pack)
     base = "packed" if args.sweep_pack else "kvshim"
+    # (kvshim and packed are alike now: either, at --budget-gib, is that
+    # budget's run)
+    same = [c for c in (base, "kvshim", "packed") if c in configs]
     plan += [({"name": "%s@%g" % (base, b), "mode": "kvshim", "budget": int(b * GIB),
                "pack": True}, sweep_traces)
-             for b in sorted(sweep) if b != args.budget_gib or base not in configs]
+             for b in sorted(sweep) if b != args.budget_gib or not same]
     # the configurations' turns: each replays its traces in one turn, or,
     # alternating, the k-th replays of them in round k, the order of the
     # configurations reversed every other round
@@ -1487,8 +1490,8 @@ def main():
                    for tr in trs for n in ORDER):
                 met = cfg["budget"] / GIB
     # the sweep's configuration at --budget-gib is the main kvshim run
-    if sweep and base in results and args.budget_gib in sweep:
-        results["%s@%g" % (base, args.budget_gib)] = results[base]
+    if sweep and same and same[0] in results and args.budget_gib in sweep:
+        results["%s@%g" % (base, args.budget_gib)] = results[same[0]]
     table, ok = summarize(results, traces)
     for name, r in results.items():
         if r.get("warmup_failed"):

@@ -151,7 +151,8 @@ def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weight
     """Start engines under one budget of budget_mib, the first head_start
     seconds before the others, each running seconds from its start, with
     KVSHIM_WEIGHT weights[k] (default 1 each), with a prefix cache or not
-    (see engine), packing or not (KVSHIM_CB_PACK). Returns [{"pid",
+    (see engine), packing or not (KVSHIM_CB_PACK, said either way: off
+    here unless pack, though on is the library's default). Returns [{"pid",
     "samples", "moved"}] in start order (moved: the blocks it moved)."""
     pool = pool or "fairengines%d" % os.getpid()
     env = dict(os.environ)

@@ -20,6 +20,7 @@ import threading
 import time
 import types
 import unittest
+import unittest.mock
 from contextlib import redirect_stderr
 
 # before kvshim reads its configuration: no pool, and a 64 MiB limit that
@@ -30,9 +31,9 @@ os.environ.update(KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0", KVSHIM_LIMIT="64M",
                   KVSHIM_POOL=POOL)
 
 
-def _remove_segments():
+def _remove_segments(pool=POOL):
     import glob
-    for path in glob.glob("/dev/shm/kvshim-*-" + POOL):
+    for path in glob.glob("/dev/shm/kvshim-*-" + pool):
         os.unlink(path)
 
 
@@ -1499,29 +1500,60 @@ class AdapterTest(unittest.TestCase):
         transformers_cb._shared = lambda proc: True
 
     def test_packing_needs_a_shared_budget(self):
-        """KVSHIM_CB_PACK on (its default) packs only under a shared budget,
-        as kvshim's stats tell it: alone (these tests' kvshim shares
-        nothing), the engine neither plans nor states packing's pages,
-        and its cushion is the one it had before packing was on."""
-        c, tr, proc, asked = self.paged_engine()
+        """KVSHIM_CB_PACK on (its default: unset here) packs only under a
+        shared budget, as kvshim's stats tell it: alone (these tests' kvshim
+        shares nothing), the engine neither plans nor states packing's
+        pages, and its cushion is the one it had before packing was on: a
+        (16 blocks, page 0) and d (24, page 1), whose page 0 packing would
+        empty and whose free ids would cover the cushion of 8 (see
+        test_packing_engine_cushion_comes_from_its_pages_first), state
+        nothing unused and the whole cushion. The look is kept on the cache;
+        the stats field is read through the real library in a process of
+        its own, under KVSHIM_SHARE and without."""
+        env = dict(os.environ)
+        env.pop("KVSHIM_CB_PACK", None)
+        patch = unittest.mock.patch.dict(os.environ, env, clear=True)
+        patch.start()
+        self.addCleanup(patch.stop)
         self.addCleanup(transformers_cb._pack_setting.__setitem__, slice(None),
                         list(transformers_cb._pack_setting))
         transformers_cb._pack_setting[:] = []
+        c, tr, proc, asked = self.paged_engine()
+        self.lay_out(proc, [("a", 16), ("b", 48), ("c", 40), ("d", 24)])
+        self.finish(c, proc, ("b", "c"))
+        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"d"}})
+        stated = []
+        self.capture_unused(stated)
+        looks = []
+        for name in ("pack_plan", "free_after_plan"):
+            orig = getattr(tr, name)
+            setattr(tr, name, lambda *a, _o=orig, _n=name, **k: looks.append(_n) or _o(*a, **k))
+        proc.max_batch_tokens = 8 * c.block_size
         self.assertEqual(kvshim.stats()["share_budget_bytes"], 0)
         self.assertTrue(transformers_cb._pack_on())
         self.assertFalse(transformers_cb._packs(proc))
-        self.assertFalse(c.kvshim_shared)       # read once, kept on the cache
+        self.assertIs(c.kvshim_shared, False)   # read once, kept on the cache
+        self.assertEqual(transformers_cb._cushion(proc), 8)
+        transformers_cb._state_unused(proc, tr, fresh=True)
+        self.assertEqual(stated[-1] if stated else 0, 0)
+        self.assertEqual(looks, [])
+        # the same engine taken as sharing: the look, the page, no cushion
         c.kvshim_shared = True
         self.assertTrue(transformers_cb._packs(proc))
-        # and the stats field read through the real library: the budget
-        # of a process under KVSHIM_SHARE, 0 without
-        out = subprocess.run(
-            [sys.executable, "-c", "import kvshim; print(kvshim.stats()['share_budget_bytes'])"],
-            env=dict(os.environ, KVSHIM_SHARE="on", KVSHIM_BUDGET="64M",
-                     KVSHIM_POOL=POOL + "b"),
-            capture_output=True, text=True, timeout=60)
-        self.assertEqual(out.returncode, 0, out.stderr)
-        self.assertEqual(int(out.stdout), 64 * MIB)
+        self.assertEqual(transformers_cb._cushion(proc), 0)
+        transformers_cb._state_unused(proc, tr, fresh=True)
+        self.assertEqual(stated[-1], tr.page_index_bytes)
+        self.assertIn("pack_plan", looks)
+        # kvshim's stats: the budget under KVSHIM_SHARE, 0 without
+        pool = POOL + "b"
+        self.addCleanup(_remove_segments, pool)
+        for share, want in (("on", 64 * MIB), ("off", 0)):
+            out = subprocess.run(
+                [sys.executable, "-c", "import kvshim; print(kvshim.stats()['share_budget_bytes'])"],
+                env=dict(os.environ, KVSHIM_SHARE=share, KVSHIM_BUDGET="64M", KVSHIM_POOL=pool),
+                capture_output=True, text=True, timeout=60)
+            self.assertEqual(out.returncode, 0, out.stderr)
+            self.assertEqual(int(out.stdout), want, share)
 
     def rows(self, c, t, b, fill=None):
         """Block b's rows in tensor t of cache c: written with fill (bytes

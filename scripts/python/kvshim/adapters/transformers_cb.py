@@ -767,7 +767,7 @@ def _shared(proc):
     if shared is None:
         try:
             shared = kvshim.stats().get("share_budget_bytes", 0) > 0
-        except (kvshim.KvshimError, AttributeError):
+        except (kvshim.KvshimError, AttributeError, OSError, RuntimeError):
             shared = False
         if cache is not None:
             cache.kvshim_shared = shared
