@@ -1499,6 +1499,18 @@ class AdapterTest(unittest.TestCase):
         self.addCleanup(setattr, transformers_cb, "_shared", transformers_cb._shared)
         transformers_cb._shared = lambda proc: True
 
+    def a_page_to_pack(self):
+        """A paged engine whose requests a (16 blocks, page 0) and d (24,
+        page 1) are left, b and c finished, with what it states unused
+        captured: (cache, tracker, processor, ask, statements)."""
+        c, tr, proc, asked = self.paged_engine()
+        self.lay_out(proc, [("a", 16), ("b", 48), ("c", 40), ("d", 24)])
+        self.finish(c, proc, ("b", "c"))
+        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"d"}})
+        stated = []
+        self.capture_unused(stated)
+        return c, tr, proc, asked, stated
+
     def test_packing_needs_a_shared_budget(self):
         """KVSHIM_CB_PACK on (its default: unset here) packs only under a
         shared budget, as kvshim's stats tell it: alone (these tests' kvshim
@@ -1518,12 +1530,7 @@ class AdapterTest(unittest.TestCase):
         self.addCleanup(transformers_cb._pack_setting.__setitem__, slice(None),
                         list(transformers_cb._pack_setting))
         transformers_cb._pack_setting[:] = []
-        c, tr, proc, asked = self.paged_engine()
-        self.lay_out(proc, [("a", 16), ("b", 48), ("c", 40), ("d", 24)])
-        self.finish(c, proc, ("b", "c"))
-        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"d"}})
-        stated = []
-        self.capture_unused(stated)
+        c, tr, proc, asked, stated = self.a_page_to_pack()
         looks = []
         for name in ("pack_plan", "free_after_plan"):
             orig = getattr(tr, name)
@@ -1727,12 +1734,7 @@ class AdapterTest(unittest.TestCase):
         its 24 free ids cover that much of a larger cushion: one of 30 is
         stated as 6, one of 100 as 76."""
         self.pack_on()
-        c, tr, proc, asked = self.paged_engine()
-        self.lay_out(proc, [("a", 16), ("b", 48), ("c", 40), ("d", 24)])
-        self.finish(c, proc, ("b", "c"))
-        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"d"}})
-        stated = []
-        self.capture_unused(stated)
+        c, tr, proc, asked, stated = self.a_page_to_pack()
         proc.max_batch_tokens = 8 * c.block_size
         self.assertEqual(transformers_cb._cushion_blocks(proc), 8)
         self.assertEqual(transformers_cb._cushion(proc), 0)
