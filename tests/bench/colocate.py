@@ -259,7 +259,8 @@ def dry_engine(args):
         if kvshim:
             run["kvshim_stats"] = {"physical_bytes": kv // 2}
             run["kvshim_tracker"] = dict({k: 0 for k in TRACKER_FIGURES}, worst=0.0,
-                                         worst_in="take", asks=2, asked_s=0.25, ask_worst=0.2)
+                                         worst_in="take", asks=2, asked_s=0.25, ask_worst=0.2,
+                                         moved=3 if os.environ.get("KVSHIM_CB_PACK") == "on" else 0)
             run["kvshim_waits"] = dict({k: 0 for k in WAIT_FIGURES}, share_waits=1,
                                        share_wait_ns=2000000)
             run["kvshim_preempted"] = run["kvshim_short"] = 0
@@ -366,7 +367,7 @@ def engine(args):
 # What the kvshim adapter's tracker counts, per run (see blocks.py)
 TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted", "dropped",
                    "reclaimed", "ahead_hits", "asks", "asked_s", "no_page", "kept_out",
-                   "unused_pages")
+                   "unused_pages", "moved", "packed_pages")
 
 
 # What kvshim counts of the maps that waited for other processes (kvshim.h)
@@ -871,7 +872,7 @@ def summarize(results, traces):
                                        default={}).get("worst_in") or "-",
                     "kv_asks": {k: sum(x.get(k, 0) for x in tracker)
                                 for k in ("asks", "asked_s", "no_page", "kept_out",
-                                          "unused_pages")},
+                                          "unused_pages", "moved", "packed_pages")},
                     "kv_ask_worst": max([x.get("ask_worst", 0.0) for x in tracker] or [0.0]),
                     "kv_waits": {k: sum((run["engines"][n].get("kvshim_waits") or {}).get(k, 0)
                                         for n in engines) for k in WAIT_FIGURES},
@@ -975,13 +976,17 @@ def print_tables(table, traces, results, args):
                  "blocks it uses, how long the asks lasted in all and at most, the passes whose "
                  "waiting requests an ask kept out, and the asks in which a pass found no page to "
                  "empty (with two requests or more, none that preempting fewer than all of them "
-                 "would empty); and the page indices only prefix-cache blocks claimed (unused) "
-                 "that the asks had it release" % label,
-                 ("asks", "asked s", "longest s", "passes kept out", "no page", "unused pages"),
+                 "would empty); the page indices only prefix-cache blocks claimed (unused) "
+                 "that the asks had it release; and, packing, the blocks in use it moved and the "
+                 "page indices that emptied" % label,
+                 ("asks", "asked s", "longest s", "passes kept out", "no page", "unused pages",
+                  "blocks moved", "pages emptied by moving"),
                  lambda t: ("%d" % t["kv_asks"]["asks"], "%.2f" % t["kv_asks"]["asked_s"],
                             "%.2f" % t["kv_ask_worst"], "%d" % t["kv_asks"]["kept_out"],
                             "%d" % t["kv_asks"]["no_page"],
-                            "%d" % t["kv_asks"].get("unused_pages", 0)))
+                            "%d" % t["kv_asks"].get("unused_pages", 0),
+                            "%d" % t["kv_asks"].get("moved", 0),
+                            "%d" % t["kv_asks"].get("packed_pages", 0)))
         kv_table(table, label, results,
                  "KV pages against blocks in use, trace %s: the KV pages each engine holds "
                  "(idle ones included) and the blocks its requests hold (the cache's blocks "
