@@ -37,6 +37,12 @@ six configurations (--configs) run one after the other, in one invocation:
   are served in full, without kvshim, which tells what serving a
   neighbour's queue costs a model that does not queue (the GPU's time the
   three processes share) from what kvshim costs it.
+Under kvshim a batch reads at most the adapter's read budget R (README:
+64K tokens for these engines, which are fed by add_request), where a static
+engine reads at most its cache (22K to 87K tokens at 6 GiB): the "engines
+ready" line says each one's; --static-reads gives kvshim's engines the
+static split's (KVSHIM_CB_READ_TOKENS), to tell whether that is what a
+model that does not queue pays under kvshim.
 max_batch_tokens, the block size and everything else are the same in all;
 CUDA graphs are on, as production engines serve (every run before session
 15 had them off; --no-cuda-graphs does that); prefix caching is on, as
@@ -234,6 +240,8 @@ def dry_engine(args):
     info = {"engine": name, "pid": os.getpid(), "num_blocks": num_blocks,
             "max_batch_tokens": args.max_batch_tokens,
             "kv_tensor_bytes": num_blocks * kv_bytes_per_token(name) * BLOCK,
+            "read_tokens": (int(os.environ.get("KVSHIM_CB_READ_TOKENS") or 65536) if kvshim
+                            else num_blocks * BLOCK),
             "kvshim": kvshim, "ceiling": ceiling_set(), "cuda_graphs": args.cuda_graphs,
             "pack": os.environ.get("KVSHIM_CB_PACK"), "ready_s": 0.0}
     for mine, t0, out_path in commands(info):
@@ -308,6 +316,10 @@ def engine(args):
                           for t in list(cache.key_cache) + list(cache.value_cache))
     info = {"engine": name, "pid": os.getpid(), "num_blocks": cache.num_blocks,
             "max_batch_tokens": cache.max_batch_tokens, "kv_tensor_bytes": kv_tensor_bytes,
+            # the most KV tokens one batch reads (transformers' num_pages:
+            # the cache's tokens, or kvshim's read budget R), which sizes
+            # the attention mask and read indices a step writes
+            "read_tokens": int(getattr(cache, "num_pages", 0) or 0),
             "kvshim": kvshim is not None, "ceiling": ceiling_set(),
             "cuda_graphs": args.cuda_graphs, "pack": os.environ.get("KVSHIM_CB_PACK"),
             "ready_s": time.perf_counter() - t_start}
@@ -563,6 +575,7 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     env.pop("KVSHIM_MAX", None)         # capped's alone (the caller's would pass)
+    env.pop("KVSHIM_CB_READ_TOKENS", None)      # --static-reads' alone
     env["KVSHIM_CB_PACK"] = "on" if pack else "off"     # unpacked's alone off
     if mode == "static":
         per_token = kv_bytes_per_token(name)
@@ -572,6 +585,12 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
         cmd = [built_tree.kvshim_run()] + cmd + ["--num-blocks", "0"]
         env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET=str(budget), KVSHIM_POOL=pool,
                    KVSHIM_MIN=str(int(args.floor_gib * GIB)))
+        if args.static_reads:
+            # what the static split's engine of this model reads at most in
+            # a batch: its cache's tokens, at --budget-gib
+            per_token = kv_bytes_per_token(name)
+            blocks = int(args.budget_gib * GIB) // 3 // (per_token * BLOCK)
+            env["KVSHIM_CB_READ_TOKENS"] = str(blocks * BLOCK)
         if ceiling:
             # and a page index more: the two padding blocks, backed at once
             # (a page in each KV tensor), which static has beside its third
@@ -662,7 +681,9 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
         res["startup_s"] = time.perf_counter() - t_spawn
         pids = {n: e["pid"] for n, e in res["engines"].items()}
         print("colocate: %s: engines ready in %.1f s: %s" % (cfg["name"], res["startup_s"], ", ".join(
-            "%s %d blocks (%.0f MiB of KV tensors)" % (n, e["num_blocks"], e["kv_tensor_bytes"] / MIB)
+            "%s %d blocks (%.0f MiB of KV tensors%s)" % (
+                n, e["num_blocks"], e["kv_tensor_bytes"] / MIB,
+                ", a batch reads at most %d tokens" % e["read_tokens"] if e.get("read_tokens") else "")
             for n, e in res["engines"].items())), flush=True)
         if warmup is not None:
             t_run = time.perf_counter()
@@ -1327,6 +1348,13 @@ def main():
     ap.add_argument("--dry-run", action="store_true",
                     help="engines that answer at once with made-up figures (no torch, no GPU): "
                          "tries the run's orchestration, tables, plots and JSON")
+    ap.add_argument("--static-reads", action="store_true",
+                    help="kvshim's engines read at most the KV tokens in a batch that the static "
+                         "split's engine of the same model does (KVSHIM_CB_READ_TOKENS: its "
+                         "cache's tokens at --budget-gib; the adapter rounds it up to 16384), so "
+                         "that batches are padded to about the same shapes and their attention "
+                         "masks are about the same size: whether that is what a model that does "
+                         "not queue pays under kvshim")
     ap.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                     help="transformers' CUDA graphs (on by default, as production engines serve)")
     ap.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=True,
