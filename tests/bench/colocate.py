@@ -28,6 +28,11 @@ six configurations (--configs) run one after the other, in one invocation:
   pages few of them use before preempting anyone; on by default from
   session 16, so kvshim, capped and the sweep's budgets pack): kvshim as
   it was before;
+- reads (only when --configs names it): kvshim whose engines read at most
+  the KV tokens in a batch that the static split's engine of the same
+  model does (KVSHIM_CB_READ_TOKENS: its cache's tokens at --budget-gib,
+  which the adapter rounds up to 16384): batches padded to about the same
+  shapes and attention masks about the same size as static's (below);
 - packed (only when --configs names it): kvshim with KVSHIM_CB_PACK=on,
   which kvshim now is; --sweep-pack names the sweep's budgets packed@B
   (both kept so that session 15's and 16's commands run as they ran);
@@ -40,9 +45,9 @@ six configurations (--configs) run one after the other, in one invocation:
 Under kvshim a batch reads at most the adapter's read budget R (README:
 64K tokens for these engines, which are fed by add_request), where a static
 engine reads at most its cache (22K to 87K tokens at 6 GiB): the "engines
-ready" line says each one's; --static-reads gives kvshim's engines the
-static split's (KVSHIM_CB_READ_TOKENS), to tell whether that is what a
-model that does not queue pays under kvshim.
+ready" line says each one's; the reads configuration gives kvshim's engines
+the static split's (KVSHIM_CB_READ_TOKENS), to tell whether that is what
+a model that does not queue pays under kvshim.
 max_batch_tokens, the block size and everything else are the same in all;
 CUDA graphs are on, as production engines serve (every run before session
 15 had them off; --no-cuda-graphs does that); prefix caching is on, as
@@ -564,7 +569,8 @@ def read_line(proc, want, timeout):
         sys.stdout.write(line)
 
 
-def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack=True):
+def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack=True,
+          static_reads=False):
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
            "--max-batch-tokens", str(args.max_batch_tokens),
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
@@ -575,7 +581,7 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     env.pop("KVSHIM_MAX", None)         # capped's alone (the caller's would pass)
-    env.pop("KVSHIM_CB_READ_TOKENS", None)      # --static-reads' alone
+    env.pop("KVSHIM_CB_READ_TOKENS", None)      # reads' alone
     env["KVSHIM_CB_PACK"] = "on" if pack else "off"     # unpacked's alone off
     if mode == "static":
         per_token = kv_bytes_per_token(name)
@@ -585,7 +591,7 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
         cmd = [built_tree.kvshim_run()] + cmd + ["--num-blocks", "0"]
         env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET=str(budget), KVSHIM_POOL=pool,
                    KVSHIM_MIN=str(int(args.floor_gib * GIB)))
-        if args.static_reads:
+        if static_reads:
             # what the static split's engine of this model reads at most in
             # a batch: its cache's tokens, at --budget-gib
             per_token = kv_bytes_per_token(name)
@@ -671,7 +677,8 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
         if mode == "kvshim" else None
     t_spawn = time.perf_counter()
     procs = {name: spawn(name, mode, args, budget, pool, outdir, tag, cfg.get("ceiling", 0),
-                         cfg.get("shares", 1), cfg.get("pack", True))
+                         cfg.get("shares", 1), cfg.get("pack", True),
+                         cfg.get("static_reads", False))
              for name in ORDER}
     res = {"name": cfg["name"], "mode": mode, "budget": budget, "engines": {}, "runs": {},
            "seconds": {}, "skipped": []}
@@ -1348,13 +1355,6 @@ def main():
     ap.add_argument("--dry-run", action="store_true",
                     help="engines that answer at once with made-up figures (no torch, no GPU): "
                          "tries the run's orchestration, tables, plots and JSON")
-    ap.add_argument("--static-reads", action="store_true",
-                    help="kvshim's engines read at most the KV tokens in a batch that the static "
-                         "split's engine of the same model does (KVSHIM_CB_READ_TOKENS: its "
-                         "cache's tokens at --budget-gib; the adapter rounds it up to 16384), so "
-                         "that batches are padded to about the same shapes and their attention "
-                         "masks are about the same size: whether that is what a model that does "
-                         "not queue pays under kvshim")
     ap.add_argument("--cuda-graphs", action=argparse.BooleanOptionalAction, default=True,
                     help="transformers' CUDA graphs (on by default, as production engines serve)")
     ap.add_argument("--prefix-cache", action=argparse.BooleanOptionalAction, default=True,
@@ -1376,8 +1376,8 @@ def main():
             os._exit(1)
     configs = [c for c in args.configs.split(",") if c]
     if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "packed",
-                                      "unpacked"}:
-        ap.error("--configs takes static, kvshim, capped, ample, packed and unpacked")
+                                      "unpacked", "reads"}:
+        ap.error("--configs takes static, kvshim, capped, ample, packed, unpacked and reads")
     if args.quick:
         args.rates, args.seeds, args.phases = "3,4,6", "2026", "8"
         args.sweep_gib = args.sweep_gib or "3"
@@ -1452,7 +1452,8 @@ def main():
     plan = [({"name": c, "mode": "static" if c in ("static", "ample") else "kvshim",
               "budget": budget, "shares": 3 if c == "ample" else 1,
               "ceiling": int(args.capped_share * budget) // 3 if c == "capped" else 0,
-              "pack": c not in ("static", "ample", "unpacked")}, traces)
+              "pack": c not in ("static", "ample", "unpacked"),
+              "static_reads": c == "reads"}, traces)
             for c in configs]
     # the sweep's budgets, kvshim's (packing, as kvshim does by default;
     # named packed@B with --sweep-pack)
