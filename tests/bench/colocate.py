@@ -6,7 +6,7 @@ transformers 5.x; downloads nothing.
 Three engines, three processes: each is Hugging Face transformers'
 continuous batching (ContinuousBatchingManager, fed with add_request) over
 a randomly initialised Llama-style model of its own size (MODELS). One to
-six configurations (--configs) run one after the other, in one invocation:
+seven configurations (--configs) run one after the other, in one invocation:
 - static: plain processes; each engine's KV cache is fixed at a third of
   the KV budget (num_blocks given), all of it allocated at start;
 - kvshim: each engine under kvshim-run with KVSHIM_SHARE=on,
@@ -28,11 +28,13 @@ six configurations (--configs) run one after the other, in one invocation:
   pages few of them use before preempting anyone; on by default from
   session 16, so kvshim, capped and the sweep's budgets pack): kvshim as
   it was before;
-- reads (only when --configs names it): kvshim whose engines read at most
-  the KV tokens in a batch that the static split's engine of the same
-  model does (KVSHIM_CB_READ_TOKENS: its cache's tokens at --budget-gib,
-  which the adapter rounds up to 16384): batches padded to about the same
-  shapes and attention masks about the same size as static's (below);
+- reads (only when --configs names it): kvshim whose engines' read budget
+  is the static split's engine's cache at --budget-gib (KVSHIM_CB_READ_TOKENS),
+  which the adapter rounds up to a multiple of 16384 tokens: at 6 GiB
+  98304, 32768 and 32768 against static's 87360, 32768 and 21824 (kvshim's
+  own: 65536 each), so batches reading up to 16K tokens pad to the shapes
+  static's do, and the medium and large engines' masks are no larger
+  than 32K tokens' (below);
 - packed (only when --configs names it): kvshim with KVSHIM_CB_PACK=on,
   which kvshim now is; --sweep-pack names the sweep's budgets packed@B
   (both kept so that session 15's and 16's commands run as they ran);
@@ -46,8 +48,8 @@ Under kvshim a batch reads at most the adapter's read budget R (README:
 64K tokens for these engines, which are fed by add_request), where a static
 engine reads at most its cache (22K to 87K tokens at 6 GiB): the "engines
 ready" line says each one's; the reads configuration gives kvshim's engines
-the static split's (KVSHIM_CB_READ_TOKENS), to tell whether that is what
-a model that does not queue pays under kvshim.
+the static split's, rounded up (above), to tell whether that is what a
+model that does not queue pays under kvshim.
 max_batch_tokens, the block size and everything else are the same in all;
 CUDA graphs are on, as production engines serve (every run before session
 15 had them off; --no-cuda-graphs does that); prefix caching is on, as
@@ -245,8 +247,9 @@ def dry_engine(args):
     info = {"engine": name, "pid": os.getpid(), "num_blocks": num_blocks,
             "max_batch_tokens": args.max_batch_tokens,
             "kv_tensor_bytes": num_blocks * kv_bytes_per_token(name) * BLOCK,
-            "read_tokens": (int(os.environ.get("KVSHIM_CB_READ_TOKENS") or 65536) if kvshim
-                            else num_blocks * BLOCK),
+            # (kvshim's: rounded up to 16384 tokens, as the adapter does)
+            "read_tokens": (-(-int(os.environ.get("KVSHIM_CB_READ_TOKENS") or 65536) // 16384)
+                            * 16384 if kvshim else num_blocks * BLOCK),
             "kvshim": kvshim, "ceiling": ceiling_set(), "cuda_graphs": args.cuda_graphs,
             "pack": os.environ.get("KVSHIM_CB_PACK"), "ready_s": 0.0}
     for mine, t0, out_path in commands(info):
