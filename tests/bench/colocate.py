@@ -1096,6 +1096,9 @@ def targets(table, traces, results, args):
                                     " (target %.1fx: %s)" % (v["overall_target"],
                                                              "met" if v["overall_met"] else "NOT met")))
     out["repeats"] = repeats(table, traces, results)
+    for c in ("reads", "packed", "unpacked"):
+        if c in results:
+            out["repeats_" + c] = repeats(table, traces, results, c)
     sweep = [c for c in results if is_sweep(c)]
     if sweep:
         rows, smallest = [], None
@@ -1135,36 +1138,39 @@ def targets(table, traces, results, args):
     return out
 
 
-def repeats(table, traces, results):
-    """For each trace that static and kvshim both replayed more than once
-    (--repeat; a replay --deadline skipped does not count): per model, the
-    p99 TTFT of every replay, static and kvshim, their medians and the
-    ratio of the medians; kvshim meets the static split within its spread
-    when its median is at most the static replays' largest p99 (capped and
-    ample are left out: the targets are kvshim's). Printed; returns
-    {trace: {model: figures}}."""
+def repeats(table, traces, results, config="kvshim"):
+    """For each trace that static and config (kvshim by default; reads,
+    packed or unpacked too) both replayed more than once (--repeat; a
+    replay --deadline skipped does not count): per model, the p99 TTFT of
+    every replay, static and config's, their medians and the ratio of the
+    medians; config meets the static split within its spread when its
+    median is at most the static replays' largest p99 (capped and ample
+    are left out: the targets are kvshim's). Printed; returns {trace:
+    {model: figures}}, config's under the keys "kvshim" and
+    "kvshim_median"."""
     bases = {}
     for tr in traces:
         bases.setdefault(tr["base"], []).append(tr["label"])
     out = {}
     for base, labels in bases.items():
-        if "static" not in results or "kvshim" not in results:
+        if "static" not in results or config not in results:
             continue
         done = [lb for lb in labels
-                if (lb, "static", "all") in table and (lb, "kvshim", "all") in table]
+                if (lb, "static", "all") in table and (lb, config, "all") in table]
         if len(done) < 2:
             continue
         if not out:
-            print("\nrun-to-run spread: the traces static and kvshim both replayed more than "
-                  "once; p99 TTFT in seconds, median [least, most]; kvshim meets the static "
-                  "split within its spread when its median is at most static's most")
-            print("| trace | replays each | model | static p99 | kvshim p99 "
-                  "| static / kvshim (medians) | within static's spread |")
+            print("\nrun-to-run spread: the traces static and %s both replayed more than "
+                  "once; p99 TTFT in seconds, median [least, most]; %s meets the static "
+                  "split within its spread when its median is at most static's most"
+                  % (config, config))
+            print("| trace | replays each | model | static p99 | %s p99 "
+                  "| static / %s (medians) | within static's spread |" % (config, config))
             print("|---|---|---|---|---|---|---|")
         out[base] = {}
         for name in ORDER + ("all",):
             st = [table[(lb, "static", name)]["ttft_p99"] for lb in done]
-            kv = [table[(lb, "kvshim", name)]["ttft_p99"] for lb in done]
+            kv = [table[(lb, config, name)]["ttft_p99"] for lb in done]
             f = {"static": st, "kvshim": kv, "static_median": statistics.median(st),
                  "kvshim_median": statistics.median(kv)}
             f["ratio"] = f["static_median"] / f["kvshim_median"] if f["kvshim_median"] > 0 \
