@@ -831,6 +831,20 @@ def in_use(engine):
     return (statistics.fmean(r[1] for r in rows), statistics.fmean(r[2] for r in rows))
 
 
+def stated(held, pid):
+    """(mean stated demand, mean idle pages, mean stated unused) of the
+    process pid, bytes, over the shared segment's samples of a replay from
+    the trace's start (held: [t, held, budget, {pid: [held, idle, demand,
+    asked, share, gap, unused]}], as the monitor takes them); None without
+    samples of it."""
+    rows = [h[3].get(pid, h[3].get(str(pid))) for h in held or () if h[0] >= 0.0]
+    rows = [r for r in rows if r]
+    if not rows:
+        return None
+    return tuple(statistics.fmean((r[k] or 0) if len(r) > k else 0 for r in rows)
+                 for k in (2, 1, 6))
+
+
 def summed_in_use(engines, step=0.1):
     """The blocks in use of the engines together: on a grid of step seconds
     over the replay (from the trace's start: samples begin 2 s before it)
@@ -880,8 +894,13 @@ def summarize(results, traces):
                 # the engines' samples cover different windows)
                 packing = in_use(run["engines"][name]) \
                     if name in ORDER and res["mode"] == "kvshim" else None
+                said = stated(run.get("held"), (run.get("pids") or {}).get(name)) \
+                    if packing else None
                 table[(label, cname, name)] = {
                     "kv_pages_mean": packing[0] if packing else None,
+                    "kv_demand_mean": said[0] if said else None,
+                    "kv_idle_mean": said[1] if said else None,
+                    "kv_unused_mean": said[2] if said else None,
                     "kv_blocks_mean": packing[1] if packing else None,
                     "steps": len(steps),
                     "step_p50": pct([st[2] for st in steps], 50),
@@ -1024,12 +1043,19 @@ def print_tables(table, traces, results, args):
                  "less the engine's free count, in which the prefix cache's count as free), "
                  "means over its samples of the replay (every 100 ms, until its results are "
                  "in), and pages over blocks: a page goes back only when all of its blocks are "
-                 "free" % label,
-                 ("KV pages held MiB", "blocks in use MiB", "pages / blocks"),
-                 lambda t: ("-", "-", "-") if t["kv_pages_mean"] is None else (
+                 "free; and from the shared segment's samples (every 50 ms from the trace's "
+                 "start), the means of what it stated it waited for (demand: requests waiting "
+                 "and its cushion), of its idle pages (mapped nowhere or claimed by no block) "
+                 "and of the pages it stated unused (only its prefix cache's blocks, or those "
+                 "packing would empty)" % label,
+                 ("KV pages held MiB", "blocks in use MiB", "pages / blocks", "demand MiB",
+                  "idle MiB", "unused MiB"),
+                 lambda t: ("-",) * 6 if t["kv_pages_mean"] is None else (
                      "%.0f" % (t["kv_pages_mean"] / MIB), "%.0f" % (t["kv_blocks_mean"] / MIB),
                      "%.2fx" % (t["kv_pages_mean"] / t["kv_blocks_mean"])
-                     if t["kv_blocks_mean"] > 0 else "-"))
+                     if t["kv_blocks_mean"] > 0 else "-") + tuple(
+                     "-" if t.get(k) is None else "%.0f" % (t[k] / MIB)
+                     for k in ("kv_demand_mean", "kv_idle_mean", "kv_unused_mean")))
         together = [(c, table[(label, c, "blocks")]) for c in results
                     if (label, c, "blocks") in table]
         if together:
