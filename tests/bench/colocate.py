@@ -572,6 +572,12 @@ def read_line(proc, want, timeout):
         sys.stdout.write(line)
 
 
+def static_blocks(name, budget):
+    """The blocks of model name's cache in a static split of budget: a
+    third of it."""
+    return budget // 3 // (kv_bytes_per_token(name) * BLOCK)
+
+
 def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack=True,
           static_reads=False):
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
@@ -587,8 +593,7 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
     env.pop("KVSHIM_CB_READ_TOKENS", None)      # reads' alone
     env["KVSHIM_CB_PACK"] = "on" if pack else "off"     # unpacked's alone off
     if mode == "static":
-        per_token = kv_bytes_per_token(name)
-        cmd += ["--num-blocks", str(budget * shares // 3 // (per_token * BLOCK))]
+        cmd += ["--num-blocks", str(static_blocks(name, budget * shares))]
         env["KVSHIM_SHARE"] = "off"     # no kvshim here; said for clarity
     else:
         cmd = [built_tree.kvshim_run()] + cmd + ["--num-blocks", "0"]
@@ -597,9 +602,8 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
         if static_reads:
             # what the static split's engine of this model reads at most in
             # a batch: its cache's tokens, at --budget-gib
-            per_token = kv_bytes_per_token(name)
-            blocks = int(args.budget_gib * GIB) // 3 // (per_token * BLOCK)
-            env["KVSHIM_CB_READ_TOKENS"] = str(blocks * BLOCK)
+            env["KVSHIM_CB_READ_TOKENS"] = str(static_blocks(name, int(args.budget_gib * GIB))
+                                               * BLOCK)
         if ceiling:
             # and a page index more: the two padding blocks, backed at once
             # (a page in each KV tensor), which static has beside its third
@@ -1495,7 +1499,7 @@ def main():
     base = "packed" if args.sweep_pack else "kvshim"
     # (kvshim and packed are alike now: either, at --budget-gib, is that
     # budget's run)
-    same = [c for c in (base, "kvshim", "packed") if c in configs]
+    same = [c for c in ("kvshim", "packed") if c in configs]
     plan += [({"name": "%s@%g" % (base, b), "mode": "kvshim", "budget": int(b * GIB),
                "pack": True}, sweep_traces)
              for b in sorted(sweep) if b != args.budget_gib or not same]
