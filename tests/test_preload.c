@@ -203,26 +203,79 @@ START_TEST(test_meminfo_real)
 }
 END_TEST
 
-START_TEST(test_meminfo_share)
+/* Remove the segments of the pool named pool (they outlive their processes). */
+static void drop_segments(const char *pool)
 {
-	char pool[64];
-	const char *env[] = { "KVSHIM_SHARE=on", "KVSHIM_BUDGET=256M", pool, NULL };
-	char pattern[128], out[4096];
+	char pattern[128];
 	glob_t g;
 	size_t i;
-	int st;
 
-	snprintf(pool, sizeof(pool), "KVSHIM_POOL=preload%d", (int)getpid());
-	st = run_out(PROG, "meminfo-share", 1, env, out, sizeof(out));
-	/* the segment outlives its processes: drop it */
-	snprintf(pattern, sizeof(pattern), "/dev/shm/kvshim-*-preload%d", (int)getpid());
+	snprintf(pattern, sizeof(pattern), "/dev/shm/kvshim-*-%s", pool);
 	if (glob(pattern, 0, NULL, &g) == 0) {
 		for (i = 0; i < g.gl_pathc; i++)
 			unlink(g.gl_pathv[i]);
 		globfree(&g);
 	}
+}
+
+START_TEST(test_meminfo_share)
+{
+	char pool[64], name[48], out[4096];
+	const char *env[] = { "KVSHIM_SHARE=on", "KVSHIM_BUDGET=256M", pool, NULL };
+	int st;
+
+	snprintf(name, sizeof(name), "preload%d", (int)getpid());
+	snprintf(pool, sizeof(pool), "KVSHIM_POOL=%s", name);
+	st = run_out(PROG, "meminfo-share", 1, env, out, sizeof(out));
+	drop_segments(name);
 	ck_assert_msg(st == 0, "%s meminfo-share exited %d; its stderr:\n%s",
 		      PROG, st, out);
+}
+END_TEST
+
+/* KVSHIM_SHARE=auto: memory info alone registers nothing; a KV span does,
+ * and from then on memory info shows the budget. */
+START_TEST(test_share_auto)
+{
+	char pool[64], name[48], out[4096];
+	const char *env[] = { "KVSHIM_SHARE=auto", "KVSHIM_BUDGET=256M", pool, NULL };
+	int st;
+
+	snprintf(name, sizeof(name), "preloadauto%d", (int)getpid());
+	snprintf(pool, sizeof(pool), "KVSHIM_POOL=%s", name);
+	st = run_out(PROG, "share-auto", 1, env, out, sizeof(out));
+	drop_segments(name);
+	ck_assert_msg(st == 0, "%s share-auto exited %d; its stderr:\n%s", PROG, st, out);
+}
+END_TEST
+
+/* KVSHIM_SHARE=auto alone, with the default budget (the device's memory):
+ * memory info is what it is without sharing, before a KV span, with one
+ * and after it, to the byte, and the process did register. */
+START_TEST(test_share_auto_alone_same)
+{
+	char pool[64], name[48], off[4096], on[4096];
+	const char *env_off[] = { "KVSHIM_SHARE=off", "KVSHIM_POOL_LOW=0", "KVSHIM_POOL_HIGH=0",
+				  pool, NULL };
+	const char *env_auto[] = { "KVSHIM_SHARE=auto", "KVSHIM_POOL_LOW=0", "KVSHIM_POOL_HIGH=0",
+				   pool, NULL };
+	const char *a, *b;
+	int st;
+
+	snprintf(name, sizeof(name), "preloadsame%d", (int)getpid());
+	snprintf(pool, sizeof(pool), "KVSHIM_POOL=%s", name);
+	st = run_out(PROG, "meminfo-print", 1, env_off, off, sizeof(off));
+	ck_assert_msg(st == 0, "meminfo-print, sharing off, exited %d:\n%s", st, off);
+	st = run_out(PROG, "meminfo-print", 1, env_auto, on, sizeof(on));
+	drop_segments(name);
+	ck_assert_msg(st == 0, "meminfo-print, sharing auto, exited %d:\n%s", st, on);
+	a = strstr(off, "meminfo: ");
+	b = strstr(on, "meminfo: ");
+	ck_assert_msg(a && b, "no figures printed: \"%s\" / \"%s\"", off, on);
+	ck_assert_msg(strstr(a, "segments 0\n") && strstr(b, "segments 1\n"),
+		      "registered off or not with auto: \"%s\" / \"%s\"", a, b);
+	ck_assert_msg(!strncmp(a, b, (size_t)(strstr(a, ", segments") - a)),
+		      "memory info differs alone under auto: \"%s\" against off's \"%s\"", b, a);
 }
 END_TEST
 
@@ -337,6 +390,8 @@ Suite *preload_suite(void)
 	kt_add_emu(tc, test_meminfo_virtual);
 	kt_add_emu(tc, test_meminfo_real);
 	kt_add_emu(tc, test_meminfo_share);
+	kt_add_emu(tc, test_share_auto);
+	kt_add_emu(tc, test_share_auto_alone_same);
 	kt_add_emu(tc, test_entry_point);
 	kt_add_emu(tc, test_dlsym_road);
 	kt_add_emu(tc, test_threads);

@@ -1026,6 +1026,67 @@ START_TEST(test_share_bad_segment)
 }
 END_TEST
 
+/* In a child: an allocator with KVSHIM_SHARE=auto in the current pool (a
+ * budget of 16 pages), which maps 4 pages. Returns 0 when it did, under the
+ * budget when *arg is set and alone (no budget) when not. */
+static int try_auto(void *arg)
+{
+	const int *joined = arg;
+	struct kv_alloc_opts o;
+	struct kvshim_stats st;
+	kv_alloc_t *b = NULL;
+	CUdeviceptr d;
+
+	kt_opts(&o);
+	o.share = KV_ALLOC_SHARE_AUTO;
+	o.pool_name = kt_pool;
+	o.budget = 16 * PG;
+	KT_CHILD_CHECK(kv_alloc_create(&o, &b) == 0);
+	KT_CHILD_CHECK(kv_alloc_reserve(b, 8 * PG, &d) == 0);
+	KT_CHILD_CHECK(kv_alloc_map(b, d, 4 * PG) == 0);
+	KT_CHILD_CHECK(kv_alloc_stats(b, &st) == 0);
+	KT_CHILD_CHECK(st.share_budget_bytes == (*joined ? 16 * PG : 0));
+	KT_CHILD_CHECK(st.physical_bytes == 4 * PG);
+	KT_CHILD_CHECK(kv_alloc_release(b, d) == 0);
+	kv_alloc_destroy(b);
+	return 0;
+}
+
+/* KVSHIM_SHARE=auto, what the default is to be: a segment the process may
+ * not join (here one of another mode) is said, by path and why, and the
+ * process runs alone, maps and all, leaving the file as it was; on, the
+ * same segment refuses the process. Once the file is one it may join,
+ * auto joins, under the budget. */
+START_TEST(test_share_auto_alone)
+{
+	struct join j = { 0600, 2, 0 };
+	int joined = 0, fd;
+	struct stat st;
+	char err[4096];
+
+	kt_new_pool();
+	fd = open(kt_path, O_RDWR | O_CREAT | O_EXCL, 0644);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fchmod(fd, 0644), 0);
+	close(fd);
+	ck_assert_int_eq(kt_in_child(try_auto, &joined, 30, err, sizeof(err)), 0);
+	ck_assert_msg(strstr(err, kt_path) && strstr(err, "mode 0644") &&
+		      strstr(err, "runs alone"),
+		      "auto did not say why it runs alone: %s", err);
+	ck_assert_int_eq(stat(kt_path, &st), 0);
+	ck_assert_int_eq(st.st_size, 0);
+	ck_assert_uint_eq(st.st_mode & 0777, 0644);
+	assert_refused(&j, "mode 0644", NULL);
+
+	ck_assert_int_eq(chmod(kt_path, 0600), 0);
+	joined = 1;
+	ck_assert_int_eq(kt_in_child(try_auto, &joined, 30, err, sizeof(err)), 0);
+	ck_assert_msg(!strstr(err, "runs alone"), "auto ran alone with a segment it may join: %s",
+		      err);
+	kt_seg_unlink();
+}
+END_TEST
+
 Suite *share_trust_suite(void)
 {
 	Suite *s = suite_create("share_trust");
@@ -1052,6 +1113,7 @@ Suite *share_trust_suite(void)
 	kt_add_emu(tc, test_share_stopped_holder);
 	kt_add_emu(tc, test_share_versions);
 	kt_add_emu(tc, test_share_bad_segment);
+	kt_add_emu(tc, test_share_auto_alone);
 	suite_add_tcase(s, tc);
 	return s;
 }

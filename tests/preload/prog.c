@@ -8,6 +8,7 @@
  * (test_preload.c puts them in its own failure message).
  */
 #include <dlfcn.h>
+#include <glob.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -254,6 +255,64 @@ static void case_meminfo_share(void)
 	EXPECT(cudaMemGetInfo(&f, &t) == cudaSuccess);
 	EXPECT(f == 256 * MB);
 	EXPECT(t > f);
+}
+
+/* How many segments in /dev/shm the pool KVSHIM_POOL names has. */
+static size_t pool_segments(void)
+{
+	const char *pool = getenv("KVSHIM_POOL");
+	char pattern[160];
+	glob_t g;
+	size_t n;
+
+	snprintf(pattern, sizeof(pattern), "/dev/shm/kvshim-*-%s", pool ? pool : "");
+	if (glob(pattern, 0, NULL, &g) != 0)
+		return 0;
+	n = g.gl_pathc;
+	globfree(&g);
+	return n;
+}
+
+/* KVSHIM_SHARE=auto, KVSHIM_BUDGET=256M: memory info alone starts nothing
+ * (no segment, the device's figures); the first KV span registers the
+ * process, and memory info shows the budget from then on. */
+static void case_share_auto(void)
+{
+	size_t f0, t0, f1, t1;
+	char *kvp = NULL;
+
+	EXPECT(cudaMemGetInfo(&f0, &t0) == cudaSuccess);
+	EXPECT(f0 > 256 * MB);
+	EXPECT(pool_segments() == 0);
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&kvp, 32 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	EXPECT(pool_segments() == 1);
+	EXPECT(stats().share_budget_bytes == 256 * MB);
+	EXPECT(cudaMemGetInfo(&f1, &t1) == cudaSuccess);
+	EXPECT(t1 == t0);
+	/* the budget less the span's part not backed (all of it but its tail) */
+	EXPECT(f1 <= 256 * MB - 30 * MB);
+	EXPECT(cudaFree(kvp) == cudaSuccess);
+}
+
+/* Memory info before a KV span, with one, and after it is freed, printed
+ * ("meminfo: ...") for the test to compare between two settings. */
+static void case_meminfo_print(void)
+{
+	size_t f[3], t[3];
+	char *kvp = NULL;
+
+	EXPECT(cudaMemGetInfo(&f[0], &t[0]) == cudaSuccess);
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&kvp, 64 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	EXPECT(cudaMemGetInfo(&f[1], &t[1]) == cudaSuccess);
+	EXPECT(cudaFree(kvp) == cudaSuccess);
+	EXPECT(cudaMemGetInfo(&f[2], &t[2]) == cudaSuccess);
+	EXPECT(stats().reserved_bytes == 0);
+	fprintf(stderr, "meminfo: %zu %zu, %zu %zu, %zu %zu, segments %zu\n",
+		f[0], t[0], f[1], t[1], f[2], t[2], pool_segments());
 }
 
 /* Allocate through driver functions found at run time, inside a window:
@@ -652,6 +711,8 @@ static const struct {
 	{ "size-policy", case_size_policy, 1 },
 	{ "meminfo", case_meminfo, 1 },
 	{ "meminfo-share", case_meminfo_share, 1 },
+	{ "share-auto", case_share_auto, 1 },
+	{ "meminfo-print", case_meminfo_print, 1 },
 	{ "entry-point", case_entry_point, 1 },
 	{ "dlsym-road", case_dlsym_road, 1 },
 	{ "threads", case_threads, 1 },
