@@ -295,8 +295,10 @@ int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
 	KV_READ(share_waits) KV_READ(share_wait_ns)
 	KV_READ(share_waits_used) KV_READ(share_waits_failed)
 #undef KV_READ
-	if (a->share)
+	if (a->share) {
 		out->share_budget_bytes = kv_share_budget(a->share);
+		out->share_members = kv_share_members(a->share);
+	}
 	pthread_mutex_lock(&a->lock);
 	out->page_bytes = a->page;
 	out->reserved_bytes = a->reserved;

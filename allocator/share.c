@@ -898,6 +898,18 @@ uint64_t kv_share_budget(kv_share_t *s)
 	return s->fd < 0 ? 0 : budget_of(s);
 }
 
+unsigned kv_share_members(kv_share_t *s)
+{
+	unsigned i, n = 0;
+
+	if (s->fd < 0)
+		return 0;
+	for (i = 0; i < KV_SHARE_SLOTS; i++)
+		if (LOAD(&s->sh->slot[i].state) != KV_SLOT_FREE)
+			n++;
+	return n;
+}
+
 void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,
 		      uint64_t *room)
 {

@@ -217,6 +217,11 @@ void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled);
  * no slot reaped and no lock taken. */
 uint64_t kv_share_budget(kv_share_t *s);
 
+/* How many processes hold a slot in the pool's segment, this one included
+ * (0 when the segment could not be had): cheap, no slot reaped and no lock
+ * taken, so a process that died counts until a member reaps its slot. */
+unsigned kv_share_members(kv_share_t *s);
+
 /* The pool's budget, the bytes the other processes hold now, and the most
  * this process could hold: the budget less what the others use and what
  * their floors keep for them (their idle pages come back on request, but

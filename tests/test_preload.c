@@ -250,8 +250,8 @@ START_TEST(test_share_auto)
 END_TEST
 
 /* KVSHIM_SHARE=auto alone, with the default budget (the device's memory):
- * memory info is what it is without sharing, before a KV span, with one
- * and after it, to the byte, and the process did register. */
+ * memory info is what it is without sharing, before a KV span and with
+ * one, to the byte, and the process did register. */
 START_TEST(test_share_auto_alone_same)
 {
 	char pool[64], name[48], off[4096], on[4096];

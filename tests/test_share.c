@@ -275,6 +275,7 @@ START_TEST(test_share_figures)
 	ck_assert_uint_eq(others, 0);
 	ck_assert_int_eq(kv_alloc_stats(a, &stats), 0);
 	ck_assert_uint_eq(stats.share_budget_bytes, 16 * PG);
+	ck_assert_uint_eq(stats.share_members, 1);
 	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &s), 0);
 	ck_assert_int_eq(kv_alloc_map(a, s, 5 * PG), 0);
 	fflush(stdout);
@@ -286,12 +287,16 @@ START_TEST(test_share_figures)
 		KT_CHILD_CHECK(kt_mk(16 * PG, 0, 0, 0, 0, &b) == 0);
 		KT_CHILD_CHECK(kv_alloc_shared(b, &bb, &oo, NULL) == 1);
 		KT_CHILD_CHECK(bb == 16 * PG && oo == 5 * PG);
+		KT_CHILD_CHECK(kv_alloc_stats(b, &stats) == 0 && stats.share_members == 2);
 		KT_CHILD_CHECK(kv_alloc_check(b) == 0);
 		kv_alloc_destroy(b);
 		_exit(0);
 	}
 	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
 	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	/* the child left its slot as it went */
+	ck_assert_int_eq(kv_alloc_stats(a, &stats), 0);
+	ck_assert_uint_eq(stats.share_members, 1);
 	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
@@ -301,6 +306,7 @@ START_TEST(test_share_figures)
 	ck_assert_int_eq(kv_alloc_shared(c, &budget, &others, NULL), 0);
 	ck_assert_int_eq(kv_alloc_stats(c, &stats), 0);
 	ck_assert_uint_eq(stats.share_budget_bytes, 0);
+	ck_assert_uint_eq(stats.share_members, 0);
 	kt_destroy(c);
 }
 END_TEST

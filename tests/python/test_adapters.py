@@ -1512,16 +1512,20 @@ class AdapterTest(unittest.TestCase):
         return c, tr, proc, asked, stated
 
     def test_packing_needs_a_shared_budget(self):
-        """KVSHIM_CB_PACK on (its default: unset here) packs only under a
-        shared budget, as kvshim's stats tell it: alone (these tests' kvshim
-        shares nothing), the engine neither plans nor states packing's
-        pages, and its cushion is the one it had before packing was on: a
-        (16 blocks, page 0) and d (24, page 1), whose page 0 packing would
-        empty and whose free ids would cover the cushion of 8 (see
+        """KVSHIM_CB_PACK on (its default: unset here) packs only when other
+        processes share the engine's budget, as kvshim's stats tell it
+        (share_members above 1): alone (these tests' kvshim shares nothing,
+        and alone under a shared budget is the same), the engine neither
+        plans nor states packing's pages, and its cushion is the one it had
+        before packing was on: a (16 blocks, page 0) and d (24, page 1),
+        whose page 0 packing would empty and whose free ids would cover the
+        cushion of 8 (see
         test_packing_engine_cushion_comes_from_its_pages_first), state
-        nothing unused and the whole cushion. The look is kept on the cache;
-        the stats field is read through the real library in a process of
-        its own, under KVSHIM_SHARE and without."""
+        nothing unused and the whole cushion. The look is kept on the cache
+        and read again after SHARED_EVERY seconds; the stats fields are read
+        through the real library in processes of their own, under
+        KVSHIM_SHARE (alone, then with another process in the pool) and
+        without."""
         env = dict(os.environ)
         env.pop("KVSHIM_CB_PACK", None)
         patch = unittest.mock.patch.dict(os.environ, env, clear=True)
@@ -1539,28 +1543,52 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(kvshim.stats()["share_budget_bytes"], 0)
         self.assertTrue(transformers_cb._pack_on())
         self.assertFalse(transformers_cb._packs(proc))
-        self.assertIs(c.kvshim_shared, False)   # read once, kept on the cache
+        self.assertIs(c.kvshim_shared, False)   # kept on the cache
         self.assertEqual(transformers_cb._cushion(proc), 8)
         transformers_cb._state_unused(proc, tr, fresh=True)
         self.assertEqual(stated[-1] if stated else 0, 0)
         self.assertEqual(looks, [])
         # the same engine taken as sharing: the look, the page, no cushion
-        c.kvshim_shared = True
+        members = [2]
+        stats = kvshim.stats
+        self.addCleanup(setattr, kvshim, "stats", stats)
+        kvshim.stats = lambda: dict(stats(), share_members=members[0])
+        self.assertFalse(transformers_cb._packs(proc))   # not read again yet
+        c.kvshim_shared_at -= transformers_cb.SHARED_EVERY
         self.assertTrue(transformers_cb._packs(proc))
         self.assertEqual(transformers_cb._cushion(proc), 0)
         transformers_cb._state_unused(proc, tr, fresh=True)
         self.assertEqual(stated[-1], tr.page_index_bytes)
         self.assertIn("pack_plan", looks)
-        # kvshim's stats: the budget under KVSHIM_SHARE, 0 without
+        # alone again under a shared budget (the others gone): as alone
+        members[0] = 1
+        c.kvshim_shared_at -= transformers_cb.SHARED_EVERY
+        self.assertFalse(transformers_cb._packs(proc))
+        self.assertEqual(transformers_cb._cushion(proc), 8)
+        # kvshim's stats: the budget and the processes under KVSHIM_SHARE,
+        # alone and with another in the pool; 0 and 0 without
         pool = POOL + "b"
         self.addCleanup(_remove_segments, pool)
-        for share, want in (("on", 64 * MIB), ("off", 0)):
-            out = subprocess.run(
-                [sys.executable, "-c", "import kvshim; print(kvshim.stats()['share_budget_bytes'])"],
-                env=dict(os.environ, KVSHIM_SHARE=share, KVSHIM_BUDGET="64M", KVSHIM_POOL=pool),
-                capture_output=True, text=True, timeout=60)
+        show = "import kvshim; s = kvshim.stats(); print(s['share_budget_bytes'], s['share_members'])"
+        env = dict(os.environ, KVSHIM_BUDGET="64M", KVSHIM_POOL=pool)
+
+        def figures(share):
+            out = subprocess.run([sys.executable, "-c", show], env=dict(env, KVSHIM_SHARE=share),
+                                 capture_output=True, text=True, timeout=60)
             self.assertEqual(out.returncode, 0, out.stderr)
-            self.assertEqual(int(out.stdout), want, share)
+            return [int(x) for x in out.stdout.split()]
+        self.assertEqual(figures("on"), [64 * MIB, 1])
+        self.assertEqual(figures("off"), [0, 0])
+        other = subprocess.Popen(
+            [sys.executable, "-c", "import sys, kvshim; kvshim.stats(); print(1, flush=True); "
+             "sys.stdin.read()"], env=dict(env, KVSHIM_SHARE="on"),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        try:
+            self.assertEqual(other.stdout.readline().strip(), "1")
+            self.assertEqual(figures("on"), [64 * MIB, 2])
+        finally:
+            other.stdin.close()
+            other.wait(timeout=60)
 
     def rows(self, c, t, b, fill=None):
         """Block b's rows in tensor t of cache c: written with fill (bytes

@@ -46,8 +46,8 @@ class Stats(ctypes.Structure):
             "map_calls", "pages_mapped", "map_ns", "pages_unmapped", "unmap_ns",
             "pages_created", "create_ns", "pages_released", "release_ns",
             "pages_zeroed", "zero_ns", "share_waits", "share_wait_ns",
-            "share_waits_used", "share_waits_failed", "share_budget_bytes")] + [
-                ("reserved", ctypes.c_ulonglong * 3)]
+            "share_waits_used", "share_waits_failed", "share_budget_bytes",
+            "share_members")] + [("reserved", ctypes.c_ulonglong * 2)]
 
 
 class DLManaged(ctypes.Structure):

@@ -751,26 +751,31 @@ def _drop_unused(proc, tracker):
 
 
 def _packs(proc):
-    """Whether this engine packs: KVSHIM_CB_PACK on, a shared budget
-    (without one nobody asks, and the plan's look is work for nothing: an
-    engine alone does as before packing was on), not under tensor
-    parallelism."""
+    """Whether this engine packs: KVSHIM_CB_PACK on, other processes sharing
+    its budget (without them nobody asks, and the plan's look is work for
+    nothing: an engine alone, with or without a shared budget, does as
+    before packing was on), not under tensor parallelism."""
     return _pack_on() and _shared(proc) and not _tensor_parallel(proc)
 
 
+SHARED_EVERY = 1.0     # seconds between two reads of who shares the budget
+
+
 def _shared(proc):
-    """Whether kvshim shares a budget with other processes here (its stats'
-    share_budget_bytes), read once per cache: the allocator's sharing is
-    set when it starts."""
+    """Whether other processes share kvshim's budget with this one now
+    (its stats' share_members, this process included, above 1; 0 without a
+    shared budget): read at most every SHARED_EVERY seconds, kept on the
+    cache, as processes come and go."""
     cache = getattr(proc, "cache", None)
+    now = time.monotonic()
     shared = getattr(cache, "kvshim_shared", None)
-    if shared is None:
+    if shared is None or now - getattr(cache, "kvshim_shared_at", now) >= SHARED_EVERY:
         try:
-            shared = kvshim.stats().get("share_budget_bytes", 0) > 0
+            shared = kvshim.stats().get("share_members", 0) > 1
         except (kvshim.KvshimError, AttributeError, OSError, RuntimeError):
             shared = False
         if cache is not None:
-            cache.kvshim_shared = shared
+            cache.kvshim_shared, cache.kvshim_shared_at = shared, now
     return shared
 
 
