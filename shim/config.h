@@ -54,7 +54,7 @@
 	X(CB_AHEAD, cb_ahead, bool, "on",                                    \
 	  "transformers continuous batching: map the blocks the next step's prefill will take while the current step computes, on a thread of the adapter") \
 	X(CB_PACK, cb_pack, bool, "on",                                      \
-	  "transformers continuous batching, under a shared budget: asked to give back, move blocks in use off the pages they share with few others (their KV copied on the GPU, the block tables rewritten) so that those pages go back, before preempting requests")
+	  "transformers continuous batching, while other processes share its budget: asked to give back, move blocks in use off the pages they share with few others (their KV copied on the GPU, the block tables rewritten) so that those pages go back, before preempting requests")
 
 /* Device ordinals KVSHIM_DEVICE can name: 0 to KV_MAX_DEVICES - 1. */
 #define KV_MAX_DEVICES 64
