@@ -814,6 +814,32 @@ def pct(xs, p):
     return xs[i] if i + 1 >= len(xs) else xs[i] + (xs[i + 1] - xs[i]) * (k - i)
 
 
+LONG_STEP = 4.0     # a step this many times its engine's median step is long
+
+
+def long_steps(engines, name):
+    """Engine name's long steps in a replay (engines: {name: its results,
+    whose "steps" are (start, seconds scheduling, seconds running the
+    batch), starts on the clock every engine shares}) and what ran beside
+    them: (how many, their median seconds, {other engine: (the median
+    seconds of its steps whose batch overlapped one of them, or nan for
+    none; the median of all its steps)}). A batch runs from its step's
+    start plus the scheduling, for the running time."""
+    def runs(n):
+        return [(st[0] + st[1], st[0] + st[1] + st[2]) for st in engines[n].get("steps", ())]
+    mine = runs(name)
+    mid = pct([b - a for a, b in mine], 50)
+    long = [(a, b) for a, b in mine if b - a > LONG_STEP * mid]
+    beside = {}
+    for other in engines:
+        if other == name:
+            continue
+        theirs = runs(other)
+        over = [b - a for a, b in theirs if any(a < lb and b > la for la, lb in long)]
+        beside[other] = (pct(over, 50), pct([b - a for a, b in theirs], 50))
+    return len(long), pct([b - a for a, b in long], 50), beside
+
+
 def blocks_in_use(engine):
     """[(s, KV bytes, bytes of blocks in use)] over an engine's samples that
     have the engine's view (every configuration's from session 15 on, only
@@ -901,6 +927,7 @@ def summarize(results, traces):
                 said = stated(run.get("held"), (run.get("pids") or {}).get(name)) \
                     if packing else None
                 table[(label, cname, name)] = {
+                    "long_steps": long_steps(run["engines"], name) if name in ORDER else None,
                     "kv_pages_mean": packing[0] if packing else None,
                     "kv_demand_mean": said[0] if said else None,
                     "kv_idle_mean": said[1] if said else None,
@@ -1016,6 +1043,26 @@ def print_tables(table, traces, results, args):
                           t["kv_slow"] if kv else "-", "%.1f" % (1e3 * t["kv_worst"]) if kv else "-",
                           "%.2f" % t["kv_busy"] if kv else "-", t["kv_retries"] if kv else "-",
                           t["kv_short"] if kv else "-", t["kv_capped"] if kv else "-"))
+        print("\nlong steps, trace %s: each engine's steps over %.0f times its median step, "
+              "and the medians of the other engines' steps that ran beside them (batches "
+              "overlapping in time), in brackets those engines' medians over the replay: a "
+              "request that does not queue may still wait behind a long step, whose length "
+              "depends on what runs beside it too (the processes share the GPU's time)"
+              % (label, LONG_STEP))
+        print("| model | config | long steps | long p50 ms | %s |"
+              % " | ".join("%s beside ms" % n for n in ORDER))
+        print("|---|---|---|---|%s" % ("---|" * len(ORDER)))
+        for name in ORDER:
+            for cname in results:
+                t = table.get((label, cname, name))
+                if t is None or t["long_steps"] is None:
+                    continue
+                n, mid, beside = t["long_steps"]
+                print("| %s | %s | %d | %s | %s |" % (
+                    name, cname, n, "%.0f" % (1e3 * mid) if n else "-", " | ".join(
+                        "-" if o not in beside else "%s (%.1f)" % (
+                            "-" if beside[o][0] != beside[o][0] else "%.1f" % (1e3 * beside[o][0]),
+                            1e3 * beside[o][1]) for o in ORDER)))
         kv_table(table, label, results,
                  "maps that waited for other processes, trace %s: how many, how long in all, "
                  "how many waited for pages others use (above their share), how many gave up; "
