@@ -688,7 +688,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
                          cfg.get("static_reads", False))
              for name in ORDER}
     res = {"name": cfg["name"], "mode": mode, "budget": budget, "engines": {}, "runs": {},
-           "seconds": {}, "skipped": []}
+           "seconds": {}, "skipped": [], "pool": pool}
     try:
         for name, p in procs.items():
             res["engines"][name] = json.loads(read_line(p, "READY", 600))
@@ -1377,7 +1377,9 @@ def write_json(path, args, traces, summary, table, results):
                                    "warmup": r.get("warmup_s"), "traces": r.get("seconds"),
                                    "turns": r.get("turns")}
                                for m, r in results.items()},
-                   "skipped": {m: r.get("skipped", []) for m, r in results.items()}},
+                   "skipped": {m: r.get("skipped", []) for m, r in results.items()},
+                   # each kvshim configuration's pool (KVSHIM_POOL), removed at its end
+                   "pools": {m: r.get("pool") for m, r in results.items() if r.get("pool")}},
                   f, separators=(",", ":"))
 
 
