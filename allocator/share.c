@@ -904,6 +904,10 @@ unsigned kv_share_members(kv_share_t *s)
 
 	if (s->fd < 0)
 		return 0;
+	/* a process that ended (kvshim has no exit hook) left its slot used */
+	pthread_mutex_lock(&s->mu);
+	kv_seg_reap_all(s->fd, s->sh, s->slot, s->path);
+	pthread_mutex_unlock(&s->mu);
 	for (i = 0; i < KV_SHARE_SLOTS; i++)
 		if (LOAD(&s->sh->slot[i].state) != KV_SLOT_FREE)
 			n++;

@@ -218,8 +218,8 @@ void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled);
 uint64_t kv_share_budget(kv_share_t *s);
 
 /* How many processes hold a slot in the pool's segment, this one included
- * (0 when the segment could not be had): cheap, no slot reaped and no lock
- * taken, so a process that died counts until a member reaps its slot. */
+ * (0 when the segment could not be had), once the slots of those that
+ * ended are reaped: a lock probe per slot in use, no segment lock taken. */
 unsigned kv_share_members(kv_share_t *s);
 
 /* The pool's budget, the bytes the other processes hold now, and the most

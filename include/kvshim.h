@@ -81,9 +81,8 @@ struct kvshim_stats {
 	/* the budget this process shares with the others on its device (the
 	 * shared segment's); 0 without a shared budget (KVSHIM_SHARE off) */
 	unsigned long long share_budget_bytes;
-	/* the processes sharing it now, this one included (a process that
-	 * died counts until a member reaps its slot: one joining, one short
-	 * of budget, or a memory-info look); 0 without one */
+	/* the processes sharing it now, this one included (those that ended
+	 * are reaped first); 0 without one */
 	unsigned long long share_members;
 	unsigned long long reserved[2];
 };

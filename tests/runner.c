@@ -113,9 +113,10 @@ int main(void)
 	 */
 	setenv("CK_DEFAULT_TIMEOUT", "120", 0);
 	/*
-	 * Sharing is on by default: every allocator the shim starts here (and
-	 * in the programs the tests run) joins a pool of this run's own, never
-	 * the GPU's real segment, whatever the environment says.
+	 * Where sharing is on (KVSHIM_SHARE, or a test's own options), every
+	 * allocator the shim starts here (and in the programs the tests run)
+	 * joins a pool of this run's own, never the GPU's real segment,
+	 * whatever the environment says.
 	 */
 	runner_pid = getpid();
 	snprintf(pool, sizeof(pool), "t%d-shim", (int)runner_pid);

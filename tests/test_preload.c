@@ -4,7 +4,6 @@
  * emulation. Each case is a process of its own: what the shim does to a
  * program is seen from outside, by its exit status.
  */
-#include <glob.h>
 #include <limits.h>
 #include <spawn.h>
 #include <stdio.h>
@@ -87,9 +86,10 @@ static int run_out(const char *prog, const char *test, int preload,
 	/* the extra variables first: getenv finds the first of a name */
 	for (i = 0; extra && extra[i]; i++)
 		env[k++] = (char *)extra[i];
-	/* sharing is on by default: each program gets a pool of its own, in
-	 * the runner's (never the GPU's real segment, nor a budget shared with
-	 * an allocator this process keeps, as it does without forking) */
+	/* sharing may be on (KVSHIM_SHARE): each program gets a pool of its
+	 * own, in the runner's (never the GPU's real segment, nor a budget
+	 * shared with an allocator this process keeps, as it does without
+	 * forking) */
 	snprintf(pool_var, sizeof(pool_var), "KVSHIM_POOL=%s-%u",
 		 getenv("KVSHIM_POOL") ? getenv("KVSHIM_POOL") : "t", runs++);
 	env[k++] = pool_var;
@@ -203,33 +203,29 @@ START_TEST(test_meminfo_real)
 }
 END_TEST
 
-/* Remove the segments of the pool named pool (they outlive their processes). */
-static void drop_segments(const char *pool)
+/* "KVSHIM_POOL=" a pool of this test's own, named under the runner's (whose
+ * segments the runner removes at its end), into var (len bytes). */
+static void own_pool(char *var, size_t len, const char *what)
 {
-	char pattern[128];
-	glob_t g;
-	size_t i;
+	snprintf(var, len, "KVSHIM_POOL=%s-%s%d",
+		 getenv("KVSHIM_POOL") ? getenv("KVSHIM_POOL") : "t", what, (int)getpid());
+}
 
-	snprintf(pattern, sizeof(pattern), "/dev/shm/kvshim-*-%s", pool);
-	if (glob(pattern, 0, NULL, &g) == 0) {
-		for (i = 0; i < g.gl_pathc; i++)
-			unlink(g.gl_pathv[i]);
-		globfree(&g);
-	}
+/* Run a sharing case of prog with KVSHIM_SHARE=share and a 256 MiB budget,
+ * in a pool of its own; it must pass. */
+static void expect_pass_shared(const char *test, const char *share)
+{
+	char pool[80], var[32];
+	const char *env[] = { var, "KVSHIM_BUDGET=256M", pool, NULL };
+
+	snprintf(var, sizeof(var), "KVSHIM_SHARE=%s", share);
+	own_pool(pool, sizeof(pool), share);
+	expect_pass(PROG, test, 1, env);
 }
 
 START_TEST(test_meminfo_share)
 {
-	char pool[64], name[48], out[4096];
-	const char *env[] = { "KVSHIM_SHARE=on", "KVSHIM_BUDGET=256M", pool, NULL };
-	int st;
-
-	snprintf(name, sizeof(name), "preload%d", (int)getpid());
-	snprintf(pool, sizeof(pool), "KVSHIM_POOL=%s", name);
-	st = run_out(PROG, "meminfo-share", 1, env, out, sizeof(out));
-	drop_segments(name);
-	ck_assert_msg(st == 0, "%s meminfo-share exited %d; its stderr:\n%s",
-		      PROG, st, out);
+	expect_pass_shared("meminfo-share", "on");
 }
 END_TEST
 
@@ -237,15 +233,7 @@ END_TEST
  * and from then on memory info shows the budget. */
 START_TEST(test_share_auto)
 {
-	char pool[64], name[48], out[4096];
-	const char *env[] = { "KVSHIM_SHARE=auto", "KVSHIM_BUDGET=256M", pool, NULL };
-	int st;
-
-	snprintf(name, sizeof(name), "preloadauto%d", (int)getpid());
-	snprintf(pool, sizeof(pool), "KVSHIM_POOL=%s", name);
-	st = run_out(PROG, "share-auto", 1, env, out, sizeof(out));
-	drop_segments(name);
-	ck_assert_msg(st == 0, "%s share-auto exited %d; its stderr:\n%s", PROG, st, out);
+	expect_pass_shared("share-auto", "auto");
 }
 END_TEST
 
@@ -254,7 +242,7 @@ END_TEST
  * one, to the byte, and the process did register. */
 START_TEST(test_share_auto_alone_same)
 {
-	char pool[64], name[48], off[4096], on[4096];
+	char pool[80], off[4096], on[4096];
 	const char *env_off[] = { "KVSHIM_SHARE=off", "KVSHIM_POOL_LOW=0", "KVSHIM_POOL_HIGH=0",
 				  pool, NULL };
 	const char *env_auto[] = { "KVSHIM_SHARE=auto", "KVSHIM_POOL_LOW=0", "KVSHIM_POOL_HIGH=0",
@@ -262,12 +250,10 @@ START_TEST(test_share_auto_alone_same)
 	const char *a, *b;
 	int st;
 
-	snprintf(name, sizeof(name), "preloadsame%d", (int)getpid());
-	snprintf(pool, sizeof(pool), "KVSHIM_POOL=%s", name);
+	own_pool(pool, sizeof(pool), "same");
 	st = run_out(PROG, "meminfo-print", 1, env_off, off, sizeof(off));
 	ck_assert_msg(st == 0, "meminfo-print, sharing off, exited %d:\n%s", st, off);
 	st = run_out(PROG, "meminfo-print", 1, env_auto, on, sizeof(on));
-	drop_segments(name);
 	ck_assert_msg(st == 0, "meminfo-print, sharing auto, exited %d:\n%s", st, on);
 	a = strstr(off, "meminfo: ");
 	b = strstr(on, "meminfo: ");

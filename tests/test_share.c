@@ -297,6 +297,21 @@ START_TEST(test_share_figures)
 	/* the child left its slot as it went */
 	ck_assert_int_eq(kv_alloc_stats(a, &stats), 0);
 	ck_assert_uint_eq(stats.share_members, 1);
+	/* one that ends without closing its allocator (kvshim has no exit
+	 * hook) counts while it runs, and not once it has ended */
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		kv_alloc_t *b;
+
+		KT_CHILD_CHECK(kt_mk(16 * PG, 0, 0, 0, 0, &b) == 0);
+		KT_CHILD_CHECK(kv_alloc_stats(b, &stats) == 0 && stats.share_members == 2);
+		_exit(0);
+	}
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+	ck_assert_int_eq(kv_alloc_stats(a, &stats), 0);
+	ck_assert_uint_eq(stats.share_members, 1);
 	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();

@@ -130,8 +130,9 @@ def stand_in_for_the_ask(proc, tracker):
     scheduler's margin in it is 0.15 of the blocks the engine can have,
     most of the GPU's memory, and nothing would move: this check is about
     what moving does to the tokens; the policy is the adapter tests'); and
-    the engine taken as under a shared budget, which packing needs (this
-    run has none: the stand-in is the only one who asks)."""
+    the engine taken as sharing its budget with other processes, which
+    packing needs (this run has none: the stand-in is the only one who
+    asks)."""
     import kvshim
     from kvshim.adapters import transformers_cb
     bm = proc.cache._block_manager

@@ -1491,8 +1491,8 @@ class AdapterTest(unittest.TestCase):
 
     def pack_on(self):
         """KVSHIM_CB_PACK on for this test only, and the engine taken as
-        under a shared budget (these tests stand in for kvshim's asks; see
-        test_packing_needs_a_shared_budget)."""
+        sharing its budget with other processes (these tests stand in for
+        kvshim's asks; see test_packing_needs_others_sharing)."""
         self.addCleanup(transformers_cb._pack_setting.__setitem__, slice(None),
                         list(transformers_cb._pack_setting))
         transformers_cb._pack_setting[:] = [True]
@@ -1511,7 +1511,7 @@ class AdapterTest(unittest.TestCase):
         self.capture_unused(stated)
         return c, tr, proc, asked, stated
 
-    def test_packing_needs_a_shared_budget(self):
+    def test_packing_needs_others_sharing(self):
         """KVSHIM_CB_PACK on (its default: unset here) packs only when other
         processes share the engine's budget, as kvshim's stats tell it
         (share_members above 1): alone (these tests' kvshim shares nothing,
@@ -1534,6 +1534,11 @@ class AdapterTest(unittest.TestCase):
         self.addCleanup(transformers_cb._pack_setting.__setitem__, slice(None),
                         list(transformers_cb._pack_setting))
         transformers_cb._pack_setting[:] = []
+        # (no read goes stale on its own while the test runs, however slow
+        # the machine: the test ages the one kept on the cache itself)
+        every = unittest.mock.patch.object(transformers_cb, "SHARED_EVERY", 3600.0)
+        every.start()
+        self.addCleanup(every.stop)
         c, tr, proc, asked, stated = self.a_page_to_pack()
         looks = []
         for name in ("pack_plan", "free_after_plan"):
@@ -1579,16 +1584,22 @@ class AdapterTest(unittest.TestCase):
             return [int(x) for x in out.stdout.split()]
         self.assertEqual(figures("on"), [64 * MIB, 1])
         self.assertEqual(figures("off"), [0, 0])
-        other = subprocess.Popen(
-            [sys.executable, "-c", "import sys, kvshim; kvshim.stats(); print(1, flush=True); "
-             "sys.stdin.read()"], env=dict(env, KVSHIM_SHARE="on"),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-        try:
-            self.assertEqual(other.stdout.readline().strip(), "1")
-            self.assertEqual(figures("on"), [64 * MIB, 2])
-        finally:
-            other.stdin.close()
-            other.wait(timeout=60)
+        with subprocess.Popen(
+                [sys.executable, "-c", "import sys, kvshim; kvshim.stats(); print(1, flush=True); "
+                 "sys.stdin.read()"], env=dict(env, KVSHIM_SHARE="on"),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as other:
+            try:
+                self.assertEqual(other.stdout.readline().strip(), "1")
+                self.assertEqual(figures("on"), [64 * MIB, 2])
+            finally:
+                other.stdin.close()
+                try:
+                    other.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    other.kill()
+        # once it has ended, its slot is reaped: alone again
+        self.assertEqual(other.returncode, 0)
+        self.assertEqual(figures("on"), [64 * MIB, 1])
 
     def rows(self, c, t, b, fill=None):
         """Block b's rows in tensor t of cache c: written with fill (bytes
