@@ -1045,9 +1045,8 @@ def print_tables(table, traces, results, args):
                           t["kv_short"] if kv else "-", t["kv_capped"] if kv else "-"))
         print("\nlong steps, trace %s: each engine's steps over %.0f times its median step, "
               "and the medians of the other engines' steps that ran beside them (batches "
-              "overlapping in time), in brackets those engines' medians over the replay: a "
-              "request that does not queue may still wait behind a long step, whose length "
-              "depends on what runs beside it too (the processes share the GPU's time)"
+              "overlapping in time), in brackets those engines' medians over the replay (a "
+              "request that does not queue may still wait behind a long step)"
               % (label, LONG_STEP))
         print("| model | config | long steps | long p50 ms | %s |"
               % " | ".join("%s beside ms" % n for n in ORDER))
