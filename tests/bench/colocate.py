@@ -815,6 +815,7 @@ def pct(xs, p):
 
 
 LONG_STEP = 4.0     # a step this many times its engine's median step is long
+WORST = 3           # the longest TTFTs shown per model and configuration
 
 
 def long_steps(engines, name):
@@ -959,6 +960,9 @@ def summarize(results, traces):
                                         for n in engines) for k in WAIT_FIGURES},
                     "requests": len(rows), "failed": bad,
                     "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
+                    # the longest three, (TTFT s, arrival s): what a p99 of a few
+                    # dozen requests is made of
+                    "worst": sorted(((r["ttft"], r["t"]) for r in good), reverse=True)[:WORST],
                     "ttft_mean": statistics.fmean(ttft) if ttft else float("nan"),
                     "wait_mean": statistics.fmean(waits) if waits else float("nan"),
                     "tokens_s": toks / span if span > 0 else float("nan"),
@@ -1017,6 +1021,17 @@ def print_tables(table, traces, results, args):
                     name, cname, t["requests"], t["failed"], t["ttft_p50"], t["ttft_p99"], r,
                     t["wait_mean"], t["tokens_s"], t["peak_kv"] / MIB, t["peak_proc"] / MIB,
                     t["preempted"]))
+        print("\nthe longest TTFTs, trace %s: each model's %d longest in seconds, with when "
+              "the request arrived (s from the trace's start); with 101 requests a model or "
+              "fewer, its p99 lies between the longest two" % (label, WORST))
+        print("| model | config | longest TTFTs s (arrival s) |")
+        print("|---|---|---|")
+        for name in ORDER:
+            for cname in results:
+                t = table.get((label, cname, name))
+                if t is not None:
+                    print("| %s | %s | %s |" % (name, cname, ", ".join(
+                        "%.3f (%.2f)" % w for w in t["worst"])))
         print("\nwhere the time goes, trace %s: engine steps (each batch: scheduling it, which "
               "under kvshim holds the adapter's checks and maps, then running it), queue wait and "
               "prefill (TTFT less the wait) at p99, and the adapter's calls (slow: over %.0f ms); "
