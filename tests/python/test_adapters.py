@@ -1024,8 +1024,38 @@ class AdapterTest(unittest.TestCase):
         proc = ContinuousBatchProcessor(c)
         proc.scheduler = sched
         self.assertFalse(proc.prepare_next_batch())
-        self.assertEqual(stated[-1], 44 * tr.bytes_per_block)
+        # (and a page index, which the admission check needs: see
+        # test_held_demand_admits_what_it_states)
+        self.assertEqual(stated[-1], 44 * tr.bytes_per_block + tr.page_index_bytes)
         self.assertEqual(list(c._block_manager._init_block_ids), ids)   # left as it was
+
+    def test_held_demand_admits_what_it_states(self):
+        """What an engine held back states, granted to the byte as the room
+        kvshim lets it have, admits the blocks it waits for: the admission
+        check (kvshim_group_headroom) counts the blocks whole pages hold
+        however the ids fall, a page a tensor fewer than the bytes, and the
+        statement carries that page index. Without it, a share of exactly
+        the held blocks admitted none of them when they fit in a page index
+        (on an H200, at 3 GiB: 64 blocks, one page index, stated; 0 blocks
+        of room; the engine's own idle pages unused for a second). The
+        cushion, stated when nothing is held back, carries none."""
+        c, tr = self.make(num_blocks=4096, layers=4)
+        stated = []
+        self.capture_demand(stated)
+        per_tensor = tr.bytes_per_block // tr.group.ntensors
+        page = tr.page_index_bytes // tr.group.ntensors
+
+        def room(nbytes):              # kvshim_group_headroom's count
+            each = nbytes // tr.group.ntensors
+            return (each - page) // per_tensor if each > page else 0
+        for held in (1, page // per_tensor - 1, page // per_tensor, 3 * page // per_tensor + 5):
+            tr.state_demand(0, held)
+            self.assertGreaterEqual(room(stated[-1]), held, held)
+            self.assertLess(room(held * tr.bytes_per_block), held, held)   # what it was
+        tr.state_demand(40, 0)
+        self.assertEqual(stated[-1], 40 * tr.bytes_per_block)
+        tr.state_demand(0, 0)
+        self.assertEqual(stated[-1], 0)
 
     def test_engine_whose_prefix_cache_covers_what_waits_is_not_held(self):
         """A pass that admitted nothing by transformers' own choice, while
@@ -1261,7 +1291,7 @@ class AdapterTest(unittest.TestCase):
         self.addCleanup(setattr, tr, "can_take", real_can)
         time.sleep(0.01)
         self.assertFalse(proc.prepare_next_batch())
-        self.assertEqual(stated[-1], 7 * tr.bytes_per_block)
+        self.assertEqual(stated[-1], 7 * tr.bytes_per_block + tr.page_index_bytes)
         tr.can_take = real_can
         self.assertTrue(proc.prepare_next_batch())
         self.assertEqual(stated[-1], 0)
@@ -1326,7 +1356,8 @@ class AdapterTest(unittest.TestCase):
         proc.scheduler.waiting_requests["b"] = Request(big)
         time.sleep(0.01)                                   # past the headroom's ttl
         self.assertFalse(proc.prepare_next_batch())
-        self.assertEqual(stated[-1], -(-(big + 1) // c.block_size) * tr.bytes_per_block)
+        self.assertEqual(stated[-1], -(-(big + 1) // c.block_size) * tr.bytes_per_block
+                         + tr.page_index_bytes)
         self.assertGreater(tr.retries, 0)
         # gone (cancelled): the demand is taken back
         proc.scheduler.waiting_requests.clear()
@@ -1339,8 +1370,9 @@ class AdapterTest(unittest.TestCase):
         prefill (max_batch_tokens, in every layer group) as demand even
         when nothing holds it back: the shared budget keeps those blocks
         for it, and a burst maps at once instead of waiting for another
-        engine to preempt. Held back by more, it states what it waits for;
-        idle, it states none (its idle pages are the others')."""
+        engine to preempt. Held back, it states what it waits for and a
+        page index (or the step, if more); idle, it states none (its idle
+        pages are the others')."""
         c, tr = self.make(num_blocks=4096, layers=4)
         c.group_cache_managers.append(StandInGroup())       # two layer groups
         asked, stated = [0], []
@@ -1375,10 +1407,10 @@ class AdapterTest(unittest.TestCase):
         tr.can_take = lambda ids: (setattr(tr, "short", tr.short + 1), False)[1]
         sched.block_new_requests = False
         self.assertFalse(proc.prepare_next_batch())         # "w": 4 blocks a group
-        self.assertEqual(stated[-1], step)
+        self.assertEqual(stated[-1], max(step, 2 * 4 * tr.bytes_per_block + tr.page_index_bytes))
         sched.waiting_requests["big"] = Request(1000)       # and 63 a group
         self.assertFalse(proc.prepare_next_batch())
-        self.assertEqual(stated[-1], 2 * (4 + 63) * tr.bytes_per_block)
+        self.assertEqual(stated[-1], 2 * (4 + 63) * tr.bytes_per_block + tr.page_index_bytes)
         # admitted and running, nothing waits: the step again
         tr.can_take = real_can
         self.assertTrue(proc.prepare_next_batch())

@@ -480,10 +480,20 @@ class BlockTracker:
         return blocks
 
     @_timed
-    def state_demand(self, nblocks):
-        """State in the shared budget the blocks this engine waits for now
-        (those its waiting requests need; 0: none), as _state does."""
-        self._state("demand", max(0, int(nblocks)) * self.bytes_per_block)
+    def state_demand(self, nblocks, held=0):
+        """State in the shared budget what this engine waits for now, as
+        _state does: nblocks (its cushion; 0: none) or, when kvshim held
+        back waiting requests, their held blocks and a page index more,
+        whichever is more. The page index: the admission check (room(),
+        kvshim_group_headroom) counts the blocks whole pages hold however
+        the ids fall, a page a tensor fewer than the bytes, so a share of
+        exactly the held blocks' bytes would admit none of them when they
+        fit in a page index (an engine holding idle pages of its own then
+        waited for them; on an H200, at 3 GiB, over a second)."""
+        held = max(0, int(held))
+        self._state("demand", max(max(0, int(nblocks)) * self.bytes_per_block,
+                                  held * self.bytes_per_block + self.page_index_bytes
+                                  if held else 0))
 
     def _state(self, what, nbytes):
         """State nbytes as this process's what (demand, unused) through
