@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import io
 import itertools
+import json
 import os
 import random
 import subprocess
@@ -24,8 +25,9 @@ import unittest.mock
 from contextlib import redirect_stderr
 
 # before kvshim reads its configuration: no pool, and a 64 MiB limit that
-# test_memory_short_requests_wait runs into; sharing is on by default: a
-# shared budget of this test's own, never the GPU's real segment
+# test_memory_short_requests_wait runs into; should sharing be on
+# (KVSHIM_SHARE), a shared budget of this test's own, never the GPU's real
+# segment
 POOL = "adapters%d" % os.getpid()
 os.environ.update(KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0", KVSHIM_LIMIT="64M",
                   KVSHIM_POOL=POOL)
@@ -1025,37 +1027,77 @@ class AdapterTest(unittest.TestCase):
         proc.scheduler = sched
         self.assertFalse(proc.prepare_next_batch())
         # (and a page index, which the admission check needs: see
-        # test_held_demand_admits_what_it_states)
+        # test_stated_demand_is_admitted)
         self.assertEqual(stated[-1], 44 * tr.bytes_per_block + tr.page_index_bytes)
         self.assertEqual(list(c._block_manager._init_block_ids), ids)   # left as it was
 
-    def test_held_demand_admits_what_it_states(self):
-        """What an engine held back states, granted to the byte as the room
-        kvshim lets it have, admits the blocks it waits for: the admission
-        check (kvshim_group_headroom) counts the blocks whole pages hold
-        however the ids fall, a page a tensor fewer than the bytes, and the
-        statement carries that page index. Without it, a share of exactly
-        the held blocks admitted none of them when they fit in a page index
-        (on an H200, at 3 GiB: 64 blocks, one page index, stated; 0 blocks
-        of room; the engine's own idle pages unused for a second). The
-        cushion, stated when nothing is held back, carries none."""
-        c, tr = self.make(num_blocks=4096, layers=4)
-        stated = []
-        self.capture_demand(stated)
-        per_tensor = tr.bytes_per_block // tr.group.ntensors
-        page = tr.page_index_bytes // tr.group.ntensors
-
-        def room(nbytes):              # kvshim_group_headroom's count
-            each = nbytes // tr.group.ntensors
-            return (each - page) // per_tensor if each > page else 0
-        for held in (1, page // per_tensor - 1, page // per_tensor, 3 * page // per_tensor + 5):
-            tr.state_demand(0, held)
-            self.assertGreaterEqual(room(stated[-1]), held, held)
-            self.assertLess(room(held * tr.bytes_per_block), held, held)   # what it was
-        tr.state_demand(40, 0)
-        self.assertEqual(stated[-1], 40 * tr.bytes_per_block)
-        tr.state_demand(0, 0)
-        self.assertEqual(stated[-1], 0)
+    def test_stated_demand_is_admitted(self):
+        """A demand granted to the byte admits the blocks it states, through
+        the real library on the emulation: two processes share a budget;
+        one (B) holds the rest of it and waits for more, so the other (A),
+        with a page index of its four tensors in use and two idle, has its
+        use and its demand as room. demand_bytes admits its blocks, every
+        one (kvshim_group_headroom); the blocks' bytes alone admitted a page
+        index fewer, none of 16 or 64 (on an H200 at 3 GiB, an engine's
+        cushion of one page index kept a 16-block request out for over a
+        second while it held idle pages of its own)."""
+        pool = POOL + "d"
+        self.addCleanup(_remove_segments, pool)
+        page, ntensors, per = 2 * MIB, 4, 64           # 64 blocks a page
+        env = dict(os.environ, KVSHIM_SHARE="on", KVSHIM_POOL=pool, KVSHIM_POOL_LOW="0",
+                   KVSHIM_POOL_HIGH="0", KVSHIM_LIMIT="1G",
+                   KVSHIM_BUDGET=str((3 * ntensors + 40) * page))
+        a_code = (
+            "import json, sys, time, kvshim\n"
+            "from kvshim.adapters.blocks import demand_bytes\n"
+            "page, n, per = %d, %d, %d\n"
+            "g = kvshim.Group([kvshim.reserve(16 * page) for _ in range(n)], page // per,"
+            " 16 * per)\n"
+            "g.map(list(range(per)))\n"
+            "g.map(list(range(per, 3 * per))); g.unmap(list(range(per, 3 * per)))\n"
+            "print('ready', flush=True)\n"
+            "sys.stdin.readline()\n"
+            "out = []\n"
+            "for held in (16, 64):\n"
+            "    for margin in (1, 0):\n"
+            "        kvshim.share_demand(demand_bytes(held, page // per * n, page * n)"
+            " if margin else held * page // per * n)\n"
+            "        time.sleep(0.05)\n"
+            "        out.append([held, margin, g.headroom()])\n"
+            "print(json.dumps(out), flush=True)\n"
+            "sys.stdin.readline()\n") % (page, ntensors, per)
+        b_code = (
+            "import sys, time, kvshim\n"
+            "a = kvshim.reserve(40 * %d)\n"
+            "kvshim.map(a, 40 * %d)\n"
+            "kvshim.share_demand(1 << 30)\n"
+            "print('ready', flush=True)\n"
+            "while not sys.stdin.closed:\n"
+            "    kvshim.share_demand(1 << 30)\n"
+            "    import select\n"
+            "    if select.select([sys.stdin], [], [], 0.05)[0]:\n"
+            "        break\n") % (page, page)
+        procs = []
+        try:
+            for code in (a_code, b_code):
+                procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
+                                              stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+                self.assertEqual(procs[-1].stdout.readline().strip(), "ready")
+            procs[0].stdin.write("go\n")
+            procs[0].stdin.flush()
+            out = json.loads(procs[0].stdout.readline())
+        finally:
+            for p in procs:
+                try:
+                    p.stdin.close()
+                    p.wait(timeout=60)
+                except (OSError, subprocess.TimeoutExpired):
+                    p.kill()
+                    p.wait()
+                p.stdout.close()
+        self.assertEqual([(h, m) for h, m, _ in out], [(16, 1), (16, 0), (64, 1), (64, 0)])
+        self.assertEqual([room >= held for held, _, room in out], [True, False, True, False],
+                         out)
 
     def test_engine_whose_prefix_cache_covers_what_waits_is_not_held(self):
         """A pass that admitted nothing by transformers' own choice, while
@@ -1370,9 +1412,9 @@ class AdapterTest(unittest.TestCase):
         prefill (max_batch_tokens, in every layer group) as demand even
         when nothing holds it back: the shared budget keeps those blocks
         for it, and a burst maps at once instead of waiting for another
-        engine to preempt. Held back, it states what it waits for and a
-        page index (or the step, if more); idle, it states none (its idle
-        pages are the others')."""
+        engine to preempt. Held back by more, it states what it waits for;
+        idle, it states none (its idle pages are the others'). Each with a
+        page index more (see test_stated_demand_is_admitted)."""
         c, tr = self.make(num_blocks=4096, layers=4)
         c.group_cache_managers.append(StandInGroup())       # two layer groups
         asked, stated = [0], []
@@ -1401,13 +1443,13 @@ class AdapterTest(unittest.TestCase):
         sched.block_new_requests = True
         self.assertTrue(proc.prepare_next_batch())
         self.assertEqual(tr.short, 0)
-        self.assertEqual(stated, [step])
+        self.assertEqual(stated, [step + tr.page_index_bytes])    # (see demand_bytes)
         # held back by kvshim: at least the step, more when more waits
         real_can = tr.can_take
         tr.can_take = lambda ids: (setattr(tr, "short", tr.short + 1), False)[1]
         sched.block_new_requests = False
         self.assertFalse(proc.prepare_next_batch())         # "w": 4 blocks a group
-        self.assertEqual(stated[-1], max(step, 2 * 4 * tr.bytes_per_block + tr.page_index_bytes))
+        self.assertEqual(stated[-1], step + tr.page_index_bytes)
         sched.waiting_requests["big"] = Request(1000)       # and 63 a group
         self.assertFalse(proc.prepare_next_batch())
         self.assertEqual(stated[-1], 2 * (4 + 63) * tr.bytes_per_block + tr.page_index_bytes)
@@ -1415,7 +1457,7 @@ class AdapterTest(unittest.TestCase):
         tr.can_take = real_can
         self.assertTrue(proc.prepare_next_batch())
         self.assertEqual(list(sched.active_requests), ["w", "big"])
-        self.assertEqual(stated[-1], step)
+        self.assertEqual(stated[-1], step + tr.page_index_bytes)
         # both finished: idle, the demand taken back
         for rid in list(sched.active_requests):
             del sched.active_requests[rid]

@@ -16,6 +16,19 @@ from kvshim import ELIMIT, ENOMEM, ENOTCLAIMED
 from kvshim.adapters import warn
 
 
+def demand_bytes(nblocks, bytes_per_block, page_index_bytes):
+    """The bytes of a demand of nblocks blocks: theirs and a page index more
+    (0 for none). kvshim's admission check (BlockTracker.room,
+    kvshim_group_headroom) counts the blocks whole pages hold however the
+    ids fall, a page a tensor fewer than the bytes, so a share of exactly
+    the blocks' bytes admits a page index fewer of them, none when they fit
+    in one: on an H200 at 3 GiB, an engine stating one page index (its
+    cushion) for a request of 16 blocks waited over a second with idle
+    pages of its own."""
+    n = max(0, int(nblocks))
+    return n * bytes_per_block + page_index_bytes if n else 0
+
+
 # A call the engine waits on longer than this is counted (.slow): the time
 # of a 2 MiB page's map is tens of microseconds, a handoff of others' pages
 # about 14 ms.
@@ -480,20 +493,12 @@ class BlockTracker:
         return blocks
 
     @_timed
-    def state_demand(self, nblocks, held=0):
-        """State in the shared budget what this engine waits for now, as
-        _state does: nblocks (its cushion; 0: none) or, when kvshim held
-        back waiting requests, their held blocks and a page index more,
-        whichever is more. The page index: the admission check (room(),
-        kvshim_group_headroom) counts the blocks whole pages hold however
-        the ids fall, a page a tensor fewer than the bytes, so a share of
-        exactly the held blocks' bytes would admit none of them when they
-        fit in a page index (an engine holding idle pages of its own then
-        waited for them; on an H200, at 3 GiB, over a second)."""
-        held = max(0, int(held))
-        self._state("demand", max(max(0, int(nblocks)) * self.bytes_per_block,
-                                  held * self.bytes_per_block + self.page_index_bytes
-                                  if held else 0))
+    def state_demand(self, nblocks):
+        """State in the shared budget the blocks this engine waits for now
+        (those its waiting requests need, or its cushion; 0: none), as
+        _state does, in demand_bytes."""
+        self._state("demand", demand_bytes(nblocks, self.bytes_per_block,
+                                           self.page_index_bytes))
 
     def _state(self, what, nbytes):
         """State nbytes as this process's what (demand, unused) through
