@@ -21,6 +21,7 @@
 #include "group.h"
 #include "kvshim.h"
 #include "log.h"
+#include "prim.h"
 #include "shim.h"
 
 struct group {
@@ -346,8 +347,7 @@ int kv_group_can_back(int id, const long long *blocks, size_t n)
 int kv_group_headroom(int id, size_t *blocks)
 {
 	struct part parts[KV_MAX_DEVICES];
-	struct kvshim_stats s;
-	size_t bytes, per_tensor, block_bytes = 0, nparts = 0, k, most = SIZE_MAX;
+	size_t bytes, per_tensor, page, block_bytes = 0, nparts = 0, k, most = SIZE_MAX;
 	struct group *g;
 	int rc;
 
@@ -365,14 +365,14 @@ int kv_group_headroom(int id, size_t *blocks)
 	rc = allocators(parts, nparts);
 	/* a block needs room on every device its tensors are on */
 	for (k = 0; k < nparts && !rc; k++) {
+		/* (the page from the device's primitives: not the whole of
+		 * kv_alloc_stats on an engine's admission path) */
 		rc = kv_alloc_headroom(parts[k].a, &bytes);
-		if (!rc)
-			rc = kv_alloc_stats(parts[k].a, &s);
 		if (rc)
 			break;
+		page = kv_alloc_prim(parts[k].a)->page;
 		per_tensor = bytes / parts[k].ntensors;
-		per_tensor = per_tensor > s.page_bytes ?
-			     (per_tensor - s.page_bytes) / block_bytes : 0;
+		per_tensor = per_tensor > page ? (per_tensor - page) / block_bytes : 0;
 		most = per_tensor < most ? per_tensor : most;
 	}
 	if (!rc)
