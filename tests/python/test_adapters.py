@@ -1242,6 +1242,34 @@ class AdapterTest(unittest.TestCase):
         proc.prepare_next_batch()
         self.assertEqual(list(sched.active_requests), ["r1"])
 
+    def test_block_after_the_asks_eviction_ends_with_the_ask(self):
+        """transformers blocks admissions after every eviction until a
+        request finishes. An eviction the adapter has it make for kvshim's
+        ask is the ask's: once the ask is over the engine admits again,
+        though no request finished (on an H200 the small model, its one
+        other request decoding, admitted nothing for 1.5 s with room for
+        hundreds of blocks). Its own eviction's block stays (see
+        test_admission_follows_what_kvshim_can_back)."""
+        self.ahead_off()
+        c, tr, proc, asked = self.three_admitted(4096, layers=4)
+        sched, om = proc.scheduler, proc.offloading_manager
+        asked[0] = 4 * tr.bytes_per_block
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(om.evicted, ["r2"])
+        self.assertTrue(sched.block_new_requests)
+        sched.waiting_requests["r3"] = type(sched.waiting_requests["r2"])("r3")
+        time.sleep(0.01)
+        proc.prepare_next_batch()                       # still asked: nothing admitted
+        self.assertEqual(list(sched.waiting_requests), ["r2", "r3"])
+        asked[0] = 0
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        proc.prepare_next_batch()
+        self.assertFalse(sched.block_new_requests)
+        self.assertEqual(sched.waiting_requests, {})
+        self.assertEqual(sorted(sched.active_requests), ["r0", "r1", "r2", "r3"])
+
     def test_every_request_starved_the_newest_goes_alone(self):
         """When the scheduler found every active request starved, the
         adapter names the newest alone: through the scheduler's own list,

@@ -1002,6 +1002,8 @@ def _give_back_one(proc, tracker, victim=None):
     bm = getattr(proc.cache, "_block_manager", None)
     cached = len(_prefix_cache(bm))
     before = tracker.mapped
+    theirs = getattr(sched, "block_new_requests", False) and not getattr(
+        sched, "_kvshim_blocked", False)
     with tracker.released() as on:
         if victim is not None:
             _offload_named(many, starved, active[victim], proc.cache)
@@ -1010,6 +1012,14 @@ def _give_back_one(proc, tracker, victim=None):
         else:
             _offload_newest(proc, many, starved, active)
         _uncache_preempted(bm, tracker, cached, on)
+    if not theirs and getattr(sched, "block_new_requests", False):
+        # transformers blocks admissions after every eviction until a
+        # request finishes; this one was the ask's, and its block ends
+        # with the ask (see _admission). Left as transformers', it held an
+        # engine whose one other request decoded for seconds: on an H200
+        # at rate 6, the small model admitted nothing for 1.5 s with room
+        # for 110 to 312 blocks, 12 requests waiting
+        sched._kvshim_blocked = True
     freed = before - tracker.mapped
     if freed > 0:           # (an eviction transformers declined counts nothing)
         tracker.gave_back(freed, on=on)
@@ -1030,9 +1040,11 @@ def _uncache_preempted(bm, tracker, cached, on):
     _uncache(bm, [b for ids in pages.values() for b in ids], tracker)
 
 
-def _admission(proc, tracker):
+def _admission(proc, tracker, evicted=False):
     """Before a scheduling pass: the scheduler's safety margin, and whether
-    it may admit new requests at all.
+    it may admit new requests at all (evicted: the adapter evicted a
+    request for the ask just before this pass, which then admits nothing
+    whatever the ask, as transformers after an eviction).
 
     transformers' FIFO scheduler admits one new prefill a batch once the
     free block count is under safety_margin x num_blocks (0.15 by default
@@ -1045,7 +1057,8 @@ def _admission(proc, tracker):
     While kvshim asks the engine to give back, it admits nothing (its
     block_new_requests, which transformers sets itself after evicting and
     clears when a request finishes; the adapter clears it when the ask is
-    over, if it set it): requests it preempted, or that finished, would
+    over, if it set it or an eviction the ask made did): requests it
+    preempted, or that finished, would
     otherwise leave blocks that new requests fill again at once, on the
     same pages, and no page would ever go back."""
     sched = getattr(proc, "scheduler", None)
@@ -1069,7 +1082,7 @@ def _admission(proc, tracker):
             sched.block_new_requests = sched._kvshim_blocked = True
         if getattr(sched, "waiting_requests", None):
             tracker.kept_out += 1
-    elif getattr(sched, "_kvshim_blocked", False):
+    elif getattr(sched, "_kvshim_blocked", False) and not evicted:
         # the ask is over (or nothing is left running that could give
         # back): admit again (transformers would wait for a request to
         # finish, and an engine that gave back every one has none left)
@@ -1077,10 +1090,11 @@ def _admission(proc, tracker):
 
 
 def _own_blocks_count(proc, sched):
-    """When transformers' offloading manager evicts, its own block on
-    admissions (until a request finishes) is its, not the adapter's: the
-    adapter must not clear it when the ask ends. Wraps offload_requests
-    once to say so."""
+    """When transformers' offloading manager evicts in its own pass, its
+    block on admissions (until a request finishes) is its, not the
+    adapter's: the adapter must not clear it when the ask ends (an
+    eviction the adapter has it make is the ask's: see _give_back_one).
+    Wraps offload_requests once to say so."""
     om = getattr(proc, "offloading_manager", None)
     orig = getattr(om, "offload_requests", None)
     if orig is None or getattr(om, "_kvshim_wrapped", False):
@@ -1167,8 +1181,9 @@ def patch_api_module(mod):
 
     def one_pass(self, tracker, args, kwargs):
         """One scheduling pass: (ready, whether kvshim held it back)."""
+        preempted = tracker.preempted
         _give_back(self, tracker)
-        _admission(self, tracker)
+        _admission(self, tracker, evicted=tracker.preempted != preempted)
         short, capped = tracker.short, tracker.capped
         try:
             ready = orig(self, *args, **kwargs)
