@@ -117,7 +117,9 @@ every 50 ms; and the GPU's used memory (nvidia-smi), every 500 ms.
 
 Prints one table per trace (per model and configuration: TTFT p50 and
 p99, static p99 over this configuration's, mean queue wait, tokens/s, peak
-KV and peak process memory), with the others (where the time goes, kvshim's
+KV and peak process memory), with the others (each model's longest TTFTs,
+its latency end to end and the requests preempted and started again, where
+the time goes, long steps, kvshim's
 waits, asks and pages against blocks, and per configuration the three
 engines' blocks in use summed, each engine's own free block count read
 every 100 ms, the static split's too), then the summary against issue 13's
@@ -912,6 +914,7 @@ def summarize(results, traces):
                 bad = len(rows) - len(good)
                 ok &= bad == 0
                 ttft = [r["ttft"] for r in good]
+                ended = [r for r in good if r["done_at"] is not None]
                 waits = [r["wait"] for r in good if r["wait"] is not None]
                 toks = sum(r["tokens"] for r in good)
                 span = max([r["done_at"] for r in good] or [1]) - min([r["t"] for r in rows] or [0])
@@ -963,6 +966,13 @@ def summarize(results, traces):
                     # the longest three, (TTFT s, arrival s): what a p99 of a few
                     # dozen requests is made of
                     "worst": sorted(((r["ttft"], r["t"]) for r in good), reverse=True)[:WORST],
+                    # end to end: arrival to last token; a request whose
+                    # (last) start came after its first token was preempted
+                    # and started again
+                    "e2e_p50": pct([r["done_at"] - r["t"] for r in ended], 50),
+                    "e2e_p99": pct([r["done_at"] - r["t"] for r in ended], 99),
+                    "again": [r["done_at"] - r["t"] for r in ended
+                              if r["wait"] is not None and r["wait"] > r["ttft"]],
                     "ttft_mean": statistics.fmean(ttft) if ttft else float("nan"),
                     "wait_mean": statistics.fmean(waits) if waits else float("nan"),
                     "tokens_s": toks / span if span > 0 else float("nan"),
@@ -1032,6 +1042,24 @@ def print_tables(table, traces, results, args):
                 if t is not None:
                     print("| %s | %s | %s |" % (name, cname, ", ".join(
                         "%.3f (%.2f)" % w for w in t["worst"])))
+        print("\nend to end, trace %s: each request from its arrival to its last token, in "
+              "seconds (a model's latency follows its steps, which run beside the other engines' "
+              "batches, as well as its queue); and the requests preempted after their first token "
+              "and started again, how many, and the longest of them" % label)
+        print("| model | config | latency p50 s | latency p99 s | p99 static/config "
+              "| started again | their longest s |")
+        print("|---|---|---|---|---|---|---|")
+        for name in ORDER + ("all",):
+            for cname in results:
+                t = table.get((label, cname, name))
+                st = table.get((label, "static", name))
+                if t is None:
+                    continue
+                r = "-" if cname == "static" or st is None or not t["e2e_p99"] > 0 \
+                    else "%.2fx" % (st["e2e_p99"] / t["e2e_p99"])
+                print("| %s | %s | %.2f | %.2f | %s | %d | %s |" % (
+                    name, cname, t["e2e_p50"], t["e2e_p99"], r, len(t["again"]),
+                    "%.2f" % max(t["again"]) if t["again"] else "-"))
         print("\nwhere the time goes, trace %s: engine steps (each batch: scheduling it, which "
               "under kvshim holds the adapter's checks and maps, then running it), queue wait and "
               "prefill (TTFT less the wait) at p99, and the adapter's calls (slow: over %.0f ms); "
