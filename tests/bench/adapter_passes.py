@@ -1,0 +1,124 @@
+#!/usr/bin/env python3
+"""adapter_passes.py - what the transformers adapter costs an engine's
+scheduling pass, on the CPU emulation (no GPU figure): one engine of
+transformers 5.17's shape (tests/python/fair_engines.py's stand-ins) with
+its prefix cache and packing on (the library's defaults), under a shared
+budget, its steps taking no time, for --seconds at each of --blocks (the
+pool sized as if alone; the GPU engines of colocate.py have 1682 to 5871).
+A request's prompt takes 40 blocks and it decodes 200 steps, one block
+more every 16; 4 requests wait at all times. Prints a table: passes, ms a
+pass (the stand-in engine's own work included), and the looks at the ids
+the free list hands out next (TrackedFreeList.upcoming, several a pass),
+how many and how long each took in all.
+
+  LD_LIBRARY_PATH=tests/emu KVSHIM_LIB=$PWD/.libs/libkvshim.so \\
+      PYTHONPATH=scripts/python python3 tests/bench/adapter_passes.py
+"""
+import argparse
+import glob
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+STANDINS = os.path.join(HERE, "..", "python")
+
+
+def one(num_blocks, seconds):
+    """One engine, this process: {"passes", "seconds", "looks", "look_s"}."""
+    sys.path.insert(0, STANDINS)
+    import fair_engines as fe
+    from kvshim.adapters import blocks, transformers_cb
+    from standins import StandInCache
+
+    fe.PROMPT, fe.STEPS, fe.GROW = 40, 200, 16
+    looks = [0, 0.0]
+    upcoming = blocks.TrackedFreeList.upcoming
+
+    def timed_upcoming(self):
+        # (the time spent inside the generator, however far it is read)
+        looks[0] += 1
+        it = upcoming(self)
+        while True:
+            t = time.perf_counter()
+            try:
+                b = next(it)
+            except StopIteration:
+                looks[1] += time.perf_counter() - t
+                return
+            looks[1] += time.perf_counter() - t
+            yield b
+    blocks.TrackedFreeList.upcoming = timed_upcoming
+
+    mod = type(sys)("adapter_passes_api")
+    mod.ContinuousBatchProcessor = fe.ContinuousBatchProcessor
+    transformers_cb.patch_api_module(mod)
+    cache = StandInCache(num_blocks, fe.BLOCK_TOKENS, fe.LAYERS, 8 * 128)
+    cache.complete_on_free = True
+    transformers_cb.attach(cache)
+    proc = fe.ContinuousBatchProcessor(cache)
+    n = passes = 0
+    t0 = time.perf_counter()
+    end = t0 + seconds
+    while time.perf_counter() < end:
+        while len(proc.scheduler.waiting_requests) < 4:
+            rid = "q%d" % n
+            proc.scheduler.waiting_requests[rid] = fe.Request(rid)
+            n += 1
+        if proc.prepare_next_batch():
+            proc.update_batch()
+        passes += 1
+    return {"passes": passes, "seconds": time.perf_counter() - t0,
+            "looks": looks[0], "look_s": looks[1]}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--blocks", default="1682,2443,5871",
+                    help="the engines' block counts, comma-separated (default: colocate's)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="each engine's run (default 5)")
+    ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        json.dump(one(int(args.one[0]), float(args.one[1])), sys.stdout)
+        return 0
+    try:
+        counts = [int(x) for x in args.blocks.split(",")]
+    except ValueError:
+        ap.error("--blocks must be whole numbers separated by commas, not %r" % args.blocks)
+    if not counts or min(counts) < 64 or not args.seconds > 0:
+        ap.error("--blocks must each be 64 or more and --seconds more than 0")
+    pool = "adapterpasses%d" % os.getpid()
+    # the budget the pool as if alone takes (32 KiB blocks in four tensors)
+    env = dict(os.environ, KVSHIM_SHARE="on", KVSHIM_POOL=pool, KVSHIM_CB_PACK="on",
+               KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (STANDINS, env.get("PYTHONPATH")) if p)
+    print("adapter_passes: CPU emulation, one engine alone, steps of no time, %.0f s each "
+          "(pool %s)" % (args.seconds, pool))
+    print("| blocks | passes | ms a pass | looks ahead | us a look |")
+    print("|---|---|---|---|---|")
+    try:
+        for nb in counts:
+            own = dict(env, KVSHIM_BUDGET="%dM" % (nb * 128 // 1024 + 64))
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", str(nb),
+                                  str(args.seconds)], env=own, capture_output=True, text=True,
+                                 timeout=args.seconds + 120)
+            if out.returncode:
+                sys.stderr.write(out.stderr)
+                print("adapter_passes: the engine of %d blocks exited %d" % (nb, out.returncode))
+                return 1
+            r = json.loads(out.stdout)
+            print("| %d | %d | %.3f | %d | %.1f |" % (
+                nb, r["passes"], 1e3 * r["seconds"] / max(1, r["passes"]), r["looks"],
+                1e6 * r["look_s"] / max(1, r["looks"])))
+    finally:
+        for path in glob.glob("/dev/shm/kvshim-*-" + pool):
+            os.unlink(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
