@@ -256,10 +256,14 @@ def dry_engine(args):
             "pack": os.environ.get("KVSHIM_CB_PACK"), "ready_s": 0.0}
     for mine, t0, out_path in commands(info):
         rows = []
-        for q in mine:
+        for k, q in enumerate(mine):
             g = random.Random("%s %s %s" % (q["seed"], name, kvshim))
             wait = g.uniform(0.0, 0.05)
             ttft = (wait + g.uniform(0.05, 0.1)) * (1.5 if kvshim else 1.0)
+            if kvshim and k == 0:
+                # its first request, preempted after its first token,
+                # started again half a second later
+                wait = ttft + 0.5
             rows.append(dict(q, status=3, error=None, tokens=q["new"], first=t0 + q["t"] + ttft,
                              last=t0 + q["t"] + ttft + 0.01 * q["new"], started=t0 + q["t"] + wait,
                              ttft=ttft, wait=wait, done_at=q["t"] + ttft + 0.01 * q["new"]))
@@ -1042,10 +1046,12 @@ def print_tables(table, traces, results, args):
                 if t is not None:
                     print("| %s | %s | %s |" % (name, cname, ", ".join(
                         "%.3f (%.2f)" % w for w in t["worst"])))
-        print("\nend to end, trace %s: each request from its arrival to its last token, in "
-              "seconds (a model's latency follows its steps, which run beside the other engines' "
-              "batches, as well as its queue); and the requests preempted after their first token "
-              "and started again, how many, and the longest of them" % label)
+        print("\nend to end, trace %s: each request from its arrival (its time in the trace) to "
+              "its last token, in seconds (a model's latency follows its steps, which run beside "
+              "the other engines' batches, as well as its queue); and the requests preempted after "
+              "their first token and started again, how many, and the longest of them (those "
+              "transformers started over, whose last start is after their first token; one it "
+              "moved to the CPU and back may not say so)" % label)
         print("| model | config | latency p50 s | latency p99 s | p99 static/config "
               "| started again | their longest s |")
         print("|---|---|---|---|---|---|---|")
@@ -1055,8 +1061,9 @@ def print_tables(table, traces, results, args):
                 st = table.get((label, "static", name))
                 if t is None:
                     continue
-                r = "-" if cname == "static" or st is None or not t["e2e_p99"] > 0 \
-                    else "%.2fx" % (st["e2e_p99"] / t["e2e_p99"])
+                r = st["e2e_p99"] / t["e2e_p99"] if st is not None and t["e2e_p99"] > 0 \
+                    else float("nan")
+                r = "-" if cname == "static" or r != r else "%.2fx" % r
                 print("| %s | %s | %.2f | %.2f | %s | %d | %s |" % (
                     name, cname, t["e2e_p50"], t["e2e_p99"], r, len(t["again"]),
                     "%.2f" % max(t["again"]) if t["again"] else "-"))
