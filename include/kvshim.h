@@ -209,6 +209,20 @@ int kvshim_share_unused(size_t bytes);
  */
 int kvshim_share_asked(size_t *bytes);
 
+/*
+ * The three above for a block group whose tensors may lie on several GPUs
+ * (an engine splitting its layers over them in one process): bytes are of
+ * the group's blocks over all its tensors, as the engine counts them.
+ * Each GPU's segment gets its part, by how many of the tensors lie there
+ * (rounded up); the ask is the most any GPU asks for, over the whole
+ * group (the blocks that free it free as much on the others). With one
+ * GPU, the same as the calls above made on it, whatever the current
+ * device. Return 0, or KVSHIM_EINVAL (no such group, or bytes NULL).
+ */
+int kvshim_group_share_demand(int group, size_t bytes);
+int kvshim_group_share_unused(int group, size_t bytes);
+int kvshim_group_share_asked(int group, size_t *bytes);
+
 /* A static English message for a kvshim_error; never NULL. */
 const char *kvshim_strerror(int err);
 

@@ -78,6 +78,21 @@ KV_EXPORT int kvshim_group_can_back(int group, const long long *blocks,
 	return kv_group_can_back(group, blocks, n);
 }
 
+KV_EXPORT int kvshim_group_share_demand(int group, size_t bytes)
+{
+	return kv_group_share_demand(group, bytes);
+}
+
+KV_EXPORT int kvshim_group_share_unused(int group, size_t bytes)
+{
+	return kv_group_share_unused(group, bytes);
+}
+
+KV_EXPORT int kvshim_group_share_asked(int group, size_t *bytes)
+{
+	return kv_group_share_asked(group, bytes);
+}
+
 /* Reserve a span of size bytes on the current device: 0 with *addr set and
  * *a its allocator, or an error. */
 static int reserve(size_t size, void **addr, kv_alloc_t **a)

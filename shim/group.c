@@ -344,25 +344,36 @@ int kv_group_can_back(int id, const long long *blocks, size_t n)
 	return apply(id, blocks, n, FITS);
 }
 
+/* Group id's devices, with their allocators and tensors, into
+ * parts[0..*nparts); its block size and tensor count if asked. Returns 0,
+ * or KVSHIM_EINVAL (no such group, or kvshim shut down since). */
+static int group_parts(int id, struct part *parts, size_t *nparts,
+		       size_t *block_bytes, size_t *ntensors)
+{
+	struct group *g;
+
+	pthread_mutex_lock(&lock);
+	g = get(id);
+	if (g) {
+		if (block_bytes)
+			*block_bytes = g->block_bytes;
+		if (ntensors)
+			*ntensors = g->ntensors;
+		devices_of(g, parts, nparts);
+	}
+	pthread_mutex_unlock(&lock);
+	return g ? allocators(parts, *nparts) : KVSHIM_EINVAL;
+}
+
 int kv_group_headroom(int id, size_t *blocks)
 {
 	struct part parts[KV_MAX_DEVICES];
 	size_t bytes, per_tensor, page, block_bytes = 0, nparts = 0, k, most = SIZE_MAX;
-	struct group *g;
 	int rc;
 
 	if (!blocks)
 		return KVSHIM_EINVAL;
-	pthread_mutex_lock(&lock);
-	g = get(id);
-	if (g) {
-		block_bytes = g->block_bytes;
-		devices_of(g, parts, &nparts);
-	}
-	pthread_mutex_unlock(&lock);
-	if (!g)
-		return KVSHIM_EINVAL;
-	rc = allocators(parts, nparts);
+	rc = group_parts(id, parts, &nparts, &block_bytes, NULL);
 	/* a block needs room on every device its tensors are on */
 	for (k = 0; k < nparts && !rc; k++) {
 		/* (the page from the device's primitives: not the whole of
@@ -377,5 +388,74 @@ int kv_group_headroom(int id, size_t *blocks)
 	}
 	if (!rc)
 		*blocks = most;
+	return rc;
+}
+
+/* A device's part of bytes spread over all of a group's tensors alike:
+ * bytes * mine / all, rounded up (mine <= all). */
+static size_t part_of(size_t bytes, size_t mine, size_t all)
+{
+	return bytes / all * mine + ((bytes % all) * mine + all - 1) / all;
+}
+
+/* The same bytes over the whole group, from one device's part of them:
+ * part * all / mine, rounded up, SIZE_MAX if that overflows. */
+static size_t whole_of(size_t part, size_t mine, size_t all)
+{
+	size_t rest = ((part % mine) * all + mine - 1) / mine;
+
+	if (part / mine > (SIZE_MAX - rest) / all)
+		return SIZE_MAX;
+	return part / mine * all + rest;
+}
+
+/* State bytes of group id as demand (DEMAND) or unused (UNUSED), each
+ * device its part. */
+enum { DEMAND, UNUSED };
+
+static int state(int id, size_t bytes, int what)
+{
+	struct part parts[KV_MAX_DEVICES];
+	size_t nparts = 0, ntensors = 0, k;
+	int rc = group_parts(id, parts, &nparts, NULL, &ntensors);
+
+	for (k = 0; k < nparts && !rc; k++) {
+		if (what == DEMAND)
+			kv_alloc_demand(parts[k].a, part_of(bytes, parts[k].ntensors, ntensors));
+		else
+			kv_alloc_unused(parts[k].a, part_of(bytes, parts[k].ntensors, ntensors));
+	}
+	return rc;
+}
+
+int kv_group_share_demand(int id, size_t bytes)
+{
+	return state(id, bytes, DEMAND);
+}
+
+int kv_group_share_unused(int id, size_t bytes)
+{
+	return state(id, bytes, UNUSED);
+}
+
+int kv_group_share_asked(int id, size_t *bytes)
+{
+	struct part parts[KV_MAX_DEVICES];
+	size_t nparts = 0, ntensors = 0, k, asked, most = 0;
+	int rc;
+
+	if (!bytes)
+		return KVSHIM_EINVAL;
+	*bytes = 0;
+	rc = group_parts(id, parts, &nparts, NULL, &ntensors);
+	/* the blocks that free a device's ask free as much on the others:
+	 * the most any device asks, over the whole group */
+	for (k = 0; k < nparts && !rc; k++) {
+		asked = kv_alloc_asked(parts[k].a);
+		asked = asked ? whole_of(asked, parts[k].ntensors, ntensors) : 0;
+		most = asked > most ? asked : most;
+	}
+	if (!rc)
+		*bytes = most;
 	return rc;
 }

@@ -730,6 +730,135 @@ START_TEST(test_share_two_processes_two_devices)
 }
 END_TEST
 
+/* A process on device 0 that waits for 4 pages it does not hold: maps
+ * nothing, states its demand, says so, waits. */
+static int want_pages(void *arg)
+{
+	struct on_device *d = arg;
+	void *p = NULL;
+	char c;
+
+	kv_shim_forked();
+	KT_CHILD_CHECK(kv_dev_use(d->device) == 0);
+	KT_CHILD_CHECK(kvshim_reserve(8 * PG, &p) == 0);
+	KT_CHILD_CHECK(kvshim_share_demand(4 * PG) == 0);
+	KT_CHILD_CHECK(write(d->ready[1], "r", 1) == 1);
+	KT_CHILD_CHECK(read(d->go[0], &c, 1) == 1);
+	KT_CHILD_CHECK(kvshim_release(p) == 0);
+	kv_shim_shutdown();
+	return 0;
+}
+
+/* A group over two GPUs (two tensors on device 0, one on device 1) states
+ * its demand and unused pages in each GPU's segment, each its part by the
+ * tensors there; its ask is the most either GPU asks, over the whole group
+ * (here device 0's, where another process waits). Before, the process's
+ * demand went all to the current device's segment, and the ask was read
+ * there only. */
+START_TEST(test_share_group_two_devices)
+{
+	long long ids[8] = { 0, 1, 2, 3, 4, 5, 6, 7 };
+	struct kv_share_info *in = malloc(sizeof(*in));
+	CUdeviceptr b00, b01, b1;
+	struct on_device d = { .device = 0 };
+	size_t asked = 1, asked0;
+	kv_alloc_t *a0, *a1;
+	char c, path[256];
+	void *bases[3];
+	pid_t pid;
+	int g, st;
+
+	ck_assert_ptr_nonnull(in);
+	if (!two()) {
+		free(in);
+		return;
+	}
+	kt_new_pool();
+	share_env("16M");                       /* 8 pages a device */
+	ck_assert_int_eq(kv_shim_alloc_on(0, &a0), 0);
+	ck_assert_int_eq(kv_shim_alloc_on(1, &a1), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a1, GNB * GBLK, &b1), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a0, GNB * GBLK, &b00), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a0, GNB * GBLK, &b01), 0);
+	bases[0] = (void *)(uintptr_t)b1;
+	bases[1] = (void *)(uintptr_t)b00;
+	bases[2] = (void *)(uintptr_t)b01;
+	ck_assert_int_eq(kv_group_create(bases, 3, GBLK, GNB, &g), 0);
+	ck_assert_int_eq(kv_dev_use(1), 0);     /* the current device: not the point */
+
+	/* demand: two thirds on device 0, a third on device 1, rounded up */
+	ck_assert_int_eq(kvshim_group_share_demand(g, 9 * PG), 0);
+	ck_assert_uint_eq(mine(segment_of(0, in), getpid())->demand, 6 * PG);
+	ck_assert_uint_eq(mine(segment_of(1, in), getpid())->demand, 3 * PG);
+	ck_assert_int_eq(kvshim_group_share_demand(g, 10), 0);
+	ck_assert_uint_eq(mine(segment_of(0, in), getpid())->demand, 7);
+	ck_assert_uint_eq(mine(segment_of(1, in), getpid())->demand, 4);
+	ck_assert_int_eq(kvshim_group_share_demand(g, 0), 0);
+	ck_assert_uint_eq(mine(segment_of(0, in), getpid())->demand, 0);
+	ck_assert_uint_eq(mine(segment_of(1, in), getpid())->demand, 0);
+
+	/* 8 blocks a tensor: 4 pages each, device 0's whole budget */
+	ck_assert_int_eq(kv_group_map(g, ids, 8), 0);
+	ck_assert_int_eq(kvshim_group_share_unused(g, 3 * PG), 0);
+	ck_assert_uint_eq(mine(segment_of(0, in), getpid())->unused, 2 * PG);
+	ck_assert_uint_eq(mine(segment_of(1, in), getpid())->unused, PG);
+	ck_assert_int_eq(kvshim_group_share_unused(g, 0), 0);
+
+	/* nobody waits: nothing asked */
+	ck_assert_int_eq(kvshim_group_share_asked(g, &asked), 0);
+	ck_assert_uint_eq(asked, 0);
+	/* another process on device 0 waits for 4 pages below its share */
+	ck_assert_int_eq(pipe(d.ready), 0);
+	ck_assert_int_eq(pipe(d.go), 0);
+	fflush(stdout);
+	fflush(stderr);
+	pid = fork();
+	ck_assert_int_ge(pid, 0);
+	if (pid == 0) {
+		close(d.ready[0]);
+		close(d.go[1]);
+		_exit(want_pages(&d));
+	}
+	close(d.ready[1]);
+	close(d.go[0]);
+	if (read(d.ready[0], &c, 1) != 1) {
+		waitpid(pid, &st, 0);
+		ck_abort_msg("the waiting process failed (status 0x%x): its line is above", st);
+	}
+	asked0 = kv_alloc_asked(a0);
+	ck_assert_uint_gt(asked0, 0);
+	ck_assert_uint_eq(kv_alloc_asked(a1), 0);
+	ck_assert_int_eq(kvshim_group_share_asked(g, &asked), 0);
+	ck_assert_uint_eq(asked, (asked0 * 3 + 1) / 2);
+	ck_assert_int_eq(write(d.go[1], "g", 1), 1);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		      "the waiting process failed: its line is above");
+	close(d.ready[0]);
+	close(d.go[1]);
+
+	/* bad input changes nothing */
+	ck_assert_int_eq(kvshim_group_share_asked(g, NULL), KVSHIM_EINVAL);
+	ck_assert_int_eq(kvshim_group_share_demand(g + 7, PG), KVSHIM_EINVAL);
+	ck_assert_int_eq(kvshim_group_share_unused(-1, PG), KVSHIM_EINVAL);
+	asked = 1;
+	ck_assert_int_eq(kvshim_group_share_asked(0, &asked), KVSHIM_EINVAL);
+	ck_assert_uint_eq(asked, 0);
+	ck_assert_uint_eq(mine(segment_of(0, in), getpid())->demand, 0);
+
+	ck_assert_int_eq(kv_group_unmap(g, ids, 8), 0);
+	ck_assert_int_eq(kv_group_destroy(g), 0);
+	ck_assert_int_eq(kvshim_group_share_demand(g, PG), KVSHIM_EINVAL);
+	kv_shim_shutdown();
+	share_unenv();
+	ck_assert_int_eq(kv_share_path(path, sizeof(path), uuid_of(0), kt_pool), 0);
+	unlink(path);
+	ck_assert_int_eq(kv_share_path(path, sizeof(path), uuid_of(1), kt_pool), 0);
+	unlink(path);
+	free(in);
+}
+END_TEST
+
 Suite *multidev_suite(void)
 {
 	Suite *s = suite_create("multidev");
@@ -753,6 +882,7 @@ Suite *multidev_suite(void)
 	tcase_add_checked_fixture(sh, setup, teardown);
 	kt_add_emu(sh, test_share_slot_per_device);
 	kt_add_emu(sh, test_share_two_processes_two_devices);
+	kt_add_emu(sh, test_share_group_two_devices);
 	suite_add_tcase(s, sh);
 	return s;
 }

@@ -135,19 +135,23 @@ class AdapterTest(unittest.TestCase):
         ContinuousBatchProcessor = patched(stand_in_api(prepare_next_batch))
         return c, tr, ContinuousBatchProcessor(c)
 
+    def patch_group(self, name, fn):
+        """kvshim.Group's name (share_demand, share_unused, share_asked:
+        what the adapter states and reads through its group) calls fn,
+        without the group, for this test."""
+        real = getattr(kvshim.Group, name)
+        setattr(kvshim.Group, name, lambda group, *args: fn(*args))
+        self.addCleanup(setattr, kvshim.Group, name, real)
+
     def capture_demand(self, stated):
         """What the adapter states as demand (share_demand) goes to the
         list stated for this test."""
-        real = kvshim.share_demand
-        kvshim.share_demand = stated.append
-        self.addCleanup(setattr, kvshim, "share_demand", real)
+        self.patch_group("share_demand", stated.append)
 
     def fake_ask(self, asked):
         """kvshim's ask (share_asked) reads asked[0] for this test (or
         asked.now(), for an ask that falls as pages go back: FallingAsk)."""
-        real = kvshim.share_asked
-        kvshim.share_asked = getattr(asked, "now", lambda: asked[0])
-        self.addCleanup(setattr, kvshim, "share_asked", real)
+        self.patch_group("share_asked", getattr(asked, "now", lambda: asked[0]))
 
     def hold_off_long(self):
         """What preemptions free holds the next off for an hour, not a
@@ -620,9 +624,8 @@ class AdapterTest(unittest.TestCase):
         bm = c._block_manager
         asked = [0]
         ContinuousBatchProcessor = patched(stand_in_api(lambda self: True))
-        real = kvshim.share_asked
-        kvshim.share_asked = lambda: asked[0] and max(0, tr.mapped - 64) * tr.bytes_per_block
-        self.addCleanup(setattr, kvshim, "share_asked", real)
+        self.patch_group("share_asked",
+                         lambda: asked[0] and max(0, tr.mapped - 64) * tr.bytes_per_block)
         proc = ContinuousBatchProcessor(c)
         proc.scheduler = types.SimpleNamespace(active_requests={"a": 1, "b": 2},
                                                waiting_requests={})
@@ -645,9 +648,7 @@ class AdapterTest(unittest.TestCase):
     def capture_unused(self, stated):
         """What the adapter states as its unused pages (share_unused) goes
         to the list stated for this test."""
-        real = kvshim.share_unused
-        kvshim.share_unused = stated.append
-        self.addCleanup(setattr, kvshim, "share_unused", real)
+        self.patch_group("share_unused", stated.append)
 
     def test_unused_pages_stated(self):
         """The page indices only prefix-cache blocks claim are stated as
@@ -711,7 +712,7 @@ class AdapterTest(unittest.TestCase):
         proc.prepare_next_batch()
         self.assertEqual(stated, [tr.page_index_bytes])
         # kvshim asks for what the engine states unused
-        kvshim.share_asked = lambda: stated[-1]
+        self.patch_group("share_asked", lambda: stated[-1])
         bm.reuse_cached(next(iter(bm._init_block_ids)))
         time.sleep(0.01)
         proc.prepare_next_batch()
@@ -738,7 +739,7 @@ class AdapterTest(unittest.TestCase):
         cached = kvshim.stats()["cached_bytes"]
         # (kvshim's ask: everything above 128 blocks, as the rule's shrinks
         # with what is given back)
-        kvshim.share_asked = lambda: max(0, tr.mapped - 128) * tr.bytes_per_block
+        self.patch_group("share_asked", lambda: max(0, tr.mapped - 128) * tr.bytes_per_block)
         time.sleep(0.01)
         proc.prepare_next_batch()
         self.assertEqual(kvshim.stats()["cached_bytes"] - cached, tr.page_index_bytes)
@@ -1060,7 +1061,7 @@ class AdapterTest(unittest.TestCase):
             "out = []\n"
             "for held in (16, 64):\n"
             "    for margin in (1, 0):\n"
-            "        kvshim.share_demand(demand_bytes(held, page // per * n, page * n)"
+            "        g.share_demand(demand_bytes(held, page // per * n, page * n)"
             " if margin else held * page // per * n)\n"
             "        time.sleep(0.05)\n"
             "        out.append([held, margin, g.headroom()])\n"
@@ -1264,11 +1265,29 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(list(sched.waiting_requests), ["r2", "r3"])
         asked[0] = 0
         time.sleep(0.01)
-        proc.prepare_next_batch()
-        proc.prepare_next_batch()
-        self.assertFalse(sched.block_new_requests)
-        self.assertEqual(sched.waiting_requests, {})
+        proc.prepare_next_batch()                       # (the ask ending in the eviction's
+        self.assertFalse(sched.block_new_requests)      # pass: see test_asked_engine_
+        self.assertEqual(sched.waiting_requests, {})    # empties_the_least_shared_page)
         self.assertEqual(sorted(sched.active_requests), ["r0", "r1", "r2", "r3"])
+
+    def test_block_on_before_the_asks_eviction_stays(self):
+        """transformers' own block on admissions (after an eviction in its
+        own pass) stays when the adapter has it evict for kvshim's ask: the
+        ask's end leaves it to transformers, who clears it when a request
+        finishes."""
+        self.ahead_off()
+        c, tr, proc, asked = self.three_admitted(4096, layers=4)
+        sched, om = proc.scheduler, proc.offloading_manager
+        sched.block_new_requests, sched._kvshim_blocked = True, False
+        asked[0] = 4 * tr.bytes_per_block
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(om.evicted, ["r2"])
+        asked[0] = 0
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertTrue(sched.block_new_requests)
+        self.assertEqual(list(sched.waiting_requests), ["r2"])
 
     def test_every_request_starved_the_newest_goes_alone(self):
         """When the scheduler found every active request starved, the
@@ -1761,7 +1780,7 @@ class AdapterTest(unittest.TestCase):
         time.sleep(0.11)
         proc.prepare_next_batch()
         self.assertEqual(stated[-1], tr.page_index_bytes)
-        kvshim.share_asked = lambda: stated[-1]
+        self.patch_group("share_asked", lambda: stated[-1])
         time.sleep(0.01)
         proc.prepare_next_batch()
         return stated
@@ -1832,7 +1851,7 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(stated[-1], tr.page_index_bytes)       # page 0: a's 16
         self.stray(c, tr, 0)
         self.assertEqual(tr.pack_plan({}), [(0, 17)])
-        kvshim.share_asked = lambda: stated[-1]
+        self.patch_group("share_asked", lambda: stated[-1])
         time.sleep(0.01)
         proc.prepare_next_batch()
         self.assertEqual((tr.moved, tr.preempted, proc.offloading_manager.evicted), (0, 0, []))
@@ -2401,9 +2420,7 @@ class AdapterTest(unittest.TestCase):
         tr._settle()
         self.assertEqual({tr.page_of(b) for b in tr._ahead}, {2})
         # kvshim's ask: a page index while the page backed ahead is in use
-        real = kvshim.share_asked
-        kvshim.share_asked = lambda: tr.page_index_bytes if tr._ahead else 0
-        self.addCleanup(setattr, kvshim, "share_asked", real)
+        self.patch_group("share_asked", lambda: tr.page_index_bytes if tr._ahead else 0)
         time.sleep(0.01)
         self.assertEqual(transformers_cb._give_back(proc, tr), 0)
         self.assertEqual(tr._ahead, set())

@@ -113,6 +113,9 @@ def library():
             "kvshim_share_demand": [sz],
             "kvshim_share_unused": [sz],
             "kvshim_share_asked": [ctypes.POINTER(sz)],
+            "kvshim_group_share_demand": [i, sz],
+            "kvshim_group_share_unused": [i, sz],
+            "kvshim_group_share_asked": [i, ctypes.POINTER(sz)],
         }
         for name, args in sigs.items():
             fn = getattr(lib, name)
@@ -279,6 +282,26 @@ class Group:
         _check(library().kvshim_group_headroom(self.id, ctypes.byref(room)),
                "kvshim_group_headroom")
         return room.value
+
+    def share_demand(self, nbytes):
+        """share_demand for this group's blocks: nbytes over all its
+        tensors, each GPU its part (by the tensors on it), whatever the
+        current device."""
+        _check(library().kvshim_group_share_demand(self.id, max(0, int(nbytes))),
+               "kvshim_group_share_demand")
+
+    def share_unused(self, nbytes):
+        """share_unused for this group's blocks, as share_demand."""
+        _check(library().kvshim_group_share_unused(self.id, max(0, int(nbytes))),
+               "kvshim_group_share_unused")
+
+    def share_asked(self):
+        """share_asked for this group: the most any of its GPUs asks for,
+        in bytes over all its tensors."""
+        n = ctypes.c_size_t()
+        _check(library().kvshim_group_share_asked(self.id, ctypes.byref(n)),
+               "kvshim_group_share_asked")
+        return n.value
 
     def close(self):
         if self.id:

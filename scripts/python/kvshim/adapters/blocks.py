@@ -131,6 +131,8 @@ class BlockTracker:
         self.slow = 0            # how many took longer than SLOW_S
         self.retries = 0         # passes looked at again because kvshim was short
         self.preempted = 0       # requests preempted because kvshim asked
+        self.evictions = 0       # evictions the adapter had the engine make
+                                 # for an ask (one that freed nothing too)
         self.dropped = 0         # prefix-cache blocks released because kvshim asked
         self.reclaimed = 0       # ...because the engine needed their memory
         self._demand = (0.0, 0)  # (when, bytes) of the last demand stated
@@ -502,14 +504,15 @@ class BlockTracker:
 
     def _state(self, what, nbytes):
         """State nbytes as this process's what (demand, unused) through
-        kvshim.share_<what>: again every 0.25 s while it lasts (kvshim
+        the group's share_<what> (each GPU of its tensors its part, whatever
+        the current device): again every 0.25 s while it lasts (kvshim
         holds a statement for a second), and at once when it changes."""
         when, last = getattr(self, "_" + what)
         now = time.monotonic()
         if nbytes == last and (not nbytes or now - when < 0.25):
             return
         try:
-            getattr(kvshim, "share_" + what)(nbytes)
+            getattr(self.group, "share_" + what)(nbytes)
         except (kvshim.KvshimError, AttributeError):
             return
         setattr(self, "_" + what, (now, nbytes))
@@ -694,7 +697,7 @@ class BlockTracker:
         now = time.monotonic()
         if now - when > ttl:
             try:
-                nbytes = kvshim.share_asked()
+                nbytes = self.group.share_asked()
             except (kvshim.KvshimError, AttributeError):
                 nbytes = 0
             self._asked = (now, nbytes)

@@ -1012,6 +1012,7 @@ def _give_back_one(proc, tracker, victim=None):
         else:
             _offload_newest(proc, many, starved, active)
         _uncache_preempted(bm, tracker, cached, on)
+    tracker.evictions += 1
     if not theirs and getattr(sched, "block_new_requests", False):
         # transformers blocks admissions after every eviction until a
         # request finishes; this one was the ask's, and its block ends
@@ -1057,8 +1058,10 @@ def _admission(proc, tracker, evicted=False):
     While kvshim asks the engine to give back, it admits nothing (its
     block_new_requests, which transformers sets itself after evicting and
     clears when a request finishes; the adapter clears it when the ask is
-    over, if it set it or an eviction the ask made did): requests it
-    preempted, or that finished, would
+    over, if it set it or an eviction the ask made did while transformers'
+    own block was off, and not in the pass of that eviction: a pass the
+    retry loop repeats 2 ms later may): requests it preempted, or that
+    finished, would
     otherwise leave blocks that new requests fill again at once, on the
     same pages, and no page would ever go back."""
     sched = getattr(proc, "scheduler", None)
@@ -1181,9 +1184,9 @@ def patch_api_module(mod):
 
     def one_pass(self, tracker, args, kwargs):
         """One scheduling pass: (ready, whether kvshim held it back)."""
-        preempted = tracker.preempted
+        evictions = tracker.evictions
         _give_back(self, tracker)
-        _admission(self, tracker, evicted=tracker.preempted != preempted)
+        _admission(self, tracker, evicted=tracker.evictions != evictions)
         short, capped = tracker.short, tracker.capped
         try:
             ready = orig(self, *args, **kwargs)
