@@ -626,11 +626,13 @@ END_TEST
 
 struct on_device {
 	int device;
+	size_t map, demand;      /* bytes it maps, and states it waits for */
 	int ready[2], go[2];
 };
 
-/* A process on one device: maps the whole budget there, says so, waits. */
-static int fill_budget(void *arg)
+/* A process on one device: maps d->map bytes there (of a 16-page span),
+ * states d->demand, says so, waits. */
+static int on_device(void *arg)
 {
 	struct on_device *d = arg;
 	void *p = NULL;
@@ -639,8 +641,9 @@ static int fill_budget(void *arg)
 	kv_shim_forked();
 	KT_CHILD_CHECK(kv_dev_use(d->device) == 0);
 	KT_CHILD_CHECK(kvshim_reserve(16 * PG, &p) == 0);
-	KT_CHILD_CHECK(kvshim_map(p, 8 * PG) == 0);
-	KT_CHILD_CHECK(kv_dev_ordinal((CUdeviceptr)(uintptr_t)p) == d->device);
+	KT_CHILD_CHECK(d->map == 0 || kvshim_map(p, d->map) == 0);
+	KT_CHILD_CHECK(d->map == 0 || kv_dev_ordinal((CUdeviceptr)(uintptr_t)p) == d->device);
+	KT_CHILD_CHECK(d->demand == 0 || kvshim_share_demand(d->demand) == 0);
 	KT_CHILD_CHECK(write(d->ready[1], "r", 1) == 1);
 	KT_CHILD_CHECK(read(d->go[0], &c, 1) == 1);
 	KT_CHILD_CHECK(kvshim_release(p) == 0);
@@ -676,6 +679,8 @@ START_TEST(test_share_two_processes_two_devices)
 	share_env("16M");
 	for (i = 0; i < 2; i++) {
 		d[i].device = i;
+		d[i].map = 8 * PG;
+		d[i].demand = 0;
 		ck_assert_int_eq(pipe(d[i].ready), 0);
 		ck_assert_int_eq(pipe(d[i].go), 0);
 	}
@@ -692,7 +697,7 @@ START_TEST(test_share_two_processes_two_devices)
 			close(d[1 - i].go[1]);
 			close(d[i].ready[0]);
 			close(d[i].go[1]);
-			_exit(fill_budget(&d[i]));
+			_exit(on_device(&d[i]));
 		}
 	}
 	for (i = 0; i < 2; i++) {
@@ -730,25 +735,6 @@ START_TEST(test_share_two_processes_two_devices)
 }
 END_TEST
 
-/* A process on device 0 that waits for 4 pages it does not hold: maps
- * nothing, states its demand, says so, waits. */
-static int want_pages(void *arg)
-{
-	struct on_device *d = arg;
-	void *p = NULL;
-	char c;
-
-	kv_shim_forked();
-	KT_CHILD_CHECK(kv_dev_use(d->device) == 0);
-	KT_CHILD_CHECK(kvshim_reserve(8 * PG, &p) == 0);
-	KT_CHILD_CHECK(kvshim_share_demand(4 * PG) == 0);
-	KT_CHILD_CHECK(write(d->ready[1], "r", 1) == 1);
-	KT_CHILD_CHECK(read(d->go[0], &c, 1) == 1);
-	KT_CHILD_CHECK(kvshim_release(p) == 0);
-	kv_shim_shutdown();
-	return 0;
-}
-
 /* A group over two GPUs (two tensors on device 0, one on device 1) states
  * its demand and unused pages in each GPU's segment, each its part by the
  * tensors there; its ask is the most either GPU asks, over the whole group
@@ -760,7 +746,7 @@ START_TEST(test_share_group_two_devices)
 	long long ids[8] = { 0, 1, 2, 3, 4, 5, 6, 7 };
 	struct kv_share_info *in = malloc(sizeof(*in));
 	CUdeviceptr b00, b01, b1;
-	struct on_device d = { .device = 0 };
+	struct on_device d = { .device = 0, .demand = 4 * PG };
 	size_t asked = 1, asked0;
 	kv_alloc_t *a0, *a1;
 	char c, path[256];
@@ -817,7 +803,7 @@ START_TEST(test_share_group_two_devices)
 	if (pid == 0) {
 		close(d.ready[0]);
 		close(d.go[1]);
-		_exit(want_pages(&d));
+		_exit(on_device(&d));
 	}
 	close(d.ready[1]);
 	close(d.go[0]);

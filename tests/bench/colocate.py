@@ -1011,6 +1011,16 @@ def ratio(table, label, cname, name):
     return st["ttft_p99"] / t["ttft_p99"]
 
 
+def cells(table, label, results, names=ORDER):
+    """(model, configuration, its figures) of trace label, model by model
+    in names, each in the configurations' order, where it has figures."""
+    for name in names:
+        for cname in results:
+            t = table.get((label, cname, name))
+            if t is not None:
+                yield name, cname, t
+
+
 def print_tables(table, traces, results, args):
     for tr in traces:
         label = tr["label"]
@@ -1024,28 +1034,21 @@ def print_tables(table, traces, results, args):
         print("| model | config | requests | failed | TTFT p50 s | TTFT p99 s | p99 static/config "
               "| mean queue wait s | tokens/s | peak KV MiB | peak process MiB | preempted |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for name in ORDER + ("all",):
-            for cname in results:
-                t = table.get((label, cname, name))
-                if t is None:
-                    continue
-                r = ratio(table, label, cname, name)
-                r = "-" if cname == "static" or r != r else "%.2fx" % r
-                print("| %s | %s | %d | %d | %.3f | %.3f | %s | %.3f | %.0f | %.0f | %.0f | %d |" % (
-                    name, cname, t["requests"], t["failed"], t["ttft_p50"], t["ttft_p99"], r,
-                    t["wait_mean"], t["tokens_s"], t["peak_kv"] / MIB, t["peak_proc"] / MIB,
-                    t["preempted"]))
+        for name, cname, t in cells(table, label, results, ORDER + ("all",)):
+            r = ratio(table, label, cname, name)
+            r = "-" if cname == "static" or r != r else "%.2fx" % r
+            print("| %s | %s | %d | %d | %.3f | %.3f | %s | %.3f | %.0f | %.0f | %.0f | %d |" % (
+                name, cname, t["requests"], t["failed"], t["ttft_p50"], t["ttft_p99"], r,
+                t["wait_mean"], t["tokens_s"], t["peak_kv"] / MIB, t["peak_proc"] / MIB,
+                t["preempted"]))
         print("\nthe longest TTFTs, trace %s: each model's %d longest in seconds, with when "
               "the request arrived (s from the trace's start); with 101 requests a model or "
               "fewer, its p99 lies between the longest two" % (label, WORST))
         print("| model | config | longest TTFTs s (arrival s) |")
         print("|---|---|---|")
-        for name in ORDER:
-            for cname in results:
-                t = table.get((label, cname, name))
-                if t is not None:
-                    print("| %s | %s | %s |" % (name, cname, ", ".join(
-                        "%.3f (%.2f)" % w for w in t["worst"])))
+        for name, cname, t in cells(table, label, results):
+            print("| %s | %s | %s |" % (name, cname, ", ".join(
+                "%.3f (%.2f)" % w for w in t["worst"])))
         print("\nend to end, trace %s: each request from its arrival (its time in the trace) to "
               "its last token, in seconds (a model's latency follows its steps, which run beside "
               "the other engines' batches, as well as its queue); and the requests preempted after "
@@ -1055,18 +1058,14 @@ def print_tables(table, traces, results, args):
         print("| model | config | latency p50 s | latency p99 s | p99 static/config "
               "| started again | their longest s |")
         print("|---|---|---|---|---|---|---|")
-        for name in ORDER + ("all",):
-            for cname in results:
-                t = table.get((label, cname, name))
-                st = table.get((label, "static", name))
-                if t is None:
-                    continue
-                r = st["e2e_p99"] / t["e2e_p99"] if st is not None and t["e2e_p99"] > 0 \
-                    else float("nan")
-                r = "-" if cname == "static" or r != r else "%.2fx" % r
-                print("| %s | %s | %.2f | %.2f | %s | %d | %s |" % (
-                    name, cname, t["e2e_p50"], t["e2e_p99"], r, len(t["again"]),
-                    "%.2f" % max(t["again"]) if t["again"] else "-"))
+        for name, cname, t in cells(table, label, results, ORDER + ("all",)):
+            st = table.get((label, "static", name))
+            r = st["e2e_p99"] / t["e2e_p99"] if st is not None and t["e2e_p99"] > 0 \
+                else float("nan")
+            r = "-" if cname == "static" or r != r else "%.2fx" % r
+            print("| %s | %s | %.2f | %.2f | %s | %d | %s |" % (
+                name, cname, t["e2e_p50"], t["e2e_p99"], r, len(t["again"]),
+                "%.2f" % max(t["again"]) if t["again"] else "-"))
         print("\nwhere the time goes, trace %s: engine steps (each batch: scheduling it, which "
               "under kvshim holds the adapter's checks and maps, then running it), queue wait and "
               "prefill (TTFT less the wait) at p99, and the adapter's calls (slow: over %.0f ms); "
