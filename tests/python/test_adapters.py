@@ -1324,6 +1324,26 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(list(sched.active_requests), ["r0", "r1"])
         self.assertEqual(sched.starved_requests, [(r1, 100)])
 
+    def test_waiting_blocks_count_what_comes_back(self):
+        """A waiting request needs blocks for the tokens before its
+        position and those it has left to prefill, and one more: a new
+        request its prompt; one preempted to the CPU its whole cache (its
+        position kept, one token left); one started over its prompt and
+        what it generated (a new request to transformers)."""
+        cache = types.SimpleNamespace(block_size=16, group_cache_managers=[0, 1])
+        new = types.SimpleNamespace(remaining_prefill_tokens=list(range(100)),
+                                    tokens_to_process=[], position_offset=0)
+        on_cpu = types.SimpleNamespace(remaining_prefill_tokens=[7], tokens_to_process=[7],
+                                       position_offset=200)
+        old = types.SimpleNamespace(tokens_to_process=list(range(60)))  # no other fields
+        proc = types.SimpleNamespace(cache=cache, scheduler=types.SimpleNamespace(
+            waiting_requests={"new": new}))
+        self.assertEqual(transformers_cb._waiting_blocks(proc), 7 * 2)
+        proc.scheduler.waiting_requests = {"cpu": on_cpu}
+        self.assertEqual(transformers_cb._waiting_blocks(proc), 13 * 2)
+        proc.scheduler.waiting_requests = {"new": new, "cpu": on_cpu, "old": old}
+        self.assertEqual(transformers_cb._waiting_blocks(proc), (7 + 13 + 4) * 2)
+
     def test_fair_share_preempts_and_states_demand(self):
         """kvshim asks the engine for blocks it uses: one request is
         preempted a step (through transformers' offloading manager), no more
