@@ -1405,9 +1405,11 @@ def write_json(path, args, traces, summary, table, results):
                    "traces": traces, "summary": summary,
                    "table": {"|".join(map(str, k)): v for k, v in table.items()},
                    "engines": {m: r["engines"] for m, r in results.items()},
-                   # every request: [arrival s, TTFT s, queue wait s, prompt, new tokens, status]
+                   # every request: [arrival s, TTFT s, queue wait s, prompt, new tokens, status,
+                   # last token s from the trace's start] (the last from session 18 on)
                    "requests": {m: {lb: {n: [[q["t"], q["ttft"], q["wait"], q["prompt"], q["new"],
-                                               q["status"]] for q in run["engines"][n]["requests"]]
+                                               q["status"], q.get("done_at")]
+                                              for q in run["engines"][n]["requests"]]
                                          for n in ORDER}
                                     for lb, run in r["runs"].items()}
                                 for m, r in results.items()},
