@@ -214,10 +214,15 @@ int kvshim_share_asked(size_t *bytes);
  * (an engine splitting its layers over them in one process): bytes are of
  * the group's blocks over all its tensors, as the engine counts them.
  * Each GPU's segment gets its part, by how many of the tensors lie there
- * (rounded up); the ask is the most any GPU asks for, over the whole
- * group (the blocks that free it free as much on the others). With one
- * GPU, the same as the calls above made on it, whatever the current
- * device. Return 0, or KVSHIM_EINVAL (no such group, or bytes NULL).
+ * (rounded up); the ask is the most any GPU asks for, scaled to the whole
+ * group (the blocks that free it free their part on the others), so it
+ * need not be whole pages. A statement is the process's on each GPU, as
+ * above: one group (or the calls above) per process and GPU, or they
+ * overwrite each other; and the ask a GPU makes is of all the process
+ * holds there. With one GPU, the same as the calls above made on it,
+ * whatever the current device. Return 0, or KVSHIM_EINVAL (no such group,
+ * kvshim shut down since it was made, or bytes NULL; *bytes is then 0
+ * when it can be set).
  */
 int kvshim_group_share_demand(int group, size_t bytes);
 int kvshim_group_share_unused(int group, size_t bytes);

@@ -1077,21 +1077,17 @@ def print_tables(table, traces, results, args):
               "| sched max ms | wait p99 s | prefill p99 s | kvshim calls slow | kvshim worst ms "
               "| kvshim busy s | retries | short | capped |")
         print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-        for name in ORDER:
-            for cname in results:
-                t = table.get((label, cname, name))
-                if t is None:
-                    continue
-                kv = results[cname]["mode"] == "kvshim"
-                print("| %s | %s | %d | %.1f | %.1f | %.0f | %.2f | %.2f | %.1f | %.3f | %.3f "
-                      "| %s | %s | %s | %s | %s | %s |" % (
-                          name, cname, t["steps"], 1e3 * t["step_p50"], 1e3 * t["step_p99"],
-                          1e3 * t["step_max"], 1e3 * t["sched_p50"], 1e3 * t["sched_p99"],
-                          1e3 * t["sched_max"],
-                          t["wait_p99"], t["prefill_p99"],
-                          t["kv_slow"] if kv else "-", "%.1f" % (1e3 * t["kv_worst"]) if kv else "-",
-                          "%.2f" % t["kv_busy"] if kv else "-", t["kv_retries"] if kv else "-",
-                          t["kv_short"] if kv else "-", t["kv_capped"] if kv else "-"))
+        for name, cname, t in cells(table, label, results):
+            kv = results[cname]["mode"] == "kvshim"
+            print("| %s | %s | %d | %.1f | %.1f | %.0f | %.2f | %.2f | %.1f | %.3f | %.3f "
+                  "| %s | %s | %s | %s | %s | %s |" % (
+                      name, cname, t["steps"], 1e3 * t["step_p50"], 1e3 * t["step_p99"],
+                      1e3 * t["step_max"], 1e3 * t["sched_p50"], 1e3 * t["sched_p99"],
+                      1e3 * t["sched_max"],
+                      t["wait_p99"], t["prefill_p99"],
+                      t["kv_slow"] if kv else "-", "%.1f" % (1e3 * t["kv_worst"]) if kv else "-",
+                      "%.2f" % t["kv_busy"] if kv else "-", t["kv_retries"] if kv else "-",
+                      t["kv_short"] if kv else "-", t["kv_capped"] if kv else "-"))
         print("\nlong steps, trace %s: each engine's steps over %.0f times its median step, "
               "and the medians of the other engines' steps that ran beside them (batches "
               "overlapping in time), in brackets those engines' medians over the replay (a "
@@ -1100,17 +1096,15 @@ def print_tables(table, traces, results, args):
         print("| model | config | long steps | long p50 ms | %s |"
               % " | ".join("%s beside ms" % n for n in ORDER))
         print("|---|---|---|---|%s" % ("---|" * len(ORDER)))
-        for name in ORDER:
-            for cname in results:
-                t = table.get((label, cname, name))
-                if t is None or t["long_steps"] is None:
-                    continue
-                n, mid, beside = t["long_steps"]
-                print("| %s | %s | %d | %s | %s |" % (
-                    name, cname, n, "%.0f" % (1e3 * mid) if n else "-", " | ".join(
-                        "-" if o not in beside else "%s (%.1f)" % (
-                            "-" if beside[o][0] != beside[o][0] else "%.1f" % (1e3 * beside[o][0]),
-                            1e3 * beside[o][1]) for o in ORDER)))
+        for name, cname, t in cells(table, label, results):
+            if t["long_steps"] is None:
+                continue
+            n, mid, beside = t["long_steps"]
+            print("| %s | %s | %d | %s | %s |" % (
+                name, cname, n, "%.0f" % (1e3 * mid) if n else "-", " | ".join(
+                    "-" if o not in beside else "%s (%.1f)" % (
+                        "-" if beside[o][0] != beside[o][0] else "%.1f" % (1e3 * beside[o][0]),
+                        1e3 * beside[o][1]) for o in ORDER)))
         kv_table(table, label, results,
                  "maps that waited for other processes, trace %s: how many, how long in all, "
                  "how many waited for pages others use (above their share), how many gave up; "

@@ -1016,7 +1016,8 @@ class AdapterTest(unittest.TestCase):
         stated = []
 
         class Request:
-            tokens_to_process = list(range(300 * 16 - 1))
+            # (and the next token: 300 blocks, as transformers 5.17 takes them)
+            tokens_to_process = list(range(300 * 16 - 2))
         sched = types.SimpleNamespace(active_requests={}, waiting_requests={"w": Request()})
 
         def prepare_next_batch(self):
@@ -1326,10 +1327,13 @@ class AdapterTest(unittest.TestCase):
 
     def test_waiting_blocks_count_what_comes_back(self):
         """A waiting request needs blocks for the tokens before its
-        position and those it has left to prefill, and one more: a new
-        request its prompt; one preempted to the CPU its whole cache (its
-        position kept, one token left); one started over its prompt and
-        what it generated (a new request to transformers)."""
+        position and those it has left to prefill, and the next, as
+        transformers 5.17 allocates them for a request with no blocks: a
+        new request (or one started over: its prompt and what it generated)
+        its prompt; one preempted to the CPU its whole cache (its position
+        kept, one token left); one of an older shape, with tokens_to_process
+        only, those. The layer groups' blocks are the cache's blocks_needed
+        (a sliding window holds fewer), else as many a group."""
         cache = types.SimpleNamespace(block_size=16, group_cache_managers=[0, 1])
         new = types.SimpleNamespace(remaining_prefill_tokens=list(range(100)),
                                     tokens_to_process=[], position_offset=0)
@@ -1343,6 +1347,14 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(transformers_cb._waiting_blocks(proc), 13 * 2)
         proc.scheduler.waiting_requests = {"new": new, "cpu": on_cpu, "old": old}
         self.assertEqual(transformers_cb._waiting_blocks(proc), (7 + 13 + 4) * 2)
+        # 15 tokens and the next fill a block: transformers takes two
+        proc.scheduler.waiting_requests = {"w": types.SimpleNamespace(
+            remaining_prefill_tokens=list(range(15)))}
+        self.assertEqual(transformers_cb._waiting_blocks(proc), 2 * 2)
+        # a sliding window of 8 blocks in the second group
+        cache.blocks_needed = lambda n, allocated: n + min(n, 8)
+        proc.scheduler.waiting_requests = {"cpu": on_cpu}
+        self.assertEqual(transformers_cb._waiting_blocks(proc), 13 + 8)
 
     def test_fair_share_preempts_and_states_demand(self):
         """kvshim asks the engine for blocks it uses: one request is

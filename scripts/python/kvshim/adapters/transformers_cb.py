@@ -416,12 +416,15 @@ def map_ahead(processor, tracker):
 
 
 def _waiting_blocks(proc):
-    """Blocks the requests waiting for admission need, in every layer
-    group: what the engine waits for. A request's blocks hold the tokens
-    before its position (position_offset: those of a request preempted to
-    the CPU, whose cache comes back whole when it is admitted again; 0 for
-    a new one) and those it has left to prefill (transformers' own count:
-    remaining_prefill_tokens, else tokens_to_process), and one more.
+    """Blocks the requests waiting for admission need, over the layer
+    groups (the cache's blocks_needed: a sliding window's group holds at
+    most its window): what the engine waits for. A request's blocks hold
+    the tokens before its position (position_offset: those of a request
+    preempted to the CPU, whose cache comes back whole when it is admitted
+    again; 0 for a new one) and those it has left to prefill
+    (transformers' own count: remaining_prefill_tokens, else
+    tokens_to_process), and the next one, as transformers 5.17 allocates
+    for a request with no blocks: (tokens + 1) // block_size + 1.
     (Counted by its prompt alone, a request waiting on the CPU counted one
     block, and its engine stated next to nothing for it. On an H200 at
     rate 6 the large model's preempted requests started again up to 27.8 s
@@ -430,6 +433,7 @@ def _waiting_blocks(proc):
     cache = proc.cache
     waiting = getattr(getattr(proc, "scheduler", None), "waiting_requests", None) or {}
     groups = len(getattr(cache, "group_cache_managers", ()) or ()) or 1
+    needed = getattr(cache, "blocks_needed", None)
     n = 0
     for state in list(waiting.values()):
         tokens = (getattr(state, "remaining_prefill_tokens", None)
@@ -437,8 +441,9 @@ def _waiting_blocks(proc):
                   or getattr(state, "initial_tokens", None) or ())
         past = getattr(state, "position_offset", 0)
         past = past if isinstance(past, int) and past > 0 else 0
-        n += -(-(past + len(tokens) + 1) // cache.block_size)
-    return n * groups
+        blocks = (past + len(tokens) + 1) // cache.block_size + 1
+        n += needed(blocks, 0) if needed else blocks * groups
+    return n
 
 
 def _margin_blocks(proc):
