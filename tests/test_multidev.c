@@ -10,6 +10,7 @@
  * nothing. Needs two devices (make check runs the emulation with
  * KVEMU_DEVICES=2); with fewer, each test says so and passes.
  */
+#include <poll.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -645,6 +646,10 @@ static int on_device(void *arg)
 	KT_CHILD_CHECK(d->map == 0 || kv_dev_ordinal((CUdeviceptr)(uintptr_t)p) == d->device);
 	KT_CHILD_CHECK(d->demand == 0 || kvshim_share_demand(d->demand) == 0);
 	KT_CHILD_CHECK(write(d->ready[1], "r", 1) == 1);
+	/* (a statement holds a second: made again every 100 ms, so a parent
+	 * slowed by a loaded machine still finds it) */
+	while (poll(&(struct pollfd){ .fd = d->go[0], .events = POLLIN }, 1, 100) == 0)
+		KT_CHILD_CHECK(d->demand == 0 || kvshim_share_demand(d->demand) == 0);
 	KT_CHILD_CHECK(read(d->go[0], &c, 1) == 1);
 	KT_CHILD_CHECK(kvshim_release(p) == 0);
 	kv_shim_shutdown();
