@@ -228,6 +228,12 @@ int kvshim_group_share_demand(int group, size_t bytes);
 int kvshim_group_share_unused(int group, size_t bytes);
 int kvshim_group_share_asked(int group, size_t *bytes);
 
+/* What kvshim_stats says, on the GPU of the group's first tensor, whatever
+ * the current device (an engine's page size and the processes sharing its
+ * budget, from the thread it schedules on). Returns 0, or KVSHIM_EINVAL
+ * (no such group, or out NULL). */
+int kvshim_group_stats(int group, struct kvshim_stats *out);
+
 /* A static English message for a kvshim_error; never NULL. */
 const char *kvshim_strerror(int err);
 

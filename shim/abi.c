@@ -93,6 +93,11 @@ KV_EXPORT int kvshim_group_share_asked(int group, size_t *bytes)
 	return kv_group_share_asked(group, bytes);
 }
 
+KV_EXPORT int kvshim_group_stats(int group, struct kvshim_stats *out)
+{
+	return kv_group_stats(group, out);
+}
+
 /* Reserve a span of size bytes on the current device: 0 with *addr set and
  * *a its allocator, or an error. */
 static int reserve(size_t size, void **addr, kv_alloc_t **a)

@@ -459,3 +459,15 @@ int kv_group_share_asked(int id, size_t *bytes)
 		*bytes = most;
 	return rc;
 }
+
+int kv_group_stats(int id, struct kvshim_stats *out)
+{
+	struct part parts[KV_MAX_DEVICES];
+	size_t nparts = 0;
+	int rc;
+
+	if (!out)
+		return KVSHIM_EINVAL;
+	rc = group_parts(id, parts, &nparts, NULL, NULL);
+	return rc ? rc : kv_alloc_stats(parts[0].a, out);
+}

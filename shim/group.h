@@ -10,6 +10,8 @@
 
 #include <stddef.h>
 
+struct kvshim_stats;
+
 /* Register a group; *id gets its handle (> 0). Every tensor must lie inside
  * one span. Returns 0, KVSHIM_EINVAL (NULL, zero), KVSHIM_ERANGE (a tensor
  * outside every span), KVSHIM_ENOMEM or the allocator's start-up error. */
@@ -49,5 +51,10 @@ int kv_group_can_back(int id, const long long *blocks, size_t n);
 int kv_group_share_demand(int id, size_t bytes);
 int kv_group_share_unused(int id, size_t bytes);
 int kv_group_share_asked(int id, size_t *bytes);
+
+/* This process's figures (kvshim_stats) on the GPU of the group's first
+ * tensor, whatever the current device. Returns 0, or KVSHIM_EINVAL (no
+ * such group, or out NULL). */
+int kv_group_stats(int id, struct kvshim_stats *out);
 
 #endif /* KV_GROUP_H */

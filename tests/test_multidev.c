@@ -435,6 +435,7 @@ END_TEST
 START_TEST(test_group_two_devices)
 {
 	long long ids[] = { 0, 1, 2, 5 }, more[] = { 8, 9, 10, 11, 12, 13 };
+	struct kvshim_stats st;
 	CUdeviceptr b00, b01, b1;
 	void *bases[3];
 	kv_alloc_t *a0, *a1;
@@ -462,6 +463,13 @@ START_TEST(test_group_two_devices)
 	ck_assert_int_eq(kv_group_map(g, ids, 4), 0);
 	ck_assert_uint_eq(kt_stats(a0).mapped_bytes, 2 * 3 * PG);
 	ck_assert_uint_eq(kt_stats(a1).mapped_bytes, 3 * PG);
+	/* its stats: its first tensor's GPU's (device 1), whatever the
+	 * current device; bad input refused */
+	ck_assert_int_eq(kv_group_stats(g, &st), 0);
+	ck_assert_uint_eq(st.mapped_bytes, 3 * PG);
+	ck_assert_uint_eq(st.page_bytes, PG);
+	ck_assert_int_eq(kv_group_stats(g, NULL), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_group_stats(g + 9, &st), KVSHIM_EINVAL);
 	ck_assert_int_eq(kv_dev_ordinal(b1 + 5 * GBLK), 1);
 	ck_assert_int_eq(kv_dev_ordinal(b01 + 5 * GBLK), 0);
 	ck_assert_int_eq(kv_alloc_claims(a1, b1), 2);

@@ -1708,9 +1708,9 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(looks, [])
         # the same engine taken as sharing: the look, the page, no cushion
         members = [2]
-        stats = kvshim.stats
-        self.addCleanup(setattr, kvshim, "stats", stats)
-        kvshim.stats = lambda: dict(stats(), share_members=members[0])
+        stats = kvshim.Group.stats
+        self.addCleanup(setattr, kvshim.Group, "stats", stats)
+        kvshim.Group.stats = lambda g: dict(stats(g), share_members=members[0])
         self.assertFalse(transformers_cb._packs(proc))   # not read again yet
         c.kvshim_shared_at -= transformers_cb.SHARED_EVERY
         self.assertTrue(transformers_cb._packs(proc))
@@ -2951,6 +2951,32 @@ class MultiDeviceTest(unittest.TestCase):
         self.assertEqual(self.stats(0)["cached_bytes"], 0)
         for rank, (c, tr) in ranks.items():
             tr.group.close()
+
+    def test_group_stats_are_its_gpus(self):
+        """A group's stats are those of its first tensor's GPU whatever the
+        current device: the tracker's page size and who shares its budget
+        are read there (kvshim.stats() would start kvshim on the current
+        device, which the engine may not use)."""
+        self.torch.cuda.set_device(1)
+        c = self.build(("cuda:1",))
+        self.addCleanup(self.release, c)
+        tr = transformers_cb.attach(c)
+        self.torch.cuda.set_device(0)
+        ids = c._block_manager.get_free_blocks(65, None, False, 0)
+        got = tr.group.stats()
+        with DEVICES.device(1):
+            there = kvshim.stats()
+        here = kvshim.stats()
+        self.assertEqual(got["mapped_bytes"], there["mapped_bytes"])
+        self.assertNotEqual(got["mapped_bytes"], here["mapped_bytes"])
+        self.assertEqual(tr._page, there["page_bytes"])
+        c._block_manager.free_blocks(ids, shareable=False)
+        self.assertEqual(tr.group.stats()["cached_bytes"] - self.base[1]["cached_bytes"],
+                         self.stats(1)["cached_bytes"])
+        gid = tr.group.id
+        tr.group.close()
+        with self.assertRaises(kvshim.KvshimError):
+            kvshim.Group.stats(types.SimpleNamespace(id=gid))
 
     def test_layers_split_over_gpus(self):
         c = self.build(("cuda:0", "cuda:1"))

@@ -116,6 +116,7 @@ def library():
             "kvshim_group_share_demand": [i, sz],
             "kvshim_group_share_unused": [i, sz],
             "kvshim_group_share_asked": [i, ctypes.POINTER(sz)],
+            "kvshim_group_stats": [i, ctypes.POINTER(Stats)],
         }
         for name, args in sigs.items():
             fn = getattr(lib, name)
@@ -302,6 +303,13 @@ class Group:
         _check(library().kvshim_group_share_asked(self.id, ctypes.byref(n)),
                "kvshim_group_share_asked")
         return n.value
+
+    def stats(self):
+        """stats() on the GPU of the group's first tensor, whatever the
+        current device."""
+        st = Stats()
+        _check(library().kvshim_group_stats(self.id, ctypes.byref(st)), "kvshim_group_stats")
+        return {name: getattr(st, name) for name, _ in Stats._fields_ if name != "reserved"}
 
     def close(self):
         if self.id:

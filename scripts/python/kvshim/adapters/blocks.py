@@ -166,7 +166,8 @@ class BlockTracker:
         # group): a free block on a page with claims costs no memory
         self._claims = collections.Counter()
         try:
-            self._page = int(kvshim.stats()["page_bytes"])
+            # (the group's GPU's, whatever the current device)
+            self._page = int(group.stats()["page_bytes"])
         except (kvshim.KvshimError, KeyError, TypeError, ValueError, AttributeError):
             self._page = 0       # unknown: every block counts as needing memory
         self._cap = (0.0, None)  # (when, blocks) of the last capacity read

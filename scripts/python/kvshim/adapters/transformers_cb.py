@@ -781,14 +781,17 @@ SHARED_EVERY = 1.0     # seconds between two reads of who shares the budget
 def _shared(proc):
     """Whether other processes share kvshim's budget with this one now
     (its stats' share_members, this process included, above 1; 0 without a
-    shared budget): read at most every SHARED_EVERY seconds, kept on the
-    cache, as processes come and go."""
+    shared budget), on its cache's GPU (its group's, whatever the current
+    device): read at most every SHARED_EVERY seconds, kept on the cache, as
+    processes come and go."""
     cache = getattr(proc, "cache", None)
     now = time.monotonic()
     shared = getattr(cache, "kvshim_shared", None)
     if shared is None or now - getattr(cache, "kvshim_shared_at", now) >= SHARED_EVERY:
+        group = getattr(getattr(cache, "kvshim_tracker", None), "group", None)
         try:
-            shared = kvshim.stats().get("share_members", 0) > 1
+            shared = (group.stats() if group is not None else kvshim.stats()).get(
+                "share_members", 0) > 1
         except (kvshim.KvshimError, AttributeError, OSError, RuntimeError):
             shared = False
         if cache is not None:
