@@ -409,33 +409,27 @@ static size_t whole_of(size_t part, size_t mine, size_t all)
 	return part / mine * all + rest;
 }
 
-/* State bytes of group id as demand (DEMAND) or unused (UNUSED), each
- * device its part. */
-enum { DEMAND, UNUSED };
-
-static int state(int id, size_t bytes, int what)
+/* State bytes of group id through say (kv_alloc_demand, kv_alloc_unused),
+ * each device its part. */
+static int state(int id, size_t bytes, void (*say)(kv_alloc_t *, size_t))
 {
 	struct part parts[KV_MAX_DEVICES];
 	size_t nparts = 0, ntensors = 0, k;
 	int rc = group_parts(id, parts, &nparts, NULL, &ntensors);
 
-	for (k = 0; k < nparts && !rc; k++) {
-		if (what == DEMAND)
-			kv_alloc_demand(parts[k].a, part_of(bytes, parts[k].ntensors, ntensors));
-		else
-			kv_alloc_unused(parts[k].a, part_of(bytes, parts[k].ntensors, ntensors));
-	}
+	for (k = 0; k < nparts && !rc; k++)
+		say(parts[k].a, part_of(bytes, parts[k].ntensors, ntensors));
 	return rc;
 }
 
 int kv_group_share_demand(int id, size_t bytes)
 {
-	return state(id, bytes, DEMAND);
+	return state(id, bytes, kv_alloc_demand);
 }
 
 int kv_group_share_unused(int id, size_t bytes)
 {
-	return state(id, bytes, UNUSED);
+	return state(id, bytes, kv_alloc_unused);
 }
 
 int kv_group_share_asked(int id, size_t *bytes)

@@ -432,6 +432,27 @@ END_TEST
  * headroom is the smaller device's. */
 #define GBLK (PG / 2)
 #define GNB 16
+/* A group of three tensors of GNB blocks of GBLK: b1 on device 1 first,
+ * then b00 and b01 on device 0 (their allocators a0 and a1). Returns its
+ * id. */
+static int split_group(kv_alloc_t **a0, kv_alloc_t **a1, CUdeviceptr *b00,
+		       CUdeviceptr *b01, CUdeviceptr *b1)
+{
+	void *bases[3];
+	int g;
+
+	ck_assert_int_eq(kv_shim_alloc_on(0, a0), 0);
+	ck_assert_int_eq(kv_shim_alloc_on(1, a1), 0);
+	ck_assert_int_eq(kv_alloc_reserve(*a1, GNB * GBLK, b1), 0);
+	ck_assert_int_eq(kv_alloc_reserve(*a0, GNB * GBLK, b00), 0);
+	ck_assert_int_eq(kv_alloc_reserve(*a0, GNB * GBLK, b01), 0);
+	bases[0] = (void *)(uintptr_t)*b1;
+	bases[1] = (void *)(uintptr_t)*b00;
+	bases[2] = (void *)(uintptr_t)*b01;
+	ck_assert_int_eq(kv_group_create(bases, 3, GBLK, GNB, &g), 0);
+	return g;
+}
+
 START_TEST(test_group_two_devices)
 {
 	long long ids[] = { 0, 1, 2, 5 }, more[] = { 8, 9, 10, 11, 12, 13 };
@@ -445,16 +466,8 @@ START_TEST(test_group_two_devices)
 	if (!two())
 		return;
 	setenv("KVSHIM_LIMIT", "16M", 1);      /* 8 pages a device */
-	ck_assert_int_eq(kv_shim_alloc_on(0, &a0), 0);
-	ck_assert_int_eq(kv_shim_alloc_on(1, &a1), 0);
-	ck_assert_int_eq(kv_alloc_reserve(a0, GNB * GBLK, &b00), 0);
-	ck_assert_int_eq(kv_alloc_reserve(a1, GNB * GBLK, &b1), 0);
-	ck_assert_int_eq(kv_alloc_reserve(a0, GNB * GBLK, &b01), 0);
 	/* device 1's tensor first: its part is mapped before device 0's */
-	bases[0] = (void *)(uintptr_t)b1;
-	bases[1] = (void *)(uintptr_t)b00;
-	bases[2] = (void *)(uintptr_t)b01;
-	ck_assert_int_eq(kv_group_create(bases, 3, GBLK, GNB, &g), 0);
+	g = split_group(&a0, &a1, &b00, &b01, &b1);
 	/* 8 pages a device: two tensors on device 0 leave 4 pages a tensor,
 	 * less one for straddling blocks; device 1 has more */
 	ck_assert_int_eq(kv_group_headroom(g, &room), 0);
@@ -763,7 +776,6 @@ START_TEST(test_share_group_two_devices)
 	size_t asked = 1, asked0;
 	kv_alloc_t *a0, *a1;
 	char c, path[256];
-	void *bases[3];
 	pid_t pid;
 	int g, st;
 
@@ -774,15 +786,7 @@ START_TEST(test_share_group_two_devices)
 	}
 	kt_new_pool();
 	share_env("16M");                       /* 8 pages a device */
-	ck_assert_int_eq(kv_shim_alloc_on(0, &a0), 0);
-	ck_assert_int_eq(kv_shim_alloc_on(1, &a1), 0);
-	ck_assert_int_eq(kv_alloc_reserve(a1, GNB * GBLK, &b1), 0);
-	ck_assert_int_eq(kv_alloc_reserve(a0, GNB * GBLK, &b00), 0);
-	ck_assert_int_eq(kv_alloc_reserve(a0, GNB * GBLK, &b01), 0);
-	bases[0] = (void *)(uintptr_t)b1;
-	bases[1] = (void *)(uintptr_t)b00;
-	bases[2] = (void *)(uintptr_t)b01;
-	ck_assert_int_eq(kv_group_create(bases, 3, GBLK, GNB, &g), 0);
+	g = split_group(&a0, &a1, &b00, &b01, &b1);
 	ck_assert_int_eq(kv_dev_use(1), 0);     /* the current device: not the point */
 
 	/* demand: two thirds on device 0, a third on device 1, rounded up */

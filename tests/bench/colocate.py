@@ -1003,12 +1003,13 @@ def summarize(results, traces):
     return table, ok
 
 
-def ratio(table, label, cname, name):
-    """Static p99 over configuration cname's, for one model of a trace."""
+def ratio(table, label, cname, name, key="ttft_p99"):
+    """Static p99 over configuration cname's, for one model of a trace (key:
+    which p99, TTFT's by default)."""
     st, t = table.get((label, "static", name)), table.get((label, cname, name))
-    if not st or not t or not t["ttft_p99"] > 0:
+    if not st or not t or not t[key] > 0:
         return float("nan")
-    return st["ttft_p99"] / t["ttft_p99"]
+    return st[key] / t[key]
 
 
 def cells(table, label, results, names=ORDER):
@@ -1059,9 +1060,7 @@ def print_tables(table, traces, results, args):
               "| started again | their longest s |")
         print("|---|---|---|---|---|---|---|")
         for name, cname, t in cells(table, label, results, ORDER + ("all",)):
-            st = table.get((label, "static", name))
-            r = st["e2e_p99"] / t["e2e_p99"] if st is not None and t["e2e_p99"] > 0 \
-                else float("nan")
+            r = ratio(table, label, cname, name, "e2e_p99")
             r = "-" if cname == "static" or r != r else "%.2fx" % r
             print("| %s | %s | %.2f | %.2f | %s | %d | %s |" % (
                 name, cname, t["e2e_p50"], t["e2e_p99"], r, len(t["again"]),

@@ -1038,8 +1038,8 @@ def _give_back_one(proc, tracker, victim=None):
         # request finishes; this one was the ask's, and its block ends
         # with the ask (see _admission). Left as transformers', it held an
         # engine whose one other request decoded for seconds: on an H200
-        # at rate 6, the small model admitted nothing for 1.5 s with room
-        # for 110 to 312 blocks, 12 requests waiting
+        # at rate 6, the small model admitted nothing for 1.3 s with room
+        # for 49 to 316 blocks, 12 requests waiting
         sched._kvshim_blocked = True
     freed = before - tracker.mapped
     if freed > 0:           # (an eviction transformers declined counts nothing)
