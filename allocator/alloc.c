@@ -216,6 +216,7 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 				 (o->budget_pct ? o->budget_pct : 100) / 100);
 
 		rc = kv_share_open(a->prim.uuid, o->pool_name, budget,
+				   budget / 100 * o->reserve_pct,
 				   a->prim.device_bytes, o->min, o->max, o->weight,
 				   o->share_mode ? o->share_mode : 0600, &a->share);
 		if (rc && o->share == KV_ALLOC_SHARE_AUTO) {

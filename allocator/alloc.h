@@ -60,6 +60,8 @@ struct kv_alloc_opts {
 	const char *pool_name; /* the segment's pool name, or NULL */
 	size_t budget;       /* bytes all processes may hold; 0: budget_pct */
 	unsigned budget_pct; /* 1-100 of device memory; 0 means 100 */
+	unsigned reserve_pct; /* 0-50: of the budget, what the rule keeps free
+			       * while others share it (fair.h) */
 	size_t min, max;     /* this process's floor and ceiling; max 0: none */
 	unsigned share_mode; /* the segment's permissions, e.g. 0600 */
 	unsigned share_wait_ms; /* how long a map waits for others to trim */

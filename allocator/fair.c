@@ -73,17 +73,21 @@ uint64_t kv_fair_most(uint64_t L, const struct kv_fair_in *in)
 	return at_level(L, w, floor, in->max ? in->max : UINT64_MAX);
 }
 
-void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
-		  struct kv_fair_out *out, struct kv_fair_sums *sums)
+void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in,
+		  unsigned n, struct kv_fair_out *out, struct kv_fair_sums *sums)
 {
 	uint64_t want[FAIR_MAX], w[FAIR_MAX], got[FAIR_MAX], used[FAIR_MAX];
 	uint64_t base[FAIR_MAX], unused[FAIR_MAX], askable[FAIR_MAX];
 	uint64_t taken = 0, floor_gaps = 0, givable = 0, need = 0;
 	uint64_t over = 0, spare = 0, ask, from_unused, free_b, asked = 0, L;
+	uint64_t have, for_gaps;
 	unsigned i;
 
 	if (n > FAIR_MAX)
 		n = FAIR_MAX;
+	if (n < 2)
+		reserve = 0;    /* alone, nobody needs room kept */
+	reserve = min64(reserve, budget);
 	for (i = 0; i < n; i++) {
 		const struct kv_fair_in *p = &in[i];
 
@@ -126,14 +130,17 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		over = add(over, sub(used[i], got[i]));
 		spare = add(spare, askable[i]);
 	}
-	/* what the free budget and the idle pages cannot cover comes from
-	 * the unused pages, in proportion to them, then from those who use
+	/* what the free budget and the idle pages cannot cover, of the gaps
+	 * and then of the reserve, comes from the unused pages, in
+	 * proportion to them; what the gaps still lack, from those who use
 	 * more than their share, in proportion to that; each part rounded
 	 * up, so the parts add up to the whole */
 	free_b = sub(budget, add(taken, floor_gaps));
-	ask = sub(need, add(free_b, givable));
-	from_unused = min64(ask, spare);
-	ask = min64(ask - from_unused, over);
+	have = add(free_b, givable);
+	ask = sub(need, have);
+	from_unused = min64(sub(add(need, reserve), have), spare);
+	for_gaps = min64(ask, from_unused);
+	ask = min64(ask - for_gaps, over);
 	for (i = 0; i < n; i++) {
 		uint64_t x = sub(used[i], got[i]);
 
@@ -152,5 +159,6 @@ void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		sums->unused = spare;
 		sums->givable = givable;
 		sums->level = L;
+		sums->for_reserve = from_unused - for_gaps;
 	}
 }

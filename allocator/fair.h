@@ -37,7 +37,13 @@
  *     proportion to what they use above their share, never more than
  *     that. A process at or below its share is never asked to give back
  *     what it uses; its unused pages, and its idle pages beyond what it
- *     waits for, may always be asked for, above its floor.
+ *     waits for, may always be asked for, above its floor;
+ *   - while two processes or more share the budget, a reserve R is kept
+ *     ahead of demand: when the free budget and the idle pages that may
+ *     be asked for fall short of the gaps and R together, unused pages
+ *     are asked for that too (after the gaps), so that the next process
+ *     to grow finds room without waiting for another engine's step. R is
+ *     never asked of pages in use: a reserve preempts no request.
  */
 #ifndef KV_FAIR_H
 #define KV_FAIR_H
@@ -78,15 +84,19 @@ struct kv_fair_sums {
 	uint64_t givable;        /* the idle pages that may be asked for,
 				  * summed */
 	uint64_t level;          /* L: bytes a share holds per unit of weight */
+	uint64_t for_reserve;    /* of asked, what the reserve asks (unused
+				  * pages only) */
 };
 
 /*
- * Apply the rule to n processes' figures in[0..n) under budget: out[i]
- * gets process i's share, gap and what it is asked to give back; sums (may
- * be NULL) the totals. Sums saturate; no figure wraps.
+ * Apply the rule to n processes' figures in[0..n) under budget, keeping
+ * reserve bytes (R, at most the budget; none with fewer than two
+ * processes): out[i] gets process i's share, gap and what it is asked to
+ * give back; sums (may be NULL) the totals. Sums saturate; no figure
+ * wraps.
  */
-void kv_fair_plan(uint64_t budget, const struct kv_fair_in *in, unsigned n,
-		  struct kv_fair_out *out, struct kv_fair_sums *sums);
+void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in,
+		  unsigned n, struct kv_fair_out *out, struct kv_fair_sums *sums);
 
 /* The most process in may use while others wait below their shares, in a
  * plan of level L (sums->level): L times its weight, at least its floor,

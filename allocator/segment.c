@@ -499,7 +499,7 @@ static int collect(int fd, const struct kv_share *sh, uint64_t cap, uint64_t ns,
 		out->pooled = kv_seg_sat_add(out->pooled, f.pooled);
 	}
 	/* the shares of the live processes, as the members compute them */
-	kv_fair_plan(cap, fin, nlive, fout, NULL);
+	kv_fair_plan(cap, out->reserve, fin, nlive, fout, NULL);
 	for (i = 0; i < nlive; i++) {
 		out->proc[live[i]].share = fout[i].share;
 		out->proc[live[i]].gap = fout[i].gap;
@@ -561,6 +561,8 @@ int kv_share_read(const char *path, unsigned mode, int reap,
 	out->device_bytes = LOAD(&sh->device_bytes);
 	kv_seg_printable(out->name, sh->name, sizeof(sh->name));
 	cap = out->budget ? out->budget : UINT64_MAX;
+	/* as the members count it (share.c) */
+	out->reserve = kv_seg_min(LOAD(&sh->reserve), cap / 2);
 	if (reap && writable && out->joinable)
 		out->reaped = kv_seg_reap_all(fd, sh, -1, path);
 	locked = kv_seg_lock_wait(fd, F_RDLCK, KV_SHARE_LOCK_UPDATE, KV_SHARE_LOCK_WAIT_MS) == 0;

@@ -48,6 +48,7 @@ struct kv_share_handle_s {
 	int slot;
 	unsigned mode;
 	uint64_t budget;         /* this process's: stands in for a bad header's */
+	uint64_t reserve;        /* this process's, for a header it sets up */
 	uint64_t device_bytes;
 	/* this process's figures, published from here */
 	uint64_t held, mapped, cached, pooled, reserved, min, max, trimmed;
@@ -221,6 +222,13 @@ static uint64_t budget_of(kv_share_t *s)
 	return b;
 }
 
+/* The segment's reserve (fair.h) under budget cap: at most half of it,
+ * whatever the header says. */
+static uint64_t reserve_of(kv_share_t *s, uint64_t cap)
+{
+	return kv_seg_min(LOAD(&s->sh->reserve), cap / 2);
+}
+
 /* The most this process may use now, from the plan t: while others wait
  * below their shares, what its share would be if it wanted more (so a
  * process below its share may grow to it, one above it may not grow).
@@ -281,7 +289,7 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 		slot_of[n] = i;
 		kv_seg_fair_in(&f, &in[n++]);
 	}
-	kv_fair_plan(cap, in, n, out, &t->plan);
+	kv_fair_plan(cap, reserve_of(s, cap), in, n, out, &t->plan);
 	for (i = 1; i < n; i++)
 		t->give[slot_of[i]] = out[i].givable;
 	t->me_in = in[0];
@@ -314,6 +322,7 @@ static void init_header(kv_share_t *s, const char *name)
 	STORE(&sh->mode, s->mode);
 	STORE(&sh->flags, 0);
 	STORE(&sh->budget, s->budget);
+	STORE(&sh->reserve, s->reserve);
 	STORE(&sh->device_bytes, s->device_bytes);
 	STORE(&sh->created_ns, kv_seg_realtime_ns());
 	memset(sh->name, 0, sizeof(sh->name));
@@ -601,7 +610,7 @@ static void reg_remove(kv_share_t *s)
 /* ---- the interface ---------------------------------------------------------- */
 
 int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
-		  uint64_t device_bytes, uint64_t min, uint64_t max,
+		  uint64_t reserve, uint64_t device_bytes, uint64_t min, uint64_t max,
 		  unsigned weight, unsigned mode, kv_share_t **out)
 {
 	const char *why;
@@ -625,6 +634,11 @@ int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 			 (unsigned long long)budget, (unsigned long long)device_bytes);
 		return KVSHIM_EINVAL;
 	}
+	if (reserve > budget / 2) {
+		kv_error("share: a reserve of %llu bytes is more than half the budget's %llu",
+			 (unsigned long long)reserve, (unsigned long long)budget);
+		return KVSHIM_EINVAL;
+	}
 	s = calloc(1, sizeof(*s));
 	if (!s)
 		return KVSHIM_ENOMEM;
@@ -632,6 +646,7 @@ int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 	s->slot = -1;
 	s->mode = mode;
 	s->budget = budget;
+	s->reserve = reserve;
 	s->device_bytes = device_bytes;
 	s->min = min;
 	s->max = max;

@@ -45,9 +45,9 @@
 
 #define KV_SHARE_MAGIC 0x315348535653564bULL   /* "KVSVSHS1", every version */
 #define KV_SHARE_MAJOR 2       /* another major is refused */
-#define KV_SHARE_MINOR 2       /* a newer minor only gives meaning to spare fields
+#define KV_SHARE_MINOR 3       /* a newer minor only gives meaning to spare fields
 				* (1: a slot's weight, demand and asked;
-				* 2: its unused) */
+				* 2: its unused; 3: the header's reserve) */
 #define KV_SHARE_SLOTS 64
 #define KV_SHARE_DIR "/dev/shm"
 
@@ -109,7 +109,11 @@ struct kv_share {
 	uint64_t device_bytes;   /* the creator's device: shown, never used */
 	uint64_t created_ns;     /* CLOCK_REALTIME */
 	char name[128];
-	uint64_t spare[17];      /* zero; a newer minor may use them */
+	/* minor 3 (0 in a segment of an older minor: none) */
+	uint64_t reserve;        /* bytes the rule keeps free while two
+				  * processes or more share the budget
+				  * (fair.h); at most half the budget */
+	uint64_t spare[16];      /* zero; a newer minor may use them */
 	struct kv_share_slot slot[KV_SHARE_SLOTS];
 };
 
@@ -121,8 +125,9 @@ typedef struct kv_share_handle_s kv_share_t;
 /*
  * Open (creating it if needed, with mode) the segment for GPU uuid and
  * pool name (may be NULL), and take a slot for this process. budget is
- * the bytes all processes may hold (0: device_bytes); a segment that
- * exists keeps its budget. min and max are this process's floor and
+ * the bytes all processes may hold (0: device_bytes), reserve the bytes of
+ * it the rule keeps free (fair.h; at most half the budget); a segment that
+ * exists keeps its budget and reserve. min and max are this process's floor and
  * ceiling (max 0: none), weight its weight in the fair shares (1 to
  * KV_FAIR_WEIGHT_MAX). mode: owner rw, nothing for others to write.
  * Each refusal is logged with the path, and for a segment not trusted its
@@ -131,7 +136,7 @@ typedef struct kv_share_handle_s kv_share_t;
  * version, not a kvshim segment, or full) or KVSHIM_ENOMEM.
  */
 int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
-		  uint64_t device_bytes, uint64_t min, uint64_t max,
+		  uint64_t reserve, uint64_t device_bytes, uint64_t min, uint64_t max,
 		  unsigned weight, unsigned mode, kv_share_t **out);
 
 /* Give the slot back and close. In a child forked from the opener, only
@@ -266,6 +271,7 @@ struct kv_share_info {
 				  * changed while they were read) */
 	unsigned reaped;         /* slots of dead processes reclaimed now */
 	uint64_t budget, device_bytes;
+	uint64_t reserve;        /* the header's, at most half the budget */
 	char name[4 * 128 + 1];  /* printable, as cmd */
 	uint64_t held, pending, mapped, cached, pooled; /* the live processes' */
 	unsigned nprocs;         /* used slots, live or not, in proc[] */

@@ -359,6 +359,30 @@ static int parse_budget(const char *s, struct kv_config *c, const char **why)
 	return rc;
 }
 
+/* A percentage from 0 to 50 (the % may be left out), or off: 0. */
+static int parse_reserve(const char *s, unsigned *out, const char **why)
+{
+	unsigned long long v;
+	const char *end;
+	int rc;
+
+	if (!strcasecmp(s, "off") || !strcasecmp(s, "none")) {
+		*out = 0;
+		return 0;
+	}
+	rc = digits(s, 10, UINT64_MAX, &v, &end);
+	if (rc == -1 || (!rc && *end && strcmp(end, "%"))) {
+		*why = "expected a percentage of the budget from 0 to 50 (e.g. 5%), or off";
+		return KVSHIM_ECONFIG;
+	}
+	if (rc || v > 50) {
+		*why = "too large (at most 50%: the rest of the budget is the processes')";
+		return KVSHIM_ECONFIG;
+	}
+	*out = (unsigned)v;
+	return 0;
+}
+
 static int parse_size_zero_off(const char *s, size_t *out, const char **why)
 {
 	if (!strcasecmp(s, "off") || !strcasecmp(s, "none")) {
@@ -408,6 +432,7 @@ static int parse_mode(const char *s, unsigned *out, const char **why)
 #define kv_apply_tokens(c, f, s, why) parse_tokens(s, &(c)->f, why)
 #define kv_apply_share(c, f, s, why) parse_share(s, &(c)->f, why)
 #define kv_apply_weight(c, f, s, why) parse_weight(s, &(c)->f, why)
+#define kv_apply_reserve(c, f, s, why) parse_reserve(s, &(c)->f, why)
 
 int kv_config_load(struct kv_config *c)
 {

@@ -102,9 +102,10 @@ static void json_segment(FILE *f, const char *path, const struct kv_share_info *
 		fputs("null", f);
 	else
 		json_str(f, in->why_not);
-	fprintf(f, ", \"locked\": %s, \"reaped\": %u, \"budget\": %llu, \"device_bytes\": %llu, \"held\": %llu, \"pending\": %llu, \"mapped\": %llu, \"cached\": %llu, \"pooled\": %llu, \"processes\": [",
+	fprintf(f, ", \"locked\": %s, \"reaped\": %u, \"budget\": %llu, \"reserve\": %llu, \"device_bytes\": %llu, \"held\": %llu, \"pending\": %llu, \"mapped\": %llu, \"cached\": %llu, \"pooled\": %llu, \"processes\": [",
 		in->locked ? "true" : "false", in->reaped,
-		(unsigned long long)in->budget, (unsigned long long)in->device_bytes,
+		(unsigned long long)in->budget, (unsigned long long)in->reserve,
+		(unsigned long long)in->device_bytes,
 		(unsigned long long)in->held, (unsigned long long)in->pending,
 		(unsigned long long)in->mapped, (unsigned long long)in->cached,
 		(unsigned long long)in->pooled);
@@ -167,10 +168,11 @@ static void text_segment(FILE *f, const char *path, const struct kv_share_info *
 		return;
 	}
 	gpu_of(path, gpu);
-	fprintf(f, "%s: %s%sversion %u.%u, owner %u, mode 0%03o%s; %llu of %llu bytes held, %llu mapped, %llu cached\n",
+	fprintf(f, "%s: %s%sversion %u.%u, owner %u, mode 0%03o%s; %llu of %llu bytes held (%llu kept free while shared), %llu mapped, %llu cached\n",
 		safe, gpu[0] ? gpu : "", gpu[0] ? ", " : "", in->major, in->minor, in->uid, in->mode,
 		in->joinable ? "" : " (this process would not join it)",
 		(unsigned long long)in->held, (unsigned long long)in->budget,
+		(unsigned long long)in->reserve,
 		(unsigned long long)in->mapped, (unsigned long long)in->cached);
 	for (i = 0; i < in->nprocs; i++) {
 		const struct kv_share_proc *p = &in->proc[i];

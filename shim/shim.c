@@ -206,6 +206,7 @@ static int start(int device)
 	o.pool_name = config.pool[0] ? config.pool : NULL;
 	o.budget = config.budget;
 	o.budget_pct = config.budget_pct;
+	o.reserve_pct = config.reserve_pct;
 	o.min = config.min;
 	o.max = config.max;
 	o.weight = config.weight;

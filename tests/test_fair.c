@@ -38,7 +38,7 @@ static struct kv_fair_in proc(uint64_t weight, uint64_t used, uint64_t demand)
 static void plan(const struct kv_fair_in *in, unsigned n, struct kv_fair_out *out,
 		 struct kv_fair_sums *sums)
 {
-	kv_fair_plan(B, in, n, out, sums);
+	kv_fair_plan(B, 0, in, n, out, sums);
 }
 
 /* Whether a and b are within a few bytes (the rounding of shares). */
@@ -250,7 +250,7 @@ START_TEST(test_fair_plan_unused)
 	in[0] = proc(1, 2 * PG, 3 * PG);
 	in[0].unused = 2 * PG;
 	in[1] = proc(1, 8 * PG, 0);
-	kv_fair_plan(10 * PG, in, 2, out, &sums);
+	kv_fair_plan(10 * PG, 0, in, 2, out, &sums);
 	ck_near(out[0].share, 5 * PG);
 	ck_near(out[0].gap, 3 * PG);
 	ck_assert_uint_eq(out[0].asked, 0);
@@ -316,6 +316,69 @@ START_TEST(test_fair_plan_idle_kept)
 }
 END_TEST
 
+/*
+ * The reserve: with two processes or more, unused pages are asked for
+ * until the free budget and the idle pages that may be asked for make up
+ * the gaps and the reserve, the gaps first; never pages in use, and
+ * nothing of a process alone (on an H200 at 4 GiB, the medium model's
+ * maps waited on the large engine's steps to drop prefix-cache pages,
+ * 2 GiB of them, while its requests queued behind a 56 ms schedule).
+ */
+START_TEST(test_fair_plan_reserve)
+{
+	struct kv_fair_in in[2] = { proc(1, 20 * PG, 0), proc(1, 2 * PG, 0) };
+	struct kv_fair_out out[2];
+	struct kv_fair_sums sums;
+
+	/* 22 of 24 pages held, 16 of the first's unused; nobody waits: a
+	 * reserve of 5 asks the first for the 3 the free budget lacks */
+	in[0].unused = 16 * PG;
+	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
+	ck_near(out[0].asked, 3 * PG);
+	ck_near(out[0].asked_unused, 3 * PG);
+	ck_assert_uint_eq(out[1].asked, 0);
+	ck_near(sums.for_reserve, 3 * PG);
+	ck_assert_uint_eq(sums.gaps, 0);
+	/* without one, nothing; nor alone */
+	kv_fair_plan(B, 0, in, 2, out, &sums);
+	ck_assert_uint_eq(sums.asked, 0);
+	kv_fair_plan(B, 5 * PG, in, 1, out, &sums);
+	ck_assert_uint_eq(sums.asked, 0);
+	ck_assert_uint_eq(sums.for_reserve, 0);
+	/* idle pages that may be asked for count in it: 2 of the second's
+	 * 2 idle (no demand), so 1 more */
+	in[1].idle = 2 * PG;
+	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
+	ck_near(out[0].asked, PG);
+	in[1].idle = 0;
+	/* the second waits for 4: its gap comes first (2 free, 2 unused),
+	 * then the reserve's 5, all from the unused pages */
+	in[1].demand = 4 * PG;
+	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
+	ck_near(out[1].gap, 4 * PG);
+	ck_near(out[0].asked, 7 * PG);
+	ck_near(sums.for_reserve, 5 * PG);
+	/* no unused pages: the gap is asked of the use above a share, the
+	 * reserve of nothing (it preempts no request) */
+	in[0].unused = 0;
+	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
+	ck_near(out[0].asked, 2 * PG);
+	ck_assert_uint_eq(out[0].asked_unused, 0);
+	ck_assert_uint_eq(sums.for_reserve, 0);
+	/* a process that waits keeps its unused pages, for the reserve too */
+	in[0].unused = 16 * PG;
+	in[0].demand = PG;
+	in[1].demand = 0;
+	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
+	ck_assert_uint_eq(sums.asked, 0);
+	/* never more than the budget, nor below a floor */
+	in[0].demand = 0;
+	in[0].min = 19 * PG;
+	kv_fair_plan(B, UINT64_MAX, in, 2, out, &sums);
+	ck_near(out[0].asked, PG);
+}
+END_TEST
+
 /* Figures at the edge of their bounds: nothing wraps. */
 START_TEST(test_fair_plan_bounds)
 {
@@ -329,17 +392,17 @@ START_TEST(test_fair_plan_bounds)
 		in[i].min = UINT64_MAX / 4;
 		in[i].unused = i % 2 ? UINT64_MAX : UINT64_MAX / 8;
 	}
-	kv_fair_plan(UINT64_MAX, in, 64, out, &sums);
+	kv_fair_plan(UINT64_MAX, UINT64_MAX, in, 64, out, &sums);
 	for (i = 0; i < 64; i++) {
 		ck_assert_uint_ge(out[i].share, UINT64_MAX / 4);
 		ck_assert_uint_le(out[i].asked, UINT64_MAX / 2);
 	}
-	kv_fair_plan(UINT64_MAX / 2, in, 64, out, &sums);
+	kv_fair_plan(UINT64_MAX / 2, UINT64_MAX, in, 64, out, &sums);
 	for (i = 0; i < 64; i++)
 		ck_assert_uint_le(out[i].asked, UINT64_MAX / 2);
-	kv_fair_plan(0, in, 64, out, &sums);      /* no budget: floors only */
+	kv_fair_plan(0, PG, in, 64, out, &sums);  /* no budget: floors only */
 	ck_assert_uint_eq(out[0].share, UINT64_MAX / 4);
-	kv_fair_plan(B, in, 0, out, &sums);       /* nobody */
+	kv_fair_plan(B, PG, in, 0, out, &sums);   /* nobody */
 	ck_assert_uint_eq(sums.gaps, 0);
 }
 END_TEST
@@ -1287,15 +1350,117 @@ START_TEST(test_fair_unused_may_use)
 }
 END_TEST
 
-/* ---- bad weights ------------------------------------------------------------------ */
-
-static int load_weight(void *arg)
+/*
+ * The reserve through the allocator: the segment's creator sets it (a
+ * percentage of the budget, in its header; a joiner with another keeps
+ * it), and a process holding unused pages is asked for what the free
+ * budget lacks of it, only while another shares the budget; more than
+ * half the budget is refused, and nothing is made.
+ */
+START_TEST(test_fair_reserve_asked)
 {
-	struct kv_config c;
+	struct kv_alloc_opts o;
+	struct kt_member m;
+	kv_alloc_t *a = NULL;
+	CUdeviceptr s;
 
-	setenv("KVSHIM_WEIGHT", arg, 1);
+	kt_new_pool();
+	kt_opts(&o);
+	o.share = KV_ALLOC_SHARE_ON;
+	o.pool_name = kt_pool;
+	o.budget = B;
+	o.reserve_pct = 51;
+	ck_assert_int_eq(kv_alloc_create(&o, &a), KVSHIM_EINVAL);
+	ck_assert_ptr_null(a);
+	ck_assert_int_eq(access(kt_path, F_OK), -1);
+	o.reserve_pct = 25;     /* 6 pages, less the rounding of a percent */
+	a = kt_create(&o);
+	ck_assert_uint_eq(kt_seg_read(0)->reserve, B / 100 * 25);
+	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 20 * PG), 0);
+	kv_alloc_unused(a, 16 * PG);
+	ck_assert_uint_eq(kv_alloc_asked(a), 0);        /* alone */
+	kt_member_start(&m, B, 0, 2);                  /* joins with no reserve */
+	ck_assert_uint_eq(kt_seg_read(0)->reserve, B / 100 * 25);
+	/* 2 pages free, about 6 kept: 4, in whole pages */
+	ck_assert_uint_eq(kv_alloc_asked(a), 4 * PG);
+	/* given back (idle pages count in the reserve), nothing more */
+	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);
+	kv_alloc_unused(a, 12 * PG);
+	ck_assert_uint_eq(kv_alloc_asked(a), 0);
+	ck_assert_int_eq(kt_member_leave(&m), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, s + 4 * PG, 16 * PG), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* ---- bad settings ----------------------------------------------------------------- */
+
+/* Load the configuration with setting ("NAME=value") in the environment, in
+ * a child: 0 when it is refused. */
+static int load_setting(void *arg)
+{
+	const char *eq = strchr(arg, '=');
+	struct kv_config c;
+	char name[64];
+
+	if (!eq || (size_t)(eq - (const char *)arg) >= sizeof(name))
+		return 1;
+	memcpy(name, arg, (size_t)(eq - (const char *)arg));
+	name[eq - (const char *)arg] = 0;
+	setenv(name, eq + 1, 1);
 	return kv_config_load(&c) == KVSHIM_ECONFIG ? 0 : 1;
 }
+
+/* Each of bad's settings of var ({ value, what the message says }) is
+ * refused with a message naming it and saying why. */
+static void refused_all(const char *var, const char *const (*bad)[2], size_t n)
+{
+	char err[1024], setting[128];
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		snprintf(setting, sizeof(setting), "%s=%s", var, bad[i][0]);
+		ck_assert_msg(kt_in_child(load_setting, setting, 30, err, sizeof(err)) == 0,
+			      "%s was not refused", setting);
+		ck_assert_msg(strstr(err, setting) && strstr(err, bad[i][1]),
+			      "the message for \"%s\" does not name it and say \"%s\": %s",
+			      setting, bad[i][1], err);
+	}
+}
+
+/* KVSHIM_RESERVE: a percentage of the budget from 0 to 50 (5% by default),
+ * or off; anything else is refused with its name and why. */
+START_TEST(test_fair_bad_reserve)
+{
+	static const char *const bad[][2] = {
+		{ "51%", "too large" }, { "51", "too large" }, { "100%", "too large" },
+		{ "99999999999999999999%", "too large" }, { "-1%", "percentage" },
+		{ "5 %", "percentage" }, { "5%%", "percentage" }, { "%", "percentage" },
+		{ "", "percentage" }, { "abc", "percentage" }, { "2.5%", "percentage" },
+		{ "0x5", "percentage" }, { "64M", "percentage" },
+	};
+	static const char *const good[][2] = {
+		{ "0", "0" }, { "0%", "0" }, { "off", "0" }, { "none", "0" }, { "7", "7" },
+		{ "50%", "50" },
+	};
+	struct kv_config c;
+	size_t i;
+
+	refused_all("KVSHIM_RESERVE", bad, sizeof(bad) / sizeof(bad[0]));
+	unsetenv("KVSHIM_RESERVE");
+	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert_uint_eq(c.reserve_pct, 5);
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		setenv("KVSHIM_RESERVE", good[i][0], 1);
+		ck_assert_int_eq(kv_config_load(&c), 0);
+		ck_assert_uint_eq(c.reserve_pct, (unsigned)atoi(good[i][1]));
+	}
+	unsetenv("KVSHIM_RESERVE");
+}
+END_TEST
 
 /* KVSHIM_WEIGHT: a whole number from 1 to 1000, digits only; anything else
  * is refused with its name and why; the allocator refuses such a weight. */
@@ -1310,17 +1475,8 @@ START_TEST(test_fair_bad_weight)
 	struct kv_alloc_opts o;
 	kv_alloc_t *a = NULL;
 	struct kv_config c;
-	char err[1024], name[64];
-	size_t i;
 
-	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
-		ck_assert_msg(kt_in_child(load_weight, (void *)bad[i][0], 30, err, sizeof(err)) == 0,
-			      "KVSHIM_WEIGHT=\"%s\" was not refused", bad[i][0]);
-		snprintf(name, sizeof(name), "KVSHIM_WEIGHT=%s:", bad[i][0]);
-		ck_assert_msg(strstr(err, name) && strstr(err, bad[i][1]),
-			      "the message for \"%s\" does not name it and say \"%s\": %s",
-			      bad[i][0], bad[i][1], err);
-	}
+	refused_all("KVSHIM_WEIGHT", bad, sizeof(bad) / sizeof(bad[0]));
 	setenv("KVSHIM_WEIGHT", "1000", 1);
 	ck_assert_int_eq(kv_config_load(&c), 0);
 	ck_assert_uint_eq(c.weight, 1000);
@@ -1340,14 +1496,6 @@ START_TEST(test_fair_bad_weight)
 	ck_assert_int_eq(access(kt_path, F_OK), -1);    /* nothing was made */
 }
 END_TEST
-
-static int load_share(void *arg)
-{
-	struct kv_config c;
-
-	setenv("KVSHIM_SHARE", arg, 1);
-	return kv_config_load(&c) == KVSHIM_ECONFIG ? 0 : 1;
-}
 
 /* KVSHIM_SHARE: off by default (until issue 13's targets hold on a GPU),
  * auto, and on and off as booleans, anything else refused by name. */
@@ -1370,10 +1518,10 @@ START_TEST(test_fair_share_values)
 		ck_assert_int_eq(c.share, atoi(good[i][1]));
 	}
 	unsetenv("KVSHIM_SHARE");
-	ck_assert_int_eq(kt_in_child(load_share, "maybe", 30, err, sizeof(err)), 0);
+	ck_assert_int_eq(kt_in_child(load_setting, "KVSHIM_SHARE=maybe", 30, err, sizeof(err)), 0);
 	ck_assert_msg(strstr(err, "KVSHIM_SHARE=maybe") && strstr(err, "auto"),
 		      "no message naming the variable: %s", err);
-	ck_assert_int_eq(kt_in_child(load_share, "", 30, err, sizeof(err)), 0);
+	ck_assert_int_eq(kt_in_child(load_setting, "KVSHIM_SHARE=", 30, err, sizeof(err)), 0);
 	ck_assert_int_eq(KV_SHARE_CFG_ON, KV_ALLOC_SHARE_ON);
 	ck_assert_int_eq(KV_SHARE_CFG_AUTO, KV_ALLOC_SHARE_AUTO);
 }
@@ -1391,6 +1539,7 @@ Suite *fair_suite(void)
 	tcase_add_test(rule, test_fair_plan_asked);
 	tcase_add_test(rule, test_fair_plan_unused);
 	tcase_add_test(rule, test_fair_plan_idle_kept);
+	tcase_add_test(rule, test_fair_plan_reserve);
 	tcase_add_test(rule, test_fair_plan_bounds);
 	suite_add_tcase(s, rule);
 	tcase_set_timeout(tc, 120);
@@ -1410,7 +1559,9 @@ Suite *fair_suite(void)
 	kt_add_emu(tc, test_fair_unused_asked);
 	kt_add_emu(tc, test_fair_unused_split_ask);
 	kt_add_emu(tc, test_fair_unused_may_use);
+	kt_add_emu(tc, test_fair_reserve_asked);
 	kt_add_emu(tc, test_fair_bad_weight);
+	kt_add_emu(tc, test_fair_bad_reserve);
 	kt_add_emu(tc, test_fair_share_values);
 	suite_add_tcase(s, tc);
 	return s;

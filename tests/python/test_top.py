@@ -16,7 +16,8 @@ import unittest
 
 POOL = "top%d" % os.getpid()
 os.environ.update(KVSHIM_SHARE="on", KVSHIM_POOL=POOL, KVSHIM_POOL_LOW="0",
-                  KVSHIM_POOL_HIGH="0", KVSHIM_MIN="4M", KVSHIM_MAX="64M", KVSHIM_WEIGHT="3")
+                  KVSHIM_POOL_HIGH="0", KVSHIM_MIN="4M", KVSHIM_MAX="64M", KVSHIM_WEIGHT="3",
+                  KVSHIM_RESERVE="10%")
 
 import kvshim  # noqa: E402
 
@@ -123,7 +124,9 @@ class TopTest(unittest.TestCase):
         self.assertTrue(me["alive"])
         self.assertFalse(me["other_pidns"])
         self.assertEqual(segs[0]["held"], 6 * MIB)
-        self.assertEqual(segs[0]["version"], "2.2")
+        self.assertEqual(segs[0]["version"], "2.3")
+        # the creator's reserve, in bytes of the budget
+        self.assertEqual(segs[0]["reserve"], segs[0]["budget"] // 100 * 10)
         self.assertTrue(segs[0]["joinable"])
         self.assertEqual(segs[0]["mode"], "0600")
         self.assertEqual(segs[0]["owner"], os.geteuid())
@@ -179,6 +182,7 @@ class TopTest(unittest.TestCase):
         r = top("--once", "--pool", POOL)
         self.assertEqual(r.returncode, 0, r.stderr)
         self.assertIn("held of a", r.stdout)
+        self.assertIn("kept free while shared", r.stdout)
         self.assertIn(" %d " % os.getpid(), r.stdout)
 
     def test_corrupted_segment_refused(self):
