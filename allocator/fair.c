@@ -80,7 +80,7 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 	uint64_t base[FAIR_MAX], unused[FAIR_MAX], askable[FAIR_MAX];
 	uint64_t taken = 0, floor_gaps = 0, givable = 0, need = 0;
 	uint64_t over = 0, spare = 0, ask, from_unused, free_b, asked = 0, L;
-	uint64_t have, for_gaps;
+	uint64_t have, for_gaps, trims;
 	unsigned i;
 
 	if (n > FAIR_MAX)
@@ -141,8 +141,14 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 	from_unused = min64(sub(add(need, reserve), have), spare);
 	for_gaps = min64(ask, from_unused);
 	ask = min64(ask - for_gaps, over);
+	/* the reserve's free budget, from the idle pages that may be asked
+	 * for, in proportion to them */
+	trims = min64(sub(reserve, free_b), givable);
 	for (i = 0; i < n; i++) {
 		uint64_t x = sub(used[i], got[i]);
+
+		out[i].trim = trims && out[i].givable ?
+			min64(out[i].givable, scale(trims, out[i].givable, givable) + 1) : 0;
 
 		out[i].asked_unused = 0;
 		if (from_unused && askable[i])

@@ -81,6 +81,9 @@ struct sums {
 	struct kv_fair_in me_in; /* this process's figures, as planned */
 	struct kv_fair_out me;   /* this process's share, gap and asked */
 	struct kv_fair_sums plan;
+	unsigned members;        /* the live processes planned, this one too */
+	uint64_t keep;           /* budget a take leaves free: the reserve,
+				  * for a spare one while others share it */
 	int clamped;
 };
 
@@ -290,6 +293,7 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 		kv_seg_fair_in(&f, &in[n++]);
 	}
 	kv_fair_plan(cap, reserve_of(s, cap), in, n, out, &t->plan);
+	t->members = n;
 	for (i = 1; i < n; i++)
 		t->give[slot_of[i]] = out[i].givable;
 	t->me_in = in[0];
@@ -715,7 +719,7 @@ static int past_share(const kv_share_t *s, const struct sums *t, uint64_t bytes)
 static uint64_t kept_from(const kv_share_t *s, const struct sums *t,
 			  uint64_t bytes, int with_pending)
 {
-	uint64_t kept = kv_seg_sat_add(t->held, t->floors);
+	uint64_t kept = kv_seg_sat_add(kv_seg_sat_add(t->held, t->floors), t->keep);
 
 	if (with_pending)
 		kept = kv_seg_sat_add(kept, t->pending);
@@ -826,6 +830,10 @@ static int take(kv_share_t *s, uint64_t bytes, uint64_t need, int may_ask)
 	if (!fits(s, &t, cap, bytes, 1) &&
 	    kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
 		others(s, cap, demand, &t);
+	/* a spare take (the pool) leaves the reserve free: the reserve's
+	 * trims would give it back */
+	if (!may_ask && t.members > 1)
+		t.keep = reserve_of(s, cap);
 	s->use_limit = use_limit(&t);
 	if (fits(s, &t, cap, bytes, 1)) {
 		s->held += bytes;
@@ -885,6 +893,9 @@ uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
 	s->use_limit = use_limit(&t);
 	req = __atomic_exchange_n(&s->sh->slot[s->slot].trim_request, 0,
 				  __ATOMIC_SEQ_CST);
+	/* and what the reserve's free budget asks of its idle pages */
+	if (t.me.trim > req)
+		req = t.me.trim;
 	publish(s);
 	/* never below the floor: a request read off a stale figure (asked
 	 * again before this process's last trim was published) is cut */

@@ -163,7 +163,8 @@ void kv_share_close(kv_share_t *s);
 int kv_share_take(kv_share_t *s, uint64_t bytes, uint64_t need);
 
 /* kv_share_take for pages not needed yet (refilling the pool): never asks
- * others to trim. Returns 0 or KVSHIM_ELIMIT when the budget is short. */
+ * others to trim, and while others share the budget leaves its reserve
+ * free. Returns 0 or KVSHIM_ELIMIT when the budget is short. */
 int kv_share_take_spare(kv_share_t *s, uint64_t bytes);
 
 /* A map refused by kv_share_take waits: until its kv_share_waited, what
@@ -210,7 +211,8 @@ void kv_share_give(kv_share_t *s, uint64_t bytes);
 
 /* Publish this process's figures and what the rule asks of it (see
  * kv_share_asked); returns the bytes others ask it to trim (the request
- * is cleared), at most what it holds above its floor. */
+ * is cleared), or, when more, what the reserve's free budget asks of its
+ * idle pages (fair.h), at most what it holds above its floor. */
 uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
 			 uint64_t pooled, uint64_t reserved);
 

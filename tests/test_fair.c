@@ -346,10 +346,21 @@ START_TEST(test_fair_plan_reserve)
 	ck_assert_uint_eq(sums.asked, 0);
 	ck_assert_uint_eq(sums.for_reserve, 0);
 	/* idle pages that may be asked for count in it: 2 of the second's
-	 * 2 idle (no demand), so 1 more */
+	 * 2 idle (no demand), so 1 more; and they are given back, since the
+	 * free budget is under the reserve */
 	in[1].idle = 2 * PG;
 	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
 	ck_near(out[0].asked, PG);
+	ck_near(out[1].trim, 2 * PG);
+	ck_assert_uint_eq(out[0].trim, 0);
+	/* as far as the free budget lacks it: with 4 free, 1 of them */
+	in[0].held = 18 * PG;
+	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
+	ck_near(out[1].trim, PG);
+	ck_assert_uint_eq(out[0].asked, 0);
+	kv_fair_plan(B, 0, in, 2, out, &sums);
+	ck_assert_uint_eq(out[1].trim, 0);
+	in[0].held = 20 * PG;
 	in[1].idle = 0;
 	/* the second waits for 4: its gap comes first (2 free, 2 unused),
 	 * then the reserve's 5, all from the unused pages */
@@ -1384,12 +1395,58 @@ START_TEST(test_fair_reserve_asked)
 	ck_assert_uint_eq(kt_seg_read(0)->reserve, B / 100 * 25);
 	/* 2 pages free, about 6 kept: 4, in whole pages */
 	ck_assert_uint_eq(kv_alloc_asked(a), 4 * PG);
-	/* given back (idle pages count in the reserve), nothing more */
+	/* given back, they are idle pages (counted in it): nothing more is
+	 * asked, and the worker's next round gives them back to the free
+	 * budget; then none more */
 	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);
 	kv_alloc_unused(a, 12 * PG);
 	ck_assert_uint_eq(kv_alloc_asked(a), 0);
+	ck_assert_uint_eq(kt_seg_read(0)->held, 22 * PG);
+	(void)kv_alloc_tick(a);
+	ck_assert_uint_eq(kt_seg_read(0)->held, 18 * PG);
+	(void)kv_alloc_tick(a);
+	ck_assert_uint_eq(kt_seg_read(0)->held, 18 * PG);
 	ck_assert_int_eq(kt_member_leave(&m), 0);
 	ck_assert_int_eq(kv_alloc_unmap(a, s + 4 * PG, 16 * PG), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
+ * The pool leaves the reserve free while others share the budget: with 4
+ * pages free of 24 and a reserve of about 6, the worker's refill of its
+ * pool (4 pages) is refused; alone, it refills.
+ */
+START_TEST(test_fair_reserve_pool)
+{
+	struct kv_alloc_opts o;
+	struct kvshim_stats st;
+	struct kt_member m;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+
+	kt_new_pool();
+	kt_opts(&o);
+	o.share = KV_ALLOC_SHARE_ON;
+	o.pool_name = kt_pool;
+	o.budget = B;
+	o.reserve_pct = 25;
+	o.pool_low = o.pool_high = 4 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 4 * PG), 0);      /* the pool's pages */
+	kt_member_start(&m, B, 0, 16);
+	(void)kv_alloc_tick(a);
+	ck_assert_int_eq(kv_alloc_stats(a, &st), 0);
+	ck_assert_uint_eq(st.pooled_bytes, 0);
+	ck_assert_uint_eq(kt_seg_read(0)->held, 20 * PG);
+	ck_assert_int_eq(kt_member_leave(&m), 0);
+	(void)kv_alloc_tick(a);
+	ck_assert_int_eq(kv_alloc_stats(a, &st), 0);
+	ck_assert_uint_eq(st.pooled_bytes, 4 * PG);
+	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);
 	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
@@ -1431,8 +1488,8 @@ static void refused_all(const char *var, const char *const (*bad)[2], size_t n)
 	}
 }
 
-/* KVSHIM_RESERVE: a percentage of the budget from 0 to 50 (5% by default),
- * or off; anything else is refused with its name and why. */
+/* KVSHIM_RESERVE: a percentage of the budget from 0 to 50, or off (the
+ * default); anything else is refused with its name and why. */
 START_TEST(test_fair_bad_reserve)
 {
 	static const char *const bad[][2] = {
@@ -1452,7 +1509,7 @@ START_TEST(test_fair_bad_reserve)
 	refused_all("KVSHIM_RESERVE", bad, sizeof(bad) / sizeof(bad[0]));
 	unsetenv("KVSHIM_RESERVE");
 	ck_assert_int_eq(kv_config_load(&c), 0);
-	ck_assert_uint_eq(c.reserve_pct, 5);
+	ck_assert_uint_eq(c.reserve_pct, 0);
 	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
 		setenv("KVSHIM_RESERVE", good[i][0], 1);
 		ck_assert_int_eq(kv_config_load(&c), 0);
@@ -1560,6 +1617,7 @@ Suite *fair_suite(void)
 	kt_add_emu(tc, test_fair_unused_split_ask);
 	kt_add_emu(tc, test_fair_unused_may_use);
 	kt_add_emu(tc, test_fair_reserve_asked);
+	kt_add_emu(tc, test_fair_reserve_pool);
 	kt_add_emu(tc, test_fair_bad_weight);
 	kt_add_emu(tc, test_fair_bad_reserve);
 	kt_add_emu(tc, test_fair_share_values);

@@ -28,10 +28,10 @@ seven configurations (--configs) run one after the other, in one invocation:
   pages few of them use before preempting anyone; on by default from
   session 16, so kvshim, capped and the sweep's budgets pack): kvshim as
   it was before;
-- unreserved (only when --configs names it): kvshim with KVSHIM_RESERVE=off
-  (README.md: while processes share the budget, kvshim keeps a reserve of
-  it, 5% by default, free or in idle pages, from pages only a prefix cache
-  holds; from session 19): kvshim as it was before;
+- reserved (only when --configs names it): kvshim with KVSHIM_RESERVE=5%
+  (README.md: while processes share the budget, kvshim keeps that part of
+  it free, from idle pages and pages only a prefix cache holds; off by
+  default; from session 19);
 - reads (only when --configs names it): kvshim whose engines' read budget
   is the static split's engine's cache at --budget-gib (KVSHIM_CB_READ_TOKENS),
   which the adapter rounds up to a multiple of 16384 tokens: at 6 GiB
@@ -79,9 +79,9 @@ packed@B with --sweep-pack; ascending, engines started afresh for each),
 replaying the traces of --sweep-rates (the first seed and phase), and
 reports the smallest budget at which every model's p99 TTFT is at most
 the static split's (at --budget-gib) times 1 + --tolerance: "half the
-memory for the same service". --sweep-unreserved runs each of those
-budgets again without kvshim's reserve (unreserved@B, after kvshim@B),
-shown beside them but never the smallest. --quick is rates 3, 4 and 6, one seed and
+memory for the same service". --sweep-reserved runs each of those
+budgets again with a reserve of 5% (reserved@B, after kvshim@B), shown
+beside them but never the smallest. --quick is rates 3, 4 and 6, one seed and
 one phase length, and a sweep of 3 GiB at rate 3. How long each part
 took is printed as it ends, and an estimate first.
 --dry-run tries all of it without torch or a GPU: engines that answer at
@@ -260,7 +260,7 @@ def dry_engine(args):
                             * 16384 if kvshim else num_blocks * BLOCK),
             "kvshim": kvshim, "ceiling": ceiling_set(), "cuda_graphs": args.cuda_graphs,
             "pack": os.environ.get("KVSHIM_CB_PACK"),
-            "reserve": os.environ.get("KVSHIM_RESERVE", "default"), "ready_s": 0.0}
+            "reserve": os.environ.get("KVSHIM_RESERVE", "off"), "ready_s": 0.0}
     for mine, t0, out_path in commands(info):
         rows = []
         for k, q in enumerate(mine):
@@ -343,7 +343,7 @@ def engine(args):
             "read_tokens": int(getattr(cache, "num_pages", 0) or 0),
             "kvshim": kvshim is not None, "ceiling": ceiling_set(),
             "cuda_graphs": args.cuda_graphs, "pack": os.environ.get("KVSHIM_CB_PACK"),
-            "reserve": os.environ.get("KVSHIM_RESERVE", "default"),
+            "reserve": os.environ.get("KVSHIM_RESERVE", "off"),
             "ready_s": time.perf_counter() - t_start}
 
     def kv_now():
@@ -593,7 +593,7 @@ def static_blocks(name, budget):
 
 
 def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack=True,
-          static_reads=False, reserve=True):
+          static_reads=False, reserve=False):
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
            "--max-batch-tokens", str(args.max_batch_tokens),
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
@@ -606,9 +606,9 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
     env.pop("KVSHIM_MAX", None)         # capped's alone (the caller's would pass)
     env.pop("KVSHIM_CB_READ_TOKENS", None)      # reads' alone
     env["KVSHIM_CB_PACK"] = "on" if pack else "off"     # unpacked's alone off
-    env.pop("KVSHIM_RESERVE", None)     # kvshim's default; unreserved's alone off
-    if not reserve:
-        env["KVSHIM_RESERVE"] = "off"
+    env.pop("KVSHIM_RESERVE", None)     # kvshim's default (off); reserved's alone 5%
+    if reserve:
+        env["KVSHIM_RESERVE"] = "5%"
     if mode == "static":
         cmd += ["--num-blocks", str(static_blocks(name, budget * shares))]
         env["KVSHIM_SHARE"] = "off"     # no kvshim here; said for clarity
@@ -702,7 +702,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
     t_spawn = time.perf_counter()
     procs = {name: spawn(name, mode, args, budget, pool, outdir, tag, cfg.get("ceiling", 0),
                          cfg.get("shares", 1), cfg.get("pack", True),
-                         cfg.get("static_reads", False), cfg.get("reserve", True))
+                         cfg.get("static_reads", False), cfg.get("reserve", False))
              for name in ORDER}
     res = {"name": cfg["name"], "mode": mode, "budget": budget, "engines": {}, "runs": {},
            "seconds": {}, "skipped": [], "pool": pool}
@@ -1185,7 +1185,7 @@ def print_tables(table, traces, results, args):
 
 def is_sweep(cname):
     """Whether configuration cname is one of the sweep's budgets."""
-    return cname.startswith(("kvshim@", "packed@", "unreserved@"))
+    return cname.startswith(("kvshim@", "packed@", "reserved@"))
 
 
 def targets(table, traces, results, args):
@@ -1225,7 +1225,7 @@ def targets(table, traces, results, args):
                                     " (target %.1fx: %s)" % (v["overall_target"],
                                                              "met" if v["overall_met"] else "NOT met")))
     out["repeats"] = repeats(table, traces, results)
-    for c in ("reads", "packed", "unpacked", "unreserved"):
+    for c in ("reads", "packed", "unpacked", "reserved"):
         if c in results:
             out["repeats_" + c] = repeats(table, traces, results, c)
     sweep = [c for c in results if is_sweep(c)]
@@ -1240,7 +1240,7 @@ def targets(table, traces, results, args):
                          "meets": meets,
                          "ratios": {lb: {n: ratio(table, lb, c, n) for n in ORDER + ("all",)}
                                     for lb in labels}})
-            if meets and smallest is None and not c.startswith("unreserved@"):
+            if meets and smallest is None and not c.startswith("reserved@"):
                 smallest = results[c]["budget"] / GIB
         print("\nbudget sweep: kvshim at each budget against the static split at %.1f GiB "
               "(per model static p99 / kvshim p99)" % args.budget_gib)
@@ -1250,7 +1250,7 @@ def targets(table, traces, results, args):
             for lb in r["traces"]:
                 x = r["ratios"][lb]
                 print("| %.2f%s | %s | %.2fx | %.2fx | %.2fx | %.2fx | %s |" % (
-                    r["budget_gib"], " (unreserved)" if r["config"].startswith("unreserved@")
+                    r["budget_gib"], " (reserved)" if r["config"].startswith("reserved@")
                     else "", lb, x["small"], x["medium"], x["large"], x["all"],
                     "yes" if r["meets"] else "no"))
         print("colocate: smallest kvshim budget meeting the static %.1f GiB split's per-model p99: %s"
@@ -1270,7 +1270,7 @@ def targets(table, traces, results, args):
 
 def repeats(table, traces, results, config="kvshim"):
     """For each trace that static and config (kvshim by default; reads,
-    packed, unpacked or unreserved too) both replayed more than once (--repeat; a
+    packed, unpacked or reserved too) both replayed more than once (--repeat; a
     replay --deadline skipped does not count): per model, the p99 TTFT of
     every replay, static and config's, their medians and the ratio of the
     medians; config meets the static split within its spread when its
@@ -1485,8 +1485,8 @@ def main():
     ap.add_argument("--sweep-pack", action="store_true",
                     help="name the sweep's budgets packed@B (they pack, as kvshim does by "
                          "default from session 16)")
-    ap.add_argument("--sweep-unreserved", action="store_true",
-                    help="run each sweep budget again without kvshim's reserve (unreserved@B)")
+    ap.add_argument("--sweep-reserved", action="store_true",
+                    help="run each sweep budget again with a reserve of 5%% (reserved@B)")
     ap.add_argument("--sweep-all", action="store_true",
                     help="run every sweep budget (by default the sweep ends at the first that meets)")
     ap.add_argument("--tolerance", type=float, default=0.0,
@@ -1521,9 +1521,9 @@ def main():
             os._exit(1)
     configs = [c for c in args.configs.split(",") if c]
     if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "packed",
-                                      "unpacked", "reads", "unreserved"}:
+                                      "unpacked", "reads", "reserved"}:
         ap.error("--configs takes static, kvshim, capped, ample, packed, unpacked, reads and "
-                 "unreserved")
+                 "reserved")
     if args.quick:
         args.rates, args.seeds, args.phases = "3,4,6", "2026", "8"
         args.sweep_gib = args.sweep_gib or "3"
@@ -1546,8 +1546,8 @@ def main():
         ap.error("--tolerance and --cpu-offload-gib must not be negative")
     if sweep and "static" not in configs:
         ap.error("--sweep-gib compares with the static split: keep static in --configs")
-    if args.sweep_unreserved and not args.sweep_gib:
-        ap.error("--sweep-unreserved runs the sweep's budgets again: give them with --sweep-gib")
+    if args.sweep_reserved and not args.sweep_gib:
+        ap.error("--sweep-reserved runs the sweep's budgets again: give them with --sweep-gib")
     if args.sweep_pack and not args.sweep_gib:
         ap.error("--sweep-pack names the sweep's budgets: give them with --sweep-gib")
     try:
@@ -1601,7 +1601,7 @@ def main():
               "budget": budget, "shares": 3 if c == "ample" else 1,
               "ceiling": int(args.capped_share * budget) // 3 if c == "capped" else 0,
               "pack": c not in ("static", "ample", "unpacked"),
-              "static_reads": c == "reads", "reserve": c != "unreserved"}, traces)
+              "static_reads": c == "reads", "reserve": c == "reserved"}, traces)
             for c in configs]
     # the sweep's budgets, kvshim's (packing, as kvshim does by default;
     # named packed@B with --sweep-pack)
@@ -1610,10 +1610,10 @@ def main():
     # budget's run)
     same = [c for c in ("kvshim", "packed") if c in configs]
     plan += [({"name": "%s@%g" % (name, b), "mode": "kvshim", "budget": int(b * GIB),
-               "pack": True, "reserve": name != "unreserved"}, sweep_traces)
+               "pack": True, "reserve": name == "reserved"}, sweep_traces)
              for b in sorted(sweep)
-             for name in ((base, "unreserved") if args.sweep_unreserved else (base,))
-             if b != args.budget_gib or not same or name == "unreserved"]
+             for name in ((base, "reserved") if args.sweep_reserved else (base,))
+             if b != args.budget_gib or not same or name == "reserved"]
     # the configurations' turns: each replays its traces in one turn, or,
     # alternating, the k-th replays of them in round k, the order of the
     # configurations reversed every other round
@@ -1668,7 +1668,7 @@ def main():
         else:
             results[cfg["name"]] = res
         if is_sweep(cfg["name"]) and "static" in results and \
-                not cfg["name"].startswith("unreserved@"):
+                not cfg["name"].startswith("reserved@"):
             # ascending budgets: the first that meets the static split ends the sweep
             table, _ = summarize(results, trs)
             if all(ratio(table, tr["label"], cfg["name"], n) * (1 + args.tolerance) >= 1.0
