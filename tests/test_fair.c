@@ -1361,6 +1361,17 @@ START_TEST(test_fair_unused_may_use)
 }
 END_TEST
 
+/* Options of a sharing allocator in this test's pool, with a budget of B
+ * and a reserve of pct percent of it. */
+static void reserve_opts(struct kv_alloc_opts *o, unsigned pct)
+{
+	kt_opts(o);
+	o->share = KV_ALLOC_SHARE_ON;
+	o->pool_name = kt_pool;
+	o->budget = B;
+	o->reserve_pct = pct;
+}
+
 /*
  * The reserve through the allocator: the segment's creator sets it (a
  * percentage of the budget, in its header; a joiner with another keeps
@@ -1376,11 +1387,7 @@ START_TEST(test_fair_reserve_asked)
 	CUdeviceptr s;
 
 	kt_new_pool();
-	kt_opts(&o);
-	o.share = KV_ALLOC_SHARE_ON;
-	o.pool_name = kt_pool;
-	o.budget = B;
-	o.reserve_pct = 51;
+	reserve_opts(&o, 51);
 	ck_assert_int_eq(kv_alloc_create(&o, &a), KVSHIM_EINVAL);
 	ck_assert_ptr_null(a);
 	ck_assert_int_eq(access(kt_path, F_OK), -1);
@@ -1428,11 +1435,7 @@ START_TEST(test_fair_reserve_pool)
 	CUdeviceptr s;
 
 	kt_new_pool();
-	kt_opts(&o);
-	o.share = KV_ALLOC_SHARE_ON;
-	o.pool_name = kt_pool;
-	o.budget = B;
-	o.reserve_pct = 25;
+	reserve_opts(&o, 25);
 	o.pool_low = o.pool_high = 4 * PG;
 	a = kt_create(&o);
 	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
