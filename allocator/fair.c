@@ -27,6 +27,12 @@ static uint64_t scale(uint64_t a, uint64_t b, uint64_t c)
 	return (uint64_t)((unsigned __int128)a * b / c);
 }
 
+/* a * b / c rounded up, without overflow (c > 0, the result at most a). */
+static uint64_t scale_up(uint64_t a, uint64_t b, uint64_t c)
+{
+	return (uint64_t)(((unsigned __int128)a * b + c - 1) / c);
+}
+
 /* What a process gets at level L (bytes per unit of weight): L times its
  * weight w, but never under its floor nor over what it wants. Returns it. */
 static uint64_t at_level(uint64_t L, uint64_t w, uint64_t floor, uint64_t want)
@@ -80,14 +86,13 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 	uint64_t base[FAIR_MAX], unused[FAIR_MAX], askable[FAIR_MAX];
 	uint64_t taken = 0, floor_gaps = 0, givable = 0, need = 0;
 	uint64_t over = 0, spare = 0, ask, from_unused, free_b, asked = 0, L;
-	uint64_t have, for_gaps, trims;
-	unsigned i;
+	uint64_t have, for_gaps, trims, floors = 0, rest, left;
+	unsigned i, most;
 
 	if (n > FAIR_MAX)
 		n = FAIR_MAX;
 	if (n < 2)
 		reserve = 0;    /* alone, nobody needs room kept */
-	reserve = min64(reserve, budget);
 	for (i = 0; i < n; i++) {
 		const struct kv_fair_in *p = &in[i];
 
@@ -106,7 +111,11 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 		if (want[i] < base[i])
 			want[i] = base[i];
 		w[i] = p->weight < 1 ? 1 : min64(p->weight, KV_FAIR_WEIGHT_MAX);
+		floors = add(floors, base[i]);
 	}
+	/* what the floors keep is never free: a reserve beyond the rest
+	 * would drain every process to its floor for nothing */
+	reserve = min64(reserve, sub(budget, floors));
 	L = level(budget, w, base, want, got, n);
 
 	for (i = 0; i < n; i++) {
@@ -131,9 +140,10 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 		spare = add(spare, askable[i]);
 	}
 	/* what the free budget and the idle pages cannot cover, of the gaps
-	 * and then of the reserve, comes from the unused pages, in
-	 * proportion to them; what the gaps still lack, from those who use
-	 * more than their share, in proportion to that; each part rounded
+	 * and then of the reserve, comes from the unused pages: the gaps'
+	 * part in proportion to them, the reserve's from the largest holders
+	 * (below); what the gaps still lack, from those who use more than
+	 * their share, in proportion to that; each proportional part rounded
 	 * up, so the parts add up to the whole */
 	free_b = sub(budget, add(taken, floor_gaps));
 	have = add(free_b, givable);
@@ -142,20 +152,36 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 	for_gaps = min64(ask, from_unused);
 	ask = min64(ask - for_gaps, over);
 	/* the reserve's free budget, from the idle pages that may be asked
-	 * for, in proportion to them */
+	 * for, in proportion to them, rounded up (not a byte more: a
+	 * holder gives back whole pages, and a byte over would be a page) */
 	trims = min64(sub(reserve, free_b), givable);
 	for (i = 0; i < n; i++) {
 		uint64_t x = sub(used[i], got[i]);
 
 		out[i].trim = trims && out[i].givable ?
-			min64(out[i].givable, scale(trims, out[i].givable, givable) + 1) : 0;
-
+			min64(out[i].givable, scale_up(trims, out[i].givable, givable)) : 0;
 		out[i].asked_unused = 0;
-		if (from_unused && askable[i])
-			out[i].asked = out[i].asked_unused =
-				min64(askable[i], scale(from_unused, askable[i], spare) + 1);
+		if (for_gaps && askable[i])
+			out[i].asked_unused =
+				min64(askable[i], scale(for_gaps, askable[i], spare) + 1);
 		if (ask && x)
 			out[i].asked += min64(x, scale(ask, x, over) + 1);
+	}
+	/* the reserve's part of the unused pages, from the largest holders
+	 * first: an engine gives back whole page indices, and a part asked
+	 * of every holder would cost each one a page index of its cache */
+	for (rest = from_unused - for_gaps; rest && n; rest -= left) {
+		for (i = 1, most = 0; i < n; i++)
+			if (sub(askable[i], out[i].asked_unused) >
+			    sub(askable[most], out[most].asked_unused))
+				most = i;
+		left = min64(rest, sub(askable[most], out[most].asked_unused));
+		if (!left)
+			break;
+		out[most].asked_unused += left;
+	}
+	for (i = 0; i < n; i++) {
+		out[i].asked += out[i].asked_unused;
 		asked = add(asked, out[i].asked);
 	}
 	if (sums) {

@@ -44,9 +44,11 @@
  *     that may be asked for are given back by their holders (each asked
  *     its trim, in proportion to them) until it is not; and when the free
  *     budget and those idle pages fall short of the gaps and R together,
- *     unused pages are asked for that too (after the gaps), to become
- *     idle pages and then free budget. R is never asked of pages in use:
- *     a reserve preempts no request. (A reserve that counted idle pages as
+ *     unused pages are asked for that too (after the gaps; of the largest
+ *     holders first, since an engine gives back whole page indices), to
+ *     become idle pages and then free budget. R is never asked of pages
+ *     in use: a reserve preempts no request; nor of what the floors keep
+ *     (R is at most the budget less the floors). (A reserve that counted idle pages as
  *     kept free, without giving them back, made engines drop their prefix
  *     caches into idle pages that the next map still waited for: on an
  *     H200 at 4 GiB, maps waited 42 times against 26 without it.)

@@ -307,6 +307,16 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 	}
 }
 
+/* others(), and for a spare take (the pool: spare), the reserve kept free
+ * while others share the budget (its trims would give it back). */
+static void others_keeping(kv_share_t *s, uint64_t cap, uint64_t demand, int spare,
+			   struct sums *t)
+{
+	others(s, cap, demand, t);
+	if (spare && t->members > 1)
+		t->keep = reserve_of(s, cap);
+}
+
 /* ---- opening ------------------------------------------------------------------ */
 
 /* Write a fresh header (magic last, release) for s; slots of processes
@@ -826,14 +836,10 @@ static int take(kv_share_t *s, uint64_t bytes, uint64_t need, int may_ask)
 	need = need > bytes ? need : bytes;
 	if (may_ask && demand < need)
 		demand = need;
-	others(s, cap, demand, &t);
+	others_keeping(s, cap, demand, !may_ask, &t);
 	if (!fits(s, &t, cap, bytes, 1) &&
 	    kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
-		others(s, cap, demand, &t);
-	/* a spare take (the pool) leaves the reserve free: the reserve's
-	 * trims would give it back */
-	if (!may_ask && t.members > 1)
-		t.keep = reserve_of(s, cap);
+		others_keeping(s, cap, demand, !may_ask, &t);
 	s->use_limit = use_limit(&t);
 	if (fits(s, &t, cap, bytes, 1)) {
 		s->held += bytes;
@@ -887,8 +893,14 @@ uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
 	s->pooled = kv_seg_min(pooled, s->held);
 	s->reserved = reserved;
 	/* what the rule asks of it now, read without the update lock: the
-	 * figures are bounded, and the next look (5 ms on) corrects them */
+	 * figures are bounded, and the next look (5 ms on) corrects them.
+	 * The reserve counts the others: a process that ended (its slot left
+	 * behind) must not keep it asking, so before giving anything back
+	 * for it the slots of the dead are reaped */
 	others(s, budget_of(s), demand_of(s), &t);
+	if ((t.me.trim || t.plan.for_reserve) &&
+	    kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
+		others(s, budget_of(s), demand_of(s), &t);
 	s->asked = t.me.asked;
 	s->use_limit = use_limit(&t);
 	req = __atomic_exchange_n(&s->sh->slot[s->slot].trim_request, 0,

@@ -350,13 +350,13 @@ START_TEST(test_fair_plan_reserve)
 	 * free budget is under the reserve */
 	in[1].idle = 2 * PG;
 	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
-	ck_near(out[0].asked, PG);
-	ck_near(out[1].trim, 2 * PG);
+	ck_assert_uint_eq(out[0].asked, PG);
+	ck_assert_uint_eq(out[1].trim, 2 * PG);     /* not a byte over: a page */
 	ck_assert_uint_eq(out[0].trim, 0);
 	/* as far as the free budget lacks it: with 4 free, 1 of them */
 	in[0].held = 18 * PG;
 	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
-	ck_near(out[1].trim, PG);
+	ck_assert_uint_eq(out[1].trim, PG);
 	ck_assert_uint_eq(out[0].asked, 0);
 	kv_fair_plan(B, 0, in, 2, out, &sums);
 	ck_assert_uint_eq(out[1].trim, 0);
@@ -382,11 +382,34 @@ START_TEST(test_fair_plan_reserve)
 	in[1].demand = 0;
 	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
 	ck_assert_uint_eq(sums.asked, 0);
-	/* never more than the budget, nor below a floor */
+	/* of the largest holder of unused pages first: the second holds 4
+	 * unused of 6, the first 16; the reserve's 3 are the first's alone */
 	in[0].demand = 0;
+	in[1] = proc(1, 2 * PG, 0);
+	in[0].held = 16 * PG;
+	in[1].held = 6 * PG;
+	in[1].unused = 4 * PG;
+	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
+	ck_assert_uint_eq(out[0].asked_unused, 3 * PG);
+	ck_assert_uint_eq(out[1].asked, 0);
+	/* then the next: 14 short, 16 and 4 unused */
+	kv_fair_plan(B, 16 * PG, in, 2, out, &sums);
+	ck_assert_uint_eq(out[0].asked_unused + out[1].asked_unused, 14 * PG);
+	ck_assert_uint_ge(out[0].asked_unused, 10 * PG);
+	/* never below a floor */
+	in[0] = proc(1, 20 * PG, 0);
+	in[0].unused = 16 * PG;
 	in[0].min = 19 * PG;
+	in[1] = proc(1, 2 * PG, 0);
 	kv_fair_plan(B, UINT64_MAX, in, 2, out, &sums);
-	ck_near(out[0].asked, PG);
+	ck_assert_uint_eq(out[0].asked, PG);
+	/* nor more than the floors leave of the budget: the second's floor
+	 * of 22 leaves 2 of 24, so a reserve of 5 is one of 2, and nothing is
+	 * free (its floor keeps 20 more): 2 of the first's unused pages */
+	in[0].min = 0;
+	in[1].min = 22 * PG;
+	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
+	ck_assert_uint_eq(out[0].asked, 2 * PG);
 }
 END_TEST
 
@@ -1383,6 +1406,7 @@ START_TEST(test_fair_reserve_asked)
 {
 	struct kv_alloc_opts o;
 	struct kt_member m;
+	struct kv_share *sh;
 	kv_alloc_t *a = NULL;
 	CUdeviceptr s;
 
@@ -1413,6 +1437,12 @@ START_TEST(test_fair_reserve_asked)
 	ck_assert_uint_eq(kt_seg_read(0)->held, 18 * PG);
 	(void)kv_alloc_tick(a);
 	ck_assert_uint_eq(kt_seg_read(0)->held, 18 * PG);
+	/* a header's reserve out of bounds counts as half the budget */
+	sh = kt_seg_map();
+	__atomic_store_n(&sh->reserve, UINT64_MAX, __ATOMIC_SEQ_CST);
+	ck_assert_uint_eq(kt_seg_read(0)->reserve, B / 2);
+	__atomic_store_n(&sh->reserve, B / 100 * 25, __ATOMIC_SEQ_CST);
+	kt_seg_unmap(sh);
 	ck_assert_int_eq(kt_member_leave(&m), 0);
 	ck_assert_int_eq(kv_alloc_unmap(a, s + 4 * PG, 16 * PG), 0);
 	kt_check(a);
@@ -1450,6 +1480,41 @@ START_TEST(test_fair_reserve_pool)
 	ck_assert_int_eq(kv_alloc_stats(a, &st), 0);
 	ck_assert_uint_eq(st.pooled_bytes, 4 * PG);
 	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
+ * A process whose peers ended is alone, though their slots are left
+ * behind: the worker reaps them before giving anything back for the
+ * reserve (else it would trim for nobody until one of its maps failed).
+ */
+START_TEST(test_fair_reserve_dead_peer)
+{
+	struct kv_alloc_opts o;
+	struct kt_member m;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+
+	kt_new_pool();
+	reserve_opts(&o, 25);
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 22 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);    /* 4 idle */
+	kt_member_start(&m, B, 0, 2);                          /* the budget full */
+	kt_member_kill(&m);
+	(void)kv_alloc_tick(a);
+	ck_assert_uint_eq(kt_seg_read(0)->held, 22 * PG);
+	ck_assert_uint_eq(kt_seg_read(0)->nprocs, 1);
+	/* and with the peer alive, the 4 idle pages go back */
+	kt_member_start(&m, B, 0, 2);
+	(void)kv_alloc_tick(a);
+	ck_assert_uint_eq(kt_seg_read(0)->held, 20 * PG);
+	ck_assert_int_eq(kt_member_leave(&m), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, s + 4 * PG, 18 * PG), 0);
 	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
@@ -1621,6 +1686,7 @@ Suite *fair_suite(void)
 	kt_add_emu(tc, test_fair_unused_may_use);
 	kt_add_emu(tc, test_fair_reserve_asked);
 	kt_add_emu(tc, test_fair_reserve_pool);
+	kt_add_emu(tc, test_fair_reserve_dead_peer);
 	kt_add_emu(tc, test_fair_bad_weight);
 	kt_add_emu(tc, test_fair_bad_reserve);
 	kt_add_emu(tc, test_fair_share_values);

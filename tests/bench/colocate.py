@@ -1655,7 +1655,9 @@ def main():
             print("colocate: %s skipped: no replay of it would end by --deadline" % cfg["name"],
                   flush=True)
             continue
-        if is_sweep(cfg["name"]) and met is not None and not args.sweep_all:
+        # (a reserved@B of the budget that met still runs beside it)
+        if is_sweep(cfg["name"]) and met is not None and not args.sweep_all and \
+                cfg["budget"] / GIB > met:
             print("colocate: %s skipped: %g GiB already meets the static split" % (
                 cfg["name"], met), flush=True)
             continue
