@@ -79,6 +79,18 @@ uint64_t kv_fair_most(uint64_t L, const struct kv_fair_in *in)
 	return at_level(L, w, floor, in->max ? in->max : UINT64_MAX);
 }
 
+/* Whether process i has more unused pages left to ask for than process
+ * most, after what out already asks of them; on a tie, the lower slot,
+ * so that every member picks the same one. Returns 1 or 0. */
+static int more_left(const struct kv_fair_in *in, const uint64_t *askable,
+		     const struct kv_fair_out *out, unsigned i, unsigned most)
+{
+	uint64_t a = sub(askable[i], out[i].asked_unused);
+	uint64_t b = sub(askable[most], out[most].asked_unused);
+
+	return a > b || (a == b && in[i].order < in[most].order);
+}
+
 void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in,
 		  unsigned n, struct kv_fair_out *out, struct kv_fair_sums *sums)
 {
@@ -172,13 +184,14 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 	 * of every holder would cost each one a page index of its cache */
 	for (rest = from_unused - for_gaps; rest && n; rest -= left) {
 		for (i = 1, most = 0; i < n; i++)
-			if (sub(askable[i], out[i].asked_unused) >
-			    sub(askable[most], out[most].asked_unused))
+			if (more_left(in, askable, out, i, most))
 				most = i;
 		left = min64(rest, sub(askable[most], out[most].asked_unused));
 		if (!left)
 			break;
-		out[most].asked_unused += left;
+		/* (with the byte the gaps' parts carry, once a holder) */
+		out[most].asked_unused = min64(askable[most], out[most].asked_unused + left +
+					       !out[most].asked_unused);
 	}
 	for (i = 0; i < n; i++) {
 		out[i].asked += out[i].asked_unused;

@@ -69,6 +69,8 @@ struct kv_fair_in {
 	uint64_t demand;
 	uint64_t unused;         /* at most held less idle */
 	uint64_t min, max;       /* max 0: none; min at most max */
+	uint64_t order;          /* its slot: breaks ties alike in every
+				  * member's plan */
 };
 
 struct kv_fair_out {
@@ -100,8 +102,8 @@ struct kv_fair_sums {
 
 /*
  * Apply the rule to n processes' figures in[0..n) under budget, keeping
- * reserve bytes (R, at most the budget; none with fewer than two
- * processes): out[i] gets process i's share, gap and what it is asked to
+ * reserve bytes (R, at most the budget less the floors; none with fewer
+ * than two processes): out[i] gets process i's share, gap and what it is asked to
  * give back; sums (may be NULL) the totals. Sums saturate; no figure
  * wraps.
  */

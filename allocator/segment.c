@@ -181,6 +181,7 @@ void kv_seg_fair_in(const struct kv_seg_fig *f, struct kv_fair_in *in)
 	in->unused = f->unused;
 	in->min = f->min;
 	in->max = f->max;
+	in->order = 0;          /* the caller's: the slot */
 }
 
 /* Zero slot sl's figures and free it; its lock is held by the caller. */
@@ -491,6 +492,7 @@ static int collect(int fd, const struct kv_share *sh, uint64_t cap, uint64_t ns,
 		if (!p->alive)
 			continue;
 		kv_seg_fair_in(&f, &fin[nlive]);
+		fin[nlive].order = i;
 		live[nlive++] = out->nprocs - 1;
 		out->held = kv_seg_sat_add(out->held, f.held);
 		out->pending = kv_seg_sat_add(out->pending, f.pending);

@@ -259,6 +259,7 @@ static void own_fair_in(const kv_share_t *s, uint64_t cap, uint64_t demand,
 	in->max = s->max;
 	in->demand = kv_seg_min(demand, cap);
 	in->unused = kv_seg_min(unused_of(s), in->held - in->idle);
+	in->order = (uint64_t)s->slot;
 }
 
 /*
@@ -290,7 +291,8 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 			t->floors = kv_seg_sat_add(t->floors, f.min - has);
 		t->clamped |= f.clamped;
 		slot_of[n] = i;
-		kv_seg_fair_in(&f, &in[n++]);
+		kv_seg_fair_in(&f, &in[n]);
+		in[n++].order = i;
 	}
 	kv_fair_plan(cap, reserve_of(s, cap), in, n, out, &t->plan);
 	t->members = n;
@@ -1041,6 +1043,9 @@ uint64_t kv_share_asked(kv_share_t *s, uint64_t page)
 	 * idle now, published by kv_share_note) is not asked again */
 	pthread_mutex_lock(&s->mu);
 	others(s, budget_of(s), demand_of(s), &t);
+	/* (a reserve counts the others: the slots of the dead first) */
+	if (t.plan.for_reserve && kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
+		others(s, budget_of(s), demand_of(s), &t);
 	asked = s->asked = t.me.asked;
 	s->use_limit = use_limit(&t);
 	idle = idle_of(s);

@@ -1656,8 +1656,8 @@ def main():
                   flush=True)
             continue
         # (a reserved@B of the budget that met still runs beside it)
-        if is_sweep(cfg["name"]) and met is not None and not args.sweep_all and \
-                cfg["budget"] / GIB > met:
+        if is_sweep(cfg["name"]) and met is not None and not args.sweep_all and not (
+                cfg["name"].startswith("reserved@") and cfg["budget"] / GIB == met):
             print("colocate: %s skipped: %g GiB already meets the static split" % (
                 cfg["name"], met), flush=True)
             continue
