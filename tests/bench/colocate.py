@@ -289,6 +289,7 @@ def dry_engine(args):
             run["kvshim_stats"] = {"physical_bytes": kv // 2}
             run["kvshim_tracker"] = dict({k: 0 for k in TRACKER_FIGURES}, worst=0.0,
                                          worst_in="take", asks=2, asked_s=0.25, ask_worst=0.2,
+                                         started_over=1,
                                          moved=3 if os.environ.get("KVSHIM_CB_PACK") == "on" else 0)
             run["kvshim_waits"] = dict({k: 0 for k in WAIT_FIGURES}, share_waits=1,
                                        share_wait_ns=2000000)
@@ -401,7 +402,8 @@ def engine(args):
 # What the kvshim adapter's tracker counts, per run (see blocks.py)
 TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted", "dropped",
                    "reclaimed", "ahead_hits", "asks", "asked_s", "no_page", "kept_out",
-                   "unused_pages", "moved", "packed_pages")
+                   "unused_pages", "moved", "packed_pages", "to_cpu", "started_over",
+                   "evicted_untold")
 
 
 # What kvshim counts of the maps that waited for other processes (kvshim.h)
@@ -972,7 +974,8 @@ def summarize(results, traces):
                                        default={}).get("worst_in") or "-",
                     "kv_asks": {k: sum(x.get(k, 0) for x in tracker)
                                 for k in ("asks", "asked_s", "no_page", "kept_out",
-                                          "unused_pages", "moved", "packed_pages")},
+                                          "unused_pages", "moved", "packed_pages", "to_cpu",
+                                          "started_over", "evicted_untold")},
                     "kv_ask_worst": max([x.get("ask_worst", 0.0) for x in tracker] or [0.0]),
                     "kv_waits": {k: sum((run["engines"][n].get("kvshim_waits") or {}).get(k, 0)
                                         for n in engines) for k in WAIT_FIGURES},
@@ -1140,6 +1143,16 @@ def print_tables(table, traces, results, args):
                             "%d" % t["kv_asks"].get("unused_pages", 0),
                             "%d" % t["kv_asks"].get("moved", 0),
                             "%d" % t["kv_asks"].get("packed_pages", 0)))
+        kv_table(table, label, results,
+                 "evictions, trace %s: the requests transformers evicted, for kvshim's asks or "
+                 "its own, by how (read from its request states as its source around 5.17 keeps "
+                 "them): their cache moved to the CPU (back when all of its blocks fit at once), "
+                 "requeued to start over (at the back of the queue, what they generated to "
+                 "prefill again), or neither shown" % label,
+                 ("to the CPU", "started over", "not told"),
+                 lambda t: ("%d" % t["kv_asks"].get("to_cpu", 0),
+                            "%d" % t["kv_asks"].get("started_over", 0),
+                            "%d" % t["kv_asks"].get("evicted_untold", 0)))
         kv_table(table, label, results,
                  "KV pages against blocks in use, trace %s: the KV pages each engine holds "
                  "(idle ones included) and the blocks its requests hold (the cache's blocks "

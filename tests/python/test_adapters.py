@@ -538,6 +538,48 @@ class AdapterTest(unittest.TestCase):
             self.assertTrue(all(b in free for b in model[:50]))
             self.assertFalse(any(b in free for b in out[:50]))
 
+    def test_evictions_told_apart(self):
+        """How transformers evicted each request, as its source around 5.17
+        shows it: the same state waiting again with is_cpu_offloaded (its
+        cache on the CPU), a new state under its id (started over), or
+        neither (not told); counted on the tracker, whoever asked."""
+        self.ahead_off()
+        c, tr = self.make(num_blocks=4096, layers=4)
+
+        def prepare_next_batch(self):
+            if self.evict:
+                self.offloading_manager.offload_requests()
+            return False
+        ContinuousBatchProcessor = patched(stand_in_api(prepare_next_batch))
+        self.fake_ask([0])
+        proc = ContinuousBatchProcessor(c)
+        proc.evict = False
+        states = {r: types.SimpleNamespace(request_id=r, is_cpu_offloaded=False)
+                  for r in ("a", "b", "c", "d")}
+        sched = proc.scheduler = types.SimpleNamespace(
+            active_requests=dict(states), waiting_requests={}, safety_margin=0.15,
+            block_new_requests=False)
+
+        def offload_requests():
+            for r in ("a", "b", "c"):
+                sched.active_requests.pop(r)
+            states["a"].is_cpu_offloaded = True
+            sched.waiting_requests["a"] = states["a"]
+            sched.waiting_requests["b"] = types.SimpleNamespace(request_id="b")
+            sched.block_new_requests = True
+            return 3
+        proc.offloading_manager = types.SimpleNamespace(offload_requests=offload_requests)
+        proc.prepare_next_batch()                       # the adapter wraps it
+        self.assertEqual((tr.to_cpu, tr.started_over, tr.evicted_untold), (0, 0, 0))
+        proc.evict = True
+        proc.prepare_next_batch()
+        self.assertEqual((tr.to_cpu, tr.started_over, tr.evicted_untold), (1, 1, 1))
+        # an eviction of none counts none
+        proc.offloading_manager.offload_requests = lambda: 0
+        proc.offloading_manager._kvshim_wrapped = False
+        proc.prepare_next_batch()
+        self.assertEqual((tr.to_cpu, tr.started_over, tr.evicted_untold), (1, 1, 1))
+
     def test_admission_follows_what_kvshim_can_back(self):
         """The scheduler's safety margin is of what the engine can have
         now, not of its pool sized as if alone; while kvshim asks the engine

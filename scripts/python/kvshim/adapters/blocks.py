@@ -133,6 +133,10 @@ class BlockTracker:
         self.preempted = 0       # requests preempted because kvshim asked
         self.evictions = 0       # evictions the adapter had the engine make
                                  # for an ask (one that freed nothing too)
+        self.to_cpu = 0          # requests evicted (for an ask or not) whose
+                                 # cache transformers moved to the CPU
+        self.started_over = 0    # ...that it requeued to start over
+        self.evicted_untold = 0  # ...that it did neither way it says
         self.dropped = 0         # prefix-cache blocks released because kvshim asked
         self.reclaimed = 0       # ...because the engine needed their memory
         self._demand = (0.0, 0)  # (when, bytes) of the last demand stated

@@ -1124,15 +1124,41 @@ def _own_blocks_count(proc, sched):
         return
 
     def offload_requests(*args, **kwargs):
+        before = dict(getattr(sched, "active_requests", None) or {})
         n = orig(*args, **kwargs)
         if n:
             sched._kvshim_blocked = False
+            _count_evicted(sched, before, getattr(proc.cache, "kvshim_tracker", None))
         return n
     try:
         om.offload_requests = offload_requests
         om._kvshim_wrapped = True
     except AttributeError:      # a manager that takes no attributes: left as it is
         pass
+
+
+def _count_evicted(sched, before, tracker):
+    """Count how transformers evicted the requests that left the active
+    ones (before: {request id: state}, as they were) into tracker: their
+    cache moved to the CPU (the same state waits again, is_cpu_offloaded
+    set; it comes back when all of its blocks fit at once), or requeued to
+    start over (a new state waits under its id, its prompt holding what it
+    had generated, at the back of the queue), as transformers' source
+    around 5.17 does; in evicted_untold when neither shows."""
+    if tracker is None:
+        return
+    active = getattr(sched, "active_requests", None) or {}
+    waiting = getattr(sched, "waiting_requests", None) or {}
+    for rid, state in before.items():
+        if rid in active:
+            continue
+        now = waiting.get(rid)
+        if now is state and getattr(now, "is_cpu_offloaded", False):
+            tracker.to_cpu += 1
+        elif now is not None and now is not state:
+            tracker.started_over += 1
+        else:
+            tracker.evicted_untold += 1
 
 
 def _offload_newest(proc, offload_requests, starved, active):
