@@ -1410,6 +1410,16 @@ static void reserve_opts(struct kv_alloc_opts *o, unsigned pct)
 	o->reserve_pct = pct;
 }
 
+/* Unmap len bytes at addr, check a, destroy it and remove the pool's
+ * segment. */
+static void reserve_done(kv_alloc_t *a, CUdeviceptr addr, size_t len)
+{
+	ck_assert_int_eq(kv_alloc_unmap(a, addr, len), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+
 /*
  * The reserve through the allocator: the segment's creator sets it (a
  * percentage of the budget, in its header; a joiner with another keeps
@@ -1461,10 +1471,7 @@ START_TEST(test_fair_reserve_asked)
 	__atomic_store_n(&sh->reserve, B / 100 * 25, __ATOMIC_SEQ_CST);
 	kt_seg_unmap(sh);
 	ck_assert_int_eq(kt_member_leave(&m), 0);
-	ck_assert_int_eq(kv_alloc_unmap(a, s + 4 * PG, 16 * PG), 0);
-	kt_check(a);
-	kv_alloc_destroy(a);
-	kt_seg_unlink();
+	reserve_done(a, s + 4 * PG, 16 * PG);
 }
 END_TEST
 
@@ -1496,10 +1503,7 @@ START_TEST(test_fair_reserve_pool)
 	(void)kv_alloc_tick(a);
 	ck_assert_int_eq(kv_alloc_stats(a, &st), 0);
 	ck_assert_uint_eq(st.pooled_bytes, 4 * PG);
-	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);
-	kt_check(a);
-	kv_alloc_destroy(a);
-	kt_seg_unlink();
+	reserve_done(a, s, 4 * PG);
 }
 END_TEST
 
@@ -1531,10 +1535,7 @@ START_TEST(test_fair_reserve_dead_peer)
 	(void)kv_alloc_tick(a);
 	ck_assert_uint_eq(kt_seg_read(0)->held, 20 * PG);
 	ck_assert_int_eq(kt_member_leave(&m), 0);
-	ck_assert_int_eq(kv_alloc_unmap(a, s + 4 * PG, 18 * PG), 0);
-	kt_check(a);
-	kv_alloc_destroy(a);
-	kt_seg_unlink();
+	reserve_done(a, s + 4 * PG, 18 * PG);
 }
 END_TEST
 
