@@ -189,7 +189,8 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 		left = min64(rest, sub(askable[most], out[most].asked_unused));
 		if (!left)
 			break;
-		/* (with the byte the gaps' parts carry, once a holder) */
+		/* (and, for a holder the gaps asked nothing of, the byte
+		 * a gaps' part carries: kv_share_asked takes it off) */
 		out[most].asked_unused = min64(askable[most], out[most].asked_unused + left +
 					       !out[most].asked_unused);
 	}

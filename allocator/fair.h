@@ -48,10 +48,11 @@
  *     holders first, since an engine gives back whole page indices), to
  *     become idle pages and then free budget. R is never asked of pages
  *     in use: a reserve preempts no request; nor of what the floors keep
- *     (R is at most the budget less the floors). (A reserve that counted idle pages as
- *     kept free, without giving them back, made engines drop their prefix
- *     caches into idle pages that the next map still waited for: on an
- *     H200 at 4 GiB, maps waited 42 times against 26 without it.)
+ *     (R is at most the budget less the floors). (A reserve that counted
+ *     idle pages as kept free, without giving them back, made engines
+ *     drop their prefix caches into idle pages that the next map still
+ *     waited for: on an H200 at 4 GiB, maps waited 42 times against 26
+ *     without it.)
  */
 #ifndef KV_FAIR_H
 #define KV_FAIR_H
@@ -103,9 +104,9 @@ struct kv_fair_sums {
 /*
  * Apply the rule to n processes' figures in[0..n) under budget, keeping
  * reserve bytes (R, at most the budget less the floors; none with fewer
- * than two processes): out[i] gets process i's share, gap and what it is asked to
- * give back; sums (may be NULL) the totals. Sums saturate; no figure
- * wraps.
+ * than two processes): out[i] gets process i's share, gap, what it is
+ * asked to give back and its trim; sums (may be NULL) the totals. Sums
+ * saturate; no figure wraps.
  */
 void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in,
 		  unsigned n, struct kv_fair_out *out, struct kv_fair_sums *sums);

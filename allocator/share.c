@@ -81,7 +81,8 @@ struct sums {
 	struct kv_fair_in me_in; /* this process's figures, as planned */
 	struct kv_fair_out me;   /* this process's share, gap and asked */
 	struct kv_fair_sums plan;
-	unsigned members;        /* the live processes planned, this one too */
+	unsigned members;        /* the processes planned (slots in use, the
+				  * dead not yet reaped too), this one too */
 	uint64_t keep;           /* budget a take leaves free: the reserve,
 				  * for a spare one while others share it */
 	int clamped;
