@@ -94,7 +94,9 @@ started, and the later ones replay only what the first did; nor is a
 configuration that could not replay one (a minute is kept to stop the
 engines and write the tables, plots and JSON); the tables then compare
 what ran, a sweep budget that skipped a replay is not said to meet, and
-the replays skipped are named. A replay is estimated as the longest
+the replays skipped are named. An M too short for a first replay of
+every configuration by the estimate printed first is refused before any
+engine starts (exit 2), saying what would do. A replay is estimated as the longest
 replay of the same trace so far plus 15 s; for the first, its length (3
 x --cycles x its phase) plus the longest time past the end of any replay
 so far at its rate or above (the warm-up's among them; about 12 s with
@@ -144,6 +146,7 @@ import glob
 import importlib.machinery
 import importlib.util
 import json
+import math
 import os
 import queue
 import random
@@ -670,6 +673,16 @@ def replay_guess(tr, args, took):
     if drains:
         return trace_seconds(tr, args) + max(drains) + 15.0
     return trace_seconds(tr, args) + 20.0 + 8.0 * float(tr["rate"])
+
+
+def turns_guess(turns, warmup=None):
+    """Seconds turns ((configuration, traces, round), as main plans them)
+    are guessed to take before any has run: about 30 s to start and stop
+    three engines, and each trace its length and the drain of its queue
+    (15 s, more at high rates), the warm-up trace's too in round 0."""
+    return sum(30 + sum(3 * tr["cycles"] * tr["phase"] + 15 + 2 * float(tr["rate"])
+                        for tr in trs + ([warmup] if warmup and r == 0 else []))
+               for _, trs, r in turns)
 
 
 def fits(now, deadline, tr, ran, later, args, took, warmup=None):
@@ -1486,7 +1499,8 @@ def main():
                          "replays in round k, in reverse order every other round (engines "
                          "started afresh each round), so that none always replays first")
     ap.add_argument("--deadline", type=float, default=None,
-                    help="minutes the whole run may take: replays that would end later are skipped")
+                    help="minutes the whole run may take: replays that would end later are "
+                         "skipped; too few for a first replay of every configuration: refused")
     ap.add_argument("--warmup", action="store_true",
                     help="before each configuration's replays, one it does not count: a trace "
                          "of another seed, each model hot once at the highest rate (a machine "
@@ -1636,15 +1650,28 @@ def main():
             mine = [tr for tr in trs if not args.alternate or tr["round"] == r]
             if mine:
                 turns.append((cfg, mine, r))
-    # about 30 s to start and stop three engines; each trace its length
-    # and the drain of its queue (a guess: 15 s, more at high rates)
-    est = sum(30 + sum(3 * tr["cycles"] * tr["phase"] + 15 + 2 * float(tr["rate"])
-                       for tr in trs + ([warmup] if warmup and r == 0 else []))
-              for _, trs, r in turns)
+    est = turns_guess(turns, warmup)
     print("colocate: %d configurations, %d trace runs in all%s: about %.0f min (a guess)" % (
         len(plan), sum(len(trs) for _, trs, _ in turns),
         ", alternating in %d rounds" % args.repeat if args.alternate else "", est / 60),
         flush=True)
+    if args.deadline is not None:
+        # (and a minute to stop the engines and write the results)
+        # (in minutes, rounded up to a tenth, as said and as --deadline is given)
+        first = math.ceil((turns_guess([(c, trs[:1], r) for c, trs, r in turns if r == 0],
+                                       warmup) + 60) / 6) / 10
+        if first > args.deadline + 1e-9:
+            print("colocate: --deadline %g min cannot hold a first replay of every "
+                  "configuration (about %.1f min with the minute to finish, by the guess "
+                  "above): nothing would be compared, so nothing is started; give "
+                  "--deadline %.1f or more (a minute over it: the guesses made as it runs "
+                  "count each replay's time and 15 s), or fewer configurations"
+                  % (args.deadline, first, first + 1), file=sys.stderr, flush=True)
+            return 2
+        if est + 60 > 60 * args.deadline:
+            print("colocate: --deadline %g min is less than the whole run's guess (%.1f min "
+                  "with the minute to finish): replays that would end later are skipped"
+                  % (args.deadline, (est + 60) / 60), flush=True)
     results, met, took = {}, None, {}
     # (a minute of it kept to stop the engines and write the tables, plots and JSON)
     deadline = t_all + 60 * args.deadline - 60 if args.deadline is not None else None
