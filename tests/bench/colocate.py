@@ -80,8 +80,9 @@ replaying the traces of --sweep-rates (the first seed and phase), and
 reports the smallest budget at which every model's p99 TTFT is at most
 the static split's (at --budget-gib) times 1 + --tolerance: "half the
 memory for the same service". --sweep-reserved runs each of those
-budgets again with a reserve of 5% (reserved@B, after kvshim@B), shown
-beside them but never the smallest. --quick is rates 3, 4 and 6, one seed and
+budgets again with a reserve of 5% (reserved@B, after kvshim@B), whose
+smallest is reported apart; --sweep-reserved=only runs them with the
+reserve alone. --quick is rates 3, 4 and 6, one seed and
 one phase length, and a sweep of 3 GiB at rate 3. How long each part
 took is printed as it ends, and an estimate first.
 --dry-run tries all of it without torch or a GPU: engines that answer at
@@ -1256,7 +1257,7 @@ def targets(table, traces, results, args):
             out["repeats_" + c] = repeats(table, traces, results, c)
     sweep = [c for c in results if is_sweep(c)]
     if sweep:
-        rows, smallest = [], None
+        rows, smallest, smallest_reserved = [], None, None
         for c in sorted(sweep, key=lambda c: results[c]["budget"]):
             labels = [tr["label"] for tr in traces if (tr["label"], c, "all") in table]
             # (a budget that skipped a replay, --deadline, is not said to meet)
@@ -1266,8 +1267,10 @@ def targets(table, traces, results, args):
                          "meets": meets,
                          "ratios": {lb: {n: ratio(table, lb, c, n) for n in ORDER + ("all",)}
                                     for lb in labels}})
-            if meets and smallest is None and not c.startswith("reserved@"):
-                smallest = results[c]["budget"] / GIB
+            if meets and c.startswith("reserved@"):
+                smallest_reserved = smallest_reserved or results[c]["budget"] / GIB
+            elif meets:
+                smallest = smallest or results[c]["budget"] / GIB
         print("\nbudget sweep: kvshim at each budget against the static split at %.1f GiB "
               "(per model static p99 / kvshim p99)" % args.budget_gib)
         print("| kvshim budget GiB | trace | small | medium | large | all | every model meets |")
@@ -1279,8 +1282,12 @@ def targets(table, traces, results, args):
                     r["budget_gib"], " (reserved)" if r["config"].startswith("reserved@")
                     else "", lb, x["small"], x["medium"], x["large"], x["all"],
                     "yes" if r["meets"] else "no"))
-        print("colocate: smallest kvshim budget meeting the static %.1f GiB split's per-model p99: %s"
-              % (args.budget_gib, "%.2f GiB" % smallest if smallest else "none of those tried"))
+        for what, b, kind in (("", smallest, "kvshim@"), (" with a reserve", smallest_reserved,
+                                                          "reserved@")):
+            if any(r["config"].startswith(kind) for r in rows):
+                print("colocate: smallest kvshim budget%s meeting the static %.1f GiB split's "
+                      "per-model p99: %s" % (what, args.budget_gib,
+                                             "%.2f GiB" % b if b else "none of those tried"))
         # what no budget below can hold at once: static's requests' blocks at their peak
         held = {lb: table[(lb, "static", "blocks")]["peak"]
                 for lb in sorted({lb for r in rows for lb in r["traces"]})
@@ -1289,7 +1296,8 @@ def targets(table, traces, results, args):
             print("colocate: %s: the static split's requests held up to %.0f MiB of blocks at one "
                   "moment; a budget below that cannot hold them all at once (and pages, whole, "
                   "hold more than their blocks)" % (lb, peak / MIB))
-        out["sweep"] = {"rows": rows, "smallest_gib": smallest, "static_gib": args.budget_gib,
+        out["sweep"] = {"rows": rows, "smallest_gib": smallest,
+                        "smallest_reserved_gib": smallest_reserved, "static_gib": args.budget_gib,
                         "static_peak_blocks": held}
     return out
 
@@ -1512,8 +1520,9 @@ def main():
     ap.add_argument("--sweep-pack", action="store_true",
                     help="name the sweep's budgets packed@B (they pack, as kvshim does by "
                          "default from session 16)")
-    ap.add_argument("--sweep-reserved", action="store_true",
-                    help="run each sweep budget again with a reserve of 5%% (reserved@B)")
+    ap.add_argument("--sweep-reserved", nargs="?", const="also", choices=("also", "only"),
+                    help="run each sweep budget again with a reserve of 5%% (reserved@B); "
+                         "=only: with the reserve alone")
     ap.add_argument("--sweep-all", action="store_true",
                     help="run every sweep budget (by default the sweep ends at the first that meets)")
     ap.add_argument("--tolerance", type=float, default=0.0,
@@ -1639,7 +1648,8 @@ def main():
     plan += [({"name": "%s@%g" % (name, b), "mode": "kvshim", "budget": int(b * GIB),
                "pack": True, "reserve": name == "reserved"}, sweep_traces)
              for b in sorted(sweep)
-             for name in ((base, "reserved") if args.sweep_reserved else (base,))
+             for name in {None: (base,), "also": (base, "reserved"),
+                          "only": ("reserved",)}[args.sweep_reserved]
              if b != args.budget_gib or not same or name == "reserved"]
     # the configurations' turns: each replays its traces in one turn, or,
     # alternating, the k-th replays of them in round k, the order of the
@@ -1709,8 +1719,8 @@ def main():
             merge(results[cfg["name"]], res)
         else:
             results[cfg["name"]] = res
-        if is_sweep(cfg["name"]) and "static" in results and \
-                not cfg["name"].startswith("reserved@"):
+        if is_sweep(cfg["name"]) and "static" in results and (
+                not cfg["name"].startswith("reserved@") or args.sweep_reserved == "only"):
             # ascending budgets: the first that meets the static split ends the sweep
             table, _ = summarize(results, trs)
             if all(ratio(table, tr["label"], cfg["name"], n) * (1 + args.tolerance) >= 1.0
