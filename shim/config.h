@@ -41,7 +41,7 @@
 	  "name of the shared segment's pool (letters, digits, - and _): processes share a budget only within one pool") \
 	X(BUDGET, budget, budget, "100%",                                    \
 	  "bytes all processes of the pool may hold in pages together, or % of device memory (set by the segment's creator)") \
-	X(RESERVE, reserve_pct, reserve, "off",                              \
+	X(RESERVE, reserve_pct, reserve, "5%",                               \
 	  "of the shared budget, the part kept free while processes share it, from idle pages and pages only a prefix cache holds, never from requests: a percentage from 0 to 50, or off (set by the segment's creator)") \
 	X(MIN, min, size, "0",                                               \
 	  "this process's floor in the shared budget: kept for it while it holds less, and never trimmed below on request") \

@@ -1574,8 +1574,8 @@ static void refused_all(const char *var, const char *const (*bad)[2], size_t n)
 	}
 }
 
-/* KVSHIM_RESERVE: a percentage of the budget from 0 to 50, or off (the
- * default); anything else is refused with its name and why. */
+/* KVSHIM_RESERVE: a percentage of the budget from 0 to 50 (5 by default),
+ * or off; anything else is refused with its name and why. */
 START_TEST(test_fair_bad_reserve)
 {
 	static const char *const bad[][2] = {
@@ -1595,7 +1595,7 @@ START_TEST(test_fair_bad_reserve)
 	refused_all("KVSHIM_RESERVE", bad, sizeof(bad) / sizeof(bad[0]));
 	unsetenv("KVSHIM_RESERVE");
 	ck_assert_int_eq(kv_config_load(&c), 0);
-	ck_assert_uint_eq(c.reserve_pct, 0);
+	ck_assert_uint_eq(c.reserve_pct, 5);
 	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
 		setenv("KVSHIM_RESERVE", good[i][0], 1);
 		ck_assert_int_eq(kv_config_load(&c), 0);

@@ -28,10 +28,11 @@ seven configurations (--configs) run one after the other, in one invocation:
   pages few of them use before preempting anyone; on by default from
   session 16, so kvshim, capped and the sweep's budgets pack): kvshim as
   it was before;
-- reserved (only when --configs names it): kvshim with KVSHIM_RESERVE=5%
-  (README.md: while processes share the budget, kvshim keeps that part of
-  it free, from idle pages and pages only a prefix cache holds; off by
-  default; from session 19);
+- unreserved (only when --configs names it): kvshim with KVSHIM_RESERVE=off
+  (README.md: while processes share the budget, kvshim keeps a part of it
+  free, from idle pages and pages only a prefix cache holds; 5% by default
+  from session 20, so kvshim, capped and the sweep's budgets keep it):
+  kvshim as it was before;
 - reads (only when --configs names it): kvshim whose engines' read budget
   is the static split's engine's cache at --budget-gib (KVSHIM_CB_READ_TOKENS),
   which the adapter rounds up to a multiple of 16384 tokens: at 6 GiB
@@ -79,10 +80,10 @@ packed@B with --sweep-pack; ascending, engines started afresh for each),
 replaying the traces of --sweep-rates (the first seed and phase), and
 reports the smallest budget at which every model's p99 TTFT is at most
 the static split's (at --budget-gib) times 1 + --tolerance: "half the
-memory for the same service". --sweep-reserved runs each of those
-budgets again with a reserve of 5% (reserved@B, after kvshim@B), whose
-smallest is reported apart; --sweep-reserved=only runs them with the
-reserve alone. --quick is rates 3, 4 and 6, one seed and
+memory for the same service". --sweep-unreserved runs each of those
+budgets again without the reserve (unreserved@B, after kvshim@B), whose
+smallest is reported apart; --sweep-unreserved=only runs them without it
+alone. --quick is rates 3, 4 and 6, one seed and
 one phase length, and a sweep of 3 GiB at rate 3. How long each part
 took is printed as it ends, and an estimate first.
 --dry-run tries all of it without torch or a GPU: engines that answer at
@@ -264,7 +265,8 @@ def dry_engine(args):
                             * 16384 if kvshim else num_blocks * BLOCK),
             "kvshim": kvshim, "ceiling": ceiling_set(), "cuda_graphs": args.cuda_graphs,
             "pack": os.environ.get("KVSHIM_CB_PACK"),
-            "reserve": os.environ.get("KVSHIM_RESERVE", "off"), "ready_s": 0.0}
+            "reserve": os.environ.get("KVSHIM_RESERVE", "5%" if kvshim else "off"),
+            "ready_s": 0.0}
     for mine, t0, out_path in commands(info):
         rows = []
         for k, q in enumerate(mine):
@@ -348,7 +350,8 @@ def engine(args):
             "read_tokens": int(getattr(cache, "num_pages", 0) or 0),
             "kvshim": kvshim is not None, "ceiling": ceiling_set(),
             "cuda_graphs": args.cuda_graphs, "pack": os.environ.get("KVSHIM_CB_PACK"),
-            "reserve": os.environ.get("KVSHIM_RESERVE", "off"),
+            # (kvshim's default reserve: 5%)
+            "reserve": os.environ.get("KVSHIM_RESERVE", "5%" if kvshim is not None else "off"),
             "ready_s": time.perf_counter() - t_start}
 
     def kv_now():
@@ -599,7 +602,7 @@ def static_blocks(name, budget):
 
 
 def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack=True,
-          static_reads=False, reserve=False):
+          static_reads=False, reserve=True):
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
            "--max-batch-tokens", str(args.max_batch_tokens),
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
@@ -612,9 +615,9 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
     env.pop("KVSHIM_MAX", None)         # capped's alone (the caller's would pass)
     env.pop("KVSHIM_CB_READ_TOKENS", None)      # reads' alone
     env["KVSHIM_CB_PACK"] = "on" if pack else "off"     # unpacked's alone off
-    env.pop("KVSHIM_RESERVE", None)     # kvshim's default (off); reserved's alone 5%
-    if reserve:
-        env["KVSHIM_RESERVE"] = "5%"
+    env.pop("KVSHIM_RESERVE", None)     # kvshim's default (5%); unreserved's alone off
+    if not reserve:
+        env["KVSHIM_RESERVE"] = "off"
     if mode == "static":
         cmd += ["--num-blocks", str(static_blocks(name, budget * shares))]
         env["KVSHIM_SHARE"] = "off"     # no kvshim here; said for clarity
@@ -718,7 +721,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
     t_spawn = time.perf_counter()
     procs = {name: spawn(name, mode, args, budget, pool, outdir, tag, cfg.get("ceiling", 0),
                          cfg.get("shares", 1), cfg.get("pack", True),
-                         cfg.get("static_reads", False), cfg.get("reserve", False))
+                         cfg.get("static_reads", False), cfg.get("reserve", True))
              for name in ORDER}
     res = {"name": cfg["name"], "mode": mode, "budget": budget, "engines": {}, "runs": {},
            "seconds": {}, "skipped": [], "pool": pool}
@@ -1212,7 +1215,7 @@ def print_tables(table, traces, results, args):
 
 def is_sweep(cname):
     """Whether configuration cname is one of the sweep's budgets."""
-    return cname.startswith(("kvshim@", "packed@", "reserved@"))
+    return cname.startswith(("kvshim@", "packed@", "unreserved@"))
 
 
 def targets(table, traces, results, args):
@@ -1254,11 +1257,11 @@ def targets(table, traces, results, args):
     out["repeats"] = repeats(table, traces, results)
     sweep = [c for c in results if is_sweep(c)]
     spread = {}
-    for c in ("reads", "packed", "unpacked", "reserved") + tuple(sweep):
+    for c in ("reads", "packed", "unpacked", "unreserved") + tuple(sweep):
         if c in results:
             spread[c] = out["repeats_" + c] = repeats(table, traces, results, c)
     if sweep:
-        rows, smallest, smallest_reserved = [], None, None
+        rows, smallest, smallest_unreserved = [], None, None
         for c in sorted(sweep, key=lambda c: results[c]["budget"]):
             labels = [tr["label"] for tr in traces if (tr["label"], c, "all") in table]
             # (a budget that skipped a replay, --deadline, is not said to meet;
@@ -1272,8 +1275,8 @@ def targets(table, traces, results, args):
                          "meets": meets,
                          "ratios": {lb: {n: ratio(table, lb, c, n) for n in ORDER + ("all",)}
                                     for lb in labels}})
-            if meets and c.startswith("reserved@"):
-                smallest_reserved = smallest_reserved or results[c]["budget"] / GIB
+            if meets and c.startswith("unreserved@"):
+                smallest_unreserved = smallest_unreserved or results[c]["budget"] / GIB
             elif meets:
                 smallest = smallest or results[c]["budget"] / GIB
         print("\nbudget sweep: kvshim at each budget against the static split at %.1f GiB "
@@ -1284,11 +1287,11 @@ def targets(table, traces, results, args):
             for lb in r["traces"]:
                 x = r["ratios"][lb]
                 print("| %.2f%s | %s | %.2fx | %.2fx | %.2fx | %.2fx | %s |" % (
-                    r["budget_gib"], " (reserved)" if r["config"].startswith("reserved@")
+                    r["budget_gib"], " (unreserved)" if r["config"].startswith("unreserved@")
                     else "", lb, x["small"], x["medium"], x["large"], x["all"],
                     "yes" if r["meets"] else "no"))
-        for what, b, kind in (("", smallest, "kvshim@"), (" with a reserve", smallest_reserved,
-                                                          "reserved@")):
+        for what, b, kind in (("", smallest, ("kvshim@", "packed@")),
+                              (" without the reserve", smallest_unreserved, "unreserved@")):
             if any(r["config"].startswith(kind) for r in rows):
                 print("colocate: smallest kvshim budget%s meeting the static %.1f GiB split's "
                       "per-model p99: %s" % (what, args.budget_gib,
@@ -1302,14 +1305,14 @@ def targets(table, traces, results, args):
                   "moment; a budget below that cannot hold them all at once (and pages, whole, "
                   "hold more than their blocks)" % (lb, peak / MIB))
         out["sweep"] = {"rows": rows, "smallest_gib": smallest,
-                        "smallest_reserved_gib": smallest_reserved, "static_gib": args.budget_gib,
+                        "smallest_unreserved_gib": smallest_unreserved, "static_gib": args.budget_gib,
                         "static_peak_blocks": held}
     return out
 
 
 def repeats(table, traces, results, config="kvshim"):
     """For each trace that static and config (kvshim by default; reads,
-    packed, unpacked or reserved too) both replayed more than once (--repeat; a
+    packed, unpacked or unreserved too) both replayed more than once (--repeat; a
     replay --deadline skipped does not count): per model, the p99 TTFT of
     every replay, static and config's, their medians and the ratio of the
     medians; config meets the static split within its spread when its
@@ -1525,9 +1528,9 @@ def main():
     ap.add_argument("--sweep-pack", action="store_true",
                     help="name the sweep's budgets packed@B (they pack, as kvshim does by "
                          "default from session 16)")
-    ap.add_argument("--sweep-reserved", nargs="?", const="also", choices=("also", "only"),
-                    help="run each sweep budget again with a reserve of 5%% (reserved@B); "
-                         "=only: with the reserve alone")
+    ap.add_argument("--sweep-unreserved", nargs="?", const="also", choices=("also", "only"),
+                    help="run each sweep budget again without the reserve (unreserved@B); "
+                         "=only: without it alone")
     ap.add_argument("--sweep-all", action="store_true",
                     help="run every sweep budget (by default the sweep ends at the first that meets)")
     ap.add_argument("--tolerance", type=float, default=0.0,
@@ -1562,9 +1565,9 @@ def main():
             os._exit(1)
     configs = [c for c in args.configs.split(",") if c]
     if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "packed",
-                                      "unpacked", "reads", "reserved"}:
+                                      "unpacked", "reads", "unreserved"}:
         ap.error("--configs takes static, kvshim, capped, ample, packed, unpacked, reads and "
-                 "reserved")
+                 "unreserved")
     if args.quick:
         args.rates, args.seeds, args.phases = "3,4,6", "2026", "8"
         args.sweep_gib = args.sweep_gib or "3"
@@ -1587,8 +1590,8 @@ def main():
         ap.error("--tolerance and --cpu-offload-gib must not be negative")
     if sweep and "static" not in configs:
         ap.error("--sweep-gib compares with the static split: keep static in --configs")
-    if args.sweep_reserved and not args.sweep_gib:
-        ap.error("--sweep-reserved runs the sweep's budgets again: give them with --sweep-gib")
+    if args.sweep_unreserved and not args.sweep_gib:
+        ap.error("--sweep-unreserved runs the sweep's budgets again: give them with --sweep-gib")
     if args.sweep_pack and not args.sweep_gib:
         ap.error("--sweep-pack names the sweep's budgets: give them with --sweep-gib")
     try:
@@ -1641,7 +1644,7 @@ def main():
               "budget": budget, "shares": 3 if c == "ample" else 1,
               "ceiling": int(args.capped_share * budget) // 3 if c == "capped" else 0,
               "pack": c not in ("static", "ample", "unpacked"),
-              "static_reads": c == "reads", "reserve": c == "reserved"}, traces)
+              "static_reads": c == "reads", "reserve": c != "unreserved"}, traces)
             for c in configs]
     # the sweep's budgets, kvshim's (packing, as kvshim does by default;
     # named packed@B with --sweep-pack)
@@ -1650,11 +1653,11 @@ def main():
     # budget's run)
     same = [c for c in ("kvshim", "packed") if c in configs]
     plan += [({"name": "%s@%g" % (name, b), "mode": "kvshim", "budget": int(b * GIB),
-               "pack": True, "reserve": name == "reserved"}, sweep_traces)
+               "pack": True, "reserve": name != "unreserved"}, sweep_traces)
              for b in sorted(sweep)
-             for name in {None: (base,), "also": (base, "reserved"),
-                          "only": ("reserved",)}[args.sweep_reserved]
-             if b != args.budget_gib or not same or name == "reserved"]
+             for name in {None: (base,), "also": (base, "unreserved"),
+                          "only": ("unreserved",)}[args.sweep_unreserved]
+             if b != args.budget_gib or not same or name == "unreserved"]
     # the configurations' turns: each replays its traces in one turn, or,
     # alternating, the k-th replays of them in round k, the order of the
     # configurations reversed every other round
@@ -1709,9 +1712,9 @@ def main():
             print("colocate: %s skipped: no replay of it would end by --deadline" % cfg["name"],
                   flush=True)
             continue
-        # (a reserved@B of the budget that met still runs beside it)
+        # (an unreserved@B of the budget that met still runs beside it)
         if is_sweep(cfg["name"]) and met is not None and not args.sweep_all and not (
-                cfg["name"].startswith("reserved@") and cfg["budget"] / GIB == met):
+                cfg["name"].startswith("unreserved@") and cfg["budget"] / GIB == met):
             print("colocate: %s skipped: %g GiB already meets the static split" % (
                 cfg["name"], met), flush=True)
             continue
@@ -1724,7 +1727,7 @@ def main():
         else:
             results[cfg["name"]] = res
         if is_sweep(cfg["name"]) and "static" in results and (
-                not cfg["name"].startswith("reserved@") or args.sweep_reserved == "only"):
+                not cfg["name"].startswith("unreserved@") or args.sweep_unreserved == "only"):
             # ascending budgets: the first that meets the static split ends the sweep
             table, _ = summarize(results, trs)
             if all(ratio(table, tr["label"], cfg["name"], n) * (1 + args.tolerance) >= 1.0
