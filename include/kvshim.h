@@ -214,13 +214,16 @@ int kvshim_share_asked(size_t *bytes);
  * (an engine splitting its layers over them in one process): bytes are of
  * the group's blocks over all its tensors, as the engine counts them.
  * Each GPU's segment gets its part, by how many of the tensors lie there
- * (rounded up); the ask is the most any GPU asks for, scaled to the whole
+ * (rounded up); a demand not 0 gets a page more in each tensor, since
+ * kvshim_group_headroom counts the blocks whole pages hold however their
+ * ids fall, a page a tensor fewer than its bytes (so a demand granted to
+ * the byte admits the blocks it states); the ask is the most any GPU asks for, scaled to the whole
  * group (the blocks that free it free their part on the others), so it
  * need not be whole pages. A statement is the process's on each GPU, as
  * above: one group (or the calls above) per process and GPU, or they
  * overwrite each other; and the ask a GPU makes is of all the process
- * holds there. With one GPU, the same as the calls above made on it,
- * whatever the current device. Return 0, or KVSHIM_EINVAL (no such group,
+ * holds there. With one GPU, the same as the calls above made on it
+ * (the demand with its page index), whatever the current device. Return 0, or KVSHIM_EINVAL (no such group,
  * kvshim shut down since it was made, or bytes NULL; *bytes is then 0
  * when it can be set).
  */

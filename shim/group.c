@@ -410,26 +410,33 @@ static size_t whole_of(size_t part, size_t mine, size_t all)
 }
 
 /* State bytes of group id through say (kv_alloc_demand, kv_alloc_unused),
- * each device its part. */
-static int state(int id, size_t bytes, void (*say)(kv_alloc_t *, size_t))
+ * each device its part, and with index set, bytes not 0, a page more in
+ * each of its tensors there. */
+static int state(int id, size_t bytes, int index, void (*say)(kv_alloc_t *, size_t))
 {
 	struct part parts[KV_MAX_DEVICES];
-	size_t nparts = 0, ntensors = 0, k;
+	size_t nparts = 0, ntensors = 0, k, part, more;
 	int rc = group_parts(id, parts, &nparts, NULL, &ntensors);
 
-	for (k = 0; k < nparts && !rc; k++)
-		say(parts[k].a, part_of(bytes, parts[k].ntensors, ntensors));
+	for (k = 0; k < nparts && !rc; k++) {
+		part = part_of(bytes, parts[k].ntensors, ntensors);
+		more = index && bytes ? parts[k].ntensors * kv_alloc_prim(parts[k].a)->page : 0;
+		say(parts[k].a, part > SIZE_MAX - more ? SIZE_MAX : part + more);
+	}
 	return rc;
 }
 
+/* The headroom counts the blocks whole pages hold however their ids fall,
+ * a page a tensor fewer than its bytes: so a demand granted to the byte
+ * admits the blocks it states only with that page index more. */
 int kv_group_share_demand(int id, size_t bytes)
 {
-	return state(id, bytes, kv_alloc_demand);
+	return state(id, bytes, 1, kv_alloc_demand);
 }
 
 int kv_group_share_unused(int id, size_t bytes)
 {
-	return state(id, bytes, kv_alloc_unused);
+	return state(id, bytes, 0, kv_alloc_unused);
 }
 
 int kv_group_share_asked(int id, size_t *bytes)

@@ -45,9 +45,10 @@ int kv_group_can_back(int id, const long long *blocks, size_t n);
 
 /* Sharing a budget (kvshim_share_demand, _unused, _asked), for a group:
  * bytes of its blocks over all its tensors. Each device its tensors are on
- * gets its part, by how many of them it holds (rounded up); the ask is the
- * most any device asks for, over the whole group. Return 0, or
- * KVSHIM_EINVAL (no such group, or bytes NULL). */
+ * gets its part, by how many of them it holds (rounded up), and a demand
+ * not 0 a page more in each of them (what kv_group_headroom needs to admit
+ * the blocks stated); the ask is the most any device asks for, over the
+ * whole group. Return 0, or KVSHIM_EINVAL (no such group, or bytes NULL). */
 int kv_group_share_demand(int id, size_t bytes);
 int kv_group_share_unused(int id, size_t bytes);
 int kv_group_share_asked(int id, size_t *bytes);

@@ -789,13 +789,14 @@ START_TEST(test_share_group_two_devices)
 	g = split_group(&a0, &a1, &b00, &b01, &b1);
 	ck_assert_int_eq(kv_dev_use(1), 0);     /* the current device: not the point */
 
-	/* demand: two thirds on device 0, a third on device 1, rounded up */
+	/* demand: two thirds on device 0, a third on device 1, rounded up,
+	 * and a page more in each tensor (two on device 0, one on 1) */
 	ck_assert_int_eq(kvshim_group_share_demand(g, 9 * PG), 0);
-	ck_assert_uint_eq(mine(segment_of(0, in), getpid())->demand, 6 * PG);
-	ck_assert_uint_eq(mine(segment_of(1, in), getpid())->demand, 3 * PG);
+	ck_assert_uint_eq(mine(segment_of(0, in), getpid())->demand, 8 * PG);
+	ck_assert_uint_eq(mine(segment_of(1, in), getpid())->demand, 4 * PG);
 	ck_assert_int_eq(kvshim_group_share_demand(g, 10), 0);
-	ck_assert_uint_eq(mine(segment_of(0, in), getpid())->demand, 7);
-	ck_assert_uint_eq(mine(segment_of(1, in), getpid())->demand, 4);
+	ck_assert_uint_eq(mine(segment_of(0, in), getpid())->demand, 2 * PG + 7);
+	ck_assert_uint_eq(mine(segment_of(1, in), getpid())->demand, PG + 4);
 	ck_assert_int_eq(kvshim_group_share_demand(g, 0), 0);
 	ck_assert_uint_eq(mine(segment_of(0, in), getpid())->demand, 0);
 	ck_assert_uint_eq(mine(segment_of(1, in), getpid())->demand, 0);

@@ -1070,9 +1070,9 @@ class AdapterTest(unittest.TestCase):
         proc = ContinuousBatchProcessor(c)
         proc.scheduler = sched
         self.assertFalse(proc.prepare_next_batch())
-        # (and a page index, which the admission check needs: see
+        # (the library adds the page index the admission check needs: see
         # test_stated_demand_is_admitted)
-        self.assertEqual(stated[-1], 44 * tr.bytes_per_block + tr.page_index_bytes)
+        self.assertEqual(stated[-1], 44 * tr.bytes_per_block)
         self.assertEqual(list(c._block_manager._init_block_ids), ids)   # left as it was
 
     def test_stated_demand_is_admitted(self):
@@ -1080,11 +1080,13 @@ class AdapterTest(unittest.TestCase):
         the real library on the emulation: two processes share a budget;
         one (B) holds the rest of it and waits for more, so the other (A),
         with a page index of its four tensors in use and two idle, has its
-        use and its demand as room. demand_bytes admits its blocks, every
-        one (kvshim_group_headroom); the blocks' bytes alone admitted a page
-        index fewer, none of 16 or 64 (on an H200 at 3 GiB, an engine's
-        cushion of one page index kept a 16-block request out for over a
-        second while it held idle pages of its own)."""
+        use and its demand as room. Stated through its group
+        (kvshim_group_share_demand, which adds a page index), its blocks
+        are admitted, every one (kvshim_group_headroom); the blocks' bytes
+        alone (kvshim_share_demand) admit a page index fewer, none of 16
+        or 64 (on an H200 at 3 GiB, an engine's cushion of one page index
+        kept a 16-block request out for over a second while it held idle
+        pages of its own)."""
         pool = POOL + "d"
         self.addCleanup(_remove_segments, pool)
         page, ntensors, per = 2 * MIB, 4, 64           # 64 blocks a page
@@ -1093,7 +1095,6 @@ class AdapterTest(unittest.TestCase):
                    KVSHIM_BUDGET=str((3 * ntensors + 40) * page))
         a_code = (
             "import json, sys, time, kvshim\n"
-            "from kvshim.adapters.blocks import demand_bytes\n"
             "page, n, per = %d, %d, %d\n"
             "g = kvshim.Group([kvshim.reserve(16 * page) for _ in range(n)], page // per,"
             " 16 * per)\n"
@@ -1104,8 +1105,7 @@ class AdapterTest(unittest.TestCase):
             "out = []\n"
             "for held in (16, 64):\n"
             "    for margin in (1, 0):\n"
-            "        g.share_demand(demand_bytes(held, page // per * n, page * n)"
-            " if margin else held * page // per * n)\n"
+            "        (g.share_demand if margin else kvshim.share_demand)(held * page // per * n)\n"
             "        time.sleep(0.05)\n"
             "        out.append([held, margin, g.headroom()])\n"
             "print(json.dumps(out), flush=True)\n"
@@ -1454,7 +1454,7 @@ class AdapterTest(unittest.TestCase):
         self.addCleanup(setattr, tr, "can_take", real_can)
         time.sleep(0.01)
         self.assertFalse(proc.prepare_next_batch())
-        self.assertEqual(stated[-1], 7 * tr.bytes_per_block + tr.page_index_bytes)
+        self.assertEqual(stated[-1], 7 * tr.bytes_per_block)
         tr.can_take = real_can
         self.assertTrue(proc.prepare_next_batch())
         self.assertEqual(stated[-1], 0)
@@ -1519,8 +1519,7 @@ class AdapterTest(unittest.TestCase):
         proc.scheduler.waiting_requests["b"] = Request(big)
         time.sleep(0.01)                                   # past the headroom's ttl
         self.assertFalse(proc.prepare_next_batch())
-        self.assertEqual(stated[-1], -(-(big + 1) // c.block_size) * tr.bytes_per_block
-                         + tr.page_index_bytes)
+        self.assertEqual(stated[-1], -(-(big + 1) // c.block_size) * tr.bytes_per_block)
         self.assertGreater(tr.retries, 0)
         # gone (cancelled): the demand is taken back
         proc.scheduler.waiting_requests.clear()
@@ -1564,21 +1563,21 @@ class AdapterTest(unittest.TestCase):
         sched.block_new_requests = True
         self.assertTrue(proc.prepare_next_batch())
         self.assertEqual(tr.short, 0)
-        self.assertEqual(stated, [step + tr.page_index_bytes])    # (see demand_bytes)
+        self.assertEqual(stated, [step])    # (the library adds the page index)
         # held back by kvshim: at least the step, more when more waits
         real_can = tr.can_take
         tr.can_take = lambda ids: (setattr(tr, "short", tr.short + 1), False)[1]
         sched.block_new_requests = False
         self.assertFalse(proc.prepare_next_batch())         # "w": 4 blocks a group
-        self.assertEqual(stated[-1], step + tr.page_index_bytes)
+        self.assertEqual(stated[-1], step)
         sched.waiting_requests["big"] = Request(1000)       # and 63 a group
         self.assertFalse(proc.prepare_next_batch())
-        self.assertEqual(stated[-1], 2 * (4 + 63) * tr.bytes_per_block + tr.page_index_bytes)
+        self.assertEqual(stated[-1], 2 * (4 + 63) * tr.bytes_per_block)
         # admitted and running, nothing waits: the step again
         tr.can_take = real_can
         self.assertTrue(proc.prepare_next_batch())
         self.assertEqual(list(sched.active_requests), ["w", "big"])
-        self.assertEqual(stated[-1], step + tr.page_index_bytes)
+        self.assertEqual(stated[-1], step)
         # both finished: idle, the demand taken back
         for rid in list(sched.active_requests):
             del sched.active_requests[rid]

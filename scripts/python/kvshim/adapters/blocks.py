@@ -16,19 +16,6 @@ from kvshim import ELIMIT, ENOMEM, ENOTCLAIMED
 from kvshim.adapters import warn
 
 
-def demand_bytes(nblocks, bytes_per_block, page_index_bytes):
-    """The bytes of a demand of nblocks blocks: theirs and a page index more
-    (0 for none). kvshim's admission check (BlockTracker.room,
-    kvshim_group_headroom) counts the blocks whole pages hold however the
-    ids fall, a page a tensor fewer than the bytes, so a share of exactly
-    the blocks' bytes admits a page index fewer of them, none when they fit
-    in one: on an H200 at 3 GiB, an engine stating one page index (its
-    cushion) for a request of 16 blocks waited over a second with idle
-    pages of its own."""
-    n = max(0, int(nblocks))
-    return n * bytes_per_block + page_index_bytes if n else 0
-
-
 # A call the engine waits on longer than this is counted (.slow): the time
 # of a 2 MiB page's map is tens of microseconds, a handoff of others' pages
 # about 14 ms.
@@ -503,9 +490,9 @@ class BlockTracker:
     def state_demand(self, nblocks):
         """State in the shared budget the blocks this engine waits for now
         (those its waiting requests need, or its cushion; 0: none), as
-        _state does, in demand_bytes."""
-        self._state("demand", demand_bytes(nblocks, self.bytes_per_block,
-                                           self.page_index_bytes))
+        _state does (kvshim_group_share_demand adds the page index its
+        admission check needs)."""
+        self._state("demand", max(0, int(nblocks)) * self.bytes_per_block)
 
     def _state(self, what, nbytes):
         """State nbytes as this process's what (demand, unused) through

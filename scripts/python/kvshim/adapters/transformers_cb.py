@@ -1260,8 +1260,8 @@ def patch_api_module(mod):
             need > 0 and tracker.capped != capped
             and tracker.capacity(need, tracker.room() or 0) + cached < need)
         # (less its prefix cache's blocks, which it takes before others'
-        # memory: see _reclaim; stated with a page index more, which the
-        # admission check needs: see blocks.demand_bytes)
+        # memory: see _reclaim; kvshim_group_share_demand adds the page
+        # index the admission check needs)
         tracker.state_demand(max(max(1, need - cached) if held else 0, _cushion(self)))
         # and the pages only that prefix cache claims, which kvshim counts
         # out of its use and asks for first (see _drop_unused)
