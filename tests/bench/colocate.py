@@ -683,8 +683,11 @@ def turns_guess(turns, warmup=None):
     """Seconds turns ((configuration, traces, round), as main plans them)
     are guessed to take before any has run: about 30 s to start and stop
     three engines, and each trace its length and the drain of its queue
-    (15 s, more at high rates), the warm-up trace's too in round 0."""
-    return sum(30 + sum(3 * tr["cycles"] * tr["phase"] + 15 + 2 * float(tr["rate"])
+    (5 s, more at high rates), the warm-up trace's too in round 0. (On an
+    H200 with CUDA graphs, sessions 19 and 20: start and stop 17 to 31 s;
+    rate 3's 48 s trace 56 to 57 s, its 24 s warm-up 34 to 35 s; rate 6's
+    64 to 66 s and 36 to 38 s. This guesses 59, 35, 65 and 41 s.)"""
+    return sum(30 + sum(3 * tr["cycles"] * tr["phase"] + 5 + 2 * float(tr["rate"])
                         for tr in trs + ([warmup] if warmup and r == 0 else []))
                for _, trs, r in turns)
 
