@@ -214,18 +214,20 @@ int kvshim_share_asked(size_t *bytes);
  * (an engine splitting its layers over them in one process): bytes are of
  * the group's blocks over all its tensors, as the engine counts them.
  * Each GPU's segment gets its part, by how many of the tensors lie there
- * (rounded up); a demand not 0 gets a page more in each tensor, since
+ * (rounded up). A demand not 0 gets a page more in each tensor:
  * kvshim_group_headroom counts the blocks whole pages hold however their
- * ids fall, a page a tensor fewer than its bytes (so a demand granted to
- * the byte admits the blocks it states); the ask is the most any GPU asks for, scaled to the whole
- * group (the blocks that free it free their part on the others), so it
- * need not be whole pages. A statement is the process's on each GPU, as
- * above: one group (or the calls above) per process and GPU, or they
- * overwrite each other; and the ask a GPU makes is of all the process
- * holds there. With one GPU, the same as the calls above made on it
- * (the demand with its page index), whatever the current device. Return 0, or KVSHIM_EINVAL (no such group,
- * kvshim shut down since it was made, or bytes NULL; *bytes is then 0
- * when it can be set).
+ * ids fall, a page a tensor fewer than their bytes, so a demand granted
+ * to the byte admits the blocks it states (before session 20 the caller
+ * added that page index; one that still does counts it twice). The ask
+ * is the most any GPU asks for, scaled to the whole group (the blocks
+ * that free it free their part on the others), so it need not be whole
+ * pages. A statement is the process's on each GPU, as above: one group
+ * (or the calls above) per process and GPU, or they overwrite each other;
+ * and the ask a GPU makes is of all the process holds there. With one
+ * GPU, the same as the calls above made on it (the demand with that page
+ * index more), whatever the current device. Return 0, or KVSHIM_EINVAL
+ * (no such group, kvshim shut down since it was made, or bytes NULL;
+ * *bytes is then 0 when it can be set).
  */
 int kvshim_group_share_demand(int group, size_t bytes);
 int kvshim_group_share_unused(int group, size_t bytes);

@@ -26,13 +26,14 @@ seven configurations (--configs) run one after the other, in one invocation:
 - unpacked (only when --configs names it): kvshim with KVSHIM_CB_PACK=off
   (README.md: asked to give back, an engine moves blocks in use off the
   pages few of them use before preempting anyone; on by default from
-  session 16, so kvshim, capped and the sweep's budgets pack): kvshim as
-  it was before;
+  session 16, so kvshim, capped and the sweep's budgets pack): kvshim
+  without packing (with the reserve);
 - unreserved (only when --configs names it): kvshim with KVSHIM_RESERVE=off
   (README.md: while processes share the budget, kvshim keeps a part of it
   free, from idle pages and pages only a prefix cache holds; 5% by default
-  from session 20, so kvshim, capped and the sweep's budgets keep it):
-  kvshim as it was before;
+  from session 20, so kvshim, capped and the sweep's budgets keep it;
+  --reserve P sets it in every one of them): kvshim as it was before
+  session 20;
 - reads (only when --configs names it): kvshim whose engines' read budget
   is the static split's engine's cache at --budget-gib (KVSHIM_CB_READ_TOKENS),
   which the adapter rounds up to a multiple of 16384 tokens: at 6 GiB
@@ -80,7 +81,10 @@ packed@B with --sweep-pack; ascending, engines started afresh for each),
 replaying the traces of --sweep-rates (the first seed and phase), and
 reports the smallest budget at which every model's p99 TTFT is at most
 the static split's (at --budget-gib) times 1 + --tolerance: "half the
-memory for the same service". --sweep-unreserved runs each of those
+memory for the same service". With --repeat it replays every repeat (a
+budget above the smallest that met skipped), and a trace replayed more
+than once meets by the median of its replays against the static
+replays' most, as the spread table judges. --sweep-unreserved runs each of those
 budgets again without the reserve (unreserved@B, after kvshim@B), whose
 smallest is reported apart; --sweep-unreserved=only runs them without it
 alone. --quick is rates 3, 4 and 6, one seed and
@@ -152,6 +156,7 @@ import math
 import os
 import queue
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -615,9 +620,11 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
     env.pop("KVSHIM_MAX", None)         # capped's alone (the caller's would pass)
     env.pop("KVSHIM_CB_READ_TOKENS", None)      # reads' alone
     env["KVSHIM_CB_PACK"] = "on" if pack else "off"     # unpacked's alone off
-    env.pop("KVSHIM_RESERVE", None)     # kvshim's default (5%); unreserved's alone off
+    env.pop("KVSHIM_RESERVE", None)     # kvshim's default (5%), or --reserve; unreserved's off
     if not reserve:
         env["KVSHIM_RESERVE"] = "off"
+    elif args.reserve is not None and mode != "static":
+        env["KVSHIM_RESERVE"] = args.reserve
     if mode == "static":
         cmd += ["--num-blocks", str(static_blocks(name, budget * shares))]
         env["KVSHIM_SHARE"] = "off"     # no kvshim here; said for clarity
@@ -683,11 +690,13 @@ def turns_guess(turns, warmup=None):
     """Seconds turns ((configuration, traces, round), as main plans them)
     are guessed to take before any has run: about 30 s to start and stop
     three engines, and each trace its length and the drain of its queue
-    (5 s, more at high rates), the warm-up trace's too in round 0. (On an
+    (15 s, more at high rates), the warm-up trace's too in round 0. (On an
     H200 with CUDA graphs, sessions 19 and 20: start and stop 17 to 31 s;
     rate 3's 48 s trace 56 to 57 s, its 24 s warm-up 34 to 35 s; rate 6's
-    64 to 66 s and 36 to 38 s. This guesses 59, 35, 65 and 41 s.)"""
-    return sum(30 + sum(3 * tr["cycles"] * tr["phase"] + 5 + 2 * float(tr["rate"])
+    64 to 66 s and 36 to 38 s. This guesses 69, 45, 75 and 51 s: what a run
+    guesses as it goes (see fits) holds each replay's time and 15 s, and
+    a --deadline this lets through must leave those guesses room.)"""
+    return sum(30 + sum(3 * tr["cycles"] * tr["phase"] + 15 + 2 * float(tr["rate"])
                         for tr in trs + ([warmup] if warmup and r == 0 else []))
                for _, trs, r in turns)
 
@@ -1283,7 +1292,10 @@ def targets(table, traces, results, args):
             elif meets:
                 smallest = smallest or results[c]["budget"] / GIB
         print("\nbudget sweep: kvshim at each budget against the static split at %.1f GiB "
-              "(per model static p99 / kvshim p99)" % args.budget_gib)
+              "(per model static p99 / kvshim p99; a budget meets when every model does, "
+              "within --tolerance, on every trace: a trace both replayed more than once by "
+              "the median of its replays against static's most, as the spread table)"
+              % args.budget_gib)
         print("| kvshim budget GiB | trace | small | medium | large | all | every model meets |")
         print("|---|---|---|---|---|---|---|")
         for r in rows:
@@ -1531,6 +1543,9 @@ def main():
     ap.add_argument("--sweep-pack", action="store_true",
                     help="name the sweep's budgets packed@B (they pack, as kvshim does by "
                          "default from session 16)")
+    ap.add_argument("--reserve", default=None,
+                    help="the reserve of every kvshim configuration but unreserved "
+                         "(KVSHIM_RESERVE: a percentage from 0 to 50; default: kvshim's, 5%%)")
     ap.add_argument("--sweep-unreserved", nargs="?", const="also", choices=("also", "only"),
                     help="run each sweep budget again without the reserve (unreserved@B); "
                          "=only: without it alone")
@@ -1593,6 +1608,9 @@ def main():
         ap.error("--tolerance and --cpu-offload-gib must not be negative")
     if sweep and "static" not in configs:
         ap.error("--sweep-gib compares with the static split: keep static in --configs")
+    if args.reserve is not None and not re.fullmatch(r"(50|[1-4]?[0-9])%?", args.reserve):
+        ap.error("--reserve %r: a percentage from 0 to 50 (5 or 5%%), as KVSHIM_RESERVE takes"
+                 % args.reserve)
     if args.sweep_unreserved and not args.sweep_gib:
         ap.error("--sweep-unreserved runs the sweep's budgets again: give them with --sweep-gib")
     if args.sweep_pack and not args.sweep_gib:
@@ -1697,6 +1715,14 @@ def main():
     deadline = t_all + 60 * args.deadline - 60 if args.deadline is not None else None
     firsts = {}
     for i, (cfg, trs, r) in enumerate(turns):
+        # budgets above the smallest that met are not tried; it and those
+        # below it replay every round (with --repeat, judged by the spread)
+        if is_sweep(cfg["name"]) and met is not None and not args.sweep_all and \
+                cfg["budget"] / GIB > met:
+            print("colocate: %s skipped: %g GiB already meets the static split" % (
+                cfg["name"], met), flush=True)
+            continue
+        # (a round's first is the first configuration that runs in it)
         first = firsts.setdefault(r, cfg["name"])
         unpaired = []
         if first != cfg["name"] and first in results:
@@ -1715,12 +1741,6 @@ def main():
             print("colocate: %s skipped: no replay of it would end by --deadline" % cfg["name"],
                   flush=True)
             continue
-        # (an unreserved@B of the budget that met still runs beside it)
-        if is_sweep(cfg["name"]) and met is not None and not args.sweep_all and not (
-                cfg["name"].startswith("unreserved@") and cfg["budget"] / GIB == met):
-            print("colocate: %s skipped: %g GiB already meets the static split" % (
-                cfg["name"], met), flush=True)
-            continue
         later = [{tr["label"] for tr in t} for c, t, q in turns[i + 1:] if q == r] \
             if first == cfg["name"] else []
         res = run_config(cfg, args, trs, outdir, deadline, took, later, warm)
@@ -1735,7 +1755,7 @@ def main():
             table, _ = summarize(results, trs)
             if all(ratio(table, tr["label"], cfg["name"], n) * (1 + args.tolerance) >= 1.0
                    for tr in trs for n in ORDER):
-                met = cfg["budget"] / GIB
+                met = min(met or math.inf, cfg["budget"] / GIB)
     # the sweep's configuration at --budget-gib is the main kvshim run
     if sweep and same and same[0] in results and args.budget_gib in sweep:
         results["%s@%g" % (base, args.budget_gib)] = results[same[0]]
