@@ -206,5 +206,6 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 		sums->givable = givable;
 		sums->level = L;
 		sums->for_reserve = from_unused - for_gaps;
+		sums->reserve = reserve;
 	}
 }

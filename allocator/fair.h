@@ -99,6 +99,8 @@ struct kv_fair_sums {
 	uint64_t level;          /* L: bytes a share holds per unit of weight */
 	uint64_t for_reserve;    /* of asked, what the reserve asks (unused
 				  * pages only) */
+	uint64_t reserve;        /* the reserve kept: R, at most the budget
+				  * less the floors, 0 alone */
 };
 
 /*

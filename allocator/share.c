@@ -311,13 +311,14 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 }
 
 /* others(), and for a spare take (the pool: spare), the reserve kept free
- * while others share the budget (its trims would give it back). */
+ * while others share the budget (its trims would give it back), as the
+ * plan keeps it: at most the budget less the floors. */
 static void others_keeping(kv_share_t *s, uint64_t cap, uint64_t demand, int spare,
 			   struct sums *t)
 {
 	others(s, cap, demand, t);
 	if (spare && t->members > 1)
-		t->keep = reserve_of(s, cap);
+		t->keep = t->plan.reserve;
 }
 
 /* ---- opening ------------------------------------------------------------------ */

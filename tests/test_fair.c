@@ -345,6 +345,9 @@ START_TEST(test_fair_plan_reserve)
 	kv_fair_plan(B, 5 * PG, in, 1, out, &sums);
 	ck_assert_uint_eq(sums.asked, 0);
 	ck_assert_uint_eq(sums.for_reserve, 0);
+	ck_assert_uint_eq(sums.reserve, 0);
+	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
+	ck_assert_uint_eq(sums.reserve, 5 * PG);
 	/* idle pages that may be asked for count in it: 2 of the second's
 	 * 2 idle (no demand), so 1 more; and they are given back, since the
 	 * free budget is under the reserve */
@@ -425,6 +428,7 @@ START_TEST(test_fair_plan_reserve)
 	in[1].min = 22 * PG;
 	kv_fair_plan(B, 5 * PG, in, 2, out, &sums);
 	ck_near(out[0].asked, 2 * PG);
+	ck_assert_uint_eq(sums.reserve, 2 * PG);
 }
 END_TEST
 
@@ -1478,7 +1482,9 @@ END_TEST
 /*
  * The pool leaves the reserve free while others share the budget: with 4
  * pages free of 24 and a reserve of about 6, the worker's refill of its
- * pool (4 pages) is refused; alone, it refills.
+ * pool (4 pages) is refused; alone, it refills. It keeps the reserve as
+ * the rule does, at most the budget less the floors: a process below its
+ * floor of 8 beside one holding its floor of 14 keeps 2, and refills.
  */
 START_TEST(test_fair_reserve_pool)
 {
@@ -1503,6 +1509,21 @@ START_TEST(test_fair_reserve_pool)
 	(void)kv_alloc_tick(a);
 	ck_assert_int_eq(kv_alloc_stats(a, &st), 0);
 	ck_assert_uint_eq(st.pooled_bytes, 4 * PG);
+	reserve_done(a, s, 4 * PG);
+
+	kt_new_pool();
+	reserve_opts(&o, 25);
+	o.pool_low = o.pool_high = 4 * PG;
+	o.min = 8 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 4 * PG), 0);
+	kt_member_start(&m, B, 14 * PG, 14);
+	(void)kv_alloc_tick(a);
+	ck_assert_int_eq(kv_alloc_stats(a, &st), 0);
+	ck_assert_uint_eq(st.pooled_bytes, 4 * PG);
+	ck_assert_uint_eq(kt_seg_read(0)->held, 22 * PG);
+	ck_assert_int_eq(kt_member_leave(&m), 0);
 	reserve_done(a, s, 4 * PG);
 }
 END_TEST
