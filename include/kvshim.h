@@ -217,8 +217,8 @@ int kvshim_share_asked(size_t *bytes);
  * (rounded up). A demand not 0 gets a page more in each tensor:
  * kvshim_group_headroom counts the blocks whole pages hold however their
  * ids fall, a page a tensor fewer than their bytes, so a demand granted
- * to the byte admits the blocks it states (before session 20 the caller
- * added that page index; one that still does counts it twice). The ask
+ * to the byte admits the blocks it states (a caller that adds that page
+ * index itself counts it twice). The ask
  * is the most any GPU asks for, scaled to the whole group (the blocks
  * that free it free their part on the others), so it need not be whole
  * pages. A statement is the process's on each GPU, as above: one group
