@@ -130,6 +130,11 @@ int kv_seg_lock_wait(int fd, short type, off_t off, unsigned ms)
  * above cap and asked above held are cut to them, and set clamped; unused
  * above what it uses (held less idle) is cut to it.
  */
+uint64_t kv_seg_reserve(const struct kv_share *sh, uint64_t cap)
+{
+	return kv_seg_min(LOAD(&sh->reserve), cap / 2);
+}
+
 void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig *f)
 {
 	uint64_t used;
@@ -563,8 +568,7 @@ int kv_share_read(const char *path, unsigned mode, int reap,
 	out->device_bytes = LOAD(&sh->device_bytes);
 	kv_seg_printable(out->name, sh->name, sizeof(sh->name));
 	cap = out->budget ? out->budget : UINT64_MAX;
-	/* as the members count it (share.c) */
-	out->reserve = kv_seg_min(LOAD(&sh->reserve), cap / 2);
+	out->reserve = kv_seg_reserve(sh, cap);
 	if (reap && writable && out->joinable)
 		out->reaped = kv_seg_reap_all(fd, sh, -1, path);
 	locked = kv_seg_lock_wait(fd, F_RDLCK, KV_SHARE_LOCK_UPDATE, KV_SHARE_LOCK_WAIT_MS) == 0;

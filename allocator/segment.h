@@ -62,6 +62,10 @@ int kv_seg_lock_wait(int fd, short type, off_t off, unsigned ms);
 /* Slot sl's figures into f, bounded by cap (the budget). */
 void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig *f);
 
+/* Header sh's reserve (fair.h) under budget cap: at most half of it,
+ * whatever the header says. */
+uint64_t kv_seg_reserve(const struct kv_share *sh, uint64_t cap);
+
 /* f as the rule's input (fair.h). */
 void kv_seg_fair_in(const struct kv_seg_fig *f, struct kv_fair_in *in);
 

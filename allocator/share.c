@@ -226,13 +226,6 @@ static uint64_t budget_of(kv_share_t *s)
 	return b;
 }
 
-/* The segment's reserve (fair.h) under budget cap: at most half of it,
- * whatever the header says. */
-static uint64_t reserve_of(kv_share_t *s, uint64_t cap)
-{
-	return kv_seg_min(LOAD(&s->sh->reserve), cap / 2);
-}
-
 /* The most this process may use now, from the plan t: while others wait
  * below their shares, what its share would be if it wanted more (so a
  * process below its share may grow to it, one above it may not grow).
@@ -295,7 +288,7 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 		kv_seg_fair_in(&f, &in[n]);
 		in[n++].order = i;
 	}
-	kv_fair_plan(cap, reserve_of(s, cap), in, n, out, &t->plan);
+	kv_fair_plan(cap, kv_seg_reserve(s->sh, cap), in, n, out, &t->plan);
 	t->members = n;
 	for (i = 1; i < n; i++)
 		t->give[slot_of[i]] = out[i].givable;
@@ -308,6 +301,18 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 		kv_warn("share: %s: a process's slot holds figures out of bounds: counted as at most the budget",
 			s->path);
 	}
+}
+
+/* others() at this process's budget and demand. The reserve counts the
+ * others: a process that ended (its slot left behind) must not keep it
+ * asking, so when the plan gives anything back or asks for anything for
+ * it, the slots of the dead are reaped and the plan made again. */
+static void others_live(kv_share_t *s, struct sums *t)
+{
+	others(s, budget_of(s), demand_of(s), t);
+	if ((t->me.trim || t->plan.for_reserve) &&
+	    kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
+		others(s, budget_of(s), demand_of(s), t);
 }
 
 /* others(), and for a spare take (the pool: spare), the reserve kept free
@@ -897,14 +902,8 @@ uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
 	s->pooled = kv_seg_min(pooled, s->held);
 	s->reserved = reserved;
 	/* what the rule asks of it now, read without the update lock: the
-	 * figures are bounded, and the next look (5 ms on) corrects them.
-	 * The reserve counts the others: a process that ended (its slot left
-	 * behind) must not keep it asking, so before giving anything back
-	 * for it the slots of the dead are reaped */
-	others(s, budget_of(s), demand_of(s), &t);
-	if ((t.me.trim || t.plan.for_reserve) &&
-	    kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
-		others(s, budget_of(s), demand_of(s), &t);
+	 * figures are bounded, and the next look (5 ms on) corrects them */
+	others_live(s, &t);
 	s->asked = t.me.asked;
 	s->use_limit = use_limit(&t);
 	req = __atomic_exchange_n(&s->sh->slot[s->slot].trim_request, 0,
@@ -1044,10 +1043,7 @@ uint64_t kv_share_asked(kv_share_t *s, uint64_t page)
 	/* afresh: what the engine gave back since the last update (its pages
 	 * idle now, published by kv_share_note) is not asked again */
 	pthread_mutex_lock(&s->mu);
-	others(s, budget_of(s), demand_of(s), &t);
-	/* (a reserve counts the others: the slots of the dead first) */
-	if (t.plan.for_reserve && kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
-		others(s, budget_of(s), demand_of(s), &t);
+	others_live(s, &t);
 	asked = s->asked = t.me.asked;
 	s->use_limit = use_limit(&t);
 	idle = idle_of(s);
