@@ -133,7 +133,8 @@ Prints one table per trace (per model and configuration: TTFT p50 and
 p99, static p99 over this configuration's, mean queue wait, tokens/s, peak
 KV and peak process memory), with the others (each model's longest TTFTs,
 its latency end to end and the requests preempted and started again, where
-the time goes, long steps, kvshim's
+the time goes, long steps, the scheduling of the steps that prefill
+(under kvshim with the adapter's part of it), kvshim's
 waits, asks and pages against blocks, and per configuration the three
 engines' blocks in use summed, each engine's own free block count read
 every 100 ms, the static split's too), then the summary against issue 13's
@@ -295,7 +296,10 @@ def dry_engine(args):
                              [0, 0, num_blocks - num_blocks // 8, 0, 1, 0] if kvshim else
                              [None, None, num_blocks - num_blocks // 4, 0, 1, None])
                             for k in range(3)],
-                   steps=[(round(q["t"], 4), 0.005, 0.07) for q in mine])
+                   # (every third a prefill's, three times as long; under
+                   # kvshim the adapter's part of the scheduling)
+                   steps=[(round(q["t"], 4), 0.005, 0.21 if k % 3 == 0 else 0.07)
+                          + ((0.001,) if kvshim else ()) for k, q in enumerate(mine)])
         if kvshim:
             run["kvshim_stats"] = {"physical_bytes": kv // 2}
             run["kvshim_tracker"] = dict({k: 0 for k in TRACKER_FIGURES}, worst=0.0,
@@ -393,8 +397,8 @@ def engine(args):
         first_step = len(steps)
         run = replay(manager, mine, t0, kv_now, torch, adapter_now)
         run.update(info)
-        run["steps"] = [(round(t - t0, 4), round(p, 5), round(d, 5))
-                        for t, p, d in steps[first_step:]]
+        run["steps"] = [(round(st[0] - t0, 4),) + tuple(round(x, 5) for x in st[1:])
+                        for st in steps[first_step:]]
         if tracker is not None:         # the fair shares' work in this engine
             run["kvshim_stats"] = kvshim.stats()
             after = tracker_figures(tracker)
@@ -429,8 +433,10 @@ def tracker_figures(tracker):
 def time_steps():
     """Time every generation step of the engine, both configurations
     alike: a list that gets (start, seconds scheduling it, seconds running
-    it) per step that ran a batch. Scheduling (prepare_next_batch) includes
-    the kvshim adapter's admission checks and maps, when under kvshim; a
+    it) per step that ran a batch, and under kvshim a fourth figure: the
+    seconds of the scheduling that the adapter's calls took (the tracker's
+    busy time, its maps included; the thread that maps ahead is not
+    counted). Scheduling (prepare_next_batch) includes those calls; a
     step without CUDA graphs is synchronous (transformers' sync batching),
     so its time is the GPU's; with graphs (the default), whether a step
     waits for its replay is transformers' doing, not checked here."""
@@ -440,16 +446,19 @@ def time_steps():
     steps, last = [], threading.local()
 
     def timed_prepare(self, *args, **kwargs):
+        tracker = getattr(getattr(self, "cache", None), "kvshim_tracker", None)
+        busy = tracker.busy if tracker is not None else None
         t = time.perf_counter()
         ready = prepare(self, *args, **kwargs)
-        last.prep = (t, time.perf_counter() - t)
+        last.prep = (t, time.perf_counter() - t,
+                     tracker.busy - busy if tracker is not None else None)
         return ready
 
     def timed_step(self, *args, **kwargs):
         t = time.perf_counter()
         step(self, *args, **kwargs)
-        p = getattr(last, "prep", (t, 0.0))
-        steps.append((p[0], p[1], time.perf_counter() - t))
+        p = getattr(last, "prep", (t, 0.0, None))
+        steps.append((p[0], p[1], time.perf_counter() - t) + ((p[2],) if p[2] is not None else ()))
 
     cls.prepare_next_batch, cls._generation_step = timed_prepare, timed_step
     return steps
@@ -889,6 +898,27 @@ def long_steps(engines, name):
     return len(long), pct([b - a for a, b in long], 50), beside
 
 
+HEAVY_STEP = 2.0    # a batch that ran this many times its engine's median step held a prefill
+
+
+def heavy_steps(engine):
+    """An engine's scheduling before its heavy steps (batches that ran over
+    HEAVY_STEP times its median: a prefill in them, which a decode-only
+    batch does not have) and before the others: (how many heavy steps,
+    their scheduling's p50 and p90 seconds, the adapter's part of it at
+    p50 and p90 (nan without a kvshim adapter: steps of three figures),
+    the other steps' scheduling p50). Scheduling a prefill takes its blocks,
+    so kvshim's maps fall there; what the adapter did not take of it is
+    transformers' own scheduling."""
+    steps = engine.get("steps", ())
+    mid = pct([st[2] for st in steps], 50)
+    heavy = [st for st in steps if st[2] > HEAVY_STEP * mid]
+    light = [st for st in steps if st[2] <= HEAVY_STEP * mid]
+    kv = [st[3] for st in heavy if len(st) > 3]
+    return (len(heavy), pct([st[1] for st in heavy], 50), pct([st[1] for st in heavy], 90),
+            pct(kv, 50), pct(kv, 90), pct([st[1] for st in light], 50))
+
+
 def blocks_in_use(engine):
     """[(s, KV bytes, bytes of blocks in use)] over an engine's samples that
     have the engine's view (every configuration's from session 15 on, only
@@ -978,6 +1008,7 @@ def summarize(results, traces):
                     if packing else None
                 table[(label, cname, name)] = {
                     "long_steps": long_steps(run["engines"], name) if name in ORDER else None,
+                    "heavy_steps": heavy_steps(run["engines"][name]) if name in ORDER else None,
                     "kv_pages_mean": packing[0] if packing else None,
                     "kv_demand_mean": said[0] if said else None,
                     "kv_idle_mean": said[1] if said else None,
@@ -1147,6 +1178,21 @@ def print_tables(table, traces, results, args):
                     "-" if o not in beside else "%s (%.1f)" % (
                         "-" if beside[o][0] != beside[o][0] else "%.1f" % (1e3 * beside[o][0]),
                         1e3 * beside[o][1]) for o in ORDER)))
+        print("\nscheduling a prefill, trace %s: each engine's heavy steps (batches that ran "
+              "over %.0f times its median step: a prefill in them), the scheduling before them "
+              "at p50 and p90, and under kvshim the adapter's calls in it (its maps included; "
+              "the rest is transformers' own scheduling), against the scheduling before its "
+              "other steps" % (label, HEAVY_STEP))
+        print("| model | config | heavy steps | sched p50 ms | sched p90 ms | kvshim p50 ms "
+              "| kvshim p90 ms | other steps' sched p50 ms |")
+        print("|---|---|---|---|---|---|---|---|")
+        ms = lambda x: "-" if x != x else "%.1f" % (1e3 * x)
+        for name, cname, t in cells(table, label, results):
+            if t["heavy_steps"] is None:
+                continue
+            n, p50, p90, k50, k90, other = t["heavy_steps"]
+            print("| %s | %s | %d | %s | %s | %s | %s | %s |" % (
+                name, cname, n, ms(p50), ms(p90), ms(k50), ms(k90), ms(other)))
         kv_table(table, label, results,
                  "maps that waited for other processes, trace %s: how many, how long in all, "
                  "how many waited for pages others use (above their share), how many gave up; "
