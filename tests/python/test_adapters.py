@@ -2503,10 +2503,15 @@ class AdapterTest(unittest.TestCase):
     def test_nothing_backed_ahead_pass_after_pass_while_asked(self):
         """Through the engine's passes: a prefill still running has its next
         blocks backed ahead; asked to give back, the engine releases them
-        and backs none again, pass after pass, until the ask is over."""
-        c, tr, proc, asked = self.paged_engine()
+        and backs none again, pass after pass, until the ask is over (an
+        ask that stands: the page index the blocks backed ahead alone held
+        went back, and the waiter took it)."""
+        c, tr, proc, _ = self.paged_engine()
+        asked = [0]
+        self.fake_ask(asked)
         type(proc).max_batch_tokens = 512
-        self.lay_out(proc, [("a", 16), ("b", 16)])
+        # page index 0, whole, by one request (never preempted: the last)
+        self.lay_out(proc, [("a", 64)])
         proc.scheduler.active_requests["a"].remaining_prefill_tokens = [0] * 100
         named = []
         real = tr.ahead
@@ -2593,14 +2598,30 @@ class AdapterTest(unittest.TestCase):
         tr._settle()
         self.assertEqual(sorted(tr._ahead), list(range(10)))
         Processor.scheduler.waiting_requests["b"].remaining_prefill_tokens = [0] * 4000
-        transformers_cb.map_ahead(Processor, tr)               # capped at one step: 32
+        Processor.max_batch_tokens = 2048
+        transformers_cb.map_ahead(Processor, tr)               # capped at one step: 128
         tr._settle()
-        self.assertEqual(sorted(tr._ahead), list(range(32)))
+        # of ids 0 to 127, those on page 0 (64 a page), which the 10 backed
+        # claim, cost the engine's map no driver call: only page 1's are
+        # backed besides
+        self.assertEqual(sorted(tr._ahead), list(range(10)) + list(range(64, 128)))
+        # decode only, with a request: the ids stand (named again only
+        # once the engine took blocks)
         Processor.scheduler = state(active_requests={"a": state(remaining_prefill_tokens=[])},
                                     waiting_requests={})
-        transformers_cb.map_ahead(Processor, tr)               # decode only: none
+        named = []
+        real = tr.ahead
+        tr.ahead = lambda ids: (named.append(list(ids)), real(ids))[1]
+        transformers_cb.map_ahead(Processor, tr)
+        self.assertEqual(named, [])
+        self.assertEqual(len(tr._ahead), 74)
+        # no request at all: none
+        Processor.scheduler = state(active_requests={}, waiting_requests={})
+        transformers_cb.map_ahead(Processor, tr)
         tr._settle()
         self.assertEqual(tr._ahead, set())
+        Processor.scheduler = state(active_requests={"a": state(remaining_prefill_tokens=[])},
+                                    waiting_requests={})
         # while kvshim asks the engine to give back: none either
         Processor.scheduler.active_requests["a"].remaining_prefill_tokens = [0] * 100
         self.fake_ask([MIB])
@@ -2608,6 +2629,63 @@ class AdapterTest(unittest.TestCase):
         transformers_cb.map_ahead(Processor, tr)
         tr._settle()
         self.assertEqual(tr._ahead, set())
+
+    def test_ahead_stands_for_the_next_request_and_takes_go_on_beside_it(self):
+        """Decoding, an engine with requests keeps one step's blocks backed
+        for the next request, only those whose pages hold no claim; it
+        names them again once it has taken blocks; and its take of blocks
+        not in the batch in flight does not wait for the thread."""
+        c, tr = self.make(num_blocks=1024)                     # 64 blocks a page
+        bm = c._block_manager
+        state = types.SimpleNamespace
+
+        class Processor:
+            cache, max_batch_tokens = c, 512                    # 32 blocks a step
+            scheduler = state(active_requests={"a": state(remaining_prefill_tokens=[])},
+                              waiting_requests={})
+        self.assertEqual(bm.get_free_blocks(10, None, False, 0), list(range(10)))
+        transformers_cb.map_ahead(Processor, tr)
+        tr._settle()
+        self.assertEqual(tr._ahead, set())                      # page 0 has 54 free ids
+        self.assertEqual(bm.get_free_blocks(50, None, False, 0), list(range(10, 60)))
+        transformers_cb.map_ahead(Processor, tr)
+        tr._settle()
+        # the next 32: 60 to 63 on page 0, 64 to 91 on page 1, which no
+        # block claims yet
+        self.assertEqual(sorted(tr._ahead), list(range(64, 92)))
+        named = []
+        real = tr.ahead
+        tr.ahead = lambda ids: (named.append(list(ids)), real(ids))[1]
+        transformers_cb.map_ahead(Processor, tr)
+        self.assertEqual(named, [])                             # nothing taken since
+        got = bm.get_free_blocks(40, None, False, 0)
+        self.assertEqual(got, list(range(60, 100)))
+        self.assertEqual(tr.ahead_hits, 28)
+        # the thread's next batch (page 2's ids) held until released
+        go = threading.Event()
+        group_map = tr.group.map
+
+        def slow_map(ids):
+            if threading.current_thread().name == "kvshim-ahead":
+                go.wait(30)
+            return group_map(ids)
+        tr.group.map = slow_map
+        try:
+            transformers_cb.map_ahead(Processor, tr)
+            self.assertEqual(named, [list(range(128, 132))])
+            self.assertTrue(tr.ahead_standing())
+            took = []
+            t = threading.Thread(target=lambda: took.append(
+                bm.get_free_blocks(5, None, False, 0)))
+            t.start()
+            t.join(10)
+            self.assertFalse(t.is_alive())                      # it did not wait
+            self.assertEqual(took, [list(range(100, 105))])
+        finally:
+            go.set()
+        tr._settle()
+        self.assertEqual(sorted(tr._ahead), list(range(128, 132)))
+        self.assertEqual(tr.mapped, 105)
 
     def test_switch_settings(self):
         """KVSHIM_CB_AHEAD and KVSHIM_CB_PACK (both on when unset): their

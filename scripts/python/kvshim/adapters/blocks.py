@@ -50,15 +50,26 @@ class _Ahead(threading.Thread):
         self.group = group
         self._cv = threading.Condition()
         self._todo = None        # the ids to back next
+        self._batch = frozenset()  # the ids of the last batch started
         self._done = None        # (ids, backed) of the last batch
         self.busy = 0.0          # seconds spent backing
 
     def start_batch(self, ids):
         with self._cv:
             self._todo, self._done = ids, None
+            self._batch = frozenset(ids)
             self._cv.notify()
         if not self.is_alive():
             self.start()
+
+    def in_flight(self):
+        """Whether a batch is being backed now (a look, no wait)."""
+        return self._todo is not None
+
+    def apart(self, ids):
+        """Whether the last batch started, done or not, holds none of ids
+        (only the engine's thread starts batches)."""
+        return self._batch.isdisjoint(ids)
 
     def finish(self):
         """Wait for the batch in flight: (ids, backed), or None if none."""
@@ -153,6 +164,8 @@ class BlockTracker:
         self._ahead = set()      # ids backed ahead, not yet handed out
         self._thread = None      # the _Ahead thread, once needed
         self.ahead_hits = 0      # blocks handed out already backed
+        self.taken = 0           # blocks handed out in all
+        self._named_at = -1      # ...when the ids to back ahead were last named
         # blocks claimed per page index (the same in every tensor of the
         # group): a free block on a page with claims costs no memory
         self._claims = collections.Counter()
@@ -362,9 +375,14 @@ class BlockTracker:
             stack.pop()
         return None
 
-    def _settle(self):
-        """Take in the batch backed ahead, if one was in flight."""
-        if self._thread is None:
+    def _settle(self, ids=None):
+        """Take in the batch backed ahead, if one was in flight, waiting for
+        it; with ids, only if they are in it (a batch that holds none of
+        them is taken in later): an engine taking or freeing other blocks
+        goes on while the thread maps (the library maps from both threads
+        at once, claims counted per page), where it used to wait for the
+        whole batch."""
+        if self._thread is None or (ids is not None and self._thread.apart(ids)):
             return
         done = self._thread.finish()
         if done is not None and done[1]:
@@ -399,6 +417,24 @@ class BlockTracker:
         """Seconds spent backing blocks ahead, off the engine's thread."""
         return self._thread.busy if self._thread is not None else 0.0
 
+    def ahead_standing(self):
+        """Whether the blocks last named ahead still stand: no block was
+        handed out since (see take), so the ids the engine hands out next
+        are the same, or their batch is still in flight. Never waits."""
+        if self._thread is not None and self._thread.in_flight():
+            return True
+        return self._named_at == self.taken
+
+    def ahead_worth(self, b):
+        """Whether block b is worth backing ahead: it is (backed ahead
+        already), or backing it maps a page (one of its pages holds no
+        claim). A block on claimed pages costs the engine's map no driver
+        call, and left to the engine it never waits for a batch in flight
+        (see _settle)."""
+        if b in self._ahead or not self._page:
+            return True
+        return any(p not in self._claims for p in self._pages(b))
+
     @_timed
     def ahead(self, ids):
         """Back these ids ahead of need (the next the engine will hand out),
@@ -406,6 +442,7 @@ class BlockTracker:
         are not among them."""
         self._settle()
         ids = list(ids)
+        self._named_at = self.taken
         keep = set(ids)
         self._release_ahead([b for b in self._ahead if b not in keep])
         new = [b for b in ids if b not in self._ahead]
@@ -421,7 +458,7 @@ class BlockTracker:
         ids = list(ids)
         if not ids:
             return True
-        self._settle()
+        self._settle(ids)
         need = [b for b in ids if b not in self._ahead]
         try:
             if need:
@@ -433,6 +470,7 @@ class BlockTracker:
                 return False
             raise
         self._claimed(need, 1)
+        self.taken += len(ids)
         self.ahead_hits += len(ids) - len(need)
         self._ahead.difference_update(ids)
         self.mapped += len(ids)
@@ -446,7 +484,7 @@ class BlockTracker:
         if not ids:
             return
         self.freed(ids)
-        self._settle()
+        self._settle(ids)
         try:
             self.group.unmap(ids)
         except kvshim.KvshimError as e:
