@@ -34,6 +34,12 @@ seven configurations (--configs) run one after the other, in one invocation:
   from session 20, so kvshim, capped and the sweep's budgets keep it;
   --reserve P sets it in every one of them): kvshim as it was before
   session 20;
+- noahead (only when --configs names it): kvshim with KVSHIM_CB_AHEAD=off
+  (README.md: the adapter maps the blocks the next step will take on a
+  thread while the step computes, and from session 21 keeps one step's
+  worth backed for the next request): every block mapped on the engine's
+  path when it is handed out, which tells what mapping ahead saves a
+  prefill's scheduling (the table "scheduling a prefill");
 - reads (only when --configs names it): kvshim whose engines' read budget
   is the static split's engine's cache at --budget-gib (KVSHIM_CB_READ_TOKENS),
   which the adapter rounds up to a multiple of 16384 tokens: at 6 GiB
@@ -272,6 +278,7 @@ def dry_engine(args):
             "kvshim": kvshim, "ceiling": ceiling_set(), "cuda_graphs": args.cuda_graphs,
             "pack": os.environ.get("KVSHIM_CB_PACK"),
             "reserve": os.environ.get("KVSHIM_RESERVE", "5%" if kvshim else "off"),
+            "ahead": os.environ.get("KVSHIM_CB_AHEAD", "on" if kvshim else "off"),
             "ready_s": 0.0}
     for mine, t0, out_path in commands(info):
         rows = []
@@ -361,6 +368,7 @@ def engine(args):
             "cuda_graphs": args.cuda_graphs, "pack": os.environ.get("KVSHIM_CB_PACK"),
             # (kvshim's default reserve: 5%)
             "reserve": os.environ.get("KVSHIM_RESERVE", "5%" if kvshim is not None else "off"),
+            "ahead": os.environ.get("KVSHIM_CB_AHEAD", "on" if kvshim is not None else "off"),
             "ready_s": time.perf_counter() - t_start}
 
     def kv_now():
@@ -616,7 +624,7 @@ def static_blocks(name, budget):
 
 
 def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack=True,
-          static_reads=False, reserve=True):
+          static_reads=False, reserve=True, ahead=True):
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
            "--max-batch-tokens", str(args.max_batch_tokens),
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
@@ -634,6 +642,9 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
         env["KVSHIM_RESERVE"] = "off"
     elif args.reserve is not None and mode != "static":
         env["KVSHIM_RESERVE"] = args.reserve
+    env.pop("KVSHIM_CB_AHEAD", None)    # the adapter's default (on); noahead's off
+    if not ahead:
+        env["KVSHIM_CB_AHEAD"] = "off"
     if mode == "static":
         cmd += ["--num-blocks", str(static_blocks(name, budget * shares))]
         env["KVSHIM_SHARE"] = "off"     # no kvshim here; said for clarity
@@ -742,7 +753,8 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
     t_spawn = time.perf_counter()
     procs = {name: spawn(name, mode, args, budget, pool, outdir, tag, cfg.get("ceiling", 0),
                          cfg.get("shares", 1), cfg.get("pack", True),
-                         cfg.get("static_reads", False), cfg.get("reserve", True))
+                         cfg.get("static_reads", False), cfg.get("reserve", True),
+                         cfg.get("ahead", True))
              for name in ORDER}
     res = {"name": cfg["name"], "mode": mode, "budget": budget, "engines": {}, "runs": {},
            "seconds": {}, "skipped": [], "pool": pool}
@@ -1315,7 +1327,7 @@ def targets(table, traces, results, args):
     out["repeats"] = repeats(table, traces, results)
     sweep = [c for c in results if is_sweep(c)]
     spread = {}
-    for c in ("reads", "packed", "unpacked", "unreserved") + tuple(sweep):
+    for c in ("reads", "packed", "unpacked", "unreserved", "noahead") + tuple(sweep):
         if c in results:
             spread[c] = out["repeats_" + c] = repeats(table, traces, results, c)
     if sweep:
@@ -1373,7 +1385,7 @@ def targets(table, traces, results, args):
 
 def repeats(table, traces, results, config="kvshim"):
     """For each trace that static and config (kvshim by default; reads,
-    packed, unpacked or unreserved too) both replayed more than once (--repeat; a
+    packed, unpacked, unreserved or noahead too) both replayed more than once (--repeat; a
     replay --deadline skipped does not count): per model, the p99 TTFT of
     every replay, static and config's, their medians and the ratio of the
     medians; config meets the static split within its spread when its
@@ -1629,9 +1641,9 @@ def main():
             os._exit(1)
     configs = [c for c in args.configs.split(",") if c]
     if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "packed",
-                                      "unpacked", "reads", "unreserved"}:
-        ap.error("--configs takes static, kvshim, capped, ample, packed, unpacked, reads and "
-                 "unreserved")
+                                      "unpacked", "reads", "unreserved", "noahead"}:
+        ap.error("--configs takes static, kvshim, capped, ample, packed, unpacked, reads, "
+                 "unreserved and noahead")
     if args.quick:
         args.rates, args.seeds, args.phases = "3,4,6", "2026", "8"
         args.sweep_gib = args.sweep_gib or "3"
@@ -1711,7 +1723,8 @@ def main():
               "budget": budget, "shares": 3 if c == "ample" else 1,
               "ceiling": int(args.capped_share * budget) // 3 if c == "capped" else 0,
               "pack": c not in ("static", "ample", "unpacked"),
-              "static_reads": c == "reads", "reserve": c != "unreserved"}, traces)
+              "static_reads": c == "reads", "reserve": c != "unreserved",
+              "ahead": c != "noahead"}, traces)
             for c in configs]
     # the sweep's budgets, kvshim's (packing, as kvshim does by default;
     # named packed@B with --sweep-pack)
