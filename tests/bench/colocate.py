@@ -442,9 +442,9 @@ def time_steps():
     """Time every generation step of the engine, both configurations
     alike: a list that gets (start, seconds scheduling it, seconds running
     it) per step that ran a batch, and under kvshim a fourth figure: the
-    seconds of the scheduling that the adapter's calls took (the tracker's
-    busy time, its maps included; the thread that maps ahead is not
-    counted). Scheduling (prepare_next_batch) includes those calls; a
+    seconds of the scheduling that the adapter's calls to its tracker took
+    (the tracker's busy time: kvshim's calls, its maps included; not the
+    adapter's other work, nor the thread that maps ahead). Scheduling (prepare_next_batch) includes those calls; a
     step without CUDA graphs is synchronous (transformers' sync batching),
     so its time is the GPU's; with graphs (the default), whether a step
     waits for its replay is transformers' doing, not checked here."""
@@ -915,13 +915,16 @@ HEAVY_STEP = 2.0    # a batch that ran this many times its engine's median step 
 
 def heavy_steps(engine):
     """An engine's scheduling before its heavy steps (batches that ran over
-    HEAVY_STEP times its median: a prefill in them, which a decode-only
-    batch does not have) and before the others: (how many heavy steps,
-    their scheduling's p50 and p90 seconds, the adapter's part of it at
-    p50 and p90 (nan without a kvshim adapter: steps of three figures),
-    the other steps' scheduling p50). Scheduling a prefill takes its blocks,
-    so kvshim's maps fall there; what the adapter did not take of it is
-    transformers' own scheduling."""
+    HEAVY_STEP times its median: most hold a prefill, which a decode-only
+    batch does not, but a decode slowed by a neighbour's batch counts too,
+    and in an engine whose median step holds a prefill most prefills do
+    not) and before the others: (how many heavy steps, their scheduling's
+    p50 and p90 seconds, the adapter's calls to its tracker in it at p50
+    and p90 (nan without a kvshim adapter: steps of three figures), the
+    other steps' scheduling p50). Scheduling a prefill takes its blocks,
+    so kvshim's maps fall there, in the tracker's calls; the adapter's
+    other work (its retries' sleeps, map_ahead's look at the ids, packing's
+    copies) is in the rest, with transformers' own scheduling."""
     steps = engine.get("steps", ())
     mid = pct([st[2] for st in steps], 50)
     heavy = [st for st in steps if st[2] > HEAVY_STEP * mid]
@@ -1191,10 +1194,11 @@ def print_tables(table, traces, results, args):
                         "-" if beside[o][0] != beside[o][0] else "%.1f" % (1e3 * beside[o][0]),
                         1e3 * beside[o][1]) for o in ORDER)))
         print("\nscheduling a prefill, trace %s: each engine's heavy steps (batches that ran "
-              "over %.0f times its median step: a prefill in them), the scheduling before them "
-              "at p50 and p90, and under kvshim the adapter's calls in it (its maps included; "
-              "the rest is transformers' own scheduling), against the scheduling before its "
-              "other steps" % (label, HEAVY_STEP))
+              "over %.0f times its median step: most hold a prefill), the scheduling before them "
+              "at p50 and p90, and under kvshim the adapter's calls to its tracker in it (kvshim's "
+              "calls, its maps included; the adapter's other work, such as its retries' sleeps, "
+              "is in the rest, with transformers' own scheduling), against the scheduling "
+              "before its other steps" % (label, HEAVY_STEP))
         print("| model | config | heavy steps | sched p50 ms | sched p90 ms | kvshim p50 ms "
               "| kvshim p90 ms | other steps' sched p50 ms |")
         print("|---|---|---|---|---|---|---|---|")

@@ -57,7 +57,11 @@ class Scheduler:
 
 class ContinuousBatchProcessor:
     """5.17's batch processor, in small (the offloading manager is
-    standins.OffloadingManager517)."""
+    standins.OffloadingManager517). A step prefills one prompt's worth at
+    most (max_batch_tokens): the adapter's cushion and the blocks it backs
+    ahead for the next request follow it."""
+
+    max_batch_tokens = PROMPT * BLOCK_TOKENS
 
     def __init__(self, cache):
         from standins import OffloadingManager517    # (loads kvshim: engines only)
@@ -138,7 +142,8 @@ def engine(seconds, num_blocks, start_at, prefix_cache=False):
                             len(proc.scheduler.active_requests), proc.done,
                             tracker.preempted, len(proc.offloading_manager.evicted), tracker.short,
                             tracker.capped])
-    json.dump({"pid": os.getpid(), "samples": samples, "moved": tracker.moved}, sys.stdout)
+    json.dump({"pid": os.getpid(), "samples": samples, "moved": tracker.moved,
+               "ahead_hits": tracker.ahead_hits}, sys.stdout)
     return 0
 
 
@@ -153,7 +158,8 @@ def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weight
     KVSHIM_WEIGHT weights[k] (default 1 each), with a prefix cache or not
     (see engine), packing or not (KVSHIM_CB_PACK, said either way: off
     here unless pack, though on is the library's default). Returns [{"pid",
-    "samples", "moved"}] in start order (moved: the blocks it moved)."""
+    "samples", "moved", "ahead_hits"}] in start order (moved: the blocks it
+    moved; ahead_hits: the blocks it was handed backed ahead)."""
     pool = pool or "fairengines%d" % os.getpid()
     env = dict(os.environ)
     env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET="%dM" % budget_mib, KVSHIM_POOL=pool,

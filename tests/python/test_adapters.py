@@ -2687,6 +2687,67 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(sorted(tr._ahead), list(range(128, 132)))
         self.assertEqual(tr.mapped, 105)
 
+    def test_standing_batch_done_counts_at_the_next_pass(self):
+        """A standing batch the thread has backed counts at the engine's
+        next pass, though no block of it was taken: its ids are free ids
+        on claimed pages (capacity, the cushion), and they are not named
+        again."""
+        c, tr, proc, asked = self.paged_engine()
+        type(proc).max_batch_tokens = 512                      # 32 blocks a step
+        self.lay_out(proc, [("a", 64)])                        # page index 0, whole
+        named = []
+        real = tr.ahead
+        tr.ahead = lambda ids: (named.append(list(ids)), real(ids))[1]
+        self.assertTrue(proc.prepare_next_batch())              # decoding: standing
+        self.assertEqual(named, [list(range(64, 96))])
+        end = time.monotonic() + 30
+        while tr._thread.in_flight() and time.monotonic() < end:
+            time.sleep(0.001)
+        self.assertEqual(tr.ahead_backed(), 0)                  # done, not taken in
+        self.assertEqual(tr.free_on_pages(), 0)
+        self.assertTrue(proc.prepare_next_batch())              # nothing taken
+        self.assertEqual(sorted(tr._ahead), list(range(64, 96)))
+        self.assertEqual(tr.free_on_pages(), 64)               # page 1's ids, all free
+        self.assertEqual(len(named), 1)
+        # without packing, the cushion counts them as covered
+        self.assertEqual(transformers_cb._cushion_blocks(proc) - transformers_cb._cushion(proc),
+                         32)
+
+    def test_standing_batch_named_again_after_an_ask_and_after_a_page_empties(self):
+        """The standing batch, released for an ask, is named again at the
+        first pass after it; and a page that empties makes it named again
+        (its free ids go out first now)."""
+        c, tr, proc, _ = self.paged_engine()
+        asked = [0]
+        self.fake_ask(asked)
+        type(proc).max_batch_tokens = 512                      # 32 blocks a step
+        self.lay_out(proc, [("a", 64), ("b", 32)])             # page 0 whole, page 1 half
+        named = []
+        real = tr.ahead
+        tr.ahead = lambda ids: (named.append(list(ids)), real(ids))[1]
+        self.assertTrue(proc.prepare_next_batch())
+        tr._settle()
+        self.assertEqual(named, [[]])                           # page 1's free ids cover it
+        c.free_blocks("b")                                     # page 1 empties
+        del proc.scheduler.active_requests["b"]
+        self.assertTrue(proc.prepare_next_batch())
+        tr._settle()
+        self.assertEqual(len(named), 2)
+        self.assertEqual(len(named[1]), 32)
+        self.assertEqual({tr.page_of(b) for b in named[1]}, {1})
+        self.assertEqual(len(tr._ahead), 32)
+        asked[0] = tr.page_index_bytes                         # an ask: released
+        time.sleep(0.01)
+        proc.prepare_next_batch()
+        self.assertEqual(tr._ahead, set())
+        self.assertEqual(len(named), 2)
+        asked[0] = 0                                           # over: named again
+        time.sleep(0.01)
+        self.assertTrue(proc.prepare_next_batch())
+        tr._settle()
+        self.assertEqual(len(named), 3)
+        self.assertEqual(len(tr._ahead), 32)
+
     def test_switch_settings(self):
         """KVSHIM_CB_AHEAD and KVSHIM_CB_PACK (both on when unset): their
         values, and bad ones refused naming the variable."""

@@ -165,7 +165,8 @@ class BlockTracker:
         self._thread = None      # the _Ahead thread, once needed
         self.ahead_hits = 0      # blocks handed out already backed
         self.taken = 0           # blocks handed out in all
-        self._named_at = -1      # ...when the ids to back ahead were last named
+        self._named_at = None    # (taken, emptied) when the ids to back ahead
+                                 # were last named
         # blocks claimed per page index (the same in every tensor of the
         # group): a free block on a page with claims costs no memory
         self._claims = collections.Counter()
@@ -417,13 +418,28 @@ class BlockTracker:
         """Seconds spent backing blocks ahead, off the engine's thread."""
         return self._thread.busy if self._thread is not None else 0.0
 
+    def settle_done(self):
+        """Take in a batch backed ahead that is done, without waiting: its
+        blocks then count in the free ids on claimed pages (capacity, the
+        cushion) at once. (Left to the next take of one of its ids, a
+        standing batch could wait there for dozens of decode steps,
+        counted nowhere: its pages gone from the headroom, its ids not on
+        claimed pages.) Each pass begins with it."""
+        if self._thread is not None and not self._thread.in_flight():
+            self._settle()
+
     def ahead_standing(self):
         """Whether the blocks last named ahead still stand: no block was
-        handed out since (see take), so the ids the engine hands out next
-        are the same, or their batch is still in flight. Never waits."""
+        handed out since (see take) and no page emptied (its free ids come
+        first now), so the ids the engine hands out next are the same; or
+        their batch is still in flight. Never waits."""
         if self._thread is not None and self._thread.in_flight():
             return True
-        return self._named_at == self.taken
+        return self._named_at == (self.taken, self.emptied)
+
+    def ahead_backed(self):
+        """How many blocks stand backed ahead (a batch taken in)."""
+        return len(self._ahead)
 
     def ahead_worth(self, b):
         """Whether block b is worth backing ahead: it is (backed ahead
@@ -442,10 +458,10 @@ class BlockTracker:
         are not among them."""
         self._settle()
         ids = list(ids)
-        self._named_at = self.taken
         keep = set(ids)
         self._release_ahead([b for b in self._ahead if b not in keep])
         new = [b for b in ids if b not in self._ahead]
+        self._named_at = (self.taken, self.emptied)
         if new:
             if self._thread is None:
                 self._thread = _Ahead(self.group)
@@ -832,6 +848,7 @@ class BlockTracker:
         self._settle()
         drop = list(self._ahead)
         self._release_ahead(drop)
+        self._named_at = None       # named afresh once nothing asks
         return len(drop)
 
     def _release_ahead(self, drop):

@@ -393,21 +393,22 @@ def map_ahead(processor, tracker):
     at most one step's worth (max_batch_tokens), as the ids the block
     manager will hand out next. With no prefill pending, an engine with
     requests (running or waiting) keeps one step's worth backed for the
-    next request to come, its cushion (see _cushion): a request arrives
-    between two passes, and without it its prompt's first blocks were
-    mapped on the engine's path (on an H200 a large engine mapped 21 new
-    page indices, 48 pages each, for the 29 requests of its hot phases,
-    and scheduling a prefill took 3 to 11 ms more than static's at the
-    median). Those ids are named again only once the engine has taken
-    blocks since and no batch is in flight, so most decode passes look at
-    nothing. Of the ids, only those whose pages hold no claim are backed
-    (ahead_worth): the others cost the engine's map no driver call, and
-    its takes of them never wait for the thread. An engine without
-    requests holds none (its idle pages are the others'), nor while
-    kvshim asks the engine to give back (the blocks backed ahead are
-    released then, see _give_back: backed again at every pass, they would
-    come and go for as long as the ask lasts; the engine's takes map its
-    blocks)."""
+    next request to come (the step its cushion counts, see _cushion, which
+    they then cover): a request arrives between two passes, and without
+    it its prompt's first blocks were mapped on the engine's path (on an
+    H200 a large engine mapped 21 new page indices, 48 pages each, for
+    the 29 requests of its hot phases, and scheduling a prefill took 3 to
+    11 ms more than static's at the median). Those ids are named again
+    only once the engine has taken blocks or emptied a page since, or
+    after an ask, and no batch is in flight, so most decode passes look
+    at nothing. Of the ids, only those whose pages hold no claim are
+    backed (ahead_worth): the others cost the engine's map no driver
+    call, and its takes of them never wait for the thread. An engine
+    without requests holds none from its next pass (its idle pages are
+    the others'), nor while kvshim asks the engine to give back (the
+    blocks backed ahead are released then, see _give_back: backed again
+    at every pass, they would come and go for as long as the ask lasts;
+    the engine's takes map its blocks)."""
     if tracker.asked():
         return
     try:
@@ -498,6 +499,10 @@ def _cushion(proc):
         # unused pages only while it waits for nothing)
         init = _prefix_cache(getattr(proc.cache, "_block_manager", None))
         need = max(0, need - tracker.free_after_plan(init, need))
+    elif need and tracker is not None:
+        # the blocks backed ahead for the next request (see map_ahead) are
+        # backed already: stated again, the engine would want them twice
+        need = max(0, need - tracker.ahead_backed())
     return need
 
 
@@ -1249,6 +1254,7 @@ def patch_api_module(mod):
     def one_pass(self, tracker, args, kwargs):
         """One scheduling pass: (ready, whether kvshim held it back)."""
         evictions = tracker.evictions
+        tracker.settle_done()
         _give_back(self, tracker)
         _admission(self, tracker, evicted=tracker.evictions != evictions)
         short, capped = tracker.short, tracker.capped
