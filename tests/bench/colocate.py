@@ -311,7 +311,10 @@ def dry_engine(args):
             run["kvshim_stats"] = {"physical_bytes": kv // 2}
             run["kvshim_tracker"] = dict({k: 0 for k in TRACKER_FIGURES}, worst=0.0,
                                          worst_in="take", asks=2, asked_s=0.25, ask_worst=0.2,
-                                         started_over=1,
+                                         started_over=1, taken=40,
+                                         ahead_hits=0 if os.environ.get("KVSHIM_CB_AHEAD") == "off"
+                                         else 30, ahead_busy=0.0 if
+                                         os.environ.get("KVSHIM_CB_AHEAD") == "off" else 0.05,
                                          moved=3 if os.environ.get("KVSHIM_CB_PACK") == "on" else 0)
             run["kvshim_waits"] = dict({k: 0 for k in WAIT_FIGURES}, share_waits=1,
                                        share_wait_ns=2000000)
@@ -425,7 +428,7 @@ def engine(args):
 
 # What the kvshim adapter's tracker counts, per run (see blocks.py)
 TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted", "dropped",
-                   "reclaimed", "ahead_hits", "asks", "asked_s", "no_page", "kept_out",
+                   "reclaimed", "taken", "ahead_hits", "ahead_busy", "asks", "asked_s", "no_page", "kept_out",
                    "unused_pages", "moved", "packed_pages", "to_cpu", "started_over",
                    "evicted_untold")
 
@@ -1024,6 +1027,8 @@ def summarize(results, traces):
                 table[(label, cname, name)] = {
                     "long_steps": long_steps(run["engines"], name) if name in ORDER else None,
                     "heavy_steps": heavy_steps(run["engines"][name]) if name in ORDER else None,
+                    "kv_ahead": tuple(sum(x.get(k, 0) for x in tracker)
+                                      for k in ("taken", "ahead_hits", "ahead_busy")),
                     "kv_pages_mean": packing[0] if packing else None,
                     "kv_demand_mean": said[0] if said else None,
                     "kv_idle_mean": said[1] if said else None,
@@ -1198,17 +1203,23 @@ def print_tables(table, traces, results, args):
               "at p50 and p90, and under kvshim the adapter's calls to its tracker in it (kvshim's "
               "calls, its maps included; the adapter's other work, such as its retries' sleeps, "
               "is in the rest, with transformers' own scheduling), against the scheduling "
-              "before its other steps" % (label, HEAVY_STEP))
+              "before its other steps; and under kvshim the blocks the engine was handed over "
+              "the replay, how many of them the adapter had backed ahead, and the seconds its "
+              "thread spent backing blocks ahead" % (label, HEAVY_STEP))
         print("| model | config | heavy steps | sched p50 ms | sched p90 ms | kvshim p50 ms "
-              "| kvshim p90 ms | other steps' sched p50 ms |")
-        print("|---|---|---|---|---|---|---|---|")
+              "| kvshim p90 ms | other steps' sched p50 ms | blocks handed out | backed ahead "
+              "| ahead thread s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
         ms = lambda x: "-" if x != x else "%.1f" % (1e3 * x)
         for name, cname, t in cells(table, label, results):
             if t["heavy_steps"] is None:
                 continue
             n, p50, p90, k50, k90, other = t["heavy_steps"]
-            print("| %s | %s | %d | %s | %s | %s | %s | %s |" % (
-                name, cname, n, ms(p50), ms(p90), ms(k50), ms(k90), ms(other)))
+            taken, hits, busy = t["kv_ahead"]
+            kv = results[cname]["mode"] == "kvshim"
+            print("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                name, cname, n, ms(p50), ms(p90), ms(k50), ms(k90), ms(other),
+                taken if kv else "-", hits if kv else "-", "%.2f" % busy if kv else "-"))
         kv_table(table, label, results,
                  "maps that waited for other processes, trace %s: how many, how long in all, "
                  "how many waited for pages others use (above their share), how many gave up; "
