@@ -1683,6 +1683,12 @@ class AdapterTest(unittest.TestCase):
                 on.setdefault(tr.page_of(b), set()).add(rid)
         return on
 
+    def shared_on(self):
+        """The engine taken as sharing its budget with other processes, for
+        this test only (a stand-in for share_members above 1)."""
+        self.addCleanup(setattr, transformers_cb, "_shared", transformers_cb._shared)
+        transformers_cb._shared = lambda proc: True
+
     def pack_on(self):
         """KVSHIM_CB_PACK on for this test only, and the engine taken as
         sharing its budget with other processes (these tests stand in for
@@ -2605,8 +2611,9 @@ class AdapterTest(unittest.TestCase):
         # claim, cost the engine's map no driver call: only page 1's are
         # backed besides
         self.assertEqual(sorted(tr._ahead), list(range(10)) + list(range(64, 128)))
-        # decode only, with a request: the ids stand (named again only
-        # once the engine took blocks)
+        # decode only, with a request, sharing the budget: the ids stand
+        # (named again only once the engine took blocks)
+        self.shared_on()
         Processor.scheduler = state(active_requests={"a": state(remaining_prefill_tokens=[])},
                                     waiting_requests={})
         named = []
@@ -2638,6 +2645,7 @@ class AdapterTest(unittest.TestCase):
         c, tr = self.make(num_blocks=1024)                     # 64 blocks a page
         bm = c._block_manager
         state = types.SimpleNamespace
+        self.shared_on()
 
         class Processor:
             cache, max_batch_tokens = c, 512                    # 32 blocks a step
@@ -2693,6 +2701,7 @@ class AdapterTest(unittest.TestCase):
         on claimed pages (capacity, the cushion), and they are not named
         again."""
         c, tr, proc, asked = self.paged_engine()
+        self.shared_on()
         type(proc).max_batch_tokens = 512                      # 32 blocks a step
         self.lay_out(proc, [("a", 64)])                        # page index 0, whole
         named = []
@@ -2710,14 +2719,18 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(tr.free_on_pages(), 64)               # page 1's ids, all free
         self.assertEqual(len(named), 1)
         # without packing, the cushion counts them as covered
-        self.assertEqual(transformers_cb._cushion_blocks(proc) - transformers_cb._cushion(proc),
-                         32)
+        self.addCleanup(transformers_cb._pack_setting.__setitem__, slice(None),
+                        list(transformers_cb._pack_setting))
+        transformers_cb._pack_setting[:] = [False]
+        self.assertEqual(transformers_cb._cushion_blocks(proc), 32)    # a step, no margin here
+        self.assertEqual(transformers_cb._cushion(proc), 0)
 
     def test_standing_batch_named_again_after_an_ask_and_after_a_page_empties(self):
         """The standing batch, released for an ask, is named again at the
         first pass after it; and a page that empties makes it named again
         (its free ids go out first now)."""
         c, tr, proc, _ = self.paged_engine()
+        self.shared_on()
         asked = [0]
         self.fake_ask(asked)
         type(proc).max_batch_tokens = 512                      # 32 blocks a step
@@ -2747,6 +2760,24 @@ class AdapterTest(unittest.TestCase):
         tr._settle()
         self.assertEqual(len(named), 3)
         self.assertEqual(len(tr._ahead), 32)
+
+    def test_engine_alone_backs_nothing_for_the_next_request(self):
+        """An engine no other process shares the budget with keeps no step
+        backed for the next request (its pages follow its blocks in use):
+        decoding, it backs nothing ahead; a pending prefill is still
+        backed ahead."""
+        c, tr, proc, asked = self.paged_engine()
+        self.assertFalse(transformers_cb._shared(proc))        # alone, no shared budget
+        type(proc).max_batch_tokens = 512
+        self.lay_out(proc, [("a", 64)])                        # page index 0, whole
+        for _ in range(3):
+            self.assertTrue(proc.prepare_next_batch())
+            tr._settle()
+            self.assertEqual(tr._ahead, set())
+        proc.scheduler.active_requests["a"].remaining_prefill_tokens = [0] * 100
+        self.assertTrue(proc.prepare_next_batch())
+        tr._settle()
+        self.assertEqual(sorted(tr._ahead), list(range(64, 71)))   # 100 tokens: 7 blocks
 
     def test_switch_settings(self):
         """KVSHIM_CB_AHEAD and KVSHIM_CB_PACK (both on when unset): their

@@ -392,9 +392,11 @@ def map_ahead(processor, tracker):
     take: the prompt tokens the scheduled and waiting requests have left,
     at most one step's worth (max_batch_tokens), as the ids the block
     manager will hand out next. With no prefill pending, an engine with
-    requests (running or waiting) keeps one step's worth backed for the
-    next request to come (the step its cushion counts, see _cushion, which
-    they then cover): a request arrives between two passes, and without
+    requests (running or waiting) that shares its budget with other
+    processes keeps one step's worth backed for the next request to come
+    (the step its cushion claims in the shared budget, see _cushion, which
+    they then cover; an engine alone does as before, its pages following
+    its blocks in use within a page a tensor): a request arrives between two passes, and without
     it its prompt's first blocks were mapped on the engine's path (on an
     H200 a large engine mapped 21 new page indices, 48 pages each, for
     the 29 requests of its hot phases, and scheduling a prefill took 3 to
@@ -417,7 +419,7 @@ def map_ahead(processor, tracker):
         states = itertools.chain(active.values(), waiting.values())
         tokens = min(sum(len(s.remaining_prefill_tokens) for s in states),
                      processor.max_batch_tokens)
-        standing = tokens <= 0 and bool(active or waiting)
+        standing = tokens <= 0 and bool(active or waiting) and _shared(processor)
         if standing:
             tokens = processor.max_batch_tokens
         n = cache.blocks_needed(-(-tokens // cache.block_size), 0) if tokens > 0 else 0
