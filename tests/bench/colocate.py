@@ -75,7 +75,8 @@ model k mod 3 is hot. Each model's requests arrive as a Poisson process of
 rate R (requests/s) in its hot phases and --cold-rate otherwise; prompts
 are uniform in [--prompt-min, --prompt-max] random tokens, outputs uniform
 in [--new-min, --new-max] tokens (no EOS). One trace per rate in --rates,
-seed in --seeds and phase length P in --phases, each --cycles x 3 phases
+seed in --seeds and phase length P in --phases (every combination; or
+the traces --traces names, as r6-s2026-p8), each --cycles x 3 phases
 long. The engines of a configuration replay the traces in turn (started
 once), the same traces in every configuration. Under kvshim the engines
 share the budget by weighted fair shares (README.md, "Sharing one GPU"):
@@ -1579,6 +1580,23 @@ def numbers(text, what, ap, kind=float):
     return xs
 
 
+def trace_names(text, ap):
+    """--traces: a comma-separated list of trace names as colocate labels
+    them (r<rate>-s<seed>-p<phase>, all positive, the seed whole), each
+    once; [(rate, seed, phase)] in the order given, or the usage error."""
+    picked = []
+    for name in (x.strip() for x in text.split(",")):
+        m = re.fullmatch(r"r([0-9]*\.?[0-9]+)-s([0-9]+)-p([0-9]*\.?[0-9]+)", name)
+        if not m or float(m.group(1)) <= 0 or int(m.group(2)) <= 0 or float(m.group(3)) <= 0:
+            ap.error("--traces: %r is no trace name (r<rate>-s<seed>-p<phase>, each positive, "
+                     "as r6-s2026-p8)" % name)
+        t = (float(m.group(1)), int(m.group(2)), float(m.group(3)))
+        if t in picked:
+            ap.error("--traces names %s twice" % name)
+        picked.append(t)
+    return picked
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--engine", help=argparse.SUPPRESS)
@@ -1588,11 +1606,14 @@ def main():
     ap.add_argument("--budget-gib", type=float, default=6.0, help="KV budget of the three engines")
     ap.add_argument("--floor-gib", type=float, default=0.0,
                     help="each engine's floor in the shared budget (kvshim)")
-    ap.add_argument("--rates", default="3,4,6", help="hot-phase arrival rates, requests/s")
-    ap.add_argument("--seeds", default="2026,7", help="trace seeds, one trace per rate each")
+    ap.add_argument("--rates", help="hot-phase arrival rates, requests/s (default 3,4,6)")
+    ap.add_argument("--seeds", help="trace seeds, one trace per rate each (default 2026,7)")
     ap.add_argument("--seed", type=int, help="one seed (as --seeds)")
-    ap.add_argument("--phases", default="8", help="seconds a model stays hot, one trace per value")
+    ap.add_argument("--phases", help="seconds a model stays hot, one trace per value (default 8)")
     ap.add_argument("--phase", type=float, help="one phase length (as --phases)")
+    ap.add_argument("--traces", help="these traces alone, as colocate names them "
+                    "(r6-s2026-p8,r3-s11-p4: rate, seed, phase), instead of every combination "
+                    "of --rates, --seeds and --phases")
     ap.add_argument("--cold-rate", type=float, default=0.25)
     ap.add_argument("--cycles", type=int, default=2, help="times each model is hot")
     ap.add_argument("--repeat", type=int, default=1,
@@ -1659,12 +1680,27 @@ def main():
                                       "unpacked", "reads", "unreserved", "noahead"}:
         ap.error("--configs takes static, kvshim, capped, ample, packed, unpacked, reads, "
                  "unreserved and noahead")
+    given = [o for o, v in (("--rates", args.rates), ("--seeds", args.seeds),
+                            ("--seed", args.seed), ("--phases", args.phases),
+                            ("--phase", args.phase), ("--quick", args.quick))
+             if v not in (None, False)]
+    if args.traces is not None and given:
+        ap.error("--traces names the traces: not with %s" % ", ".join(given))
     if args.quick:
         args.rates, args.seeds, args.phases = "3,4,6", "2026", "8"
         args.sweep_gib = args.sweep_gib or "3"
-    rates = numbers(args.rates, "--rates", ap)
-    seeds = [args.seed] if args.seed is not None else numbers(args.seeds, "--seeds", ap, int)
-    args.phase_list = [args.phase] if args.phase else numbers(args.phases, "--phases", ap)
+    if args.traces is not None:
+        picked = trace_names(args.traces, ap)
+        rates = list(dict.fromkeys(r for r, _, _ in picked))
+        seeds = list(dict.fromkeys(s for _, s, _ in picked))
+        args.phase_list = list(dict.fromkeys(p for _, _, p in picked))
+    else:
+        rates = numbers(args.rates or "3,4,6", "--rates", ap)
+        seeds = [args.seed] if args.seed is not None else numbers(args.seeds or "2026,7",
+                                                                  "--seeds", ap, int)
+        args.phase_list = [args.phase] if args.phase else numbers(args.phases or "8",
+                                                                   "--phases", ap)
+        picked = [(r, s, p) for r in rates for s in seeds for p in args.phase_list]
     sweep = numbers(args.sweep_gib, "--sweep-gib", ap) if args.sweep_gib else []
     sweep_rates = numbers(args.sweep_rates, "--sweep-rates", ap) if sweep else []
     if args.budget_gib <= 0 or args.cycles < 1 or any(p <= 0 for p in args.phase_list):
@@ -1703,21 +1739,19 @@ def main():
     outdir = os.path.abspath(args.out)
     os.makedirs(outdir, exist_ok=True)
     traces = []
-    for rate in rates:
-        for seed in seeds:
-            for phase in args.phase_list:
-                label = "r%g-s%d-p%g" % (rate, seed, phase)
-                trace = make_trace(seed, float(rate), args, phase)
-                path = os.path.join(outdir, "colocate-trace-%s.json" % label)
-                with open(path, "w") as f:
-                    json.dump(trace, f)
-                for k in range(args.repeat):
-                    traces.append({"label": label if k == 0 else "%s-run%d" % (label, k + 1),
-                                   "base": label, "round": k, "rate": "%g" % rate, "seed": seed,
-                                   "phase": phase, "cycles": args.cycles, "path": path,
-                                   "n": len(trace)})
-                print("colocate: trace %s: %d requests (%s)" % (label, len(trace), ", ".join(
-                    "%s %d" % (n, sum(q["model"] == n for q in trace)) for n in ORDER)))
+    for rate, seed, phase in picked:
+        label = "r%g-s%d-p%g" % (rate, seed, phase)
+        trace = make_trace(seed, float(rate), args, phase)
+        path = os.path.join(outdir, "colocate-trace-%s.json" % label)
+        with open(path, "w") as f:
+            json.dump(trace, f)
+        for k in range(args.repeat):
+            traces.append({"label": label if k == 0 else "%s-run%d" % (label, k + 1),
+                           "base": label, "round": k, "rate": "%g" % rate, "seed": seed,
+                           "phase": phase, "cycles": args.cycles, "path": path,
+                           "n": len(trace)})
+        print("colocate: trace %s: %d requests (%s)" % (label, len(trace), ", ".join(
+            "%s %d" % (n, sum(q["model"] == n for q in trace)) for n in ORDER)))
     warmup = None
     if args.warmup:
         wargs = argparse.Namespace(**vars(args))
