@@ -399,8 +399,8 @@ def map_ahead(processor, tracker):
     its blocks in use within a page a tensor): a request arrives between two passes, and without
     it its prompt's first blocks were mapped on the engine's path (on an
     H200 a large engine mapped 21 new page indices, 48 pages each, for
-    the 29 requests of its hot phases, and scheduling a prefill took 3 to
-    11 ms more than static's at the median). Those ids are named again
+    the 29 requests of its hot phases, and scheduling a prefill took 2 to
+    13 ms more than static's at the median). Those ids are named again
     only once the engine has taken blocks or emptied a page since, or
     after an ask, and no batch is in flight, so most decode passes look
     at nothing. Of the ids, only those whose pages hold no claim are
