@@ -117,6 +117,13 @@ int kv_seg_lock_wait(int fd, short type, off_t off, unsigned ms)
 	}
 }
 
+/* The header's reserve under budget cap: at most half of it, whatever the
+ * header says (segment.h). */
+uint64_t kv_seg_reserve(const struct kv_share *sh, uint64_t cap)
+{
+	return kv_seg_min(LOAD(&sh->reserve), cap / 2);
+}
+
 /* ---- slots -------------------------------------------------------------------- */
 
 /*
@@ -130,11 +137,6 @@ int kv_seg_lock_wait(int fd, short type, off_t off, unsigned ms)
  * above cap and asked above held are cut to them, and set clamped; unused
  * above what it uses (held less idle) is cut to it.
  */
-uint64_t kv_seg_reserve(const struct kv_share *sh, uint64_t cap)
-{
-	return kv_seg_min(LOAD(&sh->reserve), cap / 2);
-}
-
 void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig *f)
 {
 	uint64_t used;
@@ -176,7 +178,7 @@ void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig
 	f->unused = kv_seg_min(LOAD(&sl->unused), used);
 }
 
-void kv_seg_fair_in(const struct kv_seg_fig *f, struct kv_fair_in *in)
+void kv_seg_fair_in(const struct kv_seg_fig *f, unsigned slot, struct kv_fair_in *in)
 {
 	in->weight = f->weight;
 	in->held = f->held;
@@ -186,7 +188,7 @@ void kv_seg_fair_in(const struct kv_seg_fig *f, struct kv_fair_in *in)
 	in->unused = f->unused;
 	in->min = f->min;
 	in->max = f->max;
-	in->order = 0;          /* the caller's: the slot */
+	in->order = slot;
 }
 
 /* Zero slot sl's figures and free it; its lock is held by the caller. */
@@ -496,8 +498,7 @@ static int collect(int fd, const struct kv_share *sh, uint64_t cap, uint64_t ns,
 		out->nprocs++;
 		if (!p->alive)
 			continue;
-		kv_seg_fair_in(&f, &fin[nlive]);
-		fin[nlive].order = i;
+		kv_seg_fair_in(&f, i, &fin[nlive]);
 		live[nlive++] = out->nprocs - 1;
 		out->held = kv_seg_sat_add(out->held, f.held);
 		out->pending = kv_seg_sat_add(out->pending, f.pending);

@@ -66,8 +66,9 @@ void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig
  * whatever the header says. */
 uint64_t kv_seg_reserve(const struct kv_share *sh, uint64_t cap);
 
-/* f as the rule's input (fair.h). */
-void kv_seg_fair_in(const struct kv_seg_fig *f, struct kv_fair_in *in);
+/* f, the figures of slot slot, as the rule's input (fair.h; the slot
+ * orders ties alike in every member's plan). */
+void kv_seg_fair_in(const struct kv_seg_fig *f, unsigned slot, struct kv_fair_in *in);
 
 /* Zero slot sl and free it; the caller holds its lock. */
 void kv_seg_clear(struct kv_share_slot *sl);

@@ -285,8 +285,7 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 			t->floors = kv_seg_sat_add(t->floors, f.min - has);
 		t->clamped |= f.clamped;
 		slot_of[n] = i;
-		kv_seg_fair_in(&f, &in[n]);
-		in[n++].order = i;
+		kv_seg_fair_in(&f, i, &in[n++]);
 	}
 	kv_fair_plan(cap, kv_seg_reserve(s->sh, cap), in, n, out, &t->plan);
 	t->members = n;

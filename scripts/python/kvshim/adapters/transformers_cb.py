@@ -421,10 +421,10 @@ def map_ahead(processor, tracker):
                      processor.max_batch_tokens)
         standing = tokens <= 0 and bool(active or waiting) and _shared(processor)
         if standing:
+            if tracker.ahead_standing():
+                return
             tokens = processor.max_batch_tokens
         n = cache.blocks_needed(-(-tokens // cache.block_size), 0) if tokens > 0 else 0
-        if standing and tracker.ahead_standing():
-            return
         free = cache._block_manager._uninit_block_ids
         ids = [b for b in itertools.islice(free.upcoming() if hasattr(free, "upcoming") else free, n)
                if tracker.ahead_worth(b)]
