@@ -281,10 +281,10 @@ void kv_alloc_destroy(kv_alloc_t *a)
 	free(a);
 }
 
-int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
+/* The counters and the shared budget's figures (not under a's lock: the
+ * segment has its own). */
+static void stats_unlocked(kv_alloc_t *a, struct kvshim_stats *out)
 {
-	if (!a || !out)
-		return KVSHIM_EINVAL;
 	memset(out, 0, sizeof(*out));
 #define KV_READ(field) \
 	out->field = __atomic_load_n(&a->st.field, __ATOMIC_RELAXED);
@@ -300,7 +300,11 @@ int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
 		out->share_budget_bytes = kv_share_budget(a->share);
 		out->share_members = kv_share_members(a->share);
 	}
-	pthread_mutex_lock(&a->lock);
+}
+
+/* The figures of the pages' states, lock held. */
+static void stats_locked(kv_alloc_t *a, struct kvshim_stats *out)
+{
 	out->page_bytes = a->page;
 	out->reserved_bytes = a->reserved;
 	/* pages of released spans, still being unmapped, are no span's */
@@ -311,8 +315,38 @@ int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
 	out->peak_physical_bytes = (size_t)a->peak * a->page;
 	out->limit_bytes = (size_t)a->max_pages * a->page;
 	out->spans = a->nspans;
+}
+
+int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
+{
+	if (!a || !out)
+		return KVSHIM_EINVAL;
+	stats_unlocked(a, out);
+	pthread_mutex_lock(&a->lock);
+	stats_locked(a, out);
 	pthread_mutex_unlock(&a->lock);
 	return 0;
+}
+
+int kv_alloc_meminfo(kv_alloc_t *a, size_t *free_bytes, size_t *total,
+		     struct kvshim_stats *out)
+{
+	int rc;
+
+	if (!a || !free_bytes || !total || !out)
+		return KVSHIM_EINVAL;
+	stats_unlocked(a, out);
+	pthread_mutex_lock(&a->lock);
+	/* a page being created or released holds a handle or not: the
+	 * driver's figure and the pool's would disagree on which */
+	while (a->n[KV_P_FILLING] || a->n[KV_P_FREEING])
+		pthread_cond_wait(&a->done, &a->lock);
+	/* none starts while the lock is held */
+	rc = kv_prim_meminfo(&a->prim, free_bytes, total);
+	if (!rc)
+		stats_locked(a, out);
+	pthread_mutex_unlock(&a->lock);
+	return rc;
 }
 
 const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a)

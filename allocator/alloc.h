@@ -194,6 +194,13 @@ int kv_alloc_check(kv_alloc_t *a);
 
 int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out);
 
+/* The driver's free and total bytes on a's device and a's stats, at one
+ * instant as far as a's pages go: a pool fill, scrub or release in flight
+ * ends first, so that both figures count its pages alike. Returns 0,
+ * KVSHIM_EINVAL or the driver's error. */
+int kv_alloc_meminfo(kv_alloc_t *a, size_t *free_bytes, size_t *total,
+		     struct kvshim_stats *out);
+
 /* With a shared budget: 1 with the pool's budget, what the other processes
  * hold and (room, may be NULL) the most this process could hold (see
  * kv_share_figures); 0 without one. */

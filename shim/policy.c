@@ -202,7 +202,7 @@ void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 {
 	const struct kv_config *c = kv_shim_settings();
 	struct kvshim_stats s;
-	size_t idle, unbacked, budget, others, claimed, cap;
+	size_t idle, unbacked, budget, others, claimed, cap, fb, tb;
 	kv_alloc_t *a;
 	int dev;
 
@@ -218,8 +218,14 @@ void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 	 * nothing, so that a program making no KV span runs as without kvshim */
 	if (!a && c->share == KV_SHARE_CFG_ON && kv_shim_alloc_on(dev, &a))
 		return;
-	if (!a || kv_alloc_stats(a, &s))
+	/* read again beside the pool's figures (a page the worker is creating
+	 * is pooled before the driver counts it); failing that, the caller
+	 * keeps the driver's own */
+	if (!a || kv_alloc_meminfo(a, &fb, &tb, &s))
 		return;
+	*free_bytes = fb;
+	if (total)
+		*total = tb;
 	/* as if every span were backed, and kvshim's idle pages were free */
 	idle = s.pooled_bytes + s.cached_bytes;
 	unbacked = s.reserved_bytes > s.mapped_bytes ?

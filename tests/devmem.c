@@ -197,6 +197,20 @@ int kv_dev_fail_nth(const char *func, int n, CUresult err)
 	return f ? f(func, n, err) : -1;
 }
 
+int kv_dev_hold(const char *func, int on)
+{
+	kvemu_hold_fn f = (kvemu_hold_fn)kv_dev_sym("kvemu_hold");
+
+	return f ? f(func, on) : -1;
+}
+
+int kv_dev_waiting(const char *func)
+{
+	kvemu_waiting_fn f = (kvemu_waiting_fn)kv_dev_sym("kvemu_waiting");
+
+	return f ? f(func) : -1;
+}
+
 unsigned long long kv_dev_calls(const char *func)
 {
 	kvemu_calls_fn f = (kvemu_calls_fn)kv_dev_sym("kvemu_calls");

@@ -54,6 +54,8 @@ void *kv_dev_sym(const char *name);
 
 /* Emulation controls; on a real driver they return -1 / 0 and do nothing. */
 int kv_dev_fail_nth(const char *func, int n, CUresult err);
+int kv_dev_hold(const char *func, int on);
+int kv_dev_waiting(const char *func);
 unsigned long long kv_dev_calls(const char *func);
 void kv_dev_reset_counts(void);
 int kv_dev_usage(struct kvemu_usage *u);

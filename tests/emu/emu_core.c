@@ -45,6 +45,14 @@ static struct {
 static int armed;
 static pthread_mutex_t fail_lock = PTHREAD_MUTEX_INITIALIZER;
 
+/*
+ * Held functions (kvemu_hold): a call waits at its start on hold_cond while held[fn] is set;
+ * waiting[fn] counts those waiting now. Holds count in armed too, for the same fast path.
+ */
+static bool held[KV_FN_COUNT];
+static int waiting[KV_FN_COUNT];
+static pthread_cond_t hold_cond = PTHREAD_COND_INITIALIZER;
+
 /* ------------------------------------------------------------------ configuration */
 
 #define DEFAULT_DEVICE_BYTES ((size_t)8 << 30)
@@ -216,12 +224,21 @@ CUresult kv_emu_from_errno(int err)
     }
 }
 
-/* Fire fn's armed failure if this call is the one. Returns its error, or CUDA_SUCCESS. */
+/*
+ * Wait while fn is held, then fire fn's armed failure if this call is the one. Returns its error,
+ * or CUDA_SUCCESS.
+ */
 static CUresult take_failure(enum kv_emu_fn fn)
 {
     CUresult r = CUDA_SUCCESS;
 
     pthread_mutex_lock(&fail_lock);
+    if (held[fn]) {
+        waiting[fn]++;
+        while (held[fn])
+            pthread_cond_wait(&hold_cond, &fail_lock);
+        waiting[fn]--;
+    }
     if (fails[fn].n > 0 && --fails[fn].n == 0) {
         r = fails[fn].err;
         __atomic_sub_fetch(&armed, 1, __ATOMIC_RELAXED);
@@ -497,6 +514,35 @@ KV_EMU_API int kvemu_fail_nth(const char *func, int n, CUresult err)
         __atomic_add_fetch(&armed, 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&fail_lock);
     return 0;
+}
+
+KV_EMU_API int kvemu_hold(const char *func, int on)
+{
+    int i = find_func(func);
+
+    ensure_config();
+    if (i < 0)
+        return -1;
+    pthread_mutex_lock(&fail_lock);
+    if (held[i] != (on != 0)) {
+        held[i] = on != 0;
+        __atomic_add_fetch(&armed, on ? 1 : -1, __ATOMIC_RELAXED);
+    }
+    pthread_cond_broadcast(&hold_cond);
+    pthread_mutex_unlock(&fail_lock);
+    return 0;
+}
+
+KV_EMU_API int kvemu_waiting(const char *func)
+{
+    int i = find_func(func), n;
+
+    if (i < 0)
+        return -1;
+    pthread_mutex_lock(&fail_lock);
+    n = waiting[i];
+    pthread_mutex_unlock(&fail_lock);
+    return n;
 }
 
 KV_EMU_API unsigned long long kvemu_calls(const char *func)

@@ -37,6 +37,8 @@
 int failed;
 void *libcuda, *libcudart;
 kvemu_fail_nth_fn fail_nth;
+kvemu_hold_fn hold;
+kvemu_waiting_fn waiting;
 kvemu_calls_fn calls;
 kvemu_reset_counts_fn reset_counts;
 kvemu_usage_fn usage;
@@ -908,6 +910,51 @@ static int test_control(void)
     return failed;
 }
 
+/* A thread's cuMemCreate of one page on device 0 (made current there), held by the test. */
+static void *create_held(void *arg)
+{
+    CUmemAllocationProp p = prop_for(0);
+    CUmemGenericAllocationHandle h;
+    CUresult *r = arg;
+
+    cuCtxSetCurrent(ctx0);
+    *r = cuMemCreate(&h, PAGE, &p, 0);
+    if (*r == CUDA_SUCCESS)
+        cuMemRelease(h);
+    return NULL;
+}
+
+/* kvemu_hold stops a call at its start, having done nothing, until let go. */
+static int test_hold(void)
+{
+    struct timespec ts = { 0, 1000 * 1000 };
+    CUresult r = CUDA_ERROR_UNKNOWN;
+    struct kvemu_usage u;
+    pthread_t th;
+    int i, w = 0;
+
+    EXPECT(hold("cuNoSuchThing", 1) == -1 && waiting("cuNoSuchThing") == -1);
+    reset_counts();
+    EXPECT(hold("cuMemCreate", 1) == 0);
+    EXPECT(pthread_create(&th, NULL, create_held, &r) == 0);
+    for (i = 0; i < 30000 && (w = waiting("cuMemCreate")) < 1; i++)
+        nanosleep(&ts, NULL);
+    usage(0, &u);
+    EXPECT(hold("cuMemCreate", 0) == 0);
+    EXPECT(pthread_join(th, NULL) == 0);
+    EXPECT(w == 1 && u.handles == 0 && u.physical_bytes == 0);
+    EXPECT_CU(r, CUDA_SUCCESS);
+    EXPECT(waiting("cuMemCreate") == 0 && calls("cuMemCreate") == 1);
+    /* let go, nothing waits: the next call runs through */
+    r = CUDA_ERROR_UNKNOWN;
+    EXPECT(pthread_create(&th, NULL, create_held, &r) == 0);
+    EXPECT(pthread_join(th, NULL) == 0);
+    EXPECT_CU(r, CUDA_SUCCESS);
+    EXPECT(usage_clean(0));
+    reset_counts();
+    return failed;
+}
+
 /* In a child: check the configuration that the environment asked for (the memory of the first
  * and of the last device, and the count). */
 static int config_child(size_t want_bytes, size_t want_last, int want_count)
@@ -1444,11 +1491,13 @@ static int load_libraries(void)
     RUNTIME_FUNCS(RESOLVE)
 #undef RESOLVE
     fail_nth = (kvemu_fail_nth_fn)dlsym(libcuda, "kvemu_fail_nth");
+    hold = (kvemu_hold_fn)dlsym(libcuda, "kvemu_hold");
+    waiting = (kvemu_waiting_fn)dlsym(libcuda, "kvemu_waiting");
     calls = (kvemu_calls_fn)dlsym(libcuda, "kvemu_calls");
     reset_counts = (kvemu_reset_counts_fn)dlsym(libcuda, "kvemu_reset_counts");
     usage = (kvemu_usage_fn)dlsym(libcuda, "kvemu_usage");
     capture_stats = (kvemu_capture_stats_fn)dlsym(libcuda, "kvemu_capture_stats");
-    if (!fail_nth || !calls || !reset_counts || !usage || !capture_stats) {
+    if (!fail_nth || !hold || !waiting || !calls || !reset_counts || !usage || !capture_stats) {
         printf("FAIL: libcuda.so.1 is not the emulation (no kvemu_* symbols)\n");
         return -1;
     }
@@ -1475,6 +1524,7 @@ int main(int argc, char **argv)
         { "errors", test_errors },
         { "proc_address", test_proc_address },
         { "control", test_control },
+        { "hold", test_hold },
         { "config", test_config },
         { "threads", test_threads },
         { "fault_outside_guard", test_fault_outside_guard },

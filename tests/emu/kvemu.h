@@ -24,6 +24,15 @@ extern "C" {
 int kvemu_fail_nth(const char *func, int n, CUresult err);
 
 /*
+ * Hold func (named as for kvemu_fail_nth; on = 1) or let it go (on = 0): while it is held, every
+ * call of it waits at its start (counted, nothing done yet), so that a test can stop a
+ * thread inside a driver call. kvemu_waiting(func) gives the calls waiting now. Both return -1
+ * for an unknown name; kvemu_hold returns 0 otherwise.
+ */
+int kvemu_hold(const char *func, int on);
+int kvemu_waiting(const char *func);
+
+/*
  * Calls of func (named as for kvemu_fail_nth) since start or kvemu_reset_counts(); 0 if unknown.
  * kvemu_reset_counts() also zeroes the counters of kvemu_capture_stats.
  */
@@ -86,6 +95,8 @@ void kvemu_capture_stats(struct kvemu_capture_stats *out);
 int kvemu_is_emulation(void);
 
 typedef int (*kvemu_fail_nth_fn)(const char *func, int n, CUresult err);
+typedef int (*kvemu_hold_fn)(const char *func, int on);
+typedef int (*kvemu_waiting_fn)(const char *func);
 typedef unsigned long long (*kvemu_calls_fn)(const char *func);
 typedef void (*kvemu_reset_counts_fn)(void);
 typedef void (*kvemu_usage_fn)(int device, struct kvemu_usage *out);

@@ -307,6 +307,8 @@ extern int failed;
 
 extern void *libcuda, *libcudart;
 extern kvemu_fail_nth_fn fail_nth;
+extern kvemu_hold_fn hold;
+extern kvemu_waiting_fn waiting;
 extern kvemu_calls_fn calls;
 extern kvemu_reset_counts_fn reset_counts;
 extern kvemu_usage_fn usage;
