@@ -614,6 +614,7 @@ int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 {
 	size_t free_b = 0, total = 0, grow, budget, others, room, used;
+	size_t own, left, cap, fresh;
 	int rc, shared;
 
 	if (!a || !bytes)
@@ -623,15 +624,17 @@ int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 	if (rc)
 		return rc;
 	shared = kv_alloc_shared(a, &budget, &others, &room);
+	pthread_mutex_lock(&a->lock);
+	/* pages being made (for the pool, or for a map) may be in the
+	 * driver's free bytes still, read before they were: counted once (one
+	 * made already is missed until the next read, which errs low) */
+	fresh = (size_t)(a->n[KV_P_FILLING] + a->n[KV_P_TAKEN]) * a->page;
+	free_b = free_b > fresh ? free_b - fresh : 0;
 	if (shared) {
 		/* what the shared budget, the others' use and floors, and this
 		 * process's ceiling leave (others' idle pages count: a map asks
 		 * them back) */
-		size_t own = 0, left, cap;
-
-		pthread_mutex_lock(&a->lock);
 		own = (size_t)kv_held(a) * a->page;
-		pthread_mutex_unlock(&a->lock);
 		left = room > own ? room - own : 0;
 		if (a->o.max) {
 			cap = a->o.max > own ? a->o.max - own : 0;
@@ -640,7 +643,6 @@ int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 		if (free_b > left)
 			free_b = left;
 	}
-	pthread_mutex_lock(&a->lock);
 	grow = (size_t)a->n[KV_P_EMPTY] * a->page;
 	if (grow > free_b)
 		grow = free_b / a->page * a->page;

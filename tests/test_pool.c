@@ -243,6 +243,51 @@ START_TEST(test_meminfo_beside_a_fill)
 }
 END_TEST
 
+/* The same fill in flight, on a device nearly full: the headroom counts
+ * the pages being made once (apart, they were in the driver's free bytes
+ * and in the pool: a map was promised 18 pages where 10 could be had). */
+START_TEST(test_headroom_beside_a_fill)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	CUresult (*alloc)(CUdeviceptr *, size_t);
+	CUresult (*fr)(CUdeviceptr);
+	CUresult (*info)(size_t *, size_t *);
+	size_t during = 0, after = 0, left = 0, total;
+	CUdeviceptr filler = 0;
+	struct kv_alloc_opts o;
+	int i, w = 0, rc_fill = -1, rc_during, rc_after = -1;
+
+	*(void **)&alloc = kv_dev_sym("cuMemAlloc_v2");
+	*(void **)&fr = kv_dev_sym("cuMemFree_v2");
+	*(void **)&info = kv_dev_sym("cuMemGetInfo_v2");
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	kt_opts(&o);
+	o.pool_low = 4 * PG;
+	o.pool_high = 8 * PG;
+	o.worker = 1;
+	a = kt_create(&o);
+	for (i = 0; i < 30000 && (w = kv_dev_waiting("cuMemCreate")) < 1; i++)
+		nanosleep(&ms, NULL);
+	/* leave 10 pages of the device free, the pool's 8 not made yet */
+	if (info(&left, &total) == CUDA_SUCCESS && left > 10 * PG)
+		rc_fill = alloc(&filler, left - 10 * PG);
+	rc_during = kv_alloc_headroom(a, &during);
+	kv_dev_hold("cuMemCreate", 0);
+	for (i = 0; i < 30000 && kt_stats(a).physical_bytes < 8 * PG; i++)
+		nanosleep(&ms, NULL);
+	if (rc_fill == CUDA_SUCCESS) {
+		rc_after = kv_alloc_headroom(a, &after);
+		fr(filler);
+	}
+	ck_assert_int_eq(w, 1);
+	ck_assert_int_eq(rc_fill, CUDA_SUCCESS);
+	ck_assert_int_eq(rc_during, 0);
+	ck_assert_uint_eq(during, 10 * PG);
+	ck_assert_int_eq(rc_after, 0);
+	ck_assert_uint_eq(after, 10 * PG);
+}
+END_TEST
+
 START_TEST(test_bad_watermarks)
 {
 	struct kv_alloc_opts o;
@@ -286,6 +331,7 @@ Suite *pool_suite(void)
 	tcase_add_test(tc, test_worker_refills);
 	kt_add_emu(tc, test_release_off_the_path);
 	kt_add_emu(tc, test_meminfo_beside_a_fill);
+	kt_add_emu(tc, test_headroom_beside_a_fill);
 	suite_add_tcase(s, tc);
 	tcase_add_test(bad, test_bad_watermarks);
 	tcase_add_test(bad, test_bad_device);
