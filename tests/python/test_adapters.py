@@ -490,6 +490,61 @@ class AdapterTest(unittest.TestCase):
         with self.assertRaises(IndexError):
             free.popleft()
 
+    def test_free_list_tells_a_batch_once(self):
+        """Ids put back inside batched() are told to the tracker once, at
+        the outermost end, also when the body raises; one taken out
+        meanwhile has those before it told first."""
+        told = []
+        free = blocks.TrackedFreeList([9], told.append)
+        with free.batched():
+            free.append(1)
+            free.extend([3, 2])
+            with free.batched():
+                free.append(4)
+            self.assertEqual(told, [])
+        self.assertEqual(told, [[1, 3, 2, 4]])          # as put back
+        self.assertEqual(sorted(free), [1, 2, 3, 4, 9])
+        told.clear()
+        with self.assertRaises(KeyError):
+            with free.batched():
+                free.append(5)
+                raise KeyError(5)
+        self.assertEqual(told, [[5]])
+        told.clear()
+        with free.batched():
+            free.append(6)
+            self.assertEqual(free.popleft(), 6)
+            self.assertEqual(told, [[6]])
+            free.append(7)
+            self.assertEqual(free.take_ids([7]), [7])
+            self.assertEqual(told, [[6], [7]])
+            free.append(8)
+        self.assertEqual(told, [[6], [7], [8]])
+        free.append(10)                                  # no batch: at once
+        self.assertEqual(told[-1], [10])
+
+    def test_a_requests_blocks_go_back_in_one_release(self):
+        """The engine frees a request's blocks one append at a time; they go
+        back to kvshim in one release (one kvshim_group_unmap), by the block
+        manager's free_blocks and by the cache's alike."""
+        c, tr = self.make(num_blocks=1024)
+        calls = []
+        real = tr.group.unmap
+        tr.group.unmap = lambda ids: (calls.append(list(ids)), real(ids))[1]
+        self.assertEqual(c.allocate_blocks(40, "r", 0), 40)
+        self.assertEqual(tr.mapped, 40)
+        c.free_blocks("r")
+        self.assertEqual(calls, [list(range(40))])
+        self.assertEqual(tr.mapped, 0)
+        self.assertEqual(kvshim.stats()["cached_bytes"], 4 * 2 * MIB)   # page 0 of each
+        bm = c._block_manager
+        ids = bm.get_free_blocks(24, None, False, 0)
+        self.assertEqual(tr.mapped, 24)
+        calls.clear()
+        bm.free_blocks(ids, shareable=False)
+        self.assertEqual(calls, [ids])
+        self.assertEqual(tr.mapped, 0)
+
     def test_free_list_matches_a_plain_list(self):
         """Through any mix of ids handed out from the front and from
         inside, freed again (one by one or several at once) and copies

@@ -889,6 +889,7 @@ class TrackedFreeList(collections.deque):
         self._n = collections.deque.__len__(self)
         self._extra = collections.Counter()     # copies beyond the count, by id
         self._nextra = 0
+        self._batch = None      # ids put back inside batched(), told at its end
 
     def __len__(self):
         return self._n
@@ -942,6 +943,7 @@ class TrackedFreeList(collections.deque):
         page other blocks hold; see BlockTracker.prefer), else the first."""
         if not self._n:
             raise IndexError("pop from an empty TrackedFreeList")
+        self._tell()
         t = self._tracker
         b = t.prefer() if t is not None else None
         if b is not None and b in self:
@@ -980,10 +982,43 @@ class TrackedFreeList(collections.deque):
         self._nextra = 0
 
     def _returned(self, ids):
+        if self._batch is not None:
+            self._batch.extend(ids)
+            return
         try:
             self._on_return(ids)
         except kvshim.KvshimError as e:
             warn("blocks %s not released: %s" % (ids[:8], e))
+
+    @contextlib.contextmanager
+    def batched(self):
+        """Ids put back inside are told to the tracker once, at the end (the
+        outermost, when nested; also when the body raises): an engine that
+        frees a request's blocks one append at a time (transformers 5.17
+        does) costs one release for all of them, not one each (the
+        emulation: 9 to 18 us a block one by one, 1.5 us a block in one
+        call). An id taken out meanwhile has those before it told first
+        (see _tell)."""
+        if self._batch is not None:
+            yield
+            return
+        self._batch = []
+        try:
+            yield
+        finally:
+            ids, self._batch = self._batch, None
+            if ids:
+                self._returned(ids)
+
+    def _tell(self):
+        """Ids put back in a batch still open are told now, before one is
+        taken out."""
+        if self._batch:
+            ids, self._batch = self._batch, None
+            try:
+                self._returned(ids)
+            finally:
+                self._batch = []
 
     def append(self, x):
         super().appendleft(x)
@@ -1011,6 +1046,7 @@ class TrackedFreeList(collections.deque):
         """Take these ids out of the list, as popleft hands out the
         tracker's preferred ones (their copies stay where they are, counted
         extra). Returns those that were in it."""
+        self._tell()
         got = []
         for b in ids:
             if b not in self:

@@ -59,6 +59,7 @@ cannot manage the tensors it made, it backs them in full.
 """
 import collections
 import contextlib
+import functools
 import inspect
 import itertools
 import os
@@ -217,6 +218,9 @@ def attach(cache):
         free.put_back_front(ids)
         return None
 
+    # a request's blocks go back in one release (see TrackedFreeList.batched)
+    _batch_frees(bm, free)
+    _batch_frees(cache, free)
     orig_will = cache.will_allocation_be_successful
 
     def will_allocation_be_successful(num_requested_blocks, allocated_blocks):
@@ -1222,6 +1226,21 @@ def _offload_named(offload_requests, starved, victim, cache):
 # is how long transformers' loop sleeps when nothing was scheduled.
 RETRY_S = 0.002
 RETRY_FOR_S = 0.1
+
+
+def _batch_frees(obj, free):
+    """obj.free_blocks (the block manager's, by ids; the cache's, by
+    request) tells the tracker of the ids it puts back in free once, at its
+    end; left alone where obj has none."""
+    orig = getattr(obj, "free_blocks", None)
+    if not callable(orig):
+        return
+
+    @functools.wraps(orig)
+    def free_blocks(*args, **kwargs):
+        with free.batched():
+            return orig(*args, **kwargs)
+    obj.free_blocks = free_blocks
 
 
 def _tensor_parallel(proc):
