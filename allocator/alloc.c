@@ -328,25 +328,46 @@ int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
 	return 0;
 }
 
+int kv_driver_free(kv_alloc_t *a, size_t *free_b, size_t *total,
+		   int64_t *made)
+{
+	int64_t h1, h2;
+	int rc, i;
+
+	/* the handles on both sides of the driver's read, read again while
+	 * they differ (a create or release in between); still differing, the
+	 * fewer, which makes kv_unmade err high and the free bytes low */
+	for (i = 0;; i++) {
+		h1 = __atomic_load_n(&a->made, __ATOMIC_ACQUIRE);
+		/* (kv_prim_meminfo makes a's context current for its call) */
+		rc = kv_prim_meminfo(&a->prim, free_b, total);
+		h2 = __atomic_load_n(&a->made, __ATOMIC_ACQUIRE);
+		if (rc || h1 == h2 || i == 3)
+			break;
+	}
+	*made = h1 < h2 ? h1 : h2;
+	return rc;
+}
+
 int kv_alloc_meminfo(kv_alloc_t *a, size_t *free_bytes, size_t *total,
 		     struct kvshim_stats *out)
 {
+	size_t unmade;
+	int64_t made;
 	int rc;
 
 	if (!a || !free_bytes || !total || !out)
 		return KVSHIM_EINVAL;
 	stats_unlocked(a, out);
+	rc = kv_driver_free(a, free_bytes, total, &made);
+	if (rc)
+		return rc;
 	pthread_mutex_lock(&a->lock);
-	/* a page being created or released holds a handle or not: the
-	 * driver's figure and the pool's would disagree on which */
-	while (a->n[KV_P_FILLING] || a->n[KV_P_FREEING])
-		pthread_cond_wait(&a->done, &a->lock);
-	/* none starts while the lock is held */
-	rc = kv_prim_meminfo(&a->prim, free_bytes, total);
-	if (!rc)
-		stats_locked(a, out);
+	unmade = kv_unmade(a, made);
+	*free_bytes = *free_bytes > unmade ? *free_bytes - unmade : 0;
+	stats_locked(a, out);
 	pthread_mutex_unlock(&a->lock);
-	return rc;
+	return 0;
 }
 
 const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a)

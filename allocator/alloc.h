@@ -194,9 +194,11 @@ int kv_alloc_check(kv_alloc_t *a);
 
 int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out);
 
-/* The driver's free and total bytes on a's device and a's stats, at one
- * instant as far as a's pages go: a pool fill, scrub or release in flight
- * ends first, so that both figures count its pages alike. Returns 0,
+/* The driver's free and total bytes on a's device, less what a's pages
+ * not made yet will take, and a's stats: the pool counts a page from when
+ * a fill claims it, the driver from when it is made, and the two figures
+ * count every page once (a page being made or released as they are read
+ * errs low). The counters (map_calls...) are read just before. Returns 0,
  * KVSHIM_EINVAL or the driver's error. */
 int kv_alloc_meminfo(kv_alloc_t *a, size_t *free_bytes, size_t *total,
 		     struct kvshim_stats *out);

@@ -614,22 +614,21 @@ int kv_alloc_unmap(kv_alloc_t *a, CUdeviceptr addr, size_t len)
 int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 {
 	size_t free_b = 0, total = 0, grow, budget, others, room, used;
-	size_t own, left, cap, fresh;
+	size_t own, left, cap, unmade;
+	int64_t made;
 	int rc, shared;
 
 	if (!a || !bytes)
 		return KVSHIM_EINVAL;
-	/* (kv_prim_meminfo makes a's context current for its call) */
-	rc = kv_prim_meminfo(&a->prim, &free_b, &total);
+	rc = kv_driver_free(a, &free_b, &total, &made);
 	if (rc)
 		return rc;
 	shared = kv_alloc_shared(a, &budget, &others, &room);
 	pthread_mutex_lock(&a->lock);
-	/* pages being made (for the pool, or for a map) may be in the
-	 * driver's free bytes still, read before they were: counted once (one
-	 * made already is missed until the next read, which errs low) */
-	fresh = (size_t)(a->n[KV_P_FILLING] + a->n[KV_P_TAKEN]) * a->page;
-	free_b = free_b > fresh ? free_b - fresh : 0;
+	/* pages claimed but not made when the driver was read (a fill's, a
+	 * map's) are pooled or taken, and in its free bytes still: once */
+	unmade = kv_unmade(a, made);
+	free_b = free_b > unmade ? free_b - unmade : 0;
 	if (shared) {
 		/* what the shared budget, the others' use and floors, and this
 		 * process's ceiling leave (others' idle pages count: a map asks

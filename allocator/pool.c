@@ -56,6 +56,7 @@ static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 		err = kv_prim_create(&a->prim, &a->phys[slots[k]].h);
 		if (err)
 			break;
+		__atomic_add_fetch(&a->made, 1, __ATOMIC_RELEASE);
 	}
 	qsort(slots, k, sizeof(*slots), cmp_slot);
 	ok = k;
@@ -81,6 +82,7 @@ static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 			kv_prim_unmap(&a->prim, arena_va(a, slots[i]),
 				      (size_t)mapped * a->page);
 		for (j = 0; j < len; j++) {
+			__atomic_sub_fetch(&a->made, 1, __ATOMIC_RELEASE);
 			kv_prim_release(&a->prim, a->phys[slots[i + j]].h);
 			a->phys[slots[i + j]].h = 0;
 			a->phys[slots[i + j]].failed = 1;
@@ -144,6 +146,7 @@ static int release_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n)
 		}
 	}
 	for (i = 0; i < n; i++) {
+		__atomic_sub_fetch(&a->made, 1, __ATOMIC_RELEASE);
 		e = kv_prim_release(&a->prim, a->phys[slots[i]].h);
 		if (e && !rc)
 			rc = e;

@@ -218,7 +218,7 @@ void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 	 * nothing, so that a program making no KV span runs as without kvshim */
 	if (!a && c->share == KV_SHARE_CFG_ON && kv_shim_alloc_on(dev, &a))
 		return;
-	/* read again beside the pool's figures (a page the worker is creating
+	/* read again beside the pool's figures (a page the worker is making
 	 * is pooled before the driver counts it); failing that, the caller
 	 * keeps the driver's own */
 	if (!a || kv_alloc_meminfo(a, &fb, &tb, &s))

@@ -24,6 +24,13 @@ static void make(size_t low, size_t high, int worker)
 
 static void teardown(void)
 {
+	/* a test that failed holding a driver call lets it go first (the
+	 * worker could be stopped in it) */
+	if (kv_dev_is_emu()) {
+		kv_dev_hold("cuMemCreate", 0);
+		kv_dev_hold("cuMemsetD8Async", 0);
+		kv_dev_hold("cuCtxPopCurrent_v2", 0);
+	}
 	kt_destroy(a);
 }
 
@@ -178,113 +185,210 @@ START_TEST(test_release_off_the_path)
 }
 END_TEST
 
-struct meminfo_call {
-	size_t free_b, total;
-	struct kvshim_stats s;
-	int rc, done;
-};
-
-static void *read_meminfo(void *arg)
-{
-	struct meminfo_call *m = arg;
-
-	m->rc = kv_alloc_meminfo(a, &m->free_b, &m->total, &m->s);
-	__atomic_store_n(&m->done, 1, __ATOMIC_RELEASE);
-	return NULL;
-}
-
-/* The worker fills the pool with the lock dropped: its pages count as
- * pooled before the driver has made them. Memory info read then waits for
- * the fill, so the driver's free bytes and the pool agree on every page
- * (apart, a cudaMemGetInfo read during a fill counted a page as both free
- * and pooled: kvshim's free figure came out a pool's worth too high). */
-START_TEST(test_meminfo_beside_a_fill)
+/* Wait (30 s at most) until a call of fn waits in the emulation's hold. */
+static int held_in(const char *fn)
 {
 	struct timespec ms = { 0, 1000 * 1000 };
-	struct meminfo_call m = { 0 };
-	struct kvshim_stats during;
-	struct kvemu_usage u0, u;
-	struct kv_alloc_opts o;
-	int i, w = 0, early;
-	pthread_t th;
+	int i;
 
-	ck_assert_int_eq(kv_dev_usage(&u0), 0);
-	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	for (i = 0; i < 30000; i++) {
+		if (kv_dev_waiting(fn) > 0)
+			return 1;
+		nanosleep(&ms, NULL);
+	}
+	return 0;
+}
+
+/* An allocator whose worker fills the pool with 8 pages. */
+static void make_filling(void)
+{
+	struct kv_alloc_opts o;
+
 	kt_opts(&o);
 	o.pool_low = 4 * PG;
 	o.pool_high = 8 * PG;
 	o.worker = 1;
 	a = kt_create(&o);
-	for (i = 0; i < 30000 && (w = kv_dev_waiting("cuMemCreate")) < 1; i++)
+}
+
+/* Fill the device but for leave bytes; the filler, or 0. */
+static CUdeviceptr fill_device(size_t leave)
+{
+	CUresult (*alloc)(CUdeviceptr *, size_t);
+	CUresult (*info)(size_t *, size_t *);
+	size_t left = 0, total;
+	CUdeviceptr f = 0;
+
+	*(void **)&alloc = kv_dev_sym("cuMemAlloc_v2");
+	*(void **)&info = kv_dev_sym("cuMemGetInfo_v2");
+	if (info(&left, &total) != CUDA_SUCCESS || left <= leave ||
+	    alloc(&f, left - leave) != CUDA_SUCCESS)
+		return 0;
+	return f;
+}
+
+static void free_device(CUdeviceptr f)
+{
+	CUresult (*fr)(CUdeviceptr);
+
+	*(void **)&fr = kv_dev_sym("cuMemFree_v2");
+	if (f)
+		fr(f);
+}
+
+/* kv_alloc_headroom, read until it is want (a page being made as it reads
+ * errs low for that read), 30 s at most; the last reading. */
+static size_t headroom_settles(size_t want)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	size_t h = 0;
+	int i;
+
+	for (i = 0; i < 30000; i++) {
+		if (kv_alloc_headroom(a, &h) == 0 && h == want)
+			break;
 		nanosleep(&ms, NULL);
-	during = kt_stats(a);
+	}
+	return h;
+}
+
+/* The worker fills the pool with the lock dropped: its pages count as
+ * pooled before the driver has made them. Memory info read then takes
+ * those out of the driver's free bytes, so that the two agree on every
+ * page (apart, a cudaMemGetInfo read during a fill counted its pages as
+ * both free and pooled: kvshim's free figure came out a pool's worth too
+ * high). */
+START_TEST(test_meminfo_beside_a_fill)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	struct kvemu_usage u0, u;
+	struct kvshim_stats s;
+	size_t free_b = 0, total = 0;
+	int i, held, rc;
+
+	ck_assert_int_eq(kv_dev_usage(&u0), 0);
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	make_filling();
+	held = held_in("cuMemCreate");
+	rc = kv_alloc_meminfo(a, &free_b, &total, &s);
 	kv_dev_usage(&u);
-	ck_assert_int_eq(pthread_create(&th, NULL, read_meminfo, &m), 0);
-	for (i = 0; i < 50; i++)
-		nanosleep(&ms, NULL);
-	early = __atomic_load_n(&m.done, __ATOMIC_ACQUIRE);
 	kv_dev_hold("cuMemCreate", 0);
-	ck_assert_int_eq(pthread_join(th, NULL), 0);
 	/* the worker was stopped in the driver with the pool counted full */
-	ck_assert_int_eq(w, 1);
-	ck_assert_uint_eq(during.pooled_bytes, 8 * PG);
+	ck_assert(held);
+	ck_assert_int_eq(rc, 0);
 	ck_assert_uint_eq(u.physical_bytes, u0.physical_bytes);
-	/* the read waited for the fill, and then agreed with the driver */
-	ck_assert_int_eq(early, 0);
-	ck_assert_int_eq(m.rc, 0);
-	ck_assert_uint_eq(m.s.pooled_bytes, 8 * PG);
-	ck_assert_uint_eq(m.s.physical_bytes, 8 * PG);
-	ck_assert_uint_eq(m.total - m.free_b,
-			  u0.physical_bytes + m.s.physical_bytes);
-	ck_assert_int_eq(kv_alloc_meminfo(a, NULL, &m.total, &m.s),
-			 KVSHIM_EINVAL);
-	ck_assert_int_eq(kv_alloc_meminfo(NULL, &m.free_b, &m.total, &m.s),
+	ck_assert_uint_eq(s.pooled_bytes, 8 * PG);
+	ck_assert_uint_eq(s.physical_bytes, 8 * PG);
+	/* free and pooled add up to what the device has */
+	ck_assert_uint_eq(total - free_b, u0.physical_bytes + s.physical_bytes);
+	/* and once the pages are made */
+	for (i = 0; i < 30000; i++) {
+		kv_dev_usage(&u);
+		if (u.handles == u0.handles + 8 &&
+		    kv_alloc_meminfo(a, &free_b, &total, &s) == 0 &&
+		    total - free_b == u0.physical_bytes + 8 * PG)
+			break;
+		nanosleep(&ms, NULL);
+	}
+	ck_assert_uint_eq(total - free_b, u0.physical_bytes + 8 * PG);
+	ck_assert_uint_eq(s.pooled_bytes, 8 * PG);
+	ck_assert_int_eq(kv_alloc_meminfo(a, NULL, &total, &s), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_meminfo(NULL, &free_b, &total, &s),
 			 KVSHIM_EINVAL);
 }
 END_TEST
 
-/* The same fill in flight, on a device nearly full: the headroom counts
- * the pages being made once (apart, they were in the driver's free bytes
- * and in the pool: a map was promised 18 pages where 10 could be had). */
+/* On a device nearly full, the headroom counts a page once through a fill:
+ * apart, pages claimed and not made were in the driver's free bytes and in
+ * the pool (a map was promised 18 pages where 10 could be had). */
 START_TEST(test_headroom_beside_a_fill)
 {
-	struct timespec ms = { 0, 1000 * 1000 };
-	CUresult (*alloc)(CUdeviceptr *, size_t);
-	CUresult (*fr)(CUdeviceptr);
-	CUresult (*info)(size_t *, size_t *);
-	size_t during = 0, after = 0, left = 0, total;
-	CUdeviceptr filler = 0;
-	struct kv_alloc_opts o;
-	int i, w = 0, rc_fill = -1, rc_during, rc_after = -1;
+	CUdeviceptr filler;
+	size_t during = 0, after;
+	int held, rc;
 
-	*(void **)&alloc = kv_dev_sym("cuMemAlloc_v2");
-	*(void **)&fr = kv_dev_sym("cuMemFree_v2");
-	*(void **)&info = kv_dev_sym("cuMemGetInfo_v2");
 	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
-	kt_opts(&o);
-	o.pool_low = 4 * PG;
-	o.pool_high = 8 * PG;
-	o.worker = 1;
-	a = kt_create(&o);
-	for (i = 0; i < 30000 && (w = kv_dev_waiting("cuMemCreate")) < 1; i++)
-		nanosleep(&ms, NULL);
-	/* leave 10 pages of the device free, the pool's 8 not made yet */
-	if (info(&left, &total) == CUDA_SUCCESS && left > 10 * PG)
-		rc_fill = alloc(&filler, left - 10 * PG);
-	rc_during = kv_alloc_headroom(a, &during);
+	make_filling();
+	held = held_in("cuMemCreate");
+	/* 10 pages of the device free, the pool's 8 not made yet */
+	filler = fill_device(10 * PG);
+	rc = kv_alloc_headroom(a, &during);
 	kv_dev_hold("cuMemCreate", 0);
-	for (i = 0; i < 30000 && kt_stats(a).physical_bytes < 8 * PG; i++)
-		nanosleep(&ms, NULL);
-	if (rc_fill == CUDA_SUCCESS) {
-		rc_after = kv_alloc_headroom(a, &after);
-		fr(filler);
-	}
-	ck_assert_int_eq(w, 1);
-	ck_assert_int_eq(rc_fill, CUDA_SUCCESS);
-	ck_assert_int_eq(rc_during, 0);
+	after = headroom_settles(10 * PG);
+	free_device(filler);
+	ck_assert(held);
+	ck_assert(filler != 0);
+	ck_assert_int_eq(rc, 0);
 	ck_assert_uint_eq(during, 10 * PG);
-	ck_assert_int_eq(rc_after, 0);
 	ck_assert_uint_eq(after, 10 * PG);
+}
+END_TEST
+
+/* Pages made and being scrubbed (still in the fill) hold their memory
+ * already: not taken out of the driver's free bytes a second time (a first
+ * mend did, and promised 10 pages where 18 could be had). */
+START_TEST(test_headroom_beside_a_scrub)
+{
+	CUdeviceptr filler;
+	size_t during = 0;
+	int held, rc;
+
+	ck_assert_int_eq(kv_dev_hold("cuMemsetD8Async", 1), 0);
+	make_filling();
+	held = held_in("cuMemsetD8Async");
+	/* the pool's 8 pages made, 10 more of the device free */
+	filler = fill_device(10 * PG);
+	rc = kv_alloc_headroom(a, &during);
+	kv_dev_hold("cuMemsetD8Async", 0);
+	free_device(filler);
+	ck_assert(held);
+	ck_assert(filler != 0);
+	ck_assert_int_eq(rc, 0);
+	ck_assert_uint_eq(during, 18 * PG);
+}
+END_TEST
+
+static void *read_headroom(void *arg)
+{
+	size_t *h = arg;
+
+	if (kv_alloc_headroom(a, h))
+		*h = SIZE_MAX;
+	return NULL;
+}
+
+/* A fill that ends between the driver's read and the count of the pool:
+ * its pages are counted once (the read is made again when the handles
+ * changed across it). */
+START_TEST(test_headroom_fill_between_reads)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	struct kvemu_usage u0, u;
+	CUdeviceptr filler;
+	size_t h = 0;
+	int i, held, read, made = 0;
+	pthread_t th;
+
+	kv_dev_usage(&u0);
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	make_filling();
+	held = held_in("cuMemCreate");
+	filler = fill_device(10 * PG);
+	/* the reader stops just after the driver's cuMemGetInfo */
+	kv_dev_hold("cuCtxPopCurrent_v2", 1);
+	ck_assert_int_eq(pthread_create(&th, NULL, read_headroom, &h), 0);
+	read = held_in("cuCtxPopCurrent_v2");
+	kv_dev_hold("cuMemCreate", 0);
+	for (i = 0; i < 30000 && !made; i++) {
+		kv_dev_usage(&u);
+		made = u.handles == u0.handles + 8;
+		nanosleep(&ms, NULL);
+	}
+	kv_dev_hold("cuCtxPopCurrent_v2", 0);
+	ck_assert_int_eq(pthread_join(th, NULL), 0);
+	free_device(filler);
+	ck_assert(held && read && made);
+	ck_assert_uint_eq(h, 10 * PG);
 }
 END_TEST
 
@@ -332,6 +436,8 @@ Suite *pool_suite(void)
 	kt_add_emu(tc, test_release_off_the_path);
 	kt_add_emu(tc, test_meminfo_beside_a_fill);
 	kt_add_emu(tc, test_headroom_beside_a_fill);
+	kt_add_emu(tc, test_headroom_beside_a_scrub);
+	kt_add_emu(tc, test_headroom_fill_between_reads);
 	suite_add_tcase(s, tc);
 	tcase_add_test(bad, test_bad_watermarks);
 	tcase_add_test(bad, test_bad_device);
