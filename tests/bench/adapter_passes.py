@@ -9,7 +9,9 @@ A request's prompt takes 40 blocks and it decodes 200 steps, one block
 more every 16; 4 requests wait at all times. Prints a table: passes, ms a
 pass (the stand-in engine's own work included), and the looks at the ids
 the free list hands out next (TrackedFreeList.upcoming, several a pass),
-how many and how long each took in all.
+how many and how long each took in all; and, timed apart on the idle
+engine before, the median of 200 finished requests' frees (a prompt's 40
+blocks back through the cache's free_blocks).
 
   LD_LIBRARY_PATH=tests/emu KVSHIM_LIB=$PWD/.libs/libkvshim.so \\
       PYTHONPATH=scripts/python python3 tests/bench/adapter_passes.py
@@ -18,15 +20,17 @@ import argparse
 import glob
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+FREES = 200                      # finished requests' frees timed, the median kept
 STANDINS = os.path.join(HERE, "..", "python")
 
 
-def one(num_blocks, seconds):
+def one(num_blocks, seconds, layers):
     """One engine, this process: {"passes", "seconds", "looks", "look_s"}."""
     sys.path.insert(0, STANDINS)
     import fair_engines as fe
@@ -55,10 +59,21 @@ def one(num_blocks, seconds):
     mod = type(sys)("adapter_passes_api")
     mod.ContinuousBatchProcessor = fe.ContinuousBatchProcessor
     transformers_cb.patch_api_module(mod)
-    cache = StandInCache(num_blocks, fe.BLOCK_TOKENS, fe.LAYERS, 8 * 128)
+    cache = StandInCache(num_blocks, fe.BLOCK_TOKENS, layers, 8 * 128)
     cache.complete_on_free = True
     transformers_cb.attach(cache)
     proc = fe.ContinuousBatchProcessor(cache)
+    # a finished request's free (cache.free_blocks, the prompt's blocks),
+    # timed apart on the idle engine first
+    frees = []
+    for i in range(FREES + 10):
+        rid = "f%d" % i
+        if cache.allocate_blocks(fe.PROMPT, rid, 0) is None:
+            break
+        t = time.perf_counter()
+        cache.free_blocks(rid)
+        frees.append(time.perf_counter() - t)
+    free_s = statistics.median(frees[10:]) if len(frees) > 10 else float("nan")
     n = passes = 0
     t0 = time.perf_counter()
     end = t0 + seconds
@@ -71,7 +86,7 @@ def one(num_blocks, seconds):
             proc.update_batch()
         passes += 1
     return {"passes": passes, "seconds": time.perf_counter() - t0,
-            "looks": looks[0], "look_s": looks[1]}
+            "looks": looks[0], "look_s": looks[1], "free_s": free_s}
 
 
 def main():
@@ -80,10 +95,13 @@ def main():
     ap.add_argument("--blocks", default="1682,2443,5871",
                     help="the engines' block counts, comma-separated (default: colocate's)")
     ap.add_argument("--seconds", type=float, default=5.0, help="each engine's run (default 5)")
-    ap.add_argument("--one", nargs=2, help=argparse.SUPPRESS)
+    ap.add_argument("--layers", type=int, default=2,
+                    help="the engine's layers, two KV tensors each (default 2, as "
+                    "fair_engines.py's; colocate's largest model has 24)")
+    ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
-        json.dump(one(int(args.one[0]), float(args.one[1])), sys.stdout)
+        json.dump(one(int(args.one[0]), float(args.one[1]), int(args.one[2])), sys.stdout)
         return 0
     try:
         counts = [int(x) for x in args.blocks.split(",")]
@@ -91,29 +109,33 @@ def main():
         ap.error("--blocks must be whole numbers separated by commas, not %r" % args.blocks)
     if not counts or min(counts) < 64 or not args.seconds > 0:
         ap.error("--blocks must each be 64 or more and --seconds more than 0")
+    if not 1 <= args.layers <= 128:
+        ap.error("--layers must be 1 to 128, not %d" % args.layers)
     pool = "adapterpasses%d" % os.getpid()
-    # the budget the pool as if alone takes (32 KiB blocks in four tensors)
+    # the budget the pool as if alone takes (32 KiB blocks in two tensors a
+    # layer)
     env = dict(os.environ, KVSHIM_SHARE="on", KVSHIM_POOL=pool, KVSHIM_CB_PACK="on",
                KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (STANDINS, env.get("PYTHONPATH")) if p)
-    print("adapter_passes: CPU emulation, one engine alone, steps of no time, %.0f s each "
-          "(pool %s)" % (args.seconds, pool))
-    print("| blocks | passes | ms a pass | looks ahead | us a look |")
-    print("|---|---|---|---|---|")
+    print("adapter_passes: CPU emulation, one engine alone, %d layers, steps of no time, "
+          "%.0f s each (pool %s)" % (args.layers, args.seconds, pool))
+    print("| blocks | passes | ms a pass | looks ahead | us a look | ms a request's free |")
+    print("|---|---|---|---|---|---|")
     try:
         for nb in counts:
-            own = dict(env, KVSHIM_BUDGET="%dM" % (nb * 128 // 1024 + 64))
+            own = dict(env, KVSHIM_BUDGET="%dM" % (nb * 64 * args.layers // 1024 + 64))
             out = subprocess.run([sys.executable, os.path.abspath(__file__), "--one", str(nb),
-                                  str(args.seconds)], env=own, capture_output=True, text=True,
+                                  str(args.seconds), str(args.layers)], env=own,
+                                 capture_output=True, text=True,
                                  timeout=args.seconds + 120)
             if out.returncode:
                 sys.stderr.write(out.stderr)
                 print("adapter_passes: the engine of %d blocks exited %d" % (nb, out.returncode))
                 return 1
             r = json.loads(out.stdout)
-            print("| %d | %d | %.3f | %d | %.1f |" % (
+            print("| %d | %d | %.3f | %d | %.1f | %.3f |" % (
                 nb, r["passes"], 1e3 * r["seconds"] / max(1, r["passes"]), r["looks"],
-                1e6 * r["look_s"] / max(1, r["looks"])))
+                1e6 * r["look_s"] / max(1, r["looks"]), 1e3 * r["free_s"]))
     finally:
         for path in glob.glob("/dev/shm/kvshim-*-" + pool):
             os.unlink(path)

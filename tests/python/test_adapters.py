@@ -544,6 +544,25 @@ class AdapterTest(unittest.TestCase):
         bm.free_blocks(ids, shareable=False)
         self.assertEqual(calls, [ids])
         self.assertEqual(tr.mapped, 0)
+        # the prefix cache's blocks that an allocation evicts (5.17's
+        # has_enough_free_blocks), and those the adapter releases itself
+        c, tr = self.make(num_blocks=256)
+        bm = c._block_manager
+        real = tr.group.unmap
+        tr.group.unmap = lambda ids: (calls.append(list(ids)), real(ids))[1]
+        kept = bm.get_free_blocks(40, None, True, 0)
+        bm.free_blocks(kept, shareable=True, complete=True)
+        self.assertEqual(len(bm._init_block_ids), 40)
+        calls.clear()
+        got = bm.get_free_blocks(bm.num_free_blocks - 30, None, False, 0)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(len(calls[0]), 10)
+        self.assertEqual(len(bm._init_block_ids), 30)
+        calls.clear()
+        transformers_cb._uncache(bm, list(bm._init_block_ids)[:12], tr)
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(len(calls[0]), 12)
+        self.assertEqual(tr.mapped, len(got) + 18)
 
     def test_free_list_matches_a_plain_list(self):
         """Through any mix of ids handed out from the front and from

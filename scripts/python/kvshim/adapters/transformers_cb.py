@@ -218,9 +218,11 @@ def attach(cache):
         free.put_back_front(ids)
         return None
 
-    # a request's blocks go back in one release (see TrackedFreeList.batched)
-    _batch_frees(bm, free)
-    _batch_frees(cache, free)
+    # a request's blocks, and those an eviction from the prefix cache puts
+    # back, go back in one release (see TrackedFreeList.batched)
+    _batch_frees(bm, "free_blocks", free)
+    _batch_frees(cache, "free_blocks", free)
+    _batch_frees(bm, "has_enough_free_blocks", free)
     orig_will = cache.will_allocation_be_successful
 
     def will_allocation_be_successful(num_requested_blocks, allocated_blocks):
@@ -633,14 +635,16 @@ def _uncache(bm, ids, tracker, asked=True):
     if not ids or init is None or blocks is None:
         return
     before = tracker.mapped
-    for b in ids:
-        if b not in init:
-            continue
-        del init[b]
-        h = getattr(blocks.get(b), "hash", None)
-        if by_hash is not None and h is not None and by_hash.get(h) == b:
-            del by_hash[h]
-        bm._uninit_block_ids.append(b)
+    free = bm._uninit_block_ids
+    with free.batched() if hasattr(free, "batched") else contextlib.nullcontext():
+        for b in ids:
+            if b not in init:
+                continue
+            del init[b]
+            h = getattr(blocks.get(b), "hash", None)
+            if by_hash is not None and h is not None and by_hash.get(h) == b:
+                del by_hash[h]
+            free.append(b)
     if asked and before > tracker.mapped:
         tracker.gave_back(before - tracker.mapped, preempted=False)
     # (the pages it stated unused may be gone: looked at again at the next
@@ -1228,19 +1232,20 @@ RETRY_S = 0.002
 RETRY_FOR_S = 0.1
 
 
-def _batch_frees(obj, free):
-    """obj.free_blocks (the block manager's, by ids; the cache's, by
-    request) tells the tracker of the ids it puts back in free once, at its
-    end; left alone where obj has none."""
-    orig = getattr(obj, "free_blocks", None)
+def _batch_frees(obj, name, free):
+    """obj.name (free_blocks: the block manager's, by ids, or the cache's,
+    by request; has_enough_free_blocks, whose eviction from the prefix cache
+    puts blocks back) tells the tracker of the ids it puts back in free
+    once, at its end; left alone where obj has none."""
+    orig = getattr(obj, name, None)
     if not callable(orig):
         return
 
     @functools.wraps(orig)
-    def free_blocks(*args, **kwargs):
+    def batched(*args, **kwargs):
         with free.batched():
             return orig(*args, **kwargs)
-    obj.free_blocks = free_blocks
+    setattr(obj, name, batched)
 
 
 def _tensor_parallel(proc):
