@@ -10,9 +10,10 @@ more every 16; 4 requests wait at all times. Prints a table: passes, ms a
 pass (the stand-in engine's own work included), and the looks at the ids
 the free list hands out next (TrackedFreeList.upcoming, several a pass),
 how many and how long each took in all; and, timed apart on the idle
-engine before, the median of 200 finished requests' frees (a prompt's 40
-blocks back to the free list through the cache's free_blocks, as without
-prefix caching; the passes run with it).
+engine before, the median of 200 evictions from the prefix cache (a
+prompt's 40 blocks back to the free list through the block manager's
+has_enough_free_blocks, as transformers 5.17 evicts them when its free
+list runs short).
 
   LD_LIBRARY_PATH=tests/emu KVSHIM_LIB=$PWD/.libs/libkvshim.so \\
       PYTHONPATH=scripts/python python3 tests/bench/adapter_passes.py
@@ -27,7 +28,7 @@ import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FREES = 200                      # finished requests' frees timed, the median kept
+EVICTIONS = 200                  # evictions from the prefix cache timed, the median kept
 STANDINS = os.path.join(HERE, "..", "python")
 
 
@@ -63,19 +64,20 @@ def one(num_blocks, seconds, layers):
     cache = StandInCache(num_blocks, fe.BLOCK_TOKENS, layers, 8 * 128)
     transformers_cb.attach(cache)
     proc = fe.ContinuousBatchProcessor(cache)
-    # a finished request's free (cache.free_blocks, the prompt's blocks all
-    # back to the free list, as without prefix caching), timed apart on the
-    # idle engine first
-    cache.complete_on_free = False
-    frees = []
-    for i in range(FREES + 10):
-        rid = "f%d" % i
-        if cache.allocate_blocks(fe.PROMPT, rid, 0) is None:
+    # an eviction from the prefix cache (5.17's has_enough_free_blocks puts
+    # a prompt's worth of its blocks back one append at a time), timed apart
+    # on the idle engine first
+    bm = cache._block_manager
+    evictions = []
+    for i in range(EVICTIONS + 10):
+        ids = bm.get_free_blocks(fe.PROMPT, None, True, 0)
+        if ids is None:
             break
+        bm.free_blocks(ids, shareable=True, complete=True)
         t = time.perf_counter()
-        cache.free_blocks(rid)
-        frees.append(time.perf_counter() - t)
-    free_s = statistics.median(frees[10:]) if len(frees) > 10 else float("nan")
+        bm.has_enough_free_blocks(bm.num_free_blocks - len(bm._init_block_ids) + fe.PROMPT)
+        evictions.append(time.perf_counter() - t)
+    evict_s = statistics.median(evictions[10:]) if len(evictions) > 10 else float("nan")
     # then every block once through a request kept in the prefix cache: the
     # passes find the cache's pages backed and its prefix cache full, as an
     # engine that has run a while (cold, the emulation's page creation, a
@@ -98,7 +100,7 @@ def one(num_blocks, seconds, layers):
             proc.update_batch()
         passes += 1
     return {"passes": passes, "seconds": time.perf_counter() - t0,
-            "looks": looks[0], "look_s": looks[1], "free_s": free_s}
+            "looks": looks[0], "look_s": looks[1], "evict_s": evict_s}
 
 
 def main():
@@ -131,7 +133,7 @@ def main():
     env["PYTHONPATH"] = os.pathsep.join(p for p in (STANDINS, env.get("PYTHONPATH")) if p)
     print("adapter_passes: CPU emulation, one engine alone, %d layers, steps of no time, "
           "%.0f s each (pool %s)" % (args.layers, args.seconds, pool))
-    print("| blocks | passes | ms a pass | looks ahead | us a look | ms a request's free |")
+    print("| blocks | passes | ms a pass | looks ahead | us a look | ms an eviction |")
     print("|---|---|---|---|---|---|")
     try:
         for nb in counts:
@@ -147,7 +149,7 @@ def main():
             r = json.loads(out.stdout)
             print("| %d | %d | %.3f | %d | %.1f | %.3f |" % (
                 nb, r["passes"], 1e3 * r["seconds"] / max(1, r["passes"]), r["looks"],
-                1e6 * r["look_s"] / max(1, r["looks"]), 1e3 * r["free_s"]))
+                1e6 * r["look_s"] / max(1, r["looks"]), 1e3 * r["evict_s"]))
     finally:
         for path in glob.glob("/dev/shm/kvshim-*-" + pool):
             os.unlink(path)

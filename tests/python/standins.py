@@ -92,7 +92,10 @@ class StandInBlockManager:
     def free_blocks(self, ids, shareable, complete=False):
         """Free ids; one not in use raises KeyError. A block with a record
         counts there (its id follows the record when the adapter moves it),
-        the others in refs."""
+        the others in refs. As 5.17: blocks not shareable go back in one
+        extend, shareable ones one append at a time (those kept for prefix
+        sharing not at all)."""
+        back = []
         for b in ids:
             record = self._id_to_block.get(b)
             if record is None:
@@ -105,7 +108,12 @@ class StandInBlockManager:
                     self._init_block_ids[b] = None     # kept for prefix sharing
                     continue
                 del self._id_to_block[b]
-            self._uninit_block_ids.append(b)
+            if shareable:
+                self._uninit_block_ids.append(b)
+            else:
+                back.append(b)
+        if back:
+            self._uninit_block_ids.extend(back)
 
     def reuse_cached(self, b):
         """A new request shares a cached prefix block."""

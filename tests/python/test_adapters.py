@@ -422,7 +422,8 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(taken, list(range(192)))
         scattered = list(range(1, 128, 2))                      # half of pages 0 and 1
         # (freed last, page index 2's ids lead the list)
-        bm.free_blocks(scattered + list(range(128, 192)), shareable=False)
+        bm.free_blocks(scattered, shareable=False)
+        bm.free_blocks(list(range(128, 192)), shareable=False)
         self.assertTrue(128 <= free[0] < 192)
         self.assertEqual(len(set(free)), len(free))
         coming = list(itertools.islice(free.upcoming(), 80))
@@ -516,6 +517,7 @@ class AdapterTest(unittest.TestCase):
             self.assertEqual(free.popleft(), 6)
             self.assertEqual(told, [[6]])
             free.append(7)
+            self.assertEqual(told, [[6]])                # the batch still open
             self.assertEqual(free.take_ids([7]), [7])
             self.assertEqual(told, [[6], [7]])
             free.append(8)
@@ -544,6 +546,16 @@ class AdapterTest(unittest.TestCase):
         bm.free_blocks(ids, shareable=False)
         self.assertEqual(calls, [ids])
         self.assertEqual(tr.mapped, 0)
+        # a cache of two layer groups frees a request's blocks through the
+        # block manager twice: still one release
+        c.group_cache_managers.append(StandInGroup())
+        self.assertEqual(c.allocate_blocks(8, "r2", 0), 8)
+        self.assertEqual(tr.mapped, 16)
+        calls.clear()
+        c.free_blocks("r2")
+        self.assertEqual(len(calls), 1)
+        self.assertEqual(sorted(calls[0]), list(range(16)))
+        self.assertEqual(tr.mapped, 0)
         # the prefix cache's blocks that an allocation evicts (5.17's
         # has_enough_free_blocks), and those the adapter releases itself
         c, tr = self.make(num_blocks=256)
@@ -563,6 +575,29 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(len(calls), 1)
         self.assertEqual(len(calls[0]), 12)
         self.assertEqual(tr.mapped, len(got) + 18)
+
+    def test_a_failed_release_keeps_only_what_it_hit(self):
+        """A release the library refuses for one block of a batch (any
+        error: here ENOMEM) leaves that block claimed, releases the others
+        one at a time, and reports the error (logged by the free list)."""
+        c, tr = self.make(num_blocks=256)
+        bm = c._block_manager
+        ids = bm.get_free_blocks(10, None, False, 0)
+        real = tr.group.unmap
+
+        def unmap(batch):
+            if 4 in batch:
+                raise kvshim.KvshimError(kvshim.ENOMEM, "kvshim_group_unmap")
+            real(batch)
+        tr.group.unmap = unmap
+        with self.assertRaises(kvshim.KvshimError):
+            tr.give(ids)
+        self.assertEqual(tr.mapped, 1)
+        tr.group.unmap = real
+        tr.give([4])
+        self.assertEqual(tr.mapped, 0)
+        with self.assertRaises(kvshim.KvshimError):   # now it is nobody's
+            real([4])
 
     def test_free_list_matches_a_plain_list(self):
         """Through any mix of ids handed out from the front and from
@@ -1702,9 +1737,10 @@ class AdapterTest(unittest.TestCase):
         c, tr = self.make(num_blocks=256, layers=2)
         bm = c._block_manager
         self.assertEqual(bm.get_free_blocks(256, None, False, 0), list(range(256)))
-        # pages 0 and 1 freed, their ids in turn (pages 2 and 3 stay held)
-        bm.free_blocks([b for pair in zip(range(64), range(64, 128)) for b in pair],
-                       shareable=False)
+        # pages 0 and 1 freed, their ids in turn, one request's at a time
+        # (pages 2 and 3 stay held)
+        for b in [b for pair in zip(range(64), range(64, 128)) for b in pair]:
+            bm.free_blocks([b], shareable=False)
         free = bm._uninit_block_ids
         self.assertEqual(list(itertools.islice(free, 4)), [127, 63, 126, 62])
         coming = list(itertools.islice(free.upcoming(), 4))

@@ -503,18 +503,23 @@ class BlockTracker:
         self._settle(ids)
         try:
             self.group.unmap(ids)
-        except kvshim.KvshimError as e:
-            if e.code != ENOTCLAIMED:
-                raise
-            # a block freed twice, or one the engine never took through us
-            # (present before the adapter attached): nothing to drop
+        except kvshim.KvshimError:
+            # (the library unmaps all of them or none) one at a time: a
+            # block freed twice, or one the engine never took through us
+            # (present before the adapter attached), has nothing to drop;
+            # any other failure leaves only the blocks it hit claimed, not
+            # the whole batch (see TrackedFreeList.batched), and is raised
+            failed = None
             for b in ids:
                 try:
                     self.group.unmap([b])
                     self.mapped -= 1
                     self._claimed([b], -1)
-                except kvshim.KvshimError:
-                    pass
+                except kvshim.KvshimError as e:
+                    if e.code != ENOTCLAIMED and failed is None:
+                        failed = e
+            if failed is not None:
+                raise failed
             return
         self.mapped -= len(ids)
         self._claimed(ids, -1)
@@ -993,12 +998,13 @@ class TrackedFreeList(collections.deque):
     @contextlib.contextmanager
     def batched(self):
         """Ids put back inside are told to the tracker once, at the end (the
-        outermost, when nested; also when the body raises): an engine that
-        frees a request's blocks one append at a time (transformers 5.17
-        does) costs one release for all of them, not one each (the
-        emulation: 9 to 18 us a block one by one, 1.5 us a block in one
-        call). An id taken out meanwhile has those before it told first
-        (see _tell)."""
+        outermost, when nested; also when the body raises): a call that
+        puts ids back one append at a time (transformers 5.17 evicts its
+        prefix cache's blocks so, and frees a request's incomplete shared
+        blocks so) costs one release for all of them, not one each (see
+        docs/BENCHMARKS.md, section 4, session 22). An id taken out
+        meanwhile has those before it told first (see _tell). No lock: the
+        engine's scheduling runs on one thread, as in transformers."""
         if self._batch is not None:
             yield
             return
