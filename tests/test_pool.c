@@ -298,6 +298,24 @@ START_TEST(test_meminfo_beside_a_fill)
 }
 END_TEST
 
+/* Hold fn, start an allocator filling its pool and, once its worker waits
+ * in fn, leave 10 pages of the device free (*filler) and read the headroom
+ * (*during; its result returned); then let fn go. *held: whether the
+ * worker got there. */
+static int headroom_held_in(const char *fn, CUdeviceptr *filler,
+			    size_t *during, int *held)
+{
+	int rc;
+
+	ck_assert_int_eq(kv_dev_hold(fn, 1), 0);
+	make_filling();
+	*held = held_in(fn);
+	*filler = fill_device(10 * PG);
+	rc = kv_alloc_headroom(a, during);
+	kv_dev_hold(fn, 0);
+	return rc;
+}
+
 /* On a device nearly full, the headroom counts a page once through a fill:
  * apart, pages claimed and not made were in the driver's free bytes and in
  * the pool (a map was promised 18 pages where 10 could be had). */
@@ -307,13 +325,8 @@ START_TEST(test_headroom_beside_a_fill)
 	size_t during = 0, after;
 	int held, rc;
 
-	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
-	make_filling();
-	held = held_in("cuMemCreate");
 	/* 10 pages of the device free, the pool's 8 not made yet */
-	filler = fill_device(10 * PG);
-	rc = kv_alloc_headroom(a, &during);
-	kv_dev_hold("cuMemCreate", 0);
+	rc = headroom_held_in("cuMemCreate", &filler, &during, &held);
 	after = headroom_settles(10 * PG);
 	free_device(filler);
 	ck_assert(held);
@@ -333,13 +346,8 @@ START_TEST(test_headroom_beside_a_scrub)
 	size_t during = 0;
 	int held, rc;
 
-	ck_assert_int_eq(kv_dev_hold("cuMemsetD8Async", 1), 0);
-	make_filling();
-	held = held_in("cuMemsetD8Async");
 	/* the pool's 8 pages made, 10 more of the device free */
-	filler = fill_device(10 * PG);
-	rc = kv_alloc_headroom(a, &during);
-	kv_dev_hold("cuMemsetD8Async", 0);
+	rc = headroom_held_in("cuMemsetD8Async", &filler, &during, &held);
 	free_device(filler);
 	ck_assert(held);
 	ck_assert(filler != 0);
