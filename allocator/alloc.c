@@ -350,13 +350,13 @@ int kv_driver_free(kv_alloc_t *a, size_t *free_b, size_t *total,
 }
 
 int kv_alloc_meminfo(kv_alloc_t *a, size_t *free_bytes, size_t *total,
-		     struct kvshim_stats *out)
+		     size_t *idle, struct kvshim_stats *out)
 {
 	size_t unmade;
 	int64_t made;
 	int rc;
 
-	if (!a || !free_bytes || !total || !out)
+	if (!a || !free_bytes || !total || !idle || !out)
 		return KVSHIM_EINVAL;
 	stats_unlocked(a, out);
 	rc = kv_driver_free(a, free_bytes, total, &made);
@@ -365,6 +365,10 @@ int kv_alloc_meminfo(kv_alloc_t *a, size_t *free_bytes, size_t *total,
 	pthread_mutex_lock(&a->lock);
 	unmade = kv_unmade(a, made);
 	*free_bytes = *free_bytes > unmade ? *free_bytes - unmade : 0;
+	/* pages on their way to the pool (a released span's, a trim's) hold
+	 * memory no span uses, as pooled and cached ones do */
+	*idle = (size_t)(kv_pooled(a) + a->n[KV_P_CACHED] +
+			 a->n[KV_P_UNMAPPING] + a->n[KV_P_DYING]) * a->page;
 	stats_locked(a, out);
 	pthread_mutex_unlock(&a->lock);
 	return 0;

@@ -195,13 +195,15 @@ int kv_alloc_check(kv_alloc_t *a);
 int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out);
 
 /* The driver's free and total bytes on a's device, less what a's pages
- * not made yet will take, and a's stats: the pool counts a page from when
- * a fill claims it, the driver from when it is made, and the two figures
- * count every page once (a page being made or released as they are read
- * errs low). The counters (map_calls...) are read just before. Returns 0,
- * KVSHIM_EINVAL or the driver's error. */
+ * not made yet will take; the bytes of a's pages that hold memory no span
+ * uses (idle: pooled, cached, and on their way to the pool from a released
+ * span or a trim); and a's stats. The pool counts a page from when a fill
+ * claims it, the driver from when it is made: the figures count every page
+ * once (a page being made or released as they are read errs low). The
+ * counters (map_calls...) are read just before. Returns 0, KVSHIM_EINVAL
+ * or the driver's error. */
 int kv_alloc_meminfo(kv_alloc_t *a, size_t *free_bytes, size_t *total,
-		     struct kvshim_stats *out);
+		     size_t *idle, struct kvshim_stats *out);
 
 /* With a shared budget: 1 with the pool's budget, what the other processes
  * hold and (room, may be NULL) the most this process could hold (see

@@ -221,13 +221,12 @@ void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 	/* read again beside the pool's figures (a page the worker is making
 	 * is pooled before the driver counts it); failing that, the caller
 	 * keeps the driver's own */
-	if (!a || kv_alloc_meminfo(a, &fb, &tb, &s))
+	if (!a || kv_alloc_meminfo(a, &fb, &tb, &idle, &s))
 		return;
 	*free_bytes = fb;
 	if (total)
 		*total = tb;
 	/* as if every span were backed, and kvshim's idle pages were free */
-	idle = s.pooled_bytes + s.cached_bytes;
 	unbacked = s.reserved_bytes > s.mapped_bytes ?
 		   s.reserved_bytes - s.mapped_bytes : 0;
 	*free_bytes += idle;
