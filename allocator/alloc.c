@@ -328,8 +328,8 @@ int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out)
 	return 0;
 }
 
-int kv_driver_free(kv_alloc_t *a, size_t *free_b, size_t *total,
-		   int64_t *made)
+int kv_alloc_driver_free(kv_alloc_t *a, size_t *free_b, size_t *total,
+			 int64_t *made)
 {
 	int64_t h1, h2;
 	int rc, i;
@@ -349,26 +349,30 @@ int kv_driver_free(kv_alloc_t *a, size_t *free_b, size_t *total,
 	return rc;
 }
 
-int kv_alloc_meminfo(kv_alloc_t *a, size_t *free_bytes, size_t *total,
-		     size_t *idle, struct kvshim_stats *out)
+int kv_alloc_meminfo(kv_alloc_t *a, struct kv_alloc_mem *m,
+		     struct kvshim_stats *out)
 {
 	size_t unmade;
+	uint32_t dying;
 	int64_t made;
 	int rc;
 
-	if (!a || !free_bytes || !total || !idle || !out)
+	if (!a || !m || !out)
 		return KVSHIM_EINVAL;
 	stats_unlocked(a, out);
-	rc = kv_driver_free(a, free_bytes, total, &made);
+	rc = kv_alloc_driver_free(a, &m->free_bytes, &m->total, &made);
 	if (rc)
 		return rc;
 	pthread_mutex_lock(&a->lock);
 	unmade = kv_unmade(a, made);
-	*free_bytes = *free_bytes > unmade ? *free_bytes - unmade : 0;
+	m->free_bytes = m->free_bytes > unmade ? m->free_bytes - unmade : 0;
 	/* pages on their way to the pool (a released span's, a trim's) hold
-	 * memory no span uses, as pooled and cached ones do */
-	*idle = (size_t)(kv_pooled(a) + a->n[KV_P_CACHED] +
-			 a->n[KV_P_UNMAPPING] + a->n[KV_P_DYING]) * a->page;
+	 * memory no span uses, as pooled and cached ones do; a released
+	 * span's come back only once no stream captures (see kv_spans_reap) */
+	dying = kv_prim_capturing() ? 0 : a->n[KV_P_DYING];
+	m->idle = (size_t)(kv_pooled(a) + a->n[KV_P_CACHED] +
+			   a->n[KV_P_UNMAPPING] + dying) * a->page;
+	m->claimed = (size_t)a->n[KV_P_MAPPED] * a->page;
 	stats_locked(a, out);
 	pthread_mutex_unlock(&a->lock);
 	return 0;

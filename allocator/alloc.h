@@ -194,16 +194,24 @@ int kv_alloc_check(kv_alloc_t *a);
 
 int kv_alloc_stats(kv_alloc_t *a, struct kvshim_stats *out);
 
-/* The driver's free and total bytes on a's device, less what a's pages
- * not made yet will take; the bytes of a's pages that hold memory no span
- * uses (idle: pooled, cached, and on their way to the pool from a released
- * span or a trim); and a's stats. The pool counts a page from when a fill
- * claims it, the driver from when it is made: the figures count every page
- * once (a page being made or released as they are read errs low). The
- * counters (map_calls...) are read just before. Returns 0, KVSHIM_EINVAL
- * or the driver's error. */
-int kv_alloc_meminfo(kv_alloc_t *a, size_t *free_bytes, size_t *total,
-		     size_t *idle, struct kvshim_stats *out);
+/* What memory info is made of, read at one instant as far as a's pages go
+ * (kv_alloc_meminfo). */
+struct kv_alloc_mem {
+	size_t free_bytes;   /* the driver's, less what a's pages claimed but
+			      * not made yet will take */
+	size_t total;        /* the driver's */
+	size_t idle;         /* a's pages holding memory no span uses: pooled,
+			      * cached, on their way to the pool */
+	size_t claimed;      /* a's pages in spans that claims or pins hold */
+};
+
+/* The driver's memory figures on a's device beside a's pages, and a's
+ * stats. The pool counts a page from when a fill claims it, the driver
+ * from when it is made: the figures count every page once (a page being
+ * made or released as they are read errs low). The counters (map_calls...)
+ * are read just before. Returns 0, KVSHIM_EINVAL or the driver's error. */
+int kv_alloc_meminfo(kv_alloc_t *a, struct kv_alloc_mem *m,
+		     struct kvshim_stats *out);
 
 /* With a shared budget: 1 with the pool's budget, what the other processes
  * hold and (room, may be NULL) the most this process could hold (see

@@ -105,7 +105,7 @@ struct kv_alloc_s {
 	uint32_t peak;          /* most slots held at once */
 	int64_t made;           /* handles held: one more after each create,
 				 * one less before each release (atomic; see
-				 * kv_driver_free) */
+				 * kv_alloc_driver_free) */
 	uint32_t waiters;       /* maps waiting for pages in flight: the
 				 * worker then keeps what it pools */
 	CUdeviceptr arena;      /* slot i is mapped at arena + i * page when
@@ -166,11 +166,11 @@ static inline uint32_t kv_outbound(const kv_alloc_t *a)
  * The driver's free and total bytes on a's device, with the handles a held
  * as it read them (*made, for kv_unmade). Returns 0 or the driver's error.
  */
-int kv_driver_free(kv_alloc_t *a, size_t *free_b, size_t *total,
-		   int64_t *made);
+int kv_alloc_driver_free(kv_alloc_t *a, size_t *free_b, size_t *total,
+			 int64_t *made);
 
 /* Bytes of a's slots held but without a handle when the driver's free
- * bytes were read with made handles (kv_driver_free), lock held: pages
+ * bytes were read with made handles (kv_alloc_driver_free), lock held: pages
  * claimed for a fill or a map and not made yet, which the driver's figure
  * counts as free still. */
 static inline size_t kv_unmade(const kv_alloc_t *a, int64_t made)

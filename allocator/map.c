@@ -620,7 +620,7 @@ int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 
 	if (!a || !bytes)
 		return KVSHIM_EINVAL;
-	rc = kv_driver_free(a, &free_b, &total, &made);
+	rc = kv_alloc_driver_free(a, &free_b, &total, &made);
 	if (rc)
 		return rc;
 	shared = kv_alloc_shared(a, &budget, &others, &room);

@@ -38,6 +38,30 @@ static CUdeviceptr arena_va(const kv_alloc_t *a, uint32_t s)
 
 /* ---- driver work on slots the caller owns (TAKEN or in flight) ------------- */
 
+/* Make slot s's handle, counted in a->made once the driver has it (see
+ * kv_alloc_driver_free). Returns 0 or the driver's error. */
+static int make_handle(kv_alloc_t *a, uint32_t s)
+{
+	int rc = kv_prim_create(&a->prim, &a->phys[s].h);
+
+	if (!rc)
+		__atomic_add_fetch(&a->made, 1, __ATOMIC_RELEASE);
+	return rc;
+}
+
+/* Release slot s's handle, uncounted first (a->made may be short of the
+ * driver's count, never over it). Returns 0 or the driver's error; the
+ * slot has no handle either way. */
+static int drop_handle(kv_alloc_t *a, uint32_t s)
+{
+	int rc;
+
+	__atomic_sub_fetch(&a->made, 1, __ATOMIC_RELEASE);
+	rc = kv_prim_release(&a->prim, a->phys[s].h);
+	a->phys[s].h = 0;
+	return rc;
+}
+
 /*
  * Create a handle for each of slots[0..n) and, with zeroing on, map it into
  * the arena with access granted per contiguous run. Stops at the first
@@ -53,10 +77,9 @@ static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 	int err = 0, e;
 
 	for (k = 0; k < n; k++) {
-		err = kv_prim_create(&a->prim, &a->phys[slots[k]].h);
+		err = make_handle(a, slots[k]);
 		if (err)
 			break;
-		__atomic_add_fetch(&a->made, 1, __ATOMIC_RELEASE);
 	}
 	qsort(slots, k, sizeof(*slots), cmp_slot);
 	ok = k;
@@ -82,9 +105,7 @@ static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 			kv_prim_unmap(&a->prim, arena_va(a, slots[i]),
 				      (size_t)mapped * a->page);
 		for (j = 0; j < len; j++) {
-			__atomic_sub_fetch(&a->made, 1, __ATOMIC_RELEASE);
-			kv_prim_release(&a->prim, a->phys[slots[i + j]].h);
-			a->phys[slots[i + j]].h = 0;
+			drop_handle(a, slots[i + j]);
 			a->phys[slots[i + j]].failed = 1;
 		}
 		ok -= len;
@@ -146,11 +167,9 @@ static int release_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n)
 		}
 	}
 	for (i = 0; i < n; i++) {
-		__atomic_sub_fetch(&a->made, 1, __ATOMIC_RELEASE);
-		e = kv_prim_release(&a->prim, a->phys[slots[i]].h);
+		e = drop_handle(a, slots[i]);
 		if (e && !rc)
 			rc = e;
-		a->phys[slots[i]].h = 0;
 	}
 	KV_COUNT(a, pages_released, n);
 	KV_COUNT(a, release_ns, kv_prim_now_ns() - t0);

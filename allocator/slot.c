@@ -275,6 +275,7 @@ int kv_check_locked(kv_alloc_t *a)
 	uint32_t count[KV_P_NSTATES] = { 0 }, *seen, s, st;
 	const struct kv_span *sp;
 	size_t i, reserved = 0;
+	int64_t made;
 	int rc = 0;
 
 	if (!a->phys)
@@ -299,10 +300,11 @@ int kv_check_locked(kv_alloc_t *a)
 	if (kv_held(a) > a->peak)
 		FAIL("%u pages held, over the peak %u", kv_held(a), a->peak);
 	/* with none in flight, every slot held has its handle, and only those */
+	made = __atomic_load_n(&a->made, __ATOMIC_ACQUIRE);
 	if (!a->n[KV_P_FILLING] && !a->n[KV_P_TAKEN] && !a->n[KV_P_FREEING] &&
-	    __atomic_load_n(&a->made, __ATOMIC_ACQUIRE) != (int64_t)kv_held(a))
+	    made != (int64_t)kv_held(a))
 		FAIL("%u pages held, %lld handles counted", kv_held(a),
-		     (long long)__atomic_load_n(&a->made, __ATOMIC_ACQUIRE));
+		     (long long)made);
 	rc = check_list(a, &a->empty, KV_P_EMPTY);
 	if (!rc)
 		rc = check_list(a, &a->clean, KV_P_CLEAN);

@@ -201,8 +201,9 @@ int kv_policy_touch(CUdeviceptr ptr, size_t bytes)
 void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 {
 	const struct kv_config *c = kv_shim_settings();
+	struct kv_alloc_mem m;
 	struct kvshim_stats s;
-	size_t idle, unbacked, budget, others, claimed, cap, fb, tb;
+	size_t unbacked, budget, others, cap;
 	kv_alloc_t *a;
 	int dev;
 
@@ -221,15 +222,15 @@ void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 	/* read again beside the pool's figures (a page the worker is making
 	 * is pooled before the driver counts it); failing that, the caller
 	 * keeps the driver's own */
-	if (!a || kv_alloc_meminfo(a, &fb, &tb, &idle, &s))
+	if (!a || kv_alloc_meminfo(a, &m, &s))
 		return;
-	*free_bytes = fb;
+	*free_bytes = m.free_bytes;
 	if (total)
-		*total = tb;
+		*total = m.total;
 	/* as if every span were backed, and kvshim's idle pages were free */
 	unbacked = s.reserved_bytes > s.mapped_bytes ?
 		   s.reserved_bytes - s.mapped_bytes : 0;
-	*free_bytes += idle;
+	*free_bytes += m.idle;
 	/*
 	 * Sharing a budget, the engine plans as if alone: the other processes'
 	 * pages count as free (they give idle ones back on request, and maps
@@ -237,9 +238,8 @@ void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 	 * process has claimed.
 	 */
 	if (kv_alloc_shared(a, &budget, &others, NULL)) {
-		claimed = s.mapped_bytes - s.cached_bytes;
 		*free_bytes += others;
-		cap = budget > claimed ? budget - claimed : 0;
+		cap = budget > m.claimed ? budget - m.claimed : 0;
 		if (*free_bytes > cap)
 			*free_bytes = cap;
 	}

@@ -30,6 +30,7 @@ static void teardown(void)
 		kv_dev_hold("cuMemCreate", 0);
 		kv_dev_hold("cuMemsetD8Async", 0);
 		kv_dev_hold("cuCtxPopCurrent_v2", 0);
+		kv_dev_hold("cuCtxPushCurrent_v2", 0);
 		kv_dev_hold("cuMemUnmap", 0);
 	}
 	kt_destroy(a);
@@ -262,16 +263,16 @@ static size_t headroom_settles(size_t want)
 START_TEST(test_meminfo_beside_a_fill)
 {
 	struct timespec ms = { 0, 1000 * 1000 };
+	struct kv_alloc_mem m = { 0 };
 	struct kvemu_usage u0, u;
 	struct kvshim_stats s;
-	size_t free_b = 0, total = 0, idle = 0;
 	int i, held, rc;
 
 	ck_assert_int_eq(kv_dev_usage(&u0), 0);
 	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
 	make_filling();
 	held = held_in("cuMemCreate");
-	rc = kv_alloc_meminfo(a, &free_b, &total, &idle, &s);
+	rc = kv_alloc_meminfo(a, &m, &s);
 	kv_dev_usage(&u);
 	kv_dev_hold("cuMemCreate", 0);
 	/* the worker was stopped in the driver with the pool counted full */
@@ -280,27 +281,25 @@ START_TEST(test_meminfo_beside_a_fill)
 	ck_assert_uint_eq(u.physical_bytes, u0.physical_bytes);
 	ck_assert_uint_eq(s.pooled_bytes, 8 * PG);
 	ck_assert_uint_eq(s.physical_bytes, 8 * PG);
-	ck_assert_uint_eq(idle, 8 * PG);
+	ck_assert_uint_eq(m.idle, 8 * PG);
 	/* free and pooled add up to what the device has */
-	ck_assert_uint_eq(total - free_b, u0.physical_bytes + s.physical_bytes);
+	ck_assert_uint_eq(m.total - m.free_bytes, u0.physical_bytes + s.physical_bytes);
 	/* and once the pages are made */
 	for (i = 0; i < 30000; i++) {
 		kv_dev_usage(&u);
 		if (u.handles == u0.handles + 8 &&
-		    kv_alloc_meminfo(a, &free_b, &total, &idle, &s) == 0 &&
-		    total - free_b == u0.physical_bytes + 8 * PG)
+		    kv_alloc_meminfo(a, &m, &s) == 0 &&
+		    m.total - m.free_bytes == u0.physical_bytes + 8 * PG)
 			break;
 		nanosleep(&ms, NULL);
 	}
-	ck_assert_uint_eq(total - free_b, u0.physical_bytes + 8 * PG);
+	ck_assert_uint_eq(m.total - m.free_bytes, u0.physical_bytes + 8 * PG);
 	ck_assert_uint_eq(s.pooled_bytes, 8 * PG);
-	ck_assert_uint_eq(idle, 8 * PG);
-	ck_assert_int_eq(kv_alloc_meminfo(a, NULL, &total, &idle, &s),
-			 KVSHIM_EINVAL);
-	ck_assert_int_eq(kv_alloc_meminfo(a, &free_b, &total, NULL, &s),
-			 KVSHIM_EINVAL);
-	ck_assert_int_eq(kv_alloc_meminfo(NULL, &free_b, &total, &idle, &s),
-			 KVSHIM_EINVAL);
+	ck_assert_uint_eq(m.idle, 8 * PG);
+	ck_assert_uint_eq(m.claimed, 0);
+	ck_assert_int_eq(kv_alloc_meminfo(a, NULL, &s), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_meminfo(a, &m, NULL), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_alloc_meminfo(NULL, &m, &s), KVSHIM_EINVAL);
 }
 END_TEST
 
@@ -310,17 +309,17 @@ END_TEST
 static size_t meminfo_settles(size_t want)
 {
 	struct timespec ms = { 0, 1000 * 1000 };
-	size_t f = 0, t, idle = 0;
+	struct kv_alloc_mem m = { 0 };
 	struct kvshim_stats s;
 	int i;
 
 	for (i = 0; i < 30000; i++) {
-		if (kv_alloc_meminfo(a, &f, &t, &idle, &s) == 0 &&
-		    f + idle == want)
+		if (kv_alloc_meminfo(a, &m, &s) == 0 &&
+		    m.free_bytes + m.idle == want)
 			break;
 		nanosleep(&ms, NULL);
 	}
-	return f + idle;
+	return m.free_bytes + m.idle;
 }
 
 /* A released span's pages, until the worker has unmapped them into the
@@ -329,26 +328,29 @@ static size_t meminfo_settles(size_t want)
  * worker's unmap). */
 START_TEST(test_meminfo_after_a_release)
 {
+	struct kv_alloc_mem m0 = { 0 }, m1 = { 0 };
 	struct kvshim_stats s;
-	size_t f0, i0, f1, i1, t, after;
 	int held, rc0, rc1;
+	size_t after;
 
 	make(0, 0, 1);
 	ck_assert_int_eq(kv_alloc_map(a, base, 8 * PG), 0);
-	rc0 = kv_alloc_meminfo(a, &f0, &t, &i0, &s);
+	rc0 = kv_alloc_meminfo(a, &m0, &s);
 	ck_assert_int_eq(kv_dev_hold("cuMemUnmap", 1), 0);
 	ck_assert_int_eq(kv_alloc_release(a, base), 0);
 	held = held_in("cuMemUnmap");
-	rc1 = kv_alloc_meminfo(a, &f1, &t, &i1, &s);
+	rc1 = kv_alloc_meminfo(a, &m1, &s);
 	kv_dev_hold("cuMemUnmap", 0);
-	after = meminfo_settles(f0 + i0 + 8 * PG);
+	after = meminfo_settles(m0.free_bytes + 8 * PG);
 	ck_assert(held);
 	ck_assert_int_eq(rc0, 0);
 	ck_assert_int_eq(rc1, 0);
-	ck_assert_uint_eq(i0, 0);
-	ck_assert_uint_eq(f1, f0);
-	ck_assert_uint_eq(i1, 8 * PG);
-	ck_assert_uint_eq(after, f0 + 8 * PG);
+	ck_assert_uint_eq(m0.idle, 0);
+	ck_assert_uint_eq(m0.claimed, 8 * PG);
+	ck_assert_uint_eq(m1.free_bytes, m0.free_bytes);
+	ck_assert_uint_eq(m1.idle, 8 * PG);
+	ck_assert_uint_eq(m1.claimed, 0);
+	ck_assert_uint_eq(after, m0.free_bytes + 8 * PG);
 }
 END_TEST
 
@@ -419,12 +421,16 @@ static void *read_headroom(void *arg)
 	return NULL;
 }
 
-/* A fill that ends between the driver's read and the count of the pool:
- * its pages are counted once (the read is made again when the handles
- * changed across it). */
-START_TEST(test_headroom_fill_between_reads)
+/*
+ * A reader of the headroom stopped in the driver call stop (its context's
+ * push, before the driver's free bytes are read, or its pop, after) while
+ * a fill is made: its reading, with 10 pages of the device free and the
+ * pool's 8 made from them meanwhile. *ok: whether every step got there.
+ */
+static size_t headroom_across_a_fill(const char *stop, int *ok)
 {
 	struct timespec ms = { 0, 1000 * 1000 };
+	unsigned long long access;
 	struct kvemu_usage u0, u;
 	CUdeviceptr filler;
 	size_t h = 0;
@@ -436,20 +442,50 @@ START_TEST(test_headroom_fill_between_reads)
 	make_filling();
 	held = held_in("cuMemCreate");
 	filler = fill_device(10 * PG);
-	/* the reader stops just after the driver's cuMemGetInfo */
-	kv_dev_hold("cuCtxPopCurrent_v2", 1);
+	kv_dev_hold(stop, 1);
 	ck_assert_int_eq(pthread_create(&th, NULL, read_headroom, &h), 0);
-	read = held_in("cuCtxPopCurrent_v2");
+	read = held_in(stop);
+	/* the fill made and counted: its arena access comes after */
+	access = kv_dev_calls("cuMemSetAccess");
 	kv_dev_hold("cuMemCreate", 0);
 	for (i = 0; i < 30000 && !made; i++) {
 		kv_dev_usage(&u);
-		made = u.handles == u0.handles + 8;
+		made = u.handles == u0.handles + 8 &&
+		       kv_dev_calls("cuMemSetAccess") > access;
 		nanosleep(&ms, NULL);
 	}
-	kv_dev_hold("cuCtxPopCurrent_v2", 0);
+	kv_dev_hold(stop, 0);
 	ck_assert_int_eq(pthread_join(th, NULL), 0);
 	free_device(filler);
-	ck_assert(held && read && made);
+	*ok = held && read && made && filler;
+	return h;
+}
+
+/* A fill that ends between the driver's read and the count of the pool:
+ * the handles changed across the read, so it is made again, and the
+ * fill's pages count once (apart: 18 pages where 10 could be had). */
+START_TEST(test_headroom_fill_after_the_read)
+{
+	size_t h;
+	int ok;
+
+	h = headroom_across_a_fill("cuCtxPopCurrent_v2", &ok);
+	ck_assert(ok);
+	ck_assert_uint_eq(h, 10 * PG);
+}
+END_TEST
+
+/* The handles read before the driver's free bytes, the fill made before
+ * them: read again, the count is the one the driver saw (the count from
+ * before, kept, would take the fill's pages out a second time: 8 pages
+ * where 10 could be had). */
+START_TEST(test_headroom_fill_before_the_read)
+{
+	size_t h;
+	int ok;
+
+	h = headroom_across_a_fill("cuCtxPushCurrent_v2", &ok);
+	ck_assert(ok);
 	ck_assert_uint_eq(h, 10 * PG);
 }
 END_TEST
@@ -500,7 +536,8 @@ Suite *pool_suite(void)
 	kt_add_emu(tc, test_meminfo_after_a_release);
 	kt_add_emu(tc, test_headroom_beside_a_fill);
 	kt_add_emu(tc, test_headroom_beside_a_scrub);
-	kt_add_emu(tc, test_headroom_fill_between_reads);
+	kt_add_emu(tc, test_headroom_fill_after_the_read);
+	kt_add_emu(tc, test_headroom_fill_before_the_read);
 	suite_add_tcase(s, tc);
 	tcase_add_test(bad, test_bad_watermarks);
 	tcase_add_test(bad, test_bad_device);
