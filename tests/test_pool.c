@@ -5,6 +5,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "prim.h"
 #include "suites.h"
 
 static kv_alloc_t *a;
@@ -354,6 +355,43 @@ START_TEST(test_meminfo_after_a_release)
 }
 END_TEST
 
+/* While a stream captures, a released span's pages stay where they are
+ * (the worker unmaps them once no capture runs) and a map does not wait
+ * for them: neither the headroom nor memory info counts them then; once
+ * the capture ends they are the pool's. */
+START_TEST(test_released_pages_during_a_capture)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	struct kv_alloc_mem m = { 0 };
+	size_t during = 1, after = 0;
+	struct kvshim_stats s;
+	CUdeviceptr filler;
+	int i, rc;
+
+	make(0, 0, 1);
+	ck_assert_int_eq(kv_alloc_map(a, base, 8 * PG), 0);
+	filler = fill_device(0);
+	kv_prim_capture_begin();
+	rc = kv_alloc_release(a, base);
+	if (!rc)
+		rc = kv_alloc_headroom(a, &during);
+	if (!rc)
+		rc = kv_alloc_meminfo(a, &m, &s);
+	kv_prim_capture_end();
+	for (i = 0; i < 30000 && !rc; i++) {
+		if (kv_alloc_headroom(a, &after) || after == 8 * PG)
+			break;
+		nanosleep(&ms, NULL);
+	}
+	free_device(filler);
+	ck_assert(filler != 0);
+	ck_assert_int_eq(rc, 0);
+	ck_assert_uint_eq(during, 0);
+	ck_assert_uint_eq(m.idle, 0);
+	ck_assert_uint_eq(after, 8 * PG);
+}
+END_TEST
+
 /* Hold fn, start an allocator filling its pool and, once its worker waits
  * in fn, leave 10 pages of the device free (*filler) and read the headroom
  * (*during; its result returned); then let fn go. *held: whether the
@@ -526,6 +564,7 @@ Suite *pool_suite(void)
 	kt_add_emu(tc, test_release_off_the_path);
 	kt_add_emu(tc, test_meminfo_beside_a_fill);
 	kt_add_emu(tc, test_meminfo_after_a_release);
+	kt_add_emu(tc, test_released_pages_during_a_capture);
 	kt_add_emu(tc, test_headroom_beside_a_fill);
 	kt_add_emu(tc, test_headroom_beside_a_scrub);
 	if (kv_dev_is_emu())
