@@ -429,9 +429,9 @@ def engine(args):
 
 # What the kvshim adapter's tracker counts, per run (see blocks.py)
 TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted", "dropped",
-                   "reclaimed", "taken", "ahead_hits", "ahead_busy", "asks", "asked_s", "no_page", "kept_out",
-                   "unused_pages", "moved", "packed_pages", "to_cpu", "started_over",
-                   "evicted_untold")
+                   "reclaimed", "taken", "ahead_hits", "ahead_busy", "asks", "asked_s",
+                   "no_page", "kept_out", "unused_pages", "moved", "packed_pages", "to_cpu",
+                   "started_over", "evicted_untold")
 
 
 # What kvshim counts of the maps that waited for other processes (kvshim.h)
@@ -448,10 +448,11 @@ def time_steps():
     it) per step that ran a batch, and under kvshim a fourth figure: the
     seconds of the scheduling that the adapter's calls to its tracker took
     (the tracker's busy time: kvshim's calls, its maps included; not the
-    adapter's other work, nor the thread that maps ahead). Scheduling (prepare_next_batch) includes those calls; a
-    step without CUDA graphs is synchronous (transformers' sync batching),
-    so its time is the GPU's; with graphs (the default), whether a step
-    waits for its replay is transformers' doing, not checked here."""
+    adapter's other work, nor the thread that maps ahead). Scheduling
+    (prepare_next_batch) includes those calls; a step without CUDA graphs
+    is synchronous (transformers' sync batching), so its time is the GPU's;
+    with graphs (the default), whether a step waits for its replay is
+    transformers' doing, not checked here."""
     from transformers.generation.continuous_batching import continuous_api
     cls = continuous_api.ContinuousBatchProcessor
     prepare, step = cls.prepare_next_batch, cls._generation_step

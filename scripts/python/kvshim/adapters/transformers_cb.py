@@ -401,22 +401,22 @@ def map_ahead(processor, tracker):
     requests (running or waiting) that shares its budget with other
     processes keeps one step's worth backed for the next request to come
     (the step its cushion claims in the shared budget, see _cushion, which
-    they then cover; an engine alone does as before, its pages following
-    its blocks in use within a page a tensor): a request arrives between two passes, and without
-    it its prompt's first blocks were mapped on the engine's path (on an
-    H200 a large engine mapped 21 new page indices, 48 pages each, for
-    the 29 requests of its hot phases, and scheduling a prefill took 2 to
-    13 ms more than static's at the median). Those ids are named again
-    only once the engine has taken blocks or emptied a page since, or
-    after an ask, and no batch is in flight, so most decode passes look
-    at nothing. Of the ids, only those whose pages hold no claim are
-    backed (ahead_worth): the others cost the engine's map no driver
-    call, and its takes of them never wait for the thread. An engine
-    without requests holds none from its next pass (its idle pages are
-    the others'), nor while kvshim asks the engine to give back (the
-    blocks backed ahead are released then, see _give_back: backed again
-    at every pass, they would come and go for as long as the ask lasts;
-    the engine's takes map its blocks)."""
+    they then cover; an engine alone does as before, its pages following its
+    blocks in use within a page a tensor): a request arrives between two
+    passes, and without it its prompt's first blocks were mapped on the
+    engine's path (on an H200 a large engine mapped 21 new page indices, 48
+    pages each, for the 29 requests of its hot phases, and scheduling a
+    prefill took 2 to 13 ms more than static's at the median). Those ids are
+    named again only once the engine has taken blocks or emptied a page
+    since, or after an ask, and no batch is in flight, so most decode passes
+    look at nothing. Of the ids, only those whose pages hold no claim are
+    backed (ahead_worth): the others cost the engine's map no driver call,
+    and its takes of them never wait for the thread. An engine without
+    requests holds none from its next pass (its idle pages are the others'),
+    nor while kvshim asks the engine to give back (the blocks backed ahead
+    are released then, see _give_back: backed again at every pass, they
+    would come and go for as long as the ask lasts; the engine's takes map
+    its blocks)."""
     if tracker.asked():
         return
     try:
@@ -635,8 +635,8 @@ def _uncache(bm, ids, tracker, asked=True):
     if not ids or init is None or blocks is None:
         return
     before = tracker.mapped
-    free = bm._uninit_block_ids
-    with free.batched() if hasattr(free, "batched") else contextlib.nullcontext():
+    free = bm._uninit_block_ids         # (a TrackedFreeList: attach made it)
+    with free.batched():
         for b in ids:
             if b not in init:
                 continue
