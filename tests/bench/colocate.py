@@ -138,9 +138,10 @@ every 50 ms; and the GPU's used memory (nvidia-smi), every 500 ms.
 
 Prints one table per trace (per model and configuration: TTFT p50 and
 p99, static p99 over this configuration's, mean queue wait, tokens/s, peak
-KV and peak process memory), with the others (each model's longest TTFTs,
-its latency end to end and the requests preempted and started again, where
-the time goes, long steps, the scheduling of the steps that prefill
+KV and peak process memory), with the others (each model's longest TTFTs
+and the CUDA graphs its engine captured while they waited, its latency end
+to end and the requests preempted and started again, where the time goes,
+long steps and the graphs captured, the scheduling of the steps that prefill
 (under kvshim with the adapter's part of it), kvshim's
 waits, asks and pages against blocks, and per configuration the three
 engines' blocks in use summed, each engine's own free block count read
@@ -156,6 +157,7 @@ $KVSHIM_SUITE_OUT or .). Exit 0 when every request of every run completed
 and the shared budget was never passed, 1 if not, 77 without a GPU.
 """
 import argparse
+import functools
 import glob
 import importlib.machinery
 import importlib.util
@@ -307,7 +309,10 @@ def dry_engine(args):
                    # (every third a prefill's, three times as long; under
                    # kvshim the adapter's part of the scheduling)
                    steps=[(round(q["t"], 4), 0.005, 0.21 if k % 3 == 0 else 0.07)
-                          + ((0.001,) if kvshim else ()) for k, q in enumerate(mine)])
+                          + ((0.001,) if kvshim else ()) for k, q in enumerate(mine)],
+                   # (a CUDA graph captured in every fifth step's batch)
+                   graphs=[(round(q["t"] + 0.005, 4), 0.05) for k, q in enumerate(mine)
+                           if k % 5 == 0])
         if kvshim:
             run["kvshim_stats"] = {"physical_bytes": kv // 2}
             run["kvshim_tracker"] = dict({k: 0 for k in TRACKER_FIGURES}, worst=0.0,
@@ -355,7 +360,7 @@ def engine(args):
     kvshim = None
     if os.environ.get("LD_PRELOAD", "").find("libkvshim") >= 0:
         import kvshim
-    steps = time_steps()
+    steps, graphs = time_steps()
     t_start = time.perf_counter()
     # a first request builds the cache (in the manager's thread)
     manager = built_tree.started_manager(model, gen, cbc, "engine %s" % name)
@@ -406,11 +411,13 @@ def engine(args):
         if tracker is not None:
             tracker.worst, tracker.worst_in, tracker.ask_worst = 0.0, None, 0.0
             waits_before = kvshim.stats()
-        first_step = len(steps)
+        first_step, first_graph = len(steps), len(graphs)
         run = replay(manager, mine, t0, kv_now, torch, adapter_now)
         run.update(info)
         run["steps"] = [(round(st[0] - t0, 4),) + tuple(round(x, 5) for x in st[1:])
                         for st in steps[first_step:]]
+        if graphs is not None:
+            run["graphs"] = [(round(g[0] - t0, 4), round(g[1], 5)) for g in graphs[first_graph:]]
         if tracker is not None:         # the fair shares' work in this engine
             run["kvshim_stats"] = kvshim.stats()
             after = tracker_figures(tracker)
@@ -444,7 +451,8 @@ def tracker_figures(tracker):
 
 def time_steps():
     """Time every generation step of the engine, both configurations
-    alike: a list that gets (start, seconds scheduling it, seconds running
+    alike, and the CUDA graphs it captures: returns (steps, graphs). steps
+    gets (start, seconds scheduling it, seconds running
     it) per step that ran a batch, and under kvshim a fourth figure: the
     seconds of the scheduling that the adapter's calls to its tracker took
     (the tracker's busy time: kvshim's calls, its maps included; not the
@@ -452,11 +460,35 @@ def time_steps():
     (prepare_next_batch) includes those calls; a step without CUDA graphs
     is synchronous (transformers' sync batching), so its time is the GPU's;
     with graphs (the default), whether a step waits for its replay is
-    transformers' doing, not checked here."""
+    transformers' doing, not checked here. graphs gets (start, seconds)
+    per CUDA graph transformers captures (ModelRunner._capture_graph: an
+    eager forward, then the capture), at its warm-up and in a step whose
+    batch shape (queries padded to q_padding_interval_size, KV read to
+    kv_padding_interval_size) has no graph in its cache (an LRU of
+    max_cached_graphs, halved per IO pair with async batching); graphs is
+    None where transformers has no such method (not counted)."""
     from transformers.generation.continuous_batching import continuous_api
     cls = continuous_api.ContinuousBatchProcessor
     prepare, step = cls.prepare_next_batch, cls._generation_step
     steps, last = [], threading.local()
+    graphs = None
+    try:
+        from transformers.generation.continuous_batching import model_runner
+        runner = model_runner.ModelRunner
+        capture = runner._capture_graph
+    except (ImportError, AttributeError):
+        runner = None
+    if runner is not None:
+        graphs = []
+
+        @functools.wraps(capture)
+        def timed_capture(self, *args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return capture(self, *args, **kwargs)
+            finally:
+                graphs.append((t, time.perf_counter() - t))
+        runner._capture_graph = timed_capture
 
     def timed_prepare(self, *args, **kwargs):
         tracker = getattr(getattr(self, "cache", None), "kvshim_tracker", None)
@@ -474,7 +506,7 @@ def time_steps():
         steps.append((p[0], p[1], time.perf_counter() - t) + ((p[2],) if p[2] is not None else ()))
 
     cls.prepare_next_batch, cls._generation_step = timed_prepare, timed_step
-    return steps
+    return steps, graphs
 
 
 def replay(manager, reqs, t0, kv_now, torch, adapter_now=None):
@@ -903,8 +935,7 @@ def long_steps(engines, name):
     def runs(n):
         return [(st[0] + st[1], st[0] + st[1] + st[2]) for st in engines[n].get("steps", ())]
     mine = runs(name)
-    mid = pct([b - a for a, b in mine], 50)
-    long = [(a, b) for a, b in mine if b - a > LONG_STEP * mid]
+    long = [(a, b) for a, b in mine if b - a > LONG_STEP * pct([y - x for x, y in mine], 50)]
     beside = {}
     for other in engines:
         if other == name:
@@ -913,6 +944,29 @@ def long_steps(engines, name):
         over = [b - a for a, b in theirs if any(a < lb and b > la for la, lb in long)]
         beside[other] = (pct(over, 50), pct([b - a for a, b in theirs], 50))
     return len(long), pct([b - a for a, b in long], 50), beside
+
+
+def captured(engine, a, b):
+    """Seconds of the CUDA graphs an engine captured that began in [a, b)
+    (s from the trace's start; its "graphs": (start, seconds) per capture),
+    or None where its captures were not counted."""
+    graphs = engine.get("graphs")
+    return None if graphs is None else sum(g[1] for g in graphs if a <= g[0] < b)
+
+
+def graph_steps(engine):
+    """(how many CUDA graphs an engine captured in a replay, how many of
+    its long steps (long_steps) captured one), or None where its captures
+    were not counted. A capture runs in its step's batch (an eager
+    forward, then the capture), so a step from its start to its batch's
+    end holds it."""
+    graphs = engine.get("graphs")
+    if graphs is None:
+        return None
+    steps = engine.get("steps", ())
+    mid = pct([st[2] for st in steps], 50)
+    return (len(graphs), sum(1 for st in steps if st[2] > LONG_STEP * mid
+                             and captured(engine, st[0], st[0] + st[1] + st[2])))
 
 
 HEAVY_STEP = 2.0    # a batch that ran this many times its engine's median step held a prefill
@@ -1028,6 +1082,7 @@ def summarize(results, traces):
                     if packing else None
                 table[(label, cname, name)] = {
                     "long_steps": long_steps(run["engines"], name) if name in ORDER else None,
+                    "graph_steps": graph_steps(run["engines"][name]) if name in ORDER else None,
                     "heavy_steps": heavy_steps(run["engines"][name]) if name in ORDER else None,
                     "kv_ahead": tuple(sum(x.get(k, 0) for x in tracker)
                                       for k in ("taken", "ahead_hits", "ahead_busy")),
@@ -1065,7 +1120,12 @@ def summarize(results, traces):
                     "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
                     # the longest three, (TTFT s, arrival s): what a p99 of a few
                     # dozen requests is made of
-                    "worst": sorted(((r["ttft"], r["t"]) for r in good), reverse=True)[:WORST],
+                    # and the seconds of CUDA graphs its engine captured
+                    # from its arrival to its first token (None: not counted)
+                    "worst": [w + (captured(run["engines"][w[2]], w[1], w[1] + w[0]),)
+                              for w in sorted(((r["ttft"], r["t"], n) for n in engines
+                                               for r in run["engines"][n]["requests"]
+                                               if served(r)), reverse=True)[:WORST]],
                     # end to end: arrival to last token; a request whose
                     # (last) start came after its first token was preempted
                     # and started again
@@ -1139,13 +1199,17 @@ def print_tables(table, traces, results, args):
                 t["wait_mean"], t["tokens_s"], t["peak_kv"] / MIB, t["peak_proc"] / MIB,
                 t["preempted"]))
         print("\nthe longest TTFTs, trace %s: each model's %d longest in seconds, with when "
-              "the request arrived (s from the trace's start); with 101 requests a model or "
-              "fewer, its p99 lies between the longest two" % (label, WORST))
-        print("| model | config | longest TTFTs s (arrival s) |")
+              "the request arrived (s from the trace's start) and, where its engine captured "
+              "CUDA graphs from its arrival to its first token, their seconds (a graph for a "
+              "batch shape not in transformers' graph cache: an eager forward, then the "
+              "capture); with 101 requests a model or fewer, its p99 lies between the longest "
+              "two" % (label, WORST))
+        print("| model | config | longest TTFTs s (arrival s; graphs captured s) |")
         print("|---|---|---|")
         for name, cname, t in cells(table, label, results):
             print("| %s | %s | %s |" % (name, cname, ", ".join(
-                "%.3f (%.2f)" % w for w in t["worst"])))
+                "%.3f (%.2f%s)" % (w[0], w[1], "; %.3f" % w[3] if w[3] else "")
+                for w in t["worst"])))
         print("\nend to end, trace %s: each request from its arrival (its time in the trace) to "
               "its last token, in seconds (a model's latency follows its steps, which run beside "
               "the other engines' batches, as well as its queue); and the requests preempted after "
@@ -1186,20 +1250,22 @@ def print_tables(table, traces, results, args):
         print("\nlong steps, trace %s: each engine's steps over %.0f times its median step, "
               "and the medians of the other engines' steps that ran beside them (batches "
               "overlapping in time), in brackets those engines' medians over the replay (a "
-              "request that does not queue may still wait behind a long step)"
+              "request that does not queue may still wait behind a long step); and the CUDA "
+              "graphs the engine captured in the replay, and its long steps that captured one"
               % (label, LONG_STEP))
-        print("| model | config | long steps | long p50 ms | %s |"
-              % " | ".join("%s beside ms" % n for n in ORDER))
-        print("|---|---|---|---|%s" % ("---|" * len(ORDER)))
+        print("| model | config | long steps | long p50 ms | %s | graphs captured "
+              "| long steps capturing |" % " | ".join("%s beside ms" % n for n in ORDER))
+        print("|---|---|---|---|%s---|---|" % ("---|" * len(ORDER)))
         for name, cname, t in cells(table, label, results):
             if t["long_steps"] is None:
                 continue
             n, mid, beside = t["long_steps"]
-            print("| %s | %s | %d | %s | %s |" % (
+            g = t["graph_steps"] or ("-", "-")
+            print("| %s | %s | %d | %s | %s | %s | %s |" % (
                 name, cname, n, "%.0f" % (1e3 * mid) if n else "-", " | ".join(
                     "-" if o not in beside else "%s (%.1f)" % (
                         "-" if beside[o][0] != beside[o][0] else "%.1f" % (1e3 * beside[o][0]),
-                        1e3 * beside[o][1]) for o in ORDER)))
+                        1e3 * beside[o][1]) for o in ORDER), g[0], g[1]))
         print("\nscheduling a prefill, trace %s: each engine's heavy steps (batches that ran "
               "over %.0f times its median step: most hold a prefill), the scheduling before them "
               "at p50 and p90, and under kvshim the adapter's calls to its tracker in it (kvshim's "

@@ -165,10 +165,13 @@ def main():
     ap.add_argument("--gap-ms", type=float, default=5.0)
     ap.add_argument("--churn-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.seconds <= 0 or args.batch < 1 or args.page_mib < 2 or args.page_mib % 2 \
-       or args.gap_ms < 0:
-        ap.error("--seconds over 0, --batch at least 1, --page-mib even and at least 2, "
-                 "--gap-ms not below 0")
+    for bad, what in ((args.seconds <= 0, "--seconds %g: over 0" % args.seconds),
+                      (args.batch < 1, "--batch %d: at least 1" % args.batch),
+                      (args.page_mib < 2 or args.page_mib % 2,
+                       "--page-mib %d: even, at least 2 (the granularity)" % args.page_mib),
+                      (args.gap_ms < 0, "--gap-ms %g: not below 0" % args.gap_ms)):
+        if bad:
+            ap.error(what)
     if args.churn_child:
         return child(args)
     works = names(ap, args.work, ("matmul", "copy", "gather"), "--work")
