@@ -411,7 +411,7 @@ def engine(args):
         if tracker is not None:
             tracker.worst, tracker.worst_in, tracker.ask_worst = 0.0, None, 0.0
             waits_before = kvshim.stats()
-        first_step, first_graph = len(steps), len(graphs)
+        first_step, first_graph = len(steps), len(graphs) if graphs is not None else 0
         run = replay(manager, mine, t0, kv_now, torch, adapter_now)
         run.update(info)
         run["steps"] = [(round(st[0] - t0, 4),) + tuple(round(x, 5) for x in st[1:])

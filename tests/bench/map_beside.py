@@ -26,6 +26,7 @@ $KVSHIM_SUITE_OUT (or .). Exit 0, 2 for bad arguments, 77 without a GPU.
 import argparse
 import ctypes
 import json
+import math
 import os
 import statistics
 import subprocess
@@ -50,7 +51,9 @@ class Access(ctypes.Structure):
 
 def churn(page, batch, gap, stop, log):
     """Map and unmap batch pages of page bytes until stop() says so;
-    append (kind, start, end) per batch to log. Raises on a driver error."""
+    append (kind, start, end) per batch to log. Raises on a driver error,
+    having unmapped and released what it made and let go of the range and
+    the context."""
     cu = ctypes.CDLL("libcuda.so.1")
 
     def ck(name, *args):
@@ -58,38 +61,53 @@ def churn(page, batch, gap, stop, log):
         if r != 0:
             raise RuntimeError("%s failed: %d" % (name, r))
 
+    def va(i):
+        return ctypes.c_uint64(base.value + i * page)
+
     ck("cuInit", 0)
     dev, ctx = ctypes.c_int(), ctypes.c_void_p()
     ck("cuDeviceGet", ctypes.byref(dev), 0)
     ck("cuDevicePrimaryCtxRetain", ctypes.byref(ctx), dev)
-    ck("cuCtxSetCurrent", ctx)
-    prop = Prop(type=1, loc_type=1, loc_id=dev.value)
-    acc = Access(loc_type=1, loc_id=dev.value, flags=3)
+    made = []                       # [handle, mapped] per page of the batch
     base = ctypes.c_uint64()
-    ck("cuMemAddressReserve", ctypes.byref(base), ctypes.c_size_t(page * batch),
-       ctypes.c_size_t(0), ctypes.c_uint64(0), ctypes.c_ulonglong(0))
-    handles = [ctypes.c_uint64() for _ in range(batch)]
     try:
+        ck("cuCtxSetCurrent", ctx)
+        prop = Prop(type=1, loc_type=1, loc_id=dev.value)
+        acc = Access(loc_type=1, loc_id=dev.value, flags=3)
+        ck("cuMemAddressReserve", ctypes.byref(base), ctypes.c_size_t(page * batch),
+           ctypes.c_size_t(0), ctypes.c_uint64(0), ctypes.c_ulonglong(0))
         while not stop():
             t = time.perf_counter()
-            for i, h in enumerate(handles):
-                va = ctypes.c_uint64(base.value + i * page)
-                ck("cuMemCreate", ctypes.byref(h), ctypes.c_size_t(page), ctypes.byref(prop),
+            for i in range(batch):
+                made.append([ctypes.c_uint64(), False])
+                ck("cuMemCreate", ctypes.byref(made[i][0]), ctypes.c_size_t(page),
+                   ctypes.byref(prop), ctypes.c_ulonglong(0))
+                ck("cuMemMap", va(i), ctypes.c_size_t(page), ctypes.c_size_t(0), made[i][0],
                    ctypes.c_ulonglong(0))
-                ck("cuMemMap", va, ctypes.c_size_t(page), ctypes.c_size_t(0), h,
-                   ctypes.c_ulonglong(0))
-                ck("cuMemSetAccess", va, ctypes.c_size_t(page), ctypes.byref(acc),
+                made[i][1] = True
+                ck("cuMemSetAccess", va(i), ctypes.c_size_t(page), ctypes.byref(acc),
                    ctypes.c_size_t(1))
             log.append(("map", t, time.perf_counter()))
             time.sleep(gap)
             t = time.perf_counter()
-            for i, h in enumerate(handles):
-                ck("cuMemUnmap", ctypes.c_uint64(base.value + i * page), ctypes.c_size_t(page))
-                ck("cuMemRelease", h)
+            while made:
+                i = len(made) - 1
+                if made[i][1]:
+                    ck("cuMemUnmap", va(i), ctypes.c_size_t(page))
+                    made[i][1] = False
+                ck("cuMemRelease", made[i][0])
+                made.pop()
             log.append(("unmap", t, time.perf_counter()))
             time.sleep(gap)
     finally:
-        cu.cuMemAddressFree(base, ctypes.c_size_t(page * batch))
+        for i, (h, mapped) in enumerate(made):     # after an error: what is left
+            if mapped:
+                cu.cuMemUnmap(va(i), ctypes.c_size_t(page))
+            if h.value:
+                cu.cuMemRelease(h)
+        if base.value:
+            cu.cuMemAddressFree(base, ctypes.c_size_t(page * batch))
+        cu.cuDevicePrimaryCtxRelease_v2(dev)
 
 
 def workload(torch, name):
@@ -165,11 +183,13 @@ def main():
     ap.add_argument("--gap-ms", type=float, default=5.0)
     ap.add_argument("--churn-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    for bad, what in ((args.seconds <= 0, "--seconds %g: over 0" % args.seconds),
+    for bad, what in ((not math.isfinite(args.seconds) or args.seconds <= 0,
+                       "--seconds %g: a number over 0" % args.seconds),
                       (args.batch < 1, "--batch %d: at least 1" % args.batch),
                       (args.page_mib < 2 or args.page_mib % 2,
                        "--page-mib %d: even, at least 2 (the granularity)" % args.page_mib),
-                      (args.gap_ms < 0, "--gap-ms %g: not below 0" % args.gap_ms)):
+                      (not math.isfinite(args.gap_ms) or args.gap_ms < 0,
+                       "--gap-ms %g: a number not below 0" % args.gap_ms)):
         if bad:
             ap.error(what)
     if args.churn_child:
@@ -194,22 +214,41 @@ def main():
         for where in wheres:
             log = []
             if where == "thread":
-                stop = threading.Event()
-                th = threading.Thread(target=churn, args=(args.page_mib * MIB, args.batch,
-                                                          args.gap_ms / 1e3, stop.is_set, log))
+                stop, failed = threading.Event(), []
+
+                def run():
+                    try:
+                        churn(args.page_mib * MIB, args.batch, args.gap_ms / 1e3, stop.is_set,
+                              log)
+                    except Exception as e:          # told below, after the steps
+                        failed.append(e)
+                th = threading.Thread(target=run)
                 th.start()
-                time.sleep(0.5)
-                runs = steps(torch, step, args.seconds)
-                stop.set()
-                th.join()
+                try:
+                    time.sleep(0.5)
+                    runs = steps(torch, step, args.seconds)
+                finally:
+                    stop.set()
+                    th.join()
+                if failed:
+                    print("map_beside: the churner failed: %s" % failed[0])
+                    return 1
             else:
                 p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--churn-child",
                                       "--batch", str(args.batch), "--page-mib", str(args.page_mib),
                                       "--gap-ms", str(args.gap_ms)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-                time.sleep(2.0)                       # its context and first batches
-                runs = steps(torch, step, args.seconds)
-                out, _ = p.communicate(b"", timeout=60)
+                try:
+                    time.sleep(2.0)                   # its context and first batches
+                    runs = steps(torch, step, args.seconds)
+                    out, _ = p.communicate(b"", timeout=60)
+                except subprocess.TimeoutExpired:
+                    print("map_beside: the churner did not stop within 60 s")
+                    return 1
+                finally:
+                    if p.poll() is None:
+                        p.kill()
+                        p.wait()
                 if p.returncode != 0:
                     print("map_beside: the churner failed (rc %d)" % p.returncode)
                     return 1
