@@ -935,7 +935,8 @@ def long_steps(engines, name):
     def runs(n):
         return [(st[0] + st[1], st[0] + st[1] + st[2]) for st in engines[n].get("steps", ())]
     mine = runs(name)
-    long = [(a, b) for a, b in mine if b - a > LONG_STEP * pct([y - x for x, y in mine], 50)]
+    mid = pct([b - a for a, b in mine], 50)
+    long = [(a, b) for a, b in mine if b - a > LONG_STEP * mid]
     beside = {}
     for other in engines:
         if other == name:
