@@ -139,8 +139,8 @@ every 50 ms; and the GPU's used memory (nvidia-smi), every 500 ms.
 Prints one table per trace (per model and configuration: TTFT p50 and
 p99, static p99 over this configuration's, mean queue wait, tokens/s, peak
 KV and peak process memory), with the others (each model's longest TTFTs
-and the CUDA graphs its engine captured while they waited, its latency end
-to end and the requests preempted and started again, where the time goes,
+and the CUDA graphs its engine captured while they waited, its p99 apart
+from the requests that waited on a capture, its latency end to end and the requests preempted and started again, where the time goes,
 long steps and the graphs captured, the scheduling of the steps that prefill
 (under kvshim with the adapter's part of it), kvshim's
 waits, asks and pages against blocks, and per configuration the three
@@ -1119,6 +1119,9 @@ def summarize(results, traces):
                                         for n in engines) for k in WAIT_FIGURES},
                     "requests": len(rows), "failed": bad,
                     "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
+                    # apart from the requests whose engine captured a CUDA
+                    # graph while they waited (None: captures not counted)
+                    "graph_waits": uncaptured(run["engines"], engines),
                     # the longest three, (TTFT s, arrival s): what a p99 of a few
                     # dozen requests is made of
                     # and the seconds of CUDA graphs its engine captured
@@ -1158,6 +1161,18 @@ def summarize(results, traces):
                 print("colocate: %s, %s: the shared segment was never read" % (cname, label))
                 ok = False
     return table, ok
+
+
+def uncaptured(engines, names):
+    """Of the served requests of the engines names (engines: {name: its
+    results}): (how many waited while their engine captured a CUDA graph,
+    from arrival to first token; the p99 TTFT of the others), or None where
+    an engine's captures were not counted."""
+    if any(engines[n].get("graphs") is None for n in names):
+        return None
+    rows = [(n, r) for n in names for r in engines[n]["requests"] if served(r)]
+    waited = [captured(engines[n], r["t"], r["t"] + r["ttft"]) > 0 for n, r in rows]
+    return (sum(waited), pct([r["ttft"] for (n, r), w in zip(rows, waited) if not w], 99))
 
 
 def ratio(table, label, cname, name, key="ttft_p99"):
@@ -1211,6 +1226,23 @@ def print_tables(table, traces, results, args):
             print("| %s | %s | %s |" % (name, cname, ", ".join(
                 "%.3f (%.2f%s)" % (w[0], w[1], "; %.3f" % w[3] if w[3] else "")
                 for w in t["worst"])))
+        print("\nCUDA graphs, trace %s: the requests whose engine captured a graph while they "
+              "waited for their first token (from their arrival), and the p99 TTFT of the others "
+              "against the p99 of all (a capture is transformers' doing, alike in every "
+              "configuration: it falls on whichever requests' batches meet a shape not in its "
+              "graph cache)" % label)
+        print("| model | config | requests | waited on a capture | TTFT p99 s | p99 of the others s "
+              "| others' p99 static/config |")
+        print("|---|---|---|---|---|---|---|")
+        for name, cname, t in cells(table, label, results, ORDER + ("all",)):
+            g, st = t["graph_waits"], table.get((label, "static", name), {}).get("graph_waits")
+            if g is None:
+                print("| %s | %s | %d | - | %.3f | - | - |" % (name, cname, t["requests"],
+                                                              t["ttft_p99"]))
+                continue
+            r = "-" if cname == "static" or not st or not g[1] > 0 else "%.2fx" % (st[1] / g[1])
+            print("| %s | %s | %d | %d | %.3f | %.3f | %s |" % (
+                name, cname, t["requests"], g[0], t["ttft_p99"], g[1], r))
         print("\nend to end, trace %s: each request from its arrival (its time in the trace) to "
               "its last token, in seconds (a model's latency follows its steps, which run beside "
               "the other engines' batches, as well as its queue); and the requests preempted after "
