@@ -127,6 +127,9 @@ started afresh, in the configurations' order in even rounds and in
 reverse in odd ones (static, kvshim, kvshim, static, ...), so that no
 configuration always runs first; the warm-up is in round 0 only, and a
 replay the round's first configuration skipped is skipped by the others.
+With --deadline, a configuration's engines start only if one of its
+replays would then end in time, with the later configurations' replays of
+it (a start guessed as the slowest so far).
 
 Measured per request: TTFT (first token's time, from transformers'
 per-token timestamps, less the time the request was submitted at its
@@ -713,6 +716,7 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
 
 
 DRAINS = "(drains)"      # took's key for (rate, seconds past a trace's end)
+STARTS = "(starts)"      # took's key for the seconds each configuration's engines took to start
 
 
 def trace_seconds(tr, args):
@@ -776,6 +780,20 @@ def fits(now, deadline, tr, ran, later, args, took, warmup=None):
     return now + need <= deadline, need
 
 
+def worth_starting(now, deadline, traces, later, args, took, warmup=None):
+    """Whether a configuration whose engines start now, taking as long as
+    the slowest start so far, and replay the warm-up trace warmup, if any,
+    could run one of traces by deadline as fits would let it (the later
+    configurations' replays of it counted), so that no engines start only
+    for their replays to be skipped. True before any engines started: the
+    run's first configuration was checked before it began (main)."""
+    starts = took.get(STARTS)
+    if not starts:
+        return True
+    ready = now + max(starts) + (replay_guess(warmup, args, took) if warmup else 0)
+    return any(fits(ready, deadline, tr, [], later, args, took, warmup)[0] for tr in traces)
+
+
 def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), warmup=None):
     """Start the three engines of configuration cfg ({"name", "mode",
     "budget"}), replay traces in turn, stop them. A replay that would not
@@ -799,6 +817,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
         for name, p in procs.items():
             res["engines"][name] = json.loads(read_line(p, "READY", 600))
         res["startup_s"] = time.perf_counter() - t_spawn
+        took.setdefault(STARTS, []).append(res["startup_s"])
         pids = {n: e["pid"] for n, e in res["engines"].items()}
         print("colocate: %s: engines ready in %.1f s: %s" % (cfg["name"], res["startup_s"], ", ".join(
             "%s %d blocks (%.0f MiB of KV tensors%s)" % (
@@ -1943,14 +1962,15 @@ def main():
                     cfg["name"], ", ".join(unpaired), first), flush=True)
             continue
         warm = warmup if r == 0 else None
-        if deadline is not None and time.perf_counter() + 30 + min(
-                replay_guess(tr, args, took) for tr in trs) + (
-                replay_guess(warm, args, took) if warm else 0) > deadline:
-            print("colocate: %s skipped: no replay of it would end by --deadline" % cfg["name"],
-                  flush=True)
-            continue
         later = [{tr["label"] for tr in t} for c, t, q in turns[i + 1:] if q == r] \
             if first == cfg["name"] else []
+        if deadline is not None and not worth_starting(time.perf_counter(), deadline, trs, later,
+                                                       args, took, warm):
+            print("colocate: %s skipped: no replay of it would end by --deadline, with the later "
+                  "configurations' replays of it" % cfg["name"], flush=True)
+            if cfg["name"] in results:      # (said at the end, with the others skipped)
+                results[cfg["name"]]["skipped"] += [tr["label"] for tr in trs] + unpaired
+            continue
         res = run_config(cfg, args, trs, outdir, deadline, took, later, warm)
         res["skipped"] += unpaired
         if cfg["name"] in results:
