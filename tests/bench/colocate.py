@@ -1184,9 +1184,9 @@ def summarize(results, traces):
 
 def uncaptured(engines, names):
     """Of the served requests of the engines names (engines: {name: its
-    results}): (how many waited while their engine captured a CUDA graph,
-    from arrival to first token; the p99 TTFT of the others), or None where
-    an engine's captures were not counted."""
+    results}): (how many had their engine begin capturing a CUDA graph
+    between their arrival and their first token; the p99 TTFT of the
+    others), or None where an engine's captures were not counted."""
     if any(engines[n].get("graphs") is None for n in names):
         return None
     rows = [(n, r) for n in names for r in engines[n]["requests"] if served(r)]
@@ -1245,8 +1245,8 @@ def print_tables(table, traces, results, args):
             print("| %s | %s | %s |" % (name, cname, ", ".join(
                 "%.3f (%.2f%s)" % (w[0], w[1], "; %.3f" % w[3] if w[3] else "")
                 for w in t["worst"])))
-        print("\nCUDA graphs, trace %s: the requests whose engine captured a graph while they "
-              "waited for their first token (from their arrival), and the p99 TTFT of the others "
+        print("\nCUDA graphs, trace %s: the requests whose engine began capturing a graph "
+              "between their arrival and their first token, and the p99 TTFT of the others "
               "against the p99 of all (a capture is transformers' doing, alike in every "
               "configuration: it falls on whichever requests' batches meet a shape not in its "
               "graph cache)" % label)
@@ -1259,7 +1259,8 @@ def print_tables(table, traces, results, args):
                 print("| %s | %s | %d | - | %.3f | - | - |" % (name, cname, t["requests"],
                                                               t["ttft_p99"]))
                 continue
-            r = "-" if cname == "static" or not st or not g[1] > 0 else "%.2fx" % (st[1] / g[1])
+            r = "-" if cname == "static" or not st or not st[1] == st[1] or not g[1] > 0 \
+                else "%.2fx" % (st[1] / g[1])
             print("| %s | %s | %d | %d | %.3f | %.3f | %s |" % (
                 name, cname, t["requests"], g[0], t["ttft_p99"], g[1], r))
         print("\nend to end, trace %s: each request from its arrival (its time in the trace) to "
@@ -1940,7 +1941,16 @@ def main():
     results, met, took = {}, None, {}
     # (a minute of it kept to stop the engines and write the tables, plots and JSON)
     deadline = t_all + 60 * args.deadline - 60 if args.deadline is not None else None
-    firsts = {}
+    firsts, dropped = {}, []
+
+    def skip(cname, labels):
+        """Replays of configuration cname skipped before its engines started:
+        in its results' skipped, or, with none yet, said at the end too."""
+        if cname in results:
+            results[cname]["skipped"] += labels
+        else:
+            dropped.extend("%s %s" % (cname, lb) for lb in labels)
+
     for i, (cfg, trs, r) in enumerate(turns):
         # budgets above the smallest that met are not tried; it and those
         # below it replay every round (with --repeat, judged by the spread)
@@ -1952,14 +1962,17 @@ def main():
         # (a round's first is the first configuration that runs in it)
         first = firsts.setdefault(r, cfg["name"])
         unpaired = []
-        if first != cfg["name"] and first in results:
-            # the traces the round's first configuration replayed: the others pair them
-            unpaired = [tr["label"] for tr in trs if tr["label"] not in results[first]["runs"]]
+        if first != cfg["name"]:
+            # the traces the round's first configuration replayed (none if
+            # it never ran): the others pair them
+            paired = results.get(first, {}).get("runs", {})
+            unpaired = [tr["label"] for tr in trs if tr["label"] not in paired]
             trs = [tr for tr in trs if tr["label"] not in unpaired]
         if not trs:
             if unpaired:
                 print("colocate: %s skipped: %s not replayed by %s" % (
                     cfg["name"], ", ".join(unpaired), first), flush=True)
+                skip(cfg["name"], unpaired)
             continue
         warm = warmup if r == 0 else None
         later = [{tr["label"] for tr in t} for c, t, q in turns[i + 1:] if q == r] \
@@ -1968,8 +1981,7 @@ def main():
                                                        args, took, warm):
             print("colocate: %s skipped: no replay of it would end by --deadline, with the later "
                   "configurations' replays of it" % cfg["name"], flush=True)
-            if cfg["name"] in results:      # (said at the end, with the others skipped)
-                results[cfg["name"]]["skipped"] += [tr["label"] for tr in trs] + unpaired
+            skip(cfg["name"], [tr["label"] for tr in trs] + unpaired)
             continue
         res = run_config(cfg, args, trs, outdir, deadline, took, later, warm)
         res["skipped"] += unpaired
@@ -1999,7 +2011,8 @@ def main():
     write_json(os.path.join(outdir, "colocate.json"), args, traces, summary, table, results)
     print("colocate: plots and JSON written in %.0f s; the whole run took %.1f min" % (
         time.perf_counter() - t_plot, (time.perf_counter() - t_all) / 60))
-    skipped = ["%s %s" % (c, lb) for c, r in results.items() for lb in r.get("skipped", ())]
+    skipped = dropped + ["%s %s" % (c, lb) for c, r in results.items()
+                         for lb in r.get("skipped", ())]
     if skipped:
         print("colocate: %d replays skipped by --deadline: %s" % (len(skipped), ", ".join(skipped)))
     print("colocate: %s" % ("PASS" if ok else "FAIL (requests failed or the budget was passed)"))
