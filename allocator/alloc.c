@@ -353,7 +353,6 @@ int kv_alloc_meminfo(kv_alloc_t *a, struct kv_alloc_mem *m,
 		     struct kvshim_stats *out)
 {
 	size_t unmade;
-	uint32_t dying;
 	int64_t made;
 	int rc;
 
@@ -367,11 +366,9 @@ int kv_alloc_meminfo(kv_alloc_t *a, struct kv_alloc_mem *m,
 	unmade = kv_unmade(a, made);
 	m->free_bytes = m->free_bytes > unmade ? m->free_bytes - unmade : 0;
 	/* pages on their way to the pool (a released span's, a trim's) hold
-	 * memory no span uses, as pooled and cached ones do; a released
-	 * span's come back only once no stream captures (see kv_spans_reap) */
-	dying = kv_prim_capturing() ? 0 : a->n[KV_P_DYING];
+	 * memory no span uses, as pooled and cached ones do */
 	m->idle = (size_t)(kv_pooled(a) + a->n[KV_P_CACHED] +
-			   a->n[KV_P_UNMAPPING] + dying) * a->page;
+			   a->n[KV_P_UNMAPPING] + kv_dying_back(a)) * a->page;
 	m->claimed = (size_t)a->n[KV_P_MAPPED] * a->page;
 	stats_locked(a, out);
 	pthread_mutex_unlock(&a->lock);

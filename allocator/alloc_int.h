@@ -162,6 +162,14 @@ static inline uint32_t kv_outbound(const kv_alloc_t *a)
 	return a->n[KV_P_UNMAPPING] + a->n[KV_P_DYING] + a->n[KV_P_FREEING];
 }
 
+/* A released span's pages (DYING) that will come to the pool: none while a
+ * stream captures, as kv_spans_reap unmaps them only once none does (a map
+ * on the capturing thread must not wait for its own capture to end). */
+static inline uint32_t kv_dying_back(const kv_alloc_t *a)
+{
+	return kv_prim_capturing() ? 0 : a->n[KV_P_DYING];
+}
+
 /*
  * The driver's free and total bytes on a's device, with the handles a held
  * as it read them (*made, for kv_unmade). Returns 0 or the driver's error.

@@ -646,13 +646,10 @@ int kv_alloc_headroom(kv_alloc_t *a, size_t *bytes)
 	if (grow > free_b)
 		grow = free_b / a->page * a->page;
 	/* pages in flight (being scrubbed, trimmed or released) count: a map
-	 * waits for them rather than fail; but a released span's come back
-	 * only once no stream captures, and a map then does not wait for them
-	 * (see short_of_pages) */
-	*bytes = grow + (size_t)(kv_pooled(a) + kv_outbound(a) +
+	 * waits for them rather than fail (see short_of_pages) */
+	*bytes = grow + (size_t)(kv_pooled(a) + kv_outbound(a) -
+				 a->n[KV_P_DYING] + kv_dying_back(a) +
 				 a->n[KV_P_CACHED]) * a->page;
-	if (kv_prim_capturing())
-		*bytes -= (size_t)a->n[KV_P_DYING] * a->page;
 	/* its own idle pages too count within the most it may hold: past its
 	 * fair share, while others wait, that is less than it holds (alone,
 	 * or with nobody waiting, this cuts nothing) */

@@ -257,11 +257,9 @@ static enum kv_supply short_of_pages(kv_alloc_t *a, int oom, int reclaim_err,
 				     int *err)
 {
 	/* pages on their way back (a released span's, being scrubbed or
-	 * trimmed) still count against the device and the budgets; a
-	 * released span's come back only once no stream captures (a map on
-	 * the capturing thread must not wait for its own capture to end) */
+	 * trimmed) still count against the device and the budgets */
 	if (a->n[KV_P_FILLING] || a->n[KV_P_UNMAPPING] || a->n[KV_P_FREEING] ||
-	    (a->n[KV_P_DYING] && !kv_prim_capturing()))
+	    kv_dying_back(a))
 		return KV_SUPPLY_WAIT;
 	if (reclaim_err) {
 		*err = reclaim_err;
