@@ -10,15 +10,24 @@ sets its access (a map batch), waits --gap-ms, unmaps and releases them
 (an unmap batch), waits --gap-ms, and logs when each batch ran. Beside it,
 the main thread runs steps of one workload, each synchronised, for
 --seconds: matmul (bf16, compute bound), copy (an elementwise kernel over
-1 GiB, memory bound) or gather (random 32 KiB blocks, as paged attention
-reads them). Each step is classed by what overlapped it: a map batch, an
+1 GiB, memory bound), gather (random 32 KiB blocks, as paged attention
+reads them), launches (1000 tiny kernels: the CPU's launch calls bound it,
+as an eager forward's) or capture (200 tiny kernels captured into a new
+CUDA graph, which is then replayed once: as transformers captures a graph
+for a new batch shape). Each step is classed by what overlapped it: a map batch, an
 unmap batch or neither (steps with both count as unmap); the table gives
 their medians and p90 against the steps of a replay with no churner at all
 (quiet). The churner runs as a thread of the process (--where thread) or
-as a process of its own (--where process).
+as a process of its own (--where process). --wait-captures (a thread,
+under LD_PRELOAD=libkvshim.so) has the churner wait, before each batch,
+for the process's CUDA graph captures to end (kvshim_capture_wait, as
+kvshim's worker and its adapter's ahead thread do). --churner sleep replaces each
+driver call with a sleep of --call-us in libc (a control: what a Python
+thread making as many foreign calls costs the steps without the driver).
 
-  python3 tests/bench/map_beside.py [--work matmul,copy,gather]
+  python3 tests/bench/map_beside.py [--work matmul,copy,gather,launches,capture]
       [--where thread,process] [--seconds 6] [--batch 32] [--gap-ms 5]
+      [--churner driver|sleep] [--call-us 20] [--wait-captures]
 
 Needs torch and a GPU; prints the table and writes map_beside.json under
 $KVSHIM_SUITE_OUT (or .). Exit 0, 2 for bad arguments, 77 without a GPU.
@@ -49,11 +58,11 @@ class Access(ctypes.Structure):
     _fields_ = [("loc_type", ctypes.c_int), ("loc_id", ctypes.c_int), ("flags", ctypes.c_int)]
 
 
-def churn(page, batch, gap, stop, log):
+def churn(page, batch, gap, stop, log, wait=None):
     """Map and unmap batch pages of page bytes until stop() says so;
-    append (kind, start, end) per batch to log. Raises on a driver error,
-    having unmapped and released what it made and let go of the range and
-    the context."""
+    append (kind, start, end) per batch to log; call wait(), if given,
+    before each batch. Raises on a driver error, having unmapped and
+    released what it made and let go of the range and the context."""
     cu = ctypes.CDLL("libcuda.so.1")
 
     def ck(name, *args):
@@ -77,6 +86,8 @@ def churn(page, batch, gap, stop, log):
         ck("cuMemAddressReserve", ctypes.byref(base), ctypes.c_size_t(page * batch),
            ctypes.c_size_t(0), ctypes.c_uint64(0), ctypes.c_ulonglong(0))
         while not stop():
+            if wait:
+                wait()
             t = time.perf_counter()
             for i in range(batch):
                 made.append([ctypes.c_uint64(), False])
@@ -89,6 +100,8 @@ def churn(page, batch, gap, stop, log):
                    ctypes.c_size_t(1))
             log.append(("map", t, time.perf_counter()))
             time.sleep(gap)
+            if wait:
+                wait()
             t = time.perf_counter()
             while made:
                 i = len(made) - 1
@@ -110,6 +123,21 @@ def churn(page, batch, gap, stop, log):
         cu.cuDevicePrimaryCtxRelease_v2(dev)
 
 
+def churn_sleep(batch, call_us, gap, stop, log):
+    """As churn, but each driver call is a sleep of call_us microseconds
+    in libc (a foreign call that lets go of the GIL, as ctypes' driver
+    calls do): a control that tells what a Python churner thread costs the
+    steps through the interpreter from what the driver's work costs them."""
+    libc = ctypes.CDLL(None)
+    while not stop():
+        for kind, calls in (("map", 3 * batch), ("unmap", 2 * batch)):
+            t = time.perf_counter()
+            for _ in range(calls):
+                libc.usleep(ctypes.c_uint(call_us))
+            log.append((kind, t, time.perf_counter()))
+            time.sleep(gap)
+
+
 def workload(torch, name):
     """A step of the named workload: a function that launches it."""
     dev = "cuda"
@@ -121,6 +149,19 @@ def workload(torch, name):
         src = torch.ones(1 << 28, device=dev)      # 1 GiB of float32
         dst = torch.empty_like(src)
         return lambda: [torch.mul(src, 1, out=dst) for _ in range(4)]
+    if name == "launches":
+        x = torch.zeros(1024, device=dev)
+        return lambda: [x.add_(1) for _ in range(1000)]
+    if name == "capture":
+        x, side = torch.zeros(1024, device=dev), torch.cuda.Stream()
+
+        def step():
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, stream=side):
+                for _ in range(200):
+                    x.add_(1)
+            g.replay()
+        return step
     src = torch.ones((32768, 8192), device=dev, dtype=torch.float32)   # 32 KiB rows
     dst = torch.empty((8192, 8192), device=dev, dtype=torch.float32)
     idx = torch.randint(0, 32768, (8192,), device=dev)
@@ -160,9 +201,23 @@ def child(args):
     log, done = [], threading.Event()
     t = threading.Thread(target=lambda: (sys.stdin.read(), done.set()), daemon=True)
     t.start()
-    churn(args.page_mib * MIB, args.batch, args.gap_ms / 1e3, done.is_set, log)
+    churner(args)(done.is_set, log)
     json.dump(log, sys.stdout)
     return 0
+
+
+def churner(args):
+    """The churner args name: a function of (stop, log)."""
+    if args.churner == "sleep":
+        return lambda stop, log: churn_sleep(args.batch, args.call_us, args.gap_ms / 1e3,
+                                             stop, log)
+    wait = None
+    if args.wait_captures:
+        fn = ctypes.CDLL(None).kvshim_capture_wait
+        fn.argtypes, fn.restype = [ctypes.c_uint], ctypes.c_int
+        wait = lambda: fn(1000)
+    return lambda stop, log: churn(args.page_mib * MIB, args.batch, args.gap_ms / 1e3,
+                                   stop, log, wait)
 
 
 def names(ap, text, allowed, what):
@@ -175,12 +230,15 @@ def names(ap, text, allowed, what):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--work", default="matmul,copy,gather")
+    ap.add_argument("--work", default="matmul,copy,gather,launches,capture")
     ap.add_argument("--where", default="thread,process")
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--page-mib", type=int, default=2)
     ap.add_argument("--gap-ms", type=float, default=5.0)
+    ap.add_argument("--churner", choices=("driver", "sleep"), default="driver")
+    ap.add_argument("--call-us", type=int, default=20)
+    ap.add_argument("--wait-captures", action="store_true")
     ap.add_argument("--churn-child", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     for bad, what in ((not math.isfinite(args.seconds) or args.seconds <= 0,
@@ -188,14 +246,23 @@ def main():
                       (args.batch < 1, "--batch %d: at least 1" % args.batch),
                       (args.page_mib < 2 or args.page_mib % 2,
                        "--page-mib %d: even, at least 2 (the granularity)" % args.page_mib),
+                      (args.call_us < 0 or args.call_us > 1000000,
+                       "--call-us %d: from 0 to 1000000" % args.call_us),
                       (not math.isfinite(args.gap_ms) or args.gap_ms < 0,
                        "--gap-ms %g: a number not below 0" % args.gap_ms)):
         if bad:
             ap.error(what)
     if args.churn_child:
         return child(args)
-    works = names(ap, args.work, ("matmul", "copy", "gather"), "--work")
+    works = names(ap, args.work, ("matmul", "copy", "gather", "launches", "capture"), "--work")
     wheres = names(ap, args.where, ("thread", "process"), "--where")
+    if args.wait_captures:
+        if wheres != ["thread"] or args.churner != "driver":
+            ap.error("--wait-captures: with --where thread and --churner driver only "
+                     "(kvshim counts the captures of its own process)")
+        if not hasattr(ctypes.CDLL(None), "kvshim_capture_wait"):
+            ap.error("--wait-captures: needs libkvshim.so preloaded (LD_PRELOAD), "
+                     "which sees the captures")
     try:
         import torch
     except ImportError:
@@ -218,8 +285,7 @@ def main():
 
                 def run():
                     try:
-                        churn(args.page_mib * MIB, args.batch, args.gap_ms / 1e3, stop.is_set,
-                              log)
+                        churner(args)(stop.is_set, log)
                     except Exception as e:          # told below, after the steps
                         failed.append(e)
                 th = threading.Thread(target=run)
@@ -236,7 +302,8 @@ def main():
             else:
                 p = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--churn-child",
                                       "--batch", str(args.batch), "--page-mib", str(args.page_mib),
-                                      "--gap-ms", str(args.gap_ms)],
+                                      "--gap-ms", str(args.gap_ms), "--churner", args.churner,
+                                      "--call-us", str(args.call_us)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
                 try:
                     time.sleep(2.0)                   # its context and first batches
@@ -259,9 +326,12 @@ def main():
             for kind in ("neither", "map", "unmap"):
                 rows.append((work, where, kind, figures(parts[kind]),
                              figures(batches.get(kind, []))))
-    print("steps beside a churner of %d pages of %d MiB per batch, %.0f ms between batches; "
+    print("%s%ssteps beside a churner of %d pages of %d MiB per batch, %.0f ms between batches; "
           "%.0f s a replay; step ms (each synchronised), and the churner's batch ms"
-          % (args.batch, args.page_mib, args.gap_ms, args.seconds))
+          % ("(control: each driver call a sleep of %d us) " % args.call_us
+             if args.churner == "sleep" else "",
+             "(the churner waits for captures to end) " if args.wait_captures else "", args.batch, args.page_mib, args.gap_ms,
+             args.seconds))
     print("| work | churner | steps overlapping | steps | step p50 ms | step p90 ms "
           "| vs quiet p50 | batch p50 ms |")
     print("|---|---|---|---|---|---|---|---|")
