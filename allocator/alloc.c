@@ -67,6 +67,14 @@ static int share_duties(kv_alloc_t *a)
  * anything is scrubbed (dirty pages first, so none is scrubbed only to be
  * released), scrubbing, refilling and the cache cap. Returns 0 or the
  * first error.
+ *
+ * While a stream of the process captures a CUDA graph, the pool's upkeep
+ * (trim, scrub, refill, cache cap) waits for the capture's end, which
+ * wakes the worker (kv_shim_capture): the driver's calls it makes would
+ * run beside the capture, which is on the engine's path, and slow it
+ * (docs/BENCHMARKS.md, session 24: 1.4x to 1.6x with maps and unmaps back
+ * to back). No map waits for that upkeep: a map scrubs and creates what
+ * it takes, and waits only for pages in flight, whose work is under way.
  */
 static int duties(kv_alloc_t *a)
 {
@@ -79,6 +87,8 @@ static int duties(kv_alloc_t *a)
 	rc = kv_spans_reap(a);
 	if (!first)
 		first = rc;
+	if (kv_prim_capturing())
+		return first;
 	/* a map waiting for pages in flight wants what comes back */
 	if (a->n[KV_P_CLEAN] + a->n[KV_P_DIRTY] > high && !a->waiters) {
 		rc = kv_pool_shrink(a, high, &freed);

@@ -3,6 +3,7 @@
  * library neither links libcuda nor needs a GPU to load.
  */
 #include <dlfcn.h>
+#include <errno.h>
 #include <stddef.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -420,21 +421,66 @@ int kv_prim_unmap(const kv_prim_t *p, CUdeviceptr va, size_t size)
  * capture begins only once a fence in progress is done.
  */
 static pthread_mutex_t capture_gate = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t capture_over;     /* captures fell to 0 (monotonic) */
+static pthread_once_t capture_once = PTHREAD_ONCE_INIT;
 static unsigned captures;
+static __thread unsigned my_captures;   /* begun on this thread, not ended */
+
+static void capture_init(void)
+{
+	pthread_condattr_t ca;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	pthread_cond_init(&capture_over, &ca);
+	pthread_condattr_destroy(&ca);
+}
 
 void kv_prim_capture_begin(void)
 {
+	pthread_once(&capture_once, capture_init);
 	pthread_mutex_lock(&capture_gate);
 	captures++;
+	my_captures++;
 	pthread_mutex_unlock(&capture_gate);
 }
 
 void kv_prim_capture_end(void)
 {
+	pthread_once(&capture_once, capture_init);
 	pthread_mutex_lock(&capture_gate);
 	if (captures)
 		captures--;
+	/* (a capture ended on another thread than began it leaves its
+	 * beginner's count up: that thread's waits then answer at once) */
+	if (my_captures)
+		my_captures--;
+	if (!captures)
+		pthread_cond_broadcast(&capture_over);
 	pthread_mutex_unlock(&capture_gate);
+}
+
+int kv_prim_capture_wait(unsigned ms)
+{
+	struct timespec until;
+	int busy, r = 0;
+
+	if (my_captures)
+		return KVSHIM_ESTATE;
+	pthread_once(&capture_once, capture_init);
+	clock_gettime(CLOCK_MONOTONIC, &until);
+	until.tv_sec += ms / 1000;
+	until.tv_nsec += (long)(ms % 1000) * 1000000L;
+	if (until.tv_nsec >= 1000000000L) {
+		until.tv_sec++;
+		until.tv_nsec -= 1000000000L;
+	}
+	pthread_mutex_lock(&capture_gate);
+	while (captures && r != ETIMEDOUT)
+		r = pthread_cond_timedwait(&capture_over, &capture_gate, &until);
+	busy = captures != 0;
+	pthread_mutex_unlock(&capture_gate);
+	return busy ? KVSHIM_EBUSY : 0;
 }
 
 int kv_prim_capturing(void)

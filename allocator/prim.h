@@ -116,6 +116,12 @@ void kv_prim_capture_end(void);
 /* 1 while some capture is in progress. */
 int kv_prim_capturing(void);
 
+/* Wait until no capture is in progress, for at most ms milliseconds.
+ * Returns 0 when none is (at once if none was), KVSHIM_EBUSY when one
+ * still is at the deadline, KVSHIM_ESTATE at once on a thread that began a
+ * capture it has not ended (it would wait for itself). */
+int kv_prim_capture_wait(unsigned ms);
+
 /* Put the calling thread in relaxed capture mode; returns the mode to give
  * kv_prim_unrelax, or -1 when the driver cannot (then nothing changed). */
 int kv_prim_relax(void);

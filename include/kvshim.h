@@ -42,7 +42,7 @@ enum kvshim_error {
 	KVSHIM_EDRIVER = -6,     /* the CUDA driver failed (logged) */
 	KVSHIM_ENODEV = -7,      /* no CUDA driver or device */
 	KVSHIM_ECONFIG = -8,     /* a KVSHIM_* variable is malformed */
-	KVSHIM_EBUSY = -9,       /* the span is being released by another call */
+	KVSHIM_EBUSY = -9,       /* the span is being released by another call, or a capture still runs */
 	KVSHIM_ESTATE = -10      /* kvshim is shut down or was disabled */
 };
 
@@ -238,6 +238,20 @@ int kvshim_group_share_asked(int group, size_t *bytes);
  * budget, from the thread it schedules on). Returns 0, or KVSHIM_EINVAL
  * (no such group, or out NULL). */
 int kvshim_group_stats(int group, struct kvshim_stats *out);
+
+/*
+ * Wait until no stream of this process captures a CUDA graph, for at most
+ * timeout_ms milliseconds. For a thread doing an engine's work beside it,
+ * such as backing blocks ahead (kvshim_group_map): the driver's map and
+ * unmap calls made in the process while a stream captures slow the
+ * capture, which is on the engine's path (docs/BENCHMARKS.md, session 24),
+ * and kvshim's own worker holds its pool's upkeep back the same way. Only
+ * captures begun through kvshim's hooks count (an engine's, under the
+ * preload). Returns 0 when none captures (at once if none did),
+ * KVSHIM_EBUSY when one still does after timeout_ms, and KVSHIM_ESTATE at
+ * once on a thread that began a capture it has not ended.
+ */
+int kvshim_capture_wait(unsigned timeout_ms);
 
 /* A static English message for a kvshim_error; never NULL. */
 const char *kvshim_strerror(int err);

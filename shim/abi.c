@@ -300,6 +300,11 @@ KV_EXPORT int kvshim_share_asked(size_t *bytes)
 	return rc;
 }
 
+KV_EXPORT int kvshim_capture_wait(unsigned timeout_ms)
+{
+	return kv_shim_capture_wait(timeout_ms);
+}
+
 KV_EXPORT const char *kvshim_strerror(int err)
 {
 	return kv_shim_strerror(err);

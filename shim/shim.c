@@ -328,6 +328,11 @@ void kv_shim_capture(int begin)
 		kv_alloc_wake(live[i]);
 }
 
+int kv_shim_capture_wait(unsigned ms)
+{
+	return kv_prim_capture_wait(ms);
+}
+
 const struct kv_config *kv_shim_config(void)
 {
 	return __atomic_load_n(&configured, __ATOMIC_ACQUIRE) ? &config : NULL;

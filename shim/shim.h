@@ -69,6 +69,10 @@ int kv_shim_sweep(void);
  * call in. */
 void kv_shim_shutdown(void);
 
+/* kvshim_capture_wait: until no stream of the process captures (as the
+ * hooks saw them, kv_shim_capture), for at most ms milliseconds. */
+int kv_shim_capture_wait(unsigned ms);
+
 /* The message behind kvshim_strerror. */
 const char *kv_shim_strerror(int err);
 

@@ -5,9 +5,10 @@
  * does). libkvshim.so is loaded with dlopen and the capture is begun and
  * ended through its exported hooks, as an engine's calls reach them. No
  * kvshim call may be refused or invalidate the capture: not a map that
- * creates and scrubs pages, not the worker filling the pool, not a trim or
- * release whose unmaps need a fence (those wait for the capture's end),
- * nor memory info; a memset captured over a span is made whole.
+ * creates and scrubs pages, not a trim or release whose unmaps need a fence
+ * (those wait for the capture's end), nor memory info; a memset captured
+ * over a span is made whole. The worker's pool upkeep waits for the
+ * capture's end, and a thread may wait for it too (kvshim_capture_wait).
  */
 #include <dlfcn.h>
 #include <pthread.h>
@@ -31,6 +32,7 @@ static struct {
 	CUresult (*end)(CUstream, CUgraph *);
 	CUresult (*memset_async)(CUdeviceptr, unsigned char, size_t, CUstream);
 	CUresult (*meminfo)(size_t *, size_t *);
+	int (*capture_wait)(unsigned);
 } k;
 static struct {
 	CUresult (*stream_create)(CUstream *, unsigned int);
@@ -84,6 +86,7 @@ static void setup(void)
 	SYM(lib, k.end, "cuStreamEndCapture");
 	SYM(lib, k.memset_async, "cuMemsetD8Async");
 	SYM(lib, k.meminfo, "cuMemGetInfo_v2");
+	SYM(lib, k.capture_wait, "kvshim_capture_wait");
 	ck_assert_int_eq(d.stream_create(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
 	kv_dev_reset_counts();
 }
@@ -154,7 +157,7 @@ static int wait_mapped_at_most(size_t most)
 }
 
 /* A map during a capture creates pages and scrubs them (a wait on kvshim's
- * own stream), while the worker fills the pool: nothing is refused. */
+ * own stream): nothing is refused. */
 START_TEST(test_capture_map)
 {
 	void *p;
@@ -326,6 +329,107 @@ START_TEST(test_capture_meminfo)
 }
 END_TEST
 
+/* Wait, without a deadline tighter than a loaded machine can meet, until
+ * kvshim's pool holds at least `least` bytes, all of them made and
+ * scrubbed (none in flight) when `settled`. */
+static int wait_pooled_at_least(size_t least, int settled)
+{
+	struct timespec ts = { 0, 2 * 1000 * 1000 };
+	struct kvshim_stats now;
+	int i;
+
+	for (i = 0; i < 20000; i++) {   /* 40 s at most */
+		now = st();
+		if (now.pooled_bytes >= least &&
+		    (!settled || now.pages_zeroed * PG >= now.pooled_bytes))
+			return 1;
+		nanosleep(&ts, NULL);
+	}
+	return 0;
+}
+
+/*
+ * The worker keeps its pool's upkeep off a capture: a map during it leaves
+ * the pool under its low watermark, and no page is made until the capture
+ * ends; then the pool refills. (On a machine too busy to run the worker
+ * during the capture this proves nothing, but cannot fail.)
+ */
+START_TEST(test_capture_worker_waits)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	unsigned long long made;
+	size_t pooled;
+	void *p;
+	int i;
+
+	ck_assert_msg(wait_pooled_at_least(16u << 20, 1), "the pool never filled");
+	ck_assert_int_eq(k.reserve(16 * PG, &p), 0);
+	begin();
+	ck_assert_int_eq(k.map(p, 6 * PG), 0);
+	pooled = st().pooled_bytes;     /* 2 pages (the map took 6) */
+	made = kv_dev_calls("cuMemCreate");
+	for (i = 0; i < 300; i++)                       /* three worker periods */
+		nanosleep(&ms, NULL);
+	ck_assert_uint_eq(kv_dev_calls("cuMemCreate"), made);
+	ck_assert_uint_eq(st().pooled_bytes, pooled);
+	end();
+	no_harm();
+	ck_assert_uint_eq(pooled, 2 * PG);
+	ck_assert_msg(wait_pooled_at_least(8u << 20, 0),
+		      "the pool was not refilled after the capture");
+	ck_assert_int_eq(k.release(p), 0);
+}
+END_TEST
+
+static int ended;       /* set just before the capture's end */
+
+static void *wait_long(void *arg)
+{
+	int rc;
+
+	(void)arg;
+	rc = k.capture_wait(60 * 1000);
+	/* 0 only once the capture is over: never before the end began */
+	if (rc == 0 && !__atomic_load_n(&ended, __ATOMIC_ACQUIRE))
+		rc = 1;
+	return (void *)(intptr_t)rc;
+}
+
+static void *wait_short(void *arg)
+{
+	(void)arg;
+	return (void *)(intptr_t)k.capture_wait(50);
+}
+
+/*
+ * kvshim_capture_wait: at once without a capture; KVSHIM_ESTATE at once on
+ * the capturing thread itself; on another thread, KVSHIM_EBUSY when the
+ * capture outlasts the wait, else 0 once the capture has ended.
+ */
+START_TEST(test_capture_wait)
+{
+	pthread_t t1, t2;
+	void *rc1, *rc2;
+	struct timespec ms20 = { 0, 20 * 1000 * 1000 };
+
+	ck_assert_int_eq(k.capture_wait(0), 0);
+	ck_assert_int_eq(k.capture_wait(60 * 1000), 0);
+	begin();
+	ck_assert_int_eq(k.capture_wait(60 * 1000), KVSHIM_ESTATE);
+	ck_assert_int_eq(pthread_create(&t1, NULL, wait_short, NULL), 0);
+	ck_assert_int_eq(pthread_join(t1, &rc1), 0);
+	ck_assert_int_eq((int)(intptr_t)rc1, KVSHIM_EBUSY);
+	ck_assert_int_eq(pthread_create(&t2, NULL, wait_long, NULL), 0);
+	nanosleep(&ms20, NULL);                         /* most likely waiting now */
+	__atomic_store_n(&ended, 1, __ATOMIC_RELEASE);
+	end();
+	ck_assert_int_eq(pthread_join(t2, &rc2), 0);
+	ck_assert_int_eq((int)(intptr_t)rc2, 0);
+	ck_assert_int_eq(k.capture_wait(0), 0);         /* this thread's ended too */
+	no_harm();
+}
+END_TEST
+
 /* The control: a capture kvshim is not told of (begun past its hooks) is
  * invalidated by a trim that needs a fence. This is what the hooks guard. */
 START_TEST(test_capture_unseen_is_invalidated)
@@ -362,6 +466,8 @@ Suite *capture_suite(void)
 	kt_add_emu(tc, test_capture_memset_whole);
 	kt_add_emu(tc, test_capture_meminfo);
 	kt_add_emu(tc, test_capture_unseen_is_invalidated);
+	kt_add_emu(tc, test_capture_worker_waits);
+	kt_add_emu(tc, test_capture_wait);
 	suite_add_tcase(su, tc);
 	return su;
 }

@@ -98,6 +98,40 @@ START_TEST(test_refill_below_low)
 }
 END_TEST
 
+/*
+ * While a stream captures, the pool's upkeep waits (its driver calls would
+ * slow the capture): a pool under its low watermark is not refilled, one
+ * over its high is not trimmed; after the capture both are.
+ */
+START_TEST(test_upkeep_waits_for_a_capture)
+{
+	struct kvshim_stats s;
+
+	make(4 * PG, 8 * PG, 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 6 * PG), 0);
+	kv_prim_capture_begin();
+	ck_assert_int_eq(kv_alloc_tick(a), 0);
+	s = kt_stats(a);
+	kv_prim_capture_end();
+	ck_assert_uint_eq(s.pooled_bytes, 2 * PG);
+	ck_assert_uint_eq(s.pages_created, 8);
+	ck_assert_int_eq(kv_alloc_tick(a), 0);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 8 * PG);
+
+	/* over the high watermark: the spans' pages back, then a capture */
+	ck_assert_int_eq(kv_alloc_release(a, base), 0);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 14 * PG);
+	kv_prim_capture_begin();
+	ck_assert_int_eq(kv_alloc_tick(a), 0);
+	s = kt_stats(a);
+	kv_prim_capture_end();
+	ck_assert_uint_eq(s.pooled_bytes, 14 * PG);
+	ck_assert_int_eq(kv_alloc_tick(a), 0);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 8 * PG);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 8 * PG);
+}
+END_TEST
+
 /* Pages come back to the pool and are used again: nothing new is made. */
 START_TEST(test_pages_reused)
 {
@@ -557,6 +591,7 @@ Suite *pool_suite(void)
 	tcase_add_test(tc, test_filled_at_start);
 	tcase_add_test(tc, test_filled_later);
 	tcase_add_test(tc, test_refill_below_low);
+	tcase_add_test(tc, test_upkeep_waits_for_a_capture);
 	tcase_add_test(tc, test_pages_reused);
 	tcase_add_test(tc, test_shrink_above_high);
 	tcase_add_test(tc, test_empty_pool_creates);
