@@ -2676,6 +2676,31 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(pages(c), 4 * 3)
         self.assertGreater(tr.ahead_busy, 0)
 
+    def test_blocks_ahead_wait_for_a_capture(self):
+        # a capture begun through kvshim's hook, as an engine's under the
+        # preload: the thread backing blocks ahead maps only after its end
+        c, tr = self.make(num_blocks=1024)
+        bm = c._block_manager
+        lib, cu = kvshim.library(), ctypes.CDLL("libcuda.so.1")
+        stream, graph = ctypes.c_void_p(), ctypes.c_void_p()
+        self.assertEqual(cu.cuStreamCreate(ctypes.byref(stream), 1), 0)
+        self.addCleanup(cu.cuStreamDestroy_v2, stream)
+        self.assertEqual(lib.cuStreamBeginCapture_v2(stream, 0), 0)
+        try:
+            calls = kvshim.stats()["map_calls"]
+            tr.ahead(list(bm._uninit_block_ids)[:64])
+            time.sleep(0.2)
+            during = kvshim.stats()["map_calls"] - calls
+        finally:
+            self.assertEqual(lib.cuStreamEndCapture(stream, ctypes.byref(graph)), 0)
+            cu.cuGraphDestroy(graph)
+        tr._settle()
+        # (on a machine too busy to run the thread in 0.2 s this proves
+        # nothing of the wait, but cannot fail)
+        self.assertEqual(during, 0)
+        self.assertEqual(len(tr._ahead), 64)
+        self.assertGreater(tr.ahead_waited, 0)
+
     def test_blocks_ahead_not_taken_are_released(self):
         c, tr = self.make(num_blocks=1024)
         bm = c._block_manager
@@ -3900,6 +3925,31 @@ class BindingTest(unittest.TestCase):
                              env=env, capture_output=True, text=True, timeout=60)
         self.assertEqual(out.returncode, 0, out.stderr)
         self.assertEqual(out.stdout.split(), ["libkvshim.so", "0"])
+
+    def test_capture_wait(self):
+        # True at once without a capture; False at once on the thread that
+        # captures (it would wait for itself); a negative timeout is none
+        lib, cu = kvshim.library(), ctypes.CDLL("libcuda.so.1")
+        stream, graph = ctypes.c_void_p(), ctypes.c_void_p()
+        self.assertTrue(kvshim.capture_wait(0))
+        self.assertTrue(kvshim.capture_wait(-5))
+        dev, ctx = ctypes.c_int(), ctypes.c_void_p()
+        self.assertEqual(cu.cuInit(0), 0)
+        self.assertEqual(cu.cuDeviceGet(ctypes.byref(dev), 0), 0)
+        self.assertEqual(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), 0)
+        self.addCleanup(cu.cuDevicePrimaryCtxRelease_v2, dev)
+        self.assertEqual(cu.cuCtxSetCurrent(ctx), 0)
+        self.assertEqual(cu.cuStreamCreate(ctypes.byref(stream), 1), 0)
+        self.addCleanup(cu.cuStreamDestroy_v2, stream)
+        self.assertEqual(lib.cuStreamBeginCapture_v2(stream, 0), 0)
+        try:
+            t = time.monotonic()
+            self.assertFalse(kvshim.capture_wait(60 * 1000))
+            self.assertLess(time.monotonic() - t, 30)
+        finally:
+            self.assertEqual(lib.cuStreamEndCapture(stream, ctypes.byref(graph)), 0)
+            cu.cuGraphDestroy(graph)
+        self.assertTrue(kvshim.capture_wait(60 * 1000))
 
     def test_errors_are_raised_with_codes(self):
         with self.assertRaises(kvshim.KvshimError) as cm:

@@ -117,6 +117,7 @@ def library():
             "kvshim_group_share_unused": [i, sz],
             "kvshim_group_share_asked": [i, ctypes.POINTER(sz)],
             "kvshim_group_stats": [i, ctypes.POINTER(Stats)],
+            "kvshim_capture_wait": [ctypes.c_uint],
         }
         for name, args in sigs.items():
             fn = getattr(lib, name)
@@ -237,6 +238,15 @@ def share_asked():
     n = ctypes.c_size_t()
     _check(library().kvshim_share_asked(ctypes.byref(n)), "kvshim_share_asked")
     return n.value
+
+
+def capture_wait(timeout_ms):
+    """Wait until no stream of this process captures a CUDA graph, for at
+    most timeout_ms (include/kvshim.h: for a thread doing an engine's work
+    beside it, whose driver calls would slow the capture): True when none
+    does, False when one still does then, or when this thread began one."""
+    ms = min(max(0, int(timeout_ms)), 0xFFFFFFFF)
+    return library().kvshim_capture_wait(ms) == 0
 
 
 def _ids(blocks):

@@ -41,9 +41,19 @@ def _timed(method):
     return timed
 
 
+# The longest the thread backing blocks ahead waits for a CUDA graph's
+# capture to end before it maps anyway (transformers' captures took 20 to
+# 250 ms on an H200: docs/BENCHMARKS.md, session 24).
+CAPTURE_WAIT_MS = 1000
+
+
 class _Ahead(threading.Thread):
     """The thread that backs blocks ahead of need: one batch at a time,
-    while the engine's thread goes on (kvshim's calls release the GIL)."""
+    while the engine's thread goes on (kvshim's calls release the GIL). A
+    batch waits first for any CUDA graph capture of the process to end
+    (kvshim.capture_wait, up to CAPTURE_WAIT_MS): the driver's calls of a
+    map made beside a capture slow it, and the capture is on the engine's
+    path, the batch not."""
 
     def __init__(self, group):
         super().__init__(name="kvshim-ahead", daemon=True)
@@ -53,6 +63,7 @@ class _Ahead(threading.Thread):
         self._batch = frozenset()  # the ids of the last batch started
         self._done = None        # (ids, backed) of the last batch
         self.busy = 0.0          # seconds spent backing
+        self.waited = 0.0        # seconds spent waiting for captures to end
 
     def start_batch(self, ids):
         with self._cv:
@@ -85,6 +96,12 @@ class _Ahead(threading.Thread):
                 while self._todo is None:
                     self._cv.wait()
                 ids = self._todo
+            t = time.perf_counter()
+            try:
+                kvshim.capture_wait(CAPTURE_WAIT_MS)
+            except Exception:    # anything: map at once (the batch must end)
+                pass
+            self.waited += time.perf_counter() - t
             t = time.perf_counter()
             try:
                 self.group.map(ids)
@@ -417,6 +434,12 @@ class BlockTracker:
     def ahead_busy(self):
         """Seconds spent backing blocks ahead, off the engine's thread."""
         return self._thread.busy if self._thread is not None else 0.0
+
+    @property
+    def ahead_waited(self):
+        """Seconds the thread backing blocks ahead waited for CUDA graph
+        captures to end before backing them."""
+        return self._thread.waited if self._thread is not None else 0.0
 
     def settle_done(self):
         """Take in a batch backed ahead that is done, without waiting: its
