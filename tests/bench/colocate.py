@@ -143,9 +143,12 @@ Prints one table per trace (per model and configuration: TTFT p50 and
 p99, static p99 over this configuration's, mean queue wait, tokens/s, peak
 KV and peak process memory), with the others (each model's longest TTFTs
 and the CUDA graphs its engine captured while they waited, its p99 apart
-from the requests that waited on a capture, its latency end to end and the requests preempted and started again, where the time goes,
-long steps and the graphs captured, the scheduling of the steps that prefill
-(under kvshim with the adapter's part of it), kvshim's
+from the requests that waited on a capture, each configuration's captures
+against static's of about the same time of the trace (their time over
+static's), its latency end to end and the requests preempted and started
+again, where the time goes, long steps and the graphs captured, the
+scheduling of the steps that prefill (under kvshim with the adapter's part
+of it, and the time its thread mapping ahead waited for captures), kvshim's
 waits, asks and pages against blocks, and per configuration the three
 engines' blocks in use summed, each engine's own free block count read
 every 100 ms, the static split's too), then the summary against issue 13's
@@ -324,6 +327,8 @@ def dry_engine(args):
                                          ahead_hits=0 if os.environ.get("KVSHIM_CB_AHEAD") == "off"
                                          else 30, ahead_busy=0.0 if
                                          os.environ.get("KVSHIM_CB_AHEAD") == "off" else 0.05,
+                                         ahead_waited=0.0 if
+                                         os.environ.get("KVSHIM_CB_AHEAD") == "off" else 0.01,
                                          moved=3 if os.environ.get("KVSHIM_CB_PACK") == "on" else 0)
             run["kvshim_waits"] = dict({k: 0 for k in WAIT_FIGURES}, share_waits=1,
                                        share_wait_ns=2000000)
@@ -439,8 +444,8 @@ def engine(args):
 
 # What the kvshim adapter's tracker counts, per run (see blocks.py)
 TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted", "dropped",
-                   "reclaimed", "taken", "ahead_hits", "ahead_busy", "asks", "asked_s",
-                   "no_page", "kept_out", "unused_pages", "moved", "packed_pages", "to_cpu",
+                   "reclaimed", "taken", "ahead_hits", "ahead_busy", "ahead_waited", "asks",
+                   "asked_s", "no_page", "kept_out", "unused_pages", "moved", "packed_pages", "to_cpu",
                    "started_over", "evicted_untold")
 
 
@@ -1105,7 +1110,8 @@ def summarize(results, traces):
                     "graph_steps": graph_steps(run["engines"][name]) if name in ORDER else None,
                     "heavy_steps": heavy_steps(run["engines"][name]) if name in ORDER else None,
                     "kv_ahead": tuple(sum(x.get(k, 0) for x in tracker)
-                                      for k in ("taken", "ahead_hits", "ahead_busy")),
+                                      for k in ("taken", "ahead_hits", "ahead_busy",
+                                                "ahead_waited")),
                     "kv_pages_mean": packing[0] if packing else None,
                     "kv_demand_mean": said[0] if said else None,
                     "kv_idle_mean": said[1] if said else None,
@@ -1141,6 +1147,7 @@ def summarize(results, traces):
                     # apart from the requests whose engine captured a CUDA
                     # graph while they waited (None: captures not counted)
                     "graph_waits": uncaptured(run["engines"], engines),
+                    "graphs": run["engines"][name].get("graphs") if name in ORDER else None,
                     # the longest three, (TTFT s, arrival s): what a p99 of a few
                     # dozen requests is made of
                     # and the seconds of CUDA graphs its engine captured
@@ -1192,6 +1199,25 @@ def uncaptured(engines, names):
     rows = [(n, r) for n in names for r in engines[n]["requests"] if served(r)]
     waited = [captured(engines[n], r["t"], r["t"] + r["ttft"]) > 0 for n, r in rows]
     return (sum(waited), pct([r["ttft"] for (n, r), w in zip(rows, waited) if not w], 99))
+
+
+PAIR_S = 0.15   # two engines' captures this close in a trace's time: most likely one shape
+
+
+def paired_captures(ours, theirs):
+    """The time of each CUDA graph capture in ours that began within PAIR_S
+    of one in theirs, the only one of ours that near it, over that one's
+    ((start, seconds) lists, from the trace's start): two engines of one
+    model replaying one trace meet a new batch shape at about the same
+    time. None where either engine's captures were not counted."""
+    if ours is None or theirs is None:
+        return None
+    out = []
+    for t, sec in theirs:
+        near = [g for g in ours if abs(g[0] - t) < PAIR_S]
+        if len(near) == 1 and sec > 0:
+            out.append(near[0][1] / sec)
+    return out
 
 
 def ratio(table, label, cname, name, key="ttft_p99"):
@@ -1263,6 +1289,22 @@ def print_tables(table, traces, results, args):
                 else "%.2fx" % (st[1] / g[1])
             print("| %s | %s | %d | %d | %.3f | %.3f | %s |" % (
                 name, cname, t["requests"], g[0], t["ttft_p99"], g[1], r))
+        print("\ncaptures beside static's, trace %s: the CUDA graphs each engine captured within "
+              "%.2f s of the trace's time of one static's engine of its model captured, and only "
+              "one that near it (most likely the same batch shape): how many static's engine "
+              "captured, how many paired, and each pair's capture time over static's, median "
+              "[least, most] (a capture beside driver calls of its process runs longer: "
+              "docs/BENCHMARKS.md, session 24)" % (label, PAIR_S))
+        print("| model | config | static's captures | paired | capture time / static's |")
+        print("|---|---|---|---|---|")
+        for name, cname, t in cells(table, label, results):
+            st = table.get((label, "static", name), {}).get("graphs")
+            pairs = paired_captures(t["graphs"], st)
+            if cname == "static" or pairs is None:
+                continue
+            print("| %s | %s | %d | %d | %s |" % (
+                name, cname, len(st), len(pairs), "%.2fx [%.2f, %.2f]" % (
+                    pct(pairs, 50), min(pairs), max(pairs)) if pairs else "-"))
         print("\nend to end, trace %s: each request from its arrival (its time in the trace) to "
               "its last token, in seconds (a model's latency follows its steps, which run beside "
               "the other engines' batches, as well as its queue); and the requests preempted after "
@@ -1325,22 +1367,25 @@ def print_tables(table, traces, results, args):
               "calls, its maps included; the adapter's other work, such as its retries' sleeps, "
               "is in the rest, with transformers' own scheduling), against the scheduling "
               "before its other steps; and under kvshim the blocks the engine was handed over "
-              "the replay, how many of them the adapter had backed ahead, and the seconds its "
-              "thread spent backing blocks ahead" % (label, HEAVY_STEP))
+              "the replay, how many of them the adapter had backed ahead, the seconds its "
+              "thread spent backing blocks ahead, and the seconds it waited first for CUDA graph "
+              "captures of its engine to end (a map beside a capture slows it)"
+              % (label, HEAVY_STEP))
         print("| model | config | heavy steps | sched p50 ms | sched p90 ms | kvshim p50 ms "
               "| kvshim p90 ms | other steps' sched p50 ms | blocks handed out | backed ahead "
-              "| ahead thread s |")
-        print("|---|---|---|---|---|---|---|---|---|---|---|")
+              "| ahead thread s | ahead waited for captures s |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
         ms = lambda x: "-" if x != x else "%.1f" % (1e3 * x)
         for name, cname, t in cells(table, label, results):
             if t["heavy_steps"] is None:
                 continue
             n, p50, p90, k50, k90, other = t["heavy_steps"]
-            taken, hits, busy = t["kv_ahead"]
+            taken, hits, busy, waited = t["kv_ahead"]
             kv = results[cname]["mode"] == "kvshim"
-            print("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            print("| %s | %s | %d | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
                 name, cname, n, ms(p50), ms(p90), ms(k50), ms(k90), ms(other),
-                taken if kv else "-", hits if kv else "-", "%.2f" % busy if kv else "-"))
+                taken if kv else "-", hits if kv else "-", "%.2f" % busy if kv else "-",
+                "%.2f" % waited if kv else "-"))
         kv_table(table, label, results,
                  "maps that waited for other processes, trace %s: how many, how long in all, "
                  "how many waited for pages others use (above their share), how many gave up; "
