@@ -2701,6 +2701,29 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(len(tr._ahead), 64)
         self.assertGreater(tr.ahead_waited, 0)
 
+    def test_blocks_ahead_stop_waiting_once_the_engine_waits(self):
+        # the engine's thread waiting for the batch puts it on the engine's
+        # path: it maps at once, the capture still running
+        c, tr = self.make(num_blocks=1024)
+        bm = c._block_manager
+        lib, cu = kvshim.library(), ctypes.CDLL("libcuda.so.1")
+        stream, graph = ctypes.c_void_p(), ctypes.c_void_p()
+        self.assertEqual(cu.cuStreamCreate(ctypes.byref(stream), 1), 0)
+        self.addCleanup(cu.cuStreamDestroy_v2, stream)
+        with unittest.mock.patch.object(blocks, "CAPTURE_WAIT_MS", 60 * 1000):
+            self.assertEqual(lib.cuStreamBeginCapture_v2(stream, 0), 0)
+            try:
+                tr.ahead(list(bm._uninit_block_ids)[:64])
+                time.sleep(0.05)
+                t = time.monotonic()
+                tr._settle()
+                took = time.monotonic() - t
+            finally:
+                self.assertEqual(lib.cuStreamEndCapture(stream, ctypes.byref(graph)), 0)
+                cu.cuGraphDestroy(graph)
+        self.assertLess(took, 30)
+        self.assertEqual(len(tr._ahead), 64)
+
     def test_blocks_ahead_not_taken_are_released(self):
         c, tr = self.make(num_blocks=1024)
         bm = c._block_manager

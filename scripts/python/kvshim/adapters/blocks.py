@@ -43,8 +43,11 @@ def _timed(method):
 
 # The longest the thread backing blocks ahead waits for a CUDA graph's
 # capture to end before it maps anyway (transformers' captures took 20 to
-# 250 ms on an H200: docs/BENCHMARKS.md, session 24).
+# 325 ms on an H200: docs/BENCHMARKS.md, session 24), and the slices it
+# waits in: once the engine's thread waits for the batch, it stops waiting
+# within a slice.
 CAPTURE_WAIT_MS = 1000
+CAPTURE_SLICE_MS = 5
 
 
 class _Ahead(threading.Thread):
@@ -53,7 +56,8 @@ class _Ahead(threading.Thread):
     batch waits first for any CUDA graph capture of the process to end
     (kvshim.capture_wait, up to CAPTURE_WAIT_MS): the driver's calls of a
     map made beside a capture slow it, and the capture is on the engine's
-    path, the batch not."""
+    path, the batch not; but once the engine's thread waits for the batch
+    (finish), the batch is on its path too, and maps at once."""
 
     def __init__(self, group):
         super().__init__(name="kvshim-ahead", daemon=True)
@@ -62,12 +66,13 @@ class _Ahead(threading.Thread):
         self._todo = None        # the ids to back next
         self._batch = frozenset()  # the ids of the last batch started
         self._done = None        # (ids, backed) of the last batch
+        self._urgent = False     # the engine's thread waits for the batch
         self.busy = 0.0          # seconds spent backing
         self.waited = 0.0        # seconds spent waiting for captures to end
 
     def start_batch(self, ids):
         with self._cv:
-            self._todo, self._done = ids, None
+            self._todo, self._done, self._urgent = ids, None, False
             self._batch = frozenset(ids)
             self._cv.notify()
         if not self.is_alive():
@@ -85,10 +90,22 @@ class _Ahead(threading.Thread):
     def finish(self):
         """Wait for the batch in flight: (ids, backed), or None if none."""
         with self._cv:
+            self._urgent = True
             while self._todo is not None:
                 self._cv.wait()
             done, self._done = self._done, None
             return done
+
+    def _wait_captures(self):
+        """Wait until no CUDA graph capture of the process runs, at most
+        CAPTURE_WAIT_MS, or until the engine's thread waits for the batch."""
+        end = time.perf_counter() + CAPTURE_WAIT_MS / 1e3
+        try:
+            while not self._urgent and not kvshim.capture_wait(CAPTURE_SLICE_MS):
+                if time.perf_counter() >= end:
+                    break
+        except Exception:        # anything: map at once (the batch must end)
+            pass
 
     def run(self):
         while True:
@@ -97,10 +114,7 @@ class _Ahead(threading.Thread):
                     self._cv.wait()
                 ids = self._todo
             t = time.perf_counter()
-            try:
-                kvshim.capture_wait(CAPTURE_WAIT_MS)
-            except Exception:    # anything: map at once (the batch must end)
-                pass
+            self._wait_captures()
             self.waited += time.perf_counter() - t
             t = time.perf_counter()
             try:
