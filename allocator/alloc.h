@@ -242,9 +242,10 @@ int kv_alloc_device(const kv_alloc_t *a);
  * stream capture, may be done). */
 void kv_alloc_wake(kv_alloc_t *a);
 
-/* Run one round of the worker's duties on the calling thread (refill or
- * shrink the pool, scrub, trim the cache over cache_max). Tests call it
- * with the worker off. Returns 0 or a negative error. */
+/* Run one round of the worker's duties on the calling thread (released
+ * spans' pages back to the pool, refill or shrink it, scrub, trim the cache
+ * over cache_max; while a stream captures, only the shared budget's asks).
+ * Tests call it with the worker off. Returns 0 or a negative error. */
 int kv_alloc_tick(kv_alloc_t *a);
 
 #endif /* KV_ALLOC_H */
