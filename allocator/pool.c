@@ -342,30 +342,43 @@ fail:
 
 /* ---- the worker's duties: lock held on entry and exit, dropped for the driver */
 
+/* The pages a refill makes at once: between batches it looks whether a
+ * stream began to capture, and leaves the rest for after the capture (the
+ * worker's duties, alloc.c). */
+#define KV_FILL_BATCH 8
+
 int kv_pool_refill(kv_alloc_t *a)
 {
 	uint32_t low = (uint32_t)(a->o.pool_low / a->page);
 	uint32_t high = (uint32_t)(a->o.pool_high / a->page);
 	uint32_t n, k, *slots;
-	int rc, bad;
+	int rc = 0, bad;
 
 	if (kv_pooled(a) >= low || !a->n[KV_P_EMPTY] || kv_pooled(a) >= high)
 		return 0;
-	n = high - kv_pooled(a);
-	if (n > a->n[KV_P_EMPTY])
-		n = a->n[KV_P_EMPTY];
-	slots = malloc(n * sizeof(*slots));
+	slots = malloc(KV_FILL_BATCH * sizeof(*slots));
 	if (!slots)
 		return KVSHIM_ENOMEM;
-	n = claim_empty(a, n, n, slots, 1, KV_P_FILLING);
-	pthread_mutex_unlock(&a->lock);
-	k = create_slots(a, slots, n, &rc);
-	/* unscrubbed pages go in dirty; a later round scrubs them */
-	bad = scrub_slots(a, slots, k) != 0;
-	pthread_mutex_lock(&a->lock);
-	kv_pool_put(a, slots, k, bad);
-	put_empty(a, slots + k, n - k);
-	pthread_cond_broadcast(&a->done);
+	while (!rc && kv_pooled(a) < high && a->n[KV_P_EMPTY] && !kv_prim_capturing()) {
+		n = high - kv_pooled(a);
+		if (n > a->n[KV_P_EMPTY])
+			n = a->n[KV_P_EMPTY];
+		if (n > KV_FILL_BATCH)
+			n = KV_FILL_BATCH;
+		n = claim_empty(a, n, n, slots, 1, KV_P_FILLING);
+		if (!n)
+			break;
+		pthread_mutex_unlock(&a->lock);
+		k = create_slots(a, slots, n, &rc);
+		/* unscrubbed pages go in dirty; a later round scrubs them */
+		bad = scrub_slots(a, slots, k) != 0;
+		pthread_mutex_lock(&a->lock);
+		kv_pool_put(a, slots, k, bad);
+		put_empty(a, slots + k, n - k);
+		pthread_cond_broadcast(&a->done);
+		if (k < n || bad)
+			break;
+	}
 	free(slots);
 	return rc;
 }

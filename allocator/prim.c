@@ -421,53 +421,77 @@ int kv_prim_unmap(const kv_prim_t *p, CUdeviceptr va, size_t size)
  * capture begins only once a fence in progress is done.
  */
 static pthread_mutex_t capture_gate = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t capture_over;     /* captures fell to 0 (monotonic) */
-static pthread_once_t capture_once = PTHREAD_ONCE_INIT;
 static unsigned captures;
-static __thread unsigned my_captures;   /* begun on this thread, not ended */
 
-static void capture_init(void)
+/*
+ * Waiting for the captures to end (kv_prim_capture_wait) has a lock of its
+ * own: the gate is held through a fence's context-wide wait, which a
+ * waiter must not sit behind. The end of the last capture broadcasts
+ * under it after the count fell, so a waiter that saw a capture is
+ * waiting by then. A thread's own captures are known by the epoch (the
+ * times the count fell to 0) they began in: a capture ended on another
+ * thread than began it (legal in relaxed mode) leaves its beginner's count
+ * up only until then.
+ */
+static pthread_mutex_t quiet_lock = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t quiet;            /* captures fell to 0 (monotonic) */
+static pthread_once_t quiet_once = PTHREAD_ONCE_INIT;
+static unsigned epoch;
+static __thread unsigned my_captures, my_epoch;
+
+static void quiet_init(void)
 {
 	pthread_condattr_t ca;
 
 	pthread_condattr_init(&ca);
 	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&capture_over, &ca);
+	pthread_cond_init(&quiet, &ca);
 	pthread_condattr_destroy(&ca);
 }
 
 void kv_prim_capture_begin(void)
 {
-	pthread_once(&capture_once, capture_init);
 	pthread_mutex_lock(&capture_gate);
-	captures++;
+	__atomic_store_n(&captures, captures + 1, __ATOMIC_RELEASE);
+	if (my_epoch != epoch) {
+		my_epoch = epoch;
+		my_captures = 0;
+	}
 	my_captures++;
 	pthread_mutex_unlock(&capture_gate);
 }
 
 void kv_prim_capture_end(void)
 {
-	pthread_once(&capture_once, capture_init);
+	unsigned left;
+
+	pthread_once(&quiet_once, quiet_init);
 	pthread_mutex_lock(&capture_gate);
-	if (captures)
-		captures--;
-	/* (a capture ended on another thread than began it leaves its
-	 * beginner's count up: that thread's waits then answer at once) */
-	if (my_captures)
+	left = captures ? captures - 1 : 0;
+	__atomic_store_n(&captures, left, __ATOMIC_RELEASE);
+	if (my_epoch == epoch && my_captures)
 		my_captures--;
-	if (!captures)
-		pthread_cond_broadcast(&capture_over);
+	if (!left)
+		__atomic_store_n(&epoch, epoch + 1, __ATOMIC_RELEASE);
 	pthread_mutex_unlock(&capture_gate);
+	if (!left) {
+		pthread_mutex_lock(&quiet_lock);
+		pthread_cond_broadcast(&quiet);
+		pthread_mutex_unlock(&quiet_lock);
+	}
 }
 
 int kv_prim_capture_wait(unsigned ms)
 {
 	struct timespec until;
-	int busy, r = 0;
+	int r = 0, still;
 
-	if (my_captures)
-		return KVSHIM_ESTATE;
-	pthread_once(&capture_once, capture_init);
+	if (!kv_prim_capturing())
+		return 0;
+	/* this thread's own capture: waiting would not end it */
+	if (my_captures && my_epoch == __atomic_load_n(&epoch, __ATOMIC_ACQUIRE))
+		return 1;
+	pthread_once(&quiet_once, quiet_init);
 	clock_gettime(CLOCK_MONOTONIC, &until);
 	until.tv_sec += ms / 1000;
 	until.tv_nsec += (long)(ms % 1000) * 1000000L;
@@ -475,17 +499,28 @@ int kv_prim_capture_wait(unsigned ms)
 		until.tv_sec++;
 		until.tv_nsec -= 1000000000L;
 	}
-	pthread_mutex_lock(&capture_gate);
-	while (captures && r != ETIMEDOUT)
-		r = pthread_cond_timedwait(&capture_over, &capture_gate, &until);
-	busy = captures != 0;
-	pthread_mutex_unlock(&capture_gate);
-	return busy ? KVSHIM_EBUSY : 0;
+	pthread_mutex_lock(&quiet_lock);
+	while (kv_prim_capturing() && r != ETIMEDOUT)
+		r = pthread_cond_timedwait(&quiet, &quiet_lock, &until);
+	still = kv_prim_capturing();
+	pthread_mutex_unlock(&quiet_lock);
+	return still;
+}
+
+void kv_prim_forked(void)
+{
+	/* the child has one thread, and no capture of its parent's */
+	pthread_mutex_init(&capture_gate, NULL);
+	pthread_mutex_init(&quiet_lock, NULL);
+	quiet_init();
+	captures = 0;
+	epoch++;
+	my_captures = 0;
 }
 
 int kv_prim_capturing(void)
 {
-	return __atomic_load_n(&captures, __ATOMIC_RELAXED) != 0;
+	return __atomic_load_n(&captures, __ATOMIC_ACQUIRE) != 0;
 }
 
 int kv_prim_relax(void)

@@ -117,10 +117,14 @@ void kv_prim_capture_end(void);
 int kv_prim_capturing(void);
 
 /* Wait until no capture is in progress, for at most ms milliseconds.
- * Returns 0 when none is (at once if none was), KVSHIM_EBUSY when one
- * still is at the deadline, KVSHIM_ESTATE at once on a thread that began a
- * capture it has not ended (it would wait for itself). */
+ * Returns 0 when none is (at once if none was), 1 when one still is at
+ * the deadline, or at once on a thread that began a capture it has not
+ * ended (waiting would not end it). */
 int kv_prim_capture_wait(unsigned ms);
+
+/* In a child after fork(): no capture is in progress there, and the
+ * capture locks are new. */
+void kv_prim_forked(void);
 
 /* Put the calling thread in relaxed capture mode; returns the mode to give
  * kv_prim_unrelax, or -1 when the driver cannot (then nothing changed). */

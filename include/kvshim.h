@@ -42,7 +42,7 @@ enum kvshim_error {
 	KVSHIM_EDRIVER = -6,     /* the CUDA driver failed (logged) */
 	KVSHIM_ENODEV = -7,      /* no CUDA driver or device */
 	KVSHIM_ECONFIG = -8,     /* a KVSHIM_* variable is malformed */
-	KVSHIM_EBUSY = -9,       /* the span is being released by another call, or a capture still runs */
+	KVSHIM_EBUSY = -9,       /* the span is being released by another call */
 	KVSHIM_ESTATE = -10      /* kvshim is shut down or was disabled */
 };
 
@@ -247,9 +247,9 @@ int kvshim_group_stats(int group, struct kvshim_stats *out);
  * capture, which is on the engine's path (docs/BENCHMARKS.md, session 24),
  * and kvshim's own worker holds its pool's upkeep back the same way. Only
  * captures begun through kvshim's hooks count (an engine's, under the
- * preload). Returns 0 when none captures (at once if none did),
- * KVSHIM_EBUSY when one still does after timeout_ms, and KVSHIM_ESTATE at
- * once on a thread that began a capture it has not ended.
+ * preload). Returns 0 when none captures (at once if none did), 1 when one
+ * still does after timeout_ms, or at once on a thread that began a capture
+ * it has not ended (waiting would not end it). Never an error.
  */
 int kvshim_capture_wait(unsigned timeout_ms);
 

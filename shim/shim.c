@@ -374,6 +374,7 @@ void kv_shim_shutdown(void)
 void kv_shim_forked(void)
 {
 	pthread_mutex_init(&start_lock, NULL);
+	kv_prim_forked();
 	forget(0);
 }
 

@@ -338,6 +338,44 @@ START_TEST(test_meminfo_beside_a_fill)
 }
 END_TEST
 
+/*
+ * A capture that begins while the worker fills the pool: the batch under
+ * way finishes, the rest waits for the capture's end. (On a machine too
+ * busy to run the worker after the hold is let go this shows less, but
+ * cannot fail.)
+ */
+START_TEST(test_fill_stops_for_a_capture)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	struct kv_alloc_opts o;
+	struct kvshim_stats s;
+	int i, held;
+
+	kt_opts(&o);
+	o.pool_low = 16 * PG;
+	o.pool_high = 24 * PG;
+	o.worker = 1;
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	a = kt_create(&o);
+	held = held_in("cuMemCreate");
+	kv_prim_capture_begin();
+	kv_dev_hold("cuMemCreate", 0);
+	for (i = 0; i < 30000 && kt_stats(a).pages_zeroed < 8; i++)
+		nanosleep(&ms, NULL);
+	for (i = 0; i < 300; i++)                       /* three worker periods */
+		nanosleep(&ms, NULL);
+	s = kt_stats(a);
+	kv_prim_capture_end();
+	kv_alloc_wake(a);
+	ck_assert(held);
+	ck_assert_uint_eq(s.pages_created, 8);          /* one batch */
+	ck_assert_uint_eq(s.pooled_bytes, 8 * PG);
+	for (i = 0; i < 30000 && kt_stats(a).pooled_bytes < 24 * PG; i++)
+		nanosleep(&ms, NULL);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 24 * PG);
+}
+END_TEST
+
 /* kv_alloc_meminfo's free and idle bytes added, read until they are want
  * (a page being released as it reads errs low for that read), 30 s at
  * most; the last sum. */
@@ -600,6 +638,7 @@ Suite *pool_suite(void)
 	kt_add_emu(tc, test_meminfo_beside_a_fill);
 	kt_add_emu(tc, test_meminfo_after_a_release);
 	kt_add_emu(tc, test_released_pages_during_a_capture);
+	kt_add_emu(tc, test_fill_stops_for_a_capture);
 	kt_add_emu(tc, test_headroom_beside_a_fill);
 	kt_add_emu(tc, test_headroom_beside_a_scrub);
 	if (kv_dev_is_emu())
