@@ -445,8 +445,8 @@ def engine(args):
 # What the kvshim adapter's tracker counts, per run (see blocks.py)
 TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted", "dropped",
                    "reclaimed", "taken", "ahead_hits", "ahead_busy", "ahead_waited", "asks",
-                   "asked_s", "no_page", "kept_out", "unused_pages", "moved", "packed_pages", "to_cpu",
-                   "started_over", "evicted_untold")
+                   "asked_s", "no_page", "kept_out", "unused_pages", "moved", "packed_pages",
+                   "to_cpu", "started_over", "evicted_untold")
 
 
 # What kvshim counts of the maps that waited for other processes (kvshim.h)
@@ -1205,17 +1205,19 @@ PAIR_S = 0.15   # two engines' captures this close in a trace's time: most likel
 
 
 def paired_captures(ours, theirs):
-    """The time of each CUDA graph capture in ours that began within PAIR_S
-    of one in theirs, the only one of ours that near it, over that one's
-    ((start, seconds) lists, from the trace's start): two engines of one
-    model replaying one trace meet a new batch shape at about the same
-    time. None where either engine's captures were not counted."""
+    """The time of each CUDA graph capture in ours over that of the one in
+    theirs it pairs with ((start, seconds) lists, from the trace's start):
+    two that began within PAIR_S of each other, each the only one of its
+    list that near the other (two engines of one model replaying one trace
+    meet a new batch shape at about the same time). None where either
+    engine's captures were not counted."""
     if ours is None or theirs is None:
         return None
     out = []
     for t, sec in theirs:
         near = [g for g in ours if abs(g[0] - t) < PAIR_S]
-        if len(near) == 1 and sec > 0:
+        if len(near) == 1 and sec > 0 and \
+                sum(1 for u, _ in theirs if abs(u - near[0][0]) < PAIR_S) == 1:
             out.append(near[0][1] / sec)
     return out
 
@@ -1290,11 +1292,11 @@ def print_tables(table, traces, results, args):
             print("| %s | %s | %d | %d | %.3f | %.3f | %s |" % (
                 name, cname, t["requests"], g[0], t["ttft_p99"], g[1], r))
         print("\ncaptures beside static's, trace %s: the CUDA graphs each engine captured within "
-              "%.2f s of the trace's time of one static's engine of its model captured, and only "
-              "one that near it (most likely the same batch shape): how many static's engine "
-              "captured, how many paired, and each pair's capture time over static's, median "
-              "[least, most] (a capture beside driver calls of its process runs longer: "
-              "docs/BENCHMARKS.md, session 24)" % (label, PAIR_S))
+              "%.2f s of the trace's time of one static's engine of its model captured, each the "
+              "only one of its engine that near the other (most likely the same batch shape): "
+              "how many static's engine captured, how many paired, and each pair's capture time "
+              "over static's, median [least, most] (a capture beside driver calls of its process "
+              "runs longer: docs/BENCHMARKS.md, session 24)" % (label, PAIR_S))
         print("| model | config | static's captures | paired | capture time / static's |")
         print("|---|---|---|---|---|")
         for name, cname, t in cells(table, label, results):

@@ -330,8 +330,8 @@ def main():
           "%.0f s a replay; step ms (each synchronised), and the churner's batch ms"
           % ("(control: each driver call a sleep of %d us) " % args.call_us
              if args.churner == "sleep" else "",
-             "(the churner waits for captures to end) " if args.wait_captures else "", args.batch, args.page_mib, args.gap_ms,
-             args.seconds))
+             "(the churner waits for captures to end) " if args.wait_captures else "",
+             args.batch, args.page_mib, args.gap_ms, args.seconds))
     print("| work | churner | steps overlapping | steps | step p50 ms | step p90 ms "
           "| vs quiet p50 | batch p50 ms |")
     print("|---|---|---|---|---|---|---|---|")
