@@ -431,7 +431,8 @@ static unsigned captures;
  * waiting by then. A thread's own captures are known by the epoch (the
  * times the count fell to 0) they began in: a capture ended on another
  * thread than began it (legal in relaxed mode) leaves its beginner's count
- * up only until then.
+ * up only until then, and takes the ender's down (if the ender has one of
+ * its own running, its waits then last their timeout).
  */
 static pthread_mutex_t quiet_lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t quiet;            /* captures fell to 0 (monotonic) */
@@ -509,10 +510,13 @@ int kv_prim_capture_wait(unsigned ms)
 
 void kv_prim_forked(void)
 {
-	/* the child has one thread, and no capture of its parent's */
+	static const pthread_once_t once = PTHREAD_ONCE_INIT;
+
+	/* the child has one thread, and no capture of its parent's: the
+	 * locks, and the condition (made again when first needed), anew */
 	pthread_mutex_init(&capture_gate, NULL);
 	pthread_mutex_init(&quiet_lock, NULL);
-	quiet_init();
+	quiet_once = once;
 	captures = 0;
 	epoch++;
 	my_captures = 0;

@@ -15,7 +15,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "emu/kvemu.h"
 #include "suites.h"
@@ -471,6 +473,24 @@ START_TEST(test_capture_wait_ended_elsewhere)
 }
 END_TEST
 
+/* A child forked during a capture has none: its waits answer at once. */
+START_TEST(test_capture_wait_after_fork)
+{
+	int status = -1;
+	pid_t pid;
+
+	begin();
+	pid = fork();
+	if (pid == 0)
+		_exit(k.capture_wait(60 * 1000) == 0 ? 0 : 3);
+	ck_assert_int_gt(pid, 0);
+	ck_assert_int_eq(waitpid(pid, &status, 0), pid);
+	end();
+	ck_assert_msg(WIFEXITED(status) && WEXITSTATUS(status) == 0,
+		      "the child waited for its parent's capture (status %d)", status);
+}
+END_TEST
+
 static void *trim_all(void *arg)
 {
 	(void)arg;
@@ -563,6 +583,7 @@ Suite *capture_suite(void)
 	kt_add_emu(tc, test_capture_worker_waits);
 	kt_add_emu(tc, test_capture_wait);
 	kt_add_emu(tc, test_capture_wait_ended_elsewhere);
+	kt_add_emu(tc, test_capture_wait_after_fork);
 	kt_add_emu(tc, test_capture_wait_beside_a_fence);
 	suite_add_tcase(su, tc);
 	return su;
