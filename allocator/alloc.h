@@ -76,7 +76,8 @@ void kv_alloc_opts_default(struct kv_alloc_opts *o);
 /* Open the driver for o->device and set the allocator up. The worker, when
  * on, fills the pool after this returns (a caller's first map need not wait
  * for a pool it may not use yet); without one, the pool is filled to its
- * high watermark before this returns. Returns 0, KVSHIM_EINVAL for
+ * high watermark before this returns (while a stream captures, by a later
+ * kv_alloc_tick). Returns 0, KVSHIM_EINVAL for
  * inconsistent options (pool_low > pool_high, a page that is not a multiple
  * of the granularity), KVSHIM_ENODEV, KVSHIM_ENOMEM
  * or KVSHIM_EDRIVER. */

@@ -247,6 +247,11 @@ enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *
 /* TAKEN slots back to the pool: clean ones (never left the pool's care)
  * or dirty. */
 void kv_pool_put(kv_alloc_t *a, const uint32_t *slots, uint32_t n, int dirty);
+/* Under the low watermark, make pages up to the high one, in batches of
+ * KV_FILL_BATCH (lock dropped for the driver): it stops at the first
+ * failure, at a batch the shared budget grants none of, and before a batch
+ * while a stream captures (the rest is for a later round). Returns 0 or
+ * the driver's error. */
 int kv_pool_refill(kv_alloc_t *a);
 int kv_pool_scrub(kv_alloc_t *a);
 int kv_pool_shrink(kv_alloc_t *a, uint32_t keep, uint32_t *freed);

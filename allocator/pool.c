@@ -342,9 +342,7 @@ fail:
 
 /* ---- the worker's duties: lock held on entry and exit, dropped for the driver */
 
-/* The pages a refill makes at once: between batches it looks whether a
- * stream began to capture, and leaves the rest for after the capture (the
- * worker's duties, alloc.c). */
+/* The pages a refill makes at once (alloc_int.h). */
 #define KV_FILL_BATCH 8
 
 int kv_pool_refill(kv_alloc_t *a)

@@ -249,7 +249,9 @@ int kvshim_group_stats(int group, struct kvshim_stats *out);
  * captures begun through kvshim's hooks count (an engine's, under the
  * preload). Returns 0 when none captures (at once if none did), 1 when one
  * still does after timeout_ms, or at once on a thread that began a capture
- * it has not ended (waiting would not end it). Never an error.
+ * it has not ended (waiting would not end it). Never an error. (A thread
+ * that ends another's capture, as relaxed mode allows, is taken for it:
+ * if one of its own runs too, its waits then last their timeout.)
  */
 int kvshim_capture_wait(unsigned timeout_ms);
 

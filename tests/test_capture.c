@@ -12,6 +12,7 @@
  */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -398,7 +399,8 @@ static void *wait_long(void *arg)
 	int rc;
 
 	(void)arg;
-	rc = k.capture_wait(60 * 1000);
+	/* (longer than the test may run: without the end's wake it fails) */
+	rc = k.capture_wait(600 * 1000);
 	/* 0 only once the capture is over: never before the end began */
 	if (rc == 0 && !__atomic_load_n(&ended, __ATOMIC_ACQUIRE))
 		rc = 2;
@@ -425,7 +427,7 @@ START_TEST(test_capture_wait)
 	ck_assert_int_eq(k.capture_wait(0), 0);
 	ck_assert_int_eq(k.capture_wait(60 * 1000), 0);
 	begin();
-	ck_assert_int_eq(k.capture_wait(60 * 1000), 1);
+	ck_assert_int_eq(k.capture_wait(600 * 1000), 1);        /* at once */
 	ck_assert_int_eq(pthread_create(&t1, NULL, wait_short, NULL), 0);
 	ck_assert_int_eq(pthread_join(t1, &rc1), 0);
 	ck_assert_int_eq((int)(intptr_t)rc1, 1);
@@ -453,22 +455,68 @@ static void *end_here(void *arg)
 	return (void *)(intptr_t)r;
 }
 
-/* A relaxed capture begun on this thread and ended on another: once no
- * capture runs, this thread's waits are not for a capture of its own. */
+static int begun, may_end;      /* capture_elsewhere's capture, and its end */
+
+/* Begin a capture on a stream of this thread's, end it once told to. */
+static void *capture_elsewhere(void *arg)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	CUgraph g = NULL;
+	CUstream s2;
+	CUresult r;
+
+	(void)arg;
+	kv_dev_use(0);
+	r = d.stream_create(&s2, CU_STREAM_NON_BLOCKING);
+	if (r == CUDA_SUCCESS)
+		r = k.begin(s2, CU_STREAM_CAPTURE_MODE_RELAXED);
+	__atomic_store_n(&begun, 1, __ATOMIC_RELEASE);
+	if (r != CUDA_SUCCESS)
+		return (void *)(intptr_t)r;
+	while (!__atomic_load_n(&may_end, __ATOMIC_ACQUIRE))
+		nanosleep(&ms, NULL);
+	r = k.end(s2, &g);
+	if (r == CUDA_SUCCESS)
+		d.graph_destroy(g);
+	d.stream_destroy(s2);
+	return (void *)(intptr_t)r;
+}
+
+/*
+ * A relaxed capture begun on this thread and ended on another: once no
+ * capture runs, this thread's waits are no longer for a capture of its
+ * own. Another thread's capture then holds them to their timeout (taken
+ * for this thread's own, a wait would answer at once).
+ */
 START_TEST(test_capture_wait_ended_elsewhere)
 {
+	struct timespec t0, t1;
 	pthread_t t;
 	void *rc;
+	long ms;
+	int r;
 
 	ck_assert_int_eq(k.begin(s, CU_STREAM_CAPTURE_MODE_RELAXED), CUDA_SUCCESS);
 	ck_assert_int_eq(pthread_create(&t, NULL, end_here, NULL), 0);
 	ck_assert_int_eq(pthread_join(t, &rc), 0);
 	ck_assert_int_eq((int)(intptr_t)rc, CUDA_SUCCESS);
 	ck_assert_int_eq(k.capture_wait(0), 0);
-	begin();                                        /* and its next one is */
-	ck_assert_int_eq(k.capture_wait(60 * 1000), 1);
-	end();
+	ck_assert_int_eq(pthread_create(&t, NULL, capture_elsewhere, NULL), 0);
+	while (!__atomic_load_n(&begun, __ATOMIC_ACQUIRE))
+		sched_yield();
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	r = k.capture_wait(50);
+	clock_gettime(CLOCK_MONOTONIC, &t1);
+	__atomic_store_n(&may_end, 1, __ATOMIC_RELEASE);
+	ck_assert_int_eq(pthread_join(t, &rc), 0);
+	ck_assert_int_eq((int)(intptr_t)rc, CUDA_SUCCESS);
+	ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+	ck_assert_int_eq(r, 1);
+	ck_assert_msg(ms >= 45, "the wait answered after %ld ms, as if the capture were its own", ms);
 	ck_assert_int_eq(k.capture_wait(0), 0);
+	begin();                                        /* its next one is its own */
+	ck_assert_int_eq(k.capture_wait(600 * 1000), 1);
+	end();
 	no_harm();
 }
 END_TEST
