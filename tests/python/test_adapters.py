@@ -104,6 +104,23 @@ def patched(api):
     return cls
 
 
+@contextlib.contextmanager
+def captured(test):
+    """A CUDA graph capture, begun through kvshim's hook as an engine's is
+    under the preload, on a new stream of the current context; ended on
+    leaving."""
+    lib, cu = kvshim.library(), ctypes.CDLL("libcuda.so.1")
+    stream, graph = ctypes.c_void_p(), ctypes.c_void_p()
+    test.assertEqual(cu.cuStreamCreate(ctypes.byref(stream), 1), 0)
+    test.addCleanup(cu.cuStreamDestroy_v2, stream)
+    test.assertEqual(lib.cuStreamBeginCapture_v2(stream, 0), 0)
+    try:
+        yield
+    finally:
+        test.assertEqual(lib.cuStreamEndCapture(stream, ctypes.byref(graph)), 0)
+        cu.cuGraphDestroy(graph)
+
+
 class FallingAsk(list):
     """An ask set as asked[0] = nbytes that, read through now(), falls by
     every byte of pages this process empties after it is set, as kvshim's
@@ -2681,20 +2698,12 @@ class AdapterTest(unittest.TestCase):
         # preload: the thread backing blocks ahead maps only after its end
         c, tr = self.make(num_blocks=1024)
         bm = c._block_manager
-        lib, cu = kvshim.library(), ctypes.CDLL("libcuda.so.1")
-        stream, graph = ctypes.c_void_p(), ctypes.c_void_p()
-        self.assertEqual(cu.cuStreamCreate(ctypes.byref(stream), 1), 0)
-        self.addCleanup(cu.cuStreamDestroy_v2, stream)
         with unittest.mock.patch.object(blocks, "CAPTURE_WAIT_MS", 60 * 1000):
-            self.assertEqual(lib.cuStreamBeginCapture_v2(stream, 0), 0)
-            try:
+            with captured(self):
                 calls = kvshim.stats()["map_calls"]
                 tr.ahead(list(bm._uninit_block_ids)[:64])
                 time.sleep(0.2)
                 during = kvshim.stats()["map_calls"] - calls
-            finally:
-                self.assertEqual(lib.cuStreamEndCapture(stream, ctypes.byref(graph)), 0)
-                cu.cuGraphDestroy(graph)
             tr._settle()
         # (on a machine too busy to run the thread in 0.2 s this proves
         # nothing of the wait, but cannot fail: the wait outlasts the test)
@@ -2706,21 +2715,12 @@ class AdapterTest(unittest.TestCase):
         # path: it maps at once, the capture still running
         c, tr = self.make(num_blocks=1024)
         bm = c._block_manager
-        lib, cu = kvshim.library(), ctypes.CDLL("libcuda.so.1")
-        stream, graph = ctypes.c_void_p(), ctypes.c_void_p()
-        self.assertEqual(cu.cuStreamCreate(ctypes.byref(stream), 1), 0)
-        self.addCleanup(cu.cuStreamDestroy_v2, stream)
-        with unittest.mock.patch.object(blocks, "CAPTURE_WAIT_MS", 60 * 1000):
-            self.assertEqual(lib.cuStreamBeginCapture_v2(stream, 0), 0)
-            try:
-                tr.ahead(list(bm._uninit_block_ids)[:64])
-                time.sleep(0.05)
-                t = time.monotonic()
-                tr._settle()
-                took = time.monotonic() - t
-            finally:
-                self.assertEqual(lib.cuStreamEndCapture(stream, ctypes.byref(graph)), 0)
-                cu.cuGraphDestroy(graph)
+        with unittest.mock.patch.object(blocks, "CAPTURE_WAIT_MS", 60 * 1000), captured(self):
+            tr.ahead(list(bm._uninit_block_ids)[:64])
+            time.sleep(0.05)
+            t = time.monotonic()
+            tr._settle()
+            took = time.monotonic() - t
         self.assertLess(took, 30)
         self.assertEqual(len(tr._ahead), 64)
 
@@ -3952,8 +3952,7 @@ class BindingTest(unittest.TestCase):
     def test_capture_wait(self):
         # True at once without a capture; False at once on the thread that
         # captures (it would wait for itself); a negative timeout is none
-        lib, cu = kvshim.library(), ctypes.CDLL("libcuda.so.1")
-        stream, graph = ctypes.c_void_p(), ctypes.c_void_p()
+        cu = ctypes.CDLL("libcuda.so.1")
         self.assertTrue(kvshim.capture_wait(0))
         self.assertTrue(kvshim.capture_wait(-5))
         dev, ctx = ctypes.c_int(), ctypes.c_void_p()
@@ -3962,16 +3961,10 @@ class BindingTest(unittest.TestCase):
         self.assertEqual(cu.cuDevicePrimaryCtxRetain(ctypes.byref(ctx), dev), 0)
         self.addCleanup(cu.cuDevicePrimaryCtxRelease_v2, dev)
         self.assertEqual(cu.cuCtxSetCurrent(ctx), 0)
-        self.assertEqual(cu.cuStreamCreate(ctypes.byref(stream), 1), 0)
-        self.addCleanup(cu.cuStreamDestroy_v2, stream)
-        self.assertEqual(lib.cuStreamBeginCapture_v2(stream, 0), 0)
-        try:
+        with captured(self):
             t = time.monotonic()
             self.assertFalse(kvshim.capture_wait(60 * 1000))
             self.assertLess(time.monotonic() - t, 30)
-        finally:
-            self.assertEqual(lib.cuStreamEndCapture(stream, ctypes.byref(graph)), 0)
-            cu.cuGraphDestroy(graph)
         self.assertTrue(kvshim.capture_wait(60 * 1000))
 
     def test_errors_are_raised_with_codes(self):
