@@ -162,15 +162,9 @@ static void *worker_main(void *arg)
 		duties(a);
 		if (a->stop)
 			break;
-		clock_gettime(CLOCK_MONOTONIC, &ts);
 		/* with a shared budget, requests to trim come from other
 		 * processes, which cannot signal: look often */
-		ts.tv_nsec += (a->share ? KV_SHARE_PERIOD_MS : KV_WORKER_PERIOD_MS) *
-			      1000000L;
-		if (ts.tv_nsec >= 1000000000L) {
-			ts.tv_sec++;
-			ts.tv_nsec -= 1000000000L;
-		}
+		ts = kv_prim_deadline(a->share ? KV_SHARE_PERIOD_MS : KV_WORKER_PERIOD_MS);
 		pthread_cond_timedwait(&a->wake, &a->lock, &ts);
 	}
 	pthread_mutex_unlock(&a->lock);
@@ -179,17 +173,11 @@ static void *worker_main(void *arg)
 
 static int init_sync(kv_alloc_t *a)
 {
-	pthread_condattr_t ca;
-	int rc = 0;
-
 	if (pthread_mutex_init(&a->lock, NULL))
 		return KVSHIM_ENOMEM;
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	if (pthread_cond_init(&a->wake, &ca) || pthread_cond_init(&a->done, NULL))
-		rc = KVSHIM_ENOMEM;
-	pthread_condattr_destroy(&ca);
-	return rc;
+	if (kv_prim_cond_init(&a->wake) || pthread_cond_init(&a->done, NULL))
+		return KVSHIM_ENOMEM;
+	return 0;
 }
 
 int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)

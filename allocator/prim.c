@@ -442,12 +442,7 @@ static __thread unsigned my_captures, my_epoch;
 
 static void quiet_init(void)
 {
-	pthread_condattr_t ca;
-
-	pthread_condattr_init(&ca);
-	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-	pthread_cond_init(&quiet, &ca);
-	pthread_condattr_destroy(&ca);
+	kv_prim_cond_init(&quiet);
 }
 
 void kv_prim_capture_begin(void)
@@ -493,13 +488,7 @@ int kv_prim_capture_wait(unsigned ms)
 	if (my_captures && my_epoch == __atomic_load_n(&epoch, __ATOMIC_ACQUIRE))
 		return 1;
 	pthread_once(&quiet_once, quiet_init);
-	clock_gettime(CLOCK_MONOTONIC, &until);
-	until.tv_sec += ms / 1000;
-	until.tv_nsec += (long)(ms % 1000) * 1000000L;
-	if (until.tv_nsec >= 1000000000L) {
-		until.tv_sec++;
-		until.tv_nsec -= 1000000000L;
-	}
+	until = kv_prim_deadline(ms);
 	pthread_mutex_lock(&quiet_lock);
 	while (kv_prim_capturing() && r != ETIMEDOUT)
 		r = pthread_cond_timedwait(&quiet, &quiet_lock, &until);
@@ -610,4 +599,24 @@ uint64_t kv_prim_now_ns(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+int kv_prim_cond_init(pthread_cond_t *c)
+{
+	pthread_condattr_t ca;
+	int rc;
+
+	pthread_condattr_init(&ca);
+	pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+	rc = pthread_cond_init(c, &ca);
+	pthread_condattr_destroy(&ca);
+	return rc;
+}
+
+struct timespec kv_prim_deadline(unsigned ms)
+{
+	uint64_t ns = kv_prim_now_ns() + (uint64_t)ms * 1000000u;
+	struct timespec ts = { (time_t)(ns / 1000000000u), (long)(ns % 1000000000u) };
+
+	return ts;
 }

@@ -12,8 +12,10 @@
 #ifndef KV_PRIM_H
 #define KV_PRIM_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <time.h>
 
 #include <cuda.h>
 
@@ -152,5 +154,11 @@ void *kv_prim_dlsym(void *handle, const char *name);
 
 /* Monotonic nanoseconds, for the allocator's cost counters. */
 uint64_t kv_prim_now_ns(void);
+
+/* A condition variable whose timed waits run on the monotonic clock, and
+ * the deadline ms milliseconds from now for such a wait. kv_prim_cond_init
+ * returns 0 or pthread's error. */
+int kv_prim_cond_init(pthread_cond_t *c);
+struct timespec kv_prim_deadline(unsigned ms);
 
 #endif /* KV_PRIM_H */
