@@ -82,6 +82,9 @@ once), the same traces in every configuration. Under kvshim the engines
 share the budget by weighted fair shares (README.md, "Sharing one GPU"):
 kvshim-run's transformers adapter states each engine's demand and preempts
 requests of an engine above its share when another waits below its own.
+The weights are equal unless --weights gives them (small=1,medium=2: each
+model's KVSHIM_WEIGHT in every kvshim configuration, 1 for a model not
+named; a caller's KVSHIM_WEIGHT reaches no engine).
 
 --sweep-gib B1,B2,... adds a kvshim configuration per budget (named
 packed@B with --sweep-pack; ascending, engines started afresh for each),
@@ -288,6 +291,7 @@ def dry_engine(args):
             "pack": os.environ.get("KVSHIM_CB_PACK"),
             "reserve": os.environ.get("KVSHIM_RESERVE", "5%" if kvshim else "off"),
             "ahead": os.environ.get("KVSHIM_CB_AHEAD", "on" if kvshim else "off"),
+            "weight": os.environ.get("KVSHIM_WEIGHT", "1") if kvshim else "-",
             "ready_s": 0.0}
     for mine, t0, out_path in commands(info):
         rows = []
@@ -386,6 +390,7 @@ def engine(args):
             # (kvshim's default reserve: 5%)
             "reserve": os.environ.get("KVSHIM_RESERVE", "5%" if kvshim is not None else "off"),
             "ahead": os.environ.get("KVSHIM_CB_AHEAD", "on" if kvshim is not None else "off"),
+            "weight": os.environ.get("KVSHIM_WEIGHT", "1") if kvshim is not None else "-",
             "ready_s": time.perf_counter() - t_start}
 
     def kv_now():
@@ -630,12 +635,12 @@ class Sampler:
                 if "error" not in seg:
                     # per pid: held, idle (cached and pooled), demand,
                     # asked, share and gap (the rule's, kvshim-config's),
-                    # unused (stated by its adapter)
+                    # unused (stated by its adapter), weight
                     self.held.append((time.perf_counter() - self.t0, seg["held"], seg["budget"],
                                       {p["pid"]: [p["held"], p["cached"] + p["pooled"],
                                                   p.get("demand"), p.get("asked"),
                                                   p.get("share"), p.get("gap"),
-                                                  p.get("unused")]
+                                                  p.get("unused"), p.get("weight")]
                                        for p in seg["processes"]}))
             self.stop.wait(0.05)
 
@@ -680,6 +685,7 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     env.pop("KVSHIM_MAX", None)         # capped's alone (the caller's would pass)
+    env.pop("KVSHIM_WEIGHT", None)      # --weights' alone (equal, 1, without it)
     env.pop("KVSHIM_CB_READ_TOKENS", None)      # reads' alone
     env["KVSHIM_CB_PACK"] = "on" if pack else "off"     # unpacked's alone off
     env.pop("KVSHIM_RESERVE", None)     # kvshim's default (5%), or --reserve; unreserved's off
@@ -697,6 +703,8 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
         cmd = [built_tree.kvshim_run()] + cmd + ["--num-blocks", "0"]
         env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET=str(budget), KVSHIM_POOL=pool,
                    KVSHIM_MIN=str(int(args.floor_gib * GIB)))
+        if args.weight_of:
+            env["KVSHIM_WEIGHT"] = str(args.weight_of[name])
         if static_reads:
             # what the static split's engine of this model reads at most in
             # a batch: its cache's tokens, at --budget-gib
@@ -1245,10 +1253,12 @@ def print_tables(table, traces, results, args):
     for tr in traces:
         label = tr["label"]
         print("\ntrace %s: rate %s requests/s in a model's hot phase (%.2f/s otherwise), seed %d, "
-              "phases of %.0f s; static KV budget %.1f GiB, kvshim floors %.1f GiB; prefix "
+              "phases of %.0f s; static KV budget %.1f GiB, kvshim floors %.1f GiB, %s; prefix "
               "cache %s; CUDA graphs %s" % (
                   label, tr["rate"], args.cold_rate, tr["seed"], tr["phase"], args.budget_gib,
-                  args.floor_gib, "on" if args.prefix_cache else "off",
+                  args.floor_gib, "weights " + ", ".join("%s %d" % (n, args.weight_of[n])
+                                                         for n in ORDER)
+                  if args.weight_of else "equal weights", "on" if args.prefix_cache else "off",
                   "on" if args.cuda_graphs else "off"))
         print("(model all: every request; its peaks are sums of the engines' peaks)")
         print("| model | config | requests | failed | TTFT p50 s | TTFT p99 s | p99 static/config "
@@ -1747,6 +1757,24 @@ def numbers(text, what, ap, kind=float):
     return xs
 
 
+def weights(text, ap):
+    """--weights: model=W pairs separated by commas, each model of MODELS at
+    most once and W a whole number from 1 to 1000 (KVSHIM_WEIGHT's range);
+    {model: W} with 1 for a model not named, or the usage error."""
+    got = {}
+    for pair in (x.strip() for x in text.split(",")):
+        name, _, w = pair.partition("=")
+        if name not in MODELS:
+            ap.error("--weights: %r names no model (model=weight, the models %s)"
+                     % (pair, ", ".join(ORDER)))
+        if name in got:
+            ap.error("--weights names %s twice" % name)
+        if not re.fullmatch(r"[0-9]+", w) or not 1 <= int(w) <= 1000:
+            ap.error("--weights: %r: a weight is a whole number from 1 to 1000" % pair)
+        got[name] = int(w)
+    return {name: got.get(name, 1) for name in ORDER}
+
+
 def trace_names(text, ap):
     """--traces: a comma-separated list of trace names as colocate labels
     them (r<rate>-s<seed>-p<phase>, all positive, the seed whole), each
@@ -1773,6 +1801,9 @@ def main():
     ap.add_argument("--budget-gib", type=float, default=6.0, help="KV budget of the three engines")
     ap.add_argument("--floor-gib", type=float, default=0.0,
                     help="each engine's floor in the shared budget (kvshim)")
+    ap.add_argument("--weights", help="each engine's weight in the shared budget (kvshim's "
+                    "KVSHIM_WEIGHT), as small=1,medium=2 (1 for a model not named; default: "
+                    "equal weights)")
     ap.add_argument("--rates", help="hot-phase arrival rates, requests/s (default 3,4,6)")
     ap.add_argument("--seeds", help="trace seeds, one trace per rate each (default 2026,7)")
     ap.add_argument("--seed", type=int, help="one seed (as --seeds)")
@@ -1878,6 +1909,7 @@ def main():
         ap.error("--repeat must be from 1 to 20")
     if args.floor_gib < 0 or 3 * args.floor_gib > min([args.budget_gib] + sweep):
         ap.error("--floor-gib must be from 0 to a third of --budget-gib (and of every --sweep-gib)")
+    args.weight_of = weights(args.weights, ap) if args.weights is not None else None
     if not 1.0 <= args.capped_share <= 3.0:
         ap.error("--capped-share must be from 1 to 3 static shares")
     if args.tolerance < 0 or args.cpu_offload_gib < 0:
