@@ -1051,7 +1051,7 @@ def stated(held, pid):
     """(mean stated demand, mean idle pages, mean stated unused) of the
     process pid, bytes, over the shared segment's samples of a replay from
     the trace's start (held: [t, held, budget, {pid: [held, idle, demand,
-    asked, share, gap, unused]}], as the monitor takes them); None without
+    asked, share, gap, unused, weight]}], as the monitor takes them); None without
     samples of it."""
     rows = [h[3].get(pid, h[3].get(str(pid))) for h in held or () if h[0] >= 0.0]
     rows = [r for r in rows if r]
@@ -1730,7 +1730,8 @@ def write_json(path, args, traces, summary, table, results):
                                  for lb, run in r["runs"].items()}
                              for m, r in results.items()},
                    # the shared segment every 50 ms: [s, held, budget, {pid: [held, idle,
-                   # demand, asked, share, gap]}]
+                   # demand, asked, share, gap, unused, weight]}] (older runs' files
+                   # lack the last ones)
                    "held": {m: {lb: run["held"] for lb, run in r["runs"].items()}
                             for m, r in results.items() if r["mode"] == "kvshim"},
                    # each replay's engine pids (engines start afresh each turn)
@@ -1763,7 +1764,9 @@ def weights(text, ap):
     {model: W} with 1 for a model not named, or the usage error."""
     got = {}
     for pair in (x.strip() for x in text.split(",")):
-        name, _, w = pair.partition("=")
+        name, eq, w = (x.strip() for x in pair.partition("="))
+        if name in MODELS and not eq:
+            ap.error("--weights: %r: no weight (model=weight, as %s=2)" % (pair, name))
         if name not in MODELS:
             ap.error("--weights: %r names no model (model=weight, the models %s)"
                      % (pair, ", ".join(ORDER)))
@@ -1910,6 +1913,9 @@ def main():
     if args.floor_gib < 0 or 3 * args.floor_gib > min([args.budget_gib] + sweep):
         ap.error("--floor-gib must be from 0 to a third of --budget-gib (and of every --sweep-gib)")
     args.weight_of = weights(args.weights, ap) if args.weights is not None else None
+    if args.weight_of and not sweep and set(configs) <= {"static", "ample"}:
+        ap.error("--weights weighs kvshim's engines: name a kvshim configuration in --configs "
+                 "(or give --sweep-gib)")
     if not 1.0 <= args.capped_share <= 3.0:
         ap.error("--capped-share must be from 1 to 3 static shares")
     if args.tolerance < 0 or args.cpu_offload_gib < 0:
