@@ -56,7 +56,9 @@
 	X(CB_AHEAD, cb_ahead, bool, "on",                                    \
 	  "transformers continuous batching: map the blocks the next step's prefill will take while the current step computes, on a thread of the adapter") \
 	X(CB_PACK, cb_pack, bool, "on",                                      \
-	  "transformers continuous batching, while other processes share its budget: asked to give back, move blocks in use off the pages they share with few others (their KV copied on the GPU, the block tables rewritten) so that those pages go back, before preempting requests")
+	  "transformers continuous batching, while other processes share its budget: asked to give back, move blocks in use off the pages they share with few others (their KV copied on the GPU, the block tables rewritten) so that those pages go back, before preempting requests") \
+	X(CB_CUSHION, cb_cushion, bool, "on",                                \
+	  "transformers continuous batching, while other processes share its budget: an engine with requests states one step's prefill as demand even when none waits, and keeps it backed for the next request; off: it states only what its waiting requests need")
 
 /* Device ordinals KVSHIM_DEVICE can name: 0 to KV_MAX_DEVICES - 1. */
 #define KV_MAX_DEVICES 64
@@ -88,6 +90,7 @@ struct kv_config {
 	size_t cb_read_tokens; /* 0: auto, SIZE_MAX: off; the Python adapter reads it */
 	int cb_ahead;          /* the Python adapter reads it */
 	int cb_pack;           /* the Python adapter reads it */
+	int cb_cushion;        /* the Python adapter reads it */
 };
 
 /* The most tokens KVSHIM_CB_READ_TOKENS may name. */

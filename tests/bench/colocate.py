@@ -40,6 +40,12 @@ seven configurations (--configs) run one after the other, in one invocation:
   worth backed for the next request): every block mapped on the engine's
   path when it is handed out, which tells what mapping ahead saves a
   prefill's scheduling (the table "scheduling a prefill");
+- nocushion (only when --configs names it): kvshim with
+  KVSHIM_CB_CUSHION=off (README.md: an engine with requests states one
+  step's prefill as demand even when none waits, a claim within its share,
+  and keeps it backed for the next request): each engine states only what
+  its waiting requests need, which tells whether neighbours were asked to
+  give back blocks in use for requests that had not come;
 - reads (only when --configs names it): kvshim whose engines' read budget
   is the static split's engine's cache at --budget-gib (KVSHIM_CB_READ_TOKENS),
   which the adapter rounds up to a multiple of 16384 tokens: at 6 GiB
@@ -97,7 +103,7 @@ than once meets by the median of its replays against the static
 replays' most, as the spread table judges. --sweep-unreserved runs each of those
 budgets again without the reserve (unreserved@B, after kvshim@B), whose
 smallest is reported apart; --sweep-unreserved=only runs them without it
-alone. --quick is rates 3, 4 and 6, one seed and
+alone. --sweep-nocushion does the same without the cushion (nocushion@B). --quick is rates 3, 4 and 6, one seed and
 one phase length, and a sweep of 3 GiB at rate 3. How long each part
 took is printed as it ends, and an estimate first.
 --dry-run tries all of it without torch or a GPU: engines that answer at
@@ -292,6 +298,7 @@ def dry_engine(args):
             "reserve": os.environ.get("KVSHIM_RESERVE", "5%" if kvshim else "off"),
             "ahead": os.environ.get("KVSHIM_CB_AHEAD", "on" if kvshim else "off"),
             "weight": os.environ.get("KVSHIM_WEIGHT", "1") if kvshim else "-",
+            "cushion": os.environ.get("KVSHIM_CB_CUSHION", "on" if kvshim else "off"),
             "ready_s": 0.0}
     for mine, t0, out_path in commands(info):
         rows = []
@@ -391,6 +398,7 @@ def engine(args):
             "reserve": os.environ.get("KVSHIM_RESERVE", "5%" if kvshim is not None else "off"),
             "ahead": os.environ.get("KVSHIM_CB_AHEAD", "on" if kvshim is not None else "off"),
             "weight": os.environ.get("KVSHIM_WEIGHT", "1") if kvshim is not None else "-",
+            "cushion": os.environ.get("KVSHIM_CB_CUSHION", "on" if kvshim is not None else "off"),
             "ready_s": time.perf_counter() - t_start}
 
     def kv_now():
@@ -674,7 +682,7 @@ def static_blocks(name, budget):
 
 
 def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack=True,
-          static_reads=False, reserve=True, ahead=True):
+          static_reads=False, reserve=True, ahead=True, cushion=True):
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
            "--max-batch-tokens", str(args.max_batch_tokens),
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
@@ -696,6 +704,9 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
     env.pop("KVSHIM_CB_AHEAD", None)    # the adapter's default (on); noahead's off
     if not ahead:
         env["KVSHIM_CB_AHEAD"] = "off"
+    env.pop("KVSHIM_CB_CUSHION", None)  # the adapter's default (on); nocushion's off
+    if not cushion:
+        env["KVSHIM_CB_CUSHION"] = "off"
     if mode == "static":
         cmd += ["--num-blocks", str(static_blocks(name, budget * shares))]
         env["KVSHIM_SHARE"] = "off"     # no kvshim here; said for clarity
@@ -822,7 +833,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
     procs = {name: spawn(name, mode, args, budget, pool, outdir, tag, cfg.get("ceiling", 0),
                          cfg.get("shares", 1), cfg.get("pack", True),
                          cfg.get("static_reads", False), cfg.get("reserve", True),
-                         cfg.get("ahead", True))
+                         cfg.get("ahead", True), cfg.get("cushion", True))
              for name in ORDER}
     res = {"name": cfg["name"], "mode": mode, "budget": budget, "engines": {}, "runs": {},
            "seconds": {}, "skipped": [], "pool": pool}
@@ -1476,9 +1487,20 @@ def print_tables(table, traces, results, args):
                       "over it: %d" % (c, h["peak_held"] / MIB, h["budget"] / MIB, h["over"]))
 
 
+# the sweep's budgets run again with a setting off (--sweep-unreserved,
+# --sweep-nocushion): the configuration's name, and what the tables say
+SWEEP_VARIANTS = (("unreserved", "without the reserve"), ("nocushion", "without the cushion"))
+
+
 def is_sweep(cname):
     """Whether configuration cname is one of the sweep's budgets."""
-    return cname.startswith(("kvshim@", "packed@", "unreserved@"))
+    return cname.startswith(("kvshim@", "packed@") + tuple(v + "@" for v, _ in SWEEP_VARIANTS))
+
+
+def sweep_variant(cname):
+    """The variant (SWEEP_VARIANTS' name) sweep configuration cname runs,
+    or None for kvshim's own."""
+    return next((v for v, _ in SWEEP_VARIANTS if cname.startswith(v + "@")), None)
 
 
 def targets(table, traces, results, args):
@@ -1520,11 +1542,11 @@ def targets(table, traces, results, args):
     out["repeats"] = repeats(table, traces, results)
     sweep = [c for c in results if is_sweep(c)]
     spread = {}
-    for c in ("reads", "packed", "unpacked", "unreserved", "noahead") + tuple(sweep):
+    for c in ("reads", "packed", "unpacked", "unreserved", "noahead", "nocushion") + tuple(sweep):
         if c in results:
             spread[c] = out["repeats_" + c] = repeats(table, traces, results, c)
     if sweep:
-        rows, smallest, smallest_unreserved = [], None, None
+        rows, smallest, smallest_of = [], None, {}
         for c in sorted(sweep, key=lambda c: results[c]["budget"]):
             labels = [tr["label"] for tr in traces if (tr["label"], c, "all") in table]
             # (a budget that skipped a replay, --deadline, is not said to meet;
@@ -1538,8 +1560,8 @@ def targets(table, traces, results, args):
                          "meets": meets,
                          "ratios": {lb: {n: ratio(table, lb, c, n) for n in ORDER + ("all",)}
                                     for lb in labels}})
-            if meets and c.startswith("unreserved@"):
-                smallest_unreserved = smallest_unreserved or results[c]["budget"] / GIB
+            if meets and sweep_variant(c):
+                smallest_of.setdefault(sweep_variant(c), results[c]["budget"] / GIB)
             elif meets:
                 smallest = smallest or results[c]["budget"] / GIB
         print("\nbudget sweep: kvshim at each budget against the static split at %.1f GiB "
@@ -1553,11 +1575,11 @@ def targets(table, traces, results, args):
             for lb in r["traces"]:
                 x = r["ratios"][lb]
                 print("| %.2f%s | %s | %.2fx | %.2fx | %.2fx | %.2fx | %s |" % (
-                    r["budget_gib"], " (unreserved)" if r["config"].startswith("unreserved@")
-                    else "", lb, x["small"], x["medium"], x["large"], x["all"],
-                    "yes" if r["meets"] else "no"))
-        for what, b, kind in (("", smallest, ("kvshim@", "packed@")),
-                              (" without the reserve", smallest_unreserved, "unreserved@")):
+                    r["budget_gib"], " (%s)" % sweep_variant(r["config"])
+                    if sweep_variant(r["config"]) else "", lb, x["small"], x["medium"],
+                    x["large"], x["all"], "yes" if r["meets"] else "no"))
+        for what, b, kind in (("", smallest, ("kvshim@", "packed@")),) + tuple(
+                (" " + said, smallest_of.get(v), v + "@") for v, said in SWEEP_VARIANTS):
             if any(r["config"].startswith(kind) for r in rows):
                 print("colocate: smallest kvshim budget%s meeting the static %.1f GiB split's "
                       "per-model p99: %s" % (what, args.budget_gib,
@@ -1570,15 +1592,16 @@ def targets(table, traces, results, args):
             print("colocate: %s: the static split's requests held up to %.0f MiB of blocks at one "
                   "moment; a budget below that cannot hold them all at once (and pages, whole, "
                   "hold more than their blocks)" % (lb, peak / MIB))
-        out["sweep"] = {"rows": rows, "smallest_gib": smallest,
-                        "smallest_unreserved_gib": smallest_unreserved, "static_gib": args.budget_gib,
+        out["sweep"] = {"rows": rows, "smallest_gib": smallest, "static_gib": args.budget_gib,
                         "static_peak_blocks": held}
+        for v, _ in SWEEP_VARIANTS:
+            out["sweep"]["smallest_%s_gib" % v] = smallest_of.get(v)
     return out
 
 
 def repeats(table, traces, results, config="kvshim"):
     """For each trace that static and config (kvshim by default; reads,
-    packed, unpacked, unreserved or noahead too) both replayed more than once (--repeat; a
+    packed, unpacked, unreserved, noahead or nocushion too) both replayed more than once (--repeat; a
     replay --deadline skipped does not count): per model, the p99 TTFT of
     every replay, static and config's, their medians and the ratio of the
     medians; config meets the static split within its spread when its
@@ -1844,6 +1867,9 @@ def main():
     ap.add_argument("--sweep-unreserved", nargs="?", const="also", choices=("also", "only"),
                     help="run each sweep budget again without the reserve (unreserved@B); "
                          "=only: without it alone")
+    ap.add_argument("--sweep-nocushion", nargs="?", const="also", choices=("also", "only"),
+                    help="run each sweep budget again without the cushion (nocushion@B); "
+                         "=only: without it alone")
     ap.add_argument("--sweep-all", action="store_true",
                     help="run every sweep budget (by default the sweep ends at the first that meets)")
     ap.add_argument("--tolerance", type=float, default=0.0,
@@ -1878,9 +1904,10 @@ def main():
             os._exit(1)
     configs = [c for c in args.configs.split(",") if c]
     if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "packed",
-                                      "unpacked", "reads", "unreserved", "noahead"}:
+                                      "unpacked", "reads", "unreserved", "noahead",
+                                      "nocushion"}:
         ap.error("--configs takes static, kvshim, capped, ample, packed, unpacked, reads, "
-                 "unreserved and noahead")
+                 "unreserved, noahead and nocushion")
     given = [o for o, v in (("--rates", args.rates), ("--seeds", args.seeds),
                             ("--seed", args.seed), ("--phases", args.phases),
                             ("--phase", args.phase), ("--quick", args.quick))
@@ -1925,8 +1952,9 @@ def main():
     if args.reserve is not None and not re.fullmatch(r"(50|[1-4]?[0-9])%?", args.reserve):
         ap.error("--reserve %r: a percentage from 0 to 50 (5 or 5%%), as KVSHIM_RESERVE takes"
                  % args.reserve)
-    if args.sweep_unreserved and not args.sweep_gib:
-        ap.error("--sweep-unreserved runs the sweep's budgets again: give them with --sweep-gib")
+    for v, _ in SWEEP_VARIANTS:
+        if getattr(args, "sweep_" + v) and not args.sweep_gib:
+            ap.error("--sweep-%s runs the sweep's budgets again: give them with --sweep-gib" % v)
     if args.sweep_pack and not args.sweep_gib:
         ap.error("--sweep-pack names the sweep's budgets: give them with --sweep-gib")
     try:
@@ -1978,7 +2006,7 @@ def main():
               "ceiling": int(args.capped_share * budget) // 3 if c == "capped" else 0,
               "pack": c not in ("static", "ample", "unpacked"),
               "static_reads": c == "reads", "reserve": c != "unreserved",
-              "ahead": c != "noahead"}, traces)
+              "ahead": c != "noahead", "cushion": c != "nocushion"}, traces)
             for c in configs]
     # the sweep's budgets, kvshim's (packing, as kvshim does by default;
     # named packed@B with --sweep-pack)
@@ -1986,12 +2014,17 @@ def main():
     # (kvshim and packed are alike now: either, at --budget-gib, is that
     # budget's run)
     same = [c for c in ("kvshim", "packed") if c in configs]
+    # and each budget again with a setting off (--sweep-unreserved,
+    # --sweep-nocushion), after it, or instead of it (=only)
+    variants = [v for v, _ in SWEEP_VARIANTS if getattr(args, "sweep_" + v)]
+    names = ([] if any(getattr(args, "sweep_" + v) == "only" for v in variants) else [base]) \
+        + variants
     plan += [({"name": "%s@%g" % (name, b), "mode": "kvshim", "budget": int(b * GIB),
-               "pack": True, "reserve": name != "unreserved"}, sweep_traces)
+               "pack": True, "reserve": name != "unreserved", "cushion": name != "nocushion"},
+              sweep_traces)
              for b in sorted(sweep)
-             for name in {None: (base,), "also": (base, "unreserved"),
-                          "only": ("unreserved",)}[args.sweep_unreserved]
-             if b != args.budget_gib or not same or name == "unreserved"]
+             for name in names
+             if b != args.budget_gib or not same or name != base]
     # the configurations' turns: each replays its traces in one turn, or,
     # alternating, the k-th replays of them in round k, the order of the
     # configurations reversed every other round
@@ -2075,7 +2108,8 @@ def main():
         else:
             results[cfg["name"]] = res
         if is_sweep(cfg["name"]) and "static" in results and (
-                not cfg["name"].startswith("unreserved@") or args.sweep_unreserved == "only"):
+                sweep_variant(cfg["name"]) is None
+                or getattr(args, "sweep_" + sweep_variant(cfg["name"])) == "only"):
             # ascending budgets: the first that meets the static split ends the sweep
             table, _ = summarize(results, trs)
             if all(ratio(table, tr["label"], cfg["name"], n) * (1 + args.tolerance) >= 1.0

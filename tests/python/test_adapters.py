@@ -2937,11 +2937,45 @@ class AdapterTest(unittest.TestCase):
         tr._settle()
         self.assertEqual(sorted(tr._ahead), list(range(64, 71)))   # 100 tokens: 7 blocks
 
+    def test_cushion_off_states_none_and_keeps_no_step(self):
+        """KVSHIM_CB_CUSHION: on, a decoding engine that shares its budget
+        states one step as demand and keeps it backed for the next request;
+        off, it states none and releases that step, and a pending prefill
+        is still backed ahead."""
+        c, tr, proc, asked = self.paged_engine()
+        self.shared_on()
+        self.addCleanup(transformers_cb._cushion_setting.__setitem__, slice(None),
+                        list(transformers_cb._cushion_setting))
+        transformers_cb._cushion_setting[:] = [True]
+        type(proc).max_batch_tokens = 512                      # 32 blocks a step
+        self.lay_out(proc, [("a", 64)])                        # page index 0, whole
+        stated = []
+        self.capture_demand(stated)
+        self.assertEqual(transformers_cb._cushion(proc), 32)
+        self.assertTrue(proc.prepare_next_batch())
+        tr._settle()
+        self.assertEqual(sorted(tr._ahead), list(range(64, 96)))    # the step, standing
+        self.assertGreater(stated[-1], 0)
+        transformers_cb._cushion_setting[:] = [False]
+        self.assertEqual(transformers_cb._cushion_blocks(proc), 0)
+        self.assertEqual(transformers_cb._cushion(proc), 0)
+        for _ in range(3):
+            self.assertTrue(proc.prepare_next_batch())
+            tr._settle()
+            self.assertEqual(tr._ahead, set())
+        self.assertEqual(stated[-1], 0)
+        proc.scheduler.active_requests["a"].remaining_prefill_tokens = [0] * 100
+        self.assertTrue(proc.prepare_next_batch())
+        tr._settle()
+        self.assertEqual(sorted(tr._ahead), list(range(64, 71)))   # 100 tokens: 7 blocks
+        self.assertEqual(stated[-1], 0)
+
     def test_switch_settings(self):
-        """KVSHIM_CB_AHEAD and KVSHIM_CB_PACK (both on when unset): their
-        values, and bad ones refused naming the variable."""
+        """KVSHIM_CB_AHEAD, KVSHIM_CB_PACK and KVSHIM_CB_CUSHION (all on when
+        unset): their values, and bad ones refused naming the variable."""
         for setting, var, unset in ((transformers_cb.ahead_setting, "KVSHIM_CB_AHEAD", True),
-                                    (transformers_cb.pack_setting, "KVSHIM_CB_PACK", True)):
+                                    (transformers_cb.pack_setting, "KVSHIM_CB_PACK", True),
+                                    (transformers_cb.cushion_setting, "KVSHIM_CB_CUSHION", True)):
             for v, want in ((None, unset), ("on", True), ("1", True), ("0", False),
                             ("No", False), ("Off", False)):
                 self.assertEqual(setting(v), want, (var, v))

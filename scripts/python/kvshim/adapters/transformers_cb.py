@@ -342,10 +342,12 @@ def patch_cache_module(mod):
 
 AHEAD_VAR = "KVSHIM_CB_AHEAD"
 PACK_VAR = "KVSHIM_CB_PACK"
+CUSHION_VAR = "KVSHIM_CB_CUSHION"
 _BOOL = {"1": True, "true": True, "yes": True, "on": True,
          "0": False, "false": False, "no": False, "off": False}
 _ahead_setting = []
 _pack_setting = []
+_cushion_setting = []
 
 
 def _bool_setting(var, value, unset):
@@ -370,6 +372,12 @@ def pack_setting(value):
     return _bool_setting(PACK_VAR, value, True)
 
 
+def cushion_setting(value):
+    """KVSHIM_CB_CUSHION as kvshim-config reads it: on (also when unset) or
+    off. Raises ValueError naming the variable."""
+    return _bool_setting(CUSHION_VAR, value, True)
+
+
 def _switch(kept, setting, var, off):
     """A switch read once from the environment's var by setting, kept in
     the list kept; a bad value warns (off: what that leaves undone) and
@@ -390,6 +398,11 @@ def _pack_on():
 def _ahead_on():
     return _switch(_ahead_setting, ahead_setting, AHEAD_VAR,
                    "blocks are mapped when handed out only")
+
+
+def _cushion_on():
+    return _switch(_cushion_setting, cushion_setting, CUSHION_VAR,
+                   "the engine states no cushion and keeps no step backed for the next request")
 
 
 def map_ahead(processor, tracker):
@@ -425,7 +438,8 @@ def map_ahead(processor, tracker):
         states = itertools.chain(active.values(), waiting.values())
         tokens = min(sum(len(s.remaining_prefill_tokens) for s in states),
                      processor.max_batch_tokens)
-        standing = tokens <= 0 and bool(active or waiting) and _shared(processor)
+        standing = (tokens <= 0 and bool(active or waiting) and _shared(processor)
+                    and _cushion_on())
         if standing:
             if tracker.ahead_standing():
                 return
@@ -496,7 +510,19 @@ def _cushion(proc):
     3 to 5 s). Its own prefix cache's blocks (see _reclaim) and then its
     idle pages cover it first; with KVSHIM_CB_PACK, the free ids on its
     pages that packing leaves (it keeps the cushion's worth) before them.
-    0 for an idle engine: its idle pages are the others'."""
+    0 for an idle engine: its idle pages are the others'; and 0 with
+    KVSHIM_CB_CUSHION=off (nor does map_ahead keep a step backed for the
+    next request then): the engine states only what its waiting requests
+    need, so a neighbour is never asked to give back blocks it uses for a
+    request that has not come. (On an H200 at a 3 GiB budget, as its burst
+    began, the large engine stated 174 to 342 MiB of demand from 17.5 to
+    19.1 s while its requests arriving then had their first tokens within
+    0.3 s, and kvshim asked
+    the medium engine, above its share, for up to 246 MiB: transformers
+    moved 10 of the medium model's requests to the CPU over the replay,
+    and its next request waited 3.8 s; docs/BENCHMARKS.md, section 4,
+    session 25. Whether the cushion was the part asked for, colocate's
+    nocushion configuration is to tell.)"""
     need = _cushion_blocks(proc)
     tracker = getattr(proc.cache, "kvshim_tracker", None)
     if need and tracker is not None and _packs(proc):
@@ -517,7 +543,10 @@ def _cushion(proc):
 def _cushion_blocks(proc):
     """The cushion before what covers it without memory (see _cushion):
     one step's prefill in every layer group above the margin, less the
-    prefix cache's blocks; 0 for an engine without requests."""
+    prefix cache's blocks; 0 for an engine without requests, or with
+    KVSHIM_CB_CUSHION=off."""
+    if not _cushion_on():
+        return 0
     sched = getattr(proc, "scheduler", None)
     if not (getattr(sched, "active_requests", None) or getattr(sched, "waiting_requests", None)):
         return 0
