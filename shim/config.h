@@ -58,7 +58,7 @@
 	X(CB_PACK, cb_pack, bool, "on",                                      \
 	  "transformers continuous batching, while other processes share its budget: asked to give back, move blocks in use off the pages they share with few others (their KV copied on the GPU, the block tables rewritten) so that those pages go back, before preempting requests") \
 	X(CB_CUSHION, cb_cushion, bool, "on",                                \
-	  "transformers continuous batching, while other processes share its budget: an engine with requests states one step's prefill as demand even when none waits, and keeps it backed for the next request; off: it states only what its waiting requests need")
+	  "transformers continuous batching, while other processes share its budget: an engine with requests states one step's prefill as demand even when none waits, and keeps it backed for the next request; off: it states only what its waiting requests need, with the scheduler's margin")
 
 /* Device ordinals KVSHIM_DEVICE can name: 0 to KV_MAX_DEVICES - 1. */
 #define KV_MAX_DEVICES 64

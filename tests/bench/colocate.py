@@ -6,7 +6,7 @@ transformers 5.x; downloads nothing.
 Three engines, three processes: each is Hugging Face transformers'
 continuous batching (ContinuousBatchingManager, fed with add_request) over
 a randomly initialised Llama-style model of its own size (MODELS). One to
-seven configurations (--configs) run one after the other, in one invocation:
+ten configurations (--configs) run one after the other, in one invocation:
 - static: plain processes; each engine's KV cache is fixed at a third of
   the KV budget (num_blocks given), all of it allocated at start;
 - kvshim: each engine under kvshim-run with KVSHIM_SHARE=on,
@@ -103,7 +103,10 @@ than once meets by the median of its replays against the static
 replays' most, as the spread table judges. --sweep-unreserved runs each of those
 budgets again without the reserve (unreserved@B, after kvshim@B), whose
 smallest is reported apart; --sweep-unreserved=only runs them without it
-alone. --sweep-nocushion does the same without the cushion (nocushion@B). --quick is rates 3, 4 and 6, one seed and
+alone. --sweep-nocushion does the same without the cushion (nocushion@B);
+=only on either runs the variants alone, and then the first budget of
+each that meets ends that variant's line (beside kvshim@B, a variant's
+line ends with kvshim's). --quick is rates 3, 4 and 6, one seed and
 one phase length, and a sweep of 3 GiB at rate 3. How long each part
 took is printed as it ends, and an estimate first.
 --dry-run tries all of it without torch or a GPU: engines that answer at
@@ -275,7 +278,8 @@ def done(run, out_path):
 def dry_engine(args):
     """--dry-run's engine: no torch, no GPU. It answers as engine() does, at
     once, with made-up figures of the same shape (each request's first
-    token after 50 to 150 ms, 1.5 times that under kvshim, as if every
+    token after 50 to 150 ms, 1.5 times that under kvshim, 1.6 without the
+    cushion, as if every
     configuration were its own), so that the run's orchestration,
     --deadline, the tables, the plots and the JSON can be tried anywhere.
     Under kvshim (the CPU emulation, where there is no GPU) it maps a
@@ -305,7 +309,10 @@ def dry_engine(args):
         for k, q in enumerate(mine):
             g = random.Random("%s %s %s" % (q["seed"], name, kvshim))
             wait = g.uniform(0.0, 0.05)
-            ttft = (wait + g.uniform(0.05, 0.1)) * (1.5 if kvshim else 1.0)
+            # (without the cushion a tenth slower again: the sweep's lines,
+            # kvshim's and nocushion's, can then end apart)
+            ttft = (wait + g.uniform(0.05, 0.1)) * (
+                (1.6 if os.environ.get("KVSHIM_CB_CUSHION") == "off" else 1.5) if kvshim else 1.0)
             if kvshim and k == 0:
                 # its first request, preempted after its first token,
                 # started again half a second later
@@ -2019,6 +2026,14 @@ def main():
     variants = [v for v, _ in SWEEP_VARIANTS if getattr(args, "sweep_" + v)]
     names = ([] if any(getattr(args, "sweep_" + v) == "only" for v in variants) else [base]) \
         + variants
+    alone = base not in names
+
+    def sweep_line(cname):
+        """The line of the sweep configuration cname is on, which the first
+        of its budgets that meets ends: kvshim's (None; a variant beside it
+        ends with it), or with the variants alone (=only on any of them),
+        its variant's own."""
+        return sweep_variant(cname) if alone else None
     plan += [({"name": "%s@%g" % (name, b), "mode": "kvshim", "budget": int(b * GIB),
                "pack": True, "reserve": name != "unreserved", "cushion": name != "nocushion"},
               sweep_traces)
@@ -2056,7 +2071,7 @@ def main():
             print("colocate: --deadline %g min is less than the whole run's guess (%.1f min "
                   "with the minute to finish): replays that would end later are skipped"
                   % (args.deadline, (est + 60) / 60), flush=True)
-    results, met, took = {}, None, {}
+    results, met, took = {}, {}, {}
     # (a minute of it kept to stop the engines and write the tables, plots and JSON)
     deadline = t_all + 60 * args.deadline - 60 if args.deadline is not None else None
     firsts, dropped = {}, []
@@ -2072,10 +2087,11 @@ def main():
     for i, (cfg, trs, r) in enumerate(turns):
         # budgets above the smallest that met are not tried; it and those
         # below it replay every round (with --repeat, judged by the spread)
-        if is_sweep(cfg["name"]) and met is not None and not args.sweep_all and \
-                cfg["budget"] / GIB > met:
+        line = sweep_line(cfg["name"]) if is_sweep(cfg["name"]) else None
+        if is_sweep(cfg["name"]) and line in met and not args.sweep_all and \
+                cfg["budget"] / GIB > met[line]:
             print("colocate: %s skipped: %g GiB already meets the static split" % (
-                cfg["name"], met), flush=True)
+                cfg["name"], met[line]), flush=True)
             continue
         # (a round's first is the first configuration that runs in it)
         first = firsts.setdefault(r, cfg["name"])
@@ -2107,14 +2123,14 @@ def main():
             merge(results[cfg["name"]], res)
         else:
             results[cfg["name"]] = res
-        if is_sweep(cfg["name"]) and "static" in results and (
-                sweep_variant(cfg["name"]) is None
-                or getattr(args, "sweep_" + sweep_variant(cfg["name"])) == "only"):
-            # ascending budgets: the first that meets the static split ends the sweep
+        if is_sweep(cfg["name"]) and "static" in results and \
+                line == sweep_variant(cfg["name"]):
+            # ascending budgets: the first that meets the static split ends
+            # its line of the sweep
             table, _ = summarize(results, trs)
             if all(ratio(table, tr["label"], cfg["name"], n) * (1 + args.tolerance) >= 1.0
                    for tr in trs for n in ORDER):
-                met = min(met or math.inf, cfg["budget"] / GIB)
+                met[line] = min(met.get(line, math.inf), cfg["budget"] / GIB)
     # the sweep's configuration at --budget-gib is the main kvshim run
     if sweep and same and same[0] in results and args.budget_gib in sweep:
         results["%s@%g" % (base, args.budget_gib)] = results[same[0]]

@@ -2940,8 +2940,9 @@ class AdapterTest(unittest.TestCase):
     def test_cushion_off_states_none_and_keeps_no_step(self):
         """KVSHIM_CB_CUSHION: on, a decoding engine that shares its budget
         states one step as demand and keeps it backed for the next request;
-        off, it states none and releases that step, and a pending prefill
-        is still backed ahead."""
+        off, it states none and releases that step, packing still keeps a
+        step's worth of free ids, and a pending prefill is still backed
+        ahead."""
         c, tr, proc, asked = self.paged_engine()
         self.shared_on()
         self.addCleanup(transformers_cb._cushion_setting.__setitem__, slice(None),
@@ -2957,7 +2958,7 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(sorted(tr._ahead), list(range(64, 96)))    # the step, standing
         self.assertGreater(stated[-1], 0)
         transformers_cb._cushion_setting[:] = [False]
-        self.assertEqual(transformers_cb._cushion_blocks(proc), 0)
+        self.assertEqual(transformers_cb._cushion_blocks(proc), 32)    # what packing keeps
         self.assertEqual(transformers_cb._cushion(proc), 0)
         for _ in range(3):
             self.assertTrue(proc.prepare_next_batch())
@@ -2969,6 +2970,21 @@ class AdapterTest(unittest.TestCase):
         tr._settle()
         self.assertEqual(sorted(tr._ahead), list(range(64, 71)))   # 100 tokens: 7 blocks
         self.assertEqual(stated[-1], 0)
+
+    def test_cushion_switch_read_from_the_environment(self):
+        """KVSHIM_CB_CUSHION is read from the environment, once: off turns
+        the cushion off; a bad value warns, naming it, and counts as off."""
+        self.addCleanup(transformers_cb._cushion_setting.__setitem__, slice(None),
+                        list(transformers_cb._cushion_setting))
+        for value, want in (("off", False), ("on", True), ("soft", False)):
+            transformers_cb._cushion_setting[:] = []
+            err = io.StringIO()
+            with unittest.mock.patch.dict(os.environ, {"KVSHIM_CB_CUSHION": value}), \
+                    redirect_stderr(err):
+                self.assertEqual(transformers_cb._cushion_on(), want, value)
+            with unittest.mock.patch.dict(os.environ, {"KVSHIM_CB_CUSHION": "on"}):
+                self.assertEqual(transformers_cb._cushion_on(), want, value)     # once
+            self.assertEqual("KVSHIM_CB_CUSHION=soft" in err.getvalue(), value == "soft")
 
     def test_switch_settings(self):
         """KVSHIM_CB_AHEAD, KVSHIM_CB_PACK and KVSHIM_CB_CUSHION (all on when

@@ -413,8 +413,9 @@ def map_ahead(processor, tracker):
     manager will hand out next. With no prefill pending, an engine with
     requests (running or waiting) that shares its budget with other
     processes keeps one step's worth backed for the next request to come
-    (the step its cushion claims in the shared budget, see _cushion, which
-    they then cover; an engine alone does as before, its pages following its
+    (none with KVSHIM_CB_CUSHION=off; the step its cushion claims in the
+    shared budget, see _cushion, which they then cover; an engine alone
+    does as before, its pages following its
     blocks in use within a page a tensor): a request arrives between two
     passes, and without it its prompt's first blocks were mapped on the
     engine's path (on an H200 a large engine mapped 21 new page indices, 48
@@ -512,17 +513,18 @@ def _cushion(proc):
     pages that packing leaves (it keeps the cushion's worth) before them.
     0 for an idle engine: its idle pages are the others'; and 0 with
     KVSHIM_CB_CUSHION=off (nor does map_ahead keep a step backed for the
-    next request then): the engine states only what its waiting requests
-    need, so a neighbour is never asked to give back blocks it uses for a
-    request that has not come. (On an H200 at a 3 GiB budget, as its burst
-    began, the large engine stated 174 to 342 MiB of demand from 17.5 to
-    19.1 s while its requests arriving then had their first tokens within
-    0.3 s, and kvshim asked
-    the medium engine, above its share, for up to 246 MiB: transformers
-    moved 10 of the medium model's requests to the CPU over the replay,
-    and its next request waited 3.8 s; docs/BENCHMARKS.md, section 4,
-    session 25. Whether the cushion was the part asked for, colocate's
-    nocushion configuration is to tell.)"""
+    next request then): the engine states what its waiting requests need
+    (with the scheduler's margin), and nothing while none waits, so it
+    claims nothing for a request that has not come. (On an H200 at a 3 GiB
+    budget, from 17.0 to 17.85 s, as the large model's burst began, kvshim
+    asked the medium engine, above its share, for up to 246 MiB while the
+    large engine stated up to 342 MiB of demand and its requests had their
+    first tokens within 0.21 s; the medium model's request of 17.71 s
+    waited 3.8 s; docs/BENCHMARKS.md, section 4, session 25. Whether those
+    asks were for the cushion, colocate's nocushion configuration is to
+    tell.)"""
+    if not _cushion_on():
+        return 0
     need = _cushion_blocks(proc)
     tracker = getattr(proc.cache, "kvshim_tracker", None)
     if need and tracker is not None and _packs(proc):
@@ -543,10 +545,9 @@ def _cushion(proc):
 def _cushion_blocks(proc):
     """The cushion before what covers it without memory (see _cushion):
     one step's prefill in every layer group above the margin, less the
-    prefix cache's blocks; 0 for an engine without requests, or with
-    KVSHIM_CB_CUSHION=off."""
-    if not _cushion_on():
-        return 0
+    prefix cache's blocks; 0 for an engine without requests. (Packing
+    keeps this many free ids on its pages, whether the engine states the
+    cushion or not: KVSHIM_CB_CUSHION switches the statement.)"""
     sched = getattr(proc, "scheduler", None)
     if not (getattr(sched, "active_requests", None) or getattr(sched, "waiting_requests", None)):
         return 0
