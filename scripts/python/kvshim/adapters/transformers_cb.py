@@ -415,8 +415,8 @@ def map_ahead(processor, tracker):
     processes keeps one step's worth backed for the next request to come
     (none with KVSHIM_CB_CUSHION=off; the step its cushion claims in the
     shared budget, see _cushion, which they then cover; an engine alone
-    does as before, its pages following its
-    blocks in use within a page a tensor): a request arrives between two
+    does as before, its pages following its blocks in use within a page a
+    tensor): a request arrives between two
     passes, and without it its prompt's first blocks were mapped on the
     engine's path (on an H200 a large engine mapped 21 new page indices, 48
     pages each, for the 29 requests of its hot phases, and scheduling a
