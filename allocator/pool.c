@@ -349,14 +349,11 @@ int kv_pool_refill(kv_alloc_t *a)
 {
 	uint32_t low = (uint32_t)(a->o.pool_low / a->page);
 	uint32_t high = (uint32_t)(a->o.pool_high / a->page);
-	uint32_t n, k, *slots;
+	uint32_t n, k, slots[KV_FILL_BATCH];
 	int rc = 0, bad;
 
 	if (kv_pooled(a) >= low || !a->n[KV_P_EMPTY] || kv_pooled(a) >= high)
 		return 0;
-	slots = malloc(KV_FILL_BATCH * sizeof(*slots));
-	if (!slots)
-		return KVSHIM_ENOMEM;
 	while (!rc && kv_pooled(a) < high && a->n[KV_P_EMPTY] && !kv_prim_capturing()) {
 		n = high - kv_pooled(a);
 		if (n > a->n[KV_P_EMPTY])
@@ -377,7 +374,6 @@ int kv_pool_refill(kv_alloc_t *a)
 		if (k < n || bad)
 			break;
 	}
-	free(slots);
 	return rc;
 }
 

@@ -688,8 +688,12 @@ def static_blocks(name, budget):
     return budget // 3 // (kv_bytes_per_token(name) * BLOCK)
 
 
-def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack=True,
-          static_reads=False, reserve=True, ahead=True, cushion=True):
+def spawn(name, cfg, args, pool, outdir, tag):
+    """Start model name's engine for configuration cfg (run_config's: its
+    mode and budget, and the settings a configuration turns from kvshim's
+    defaults: ceiling, shares, pack, static_reads, reserve, ahead,
+    cushion), its log in outdir. Returns the process."""
+    mode, budget = cfg["mode"], cfg["budget"]
     cmd = [sys.executable, os.path.abspath(__file__), "--engine", name,
            "--max-batch-tokens", str(args.max_batch_tokens),
            "--cpu-offload-gib", str(args.cpu_offload_gib)]
@@ -702,20 +706,20 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
     env.pop("KVSHIM_MAX", None)         # capped's alone (the caller's would pass)
     env.pop("KVSHIM_WEIGHT", None)      # --weights' alone (equal, 1, without it)
     env.pop("KVSHIM_CB_READ_TOKENS", None)      # reads' alone
-    env["KVSHIM_CB_PACK"] = "on" if pack else "off"     # unpacked's alone off
+    env["KVSHIM_CB_PACK"] = "on" if cfg.get("pack", True) else "off"   # unpacked's alone off
     env.pop("KVSHIM_RESERVE", None)     # kvshim's default (5%), or --reserve; unreserved's off
-    if not reserve:
+    if not cfg.get("reserve", True):
         env["KVSHIM_RESERVE"] = "off"
     elif args.reserve is not None and mode != "static":
         env["KVSHIM_RESERVE"] = args.reserve
     env.pop("KVSHIM_CB_AHEAD", None)    # the adapter's default (on); noahead's off
-    if not ahead:
+    if not cfg.get("ahead", True):
         env["KVSHIM_CB_AHEAD"] = "off"
     env.pop("KVSHIM_CB_CUSHION", None)  # the adapter's default (on); nocushion's off
-    if not cushion:
+    if not cfg.get("cushion", True):
         env["KVSHIM_CB_CUSHION"] = "off"
     if mode == "static":
-        cmd += ["--num-blocks", str(static_blocks(name, budget * shares))]
+        cmd += ["--num-blocks", str(static_blocks(name, budget * cfg.get("shares", 1)))]
         env["KVSHIM_SHARE"] = "off"     # no kvshim here; said for clarity
     else:
         cmd = [built_tree.kvshim_run()] + cmd + ["--num-blocks", "0"]
@@ -723,15 +727,15 @@ def spawn(name, mode, args, budget, pool, outdir, tag, ceiling=0, shares=1, pack
                    KVSHIM_MIN=str(int(args.floor_gib * GIB)))
         if args.weight_of:
             env["KVSHIM_WEIGHT"] = str(args.weight_of[name])
-        if static_reads:
+        if cfg.get("static_reads"):
             # what the static split's engine of this model reads at most in
             # a batch: its cache's tokens, at --budget-gib
             env["KVSHIM_CB_READ_TOKENS"] = str(static_blocks(name, int(args.budget_gib * GIB))
                                                * BLOCK)
-        if ceiling:
+        if cfg.get("ceiling"):
             # and a page index more: the two padding blocks, backed at once
             # (a page in each KV tensor), which static has beside its third
-            env["KVSHIM_MAX"] = str(ceiling + 2 * MODELS[name][0] * 2 * MIB)
+            env["KVSHIM_MAX"] = str(cfg["ceiling"] + 2 * MODELS[name][0] * 2 * MIB)
         env = built_tree.environment(env)
     log = open(os.path.join(outdir, "colocate-%s-%s.log" % (tag, name)), "w")
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -837,11 +841,7 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
     pool = "colocate%d%s" % (os.getpid(), tag.replace(".", "_").replace("-", "_")) \
         if mode == "kvshim" else None
     t_spawn = time.perf_counter()
-    procs = {name: spawn(name, mode, args, budget, pool, outdir, tag, cfg.get("ceiling", 0),
-                         cfg.get("shares", 1), cfg.get("pack", True),
-                         cfg.get("static_reads", False), cfg.get("reserve", True),
-                         cfg.get("ahead", True), cfg.get("cushion", True))
-             for name in ORDER}
+    procs = {name: spawn(name, cfg, args, pool, outdir, tag) for name in ORDER}
     res = {"name": cfg["name"], "mode": mode, "budget": budget, "engines": {}, "runs": {},
            "seconds": {}, "skipped": [], "pool": pool}
     try:
