@@ -193,8 +193,31 @@ static void ensure_config(void)
 
 /* ------------------------------------------------------------------ shared helpers */
 
+/*
+ * fork: a child's driver calls must not find the lock held by a thread the child does not
+ * have (a kvshim worker of the parent's inside a driver call as it forked): the lock is taken
+ * across fork, as glibc takes malloc's, from the first time it is taken at all.
+ */
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&kv_emu.lock);
+}
+
+static void fork_release(void)
+{
+    pthread_mutex_unlock(&kv_emu.lock);
+}
+
+static void fork_safe(void)
+{
+    pthread_atfork(fork_prepare, fork_release, fork_release);
+}
+
 void kv_emu_lock(void)
 {
+    pthread_once(&fork_once, fork_safe);
     pthread_mutex_lock(&kv_emu.lock);
 }
 
