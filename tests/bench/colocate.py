@@ -130,10 +130,12 @@ per request/s of its rate (with graphs off the H200's longest at rate 6
 took 115 s, this guess 116 s; with graphs on, 66 s).
 --warmup replays, in each configuration before its traces, a trace of
 another seed (the largest given plus one) at the highest rate, each model
-hot once, and counts it nowhere (its time is in the JSON's seconds, and
-in the estimates): a machine runs its first batch shapes 0.5 to 1 s a
+hot once (--warmup-cycles N: N times), and counts it nowhere (its time is
+in the JSON's seconds, and in the estimates; its CUDA graphs in the
+JSON's warmup_graphs): a machine runs its first batch shapes 0.5 to 1 s a
 step (kernels loaded or compiled; on an H200 the first configuration paid
-most of them). --alternate, with --repeat N, replays in N rounds: in round
+most of them), and transformers captures a CUDA graph for each batch key
+an engine first meets (0.03 to 0.5 s each). --alternate, with --repeat N, replays in N rounds: in round
 k each configuration replays the k-th replay of each trace, engines
 started afresh, in the configurations' order in even rounds and in
 reverse in odd ones (static, kvshim, kvshim, static, ...), so that no
@@ -157,7 +159,9 @@ KV and peak process memory), with the others (each model's longest TTFTs
 and the CUDA graphs its engine captured while they waited, its p99 apart
 from the requests that waited on a capture, each configuration's captures
 against static's of about the same time of the trace (their time over
-static's), its latency end to end and the requests preempted and started
+static's), the captures by their keys in transformers' graph cache (those
+of a KV read no static engine of the model forms apart), its latency end
+to end and the requests preempted and started
 again, where the time goes, long steps and the graphs captured, the
 scheduling of the steps that prefill (under kvshim with the adapter's part
 of it, and the time its thread mapping ahead waited for captures), kvshim's
@@ -334,9 +338,12 @@ def dry_engine(args):
                    # kvshim the adapter's part of the scheduling)
                    steps=[(round(q["t"], 4), 0.005, 0.21 if k % 3 == 0 else 0.07)
                           + ((0.001,) if kvshim else ()) for k, q in enumerate(mine)],
-                   # (a CUDA graph captured in every fifth step's batch)
-                   graphs=[(round(q["t"] + 0.005, 4), 0.05) for k, q in enumerate(mine)
-                           if k % 5 == 0])
+                   # (a CUDA graph captured in every fifth step's batch,
+                   # its key a KV read of 1 to 4 times 16384 tokens, at
+                   # most what the engine reads)
+                   graphs=[(round(q["t"] + 0.005, 4), 0.05,
+                            [64, min(16384 * (k // 5 % 4 + 1), info["read_tokens"]), 1024])
+                           for k, q in enumerate(mine) if k % 5 == 0])
         if kvshim:
             run["kvshim_stats"] = {"physical_bytes": kv // 2}
             run["kvshim_tracker"] = dict({k: 0 for k in TRACKER_FIGURES}, worst=0.0,
@@ -445,7 +452,9 @@ def engine(args):
         run["steps"] = [(round(st[0] - t0, 4),) + tuple(round(x, 5) for x in st[1:])
                         for st in steps[first_step:]]
         if graphs is not None:
-            run["graphs"] = [(round(g[0] - t0, 4), round(g[1], 5)) for g in graphs[first_graph:]]
+            run["graphs"] = [(round(g[0] - t0, 4), round(g[1], 5))
+                             + ((list(g[2]),) if g[2] is not None else ())
+                             for g in graphs[first_graph:]]
         if tracker is not None:         # the fair shares' work in this engine
             run["kvshim_stats"] = kvshim.stats()
             after = tracker_figures(tracker)
@@ -488,13 +497,17 @@ def time_steps():
     (prepare_next_batch) includes those calls; a step without CUDA graphs
     is synchronous (transformers' sync batching), so its time is the GPU's;
     with graphs (the default), whether a step waits for its replay is
-    transformers' doing, not checked here. graphs gets (start, seconds)
-    per CUDA graph transformers captures (ModelRunner._capture_graph: an
-    eager forward, then the capture), at its warm-up and in a step whose
-    batch shape (queries padded to q_padding_interval_size, KV read to
-    kv_padding_interval_size) has no graph in its cache (an LRU of
-    max_cached_graphs, halved per IO pair with async batching); graphs is
-    None where transformers has no such method (not counted)."""
+    transformers' doing, not checked here. graphs gets (start, seconds,
+    key) per CUDA graph transformers captures (ModelRunner._capture_graph:
+    an eager forward, then the capture), at its warm-up and in a step whose
+    batch has no graph in its cache under its key (transformers 5.17:
+    queries padded to q_padding_interval_size, 64; the KV the batch reads
+    padded to kv_padding_interval_size, 16384, at most the cache's tokens,
+    under kvshim the adapter's read budget; the longest KV padded to a power
+    of 2 from 1024, as far; its cache is a dict that never evicts, so a
+    capture is a key the engine never met); key is None where transformers
+    keeps no such key; graphs is None where it has no such method (not
+    counted)."""
     from transformers.generation.continuous_batching import continuous_api
     cls = continuous_api.ContinuousBatchProcessor
     prepare, step = cls.prepare_next_batch, cls._generation_step
@@ -513,9 +526,19 @@ def time_steps():
         def timed_capture(self, *args, **kwargs):
             t = time.perf_counter()
             try:
+                # the batch's key in the graph cache, as transformers 5.17
+                # stores the graph under it (with async batching, in the
+                # IO pair's device side; None where it keeps no such key)
+                io = self.inputs_and_outputs
+                if hasattr(io, "io_pairs"):
+                    io = io.io_pairs[io.current_pair].device_io
+                key = tuple(io._get_graph_key())
+            except (AttributeError, TypeError):
+                key = None
+            try:
                 return capture(self, *args, **kwargs)
             finally:
-                graphs.append((t, time.perf_counter() - t))
+                graphs.append((t, time.perf_counter() - t, key))
         runner._capture_graph = timed_capture
 
     def timed_prepare(self, *args, **kwargs):
@@ -861,6 +884,8 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
                 outdir, "colocate-warmup-%s-%%s.json" % tag), args, pool)
             res["warmup_s"] = time.perf_counter() - t_run
             res["warmup_failed"] = failed_requests(run)
+            # the CUDA graphs each engine captured in it (None: not counted)
+            res["warmup_graphs"] = {n: e.get("graphs") for n, e in run["engines"].items()}
             replay_took(took, warmup, args, res["warmup_s"])
             print("colocate: %s: warm-up replay done in %.0f s (not counted%s)" % (
                 cfg["name"], res["warmup_s"],
@@ -999,10 +1024,45 @@ def long_steps(engines, name):
 
 def captured(engine, a, b):
     """Seconds of the CUDA graphs an engine captured that began in [a, b)
-    (s from the trace's start; its "graphs": (start, seconds) per capture),
-    or None where its captures were not counted."""
+    (s from the trace's start; its "graphs": (start, seconds[, key]) per
+    capture), or None where its captures were not counted."""
     graphs = engine.get("graphs")
     return None if graphs is None else sum(g[1] for g in graphs if a <= g[0] < b)
+
+
+def graph_keys(table, label, results):
+    """Print trace label's table of the CUDA graphs each engine captured
+    by their keys (see time_steps): a capture is a key its engine had not
+    met, in the warm-up or a replay before; those whose KV read is above
+    what the static split's engine of the model reads at most are batches
+    only a bigger cache forms."""
+    rows = [(name, cname, t) for name, cname, t in cells(table, label, results)
+            if t["graphs"] is not None]
+    if not rows:
+        return
+    print("\nCUDA graphs by key, trace %s: the graphs each engine captured in the replay "
+          "(transformers keeps each under its key, the batch's queries, KV read and longest KV, "
+          "each padded, and never drops one, so each is a key the engine met for the first "
+          "time): how many and their seconds, how many distinct keys, and those whose KV read "
+          "is above what the static split's engine of the model reads at most (a batch only a "
+          "bigger cache forms) and their seconds; what the engine reads at most; and how many "
+          "it captured in the warm-up (with --warmup)" % label)
+    print("| model | config | captured | their s | keys | KV read above static's most "
+          "| their s | reads at most | warm-up captured |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, cname, t in rows:
+        graphs = t["graphs"]
+        keyed = [g for g in graphs if len(g) > 2]
+        most = results.get("static", {}).get("engines", {}).get(name, {}).get("read_tokens")
+        above = [g for g in keyed if most and g[2][1] > most] if cname != "static" else None
+        warm = results[cname].get("warmup_graphs") or {}
+        print("| %s | %s | %d | %.2f | %s | %s | %s | %s | %s |" % (
+            name, cname, len(graphs), sum(g[1] for g in graphs),
+            len({tuple(g[2]) for g in keyed}) if keyed else "-",
+            "-" if above is None or not keyed or not most else len(above),
+            "-" if above is None or not keyed or not most else "%.2f" % sum(g[1] for g in above),
+            results[cname]["engines"].get(name, {}).get("read_tokens") or "-",
+            len(warm[name]) if warm.get(name) is not None else "-"))
 
 
 def graph_steps(engine):
@@ -1232,7 +1292,8 @@ PAIR_S = 0.15   # two engines' captures this close in a trace's time: most likel
 
 def paired_captures(ours, theirs):
     """The time of each CUDA graph capture in ours over that of the one in
-    theirs it pairs with ((start, seconds) lists, from the trace's start):
+    theirs it pairs with ((start, seconds[, key]) lists, from the trace's
+    start):
     two that began within PAIR_S of each other, each the only one of its
     list that near the other (two engines of one model replaying one trace
     meet a new batch shape at about the same time). None where either
@@ -1240,10 +1301,10 @@ def paired_captures(ours, theirs):
     if ours is None or theirs is None:
         return None
     out = []
-    for t, sec in theirs:
+    for t, sec, *_ in theirs:
         near = [g for g in ours if abs(g[0] - t) < PAIR_S]
         if len(near) == 1 and sec > 0 and \
-                sum(1 for u, _ in theirs if abs(u - near[0][0]) < PAIR_S) == 1:
+                sum(1 for g in theirs if abs(g[0] - near[0][0]) < PAIR_S) == 1:
             out.append(near[0][1] / sec)
     return out
 
@@ -1335,6 +1396,7 @@ def print_tables(table, traces, results, args):
             print("| %s | %s | %d | %d | %s |" % (
                 name, cname, len(st), len(pairs), "%.2fx [%.2f, %.2f]" % (
                     pct(pairs, 50), min(pairs), max(pairs)) if pairs else "-"))
+        graph_keys(table, label, results)
         print("\nend to end, trace %s: each request from its arrival (its time in the trace) to "
               "its last token, in seconds (a model's latency follows its steps, which run beside "
               "the other engines' batches, as well as its queue); and the requests preempted after "
@@ -1772,6 +1834,9 @@ def write_json(path, args, traces, summary, table, results):
                                    "turns": r.get("turns")}
                                for m, r in results.items()},
                    "skipped": {m: r.get("skipped", []) for m, r in results.items()},
+                   # the CUDA graphs each engine captured in the warm-up, as
+                   # "graphs" (with --warmup; None where not counted)
+                   "warmup_graphs": {m: r.get("warmup_graphs") for m, r in results.items()},
                    # each kvshim configuration's pool (KVSHIM_POOL), removed at its end
                    "pools": {m: r.get("pool") for m, r in results.items() if r.get("pool")}},
                   f, separators=(",", ":"))
@@ -1862,6 +1927,10 @@ def main():
                          "of another seed, each model hot once at the highest rate (a machine "
                          "loads or compiles kernels for each batch shape it first runs, 0.5 to "
                          "1 s steps when fresh, which the first configuration pays most)")
+    ap.add_argument("--warmup-cycles", type=int, default=1,
+                    help="with --warmup, the warm-up trace's cycles: each model hot this many "
+                         "times (transformers captures a CUDA graph for each batch key it "
+                         "first meets; a longer warm-up meets more of them before the replays)")
     ap.add_argument("--sweep-gib", default="",
                     help="kvshim budgets to try against the static split at --budget-gib")
     ap.add_argument("--sweep-rates", default="3", help="the rates the sweep replays")
@@ -1944,6 +2013,10 @@ def main():
         ap.error("--deadline must be more than 0 minutes")
     if not 1 <= args.repeat <= 20:
         ap.error("--repeat must be from 1 to 20")
+    if not 1 <= args.warmup_cycles <= 10:
+        ap.error("--warmup-cycles must be from 1 to 10")
+    if args.warmup_cycles != 1 and not args.warmup:
+        ap.error("--warmup-cycles lengthens the warm-up: give --warmup too")
     if args.floor_gib < 0 or 3 * args.floor_gib > min([args.budget_gib] + sweep):
         ap.error("--floor-gib must be from 0 to a third of --budget-gib (and of every --sweep-gib)")
     args.weight_of = weights(args.weights, ap) if args.weights is not None else None
@@ -1995,16 +2068,17 @@ def main():
     warmup = None
     if args.warmup:
         wargs = argparse.Namespace(**vars(args))
-        wargs.cycles = 1
+        wargs.cycles = args.warmup_cycles
         seed, rate, phase = max(seeds) + 1, max(rates), args.phase_list[0]
         trace = make_trace(seed, float(rate), wargs, phase)
         path = os.path.join(outdir, "colocate-trace-warmup.json")
         with open(path, "w") as f:
             json.dump(trace, f)
         warmup = {"label": "warmup", "base": "warmup", "rate": "%g" % rate, "seed": seed,
-                  "phase": phase, "cycles": 1, "path": path, "n": len(trace)}
-        print("colocate: warm-up trace (seed %d, rate %g, each model hot once): %d requests" % (
-            seed, rate, len(trace)))
+                  "phase": phase, "cycles": args.warmup_cycles, "path": path, "n": len(trace)}
+        print("colocate: warm-up trace (seed %d, rate %g, each model hot %s): %d requests" % (
+            seed, rate, "once" if args.warmup_cycles == 1 else "%d times" % args.warmup_cycles,
+            len(trace)))
     sweep_traces = [tr for tr in traces if float(tr["rate"]) in sweep_rates
                     and tr["seed"] == seeds[0] and tr["phase"] == args.phase_list[0]]
     budget = int(args.budget_gib * GIB)
