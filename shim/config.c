@@ -272,6 +272,31 @@ static int parse_tokens(const char *s, size_t *out, const char **why)
 	return 0;
 }
 
+/*
+ * auto (0), or a number of tokens as parse_tokens reads one; off is no
+ * padding interval transformers knows, so it is refused.
+ */
+static int parse_pad(const char *s, size_t *out, const char **why)
+{
+	static const char *const expected =
+		"expected auto or a number of tokens, with an optional K or M suffix";
+	size_t v;
+	int rc;
+
+	if (!strcasecmp(s, "off") || !strcasecmp(s, "none")) {
+		*why = expected;
+		return KVSHIM_ECONFIG;
+	}
+	rc = parse_tokens(s, &v, why);
+	if (rc) {
+		if (strncmp(*why, "too large", 9))
+			*why = expected;
+		return rc;
+	}
+	*out = v;
+	return 0;
+}
+
 /* auto, or a boolean: on and off. */
 static int parse_share(const char *s, int *out, const char **why)
 {
@@ -430,6 +455,7 @@ static int parse_mode(const char *s, unsigned *out, const char **why)
 #define kv_apply_size_zero_off(c, f, s, why) parse_size_zero_off(s, &(c)->f, why)
 #define kv_apply_mode(c, f, s, why) parse_mode(s, &(c)->f, why)
 #define kv_apply_tokens(c, f, s, why) parse_tokens(s, &(c)->f, why)
+#define kv_apply_pad(c, f, s, why) parse_pad(s, &(c)->f, why)
 #define kv_apply_share(c, f, s, why) parse_share(s, &(c)->f, why)
 #define kv_apply_weight(c, f, s, why) parse_weight(s, &(c)->f, why)
 #define kv_apply_reserve(c, f, s, why) parse_reserve(s, &(c)->f, why)

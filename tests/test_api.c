@@ -537,6 +537,36 @@ START_TEST(test_config_cb_read_tokens)
 }
 END_TEST
 
+/* KVSHIM_CB_KV_PAD (read by the Python adapter): auto or a number of
+ * tokens with a K or M suffix; off, which names no padding, and each bad
+ * kind refused. */
+START_TEST(test_config_cb_kv_pad)
+{
+	static const char *const good[][2] = {
+		{ "auto", "0" }, { "Auto", "0" }, { "16384", "16384" }, { "32k", "32768" },
+		{ "1M", "1048576" }, { "1073741824", "1073741824" },
+	};
+	static const char *const bad[] = {
+		"", "off", "none", "lots", "-32768", " 32768", "1.5K", "32KB", "16G", "0",
+		"0K", "1073741825", "1025M", "99999999999999999999",
+	};
+	struct kv_config c;
+	size_t i;
+
+	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert_uint_eq(c.cb_kv_pad, 0);
+	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+		setenv("KVSHIM_CB_KV_PAD", good[i][0], 1);
+		ck_assert_msg(kv_config_load(&c) == 0, "\"%s\" refused", good[i][0]);
+		ck_assert_msg(c.cb_kv_pad == strtoull(good[i][1], NULL, 10),
+			      "\"%s\" read as %zu", good[i][0], c.cb_kv_pad);
+	}
+	unsetenv("KVSHIM_CB_KV_PAD");
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		refused("CB_KV_PAD", bad[i]);
+}
+END_TEST
+
 /* KVSHIM_SHARE_MODE must give the owner read and write (0600 to 0777), as
  * its message says. */
 START_TEST(test_config_share_mode_owner)
@@ -740,6 +770,7 @@ Suite *api_suite(void)
 	kt_add_exit(cfg, test_config_devices_bad, 0);
 	kt_add_exit(cfg, test_config_share_mode_owner, 0);
 	kt_add_exit(cfg, test_config_cb_read_tokens, 0);
+	kt_add_exit(cfg, test_config_cb_kv_pad, 0);
 	kt_add_exit(cfg, test_config_log_escapes, 0);
 	kt_add_exit(cfg, test_config_limit_100T, 0);
 	kt_add_exit(cfg, test_config_limit_all_ones, 0);

@@ -46,6 +46,11 @@ ten configurations (--configs) run one after the other, in one invocation:
   and keeps it backed for the next request): each engine states only what
   its waiting requests need, which tells whether neighbours were asked to
   give back blocks in use for requests that had not come;
+- kvpad (only when --configs names it): kvshim with KVSHIM_CB_KV_PAD set
+  to --kv-pad tokens (32768 by default): each step's KV read padded to a
+  multiple of it instead of transformers' 16384, so that an engine that
+  reads more than its static share's cache meets fewer CUDA graph keys
+  (the table "CUDA graphs by key"), at the cost of reading more padding;
 - reads (only when --configs names it): kvshim whose engines' read budget
   is the static split's engine's cache at --budget-gib (KVSHIM_CB_READ_TOKENS),
   which the adapter rounds up to a multiple of 16384 tokens: at 6 GiB
@@ -307,7 +312,10 @@ def dry_engine(args):
             "ahead": os.environ.get("KVSHIM_CB_AHEAD", "on" if kvshim else "off"),
             "weight": os.environ.get("KVSHIM_WEIGHT", "1") if kvshim else "-",
             "cushion": os.environ.get("KVSHIM_CB_CUSHION", "on" if kvshim else "off"),
+            "kv_pad": int(os.environ["KVSHIM_CB_KV_PAD"])
+            if kvshim and os.environ.get("KVSHIM_CB_KV_PAD") else None,
             "ready_s": 0.0}
+    pad = info["kv_pad"] or 16384
     for mine, t0, out_path in commands(info):
         rows = []
         for k, q in enumerate(mine):
@@ -339,10 +347,12 @@ def dry_engine(args):
                    steps=[(round(q["t"], 4), 0.005, 0.21 if k % 3 == 0 else 0.07)
                           + ((0.001,) if kvshim else ()) for k, q in enumerate(mine)],
                    # (a CUDA graph captured in every fifth step's batch,
-                   # its key a KV read of 1 to 4 times 16384 tokens, at
-                   # most what the engine reads)
+                   # its key a KV read of 1 to 4 times 16384 tokens padded
+                   # as transformers pads it: to a multiple of 16384, or
+                   # of KVSHIM_CB_KV_PAD, at most what the engine reads)
                    graphs=[(round(q["t"] + 0.005, 4), 0.05,
-                            [64, min(16384 * (k // 5 % 4 + 1), info["read_tokens"]), 1024])
+                            [64, min(-(-16384 * (k // 5 % 4 + 1) // pad) * pad,
+                                     info["read_tokens"]), 1024])
                            for k, q in enumerate(mine) if k % 5 == 0])
         if kvshim:
             run["kvshim_stats"] = {"physical_bytes": kv // 2}
@@ -413,6 +423,9 @@ def engine(args):
             "ahead": os.environ.get("KVSHIM_CB_AHEAD", "on" if kvshim is not None else "off"),
             "weight": os.environ.get("KVSHIM_WEIGHT", "1") if kvshim is not None else "-",
             "cushion": os.environ.get("KVSHIM_CB_CUSHION", "on" if kvshim is not None else "off"),
+            # the padding of a step's KV read that the adapter set (None:
+            # transformers' own)
+            "kv_pad": getattr(cache, "kvshim_kv_pad", None),
             "ready_s": time.perf_counter() - t_start}
 
     def kv_now():
@@ -741,6 +754,9 @@ def spawn(name, cfg, args, pool, outdir, tag):
     env.pop("KVSHIM_CB_CUSHION", None)  # the adapter's default (on); nocushion's off
     if not cfg.get("cushion", True):
         env["KVSHIM_CB_CUSHION"] = "off"
+    env.pop("KVSHIM_CB_KV_PAD", None)   # transformers' own padding; kvpad's --kv-pad
+    if cfg.get("kv_pad"):
+        env["KVSHIM_CB_KV_PAD"] = str(cfg["kv_pad"])
     if mode == "static":
         cmd += ["--num-blocks", str(static_blocks(name, budget * cfg.get("shares", 1)))]
         env["KVSHIM_SHARE"] = "off"     # no kvshim here; said for clarity
@@ -874,9 +890,10 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
         took.setdefault(STARTS, []).append(res["startup_s"])
         pids = {n: e["pid"] for n, e in res["engines"].items()}
         print("colocate: %s: engines ready in %.1f s: %s" % (cfg["name"], res["startup_s"], ", ".join(
-            "%s %d blocks (%.0f MiB of KV tensors%s)" % (
+            "%s %d blocks (%.0f MiB of KV tensors%s%s)" % (
                 n, e["num_blocks"], e["kv_tensor_bytes"] / MIB,
-                ", a batch reads at most %d tokens" % e["read_tokens"] if e.get("read_tokens") else "")
+                ", a batch reads at most %d tokens" % e["read_tokens"] if e.get("read_tokens") else "",
+                ", its KV read padded to %d tokens" % e["kv_pad"] if e.get("kv_pad") else "")
             for n, e in res["engines"].items())), flush=True)
         if warmup is not None:
             t_run = time.perf_counter()
@@ -1611,7 +1628,8 @@ def targets(table, traces, results, args):
     out["repeats"] = repeats(table, traces, results)
     sweep = [c for c in results if is_sweep(c)]
     spread = {}
-    for c in ("reads", "packed", "unpacked", "unreserved", "noahead", "nocushion") + tuple(sweep):
+    for c in ("reads", "packed", "unpacked", "unreserved", "noahead", "nocushion",
+              "kvpad") + tuple(sweep):
         if c in results:
             spread[c] = out["repeats_" + c] = repeats(table, traces, results, c)
     if sweep:
@@ -1670,7 +1688,8 @@ def targets(table, traces, results, args):
 
 def repeats(table, traces, results, config="kvshim"):
     """For each trace that static and config (kvshim by default; reads,
-    packed, unpacked, unreserved, noahead or nocushion too) both replayed more than once (--repeat; a
+    packed, unpacked, unreserved, noahead, nocushion or kvpad too) both replayed more than once
+    (--repeat; a
     replay --deadline skipped does not count): per model, the p99 TTFT of
     every replay, static and config's, their medians and the ratio of the
     medians; config meets the static split within its spread when its
@@ -1927,6 +1946,9 @@ def main():
                          "of another seed, each model hot once at the highest rate (a machine "
                          "loads or compiles kernels for each batch shape it first runs, 0.5 to "
                          "1 s steps when fresh, which the first configuration pays most)")
+    ap.add_argument("--kv-pad", type=int, default=None,
+                    help="kvpad's KVSHIM_CB_KV_PAD: the multiple of tokens its engines pad a "
+                         "step's KV read to (32768 by default)")
     ap.add_argument("--warmup-cycles", type=int, default=1,
                     help="with --warmup, the warm-up trace's cycles: each model hot this many "
                          "times (transformers captures a CUDA graph for each batch key it "
@@ -1981,9 +2003,9 @@ def main():
     configs = [c for c in args.configs.split(",") if c]
     if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "packed",
                                       "unpacked", "reads", "unreserved", "noahead",
-                                      "nocushion"}:
+                                      "nocushion", "kvpad"}:
         ap.error("--configs takes static, kvshim, capped, ample, packed, unpacked, reads, "
-                 "unreserved, noahead and nocushion")
+                 "unreserved, noahead, nocushion and kvpad")
     given = [o for o, v in (("--rates", args.rates), ("--seeds", args.seeds),
                             ("--seed", args.seed), ("--phases", args.phases),
                             ("--phase", args.phase), ("--quick", args.quick))
@@ -2013,6 +2035,11 @@ def main():
         ap.error("--deadline must be more than 0 minutes")
     if not 1 <= args.repeat <= 20:
         ap.error("--repeat must be from 1 to 20")
+    if args.kv_pad is not None and "kvpad" not in configs:
+        ap.error("--kv-pad pads kvpad's engines: name kvpad in --configs")
+    args.kv_pad = 32768 if args.kv_pad is None else args.kv_pad
+    if not 1 <= args.kv_pad <= 1 << 30:
+        ap.error("--kv-pad must be from 1 to 1073741824 tokens")
     if not 1 <= args.warmup_cycles <= 10:
         ap.error("--warmup-cycles must be from 1 to 10")
     if args.warmup_cycles != 1 and not args.warmup:
@@ -2087,7 +2114,8 @@ def main():
               "ceiling": int(args.capped_share * budget) // 3 if c == "capped" else 0,
               "pack": c not in ("static", "ample", "unpacked"),
               "static_reads": c == "reads", "reserve": c != "unreserved",
-              "ahead": c != "noahead", "cushion": c != "nocushion"}, traces)
+              "ahead": c != "noahead", "cushion": c != "nocushion",
+              "kv_pad": args.kv_pad if c == "kvpad" else None}, traces)
             for c in configs]
     # the sweep's budgets, kvshim's (packing, as kvshim does by default;
     # named packed@B with --sweep-pack)

@@ -3713,8 +3713,10 @@ class ReadBudgetTest(unittest.TestCase):
     # capacity of 262144 tokens; batches of up to 256 new tokens
     def setUp(self):
         self.addCleanup(self.restore, set(reads._wired), os.environ.get(reads.READ_TOKENS_VAR))
+        self.addCleanup(self.restore_pad, os.environ.get(reads.KV_PAD_VAR))
         reads._warned.clear()
         os.environ.pop(reads.READ_TOKENS_VAR, None)
+        os.environ.pop(reads.KV_PAD_VAR, None)
         kvshim.trim(1 << 40)
         self.mapped0 = kvshim.stats()["mapped_bytes"]
 
@@ -3725,6 +3727,12 @@ class ReadBudgetTest(unittest.TestCase):
             os.environ.pop(reads.READ_TOKENS_VAR, None)
         else:
             os.environ[reads.READ_TOKENS_VAR] = setting
+
+    def restore_pad(self, setting):
+        if setting is None:
+            os.environ.pop(reads.KV_PAD_VAR, None)
+        else:
+            os.environ[reads.KV_PAD_VAR] = setting
 
     def fake_transformers(self, torch):
         """The modules the adapter imports by name: torch, and the block
@@ -3753,6 +3761,7 @@ class ReadBudgetTest(unittest.TestCase):
         self.fake_transformers(torch)
         cbc = types.SimpleNamespace(block_size=16, num_blocks=16384, max_batch_tokens=256,
                                     max_requests_per_batch=8, kv_padding_interval_size=1024)
+        self.cbc = cbc
         cache_mod, api, iom, runner, sched = flow_modules(torch, cbc)
         err = io.StringIO()
         with redirect_stderr(err):
@@ -3930,6 +3939,75 @@ class ReadBudgetTest(unittest.TestCase):
             with self.assertRaises(ValueError, msg=repr(value)) as cm:
                 reads.read_tokens_setting(value)
             self.assertIn("KVSHIM_CB_READ_TOKENS=%s: %s" % (value, why), str(cm.exception))
+
+    def test_kv_pad(self):
+        # KVSHIM_CB_KV_PAD: the padding of each step's KV read in the
+        # engine's config, the read budget as without it
+        os.environ[reads.KV_PAD_VAR] = "32k"
+        p = self.build()
+        self.assertEqual(self.err, "")
+        self.assertEqual(self.cbc.kv_padding_interval_size, 32768)
+        self.assertEqual(p.cache.kvshim_kv_pad, 32768)
+        self.assertEqual(p.cache.kvshim_read_tokens, 65536)
+        # one above the read budget is set as given (transformers pads to
+        # at most the budget)
+        os.environ[reads.KV_PAD_VAR] = "1M"
+        p = self.build()
+        self.assertEqual(self.cbc.kv_padding_interval_size, 1 << 20)
+        self.assertEqual(p.cache.kvshim_read_tokens, 65536)
+
+    def test_kv_pad_auto(self):
+        for setting in (None, "auto", "AUTO"):
+            if setting is None:
+                os.environ.pop(reads.KV_PAD_VAR, None)
+            else:
+                os.environ[reads.KV_PAD_VAR] = setting
+            p = self.build()
+            self.assertEqual(self.err, "")
+            self.assertEqual(self.cbc.kv_padding_interval_size, 1024)
+            self.assertFalse(hasattr(p.cache, "kvshim_kv_pad"))
+
+    def test_kv_pad_bad_setting_keeps_transformers_own(self):
+        for value in ("off", "lots", "0"):
+            reads._warned.clear()
+            os.environ[reads.KV_PAD_VAR] = value
+            p = self.build()
+            self.assertIn("KVSHIM_CB_KV_PAD=%s: expected auto or a number of tokens" % value,
+                          self.err)
+            self.assertIn("transformers' own KV padding is kept", self.err)
+            self.assertEqual(self.cbc.kv_padding_interval_size, 1024)
+            self.assertFalse(hasattr(p.cache, "kvshim_kv_pad"))
+            self.assertEqual(p.cache.kvshim_read_tokens, 65536)
+
+    def test_kv_pad_config_not_as_expected(self):
+        # no config found, or one without the setting: warned, nothing set
+        os.environ[reads.KV_PAD_VAR] = "32768"
+        for cbc in (None, types.SimpleNamespace(block_size=16)):
+            reads._warned.clear()
+            cache = types.SimpleNamespace()
+            err = io.StringIO()
+            with redirect_stderr(err):
+                self.assertIsNone(reads.apply_kv_pad(cache, cbc))
+            self.assertIn("no kv_padding_interval_size in its config", err.getvalue())
+            self.assertIn("KVSHIM_CB_KV_PAD=32768 is not applied", err.getvalue())
+            self.assertFalse(hasattr(cache, "kvshim_kv_pad"))
+            self.assertFalse(hasattr(cbc, "kv_padding_interval_size"))
+
+    def test_kv_pad_setting_values(self):
+        # as kvshim-config reads it (tests/test_api.c, test_config_cb_kv_pad)
+        for value, want in ((None, None), ("auto", None), ("Auto", None), ("16384", 16384),
+                            ("32k", 32768), ("1M", 1 << 20), ("1073741824", 1 << 30)):
+            self.assertEqual(reads.kv_pad_setting(value), want)
+        for value in ("", "off", "none", "lots", "-32768", " 32768", "1.5K", "32KB", "16G",
+                      "0", "0K", "\u0661\u0662"):
+            with self.assertRaises(ValueError, msg=repr(value)) as cm:
+                reads.kv_pad_setting(value)
+            self.assertIn("KVSHIM_CB_KV_PAD=%s: expected auto or a number of tokens" % value,
+                          str(cm.exception))
+        for value in ("1073741825", "1025M", "99999999999999999999"):
+            with self.assertRaises(ValueError, msg=repr(value)) as cm:
+                reads.kv_pad_setting(value)
+            self.assertIn("KVSHIM_CB_KV_PAD=%s: too large" % value, str(cm.exception))
 
     def test_setting_good_values(self):
         for value, want in ((None, "auto"), ("AUTO", "auto"), ("off", "off"), ("None", "off"),

@@ -335,6 +335,7 @@ def patch_cache_module(mod):
         except (AttributeError, TypeError):
             cb_config = None
         transformers_cb_reads.apply_read_budget(self, cb_config)
+        transformers_cb_reads.apply_kv_pad(self, cb_config)
 
     cls.__init__ = __init__
     cls._kvshim_patched = True

@@ -44,6 +44,7 @@ from kvshim.adapters import warn
 
 READ_TOKENS_VAR = "KVSHIM_CB_READ_TOKENS"
 READ_TOKENS_MAX = 1 << 30        # as kvshim-config's KV_READ_TOKENS_MAX
+KV_PAD_VAR = "KVSHIM_CB_KV_PAD"
 AUTO_READ_CAP = 64 * 1024        # auto, from a workload: at most this (tokens)
 AUTO_READ_SERVER = 64 * 1024     # auto, no workload known: at least this
 
@@ -62,6 +63,25 @@ def _warn_once(key, msg):
 
 # ---- the read budget ----------------------------------------------------------
 
+def _token_count(var, value, expected, zero):
+    """A number of tokens as kvshim-config reads one (digits, an optional K
+    or M suffix, 1 to 1G). Raises ValueError naming var and why: expected
+    for what is not one, zero for 0."""
+    text, scale = value, 1
+    if text[-1:] in ("k", "K"):
+        text, scale = text[:-1], 1 << 10
+    elif text[-1:] in ("m", "M"):
+        text, scale = text[:-1], 1 << 20
+    if not text or not text.isascii() or not text.isdigit():
+        raise ValueError("%s=%s: %s" % (var, value, expected))
+    n = int(text) * scale
+    if n == 0:
+        raise ValueError("%s=%s: %s" % (var, value, zero))
+    if n > READ_TOKENS_MAX:
+        raise ValueError("%s=%s: too large (at most 1G tokens)" % (var, value))
+    return n
+
+
 def read_tokens_setting(value):
     """KVSHIM_CB_READ_TOKENS as kvshim-config reads it: "auto" (also when
     unset), "off" (or none), or a number of tokens (digits, an optional K or
@@ -70,21 +90,21 @@ def read_tokens_setting(value):
         return "auto"
     if value.lower() in ("off", "none"):
         return "off"
-    text, scale = value, 1
-    if text[-1:] in ("k", "K"):
-        text, scale = text[:-1], 1 << 10
-    elif text[-1:] in ("m", "M"):
-        text, scale = text[:-1], 1 << 20
-    if not text or not text.isascii() or not text.isdigit():
-        raise ValueError("%s=%s: expected auto, off or a number of tokens, with an optional "
-                         "K or M suffix" % (READ_TOKENS_VAR, value))
-    n = int(text) * scale
-    if n == 0:
-        raise ValueError("%s=%s: must be above zero (off: the whole cache)"
-                         % (READ_TOKENS_VAR, value))
-    if n > READ_TOKENS_MAX:
-        raise ValueError("%s=%s: too large (at most 1G tokens)" % (READ_TOKENS_VAR, value))
-    return n
+    return _token_count(READ_TOKENS_VAR, value, "expected auto, off or a number of tokens, "
+                        "with an optional K or M suffix",
+                        "must be above zero (off: the whole cache)")
+
+
+def kv_pad_setting(value):
+    """KVSHIM_CB_KV_PAD as kvshim-config reads it: None for auto (also
+    when unset), or a number of tokens as read_tokens_setting reads one.
+    Raises ValueError naming the variable and why."""
+    if value is None or value.lower() == "auto":
+        return None
+    expected = "expected auto or a number of tokens, with an optional K or M suffix"
+    if value.lower() in ("off", "none"):
+        raise ValueError("%s=%s: %s" % (KV_PAD_VAR, value, expected))
+    return _token_count(KV_PAD_VAR, value, expected, expected)
 
 
 def _positive(x):
@@ -171,6 +191,33 @@ def apply_read_budget(cache, cb_config):
     cache.num_pages = read
     cache.kvshim_read_tokens = read
     return read
+
+
+def apply_kv_pad(cache, cb_config):
+    """Pad each step's KV read to a multiple of KVSHIM_CB_KV_PAD tokens (at
+    most cache.num_pages, the read budget where it applies): transformers'
+    kv_padding_interval_size, which with the padded queries and longest KV
+    keys its CUDA graphs. Under kvshim an engine may read more than a
+    static share's cache holds, and each KV size it meets is a key it
+    captures once; a coarser padding meets fewer. cache.kvshim_kv_pad
+    becomes the padding set. Returns it, or None where transformers' own
+    stands (auto, a malformed value or a continuous batching config without
+    the setting, with a warning for the last two)."""
+    try:
+        pad = kv_pad_setting(os.environ.get(KV_PAD_VAR))
+    except ValueError as e:
+        _warn_once("kv_pad", "%s: transformers' own KV padding is kept" % e)
+        return None
+    if pad is None:
+        return None
+    if not isinstance(getattr(cb_config, "kv_padding_interval_size", None), int):
+        _warn_once("kv_pad_config", "transformers continuous batching not as expected (no "
+                   "kv_padding_interval_size in its config): %s=%d is not applied"
+                   % (KV_PAD_VAR, pad))
+        return None
+    cb_config.kv_padding_interval_size = pad
+    cache.kvshim_kv_pad = pad
+    return pad
 
 
 def fit_request(state, read, how=""):
