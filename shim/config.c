@@ -222,6 +222,9 @@ static int parse_size_off(const char *s, size_t *out, const char **why)
 	return kv_parse_size(s, out, why);
 }
 
+/* parse_tokens' reason for a number past KV_READ_TOKENS_MAX. */
+static const char tokens_too_large[] = "too large (at most 1G tokens)";
+
 /*
  * A number of tokens, digits with an optional K (1024) or M (1048576)
  * suffix, from 1 to KV_READ_TOKENS_MAX; auto is 0, off (or none) SIZE_MAX.
@@ -245,7 +248,7 @@ static int parse_tokens(const char *s, size_t *out, const char **why)
 	}
 	rc = digits(s, 10, KV_READ_TOKENS_MAX, &v, &end);
 	if (rc == -2) {
-		*why = "too large (at most 1G tokens)";
+		*why = tokens_too_large;
 		return KVSHIM_ECONFIG;
 	}
 	if (rc) {
@@ -265,7 +268,7 @@ static int parse_tokens(const char *s, size_t *out, const char **why)
 		return KVSHIM_ECONFIG;
 	}
 	if (v > (KV_READ_TOKENS_MAX >> shift)) {
-		*why = "too large (at most 1G tokens)";
+		*why = tokens_too_large;
 		return KVSHIM_ECONFIG;
 	}
 	*out = (size_t)(v << shift);
@@ -273,8 +276,9 @@ static int parse_tokens(const char *s, size_t *out, const char **why)
 }
 
 /*
- * auto (0), or a number of tokens as parse_tokens reads one; off is no
- * padding interval transformers knows, so it is refused.
+ * auto (0), or a number of tokens as parse_tokens reads one; off names no
+ * padding, so it is refused. Returns 0, or KVSHIM_ECONFIG with *why set
+ * and *out untouched.
  */
 static int parse_pad(const char *s, size_t *out, const char **why)
 {
@@ -289,7 +293,7 @@ static int parse_pad(const char *s, size_t *out, const char **why)
 	}
 	rc = parse_tokens(s, &v, why);
 	if (rc) {
-		if (strncmp(*why, "too large", 9))
+		if (*why != tokens_too_large)
 			*why = expected;
 		return rc;
 	}

@@ -60,7 +60,7 @@
 	X(CB_CUSHION, cb_cushion, bool, "on",                                \
 	  "transformers continuous batching, while other processes share its budget: an engine with requests states one step's prefill as demand even when none waits, and keeps it backed for the next request; off: it states only what its waiting requests need, with the scheduler's margin") \
 	X(CB_KV_PAD, cb_kv_pad, pad, "auto",                                 \
-	  "transformers continuous batching: the multiple of tokens a step's KV read is padded to (at most the read budget), which with its queries keys its CUDA graphs: auto (transformers' own) or a number of tokens (K, M suffixes); one at or above the read budget pads every step to the budget")
+	  "transformers continuous batching: the multiple of tokens a step's KV read is padded to (at most the read budget, or the cache without one), which with its queries and longest KV keys its CUDA graphs: auto (transformers' own) or a number of tokens (K, M suffixes); one at or above the read budget pads every step to the budget")
 
 /* Device ordinals KVSHIM_DEVICE can name: 0 to KV_MAX_DEVICES - 1. */
 #define KV_MAX_DEVICES 64

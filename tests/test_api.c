@@ -550,6 +550,16 @@ START_TEST(test_config_cb_kv_pad)
 		"", "off", "none", "lots", "-32768", " 32768", "1.5K", "32KB", "16G", "0",
 		"0K", "1073741825", "1025M", "99999999999999999999",
 	};
+	static const char *const why[][2] = {
+		{ "off", "expected auto or a number of tokens" },
+		{ "lots", "expected auto or a number of tokens" },
+		{ "0", "expected auto or a number of tokens" },
+		{ "32KB", "expected auto or a number of tokens" },
+		{ "1073741825", "too large (at most 1G tokens)" },
+		{ "1025M", "too large (at most 1G tokens)" },
+		{ "1073741825x", "too large (at most 1G tokens)" },
+	};
+	char log[2048], expect[128];
 	struct kv_config c;
 	size_t i;
 
@@ -564,6 +574,17 @@ START_TEST(test_config_cb_kv_pad)
 	unsetenv("KVSHIM_CB_KV_PAD");
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		refused("CB_KV_PAD", bad[i]);
+	/* each refused with its reason, as the Python adapter gives it; never
+	 * offering off */
+	for (i = 0; i < sizeof(why) / sizeof(why[0]); i++) {
+		setenv("KVSHIM_CB_KV_PAD", why[i][0], 1);
+		kt_capture_start();
+		ck_assert_int_eq(kv_config_load(&c), KVSHIM_ECONFIG);
+		kt_capture_end(log, sizeof(log));
+		snprintf(expect, sizeof(expect), "KVSHIM_CB_KV_PAD=%s: %s", why[i][0], why[i][1]);
+		ck_assert_msg(strstr(log, expect) != NULL, "no \"%s\" in \"%s\"", expect, log);
+	}
+	unsetenv("KVSHIM_CB_KV_PAD");
 }
 END_TEST
 

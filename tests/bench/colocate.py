@@ -140,15 +140,16 @@ in the JSON's seconds, and in the estimates; its CUDA graphs in the
 JSON's warmup_graphs): a machine runs its first batch shapes 0.5 to 1 s a
 step (kernels loaded or compiled; on an H200 the first configuration paid
 most of them), and transformers captures a CUDA graph for each batch key
-an engine first meets (0.03 to 0.5 s each). --alternate, with --repeat N, replays in N rounds: in round
-k each configuration replays the k-th replay of each trace, engines
-started afresh, in the configurations' order in even rounds and in
-reverse in odd ones (static, kvshim, kvshim, static, ...), so that no
-configuration always runs first; the warm-up is in round 0 only, and a
-replay the round's first configuration skipped is skipped by the others.
-With --deadline, a configuration's engines start only if one of its
-replays would then end in time, with the later configurations' replays of
-it (a start guessed as the slowest so far).
+an engine first meets (20 to 325 ms each on an H200). --alternate, with
+--repeat N, replays in N rounds: in round k each configuration replays
+the k-th replay of each trace, engines started afresh, in the
+configurations' order in even rounds and in reverse in odd ones (static,
+kvshim, kvshim, static, ...), so that no configuration always runs first;
+the warm-up is in round 0 only, and a replay the round's first
+configuration skipped is skipped by the others. With --deadline, a
+configuration's engines start only if one of its replays would then end
+in time, with the later configurations' replays of it (a start guessed as
+the slowest so far).
 
 Measured per request: TTFT (first token's time, from transformers'
 per-token timestamps, less the time the request was submitted at its
@@ -1047,23 +1048,26 @@ def captured(engine, a, b):
     return None if graphs is None else sum(g[1] for g in graphs if a <= g[0] < b)
 
 
-def graph_keys(table, label, results):
+def graph_keys(table, label, results, warmed=True):
     """Print trace label's table of the CUDA graphs each engine captured
     by their keys (see time_steps): a capture is a key its engine had not
     met, in the warm-up or a replay before; those whose KV read is above
     what the static split's engine of the model reads at most are batches
-    only a bigger cache forms."""
+    only a bigger cache forms (a decode fast path's key, the queries
+    alone, reads none). warmed: whether the replay's engines had the
+    warm-up (with --alternate, those of round 0 only)."""
     rows = [(name, cname, t) for name, cname, t in cells(table, label, results)
             if t["graphs"] is not None]
     if not rows:
         return
     print("\nCUDA graphs by key, trace %s: the graphs each engine captured in the replay "
           "(transformers keeps each under its key, the batch's queries, KV read and longest KV, "
-          "each padded, and never drops one, so each is a key the engine met for the first "
-          "time): how many and their seconds, how many distinct keys, and those whose KV read "
-          "is above what the static split's engine of the model reads at most (a batch only a "
-          "bigger cache forms) and their seconds; what the engine reads at most; and how many "
-          "it captured in the warm-up (with --warmup)" % label)
+          "each padded, and never drops one, so each is a key the engine, or with async "
+          "batching its IO pair, met for the first time): how many and their seconds, how many "
+          "distinct keys, and those whose KV read is above what the static split's engine of "
+          "the model reads at most (a batch only a bigger cache forms) and their seconds; what "
+          "the engine reads at most; and how many it captured in the warm-up (with --warmup; "
+          "with --alternate, in round 0)" % label)
     print("| model | config | captured | their s | keys | KV read above static's most "
           "| their s | reads at most | warm-up captured |")
     print("|---|---|---|---|---|---|---|---|---|")
@@ -1071,8 +1075,9 @@ def graph_keys(table, label, results):
         graphs = t["graphs"]
         keyed = [g for g in graphs if len(g) > 2]
         most = results.get("static", {}).get("engines", {}).get(name, {}).get("read_tokens")
-        above = [g for g in keyed if most and g[2][1] > most] if cname != "static" else None
-        warm = results[cname].get("warmup_graphs") or {}
+        above = [g for g in keyed if most and len(g[2]) > 1 and g[2][1] > most] \
+            if cname != "static" else None
+        warm = (results[cname].get("warmup_graphs") or {}) if warmed else {}
         print("| %s | %s | %d | %.2f | %s | %s | %s | %s | %s |" % (
             name, cname, len(graphs), sum(g[1] for g in graphs),
             len({tuple(g[2]) for g in keyed}) if keyed else "-",
@@ -1413,7 +1418,7 @@ def print_tables(table, traces, results, args):
             print("| %s | %s | %d | %d | %s |" % (
                 name, cname, len(st), len(pairs), "%.2fx [%.2f, %.2f]" % (
                     pct(pairs, 50), min(pairs), max(pairs)) if pairs else "-"))
-        graph_keys(table, label, results)
+        graph_keys(table, label, results, not (args.alternate and tr.get("round")))
         print("\nend to end, trace %s: each request from its arrival (its time in the trace) to "
               "its last token, in seconds (a model's latency follows its steps, which run beside "
               "the other engines' batches, as well as its queue); and the requests preempted after "

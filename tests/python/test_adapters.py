@@ -3933,7 +3933,7 @@ class ReadBudgetTest(unittest.TestCase):
             "16384 ": "expected", "1.5K": "expected", "16KB": "expected", "16G": "expected",
             "\u0661\u0662": "expected", "0": "must be above zero", "0K": "must be above zero",
             "1073741825": "too large", "1025M": "too large",
-            "99999999999999999999": "too large",
+            "99999999999999999999": "too large", "1073741825x": "too large",
         }
         for value, why in kinds.items():
             with self.assertRaises(ValueError, msg=repr(value)) as cm:
@@ -4004,7 +4004,8 @@ class ReadBudgetTest(unittest.TestCase):
                 reads.kv_pad_setting(value)
             self.assertIn("KVSHIM_CB_KV_PAD=%s: expected auto or a number of tokens" % value,
                           str(cm.exception))
-        for value in ("1073741825", "1025M", "99999999999999999999"):
+        for value in ("1073741825", "1025M", "99999999999999999999", "1073741825x",
+                      "2000000000G"):
             with self.assertRaises(ValueError, msg=repr(value)) as cm:
                 reads.kv_pad_setting(value)
             self.assertIn("KVSHIM_CB_KV_PAD=%s: too large" % value, str(cm.exception))

@@ -66,7 +66,12 @@ def _warn_once(key, msg):
 def _token_count(var, value, expected, zero):
     """A number of tokens as kvshim-config reads one (digits, an optional K
     or M suffix, 1 to 1G). Raises ValueError naming var and why: expected
-    for what is not one, zero for 0."""
+    for what is not one, zero for 0, too large for a number past 1G, or
+    digits past it followed by anything (kvshim-config reads the digits
+    first)."""
+    lead = len(value) - len(value.lstrip("0123456789"))
+    if lead and int(value[:lead]) > READ_TOKENS_MAX:
+        raise ValueError("%s=%s: too large (at most 1G tokens)" % (var, value))
     text, scale = value, 1
     if text[-1:] in ("k", "K"):
         text, scale = text[:-1], 1 << 10
