@@ -1693,15 +1693,14 @@ def targets(table, traces, results, args):
 
 def repeats(table, traces, results, config="kvshim"):
     """For each trace that static and config (kvshim by default; reads,
-    packed, unpacked, unreserved, noahead, nocushion or kvpad too) both replayed more than once
-    (--repeat; a
-    replay --deadline skipped does not count): per model, the p99 TTFT of
-    every replay, static and config's, their medians and the ratio of the
-    medians; config meets the static split within its spread when its
-    median is at most the static replays' largest p99 (capped and ample
-    are left out: the targets are kvshim's). Printed; returns {trace:
-    {model: figures}}, config's under the keys "kvshim" and
-    "kvshim_median"."""
+    packed, unpacked, unreserved, noahead, nocushion or kvpad too) both
+    replayed more than once (--repeat; a replay --deadline skipped does
+    not count): per model, the p99 TTFT of every replay, static and
+    config's, their medians and the ratio of the medians; config meets the
+    static split within its spread when its median is at most the static
+    replays' largest p99 (capped and ample are left out: the targets are
+    kvshim's). Printed; returns {trace: {model: figures}}, config's under
+    the keys "kvshim" and "kvshim_median"."""
     bases = {}
     for tr in traces:
         bases.setdefault(tr["base"], []).append(tr["label"])
@@ -1948,7 +1947,8 @@ def main():
                          "skipped; too few for a first replay of every configuration: refused")
     ap.add_argument("--warmup", action="store_true",
                     help="before each configuration's replays, one it does not count: a trace "
-                         "of another seed, each model hot once at the highest rate (a machine "
+                         "of another seed, each model hot once (--warmup-cycles) at the highest "
+                         "rate (a machine "
                          "loads or compiles kernels for each batch shape it first runs, 0.5 to "
                          "1 s steps when fresh, which the first configuration pays most)")
     ap.add_argument("--kv-pad", type=int, default=None,
