@@ -1054,8 +1054,10 @@ def graph_keys(table, label, results, warmed=True):
     met, in the warm-up or a replay before; those whose KV read is above
     what the static split's engine of the model reads at most are batches
     only a bigger cache forms (a decode fast path's key, the queries
-    alone, reads none). warmed: whether the replay's engines had the
-    warm-up (with --alternate, those of round 0 only)."""
+    alone, reads none); those whose key the static split's engine of the
+    model never captured in the run (its warm-up and replays) are keys it
+    never met, whatever their cause. warmed: whether the replay's engines
+    had the warm-up (with --alternate, those of round 0 only)."""
     rows = [(name, cname, t) for name, cname, t in cells(table, label, results)
             if t["graphs"] is not None]
     if not rows:
@@ -1065,24 +1067,36 @@ def graph_keys(table, label, results, warmed=True):
           "each padded, and never drops one, so each is a key the engine, or with async "
           "batching its IO pair, met for the first time): how many and their seconds, how many "
           "distinct keys, and those whose KV read is above what the static split's engine of "
-          "the model reads at most (a batch only a bigger cache forms) and their seconds; what "
-          "the engine reads at most; and how many it captured in the warm-up (with --warmup; "
-          "with --alternate, in round 0)" % label)
+          "the model reads at most (a batch only a bigger cache forms) and their seconds, and "
+          "those whose key the static split's engine never captured in this run, warm-up and "
+          "replays (a key it never met), and their seconds; what the engine reads at most; and "
+          "how many it captured in the warm-up (with --warmup; with --alternate, in round 0)"
+          % label)
     print("| model | config | captured | their s | keys | KV read above static's most "
-          "| their s | reads at most | warm-up captured |")
-    print("|---|---|---|---|---|---|---|---|---|")
+          "| their s | static never met | their s | reads at most | warm-up captured |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    static = results.get("static", {})
     for name, cname, t in rows:
         graphs = t["graphs"]
         keyed = [g for g in graphs if len(g) > 2]
         most = results.get("static", {}).get("engines", {}).get(name, {}).get("read_tokens")
         above = [g for g in keyed if most and len(g[2]) > 1 and g[2][1] > most] \
             if cname != "static" else None
+        # the keys the static split's engine of this model captured in the run
+        theirs = [(static.get("warmup_graphs") or {}).get(name)] + [
+            run["engines"].get(name, {}).get("graphs") for run in static.get("runs", {}).values()]
+        # (None where static did not run or its captures were not counted)
+        met = {tuple(g[2]) for gs in theirs if gs for g in gs if len(g) > 2}
+        new = [g for g in keyed if tuple(g[2]) not in met] \
+            if cname != "static" and any(gs is not None for gs in theirs) else None
         warm = (results[cname].get("warmup_graphs") or {}) if warmed else {}
-        print("| %s | %s | %d | %.2f | %s | %s | %s | %s | %s |" % (
+        print("| %s | %s | %d | %.2f | %s | %s | %s | %s | %s | %s | %s |" % (
             name, cname, len(graphs), sum(g[1] for g in graphs),
             len({tuple(g[2]) for g in keyed}) if keyed else "-",
             "-" if above is None or not keyed or not most else len(above),
             "-" if above is None or not keyed or not most else "%.2f" % sum(g[1] for g in above),
+            "-" if new is None or not keyed else len(new),
+            "-" if new is None or not keyed else "%.2f" % sum(g[1] for g in new),
             results[cname]["engines"].get(name, {}).get("read_tokens") or "-",
             len(warm[name]) if warm.get(name) is not None else "-"))
 
