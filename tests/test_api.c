@@ -4,6 +4,7 @@
  * bad variables, and the README's configuration table.
  */
 #include <dlfcn.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -379,8 +380,9 @@ END_TEST
 
 /* ---- configuration: values refused, capped or made to work ---- */
 
-/* kv_config_load refuses KVSHIM_<var>=value, naming the variable. */
-static void refused(const char *var, const char *value)
+/* kv_config_load refuses KVSHIM_<var>=value, naming the variable, and
+ * with why (unless NULL) as its reason. */
+static void refused_because(const char *var, const char *value, const char *why)
 {
 	char name[64], log[2048], expect[128];
 	struct kv_config c;
@@ -396,6 +398,34 @@ static void refused(const char *var, const char *value)
 	snprintf(expect, sizeof(expect), "kvshim: error: %s=", name);
 	ck_assert_msg(strstr(log, expect) != NULL, "%s=\"%s\": no message naming it in \"%s\"",
 		      name, value, log);
+	if (!why)
+		return;
+	snprintf(expect, sizeof(expect), "%s=%s: %s", name, value, why);
+	ck_assert_msg(strstr(log, expect) != NULL, "no \"%s\" in \"%s\"", expect, log);
+}
+
+static void refused(const char *var, const char *value)
+{
+	refused_because(var, value, NULL);
+}
+
+/* kv_config_load reads each KVSHIM_<var>=good[i][0] as the number
+ * good[i][1] in the size_t field at offset of struct kv_config. */
+static void read_as(const char *var, const char *const (*good)[2], size_t n, size_t offset)
+{
+	struct kv_config c;
+	char name[64];
+	size_t i, v;
+
+	snprintf(name, sizeof(name), "KVSHIM_%s", var);
+	for (i = 0; i < n; i++) {
+		setenv(name, good[i][0], 1);
+		ck_assert_msg(kv_config_load(&c) == 0, "%s=\"%s\" refused", name, good[i][0]);
+		memcpy(&v, (const char *)&c + offset, sizeof(v));
+		ck_assert_msg(v == strtoull(good[i][1], NULL, 10), "%s=\"%s\" read as %zu",
+			      name, good[i][0], v);
+	}
+	unsetenv(name);
 }
 
 /* Numbers are digits only: no leading white space or sign, nothing after
@@ -522,12 +552,8 @@ START_TEST(test_config_cb_read_tokens)
 
 	ck_assert_int_eq(kv_config_load(&c), 0);
 	ck_assert_uint_eq(c.cb_read_tokens, 0);
-	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
-		setenv("KVSHIM_CB_READ_TOKENS", good[i][0], 1);
-		ck_assert_msg(kv_config_load(&c) == 0, "\"%s\" refused", good[i][0]);
-		ck_assert_msg(c.cb_read_tokens == strtoull(good[i][1], NULL, 10),
-			      "\"%s\" read as %zu", good[i][0], c.cb_read_tokens);
-	}
+	read_as("CB_READ_TOKENS", good, sizeof(good) / sizeof(good[0]),
+		offsetof(struct kv_config, cb_read_tokens));
 	setenv("KVSHIM_CB_READ_TOKENS", "off", 1);
 	ck_assert_int_eq(kv_config_load(&c), 0);
 	ck_assert_uint_eq(c.cb_read_tokens, SIZE_MAX);
@@ -559,32 +585,19 @@ START_TEST(test_config_cb_kv_pad)
 		{ "1025M", "too large (at most 1G tokens)" },
 		{ "1073741825x", "too large (at most 1G tokens)" },
 	};
-	char log[2048], expect[128];
 	struct kv_config c;
 	size_t i;
 
 	ck_assert_int_eq(kv_config_load(&c), 0);
 	ck_assert_uint_eq(c.cb_kv_pad, 0);
-	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
-		setenv("KVSHIM_CB_KV_PAD", good[i][0], 1);
-		ck_assert_msg(kv_config_load(&c) == 0, "\"%s\" refused", good[i][0]);
-		ck_assert_msg(c.cb_kv_pad == strtoull(good[i][1], NULL, 10),
-			      "\"%s\" read as %zu", good[i][0], c.cb_kv_pad);
-	}
-	unsetenv("KVSHIM_CB_KV_PAD");
+	read_as("CB_KV_PAD", good, sizeof(good) / sizeof(good[0]),
+		offsetof(struct kv_config, cb_kv_pad));
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
 		refused("CB_KV_PAD", bad[i]);
 	/* each refused with its reason, as the Python adapter gives it; never
 	 * offering off */
-	for (i = 0; i < sizeof(why) / sizeof(why[0]); i++) {
-		setenv("KVSHIM_CB_KV_PAD", why[i][0], 1);
-		kt_capture_start();
-		ck_assert_int_eq(kv_config_load(&c), KVSHIM_ECONFIG);
-		kt_capture_end(log, sizeof(log));
-		snprintf(expect, sizeof(expect), "KVSHIM_CB_KV_PAD=%s: %s", why[i][0], why[i][1]);
-		ck_assert_msg(strstr(log, expect) != NULL, "no \"%s\" in \"%s\"", expect, log);
-	}
-	unsetenv("KVSHIM_CB_KV_PAD");
+	for (i = 0; i < sizeof(why) / sizeof(why[0]); i++)
+		refused_because("CB_KV_PAD", why[i][0], why[i][1]);
 }
 END_TEST
 

@@ -521,9 +521,9 @@ def _cushion(proc):
     asked the medium engine, above its share, for up to 246 MiB while the
     large engine stated up to 342 MiB of demand and its requests had their
     first tokens within 0.21 s; the medium model's request of 17.71 s
-    waited 3.8 s; docs/BENCHMARKS.md, section 4, session 25. Whether those
-    asks were for the cushion, colocate's nocushion configuration is to
-    tell.)"""
+    waited 3.8 s; docs/BENCHMARKS.md, section 4, session 25. Off, in
+    session 26, the asks at 3 GiB fell from 111 and 324 to 35 and 46
+    (medium, large), but the tails did not follow one way: on by default.)"""
     if not _cushion_on():
         return 0
     need = _cushion_blocks(proc)
