@@ -71,12 +71,62 @@ static uint64_t level(uint64_t budget, const uint64_t *w, const uint64_t *floor,
 	return lo;
 }
 
-uint64_t kv_fair_most(uint64_t L, const struct kv_fair_in *in)
+/* Process p's weight, 1..KV_FAIR_WEIGHT_MAX. */
+static uint64_t weight_of(const struct kv_fair_in *p)
 {
-	uint64_t w = in->weight < 1 ? 1 : min64(in->weight, KV_FAIR_WEIGHT_MAX);
-	uint64_t floor = in->max ? min64(in->min, in->max) : in->min;
+	return p->weight < 1 ? 1 : min64(p->weight, KV_FAIR_WEIGHT_MAX);
+}
 
-	return at_level(L, w, floor, in->max ? in->max : UINT64_MAX);
+/* Process p's floor, at most its ceiling. */
+static uint64_t floor_of(const struct kv_fair_in *p)
+{
+	return p->max ? min64(p->min, p->max) : p->min;
+}
+
+/*
+ * What process p uses (*used: held less idle, less its unused pages unless
+ * it waits) and its unused pages so counted out (*unused). Returns what it
+ * wants: what it uses and waits for, at most its ceiling, at least its
+ * floor.
+ */
+static uint64_t wants(const struct kv_fair_in *p, uint64_t *used, uint64_t *unused)
+{
+	uint64_t want;
+
+	*used = sub(p->held, p->idle);
+	/* a process that waits keeps its unused pages: its engine takes
+	 * them first for what it waits for */
+	*unused = p->demand ? 0 : min64(p->unused, *used);
+	*used -= *unused;
+	want = add(*used, p->demand);
+	if (p->max)
+		want = min64(want, p->max);
+	return want < floor_of(p) ? floor_of(p) : want;
+}
+
+uint64_t kv_fair_most(uint64_t budget, const struct kv_fair_in *in, unsigned n,
+		      unsigned i)
+{
+	uint64_t want[FAIR_MAX], w[FAIR_MAX], base[FAIR_MAX], got[FAIR_MAX];
+	uint64_t used, unused;
+	unsigned j;
+
+	if (n > FAIR_MAX)
+		n = FAIR_MAX;
+	if (i >= n)
+		return 0;
+	for (j = 0; j < n; j++) {
+		want[j] = wants(&in[j], &used, &unused);
+		w[j] = weight_of(&in[j]);
+		base[j] = floor_of(&in[j]);
+	}
+	/* the plan's own level will not do: where every process gets what it
+	 * wants, nothing bounds it, and its share rose to the budget (a
+	 * process above its share that let its pages go idle could take
+	 * them back from under a waiter's claim) */
+	want[i] = in[i].max ? in[i].max : UINT64_MAX;
+	level(budget, w, base, want, got, n);
+	return got[i];
 }
 
 /* Whether process i has more unused pages left to ask for than process
@@ -97,7 +147,7 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 	uint64_t want[FAIR_MAX], w[FAIR_MAX], got[FAIR_MAX], used[FAIR_MAX];
 	uint64_t base[FAIR_MAX], unused[FAIR_MAX], askable[FAIR_MAX];
 	uint64_t taken = 0, floor_gaps = 0, givable = 0, need = 0;
-	uint64_t over = 0, spare = 0, ask, from_unused, free_b, asked = 0, L;
+	uint64_t over = 0, spare = 0, ask, from_unused, free_b, asked = 0;
 	uint64_t have, for_gaps, trims, floors = 0, rest, left;
 	unsigned i, most;
 
@@ -108,27 +158,21 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 	for (i = 0; i < n; i++) {
 		const struct kv_fair_in *p = &in[i];
 
-		base[i] = p->max ? min64(p->min, p->max) : p->min;
-		used[i] = sub(p->held, p->idle);
-		/* a process that waits keeps its unused pages: its engine
-		 * takes them first for what it waits for */
-		unused[i] = p->demand ? 0 : min64(p->unused, used[i]);
-		/* of them, those it may be asked for: above its floor once
-		 * idle (given back, they are idle pages) */
-		askable[i] = min64(unused[i], sub(used[i], p->min));
-		used[i] -= unused[i];
-		want[i] = add(used[i], p->demand);
-		if (p->max)
-			want[i] = min64(want[i], p->max);
-		if (want[i] < base[i])
-			want[i] = base[i];
-		w[i] = p->weight < 1 ? 1 : min64(p->weight, KV_FAIR_WEIGHT_MAX);
+		base[i] = floor_of(p);
+		want[i] = wants(p, &used[i], &unused[i]);
+		/* of its unused pages, those it may be asked for: above its
+		 * floor once idle (given back, they are idle pages) */
+		askable[i] = min64(unused[i], sub(used[i] + unused[i], p->min));
+		w[i] = weight_of(p);
 		floors = add(floors, base[i]);
 	}
 	/* what the floors keep is never free: a reserve beyond the rest
 	 * would drain every process to its floor for nothing */
 	reserve = min64(reserve, sub(budget, floors));
-	L = level(budget, w, base, want, got, n);
+	/* (none: nothing to share; and the compiler sees w, base and want
+	 * filled) */
+	if (n)
+		level(budget, w, base, want, got, n);
 
 	for (i = 0; i < n; i++) {
 		const struct kv_fair_in *p = &in[i];
@@ -204,7 +248,6 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 		sums->over = over;
 		sums->unused = spare;
 		sums->givable = givable;
-		sums->level = L;
 		sums->for_reserve = from_unused - for_gaps;
 		sums->reserve = reserve;
 	}

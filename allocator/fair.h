@@ -96,7 +96,6 @@ struct kv_fair_sums {
 				  * summed */
 	uint64_t givable;        /* the idle pages that may be asked for,
 				  * summed */
-	uint64_t level;          /* L: bytes a share holds per unit of weight */
 	uint64_t for_reserve;    /* of asked, what the reserve asks (unused
 				  * pages only) */
 	uint64_t reserve;        /* the reserve kept: R, at most the budget
@@ -113,9 +112,11 @@ struct kv_fair_sums {
 void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in,
 		  unsigned n, struct kv_fair_out *out, struct kv_fair_sums *sums);
 
-/* The most process in may use while others wait below their shares, in a
- * plan of level L (sums->level): L times its weight, at least its floor,
- * at most its ceiling, whatever it wants. Returns it. */
-uint64_t kv_fair_most(uint64_t level, const struct kv_fair_in *in);
+/* The most process i of n (in[0..n)) may use while others wait below
+ * their shares, under budget: its share were it to want all it may (up to
+ * its ceiling), the others wanting what they do; at least its floor.
+ * Returns it (0 for i out of range). */
+uint64_t kv_fair_most(uint64_t budget, const struct kv_fair_in *in, unsigned n,
+		      unsigned i);
 
 #endif /* KV_FAIR_H */

@@ -81,6 +81,8 @@ struct sums {
 	struct kv_fair_in me_in; /* this process's figures, as planned */
 	struct kv_fair_out me;   /* this process's share, gap and asked */
 	struct kv_fair_sums plan;
+	uint64_t most;           /* while others wait below their shares, the
+				  * most this process may use (kv_fair_most) */
 	unsigned members;        /* the processes planned (slots in use, the
 				  * dead not yet reaped too), this one too */
 	uint64_t keep;           /* budget a take leaves free: the reserve,
@@ -232,12 +234,9 @@ static uint64_t budget_of(kv_share_t *s)
  * Returns it, or UINT64_MAX (no bound) while nobody waits. */
 static uint64_t use_limit(const struct sums *t)
 {
-	uint64_t most;
-
 	if (!t->gaps)
 		return UINT64_MAX;
-	most = kv_fair_most(t->plan.level, &t->me_in);
-	return most > t->me.share ? most : t->me.share;
+	return t->most > t->me.share ? t->most : t->me.share;
 }
 
 /* This process's own figures as the rule's input, waiting for demand
@@ -295,6 +294,8 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 	t->me = out[0];
 	t->givable = t->plan.givable > t->me.givable ? t->plan.givable - t->me.givable : 0;
 	t->gaps = t->plan.gaps > t->me.gap ? t->plan.gaps - t->me.gap : 0;
+	if (t->gaps)
+		t->most = kv_fair_most(cap, in, n, 0);
 	if (t->clamped && !s->warned) {
 		s->warned = 1;
 		kv_warn("share: %s: a process's slot holds figures out of bounds: counted as at most the budget",
