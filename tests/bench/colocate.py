@@ -368,6 +368,12 @@ def dry_engine(args):
                                          moved=3 if os.environ.get("KVSHIM_CB_PACK") == "on" else 0)
             run["kvshim_waits"] = dict({k: 0 for k in WAIT_FIGURES}, share_waits=1,
                                        share_wait_ns=2000000)
+            # (48 pages made and mapped, 24 of them given back, at 1,
+            # 0.5, 0.5, 0.5 and 0.25 ms a page)
+            run["kvshim_driver"] = dict(pages_created=48, create_ns=48000000, pages_mapped=48,
+                                        map_ns=24000000, pages_unmapped=24, unmap_ns=12000000,
+                                        pages_released=24, release_ns=12000000,
+                                        pages_zeroed=48, zero_ns=12000000)
             run["kvshim_preempted"] = run["kvshim_short"] = 0
         done(run, out_path)
     return 0
@@ -459,7 +465,7 @@ def engine(args):
         before = tracker_figures(tracker)
         if tracker is not None:
             tracker.worst, tracker.worst_in, tracker.ask_worst = 0.0, None, 0.0
-            waits_before = kvshim.stats()
+            stats_before = kvshim.stats()
         first_step, first_graph = len(steps), len(graphs) if graphs is not None else 0
         run = replay(manager, mine, t0, kv_now, torch, adapter_now)
         run.update(info)
@@ -476,8 +482,10 @@ def engine(args):
             run["kvshim_tracker"]["worst"] = tracker.worst
             run["kvshim_tracker"]["worst_in"] = tracker.worst_in
             run["kvshim_tracker"]["ask_worst"] = tracker.ask_worst
-            run["kvshim_waits"] = {k: run["kvshim_stats"][k] - waits_before[k]
+            run["kvshim_waits"] = {k: run["kvshim_stats"][k] - stats_before[k]
                                    for k in WAIT_FIGURES}
+            run["kvshim_driver"] = {k: run["kvshim_stats"][k] - stats_before[k]
+                                    for k in DRIVER_FIGURES}
             run["kvshim_preempted"] = run["kvshim_tracker"]["preempted"]
             run["kvshim_short"] = run["kvshim_tracker"]["short"]
         done(run, out_path)
@@ -494,6 +502,13 @@ TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preem
 
 # What kvshim counts of the maps that waited for other processes (kvshim.h)
 WAIT_FIGURES = ("share_waits", "share_wait_ns", "share_waits_used", "share_waits_failed")
+
+
+# What kvshim counts of its driver work on physical pages (kvshim.h), in
+# the whole process: the engine's thread, the adapter's thread mapping
+# ahead and kvshim's worker
+DRIVER_FIGURES = ("pages_created", "create_ns", "pages_mapped", "map_ns", "pages_unmapped",
+                  "unmap_ns", "pages_released", "release_ns", "pages_zeroed", "zero_ns")
 
 
 def tracker_figures(tracker):
@@ -1264,6 +1279,11 @@ def summarize(results, traces):
                     "kv_ask_worst": max([x.get("ask_worst", 0.0) for x in tracker] or [0.0]),
                     "kv_waits": {k: sum((run["engines"][n].get("kvshim_waits") or {}).get(k, 0)
                                         for n in engines) for k in WAIT_FIGURES},
+                    # (None: an engine whose adapter kept no tracker)
+                    "kv_driver": None if any("kvshim_driver" not in run["engines"][n]
+                                             for n in engines) else
+                    {k: sum(run["engines"][n]["kvshim_driver"].get(k, 0) for n in engines)
+                     for k in DRIVER_FIGURES},
                     "requests": len(rows), "failed": bad,
                     "ttft_p50": pct(ttft, 50), "ttft_p99": pct(ttft, 99),
                     # apart from the requests whose engine captured a CUDA
@@ -1523,6 +1543,21 @@ def print_tables(table, traces, results, args):
                             "%.2f" % (t["kv_waits"]["share_wait_ns"] / 1e9),
                             "%d" % t["kv_waits"]["share_waits_used"],
                             "%d" % t["kv_waits"]["share_waits_failed"], t["kv_worst_in"]))
+        kv_table(table, label, results,
+                 "driver calls on physical pages, trace %s: over the replay, in the engine's "
+                 "whole process (its thread, the adapter's thread mapping ahead and kvshim's "
+                 "worker), the pages kvshim created, mapped, unmapped, released and zeroed, "
+                 "the seconds each took and their sum, and the pages created per block the "
+                 "engine was handed (a block on a page it already holds needs none; a page "
+                 "another process gave back is created again)" % label,
+                 ("created", "mapped", "unmapped", "released", "zeroed", "create s", "map s",
+                  "unmap s", "release s", "zero s", "driver s", "created per block"),
+                 lambda t: ("-",) * 12 if t["kv_driver"] is None else tuple(
+                     "%d" % t["kv_driver"][k] for k in DRIVER_FIGURES[0::2]) + tuple(
+                     "%.2f" % (t["kv_driver"][k] / 1e9) for k in DRIVER_FIGURES[1::2]) + (
+                     "%.2f" % (sum(t["kv_driver"][k] for k in DRIVER_FIGURES[1::2]) / 1e9),
+                     "%.2f" % (t["kv_driver"]["pages_created"] / t["kv_ahead"][0])
+                     if t["kv_ahead"][0] else "-"))
         kv_table(table, label, results,
                  "asks to give back, trace %s: how often kvshim began to ask the engine for "
                  "blocks it uses, how long the asks lasted in all and at most, the passes whose "
