@@ -49,10 +49,10 @@ static uint64_t at_level(uint64_t L, uint64_t w, uint64_t floor, uint64_t want)
  * at_level) fit in budget, found by bisection (the sum grows with L).
  * Every process gets at least its floor, even when the floors pass the
  * budget. What rounding leaves (less than a byte per unit of weight) stays
- * unshared. got[0..n) gets the shares. Returns L.
+ * unshared. got[0..n) gets the shares.
  */
-static uint64_t level(uint64_t budget, const uint64_t *w, const uint64_t *floor,
-		      const uint64_t *want, uint64_t *got, unsigned n)
+static void level(uint64_t budget, const uint64_t *w, const uint64_t *floor,
+		  const uint64_t *want, uint64_t *got, unsigned n)
 {
 	uint64_t lo = 0, hi = budget, sum, mid;
 	unsigned i;
@@ -68,7 +68,6 @@ static uint64_t level(uint64_t budget, const uint64_t *w, const uint64_t *floor,
 	}
 	for (i = 0; i < n; i++)
 		got[i] = at_level(lo, w[i], floor[i], want[i]);
-	return lo;
 }
 
 /* Process p's weight, 1..KV_FAIR_WEIGHT_MAX. */
@@ -121,9 +120,10 @@ uint64_t kv_fair_most(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		base[j] = floor_of(&in[j]);
 	}
 	/* the plan's own level will not do: where every process gets what it
-	 * wants, nothing bounds it, and its share rose to the budget (a
-	 * process above its share that let its pages go idle could take
-	 * them back from under a waiter's claim) */
+	 * wants, nothing bounds the level, and a bound of the level times
+	 * the weight rose to the budget (a process above its share that let
+	 * its pages go idle could take them back from under a waiter's
+	 * claim) */
 	want[i] = in[i].max ? in[i].max : UINT64_MAX;
 	level(budget, w, base, want, got, n);
 	return got[i];
