@@ -511,6 +511,22 @@ DRIVER_FIGURES = ("pages_created", "create_ns", "pages_mapped", "map_ns", "pages
                   "unmap_ns", "pages_released", "release_ns", "pages_zeroed", "zero_ns")
 
 
+def driver_row(t):
+    """The row of the table "driver calls on physical pages" for an engine's
+    figures t: its pages created, mapped, unmapped, released and zeroed
+    over the replay, the seconds of each and their sum, and the pages
+    created per block handed out ("-" where no block was; all "-" where
+    its adapter kept no tracker)."""
+    d = t["kv_driver"]
+    if d is None:
+        return ("-",) * 12
+    taken = t["kv_ahead"][0]
+    return (tuple("%d" % d[k] for k in DRIVER_FIGURES[0::2])
+            + tuple("%.2f" % (d[k] / 1e9) for k in DRIVER_FIGURES[1::2])
+            + ("%.2f" % (sum(d[k] for k in DRIVER_FIGURES[1::2]) / 1e9),
+               "%.2f" % (d["pages_created"] / taken) if taken else "-"))
+
+
 def tracker_figures(tracker):
     return {k: getattr(tracker, k, 0) for k in TRACKER_FIGURES} if tracker is not None else {}
 
@@ -1552,12 +1568,7 @@ def print_tables(table, traces, results, args):
                  "another process gave back is created again)" % label,
                  ("created", "mapped", "unmapped", "released", "zeroed", "create s", "map s",
                   "unmap s", "release s", "zero s", "driver s", "created per block"),
-                 lambda t: ("-",) * 12 if t["kv_driver"] is None else tuple(
-                     "%d" % t["kv_driver"][k] for k in DRIVER_FIGURES[0::2]) + tuple(
-                     "%.2f" % (t["kv_driver"][k] / 1e9) for k in DRIVER_FIGURES[1::2]) + (
-                     "%.2f" % (sum(t["kv_driver"][k] for k in DRIVER_FIGURES[1::2]) / 1e9),
-                     "%.2f" % (t["kv_driver"]["pages_created"] / t["kv_ahead"][0])
-                     if t["kv_ahead"][0] else "-"))
+                 driver_row)
         kv_table(table, label, results,
                  "asks to give back, trace %s: how often kvshim began to ask the engine for "
                  "blocks it uses, how long the asks lasted in all and at most, the passes whose "
