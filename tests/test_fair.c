@@ -968,6 +968,30 @@ START_TEST(test_fair_bound_lapses)
 END_TEST
 
 /*
+ * A fresh pool, its allocator *a with mapped bytes of a span of B at *s,
+ * and a member m that maps nothing and waits for demand bytes (its slot
+ * written as its engine's statement would be). Returns the segment, mapped
+ * (kt_seg_unmap it once the member left).
+ */
+static struct kv_share *with_waiter(kv_alloc_t **a, CUdeviceptr *s, size_t mapped,
+				    struct kt_member *m, uint64_t demand)
+{
+	struct kv_share *sh;
+	int i;
+
+	kt_new_pool();
+	*a = kt_make(B, 0, 0, 0);
+	ck_assert_int_eq(kv_alloc_reserve(*a, B, s), 0);
+	ck_assert_int_eq(kv_alloc_map(*a, *s, mapped), 0);
+	kt_member_start(m, B, 0, 0);
+	sh = kt_seg_map();
+	i = kt_slot_of(sh, m->pid);
+	ck_assert(i >= 0);
+	__atomic_store_n(&sh->slot[i].demand, demand, __ATOMIC_SEQ_CST);
+	return sh;
+}
+
+/*
  * A process past its share that let pages go idle (asked to) may not map
  * them back while another waits below its share, however often it reads
  * the rule: it maps the whole budget, a member waits for half, and it is
@@ -982,17 +1006,8 @@ START_TEST(test_fair_bound_idle_held)
 	struct kv_share *sh;
 	kv_alloc_t *a;
 	CUdeviceptr s;
-	int i;
 
-	kt_new_pool();
-	a = kt_make(B, 0, 0, 0);
-	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
-	ck_assert_int_eq(kv_alloc_map(a, s, B), 0);
-	kt_member_start(&m, B, 0, 0);
-	sh = kt_seg_map();
-	i = kt_slot_of(sh, m.pid);
-	ck_assert(i >= 0);
-	__atomic_store_n(&sh->slot[i].demand, B / 2, __ATOMIC_SEQ_CST);
+	sh = with_waiter(&a, &s, B, &m, B / 2);
 	ck_assert_uint_eq(kv_alloc_asked(a), B / 2);
 	ck_assert_int_eq(kv_alloc_unmap(a, s + B / 2, B / 2), 0);
 	ck_assert_uint_eq(kt_stats(a).physical_bytes, B);
@@ -1448,17 +1463,8 @@ START_TEST(test_fair_unused_may_use)
 	struct kv_share *sh;
 	kv_alloc_t *a;
 	CUdeviceptr s;
-	int i;
 
-	kt_new_pool();
-	a = kt_make(B, 0, 0, 0);
-	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
-	ck_assert_int_eq(kv_alloc_map(a, s, 17 * PG), 0);
-	kt_member_start(&m, B, 0, 0);
-	sh = kt_seg_map();
-	i = kt_slot_of(sh, m.pid);
-	ck_assert(i >= 0);
-	__atomic_store_n(&sh->slot[i].demand, 20 * PG, __ATOMIC_SEQ_CST);
+	sh = with_waiter(&a, &s, 17 * PG, &m, 20 * PG);
 	kv_alloc_unused(a, 8 * PG);
 	ck_assert_int_eq(kv_alloc_unmap(a, s, PG), 0);      /* idle, still held */
 	(void)kv_alloc_asked(a);                            /* reads the rule */
