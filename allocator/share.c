@@ -78,7 +78,6 @@ struct sums {
 	uint64_t give[KV_SHARE_SLOTS];  /* and each one's, by slot */
 	uint64_t gaps;           /* what the others waiting below their
 				  * share claim */
-	struct kv_fair_in me_in; /* this process's figures, as planned */
 	struct kv_fair_out me;   /* this process's share, gap and asked */
 	struct kv_fair_sums plan;
 	uint64_t most;           /* while others wait below their shares, the
@@ -290,7 +289,6 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 	t->members = n;
 	for (i = 1; i < n; i++)
 		t->give[slot_of[i]] = out[i].givable;
-	t->me_in = in[0];
 	t->me = out[0];
 	t->givable = t->plan.givable > t->me.givable ? t->plan.givable - t->me.givable : 0;
 	t->gaps = t->plan.gaps > t->me.gap ? t->plan.gaps - t->me.gap : 0;
