@@ -129,6 +129,18 @@ uint64_t kv_fair_most(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 	return got[i];
 }
 
+uint64_t kv_fair_bound(uint64_t budget, const struct kv_fair_in *in, unsigned n,
+		       unsigned i, const struct kv_fair_out *out,
+		       const struct kv_fair_sums *sums)
+{
+	uint64_t most;
+
+	if (i >= n || i >= FAIR_MAX || sums->gaps <= out[i].gap)
+		return UINT64_MAX;
+	most = kv_fair_most(budget, in, n, i);
+	return most > out[i].share ? most : out[i].share;
+}
+
 /* Whether process i has more unused pages left to ask for than process
  * most, after what out already asks of them; on a tie, the lower slot,
  * so that every member picks the same one. Returns 1 or 0. */

@@ -119,4 +119,14 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 uint64_t kv_fair_most(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		      unsigned i);
 
+/* The most process i of a plan (kv_fair_plan's in, n, out and sums, under
+ * budget) may use now: while another process waits below its share (the
+ * plan's gaps are more than its own), kv_fair_most's, at least its share
+ * (a process below its share may grow to it, one above it may not grow).
+ * Returns it, or UINT64_MAX (no bound) while none waits, or for i out of
+ * range. */
+uint64_t kv_fair_bound(uint64_t budget, const struct kv_fair_in *in, unsigned n,
+		       unsigned i, const struct kv_fair_out *out,
+		       const struct kv_fair_sums *sums);
+
 #endif /* KV_FAIR_H */

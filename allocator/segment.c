@@ -456,6 +456,7 @@ static int collect(int fd, const struct kv_share *sh, uint64_t cap, uint64_t ns,
 {
 	struct kv_fair_in fin[KV_SHARE_SLOTS];
 	struct kv_fair_out fout[KV_SHARE_SLOTS];
+	struct kv_fair_sums sums;
 	unsigned live[KV_SHARE_SLOTS], nlive = 0;
 	uint64_t seq[KV_SHARE_SLOTS];
 	int exact = 1;
@@ -506,11 +507,13 @@ static int collect(int fd, const struct kv_share *sh, uint64_t cap, uint64_t ns,
 		out->cached = kv_seg_sat_add(out->cached, f.cached);
 		out->pooled = kv_seg_sat_add(out->pooled, f.pooled);
 	}
-	/* the shares of the live processes, as the members compute them */
-	kv_fair_plan(cap, out->reserve, fin, nlive, fout, NULL);
+	/* the shares of the live processes, and their bounds, as the members
+	 * compute them */
+	kv_fair_plan(cap, out->reserve, fin, nlive, fout, &sums);
 	for (i = 0; i < nlive; i++) {
 		out->proc[live[i]].share = fout[i].share;
 		out->proc[live[i]].gap = fout[i].gap;
+		out->proc[live[i]].most = kv_fair_bound(cap, fin, nlive, i, fout, &sums);
 	}
 	for (i = 0; i < KV_SHARE_SLOTS && exact; i++)
 		exact = LOAD(&sh->slot[i].seq) == seq[i];

@@ -80,8 +80,8 @@ struct sums {
 				  * share claim */
 	struct kv_fair_out me;   /* this process's share, gap and asked */
 	struct kv_fair_sums plan;
-	uint64_t most;           /* while others wait below their shares, the
-				  * most this process may use (kv_fair_most) */
+	uint64_t bound;          /* the most this process may use now
+				  * (kv_fair_bound; UINT64_MAX: none) */
 	unsigned members;        /* the processes planned (slots in use, the
 				  * dead not yet reaped too), this one too */
 	uint64_t keep;           /* budget a take leaves free: the reserve,
@@ -227,17 +227,6 @@ static uint64_t budget_of(kv_share_t *s)
 	return b;
 }
 
-/* The most this process may use now, from the plan t: while others wait
- * below their shares, what its share would be if it wanted more (so a
- * process below its share may grow to it, one above it may not grow).
- * Returns it, or UINT64_MAX (no bound) while nobody waits. */
-static uint64_t use_limit(const struct sums *t)
-{
-	if (!t->gaps)
-		return UINT64_MAX;
-	return t->most > t->me.share ? t->most : t->me.share;
-}
-
 /* This process's own figures as the rule's input, waiting for demand
  * bytes. */
 static void own_fair_in(const kv_share_t *s, uint64_t cap, uint64_t demand,
@@ -292,8 +281,7 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 	t->me = out[0];
 	t->givable = t->plan.givable > t->me.givable ? t->plan.givable - t->me.givable : 0;
 	t->gaps = t->plan.gaps > t->me.gap ? t->plan.gaps - t->me.gap : 0;
-	if (t->gaps)
-		t->most = kv_fair_most(cap, in, n, 0);
+	t->bound = kv_fair_bound(cap, in, n, 0, out, &t->plan);
 	if (t->clamped && !s->warned) {
 		s->warned = 1;
 		kv_warn("share: %s: a process's slot holds figures out of bounds: counted as at most the budget",
@@ -847,7 +835,7 @@ static int take(kv_share_t *s, uint64_t bytes, uint64_t need, int may_ask)
 	if (!fits(s, &t, cap, bytes, 1) &&
 	    kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
 		others_keeping(s, cap, demand, !may_ask, &t);
-	s->use_limit = use_limit(&t);
+	s->use_limit = t.bound;
 	if (fits(s, &t, cap, bytes, 1)) {
 		s->held += bytes;
 		s->last_ns = kv_seg_realtime_ns();
@@ -903,7 +891,7 @@ uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
 	 * figures are bounded, and the next look (5 ms on) corrects them */
 	others_live(s, &t);
 	s->asked = t.me.asked;
-	s->use_limit = use_limit(&t);
+	s->use_limit = t.bound;
 	req = __atomic_exchange_n(&s->sh->slot[s->slot].trim_request, 0,
 				  __ATOMIC_SEQ_CST);
 	/* and what the reserve's free budget asks of its idle pages */
@@ -1043,7 +1031,7 @@ uint64_t kv_share_asked(kv_share_t *s, uint64_t page)
 	pthread_mutex_lock(&s->mu);
 	others_live(s, &t);
 	asked = s->asked = t.me.asked;
-	s->use_limit = use_limit(&t);
+	s->use_limit = t.bound;
 	idle = idle_of(s);
 	above = s->held - idle > s->min ? s->held - idle - s->min : 0;
 	pthread_mutex_unlock(&s->mu);

@@ -261,6 +261,9 @@ struct kv_share_proc {
 	uint64_t weight, demand, asked;   /* as its slot says (bounded) */
 	uint64_t unused;         /* as its slot says, at most what it uses */
 	uint64_t share, gap;     /* the rule's, from the figures read (fair.h) */
+	uint64_t most;           /* the rule's: the most it may use now, while
+				  * another waits below its share
+				  * (kv_fair_bound); UINT64_MAX: no bound */
 };
 
 struct kv_share_info {

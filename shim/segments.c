@@ -130,16 +130,21 @@ static void json_segment(FILE *f, const char *path, const struct kv_share_info *
 			(unsigned long long)p->trimmed);
 		/* the fair shares: its slot's weight, demand, unused pages
 		 * and what it is asked to give back of what it uses; share
-		 * and gap are the rule's, from these figures (null for a
-		 * process gone) */
+		 * and gap are the rule's, from these figures, and so is most,
+		 * the most it may use while another waits below its share
+		 * (null for a process gone; most null too while none waits) */
 		fprintf(f, ", \"weight\": %llu, \"demand\": %llu, \"unused\": %llu, \"asked\": %llu",
 			(unsigned long long)p->weight, (unsigned long long)p->demand,
 			(unsigned long long)p->unused, (unsigned long long)p->asked);
 		if (p->alive)
-			fprintf(f, ", \"share\": %llu, \"gap\": %llu}",
+			fprintf(f, ", \"share\": %llu, \"gap\": %llu",
 				(unsigned long long)p->share, (unsigned long long)p->gap);
 		else
-			fputs(", \"share\": null, \"gap\": null}", f);
+			fputs(", \"share\": null, \"gap\": null", f);
+		if (p->alive && p->most != UINT64_MAX)
+			fprintf(f, ", \"most\": %llu}", (unsigned long long)p->most);
+		else
+			fputs(", \"most\": null}", f);
 	}
 	fputs("]}", f);
 }
@@ -176,12 +181,15 @@ static void text_segment(FILE *f, const char *path, const struct kv_share_info *
 		(unsigned long long)in->mapped, (unsigned long long)in->cached);
 	for (i = 0; i < in->nprocs; i++) {
 		const struct kv_share_proc *p = &in->proc[i];
+		char most[32] = "-";
 
-		fprintf(f, "  %8d %-16.16s held %llu mapped %llu cached %llu pooled %llu weight %llu share %llu demand %llu unused %llu asked %llu%s\n",
+		if (p->alive && p->most != UINT64_MAX)
+			snprintf(most, sizeof(most), "%llu", (unsigned long long)p->most);
+		fprintf(f, "  %8d %-16.16s held %llu mapped %llu cached %llu pooled %llu weight %llu share %llu most %s demand %llu unused %llu asked %llu%s\n",
 			p->pid, p->cmd, (unsigned long long)p->held,
 			(unsigned long long)p->mapped, (unsigned long long)p->cached,
 			(unsigned long long)p->pooled, (unsigned long long)p->weight,
-			(unsigned long long)p->share, (unsigned long long)p->demand,
+			(unsigned long long)p->share, most, (unsigned long long)p->demand,
 			(unsigned long long)p->unused, (unsigned long long)p->asked,
 			p->alive ? "" : " (gone)");
 	}

@@ -462,6 +462,32 @@ START_TEST(test_fair_plan_most)
 }
 END_TEST
 
+/*
+ * The bound a plan puts on process i (kv_fair_bound): none while no other
+ * process waits below its share (its own wait is no bound on it), else
+ * kv_fair_most's (never less than its share), its floor kept.
+ */
+START_TEST(test_fair_plan_bound)
+{
+	struct kv_fair_in in[2] = { proc(1, 10 * PG, 0), proc(1, 0, 5 * PG) };
+	struct kv_fair_out out[2];
+	struct kv_fair_sums sums;
+
+	plan(in, 2, out, &sums);
+	ck_near(kv_fair_bound(B, in, 2, 0, out, &sums), 19 * PG);
+	ck_assert_uint_eq(kv_fair_bound(B, in, 2, 1, out, &sums), UINT64_MAX);
+	ck_assert_uint_eq(kv_fair_bound(B, in, 2, 2, out, &sums), UINT64_MAX);
+	/* the waiter alone */
+	plan(&in[1], 1, out, &sums);
+	ck_assert_uint_eq(kv_fair_bound(B, &in[1], 1, 0, out, &sums), UINT64_MAX);
+	/* a floor of 20 pages: its share, and its bound */
+	in[0].min = 20 * PG;
+	plan(in, 2, out, &sums);
+	ck_assert_uint_eq(out[0].share, 20 * PG);
+	ck_assert_uint_eq(kv_fair_bound(B, in, 2, 0, out, &sums), 20 * PG);
+}
+END_TEST
+
 /* Figures at the edge of their bounds: nothing wraps. */
 START_TEST(test_fair_plan_bounds)
 {
@@ -1785,6 +1811,7 @@ Suite *fair_suite(void)
 	tcase_add_test(rule, test_fair_plan_idle_kept);
 	tcase_add_test(rule, test_fair_plan_reserve);
 	tcase_add_test(rule, test_fair_plan_most);
+	tcase_add_test(rule, test_fair_plan_bound);
 	tcase_add_test(rule, test_fair_plan_bounds);
 	suite_add_tcase(s, rule);
 	tcase_set_timeout(tc, 120);

@@ -86,6 +86,26 @@ sys.stdin.read()
 """
 
 
+# A process that joins the pool with nothing mapped and waits for the whole
+# budget (its demand, stated again every 0.2 s, as an adapter does: kvshim
+# bounds it by the budget) until its stdin closes.
+WAITER = r"""
+import sys, threading
+import kvshim
+span = kvshim.reserve(2 << 20)
+done = threading.Event()
+def again():
+    while not done.is_set():
+        kvshim.share_demand(1 << 40)
+        done.wait(0.2)
+threading.Thread(target=again, daemon=True).start()
+kvshim.share_demand(1 << 40)
+print("ready", flush=True)
+sys.stdin.read()
+done.set()
+"""
+
+
 def devices():
     cu = ctypes.CDLL("libcuda.so.1")
     n = ctypes.c_int(0)
@@ -143,10 +163,10 @@ class TopTest(unittest.TestCase):
         def row():
             r = top("--once", "--pool", POOL)
             self.assertEqual(r.returncode, 0, r.stderr)
-            for col in ("WEIGHT", "SHARE", "DEMAND", "UNUSED", "ASKED", "GAVE"):
+            for col in ("WEIGHT", "SHARE", "MOST", "DEMAND", "UNUSED", "ASKED", "GAVE"):
                 self.assertIn(col, r.stdout)
             return [line for line in r.stdout.splitlines()
-                    if line.split()[:1] == [str(os.getpid())]][0].split()[9:13]
+                    if line.split()[:1] == [str(os.getpid())]][0].split()[9:14]
 
         with stating(demand=8 * MIB):
             self.assertEqual(kvshim.share_asked(), 0)
@@ -156,7 +176,8 @@ class TopTest(unittest.TestCase):
             self.assertEqual(me["asked"], 0)
             self.assertEqual(me["share"], 4 * MIB + 8 * MIB)   # used (6 - 2 cached) + demand
             self.assertEqual(me["gap"], 8 * MIB - 2 * MIB)     # beyond what it holds
-            self.assertEqual(row(), ["3", "12", "8", "0"])
+            self.assertIsNone(me["most"])                      # nobody else waits
+            self.assertEqual(row(), ["3", "12", "-", "8", "0"])
         # 2 of the 4 MiB it uses unused (a prefix cache, as an adapter
         # states it): kept as its own while it waits, out of its use (so
         # of its share) when it does not
@@ -171,12 +192,50 @@ class TopTest(unittest.TestCase):
                 me = mine()
                 self.assertEqual((me["unused"], me["share"], me["demand"]),
                                  (2 * MIB, 6 * MIB, 0))           # 8 used less 2
-                self.assertEqual(row(), ["3", "6", "0", "2"])
+                self.assertEqual(row(), ["3", "6", "-", "0", "2"])
         finally:
             kvshim.unmap(more, 4 * MIB)
             kvshim.trim(4 * MIB)
         me = mine()
         self.assertEqual((me["demand"], me["unused"]), (0, 0))
+
+    def test_most_while_another_waits(self):
+        """MOST, the rule's bound while another process waits below its
+        share: its share were it to want more, the others wanting what they
+        do. A member (weight 1, no floor) waits for the whole budget B:
+        this process (weight 3, floor 4 MiB, ceiling 64 MiB) may grow to
+        its ceiling, B being far more; the member's bound is none while
+        this one does not wait, and B less the 12 MiB this one wants once
+        it waits for 8 MiB more (it uses 4)."""
+        env = dict(os.environ, KVSHIM_WEIGHT="1", KVSHIM_MIN="0")
+        env.pop("KVSHIM_MAX", None)
+        p = subprocess.Popen([sys.executable, "-c", WAITER], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True, env=env)
+        try:
+            self.assertEqual(p.stdout.readline().strip(), "ready")
+
+            def both():
+                seg = json.loads(top("--json", "--pool", POOL).stdout)["segments"][0]
+                procs = {q["pid"]: q for q in seg["processes"]}
+                return seg["budget"], procs[os.getpid()], procs[p.pid]
+
+            budget, me, other = both()
+            self.assertEqual(other["demand"], budget)
+            self.assertGreater(other["gap"], 0)
+            self.assertEqual(me["most"], 64 * MIB)
+            self.assertIsNone(other["most"])
+            with stating(demand=8 * MIB):
+                budget, me, other = both()
+                self.assertEqual(me["most"], 64 * MIB)
+                self.assertEqual(other["most"], budget - 12 * MIB)
+                r = top("--once", "--pool", POOL)
+                mine = [line.split() for line in r.stdout.splitlines()
+                        if line.split()[:1] == [str(os.getpid())]][0]
+                self.assertEqual(mine[10:12], ["12", "64"])   # SHARE, MOST (MiB)
+        finally:
+            p.stdin.close()
+            p.wait(timeout=30)
+            p.stdout.close()
 
     def test_once_prints_a_table(self):
         r = top("--once", "--pool", POOL)
