@@ -123,8 +123,8 @@ uint64_t kv_fair_most(uint64_t budget, const struct kv_fair_in *in, unsigned n,
  * budget) may use now: while another process waits below its share (the
  * plan's gaps are more than its own), kv_fair_most's, at least its share
  * (a process below its share may grow to it, one above it may not grow).
- * Returns it, or UINT64_MAX (no bound) while none waits, or for i out of
- * range. */
+ * Returns it, or UINT64_MAX (no bound) while no other process waits, or
+ * for i out of range. */
 uint64_t kv_fair_bound(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		       unsigned i, const struct kv_fair_out *out,
 		       const struct kv_fair_sums *sums);

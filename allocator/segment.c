@@ -507,8 +507,9 @@ static int collect(int fd, const struct kv_share *sh, uint64_t cap, uint64_t ns,
 		out->cached = kv_seg_sat_add(out->cached, f.cached);
 		out->pooled = kv_seg_sat_add(out->pooled, f.pooled);
 	}
-	/* the shares of the live processes, and their bounds, as the members
-	 * compute them */
+	/* the shares of the live processes, and their bounds, by the rule the
+	 * members follow (they count a dead process's slot too, until it is
+	 * reaped) */
 	kv_fair_plan(cap, out->reserve, fin, nlive, fout, &sums);
 	for (i = 0; i < nlive; i++) {
 		out->proc[live[i]].share = fout[i].share;

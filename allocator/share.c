@@ -58,8 +58,9 @@ struct kv_share_handle_s {
 	struct statement demand; /* stated by kv_share_demand */
 	struct statement unused; /* stated by kv_share_unused */
 	uint64_t asked;          /* of what it uses, asked back (fair.h) */
-	uint64_t use_limit;      /* the most it may use now: its share while
-				  * others wait below theirs (fair.h) */
+	uint64_t use_limit;      /* the most it may use now: while others wait
+				  * below theirs, its share were it to want
+				  * more (kv_fair_bound) */
 	uint64_t last_ns;
 	uint64_t seq;            /* its slot's sequence number, even */
 	uint64_t stuck_until;    /* CLOCK_MONOTONIC ns, 0: the lock is not stuck */

@@ -263,7 +263,8 @@ struct kv_share_proc {
 	uint64_t share, gap;     /* the rule's, from the figures read (fair.h) */
 	uint64_t most;           /* the rule's: the most it may use now, while
 				  * another waits below its share
-				  * (kv_fair_bound); UINT64_MAX: no bound */
+				  * (kv_fair_bound); UINT64_MAX: no bound;
+				  * 0 for a process gone (read alive) */
 };
 
 struct kv_share_info {

@@ -132,7 +132,8 @@ static void json_segment(FILE *f, const char *path, const struct kv_share_info *
 		 * and what it is asked to give back of what it uses; share
 		 * and gap are the rule's, from these figures, and so is most,
 		 * the most it may use while another waits below its share
-		 * (null for a process gone; most null too while none waits) */
+		 * (null for a process gone; most null too while no other
+		 * process waits) */
 		fprintf(f, ", \"weight\": %llu, \"demand\": %llu, \"unused\": %llu, \"asked\": %llu",
 			(unsigned long long)p->weight, (unsigned long long)p->demand,
 			(unsigned long long)p->unused, (unsigned long long)p->asked);

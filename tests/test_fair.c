@@ -477,6 +477,12 @@ START_TEST(test_fair_plan_bound)
 	ck_near(kv_fair_bound(B, in, 2, 0, out, &sums), 19 * PG);
 	ck_assert_uint_eq(kv_fair_bound(B, in, 2, 1, out, &sums), UINT64_MAX);
 	ck_assert_uint_eq(kv_fair_bound(B, in, 2, 2, out, &sums), UINT64_MAX);
+	/* both waiting: each bound by the other's wait, not its own */
+	in[0].demand = 2 * PG;
+	plan(in, 2, out, &sums);
+	ck_near(kv_fair_bound(B, in, 2, 0, out, &sums), 19 * PG);
+	ck_near(kv_fair_bound(B, in, 2, 1, out, &sums), 12 * PG);
+	in[0].demand = 0;
 	/* the waiter alone */
 	plan(&in[1], 1, out, &sums);
 	ck_assert_uint_eq(kv_fair_bound(B, &in[1], 1, 0, out, &sums), UINT64_MAX);
