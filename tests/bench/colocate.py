@@ -1565,7 +1565,7 @@ def print_tables(table, traces, results, args):
                  "worker), the pages kvshim created, mapped, unmapped, released and zeroed, "
                  "the seconds each took and their sum, and the pages created per block the "
                  "engine was handed (a block on a page it already holds needs none; a page "
-                 "another process gave back is created again)" % label,
+                 "given back to the budget is created anew when a block needs it again)" % label,
                  ("created", "mapped", "unmapped", "released", "zeroed", "create s", "map s",
                   "unmap s", "release s", "zero s", "driver s", "created per block"),
                  driver_row)
