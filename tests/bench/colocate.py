@@ -127,12 +127,16 @@ what ran, a sweep budget that skipped a replay is not said to meet, and
 the replays skipped are named. An M too short for a first replay of
 every configuration by the estimate printed first is refused before any
 engine starts (exit 2), saying what would do. A replay is estimated as the longest
-replay of the same trace so far plus 15 s; for the first, its length (3
-x --cycles x its phase) plus the longest time past the end of any replay
-so far at its rate or above (the warm-up's among them; about 12 s with
-CUDA graphs on an H200) plus 15 s; before any, its length + 20 s + 8 s
-per request/s of its rate (with graphs off the H200's longest at rate 6
-took 115 s, this guess 116 s; with graphs on, 66 s).
+replay of the same trace so far; for the first, its length (3 x --cycles
+x its phase) plus the longest time past the end of any replay so far at
+its rate or above (the warm-up's among them; about 12 s with CUDA graphs
+on an H200); before any, its length + 20 s + 8 s per request/s of its
+rate (with graphs off the H200's longest at rate 6 took 115 s, this guess
+116 s; with graphs on, 66 s); a configuration's start as the slowest so
+far (30 s before any). What a replay and the later configurations' replays
+of it need is the sum of those guesses, 5% and 15 s more (session 28's
+rate 6 trace was skipped with 15 s more for each guess: 383 s guessed,
+348 s left, 306 s taken).
 --warmup replays, in each configuration before its traces, a trace of
 another seed (the largest given plus one) at the highest rate, each model
 hot once (--warmup-cycles N: N times), and counts it nowhere (its time is
@@ -823,6 +827,7 @@ def spawn(name, cfg, args, pool, outdir, tag):
 
 DRAINS = "(drains)"      # took's key for (rate, seconds past a trace's end)
 STARTS = "(starts)"      # took's key for the seconds each configuration's engines took to start
+SLACK = (1.05, 15.0)     # fits' room over the sum of its guesses: a factor, then seconds
 
 
 def trace_seconds(tr, args):
@@ -841,16 +846,22 @@ def replay_took(took, tr, args, seconds):
 
 def replay_guess(tr, args, took):
     """Seconds a replay of trace tr is expected to take: the longest of
-    its replays so far (took: seconds by base label) plus 15 s; else its
-    length plus the longest drain of the replays so far at its rate or
-    above (the warm-up's, at the highest rate, among them) plus 15 s;
-    else a guess from its length and rate (see the top)."""
+    its replays so far (took: seconds by base label); else its length
+    plus the longest drain of the replays so far at its rate or above
+    (the warm-up's, at the highest rate, among them); else a guess from
+    its length and rate (see the top). No room is added: fits adds it."""
     if took.get(tr["base"]):
-        return max(took[tr["base"]]) + 15.0
+        return max(took[tr["base"]])
     drains = [d for rate, d in took.get(DRAINS, ()) if rate >= float(tr["rate"])]
     if drains:
-        return trace_seconds(tr, args) + max(drains) + 15.0
+        return trace_seconds(tr, args) + max(drains)
     return trace_seconds(tr, args) + 20.0 + 8.0 * float(tr["rate"])
+
+
+def start_guess(took):
+    """Seconds a configuration's engines are expected to take to start: the
+    slowest start so far, 30 s before any."""
+    return max(took.get(STARTS) or [30.0])
 
 
 def turns_guess(turns, warmup=None):
@@ -861,8 +872,9 @@ def turns_guess(turns, warmup=None):
     H200 with CUDA graphs, sessions 19 and 20: start and stop 17 to 31 s;
     rate 3's 48 s trace 56 to 57 s, its 24 s warm-up 34 to 35 s; rate 6's
     64 to 66 s and 36 to 38 s. This guesses 69, 45, 75 and 51 s: what a run
-    guesses as it goes (see fits) holds each replay's time and 15 s, and
-    a --deadline this lets through must leave those guesses room.)"""
+    guesses as it goes (see fits) holds each replay's time, 5% and 15 s
+    more, and a --deadline this lets through must leave those guesses
+    room.)"""
     return sum(30 + sum(3 * tr["cycles"] * tr["phase"] + 15 + 2 * float(tr["rate"])
                         for tr in trs + ([warmup] if warmup and r == 0 else []))
                for _, trs, r in turns)
@@ -871,18 +883,20 @@ def turns_guess(turns, warmup=None):
 def fits(now, deadline, tr, ran, later, args, took, warmup=None):
     """Whether a replay of trace tr started now would end by deadline, and
     the later configurations' replays after it (later: the labels of each
-    one's traces; each starts its engines, 30 s, replays the warm-up trace
-    warmup if any, the round's, and replays those of the traces this one
-    ran, ran, and tr, it has): a replay that nothing could
-    be compared with is not started, nor one that would leave no time for
-    the comparisons of those already run. (Every sweep budget counts, also
-    those a budget that meets would skip.) Returns (whether, the seconds
-    it would need)."""
+    one's traces; each starts its engines, start_guess, replays the
+    warm-up trace warmup if any, the round's, and replays those of the
+    traces this one ran, ran, and tr, it has), all with SLACK's room: a
+    replay that nothing could be compared with is not started, nor one
+    that would leave no time for the comparisons of those already run.
+    (Every sweep budget counts, also those a budget that meets would
+    skip.) Returns (whether, the seconds it would need)."""
     need = replay_guess(tr, args, took)
     for labels in later:
         mine = [t for t in ran + [tr] if t["label"] in labels]
         if mine:
-            need += 30 + sum(replay_guess(t, args, took) for t in mine + [warmup] if t)
+            need += start_guess(took) + sum(replay_guess(t, args, took)
+                                            for t in mine + [warmup] if t)
+    need = need * SLACK[0] + SLACK[1]
     return now + need <= deadline, need
 
 
@@ -890,13 +904,14 @@ def worth_starting(now, deadline, traces, later, args, took, warmup=None):
     """Whether a configuration whose engines start now, taking as long as
     the slowest start so far, and replay the warm-up trace warmup, if any,
     could run one of traces by deadline as fits would let it (the later
-    configurations' replays of it counted), so that no engines start only
-    for their replays to be skipped. True before any engines started: the
-    run's first configuration was checked before it began (main)."""
-    starts = took.get(STARTS)
-    if not starts:
+    configurations' replays of it counted; the start and warm-up with
+    SLACK's factor), so that no engines start only for their replays to be
+    skipped. True before any engines started: the run's first
+    configuration was checked before it began (main)."""
+    if not took.get(STARTS):
         return True
-    ready = now + max(starts) + (replay_guess(warmup, args, took) if warmup else 0)
+    ready = now + SLACK[0] * (start_guess(took) +
+                              (replay_guess(warmup, args, took) if warmup else 0))
     return any(fits(ready, deadline, tr, [], later, args, took, warmup)[0] for tr in traces)
 
 
@@ -2231,7 +2246,7 @@ def main():
                   "configuration (about %.1f min with the minute to finish, by the guess "
                   "above): nothing would be compared, so nothing is started; give "
                   "--deadline %.1f or more (a minute over it: the guesses made as it runs "
-                  "count each replay's time and 15 s), or fewer configurations"
+                  "count each replay's time, 5%% and 15 s more), or fewer configurations"
                   % (args.deadline, first, first + 1), file=sys.stderr, flush=True)
             return 2
         if est + 60 > 60 * args.deadline:
