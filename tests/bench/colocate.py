@@ -872,9 +872,9 @@ def turns_guess(turns, warmup=None):
     H200 with CUDA graphs, sessions 19 and 20: start and stop 17 to 31 s;
     rate 3's 48 s trace 56 to 57 s, its 24 s warm-up 34 to 35 s; rate 6's
     64 to 66 s and 36 to 38 s. This guesses 69, 45, 75 and 51 s: what a run
-    guesses as it goes (see fits) holds each replay's time, 5% and 15 s
-    more, and a --deadline this lets through must leave those guesses
-    room.)"""
+    guesses as it goes (see fits) is the sum of the replays' times, 5%
+    and 15 s more, and a --deadline this lets through must leave those
+    guesses room.)"""
     return sum(30 + sum(3 * tr["cycles"] * tr["phase"] + 15 + 2 * float(tr["rate"])
                         for tr in trs + ([warmup] if warmup and r == 0 else []))
                for _, trs, r in turns)
@@ -963,7 +963,8 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
             if not ok:
                 print("colocate: %s, trace %s: skipped, it would end past --deadline (%.0f s "
                       "left before the last minute, about %.0f s needed: %.0f s for it, the "
-                      "rest for its replays in the later configurations)" % (
+                      "rest for its replays in the later configurations and the room over "
+                      "the guesses)" % (
                           cfg["name"], tr["label"], deadline - t_run, need,
                           replay_guess(tr, args, took)), flush=True)
                 res["skipped"].append(tr["label"])
