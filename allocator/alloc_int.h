@@ -121,6 +121,8 @@ struct kv_alloc_s {
 
 	kv_share_t *share;      /* the GPU's shared budget, or NULL */
 	int share_said;         /* the last refusal of the shared budget */
+	int share_used;         /* one of the last take's refusals was for
+				 * pages others use (KV_SHARE_WAIT_USED) */
 	uint64_t share_quiet_until; /* no pool refill before this (ns) */
 
 	pthread_t worker;

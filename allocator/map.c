@@ -386,15 +386,19 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		/* the pages would come from processes above their share giving
 		 * back pages they use, between their engines' steps: an engine
 		 * that can keep its request waiting does, rather than stall
-		 * every request it runs for that long (a->share_said is this
-		 * call's: the lock has been held since the take) */
-		if (out == KV_SUPPLY_ASK && a->share_said == KV_SHARE_WAIT_USED) {
-			if (how & MAP_TRY) {
-				rc = KVSHIM_ELIMIT;
-				break;
-			}
-			used = 1;
+		 * every request it runs for that long (a->share_said and
+		 * a->share_used are this call's: the lock has been held since
+		 * the take). A map that waits counts as waiting for pages in
+		 * use if any refusal of its take was for them: another process
+		 * may let go of pages while the take halves its ask, and the
+		 * last refusal then reads them idle. */
+		if (out == KV_SUPPLY_ASK && a->share_said == KV_SHARE_WAIT_USED &&
+		    (how & MAP_TRY)) {
+			rc = KVSHIM_ELIMIT;
+			break;
 		}
+		if (out == KV_SUPPLY_ASK && a->share_used && !(how & MAP_TRY))
+			used = 1;
 		if (out == KV_SUPPLY_WAIT) {
 			/* the pages a released span holds are needed now:
 			 * unmap it here rather than wait for the worker */

@@ -181,8 +181,11 @@ static int release_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n)
 /*
  * Take up to n EMPTY slots into state to (TAKEN or FILLING). With a shared
  * budget, as many as it grants (halving the ask until it does); its last
- * refusal is left in a->share_said. need: the pages the whole map needs,
- * its own pooled and cached ones too (what it waits for when refused).
+ * refusal is left in a->share_said, and a->share_used says whether any was
+ * for pages others use (the whole ask may be, while the smaller ones after
+ * it wait for pages another let go of meanwhile). need: the pages the
+ * whole map needs, its own pooled and cached ones too (what it waits for
+ * when refused).
  * spare: pages for the pool, which must never make other processes trim.
  * Returns how many slots[] got.
  */
@@ -193,6 +196,7 @@ static uint32_t claim_empty(kv_alloc_t *a, uint32_t n, uint32_t need, uint32_t *
 	int rc;
 
 	a->share_said = 0;
+	a->share_used = 0;
 	while (a->share && n) {
 		rc = spare ? kv_share_take_spare(a->share, (uint64_t)n * a->page)
 			   : kv_share_take(a->share, (uint64_t)n * a->page,
@@ -200,6 +204,7 @@ static uint32_t claim_empty(kv_alloc_t *a, uint32_t n, uint32_t need, uint32_t *
 		if (rc == 0)
 			break;
 		a->share_said = rc;
+		a->share_used |= rc == KV_SHARE_WAIT_USED;
 		n /= 2;
 	}
 	for (k = 0; k < n; k++) {
@@ -292,6 +297,7 @@ enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *
 
 	*err = 0;
 	a->share_said = 0;
+	a->share_used = 0;
 	avail = (uint64_t)a->n[KV_P_CLEAN] + a->n[KV_P_DIRTY] +
 		a->n[KV_P_EMPTY] + a->n[KV_P_CACHED];
 	if (n > avail)
