@@ -391,7 +391,8 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		 * the take). A map that waits counts as waiting for pages in
 		 * use if any refusal of its take was for them: another process
 		 * may let go of pages while the take halves its ask, and the
-		 * last refusal then reads them idle. */
+		 * last refusal then reads them idle. A try never waits for
+		 * pages in use, so never counts so. */
 		if (out == KV_SUPPLY_ASK && a->share_said == KV_SHARE_WAIT_USED &&
 		    (how & MAP_TRY)) {
 			rc = KVSHIM_ELIMIT;

@@ -775,11 +775,24 @@ static uint64_t ask(kv_share_t *s, const struct sums *t, uint64_t cap, uint64_t 
 	return asked;
 }
 
-/* Why a take of bytes did not fit beside t (see refused). */
-static int refusal(kv_share_t *s, const struct sums *t, uint64_t cap, uint64_t bytes)
+/*
+ * A take of bytes that did not fit beside t, by a map that may wait: the
+ * bytes are published as what this process waits for, so that the others'
+ * rule counts them. Then wait for others taking, for idle pages asked back,
+ * or, below its share, for those above theirs to give back what they use
+ * (their workers read the rule, their engines preempt). Returns
+ * KV_SHARE_WAIT, KV_SHARE_WAIT_USED for the last, or KVSHIM_ELIMIT when
+ * nobody can give way.
+ */
+static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
+		   uint64_t bytes, uint64_t need)
 {
 	uint64_t over;
 
+	if (s->waiting < need) {
+		s->waiting = kv_seg_min(need, cap);
+		publish(s);
+	}
 	if (fits(s, t, cap, bytes, 0))
 		return KV_SHARE_WAIT;           /* others are taking: look again */
 	over = kv_seg_sat_add(kept_from(s, t, bytes, 1), kv_seg_sat_add(s->held, bytes));
@@ -789,28 +802,6 @@ static int refusal(kv_share_t *s, const struct sums *t, uint64_t cap, uint64_t b
 	if (!past_share(s, t, bytes) && t->me.gap && (t->plan.over || t->plan.unused))
 		return KV_SHARE_WAIT_USED;
 	return KVSHIM_ELIMIT;
-}
-
-/*
- * A take of bytes that did not fit beside t, by a map that may wait: wait
- * for others taking, for idle pages asked back, or, below its share, for
- * those above theirs to give back what they use (their workers read the
- * rule, their engines preempt). Then need bytes are published as what this
- * process waits for, so that the others' rule counts them: after the
- * reason is read, so that nobody asked for them can have let go of pages
- * before it is. Returns KV_SHARE_WAIT, KV_SHARE_WAIT_USED for the last, or
- * KVSHIM_ELIMIT when nobody can give way.
- */
-static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
-		   uint64_t bytes, uint64_t need)
-{
-	int rc = refusal(s, t, cap, bytes);
-
-	if (s->waiting < need) {
-		s->waiting = kv_seg_min(need, cap);
-		publish(s);
-	}
-	return rc;
 }
 
 /*

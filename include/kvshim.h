@@ -72,9 +72,10 @@ struct kvshim_stats {
 	/* maps that waited for other processes sharing the budget (for their
 	 * idle pages, their takes, or, below this process's share, for those
 	 * above theirs to give back what they use: kvshim_map only), how long
-	 * in all, how many of them waited for the last reason (a refusal of
-	 * theirs was for it, if not all: another may let go of pages while the
-	 * map waits), and how many gave up */
+	 * in all, how many of them waited for the last reason (one of their
+	 * refusals was for it: another may let go of pages while a map's take
+	 * halves its ask, and the smaller asks then wait for idle pages), and
+	 * how many gave up */
 	unsigned long long share_waits;
 	unsigned long long share_wait_ns;
 	unsigned long long share_waits_used;
