@@ -1126,7 +1126,7 @@ def graph_keys(table, label, results, warmed=True):
     for name, cname, t in rows:
         graphs = t["graphs"]
         keyed = [g for g in graphs if len(g) > 2]
-        most = results.get("static", {}).get("engines", {}).get(name, {}).get("read_tokens")
+        most = static.get("engines", {}).get(name, {}).get("read_tokens")
         above = [g for g in keyed if most and len(g[2]) > 1 and g[2][1] > most] \
             if cname != "static" else None
         # the keys the static split's engine of this model captured in the run
@@ -2024,9 +2024,9 @@ def main():
     ap.add_argument("--warmup", action="store_true",
                     help="before each configuration's replays, one it does not count: a trace "
                          "of another seed, each model hot once (--warmup-cycles) at the highest "
-                         "rate (a machine "
-                         "loads or compiles kernels for each batch shape it first runs, 0.5 to "
-                         "1 s steps when fresh, which the first configuration pays most)")
+                         "rate (a machine loads or compiles kernels for each batch shape it "
+                         "first runs, 0.5 to 1 s steps when fresh, which the first configuration "
+                         "pays most)")
     ap.add_argument("--kv-pad", type=int, default=None,
                     help="kvpad's KVSHIM_CB_KV_PAD: the multiple of tokens its engines pad a "
                          "step's KV read to (32768 by default)")
