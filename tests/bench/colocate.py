@@ -179,7 +179,9 @@ waits, asks and pages against blocks, and per configuration the three
 engines' blocks in use summed, each engine's own free block count read
 every 100 ms, the static split's too), then the summary against issue 13's
 targets (every model at or below its static p99; over all requests at
-least 2x at rate 3 and 1.5x at rate 4) and the sweep's answer, with the
+least 2x at rate 3 and 1.5x at rate 4), with --repeat the run-to-run
+spread of each model's p99 (of all its requests, then of those that
+waited on no CUDA graph capture), and the sweep's answer, with the
 most blocks the static split's requests held at one moment (what a smaller
 budget cannot hold at once); writes colocate.json,
 and per trace colocate-memory-<trace>.png, colocate-ttft-<trace>.png (CDF)
@@ -1707,6 +1709,7 @@ def targets(table, traces, results, args):
                                     " (target %.1fx: %s)" % (v["overall_target"],
                                                              "met" if v["overall_met"] else "NOT met")))
     out["repeats"] = repeats(table, traces, results)
+    out["repeats_apart"] = repeats(table, traces, results, apart=True)
     sweep = [c for c in results if is_sweep(c)]
     spread = {}
     for c in ("reads", "packed", "unpacked", "unreserved", "noahead", "nocushion",
@@ -1767,7 +1770,15 @@ def targets(table, traces, results, args):
     return out
 
 
-def repeats(table, traces, results, config="kvshim"):
+def p99_apart(t):
+    """The p99 TTFT of a model's requests that waited on no CUDA graph
+    capture (the CUDA graphs table's "p99 of the others"), or None where
+    the engines did not say when they captured."""
+    g = t.get("graph_waits")
+    return g[1] if g and g[1] == g[1] else None
+
+
+def repeats(table, traces, results, config="kvshim", apart=False):
     """For each trace that static and config (kvshim by default; reads,
     packed, unpacked, unreserved, noahead, nocushion or kvpad too) both
     replayed more than once (--repeat; a replay --deadline skipped does
@@ -1775,8 +1786,12 @@ def repeats(table, traces, results, config="kvshim"):
     config's, their medians and the ratio of the medians; config meets the
     static split within its spread when its median is at most the static
     replays' largest p99 (capped and ample are left out: the targets are
-    kvshim's). Printed; returns {trace: {model: figures}}, config's under
-    the keys "kvshim" and "kvshim_median"."""
+    kvshim's). With apart, the same for the p99 of the requests that
+    waited on no capture (p99_apart; a trace where a replay lacks it is
+    left out): what the spread is apart from transformers' captures.
+    Printed; returns {trace: {model: figures}}, config's under the keys
+    "kvshim" and "kvshim_median"."""
+    fig = p99_apart if apart else (lambda t: t["ttft_p99"])
     bases = {}
     for tr in traces:
         bases.setdefault(tr["base"], []).append(tr["label"])
@@ -1786,20 +1801,23 @@ def repeats(table, traces, results, config="kvshim"):
             continue
         done = [lb for lb in labels
                 if (lb, "static", "all") in table and (lb, config, "all") in table]
-        if len(done) < 2:
+        if len(done) < 2 or any(fig(table[(lb, c, n)]) is None for lb in done
+                                for c in ("static", config) for n in ORDER + ("all",)):
             continue
         if not out:
-            print("\nrun-to-run spread: the traces static and %s both replayed more than "
-                  "once; p99 TTFT in seconds, median [least, most]; %s meets the static "
+            print("\nrun-to-run spread%s: the traces static and %s both replayed more than "
+                  "once; p99 TTFT in seconds%s, median [least, most]; %s meets the static "
                   "split within its spread when its median is at most static's most"
-                  % (config, config))
+                  % (" apart from captures" if apart else "", config,
+                     " of the requests that waited on no CUDA graph capture (the CUDA "
+                     "graphs tables' p99 of the others)" if apart else "", config))
             print("| trace | replays each | model | static p99 | %s p99 "
                   "| static / %s (medians) | within static's spread |" % (config, config))
             print("|---|---|---|---|---|---|---|")
         out[base] = {}
         for name in ORDER + ("all",):
-            st = [table[(lb, "static", name)]["ttft_p99"] for lb in done]
-            kv = [table[(lb, config, name)]["ttft_p99"] for lb in done]
+            st = [fig(table[(lb, "static", name)]) for lb in done]
+            kv = [fig(table[(lb, config, name)]) for lb in done]
             f = {"static": st, "kvshim": kv, "static_median": statistics.median(st),
                  "kvshim_median": statistics.median(kv), "static_max": max(st)}
             f["ratio"] = f["static_median"] / f["kvshim_median"] if f["kvshim_median"] > 0 \
