@@ -1716,6 +1716,7 @@ def targets(table, traces, results, args):
               "kvpad") + tuple(sweep):
         if c in results:
             spread[c] = out["repeats_" + c] = repeats(table, traces, results, c)
+            out["repeats_apart_" + c] = repeats(table, traces, results, c, apart=True)
     if sweep:
         rows, smallest, smallest_of = [], None, {}
         for c in sorted(sweep, key=lambda c: results[c]["budget"]):
