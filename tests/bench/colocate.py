@@ -1679,7 +1679,7 @@ def targets(table, traces, results, args):
     tol = 1.0 + args.tolerance
     if "static" not in results:
         print("\nsummary: none (no static split in --configs to compare with)")
-        out["repeats"] = {}
+        out["repeats"] = out["repeats_apart"] = {}
         return out
     print("\nsummary: p99 TTFT, static split at %.1f GiB against kvshim at %.1f GiB "
           "(a model meets the static split when static/kvshim >= %.2f)" % (
@@ -1774,7 +1774,8 @@ def targets(table, traces, results, args):
 def p99_apart(t):
     """The p99 TTFT of a model's requests that waited on no CUDA graph
     capture (the CUDA graphs table's "p99 of the others"), or None where
-    the engines did not say when they captured."""
+    the engines did not say when they captured or every request waited on
+    one."""
     g = t.get("graph_waits")
     return g[1] if g and g[1] == g[1] else None
 
