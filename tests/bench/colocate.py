@@ -175,8 +175,10 @@ to end and the requests preempted and started
 again, where the time goes, long steps and the graphs captured, the
 scheduling of the steps that prefill (under kvshim with the adapter's part
 of it, and the time its thread mapping ahead waited for captures), kvshim's
-waits, asks and pages against blocks, and per configuration the three
-engines' blocks in use summed, each engine's own free block count read
+waits, asks and pages against blocks, what each engine held beside its
+KV cache (PyTorch's memory that is not KV) and the widest KV read it
+captured a graph for, and per configuration the three engines' blocks in
+use summed, each engine's own free block count read
 every 100 ms, the static split's too), then the summary against issue 13's
 targets (every model at or below its static p99; over all requests at
 least 2x at rate 3 and 1.5x at rate 4), with --repeat the run-to-run
@@ -344,8 +346,11 @@ def dry_engine(args):
         kv = info["kv_tensor_bytes"]
         run = dict(info, requests=rows,
                    # (an eighth of the blocks in use under kvshim, a
-                   # quarter without)
-                   samples=[(0.1 * k, kv // (1 if not kvshim else 4 - k), kv,
+                   # quarter without; PyTorch's reserved memory holds static's
+                   # KV tensors, not kvshim's, and beside them 512 MiB that
+                   # grows 64 MiB a sample, and 128 MiB more under kvshim)
+                   samples=[(0.1 * k, kv // (1 if not kvshim else 4 - k),
+                             (512 + 64 * k) * MIB + (128 * MIB if kvshim else kv),
                              [0, 0, num_blocks - num_blocks // 8, 0, 1, 0] if kvshim else
                              [None, None, num_blocks - num_blocks // 4, 0, 1, None])
                             for k in range(3)],
@@ -952,6 +957,9 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
             res["warmup_failed"] = failed_requests(run)
             # the CUDA graphs each engine captured in it (None: not counted)
             res["warmup_graphs"] = {n: e.get("graphs") for n, e in run["engines"].items()}
+            # what each held beside its KV cache as the warm-up began and ended
+            res["warmup_beside"] = {n: (lambda b: (b[0], b[-1]) if b else None)(
+                beside(e, res["engines"][n])) for n, e in run["engines"].items()}
             replay_took(took, warmup, args, res["warmup_s"])
             print("colocate: %s: warm-up replay done in %.0f s (not counted%s)" % (
                 cfg["name"], res["warmup_s"],
@@ -1243,6 +1251,39 @@ def summed_in_use(engines, step=0.1):
     return out
 
 
+def beside(engine, info):
+    """What an engine's process held beside its KV cache in each of its
+    samples: PyTorch's reserved memory, less the KV tensors where they are
+    in it (static's; kvshim's pages are not PyTorch's). info: its READY
+    line's figures."""
+    less = 0 if info.get("kvshim") else info.get("kv_tensor_bytes", 0)
+    return [x[2] - less for x in engine.get("samples", ()) if len(x) > 2]
+
+
+def widest_read(*graph_lists):
+    """The widest KV read (the key's second field) of the CUDA graphs in
+    graph_lists ((start, seconds, key) lists, None where not counted), or
+    None where no graph has a key."""
+    reads = [g[2][1] for gs in graph_lists for g in gs or ()
+             if len(g) > 2 and g[2] and len(g[2]) > 1]
+    return max(reads) if reads else None
+
+
+def beside_of(res, run, name):
+    """An engine's memory beside its KV cache in a replay (beside), with
+    the warm-up's (res["warmup_beside"]): {start, most, warmup_first,
+    warmup_last, widest, graphs}, or None without samples."""
+    b = beside(run["engines"][name], res["engines"][name])
+    if not b:
+        return None
+    w = (res.get("warmup_beside") or {}).get(name) or (None, None)
+    warm = (res.get("warmup_graphs") or {}).get(name)
+    graphs = run["engines"][name].get("graphs")
+    return {"start": b[0], "most": max(b), "warmup_first": w[0], "warmup_last": w[1],
+            "widest": widest_read(warm, graphs),
+            "graphs": None if graphs is None else len(graphs) + len(warm or ())}
+
+
 def summarize(results, traces):
     """Per trace, per configuration and model: the table's figures. And
     whether all requests completed and the budget held."""
@@ -1343,6 +1384,11 @@ def summarize(results, traces):
                     "wait_mean": statistics.fmean(waits) if waits else float("nan"),
                     "tokens_s": toks / span if span > 0 else float("nan"),
                     "peak_kv": peak_kv, "peak_proc": peak_proc,
+                    # beside the KV cache: at the replay's start and at most
+                    # in it, after the warm-up (first and last), and the
+                    # widest KV read its graphs of the warm-up and the
+                    # replay captured (None: no samples, or "all")
+                    "beside": beside_of(res, run, name) if name in ORDER else None,
                     "preempted": sum(run["engines"][n].get("kvshim_preempted", 0) for n in engines)}
             together = summed_in_use([run["engines"][n] for n in ORDER])
             if together:
@@ -1645,6 +1691,7 @@ def print_tables(table, traces, results, args):
             for c, b in together:
                 print("| %s | %.0f | %.0f | %.0f | %.0f |" % (
                     c, b["p50"] / MIB, b["p99"] / MIB, b["peak"] / MIB, b["kv"] / MIB))
+        beside_table(table, label, results)
         used = ["%s %.0f MiB" % (c, table[(label, c, "gpu")]["peak_used"] / MIB)
                 for c in results if (label, c, "gpu") in table]
         if used:
@@ -1654,6 +1701,34 @@ def print_tables(table, traces, results, args):
             if h:
                 print("%s: shared segment held at most %.0f MiB of a %.0f MiB budget; samples "
                       "over it: %d" % (c, h["peak_held"] / MIB, h["budget"] / MIB, h["over"]))
+
+
+def beside_table(table, label, results):
+    """Each engine's memory beside its KV cache (beside_of), where the
+    engines sampled it; printed."""
+    rows = [(n, c, t["beside"]) for n, c, t in cells(table, label, results) if t.get("beside")]
+    if not rows:
+        return
+    print("\nbeside the KV cache, trace %s: what each engine's process held beside its KV "
+          "cache (PyTorch's reserved memory, less the KV tensors where they are in it: "
+          "static's; kvshim's pages are not PyTorch's), from its samples every 100 ms: as "
+          "the warm-up began and ended (with --warmup), as the replay began and at most in "
+          "it, that most over the static engine's of the model, and the widest KV read of "
+          "the CUDA graphs it captured in the warm-up and the replay, and how many (it "
+          "grows in steps at captures of new keys: docs/BENCHMARKS.md, session 29); the "
+          "whole GPU's is below (nvidia-smi)" % label)
+    print("| model | config | warm-up's start MiB | after it MiB | replay's start MiB "
+          "| replay's most MiB | over static's MiB | widest read captured | graphs |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    mib = lambda v: "-" if v is None else "%.0f" % (v / MIB)
+    for name, cname, b in rows:
+        st = (table.get((label, "static", name)) or {}).get("beside")
+        print("| %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+            name, cname, mib(b["warmup_first"]), mib(b["warmup_last"]), mib(b["start"]),
+            mib(b["most"]), "-" if cname == "static" or not st else
+            "%+.0f" % ((b["most"] - st["most"]) / MIB),
+            "-" if b["widest"] is None else "%d" % b["widest"],
+            "-" if b["graphs"] is None else "%d" % b["graphs"]))
 
 
 # the sweep's budgets run again with a setting off (--sweep-unreserved,
