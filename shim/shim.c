@@ -107,14 +107,15 @@ static void cap(const char *name, size_t *v, size_t most, const char *what)
 /*
  * Check the options against the device they are for, lock held: sizes
  * beyond its memory are capped (the limit is a ceiling, and the allocator
- * sizes its tables from it), a page that cannot exist there and a device
- * that does not exist are refused. Returns 0, KVSHIM_ECONFIG (refused, see
+ * sizes its tables from it); a page that cannot exist there, a device
+ * that does not exist, a limit, budget or ceiling under one page and a
+ * floor over the budget are refused. Returns 0, KVSHIM_ECONFIG (refused, see
  * refuse) or the driver's error (no driver: ENODEV, as the allocator would
  * say).
  */
 static int fit_device(struct kv_alloc_opts *o)
 {
-	size_t total, gran, page, limit;
+	size_t total, gran, page, limit, budget;
 	char what[64];
 	int rc;
 
@@ -138,9 +139,18 @@ static int fit_device(struct kv_alloc_opts *o)
 	cap("KVSHIM_POOL_LOW", &o->pool_low, o->pool_high, "KVSHIM_POOL_HIGH");
 	if (o->budget)
 		cap("KVSHIM_BUDGET", &o->budget, total, what);
+	if (o->budget && o->budget < page)
+		return refuse("KVSHIM_BUDGET", "less than one page", page);
 	cap("KVSHIM_MIN", &o->min, total, what);
 	if (o->max)
 		cap("KVSHIM_MAX", &o->max, total, what);
+	if (o->max && o->max < page)
+		return refuse("KVSHIM_MAX", "less than one page", page);
+	/* a floor the budget cannot hold would keep every other process out */
+	budget = o->budget ? o->budget : (size_t)((unsigned __int128)total *
+		(o->budget_pct ? o->budget_pct : 100) / 100);
+	if (o->min > budget)
+		return refuse("KVSHIM_MIN", "more than the budget (KVSHIM_BUDGET)", budget);
 	return 0;
 }
 

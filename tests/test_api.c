@@ -751,6 +751,46 @@ START_TEST(test_config_limit_under_a_page)
 }
 END_TEST
 
+/* name=value (with other, when not NULL, set to its value first): kvshim
+ * is not started, and the message names the variable and its value. */
+static void shim_refuses(const char *name, const char *value, const char *other,
+			 const char *other_value)
+{
+	char log[4096], set[64];
+	kv_alloc_t *a = NULL;
+
+	if (other)
+		setenv(other, other_value, 1);
+	setenv(name, value, 1);
+	kt_capture_start();
+	ck_assert_int_eq(kv_shim_alloc(&a), KVSHIM_ECONFIG);
+	kt_capture_end(log, sizeof(log));
+	ck_assert_ptr_null(a);
+	snprintf(set, sizeof(set), "%s=%s", name, value);
+	ck_assert_msg(strstr(log, set) != NULL, "no message naming %s: \"%s\"", set, log);
+	kv_shim_shutdown();
+	unsetenv(name);
+	if (other)
+		unsetenv(other);
+}
+
+/* A budget or a ceiling under one page: every map would fail; refused. */
+START_TEST(test_config_budget_under_a_page)
+{
+	shim_refuses("KVSHIM_BUDGET", "1K", NULL, NULL);
+	shim_refuses("KVSHIM_MAX", "1K", NULL, NULL);
+}
+END_TEST
+
+/* A floor over the budget would keep every other process out: refused,
+ * whether the budget is in bytes or a share of the device. */
+START_TEST(test_config_floor_over_budget)
+{
+	shim_refuses("KVSHIM_MIN", "128M", "KVSHIM_BUDGET", "64M");
+	shim_refuses("KVSHIM_MIN", "3G", "KVSHIM_BUDGET", "50%");
+}
+END_TEST
+
 /* The README's table lists every variable with its default. */
 START_TEST(test_readme_table)
 {
@@ -813,6 +853,8 @@ Suite *api_suite(void)
 	kt_add_exit(cfg, test_config_page_too_big_strict, 64);
 	kt_add_exit(cfg, test_config_no_such_device, 0);
 	kt_add_exit(cfg, test_config_limit_under_a_page, 0);
+	kt_add_exit(cfg, test_config_budget_under_a_page, 0);
+	kt_add_exit(cfg, test_config_floor_over_budget, 0);
 	tcase_add_test(cfg, test_readme_table);
 	suite_add_tcase(s, cfg);
 	return s;
