@@ -218,10 +218,18 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 		size_t budget = o->budget ? o->budget :
 			(size_t)((unsigned __int128)a->prim.device_bytes *
 				 (o->budget_pct ? o->budget_pct : 100) / 100);
+		/* the floor in whole pages, the page above it: what is given
+		 * back on request goes in whole pages, and must leave it (no
+		 * higher than the ceiling, whose pages round down) */
+		size_t min = o->min / a->page * a->page;
 
+		if (min < o->min)
+			min += a->page;
+		if (o->max && min > o->max)
+			min = o->max / a->page * a->page;
 		rc = kv_share_open(a->prim.uuid, o->pool_name, budget,
 				   budget / 100 * o->reserve_pct,
-				   a->prim.device_bytes, o->min, o->max, o->weight,
+				   a->prim.device_bytes, min, o->max, o->weight,
 				   o->share_mode ? o->share_mode : 0600, &a->share);
 		if (rc && o->share == KV_ALLOC_SHARE_AUTO) {
 			kv_warn("share: this process runs alone, with no shared budget (KVSHIM_SHARE=on makes that an error)");

@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include "log.h"
+#include "prim.h"
 #include "share_util.h"
 
 /* The sum the live processes hold at one instant (slots changing between
@@ -251,6 +252,36 @@ START_TEST(test_share_floor_kept)
 	ck_assert_int_eq(kv_alloc_map(a, s, 9 * PG), KVSHIM_ELIMIT);
 	ck_assert_int_eq(kv_alloc_map(a, s, 8 * PG), 0);
 	kt_release_child(p2c[1], pid, "the floor was not kept");
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* A floor that is not whole pages is kept to the page above it: asked
+ * for all it holds, a process gives back only what lies over it. */
+START_TEST(test_share_floor_part_page)
+{
+	kv_alloc_t *a;
+	const struct kv_prim_s *p;
+	kv_share_t *other;
+	CUdeviceptr s;
+
+	kt_new_pool();
+	a = kt_make(16 * PG, 3 * PG / 2, 0, 0);
+	p = kv_alloc_prim(a);
+	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 4 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 4 * PG);
+	/* another member wants the whole budget: a is asked for what it holds */
+	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 16 * PG, 0, p->device_bytes, 0, 0, 1,
+				       0600, &other), 0);
+	ck_assert_int_eq(kv_share_take(other, 16 * PG, 16 * PG), KV_SHARE_WAIT);
+	ck_assert_int_eq(kv_alloc_tick(a), 0);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 2 * PG);
+	kv_share_close(other);
+	ck_assert_int_eq(kv_alloc_release(a, s), 0);
 	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
@@ -678,6 +709,7 @@ Suite *share_suite(void)
 	kt_add_emu(tc, test_share_killed_process);
 	kt_add_emu(tc, test_share_limits);
 	kt_add_emu(tc, test_share_floor_kept);
+	kt_add_emu(tc, test_share_floor_part_page);
 	kt_add_emu(tc, test_share_figures);
 	kt_add_emu(tc, test_share_joiners);
 	kt_add_emu(tc, test_share_chaos);
