@@ -195,7 +195,9 @@ static void publish(kv_share_t *s)
 	STORE(&me->last_ns, s->last_ns);
 	STORE(&me->weight, s->weight);
 	STORE(&me->demand, demand_of(s));
-	STORE(&me->asked, s->asked);
+	/* (asked is of what it holds: a give since the rule's last look
+	 * leaves less) */
+	STORE(&me->asked, kv_seg_min(s->asked, s->held));
 	STORE(&me->unused, unused_of(s));
 	STORE(&me->pid, (int32_t)getpid());
 	STORE(&me->state, KV_SLOT_USED);

@@ -288,6 +288,47 @@ START_TEST(test_share_floor_part_page)
 }
 END_TEST
 
+/* What a process was asked for is of what it holds: after it gave some
+ * back, its slot never says it was asked for more than it holds, which
+ * the others' reads would take for a figure out of bounds. */
+START_TEST(test_share_asked_within_held)
+{
+	kv_alloc_t *a;
+	const struct kv_prim_s *p;
+	const struct kv_share_info *in;
+	kv_share_t *giver, *taker;
+	char log[2048];
+	unsigned i;
+
+	kt_new_pool();
+	a = kt_make(8 * PG, 0, 0, 0);
+	p = kv_alloc_prim(a);
+	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0, 0, 1,
+				       0600, &giver), 0);
+	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0, 0, 1,
+				       0600, &taker), 0);
+	ck_assert_int_eq(kv_share_take(giver, 8 * PG, 8 * PG), 0);
+	/* its pages in use (none idle): it is asked to give them back */
+	kv_share_demand(taker, 8 * PG);
+	ck_assert_int_eq(kv_share_take(taker, 8 * PG, 8 * PG), KV_SHARE_WAIT_USED);
+	/* the giver reads what it is asked for (half), then gives more */
+	kv_share_update(giver, 8 * PG, 0, 0, 0);
+	kv_share_give(giver, 6 * PG);
+	in = kt_seg_read(0);
+	for (i = 0; i < in->nprocs; i++)
+		ck_assert_msg(!in->proc[i].clamped, "slot %u out of bounds", i);
+	kt_capture_start();
+	kv_share_update(taker, 0, 0, 0, 0);
+	kt_capture_end(log, sizeof(log));
+	ck_assert_msg(strstr(log, "out of bounds") == NULL, "a sound slot was flagged: \"%s\"", log);
+	kv_share_close(taker);
+	kv_share_close(giver);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
 /* What memory info builds on: the budget and the others' pages. */
 START_TEST(test_share_figures)
 {
@@ -710,6 +751,7 @@ Suite *share_suite(void)
 	kt_add_emu(tc, test_share_limits);
 	kt_add_emu(tc, test_share_floor_kept);
 	kt_add_emu(tc, test_share_floor_part_page);
+	kt_add_emu(tc, test_share_asked_within_held);
 	kt_add_emu(tc, test_share_figures);
 	kt_add_emu(tc, test_share_joiners);
 	kt_add_emu(tc, test_share_chaos);
