@@ -523,8 +523,41 @@ static int open_file(kv_share_t *s, const char *name)
 	return 0;
 }
 
+/*
+ * Once its slot is claimed: in a segment no other process holds a slot of,
+ * the budget and reserve are those of processes gone, and this process
+ * sets them, as a creator would (under the set-up lock, so that of two
+ * joining at once the one that finds itself alone is the one that sets
+ * them). A segment being set up longer than the wait keeps its figures.
+ */
+static void adopt_if_alone(kv_share_t *s)
+{
+	uint64_t was = LOAD(&s->sh->budget);
+	unsigned i;
+
+	if (kv_seg_lock_wait(s->fd, F_WRLCK, KV_SHARE_LOCK_INIT, KV_SHARE_INIT_WAIT_MS) < 0)
+		return;
+	for (i = 0; i < KV_SHARE_SLOTS; i++) {
+		if ((int)i == s->slot)
+			continue;
+		if (kv_seg_lock(s->fd, F_WRLCK, KV_SHARE_LOCK_SLOT0 + i) != 0)
+			break;          /* held: a live process */
+		kv_seg_lock(s->fd, F_UNLCK, KV_SHARE_LOCK_SLOT0 + i);
+	}
+	if (i == KV_SHARE_SLOTS &&
+	    (was != s->budget || LOAD(&s->sh->reserve) != s->reserve)) {
+		kv_info("share: %s: no other process in it: its budget is this process's, %llu MiB (was %llu MiB)",
+			s->path, (unsigned long long)(s->budget >> 20),
+			(unsigned long long)(was >> 20));
+		STORE(&s->sh->budget, s->budget);
+		STORE(&s->sh->reserve, s->reserve);
+	}
+	kv_seg_lock(s->fd, F_UNLCK, KV_SHARE_LOCK_INIT);
+}
+
 /* Take a free slot: the first whose lock nobody holds (a used one's
- * process is gone: its figures are cleared). Returns 0 or KVSHIM_ESTATE. */
+ * process is gone: its figures are cleared); alone in the segment, set
+ * its budget (adopt_if_alone). Returns 0 or KVSHIM_ESTATE. */
 static int claim_slot(kv_share_t *s)
 {
 	struct kv_share_slot *sl;
@@ -556,6 +589,7 @@ static int claim_slot(kv_share_t *s)
 	own_command(sl->cmd, sizeof(sl->cmd));
 	s->last_ns = kv_seg_realtime_ns();
 	publish(s);
+	adopt_if_alone(s);
 	return 0;
 }
 

@@ -329,6 +329,33 @@ START_TEST(test_share_asked_within_held)
 }
 END_TEST
 
+/* A segment's budget is its live processes': one joining beside them
+ * keeps it, the first to join after they have all gone sets its own (a
+ * run that set a wrong budget does not bind the next). */
+START_TEST(test_share_left_behind)
+{
+	char uuid[64];
+	uint64_t dev;
+	kv_alloc_t *a;
+	kv_share_t *h;
+
+	kt_new_pool();
+	a = kt_make(8 * PG, 0, 0, 0);
+	snprintf(uuid, sizeof(uuid), "%s", kv_alloc_prim(a)->uuid);
+	dev = kv_alloc_prim(a)->device_bytes;
+	ck_assert_int_eq(kv_share_open(uuid, kt_pool, 4 * PG, 0, dev, 0, 0, 1, 0600, &h), 0);
+	ck_assert_uint_eq(kt_seg_read(0)->budget, 8 * PG);
+	kv_share_close(h);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	ck_assert_int_eq(kv_share_open(uuid, kt_pool, 4 * PG, 0, dev, 0, 0, 1, 0600, &h), 0);
+	ck_assert_uint_eq(kt_seg_read(0)->budget, 4 * PG);
+	ck_assert_int_eq(kv_share_take(h, 4 * PG, 4 * PG), 0);
+	kv_share_close(h);
+	kt_seg_unlink();
+}
+END_TEST
+
 /* What memory info builds on: the budget and the others' pages. */
 START_TEST(test_share_figures)
 {
@@ -752,6 +779,7 @@ Suite *share_suite(void)
 	kt_add_emu(tc, test_share_floor_kept);
 	kt_add_emu(tc, test_share_floor_part_page);
 	kt_add_emu(tc, test_share_asked_within_held);
+	kt_add_emu(tc, test_share_left_behind);
 	kt_add_emu(tc, test_share_figures);
 	kt_add_emu(tc, test_share_joiners);
 	kt_add_emu(tc, test_share_chaos);
