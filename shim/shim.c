@@ -108,8 +108,9 @@ static void cap(const char *name, size_t *v, size_t most, const char *what)
  * Check the options against the device they are for, lock held: sizes
  * beyond its memory are capped (the limit is a ceiling, and the allocator
  * sizes its tables from it); a page that cannot exist there, a device
- * that does not exist, a limit, budget or ceiling under one page and a
- * floor over the budget are refused. Returns 0, KVSHIM_ECONFIG (refused, see
+ * that does not exist and a limit under one page are refused, and where
+ * the process shares a budget, a budget or ceiling under one page and a
+ * floor over the budget. Returns 0, KVSHIM_ECONFIG (refused, see
  * refuse) or the driver's error (no driver: ENODEV, as the allocator would
  * say).
  */
@@ -139,11 +140,13 @@ static int fit_device(struct kv_alloc_opts *o)
 	cap("KVSHIM_POOL_LOW", &o->pool_low, o->pool_high, "KVSHIM_POOL_HIGH");
 	if (o->budget)
 		cap("KVSHIM_BUDGET", &o->budget, total, what);
-	if (o->budget && o->budget < page)
-		return refuse("KVSHIM_BUDGET", "less than one page", page);
 	cap("KVSHIM_MIN", &o->min, total, what);
 	if (o->max)
 		cap("KVSHIM_MAX", &o->max, total, what);
+	if (!o->share)
+		return 0;       /* the budget's variables mean nothing alone */
+	if (o->budget && o->budget < page)
+		return refuse("KVSHIM_BUDGET", "less than one page", page);
 	if (o->max && o->max < page)
 		return refuse("KVSHIM_MAX", "less than one page", page);
 	/* a floor the budget cannot hold would keep every other process out */

@@ -774,20 +774,49 @@ static void shim_refuses(const char *name, const char *value, const char *other,
 		unsetenv(other);
 }
 
-/* A budget or a ceiling under one page: every map would fail; refused. */
+/* With sharing off, the budget's variables mean nothing: kvshim starts
+ * whatever they say. */
+static void shim_starts_alone(const char *name, const char *value)
+{
+	kv_alloc_t *a = NULL;
+
+	setenv(name, value, 1);
+	ck_assert_int_eq(kv_shim_alloc(&a), 0);
+	ck_assert_ptr_nonnull(a);
+	kv_shim_shutdown();
+	unsetenv(name);
+}
+
+/* Sharing a budget, a budget or a ceiling under one page: every map
+ * would fail; refused. */
 START_TEST(test_config_budget_under_a_page)
 {
+	setenv("KVSHIM_SHARE", "auto", 1);
 	shim_refuses("KVSHIM_BUDGET", "1K", NULL, NULL);
 	shim_refuses("KVSHIM_MAX", "1K", NULL, NULL);
+	unsetenv("KVSHIM_SHARE");
+	shim_starts_alone("KVSHIM_BUDGET", "1K");
+	shim_starts_alone("KVSHIM_MAX", "1K");
 }
 END_TEST
 
-/* A floor over the budget would keep every other process out: refused,
- * whether the budget is in bytes or a share of the device. */
+/* Sharing a budget, a floor over it would keep every other process out:
+ * refused, whether the budget is in bytes or a share of the device; a
+ * floor at the budget is taken. */
 START_TEST(test_config_floor_over_budget)
 {
+	kv_alloc_t *a = NULL;
+
+	setenv("KVSHIM_SHARE", "auto", 1);
 	shim_refuses("KVSHIM_MIN", "128M", "KVSHIM_BUDGET", "64M");
 	shim_refuses("KVSHIM_MIN", "3G", "KVSHIM_BUDGET", "50%");
+	setenv("KVSHIM_BUDGET", "64M", 1);
+	setenv("KVSHIM_MIN", "64M", 1);
+	ck_assert_int_eq(kv_shim_alloc(&a), 0);
+	kv_shim_shutdown();
+	unsetenv("KVSHIM_BUDGET");
+	unsetenv("KVSHIM_SHARE");
+	shim_starts_alone("KVSHIM_MIN", "3G");
 }
 END_TEST
 
