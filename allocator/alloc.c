@@ -220,13 +220,16 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 				 (o->budget_pct ? o->budget_pct : 100) / 100);
 		/* the floor in whole pages, the page above it: what is given
 		 * back on request goes in whole pages, and must leave it (no
-		 * higher than the ceiling, whose pages round down) */
+		 * higher than the ceiling or the budget, whose pages round
+		 * down) */
 		size_t min = o->min / a->page * a->page;
 
-		if (min < o->min)
+		if (min < o->min && min <= SIZE_MAX - a->page)
 			min += a->page;
 		if (o->max && min > o->max)
 			min = o->max / a->page * a->page;
+		if (min > budget)
+			min = budget / a->page * a->page;
 		rc = kv_share_open(a->prim.uuid, o->pool_name, budget,
 				   budget / 100 * o->reserve_pct,
 				   a->prim.device_bytes, min, o->max, o->weight,
