@@ -818,13 +818,17 @@ static uint64_t ask(kv_share_t *s, const struct sums *t, uint64_t cap, uint64_t 
  * or, below its share, for those above theirs to give back what they use
  * (their workers read the rule, their engines preempt). Returns
  * KV_SHARE_WAIT, KV_SHARE_WAIT_USED for the last, or KVSHIM_ELIMIT when
- * nobody can give way.
+ * nobody can give way (a take over the whole budget at once, asking
+ * nobody).
  */
 static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
 		   uint64_t bytes, uint64_t need)
 {
 	uint64_t over;
 
+	/* more than the whole budget: nobody giving way would make it fit */
+	if (kv_seg_sat_add(s->held, bytes) > cap)
+		return KVSHIM_ELIMIT;
 	if (s->waiting < need) {
 		s->waiting = kv_seg_min(need, cap);
 		publish(s);

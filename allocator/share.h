@@ -127,7 +127,8 @@ typedef struct kv_share_handle_s kv_share_t;
  * pool name (may be NULL), and take a slot for this process. budget is
  * the bytes all processes may hold (0: device_bytes), reserve the bytes of
  * it the rule keeps free (fair.h; at most half the budget); a segment that
- * exists keeps its budget and reserve. min and max are this process's floor and
+ * exists keeps its budget and reserve while another process holds a slot
+ * in it, and takes these once none does. min and max are this process's floor and
  * ceiling (max 0: none), weight its weight in the fair shares (1 to
  * KV_FAIR_WEIGHT_MAX). mode: owner rw, nothing for others to write.
  * Each refusal is logged with the path, and for a segment not trusted its
@@ -156,7 +157,8 @@ void kv_share_close(kv_share_t *s);
  * counted as waiting for need bytes (the whole map's, at least bytes: the
  * pages of its own it maps too, pooled or cached, count in it, as in an
  * engine's stated demand; see fair.h) until kv_share_waited. When nobody
- * can give way, KVSHIM_ELIMIT; in a forked child, KVSHIM_ESTATE.
+ * can give way, KVSHIM_ELIMIT (at once, asking nobody, for more than the
+ * whole budget); in a forked child, KVSHIM_ESTATE.
  */
 #define KV_SHARE_WAIT 2
 #define KV_SHARE_WAIT_USED 3

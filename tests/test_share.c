@@ -356,6 +356,36 @@ START_TEST(test_share_left_behind)
 }
 END_TEST
 
+/* A take more than the whole budget could never fit: refused at once,
+ * asking nobody to give anything back. */
+START_TEST(test_share_take_over_budget)
+{
+	const struct kv_share_info *in;
+	kv_share_t *idle, *big;
+	kv_alloc_t *a;
+	unsigned i;
+
+	kt_new_pool();
+	a = kt_make(8 * PG, 0, 0, 0);
+	ck_assert_int_eq(kv_share_open(kv_alloc_prim(a)->uuid, kt_pool, 8 * PG, 0,
+				       kv_alloc_prim(a)->device_bytes, 0, 0, 1, 0600, &idle), 0);
+	ck_assert_int_eq(kv_share_open(kv_alloc_prim(a)->uuid, kt_pool, 8 * PG, 0,
+				       kv_alloc_prim(a)->device_bytes, 0, 0, 1, 0600, &big), 0);
+	ck_assert_int_eq(kv_share_take(idle, 4 * PG, 4 * PG), 0);
+	kv_share_update(idle, 0, 0, 4 * PG, 0);         /* all of it pooled */
+	ck_assert_int_eq(kv_share_take(big, 9 * PG, 9 * PG), KVSHIM_ELIMIT);
+	in = kt_seg_read(0);
+	for (i = 0; i < in->nprocs; i++)
+		ck_assert_uint_eq(in->proc[i].trim_request, 0);
+	ck_assert_int_eq(kv_share_take(big, 4 * PG, 4 * PG), 0);
+	kv_share_close(big);
+	kv_share_close(idle);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
 /* What memory info builds on: the budget and the others' pages. */
 START_TEST(test_share_figures)
 {
@@ -780,6 +810,7 @@ Suite *share_suite(void)
 	kt_add_emu(tc, test_share_floor_part_page);
 	kt_add_emu(tc, test_share_asked_within_held);
 	kt_add_emu(tc, test_share_left_behind);
+	kt_add_emu(tc, test_share_take_over_budget);
 	kt_add_emu(tc, test_share_figures);
 	kt_add_emu(tc, test_share_joiners);
 	kt_add_emu(tc, test_share_chaos);
