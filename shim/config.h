@@ -40,13 +40,13 @@
 	X(POOL, pool, name, "",                                              \
 	  "name of the shared segment's pool (letters, digits, - and _): processes share a budget only within one pool") \
 	X(BUDGET, budget, budget, "100%",                                    \
-	  "bytes all processes of the pool may hold in pages together, or % of device memory (set by the segment's creator)") \
+	  "bytes all processes of the pool may hold in pages together, or % of device memory (set by the segment's creator, or by the first to join it after all its processes have gone); sharing, under one page is refused") \
 	X(RESERVE, reserve_pct, reserve, "5%",                               \
-	  "of the shared budget, the part kept free while processes share it, from idle pages and pages only a prefix cache holds, never from requests: a percentage from 0 to 50, or off (set by the segment's creator)") \
+	  "of the shared budget, the part kept free while processes share it, from idle pages and pages only a prefix cache holds, never from requests: a percentage from 0 to 50, or off (set with the budget)") \
 	X(MIN, min, size, "0",                                               \
-	  "this process's floor in the shared budget: kept for it while it holds less, and never trimmed below on request") \
+	  "this process's floor in the shared budget: kept for it while it holds less, and never trimmed below on request (rounded up to whole pages, at most the ceiling's and the budget's whole pages); sharing, more than the budget is refused") \
 	X(MAX, max, size_zero_off, "off",                                    \
-	  "this process's ceiling in the shared budget; off: none") \
+	  "this process's ceiling in the shared budget; off: none; sharing, under one page is refused") \
 	X(WEIGHT, weight, weight, "1",                                       \
 	  "this process's weight in the shared budget's fair shares: a whole number from 1 to 1000") \
 	X(SHARE_MODE, share_mode, mode, "0600",                              \
