@@ -146,7 +146,8 @@ void kv_share_close(kv_share_t *s);
 
 /*
  * Take bytes of budget for new pages. The others' floors count as held:
- * a process below its floor can always grow to it; so do the claims of
+ * a process below its floor can always grow to it (while the floors
+ * together fit in the budget: nothing enforces that); so do the claims of
  * processes waiting below their share, for a process that would pass its
  * own (fair.h). Returns 0; KVSHIM_ELIMIT when this process's ceiling
  * forbids it; or KV_SHARE_WAIT when others hold the budget with idle pages
