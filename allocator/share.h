@@ -128,9 +128,9 @@ typedef struct kv_share_handle_s kv_share_t;
  * the bytes all processes may hold (0: device_bytes), reserve the bytes of
  * it the rule keeps free (fair.h; at most half the budget); a segment that
  * exists keeps its budget and reserve while another process holds a slot
- * in it, and takes these once none does. min and max are this process's floor and
- * ceiling (max 0: none), weight its weight in the fair shares (1 to
- * KV_FAIR_WEIGHT_MAX). mode: owner rw, nothing for others to write.
+ * in it, and takes these once none does. min and max are this process's
+ * floor and ceiling (max 0: none), weight its weight in the fair shares (1
+ * to KV_FAIR_WEIGHT_MAX). mode: owner rw, nothing for others to write.
  * Each refusal is logged with the path, and for a segment not trusted its
  * owner and mode. Returns 0, KVSHIM_EINVAL (bad arguments, logged),
  * KVSHIM_ESTATE (the segment is not to be trusted, of another major
