@@ -524,40 +524,59 @@ static int open_file(kv_share_t *s, const char *name)
 }
 
 /*
- * Once its slot is claimed: in a segment no other process holds a slot of,
- * the budget and reserve are those of processes gone, and this process
- * sets them, as a creator would (under the set-up lock, so that of two
- * joining at once the one that finds itself alone is the one that sets
- * them). A segment being set up longer than the wait keeps its figures.
+ * Once its slot is claimed, under the set-up lock (so that of two joining
+ * at once, the second sees what the first did): in a segment no other
+ * process holds a slot of, the budget and reserve are those of processes
+ * gone, and this process sets them, as a creator would; beside live
+ * processes, its floor is cut to what their floors leave of the budget
+ * (floors that together pass it could not all be kept: each counts the
+ * others' as held). A segment being set up longer than the wait keeps its
+ * figures.
  */
-static void adopt_if_alone(kv_share_t *s)
+static void join_figures(kv_share_t *s)
 {
-	uint64_t was = LOAD(&s->sh->budget);
-	unsigned i;
+	uint64_t was = LOAD(&s->sh->budget), floors = 0, room, min, max;
+	unsigned i, alone = 1;
 
 	if (kv_seg_lock_wait(s->fd, F_WRLCK, KV_SHARE_LOCK_INIT, KV_SHARE_INIT_WAIT_MS) < 0)
 		return;
 	for (i = 0; i < KV_SHARE_SLOTS; i++) {
 		if ((int)i == s->slot)
 			continue;
-		if (kv_seg_lock(s->fd, F_WRLCK, KV_SHARE_LOCK_SLOT0 + i) != 0)
-			break;          /* held: a live process */
-		kv_seg_lock(s->fd, F_UNLCK, KV_SHARE_LOCK_SLOT0 + i);
+		if (kv_seg_lock(s->fd, F_WRLCK, KV_SHARE_LOCK_SLOT0 + i) == 0) {
+			kv_seg_lock(s->fd, F_UNLCK, KV_SHARE_LOCK_SLOT0 + i);
+			continue;       /* free, or its process gone */
+		}
+		alone = 0;
+		min = LOAD(&s->sh->slot[i].min);
+		max = LOAD(&s->sh->slot[i].max);
+		floors = kv_seg_sat_add(floors, max ? kv_seg_min(min, max) : min);
 	}
-	if (i == KV_SHARE_SLOTS &&
-	    (was != s->budget || LOAD(&s->sh->reserve) != s->reserve)) {
+	if (alone && (was != s->budget || LOAD(&s->sh->reserve) != s->reserve)) {
 		kv_info("share: %s: no other process in it: its budget is this process's, %llu MiB (was %llu MiB)",
 			s->path, (unsigned long long)(s->budget >> 20),
 			(unsigned long long)(was >> 20));
 		STORE(&s->sh->budget, s->budget);
 		STORE(&s->sh->reserve, s->reserve);
 	}
+	room = budget_of(s) > floors ? budget_of(s) - floors : 0;
+	if (s->min > room) {
+		kv_warn("share: %s: a floor of %llu MiB with the other processes' %llu MiB passes the budget's %llu MiB: this process's floor is %llu MiB",
+			s->path, (unsigned long long)(s->min >> 20),
+			(unsigned long long)(floors >> 20),
+			(unsigned long long)(budget_of(s) >> 20),
+			(unsigned long long)(room >> 20));
+		pthread_mutex_lock(&s->mu);
+		s->min = room;
+		publish(s);
+		pthread_mutex_unlock(&s->mu);
+	}
 	kv_seg_lock(s->fd, F_UNLCK, KV_SHARE_LOCK_INIT);
 }
 
 /* Take a free slot: the first whose lock nobody holds (a used one's
- * process is gone: its figures are cleared); alone in the segment, set
- * its budget (adopt_if_alone). Returns 0 or KVSHIM_ESTATE. */
+ * process is gone: its figures are cleared); then the figures joining
+ * sets (join_figures). Returns 0 or KVSHIM_ESTATE. */
 static int claim_slot(kv_share_t *s)
 {
 	struct kv_share_slot *sl;
@@ -589,7 +608,7 @@ static int claim_slot(kv_share_t *s)
 	own_command(sl->cmd, sizeof(sl->cmd));
 	s->last_ns = kv_seg_realtime_ns();
 	publish(s);
-	adopt_if_alone(s);
+	join_figures(s);
 	return 0;
 }
 

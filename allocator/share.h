@@ -146,10 +146,10 @@ void kv_share_close(kv_share_t *s);
 
 /*
  * Take bytes of budget for new pages. The others' floors count as held:
- * a process below its floor can always grow to it (while the floors
- * together fit in the budget: nothing enforces that); so do the claims of
- * processes waiting below their share, for a process that would pass its
- * own (fair.h). Returns 0; KVSHIM_ELIMIT when this process's ceiling
+ * a process below its floor can always grow to it (a floor is cut, as
+ * its process joins, to what the others' leave of the budget); so do the
+ * claims of processes waiting below their share, for a process that would
+ * pass its own (fair.h). Returns 0; KVSHIM_ELIMIT when this process's ceiling
  * forbids it; or KV_SHARE_WAIT when others hold the budget with idle pages
  * (they have been asked to trim), are taking budget themselves, or use
  * more than their share while this process waits below its own (they are

@@ -386,6 +386,36 @@ START_TEST(test_share_take_over_budget)
 }
 END_TEST
 
+/* Floors that together would pass the budget: the one joining last gets
+ * what the others' leave, and says so; each can then reach its own. */
+START_TEST(test_share_floors_over_budget)
+{
+	const struct kv_share_info *in;
+	uint64_t floors;
+	char log[2048];
+	kv_share_t *h;
+	kv_alloc_t *a;
+	unsigned i;
+
+	kt_new_pool();
+	a = kt_make(8 * PG, 5 * PG, 0, 0);
+	kt_capture_start();
+	ck_assert_int_eq(kv_share_open(kv_alloc_prim(a)->uuid, kt_pool, 8 * PG, 0,
+				       kv_alloc_prim(a)->device_bytes, 5 * PG, 0, 1, 0600, &h), 0);
+	kt_capture_end(log, sizeof(log));
+	ck_assert_msg(strstr(log, "passes the budget") != NULL, "not said: \"%s\"", log);
+	in = kt_seg_read(0);
+	for (i = 0, floors = 0; i < in->nprocs; i++)
+		floors += in->proc[i].min;
+	ck_assert_uint_eq(floors, 8 * PG);      /* 5 and 3 */
+	ck_assert_int_eq(kv_share_take(h, 3 * PG, 3 * PG), 0);
+	kv_share_close(h);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
 /* What memory info builds on: the budget and the others' pages. */
 START_TEST(test_share_figures)
 {
@@ -811,6 +841,7 @@ Suite *share_suite(void)
 	kt_add_emu(tc, test_share_asked_within_held);
 	kt_add_emu(tc, test_share_left_behind);
 	kt_add_emu(tc, test_share_take_over_budget);
+	kt_add_emu(tc, test_share_floors_over_budget);
 	kt_add_emu(tc, test_share_figures);
 	kt_add_emu(tc, test_share_joiners);
 	kt_add_emu(tc, test_share_chaos);
