@@ -691,66 +691,6 @@ START_TEST(test_config_limit_9000T)
 }
 END_TEST
 
-/* KVSHIM_PAGE larger than the device: kvshim is not started, and the
- * message names the variable (with KVSHIM_STRICT: exit 64). */
-START_TEST(test_config_page_too_big)
-{
-	char log[4096];
-	kv_alloc_t *a = NULL;
-
-	setenv("KVSHIM_PAGE", "1T", 1);
-	kt_capture_start();
-	ck_assert_int_eq(kv_shim_alloc(&a), KVSHIM_ECONFIG);
-	kt_capture_end(log, sizeof(log));
-	ck_assert_ptr_null(a);
-	ck_assert_msg(strstr(log, "KVSHIM_PAGE=1T") != NULL, "no message naming it: \"%s\"", log);
-	kv_shim_shutdown();
-	unsetenv("KVSHIM_PAGE");
-}
-END_TEST
-
-START_TEST(test_config_page_too_big_strict)
-{
-	kv_alloc_t *a;
-
-	setenv("KVSHIM_STRICT", "1", 1);
-	setenv("KVSHIM_PAGE", "1T", 1);
-	kv_shim_alloc(&a);
-}
-END_TEST
-
-/* KVSHIM_DEVICE naming a device the driver does not have. */
-START_TEST(test_config_no_such_device)
-{
-	char log[4096];
-	kv_alloc_t *a = NULL;
-
-	setenv("KVSHIM_DEVICE", "7", 1);
-	kt_capture_start();
-	ck_assert_int_eq(kv_shim_alloc(&a), KVSHIM_ECONFIG);
-	kt_capture_end(log, sizeof(log));
-	ck_assert_msg(strstr(log, "KVSHIM_DEVICE=7") != NULL, "no message naming it: \"%s\"", log);
-	kv_shim_shutdown();
-	unsetenv("KVSHIM_DEVICE");
-}
-END_TEST
-
-/* KVSHIM_LIMIT under one page: every map would fail; refused instead. */
-START_TEST(test_config_limit_under_a_page)
-{
-	char log[4096];
-	kv_alloc_t *a = NULL;
-
-	setenv("KVSHIM_LIMIT", "1K", 1);
-	kt_capture_start();
-	ck_assert_int_eq(kv_shim_alloc(&a), KVSHIM_ECONFIG);
-	kt_capture_end(log, sizeof(log));
-	ck_assert_msg(strstr(log, "KVSHIM_LIMIT=1K") != NULL, "no message naming it: \"%s\"", log);
-	kv_shim_shutdown();
-	unsetenv("KVSHIM_LIMIT");
-}
-END_TEST
-
 /* name=value (with other, when not NULL, set to its value first): kvshim
  * is not started, and the message names the variable and its value. */
 static void shim_refuses(const char *name, const char *value, const char *other,
@@ -773,6 +713,38 @@ static void shim_refuses(const char *name, const char *value, const char *other,
 	if (other)
 		unsetenv(other);
 }
+
+/* KVSHIM_PAGE larger than the device: kvshim is not started, and the
+ * message names the variable (with KVSHIM_STRICT: exit 64). */
+START_TEST(test_config_page_too_big)
+{
+	shim_refuses("KVSHIM_PAGE", "1T", NULL, NULL);
+}
+END_TEST
+
+START_TEST(test_config_page_too_big_strict)
+{
+	kv_alloc_t *a;
+
+	setenv("KVSHIM_STRICT", "1", 1);
+	setenv("KVSHIM_PAGE", "1T", 1);
+	kv_shim_alloc(&a);
+}
+END_TEST
+
+/* KVSHIM_DEVICE naming a device the driver does not have. */
+START_TEST(test_config_no_such_device)
+{
+	shim_refuses("KVSHIM_DEVICE", "7", NULL, NULL);
+}
+END_TEST
+
+/* KVSHIM_LIMIT under one page: every map would fail; refused instead. */
+START_TEST(test_config_limit_under_a_page)
+{
+	shim_refuses("KVSHIM_LIMIT", "1K", NULL, NULL);
+}
+END_TEST
 
 /* With sharing off, the budget's variables mean nothing: kvshim starts
  * whatever they say. */
