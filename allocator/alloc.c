@@ -32,6 +32,12 @@ void kv_alloc_opts_default(struct kv_alloc_opts *o)
 	o->share_wait_ms = 500;
 }
 
+size_t kv_alloc_budget(const struct kv_alloc_opts *o, size_t device_bytes)
+{
+	return o->budget ? o->budget : (size_t)((unsigned __int128)device_bytes *
+		(o->budget_pct ? o->budget_pct : 100) / 100);
+}
+
 /*
  * Publish this process's figures in the shared segment and give back what
  * other processes asked for: pooled pages first, then cached ones. Lock
@@ -212,12 +218,7 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 	a->max_pages = (uint32_t)(limit / a->page);
 	a->st.page_bytes = a->page;
 	if (o->share) {
-		/* a percentage of the device, to the byte: 100% (the default,
-		 * sharing being on by default) is all of it, so that a process
-		 * alone sees the memory info it would without sharing */
-		size_t budget = o->budget ? o->budget :
-			(size_t)((unsigned __int128)a->prim.device_bytes *
-				 (o->budget_pct ? o->budget_pct : 100) / 100);
+		size_t budget = kv_alloc_budget(o, a->prim.device_bytes);
 		/* the floor in whole pages, the page above it: what is given
 		 * back on request goes in whole pages, and must leave it (no
 		 * higher than the ceiling or the budget, whose pages round

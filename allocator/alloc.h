@@ -73,6 +73,12 @@ enum { KV_ALLOC_SHARE_OFF = 0, KV_ALLOC_SHARE_ON = 1, KV_ALLOC_SHARE_AUTO = 2 };
  * high, no cache cap, zeroing on, worker on, no sharing (weight 1). */
 void kv_alloc_opts_default(struct kv_alloc_opts *o);
 
+/* The shared budget o sets on a device of device_bytes: o->budget, or
+ * o->budget_pct of the device to the byte (100%, the default, is all of
+ * it, so that a process alone sees the memory info it would without
+ * sharing). */
+size_t kv_alloc_budget(const struct kv_alloc_opts *o, size_t device_bytes);
+
 /* Open the driver for o->device and set the allocator up. The worker, when
  * on, fills the pool after this returns (a caller's first map need not wait
  * for a pool it may not use yet); without one, the pool is filled to its

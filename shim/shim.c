@@ -150,8 +150,7 @@ static int fit_device(struct kv_alloc_opts *o)
 	if (o->max && o->max < page)
 		return refuse("KVSHIM_MAX", "less than one page", page);
 	/* a floor the budget cannot hold would keep every other process out */
-	budget = o->budget ? o->budget : (size_t)((unsigned __int128)total *
-		(o->budget_pct ? o->budget_pct : 100) / 100);
+	budget = kv_alloc_budget(o, total);
 	if (o->min > budget)
 		return refuse("KVSHIM_MIN", "more than the budget (KVSHIM_BUDGET)", budget);
 	return 0;
