@@ -167,8 +167,9 @@ void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig
 	f->weight = LOAD(&sl->weight);
 	f->demand = LOAD(&sl->demand);
 	f->asked = LOAD(&sl->asked);
-	/* (asked over held is a moment's state: read between a give's held
-	 * and its asked, as unused below) */
+	/* (asked over held is a moment's state: a give lowers held before
+	 * the rule's next look lowers asked, and a reader may read between
+	 * the two stores; cut, as unused below) */
 	if (f->weight > KV_FAIR_WEIGHT_MAX || f->demand > cap)
 		f->clamped = 1;
 	f->weight = f->weight ? kv_seg_min(f->weight, KV_FAIR_WEIGHT_MAX) : 1;

@@ -195,9 +195,7 @@ static void publish(kv_share_t *s)
 	STORE(&me->last_ns, s->last_ns);
 	STORE(&me->weight, s->weight);
 	STORE(&me->demand, demand_of(s));
-	/* (asked is of what it holds: a give since the rule's last look
-	 * leaves less) */
-	STORE(&me->asked, kv_seg_min(s->asked, s->held));
+	STORE(&me->asked, s->asked);
 	STORE(&me->unused, unused_of(s));
 	STORE(&me->pid, (int32_t)getpid());
 	STORE(&me->state, KV_SLOT_USED);

@@ -289,8 +289,9 @@ START_TEST(test_share_floor_part_page)
 END_TEST
 
 /* What a process was asked for is of what it holds: after it gave some
- * back, its slot never says it was asked for more than it holds, which
- * the others' reads would take for a figure out of bounds. */
+ * back (its asked lowered only at the rule's next look), the others'
+ * reads cut asked to held and do not take it for a figure out of
+ * bounds. */
 START_TEST(test_share_asked_within_held)
 {
 	kv_alloc_t *a;
