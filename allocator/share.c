@@ -529,7 +529,8 @@ static int open_file(kv_share_t *s, const char *name)
  * processes, its floor is cut to what their floors leave of the budget
  * (floors that together pass it could not all be kept: each counts the
  * others' as held). A segment being set up longer than the wait keeps its
- * figures.
+ * figures. (The other slots' locks are only looked at, never taken: a
+ * process claiming one meanwhile is not turned away.)
  */
 static void join_figures(kv_share_t *s)
 {
@@ -541,10 +542,8 @@ static void join_figures(kv_share_t *s)
 	for (i = 0; i < KV_SHARE_SLOTS; i++) {
 		if ((int)i == s->slot)
 			continue;
-		if (kv_seg_lock(s->fd, F_WRLCK, KV_SHARE_LOCK_SLOT0 + i) == 0) {
-			kv_seg_lock(s->fd, F_UNLCK, KV_SHARE_LOCK_SLOT0 + i);
+		if (kv_seg_locked(s->fd, KV_SHARE_LOCK_SLOT0 + i) == 0)
 			continue;       /* free, or its process gone */
-		}
 		alone = 0;
 		min = LOAD(&s->sh->slot[i].min);
 		max = LOAD(&s->sh->slot[i].max);
