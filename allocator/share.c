@@ -360,27 +360,53 @@ static int map_segment(kv_share_t *s)
 	return 0;
 }
 
+/* Give the unnamed file fd (O_TMPFILE) the name path. Returns 0 or -1
+ * (errno set; EEXIST: another creator's is there). */
+static int link_unnamed(int fd, const char *path)
+{
+	char proc[48];
+
+	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
+	if (linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0)
+		return 0;
+	if (errno != ENOENT)
+		return -1;
+	/* no /proc: this way needs CAP_DAC_READ_SEARCH before Linux 6.10 */
+	return linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH);
+}
+
 /*
- * Make a segment under a temporary name, set it up whole, and link it into
- * place: no process ever finds a new segment half made. Losing the race to
- * another creator is no error: the caller opens theirs. Returns 0 or
- * KVSHIM_ESTATE / KVSHIM_ENOMEM (logged).
+ * Make a segment as a file with no name (O_TMPFILE), set it up whole, and
+ * link it into place: no process ever finds a new segment half made, and
+ * a creator killed at any point leaves nothing behind. Where the file
+ * system has no O_TMPFILE, under a temporary name (left behind by a
+ * creator killed before it unlinks it; a name a dead process with this
+ * pid left is passed over). Losing the race to another creator is no
+ * error: the caller opens theirs. Returns 0 or KVSHIM_ESTATE /
+ * KVSHIM_ENOMEM (logged).
  */
 static int create_segment(kv_share_t *s, const char *name)
 {
 	static unsigned seq;
-	char tmp[224];
-	int fd, rc = 0;
+	char tmp[224] = "";
+	int fd, rc = 0, tries;
 
-	snprintf(tmp, sizeof(tmp), "%s/.kvshim-new-%d-%u", KV_SHARE_DIR, (int)getpid(),
-		 __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED));
-	fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+	fd = open(KV_SHARE_DIR, O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
+	if (fd < 0 && (errno == EISDIR || errno == EOPNOTSUPP || errno == EINVAL)) {
+		for (tries = 0; tries < 64; tries++) {
+			snprintf(tmp, sizeof(tmp), "%s/.kvshim-new-%d-%u", KV_SHARE_DIR,
+				 (int)getpid(), __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED));
+			fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+			if (fd >= 0 || errno != EEXIST)
+				break;
+		}
+	}
 	if (fd < 0) {
-		kv_error("share: cannot create %s: %s", tmp, strerror(errno));
+		kv_error("share: cannot create %s: %s", tmp[0] ? tmp : s->path, strerror(errno));
 		return KVSHIM_ESTATE;
 	}
 	if (fchmod(fd, s->mode) < 0 || ftruncate(fd, sizeof(*s->sh)) < 0) {
-		kv_error("share: cannot set %s up: %s", tmp, strerror(errno));
+		kv_error("share: cannot set %s up: %s", tmp[0] ? tmp : s->path, strerror(errno));
 		rc = errno == ENOSPC || errno == ENOMEM ? KVSHIM_ENOMEM : KVSHIM_ESTATE;
 		goto out;
 	}
@@ -392,14 +418,16 @@ static int create_segment(kv_share_t *s, const char *name)
 		s->sh = NULL;
 	}
 	s->fd = -1;
-	if (!rc && link(tmp, s->path) < 0 && errno != EEXIST) {
+	if (!rc && (tmp[0] ? link(tmp, s->path) : link_unnamed(fd, s->path)) < 0 &&
+	    errno != EEXIST) {
 		kv_error("share: cannot create %s: %s", s->path, strerror(errno));
 		rc = KVSHIM_ESTATE;
 	}
 	if (!rc)
 		kv_debug("share: %s set up", s->path);
 out:
-	unlink(tmp);
+	if (tmp[0])
+		unlink(tmp);
 	close(fd);
 	return rc;
 }

@@ -11,25 +11,35 @@
  */
 #include <errno.h>
 #include <fcntl.h>
+#include <glob.h>
 #include <grp.h>
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
 
 #include "log.h"
 #include "prim.h"
 #include "share_util.h"
 #include "shim.h"
+
+#ifndef SECCOMP_RET_KILL_PROCESS
+#define SECCOMP_RET_KILL_PROCESS 0x80000000U
+#endif
 
 #define REFUSED 10     /* try_join's exit status for KVSHIM_ESTATE */
 
@@ -858,6 +868,115 @@ START_TEST(test_share_half_made)
 }
 END_TEST
 
+/* In a child: make the pool's segment, killed (as by SIGKILL: nothing of
+ * its own runs) as it links the segment into place. */
+static int create_killed_at_link(void *arg)
+{
+	struct sock_filter f[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+#ifdef __NR_link
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_link, 2, 0),
+#else
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_linkat, 2, 0),
+#endif
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_linkat, 1, 0),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+	};
+	struct sock_fprog prog = { sizeof(f) / sizeof(f[0]), f };
+	kv_alloc_t *b;
+
+	(void)arg;
+	fprintf(stderr, "creator %d\n", (int)getpid());
+	fflush(stderr);
+	KT_CHILD_CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0);
+	KT_CHILD_CHECK(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0);
+	kt_mk(16 * PG, 0, 0, 0, 0, &b);
+	return 1;               /* never here: killed at the link */
+}
+
+/* The temporary names the creator pid made (unlinked here). Returns how
+ * many there were. */
+static size_t temp_names_of(int pid)
+{
+	char pattern[128];
+	glob_t g;
+	size_t i, n;
+
+	snprintf(pattern, sizeof(pattern), "%s/.kvshim-new-%d-*", KV_SHARE_DIR, pid);
+	if (glob(pattern, 0, NULL, &g) != 0)
+		return 0;
+	n = g.gl_pathc;
+	for (i = 0; i < n; i++)
+		unlink(g.gl_pathv[i]);
+	globfree(&g);
+	return n;
+}
+
+/* A creator killed as it links its new segment into place leaves nothing
+ * in the directory: no segment (the next process makes it) and no file
+ * under another name (before, its temporary file stayed, and nothing ever
+ * removed it). */
+START_TEST(test_share_creator_killed)
+{
+	struct join j = { 0600, 4, 0 };
+	char err[4096];
+	const char *p;
+	int rc, pid;
+
+	kt_new_pool();
+	rc = kt_in_child(create_killed_at_link, NULL, 30, err, sizeof(err));
+	ck_assert_msg(rc == 128 + SIGSYS, "the creator was not killed at its link (status %d): %s",
+		      rc, err);
+	p = strstr(err, "creator ");
+	ck_assert_ptr_nonnull(p);
+	pid = atoi(p + strlen("creator "));
+	ck_assert_int_gt(pid, 0);
+	ck_assert_msg(access(kt_path, F_OK) != 0, "%s was made", kt_path);
+	ck_assert_msg(temp_names_of(pid) == 0,
+		      "the killed creator left its temporary file in %s", KV_SHARE_DIR);
+	assert_joins(&j);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* In a child: join with names a dead creator of this pid would have left
+ * (a pid comes again, in a container first of all). */
+static int join_past_left_names(void *arg)
+{
+	char tmp[128];
+	unsigned i;
+	int fd, rc;
+
+	for (i = 0; i < 16; i++) {
+		snprintf(tmp, sizeof(tmp), "%s/.kvshim-new-%d-%u", KV_SHARE_DIR, (int)getpid(), i);
+		fd = open(tmp, O_RDWR | O_CREAT | O_EXCL, 0600);
+		KT_CHILD_CHECK(fd >= 0);
+		close(fd);
+	}
+	rc = try_join(arg);
+	temp_names_of(getpid());
+	return rc;
+}
+
+/* Names a dead creator with this process's pid left behind do not keep it
+ * from making the segment (before, it was refused: "cannot create
+ * .kvshim-new-PID-0: File exists"). */
+START_TEST(test_share_temp_name_taken)
+{
+	struct join j = { 0600, 4, 0 };
+	char err[4096];
+	int rc;
+
+	kt_new_pool();
+	rc = kt_in_child(join_past_left_names, &j, 30, err, sizeof(err));
+	ck_assert_msg(rc == 0, "a creator was kept out by names left behind (status %d): %s",
+		      rc, err);
+	ck_assert_uint_eq(kt_seg_read(0)->budget, 16 * PG);
+	kt_seg_unlink();
+}
+END_TEST
+
 /* A process holding the set-up lock of a half-made segment, stopped:
  * openers wait a bounded time, then refuse with a message (a segment nobody
  * can set up is never joined half made). */
@@ -1109,6 +1228,8 @@ Suite *share_trust_suite(void)
 	kt_add_emu(tc, test_share_exec);
 	kt_add_emu(tc, test_share_forked_child);
 	kt_add_emu(tc, test_share_half_made);
+	kt_add_emu(tc, test_share_creator_killed);
+	kt_add_emu(tc, test_share_temp_name_taken);
 	kt_add_emu(tc, test_share_stuck_creator);
 	kt_add_emu(tc, test_share_stopped_holder);
 	kt_add_emu(tc, test_share_versions);
