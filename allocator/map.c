@@ -349,7 +349,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 	struct place one, *pl = &one;
 	uint64_t deadline = 0, waited_from = 0;
 	enum kv_supply out;
-	int rc, pushed = 0, used = 0;
+	int rc, pushed = 0, used = 0, counted = 0;
 
 	if (n > 1 && !(pl = malloc(n * sizeof(*pl))))
 		return KVSHIM_ENOMEM;
@@ -400,6 +400,13 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		}
 		if (out == KV_SUPPLY_ASK && a->share_used && !(how & MAP_TRY))
 			used = 1;
+		/* a take the budget refused published what the map waits
+		 * for: it stays while the map waits (to ask again, or for
+		 * pages in flight), whatever another thread's map ends */
+		if (a->share && a->share_said && !counted) {
+			kv_share_waiting(a->share);
+			counted = 1;
+		}
 		if (out == KV_SUPPLY_WAIT) {
 			/* the pages a released span holds are needed now:
 			 * unmap it here rather than wait for the worker */
@@ -413,7 +420,6 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		}
 		/* other processes were asked to trim: give them a moment */
 		if (!deadline) {
-			kv_share_waiting(a->share);
 			waited_from = kv_prim_now_ns();
 			deadline = waited_from +
 				   (uint64_t)a->o.share_wait_ms * 1000000u;
@@ -427,7 +433,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		pthread_mutex_lock(&a->lock);
 	}
 	if (a->share)
-		kv_share_waited(a->share, deadline != 0);   /* whatever came of it */
+		kv_share_waited(a->share, counted);   /* whatever came of it */
 	if (deadline) {
 		KV_COUNT(a, share_waits, 1);
 		KV_COUNT(a, share_wait_ns, kv_prim_now_ns() - waited_from);

@@ -9,6 +9,7 @@
  * hold; bad weights are refused. No tight timing: bounds hold on a busy
  * 2-core machine.
  */
+#include <errno.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
@@ -960,6 +961,101 @@ START_TEST(test_fair_wait_kept)
 }
 END_TEST
 
+/* The gap the rule reads for this process off the segment (what the
+ * others are asked to give back for it). */
+static uint64_t own_gap(void)
+{
+	const struct kv_share_info *in = kt_seg_read(0);
+	unsigned i;
+
+	for (i = 0; i < in->nprocs; i++)
+		if (in->proc[i].pid == getpid())
+			return in->proc[i].gap;
+	return 0;
+}
+
+/* A trim of this process's cached pages (see test_fair_wait_in_flight). */
+static void *trim_all(void *arg)
+{
+	size_t freed;
+
+	return (void *)(intptr_t)kv_alloc_trim(arg, B, &freed);
+}
+
+/*
+ * What a map refused by the budget published stays while it waits for
+ * pages in flight in its own process, whatever another thread's map does
+ * meanwhile: a member uses 20 pages of the budget, this process the other
+ * 4, cached; a trim gives them back, stopped in the driver's release (the
+ * pages in flight); one thread's map of a page is refused (the member uses
+ * the rest) and waits for them; another thread's map ends at once (a range
+ * in no span). Before, that end cleared the demand (kv_share_waited counts
+ * only maps waiting to ask again, not those waiting for pages in flight),
+ * and the others were no longer asked while the map still waited.
+ */
+START_TEST(test_fair_wait_in_flight)
+{
+	struct kv_alloc_opts o;
+	struct kt_member m;
+	struct timespec t0;
+	kv_alloc_t *a = NULL;
+	CUdeviceptr s;
+	pthread_t th, tr;
+	void *x[2], *rc;
+	int i;
+
+	kt_new_pool();
+	kt_member_start(&m, B, 0, 20);
+	kt_opts(&o);
+	o.share = 1;
+	o.pool_name = kt_pool;
+	o.budget = B;
+	o.share_mode = 0600;
+	o.share_wait_ms = 20000;
+	ck_assert_int_eq(kv_alloc_create(&o, &a), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 8 * PG, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 4 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);      /* cached */
+	ck_assert_int_eq(kv_dev_hold("cuMemRelease", 1), 0);
+	ck_assert_int_eq(pthread_create(&tr, NULL, trim_all, a), 0);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (kv_dev_waiting("cuMemRelease") < 1 && kt_ms_since(&t0) < 20000)
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	ck_assert_int_ge(kv_dev_waiting("cuMemRelease"), 1);
+	x[0] = a;
+	x[1] = (void *)(uintptr_t)(s + 4 * PG);
+	ck_assert_int_eq(pthread_create(&th, NULL, map_one, x), 0);
+	while (own_demand() < PG && kt_ms_since(&t0) < 20000)
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	ck_assert_uint_ge(own_demand(), PG);
+	ck_assert_uint_ge(own_gap(), PG);
+	ck_assert_int_eq(kv_alloc_map(a, s + 64 * PG, PG), KVSHIM_ERANGE);
+	/* the map still waits (the pages are still in flight), and so does
+	 * what it published */
+	for (i = 0; i < 50; i++) {
+		ck_assert_int_ge(kv_dev_waiting("cuMemRelease"), 1);
+		ck_assert_int_eq(pthread_tryjoin_np(th, &rc), EBUSY);
+		ck_assert_msg(own_demand() >= PG,
+			      "the waiting map's demand was cleared (%llu, its gap in the rule %llu) while it waits (%d ms after the other map)",
+			      (unsigned long long)own_demand(),
+			      (unsigned long long)own_gap(), i);
+		ck_assert_uint_ge(own_gap(), PG);
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	}
+	ck_assert_int_eq(kv_dev_hold("cuMemRelease", 0), 0);
+	ck_assert_int_eq(pthread_join(tr, &rc), 0);
+	ck_assert_int_eq((int)(intptr_t)rc, 0);
+	ck_assert_int_eq(pthread_join(th, &rc), 0);
+	ck_assert_int_eq((int)(intptr_t)rc, 0);
+	ck_assert_uint_eq(own_demand(), 0);
+	ck_assert_int_eq(kt_member_leave(&m), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, s + 4 * PG, PG), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
 /*
  * The bound on what a process may use while another waits below its share
  * lapses with the wait, also in a process without a worker (nothing else
@@ -1826,6 +1922,7 @@ Suite *fair_suite(void)
 	kt_add_emu(tc, test_fair_takes_back);
 	kt_add_emu(tc, test_fair_try_map_keeps_going);
 	kt_add_emu(tc, test_fair_wait_kept);
+	kt_add_emu(tc, test_fair_wait_in_flight);
 	kt_add_emu(tc, test_fair_bound_lapses);
 	kt_add_emu(tc, test_fair_bound_idle_held);
 	kt_add_emu(tc, test_fair_idle_not_waited);
