@@ -30,8 +30,9 @@
  *     every slot's number even and unchanged around its reads has the
  *     figures of one instant;
  *   - setting a segment up or repairing it holds the set-up lock. A new
- *     segment is made under a temporary name and linked into place whole;
- *     one found half made (its header zero) is set up again.
+ *     segment is made as a file with no name and linked into place whole
+ *     (a creator killed meanwhile leaves nothing); one found half made
+ *     (its header zero) is set up again.
  * A segment is joined only if it is a regular file owned by this user with
  * exactly the mode this process would give it, or, with a group mode (e.g.
  * KVSHIM_SHARE_MODE=0660), owned by a group this process is in with that
