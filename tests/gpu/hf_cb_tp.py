@@ -11,7 +11,8 @@ parallelism": a shared budget can make the ranks disagree), each a fresh
 torchrun.
 
 Checks: both runs end (a hang is a failure, after HF_CB_TP_TIMEOUT s) with
-every rank's status 0; each rank's cache is on its own GPU; under kvshim
+every rank's status 0; each rank's cache is on its own GPU (the shape of
+its KV tensors is reported: half the KV heads each); under kvshim
 each rank's KV spans are kvshim's (the adapter's tracker on its cache) and
 back pages on that rank's GPU only; the generated tokens are the plain run's.
 Reports each GPU's memory at most (nvidia-smi, every 200 ms: the whole
@@ -33,6 +34,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
 import built_tree  # noqa: E402  the built tree's library and tools
 
 N_REQ, PROMPT, NEW, BLOCK = 32, 264, 64, 32
+KV_HEADS = 8
 MIB = 1 << 20
 # NVLink multicast stays off on shared hosts, in every process started here
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
@@ -78,6 +80,8 @@ def rank_main(model_dir, out):
         c = caches[0]
         info["cache_devices"] = sorted({t.device.index for t in c.key_cache + c.value_cache})
         info["num_blocks"] = c.num_blocks
+        # a rank's KV tensors hold its half of the KV heads (4 of 8 here)
+        info["kv_shape"] = list(c.key_cache[0].shape)
         tracker = getattr(c, "kvshim_tracker", None)
         info["tracker"] = tracker is not None
         if tracker is not None:
@@ -153,7 +157,7 @@ def main():
     work = tempfile.mkdtemp(prefix="hf-cb-tp-")
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=8,
-                      num_attention_heads=16, num_key_value_heads=8, head_dim=128,
+                      num_attention_heads=16, num_key_value_heads=KV_HEADS, head_dim=128,
                       vocab_size=32000, max_position_embeddings=4096)
     LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(os.path.join(work, "model"))
     runs, fails = {}, []
@@ -174,6 +178,8 @@ def main():
             if r["cache_devices"] != [r["rank"]]:
                 fails.append("%s: rank %d's cache is on GPUs %s" % (name, r["rank"],
                                                                    r["cache_devices"]))
+            print("hf_cb_tp: %s: rank %d's KV tensors are %s (of the model's %d KV heads)"
+                  % (name, r["rank"], r["kv_shape"], KV_HEADS))
         if on:
             for r in ranks:
                 if not r.get("tracker"):
