@@ -53,11 +53,12 @@ ten configurations (--configs) run one after the other, in one invocation:
   (the table "CUDA graphs by key"), at the cost of reading more padding;
 - reads (only when --configs names it): kvshim whose engines' read budget
   is the static split's engine's cache at --budget-gib (KVSHIM_CB_READ_TOKENS),
-  which the adapter rounds up to a multiple of 16384 tokens: at 6 GiB
-  98304, 32768 and 32768 against static's 87360, 32768 and 21824 (kvshim's
-  own: 65536 each), so batches reading up to 16K tokens pad to the shapes
-  static's do, and the medium and large engines' masks are no larger
-  than 32K tokens' (below);
+  taken as it is: at 6 GiB 87360, 32768 and 21824 tokens, static's own
+  (kvshim's default: 65536 each), so batches pad to the shapes static's
+  do (the same CUDA graph keys), and the engines' masks are no larger than
+  static's (below). Until session 30 the adapter rounded a number up to a
+  multiple of 16384 (98304, 32768 and 32768), which let the large engine
+  read 32768 tokens where static's reads 21824;
 - packed (only when --configs names it): kvshim with KVSHIM_CB_PACK=on,
   which kvshim now is; --sweep-pack names the sweep's budgets packed@B
   (both kept so that session 15's and 16's commands run as they ran);
@@ -312,9 +313,10 @@ def dry_engine(args):
     info = {"engine": name, "pid": os.getpid(), "num_blocks": num_blocks,
             "max_batch_tokens": args.max_batch_tokens,
             "kv_tensor_bytes": num_blocks * kv_bytes_per_token(name) * BLOCK,
-            # (kvshim's: rounded up to 16384 tokens, as the adapter does)
-            "read_tokens": (-(-int(os.environ.get("KVSHIM_CB_READ_TOKENS") or 65536) // 16384)
-                            * 16384 if kvshim else num_blocks * BLOCK),
+            # (kvshim's: a number as it is, auto 65536 here, as the adapter
+            # chooses for these engines)
+            "read_tokens": (int(os.environ.get("KVSHIM_CB_READ_TOKENS") or 65536)
+                            if kvshim else num_blocks * BLOCK),
             "kvshim": kvshim, "ceiling": ceiling_set(), "cuda_graphs": args.cuda_graphs,
             "pack": os.environ.get("KVSHIM_CB_PACK"),
             "reserve": os.environ.get("KVSHIM_RESERVE", "5%" if kvshim else "off"),

@@ -3808,9 +3808,10 @@ class ReadBudgetTest(unittest.TestCase):
         p = self.build()
         self.assertEqual(p.cache.kvshim_read_tokens, 65536)
         self.assertIn("no workload given", p.cache.kvshim_read_how)
-        os.environ[reads.READ_TOKENS_VAR] = "3000"          # rounded up to 1024s
+        os.environ[reads.READ_TOKENS_VAR] = "3000"          # whole blocks, not 1024s
         p = self.build()
-        self.assertEqual(p.ios.mask_shape, (1, 1, 256, 3072 + 256))
+        self.assertEqual(p.cache.kvshim_read_tokens, 3008)
+        self.assertEqual(p.ios.mask_shape, (1, 1, 256, 3008 + 256))
         os.environ[reads.READ_TOKENS_VAR] = "off"
         p = self.build()
         self.assertIsNone(getattr(p.cache, "kvshim_read_tokens", None))
@@ -4034,11 +4035,15 @@ class ReadBudgetTest(unittest.TestCase):
         hints.max_generated_length = 0
         self.assertEqual(choose("auto", 10 ** 7, hints, 48, 131072, 16384)[0], 131072)
         self.assertEqual(choose("auto", 10 ** 7, None, None, None, 16384)[0], 65536)
-        # a number, off, and anything not below the capacity: transformers' own
-        self.assertEqual(choose(20000, 10 ** 7, None, None, None, 16384)[0], 32768)
+        # a number as it is (a static cache of that size pads its reads up
+        # to it: the same batch shapes), off, and anything not below the
+        # capacity: transformers' own
+        self.assertEqual(choose(20000, 10 ** 7, None, None, None, 16384)[0], 20000)
+        self.assertEqual(choose(21824, 10 ** 7, hints, 48, 4096, 16384, 32)[0], 21824)
+        self.assertEqual(choose(21825, 10 ** 7, None, None, None, 16384, 32)[0], 21856)
         self.assertIsNone(choose("off", 10 ** 7)[0])
-        self.assertIsNone(choose(20000, 32768, None, None, None, 16384)[0])
-        self.assertIn("not below", choose(20000, 32768, None, None, None, 16384)[1])
+        self.assertIsNone(choose(32768, 32768, None, None, None, 16384)[0])
+        self.assertIn("not below", choose(40000, 32768, None, None, None, 16384)[1])
 
     def test_masks_built_in_place(self):
         mod = io_module()

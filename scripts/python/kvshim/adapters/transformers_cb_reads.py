@@ -121,11 +121,13 @@ def _positive(x):
 
 
 def choose_read_tokens(setting, capacity, hints=None, max_requests=None, max_positions=None,
-                       interval=0):
+                       interval=0, block=0):
     """The read budget R for a cache of capacity tokens, and a phrase saying
     how it was chosen. R is None where transformers' own sizing stands:
     setting "off", or R not below the capacity.
-    - a number: that many tokens;
+    - a number: that many tokens, rounded up to whole blocks of block
+      tokens only (transformers pads a batch's read up to it, as it pads a
+      static cache's, which is whole blocks, up to its size);
     - auto, with the workload generate_batch describes (its WorkloadHints:
       the longest prompt, max_new_tokens, the number of requests): every
       token the requests of one batch may hold, min(requests,
@@ -133,9 +135,11 @@ def choose_read_tokens(setting, capacity, hints=None, max_requests=None, max_pos
       AUTO_READ_CAP and never less than one whole request;
     - auto, otherwise (a server; or max_new_tokens unset): the model's
       max_position_embeddings, and at least AUTO_READ_SERVER.
-    R is rounded up to a multiple of interval (transformers'
+    Auto's R is rounded up to a multiple of interval (transformers'
     kv_padding_interval_size), so batches pad to the sizes they would
-    without kvshim."""
+    without kvshim; a number is not, so that a read budget set to a static
+    cache's size gives the batch shapes (the CUDA graph keys) that cache
+    gives."""
     if setting == "off":
         return None, "%s=off" % READ_TOKENS_VAR
     prompt = _positive(getattr(hints, "max_prompt_length", 0))
@@ -152,7 +156,7 @@ def choose_read_tokens(setting, capacity, hints=None, max_requests=None, max_pos
     else:
         read = max(_positive(max_positions), AUTO_READ_SERVER)
         how = "auto: no workload given, max(max_position_embeddings, %d)" % AUTO_READ_SERVER
-    interval = _positive(interval)
+    interval = _positive(interval) if not isinstance(setting, int) else _positive(block)
     if interval:
         read = -(-read // interval) * interval
     if read >= capacity:
@@ -189,7 +193,7 @@ def apply_read_budget(cache, cb_config):
     read, how = choose_read_tokens(
         setting, capacity, getattr(_building, "hints", None),
         getattr(cb_config, "max_requests_per_batch", None), max_positions,
-        getattr(cb_config, "kv_padding_interval_size", 0))
+        getattr(cb_config, "kv_padding_interval_size", 0), int(cache.block_size))
     cache.kvshim_read_how = how
     if read is None:
         return None
