@@ -14,7 +14,8 @@ Checks: both runs end (a hang is a failure, after HF_CB_TP_TIMEOUT s) with
 every rank's status 0; each rank's cache is on its own GPU (the shape of
 its KV tensors is reported: half the KV heads each); under kvshim
 each rank's KV spans are kvshim's (the adapter's tracker on its cache) and
-back pages on that rank's GPU only; the generated tokens are the plain run's.
+kvshim backed pages on the rank's current GPU; rank 0's generated tokens
+are the plain run's (the ranks of one run generate the same).
 Reports each GPU's memory at most (nvidia-smi, every 200 ms: the whole
 processes, not only KV) and each rank's KV pages at most.
 
