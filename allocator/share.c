@@ -360,55 +360,37 @@ static int map_segment(kv_share_t *s)
 	return 0;
 }
 
-/* Give the unnamed file fd (O_TMPFILE) the name path. Returns 0 or -1
- * (errno set; EEXIST: another creator's is there). */
+/* Give the unnamed file fd (O_TMPFILE) the name path, through /proc (the
+ * thread's own file table first), else by the file descriptor (which
+ * needs CAP_DAC_READ_SEARCH before Linux 6.10). Returns 0 or -1 (errno
+ * set; EEXIST: another creator's is there). */
 static int link_unnamed(int fd, const char *path)
 {
+	static const char *const fds[] = { "/proc/thread-self/fd", "/proc/self/fd" };
 	char proc[48];
+	size_t i;
 
-	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
-	if (linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0)
-		return 0;
-	if (errno != ENOENT)
-		return -1;
-	/* no /proc: this way needs CAP_DAC_READ_SEARCH before Linux 6.10 */
+	for (i = 0; i < sizeof(fds) / sizeof(fds[0]); i++) {
+		snprintf(proc, sizeof(proc), "%s/%d", fds[i], fd);
+		if (linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW) == 0)
+			return 0;
+		if (errno != ENOENT)
+			return -1;
+	}
 	return linkat(fd, "", AT_FDCWD, path, AT_EMPTY_PATH);
 }
 
-/*
- * Make a segment as a file with no name (O_TMPFILE), set it up whole, and
- * link it into place: no process ever finds a new segment half made, and
- * a creator killed at any point leaves nothing behind. Where the file
- * system has no O_TMPFILE, under a temporary name (left behind by a
- * creator killed before it unlinks it; a name a dead process with this
- * pid left is passed over). Losing the race to another creator is no
- * error: the caller opens theirs. Returns 0 or KVSHIM_ESTATE /
- * KVSHIM_ENOMEM (logged).
- */
-static int create_segment(kv_share_t *s, const char *name)
+/* Set the new segment file fd up whole (its mode, size and header); what
+ * names it in messages. Returns 0 or KVSHIM_ESTATE / KVSHIM_ENOMEM
+ * (logged). */
+static int set_up_file(kv_share_t *s, int fd, const char *name, const char *what)
 {
-	static unsigned seq;
-	char tmp[224] = "";
-	int fd, rc = 0, tries;
+	int rc, e;
 
-	fd = open(KV_SHARE_DIR, O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
-	if (fd < 0 && (errno == EISDIR || errno == EOPNOTSUPP || errno == EINVAL)) {
-		for (tries = 0; tries < 64; tries++) {
-			snprintf(tmp, sizeof(tmp), "%s/.kvshim-new-%d-%u", KV_SHARE_DIR,
-				 (int)getpid(), __atomic_fetch_add(&seq, 1, __ATOMIC_RELAXED));
-			fd = open(tmp, O_RDWR | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
-			if (fd >= 0 || errno != EEXIST)
-				break;
-		}
-	}
-	if (fd < 0) {
-		kv_error("share: cannot create %s: %s", tmp[0] ? tmp : s->path, strerror(errno));
-		return KVSHIM_ESTATE;
-	}
 	if (fchmod(fd, s->mode) < 0 || ftruncate(fd, sizeof(*s->sh)) < 0) {
-		kv_error("share: cannot set %s up: %s", tmp[0] ? tmp : s->path, strerror(errno));
-		rc = errno == ENOSPC || errno == ENOMEM ? KVSHIM_ENOMEM : KVSHIM_ESTATE;
-		goto out;
+		e = errno;
+		kv_error("share: cannot set %s up: %s", what, strerror(e));
+		return e == ENOSPC || e == ENOMEM ? KVSHIM_ENOMEM : KVSHIM_ESTATE;
 	}
 	s->fd = fd;
 	rc = map_segment(s);
@@ -418,16 +400,67 @@ static int create_segment(kv_share_t *s, const char *name)
 		s->sh = NULL;
 	}
 	s->fd = -1;
-	if (!rc && (tmp[0] ? link(tmp, s->path) : link_unnamed(fd, s->path)) < 0 &&
-	    errno != EEXIST) {
-		kv_error("share: cannot create %s: %s", s->path, strerror(errno));
+	return rc;
+}
+
+/* Make the segment under a temporary name (random, so that no name a dead
+ * creator left stands in the way) and link it into place; the name is
+ * left behind only by a creator killed before it unlinks it. Returns as
+ * create_segment. */
+static int create_named(kv_share_t *s, const char *name)
+{
+	char tmp[sizeof(KV_SHARE_DIR) + 32];
+	int fd, rc, e;
+
+	snprintf(tmp, sizeof(tmp), "%s/.kvshim-new-XXXXXX", KV_SHARE_DIR);
+	fd = mkostemp(tmp, O_CLOEXEC);
+	if (fd < 0) {
+		kv_error("share: cannot create a file in %s: %s", KV_SHARE_DIR, strerror(errno));
+		return KVSHIM_ESTATE;
+	}
+	rc = set_up_file(s, fd, name, tmp);
+	if (!rc && link(tmp, s->path) < 0 && errno != EEXIST) {
+		e = errno;
+		kv_error("share: cannot create %s: %s", s->path, strerror(e));
 		rc = KVSHIM_ESTATE;
 	}
 	if (!rc)
 		kv_debug("share: %s set up", s->path);
-out:
-	if (tmp[0])
-		unlink(tmp);
+	unlink(tmp);
+	close(fd);
+	return rc;
+}
+
+/*
+ * Make a segment as a file with no name (O_TMPFILE), set it up whole, and
+ * link it into place: no process ever finds a new segment half made, and
+ * a creator killed at any point leaves nothing behind. Where the file
+ * system has no O_TMPFILE, or the unnamed file cannot be linked (no /proc
+ * and an older kernel), under a temporary name (create_named). Losing the
+ * race to another creator is no error: the caller opens theirs. Returns 0
+ * or KVSHIM_ESTATE / KVSHIM_ENOMEM (logged).
+ */
+static int create_segment(kv_share_t *s, const char *name)
+{
+	int fd, rc, e;
+
+	fd = open(KV_SHARE_DIR, O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
+	if (fd < 0) {
+		e = errno;
+		if (e == EISDIR || e == EOPNOTSUPP || e == EINVAL)
+			return create_named(s, name);
+		kv_error("share: cannot create a file in %s: %s", KV_SHARE_DIR, strerror(e));
+		return KVSHIM_ESTATE;
+	}
+	rc = set_up_file(s, fd, name, "a new segment");
+	if (!rc && link_unnamed(fd, s->path) < 0 && errno != EEXIST) {
+		kv_debug("share: cannot link a new segment to %s (%s): under a temporary name",
+			 s->path, strerror(errno));
+		close(fd);
+		return create_named(s, name);
+	}
+	if (!rc)
+		kv_debug("share: %s set up", s->path);
 	close(fd);
 	return rc;
 }

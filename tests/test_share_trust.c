@@ -18,11 +18,13 @@
 #include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -868,11 +870,19 @@ START_TEST(test_share_half_made)
 }
 END_TEST
 
-/* In a child: make the pool's segment, killed (as by SIGKILL: nothing of
- * its own runs) as it links the segment into place. */
-static int create_killed_at_link(void *arg)
+/* What a child's system call filter does (filter_child). */
+enum filter {
+	KILL_AT_LINK,           /* link and linkat kill the process, as SIGKILL */
+	NO_TMPFILE,             /* an open with O_TMPFILE fails: EOPNOTSUPP */
+	NO_LINKAT,              /* linkat fails: ENOENT (no /proc, an older kernel) */
+};
+
+/* Install the filter f in this (child) process. */
+static void filter_child(enum filter f)
 {
-	struct sock_filter f[] = {
+	/* O_TMPFILE's own bit (O_TMPFILE also holds O_DIRECTORY's) */
+	const uint32_t tmpfile = O_TMPFILE & ~O_DIRECTORY;
+	struct sock_filter kill_at_link[] = {
 		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
 #ifdef __NR_link
 		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_link, 2, 0),
@@ -883,97 +893,155 @@ static int create_killed_at_link(void *arg)
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
 		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
 	};
-	struct sock_fprog prog = { sizeof(f) / sizeof(f[0]), f };
+	/* the flags' low word (little-endian): open's second argument,
+	 * openat's third */
+	struct sock_filter no_tmpfile[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_openat, 2, 0),
+#ifdef __NR_open
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_open, 3, 0),
+#else
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_openat, 3, 0),
+#endif
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[2])),
+		BPF_JUMP(BPF_JMP | BPF_JA, 1, 0, 0),
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[1])),
+		BPF_JUMP(BPF_JMP | BPF_JSET | BPF_K, tmpfile, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EOPNOTSUPP),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_filter no_linkat[] = {
+		BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+		BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_linkat, 0, 1),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | ENOENT),
+		BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+	};
+	struct sock_fprog prog;
+
+	if (f == KILL_AT_LINK)
+		prog = (struct sock_fprog){ sizeof(kill_at_link) / sizeof(kill_at_link[0]),
+					    kill_at_link };
+	else if (f == NO_TMPFILE)
+		prog = (struct sock_fprog){ sizeof(no_tmpfile) / sizeof(no_tmpfile[0]), no_tmpfile };
+	else
+		prog = (struct sock_fprog){ sizeof(no_linkat) / sizeof(no_linkat[0]), no_linkat };
+	KT_CHILD_CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0);
+	KT_CHILD_CHECK(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0);
+}
+
+/* In a child: make the pool's segment, killed (as by SIGKILL: nothing of
+ * its own runs) as it links the segment into place. */
+static int create_killed_at_link(void *arg)
+{
 	kv_alloc_t *b;
 
 	(void)arg;
-	fprintf(stderr, "creator %d\n", (int)getpid());
-	fflush(stderr);
-	KT_CHILD_CHECK(prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == 0);
-	KT_CHILD_CHECK(prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0);
+	setrlimit(RLIMIT_CORE, &(struct rlimit){ 0, 0 });     /* no core file */
+	filter_child(KILL_AT_LINK);
 	kt_mk(16 * PG, 0, 0, 0, 0, &b);
 	return 1;               /* never here: killed at the link */
 }
 
-/* The temporary names the creator pid made (unlinked here). Returns how
- * many there were. */
-static size_t temp_names_of(int pid)
+/* In a child: join (try_join) under the filter *arg. */
+static int join_filtered(void *arg)
 {
-	char pattern[128];
-	glob_t g;
-	size_t i, n;
+	filter_child(*(const enum filter *)arg);
+	return try_join(NULL);
+}
 
-	snprintf(pattern, sizeof(pattern), "%s/.kvshim-new-%d-*", KV_SHARE_DIR, pid);
-	if (glob(pattern, 0, NULL, &g) != 0)
+/* The temporary names in the directory now that before (a glob of them)
+ * did not hold, unlinked here. Returns how many. */
+static size_t temp_names_since(const glob_t *before)
+{
+	glob_t now;
+	size_t i, j, n = 0;
+
+	if (glob(KV_SHARE_DIR "/.kvshim-new-*", 0, NULL, &now) != 0)
 		return 0;
-	n = g.gl_pathc;
-	for (i = 0; i < n; i++)
-		unlink(g.gl_pathv[i]);
-	globfree(&g);
+	for (i = 0; i < now.gl_pathc; i++) {
+		for (j = 0; j < before->gl_pathc; j++)
+			if (strcmp(now.gl_pathv[i], before->gl_pathv[j]) == 0)
+				break;
+		if (j == before->gl_pathc) {
+			unlink(now.gl_pathv[i]);
+			n++;
+		}
+	}
+	globfree(&now);
 	return n;
+}
+
+/* Whether the directory takes files with no name (O_TMPFILE). */
+static int has_tmpfile(void)
+{
+	int fd = open(KV_SHARE_DIR, O_RDWR | O_TMPFILE | O_CLOEXEC, 0600);
+
+	if (fd < 0)
+		return 0;
+	close(fd);
+	return 1;
 }
 
 /* A creator killed as it links its new segment into place leaves nothing
  * in the directory: no segment (the next process makes it) and no file
  * under another name (before, its temporary file stayed, and nothing ever
- * removed it). */
+ * removed it). Where the directory has no O_TMPFILE, such a kill leaves
+ * the temporary name (README), and there is nothing to check. */
 START_TEST(test_share_creator_killed)
 {
 	struct join j = { 0600, 4, 0 };
+	glob_t before = { 0 };
 	char err[4096];
-	const char *p;
-	int rc, pid;
+	size_t left;
+	int rc;
 
+	if (!has_tmpfile())
+		return;
 	kt_new_pool();
+	glob(KV_SHARE_DIR "/.kvshim-new-*", 0, NULL, &before);
 	rc = kt_in_child(create_killed_at_link, NULL, 30, err, sizeof(err));
+	left = temp_names_since(&before);
+	globfree(&before);
 	ck_assert_msg(rc == 128 + SIGSYS, "the creator was not killed at its link (status %d): %s",
 		      rc, err);
-	p = strstr(err, "creator ");
-	ck_assert_ptr_nonnull(p);
-	pid = atoi(p + strlen("creator "));
-	ck_assert_int_gt(pid, 0);
 	ck_assert_msg(access(kt_path, F_OK) != 0, "%s was made", kt_path);
-	ck_assert_msg(temp_names_of(pid) == 0,
-		      "the killed creator left its temporary file in %s", KV_SHARE_DIR);
+	ck_assert_msg(left == 0, "the killed creator left %zu temporary files in %s", left,
+		      KV_SHARE_DIR);
 	assert_joins(&j);
 	kt_seg_unlink();
 }
 END_TEST
 
-/* In a child: join with names a dead creator of this pid would have left
- * (a pid comes again, in a container first of all). */
-static int join_past_left_names(void *arg)
+/* Where the unnamed file cannot be made (a file system without O_TMPFILE)
+ * or cannot be linked into place (no /proc and an older kernel), the
+ * segment is made under a temporary name, and the name is gone after. */
+START_TEST(test_share_made_under_a_name)
 {
-	char tmp[128];
-	unsigned i;
-	int fd, rc;
-
-	for (i = 0; i < 16; i++) {
-		snprintf(tmp, sizeof(tmp), "%s/.kvshim-new-%d-%u", KV_SHARE_DIR, (int)getpid(), i);
-		fd = open(tmp, O_RDWR | O_CREAT | O_EXCL, 0600);
-		KT_CHILD_CHECK(fd >= 0);
-		close(fd);
-	}
-	rc = try_join(arg);
-	temp_names_of(getpid());
-	return rc;
-}
-
-/* Names a dead creator with this process's pid left behind do not keep it
- * from making the segment (before, it was refused: "cannot create
- * .kvshim-new-PID-0: File exists"). */
-START_TEST(test_share_temp_name_taken)
-{
-	struct join j = { 0600, 4, 0 };
+	enum filter fs[] = {
+		NO_TMPFILE,
+#ifdef __NR_link                /* link() would be linkat, filtered too */
+		NO_LINKAT,
+#endif
+	};
+	glob_t before = { 0 };
 	char err[4096];
+	size_t i, left;
 	int rc;
 
-	kt_new_pool();
-	rc = kt_in_child(join_past_left_names, &j, 30, err, sizeof(err));
-	ck_assert_msg(rc == 0, "a creator was kept out by names left behind (status %d): %s",
-		      rc, err);
-	ck_assert_uint_eq(kt_seg_read(0)->budget, 16 * PG);
-	kt_seg_unlink();
+	for (i = 0; i < sizeof(fs) / sizeof(fs[0]); i++) {
+		kt_new_pool();
+		glob(KV_SHARE_DIR "/.kvshim-new-*", 0, NULL, &before);
+		rc = kt_in_child(join_filtered, &fs[i], 30, err, sizeof(err));
+		left = temp_names_since(&before);
+		globfree(&before);
+		ck_assert_msg(rc == 0, "filter %zu: the segment was not made (status %d): %s", i,
+			      rc, err);
+		ck_assert_uint_eq(kt_seg_read(0)->budget, 16 * PG);
+		ck_assert_msg(left == 0, "filter %zu: %zu temporary files left in %s", i, left,
+			      KV_SHARE_DIR);
+		kt_seg_unlink();
+	}
 }
 END_TEST
 
@@ -1229,7 +1297,7 @@ Suite *share_trust_suite(void)
 	kt_add_emu(tc, test_share_forked_child);
 	kt_add_emu(tc, test_share_half_made);
 	kt_add_emu(tc, test_share_creator_killed);
-	kt_add_emu(tc, test_share_temp_name_taken);
+	kt_add_emu(tc, test_share_made_under_a_name);
 	kt_add_emu(tc, test_share_stuck_creator);
 	kt_add_emu(tc, test_share_stopped_holder);
 	kt_add_emu(tc, test_share_versions);
