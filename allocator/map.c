@@ -400,10 +400,15 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		}
 		if (out == KV_SUPPLY_ASK && a->share_used && !(how & MAP_TRY))
 			used = 1;
-		/* a take the budget refused published what the map waits
-		 * for: it stays while the map waits (to ask again, or for
-		 * pages in flight), whatever another thread's map ends */
-		if (a->share && a->share_said && !counted) {
+		/* a take the rule refused published what the map waits for:
+		 * it stays while the map waits (to ask again, or for pages in
+		 * flight), whatever another thread's map ends. Not for
+		 * KVSHIM_ELIMIT (a ceiling or the whole budget: nothing
+		 * published), nor for a try refused for pages others use (it
+		 * never waits for those) */
+		if (a->share && !counted &&
+		    (a->share_said == KV_SHARE_WAIT || a->share_said == KV_SHARE_NO ||
+		     (a->share_said == KV_SHARE_WAIT_USED && !(how & MAP_TRY)))) {
 			kv_share_waiting(a->share);
 			counted = 1;
 		}

@@ -894,9 +894,9 @@ static uint64_t ask(kv_share_t *s, const struct sums *t, uint64_t cap, uint64_t 
  * rule counts them. Then wait for others taking, for idle pages asked back,
  * or, below its share, for those above theirs to give back what they use
  * (their workers read the rule, their engines preempt). Returns
- * KV_SHARE_WAIT, KV_SHARE_WAIT_USED for the last, or KVSHIM_ELIMIT when
- * nobody can give way (a take over the whole budget at once, asking
- * nobody).
+ * KV_SHARE_WAIT, KV_SHARE_WAIT_USED for the last, or KV_SHARE_NO when
+ * nobody can give way; KVSHIM_ELIMIT for a take over the whole budget, at
+ * once, publishing nothing.
  */
 static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
 		   uint64_t bytes, uint64_t need)
@@ -918,7 +918,7 @@ static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
 		return KV_SHARE_WAIT;
 	if (!past_share(s, t, bytes) && t->me.gap && (t->plan.over || t->plan.unused))
 		return KV_SHARE_WAIT_USED;
-	return KVSHIM_ELIMIT;
+	return KV_SHARE_NO;
 }
 
 /*
@@ -926,8 +926,8 @@ static int refused(kv_share_t *s, const struct sums *t, uint64_t cap,
  * the others hold and take (see share.h), reaping the dead when short.
  * A map's take counts its whole need (need bytes, at least bytes) as this
  * process's demand in the rule; a spare one (the pool) does not. Returns
- * 0, KV_SHARE_WAIT, KV_SHARE_WAIT_USED or KVSHIM_ELIMIT (see
- * kv_share_take).
+ * 0, KV_SHARE_WAIT, KV_SHARE_WAIT_USED, KV_SHARE_NO or KVSHIM_ELIMIT
+ * (see kv_share_take).
  */
 static int take(kv_share_t *s, uint64_t bytes, uint64_t need, int may_ask)
 {

@@ -159,11 +159,14 @@ void kv_share_close(kv_share_t *s);
  * counted as waiting for need bytes (the whole map's, at least bytes: the
  * pages of its own it maps too, pooled or cached, count in it, as in an
  * engine's stated demand; see fair.h) until kv_share_waited. When nobody
- * can give way, KVSHIM_ELIMIT (at once, asking nobody, for more than the
- * whole budget); in a forked child, KVSHIM_ESTATE.
+ * can give way, KV_SHARE_NO: counted as waiting all the same (a map that
+ * waits for pages of its own in flight keeps it); KVSHIM_ELIMIT at once,
+ * asking nobody and counting nothing, for more than the whole budget; in a
+ * forked child, KVSHIM_ESTATE.
  */
 #define KV_SHARE_WAIT 2
 #define KV_SHARE_WAIT_USED 3
+#define KV_SHARE_NO 4
 int kv_share_take(kv_share_t *s, uint64_t bytes, uint64_t need);
 
 /* kv_share_take for pages not needed yet (refilling the pool): never asks
