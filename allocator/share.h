@@ -31,8 +31,9 @@
  *     figures of one instant;
  *   - setting a segment up or repairing it holds the set-up lock. A new
  *     segment is made as a file with no name and linked into place whole
- *     (a creator killed meanwhile leaves nothing); one found half made
- *     (its header zero) is set up again.
+ *     (a creator killed meanwhile leaves nothing; where that cannot be
+ *     done, under a random temporary name); one found half made (its
+ *     header zero) is set up again.
  * A segment is joined only if it is a regular file owned by this user with
  * exactly the mode this process would give it, or, with a group mode (e.g.
  * KVSHIM_SHARE_MODE=0660), owned by a group this process is in with that
