@@ -728,6 +728,25 @@ END_TEST
  * first may not grow, even from its own idle pages, and its admission
  * check says so.
  */
+/* Make *a, an allocator sharing the test pool's budget B (with a worker
+ * if worker), whose maps wait 20 s at most for others: a plain map waits
+ * in one wait (between two, 500 ms each by default, it would wait for
+ * nothing for a moment, and on a busy machine another process could take
+ * its idle pages back then). Returns kv_alloc_create's result. */
+static int sharing_waiter(int worker, kv_alloc_t **a)
+{
+	struct kv_alloc_opts o;
+
+	kt_opts(&o);
+	o.share = 1;
+	o.pool_name = kt_pool;
+	o.budget = B;
+	o.share_mode = 0600;
+	o.worker = worker;
+	o.share_wait_ms = 20000;
+	return kv_alloc_create(&o, a);
+}
+
 /*
  * Two processes on one budget B: the first (this one, with a worker or
  * not) maps the whole budget; the second (forked) reserves B and maps half
@@ -767,19 +786,7 @@ static void duo_start(struct duo *d, int worker, int try)
 
 		struct kv_run half = { 0, B / 2, 0 };
 		struct kvshim_stats st;
-		struct kv_alloc_opts o;
-
-		kt_opts(&o);
-		o.share = 1;
-		o.pool_name = kt_pool;
-		o.budget = B;
-		o.share_mode = 0600;
-		o.worker = 1;
-		/* a plain map waits in one wait: between two (500 ms each by
-		 * default) it would wait for nothing for a moment, and on a
-		 * busy machine the first could then take its idle pages back */
-		o.share_wait_ms = 20000;
-		KT_CHILD_CHECK(kv_alloc_create(&o, &b) == 0);
+		KT_CHILD_CHECK(sharing_waiter(1, &b) == 0);
 
 		KT_CHILD_CHECK(kv_alloc_reserve(b, B, &p) == 0);
 		half.addr = p;
@@ -922,7 +929,6 @@ static uint64_t own_demand(void)
  */
 START_TEST(test_fair_wait_kept)
 {
-	struct kv_alloc_opts o;
 	struct kt_member m;
 	struct timespec t0;
 	kv_alloc_t *a = NULL;
@@ -932,13 +938,7 @@ START_TEST(test_fair_wait_kept)
 
 	kt_new_pool();
 	kt_member_start(&m, B, 0, 24);
-	kt_opts(&o);
-	o.share = 1;
-	o.pool_name = kt_pool;
-	o.budget = B;
-	o.share_mode = 0600;
-	o.share_wait_ms = 20000;
-	ck_assert_int_eq(kv_alloc_create(&o, &a), 0);
+	ck_assert_int_eq(sharing_waiter(0, &a), 0);
 	ck_assert_int_eq(kv_alloc_reserve(a, 2 * PG, &s), 0);
 	x[0] = a;
 	x[1] = (void *)(uintptr_t)s;
@@ -995,7 +995,6 @@ static void *trim_all(void *arg)
  */
 START_TEST(test_fair_wait_in_flight)
 {
-	struct kv_alloc_opts o;
 	struct kt_member m;
 	struct timespec t0;
 	kv_alloc_t *a = NULL;
@@ -1006,13 +1005,7 @@ START_TEST(test_fair_wait_in_flight)
 
 	kt_new_pool();
 	kt_member_start(&m, B, 0, 20);
-	kt_opts(&o);
-	o.share = 1;
-	o.pool_name = kt_pool;
-	o.budget = B;
-	o.share_mode = 0600;
-	o.share_wait_ms = 20000;
-	ck_assert_int_eq(kv_alloc_create(&o, &a), 0);
+	ck_assert_int_eq(sharing_waiter(0, &a), 0);
 	ck_assert_int_eq(kv_alloc_reserve(a, 8 * PG, &s), 0);
 	ck_assert_int_eq(kv_alloc_map(a, s, 4 * PG), 0);
 	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);      /* cached */
