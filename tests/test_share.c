@@ -330,6 +330,58 @@ START_TEST(test_share_asked_within_held)
 }
 END_TEST
 
+/* The most demand any slot states now. */
+static uint64_t most_demand(void)
+{
+	const struct kv_share_info *in = kt_seg_read(0);
+	uint64_t d = 0;
+	unsigned i;
+
+	for (i = 0; i < in->nprocs; i++)
+		d = in->proc[i].demand > d ? in->proc[i].demand : d;
+	return d;
+}
+
+/* Nobody can give way (each of two uses half the budget, all of it in
+ * use, at its share): a take is refused with KV_SHARE_NO, having stated
+ * what it waits for; a ceiling's refusal, KVSHIM_ELIMIT, states nothing. */
+START_TEST(test_share_nobody_gives_way)
+{
+	kv_alloc_t *a;
+	const struct kv_prim_s *p;
+	kv_share_t *one, *two, *capped;
+
+	kt_new_pool();
+	a = kt_make(8 * PG, 0, 0, 0);
+	p = kv_alloc_prim(a);
+	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0, 0, 1,
+				       0600, &one), 0);
+	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0, 0, 1,
+				       0600, &two), 0);
+	ck_assert_int_eq(kv_share_take(one, 4 * PG, 4 * PG), 0);
+	kv_share_update(one, 4 * PG, 0, 0, 0);
+	kv_share_demand(one, 4 * PG);
+	ck_assert_int_eq(kv_share_take(two, 4 * PG, 4 * PG), 0);
+	kv_share_update(two, 4 * PG, 0, 0, 0);
+	ck_assert_uint_eq(most_demand(), 4 * PG);
+	ck_assert_int_eq(kv_share_take(two, PG, 5 * PG), KV_SHARE_NO);
+	ck_assert_uint_eq(most_demand(), 5 * PG);
+	kv_share_waited(two, 0);
+	ck_assert_uint_eq(most_demand(), 4 * PG);
+	kv_share_close(two);
+	kv_share_close(one);
+	/* a ceiling of 2 pages: a take past it states nothing */
+	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0, 2 * PG,
+				       1, 0600, &capped), 0);
+	ck_assert_int_eq(kv_share_take(capped, 3 * PG, 3 * PG), KVSHIM_ELIMIT);
+	ck_assert_uint_eq(most_demand(), 0);
+	kv_share_close(capped);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
 /* A segment's budget is its live processes': one joining beside them
  * keeps it, the first to join after they have all gone sets its own (a
  * run that set a wrong budget does not bind the next). */
@@ -840,6 +892,7 @@ Suite *share_suite(void)
 	kt_add_emu(tc, test_share_floor_kept);
 	kt_add_emu(tc, test_share_floor_part_page);
 	kt_add_emu(tc, test_share_asked_within_held);
+	kt_add_emu(tc, test_share_nobody_gives_way);
 	kt_add_emu(tc, test_share_left_behind);
 	kt_add_emu(tc, test_share_take_over_budget);
 	kt_add_emu(tc, test_share_floors_over_budget);
