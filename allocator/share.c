@@ -403,16 +403,16 @@ static int set_up_file(kv_share_t *s, int fd, const char *name, const char *what
 	return rc;
 }
 
-/* Make the segment under a temporary name (random, so that no name a dead
- * creator left stands in the way) and link it into place; the name is
- * left behind only by a creator killed before it unlinks it. Returns as
+/* Make the segment under a temporary name (the pid, then random: no name
+ * a dead creator left stands in the way) and link it into place; the name
+ * is left behind only by a creator killed before it unlinks it. Returns as
  * create_segment. */
 static int create_named(kv_share_t *s, const char *name)
 {
-	char tmp[sizeof(KV_SHARE_DIR) + 32];
+	char tmp[sizeof(KV_SHARE_DIR) + 48];
 	int fd, rc, e;
 
-	snprintf(tmp, sizeof(tmp), "%s/.kvshim-new-XXXXXX", KV_SHARE_DIR);
+	snprintf(tmp, sizeof(tmp), "%s/.kvshim-new-%d-XXXXXX", KV_SHARE_DIR, (int)getpid());
 	fd = mkostemp(tmp, O_CLOEXEC);
 	if (fd < 0) {
 		kv_error("share: cannot create a file in %s: %s", KV_SHARE_DIR, strerror(errno));
