@@ -288,6 +288,22 @@ START_TEST(test_share_floor_part_page)
 }
 END_TEST
 
+/* Two handles on a new pool of 8 pages, from this process, each with a
+ * ceiling of max (0: none); the allocator *a gives the GPU's figures. */
+static void two_handles(kv_alloc_t **a, uint64_t max, kv_share_t **one, kv_share_t **two)
+{
+	const struct kv_prim_s *p;
+
+	kt_new_pool();
+	*a = kt_make(8 * PG, 0, 0, 0);
+	p = kv_alloc_prim(*a);
+	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0, max, 1,
+				       0600, one), 0);
+	if (two)
+		ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0,
+					       max, 1, 0600, two), 0);
+}
+
 /* What a process was asked for is of what it holds: after it gave some
  * back (its asked lowered only at the rule's next look), the others'
  * reads cut asked to held and do not take it for a figure out of
@@ -295,19 +311,12 @@ END_TEST
 START_TEST(test_share_asked_within_held)
 {
 	kv_alloc_t *a;
-	const struct kv_prim_s *p;
 	const struct kv_share_info *in;
 	kv_share_t *giver, *taker;
 	char log[2048];
 	unsigned i;
 
-	kt_new_pool();
-	a = kt_make(8 * PG, 0, 0, 0);
-	p = kv_alloc_prim(a);
-	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0, 0, 1,
-				       0600, &giver), 0);
-	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0, 0, 1,
-				       0600, &taker), 0);
+	two_handles(&a, 0, &giver, &taker);
 	ck_assert_int_eq(kv_share_take(giver, 8 * PG, 8 * PG), 0);
 	/* its pages in use (none idle): it is asked to give them back */
 	kv_share_demand(taker, 8 * PG);
@@ -347,17 +356,10 @@ static uint64_t most_demand(void)
  * what it waits for; a ceiling's refusal, KVSHIM_ELIMIT, states nothing. */
 START_TEST(test_share_nobody_gives_way)
 {
-	kv_alloc_t *a;
-	const struct kv_prim_s *p;
+	kv_alloc_t *a, *b;
 	kv_share_t *one, *two, *capped;
 
-	kt_new_pool();
-	a = kt_make(8 * PG, 0, 0, 0);
-	p = kv_alloc_prim(a);
-	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0, 0, 1,
-				       0600, &one), 0);
-	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0, 0, 1,
-				       0600, &two), 0);
+	two_handles(&a, 0, &one, &two);
 	ck_assert_int_eq(kv_share_take(one, 4 * PG, 4 * PG), 0);
 	kv_share_update(one, 4 * PG, 0, 0, 0);
 	kv_share_demand(one, 4 * PG);
@@ -370,14 +372,16 @@ START_TEST(test_share_nobody_gives_way)
 	ck_assert_uint_eq(most_demand(), 4 * PG);
 	kv_share_close(two);
 	kv_share_close(one);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
 	/* a ceiling of 2 pages: a take past it states nothing */
-	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0, 2 * PG,
-				       1, 0600, &capped), 0);
+	two_handles(&b, 2 * PG, &capped, NULL);
 	ck_assert_int_eq(kv_share_take(capped, 3 * PG, 3 * PG), KVSHIM_ELIMIT);
 	ck_assert_uint_eq(most_demand(), 0);
 	kv_share_close(capped);
-	kt_check(a);
-	kv_alloc_destroy(a);
+	kt_check(b);
+	kv_alloc_destroy(b);
 	kt_seg_unlink();
 }
 END_TEST
