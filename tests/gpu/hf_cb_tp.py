@@ -14,8 +14,10 @@ Checks: both runs end (a hang is a failure, after HF_CB_TP_TIMEOUT s) with
 every rank's status 0; each rank's cache is on its own GPU (the shape of
 its KV tensors is reported: half the KV heads each); under kvshim
 each rank's KV spans are kvshim's (the adapter's tracker on its cache) and
-kvshim backed pages on the rank's current GPU; rank 0's generated tokens
-are the plain run's (the ranks of one run generate the same).
+kvshim backed pages on the rank's current GPU, and each GPU's memory
+(nvidia-smi) stayed within half the weights, that rank's KV pages and 4 GiB
+for the rest; rank 0's generated tokens are the plain run's (the ranks of
+one run generate the same).
 Reports each GPU's memory at most (nvidia-smi, every 200 ms: the whole
 processes, not only KV) and each rank's KV pages at most.
 
@@ -36,6 +38,7 @@ import built_tree  # noqa: E402  the built tree's library and tools
 
 N_REQ, PROMPT, NEW, BLOCK = 32, 264, 64, 32
 KV_HEADS = 8
+OTHER_MIB = 4096        # a GPU's memory under kvshim beside weights and KV pages, at most
 MIB = 1 << 20
 # NVLink multicast stays off on shared hosts, in every process started here
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
@@ -160,7 +163,10 @@ def main():
     cfg = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=8,
                       num_attention_heads=16, num_key_value_heads=KV_HEADS, head_dim=128,
                       vocab_size=32000, max_position_embeddings=4096)
-    LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(os.path.join(work, "model"))
+    model = LlamaForCausalLM(cfg).to(torch.bfloat16)
+    weights = sum(t.numel() * t.element_size() for t in model.parameters())
+    model.save_pretrained(os.path.join(work, "model"))
+    del model
     runs, fails = {}, []
     for name, on in (("plain", False), ("kvshim", True)):
         out = os.path.join(work, name)
@@ -187,6 +193,16 @@ def main():
                     fails.append("kvshim: rank %d's cache is not kvshim's" % r["rank"])
                 elif r["peak_physical"] <= 0:
                     fails.append("kvshim: rank %d backed no KV page" % r["rank"])
+                else:
+                    # the whole GPU: the rank's half of the weights, its KV
+                    # pages and OTHER_MIB for the rest (3181 MiB in all at
+                    # the first run, session 30; plain: 81001)
+                    bound = weights // 2 // MIB + r["peak_physical"] // MIB + OTHER_MIB
+                    peak = peaks.get(r["rank"])
+                    if peak is None or peak > bound:
+                        fails.append("kvshim: GPU %d held %s MiB at most, over %d (half the "
+                                     "weights, the rank's KV pages and %d MiB)"
+                                     % (r["rank"], peak, bound, OTHER_MIB))
     if "outputs" in (runs["plain"]["ranks"][0] or {}) and \
             "outputs" in (runs["kvshim"]["ranks"][0] or {}):
         same = runs["plain"]["ranks"][0]["outputs"] == runs["kvshim"]["ranks"][0]["outputs"]
