@@ -595,7 +595,8 @@ static int open_file(kv_share_t *s, const char *name)
  */
 static void join_figures(kv_share_t *s)
 {
-	uint64_t was = LOAD(&s->sh->budget), floors = 0, room, min, max;
+	uint64_t was = LOAD(&s->sh->budget), floors = 0, room;
+	struct kv_seg_fig f;
 	unsigned i, alone = 1;
 
 	if (kv_seg_lock_wait(s->fd, F_WRLCK, KV_SHARE_LOCK_INIT, KV_SHARE_INIT_WAIT_MS) < 0)
@@ -606,9 +607,8 @@ static void join_figures(kv_share_t *s)
 		if (kv_seg_locked(s->fd, KV_SHARE_LOCK_SLOT0 + i) == 0)
 			continue;       /* free, or its process gone */
 		alone = 0;
-		min = LOAD(&s->sh->slot[i].min);
-		max = LOAD(&s->sh->slot[i].max);
-		floors = kv_seg_sat_add(floors, max ? kv_seg_min(min, max) : min);
+		kv_seg_load(&s->sh->slot[i], budget_of(s), &f);   /* its floor, bounded */
+		floors = kv_seg_sat_add(floors, f.min);
 	}
 	if (alone && (was != s->budget || LOAD(&s->sh->reserve) != s->reserve)) {
 		kv_info("share: %s: no other process in it: its budget is this process's, %llu MiB (was %llu MiB)",
