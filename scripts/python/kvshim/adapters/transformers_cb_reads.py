@@ -156,9 +156,10 @@ def choose_read_tokens(setting, capacity, hints=None, max_requests=None, max_pos
     else:
         read = max(_positive(max_positions), AUTO_READ_SERVER)
         how = "auto: no workload given, max(max_position_embeddings, %d)" % AUTO_READ_SERVER
-    interval = _positive(interval) if not isinstance(setting, int) else _positive(block)
-    if interval:
-        read = -(-read // interval) * interval
+    # a number to whole blocks, auto to the padding's interval
+    step = _positive(block) if isinstance(setting, int) else _positive(interval)
+    if step:
+        read = -(-read // step) * step
     if read >= capacity:
         return None, "%s, not below the cache's %d tokens" % (how, capacity)
     return read, how
