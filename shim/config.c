@@ -222,8 +222,14 @@ static int parse_size_off(const char *s, size_t *out, const char **why)
 	return kv_parse_size(s, out, why);
 }
 
-/* parse_tokens' reason for a number past KV_READ_TOKENS_MAX. */
+/* parse_tokens' reasons for a number past KV_READ_TOKENS_MAX and for 0. */
 static const char tokens_too_large[] = "too large (at most 1G tokens)";
+static const char above_zero[] = "must be above zero (off: the whole cache)";
+
+/* parse_reads' reason for what is neither tokens nor a memory size. */
+static const char reads_expected[] =
+	"expected auto, off, a number of tokens (an optional K or M suffix) "
+	"or a memory size (K, M, G or T, then B or iB)";
 
 /*
  * A number of tokens, digits with an optional K (1024) or M (1048576)
@@ -264,7 +270,7 @@ static int parse_tokens(const char *s, size_t *out, const char **why)
 		return KVSHIM_ECONFIG;
 	}
 	if (v == 0) {
-		*why = "must be above zero (off: the whole cache)";
+		*why = above_zero;
 		return KVSHIM_ECONFIG;
 	}
 	if (v > (KV_READ_TOKENS_MAX >> shift)) {
@@ -272,6 +278,38 @@ static int parse_tokens(const char *s, size_t *out, const char **why)
 		return KVSHIM_ECONFIG;
 	}
 	*out = (size_t)(v << shift);
+	return 0;
+}
+
+/*
+ * KVSHIM_CB_READ_TOKENS: auto, off or a number of tokens as parse_tokens
+ * reads them (cb_read_tokens), or a memory size, digits then K, M, G or T
+ * and B or iB (cb_read_bytes, from 1 byte): the tokens a cache of that many
+ * bytes holds, which only the adapter can count. The B tells the two
+ * apart: 16M is tokens, 16MiB bytes. Sets one field and zeroes the other.
+ */
+static int parse_reads(const char *s, struct kv_config *c, const char **why)
+{
+	size_t n = strlen(s), bytes;
+
+	if (n >= 2 && (s[n - 1] == 'b' || s[n - 1] == 'B') &&
+	    (s[n - 2] < '0' || s[n - 2] > '9')) {
+		if (kv_parse_size(s, &bytes, why))
+			return KVSHIM_ECONFIG;
+		if (bytes == 0) {
+			*why = above_zero;
+			return KVSHIM_ECONFIG;
+		}
+		c->cb_read_bytes = bytes;
+		c->cb_read_tokens = 0;
+		return 0;
+	}
+	if (parse_tokens(s, &c->cb_read_tokens, why)) {
+		if (*why != tokens_too_large && *why != above_zero)
+			*why = reads_expected;
+		return KVSHIM_ECONFIG;
+	}
+	c->cb_read_bytes = 0;
 	return 0;
 }
 
@@ -458,7 +496,7 @@ static int parse_mode(const char *s, unsigned *out, const char **why)
 #define kv_apply_budget(c, f, s, why) parse_budget(s, c, why)
 #define kv_apply_size_zero_off(c, f, s, why) parse_size_zero_off(s, &(c)->f, why)
 #define kv_apply_mode(c, f, s, why) parse_mode(s, &(c)->f, why)
-#define kv_apply_tokens(c, f, s, why) parse_tokens(s, &(c)->f, why)
+#define kv_apply_reads(c, f, s, why) parse_reads(s, c, why)
 #define kv_apply_pad(c, f, s, why) parse_pad(s, &(c)->f, why)
 #define kv_apply_share(c, f, s, why) parse_share(s, &(c)->f, why)
 #define kv_apply_weight(c, f, s, why) parse_weight(s, &(c)->f, why)

@@ -51,8 +51,8 @@
 	  "this process's weight in the shared budget's fair shares: a whole number from 1 to 1000") \
 	X(SHARE_MODE, share_mode, mode, "0600",                              \
 	  "permissions of a segment this process creates, and the only ones it joins (octal, owner rw, no write for others; 0660: shared with the group)") \
-	X(CB_READ_TOKENS, cb_read_tokens, tokens, "auto",                    \
-	  "transformers continuous batching: the most KV tokens one step reads, which sizes its attention mask and index buffers: auto (from the workload), off (the whole cache, transformers' own size) or a number of tokens (K, M suffixes)") \
+	X(CB_READ_TOKENS, cb_read_tokens, reads, "auto",                     \
+	  "transformers continuous batching: the most KV tokens one step reads, which sizes its attention mask and index buffers: auto (from the workload), off (the whole cache, transformers' own size), a number of tokens (K, M suffixes) or a memory size (KiB, MiB, GiB, TiB: the tokens a cache of that size holds, as a static share's)") \
 	X(CB_AHEAD, cb_ahead, bool, "on",                                    \
 	  "transformers continuous batching: map the blocks the next step's prefill will take while the current step computes, on a thread of the adapter") \
 	X(CB_PACK, cb_pack, bool, "on",                                      \
@@ -90,6 +90,7 @@ struct kv_config {
 	unsigned weight;     /* 1..KV_WEIGHT_MAX */
 	unsigned share_mode;
 	size_t cb_read_tokens; /* 0: auto, SIZE_MAX: off; the Python adapter reads it */
+	size_t cb_read_bytes;  /* a memory size given, else 0 (cb_read_tokens 0) */
 	int cb_ahead;          /* the Python adapter reads it */
 	int cb_pack;           /* the Python adapter reads it */
 	int cb_cushion;        /* the Python adapter reads it */

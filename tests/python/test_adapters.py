@@ -3923,18 +3923,59 @@ class ReadBudgetTest(unittest.TestCase):
     def test_bad_setting_leaves_the_buffers(self):
         os.environ[reads.READ_TOKENS_VAR] = "lots"
         p = self.build()
-        self.assertIn("KVSHIM_CB_READ_TOKENS=lots: expected auto, off or a number", self.err)
+        self.assertIn("KVSHIM_CB_READ_TOKENS=lots: expected auto, off, a number", self.err)
         self.assertIsNone(getattr(p.cache, "kvshim_read_tokens", None))
         self.assertEqual(p.ios.mask_shape, (1, 1, 256, 262144 + 256))
 
+    def test_read_budget_as_memory(self):
+        # a memory size: the tokens a cache of that many bytes holds, whole
+        # blocks over every KV tensor, as a static share of it is cut
+        p = self.build()
+        per_block = p.cache.kvshim_tracker.bytes_per_block
+        self.assertEqual(reads.bytes_per_block(p.cache), per_block)
+        os.environ[reads.READ_TOKENS_VAR] = "%dKiB" % (per_block * 300 // 1024 + 1)
+        p = self.build()
+        self.assertEqual(self.err, "")
+        self.assertEqual(p.cache.kvshim_read_tokens, 300 * 16)
+        self.assertEqual(p.ios.mask_shape, (1, 1, 256, 300 * 16 + 256))
+        self.assertIn("the 4800 tokens a cache of %d bytes holds"
+                      % ((per_block * 300 // 1024 + 1) * 1024), p.cache.kvshim_read_how)
+        # one at or above the whole cache changes nothing
+        os.environ[reads.READ_TOKENS_VAR] = "1TiB"
+        p = self.build()
+        self.assertIsNone(getattr(p.cache, "kvshim_read_tokens", None))
+        self.assertEqual(p.ios.mask_shape, (1, 1, 256, 262144 + 256))
+
+    def test_read_budget_as_memory_under_a_block(self):
+        # a size that holds no whole block: said, and transformers' own
+        # sizing stands
+        p = self.build()
+        per_block = p.cache.kvshim_tracker.bytes_per_block
+        self.assertGreater(per_block, 1024)
+        os.environ[reads.READ_TOKENS_VAR] = "1KiB"
+        p = self.build()
+        self.assertIn("KVSHIM_CB_READ_TOKENS=1KiB: holds no whole block of this cache "
+                      "(%d bytes a block)" % per_block, self.err)
+        self.assertIsNone(getattr(p.cache, "kvshim_read_tokens", None))
+        self.assertEqual(p.ios.mask_shape, (1, 1, 256, 262144 + 256))
+        with self.assertRaises(ValueError):
+            reads.memory_tokens(reads.ReadBytes(1 << 30, "1GiB"), 16, 0)
+
     def test_setting_bad_values(self):
         kinds = {
-            "": "expected auto, off or a number", "lots": "expected auto, off or a number",
+            "": "expected auto, off, a number", "lots": "expected auto, off, a number",
             "-16384": "expected", "+16384": "expected", " 16384": "expected",
-            "16384 ": "expected", "1.5K": "expected", "16KB": "expected", "16G": "expected",
+            "16384 ": "expected", "1.5K": "expected", "16G": "expected",
             "\u0661\u0662": "expected", "0": "must be above zero", "0K": "must be above zero",
             "1073741825": "too large", "1025M": "too large",
             "99999999999999999999": "too large", "1073741825x": "too large",
+            # memory sizes (tests/test_api.c, test_config_cb_read_tokens)
+            "16B": "expected auto, off, a number", "GiB": "expected a number of bytes",
+            "2XiB": "expected a number of bytes", "2 GiB": "expected a number of bytes",
+            "+2GiB": "expected a number of bytes", "1.5GiB": "expected a number of bytes",
+            "2GiBs": "expected auto, off, a number", "2iB": "expected a number of bytes",
+            "\u0662GiB": "expected a number of bytes", "0GiB": "must be above zero",
+            "16777216TiB": "too large", "99999999999999999999KiB": "too large",
         }
         for value, why in kinds.items():
             with self.assertRaises(ValueError, msg=repr(value)) as cm:
@@ -4016,6 +4057,11 @@ class ReadBudgetTest(unittest.TestCase):
                             ("16384", 16384), ("16k", 16384), ("1M", 1 << 20),
                             ("1073741824", 1 << 30)):
             self.assertEqual(reads.read_tokens_setting(value), want)
+        # memory sizes, as tests/test_api.c reads them: the B tells them
+        # from tokens
+        for value, want in (("2GiB", 1 << 31), ("2GB", 1 << 31), ("750mib", 750 << 20),
+                            ("16KB", 16384), ("1TiB", 1 << 40)):
+            self.assertEqual(reads.read_tokens_setting(value), reads.ReadBytes(want, value))
 
     def test_choice(self):
         choose = reads.choose_read_tokens

@@ -34,6 +34,7 @@ A piece of transformers that does not look as expected is left as it is,
 with a warning; R is applied only when the buffers, the warm-up and the
 admission check are all wired.
 """
+import collections
 import contextlib
 import functools
 import inspect
@@ -44,6 +45,7 @@ from kvshim.adapters import warn
 
 READ_TOKENS_VAR = "KVSHIM_CB_READ_TOKENS"
 READ_TOKENS_MAX = 1 << 30        # as kvshim-config's KV_READ_TOKENS_MAX
+SIZE_MAX = (1 << 64) - 1         # the most bytes kvshim-config reads
 KV_PAD_VAR = "KVSHIM_CB_KV_PAD"
 AUTO_READ_CAP = 64 * 1024        # auto, from a workload: at most this (tokens)
 AUTO_READ_SERVER = 64 * 1024     # auto, no workload known: at least this
@@ -87,17 +89,71 @@ def _token_count(var, value, expected, zero):
     return n
 
 
+# KVSHIM_CB_READ_TOKENS given as a memory size: the tokens a cache of that
+# many bytes holds (a static share's), counted once the cache is known
+ReadBytes = collections.namedtuple("ReadBytes", "bytes text")
+
+
+def _memory_size(var, value):
+    """A memory size as kvshim-config reads one for KVSHIM_CB_READ_TOKENS:
+    digits, then K, M, G or T, then B or iB (case aside), from 1 byte.
+    Raises ValueError naming var and why."""
+    expected = "expected a number of bytes, with an optional K, M, G or T suffix"
+    lead = len(value) - len(value.lstrip("0123456789"))
+    if not lead or not value.isascii():
+        raise ValueError("%s=%s: %s" % (var, value, expected))
+    n, rest = int(value[:lead]), value[lead:].lower()
+    if n > SIZE_MAX:
+        raise ValueError("%s=%s: too large" % (var, value))
+    shift = {"k": 10, "m": 20, "g": 30, "t": 40}.get(rest[:1])
+    if shift is None or rest[1:] not in ("b", "ib"):
+        raise ValueError("%s=%s: %s" % (var, value, expected))
+    if n > SIZE_MAX >> shift:
+        raise ValueError("%s=%s: too large" % (var, value))
+    if n == 0:
+        raise ValueError("%s=%s: must be above zero (off: the whole cache)" % (var, value))
+    return n << shift
+
+
 def read_tokens_setting(value):
     """KVSHIM_CB_READ_TOKENS as kvshim-config reads it: "auto" (also when
-    unset), "off" (or none), or a number of tokens (digits, an optional K or
-    M suffix, 1 to 1G). Raises ValueError naming the variable and why."""
+    unset), "off" (or none), a number of tokens (digits, an optional K or M
+    suffix, 1 to 1G), or a memory size (digits, K, M, G or T, then B or
+    iB: a ReadBytes). The B tells them apart: 16M is tokens, 16MiB bytes.
+    Raises ValueError naming the variable and why."""
     if value is None or value.lower() == "auto":
         return "auto"
     if value.lower() in ("off", "none"):
         return "off"
-    return _token_count(READ_TOKENS_VAR, value, "expected auto, off or a number of tokens, "
-                        "with an optional K or M suffix",
-                        "must be above zero (off: the whole cache)")
+    if len(value) >= 2 and value[-1] in "bB" and value[-2] not in "0123456789":
+        return ReadBytes(_memory_size(READ_TOKENS_VAR, value), value)
+    return _token_count(READ_TOKENS_VAR, value, "expected auto, off, a number of tokens "
+                        "(an optional K or M suffix) or a memory size (K, M, G or T, then "
+                        "B or iB)", "must be above zero (off: the whole cache)")
+
+
+def bytes_per_block(cache):
+    """The bytes one block takes over all the cache's KV tensors, or 0 when
+    they cannot be read."""
+    try:
+        return sum(int(cache.block_size) * t.stride(0) * t.element_size()
+                   for t in list(cache.key_cache) + list(cache.value_cache))
+    except (AttributeError, TypeError, ValueError):
+        return 0
+
+
+def memory_tokens(setting, block, per_block):
+    """The tokens a cache of setting.bytes holds, whole blocks of block
+    tokens of per_block bytes, as a static cache of that size is cut (a
+    ReadBytes), and a phrase saying so. Raises ValueError when it holds no
+    whole block."""
+    blocks = setting.bytes // per_block if per_block > 0 else 0
+    if not blocks:
+        raise ValueError("%s=%s: holds no whole block of this cache (%d bytes a block)"
+                         % (READ_TOKENS_VAR, setting.text, per_block))
+    tokens = blocks * block
+    return tokens, "%s=%s: the %d tokens a cache of %d bytes holds" % (
+        READ_TOKENS_VAR, setting.text, tokens, setting.bytes)
 
 
 def kv_pad_setting(value):
@@ -121,13 +177,14 @@ def _positive(x):
 
 
 def choose_read_tokens(setting, capacity, hints=None, max_requests=None, max_positions=None,
-                       interval=0, block=0):
+                       interval=0, block=0, how=None):
     """The read budget R for a cache of capacity tokens, and a phrase saying
     how it was chosen. R is None where transformers' own sizing stands:
     setting "off", or R not below the capacity.
     - a number: that many tokens, rounded up to whole blocks of block
       tokens only (transformers pads a batch's read up to it, as it pads a
-      static cache's, which is whole blocks, up to its size);
+      static cache's, which is whole blocks, up to its size); how, when
+      given, says where the number came from (a memory size);
     - auto, with the workload generate_batch describes (its WorkloadHints:
       the longest prompt, max_new_tokens, the number of requests): every
       token the requests of one batch may hold, min(requests,
@@ -146,7 +203,7 @@ def choose_read_tokens(setting, capacity, hints=None, max_requests=None, max_pos
     new = _positive(getattr(hints, "max_generated_length", 0))
     requests = _positive(getattr(hints, "num_requests", 0))
     if isinstance(setting, int):
-        read, how = setting, "%s=%d" % (READ_TOKENS_VAR, setting)
+        read, how = setting, how or "%s=%d" % (READ_TOKENS_VAR, setting)
     elif prompt and new and requests:
         longest = prompt + new
         per_batch = min(requests, _positive(max_requests) or requests)
@@ -191,10 +248,18 @@ def apply_read_budget(cache, cb_config):
         _warn_once("cache", "transformers continuous batching not as expected (%s): its static "
                    "batch buffers are sized for the whole cache" % e)
         return None
+    how = None
+    if isinstance(setting, ReadBytes):
+        try:
+            setting, how = memory_tokens(setting, int(cache.block_size), bytes_per_block(cache))
+        except ValueError as e:
+            _warn_once("setting", "%s: transformers' static batch buffers are sized for the "
+                       "whole cache" % e)
+            return None
     read, how = choose_read_tokens(
         setting, capacity, getattr(_building, "hints", None),
         getattr(cb_config, "max_requests_per_batch", None), max_positions,
-        getattr(cb_config, "kv_padding_interval_size", 0), int(cache.block_size))
+        getattr(cb_config, "kv_padding_interval_size", 0), int(cache.block_size), how)
     cache.kvshim_read_how = how
     if read is None:
         return None
