@@ -52,8 +52,10 @@ ten configurations (--configs) run one after the other, in one invocation:
   reads more than its static share's cache meets fewer CUDA graph keys
   (the table "CUDA graphs by key"), at the cost of reading more padding;
 - reads (only when --configs names it): kvshim whose engines' read budget
-  is the static split's engine's cache at --budget-gib (KVSHIM_CB_READ_TOKENS),
-  taken as it is: at 6 GiB 87360, 32768 and 21824 tokens, static's own
+  is the static split's engine's cache at --budget-gib (KVSHIM_CB_READ_TOKENS
+  set to its third of the budget as a memory size, 2097152KiB at 6 GiB,
+  from session 31; a number of tokens before): at 6 GiB 87360, 32768 and
+  21824 tokens, static's own
   (kvshim's default: 65536 each), so batches pad to the shapes static's
   do (the same CUDA graph keys), and the engines' masks are no larger than
   static's (below). Until session 30 the adapter rounded a number up to a
@@ -313,10 +315,7 @@ def dry_engine(args):
     info = {"engine": name, "pid": os.getpid(), "num_blocks": num_blocks,
             "max_batch_tokens": args.max_batch_tokens,
             "kv_tensor_bytes": num_blocks * kv_bytes_per_token(name) * BLOCK,
-            # (kvshim's: a number as it is, auto 65536 here, as the adapter
-            # chooses for these engines)
-            "read_tokens": (int(os.environ.get("KVSHIM_CB_READ_TOKENS") or 65536)
-                            if kvshim else num_blocks * BLOCK),
+            "read_tokens": dry_read_tokens(name) if kvshim else num_blocks * BLOCK,
             "kvshim": kvshim, "ceiling": ceiling_set(), "cuda_graphs": args.cuda_graphs,
             "pack": os.environ.get("KVSHIM_CB_PACK"),
             "reserve": os.environ.get("KVSHIM_RESERVE", "5%" if kvshim else "off"),
@@ -763,6 +762,18 @@ def read_line(proc, want, timeout):
         sys.stdout.write(line)
 
 
+def dry_read_tokens(name):
+    """What the adapter would choose for model name's engine under kvshim,
+    read through its own parsing and counting: auto is 65536 for these
+    engines (fed by add_request), a number as it is, a memory size the
+    tokens a cache of that size holds."""
+    from kvshim.adapters import transformers_cb_reads as reads
+    setting = reads.read_tokens_setting(os.environ.get(reads.READ_TOKENS_VAR))
+    if isinstance(setting, reads.ReadBytes):
+        return reads.memory_tokens(setting, BLOCK, kv_bytes_per_token(name) * BLOCK)[0]
+    return setting if isinstance(setting, int) else 65536
+
+
 def static_blocks(name, budget):
     """The blocks of model name's cache in a static split of budget: a
     third of it."""
@@ -813,9 +824,10 @@ def spawn(name, cfg, args, pool, outdir, tag):
             env["KVSHIM_WEIGHT"] = str(args.weight_of[name])
         if cfg.get("static_reads"):
             # what the static split's engine of this model reads at most in
-            # a batch: its cache's tokens, at --budget-gib
-            env["KVSHIM_CB_READ_TOKENS"] = str(static_blocks(name, int(args.budget_gib * GIB))
-                                               * BLOCK)
+            # a batch, written as an operator moving from that split would:
+            # its third of --budget-gib, whose tokens the adapter counts
+            # (static_blocks' whole blocks)
+            env["KVSHIM_CB_READ_TOKENS"] = "%dKiB" % (int(args.budget_gib * GIB) // 3 // 1024)
         if cfg.get("ceiling"):
             # and a page index more: the two padding blocks, backed at once
             # (a page in each KV tensor), which static has beside its third
