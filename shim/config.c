@@ -286,7 +286,9 @@ static int parse_tokens(const char *s, size_t *out, const char **why)
  * reads them (cb_read_tokens), or a memory size, digits then K, M, G or T
  * and B or iB (cb_read_bytes, from 1 byte): the tokens a cache of that many
  * bytes holds, which only the adapter can count. The B tells the two
- * apart: 16M is tokens, 16MiB bytes. Sets one field and zeroes the other.
+ * apart: 16M is tokens, 16MiB bytes; K, M, G and T are binary either way
+ * (2GB is 2GiB). Sets one field and zeroes the other. Returns 0, or
+ * KVSHIM_ECONFIG with *why set and both fields untouched.
  */
 static int parse_reads(const char *s, struct kv_config *c, const char **why)
 {

@@ -52,7 +52,7 @@
 	X(SHARE_MODE, share_mode, mode, "0600",                              \
 	  "permissions of a segment this process creates, and the only ones it joins (octal, owner rw, no write for others; 0660: shared with the group)") \
 	X(CB_READ_TOKENS, cb_read_tokens, reads, "auto",                     \
-	  "transformers continuous batching: the most KV tokens one step reads, which sizes its attention mask and index buffers: auto (from the workload), off (the whole cache, transformers' own size), a number of tokens (K, M suffixes) or a memory size (KiB, MiB, GiB, TiB: the tokens a cache of that size holds, as a static share's)") \
+	  "transformers continuous batching: the most KV tokens one step reads, which sizes its attention mask and index buffers: auto (from the workload), off (the whole cache, transformers' own size), a number of tokens (K, M suffixes) or a memory size (K, M, G or T, then B or iB, binary either way: the tokens a cache of that size holds, as a static share's)") \
 	X(CB_AHEAD, cb_ahead, bool, "on",                                    \
 	  "transformers continuous batching: map the blocks the next step's prefill will take while the current step computes, on a thread of the adapter") \
 	X(CB_PACK, cb_pack, bool, "on",                                      \

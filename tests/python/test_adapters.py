@@ -3958,8 +3958,25 @@ class ReadBudgetTest(unittest.TestCase):
                       "(%d bytes a block)" % per_block, self.err)
         self.assertIsNone(getattr(p.cache, "kvshim_read_tokens", None))
         self.assertEqual(p.ios.mask_shape, (1, 1, 256, 262144 + 256))
-        with self.assertRaises(ValueError):
-            reads.memory_tokens(reads.ReadBytes(1 << 30, "1GiB"), 16, 0)
+        # a cache whose KV tensors cannot be read: said so, not as a size
+        cache = types.SimpleNamespace(block_size=16, key_cache=[object()], value_cache=[])
+        self.assertEqual(reads.bytes_per_block(cache), 0)
+        with self.assertRaises(ValueError) as cm:
+            reads.memory_tokens(reads.ReadBytes(1 << 30, "1GiB"), 16, reads.bytes_per_block(cache))
+        self.assertIn("KVSHIM_CB_READ_TOKENS=1GiB: the cache's KV tensors cannot be read",
+                      str(cm.exception))
+
+    def test_memory_tokens_counts_whole_blocks(self):
+        # blocks of 32 tokens of 2 MiB (16 layers, K and V, 8 heads of 128,
+        # bf16): 750MiB is 375 blocks, 12000 tokens; a byte short of a
+        # block more is still 375
+        mib = 1 << 20
+        self.assertEqual(reads.memory_tokens(reads.ReadBytes(750 * mib, "750MiB"), 32,
+                                             2 * mib)[0], 12000)
+        self.assertEqual(reads.memory_tokens(reads.ReadBytes(752 * mib - 1, "x"), 32,
+                                             2 * mib)[0], 12000)
+        self.assertEqual(reads.memory_tokens(reads.ReadBytes(752 * mib, "x"), 32,
+                                             2 * mib)[0], 12032)
 
     def test_setting_bad_values(self):
         kinds = {
@@ -3976,6 +3993,8 @@ class ReadBudgetTest(unittest.TestCase):
             "2GiBs": "expected auto, off, a number", "2iB": "expected a number of bytes",
             "\u0662GiB": "expected a number of bytes", "0GiB": "must be above zero",
             "16777216TiB": "too large", "99999999999999999999KiB": "too large",
+            "2\u212aiB": "expected a number of bytes",     # a Kelvin sign, not a K
+            "1" * 5000: "too large", "1" * 5000 + "KiB": "too large",
         }
         for value, why in kinds.items():
             with self.assertRaises(ValueError, msg=repr(value)) as cm:
@@ -4060,8 +4079,12 @@ class ReadBudgetTest(unittest.TestCase):
         # memory sizes, as tests/test_api.c reads them: the B tells them
         # from tokens
         for value, want in (("2GiB", 1 << 31), ("2GB", 1 << 31), ("750mib", 750 << 20),
-                            ("16KB", 16384), ("1TiB", 1 << 40)):
+                            ("16KB", 16384), ("1TiB", 1 << 40), ("0001KiB", 1024),
+                            ("0" * 5000 + "1KiB", 1024)):
             self.assertEqual(reads.read_tokens_setting(value), reads.ReadBytes(want, value))
+        # leading zeros skipped, however many, as kvshim-config skips them
+        self.assertEqual(reads.read_tokens_setting("0000016384"), 16384)
+        self.assertEqual(reads.read_tokens_setting("0" * 5000 + "16"), 16)
 
     def test_choice(self):
         choose = reads.choose_read_tokens

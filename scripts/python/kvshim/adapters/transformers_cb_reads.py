@@ -65,6 +65,14 @@ def _warn_once(key, msg):
 
 # ---- the read budget ----------------------------------------------------------
 
+def _leading(digits):
+    """The number ASCII digits write, as kvshim-config reads it: leading
+    zeros skipped, and past 20 digits only known to be too large (Python
+    refuses to convert strings of over 4300 digits)."""
+    digits = digits.lstrip("0")
+    return int(digits or "0") if len(digits) <= 20 else SIZE_MAX + 1
+
+
 def _token_count(var, value, expected, zero):
     """A number of tokens as kvshim-config reads one (digits, an optional K
     or M suffix, 1 to 1G). Raises ValueError naming var and why: expected
@@ -72,7 +80,7 @@ def _token_count(var, value, expected, zero):
     digits past it followed by anything (kvshim-config reads the digits
     first)."""
     lead = len(value) - len(value.lstrip("0123456789"))
-    if lead and int(value[:lead]) > READ_TOKENS_MAX:
+    if lead and _leading(value[:lead]) > READ_TOKENS_MAX:
         raise ValueError("%s=%s: too large (at most 1G tokens)" % (var, value))
     text, scale = value, 1
     if text[-1:] in ("k", "K"):
@@ -81,7 +89,7 @@ def _token_count(var, value, expected, zero):
         text, scale = text[:-1], 1 << 20
     if not text or not text.isascii() or not text.isdigit():
         raise ValueError("%s=%s: %s" % (var, value, expected))
-    n = int(text) * scale
+    n = _leading(text) * scale
     if n == 0:
         raise ValueError("%s=%s: %s" % (var, value, zero))
     if n > READ_TOKENS_MAX:
@@ -102,7 +110,7 @@ def _memory_size(var, value):
     lead = len(value) - len(value.lstrip("0123456789"))
     if not lead or not value.isascii():
         raise ValueError("%s=%s: %s" % (var, value, expected))
-    n, rest = int(value[:lead]), value[lead:].lower()
+    n, rest = _leading(value[:lead]), value[lead:].lower()
     if n > SIZE_MAX:
         raise ValueError("%s=%s: too large" % (var, value))
     shift = {"k": 10, "m": 20, "g": 30, "t": 40}.get(rest[:1])
@@ -146,8 +154,11 @@ def memory_tokens(setting, block, per_block):
     """The tokens a cache of setting.bytes holds, whole blocks of block
     tokens of per_block bytes, as a static cache of that size is cut (a
     ReadBytes), and a phrase saying so. Raises ValueError when it holds no
-    whole block."""
-    blocks = setting.bytes // per_block if per_block > 0 else 0
+    whole block, or per_block is not known (0)."""
+    if per_block <= 0:
+        raise ValueError("%s=%s: the cache's KV tensors cannot be read to count its tokens"
+                         % (READ_TOKENS_VAR, setting.text))
+    blocks = setting.bytes // per_block
     if not blocks:
         raise ValueError("%s=%s: holds no whole block of this cache (%d bytes a block)"
                          % (READ_TOKENS_VAR, setting.text, per_block))
