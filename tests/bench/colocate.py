@@ -111,8 +111,11 @@ than once meets by the median of its replays against the static
 replays' most, as the spread table judges. --sweep-unreserved runs each of those
 budgets again without the reserve (unreserved@B, after kvshim@B), whose
 smallest is reported apart; --sweep-unreserved=only runs them without it
-alone. --sweep-nocushion does the same without the cushion (nocushion@B);
-=only on either runs the variants alone, and then the first budget of
+alone. --sweep-nocushion does the same without the cushion (nocushion@B),
+and --sweep-reads with each engine's read budget at its static share's
+at --budget-gib, as the reads configuration (reads@B: half the memory
+with the reads of the split it is measured against); =only on any runs
+the variants alone, and then the first budget of
 each that meets ends that variant's line (beside kvshim@B, a variant's
 line ends with kvshim's). --quick is rates 3, 4 and 6, one seed and
 one phase length, and a sweep of 3 GiB at rate 3. How long each part
@@ -1745,9 +1748,11 @@ def beside_table(table, label, results):
             "-" if b["graphs"] is None else "%d" % b["graphs"]))
 
 
-# the sweep's budgets run again with a setting off (--sweep-unreserved,
-# --sweep-nocushion): the configuration's name, and what the tables say
-SWEEP_VARIANTS = (("unreserved", "without the reserve"), ("nocushion", "without the cushion"))
+# the sweep's budgets run again with a setting changed (--sweep-unreserved,
+# --sweep-nocushion, --sweep-reads): the configuration's name, and what the
+# tables say
+SWEEP_VARIANTS = (("unreserved", "without the reserve"), ("nocushion", "without the cushion"),
+                  ("reads", "with each engine's read budget at its static share's"))
 
 
 def is_sweep(cname):
@@ -2162,6 +2167,10 @@ def main():
     ap.add_argument("--sweep-nocushion", nargs="?", const="also", choices=("also", "only"),
                     help="run each sweep budget again without the cushion (nocushion@B); "
                          "=only: without it alone")
+    ap.add_argument("--sweep-reads", nargs="?", const="also", choices=("also", "only"),
+                    help="run each sweep budget again with each engine's read budget at its "
+                         "static share's at --budget-gib, as the reads configuration (reads@B); "
+                         "=only: with it alone")
     ap.add_argument("--sweep-all", action="store_true",
                     help="run every sweep budget (by default the sweep ends at the first that meets)")
     ap.add_argument("--tolerance", type=float, default=0.0,
@@ -2318,7 +2327,8 @@ def main():
     # budget's run)
     same = [c for c in ("kvshim", "packed") if c in configs]
     # and each budget again with a setting off (--sweep-unreserved,
-    # --sweep-nocushion), after it, or instead of it (=only)
+    # --sweep-nocushion, or a setting on, --sweep-reads), after it, or
+    # instead of it (=only)
     variants = [v for v, _ in SWEEP_VARIANTS if getattr(args, "sweep_" + v)]
     names = ([] if any(getattr(args, "sweep_" + v) == "only" for v in variants) else [base]) \
         + variants
@@ -2331,7 +2341,8 @@ def main():
         its variant's own."""
         return sweep_variant(cname) if alone else None
     plan += [({"name": "%s@%g" % (name, b), "mode": "kvshim", "budget": int(b * GIB),
-               "pack": True, "reserve": name != "unreserved", "cushion": name != "nocushion"},
+               "pack": True, "reserve": name != "unreserved", "cushion": name != "nocushion",
+               "static_reads": name == "reads"},
               sweep_traces)
              for b in sorted(sweep)
              for name in names
