@@ -20,6 +20,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "alloc_int.h"
 #include "config.h"
 #include "fair.h"
 #include "share_util.h"
@@ -729,11 +730,12 @@ END_TEST
  * check says so.
  */
 /* Make *a, an allocator sharing the test pool's budget B (with a worker
- * if worker), whose maps wait 20 s at most for others: a plain map waits
- * in one wait (between two, 500 ms each by default, it would wait for
- * nothing for a moment, and on a busy machine another process could take
- * its idle pages back then). Returns kv_alloc_create's result. */
-static int sharing_waiter(int worker, kv_alloc_t **a)
+ * if worker, a ceiling of max bytes, 0: none), whose maps wait 20 s at
+ * most for others: a plain map waits in one wait (between two, 500 ms
+ * each by default, it would wait for nothing for a moment, and on a busy
+ * machine another process could take its idle pages back then). Returns
+ * kv_alloc_create's result. */
+static int sharing_waiter(int worker, size_t max, kv_alloc_t **a)
 {
 	struct kv_alloc_opts o;
 
@@ -741,6 +743,7 @@ static int sharing_waiter(int worker, kv_alloc_t **a)
 	o.share = 1;
 	o.pool_name = kt_pool;
 	o.budget = B;
+	o.max = max;
 	o.share_mode = 0600;
 	o.worker = worker;
 	o.share_wait_ms = 20000;
@@ -786,7 +789,7 @@ static void duo_start(struct duo *d, int worker, int try)
 
 		struct kv_run half = { 0, B / 2, 0 };
 		struct kvshim_stats st;
-		KT_CHILD_CHECK(sharing_waiter(1, &b) == 0);
+		KT_CHILD_CHECK(sharing_waiter(1, 0, &b) == 0);
 
 		KT_CHILD_CHECK(kv_alloc_reserve(b, B, &p) == 0);
 		half.addr = p;
@@ -938,7 +941,7 @@ START_TEST(test_fair_wait_kept)
 
 	kt_new_pool();
 	kt_member_start(&m, B, 0, 24);
-	ck_assert_int_eq(sharing_waiter(0, &a), 0);
+	ck_assert_int_eq(sharing_waiter(0, 0, &a), 0);
 	ck_assert_int_eq(kv_alloc_reserve(a, 2 * PG, &s), 0);
 	x[0] = a;
 	x[1] = (void *)(uintptr_t)s;
@@ -1005,7 +1008,7 @@ START_TEST(test_fair_wait_in_flight)
 
 	kt_new_pool();
 	kt_member_start(&m, B, 0, 20);
-	ck_assert_int_eq(sharing_waiter(0, &a), 0);
+	ck_assert_int_eq(sharing_waiter(0, 0, &a), 0);
 	ck_assert_int_eq(kv_alloc_reserve(a, 8 * PG, &s), 0);
 	ck_assert_int_eq(kv_alloc_map(a, s, 4 * PG), 0);
 	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);      /* cached */
@@ -1043,6 +1046,92 @@ START_TEST(test_fair_wait_in_flight)
 	ck_assert_uint_eq(own_demand(), 0);
 	ck_assert_int_eq(kt_member_leave(&m), 0);
 	ck_assert_int_eq(kv_alloc_unmap(a, s + 4 * PG, PG), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* Wait (20 s at most) until n maps of a wait for pages in flight, and
+ * check that they do (a->waiters: a map refused by its ceiling publishes
+ * nothing the segment would show). */
+static void maps_waiting(kv_alloc_t *a, uint32_t n)
+{
+	struct timespec t0;
+	uint32_t k;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	do {
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+		pthread_mutex_lock(&a->lock);
+		k = a->waiters;
+		pthread_mutex_unlock(&a->lock);
+	} while (k != n && kt_ms_since(&t0) < 20000);
+	ck_assert_uint_eq(k, n);
+}
+
+/*
+ * A map refused by this process's ceiling (KVSHIM_MAX) published nothing,
+ * so it keeps nothing published while it waits for pages in flight: a
+ * member uses 20 pages of the budget, this process (a ceiling of 5) 4, in
+ * flight (as in test_fair_wait_in_flight); one thread's map of a page,
+ * refused by the budget, publishes its demand and waits; the member
+ * leaves, and this process maps its fifth page; another thread's map of a
+ * page, refused by the ceiling, waits too; the first map's span is
+ * released, and that map ends: its demand goes. Before, any refusal
+ * counted a map as waiting, and the demand stayed while the second waited.
+ */
+START_TEST(test_fair_wait_ceiling)
+{
+	struct kt_member m;
+	struct timespec t0;
+	kv_alloc_t *a = NULL;
+	CUdeviceptr s, s1;
+	pthread_t tr, th1, th2;
+	void *x1[2], *x2[2], *rc;
+
+	kt_new_pool();
+	kt_member_start(&m, B, 0, 20);
+	ck_assert_int_eq(sharing_waiter(0, 5 * PG, &a), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 8 * PG, &s), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, PG, &s1), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 4 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);      /* cached */
+	ck_assert_int_eq(kv_dev_hold("cuMemRelease", 1), 0);
+	ck_assert_int_eq(pthread_create(&tr, NULL, trim_all, a), 0);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (kv_dev_waiting("cuMemRelease") < 1 && kt_ms_since(&t0) < 20000)
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	ck_assert_int_ge(kv_dev_waiting("cuMemRelease"), 1);
+	x1[0] = x2[0] = a;
+	x1[1] = (void *)(uintptr_t)s1;
+	ck_assert_int_eq(pthread_create(&th1, NULL, map_one, x1), 0);
+	maps_waiting(a, 1);
+	ck_assert_uint_ge(own_demand(), PG);
+	/* the budget free, this process at its ceiling (the first map waits
+	 * for pages in flight: it does not look again meanwhile) */
+	ck_assert_int_eq(kt_member_leave(&m), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s + 4 * PG, PG), 0);
+	x2[1] = (void *)(uintptr_t)(s + 5 * PG);
+	ck_assert_int_eq(pthread_create(&th2, NULL, map_one, x2), 0);
+	maps_waiting(a, 2);
+	/* the release wakes both maps: the first's range is gone */
+	ck_assert_int_eq(kv_alloc_release(a, s1), 0);
+	ck_assert_int_eq(pthread_join(th1, &rc), 0);
+	ck_assert_int_eq((int)(intptr_t)rc, KVSHIM_ERANGE);
+	ck_assert_int_eq(pthread_tryjoin_np(th2, &rc), EBUSY);
+	ck_assert_int_ge(kv_dev_waiting("cuMemRelease"), 1);
+	ck_assert_msg(own_demand() == 0,
+		      "a map refused by the ceiling kept the demand another published (%llu)",
+		      (unsigned long long)own_demand());
+	/* the pages back, the second map gets its page */
+	ck_assert_int_eq(kv_dev_hold("cuMemRelease", 0), 0);
+	ck_assert_int_eq(pthread_join(tr, &rc), 0);
+	ck_assert_int_eq((int)(intptr_t)rc, 0);
+	ck_assert_int_eq(pthread_join(th2, &rc), 0);
+	ck_assert_int_eq((int)(intptr_t)rc, 0);
+	ck_assert_uint_eq(own_demand(), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, s + 4 * PG, 2 * PG), 0);
 	kt_check(a);
 	kv_alloc_destroy(a);
 	kt_seg_unlink();
@@ -1916,6 +2005,7 @@ Suite *fair_suite(void)
 	kt_add_emu(tc, test_fair_try_map_keeps_going);
 	kt_add_emu(tc, test_fair_wait_kept);
 	kt_add_emu(tc, test_fair_wait_in_flight);
+	kt_add_emu(tc, test_fair_wait_ceiling);
 	kt_add_emu(tc, test_fair_bound_lapses);
 	kt_add_emu(tc, test_fair_bound_idle_held);
 	kt_add_emu(tc, test_fair_idle_not_waited);
