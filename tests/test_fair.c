@@ -985,6 +985,25 @@ static void *trim_all(void *arg)
 	return (void *)(intptr_t)kv_alloc_trim(arg, B, &freed);
 }
 
+/* Map the first 4 pages of span s of a and unmap them (cached), then trim
+ * them on a thread, stopped in the driver's release (the pages in flight,
+ * still held): returns the thread, once it is stopped there. */
+static pthread_t cached_in_flight(kv_alloc_t *a, CUdeviceptr s)
+{
+	struct timespec t0;
+	pthread_t tr;
+
+	ck_assert_int_eq(kv_alloc_map(a, s, 4 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);      /* cached */
+	ck_assert_int_eq(kv_dev_hold("cuMemRelease", 1), 0);
+	ck_assert_int_eq(pthread_create(&tr, NULL, trim_all, a), 0);
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	while (kv_dev_waiting("cuMemRelease") < 1 && kt_ms_since(&t0) < 20000)
+		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
+	ck_assert_int_ge(kv_dev_waiting("cuMemRelease"), 1);
+	return tr;
+}
+
 /*
  * What a map refused by the budget published stays while it waits for
  * pages in flight in its own process, whatever another thread's map does
@@ -1010,14 +1029,8 @@ START_TEST(test_fair_wait_in_flight)
 	kt_member_start(&m, B, 0, 20);
 	ck_assert_int_eq(sharing_waiter(0, 0, &a), 0);
 	ck_assert_int_eq(kv_alloc_reserve(a, 8 * PG, &s), 0);
-	ck_assert_int_eq(kv_alloc_map(a, s, 4 * PG), 0);
-	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);      /* cached */
-	ck_assert_int_eq(kv_dev_hold("cuMemRelease", 1), 0);
-	ck_assert_int_eq(pthread_create(&tr, NULL, trim_all, a), 0);
+	tr = cached_in_flight(a, s);
 	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while (kv_dev_waiting("cuMemRelease") < 1 && kt_ms_since(&t0) < 20000)
-		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
-	ck_assert_int_ge(kv_dev_waiting("cuMemRelease"), 1);
 	x[0] = a;
 	x[1] = (void *)(uintptr_t)(s + 4 * PG);
 	ck_assert_int_eq(pthread_create(&th, NULL, map_one, x), 0);
@@ -1084,7 +1097,6 @@ static void maps_waiting(kv_alloc_t *a, uint32_t n)
 START_TEST(test_fair_wait_ceiling)
 {
 	struct kt_member m;
-	struct timespec t0;
 	kv_alloc_t *a = NULL;
 	CUdeviceptr s, s1;
 	pthread_t tr, th1, th2;
@@ -1095,14 +1107,7 @@ START_TEST(test_fair_wait_ceiling)
 	ck_assert_int_eq(sharing_waiter(0, 5 * PG, &a), 0);
 	ck_assert_int_eq(kv_alloc_reserve(a, 8 * PG, &s), 0);
 	ck_assert_int_eq(kv_alloc_reserve(a, PG, &s1), 0);
-	ck_assert_int_eq(kv_alloc_map(a, s, 4 * PG), 0);
-	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);      /* cached */
-	ck_assert_int_eq(kv_dev_hold("cuMemRelease", 1), 0);
-	ck_assert_int_eq(pthread_create(&tr, NULL, trim_all, a), 0);
-	clock_gettime(CLOCK_MONOTONIC, &t0);
-	while (kv_dev_waiting("cuMemRelease") < 1 && kt_ms_since(&t0) < 20000)
-		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
-	ck_assert_int_ge(kv_dev_waiting("cuMemRelease"), 1);
+	tr = cached_in_flight(a, s);
 	x1[0] = x2[0] = a;
 	x1[1] = (void *)(uintptr_t)s1;
 	ck_assert_int_eq(pthread_create(&th1, NULL, map_one, x1), 0);
