@@ -1004,6 +1004,21 @@ static pthread_t cached_in_flight(kv_alloc_t *a, CUdeviceptr s)
 	return tr;
 }
 
+/* Let cached_in_flight's pages go back (its thread tr ends, having trimmed
+ * them), then the map thread th ends with its page, and nothing this
+ * process published stays. */
+static void in_flight_back(pthread_t tr, pthread_t th)
+{
+	void *rc;
+
+	ck_assert_int_eq(kv_dev_hold("cuMemRelease", 0), 0);
+	ck_assert_int_eq(pthread_join(tr, &rc), 0);
+	ck_assert_int_eq((int)(intptr_t)rc, 0);
+	ck_assert_int_eq(pthread_join(th, &rc), 0);
+	ck_assert_int_eq((int)(intptr_t)rc, 0);
+	ck_assert_uint_eq(own_demand(), 0);
+}
+
 /*
  * What a map refused by the budget published stays while it waits for
  * pages in flight in its own process, whatever another thread's map does
@@ -1051,12 +1066,7 @@ START_TEST(test_fair_wait_in_flight)
 		ck_assert_uint_ge(own_gap(), PG);
 		nanosleep(&(struct timespec){ 0, 1000000 }, NULL);
 	}
-	ck_assert_int_eq(kv_dev_hold("cuMemRelease", 0), 0);
-	ck_assert_int_eq(pthread_join(tr, &rc), 0);
-	ck_assert_int_eq((int)(intptr_t)rc, 0);
-	ck_assert_int_eq(pthread_join(th, &rc), 0);
-	ck_assert_int_eq((int)(intptr_t)rc, 0);
-	ck_assert_uint_eq(own_demand(), 0);
+	in_flight_back(tr, th);
 	ck_assert_int_eq(kt_member_leave(&m), 0);
 	ck_assert_int_eq(kv_alloc_unmap(a, s + 4 * PG, PG), 0);
 	kt_check(a);
@@ -1130,12 +1140,7 @@ START_TEST(test_fair_wait_ceiling)
 		      "a map refused by the ceiling kept the demand another published (%llu)",
 		      (unsigned long long)own_demand());
 	/* the pages back, the second map gets its page */
-	ck_assert_int_eq(kv_dev_hold("cuMemRelease", 0), 0);
-	ck_assert_int_eq(pthread_join(tr, &rc), 0);
-	ck_assert_int_eq((int)(intptr_t)rc, 0);
-	ck_assert_int_eq(pthread_join(th2, &rc), 0);
-	ck_assert_int_eq((int)(intptr_t)rc, 0);
-	ck_assert_uint_eq(own_demand(), 0);
+	in_flight_back(tr, th2);
 	ck_assert_int_eq(kv_alloc_unmap(a, s + 4 * PG, 2 * PG), 0);
 	kt_check(a);
 	kv_alloc_destroy(a);
