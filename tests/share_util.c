@@ -74,20 +74,26 @@ void kt_new_pool_pipes(int p2c[2], int c2p[2])
 	ck_assert_int_eq(pipe(c2p), 0);
 }
 
+void kt_share_opts(struct kv_alloc_opts *o, size_t budget, size_t min, size_t max,
+		   unsigned weight, int worker, unsigned mode)
+{
+	kt_opts(o);
+	o->share = 1;
+	o->pool_name = kt_pool;
+	o->budget = budget;
+	o->min = min;
+	o->max = max;
+	o->weight = weight;
+	o->worker = worker;
+	o->share_mode = mode ? mode : 0600;
+}
+
 static int mk(size_t budget, size_t min, size_t max, unsigned weight, int worker,
 	      unsigned mode, kv_alloc_t **out)
 {
 	struct kv_alloc_opts o;
 
-	kt_opts(&o);
-	o.share = 1;
-	o.pool_name = kt_pool;
-	o.budget = budget;
-	o.min = min;
-	o.max = max;
-	o.weight = weight;
-	o.worker = worker;
-	o.share_mode = mode ? mode : 0600;
+	kt_share_opts(&o, budget, min, max, weight, worker, mode);
 	*out = NULL;
 	return kv_alloc_create(&o, out);
 }

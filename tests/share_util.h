@@ -43,6 +43,12 @@ void kt_new_pool(void);
  * child, child to parent), failing the test if one cannot be made. */
 void kt_new_pool_pipes(int p2c[2], int c2p[2]);
 
+/* Options for an allocator sharing the test pool's budget: budget bytes,
+ * a floor of min, a ceiling of max (0: none), a weight, a worker if
+ * worker, segment mode (0: 0600); the rest kt_opts'. */
+void kt_share_opts(struct kv_alloc_opts *o, size_t budget, size_t min, size_t max,
+		   unsigned weight, int worker, unsigned mode);
+
 /* An allocator in the current pool: budget, floor, ceiling, worker, and the
  * segment mode (0: 0600). Returns kv_alloc_create's code. */
 int kt_mk(size_t budget, size_t min, size_t max, int worker, unsigned mode,

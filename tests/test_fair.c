@@ -739,13 +739,7 @@ static int sharing_waiter(int worker, size_t max, kv_alloc_t **a)
 {
 	struct kv_alloc_opts o;
 
-	kt_opts(&o);
-	o.share = 1;
-	o.pool_name = kt_pool;
-	o.budget = B;
-	o.max = max;
-	o.share_mode = 0600;
-	o.worker = worker;
+	kt_share_opts(&o, B, 0, max, 1, worker, 0600);
 	o.share_wait_ms = 20000;
 	return kv_alloc_create(&o, a);
 }
