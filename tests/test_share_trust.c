@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <glob.h>
 #include <grp.h>
+#include <pthread.h>
 #include <pwd.h>
 #include <sched.h>
 #include <signal.h>
@@ -1280,10 +1281,295 @@ START_TEST(test_share_auto_alone)
 }
 END_TEST
 
+/* ---- review (rev-c): defects found in share.c / segment.c ---------------------- */
+
+/*
+ * A process killed while it waits (its demand published) keeps asking: the
+ * live process above its share is asked to give back what it uses, and may
+ * not grow, for as long as nothing happens to call kv_share_figures or
+ * kv_share_members (others_live reaps only for trims and the reserve,
+ * kv_share_may_use never reaps).
+ */
+START_TEST(test_review_dead_waiter)
+{
+	int p2c[2], c2p[2], st, i;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+	size_t asked;
+	pid_t pid;
+	char c;
+
+	kt_new_pool_pipes(p2c, c2p);
+	a = kt_make(16 * PG, 0, 0, 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 12 * PG), 0);
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		kv_alloc_t *b;
+		CUdeviceptr d;
+
+		KT_CHILD_CHECK(kt_mk(16 * PG, 0, 0, 0, 0, &b) == 0);
+		KT_CHILD_CHECK(kv_alloc_reserve(b, 16 * PG, &d) == 0);
+		KT_CHILD_CHECK(kv_alloc_map(b, d, 4 * PG) == 0);
+		kv_alloc_demand(b, 8 * PG);
+		KT_CHILD_CHECK(write(c2p[1], "r", 1) == 1);
+		for (;;)
+			pause();
+	}
+	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
+	(void)kv_alloc_tick(a);
+	ck_assert_uint_gt(kv_alloc_asked(a), 0);        /* a live waiter: fair */
+	kill(pid, SIGKILL);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	for (i = 0; i < 100; i++) {     /* 0.5 s of worker ticks */
+		(void)kv_alloc_tick(a);
+		nanosleep(&(struct timespec){ 0, 5 * 1000 * 1000 }, NULL);
+	}
+	asked = kv_alloc_asked(a);
+	fflush(stdout);
+	printf("review: 0.5 s after the waiter died: asked %zu pages, a map of 1 page: %d\n",
+	       asked / PG, kv_alloc_map(a, s + 12 * PG, PG));
+	fflush(stdout);
+	ck_assert_msg(asked == 0, "still asked %zu bytes for a dead process", asked);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
+ * A fork (without exec) by another thread while kv_share_open runs, after
+ * the segment's descriptor is open but before the handle is registered for
+ * fork (reg_add), leaves the child holding the parent's open file
+ * description, and with it the slot's lock: the parent's death frees
+ * nothing while the child lives. The window here is join_figures' wait for
+ * the set-up lock (up to 1 s), held by the test.
+ */
+struct opener {
+	kv_alloc_t *b;
+	int rc;
+};
+
+static void *open_in_thread(void *arg)
+{
+	struct opener *o = arg;
+
+	o->rc = kt_mk(16 * PG, 0, 0, 0, 0, &o->b);
+	return NULL;
+}
+
+START_TEST(test_review_fork_while_opening)
+{
+	struct flock fl = { .l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = KV_SHARE_LOCK_INIT,
+			    .l_len = 1 };
+	int c2p[2], p2c[2], kidp[2], fd, st;
+	const struct kv_share_info *in;
+	pid_t pid, kid = 0;
+	kv_alloc_t *a;
+	char c;
+
+	kt_new_pool_pipes(p2c, c2p);
+	ck_assert_int_eq(pipe(kidp), 0);
+	a = kt_make(16 * PG, 0, 0, 0);          /* the segment exists, sound */
+	fd = open(kt_path, O_RDWR | O_CLOEXEC);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fcntl(fd, F_OFD_SETLK, &fl), 0);      /* set-up lock */
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0) {
+		struct opener o = { 0 };
+		pthread_t th;
+		CUdeviceptr d;
+
+		KT_CHILD_CHECK(pthread_create(&th, NULL, open_in_thread, &o) == 0);
+		nanosleep(&(struct timespec){ 0, 200 * 1000 * 1000 }, NULL);
+		kid = fork();           /* e.g. a DataLoader worker */
+		if (kid == 0) {
+			for (;;)
+				pause();
+		}
+		KT_CHILD_CHECK(write(kidp[1], &kid, sizeof(kid)) == sizeof(kid));
+		KT_CHILD_CHECK(pthread_join(th, NULL) == 0 && o.rc == 0);
+		KT_CHILD_CHECK(kv_alloc_reserve(o.b, 16 * PG, &d) == 0);
+		KT_CHILD_CHECK(kv_alloc_map(o.b, d, 4 * PG) == 0);
+		KT_CHILD_CHECK(write(c2p[1], "r", 1) == 1);
+		for (;;)
+			pause();
+	}
+	ck_assert_int_eq(read(kidp[0], &kid, sizeof(kid)), sizeof(kid));
+	fl.l_type = F_UNLCK;
+	ck_assert_int_eq(fcntl(fd, F_OFD_SETLK, &fl), 0);
+	close(fd);
+	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
+	ck_assert_uint_eq(kt_seg_read(0)->held, 4 * PG);
+	kill(pid, SIGKILL);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_int_eq(kill(kid, 0), 0);             /* the child lives */
+	in = kt_seg_read(1);
+	printf("review: opener killed, its forked child alive: %u slot(s) reaped, %llu bytes still held\n",
+	       in->reaped, (unsigned long long)in->held);
+	kill(kid, SIGKILL);
+	waitpid(kid, &st, 0);
+	ck_assert_msg(in->held == 0, "the dead opener's %llu bytes are kept by its child",
+		      (unsigned long long)in->held);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
+/* As the second user: open the segment read only (mode 0644 lets it) and
+ * take read locks on every slot's byte; say so on ctl and hold them until
+ * wait can be read. */
+struct reader_locks {
+	uid_t uid;
+	int ctl, wait;
+};
+
+static int lock_as_reader(void *arg)
+{
+	const struct reader_locks *r = arg;
+	int fd, i, locked = 0, tries, said = 0;
+	char got[KV_SHARE_SLOTS] = { 0 };
+	char c;
+
+	if (setgroups(0, NULL) || setresgid(r->uid, r->uid, r->uid) ||
+	    setresuid(r->uid, r->uid, r->uid))
+		return 2;
+	fd = open(kt_path, O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return 3;
+	/* every slot's byte, polling for those held now (a member's: the
+	 * moment it dies, its byte is this reader's) */
+	for (tries = 0; tries < 5000 && locked < KV_SHARE_SLOTS; tries++) {
+		for (i = 0; i < KV_SHARE_SLOTS; i++) {
+			struct flock fl = { .l_type = F_RDLCK, .l_whence = SEEK_SET,
+					    .l_start = KV_SHARE_LOCK_SLOT0 + i, .l_len = 1 };
+
+			if (!got[i] && fcntl(fd, F_OFD_SETLK, &fl) == 0) {
+				got[i] = 1;
+				locked++;
+			}
+		}
+		if (!said && write(r->ctl, "a", 1) == 1)
+			said = 1;
+		nanosleep(&(struct timespec){ 0, 100 * 1000 }, NULL);
+	}
+	fprintf(stderr, "reader uid %u locked %d slots\n", (unsigned)r->uid, locked);
+	if (write(r->ctl, "r", 1) != 1 || read(r->wait, &c, 1) != 1)
+		return 4;
+	return 0;
+}
+
+/*
+ * KVSHIM_SHARE_MODE=0644 is accepted ("no write for others"), but read
+ * access is enough to take the segment's OFD read locks: another user can
+ * keep a dead member's slot alive (its bytes never come back) and leave no
+ * slot to claim (every new process is refused).
+ */
+START_TEST(test_review_reader_locks)
+{
+	struct kt_member m;
+	struct reader_locks r;
+	struct kv_share_info in;
+	const char *why;
+	int p2c[2], c2p[2], st, rc;
+	char err[4096];
+	pid_t pid;
+	char c;
+
+	if (geteuid() != 0 || !(r.uid = spare_uid())) {
+		printf("review: not root: skipped\n");
+		return;
+	}
+	kt_new_pool_pipes(p2c, c2p);
+	{
+		kv_alloc_t *a;
+		CUdeviceptr d;
+		/* a member (mode 0644) holding 4 pages, in a child */
+		fflush(stdout);
+		m.pid = fork();
+		if (m.pid == 0) {
+			KT_CHILD_CHECK(kt_mk(16 * PG, 0, 0, 0, 0644, &a) == 0);
+			KT_CHILD_CHECK(kv_alloc_reserve(a, 16 * PG, &d) == 0);
+			KT_CHILD_CHECK(kv_alloc_map(a, d, 4 * PG) == 0);
+			KT_CHILD_CHECK(write(c2p[1], "m", 1) == 1);
+			for (;;)
+				pause();
+		}
+		ck_assert_int_eq(read(c2p[0], &c, 1), 1);
+	}
+	r.ctl = c2p[1];
+	r.wait = p2c[0];
+	fflush(stdout);
+	pid = fork();
+	if (pid == 0)
+		_exit(lock_as_reader(&r));
+	ck_assert_msg(read(c2p[0], &c, 1) == 1 && c == 'a', "the reader could not lock");
+	kill(m.pid, SIGKILL);           /* the member dies */
+	waitpid(m.pid, &st, 0);
+	ck_assert_msg(read(c2p[0], &c, 1) == 1 && c == 'r', "the reader could not lock");
+	rc = kv_share_read(kt_path, 0644, 1, &in, &why);
+	ck_assert_int_eq(rc, 0);
+	printf("review: a read-only user's locks: the dead member's %llu bytes held, %u reaped\n",
+	       (unsigned long long)in.held, in.reaped);
+	{
+		struct join j = { 0644, 2, 0 };
+
+		rc = kt_in_child(try_join, &j, 30, err, sizeof(err));
+		printf("review: a new 0644 process while they stand: status %d: %s\n", rc, err);
+	}
+	ck_assert_int_eq(write(p2c[1], "q", 1), 1);
+	waitpid(pid, &st, 0);
+	ck_assert_msg(in.held == 0 && rc == 0,
+		      "a user with read access only pinned a dead slot (%llu bytes) and/or refused a joiner (status %d)",
+		      (unsigned long long)in.held, rc);
+	kt_seg_unlink();
+}
+END_TEST
+
+/*
+ * The "half made" repair (zero magic) truncates and rewrites whatever
+ * regular file of this user with the segment's mode sits at the path,
+ * a hard link to an unrelated file included (where fs.protected_hardlinks
+ * is 0 another user may plant such a link): no st_nlink check.
+ */
+START_TEST(test_review_half_made_hardlink)
+{
+	char other[300], buf[64];
+	struct stat st;
+	struct join j = { 0600, 0, 0 };
+	int fd;
+
+	kt_new_pool();
+	snprintf(other, sizeof(other), "%s/review-data-%d", KV_SHARE_DIR, (int)getpid());
+	fd = open(other, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(fchmod(fd, 0600), 0);
+	memset(buf, 0, 16);
+	memcpy(buf + 16, "precious user data, header zero", 32);
+	ck_assert_int_eq(write(fd, buf, 48), 48);
+	close(fd);
+	ck_assert_int_eq(link(other, kt_path), 0);
+	assert_joins(&j);
+	ck_assert_int_eq(stat(other, &st), 0);
+	fd = open(other, O_RDONLY);
+	ck_assert_int_eq(pread(fd, buf, 48, 0), 48);
+	close(fd);
+	printf("review: an unrelated file hard-linked at the path: now %lld bytes, nlink %u, data kept: %d\n",
+	       (long long)st.st_size, (unsigned)st.st_nlink,
+	       memcmp(buf + 16, "precious user data", 18) == 0);
+	unlink(other);
+	kt_seg_unlink();
+	ck_assert_msg(st.st_size == 48, "the file with two links was rewritten as a segment");
+}
+END_TEST
+
 Suite *share_trust_suite(void)
 {
 	Suite *s = suite_create("share_trust");
 	TCase *tc = tcase_create("trust");
+	TCase *rv;
 
 	tcase_set_timeout(tc, 60);
 	kt_share_fixture(tc);
@@ -1310,5 +1596,13 @@ Suite *share_trust_suite(void)
 	kt_add_emu(tc, test_share_bad_segment);
 	kt_add_emu(tc, test_share_auto_alone);
 	suite_add_tcase(s, tc);
+	rv = tcase_create("review");
+	tcase_set_timeout(rv, 60);
+	kt_share_fixture(rv);
+	kt_add_emu(rv, test_review_dead_waiter);
+	kt_add_emu(rv, test_review_fork_while_opening);
+	kt_add_emu(rv, test_review_reader_locks);
+	kt_add_emu(rv, test_review_half_made_hardlink);
+	suite_add_tcase(s, rv);
 	return s;
 }
