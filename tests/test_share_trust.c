@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -1565,6 +1566,61 @@ START_TEST(test_review_half_made_hardlink)
 }
 END_TEST
 
+/*
+ * /dev/shm full (a container's 64 MiB filled by a data loader): the
+ * segment's file is sized with ftruncate, which on tmpfs allocates
+ * nothing, and its first write through the mapping raises SIGBUS: the
+ * host process dies instead of getting an error (KVSHIM_SHARE=auto says it
+ * runs alone). In a mount namespace of its own, over a full tmpfs.
+ */
+static int join_on_full_shm(void *arg)
+{
+	char fill[64];
+	kv_alloc_t *b;
+	int fd, rc;
+
+	(void)arg;
+	if (unshare(CLONE_NEWNS) || mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) ||
+	    mount("none", KV_SHARE_DIR, "tmpfs", 0, "size=64k"))
+		return 2;
+	snprintf(fill, sizeof(fill), "%s/fill", KV_SHARE_DIR);
+	fd = open(fill, O_RDWR | O_CREAT, 0600);
+	if (fd < 0)
+		return 3;
+	{
+		char z[4096] = { 1 };
+
+		while (write(fd, z, sizeof(z)) == (ssize_t)sizeof(z))
+			;
+	}
+	close(fd);
+	rc = kt_mk(16 * PG, 0, 0, 0, 0, &b);
+	fprintf(stderr, "kt_mk on a full /dev/shm: %d\n", rc);
+	return rc ? 0 : 1;
+}
+
+START_TEST(test_review_shm_full)
+{
+	char err[4096];
+	int rc;
+
+	if (geteuid() != 0) {
+		printf("review: not root: skipped\n");
+		return;
+	}
+	kt_new_pool();
+	rc = kt_in_child(join_on_full_shm, NULL, 30, err, sizeof(err));
+	if (rc == 2) {
+		printf("review: no mount namespace here: skipped\n");
+		return;
+	}
+	printf("review: joining on a full /dev/shm: status %d (%s): %s\n", rc,
+	       rc > 128 ? strsignal(rc - 128) : "exit", err);
+	fflush(stdout);
+	ck_assert_msg(rc == 0, "the process died (status %d) instead of an error code", rc);
+}
+END_TEST
+
 Suite *share_trust_suite(void)
 {
 	Suite *s = suite_create("share_trust");
@@ -1603,6 +1659,7 @@ Suite *share_trust_suite(void)
 	kt_add_emu(rv, test_review_fork_while_opening);
 	kt_add_emu(rv, test_review_reader_locks);
 	kt_add_emu(rv, test_review_half_made_hardlink);
+	kt_add_emu(rv, test_review_shm_full);
 	suite_add_tcase(s, rv);
 	return s;
 }
