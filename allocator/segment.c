@@ -399,6 +399,13 @@ int kv_share_mode_ok(unsigned mode, const char **why)
 		*why = "every local user could write the segment: use 0660 and a group to share it across users";
 		return 0;
 	}
+	/* read access alone takes the segment's locks (a slot's, the set-up
+	 * lock): a reader could keep a dead member's pages from ever coming
+	 * back, or leave no slot to claim */
+	if ((mode & 0004) || ((mode & 0040) && !(mode & 0020))) {
+		*why = "users who may read the segment could hold its locks without being members: give read only with write (0600, or 0660 and a group)";
+		return 0;
+	}
 	return 1;
 }
 

@@ -290,14 +290,16 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 	}
 }
 
-/* others() at this process's budget and demand. The reserve counts the
- * others: a process that ended (its slot left behind) must not keep it
- * asking, so when the plan gives anything back or asks for anything for
- * it, the slots of the dead are reaped and the plan made again. */
+/* others() at this process's budget and demand. A process that ended
+ * (its slot left behind, with what it held and waited for) must not keep
+ * this one asked, bounded or trimming for it: when the plan asks this
+ * process for anything, bounds it or gives anything back, or another
+ * waits below its share, the slots of the dead are reaped and the plan
+ * made again. */
 static void others_live(kv_share_t *s, struct sums *t)
 {
 	others(s, budget_of(s), demand_of(s), t);
-	if ((t->me.trim || t->plan.for_reserve) &&
+	if ((t->me.trim || t->plan.for_reserve || t->me.asked || t->gaps) &&
 	    kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
 		others(s, budget_of(s), demand_of(s), t);
 }
@@ -342,21 +344,62 @@ static void init_header(kv_share_t *s, const char *name)
 	__atomic_store_n(&sh->magic, KV_SHARE_MAGIC, __ATOMIC_RELEASE);
 }
 
+/* Held from a handle's descriptor opening, and its mapping made, to each
+ * stored in it (and from each undone to the store of -1 or NULL), so that a
+ * fork, which takes it, finds every descriptor and mapping of the segment
+ * in a handle (fork_child). */
+static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
+
+/*
+ * Give the segment file its memory before it is written through a
+ * mapping: tmpfs allocates none for ftruncate, and a first store to a
+ * page a full /dev/shm has no room for raises SIGBUS, which would kill the
+ * host process (a container's /dev/shm is 64 MiB by default, and data
+ * loaders fill it). Its size is kept: an existing segment's pages are
+ * there already and cost nothing. A file system that cannot allocate
+ * ahead is left as it was. Returns 0 or the errno.
+ */
+static int back_file(int fd)
+{
+	int r;
+
+	do
+		r = fallocate(fd, FALLOC_FL_KEEP_SIZE, 0, sizeof(struct kv_share));
+	while (r < 0 && errno == EINTR);
+	return r < 0 && errno != EOPNOTSUPP && errno != ENOSYS ? errno : 0;
+}
+
 static int map_segment(kv_share_t *s)
 {
 	void *p;
+	int e;
 
 	if (s->sh)
 		return 0;
-	p = mmap(NULL, sizeof(*s->sh), PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
-	if (p == MAP_FAILED) {
-		kv_error("share: cannot map %s: %s", s->path, strerror(errno));
+	e = back_file(s->fd);
+	if (e == ENOSPC) {
+		kv_error("share: no room for %s in %s (is it full?)", s->path,
+			 KV_SHARE_DIR);
 		return KVSHIM_ENOMEM;
+	}
+	if (e) {
+		kv_error("share: cannot give %s its memory: %s", s->path, strerror(e));
+		return KVSHIM_ESTATE;
 	}
 	/* a child forked without exec gets no copy: a mapping holds the file
 	 * open, and with it the slot's lock, for as long as it lives */
-	madvise(p, sizeof(*s->sh), MADV_DONTFORK);
-	s->sh = p;
+	pthread_mutex_lock(&reg_lock);
+	p = mmap(NULL, sizeof(*s->sh), PROT_READ | PROT_WRITE, MAP_SHARED, s->fd, 0);
+	e = errno;
+	if (p != MAP_FAILED) {
+		madvise(p, sizeof(*s->sh), MADV_DONTFORK);
+		s->sh = p;
+	}
+	pthread_mutex_unlock(&reg_lock);
+	if (p == MAP_FAILED) {
+		kv_error("share: cannot map %s: %s", s->path, strerror(e));
+		return KVSHIM_ENOMEM;
+	}
 	return 0;
 }
 
@@ -509,6 +552,15 @@ static int settle(kv_share_t *s, const char *name)
 		goto unlock;
 	kv_seg_read_head(s->fd, &head);
 	if (head.magic == 0) {
+		/* a creator links a segment only once set up: a file with a zero
+		 * header and another name is not one left half made, and is
+		 * never rewritten (another user's hard link to a file of this
+		 * one's, where the kernel lets it make one) */
+		if (st.st_nlink != 1) {
+			kv_error("share: refusing %s: its header is zero and it has %u names: not a segment left half made",
+				 s->path, (unsigned)st.st_nlink);
+			goto unlock;
+		}
 		if ((size_t)st.st_size != sizeof(*s->sh) &&
 		    ftruncate(s->fd, sizeof(*s->sh)) < 0) {
 			kv_error("share: cannot set %s up again: %s", s->path, strerror(errno));
@@ -560,10 +612,14 @@ static int open_file(kv_share_t *s, const char *name)
 {
 	char why[320];
 	struct stat st;
-	int tries, rc;
+	int tries, rc, e;
 
 	for (tries = 0; tries < 8; tries++) {
+		pthread_mutex_lock(&reg_lock);          /* see reg_lock */
 		s->fd = open(s->path, O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+		e = errno;
+		pthread_mutex_unlock(&reg_lock);
+		errno = e;
 		if (s->fd >= 0 || errno != ENOENT)
 			break;
 		rc = create_segment(s, name);
@@ -672,7 +728,6 @@ static int claim_slot(kv_share_t *s)
 
 /* ---- the open handles, for fork -------------------------------------------- */
 
-static pthread_mutex_t reg_lock = PTHREAD_MUTEX_INITIALIZER;
 static kv_share_t *reg_head;
 static pthread_once_t reg_once = PTHREAD_ONCE_INIT;
 
@@ -695,7 +750,8 @@ static void fork_child(void)
 	kv_share_t *s;
 
 	for (s = reg_head; s; s = s->next) {
-		close(s->fd);
+		if (s->fd >= 0)
+			close(s->fd);
 		s->fd = -1;
 		s->sh = NULL;
 	}
@@ -713,6 +769,20 @@ static void reg_add(kv_share_t *s)
 	pthread_mutex_lock(&reg_lock);
 	s->next = reg_head;
 	reg_head = s;
+	pthread_mutex_unlock(&reg_lock);
+}
+
+/* Let go of s's descriptor and mapping (the last of the two to go drops
+ * its slot's lock), under reg_lock: a fork sees both or neither. */
+static void unhold(kv_share_t *s)
+{
+	pthread_mutex_lock(&reg_lock);
+	if (s->sh)
+		munmap(s->sh, sizeof(*s->sh));
+	if (s->fd >= 0)
+		close(s->fd);
+	s->sh = NULL;
+	s->fd = -1;
 	pthread_mutex_unlock(&reg_lock);
 }
 
@@ -788,21 +858,22 @@ int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 			 kv_log_escape(pool ? pool : "", b2, sizeof(b2)));
 		goto fail;
 	}
+	/* registered before its descriptor is opened: a fork meanwhile (by
+	 * another thread) finds it, and the child keeps no part of it */
+	reg_add(s);
 	rc = open_file(s, s->path + strlen(KV_SHARE_DIR));
 	if (!rc)
 		rc = settle(s, s->path + strlen(KV_SHARE_DIR));
 	if (!rc)
 		rc = claim_slot(s);
-	if (rc)
+	if (rc) {
+		unhold(s);
+		reg_remove(s);
 		goto fail;
-	reg_add(s);
+	}
 	*out = s;
 	return 0;
 fail:
-	if (s->sh)
-		munmap(s->sh, sizeof(*s->sh));
-	if (s->fd >= 0)
-		close(s->fd);
 	pthread_mutex_destroy(&s->mu);
 	free(s);
 	return rc;
@@ -810,18 +881,20 @@ fail:
 
 void kv_share_close(kv_share_t *s)
 {
+	int live;
+
 	if (!s)
 		return;
-	reg_remove(s);
-	if (s->fd >= 0) {
+	live = s->fd >= 0;
+	if (live && s->sh) {
 		pthread_mutex_lock(&s->mu);
 		kv_seg_clear(&s->sh->slot[s->slot]);
 		pthread_mutex_unlock(&s->mu);
-		close(s->fd);           /* the kernel drops the slot's lock */
-		pthread_mutex_destroy(&s->mu);
 	}
-	if (s->sh)
-		munmap(s->sh, sizeof(*s->sh));
+	unhold(s);              /* the kernel drops the slot's lock */
+	reg_remove(s);          /* after: a fork before finds it (fork_child) */
+	if (live)               /* (a child's inert handle: its lock may be held) */
+		pthread_mutex_destroy(&s->mu);
 	free(s);
 }
 
@@ -1187,7 +1260,7 @@ int kv_share_may_use(kv_share_t *s, uint64_t used)
 		 * process without a worker would keep it past the wait that set
 		 * it, so before a refusal the rule is read again, and the bound
 		 * lifted if nobody waits below their share any more */
-		others(s, budget_of(s), demand_of(s), &t);
+		others_live(s, &t);
 		if (!t.gaps)
 			s->use_limit = UINT64_MAX;
 		ok = used <= s->use_limit;
