@@ -1468,7 +1468,7 @@ static int join_on_full_shm(void *arg)
 	int fd, rc;
 
 	(void)arg;
-	if (unshare(CLONE_NEWNS) || mount("none", "/", NULL, MS_REC | MS_PRIVATE, NULL) ||
+	if (unshare(CLONE_NEWNS) || mount("none", "/", "none", MS_REC | MS_PRIVATE, NULL) ||
 	    mount("none", KV_SHARE_DIR, "tmpfs", 0, "size=64k"))
 		return 2;
 	snprintf(fill, sizeof(fill), "%s/fill", KV_SHARE_DIR);
@@ -1483,6 +1483,8 @@ static int join_on_full_shm(void *arg)
 	}
 	close(fd);
 	rc = kt_mk(16 * PG, 0, 0, 0, 0, &b);
+	if (rc != KVSHIM_ENOMEM)
+		fprintf(stderr, "kv_alloc_create: %d\n", rc);
 	return rc == KVSHIM_ENOMEM ? 0 : 1;
 }
 
