@@ -3000,6 +3000,86 @@ class AdapterTest(unittest.TestCase):
                     setting(bad)
                 self.assertIn(var, str(e.exception))
 
+    def test_review_double_free_keeps_the_neighbours_claim(self):
+        """(review) An id put back into the free list while it is already
+        there (an engine freeing a block twice; give's comment says such a
+        block "has nothing to drop") must not release anything: kvshim
+        counts claims per page, so a second unmap of block 0 drops block
+        1's claim, and block 1, still in use, is left on an unclaimed page
+        that trim (or another process's map) takes."""
+        c, tr = self.make(num_blocks=256)
+        bm = c._block_manager
+        a = bm.get_free_blocks(1, None, False, 0)
+        b = bm.get_free_blocks(1, None, False, 0)
+        self.assertEqual((a, b), ([0], [1]))                 # one page
+        bm.free_blocks(a, shareable=False)
+        bm._uninit_block_ids.append(a[0])                    # freed again
+        kvshim.trim(1 << 40)
+        st = kvshim.stats()
+        # block 1 is in use: its page (in each of the 4 tensors) stays
+        # claimed and backed
+        self.assertEqual(st["mapped_bytes"] - st["cached_bytes"], 4 * 2 * MIB)
+        self.assertEqual(tr.mapped, 1)
+
+    def test_review_block_manager_without_free_deque_leaves_cache_whole(self):
+        """(review) A BlockManager that passes _looks_right but keeps its
+        free ids elsewhere: attach must warn and back the cache whole (the
+        module's promise), not raise AttributeError out of
+        PagedAttentionCache.__init__ with the KV tensors left unbacked."""
+        c = StandInCache(256, 16, 2, 8 * 128)
+        self.addCleanup(self.release, c)
+        c._block_manager._free_ids = c._block_manager.__dict__.pop("_uninit_block_ids")
+        err = io.StringIO()
+        with redirect_stderr(err):
+            try:
+                tracker = transformers_cb.attach(c)
+            except AttributeError as e:
+                self.fail("attach raised into the engine: %r" % e)
+        self.assertIsNone(tracker)
+
+    def test_review_map_error_leaves_the_free_list_whole(self):
+        """(review) A map kvshim fails for another reason than memory (a
+        driver error: EDRIVER) escapes get_free_blocks with the ids already
+        taken out of the free list and given records: they are lost to the
+        pool for good. The ids must be back in the free list (and the
+        allocation reported unavailable, or the error raised after that)."""
+        c, tr = self.make(num_blocks=256)
+        bm = c._block_manager
+        real = tr.group.map
+
+        def fail(ids):
+            raise kvshim.KvshimError(kvshim.EDRIVER, "kvshim_group_map")
+        tr.group.map = fail
+        try:
+            bm.get_free_blocks(8, None, True, 0)
+        except kvshim.KvshimError:
+            pass
+        finally:
+            tr.group.map = real
+        self.assertEqual(len(bm._uninit_block_ids), 256)
+        self.assertEqual(bm._id_to_block, {})
+
+    def test_review_release_of_blocks_ahead_never_raises_into_the_pass(self):
+        """(review) An id backed ahead that the engine puts back into the
+        free list again (freed twice) has its claim dropped by give; the
+        next naming releases it again, kvshim refuses (ENOTCLAIMED), and
+        the error escapes tracker.ahead, i.e. map_ahead and
+        prepare_next_batch: the engine's loop dies. The release must be
+        logged, as TrackedFreeList logs its own."""
+        c, tr = self.make(num_blocks=256)
+        bm = c._block_manager
+        ids = list(bm._uninit_block_ids)[:64]                # page 0, whole
+        tr.ahead(ids)
+        tr._settle()
+        self.assertEqual(len(tr._ahead), 64)
+        bm._uninit_block_ids.append(ids[0])                  # freed again
+        err = io.StringIO()
+        with redirect_stderr(err):
+            try:
+                tr.ahead([])
+            except kvshim.KvshimError as e:
+                self.fail("tracker.ahead raised into the engine: %s" % e)
+
     def test_unexpected_transformers_warns(self):
         mod = types.ModuleType("fake")
         err = io.StringIO()
