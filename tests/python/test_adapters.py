@@ -3000,31 +3000,45 @@ class AdapterTest(unittest.TestCase):
                     setting(bad)
                 self.assertIn(var, str(e.exception))
 
-    def test_review_double_free_keeps_the_neighbours_claim(self):
-        """(review) An id put back into the free list while it is already
-        there (an engine freeing a block twice; give's comment says such a
-        block "has nothing to drop") must not release anything: kvshim
-        counts claims per page, so a second unmap of block 0 drops block
-        1's claim, and block 1, still in use, is left on an unclaimed page
-        that trim (or another process's map) takes."""
+    def test_block_freed_twice_keeps_its_neighbours_claim(self):
+        """An id put back into the free list while it is already there (an
+        engine freeing a block twice) releases nothing: kvshim counts claims
+        per page, so a second release of block 0 would drop block 1's claim,
+        and block 1, still in use, would be left on an unclaimed page that
+        trim (or another process's map) takes. The tracker releases only the
+        ids it holds claims for, and counts the others in not_held."""
         c, tr = self.make(num_blocks=256)
         bm = c._block_manager
         a = bm.get_free_blocks(1, None, False, 0)
         b = bm.get_free_blocks(1, None, False, 0)
         self.assertEqual((a, b), ([0], [1]))                 # one page
         bm.free_blocks(a, shareable=False)
-        bm._uninit_block_ids.append(a[0])                    # freed again
+        err = io.StringIO()
+        with redirect_stderr(err):
+            bm._uninit_block_ids.append(a[0])                # freed again
+        self.assertIn("hold no claim", err.getvalue())
+        self.assertEqual(tr.not_held, 1)
         kvshim.trim(1 << 40)
         st = kvshim.stats()
         # block 1 is in use: its page (in each of the 4 tensors) stays
         # claimed and backed
         self.assertEqual(st["mapped_bytes"] - st["cached_bytes"], 4 * 2 * MIB)
         self.assertEqual(tr.mapped, 1)
+        # handed out twice (as from a free list holding it twice), block 0
+        # holds two claims, and its two frees release both: the page goes
+        # back with block 1's
+        self.assertTrue(tr.take([0]) and tr.take([0]))
+        tr.give([0, 1])
+        tr.give([0])
+        self.assertEqual((tr.mapped, tr.not_held), (0, 1))
+        kvshim.trim(1 << 40)
+        self.assertEqual(kvshim.stats()["mapped_bytes"], 0)
 
-    def test_review_block_manager_without_free_deque_leaves_cache_whole(self):
-        """(review) A BlockManager that passes _looks_right but keeps its
-        free ids elsewhere: attach must warn and back the cache whole (the
-        module's promise), not raise AttributeError out of
+    def test_unexpected_block_manager_backs_the_cache_whole(self):
+        """A BlockManager that passes _looks_right (its class has the
+        methods) but keeps its free ids elsewhere: attach warns and backs
+        the cache whole (the module's promise for a transformers that does
+        not look as expected), rather than raise AttributeError out of
         PagedAttentionCache.__init__ with the KV tensors left unbacked."""
         c = StandInCache(256, 16, 2, 8 * 128)
         self.addCleanup(self.release, c)
@@ -3036,13 +3050,16 @@ class AdapterTest(unittest.TestCase):
             except AttributeError as e:
                 self.fail("attach raised into the engine: %r" % e)
         self.assertIsNone(tracker)
+        self.assertIn("_uninit_block_ids", err.getvalue())
+        # 258 blocks of 32 KiB a tensor, backed whole: 5 pages each
+        self.assertEqual(pages(c), 4 * 5)
 
-    def test_review_map_error_leaves_the_free_list_whole(self):
-        """(review) A map kvshim fails for another reason than memory (a
-        driver error: EDRIVER) escapes get_free_blocks with the ids already
-        taken out of the free list and given records: they are lost to the
-        pool for good. The ids must be back in the free list (and the
-        allocation reported unavailable, or the error raised after that)."""
+    def test_map_error_puts_the_ids_back(self):
+        """A map kvshim fails for another reason than memory (a driver
+        error: EDRIVER) is undone as a refusal: the ids taken out of the
+        free list go back, their records too, and get_free_blocks reports
+        the blocks unavailable (None), which transformers handles; raised,
+        the ids would be lost to the pool for good."""
         c, tr = self.make(num_blocks=256)
         bm = c._block_manager
         real = tr.group.map
@@ -3050,22 +3067,50 @@ class AdapterTest(unittest.TestCase):
         def fail(ids):
             raise kvshim.KvshimError(kvshim.EDRIVER, "kvshim_group_map")
         tr.group.map = fail
+        err = io.StringIO()
         try:
-            bm.get_free_blocks(8, None, True, 0)
-        except kvshim.KvshimError:
-            pass
+            with redirect_stderr(err):
+                self.assertIsNone(bm.get_free_blocks(8, None, True, 0))
         finally:
             tr.group.map = real
+        self.assertIn("not backed", err.getvalue())
         self.assertEqual(len(bm._uninit_block_ids), 256)
         self.assertEqual(bm._id_to_block, {})
+        self.assertEqual((tr.mapped, tr.map_errors), (0, 1))
+        self.assertEqual(len(bm.get_free_blocks(8, None, True, 0)), 8)
+        self.assertEqual(tr.mapped, 8)
 
-    def test_review_release_of_blocks_ahead_never_raises_into_the_pass(self):
-        """(review) An id backed ahead that the engine puts back into the
-        free list again (freed twice) has its claim dropped by give; the
-        next naming releases it again, kvshim refuses (ENOTCLAIMED), and
-        the error escapes tracker.ahead, i.e. map_ahead and
-        prepare_next_batch: the engine's loop dies. The release must be
-        logged, as TrackedFreeList logs its own."""
+    def test_map_error_after_the_check_is_undone(self):
+        """As memory taken after the admission check: a map error in the
+        second layer group's allocation undoes the first group's, and the
+        request waits (allocate_blocks returns None), where transformers
+        would raise into its loop."""
+        c, tr = self.make(num_blocks=256)
+        c.group_cache_managers.append(StandInGroup())    # two layer groups
+        bm = c._block_manager
+        real = tr.group.map
+        calls = []
+
+        def second_fails(ids):
+            calls.append(list(ids))
+            if len(calls) == 2:
+                raise kvshim.KvshimError(kvshim.EDRIVER, "kvshim_group_map")
+            return real(ids)
+        tr.group.map = second_fails
+        with redirect_stderr(io.StringIO()):
+            self.assertIsNone(c.allocate_blocks(4, "r1", 0))
+        tr.group.map = real
+        self.assertEqual([cm.block_table.get("r1") for cm in c.group_cache_managers], [[], []])
+        self.assertEqual(bm.num_free_blocks, 256)
+        self.assertEqual((tr.mapped, tr.refused, tr.map_errors), (0, 0, 1))
+        self.assertEqual(c.allocate_blocks(4, "r1", 0), 4)
+
+    def test_release_of_blocks_ahead_never_raises(self):
+        """An id backed ahead that the engine puts back into the free list
+        again (freed twice) releases nothing (its claim is the blocks backed
+        ahead's); the next naming releases the blocks backed ahead, and
+        nothing escapes tracker.ahead, i.e. map_ahead and
+        prepare_next_batch, where an error would end the engine's loop."""
         c, tr = self.make(num_blocks=256)
         bm = c._block_manager
         ids = list(bm._uninit_block_ids)[:64]                # page 0, whole
@@ -3079,6 +3124,40 @@ class AdapterTest(unittest.TestCase):
                 tr.ahead([])
             except kvshim.KvshimError as e:
                 self.fail("tracker.ahead raised into the engine: %s" % e)
+        self.assertEqual(tr.ahead_backed(), 0)
+        kvshim.trim(1 << 40)
+        self.assertEqual(kvshim.stats()["mapped_bytes"], 0)
+
+    def test_release_kvshim_refuses_of_blocks_ahead_is_logged(self):
+        """kvshim refusing to release the blocks backed ahead (ahead, and
+        drop_ahead for an ask) is logged, not raised into the engine's
+        pass; the ids leave the blocks backed ahead all the same, and those
+        kvshim kept claimed stay held by the tracker (a later release of
+        them is right)."""
+        c, tr = self.make(num_blocks=256)
+        bm = c._block_manager
+        ids = list(bm._uninit_block_ids)[:8]
+        for drop in (lambda: tr.ahead([]), tr.drop_ahead):
+            tr.ahead(ids)
+            tr._settle()
+            self.assertEqual(tr.ahead_backed(), 8)
+            real = tr.group.unmap
+
+            def refused(_):
+                raise kvshim.KvshimError(kvshim.EDRIVER, "kvshim_group_unmap")
+            tr.group.unmap = refused
+            err = io.StringIO()
+            try:
+                with redirect_stderr(err):
+                    drop()
+            finally:
+                tr.group.unmap = real
+            self.assertIn("not all released", err.getvalue())
+            self.assertEqual(tr.ahead_backed(), 0)
+            self.assertEqual(sorted(tr._held), ids)
+            # (released here, as the engine's frees would)
+            tr.group.unmap(ids)
+            tr._held.clear()
 
     def test_unexpected_transformers_warns(self):
         mod = types.ModuleType("fake")

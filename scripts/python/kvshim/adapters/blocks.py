@@ -193,6 +193,19 @@ class BlockTracker:
         self.emptied = 0         # page indices whose last claim went (each rereads
                                  # the ask: see _claimed)
         self._ahead = set()      # ids backed ahead, not yet handed out
+        # the claims the tracker holds, by id: one for each id it mapped
+        # (take, a batch backed ahead taken in) and has not released since.
+        # kvshim counts claims per page, not per block: a release of an id
+        # that holds none (an engine freeing a block twice) would drop the
+        # claim of another block on its page, one in use, which trim or
+        # another process's map could then take. Only ids held here are
+        # released. (More than one for an id handed out again while in use,
+        # as a free list holding an id freed twice does: each map is a claim)
+        self._held = {}
+        self.not_held = 0        # ids put back that held no claim here (freed
+                                 # twice, say): nothing released for them
+        self._told_not_held = False
+        self.map_errors = 0      # maps that failed for another reason than memory
         self._thread = None      # the _Ahead thread, once needed
         self.ahead_hits = 0      # blocks handed out already backed
         self.taken = 0           # blocks handed out in all
@@ -420,7 +433,40 @@ class BlockTracker:
         if done is not None and done[1]:
             new = [b for b in done[0] if b not in self._ahead]
             self._ahead.update(new)
+            self._hold(new)
             self._claimed(new, 1, later=True)
+
+    def _hold(self, ids):
+        """The tracker holds a claim more for each of ids (it mapped them)."""
+        held = self._held
+        for b in ids:
+            held[b] = held.get(b, 0) + 1
+
+    def _unhold(self, ids):
+        """Of ids the engine put back, those whose claim the tracker releases
+        (each taken out of the claims held; see _held), in order. An id
+        holding no claim here, or whose claim is the blocks backed ahead's
+        (it is free: backed ahead, it was never handed out), releases
+        nothing: counted in not_held, and said once."""
+        held, ahead, drop, skip = self._held, self._ahead, [], []
+        for b in ids:
+            n = held.get(b, 0)
+            if not n or b in ahead:
+                skip.append(b)
+            elif n == 1:
+                del held[b]
+                drop.append(b)
+            else:
+                held[b] = n - 1
+                drop.append(b)
+        if skip:
+            self.not_held += len(skip)
+            if not self._told_not_held:
+                self._told_not_held = True
+                warn("blocks %s put back in the free list hold no claim (freed twice, "
+                     "or never handed out through kvshim): nothing released for them "
+                     "(said once; counted in not_held)" % skip[:8])
+        return drop
 
     def free_on_pages(self):
         """The free ids on pages other blocks claim (they cost no memory:
@@ -521,7 +567,11 @@ class BlockTracker:
                 self.refused += 1
                 self.short += 1
                 return False
+            # (nothing was backed: the caller puts the ids back, see
+            # transformers_cb's get_free_blocks)
+            self.map_errors += 1
             raise
+        self._hold(need)
         self._claimed(need, 1)
         self.taken += len(ids)
         self.ahead_hits += len(ids) - len(need)
@@ -532,34 +582,52 @@ class BlockTracker:
 
     @_timed
     def give(self, ids):
-        """Blocks back in the engine's free list: drop their claims."""
+        """Blocks back in the engine's free list: drop their claims, those
+        the tracker holds only (see _unhold: a block freed twice, or one the
+        engine never took through us, has none to drop, and releasing it
+        anyway would drop another block's claim on its page)."""
         ids = list(ids)
         if not ids:
             return
         self.freed(ids)
         self._settle(ids)
+        ids = self._unhold(ids)
+        if not ids:
+            return
         try:
             self.group.unmap(ids)
         except kvshim.KvshimError:
             # (the library unmaps all of them or none) one at a time: a
-            # block freed twice, or one the engine never took through us
-            # (present before the adapter attached), has nothing to drop;
-            # any other failure leaves only the blocks it hit claimed, not
-            # the whole batch (see TrackedFreeList.batched), and is raised
-            failed = None
-            for b in ids:
-                try:
-                    self.group.unmap([b])
-                    self.mapped -= 1
-                    self._claimed([b], -1)
-                except kvshim.KvshimError as e:
-                    if e.code != ENOTCLAIMED and failed is None:
-                        failed = e
+            # failure leaves only the blocks it hit claimed, not the whole
+            # batch (see TrackedFreeList.batched), and is raised
+            failed = self._unmap_each(ids)
             if failed is not None:
                 raise failed
             return
         self.mapped -= len(ids)
         self._claimed(ids, -1)
+
+    def _unmap_each(self, ids, handed=True):
+        """Release ids one at a time (their claims already out of _held),
+        after kvshim refused them together. handed: ids the engine had (in
+        mapped), else blocks backed ahead. An id whose release fails for
+        another reason than holding no claim keeps its claim in kvshim, and
+        so here (held again: a later release of it is right); returns the
+        first such error, or None."""
+        failed = None
+        for b in ids:
+            try:
+                self.group.unmap([b])
+            except kvshim.KvshimError as e:
+                if e.code != ENOTCLAIMED:
+                    self._hold([b])
+                    if failed is None:
+                        failed = e
+                continue
+            if handed:
+                self.mapped -= 1
+            self._claimed([b], -1)
+        return failed
 
     def stale(self):
         """Blocks were released or moved: read the headroom, the capacity
@@ -894,11 +962,29 @@ class BlockTracker:
         return len(drop)
 
     def _release_ahead(self, drop):
-        """Release these ids backed ahead: unbacked, and no longer claimed."""
-        if drop:
+        """Release these ids backed ahead: unbacked, and no longer claimed.
+        They leave the blocks backed ahead whatever kvshim says, and a
+        failure is logged, never raised: this runs in the engine's
+        scheduling pass (map_ahead, _give_back), where an error would end
+        its loop. One at a time when kvshim refuses them together (it
+        releases all or none), as give does."""
+        if not drop:
+            return
+        self._ahead.difference_update(drop)
+        held = self._held
+        for b in drop:
+            n = held.get(b, 0)
+            if n > 1:
+                held[b] = n - 1
+            else:
+                held.pop(b, None)
+        try:
             self.group.unmap(drop)
-            self._ahead.difference_update(drop)
-            self._claimed(drop, -1)
+        except kvshim.KvshimError as e:
+            failed = self._unmap_each(drop, handed=False)
+            warn("blocks backed ahead %s not all released: %s" % (drop[:8], failed or e))
+            return
+        self._claimed(drop, -1)
 
 
 class TrackedFreeList(collections.deque):

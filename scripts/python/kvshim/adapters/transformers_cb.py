@@ -176,12 +176,34 @@ def _back_whole(kv):
                 raise MemoryError("kvshim: cannot back the KV cache: %s" % e) from e
 
 
+def _manager_looks_right(bm):
+    """Why the cache's block manager (an instance: _looks_right checks its
+    class's methods only) is not as the adapter wires it, or None: its free
+    ids in a deque (_uninit_block_ids, which the adapter replaces) and its
+    records of shareable blocks in a dict (_id_to_block, which an allocation
+    kvshim refuses is undone in)."""
+    if bm is None:
+        return "the cache has no _block_manager"
+    if not isinstance(getattr(bm, "_uninit_block_ids", None), collections.deque):
+        return "its block manager keeps no _uninit_block_ids deque"
+    if not isinstance(getattr(bm, "_id_to_block", None), dict):
+        return "its block manager keeps no _id_to_block dict"
+    return None
+
+
 def attach(cache):
     """Register the cache's tensors and wire its block manager. Returns the
-    tracker, or None when kvshim cannot manage the tensors (they are then
-    backed in full)."""
+    tracker, or None when kvshim cannot manage the tensors, or the block
+    manager is not as expected (they are then backed in full)."""
     kv = list(cache.key_cache) + list(cache.value_cache)
     if not kv:
+        return None
+    why = _manager_looks_right(getattr(cache, "_block_manager", None))
+    if why:
+        # (checked before the group is made: nothing is left registered)
+        warn("transformers continuous batching not as expected (%s): "
+             "the KV cache is backed in full" % why)
+        _back_whole(kv)
         return None
     t = kv[0]
     block_bytes = cache.block_size * t.stride(0) * t.element_size()
@@ -210,8 +232,18 @@ def attach(cache):
         _reclaim(bm, tracker, n_blocks, free.upcoming)
         with tracker.near(last_block_id):
             ids = orig_get(n_blocks, last_block_id, shareable, group_id)
-        if ids is None or tracker.take(ids):
-            return ids
+        try:
+            if ids is None or tracker.take(ids):
+                return ids
+        except kvshim.KvshimError as e:
+            # a map that failed for another reason than memory (a driver
+            # error): nothing was backed; raised, the ids taken out of the
+            # free list (and their records) would be lost to the pool for
+            # good. Undone as a refusal, which transformers handles (see
+            # allocate_blocks)
+            warn("transformers: blocks %s not backed (%s): the allocation is "
+                 "reported unavailable" % (ids[:8], e))
+        # refused: the ids go back as they were, nothing released
         if shareable:
             for b in ids:
                 bm._id_to_block.pop(b, None)
@@ -243,11 +275,13 @@ def attach(cache):
         # and report the blocks unavailable, so the request waits
         managers = list(getattr(cache, "group_cache_managers", ()))
         before = [len(getattr(cm, "block_table", {}).get(request_id, ())) for cm in managers]
-        short = tracker.short
+        short, errors = tracker.short, tracker.map_errors
         try:
             return orig_allocate(n_blocks, request_id, allocated_blocks)
         except ValueError:
-            if tracker.short == short:
+            # (kvshim's refusal: for memory, or a map that failed, see
+            # get_free_blocks)
+            if tracker.short == short and tracker.map_errors == errors:
                 raise
         for cm, k in zip(managers, before):
             table = cm.block_table.get(request_id)
@@ -936,7 +970,14 @@ def _pack(proc, tracker):
     if not moving or len(to) < len(moving):
         return 0
     got = free.take_ids(to)
-    if got != to or not tracker.take(got):
+    try:
+        taken = got == to and tracker.take(got)
+    except kvshim.KvshimError as e:
+        # (a map that failed for another reason than memory: nothing was
+        # backed, and the pass must go on)
+        warn("transformers: blocks not moved (%s): the pages stay" % e)
+        taken = False
+    if not taken:
         free.put_back_front(got)
         return 0
     pairs = list(zip(moving, got))
