@@ -283,6 +283,13 @@ START_TEST(test_threads)
 }
 END_TEST
 
+/* review: cudaFreeAsync of a span kvshim made for a cudaMalloc */
+START_TEST(test_free_async_span)
+{
+	expect_pass(PROG, "free-async", 1, NULL);
+}
+END_TEST
+
 START_TEST(test_fork)
 {
 	expect_pass(PROG, "fork", 1, NULL);
@@ -382,6 +389,7 @@ Suite *preload_suite(void)
 	kt_add_emu(tc, test_dlsym_road);
 	kt_add_emu(tc, test_threads);
 	kt_add_emu(tc, test_fork);
+	kt_add_emu(tc, test_free_async_span);
 	kt_add_emu(tc, test_ctor);
 	kt_add_emu(tc, test_exec);
 	kt_add_emu(tc, test_deepbind);
