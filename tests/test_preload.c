@@ -290,6 +290,13 @@ START_TEST(test_free_async_span)
 }
 END_TEST
 
+/* review: main program's dlsym(RTLD_NEXT) after kvshim is loaded late */
+START_TEST(test_late_rtld_next)
+{
+	expect_pass(PROG, "late-next", 0, NULL);
+}
+END_TEST
+
 START_TEST(test_fork)
 {
 	expect_pass(PROG, "fork", 1, NULL);
@@ -401,6 +408,7 @@ Suite *preload_suite(void)
 	if (kv_dev_is_emu()) {
 		tcase_add_loop_test(late, test_late_attach, 0, 4);
 		tcase_add_test(late, test_dlclose);
+		tcase_add_test(late, test_late_rtld_next);
 	}
 	suite_add_tcase(s, late);
 	return s;

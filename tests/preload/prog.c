@@ -712,6 +712,24 @@ static void case_free_async(void)
 	EXPECT(stats().reserved_bytes == 0);
 }
 
+/* review: kvshim loaded late patches the main program's dlsym slot; a
+ * dlsym(RTLD_NEXT) the program makes must find what it found before. */
+static void case_late_next(void)
+{
+	const char *lib = getenv("KVSHIM_LIB");
+	void *before, *after, *h;
+
+	before = dlsym(RTLD_NEXT, "cudaMalloc");
+	EXPECT(before != NULL);
+	h = lib ? dlopen(lib, RTLD_NOW | RTLD_LOCAL) : NULL;
+	EXPECT(h != NULL);
+	after = dlsym(RTLD_NEXT, "cudaMalloc");
+	if (after != before)
+		fprintf(stderr, "FAIL %s:%d: dlsym(RTLD_NEXT, cudaMalloc) was %p, now %p\n",
+			__FILE__, __LINE__, before, after);
+	EXPECT(after == before);
+}
+
 static void case_expect_fails(void)
 {
 	EXPECT(1 + 1 == 3);
@@ -745,6 +763,7 @@ static const struct {
 	{ "set-device", case_set_device, 1 },
 	{ "set-device-filtered", case_set_device_filtered, 1 },
 	{ "free-async", case_free_async, 1 },
+	{ "late-next", case_late_next, 0 },
 };
 
 int main(int argc, char **argv)
