@@ -34,9 +34,9 @@ static const struct kv_got_hook all_hooks[] = {
  * up with dlsym. Their dlsym slots go to kv_hook_dlsym, which hands back
  * wrappers for hooked driver functions (cuGetProcAddress included, so the
  * look-ups it serves are covered too). Only the main program and libcudart
- * are patched: a dlsym(RTLD_NEXT) made through the wrapper resolves from
- * libkvshim.so's place in the search order, which for them finds the same
- * symbol, but would not for any module loaded after libkvshim.so.
+ * are patched. A dlsym(RTLD_NEXT) made through the wrapper is resolved from
+ * its caller's object (kv_hook_dlsym), not libkvshim.so's place in the
+ * search order, which loaded late is last.
  */
 static int patch_dlsym(struct dl_phdr_info *info, size_t size, void *arg)
 {

@@ -125,7 +125,40 @@ void *kv_hooks_wrap(void *fn)
 	return fn;
 }
 
+/*
+ * dlsym(RTLD_NEXT) finds the next definition after its caller's object,
+ * which glibc reads from the return address: through the wrapper that
+ * would be libkvshim.so's place, and loaded late (last) nothing comes
+ * after it. So the wrapper looks for it from the caller's object: the
+ * first object after it, in load order, that defines name itself (not
+ * one of its dependencies). Returns it, or NULL.
+ */
+static void *next_after(const void *caller, const char *name)
+{
+	struct link_map *from = NULL, *m, *owner;
+	Dl_info info;
+	void *h, *sym;
+
+	if (!dladdr1(caller, &info, (void **)&from, RTLD_DL_LINKMAP) || !from)
+		return NULL;
+	for (m = from->l_next; m; m = m->l_next) {
+		if (!m->l_name || !m->l_name[0])
+			continue;
+		h = dlopen(m->l_name, RTLD_LAZY | RTLD_NOLOAD);
+		if (!h)
+			continue;
+		sym = kv_shim_dlsym(h, name);
+		dlclose(h);
+		owner = NULL;
+		if (sym && dladdr1(sym, &info, (void **)&owner, RTLD_DL_LINKMAP) && owner == m)
+			return sym;
+	}
+	return NULL;
+}
+
 void *kv_hook_dlsym(void *handle, const char *name)
 {
+	if (handle == RTLD_NEXT)
+		return kv_hooks_wrap(next_after(__builtin_return_address(0), name));
 	return kv_hooks_wrap(kv_shim_dlsym(handle, name));
 }

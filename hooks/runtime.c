@@ -193,17 +193,24 @@ cudaError_t kv_hook_##name(void **p, size_t n, cudaStream_t s)              \
 	return e;                                                           \
 }
 
-#define PASS_FREE(name)                                                     \
+/* A span freed in stream order is released as cudaFree releases it: its
+ * pages leave it only after a fence, a wait for all the context's work,
+ * the stream's before the free included. While the stream captures, the
+ * call is the driver's (a free node in a graph; the span stays). */
+#define FREE_ASYNC(name, ptsz)                                              \
 cudaError_t kv_hook_##name(void *p, cudaStream_t s)                         \
 {                                                                           \
 	cudaError_t e;                                                      \
 									    \
 	REAL_OR_FAIL(name);                                                 \
+	if (p && !kv_hooks_rt_captures(s, ptsz) &&                          \
+	    kv_policy_free(dptr(p)) == 1)                                   \
+		return cudaSuccess;                                         \
 	CALL_REAL(e, kv_real_##name(p, s));                                 \
 	return e;                                                           \
 }
 
 PASS_ALLOC(cudaMallocAsync)
 PASS_ALLOC(cudaMallocAsync_ptsz)
-PASS_FREE(cudaFreeAsync)
-PASS_FREE(cudaFreeAsync_ptsz)
+FREE_ASYNC(cudaFreeAsync, 0)
+FREE_ASYNC(cudaFreeAsync_ptsz, 1)

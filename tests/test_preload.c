@@ -283,14 +283,14 @@ START_TEST(test_threads)
 }
 END_TEST
 
-/* review: cudaFreeAsync of a span kvshim made for a cudaMalloc */
+/* cudaFreeAsync of a span kvshim made for a cudaMalloc releases it */
 START_TEST(test_free_async_span)
 {
 	expect_pass(PROG, "free-async", 1, NULL);
 }
 END_TEST
 
-/* review: main program's dlsym(RTLD_NEXT) after kvshim is loaded late */
+/* the main program's dlsym(RTLD_NEXT), once kvshim is loaded late */
 START_TEST(test_late_rtld_next)
 {
 	expect_pass(PROG, "late-next", 0, NULL);

@@ -693,10 +693,10 @@ static void case_set_device_filtered(void)
 	EXPECT(stats().reserved_bytes == 0);
 }
 
-/* review: cudaFreeAsync takes a cudaMalloc pointer (the emulated runtime
- * frees it as cudaFree does); a span kvshim made for a cudaMalloc must be
- * released by it too, not handed to the runtime, which refuses it and
- * leaves the span (its pages and address range) behind. */
+/* cudaFreeAsync takes a cudaMalloc pointer (the emulated runtime frees it
+ * as cudaFree does); a span kvshim made for a cudaMalloc is released by it
+ * too, not handed to the runtime, which would refuse it and leave the span
+ * (its pages and address range) behind. */
 static void case_free_async(void)
 {
 	char *plain = NULL, *kvp = NULL;
@@ -712,8 +712,8 @@ static void case_free_async(void)
 	EXPECT(stats().reserved_bytes == 0);
 }
 
-/* review: kvshim loaded late patches the main program's dlsym slot; a
- * dlsym(RTLD_NEXT) the program makes must find what it found before. */
+/* kvshim loaded late patches the main program's dlsym slot; a
+ * dlsym(RTLD_NEXT) the program makes finds what it found before. */
 static void case_late_next(void)
 {
 	const char *lib = getenv("KVSHIM_LIB");
