@@ -619,6 +619,134 @@ START_TEST(test_bad_device)
 }
 END_TEST
 
+
+/* ---- review: defects found (each test fails on the code as it stands) ---- */
+
+static CUdeviceptr rv_b;
+static int rv_trim_rc = 1, rv_map_rc = 1, rv_trim_done, rv_map_done;
+
+static void *rv_trim(void *arg)
+{
+	size_t freed;
+
+	(void)arg;
+	rv_trim_rc = kv_alloc_trim(a, 2 * PG, &freed);
+	__atomic_store_n(&rv_trim_done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static void *rv_map(void *arg)
+{
+	(void)arg;
+	rv_map_rc = kv_alloc_map(a, rv_b, PG);
+	__atomic_store_n(&rv_map_done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/*
+ * A map short of pages while a stream captures, with pages in flight (a
+ * trim's, stopped in the driver) and a released span that only the
+ * capture's end lets go of: the map must wait for the pages in flight with
+ * the lock dropped, as it does without a capture. It spins instead, lock
+ * held (kv_spans_reap does nothing while a stream captures, and map_runs
+ * retries at once), so the trim can never put its pages back and the map
+ * never ends until the capture does: on the capturing thread, a hang.
+ */
+START_TEST(test_review_capture_map_spins_holding_the_lock)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	CUdeviceptr sa, sc;
+	struct kv_alloc_opts o;
+	pthread_t tt, tm;
+	int i, held, trim_done, map_done;
+
+	kt_opts(&o);
+	o.limit = 8 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 6 * PG, &sa), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 2 * PG, &sc), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 2 * PG, &rv_b), 0);
+	ck_assert_int_eq(kv_alloc_map(a, sa, 6 * PG), 0);
+	ck_assert_int_eq(kv_alloc_map(a, sc, 2 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, sc, 2 * PG), 0);     /* 2 cached */
+	rv_trim_done = rv_map_done = 0;
+	ck_assert_int_eq(kv_dev_hold("cuMemUnmap", 1), 0);
+	ck_assert_int_eq(pthread_create(&tt, NULL, rv_trim, NULL), 0);
+	held = held_in("cuMemUnmap");                  /* 2 pages UNMAPPING */
+	kv_prim_capture_begin();
+	ck_assert_int_eq(kv_alloc_release(a, sa), 0);  /* 6 DYING, unreaped */
+	ck_assert_int_eq(pthread_create(&tm, NULL, rv_map, NULL), 0);
+	for (i = 0; i < 200; i++)                      /* the map is short */
+		nanosleep(&ms, NULL);
+	kv_dev_hold("cuMemUnmap", 0);                  /* the trim may end */
+	for (i = 0; i < 3000 && !(__atomic_load_n(&rv_trim_done, __ATOMIC_ACQUIRE) &&
+				  __atomic_load_n(&rv_map_done, __ATOMIC_ACQUIRE)); i++)
+		nanosleep(&ms, NULL);
+	trim_done = __atomic_load_n(&rv_trim_done, __ATOMIC_ACQUIRE);
+	map_done = __atomic_load_n(&rv_map_done, __ATOMIC_ACQUIRE);
+	kv_prim_capture_end();                         /* unsticks it */
+	pthread_join(tt, NULL);
+	pthread_join(tm, NULL);
+	ck_assert(held);
+	ck_assert_msg(trim_done, "the trim could not take the lock back during the capture");
+	ck_assert_msg(map_done, "the map did not end during the capture (3 s after the pages it waited for came back)");
+	ck_assert_int_eq(rv_trim_rc, 0);
+	ck_assert_int_eq(rv_map_rc, 0);
+	kt_check(a);
+}
+END_TEST
+
+/*
+ * The pool's watermarks are bytes (README: "refilled in the background when
+ * it drops under" KVSHIM_POOL_LOW), but kv_pool_refill rounds them down to
+ * pages: with pages larger than twice the low watermark (KVSHIM_PAGE=32M
+ * and the default 8M), the low mark is 0 pages and the pool is never
+ * refilled, so every map creates and scrubs its pages on its own path.
+ */
+START_TEST(test_review_big_pages_pool_never_fills)
+{
+	struct kv_alloc_opts o;
+
+	kt_opts(&o);
+	o.page = 16 * PG;                       /* 32 MiB */
+	o.pool_low = 8u << 20;                  /* the defaults */
+	o.pool_high = 64u << 20;
+	o.worker = 0;                           /* creation fills the pool */
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_tick(a), 0);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 64u << 20);
+}
+END_TEST
+
+/*
+ * A pool page whose arena unmap fails as it is released: release_slots
+ * releases its handle all the same and makes the slot EMPTY, though the
+ * arena still maps the page. The memory is lost to the process (a handle
+ * still mapped is never freed) and the slot cannot be made again (its
+ * arena address is taken): every later map that reaches it fails with a
+ * driver error. Here, after one failed unmap in a trim, no map works again.
+ */
+START_TEST(test_review_release_keeps_a_mapped_arena_page)
+{
+	struct kv_alloc_opts o;
+	size_t freed = 0;
+	int rc;
+
+	kt_opts(&o);
+	o.limit = 2 * PG;
+	o.pool_low = 2 * PG;
+	o.pool_high = 2 * PG;
+	a = kt_create(&o);                      /* 2 pages pooled */
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 2 * PG);
+	ck_assert_int_eq(kv_alloc_reserve(a, 2 * PG, &base), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN), 0);
+	rc = kv_alloc_trim(a, 2 * PG, &freed);  /* the arena's unmap fails */
+	ck_assert_int_eq(rc, KVSHIM_EDRIVER);
+	/* one driver failure must not cost the process its pages for good */
+	ck_assert_int_eq(kv_alloc_map(a, base, 2 * PG), 0);
+}
+END_TEST
+
 Suite *pool_suite(void)
 {
 	Suite *s = suite_create("pool");
@@ -643,6 +771,9 @@ Suite *pool_suite(void)
 	kt_add_emu(tc, test_headroom_beside_a_scrub);
 	if (kv_dev_is_emu())
 		tcase_add_loop_test(tc, test_headroom_across_a_fill, 0, 2);
+	kt_add_emu(tc, test_review_capture_map_spins_holding_the_lock);
+	tcase_add_test(tc, test_review_big_pages_pool_never_fills);
+	kt_add_emu(tc, test_review_release_keeps_a_mapped_arena_page);
 	suite_add_tcase(s, tc);
 	tcase_add_test(bad, test_bad_watermarks);
 	tcase_add_test(bad, test_bad_device);
