@@ -88,8 +88,10 @@ static int share_duties(kv_alloc_t *a)
  */
 static int duties(kv_alloc_t *a)
 {
-	uint32_t high = (uint32_t)(a->o.pool_high / a->page), freed;
+	uint32_t low, high, freed;
 	int rc, first = 0;
+
+	kv_pool_marks(a, &low, &high);
 
 	if (a->share)
 		first = share_duties(a);
@@ -181,7 +183,7 @@ static int init_sync(kv_alloc_t *a)
 {
 	if (pthread_mutex_init(&a->lock, NULL))
 		return KVSHIM_ENOMEM;
-	if (kv_prim_cond_init(&a->wake) || pthread_cond_init(&a->done, NULL))
+	if (kv_prim_cond_init(&a->wake) || kv_prim_cond_init(&a->done))
 		return KVSHIM_ENOMEM;
 	return 0;
 }

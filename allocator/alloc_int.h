@@ -257,9 +257,26 @@ void kv_pool_put(kv_alloc_t *a, const uint32_t *slots, uint32_t n, int dirty);
 int kv_pool_refill(kv_alloc_t *a);
 int kv_pool_scrub(kv_alloc_t *a);
 int kv_pool_shrink(kv_alloc_t *a, uint32_t keep, uint32_t *freed);
+/* The pool's watermarks in whole pages: under the low mark is fewer pooled
+ * bytes than KVSHIM_POOL_LOW (rounded up: with pages larger than it, an
+ * empty pool); the high mark's pages, at least the low mark's (a pool
+ * refilled to more than the worker keeps would be made and freed again at
+ * every round). */
+static inline void kv_pool_marks(const kv_alloc_t *a, uint32_t *low, uint32_t *high)
+{
+	uint64_t l = (a->o.pool_low + a->page - 1) / a->page, h = a->o.pool_high / a->page;
+
+	if (h < l)
+		h = l;
+	*low = l > UINT32_MAX ? UINT32_MAX : (uint32_t)l;
+	*high = h > UINT32_MAX ? UINT32_MAX : (uint32_t)h;
+}
+
 /* Release the handles of FREEING slots[0..n), lock dropped for the driver;
- * they end EMPTY. Returns 0 or the first driver error. */
-int kv_pool_free(kv_alloc_t *a, uint32_t *slots, uint32_t n);
+ * they end EMPTY, *released of them (first in slots), but for runs the
+ * arena still maps (their unmap failed), which stay pooled, dirty. Returns
+ * 0 or the first driver error. */
+int kv_pool_free(kv_alloc_t *a, uint32_t *slots, uint32_t n, uint32_t *released);
 
 /* ---- spans (span.c), lock held ---- */
 struct kv_span *kv_span_find(const kv_alloc_t *a, CUdeviceptr addr);

@@ -414,12 +414,23 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		}
 		if (out == KV_SUPPLY_WAIT) {
 			/* the pages a released span holds are needed now:
-			 * unmap it here rather than wait for the worker */
+			 * unmap it here rather than wait for the worker; not
+			 * while a stream captures (kv_spans_reap does nothing
+			 * then, and a retry at once would spin holding the
+			 * lock the pages in flight need to come back): wait
+			 * for them, then looking again at least every 10 ms (a
+			 * capture's end wakes the worker, not this wait) */
 			a->waiters++;
-			if (unreaped(a))
-				kv_spans_reap(a);
-			else
-				pthread_cond_wait(&a->done, &a->lock);
+			if (!kv_prim_capturing()) {
+				if (unreaped(a))
+					kv_spans_reap(a);
+				else
+					pthread_cond_wait(&a->done, &a->lock);
+			} else {
+				struct timespec ts = kv_prim_deadline(10);
+
+				pthread_cond_timedwait(&a->done, &a->lock, &ts);
+			}
 			a->waiters--;
 			continue;
 		}

@@ -146,14 +146,19 @@ static int scrub_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n)
 }
 
 /*
- * Give pages slots[0..n) back to the driver. Every handle is released even
- * when a step fails, so no slot is left half-owned. Returns 0 or the first
- * driver error.
+ * Give pages slots[0..n) back to the driver. A run the arena still maps
+ * (its unmap failed) keeps its handles: released, they would never be
+ * freed while mapped, and the arena's address would stay taken, failing
+ * every later creation of those slots. Reorders slots: those released
+ * first, *released of them, then the runs kept (whole pages the caller
+ * keeps in the pool). Every other handle is released even when a step
+ * fails. Returns 0 or the first driver error.
  */
-static int release_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n)
+static int release_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
+			 uint32_t *released)
 {
 	uint64_t t0 = kv_prim_now_ns();
-	uint32_t i, len;
+	uint32_t i, j, len, out = 0, kept = 0, *keep = NULL;
 	int rc = 0, e;
 
 	if (a->o.zero) {
@@ -162,17 +167,38 @@ static int release_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n)
 			len = run_len(slots, i, n);
 			e = kv_prim_unmap(&a->prim, arena_va(a, slots[i]),
 					  (size_t)len * a->page);
-			if (e && !rc)
+			if (!e) {
+				for (j = 0; j < len; j++)
+					slots[out++] = slots[i + j];
+				continue;
+			}
+			if (!rc)
 				rc = e;
+			if (!keep && !(keep = malloc(n * sizeof(*keep)))) {
+				/* no room to keep them apart: as before, released
+				 * (the driver frees a mapped handle's memory only
+				 * once it is unmapped) */
+				for (j = 0; j < len; j++)
+					slots[out++] = slots[i + j];
+				continue;
+			}
+			for (j = 0; j < len; j++)
+				keep[kept++] = slots[i + j];
 		}
+		if (kept)
+			memcpy(slots + out, keep, kept * sizeof(*slots));
+		free(keep);
+	} else {
+		out = n;
 	}
-	for (i = 0; i < n; i++) {
+	for (i = 0; i < out; i++) {
 		e = drop_handle(a, slots[i]);
 		if (e && !rc)
 			rc = e;
 	}
-	KV_COUNT(a, pages_released, n);
+	KV_COUNT(a, pages_released, out);
 	KV_COUNT(a, release_ns, kv_prim_now_ns() - t0);
+	*released = out;
 	return rc;
 }
 
@@ -353,11 +379,10 @@ fail:
 
 int kv_pool_refill(kv_alloc_t *a)
 {
-	uint32_t low = (uint32_t)(a->o.pool_low / a->page);
-	uint32_t high = (uint32_t)(a->o.pool_high / a->page);
-	uint32_t n, k, slots[KV_FILL_BATCH];
+	uint32_t low, high, n, k, slots[KV_FILL_BATCH];
 	int rc = 0, bad;
 
+	kv_pool_marks(a, &low, &high);
 	if (kv_pooled(a) >= low || !a->n[KV_P_EMPTY] || kv_pooled(a) >= high)
 		return 0;
 	while (!rc && kv_pooled(a) < high && a->n[KV_P_EMPTY] && !kv_prim_capturing()) {
@@ -400,16 +425,20 @@ int kv_pool_scrub(kv_alloc_t *a)
 	return rc;
 }
 
-int kv_pool_free(kv_alloc_t *a, uint32_t *slots, uint32_t n)
+int kv_pool_free(kv_alloc_t *a, uint32_t *slots, uint32_t n, uint32_t *released)
 {
 	int rc;
 
+	*released = 0;
 	if (!n)
 		return 0;
 	pthread_mutex_unlock(&a->lock);
-	rc = release_slots(a, slots, n);
+	rc = release_slots(a, slots, n, released);
 	pthread_mutex_lock(&a->lock);
-	put_empty(a, slots, n);
+	put_empty(a, slots, *released);
+	/* those the arena still maps stay pooled, to be scrubbed (and freed
+	 * at a later try) */
+	kv_pool_put(a, slots + *released, n - *released, 1);
 	pthread_cond_broadcast(&a->done);
 	return rc;
 }
@@ -435,9 +464,8 @@ int kv_pool_shrink(kv_alloc_t *a, uint32_t keep, uint32_t *freed)
 	d = n < a->n[KV_P_DIRTY] ? n : a->n[KV_P_DIRTY];
 	take_list(a, &a->dirty, d, slots, KV_P_FREEING);
 	take_list(a, &a->clean, n - d, slots + d, KV_P_FREEING);
-	rc = kv_pool_free(a, slots, n);
+	rc = kv_pool_free(a, slots, n, freed);
 	free(slots);
-	*freed = n;
 	return rc;
 }
 

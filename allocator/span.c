@@ -292,9 +292,14 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 		}
 		if (!sp->busy) {
 			retire(a, sp);
-			/* without a worker, the caller does the unmapping */
+			/* without a worker, the caller does the unmapping; a
+			 * driver failure there (logged) leaves the pages to
+			 * the next reap, and the span is released all the
+			 * same: reported, the caller would retry a release
+			 * that finds no span, or pass the pointer on to the
+			 * driver's free */
 			if (!a->worker_alive)
-				rc = kv_spans_reap(a);
+				(void)kv_spans_reap(a);
 			break;
 		}
 		pthread_cond_wait(&a->done, &a->lock);
@@ -543,7 +548,7 @@ int kv_cache_trim(kv_alloc_t *a, uint32_t n, int release, uint32_t *done)
 	for (i = 0; i < *done; i++)
 		kv_slot_detach(a, slots[i], release ? KV_P_FREEING : KV_P_DIRTY);
 	if (release) {
-		e = kv_pool_free(a, slots, *done);
+		e = kv_pool_free(a, slots, *done, done);
 		if (!rc)
 			rc = e;
 	} else if (*done) {

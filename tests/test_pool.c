@@ -620,7 +620,7 @@ START_TEST(test_bad_device)
 END_TEST
 
 
-/* ---- review: defects found (each test fails on the code as it stands) ---- */
+/* ---- faults: a capture beside pages in flight, big pages, a failed arena unmap ---- */
 
 static CUdeviceptr rv_b;
 static int rv_trim_rc = 1, rv_map_rc = 1, rv_trim_done, rv_map_done;
@@ -646,13 +646,12 @@ static void *rv_map(void *arg)
 /*
  * A map short of pages while a stream captures, with pages in flight (a
  * trim's, stopped in the driver) and a released span that only the
- * capture's end lets go of: the map must wait for the pages in flight with
- * the lock dropped, as it does without a capture. It spins instead, lock
- * held (kv_spans_reap does nothing while a stream captures, and map_runs
- * retries at once), so the trim can never put its pages back and the map
- * never ends until the capture does: on the capturing thread, a hang.
+ * capture's end lets go of: the map waits for the pages in flight with the
+ * lock dropped, as it does without a capture, rather than spin holding it
+ * (kv_spans_reap does nothing while a stream captures), which would keep
+ * the trim from putting its pages back: on the capturing thread, a hang.
  */
-START_TEST(test_review_capture_map_spins_holding_the_lock)
+START_TEST(test_capture_map_waits_lock_dropped)
 {
 	struct timespec ms = { 0, 1000 * 1000 };
 	CUdeviceptr sa, sc;
@@ -679,7 +678,7 @@ START_TEST(test_review_capture_map_spins_holding_the_lock)
 	for (i = 0; i < 200; i++)                      /* the map is short */
 		nanosleep(&ms, NULL);
 	kv_dev_hold("cuMemUnmap", 0);                  /* the trim may end */
-	for (i = 0; i < 3000 && !(__atomic_load_n(&rv_trim_done, __ATOMIC_ACQUIRE) &&
+	for (i = 0; i < 10000 && !(__atomic_load_n(&rv_trim_done, __ATOMIC_ACQUIRE) &&
 				  __atomic_load_n(&rv_map_done, __ATOMIC_ACQUIRE)); i++)
 		nanosleep(&ms, NULL);
 	trim_done = __atomic_load_n(&rv_trim_done, __ATOMIC_ACQUIRE);
@@ -689,7 +688,7 @@ START_TEST(test_review_capture_map_spins_holding_the_lock)
 	pthread_join(tm, NULL);
 	ck_assert(held);
 	ck_assert_msg(trim_done, "the trim could not take the lock back during the capture");
-	ck_assert_msg(map_done, "the map did not end during the capture (3 s after the pages it waited for came back)");
+	ck_assert_msg(map_done, "the map did not end during the capture (10 s after the pages it waited for came back)");
 	ck_assert_int_eq(rv_trim_rc, 0);
 	ck_assert_int_eq(rv_map_rc, 0);
 	kt_check(a);
@@ -698,12 +697,12 @@ END_TEST
 
 /*
  * The pool's watermarks are bytes (README: "refilled in the background when
- * it drops under" KVSHIM_POOL_LOW), but kv_pool_refill rounds them down to
- * pages: with pages larger than twice the low watermark (KVSHIM_PAGE=32M
- * and the default 8M), the low mark is 0 pages and the pool is never
- * refilled, so every map creates and scrubs its pages on its own path.
+ * it drops under" KVSHIM_POOL_LOW): with pages larger than the low mark
+ * (KVSHIM_PAGE=32M and the default 8M) an empty pool is under it, and is
+ * refilled to the high mark, where rounding the mark down to 0 pages left
+ * every map to create and scrub its pages on its own path.
  */
-START_TEST(test_review_big_pages_pool_never_fills)
+START_TEST(test_big_pages_pool_fills)
 {
 	struct kv_alloc_opts o;
 
@@ -719,14 +718,13 @@ START_TEST(test_review_big_pages_pool_never_fills)
 END_TEST
 
 /*
- * A pool page whose arena unmap fails as it is released: release_slots
- * releases its handle all the same and makes the slot EMPTY, though the
- * arena still maps the page. The memory is lost to the process (a handle
- * still mapped is never freed) and the slot cannot be made again (its
- * arena address is taken): every later map that reaches it fails with a
- * driver error. Here, after one failed unmap in a trim, no map works again.
+ * A pool page whose arena unmap fails as it is released keeps its handle
+ * and stays pooled: released, its memory would be lost to the process (a
+ * handle still mapped is never freed) and its slot could not be made
+ * again (its arena address taken), failing every later map that reaches
+ * it. After one failed unmap in a trim, maps work as before.
  */
-START_TEST(test_review_release_keeps_a_mapped_arena_page)
+START_TEST(test_failed_arena_unmap_keeps_the_page)
 {
 	struct kv_alloc_opts o;
 	size_t freed = 0;
@@ -771,9 +769,9 @@ Suite *pool_suite(void)
 	kt_add_emu(tc, test_headroom_beside_a_scrub);
 	if (kv_dev_is_emu())
 		tcase_add_loop_test(tc, test_headroom_across_a_fill, 0, 2);
-	kt_add_emu(tc, test_review_capture_map_spins_holding_the_lock);
-	tcase_add_test(tc, test_review_big_pages_pool_never_fills);
-	kt_add_emu(tc, test_review_release_keeps_a_mapped_arena_page);
+	kt_add_emu(tc, test_capture_map_waits_lock_dropped);
+	tcase_add_test(tc, test_big_pages_pool_fills);
+	kt_add_emu(tc, test_failed_arena_unmap_keeps_the_page);
 	suite_add_tcase(s, tc);
 	tcase_add_test(bad, test_bad_watermarks);
 	tcase_add_test(bad, test_bad_device);
