@@ -39,6 +39,13 @@ int main(int argc, char **argv)
 	/* errors are what this tool is for: show them whatever KVSHIM_LOG says */
 	kv_log_set_level(KV_LOG_ERROR);
 	rc = kv_config_load(&c);
+	if (rc && kv_log_get_level() < KV_LOG_ERROR) {
+		/* KVSHIM_LOG (read first) silenced the errors that follow it:
+		 * read again without it, so that each is named */
+		unsetenv("KVSHIM_LOG");
+		kv_log_set_level(KV_LOG_ERROR);
+		(void)kv_config_load(&c);
+	}
 	if (rc)
 		return KV_EXIT_CONFIG;
 	if (!print)

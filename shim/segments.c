@@ -196,16 +196,32 @@ static void text_segment(FILE *f, const char *path, const struct kv_share_info *
 	}
 }
 
-/* Whether path is a segment of pool (NULL: any): it ends in -pool.
- * Returns 1 or 0. */
+/* A GPU's or MIG instance's UUID as the driver names it: GPU- or MIG-, then
+ * 36 characters. */
+#define UUID_LEN 40
+
+/*
+ * Whether path is a segment of pool (NULL: any): kvshim-UUID-pool, the pool
+ * whole (pool names may hold '-' too: "prod" is not "team-prod"). A UUID
+ * of another form is told apart by the name's end only. Returns 1 or 0.
+ */
 static int of_pool(const char *path, const char *pool)
 {
-	size_t n = strlen(path), k;
+	const char *b = strrchr(path, '/'), *rest;
+	size_t n, k;
 
 	if (!pool)
 		return 1;
+	b = b ? b + 1 : path;
+	if (strncmp(b, "kvshim-", 7))
+		return 0;
+	rest = b + 7;
+	if (strlen(rest) > UUID_LEN && rest[UUID_LEN] == '-' &&
+	    (!strncmp(rest, "GPU-", 4) || !strncmp(rest, "MIG-", 4)))
+		return !strcmp(rest + UUID_LEN + 1, pool);
+	n = strlen(b);
 	k = strlen(pool);
-	return n > k + 1 && path[n - k - 1] == '-' && !strcmp(path + n - k, pool);
+	return n > k + 1 && b[n - k - 1] == '-' && !strcmp(b + n - k, pool);
 }
 
 int kv_segments_main(int argc, char **argv)
