@@ -336,5 +336,56 @@ class TopTest(unittest.TestCase):
             self.assertIn("unknown argument", r.stderr)
 
 
+    def test_bad_interval_is_an_argument_error(self):
+        """--interval nan or inf: refused as --interval 0 is (exit 2), not
+        a traceback from time.sleep after the first view."""
+        for bad in ("nan", "inf"):
+            r = subprocess.run([sys.executable, TOP, "--interval", bad, "--pool", POOL],
+                               capture_output=True, text=True, timeout=10)
+            self.assertEqual(r.returncode, 2, (bad, r.stderr[-300:]))
+            self.assertNotIn("Traceback", r.stderr)
+
+    def test_closed_output_no_traceback(self):
+        """kvshim-top | head, or its stdout closed: it ends quietly (or with
+        a one-line message), never with a Python traceback."""
+        rd, wr = os.pipe()
+        os.close(rd)
+        try:
+            for args in (["--json"], ["--once"]):
+                r = subprocess.run([sys.executable, TOP, "--pool", POOL] + args, stdout=wr,
+                                   stderr=subprocess.PIPE, text=True, timeout=60)
+                self.assertNotIn("Traceback", r.stderr, args)
+        finally:
+            os.close(wr)
+        for args in (["--json"], ["--once"]):
+            r = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, TOP,
+                                "--pool", POOL] + args,
+                               stderr=subprocess.PIPE, text=True, timeout=60)
+            self.assertNotIn("Traceback", r.stderr, args)
+
+    def test_reader_not_answering_json(self):
+        """KVSHIM_CONFIG_BIN naming a program that prints no JSON (another
+        tool, an older kvshim-config): a one-line error, exit 1, as for a
+        reader that is missing."""
+        env = dict(os.environ, KVSHIM_CONFIG_BIN="/bin/echo")
+        r = top("--once", "--pool", POOL, env=env)
+        self.assertEqual(r.returncode, 1, r.stderr[-300:])
+        self.assertIn("kvshim-top: ", r.stderr)
+        self.assertNotIn("Traceback", r.stderr)
+
+    def test_pool_is_matched_whole(self):
+        """--pool NAME lists that pool's segments only, not those of a pool
+        whose name ends in -NAME (pool names may hold '-')."""
+        good = json.loads(top("--json", "--pool", POOL).stdout)["segments"][0]["path"]
+        other = good[:-len(POOL)] + "team-" + POOL
+        with open(good, "rb") as f, open(other, "wb") as g:
+            g.write(f.read())
+        self.addCleanup(os.unlink, other)
+        paths = [s["path"] for s in json.loads(top("--json", "--pool", POOL).stdout)["segments"]]
+        self.assertEqual(paths, [good])
+        text = subprocess.run([os.environ["KVSHIM_CONFIG_BIN"], "--segments", "--pool", POOL],
+                              capture_output=True, text=True, timeout=60).stdout
+        self.assertNotIn("team-", text)
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
