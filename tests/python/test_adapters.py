@@ -4360,6 +4360,26 @@ class BindingTest(unittest.TestCase):
         with self.assertRaises(kvshim.KvshimError):
             g.map([0])
 
+    def test_ints_out_of_range_refused(self):
+        """An int the C type cannot hold is refused, never wrapped by ctypes
+        into another value: block 2**64 + 1 is not block 1, 2**32 + 8 bits
+        are not 8, a dimension of 2**64 + 4 is not 4."""
+        p = kvshim.reserve(8 * MIB)
+        self.addCleanup(kvshim.release, p)
+        g = kvshim.Group([p], MIB, 8)
+        self.addCleanup(g.close)
+        bad = (kvshim.KvshimError, ValueError, OverflowError)
+        mapped = kvshim.stats()["mapped_bytes"]
+        with self.assertRaises(bad):
+            g.map([2 ** 64 + 1])
+        self.assertEqual(kvshim.stats()["mapped_bytes"], mapped)
+        reserved = kvshim.stats()["reserved_bytes"]
+        for shape, bits in (([4], 2 ** 32 + 8), ([2 ** 64 + 4], 8)):
+            with self.assertRaises(bad):
+                m = kvshim.reserve_dlpack(shape, kvshim.DL_INT, bits)
+                kvshim.dlpack_free(m)
+        self.assertEqual(kvshim.stats()["reserved_bytes"], reserved)
+
 
 class EarlyStartTest(unittest.TestCase):
     def run_start(self):
