@@ -4361,23 +4361,38 @@ class BindingTest(unittest.TestCase):
             g.map([0])
 
     def test_ints_out_of_range_refused(self):
-        """An int the C type cannot hold is refused, never wrapped by ctypes
-        into another value: block 2**64 + 1 is not block 1, 2**32 + 8 bits
-        are not 8, a dimension of 2**64 + 4 is not 4."""
+        """An int the C type cannot hold is refused (KvshimError, EINVAL),
+        never wrapped by ctypes into another value: block 2**64 + 1 is not
+        block 1, 2**32 + 8 bits are not 8, a dimension of 2**64 + 4 is not
+        4, trim(-1) is not a trim of everything."""
         p = kvshim.reserve(8 * MIB)
         self.addCleanup(kvshim.release, p)
         g = kvshim.Group([p], MIB, 8)
         self.addCleanup(g.close)
-        bad = (kvshim.KvshimError, ValueError, OverflowError)
+
+        def refused(call, *args):
+            with self.assertRaises(kvshim.KvshimError) as cm:
+                call(*args)
+            self.assertEqual(cm.exception.code, kvshim.EINVAL, (call, args))
+
+        g.map([2])
+        g.unmap([2])       # its page stays mapped, cached: what trim(-1) would free
         mapped = kvshim.stats()["mapped_bytes"]
-        with self.assertRaises(bad):
-            g.map([2 ** 64 + 1])
+        self.assertGreater(mapped, 0)
+        for ids in ([2 ** 64 + 1], [0, 2 ** 63], [-1]):
+            refused(g.map, ids)
+            refused(g.can_back, ids)
+        refused(g.can_back, None, -1)
+        refused(kvshim.trim, -1)
+        refused(kvshim.trim, 2 ** 64)
         self.assertEqual(kvshim.stats()["mapped_bytes"], mapped)
         reserved = kvshim.stats()["reserved_bytes"]
-        for shape, bits in (([4], 2 ** 32 + 8), ([2 ** 64 + 4], 8)):
-            with self.assertRaises(bad):
-                m = kvshim.reserve_dlpack(shape, kvshim.DL_INT, bits)
-                kvshim.dlpack_free(m)
+        for shape, code, bits in (([4], kvshim.DL_INT, 2 ** 32 + 8),
+                                  ([2 ** 64 + 4], kvshim.DL_INT, 8),
+                                  ([4], 2 ** 32 + kvshim.DL_INT, 8)):
+            refused(kvshim.reserve_dlpack, shape, code, bits)
+        refused(kvshim.reserve, 2 ** 64 + MIB)
+        refused(kvshim.Group, [p], 2 ** 64 + MIB, 8)
         self.assertEqual(kvshim.stats()["reserved_bytes"], reserved)
 
 

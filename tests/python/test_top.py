@@ -335,43 +335,48 @@ class TopTest(unittest.TestCase):
             self.assertEqual(r.returncode, 2, args)
             self.assertIn("unknown argument", r.stderr)
 
-
     def test_bad_interval_is_an_argument_error(self):
         """--interval nan or inf: refused as --interval 0 is (exit 2), not
         a traceback from time.sleep after the first view."""
-        for bad in ("nan", "inf"):
+        for bad in ("nan", "inf", "-inf", "1e300", "-1", "x"):
             r = subprocess.run([sys.executable, TOP, "--interval", bad, "--pool", POOL],
                                capture_output=True, text=True, timeout=10)
             self.assertEqual(r.returncode, 2, (bad, r.stderr[-300:]))
             self.assertNotIn("Traceback", r.stderr)
+            self.assertIn("--interval", r.stderr)
 
     def test_closed_output_no_traceback(self):
-        """kvshim-top | head, or its stdout closed: it ends quietly (or with
-        a one-line message), never with a Python traceback."""
+        """kvshim-top | head, or its stdout closed: it ends quietly (a closed
+        pipe) or with a one-line message (no stdout), exit 1, never with a
+        Python traceback."""
         rd, wr = os.pipe()
         os.close(rd)
         try:
             for args in (["--json"], ["--once"]):
                 r = subprocess.run([sys.executable, TOP, "--pool", POOL] + args, stdout=wr,
                                    stderr=subprocess.PIPE, text=True, timeout=60)
-                self.assertNotIn("Traceback", r.stderr, args)
+                self.assertEqual((r.returncode, r.stderr), (1, ""), args)
         finally:
             os.close(wr)
         for args in (["--json"], ["--once"]):
             r = subprocess.run(["sh", "-c", 'exec "$@" >&-', "sh", sys.executable, TOP,
                                 "--pool", POOL] + args,
                                stderr=subprocess.PIPE, text=True, timeout=60)
-            self.assertNotIn("Traceback", r.stderr, args)
+            self.assertEqual(r.returncode, 1, (args, r.stderr))
+            self.assertEqual(r.stderr.count("\n"), 1, (args, r.stderr))
+            self.assertIn("stdout is closed", r.stderr)
 
     def test_reader_not_answering_json(self):
         """KVSHIM_CONFIG_BIN naming a program that prints no JSON (another
         tool, an older kvshim-config): a one-line error, exit 1, as for a
         reader that is missing."""
         env = dict(os.environ, KVSHIM_CONFIG_BIN="/bin/echo")
-        r = top("--once", "--pool", POOL, env=env)
-        self.assertEqual(r.returncode, 1, r.stderr[-300:])
-        self.assertIn("kvshim-top: ", r.stderr)
-        self.assertNotIn("Traceback", r.stderr)
+        for args in (["--once"], ["--json"]):
+            r = top("--pool", POOL, *args, env=env)
+            self.assertEqual(r.returncode, 1, r.stderr[-300:])
+            self.assertTrue(r.stderr.startswith("kvshim-top: /bin/echo "), r.stderr)
+            self.assertEqual(r.stderr.count("\n"), 1, r.stderr)
+            self.assertEqual(r.stdout, "")
 
     def test_pool_is_matched_whole(self):
         """--pool NAME lists that pool's segments only, not those of a pool
@@ -386,6 +391,7 @@ class TopTest(unittest.TestCase):
         text = subprocess.run([os.environ["KVSHIM_CONFIG_BIN"], "--segments", "--pool", POOL],
                               capture_output=True, text=True, timeout=60).stdout
         self.assertNotIn("team-", text)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)

@@ -6,7 +6,9 @@ one installed next to this package (<libdir>/libkvshim.so for a package in
 <libdir>/kvshim/python/kvshim), else the build tree's (.libs/libkvshim.so).
 
 Every call raises KvshimError (with .code, a kvshim_error) when the library
-returns an error.
+returns an error, and KvshimError with EINVAL, calling nothing, for an int
+its C type cannot hold: ctypes would wrap it silently into another value
+(block 2**64 + 1 into block 1, a size of -1 into the largest).
 
 Devices: a call on an address (map, unmap, release, a Group's calls) goes
 to the GPU whose span holds it; reserve, reserve_dlpack, trim and stats act
@@ -15,6 +17,7 @@ torch.cuda.set_device(i) make i current), as the C interface does.
 """
 import contextlib
 import ctypes
+import operator
 import os
 
 __all__ = ["KvshimError", "EINVAL", "ERANGE", "ENOTCLAIMED", "ELIMIT", "ENOMEM",
@@ -142,6 +145,43 @@ def _check(rc, what):
     return rc
 
 
+# The ranges of the C types the calls take. ctypes converts a Python int to
+# any of them by masking, never checking: every int is checked against its
+# type's range here first, and refused as the C call refuses a bad argument.
+_SIZE_MAX = (1 << (8 * ctypes.sizeof(ctypes.c_size_t))) - 1
+_UINT_MAX = (1 << (8 * ctypes.sizeof(ctypes.c_uint))) - 1
+_LLONG_MAX = (1 << (8 * ctypes.sizeof(ctypes.c_longlong) - 1)) - 1
+_PTR_MAX = (1 << (8 * ctypes.sizeof(ctypes.c_void_p))) - 1
+
+
+def _int(v, lo, hi, what, name):
+    """v (an int, or anything with __index__, e.g. a numpy int) checked to
+    lie in [lo, hi]; else KvshimError(EINVAL) naming the argument. A float
+    or other non-int is a TypeError, as ctypes would raise."""
+    n = operator.index(v)
+    if not lo <= n <= hi:
+        raise KvshimError(EINVAL, "%s: %s %d out of range" % (what, name, n))
+    return n
+
+
+def _size(v, what, name="size"):
+    """A size_t argument: 0 to SIZE_MAX (a negative size is refused, not
+    read as a huge one)."""
+    return _int(v, 0, _SIZE_MAX, what, name)
+
+
+def _addr(v, what):
+    """A pointer argument: None (NULL) or an address that fits one."""
+    return None if v is None else _int(v, 0, _PTR_MAX, what, "address")
+
+
+def _clamped(nbytes):
+    """A stated byte count (share_demand, share_unused) as size_t: below 0
+    is none, as before; above SIZE_MAX is all there is (never wrapped into a
+    small one)."""
+    return min(max(int(nbytes), 0), _SIZE_MAX)
+
+
 def kv_begin():
     """Open a KV window: large allocations become lazy spans until kv_end."""
     _check(library().kvshim_kv_begin(), "kvshim_kv_begin")
@@ -162,22 +202,25 @@ def window():
 
 
 def map(addr, length):
-    _check(library().kvshim_map(addr, length), "kvshim_map")
+    w = "kvshim_map"
+    _check(library().kvshim_map(_addr(addr, w), _size(length, w, "length")), w)
 
 
 def unmap(addr, length):
-    _check(library().kvshim_unmap(addr, length), "kvshim_unmap")
+    w = "kvshim_unmap"
+    _check(library().kvshim_unmap(_addr(addr, w), _size(length, w, "length")), w)
 
 
 def reserve(size):
     """A lazy span of size bytes on the current device; its address."""
     p = ctypes.c_void_p()
-    _check(library().kvshim_reserve(size, ctypes.byref(p)), "kvshim_reserve")
+    w = "kvshim_reserve"
+    _check(library().kvshim_reserve(_size(size, w), ctypes.byref(p)), w)
     return p.value
 
 
 def release(addr):
-    _check(library().kvshim_release(addr), "kvshim_release")
+    _check(library().kvshim_release(_addr(addr, "kvshim_release")), "kvshim_release")
 
 
 def reserve_dlpack(shape, code, bits):
@@ -185,10 +228,15 @@ def reserve_dlpack(shape, code, bits):
     on the current device, described as a DLManagedTensor naming that
     device: its address (a pointer to DLManaged). Whoever takes it calls its deleter, which
     releases the span; dlpack_free does that for one never handed over."""
+    w = "kvshim_reserve_dlpack"
+    # each checked for its C type only (long long, unsigned): which values
+    # are valid (dimensions at least 1, bits a power of two) the C call says
+    shape = [_int(d, -_LLONG_MAX - 1, _LLONG_MAX, w, "dimension") for d in shape]
+    code = _int(code, 0, _UINT_MAX, w, "type code")
+    bits = _int(bits, 0, _UINT_MAX, w, "bits")
     dims = (ctypes.c_longlong * len(shape))(*shape)
     p = ctypes.c_void_p()
-    _check(library().kvshim_reserve_dlpack(len(shape), dims, code, bits, ctypes.byref(p)),
-           "kvshim_reserve_dlpack")
+    _check(library().kvshim_reserve_dlpack(len(shape), dims, code, bits, ctypes.byref(p)), w)
     return p.value
 
 
@@ -202,7 +250,8 @@ def trim(nbytes):
     """Give up to nbytes of the current device's back to the driver; the
     bytes given back."""
     freed = ctypes.c_size_t()
-    _check(library().kvshim_trim(nbytes, ctypes.byref(freed)), "kvshim_trim")
+    w = "kvshim_trim"
+    _check(library().kvshim_trim(_size(nbytes, w, "nbytes"), ctypes.byref(freed)), w)
     return freed.value
 
 
@@ -218,7 +267,7 @@ def share_demand(nbytes):
     (its idle pages count in it; 0: none), e.g. what the requests waiting
     for admission need; it holds for one second unless stated again.
     Nothing without a shared budget."""
-    _check(library().kvshim_share_demand(max(0, int(nbytes))), "kvshim_share_demand")
+    _check(library().kvshim_share_demand(_clamped(nbytes)), "kvshim_share_demand")
 
 
 def share_unused(nbytes):
@@ -227,7 +276,7 @@ def share_unused(nbytes):
     waits, the fair shares count them out of what it uses and ask for them
     first. It holds for one second unless stated again. Nothing without a
     shared budget."""
-    _check(library().kvshim_share_unused(max(0, int(nbytes))), "kvshim_share_unused")
+    _check(library().kvshim_share_unused(_clamped(nbytes)), "kvshim_share_unused")
 
 
 def share_asked():
@@ -249,8 +298,17 @@ def capture_wait(timeout_ms):
     return library().kvshim_capture_wait(ms) == 0
 
 
-def _ids(blocks):
+def _ids(blocks, what):
+    """blocks as a long long array and its length. Ids are checked against
+    long long's range and below 0 (no group has a negative block: the C
+    call refuses one too), by the smallest and largest only, so an engine's
+    every step pays two C-speed scans, not a Python loop."""
     blocks = list(blocks)
+    if blocks:
+        lo, hi = min(blocks), max(blocks)
+        if lo < 0 or hi > _LLONG_MAX:
+            raise KvshimError(EINVAL, "%s: block %d out of range"
+                              % (what, lo if lo < 0 else hi))
     return (ctypes.c_longlong * len(blocks))(*blocks), len(blocks)
 
 
@@ -260,11 +318,14 @@ class Group:
     may be on several GPUs: each block is backed on each tensor's own."""
 
     def __init__(self, bases, block_bytes, nblocks):
-        bases = list(bases)
+        w = "kvshim_group_create"
+        bases = [_addr(b, w) for b in bases]
+        block_bytes = _size(block_bytes, w, "block_bytes")
+        nblocks = _size(nblocks, w, "nblocks")
         arr = (ctypes.c_void_p * len(bases))(*bases)
         gid = ctypes.c_int()
         _check(library().kvshim_group_create(arr, len(bases), block_bytes, nblocks,
-                                             ctypes.byref(gid)), "kvshim_group_create")
+                                             ctypes.byref(gid)), w)
         self.id = gid.value
         self.block_bytes = block_bytes
         self.nblocks = nblocks
@@ -272,21 +333,21 @@ class Group:
 
     def map(self, blocks):
         """Back the blocks in every tensor, all or none (KvshimError)."""
-        arr, n = _ids(blocks)
+        arr, n = _ids(blocks, "kvshim_group_map")
         _check(library().kvshim_group_map(self.id, arr, n), "kvshim_group_map")
 
     def unmap(self, blocks):
-        arr, n = _ids(blocks)
+        arr, n = _ids(blocks, "kvshim_group_unmap")
         _check(library().kvshim_group_unmap(self.id, arr, n), "kvshim_group_unmap")
 
     def can_back(self, blocks=None, n=None):
         """Whether these block ids (or n more blocks) can be backed now."""
+        w = "kvshim_group_can_back"
         if blocks is None:
-            return _check(library().kvshim_group_can_back(self.id, None, n),
-                          "kvshim_group_can_back") == 1
-        arr, k = _ids(blocks)
-        return _check(library().kvshim_group_can_back(self.id, arr, k),
-                      "kvshim_group_can_back") == 1
+            return _check(library().kvshim_group_can_back(self.id, None, _size(n, w, "n")),
+                          w) == 1
+        arr, k = _ids(blocks, w)
+        return _check(library().kvshim_group_can_back(self.id, arr, k), w) == 1
 
     def headroom(self):
         room = ctypes.c_size_t()
@@ -298,12 +359,12 @@ class Group:
         """share_demand for this group's blocks: nbytes over all its
         tensors, each GPU its part (by the tensors on it), whatever the
         current device."""
-        _check(library().kvshim_group_share_demand(self.id, max(0, int(nbytes))),
+        _check(library().kvshim_group_share_demand(self.id, _clamped(nbytes)),
                "kvshim_group_share_demand")
 
     def share_unused(self, nbytes):
         """share_unused for this group's blocks, as share_demand."""
-        _check(library().kvshim_group_share_unused(self.id, max(0, int(nbytes))),
+        _check(library().kvshim_group_share_unused(self.id, _clamped(nbytes)),
                "kvshim_group_share_unused")
 
     def share_asked(self):
