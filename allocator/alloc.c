@@ -91,7 +91,8 @@ static int duties(kv_alloc_t *a)
 	uint32_t low, high, freed;
 	int rc, first = 0;
 
-	kv_pool_marks(a, &low, &high);
+	kv_pool_marks(a, &low, &high);  /* (low: the refill's) */
+	(void)low;
 
 	if (a->share)
 		first = share_duties(a);

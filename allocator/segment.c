@@ -399,11 +399,12 @@ int kv_share_mode_ok(unsigned mode, const char **why)
 		*why = "every local user could write the segment: use 0660 and a group to share it across users";
 		return 0;
 	}
-	/* read access alone takes the segment's locks (a slot's, the set-up
-	 * lock): a reader could keep a dead member's pages from ever coming
-	 * back, or leave no slot to claim */
-	if ((mode & 0004) || ((mode & 0040) && !(mode & 0020))) {
-		*why = "users who may read the segment could hold its locks without being members: give read only with write (0600, or 0660 and a group)";
+	/* read or write access alone takes the segment's locks (a slot's,
+	 * the set-up lock), and a member needs both: a user with one could
+	 * keep a dead member's pages from ever coming back, or leave no slot
+	 * to claim, without being a member */
+	if ((mode & 0006) || ((mode & 0060) && (mode & 0060) != 0060)) {
+		*why = "users who may read or write the segment but not join it could hold its locks: give the group read and write together, or neither (0600, or 0660 and a group), and others nothing";
 		return 0;
 	}
 	return 1;

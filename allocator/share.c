@@ -377,7 +377,7 @@ static int map_segment(kv_share_t *s)
 	if (s->sh)
 		return 0;
 	e = back_file(s->fd);
-	if (e == ENOSPC) {
+	if (e == ENOSPC || e == ENOMEM || e == EDQUOT) {
 		kv_error("share: no room for %s in %s (is it full?)", s->path,
 			 KV_SHARE_DIR);
 		return KVSHIM_ENOMEM;

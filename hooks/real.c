@@ -127,11 +127,12 @@ void *kv_hooks_wrap(void *fn)
 
 /*
  * dlsym(RTLD_NEXT) finds the next definition after its caller's object,
- * which glibc reads from the return address: through the wrapper that
- * would be libkvshim.so's place, and loaded late (last) nothing comes
- * after it. So the wrapper looks for it from the caller's object: the
- * first object after it, in load order, that defines name itself (not
- * one of its dependencies). Returns it, or NULL.
+ * which glibc reads from the return address: through the wrapper that is
+ * libkvshim.so's place, which serves a preloaded kvshim (next to the main
+ * program) as before; loaded late (last), nothing comes after it. Then the
+ * wrapper looks from the caller's object: the first object after it, in
+ * load order, that defines name itself (not one of its dependencies; the
+ * loader's own scopes are not followed). Returns it, or NULL.
  */
 static void *next_after(const void *caller, const char *name)
 {
@@ -158,7 +159,20 @@ static void *next_after(const void *caller, const char *name)
 
 void *kv_hook_dlsym(void *handle, const char *name)
 {
-	if (handle == RTLD_NEXT)
-		return kv_hooks_wrap(next_after(__builtin_return_address(0), name));
-	return kv_hooks_wrap(kv_shim_dlsym(handle, name));
+	void *sym;
+
+	if (handle != RTLD_NEXT)
+		return kv_hooks_wrap(kv_shim_dlsym(handle, name));
+	/* from kvshim's place first: found there, no other look-up is made
+	 * (each failing one allocates its message: a program defining malloc
+	 * and looking libc's up must not re-enter it) */
+	sym = kv_shim_dlsym(RTLD_NEXT, name);
+	if (!sym) {
+		sym = next_after(__builtin_return_address(0), name);
+		/* not found either way: a failing look-up last, so that
+		 * dlerror() says why, as the caller's own would */
+		if (!sym)
+			sym = kv_shim_dlsym(RTLD_NEXT, name);
+	}
+	return kv_hooks_wrap(sym);
 }

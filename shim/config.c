@@ -467,10 +467,11 @@ static int parse_size_zero_off(const char *s, size_t *out, const char **why)
 	return 0;
 }
 
-/* Octal permissions that let the owner read and write (0600 to 0777), no
- * other user write, and no user read without write (kv_share_mode_ok): a
- * segment every local user could write is never made nor joined, and one
- * a user may only read would let that user hold its locks. */
+/* Octal permissions that let the owner read and write (0600 to 0777), give
+ * other users nothing and the group read and write together or neither
+ * (kv_share_mode_ok): a segment every local user could write is never made
+ * nor joined, and one a user may only read or only write would let that
+ * user hold its locks. */
 static int parse_mode(const char *s, unsigned *out, const char **why)
 {
 	unsigned long long v;

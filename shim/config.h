@@ -50,7 +50,7 @@
 	X(WEIGHT, weight, weight, "1",                                       \
 	  "this process's weight in the shared budget's fair shares: a whole number from 1 to 1000") \
 	X(SHARE_MODE, share_mode, mode, "0600",                              \
-	  "permissions of a segment this process creates, and the only ones it joins (octal, owner rw, no write for others, read only with write; 0660: shared with the group)") \
+	  "permissions of a segment this process creates, and the only ones it joins (octal, owner rw, nothing for others, the group rw or nothing; 0660: shared with the group)") \
 	X(CB_READ_TOKENS, cb_read_tokens, reads, "auto",                     \
 	  "transformers continuous batching: the most KV tokens one step reads, which sizes its attention mask and index buffers: auto (from the workload), off (the whole cache, transformers' own size), a number of tokens (K, M suffixes) or a memory size (K, M, G or T, then B or iB, binary either way: the tokens a cache of that size holds, as a static share's)") \
 	X(CB_AHEAD, cb_ahead, bool, "on",                                    \

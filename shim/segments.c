@@ -216,9 +216,13 @@ static int of_pool(const char *path, const char *pool)
 	if (strncmp(b, "kvshim-", 7))
 		return 0;
 	rest = b + 7;
-	if (strlen(rest) > UUID_LEN && rest[UUID_LEN] == '-' &&
-	    (!strncmp(rest, "GPU-", 4) || !strncmp(rest, "MIG-", 4)))
-		return !strcmp(rest + UUID_LEN + 1, pool);
+	if (strlen(rest) >= UUID_LEN &&
+	    (!strncmp(rest, "GPU-", 4) || !strncmp(rest, "MIG-", 4))) {
+		if (!rest[UUID_LEN])
+			return 0;       /* the GPU's default segment: no pool */
+		if (rest[UUID_LEN] == '-')
+			return !strcmp(rest + UUID_LEN + 1, pool);
+	}
 	n = strlen(b);
 	k = strlen(pool);
 	return n > k + 1 && b[n - k - 1] == '-' && !strcmp(b + n - k, pool);

@@ -230,11 +230,11 @@ START_TEST(test_share_mode_config)
 	static const char *const bad[] = {
 		"0400", "0200", "0000", "0060", "0666", "0602", "0777", "01600",
 		"0999", "abc", "", "-600", "0x180", "0644", "0640", "0604", "0664",
-		"0740", "0704"
+		"0740", "0704", "0620", "0720"
 	};
 	static const struct { const char *s; unsigned v; } good[] = {
 		{ "0600", 0600 }, { "600", 0600 }, { "0660", 0660 },
-		{ "0620", 0620 }, { "0700", 0700 }, { "0770", 0770 },
+		{ "0700", 0700 }, { "0770", 0770 }, { "0670", 0670 },
 	};
 	struct kv_alloc_opts o;
 	struct kv_config c;
@@ -262,6 +262,8 @@ START_TEST(test_share_mode_config)
 	ck_assert(!kv_share_mode_ok(0666, &why));
 	ck_assert_ptr_nonnull(strstr(why, "every local user"));
 	ck_assert(!kv_share_mode_ok(0640, &why));
+	ck_assert_ptr_nonnull(strstr(why, "hold its locks"));
+	ck_assert(!kv_share_mode_ok(0620, &why));
 	ck_assert_ptr_nonnull(strstr(why, "hold its locks"));
 	ck_assert(!kv_share_mode_ok(0644, &why));
 	ck_assert_ptr_nonnull(strstr(why, "hold its locks"));

@@ -619,7 +619,7 @@ END_TEST
 /*
  * Without a worker (it could not start, or has no context), a release
  * unmaps the span's pages itself; when the driver refuses that unmap, the
- * span is released all the same and the release says so (its pages are
+ * span is released all the same and the release returns 0 (its pages are
  * left to a later reap): reported as an error, the caller would retry a
  * release that finds no span, and kv_policy_free, reading the error as
  * "not a span", would hand the span's address to the driver's cuMemFree.

@@ -728,6 +728,11 @@ static void case_late_next(void)
 		fprintf(stderr, "FAIL %s:%d: dlsym(RTLD_NEXT, cudaMalloc) was %p, now %p\n",
 			__FILE__, __LINE__, before, after);
 	EXPECT(after == before);
+	/* a name defined nowhere: NULL, and dlerror() says why, as without
+	 * kvshim */
+	dlerror();
+	EXPECT(dlsym(RTLD_NEXT, "kvshim_test_no_such_symbol") == NULL);
+	EXPECT(dlerror() != NULL);
 }
 
 static void case_expect_fails(void)

@@ -391,6 +391,16 @@ class TopTest(unittest.TestCase):
         text = subprocess.run([os.environ["KVSHIM_CONFIG_BIN"], "--segments", "--pool", POOL],
                               capture_output=True, text=True, timeout=60).stdout
         self.assertNotIn("team-", text)
+        # a GPU's default segment (no pool) is no pool named after its
+        # UUID's last digits (a GPU of its own: no live segment touched)
+        tail = "%012x" % os.getpid()
+        plain = os.path.join(os.path.dirname(good),
+                             "kvshim-GPU-00000000-0000-4000-8000-" + tail)
+        with open(good, "rb") as f, open(plain, "xb") as g:
+            g.write(f.read())
+        self.addCleanup(os.unlink, plain)
+        paths = [s["path"] for s in json.loads(top("--json", "--pool", tail).stdout)["segments"]]
+        self.assertEqual(paths, [])
 
 
 if __name__ == "__main__":

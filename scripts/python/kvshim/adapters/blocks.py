@@ -612,8 +612,10 @@ class BlockTracker:
         after kvshim refused them together. handed: ids the engine had (in
         mapped), else blocks backed ahead. An id whose release fails for
         another reason than holding no claim keeps its claim in kvshim, and
-        so here (held again: a later release of it is right); returns the
-        first such error, or None."""
+        so here: held again, and counted among the blocks backed ahead (it
+        is free and backed), so that its next hand-out takes no second
+        claim, and the next pass that does not name it ahead releases it
+        again; returns the first such error, or None."""
         failed = None
         for b in ids:
             try:
@@ -621,6 +623,9 @@ class BlockTracker:
             except kvshim.KvshimError as e:
                 if e.code != ENOTCLAIMED:
                     self._hold([b])
+                    self._ahead.add(b)
+                    if handed:
+                        self.mapped -= 1
                     if failed is None:
                         failed = e
                 continue
