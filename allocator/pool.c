@@ -158,7 +158,7 @@ static int release_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 			 uint32_t *released)
 {
 	uint64_t t0 = kv_prim_now_ns();
-	uint32_t i, j, len, out = 0, kept = 0, *keep = NULL;
+	uint32_t i, j, len, out = n;
 	int rc = 0, e;
 
 	if (a->o.zero) {
@@ -167,29 +167,15 @@ static int release_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 			len = run_len(slots, i, n);
 			e = kv_prim_unmap(&a->prim, arena_va(a, slots[i]),
 					  (size_t)len * a->page);
-			if (!e) {
-				for (j = 0; j < len; j++)
-					slots[out++] = slots[i + j];
+			if (!e)
 				continue;
-			}
 			if (!rc)
 				rc = e;
-			if (!keep && !(keep = malloc(n * sizeof(*keep)))) {
-				/* no room to keep them apart: as before, released
-				 * (the driver frees a mapped handle's memory only
-				 * once it is unmapped) */
-				for (j = 0; j < len; j++)
-					slots[out++] = slots[i + j];
-				continue;
-			}
 			for (j = 0; j < len; j++)
-				keep[kept++] = slots[i + j];
+				a->phys[slots[i + j]].failed = 1;
 		}
-		if (kept)
-			memcpy(slots + out, keep, kept * sizeof(*slots));
-		free(keep);
-	} else {
-		out = n;
+		if (rc)
+			out = kv_slots_failed_last(a, slots, n);
 	}
 	for (i = 0; i < out; i++) {
 		e = drop_handle(a, slots[i]);

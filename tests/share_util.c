@@ -183,7 +183,8 @@ int kt_in_child(int (*fn)(void *), void *arg, int secs, char *err, size_t len)
 	return rc;
 }
 
-void kt_member_start(struct kt_member *m, size_t budget, size_t min, size_t pages)
+static void member_start(struct kt_member *m, size_t budget, size_t min, size_t pages,
+			 size_t demand)
 {
 	int to[2], from[2], st = 0;
 	char c = 0;
@@ -204,6 +205,8 @@ void kt_member_start(struct kt_member *m, size_t budget, size_t min, size_t page
 		KT_CHILD_CHECK(kv_alloc_reserve(b, 32 * PG, &d) == 0);
 		if (pages)
 			KT_CHILD_CHECK(kv_alloc_map(b, d, pages * PG) == 0);
+		if (demand)
+			kv_alloc_demand(b, demand);
 		KT_CHILD_CHECK(write(from[1], "r", 1) == 1);
 		/* wait for 'q' (other children may hold copies of the
 		 * pipe's write end: no EOF can be counted on) */
@@ -221,6 +224,16 @@ void kt_member_start(struct kt_member *m, size_t budget, size_t min, size_t page
 	}
 	close(from[0]);
 	m->ctl = to[1];
+}
+
+void kt_member_start(struct kt_member *m, size_t budget, size_t min, size_t pages)
+{
+	member_start(m, budget, min, pages, 0);
+}
+
+void kt_member_waiting(struct kt_member *m, size_t budget, size_t pages, size_t demand)
+{
+	member_start(m, budget, 0, pages, demand);
 }
 
 int kt_member_leave(struct kt_member *m)

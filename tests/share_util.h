@@ -76,6 +76,9 @@ struct kt_member {
 /* Start a member (budget, floor) mapping pages pages; returns once it has. */
 void kt_member_start(struct kt_member *m, size_t budget, size_t min, size_t pages);
 
+/* kt_member_start, the member then stating demand bytes it waits for. */
+void kt_member_waiting(struct kt_member *m, size_t budget, size_t pages, size_t demand);
+
 /* Ask a member to leave (close its allocator and exit). Returns its exit
  * status (0: it left cleanly). */
 int kt_member_leave(struct kt_member *m);

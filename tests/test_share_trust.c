@@ -1301,36 +1301,20 @@ END_TEST
  */
 START_TEST(test_share_dead_waiter_reaped)
 {
-	int p2c[2], c2p[2], st, i;
+	struct kt_member m;
 	kv_alloc_t *a;
 	CUdeviceptr s;
 	size_t asked;
-	pid_t pid;
-	char c;
+	int i;
 
-	kt_new_pool_pipes(p2c, c2p);
+	kt_new_pool();
 	a = kt_make(16 * PG, 0, 0, 0);
 	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &s), 0);
 	ck_assert_int_eq(kv_alloc_map(a, s, 12 * PG), 0);
-	fflush(stdout);
-	pid = fork();
-	if (pid == 0) {
-		kv_alloc_t *b;
-		CUdeviceptr d;
-
-		KT_CHILD_CHECK(kt_mk(16 * PG, 0, 0, 0, 0, &b) == 0);
-		KT_CHILD_CHECK(kv_alloc_reserve(b, 16 * PG, &d) == 0);
-		KT_CHILD_CHECK(kv_alloc_map(b, d, 4 * PG) == 0);
-		kv_alloc_demand(b, 8 * PG);
-		KT_CHILD_CHECK(write(c2p[1], "r", 1) == 1);
-		for (;;)
-			pause();
-	}
-	ck_assert_int_eq(read(c2p[0], &c, 1), 1);
+	kt_member_waiting(&m, 16 * PG, 4, 8 * PG);
 	(void)kv_alloc_tick(a);
 	ck_assert_uint_gt(kv_alloc_asked(a), 0);        /* a live waiter: fair */
-	kill(pid, SIGKILL);
-	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	kt_member_kill(&m);
 	for (i = 0; i < 100; i++) {     /* 0.5 s of worker ticks */
 		(void)kv_alloc_tick(a);
 		nanosleep(&(struct timespec){ 0, 5 * 1000 * 1000 }, NULL);

@@ -321,19 +321,25 @@ class AdapterTest(unittest.TestCase):
                 transformers_cb.attach(c)
         self.assertEqual(pages(c), 0)
 
+    def second_map_fails(self, tr, code):
+        """Make the tracker's second map from now on fail with code (the
+        second layer group's blocks of an allocation); returns the maps
+        made, and the real map."""
+        real, calls = tr.group.map, []
+
+        def second(ids):
+            calls.append(list(ids))
+            if len(calls) == 2:
+                raise kvshim.KvshimError(code, "kvshim_group_map")
+            return real(ids)
+        tr.group.map = second
+        return calls, real
+
     def test_memory_taken_after_the_check(self):
         c, tr = self.make(num_blocks=256)
         c.group_cache_managers.append(StandInGroup())    # two layer groups
         bm = c._block_manager
-        real = tr.group.map
-        calls = []
-
-        def second_refused(ids):
-            calls.append(list(ids))
-            if len(calls) == 2:
-                raise kvshim.KvshimError(kvshim.ENOMEM, "kvshim_group_map")
-            return real(ids)
-        tr.group.map = second_refused
+        calls, real = self.second_map_fails(tr, kvshim.ENOMEM)
         self.assertIsNone(c.allocate_blocks(4, "r1", 0))
         # the first group's blocks went back; every table is as before
         self.assertEqual(calls, [[0, 1, 2, 3], [4, 5, 6, 7]])
@@ -3094,15 +3100,7 @@ class AdapterTest(unittest.TestCase):
         c, tr = self.make(num_blocks=256)
         c.group_cache_managers.append(StandInGroup())    # two layer groups
         bm = c._block_manager
-        real = tr.group.map
-        calls = []
-
-        def second_fails(ids):
-            calls.append(list(ids))
-            if len(calls) == 2:
-                raise kvshim.KvshimError(kvshim.EDRIVER, "kvshim_group_map")
-            return real(ids)
-        tr.group.map = second_fails
+        real = self.second_map_fails(tr, kvshim.EDRIVER)[1]
         with redirect_stderr(io.StringIO()):
             self.assertIsNone(c.allocate_blocks(4, "r1", 0))
         tr.group.map = real
