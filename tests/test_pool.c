@@ -745,6 +745,58 @@ START_TEST(test_failed_arena_unmap_keeps_the_page)
 }
 END_TEST
 
+/*
+ * A creation whose arena map fails partway through a run, and whose
+ * clean-up unmap of the pages mapped before it fails too: those pages keep
+ * their handles and stay pooled, as a pool page does whose unmap fails
+ * (above). Released, their memory would be lost (a handle still mapped is
+ * never freed) and their arena addresses taken, failing every later
+ * creation of those slots. Loop 0 creates on a map's path, loop 1 in a
+ * refill. Either way every slot maps again, and teardown finds nothing
+ * left and every handle released once.
+ */
+START_TEST(test_failed_create_unmap_keeps_the_pages)
+{
+	struct kv_alloc_opts o;
+	CUdeviceptr b2;
+
+	kt_opts(&o);
+	o.limit = 8 * PG;
+	if (_i) {
+		o.pool_low = 4 * PG;
+		o.pool_high = 4 * PG;
+	}
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &base), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &b2), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 4 * PG), 0);
+	/* the 4 slots left are one run: its third map fails, then the
+	 * unmap of the two mapped before it */
+	kv_dev_reset_counts();
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemMap", 3, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN), 0);
+	if (_i)
+		ck_assert_int_eq(kv_alloc_tick(a), KVSHIM_EDRIVER);
+	else
+		ck_assert_int_eq(kv_alloc_map(a, b2, 4 * PG), KVSHIM_EDRIVER);
+	ck_assert_uint_eq(kv_dev_calls("cuMemCreate"), 4);
+	ck_assert_uint_eq(kv_dev_calls("cuMemUnmap"), 1);
+	kt_check(a);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 2 * PG);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 6 * PG);
+	/* the same slots are made and mapped again */
+	if (_i)
+		ck_assert_int_eq(kv_alloc_tick(a), 0);
+	ck_assert_int_eq(kv_alloc_map(a, b2, 4 * PG), 0);
+	kt_check(a);
+	ck_assert_int_eq(kv_alloc_release(a, b2), 0);
+	ck_assert_int_eq(kv_alloc_release(a, base), 0);
+	kt_destroy(a);
+	a = NULL;
+	ck_assert_uint_eq(kv_dev_calls("cuMemRelease"), kv_dev_calls("cuMemCreate") + 4);
+}
+END_TEST
+
 Suite *pool_suite(void)
 {
 	Suite *s = suite_create("pool");
@@ -772,6 +824,8 @@ Suite *pool_suite(void)
 	kt_add_emu(tc, test_capture_map_waits_lock_dropped);
 	tcase_add_test(tc, test_big_pages_pool_fills);
 	kt_add_emu(tc, test_failed_arena_unmap_keeps_the_page);
+	if (kv_dev_is_emu())
+		tcase_add_loop_test(tc, test_failed_create_unmap_keeps_the_pages, 0, 2);
 	suite_add_tcase(s, tc);
 	tcase_add_test(bad, test_bad_watermarks);
 	tcase_add_test(bad, test_bad_device);
