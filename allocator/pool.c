@@ -64,16 +64,21 @@ static int drop_handle(kv_alloc_t *a, uint32_t s)
 
 /*
  * Create a handle for each of slots[0..n) and, with zeroing on, map it into
- * the arena with access granted per contiguous run. Stops at the first
- * failure; the slots that got no usable page are moved to the end of slots
- * with no handle. Returns the number of pages made ready (the first ones
- * of slots) and stores the first error in *rc.
+ * the arena with access granted per contiguous run. Stops creating at the
+ * first failure; a run whose map or access fails is undone, and its slots
+ * are moved to the end of slots with no handle. The pages of such a run
+ * that the arena still maps (its undo's unmap failed) keep their handles,
+ * as in release_slots, and are given access and counted among the pages
+ * made: released, they would never be freed while mapped, and their arena
+ * addresses would stay taken, failing every later creation of those
+ * slots. Returns the number of pages made ready (the first ones of slots;
+ * the caller scrubs them before use) and stores the first error in *rc.
  */
 static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 			     int *rc)
 {
 	uint64_t t0 = kv_prim_now_ns();
-	uint32_t i, k, len, ok;
+	uint32_t i, k, len, ok, keep;
 	int err = 0, e;
 
 	for (k = 0; k < n; k++) {
@@ -101,14 +106,22 @@ static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 			continue;
 		if (!err)
 			err = e;
-		if (mapped)
-			kv_prim_unmap(&a->prim, arena_va(a, slots[i]),
-				      (size_t)mapped * a->page);
-		for (j = 0; j < len; j++) {
+		keep = 0;
+		if (mapped && kv_prim_unmap(&a->prim, arena_va(a, slots[i]),
+					    (size_t)mapped * a->page)) {
+			/* a later release unmaps them again; till then a
+			 * scrub must reach them */
+			keep = mapped;
+			if (kv_prim_access(&a->prim, arena_va(a, slots[i]),
+					   (size_t)keep * a->page))
+				kv_error("arena pages at 0x%llx left mapped without access",
+					 (unsigned long long)arena_va(a, slots[i]));
+		}
+		for (j = keep; j < len; j++) {
 			drop_handle(a, slots[i + j]);
 			a->phys[slots[i + j]].failed = 1;
 		}
-		ok -= len;
+		ok -= len - keep;
 	}
 	/* the pages made ready first; after them the failed ones, then those
 	 * never created */
