@@ -462,7 +462,7 @@ static int find_ptsz(const char *name)
  * The lookup behind both cuGetProcAddress variants: by base name, as the real driver, so
  * "cuMemAlloc" gives cuMemAlloc_v2 and "cuMemAlloc_v2" is not found. With the per-thread
  * default stream flag, the variant's _ptsz twin where there is one: only the stream capture
- * calls have them here.
+ * calls and cuMemFreeAsync have them here.
  */
 static CUresult get_proc(const char *symbol, void **pfn, int version, cuuint64_t flags,
                          CUdriverProcAddressQueryResult *status)

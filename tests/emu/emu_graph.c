@@ -287,6 +287,22 @@ CUresult kv_emu_capture_enqueue(enum kv_emu_fn fn, CUstream s, bool ptsz, const 
     return CUDA_SUCCESS;
 }
 
+CUresult kv_emu_capture_free(enum kv_emu_fn fn, CUstream s, bool ptsz)
+{
+    struct CUstream_st *o = object(s, ptsz);
+    kv_emu_capture_t *c = o ? o->cap : NULL;
+
+    if (c) {
+        if (c->invalidated)
+            return refuse(fn, CUDA_ERROR_STREAM_CAPTURE_INVALIDATED);
+        invalidate(c);
+        return refuse(fn, CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED);
+    }
+    if (!o && legacy_blocked(current_device(), true))
+        return refuse(fn, CUDA_ERROR_STREAM_CAPTURE_IMPLICIT);
+    return CUDA_SUCCESS;
+}
+
 /* ------------------------------------------------------------------ capture entry points */
 
 /*

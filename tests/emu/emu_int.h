@@ -43,9 +43,9 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v2(CUstream hStream,
                                            size_t *numDependencies_out);
 
 /*
- * The per-thread default stream variants (_ptsz) of the capture calls: the same arguments, but a
- * NULL stream means the calling thread's default stream instead of the legacy one. cuda.h names
- * them only when a program is built for per-thread default streams.
+ * The per-thread default stream variants (_ptsz) of the capture calls and of cuMemFreeAsync:
+ * the same arguments, but a NULL stream means the calling thread's default stream instead of the
+ * legacy one. cuda.h names them only when a program is built for per-thread default streams.
  */
 CUresult CUDAAPI cuStreamBeginCapture_ptsz(CUstream hStream);
 CUresult CUDAAPI cuStreamBeginCapture_v2_ptsz(CUstream hStream, CUstreamCaptureMode mode);
@@ -59,6 +59,7 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v2_ptsz(CUstream hStream,
                                                 cuuint64_t *id_out, CUgraph *graph_out,
                                                 const CUgraphNode **dependencies_out,
                                                 size_t *numDependencies_out);
+CUresult CUDAAPI cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream);
 CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
                                                 CUstreamCaptureStatus *captureStatus_out,
                                                 cuuint64_t *id_out, CUgraph *graph_out,
@@ -109,6 +110,8 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
     X(cuMemGetInfo_v2, 3020)                                             \
     X(cuMemAlloc_v2, 3020)                                               \
     X(cuMemFree_v2, 3020)                                                \
+    X(cuMemFreeAsync, 11020)                                             \
+    X(cuMemFreeAsync_ptsz, 11020)                                        \
     X(cuMemGetAddressRange_v2, 3020)                                     \
     X(cuPointerGetAttribute, 4000)                                       \
     X(cuPointerGetAttributes, 7000)                                      \
@@ -458,6 +461,15 @@ CUresult kv_emu_run(const kv_emu_op_t *op);
  */
 CUresult kv_emu_capture_enqueue(enum kv_emu_fn fn, CUstream s, bool ptsz, const kv_emu_op_t *op,
                                 size_t nops, bool *recorded);
+/*
+ * A free enqueued on stream s (ptsz: a NULL s is the per-thread stream). Graphs here have no
+ * memory nodes, so where the real driver would record a free node the free is refused: on a
+ * capturing stream CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED, that capture invalidated (or
+ * CUDA_ERROR_STREAM_CAPTURE_INVALIDATED if it was already); on the legacy stream while a
+ * blocking stream of the current device captures, CUDA_ERROR_STREAM_CAPTURE_IMPLICIT, as for an
+ * operation enqueued. Otherwise CUDA_SUCCESS: free now.
+ */
+CUresult kv_emu_capture_free(enum kv_emu_fn fn, CUstream s, bool ptsz);
 /*
  * A potentially unsafe call (the host waits for the device, or memory is allocated or freed
  * outside any stream). Returns CUDA_SUCCESS, or CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED having

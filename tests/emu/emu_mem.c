@@ -714,33 +714,92 @@ out:
 }
 KV_EMU_ALIAS(cuMemAlloc_v2);
 
+/* The cuMemAlloc allocation starting at dptr, or NULL; call locked. */
+static kv_emu_resv_t *find_alloc(CUdeviceptr dptr)
+{
+    kv_emu_resv_t *r = kv_emu_find_resv(dptr, 1);
+
+    return r && r->alloc_bytes && r->base == dptr ? r : NULL;
+}
+
+/* Free allocation r with its range and handle; call locked. */
+static void free_alloc(kv_emu_resv_t *r)
+{
+    kv_emu_handle_t *h = r->alloc_handle;
+
+    kv_emu.devs[h->device].allocs--;
+    drop_pages(r, 0, r->npages);
+    destroy_resv(r);
+    destroy_handle(h);
+}
+
 /* A free waits for the device and is not stream-ordered: potentially unsafe during a capture. */
 KV_EMU_API CUresult cuMemFree_v2(CUdeviceptr dptr)
 {
     CUresult res = CUDA_ERROR_INVALID_VALUE;
-    kv_emu_handle_t *h;
     kv_emu_resv_t *r;
 
     KV_EMU_ENTER(cuMemFree_v2);
     if (!kv_emu_current())
         return CUDA_ERROR_INVALID_CONTEXT;
     kv_emu_lock();
-    r = kv_emu_find_resv(dptr, 1);
-    if (!r || !r->alloc_bytes || r->base != dptr)
+    r = find_alloc(dptr);
+    if (!r)
         goto out;
     res = kv_emu_capture_unsafe(KV_FN_cuMemFree_v2);
     if (res != CUDA_SUCCESS)
         goto out;
-    h = r->alloc_handle;
-    kv_emu.devs[h->device].allocs--;
-    drop_pages(r, 0, r->npages);
-    destroy_resv(r);
-    destroy_handle(h);
+    free_alloc(r);
 out:
     kv_emu_unlock();
     return res;
 }
 KV_EMU_ALIAS(cuMemFree_v2);
+
+/*
+ * A stream-ordered free of a cuMemAlloc allocation (the real driver takes those too). Work here
+ * is done by the time the call that enqueued it returns, so the free is made at once, after the
+ * stream's checks: a stream that is not live is an invalid handle, a pointer that is not the
+ * start of a live allocation an invalid value (a capture left valid), and a free the capture
+ * rules refuse (kv_emu_capture_free) frees nothing.
+ */
+static CUresult free_async(enum kv_emu_fn fn, CUdeviceptr dptr, CUstream s, bool ptsz)
+{
+    CUresult res = CUDA_ERROR_INVALID_VALUE;
+    kv_emu_resv_t *r;
+
+    if (!kv_emu_current())
+        return CUDA_ERROR_INVALID_CONTEXT;
+    kv_emu_lock();
+    if (!kv_emu_valid_stream(s)) {
+        res = CUDA_ERROR_INVALID_HANDLE;
+        goto out;
+    }
+    r = find_alloc(dptr);
+    if (!r)
+        goto out;
+    res = kv_emu_capture_free(fn, s, ptsz);
+    if (res != CUDA_SUCCESS)
+        goto out;
+    free_alloc(r);
+out:
+    kv_emu_unlock();
+    return res;
+}
+
+KV_EMU_API CUresult cuMemFreeAsync(CUdeviceptr dptr, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemFreeAsync);
+    return free_async(KV_FN_cuMemFreeAsync, dptr, hStream, false);
+}
+KV_EMU_ALIAS(cuMemFreeAsync);
+
+KV_EMU_API CUresult cuMemFreeAsync_ptsz(CUdeviceptr dptr, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemFreeAsync_ptsz);
+    return free_async(KV_FN_cuMemFreeAsync_ptsz, dptr, hStream, true);
+}
+KV_EMU_ALIAS(cuMemFreeAsync_ptsz);
 
 /* A cuMemAlloc allocation gives its requested size; a reservation gives itself whole. */
 KV_EMU_API CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr dptr)

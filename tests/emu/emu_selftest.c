@@ -544,6 +544,34 @@ static int test_alloc(void)
     return failed;
 }
 
+/* cuMemFreeAsync (and its per-thread twin) frees a cuMemAlloc allocation at once, off a capture. */
+static int test_free_async(void)
+{
+    CUresult (*free_pt)(CUdeviceptr, CUstream) =
+        (CUresult (*)(CUdeviceptr, CUstream))dlsym(libcuda, "cuMemFreeAsync_ptsz");
+    CUdeviceptr a, b, va;
+    CUstream s;
+
+    EXPECT(free_pt != NULL);
+    EXPECT_CU(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+    EXPECT_CU(cuMemAlloc(&a, 100), CUDA_SUCCESS);
+    EXPECT_CU(cuMemAlloc(&b, 3 * PAGE), CUDA_SUCCESS);
+    EXPECT_CU(cuMemAddressReserve(&va, 2 * PAGE, 0, 0, 0), CUDA_SUCCESS);
+    EXPECT_CU(cuMemFreeAsync(a, (CUstream)&failed), CUDA_ERROR_INVALID_HANDLE);
+    EXPECT_CU(cuMemFreeAsync(a + 8, s), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuMemFreeAsync(0, s), CUDA_ERROR_INVALID_VALUE);
+    EXPECT_CU(cuMemFreeAsync(va, s), CUDA_ERROR_INVALID_VALUE);  /* a reservation */
+    EXPECT_CU(cuMemFreeAsync(a, s), CUDA_SUCCESS);
+    EXPECT_CU(cuMemFreeAsync(a, s), CUDA_ERROR_INVALID_VALUE);
+    EXPECT(free_pt && free_pt(b, NULL) == CUDA_SUCCESS);     /* the per-thread stream */
+    EXPECT_CU(cuMemAlloc(&a, 100), CUDA_SUCCESS);
+    EXPECT_CU(cuMemFreeAsync(a, NULL), CUDA_SUCCESS);           /* the legacy stream */
+    EXPECT_CU(cuMemAddressFree(va, 2 * PAGE), CUDA_SUCCESS);
+    EXPECT_CU(cuStreamDestroy(s), CUDA_SUCCESS);
+    EXPECT(usage_clean(0));
+    return failed;
+}
+
 static int test_copies(void)
 {
     enum { N = 4096 };
@@ -1518,6 +1546,7 @@ int main(int argc, char **argv)
         { "create_release", test_create_release },
         { "map_access_unmap", test_map_access_unmap },
         { "alloc", test_alloc },
+        { "free_async", test_free_async },
         { "copies", test_copies },
         { "streams_events", test_streams_events },
         { "kernels", test_kernels },

@@ -321,16 +321,17 @@ int test_capture_refused(void)
     REFUSED(cuMemcpy((CUdeviceptr)host, a, 16));
     REFUSED(cuMemAlloc(&d, 1));                 /* legacy allocation and free */
     REFUSED(cuMemFree(c));
+    REFUSED(cuMemFreeAsync(c, s));              /* a free node: graphs here have none */
     REFUSED(cuStreamDestroy(s));                /* its capture must end first */
 #undef REFUSED
     EXPECT(((unsigned char *)a)[0] == 0 && ((unsigned char *)a)[15] == 0);   /* nothing ran */
     usage(0, &u);
     EXPECT(u.allocs == 2);                                    /* nothing allocated or freed */
     st = cstats();
-    EXPECT(st.invalidated == st0.invalidated + 16 && st.begun == st0.begun + 16 &&
+    EXPECT(st.invalidated == st0.invalidated + 17 && st.begun == st0.begun + 17 &&
            st.ended == st0.ended);
-    /* 16 refused calls, and 16 ends of an invalidated capture. */
-    EXPECT(st.refused == st0.refused + 32);
+    /* 17 refused calls, and 17 ends of an invalidated capture. */
+    EXPECT(st.refused == st0.refused + 34);
 
     /* An invalidated capture refuses further work on its stream (901), until it ends. */
     EXPECT_CU(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_SUCCESS);
@@ -366,7 +367,7 @@ int test_capture_allowed(void)
     CUmemAllocationProp p = prop_for(0);
     CUmemGenericAllocationHandle h;
     struct kvemu_capture_stats st0 = cstats(), st;
-    CUdeviceptr a, b, va;
+    CUdeviceptr a, b, x, va;
     CUstream s, t, u2;
     CUevent e;
     size_t f, tot;
@@ -375,7 +376,13 @@ int test_capture_allowed(void)
     EXPECT_CU(cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
     EXPECT_CU(cuStreamCreate(&t, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
     EXPECT_CU(cuMemAlloc(&b, 4096), CUDA_SUCCESS);
+    EXPECT_CU(cuMemAlloc(&x, 4096), CUDA_SUCCESS);
     EXPECT_CU(cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_SUCCESS);
+
+    /* A stream-ordered free on a stream that does not capture; on the capturing one, a pointer
+     * that is no allocation is a bad argument. */
+    EXPECT_CU(cuMemFreeAsync(x, t), CUDA_SUCCESS);
+    EXPECT_CU(cuMemFreeAsync(x, s), CUDA_ERROR_INVALID_VALUE);
 
     /* A legacy allocation in relaxed mode, as PyTorch makes its allocations during capture. */
     EXPECT(set_mode(CU_STREAM_CAPTURE_MODE_RELAXED) == CU_STREAM_CAPTURE_MODE_GLOBAL);
@@ -759,6 +766,9 @@ int test_capture_ptsz(void)
         { "cuGraphInstantiateWithFlags", 13000, 0, "cuGraphInstantiateWithFlags" },
         { "cuMemsetD8Async", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM,
           "cuMemsetD8Async" },
+        { "cuMemFreeAsync", 13000, 0, "cuMemFreeAsync" },
+        { "cuMemFreeAsync", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM,
+          "cuMemFreeAsync_ptsz" },
     };
     CUresult (*begin_pt)(CUstream) = (CUresult (*)(CUstream))dlsym(libcuda, "cuStreamBeginCapture_ptsz");
     CUresult (*info_pt)(CUstream, CUstreamCaptureStatus *, cuuint64_t *) =

@@ -48,6 +48,7 @@
     X(cuMemGetInfo_v2) \
     X(cuMemAlloc_v2) \
     X(cuMemFree_v2) \
+    X(cuMemFreeAsync) \
     X(cuMemGetAddressRange_v2) \
     X(cuPointerGetAttribute) \
     X(cuPointerGetAttributes) \
@@ -177,6 +178,7 @@ RUNTIME_FUNCS(DECLARE)
 #define cuMemGetInfo_v2 p_cuMemGetInfo_v2
 #define cuMemAlloc_v2 p_cuMemAlloc_v2
 #define cuMemFree_v2 p_cuMemFree_v2
+#define cuMemFreeAsync p_cuMemFreeAsync
 #define cuMemGetAddressRange_v2 p_cuMemGetAddressRange_v2
 #define cuPointerGetAttribute p_cuPointerGetAttribute
 #define cuPointerGetAttributes p_cuPointerGetAttributes
