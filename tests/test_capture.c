@@ -592,6 +592,47 @@ START_TEST(test_capture_wait_beside_a_fence)
 }
 END_TEST
 
+/*
+ * cuMemFreeAsync of a span on a capturing stream is the driver's (a free
+ * node in the graph, had the driver made the allocation; the emulation
+ * knows none there and says so): the span stays, and nothing is refused
+ * or invalidated. After the capture the same call releases it. Found
+ * through cuGetProcAddress, as engines find it.
+ */
+START_TEST(test_capture_free_async_passes)
+{
+	CUresult (*gpa)(const char *, void **, int, cuuint64_t,
+			CUdriverProcAddressQueryResult *);
+	CUresult (*alloc)(CUdeviceptr *, size_t);
+	CUresult (*free_async)(CUdeviceptr, CUstream) = NULL;
+	int (*kv_begin)(void), (*kv_end)(void);
+	CUdriverProcAddressQueryResult q;
+	CUdeviceptr p = 0;
+	size_t before;
+
+	SYM(lib, gpa, "cuGetProcAddress_v2");
+	SYM(lib, alloc, "cuMemAlloc_v2");
+	SYM(lib, kv_begin, "kvshim_kv_begin");
+	SYM(lib, kv_end, "kvshim_kv_end");
+	ck_assert_int_eq(gpa("cuMemFreeAsync", (void **)&free_async, 13000, 0, &q),
+			 CUDA_SUCCESS);
+	before = st().reserved_bytes;
+	ck_assert_int_eq(kv_begin(), 0);
+	ck_assert_int_eq(alloc(&p, 16 * PG), CUDA_SUCCESS);
+	ck_assert_int_eq(kv_end(), 0);
+	ck_assert_uint_eq(st().reserved_bytes, before + 16 * PG);
+	begin();
+	ck_assert_int_eq(free_async(p, s), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_uint_eq(kv_dev_calls("cuMemFreeAsync"), 1);
+	ck_assert_uint_eq(st().reserved_bytes, before + 16 * PG);
+	end();
+	no_harm();
+	ck_assert_int_eq(free_async(p, s), CUDA_SUCCESS);
+	ck_assert_uint_eq(kv_dev_calls("cuMemFreeAsync"), 1);
+	ck_assert_uint_eq(st().reserved_bytes, before);
+}
+END_TEST
+
 /* The control: a capture kvshim is not told of (begun past its hooks) is
  * invalidated by a trim that needs a fence. This is what the hooks guard. */
 START_TEST(test_capture_unseen_is_invalidated)
@@ -627,6 +668,7 @@ Suite *capture_suite(void)
 	kt_add_emu(tc, test_capture_map_short);
 	kt_add_emu(tc, test_capture_memset_whole);
 	kt_add_emu(tc, test_capture_meminfo);
+	kt_add_emu(tc, test_capture_free_async_passes);
 	kt_add_emu(tc, test_capture_unseen_is_invalidated);
 	kt_add_emu(tc, test_capture_worker_waits);
 	kt_add_emu(tc, test_capture_wait);

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "suites.h"
 
@@ -329,10 +330,89 @@ START_TEST(test_memset_in_span)
 }
 END_TEST
 
+/*
+ * cuMemFreeAsync of a span kvshim made for a cuMemAlloc releases it, as
+ * cuMemFree does: handed to the driver, which knows no allocation there,
+ * it would be refused and the span (its address range and pages) left
+ * behind. A pointer of the driver's own, and a span already released, go
+ * to the driver. The function is found as engines find it, through
+ * cuGetProcAddress; loop 1 as a program built for per-thread default
+ * streams asks for it (cuMemFreeAsync_ptsz).
+ */
+START_TEST(test_free_async_releases_a_span)
+{
+	CUresult (*gpa)(const char *, void **, int, cuuint64_t,
+			CUdriverProcAddressQueryResult *);
+	CUresult (*alloc)(CUdeviceptr *, size_t);
+	CUresult (*free_async)(CUdeviceptr, CUstream) = NULL;
+	int (*kv_begin)(void), (*kv_end)(void);
+	const char *name = _i ? "cuMemFreeAsync_ptsz" : "cuMemFreeAsync";
+	struct timespec ms = { 0, 1000 * 1000 };
+	CUdriverProcAddressQueryResult q;
+	struct kvshim_stats s0, s;
+	struct kvemu_usage u0, u;
+	CUdeviceptr p = 0, plain = 0;
+	int i;
+
+	open_lib();
+	*(void **)&gpa = dlsym(lib, "cuGetProcAddress_v2");
+	*(void **)&alloc = dlsym(lib, "cuMemAlloc_v2");
+	*(void **)&kv_begin = dlsym(lib, "kvshim_kv_begin");
+	*(void **)&kv_end = dlsym(lib, "kvshim_kv_end");
+	ck_assert(gpa && alloc && kv_begin && kv_end);
+	ck_assert_int_eq(gpa("cuMemFreeAsync", (void **)&free_async, 13000,
+			     _i ? CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM : 0, &q),
+			 CUDA_SUCCESS);
+	ck_assert_ptr_nonnull(free_async);
+	ck_assert_int_eq(stats(&s0), 0);
+	kv_dev_usage(&u0);
+
+	/* a span made for a cuMemAlloc in a window, then backed whole */
+	ck_assert_int_eq(kv_begin(), 0);
+	ck_assert_int_eq(alloc(&p, 16 * PG), CUDA_SUCCESS);
+	ck_assert_int_eq(kv_end(), 0);
+	ck_assert_int_eq(map((void *)(uintptr_t)p, 16 * PG), 0);
+	ck_assert_int_eq(stats(&s), 0);
+	ck_assert_uint_eq(s.reserved_bytes, s0.reserved_bytes + 16 * PG);
+	ck_assert_uint_eq(s.mapped_bytes, s0.mapped_bytes + 16 * PG);
+	kv_dev_reset_counts();
+	ck_assert_int_eq(free_async(p, NULL), CUDA_SUCCESS);
+	ck_assert_uint_eq(kv_dev_calls(name), 0);
+	ck_assert_int_eq(stats(&s), 0);
+	ck_assert_uint_eq(s.reserved_bytes, s0.reserved_bytes);
+	/* its pages leave it for the pool (the worker unmaps them), its
+	 * address range goes back to the driver */
+	for (i = 0; i < 10000; i++) {
+		ck_assert_int_eq(stats(&s), 0);
+		kv_dev_usage(&u);
+		if (s.mapped_bytes == s0.mapped_bytes && u.reservations == u0.reservations)
+			break;
+		nanosleep(&ms, NULL);
+	}
+	ck_assert_uint_eq(s.mapped_bytes, s0.mapped_bytes);
+	ck_assert_uint_eq(u.reservations, u0.reservations);
+
+	/* the driver's own allocation is the driver's to free */
+	ck_assert_int_eq(alloc(&plain, PG), CUDA_SUCCESS);
+	kv_dev_usage(&u);
+	ck_assert_uint_eq(u.allocs, u0.allocs + 1);
+	ck_assert_int_eq(free_async(plain, NULL), CUDA_SUCCESS);
+	ck_assert_uint_eq(kv_dev_calls(name), 1);
+	kv_dev_usage(&u);
+	ck_assert_uint_eq(u.allocs, u0.allocs);
+	/* the span is gone: freed again, the driver refuses it */
+	ck_assert_int_eq(free_async(p, NULL), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_uint_eq(kv_dev_calls(name), 2);
+	ck_assert_int_eq(stats(&s), 0);
+	ck_assert_uint_eq(s.reserved_bytes, s0.reserved_bytes);
+}
+END_TEST
+
 Suite *hooks_suite(void)
 {
 	Suite *s = suite_create("hooks");
 	TCase *tc = tcase_create("memset");
+	TCase *fa = tcase_create("free-async");
 
 	/* the driver's own functions, looked up before any test loads kvshim
 	 * (once loaded late, it hands out its wrappers through dlsym) */
@@ -344,5 +424,8 @@ Suite *hooks_suite(void)
 	tcase_add_test(tc, test_copy_past_span_end);
 	tcase_add_test(tc, test_memset2d_on_span);
 	suite_add_tcase(s, tc);
+	if (kv_dev_is_emu())
+		tcase_add_loop_test(fa, test_free_async_releases_a_span, 0, 2);
+	suite_add_tcase(s, fa);
 	return s;
 }
