@@ -40,6 +40,23 @@ CUresult kv_hook_cuMemFree_v2(CUdeviceptr p)
 	return kv_real_cuMemFree_v2(p);
 }
 
+/* A span freed in stream order is released as cuMemFree releases it: its
+ * pages leave it only after a fence, a wait for all the context's work,
+ * the stream's before the free included. While the stream captures, the
+ * call is the driver's (a free node in a graph; the span stays). */
+#define FREE_ASYNC(name, ptsz)                                              \
+CUresult kv_hook_##name(CUdeviceptr p, CUstream s)                          \
+{                                                                          \
+	REAL_OR_FAIL(name);                                                \
+	if (!kv_in_runtime && p && !kv_hooks_captures(s, ptsz) &&          \
+	    kv_policy_free(p) == 1)                                        \
+		return CUDA_SUCCESS;                                       \
+	return kv_real_##name(p, s);                                       \
+}
+
+FREE_ASYNC(cuMemFreeAsync, 0)
+FREE_ASYNC(cuMemFreeAsync_ptsz, 1)
+
 CUresult kv_hook_cuMemGetInfo_v2(size_t *free_bytes, size_t *total)
 {
 	CUresult r;

@@ -25,6 +25,8 @@
 #define KV_DRIVER_HOOKS(X)                                                    \
 	X(cuMemAlloc_v2, CUresult, (CUdeviceptr *, size_t))                   \
 	X(cuMemFree_v2, CUresult, (CUdeviceptr))                              \
+	X(cuMemFreeAsync, CUresult, (CUdeviceptr, CUstream))                  \
+	X(cuMemFreeAsync_ptsz, CUresult, (CUdeviceptr, CUstream))             \
 	X(cuMemGetInfo_v2, CUresult, (size_t *, size_t *))                    \
 	X(cuMemsetD8_v2, CUresult, (CUdeviceptr, unsigned char, size_t))      \
 	X(cuMemsetD8_v2_ptds, CUresult, (CUdeviceptr, unsigned char, size_t)) \
