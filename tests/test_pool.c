@@ -2,10 +2,12 @@
  * test_pool.c - the page pool: watermarks, reuse, shrinking, the worker.
  */
 #include <pthread.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "prim.h"
+#include "share_util.h"
 #include "suites.h"
 
 static kv_alloc_t *a;
@@ -746,6 +748,33 @@ START_TEST(test_failed_arena_unmap_keeps_the_page)
 END_TEST
 
 /*
+ * The pages kept pooled after a failed arena unmap go from FREEING back to
+ * DIRTY: a move the state machine must allow, not one it logs as an
+ * internal error (and makes all the same).
+ */
+START_TEST(test_failed_arena_unmap_moves_by_the_table)
+{
+	struct kv_alloc_opts o;
+	size_t freed = 0;
+	char log[4096], *bad;
+
+	kt_opts(&o);
+	o.limit = 2 * PG;
+	o.pool_low = 2 * PG;
+	o.pool_high = 2 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN), 0);
+	kt_capture_start();
+	ck_assert_int_eq(kv_alloc_trim(a, 2 * PG, &freed), KVSHIM_EDRIVER);
+	kt_capture_end(log, sizeof(log));
+	bad = strstr(log, "internal:");
+	ck_assert_msg(!bad, "the trim logged %s", bad);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 2 * PG);
+	kt_check(a);
+}
+END_TEST
+
+/*
  * A creation whose arena map fails partway through a run, and whose
  * clean-up unmap of the pages mapped before it fails too: those pages keep
  * their handles and stay pooled, as a pool page does whose unmap fails
@@ -824,6 +853,7 @@ Suite *pool_suite(void)
 	kt_add_emu(tc, test_capture_map_waits_lock_dropped);
 	tcase_add_test(tc, test_big_pages_pool_fills);
 	kt_add_emu(tc, test_failed_arena_unmap_keeps_the_page);
+	kt_add_emu(tc, test_failed_arena_unmap_moves_by_the_table);
 	if (kv_dev_is_emu())
 		tcase_add_loop_test(tc, test_failed_create_unmap_keeps_the_pages, 0, 2);
 	suite_add_tcase(s, tc);
