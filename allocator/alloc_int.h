@@ -15,7 +15,7 @@
  *   CACHED    -> MAPPED (claimed again), UNMAPPING (trim, reclaim), DYING
  *   UNMAPPING -> DIRTY, FREEING or TAKEN (unmapped), CACHED or MAPPED (not)
  *   DYING     -> DIRTY (its span's pages unmapped)
- *   FREEING   -> EMPTY
+ *   FREEING   -> EMPTY, DIRTY (the arena still maps it: unmap failed)
  *
  * FILLING, UNMAPPING, DYING and FREEING are driver work in flight, mostly
  * with the lock dropped (a map's reclaim keeps it): the slot belongs to the

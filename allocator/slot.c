@@ -23,7 +23,7 @@ static const unsigned allowed[KV_P_NSTATES] = {
 	[KV_P_UNMAPPING] = BIT(KV_P_MAPPED) | BIT(KV_P_CACHED) | BIT(KV_P_DIRTY) |
 			   BIT(KV_P_FREEING) | BIT(KV_P_TAKEN),
 	[KV_P_DYING] = BIT(KV_P_DIRTY),
-	[KV_P_FREEING] = BIT(KV_P_EMPTY),
+	[KV_P_FREEING] = BIT(KV_P_EMPTY) | BIT(KV_P_DIRTY),
 };
 
 static const char *const names[KV_P_NSTATES] = {
