@@ -3,8 +3,10 @@
  * anything. --check reads every KVSHIM_* variable as the library will and
  * exits 64 naming the first malformed one; --print also lists the
  * effective configuration, one variable a line; --segments lists the
- * shared budget segments (segments.c).
+ * shared budget segments (segments.c). Output it cannot write (a full
+ * disk, a closed stdout) is an error in every mode: exit 1.
  */
+#include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +25,7 @@ static void usage(FILE *f)
 		"  --segments  list the shared budget segments in /dev/shm (JSON with --json)\n");
 }
 
-int main(int argc, char **argv)
+static int run(int argc, char **argv)
 {
 	struct kv_config c;
 	size_t i;
@@ -61,4 +63,28 @@ int main(int argc, char **argv)
 		       v ? "" : "(default) ", kv_config_vars[i].meaning);
 	}
 	return 0;
+}
+
+/*
+ * Flush and close stdout, which exit() would do dropping any error: a
+ * listing cut short must not pass for one printed. A close that finds
+ * stdout closed (EBADF) is no error when nothing was left to write (the
+ * flush would have failed first): --check, which prints nothing, keeps
+ * working for a caller whose stdout is closed. Returns rc, or, rc 0 and
+ * the output failed, 1 after one line naming stdout and why.
+ */
+static int finish(int rc)
+{
+	errno = 0;
+	if (fflush(stdout) || ferror(stdout) || (fclose(stdout) && errno != EBADF)) {
+		fprintf(stderr, "kvshim-config: stdout: %s\n",
+			errno ? strerror(errno) : "write error");
+		return rc ? rc : 1;
+	}
+	return rc;
+}
+
+int main(int argc, char **argv)
+{
+	return finish(run(argc, argv));
 }
