@@ -239,6 +239,11 @@ void kv_alloc_unused(kv_alloc_t *a, size_t bytes);
  * to give back now (kv_share_asked); 0 without one. */
 size_t kv_alloc_asked(kv_alloc_t *a);
 
+/* With a shared budget, the bytes this process is entitled to
+ * (kv_share_entitled: its weighted part of the budget, which moves only as
+ * processes come and go); SIZE_MAX (no bound) without one. */
+size_t kv_alloc_entitled(kv_alloc_t *a);
+
 /* The driver handle a runs on, for callers that must check the device. */
 const struct kv_prim_s *kv_alloc_prim(const kv_alloc_t *a);
 

@@ -129,6 +129,25 @@ uint64_t kv_fair_most(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 	return got[i];
 }
 
+uint64_t kv_fair_entitled(uint64_t budget, const struct kv_fair_in *in, unsigned n,
+			  unsigned i)
+{
+	uint64_t want[FAIR_MAX], w[FAIR_MAX], base[FAIR_MAX], got[FAIR_MAX];
+	unsigned j;
+
+	if (n > FAIR_MAX)
+		n = FAIR_MAX;
+	if (i >= n)
+		return 0;
+	for (j = 0; j < n; j++) {
+		want[j] = in[j].max ? in[j].max : UINT64_MAX;
+		w[j] = weight_of(&in[j]);
+		base[j] = floor_of(&in[j]);
+	}
+	level(budget, w, base, want, got, n);
+	return got[i];
+}
+
 uint64_t kv_fair_bound(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		       unsigned i, const struct kv_fair_out *out,
 		       const struct kv_fair_sums *sums)

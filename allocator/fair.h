@@ -119,6 +119,16 @@ void kv_fair_plan(uint64_t budget, uint64_t reserve, const struct kv_fair_in *in
 uint64_t kv_fair_most(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 		      unsigned i);
 
+/* What process i of n (in[0..n)) is entitled to under budget: its share
+ * were every process to want all it may (up to its ceiling), whatever
+ * they use or wait for now: the budget by weight, at least each floor. It
+ * moves only as processes come and go (or their weights, floors and
+ * ceilings differ), never with their load: the transformers adapter
+ * bounds what one batch of its engine reads by it (README.md, "Sharing
+ * one GPU"). Returns it (0 for i out of range). */
+uint64_t kv_fair_entitled(uint64_t budget, const struct kv_fair_in *in, unsigned n,
+			  unsigned i);
+
 /* The most process i of a plan (kv_fair_plan's in, n, out and sums, under
  * budget) may use now: while another process waits below its share (the
  * plan's gaps are more than its own), kv_fair_most's, at least its share

@@ -705,6 +705,16 @@ size_t kv_alloc_asked(kv_alloc_t *a)
 	return a && a->share ? (size_t)kv_share_asked(a->share, a->page) : 0;
 }
 
+size_t kv_alloc_entitled(kv_alloc_t *a)
+{
+	uint64_t e;
+
+	if (!a || !a->share)
+		return SIZE_MAX;
+	e = kv_share_entitled(a->share);
+	return e > SIZE_MAX ? SIZE_MAX : (size_t)e;
+}
+
 int kv_alloc_pin_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
 			struct kv_run **runs, size_t *nruns)
 {

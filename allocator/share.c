@@ -245,15 +245,13 @@ static void own_fair_in(const kv_share_t *s, uint64_t cap, uint64_t demand,
 }
 
 /*
- * Sum the other used slots' figures into t (cap: the budget), and plan the
- * budget by the rule with this process among them, waiting for demand
- * bytes.
+ * The rule's input (cap: the budget): this process's figures, waiting for
+ * demand bytes, in in[0], then each other used slot's, whose slot goes in
+ * slot_of; their sums into t, zeroed first. Returns how many in[] got.
  */
-static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
+static unsigned fair_inputs(kv_share_t *s, uint64_t cap, uint64_t demand,
+			    struct kv_fair_in *in, unsigned *slot_of, struct sums *t)
 {
-	struct kv_fair_in in[KV_SHARE_SLOTS];
-	struct kv_fair_out out[KV_SHARE_SLOTS];
-	unsigned slot_of[KV_SHARE_SLOTS];
 	unsigned i, n = 1;
 
 	memset(t, 0, sizeof(*t));
@@ -275,6 +273,22 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 		slot_of[n] = i;
 		kv_seg_fair_in(&f, i, &in[n++]);
 	}
+	return n;
+}
+
+/*
+ * Sum the other used slots' figures into t (cap: the budget), and plan the
+ * budget by the rule with this process among them, waiting for demand
+ * bytes.
+ */
+static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
+{
+	struct kv_fair_in in[KV_SHARE_SLOTS];
+	struct kv_fair_out out[KV_SHARE_SLOTS];
+	unsigned slot_of[KV_SHARE_SLOTS];
+	unsigned i, n;
+
+	n = fair_inputs(s, cap, demand, in, slot_of, t);
 	kv_fair_plan(cap, kv_seg_reserve(s->sh, cap), in, n, out, &t->plan);
 	t->members = n;
 	for (i = 1; i < n; i++)
@@ -1130,6 +1144,29 @@ unsigned kv_share_members(kv_share_t *s)
 		if (LOAD(&s->sh->slot[i].state) != KV_SLOT_FREE)
 			n++;
 	return n;
+}
+
+uint64_t kv_share_entitled(kv_share_t *s)
+{
+	struct kv_fair_in in[KV_SHARE_SLOTS];
+	unsigned slot_of[KV_SHARE_SLOTS], n;
+	uint64_t cap, got;
+	struct sums t;
+	int locked;
+
+	if (s->fd < 0)
+		return UINT64_MAX;
+	/* a process that ended would keep a part: reaped first, as for a
+	 * count of the members */
+	pthread_mutex_lock(&s->mu);
+	kv_seg_reap_all(s->fd, s->sh, s->slot, s->path);
+	locked = update_lock(s, F_RDLCK);
+	cap = budget_of(s);
+	n = fair_inputs(s, cap, 0, in, slot_of, &t);
+	got = kv_fair_entitled(cap, in, n, 0);
+	update_unlock(s, locked);
+	pthread_mutex_unlock(&s->mu);
+	return got;
 }
 
 void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,

@@ -237,6 +237,12 @@ uint64_t kv_share_budget(kv_share_t *s);
  * ended are reaped: a lock probe per slot in use, no segment lock taken. */
 unsigned kv_share_members(kv_share_t *s);
 
+/* What this process is entitled to: its share of the budget were every
+ * member to want all it may (kv_fair_entitled), by weight, floors and
+ * ceilings; it moves as members come and go. Slots of processes that are
+ * gone are reaped first. UINT64_MAX when the segment could not be had. */
+uint64_t kv_share_entitled(kv_share_t *s);
+
 /* The pool's budget, the bytes the other processes hold now, and the most
  * this process could hold: the budget less what the others use and what
  * their floors keep for them (their idle pages come back on request, but

@@ -235,6 +235,21 @@ int kvshim_group_share_demand(int group, size_t bytes);
 int kvshim_group_share_unused(int group, size_t bytes);
 int kvshim_group_share_asked(int group, size_t *bytes);
 
+/*
+ * The bytes of the group's blocks (over all its tensors) this process is
+ * entitled to: its part of each GPU's shared budget were every process
+ * sharing it to want all it may, by their weights (KVSHIM_WEIGHT), at
+ * least its floor and at most its ceiling (KVSHIM_MIN, KVSHIM_MAX), the
+ * least over the group's GPUs, scaled to the whole group. It moves as
+ * processes join and leave, not with their load: an engine bounds what one
+ * batch reads by it, and keeps its share of the GPU's work as others come
+ * (README.md, "Sharing one GPU"). SIZE_MAX (no bound) where no GPU of the
+ * group shares a budget. Returns 0, or KVSHIM_EINVAL (no such group,
+ * kvshim shut down since it was made, or bytes NULL; *bytes is then 0 when
+ * it can be set).
+ */
+int kvshim_group_share_entitled(int group, size_t *bytes);
+
 /* What kvshim_stats says, on the GPU of the group's first tensor, whatever
  * the current device (an engine's page size and the processes sharing its
  * budget, from the thread it schedules on). Returns 0, or KVSHIM_EINVAL

@@ -93,6 +93,11 @@ KV_EXPORT int kvshim_group_share_asked(int group, size_t *bytes)
 	return kv_group_share_asked(group, bytes);
 }
 
+KV_EXPORT int kvshim_group_share_entitled(int group, size_t *bytes)
+{
+	return kv_group_share_entitled(group, bytes);
+}
+
 KV_EXPORT int kvshim_group_stats(int group, struct kvshim_stats *out)
 {
 	return kv_group_stats(group, out);

@@ -461,6 +461,29 @@ int kv_group_share_asked(int id, size_t *bytes)
 	return rc;
 }
 
+int kv_group_share_entitled(int id, size_t *bytes)
+{
+	struct part parts[KV_MAX_DEVICES];
+	size_t nparts = 0, ntensors = 0, k, e, least = SIZE_MAX;
+	int rc;
+
+	if (!bytes)
+		return KVSHIM_EINVAL;
+	*bytes = 0;
+	rc = group_parts(id, parts, &nparts, NULL, &ntensors);
+	/* a batch reads its blocks on every device alike: the device whose
+	 * part is least bounds the whole group */
+	for (k = 0; k < nparts && !rc; k++) {
+		e = kv_alloc_entitled(parts[k].a);
+		if (e != SIZE_MAX)
+			e = whole_of(e, parts[k].ntensors, ntensors);
+		least = e < least ? e : least;
+	}
+	if (!rc)
+		*bytes = least;
+	return rc;
+}
+
 int kv_group_stats(int id, struct kvshim_stats *out)
 {
 	struct part parts[KV_MAX_DEVICES];

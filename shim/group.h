@@ -53,6 +53,12 @@ int kv_group_share_demand(int id, size_t bytes);
 int kv_group_share_unused(int id, size_t bytes);
 int kv_group_share_asked(int id, size_t *bytes);
 
+/* What the process is entitled to on the group's devices
+ * (kvshim_group_share_entitled): the least over them, each scaled to the
+ * whole group; SIZE_MAX where none shares a budget. Returns 0, or
+ * KVSHIM_EINVAL (no such group, or bytes NULL). */
+int kv_group_share_entitled(int id, size_t *bytes);
+
 /* This process's figures (kvshim_stats) on the GPU of the group's first
  * tensor, whatever the current device. Returns 0, or KVSHIM_EINVAL (no
  * such group, or out NULL). */

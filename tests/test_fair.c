@@ -465,6 +465,36 @@ START_TEST(test_fair_plan_most)
 END_TEST
 
 /*
+ * What process i is entitled to (kv_fair_entitled): its part were every
+ * process to want all, whatever they use or wait for: the budget by
+ * weight; what a ceiling leaves goes to the others by weight, and a floor
+ * is the least. Alone, the whole budget.
+ */
+START_TEST(test_fair_plan_entitled)
+{
+	struct kv_fair_in in[3] = { proc(1, B, 0), proc(1, 0, 0), proc(1, 2 * PG, B) };
+
+	ck_near(kv_fair_entitled(B, in, 3, 0), B / 3);
+	ck_near(kv_fair_entitled(B, in, 3, 1), B / 3);
+	ck_near(kv_fair_entitled(B, in, 3, 2), B / 3);
+	ck_assert_uint_eq(kv_fair_entitled(B, in, 1, 0), B);
+	in[1].weight = 2;
+	ck_near(kv_fair_entitled(B, in, 3, 1), B / 2);
+	ck_near(kv_fair_entitled(B, in, 3, 0), B / 4);
+	/* a ceiling of 2 pages: 22 left, by weight 1 and 2 */
+	in[0].max = 2 * PG;
+	ck_assert_uint_eq(kv_fair_entitled(B, in, 3, 0), 2 * PG);
+	ck_near(kv_fair_entitled(B, in, 3, 2), 22 * PG / 3);
+	/* a floor of 16 pages: the other two share 8 by weight */
+	in[0].max = 0;
+	in[0].min = 16 * PG;
+	ck_assert_uint_eq(kv_fair_entitled(B, in, 3, 0), 16 * PG);
+	ck_near(kv_fair_entitled(B, in, 3, 1), 16 * PG / 3);
+	ck_assert_uint_eq(kv_fair_entitled(B, in, 3, 3), 0);
+}
+END_TEST
+
+/*
  * The bound a plan puts on process i (kv_fair_bound): none while no other
  * process waits below its share (its own wait is no bound on it), else
  * kv_fair_most's (never less than its share), its floor kept.
@@ -1477,6 +1507,45 @@ START_TEST(test_fair_demand_stated)
 }
 END_TEST
 
+/*
+ * What a process is entitled to (kv_alloc_entitled) follows the members as
+ * they come and go, by weight, not their load; one that died stops
+ * counting (its slot is reaped); an allocator sharing no budget has no
+ * bound.
+ */
+START_TEST(test_fair_entitled_members)
+{
+	struct kt_member m[2];
+	kv_alloc_t *a, *solo;
+	struct kv_alloc_opts o;
+	CUdeviceptr s;
+
+	kt_new_pool();
+	ck_assert_int_eq(kt_mk_weight(B, 0, 0, 2, 0, &a), 0);
+	ck_assert_uint_eq(kv_alloc_entitled(a), B);
+	kt_member_start(&m[0], B, 0, 20);              /* it holds 20 pages */
+	ck_near(kv_alloc_entitled(a), 2 * B / 3);
+	kt_member_waiting(&m[1], B, 0, B);             /* it waits for all */
+	ck_near(kv_alloc_entitled(a), B / 2);
+	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 2 * PG), 0);
+	ck_near(kv_alloc_entitled(a), B / 2);          /* not its load */
+	ck_assert_int_eq(kt_member_leave(&m[0]), 0);
+	ck_near(kv_alloc_entitled(a), 2 * B / 3);
+	kt_member_kill(&m[1]);
+	ck_assert_uint_eq(kv_alloc_entitled(a), B);
+	ck_assert_int_eq(kv_alloc_release(a, s), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_opts(&o);
+	solo = kt_create(&o);
+	ck_assert_uint_eq(kv_alloc_entitled(solo), SIZE_MAX);
+	ck_assert_uint_eq(kv_alloc_entitled(NULL), SIZE_MAX);
+	kv_alloc_destroy(solo);
+	kt_seg_unlink();
+}
+END_TEST
+
 /* Unused pages stated by an adapter show in the segment, at most what the
  * process uses, and lapse. */
 START_TEST(test_fair_unused_stated)
@@ -1999,6 +2068,7 @@ Suite *fair_suite(void)
 	tcase_add_test(rule, test_fair_plan_idle_kept);
 	tcase_add_test(rule, test_fair_plan_reserve);
 	tcase_add_test(rule, test_fair_plan_most);
+	tcase_add_test(rule, test_fair_plan_entitled);
 	tcase_add_test(rule, test_fair_plan_bound);
 	tcase_add_test(rule, test_fair_plan_bounds);
 	suite_add_tcase(s, rule);
@@ -2018,6 +2088,7 @@ Suite *fair_suite(void)
 	kt_add_emu(tc, test_fair_limits);
 	kt_add_emu(tc, test_fair_at_share_kept);
 	kt_add_emu(tc, test_fair_demand_stated);
+	kt_add_emu(tc, test_fair_entitled_members);
 	kt_add_emu(tc, test_fair_unused_stated);
 	kt_add_emu(tc, test_fair_unused_asked);
 	kt_add_emu(tc, test_fair_unused_split_ask);

@@ -4108,6 +4108,73 @@ class ReadBudgetTest(unittest.TestCase):
         self.assertIsNone(getattr(p.cache, "kvshim_read_tokens", None))
         self.assertEqual(p.ios.mask_shape, (1, 1, 256, 262144 + 256))
 
+    def entitled_to(self, fn):
+        """kvshim.Group.share_entitled returns fn() for this test (bytes, or
+        None: no budget shared)."""
+        real = kvshim.Group.share_entitled
+        kvshim.Group.share_entitled = lambda group: fn()
+        self.addCleanup(setattr, kvshim.Group, "share_entitled", real)
+
+    def pass_with(self, p, entitled_blocks):
+        """One scheduling pass with the engine entitled to that many blocks
+        (None: no budget shared), read afresh."""
+        per_block = p.cache.kvshim_tracker.bytes_per_block
+        self.entitled_to(lambda: None if entitled_blocks is None
+                         else entitled_blocks * per_block + per_block // 2)
+        p.cache.kvshim_tracker._entitled = (float("-inf"), None)
+        p.prepare_next_batch()
+        return p.cache.num_pages
+
+    def test_read_follows_the_share(self):
+        # auto: R (65536 tokens) sizes the buffers; each pass reads at most
+        # the engine's part of the shared budget, as processes come and go
+        p = self.build()
+        self.assertTrue(p.cache.kvshim_read_follows)
+        self.assertEqual(self.pass_with(p, None), 65536)        # alone, no budget shared
+        self.assertEqual(self.pass_with(p, 1000), 16000)        # 1000 blocks of 16
+        self.assertEqual(p.cache.kvshim_read_cap, 16000)
+        self.assertEqual(p.ios.mask_shape, (1, 1, 256, 65536 + 256))   # the buffers stay
+        self.assertEqual(self.pass_with(p, 9000), 65536)        # never past R
+        self.assertEqual(self.pass_with(p, 0), 16)              # at least a block
+        # never below what the largest request it holds reads: a waiting
+        # one of 20000 + 100, a running one of 3000 + 1000, one without
+        # max_new_tokens (R)
+        p.scheduler.waiting_requests = {"a": request("a", 20000, 100)}
+        p.scheduler.active_requests = {"b": request("b", 3000, 1000)}
+        self.assertEqual(self.pass_with(p, 1000), 20100)
+        p.scheduler.waiting_requests = {}
+        self.assertEqual(self.pass_with(p, 100), 4000)
+        p.scheduler.active_requests = {"c": request("c", 10, None)}
+        self.assertEqual(self.pass_with(p, 100), 65536)
+        p.scheduler.active_requests = {"d": types.SimpleNamespace(request_id="d")}
+        self.assertEqual(self.pass_with(p, 100), 65536)         # cannot tell: R
+        p.scheduler.active_requests = {}
+        self.assertEqual(self.pass_with(p, 100), 1600)
+        # kvshim cannot tell (its call fails): R
+        def fails():
+            raise kvshim.KvshimError(22, "kvshim_group_share_entitled")
+        self.entitled_to(fails)
+        p.cache.kvshim_tracker._entitled = (float("-inf"), None)
+        p.prepare_next_batch()
+        self.assertEqual(p.cache.num_pages, 65536)
+
+    def test_read_set_by_the_operator_stands(self):
+        # a number or a memory size is the operator's: it does not follow
+        os.environ[reads.READ_TOKENS_VAR] = "3000"
+        p = self.build()
+        self.assertFalse(p.cache.kvshim_read_follows)
+        self.assertEqual(self.pass_with(p, 10), 3008)
+        os.environ[reads.READ_TOKENS_VAR] = "off"
+        p = self.build()
+        self.assertFalse(getattr(p.cache, "kvshim_read_follows", False))
+        self.assertEqual(self.pass_with(p, 10), 262144)
+
+    def test_read_follows_not_across_ranks(self):
+        # tensor-parallel ranks schedule alike: each reads up to R
+        p = self.build()
+        p.distributed_helper = types.SimpleNamespace(tp_size=2)
+        self.assertEqual(self.pass_with(p, 1000), 65536)
+
     def test_read_budget_as_memory_under_a_block(self):
         # a size that holds no whole block: said, and transformers' own
         # sizing stands
@@ -4362,6 +4429,49 @@ class BindingTest(unittest.TestCase):
         g.close()
         with self.assertRaises(kvshim.KvshimError):
             g.map([0])
+
+    def test_group_share_entitled(self):
+        # no budget shared here: no bound; a closed group: refused
+        p = kvshim.reserve(8 * MIB)
+        self.addCleanup(kvshim.release, p)
+        g = kvshim.Group([p], MIB, 8)
+        self.assertIsNone(g.share_entitled())
+        g.close()
+        with self.assertRaises(kvshim.KvshimError) as cm:
+            g.share_entitled()
+        self.assertEqual(cm.exception.code, -1)
+        # sharing a 48 MiB budget: all of it alone, half once another
+        # process joins, all again once it leaves (the group's blocks over
+        # its two tensors)
+        pool = POOL + "e"
+        self.addCleanup(_remove_segments, pool)
+        env = dict(os.environ, KVSHIM_SHARE="on", KVSHIM_POOL=pool, KVSHIM_BUDGET="48M")
+        code = ("import sys, kvshim\n"
+                "g = kvshim.Group([kvshim.reserve(16 << 20) for _ in range(2)], 1 << 20, 16)\n"
+                "g.map([0])\n"
+                "print('ready', flush=True)\n"
+                "for line in sys.stdin:\n"
+                "    print(g.share_entitled(), flush=True)\n")
+        procs = []
+        for _ in range(2):
+            procs.append(subprocess.Popen([sys.executable, "-c", code], env=env, text=True,
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+            self.addCleanup(procs[-1].stdout.close)
+            self.addCleanup(procs[-1].kill)
+        # (both joined before either is asked)
+        self.assertEqual([q.stdout.readline() for q in procs], ["ready\n"] * 2)
+
+        def ask(proc):
+            proc.stdin.write("\n")
+            proc.stdin.flush()
+            return int(proc.stdout.readline())
+        self.assertEqual(ask(procs[0]), 24 * MIB)
+        self.assertEqual(ask(procs[1]), 24 * MIB)
+        procs[1].stdin.close()
+        self.assertEqual(procs[1].wait(timeout=60), 0)
+        self.assertEqual(ask(procs[0]), 48 * MIB)
+        procs[0].stdin.close()
+        self.assertEqual(procs[0].wait(timeout=60), 0)
 
     def test_ints_out_of_range_refused(self):
         """An int the C type cannot hold is refused (KvshimError, EINVAL),

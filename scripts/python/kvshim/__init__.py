@@ -119,6 +119,7 @@ def library():
             "kvshim_group_share_demand": [i, sz],
             "kvshim_group_share_unused": [i, sz],
             "kvshim_group_share_asked": [i, ctypes.POINTER(sz)],
+            "kvshim_group_share_entitled": [i, ctypes.POINTER(sz)],
             "kvshim_group_stats": [i, ctypes.POINTER(Stats)],
             "kvshim_capture_wait": [ctypes.c_uint],
         }
@@ -374,6 +375,16 @@ class Group:
         _check(library().kvshim_group_share_asked(self.id, ctypes.byref(n)),
                "kvshim_group_share_asked")
         return n.value
+
+    def share_entitled(self):
+        """The bytes of this group's blocks (over all its tensors) the
+        process is entitled to: its weighted part of the shared budget were
+        every member to want all, the least over the group's GPUs; None
+        where none shares a budget."""
+        n = ctypes.c_size_t()
+        _check(library().kvshim_group_share_entitled(self.id, ctypes.byref(n)),
+               "kvshim_group_share_entitled")
+        return None if n.value == ctypes.c_size_t(-1).value else n.value
 
     def stats(self):
         """stats() on the GPU of the group's first tensor, whatever the

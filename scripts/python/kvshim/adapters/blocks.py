@@ -178,6 +178,7 @@ class BlockTracker:
                                  # on them (KVSHIM_CB_PACK), because kvshim asked
         self.moved = 0           # ...the blocks moved so
         self._asked = (0.0, 0)   # (when, bytes) of the last ask read
+        self._entitled = (float("-inf"), None)  # (when, blocks) of the last entitled read
         self.asks = 0            # times kvshim began to ask for blocks back
         self.asked_s = 0.0       # seconds under an ask, asks that ended
         self.ask_worst = 0.0     # the longest of them, seconds
@@ -847,6 +848,24 @@ class BlockTracker:
         """Take the next ask read afresh (what was just given back is no
         longer asked for)."""
         self._asked = (0.0, 0)
+
+    @_timed
+    def entitled(self, ttl=0.25):
+        """Blocks this engine is entitled to in the shared budget (its
+        weighted part were every process sharing it to want all: it moves
+        as processes come and go, not with their load), read at most every
+        ttl seconds; None where no budget is shared or kvshim cannot
+        tell."""
+        when, blocks = self._entitled
+        now = time.monotonic()
+        if now - when > ttl:
+            try:
+                nbytes = self.group.share_entitled()
+            except (kvshim.KvshimError, AttributeError):
+                nbytes = None
+            blocks = None if nbytes is None else nbytes // self.bytes_per_block
+            self._entitled = (now, blocks)
+        return blocks
 
     @_timed
     def asked(self, ttl=0.005):

@@ -276,7 +276,56 @@ def apply_read_budget(cache, cb_config):
         return None
     cache.num_pages = read
     cache.kvshim_read_tokens = read
+    # kvshim's own choice follows a shared budget's share (follow_share)
+    cache.kvshim_read_follows = setting == "auto"
     return read
+
+
+def _request_tokens(state, read):
+    """The most KV tokens request state may read: its prompt and
+    max_new_tokens (read when it has none, or they cannot be told), at
+    most read."""
+    try:
+        prompt = len(state.initial_tokens)
+    except (AttributeError, TypeError):
+        return read
+    new = getattr(state, "max_new_tokens", None)
+    return min(prompt + new, read) if isinstance(new, int) else read
+
+
+def follow_share(cache, scheduler, entitled):
+    """Bound what one batch of the engine reads, for its next scheduling
+    pass, by its part of a shared budget. entitled: the blocks the engine
+    is entitled to (kvshim_group_share_entitled: its weighted part were
+    every process sharing the GPU to want all, so it moves as processes
+    come and go, not with their load), or None where no budget is shared.
+    cache.num_pages (transformers' budget per batch, and the cap its
+    padding of a batch's read meets) becomes those blocks' tokens, within
+    the read budget R its buffers are sized for, and never below what the
+    largest request it holds (running or waiting) reads: a request the
+    budget per batch cannot take alone would wait forever, and one running
+    would fail the engine. Alone on its GPU an engine reads up to R, as
+    without sharing; beside others, up to its share, as a static share's
+    cache would let it (on an H200, three engines reading at most their
+    static shares met the static split's p99 TTFT where reading up to R
+    did not: docs/BENCHMARKS.md, sessions 30 to 33). Only with the read
+    budget chosen by kvshim (auto): a number set by the operator stands.
+    Returns the bound, or None where it does not apply."""
+    read = getattr(cache, "kvshim_read_tokens", None)
+    if read is None or not getattr(cache, "kvshim_read_follows", False):
+        return None
+    cap = read
+    if entitled is not None:
+        block = int(cache.block_size)
+        cap = max(int(entitled) * block, block)
+        if cap < read:
+            for queue in ("active_requests", "waiting_requests"):
+                for state in list((getattr(scheduler, queue, None) or {}).values()):
+                    cap = max(cap, _request_tokens(state, read))
+        cap = min(cap, read)
+    cache.num_pages = cap
+    cache.kvshim_read_cap = cap
+    return cap
 
 
 def apply_kv_pad(cache, cb_config):
