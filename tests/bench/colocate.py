@@ -199,6 +199,7 @@ $KVSHIM_SUITE_OUT or .). Exit 0 when every request of every run completed
 and the shared budget was never passed, 1 if not, 77 without a GPU.
 """
 import argparse
+import collections
 import functools
 import glob
 import importlib.machinery
@@ -312,9 +313,16 @@ def dry_engine(args):
     name = args.engine
     num_blocks = args.num_blocks or 4 * GIB // (kv_bytes_per_token(name) * BLOCK)
     kvshim = "libkvshim" in os.environ.get("LD_PRELOAD", "")
+    follows = None
     if kvshim:
         import kvshim as kv
-        kv.map(kv.reserve(64 * MIB), 16 * MIB)
+        span = kv.reserve(64 * MIB)
+        kv.map(span, 16 * MIB)
+        if dry_read_follows():
+            # its read bound as the adapter's follow_share sets it: the
+            # blocks of its share of the budget (the emulation's), in tokens
+            group = kv.Group([span], MIB, 64)
+            follows = group.share_entitled
     info = {"engine": name, "pid": os.getpid(), "num_blocks": num_blocks,
             "max_batch_tokens": args.max_batch_tokens,
             "kv_tensor_bytes": num_blocks * kv_bytes_per_token(name) * BLOCK,
@@ -347,6 +355,12 @@ def dry_engine(args):
                              ttft=ttft, wait=wait, done_at=q["t"] + ttft + 0.01 * q["new"]))
         if kvshim:
             time.sleep(0.3)
+        caps = None
+        if follows is not None:
+            per = kv_bytes_per_token(name) * BLOCK
+            got = follows()
+            cap = info["read_tokens"] if got is None else max(got // per, 1) * BLOCK
+            caps = {str(min(cap, info["read_tokens"])): 3}
         kv = info["kv_tensor_bytes"]
         run = dict(info, requests=rows,
                    # (an eighth of the blocks in use under kvshim, a
@@ -390,6 +404,8 @@ def dry_engine(args):
                                         pages_released=24, release_ns=12000000,
                                         pages_zeroed=48, zero_ns=12000000)
             run["kvshim_preempted"] = run["kvshim_short"] = 0
+        if caps is not None:
+            run["read_caps"] = caps
         done(run, out_path)
     return 0
 
@@ -482,7 +498,11 @@ def engine(args):
             tracker.worst, tracker.worst_in, tracker.ask_worst = 0.0, None, 0.0
             stats_before = kvshim.stats()
         first_step, first_graph = len(steps), len(graphs) if graphs is not None else 0
-        run = replay(manager, mine, t0, kv_now, torch, adapter_now)
+        # the bound on what a pass reads, following the engine's share of a
+        # shared budget (the adapter's follow_share; None: it does not)
+        follows = getattr(cache, "kvshim_read_follows", False)
+        run = replay(manager, mine, t0, kv_now, torch, adapter_now,
+                     (lambda: getattr(cache, "kvshim_read_cap", None)) if follows else None)
         run.update(info)
         run["steps"] = [(round(st[0] - t0, 4),) + tuple(round(x, 5) for x in st[1:])
                         for st in steps[first_step:]]
@@ -620,17 +640,21 @@ def time_steps():
     return steps, graphs
 
 
-def replay(manager, reqs, t0, kv_now, torch, adapter_now=None):
+def replay(manager, reqs, t0, kv_now, torch, adapter_now=None, read_cap=None):
     """Submit reqs at t0 + their times; collect every result. Samples
     every 100 ms: (s, KV bytes, PyTorch's reserved bytes, the engine's
-    view or None; see adapter_now in engine)."""
+    view or None; see adapter_now in engine), and with read_cap (a
+    callable) how many samples saw each read bound."""
     submitted, results = {}, {}
     samples, stop = [], threading.Event()
+    caps = collections.Counter()
 
     def sample():
         while not stop.is_set():
             samples.append((time.perf_counter() - t0, kv_now(), torch.cuda.memory_reserved(),
                             adapter_now() if adapter_now else None))
+            if read_cap is not None:
+                caps[read_cap()] += 1
             stop.wait(0.1)
 
     def collect():
@@ -678,7 +702,10 @@ def replay(manager, reqs, t0, kv_now, torch, adapter_now=None):
         row["wait"] = r["started"] - sub if r.get("started") and sub and r["started"] > 0 else None
         row["done_at"] = r["last"] - t0 if r.get("last") else None
         rows.append(row)
-    return {"requests": rows, "samples": samples}
+    out = {"requests": rows, "samples": samples}
+    if read_cap is not None:
+        out["read_caps"] = {str(k): n for k, n in sorted(caps.items(), key=lambda x: str(x[0]))}
+    return out
 
 
 # ---- the parent ----------------------------------------------------------------------
@@ -763,6 +790,13 @@ def read_line(proc, want, timeout):
         if line.startswith(want):
             return line[len(want):].strip()
         sys.stdout.write(line)
+
+
+def dry_read_follows():
+    """Whether the adapter's read bound would follow the engine's share of
+    the budget: with kvshim's own choice of it (auto)."""
+    from kvshim.adapters import transformers_cb_reads as reads
+    return reads.read_tokens_setting(os.environ.get(reads.READ_TOKENS_VAR)) == "auto"
 
 
 def dry_read_tokens(name):
@@ -1718,6 +1752,28 @@ def print_tables(table, traces, results, args):
             if h:
                 print("%s: shared segment held at most %.0f MiB of a %.0f MiB budget; samples "
                       "over it: %d" % (c, h["peak_held"] / MIB, h["budget"] / MIB, h["over"]))
+    read_caps(label, results)
+
+
+def read_caps(label, results):
+    """Where an engine's read bound followed its share of the budget (the
+    adapter's follow_share): the bounds its samples saw, and how often;
+    printed."""
+    for c, res in results.items():
+        engines = res.get("runs", {}).get(label, {}).get("engines", {})
+        seen = []
+        for name in ORDER:
+            caps = engines.get(name, {}).get("read_caps")
+            if not caps:
+                continue
+            n = sum(caps.values())
+            seen.append("%s %s" % (name, ", ".join(
+                "%s (%.0f%%)" % (k, 100.0 * v / n) for k, v in
+                sorted(caps.items(), key=lambda x: -x[1]))))
+        if seen:
+            print("%s: the most KV tokens one batch read, following each engine's share of the "
+                  "budget (KVSHIM_CB_READ_TOKENS=auto), in its samples every 100 ms: %s"
+                  % (c, "; ".join(seen)))
 
 
 def beside_table(table, label, results):
