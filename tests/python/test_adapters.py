@@ -4158,6 +4158,27 @@ class ReadBudgetTest(unittest.TestCase):
         p.prepare_next_batch()
         self.assertEqual(p.cache.num_pages, 65536)
 
+    def test_read_follows_the_share_on_the_padding(self):
+        # transformers pads a batch's KV read to its interval (1024 here),
+        # at most num_pages, and keys a CUDA graph on the padded size,
+        # kept for good: a bound raised to what the largest request reads
+        # must lie on the interval, or each new largest request is a new
+        # padded size (a batch reading 20050 pads to 20100, then 20200)
+        p = self.build()
+        caps = set()
+        for prompt in (20000, 20100, 20300):
+            p.scheduler.waiting_requests = {"a": request("a", prompt, 100)}
+            caps.add(self.pass_with(p, 1000))
+        self.assertEqual(caps, {20480})
+        p.scheduler.waiting_requests = {}
+        p.scheduler.active_requests = {"b": request("b", 3000, 1000)}
+        self.assertEqual(self.pass_with(p, 100), 4096)
+        # the interval KVSHIM_CB_KV_PAD sets is the one transformers pads to
+        os.environ[reads.KV_PAD_VAR] = "4096"
+        p = self.build()
+        p.scheduler.active_requests = {"b": request("b", 3000, 1500)}
+        self.assertEqual(self.pass_with(p, 100), 8192)
+
     def test_read_set_by_the_operator_stands(self):
         # a number or a memory size is the operator's: it does not follow
         os.environ[reads.READ_TOKENS_VAR] = "3000"
