@@ -4136,14 +4136,14 @@ class ReadBudgetTest(unittest.TestCase):
         self.assertEqual(p.ios.mask_shape, (1, 1, 256, 65536 + 256))   # the buffers stay
         self.assertEqual(self.pass_with(p, 9000), 65536)        # never past R
         self.assertEqual(self.pass_with(p, 0), 16)              # at least a block
-        # never below what the largest request it holds reads: a waiting
-        # one of 20000 + 100, a running one of 3000 + 1000, one without
-        # max_new_tokens (R)
+        # never below what the largest request it holds reads (on the
+        # padding's interval, 1024): a waiting one of 20000 + 100, a
+        # running one of 3000 + 1000, one without max_new_tokens (R)
         p.scheduler.waiting_requests = {"a": request("a", 20000, 100)}
         p.scheduler.active_requests = {"b": request("b", 3000, 1000)}
-        self.assertEqual(self.pass_with(p, 1000), 20100)
+        self.assertEqual(self.pass_with(p, 1000), 20480)
         p.scheduler.waiting_requests = {}
-        self.assertEqual(self.pass_with(p, 100), 4000)
+        self.assertEqual(self.pass_with(p, 100), 4096)
         p.scheduler.active_requests = {"c": request("c", 10, None)}
         self.assertEqual(self.pass_with(p, 100), 65536)
         p.scheduler.active_requests = {"d": types.SimpleNamespace(request_id="d")}

@@ -276,8 +276,10 @@ def apply_read_budget(cache, cb_config):
         return None
     cache.num_pages = read
     cache.kvshim_read_tokens = read
-    # kvshim's own choice follows a shared budget's share (follow_share)
+    # kvshim's own choice follows a shared budget's share (follow_share),
+    # on the interval transformers pads a batch's KV read to
     cache.kvshim_read_follows = setting == "auto"
+    cache.kvshim_read_interval = _positive(getattr(cb_config, "kv_padding_interval_size", 0))
     return read
 
 
@@ -302,7 +304,8 @@ def follow_share(cache, scheduler, entitled):
     cache.num_pages (transformers' budget per batch, and the cap its
     padding of a batch's read meets) becomes those blocks' tokens, within
     the read budget R its buffers are sized for, and never below what the
-    largest request it holds (running or waiting) reads: a request the
+    largest request it holds (running or waiting) reads, rounded up to the
+    interval transformers pads a batch's read to: a request the
     budget per batch cannot take alone would wait forever, and one running
     would fail the engine. Alone on its GPU an engine reads up to R, as
     without sharing; beside others, up to its share, as a static share's
@@ -319,9 +322,18 @@ def follow_share(cache, scheduler, entitled):
         block = int(cache.block_size)
         cap = max(int(entitled) * block, block)
         if cap < read:
+            most = 0
             for queue in ("active_requests", "waiting_requests"):
                 for state in list((getattr(scheduler, queue, None) or {}).values()):
-                    cap = max(cap, _request_tokens(state, read))
+                    most = max(most, _request_tokens(state, read))
+            # transformers pads a batch's read to its interval, at most
+            # num_pages, and keys a CUDA graph on the padded size: raised
+            # for a request, the bound goes to the interval (the share's
+            # moves only as processes come and go), or each new largest
+            # request would be a new key
+            step = _positive(getattr(cache, "kvshim_read_interval", 0))
+            if most > cap:
+                cap = -(-most // step) * step if step else most
         cap = min(cap, read)
     cache.num_pages = cap
     cache.kvshim_read_cap = cap
@@ -352,6 +364,7 @@ def apply_kv_pad(cache, cb_config):
         return None
     cb_config.kv_padding_interval_size = pad
     cache.kvshim_kv_pad = pad
+    cache.kvshim_read_interval = pad
     return pad
 
 
