@@ -4583,5 +4583,29 @@ class ImportHookTest(unittest.TestCase):
         self.assertEqual(seen, ["kvshim_test_target_cb"])
 
 
+class ColocateReadCapsTest(unittest.TestCase):
+    def test_read_caps_printed_for_every_trace(self):
+        # colocate.py prints, in each trace's tables, the read bounds its
+        # engines' samples saw where they followed their shares: with two
+        # traces, both (its --dry-run engines follow under auto)
+        src = os.environ.get("KVSHIM_BENCH_SRC") or os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "..", "bench")
+        import shutil
+        out = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, out, True)
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("KVSHIM_POOL", "KVSHIM_LIMIT", "KVSHIM_POOL_LOW", "KVSHIM_POOL_HIGH",
+                            reads.READ_TOKENS_VAR)}
+        run = subprocess.run([sys.executable, os.path.join(src, "colocate.py"), "--dry-run",
+                              "--configs", "static,kvshim", "--traces", "r6-s2026-p4,r3-s1-p8",
+                              "--budget-gib", "3", "--out", out], env=env, text=True,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+        self.assertEqual(run.returncode, 0, run.stdout[-2000:])
+        sections = run.stdout.split("\ntrace ")[1:]
+        self.assertEqual([s.split(":")[0] for s in sections], ["r6-s2026-p4", "r3-s1-p8"])
+        self.assertEqual([s.count("following each engine's share of the budget")
+                          for s in sections], [1, 1])
+
+
 if __name__ == "__main__":
     unittest.main(verbosity=2)
