@@ -1752,7 +1752,7 @@ def print_tables(table, traces, results, args):
             if h:
                 print("%s: shared segment held at most %.0f MiB of a %.0f MiB budget; samples "
                       "over it: %d" % (c, h["peak_held"] / MIB, h["budget"] / MIB, h["over"]))
-    read_caps(label, results)
+        read_caps(label, results)
 
 
 def read_caps(label, results):
