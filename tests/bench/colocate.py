@@ -452,8 +452,11 @@ def engine(args):
             "max_batch_tokens": cache.max_batch_tokens, "kv_tensor_bytes": kv_tensor_bytes,
             # the most KV tokens one batch reads (transformers' num_pages:
             # the cache's tokens, or kvshim's read budget R), which sizes
-            # the attention mask and read indices a step writes
-            "read_tokens": int(getattr(cache, "num_pages", 0) or 0),
+            # the attention mask and read indices a step writes; where its
+            # passes follow the engine's share, the most they may read (the
+            # first request has lowered num_pages by then)
+            "read_tokens": int(getattr(cache, "kvshim_read_most", None)
+                               or getattr(cache, "num_pages", 0) or 0),
             "kvshim": kvshim is not None, "ceiling": ceiling_set(),
             "cuda_graphs": args.cuda_graphs, "pack": os.environ.get("KVSHIM_CB_PACK"),
             # (kvshim's default reserve: 5%)

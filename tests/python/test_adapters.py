@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import random
+import select
 import subprocess
 import sys
 import tempfile
@@ -3916,12 +3917,13 @@ class ReadBudgetTest(unittest.TestCase):
         else:
             sys.modules[name] = mod
 
-    def build(self, hints=None, patch=("io", "runner", "scheduler"), wired=None):
+    def build(self, hints=None, patch=("io", "runner", "scheduler"), wired=None,
+              num_blocks=16384):
         """A batch processor built as generate_batch builds one, with the
         adapter applied to the stand-in modules named in patch."""
         torch = FakeTorch()
         self.fake_transformers(torch)
-        cbc = types.SimpleNamespace(block_size=16, num_blocks=16384, max_batch_tokens=256,
+        cbc = types.SimpleNamespace(block_size=16, num_blocks=num_blocks, max_batch_tokens=256,
                                     max_requests_per_batch=8, kv_padding_interval_size=1024)
         self.cbc = cbc
         cache_mod, api, iom, runner, sched = flow_modules(torch, cbc)
@@ -4179,11 +4181,28 @@ class ReadBudgetTest(unittest.TestCase):
         p.scheduler.active_requests = {"b": request("b", 3000, 1500)}
         self.assertEqual(self.pass_with(p, 100), 8192)
 
+    def test_read_follows_the_share_in_a_small_cache(self):
+        # a cache of 32768 tokens, below auto's R: transformers' buffers
+        # stand (the whole cache), and each pass still reads at most the
+        # engine's share (on an H200 the large engine of three, whose cache
+        # was its own share, read up to 49152 tokens where its static
+        # share read 21824)
+        p = self.build(num_blocks=2048)
+        self.assertIsNone(getattr(p.cache, "kvshim_read_tokens", None))
+        self.assertEqual(p.ios.mask_shape, (1, 1, 256, 32768 + 256))
+        self.assertTrue(p.cache.kvshim_read_follows)
+        self.assertEqual(self.pass_with(p, None), 32768)
+        self.assertEqual(self.pass_with(p, 1000), 16000)
+        self.assertEqual(self.pass_with(p, 5000), 32768)
+        os.environ[reads.READ_TOKENS_VAR] = "off"
+        p = self.build(num_blocks=2048)
+        self.assertEqual(self.pass_with(p, 1000), 32768)
+
     def test_read_set_by_the_operator_stands(self):
         # a number or a memory size is the operator's: it does not follow
         os.environ[reads.READ_TOKENS_VAR] = "3000"
         p = self.build()
-        self.assertFalse(p.cache.kvshim_read_follows)
+        self.assertFalse(getattr(p.cache, "kvshim_read_follows", False))
         self.assertEqual(self.pass_with(p, 10), 3008)
         os.environ[reads.READ_TOKENS_VAR] = "off"
         p = self.build()
@@ -4479,13 +4498,19 @@ class BindingTest(unittest.TestCase):
                                           stdin=subprocess.PIPE, stdout=subprocess.PIPE))
             self.addCleanup(procs[-1].stdout.close)
             self.addCleanup(procs[-1].kill)
+
+        def line(proc):
+            """Its next line, failing the test after 60 s without one."""
+            ready, _, _ = select.select([proc.stdout], [], [], 60)
+            self.assertTrue(ready, "pid %d said nothing in 60 s" % proc.pid)
+            return proc.stdout.readline()
         # (both joined before either is asked)
-        self.assertEqual([q.stdout.readline() for q in procs], ["ready\n"] * 2)
+        self.assertEqual([line(q) for q in procs], ["ready\n"] * 2)
 
         def ask(proc):
             proc.stdin.write("\n")
             proc.stdin.flush()
-            return int(proc.stdout.readline())
+            return int(line(proc))
         self.assertEqual(ask(procs[0]), 24 * MIB)
         self.assertEqual(ask(procs[1]), 24 * MIB)
         procs[1].stdin.close()

@@ -272,14 +272,22 @@ def apply_read_budget(cache, cb_config):
         getattr(cb_config, "max_requests_per_batch", None), max_positions,
         getattr(cb_config, "kv_padding_interval_size", 0), int(cache.block_size), how)
     cache.kvshim_read_how = how
+    # kvshim's own choice follows a shared budget's share (follow_share),
+    # up to R, or the whole cache where R would not be below it (a cache
+    # sized for its own share of memory: as one engine of three on an
+    # H200 at 6 GiB, its batches read up to 49152 tokens, where its
+    # static share's read 21824, and the engine held 1.4 GiB more beside
+    # its KV cache: docs/BENCHMARKS.md, session 33); on the interval
+    # transformers pads a batch's KV read to
+    if setting == "auto":
+        cache.kvshim_read_follows = True
+        cache.kvshim_read_most = capacity if read is None else read
+        cache.kvshim_read_interval = _positive(getattr(cb_config, "kv_padding_interval_size",
+                                                       0))
     if read is None:
         return None
     cache.num_pages = read
     cache.kvshim_read_tokens = read
-    # kvshim's own choice follows a shared budget's share (follow_share),
-    # on the interval transformers pads a batch's KV read to
-    cache.kvshim_read_follows = setting == "auto"
-    cache.kvshim_read_interval = _positive(getattr(cb_config, "kv_padding_interval_size", 0))
     return read
 
 
@@ -303,7 +311,8 @@ def follow_share(cache, scheduler, entitled):
     come and go, not with their load), or None where no budget is shared.
     cache.num_pages (transformers' budget per batch, and the cap its
     padding of a batch's read meets) becomes those blocks' tokens, within
-    the read budget R its buffers are sized for, and never below what the
+    the read budget R its buffers are sized for (the whole cache where R
+    would not be below it), and never below what the
     largest request it holds (running or waiting) reads, rounded up to the
     interval transformers pads a batch's read to: a request the
     budget per batch cannot take alone would wait forever, and one running
@@ -314,7 +323,7 @@ def follow_share(cache, scheduler, entitled):
     did not: docs/BENCHMARKS.md, sessions 30 to 33). Only with the read
     budget chosen by kvshim (auto): a number set by the operator stands.
     Returns the bound, or None where it does not apply."""
-    read = getattr(cache, "kvshim_read_tokens", None)
+    read = getattr(cache, "kvshim_read_most", None)
     if read is None or not getattr(cache, "kvshim_read_follows", False):
         return None
     cap = read
