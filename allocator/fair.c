@@ -103,8 +103,11 @@ static uint64_t wants(const struct kv_fair_in *p, uint64_t *used, uint64_t *unus
 	return want < floor_of(p) ? floor_of(p) : want;
 }
 
-uint64_t kv_fair_most(uint64_t budget, const struct kv_fair_in *in, unsigned n,
-		      unsigned i)
+/* Process i's share of budget were it to want all it may (up to its
+ * ceiling), and the others what they do, or, everyone set, all they may
+ * too; at least each floor. */
+static uint64_t share_wanting_all(uint64_t budget, const struct kv_fair_in *in, unsigned n,
+				  unsigned i, int everyone)
 {
 	uint64_t want[FAIR_MAX], w[FAIR_MAX], base[FAIR_MAX], got[FAIR_MAX];
 	uint64_t used, unused;
@@ -115,37 +118,32 @@ uint64_t kv_fair_most(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 	if (i >= n)
 		return 0;
 	for (j = 0; j < n; j++) {
-		want[j] = wants(&in[j], &used, &unused);
+		if (everyone || j == i)
+			want[j] = in[j].max ? in[j].max : UINT64_MAX;
+		else
+			want[j] = wants(&in[j], &used, &unused);
 		w[j] = weight_of(&in[j]);
 		base[j] = floor_of(&in[j]);
 	}
+	level(budget, w, base, want, got, n);
+	return got[i];
+}
+
+uint64_t kv_fair_most(uint64_t budget, const struct kv_fair_in *in, unsigned n,
+		      unsigned i)
+{
 	/* the plan's own level will not do: where every process gets what it
 	 * wants, nothing bounds the level, and a bound of the level times
 	 * the weight rose to the budget (a process above its share that let
 	 * its pages go idle could take them back from under a waiter's
 	 * claim) */
-	want[i] = in[i].max ? in[i].max : UINT64_MAX;
-	level(budget, w, base, want, got, n);
-	return got[i];
+	return share_wanting_all(budget, in, n, i, 0);
 }
 
 uint64_t kv_fair_entitled(uint64_t budget, const struct kv_fair_in *in, unsigned n,
 			  unsigned i)
 {
-	uint64_t want[FAIR_MAX], w[FAIR_MAX], base[FAIR_MAX], got[FAIR_MAX];
-	unsigned j;
-
-	if (n > FAIR_MAX)
-		n = FAIR_MAX;
-	if (i >= n)
-		return 0;
-	for (j = 0; j < n; j++) {
-		want[j] = in[j].max ? in[j].max : UINT64_MAX;
-		w[j] = weight_of(&in[j]);
-		base[j] = floor_of(&in[j]);
-	}
-	level(budget, w, base, want, got, n);
-	return got[i];
+	return share_wanting_all(budget, in, n, i, 1);
 }
 
 uint64_t kv_fair_bound(uint64_t budget, const struct kv_fair_in *in, unsigned n,
