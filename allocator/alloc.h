@@ -241,7 +241,8 @@ size_t kv_alloc_asked(kv_alloc_t *a);
 
 /* With a shared budget, the bytes this process is entitled to
  * (kv_share_entitled: its weighted part of the budget, which moves only as
- * processes come and go); SIZE_MAX (no bound) without one. */
+ * processes come and go), at most its limit (KVSHIM_LIMIT); SIZE_MAX (no
+ * bound) without one. */
 size_t kv_alloc_entitled(kv_alloc_t *a);
 
 /* The driver handle a runs on, for callers that must check the device. */

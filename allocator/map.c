@@ -707,11 +707,15 @@ size_t kv_alloc_asked(kv_alloc_t *a)
 
 size_t kv_alloc_entitled(kv_alloc_t *a)
 {
-	uint64_t e;
+	uint64_t e, limit;
 
 	if (!a || !a->share)
 		return SIZE_MAX;
+	/* never more than this process may hold (KVSHIM_LIMIT) */
 	e = kv_share_entitled(a->share);
+	limit = (uint64_t)a->max_pages * a->page;
+	if (e > limit)
+		e = limit;
 	return e > SIZE_MAX ? SIZE_MAX : (size_t)e;
 }
 

@@ -1537,6 +1537,12 @@ START_TEST(test_fair_entitled_members)
 	ck_assert_int_eq(kv_alloc_release(a, s), 0);
 	kt_check(a);
 	kv_alloc_destroy(a);
+	/* never more than its own limit */
+	kt_share_opts(&o, B, 0, 0, 1, 0, 0);
+	o.limit = 4 * PG;
+	a = kt_create(&o);
+	ck_assert_uint_eq(kv_alloc_entitled(a), 4 * PG);
+	kv_alloc_destroy(a);
 	kt_opts(&o);
 	solo = kt_create(&o);
 	ck_assert_uint_eq(kv_alloc_entitled(solo), SIZE_MAX);
