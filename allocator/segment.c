@@ -526,6 +526,7 @@ static int collect(int fd, const struct kv_share *sh, uint64_t cap, uint64_t ns,
 		out->proc[live[i]].share = fout[i].share;
 		out->proc[live[i]].gap = fout[i].gap;
 		out->proc[live[i]].most = kv_fair_bound(cap, fin, nlive, i, fout, &sums);
+		out->proc[live[i]].entitled = kv_fair_entitled(cap, fin, nlive, i);
 	}
 	for (i = 0; i < KV_SHARE_SLOTS && exact; i++)
 		exact = LOAD(&sh->slot[i].seq) == seq[i];

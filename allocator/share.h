@@ -279,6 +279,12 @@ struct kv_share_proc {
 				  * another waits below its share
 				  * (kv_fair_bound); UINT64_MAX: no bound;
 				  * 0 for a process gone (read alive) */
+	uint64_t entitled;       /* the rule's: its part were every process to
+				  * want all (kv_fair_entitled), what the
+				  * transformers adapter bounds a batch's
+				  * read by (at most its own limit, which the
+				  * segment does not hold); 0 for a process
+				  * gone */
 };
 
 struct kv_share_info {

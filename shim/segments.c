@@ -133,15 +133,18 @@ static void json_segment(FILE *f, const char *path, const struct kv_share_info *
 		 * and gap are the rule's, from these figures, and so is most,
 		 * the most it may use while another waits below its share
 		 * (null for a process gone; most null too while no other
-		 * process waits) */
+		 * process waits); entitled, the rule's part of the budget were
+		 * every process to want all, what an engine's batch reads at
+		 * most (null for a process gone) */
 		fprintf(f, ", \"weight\": %llu, \"demand\": %llu, \"unused\": %llu, \"asked\": %llu",
 			(unsigned long long)p->weight, (unsigned long long)p->demand,
 			(unsigned long long)p->unused, (unsigned long long)p->asked);
 		if (p->alive)
-			fprintf(f, ", \"share\": %llu, \"gap\": %llu",
-				(unsigned long long)p->share, (unsigned long long)p->gap);
+			fprintf(f, ", \"share\": %llu, \"gap\": %llu, \"entitled\": %llu",
+				(unsigned long long)p->share, (unsigned long long)p->gap,
+				(unsigned long long)p->entitled);
 		else
-			fputs(", \"share\": null, \"gap\": null", f);
+			fputs(", \"share\": null, \"gap\": null, \"entitled\": null", f);
 		if (p->alive && p->most != UINT64_MAX)
 			fprintf(f, ", \"most\": %llu}", (unsigned long long)p->most);
 		else
@@ -186,11 +189,12 @@ static void text_segment(FILE *f, const char *path, const struct kv_share_info *
 
 		if (p->alive && p->most != UINT64_MAX)
 			snprintf(most, sizeof(most), "%llu", (unsigned long long)p->most);
-		fprintf(f, "  %8d %-16.16s held %llu mapped %llu cached %llu pooled %llu weight %llu share %llu most %s demand %llu unused %llu asked %llu%s\n",
+		fprintf(f, "  %8d %-16.16s held %llu mapped %llu cached %llu pooled %llu weight %llu share %llu most %s entitled %llu demand %llu unused %llu asked %llu%s\n",
 			p->pid, p->cmd, (unsigned long long)p->held,
 			(unsigned long long)p->mapped, (unsigned long long)p->cached,
 			(unsigned long long)p->pooled, (unsigned long long)p->weight,
-			(unsigned long long)p->share, most, (unsigned long long)p->demand,
+			(unsigned long long)p->share, most, (unsigned long long)p->entitled,
+			(unsigned long long)p->demand,
 			(unsigned long long)p->unused, (unsigned long long)p->asked,
 			p->alive ? "" : " (gone)");
 	}

@@ -1509,13 +1509,15 @@ END_TEST
 
 /*
  * What a process is entitled to (kv_alloc_entitled) follows the members as
- * they come and go, by weight, not their load; one that died stops
- * counting (its slot is reaped); an allocator sharing no budget has no
- * bound.
+ * they come and go, by weight, not their load, as the segment's reader
+ * says too; one that died stops counting (its slot is reaped); never more
+ * than its limit; an allocator sharing no budget has no bound.
  */
 START_TEST(test_fair_entitled_members)
 {
+	const struct kv_share_info *in;
 	struct kt_member m[2];
+	unsigned i;
 	kv_alloc_t *a, *solo;
 	struct kv_alloc_opts o;
 	CUdeviceptr s;
@@ -1527,6 +1529,11 @@ START_TEST(test_fair_entitled_members)
 	ck_near(kv_alloc_entitled(a), 2 * B / 3);
 	kt_member_waiting(&m[1], B, 0, B);             /* it waits for all */
 	ck_near(kv_alloc_entitled(a), B / 2);
+	/* and the segment's reader (kvshim-config, kvshim-top) says so */
+	in = kt_seg_read(0);
+	ck_assert_uint_eq(in->nprocs, 3);
+	for (i = 0; i < in->nprocs; i++)
+		ck_near(in->proc[i].entitled, in->proc[i].pid == getpid() ? B / 2 : B / 4);
 	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
 	ck_assert_int_eq(kv_alloc_map(a, s, 2 * PG), 0);
 	ck_near(kv_alloc_entitled(a), B / 2);          /* not its load */

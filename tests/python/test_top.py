@@ -163,10 +163,11 @@ class TopTest(unittest.TestCase):
         def row():
             r = top("--once", "--pool", POOL)
             self.assertEqual(r.returncode, 0, r.stderr)
-            for col in ("WEIGHT", "SHARE", "MOST", "DEMAND", "UNUSED", "ASKED", "GAVE"):
+            for col in ("WEIGHT", "SHARE", "MOST", "ENTITLED", "DEMAND", "UNUSED", "ASKED",
+                        "GAVE"):
                 self.assertIn(col, r.stdout)
             return [line for line in r.stdout.splitlines()
-                    if line.split()[:1] == [str(os.getpid())]][0].split()[9:14]
+                    if line.split()[:1] == [str(os.getpid())]][0].split()[9:15]
 
         with stating(demand=8 * MIB):
             self.assertEqual(kvshim.share_asked(), 0)
@@ -177,7 +178,9 @@ class TopTest(unittest.TestCase):
             self.assertEqual(me["share"], 4 * MIB + 8 * MIB)   # used (6 - 2 cached) + demand
             self.assertEqual(me["gap"], 8 * MIB - 2 * MIB)     # beyond what it holds
             self.assertIsNone(me["most"])                      # nobody else waits
-            self.assertEqual(row(), ["3", "12", "-", "8", "0"])
+            # alone, entitled to its ceiling of the budget, whatever it uses
+            self.assertEqual(me["entitled"], 64 * MIB)
+            self.assertEqual(row(), ["3", "12", "-", "64", "8", "0"])
         # 2 of the 4 MiB it uses unused (a prefix cache, as an adapter
         # states it): kept as its own while it waits, out of its use (so
         # of its share) when it does not
@@ -192,7 +195,7 @@ class TopTest(unittest.TestCase):
                 me = mine()
                 self.assertEqual((me["unused"], me["share"], me["demand"]),
                                  (2 * MIB, 6 * MIB, 0))           # 8 used less 2
-                self.assertEqual(row(), ["3", "6", "-", "0", "2"])
+                self.assertEqual(row(), ["3", "6", "-", "64", "0", "2"])
         finally:
             kvshim.unmap(more, 4 * MIB)
             kvshim.trim(4 * MIB)
@@ -224,6 +227,10 @@ class TopTest(unittest.TestCase):
             self.assertGreater(other["gap"], 0)
             self.assertEqual(me["most"], 64 * MIB)
             self.assertIsNone(other["most"])
+            # entitled, by weight 3 to 1, this one at most its ceiling, the
+            # other the rest, whatever either waits for
+            self.assertEqual(me["entitled"], min(64 * MIB, budget * 3 // 4))
+            self.assertAlmostEqual(other["entitled"], budget - me["entitled"], delta=4)
             with stating(demand=8 * MIB):
                 budget, me, other = both()
                 self.assertEqual(me["most"], 64 * MIB)
@@ -232,6 +239,8 @@ class TopTest(unittest.TestCase):
                 mine = [line.split() for line in r.stdout.splitlines()
                         if line.split()[:1] == [str(os.getpid())]][0]
                 self.assertEqual(mine[10:12], ["12", "64"])   # SHARE, MOST (MiB)
+                # (its entitlement does not move with what it waits for)
+                self.assertEqual(me["entitled"], min(64 * MIB, budget * 3 // 4))
         finally:
             p.stdin.close()
             p.wait(timeout=30)
