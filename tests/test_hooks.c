@@ -405,6 +405,19 @@ START_TEST(test_free_async_releases_a_span)
 	ck_assert_uint_eq(kv_dev_calls(name), 2);
 	ck_assert_int_eq(stats(&s), 0);
 	ck_assert_uint_eq(s.reserved_bytes, s0.reserved_bytes);
+
+	/* on a stream whose capture state cannot be read (no such stream),
+	 * the call is the driver's, which refuses it, and the span stays */
+	ck_assert_int_eq(kv_begin(), 0);
+	ck_assert_int_eq(alloc(&p, 16 * PG), CUDA_SUCCESS);
+	ck_assert_int_eq(kv_end(), 0);
+	ck_assert_int_eq(free_async(p, (CUstream)(uintptr_t)0xdead0), CUDA_ERROR_INVALID_HANDLE);
+	ck_assert_uint_eq(kv_dev_calls(name), 3);
+	ck_assert_int_eq(stats(&s), 0);
+	ck_assert_uint_eq(s.reserved_bytes, s0.reserved_bytes + 16 * PG);
+	ck_assert_int_eq(free_async(p, NULL), CUDA_SUCCESS);
+	ck_assert_int_eq(stats(&s), 0);
+	ck_assert_uint_eq(s.reserved_bytes, s0.reserved_bytes);
 }
 END_TEST
 
