@@ -21,43 +21,70 @@
 	if (kv_hooks_runtime() || !kv_real_##name)                         \
 		return cudaErrorInitializationError
 
-/* Whether stream s captures now, by the given real query (NULL: no). */
-static int drv_capturing(CUresult (*is)(CUstream, CUstreamCaptureStatus *),
-			 CUstream s)
+/* Stream s's capture state by the given real query: 1 capturing, 0 not
+ * (or no query), -1 the query failed (no such stream; the legacy stream
+ * beside a global capture). */
+static int drv_state(CUresult (*is)(CUstream, CUstreamCaptureStatus *), CUstream s)
 {
 	CUstreamCaptureStatus st = CU_STREAM_CAPTURE_STATUS_NONE;
 
-	return is && is(s, &st) == CUDA_SUCCESS &&
-	       st != CU_STREAM_CAPTURE_STATUS_NONE;
+	if (!is)
+		return 0;
+	if (is(s, &st) != CUDA_SUCCESS)
+		return -1;
+	return st != CU_STREAM_CAPTURE_STATUS_NONE;
 }
 
-static int rt_capturing(cudaError_t (*is)(cudaStream_t,
-					  enum cudaStreamCaptureStatus *),
-			cudaStream_t s)
+static int rt_state(cudaError_t (*is)(cudaStream_t, enum cudaStreamCaptureStatus *),
+		    cudaStream_t s)
 {
 	enum cudaStreamCaptureStatus st = cudaStreamCaptureStatusNone;
-	int c;
+	cudaError_t e;
 
+	if (!is)
+		return 0;
 	kv_in_runtime++;
-	c = is && is(s, &st) == cudaSuccess && st != cudaStreamCaptureStatusNone;
+	e = is(s, &st);
 	kv_in_runtime--;
-	return c;
+	if (e != cudaSuccess)
+		return -1;
+	return st != cudaStreamCaptureStatusNone;
+}
+
+/* Stream s's state (drv_state's), or -1 without the driver. */
+static int state_of(CUstream s, int ptsz)
+{
+	if (kv_hooks_driver())
+		return -1;
+	return drv_state(ptsz ? kv_real_cuStreamIsCapturing_ptsz : kv_real_cuStreamIsCapturing, s);
+}
+
+static int rt_state_of(cudaStream_t s, int ptsz)
+{
+	if (kv_hooks_runtime())
+		return -1;
+	return rt_state(ptsz ? kv_real_cudaStreamIsCapturing_ptsz :
+			       kv_real_cudaStreamIsCapturing, s);
 }
 
 int kv_hooks_captures(CUstream s, int ptsz)
 {
-	if (kv_hooks_driver())
-		return 0;
-	return drv_capturing(ptsz ? kv_real_cuStreamIsCapturing_ptsz :
-				    kv_real_cuStreamIsCapturing, s);
+	return state_of(s, ptsz) == 1;
 }
 
 int kv_hooks_rt_captures(cudaStream_t s, int ptsz)
 {
-	if (kv_hooks_runtime())
-		return 0;
-	return rt_capturing(ptsz ? kv_real_cudaStreamIsCapturing_ptsz :
-				   kv_real_cudaStreamIsCapturing, s);
+	return rt_state_of(s, ptsz) == 1;
+}
+
+int kv_hooks_idle(CUstream s, int ptsz)
+{
+	return state_of(s, ptsz) == 0;
+}
+
+int kv_hooks_rt_idle(cudaStream_t s, int ptsz)
+{
+	return rt_state_of(s, ptsz) == 0;
 }
 
 /* ---- the driver's calls ----------------------------------------------------- */
@@ -94,9 +121,9 @@ CUresult kv_hook_##name(CUstream s, CUgraph *g)                            \
                                                                            \
 	DRIVER_REAL(name);                                                 \
 	if (!kv_in_runtime)                                                \
-		was = drv_capturing(kv_real_##is, s);                      \
+		was = drv_state(kv_real_##is, s) == 1;                     \
 	r = kv_real_##name(s, g);                                          \
-	if (was && !drv_capturing(kv_real_##is, s))                        \
+	if (was && drv_state(kv_real_##is, s) != 1)                        \
 		kv_shim_capture(0);                                        \
 	return r;                                                          \
 }
@@ -141,11 +168,11 @@ cudaError_t kv_hook_##name(cudaStream_t s, cudaGraph_t *g)                 \
 	int was;                                                           \
                                                                            \
 	RUNTIME_REAL(name);                                                \
-	was = rt_capturing(kv_real_##is, s);                               \
+	was = rt_state(kv_real_##is, s) == 1;                              \
 	kv_in_runtime++;                                                   \
 	e = kv_real_##name(s, g);                                          \
 	kv_in_runtime--;                                                   \
-	if (was && !rt_capturing(kv_real_##is, s))                         \
+	if (was && rt_state(kv_real_##is, s) != 1)                         \
 		kv_shim_capture(0);                                        \
 	return e;                                                          \
 }

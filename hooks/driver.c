@@ -48,7 +48,7 @@ CUresult kv_hook_cuMemFree_v2(CUdeviceptr p)
 CUresult kv_hook_##name(CUdeviceptr p, CUstream s)                          \
 {                                                                          \
 	REAL_OR_FAIL(name);                                                \
-	if (!kv_in_runtime && p && !kv_hooks_captures(s, ptsz) &&          \
+	if (!kv_in_runtime && p && kv_hooks_idle(s, ptsz) &&               \
 	    kv_policy_free(p) == 1)                                        \
 		return CUDA_SUCCESS;                                       \
 	return kv_real_##name(p, s);                                       \

@@ -205,6 +205,14 @@ int kv_hooks_sweep(void);
 int kv_hooks_captures(CUstream s, int ptsz);
 int kv_hooks_rt_captures(cudaStream_t s, int ptsz);
 
+/* Whether stream s (the per-thread default stream's form with ptsz) is
+ * known to capture nothing: 0 where its capture state cannot be read (no
+ * such stream; the legacy stream beside a global capture), so that a call
+ * kvshim would answer itself is left to the driver, whose answer it is.
+ * 1 where the driver has no query. */
+int kv_hooks_idle(CUstream s, int ptsz);
+int kv_hooks_rt_idle(cudaStream_t s, int ptsz);
+
 /* What the driver answers for the mistake behind a kvshim_error the
  * policy returned: arguments it would refuse are an invalid value (a range
  * not inside one allocation included); a span that cannot be backed is out

@@ -203,7 +203,7 @@ cudaError_t kv_hook_##name(void *p, cudaStream_t s)                         \
 	cudaError_t e;                                                      \
 									    \
 	REAL_OR_FAIL(name);                                                 \
-	if (p && !kv_hooks_rt_captures(s, ptsz) &&                          \
+	if (p && kv_hooks_rt_idle(s, ptsz) &&                               \
 	    kv_policy_free(dptr(p)) == 1)                                   \
 		return cudaSuccess;                                         \
 	CALL_REAL(e, kv_real_##name(p, s));                                 \
