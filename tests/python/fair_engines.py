@@ -39,6 +39,9 @@ class Request:
     def __init__(self, rid):
         self.request_id = rid
         self.tokens_to_process = list(range(PROMPT * BLOCK_TOKENS - 1))
+        # (what the adapter's read bound counts a request's tokens by)
+        self.initial_tokens = self.tokens_to_process
+        self.max_new_tokens = STEPS
         self.remaining_prefill_tokens = []
         self.blocks = self.steps = 0
 
@@ -105,11 +108,15 @@ class ContinuousBatchProcessor:
                 self.done += 1
 
 
-def engine(seconds, num_blocks, start_at, prefix_cache=False):
+def engine(seconds, num_blocks, start_at, prefix_cache=False, follow=False):
     """One engine (this process), from start_at (a time.time()) for
     seconds; prints its samples as JSON. prefix_cache: a request's
     complete blocks, freed (finished or evicted), stay in the prefix cache
-    (transformers 5.17 with block sharing, its default)."""
+    (transformers 5.17 with block sharing, its default). follow: its
+    cache's read bound follows its share, as with KVSHIM_CB_READ_TOKENS=auto
+    (up to the whole cache: the stand-ins wire no read budget), and it
+    joins the budget only at start_at (its cache made then), so that the
+    members come as the engines start."""
     import kvshim
     from kvshim.adapters import transformers_cb
     from standins import StandInCache
@@ -117,8 +124,13 @@ def engine(seconds, num_blocks, start_at, prefix_cache=False):
     mod = type(sys)("fair_engines_api")
     mod.ContinuousBatchProcessor = ContinuousBatchProcessor
     transformers_cb.patch_api_module(mod)
+    if follow:
+        time.sleep(max(0.0, start_at - time.time()))
     cache = StandInCache(num_blocks, BLOCK_TOKENS, LAYERS, 8 * 128)
     cache.complete_on_free = prefix_cache
+    if follow:
+        cache.num_pages = cache.kvshim_read_most = num_blocks * BLOCK_TOKENS
+        cache.kvshim_read_follows = True
     tracker = transformers_cb.attach(cache)
     proc = ContinuousBatchProcessor(cache)
     time.sleep(max(0.0, start_at - time.time()))
@@ -141,23 +153,25 @@ def engine(seconds, num_blocks, start_at, prefix_cache=False):
                             kvshim.stats()["physical_bytes"],
                             len(proc.scheduler.active_requests), proc.done,
                             tracker.preempted, len(proc.offloading_manager.evicted), tracker.short,
-                            tracker.capped])
+                            tracker.capped, getattr(cache, "num_pages", None)])
     json.dump({"pid": os.getpid(), "samples": samples, "moved": tracker.moved,
                "ahead_hits": tracker.ahead_hits}, sys.stdout)
     return 0
 
 
 # columns of a sample
-FIELDS = ("t", "blocks", "physical", "active", "done", "preempted", "evicted", "short", "capped")
+FIELDS = ("t", "blocks", "physical", "active", "done", "preempted", "evicted", "short", "capped",
+          "read")
 
 
 def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weights=None,
-        prefix_cache=False, pack=False):
+        prefix_cache=False, pack=False, follow=False):
     """Start engines under one budget of budget_mib, the first head_start
     seconds before the others, each running seconds from its start, with
     KVSHIM_WEIGHT weights[k] (default 1 each), with a prefix cache or not
     (see engine), packing or not (KVSHIM_CB_PACK, said either way: off
-    here unless pack, though on is the library's default). Returns [{"pid",
+    here unless pack, though on is the library's default), its read bound
+    following its share or not (see engine). Returns [{"pid",
     "samples", "moved", "ahead_hits"}] in start order (moved: the blocks it
     moved; ahead_hits: the blocks it was handed backed ahead)."""
     pool = pool or "fairengines%d" % os.getpid()
@@ -175,7 +189,8 @@ def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weight
             own = dict(env, KVSHIM_WEIGHT=str(weights[k] if weights else 1))
             procs.append(subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--engine", str(seconds),
-                 str(num_blocks), repr(at), "1" if prefix_cache else "0"],
+                 str(num_blocks), repr(at), "1" if prefix_cache else "0",
+                 "1" if follow else "0"],
                 env=own, stdout=subprocess.PIPE, text=True))
         out = []
         for p in procs:
@@ -195,7 +210,7 @@ def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weight
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--engine":
         return engine(float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]),
-                      sys.argv[5:6] == ["1"])
+                      sys.argv[5:6] == ["1"], sys.argv[6:7] == ["1"])
     out = run()
     print("t     " + "  ".join("engine %d: blocks MiB active done evicted" % k
                                 for k in range(len(out))))

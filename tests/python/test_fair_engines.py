@@ -104,6 +104,28 @@ class FairEnginesTest(unittest.TestCase):
                                 "the engine of weight 2 holds %s" % held)
 
 
+    def test_read_bound_follows_the_members(self):
+        """Each engine's read bound (its cache's num_pages, as the adapter
+        sets it each pass with KVSHIM_CB_READ_TOKENS=auto) is its part of
+        the budget, by the members there are as they come and go: the
+        first alone reads up to its whole cache (the budget, 96 MiB: 768
+        blocks of 128 KiB over its four tensors, 12288 tokens), a third
+        once the others have joined (4096), and the last two half once it
+        has gone (6144). Loose windows: starts and exits on a busy 2-core
+        machine come late."""
+        out = fair_engines.run(budget_mib=BUDGET_MIB, seconds=SECONDS, head_start=HEAD_START,
+                               follow=True)
+        first = out[0]["samples"]
+        alone = window(first, 0.0, HEAD_START - 0.5, "read")
+        three = window(first, HEAD_START + 1.5, SECONDS - 0.5, "read")
+        self.assertTrue(alone and three, "the first engine's samples: %s" % first)
+        self.assertEqual(statistics.median(alone), 12288, alone)
+        self.assertEqual(statistics.median(three), 4096, three)
+        for o in out[1:]:
+            both = window(o["samples"], SECONDS - HEAD_START + 0.6, SECONDS, "read")
+            self.assertIn(6144, both, "after the first left: %s" % both)
+
+
 # Two processes under one budget of 16 MiB (8 pages): the first holds it
 # all in use through a block group (and gives nothing back: no engine
 # reads its ask); the second, below its share and stating its demand,
