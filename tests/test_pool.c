@@ -826,6 +826,38 @@ START_TEST(test_failed_create_unmap_keeps_the_pages)
 }
 END_TEST
 
+/*
+ * Pool pages kept after a failed arena unmap (a trim's, here) keep their
+ * handles, and teardown must still free them: its own unmap of them fails
+ * once more, then the fault clears. Destroy tries them again, and leaves
+ * no handle, reservation or mapped page in the driver (kt_destroy checks),
+ * every handle released once.
+ */
+START_TEST(test_failed_arena_unmap_freed_at_teardown)
+{
+	struct kv_alloc_opts o;
+	size_t freed = 0;
+	kv_alloc_t *b;
+
+	kt_opts(&o);
+	o.limit = 2 * PG;
+	o.pool_low = 2 * PG;
+	o.pool_high = 2 * PG;
+	kv_dev_reset_counts();
+	a = kt_create(&o);                      /* 2 pages pooled */
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_trim(a, 2 * PG, &freed), KVSHIM_EDRIVER);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 2 * PG);
+	/* teardown's first unmap of them fails too */
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN), 0);
+	b = a;
+	a = NULL;
+	kt_destroy(b);
+	ck_assert_uint_eq(kv_dev_calls("cuMemCreate"), 2);
+	ck_assert_uint_eq(kv_dev_calls("cuMemRelease"), 2);
+}
+END_TEST
+
 Suite *pool_suite(void)
 {
 	Suite *s = suite_create("pool");
@@ -854,6 +886,7 @@ Suite *pool_suite(void)
 	tcase_add_test(tc, test_big_pages_pool_fills);
 	kt_add_emu(tc, test_failed_arena_unmap_keeps_the_page);
 	kt_add_emu(tc, test_failed_arena_unmap_moves_by_the_table);
+	kt_add_emu(tc, test_failed_arena_unmap_freed_at_teardown);
 	if (kv_dev_is_emu())
 		tcase_add_loop_test(tc, test_failed_create_unmap_keeps_the_pages, 0, 2);
 	suite_add_tcase(s, tc);
