@@ -489,17 +489,34 @@ int kv_pool_init(kv_alloc_t *a)
 	return 0;
 }
 
-/* The worker is stopped and the spans are gone. */
+/*
+ * The worker is stopped and the spans are gone: every page is pooled.
+ * Pages whose arena unmap fails keep their handles (release_slots); such
+ * a failure, in an earlier round or in the first release here, gets one
+ * more try, so that a passing fault costs nothing at exit. Pages the arena
+ * still maps after it are left, handles and arena with them (a handle
+ * released while mapped is never freed, and the arena cannot be freed
+ * with mappings in it), said once.
+ */
 void kv_pool_fini(kv_alloc_t *a)
 {
-	uint32_t freed;
+	uint32_t freed, left;
+	int tries;
 
 	if (!a->phys)
 		return;
 	pthread_mutex_lock(&a->lock);
-	kv_pool_shrink(a, 0, &freed);
+	for (tries = 0; tries < 2; tries++) {
+		kv_pool_shrink(a, 0, &freed);
+		if (!kv_pooled(a))
+			break;
+	}
+	left = kv_pooled(a);
 	pthread_mutex_unlock(&a->lock);
-	if (a->arena)
+	if (left)
+		kv_error("%u pool pages still mapped in the arena at exit: left with their handles",
+			 left);
+	else if (a->arena)
 		kv_prim_unreserve(&a->prim, a->arena,
 				  (size_t)a->max_pages * a->page);
 	free(a->phys);
