@@ -49,6 +49,16 @@ class FakeTensor:
         return self
 
 
+class StandInBlock(types.SimpleNamespace):
+    """A shareable block's record, as 5.17's Block: complete (its tokens
+    hashed, so prefix sharing and forks may reference it) once it has a
+    hash."""
+
+    @property
+    def is_complete(self):
+        return self.hash is not None
+
+
 class StandInBlockManager:
     """The block manager's behaviour, written afresh: free ids in a deque
     (uninitialised), complete shareable blocks kept in an ordered dict when
@@ -83,8 +93,8 @@ class StandInBlockManager:
                 # a record as 5.17's Block, which counts its references
                 # (without a parent: chains are made by the tests that
                 # need them)
-                self._id_to_block[b] = types.SimpleNamespace(id=b, parent_id=None, hash=None,
-                                                             ref_count=1)
+                self._id_to_block[b] = StandInBlock(id=b, parent_id=None, hash=None,
+                                                    ref_count=1)
             else:
                 self.refs[b] = 1
         return ids
@@ -94,7 +104,8 @@ class StandInBlockManager:
         counts there (its id follows the record when the adapter moves it),
         the others in refs. As 5.17: blocks not shareable go back in one
         extend, shareable ones one append at a time (those kept for prefix
-        sharing not at all)."""
+        sharing not at all), once their last reference goes (a fork's
+        children share their parent's complete blocks)."""
         back = []
         for b in ids:
             record = self._id_to_block.get(b)
@@ -104,6 +115,8 @@ class StandInBlockManager:
                 raise KeyError(b)
             else:
                 record.ref_count -= 1
+                if record.ref_count > 0:
+                    continue                           # another request's still
                 if shareable and complete:
                     self._init_block_ids[b] = None     # kept for prefix sharing
                     continue
@@ -114,6 +127,36 @@ class StandInBlockManager:
                 back.append(b)
         if back:
             self._uninit_block_ids.extend(back)
+
+    def fork_blocks(self, parent_blocks, num_forks, shareable, group_id):
+        """As 5.17, for parallel sampling: each of num_forks children
+        references the parent's leading complete blocks (shareable ones:
+        their ref_count goes up by num_forks) and takes fresh blocks,
+        through get_free_blocks, for the rest, which the caller copies.
+        Returns (each child's blocks, copy sources, copy destinations), or
+        (None, [], []) when blocks run out, what was done till then left
+        as it is, as 5.17 leaves it."""
+        shared = []
+        if shareable:
+            for b in parent_blocks:
+                record = self._id_to_block[b]
+                if not record.is_complete:
+                    break
+                record.ref_count += num_forks
+                shared.append(b)
+        rest = list(parent_blocks[len(shared):])
+        if not rest:
+            return [list(shared) for _ in range(num_forks)], [], []
+        forks, src, dst = [], [], []
+        for _ in range(num_forks):
+            ids = self.get_free_blocks(len(rest), shared[-1] if shared else None, shareable,
+                                       group_id)
+            if ids is None:
+                return None, [], []
+            forks.append(shared + ids)
+            src.extend(rest)
+            dst.extend(ids)
+        return forks, src, dst
 
     def reuse_cached(self, b):
         """A new request shares a cached prefix block."""
@@ -173,6 +216,16 @@ class StandInCache:
                     ids = ids[-1:]
                 self._block_manager.free_blocks(ids, shareable=share)
 
+    def fork_request(self, request_id, children):
+        """Fork a request's blocks into its children's, every layer group in
+        turn (5.17's fork_request): (copy sources, copy destinations)."""
+        src, dst = [], []
+        for cm in self.group_cache_managers:
+            s, d = cm.fork_blocks(request_id, children, self._block_manager)
+            src.extend(s)
+            dst.extend(d)
+        return src, dst
+
     def extend_read_and_write_indices(self, request_id, past, query, read_index, write_index):
         """Rows of the request's blocks, per layer group, as a full attention
         group reads (everything up to the new tokens) and writes them."""
@@ -186,6 +239,17 @@ class StandInCache:
 class StandInGroup:
     def __init__(self):
         self.block_table, self.uses_block_sharing = {}, True
+
+    def fork_blocks(self, request_id, children, bm):
+        """The children's tables from the block manager's fork; as 5.17's
+        CacheAllocator, a fork it could not make raises ValueError."""
+        forks, src, dst = bm.fork_blocks(self.block_table[request_id], len(children),
+                                         self.uses_block_sharing, 0)
+        if forks is None:
+            raise ValueError("Failed to fork blocks for request %s" % request_id)
+        for child, ids in zip(children, forks):
+            self.block_table[child] = ids
+        return src, dst
 
 
 class OffloadingManager517:

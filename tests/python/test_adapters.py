@@ -95,6 +95,51 @@ def admitting_api(scheduler, offloading_manager):
     return mod, cls
 
 
+class ForkingRequest:
+    """A request as transformers' fork reads it (5.17's RequestState): its
+    id and the children it has still to fork; fork(id) makes a child."""
+
+    def __init__(self, request_id, num_children):
+        self.request_id, self.num_children = request_id, num_children
+
+    def fork(self, request_id):
+        return ForkingRequest(request_id, 0)
+
+
+def forking_api():
+    """A continuous_api module whose processor (over a cache) queues, at
+    each pass, the active requests with children for their fork, as 5.17's
+    scheduler does when it schedules them, and whose update_batch forks
+    them as 5.17's does: the children join the active requests, then the
+    cache forks the parent's blocks into theirs (.copies: what each fork
+    returned). (module, class)"""
+    def __init__(self, cache):
+        self.cache, self.copies = cache, []
+        self.scheduler = types.SimpleNamespace(active_requests={}, waiting_requests={},
+                                               _requests_to_fork=[])
+
+    def prepare_next_batch(self):
+        sched = self.scheduler
+        for state in sched.active_requests.values():
+            if state.num_children > 0 and state not in sched._requests_to_fork:
+                sched._requests_to_fork.append(state)
+        return True
+
+    def update_batch(self):
+        sched = self.scheduler
+        while sched._requests_to_fork:
+            state = sched._requests_to_fork.pop()
+            n, state.num_children = state.num_children, 0
+            children = ["%s__child#%d" % (state.request_id, i) for i in range(n)]
+            for child in children:
+                sched.active_requests[child] = state.fork(child)
+            self.copies.append(self.cache.fork_request(state.request_id, children))
+    mod, cls = stand_in_api(prepare_next_batch)
+    cls.__init__ = __init__
+    cls.update_batch = update_batch
+    return mod, cls
+
+
 def patched(api):
     """The processor class of a stand-in continuous_api module (api: the
     (module, class) stand_in_api and admitting_api return), once the
@@ -3109,6 +3154,87 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(bm.num_free_blocks, 256)
         self.assertEqual((tr.mapped, tr.refused, tr.map_errors), (0, 0, 1))
         self.assertEqual(c.allocate_blocks(4, "r1", 0), 4)
+
+    def test_refused_fork_waits(self):
+        """A fork for parallel sampling (transformers' update_batch: the
+        children join the active requests, then each layer group gives them
+        the parent's complete blocks, referenced, and fresh ones for the
+        rest) whose blocks kvshim cannot back, for memory (ENOMEM) or a map
+        that fails (EDRIVER), at the second group's second child: undone
+        whole, where transformers would raise into its loop and fail the
+        engine. No block is lost, references and claims are as before, the
+        children are gone and the parent has its num_children back, so its
+        fork is queued again; it is logged, and the blocks the fork needs
+        are stated as the engine's demand. Once kvshim can back them the
+        fork goes through, and with every block freed nothing stays
+        mapped."""
+        for code in (kvshim.ENOMEM, kvshim.EDRIVER):
+            with self.subTest(code=code):
+                self.refused_fork(code)
+
+    def refused_fork(self, code):
+        c, tr = self.make(num_blocks=256)
+        c.group_cache_managers.append(StandInGroup())    # two layer groups
+        bm, groups = c._block_manager, c.group_cache_managers
+        self.ahead_off()
+        stated = []
+        self.capture_demand(stated)
+        proc = patched(forking_api())(c)
+        sched = proc.scheduler
+        # the parent: 6 blocks a group, the first 4 complete (its children
+        # share them), the last 2 copied; 2 children
+        self.assertEqual(c.allocate_blocks(6, "r", 0), 6)
+        for cm in groups:
+            for b in cm.block_table["r"][:4]:
+                bm._id_to_block[b].hash = b
+        sched.active_requests["r"] = ForkingRequest("r", 2)
+        self.assertTrue(proc.prepare_next_batch())      # queues the fork
+        refs = {b: r.ref_count for b, r in bm._id_to_block.items()}
+        before = (bm.num_free_blocks, tr.mapped, dict(tr._held))
+        real, calls = tr.group.map, []
+
+        def fourth(ids):                    # the second group's second child
+            calls.append(list(ids))
+            if len(calls) == 4:
+                raise kvshim.KvshimError(code, "kvshim_group_map")
+            return real(ids)
+        tr.group.map = fourth
+        err = io.StringIO()
+        try:
+            with redirect_stderr(err):
+                proc.update_batch()
+        except (ValueError, kvshim.KvshimError) as e:
+            self.fail("the refused fork raised into the engine's loop: %r" % e)
+        finally:
+            tr.group.map = real
+        self.assertEqual(len(calls), 4)
+        self.assertIn("fork of request r", err.getvalue())
+        self.assertEqual(list(sched.active_requests), ["r"])
+        self.assertEqual(sched.active_requests["r"].num_children, 2)
+        self.assertEqual([list(cm.block_table) for cm in groups], [["r"], ["r"]])
+        self.assertEqual({b: r.ref_count for b, r in bm._id_to_block.items()}, refs)
+        self.assertEqual((bm.num_free_blocks, tr.mapped, tr._held), before)
+        self.assertEqual(proc.copies, [([], [])])
+        # the request waits: its next pass queues the fork again, and states
+        # the blocks it needs (2 copied, for 2 children, in 2 groups)
+        self.assertTrue(proc.prepare_next_batch())
+        self.assertEqual(stated[-1], 8 * tr.bytes_per_block)
+        # kvshim can back them now
+        proc.update_batch()
+        self.assertEqual(sorted(sched.active_requests), ["r", "r__child#0", "r__child#1"])
+        for cm in groups:
+            parent = cm.block_table["r"]
+            for child in ("r__child#0", "r__child#1"):
+                self.assertEqual(cm.block_table[child][:4], parent[:4])
+            self.assertEqual([bm._id_to_block[b].ref_count for b in parent[:4]], [3] * 4)
+        self.assertEqual(tr.mapped, 12 + 8)
+        self.assertTrue(proc.prepare_next_batch())
+        self.assertEqual(stated[-1], 0)
+        for rid in list(sched.active_requests):
+            c.free_blocks(rid)
+        self.assertEqual((bm.num_free_blocks, tr.mapped), (256, 0))
+        kvshim.trim(1 << 40)
+        self.assertEqual(kvshim.stats()["mapped_bytes"], 0)
 
     def test_release_of_blocks_ahead_never_raises(self):
         """An id backed ahead that the engine puts back into the free list
