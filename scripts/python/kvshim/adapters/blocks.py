@@ -207,6 +207,7 @@ class BlockTracker:
                                  # twice, say): nothing released for them
         self._told_not_held = False
         self.map_errors = 0      # maps that failed for another reason than memory
+        self.forks_refused = 0   # forks of a request kvshim could not back, undone
         self._thread = None      # the _Ahead thread, once needed
         self.ahead_hits = 0      # blocks handed out already backed
         self.taken = 0           # blocks handed out in all

@@ -34,7 +34,10 @@ is imported:
   engine can have (see _admission);
 - (transformers.generation.continuous_batching.continuous_api) when
   nothing can be scheduled or offloaded because kvshim is short, the step
-  does nothing and the loop retries, where transformers would fail; and a
+  does nothing and the loop retries, where transformers would fail; a
+  fork of a request for parallel sampling kvshim cannot back is undone
+  and the request waits for it, where transformers would fail (see
+  _guard_forks); and a
   pass kvshim left empty looks again every 2 ms for up to 100 ms, where
   transformers' loop would sleep 100 ms (or until a new request came),
   but not under tensor parallelism (each pass is a collective call);
@@ -1320,6 +1323,139 @@ def _batch_frees(obj, name, free):
     setattr(obj, name, batched)
 
 
+def _guard_forks(proc, tracker):
+    """transformers forks a request for parallel sampling in update_batch,
+    after the step that prefilled all of its prompt but the last token: its
+    children join the active requests, then cache.fork_request gives them,
+    in each layer group, the parent's complete blocks (referenced: their
+    ref_count goes up) and fresh blocks for the rest (get_free_blocks,
+    which kvshim backs). When kvshim cannot back those (short of memory, a
+    map that fails, or a KvshimError out of the tracker), 5.17 raises into
+    its loop and the engine fails, the references and the blocks of the
+    children served first left taken. Wraps fork_request once (at a
+    processor's first pass, before its first update_batch) so that
+    kvshim's refusal is undone whole: the children's tables and fresh
+    blocks go (their claims with them), the references are as before, the
+    children leave the active requests and the parent has its num_children
+    back, so that the scheduler queues its fork again the next time it
+    schedules it (5.17 holds back the last prompt token of a request with
+    children for that), and the request waits. Logged once a request; the
+    blocks the fork needs are stated as demand while it waits (see
+    _forks_waiting). A fork transformers refuses itself (its pool full) is
+    raised as before. The wrapped fork_request returns what transformers'
+    does (the copy's sources and destinations), two empty lists when
+    undone."""
+    cache = proc.cache
+    sched = getattr(proc, "scheduler", None)
+    bm = getattr(cache, "_block_manager", None)
+    orig = getattr(cache, "fork_request", None)
+    if (not callable(orig) or sched is None or bm is None
+            or isinstance(getattr(cache, "kvshim_forks", None), dict)):
+        return
+    waiting = cache.kvshim_forks = {}      # parent request id: blocks its fork needs
+
+    def fork_request(source_request_id, destination_request_ids, *args, **kwargs):
+        children = list(destination_request_ids)
+        managers = [cm for cm in getattr(cache, "group_cache_managers", None) or ()
+                    if isinstance(getattr(cm, "block_table", None), dict)]
+        had = [set(cm.block_table) for cm in managers]
+        refs = {}
+        for cm in managers:
+            for b in cm.block_table.get(source_request_id, ()):
+                record = bm._id_to_block.get(b)
+                if record is not None:
+                    refs[b] = record.ref_count
+        taken, inner = [], bm.get_free_blocks
+
+        def get_free_blocks(n_blocks, last_block_id, shareable, group_id):
+            ids = inner(n_blocks, last_block_id, shareable, group_id)
+            if ids is not None:
+                taken.append((list(ids), shareable))
+            return ids
+
+        short, errors = tracker.short, tracker.map_errors
+        bm.get_free_blocks = get_free_blocks
+        try:
+            out = orig(source_request_id, children, *args, **kwargs)
+        except kvshim.KvshimError as e:
+            why = e
+        except ValueError as e:
+            if tracker.short == short and tracker.map_errors == errors:
+                raise
+            why = e
+        else:
+            waiting.pop(source_request_id, None)
+            return out
+        finally:
+            bm.get_free_blocks = inner
+        # undone: the children's tables, the references the fork added, its
+        # fresh blocks (released in one call)
+        with bm._uninit_block_ids.batched():
+            for cm, before in zip(managers, had):
+                for child in children:
+                    if child not in before:
+                        cm.block_table.pop(child, None)
+            for b, n in refs.items():
+                record = bm._id_to_block.get(b)
+                if record is not None:
+                    record.ref_count = n
+            for ids, shareable in taken:
+                bm.free_blocks(ids, shareable=shareable)
+        active = getattr(sched, "active_requests", None)
+        parent = None
+        if isinstance(active, dict):
+            for child in children:
+                active.pop(child, None)
+            parent = active.get(source_request_id)
+        tracker.forks_refused += 1
+        if parent is None or not hasattr(parent, "num_children"):
+            waiting.pop(source_request_id, None)
+            warn("transformers: the fork of request %s not backed (%s): undone, its "
+                 "children dropped (the request is gone)" % (source_request_id, why))
+            return [], []
+        parent.num_children += len(children)
+        if source_request_id not in waiting:
+            warn("transformers: the fork of request %s not backed (%s): undone, the "
+                 "request waits" % (source_request_id, why))
+        waiting[source_request_id] = _fork_blocks(bm, managers, source_request_id,
+                                                  len(children))
+        return [], []
+
+    cache.fork_request = fork_request
+
+
+def _fork_blocks(bm, managers, request_id, children):
+    """The fresh blocks a fork of request_id into this many children takes:
+    in each layer group (managers), the parent's blocks but its leading
+    complete ones where blocks are shared (referenced, as 5.17's
+    BlockManager.fork_blocks does), for each child."""
+    n = 0
+    for cm in managers:
+        table = cm.block_table.get(request_id, ())
+        shared = 0
+        if getattr(cm, "uses_block_sharing", False):
+            for b in table:
+                if not getattr(bm._id_to_block.get(b), "is_complete", False):
+                    break
+                shared += 1
+        n += (len(table) - shared) * children
+    return n
+
+
+def _forks_waiting(proc):
+    """The blocks the forks kvshim refused need (see _guard_forks), of the
+    parents still active with children to fork; the others are
+    forgotten."""
+    waiting = getattr(proc.cache, "kvshim_forks", None)
+    if not waiting:
+        return 0
+    active = getattr(getattr(proc, "scheduler", None), "active_requests", None) or {}
+    for rid in list(waiting):
+        if getattr(active.get(rid), "num_children", 0) <= 0:
+            del waiting[rid]
+    return sum(waiting.values())
+
+
 def _tensor_parallel(proc):
     """Whether the engine is one rank of a tensor-parallel group: each of
     its scheduling passes is a collective call (the group's state is
@@ -1353,6 +1489,7 @@ def patch_api_module(mod):
         """One scheduling pass: (ready, whether kvshim held it back)."""
         evictions = tracker.evictions
         tracker.settle_done()
+        _guard_forks(self, tracker)
         _give_back(self, tracker)
         _admission(self, tracker, evicted=tracker.evictions != evictions)
         # (tensor-parallel ranks must schedule alike: their GPUs' shares
@@ -1379,11 +1516,13 @@ def patch_api_module(mod):
         # while the free count is under it, so an engine whose free count
         # kvshim caps below margin and prompts waits as surely; on an H200
         # the small model waited 5 s so, with 125 blocks shown free, about 210 of
-        # margin and no demand stated)
+        # margin and no demand stated); and a fork kvshim refused holds it
+        # too until it goes through, its blocks stated (see _guard_forks)
         waiting = _waiting_blocks(self)
-        need = waiting + _margin_blocks(self) if waiting > 0 else 0
+        forks = _forks_waiting(self)
+        need = (waiting + _margin_blocks(self) if waiting > 0 else 0) + forks
         cached = _cached_blocks(self.cache)
-        held = tracker.short != short or ready is None or (
+        held = forks > 0 or tracker.short != short or ready is None or (
             need > 0 and tracker.capped != capped
             and tracker.capacity(need, tracker.room() or 0) + cached < need)
         # (less its prefix cache's blocks, which it takes before others'
