@@ -1367,9 +1367,12 @@ def _guard_forks(proc, tracker):
                     refs[b] = record.ref_count
         taken, inner = [], bm.get_free_blocks
 
-        def get_free_blocks(n_blocks, last_block_id, shareable, group_id):
-            ids = inner(n_blocks, last_block_id, shareable, group_id)
+        def get_free_blocks(*args, **kwargs):
+            # (as transformers calls it, whatever its parameters: a fork
+            # kvshim backs must go through as without it)
+            ids = inner(*args, **kwargs)
             if ids is not None:
+                shareable = kwargs.get("shareable", args[2] if len(args) > 2 else False)
                 taken.append((list(ids), shareable))
             return ids
 
@@ -1390,7 +1393,8 @@ def _guard_forks(proc, tracker):
             bm.get_free_blocks = inner
         # undone: the children's tables, the references the fork added, its
         # fresh blocks (released in one call)
-        with bm._uninit_block_ids.batched():
+        free_list = getattr(bm, "_uninit_block_ids", None)
+        with getattr(free_list, "batched", contextlib.nullcontext)():
             for cm, before in zip(managers, had):
                 for child in children:
                     if child not in before:
