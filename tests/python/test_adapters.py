@@ -140,6 +140,45 @@ def forking_api():
     return mod, cls
 
 
+def busy_forking_api(blocks):
+    """forking_api's processor, busy: each pass admits every waiting request
+    with blocks blocks (in arrival order, none while the scheduler has
+    block_new_requests set, as transformers), then queues the forks; each
+    update_batch first finishes the oldest active request that is no
+    parent (freeing its blocks, and clearing block_new_requests, as 5.17
+    does when a request finishes), then forks, as 5.17's update_batch.
+    (module, class)"""
+    mod, cls = forking_api()
+    init, queue = cls.__init__, cls.prepare_next_batch
+
+    def __init__(self, cache):
+        init(self, cache)
+        self.scheduler.block_new_requests = False
+
+    def prepare_next_batch(self):
+        sched = self.scheduler
+        if not sched.block_new_requests:
+            for rid in list(sched.waiting_requests):
+                if self.cache.allocate_blocks(blocks, rid, 0) is None:
+                    break
+                sched.active_requests[rid] = sched.waiting_requests.pop(rid)
+        return queue(self)
+
+    def update_batch(self):
+        sched = self.scheduler
+        done = [rid for rid, s in sched.active_requests.items() if not s.num_children]
+        if done:
+            self.cache.free_blocks(done[0])
+            del sched.active_requests[done[0]]
+            sched.block_new_requests = False
+        fork(self)
+    fork = cls.update_batch
+    cls.__init__, cls.update_batch = __init__, update_batch
+    cls.prepare_next_batch = queue
+    mod.ContinuousBatchProcessor.prepare_next_batch = prepare_next_batch
+    return mod, cls
+
+
 def patched(api):
     """The processor class of a stand-in continuous_api module (api: the
     (module, class) stand_in_api and admitting_api return), once the
@@ -3235,6 +3274,45 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual((bm.num_free_blocks, tr.mapped), (256, 0))
         kvshim.trim(1 << 40)
         self.assertEqual(kvshim.stats()["mapped_bytes"], 0)
+
+    def test_refused_fork_not_starved(self):
+        """A fork kvshim refused for memory waits for what the engine's own
+        requests free as they finish (alone under its limit, KVSHIM_LIMIT,
+        nothing else gives it memory). Requests keep arriving: admitted
+        meanwhile, each new one takes what one finishing request freed
+        before the fork, which needs more than that, can have it, pass
+        after pass, and the request waits for ever. Here the parent holds
+        2 pages a tensor (128 blocks, none complete: all copied for its
+        child), six requests of 64 blocks the other 6 pages of the limit's
+        8, one finishes each step and one arrives: the fork must go
+        through within a few steps."""
+        c, tr = self.make(num_blocks=4096)
+        self.ahead_off()
+        proc = patched(busy_forking_api(64))(c)
+        sched = proc.scheduler
+        self.assertEqual(c.allocate_blocks(128, "r", 0), 128)
+        sched.active_requests["r"] = ForkingRequest("r", 1)
+        for k in range(6):
+            self.assertEqual(c.allocate_blocks(64, "f%d" % k, 0), 64)
+            sched.active_requests["f%d" % k] = ForkingRequest("f%d" % k, 0)
+        self.assertFalse(c.will_allocation_be_successful(64, 0))   # the limit is reached
+        err, n = io.StringIO(), 0
+        with redirect_stderr(err):
+            for _ in range(12):
+                while len(sched.waiting_requests) < 2:
+                    sched.waiting_requests["w%d" % n] = ForkingRequest("w%d" % n, 0)
+                    n += 1
+                proc.prepare_next_batch()
+                proc.update_batch()
+                if "r__child#0" in sched.active_requests:
+                    break
+        self.assertIn("fork of request r", err.getvalue())     # it was refused first
+        self.assertIn("r__child#0", sched.active_requests,
+                      "the fork still waits after 12 steps (refused %d times), its memory "
+                      "taken by the %d requests admitted meanwhile"
+                      % (tr.forks_refused, n - len(sched.waiting_requests)))
+        for rid in list(sched.active_requests):
+            c.free_blocks(rid)
 
     def test_release_of_blocks_ahead_never_raises(self):
         """An id backed ahead that the engine puts back into the free list
