@@ -185,7 +185,7 @@ class BlockTracker:
         self._ask_from = None    # when the ask read now began, if one is
         self.no_page = 0         # asks in which a pass found no page to empty
         self._no_page_seen = False  # ...this ask has been counted there
-        self.kept_out = 0        # passes whose waiting requests an ask kept out
+        self.kept_out = 0        # passes whose waiting requests an ask (or a fork waiting) kept out
         self._held_off = {}      # page index: blocks preemptions freed there for an
                                  # ask, the page still claimed (see owed)
         self._held_since = 0.0   # ...since, the first of them

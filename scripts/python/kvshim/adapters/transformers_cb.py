@@ -1191,7 +1191,11 @@ def _admission(proc, tracker, evicted=False):
     retry loop repeats 2 ms later may): requests it preempted, or that
     finished, would
     otherwise leave blocks that new requests fill again at once, on the
-    same pages, and no page would ever go back."""
+    same pages, and no page would ever go back. So too while a fork
+    kvshim refused waits (see _guard_forks) and other requests run: each
+    new request would take what one finishing frees before the fork, which
+    needs more, could have it, pass after pass; with nothing else running,
+    nothing of the engine's would come back for it, and it admits again."""
     sched = getattr(proc, "scheduler", None)
     if sched is None:
         return
@@ -1208,7 +1212,8 @@ def _admission(proc, tracker, evicted=False):
     if not hasattr(sched, "block_new_requests"):
         return
     _own_blocks_count(proc, sched)
-    if tracker.asked() and getattr(sched, "active_requests", None):
+    if ((tracker.asked() or _fork_waits_on_others(proc))
+            and getattr(sched, "active_requests", None)):
         if not sched.block_new_requests:
             sched.block_new_requests = sched._kvshim_blocked = True
         if getattr(sched, "waiting_requests", None):
@@ -1458,6 +1463,16 @@ def _forks_waiting(proc):
         if getattr(active.get(rid), "num_children", 0) <= 0:
             del waiting[rid]
     return sum(waiting.values())
+
+
+def _fork_waits_on_others(proc):
+    """Whether a fork kvshim refused waits (see _forks_waiting) while
+    active requests other than the parents waiting run, whose blocks come
+    back as they finish."""
+    if not _forks_waiting(proc):
+        return False
+    waiting = proc.cache.kvshim_forks
+    return any(rid not in waiting for rid in proc.scheduler.active_requests)
 
 
 def _tensor_parallel(proc):
