@@ -129,8 +129,9 @@ def engine(seconds, num_blocks, start_at, prefix_cache=False, follow=False):
     cache = StandInCache(num_blocks, BLOCK_TOKENS, LAYERS, 8 * 128)
     cache.complete_on_free = prefix_cache
     if follow:
-        cache.num_pages = cache.kvshim_read_most = num_blocks * BLOCK_TOKENS
-        cache.kvshim_read_follows = True
+        # (num_pages from 1: only the bound's passes set what it reads)
+        cache.kvshim_read_most = num_blocks * BLOCK_TOKENS
+        cache.num_pages, cache.kvshim_read_follows = 1, True
     tracker = transformers_cb.attach(cache)
     proc = ContinuousBatchProcessor(cache)
     time.sleep(max(0.0, start_at - time.time()))
