@@ -56,6 +56,12 @@ struct kvshim_stats kt_stats(kv_alloc_t *a);
 			tcase_add_test(tc, fn);                       \
 	} while (0)
 
+/* Add a loop test (iterations s to e - 1) only where the emulation runs. */
+#define kt_add_emu_loop(tc, fn, s, e) do {                           \
+		if (kv_dev_is_emu())                                  \
+			tcase_add_loop_test(tc, fn, s, e);            \
+	} while (0)
+
 /* Add a test that needs its own process (it exits or crashes on purpose). */
 #define kt_add_exit(tc, fn, code) do {                               \
 		if (!getenv("KVSHIM_TEST_GPU") && !getenv("CK_FORK")) \

@@ -438,8 +438,7 @@ Suite *hooks_suite(void)
 	tcase_add_test(tc, test_copy_past_span_end);
 	tcase_add_test(tc, test_memset2d_on_span);
 	suite_add_tcase(s, tc);
-	if (kv_dev_is_emu())
-		tcase_add_loop_test(fa, test_free_async_releases_a_span, 0, 2);
+	kt_add_emu_loop(fa, test_free_async_releases_a_span, 0, 2);
 	suite_add_tcase(s, fa);
 	return s;
 }

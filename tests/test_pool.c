@@ -880,15 +880,13 @@ Suite *pool_suite(void)
 	kt_add_emu(tc, test_fill_stops_for_a_capture);
 	kt_add_emu(tc, test_headroom_beside_a_fill);
 	kt_add_emu(tc, test_headroom_beside_a_scrub);
-	if (kv_dev_is_emu())
-		tcase_add_loop_test(tc, test_headroom_across_a_fill, 0, 2);
+	kt_add_emu_loop(tc, test_headroom_across_a_fill, 0, 2);
 	kt_add_emu(tc, test_capture_map_waits_lock_dropped);
 	tcase_add_test(tc, test_big_pages_pool_fills);
 	kt_add_emu(tc, test_failed_arena_unmap_keeps_the_page);
 	kt_add_emu(tc, test_failed_arena_unmap_moves_by_the_table);
 	kt_add_emu(tc, test_failed_arena_unmap_freed_at_teardown);
-	if (kv_dev_is_emu())
-		tcase_add_loop_test(tc, test_failed_create_unmap_keeps_the_pages, 0, 2);
+	kt_add_emu_loop(tc, test_failed_create_unmap_keeps_the_pages, 0, 2);
 	suite_add_tcase(s, tc);
 	tcase_add_test(bad, test_bad_watermarks);
 	tcase_add_test(bad, test_bad_device);

@@ -503,9 +503,9 @@ def engine(args):
         first_step, first_graph = len(steps), len(graphs) if graphs is not None else 0
         # the bound on what a pass reads, following the engine's share of a
         # shared budget (the adapter's follow_share; None: it does not)
-        follows = getattr(cache, "kvshim_read_follows", False)
+        follows = getattr(cache, "kvshim_read_most", None) is not None
         run = replay(manager, mine, t0, kv_now, torch, adapter_now,
-                     (lambda: getattr(cache, "kvshim_read_cap", None)) if follows else None)
+                     (lambda: int(cache.num_pages)) if follows else None)
         run.update(info)
         run["steps"] = [(round(st[0] - t0, 4),) + tuple(round(x, 5) for x in st[1:])
                         for st in steps[first_step:]]

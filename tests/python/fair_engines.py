@@ -130,8 +130,7 @@ def engine(seconds, num_blocks, start_at, prefix_cache=False, follow=False):
     cache.complete_on_free = prefix_cache
     if follow:
         # (num_pages from 1: only the bound's passes set what it reads)
-        cache.kvshim_read_most = num_blocks * BLOCK_TOKENS
-        cache.num_pages, cache.kvshim_read_follows = 1, True
+        cache.kvshim_read_most, cache.num_pages = num_blocks * BLOCK_TOKENS, 1
     tracker = transformers_cb.attach(cache)
     proc = ContinuousBatchProcessor(cache)
     time.sleep(max(0.0, start_at - time.time()))

@@ -4335,10 +4335,10 @@ class ReadBudgetTest(unittest.TestCase):
         # auto: R (65536 tokens) sizes the buffers; each pass reads at most
         # the engine's part of the shared budget, as processes come and go
         p = self.build()
-        self.assertTrue(p.cache.kvshim_read_follows)
+        self.assertEqual(p.cache.kvshim_read_most, 65536)        # it follows, up to R
         self.assertEqual(self.pass_with(p, None), 65536)        # alone, no budget shared
         self.assertEqual(self.pass_with(p, 1000), 16000)        # 1000 blocks of 16
-        self.assertEqual(p.cache.kvshim_read_cap, 16000)
+        self.assertEqual(reads.follow_share(p.cache, p.scheduler, 1000), 16000)
         self.assertEqual(p.ios.mask_shape, (1, 1, 256, 65536 + 256))   # the buffers stay
         self.assertEqual(self.pass_with(p, 9000), 65536)        # never past R
         self.assertEqual(self.pass_with(p, 0), 16)              # at least a block
@@ -4394,7 +4394,7 @@ class ReadBudgetTest(unittest.TestCase):
         p = self.build(num_blocks=2048)
         self.assertIsNone(getattr(p.cache, "kvshim_read_tokens", None))
         self.assertEqual(p.ios.mask_shape, (1, 1, 256, 32768 + 256))
-        self.assertTrue(p.cache.kvshim_read_follows)
+        self.assertEqual(p.cache.kvshim_read_most, 32768)        # it follows, up to the cache
         self.assertEqual(self.pass_with(p, None), 32768)
         self.assertEqual(self.pass_with(p, 1000), 16000)
         self.assertEqual(self.pass_with(p, 5000), 32768)
@@ -4406,11 +4406,11 @@ class ReadBudgetTest(unittest.TestCase):
         # a number or a memory size is the operator's: it does not follow
         os.environ[reads.READ_TOKENS_VAR] = "3000"
         p = self.build()
-        self.assertFalse(getattr(p.cache, "kvshim_read_follows", False))
+        self.assertIsNone(getattr(p.cache, "kvshim_read_most", None))
         self.assertEqual(self.pass_with(p, 10), 3008)
         os.environ[reads.READ_TOKENS_VAR] = "off"
         p = self.build()
-        self.assertFalse(getattr(p.cache, "kvshim_read_follows", False))
+        self.assertIsNone(getattr(p.cache, "kvshim_read_most", None))
         self.assertEqual(self.pass_with(p, 10), 262144)
 
     def test_read_follows_not_across_ranks(self):

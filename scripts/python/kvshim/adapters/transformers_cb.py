@@ -1513,7 +1513,7 @@ def patch_api_module(mod):
         _admission(self, tracker, evicted=tracker.evictions != evictions)
         # (tensor-parallel ranks must schedule alike: their GPUs' shares
         # may differ, so they read up to R)
-        if getattr(self.cache, "kvshim_read_follows", False) and not _tensor_parallel(self):
+        if getattr(self.cache, "kvshim_read_most", None) and not _tensor_parallel(self):
             transformers_cb_reads.follow_share(self.cache, getattr(self, "scheduler", None),
                                                tracker.entitled())
         short, capped = tracker.short, tracker.capped

@@ -278,9 +278,9 @@ def apply_read_budget(cache, cb_config):
     # H200 at 6 GiB, its batches read up to 49152 tokens, where its
     # static share's read 21824, and the engine held 1.4 GiB more beside
     # its KV cache: docs/BENCHMARKS.md, session 33); on the interval
-    # transformers pads a batch's KV read to
+    # transformers pads a batch's KV read to (kvshim_read_most: the most
+    # it reads, set only where it follows)
     if setting == "auto":
-        cache.kvshim_read_follows = True
         cache.kvshim_read_most = capacity if read is None else read
         cache.kvshim_read_interval = _positive(getattr(cb_config, "kv_padding_interval_size",
                                                        0))
@@ -324,7 +324,7 @@ def follow_share(cache, scheduler, entitled):
     budget chosen by kvshim (auto): a number set by the operator stands.
     Returns the bound, or None where it does not apply."""
     read = getattr(cache, "kvshim_read_most", None)
-    if read is None or not getattr(cache, "kvshim_read_follows", False):
+    if read is None:
         return None
     cap = read
     if entitled is not None:
@@ -345,7 +345,6 @@ def follow_share(cache, scheduler, entitled):
                 cap = -(-most // step) * step if step else most
         cap = min(cap, read)
     cache.num_pages = cap
-    cache.kvshim_read_cap = cap
     return cap
 
 
