@@ -2207,6 +2207,10 @@ def main():
     ap.add_argument("--kv-pad", type=int, default=None,
                     help="kvpad's KVSHIM_CB_KV_PAD: the multiple of tokens its engines pad a "
                          "step's KV read to (32768 by default)")
+    ap.add_argument("--warmup-rate", type=float, default=None,
+                    help="with --warmup, the warm-up trace's hot-phase rate, requests/s "
+                         "(default: the highest rate replayed), so that a run replaying rate 3 "
+                         "alone can warm up as one replaying rates 3 to 6 does")
     ap.add_argument("--warmup-cycles", type=int, default=1,
                     help="with --warmup, the warm-up trace's cycles: each model hot this many "
                          "times (transformers captures a CUDA graph for each batch key it "
@@ -2306,6 +2310,10 @@ def main():
         ap.error("--warmup-cycles must be from 1 to 10")
     if args.warmup_cycles != 1 and not args.warmup:
         ap.error("--warmup-cycles lengthens the warm-up: give --warmup too")
+    if args.warmup_rate is not None and not (0 < args.warmup_rate <= 1000):
+        ap.error("--warmup-rate must be more than 0 and at most 1000 requests/s")
+    if args.warmup_rate is not None and not args.warmup:
+        ap.error("--warmup-rate sets the warm-up's rate: give --warmup too")
     if args.floor_gib < 0 or 3 * args.floor_gib > min([args.budget_gib] + sweep):
         ap.error("--floor-gib must be from 0 to a third of --budget-gib (and of every --sweep-gib)")
     args.weight_of = weights(args.weights, ap) if args.weights is not None else None
@@ -2358,7 +2366,8 @@ def main():
     if args.warmup:
         wargs = argparse.Namespace(**vars(args))
         wargs.cycles = args.warmup_cycles
-        seed, rate, phase = max(seeds) + 1, max(rates), args.phase_list[0]
+        seed, phase = max(seeds) + 1, args.phase_list[0]
+        rate = args.warmup_rate if args.warmup_rate is not None else max(rates)
         trace = make_trace(seed, float(rate), wargs, phase)
         path = os.path.join(outdir, "colocate-trace-warmup.json")
         with open(path, "w") as f:
