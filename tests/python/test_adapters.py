@@ -4364,6 +4364,61 @@ class ReadBudgetTest(unittest.TestCase):
         p.prepare_next_batch()
         self.assertEqual(p.cache.num_pages, 65536)
 
+    def test_read_follows_yet_starves_no_admitted_request(self):
+        # transformers' scheduler spends the budget per batch on the
+        # requests before one (decoding first) and skips one whose past
+        # tokens no longer fit: admitted requests holding more than the
+        # bound starve the last of them (on an H200 an admitted request waited
+        # 10.3 s for its first token, session 34). One admitted STARVED_S
+        # ago without its first token raises the bound to the blocks in use
+        p = self.build()
+        sched, cache = p.scheduler, p.cache
+        for _ in range(3000):                      # 48000 tokens in use
+            cache._block_manager._uninit_block_ids.popleft()
+        first = request("a", 500, 100)
+        first.generated_tokens = []
+        going = request("b", 500, 100)
+        going.generated_tokens = [7]
+        sched.active_requests = {"b": going, "a": first}
+        t = 10.0
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t), 16000)
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S / 2), 16000)
+        # on the interval (1024) transformers pads a read to
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S), 48128)
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 5), 48128)
+        for _ in range(3000):                      # 96000: at most R
+            cache._block_manager._uninit_block_ids.popleft()
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 6), 65536)
+        # its first token given: the share again, and it is forgotten
+        first.generated_tokens = [1]
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 7), 16000)
+        self.assertEqual(cache.kvshim_admitted_at, {})
+        # one admitted later counts from when the adapter first saw it
+        late = request("c", 500, 100)
+        late.generated_tokens = []
+        sched.active_requests["c"] = late
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 8), 16000)
+        self.assertEqual(reads.follow_share(cache, sched, 1000,
+                                            now=t + 8 + reads.STARVED_S * 0.9), 16000)
+        # waiting (not admitted) it holds no blocks: the bound stands
+        sched.active_requests = {}
+        sched.waiting_requests = {"c": late}
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 20), 16000)
+        self.assertEqual(cache.kvshim_admitted_at, {})
+        # a request whose tokens cannot be told never raises it
+        sched.waiting_requests = {}
+        sched.active_requests = {"d": request("d", 500, 100)}
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 30), 16000)
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 40), 16000)
+        # alone (no budget shared) it reads up to R, and keeps nothing
+        sched.active_requests = {"c": late}
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 50), 16000)
+        self.assertEqual(reads.follow_share(cache, sched, None, now=t + 60), 65536)
+        self.assertEqual(cache.kvshim_admitted_at, {})
+        # a pass of the engine reads the time itself: just admitted, the share
+        sched.active_requests = {"e": late}
+        self.assertEqual(self.pass_with(p, 1000), 16000)
+
     def test_read_follows_the_share_on_the_padding(self):
         # transformers pads a batch's KV read to its interval (1024 here),
         # at most num_pages, and keys a CUDA graph on the padded size,
