@@ -40,6 +40,7 @@ import functools
 import inspect
 import os
 import threading
+import time
 
 from kvshim.adapters import warn
 
@@ -49,6 +50,13 @@ SIZE_MAX = (1 << 64) - 1         # the most bytes kvshim-config reads
 KV_PAD_VAR = "KVSHIM_CB_KV_PAD"
 AUTO_READ_CAP = 64 * 1024        # auto, from a workload: at most this (tokens)
 AUTO_READ_SERVER = 64 * 1024     # auto, no workload known: at least this
+# A request admitted this long without its first token while the bound
+# that follows the share binds is starved by it: transformers' scheduler
+# spends the budget per batch on the requests before it (decoding first)
+# and skips one whose past tokens no longer fit (docs/BENCHMARKS.md,
+# session 34: an admitted request waited 10.3 s on an H200 with its blocks
+# held). Steps there took 20 to 40 ms, first tokens 0.05 to 0.5 s.
+STARVED_S = 0.5
 
 _NEEDED = frozenset(("io", "runner", "scheduler"))
 _wired = set()                   # pieces patched, of _NEEDED
@@ -303,7 +311,7 @@ def _request_tokens(state, read):
     return min(prompt + new, read) if isinstance(new, int) else read
 
 
-def follow_share(cache, scheduler, entitled):
+def follow_share(cache, scheduler, entitled, now=None):
     """Bound what one batch of the engine reads, for its next scheduling
     pass, by its part of a shared budget. entitled: the blocks the engine
     is entitled to (kvshim_group_share_entitled: its weighted part were
@@ -322,19 +330,36 @@ def follow_share(cache, scheduler, entitled):
     static shares met the static split's p99 TTFT where reading up to R
     did not: docs/BENCHMARKS.md, sessions 30 to 33). Only with the read
     budget chosen by kvshim (auto): a number set by the operator stands.
+    A request the scheduler admitted (it holds blocks) is never starved by
+    the bound: one without its first token STARVED_S after the adapter
+    first saw it admitted raises the bound, pass by pass while it starves,
+    to what every admitted request reads (the blocks in use), so that
+    transformers schedules them all (now: time.monotonic(), for tests).
     Returns the bound, or None where it does not apply."""
     read = getattr(cache, "kvshim_read_most", None)
     if read is None:
         return None
     cap = read
+    seen = getattr(cache, "kvshim_admitted_at", None)
+    if seen is None:
+        seen = cache.kvshim_admitted_at = {}
     if entitled is not None:
         block = int(cache.block_size)
         cap = max(int(entitled) * block, block)
         if cap < read:
-            most = 0
+            now = time.monotonic() if now is None else now
+            most, starved, live = 0, False, set()
             for queue in ("active_requests", "waiting_requests"):
                 for state in list((getattr(scheduler, queue, None) or {}).values()):
                     most = max(most, _request_tokens(state, read))
+                    if queue == "active_requests" and _no_token_yet(state):
+                        rid = state.request_id
+                        live.add(rid)
+                        starved |= now - seen.setdefault(rid, now) >= STARVED_S
+            for rid in [r for r in seen if r not in live]:
+                del seen[rid]
+            if starved:
+                most = max(most, _tokens_in_use(cache, read))
             # transformers pads a batch's read to its interval, at most
             # num_pages, and keys a CUDA graph on the padded size: raised
             # for a request, the bound goes to the interval (the share's
@@ -344,8 +369,30 @@ def follow_share(cache, scheduler, entitled):
             if most > cap:
                 cap = -(-most // step) * step if step else most
         cap = min(cap, read)
+    if cap >= read:
+        seen.clear()
     cache.num_pages = cap
     return cap
+
+
+def _no_token_yet(state):
+    """Whether request state is one transformers admitted that has not
+    given its first token (False where that cannot be told)."""
+    try:
+        return len(state.generated_tokens) == 0 and state.request_id is not None
+    except (AttributeError, TypeError):
+        return False
+
+
+def _tokens_in_use(cache, read):
+    """The KV tokens the blocks in use hold (the cache's less its free
+    ones, in which its prefix cache's count), at least what every
+    admitted request reads; read where that cannot be told."""
+    try:
+        used = int(cache.num_blocks) - int(cache._block_manager.num_free_blocks)
+        return max(used, 0) * int(cache.block_size)
+    except (AttributeError, TypeError, ValueError):
+        return read
 
 
 def apply_kv_pad(cache, cb_config):
