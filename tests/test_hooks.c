@@ -284,6 +284,7 @@ START_TEST(test_copy_past_span_end)
 {
 	CUresult (*htod)(CUdeviceptr, const void *, size_t);
 	CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+	CUresult (*dtod)(CUdeviceptr, CUdeviceptr, size_t);
 	static char host[2 * PG];
 	CUdeviceptr p;
 	size_t before;
@@ -291,15 +292,355 @@ START_TEST(test_copy_past_span_end)
 	open_lib();
 	*(void **)&htod = dlsym(lib, "cuMemcpyHtoD_v2");
 	*(void **)&dtoh = dlsym(lib, "cuMemcpyDtoH_v2");
-	ck_assert(htod && dtoh);
+	*(void **)&dtod = dlsym(lib, "cuMemcpyDtoD_v2");
+	ck_assert(htod && dtoh && dtod);
 	p = span8();
 	before = mapped();
 	ck_assert_int_eq(htod(p + 7 * PG, host, 2 * PG), CUDA_ERROR_INVALID_VALUE);
 	ck_assert_int_eq(dtoh(host, p + 7 * PG + 1, PG), CUDA_ERROR_INVALID_VALUE);
 	ck_assert_uint_eq(mapped(), before);
+	/* a side that fits beside one that does not: neither is backed */
+	ck_assert_int_eq(dtod(p + 5 * PG, p + 7 * PG + 1, PG), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_uint_eq(mapped(), before);
 	ck_assert_int_eq(htod(p + 7 * PG, host, PG), CUDA_SUCCESS);
 	ck_assert_uint_eq(mapped(), before + PG);
 	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+}
+END_TEST
+
+/*
+ * A copy function as an engine finds it: through the shim's
+ * cuGetProcAddress (shim_side = 1), by base name, which hands out the
+ * shim's wrapper where there is one; or the driver's own (0).
+ */
+static void *copy_fn(int shim_side, const char *base, const char *name)
+{
+	CUresult (*gpa)(const char *, void **, int, cuuint64_t,
+			CUdriverProcAddressQueryResult *);
+	CUdriverProcAddressQueryResult q;
+	void *fn = NULL;
+
+	if (!shim_side)
+		fn = kv_dev_sym(name);
+	else {
+		*(void **)&gpa = dlsym(lib, "cuGetProcAddress_v2");
+		ck_assert_ptr_nonnull(gpa);
+		ck_assert_int_eq(gpa(base, &fn, 13000, 0, &q), CUDA_SUCCESS);
+	}
+	ck_assert_msg(fn != NULL, "%s not found", name);
+	return fn;
+}
+
+/* Whether libkvshim.so exports name (as a preloaded wrapper must). */
+static void exported(const char *name)
+{
+	ck_assert_msg(dlsym(lib, name) != NULL, "libkvshim.so does not export %s", name);
+}
+
+/* The shim's (shim_side = 1) or the driver's 2D copy of form i:
+ * cuMemcpy2D, cuMemcpy2DUnaligned, cuMemcpy2DAsync on the legacy stream. */
+static const char *const copy2d_names[][2] = {
+	{ "cuMemcpy2D", "cuMemcpy2D_v2" },
+	{ "cuMemcpy2DUnaligned", "cuMemcpy2DUnaligned_v2" },
+	{ "cuMemcpy2DAsync", "cuMemcpy2DAsync_v2" },
+};
+
+static CUresult copy2d(int shim_side, int i, const CUDA_MEMCPY2D *c)
+{
+	CUresult (*sync)(const CUDA_MEMCPY2D *);
+	CUresult (*async)(const CUDA_MEMCPY2D *, CUstream);
+	void *fn = copy_fn(shim_side, copy2d_names[i][0], copy2d_names[i][1]);
+
+	if (i == 2) {
+		*(void **)&async = fn;
+		return async(c, NULL);
+	}
+	*(void **)&sync = fn;
+	return sync(c);
+}
+
+/* The same for 3D copies: form 0 cuMemcpy3D, 1 cuMemcpy3DAsync. */
+static const char *const copy3d_names[][2] = {
+	{ "cuMemcpy3D", "cuMemcpy3D_v2" },
+	{ "cuMemcpy3DAsync", "cuMemcpy3DAsync_v2" },
+};
+
+static CUresult copy3d(int shim_side, int i, const CUDA_MEMCPY3D *c)
+{
+	CUresult (*sync)(const CUDA_MEMCPY3D *);
+	CUresult (*async)(const CUDA_MEMCPY3D *, CUstream);
+	void *fn = copy_fn(shim_side, copy3d_names[i][0], copy3d_names[i][1]);
+
+	if (i) {
+		*(void **)&async = fn;
+		return async(c, NULL);
+	}
+	*(void **)&sync = fn;
+	return sync(c);
+}
+
+/* A 2D copy of height rows of width bytes from host memory into device
+ * memory (d: the device side's pointer, with its pitch and first row). */
+static CUDA_MEMCPY2D htod2d(CUdeviceptr d, size_t pitch, size_t y, const void *host,
+			    size_t width, size_t height)
+{
+	CUDA_MEMCPY2D c;
+
+	memset(&c, 0, sizeof(c));
+	c.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+	c.dstDevice = d;
+	c.dstPitch = pitch;
+	c.dstY = y;
+	c.srcMemoryType = CU_MEMORYTYPE_HOST;
+	c.srcHost = host;
+	c.srcPitch = width;
+	c.WidthInBytes = width;
+	c.Height = height;
+	return c;
+}
+
+/*
+ * 2D copies into and out of a lazy span (loop i: the three forms): every
+ * page the device side's rows span is backed and pinned first, on either
+ * side, a unified one included; a host side is left alone. A copy the
+ * driver would refuse (a box past the span's end, a pitch narrower than a
+ * row, sizes that overflow, one side bad beside a good one) gets its
+ * answer, and nothing is backed.
+ */
+START_TEST(test_copy2d_on_span)
+{
+	CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+	static unsigned char host[4 * 64], back[64];
+	CUDA_MEMCPY2D c;
+	CUdeviceptr p;
+	size_t before;
+
+	open_lib();
+	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
+	ck_assert_ptr_nonnull(dtoh);
+	memset(host, 0x11, sizeof(host));
+	p = span8();
+	before = mapped();
+	/* 3 rows of 64 bytes, at the start of pages 2, 3 and 4 */
+	c = htod2d(p, PG, 2, host, 64, 3);
+	ck_assert_int_eq(copy2d(1, _i, &c), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 3 * PG);
+	ck_assert_int_eq(dtoh(back, p + 4 * PG, 64), CUDA_SUCCESS);
+	ck_assert_uint_eq(back[0], 0x11);
+	ck_assert_uint_eq(back[63], 0x11);
+	/* out of pages 5 and 6, never written: zeros */
+	memset(&c, 0, sizeof(c));
+	c.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+	c.srcDevice = p + 5 * PG + 128;
+	c.srcPitch = PG;
+	c.dstMemoryType = CU_MEMORYTYPE_HOST;
+	c.dstHost = host;
+	c.dstPitch = 64;
+	c.WidthInBytes = 64;
+	c.Height = 2;
+	ck_assert_int_eq(copy2d(1, _i, &c), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 5 * PG);
+	ck_assert_uint_eq(host[0], 0);
+	ck_assert_uint_eq(host[127], 0);
+	/* unified pointers on both sides: page 0 (backed) to page 7 */
+	memset(&c, 0, sizeof(c));
+	c.srcMemoryType = CU_MEMORYTYPE_UNIFIED;
+	c.srcDevice = p;
+	c.dstMemoryType = CU_MEMORYTYPE_UNIFIED;
+	c.dstDevice = p + 7 * PG;
+	c.WidthInBytes = 4096;
+	c.Height = 1;
+	ck_assert_int_eq(copy2d(1, _i, &c), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 6 * PG);
+	before = mapped();
+
+	/* refused by the driver, refused alike, nothing backed (page 1 is
+	 * the one still unbacked) */
+	c = htod2d(p + PG, PG, 6, host, 64, 2);              /* rows on pages 7, 8 */
+	DRIVER_REFUSES(copy2d(0, _i, &c));
+	ck_assert_int_eq(copy2d(1, _i, &c), CUDA_ERROR_INVALID_VALUE);
+	c = htod2d(p + PG, 32, 0, host, 64, 2);              /* pitch under a row */
+	DRIVER_REFUSES(copy2d(0, _i, &c));
+	ck_assert_int_eq(copy2d(1, _i, &c), CUDA_ERROR_INVALID_VALUE);
+	c = htod2d(p + PG, PG, SIZE_MAX / PG, host, 64, 1);  /* the first row overflows */
+	DRIVER_REFUSES(copy2d(0, _i, &c));
+	ck_assert_int_eq(copy2d(1, _i, &c), CUDA_ERROR_INVALID_VALUE);
+	c = htod2d(p + PG, SIZE_MAX / 2, 0, host, 64, 4);    /* so does the box */
+	DRIVER_REFUSES(copy2d(0, _i, &c));
+	ck_assert_int_eq(copy2d(1, _i, &c), CUDA_ERROR_INVALID_VALUE);
+	/* a device destination that fits, a source past the span's end */
+	memset(&c, 0, sizeof(c));
+	c.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+	c.dstDevice = p + PG;
+	c.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+	c.srcDevice = p + 7 * PG + 1;
+	c.WidthInBytes = PG;
+	c.Height = 1;
+	DRIVER_REFUSES(copy2d(0, _i, &c));
+	ck_assert_int_eq(copy2d(1, _i, &c), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_uint_eq(mapped(), before);
+	untouched(p);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+	exported(copy2d_names[_i][1]);
+}
+END_TEST
+
+/*
+ * 3D copies (loop i: cuMemcpy3D, cuMemcpy3DAsync): every page of the box
+ * the rows of every slice span is backed first; what the driver refuses
+ * (slices of fewer rows than the copy's, a box past the span's end, sizes
+ * that overflow) is refused alike, nothing backed.
+ */
+START_TEST(test_copy3d_on_span)
+{
+	CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+	static unsigned char host[4 * 64], back[64];
+	CUDA_MEMCPY3D c, bad;
+	CUdeviceptr p;
+	size_t before, i;
+
+	open_lib();
+	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
+	ck_assert_ptr_nonnull(dtoh);
+	for (i = 0; i < sizeof(host); i++)
+		host[i] = (unsigned char)(i / 64 + 1);
+	p = span8();
+	before = mapped();
+	/* 2 slices of 2 rows of 64 bytes; rows PG apart, slices 2 PG apart,
+	 * from slice 1: pages 2, 3, 4 and 5 */
+	memset(&c, 0, sizeof(c));
+	c.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+	c.dstDevice = p;
+	c.dstZ = 1;
+	c.dstPitch = PG;
+	c.dstHeight = 2;
+	c.srcMemoryType = CU_MEMORYTYPE_HOST;
+	c.srcHost = host;
+	c.srcPitch = 64;
+	c.srcHeight = 2;
+	c.WidthInBytes = 64;
+	c.Height = 2;
+	c.Depth = 2;
+	ck_assert_int_eq(copy3d(1, _i, &c), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 4 * PG);
+	ck_assert_int_eq(dtoh(back, p + 5 * PG, 64), CUDA_SUCCESS);
+	ck_assert_uint_eq(back[0], 4);
+	ck_assert_uint_eq(back[63], 4);
+	/* out of page 6, never written */
+	memset(&c, 0, sizeof(c));
+	c.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+	c.srcDevice = p + 6 * PG + 64;
+	c.dstMemoryType = CU_MEMORYTYPE_HOST;
+	c.dstHost = host;
+	c.WidthInBytes = 64;
+	c.Height = 1;
+	c.Depth = 1;
+	ck_assert_int_eq(copy3d(1, _i, &c), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 5 * PG);
+	ck_assert_uint_eq(host[0], 0);
+	before = mapped();
+
+	/* refused: a box reaching page 8, past the span (page 1 and 7 are
+	 * unbacked) */
+	memset(&bad, 0, sizeof(bad));
+	bad.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+	bad.dstDevice = p + PG;
+	bad.dstPitch = PG;
+	bad.dstHeight = 3;
+	bad.dstZ = 2;
+	bad.srcMemoryType = CU_MEMORYTYPE_HOST;
+	bad.srcHost = host;
+	bad.srcPitch = 64;
+	bad.srcHeight = 2;
+	bad.WidthInBytes = 64;
+	bad.Height = 2;
+	bad.Depth = 1;
+	DRIVER_REFUSES(copy3d(0, _i, &bad));
+	ck_assert_int_eq(copy3d(1, _i, &bad), CUDA_ERROR_INVALID_VALUE);
+	/* slices of fewer rows than the copy's */
+	c = bad;
+	c.dstZ = 0;
+	c.dstHeight = 1;
+	c.Depth = 2;
+	DRIVER_REFUSES(copy3d(0, _i, &c));
+	ck_assert_int_eq(copy3d(1, _i, &c), CUDA_ERROR_INVALID_VALUE);
+	/* a slice pitch that overflows */
+	c = bad;
+	c.dstZ = 0;
+	c.dstHeight = SIZE_MAX / 2;
+	c.Depth = 2;
+	DRIVER_REFUSES(copy3d(0, _i, &c));
+	ck_assert_int_eq(copy3d(1, _i, &c), CUDA_ERROR_INVALID_VALUE);
+	/* a pitch under a row */
+	c = bad;
+	c.dstZ = 0;
+	c.dstPitch = 32;
+	DRIVER_REFUSES(copy3d(0, _i, &c));
+	ck_assert_int_eq(copy3d(1, _i, &c), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_uint_eq(mapped(), before);
+	untouched(p);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+	exported(copy3d_names[_i][1]);
+}
+END_TEST
+
+/* A peer copy of n bytes from s to d, both in context ctx, by fn:
+ * cuMemcpyPeerAsync (on the legacy stream) with async, else cuMemcpyPeer. */
+static CUresult peer_copy(void *fn, int async, CUcontext ctx, CUdeviceptr d, CUdeviceptr s,
+			  size_t n)
+{
+	CUresult (*peer)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t);
+	CUresult (*peer_async)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t,
+			       CUstream);
+
+	*(void **)&peer = fn;
+	*(void **)&peer_async = fn;
+	return async ? peer_async(d, ctx, s, ctx, n, NULL) : peer(d, ctx, s, ctx, n);
+}
+
+/*
+ * Peer copies (loop i: cuMemcpyPeer, cuMemcpyPeerAsync), between two spans
+ * here in the current context: both sides are backed first; a range past a
+ * span's end is refused, the other side not backed either.
+ */
+START_TEST(test_copy_peer_on_span)
+{
+	CUresult (*cur)(CUcontext *);
+	const char *name = _i ? "cuMemcpyPeerAsync" : "cuMemcpyPeer";
+	unsigned long long bad = 1;
+	CUcontext ctx = NULL;
+	CUdeviceptr p, q;
+	size_t before;
+	void *fn;
+
+	open_lib();
+	*(void **)&cur = kv_dev_sym("cuCtxGetCurrent");
+	ck_assert_ptr_nonnull(cur);
+	fn = copy_fn(1, name, name);
+	p = span8();
+	q = span8();
+	ck_assert_int_eq(cur(&ctx), CUDA_SUCCESS);
+	ck_assert_ptr_nonnull(ctx);
+	before = mapped();
+	/* p's backed page 0 into q's page 3 */
+	ck_assert_int_eq(peer_copy(fn, _i, ctx, q + 3 * PG, p, PG), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + PG);
+	ck_assert_int_eq(kv_dev_check(q + 3 * PG, PG, 5, &bad), CUDA_SUCCESS);
+	ck_assert_uint_eq(bad, 0);
+	/* out of p's page 4, never written, into q's page 5 */
+	ck_assert_int_eq(peer_copy(fn, _i, ctx, q + 5 * PG, p + 4 * PG, 4096), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 3 * PG);
+	before = mapped();
+	/* refused: a source past p's end beside a destination that fits,
+	 * and the other way round */
+	ck_assert_int_eq(peer_copy(fn, _i, ctx, q + 6 * PG, p + 7 * PG + 1, PG), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(peer_copy(fn, _i, ctx, q + 7 * PG + 1, p + 6 * PG, PG), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_int_eq(peer_copy(fn, _i, ctx, q + 6 * PG, p + 6 * PG, SIZE_MAX), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_uint_eq(mapped(), before);
+	untouched(p);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+	ck_assert_int_eq(release((void *)(uintptr_t)q), 0);
+	exported(name);
 }
 END_TEST
 
@@ -437,6 +778,9 @@ Suite *hooks_suite(void)
 	tcase_add_test(tc, test_memset_in_span);
 	tcase_add_test(tc, test_copy_past_span_end);
 	tcase_add_test(tc, test_memset2d_on_span);
+	tcase_add_loop_test(tc, test_copy2d_on_span, 0, 3);
+	tcase_add_loop_test(tc, test_copy3d_on_span, 0, 2);
+	tcase_add_loop_test(tc, test_copy_peer_on_span, 0, 2);
 	suite_add_tcase(s, tc);
 	kt_add_emu_loop(fa, test_free_async_releases_a_span, 0, 2);
 	suite_add_tcase(s, fa);

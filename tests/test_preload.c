@@ -181,6 +181,12 @@ START_TEST(test_memset_2d)
 }
 END_TEST
 
+START_TEST(test_memcpy_2d)
+{
+	expect_pass(PROG, "memcpy-2d", 1, NULL);
+}
+END_TEST
+
 START_TEST(test_size_policy)
 {
 	static const char *const env[] = { "KVSHIM_MIN_BYTES=32M", NULL };
@@ -386,6 +392,7 @@ Suite *preload_suite(void)
 	kt_add_emu(tc, test_memset_memcpy);
 	kt_add_emu(tc, test_memset_bounds);
 	kt_add_emu(tc, test_memset_2d);
+	kt_add_emu(tc, test_memcpy_2d);
 	kt_add_emu(tc, test_size_policy);
 	kt_add_emu(tc, test_meminfo_virtual);
 	kt_add_emu(tc, test_meminfo_real);

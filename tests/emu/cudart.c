@@ -51,6 +51,12 @@
     X(cuMemcpyHtoDAsync_v2, "cuMemcpyHtoDAsync")         \
     X(cuMemcpyDtoHAsync_v2, "cuMemcpyDtoHAsync")         \
     X(cuMemcpyDtoDAsync_v2, "cuMemcpyDtoDAsync")         \
+    X(cuMemcpy2D_v2, "cuMemcpy2D")                       \
+    X(cuMemcpy2DAsync_v2, "cuMemcpy2DAsync")             \
+    X(cuMemcpy3D_v2, "cuMemcpy3D")                       \
+    X(cuMemcpy3DAsync_v2, "cuMemcpy3DAsync")             \
+    X(cuMemcpyPeer, "cuMemcpyPeer")                      \
+    X(cuMemcpyPeerAsync, "cuMemcpyPeerAsync")            \
     X(cuStreamCreate, "cuStreamCreate")                  \
     X(cuStreamDestroy_v2, "cuStreamDestroy")             \
     X(cuStreamSynchronize, "cuStreamSynchronize")        \
@@ -136,6 +142,7 @@ static cudaError_t record_driver(CUresult r)
 #define KV_RT_ERRORS(E)                                                                      \
     E(cudaSuccess, "no error")                                                               \
     E(cudaErrorInvalidValue, "invalid argument")                                             \
+    E(cudaErrorInvalidPitchValue, "invalid pitch argument")                                  \
     E(cudaErrorMemoryAllocation, "out of memory")                                            \
     E(cudaErrorInitializationError, "initialization error")                                  \
     E(cudaErrorCudartUnloading, "driver shutting down")                                      \
@@ -587,6 +594,163 @@ KV_RT_API cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count,
                                       enum cudaMemcpyKind kind, cudaStream_t stream)
 {
     return copy(dst, src, count, kind, true, stream);
+}
+
+/*
+ * The memory types of a copy of kind k's destination (*dst) and source (*src): the explicit
+ * kinds name them, Default leaves each to the pointer (unified). Returns false for a kind
+ * that is none of these.
+ */
+static bool copy_types(enum cudaMemcpyKind k, CUmemorytype *dst, CUmemorytype *src)
+{
+    switch (k) {
+    case cudaMemcpyHostToHost:
+        *dst = CU_MEMORYTYPE_HOST, *src = CU_MEMORYTYPE_HOST;
+        return true;
+    case cudaMemcpyHostToDevice:
+        *dst = CU_MEMORYTYPE_DEVICE, *src = CU_MEMORYTYPE_HOST;
+        return true;
+    case cudaMemcpyDeviceToHost:
+        *dst = CU_MEMORYTYPE_HOST, *src = CU_MEMORYTYPE_DEVICE;
+        return true;
+    case cudaMemcpyDeviceToDevice:
+        *dst = CU_MEMORYTYPE_DEVICE, *src = CU_MEMORYTYPE_DEVICE;
+        return true;
+    case cudaMemcpyDefault:
+        *dst = CU_MEMORYTYPE_UNIFIED, *src = CU_MEMORYTYPE_UNIFIED;
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* Put p where a side of memory type t keeps its pointer: host or device. */
+static void set_side(CUmemorytype t, const void *p, const void **host, CUdeviceptr *dev)
+{
+    if (t == CU_MEMORYTYPE_HOST)
+        *host = p;
+    else
+        *dev = (CUdeviceptr)p;
+}
+
+/*
+ * A 2D copy as the driver's cuMemcpy2D. A width past either pitch is the runtime's own
+ * refusal (cudaErrorInvalidPitchValue, as documented), made before the driver is asked.
+ */
+static cudaError_t copy2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
+                          size_t height, enum cudaMemcpyKind kind, bool async, cudaStream_t s)
+{
+    CUDA_MEMCPY2D p;
+    const void *dhost = NULL;
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    memset(&p, 0, sizeof(p));
+    if (!copy_types(kind, &p.dstMemoryType, &p.srcMemoryType))
+        return record(cudaErrorInvalidMemcpyDirection);
+    if (width > dpitch || width > spitch)
+        return record(cudaErrorInvalidPitchValue);
+    set_side(p.dstMemoryType, dst, &dhost, &p.dstDevice);
+    p.dstHost = (void *)dhost;
+    set_side(p.srcMemoryType, src, &p.srcHost, &p.srcDevice);
+    p.dstPitch = dpitch;
+    p.srcPitch = spitch;
+    p.WidthInBytes = width;
+    p.Height = height;
+    return record_driver(async ? drv.cuMemcpy2DAsync_v2(&p, s) : drv.cuMemcpy2D_v2(&p));
+}
+
+KV_RT_API cudaError_t cudaMemcpy2D(void *dst, size_t dpitch, const void *src, size_t spitch,
+                                   size_t width, size_t height, enum cudaMemcpyKind kind)
+{
+    return copy2d(dst, dpitch, src, spitch, width, height, kind, false, NULL);
+}
+
+KV_RT_API cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch,
+                                        size_t width, size_t height, enum cudaMemcpyKind kind,
+                                        cudaStream_t stream)
+{
+    return copy2d(dst, dpitch, src, spitch, width, height, kind, true, stream);
+}
+
+/*
+ * A 3D copy as the driver's cuMemcpy3D: positions and the extent in bytes (no array takes
+ * part: the emulation has none, and refuses one with cudaErrorInvalidValue), slices pitch *
+ * ysize bytes apart on each side.
+ */
+static cudaError_t copy3d(const struct cudaMemcpy3DParms *q, bool async, cudaStream_t s)
+{
+    CUDA_MEMCPY3D p;
+    const void *dhost = NULL;
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    if (!q || q->srcArray || q->dstArray)
+        return record(cudaErrorInvalidValue);
+    memset(&p, 0, sizeof(p));
+    if (!copy_types(q->kind, &p.dstMemoryType, &p.srcMemoryType))
+        return record(cudaErrorInvalidMemcpyDirection);
+    set_side(p.dstMemoryType, q->dstPtr.ptr, &dhost, &p.dstDevice);
+    p.dstHost = (void *)dhost;
+    set_side(p.srcMemoryType, q->srcPtr.ptr, &p.srcHost, &p.srcDevice);
+    p.dstXInBytes = q->dstPos.x;
+    p.dstY = q->dstPos.y;
+    p.dstZ = q->dstPos.z;
+    p.dstPitch = q->dstPtr.pitch;
+    p.dstHeight = q->dstPtr.ysize;
+    p.srcXInBytes = q->srcPos.x;
+    p.srcY = q->srcPos.y;
+    p.srcZ = q->srcPos.z;
+    p.srcPitch = q->srcPtr.pitch;
+    p.srcHeight = q->srcPtr.ysize;
+    p.WidthInBytes = q->extent.width;
+    p.Height = q->extent.height;
+    p.Depth = q->extent.depth;
+    return record_driver(async ? drv.cuMemcpy3DAsync_v2(&p, s) : drv.cuMemcpy3D_v2(&p));
+}
+
+KV_RT_API cudaError_t cudaMemcpy3D(const struct cudaMemcpy3DParms *p)
+{
+    return copy3d(p, false, NULL);
+}
+
+KV_RT_API cudaError_t cudaMemcpy3DAsync(const struct cudaMemcpy3DParms *p, cudaStream_t stream)
+{
+    return copy3d(p, true, stream);
+}
+
+/* A copy between two devices' memory, through their primary contexts. */
+static cudaError_t copy_peer(void *dst, int ddev, const void *src, int sdev, size_t count,
+                             bool async, cudaStream_t s)
+{
+    CUcontext dc = NULL, sc = NULL;
+    cudaError_t e = need_context();
+    CUresult r;
+
+    if (e != cudaSuccess)
+        return record(e);
+    r = get_primary(ddev, &dc);
+    if (r == CUDA_SUCCESS)
+        r = get_primary(sdev, &sc);
+    if (r != CUDA_SUCCESS)
+        return record(cudaErrorInvalidDevice);
+    r = async ? drv.cuMemcpyPeerAsync((CUdeviceptr)dst, dc, (CUdeviceptr)src, sc, count, s)
+              : drv.cuMemcpyPeer((CUdeviceptr)dst, dc, (CUdeviceptr)src, sc, count);
+    return record_driver(r);
+}
+
+KV_RT_API cudaError_t cudaMemcpyPeer(void *dst, int dstDevice, const void *src, int srcDevice,
+                                     size_t count)
+{
+    return copy_peer(dst, dstDevice, src, srcDevice, count, false, NULL);
+}
+
+KV_RT_API cudaError_t cudaMemcpyPeerAsync(void *dst, int dstDevice, const void *src,
+                                          int srcDevice, size_t count, cudaStream_t stream)
+{
+    return copy_peer(dst, dstDevice, src, srcDevice, count, true, stream);
 }
 
 /*

@@ -112,8 +112,22 @@ int kv_emu_guard(void (*fn)(void *), void *arg)
 static void run_copy(void *arg)
 {
     const kv_emu_op_t *o = arg;
+    const char *src;
+    char *dst;
 
-    memmove((void *)o->u.copy.dst, (const void *)o->u.copy.src, o->u.copy.n);
+    for (size_t z = 0; z < o->u.copy.depth; z++) {
+        dst = (char *)o->u.copy.dst + z * o->u.copy.dslice;
+        src = (const char *)o->u.copy.src + z * o->u.copy.sslice;
+        for (size_t y = 0; y < o->u.copy.height; y++)
+            memmove(dst + y * o->u.copy.dpitch, src + y * o->u.copy.spitch, o->u.copy.n);
+    }
+}
+
+/* The bytes from a copy's first byte to its last on the side with the given pitch and slice
+ * pitch (checked not to overflow when the copy was made). */
+static size_t copy_reach(const kv_emu_op_t *o, size_t pitch, size_t slice)
+{
+    return (o->u.copy.depth - 1) * slice + (o->u.copy.height - 1) * pitch + o->u.copy.n;
 }
 
 static void set_row(void *dst, size_t n, unsigned int value, int width)
@@ -226,10 +240,10 @@ CUresult kv_emu_run(const kv_emu_op_t *op)
         fn = run_set;
         break;
     case KV_OP_COPY:
-        if (op->u.copy.n == 0)
+        if (op->u.copy.n == 0 || op->u.copy.height == 0 || op->u.copy.depth == 0)
             return CUDA_SUCCESS;
-        check_host(op->u.copy.dst, op->u.copy.n);
-        check_host(op->u.copy.src, op->u.copy.n);
+        check_host(op->u.copy.dst, copy_reach(op, op->u.copy.dpitch, op->u.copy.dslice));
+        check_host(op->u.copy.src, copy_reach(op, op->u.copy.spitch, op->u.copy.sslice));
         fn = run_copy;
         break;
     case KV_OP_KERNEL:
@@ -246,25 +260,50 @@ CUresult kv_emu_run(const kv_emu_op_t *op)
 /* ------------------------------------------------------------------ memset and memcpy */
 
 /*
- * Whether the host waits for a synchronous copy of bytes from src to dst (CUDA's "API
- * synchronization behavior": a copy from pageable host memory syncs the stream first, one to
- * host memory returns once done, one between device buffers does not make the host wait).
- * Host memory is what lies in no reservation. Call locked.
+ * One side of a copy, or the target of a memset, as submit checks it: its first byte, the bytes
+ * from there to its last, and how it is checked: DEV must lie in one allocation or reservation,
+ * ANY (a unified pointer) must when it starts in one, NONE is not checked.
  */
-static bool copy_waits(CUdeviceptr dst, CUdeviceptr src, size_t bytes)
+enum side_check { SIDE_NONE, SIDE_DEV, SIDE_ANY };
+struct side {
+    CUdeviceptr p;
+    size_t bytes;
+    enum side_check check;
+};
+
+/*
+ * Whether the host waits for a synchronous copy (CUDA's "API synchronization behavior": a copy
+ * from pageable host memory syncs the stream first, one to host memory returns once done, one
+ * between device buffers does not make the host wait): whether a side is host memory, which is
+ * what lies in no reservation. Call locked.
+ */
+static bool copy_waits(const struct side *sides, size_t n)
 {
-    return !kv_emu_find_resv(dst, bytes ? bytes : 1) || !kv_emu_find_resv(src, bytes ? bytes : 1);
+    for (size_t i = 0; i < n; i++)
+        if (!kv_emu_find_resv(sides[i].p, sides[i].bytes ? sides[i].bytes : 1))
+            return true;
+    return false;
+}
+
+/* Whether a side passes its check (see struct side). Call locked. */
+static bool side_ok(const struct side *d)
+{
+    if (d->bytes == 0 || d->check == SIDE_NONE)
+        return true;
+    if (d->check == SIDE_ANY && !kv_emu_find_resv(d->p, 1))
+        return true;
+    return kv_emu_find_resv(d->p, d->bytes) != NULL;
 }
 
 /*
  * Check a copy or memset as the driver does before it is queued (a current context, a live
  * stream, device-side ranges that lie in one allocation or reservation, mapped or not: touching
  * an unmapped page is the later, asynchronous illegal address), then apply the capture rules:
- * record it into a capture, refuse it, or run it now. dev1 and dev2 are the device sides to
- * check (0: none); fn the exported function, for the capture statistics.
+ * record it into a capture, refuse it, or run it now. sides are the n sides to check (see
+ * struct side); fn the exported function, for the capture statistics.
  */
-static CUresult submit(enum kv_emu_fn fn, bool async, CUstream s, CUdeviceptr dev1,
-                       CUdeviceptr dev2, size_t bytes, kv_emu_op_t *op)
+static CUresult submit(enum kv_emu_fn fn, bool async, CUstream s, const struct side *sides,
+                       size_t n, kv_emu_op_t *op)
 {
     CUresult r = CUDA_SUCCESS;
     bool recorded = false;
@@ -275,15 +314,13 @@ static CUresult submit(enum kv_emu_fn fn, bool async, CUstream s, CUdeviceptr de
     op->device = kv_emu_stream_device(async ? s : NULL);
     if (async && !kv_emu_valid_stream(s))
         r = CUDA_ERROR_INVALID_HANDLE;
-    else if (bytes && dev1 && !kv_emu_find_resv(dev1, bytes))
-        r = CUDA_ERROR_INVALID_VALUE;
-    else if (bytes && dev2 && !kv_emu_find_resv(dev2, bytes))
-        r = CUDA_ERROR_INVALID_VALUE;
-    else if (async)
+    for (size_t i = 0; i < n && r == CUDA_SUCCESS; i++)
+        if (!side_ok(&sides[i]))
+            r = CUDA_ERROR_INVALID_VALUE;
+    if (r == CUDA_SUCCESS && async)
         r = kv_emu_capture_enqueue(fn, s, false, op, 1, &recorded);
-    else
-        r = kv_emu_capture_sync_op(fn, op->kind == KV_OP_COPY &&
-                                           copy_waits(op->u.copy.dst, op->u.copy.src, bytes));
+    else if (r == CUDA_SUCCESS)
+        r = kv_emu_capture_sync_op(fn, op->kind == KV_OP_COPY && copy_waits(sides, n));
     kv_emu_unlock();
     if (r != CUDA_SUCCESS || recorded)
         return r;
@@ -298,19 +335,24 @@ static CUresult copy(enum kv_emu_fn fn, CUdeviceptr dst, CUdeviceptr src, size_t
                      bool check_dst, bool check_src, bool async, CUstream s)
 {
     kv_emu_op_t o = { .kind = KV_OP_COPY };
+    struct side sides[2] = { { dst, n, check_dst ? SIDE_DEV : SIDE_NONE },
+                             { src, n, check_src ? SIDE_DEV : SIDE_NONE } };
 
     if (n && (!dst || !src))
         return CUDA_ERROR_INVALID_VALUE;
     o.u.copy.dst = dst;
     o.u.copy.src = src;
     o.u.copy.n = n;
-    return submit(fn, async, s, check_dst ? dst : 0, check_src ? src : 0, n, &o);
+    o.u.copy.height = 1;
+    o.u.copy.depth = 1;
+    return submit(fn, async, s, sides, 2, &o);
 }
 
 static CUresult set(enum kv_emu_fn fn, CUdeviceptr dst, unsigned int value, size_t n, int width,
                     bool async, CUstream s)
 {
     kv_emu_op_t o = { .kind = KV_OP_SET };
+    struct side side;
 
     if (dst % (CUdeviceptr)width || n > SIZE_MAX / (size_t)width || (n && !dst))
         return CUDA_ERROR_INVALID_VALUE;
@@ -319,7 +361,10 @@ static CUresult set(enum kv_emu_fn fn, CUdeviceptr dst, unsigned int value, size
     o.u.set.height = 1;
     o.u.set.value = value;
     o.u.set.width = width;
-    return submit(fn, async, s, dst, 0, n * (size_t)width, &o);
+    side.p = dst;
+    side.bytes = n * (size_t)width;
+    side.check = SIDE_DEV;
+    return submit(fn, async, s, &side, 1, &o);
 }
 
 KV_EMU_API CUresult cuMemsetD8_v2(CUdeviceptr dstDevice, unsigned char uc, size_t N)
@@ -377,6 +422,7 @@ static CUresult set2d(enum kv_emu_fn fn, CUdeviceptr dst, size_t pitch, unsigned
                       size_t n, size_t height, int width, bool async, CUstream s)
 {
     kv_emu_op_t o = { .kind = KV_OP_SET };
+    struct side side;
     size_t row, span = 0;
 
     if (dst % (CUdeviceptr)width || __builtin_mul_overflow(n, (size_t)width, &row))
@@ -392,7 +438,10 @@ static CUresult set2d(enum kv_emu_fn fn, CUdeviceptr dst, size_t pitch, unsigned
     o.u.set.pitch = pitch;
     o.u.set.value = value;
     o.u.set.width = width;
-    return submit(fn, async, s, dst, 0, n && height ? span : 0, &o);
+    side.p = dst;
+    side.bytes = n && height ? span : 0;
+    side.check = SIDE_DEV;
+    return submit(fn, async, s, &side, 1, &o);
 }
 
 KV_EMU_API CUresult cuMemsetD2D8_v2(CUdeviceptr dstDevice, size_t dstPitch, unsigned char uc,
@@ -509,3 +558,190 @@ KV_EMU_API CUresult cuMemcpyDtoDAsync_v2(CUdeviceptr dstDevice, CUdeviceptr srcD
     return copy(KV_FN_cuMemcpyDtoDAsync_v2, dstDevice, srcDevice, ByteCount, true, true, true, hStream);
 }
 KV_EMU_ALIAS(cuMemcpyDtoDAsync_v2);
+
+/* ------------------------------------------------------------------ 2D, 3D and peer copies */
+
+/* One side of a 2D or 3D copy as the caller describes it (a 2D copy: z 0, one slice). */
+struct box {
+    CUmemorytype type;
+    CUdeviceptr ptr;            /* the host or device pointer, by type */
+    size_t x, y, z;             /* where the copy starts: bytes into a row, rows, slices */
+    size_t pitch, ysize;        /* bytes from one row to the next; rows from one slice to the next */
+    const void *reserved;       /* must be NULL */
+};
+
+/*
+ * Resolve box b of a copy of depth slices of height rows of w bytes: its first byte (*start),
+ * slice pitch (*slice) and the side submit checks (*out). The driver refuses an array here (the
+ * emulation has none: CUDA_ERROR_NOT_SUPPORTED), an unknown memory type, a reserved field set, a
+ * pitch narrower than a row when there are several rows, slices of fewer rows than the copy's,
+ * and sizes or offsets that do not fit in size_t (CUDA_ERROR_INVALID_VALUE). Returns
+ * CUDA_SUCCESS or that error.
+ */
+static CUresult resolve(const struct box *b, size_t w, size_t h, size_t d, CUdeviceptr *start,
+                        size_t *slice, struct side *out)
+{
+    size_t off, reach;
+
+    if (b->type == CU_MEMORYTYPE_ARRAY)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    if ((b->type != CU_MEMORYTYPE_HOST && b->type != CU_MEMORYTYPE_DEVICE &&
+         b->type != CU_MEMORYTYPE_UNIFIED) || b->reserved)
+        return CUDA_ERROR_INVALID_VALUE;
+    *start = b->ptr;
+    *slice = 0;
+    out->p = b->ptr;
+    out->bytes = 0;
+    out->check = b->type == CU_MEMORYTYPE_DEVICE ? SIDE_DEV
+               : b->type == CU_MEMORYTYPE_UNIFIED ? SIDE_ANY : SIDE_NONE;
+    if (w == 0 || h == 0 || d == 0)
+        return CUDA_SUCCESS;
+    if ((h > 1 || d > 1) && b->pitch < w)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (d > 1 && (h > b->ysize || __builtin_mul_overflow(b->pitch, b->ysize, slice)))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (__builtin_mul_overflow(b->z, b->ysize, &off) || __builtin_add_overflow(off, b->y, &off) ||
+        __builtin_mul_overflow(off, b->pitch, &off) || __builtin_add_overflow(off, b->x, &off) ||
+        __builtin_add_overflow(b->ptr, off, start) || !b->ptr)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (__builtin_mul_overflow(d - 1, *slice, &reach) ||
+        __builtin_mul_overflow(h - 1, b->pitch, &off) ||
+        __builtin_add_overflow(reach, off, &reach) || __builtin_add_overflow(reach, w, &reach) ||
+        *start + reach < *start)
+        return CUDA_ERROR_INVALID_VALUE;
+    out->p = *start;
+    out->bytes = reach;
+    return CUDA_SUCCESS;
+}
+
+/*
+ * A copy of d slices of h rows of w bytes from box src to box dst, checked whole before
+ * anything is queued; device sides as the directional copies check theirs, unified ones when
+ * they start in a reservation. Touching an unmapped page faults as a 1D copy does.
+ */
+static CUresult copy3d(enum kv_emu_fn fn, const struct box *dst, const struct box *src, size_t w,
+                       size_t h, size_t d, bool async, CUstream s)
+{
+    kv_emu_op_t o = { .kind = KV_OP_COPY };
+    struct side sides[2];
+    CUresult r;
+
+    r = resolve(dst, w, h, d, &o.u.copy.dst, &o.u.copy.dslice, &sides[0]);
+    if (r == CUDA_SUCCESS)
+        r = resolve(src, w, h, d, &o.u.copy.src, &o.u.copy.sslice, &sides[1]);
+    if (r != CUDA_SUCCESS)
+        return r;
+    o.u.copy.n = w;
+    o.u.copy.height = h;
+    o.u.copy.depth = d;
+    o.u.copy.dpitch = dst->pitch;
+    o.u.copy.spitch = src->pitch;
+    return submit(fn, async, s, sides, 2, &o);
+}
+
+/* The pointer of a side of memory type t. */
+static CUdeviceptr side_ptr(CUmemorytype t, const void *host, CUdeviceptr dev)
+{
+    return t == CU_MEMORYTYPE_HOST ? (CUdeviceptr)host : dev;
+}
+
+static CUresult copy2d(enum kv_emu_fn fn, const CUDA_MEMCPY2D *p, bool async, CUstream s)
+{
+    struct box dst, src;
+
+    if (!p)
+        return CUDA_ERROR_INVALID_VALUE;
+    dst = (struct box){ p->dstMemoryType, side_ptr(p->dstMemoryType, p->dstHost, p->dstDevice),
+                        p->dstXInBytes, p->dstY, 0, p->dstPitch, 0, NULL };
+    src = (struct box){ p->srcMemoryType, side_ptr(p->srcMemoryType, p->srcHost, p->srcDevice),
+                        p->srcXInBytes, p->srcY, 0, p->srcPitch, 0, NULL };
+    return copy3d(fn, &dst, &src, p->WidthInBytes, p->Height, 1, async, s);
+}
+
+static CUresult copy3d_params(enum kv_emu_fn fn, const CUDA_MEMCPY3D *p, bool async, CUstream s)
+{
+    struct box dst, src;
+
+    if (!p)
+        return CUDA_ERROR_INVALID_VALUE;
+    dst = (struct box){ p->dstMemoryType, side_ptr(p->dstMemoryType, p->dstHost, p->dstDevice),
+                        p->dstXInBytes, p->dstY, p->dstZ, p->dstPitch, p->dstHeight,
+                        p->reserved1 };
+    src = (struct box){ p->srcMemoryType, side_ptr(p->srcMemoryType, p->srcHost, p->srcDevice),
+                        p->srcXInBytes, p->srcY, p->srcZ, p->srcPitch, p->srcHeight,
+                        p->reserved0 };
+    return copy3d(fn, &dst, &src, p->WidthInBytes, p->Height, p->Depth, async, s);
+}
+
+KV_EMU_API CUresult cuMemcpy2D_v2(const CUDA_MEMCPY2D *pCopy)
+{
+    KV_EMU_ENTER(cuMemcpy2D_v2);
+    return copy2d(KV_FN_cuMemcpy2D_v2, pCopy, false, NULL);
+}
+KV_EMU_ALIAS(cuMemcpy2D_v2);
+
+KV_EMU_API CUresult cuMemcpy2DUnaligned_v2(const CUDA_MEMCPY2D *pCopy)
+{
+    KV_EMU_ENTER(cuMemcpy2DUnaligned_v2);
+    return copy2d(KV_FN_cuMemcpy2DUnaligned_v2, pCopy, false, NULL);
+}
+KV_EMU_ALIAS(cuMemcpy2DUnaligned_v2);
+
+KV_EMU_API CUresult cuMemcpy2DAsync_v2(const CUDA_MEMCPY2D *pCopy, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemcpy2DAsync_v2);
+    return copy2d(KV_FN_cuMemcpy2DAsync_v2, pCopy, true, hStream);
+}
+KV_EMU_ALIAS(cuMemcpy2DAsync_v2);
+
+KV_EMU_API CUresult cuMemcpy3D_v2(const CUDA_MEMCPY3D *pCopy)
+{
+    KV_EMU_ENTER(cuMemcpy3D_v2);
+    return copy3d_params(KV_FN_cuMemcpy3D_v2, pCopy, false, NULL);
+}
+KV_EMU_ALIAS(cuMemcpy3D_v2);
+
+KV_EMU_API CUresult cuMemcpy3DAsync_v2(const CUDA_MEMCPY3D *pCopy, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemcpy3DAsync_v2);
+    return copy3d_params(KV_FN_cuMemcpy3DAsync_v2, pCopy, true, hStream);
+}
+KV_EMU_ALIAS(cuMemcpy3DAsync_v2);
+
+/* Whether c is a device's primary context (the only contexts the emulation has). */
+static bool known_ctx(CUcontext c)
+{
+    for (int i = 0; c && kv_emu_valid_device(i); i++)
+        if (c == &kv_emu.devs[i].ctx)
+            return true;
+    return false;
+}
+
+/* A copy between the memory of two contexts' devices: both sides device memory, as cuMemcpyDtoD
+ * checks them; an unknown context is CUDA_ERROR_INVALID_CONTEXT. */
+static CUresult copy_peer(enum kv_emu_fn fn, CUdeviceptr dst, CUcontext dctx, CUdeviceptr src,
+                          CUcontext sctx, size_t n, bool async, CUstream s)
+{
+    if (!known_ctx(dctx) || !known_ctx(sctx))
+        return CUDA_ERROR_INVALID_CONTEXT;
+    return copy(fn, dst, src, n, true, true, async, s);
+}
+
+KV_EMU_API CUresult cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext,
+                                 CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount)
+{
+    KV_EMU_ENTER(cuMemcpyPeer);
+    return copy_peer(KV_FN_cuMemcpyPeer, dstDevice, dstContext, srcDevice, srcContext, ByteCount,
+                     false, NULL);
+}
+KV_EMU_ALIAS(cuMemcpyPeer);
+
+KV_EMU_API CUresult cuMemcpyPeerAsync(CUdeviceptr dstDevice, CUcontext dstContext,
+                                      CUdeviceptr srcDevice, CUcontext srcContext,
+                                      size_t ByteCount, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemcpyPeerAsync);
+    return copy_peer(KV_FN_cuMemcpyPeerAsync, dstDevice, dstContext, srcDevice, srcContext,
+                     ByteCount, true, hStream);
+}
+KV_EMU_ALIAS(cuMemcpyPeerAsync);

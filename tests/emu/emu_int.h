@@ -135,6 +135,13 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
     X(cuMemcpyHtoDAsync_v2, 3020)                                        \
     X(cuMemcpyDtoHAsync_v2, 3020)                                        \
     X(cuMemcpyDtoDAsync_v2, 3020)                                        \
+    X(cuMemcpy2D_v2, 3020)                                               \
+    X(cuMemcpy2DUnaligned_v2, 3020)                                      \
+    X(cuMemcpy2DAsync_v2, 3020)                                          \
+    X(cuMemcpy3D_v2, 3020)                                               \
+    X(cuMemcpy3DAsync_v2, 3020)                                          \
+    X(cuMemcpyPeer, 4000)                                                \
+    X(cuMemcpyPeerAsync, 4000)                                           \
     X(cuStreamCreate, 2000)                                              \
     X(cuStreamDestroy_v2, 4000)                                          \
     X(cuStreamSynchronize, 2000)                                         \
@@ -324,8 +331,11 @@ typedef struct kv_emu_op_s {
             int width;
         } set;
         struct {
-            CUdeviceptr dst, src;
-            size_t n;
+            CUdeviceptr dst, src;   /* the first byte of each side */
+            size_t n;               /* bytes in a row */
+            size_t height, depth;   /* rows in a slice, slices (1D: 1, 1) */
+            size_t dpitch, spitch;  /* bytes from one row to the next, each side */
+            size_t dslice, sslice;  /* bytes from one slice to the next, each side */
         } copy;
         struct {
             const struct kv_emu_kernel *kernel;

@@ -205,6 +205,85 @@ static void case_memset_2d(void)
 	EXPECT(cudaFree(kvp) == cudaSuccess);
 }
 
+/*
+ * The runtime's 2D, 3D and peer copies on a lazy span: the pages their
+ * device side's rows cover are backed first, on either side, with an
+ * explicit kind or cudaMemcpyDefault; what the runtime would refuse (a box
+ * past the span's end, a width past a pitch, sizes that overflow) is
+ * refused alike, and backs nothing.
+ */
+static void case_memcpy_2d(void)
+{
+	struct cudaMemcpy3DParms q;
+	char *kvp = NULL, *kv2 = NULL, host[4 * 64];
+	size_t before;
+	int dev = 0;
+
+	EXPECT(kv.begin() == 0);
+	EXPECT(cudaMalloc((void **)&kvp, 32 * MB) == cudaSuccess);
+	EXPECT(cudaMalloc((void **)&kv2, 32 * MB) == cudaSuccess);
+	EXPECT(kv.end() == 0);
+	before = stats().mapped_bytes;
+	memset(host, 0x21, sizeof(host));
+	/* two rows of 64 bytes into pages 1 and 2, then out of pages 3, 4 */
+	EXPECT(cudaMemcpy2D(kvp + PG, PG, host, 64, 64, 2, cudaMemcpyHostToDevice) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + 2 * PG);
+	EXPECT(cudaMemcpy2DAsync(host, 64, kvp + 3 * PG, PG, 64, 2, cudaMemcpyDefault, 0) ==
+	       cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + 4 * PG);
+	EXPECT(host[0] == 0 && host[127] == 0);
+	EXPECT(cudaMemcpy(host, kvp + 2 * PG, 64, cudaMemcpyDeviceToHost) == cudaSuccess);
+	EXPECT(host[0] == 0x21 && host[63] == 0x21);
+	/* 2 slices of 1 row, 2 PG apart, from page 5 into kv2 from page 1:
+	 * the box between them is backed too (pages 5 to 7, kv2's 1 to 3) */
+	memset(&q, 0, sizeof(q));
+	q.srcPtr = (struct cudaPitchedPtr){ kvp + 5 * PG, PG, 64, 2 };
+	q.dstPtr = (struct cudaPitchedPtr){ kv2, PG, 64, 2 };
+	q.dstPos = (struct cudaPos){ 0, 1, 0 };
+	q.extent = (struct cudaExtent){ 64, 1, 2 };
+	q.kind = cudaMemcpyDeviceToDevice;
+	EXPECT(cudaMemcpy3D(&q) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + 10 * PG);
+	q.srcPos = (struct cudaPos){ 0, 0, 2 };      /* pages 9 to 11 to kv2's 1 to 3 */
+	q.kind = cudaMemcpyDefault;
+	EXPECT(cudaMemcpy3DAsync(&q, 0) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + 13 * PG);
+	/* peer copies (both sides on one device here) */
+	EXPECT(cudaGetDevice(&dev) == cudaSuccess);
+	EXPECT(cudaMemcpyPeer(kv2 + 5 * PG, dev, kvp + PG, dev, 64) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + 14 * PG);
+	EXPECT(cudaMemcpyPeerAsync(kv2 + 6 * PG, dev, kvp + 12 * PG, dev, 64, 0) == cudaSuccess);
+	EXPECT(stats().mapped_bytes == before + 16 * PG);
+	EXPECT(cudaMemcpy(host, kv2 + 5 * PG, 64, cudaMemcpyDeviceToHost) == cudaSuccess);
+	EXPECT(host[0] == 0x21 && host[63] == 0x21);
+	before = stats().mapped_bytes;
+
+	/* refused, nothing backed: rows past the end, a width past a pitch,
+	 * a box that overflows, slices of fewer rows than the copy's, a side
+	 * that fits beside one past the end */
+	EXPECT(cudaMemcpy2D(kvp + 14 * PG, PG, host, 64, 64, 4, cudaMemcpyHostToDevice) ==
+	       cudaErrorInvalidValue);
+	EXPECT(cudaMemcpy2D(kvp + 14 * PG, 32, host, 64, 64, 2, cudaMemcpyHostToDevice) ==
+	       cudaErrorInvalidPitchValue);
+	EXPECT(cudaMemcpy2DAsync(kvp + 14 * PG, SIZE_MAX / 2, host, 64, 64, 4,
+				 cudaMemcpyHostToDevice, 0) == cudaErrorInvalidValue);
+	q.srcPos = (struct cudaPos){ 0, 0, 0 };
+	q.dstPtr = (struct cudaPitchedPtr){ kv2 + 7 * PG, PG, 64, 1 };
+	q.dstPos = (struct cudaPos){ 0, 0, 0 };
+	q.extent = (struct cudaExtent){ 64, 2, 2 };
+	EXPECT(cudaMemcpy3D(&q) == cudaErrorInvalidValue);
+	q.dstPtr = (struct cudaPitchedPtr){ kv2 + 8 * PG, PG, 64, 2 };
+	q.extent = (struct cudaExtent){ 64, 2, 8 };
+	EXPECT(cudaMemcpy3DAsync(&q, 0) == cudaErrorInvalidValue);
+	EXPECT(cudaMemcpyPeer(kv2 + 9 * PG, dev, kvp + 31 * MB, dev, 2 * MB) ==
+	       cudaErrorInvalidValue);
+	EXPECT(cudaMemcpyPeerAsync(kv2 + 31 * MB, dev, kvp + 13 * PG, dev, 2 * MB, 0) ==
+	       cudaErrorInvalidValue);
+	EXPECT(stats().mapped_bytes == before);
+	EXPECT(cudaFree(kvp) == cudaSuccess);
+	EXPECT(cudaFree(kv2) == cudaSuccess);
+}
+
 /* Size policy: KVSHIM_MIN_BYTES=32M makes large allocations spans mapped
  * in full, without any window. */
 static void case_size_policy(void)
@@ -750,6 +829,7 @@ static const struct {
 	{ "memset-memcpy", case_memset_memcpy, 1 },
 	{ "memset-bounds", case_memset_bounds, 1 },
 	{ "memset-2d", case_memset_2d, 1 },
+	{ "memcpy-2d", case_memcpy_2d, 1 },
 	{ "size-policy", case_size_policy, 1 },
 	{ "meminfo", case_meminfo, 1 },
 	{ "meminfo-share", case_meminfo_share, 1 },
