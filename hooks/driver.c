@@ -154,19 +154,15 @@ MEMSET2D(cuMemsetD2D16Async_ptsz, unsigned short, 2, ASYNC_ARGS, ASYNC_PASS)
 MEMSET2D(cuMemsetD2D32Async, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
 MEMSET2D(cuMemsetD2D32Async_ptsz, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS)
 
-/* Copies: whatever span pages the copy reads or writes are backed first.
- * Returns 0 or the policy's error. */
+/* Copies: whatever span pages the copy reads or writes are backed first,
+ * both sides checked before either is. Returns 0 or the policy's error. */
 static int touch2(CUdeviceptr dst, CUdeviceptr src, size_t n)
 {
-	int rc;
+	struct kv_policy_box b[2] = { { .ptr = dst }, { .ptr = src } };
 
 	if (kv_in_runtime)
 		return 0;
-	if (dst && (rc = kv_policy_touch(dst, n)) < 0)
-		return rc;
-	if (src && (rc = kv_policy_touch(src, n)) < 0)
-		return rc;
-	return 0;
+	return kv_policy_copy(b, 2, n, 1, 1);
 }
 
 #define COPY(name, DT, ST, DEV_DST, DEV_SRC, ARGS, PASS)                   \
@@ -197,3 +193,85 @@ COPY(cuMemcpyDtoHAsync_v2, void *, CUdeviceptr, 0, src, ASYNC_ARGS, ASYNC_PASS)
 COPY(cuMemcpyDtoHAsync_v2_ptsz, void *, CUdeviceptr, 0, src, ASYNC_ARGS, ASYNC_PASS)
 COPY(cuMemcpyDtoDAsync_v2, CUdeviceptr, CUdeviceptr, dst, src, ASYNC_ARGS, ASYNC_PASS)
 COPY(cuMemcpyDtoDAsync_v2_ptsz, CUdeviceptr, CUdeviceptr, dst, src, ASYNC_ARGS, ASYNC_PASS)
+
+/*
+ * 2D and 3D copies: every span page of the box each device side's rows
+ * span is backed first (see kv_policy_copy); a host or array side is left
+ * alone, a unified one is judged by its pointer. The call then goes to the
+ * driver whole.
+ */
+static CUdeviceptr side_ptr(CUmemorytype t, CUdeviceptr dev)
+{
+	return t == CU_MEMORYTYPE_DEVICE || t == CU_MEMORYTYPE_UNIFIED ? dev : 0;
+}
+
+/* Returns 0 or the policy's error. */
+static int touch_2d(const CUDA_MEMCPY2D *c)
+{
+	struct kv_policy_box b[2] = {
+		{ side_ptr(c->dstMemoryType, c->dstDevice), c->dstXInBytes, c->dstY, 0,
+		  c->dstPitch, 0 },
+		{ side_ptr(c->srcMemoryType, c->srcDevice), c->srcXInBytes, c->srcY, 0,
+		  c->srcPitch, 0 },
+	};
+
+	if (kv_in_runtime)
+		return 0;
+	return kv_policy_copy(b, 2, c->WidthInBytes, c->Height, 1);
+}
+
+static int touch_3d(const CUDA_MEMCPY3D *c)
+{
+	struct kv_policy_box b[2] = {
+		{ side_ptr(c->dstMemoryType, c->dstDevice), c->dstXInBytes, c->dstY, c->dstZ,
+		  c->dstPitch, c->dstHeight },
+		{ side_ptr(c->srcMemoryType, c->srcDevice), c->srcXInBytes, c->srcY, c->srcZ,
+		  c->srcPitch, c->srcHeight },
+	};
+
+	if (kv_in_runtime)
+		return 0;
+	return kv_policy_copy(b, 2, c->WidthInBytes, c->Height, c->Depth);
+}
+
+#define COPY_BOX(name, T, TOUCH, ARGS, PASS)                                \
+CUresult kv_hook_##name(const T *c ARGS)                                    \
+{                                                                          \
+	int rc;                                                            \
+									   \
+	REAL_OR_FAIL(name);                                                \
+	rc = c ? TOUCH(c) : 0;                                             \
+	if (rc)                                                            \
+		return kv_hooks_cu_error(rc);                              \
+	return kv_real_##name(c PASS);                                     \
+}
+
+COPY_BOX(cuMemcpy2D_v2, CUDA_MEMCPY2D, touch_2d, SYNC, SYNC)
+COPY_BOX(cuMemcpy2D_v2_ptds, CUDA_MEMCPY2D, touch_2d, SYNC, SYNC)
+COPY_BOX(cuMemcpy2DUnaligned_v2, CUDA_MEMCPY2D, touch_2d, SYNC, SYNC)
+COPY_BOX(cuMemcpy2DUnaligned_v2_ptds, CUDA_MEMCPY2D, touch_2d, SYNC, SYNC)
+COPY_BOX(cuMemcpy2DAsync_v2, CUDA_MEMCPY2D, touch_2d, ASYNC_ARGS, ASYNC_PASS)
+COPY_BOX(cuMemcpy2DAsync_v2_ptsz, CUDA_MEMCPY2D, touch_2d, ASYNC_ARGS, ASYNC_PASS)
+COPY_BOX(cuMemcpy3D_v2, CUDA_MEMCPY3D, touch_3d, SYNC, SYNC)
+COPY_BOX(cuMemcpy3D_v2_ptds, CUDA_MEMCPY3D, touch_3d, SYNC, SYNC)
+COPY_BOX(cuMemcpy3DAsync_v2, CUDA_MEMCPY3D, touch_3d, ASYNC_ARGS, ASYNC_PASS)
+COPY_BOX(cuMemcpy3DAsync_v2_ptsz, CUDA_MEMCPY3D, touch_3d, ASYNC_ARGS, ASYNC_PASS)
+
+/* Peer copies: both sides are device memory, linear, as cuMemcpyDtoD's. */
+#define COPY_PEER(name, ARGS, PASS)                                         \
+CUresult kv_hook_##name(CUdeviceptr dst, CUcontext dc, CUdeviceptr src,     \
+			CUcontext sc, size_t n ARGS)                        \
+{                                                                          \
+	int rc;                                                            \
+									   \
+	REAL_OR_FAIL(name);                                                \
+	rc = touch2(dst, src, n);                                          \
+	if (rc)                                                            \
+		return kv_hooks_cu_error(rc);                              \
+	return kv_real_##name(dst, dc, src, sc, n PASS);                   \
+}
+
+COPY_PEER(cuMemcpyPeer, SYNC, SYNC)
+COPY_PEER(cuMemcpyPeer_ptds, SYNC, SYNC)
+COPY_PEER(cuMemcpyPeerAsync, ASYNC_ARGS, ASYNC_PASS)
+COPY_PEER(cuMemcpyPeerAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)

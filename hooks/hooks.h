@@ -74,6 +74,23 @@
 	X(cuMemcpyDtoHAsync_v2_ptsz, CUresult, (void *, CUdeviceptr, size_t, CUstream)) \
 	X(cuMemcpyDtoDAsync_v2, CUresult, (CUdeviceptr, CUdeviceptr, size_t, CUstream)) \
 	X(cuMemcpyDtoDAsync_v2_ptsz, CUresult, (CUdeviceptr, CUdeviceptr, size_t, CUstream)) \
+	X(cuMemcpy2D_v2, CUresult, (const CUDA_MEMCPY2D *))                   \
+	X(cuMemcpy2D_v2_ptds, CUresult, (const CUDA_MEMCPY2D *))              \
+	X(cuMemcpy2DUnaligned_v2, CUresult, (const CUDA_MEMCPY2D *))          \
+	X(cuMemcpy2DUnaligned_v2_ptds, CUresult, (const CUDA_MEMCPY2D *))     \
+	X(cuMemcpy2DAsync_v2, CUresult, (const CUDA_MEMCPY2D *, CUstream))     \
+	X(cuMemcpy2DAsync_v2_ptsz, CUresult, (const CUDA_MEMCPY2D *, CUstream)) \
+	X(cuMemcpy3D_v2, CUresult, (const CUDA_MEMCPY3D *))                   \
+	X(cuMemcpy3D_v2_ptds, CUresult, (const CUDA_MEMCPY3D *))              \
+	X(cuMemcpy3DAsync_v2, CUresult, (const CUDA_MEMCPY3D *, CUstream))     \
+	X(cuMemcpy3DAsync_v2_ptsz, CUresult, (const CUDA_MEMCPY3D *, CUstream)) \
+	X(cuMemcpyPeer, CUresult, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t)) \
+	X(cuMemcpyPeer_ptds, CUresult, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, \
+					size_t))                               \
+	X(cuMemcpyPeerAsync, CUresult, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, \
+					size_t, CUstream))                     \
+	X(cuMemcpyPeerAsync_ptsz, CUresult, (CUdeviceptr, CUcontext, CUdeviceptr, \
+					     CUcontext, size_t, CUstream))     \
 	X(cuStreamBeginCapture_v2, CUresult, (CUstream, CUstreamCaptureMode)) \
 	X(cuStreamBeginCapture_v2_ptsz, CUresult, (CUstream, CUstreamCaptureMode)) \
 	X(cuStreamBeginCaptureToGraph, CUresult, (CUstream, CUgraph, const CUgraphNode *, \
@@ -113,6 +130,23 @@
 					 cudaStream_t))                        \
 	X(cudaMemcpyAsync_ptsz, cudaError_t, (void *, const void *, size_t,    \
 					      enum cudaMemcpyKind, cudaStream_t)) \
+	X(cudaMemcpy2D, cudaError_t, (void *, size_t, const void *, size_t,   \
+				      size_t, size_t, enum cudaMemcpyKind))   \
+	X(cudaMemcpy2D_ptds, cudaError_t, (void *, size_t, const void *, size_t, \
+					   size_t, size_t, enum cudaMemcpyKind)) \
+	X(cudaMemcpy2DAsync, cudaError_t, (void *, size_t, const void *, size_t, \
+		size_t, size_t, enum cudaMemcpyKind, cudaStream_t))           \
+	X(cudaMemcpy2DAsync_ptsz, cudaError_t, (void *, size_t, const void *,  \
+		size_t, size_t, size_t, enum cudaMemcpyKind, cudaStream_t))   \
+	X(cudaMemcpy3D, cudaError_t, (const struct cudaMemcpy3DParms *))      \
+	X(cudaMemcpy3D_ptds, cudaError_t, (const struct cudaMemcpy3DParms *)) \
+	X(cudaMemcpy3DAsync, cudaError_t, (const struct cudaMemcpy3DParms *,  \
+					   cudaStream_t))                      \
+	X(cudaMemcpy3DAsync_ptsz, cudaError_t, (const struct cudaMemcpy3DParms *, \
+						cudaStream_t))                 \
+	X(cudaMemcpyPeer, cudaError_t, (void *, int, const void *, int, size_t)) \
+	X(cudaMemcpyPeerAsync, cudaError_t, (void *, int, const void *, int,   \
+					     size_t, cudaStream_t))            \
 	X(cudaStreamBeginCapture, cudaError_t, (cudaStream_t, enum cudaStreamCaptureMode)) \
 	X(cudaStreamBeginCapture_ptsz, cudaError_t, (cudaStream_t,            \
 		enum cudaStreamCaptureMode))                                  \
@@ -148,7 +182,9 @@
 	X(cudaStreamIsCapturing, cudaError_t, (cudaStream_t,                  \
 		enum cudaStreamCaptureStatus *))                              \
 	X(cudaStreamIsCapturing_ptsz, cudaError_t, (cudaStream_t,             \
-		enum cudaStreamCaptureStatus *))
+		enum cudaStreamCaptureStatus *))                              \
+	X(cudaArrayGetInfo, cudaError_t, (struct cudaChannelFormatDesc *,     \
+		struct cudaExtent *, unsigned int *, cudaArray_t))
 
 #define KV_DECLARE_REAL(name, ret, args) extern ret (*kv_real_##name) args;
 KV_DRIVER_HOOKS(KV_DECLARE_REAL)

@@ -147,19 +147,27 @@ MEMSET3D(cudaMemset3D_ptds, SYNC, SYNC)
 MEMSET3D(cudaMemset3DAsync, ASYNC_ARGS, ASYNC_PASS)
 MEMSET3D(cudaMemset3DAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
 
-/* Back the span pages a copy of kind k reads or writes. Returns 0 or the
- * policy's error. */
+/* The device sides of a copy of kind k: *dst and *src keep the pointers
+ * of those that are (cudaMemcpyDefault: both, judged by the pointer), and
+ * are 0 for a host side. */
+static void device_sides(enum cudaMemcpyKind k, CUdeviceptr *dst, CUdeviceptr *src)
+{
+	if (k != cudaMemcpyHostToDevice && k != cudaMemcpyDeviceToDevice &&
+	    k != cudaMemcpyDefault)
+		*dst = 0;
+	if (k != cudaMemcpyDeviceToHost && k != cudaMemcpyDeviceToDevice &&
+	    k != cudaMemcpyDefault)
+		*src = 0;
+}
+
+/* Back the span pages a copy of kind k reads or writes, both sides checked
+ * before either is backed. Returns 0 or the policy's error. */
 static int touch(void *dst, const void *src, size_t n, enum cudaMemcpyKind k)
 {
-	int rc;
+	struct kv_policy_box b[2] = { { .ptr = dptr(dst) }, { .ptr = dptr(src) } };
 
-	if ((k == cudaMemcpyHostToDevice || k == cudaMemcpyDeviceToDevice ||
-	     k == cudaMemcpyDefault) && (rc = kv_policy_touch(dptr(dst), n)) < 0)
-		return rc;
-	if ((k == cudaMemcpyDeviceToHost || k == cudaMemcpyDeviceToDevice ||
-	     k == cudaMemcpyDefault) && (rc = kv_policy_touch(dptr(src), n)) < 0)
-		return rc;
-	return 0;
+	device_sides(k, &b[0].ptr, &b[1].ptr);
+	return kv_policy_copy(b, 2, n, 1, 1);
 }
 
 #define MEMCPY(name, ARGS, PASS)                                            \
@@ -181,6 +189,118 @@ MEMCPY(cudaMemcpy, SYNC, SYNC)
 MEMCPY(cudaMemcpy_ptds, SYNC, SYNC)
 MEMCPY(cudaMemcpyAsync, ASYNC_ARGS, ASYNC_PASS)
 MEMCPY(cudaMemcpyAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
+
+/*
+ * 2D copies: every span page of the box each device side's rows span is
+ * backed first (see kv_policy_copy). A width past either pitch is the
+ * runtime's own refusal, cudaErrorInvalidPitchValue, whatever the height.
+ */
+#define MEMCPY2D(name, ARGS, PASS)                                          \
+cudaError_t kv_hook_##name(void *dst, size_t dp, const void *src, size_t sp, \
+			   size_t w, size_t h, enum cudaMemcpyKind k ARGS)  \
+{                                                                           \
+	struct kv_policy_box b[2] = { { .ptr = dptr(dst), .pitch = dp },    \
+				      { .ptr = dptr(src), .pitch = sp } };  \
+	cudaError_t e;                                                      \
+	int rc;                                                             \
+									    \
+	REAL_OR_FAIL(name);                                                 \
+	if (w > dp || w > sp)                                               \
+		return cudaErrorInvalidPitchValue;                          \
+	device_sides(k, &b[0].ptr, &b[1].ptr);                              \
+	rc = kv_policy_copy(b, 2, w, h, 1);                                 \
+	if (rc)                                                             \
+		return kv_hooks_rt_error(rc);                               \
+	CALL_REAL(e, kv_real_##name(dst, dp, src, sp, w, h, k PASS));       \
+	return e;                                                           \
+}
+
+MEMCPY2D(cudaMemcpy2D, SYNC, SYNC)
+MEMCPY2D(cudaMemcpy2D_ptds, SYNC, SYNC)
+MEMCPY2D(cudaMemcpy2DAsync, ASYNC_ARGS, ASYNC_PASS)
+MEMCPY2D(cudaMemcpy2DAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
+
+/*
+ * The bytes a row of a 3D copy moves, into *w: the extent's width, counted
+ * in bytes where no array takes part, else in the array's elements. Returns
+ * 0, or -1 where the element size cannot be had (the runtime then judges
+ * the copy).
+ */
+static int row_bytes(const struct cudaMemcpy3DParms *p, size_t *w)
+{
+	cudaArray_t arr = p->srcArray ? p->srcArray : p->dstArray;
+	struct cudaChannelFormatDesc d;
+	struct cudaExtent x;
+	unsigned int flags;
+	cudaError_t e;
+
+	*w = p->extent.width;
+	if (!arr)
+		return 0;
+	if (!kv_real_cudaArrayGetInfo)
+		return -1;
+	CALL_REAL(e, kv_real_cudaArrayGetInfo(&d, &x, &flags, arr));
+	if (e != cudaSuccess || d.x < 0 || d.y < 0 || d.z < 0 || d.w < 0)
+		return -1;
+	return __builtin_mul_overflow(p->extent.width,
+				      (size_t)(d.x + d.y + d.z + d.w) / 8, w) ? -1 : 0;
+}
+
+/* Back what a 3D copy's device sides cover (an array side is left alone).
+ * Returns 0 or the policy's error. */
+static int touch_3d(const struct cudaMemcpy3DParms *p)
+{
+	struct kv_policy_box b[2] = {
+		{ p->dstArray ? 0 : dptr(p->dstPtr.ptr), p->dstPos.x, p->dstPos.y,
+		  p->dstPos.z, p->dstPtr.pitch, p->dstPtr.ysize },
+		{ p->srcArray ? 0 : dptr(p->srcPtr.ptr), p->srcPos.x, p->srcPos.y,
+		  p->srcPos.z, p->srcPtr.pitch, p->srcPtr.ysize },
+	};
+	size_t w;
+
+	if (row_bytes(p, &w))
+		return 0;
+	device_sides(p->kind, &b[0].ptr, &b[1].ptr);
+	return kv_policy_copy(b, 2, w, p->extent.height, p->extent.depth);
+}
+
+#define MEMCPY3D(name, ARGS, PASS)                                          \
+cudaError_t kv_hook_##name(const struct cudaMemcpy3DParms *p ARGS)          \
+{                                                                           \
+	cudaError_t e;                                                      \
+	int rc;                                                             \
+									    \
+	REAL_OR_FAIL(name);                                                 \
+	rc = p ? touch_3d(p) : 0;                                           \
+	if (rc)                                                             \
+		return kv_hooks_rt_error(rc);                               \
+	CALL_REAL(e, kv_real_##name(p PASS));                               \
+	return e;                                                           \
+}
+
+MEMCPY3D(cudaMemcpy3D, SYNC, SYNC)
+MEMCPY3D(cudaMemcpy3D_ptds, SYNC, SYNC)
+MEMCPY3D(cudaMemcpy3DAsync, ASYNC_ARGS, ASYNC_PASS)
+MEMCPY3D(cudaMemcpy3DAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
+
+/* Peer copies: both sides are device memory, linear. */
+#define MEMCPY_PEER(name, ARGS, PASS)                                       \
+cudaError_t kv_hook_##name(void *dst, int dd, const void *src, int sd,      \
+			   size_t n ARGS)                                   \
+{                                                                           \
+	cudaError_t e;                                                      \
+	int rc;                                                             \
+									    \
+	REAL_OR_FAIL(name);                                                 \
+	rc = touch(dst, src, n, cudaMemcpyDeviceToDevice);                  \
+	if (rc)                                                             \
+		return kv_hooks_rt_error(rc);                               \
+	CALL_REAL(e, kv_real_##name(dst, dd, src, sd, n PASS));             \
+	return e;                                                           \
+}
+
+MEMCPY_PEER(cudaMemcpyPeer, SYNC, SYNC)
+MEMCPY_PEER(cudaMemcpyPeerAsync, ASYNC_ARGS, ASYNC_PASS)
 
 /* Stream-ordered allocations pass through: their pool is the driver's. */
 #define PASS_ALLOC(name)                                                    \

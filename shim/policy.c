@@ -198,6 +198,72 @@ int kv_policy_touch(CUdeviceptr ptr, size_t bytes)
 	return kv_alloc_pin(a, ptr, bytes);
 }
 
+/* The part of a span one side of a copy covers. */
+struct copy_run {
+	kv_alloc_t *a;          /* NULL: the side is in no span */
+	CUdeviceptr start;
+	size_t bytes;
+};
+
+/* Check one side of a copy (see kv_policy_copy) and say which bytes of
+ * which span it covers, in *r. Returns 0, or the error the driver's
+ * refusal means. */
+static int copy_side(const struct kv_policy_box *b, size_t width, size_t height,
+		     size_t depth, struct copy_run *r)
+{
+	CUdeviceptr base;
+	size_t off, size;
+	int rc;
+
+	r->a = NULL;
+	if (!b->ptr || !width || !height || !depth)
+		return 0;
+	if (__builtin_mul_overflow(b->z, b->ysize, &off) ||
+	    __builtin_add_overflow(off, b->y, &off) ||
+	    __builtin_mul_overflow(off, b->pitch, &off) ||
+	    __builtin_add_overflow(off, b->x, &off) ||
+	    __builtin_add_overflow(b->ptr, off, &r->start))
+		return owner(b->ptr, NULL, NULL) ? KVSHIM_EINVAL : 0;
+	r->a = owner(r->start, &base, &size);
+	if (!r->a)
+		r->a = owner(b->ptr, &base, &size);
+	if (!r->a)
+		return 0;
+	rc = box_bytes(r->start, 1, width, height, depth, b->pitch, b->ysize, &r->bytes);
+	if (rc)
+		return rc;
+	if (r->start < base || r->start - base >= size || r->bytes > size - (r->start - base))
+		return KVSHIM_ERANGE;
+	return 0;
+}
+
+int kv_policy_copy(const struct kv_policy_box *sides, size_t nsides, size_t width,
+		   size_t height, size_t depth)
+{
+	struct copy_run r[2];
+	size_t i;
+	int rc;
+
+	if (nsides > 2)
+		return KVSHIM_EINVAL;
+	for (i = 0; i < nsides; i++) {
+		rc = copy_side(&sides[i], width, height, depth, &r[i]);
+		if (rc)
+			return rc;
+	}
+	for (i = 0; i < nsides; i++) {
+		if (!r[i].a)
+			continue;
+		rc = kv_alloc_pin(r[i].a, r[i].start, r[i].bytes);
+		if (rc) {
+			kv_warn("cannot back %zu bytes at 0x%llx for a copy: %d", r[i].bytes,
+				(unsigned long long)r[i].start, rc);
+			return rc;
+		}
+	}
+	return 0;
+}
+
 void kv_policy_meminfo(size_t *free_bytes, size_t *total)
 {
 	const struct kv_config *c = kv_shim_settings();

@@ -69,6 +69,34 @@ int kv_policy_memset_pitched(CUdeviceptr ptr, size_t elem, size_t width,
  * past its span's end (nothing backed), or the allocator's error. */
 int kv_policy_touch(CUdeviceptr ptr, size_t bytes);
 
+/*
+ * One side of a copy, linear, 2D or 3D: where its pointer is and how its
+ * rows lie. A side that is no device memory (host memory, an array) is
+ * given as ptr 0.
+ */
+struct kv_policy_box {
+	CUdeviceptr ptr;        /* the side's pointer; 0: not device memory */
+	size_t x, y, z;         /* where the copy starts: bytes into a row, rows, slices */
+	size_t pitch;           /* bytes from one row to the next */
+	size_t ysize;           /* rows from one slice to the next */
+};
+
+/*
+ * A copy of depth slices of height rows of width bytes (a linear copy: one
+ * row of one slice) is about to read or write its sides: back and pin every
+ * span page of the box each side's rows span (a pin is no counter: copies
+ * never pile claims up). Each side lies in the span holding its first byte,
+ * or else the one holding its pointer; a side in no span is left alone.
+ * Every side is checked before any page is backed. Returns 0; KVSHIM_EINVAL
+ * where the driver would refuse the copy (sizes or offsets that overflow, a
+ * pitch narrower than a row of several, slices of fewer rows than the
+ * copy's), KVSHIM_ERANGE when a side's box runs past its span's end, and
+ * nothing backed; or the allocator's error for a page it could not back
+ * (logged; pages backed for the copy by then stay pinned).
+ */
+int kv_policy_copy(const struct kv_policy_box *sides, size_t nsides, size_t width,
+		   size_t height, size_t depth);
+
 /* Adjust the driver's free/total figures as KVSHIM_MEMINFO says. */
 void kv_policy_meminfo(size_t *free_bytes, size_t *total);
 
