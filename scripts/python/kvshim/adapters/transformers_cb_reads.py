@@ -51,11 +51,12 @@ KV_PAD_VAR = "KVSHIM_CB_KV_PAD"
 AUTO_READ_CAP = 64 * 1024        # auto, from a workload: at most this (tokens)
 AUTO_READ_SERVER = 64 * 1024     # auto, no workload known: at least this
 # A request admitted this long without its first token while the bound
-# that follows the share binds is starved by it: transformers' scheduler
-# spends the budget per batch on the requests before it (decoding first)
-# and skips one whose past tokens no longer fit (docs/BENCHMARKS.md,
-# session 34: an admitted request waited 10.3 s on an H200 with its blocks
-# held). Steps there took 20 to 40 ms, first tokens 0.05 to 0.5 s.
+# that follows the share binds is taken as starved by it: transformers'
+# scheduler spends the budget per batch on the requests before it
+# (decoding first) and skips one whose past tokens no longer fit (likely:
+# docs/BENCHMARKS.md, session 34, where an admitted request waited 10.3 s
+# on an H200 with its blocks held, the engine's steps beginning every 0.03
+# to 0.21 s and its other first tokens taking at most 0.5 s).
 STARVED_S = 0.5
 
 _NEEDED = frozenset(("io", "runner", "scheduler"))
