@@ -137,6 +137,13 @@ fail:
 	return rc;
 }
 
+void kv_group_locked(void (*fn)(void *), void *arg)
+{
+	pthread_mutex_lock(&lock);
+	fn(arg);
+	pthread_mutex_unlock(&lock);
+}
+
 /* The group behind id, lock held; NULL if none. */
 static struct group *get(int id)
 {

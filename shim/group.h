@@ -64,4 +64,8 @@ int kv_group_share_entitled(int id, size_t *bytes);
  * such group, or out NULL). */
 int kv_group_stats(int id, struct kvshim_stats *out);
 
+/* For tests: fn(arg) runs with the group table's lock held, as a call
+ * that another thread's fork could find in the middle of its work. */
+void kv_group_locked(void (*fn)(void *), void *arg);
+
 #endif /* KV_GROUP_H */

@@ -3,7 +3,13 @@
  * KV tensor of a group in one call, claims per block, all or nothing, and
  * the admission check.
  */
+#include <pthread.h>
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "blocked.h"
 
 #include "group.h"
 #include "policy.h"
@@ -220,6 +226,57 @@ START_TEST(test_copies_pin)
 }
 END_TEST
 
+/* The fork-while-locked test's threads. */
+static struct {
+	pid_t main_tid;
+	int held, forked;
+} fl;
+
+/* With the group lock held: until the main thread, forking, is blocked
+ * (on the lock, by a fork handler) or is back from its fork. */
+static void hold(void *arg)
+{
+	__atomic_store_n(&fl.held, 1, __ATOMIC_RELEASE);
+	kt_wait_blocked(fl.main_tid, &fl.forked);
+}
+
+static void *holder(void *arg)
+{
+	kv_group_locked(hold, NULL);
+	return NULL;
+}
+
+/*
+ * A fork by one thread while another holds the group table's lock: the
+ * child's group calls must not hang on a lock held by a thread it does not
+ * have, nor find the table half changed. The alarm bounds a hang.
+ */
+START_TEST(test_group_fork_while_locked)
+{
+	pthread_t t;
+	pid_t pid;
+	int st = -1;
+
+	fl.main_tid = getpid();
+	fl.held = fl.forked = 0;
+	ck_assert_int_eq(pthread_create(&t, NULL, holder, NULL), 0);
+	while (!__atomic_load_n(&fl.held, __ATOMIC_ACQUIRE))
+		sched_yield();
+	pid = fork();
+	if (pid == 0) {
+		alarm(20);      /* a bound on a hang, not a wait */
+		_exit(kv_group_destroy(g + 1000) == KVSHIM_EINVAL ? 0 : 3);
+	}
+	__atomic_store_n(&fl.forked, 1, __ATOMIC_RELEASE);
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	ck_assert_int_gt(pid, 0);
+	ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+	ck_assert_msg(WIFEXITED(st), "the child died of signal %d (14: it hung on the group lock)",
+		      WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+	ck_assert_int_eq(WEXITSTATUS(st), 0);
+}
+END_TEST
+
 Suite *group_suite(void)
 {
 	Suite *s = suite_create("group");
@@ -232,6 +289,7 @@ Suite *group_suite(void)
 	tcase_add_test(tc, test_group_bad_input);
 	tcase_add_test(tc, test_group_stale_span);
 	tcase_add_test(tc, test_copies_pin);
+	tcase_add_test(tc, test_group_fork_while_locked);
 	suite_add_tcase(s, tc);
 	return s;
 }

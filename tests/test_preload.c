@@ -380,6 +380,40 @@ START_TEST(test_dlclose)
 }
 END_TEST
 
+/* A module's constructor makes runtime calls while another thread's
+ * runtime look-up waits for the loader: neither its calls (call) nor a
+ * child it forks (fork) hang. */
+static void ctor_lookup(const char *mode)
+{
+	char lib[PATH_MAX + 16], real[PATH_MAX], kvctor[32];
+	const char *env[] = { kvctor, lib, NULL };
+
+	ck_assert_ptr_nonnull(realpath("tests/preload/libkvctor.so", real));
+	snprintf(lib, sizeof(lib), "KVCTOR_LIB=%s", real);
+	snprintf(kvctor, sizeof(kvctor), "KVCTOR=%s", mode);
+	expect_pass(PROG, "ctor-lookup", 1, env);
+}
+
+START_TEST(test_ctor_lookup)
+{
+	ctor_lookup("call");
+}
+END_TEST
+
+START_TEST(test_ctor_lookup_fork)
+{
+	ctor_lookup("fork");
+}
+END_TEST
+
+/* A fork while another thread's sweep holds kvshim's patching locks: the
+ * child's sweep does not hang. */
+START_TEST(test_fork_sweep)
+{
+	expect_pass(PROG, "fork-sweep", 1, NULL);
+}
+END_TEST
+
 Suite *preload_suite(void)
 {
 	Suite *s = suite_create("preload");
@@ -410,6 +444,9 @@ Suite *preload_suite(void)
 	kt_add_emu(tc, test_bad_config);
 	kt_add_emu(tc, test_set_device);
 	kt_add_emu(tc, test_set_device_filtered);
+	kt_add_emu(tc, test_ctor_lookup);
+	kt_add_emu(tc, test_ctor_lookup_fork);
+	kt_add_emu(tc, test_fork_sweep);
 	suite_add_tcase(s, tc);
 	tcase_set_timeout(late, 60);
 	if (kv_dev_is_emu()) {

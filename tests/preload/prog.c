@@ -8,11 +8,13 @@
  * (test_preload.c puts them in its own failure message).
  */
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <glob.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -21,6 +23,7 @@
 #include <cuda.h>
 #include <cuda_runtime_api.h>
 
+#include "blocked.h"
 #include "devmem.h"
 #include "kvshim.h"
 
@@ -814,6 +817,124 @@ static void case_late_next(void)
 	EXPECT(dlerror() != NULL);
 }
 
+/*
+ * A module's constructor (tests/preload/ctor.c, KVCTOR in the environment)
+ * makes runtime calls while another thread's first runtime call, looking
+ * the runtime up, waits for the loader's lock that the constructor's
+ * dlopen holds: the constructor's own calls (KVCTOR=call), or a child it
+ * forks (KVCTOR=fork), go through. The alarm bounds a hang.
+ */
+static void case_ctor_lookup(void)
+{
+	const char *path = getenv("KVCTOR_LIB");
+	int (*result)(void);
+	void *h;
+
+	alarm(30);      /* a bound on a hang, not a wait */
+	h = path ? dlopen(path, RTLD_NOW | RTLD_LOCAL) : NULL;
+	EXPECT(h != NULL);
+	if (!h)
+		return;
+	*(void **)&result = dlsym(h, "kvctor_result");
+	EXPECT(result != NULL);
+	if (result)
+		EXPECT(result() == 0);
+	alarm(0);
+}
+
+/* The fork-sweep case's threads. */
+static struct {
+	char path[96];          /* a module loaded from here, now a FIFO */
+	pid_t main_tid;
+	int writer;             /* the FIFO's write end, open */
+	int forking, forked;
+	int begin_rc;
+} sweep;
+
+/* kvshim's sweep (in kvshim_kv_begin) patching the new module: it blocks
+ * opening the module's file, now a FIFO, with its locks held. */
+static void *sweep_begin(void *arg)
+{
+	sweep.begin_rc = kv.begin();
+	kv.end();
+	return NULL;
+}
+
+/* Once the main thread forks (blocked, or back from fork), the FIFO goes
+ * and the sweep gets to its end. */
+static void *sweep_release(void *arg)
+{
+	while (!__atomic_load_n(&sweep.forking, __ATOMIC_ACQUIRE))
+		sched_yield();
+	kt_wait_blocked(sweep.main_tid, &sweep.forked);
+	unlink(sweep.path);
+	close(sweep.writer);
+	return NULL;
+}
+
+/*
+ * A fork while another thread's sweep patches modules (the sweep's lock and
+ * the GOT patcher's held): the child's own sweep, after it loads a module,
+ * must not hang on locks held by a thread it does not have. The sweep is
+ * held in place by the module's file having become a FIFO, which its
+ * reader blocks on; the alarm bounds a hang in the child.
+ */
+static void case_fork_sweep(void)
+{
+	const char *user = getenv("KVUSER_LIB");
+	pthread_t begin, release;
+	char buf[65536];
+	int in, out, st = -1;
+	ssize_t n;
+	pid_t pid;
+	void *h;
+
+	EXPECT(user != NULL);
+	if (!user)
+		return;
+	snprintf(sweep.path, sizeof(sweep.path), "/tmp/kvtest-sweep-%d.so", (int)getpid());
+	in = open(user, O_RDONLY | O_CLOEXEC);
+	out = open(sweep.path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0700);
+	EXPECT(in >= 0 && out >= 0);
+	while (in >= 0 && out >= 0 && (n = read(in, buf, sizeof(buf))) > 0)
+		EXPECT(write(out, buf, (size_t)n) == n);
+	close(in);
+	close(out);
+	h = dlopen(sweep.path, RTLD_NOW | RTLD_LOCAL);
+	EXPECT(h != NULL);
+	EXPECT(unlink(sweep.path) == 0 && mkfifo(sweep.path, 0600) == 0);
+	if (!h) {
+		unlink(sweep.path);
+		return;
+	}
+	sweep.main_tid = getpid();
+	EXPECT(pthread_create(&begin, NULL, sweep_begin, NULL) == 0);
+	/* returns once the sweep opened the FIFO: it holds its locks now */
+	sweep.writer = open(sweep.path, O_WRONLY | O_CLOEXEC);
+	EXPECT(sweep.writer >= 0);
+	EXPECT(pthread_create(&release, NULL, sweep_release, NULL) == 0);
+	__atomic_store_n(&sweep.forking, 1, __ATOMIC_RELEASE);
+	pid = fork();
+	if (pid == 0) {
+		void *u;
+		int ok;
+
+		alarm(20);      /* a bound on a hang, not a wait */
+		u = dlopen(user, RTLD_NOW | RTLD_LOCAL);
+		ok = u && kv.begin() == 0 && kv.end() == 0;
+		_exit(ok ? 0 : 3);
+	}
+	__atomic_store_n(&sweep.forked, 1, __ATOMIC_RELEASE);
+	EXPECT(pthread_join(release, NULL) == 0);
+	EXPECT(pthread_join(begin, NULL) == 0);
+	EXPECT(sweep.begin_rc == 0);
+	EXPECT(pid > 0 && waitpid(pid, &st, 0) == pid);
+	if (!WIFEXITED(st))
+		fprintf(stderr, "FAIL %s:%d: the child died of signal %d (14: it hung)\n",
+			__FILE__, __LINE__, WIFSIGNALED(st) ? WTERMSIG(st) : 0);
+	EXPECT(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+}
+
 static void case_expect_fails(void)
 {
 	EXPECT(1 + 1 == 3);
@@ -849,6 +970,8 @@ static const struct {
 	{ "set-device-filtered", case_set_device_filtered, 1 },
 	{ "free-async", case_free_async, 1 },
 	{ "late-next", case_late_next, 0 },
+	{ "ctor-lookup", case_ctor_lookup, 1 },
+	{ "fork-sweep", case_fork_sweep, 1 },
 };
 
 int main(int argc, char **argv)
