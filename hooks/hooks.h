@@ -208,8 +208,17 @@ KV_RUNTIME_HOOKS(KV_DECLARE_HOOK)
 int kv_hooks_driver(void);
 
 /* Resolve the runtime's real functions from the libcudart this process
- * loaded (once found). Returns 0 or -1 when none is loaded yet. */
+ * loaded (once found: the first look-up to finish sets them, for good).
+ * No lock of kvshim's is held while the loader is called, so it may run
+ * inside a library constructor, under the loader's lock. Returns 0 or -1
+ * when none is loaded yet. */
 int kv_hooks_runtime(void);
+
+/* The look-up's lock across fork (attach.c's handlers call them): taken
+ * before, let go after in the parent and in the child. */
+void kv_hooks_real_fork_prepare(void);
+void kv_hooks_real_fork_parent(void);
+void kv_hooks_real_fork_child(void);
 
 /* The wrapper standing for real function fn, or fn itself when it is not
  * hooked. What entry-point look-ups hand out. */
