@@ -74,22 +74,24 @@ static int count_adds(struct dl_phdr_info *info, size_t size, void *arg)
 	return 1;
 }
 
+/* The sweep's lock; the GOT patcher's is taken inside it. */
+static pthread_mutex_t sweep_lock = PTHREAD_MUTEX_INITIALIZER;
+
 int kv_hooks_sweep(void)
 {
 	static unsigned long long seen;
-	static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 	unsigned long long adds = 0;
 	int n = 0;
 
 	dl_iterate_phdr(count_adds, &adds);
 	if (adds == __atomic_load_n(&seen, __ATOMIC_ACQUIRE))
 		return 0;
-	pthread_mutex_lock(&lock);
+	pthread_mutex_lock(&sweep_lock);
 	if (adds != seen) {
 		n = kv_hooks_attach(1);
 		__atomic_store_n(&seen, adds, __ATOMIC_RELEASE);
 	}
-	pthread_mutex_unlock(&lock);
+	pthread_mutex_unlock(&sweep_lock);
 	return n < 0 ? 0 : n;
 }
 
@@ -106,8 +108,32 @@ static int preloaded(void)
 	return strstr(list, base) != NULL;
 }
 
+/*
+ * A fork waits for the hooks' locks, in the order they nest (the sweep's,
+ * then the GOT patcher's; the runtime look-up's is taken under neither), so
+ * that the child has every one free and nothing half patched or half
+ * published, whatever its parent's other threads were doing. None of them
+ * is held across a call that waits for another thread.
+ */
+static void prepare(void)
+{
+	pthread_mutex_lock(&sweep_lock);
+	kv_got_fork_prepare();
+	kv_hooks_real_fork_prepare();
+}
+
+static void parent(void)
+{
+	kv_hooks_real_fork_parent();
+	kv_got_fork_parent();
+	pthread_mutex_unlock(&sweep_lock);
+}
+
 static void child(void)
 {
+	kv_hooks_real_fork_child();
+	kv_got_fork_child();
+	pthread_mutex_unlock(&sweep_lock);
 	kv_shim_forked();
 }
 
@@ -115,7 +141,7 @@ __attribute__((constructor)) static void attach(void)
 {
 	int n;
 
-	pthread_atfork(NULL, NULL, child);
+	pthread_atfork(prepare, parent, child);
 	kv_shim_set_sweep(kv_hooks_sweep);
 	if (preloaded()) {
 		kv_hooks_attach(0);

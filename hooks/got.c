@@ -679,6 +679,21 @@ static int all_cb(struct dl_phdr_info *info, size_t size, void *arg)
 	return 0;
 }
 
+void kv_got_fork_prepare(void)
+{
+	pthread_mutex_lock(&lock);
+}
+
+void kv_got_fork_parent(void)
+{
+	pthread_mutex_unlock(&lock);
+}
+
+void kv_got_fork_child(void)
+{
+	pthread_mutex_unlock(&lock);
+}
+
 int kv_got_patch_all(const void *self, const char *const *skip,
 		     const struct kv_got_hook *hooks, size_t n)
 {

@@ -58,4 +58,12 @@ int kv_got_patch_object(const char *path, uintptr_t load_base,
 int kv_got_patch_all(const void *self, const char *const *skip,
 		     const struct kv_got_hook *hooks, size_t n);
 
+/* The lock across fork, for the caller's pthread_atfork handlers (attach.c):
+ * taken before fork, so that no child starts with a patch half done or the
+ * lock held by a thread it does not have; let go after, in the parent and
+ * in the child. */
+void kv_got_fork_prepare(void);
+void kv_got_fork_parent(void);
+void kv_got_fork_child(void);
+
 #endif /* KV_GOT_H */

@@ -47,6 +47,31 @@ struct part {
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static struct group **groups;   /* groups[id - 1], NULL when free */
 static size_t ngroups;
+static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
+
+/* A fork waits for the table's lock: a child must neither find it held by
+ * a thread it does not have nor the table half grown. */
+static void fork_prepare(void)
+{
+	pthread_mutex_lock(&lock);
+}
+
+static void fork_parent(void)
+{
+	pthread_mutex_unlock(&lock);
+}
+
+static void fork_init(void)
+{
+	pthread_atfork(fork_prepare, fork_parent, fork_parent);
+}
+
+/* Take the table's lock, its fork handlers registered first. */
+static void lock_table(void)
+{
+	pthread_once(&fork_once, fork_init);
+	pthread_mutex_lock(&lock);
+}
 
 static void group_free(struct group *g)
 {
@@ -114,7 +139,7 @@ int kv_group_create(void *const *bases, size_t ntensors, size_t block_bytes,
 	if (rc)
 		goto fail;
 
-	pthread_mutex_lock(&lock);
+	lock_table();
 	for (i = 0; i < ngroups && slot < 0; i++)
 		if (!groups[i])
 			slot = (int)i;
@@ -139,7 +164,7 @@ fail:
 
 void kv_group_locked(void (*fn)(void *), void *arg)
 {
-	pthread_mutex_lock(&lock);
+	lock_table();
 	fn(arg);
 	pthread_mutex_unlock(&lock);
 }
@@ -154,7 +179,7 @@ int kv_group_destroy(int id)
 {
 	struct group *g;
 
-	pthread_mutex_lock(&lock);
+	lock_table();
 	g = get(id);
 	if (g)
 		groups[id - 1] = NULL;
@@ -311,7 +336,7 @@ static int apply(int id, const long long *blocks, size_t n, int op)
 		return KVSHIM_EINVAL;
 	if (n == 0)
 		return op == FITS ? 1 : 0;
-	pthread_mutex_lock(&lock);
+	lock_table();
 	g = get(id);
 	rc = g ? ranges(g, blocks, n, &r, parts, &nparts) : KVSHIM_EINVAL;
 	pthread_mutex_unlock(&lock);
@@ -359,7 +384,7 @@ static int group_parts(int id, struct part *parts, size_t *nparts,
 {
 	struct group *g;
 
-	pthread_mutex_lock(&lock);
+	lock_table();
 	g = get(id);
 	if (g) {
 		if (block_bytes)
