@@ -4419,6 +4419,29 @@ class ReadBudgetTest(unittest.TestCase):
         sched.active_requests = {"e": late}
         self.assertEqual(self.pass_with(p, 1000), 16000)
 
+    def test_read_raised_to_r_stays_while_the_request_starves(self):
+        # the guard raises the bound to the blocks in use; where they hold R
+        # or more the bound is R, and the request still waiting for its
+        # first token must keep it pass by pass, not fall back to the share
+        # for another STARVED_S (its admission time forgotten)
+        p = self.build()
+        sched, cache = p.scheduler, p.cache
+        for _ in range(6000):                      # 96000 tokens in use: past R
+            cache._block_manager._uninit_block_ids.popleft()
+        first = request("a", 500, 100)
+        first.generated_tokens = []
+        sched.active_requests = {"a": first}
+        t = 10.0
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t), 16000)
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S), 65536)
+        for dt in (0.01, 0.1, reads.STARVED_S / 2):
+            self.assertEqual(reads.follow_share(cache, sched, 1000,
+                                                now=t + reads.STARVED_S + dt), 65536)
+        # its first token given: the share again, and it is forgotten
+        first.generated_tokens = [1]
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 5), 16000)
+        self.assertEqual(cache.kvshim_admitted_at, {})
+
     def test_read_follows_the_share_on_the_padding(self):
         # transformers pads a batch's KV read to its interval (1024 here),
         # at most num_pages, and keys a CUDA graph on the padded size,
