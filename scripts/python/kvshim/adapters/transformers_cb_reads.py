@@ -344,10 +344,12 @@ def follow_share(cache, scheduler, entitled, now=None):
     seen = getattr(cache, "kvshim_admitted_at", None)
     if seen is None:
         seen = cache.kvshim_admitted_at = {}
+    binds = False
     if entitled is not None:
         block = int(cache.block_size)
         cap = max(int(entitled) * block, block)
-        if cap < read:
+        binds = cap < read
+        if binds:
             now = time.monotonic() if now is None else now
             most, starved, live = 0, False, set()
             for queue in ("active_requests", "waiting_requests"):
@@ -370,7 +372,10 @@ def follow_share(cache, scheduler, entitled, now=None):
             if most > cap:
                 cap = -(-most // step) * step if step else most
         cap = min(cap, read)
-    if cap >= read:
+    # the share binding no more: what was seen is forgotten (not when the
+    # guard raised the bound to R, or a request still starving would wait
+    # STARVED_S again at the share)
+    if not binds:
         seen.clear()
     cache.num_pages = cap
     return cap
