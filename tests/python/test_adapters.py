@@ -4442,6 +4442,29 @@ class ReadBudgetTest(unittest.TestCase):
         self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 5), 16000)
         self.assertEqual(cache.kvshim_admitted_at, {})
 
+    def test_read_guard_spares_a_prefill_going_on(self):
+        # a long prompt prefilled in chunks (transformers' PREFILLING_SPLIT)
+        # has no first token for many passes while it moves on each: it is
+        # not starved, and the bound stays the share; stalled, it is
+        p = self.build()
+        sched, cache = p.scheduler, p.cache
+        for _ in range(3000):                      # 48000 tokens in use
+            cache._block_manager._uninit_block_ids.popleft()
+        long = request("a", 500, 100)
+        long.generated_tokens = []
+        long.position_offset = 0
+        sched.active_requests = {"a": long}
+        t = 10.0
+        for i in range(10):
+            long.position_offset = 256 * i
+            self.assertEqual(reads.follow_share(cache, sched, 1000,
+                                                now=t + i * reads.STARVED_S / 2), 16000)
+        stalled = t + 9 * reads.STARVED_S / 2
+        self.assertEqual(reads.follow_share(cache, sched, 1000,
+                                            now=stalled + reads.STARVED_S / 2), 16000)
+        self.assertEqual(reads.follow_share(cache, sched, 1000,
+                                            now=stalled + reads.STARVED_S), 48128)
+
     def test_read_follows_the_share_on_the_padding(self):
         # transformers pads a batch's KV read to its interval (1024 here),
         # at most num_pages, and keys a CUDA graph on the padded size,
