@@ -333,7 +333,8 @@ def follow_share(cache, scheduler, entitled, now=None):
     budget chosen by kvshim (auto): a number set by the operator stands.
     A request the scheduler admitted (it holds blocks) is never starved by
     the bound: one without its first token STARVED_S after the adapter
-    first saw it admitted raises the bound, pass by pass while it starves,
+    first saw it admitted, or saw its prefill move on (position_offset,
+    where transformers keeps it), raises the bound, pass by pass while it starves,
     to what every admitted request reads (the blocks in use), so that
     transformers schedules them all (now: time.monotonic(), for tests).
     Returns the bound, or None where it does not apply."""
@@ -358,7 +359,13 @@ def follow_share(cache, scheduler, entitled, now=None):
                     if queue == "active_requests" and _no_token_yet(state):
                         rid = state.request_id
                         live.add(rid)
-                        starved |= now - seen.setdefault(rid, now) >= STARVED_S
+                        # a prefill in chunks moves on: counted from its last move
+                        at = getattr(state, "position_offset", None)
+                        since, was = seen.get(rid, (now, at))
+                        if at != was:
+                            since = now
+                        seen[rid] = (since, at)
+                        starved |= now - since >= STARVED_S
             for rid in [r for r in seen if r not in live]:
                 del seen[rid]
             if starved:
