@@ -283,6 +283,16 @@ static void case_memcpy_2d(void)
 	EXPECT(cudaMemcpyPeerAsync(kv2 + 31 * MB, dev, kvp + 13 * PG, dev, 2 * MB, 0) ==
 	       cudaErrorInvalidValue);
 	EXPECT(stats().mapped_bytes == before);
+	/* a copy kvshim has no part in is the runtime's to judge, and its
+	 * refusal is the runtime's own: recorded as the last error, and an
+	 * unknown kind named before a pitch */
+	(void)cudaGetLastError();
+	EXPECT(cudaMemcpy2D(host, 32, host + 128, 64, 64, 2, cudaMemcpyHostToHost) ==
+	       cudaErrorInvalidPitchValue);
+	EXPECT(cudaGetLastError() == cudaErrorInvalidPitchValue);
+	EXPECT(cudaMemcpy2D(host, 32, host + 128, 64, 64, 2, (enum cudaMemcpyKind)42) ==
+	       cudaErrorInvalidMemcpyDirection);
+	EXPECT(cudaGetLastError() == cudaErrorInvalidMemcpyDirection);
 	EXPECT(cudaFree(kvp) == cudaSuccess);
 	EXPECT(cudaFree(kv2) == cudaSuccess);
 }
