@@ -192,8 +192,10 @@ MEMCPY(cudaMemcpyAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
 
 /*
  * 2D copies: every span page of the box each device side's rows span is
- * backed first (see kv_policy_copy). A width past either pitch is the
- * runtime's own refusal, cudaErrorInvalidPitchValue, whatever the height.
+ * backed first (see kv_policy_copy). A width past either pitch is left to
+ * the runtime, nothing backed: its refusal (cudaErrorInvalidPitchValue,
+ * after the checks it makes first) is its own, and recorded as its last
+ * error.
  */
 #define MEMCPY2D(name, ARGS, PASS)                                          \
 cudaError_t kv_hook_##name(void *dst, size_t dp, const void *src, size_t sp, \
@@ -205,12 +207,12 @@ cudaError_t kv_hook_##name(void *dst, size_t dp, const void *src, size_t sp, \
 	int rc;                                                             \
 									    \
 	REAL_OR_FAIL(name);                                                 \
-	if (w > dp || w > sp)                                               \
-		return cudaErrorInvalidPitchValue;                          \
-	device_sides(k, &b[0].ptr, &b[1].ptr);                              \
-	rc = kv_policy_copy(b, 2, w, h, 1);                                 \
-	if (rc)                                                             \
-		return kv_hooks_rt_error(rc);                               \
+	if (w <= dp && w <= sp) {                                           \
+		device_sides(k, &b[0].ptr, &b[1].ptr);                      \
+		rc = kv_policy_copy(b, 2, w, h, 1);                         \
+		if (rc)                                                     \
+			return kv_hooks_rt_error(rc);                       \
+	}                                                                   \
 	CALL_REAL(e, kv_real_##name(dst, dp, src, sp, w, h, k PASS));       \
 	return e;                                                           \
 }
