@@ -1126,6 +1126,7 @@ def pct(xs, p):
 
 LONG_STEP = 4.0     # a step this many times its engine's median step is long
 WORST = 3           # the longest TTFTs shown per model and configuration
+ADMITTED_S = 0.5    # a first token this long after admission is counted
 
 
 def long_steps(engines, name):
@@ -1393,6 +1394,10 @@ def summarize(results, traces):
                     "wait_p99": pct(waits, 99),
                     "prefill_p99": pct([r["ttft"] - r["wait"] for r in good
                                         if r["wait"] is not None], 99),
+                    # admission to first token (TTFT less the queue wait;
+                    # one started again after its first token left out)
+                    "admitted": [r["ttft"] - r["wait"] for r in good
+                                 if r["wait"] is not None and r["wait"] <= r["ttft"]],
                     "kv_slow": sum(x.get("slow", 0) for x in tracker),
                     "kv_worst": max([x.get("worst", 0.0) for x in tracker] or [0.0]),
                     "kv_busy": sum(x.get("busy", 0.0) for x in tracker),
@@ -1552,6 +1557,20 @@ def print_tables(table, traces, results, args):
             print("| %s | %s | %s |" % (name, cname, ", ".join(
                 "%.3f (%.2f%s)" % (w[0], w[1], "; %.3f" % w[3] if w[3] else "")
                 for w in t["worst"])))
+        print("\nadmitted, then waiting, trace %s: the requests whose first token came more than "
+              "%.1f s after their engine admitted them (TTFT less the queue wait; those started "
+              "again after their first token left out), how many and the longest (an admitted "
+              "request waits for the scheduler's budget per batch, which under kvshim may be "
+              "below what the admitted requests read: docs/BENCHMARKS.md, session 34)"
+              % (label, ADMITTED_S))
+        print("| model | config | requests | over %.1f s after admission | longest s |"
+              % ADMITTED_S)
+        print("|---|---|---|---|---|")
+        for name, cname, t in cells(table, label, results, ORDER + ("all",)):
+            a = t["admitted"]
+            print("| %s | %s | %d | %d | %s |" % (
+                name, cname, len(a), sum(x > ADMITTED_S for x in a),
+                "%.3f" % max(a) if a else "-"))
         print("\nCUDA graphs, trace %s: the requests whose engine began capturing a graph "
               "between their arrival and their first token, and the p99 TTFT of the others "
               "against the p99 of all (a capture is transformers' doing, alike in every "
