@@ -70,6 +70,8 @@ struct kv_fair_in {
 	uint64_t demand;
 	uint64_t unused;         /* at most held less idle */
 	uint64_t min, max;       /* max 0: none; min at most max */
+	uint64_t limit;          /* its KVSHIM_LIMIT, the most it can hold;
+				  * 0: none */
 	uint64_t order;          /* its slot: breaks ties alike in every
 				  * member's plan */
 };

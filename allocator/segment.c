@@ -198,7 +198,6 @@ void kv_seg_fair_in(const struct kv_seg_fig *f, unsigned slot, struct kv_fair_in
 void kv_seg_clear(struct kv_share_slot *sl)
 {
 	uint64_t seq = LOAD(&sl->seq) | 1;
-	unsigned i;
 
 	STORE(&sl->seq, seq);
 	STORE(&sl->state, KV_SLOT_FREE);
@@ -219,8 +218,7 @@ void kv_seg_clear(struct kv_share_slot *sl)
 	STORE(&sl->demand, 0);
 	STORE(&sl->asked, 0);
 	STORE(&sl->unused, 0);
-	for (i = 0; i < sizeof(sl->spare) / sizeof(sl->spare[0]); i++)
-		STORE(&sl->spare[i], 0);
+	STORE(&sl->limit, 0);
 	memset(sl->cmd, 0, sizeof(sl->cmd));
 	STORE(&sl->seq, seq + 1);
 }

@@ -96,7 +96,8 @@ struct kv_share_slot {
 	uint64_t unused;         /* of what it uses, the bytes of pages only
 				  * blocks no request uses claim (an engine's
 				  * prefix cache), as it stated them */
-	uint64_t spare[1];       /* zero; a newer minor may use it */
+	/* minor 4 (0 in a slot of an older minor: none) */
+	uint64_t limit;          /* its KVSHIM_LIMIT: the most it can hold */
 };
 
 struct kv_share {
@@ -274,6 +275,8 @@ struct kv_share_proc {
 	uint64_t min, max, last_ns, trim_request, trimmed;
 	uint64_t weight, demand, asked;   /* as its slot says (bounded) */
 	uint64_t unused;         /* as its slot says, at most what it uses */
+	uint64_t limit;          /* as its slot says, at most the budget; 0:
+				  * none (a slot of an older minor) */
 	uint64_t share, gap;     /* the rule's, from the figures read (fair.h) */
 	uint64_t most;           /* the rule's: the most it may use now, while
 				  * another waits below its share

@@ -184,7 +184,7 @@ int kt_in_child(int (*fn)(void *), void *arg, int secs, char *err, size_t len)
 }
 
 static void member_start(struct kt_member *m, size_t budget, size_t min, size_t pages,
-			 size_t demand)
+			 size_t demand, size_t limit)
 {
 	int to[2], from[2], st = 0;
 	char c = 0;
@@ -196,12 +196,15 @@ static void member_start(struct kt_member *m, size_t budget, size_t min, size_t 
 	m->pid = fork();
 	ck_assert_int_ge(m->pid, 0);
 	if (m->pid == 0) {
+		struct kv_alloc_opts o;
 		kv_alloc_t *b = NULL;
 		CUdeviceptr d;
 
 		close(to[1]);
 		close(from[0]);
-		KT_CHILD_CHECK(kt_mk(budget, min, 0, 0, 0, &b) == 0);
+		kt_share_opts(&o, budget, min, 0, 1, 0, 0);
+		o.limit = limit;
+		KT_CHILD_CHECK(kv_alloc_create(&o, &b) == 0);
 		KT_CHILD_CHECK(kv_alloc_reserve(b, 32 * PG, &d) == 0);
 		if (pages)
 			KT_CHILD_CHECK(kv_alloc_map(b, d, pages * PG) == 0);
@@ -228,12 +231,18 @@ static void member_start(struct kt_member *m, size_t budget, size_t min, size_t 
 
 void kt_member_start(struct kt_member *m, size_t budget, size_t min, size_t pages)
 {
-	member_start(m, budget, min, pages, 0);
+	member_start(m, budget, min, pages, 0, 0);
 }
 
 void kt_member_waiting(struct kt_member *m, size_t budget, size_t pages, size_t demand)
 {
-	member_start(m, budget, 0, pages, demand);
+	member_start(m, budget, 0, pages, demand, 0);
+}
+
+void kt_member_limited(struct kt_member *m, size_t budget, size_t limit, size_t pages,
+		       size_t demand)
+{
+	member_start(m, budget, 0, pages, demand, limit);
 }
 
 int kt_member_leave(struct kt_member *m)

@@ -79,6 +79,11 @@ void kt_member_start(struct kt_member *m, size_t budget, size_t min, size_t page
 /* kt_member_start, the member then stating demand bytes it waits for. */
 void kt_member_waiting(struct kt_member *m, size_t budget, size_t pages, size_t demand);
 
+/* kt_member_waiting for a member whose KVSHIM_LIMIT is limit bytes (0:
+ * the default, the device's memory). */
+void kt_member_limited(struct kt_member *m, size_t budget, size_t limit, size_t pages,
+		       size_t demand);
+
 /* Ask a member to leave (close its allocator and exit). Returns its exit
  * status (0: it left cleanly). */
 int kt_member_leave(struct kt_member *m);

@@ -495,6 +495,78 @@ START_TEST(test_fair_plan_entitled)
 END_TEST
 
 /*
+ * A process's limit (KVSHIM_LIMIT) is a ceiling too, the smaller of the two
+ * where both are set: a process can never hold more, so what it cannot
+ * hold goes to the others, by weight, in its share, its claim, what it is
+ * entitled to and the others' bounds; nobody is asked to give back for
+ * memory it could never map. A limit of 0 (a slot of an older minor) is
+ * none.
+ */
+START_TEST(test_fair_plan_limited)
+{
+	struct kv_fair_in in[3] = { proc(1, 0, B), proc(1, 0, B), proc(1, 0, B) };
+	struct kv_fair_out out[3];
+	struct kv_fair_sums sums;
+
+	/* everyone waits for all: the limited one's share and claim are its
+	 * 4 pages, the other two share 20 */
+	in[0].limit = 4 * PG;
+	plan(in, 3, out, &sums);
+	ck_assert_uint_eq(out[0].share, 4 * PG);
+	ck_assert_uint_eq(out[0].gap, 4 * PG);
+	ck_near(out[1].share, 10 * PG);
+	ck_near(out[2].share, 10 * PG);
+	/* entitled: the same split, whatever they want now */
+	ck_assert_uint_eq(kv_fair_entitled(B, in, 3, 0), 4 * PG);
+	ck_near(kv_fair_entitled(B, in, 3, 1), 10 * PG);
+	ck_near(kv_fair_entitled(B, in, 3, 2), 10 * PG);
+	/* the smaller of its ceiling (KVSHIM_MAX) and its limit */
+	in[0].max = 6 * PG;
+	ck_assert_uint_eq(kv_fair_entitled(B, in, 3, 0), 4 * PG);
+	plan(in, 3, out, NULL);
+	ck_assert_uint_eq(out[0].share, 4 * PG);
+	in[0].max = 3 * PG;
+	ck_assert_uint_eq(kv_fair_entitled(B, in, 3, 0), 3 * PG);
+	ck_near(kv_fair_entitled(B, in, 3, 1), 21 * PG / 2);
+	plan(in, 3, out, NULL);
+	ck_assert_uint_eq(out[0].share, 3 * PG);
+	in[0].max = 0;
+	/* a limit above the budget bounds nothing */
+	in[0].limit = 2 * B;
+	ck_near(kv_fair_entitled(B, in, 3, 0), B / 3);
+	/* no limit (0: a slot of an older minor): as before */
+	in[0].limit = 0;
+	plan(in, 3, out, NULL);
+	ck_near(out[0].share, B / 3);
+	ck_near(kv_fair_entitled(B, in, 3, 0), B / 3);
+	ck_near(kv_fair_entitled(B, in, 3, 1), B / 3);
+
+	/* one uses 20 pages, the other (limit 4 pages) holds 2 and waits for
+	 * the whole budget: it may claim only the 2 pages it can still hold,
+	 * which the free budget covers; nobody is asked (without the limit:
+	 * a share of 12, a claim of 10, and the first asked for 8) */
+	in[0] = proc(1, 20 * PG, 0);
+	in[1] = proc(1, 2 * PG, B);
+	in[1].limit = 4 * PG;
+	plan(in, 2, out, &sums);
+	ck_assert_uint_eq(out[1].share, 4 * PG);
+	ck_assert_uint_eq(out[1].gap, 2 * PG);
+	ck_assert_uint_eq(out[0].asked, 0);
+	ck_assert_uint_eq(sums.asked, 0);
+	ck_near(out[0].share, 20 * PG);
+	/* and the first may use what the other cannot hold while it waits */
+	ck_near(kv_fair_most(B, in, 2, 0), 20 * PG);
+	ck_near(kv_fair_bound(B, in, 2, 0, out, &sums), 20 * PG);
+	ck_near(kv_fair_entitled(B, in, 2, 0), 20 * PG);
+	ck_assert_uint_eq(kv_fair_entitled(B, in, 2, 1), 4 * PG);
+	in[1].limit = 0;
+	plan(in, 2, out, &sums);
+	ck_near(out[1].gap, 10 * PG);
+	ck_near(out[0].asked, 8 * PG);
+}
+END_TEST
+
+/*
  * The bound a plan puts on process i (kv_fair_bound): none while no other
  * process waits below its share (its own wait is no bound on it), else
  * kv_fair_most's (never less than its share), its floor kept.
@@ -1559,6 +1631,91 @@ START_TEST(test_fair_entitled_members)
 }
 END_TEST
 
+/* The reader's entry for pid in in, failing the test if there is none. */
+static const struct kv_share_proc *proc_of(const struct kv_share_info *in, pid_t pid)
+{
+	unsigned i;
+
+	for (i = 0; i < in->nprocs && in->proc[i].pid != pid; i++)
+		;
+	ck_assert_msg(i < in->nprocs, "process %d is not in the segment", (int)pid);
+	return &in->proc[i];
+}
+
+/*
+ * Two processes through the segment, one with KVSHIM_LIMIT (4 pages) below
+ * its share: it publishes the limit in its slot, and every member and
+ * reader counts it as its ceiling. This one uses 20 pages of 24; the
+ * limited one holds 2 and waits for the whole budget: it is entitled to,
+ * and claims, only what it can hold, and this one, entitled to the rest,
+ * is asked for nothing (without the limit in the segment: 12 pages each,
+ * and this one asked for 8). A slot of an older minor (limit 0) counts as
+ * without a limit; a limit out of range is bounded by the budget.
+ */
+START_TEST(test_fair_limited_member)
+{
+	const struct kv_share_proc *me, *lim;
+	const struct kv_share_info *in;
+	struct kv_share *sh;
+	struct kt_member m;
+	kv_alloc_t *a;
+	CUdeviceptr s;
+	int k;
+
+	kt_new_pool();
+	a = kt_make(B, 0, 0, 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s, 20 * PG), 0);
+	kt_member_limited(&m, B, 4 * PG, 2, B);
+	ck_assert_uint_eq(kv_alloc_asked(a), 0);
+	ck_assert_uint_eq(kv_alloc_entitled(a), 20 * PG);
+	in = kt_seg_read(0);
+	me = proc_of(in, getpid());
+	lim = proc_of(in, m.pid);
+	ck_assert_uint_eq(lim->limit, 4 * PG);
+	ck_assert_uint_eq(lim->entitled, 4 * PG);
+	ck_assert_uint_eq(lim->share, 4 * PG);
+	ck_assert_uint_eq(lim->gap, 2 * PG);
+	ck_assert_int_eq(lim->clamped, 0);
+	ck_assert_uint_eq(me->entitled, 20 * PG);
+	ck_assert_uint_eq(me->most, 20 * PG);
+	ck_assert_uint_eq(me->asked, 0);
+	/* its own limit (the device's memory) is above the budget: bounded */
+	ck_assert_uint_eq(me->limit, B);
+
+	/* the member's slot as an older minor's: no limit */
+	sh = kt_seg_map();
+	k = kt_slot_of(sh, m.pid);
+	ck_assert(k >= 0);
+	__atomic_store_n(&sh->slot[k].limit, 0, __ATOMIC_SEQ_CST);
+	in = kt_seg_read(0);
+	lim = proc_of(in, m.pid);
+	ck_assert_uint_eq(lim->limit, 0);
+	ck_near(lim->entitled, B / 2);
+	ck_near(proc_of(in, getpid())->entitled, B / 2);
+	ck_near(kv_alloc_entitled(a), B / 2);
+	ck_assert_uint_eq(kv_alloc_asked(a), 8 * PG);
+	/* a limit out of range (a lie, or a damaged slot): at most the
+	 * budget, so none; never a wrap */
+	__atomic_store_n(&sh->slot[k].limit, UINT64_MAX, __ATOMIC_SEQ_CST);
+	in = kt_seg_read(0);
+	lim = proc_of(in, m.pid);
+	ck_assert_uint_eq(lim->limit, B);
+	ck_near(lim->entitled, B / 2);
+	ck_near(kv_alloc_entitled(a), B / 2);
+	/* its limit again: this one's 20 pages are its own once more */
+	__atomic_store_n(&sh->slot[k].limit, 4 * PG, __ATOMIC_SEQ_CST);
+	ck_assert_uint_eq(kv_alloc_asked(a), 0);
+	ck_assert_uint_eq(kv_alloc_entitled(a), 20 * PG);
+	kt_seg_unmap(sh);
+	ck_assert_int_eq(kt_member_leave(&m), 0);
+	ck_assert_int_eq(kv_alloc_release(a, s), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
 /* Unused pages stated by an adapter show in the segment, at most what the
  * process uses, and lapse. */
 START_TEST(test_fair_unused_stated)
@@ -2082,6 +2239,7 @@ Suite *fair_suite(void)
 	tcase_add_test(rule, test_fair_plan_reserve);
 	tcase_add_test(rule, test_fair_plan_most);
 	tcase_add_test(rule, test_fair_plan_entitled);
+	tcase_add_test(rule, test_fair_plan_limited);
 	tcase_add_test(rule, test_fair_plan_bound);
 	tcase_add_test(rule, test_fair_plan_bounds);
 	suite_add_tcase(s, rule);
@@ -2102,6 +2260,7 @@ Suite *fair_suite(void)
 	kt_add_emu(tc, test_fair_at_share_kept);
 	kt_add_emu(tc, test_fair_demand_stated);
 	kt_add_emu(tc, test_fair_entitled_members);
+	kt_add_emu(tc, test_fair_limited_member);
 	kt_add_emu(tc, test_fair_unused_stated);
 	kt_add_emu(tc, test_fair_unused_asked);
 	kt_add_emu(tc, test_fair_unused_split_ask);

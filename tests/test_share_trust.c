@@ -1145,8 +1145,8 @@ END_TEST
 
 /* ---- versions ------------------------------------------------------------------- */
 
-/* A newer minor, with its spare fields used, is joined; another major is
- * refused with both versions named. */
+/* A newer minor, with its spare fields used, is joined, and an older one;
+ * another major is refused with both versions named. */
 START_TEST(test_share_versions)
 {
 	struct join j = { 0600, 4, 0 };
@@ -1164,10 +1164,24 @@ START_TEST(test_share_versions)
 	sh->flags = 0xffffffffu;
 	for (i = 0; i < sizeof(sh->spare) / sizeof(sh->spare[0]); i++)
 		sh->spare[i] = 0x5a5a5a5a5a5a5a5aull;
+	/* (a slot has no spare field left since minor 4: its last is the
+	 * limit, which a member's junk cannot pass the budget with) */
 	for (i = 0; i < KV_SHARE_SLOTS; i++)
-		memset(sh->slot[i].spare, 0x5a, sizeof(sh->slot[i].spare));
+		sh->slot[i].limit = 0x5a5a5a5a5a5a5a5aull;
 	assert_joins(&j);
 	ck_assert_uint_eq(kt_seg_read(0)->minor, KV_SHARE_MINOR + 7);
+	ck_assert_uint_eq(kt_seg_read(0)->nprocs, 1);
+	ck_assert_uint_eq(kt_seg_read(0)->proc[0].limit, 16 * PG);
+	ck_assert_uint_eq(kt_seg_read(0)->proc[0].entitled, 16 * PG);
+	/* an older minor's (its slots' limits zero: none) is joined too */
+	sh->minor = KV_SHARE_MINOR - 1;
+	for (i = 0; i < KV_SHARE_SLOTS; i++)
+		sh->slot[i].limit = 0;
+	assert_joins(&j);
+	ck_assert_uint_eq(kt_seg_read(0)->minor, KV_SHARE_MINOR - 1);
+	ck_assert_uint_eq(kt_seg_read(0)->proc[0].limit, 0);
+	ck_assert_uint_eq(kt_seg_read(0)->proc[0].entitled, 16 * PG);
+	sh->minor = KV_SHARE_MINOR + 7;
 	sh->major = KV_SHARE_MAJOR + 1;
 	assert_refused(&j, newer, mine, NULL);
 	sh->major = 1;

@@ -106,6 +106,17 @@ done.set()
 """
 
 
+# A process that joins the pool and maps a page, until its stdin closes.
+HOLDER = r"""
+import sys
+import kvshim
+span = kvshim.reserve(4 << 20)
+kvshim.map(span, 2 << 20)
+print("ready", flush=True)
+sys.stdin.read()
+"""
+
+
 def devices():
     cu = ctypes.CDLL("libcuda.so.1")
     n = ctypes.c_int(0)
@@ -144,7 +155,7 @@ class TopTest(unittest.TestCase):
         self.assertTrue(me["alive"])
         self.assertFalse(me["other_pidns"])
         self.assertEqual(segs[0]["held"], 6 * MIB)
-        self.assertEqual(segs[0]["version"], "2.3")
+        self.assertEqual(segs[0]["version"], "2.4")
         # the creator's reserve, in bytes of the budget
         self.assertEqual(segs[0]["reserve"], segs[0]["budget"] // 100 * 10)
         self.assertTrue(segs[0]["joinable"])
@@ -167,7 +178,7 @@ class TopTest(unittest.TestCase):
                         "GAVE"):
                 self.assertIn(col, r.stdout)
             return [line for line in r.stdout.splitlines()
-                    if line.split()[:1] == [str(os.getpid())]][0].split()[9:15]
+                    if line.split()[:1] == [str(os.getpid())]][0].split()[10:16]
 
         with stating(demand=8 * MIB):
             self.assertEqual(kvshim.share_asked(), 0)
@@ -238,13 +249,54 @@ class TopTest(unittest.TestCase):
                 r = top("--once", "--pool", POOL)
                 mine = [line.split() for line in r.stdout.splitlines()
                         if line.split()[:1] == [str(os.getpid())]][0]
-                self.assertEqual(mine[10:12], ["12", "64"])   # SHARE, MOST (MiB)
+                self.assertEqual(mine[11:13], ["12", "64"])   # SHARE, MOST (MiB)
                 # (its entitlement does not move with what it waits for)
                 self.assertEqual(me["entitled"], min(64 * MIB, budget * 3 // 4))
         finally:
             p.stdin.close()
             p.wait(timeout=30)
             p.stdout.close()
+
+    def test_limited_member_entitled(self):
+        """ENTITLED is at most a process's own KVSHIM_LIMIT, which it
+        publishes in its slot (segment 2.4): a member limited to 8 MiB is
+        entitled to 8 MiB, however much of the budget its weight would give
+        it, and what it cannot hold goes to the others: an unlimited member
+        of the same weight is entitled to the budget less this process's
+        64 MiB (its ceiling) and those 8 (before, each was entitled to half
+        of the rest, and the limited one could never hold its part)."""
+        procs = []
+        for limit in ("8M", None):
+            env = dict(os.environ, KVSHIM_WEIGHT="1", KVSHIM_MIN="0")
+            env.pop("KVSHIM_MAX", None)
+            if limit:
+                env["KVSHIM_LIMIT"] = limit
+            p = subprocess.Popen([sys.executable, "-c", HOLDER], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True, env=env)
+            self.addCleanup(p.stdout.close)
+            self.addCleanup(p.wait, timeout=30)
+            self.addCleanup(p.stdin.close)
+            self.assertEqual(p.stdout.readline().strip(), "ready")
+            procs.append(p)
+        r = top("--json", "--pool", POOL)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        seg = json.loads(r.stdout)["segments"][0]
+        budget = seg["budget"]
+        by_pid = {q["pid"]: q for q in seg["processes"]}
+        me, lim, free = by_pid[os.getpid()], by_pid[procs[0].pid], by_pid[procs[1].pid]
+        self.assertEqual(lim["limit"], 8 * MIB)
+        self.assertEqual(lim["entitled"], 8 * MIB)
+        self.assertEqual(me["entitled"], 64 * MIB)
+        self.assertAlmostEqual(free["entitled"], budget - 72 * MIB, delta=4)
+        # (its own limit, the device's memory, at most the budget)
+        self.assertEqual(free["limit"], min(budget, seg["device_bytes"]))
+        r = top("--once", "--pool", POOL)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        self.assertIn(" LIMIT ", r.stdout)
+        row = [line.split() for line in r.stdout.splitlines()
+               if line.split()[:1] == [str(procs[0].pid)]][0]
+        self.assertEqual(row[9], "8")       # LIMIT (MiB)
+        self.assertEqual(row[13], "8")      # ENTITLED (MiB)
 
     def test_once_prints_a_table(self):
         r = top("--once", "--pool", POOL)
