@@ -222,21 +222,28 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 	a->st.page_bytes = a->page;
 	if (o->share) {
 		size_t budget = kv_alloc_budget(o, a->prim.device_bytes);
+		/* the limit, published in its slot: the others' rule counts it
+		 * as a ceiling (fair.h), so what this process can never hold is
+		 * theirs */
+		size_t held_most = (size_t)a->max_pages * a->page;
 		/* the floor in whole pages, the page above it: what is given
 		 * back on request goes in whole pages, and must leave it (no
-		 * higher than the ceiling or the budget, whose pages round
-		 * down) */
+		 * higher than the ceiling, the limit or the budget, whose pages
+		 * round down; a floor it could never hold would keep budget
+		 * from the others for nothing) */
 		size_t min = o->min / a->page * a->page;
 
 		if (min < o->min && min <= SIZE_MAX - a->page)
 			min += a->page;
 		if (o->max && min > o->max)
 			min = o->max / a->page * a->page;
+		if (min > held_most)
+			min = held_most;
 		if (min > budget)
 			min = budget / a->page * a->page;
 		rc = kv_share_open(a->prim.uuid, o->pool_name, budget,
 				   budget / 100 * o->reserve_pct,
-				   a->prim.device_bytes, min, o->max, o->weight,
+				   a->prim.device_bytes, min, o->max, held_most, o->weight,
 				   o->share_mode ? o->share_mode : 0600, &a->share);
 		if (rc && o->share == KV_ALLOC_SHARE_AUTO) {
 			kv_warn("share: this process runs alone, with no shared budget (KVSHIM_SHARE=on makes that an error)");

@@ -76,10 +76,29 @@ static uint64_t weight_of(const struct kv_fair_in *p)
 	return p->weight < 1 ? 1 : min64(p->weight, KV_FAIR_WEIGHT_MAX);
 }
 
+/*
+ * Process p's ceiling: the smaller of its KVSHIM_MAX and its KVSHIM_LIMIT
+ * (each 0: none). The limit bounds all the rule gives, not only what it is
+ * entitled to: a process can never hold more than its limit (its own
+ * allocator refuses a page past it before it takes budget), so a share, a
+ * claim or an entitlement above it would be budget nobody can use, and a
+ * claim above it would have others asked to give back what they use (their
+ * engines preempting requests) for pages it will never map. Returns it, 0
+ * for none.
+ */
+static uint64_t ceiling_of(const struct kv_fair_in *p)
+{
+	if (!p->limit)
+		return p->max;
+	return p->max ? min64(p->max, p->limit) : p->limit;
+}
+
 /* Process p's floor, at most its ceiling. */
 static uint64_t floor_of(const struct kv_fair_in *p)
 {
-	return p->max ? min64(p->min, p->max) : p->min;
+	uint64_t c = ceiling_of(p);
+
+	return c ? min64(p->min, c) : p->min;
 }
 
 /*
@@ -98,8 +117,8 @@ static uint64_t wants(const struct kv_fair_in *p, uint64_t *used, uint64_t *unus
 	*unused = p->demand ? 0 : min64(p->unused, *used);
 	*used -= *unused;
 	want = add(*used, p->demand);
-	if (p->max)
-		want = min64(want, p->max);
+	if (ceiling_of(p))
+		want = min64(want, ceiling_of(p));
 	return want < floor_of(p) ? floor_of(p) : want;
 }
 
@@ -119,7 +138,7 @@ static uint64_t share_wanting_all(uint64_t budget, const struct kv_fair_in *in, 
 		return 0;
 	for (j = 0; j < n; j++) {
 		if (everyone || j == i)
-			want[j] = in[j].max ? in[j].max : UINT64_MAX;
+			want[j] = ceiling_of(&in[j]) ? ceiling_of(&in[j]) : UINT64_MAX;
 		else
 			want[j] = wants(&in[j], &used, &unused);
 		w[j] = weight_of(&in[j]);

@@ -6,7 +6,8 @@
  * (kvshim-top), so that what an operator reads is what the members do.
  *
  * The rule, for a budget B and the live processes i, each with a weight
- * w_i, a floor m_i, a ceiling M_i (none: 0), what it holds h_i, of which
+ * w_i, a floor m_i, a ceiling M_i (the smaller of its KVSHIM_MAX and its
+ * KVSHIM_LIMIT, the most it can hold; none: 0), what it holds h_i, of which
  * idle_i (cached or pooled) and unused_i (mapped, but claimed only by
  * blocks no request uses: an engine's prefix cache, as its adapter states
  * it), and its demand d_i (bytes it waits for now):
@@ -69,9 +70,11 @@ struct kv_fair_in {
 	uint64_t idle;           /* at most held */
 	uint64_t demand;
 	uint64_t unused;         /* at most held less idle */
-	uint64_t min, max;       /* max 0: none; min at most max */
+	uint64_t min, max;       /* max 0: none; min at most max and limit */
 	uint64_t limit;          /* its KVSHIM_LIMIT, the most it can hold;
-				  * 0: none */
+				  * 0: none. Its ceiling is the smaller of
+				  * max and limit, in every figure below
+				  * (fair.c, ceiling_of, says why) */
 	uint64_t order;          /* its slot: breaks ties alike in every
 				  * member's plan */
 };

@@ -711,7 +711,8 @@ size_t kv_alloc_entitled(kv_alloc_t *a)
 
 	if (!a || !a->share)
 		return SIZE_MAX;
-	/* never more than this process may hold (KVSHIM_LIMIT) */
+	/* never more than this process may hold (KVSHIM_LIMIT): the rule
+	 * counts it already, from its slot (a guard) */
 	e = kv_share_entitled(a->share);
 	limit = (uint64_t)a->max_pages * a->page;
 	if (e > limit)

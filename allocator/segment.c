@@ -135,7 +135,10 @@ uint64_t kv_seg_reserve(const struct kv_share *sh, uint64_t cap)
  * of bounds (a figure no process of this version writes). A weight of 0
  * (a slot of minor 0) is 1; a weight above KV_FAIR_WEIGHT_MAX, a demand
  * above cap and asked above held are cut to them, and set clamped; unused
- * above what it uses (held less idle) is cut to it.
+ * above what it uses (held less idle) is cut to it. A limit (0 in a slot
+ * of an older minor: none) above cap is cut to it, unflagged: a process's
+ * limit is the device's memory by default, often more than the budget;
+ * the floor is at most the ceiling, the smaller of max and limit.
  */
 void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig *f)
 {
@@ -159,8 +162,11 @@ void kv_seg_load(const struct kv_share_slot *sl, uint64_t cap, struct kv_seg_fig
 	f->cached = kv_seg_min(LOAD(&sl->cached), f->mapped);
 	f->reserved = LOAD(&sl->reserved);
 	f->max = LOAD(&sl->max);
+	f->limit = kv_seg_min(LOAD(&sl->limit), cap);
 	if (f->max && f->min > f->max)
 		f->min = f->max;
+	if (f->limit && f->min > f->limit)
+		f->min = f->limit;
 	f->last_ns = LOAD(&sl->last_ns);
 	f->trim_request = kv_seg_min(LOAD(&sl->trim_request), f->held);
 	f->trimmed = LOAD(&sl->trimmed);
@@ -191,6 +197,7 @@ void kv_seg_fair_in(const struct kv_seg_fig *f, unsigned slot, struct kv_fair_in
 	in->unused = f->unused;
 	in->min = f->min;
 	in->max = f->max;
+	in->limit = f->limit;
 	in->order = slot;
 }
 
@@ -505,6 +512,7 @@ static int collect(int fd, const struct kv_share *sh, uint64_t cap, uint64_t ns,
 		p->demand = f.demand;
 		p->asked = f.asked;
 		p->unused = f.unused;
+		p->limit = f.limit;
 		out->nprocs++;
 		if (!p->alive)
 			continue;

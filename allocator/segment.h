@@ -21,6 +21,7 @@ struct kv_seg_fig {
 	uint64_t min, max, last_ns, trim_request, trimmed;
 	uint64_t weight, demand, asked;
 	uint64_t unused;         /* at most held less idle */
+	uint64_t limit;          /* at most cap; 0: none */
 	int clamped;
 };
 

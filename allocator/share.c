@@ -52,6 +52,7 @@ struct kv_share_handle_s {
 	uint64_t device_bytes;
 	/* this process's figures, published from here */
 	uint64_t held, mapped, cached, pooled, reserved, min, max, trimmed;
+	uint64_t limit;          /* the most it can hold (KVSHIM_LIMIT); 0: none */
 	uint64_t weight;
 	uint64_t waiting;        /* bytes a map waits for (kv_share_take) */
 	unsigned waiters;        /* maps waiting now (kv_share_waiting) */
@@ -197,6 +198,7 @@ static void publish(kv_share_t *s)
 	STORE(&me->demand, demand_of(s));
 	STORE(&me->asked, s->asked);
 	STORE(&me->unused, unused_of(s));
+	STORE(&me->limit, s->limit);
 	STORE(&me->pid, (int32_t)getpid());
 	STORE(&me->state, KV_SLOT_USED);
 	s->seq += 2;
@@ -239,6 +241,8 @@ static void own_fair_in(const kv_share_t *s, uint64_t cap, uint64_t demand,
 	in->idle = kv_seg_min(idle_of(s), in->held);
 	in->min = kv_seg_min(s->min, cap);
 	in->max = s->max;
+	/* (bounded as the others read it from its slot: kv_seg_load) */
+	in->limit = kv_seg_min(s->limit, cap);
 	in->demand = kv_seg_min(demand, cap);
 	in->unused = kv_seg_min(unused_of(s), in->held - in->idle);
 	in->order = (uint64_t)s->slot;
@@ -818,13 +822,13 @@ static void reg_remove(kv_share_t *s)
 
 int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 		  uint64_t reserve, uint64_t device_bytes, uint64_t min, uint64_t max,
-		  unsigned weight, unsigned mode, kv_share_t **out)
+		  uint64_t limit, unsigned weight, unsigned mode, kv_share_t **out)
 {
 	const char *why;
 	kv_share_t *s;
 	int rc;
 
-	if (!out || !device_bytes || (max && min > max))
+	if (!out || !device_bytes || (max && min > max) || (limit && min > limit))
 		return KVSHIM_EINVAL;
 	if (weight < 1 || weight > KV_FAIR_WEIGHT_MAX) {
 		kv_error("share: a weight of %u: expected 1 to %d", weight, KV_FAIR_WEIGHT_MAX);
@@ -857,6 +861,7 @@ int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 	s->device_bytes = device_bytes;
 	s->min = min;
 	s->max = max;
+	s->limit = limit;
 	s->weight = weight;
 	s->use_limit = UINT64_MAX;
 	if (pthread_mutex_init(&s->mu, NULL)) {

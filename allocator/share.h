@@ -47,9 +47,10 @@
 
 #define KV_SHARE_MAGIC 0x315348535653564bULL   /* "KVSVSHS1", every version */
 #define KV_SHARE_MAJOR 2       /* another major is refused */
-#define KV_SHARE_MINOR 3       /* a newer minor only gives meaning to spare fields
+#define KV_SHARE_MINOR 4       /* a newer minor only gives meaning to spare fields
 				* (1: a slot's weight, demand and asked;
-				* 2: its unused; 3: the header's reserve) */
+				* 2: its unused; 3: the header's reserve;
+				* 4: a slot's limit, its last) */
 #define KV_SHARE_SLOTS 64
 #define KV_SHARE_DIR "/dev/shm"
 
@@ -97,7 +98,9 @@ struct kv_share_slot {
 				  * blocks no request uses claim (an engine's
 				  * prefix cache), as it stated them */
 	/* minor 4 (0 in a slot of an older minor: none) */
-	uint64_t limit;          /* its KVSHIM_LIMIT: the most it can hold */
+	uint64_t limit;          /* its KVSHIM_LIMIT: the most it can hold,
+				  * and so its ceiling in the rule with max
+				  * (fair.h); the slot's last spare word */
 };
 
 struct kv_share {
@@ -132,8 +135,11 @@ typedef struct kv_share_handle_s kv_share_t;
  * it the rule keeps free (fair.h; at most half the budget); a segment that
  * exists keeps its budget and reserve while another process holds a slot
  * in it, and takes these once none does. min and max are this process's
- * floor and ceiling (max 0: none), weight its weight in the fair shares (1
- * to KV_FAIR_WEIGHT_MAX). mode: owner rw, nothing for others to write.
+ * floor and ceiling (max 0: none), limit the most it can hold (its
+ * KVSHIM_LIMIT, published in its slot: a ceiling too, for every member's
+ * rule; 0: none), weight its weight in the fair shares (1 to
+ * KV_FAIR_WEIGHT_MAX); min is at most max and limit. mode: owner rw,
+ * nothing for others to write.
  * Each refusal is logged with the path, and for a segment not trusted its
  * owner and mode. Returns 0, KVSHIM_EINVAL (bad arguments, logged),
  * KVSHIM_ESTATE (the segment is not to be trusted, of another major
@@ -141,7 +147,7 @@ typedef struct kv_share_handle_s kv_share_t;
  */
 int kv_share_open(const char *uuid, const char *pool, uint64_t budget,
 		  uint64_t reserve, uint64_t device_bytes, uint64_t min, uint64_t max,
-		  unsigned weight, unsigned mode, kv_share_t **out);
+		  uint64_t limit, unsigned weight, unsigned mode, kv_share_t **out);
 
 /* Give the slot back and close. In a child forked from the opener, only
  * frees the child's copy: the slot is the parent's. */
@@ -240,7 +246,8 @@ unsigned kv_share_members(kv_share_t *s);
 
 /* What this process is entitled to: its share of the budget were every
  * member to want all it may (kv_fair_entitled), by weight, floors and
- * ceilings; it moves as members come and go. Slots of processes that are
+ * ceilings (limits too: at most its own, and what another's keeps it from
+ * holding goes to the rest); it moves as members come and go. Slots of processes that are
  * gone are reaped first. UINT64_MAX when the segment could not be had. */
 uint64_t kv_share_entitled(kv_share_t *s);
 
@@ -285,9 +292,8 @@ struct kv_share_proc {
 	uint64_t entitled;       /* the rule's: its part were every process to
 				  * want all (kv_fair_entitled), what the
 				  * transformers adapter bounds a batch's
-				  * read by (at most its own limit, which the
-				  * segment does not hold); 0 for a process
-				  * gone */
+				  * read by (at most its own limit, as its
+				  * slot states it; 0 for a process gone) */
 };
 
 struct kv_share_info {

@@ -240,7 +240,8 @@ int kvshim_group_share_asked(int group, size_t *bytes);
  * entitled to: its part of each GPU's shared budget were every process
  * sharing it to want all it may, by their weights (KVSHIM_WEIGHT), at
  * least its floor and at most its ceiling (KVSHIM_MIN, KVSHIM_MAX) and its
- * limit (KVSHIM_LIMIT), the
+ * limit (KVSHIM_LIMIT; another process's limit, stated in the segment,
+ * leaves what it cannot hold to the rest), the
  * least over the group's GPUs, scaled to the whole group. It moves as
  * processes join and leave, not with their load: an engine bounds what one
  * batch reads by it, and keeps its share of the GPU's work as others come

@@ -20,7 +20,7 @@
 	X(PAGE, page, size_auto, "auto",                                     \
 	  "physical page size, a multiple of the GPU's granularity (2 MiB); larger pages map with fewer driver calls but back memory more coarsely") \
 	X(LIMIT, limit, size_pct, "100%",                                    \
-	  "most physical memory this process may hold in pages: bytes (K/M/G/T suffixes; more than the device's memory is capped to it) or % of device memory") \
+	  "most physical memory this process may hold in pages: bytes (K/M/G/T suffixes; more than the device's memory is capped to it) or % of device memory; sharing a budget, a ceiling too, stated in the segment") \
 	X(POOL_LOW, pool_low, size, "8M",                                    \
 	  "the pool of ready pages is refilled in the background when it drops under this") \
 	X(POOL_HIGH, pool_high, size, "64M",                                 \
@@ -44,7 +44,7 @@
 	X(RESERVE, reserve_pct, reserve, "5%",                               \
 	  "of the shared budget, the part kept free while processes share it, from idle pages and pages only a prefix cache holds, never from requests: a percentage from 0 to 50, or off (set with the budget)") \
 	X(MIN, min, size, "0",                                               \
-	  "this process's floor in the shared budget: kept for it while it holds less, and never trimmed below on request (rounded up to whole pages, at most the ceiling's and the budget's whole pages; joining beside others, at most what their floors leave of the budget, with a warning); sharing, more than the budget is refused") \
+	  "this process's floor in the shared budget: kept for it while it holds less, and never trimmed below on request (rounded up to whole pages, at most the ceiling's and the budget's whole pages and the limit; joining beside others, at most what their floors leave of the budget, with a warning); sharing, more than the budget is refused") \
 	X(MAX, max, size_zero_off, "off",                                    \
 	  "this process's ceiling in the shared budget; off: none; sharing, under one page is refused") \
 	X(WEIGHT, weight, weight, "1",                                       \

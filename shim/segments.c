@@ -125,6 +125,13 @@ static void json_segment(FILE *f, const char *path, const struct kv_share_info *
 			fprintf(f, "%llu", (unsigned long long)p->max);
 		else
 			fputs("null", f);
+		/* its KVSHIM_LIMIT, at most the budget (null: a slot of an
+		 * older minor, which states none); a ceiling too in the rule */
+		fputs(", \"limit\": ", f);
+		if (p->limit)
+			fprintf(f, "%llu", (unsigned long long)p->limit);
+		else
+			fputs("null", f);
 		fprintf(f, ", \"idle_s\": %.3f, \"trim_request\": %llu, \"trimmed\": %llu",
 			idle_s(p->last_ns), (unsigned long long)p->trim_request,
 			(unsigned long long)p->trimmed);
@@ -135,7 +142,7 @@ static void json_segment(FILE *f, const char *path, const struct kv_share_info *
 		 * (null for a process gone; most null too while no other
 		 * process waits); entitled, the rule's part of the budget were
 		 * every process to want all, what an engine's batch reads at
-		 * most (null for a process gone) */
+		 * most, at most its limit (null for a process gone) */
 		fprintf(f, ", \"weight\": %llu, \"demand\": %llu, \"unused\": %llu, \"asked\": %llu",
 			(unsigned long long)p->weight, (unsigned long long)p->demand,
 			(unsigned long long)p->unused, (unsigned long long)p->asked);
@@ -185,14 +192,16 @@ static void text_segment(FILE *f, const char *path, const struct kv_share_info *
 		(unsigned long long)in->mapped, (unsigned long long)in->cached);
 	for (i = 0; i < in->nprocs; i++) {
 		const struct kv_share_proc *p = &in->proc[i];
-		char most[32] = "-";
+		char most[32] = "-", limit[32] = "-";
 
 		if (p->alive && p->most != UINT64_MAX)
 			snprintf(most, sizeof(most), "%llu", (unsigned long long)p->most);
-		fprintf(f, "  %8d %-16.16s held %llu mapped %llu cached %llu pooled %llu weight %llu share %llu most %s entitled %llu demand %llu unused %llu asked %llu%s\n",
+		if (p->limit)
+			snprintf(limit, sizeof(limit), "%llu", (unsigned long long)p->limit);
+		fprintf(f, "  %8d %-16.16s held %llu mapped %llu cached %llu pooled %llu limit %s weight %llu share %llu most %s entitled %llu demand %llu unused %llu asked %llu%s\n",
 			p->pid, p->cmd, (unsigned long long)p->held,
 			(unsigned long long)p->mapped, (unsigned long long)p->cached,
-			(unsigned long long)p->pooled, (unsigned long long)p->weight,
+			(unsigned long long)p->pooled, limit, (unsigned long long)p->weight,
 			(unsigned long long)p->share, most, (unsigned long long)p->entitled,
 			(unsigned long long)p->demand,
 			(unsigned long long)p->unused, (unsigned long long)p->asked,

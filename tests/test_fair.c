@@ -1616,11 +1616,17 @@ START_TEST(test_fair_entitled_members)
 	ck_assert_int_eq(kv_alloc_release(a, s), 0);
 	kt_check(a);
 	kv_alloc_destroy(a);
-	/* never more than its own limit */
-	kt_share_opts(&o, B, 0, 0, 1, 0, 0);
+	/* never more than its own limit, which its slot states, and its
+	 * floor no higher than that */
+	kt_share_opts(&o, B, 8 * PG, 0, 1, 0, 0);
 	o.limit = 4 * PG;
 	a = kt_create(&o);
 	ck_assert_uint_eq(kv_alloc_entitled(a), 4 * PG);
+	in = kt_seg_read(0);
+	ck_assert_uint_eq(in->nprocs, 1);
+	ck_assert_uint_eq(in->proc[0].limit, 4 * PG);
+	ck_assert_uint_eq(in->proc[0].min, 4 * PG);
+	ck_assert_uint_eq(in->proc[0].entitled, 4 * PG);
 	kv_alloc_destroy(a);
 	kt_opts(&o);
 	solo = kt_create(&o);

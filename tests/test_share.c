@@ -275,8 +275,8 @@ START_TEST(test_share_floor_part_page)
 	ck_assert_int_eq(kv_alloc_unmap(a, s, 4 * PG), 0);
 	ck_assert_uint_eq(kt_stats(a).physical_bytes, 4 * PG);
 	/* another member wants the whole budget: a is asked for what it holds */
-	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 16 * PG, 0, p->device_bytes, 0, 0, 1,
-				       0600, &other), 0);
+	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 16 * PG, 0, p->device_bytes, 0, 0, 0,
+				       1, 0600, &other), 0);
 	ck_assert_int_eq(kv_share_take(other, 16 * PG, 16 * PG), KV_SHARE_WAIT);
 	ck_assert_int_eq(kv_alloc_tick(a), 0);
 	ck_assert_uint_eq(kt_stats(a).physical_bytes, 2 * PG);
@@ -297,11 +297,11 @@ static void two_handles(kv_alloc_t **a, uint64_t max, kv_share_t **one, kv_share
 	kt_new_pool();
 	*a = kt_make(8 * PG, 0, 0, 0);
 	p = kv_alloc_prim(*a);
-	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0, max, 1,
-				       0600, one), 0);
+	ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0, max, 0,
+				       1, 0600, one), 0);
 	if (two)
 		ck_assert_int_eq(kv_share_open(p->uuid, kt_pool, 8 * PG, 0, p->device_bytes, 0,
-					       max, 1, 0600, two), 0);
+					       max, 0, 1, 0600, two), 0);
 }
 
 /* What a process was asked for is of what it holds: after it gave some
@@ -400,12 +400,20 @@ START_TEST(test_share_left_behind)
 	a = kt_make(8 * PG, 0, 0, 0);
 	snprintf(uuid, sizeof(uuid), "%s", kv_alloc_prim(a)->uuid);
 	dev = kv_alloc_prim(a)->device_bytes;
-	ck_assert_int_eq(kv_share_open(uuid, kt_pool, 4 * PG, 0, dev, 0, 0, 1, 0600, &h), 0);
+	ck_assert_int_eq(kv_share_open(uuid, kt_pool, 4 * PG, 0, dev, 0, 0, 0, 1, 0600, &h), 0);
 	ck_assert_uint_eq(kt_seg_read(0)->budget, 8 * PG);
 	kv_share_close(h);
 	kt_check(a);
 	kv_alloc_destroy(a);
-	ck_assert_int_eq(kv_share_open(uuid, kt_pool, 4 * PG, 0, dev, 0, 0, 1, 0600, &h), 0);
+	/* (a floor over its ceiling or its limit, which it could never
+	 * hold, is refused) */
+	h = NULL;
+	ck_assert_int_eq(kv_share_open(uuid, kt_pool, 4 * PG, 0, dev, 2 * PG, PG, 0, 1, 0600,
+				       &h), KVSHIM_EINVAL);
+	ck_assert_int_eq(kv_share_open(uuid, kt_pool, 4 * PG, 0, dev, 2 * PG, 0, PG, 1, 0600,
+				       &h), KVSHIM_EINVAL);
+	ck_assert_ptr_null(h);
+	ck_assert_int_eq(kv_share_open(uuid, kt_pool, 4 * PG, 0, dev, 0, 0, 0, 1, 0600, &h), 0);
 	ck_assert_uint_eq(kt_seg_read(0)->budget, 4 * PG);
 	ck_assert_int_eq(kv_share_take(h, 4 * PG, 4 * PG), 0);
 	kv_share_close(h);
@@ -425,9 +433,9 @@ START_TEST(test_share_take_over_budget)
 	kt_new_pool();
 	a = kt_make(8 * PG, 0, 0, 0);
 	ck_assert_int_eq(kv_share_open(kv_alloc_prim(a)->uuid, kt_pool, 8 * PG, 0,
-				       kv_alloc_prim(a)->device_bytes, 0, 0, 1, 0600, &idle), 0);
+				       kv_alloc_prim(a)->device_bytes, 0, 0, 0, 1, 0600, &idle), 0);
 	ck_assert_int_eq(kv_share_open(kv_alloc_prim(a)->uuid, kt_pool, 8 * PG, 0,
-				       kv_alloc_prim(a)->device_bytes, 0, 0, 1, 0600, &big), 0);
+				       kv_alloc_prim(a)->device_bytes, 0, 0, 0, 1, 0600, &big), 0);
 	ck_assert_int_eq(kv_share_take(idle, 4 * PG, 4 * PG), 0);
 	kv_share_update(idle, 0, 0, 4 * PG, 0);         /* all of it pooled */
 	ck_assert_int_eq(kv_share_take(big, 9 * PG, 9 * PG), KVSHIM_ELIMIT);
@@ -458,7 +466,7 @@ START_TEST(test_share_floors_over_budget)
 	a = kt_make(8 * PG, 5 * PG, 0, 0);
 	kt_capture_start();
 	ck_assert_int_eq(kv_share_open(kv_alloc_prim(a)->uuid, kt_pool, 8 * PG, 0,
-				       kv_alloc_prim(a)->device_bytes, 5 * PG, 0, 1, 0600, &h), 0);
+				       kv_alloc_prim(a)->device_bytes, 5 * PG, 0, 0, 1, 0600, &h), 0);
 	kt_capture_end(log, sizeof(log));
 	ck_assert_msg(strstr(log, "passes the budget") != NULL, "not said: \"%s\"", log);
 	in = kt_seg_read(0);

@@ -379,7 +379,9 @@ class Group:
     def share_entitled(self):
         """The bytes of this group's blocks (over all its tensors) the
         process is entitled to: its weighted part of the shared budget were
-        every member to want all, the least over the group's GPUs; None
+        every member to want all (at most its KVSHIM_LIMIT, and what
+        another's limit keeps it from holding going to the rest), the least
+        over the group's GPUs; None
         where none shares a budget."""
         n = ctypes.c_size_t()
         _check(library().kvshim_group_share_entitled(self.id, ctypes.byref(n)),
