@@ -326,6 +326,7 @@ static void stats_unlocked(kv_alloc_t *a, struct kvshim_stats *out)
 		out->share_budget_bytes = kv_share_budget(a->share);
 		out->share_members = kv_share_members(a->share);
 	}
+	kv_prim_capture_gate(&out->capture_gate_waits, &out->capture_gate_wait_ns);
 }
 
 /* The figures of the pages' states, lock held. */

@@ -422,6 +422,8 @@ int kv_prim_unmap(const kv_prim_t *p, CUdeviceptr va, size_t size)
  */
 static pthread_mutex_t capture_gate = PTHREAD_MUTEX_INITIALIZER;
 static unsigned captures;
+/* captures whose begin waited at the gate (for a fence), and how long */
+static unsigned long long gate_waits, gate_wait_ns;
 
 /*
  * Waiting for the captures to end (kv_prim_capture_wait) has a lock of its
@@ -447,7 +449,14 @@ static void quiet_init(void)
 
 void kv_prim_capture_begin(void)
 {
-	pthread_mutex_lock(&capture_gate);
+	uint64_t t;
+
+	if (pthread_mutex_trylock(&capture_gate)) {
+		t = kv_prim_now_ns();
+		pthread_mutex_lock(&capture_gate);
+		__atomic_add_fetch(&gate_waits, 1, __ATOMIC_RELAXED);
+		__atomic_add_fetch(&gate_wait_ns, kv_prim_now_ns() - t, __ATOMIC_RELAXED);
+	}
 	__atomic_store_n(&captures, captures + 1, __ATOMIC_RELEASE);
 	if (my_epoch != epoch) {
 		my_epoch = epoch;
@@ -509,6 +518,20 @@ void kv_prim_forked(void)
 	captures = 0;
 	epoch++;
 	my_captures = 0;
+	gate_waits = gate_wait_ns = 0;
+}
+
+void kv_prim_capture_gate(unsigned long long *waits, unsigned long long *ns)
+{
+	*waits = __atomic_load_n(&gate_waits, __ATOMIC_RELAXED);
+	*ns = __atomic_load_n(&gate_wait_ns, __ATOMIC_RELAXED);
+}
+
+void kv_prim_capture_gate_held(void (*fn)(void *), void *arg)
+{
+	pthread_mutex_lock(&capture_gate);
+	fn(arg);
+	pthread_mutex_unlock(&capture_gate);
 }
 
 int kv_prim_capturing(void)

@@ -118,6 +118,13 @@ void kv_prim_capture_end(void);
 /* 1 while some capture is in progress. */
 int kv_prim_capturing(void);
 
+/* The captures of this process whose begin waited for a fence in progress
+ * (kv_prim_capture_begin), and the nanoseconds they waited in all. */
+void kv_prim_capture_gate(unsigned long long *waits, unsigned long long *ns);
+
+/* For tests: run fn(arg) holding the gate a fence holds. */
+void kv_prim_capture_gate_held(void (*fn)(void *), void *arg);
+
 /* Wait until no capture is in progress, for at most ms milliseconds.
  * Returns 0 when none is (at once if none was), 1 when one still is at
  * the deadline, or at once on a thread that began a capture it has not

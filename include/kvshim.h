@@ -86,7 +86,12 @@ struct kvshim_stats {
 	/* the processes sharing it now, this one included (those that ended
 	 * are reaped first); 0 without one */
 	unsigned long long share_members;
-	unsigned long long reserved[2];
+	/* the process's stream captures (any device's) whose begin waited
+	 * for a fence of kvshim's in progress (a context-wide wait before
+	 * pages leave a span, which no capture may run beside), and the
+	 * nanoseconds they waited in all */
+	unsigned long long capture_gate_waits;
+	unsigned long long capture_gate_wait_ns;
 };
 
 /* Open a KV window: until the matching kvshim_kv_end, allocations of at

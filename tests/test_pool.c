@@ -3,8 +3,11 @@
  */
 #include <pthread.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
+
+#include "blocked.h"
 
 #include "prim.h"
 #include "share_util.h"
@@ -131,6 +134,65 @@ START_TEST(test_upkeep_waits_for_a_capture)
 	ck_assert_int_eq(kv_alloc_tick(a), 0);
 	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 8 * PG);
 	ck_assert_uint_eq(kt_stats(a).physical_bytes, 8 * PG);
+}
+END_TEST
+
+/* A capture that begins while a fence holds the gate waits for it. */
+struct gate_begin {
+	pthread_t thread;
+	pid_t tid;
+	int begun;
+};
+
+static void *begin_capture(void *arg)
+{
+	struct gate_begin *g = arg;
+
+	__atomic_store_n(&g->tid, (pid_t)syscall(SYS_gettid), __ATOMIC_RELEASE);
+	kv_prim_capture_begin();
+	__atomic_store_n(&g->begun, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/* (the gate held, as by a fence) a capture begins on another thread, and
+ * is let go once that thread sleeps at the gate */
+static void begin_beside(void *arg)
+{
+	struct gate_begin *g = arg;
+
+	ck_assert_int_eq(pthread_create(&g->thread, NULL, begin_capture, g), 0);
+	while (!__atomic_load_n(&g->tid, __ATOMIC_ACQUIRE))
+		sched_yield();
+	kt_wait_blocked(g->tid, &g->begun);
+	ck_assert_int_eq(__atomic_load_n(&g->begun, __ATOMIC_ACQUIRE), 0);
+}
+
+/*
+ * The captures whose begin waited for a fence in progress are counted, with
+ * their wait, in the process's stats (a capture waits for kvshim's
+ * context-wide fence: on a GPU, for the work queued before it); one that
+ * found the gate free is not.
+ */
+START_TEST(test_capture_gate_waits_counted)
+{
+	struct gate_begin g = { 0 };
+	struct kvshim_stats s0, s;
+
+	make(0, 0, 0);
+	s0 = kt_stats(a);
+	kv_prim_capture_begin();
+	kv_prim_capture_end();
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.capture_gate_waits, s0.capture_gate_waits);
+	ck_assert_uint_eq(s.capture_gate_wait_ns, s0.capture_gate_wait_ns);
+
+	kv_prim_capture_gate_held(begin_beside, &g);
+	ck_assert_int_eq(pthread_join(g.thread, NULL), 0);
+	ck_assert(kv_prim_capturing());
+	kv_prim_capture_end();
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.capture_gate_waits, s0.capture_gate_waits + 1);
+	ck_assert_uint_gt(s.capture_gate_wait_ns, s0.capture_gate_wait_ns);
 }
 END_TEST
 
@@ -869,6 +931,7 @@ Suite *pool_suite(void)
 	tcase_add_test(tc, test_filled_later);
 	tcase_add_test(tc, test_refill_below_low);
 	tcase_add_test(tc, test_upkeep_waits_for_a_capture);
+	tcase_add_test(tc, test_capture_gate_waits_counted);
 	tcase_add_test(tc, test_pages_reused);
 	tcase_add_test(tc, test_shrink_above_high);
 	tcase_add_test(tc, test_empty_pool_creates);

@@ -397,6 +397,7 @@ def dry_engine(args):
                                          moved=3 if os.environ.get("KVSHIM_CB_PACK") == "on" else 0)
             run["kvshim_waits"] = dict({k: 0 for k in WAIT_FIGURES}, share_waits=1,
                                        share_wait_ns=2000000)
+            run["kvshim_gate"] = dict(capture_gate_waits=1, capture_gate_wait_ns=30000000)
             # (48 pages made and mapped, 24 of them given back, at 1,
             # 0.5, 0.5, 0.5 and 0.25 ms a page)
             run["kvshim_driver"] = dict(pages_created=48, create_ns=48000000, pages_mapped=48,
@@ -524,6 +525,9 @@ def engine(args):
                                    for k in WAIT_FIGURES}
             run["kvshim_driver"] = {k: run["kvshim_stats"][k] - stats_before[k]
                                     for k in DRIVER_FIGURES}
+            if all(k in stats_before for k in GATE_FIGURES):
+                run["kvshim_gate"] = {k: run["kvshim_stats"][k] - stats_before[k]
+                                      for k in GATE_FIGURES}
             run["kvshim_preempted"] = run["kvshim_tracker"]["preempted"]
             run["kvshim_short"] = run["kvshim_tracker"]["short"]
         done(run, out_path)
@@ -540,6 +544,11 @@ TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preem
 
 # What kvshim counts of the maps that waited for other processes (kvshim.h)
 WAIT_FIGURES = ("share_waits", "share_wait_ns", "share_waits_used", "share_waits_failed")
+
+
+# What kvshim counts of the process's stream captures that began only once
+# a fence of its own had ended (kvshim.h; from session 34)
+GATE_FIGURES = ("capture_gate_waits", "capture_gate_wait_ns")
 
 
 # What kvshim counts of its driver work on physical pages (kvshim.h), in
@@ -1413,6 +1422,11 @@ def summarize(results, traces):
                     "kv_ask_worst": max([x.get("ask_worst", 0.0) for x in tracker] or [0.0]),
                     "kv_waits": {k: sum((run["engines"][n].get("kvshim_waits") or {}).get(k, 0)
                                         for n in engines) for k in WAIT_FIGURES},
+                    # (None: a library before session 34 counts none)
+                    "kv_gate": None if any("kvshim_gate" not in run["engines"][n]
+                                           for n in engines) else
+                    {k: sum(run["engines"][n]["kvshim_gate"][k] for n in engines)
+                     for k in GATE_FIGURES},
                     # (None: an engine whose adapter kept no tracker)
                     "kv_driver": None if any("kvshim_driver" not in run["engines"][n]
                                              for n in engines) else
@@ -1605,6 +1619,20 @@ def print_tables(table, traces, results, args):
             print("| %s | %s | %d | %d | %s |" % (
                 name, cname, len(st), len(pairs), "%.2fx [%.2f, %.2f]" % (
                     pct(pairs, 50), min(pairs), max(pairs)) if pairs else "-"))
+        print("\ncaptures at kvshim's fence, trace %s: the stream captures of each kvshim "
+              "engine's process (its CUDA graphs) whose begin waited for a fence of kvshim's "
+              "in progress (a context-wide wait for the work queued before it, made before "
+              "pages leave a span, which no capture may run beside), how many and their wait "
+              "in all, beside the graphs the engine captured in the replay" % label)
+        print("| model | config | graphs captured | began after a fence | their wait s |")
+        print("|---|---|---|---|---|")
+        for name, cname, t in cells(table, label, results):
+            g = t.get("kv_gate")
+            if g is None:
+                continue
+            print("| %s | %s | %s | %d | %.3f |" % (
+                name, cname, len(t["graphs"]) if t["graphs"] is not None else "-",
+                g["capture_gate_waits"], g["capture_gate_wait_ns"] / 1e9))
         graph_keys(table, label, results, not (args.alternate and tr.get("round")))
         print("\nend to end, trace %s: each request from its arrival (its time in the trace) to "
               "its last token, in seconds (a model's latency follows its steps, which run beside "

@@ -50,7 +50,7 @@ class Stats(ctypes.Structure):
             "pages_created", "create_ns", "pages_released", "release_ns",
             "pages_zeroed", "zero_ns", "share_waits", "share_wait_ns",
             "share_waits_used", "share_waits_failed", "share_budget_bytes",
-            "share_members")] + [("reserved", ctypes.c_ulonglong * 2)]
+            "share_members", "capture_gate_waits", "capture_gate_wait_ns")]
 
 
 class DLManaged(ctypes.Structure):
@@ -260,7 +260,7 @@ def stats():
     """This process's figures on the current device, as a dict."""
     s = Stats()
     _check(library().kvshim_stats(ctypes.byref(s)), "kvshim_stats")
-    return {name: getattr(s, name) for name, _ in Stats._fields_ if name != "reserved"}
+    return {name: getattr(s, name) for name, _ in Stats._fields_}
 
 
 def share_demand(nbytes):
@@ -393,7 +393,7 @@ class Group:
         current device."""
         st = Stats()
         _check(library().kvshim_group_stats(self.id, ctypes.byref(st)), "kvshim_group_stats")
-        return {name: getattr(st, name) for name, _ in Stats._fields_ if name != "reserved"}
+        return {name: getattr(st, name) for name, _ in Stats._fields_}
 
     def close(self):
         if self.id:
