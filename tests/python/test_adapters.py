@@ -4465,6 +4465,31 @@ class ReadBudgetTest(unittest.TestCase):
         self.assertEqual(reads.follow_share(cache, sched, 1000,
                                             now=stalled + reads.STARVED_S), 48128)
 
+    def test_read_follows_a_request_without_max_new_tokens(self):
+        # one without max_new_tokens stops at R (fit_request): the bound
+        # covers what it holds now and its next token, on the interval
+        # (1024), as it grows, instead of R for as long as it runs
+        p = self.build()
+        grows = request("g", 3000, None)
+        grows.position_offset = 0                   # waiting: its prompt
+        p.scheduler.waiting_requests = {"g": grows}
+        self.assertEqual(self.pass_with(p, 100), 3072)
+        p.scheduler.waiting_requests = {}
+        p.scheduler.active_requests = {"g": grows}
+        grows.position_offset = 3000                # prefilled: 3001
+        self.assertEqual(self.pass_with(p, 100), 3072)
+        grows.position_offset = 3072                # its next token: 3073
+        self.assertEqual(self.pass_with(p, 100), 4096)
+        grows.position_offset = 65535               # at R, no further
+        self.assertEqual(self.pass_with(p, 100), 65536)
+        # the share above it: the share
+        grows.position_offset = 3000
+        self.assertEqual(self.pass_with(p, 1000), 16000)
+        # a position that cannot be told: R, as before
+        for bad in (None, -1, True, "3000"):
+            grows.position_offset = bad
+            self.assertEqual(self.pass_with(p, 100), 65536)
+
     def test_read_follows_the_share_on_the_padding(self):
         # transformers pads a batch's KV read to its interval (1024 here),
         # at most num_pages, and keys a CUDA graph on the padded size,

@@ -302,14 +302,22 @@ def apply_read_budget(cache, cb_config):
 
 def _request_tokens(state, read):
     """The most KV tokens request state may read: its prompt and
-    max_new_tokens (read when it has none, or they cannot be told), at
-    most read."""
+    max_new_tokens; for one without max_new_tokens (it stops at read:
+    fit_request), what it holds now (its prompt, or position_offset once
+    past it) and its next token, so that the bound need not stay at read
+    while it grows a token a step; read where that cannot be told. At most
+    read."""
     try:
         prompt = len(state.initial_tokens)
     except (AttributeError, TypeError):
         return read
     new = getattr(state, "max_new_tokens", None)
-    return min(prompt + new, read) if isinstance(new, int) else read
+    if isinstance(new, int):
+        return min(prompt + new, read)
+    at = getattr(state, "position_offset", None)
+    if isinstance(at, int) and not isinstance(at, bool) and at >= 0:
+        return min(max(prompt, at) + 1, read)
+    return read
 
 
 def follow_share(cache, scheduler, entitled, now=None):
