@@ -13,7 +13,10 @@ how many and how long each took in all; and, timed apart on the idle
 engine before, the median of 200 evictions from the prefix cache (a
 prompt's 40 blocks back to the free list through the block manager's
 has_enough_free_blocks, as transformers 5.17 evicts them when its free
-list runs short).
+list runs short). Then, apart (no kvshim: pure Python), what the read
+bound that follows the share costs a pass with --follow admitted requests
+(transformers_cb_reads.follow_share, the bound binding, every request
+looked at for the largest and for a starved one), microseconds a call.
 
   LD_LIBRARY_PATH=tests/emu KVSHIM_LIB=$PWD/.libs/libkvshim.so \\
       PYTHONPATH=scripts/python python3 tests/bench/adapter_passes.py
@@ -103,6 +106,32 @@ def one(num_blocks, seconds, layers):
             "looks": looks[0], "look_s": looks[1], "evict_s": evict_s}
 
 
+def follow_cost(n, calls=2000):
+    """Microseconds one follow_share call takes, the bound binding, with n
+    admitted requests (half of them before their first token) and n // 4
+    waiting: the median over 5 rounds of calls calls."""
+    import types
+    from kvshim.adapters import transformers_cb_reads as reads
+
+    def state(i, first):
+        return types.SimpleNamespace(request_id="r%d" % i, initial_tokens=[0] * 600,
+                                     max_new_tokens=200, position_offset=600 + i % 200,
+                                     generated_tokens=[] if first else [1] * (i % 200))
+    sched = types.SimpleNamespace(
+        active_requests={"r%d" % i: state(i, i % 2 == 0) for i in range(n)},
+        waiting_requests={"w%d" % i: state(n + i, True) for i in range(n // 4)})
+    cache = types.SimpleNamespace(block_size=32, kvshim_read_most=65536,
+                                  kvshim_read_interval=16384, num_blocks=5871,
+                                  _block_manager=types.SimpleNamespace(num_free_blocks=3000))
+    rounds = []
+    for r in range(5):
+        t = time.perf_counter()
+        for k in range(calls):
+            reads.follow_share(cache, sched, 682, now=r * calls + k * 0.001)
+        rounds.append((time.perf_counter() - t) / calls)
+    return 1e6 * statistics.median(rounds)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -112,6 +141,9 @@ def main():
     ap.add_argument("--layers", type=int, default=2,
                     help="the engine's layers, two KV tensors each (default 2, as "
                     "fair_engines.py's; colocate's largest model has 24)")
+    ap.add_argument("--follow", default="16,64,256",
+                    help="admitted requests to time the read bound's pass with, comma-separated "
+                    "(default 16,64,256; colocate's engines held up to 55)")
     ap.add_argument("--one", nargs=3, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.one:
@@ -125,6 +157,12 @@ def main():
         ap.error("--blocks must each be 64 or more and --seconds more than 0")
     if not 1 <= args.layers <= 128:
         ap.error("--layers must be 1 to 128, not %d" % args.layers)
+    try:
+        follow = [int(x) for x in args.follow.split(",")]
+    except ValueError:
+        ap.error("--follow must be whole numbers separated by commas, not %r" % args.follow)
+    if not follow or min(follow) < 1 or max(follow) > 100000:
+        ap.error("--follow must each be 1 to 100000")
     pool = "adapterpasses%d" % os.getpid()
     # the budget the pool as if alone takes (32 KiB blocks in two tensors a
     # layer)
@@ -153,6 +191,12 @@ def main():
     finally:
         for path in glob.glob("/dev/shm/kvshim-*-" + pool):
             os.unlink(path)
+    print("\nthe read bound that follows the share, one pass's call (follow_share, the bound "
+          "binding; no kvshim call), median of 5 rounds")
+    print("| admitted requests | waiting | us a call |")
+    print("|---|---|---|")
+    for n in follow:
+        print("| %d | %d | %.1f |" % (n, n // 4, follow_cost(n)))
     return 0
 
 
