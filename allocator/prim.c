@@ -527,8 +527,9 @@ void kv_prim_capture_gate(unsigned long long *waits, unsigned long long *ns)
 	*ns = __atomic_load_n(&gate_wait_ns, __ATOMIC_RELAXED);
 }
 
-void kv_prim_capture_gate_held(void (*fn)(void *), void *arg)
+void kv_prim_capture_gate_held(void (*fn)(void *), void *arg, int fence)
 {
+	(void)fence;
 	pthread_mutex_lock(&capture_gate);
 	fn(arg);
 	pthread_mutex_unlock(&capture_gate);

@@ -122,8 +122,9 @@ int kv_prim_capturing(void);
  * (kv_prim_capture_begin), and the nanoseconds they waited in all. */
 void kv_prim_capture_gate(unsigned long long *waits, unsigned long long *ns);
 
-/* For tests: run fn(arg) holding the gate a fence holds. */
-void kv_prim_capture_gate_held(void (*fn)(void *), void *arg);
+/* For tests: run fn(arg) holding the gate a fence holds, as a fence
+ * (fence 1) or as a capture's begin or end holds it (fence 0). */
+void kv_prim_capture_gate_held(void (*fn)(void *), void *arg, int fence);
 
 /* Wait until no capture is in progress, for at most ms milliseconds.
  * Returns 0 when none is (at once if none was), 1 when one still is at

@@ -186,13 +186,35 @@ START_TEST(test_capture_gate_waits_counted)
 	ck_assert_uint_eq(s.capture_gate_waits, s0.capture_gate_waits);
 	ck_assert_uint_eq(s.capture_gate_wait_ns, s0.capture_gate_wait_ns);
 
-	kv_prim_capture_gate_held(begin_beside, &g);
+	kv_prim_capture_gate_held(begin_beside, &g, 1);
 	ck_assert_int_eq(pthread_join(g.thread, NULL), 0);
 	ck_assert(kv_prim_capturing());
 	kv_prim_capture_end();
 	s = kt_stats(a);
 	ck_assert_uint_eq(s.capture_gate_waits, s0.capture_gate_waits + 1);
 	ck_assert_uint_gt(s.capture_gate_wait_ns, s0.capture_gate_wait_ns);
+}
+END_TEST
+
+/*
+ * The gate is also held, briefly, by the begin and end of other captures
+ * (threads capturing side by side): a begin that waited behind one of those
+ * and no fence is not counted as waiting for a fence.
+ */
+START_TEST(test_capture_gate_waits_only_fences)
+{
+	struct gate_begin g = { 0 };
+	struct kvshim_stats s0, s;
+
+	make(0, 0, 0);
+	s0 = kt_stats(a);
+	kv_prim_capture_gate_held(begin_beside, &g, 0);
+	ck_assert_int_eq(pthread_join(g.thread, NULL), 0);
+	ck_assert(kv_prim_capturing());
+	kv_prim_capture_end();
+	s = kt_stats(a);
+	ck_assert_uint_eq(s.capture_gate_waits, s0.capture_gate_waits);
+	ck_assert_uint_eq(s.capture_gate_wait_ns, s0.capture_gate_wait_ns);
 }
 END_TEST
 
@@ -932,6 +954,7 @@ Suite *pool_suite(void)
 	tcase_add_test(tc, test_refill_below_low);
 	tcase_add_test(tc, test_upkeep_waits_for_a_capture);
 	tcase_add_test(tc, test_capture_gate_waits_counted);
+	tcase_add_test(tc, test_capture_gate_waits_only_fences);
 	tcase_add_test(tc, test_pages_reused);
 	tcase_add_test(tc, test_shrink_above_high);
 	tcase_add_test(tc, test_empty_pool_creates);
