@@ -422,8 +422,11 @@ int kv_prim_unmap(const kv_prim_t *p, CUdeviceptr va, size_t size)
  */
 static pthread_mutex_t capture_gate = PTHREAD_MUTEX_INITIALIZER;
 static unsigned captures;
-/* captures whose begin waited at the gate (for a fence), and how long */
+/* captures whose begin waited at the gate for a fence, and how long; the
+ * fences that held the gate, twice each (odd while one holds it: the gate
+ * is also held briefly by other captures' begins and ends, not counted) */
 static unsigned long long gate_waits, gate_wait_ns;
+static unsigned gate_fences;
 
 /*
  * Waiting for the captures to end (kv_prim_capture_wait) has a lock of its
@@ -449,13 +452,17 @@ static void quiet_init(void)
 
 void kv_prim_capture_begin(void)
 {
+	unsigned f = __atomic_load_n(&gate_fences, __ATOMIC_ACQUIRE);
 	uint64_t t;
 
 	if (pthread_mutex_trylock(&capture_gate)) {
 		t = kv_prim_now_ns();
 		pthread_mutex_lock(&capture_gate);
-		__atomic_add_fetch(&gate_waits, 1, __ATOMIC_RELAXED);
-		__atomic_add_fetch(&gate_wait_ns, kv_prim_now_ns() - t, __ATOMIC_RELAXED);
+		/* a fence held the gate while this begin waited for it */
+		if ((f & 1) || gate_fences != f) {
+			__atomic_add_fetch(&gate_waits, 1, __ATOMIC_RELAXED);
+			__atomic_add_fetch(&gate_wait_ns, kv_prim_now_ns() - t, __ATOMIC_RELAXED);
+		}
 	}
 	__atomic_store_n(&captures, captures + 1, __ATOMIC_RELEASE);
 	if (my_epoch != epoch) {
@@ -519,6 +526,7 @@ void kv_prim_forked(void)
 	epoch++;
 	my_captures = 0;
 	gate_waits = gate_wait_ns = 0;
+	gate_fences = 0;
 }
 
 void kv_prim_capture_gate(unsigned long long *waits, unsigned long long *ns)
@@ -527,12 +535,31 @@ void kv_prim_capture_gate(unsigned long long *waits, unsigned long long *ns)
 	*ns = __atomic_load_n(&gate_wait_ns, __ATOMIC_RELAXED);
 }
 
+/* Take and let go of the gate as a fence does (the count of fences odd
+ * while it holds it). */
+static void fence_gate_lock(void)
+{
+	pthread_mutex_lock(&capture_gate);
+	__atomic_store_n(&gate_fences, gate_fences + 1, __ATOMIC_RELEASE);
+}
+
+static void fence_gate_unlock(void)
+{
+	__atomic_store_n(&gate_fences, gate_fences + 1, __ATOMIC_RELEASE);
+	pthread_mutex_unlock(&capture_gate);
+}
+
 void kv_prim_capture_gate_held(void (*fn)(void *), void *arg, int fence)
 {
-	(void)fence;
-	pthread_mutex_lock(&capture_gate);
+	if (fence)
+		fence_gate_lock();
+	else
+		pthread_mutex_lock(&capture_gate);
 	fn(arg);
-	pthread_mutex_unlock(&capture_gate);
+	if (fence)
+		fence_gate_unlock();
+	else
+		pthread_mutex_unlock(&capture_gate);
 }
 
 int kv_prim_capturing(void)
@@ -564,9 +591,9 @@ int kv_prim_fence(const kv_prim_t *p, int *fenced)
 	CUresult r;
 
 	*fenced = 0;
-	pthread_mutex_lock(&capture_gate);
+	fence_gate_lock();
 	if (captures) {
-		pthread_mutex_unlock(&capture_gate);
+		fence_gate_unlock();
 		return 0;
 	}
 	r = drv.cuCtxPushCurrent_v2(p->ctx);
@@ -574,12 +601,12 @@ int kv_prim_fence(const kv_prim_t *p, int *fenced)
 		r = drv.cuCtxSynchronize();
 		drv.cuCtxPopCurrent_v2(&prev);
 		if (r != CUDA_SUCCESS) {
-			pthread_mutex_unlock(&capture_gate);
+			fence_gate_unlock();
 			return fail("cuCtxSynchronize", r);
 		}
 		*fenced = 1;
 	}
-	pthread_mutex_unlock(&capture_gate);
+	fence_gate_unlock();
 	return r == CUDA_SUCCESS ? 0 : fail("cuCtxPushCurrent", r);
 }
 
