@@ -225,7 +225,8 @@ static int copy_side(const struct kv_policy_box *b, size_t width, size_t height,
 	    __builtin_add_overflow(b->ptr, off, &r->start))
 		return owner(b->ptr, NULL, NULL) ? KVSHIM_EINVAL : 0;
 	r->a = owner(r->start, &base, &size);
-	if (!r->a)
+	/* (a linear copy starts at its pointer: one look-up, on every copy) */
+	if (!r->a && r->start != b->ptr)
 		r->a = owner(b->ptr, &base, &size);
 	if (!r->a)
 		return 0;
