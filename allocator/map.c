@@ -707,16 +707,13 @@ size_t kv_alloc_asked(kv_alloc_t *a)
 
 size_t kv_alloc_entitled(kv_alloc_t *a)
 {
-	uint64_t e, limit;
+	uint64_t e;
 
 	if (!a || !a->share)
 		return SIZE_MAX;
-	/* never more than this process may hold (KVSHIM_LIMIT): the rule
-	 * counts it already, from its slot (a guard) */
+	/* (at most this process's KVSHIM_LIMIT: the rule takes it as a
+	 * ceiling, from its slot) */
 	e = kv_share_entitled(a->share);
-	limit = (uint64_t)a->max_pages * a->page;
-	if (e > limit)
-		e = limit;
 	return e > SIZE_MAX ? SIZE_MAX : (size_t)e;
 }
 
