@@ -535,31 +535,22 @@ void kv_prim_capture_gate(unsigned long long *waits, unsigned long long *ns)
 	*ns = __atomic_load_n(&gate_wait_ns, __ATOMIC_RELAXED);
 }
 
-/* Take and let go of the gate as a fence does (the count of fences odd
- * while it holds it). */
-static void fence_gate_lock(void)
-{
-	pthread_mutex_lock(&capture_gate);
-	__atomic_store_n(&gate_fences, gate_fences + 1, __ATOMIC_RELEASE);
-}
-
-static void fence_gate_unlock(void)
+/* The gate held, a fence's wait begins or ends (the count of fences odd
+ * while one waits). */
+static void fence_mark(void)
 {
 	__atomic_store_n(&gate_fences, gate_fences + 1, __ATOMIC_RELEASE);
-	pthread_mutex_unlock(&capture_gate);
 }
 
 void kv_prim_capture_gate_held(void (*fn)(void *), void *arg, int fence)
 {
+	pthread_mutex_lock(&capture_gate);
 	if (fence)
-		fence_gate_lock();
-	else
-		pthread_mutex_lock(&capture_gate);
+		fence_mark();
 	fn(arg);
 	if (fence)
-		fence_gate_unlock();
-	else
-		pthread_mutex_unlock(&capture_gate);
+		fence_mark();
+	pthread_mutex_unlock(&capture_gate);
 }
 
 int kv_prim_capturing(void)
@@ -587,27 +578,27 @@ void kv_prim_unrelax(int mode)
 
 int kv_prim_fence(const kv_prim_t *p, int *fenced)
 {
+	const char *what = "cuCtxPushCurrent";
 	CUcontext prev;
 	CUresult r;
 
 	*fenced = 0;
-	fence_gate_lock();
+	pthread_mutex_lock(&capture_gate);
 	if (captures) {
-		fence_gate_unlock();
+		pthread_mutex_unlock(&capture_gate);
 		return 0;
 	}
+	fence_mark();
 	r = drv.cuCtxPushCurrent_v2(p->ctx);
 	if (r == CUDA_SUCCESS) {
+		what = "cuCtxSynchronize";
 		r = drv.cuCtxSynchronize();
 		drv.cuCtxPopCurrent_v2(&prev);
-		if (r != CUDA_SUCCESS) {
-			fence_gate_unlock();
-			return fail("cuCtxSynchronize", r);
-		}
-		*fenced = 1;
+		*fenced = r == CUDA_SUCCESS;
 	}
-	fence_gate_unlock();
-	return r == CUDA_SUCCESS ? 0 : fail("cuCtxPushCurrent", r);
+	fence_mark();
+	pthread_mutex_unlock(&capture_gate);
+	return r == CUDA_SUCCESS ? 0 : fail(what, r);
 }
 
 int kv_prim_zero(const kv_prim_t *p, CUdeviceptr va, size_t size)
