@@ -342,9 +342,10 @@ def follow_share(cache, scheduler, entitled, now=None):
     A request the scheduler admitted (it holds blocks) is never starved by
     the bound: one without its first token STARVED_S after the adapter
     first saw it admitted, or saw its prefill move on (position_offset,
-    where transformers keeps it), raises the bound, pass by pass while it starves,
-    to what every admitted request reads (the blocks in use), so that
-    transformers schedules them all (now: time.monotonic(), for tests).
+    where transformers keeps it), raises the bound, pass by pass while it
+    starves, to what every admitted request reads (the blocks in use), so
+    that transformers schedules them all (now: time.monotonic(), for
+    tests).
     Returns the bound, or None where it does not apply."""
     read = getattr(cache, "kvshim_read_most", None)
     if read is None:
@@ -365,15 +366,8 @@ def follow_share(cache, scheduler, entitled, now=None):
                 for state in list((getattr(scheduler, queue, None) or {}).values()):
                     most = max(most, _request_tokens(state, read))
                     if queue == "active_requests" and _no_token_yet(state):
-                        rid = state.request_id
-                        live.add(rid)
-                        # a prefill in chunks moves on: counted from its last move
-                        at = getattr(state, "position_offset", None)
-                        since, was = seen.get(rid, (now, at))
-                        if at != was:
-                            since = now
-                        seen[rid] = (since, at)
-                        starved |= now - since >= STARVED_S
+                        live.add(state.request_id)
+                        starved |= _starving(seen, state, now)
             for rid in [r for r in seen if r not in live]:
                 del seen[rid]
             if starved:
@@ -394,6 +388,19 @@ def follow_share(cache, scheduler, entitled, now=None):
         seen.clear()
     cache.num_pages = cap
     return cap
+
+
+def _starving(seen, state, now):
+    """Whether admitted request state, without its first token, has waited
+    STARVED_S since seen (request id: (since, position_offset)) first had
+    it or its prefill last moved on (a prefill in chunks moves every pass
+    it is scheduled); seen is kept up to date."""
+    at = getattr(state, "position_offset", None)
+    since, was = seen.get(state.request_id, (now, at))
+    if at != was:
+        since = now
+    seen[state.request_id] = (since, at)
+    return now - since >= STARVED_S
 
 
 def _no_token_yet(state):
