@@ -722,12 +722,23 @@ def replay(manager, reqs, t0, kv_now, torch, adapter_now=None, read_cap=None):
 
 # ---- the parent ----------------------------------------------------------------------
 
-def nvidia_smi_used():
-    # the GPU the engines share: KVSHIM_DEVICE's first, or 0 (all, the default)
+def smi_id():
+    """The GPU the engines share, as nvidia-smi -i names it: KVSHIM_DEVICE's
+    first ordinal (0 for all, the default), through CUDA_VISIBLE_DEVICES where
+    that is set (nvidia-smi numbers every GPU of the machine; it takes the
+    index or UUID the variable lists)."""
     first = os.environ.get("KVSHIM_DEVICE", "0").split(",")[0]
+    ordinal = int(first) if first.isdigit() else 0
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    if "CUDA_VISIBLE_DEVICES" in os.environ and ordinal < len(visible):
+        return visible[ordinal]
+    return str(ordinal)
+
+
+def nvidia_smi_used():
     try:
         out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits",
-                              "-i", first if first.isdigit() else "0"],
+                              "-i", smi_id()],
                              capture_output=True, text=True, timeout=5).stdout
         return int(out.split()[0]) * MIB
     except (OSError, ValueError, IndexError, subprocess.SubprocessError):

@@ -4961,6 +4961,28 @@ class ColocateReadCapsTest(unittest.TestCase):
         self.assertEqual([s.count("following each engine's share of the budget")
                           for s in sections], [1, 1])
 
+    def test_nvidia_smi_index_through_visible_devices(self):
+        # nvidia-smi numbers every GPU of the machine: the GPU colocate
+        # samples is KVSHIM_DEVICE's first ordinal, mapped through
+        # CUDA_VISIBLE_DEVICES where that is set
+        import importlib.util
+        src = os.environ.get("KVSHIM_BENCH_SRC") or os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "..", "bench")
+        spec = importlib.util.spec_from_file_location("colocate_smi", os.path.join(src, "colocate.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        cases = [({}, "0"), ({"KVSHIM_DEVICE": "all"}, "0"), ({"KVSHIM_DEVICE": "1,0"}, "1"),
+                 ({"CUDA_VISIBLE_DEVICES": "1"}, "1"),
+                 ({"CUDA_VISIBLE_DEVICES": "3, 2", "KVSHIM_DEVICE": "1"}, "2"),
+                 ({"CUDA_VISIBLE_DEVICES": "GPU-abc"}, "GPU-abc"),
+                 ({"CUDA_VISIBLE_DEVICES": "1", "KVSHIM_DEVICE": "2"}, "2")]
+        for env, want in cases:
+            with unittest.mock.patch.dict(os.environ, env, clear=False):
+                for k in ("KVSHIM_DEVICE", "CUDA_VISIBLE_DEVICES"):
+                    if k not in env:
+                        os.environ.pop(k, None)
+                self.assertEqual(mod.smi_id(), want, env)
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
