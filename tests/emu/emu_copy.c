@@ -262,13 +262,19 @@ CUresult kv_emu_run(const kv_emu_op_t *op)
 /*
  * One side of a copy, or the target of a memset, as submit checks it: its first byte, the bytes
  * from there to its last, and how it is checked: DEV must lie in one allocation or reservation,
- * ANY (a unified pointer) must when it starts in one, NONE is not checked.
+ * ANY (a unified pointer) must when it starts in one, NONE is not checked. whole: a pitched
+ * copy's or memset's side (2D, 3D), from its pointer (not its first row) to its last byte, all
+ * of whose pages must be mapped too (the driver 580 on an H200 refused such a copy or memset
+ * with CUDA_ERROR_INVALID_VALUE when a page from the pointer to the box's end was unmapped:
+ * one the rows skip, one between the pointer and the first row; docs/BENCHMARKS.md, section
+ * 5); a linear copy's unmapped page is the later illegal address instead.
  */
 enum side_check { SIDE_NONE, SIDE_DEV, SIDE_ANY };
 struct side {
     CUdeviceptr p;
     size_t bytes;
     enum side_check check;
+    bool whole;
 };
 
 /*
@@ -292,7 +298,8 @@ static bool side_ok(const struct side *d)
         return true;
     if (d->check == SIDE_ANY && !kv_emu_find_resv(d->p, 1))
         return true;
-    return kv_emu_find_resv(d->p, d->bytes) != NULL;
+    return kv_emu_find_resv(d->p, d->bytes) != NULL &&
+           (!d->whole || kv_emu_range_mapped(d->p, d->bytes));
 }
 
 /*
@@ -364,6 +371,7 @@ static CUresult set(enum kv_emu_fn fn, CUdeviceptr dst, unsigned int value, size
     side.p = dst;
     side.bytes = n * (size_t)width;
     side.check = SIDE_DEV;
+    side.whole = false;
     return submit(fn, async, s, &side, 1, &o);
 }
 
@@ -441,6 +449,7 @@ static CUresult set2d(enum kv_emu_fn fn, CUdeviceptr dst, size_t pitch, unsigned
     side.p = dst;
     side.bytes = n && height ? span : 0;
     side.check = SIDE_DEV;
+    side.whole = true;
     return submit(fn, async, s, &side, 1, &o);
 }
 
@@ -594,6 +603,7 @@ static CUresult resolve(const struct box *b, size_t w, size_t h, size_t d, CUdev
     out->bytes = 0;
     out->check = b->type == CU_MEMORYTYPE_DEVICE ? SIDE_DEV
                : b->type == CU_MEMORYTYPE_UNIFIED ? SIDE_ANY : SIDE_NONE;
+    out->whole = true;
     if (w == 0 || h == 0 || d == 0)
         return CUDA_SUCCESS;
     if ((h > 1 || d > 1) && b->pitch < w)
@@ -609,8 +619,8 @@ static CUresult resolve(const struct box *b, size_t w, size_t h, size_t d, CUdev
         __builtin_add_overflow(reach, off, &reach) || __builtin_add_overflow(reach, w, &reach) ||
         *start + reach < *start)
         return CUDA_ERROR_INVALID_VALUE;
-    out->p = *start;
-    out->bytes = reach;
+    /* (checked from the pointer: see struct side) */
+    out->bytes = *start - b->ptr + reach;
     return CUDA_SUCCESS;
 }
 

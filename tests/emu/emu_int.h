@@ -428,6 +428,12 @@ int kv_emu_mem_init(void);
 /* The reservation holding [p, p + n) whole, or NULL; call locked. */
 kv_emu_resv_t *kv_emu_find_resv(uintptr_t p, size_t n);
 /*
+ * Whether every page of [p, p + n) is mapped, where it lies in a reservation of the caller's
+ * (true for host memory and cuMemAlloc allocations); call locked. A pitched copy or memset
+ * (2D, 3D) is refused when one is not (see struct side in emu_copy.c).
+ */
+bool kv_emu_range_mapped(uintptr_t p, size_t n);
+/*
  * Whether device dev may read (write: write) the mapped pages of [p, p + n) of a reservation, as
  * cuMemSetAccess granted; call locked. Unmapped pages are not judged here (they fault when
  * touched), nor host memory and cuMemAlloc allocations (reachable from every device, as with

@@ -254,6 +254,21 @@ static size_t count_mapped(const kv_emu_resv_t *r, size_t first, size_t n)
     return c;
 }
 
+bool kv_emu_range_mapped(uintptr_t p, size_t n)
+{
+    kv_emu_resv_t *r;
+    size_t first;
+
+    if (n == 0)
+        return true;
+    r = find_user_resv(p, n);
+    if (!r)
+        return true;
+    first = (p - r->base) / P;
+    return count_mapped(r, first, (p - r->base + n - 1) / P - first + 1) ==
+           (p - r->base + n - 1) / P - first + 1;
+}
+
 /* ------------------------------------------------------------------ mappings */
 
 /*

@@ -72,6 +72,9 @@
     X(cuMemcpyHtoDAsync_v2) \
     X(cuMemcpyDtoHAsync_v2) \
     X(cuMemcpyDtoDAsync_v2) \
+    X(cuMemcpy2D_v2) \
+    X(cuMemcpy2DAsync_v2) \
+    X(cuMemcpy3D_v2) \
     X(cuStreamCreate) \
     X(cuStreamDestroy_v2) \
     X(cuStreamSynchronize) \
@@ -198,6 +201,9 @@ RUNTIME_FUNCS(DECLARE)
 #define cuMemcpyAsync p_cuMemcpyAsync
 #define cuMemcpyHtoD_v2 p_cuMemcpyHtoD_v2
 #define cuMemcpyDtoH_v2 p_cuMemcpyDtoH_v2
+#define cuMemcpy2D_v2 p_cuMemcpy2D_v2
+#define cuMemcpy2DAsync_v2 p_cuMemcpy2DAsync_v2
+#define cuMemcpy3D_v2 p_cuMemcpy3D_v2
 #define cuMemcpyDtoD_v2 p_cuMemcpyDtoD_v2
 #define cuMemcpyHtoDAsync_v2 p_cuMemcpyHtoDAsync_v2
 #define cuMemcpyDtoHAsync_v2 p_cuMemcpyDtoHAsync_v2
