@@ -122,9 +122,10 @@ MEMSET(cuMemsetD32Async_ptsz, unsigned int, 4, ASYNC_ARGS, ASYNC_PASS,
        kv_hooks_captures(s, 1))
 
 /*
- * 2D memsets: every page of the box the rows span is backed first (a zero
- * value too: the rows may fall on unbacked pages, which fault), then the
- * call goes to the driver whole.
+ * 2D memsets: every page from the first row's start to the last row's end
+ * is backed first, those the rows skip too (a zero value too: the driver
+ * refuses the memset with a page of that range unmapped), then the call
+ * goes to the driver whole.
  */
 #define MEMSET2D(name, T, elem, ARGS, PASS)                                 \
 CUresult kv_hook_##name(CUdeviceptr p, size_t pitch, T v, size_t w,         \
@@ -195,10 +196,10 @@ COPY(cuMemcpyDtoDAsync_v2, CUdeviceptr, CUdeviceptr, dst, src, ASYNC_ARGS, ASYNC
 COPY(cuMemcpyDtoDAsync_v2_ptsz, CUdeviceptr, CUdeviceptr, dst, src, ASYNC_ARGS, ASYNC_PASS)
 
 /*
- * 2D and 3D copies: every span page of the box each device side's rows
- * span is backed first (see kv_policy_copy); a host or array side is left
- * alone, a unified one is judged by its pointer. The call then goes to the
- * driver whole.
+ * 2D and 3D copies: every span page from each device side's pointer to
+ * its box's end is backed first (see kv_policy_copy); a host or array side
+ * is left alone, a unified one is judged by its pointer. The call then goes
+ * to the driver whole.
  */
 static CUdeviceptr side_ptr(CUmemorytype t, CUdeviceptr dev)
 {

@@ -191,11 +191,11 @@ MEMCPY(cudaMemcpyAsync, ASYNC_ARGS, ASYNC_PASS)
 MEMCPY(cudaMemcpyAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
 
 /*
- * 2D copies: every span page of the box each device side's rows span is
- * backed first (see kv_policy_copy). A width past either pitch is left to
- * the runtime, nothing backed: its refusal (cudaErrorInvalidPitchValue,
- * after the checks it makes first) is its own, and recorded as its last
- * error.
+ * 2D copies: every span page from each device side's pointer to its
+ * box's end is backed first (see kv_policy_copy). A width past either
+ * pitch is left to the runtime, nothing backed: its refusal
+ * (cudaErrorInvalidPitchValue, after the checks it makes first) is its
+ * own, and recorded as its last error.
  */
 #define MEMCPY2D(name, ARGS, PASS)                                          \
 cudaError_t kv_hook_##name(void *dst, size_t dp, const void *src, size_t sp, \

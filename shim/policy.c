@@ -205,35 +205,41 @@ struct copy_run {
 	size_t bytes;
 };
 
-/* Check one side of a copy (see kv_policy_copy) and say which bytes of
- * which span it covers, in *r. Returns 0, or the error the driver's
- * refusal means. */
+/*
+ * Check one side of a copy (see kv_policy_copy) and say which bytes of
+ * which span it covers, in *r: from the side's pointer, not its first row,
+ * to the box's last byte, for the driver checks that whole range and
+ * refuses the copy if a page of it is unmapped, between the pointer and
+ * the box or between its rows (docs/BENCHMARKS.md, section 5). A pointer
+ * in no span is the driver's business, a box reaching into a span included
+ * (it crosses allocations). Returns 0, or the error the driver's refusal
+ * means.
+ */
 static int copy_side(const struct kv_policy_box *b, size_t width, size_t height,
 		     size_t depth, struct copy_run *r)
 {
-	CUdeviceptr base;
-	size_t off, size;
+	CUdeviceptr base, start;
+	size_t off, size, box;
 	int rc;
 
 	r->a = NULL;
 	if (!b->ptr || !width || !height || !depth)
 		return 0;
+	r->a = owner(b->ptr, &base, &size);
+	if (!r->a)
+		return 0;
 	if (__builtin_mul_overflow(b->z, b->ysize, &off) ||
 	    __builtin_add_overflow(off, b->y, &off) ||
 	    __builtin_mul_overflow(off, b->pitch, &off) ||
 	    __builtin_add_overflow(off, b->x, &off) ||
-	    __builtin_add_overflow(b->ptr, off, &r->start))
-		return owner(b->ptr, NULL, NULL) ? KVSHIM_EINVAL : 0;
-	r->a = owner(r->start, &base, &size);
-	/* (a linear copy starts at its pointer: one look-up, on every copy) */
-	if (!r->a && r->start != b->ptr)
-		r->a = owner(b->ptr, &base, &size);
-	if (!r->a)
-		return 0;
-	rc = box_bytes(r->start, 1, width, height, depth, b->pitch, b->ysize, &r->bytes);
+	    __builtin_add_overflow(b->ptr, off, &start))
+		return KVSHIM_EINVAL;
+	rc = box_bytes(start, 1, width, height, depth, b->pitch, b->ysize, &box);
 	if (rc)
 		return rc;
-	if (r->start < base || r->start - base >= size || r->bytes > size - (r->start - base))
+	r->start = b->ptr;
+	if (__builtin_add_overflow(off, box, &r->bytes) ||
+	    r->bytes > size - (b->ptr - base))
 		return KVSHIM_ERANGE;
 	return 0;
 }

@@ -84,10 +84,11 @@ struct kv_policy_box {
 /*
  * A copy of depth slices of height rows of width bytes (a linear copy: one
  * row of one slice) is about to read or write its sides: back and pin every
- * span page of the box each side's rows span (a pin is no counter: copies
- * never pile claims up). Each side lies in the span holding its first byte,
- * or else the one holding its pointer; a side in no span is left alone.
- * Every side is checked before any page is backed. Returns 0; KVSHIM_EINVAL
+ * span page from each side's pointer to its box's last byte (the driver
+ * refuses a 2D or 3D copy with a page of that range unmapped, those its
+ * rows skip included; a pin is no counter: copies never pile claims up).
+ * A side whose pointer is in no span is left alone. Every side is checked
+ * before any page is backed. Returns 0; KVSHIM_EINVAL
  * where the driver would refuse the copy (sizes or offsets that overflow, a
  * pitch narrower than a row of several, slices of fewer rows than the
  * copy's), KVSHIM_ERANGE when a side's box runs past its span's end, and
