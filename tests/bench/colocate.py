@@ -1938,13 +1938,15 @@ def targets(table, traces, results, args):
             labels = [tr["label"] for tr in traces if (tr["label"], c, "all") in table]
             # (a budget that skipped a replay, --deadline, is not said to meet;
             # a trace replayed more than once meets within static's spread)
-            meets = bool(labels) and not results[c].get("skipped") and all(
+            ran_meet = bool(labels) and all(
                 spread[c][tr["base"]][n]["kvshim_median"] <= spread[c][tr["base"]][n][
                     "static_max"] * tol if tr["base"] in spread[c]
                 else ratio(table, tr["label"], c, n) * tol >= 1.0
                 for tr in traces if tr["label"] in labels for n in ORDER)
+            skipped = len(results[c].get("skipped", []))
+            meets = ran_meet and not skipped
             rows.append({"config": c, "budget_gib": results[c]["budget"] / GIB, "traces": labels,
-                         "meets": meets,
+                         "meets": meets, "met_on_replays_run": ran_meet, "replays_skipped": skipped,
                          "ratios": {lb: {n: ratio(table, lb, c, n) for n in ORDER + ("all",)}
                                     for lb in labels}})
             if meets and sweep_variant(c):
@@ -1964,13 +1966,21 @@ def targets(table, traces, results, args):
                 print("| %.2f%s | %s | %.2fx | %.2fx | %.2fx | %.2fx | %s |" % (
                     r["budget_gib"], " (%s)" % sweep_variant(r["config"])
                     if sweep_variant(r["config"]) else "", lb, x["small"], x["medium"],
-                    x["large"], x["all"], "yes" if r["meets"] else "no"))
+                    x["large"], x["all"], "yes" if r["meets"] else
+                    "no: %d replay%s skipped by --deadline (met on those it ran: %s)" % (
+                        r["replays_skipped"], "s" * (r["replays_skipped"] != 1),
+                        "yes" if r["met_on_replays_run"] else "no")
+                    if r["replays_skipped"] else "no"))
         for what, b, kind in (("", smallest, ("kvshim@", "packed@")),) + tuple(
                 (" " + said, smallest_of.get(v), v + "@") for v, said in SWEEP_VARIANTS):
             if any(r["config"].startswith(kind) for r in rows):
+                part = [r["budget_gib"] for r in rows if r["config"].startswith(kind) and
+                        r["met_on_replays_run"] and r["replays_skipped"]]
                 print("colocate: smallest kvshim budget%s meeting the static %.1f GiB split's "
-                      "per-model p99: %s" % (what, args.budget_gib,
-                                             "%.2f GiB" % b if b else "none of those tried"))
+                      "per-model p99: %s%s" % (
+                          what, args.budget_gib, "%.2f GiB" % b if b else "none of those tried",
+                          "" if b or not part else " (%.2f GiB met on the replays it ran, but "
+                          "--deadline skipped some: not judged)" % min(part)))
         # what no budget below can hold at once: static's requests' blocks at their peak
         held = {lb: table[(lb, "static", "blocks")]["peak"]
                 for lb in sorted({lb for r in rows for lb in r["traces"]})
