@@ -4370,7 +4370,8 @@ class ReadBudgetTest(unittest.TestCase):
         # tokens no longer fit: admitted requests holding more than the
         # bound starve the last of them (on an H200 an admitted request waited
         # 10.3 s for its first token, session 34). One admitted STARVED_S
-        # ago without its first token raises the bound to the blocks in use
+        # ago without its first token raises the bound by what it reads; one
+        # 2 * STARVED_S ago, to the blocks in use
         p = self.build()
         sched, cache = p.scheduler, p.cache
         for _ in range(3000):                      # 48000 tokens in use
@@ -4383,8 +4384,12 @@ class ReadBudgetTest(unittest.TestCase):
         t = 10.0
         self.assertEqual(reads.follow_share(cache, sched, 1000, now=t), 16000)
         self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S / 2), 16000)
-        # on the interval (1024) transformers pads a read to
-        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S), 48128)
+        # on the interval (1024) transformers pads a read to: 16000 + 600
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S), 17408)
+        self.assertEqual(reads.follow_share(cache, sched, 1000,
+                                            now=t + reads.STARVED_S * 1.9), 17408)
+        self.assertEqual(reads.follow_share(cache, sched, 1000,
+                                            now=t + 2 * reads.STARVED_S), 48128)
         self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 5), 48128)
         for _ in range(3000):                      # 96000: at most R
             cache._block_manager._uninit_block_ids.popleft()
@@ -4433,10 +4438,12 @@ class ReadBudgetTest(unittest.TestCase):
         sched.active_requests = {"a": first}
         t = 10.0
         self.assertEqual(reads.follow_share(cache, sched, 1000, now=t), 16000)
-        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S), 65536)
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S), 17408)
+        self.assertEqual(reads.follow_share(cache, sched, 1000,
+                                            now=t + 2 * reads.STARVED_S), 65536)
         for dt in (0.01, 0.1, reads.STARVED_S / 2):
             self.assertEqual(reads.follow_share(cache, sched, 1000,
-                                                now=t + reads.STARVED_S + dt), 65536)
+                                                now=t + 2 * reads.STARVED_S + dt), 65536)
         # its first token given: the share again, and it is forgotten
         first.generated_tokens = [1]
         self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 5), 16000)
@@ -4463,7 +4470,57 @@ class ReadBudgetTest(unittest.TestCase):
         self.assertEqual(reads.follow_share(cache, sched, 1000,
                                             now=stalled + reads.STARVED_S / 2), 16000)
         self.assertEqual(reads.follow_share(cache, sched, 1000,
-                                            now=stalled + reads.STARVED_S), 48128)
+                                            now=stalled + reads.STARVED_S), 17408)
+        self.assertEqual(reads.follow_share(cache, sched, 1000,
+                                            now=stalled + 2 * reads.STARVED_S), 48128)
+
+    def test_read_guard_raises_by_what_the_starving_read_first(self):
+        # a raise is a wider batch, whose CUDA graph the engine keeps (on an
+        # H200 the large engine captured graphs reading 49152 tokens where
+        # its bound read 21824, and held 868 MiB more beside its KV cache:
+        # session 35): first the bound grows by what the starving requests
+        # read, on top of the largest request's floor, at most the blocks
+        # in use; the blocks in use only once one has starved 2 * STARVED_S
+        p = self.build()
+        sched, cache = p.scheduler, p.cache
+        for _ in range(3000):                      # 48000 tokens in use
+            cache._block_manager._uninit_block_ids.popleft()
+        a, b = request("a", 500, 100), request("b", 2000, 400)
+        a.generated_tokens, b.generated_tokens = [], []
+        sched.active_requests = {"a": a}
+        t = 10.0
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t), 16000)
+        sched.active_requests["b"] = b             # admitted STARVED_S / 2 later
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S / 2),
+                         16000)
+        # a starves alone: 16000 + 600
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S), 17408)
+        # both: 16000 + 600 + 2400
+        self.assertEqual(reads.follow_share(cache, sched, 1000,
+                                            now=t + reads.STARVED_S * 1.5), 19456)
+        # on top of the largest request's floor: one waiting of 30000
+        sched.waiting_requests = {"w": request("w", 30000, 0)}
+        self.assertEqual(reads.follow_share(cache, sched, 1000,
+                                            now=t + reads.STARVED_S * 1.6), 33792)
+        sched.waiting_requests = {}
+        # a starving 2 * STARVED_S: the blocks in use
+        self.assertEqual(reads.follow_share(cache, sched, 1000,
+                                            now=t + 2 * reads.STARVED_S), 48128)
+        # a's first token given, b starving 1.5 * STARVED_S: by b's read
+        a.generated_tokens = [1]
+        self.assertEqual(reads.follow_share(cache, sched, 1000,
+                                            now=t + 2 * reads.STARVED_S + 0.01), 18432)
+        # at most the blocks in use: 1010 blocks, 16160 tokens, of which
+        # the bound's 16000 and 160 more (on the interval, 16384)
+        p = self.build()
+        sched, cache = p.scheduler, p.cache
+        for _ in range(1010):
+            cache._block_manager._uninit_block_ids.popleft()
+        a = request("a", 500, 100)
+        a.generated_tokens = []
+        sched.active_requests = {"a": a}
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t), 16000)
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S), 16384)
 
     def test_read_follows_a_request_without_max_new_tokens(self):
         # one without max_new_tokens stops at R (fit_request): the bound

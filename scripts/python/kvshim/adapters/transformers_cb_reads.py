@@ -343,9 +343,15 @@ def follow_share(cache, scheduler, entitled, now=None):
     the bound: one without its first token STARVED_S after the adapter
     first saw it admitted, or saw its prefill move on (position_offset,
     where transformers keeps it), raises the bound, pass by pass while it
-    starves, to what every admitted request reads (the blocks in use), so
-    that transformers schedules them all (now: time.monotonic(), for
-    tests).
+    starves, by what the starving requests read (on top of the bound, at
+    most the blocks in use); one starving 2 * STARVED_S, to what every
+    admitted request reads (the blocks in use), so that transformers
+    schedules them all. (A raise is a wider batch, whose CUDA graph an
+    engine keeps: on an H200, raised straight to the blocks in use in a
+    rate 6 warm-up, the large engine captured graphs reading 49152 tokens
+    where its bound read 21824, and held 868 MiB more beside its KV cache
+    than static's: docs/BENCHMARKS.md, session 35.) now: time.monotonic(),
+    for tests.
     Returns the bound, or None where it does not apply."""
     read = getattr(cache, "kvshim_read_most", None)
     if read is None:
@@ -361,17 +367,22 @@ def follow_share(cache, scheduler, entitled, now=None):
         binds = cap < read
         if binds:
             now = time.monotonic() if now is None else now
-            most, starved, live = 0, False, set()
+            most, starving, longest, live = 0, 0, 0.0, set()
             for queue in ("active_requests", "waiting_requests"):
                 for state in list((getattr(scheduler, queue, None) or {}).values()):
                     most = max(most, _request_tokens(state, read))
                     if queue == "active_requests" and _no_token_yet(state):
                         live.add(state.request_id)
-                        starved |= _starving(seen, state, now)
+                        waited = _starved_for(seen, state, now)
+                        if waited >= STARVED_S:
+                            starving += _request_tokens(state, read)
+                            longest = max(longest, waited)
             for rid in [r for r in seen if r not in live]:
                 del seen[rid]
-            if starved:
-                most = max(most, _tokens_in_use(cache, read))
+            if starving:
+                in_use = _tokens_in_use(cache, read)
+                most = max(most, in_use if longest >= 2 * STARVED_S
+                           else min(max(cap, most) + starving, in_use))
             # transformers pads a batch's read to its interval, at most
             # num_pages, and keys a CUDA graph on the padded size: raised
             # for a request, the bound goes to the interval (the share's
@@ -390,17 +401,17 @@ def follow_share(cache, scheduler, entitled, now=None):
     return cap
 
 
-def _starving(seen, state, now):
-    """Whether admitted request state, without its first token, has waited
-    STARVED_S since seen (request id: (since, position_offset)) first had
-    it or its prefill last moved on (a prefill in chunks moves every pass
-    it is scheduled); seen is kept up to date."""
+def _starved_for(seen, state, now):
+    """The seconds admitted request state, without its first token, has
+    waited since seen (request id: (since, position_offset)) first had it
+    or its prefill last moved on (a prefill in chunks moves every pass it
+    is scheduled); seen is kept up to date."""
     at = getattr(state, "position_offset", None)
     since, was = seen.get(state.request_id, (now, at))
     if at != was:
         since = now
     seen[state.request_id] = (since, at)
-    return now - since >= STARVED_S
+    return now - since
 
 
 def _no_token_yet(state):
