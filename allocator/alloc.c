@@ -186,6 +186,8 @@ static int init_sync(kv_alloc_t *a)
 		return KVSHIM_ENOMEM;
 	if (kv_prim_cond_init(&a->wake) || kv_prim_cond_init(&a->done))
 		return KVSHIM_ENOMEM;
+	if (pthread_rwlock_init(&a->spans_lock, NULL))
+		return KVSHIM_ENOMEM;
 	return 0;
 }
 
@@ -304,6 +306,7 @@ void kv_alloc_destroy(kv_alloc_t *a)
 	pthread_cond_destroy(&a->wake);
 	pthread_cond_destroy(&a->done);
 	pthread_mutex_destroy(&a->lock);
+	pthread_rwlock_destroy(&a->spans_lock);
 	free(a);
 }
 

@@ -114,6 +114,13 @@ struct kv_alloc_s {
 	struct kv_span **spans; /* live spans, sorted by base */
 	struct kv_span *dying;  /* released, their pages still to unmap */
 	size_t nspans, cap;
+	/* spans, nspans and cap are written holding lock and spans_lock;
+	 * kv_alloc_span reads them holding spans_lock alone, so that the
+	 * look-up every hooked copy and memset makes never waits for a map,
+	 * trim or fence that holds lock across driver calls (on an H200 an
+	 * engine's steps stopped for up to 0.16 s while its process moved
+	 * pages: docs/BENCHMARKS.md, session 35) */
+	pthread_rwlock_t spans_lock;
 	size_t reserved;
 	uint64_t next_id;       /* the next span's id */
 

@@ -135,11 +135,13 @@ int kv_alloc_reserve(kv_alloc_t *a, size_t size, CUdeviceptr *base)
 		goto fail;
 
 	pthread_mutex_lock(&a->lock);
+	pthread_rwlock_wrlock(&a->spans_lock);
 	if (a->nspans == a->cap) {
 		size_t cap = a->cap ? a->cap * 2 : 16;
 
 		grown = realloc(a->spans, cap * sizeof(*grown));
 		if (!grown) {
+			pthread_rwlock_unlock(&a->spans_lock);
 			pthread_mutex_unlock(&a->lock);
 			kv_prim_unreserve(&a->prim, sp->base, sp->size);
 			rc = KVSHIM_ENOMEM;
@@ -154,6 +156,7 @@ int kv_alloc_reserve(kv_alloc_t *a, size_t size, CUdeviceptr *base)
 		(a->nspans - i) * sizeof(*a->spans));
 	a->spans[i] = sp;
 	a->nspans++;
+	pthread_rwlock_unlock(&a->spans_lock);
 	a->reserved += sp->size;
 	KV_DEBUG_CHECK_LOCKED(a);
 	pthread_mutex_unlock(&a->lock);
@@ -186,10 +189,12 @@ static void retire(kv_alloc_t *a, struct kv_span *sp)
 			a->phys[s].idle_ns = now;
 		kv_slot_move(a, s, KV_P_DYING);
 	}
+	pthread_rwlock_wrlock(&a->spans_lock);
 	i = upper(a, sp->base) - 1;
 	memmove(a->spans + i, a->spans + i + 1,
 		(a->nspans - i - 1) * sizeof(*a->spans));
 	a->nspans--;
+	pthread_rwlock_unlock(&a->spans_lock);
 	a->reserved -= sp->size;
 	sp->dying = 1;
 	sp->next = a->dying;
@@ -326,7 +331,8 @@ int kv_alloc_span(kv_alloc_t *a, CUdeviceptr addr, CUdeviceptr *base,
 
 	if (!a)
 		return KVSHIM_EINVAL;
-	pthread_mutex_lock(&a->lock);
+	/* (not under lock: see spans_lock) */
+	pthread_rwlock_rdlock(&a->spans_lock);
 	sp = kv_span_find(a, addr);
 	if (sp) {
 		if (base)
@@ -336,7 +342,7 @@ int kv_alloc_span(kv_alloc_t *a, CUdeviceptr addr, CUdeviceptr *base,
 		if (id)
 			*id = sp->id;
 	}
-	pthread_mutex_unlock(&a->lock);
+	pthread_rwlock_unlock(&a->spans_lock);
 	return sp ? 0 : KVSHIM_ERANGE;
 }
 
@@ -611,7 +617,10 @@ void kv_spans_fini(kv_alloc_t *a)
 		a->dying = sp->next;
 		span_free(sp);
 	}
-	pthread_mutex_unlock(&a->lock);
+	pthread_rwlock_wrlock(&a->spans_lock);
 	free(a->spans);
 	a->spans = NULL;
+	a->cap = 0;
+	pthread_rwlock_unlock(&a->spans_lock);
+	pthread_mutex_unlock(&a->lock);
 }

@@ -1,6 +1,10 @@
 /*
  * test_span.c - spans, lazy backing, claims and the map/unmap contracts.
  */
+#include <pthread.h>
+#include <stdint.h>
+#include <time.h>
+
 #include "alloc_int.h"
 #include "suites.h"
 
@@ -572,6 +576,66 @@ START_TEST(test_span_ids)
 }
 END_TEST
 
+static void *map_first_page(void *arg)
+{
+	(void)arg;
+	return (void *)(intptr_t)kv_alloc_map(a, base, PG);
+}
+
+struct look_up {
+	CUdeviceptr addr;
+	int rc;
+	int done;
+};
+
+static void *look_up(void *arg)
+{
+	struct look_up *l = arg;
+
+	l->rc = kv_alloc_span(a, l->addr, NULL, NULL, NULL);
+	__atomic_store_n(&l->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/*
+ * A look-up (what every hooked copy and memset makes) does not wait for a
+ * map that holds the allocator's lock across its driver calls (held here
+ * in the driver's cuMemCreate): it answers while the map waits, for an
+ * address in a span and one in none.
+ */
+START_TEST(test_lookup_beside_a_map)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	struct look_up in = { base + 2 * PG, -1, 0 }, out = { 4096, -1, 0 };
+	pthread_t mapper, t1, t2;
+	void *rc;
+	int i, done = 0;
+
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	ck_assert_int_eq(pthread_create(&mapper, NULL, map_first_page, NULL), 0);
+	for (i = 0; i < 30000 && kv_dev_waiting("cuMemCreate") < 1; i++)
+		nanosleep(&ms, NULL);
+	ck_assert_int_ge(kv_dev_waiting("cuMemCreate"), 1);
+	ck_assert_int_eq(pthread_create(&t1, NULL, look_up, &in), 0);
+	ck_assert_int_eq(pthread_create(&t2, NULL, look_up, &out), 0);
+	for (i = 0; i < 30000 && !done; i++) {          /* 30 s at most */
+		done = __atomic_load_n(&in.done, __ATOMIC_ACQUIRE) &&
+		       __atomic_load_n(&out.done, __ATOMIC_ACQUIRE);
+		if (!done)
+			nanosleep(&ms, NULL);
+	}
+	kv_dev_hold("cuMemCreate", 0);
+	ck_assert_int_eq(pthread_join(t1, NULL), 0);
+	ck_assert_int_eq(pthread_join(t2, NULL), 0);
+	ck_assert_int_eq(pthread_join(mapper, &rc), 0);
+	ck_assert_msg(done, "a look-up waited for the map in the driver");
+	ck_assert_int_eq(in.rc, 0);
+	ck_assert_int_eq(out.rc, KVSHIM_ERANGE);
+	ck_assert_int_eq((int)(intptr_t)rc, 0);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, PG);
+}
+END_TEST
+
 /* The checker is no formality: it notices a count, a list or a span page
  * that disagrees with the slots. */
 START_TEST(test_checker_notices)
@@ -675,6 +739,7 @@ Suite *span_suite(void)
 	tcase_add_test(tc, test_pin);
 	tcase_add_test(tc, test_claims_cannot_wrap);
 	tcase_add_test(tc, test_span_ids);
+	kt_add_emu(tc, test_lookup_beside_a_map);
 	tcase_add_test(tc, test_checker_notices);
 	suite_add_tcase(s, tc);
 
