@@ -262,12 +262,16 @@ CUresult kv_emu_run(const kv_emu_op_t *op)
 /*
  * One side of a copy, or the target of a memset, as submit checks it: its first byte, the bytes
  * from there to its last, and how it is checked: DEV must lie in one allocation or reservation,
- * ANY (a unified pointer) must when it starts in one, NONE is not checked. whole: a pitched
- * copy's or memset's side (2D, 3D), from its pointer (not its first row) to its last byte, all
- * of whose pages must be mapped too (the driver 580 on an H200 refused such a copy or memset
- * with CUDA_ERROR_INVALID_VALUE when a page from the pointer to the box's end was unmapped:
- * one the rows skip, one between the pointer and the first row; docs/BENCHMARKS.md, section
- * 5); a linear copy's unmapped page is the later illegal address instead.
+ * ANY (a unified pointer) must when its pointer is in one, NONE is not checked. whole: a pitched
+ * copy's or memset's side (2D, 3D), whose pointer ptr (not its first row: the x, y and z offsets
+ * left out) the driver checks too: the same count of bytes from ptr must lie in one allocation
+ * or reservation, all their pages mapped. The driver 580 on an H200 refused such a copy or
+ * memset with CUDA_ERROR_INVALID_VALUE when a page of [ptr, ptr + bytes) was unmapped (the
+ * pages the rows skip included), and ran it with an unmapped page between ptr + bytes and the
+ * first row (tests/gpu/pitched_probe.py: a 2D or 3D copy of one row at dstY 2, dstZ 1 or dstX
+ * 2 pages from a mapped pointer page, page 1 unmapped, ran; one of three rows at dstY 2 was
+ * refused); a copy whose pointer and box lay in two adjacent allocations, all mapped, ran. An
+ * unmapped page of the box itself is the later illegal address, as for a linear copy.
  */
 enum side_check { SIDE_NONE, SIDE_DEV, SIDE_ANY };
 struct side {
@@ -275,6 +279,7 @@ struct side {
     size_t bytes;
     enum side_check check;
     bool whole;
+    CUdeviceptr ptr;            /* whole: the caller's pointer */
 };
 
 /*
@@ -296,10 +301,12 @@ static bool side_ok(const struct side *d)
 {
     if (d->bytes == 0 || d->check == SIDE_NONE)
         return true;
-    if (d->check == SIDE_ANY && !kv_emu_find_resv(d->p, 1))
+    if (d->check == SIDE_ANY && !kv_emu_find_resv(d->whole ? d->ptr : d->p, 1))
         return true;
-    return kv_emu_find_resv(d->p, d->bytes) != NULL &&
-           (!d->whole || kv_emu_range_mapped(d->p, d->bytes));
+    if (!kv_emu_find_resv(d->p, d->bytes))
+        return false;
+    return !d->whole ||
+           (kv_emu_find_resv(d->ptr, d->bytes) && kv_emu_range_mapped(d->ptr, d->bytes));
 }
 
 /*
@@ -450,6 +457,7 @@ static CUresult set2d(enum kv_emu_fn fn, CUdeviceptr dst, size_t pitch, unsigned
     side.bytes = n && height ? span : 0;
     side.check = SIDE_DEV;
     side.whole = true;
+    side.ptr = dst;
     return submit(fn, async, s, &side, 1, &o);
 }
 
@@ -604,6 +612,7 @@ static CUresult resolve(const struct box *b, size_t w, size_t h, size_t d, CUdev
     out->check = b->type == CU_MEMORYTYPE_DEVICE ? SIDE_DEV
                : b->type == CU_MEMORYTYPE_UNIFIED ? SIDE_ANY : SIDE_NONE;
     out->whole = true;
+    out->ptr = b->ptr;
     if (w == 0 || h == 0 || d == 0)
         return CUDA_SUCCESS;
     if ((h > 1 || d > 1) && b->pitch < w)
@@ -619,8 +628,8 @@ static CUresult resolve(const struct box *b, size_t w, size_t h, size_t d, CUdev
         __builtin_add_overflow(reach, off, &reach) || __builtin_add_overflow(reach, w, &reach) ||
         *start + reach < *start)
         return CUDA_ERROR_INVALID_VALUE;
-    /* (checked from the pointer: see struct side) */
-    out->bytes = *start - b->ptr + reach;
+    out->p = *start;
+    out->bytes = reach;
     return CUDA_SUCCESS;
 }
 

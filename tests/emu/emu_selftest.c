@@ -487,10 +487,13 @@ static int test_map_access_unmap(void)
 }
 
 /*
- * Pitched copies and memsets (2D, 3D) are refused with CUDA_ERROR_INVALID_VALUE while any page
- * from their pointer to their box's last byte is unmapped: one the rows skip, one between the
- * pointer and the first row (as the driver 580 on an H200 did: docs/BENCHMARKS.md, section 5);
- * with it mapped they run. A linear memset on an unmapped page stays the later illegal address.
+ * Pitched copies and memsets (2D, 3D) are refused with CUDA_ERROR_INVALID_VALUE while a page of
+ * [pointer, pointer + the box's bytes) is unmapped, the x, y and z offsets left out: one the rows
+ * or slices skip, or one between the pointer and the first row that the box's bytes from the
+ * pointer reach; one between the pointer and the first row that they do not reach is no refusal,
+ * and neither is the box's own unmapped page (the later illegal address). As the driver 580 on
+ * an H200 answered tests/gpu/pitched_probe.py and the same calls by hand. A linear memset on an
+ * unmapped page stays the later illegal address.
  */
 static int test_pitched_unmapped(void)
 {
@@ -512,7 +515,8 @@ static int test_pitched_unmapped(void)
 
     /* rows on pages 0 and 2, page 1 unmapped between them */
     EXPECT_CU(cuMemsetD2D8(va, 2 * PAGE, 1, 4, 2), CUDA_ERROR_INVALID_VALUE);
-    /* one row on page 2, from a pointer on page 0 */
+    /* two rows, on pages 2 and 3 (unmapped), from a pointer on page 0: the box's bytes from
+     * the pointer reach page 1 */
     memset(&c, 0, sizeof(c));
     c.dstMemoryType = CU_MEMORYTYPE_DEVICE;
     c.dstDevice = va;
@@ -522,9 +526,13 @@ static int test_pitched_unmapped(void)
     c.srcHost = host;
     c.srcPitch = 64;
     c.WidthInBytes = 64;
-    c.Height = 1;
+    c.Height = 2;
     EXPECT_CU(cuMemcpy2D(&c), CUDA_ERROR_INVALID_VALUE);
     EXPECT_CU(cuMemcpy2DAsync(&c, NULL), CUDA_ERROR_INVALID_VALUE);
+    /* one row on page 2 from the pointer on page 0 (its 64 bytes): runs, page 1 unmapped */
+    c.Height = 1;
+    EXPECT_CU(cuMemcpy2D(&c), CUDA_SUCCESS);
+    EXPECT(*(volatile unsigned char *)(va + 2 * PAGE + 63) == 7);
     memset(&c3, 0, sizeof(c3));
     c3.dstMemoryType = CU_MEMORYTYPE_DEVICE;
     c3.dstDevice = va;
@@ -536,20 +544,30 @@ static int test_pitched_unmapped(void)
     c3.WidthInBytes = 64;
     c3.Height = 1;
     c3.Depth = 1;
+    EXPECT_CU(cuMemcpy3D(&c3), CUDA_SUCCESS);
+    /* two slices of one row, on pages 0 and 2: page 1, which they skip, is refused */
+    c3.dstZ = 0;
+    c3.dstHeight = 2;
+    c3.srcPitch = 64;
+    c3.srcHeight = 1;
+    c3.Depth = 2;
     EXPECT_CU(cuMemcpy3D(&c3), CUDA_ERROR_INVALID_VALUE);
-    /* the same row from a pointer on its page runs */
-    c.dstDevice = va + 2 * PAGE;
-    c.dstY = 0;
-    EXPECT_CU(cuMemcpy2D(&c), CUDA_SUCCESS);
-    EXPECT(*(volatile unsigned char *)(va + 2 * PAGE + 63) == 7);
+    /* a pointer on an unmapped page: refused, its box mapped */
+    c.dstDevice = va + PAGE;
+    c.dstY = 1;
+    EXPECT_CU(cuMemcpy2D(&c), CUDA_ERROR_INVALID_VALUE);
     EXPECT_CU(cuMemsetD8(va + PAGE, 1, 4), CUDA_ERROR_ILLEGAL_ADDRESS);
 
     /* page 1 mapped: all of them run */
     EXPECT_CU(cuMemMap(va + PAGE, PAGE, 0, h[1], 0), CUDA_SUCCESS);
     EXPECT_CU(set_access(va + PAGE, PAGE, CU_MEM_ACCESS_FLAGS_PROT_READWRITE), CUDA_SUCCESS);
     EXPECT_CU(cuMemsetD2D8(va, 2 * PAGE, 1, 4, 2), CUDA_SUCCESS);
+    EXPECT_CU(cuMemcpy2D(&c), CUDA_SUCCESS);
     c.dstDevice = va;
     c.dstY = 2;
+    c.Height = 2;
+    EXPECT_CU(cuMemcpy2D(&c), CUDA_ERROR_ILLEGAL_ADDRESS);   /* its second row on page 3 */
+    c.dstY = 1;
     EXPECT_CU(cuMemcpy2D(&c), CUDA_SUCCESS);
     EXPECT_CU(cuMemcpy3D(&c3), CUDA_SUCCESS);
     EXPECT_CU(cuCtxSynchronize(), CUDA_SUCCESS);
