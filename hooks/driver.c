@@ -196,8 +196,8 @@ COPY(cuMemcpyDtoDAsync_v2, CUdeviceptr, CUdeviceptr, dst, src, ASYNC_ARGS, ASYNC
 COPY(cuMemcpyDtoDAsync_v2_ptsz, CUdeviceptr, CUdeviceptr, dst, src, ASYNC_ARGS, ASYNC_PASS)
 
 /*
- * 2D and 3D copies: every span page from each device side's pointer to
- * its box's end is backed first (see kv_policy_copy); a host or array side
+ * 2D and 3D copies: every span page of each device side's box, and of as
+ * many bytes from its pointer, is backed first (see kv_policy_copy); a host or array side
  * is left alone, a unified one is judged by its pointer. The call then goes
  * to the driver whole.
  */

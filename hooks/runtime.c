@@ -191,8 +191,8 @@ MEMCPY(cudaMemcpyAsync, ASYNC_ARGS, ASYNC_PASS)
 MEMCPY(cudaMemcpyAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
 
 /*
- * 2D copies: every span page from each device side's pointer to its
- * box's end is backed first (see kv_policy_copy). A width past either
+ * 2D copies: every span page of each device side's box is backed first
+ * (see kv_policy_copy). A width past either
  * pitch is left to the runtime, nothing backed: its refusal
  * (cudaErrorInvalidPitchValue, after the checks it makes first) is its
  * own, and recorded as its last error.

@@ -406,14 +406,15 @@ static CUDA_MEMCPY2D htod2d(CUdeviceptr d, size_t pitch, size_t y, const void *h
 
 /*
  * 2D copies into and out of a lazy span (loop i: the three forms): every
- * page from the device side's pointer to its box's last byte is backed and
- * pinned first, on either side, a unified one included: those the rows
- * skip, and those between the pointer and the first row (the driver
- * refuses the copy when one of them is unmapped: docs/BENCHMARKS.md,
- * section 5, which the emulation models); a host side is left alone. A
- * copy the driver would refuse (a box past the span's end, a pitch
- * narrower than a row, sizes that overflow, one side bad beside a good
- * one) gets its answer, and nothing is backed.
+ * page of the device side's box is backed and pinned first, on either
+ * side, a unified one included, those the rows skip too; and where the box
+ * starts past the side's pointer (dstY, srcXInBytes), as many bytes from
+ * the pointer: the driver refuses the copy while a page of those is
+ * unmapped, and asks for none between them and the box
+ * (tests/gpu/pitched_probe.py, which the emulation models); a host side is
+ * left alone. A copy the driver would refuse (a box past the span's end, a
+ * pitch narrower than a row, sizes that overflow, one side bad beside a
+ * good one) gets its answer, and nothing is backed.
  */
 START_TEST(test_copy2d_on_span)
 {
@@ -437,8 +438,9 @@ START_TEST(test_copy2d_on_span)
 	ck_assert_int_eq(dtoh(back, p + 4 * PG, 64), CUDA_SUCCESS);
 	ck_assert_uint_eq(back[0], 0x11);
 	ck_assert_uint_eq(back[63], 0x11);
-	/* out of page 6, never written, from a pointer on page 4: page 5,
-	 * between the pointer and the row, too; zeros */
+	/* out of page 6, never written, from a pointer on page 4 (backed):
+	 * the row's 64 bytes from the pointer lie on page 4, and page 5,
+	 * between them and the row, is left alone; zeros */
 	memset(&c, 0, sizeof(c));
 	c.srcMemoryType = CU_MEMORYTYPE_DEVICE;
 	c.srcDevice = p + 4 * PG;
@@ -451,9 +453,15 @@ START_TEST(test_copy2d_on_span)
 	c.WidthInBytes = 64;
 	c.Height = 1;
 	ck_assert_int_eq(copy2d(1, _i, &c), CUDA_SUCCESS);
-	ck_assert_uint_eq(mapped(), before + 5 * PG);
+	ck_assert_uint_eq(mapped(), before + 4 * PG);
 	ck_assert_uint_eq(host[0], 0);
 	ck_assert_uint_eq(host[63], 0);
+	/* two rows, on pages 6 and 7: the box's bytes from the pointer reach
+	 * page 5, backed too (the driver refuses the copy without it) */
+	c.Height = 2;
+	ck_assert_int_eq(copy2d(1, _i, &c), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 6 * PG);
+	ck_assert_uint_eq(host[64], 0);
 	/* unified pointers on both sides: page 0 (backed) to page 7 */
 	memset(&c, 0, sizeof(c));
 	c.srcMemoryType = CU_MEMORYTYPE_UNIFIED;
@@ -498,8 +506,9 @@ START_TEST(test_copy2d_on_span)
 END_TEST
 
 /*
- * 3D copies (loop i: cuMemcpy3D, cuMemcpy3DAsync): every page from the
- * pointer to the box's last byte is backed first; what the driver refuses
+ * 3D copies (loop i: cuMemcpy3D, cuMemcpy3DAsync): every page of the box
+ * is backed first, and as many bytes from the pointer where the box starts
+ * past it (see test_copy2d_on_span); what the driver refuses
  * (slices of fewer rows than the copy's, a box past the span's end, sizes
  * that overflow) is refused alike, nothing backed.
  */
@@ -519,8 +528,8 @@ START_TEST(test_copy3d_on_span)
 	p = span8();
 	before = mapped();
 	/* 2 slices of 2 rows of 64 bytes; rows PG apart, slices 2 PG apart,
-	 * from slice 1: pages 2, 3, 4 and 5, and page 1, between the pointer
-	 * and the box */
+	 * from slice 1: pages 2, 3, 4 and 5, and page 1, which the box's
+	 * bytes from the pointer (3 pages and 64 bytes) reach */
 	memset(&c, 0, sizeof(c));
 	c.dstMemoryType = CU_MEMORYTYPE_DEVICE;
 	c.dstDevice = p;

@@ -209,9 +209,10 @@ static void case_memset_2d(void)
 }
 
 /*
- * The runtime's 2D, 3D and peer copies on a lazy span: the pages from
- * their device side's pointer to its box's end are backed first (the
- * driver refuses a pitched copy with one unmapped), on either side, with an
+ * The runtime's 2D, 3D and peer copies on a lazy span: the pages of their
+ * device side's box are backed first, and where it starts past the
+ * pointer (a cudaPos), as many bytes from the pointer (the driver refuses
+ * a pitched copy with one of those unmapped), on either side, with an
  * explicit kind or cudaMemcpyDefault; what the runtime would refuse (a box
  * past the span's end, a width past a pitch, sizes that overflow) is
  * refused alike, and backs nothing.
@@ -240,7 +241,7 @@ static void case_memcpy_2d(void)
 	EXPECT(host[0] == 0x21 && host[63] == 0x21);
 	/* 2 slices of 1 row, 2 PG apart, from page 5 into kv2 from page 1:
 	 * the box between them is backed too (pages 5 to 7, kv2's 1 to 3),
-	 * and kv2's page 0, between its pointer and its first row */
+	 * and kv2's page 0, which the box's bytes from kv2 reach */
 	memset(&q, 0, sizeof(q));
 	q.srcPtr = (struct cudaPitchedPtr){ kvp + 5 * PG, PG, 64, 2 };
 	q.dstPtr = (struct cudaPitchedPtr){ kv2, PG, 64, 2 };
@@ -249,17 +250,18 @@ static void case_memcpy_2d(void)
 	q.kind = cudaMemcpyDeviceToDevice;
 	EXPECT(cudaMemcpy3D(&q) == cudaSuccess);
 	EXPECT(stats().mapped_bytes == before + 11 * PG);
-	/* pages 9 to 11 to kv2's 1 to 3: 8 to 11 from the pointer's page 5 */
+	/* pages 9 to 11 to kv2's 1 to 3, and the box's bytes from the
+	 * pointer, pages 5 to 7 (backed): page 8 between them is left alone */
 	q.srcPos = (struct cudaPos){ 0, 0, 2 };
 	q.kind = cudaMemcpyDefault;
 	EXPECT(cudaMemcpy3DAsync(&q, 0) == cudaSuccess);
-	EXPECT(stats().mapped_bytes == before + 15 * PG);
+	EXPECT(stats().mapped_bytes == before + 14 * PG);
 	/* peer copies (both sides on one device here) */
 	EXPECT(cudaGetDevice(&dev) == cudaSuccess);
 	EXPECT(cudaMemcpyPeer(kv2 + 5 * PG, dev, kvp + PG, dev, 64) == cudaSuccess);
-	EXPECT(stats().mapped_bytes == before + 16 * PG);
+	EXPECT(stats().mapped_bytes == before + 15 * PG);
 	EXPECT(cudaMemcpyPeerAsync(kv2 + 6 * PG, dev, kvp + 12 * PG, dev, 64, 0) == cudaSuccess);
-	EXPECT(stats().mapped_bytes == before + 18 * PG);
+	EXPECT(stats().mapped_bytes == before + 17 * PG);
 	EXPECT(cudaMemcpy(host, kv2 + 5 * PG, 64, cudaMemcpyDeviceToHost) == cudaSuccess);
 	EXPECT(host[0] == 0x21 && host[63] == 0x21);
 	before = stats().mapped_bytes;
