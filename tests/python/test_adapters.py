@@ -4522,6 +4522,24 @@ class ReadBudgetTest(unittest.TestCase):
         self.assertEqual(reads.follow_share(cache, sched, 1000, now=t), 16000)
         self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S), 16384)
 
+    def test_read_guard_raise_is_not_lost_in_the_padding(self):
+        # the bound in force above the share is the largest request's read
+        # rounded up to the interval (1024): 16100 waiting reads 16384; a
+        # request of 200 starving STARVED_S raises it by 200 on top of that
+        # (17408), not to 16100 + 200, which the same rounding takes back
+        # to 16384, leaving it starving until 2 * STARVED_S
+        p = self.build()
+        sched, cache = p.scheduler, p.cache
+        for _ in range(3000):                      # 48000 tokens in use
+            cache._block_manager._uninit_block_ids.popleft()
+        a = request("a", 150, 50)
+        a.generated_tokens = []
+        sched.active_requests = {"a": a}
+        sched.waiting_requests = {"w": request("w", 16000, 100)}
+        t = 10.0
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t), 16384)
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S), 17408)
+
     def test_read_follows_a_request_without_max_new_tokens(self):
         # one without max_new_tokens stops at R (fit_request): the bound
         # covers what it holds now and its next token, on the interval

@@ -379,16 +379,21 @@ def follow_share(cache, scheduler, entitled, now=None):
                             longest = max(longest, waited)
             for rid in [r for r in seen if r not in live]:
                 del seen[rid]
-            if starving:
-                in_use = _tokens_in_use(cache, read)
-                most = max(most, in_use if longest >= 2 * STARVED_S
-                           else min(max(cap, most) + starving, in_use))
             # transformers pads a batch's read to its interval, at most
             # num_pages, and keys a CUDA graph on the padded size: raised
             # for a request, the bound goes to the interval (the share's
             # moves only as processes come and go), or each new largest
             # request would be a new key
             step = _positive(getattr(cache, "kvshim_read_interval", 0))
+            if starving:
+                in_use = _tokens_in_use(cache, read)
+                # on top of the bound in force, padded as below: on top of
+                # the largest request's read alone, the padding would take
+                # a raise smaller than its slack back
+                force = min(cap if most <= cap else -(-most // step) * step if step
+                            else most, read)
+                most = max(most, in_use if longest >= 2 * STARVED_S
+                           else min(force + starving, in_use))
             if most > cap:
                 cap = -(-most // step) * step if step else most
         cap = min(cap, read)
