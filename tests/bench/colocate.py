@@ -723,16 +723,13 @@ def replay(manager, reqs, t0, kv_now, torch, adapter_now=None, read_cap=None):
 # ---- the parent ----------------------------------------------------------------------
 
 def smi_id():
-    """The GPU the engines share, as nvidia-smi -i names it: KVSHIM_DEVICE's
-    first ordinal (0 for all, the default), through CUDA_VISIBLE_DEVICES where
-    that is set (nvidia-smi numbers every GPU of the machine; it takes the
-    index or UUID the variable lists)."""
-    first = os.environ.get("KVSHIM_DEVICE", "0").split(",")[0]
-    ordinal = int(first) if first.isdigit() else 0
+    """The GPU the engines share, as nvidia-smi -i names it: each engine
+    makes its model and cache on torch.device("cuda"), CUDA ordinal 0, which
+    KVSHIM_DEVICE does not move (it says which devices kvshim manages);
+    through CUDA_VISIBLE_DEVICES where that is set (nvidia-smi numbers every
+    GPU of the machine; it takes the index or UUID the variable lists)."""
     visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
-    if "CUDA_VISIBLE_DEVICES" in os.environ and ordinal < len(visible):
-        return visible[ordinal]
-    return str(ordinal)
+    return visible[0] if visible else "0"
 
 
 def nvidia_smi_used():

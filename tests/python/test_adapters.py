@@ -5038,7 +5038,8 @@ class ColocateReadCapsTest(unittest.TestCase):
 
     def test_nvidia_smi_index_through_visible_devices(self):
         # nvidia-smi numbers every GPU of the machine: the GPU colocate
-        # samples is KVSHIM_DEVICE's first ordinal, mapped through
+        # samples is the engines' (torch.device("cuda"): CUDA ordinal 0,
+        # whatever KVSHIM_DEVICE lists), mapped through
         # CUDA_VISIBLE_DEVICES where that is set
         import importlib.util
         src = os.environ.get("KVSHIM_BENCH_SRC") or os.path.join(
@@ -5046,11 +5047,11 @@ class ColocateReadCapsTest(unittest.TestCase):
         spec = importlib.util.spec_from_file_location("colocate_smi", os.path.join(src, "colocate.py"))
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
-        cases = [({}, "0"), ({"KVSHIM_DEVICE": "all"}, "0"), ({"KVSHIM_DEVICE": "1,0"}, "1"),
+        cases = [({}, "0"), ({"KVSHIM_DEVICE": "all"}, "0"), ({"KVSHIM_DEVICE": "1,0"}, "0"),
                  ({"CUDA_VISIBLE_DEVICES": "1"}, "1"),
-                 ({"CUDA_VISIBLE_DEVICES": "3, 2", "KVSHIM_DEVICE": "1"}, "2"),
+                 ({"CUDA_VISIBLE_DEVICES": "3, 2", "KVSHIM_DEVICE": "1,0"}, "3"),
                  ({"CUDA_VISIBLE_DEVICES": "GPU-abc"}, "GPU-abc"),
-                 ({"CUDA_VISIBLE_DEVICES": "1", "KVSHIM_DEVICE": "2"}, "2")]
+                 ({"CUDA_VISIBLE_DEVICES": "1", "KVSHIM_DEVICE": "2"}, "1")]
         for env, want in cases:
             with unittest.mock.patch.dict(os.environ, env, clear=False):
                 for k in ("KVSHIM_DEVICE", "CUDA_VISIBLE_DEVICES"):
