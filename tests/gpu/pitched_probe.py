@@ -6,7 +6,10 @@ read-write), and makes one pitched call: cuMemcpy2D from host memory, or
 cuMemsetD2D32. Prints a Markdown table of the driver's answer (0: success,
 1: CUDA_ERROR_INVALID_VALUE) for each case, and the card. kvshim backs the
 pages a copy needs before the driver sees it; this says which those are
-(docs/BENCHMARKS.md, section 5). Runs against the real driver, without
+(docs/BENCHMARKS.md, section 5). On an H200 (driver 580.159.04) every case
+fit one rule: refused while a page of [pointer, pointer + the box's bytes)
+is unmapped, the x and y offsets left out (one row at dstY 2 ran with page 1
+unmapped; three rows were refused). Runs against the real driver, without
 kvshim: python3 tests/gpu/pitched_probe.py
 """
 
@@ -103,6 +106,12 @@ def main():
          lambda v: copy(v + 2 * PG, rows=3)),
         ("0, 2, 3, 4", [0, 2, 3, 4], "memset: pointer page 2, 3 rows PG apart",
          lambda v: memset(v + 2 * PG, rows=3)),
+        ("0, 2", [0, 2], "copy: pointer page 0, dstY 2, 1 row (page 1 unmapped: past the "
+         "row's 64 bytes from the pointer, before the row)",
+         lambda v: copy(v, y=2)),
+        ("0, 2, 3", [0, 2, 3], "copy: pointer page 0, dstY 2, 2 rows PG apart (page 1 within the "
+         "box's bytes from the pointer)",
+         lambda v: copy(v, y=2, rows=2)),
         ("2, 3, 4", [2, 3, 4], "copy: pointer page 0 (unmapped), dstX 2 PG, 1 row",
          lambda v: copy(v, x=2 * PG)),
         ("all but 1", [0, 2, 3, 4, 5, 6, 7], "copy: pointer page 0, dstY 2, 3 rows PG apart",
