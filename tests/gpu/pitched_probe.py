@@ -4,9 +4,9 @@
 Reserves 8 pages of 2 MiB, maps some of them (one cuMemCreate handle a page,
 read-write), and makes one pitched call: cuMemcpy2D from host memory, or
 cuMemsetD2D32. Prints a Markdown table of the driver's answer (0: success,
-1: CUDA_ERROR_INVALID_VALUE) for each case, and the card. kvshim backs the
-pages a copy needs before the driver sees it; this says which those are
-(docs/BENCHMARKS.md, section 5). On an H200 (driver 580.159.04) every case
+1: CUDA_ERROR_INVALID_VALUE, others as CUresult numbers them) for each case,
+and the card. kvshim backs the pages a copy needs before the driver sees it;
+this says which those are (docs/BENCHMARKS.md, section 5). On an H200 (driver 580.159.04) every case
 fit one rule: refused while a page of [pointer, pointer + the box's bytes)
 is unmapped, the x and y offsets left out (one row at dstY 2 ran with page 1
 unmapped; three rows were refused). Runs against the real driver, without
@@ -140,6 +140,12 @@ def main():
     for label, pages, call, fn in cases:
         v = span(pages) if pages is not None else None
         print("| %s | %s | %d |" % (label, call, fn(v)))
+    # last, for a fault would break the context: the bytes from the pointer
+    # mapped, the box's page not (the call's code, then cuCtxSynchronize's)
+    v = span([0])
+    rc = copy(v, y=2)
+    print("| 0 | copy: pointer page 0, dstY 2, 1 row (the row's page 2 unmapped), then "
+          "cuCtxSynchronize | %d, then %d |" % (rc, cu.cuCtxSynchronize()))
     return 0
 
 
