@@ -197,9 +197,9 @@ COPY(cuMemcpyDtoDAsync_v2_ptsz, CUdeviceptr, CUdeviceptr, dst, src, ASYNC_ARGS, 
 
 /*
  * 2D and 3D copies: every span page of each device side's box, and of as
- * many bytes from its pointer, is backed first (see kv_policy_copy); a host or array side
- * is left alone, a unified one is judged by its pointer. The call then goes
- * to the driver whole.
+ * many bytes from its pointer, is backed first (see kv_policy_copy); a host
+ * or array side is left alone, a unified one is judged by its pointer. The
+ * call then goes to the driver whole.
  */
 static CUdeviceptr side_ptr(CUmemorytype t, CUdeviceptr dev)
 {

@@ -248,7 +248,8 @@ static int copy_side(const struct kv_policy_box *b, size_t width, size_t height,
 	}
 	if (!r[0].a)
 		return 0;
-	rc = box_bytes(r[0].start, 1, width, height, depth, b->pitch, b->ysize, &r[0].bytes);
+	rc = box_bytes(r[0].start, 1, width, height, depth, b->pitch, b->ysize,
+		       &r[0].bytes);
 	if (rc)
 		return rc;
 	if (r[0].start < base || r[0].start - base >= size ||

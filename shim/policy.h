@@ -85,13 +85,14 @@ struct kv_policy_box {
  * A copy of depth slices of height rows of width bytes (a linear copy: one
  * row of one slice) is about to read or write its sides: back and pin every
  * span page of each side's box, from its first row's first byte to its last
- * byte (those its rows skip included), and, where the box starts past the
- * side's pointer (x, y, z), as many bytes from the pointer, cut at its
- * span's end: the driver refuses a 2D or 3D copy with a page of either
- * unmapped, and asks for none between them (a pin is no counter: copies
- * never pile claims up). A side's box lies in the span holding its first
- * byte, or else the one holding its pointer; a side in no span is left
- * alone. Every side is checked before any page is backed. Returns 0; KVSHIM_EINVAL
+ * byte (those its rows skip included: its rows touch them), and, where the
+ * box starts past the side's pointer (x, y, z), as many bytes from the
+ * pointer, cut at its span's end (the driver refuses a 2D or 3D copy with a
+ * page of those unmapped, and asks for none between them and the box; a
+ * pin is no counter: copies never pile claims up). A side's box lies in the
+ * span holding its first byte, or else the one holding its pointer; a side
+ * in no span is left alone. Every side is checked before any page is
+ * backed. Returns 0; KVSHIM_EINVAL
  * where the driver would refuse the copy (sizes or offsets that overflow, a
  * pitch narrower than a row of several, slices of fewer rows than the
  * copy's), KVSHIM_ERANGE when a side's box runs past its span's end, and
