@@ -246,13 +246,16 @@ enum kv_supply {
 			   * for them (or unmap released spans) and retry */
 	KV_SUPPLY_ASK,    /* other processes hold the shared budget idle and
 			   * were asked to trim: retry shortly */
+	KV_SUPPLY_FENCE,  /* cached pages the map would reclaim need a fence
+			   * first: make it with the lock dropped
+			   * (kv_cache_prefence), and retry */
 	KV_SUPPLY_FAILED  /* *err says why */
 };
 
 int kv_pool_init(kv_alloc_t *a);
 void kv_pool_fini(kv_alloc_t *a);
 enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *slots,
-			    int *err);
+			    int defer_fence, int *err);
 /* TAKEN slots back to the pool: clean ones (never left the pool's care)
  * or dirty. */
 void kv_pool_put(kv_alloc_t *a, const uint32_t *slots, uint32_t n, int dirty);
@@ -311,6 +314,12 @@ uint32_t kv_span_unmap_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 int kv_cache_trim(kv_alloc_t *a, uint32_t n, int release, uint32_t *done);
 int kv_cache_reclaim(kv_alloc_t *a, uint32_t n, uint32_t *slots,
 		     uint32_t *got);
+/* Whether a reclaim of the n oldest cached pages would fence first (one
+ * of them lost its last claim after the newest fence). */
+int kv_cache_fence_due(const kv_alloc_t *a, uint32_t n);
+/* Wait for the device's queued work (a fence), lock not held, so that a
+ * reclaim after it need not (nothing while a stream captures). */
+void kv_cache_prefence(kv_alloc_t *a);
 void kv_spans_fini(kv_alloc_t *a);
 int kv_spans_reap(kv_alloc_t *a);
 

@@ -269,7 +269,7 @@ static void claim_fresh(kv_alloc_t *a, const struct place *pl, size_t n,
  * set and nothing changed.
  */
 static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
-				 size_t n, int *err)
+				 size_t n, int defer_fence, int *err)
 {
 	uint32_t need, stack[64], *slots = stack, before = a->n[KV_P_MAPPED];
 	enum kv_supply out;
@@ -295,7 +295,8 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 	}
 	/* (the ranges' cached pages it claimed back count in what it waits
 	 * for, as its pooled ones do: fair.h) */
-	out = kv_pool_take(a, need, a->n[KV_P_MAPPED] - before, slots, err);
+	out = kv_pool_take(a, need, a->n[KV_P_MAPPED] - before, slots, defer_fence,
+			   err);
 	if (out == KV_SUPPLY_DONE) {
 		*err = install(a, pl, n, slots, need);
 		if (*err)
@@ -349,7 +350,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 	struct place one, *pl = &one;
 	uint64_t deadline = 0, waited_from = 0;
 	enum kv_supply out;
-	int rc, pushed = 0, used = 0, counted = 0;
+	int rc, pushed = 0, used = 0, counted = 0, prefenced = 0;
 
 	if (n > 1 && !(pl = malloc(n * sizeof(*pl))))
 		return KVSHIM_ENOMEM;
@@ -368,7 +369,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		rc = claims_fit(a, pl, n);
 		if (rc)
 			break;
-		out = map_locked(a, pl, n, &rc);
+		out = map_locked(a, pl, n, !prefenced, &rc);
 		if (out == KV_SUPPLY_DONE) {
 			if (how & MAP_PIN)
 				pin_range(pl);
@@ -376,6 +377,18 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		}
 		if (out == KV_SUPPLY_FAILED)
 			break;
+		if (out == KV_SUPPLY_FENCE) {
+			/* the fence waits for the device's queued work (a
+			 * step of the engine's): with the lock dropped, so
+			 * that the process's other threads' calls do not wait
+			 * for it too; once, then under the lock as before (a
+			 * page the engine lets go of meanwhile needs another) */
+			prefenced = 1;
+			pthread_mutex_unlock(&a->lock);
+			kv_cache_prefence(a);
+			pthread_mutex_lock(&a->lock);
+			continue;
+		}
 		/* short: what it took is back in its pool and cache, and the
 		 * others' rule must read it idle now, not as use besides what
 		 * the map waits for (fair.h; a refused take may end in a wait

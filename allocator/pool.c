@@ -308,12 +308,13 @@ static enum kv_supply short_of_pages(kv_alloc_t *a, int oom, int reclaim_err,
  * none of those is taken: also counts them). Refused by the shared budget,
  * the map waits for all it needs, n and also (its own pages count in it,
  * as in an engine's stated demand: fair.h). Returns KV_SUPPLY_DONE, WAIT or
- * ASK with nothing taken, or FAILED with *err set (KVSHIM_ELIMIT,
- * KVSHIM_ENOMEM or a driver error) and every gathered page back in the
- * pool.
+ * ASK with nothing taken; FENCE with nothing taken where defer_fence and
+ * the cached pages it would reclaim need a fence; or FAILED with *err set
+ * (KVSHIM_ELIMIT, KVSHIM_ENOMEM or a driver error) and every gathered page
+ * back in the pool.
  */
 enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *slots,
-			    int *err)
+			    int defer_fence, int *err)
 {
 	uint32_t got, k, m, dirty_from;
 	enum kv_supply out = KV_SUPPLY_FAILED;
@@ -349,6 +350,14 @@ enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *
 			goto fail;
 	}
 	if (got < n) {
+		/* a fence the cached pages need waits for the device's queued
+		 * work: not with the lock held, which every call of the
+		 * process's threads would wait on (an engine's look-ups,
+		 * headroom, its own maps), but by the caller with it dropped */
+		if (defer_fence && kv_cache_fence_due(a, n - got)) {
+			out = KV_SUPPLY_FENCE;
+			goto fail;
+		}
 		rc = kv_cache_reclaim(a, n - got, slots + got, &k);
 		got += k;
 		if (got < n) {

@@ -401,6 +401,17 @@ int kv_span_cmp_place(const void *x, const void *y, void *arg)
 	return (p->vpage > q->vpage) - (p->vpage < q->vpage);
 }
 
+/* Kernels queued before t0 are done: fenced_ns, which only grows, says so. */
+static void fenced_since(kv_alloc_t *a, uint64_t t0)
+{
+	uint64_t seen = __atomic_load_n(&a->fenced_ns, __ATOMIC_ACQUIRE);
+
+	while (seen < t0 &&
+	       !__atomic_compare_exchange_n(&a->fenced_ns, &seen, t0, 0,
+					    __ATOMIC_RELEASE, __ATOMIC_ACQUIRE))
+		;
+}
+
 /*
  * Kernels queued before the engine let go of a page may still read it, and
  * the driver's unmap does not wait for them: wait for the device (once for
@@ -426,11 +437,30 @@ static int fence(kv_alloc_t *a, const uint32_t *slots, uint32_t n,
 		return 1;
 	if (!fenced)
 		return 0;
-	while (seen < t0 &&
-	       !__atomic_compare_exchange_n(&a->fenced_ns, &seen, t0, 0,
-					    __ATOMIC_RELEASE, __ATOMIC_ACQUIRE))
-		;
+	fenced_since(a, t0);
 	return 1;
+}
+
+int kv_cache_fence_due(const kv_alloc_t *a, uint32_t n)
+{
+	uint64_t seen = __atomic_load_n(&a->fenced_ns, __ATOMIC_ACQUIRE);
+	uint32_t s, k;
+
+	for (k = 0, s = kv_list_first(&a->cache); k < n && s != KV_NIL;
+	     k++, s = a->phys[s].next)
+		if (a->phys[s].idle_ns >= seen)
+			return 1;
+	return 0;
+}
+
+void kv_cache_prefence(kv_alloc_t *a)
+{
+	uint64_t t0 = kv_prim_now_ns();
+	int fenced;
+
+	/* (a failed fence is logged; the reclaim then tries its own) */
+	if (!kv_prim_fence(&a->prim, &fenced) && fenced)
+		fenced_since(a, t0);
 }
 
 /*

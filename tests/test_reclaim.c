@@ -2,6 +2,10 @@
  * test_reclaim.c - deferred reclaim (cached pages), trim, the cache cap and
  * zero on map.
  */
+#include <pthread.h>
+#include <stdint.h>
+#include <time.h>
+
 #include "suites.h"
 
 static kv_alloc_t *a;
@@ -219,6 +223,76 @@ START_TEST(test_zero_via_cache_reclaim)
 }
 END_TEST
 
+static CUdeviceptr other_span;
+
+static void *map_other(void *arg)
+{
+	(void)arg;
+	return (void *)(intptr_t)kv_alloc_map(a, other_span, 2 * PG);
+}
+
+struct read_stats {
+	int rc;
+	int done;
+};
+
+static void *read_stats(void *arg)
+{
+	struct read_stats *r = arg;
+	struct kvshim_stats st;
+
+	r->rc = kv_alloc_stats(a, &st);
+	__atomic_store_n(&r->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/*
+ * A map at the limit reclaims cached pages after a fence, which waits for
+ * the device's queued work (an engine's step): it waits without the
+ * allocator's lock, so that another thread's call taking the lock (here
+ * the counters; an engine's headroom and maps alike) answers meanwhile.
+ * The fence is held in the driver.
+ */
+START_TEST(test_reclaim_fences_without_the_lock)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	struct kv_alloc_opts o;
+	struct read_stats r = { -1, 0 };
+	pthread_t mapper, reader;
+	void *rc;
+	int i, done = 0;
+
+	kt_destroy(a);
+	kt_opts(&o);
+	o.limit = 2 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &base), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &other_span), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 2 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, 2 * PG), 0);
+	ck_assert_int_eq(kv_dev_hold("cuCtxSynchronize", 1), 0);
+	ck_assert_int_eq(pthread_create(&mapper, NULL, map_other, NULL), 0);
+	for (i = 0; i < 30000 && kv_dev_waiting("cuCtxSynchronize") < 1; i++)
+		nanosleep(&ms, NULL);
+	ck_assert_int_ge(kv_dev_waiting("cuCtxSynchronize"), 1);
+	ck_assert_int_eq(pthread_create(&reader, NULL, read_stats, &r), 0);
+	for (i = 0; i < 30000 && !done; i++) {          /* 30 s at most */
+		done = __atomic_load_n(&r.done, __ATOMIC_ACQUIRE);
+		if (!done)
+			nanosleep(&ms, NULL);
+	}
+	kv_dev_hold("cuCtxSynchronize", 0);
+	ck_assert_int_eq(pthread_join(reader, NULL), 0);
+	ck_assert_int_eq(pthread_join(mapper, &rc), 0);
+	ck_assert_msg(done, "a call waited on the lock while the map fenced");
+	ck_assert_int_eq(r.rc, 0);
+	ck_assert_int_eq((int)(intptr_t)rc, 0);
+	ck_assert_uint_eq(kt_stats(a).pages_unmapped, 2);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 2 * PG);
+	ck_assert_uint_eq(kt_stats(a).pages_created, 2);
+}
+END_TEST
+
 /* With zeroing off a reused page keeps what the last span wrote: the
  * switch is real, and so is what it costs to leave it on. */
 START_TEST(test_zero_off_keeps_bytes)
@@ -282,6 +356,7 @@ Suite *reclaim_suite(void)
 	tcase_add_checked_fixture(z, setup, teardown);
 	tcase_add_test(z, test_zero_on_reuse);
 	tcase_add_test(z, test_zero_via_cache_reclaim);
+	kt_add_emu(z, test_reclaim_fences_without_the_lock);
 	tcase_add_test(z, test_zero_off_keeps_bytes);
 	kt_add_emu(z, test_scrub_off_map_path);
 	suite_add_tcase(s, z);
