@@ -1,0 +1,89 @@
+#!/usr/bin/env python3
+"""The spread table apart from captures, recounted from a colocate run's
+engine files (colocate-CONFIG-TRACE-MODEL.json, as engines.tar.xz in
+docs/results keeps them), with colocate.py's rule as it is now: a request
+waited on a capture if its engine was capturing a graph at some time
+between its arrival and its first token.
+
+    python3 tests/bench/apart.py DIR [--configs static,kvshim] [--traces T1,T2]
+
+DIR holds the engine files (unpacked). Prints, for each trace both
+configurations replayed, each model and all of them, the p99 TTFT of the
+requests that waited on no capture: median [least, most] over the
+replays, the ratio of the medians, and whether the second configuration's
+median is at most the first's most (colocate's spread rule).
+"""
+
+import argparse
+import json
+import os
+import re
+import statistics
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import colocate  # noqa: E402
+
+MODELS = ("small", "medium", "large")
+
+
+def replays(d, cfg):
+    """{trace: [replay labels]} of configuration cfg's engine files in d."""
+    out = {}
+    pat = re.compile(r"^colocate-%s-(.+)-(%s)\.json$" % (re.escape(cfg), "|".join(MODELS)))
+    for name in sorted(os.listdir(d)):
+        m = pat.match(name)
+        if m:
+            label = m.group(1)
+            base = re.sub(r"-run\d+$", "", label)
+            out.setdefault(base, set()).add(label)
+    return {t: sorted(ls) for t, ls in out.items()}
+
+
+def p99_apart(d, cfg, label, names):
+    engines = {}
+    for n in names:
+        with open(os.path.join(d, "colocate-%s-%s-%s.json" % (cfg, label, n))) as f:
+            engines[n] = json.load(f)
+    got = colocate.uncaptured(engines, names)
+    return None if got is None else got[1]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("dir")
+    ap.add_argument("--configs", default="static,kvshim")
+    ap.add_argument("--traces")
+    args = ap.parse_args()
+    cfgs = args.configs.split(",")
+    if len(cfgs) != 2 or not os.path.isdir(args.dir):
+        ap.error("give a directory of engine files and two configurations")
+    base, other = (replays(args.dir, c) for c in cfgs)
+    traces = [t for t in base if t in other]
+    if args.traces:
+        want = args.traces.split(",")
+        traces = [t for t in want if t in traces]
+    if not traces:
+        print("apart: no trace both configurations replayed in %s" % args.dir, file=sys.stderr)
+        return 1
+    print("| trace | model | %s p99 | %s p99 | %s / %s (medians) | within %s's spread |" % (
+        cfgs[0], cfgs[1], cfgs[0], cfgs[1], cfgs[0]))
+    print("|---|---|---|---|---|---|")
+    for t in traces:
+        for m in MODELS + ("all",):
+            names = MODELS if m == "all" else (m,)
+            xs = [[p99_apart(args.dir, c, lb, names) for lb in runs]
+                  for c, runs in ((cfgs[0], base[t]), (cfgs[1], other[t]))]
+            if any(v is None for x in xs for v in x):
+                print("| %s | %s | captures not counted | | | |" % (t, m))
+                continue
+            (s, k) = xs
+            ms, mk = statistics.median(s), statistics.median(k)
+            print("| %s | %s | %.3f [%.3f, %.3f] | %.3f [%.3f, %.3f] | %.2fx | %s |" % (
+                t, m, ms, min(s), max(s), mk, min(k), max(k), ms / mk,
+                "yes" if mk <= max(s) else "NO"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
