@@ -598,7 +598,7 @@ static int unclaim(kv_alloc_t *a, const struct place *pl, size_t n)
 static int unclaim_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n, int dry)
 {
 	struct place one, *pl = &one;
-	uint64_t now = kv_prim_now_ns();
+	uint64_t now;
 	uint32_t p;
 	size_t i;
 	int rc;
@@ -608,6 +608,11 @@ static int unclaim_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n, int 
 	if (n > 1 && !(pl = malloc(n * sizeof(*pl))))
 		return KVSHIM_ENOMEM;
 	pthread_mutex_lock(&a->lock);
+	/* read with the lock held: a page's idle time must not be earlier
+	 * than its last claim's drop, which comes after every kernel queued
+	 * through any of its claims (another thread's claim may go while
+	 * this call waits for the lock, and a fence pass meanwhile) */
+	now = kv_prim_now_ns();
 	rc = resolve(a, runs, n, pl);
 	if (!rc)
 		rc = unclaim(a, pl, n);

@@ -6,6 +6,7 @@
 #include <stdint.h>
 #include <time.h>
 
+#include "alloc_int.h"
 #include "suites.h"
 
 static kv_alloc_t *a;
@@ -157,6 +158,51 @@ START_TEST(test_fence_before_unmap)
 	ck_assert_int_eq(kv_alloc_release(a, base), 0);
 	ck_assert_uint_eq(kv_dev_calls("cuCtxSynchronize"), 4);
 	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 0);
+}
+END_TEST
+
+static void *unmap_first_half(void *arg)
+{
+	(void)arg;
+	return (void *)(intptr_t)kv_alloc_unmap(a, base, PG / 2);
+}
+
+/*
+ * A page's idle time is when its last claim went, not when the call that
+ * dropped it began: that call may wait for the lock while another thread
+ * queues kernels on the page through a claim of its own, lets go of it
+ * first, and a fence passes in between (here: the second half's claim
+ * goes, as its unmap does under the lock, after a fence that began once
+ * the first half's unmap was waiting). A reclaim of the page must then
+ * fence again, or it unmaps the page under the other thread's kernels.
+ */
+START_TEST(test_idle_from_the_last_claim)
+{
+	struct timespec wait = { 0, 100 * 1000 * 1000 };
+	struct kv_span *sp;
+	pthread_t t;
+	size_t freed = 0;
+	void *rc;
+
+	ck_assert_int_eq(kv_alloc_map(a, base, PG / 2), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + PG / 2, PG / 2), 0);
+	pthread_mutex_lock(&a->lock);
+	ck_assert_int_eq(pthread_create(&t, NULL, unmap_first_half, NULL), 0);
+	nanosleep(&wait, NULL);         /* the unmap waits for the lock */
+	kv_dev_reset_counts();
+	kv_cache_prefence(a);           /* a map's fence, lock dropped */
+	ck_assert_uint_eq(kv_dev_calls("cuCtxSynchronize"), 1);
+	/* kernels queued on the second half, which is let go of first */
+	sp = kv_span_find(a, base);
+	ck_assert_uint_eq(sp->claims[0], 2);
+	sp->claims[0]--;
+	pthread_mutex_unlock(&a->lock);
+	ck_assert_int_eq(pthread_join(t, &rc), 0);
+	ck_assert_int_eq((int)(intptr_t)rc, 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
+	ck_assert_int_eq(kv_alloc_trim(a, PG, &freed), 0);
+	ck_assert_uint_eq(freed, PG);
+	ck_assert_uint_eq(kv_dev_calls("cuCtxSynchronize"), 2);
 }
 END_TEST
 
@@ -350,6 +396,7 @@ Suite *reclaim_suite(void)
 	tcase_add_test(tc, test_trim_spares_claimed);
 	kt_add_emu(tc, test_trim_in_runs);
 	kt_add_emu(tc, test_fence_before_unmap);
+	kt_add_emu(tc, test_idle_from_the_last_claim);
 	tcase_add_test(tc, test_cache_cap);
 	suite_add_tcase(s, tc);
 
