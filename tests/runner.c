@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "share.h"
@@ -62,6 +63,26 @@ struct kvshim_stats kt_stats(kv_alloc_t *a)
 
 	ck_assert_int_eq(kv_alloc_stats(a, &s), 0);
 	return s;
+}
+
+int kt_wait_held(const char *func)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	int i;
+
+	for (i = 0; i < 30000 && kv_dev_waiting(func) < 1; i++)
+		nanosleep(&ms, NULL);
+	return kv_dev_waiting(func) >= 1;
+}
+
+int kt_wait_flag(const int *flag)
+{
+	struct timespec ms = { 0, 1000 * 1000 };
+	int i, v = 0;
+
+	for (i = 0; i < 30000 && !(v = __atomic_load_n(flag, __ATOMIC_ACQUIRE)); i++)
+		nanosleep(&ms, NULL);
+	return v;
 }
 
 static pid_t runner_pid;

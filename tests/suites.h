@@ -50,6 +50,14 @@ void kt_destroy(kv_alloc_t *a);
 /* Stats of a, failing the test on error. */
 struct kvshim_stats kt_stats(kv_alloc_t *a);
 
+/* Wait up to 30 s for a call of driver function func to wait where the
+ * emulation holds it (kv_dev_hold). Returns whether one does. */
+int kt_wait_held(const char *func);
+
+/* Wait up to 30 s for *flag, which another thread sets atomically, to be
+ * nonzero. Returns it. */
+int kt_wait_flag(const int *flag);
+
 /* Add a test only where the emulation runs. */
 #define kt_add_emu(tc, fn) do {                                      \
 		if (kv_dev_is_emu())                                  \

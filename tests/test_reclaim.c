@@ -246,21 +246,29 @@ START_TEST(test_zero_on_reuse)
 }
 END_TEST
 
-START_TEST(test_zero_via_cache_reclaim)
+/* A new allocator limited to 2 pages, with two spans of 4 (base, the
+ * second in *other): base's first 2 pages cached, filled with 0x1234. */
+static void two_cached_at_limit(CUdeviceptr *other)
 {
 	struct kv_alloc_opts o;
-	CUdeviceptr other;
-	size_t nz = 1;
 
 	kt_destroy(a);
 	kt_opts(&o);
 	o.limit = 2 * PG;
 	a = kt_create(&o);
 	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &base), 0);
-	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &other), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, other), 0);
 	ck_assert_int_eq(kv_alloc_map(a, base, 2 * PG), 0);
 	ck_assert_int_eq(kv_dev_fill(base, 2 * PG, 0x1234), CUDA_SUCCESS);
 	ck_assert_int_eq(kv_alloc_unmap(a, base, 2 * PG), 0);
+}
+
+START_TEST(test_zero_via_cache_reclaim)
+{
+	CUdeviceptr other;
+	size_t nz = 1;
+
+	two_cached_at_limit(&other);
 	/* at the limit: the map takes the cached pages of the first span */
 	ck_assert_int_eq(kv_alloc_map(a, other, 2 * PG), 0);
 	ck_assert_int_eq(kv_dev_nonzero(other, 2 * PG, &nz), CUDA_SUCCESS);
@@ -301,32 +309,17 @@ static void *read_stats(void *arg)
  */
 START_TEST(test_reclaim_fences_without_the_lock)
 {
-	struct timespec ms = { 0, 1000 * 1000 };
-	struct kv_alloc_opts o;
 	struct read_stats r = { -1, 0 };
 	pthread_t mapper, reader;
 	void *rc;
-	int i, done = 0;
+	int done;
 
-	kt_destroy(a);
-	kt_opts(&o);
-	o.limit = 2 * PG;
-	a = kt_create(&o);
-	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &base), 0);
-	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &other_span), 0);
-	ck_assert_int_eq(kv_alloc_map(a, base, 2 * PG), 0);
-	ck_assert_int_eq(kv_alloc_unmap(a, base, 2 * PG), 0);
+	two_cached_at_limit(&other_span);
 	ck_assert_int_eq(kv_dev_hold("cuCtxSynchronize", 1), 0);
 	ck_assert_int_eq(pthread_create(&mapper, NULL, map_other, NULL), 0);
-	for (i = 0; i < 30000 && kv_dev_waiting("cuCtxSynchronize") < 1; i++)
-		nanosleep(&ms, NULL);
-	ck_assert_int_ge(kv_dev_waiting("cuCtxSynchronize"), 1);
+	ck_assert(kt_wait_held("cuCtxSynchronize"));
 	ck_assert_int_eq(pthread_create(&reader, NULL, read_stats, &r), 0);
-	for (i = 0; i < 30000 && !done; i++) {          /* 30 s at most */
-		done = __atomic_load_n(&r.done, __ATOMIC_ACQUIRE);
-		if (!done)
-			nanosleep(&ms, NULL);
-	}
+	done = kt_wait_flag(&r.done);
 	kv_dev_hold("cuCtxSynchronize", 0);
 	ck_assert_int_eq(pthread_join(reader, NULL), 0);
 	ck_assert_int_eq(pthread_join(mapper, &rc), 0);

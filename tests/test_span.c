@@ -3,7 +3,6 @@
  */
 #include <pthread.h>
 #include <stdint.h>
-#include <time.h>
 
 #include "alloc_int.h"
 #include "suites.h"
@@ -605,25 +604,17 @@ static void *look_up(void *arg)
  */
 START_TEST(test_lookup_beside_a_map)
 {
-	struct timespec ms = { 0, 1000 * 1000 };
 	struct look_up in = { base + 2 * PG, -1, 0 }, out = { 4096, -1, 0 };
 	pthread_t mapper, t1, t2;
 	void *rc;
-	int i, done = 0;
+	int done;
 
 	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
 	ck_assert_int_eq(pthread_create(&mapper, NULL, map_first_page, NULL), 0);
-	for (i = 0; i < 30000 && kv_dev_waiting("cuMemCreate") < 1; i++)
-		nanosleep(&ms, NULL);
-	ck_assert_int_ge(kv_dev_waiting("cuMemCreate"), 1);
+	ck_assert(kt_wait_held("cuMemCreate"));
 	ck_assert_int_eq(pthread_create(&t1, NULL, look_up, &in), 0);
 	ck_assert_int_eq(pthread_create(&t2, NULL, look_up, &out), 0);
-	for (i = 0; i < 30000 && !done; i++) {          /* 30 s at most */
-		done = __atomic_load_n(&in.done, __ATOMIC_ACQUIRE) &&
-		       __atomic_load_n(&out.done, __ATOMIC_ACQUIRE);
-		if (!done)
-			nanosleep(&ms, NULL);
-	}
+	done = kt_wait_flag(&in.done) && kt_wait_flag(&out.done);
 	kv_dev_hold("cuMemCreate", 0);
 	ck_assert_int_eq(pthread_join(t1, NULL), 0);
 	ck_assert_int_eq(pthread_join(t2, NULL), 0);
