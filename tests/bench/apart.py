@@ -3,7 +3,9 @@
 engine files (colocate-CONFIG-TRACE-MODEL.json, as engines.tar.xz in
 docs/results keeps them), with colocate.py's rule as it is now: a request
 waited on a capture if its engine was capturing a graph at some time
-between its arrival and its first token.
+between its arrival and its first token. Then each engine's pauses between
+steps over colocate.PAUSE_S with requests in flight (colocate.step_pauses),
+for runs made before colocate printed them.
 
     python3 tests/bench/apart.py DIR [--configs static,kvshim] [--traces T1,T2]
 
@@ -82,6 +84,28 @@ def main():
             print("| %s | %s | %.3f [%.3f, %.3f] | %.3f [%.3f, %.3f] | %.2fx | %s |" % (
                 t, m, ms, min(s), max(s), mk, min(k), max(k), ms / mk,
                 "yes" if mk <= max(s) else "NO"))
+    print("\npauses between steps over %.0f ms with requests in flight: how many, the longest "
+          "(at s from the trace's start), in all s" % (1e3 * colocate.PAUSE_S))
+    print("| replay | model | %s | %s |" % tuple(cfgs))
+    print("|---|---|---|---|")
+    for t in traces:
+        for lb in sorted(set(base[t]) | set(other[t])):
+            for m in MODELS:
+                cols = []
+                for c in cfgs:
+                    path = os.path.join(args.dir, "colocate-%s-%s-%s.json" % (c, lb, m))
+                    if not os.path.exists(path):
+                        cols.append("-")
+                        continue
+                    with open(path) as f:
+                        ps = colocate.step_pauses(json.load(f))
+                    if ps is None:
+                        cols.append("steps not counted")
+                        continue
+                    w = max(ps, key=lambda x: x[1]) if ps else None
+                    cols.append("%d, %s, %.3f" % (len(ps), "%.3f (%.2f)" % (w[1], w[0])
+                                                  if w else "-", sum(x[1] for x in ps)))
+                print("| %s | %s | %s | %s |" % (lb, m, cols[0], cols[1]))
     return 0
 
 

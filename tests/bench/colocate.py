@@ -1169,6 +1169,32 @@ def long_steps(engines, name):
     return len(long), pct([b - a for a, b in long], 50), beside
 
 
+PAUSE_S = 0.02     # a pause between an engine's steps this long, with requests in flight
+
+
+def step_pauses(engine):
+    """An engine's pauses between steps (one batch's run ended, the next
+    step not begun: transformers' update of the batch and its loop, and
+    whatever call of the process they wait on) over PAUSE_S while it had a
+    request in flight (arrived, its last token not given; "requests"' t and
+    done_at), as (start, seconds) in the trace's time, or None where its
+    steps were not counted. (On an H200 a kvshim engine ran no step for
+    0.16 s while its process gained pages: docs/BENCHMARKS.md, session
+    35.)"""
+    steps = engine.get("steps")
+    if steps is None:
+        return None
+    steps = sorted(steps)
+    live = [(r["t"], r["done_at"]) for r in engine.get("requests", ())
+            if r.get("t") is not None and r.get("done_at") is not None]
+    out = []
+    for st, nxt in zip(steps, steps[1:]):
+        a, b = st[0] + st[1] + st[2], nxt[0]
+        if b - a > PAUSE_S and any(t <= a and done >= b for t, done in live):
+            out.append((round(a, 4), round(b - a, 4)))
+    return out
+
+
 def captured(engine, a, b):
     """Seconds of the CUDA graphs an engine was capturing at some time in
     [a, b): begun before b, ended after a (s from the trace's start; its
@@ -1395,6 +1421,7 @@ def summarize(results, traces):
                     if packing else None
                 table[(label, cname, name)] = {
                     "long_steps": long_steps(run["engines"], name) if name in ORDER else None,
+                    "pauses": step_pauses(run["engines"][name]) if name in ORDER else None,
                     "graph_steps": graph_steps(run["engines"][name]) if name in ORDER else None,
                     "heavy_steps": heavy_steps(run["engines"][name]) if name in ORDER else None,
                     "kv_ahead": tuple(sum(x.get(k, 0) for x in tracker)
@@ -1704,6 +1731,22 @@ def print_tables(table, traces, results, args):
                     "-" if o not in beside else "%s (%.1f)" % (
                         "-" if beside[o][0] != beside[o][0] else "%.1f" % (1e3 * beside[o][0]),
                         1e3 * beside[o][1]) for o in ORDER), g[0], g[1]))
+        print("\npauses between steps, trace %s: each engine's pauses over %.0f ms between one "
+              "batch's end and its next step's start while it had a request in flight "
+              "(transformers' update of the batch and its loop, and whatever call of its process "
+              "they wait on; on an H200 a kvshim engine paused 0.16 s while its process gained "
+              "pages: docs/BENCHMARKS.md, session 35): how many, the longest and when (s from "
+              "the trace's start), and their seconds in all" % (label, 1e3 * PAUSE_S))
+        print("| model | config | pauses | longest s (at s) | in all s |")
+        print("|---|---|---|---|---|")
+        for name, cname, t in cells(table, label, results):
+            if t.get("pauses") is None:
+                continue
+            ps = t["pauses"]
+            worst = max(ps, key=lambda x: x[1]) if ps else None
+            print("| %s | %s | %d | %s | %.3f |" % (
+                name, cname, len(ps), "%.3f (%.2f)" % (worst[1], worst[0]) if worst else "-",
+                sum(x[1] for x in ps)))
         print("\nscheduling a prefill, trace %s: each engine's heavy steps (batches that ran "
               "over %.0f times its median step: most hold a prefill), the scheduling before them "
               "at p50 and p90, and under kvshim the adapter's calls to its tracker in it (kvshim's "
