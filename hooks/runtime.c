@@ -192,10 +192,9 @@ MEMCPY(cudaMemcpyAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
 
 /*
  * 2D copies: every span page of each device side's box is backed first
- * (see kv_policy_copy). A width past either
- * pitch is left to the runtime, nothing backed: its refusal
- * (cudaErrorInvalidPitchValue, after the checks it makes first) is its
- * own, and recorded as its last error.
+ * (see kv_policy_copy). A width past either pitch is left to the runtime,
+ * nothing backed: its refusal (cudaErrorInvalidPitchValue, after the
+ * checks it makes first) is its own, and recorded as its last error.
  */
 #define MEMCPY2D(name, ARGS, PASS)                                          \
 cudaError_t kv_hook_##name(void *dst, size_t dp, const void *src, size_t sp, \
