@@ -235,8 +235,7 @@ def choose_read_tokens(setting, capacity, hints=None, max_requests=None, max_pos
         how = "auto: no workload given, max(max_position_embeddings, %d)" % AUTO_READ_SERVER
     # a number to whole blocks, auto to the padding's interval
     step = _positive(block) if isinstance(setting, int) else _positive(interval)
-    if step:
-        read = -(-read // step) * step
+    read = _round_up(read, step)
     if read >= capacity:
         return None, "%s, not below the cache's %d tokens" % (how, capacity)
     return read, how
@@ -367,18 +366,7 @@ def follow_share(cache, scheduler, entitled, now=None):
         binds = cap < read
         if binds:
             now = time.monotonic() if now is None else now
-            most, starving, longest, live = 0, 0, 0.0, set()
-            for queue in ("active_requests", "waiting_requests"):
-                for state in list((getattr(scheduler, queue, None) or {}).values()):
-                    most = max(most, _request_tokens(state, read))
-                    if queue == "active_requests" and _no_token_yet(state):
-                        live.add(state.request_id)
-                        waited = _starved_for(seen, state, now)
-                        if waited >= STARVED_S:
-                            starving += _request_tokens(state, read)
-                            longest = max(longest, waited)
-            for rid in [r for r in seen if r not in live]:
-                del seen[rid]
+            most, starving, longest = _held(scheduler, seen, now, read)
             # transformers pads a batch's read to its interval, at most
             # num_pages, and keys a CUDA graph on the padded size: raised
             # for a request, the bound goes to the interval (the share's
@@ -390,12 +378,11 @@ def follow_share(cache, scheduler, entitled, now=None):
                 # on top of the bound in force, padded as below: on top of
                 # the largest request's read alone, the padding would take
                 # a raise smaller than its slack back
-                force = min(cap if most <= cap else -(-most // step) * step if step
-                            else most, read)
+                force = min(cap if most <= cap else _round_up(most, step), read)
                 most = max(most, in_use if longest >= 2 * STARVED_S
                            else min(force + starving, in_use))
             if most > cap:
-                cap = -(-most // step) * step if step else most
+                cap = _round_up(most, step)
         cap = min(cap, read)
     # the share binding no more: what was seen is forgotten (not when the
     # guard raised the bound to R, or a request still starving would wait
@@ -404,6 +391,33 @@ def follow_share(cache, scheduler, entitled, now=None):
         seen.clear()
     cache.num_pages = cap
     return cap
+
+
+def _round_up(n, step):
+    """n rounded up to a multiple of step (n itself for no step)."""
+    return -(-n // step) * step if step else n
+
+
+def _held(scheduler, seen, now, read):
+    """What the scheduler's requests (running or waiting) read at most, and
+    of the admitted ones without their first token that have starved
+    STARVED_S (see _starved_for), what they read in all and the longest
+    they have waited: (most, starving, longest). seen keeps only the
+    requests admitted without their first token."""
+    most, starving, longest, live = 0, 0, 0.0, set()
+    for queue in ("active_requests", "waiting_requests"):
+        for state in list((getattr(scheduler, queue, None) or {}).values()):
+            most = max(most, _request_tokens(state, read))
+            if queue != "active_requests" or not _no_token_yet(state):
+                continue
+            live.add(state.request_id)
+            waited = _starved_for(seen, state, now)
+            if waited >= STARVED_S:
+                starving += _request_tokens(state, read)
+                longest = max(longest, waited)
+    for rid in [r for r in seen if r not in live]:
+        del seen[rid]
+    return most, starving, longest
 
 
 def _starved_for(seen, state, now):
