@@ -216,7 +216,7 @@ int kv_alloc_create(const struct kv_alloc_opts *o, kv_alloc_t **out)
 	if (!limit)
 		limit = a->prim.device_bytes / 100 *
 			(o->limit_pct ? o->limit_pct : 100);
-	if (limit / a->page >= UINT32_MAX) {
+	if (limit / a->page >= KV_MARK) {      /* slot values above are marks */
 		rc = KVSHIM_EINVAL;
 		goto fail;
 	}

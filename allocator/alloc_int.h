@@ -21,7 +21,9 @@
  * with the lock dropped (a map's reclaim keeps it): the slot belongs to the
  * thread doing it, and a thread that
  * needs it sleeps on kv_alloc_s.done. TAKEN slots belong to a map call,
- * which holds the lock until they are installed or put back.
+ * which makes, scrubs and maps them with the lock dropped, the span pages
+ * they go to marked KV_PEND meanwhile, until they are installed or put
+ * back.
  *
  * Only kv_slot_move() changes a slot's state; it keeps the lists and the
  * per-state counts (from which held, pooled, cached and in-flight figures
@@ -38,6 +40,16 @@
 #include "share.h"
 
 #define KV_NIL UINT32_MAX
+
+/* Slot value of a page a map call backs: set and cleared with the lock
+ * held, seen by other threads while the call makes, scrubs and maps its
+ * pages with the lock dropped (map.c); they wait for it as for a page in
+ * flight (kv_span_any_busy), and a span holding one is not released. */
+#define KV_PEND (UINT32_MAX - 1)
+
+/* Slot value of a page one call marks and clears, lock held throughout
+ * (kv_alloc_cost_many): never seen by another thread. */
+#define KV_MARK (UINT32_MAX - 2)
 
 /* The most claims one page can carry; a map that would pass it fails. */
 #define KV_CLAIMS_MAX (UINT32_MAX - 1)
@@ -83,6 +95,7 @@ struct kv_span {
 	uint32_t *slot;         /* per page: the phys slot, or KV_NIL */
 	uint32_t mapped;        /* pages with a slot */
 	uint32_t busy;          /* of those, UNMAPPING or DYING */
+	uint32_t pending;       /* pages KV_PEND */
 	int dying;              /* released: off the span table */
 	int reaping;            /* released, its pages being unmapped */
 	struct kv_span *next;   /* on the list of released spans */
@@ -252,10 +265,32 @@ enum kv_supply {
 	KV_SUPPLY_FAILED  /* *err says why */
 };
 
+/* What a take leaves for the map to do with the lock dropped
+ * (kv_pool_ready): of the n slots taken, those from dirty_from on to scrub,
+ * and of them nmake from make_from on to make first. */
+struct kv_take {
+	uint32_t n, dirty_from, make_from, nmake;
+	uint32_t made;          /* kv_pool_ready: of the nmake, made (first) */
+};
+
 int kv_pool_init(kv_alloc_t *a);
 void kv_pool_fini(kv_alloc_t *a);
 enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *slots,
-			    int defer_fence, int *err);
+			    int defer_fence, struct kv_take *t, int *err);
+/* Lock not held: make and scrub what the take left (t). Returns 0, or the
+ * driver's error with t->made saying how many it made; then the caller,
+ * lock held, puts the slots back (kv_pool_unready), or after a creation
+ * the driver refused for memory makes the take up (kv_pool_made_short).
+ * Reorders slots. */
+int kv_pool_ready(kv_alloc_t *a, uint32_t *slots, struct kv_take *t);
+/* Lock held: the slots kv_pool_ready could not make go back, and cached
+ * pages make up for them, as the take would have; then all are scrubbed
+ * (with the lock held). Returns as kv_pool_take, for memory KVSHIM_ENOMEM. */
+enum kv_supply kv_pool_made_short(kv_alloc_t *a, uint32_t *slots, struct kv_take *t,
+				  int defer_fence, int *err);
+/* Lock held: the slots of a take back in the pool (made ones dirty, the
+ * others empty again). */
+void kv_pool_unready(kv_alloc_t *a, const uint32_t *slots, const struct kv_take *t);
 /* TAKEN slots back to the pool: clean ones (never left the pool's care)
  * or dirty. */
 void kv_pool_put(kv_alloc_t *a, const uint32_t *slots, uint32_t n, int dirty);

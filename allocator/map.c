@@ -1,10 +1,12 @@
 /*
  * map.c - backing ranges of spans, claiming and pinning them, and dropping
- * their claims: the engine's path. A map holds the allocator's lock from
- * start to end, driver calls included, so ranges are checked, backed and
- * claimed as one step that no other thread sees half-done; work that is
- * slow and off the engine's path runs outside the lock on pages in flight
- * (span.c, pool.c), and a map waits for such a page rather than race it.
+ * their claims: the engine's path. A map checks its ranges, claims what is
+ * backed and gathers pages for the rest with the allocator's lock held;
+ * it makes, scrubs and maps those pages with the lock dropped, the span
+ * pages they go to marked pending (KV_PEND), and installs and claims them
+ * with it held again. Another thread sees no page half-done: a map or pin
+ * that covers a pending page waits for it, as for any page in flight
+ * (span.c, pool.c), and a span with one is not released until it is done.
  * A map short of pages that a released span still holds unmaps that span
  * itself rather than wait for the worker to get round to it.
  */
@@ -22,10 +24,6 @@ struct place {
 	struct kv_span *sp;
 	uint32_t p0, p1;
 };
-
-/* Slot value of a page this call will back: only between the count and
- * the install, always with the lock held. */
-#define KV_PEND (UINT32_MAX - 1)
 
 /* Resolve every range. Returns 0, KVSHIM_EINVAL or KVSHIM_ERANGE (outside
  * one span, or not in the span its id names). */
@@ -80,6 +78,19 @@ static int claims_fit(const kv_alloc_t *a, const struct place *pl, size_t n)
 	return 0;
 }
 
+/* Page p of sp becomes one this call backs (KV_PEND), or stops being one. */
+static void pend(struct kv_span *sp, uint32_t p)
+{
+	sp->slot[p] = KV_PEND;
+	sp->pending++;
+}
+
+static void unpend(struct kv_span *sp, uint32_t p, uint32_t slot)
+{
+	sp->slot[p] = slot;
+	sp->pending--;
+}
+
 /*
  * Claim every page of the ranges that is mapped already, so that none of
  * them can be reclaimed to back the others, and mark the unmapped ones
@@ -92,28 +103,17 @@ static uint32_t claim_present(kv_alloc_t *a, const struct place *pl, size_t n)
 
 	for (i = 0; i < n; i++) {
 		for (p = pl[i].p0; p <= pl[i].p1; p++) {
-			uint32_t *s = &pl[i].sp->slot[p];
+			uint32_t s = pl[i].sp->slot[p];
 
-			if (*s == KV_NIL) {
-				*s = KV_PEND;
+			if (s == KV_NIL) {
+				pend(pl[i].sp, p);
 				need++;
-			} else if (*s != KV_PEND) {
+			} else if (s != KV_PEND) {
 				kv_span_claim(a, pl[i].sp, p);
 			}
 		}
 	}
 	return need;
-}
-
-static void clear_pending(const struct place *pl, size_t n)
-{
-	uint32_t p;
-	size_t i;
-
-	for (i = 0; i < n; i++)
-		for (p = pl[i].p0; p <= pl[i].p1; p++)
-			if (pl[i].sp->slot[p] == KV_PEND)
-				pl[i].sp->slot[p] = KV_NIL;
 }
 
 /* Undo claim_present: pending pages unbacked again, claims dropped. */
@@ -125,11 +125,11 @@ static void unclaim_present(kv_alloc_t *a, const struct place *pl, size_t n)
 
 	for (i = 0; i < n; i++) {
 		for (p = pl[i].p0; p <= pl[i].p1; p++) {
-			uint32_t *s = &pl[i].sp->slot[p];
+			uint32_t s = pl[i].sp->slot[p];
 
-			if (*s == KV_PEND) {
-				*s = KV_NIL;
-			} else if (*s != KV_NIL) {
+			if (s == KV_PEND) {
+				unpend(pl[i].sp, p, KV_NIL);
+			} else if (s != KV_NIL) {
 				pl[i].sp->claims[p]--;
 				kv_span_idle(a, pl[i].sp, p, now);
 			}
@@ -149,8 +149,91 @@ static uint32_t covering(const struct place *pl, size_t n,
 	return c;
 }
 
+/* A page a map backs: page p of span sp. */
+struct where {
+	struct kv_span *sp;
+	uint32_t p;
+};
+
+static int cmp_where(const void *x, const void *y)
+{
+	const struct where *a = x, *b = y;
+
+	if (a->sp != b->sp)
+		return a->sp->base < b->sp->base ? -1 : 1;
+	return (a->p > b->p) - (a->p < b->p);
+}
+
 /*
- * After a failed install, lock held: take the fresh pages back out of the
+ * The pages of the ranges this call backs (KV_PEND), each once however
+ * many ranges cover it, in order of span and page, into w. Lock held: the
+ * first visit marks a page (KV_MARK), and the marks go before it returns.
+ */
+static void pending_pages(const struct place *pl, size_t n, struct where *w)
+{
+	uint32_t p, k = 0;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		for (p = pl[i].p0; p <= pl[i].p1; p++) {
+			if (pl[i].sp->slot[p] != KV_PEND)
+				continue;
+			pl[i].sp->slot[p] = KV_MARK;
+			w[k++] = (struct where){ pl[i].sp, p };
+		}
+	}
+	for (i = 0; i < k; i++)
+		w[i].sp->slot[w[i].p] = KV_PEND;
+	qsort(w, k, sizeof(*w), cmp_where);
+}
+
+/*
+ * Driver work alone, lock held or not: map slots[k]'s handle at page w[k]
+ * for k in [0, need), stopping at the first failure (*mapped says how
+ * many), then grant access with one call per run of consecutive pages of
+ * one span. Returns 0 or the driver's error.
+ */
+static int map_pages(kv_alloc_t *a, const struct where *w, const uint32_t *slots,
+		     uint32_t need, uint32_t *mapped)
+{
+	uint64_t t0 = kv_prim_now_ns();
+	uint32_t k, run;
+	int rc = 0;
+
+	for (k = 0; k < need && !rc; k++)
+		rc = kv_prim_map(&a->prim, kv_span_va(a, w[k].sp, w[k].p), a->phys[slots[k]].h);
+	*mapped = rc ? k - 1 : k;
+	for (k = 0; k < need && !rc; k += run) {
+		for (run = 1; k + run < need; run++)
+			if (w[k + run].sp != w[k].sp || w[k + run].p != w[k].p + run)
+				break;
+		rc = kv_prim_access(&a->prim, kv_span_va(a, w[k].sp, w[k].p),
+				    (size_t)run * a->page);
+	}
+	if (!rc)
+		KV_COUNT(a, map_ns, kv_prim_now_ns() - t0);
+	return rc;
+}
+
+/* Lock held: slots[0..k) become pages w[0..k), linked, still TAKEN, and
+ * marked fresh (for claim_fresh, or uninstall). */
+static void link_pages(kv_alloc_t *a, const struct where *w, const uint32_t *slots,
+		       uint32_t k)
+{
+	uint32_t j;
+
+	for (j = 0; j < k; j++) {
+		struct kv_phys *ph = &a->phys[slots[j]];
+
+		unpend(w[j].sp, w[j].p, slots[j]);
+		ph->span = w[j].sp;
+		ph->vpage = w[j].p;
+		ph->fresh = 1;
+	}
+}
+
+/*
+ * After a failed map, lock held: take the fresh pages back out of the
  * spans (KV_PEND again) and return their slots to the pool. A page the
  * driver will not unmap stays where it is, claimed by the ranges that
  * cover it (unclaim_present then caches it for a later trim).
@@ -169,7 +252,7 @@ static void uninstall(kv_alloc_t *a, const struct place *pl, size_t n,
 			continue;
 		ph->fresh = 0;
 		if (kv_prim_unmap(&a->prim, kv_span_va(a, sp, p), a->page) == 0) {
-			sp->slot[p] = KV_PEND;
+			pend(sp, p);
 			ph->span = NULL;
 			continue;
 		}
@@ -184,67 +267,17 @@ static void uninstall(kv_alloc_t *a, const struct place *pl, size_t n,
 	kv_pool_put(a, slots, good, 0);
 }
 
-/*
- * Map TAKEN slots[0..need) into the KV_PEND pages of the ranges in order,
- * and grant access with one call per contiguous run of them. Pages mapped
- * here are marked fresh, for claim_fresh. On failure they are unmapped and
- * KV_PEND again, and the slots are back in the pool. Returns 0 or a driver
- * error.
- */
-static int install(kv_alloc_t *a, const struct place *pl, size_t n,
-		   uint32_t *slots, uint32_t need)
+/* Lock held: the pages mapped, slots[0..need) join their spans, MAPPED. */
+static void install(kv_alloc_t *a, const struct where *w, const uint32_t *slots,
+		    uint32_t need)
 {
-	uint64_t t0 = kv_prim_now_ns();
-	uint32_t p, k = 0, run;
-	size_t i;
-	int rc = 0;
+	uint32_t k;
 
-	for (i = 0; i < n && !rc; i++) {
-		struct kv_span *sp = pl[i].sp;
-
-		for (p = pl[i].p0; p <= pl[i].p1 && !rc; p++) {
-			struct kv_phys *ph;
-
-			if (sp->slot[p] != KV_PEND)
-				continue;
-			ph = &a->phys[slots[k]];
-			rc = kv_prim_map(&a->prim, kv_span_va(a, sp, p), ph->h);
-			if (rc)
-				break;
-			/* linked, still TAKEN: only this call sees it */
-			sp->slot[p] = slots[k++];
-			ph->span = sp;
-			ph->vpage = p;
-			ph->fresh = 1;
-		}
-	}
-	/* access: one call per run of consecutive new pages of one span,
-	 * whatever ranges brought them */
-	if (!rc)
-		qsort_r(slots, need, sizeof(*slots), kv_span_cmp_place, a);
-	for (k = 0; k < need && !rc; k += run) {
-		const struct kv_phys *first = &a->phys[slots[k]];
-
-		for (run = 1; k + run < need; run++) {
-			const struct kv_phys *q = &a->phys[slots[k + run]];
-
-			if (q->span != first->span || q->vpage != first->vpage + run)
-				break;
-		}
-		rc = kv_prim_access(&a->prim, kv_span_va(a, first->span, first->vpage),
-				    (size_t)run * a->page);
-	}
-	if (rc) {
-		uninstall(a, pl, n, slots, need);
-		return rc;
-	}
+	link_pages(a, w, slots, need);
 	for (k = 0; k < need; k++)
-		kv_slot_install(a, slots[k], a->phys[slots[k]].span,
-				a->phys[slots[k]].vpage);
+		kv_slot_install(a, slots[k], w[k].sp, w[k].p);
 	KV_COUNT(a, map_calls, 1);
 	KV_COUNT(a, pages_mapped, need);
-	KV_COUNT(a, map_ns, kv_prim_now_ns() - t0);
-	return 0;
 }
 
 /* Each range claims the pages backed for it by this call. */
@@ -263,16 +296,25 @@ static void claim_fresh(kv_alloc_t *a, const struct place *pl, size_t n,
 }
 
 /*
- * Back the pages of all ranges, lock held: claims on what is mapped first,
- * then pages for the rest in one gathering, installed run by run. Returns
- * KV_SUPPLY_DONE; WAIT or ASK with nothing changed; or FAILED with *err
- * set and nothing changed.
+ * Back the pages of all ranges, lock held on entry and exit: claims on
+ * what is mapped first, then pages for the rest in one gathering. The new
+ * pages are made, scrubbed and mapped with the lock dropped, the span
+ * pages they go to KV_PEND meanwhile, so that the process's other calls
+ * (an engine's maps of other blocks, its frees, headroom) do not wait for
+ * that driver work (on an H200 about 0.16 ms a page; a large engine's row
+ * of blocks is 48 pages); after a creation the driver refused for memory,
+ * the rest with it held, as the take makes it up from cached pages.
+ * Returns KV_SUPPLY_DONE; WAIT or ASK with nothing changed; or FAILED with
+ * *err set and nothing changed.
  */
 static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 				 size_t n, int defer_fence, int *err)
 {
-	uint32_t need, stack[64], *slots = stack, before = a->n[KV_P_MAPPED];
+	uint32_t need, stack[64], *slots = stack, before = a->n[KV_P_MAPPED], mapped = 0;
+	struct where wstack[64], *w = wstack;
+	struct kv_take t;
 	enum kv_supply out;
+	int ready;
 
 	*err = 0;
 	need = claim_present(a, pl, n);
@@ -288,19 +330,41 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 	}
 	if (!need)
 		return KV_SUPPLY_DONE;
-	if (need > 64 && !(slots = malloc(need * sizeof(*slots)))) {
+	if (need > 64 && (!(slots = malloc(need * sizeof(*slots))) ||
+			  !(w = malloc(need * sizeof(*w))))) {
+		free(slots != stack ? slots : NULL);
 		unclaim_present(a, pl, n);
 		*err = KVSHIM_ENOMEM;
 		return KV_SUPPLY_FAILED;
 	}
 	/* (the ranges' cached pages it claimed back count in what it waits
 	 * for, as its pooled ones do: fair.h) */
-	out = kv_pool_take(a, need, a->n[KV_P_MAPPED] - before, slots, defer_fence,
-			   err);
+	out = kv_pool_take(a, need, a->n[KV_P_MAPPED] - before, slots, defer_fence, &t, err);
 	if (out == KV_SUPPLY_DONE) {
-		*err = install(a, pl, n, slots, need);
-		if (*err)
+		pending_pages(pl, n, w);
+		pthread_mutex_unlock(&a->lock);
+		ready = kv_pool_ready(a, slots, &t);
+		if (!ready)
+			*err = map_pages(a, w, slots, need, &mapped);
+		pthread_mutex_lock(&a->lock);
+		/* whoever waits for these pages looks again */
+		pthread_cond_broadcast(&a->done);
+		if (ready == KVSHIM_ENOMEM && t.made < t.nmake) {
+			out = kv_pool_made_short(a, slots, &t, defer_fence, err);
+			if (out == KV_SUPPLY_DONE)
+				*err = map_pages(a, w, slots, need, &mapped);
+		} else if (ready) {
+			kv_pool_unready(a, slots, &t);
+			*err = ready;
 			out = KV_SUPPLY_FAILED;
+		}
+	}
+	if (out == KV_SUPPLY_DONE && *err) {
+		link_pages(a, w, slots, mapped);
+		uninstall(a, pl, n, slots, need);
+		out = KV_SUPPLY_FAILED;
+	} else if (out == KV_SUPPLY_DONE) {
+		install(a, w, slots, need);
 	}
 	if (out == KV_SUPPLY_DONE)
 		claim_fresh(a, pl, n, slots, need);
@@ -308,6 +372,8 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 		unclaim_present(a, pl, n);
 	if (slots != stack)
 		free(slots);
+	if (w != wstack)
+		free(w);
 	return out;
 }
 
@@ -532,28 +598,33 @@ int kv_alloc_cost_many(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 	/*
 	 * New pages, and cached ones of the ranges too: the map would claim
 	 * them out of the cache, which kv_alloc_headroom counts as room. Each
-	 * page once (KV_PEND marks new ones, fresh the cached ones).
+	 * page once (KV_MARK marks new ones, fresh the cached ones). Not those
+	 * another map is backing (KV_PEND): their pages are taken already.
 	 */
 	for (i = 0; i < n && !rc; i++) {
 		for (p = pl[i].p0; p <= pl[i].p1; p++) {
 			uint32_t *s = &pl[i].sp->slot[p];
 
 			if (*s == KV_NIL) {
-				*s = KV_PEND;
+				*s = KV_MARK;
 				need++;
-			} else if (*s != KV_PEND && a->phys[*s].state == KV_P_CACHED &&
+			} else if (*s < KV_MARK && a->phys[*s].state == KV_P_CACHED &&
 				   !a->phys[*s].fresh) {
 				a->phys[*s].fresh = 1;
 				need++;
 			}
 		}
 	}
-	for (i = 0; i < n && !rc; i++)
-		for (p = pl[i].p0; p <= pl[i].p1; p++)
-			if (pl[i].sp->slot[p] < KV_PEND)
-				a->phys[pl[i].sp->slot[p]].fresh = 0;
-	if (!rc)
-		clear_pending(pl, n);
+	for (i = 0; i < n && !rc; i++) {
+		for (p = pl[i].p0; p <= pl[i].p1; p++) {
+			uint32_t *s = &pl[i].sp->slot[p];
+
+			if (*s == KV_MARK)
+				*s = KV_NIL;
+			else if (*s < KV_MARK)
+				a->phys[*s].fresh = 0;
+		}
+	}
 	pthread_mutex_unlock(&a->lock);
 	if (pl != &one)
 		free(pl);

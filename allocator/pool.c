@@ -301,27 +301,31 @@ static enum kv_supply short_of_pages(kv_alloc_t *a, int oom, int reclaim_err,
 	return KV_SUPPLY_FAILED;
 }
 
+static enum kv_supply reclaim_rest(kv_alloc_t *a, uint32_t n, uint32_t *slots,
+				   struct kv_take *t, int oom, int defer_fence, int *err);
+
 /*
- * Gather n clean pages for a map into slots, TAKEN, lock held: from the
- * pool, then new handles while the limit allows, then this allocator's
- * cached pages elsewhere (the map has claimed its own ranges' pages, so
- * none of those is taken: also counts them). Refused by the shared budget,
- * the map waits for all it needs, n and also (its own pages count in it,
- * as in an engine's stated demand: fair.h). Returns KV_SUPPLY_DONE, WAIT or
- * ASK with nothing taken; FENCE with nothing taken where defer_fence and
- * the cached pages it would reclaim need a fence; or FAILED with *err set
- * (KVSHIM_ELIMIT, KVSHIM_ENOMEM or a driver error) and every gathered page
- * back in the pool.
+ * Gather n pages for a map into slots, TAKEN, lock held: from the pool,
+ * then new handles while the limit allows, then this allocator's cached
+ * pages elsewhere (the map has claimed its own ranges' pages, so none of
+ * those is taken: also counts them). Refused by the shared budget, the map
+ * waits for all it needs, n and also (its own pages count in it, as in an
+ * engine's stated demand: fair.h). The new handles are only claimed, and
+ * nothing is scrubbed: the map does both with the lock dropped
+ * (kv_pool_ready), as *t says. Returns KV_SUPPLY_DONE, WAIT or ASK with
+ * nothing taken; FENCE with nothing taken where defer_fence and the cached
+ * pages it would reclaim need a fence; or FAILED with *err set
+ * (KVSHIM_ELIMIT or a driver error) and every gathered page back in the
+ * pool.
  */
 enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *slots,
-			    int defer_fence, int *err)
+			    int defer_fence, struct kv_take *t, int *err)
 {
-	uint32_t got, k, m, dirty_from;
-	enum kv_supply out = KV_SUPPLY_FAILED;
-	int rc = 0, oom = 0;
+	uint32_t got, k;
 	uint64_t avail;
 
 	*err = 0;
+	*t = (struct kv_take){ 0, 0, 0, 0, 0 };
 	a->share_said = 0;
 	a->share_used = 0;
 	avail = (uint64_t)a->n[KV_P_CLEAN] + a->n[KV_P_DIRTY] +
@@ -331,53 +335,93 @@ enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *
 
 	got = n < a->n[KV_P_CLEAN] ? n : a->n[KV_P_CLEAN];
 	take_list(a, &a->clean, got, slots, KV_P_TAKEN);
-	dirty_from = got;
+	t->dirty_from = got;
 	k = n - got < a->n[KV_P_DIRTY] ? n - got : a->n[KV_P_DIRTY];
 	take_list(a, &a->dirty, k, slots + got, KV_P_TAKEN);
 	got += k;
-
+	t->make_from = got;
 	if (got < n && a->n[KV_P_EMPTY]) {
-		m = n - got < a->n[KV_P_EMPTY] ? n - got : a->n[KV_P_EMPTY];
-		m = claim_empty(a, m, n + also, slots + got, 0, KV_P_TAKEN);
-		k = create_slots(a, slots + got, m, &rc);
-		put_empty(a, slots + got + k, m - k);
-		got += k;
-		if (rc == KVSHIM_ENOMEM) {
-			oom = 1;
-			rc = 0;
-		}
-		if (rc)
-			goto fail;
+		k = n - got < a->n[KV_P_EMPTY] ? n - got : a->n[KV_P_EMPTY];
+		t->nmake = claim_empty(a, k, n + also, slots + got, 0, KV_P_TAKEN);
+		got += t->nmake;
 	}
-	if (got < n) {
-		/* a fence the cached pages need waits for the device's queued
-		 * work: not with the lock held, which every call of the
-		 * process's threads would wait on (an engine's look-ups,
-		 * headroom, its own maps), but by the caller with it dropped */
-		if (defer_fence && kv_cache_fence_due(a, n - got)) {
-			out = KV_SUPPLY_FENCE;
-			goto fail;
-		}
-		rc = kv_cache_reclaim(a, n - got, slots + got, &k);
-		got += k;
-		if (got < n) {
-			out = short_of_pages(a, oom, rc, err);
-			rc = 0;
-			goto fail;
-		}
-		rc = 0;
+	t->n = got;
+	return got < n ? reclaim_rest(a, n, slots, t, 0, defer_fence, err) :
+			 KV_SUPPLY_DONE;
+}
+
+/*
+ * The rest of a take, lock held: slots[0..t->n) are taken, n are needed;
+ * the cached pages make up the difference, or every slot goes back (see
+ * kv_pool_take). oom: the driver refused to make one of them.
+ */
+static enum kv_supply reclaim_rest(kv_alloc_t *a, uint32_t n, uint32_t *slots,
+				   struct kv_take *t, int oom, int defer_fence, int *err)
+{
+	enum kv_supply out;
+	uint32_t k;
+	int rc;
+
+	/* a fence the cached pages need waits for the device's queued work:
+	 * not with the lock held, which every call of the process's threads
+	 * would wait on (an engine's look-ups, headroom, its own maps), but
+	 * by the caller with it dropped */
+	if (defer_fence && kv_cache_fence_due(a, n - t->n)) {
+		kv_pool_unready(a, slots, t);
+		return KV_SUPPLY_FENCE;
 	}
-	/* everything from dirty_from on may hold old bytes */
-	rc = scrub_slots(a, slots + dirty_from, got - dirty_from);
-	if (rc)
-		goto fail;
-	return KV_SUPPLY_DONE;
-fail:
-	if (rc)
-		*err = rc;
-	kv_pool_put(a, slots, dirty_from, 0);
-	kv_pool_put(a, slots + dirty_from, got - dirty_from, 1);
+	rc = kv_cache_reclaim(a, n - t->n, slots + t->n, &k);
+	t->n += k;
+	if (t->n == n)
+		return KV_SUPPLY_DONE;
+	out = short_of_pages(a, oom, rc, err);
+	kv_pool_unready(a, slots, t);
 	return out;
+}
+
+int kv_pool_ready(kv_alloc_t *a, uint32_t *slots, struct kv_take *t)
+{
+	int rc = 0;
+
+	t->made = t->nmake ? create_slots(a, slots + t->make_from, t->nmake, &rc) : 0;
+	if (rc)
+		return rc;
+	/* everything from dirty_from on may hold old bytes */
+	return scrub_slots(a, slots + t->dirty_from, t->n - t->dirty_from);
+}
+
+enum kv_supply kv_pool_made_short(kv_alloc_t *a, uint32_t *slots, struct kv_take *t,
+				  int defer_fence, int *err)
+{
+	uint32_t n = t->n, from = t->make_from + t->made, end = t->make_from + t->nmake;
+	enum kv_supply out;
+	int rc;
+
+	/* the slots never made back to EMPTY, the reclaimed ones after the
+	 * made ones: the take is then whole but for them */
+	put_empty(a, slots + from, end - from);
+	memmove(slots + from, slots + end, (n - end) * sizeof(*slots));
+	t->n -= end - from;
+	t->nmake = t->made;
+	out = reclaim_rest(a, n, slots, t, 1, defer_fence, err);
+	if (out != KV_SUPPLY_DONE)
+		return out;
+	rc = scrub_slots(a, slots + t->dirty_from, t->n - t->dirty_from);
+	if (!rc)
+		return KV_SUPPLY_DONE;
+	*err = rc;
+	kv_pool_unready(a, slots, t);
+	return KV_SUPPLY_FAILED;
+}
+
+void kv_pool_unready(kv_alloc_t *a, const uint32_t *slots, const struct kv_take *t)
+{
+	uint32_t from = t->make_from + t->made, end = t->make_from + t->nmake;
+
+	kv_pool_put(a, slots, t->dirty_from, 0);
+	kv_pool_put(a, slots + t->dirty_from, from - t->dirty_from, 1);
+	put_empty(a, slots + from, end - from);
+	kv_pool_put(a, slots + end, t->n - end, 1);
 }
 
 /* ---- the worker's duties: lock held on entry and exit, dropped for the driver */

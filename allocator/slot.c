@@ -217,7 +217,7 @@ static int check_list(const kv_alloc_t *a, const struct kv_list *l,
 static int check_span(const kv_alloc_t *a, const struct kv_span *sp,
 		      int dying, uint32_t *seen)
 {
-	uint32_t p, mapped = 0, busy = 0;
+	uint32_t p, mapped = 0, busy = 0, pending = 0;
 
 	if (!!sp->dying != dying)
 		FAIL("span 0x%llx is %s but marked %s",
@@ -232,11 +232,16 @@ static int check_span(const kv_alloc_t *a, const struct kv_span *sp,
 		uint32_t s = sp->slot[p];
 		const struct kv_phys *ph;
 
-		if (s == KV_NIL) {
+		if (s == KV_NIL || s == KV_PEND) {
+			/* (a map backs a pending one, lock dropped) */
 			if (sp->claims[p] || sp->pinned[p])
 				FAIL("unbacked page %u of span 0x%llx holds %u claims, pin %u",
 				     p, (unsigned long long)sp->base,
 				     sp->claims[p], sp->pinned[p]);
+			if (s == KV_PEND && dying)
+				FAIL("page %u of released span 0x%llx is being backed",
+				     p, (unsigned long long)sp->base);
+			pending += s == KV_PEND;
 			continue;
 		}
 		if (s >= a->max_pages)
@@ -263,10 +268,10 @@ static int check_span(const kv_alloc_t *a, const struct kv_span *sp,
 		mapped++;
 		busy += busy_in_span(ph->state);
 	}
-	if (mapped != sp->mapped || busy != sp->busy)
-		FAIL("span 0x%llx counts %u mapped and %u busy pages, holds %u and %u",
-		     (unsigned long long)sp->base, sp->mapped, sp->busy, mapped,
-		     busy);
+	if (mapped != sp->mapped || busy != sp->busy || pending != sp->pending)
+		FAIL("span 0x%llx counts %u mapped, %u busy and %u pending pages, holds %u, %u and %u",
+		     (unsigned long long)sp->base, sp->mapped, sp->busy, sp->pending,
+		     mapped, busy, pending);
 	return 0;
 }
 

@@ -63,11 +63,12 @@ int kv_span_any_busy(const kv_alloc_t *a, const struct kv_span *sp,
 {
 	uint32_t p;
 
-	if (!sp->busy)
+	if (!sp->busy && !sp->pending)
 		return 0;
 	for (p = p0; p <= p1; p++)
-		if (sp->slot[p] != KV_NIL &&
-		    a->phys[sp->slot[p]].state == KV_P_UNMAPPING)
+		if (sp->slot[p] == KV_PEND ||
+		    (sp->slot[p] != KV_NIL &&
+		     a->phys[sp->slot[p]].state == KV_P_UNMAPPING))
 			return 1;
 	return 0;
 }
@@ -183,7 +184,7 @@ static void retire(kv_alloc_t *a, struct kv_span *sp)
 	for (p = 0; p < sp->npages; p++) {
 		uint32_t s = sp->slot[p];
 
-		if (s == KV_NIL)
+		if (s >= KV_MARK)
 			continue;
 		if (a->phys[s].state == KV_P_MAPPED)
 			a->phys[s].idle_ns = now;
@@ -295,7 +296,8 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 			rc = KVSHIM_ERANGE;
 			break;
 		}
-		if (!sp->busy) {
+		/* (not while a map backs some of its pages) */
+		if (!sp->busy && !sp->pending) {
 			retire(a, sp);
 			/* without a worker, the caller does the unmapping; a
 			 * driver failure there (logged) leaves the pages to
@@ -377,7 +379,7 @@ int kv_alloc_debug_claims(kv_alloc_t *a, CUdeviceptr addr, uint32_t claims)
 	if (sp) {
 		p = (uint32_t)((addr - sp->base) / a->page);
 		rc = KVSHIM_EINVAL;
-		if (sp->slot[p] != KV_NIL &&
+		if (sp->slot[p] < KV_MARK &&
 		    a->phys[sp->slot[p]].state == KV_P_MAPPED && sp->claims[p] &&
 		    claims && claims <= KV_CLAIMS_MAX) {
 			sp->claims[p] = claims;
@@ -642,7 +644,7 @@ void kv_spans_fini(kv_alloc_t *a)
 		/* the driver refused: drop the bookkeeping anyway (the pages
 		 * are released with the pool's handles) */
 		for (p = 0; p < sp->npages; p++)
-			if (sp->slot[p] != KV_NIL)
+			if (sp->slot[p] < KV_MARK)
 				kv_slot_detach(a, sp->slot[p], KV_P_DIRTY);
 		a->dying = sp->next;
 		span_free(sp);

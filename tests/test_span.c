@@ -627,6 +627,127 @@ START_TEST(test_lookup_beside_a_map)
 }
 END_TEST
 
+struct call {
+	int what;               /* CALL_MAP, CALL_UNMAP, CALL_HEADROOM, CALL_RELEASE */
+	CUdeviceptr addr;
+	size_t len;
+	int rc;
+	int done;
+};
+
+enum { CALL_MAP, CALL_UNMAP, CALL_HEADROOM, CALL_RELEASE };
+
+static void *call(void *arg)
+{
+	struct call *c = arg;
+	size_t room;
+
+	switch (c->what) {
+	case CALL_MAP:
+		c->rc = kv_alloc_map(a, c->addr, c->len);
+		break;
+	case CALL_UNMAP:
+		c->rc = kv_alloc_unmap(a, c->addr, c->len);
+		break;
+	case CALL_HEADROOM:
+		c->rc = kv_alloc_headroom(a, &room);
+		break;
+	default:
+		c->rc = kv_alloc_release(a, c->addr);
+	}
+	__atomic_store_n(&c->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+static void start(pthread_t *t, struct call *c)
+{
+	ck_assert_int_eq(pthread_create(t, NULL, call, c), 0);
+}
+
+static int finish(pthread_t t, struct call *c)
+{
+	ck_assert_int_eq(pthread_join(t, NULL), 0);
+	return c->rc;
+}
+
+/*
+ * A map makes, scrubs and maps its new pages with the allocator's lock
+ * dropped (held here in the driver's cuMemCreate): the process's other
+ * calls on pages already backed, a claim and its drop, and its headroom,
+ * answer while it waits.
+ */
+START_TEST(test_calls_beside_a_map)
+{
+	struct call m = { CALL_MAP, base, PG, -1, 0 };
+	struct call c[3] = { { CALL_MAP, base + 4 * PG, PG, -1, 0 },
+			     { CALL_UNMAP, base + 5 * PG, PG, -1, 0 },
+			     { CALL_HEADROOM, 0, 0, -1, 0 } };
+	pthread_t mt, t[3];
+	int i, done = 1;
+
+	ck_assert_int_eq(kv_alloc_map(a, base + 4 * PG, 2 * PG), 0);
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	start(&mt, &m);
+	ck_assert(kt_wait_held("cuMemCreate"));
+	for (i = 0; i < 3; i++)
+		start(&t[i], &c[i]);
+	for (i = 0; i < 3; i++)
+		done &= kt_wait_flag(&c[i].done);
+	ck_assert_int_eq(m.done, 0);
+	kv_dev_hold("cuMemCreate", 0);
+	for (i = 0; i < 3; i++)
+		ck_assert_int_eq(finish(t[i], &c[i]), 0);
+	ck_assert_int_eq(finish(mt, &m), 0);
+	ck_assert_msg(done, "a call waited for the map in the driver");
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 3 * PG);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 4 * PG, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 4 * PG, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 4 * PG, PG), KVSHIM_ENOTCLAIMED);
+	ck_assert_int_eq(kv_alloc_check(a), 0);
+}
+END_TEST
+
+/*
+ * A page another map is backing, lock dropped, is in flight: a map that
+ * covers it waits, then claims the page that map backed (no second page),
+ * and a release of the span waits until the map is done.
+ */
+START_TEST(test_page_in_flight_waits)
+{
+	struct call m = { CALL_MAP, base, 2 * PG, -1, 0 };
+	struct call o = { CALL_MAP, base + PG, 2 * PG, -1, 0 };
+	pthread_t mt, ot;
+
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	start(&mt, &m);
+	ck_assert(kt_wait_held("cuMemCreate"));
+	start(&ot, &o);
+	ck_assert_int_eq(o.done, 0);
+	kv_dev_hold("cuMemCreate", 0);
+	ck_assert_int_eq(finish(mt, &m), 0);
+	ck_assert_int_eq(finish(ot, &o), 0);
+	ck_assert_uint_eq(kt_stats(a).pages_created, 3);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 3 * PG);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + PG, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + PG, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + PG, PG), KVSHIM_ENOTCLAIMED);
+	ck_assert_int_eq(kv_alloc_check(a), 0);
+
+	m = (struct call){ CALL_MAP, base + 8 * PG, 2 * PG, -1, 0 };
+	o = (struct call){ CALL_RELEASE, base, 0, -1, 0 };
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	start(&mt, &m);
+	ck_assert(kt_wait_held("cuMemCreate"));
+	start(&ot, &o);
+	ck_assert_int_eq(o.done, 0);
+	kv_dev_hold("cuMemCreate", 0);
+	ck_assert_int_eq(finish(mt, &m), 0);
+	ck_assert_int_eq(finish(ot, &o), 0);
+	ck_assert_uint_eq(kt_stats(a).spans, 0);
+	ck_assert_int_eq(kv_alloc_check(a), 0);
+}
+END_TEST
+
 /* The checker is no formality: it notices a count, a list or a span page
  * that disagrees with the slots. */
 START_TEST(test_checker_notices)
@@ -664,6 +785,16 @@ START_TEST(test_checker_notices)
 	sp->slot[5] = sp->slot[0];              /* one page in two places */
 	ck_assert_int_eq(kv_alloc_check(a), KVSHIM_ESTATE);
 	sp->slot[5] = KV_NIL;
+
+	sp->slot[6] = KV_PEND;                  /* being backed, uncounted */
+	ck_assert_int_eq(kv_alloc_check(a), KVSHIM_ESTATE);
+	sp->pending++;
+	ck_assert_int_eq(kv_alloc_check(a), 0);
+	sp->claims[6] = 1;                      /* and claimed before it is */
+	ck_assert_int_eq(kv_alloc_check(a), KVSHIM_ESTATE);
+	sp->claims[6] = 0;
+	sp->pending--;
+	sp->slot[6] = KV_NIL;
 	ck_assert_int_eq(kv_alloc_check(a), 0);
 }
 END_TEST
@@ -731,6 +862,8 @@ Suite *span_suite(void)
 	tcase_add_test(tc, test_claims_cannot_wrap);
 	tcase_add_test(tc, test_span_ids);
 	kt_add_emu(tc, test_lookup_beside_a_map);
+	kt_add_emu(tc, test_calls_beside_a_map);
+	kt_add_emu(tc, test_page_in_flight_waits);
 	tcase_add_test(tc, test_checker_notices);
 	suite_add_tcase(s, tc);
 
