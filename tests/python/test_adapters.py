@@ -2711,6 +2711,43 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(tr.preempted, 2)
         self.assertNotIn(1, tr._claims)
 
+    def test_ask_the_prefix_cache_covers_keeps_the_blocks_backed_ahead(self):
+        """Asked for a page index that a page only its prefix cache claims
+        makes up, the engine gives that page and keeps the blocks backed
+        ahead for its next step: released, they would be backed again at
+        the next pass, a row of new pages for every ask. An ask that
+        stands after the prefix cache is gone takes them too."""
+        c, tr = self.make(num_blocks=4096, layers=4)
+        bm = c._block_manager
+        asked = [0]
+        # (kvshim's ask: one page index while the prefix cache holds one,
+        # then while anything is backed ahead)
+        self.patch_group("share_asked",
+                         lambda: tr.page_index_bytes if (asked[0] == 1 and bm._init_block_ids) or (
+                             asked[0] == 2 and tr._ahead) else 0)
+        ContinuousBatchProcessor = patched(stand_in_api(lambda self: True))
+        proc = ContinuousBatchProcessor(c)
+        proc.scheduler = types.SimpleNamespace(active_requests={"a": 1},
+                                               waiting_requests={})
+        ids = bm.get_free_blocks(64, None, True, 0)
+        bm.free_blocks(ids, shareable=True, complete=True)       # page 0: the prefix cache
+        spare = list(itertools.islice(bm._uninit_block_ids.upcoming(), 64))
+        tr.ahead(spare)
+        tr._settle()
+        self.assertEqual({tr.page_of(b) for b in tr._ahead}, {1})
+        asked[0] = 1
+        time.sleep(0.01)
+        transformers_cb._give_back(proc, tr)
+        self.assertEqual(len(bm._init_block_ids), 0)
+        self.assertEqual(tr.unused_pages, 1)
+        self.assertEqual(tr._ahead, set(spare))
+        self.assertIn(1, tr._claims)
+        asked[0] = 2                                              # stands: the rest goes
+        time.sleep(0.01)
+        transformers_cb._give_back(proc, tr)
+        self.assertEqual(tr._ahead, set())
+        self.assertNotIn(1, tr._claims)
+
     def test_blocks_backed_ahead_count_against_the_ask(self):
         """Blocks backed ahead that fill a page alone: released for an ask
         of one page index, they give it back, and the ask, read afresh, is
