@@ -693,7 +693,7 @@ START_TEST(test_calls_beside_a_map)
 		start(&t[i], &c[i]);
 	for (i = 0; i < 3; i++)
 		done &= kt_wait_flag(&c[i].done);
-	ck_assert_int_eq(m.done, 0);
+	ck_assert_int_eq(__atomic_load_n(&m.done, __ATOMIC_ACQUIRE), 0);
 	kv_dev_hold("cuMemCreate", 0);
 	for (i = 0; i < 3; i++)
 		ck_assert_int_eq(finish(t[i], &c[i]), 0);
@@ -707,6 +707,22 @@ START_TEST(test_calls_beside_a_map)
 }
 END_TEST
 
+/* Call o while map m waits in the driver's cuMemCreate: o cannot end
+ * before m does; both return 0. */
+static void beside_held_map(struct call *m, struct call *o)
+{
+	pthread_t mt, ot;
+
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	start(&mt, m);
+	ck_assert(kt_wait_held("cuMemCreate"));
+	start(&ot, o);
+	ck_assert_int_eq(__atomic_load_n(&o->done, __ATOMIC_ACQUIRE), 0);
+	kv_dev_hold("cuMemCreate", 0);
+	ck_assert_int_eq(finish(mt, m), 0);
+	ck_assert_int_eq(finish(ot, o), 0);
+}
+
 /*
  * A page another map is backing, lock dropped, is in flight: a map that
  * covers it waits, then claims the page that map backed (no second page),
@@ -716,16 +732,8 @@ START_TEST(test_page_in_flight_waits)
 {
 	struct call m = { CALL_MAP, base, 2 * PG, -1, 0 };
 	struct call o = { CALL_MAP, base + PG, 2 * PG, -1, 0 };
-	pthread_t mt, ot;
 
-	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
-	start(&mt, &m);
-	ck_assert(kt_wait_held("cuMemCreate"));
-	start(&ot, &o);
-	ck_assert_int_eq(o.done, 0);
-	kv_dev_hold("cuMemCreate", 0);
-	ck_assert_int_eq(finish(mt, &m), 0);
-	ck_assert_int_eq(finish(ot, &o), 0);
+	beside_held_map(&m, &o);
 	ck_assert_uint_eq(kt_stats(a).pages_created, 3);
 	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 3 * PG);
 	ck_assert_int_eq(kv_alloc_unmap(a, base + PG, PG), 0);
@@ -735,14 +743,7 @@ START_TEST(test_page_in_flight_waits)
 
 	m = (struct call){ CALL_MAP, base + 8 * PG, 2 * PG, -1, 0 };
 	o = (struct call){ CALL_RELEASE, base, 0, -1, 0 };
-	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
-	start(&mt, &m);
-	ck_assert(kt_wait_held("cuMemCreate"));
-	start(&ot, &o);
-	ck_assert_int_eq(o.done, 0);
-	kv_dev_hold("cuMemCreate", 0);
-	ck_assert_int_eq(finish(mt, &m), 0);
-	ck_assert_int_eq(finish(ot, &o), 0);
+	beside_held_map(&m, &o);
 	ck_assert_uint_eq(kt_stats(a).spans, 0);
 	ck_assert_int_eq(kv_alloc_check(a), 0);
 }

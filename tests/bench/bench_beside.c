@@ -18,7 +18,6 @@
  * On the CPU emulation (LD_LIBRARY_PATH naming tests/emu) the figures
  * show the program runs, nothing about a GPU.
  */
-#include <dlfcn.h>
 #include <getopt.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -46,21 +45,6 @@ static double now_us(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec * 1e6 + ts.tv_nsec / 1e3;
-}
-
-/* Whether the driver the allocator loaded is tests/emu's. */
-static int on_emulation(void)
-{
-	void *lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
-	int (*is_emu)(void);
-	int yes;
-
-	if (!lib)
-		return 0;
-	*(void **)&is_emu = dlsym(lib, "kvemu_is_emulation");
-	yes = is_emu && is_emu();
-	dlclose(lib);
-	return yes;
 }
 
 static void *mapper(void *arg)
@@ -162,7 +146,7 @@ static int run(void)
 		return 1;
 	}
 	printf("bench-beside: %s, pages of %zu MiB, the mapper's rows of %zu pages\n",
-	       on_emulation() ? "CPU emulation" : "CUDA driver", pg >> 20, pages);
+	       kv_dev_is_emu() ? "CPU emulation" : kv_dev_describe(), pg >> 20, pages);
 	printf("| prober | probes | median us | p99 us | longest us | mapper rows | us per row |\n"
 	       "| --- | --- | --- | --- | --- | --- | --- |\n");
 	print_row("quiet", quiet, nq);
