@@ -3,6 +3,7 @@
  */
 #include <pthread.h>
 #include <stdint.h>
+#include <time.h>
 
 #include "alloc_int.h"
 #include "suites.h"
@@ -749,6 +750,58 @@ START_TEST(test_page_in_flight_waits)
 }
 END_TEST
 
+/* A two-range map on another thread (map_two). */
+struct two {
+	struct kv_run r[2];
+	int rc;
+	int done;
+};
+
+static void *map_two(void *arg)
+{
+	struct two *t = arg;
+
+	t->rc = kv_alloc_map_many(a, t->r, 2);
+	__atomic_store_n(&t->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/*
+ * A map that backs pages of one span and claims backed pages of another
+ * has the lock dropped while it makes the new ones: a release of the other
+ * span, though none of its pages is pending, waits until the map is done
+ * (the map claims in it afterwards), as it did when the map held the lock.
+ */
+START_TEST(test_release_waits_for_a_map_over_it)
+{
+	struct timespec nap = { 0, 200 * 1000 * 1000 };
+	struct two m = { { { base, PG, 0 }, { 0, PG, 0 } }, -1, 0 };
+	struct call o = { CALL_RELEASE, 0, 0, -1, 0 };
+	CUdeviceptr other;
+	pthread_t mt, ot;
+
+	ck_assert_int_eq(kv_alloc_reserve(a, 2 * PG, &other), 0);
+	ck_assert_int_eq(kv_alloc_map(a, other, PG), 0);
+	m.r[1].addr = other;
+	o.addr = other;
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	ck_assert_int_eq(pthread_create(&mt, NULL, map_two, &m), 0);
+	ck_assert(kt_wait_held("cuMemCreate"));
+	start(&ot, &o);
+	nanosleep(&nap, NULL);
+	ck_assert_msg(!__atomic_load_n(&o.done, __ATOMIC_ACQUIRE),
+		      "a span was released under a map that claims its pages");
+	kv_dev_hold("cuMemCreate", 0);
+	ck_assert_int_eq(pthread_join(mt, NULL), 0);
+	ck_assert_int_eq(m.rc, 0);
+	ck_assert_int_eq(finish(ot, &o), 0);
+	ck_assert_uint_eq(kt_stats(a).spans, 1);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, PG);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, PG), 0);
+	ck_assert_int_eq(kv_alloc_check(a), 0);
+}
+END_TEST
+
 /* The checker is no formality: it notices a count, a list or a span page
  * that disagrees with the slots. */
 START_TEST(test_checker_notices)
@@ -865,6 +918,7 @@ Suite *span_suite(void)
 	kt_add_emu(tc, test_lookup_beside_a_map);
 	kt_add_emu(tc, test_calls_beside_a_map);
 	kt_add_emu(tc, test_page_in_flight_waits);
+	kt_add_emu(tc, test_release_waits_for_a_map_over_it);
 	tcase_add_test(tc, test_checker_notices);
 	suite_add_tcase(s, tc);
 
