@@ -96,6 +96,8 @@ struct kv_span {
 	uint32_t mapped;        /* pages with a slot */
 	uint32_t busy;          /* of those, UNMAPPING or DYING */
 	uint32_t pending;       /* pages KV_PEND */
+	uint32_t maps;          /* ranges over it of maps with the lock
+				 * dropped (map.c): not released meanwhile */
 	int dying;              /* released: off the span table */
 	int reaping;            /* released, its pages being unmapped */
 	struct kv_span *next;   /* on the list of released spans */

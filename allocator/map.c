@@ -6,7 +6,7 @@
  * pages they go to marked pending (KV_PEND), and installs and claims them
  * with it held again. Another thread sees no page half-done: a map or pin
  * that covers a pending page waits for it, as for any page in flight
- * (span.c, pool.c), and a span with one is not released until it is done.
+ * (span.c, pool.c), and a span it covers is not released until it is done.
  * A map short of pages that a released span still holds unmaps that span
  * itself rather than wait for the worker to get round to it.
  */
@@ -314,6 +314,7 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 	struct where wstack[64], *w = wstack;
 	struct kv_take t;
 	enum kv_supply out;
+	size_t i;
 	int ready;
 
 	*err = 0;
@@ -342,11 +343,16 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 	out = kv_pool_take(a, need, a->n[KV_P_MAPPED] - before, slots, defer_fence, &t, err);
 	if (out == KV_SUPPLY_DONE) {
 		pending_pages(pl, n, w);
+		/* every span it claims in stays, pending pages or not */
+		for (i = 0; i < n; i++)
+			pl[i].sp->maps++;
 		pthread_mutex_unlock(&a->lock);
 		ready = kv_pool_ready(a, slots, &t);
 		if (!ready)
 			*err = map_pages(a, w, slots, need, &mapped);
 		pthread_mutex_lock(&a->lock);
+		for (i = 0; i < n; i++)
+			pl[i].sp->maps--;
 		/* whoever waits for these pages looks again */
 		pthread_cond_broadcast(&a->done);
 		if (ready == KVSHIM_ENOMEM && t.made < t.nmake) {

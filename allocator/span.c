@@ -296,8 +296,8 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 			rc = KVSHIM_ERANGE;
 			break;
 		}
-		/* (not while a map backs some of its pages) */
-		if (!sp->busy && !sp->pending) {
+		/* (not while a map backs or claims some of its pages) */
+		if (!sp->busy && !sp->pending && !sp->maps) {
 			retire(a, sp);
 			/* without a worker, the caller does the unmapping; a
 			 * driver failure there (logged) leaves the pages to
