@@ -8,6 +8,7 @@
  * is private, so only the accounting is shared, which is what is tested).
  */
 #include <fcntl.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -890,6 +891,69 @@ START_TEST(test_share_chaos)
 }
 END_TEST
 
+/* A map on another thread (map_thread). */
+struct bg_map {
+	kv_alloc_t *a;
+	CUdeviceptr addr;
+	size_t len;
+	int rc;
+	int done;
+};
+
+static void *map_thread(void *arg)
+{
+	struct bg_map *m = arg;
+
+	m->rc = kv_alloc_map(m->a, m->addr, m->len);
+	__atomic_store_n(&m->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/*
+ * A map the shared budget granted, whose creation the driver then refuses
+ * for memory, fails with KVSHIM_ENOMEM: what another thread's take heard
+ * from the budget while the map made its pages (lock dropped), a refusal
+ * to wait for another process's idle pages, is not the map's answer.
+ */
+START_TEST(test_share_oom_answer_is_the_maps_own)
+{
+	struct timespec nap = { 0, 100 * 1000 * 1000 };
+	struct bg_map m = { NULL, 0, 3 * PG, -1, 0 }, o = { NULL, 0, PG, -1, 0 };
+	pthread_t mt, ot;
+	kv_share_t *idle;
+	CUdeviceptr base;
+	kv_alloc_t *a;
+
+	kt_new_pool();
+	a = kt_make(8 * PG, 0, 0, 0);
+	ck_assert_int_eq(kv_share_open(kv_alloc_prim(a)->uuid, kt_pool, 8 * PG, 0,
+				       kv_alloc_prim(a)->device_bytes, 0, 0, 0, 1, 0600, &idle), 0);
+	ck_assert_int_eq(kv_share_take(idle, 5 * PG, 5 * PG), 0);
+	kv_share_update(idle, 0, 0, 5 * PG, 0);         /* all of it pooled */
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &base), 0);
+	m.a = o.a = a;
+	m.addr = base;
+	o.addr = base + 8 * PG;
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemCreate", 2, CUDA_ERROR_OUT_OF_MEMORY), 0);
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	ck_assert_int_eq(pthread_create(&mt, NULL, map_thread, &m), 0);
+	ck_assert(kt_wait_held("cuMemCreate"));
+	/* the budget is all taken: this one is asked to wait */
+	ck_assert_int_eq(pthread_create(&ot, NULL, map_thread, &o), 0);
+	nanosleep(&nap, NULL);
+	kv_dev_hold("cuMemCreate", 0);
+	ck_assert_int_eq(pthread_join(mt, NULL), 0);
+	ck_assert_int_eq(pthread_join(ot, NULL), 0);
+	kv_dev_fail_nth("cuMemCreate", 0, CUDA_SUCCESS);
+	ck_assert_int_eq(m.rc, KVSHIM_ENOMEM);
+	ck_assert_int_eq(o.rc, 0);
+	kv_share_close(idle);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
 Suite *share_suite(void)
 {
 	Suite *s = suite_create("share");
@@ -911,6 +975,7 @@ Suite *share_suite(void)
 	kt_add_emu(tc, test_share_figures);
 	kt_add_emu(tc, test_share_joiners);
 	kt_add_emu(tc, test_share_chaos);
+	kt_add_emu(tc, test_share_oom_answer_is_the_maps_own);
 	suite_add_tcase(s, tc);
 	return s;
 }
