@@ -315,7 +315,7 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 	struct kv_take t;
 	enum kv_supply out;
 	size_t i;
-	int ready;
+	int ready, said, used;
 
 	*err = 0;
 	need = claim_present(a, pl, n);
@@ -346,6 +346,8 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 		/* every span it claims in stays, pending pages or not */
 		for (i = 0; i < n; i++)
 			pl[i].sp->maps++;
+		said = a->share_said;
+		used = a->share_used;
 		pthread_mutex_unlock(&a->lock);
 		ready = kv_pool_ready(a, slots, &t);
 		if (!ready)
@@ -353,6 +355,11 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 		pthread_mutex_lock(&a->lock);
 		for (i = 0; i < n; i++)
 			pl[i].sp->maps--;
+		/* the budget's answers to this take, not to another thread's
+		 * meanwhile: a take made up after a refused creation, and
+		 * map_runs, read them */
+		a->share_said = said;
+		a->share_used = used;
 		/* whoever waits for these pages looks again */
 		pthread_cond_broadcast(&a->done);
 		if (ready == KVSHIM_ENOMEM && t.made < t.nmake) {
@@ -473,7 +480,8 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		 * that can keep its request waiting does, rather than stall
 		 * every request it runs for that long (a->share_said and
 		 * a->share_used are this call's: the lock has been held since
-		 * the take). A map that waits counts as waiting for pages in
+		 * the take, or map_locked put them back after it dropped it).
+		 * A map that waits counts as waiting for pages in
 		 * use if any refusal of its take was for them: another process
 		 * may let go of pages while the take halves its ask, and the
 		 * last refusal then reads them idle. A try never waits for
