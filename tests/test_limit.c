@@ -2,6 +2,9 @@
  * test_limit.c - the physical limit, the driver running out of memory and
  * failing mid-way: a map that cannot be fully backed changes no page.
  */
+#include <pthread.h>
+#include <time.h>
+
 #include "suites.h"
 
 static kv_alloc_t *a;
@@ -356,6 +359,53 @@ START_TEST(test_reclaim_fails_as_driver)
 }
 END_TEST
 
+struct bg_map {
+	CUdeviceptr addr;
+	size_t len;
+	int rc;
+};
+
+static void *map_thread(void *arg)
+{
+	struct bg_map *m = arg;
+
+	m->rc = kv_alloc_map(a, m->addr, m->len);
+	return NULL;
+}
+
+/*
+ * At the limit, the pages another map is making and mapping (lock
+ * dropped) are on their way: a map short of pages meanwhile waits for
+ * that map, as it did when the map held the lock, and gets them when the
+ * driver fails that map, rather than fail for the limit beside them.
+ */
+START_TEST(test_limit_waits_for_a_map_in_flight)
+{
+	struct timespec nap = { 0, 100 * 1000 * 1000 };
+	struct bg_map m = { 0, 2 * PG, -1 }, o = { 0, PG, -1 };
+	pthread_t mt, ot;
+
+	make(2 * PG);
+	m.addr = base;
+	o.addr = base + 10 * PG;
+	/* the arena's access call, then the span's */
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemSetAccess", 2, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	ck_assert_int_eq(pthread_create(&mt, NULL, map_thread, &m), 0);
+	ck_assert(kt_wait_held("cuMemCreate"));
+	ck_assert_int_eq(pthread_create(&ot, NULL, map_thread, &o), 0);
+	nanosleep(&nap, NULL);
+	kv_dev_hold("cuMemCreate", 0);
+	ck_assert_int_eq(pthread_join(mt, NULL), 0);
+	ck_assert_int_eq(pthread_join(ot, NULL), 0);
+	kv_dev_fail_nth("cuMemSetAccess", 0, CUDA_SUCCESS);
+	ck_assert_int_eq(m.rc, KVSHIM_EDRIVER);
+	ck_assert_int_eq(o.rc, 0);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, PG);
+	ck_assert_int_eq(kv_alloc_check(a), 0);
+}
+END_TEST
+
 Suite *limit_suite(void)
 {
 	Suite *s = suite_create("limit");
@@ -379,6 +429,7 @@ Suite *limit_suite(void)
 	kt_add_emu(drv, test_map_waits_for_released_pages);
 	kt_add_emu(drv, test_undo_unmap_fails);
 	kt_add_emu(drv, test_reclaim_fails_as_driver);
+	kt_add_emu(drv, test_limit_waits_for_a_map_in_flight);
 	suite_add_tcase(s, drv);
 	return s;
 }
