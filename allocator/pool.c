@@ -281,15 +281,19 @@ static void take_list(kv_alloc_t *a, struct kv_list *l, uint32_t n,
 
 /*
  * A map is short of pages: whether to wait, to ask again, or to fail, in
- * one place. reclaim_err is a driver failure met unmapping cached pages.
+ * one place. taken: the slots it holds TAKEN itself. reclaim_err is a
+ * driver failure met unmapping cached pages.
  */
-static enum kv_supply short_of_pages(kv_alloc_t *a, int oom, int reclaim_err,
-				     int *err)
+static enum kv_supply short_of_pages(kv_alloc_t *a, uint32_t taken, int oom,
+				     int reclaim_err, int *err)
 {
 	/* pages on their way back (a released span's, being scrubbed or
-	 * trimmed) still count against the device and the budgets */
+	 * trimmed) still count against the device and the budgets; so do
+	 * those another map makes and maps with the lock dropped, which come
+	 * back if the driver fails it (the map waits for its end, as it did
+	 * when that map held the lock) */
 	if (a->n[KV_P_FILLING] || a->n[KV_P_UNMAPPING] || a->n[KV_P_FREEING] ||
-	    kv_dying_back(a))
+	    a->n[KV_P_TAKEN] > taken || kv_dying_back(a))
 		return KV_SUPPLY_WAIT;
 	if (reclaim_err) {
 		*err = reclaim_err;
@@ -331,7 +335,7 @@ enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *
 	avail = (uint64_t)a->n[KV_P_CLEAN] + a->n[KV_P_DIRTY] +
 		a->n[KV_P_EMPTY] + a->n[KV_P_CACHED];
 	if (n > avail)
-		return short_of_pages(a, 0, 0, err);
+		return short_of_pages(a, 0, 0, 0, err);
 
 	got = n < a->n[KV_P_CLEAN] ? n : a->n[KV_P_CLEAN];
 	take_list(a, &a->clean, got, slots, KV_P_TAKEN);
@@ -374,7 +378,7 @@ static enum kv_supply reclaim_rest(kv_alloc_t *a, uint32_t n, uint32_t *slots,
 	t->n += k;
 	if (t->n == n)
 		return KV_SUPPLY_DONE;
-	out = short_of_pages(a, oom, rc, err);
+	out = short_of_pages(a, t->n, oom, rc, err);
 	kv_pool_unready(a, slots, t);
 	return out;
 }
