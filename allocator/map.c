@@ -287,10 +287,16 @@ static void claim_fresh(kv_alloc_t *a, const struct place *pl, size_t n,
 	uint32_t p, k;
 	size_t i;
 
-	for (i = 0; i < n; i++)
-		for (p = pl[i].p0; p <= pl[i].p1; p++)
-			if (a->phys[pl[i].sp->slot[p]].fresh)
+	for (i = 0; i < n; i++) {
+		for (p = pl[i].p0; p <= pl[i].p1; p++) {
+			uint32_t s = pl[i].sp->slot[p];
+
+			/* (a page it claimed is backed still, unless its caller
+			 * dropped that claim beside the map: none to count) */
+			if (s < KV_MARK && a->phys[s].fresh)
 				pl[i].sp->claims[p]++;
+		}
+	}
 	for (k = 0; k < need; k++)
 		a->phys[slots[k]].fresh = 0;
 }

@@ -229,7 +229,7 @@ static int reap_one(kv_alloc_t *a, struct kv_span *sp)
 	if (!slots)
 		return KVSHIM_ENOMEM;
 	for (n = 0, p = 0; p < sp->npages; p++)
-		if (sp->slot[p] != KV_NIL)
+		if (sp->slot[p] < KV_MARK)
 			slots[n++] = sp->slot[p];
 	sp->reaping = 1;
 	pthread_mutex_unlock(&a->lock);
