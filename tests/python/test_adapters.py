@@ -2640,6 +2640,31 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(proc.offloading_manager.evicted, [])
         self.assertEqual(asked.now(), 0)
 
+    def test_preemptions_held_off_hold_no_blocks_backed_ahead_back(self):
+        """What a preemption freed on pages still used holds off the next
+        preemption for a second, not the release of the blocks backed
+        ahead, which costs the engine nothing: asked for a page index
+        within that second, with no page only the prefix cache claims, the
+        engine releases the page its blocks backed ahead fill alone (the
+        ask still stands) and preempts nothing."""
+        self.hold_off_long()
+        c, tr, proc, asked = self.paged_engine()
+        bm = c._block_manager
+        self.lay_out(proc, [("x", 32), ("y", 32), ("x", 32), ("y", 32)])
+        tr.ahead(list(itertools.islice(bm._uninit_block_ids.upcoming(), 64)))
+        tr._settle()
+        self.assertEqual({tr.page_of(b) for b in tr._ahead}, {2})
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        # a preemption that freed 32 blocks on each of pages 0 and 1, still claimed
+        tr.gave_back(64, on={0: 32, 1: 32})
+        self.assertEqual(tr.owed(), 0)
+        transformers_cb._give_back(proc, tr)
+        self.assertEqual(tr._ahead, set())
+        self.assertEqual(sorted(tr._claims), [0, 1])
+        self.assertEqual(proc.offloading_manager.evicted, [])
+        self.assertEqual(asked.now(), 0)
+
     def test_held_off_blocks_count_while_their_page_is_claimed(self):
         """What preemptions freed on a page still claimed holds off the
         next preemption, per page: once that page empties (and goes back,
