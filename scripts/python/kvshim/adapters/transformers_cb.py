@@ -624,7 +624,9 @@ def _give_back(proc, tracker):
     n = 0
     if tracker.asked():
         _drop_unused(proc, tracker)
-        if tracker.owed():
+        # (the ask whole: what preemptions freed within the second holds
+        # back only more preemptions, see owed)
+        if tracker.asked():
             tracker.drop_ahead()
         if _packs(proc):
             while tracker.owed() and _pack(proc, tracker):
