@@ -2773,6 +2773,34 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(tr._ahead, set())
         self.assertNotIn(1, tr._claims)
 
+    def test_ask_takes_a_page_the_prefix_cache_shares_with_blocks_ahead(self):
+        """A page index whose claims are the prefix cache's blocks and
+        blocks backed ahead (a finished request took the first of the ids
+        backed ahead): asked for a page index, an engine with one request
+        running (nothing to preempt) releases the blocks backed ahead and
+        then that page's cached blocks, which empties it, in one pass, and
+        the ask is over."""
+        c, tr, proc, asked = self.paged_engine()
+        bm = c._block_manager
+        self.lay_out(proc, [("a", 64)])                           # page 0
+        tr.ahead(list(itertools.islice(bm._uninit_block_ids.upcoming(), 64)))
+        tr._settle()
+        self.assertEqual({tr.page_of(b) for b in tr._ahead}, {1})
+        self.lay_out(proc, [("p", 32)])
+        self.assertEqual(self.sharers(c, tr)[1], {"p"})
+        del proc.scheduler.active_requests["p"]
+        bm.free_blocks(c.group_cache_managers[0].block_table.pop("p"),
+                       shareable=True, complete=True)
+        self.assertEqual({tr.page_of(b) for b in tr._ahead}, {1})
+        self.assertEqual({tr.page_of(b) for b in bm._init_block_ids}, {1})
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        transformers_cb._give_back(proc, tr)
+        self.assertEqual(tr._ahead, set())
+        self.assertEqual(sorted(tr._claims), [0])
+        self.assertEqual(proc.offloading_manager.evicted, [])
+        self.assertEqual(asked.now(), 0)
+
     def test_blocks_backed_ahead_count_against_the_ask(self):
         """Blocks backed ahead that fill a page alone: released for an ask
         of one page index, they give it back, and the ask, read afresh, is
