@@ -612,7 +612,8 @@ def _give_back(proc, tracker):
     (even of an engine at its share); then, if the ask still stands, the
     blocks backed ahead: they are claims on the pages with free ids, those
     an ask empties soonest, that no request explains (see _victims), and
-    while asked the engine backs none ahead (see map_ahead). (Released
+    while asked the engine backs none ahead (see map_ahead); and again the
+    pages only the prefix cache claims once they are gone. (Released
     first, they were backed again at the first pass after the ask. On an
     H200 a large engine that nothing queued on was asked 609 times in a
     minute and made 31398 pages for the 1298 blocks it took: about a row
@@ -626,8 +627,9 @@ def _give_back(proc, tracker):
         _drop_unused(proc, tracker)
         # (the ask whole: what preemptions freed within the second holds
         # back only more preemptions, see owed)
-        if tracker.asked():
-            tracker.drop_ahead()
+        if tracker.asked() and tracker.drop_ahead():
+            # pages they shared with the prefix cache are its alone now
+            _drop_unused(proc, tracker)
         if _packs(proc):
             while tracker.owed() and _pack(proc, tracker):
                 pass
