@@ -396,9 +396,12 @@ int kv_alloc_meminfo(kv_alloc_t *a, struct kv_alloc_mem *m,
 	unmade = kv_unmade(a, made);
 	m->free_bytes = m->free_bytes > unmade ? m->free_bytes - unmade : 0;
 	/* pages on their way to the pool (a released span's, a trim's) hold
-	 * memory no span uses, as pooled and cached ones do */
+	 * memory no span uses, as pooled and cached ones do; so do those a map
+	 * makes and maps with the lock dropped, whose span pages count as
+	 * unbacked until it installs them (map.c) */
 	m->idle = (size_t)(kv_pooled(a) + a->n[KV_P_CACHED] +
-			   a->n[KV_P_UNMAPPING] + kv_dying_back(a)) * a->page;
+			   a->n[KV_P_UNMAPPING] + kv_dying_back(a) +
+			   a->n[KV_P_TAKEN]) * a->page;
 	m->claimed = (size_t)a->n[KV_P_MAPPED] * a->page;
 	stats_locked(a, out);
 	pthread_mutex_unlock(&a->lock);

@@ -208,7 +208,8 @@ struct kv_alloc_mem {
 			      * not made yet will take */
 	size_t total;        /* the driver's */
 	size_t idle;         /* a's pages holding memory no span uses: pooled,
-			      * cached, on their way to the pool */
+			      * cached, on their way to the pool, or taken
+			      * by a map not done yet */
 	size_t claimed;      /* a's pages in spans that claims or pins hold */
 };
 
