@@ -802,6 +802,45 @@ START_TEST(test_release_waits_for_a_map_over_it)
 }
 END_TEST
 
+/* A pin of two pages on another thread (pin_thread). */
+static void *pin_thread(void *arg)
+{
+	struct call *c = arg;
+
+	c->rc = kv_alloc_pin(a, c->addr, c->len);
+	__atomic_store_n(&c->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+/*
+ * A map with the lock dropped holds a claim on the backed pages it covers
+ * until it is done: another thread's unmap of such a page that holds no
+ * claim of its own finds none to drop (KVSHIM_ENOTCLAIMED), as it did
+ * before or after the map when the map held the lock. Dropped, the claim
+ * a pin turns into its pin was gone: the pinned page went to the cache,
+ * its claims wrapped.
+ */
+START_TEST(test_unmap_beside_a_map_leaves_its_claims)
+{
+	struct call m = { CALL_MAP, base, 2 * PG, -1, 0 };
+	pthread_t mt;
+	int rc;
+
+	ck_assert_int_eq(kv_alloc_map(a, base, PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, PG), 0);       /* cached */
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	ck_assert_int_eq(pthread_create(&mt, NULL, pin_thread, &m), 0);
+	ck_assert(kt_wait_held("cuMemCreate"));
+	rc = kv_alloc_unmap(a, base, PG);
+	kv_dev_hold("cuMemCreate", 0);
+	ck_assert_int_eq(finish(mt, &m), 0);
+	ck_assert_int_eq(rc, KVSHIM_ENOTCLAIMED);
+	ck_assert_int_eq(kv_alloc_claims(a, base), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);         /* both pinned */
+	ck_assert_int_eq(kv_alloc_check(a), 0);
+}
+END_TEST
+
 /* The checker is no formality: it notices a count, a list or a span page
  * that disagrees with the slots. */
 START_TEST(test_checker_notices)
@@ -919,6 +958,7 @@ Suite *span_suite(void)
 	kt_add_emu(tc, test_calls_beside_a_map);
 	kt_add_emu(tc, test_page_in_flight_waits);
 	kt_add_emu(tc, test_release_waits_for_a_map_over_it);
+	kt_add_emu(tc, test_unmap_beside_a_map_leaves_its_claims);
 	tcase_add_test(tc, test_checker_notices);
 	suite_add_tcase(s, tc);
 
