@@ -147,6 +147,10 @@ struct kv_alloc_s {
 				 * pages others use (KV_SHARE_WAIT_USED) */
 	uint64_t share_quiet_until; /* no pool refill before this (ns) */
 
+	/* maps with the lock dropped, their ranges (map.c): the claims they
+	 * hold are not another call's to drop meanwhile */
+	struct kv_inflight *inflight;
+
 	pthread_t worker;
 	int worker_running;     /* a thread to join */
 	int worker_alive;       /* it does its duties (lock held to read) */

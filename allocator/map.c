@@ -149,6 +149,25 @@ static uint32_t covering(const struct place *pl, size_t n,
 	return c;
 }
 
+/* A map with the lock dropped: its ranges, on a->inflight meanwhile. */
+struct kv_inflight {
+	const struct place *pl;
+	size_t n;
+	struct kv_inflight *next;
+};
+
+/* The claims on page p of sp that maps with the lock dropped hold: one a
+ * range covering it (claim_present; a pending page holds none at all). */
+static uint32_t held_by_maps(const kv_alloc_t *a, const struct kv_span *sp, uint32_t p)
+{
+	const struct kv_inflight *m;
+	uint32_t c = 0;
+
+	for (m = a->inflight; m; m = m->next)
+		c += covering(m->pl, m->n, sp, p);
+	return c;
+}
+
 /* A page a map backs: page p of span sp. */
 struct where {
 	struct kv_span *sp;
@@ -291,8 +310,8 @@ static void claim_fresh(kv_alloc_t *a, const struct place *pl, size_t n,
 		for (p = pl[i].p0; p <= pl[i].p1; p++) {
 			uint32_t s = pl[i].sp->slot[p];
 
-			/* (a page it claimed is backed still, unless its caller
-			 * dropped that claim beside the map: none to count) */
+			/* (a page it claimed is backed still: its claims are
+			 * its own until it is done, see unclaim) */
 			if (s < KV_MARK && a->phys[s].fresh)
 				pl[i].sp->claims[p]++;
 		}
@@ -318,6 +337,7 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 {
 	uint32_t need, stack[64], *slots = stack, before = a->n[KV_P_MAPPED], mapped = 0;
 	struct where wstack[64], *w = wstack;
+	struct kv_inflight me = { pl, n, NULL }, **pp;
 	struct kv_take t;
 	enum kv_supply out;
 	size_t i;
@@ -352,6 +372,9 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 		/* every span it claims in stays, pending pages or not */
 		for (i = 0; i < n; i++)
 			pl[i].sp->maps++;
+		/* and the claims it holds stay its own (unclaim) */
+		me.next = a->inflight;
+		a->inflight = &me;
 		said = a->share_said;
 		used = a->share_used;
 		pthread_mutex_unlock(&a->lock);
@@ -361,6 +384,9 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 		pthread_mutex_lock(&a->lock);
 		for (i = 0; i < n; i++)
 			pl[i].sp->maps--;
+		for (pp = &a->inflight; *pp != &me; pp = &(*pp)->next)
+			;
+		*pp = me.next;
 		/* the budget's answers to this take, not to another thread's
 		 * meanwhile: a take made up after a refused creation, and
 		 * map_runs, read them */
@@ -655,16 +681,18 @@ int kv_alloc_cost_many(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 /* ---- unmap: dropping claims -------------------------------------------------------- */
 
 /* Drop one claim of each range's pages; on a page with none to drop, put
- * back what was dropped and return KVSHIM_ENOTCLAIMED. Lock held. */
+ * back what was dropped and return KVSHIM_ENOTCLAIMED. Lock held. The
+ * claims of maps with the lock dropped are theirs: none of them to drop
+ * (as when a map held the lock from start to end). */
 static int unclaim(kv_alloc_t *a, const struct place *pl, size_t n)
 {
 	size_t i, j;
 	uint32_t p;
 
-	(void)a;
 	for (i = 0; i < n; i++) {
 		for (p = pl[i].p0; p <= pl[i].p1; p++) {
-			if (pl[i].sp->claims[p]) {
+			if (pl[i].sp->claims[p] >
+			    (a->inflight ? held_by_maps(a, pl[i].sp, p) : 0)) {
 				pl[i].sp->claims[p]--;
 				continue;
 			}
