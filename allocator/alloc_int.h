@@ -123,6 +123,9 @@ struct kv_alloc_s {
 				 * kv_alloc_driver_free) */
 	uint32_t waiters;       /* maps waiting for pages in flight: the
 				 * worker then keeps what it pools */
+	uint64_t supplied;      /* moves that put a page within a take's
+				 * reach (kv_slot_move): pooled, cached, or
+				 * its handle released */
 	CUdeviceptr arena;      /* slot i is mapped at arena + i * page when
 				 * zeroing is on */
 
@@ -268,6 +271,9 @@ enum kv_supply {
 	KV_SUPPLY_FENCE,  /* cached pages the map would reclaim need a fence
 			   * first: make it with the lock dropped
 			   * (kv_cache_prefence), and retry */
+	KV_SUPPLY_RETRY,  /* the driver refused to make the map's pages for
+			   * memory while pages came within reach (freed,
+			   * pooled, cached): retry at once */
 	KV_SUPPLY_FAILED  /* *err says why */
 };
 
@@ -277,6 +283,7 @@ enum kv_supply {
 struct kv_take {
 	uint32_t n, dirty_from, make_from, nmake;
 	uint32_t made;          /* kv_pool_ready: of the nmake, made (first) */
+	uint64_t supplied;      /* a->supplied as the map dropped the lock */
 };
 
 int kv_pool_init(kv_alloc_t *a);
@@ -291,7 +298,10 @@ enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *
 int kv_pool_ready(kv_alloc_t *a, uint32_t *slots, struct kv_take *t);
 /* Lock held: the slots kv_pool_ready could not make go back, and cached
  * pages make up for them, as the take would have; then all are scrubbed
- * (with the lock held). Returns as kv_pool_take, for memory KVSHIM_ENOMEM. */
+ * (with the lock held). Returns as kv_pool_take, for memory KVSHIM_ENOMEM;
+ * or KV_SUPPLY_RETRY with every slot back where pages came within reach
+ * since the map dropped the lock (with it held, the take would have found
+ * them or waited for them: pages in flight). */
 enum kv_supply kv_pool_made_short(kv_alloc_t *a, uint32_t *slots, struct kv_take *t,
 				  int defer_fence, int *err);
 /* Lock held: the slots of a take back in the pool (made ones dirty, the

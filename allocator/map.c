@@ -377,6 +377,7 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 		a->inflight = &me;
 		said = a->share_said;
 		used = a->share_used;
+		t.supplied = a->supplied;
 		pthread_mutex_unlock(&a->lock);
 		ready = kv_pool_ready(a, slots, &t);
 		if (!ready)
@@ -488,6 +489,8 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		}
 		if (out == KV_SUPPLY_FAILED)
 			break;
+		if (out == KV_SUPPLY_RETRY)
+			continue;
 		if (out == KV_SUPPLY_FENCE) {
 			/* the fence waits for the device's queued work (a
 			 * step of the engine's): with the lock dropped, so

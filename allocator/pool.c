@@ -329,7 +329,7 @@ enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *
 	uint64_t avail;
 
 	*err = 0;
-	*t = (struct kv_take){ 0, 0, 0, 0, 0 };
+	*t = (struct kv_take){ .n = 0 };
 	a->share_said = 0;
 	a->share_used = 0;
 	avail = (uint64_t)a->n[KV_P_CLEAN] + a->n[KV_P_DIRTY] +
@@ -401,6 +401,10 @@ enum kv_supply kv_pool_made_short(kv_alloc_t *a, uint32_t *slots, struct kv_take
 	enum kv_supply out;
 	int rc;
 
+	if (a->supplied != t->supplied) {
+		kv_pool_unready(a, slots, t);
+		return KV_SUPPLY_RETRY;
+	}
 	/* the slots never made back to EMPTY, the reclaimed ones after the
 	 * made ones: the take is then whole but for them */
 	put_empty(a, slots + from, end - from);

@@ -113,6 +113,9 @@ void kv_slot_move(kv_alloc_t *a, uint32_t s, enum kv_pstate to)
 		push(a, l, s);
 	if (from == KV_P_EMPTY && kv_held(a) > a->peak)
 		a->peak = kv_held(a);
+	if (to == KV_P_CLEAN || to == KV_P_DIRTY || to == KV_P_CACHED ||
+	    (from == KV_P_FREEING && to == KV_P_EMPTY))
+		a->supplied++;
 	if (to == KV_P_EMPTY)
 		p->h = 0;
 }

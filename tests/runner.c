@@ -85,6 +85,28 @@ int kt_wait_flag(const int *flag)
 	return v;
 }
 
+static void *map_thread(void *arg)
+{
+	struct kt_map *m = arg;
+
+	m->rc = kv_alloc_map(m->a, m->addr, m->len);
+	__atomic_store_n(&m->done, 1, __ATOMIC_RELEASE);
+	return NULL;
+}
+
+void kt_map_start(struct kt_map *m)
+{
+	m->rc = -1;
+	m->done = 0;
+	ck_assert_int_eq(pthread_create(&m->t, NULL, map_thread, m), 0);
+}
+
+int kt_map_finish(struct kt_map *m)
+{
+	ck_assert_int_eq(pthread_join(m->t, NULL), 0);
+	return m->rc;
+}
+
 static pid_t runner_pid;
 
 /* The segments of this run's pools (KVSHIM_POOL, and the share suites'

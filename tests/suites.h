@@ -8,6 +8,7 @@
 #define KV_TEST_SUITES_H
 
 #include <check.h>
+#include <pthread.h>
 #include <stdlib.h>
 
 #include "alloc.h"
@@ -57,6 +58,20 @@ int kt_wait_held(const char *func);
 /* Wait up to 30 s for *flag, which another thread sets atomically, to be
  * nonzero. Returns it. */
 int kt_wait_flag(const int *flag);
+
+/* A kv_alloc_map on a thread of its own: kt_map_start starts it, failing
+ * the test if it cannot; kt_map_finish joins it and returns its result. */
+struct kt_map {
+	kv_alloc_t *a;
+	CUdeviceptr addr;
+	size_t len;
+	int rc;
+	int done;               /* set (atomically) once the map returned */
+	pthread_t t;
+};
+
+void kt_map_start(struct kt_map *m);
+int kt_map_finish(struct kt_map *m);
 
 /* Add a test only where the emulation runs. */
 #define kt_add_emu(tc, fn) do {                                      \

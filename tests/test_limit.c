@@ -2,7 +2,6 @@
  * test_limit.c - the physical limit, the driver running out of memory and
  * failing mid-way: a map that cannot be fully backed changes no page.
  */
-#include <pthread.h>
 #include <time.h>
 
 #include "suites.h"
@@ -359,20 +358,6 @@ START_TEST(test_reclaim_fails_as_driver)
 }
 END_TEST
 
-struct bg_map {
-	CUdeviceptr addr;
-	size_t len;
-	int rc;
-};
-
-static void *map_thread(void *arg)
-{
-	struct bg_map *m = arg;
-
-	m->rc = kv_alloc_map(a, m->addr, m->len);
-	return NULL;
-}
-
 /*
  * At the limit, the pages another map is making and mapping (lock
  * dropped) are on their way: a map short of pages meanwhile waits for
@@ -382,27 +367,63 @@ static void *map_thread(void *arg)
 START_TEST(test_limit_waits_for_a_map_in_flight)
 {
 	struct timespec nap = { 0, 100 * 1000 * 1000 };
-	struct bg_map m = { 0, 2 * PG, -1 }, o = { 0, PG, -1 };
-	pthread_t mt, ot;
+	struct kt_map m, o;
 
 	make(2 * PG);
-	m.addr = base;
-	o.addr = base + 10 * PG;
+	m = (struct kt_map){ .a = a, .addr = base, .len = 2 * PG };
+	o = (struct kt_map){ .a = a, .addr = base + 10 * PG, .len = PG };
 	/* the arena's access call, then the span's */
 	ck_assert_int_eq(kv_dev_fail_nth("cuMemSetAccess", 2, CUDA_ERROR_UNKNOWN), 0);
 	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
-	ck_assert_int_eq(pthread_create(&mt, NULL, map_thread, &m), 0);
+	kt_map_start(&m);
 	ck_assert(kt_wait_held("cuMemCreate"));
-	ck_assert_int_eq(pthread_create(&ot, NULL, map_thread, &o), 0);
+	kt_map_start(&o);
+	/* (time for o to reach its wait; had it not, it maps after m's
+	 * failure, with the same result) */
 	nanosleep(&nap, NULL);
 	kv_dev_hold("cuMemCreate", 0);
-	ck_assert_int_eq(pthread_join(mt, NULL), 0);
-	ck_assert_int_eq(pthread_join(ot, NULL), 0);
+	ck_assert_int_eq(kt_map_finish(&m), KVSHIM_EDRIVER);
+	ck_assert_int_eq(kt_map_finish(&o), 0);
 	kv_dev_fail_nth("cuMemSetAccess", 0, CUDA_SUCCESS);
-	ck_assert_int_eq(m.rc, KVSHIM_EDRIVER);
-	ck_assert_int_eq(o.rc, 0);
 	ck_assert_uint_eq(kt_stats(a).mapped_bytes, PG);
 	ck_assert_int_eq(kv_alloc_check(a), 0);
+}
+END_TEST
+
+/*
+ * The device full, a map whose creation the driver refuses for memory
+ * (lock dropped) while another thread's release puts pages in the pool
+ * takes those: with the lock held, its take would have found them there,
+ * and it failed for memory beside them.
+ */
+START_TEST(test_map_short_of_memory_takes_pages_pooled_meanwhile)
+{
+	CUresult (*alloc)(CUdeviceptr *, size_t);
+	CUresult (*fr)(CUdeviceptr);
+	struct kvemu_usage u;
+	CUdeviceptr filler = 0, other;
+	struct kt_map m;
+
+	*(void **)&alloc = kv_dev_sym("cuMemAlloc_v2");
+	*(void **)&fr = kv_dev_sym("cuMemFree_v2");
+	make(0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 2 * PG, &other), 0);
+	ck_assert_int_eq(kv_alloc_map(a, other, 2 * PG), 0);
+	kv_dev_usage(&u);
+	ck_assert_int_eq(alloc(&filler, kt_stats(a).limit_bytes - u.physical_bytes),
+			 CUDA_SUCCESS);
+	m = (struct kt_map){ .a = a, .addr = base, .len = 2 * PG };
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	kt_map_start(&m);
+	ck_assert(kt_wait_held("cuMemCreate"));
+	ck_assert_int_eq(kv_alloc_release(a, other), 0);   /* no worker: pooled now */
+	kv_dev_hold("cuMemCreate", 0);
+	ck_assert_int_eq(kt_map_finish(&m), 0);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 2 * PG);
+	ck_assert_int_eq(kv_alloc_check(a), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, 2 * PG), 0);
+	ck_assert_int_eq(kv_alloc_trim(a, SIZE_MAX, NULL), 0);
+	ck_assert_int_eq(fr(filler), CUDA_SUCCESS);
 }
 END_TEST
 
@@ -430,6 +451,7 @@ Suite *limit_suite(void)
 	kt_add_emu(drv, test_undo_unmap_fails);
 	kt_add_emu(drv, test_reclaim_fails_as_driver);
 	kt_add_emu(drv, test_limit_waits_for_a_map_in_flight);
+	kt_add_emu(drv, test_map_short_of_memory_takes_pages_pooled_meanwhile);
 	suite_add_tcase(s, drv);
 	return s;
 }

@@ -8,7 +8,6 @@
  * is private, so only the accounting is shared, which is what is tested).
  */
 #include <fcntl.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -891,24 +890,6 @@ START_TEST(test_share_chaos)
 }
 END_TEST
 
-/* A map on another thread (map_thread). */
-struct bg_map {
-	kv_alloc_t *a;
-	CUdeviceptr addr;
-	size_t len;
-	int rc;
-	int done;
-};
-
-static void *map_thread(void *arg)
-{
-	struct bg_map *m = arg;
-
-	m->rc = kv_alloc_map(m->a, m->addr, m->len);
-	__atomic_store_n(&m->done, 1, __ATOMIC_RELEASE);
-	return NULL;
-}
-
 /*
  * A map the shared budget granted, whose creation the driver then refuses
  * for memory, fails with KVSHIM_ENOMEM: what another thread's take heard
@@ -918,8 +899,7 @@ static void *map_thread(void *arg)
 START_TEST(test_share_oom_answer_is_the_maps_own)
 {
 	struct timespec nap = { 0, 100 * 1000 * 1000 };
-	struct bg_map m = { NULL, 0, 3 * PG, -1, 0 }, o = { NULL, 0, PG, -1, 0 };
-	pthread_t mt, ot;
+	struct kt_map m = { .len = 3 * PG }, o = { .len = PG };
 	kv_share_t *idle;
 	CUdeviceptr base;
 	kv_alloc_t *a;
@@ -936,17 +916,16 @@ START_TEST(test_share_oom_answer_is_the_maps_own)
 	o.addr = base + 8 * PG;
 	ck_assert_int_eq(kv_dev_fail_nth("cuMemCreate", 2, CUDA_ERROR_OUT_OF_MEMORY), 0);
 	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
-	ck_assert_int_eq(pthread_create(&mt, NULL, map_thread, &m), 0);
+	kt_map_start(&m);
 	ck_assert(kt_wait_held("cuMemCreate"));
-	/* the budget is all taken: this one is asked to wait */
-	ck_assert_int_eq(pthread_create(&ot, NULL, map_thread, &o), 0);
+	/* the budget is all taken: this one is asked to wait (time for it to
+	 * be; had it not, it maps after m's failure, with the same result) */
+	kt_map_start(&o);
 	nanosleep(&nap, NULL);
 	kv_dev_hold("cuMemCreate", 0);
-	ck_assert_int_eq(pthread_join(mt, NULL), 0);
-	ck_assert_int_eq(pthread_join(ot, NULL), 0);
+	ck_assert_int_eq(kt_map_finish(&m), KVSHIM_ENOMEM);
+	ck_assert_int_eq(kt_map_finish(&o), 0);
 	kv_dev_fail_nth("cuMemCreate", 0, CUDA_SUCCESS);
-	ck_assert_int_eq(m.rc, KVSHIM_ENOMEM);
-	ck_assert_int_eq(o.rc, 0);
 	kv_share_close(idle);
 	kt_check(a);
 	kv_alloc_destroy(a);
