@@ -326,11 +326,13 @@ static void claim_fresh(kv_alloc_t *a, const struct place *pl, size_t n,
  * pages are made, scrubbed and mapped with the lock dropped, the span
  * pages they go to KV_PEND meanwhile, so that the process's other calls
  * (an engine's maps of other blocks, its frees, headroom) do not wait for
- * that driver work (on an H200 about 0.16 ms a page; a large engine's row
- * of blocks is 48 pages); after a creation the driver refused for memory,
- * the rest with it held, as the take makes it up from cached pages.
- * Returns KV_SUPPLY_DONE; WAIT or ASK with nothing changed; or FAILED with
- * *err set and nothing changed.
+ * that driver work (on an H200 a row of 48 new pages, a large engine's
+ * row of blocks, took 2.7 to 3.7 ms: docs/BENCHMARKS.md, session 36);
+ * after a creation the driver refused for memory, the rest with it held,
+ * as the take makes it up from cached pages. Returns KV_SUPPLY_DONE; WAIT,
+ * ASK or RETRY (pages came within reach while the driver refused its own
+ * for memory) with nothing changed; or FAILED with *err set and nothing
+ * changed.
  */
 static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 				 size_t n, int defer_fence, int *err)
