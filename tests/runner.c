@@ -107,6 +107,20 @@ int kt_map_finish(struct kt_map *m)
 	return m->rc;
 }
 
+void kt_map_beside(struct kt_map *m, struct kt_map *o, int m_rc)
+{
+	struct timespec nap = { 0, 100 * 1000 * 1000 };
+
+	ck_assert_int_eq(kv_dev_hold("cuMemCreate", 1), 0);
+	kt_map_start(m);
+	ck_assert(kt_wait_held("cuMemCreate"));
+	kt_map_start(o);
+	nanosleep(&nap, NULL);
+	kv_dev_hold("cuMemCreate", 0);
+	ck_assert_int_eq(kt_map_finish(m), m_rc);
+	ck_assert_int_eq(kt_map_finish(o), 0);
+}
+
 static pid_t runner_pid;
 
 /* The segments of this run's pools (KVSHIM_POOL, and the share suites'

@@ -73,6 +73,12 @@ struct kt_map {
 void kt_map_start(struct kt_map *m);
 int kt_map_finish(struct kt_map *m);
 
+/* Map m held in the driver's cuMemCreate, start map o beside it and give
+ * it 100 ms to reach its wait (had it not, it maps after m, which the
+ * tests using this must answer alike), let m go; m must return m_rc and o
+ * 0. */
+void kt_map_beside(struct kt_map *m, struct kt_map *o, int m_rc);
+
 /* Add a test only where the emulation runs. */
 #define kt_add_emu(tc, fn) do {                                      \
 		if (kv_dev_is_emu())                                  \
