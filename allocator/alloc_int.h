@@ -284,6 +284,7 @@ struct kv_take {
 	uint32_t n, dirty_from, make_from, nmake;
 	uint32_t made;          /* kv_pool_ready: of the nmake, made (first) */
 	uint64_t supplied;      /* a->supplied as the map dropped the lock */
+	int may_retry;          /* kv_pool_made_short may answer RETRY */
 };
 
 int kv_pool_init(kv_alloc_t *a);
@@ -301,7 +302,8 @@ int kv_pool_ready(kv_alloc_t *a, uint32_t *slots, struct kv_take *t);
  * (with the lock held). Returns as kv_pool_take, for memory KVSHIM_ENOMEM;
  * or KV_SUPPLY_RETRY with every slot back where pages came within reach
  * since the map dropped the lock (with it held, the take would have found
- * them or waited for them: pages in flight). */
+ * them or waited for them: pages in flight), once a map (t->may_retry: the
+ * pages others cache or pool may come and go all the time). */
 enum kv_supply kv_pool_made_short(kv_alloc_t *a, uint32_t *slots, struct kv_take *t,
 				  int defer_fence, int *err);
 /* Lock held: the slots of a take back in the pool (made ones dirty, the

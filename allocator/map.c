@@ -331,11 +331,11 @@ static void claim_fresh(kv_alloc_t *a, const struct place *pl, size_t n,
  * after a creation the driver refused for memory, the rest with it held,
  * as the take makes it up from cached pages. Returns KV_SUPPLY_DONE; WAIT,
  * ASK or RETRY (pages came within reach while the driver refused its own
- * for memory) with nothing changed; or FAILED with *err set and nothing
- * changed.
+ * for memory; only where may_retry) with nothing changed; or FAILED with
+ * *err set and nothing changed.
  */
 static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
-				 size_t n, int defer_fence, int *err)
+				 size_t n, int defer_fence, int may_retry, int *err)
 {
 	uint32_t need, stack[64], *slots = stack, before = a->n[KV_P_MAPPED], mapped = 0;
 	struct where wstack[64], *w = wstack;
@@ -380,6 +380,7 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 		said = a->share_said;
 		used = a->share_used;
 		t.supplied = a->supplied;
+		t.may_retry = may_retry;
 		pthread_mutex_unlock(&a->lock);
 		ready = kv_pool_ready(a, slots, &t);
 		if (!ready)
@@ -464,7 +465,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 	struct place one, *pl = &one;
 	uint64_t deadline = 0, waited_from = 0;
 	enum kv_supply out;
-	int rc, pushed = 0, used = 0, counted = 0, prefenced = 0;
+	int rc, pushed = 0, used = 0, counted = 0, prefenced = 0, retried = 0;
 
 	if (n > 1 && !(pl = malloc(n * sizeof(*pl))))
 		return KVSHIM_ENOMEM;
@@ -483,7 +484,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		rc = claims_fit(a, pl, n);
 		if (rc)
 			break;
-		out = map_locked(a, pl, n, !prefenced, &rc);
+		out = map_locked(a, pl, n, !prefenced, !retried, &rc);
 		if (out == KV_SUPPLY_DONE) {
 			if (how & MAP_PIN)
 				pin_range(pl);
@@ -491,8 +492,10 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		}
 		if (out == KV_SUPPLY_FAILED)
 			break;
-		if (out == KV_SUPPLY_RETRY)
+		if (out == KV_SUPPLY_RETRY) {
+			retried = 1;
 			continue;
+		}
 		if (out == KV_SUPPLY_FENCE) {
 			/* the fence waits for the device's queued work (a
 			 * step of the engine's): with the lock dropped, so

@@ -401,7 +401,7 @@ enum kv_supply kv_pool_made_short(kv_alloc_t *a, uint32_t *slots, struct kv_take
 	enum kv_supply out;
 	int rc;
 
-	if (a->supplied != t->supplied) {
+	if (t->may_retry && a->supplied != t->supplied) {
 		kv_pool_unready(a, slots, t);
 		return KV_SUPPLY_RETRY;
 	}
