@@ -4165,6 +4165,12 @@ def flow_modules(torch, cbc):
     return cache_mod, api, io, runner, sched
 
 
+def use_blocks(cache, n):
+    """n blocks of cache handed out: out of its free list, in use."""
+    for _ in range(n):
+        cache._block_manager._uninit_block_ids.popleft()
+
+
 class ReadBudgetTest(unittest.TestCase):
     # 16-token blocks of 32 KiB (8 heads x 128, bf16); 16384 blocks: a
     # capacity of 262144 tokens; batches of up to 256 new tokens
@@ -4464,8 +4470,7 @@ class ReadBudgetTest(unittest.TestCase):
         # 2 * STARVED_S ago, to the blocks in use
         p = self.build()
         sched, cache = p.scheduler, p.cache
-        for _ in range(3000):                      # 48000 tokens in use
-            cache._block_manager._uninit_block_ids.popleft()
+        use_blocks(cache, 3000)               # 48000 tokens in use
         first = request("a", 500, 100)
         first.generated_tokens = []
         going = request("b", 500, 100)
@@ -4481,8 +4486,7 @@ class ReadBudgetTest(unittest.TestCase):
         self.assertEqual(reads.follow_share(cache, sched, 1000,
                                             now=t + 2 * reads.STARVED_S), 48128)
         self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 5), 48128)
-        for _ in range(3000):                      # 96000: at most R
-            cache._block_manager._uninit_block_ids.popleft()
+        use_blocks(cache, 3000)               # 96000: at most R
         self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 6), 65536)
         # its first token given: the share again, and it is forgotten
         first.generated_tokens = [1]
@@ -4521,8 +4525,7 @@ class ReadBudgetTest(unittest.TestCase):
         # for another STARVED_S (its admission time forgotten)
         p = self.build()
         sched, cache = p.scheduler, p.cache
-        for _ in range(6000):                      # 96000 tokens in use: past R
-            cache._block_manager._uninit_block_ids.popleft()
+        use_blocks(cache, 6000)               # 96000 tokens in use: past R
         first = request("a", 500, 100)
         first.generated_tokens = []
         sched.active_requests = {"a": first}
@@ -4545,8 +4548,7 @@ class ReadBudgetTest(unittest.TestCase):
         # not starved, and the bound stays the share; stalled, it is
         p = self.build()
         sched, cache = p.scheduler, p.cache
-        for _ in range(3000):                      # 48000 tokens in use
-            cache._block_manager._uninit_block_ids.popleft()
+        use_blocks(cache, 3000)               # 48000 tokens in use
         long = request("a", 500, 100)
         long.generated_tokens = []
         long.position_offset = 0
@@ -4573,8 +4575,7 @@ class ReadBudgetTest(unittest.TestCase):
         # in use; the blocks in use only once one has starved 2 * STARVED_S
         p = self.build()
         sched, cache = p.scheduler, p.cache
-        for _ in range(3000):                      # 48000 tokens in use
-            cache._block_manager._uninit_block_ids.popleft()
+        use_blocks(cache, 3000)               # 48000 tokens in use
         a, b = request("a", 500, 100), request("b", 2000, 400)
         a.generated_tokens, b.generated_tokens = [], []
         sched.active_requests = {"a": a}
@@ -4604,8 +4605,7 @@ class ReadBudgetTest(unittest.TestCase):
         # the bound's 16000 and 160 more (on the interval, 16384)
         p = self.build()
         sched, cache = p.scheduler, p.cache
-        for _ in range(1010):
-            cache._block_manager._uninit_block_ids.popleft()
+        use_blocks(cache, 1010)
         a = request("a", 500, 100)
         a.generated_tokens = []
         sched.active_requests = {"a": a}
@@ -4620,8 +4620,7 @@ class ReadBudgetTest(unittest.TestCase):
         # to 16384, leaving it starving until 2 * STARVED_S
         p = self.build()
         sched, cache = p.scheduler, p.cache
-        for _ in range(3000):                      # 48000 tokens in use
-            cache._block_manager._uninit_block_ids.popleft()
+        use_blocks(cache, 3000)               # 48000 tokens in use
         a = request("a", 150, 50)
         a.generated_tokens = []
         sched.active_requests = {"a": a}
