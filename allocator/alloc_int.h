@@ -96,8 +96,6 @@ struct kv_span {
 	uint32_t mapped;        /* pages with a slot */
 	uint32_t busy;          /* of those, UNMAPPING or DYING */
 	uint32_t pending;       /* pages KV_PEND */
-	uint32_t maps;          /* ranges over it of maps with the lock
-				 * dropped (map.c): not released meanwhile */
 	int dying;              /* released: off the span table */
 	int reaping;            /* released, its pages being unmapped */
 	struct kv_span *next;   /* on the list of released spans */
@@ -348,6 +346,9 @@ struct kv_span *kv_span_find_range(const kv_alloc_t *a, CUdeviceptr addr,
 				   size_t len, uint32_t *p0, uint32_t *p1);
 int kv_span_any_busy(const kv_alloc_t *a, const struct kv_span *sp,
 		     uint32_t p0, uint32_t p1);
+/* Whether a map with the lock dropped covers sp (map.c): not released
+ * meanwhile, pending pages or not. */
+int kv_span_in_flight(const kv_alloc_t *a, const struct kv_span *sp);
 /* One more claim on mapped page p; a cached page leaves the cache. */
 void kv_span_claim(kv_alloc_t *a, struct kv_span *sp, uint32_t p);
 /* Page p of sp lost a claim or its pin: cache it if nothing holds it. */

@@ -168,6 +168,18 @@ static uint32_t held_by_maps(const kv_alloc_t *a, const struct kv_span *sp, uint
 	return c;
 }
 
+int kv_span_in_flight(const kv_alloc_t *a, const struct kv_span *sp)
+{
+	const struct kv_inflight *m;
+	size_t i;
+
+	for (m = a->inflight; m; m = m->next)
+		for (i = 0; i < m->n; i++)
+			if (m->pl[i].sp == sp)
+				return 1;
+	return 0;
+}
+
 /* A page a map backs: page p of span sp. */
 struct where {
 	struct kv_span *sp;
@@ -342,7 +354,6 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 	struct kv_inflight me = { pl, n, NULL }, **pp;
 	struct kv_take t;
 	enum kv_supply out;
-	size_t i;
 	int ready, said, used;
 
 	*err = 0;
@@ -371,10 +382,9 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 	out = kv_pool_take(a, need, a->n[KV_P_MAPPED] - before, slots, defer_fence, &t, err);
 	if (out == KV_SUPPLY_DONE) {
 		pending_pages(pl, n, w);
-		/* every span it claims in stays, pending pages or not */
-		for (i = 0; i < n; i++)
-			pl[i].sp->maps++;
-		/* and the claims it holds stay its own (unclaim) */
+		/* every span it claims in stays, pending pages or not
+		 * (kv_span_in_flight), and the claims it holds stay its own
+		 * (unclaim) */
 		me.next = a->inflight;
 		a->inflight = &me;
 		said = a->share_said;
@@ -386,8 +396,6 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 		if (!ready)
 			*err = map_pages(a, w, slots, need, &mapped);
 		pthread_mutex_lock(&a->lock);
-		for (i = 0; i < n; i++)
-			pl[i].sp->maps--;
 		for (pp = &a->inflight; *pp != &me; pp = &(*pp)->next)
 			;
 		*pp = me.next;

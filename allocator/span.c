@@ -297,7 +297,7 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 			break;
 		}
 		/* (not while a map backs or claims some of its pages) */
-		if (!sp->busy && !sp->pending && !sp->maps) {
+		if (!sp->busy && !sp->pending && !kv_span_in_flight(a, sp)) {
 			retire(a, sp);
 			/* without a worker, the caller does the unmapping; a
 			 * driver failure there (logged) leaves the pages to
