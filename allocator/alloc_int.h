@@ -143,9 +143,6 @@ struct kv_alloc_s {
 	struct kvshim_stats st; /* counters only; sizes are derived */
 
 	kv_share_t *share;      /* the GPU's shared budget, or NULL */
-	int share_said;         /* the last refusal of the shared budget */
-	int share_used;         /* one of the last take's refusals was for
-				 * pages others use (KV_SHARE_WAIT_USED) */
 	uint64_t share_quiet_until; /* no pool refill before this (ns) */
 
 	/* maps with the lock dropped, their ranges (map.c): the claims they
@@ -275,14 +272,27 @@ enum kv_supply {
 	KV_SUPPLY_FAILED  /* *err says why */
 };
 
+/* The shared budget's answers to one take: its last refusal (KV_SHARE_*,
+ * 0 for none), and whether any of them was for pages others use
+ * (KV_SHARE_WAIT_USED: the whole ask may be, while the smaller ones after
+ * it wait for pages another let go of meanwhile). The take's own, not the
+ * allocator's: another thread's take may run while a map has the lock
+ * dropped, and the map reads them after. */
+struct kv_said {
+	int last;
+	int used;
+};
+
 /* What a take leaves for the map to do with the lock dropped
  * (kv_pool_ready): of the n slots taken, those from dirty_from on to scrub,
- * and of them nmake from make_from on to make first. */
+ * and of them nmake from make_from on to make first; and what the shared
+ * budget answered it. */
 struct kv_take {
 	uint32_t n, dirty_from, make_from, nmake;
 	uint32_t made;          /* kv_pool_ready: of the nmake, made (first) */
 	uint64_t supplied;      /* a->supplied as the map dropped the lock */
 	int may_retry;          /* kv_pool_made_short may answer RETRY */
+	struct kv_said said;
 };
 
 int kv_pool_init(kv_alloc_t *a);

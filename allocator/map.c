@@ -341,22 +341,25 @@ static void claim_fresh(kv_alloc_t *a, const struct place *pl, size_t n,
  * that driver work (on an H200 a row of 48 new pages, a large engine's
  * row of blocks, took 2.7 to 3.7 ms: docs/BENCHMARKS.md, session 36);
  * after a creation the driver refused for memory, the rest with it held,
- * as the take makes it up from cached pages. Returns KV_SUPPLY_DONE; WAIT,
+ * as the take makes it up from cached pages. *said: the shared budget's
+ * answers to its take. Returns KV_SUPPLY_DONE; WAIT,
  * ASK or RETRY (pages came within reach while the driver refused its own
  * for memory; only where may_retry) with nothing changed; or FAILED with
  * *err set and nothing changed.
  */
 static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
-				 size_t n, int defer_fence, int may_retry, int *err)
+				 size_t n, int defer_fence, int may_retry,
+				 struct kv_said *said, int *err)
 {
 	uint32_t need, stack[64], *slots = stack, before = a->n[KV_P_MAPPED], mapped = 0;
 	struct where wstack[64], *w = wstack;
 	struct kv_inflight me = { pl, n, NULL }, **pp;
 	struct kv_take t;
 	enum kv_supply out;
-	int ready, said, used;
+	int ready;
 
 	*err = 0;
+	*said = (struct kv_said){ 0 };
 	need = claim_present(a, pl, n);
 	/* past its fair share while others wait, what it uses may not grow,
 	 * from its own cache either (fair.h): no waiting, the map fails and
@@ -380,6 +383,7 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 	/* (the ranges' cached pages it claimed back count in what it waits
 	 * for, as its pooled ones do: fair.h) */
 	out = kv_pool_take(a, need, a->n[KV_P_MAPPED] - before, slots, defer_fence, &t, err);
+	*said = t.said;
 	if (out == KV_SUPPLY_DONE) {
 		pending_pages(pl, n, w);
 		/* every span it claims in stays, pending pages or not
@@ -387,8 +391,6 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 		 * (unclaim) */
 		me.next = a->inflight;
 		a->inflight = &me;
-		said = a->share_said;
-		used = a->share_used;
 		t.supplied = a->supplied;
 		t.may_retry = may_retry;
 		pthread_mutex_unlock(&a->lock);
@@ -399,11 +401,6 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 		for (pp = &a->inflight; *pp != &me; pp = &(*pp)->next)
 			;
 		*pp = me.next;
-		/* the budget's answers to this take, not to another thread's
-		 * meanwhile: a take made up after a refused creation, and
-		 * map_runs, read them */
-		a->share_said = said;
-		a->share_used = used;
 		/* whoever waits for these pages looks again */
 		pthread_cond_broadcast(&a->done);
 		if (ready == KVSHIM_ENOMEM && t.made < t.nmake) {
@@ -473,6 +470,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 	struct place one, *pl = &one;
 	uint64_t deadline = 0, waited_from = 0;
 	enum kv_supply out;
+	struct kv_said said;
 	int rc, pushed = 0, used = 0, counted = 0, prefenced = 0, retried = 0;
 
 	if (n > 1 && !(pl = malloc(n * sizeof(*pl))))
@@ -492,7 +490,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		rc = claims_fit(a, pl, n);
 		if (rc)
 			break;
-		out = map_locked(a, pl, n, !prefenced, !retried, &rc);
+		out = map_locked(a, pl, n, !prefenced, !retried, &said, &rc);
 		if (out == KV_SUPPLY_DONE) {
 			if (how & MAP_PIN)
 				pin_range(pl);
@@ -526,20 +524,19 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		/* the pages would come from processes above their share giving
 		 * back pages they use, between their engines' steps: an engine
 		 * that can keep its request waiting does, rather than stall
-		 * every request it runs for that long (a->share_said and
-		 * a->share_used are this call's: the lock has been held since
-		 * the take, or map_locked put them back after it dropped it).
+		 * every request it runs for that long (said: the budget's
+		 * answers to this call's take).
 		 * A map that waits counts as waiting for pages in
 		 * use if any refusal of its take was for them: another process
 		 * may let go of pages while the take halves its ask, and the
 		 * last refusal then reads them idle. A try never waits for
 		 * pages in use, so never counts so. */
-		if (out == KV_SUPPLY_ASK && a->share_said == KV_SHARE_WAIT_USED &&
+		if (out == KV_SUPPLY_ASK && said.last == KV_SHARE_WAIT_USED &&
 		    (how & MAP_TRY)) {
 			rc = KVSHIM_ELIMIT;
 			break;
 		}
-		if (out == KV_SUPPLY_ASK && a->share_used && !(how & MAP_TRY))
+		if (out == KV_SUPPLY_ASK && said.used && !(how & MAP_TRY))
 			used = 1;
 		/* a take the rule refused published what the map waits for:
 		 * it stays while the map waits (to ask again, or for pages in
@@ -548,8 +545,8 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		 * published), nor for a try refused for pages others use (it
 		 * never waits for those) */
 		if (a->share && !counted &&
-		    (a->share_said == KV_SHARE_WAIT || a->share_said == KV_SHARE_NO ||
-		     (a->share_said == KV_SHARE_WAIT_USED && !(how & MAP_TRY)))) {
+		    (said.last == KV_SHARE_WAIT || said.last == KV_SHARE_NO ||
+		     (said.last == KV_SHARE_WAIT_USED && !(how & MAP_TRY)))) {
 			kv_share_waiting(a->share);
 			counted = 1;
 		}

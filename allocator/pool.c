@@ -205,31 +205,27 @@ static int release_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 
 /*
  * Take up to n EMPTY slots into state to (TAKEN or FILLING). With a shared
- * budget, as many as it grants (halving the ask until it does); its last
- * refusal is left in a->share_said, and a->share_used says whether any was
- * for pages others use (the whole ask may be, while the smaller ones after
- * it wait for pages another let go of meanwhile). need: the pages the
- * whole map needs, its own pooled and cached ones too (what it waits for
- * when refused).
+ * budget, as many as it grants (halving the ask until it does), its
+ * answers in *said. need: the pages the whole map needs, its own pooled
+ * and cached ones too (what it waits for when refused).
  * spare: pages for the pool, which must never make other processes trim.
  * Returns how many slots[] got.
  */
 static uint32_t claim_empty(kv_alloc_t *a, uint32_t n, uint32_t need, uint32_t *slots,
-			    int spare, enum kv_pstate to)
+			    int spare, enum kv_pstate to, struct kv_said *said)
 {
 	uint32_t k;
 	int rc;
 
-	a->share_said = 0;
-	a->share_used = 0;
+	*said = (struct kv_said){ 0 };
 	while (a->share && n) {
 		rc = spare ? kv_share_take_spare(a->share, (uint64_t)n * a->page)
 			   : kv_share_take(a->share, (uint64_t)n * a->page,
 					   (uint64_t)need * a->page);
 		if (rc == 0)
 			break;
-		a->share_said = rc;
-		a->share_used |= rc == KV_SHARE_WAIT_USED;
+		said->last = rc;
+		said->used |= rc == KV_SHARE_WAIT_USED;
 		n /= 2;
 	}
 	for (k = 0; k < n; k++) {
@@ -281,10 +277,11 @@ static void take_list(kv_alloc_t *a, struct kv_list *l, uint32_t n,
 
 /*
  * A map is short of pages: whether to wait, to ask again, or to fail, in
- * one place. taken: the slots it holds TAKEN itself. reclaim_err is a
- * driver failure met unmapping cached pages.
+ * one place. t: its take (the slots it holds TAKEN itself, t->n, and the
+ * shared budget's answers). reclaim_err is a driver failure met unmapping
+ * cached pages.
  */
-static enum kv_supply short_of_pages(kv_alloc_t *a, uint32_t taken, int oom,
+static enum kv_supply short_of_pages(kv_alloc_t *a, const struct kv_take *t, int oom,
 				     int reclaim_err, int *err)
 {
 	/* pages on their way back (a released span's, being scrubbed or
@@ -293,13 +290,13 @@ static enum kv_supply short_of_pages(kv_alloc_t *a, uint32_t taken, int oom,
 	 * back if the driver fails it (the map waits for its end, as it did
 	 * when that map held the lock) */
 	if (a->n[KV_P_FILLING] || a->n[KV_P_UNMAPPING] || a->n[KV_P_FREEING] ||
-	    a->n[KV_P_TAKEN] > taken || kv_dying_back(a))
+	    a->n[KV_P_TAKEN] > t->n || kv_dying_back(a))
 		return KV_SUPPLY_WAIT;
 	if (reclaim_err) {
 		*err = reclaim_err;
 		return KV_SUPPLY_FAILED;
 	}
-	if (a->share_said == KV_SHARE_WAIT || a->share_said == KV_SHARE_WAIT_USED)
+	if (t->said.last == KV_SHARE_WAIT || t->said.last == KV_SHARE_WAIT_USED)
 		return KV_SUPPLY_ASK;
 	*err = oom ? KVSHIM_ENOMEM : KVSHIM_ELIMIT;
 	return KV_SUPPLY_FAILED;
@@ -330,12 +327,10 @@ enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *
 
 	*err = 0;
 	*t = (struct kv_take){ .n = 0 };
-	a->share_said = 0;
-	a->share_used = 0;
 	avail = (uint64_t)a->n[KV_P_CLEAN] + a->n[KV_P_DIRTY] +
 		a->n[KV_P_EMPTY] + a->n[KV_P_CACHED];
 	if (n > avail)
-		return short_of_pages(a, 0, 0, 0, err);
+		return short_of_pages(a, t, 0, 0, err);
 
 	got = n < a->n[KV_P_CLEAN] ? n : a->n[KV_P_CLEAN];
 	take_list(a, &a->clean, got, slots, KV_P_TAKEN);
@@ -346,7 +341,8 @@ enum kv_supply kv_pool_take(kv_alloc_t *a, uint32_t n, uint32_t also, uint32_t *
 	t->make_from = got;
 	if (got < n && a->n[KV_P_EMPTY]) {
 		k = n - got < a->n[KV_P_EMPTY] ? n - got : a->n[KV_P_EMPTY];
-		t->nmake = claim_empty(a, k, n + also, slots + got, 0, KV_P_TAKEN);
+		t->nmake = claim_empty(a, k, n + also, slots + got, 0, KV_P_TAKEN,
+				       &t->said);
 		got += t->nmake;
 	}
 	t->n = got;
@@ -378,7 +374,7 @@ static enum kv_supply reclaim_rest(kv_alloc_t *a, uint32_t n, uint32_t *slots,
 	t->n += k;
 	if (t->n == n)
 		return KV_SUPPLY_DONE;
-	out = short_of_pages(a, t->n, oom, rc, err);
+	out = short_of_pages(a, t, oom, rc, err);
 	kv_pool_unready(a, slots, t);
 	return out;
 }
@@ -440,6 +436,7 @@ void kv_pool_unready(kv_alloc_t *a, const uint32_t *slots, const struct kv_take 
 int kv_pool_refill(kv_alloc_t *a)
 {
 	uint32_t low, high, n, k, slots[KV_FILL_BATCH];
+	struct kv_said said;
 	int rc = 0, bad;
 
 	kv_pool_marks(a, &low, &high);
@@ -451,7 +448,7 @@ int kv_pool_refill(kv_alloc_t *a)
 			n = a->n[KV_P_EMPTY];
 		if (n > KV_FILL_BATCH)
 			n = KV_FILL_BATCH;
-		n = claim_empty(a, n, n, slots, 1, KV_P_FILLING);
+		n = claim_empty(a, n, n, slots, 1, KV_P_FILLING, &said);
 		if (!n)
 			break;
 		pthread_mutex_unlock(&a->lock);
