@@ -6,7 +6,7 @@ transformers 5.x; downloads nothing.
 Three engines, three processes: each is Hugging Face transformers'
 continuous batching (ContinuousBatchingManager, fed with add_request) over
 a randomly initialised Llama-style model of its own size (MODELS). One to
-ten configurations (--configs) run one after the other, in one invocation:
+eleven configurations (--configs) run one after the other, in one invocation:
 - static: plain processes; each engine's KV cache is fixed at a third of
   the KV budget (num_blocks given), all of it allocated at start;
 - kvshim: each engine under kvshim-run with KVSHIM_SHARE=on,
@@ -69,7 +69,14 @@ ten configurations (--configs) run one after the other, in one invocation:
   memory (the three hold three budgets): each model's tail when the others
   are served in full, without kvshim, which tells what serving a
   neighbour's queue costs a model that does not queue (the GPU's time the
-  three processes share) from what kvshim costs it.
+  three processes share) from what kvshim costs it;
+- twin (only when --configs names it): the static split again, its
+  engines started afresh, and compared with static by the rules kvshim
+  is (the ratios, and with --repeat the spread tables): how often a
+  configuration that is static itself misses static's p99 by those rules,
+  the run-to-run spread that kvshim's misses are read against (on an H200
+  a model's p99 moved up to 1.64x between two static replays of a trace:
+  docs/BENCHMARKS.md, session 37).
 Under kvshim a batch reads at most the adapter's read budget R (README:
 64K tokens for these engines, which are fed by add_request), where a static
 engine reads at most its cache (22K to 87K tokens at 6 GiB): the "engines
@@ -1973,7 +1980,7 @@ def targets(table, traces, results, args):
     out["repeats_apart"] = repeats(table, traces, results, apart=True)
     sweep = [c for c in results if is_sweep(c)]
     spread = {}
-    for c in ("reads", "packed", "unpacked", "unreserved", "noahead", "nocushion",
+    for c in ("twin", "reads", "packed", "unpacked", "unreserved", "noahead", "nocushion",
               "kvpad") + tuple(sweep):
         if c in results:
             spread[c] = out["repeats_" + c] = repeats(table, traces, results, c)
@@ -2052,8 +2059,8 @@ def p99_apart(t):
 
 
 def repeats(table, traces, results, config="kvshim", apart=False):
-    """For each trace that static and config (kvshim by default; reads,
-    packed, unpacked, unreserved, noahead, nocushion or kvpad too) both
+    """For each trace that static and config (kvshim by default; twin,
+    reads, packed, unpacked, unreserved, noahead, nocushion or kvpad too) both
     replayed more than once (--repeat; a replay --deadline skipped does
     not count): per model, the p99 TTFT of every replay, static and
     config's, their medians and the ratio of the medians; config meets the
@@ -2381,11 +2388,11 @@ def main():
             sys.stderr.flush()
             os._exit(1)
     configs = [c for c in args.configs.split(",") if c]
-    if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "packed",
+    if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "twin", "packed",
                                       "unpacked", "reads", "unreserved", "noahead",
                                       "nocushion", "kvpad"}:
-        ap.error("--configs takes static, kvshim, capped, ample, packed, unpacked, reads, "
-                 "unreserved, noahead, nocushion and kvpad")
+        ap.error("--configs takes static, kvshim, capped, ample, twin, packed, unpacked, "
+                 "reads, unreserved, noahead, nocushion and kvpad")
     given = [o for o, v in (("--rates", args.rates), ("--seeds", args.seeds),
                             ("--seed", args.seed), ("--phases", args.phases),
                             ("--phase", args.phase), ("--quick", args.quick))
@@ -2431,7 +2438,7 @@ def main():
     if args.floor_gib < 0 or 3 * args.floor_gib > min([args.budget_gib] + sweep):
         ap.error("--floor-gib must be from 0 to a third of --budget-gib (and of every --sweep-gib)")
     args.weight_of = weights(args.weights, ap) if args.weights is not None else None
-    if args.weight_of and not sweep and set(configs) <= {"static", "ample"}:
+    if args.weight_of and not sweep and set(configs) <= {"static", "ample", "twin"}:
         ap.error("--weights weighs kvshim's engines: name a kvshim configuration in --configs "
                  "(or give --sweep-gib)")
     if not 1.0 <= args.capped_share <= 3.0:
@@ -2494,10 +2501,10 @@ def main():
     sweep_traces = [tr for tr in traces if float(tr["rate"]) in sweep_rates
                     and tr["seed"] == seeds[0] and tr["phase"] == args.phase_list[0]]
     budget = int(args.budget_gib * GIB)
-    plan = [({"name": c, "mode": "static" if c in ("static", "ample") else "kvshim",
+    plan = [({"name": c, "mode": "static" if c in ("static", "ample", "twin") else "kvshim",
               "budget": budget, "shares": 3 if c == "ample" else 1,
               "ceiling": int(args.capped_share * budget) // 3 if c == "capped" else 0,
-              "pack": c not in ("static", "ample", "unpacked"),
+              "pack": c not in ("static", "ample", "twin", "unpacked"),
               "static_reads": c == "reads", "reserve": c != "unreserved",
               "ahead": c != "noahead", "cushion": c != "nocushion",
               "kv_pad": args.kv_pad if c == "kvpad" else None}, traces)
