@@ -2665,6 +2665,36 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(proc.offloading_manager.evicted, [])
         self.assertEqual(asked.now(), 0)
 
+    def test_preemptions_held_off_hold_no_packing_back(self):
+        """What a preemption freed on pages still used holds off the next
+        preemption for a second, not packing, which costs the engine no
+        work: asked for two page indices within that second, with
+        KVSHIM_CB_PACK on, the engine moves the 16 blocks each of a (page 0)
+        and c (page 1), the fewest to move, onto the free ids of pages 3
+        and 2 (the fullest first); both pages go back, the ask ends, and
+        nobody is preempted. (Sized by what the ask owed, less the 70
+        blocks held off on pages 2 and 3, packing emptied page 0 alone,
+        and the ask stood.)"""
+        self.pack_on()
+        self.hold_off_long()
+        c, tr, proc, asked = self.paged_engine()
+        self.lay_out(proc, [("a", 16), ("b", 48), ("c", 16), ("e", 48), ("d", 24), ("f", 40),
+                            ("g", 34), ("h", 30)])
+        self.finish(c, proc, ("b", "e", "f", "h"))
+        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"c"}, 2: {"d"}, 3: {"g"}})
+        self.assertEqual(tr.pack_plan({}), [(0, 16), (1, 16)])
+        asked[0] = 2 * tr.page_index_bytes
+        time.sleep(0.01)
+        # a preemption that freed 40 blocks on page 2 and 30 on page 3, still claimed
+        tr.gave_back(70, on={2: 40, 3: 30})
+        self.assertEqual(tr.owed(), 2 * tr.page_index_bytes - 70 * tr.bytes_per_block)
+        transformers_cb._give_back(proc, tr)
+        self.assertEqual((tr.moved, tr.packed_pages), (32, 2))
+        self.assertEqual(sorted(tr._claims), [2, 3])
+        self.assertEqual(self.sharers(c, tr), {2: {"c", "d"}, 3: {"a", "c", "g"}})
+        self.assertEqual(proc.offloading_manager.evicted, [])
+        self.assertEqual(asked.now(), 0)
+
     def test_held_off_blocks_count_while_their_page_is_claimed(self):
         """What preemptions freed on a page still claimed holds off the
         next preemption, per page: once that page empties (and goes back,
