@@ -632,7 +632,8 @@ def _give_back(proc, tracker):
             # pages they shared with the prefix cache are its alone now
             _drop_unused(proc, tracker)
         if _packs(proc):
-            while tracker.owed() and _pack(proc, tracker):
+            # (the ask whole, as for the blocks backed ahead)
+            while tracker.asked() and _pack(proc, tracker):
                 pass
             if tracker.owed():
                 # what is left, packing cannot give now (or the engine is
@@ -953,31 +954,32 @@ def _pack(proc, tracker):
     with blocks in use, the fewest blocks to move first (see
     BlockTracker.pack_plan and pack_targets), keeping the cushion's worth
     of free ids (see _cushion), as many pages as the ask still needs once
-    the prefix cache's went (see _drop_unused). Each
-    block's KV rows are copied in every KV tensor of the cache, after the
-    device's queued work (a synchronize), its id replaced in the block
-    tables and in the block manager's records (the block, its hash, the
-    parent id of the blocks after it); then the prefix cache's blocks on
-    those pages are released and the old ids go back into the free list,
-    which empties the pages: they go back after kvshim's fence, which the
-    copies are queued before. No request is preempted and none loses
-    work. A page whose claims the block tables and the prefix cache do
-    not explain stays. Not under tensor parallelism (each rank's pages are
-    its own), nor when blocks may straddle pages. The pages stated unused
-    are looked at afresh and the ask read again after it, as after
-    _drop_unused. Returns the page indices emptied."""
+    the prefix cache's went (see _drop_unused), read whole: not less what
+    preemptions freed within the second (see owed), which holds back only
+    more preemptions. Each block's KV rows are copied in every KV tensor of
+    the cache, after the device's queued work (a synchronize), its id
+    replaced in the block tables and in the block manager's records (the
+    block, its hash, the parent id of the blocks after it); then the prefix
+    cache's blocks on those pages are released and the old ids go back into
+    the free list, which empties the pages: they go back after kvshim's
+    fence, which the copies are queued before. No request is preempted and
+    none loses work. A page whose claims the block tables and the prefix
+    cache do not explain stays. Not under tensor parallelism (each rank's
+    pages are its own), nor when blocks may straddle pages. The pages
+    stated unused are looked at afresh and the ask read again after it, as
+    after _drop_unused. Returns the page indices emptied."""
     if not _packs(proc):
         return 0
-    owed = tracker.owed()
+    asked = tracker.asked()
     cache = getattr(proc, "cache", None)
     bm = getattr(cache, "_block_manager", None)
     free = getattr(bm, "_uninit_block_ids", None)
-    if not owed or not isinstance(free, TrackedFreeList):
+    if not asked or not isinstance(free, TrackedFreeList):
         return 0
     init = _prefix_cache(bm)
     whole, spots = _packable(proc, tracker, init, _cushion_blocks(proc))
     # those the ask needs, the fewest blocks to move first
-    pages = {p for _, p in whole[:-(-owed // max(1, tracker.page_index_bytes))]}
+    pages = {p for _, p in whole[:-(-asked // max(1, tracker.page_index_bytes))]}
     moving = sorted(b for b in spots if tracker.page_of(b) in pages)
     to = tracker.pack_targets(pages, len(moving), init) if moving else []
     if not moving or len(to) < len(moving):
