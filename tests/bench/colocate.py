@@ -75,7 +75,7 @@ eleven configurations (--configs) run one after the other, in one invocation:
   is (the ratios, and with --repeat the spread tables): how often a
   configuration that is static itself misses static's p99 by those rules,
   the run-to-run spread that kvshim's misses are read against (on an H200
-  a model's p99 moved up to 1.64x between two static replays of a trace:
+  a model's p99 moved up to 1.63x between two static replays of a trace:
   docs/BENCHMARKS.md, session 37).
 Under kvshim a batch reads at most the adapter's read budget R (README:
 64K tokens for these engines, which are fed by add_request), where a static
