@@ -332,6 +332,17 @@ static void claim_fresh(kv_alloc_t *a, const struct place *pl, size_t n,
 		a->phys[slots[k]].fresh = 0;
 }
 
+/* Publish this process's idle pages (cached, pooled) at once, lock held:
+ * the others' rule must not read pages it uses now as idle (asking it to
+ * trim what it has not, rather than for pages in use), nor pages it no
+ * longer uses as in use. */
+static void note_idle(kv_alloc_t *a)
+{
+	if (a->share)
+		kv_share_note(a->share, (uint64_t)a->n[KV_P_CACHED] * a->page,
+			      (uint64_t)kv_pooled(a) * a->page);
+}
+
 /*
  * Back the pages of all ranges, lock held on entry and exit: claims on
  * what is mapped first, then pages for the rest in one gathering. The new
@@ -356,7 +367,7 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 	struct kv_inflight me = { pl, n, NULL }, **pp;
 	struct kv_take t;
 	enum kv_supply out;
-	int ready;
+	int ready, from_idle;
 
 	*err = 0;
 	*said = (struct kv_said){ 0 };
@@ -371,8 +382,14 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 		*err = KVSHIM_ELIMIT;
 		return KV_SUPPLY_FAILED;
 	}
-	if (!need)
+	/* its cached pages claimed back, or pages from its pool (below),
+	 * take no budget, whose take would have published its figures */
+	from_idle = a->n[KV_P_MAPPED] > before;
+	if (!need) {
+		if (from_idle)
+			note_idle(a);
 		return KV_SUPPLY_DONE;
+	}
 	if (need > 64 && (!(slots = malloc(need * sizeof(*slots))) ||
 			  !(w = malloc(need * sizeof(*w))))) {
 		free(slots != stack ? slots : NULL);
@@ -420,10 +437,13 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 	} else if (out == KV_SUPPLY_DONE) {
 		install(a, w, slots, need);
 	}
-	if (out == KV_SUPPLY_DONE)
+	if (out == KV_SUPPLY_DONE) {
 		claim_fresh(a, pl, n, slots, need);
-	else
+		if (from_idle || t.n > t.nmake)
+			note_idle(a);
+	} else {
 		unclaim_present(a, pl, n);
+	}
 	if (slots != stack)
 		free(slots);
 	if (w != wstack)
@@ -518,9 +538,7 @@ static int map_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n,
 		 * others' rule must read it idle now, not as use besides what
 		 * the map waits for (fair.h; a refused take may end in a wait
 		 * for pages in flight too) */
-		if (a->share)
-			kv_share_note(a->share, (uint64_t)a->n[KV_P_CACHED] * a->page,
-				      (uint64_t)kv_pooled(a) * a->page);
+		note_idle(a);
 		/* the pages would come from processes above their share giving
 		 * back pages they use, between their engines' steps: an engine
 		 * that can keep its request waiting does, rather than stall
@@ -758,9 +776,7 @@ static int unclaim_runs(kv_alloc_t *a, const struct kv_run *runs, size_t n, int 
 	if (!rc && !dry) {
 		if ((uint64_t)a->n[KV_P_CACHED] * a->page > a->o.cache_max)
 			pthread_cond_signal(&a->wake);
-		if (a->share)
-			kv_share_note(a->share, (uint64_t)a->n[KV_P_CACHED] * a->page,
-				      (uint64_t)kv_pooled(a) * a->page);
+		note_idle(a);
 	}
 	KV_DEBUG_CHECK_LOCKED(a);
 	pthread_mutex_unlock(&a->lock);

@@ -231,8 +231,9 @@ void kv_share_give(kv_share_t *s, uint64_t bytes);
 uint64_t kv_share_update(kv_share_t *s, uint64_t mapped, uint64_t cached,
 			 uint64_t pooled, uint64_t reserved);
 
-/* Publish this process's idle pages at once (after an unmap: others
- * deciding whom to ask must not read a stale figure). */
+/* Publish this process's idle pages at once (after an unmap, a release, or
+ * a map that took pages of its pool or cache, which takes no budget:
+ * others deciding whom to ask must not read a stale figure). */
 void kv_share_note(kv_share_t *s, uint64_t cached, uint64_t pooled);
 
 /* The pool's budget alone (0 when the segment could not be had): cheap,

@@ -451,6 +451,73 @@ START_TEST(test_share_take_over_budget)
 }
 END_TEST
 
+/* The idle pages the segment shows of a process: all of its members' (the
+ * raw handles of these tests publish none). Fails the test unless none is
+ * asked to trim. */
+static uint64_t idle_shown(void)
+{
+	const struct kv_share_info *in = kt_seg_read(0);
+	unsigned i;
+
+	for (i = 0; i < in->nprocs; i++)
+		ck_assert_msg(in->proc[i].trim_request == 0,
+			      "slot %u asked to trim %llu bytes it does not have idle", i,
+			      (unsigned long long)in->proc[i].trim_request);
+	return in->cached + in->pooled;
+}
+
+/* A map that takes its pages from its own pool or cache (its range's
+ * pages, or another's) takes no budget, yet its pages stop being idle: it
+ * publishes that at once. Read stale
+ * (until the worker's next look, here never), another process's take
+ * would ask it to trim idle pages it no longer has (KV_SHARE_WAIT), when
+ * all of them are in use past its share (KV_SHARE_WAIT_USED). */
+START_TEST(test_share_map_own_idle_published)
+{
+	kv_share_t *other;
+	CUdeviceptr s1, s2;
+	kv_alloc_t *a;
+
+	kt_new_pool();
+	a = kt_make(8 * PG, 0, 0, 0);
+	ck_assert_int_eq(kv_share_open(kv_alloc_prim(a)->uuid, kt_pool, 8 * PG, 0,
+				       kv_alloc_prim(a)->device_bytes, 0, 0, 0, 1, 0600, &other), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 8 * PG, &s1), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s1, 8 * PG), 0);
+	ck_assert_int_eq(kv_alloc_release(a, s1), 0);   /* 8 pooled */
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 8 * PG);
+	ck_assert_uint_eq(idle_shown(), 8 * PG);
+	/* from the pool */
+	ck_assert_int_eq(kv_alloc_reserve(a, 8 * PG, &s2), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s2, 8 * PG), 0);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 0);
+	ck_assert_int_eq(kv_share_take(other, 4 * PG, 4 * PG), KV_SHARE_WAIT_USED);
+	kv_share_waited(other, 0);
+	ck_assert_uint_eq(idle_shown(), 0);
+	/* from the cache: its own range's pages, claimed back */
+	ck_assert_int_eq(kv_alloc_unmap(a, s2, 8 * PG), 0);     /* 8 cached */
+	ck_assert_uint_eq(idle_shown(), 8 * PG);
+	ck_assert_int_eq(kv_alloc_map(a, s2, 8 * PG), 0);
+	ck_assert_int_eq(kv_share_take(other, 4 * PG, 4 * PG), KV_SHARE_WAIT_USED);
+	kv_share_waited(other, 0);
+	ck_assert_uint_eq(idle_shown(), 0);
+	/* from the cache: another range's pages, reclaimed */
+	ck_assert_int_eq(kv_alloc_unmap(a, s2, 8 * PG), 0);
+	ck_assert_uint_eq(idle_shown(), 8 * PG);
+	ck_assert_int_eq(kv_alloc_reserve(a, 8 * PG, &s1), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s1, 8 * PG), 0);
+	ck_assert_int_eq(kv_share_take(other, 4 * PG, 4 * PG), KV_SHARE_WAIT_USED);
+	kv_share_waited(other, 0);
+	ck_assert_uint_eq(idle_shown(), 0);
+	kv_share_close(other);
+	ck_assert_int_eq(kv_alloc_release(a, s1), 0);
+	ck_assert_int_eq(kv_alloc_release(a, s2), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
 /* Floors that together would pass the budget: the one joining last gets
  * what the others' leave, and says so; each can then reach its own. */
 START_TEST(test_share_floors_over_budget)
@@ -947,6 +1014,11 @@ Suite *share_suite(void)
 	kt_add_emu(tc, test_share_joiners);
 	kt_add_emu(tc, test_share_chaos);
 	kt_add_emu(tc, test_share_oom_answer_is_the_maps_own);
+	suite_add_tcase(s, tc);
+	/* (alone, for valgrind: it forks nothing) */
+	tc = tcase_create("published");
+	kt_share_fixture(tc);
+	kt_add_emu(tc, test_share_map_own_idle_published);
 	suite_add_tcase(s, tc);
 	return s;
 }
