@@ -992,6 +992,45 @@ START_TEST(test_share_oom_answer_is_the_maps_own)
 }
 END_TEST
 
+/*
+ * A map whose take the shared budget granted only in part (the rest to
+ * wait for another process's idle pages), made up from its own cached
+ * pages, and whose creation the driver then refuses for memory, asks the
+ * budget again as its take was told (its own answer, read after the lock
+ * was dropped), and maps once the budget the failed creation gave back is
+ * granted: not KVSHIM_ENOMEM as for a take the budget never refused.
+ */
+START_TEST(test_share_made_short_asks_as_its_take_was_told)
+{
+	kv_share_t *idle;
+	CUdeviceptr base;
+	kv_alloc_t *a;
+
+	kt_new_pool();
+	a = kt_make(8 * PG, 0, 0, 0);
+	ck_assert_int_eq(kv_share_open(kv_alloc_prim(a)->uuid, kt_pool, 8 * PG, 0,
+				       kv_alloc_prim(a)->device_bytes, 0, 0, 0, 1, 0600, &idle), 0);
+	ck_assert_int_eq(kv_share_take(idle, 4 * PG, 4 * PG), 0);
+	kv_share_update(idle, 0, 0, 4 * PG, 0);         /* all of it pooled */
+	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &base), 0);
+	/* two pages cached: 2 of the budget's 8 this process's, 2 free */
+	ck_assert_int_eq(kv_alloc_map(a, base, 2 * PG), 0);
+	ck_assert_int_eq(kv_alloc_unmap(a, base, 2 * PG), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 2 * PG);
+	/* the take of 4 new pages is refused, of 2 granted, the cached two
+	 * make it whole; the second creation fails for memory */
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemCreate", 2, CUDA_ERROR_OUT_OF_MEMORY), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 8 * PG, 4 * PG), 0);
+	kv_dev_fail_nth("cuMemCreate", 0, CUDA_SUCCESS);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 4 * PG);
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 8 * PG, 4 * PG), 0);
+	kv_share_close(idle);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
 Suite *share_suite(void)
 {
 	Suite *s = suite_create("share");
@@ -1014,6 +1053,7 @@ Suite *share_suite(void)
 	kt_add_emu(tc, test_share_joiners);
 	kt_add_emu(tc, test_share_chaos);
 	kt_add_emu(tc, test_share_oom_answer_is_the_maps_own);
+	kt_add_emu(tc, test_share_made_short_asks_as_its_take_was_told);
 	suite_add_tcase(s, tc);
 	/* (alone, for valgrind: it forks nothing) */
 	tc = tcase_create("published");
