@@ -2695,6 +2695,32 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(proc.offloading_manager.evicted, [])
         self.assertEqual(asked.now(), 0)
 
+    def test_preemptions_held_off_past_the_ask_hold_no_packing_back(self):
+        """As test_preemptions_held_off_hold_no_packing_back, with more held
+        off than the ask (what it owes is nothing from the start): asked
+        for one page index within the second after a preemption freed 70
+        blocks on pages still used, the engine still packs, moving the 16
+        blocks of a (page 0) onto page 3's free ids; page 0 goes back and
+        the ask ends. (Packing run while the ask owed, nothing moved and
+        the ask stood.)"""
+        self.pack_on()
+        self.hold_off_long()
+        c, tr, proc, asked = self.paged_engine()
+        self.lay_out(proc, [("a", 16), ("b", 48), ("c", 16), ("e", 48), ("d", 24), ("f", 40),
+                            ("g", 34), ("h", 30)])
+        self.finish(c, proc, ("b", "e", "f", "h"))
+        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"c"}, 2: {"d"}, 3: {"g"}})
+        asked[0] = tr.page_index_bytes
+        time.sleep(0.01)
+        tr.gave_back(70, on={2: 40, 3: 30})
+        self.assertEqual(tr.owed(), 0)
+        transformers_cb._give_back(proc, tr)
+        self.assertEqual((tr.moved, tr.packed_pages), (16, 1))
+        self.assertEqual(sorted(tr._claims), [1, 2, 3])
+        self.assertEqual(self.sharers(c, tr), {1: {"c"}, 2: {"d"}, 3: {"a", "g"}})
+        self.assertEqual(proc.offloading_manager.evicted, [])
+        self.assertEqual(asked.now(), 0)
+
     def test_held_off_blocks_count_while_their_page_is_claimed(self):
         """What preemptions freed on a page still claimed holds off the
         next preemption, per page: once that page empties (and goes back,
