@@ -272,8 +272,9 @@ enum kv_supply {
 	KV_SUPPLY_FAILED  /* *err says why */
 };
 
-/* The shared budget's answers to one take: its last refusal (KV_SHARE_*,
- * 0 for none), and whether any of them was for pages others use
+/* The shared budget's answers to one take: its last refusal (a KV_SHARE_*
+ * answer, or kv_share_take's KVSHIM_ELIMIT or KVSHIM_ESTATE; 0 for
+ * none), and whether any of them was for pages others use
  * (KV_SHARE_WAIT_USED: the whole ask may be, while the smaller ones after
  * it wait for pages another let go of meanwhile). The take's own, not the
  * allocator's: another thread's take may run while a map has the lock
