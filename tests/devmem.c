@@ -197,6 +197,13 @@ int kv_dev_fail_nth(const char *func, int n, CUresult err)
 	return f ? f(func, n, err) : -1;
 }
 
+int kv_dev_fail_times(const char *func, int n, int times, CUresult err)
+{
+	kvemu_fail_times_fn f = (kvemu_fail_times_fn)kv_dev_sym("kvemu_fail_times");
+
+	return f ? f(func, n, times, err) : -1;
+}
+
 int kv_dev_hold(const char *func, int on)
 {
 	kvemu_hold_fn f = (kvemu_hold_fn)kv_dev_sym("kvemu_hold");

@@ -54,6 +54,8 @@ void *kv_dev_sym(const char *name);
 
 /* Emulation controls; on a real driver they return -1 / 0 and do nothing. */
 int kv_dev_fail_nth(const char *func, int n, CUresult err);
+/* The n-th next call of func and the times - 1 after it fail. */
+int kv_dev_fail_times(const char *func, int n, int times, CUresult err);
 int kv_dev_hold(const char *func, int on);
 int kv_dev_waiting(const char *func);
 unsigned long long kv_dev_calls(const char *func);

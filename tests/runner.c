@@ -51,6 +51,7 @@ void kt_destroy(kv_alloc_t *a)
 	kv_alloc_destroy(a);
 	if (kv_dev_usage(&u))
 		return;
+	ck_assert_uint_eq(u.released_mapped, baseline.released_mapped);
 	ck_assert_uint_eq(u.handles, baseline.handles);
 	ck_assert_uint_eq(u.reservations, baseline.reservations);
 	ck_assert_uint_eq(u.mapped_pages, baseline.mapped_pages);

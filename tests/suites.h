@@ -45,7 +45,8 @@ kv_alloc_t *kt_create(const struct kv_alloc_opts *o);
 void kt_check(kv_alloc_t *a);
 
 /* Check a (kt_check), destroy it and check (on the emulation) that no
- * handle, reservation or mapping outlived it. */
+ * handle, reservation or mapping outlived it, and that no handle was
+ * released while still mapped. */
 void kt_destroy(kv_alloc_t *a);
 
 /* Stats of a, failing the test on error. */

@@ -40,6 +40,7 @@ static unsigned long long calls[KV_FN_COUNT];
  */
 static struct {
     int n;
+    int times;                  /* calls failing from the n-th on (kvemu_fail_times) */
     CUresult err;
 } fails[KV_FN_COUNT];
 static int armed;
@@ -264,7 +265,10 @@ static CUresult take_failure(enum kv_emu_fn fn)
     }
     if (fails[fn].n > 0 && --fails[fn].n == 0) {
         r = fails[fn].err;
-        __atomic_sub_fetch(&armed, 1, __ATOMIC_RELAXED);
+        if (--fails[fn].times > 0)
+            fails[fn].n = 1;    /* the next call fails too */
+        else
+            __atomic_sub_fetch(&armed, 1, __ATOMIC_RELAXED);
     }
     pthread_mutex_unlock(&fail_lock);
     return r;
@@ -521,22 +525,28 @@ static int find_func(const char *func)
     return find_variant(func, 0x7fffffff);
 }
 
-KV_EMU_API int kvemu_fail_nth(const char *func, int n, CUresult err)
+KV_EMU_API int kvemu_fail_times(const char *func, int n, int times, CUresult err)
 {
     int i = find_func(func);
 
     ensure_config();
-    if (i < 0 || n < 0)
+    if (i < 0 || n < 0 || times < 1)
         return -1;
     pthread_mutex_lock(&fail_lock);
     if (fails[i].n > 0)
         __atomic_sub_fetch(&armed, 1, __ATOMIC_RELAXED);
     fails[i].n = n;
+    fails[i].times = times;
     fails[i].err = err;
     if (n > 0)
         __atomic_add_fetch(&armed, 1, __ATOMIC_RELAXED);
     pthread_mutex_unlock(&fail_lock);
     return 0;
+}
+
+KV_EMU_API int kvemu_fail_nth(const char *func, int n, CUresult err)
+{
+    return kvemu_fail_times(func, n, 1, err);
 }
 
 KV_EMU_API int kvemu_hold(const char *func, int on)
@@ -597,6 +607,7 @@ KV_EMU_API void kvemu_usage(int device, struct kvemu_usage *out)
         d = &kv_emu.devs[device];
         out->physical_bytes = (d->nchunks - d->nfree) * KV_EMU_PAGE;
         out->handles = d->handles;
+        out->released_mapped = d->released_mapped;
         out->mapped_pages = d->mapped_pages;
         out->allocs = d->allocs;
         for (const kv_emu_resv_t *r = kv_emu.resvs; r; r = r->next) {

@@ -155,6 +155,8 @@ static void destroy_handle(kv_emu_handle_t *h)
     give_chunks(d, h->nchunks, h->chunks);
     if (!h->internal)
         d->handles--;
+    if (!h->internal && h->released)
+        d->released_mapped--;
     free(h->chunks);
     free(h);
 }
@@ -451,10 +453,12 @@ KV_EMU_API CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
         r = CUDA_ERROR_INVALID_VALUE;
         goto out;
     }
-    if (h->maps == 0)
+    if (h->maps == 0) {
         destroy_handle(h);
-    else
+    } else {
         h->released = true;
+        kv_emu.devs[h->device].released_mapped++;
+    }
 out:
     kv_emu_unlock();
     return r;

@@ -37,6 +37,7 @@
 int failed;
 void *libcuda, *libcudart;
 kvemu_fail_nth_fn fail_nth;
+kvemu_fail_times_fn fail_times;
 kvemu_hold_fn hold;
 kvemu_waiting_fn waiting;
 kvemu_calls_fn calls;
@@ -448,7 +449,11 @@ static int test_map_access_unmap(void)
     EXPECT_CU(cuMemUnmap(va + 4096, PAGE), CUDA_ERROR_INVALID_VALUE);
 
     /* Released while mapped: the memory lives until the last mapping goes. */
+    usage(0, &u);
+    EXPECT(u.released_mapped == 0);
     EXPECT_CU(cuMemRelease(h), CUDA_SUCCESS);
+    usage(0, &u);
+    EXPECT(u.released_mapped == 1);
     EXPECT_CU(cuMemMap(va + 2 * PAGE, PAGE, 0, h, 0), CUDA_ERROR_INVALID_VALUE);
     EXPECT_CU(cuMemRelease(h), CUDA_ERROR_INVALID_VALUE);
     EXPECT(((unsigned int *)va)[0] == 0x1234);
@@ -456,6 +461,7 @@ static int test_map_access_unmap(void)
     EXPECT_CU(cuMemUnmap(va, 2 * PAGE), CUDA_SUCCESS);
     usage(0, &u);
     EXPECT(u.handles == 1 && u.physical_bytes == 2 * PAGE && u.mapped_pages == 1);
+    EXPECT(u.released_mapped == 1);
     EXPECT(*(volatile unsigned int *)(va + 3 * PAGE + 8) == 77);
     EXPECT_CU(cuMemsetD8(va, 0, 4), CUDA_ERROR_ILLEGAL_ADDRESS);
     st = in_child(touch, (void *)va);
@@ -463,6 +469,7 @@ static int test_map_access_unmap(void)
     EXPECT_CU(cuMemUnmap(va + 3 * PAGE, PAGE), CUDA_SUCCESS);
     usage(0, &u);
     EXPECT(u.handles == 0 && u.physical_bytes == 0 && u.mapped_pages == 0);
+    EXPECT(u.released_mapped == 0);
     EXPECT_CU(cuMemUnmap(va + 3 * PAGE, PAGE), CUDA_ERROR_INVALID_VALUE);
 
     /* Read-only access: reads work, writes are illegal. */
@@ -1002,6 +1009,23 @@ static int test_control(void)
     EXPECT(calls("cuMemMap") == 3);
     EXPECT(calls("cuMemSetAccess") == 2);
     EXPECT(calls("cuMemCreate") == 2);
+
+    /* times calls in a row fail, the n-th next first; then calls succeed again. */
+    EXPECT(fail_times("cuMemUnmap", 2, 0, CUDA_ERROR_UNKNOWN) == -1);
+    EXPECT(fail_times("cuMemUnmap", -1, 2, CUDA_ERROR_UNKNOWN) == -1);
+    EXPECT(fail_times("cuMemUnmap", 2, 3, CUDA_ERROR_UNKNOWN) == 0);
+    EXPECT_CU(cuMemUnmap(va + 2 * PAGE, PAGE), CUDA_ERROR_INVALID_VALUE);  /* nothing there */
+    EXPECT_CU(cuMemUnmap(va, PAGE), CUDA_ERROR_UNKNOWN);
+    EXPECT_CU(cuMemUnmap(va, PAGE), CUDA_ERROR_UNKNOWN);
+    EXPECT_CU(cuMemUnmap(va + PAGE, PAGE), CUDA_ERROR_UNKNOWN);
+    usage(0, &u);
+    EXPECT(u.mapped_pages == 2);
+    EXPECT_CU(cuMemUnmap(va, PAGE), CUDA_SUCCESS);
+    EXPECT_CU(cuMemMap(va, PAGE, 0, h1, 0), CUDA_SUCCESS);
+    /* n = 0 disarms one still firing (the unmaps below succeed) */
+    EXPECT(fail_times("cuMemUnmap", 1, 5, CUDA_ERROR_UNKNOWN) == 0);
+    EXPECT_CU(cuMemUnmap(va, PAGE), CUDA_ERROR_UNKNOWN);
+    EXPECT(fail_nth("cuMemUnmap", 0, CUDA_SUCCESS) == 0);
 
     /* n = 0 disarms. */
     EXPECT(fail_nth("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN) == 0);
@@ -1613,13 +1637,14 @@ static int load_libraries(void)
     RUNTIME_FUNCS(RESOLVE)
 #undef RESOLVE
     fail_nth = (kvemu_fail_nth_fn)dlsym(libcuda, "kvemu_fail_nth");
+    fail_times = (kvemu_fail_times_fn)dlsym(libcuda, "kvemu_fail_times");
     hold = (kvemu_hold_fn)dlsym(libcuda, "kvemu_hold");
     waiting = (kvemu_waiting_fn)dlsym(libcuda, "kvemu_waiting");
     calls = (kvemu_calls_fn)dlsym(libcuda, "kvemu_calls");
     reset_counts = (kvemu_reset_counts_fn)dlsym(libcuda, "kvemu_reset_counts");
     usage = (kvemu_usage_fn)dlsym(libcuda, "kvemu_usage");
     capture_stats = (kvemu_capture_stats_fn)dlsym(libcuda, "kvemu_capture_stats");
-    if (!fail_nth || !hold || !waiting || !calls || !reset_counts || !usage || !capture_stats) {
+    if (!fail_nth || !fail_times || !hold || !waiting || !calls || !reset_counts || !usage || !capture_stats) {
         printf("FAIL: libcuda.so.1 is not the emulation (no kvemu_* symbols)\n");
         return -1;
     }

@@ -24,6 +24,13 @@ extern "C" {
 int kvemu_fail_nth(const char *func, int n, CUresult err);
 
 /*
+ * As kvemu_fail_nth, for times calls in a row: the n-th next call of func and the times - 1
+ * after it return err (times = 1 is kvemu_fail_nth). Returns 0, or -1 for an unknown name, a
+ * negative n or times under 1.
+ */
+int kvemu_fail_times(const char *func, int n, int times, CUresult err);
+
+/*
  * Hold func (named as for kvemu_fail_nth; on = 1) or let it go (on = 0): while it is held, every
  * call of it waits at its start (counted, nothing done yet), so that a test can stop a
  * thread inside a driver call. kvemu_waiting(func) gives the calls waiting now. Both return -1
@@ -43,7 +50,8 @@ void kvemu_reset_counts(void);
  * Live state, so tests can prove nothing leaked. Per device: physical_bytes (chunks held by
  * handles and cuMemAlloc allocations), handles (cuMemCreate handles not yet freed; a released
  * handle still mapped counts until its last unmap), mapped_pages (2 MiB pages of those handles
- * mapped), allocs (live cuMemAlloc allocations). Process-wide, the same for every device as
+ * mapped), allocs (live cuMemAlloc allocations), released_mapped (of handles, those released
+ * while still mapped: the memory of each lives until its last unmap). Process-wide, the same for every device as
  * reservations are not per device: reservations and reserved_bytes (cuMemAddressReserve ranges;
  * the ranges behind cuMemAlloc are not counted). An invalid device, or a call before cuInit,
  * gives all zeros.
@@ -55,6 +63,7 @@ struct kvemu_usage {
     size_t reserved_bytes;
     size_t mapped_pages;
     size_t allocs;
+    size_t released_mapped;
 };
 void kvemu_usage(int device, struct kvemu_usage *out);
 
@@ -95,6 +104,7 @@ void kvemu_capture_stats(struct kvemu_capture_stats *out);
 int kvemu_is_emulation(void);
 
 typedef int (*kvemu_fail_nth_fn)(const char *func, int n, CUresult err);
+typedef int (*kvemu_fail_times_fn)(const char *func, int n, int times, CUresult err);
 typedef int (*kvemu_hold_fn)(const char *func, int on);
 typedef int (*kvemu_waiting_fn)(const char *func);
 typedef unsigned long long (*kvemu_calls_fn)(const char *func);

@@ -315,6 +315,7 @@ extern int failed;
 
 extern void *libcuda, *libcudart;
 extern kvemu_fail_nth_fn fail_nth;
+extern kvemu_fail_times_fn fail_times;
 extern kvemu_hold_fn hold;
 extern kvemu_waiting_fn waiting;
 extern kvemu_calls_fn calls;
