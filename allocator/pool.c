@@ -548,17 +548,19 @@ int kv_pool_init(kv_alloc_t *a)
 }
 
 /*
- * The worker is stopped and the spans are gone: every page is pooled.
- * Pages whose arena unmap fails keep their handles (release_slots); such
- * a failure, in an earlier round or in the first release here, gets one
- * more try, so that a passing fault costs nothing at exit. Pages the arena
- * still maps after it are left, handles and arena with them (a handle
- * released while mapped is never freed, and the arena cannot be freed
- * with mappings in it), said once.
+ * The worker is stopped and the spans are gone: every page is pooled, but
+ * for those a span still maps (kv_spans_fini left them, DYING). Pages whose
+ * arena unmap fails keep their handles (release_slots); such a failure, in
+ * an earlier round or in the first release here, gets one more try, so
+ * that a passing fault costs nothing at exit. Pages the arena still maps
+ * after it are left, handles and arena with them (a handle released while
+ * mapped is never freed, and the arena cannot be freed with mappings in
+ * it), said once. Where a span's pages were left (kv_spans_fini says so),
+ * the arena, which maps them too, is left as well.
  */
 void kv_pool_fini(kv_alloc_t *a)
 {
-	uint32_t freed, left;
+	uint32_t freed, left, held;
 	int tries;
 
 	if (!a->phys)
@@ -570,11 +572,12 @@ void kv_pool_fini(kv_alloc_t *a)
 			break;
 	}
 	left = kv_pooled(a);
+	held = kv_held(a);
 	pthread_mutex_unlock(&a->lock);
 	if (left)
 		kv_error("%u pool pages still mapped in the arena at exit: left with their handles",
 			 left);
-	else if (a->arena)
+	if (!held && a->arena)
 		kv_prim_unreserve(&a->prim, a->arena,
 				  (size_t)a->max_pages * a->page);
 	free(a->phys);

@@ -630,22 +630,39 @@ int kv_alloc_trim(kv_alloc_t *a, size_t bytes, size_t *freed)
 	return rc ? rc : rc2;
 }
 
-/* Release every span, at shutdown. Lock not held. */
+/*
+ * Release every span, at shutdown, the worker stopped. Lock not held.
+ * Every released span's unmap is tried, and a failed one once more, so
+ * that a passing fault costs nothing at exit. Pages a span still maps
+ * after that are left, with their handles and the span's range (a handle
+ * released while mapped is never freed, and a range cannot be freed with
+ * mappings in it), said once. The spans' bookkeeping goes; their slots
+ * stay DYING, in no span (only kv_pool_fini looks at them after this, and
+ * keeps the arena, which maps them too).
+ */
 void kv_spans_fini(kv_alloc_t *a)
 {
-	struct kv_span *sp;
-	uint32_t p;
+	struct kv_span *sp, *next;
+	uint32_t p, left = 0;
+	int tries;
 
 	pthread_mutex_lock(&a->lock);
 	while (a->nspans)
 		retire(a, a->spans[a->nspans - 1]);
-	kv_spans_reap(a);
+	/* (reap_one, not kv_spans_reap, which stops at the first failure
+	 * and does nothing while a stream captures; a span whose fence a
+	 * capture puts off is left as one the driver refused) */
+	for (tries = 0; tries < 2; tries++)
+		for (sp = a->dying; sp; sp = next) {
+			next = sp->next;
+			(void)reap_one(a, sp);
+		}
 	while ((sp = a->dying)) {
-		/* the driver refused: drop the bookkeeping anyway (the pages
-		 * are released with the pool's handles) */
 		for (p = 0; p < sp->npages; p++)
-			if (sp->slot[p] < KV_MARK)
-				kv_slot_detach(a, sp->slot[p], KV_P_DIRTY);
+			if (sp->slot[p] < KV_MARK) {
+				a->phys[sp->slot[p]].span = NULL;
+				left++;
+			}
 		a->dying = sp->next;
 		span_free(sp);
 	}
@@ -655,4 +672,7 @@ void kv_spans_fini(kv_alloc_t *a)
 	a->cap = 0;
 	pthread_rwlock_unlock(&a->spans_lock);
 	pthread_mutex_unlock(&a->lock);
+	if (left)
+		kv_error("%u span pages still mapped at exit: left with their handles and their spans' ranges",
+			 left);
 }
