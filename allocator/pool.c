@@ -68,11 +68,14 @@ static int drop_handle(kv_alloc_t *a, uint32_t s)
  * first failure; a run whose map or access fails is undone, and its slots
  * are moved to the end of slots with no handle. The pages of such a run
  * that the arena still maps (its undo's unmap failed) keep their handles,
- * as in release_slots, and are given access and counted among the pages
- * made: released, they would never be freed while mapped, and their arena
- * addresses would stay taken, failing every later creation of those
- * slots. Returns the number of pages made ready (the first ones of slots;
- * the caller scrubs them before use) and stores the first error in *rc.
+ * as in release_slots, and are counted among the pages made: released,
+ * they would never be freed while mapped, and their arena addresses would
+ * stay taken, failing every later creation of those slots. They are given
+ * access again; where the driver refuses that too, they are marked
+ * noaccess, and scrub_slots grants it before it writes (a write without
+ * access is an illegal address, which breaks a GPU's context). Returns the
+ * number of pages made (the first ones of slots; the caller scrubs them
+ * before use) and stores the first error in *rc.
  */
 static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 			     int *rc)
@@ -113,9 +116,12 @@ static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 			 * scrub must reach them */
 			keep = mapped;
 			if (kv_prim_access(&a->prim, arena_va(a, slots[i]),
-					   (size_t)keep * a->page))
-				kv_error("arena pages at 0x%llx left mapped without access",
+					   (size_t)keep * a->page)) {
+				kv_error("arena pages at 0x%llx left mapped without access: granted before a scrub",
 					 (unsigned long long)arena_va(a, slots[i]));
+				for (j = 0; j < keep; j++)
+					a->phys[slots[i + j]].noaccess = 1;
+			}
 		}
 		for (j = keep; j < len; j++) {
 			drop_handle(a, slots[i + j]);
@@ -135,12 +141,13 @@ static uint32_t create_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n,
 
 /*
  * Write zeros over pages slots[0..n) through the arena, one call per run of
- * consecutive slots. Sorts slots. Returns 0 or the driver's error.
+ * consecutive slots, granting access first to a page that has none
+ * (create_slots). Sorts slots. Returns 0 or the driver's error.
  */
 static int scrub_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n)
 {
 	uint64_t t0;
-	uint32_t i, len;
+	uint32_t i, j, len;
 	int rc = 0;
 
 	if (!a->o.zero || n == 0)
@@ -149,8 +156,16 @@ static int scrub_slots(kv_alloc_t *a, uint32_t *slots, uint32_t n)
 	qsort(slots, n, sizeof(*slots), cmp_slot);
 	for (i = 0; i < n && !rc; i += len) {
 		len = run_len(slots, i, n);
-		rc = kv_prim_zero(&a->prim, arena_va(a, slots[i]),
-				  (size_t)len * a->page);
+		for (j = i; j < i + len && !rc; j++) {
+			if (!a->phys[slots[j]].noaccess)
+				continue;
+			rc = kv_prim_access(&a->prim, arena_va(a, slots[j]), a->page);
+			if (!rc)
+				a->phys[slots[j]].noaccess = 0;
+		}
+		if (!rc)
+			rc = kv_prim_zero(&a->prim, arena_va(a, slots[i]),
+					  (size_t)len * a->page);
 	}
 	if (!rc)
 		KV_COUNT(a, pages_zeroed, n);

@@ -116,8 +116,10 @@ void kv_slot_move(kv_alloc_t *a, uint32_t s, enum kv_pstate to)
 	if (to == KV_P_CLEAN || to == KV_P_DIRTY || to == KV_P_CACHED ||
 	    (from == KV_P_FREEING && to == KV_P_EMPTY))
 		a->supplied++;
-	if (to == KV_P_EMPTY)
+	if (to == KV_P_EMPTY) {
 		p->h = 0;
+		p->noaccess = 0;
+	}
 }
 
 void kv_slot_install(kv_alloc_t *a, uint32_t s, struct kv_span *sp,
@@ -300,6 +302,13 @@ int kv_check_locked(kv_alloc_t *a)
 		/* slots in flight belong to a call that may be marking them */
 		if ((ph->fresh || ph->failed) && list_of(a, ph->state))
 			FAIL("slot %u keeps a scratch mark between calls", s);
+		/* a page without access in the arena is pooled dirty or in a
+		 * call's hands, never scrubbed (clean) or in a span */
+		if (ph->noaccess && ph->state != KV_P_DIRTY &&
+		    ph->state != KV_P_FILLING && ph->state != KV_P_TAKEN &&
+		    ph->state != KV_P_FREEING)
+			FAIL("slot %u is %s without access in the arena", s,
+			     names[ph->state]);
 	}
 	for (st = 0; st < KV_P_NSTATES; st++)
 		if (count[st] != a->n[st])

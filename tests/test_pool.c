@@ -1005,6 +1005,67 @@ static void teardown_faults(void)
 }
 
 /*
+ * As in test_failed_create_unmap_keeps_the_pages, and the access the undo
+ * grants the pages it keeps is refused too: those pages are mapped in the
+ * arena without access, and a scrub through it would be an illegal address
+ * (on a GPU, one that breaks the context for good). They keep their
+ * handles, pooled, and a scrub grants their access before it writes; the
+ * first scrub's grant is refused as well, and that scrub fails without
+ * writing. Once the fault has passed, every slot maps again, and no scrub
+ * met an illegal address. Loop 0 creates on a map's path, loop 1 in a
+ * refill.
+ */
+START_TEST(test_failed_create_access_never_scrubbed)
+{
+	struct kv_alloc_opts o;
+	CUdeviceptr b2;
+	char log[16384];
+
+	kt_opts(&o);
+	o.limit = 8 * PG;
+	if (_i) {
+		o.pool_low = 4 * PG;
+		o.pool_high = 4 * PG;
+	}
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &base), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &b2), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 4 * PG), 0);
+	/* the 4 slots left are one run: its third map fails, then the
+	 * unmap of the two mapped before it, then their access; in a refill,
+	 * which scrubs what it made at once, the scrub's grant too */
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemMap", 3, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_dev_fail_times("cuMemSetAccess", 1, _i ? 2 : 1,
+					   CUDA_ERROR_UNKNOWN), 0);
+	kt_capture_start();
+	if (_i) {
+		ck_assert_int_eq(kv_alloc_tick(a), KVSHIM_EDRIVER);
+	} else {
+		ck_assert_int_eq(kv_alloc_map(a, b2, 4 * PG), KVSHIM_EDRIVER);
+		kt_check(a);
+		ck_assert_uint_eq(kt_stats(a).pooled_bytes, 2 * PG);
+		/* a map takes the two kept pages: its scrub's grant is
+		 * refused, and the map fails */
+		ck_assert_int_eq(kv_dev_fail_nth("cuMemSetAccess", 1, CUDA_ERROR_UNKNOWN), 0);
+		ck_assert_int_eq(kv_alloc_map(a, b2, 2 * PG), KVSHIM_EDRIVER);
+	}
+	kt_check(a);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 2 * PG);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 6 * PG);
+	if (_i)
+		ck_assert_int_eq(kv_alloc_tick(a), 0);
+	ck_assert_int_eq(kv_alloc_map(a, b2, 4 * PG), 0);
+	kt_capture_end(log, sizeof(log));
+	ck_assert_msg(!strstr(log, "ILLEGAL_ADDRESS"),
+		      "a page without access was scrubbed: %s", log);
+	kt_check(a);
+	ck_assert_int_eq(kv_alloc_release(a, b2), 0);
+	ck_assert_int_eq(kv_alloc_release(a, base), 0);
+}
+END_TEST
+
+/*
  * Teardown unmaps every span it releases, and a span whose unmap the
  * driver refuses gets one more try: a passing fault costs nothing at exit.
  * Two spans hold pages; the first unmap at teardown fails. No handle,
@@ -1105,6 +1166,7 @@ Suite *pool_suite(void)
 	/* (the last test leaves pages in the driver, on purpose) */
 	tc = tcase_create("driver-faults");
 	tcase_add_checked_fixture(tc, NULL, teardown_faults);
+	kt_add_emu_loop(tc, test_failed_create_access_never_scrubbed, 0, 2);
 	kt_add_emu(tc, test_span_unmap_retried_at_teardown);
 	kt_add_emu(tc, test_span_unmap_refused_at_teardown);
 	suite_add_tcase(s, tc);
