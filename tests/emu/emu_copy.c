@@ -349,8 +349,8 @@ static CUresult copy(enum kv_emu_fn fn, CUdeviceptr dst, CUdeviceptr src, size_t
                      bool check_dst, bool check_src, bool async, CUstream s)
 {
     kv_emu_op_t o = { .kind = KV_OP_COPY };
-    struct side sides[2] = { { dst, n, check_dst ? SIDE_DEV : SIDE_NONE },
-                             { src, n, check_src ? SIDE_DEV : SIDE_NONE } };
+    struct side sides[2] = { { dst, n, check_dst ? SIDE_DEV : SIDE_NONE, false, 0 },
+                             { src, n, check_src ? SIDE_DEV : SIDE_NONE, false, 0 } };
 
     if (n && (!dst || !src))
         return CUDA_ERROR_INVALID_VALUE;
