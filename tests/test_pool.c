@@ -909,6 +909,33 @@ START_TEST(test_failed_arena_unmap_moves_by_the_table)
 END_TEST
 
 /*
+ * The set-up of the failed creations below: a limit of 8 pages, 4 mapped
+ * at base; the 4 slots left are one run, whose third map is armed to fail,
+ * then the unmap of the two mapped before it. refill: the pool makes them
+ * (marks at 4 pages), else a map of the span returned. Counts reset.
+ */
+static CUdeviceptr failed_create_setup(int refill)
+{
+	struct kv_alloc_opts o;
+	CUdeviceptr b2;
+
+	kt_opts(&o);
+	o.limit = 8 * PG;
+	if (refill) {
+		o.pool_low = 4 * PG;
+		o.pool_high = 4 * PG;
+	}
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &base), 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &b2), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 4 * PG), 0);
+	kv_dev_reset_counts();
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemMap", 3, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN), 0);
+	return b2;
+}
+
+/*
  * A creation whose arena map fails partway through a run, and whose
  * clean-up unmap of the pages mapped before it fails too: those pages keep
  * their handles and stay pooled, as a pool page does whose unmap fails
@@ -920,24 +947,8 @@ END_TEST
  */
 START_TEST(test_failed_create_unmap_keeps_the_pages)
 {
-	struct kv_alloc_opts o;
-	CUdeviceptr b2;
+	CUdeviceptr b2 = failed_create_setup(_i);
 
-	kt_opts(&o);
-	o.limit = 8 * PG;
-	if (_i) {
-		o.pool_low = 4 * PG;
-		o.pool_high = 4 * PG;
-	}
-	a = kt_create(&o);
-	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &base), 0);
-	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &b2), 0);
-	ck_assert_int_eq(kv_alloc_map(a, base, 4 * PG), 0);
-	/* the 4 slots left are one run: its third map fails, then the
-	 * unmap of the two mapped before it */
-	kv_dev_reset_counts();
-	ck_assert_int_eq(kv_dev_fail_nth("cuMemMap", 3, CUDA_ERROR_UNKNOWN), 0);
-	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN), 0);
 	if (_i)
 		ck_assert_int_eq(kv_alloc_tick(a), KVSHIM_EDRIVER);
 	else
@@ -1017,25 +1028,11 @@ static void teardown_faults(void)
  */
 START_TEST(test_failed_create_access_never_scrubbed)
 {
-	struct kv_alloc_opts o;
-	CUdeviceptr b2;
+	CUdeviceptr b2 = failed_create_setup(_i);
 	char log[16384];
 
-	kt_opts(&o);
-	o.limit = 8 * PG;
-	if (_i) {
-		o.pool_low = 4 * PG;
-		o.pool_high = 4 * PG;
-	}
-	a = kt_create(&o);
-	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &base), 0);
-	ck_assert_int_eq(kv_alloc_reserve(a, 4 * PG, &b2), 0);
-	ck_assert_int_eq(kv_alloc_map(a, base, 4 * PG), 0);
-	/* the 4 slots left are one run: its third map fails, then the
-	 * unmap of the two mapped before it, then their access; in a refill,
-	 * which scrubs what it made at once, the scrub's grant too */
-	ck_assert_int_eq(kv_dev_fail_nth("cuMemMap", 3, CUDA_ERROR_UNKNOWN), 0);
-	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 1, CUDA_ERROR_UNKNOWN), 0);
+	/* then their access; in a refill, which scrubs what it made at
+	 * once, the scrub's grant too */
 	ck_assert_int_eq(kv_dev_fail_times("cuMemSetAccess", 1, _i ? 2 : 1,
 					   CUDA_ERROR_UNKNOWN), 0);
 	kt_capture_start();

@@ -958,6 +958,24 @@ START_TEST(test_share_chaos)
 END_TEST
 
 /*
+ * An allocator in a new pool of an 8-page budget, beside another member
+ * (*idle) that holds n pages of it, all pooled (idle). Returns the
+ * allocator.
+ */
+static kv_alloc_t *with_idle_member(uint64_t n, kv_share_t **idle)
+{
+	kv_alloc_t *a;
+
+	kt_new_pool();
+	a = kt_make(8 * PG, 0, 0, 0);
+	ck_assert_int_eq(kv_share_open(kv_alloc_prim(a)->uuid, kt_pool, 8 * PG, 0,
+				       kv_alloc_prim(a)->device_bytes, 0, 0, 0, 1, 0600, idle), 0);
+	ck_assert_int_eq(kv_share_take(*idle, n * PG, n * PG), 0);
+	kv_share_update(*idle, 0, 0, n * PG, 0);
+	return a;
+}
+
+/*
  * A map the shared budget granted, whose creation the driver then refuses
  * for memory, fails with KVSHIM_ENOMEM: what another thread's take heard
  * from the budget while the map made its pages (lock dropped), a refusal
@@ -968,14 +986,8 @@ START_TEST(test_share_oom_answer_is_the_maps_own)
 	struct kt_map m = { .len = 3 * PG }, o = { .len = PG };
 	kv_share_t *idle;
 	CUdeviceptr base;
-	kv_alloc_t *a;
+	kv_alloc_t *a = with_idle_member(5, &idle);
 
-	kt_new_pool();
-	a = kt_make(8 * PG, 0, 0, 0);
-	ck_assert_int_eq(kv_share_open(kv_alloc_prim(a)->uuid, kt_pool, 8 * PG, 0,
-				       kv_alloc_prim(a)->device_bytes, 0, 0, 0, 1, 0600, &idle), 0);
-	ck_assert_int_eq(kv_share_take(idle, 5 * PG, 5 * PG), 0);
-	kv_share_update(idle, 0, 0, 5 * PG, 0);         /* all of it pooled */
 	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &base), 0);
 	m.a = o.a = a;
 	m.addr = base;
@@ -1004,14 +1016,8 @@ START_TEST(test_share_made_short_asks_as_its_take_was_told)
 {
 	kv_share_t *idle;
 	CUdeviceptr base;
-	kv_alloc_t *a;
+	kv_alloc_t *a = with_idle_member(4, &idle);
 
-	kt_new_pool();
-	a = kt_make(8 * PG, 0, 0, 0);
-	ck_assert_int_eq(kv_share_open(kv_alloc_prim(a)->uuid, kt_pool, 8 * PG, 0,
-				       kv_alloc_prim(a)->device_bytes, 0, 0, 0, 1, 0600, &idle), 0);
-	ck_assert_int_eq(kv_share_take(idle, 4 * PG, 4 * PG), 0);
-	kv_share_update(idle, 0, 0, 4 * PG, 0);         /* all of it pooled */
 	ck_assert_int_eq(kv_alloc_reserve(a, 16 * PG, &base), 0);
 	/* two pages cached: 2 of the budget's 8 this process's, 2 free */
 	ck_assert_int_eq(kv_alloc_map(a, base, 2 * PG), 0);

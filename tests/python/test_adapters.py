@@ -2665,6 +2665,20 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(proc.offloading_manager.evicted, [])
         self.assertEqual(asked.now(), 0)
 
+    def packable_four_pages(self):
+        """With KVSHIM_CB_PACK on and the hold-off long, an engine of four
+        page indices, each with one request left on it: a (16 blocks) on
+        page 0, c (16) on 1, d (24) on 2 and g (34) on 3. Returns
+        paged_engine's (cache, tracker, processor, ask)."""
+        self.pack_on()
+        self.hold_off_long()
+        c, tr, proc, asked = self.paged_engine()
+        self.lay_out(proc, [("a", 16), ("b", 48), ("c", 16), ("e", 48), ("d", 24), ("f", 40),
+                            ("g", 34), ("h", 30)])
+        self.finish(c, proc, ("b", "e", "f", "h"))
+        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"c"}, 2: {"d"}, 3: {"g"}})
+        return c, tr, proc, asked
+
     def test_preemptions_held_off_hold_no_packing_back(self):
         """What a preemption freed on pages still used holds off the next
         preemption for a second, not packing, which costs the engine no
@@ -2675,13 +2689,7 @@ class AdapterTest(unittest.TestCase):
         nobody is preempted. (Sized by what the ask owed, less the 70
         blocks held off on pages 2 and 3, packing emptied page 0 alone,
         and the ask stood.)"""
-        self.pack_on()
-        self.hold_off_long()
-        c, tr, proc, asked = self.paged_engine()
-        self.lay_out(proc, [("a", 16), ("b", 48), ("c", 16), ("e", 48), ("d", 24), ("f", 40),
-                            ("g", 34), ("h", 30)])
-        self.finish(c, proc, ("b", "e", "f", "h"))
-        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"c"}, 2: {"d"}, 3: {"g"}})
+        c, tr, proc, asked = self.packable_four_pages()
         self.assertEqual(tr.pack_plan({}), [(0, 16), (1, 16)])
         asked[0] = 2 * tr.page_index_bytes
         time.sleep(0.01)
@@ -2703,13 +2711,7 @@ class AdapterTest(unittest.TestCase):
         blocks of a (page 0) onto page 3's free ids; page 0 goes back and
         the ask ends. (Packing run while the ask owed, nothing moved and
         the ask stood.)"""
-        self.pack_on()
-        self.hold_off_long()
-        c, tr, proc, asked = self.paged_engine()
-        self.lay_out(proc, [("a", 16), ("b", 48), ("c", 16), ("e", 48), ("d", 24), ("f", 40),
-                            ("g", 34), ("h", 30)])
-        self.finish(c, proc, ("b", "e", "f", "h"))
-        self.assertEqual(self.sharers(c, tr), {0: {"a"}, 1: {"c"}, 2: {"d"}, 3: {"g"}})
+        c, tr, proc, asked = self.packable_four_pages()
         asked[0] = tr.page_index_bytes
         time.sleep(0.01)
         tr.gave_back(70, on={2: 40, 3: 30})
