@@ -935,6 +935,19 @@ static CUdeviceptr failed_create_setup(int refill)
 	return b2;
 }
 
+/* After such a failure: the two pages kept are pooled (6 pages held in
+ * all), and the same slots are made (refill: by a tick) and mapped again
+ * at b2. */
+static void kept_two_map_again(int refill, CUdeviceptr b2)
+{
+	kt_check(a);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 2 * PG);
+	ck_assert_uint_eq(kt_stats(a).physical_bytes, 6 * PG);
+	if (refill)
+		ck_assert_int_eq(kv_alloc_tick(a), 0);
+	ck_assert_int_eq(kv_alloc_map(a, b2, 4 * PG), 0);
+}
+
 /*
  * A creation whose arena map fails partway through a run, and whose
  * clean-up unmap of the pages mapped before it fails too: those pages keep
@@ -955,13 +968,7 @@ START_TEST(test_failed_create_unmap_keeps_the_pages)
 		ck_assert_int_eq(kv_alloc_map(a, b2, 4 * PG), KVSHIM_EDRIVER);
 	ck_assert_uint_eq(kv_dev_calls("cuMemCreate"), 4);
 	ck_assert_uint_eq(kv_dev_calls("cuMemUnmap"), 1);
-	kt_check(a);
-	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 2 * PG);
-	ck_assert_uint_eq(kt_stats(a).physical_bytes, 6 * PG);
-	/* the same slots are made and mapped again */
-	if (_i)
-		ck_assert_int_eq(kv_alloc_tick(a), 0);
-	ck_assert_int_eq(kv_alloc_map(a, b2, 4 * PG), 0);
+	kept_two_map_again(_i, b2);
 	kt_check(a);
 	ck_assert_int_eq(kv_alloc_release(a, b2), 0);
 	ck_assert_int_eq(kv_alloc_release(a, base), 0);
@@ -1047,12 +1054,7 @@ START_TEST(test_failed_create_access_never_scrubbed)
 		ck_assert_int_eq(kv_dev_fail_nth("cuMemSetAccess", 1, CUDA_ERROR_UNKNOWN), 0);
 		ck_assert_int_eq(kv_alloc_map(a, b2, 2 * PG), KVSHIM_EDRIVER);
 	}
-	kt_check(a);
-	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 2 * PG);
-	ck_assert_uint_eq(kt_stats(a).physical_bytes, 6 * PG);
-	if (_i)
-		ck_assert_int_eq(kv_alloc_tick(a), 0);
-	ck_assert_int_eq(kv_alloc_map(a, b2, 4 * PG), 0);
+	kept_two_map_again(_i, b2);
 	kt_capture_end(log, sizeof(log));
 	ck_assert_msg(!strstr(log, "ILLEGAL_ADDRESS"),
 		      "a page without access was scrubbed: %s", log);
