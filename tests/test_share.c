@@ -518,6 +518,31 @@ START_TEST(test_share_map_own_idle_published)
 }
 END_TEST
 
+/* A map whose span access the driver refuses puts the pages it made back
+ * in its pool: they are idle now, and the segment must say so (the take
+ * published them as held, in use), or another process's take reads them
+ * as used (KV_SHARE_WAIT_USED: a try map fails at once) where it could ask
+ * this process to trim them. No worker: nothing else publishes. */
+START_TEST(test_share_failed_map_idle_published)
+{
+	CUdeviceptr s1;
+	kv_alloc_t *a;
+
+	kt_new_pool();
+	a = kt_make(8 * PG, 0, 0, 0);
+	ck_assert_int_eq(kv_alloc_reserve(a, 8 * PG, &s1), 0);
+	/* the arena's grant, then the span's: the span's is refused */
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemSetAccess", 2, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_map(a, s1, 8 * PG), KVSHIM_EDRIVER);
+	ck_assert_uint_eq(kt_stats(a).pooled_bytes, 8 * PG);
+	ck_assert_uint_eq(kt_seg_read(0)->pooled, 8 * PG);
+	ck_assert_int_eq(kv_alloc_release(a, s1), 0);
+	kt_check(a);
+	kv_alloc_destroy(a);
+	kt_seg_unlink();
+}
+END_TEST
+
 /* Floors that together would pass the budget: the one joining last gets
  * what the others' leave, and says so; each can then reach its own. */
 START_TEST(test_share_floors_over_budget)
@@ -1065,6 +1090,7 @@ Suite *share_suite(void)
 	tc = tcase_create("published");
 	kt_share_fixture(tc);
 	kt_add_emu(tc, test_share_map_own_idle_published);
+	kt_add_emu(tc, test_share_failed_map_idle_published);
 	suite_add_tcase(s, tc);
 	return s;
 }
