@@ -863,6 +863,10 @@ START_TEST(test_checker_notices)
 	ck_assert_int_eq(kv_alloc_check(a), KVSHIM_ESTATE);
 	a->phys[s].state = KV_P_CACHED;
 
+	a->phys[sp->slot[0]].noaccess = 1;      /* mapped, no arena access */
+	ck_assert_int_eq(kv_alloc_check(a), KVSHIM_ESTATE);
+	a->phys[sp->slot[0]].noaccess = 0;
+
 	sp->claims[1] = 1;                      /* a claim on a cached page */
 	ck_assert_int_eq(kv_alloc_check(a), KVSHIM_ESTATE);
 	sp->claims[1] = 0;
