@@ -443,6 +443,11 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 			note_idle(a);
 	} else {
 		unclaim_present(a, pl, n);
+		/* a failed map put what it took back in the pool and cache,
+		 * which the others' rule must read idle (its take published
+		 * them held) */
+		if (out == KV_SUPPLY_FAILED)
+			note_idle(a);
 	}
 	if (slots != stack)
 		free(slots);
