@@ -277,7 +277,7 @@ typedef struct kv_emu_dev_s {
     size_t nfree;
     uint32_t *free_stack;       /* free chunk numbers, next to hand out on top */
     size_t handles;             /* user handles alive (created, not yet freed) */
-    size_t released_mapped;     /* of those, released while still mapped */
+    size_t released_mapped;     /* handles released while still mapped, ever */
     size_t allocs;              /* cuMemAlloc allocations alive */
     size_t mapped_pages;        /* pages of user handles mapped anywhere */
     struct CUctx_st ctx;        /* the primary context */

@@ -155,8 +155,6 @@ static void destroy_handle(kv_emu_handle_t *h)
     give_chunks(d, h->nchunks, h->chunks);
     if (!h->internal)
         d->handles--;
-    if (!h->internal && h->released)
-        d->released_mapped--;
     free(h->chunks);
     free(h);
 }

@@ -50,8 +50,9 @@ void kvemu_reset_counts(void);
  * Live state, so tests can prove nothing leaked. Per device: physical_bytes (chunks held by
  * handles and cuMemAlloc allocations), handles (cuMemCreate handles not yet freed; a released
  * handle still mapped counts until its last unmap), mapped_pages (2 MiB pages of those handles
- * mapped), allocs (live cuMemAlloc allocations), released_mapped (of handles, those released
- * while still mapped: the memory of each lives until its last unmap). Process-wide, the same for every device as
+ * mapped), allocs (live cuMemAlloc allocations), released_mapped (handles released while still
+ * mapped, ever: a running count, which an unmap after never lowers; the memory of each lives
+ * until its last unmap). Process-wide, the same for every device as
  * reservations are not per device: reservations and reserved_bytes (cuMemAddressReserve ranges;
  * the ranges behind cuMemAlloc are not counted). An invalid device, or a call before cuInit,
  * gives all zeros.
