@@ -296,8 +296,10 @@ int kv_alloc_release(kv_alloc_t *a, CUdeviceptr base)
 			rc = KVSHIM_ERANGE;
 			break;
 		}
-		/* (not while a map backs or claims some of its pages) */
-		if (!sp->busy && !sp->pending && !kv_span_in_flight(a, sp)) {
+		/* (not while a map backs or claims some of its pages: a
+		 * pending page is one only a map in flight leaves, with the
+		 * lock dropped) */
+		if (!sp->busy && !kv_span_in_flight(a, sp)) {
 			retire(a, sp);
 			/* without a worker, the caller does the unmapping; a
 			 * driver failure there (logged) leaves the pages to
