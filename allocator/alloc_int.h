@@ -82,8 +82,10 @@ struct kv_phys {
 				 * the map in progress, or counted once */
 	uint8_t failed;         /* driver work on it failed: see
 				 * kv_slots_failed_last */
-	uint8_t noaccess;       /* mapped in the arena without access (its
-				 * grant failed in create_slots): a scrub
+	uint8_t noaccess;       /* mapped without access: in the arena,
+				 * pooled (its grant failed in create_slots),
+				 * where a scrub grants it first; or in its
+				 * span, cached (uninstall), where a claim
 				 * grants it first */
 	uint64_t idle_ns;       /* when it lost its last claim (or its span) */
 };

@@ -94,26 +94,40 @@ static void unpend(struct kv_span *sp, uint32_t p, uint32_t slot)
 /*
  * Claim every page of the ranges that is mapped already, so that none of
  * them can be reclaimed to back the others, and mark the unmapped ones
- * KV_PEND, each once however many ranges cover it. Returns how many.
+ * KV_PEND, each once however many ranges cover it; *need: how many. A page
+ * its span maps without access (uninstall) is granted it before it counts
+ * as backed. Returns 0, or the driver's refusal of such a grant, after the
+ * whole walk (the caller undoes it: unclaim_present).
  */
-static uint32_t claim_present(kv_alloc_t *a, const struct place *pl, size_t n)
+static int claim_present(kv_alloc_t *a, const struct place *pl, size_t n,
+			 uint32_t *need)
 {
-	uint32_t p, need = 0;
+	uint32_t p;
 	size_t i;
+	int rc = 0;
 
+	*need = 0;
 	for (i = 0; i < n; i++) {
 		for (p = pl[i].p0; p <= pl[i].p1; p++) {
 			uint32_t s = pl[i].sp->slot[p];
 
 			if (s == KV_NIL) {
 				pend(pl[i].sp, p);
-				need++;
-			} else if (s != KV_PEND) {
-				kv_span_claim(a, pl[i].sp, p);
+				(*need)++;
+				continue;
 			}
+			if (s == KV_PEND)
+				continue;
+			kv_span_claim(a, pl[i].sp, p);
+			if (!a->phys[s].noaccess || rc)
+				continue;
+			rc = kv_prim_access(&a->prim, kv_span_va(a, pl[i].sp, p),
+					    a->page);
+			if (!rc)
+				a->phys[s].noaccess = 0;
 		}
 	}
-	return need;
+	return rc;
 }
 
 /* Undo claim_present: pending pages unbacked again, claims dropped. */
@@ -267,7 +281,9 @@ static void link_pages(kv_alloc_t *a, const struct where *w, const uint32_t *slo
  * After a failed map, lock held: take the fresh pages back out of the
  * spans (KV_PEND again) and return their slots to the pool. A page the
  * driver will not unmap stays where it is, claimed by the ranges that
- * cover it (unclaim_present then caches it for a later trim).
+ * cover it (unclaim_present then caches it for a later trim); one whose
+ * access it refuses again too is marked noaccess, and the next map over it
+ * grants that first (claim_present).
  */
 static void uninstall(kv_alloc_t *a, const struct place *pl, size_t n,
 		      uint32_t *slots, uint32_t need)
@@ -287,9 +303,11 @@ static void uninstall(kv_alloc_t *a, const struct place *pl, size_t n,
 			ph->span = NULL;
 			continue;
 		}
-		if (kv_prim_access(&a->prim, kv_span_va(a, sp, p), a->page))
-			kv_error("page at 0x%llx left mapped without access",
+		if (kv_prim_access(&a->prim, kv_span_va(a, sp, p), a->page)) {
+			kv_error("page at 0x%llx left mapped without access: granted before it is claimed",
 				 (unsigned long long)kv_span_va(a, sp, p));
+			ph->noaccess = 1;
+		}
 		ph->failed = 1;
 		kv_slot_install(a, slots[j], sp, p);
 		sp->claims[p] = covering(pl, n, sp, p);
@@ -371,7 +389,11 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 
 	*err = 0;
 	*said = (struct kv_said){ 0 };
-	need = claim_present(a, pl, n);
+	*err = claim_present(a, pl, n, &need);
+	if (*err) {
+		unclaim_present(a, pl, n);
+		return KV_SUPPLY_FAILED;
+	}
 	/* past its fair share while others wait, what it uses may not grow,
 	 * from its own cache either (fair.h): no waiting, the map fails and
 	 * the engine preempts, as when its pool is full */

@@ -116,10 +116,12 @@ void kv_slot_move(kv_alloc_t *a, uint32_t s, enum kv_pstate to)
 	if (to == KV_P_CLEAN || to == KV_P_DIRTY || to == KV_P_CACHED ||
 	    (from == KV_P_FREEING && to == KV_P_EMPTY))
 		a->supplied++;
-	if (to == KV_P_EMPTY) {
-		p->h = 0;
+	/* out of its span, the span's mapping is gone; the arena's kept
+	 * its access (a page is scrubbed before it is mapped in a span) */
+	if (to == KV_P_EMPTY || (in_span(from) && !in_span(to)))
 		p->noaccess = 0;
-	}
+	if (to == KV_P_EMPTY)
+		p->h = 0;
 }
 
 void kv_slot_install(kv_alloc_t *a, uint32_t s, struct kv_span *sp,
@@ -302,13 +304,14 @@ int kv_check_locked(kv_alloc_t *a)
 		/* slots in flight belong to a call that may be marking them */
 		if ((ph->fresh || ph->failed) && list_of(a, ph->state))
 			FAIL("slot %u keeps a scratch mark between calls", s);
-		/* a page without access in the arena is pooled dirty or in a
-		 * call's hands, never scrubbed (clean) or in a span */
+		/* a page without access is pooled dirty or in a call's hands
+		 * (the arena's), or cached in its span (the span's), never
+		 * scrubbed (clean) or claimed */
 		if (ph->noaccess && ph->state != KV_P_DIRTY &&
 		    ph->state != KV_P_FILLING && ph->state != KV_P_TAKEN &&
-		    ph->state != KV_P_FREEING)
-			FAIL("slot %u is %s without access in the arena", s,
-			     names[ph->state]);
+		    ph->state != KV_P_FREEING && ph->state != KV_P_CACHED &&
+		    ph->state != KV_P_UNMAPPING && ph->state != KV_P_DYING)
+			FAIL("slot %u is %s without access", s, names[ph->state]);
 	}
 	for (st = 0; st < KV_P_NSTATES; st++)
 		if (count[st] != a->n[st])

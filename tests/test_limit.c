@@ -2,6 +2,9 @@
  * test_limit.c - the physical limit, the driver running out of memory and
  * failing mid-way: a map that cannot be fully backed changes no page.
  */
+#include <string.h>
+
+#include "share_util.h"
 #include "suites.h"
 
 static kv_alloc_t *a;
@@ -293,6 +296,50 @@ START_TEST(test_undo_unmap_fails)
 }
 END_TEST
 
+/*
+ * As test_undo_unmap_fails, and the access the undo grants back to the
+ * page it keeps is refused too: that page stays in its span without
+ * access. The next map over it grants that access before the range counts
+ * as backed; refused once more, that map fails and changes nothing. No
+ * write ever meets the page without access (on a GPU, an illegal address
+ * that breaks the context for good).
+ */
+START_TEST(test_undo_access_refused_granted_on_claim)
+{
+	struct kv_alloc_opts o;
+	unsigned long long bad = 1;
+	char log[16384];
+
+	kt_opts(&o);
+	o.pool_low = o.pool_high = 8 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &base), 0);
+	ck_assert_int_eq(kv_dev_fail_times("cuMemSetAccess", 1, 2, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 2, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), KVSHIM_EDRIVER);
+	kt_check(a);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
+	/* the grant refused again: the map fails with nothing changed */
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemSetAccess", 1, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), KVSHIM_EDRIVER);
+	kt_check(a);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, PG);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
+	ck_assert_int_eq(kv_alloc_claims(a, base + PG), 0);
+	/* then granted: the range is backed and every byte of it writable */
+	kt_capture_start();
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), 0);
+	ck_assert_int_eq(kv_dev_fill(base, 3 * PG, 3), CUDA_SUCCESS);
+	ck_assert_int_eq(kv_dev_check(base, 3 * PG, 3, &bad), CUDA_SUCCESS);
+	kt_capture_end(log, sizeof(log));
+	ck_assert_msg(!strstr(log, "ILLEGAL_ADDRESS"),
+		      "a page without access was written: %s", log);
+	ck_assert_uint_eq(bad, 0);
+	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 3 * PG);
+	kt_check(a);
+}
+END_TEST
+
 /* A span released while the device is full: a map waits for its pages to
  * come back instead of failing. */
 START_TEST(test_map_waits_for_released_pages)
@@ -438,6 +485,7 @@ Suite *limit_suite(void)
 	kt_add_emu(drv, test_create_run_fails_between_good_ones);
 	kt_add_emu(drv, test_map_waits_for_released_pages);
 	kt_add_emu(drv, test_undo_unmap_fails);
+	kt_add_emu(drv, test_undo_access_refused_granted_on_claim);
 	kt_add_emu(drv, test_reclaim_fails_as_driver);
 	kt_add_emu(drv, test_limit_waits_for_a_map_in_flight);
 	kt_add_emu(drv, test_map_short_of_memory_takes_pages_pooled_meanwhile);
