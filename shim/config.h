@@ -35,7 +35,7 @@
 	  "outside a window, allocations of at least this become spans mapped in full (off: none)") \
 	X(MEMINFO, meminfo, meminfo, "virtual",                              \
 	  "what cudaMemGetInfo/cuMemGetInfo report: real (the driver's figures) or virtual (spans counted as fully backed, kvshim's idle pages as free)") \
-	X(SHARE, share, share, "off",                                       \
+	X(SHARE, share, share, "auto",                                      \
 	  "share one budget with the GPU's other kvshim processes (a segment in /dev/shm): auto (when kvshim starts its allocator; alone if the segment cannot be joined), on (from the first memory-info call; kvshim off if the segment is refused) or off") \
 	X(POOL, pool, name, "",                                              \
 	  "name of the shared segment's pool (letters, digits, - and _): processes share a budget only within one pool") \

@@ -788,12 +788,14 @@ static void shim_starts_alone(const char *name, const char *value)
  * would fail; refused. */
 START_TEST(test_config_budget_under_a_page)
 {
-	setenv("KVSHIM_SHARE", "auto", 1);
+	/* (the default, auto) */
+	unsetenv("KVSHIM_SHARE");
 	shim_refuses("KVSHIM_BUDGET", "1K", NULL, NULL);
 	shim_refuses("KVSHIM_MAX", "1K", NULL, NULL);
-	unsetenv("KVSHIM_SHARE");
+	setenv("KVSHIM_SHARE", "off", 1);
 	shim_starts_alone("KVSHIM_BUDGET", "1K");
 	shim_starts_alone("KVSHIM_MAX", "1K");
+	unsetenv("KVSHIM_SHARE");
 }
 END_TEST
 
@@ -812,8 +814,9 @@ START_TEST(test_config_floor_over_budget)
 	ck_assert_int_eq(kv_shim_alloc(&a), 0);
 	kv_shim_shutdown();
 	unsetenv("KVSHIM_BUDGET");
+	setenv("KVSHIM_SHARE", "off", 1);
+	shim_starts_alone("KVSHIM_MIN", "128G");
 	unsetenv("KVSHIM_SHARE");
-	shim_starts_alone("KVSHIM_MIN", "3G");
 }
 END_TEST
 

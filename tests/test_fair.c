@@ -2200,8 +2200,8 @@ START_TEST(test_fair_bad_weight)
 }
 END_TEST
 
-/* KVSHIM_SHARE: off by default (until issue 13's targets hold on a GPU),
- * auto, and on and off as booleans, anything else refused by name. */
+/* KVSHIM_SHARE: auto by default, and on and off as booleans, anything
+ * else refused by name. */
 START_TEST(test_fair_share_values)
 {
 	static const char *const good[][2] = {
@@ -2214,7 +2214,7 @@ START_TEST(test_fair_share_values)
 
 	unsetenv("KVSHIM_SHARE");
 	ck_assert_int_eq(kv_config_load(&c), 0);
-	ck_assert_int_eq(c.share, 0);
+	ck_assert_int_eq(c.share, KV_SHARE_CFG_AUTO);
 	for (i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
 		setenv("KVSHIM_SHARE", good[i][0], 1);
 		ck_assert_int_eq(kv_config_load(&c), 0);

@@ -25,13 +25,13 @@ import unittest
 import unittest.mock
 from contextlib import redirect_stderr
 
-# before kvshim reads its configuration: no pool, and a 64 MiB limit that
-# test_memory_short_requests_wait runs into; should sharing be on
-# (KVSHIM_SHARE), a shared budget of this test's own, never the GPU's real
-# segment
+# before kvshim reads its configuration: no pool, a 64 MiB limit that
+# test_memory_short_requests_wait runs into, and no shared budget in this
+# process (the tests that share start processes of their own, in pools
+# named after POOL, never the GPU's real segment)
 POOL = "adapters%d" % os.getpid()
 os.environ.update(KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0", KVSHIM_LIMIT="64M",
-                  KVSHIM_POOL=POOL)
+                  KVSHIM_POOL=POOL, KVSHIM_SHARE="off")
 
 
 def _remove_segments(pool=POOL):
