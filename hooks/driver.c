@@ -276,3 +276,60 @@ COPY_PEER(cuMemcpyPeer, SYNC, SYNC)
 COPY_PEER(cuMemcpyPeer_ptds, SYNC, SYNC)
 COPY_PEER(cuMemcpyPeerAsync, ASYNC_ARGS, ASYNC_PASS)
 COPY_PEER(cuMemcpyPeerAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
+
+/*
+ * Batched copies (cuMemcpyBatchAsync: CUDA 12.8's form with a failIdx,
+ * 13.0's without, and their per-thread stream forms): every copy's sides
+ * are checked before any page of the batch is backed, then each copy's
+ * span pages are backed as a linear copy's (touch2). A copy the policy
+ * refuses fails the whole batch before the driver sees it, *fail naming it
+ * (where the caller asked); the driver checks the rest (the attributes,
+ * the stream). Returns 0 or the policy's error.
+ */
+static int touch_batch(const CUdeviceptr *dsts, const CUdeviceptr *srcs,
+		       const size_t *sizes, size_t count, size_t *fail)
+{
+	struct kv_policy_box b[2];
+	size_t i;
+	int pass, rc;
+
+	if (kv_in_runtime || !dsts || !srcs || !sizes)
+		return 0;
+	for (pass = 0; pass < 2; pass++) {
+		for (i = 0; i < count; i++) {
+			b[0] = (struct kv_policy_box){ .ptr = dsts[i] };
+			b[1] = (struct kv_policy_box){ .ptr = srcs[i] };
+			rc = pass ? kv_policy_copy(b, 2, sizes[i], 1, 1) :
+				    kv_policy_copy_check(b, 2, sizes[i], 1, 1);
+			if (rc) {
+				if (fail)
+					*fail = i;
+				return rc;
+			}
+		}
+	}
+	return 0;
+}
+
+#define COPY_BATCH(name, FAIL_ARG, FAIL_PASS, FAIL)                         \
+CUresult kv_hook_##name(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, \
+			size_t count, CUmemcpyAttributes *attrs,            \
+			size_t *idxs, size_t nattrs FAIL_ARG, CUstream s)   \
+{                                                                          \
+	int rc;                                                            \
+									   \
+	REAL_OR_FAIL(name);                                                \
+	rc = touch_batch(dsts, srcs, sizes, count, FAIL);                  \
+	if (rc)                                                            \
+		return kv_hooks_cu_error(rc);                              \
+	return kv_real_##name(dsts, srcs, sizes, count, attrs, idxs,       \
+			      nattrs FAIL_PASS, s);                        \
+}
+
+#define FAIL_ARGS , size_t *fail
+#define FAIL_PASS , fail
+
+COPY_BATCH(cuMemcpyBatchAsync, FAIL_ARGS, FAIL_PASS, fail)
+COPY_BATCH(cuMemcpyBatchAsync_ptsz, FAIL_ARGS, FAIL_PASS, fail)
+COPY_BATCH(cuMemcpyBatchAsync_v2, SYNC, SYNC, NULL)
+COPY_BATCH(cuMemcpyBatchAsync_v2_ptsz, SYNC, SYNC, NULL)

@@ -18,6 +18,10 @@
 #include <cuda.h>
 #include <driver_types.h>
 
+/* cuda.h maps cuMemcpyBatchAsync to its CUDA 13.0 form (_v2); the driver
+ * exports CUDA 12.8's too, with a failIdx, under the base name. */
+#undef cuMemcpyBatchAsync
+
 #include "kvshim.h"
 
 /* X(name, return type, parameters) of every driver function hooked. The
@@ -87,6 +91,14 @@
 	X(cuMemcpyPeer, CUresult, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t)) \
 	X(cuMemcpyPeer_ptds, CUresult, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, \
 					size_t))                               \
+	X(cuMemcpyBatchAsync, CUresult, (CUdeviceptr *, CUdeviceptr *, size_t *, size_t, \
+		CUmemcpyAttributes *, size_t *, size_t, size_t *, CUstream)) \
+	X(cuMemcpyBatchAsync_ptsz, CUresult, (CUdeviceptr *, CUdeviceptr *, size_t *, \
+		size_t, CUmemcpyAttributes *, size_t *, size_t, size_t *, CUstream)) \
+	X(cuMemcpyBatchAsync_v2, CUresult, (CUdeviceptr *, CUdeviceptr *, size_t *, size_t, \
+		CUmemcpyAttributes *, size_t *, size_t, CUstream))             \
+	X(cuMemcpyBatchAsync_v2_ptsz, CUresult, (CUdeviceptr *, CUdeviceptr *, size_t *, \
+		size_t, CUmemcpyAttributes *, size_t *, size_t, CUstream))     \
 	X(cuMemcpyPeerAsync, CUresult, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, \
 					size_t, CUstream))                     \
 	X(cuMemcpyPeerAsync_ptsz, CUresult, (CUdeviceptr, CUcontext, CUdeviceptr, \

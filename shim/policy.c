@@ -270,10 +270,10 @@ static int copy_side(const struct kv_policy_box *b, size_t width, size_t height,
 	return 0;
 }
 
-int kv_policy_copy(const struct kv_policy_box *sides, size_t nsides, size_t width,
-		   size_t height, size_t depth)
+/* Check every side of a copy; r: each side's two runs. See kv_policy_copy. */
+static int copy_sides(const struct kv_policy_box *sides, size_t nsides, size_t width,
+		      size_t height, size_t depth, struct copy_run *r)
 {
-	struct copy_run r[4];
 	size_t i;
 	int rc;
 
@@ -284,6 +284,27 @@ int kv_policy_copy(const struct kv_policy_box *sides, size_t nsides, size_t widt
 		if (rc)
 			return rc;
 	}
+	return 0;
+}
+
+int kv_policy_copy_check(const struct kv_policy_box *sides, size_t nsides, size_t width,
+			 size_t height, size_t depth)
+{
+	struct copy_run r[4];
+
+	return copy_sides(sides, nsides, width, height, depth, r);
+}
+
+int kv_policy_copy(const struct kv_policy_box *sides, size_t nsides, size_t width,
+		   size_t height, size_t depth)
+{
+	struct copy_run r[4];
+	size_t i;
+	int rc;
+
+	rc = copy_sides(sides, nsides, width, height, depth, r);
+	if (rc)
+		return rc;
 	for (i = 0; i < 2 * nsides; i++) {
 		if (!r[i].a)
 			continue;

@@ -102,6 +102,12 @@ struct kv_policy_box {
 int kv_policy_copy(const struct kv_policy_box *sides, size_t nsides, size_t width,
 		   size_t height, size_t depth);
 
+/* kv_policy_copy's checks alone: 0, KVSHIM_EINVAL or KVSHIM_ERANGE as it
+ * would answer them; nothing is backed. For a batch of copies, checked
+ * whole before any is backed. */
+int kv_policy_copy_check(const struct kv_policy_box *sides, size_t nsides, size_t width,
+			 size_t height, size_t depth);
+
 /* Adjust the driver's free/total figures as KVSHIM_MEMINFO says. */
 void kv_policy_meminfo(size_t *free_bytes, size_t *total);
 

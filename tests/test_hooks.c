@@ -666,6 +666,97 @@ START_TEST(test_copy_peer_on_span)
 }
 END_TEST
 
+/* A batch of linear copies, CUDA 12.8's form (with failIdx) or 13.0's. */
+typedef CUresult (*batch12_fn)(CUdeviceptr *, CUdeviceptr *, size_t *, size_t,
+			       CUmemcpyAttributes *, size_t *, size_t, size_t *, CUstream);
+typedef CUresult (*batch13_fn)(CUdeviceptr *, CUdeviceptr *, size_t *, size_t,
+			       CUmemcpyAttributes *, size_t *, size_t, CUstream);
+
+/* Run copies [0, n) of d, s, z as one batch through fn (form 12.8 where
+ * v12, *fail set; else 13.0), on stream st, one attribute for all. */
+static CUresult batch(void *fn, int v12, CUdeviceptr *d, CUdeviceptr *s, size_t *z,
+		      size_t n, CUstream st, size_t *fail)
+{
+	CUmemcpyAttributes attr;
+	size_t idx = 0;
+
+	memset(&attr, 0, sizeof(attr));
+	attr.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
+	*fail = SIZE_MAX - 1;
+	if (v12)
+		return ((batch12_fn)fn)(d, s, z, n, &attr, &idx, 1, fail, st);
+	return ((batch13_fn)fn)(d, s, z, n, &attr, &idx, 1, st);
+}
+
+/*
+ * Batched copies (loop i: cuMemcpyBatchAsync as CUDA 12.8 finds it, with a
+ * failIdx, or as 13.0 does), found as an engine finds them, through the
+ * shim's cuGetProcAddress: every span page a copy of the batch reads or
+ * writes is backed first, whatever side it is on. A batch holding one copy
+ * the driver would refuse (past a span's end) is refused whole, nothing of
+ * it backed, failIdx naming that copy; one the driver refuses on its own
+ * (no copy) changes nothing either.
+ */
+START_TEST(test_copy_batch_on_span)
+{
+	CUresult (*gpa)(const char *, void **, int, cuuint64_t,
+			CUdriverProcAddressQueryResult *);
+	CUresult (*create)(CUstream *, unsigned int);
+	CUresult (*sync)(CUstream);
+	CUresult (*destroy)(CUstream);
+	CUdriverProcAddressQueryResult q;
+	static char host[2][4096];
+	unsigned long long bad = 1;
+	CUdeviceptr p, r, d[3], s[3];
+	size_t z[3], before, fail;
+	CUstream st = NULL;
+	void *fn = NULL;
+
+	open_lib();
+	*(void **)&gpa = dlsym(lib, "cuGetProcAddress_v2");
+	*(void **)&create = kv_dev_sym("cuStreamCreate");
+	*(void **)&sync = kv_dev_sym("cuStreamSynchronize");
+	*(void **)&destroy = kv_dev_sym("cuStreamDestroy_v2");
+	ck_assert(gpa && create && sync && destroy);
+	ck_assert_int_eq(gpa("cuMemcpyBatchAsync", &fn, _i ? 13000 : 12080, 0, &q), CUDA_SUCCESS);
+	ck_assert_ptr_nonnull(fn);
+	ck_assert_ptr_eq(fn, dlsym(lib, _i ? "cuMemcpyBatchAsync_v2" : "cuMemcpyBatchAsync"));
+	ck_assert_int_eq(create(&st, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+	p = span8();
+	r = span8();
+	before = mapped();
+	/* p's page 0 into r's page 3; host bytes into p's page 5; r's page
+	 * 6, never written, out to the host */
+	memset(host[0], 0x5a, sizeof(host[0]));
+	d[0] = r + 3 * PG, s[0] = p, z[0] = PG;
+	d[1] = p + 5 * PG, s[1] = (CUdeviceptr)(uintptr_t)host[0], z[1] = sizeof(host[0]);
+	d[2] = (CUdeviceptr)(uintptr_t)host[1], s[2] = r + 6 * PG, z[2] = sizeof(host[1]);
+	ck_assert_int_eq(batch(fn, !_i, d, s, z, 3, st, &fail), CUDA_SUCCESS);
+	ck_assert_int_eq(sync(st), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 3 * PG);
+	ck_assert_int_eq(kv_dev_check(r + 3 * PG, PG, 5, &bad), CUDA_SUCCESS);
+	ck_assert_uint_eq(bad, 0);
+	before = mapped();
+	/* refused whole: copy 1 runs past r's end, copy 0 (into p's page 7,
+	 * never backed) fits */
+	d[0] = p + 7 * PG, s[0] = (CUdeviceptr)(uintptr_t)host[0], z[0] = 4096;
+	d[1] = r + 7 * PG + 1, s[1] = p, z[1] = PG;
+	ck_assert_int_eq(batch(fn, !_i, d, s, z, 2, st, &fail), CUDA_ERROR_INVALID_VALUE);
+	if (!_i)
+		ck_assert_uint_eq(fail, 1);
+	ck_assert_uint_eq(mapped(), before);
+	/* no copy at all: the driver's answer, nothing changed */
+	ck_assert_int_eq(batch(fn, !_i, d, s, z, 0, st, &fail), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_uint_eq(mapped(), before);
+	untouched(p);
+	ck_assert_int_eq(destroy(st), CUDA_SUCCESS);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+	ck_assert_int_eq(release((void *)(uintptr_t)r), 0);
+	exported(_i ? "cuMemcpyBatchAsync_v2" : "cuMemcpyBatchAsync");
+	exported(_i ? "cuMemcpyBatchAsync_v2_ptsz" : "cuMemcpyBatchAsync_ptsz");
+}
+END_TEST
+
 /* The same calls within the span still work: the range's pages are backed
  * and set. */
 START_TEST(test_memset_in_span)
@@ -803,6 +894,7 @@ Suite *hooks_suite(void)
 	tcase_add_loop_test(tc, test_copy2d_on_span, 0, 3);
 	tcase_add_loop_test(tc, test_copy3d_on_span, 0, 2);
 	tcase_add_loop_test(tc, test_copy_peer_on_span, 0, 2);
+	tcase_add_loop_test(tc, test_copy_batch_on_span, 0, 2);
 	suite_add_tcase(s, tc);
 	kt_add_emu_loop(fa, test_free_async_releases_a_span, 0, 2);
 	suite_add_tcase(s, fa);

@@ -746,6 +746,70 @@ static CUresult copy_peer(enum kv_emu_fn fn, CUdeviceptr dst, CUcontext dctx, CU
     return copy(fn, dst, src, n, true, true, async, s);
 }
 
+/*
+ * A batch of linear copies (cuMemcpyBatchAsync: CUDA 12.8's form with *fail_idx, 13.0's
+ * without). Every argument is checked before any copy is queued, as the driver does: the
+ * arrays, a count of at least one, attributes of a known source access order, their first
+ * index 0 and each above the one before and below count, a stream other than the legacy one, and
+ * each copy's pointers; then the copies go in order on the stream, each as cuMemcpyAsync's (an
+ * unmapped page is an illegal address). *fail_idx, where given: the copy at fault, or SIZE_MAX.
+ */
+static CUresult copy_batch(enum kv_emu_fn fn, CUdeviceptr *dsts, CUdeviceptr *srcs,
+                           size_t *sizes, size_t count, CUmemcpyAttributes *attrs, size_t *idxs,
+                           size_t nattrs, size_t *fail_idx, CUstream s)
+{
+    CUresult r;
+    size_t i;
+
+    if (fail_idx)
+        *fail_idx = SIZE_MAX;
+    if (!dsts || !srcs || !sizes || !attrs || !idxs || !count || !nattrs || nattrs > count ||
+        idxs[0] != 0 || !s || s == CU_STREAM_LEGACY)
+        return CUDA_ERROR_INVALID_VALUE;
+    for (i = 0; i < nattrs; i++)
+        if ((i && (idxs[i] <= idxs[i - 1] || idxs[i] >= count)) ||
+            attrs[i].srcAccessOrder == CU_MEMCPY_SRC_ACCESS_ORDER_INVALID ||
+            attrs[i].srcAccessOrder > CU_MEMCPY_SRC_ACCESS_ORDER_ANY)
+            return CUDA_ERROR_INVALID_VALUE;
+    for (i = 0; i < count; i++) {
+        if (sizes[i] && (!dsts[i] || !srcs[i])) {
+            if (fail_idx)
+                *fail_idx = i;
+            return CUDA_ERROR_INVALID_VALUE;
+        }
+    }
+    for (i = 0; i < count; i++) {
+        r = copy(fn, dsts[i], srcs[i], sizes[i], false, false, true, s);
+        if (r) {
+            if (fail_idx)
+                *fail_idx = i;
+            return r;
+        }
+    }
+    return CUDA_SUCCESS;
+}
+
+KV_EMU_API CUresult cuMemcpyBatchAsync(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes,
+                                       size_t count, CUmemcpyAttributes *attrs,
+                                       size_t *attrsIdxs, size_t numAttrs, size_t *failIdx,
+                                       CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemcpyBatchAsync);
+    return copy_batch(KV_FN_cuMemcpyBatchAsync, dsts, srcs, sizes, count, attrs, attrsIdxs,
+                      numAttrs, failIdx, hStream);
+}
+KV_EMU_ALIAS(cuMemcpyBatchAsync);
+
+KV_EMU_API CUresult cuMemcpyBatchAsync_v2(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes,
+                                          size_t count, CUmemcpyAttributes *attrs,
+                                          size_t *attrsIdxs, size_t numAttrs, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemcpyBatchAsync_v2);
+    return copy_batch(KV_FN_cuMemcpyBatchAsync_v2, dsts, srcs, sizes, count, attrs, attrsIdxs,
+                      numAttrs, NULL, hStream);
+}
+KV_EMU_ALIAS(cuMemcpyBatchAsync_v2);
+
 KV_EMU_API CUresult cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext,
                                  CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount)
 {

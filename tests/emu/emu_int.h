@@ -27,10 +27,14 @@
 #undef cuDeviceGetUuid
 #undef cuEventElapsedTime
 #undef cuGetProcAddress
+#undef cuMemcpyBatchAsync
 #undef cuStreamBeginCapture
 #undef cuStreamGetCaptureInfo
 CUresult CUDAAPI cuDeviceGetUuid(CUuuid *uuid, CUdevice dev);
 CUresult CUDAAPI cuEventElapsedTime(float *pMilliseconds, CUevent hStart, CUevent hEnd);
+CUresult CUDAAPI cuMemcpyBatchAsync(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes,
+                                    size_t count, CUmemcpyAttributes *attrs, size_t *attrsIdxs,
+                                    size_t numAttrs, size_t *failIdx, CUstream hStream);
 CUresult CUDAAPI cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion,
                                   cuuint64_t flags);
 CUresult CUDAAPI cuStreamBeginCapture(CUstream hStream);
@@ -142,6 +146,8 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
     X(cuMemcpy3DAsync_v2, 3020)                                          \
     X(cuMemcpyPeer, 4000)                                                \
     X(cuMemcpyPeerAsync, 4000)                                           \
+    X(cuMemcpyBatchAsync, 12080)                                         \
+    X(cuMemcpyBatchAsync_v2, 13000)                                      \
     X(cuStreamCreate, 2000)                                              \
     X(cuStreamDestroy_v2, 4000)                                          \
     X(cuStreamSynchronize, 2000)                                         \
