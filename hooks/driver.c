@@ -235,6 +235,22 @@ static int touch_3d(const CUDA_MEMCPY3D *c)
 	return kv_policy_copy(b, 2, c->WidthInBytes, c->Height, c->Depth);
 }
 
+/* The same for a 3D copy between two contexts' memory (cuMemcpy3DPeer):
+ * the policy finds each side's span by its pointer, whatever its device. */
+static int touch_3d_peer(const CUDA_MEMCPY3D_PEER *c)
+{
+	struct kv_policy_box b[2] = {
+		{ side_ptr(c->dstMemoryType, c->dstDevice), c->dstXInBytes, c->dstY, c->dstZ,
+		  c->dstPitch, c->dstHeight },
+		{ side_ptr(c->srcMemoryType, c->srcDevice), c->srcXInBytes, c->srcY, c->srcZ,
+		  c->srcPitch, c->srcHeight },
+	};
+
+	if (kv_in_runtime)
+		return 0;
+	return kv_policy_copy(b, 2, c->WidthInBytes, c->Height, c->Depth);
+}
+
 #define COPY_BOX(name, T, TOUCH, ARGS, PASS)                                \
 CUresult kv_hook_##name(const T *c ARGS)                                    \
 {                                                                          \
@@ -257,6 +273,10 @@ COPY_BOX(cuMemcpy3D_v2, CUDA_MEMCPY3D, touch_3d, SYNC, SYNC)
 COPY_BOX(cuMemcpy3D_v2_ptds, CUDA_MEMCPY3D, touch_3d, SYNC, SYNC)
 COPY_BOX(cuMemcpy3DAsync_v2, CUDA_MEMCPY3D, touch_3d, ASYNC_ARGS, ASYNC_PASS)
 COPY_BOX(cuMemcpy3DAsync_v2_ptsz, CUDA_MEMCPY3D, touch_3d, ASYNC_ARGS, ASYNC_PASS)
+COPY_BOX(cuMemcpy3DPeer, CUDA_MEMCPY3D_PEER, touch_3d_peer, SYNC, SYNC)
+COPY_BOX(cuMemcpy3DPeer_ptds, CUDA_MEMCPY3D_PEER, touch_3d_peer, SYNC, SYNC)
+COPY_BOX(cuMemcpy3DPeerAsync, CUDA_MEMCPY3D_PEER, touch_3d_peer, ASYNC_ARGS, ASYNC_PASS)
+COPY_BOX(cuMemcpy3DPeerAsync_ptsz, CUDA_MEMCPY3D_PEER, touch_3d_peer, ASYNC_ARGS, ASYNC_PASS)
 
 /* Peer copies: both sides are device memory, linear, as cuMemcpyDtoD's. */
 #define COPY_PEER(name, ARGS, PASS)                                         \

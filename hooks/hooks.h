@@ -91,6 +91,10 @@
 	X(cuMemcpyPeer, CUresult, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t)) \
 	X(cuMemcpyPeer_ptds, CUresult, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, \
 					size_t))                               \
+	X(cuMemcpy3DPeer, CUresult, (const CUDA_MEMCPY3D_PEER *))             \
+	X(cuMemcpy3DPeer_ptds, CUresult, (const CUDA_MEMCPY3D_PEER *))        \
+	X(cuMemcpy3DPeerAsync, CUresult, (const CUDA_MEMCPY3D_PEER *, CUstream)) \
+	X(cuMemcpy3DPeerAsync_ptsz, CUresult, (const CUDA_MEMCPY3D_PEER *, CUstream)) \
 	X(cuMemcpyBatchAsync, CUresult, (CUdeviceptr *, CUdeviceptr *, size_t *, size_t, \
 		CUmemcpyAttributes *, size_t *, size_t, size_t *, CUstream)) \
 	X(cuMemcpyBatchAsync_ptsz, CUresult, (CUdeviceptr *, CUdeviceptr *, size_t *, \

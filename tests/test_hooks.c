@@ -364,18 +364,54 @@ static CUresult copy2d(int shim_side, int i, const CUDA_MEMCPY2D *c)
 	return sync(c);
 }
 
-/* The same for 3D copies: form 0 cuMemcpy3D, 1 cuMemcpy3DAsync. */
+/* The same for 3D copies: form 0 cuMemcpy3D, 1 cuMemcpy3DAsync, 2
+ * cuMemcpy3DPeer, 3 cuMemcpy3DPeerAsync (its sides in the current
+ * context). */
 static const char *const copy3d_names[][2] = {
 	{ "cuMemcpy3D", "cuMemcpy3D_v2" },
 	{ "cuMemcpy3DAsync", "cuMemcpy3DAsync_v2" },
+	{ "cuMemcpy3DPeer", "cuMemcpy3DPeer" },
+	{ "cuMemcpy3DPeerAsync", "cuMemcpy3DPeerAsync" },
 };
+
+/* c as a peer copy between the current context and itself. */
+static CUDA_MEMCPY3D_PEER peer3d(const CUDA_MEMCPY3D *c)
+{
+	CUresult (*cur)(CUcontext *);
+	CUDA_MEMCPY3D_PEER q;
+	CUcontext ctx = NULL;
+
+	*(void **)&cur = kv_dev_sym("cuCtxGetCurrent");
+	ck_assert_ptr_nonnull(cur);
+	ck_assert_int_eq(cur(&ctx), CUDA_SUCCESS);
+	memset(&q, 0, sizeof(q));
+	q.srcXInBytes = c->srcXInBytes, q.srcY = c->srcY, q.srcZ = c->srcZ;
+	q.srcMemoryType = c->srcMemoryType, q.srcHost = c->srcHost;
+	q.srcDevice = c->srcDevice, q.srcContext = ctx;
+	q.srcPitch = c->srcPitch, q.srcHeight = c->srcHeight;
+	q.dstXInBytes = c->dstXInBytes, q.dstY = c->dstY, q.dstZ = c->dstZ;
+	q.dstMemoryType = c->dstMemoryType, q.dstHost = c->dstHost;
+	q.dstDevice = c->dstDevice, q.dstContext = ctx;
+	q.dstPitch = c->dstPitch, q.dstHeight = c->dstHeight;
+	q.WidthInBytes = c->WidthInBytes, q.Height = c->Height, q.Depth = c->Depth;
+	return q;
+}
 
 static CUresult copy3d(int shim_side, int i, const CUDA_MEMCPY3D *c)
 {
 	CUresult (*sync)(const CUDA_MEMCPY3D *);
 	CUresult (*async)(const CUDA_MEMCPY3D *, CUstream);
+	CUresult (*psync)(const CUDA_MEMCPY3D_PEER *);
+	CUresult (*pasync)(const CUDA_MEMCPY3D_PEER *, CUstream);
 	void *fn = copy_fn(shim_side, copy3d_names[i][0], copy3d_names[i][1]);
+	CUDA_MEMCPY3D_PEER q;
 
+	if (i >= 2) {
+		q = peer3d(c);
+		*(void **)&psync = fn;
+		*(void **)&pasync = fn;
+		return i == 3 ? pasync(&q, NULL) : psync(&q);
+	}
 	if (i) {
 		*(void **)&async = fn;
 		return async(c, NULL);
@@ -506,7 +542,8 @@ START_TEST(test_copy2d_on_span)
 END_TEST
 
 /*
- * 3D copies (loop i: cuMemcpy3D, cuMemcpy3DAsync): every page of the box
+ * 3D copies (loop i: cuMemcpy3D, cuMemcpy3DAsync, cuMemcpy3DPeer and
+ * cuMemcpy3DPeerAsync, in the current context): every page of the box
  * is backed first, and as many bytes from the pointer where the box starts
  * past it (see test_copy2d_on_span); what the driver refuses
  * (slices of fewer rows than the copy's, a box past the span's end, sizes
@@ -892,7 +929,7 @@ Suite *hooks_suite(void)
 	tcase_add_test(tc, test_copy_past_span_end);
 	tcase_add_test(tc, test_memset2d_on_span);
 	tcase_add_loop_test(tc, test_copy2d_on_span, 0, 3);
-	tcase_add_loop_test(tc, test_copy3d_on_span, 0, 2);
+	tcase_add_loop_test(tc, test_copy3d_on_span, 0, 4);
 	tcase_add_loop_test(tc, test_copy_peer_on_span, 0, 2);
 	tcase_add_loop_test(tc, test_copy_batch_on_span, 0, 2);
 	suite_add_tcase(s, tc);

@@ -810,6 +810,39 @@ KV_EMU_API CUresult cuMemcpyBatchAsync_v2(CUdeviceptr *dsts, CUdeviceptr *srcs, 
 }
 KV_EMU_ALIAS(cuMemcpyBatchAsync_v2);
 
+/* A 3D copy between the memory of two contexts' devices (cuMemcpy3DPeer): as cuMemcpy3D's, each
+ * side's context checked as copy_peer does (an array side's is ignored, as the driver says). */
+static CUresult copy3d_peer(enum kv_emu_fn fn, const CUDA_MEMCPY3D_PEER *p, bool async,
+                            CUstream s)
+{
+    struct box dst, src;
+
+    if (!p)
+        return CUDA_ERROR_INVALID_VALUE;
+    if ((p->dstMemoryType != CU_MEMORYTYPE_ARRAY && !known_ctx(p->dstContext)) ||
+        (p->srcMemoryType != CU_MEMORYTYPE_ARRAY && !known_ctx(p->srcContext)))
+        return CUDA_ERROR_INVALID_CONTEXT;
+    dst = (struct box){ p->dstMemoryType, side_ptr(p->dstMemoryType, p->dstHost, p->dstDevice),
+                        p->dstXInBytes, p->dstY, p->dstZ, p->dstPitch, p->dstHeight, NULL };
+    src = (struct box){ p->srcMemoryType, side_ptr(p->srcMemoryType, p->srcHost, p->srcDevice),
+                        p->srcXInBytes, p->srcY, p->srcZ, p->srcPitch, p->srcHeight, NULL };
+    return copy3d(fn, &dst, &src, p->WidthInBytes, p->Height, p->Depth, async, s);
+}
+
+KV_EMU_API CUresult cuMemcpy3DPeer(const CUDA_MEMCPY3D_PEER *pCopy)
+{
+    KV_EMU_ENTER(cuMemcpy3DPeer);
+    return copy3d_peer(KV_FN_cuMemcpy3DPeer, pCopy, false, NULL);
+}
+KV_EMU_ALIAS(cuMemcpy3DPeer);
+
+KV_EMU_API CUresult cuMemcpy3DPeerAsync(const CUDA_MEMCPY3D_PEER *pCopy, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemcpy3DPeerAsync);
+    return copy3d_peer(KV_FN_cuMemcpy3DPeerAsync, pCopy, true, hStream);
+}
+KV_EMU_ALIAS(cuMemcpy3DPeerAsync);
+
 KV_EMU_API CUresult cuMemcpyPeer(CUdeviceptr dstDevice, CUcontext dstContext,
                                  CUdeviceptr srcDevice, CUcontext srcContext, size_t ByteCount)
 {

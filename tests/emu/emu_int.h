@@ -146,6 +146,8 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
     X(cuMemcpy3DAsync_v2, 3020)                                          \
     X(cuMemcpyPeer, 4000)                                                \
     X(cuMemcpyPeerAsync, 4000)                                           \
+    X(cuMemcpy3DPeer, 4000)                                              \
+    X(cuMemcpy3DPeerAsync, 4000)                                         \
     X(cuMemcpyBatchAsync, 12080)                                         \
     X(cuMemcpyBatchAsync_v2, 13000)                                      \
     X(cuStreamCreate, 2000)                                              \
