@@ -340,6 +340,58 @@ START_TEST(test_undo_access_refused_granted_on_claim)
 }
 END_TEST
 
+/*
+ * As test_undo_access_refused_granted_on_claim, the page without access
+ * then pinned by kv_alloc_pin_mapped (a memset of zeros into a span pins
+ * what is mapped and writes it): it is granted access first; refused once
+ * more, the pin fails and changes nothing.
+ */
+START_TEST(test_undo_access_refused_granted_on_pin_mapped)
+{
+	struct kv_alloc_opts o;
+	struct kv_run *runs = NULL;
+	size_t nruns = 0, i;
+	unsigned long long bad = 1;
+	char log[16384];
+
+	kt_opts(&o);
+	o.pool_low = o.pool_high = 8 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &base), 0);
+	ck_assert_int_eq(kv_dev_fail_times("cuMemSetAccess", 1, 2, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 2, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), KVSHIM_EDRIVER);
+	kt_check(a);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
+	/* the grant refused again: the pin fails with nothing changed */
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemSetAccess", 1, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_pin_mapped(a, base, 3 * PG, &runs, &nruns),
+			 KVSHIM_EDRIVER);
+	free(runs);
+	runs = NULL;
+	kt_check(a);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
+	/* then granted: the page it pins is writable */
+	ck_assert_int_eq(kv_alloc_pin_mapped(a, base, 3 * PG, &runs, &nruns), 0);
+	kt_check(a);
+	ck_assert_uint_eq(nruns, 1);
+	ck_assert_uint_eq(runs[0].addr, base + PG);
+	ck_assert_uint_eq(runs[0].len, PG);
+	kt_capture_start();
+	for (i = 0; i < nruns; i++) {
+		ck_assert_int_eq(kv_dev_fill(runs[i].addr, runs[i].len, 5), CUDA_SUCCESS);
+		ck_assert_int_eq(kv_dev_check(runs[i].addr, runs[i].len, 5, &bad),
+				 CUDA_SUCCESS);
+	}
+	kt_capture_end(log, sizeof(log));
+	free(runs);
+	ck_assert_msg(!strstr(log, "ILLEGAL_ADDRESS"),
+		      "a page without access was written: %s", log);
+	ck_assert_uint_eq(bad, 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);
+}
+END_TEST
+
 /* A span released while the device is full: a map waits for its pages to
  * come back instead of failing. */
 START_TEST(test_map_waits_for_released_pages)
@@ -486,6 +538,7 @@ Suite *limit_suite(void)
 	kt_add_emu(drv, test_map_waits_for_released_pages);
 	kt_add_emu(drv, test_undo_unmap_fails);
 	kt_add_emu(drv, test_undo_access_refused_granted_on_claim);
+	kt_add_emu(drv, test_undo_access_refused_granted_on_pin_mapped);
 	kt_add_emu(drv, test_reclaim_fails_as_driver);
 	kt_add_emu(drv, test_limit_waits_for_a_map_in_flight);
 	kt_add_emu(drv, test_map_short_of_memory_takes_pages_pooled_meanwhile);
