@@ -171,7 +171,9 @@ int kv_alloc_pin(kv_alloc_t *a, CUdeviceptr addr, size_t len);
  * caller frees it) gets the parts of the range those pages cover, merged
  * and clipped to the range, *nruns their number. The pins keep the pages
  * from being trimmed under work the caller then does on them. Returns 0,
- * KVSHIM_EINVAL, KVSHIM_ERANGE (not inside one span) or KVSHIM_ENOMEM. */
+ * KVSHIM_EINVAL, KVSHIM_ERANGE (not inside one span), KVSHIM_ENOMEM or
+ * KVSHIM_EDRIVER (a page left without access refused it again: nothing
+ * pinned). */
 int kv_alloc_pin_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
 			struct kv_run **runs, size_t *nruns);
 

@@ -918,6 +918,7 @@ int kv_alloc_pin_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
 	struct kv_span *sp;
 	struct kv_run *r;
 	size_t n = 0;
+	int rc;
 
 	if (!a || !runs || !nruns || len == 0)
 		return KVSHIM_EINVAL;
@@ -940,6 +941,21 @@ int kv_alloc_pin_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
 	if (!r) {
 		pthread_mutex_unlock(&a->lock);
 		return KVSHIM_ENOMEM;
+	}
+	/* a page its span maps without access (uninstall) is granted it
+	 * before anything is pinned: the caller writes what it pins */
+	for (p = p0; p <= p1; p++) {
+		uint32_t s = sp->slot[p];
+
+		if (s == KV_NIL || !a->phys[s].noaccess)
+			continue;
+		rc = kv_prim_access(&a->prim, kv_span_va(a, sp, p), a->page);
+		if (rc) {
+			pthread_mutex_unlock(&a->lock);
+			free(r);
+			return rc;
+		}
+		a->phys[s].noaccess = 0;
 	}
 	for (p = p0; p <= p1; p++) {
 		uint32_t s = sp->slot[p];
