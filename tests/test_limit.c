@@ -392,6 +392,50 @@ START_TEST(test_undo_access_refused_granted_on_pin_mapped)
 }
 END_TEST
 
+/*
+ * The page left without access in its span (as in
+ * test_undo_access_refused_granted_on_claim) leaves it: reclaimed by a
+ * map elsewhere at the limit, with zeroing off (no scrub to grant the
+ * arena's access, which it never lost), it is mapped in the other span
+ * with access and marked so; every byte of that map is writable.
+ */
+START_TEST(test_undo_access_refused_page_reclaimed)
+{
+	struct kv_alloc_opts o;
+	unsigned long long bad = 1;
+	char log[16384];
+
+	kt_opts(&o);
+	o.zero = 0;
+	o.limit = 8 * PG;
+	o.pool_low = o.pool_high = 8 * PG;
+	a = kt_create(&o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &base), 0);
+	ck_assert_int_eq(kv_dev_fail_times("cuMemSetAccess", 1, 2, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 2, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), KVSHIM_EDRIVER);
+	kt_check(a);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
+	/* every page at the limit: the cached one is reclaimed */
+	ck_assert_int_eq(kv_alloc_map(a, base + 16 * PG, 8 * PG), 0);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);
+	kt_check(a);
+	kt_capture_start();
+	ck_assert_int_eq(kv_dev_fill(base + 16 * PG, 8 * PG, 4), CUDA_SUCCESS);
+	ck_assert_int_eq(kv_dev_check(base + 16 * PG, 8 * PG, 4, &bad), CUDA_SUCCESS);
+	kt_capture_end(log, sizeof(log));
+	ck_assert_msg(!strstr(log, "ILLEGAL_ADDRESS"),
+		      "a page without access was written: %s", log);
+	ck_assert_uint_eq(bad, 0);
+	/* and back in the cache and claimed again, no grant is needed */
+	ck_assert_int_eq(kv_alloc_unmap(a, base + 16 * PG, 8 * PG), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemSetAccess", 1, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base + 16 * PG, 8 * PG), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemSetAccess", 0, CUDA_ERROR_UNKNOWN), 0);
+	kt_check(a);
+}
+END_TEST
+
 /* A span released while the device is full: a map waits for its pages to
  * come back instead of failing. */
 START_TEST(test_map_waits_for_released_pages)
@@ -539,6 +583,7 @@ Suite *limit_suite(void)
 	kt_add_emu(drv, test_undo_unmap_fails);
 	kt_add_emu(drv, test_undo_access_refused_granted_on_claim);
 	kt_add_emu(drv, test_undo_access_refused_granted_on_pin_mapped);
+	kt_add_emu(drv, test_undo_access_refused_page_reclaimed);
 	kt_add_emu(drv, test_reclaim_fails_as_driver);
 	kt_add_emu(drv, test_limit_waits_for_a_map_in_flight);
 	kt_add_emu(drv, test_map_short_of_memory_takes_pages_pooled_meanwhile);
