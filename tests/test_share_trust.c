@@ -1270,7 +1270,7 @@ static int try_auto(void *arg)
 	return 0;
 }
 
-/* KVSHIM_SHARE=auto, what the default is to be: a segment the process may
+/* KVSHIM_SHARE=auto, the default: a segment the process may
  * not join (here one of another mode) is said, by path and why, and the
  * process runs alone, maps and all, leaving the file as it was; on, the
  * same segment refuses the process. Once the file is one it may join,
