@@ -643,6 +643,81 @@ START_TEST(test_copy3d_on_span)
 }
 END_TEST
 
+/*
+ * 3D copies between two spans (loop i: the forms of test_copy3d_on_span),
+ * each side with offsets, pitch and slice height of its own: each side's
+ * pages are backed from its own fields, from its pointer to its box's end,
+ * and no more; a source box past its span's end refuses the copy before
+ * the destination's pages are backed (both spans fresh, so that any page
+ * backed shows).
+ */
+START_TEST(test_copy3d_two_spans)
+{
+	CUresult (*htod)(CUdeviceptr, const void *, size_t);
+	CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+	static unsigned char host[64], back[64];
+	CUDA_MEMCPY3D c;
+	CUdeviceptr p, r;
+	size_t before;
+
+	open_lib();
+	*(void **)&htod = dlsym(lib, "cuMemcpyHtoD_v2");
+	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
+	ck_assert(htod && dtoh);
+	p = span8();
+	r = span8();
+	memset(host, 0xa5, sizeof(host));
+	ck_assert_int_eq(htod(r + 5 * PG + 64, host, sizeof(host)), CUDA_SUCCESS);
+	ck_assert_int_eq(htod(r + 7 * PG + 64, host, sizeof(host)), CUDA_SUCCESS);
+	before = mapped();
+	/* 2 rows of 64 bytes, 2 pages apart, from r's slice 1, byte PG + 64
+	 * (r's pages 5 and 7, backed above, and 6 between them; from r,
+	 * pages 0 to 2) into p's rows a page apart from its slice 2, byte 128
+	 * (p's pages 6 and 7; from p, pages 0 and 1): r's pages 1, 2 and 6
+	 * and p's pages 1, 6 and 7, and none else */
+	memset(&c, 0, sizeof(c));
+	c.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+	c.srcDevice = r;
+	c.srcXInBytes = PG + 64;
+	c.srcZ = 1;
+	c.srcPitch = 2 * PG;
+	c.srcHeight = 2;
+	c.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+	c.dstDevice = p;
+	c.dstXInBytes = 128;
+	c.dstZ = 2;
+	c.dstPitch = PG;
+	c.dstHeight = 3;
+	c.WidthInBytes = 64;
+	c.Height = 2;
+	c.Depth = 1;
+	ck_assert_int_eq(copy3d(1, _i, &c), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 6 * PG);
+	ck_assert_int_eq(dtoh(back, p + 7 * PG + 128, sizeof(back)), CUDA_SUCCESS);
+	ck_assert_uint_eq(back[0], 0xa5);
+	ck_assert_uint_eq(back[63], 0xa5);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+	ck_assert_int_eq(release((void *)(uintptr_t)r), 0);
+
+	/* the source's box from r's last page past its end (slice 1, row 1:
+	 * page 7, then 9), the destination's fitting: refused, neither
+	 * span's pages backed */
+	p = span8();
+	r = span8();
+	before = mapped();
+	c.srcDevice = r;
+	c.srcY = 1;
+	c.dstDevice = p;
+	c.dstZ = 1;
+	ck_assert_int_eq(copy3d(1, _i, &c), CUDA_ERROR_INVALID_VALUE);
+	ck_assert_uint_eq(mapped(), before);
+	untouched(p);
+	untouched(r);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+	ck_assert_int_eq(release((void *)(uintptr_t)r), 0);
+}
+END_TEST
+
 /* A peer copy of n bytes from s to d, both in context ctx, by fn:
  * cuMemcpyPeerAsync (on the legacy stream) with async, else cuMemcpyPeer. */
 static CUresult peer_copy(void *fn, int async, CUcontext ctx, CUdeviceptr d, CUdeviceptr s,
@@ -930,6 +1005,7 @@ Suite *hooks_suite(void)
 	tcase_add_test(tc, test_memset2d_on_span);
 	tcase_add_loop_test(tc, test_copy2d_on_span, 0, 3);
 	tcase_add_loop_test(tc, test_copy3d_on_span, 0, 4);
+	tcase_add_loop_test(tc, test_copy3d_two_spans, 0, 4);
 	tcase_add_loop_test(tc, test_copy_peer_on_span, 0, 2);
 	tcase_add_loop_test(tc, test_copy_batch_on_span, 0, 2);
 	suite_add_tcase(s, tc);
