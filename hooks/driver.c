@@ -221,35 +221,25 @@ static int touch_2d(const CUDA_MEMCPY2D *c)
 	return kv_policy_copy(b, 2, c->WidthInBytes, c->Height, 1);
 }
 
-static int touch_3d(const CUDA_MEMCPY3D *c)
-{
-	struct kv_policy_box b[2] = {
-		{ side_ptr(c->dstMemoryType, c->dstDevice), c->dstXInBytes, c->dstY, c->dstZ,
-		  c->dstPitch, c->dstHeight },
-		{ side_ptr(c->srcMemoryType, c->srcDevice), c->srcXInBytes, c->srcY, c->srcZ,
-		  c->srcPitch, c->srcHeight },
-	};
+/* A 3D copy's two sides, of a CUDA_MEMCPY3D or a CUDA_MEMCPY3D_PEER (whose
+ * fields they share; the policy finds a peer copy's spans by their
+ * pointers, whatever their devices). Returns 0 or the policy's error. */
+#define BOX_3D(c, side)                                                     \
+	{ side_ptr((c)->side##MemoryType, (c)->side##Device), (c)->side##XInBytes, \
+	  (c)->side##Y, (c)->side##Z, (c)->side##Pitch, (c)->side##Height }
 
-	if (kv_in_runtime)
-		return 0;
-	return kv_policy_copy(b, 2, c->WidthInBytes, c->Height, c->Depth);
+#define TOUCH_3D(fn, T)                                                     \
+static int fn(const T *c)                                                   \
+{                                                                          \
+	struct kv_policy_box b[2] = { BOX_3D(c, dst), BOX_3D(c, src) };    \
+									   \
+	if (kv_in_runtime)                                                 \
+		return 0;                                                  \
+	return kv_policy_copy(b, 2, c->WidthInBytes, c->Height, c->Depth); \
 }
 
-/* The same for a 3D copy between two contexts' memory (cuMemcpy3DPeer):
- * the policy finds each side's span by its pointer, whatever its device. */
-static int touch_3d_peer(const CUDA_MEMCPY3D_PEER *c)
-{
-	struct kv_policy_box b[2] = {
-		{ side_ptr(c->dstMemoryType, c->dstDevice), c->dstXInBytes, c->dstY, c->dstZ,
-		  c->dstPitch, c->dstHeight },
-		{ side_ptr(c->srcMemoryType, c->srcDevice), c->srcXInBytes, c->srcY, c->srcZ,
-		  c->srcPitch, c->srcHeight },
-	};
-
-	if (kv_in_runtime)
-		return 0;
-	return kv_policy_copy(b, 2, c->WidthInBytes, c->Height, c->Depth);
-}
+TOUCH_3D(touch_3d, CUDA_MEMCPY3D)
+TOUCH_3D(touch_3d_peer, CUDA_MEMCPY3D_PEER)
 
 #define COPY_BOX(name, T, TOUCH, ARGS, PASS)                                \
 CUresult kv_hook_##name(const T *c ARGS)                                    \

@@ -297,6 +297,41 @@ START_TEST(test_undo_unmap_fails)
 END_TEST
 
 /*
+ * An allocator of options o (a 64-page span at base) whose map of pages
+ * 0 to 2 failed at its access grant, and whose undo could neither unmap
+ * page 1 nor grant it access again: page 1 stays cached in its span
+ * without access.
+ */
+static void left_without_access(struct kv_alloc_opts *o)
+{
+	o->pool_low = o->pool_high = 8 * PG;
+	a = kt_create(o);
+	ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &base), 0);
+	ck_assert_int_eq(kv_dev_fail_times("cuMemSetAccess", 1, 2, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 2, CUDA_ERROR_UNKNOWN), 0);
+	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), KVSHIM_EDRIVER);
+	kt_check(a);
+	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
+}
+
+/* n bytes at p take seed's pattern and read it back, and no write met a
+ * page without access (on a GPU, an illegal address that breaks the
+ * context for good). */
+static void all_writable(CUdeviceptr p, size_t n, unsigned seed)
+{
+	unsigned long long bad = 1;
+	char log[16384];
+
+	kt_capture_start();
+	ck_assert_int_eq(kv_dev_fill(p, n, seed), CUDA_SUCCESS);
+	ck_assert_int_eq(kv_dev_check(p, n, seed, &bad), CUDA_SUCCESS);
+	kt_capture_end(log, sizeof(log));
+	ck_assert_msg(!strstr(log, "ILLEGAL_ADDRESS"),
+		      "a page without access was written: %s", log);
+	ck_assert_uint_eq(bad, 0);
+}
+
+/*
  * As test_undo_unmap_fails, and the access the undo grants back to the
  * page it keeps is refused too: that page stays in its span without
  * access. The next map over it grants that access before the range counts
@@ -307,18 +342,9 @@ END_TEST
 START_TEST(test_undo_access_refused_granted_on_claim)
 {
 	struct kv_alloc_opts o;
-	unsigned long long bad = 1;
-	char log[16384];
 
 	kt_opts(&o);
-	o.pool_low = o.pool_high = 8 * PG;
-	a = kt_create(&o);
-	ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &base), 0);
-	ck_assert_int_eq(kv_dev_fail_times("cuMemSetAccess", 1, 2, CUDA_ERROR_UNKNOWN), 0);
-	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 2, CUDA_ERROR_UNKNOWN), 0);
-	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), KVSHIM_EDRIVER);
-	kt_check(a);
-	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
+	left_without_access(&o);
 	/* the grant refused again: the map fails with nothing changed */
 	ck_assert_int_eq(kv_dev_fail_nth("cuMemSetAccess", 1, CUDA_ERROR_UNKNOWN), 0);
 	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), KVSHIM_EDRIVER);
@@ -327,14 +353,8 @@ START_TEST(test_undo_access_refused_granted_on_claim)
 	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
 	ck_assert_int_eq(kv_alloc_claims(a, base + PG), 0);
 	/* then granted: the range is backed and every byte of it writable */
-	kt_capture_start();
 	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), 0);
-	ck_assert_int_eq(kv_dev_fill(base, 3 * PG, 3), CUDA_SUCCESS);
-	ck_assert_int_eq(kv_dev_check(base, 3 * PG, 3, &bad), CUDA_SUCCESS);
-	kt_capture_end(log, sizeof(log));
-	ck_assert_msg(!strstr(log, "ILLEGAL_ADDRESS"),
-		      "a page without access was written: %s", log);
-	ck_assert_uint_eq(bad, 0);
+	all_writable(base, 3 * PG, 3);
 	ck_assert_uint_eq(kt_stats(a).mapped_bytes, 3 * PG);
 	kt_check(a);
 }
@@ -351,18 +371,9 @@ START_TEST(test_undo_access_refused_granted_on_pin_mapped)
 	struct kv_alloc_opts o;
 	struct kv_run *runs = NULL;
 	size_t nruns = 0, i;
-	unsigned long long bad = 1;
-	char log[16384];
 
 	kt_opts(&o);
-	o.pool_low = o.pool_high = 8 * PG;
-	a = kt_create(&o);
-	ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &base), 0);
-	ck_assert_int_eq(kv_dev_fail_times("cuMemSetAccess", 1, 2, CUDA_ERROR_UNKNOWN), 0);
-	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 2, CUDA_ERROR_UNKNOWN), 0);
-	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), KVSHIM_EDRIVER);
-	kt_check(a);
-	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
+	left_without_access(&o);
 	/* the grant refused again: the pin fails with nothing changed */
 	ck_assert_int_eq(kv_dev_fail_nth("cuMemSetAccess", 1, CUDA_ERROR_UNKNOWN), 0);
 	ck_assert_int_eq(kv_alloc_pin_mapped(a, base, 3 * PG, &runs, &nruns),
@@ -377,17 +388,9 @@ START_TEST(test_undo_access_refused_granted_on_pin_mapped)
 	ck_assert_uint_eq(nruns, 1);
 	ck_assert_uint_eq(runs[0].addr, base + PG);
 	ck_assert_uint_eq(runs[0].len, PG);
-	kt_capture_start();
-	for (i = 0; i < nruns; i++) {
-		ck_assert_int_eq(kv_dev_fill(runs[i].addr, runs[i].len, 5), CUDA_SUCCESS);
-		ck_assert_int_eq(kv_dev_check(runs[i].addr, runs[i].len, 5, &bad),
-				 CUDA_SUCCESS);
-	}
-	kt_capture_end(log, sizeof(log));
+	for (i = 0; i < nruns; i++)
+		all_writable(runs[i].addr, runs[i].len, 5);
 	free(runs);
-	ck_assert_msg(!strstr(log, "ILLEGAL_ADDRESS"),
-		      "a page without access was written: %s", log);
-	ck_assert_uint_eq(bad, 0);
 	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);
 }
 END_TEST
@@ -402,31 +405,16 @@ END_TEST
 START_TEST(test_undo_access_refused_page_reclaimed)
 {
 	struct kv_alloc_opts o;
-	unsigned long long bad = 1;
-	char log[16384];
 
 	kt_opts(&o);
 	o.zero = 0;
 	o.limit = 8 * PG;
-	o.pool_low = o.pool_high = 8 * PG;
-	a = kt_create(&o);
-	ck_assert_int_eq(kv_alloc_reserve(a, 64 * PG, &base), 0);
-	ck_assert_int_eq(kv_dev_fail_times("cuMemSetAccess", 1, 2, CUDA_ERROR_UNKNOWN), 0);
-	ck_assert_int_eq(kv_dev_fail_nth("cuMemUnmap", 2, CUDA_ERROR_UNKNOWN), 0);
-	ck_assert_int_eq(kv_alloc_map(a, base, 3 * PG), KVSHIM_EDRIVER);
-	kt_check(a);
-	ck_assert_uint_eq(kt_stats(a).cached_bytes, PG);
+	left_without_access(&o);
 	/* every page at the limit: the cached one is reclaimed */
 	ck_assert_int_eq(kv_alloc_map(a, base + 16 * PG, 8 * PG), 0);
 	ck_assert_uint_eq(kt_stats(a).cached_bytes, 0);
 	kt_check(a);
-	kt_capture_start();
-	ck_assert_int_eq(kv_dev_fill(base + 16 * PG, 8 * PG, 4), CUDA_SUCCESS);
-	ck_assert_int_eq(kv_dev_check(base + 16 * PG, 8 * PG, 4, &bad), CUDA_SUCCESS);
-	kt_capture_end(log, sizeof(log));
-	ck_assert_msg(!strstr(log, "ILLEGAL_ADDRESS"),
-		      "a page without access was written: %s", log);
-	ck_assert_uint_eq(bad, 0);
+	all_writable(base + 16 * PG, 8 * PG, 4);
 	/* and back in the cache and claimed again, no grant is needed */
 	ck_assert_int_eq(kv_alloc_unmap(a, base + 16 * PG, 8 * PG), 0);
 	ck_assert_int_eq(kv_dev_fail_nth("cuMemSetAccess", 1, CUDA_ERROR_UNKNOWN), 0);

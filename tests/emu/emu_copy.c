@@ -677,18 +677,20 @@ static CUresult copy2d(enum kv_emu_fn fn, const CUDA_MEMCPY2D *p, bool async, CU
     return copy3d(fn, &dst, &src, p->WidthInBytes, p->Height, 1, async, s);
 }
 
+/* Side s (dst or src) of a CUDA_MEMCPY3D or CUDA_MEMCPY3D_PEER p (whose fields they share), its
+ * reserved field r. */
+#define BOX_3D(p, s, r)                                                                           \
+    ((struct box){ (p)->s##MemoryType, side_ptr((p)->s##MemoryType, (p)->s##Host, (p)->s##Device), \
+                   (p)->s##XInBytes, (p)->s##Y, (p)->s##Z, (p)->s##Pitch, (p)->s##Height, (r) })
+
 static CUresult copy3d_params(enum kv_emu_fn fn, const CUDA_MEMCPY3D *p, bool async, CUstream s)
 {
     struct box dst, src;
 
     if (!p)
         return CUDA_ERROR_INVALID_VALUE;
-    dst = (struct box){ p->dstMemoryType, side_ptr(p->dstMemoryType, p->dstHost, p->dstDevice),
-                        p->dstXInBytes, p->dstY, p->dstZ, p->dstPitch, p->dstHeight,
-                        p->reserved1 };
-    src = (struct box){ p->srcMemoryType, side_ptr(p->srcMemoryType, p->srcHost, p->srcDevice),
-                        p->srcXInBytes, p->srcY, p->srcZ, p->srcPitch, p->srcHeight,
-                        p->reserved0 };
+    dst = BOX_3D(p, dst, p->reserved1);
+    src = BOX_3D(p, src, p->reserved0);
     return copy3d(fn, &dst, &src, p->WidthInBytes, p->Height, p->Depth, async, s);
 }
 
@@ -822,10 +824,8 @@ static CUresult copy3d_peer(enum kv_emu_fn fn, const CUDA_MEMCPY3D_PEER *p, bool
     if ((p->dstMemoryType != CU_MEMORYTYPE_ARRAY && !known_ctx(p->dstContext)) ||
         (p->srcMemoryType != CU_MEMORYTYPE_ARRAY && !known_ctx(p->srcContext)))
         return CUDA_ERROR_INVALID_CONTEXT;
-    dst = (struct box){ p->dstMemoryType, side_ptr(p->dstMemoryType, p->dstHost, p->dstDevice),
-                        p->dstXInBytes, p->dstY, p->dstZ, p->dstPitch, p->dstHeight, NULL };
-    src = (struct box){ p->srcMemoryType, side_ptr(p->srcMemoryType, p->srcHost, p->srcDevice),
-                        p->srcXInBytes, p->srcY, p->srcZ, p->srcPitch, p->srcHeight, NULL };
+    dst = BOX_3D(p, dst, NULL);
+    src = BOX_3D(p, src, NULL);
     return copy3d(fn, &dst, &src, p->WidthInBytes, p->Height, p->Depth, async, s);
 }
 
