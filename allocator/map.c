@@ -91,6 +91,22 @@ static void unpend(struct kv_span *sp, uint32_t p, uint32_t slot)
 	sp->pending--;
 }
 
+/* Lock held: give page p of sp, mapped, back the access its span maps it
+ * without (uninstall), before anything writes it. Returns 0 or the
+ * driver's refusal. */
+static int regrant(kv_alloc_t *a, struct kv_span *sp, uint32_t p)
+{
+	struct kv_phys *ph = &a->phys[sp->slot[p]];
+	int rc;
+
+	if (!ph->noaccess)
+		return 0;
+	rc = kv_prim_access(&a->prim, kv_span_va(a, sp, p), a->page);
+	if (!rc)
+		ph->noaccess = 0;
+	return rc;
+}
+
 /*
  * Claim every page of the ranges that is mapped already, so that none of
  * them can be reclaimed to back the others, and mark the unmapped ones
@@ -119,12 +135,8 @@ static int claim_present(kv_alloc_t *a, const struct place *pl, size_t n,
 			if (s == KV_PEND)
 				continue;
 			kv_span_claim(a, pl[i].sp, p);
-			if (!a->phys[s].noaccess || rc)
-				continue;
-			rc = kv_prim_access(&a->prim, kv_span_va(a, pl[i].sp, p),
-					    a->page);
 			if (!rc)
-				a->phys[s].noaccess = 0;
+				rc = regrant(a, pl[i].sp, p);
 		}
 	}
 	return rc;
@@ -387,7 +399,6 @@ static enum kv_supply map_locked(kv_alloc_t *a, const struct place *pl,
 	enum kv_supply out;
 	int ready, from_idle;
 
-	*err = 0;
 	*said = (struct kv_said){ 0 };
 	*err = claim_present(a, pl, n, &need);
 	if (*err) {
@@ -945,17 +956,12 @@ int kv_alloc_pin_mapped(kv_alloc_t *a, CUdeviceptr addr, size_t len,
 	/* a page its span maps without access (uninstall) is granted it
 	 * before anything is pinned: the caller writes what it pins */
 	for (p = p0; p <= p1; p++) {
-		uint32_t s = sp->slot[p];
-
-		if (s == KV_NIL || !a->phys[s].noaccess)
-			continue;
-		rc = kv_prim_access(&a->prim, kv_span_va(a, sp, p), a->page);
+		rc = sp->slot[p] == KV_NIL ? 0 : regrant(a, sp, p);
 		if (rc) {
 			pthread_mutex_unlock(&a->lock);
 			free(r);
 			return rc;
 		}
-		a->phys[s].noaccess = 0;
 	}
 	for (p = p0; p <= p1; p++) {
 		uint32_t s = sp->slot[p];
