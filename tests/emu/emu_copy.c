@@ -812,6 +812,123 @@ KV_EMU_API CUresult cuMemcpyBatchAsync_v2(CUdeviceptr *dsts, CUdeviceptr *srcs, 
 }
 KV_EMU_ALIAS(cuMemcpyBatchAsync_v2);
 
+/*
+ * One operand of a 3D batch copy of extent e, as a box of resolve's, into *b: a pointer is a
+ * unified one (checked where it starts in a reservation, as cuMemcpy's), its rows rowLength
+ * bytes apart and its layers layerHeight rows apart (0: as tight as the extent; a pointer to
+ * pointer copy's element is a byte). No arrays (CUDA_ERROR_NOT_SUPPORTED); an unknown type, a
+ * NULL pointer, a row length under the extent's width or a layer height under its height is
+ * CUDA_ERROR_INVALID_VALUE. Returns CUDA_SUCCESS or that error.
+ */
+static CUresult operand_box(const CUmemcpy3DOperand *op, const CUextent3D *e, struct box *b)
+{
+    if (op->type == CU_MEMCPY_OPERAND_TYPE_ARRAY)
+        return CUDA_ERROR_NOT_SUPPORTED;
+    if (op->type != CU_MEMCPY_OPERAND_TYPE_POINTER || !op->op.ptr.ptr ||
+        (op->op.ptr.rowLength && op->op.ptr.rowLength < e->width) ||
+        (op->op.ptr.layerHeight && op->op.ptr.layerHeight < e->height))
+        return CUDA_ERROR_INVALID_VALUE;
+    *b = (struct box){ CU_MEMORYTYPE_UNIFIED, op->op.ptr.ptr, 0, 0, 0,
+                       op->op.ptr.rowLength ? op->op.ptr.rowLength : e->width,
+                       op->op.ptr.layerHeight ? op->op.ptr.layerHeight : e->height, NULL };
+    return CUDA_SUCCESS;
+}
+
+/*
+ * Copy c of a 3D batch as an operation *o and its two sides: a non-zero extent, a known source
+ * access order, operands as operand_box takes them; each side's box is checked as a linear
+ * copy's range (whole false: an unmapped page of it is an illegal address when the copy runs,
+ * not a refusal). Returns CUDA_SUCCESS or the error the driver refuses c with.
+ */
+static CUresult batch3d_op(const CUDA_MEMCPY3D_BATCH_OP *c, kv_emu_op_t *o, struct side sides[2])
+{
+    const CUextent3D *e = &c->extent;
+    struct box dst, src;
+    CUresult r;
+
+    if (!e->width || !e->height || !e->depth ||
+        c->srcAccessOrder == CU_MEMCPY_SRC_ACCESS_ORDER_INVALID ||
+        c->srcAccessOrder > CU_MEMCPY_SRC_ACCESS_ORDER_ANY)
+        return CUDA_ERROR_INVALID_VALUE;
+    r = operand_box(&c->dst, e, &dst);
+    if (r == CUDA_SUCCESS)
+        r = operand_box(&c->src, e, &src);
+    if (r == CUDA_SUCCESS)
+        r = resolve(&dst, e->width, e->height, e->depth, &o->u.copy.dst, &o->u.copy.dslice,
+                    &sides[0]);
+    if (r == CUDA_SUCCESS)
+        r = resolve(&src, e->width, e->height, e->depth, &o->u.copy.src, &o->u.copy.sslice,
+                    &sides[1]);
+    if (r != CUDA_SUCCESS)
+        return r;
+    sides[0].whole = sides[1].whole = false;
+    o->kind = KV_OP_COPY;
+    o->u.copy.n = e->width;
+    o->u.copy.height = e->height;
+    o->u.copy.depth = e->depth;
+    o->u.copy.dpitch = dst.pitch;
+    o->u.copy.spitch = src.pitch;
+    return CUDA_SUCCESS;
+}
+
+/*
+ * A batch of 3D copies (cuMemcpy3DBatchAsync: CUDA 12.8's form with *fail_idx, 13.0's without).
+ * As copy_batch: every argument is checked before any copy is queued (a list of at least one
+ * copy, flags 0, a stream other than the legacy one, each copy as batch3d_op takes it, its
+ * sides' boxes in one reservation where they start in one), then the copies go in order on the
+ * stream, an unmapped page an illegal address as for a linear copy (how a GPU's driver answers
+ * one is not probed). *fail_idx, where given: the copy at fault, or SIZE_MAX.
+ */
+static CUresult copy3d_batch(enum kv_emu_fn fn, size_t count, CUDA_MEMCPY3D_BATCH_OP *ops,
+                             size_t *fail_idx, unsigned long long flags, CUstream s)
+{
+    struct side sides[2];
+    kv_emu_op_t o;
+    CUresult r;
+
+    if (fail_idx)
+        *fail_idx = SIZE_MAX;
+    if (!ops || !count || flags || !s || s == CU_STREAM_LEGACY)
+        return CUDA_ERROR_INVALID_VALUE;
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < count; i++) {
+            memset(&o, 0, sizeof(o));
+            r = batch3d_op(&ops[i], &o, sides);
+            if (r == CUDA_SUCCESS && pass == 0) {
+                kv_emu_lock();
+                if (!side_ok(&sides[0]) || !side_ok(&sides[1]))
+                    r = CUDA_ERROR_INVALID_VALUE;
+                kv_emu_unlock();
+            } else if (r == CUDA_SUCCESS) {
+                r = submit(fn, true, s, sides, 2, &o);
+            }
+            if (r != CUDA_SUCCESS) {
+                if (fail_idx)
+                    *fail_idx = i;
+                return r;
+            }
+        }
+    }
+    return CUDA_SUCCESS;
+}
+
+KV_EMU_API CUresult cuMemcpy3DBatchAsync(size_t numOps, CUDA_MEMCPY3D_BATCH_OP *opList,
+                                         size_t *failIdx, unsigned long long flags,
+                                         CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemcpy3DBatchAsync);
+    return copy3d_batch(KV_FN_cuMemcpy3DBatchAsync, numOps, opList, failIdx, flags, hStream);
+}
+KV_EMU_ALIAS(cuMemcpy3DBatchAsync);
+
+KV_EMU_API CUresult cuMemcpy3DBatchAsync_v2(size_t numOps, CUDA_MEMCPY3D_BATCH_OP *opList,
+                                            unsigned long long flags, CUstream hStream)
+{
+    KV_EMU_ENTER(cuMemcpy3DBatchAsync_v2);
+    return copy3d_batch(KV_FN_cuMemcpy3DBatchAsync_v2, numOps, opList, NULL, flags, hStream);
+}
+KV_EMU_ALIAS(cuMemcpy3DBatchAsync_v2);
+
 /* A 3D copy between the memory of two contexts' devices (cuMemcpy3DPeer): as cuMemcpy3D's, each
  * side's context checked as copy_peer does (an array side's is ignored, as the driver says). */
 static CUresult copy3d_peer(enum kv_emu_fn fn, const CUDA_MEMCPY3D_PEER *p, bool async,

@@ -28,6 +28,7 @@
 #undef cuEventElapsedTime
 #undef cuGetProcAddress
 #undef cuMemcpyBatchAsync
+#undef cuMemcpy3DBatchAsync
 #undef cuStreamBeginCapture
 #undef cuStreamGetCaptureInfo
 CUresult CUDAAPI cuDeviceGetUuid(CUuuid *uuid, CUdevice dev);
@@ -35,6 +36,9 @@ CUresult CUDAAPI cuEventElapsedTime(float *pMilliseconds, CUevent hStart, CUeven
 CUresult CUDAAPI cuMemcpyBatchAsync(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes,
                                     size_t count, CUmemcpyAttributes *attrs, size_t *attrsIdxs,
                                     size_t numAttrs, size_t *failIdx, CUstream hStream);
+CUresult CUDAAPI cuMemcpy3DBatchAsync(size_t numOps, CUDA_MEMCPY3D_BATCH_OP *opList,
+                                      size_t *failIdx, unsigned long long flags,
+                                      CUstream hStream);
 CUresult CUDAAPI cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion,
                                   cuuint64_t flags);
 CUresult CUDAAPI cuStreamBeginCapture(CUstream hStream);
@@ -150,6 +154,8 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
     X(cuMemcpy3DPeerAsync, 4000)                                         \
     X(cuMemcpyBatchAsync, 12080)                                         \
     X(cuMemcpyBatchAsync_v2, 13000)                                      \
+    X(cuMemcpy3DBatchAsync, 12080)                                       \
+    X(cuMemcpy3DBatchAsync_v2, 13000)                                    \
     X(cuStreamCreate, 2000)                                              \
     X(cuStreamDestroy_v2, 4000)                                          \
     X(cuStreamSynchronize, 2000)                                         \
