@@ -288,29 +288,33 @@ COPY_PEER(cuMemcpyPeerAsync, ASYNC_ARGS, ASYNC_PASS)
 COPY_PEER(cuMemcpyPeerAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
 
 /*
- * Batched copies (cuMemcpyBatchAsync: CUDA 12.8's form with a failIdx,
- * 13.0's without, and their per-thread stream forms): every copy's sides
- * are checked before any page of the batch is backed, then each copy's
- * span pages are backed as a linear copy's (touch2). A copy the policy
- * refuses fails the whole batch before the driver sees it, *fail naming it
- * (where the caller asked); the driver checks the rest (the attributes,
- * the stream). Returns 0 or the policy's error.
+ * Batched copies: every copy's sides are checked before any page of the
+ * batch is backed, then each copy's span pages are backed as one copy's
+ * (kv_policy_copy). A copy the policy refuses fails the whole batch before
+ * the driver sees it, *fail naming it (where the caller asked); the driver
+ * checks the rest (the attributes, the flags, the stream). get(ops, i, c)
+ * says what copy i of count moves. Returns 0 or the policy's error.
  */
-static int touch_batch(const CUdeviceptr *dsts, const CUdeviceptr *srcs,
-		       const size_t *sizes, size_t count, size_t *fail)
+struct batch_copy {
+	struct kv_policy_box b[2];      /* destination, source */
+	size_t width, height, depth;    /* width in bytes */
+};
+
+static int touch_batch(const void *ops, size_t count,
+		       void (*get)(const void *, size_t, struct batch_copy *),
+		       size_t *fail)
 {
-	struct kv_policy_box b[2];
+	struct batch_copy c;
 	size_t i;
 	int pass, rc;
 
-	if (kv_in_runtime || !dsts || !srcs || !sizes)
+	if (kv_in_runtime || !ops)
 		return 0;
 	for (pass = 0; pass < 2; pass++) {
 		for (i = 0; i < count; i++) {
-			b[0] = (struct kv_policy_box){ .ptr = dsts[i] };
-			b[1] = (struct kv_policy_box){ .ptr = srcs[i] };
-			rc = pass ? kv_policy_copy(b, 2, sizes[i], 1, 1) :
-				    kv_policy_copy_check(b, 2, sizes[i], 1, 1);
+			get(ops, i, &c);
+			rc = pass ? kv_policy_copy(c.b, 2, c.width, c.height, c.depth) :
+				    kv_policy_copy_check(c.b, 2, c.width, c.height, c.depth);
 			if (rc) {
 				if (fail)
 					*fail = i;
@@ -321,15 +325,33 @@ static int touch_batch(const CUdeviceptr *dsts, const CUdeviceptr *srcs,
 	return 0;
 }
 
+/* Batched linear copies (cuMemcpyBatchAsync: CUDA 12.8's form with a
+ * failIdx, 13.0's without, and their per-thread stream forms): copy i is
+ * a linear copy of sizes[i] bytes, as cuMemcpy's (touch2). */
+struct linear_batch {
+	const CUdeviceptr *dsts, *srcs;
+	const size_t *sizes;
+};
+
+static void linear_copy(const void *ops, size_t i, struct batch_copy *c)
+{
+	const struct linear_batch *l = ops;
+
+	*c = (struct batch_copy){ { { .ptr = l->dsts[i] }, { .ptr = l->srcs[i] } },
+				  l->sizes[i], 1, 1 };
+}
+
 #define COPY_BATCH(name, FAIL_ARG, FAIL_PASS, FAIL)                         \
 CUresult kv_hook_##name(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, \
 			size_t count, CUmemcpyAttributes *attrs,            \
 			size_t *idxs, size_t nattrs FAIL_ARG, CUstream s)   \
 {                                                                          \
+	struct linear_batch l = { dsts, srcs, sizes };                     \
 	int rc;                                                            \
 									   \
 	REAL_OR_FAIL(name);                                                \
-	rc = touch_batch(dsts, srcs, sizes, count, FAIL);                  \
+	rc = dsts && srcs && sizes ?                                       \
+		touch_batch(&l, count, linear_copy, FAIL) : 0;             \
 	if (rc)                                                            \
 		return kv_hooks_cu_error(rc);                              \
 	return kv_real_##name(dsts, srcs, sizes, count, attrs, idxs,       \
