@@ -365,3 +365,53 @@ COPY_BATCH(cuMemcpyBatchAsync, FAIL_ARGS, FAIL_PASS, fail)
 COPY_BATCH(cuMemcpyBatchAsync_ptsz, FAIL_ARGS, FAIL_PASS, fail)
 COPY_BATCH(cuMemcpyBatchAsync_v2, SYNC, SYNC, NULL)
 COPY_BATCH(cuMemcpyBatchAsync_v2_ptsz, SYNC, SYNC, NULL)
+
+/*
+ * Batched 3D copies (cuMemcpy3DBatchAsync: CUDA 12.8's form with a
+ * failIdx, 13.0's without, and their per-thread stream forms): a pointer
+ * operand is a side of a 3D copy, as touch_3d's, whose box starts at its
+ * pointer (no offsets), its rows rowLength bytes apart and its layers
+ * layerHeight rows apart (0: as tight as the extent; between pointers an
+ * element is a byte). A copy with an array operand counts its width in
+ * the array's elements, which kvshim does not look up: it is left to the
+ * driver whole, as the array copies (cuMemcpyAtoD and the like) are.
+ */
+static struct kv_policy_box operand_box(const CUmemcpy3DOperand *o, const CUextent3D *e)
+{
+	return (struct kv_policy_box){
+		.ptr = o->op.ptr.ptr,
+		.pitch = o->op.ptr.rowLength ? o->op.ptr.rowLength : e->width,
+		.ysize = o->op.ptr.layerHeight ? o->op.ptr.layerHeight : e->height,
+	};
+}
+
+static void copy_3d_op(const void *ops, size_t i, struct batch_copy *c)
+{
+	const CUDA_MEMCPY3D_BATCH_OP *op = (const CUDA_MEMCPY3D_BATCH_OP *)ops + i;
+
+	*c = (struct batch_copy){ .width = op->extent.width, .height = op->extent.height,
+				  .depth = op->extent.depth };
+	if (op->dst.type != CU_MEMCPY_OPERAND_TYPE_POINTER ||
+	    op->src.type != CU_MEMCPY_OPERAND_TYPE_POINTER)
+		return;
+	c->b[0] = operand_box(&op->dst, &op->extent);
+	c->b[1] = operand_box(&op->src, &op->extent);
+}
+
+#define COPY_3D_BATCH(name, FAIL_ARG, FAIL_PASS, FAIL)                      \
+CUresult kv_hook_##name(size_t count, CUDA_MEMCPY3D_BATCH_OP *ops FAIL_ARG, \
+			unsigned long long flags, CUstream s)               \
+{                                                                          \
+	int rc;                                                            \
+									   \
+	REAL_OR_FAIL(name);                                                \
+	rc = touch_batch(ops, count, copy_3d_op, FAIL);                    \
+	if (rc)                                                            \
+		return kv_hooks_cu_error(rc);                              \
+	return kv_real_##name(count, ops FAIL_PASS, flags, s);             \
+}
+
+COPY_3D_BATCH(cuMemcpy3DBatchAsync, FAIL_ARGS, FAIL_PASS, fail)
+COPY_3D_BATCH(cuMemcpy3DBatchAsync_ptsz, FAIL_ARGS, FAIL_PASS, fail)
+COPY_3D_BATCH(cuMemcpy3DBatchAsync_v2, SYNC, SYNC, NULL)
+COPY_3D_BATCH(cuMemcpy3DBatchAsync_v2_ptsz, SYNC, SYNC, NULL)

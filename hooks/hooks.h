@@ -18,9 +18,11 @@
 #include <cuda.h>
 #include <driver_types.h>
 
-/* cuda.h maps cuMemcpyBatchAsync to its CUDA 13.0 form (_v2); the driver
- * exports CUDA 12.8's too, with a failIdx, under the base name. */
+/* cuda.h maps cuMemcpyBatchAsync and cuMemcpy3DBatchAsync to their CUDA
+ * 13.0 forms (_v2); the driver exports CUDA 12.8's too, with a failIdx,
+ * under the base names. */
 #undef cuMemcpyBatchAsync
+#undef cuMemcpy3DBatchAsync
 
 #include "kvshim.h"
 
@@ -103,6 +105,14 @@
 		CUmemcpyAttributes *, size_t *, size_t, CUstream))             \
 	X(cuMemcpyBatchAsync_v2_ptsz, CUresult, (CUdeviceptr *, CUdeviceptr *, size_t *, \
 		size_t, CUmemcpyAttributes *, size_t *, size_t, CUstream))     \
+	X(cuMemcpy3DBatchAsync, CUresult, (size_t, CUDA_MEMCPY3D_BATCH_OP *, size_t *, \
+		unsigned long long, CUstream))                                \
+	X(cuMemcpy3DBatchAsync_ptsz, CUresult, (size_t, CUDA_MEMCPY3D_BATCH_OP *, \
+		size_t *, unsigned long long, CUstream))                      \
+	X(cuMemcpy3DBatchAsync_v2, CUresult, (size_t, CUDA_MEMCPY3D_BATCH_OP *, \
+		unsigned long long, CUstream))                                \
+	X(cuMemcpy3DBatchAsync_v2_ptsz, CUresult, (size_t, CUDA_MEMCPY3D_BATCH_OP *, \
+		unsigned long long, CUstream))                                \
 	X(cuMemcpyPeerAsync, CUresult, (CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, \
 					size_t, CUstream))                     \
 	X(cuMemcpyPeerAsync_ptsz, CUresult, (CUdeviceptr, CUcontext, CUdeviceptr, \

@@ -869,6 +869,194 @@ START_TEST(test_copy_batch_on_span)
 }
 END_TEST
 
+/* A batch of 3D copies, CUDA 12.8's form (with failIdx) or 13.0's; the
+ * driver's own of each (0: 12.8's, 1: 13.0's), found before any test
+ * loads kvshim. */
+typedef CUresult (*batch3d12_fn)(size_t, CUDA_MEMCPY3D_BATCH_OP *, size_t *,
+				 unsigned long long, CUstream);
+typedef CUresult (*batch3d13_fn)(size_t, CUDA_MEMCPY3D_BATCH_OP *, unsigned long long,
+				 CUstream);
+static void *drv_batch3d[2];
+
+/* Run ops [0, n) as one batch through fn (form 12.8 where v12, *fail set;
+ * else 13.0) on stream st. */
+static CUresult batch3d(void *fn, int v12, CUDA_MEMCPY3D_BATCH_OP *ops, size_t n,
+			CUstream st, size_t *fail)
+{
+	*fail = SIZE_MAX - 1;
+	if (v12)
+		return ((batch3d12_fn)fn)(n, ops, fail, 0, st);
+	return ((batch3d13_fn)fn)(n, ops, 0, st);
+}
+
+/* A pointer operand at p, its rows row bytes apart and its layers layer
+ * rows apart (0: as tight as the copy). */
+static CUmemcpy3DOperand ptr_operand(CUdeviceptr p, size_t row, size_t layer)
+{
+	CUmemcpy3DOperand o;
+
+	memset(&o, 0, sizeof(o));
+	o.type = CU_MEMCPY_OPERAND_TYPE_POINTER;
+	o.op.ptr.ptr = p;
+	o.op.ptr.rowLength = row;
+	o.op.ptr.layerHeight = layer;
+	return o;
+}
+
+/* A copy of depth layers of height rows of width bytes from src to dst. */
+static CUDA_MEMCPY3D_BATCH_OP op3d(CUmemcpy3DOperand dst, CUmemcpy3DOperand src,
+				   size_t width, size_t height, size_t depth)
+{
+	CUDA_MEMCPY3D_BATCH_OP op;
+
+	memset(&op, 0, sizeof(op));
+	op.dst = dst;
+	op.src = src;
+	op.extent.width = width;
+	op.extent.height = height;
+	op.extent.depth = depth;
+	op.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
+	return op;
+}
+
+/* Whether the span page at p was backed: kvshim_map backs it now where it
+ * was not, and the mapped bytes grow. */
+static int was_backed(CUdeviceptr p)
+{
+	size_t before = mapped();
+
+	ck_assert_int_eq(map((void *)(uintptr_t)p, PG), 0);
+	return mapped() == before;
+}
+
+#define HOST(h) ((CUdeviceptr)(uintptr_t)(h))
+
+/*
+ * Batched 3D copies (loop i: cuMemcpy3DBatchAsync as CUDA 12.8 finds it,
+ * with a failIdx, or as 13.0 does), found through the shim's
+ * cuGetProcAddress: every span page of a pointer operand's box, from its
+ * first byte to its last (its rows rowLength bytes apart, its layers
+ * layerHeight rows apart), is backed first, on either side, and no page
+ * past the box. A batch holding one copy the driver would refuse (a box
+ * past a span's end) is refused whole, nothing of it backed, failIdx
+ * naming that copy; no copies or no list at all get the driver's answer,
+ * nothing backed; a copy with an array operand is left to the driver
+ * (the emulation has no arrays), nothing backed for it.
+ */
+START_TEST(test_copy3d_batch_on_span)
+{
+	CUresult (*gpa)(const char *, void **, int, cuuint64_t,
+			CUdriverProcAddressQueryResult *);
+	CUresult (*create)(CUstream *, unsigned int);
+	CUresult (*sync)(CUstream);
+	CUresult (*destroy)(CUstream);
+	CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+	const char *name = _i ? "cuMemcpy3DBatchAsync_v2" : "cuMemcpy3DBatchAsync";
+	static const size_t at[] = { 2 * PG, 3 * PG, 5 * PG, 6 * PG };   /* p's rows */
+	static unsigned char host[4 * 64], back[2 * 4096], row[64];
+	CUdriverProcAddressQueryResult q;
+	CUDA_MEMCPY3D_BATCH_OP ops[2];
+	size_t before, fail, dfail, i;
+	CUdeviceptr p, r;
+	CUstream st = NULL;
+	CUresult e;
+	void *fn = NULL;
+
+	open_lib();
+	*(void **)&gpa = dlsym(lib, "cuGetProcAddress_v2");
+	*(void **)&create = kv_dev_sym("cuStreamCreate");
+	*(void **)&sync = kv_dev_sym("cuStreamSynchronize");
+	*(void **)&destroy = kv_dev_sym("cuStreamDestroy_v2");
+	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
+	ck_assert(gpa && create && sync && destroy && dtoh && drv_batch3d[_i]);
+	ck_assert_int_eq(gpa("cuMemcpy3DBatchAsync", &fn, _i ? 13000 : 12080, 0, &q),
+			 CUDA_SUCCESS);
+	ck_assert_ptr_nonnull(fn);
+	ck_assert_ptr_eq(fn, dlsym(lib, name));
+	ck_assert_int_eq(create(&st, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+	for (i = 0; i < sizeof(host); i++)
+		host[i] = (unsigned char)(i / 64 + 1);
+	memset(back, 0xee, sizeof(back));
+	p = span8();
+	r = span8();
+	before = mapped();
+	/* host rows into p: 2 layers of 2 rows of 64 bytes, from byte 128
+	 * of page 2, rows a page apart, layers 3 rows apart: rows on pages
+	 * 2, 3, 5 and 6, and page 4 between them (the box's), not 1 or 7;
+	 * out of r: 2 rows of 4096 bytes, from byte 4096 of page 4, 2 pages
+	 * apart (pages 4 and 6, and 5), never written, to the host */
+	ops[0] = op3d(ptr_operand(p + 2 * PG + 128, PG, 3), ptr_operand(HOST(host), 0, 0),
+		      64, 2, 2);
+	ops[1] = op3d(ptr_operand(HOST(back), 0, 0), ptr_operand(r + 4 * PG + 4096, 2 * PG, 0),
+		      4096, 2, 1);
+	ck_assert_int_eq(batch3d(fn, !_i, ops, 2, st, &fail), CUDA_SUCCESS);
+	ck_assert_int_eq(sync(st), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 8 * PG);
+	for (i = 0; i < 4; i++) {
+		ck_assert_int_eq(dtoh(row, p + at[i] + 128, sizeof(row)), CUDA_SUCCESS);
+		ck_assert_uint_eq(row[0], i + 1);
+		ck_assert_uint_eq(row[63], i + 1);
+	}
+	ck_assert_int_eq(dtoh(row, p + 2 * PG + 192, sizeof(row)), CUDA_SUCCESS);
+	ck_assert_uint_eq(row[0], 0);
+	ck_assert_uint_eq(back[0], 0);
+	ck_assert_uint_eq(back[sizeof(back) - 1], 0);
+	untouched(p);
+	ck_assert(!was_backed(p + PG));
+	ck_assert(!was_backed(p + 7 * PG));
+	ck_assert(!was_backed(r + 3 * PG));
+	ck_assert(!was_backed(r + 7 * PG));
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+	ck_assert_int_eq(release((void *)(uintptr_t)r), 0);
+
+	/* refused whole: copy 1's rows, a page apart from r's page 6, reach
+	 * page 8, past r's end; copy 0 (into p's page 3, never backed) fits */
+	p = span8();
+	r = span8();
+	before = mapped();
+	ops[0] = op3d(ptr_operand(p + 3 * PG, 0, 0), ptr_operand(HOST(host), 0, 0), 64, 1, 1);
+	ops[1] = op3d(ptr_operand(r + 6 * PG, PG, 0), ptr_operand(HOST(host), 0, 0), 64, 3, 1);
+	DRIVER_REFUSES(batch3d(drv_batch3d[_i], !_i, ops, 2, st, &fail));
+	if (kv_dev_is_emu() && !_i)
+		ck_assert_uint_eq(fail, 1);
+	ck_assert_int_eq(batch3d(fn, !_i, ops, 2, st, &fail), CUDA_ERROR_INVALID_VALUE);
+	if (!_i)
+		ck_assert_uint_eq(fail, 1);
+	ck_assert_uint_eq(mapped(), before);
+
+	/* no copies, no list: passed on, the driver's answer (on the
+	 * emulation, invalid value), nothing backed */
+	e = batch3d(drv_batch3d[_i], !_i, ops, 0, st, &dfail);
+	ck_assert_int_eq(batch3d(fn, !_i, ops, 0, st, &fail), e);
+	ck_assert_uint_eq(fail, dfail);
+	if (kv_dev_is_emu())
+		ck_assert_int_eq(e, CUDA_ERROR_INVALID_VALUE);
+	e = batch3d(drv_batch3d[_i], !_i, NULL, 1, st, &dfail);
+	ck_assert_int_eq(batch3d(fn, !_i, NULL, 1, st, &fail), e);
+	ck_assert_uint_eq(fail, dfail);
+	if (kv_dev_is_emu())
+		ck_assert_int_eq(e, CUDA_ERROR_INVALID_VALUE);
+	ck_assert_uint_eq(mapped(), before);
+
+	/* an array source (the emulation has none: not supported) into p's
+	 * page 3: left to the driver, nothing backed */
+	if (kv_dev_is_emu()) {
+		ops[0].src.type = CU_MEMCPY_OPERAND_TYPE_ARRAY;
+		ops[0].src.op.array.array = (CUarray)(uintptr_t)0x1000;
+		ck_assert_int_eq(batch3d(fn, !_i, ops, 1, st, &fail), CUDA_ERROR_NOT_SUPPORTED);
+		if (!_i)
+			ck_assert_uint_eq(fail, 0);
+		ck_assert_uint_eq(mapped(), before);
+	}
+	untouched(p);
+	ck_assert_int_eq(destroy(st), CUDA_SUCCESS);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+	ck_assert_int_eq(release((void *)(uintptr_t)r), 0);
+	exported(name);
+	exported(_i ? "cuMemcpy3DBatchAsync_v2_ptsz" : "cuMemcpy3DBatchAsync_ptsz");
+}
+END_TEST
+
 /* The same calls within the span still work: the range's pages are backed
  * and set. */
 START_TEST(test_memset_in_span)
@@ -997,6 +1185,8 @@ Suite *hooks_suite(void)
 	/* the driver's own functions, looked up before any test loads kvshim
 	 * (once loaded late, it hands out its wrappers through dlsym) */
 	find_sets(&drv, kv_dev_sym);
+	drv_batch3d[0] = kv_dev_sym("cuMemcpy3DBatchAsync");
+	drv_batch3d[1] = kv_dev_sym("cuMemcpy3DBatchAsync_v2");
 	tcase_add_test(tc, test_memset_count_overflow);
 	tcase_add_test(tc, test_memset_past_span_end);
 	tcase_add_test(tc, test_memset_misaligned);
@@ -1008,6 +1198,7 @@ Suite *hooks_suite(void)
 	tcase_add_loop_test(tc, test_copy3d_two_spans, 0, 4);
 	tcase_add_loop_test(tc, test_copy_peer_on_span, 0, 2);
 	tcase_add_loop_test(tc, test_copy_batch_on_span, 0, 2);
+	tcase_add_loop_test(tc, test_copy3d_batch_on_span, 0, 2);
 	suite_add_tcase(s, tc);
 	kt_add_emu_loop(fa, test_free_async_releases_a_span, 0, 2);
 	suite_add_tcase(s, fa);
