@@ -936,8 +936,8 @@ static int was_backed(CUdeviceptr p)
  * with a failIdx, or as 13.0 does), found through the shim's
  * cuGetProcAddress: every span page of a pointer operand's box, from its
  * first byte to its last (its rows rowLength bytes apart, its layers
- * layerHeight rows apart), is backed first, on either side, and no page
- * past the box. A batch holding one copy the driver would refuse (a box
+ * layerHeight rows apart; 0: as tight as the copy), is backed first, on
+ * either side, and no page past the box. A batch holding one copy the driver would refuse (a box
  * past a span's end) is refused whole, nothing of it backed, failIdx
  * naming that copy; no copies or no list at all get the driver's answer,
  * nothing backed; a copy with an array operand is left to the driver
@@ -953,9 +953,9 @@ START_TEST(test_copy3d_batch_on_span)
 	CUresult (*dtoh)(void *, CUdeviceptr, size_t);
 	const char *name = _i ? "cuMemcpy3DBatchAsync_v2" : "cuMemcpy3DBatchAsync";
 	static const size_t at[] = { 2 * PG, 3 * PG, 5 * PG, 6 * PG };   /* p's rows */
-	static unsigned char host[4 * 64], back[2 * 4096], row[64];
+	static unsigned char host[4 * 64], back[2 * 4096], row[64], tight[4 * 4096];
 	CUdriverProcAddressQueryResult q;
-	CUDA_MEMCPY3D_BATCH_OP ops[2];
+	CUDA_MEMCPY3D_BATCH_OP ops[3];
 	size_t before, fail, dfail, i;
 	CUdeviceptr p, r;
 	CUstream st = NULL;
@@ -976,6 +976,8 @@ START_TEST(test_copy3d_batch_on_span)
 	ck_assert_int_eq(create(&st, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
 	for (i = 0; i < sizeof(host); i++)
 		host[i] = (unsigned char)(i / 64 + 1);
+	for (i = 0; i < sizeof(tight); i++)
+		tight[i] = (unsigned char)(i / 4096 + 0x10);
 	memset(back, 0xee, sizeof(back));
 	p = span8();
 	r = span8();
@@ -984,14 +986,18 @@ START_TEST(test_copy3d_batch_on_span)
 	 * of page 2, rows a page apart, layers 3 rows apart: rows on pages
 	 * 2, 3, 5 and 6, and page 4 between them (the box's), not 1 or 7;
 	 * out of r: 2 rows of 4096 bytes, from byte 4096 of page 4, 2 pages
-	 * apart (pages 4 and 6, and 5), never written, to the host */
+	 * apart (pages 4 and 6, and 5), never written, to the host; host
+	 * rows into r, as tight as the copy (2 layers of 2 rows of 4096
+	 * bytes, 16 KiB) from 8 KiB before page 2: pages 1 and 2 */
 	ops[0] = op3d(ptr_operand(p + 2 * PG + 128, PG, 3), ptr_operand(HOST(host), 0, 0),
 		      64, 2, 2);
 	ops[1] = op3d(ptr_operand(HOST(back), 0, 0), ptr_operand(r + 4 * PG + 4096, 2 * PG, 0),
 		      4096, 2, 1);
-	ck_assert_int_eq(batch3d(fn, !_i, ops, 2, st, &fail), CUDA_SUCCESS);
+	ops[2] = op3d(ptr_operand(r + 2 * PG - 8192, 0, 0), ptr_operand(HOST(tight), 0, 0),
+		      4096, 2, 2);
+	ck_assert_int_eq(batch3d(fn, !_i, ops, 3, st, &fail), CUDA_SUCCESS);
 	ck_assert_int_eq(sync(st), CUDA_SUCCESS);
-	ck_assert_uint_eq(mapped(), before + 8 * PG);
+	ck_assert_uint_eq(mapped(), before + 10 * PG);
 	for (i = 0; i < 4; i++) {
 		ck_assert_int_eq(dtoh(row, p + at[i] + 128, sizeof(row)), CUDA_SUCCESS);
 		ck_assert_uint_eq(row[0], i + 1);
@@ -1001,6 +1007,11 @@ START_TEST(test_copy3d_batch_on_span)
 	ck_assert_uint_eq(row[0], 0);
 	ck_assert_uint_eq(back[0], 0);
 	ck_assert_uint_eq(back[sizeof(back) - 1], 0);
+	ck_assert_int_eq(dtoh(row, r + 2 * PG - 8192, sizeof(row)), CUDA_SUCCESS);
+	ck_assert_uint_eq(row[0], 0x10);
+	ck_assert_int_eq(dtoh(row, r + 2 * PG + 8192 - sizeof(row), sizeof(row)),
+			 CUDA_SUCCESS);
+	ck_assert_uint_eq(row[63], 0x13);
 	untouched(p);
 	ck_assert(!was_backed(p + PG));
 	ck_assert(!was_backed(p + 7 * PG));
