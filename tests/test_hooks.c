@@ -1048,6 +1048,29 @@ START_TEST(test_copy3d_batch_on_span)
 	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
 	ck_assert_int_eq(release((void *)(uintptr_t)r), 0);
 
+	/* boxes ending at their spans' last byte, so that a box one byte
+	 * longer runs past the end and is refused: into p as tight as the
+	 * copy (16 KiB), into r rows 8 KiB apart and layers as tight as the
+	 * copy (2 rows: 28 KiB); only each span's page 7 backed */
+	p = span8();
+	r = span8();
+	before = mapped();
+	ops[0] = op3d(ptr_operand(p + 8 * PG - 16384, 0, 0), ptr_operand(HOST(tight), 0, 0),
+		      4096, 2, 2);
+	ops[1] = op3d(ptr_operand(r + 8 * PG - 28672, 8192, 0), ptr_operand(HOST(tight), 0, 0),
+		      4096, 2, 2);
+	ck_assert_int_eq(batch3d(fn, !_i, ops, 2, st, &fail), CUDA_SUCCESS);
+	ck_assert_int_eq(sync(st), CUDA_SUCCESS);
+	ck_assert_uint_eq(mapped(), before + 2 * PG);
+	ck_assert_int_eq(dtoh(row, p + 8 * PG - sizeof(row), sizeof(row)), CUDA_SUCCESS);
+	ck_assert_uint_eq(row[63], 0x13);
+	ck_assert_int_eq(dtoh(row, r + 8 * PG - 28672, sizeof(row)), CUDA_SUCCESS);
+	ck_assert_uint_eq(row[0], 0x10);
+	ck_assert_int_eq(dtoh(row, r + 8 * PG - sizeof(row), sizeof(row)), CUDA_SUCCESS);
+	ck_assert_uint_eq(row[63], 0x13);
+	ck_assert_int_eq(release((void *)(uintptr_t)p), 0);
+	ck_assert_int_eq(release((void *)(uintptr_t)r), 0);
+
 	/* refused whole: copy 1's rows, a page apart from r's page 6, reach
 	 * page 8, past r's end; copy 0 (into p's page 3, never backed) fits */
 	p = span8();
