@@ -274,10 +274,22 @@ static CUresult take_failure(enum kv_emu_fn fn)
     return r;
 }
 
+/* The function whose next entry on this thread passes (kv_emu_pass_next), or -1. */
+static __thread int pass_next = -1;
+
+void kv_emu_pass_next(enum kv_emu_fn fn)
+{
+    pass_next = (int)fn;
+}
+
 CUresult kv_emu_enter(enum kv_emu_fn fn, bool need_init)
 {
     CUresult r;
 
+    if (pass_next == (int)fn) {
+        pass_next = -1;
+        return CUDA_SUCCESS;
+    }
     ensure_config();
     __atomic_add_fetch(&calls[fn], 1, __ATOMIC_RELAXED);
     if (__atomic_load_n(&armed, __ATOMIC_RELAXED) > 0) {
@@ -406,12 +418,13 @@ KV_EMU_ALIAS(cuGetErrorName);
 
 /* ------------------------------------------------------------------ entry points by name */
 
-/* Whether name is a per-thread default stream variant: those are asked for by flag, not name. */
-static bool is_ptsz(const char *name)
+/* Whether name is a per-thread default stream variant (_ptsz, _ptds): those are asked for by
+ * flag, not name. */
+static bool is_per_thread(const char *name)
 {
     size_t n = strlen(name);
 
-    return n > 5 && strcmp(name + n - 5, "_ptsz") == 0;
+    return n > 5 && (strcmp(name + n - 5, "_ptsz") == 0 || strcmp(name + n - 5, "_ptds") == 0);
 }
 
 /* Length of name without a version suffix "_v<digits>". */
@@ -438,7 +451,7 @@ static int find_variant(const char *sym, int max_version)
     bool known = false;
 
     for (int i = 0; i < KV_FN_COUNT; i++) {
-        if (is_ptsz(funcs[i].name) || base_len(funcs[i].name) != n ||
+        if (is_per_thread(funcs[i].name) || base_len(funcs[i].name) != n ||
             strncmp(funcs[i].name, sym, n) != 0)
             continue;
         known = true;
@@ -451,13 +464,14 @@ static int find_variant(const char *sym, int max_version)
     return best;
 }
 
-/* Index of the exported function named name + "_ptsz", or -1. */
-static int find_ptsz(const char *name)
+/* Index of the exported function named name + "_ptsz" or name + "_ptds", or -1. */
+static int find_per_thread(const char *name)
 {
     size_t n = strlen(name);
 
     for (int i = 0; i < KV_FN_COUNT; i++)
-        if (strncmp(funcs[i].name, name, n) == 0 && strcmp(funcs[i].name + n, "_ptsz") == 0)
+        if (strncmp(funcs[i].name, name, n) == 0 && is_per_thread(funcs[i].name) &&
+            strlen(funcs[i].name) == n + 5)
             return i;
     return -1;
 }
@@ -465,8 +479,8 @@ static int find_ptsz(const char *name)
 /*
  * The lookup behind both cuGetProcAddress variants: by base name, as the real driver, so
  * "cuMemAlloc" gives cuMemAlloc_v2 and "cuMemAlloc_v2" is not found. With the per-thread
- * default stream flag, the variant's _ptsz twin where there is one: only the stream capture
- * calls and cuMemFreeAsync have them here.
+ * default stream flag, the variant's _ptsz or _ptds twin where there is one: the stream capture
+ * calls, cuMemFreeAsync, and the memsets and copies (emu_ptds.h) have them here.
  */
 static CUresult get_proc(const char *symbol, void **pfn, int version, cuuint64_t flags,
                          CUdriverProcAddressQueryResult *status)
@@ -485,7 +499,7 @@ static CUresult get_proc(const char *symbol, void **pfn, int version, cuuint64_t
         return CUDA_ERROR_NOT_FOUND;
     }
     if (flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) {
-        int t = find_ptsz(funcs[i].name);
+        int t = find_per_thread(funcs[i].name);
 
         if (t >= 0)
             i = t;

@@ -75,6 +75,7 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
                                                 const CUgraphEdgeData **edgeData_out,
                                                 size_t *numDependencies_out);
 
+#include "emu_ptds.h"
 #include "kvemu.h"
 
 #define KV_EMU_API __attribute__((visibility("default")))
@@ -87,7 +88,8 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
  * Every exported driver function: X(exported name, first CUDA version that has it). The order
  * is the index into the call counters and the fail-injection table; cuGetProcAddress resolves
  * base names through the same list (newest variant whose version is low enough), and takes the
- * variant's "_ptsz" twin, where the list has one, when asked for per-thread default streams.
+ * variant's per-thread default stream twin ("_ptsz" or "_ptds"), where the list has one, when
+ * asked for per-thread default streams. The memsets' and copies' twins are emu_ptds.h's.
  */
 #define KV_EMU_FUNCS(X)                                                  \
     X(cuInit, 2000)                                                      \
@@ -120,6 +122,7 @@ CUresult CUDAAPI cuStreamGetCaptureInfo_v3_ptsz(CUstream hStream,
     X(cuMemFree_v2, 3020)                                                \
     X(cuMemFreeAsync, 11020)                                             \
     X(cuMemFreeAsync_ptsz, 11020)                                        \
+    KV_EMU_PER_THREAD(KV_EMU_PT_FUNC, X)                                 \
     X(cuMemGetAddressRange_v2, 3020)                                     \
     X(cuPointerGetAttribute, 4000)                                       \
     X(cuPointerGetAttributes, 7000)                                      \
@@ -230,6 +233,16 @@ KV_EMU_FUNCS(KV_EMU_LOCAL_DECL)
         CUresult kv_r_ = kv_emu_enter(KV_FN_##name, false);              \
         if (kv_r_ != CUDA_SUCCESS)                                       \
             return kv_r_;                                                \
+    } while (0)
+/*
+ * Entry of a per-thread default stream form that runs its plain form (emu_ptds.c): counted, failed
+ * and held under its own name, as KV_EMU_ENTER does; the plain form's entry, which comes next on
+ * this thread, then passes without counting the call a second time.
+ */
+#define KV_EMU_ENTER_AS(name, plain)                                     \
+    do {                                                                 \
+        KV_EMU_ENTER(name);                                              \
+        kv_emu_pass_next(KV_FN_##plain);                                 \
     } while (0)
 
 /* ---- objects (the opaque CUDA handle types are ours to define) ---- */
@@ -423,6 +436,9 @@ extern kv_emu_state_t kv_emu;
 
 /* ---- emu_core.c ---- */
 CUresult kv_emu_enter(enum kv_emu_fn fn, bool need_init);
+/* Let the calling thread's next entry of fn pass: no count, no failure, no hold (see
+ * KV_EMU_ENTER_AS). */
+void kv_emu_pass_next(enum kv_emu_fn fn);
 void kv_emu_lock(void);
 void kv_emu_unlock(void);
 CUresult kv_emu_from_errno(int err);

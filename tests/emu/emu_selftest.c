@@ -5,7 +5,8 @@
  *
  * Build and run (from the repository root):
  *   gcc -std=gnu11 -O2 -g -Wall -Wextra -I/usr/local/cuda/include -o tests/emu/emu_selftest \
- *       tests/emu/emu_selftest.c tests/emu/emu_selftest_capture.c -ldl -lpthread
+ *       tests/emu/emu_selftest.c tests/emu/emu_selftest_capture.c tests/emu/emu_selftest_ptds.c \
+ *       -ldl -lpthread
  *   LD_LIBRARY_PATH=tests/emu tests/emu/emu_selftest
  *
  * The device is configured small (64 MiB, two devices) so out-of-memory is reachable.
@@ -1687,6 +1688,7 @@ int main(int argc, char **argv)
         { "capture_legacy", test_capture_legacy },
         { "capture_threads", test_capture_threads },
         { "capture_ptsz", test_capture_ptsz },
+        { "per_thread_forms", test_per_thread_forms },
         { "capture_events", test_capture_events },
         { "runtime_capture", test_runtime_capture },
     };

@@ -765,7 +765,19 @@ int test_capture_ptsz(void)
           CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, "cuThreadExchangeStreamCaptureMode" },
         { "cuGraphInstantiateWithFlags", 13000, 0, "cuGraphInstantiateWithFlags" },
         { "cuMemsetD8Async", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM,
-          "cuMemsetD8Async" },
+          "cuMemsetD8Async_ptsz" },
+        { "cuMemsetD8", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM,
+          "cuMemsetD8_v2_ptds" },
+        { "cuMemsetD8", 13000, CU_GET_PROC_ADDRESS_LEGACY_STREAM, "cuMemsetD8_v2" },
+        { "cuMemcpy", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, "cuMemcpy_ptds" },
+        { "cuMemcpyHtoDAsync", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM,
+          "cuMemcpyHtoDAsync_v2_ptsz" },
+        { "cuMemcpy3DPeer", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM,
+          "cuMemcpy3DPeer_ptds" },
+        { "cuMemcpyBatchAsync", 12080, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM,
+          "cuMemcpyBatchAsync_ptsz" },
+        { "cuMemcpyBatchAsync", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM,
+          "cuMemcpyBatchAsync_v2_ptsz" },
         { "cuMemFreeAsync", 13000, 0, "cuMemFreeAsync" },
         { "cuMemFreeAsync", 13000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM,
           "cuMemFreeAsync_ptsz" },
@@ -792,6 +804,7 @@ int test_capture_ptsz(void)
     }
     EXPECT_CU(cuGetProcAddress("cuStreamBeginCapture_ptsz", &fn, 13000, 0, NULL),
               CUDA_ERROR_NOT_FOUND);
+    EXPECT_CU(cuGetProcAddress("cuMemcpy_ptds", &fn, 13000, 0, NULL), CUDA_ERROR_NOT_FOUND);
 
     EXPECT_CU(cuMemAlloc(&a, 4096), CUDA_SUCCESS);
     EXPECT_CU(cuMemsetD8(a, 0, 8), CUDA_SUCCESS);

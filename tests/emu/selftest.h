@@ -343,4 +343,7 @@ int test_capture_ptsz(void);
 int test_capture_events(void);
 int test_runtime_capture(void);
 
+/* The per-thread default stream forms of the memsets and copies (emu_selftest_ptds.c). */
+int test_per_thread_forms(void);
+
 #endif /* KV_EMU_SELFTEST_H */
