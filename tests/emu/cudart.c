@@ -72,11 +72,20 @@
     X(cuGraphExecDestroy, "cuGraphExecDestroy")          \
     X(cuGraphDestroy, "cuGraphDestroy")
 
-static struct {
+struct driver {
 #define KV_RT_FIELD(sym, name) __typeof__(sym) *sym;
     KV_RT_DRIVER(KV_RT_FIELD)
 #undef KV_RT_FIELD
-} drv;
+};
+
+/*
+ * The driver's functions as cuGetProcAddress hands them out for the legacy default stream (drv)
+ * and for per-thread default streams (drv_pt: the _ptds and _ptsz forms where the driver has
+ * them, the same functions elsewhere). The runtime's own _ptds and _ptsz forms run on drv_pt, so
+ * a cudaMemcpy_ptds reaches the driver's cuMemcpy*_ptds as a program built with
+ * --default-stream per-thread does [choice: the real runtime's internal road is its own].
+ */
+static struct driver drv, drv_pt;
 
 static __typeof__(cuGetProcAddress_v2) *get_proc;
 
@@ -242,7 +251,11 @@ static void load_driver(void)
     if (get_proc(name, &fn, KV_RT_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &st) !=      \
             CUDA_SUCCESS || !fn)                                                     \
         goto insufficient;                                                           \
-    drv.sym = (__typeof__(drv.sym))fn;
+    drv.sym = (__typeof__(drv.sym))fn;                                               \
+    if (get_proc(name, &fn, KV_RT_VERSION, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, \
+                 &st) != CUDA_SUCCESS || !fn)                                        \
+        goto insufficient;                                                           \
+    drv_pt.sym = (__typeof__(drv_pt.sym))fn;
     KV_RT_DRIVER(KV_RT_RESOLVE)
 #undef KV_RT_RESOLVE
     driver_found = true;
@@ -460,55 +473,65 @@ KV_RT_API cudaError_t cudaMemGetInfo(size_t *free, size_t *total)
     return record_driver(drv.cuMemGetInfo_v2(free, total));
 }
 
-KV_RT_API cudaError_t cudaMemset(void *devPtr, int value, size_t count)
+/* A memset of count bytes through d's cuMemsetD8 (its async form with async). */
+static cudaError_t set1d(const struct driver *d, void *devPtr, int value, size_t count,
+                         bool async, cudaStream_t stream)
 {
     cudaError_t e = need_context();
 
     if (e != cudaSuccess)
         return record(e);
-    return record_driver(drv.cuMemsetD8_v2((CUdeviceptr)devPtr, (unsigned char)value, count));
+    return record_driver(async ? d->cuMemsetD8Async((CUdeviceptr)devPtr, (unsigned char)value,
+                                                    count, stream)
+                               : d->cuMemsetD8_v2((CUdeviceptr)devPtr, (unsigned char)value,
+                                                  count));
+}
+
+/* A 2D memset through d's cuMemsetD2D8 (its async form with async). */
+static cudaError_t set2d(const struct driver *d, void *devPtr, size_t pitch, int value,
+                         size_t width, size_t height, bool async, cudaStream_t stream)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(async ? d->cuMemsetD2D8Async((CUdeviceptr)devPtr, pitch,
+                                                      (unsigned char)value, width, height,
+                                                      stream)
+                               : d->cuMemsetD2D8_v2((CUdeviceptr)devPtr, pitch,
+                                                    (unsigned char)value, width, height));
+}
+
+KV_RT_API cudaError_t cudaMemset(void *devPtr, int value, size_t count)
+{
+    return set1d(&drv, devPtr, value, count, false, NULL);
 }
 
 KV_RT_API cudaError_t cudaMemsetAsync(void *devPtr, int value, size_t count, cudaStream_t stream)
 {
-    cudaError_t e = need_context();
-
-    if (e != cudaSuccess)
-        return record(e);
-    return record_driver(drv.cuMemsetD8Async((CUdeviceptr)devPtr, (unsigned char)value, count,
-                                             stream));
+    return set1d(&drv, devPtr, value, count, true, stream);
 }
 
 KV_RT_API cudaError_t cudaMemset2D(void *devPtr, size_t pitch, int value, size_t width,
                                   size_t height)
 {
-    cudaError_t e = need_context();
-
-    if (e != cudaSuccess)
-        return record(e);
-    return record_driver(drv.cuMemsetD2D8_v2((CUdeviceptr)devPtr, pitch, (unsigned char)value,
-                                             width, height));
+    return set2d(&drv, devPtr, pitch, value, width, height, false, NULL);
 }
 
 KV_RT_API cudaError_t cudaMemset2DAsync(void *devPtr, size_t pitch, int value, size_t width,
                                        size_t height, cudaStream_t stream)
 {
-    cudaError_t e = need_context();
-
-    if (e != cudaSuccess)
-        return record(e);
-    return record_driver(drv.cuMemsetD2D8Async((CUdeviceptr)devPtr, pitch, (unsigned char)value,
-                                               width, height, stream));
+    return set2d(&drv, devPtr, pitch, value, width, height, true, stream);
 }
 
 /*
  * A 3D memset: extent.depth slices of extent.height rows of extent.width bytes; rows p.pitch
  * apart, slices p.pitch * p.ysize apart. Checked whole first (slices must not overlap, the
  * range must lie in one allocation), so that a refused call writes nothing; then one 2D
- * memset per slice.
+ * memset per slice, through d.
  */
-static cudaError_t memset3d(struct cudaPitchedPtr p, int value, struct cudaExtent x, bool async,
-                            cudaStream_t stream)
+static cudaError_t memset3d(const struct driver *d, struct cudaPitchedPtr p, int value,
+                            struct cudaExtent x, bool async, cudaStream_t stream)
 {
     CUdeviceptr base = 0, dst = (CUdeviceptr)p.ptr;
     size_t slice, span, size = 0;
@@ -532,33 +555,33 @@ static cudaError_t memset3d(struct cudaPitchedPtr p, int value, struct cudaExten
     if (r != CUDA_SUCCESS || span > size - (dst - base))
         return record(cudaErrorInvalidValue);
     for (size_t i = 0; i < x.depth && r == CUDA_SUCCESS; i++)
-        r = async ? drv.cuMemsetD2D8Async(dst + i * slice, p.pitch, (unsigned char)value,
-                                          x.width, x.height, stream)
-                  : drv.cuMemsetD2D8_v2(dst + i * slice, p.pitch, (unsigned char)value,
-                                        x.width, x.height);
+        r = async ? d->cuMemsetD2D8Async(dst + i * slice, p.pitch, (unsigned char)value,
+                                         x.width, x.height, stream)
+                  : d->cuMemsetD2D8_v2(dst + i * slice, p.pitch, (unsigned char)value,
+                                       x.width, x.height);
     return record_driver(r);
 }
 
 KV_RT_API cudaError_t cudaMemset3D(struct cudaPitchedPtr pitchedDevPtr, int value,
                                   struct cudaExtent extent)
 {
-    return memset3d(pitchedDevPtr, value, extent, false, NULL);
+    return memset3d(&drv, pitchedDevPtr, value, extent, false, NULL);
 }
 
 KV_RT_API cudaError_t cudaMemset3DAsync(struct cudaPitchedPtr pitchedDevPtr, int value,
                                        struct cudaExtent extent, cudaStream_t stream)
 {
-    return memset3d(pitchedDevPtr, value, extent, true, stream);
+    return memset3d(&drv, pitchedDevPtr, value, extent, true, stream);
 }
 
 /*
- * One copy, by kind: the explicit kinds go to the driver's directional copies (which check the
- * device side), host-to-host and Default to the unified cuMemcpy.
+ * One copy, by kind: the explicit kinds go to d's directional copies (which check the device
+ * side), host-to-host and Default to the unified cuMemcpy.
  */
-static cudaError_t copy(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind,
-                        bool async, cudaStream_t s)
+static cudaError_t copy(const struct driver *d, void *dst, const void *src, size_t count,
+                        enum cudaMemcpyKind kind, bool async, cudaStream_t s)
 {
-    CUdeviceptr d = (CUdeviceptr)dst, sp = (CUdeviceptr)src;
+    CUdeviceptr dp = (CUdeviceptr)dst, sp = (CUdeviceptr)src;
     cudaError_t e = need_context();
     CUresult r;
 
@@ -566,17 +589,17 @@ static cudaError_t copy(void *dst, const void *src, size_t count, enum cudaMemcp
         return record(e);
     switch (kind) {
     case cudaMemcpyHostToDevice:
-        r = async ? drv.cuMemcpyHtoDAsync_v2(d, src, count, s) : drv.cuMemcpyHtoD_v2(d, src, count);
+        r = async ? d->cuMemcpyHtoDAsync_v2(dp, src, count, s) : d->cuMemcpyHtoD_v2(dp, src, count);
         break;
     case cudaMemcpyDeviceToHost:
-        r = async ? drv.cuMemcpyDtoHAsync_v2(dst, sp, count, s) : drv.cuMemcpyDtoH_v2(dst, sp, count);
+        r = async ? d->cuMemcpyDtoHAsync_v2(dst, sp, count, s) : d->cuMemcpyDtoH_v2(dst, sp, count);
         break;
     case cudaMemcpyDeviceToDevice:
-        r = async ? drv.cuMemcpyDtoDAsync_v2(d, sp, count, s) : drv.cuMemcpyDtoD_v2(d, sp, count);
+        r = async ? d->cuMemcpyDtoDAsync_v2(dp, sp, count, s) : d->cuMemcpyDtoD_v2(dp, sp, count);
         break;
     case cudaMemcpyHostToHost:
     case cudaMemcpyDefault:
-        r = async ? drv.cuMemcpyAsync(d, sp, count, s) : drv.cuMemcpy(d, sp, count);
+        r = async ? d->cuMemcpyAsync(dp, sp, count, s) : d->cuMemcpy(dp, sp, count);
         break;
     default:
         return record(cudaErrorInvalidMemcpyDirection);
@@ -587,13 +610,13 @@ static cudaError_t copy(void *dst, const void *src, size_t count, enum cudaMemcp
 KV_RT_API cudaError_t cudaMemcpy(void *dst, const void *src, size_t count,
                                  enum cudaMemcpyKind kind)
 {
-    return copy(dst, src, count, kind, false, NULL);
+    return copy(&drv, dst, src, count, kind, false, NULL);
 }
 
 KV_RT_API cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t count,
                                       enum cudaMemcpyKind kind, cudaStream_t stream)
 {
-    return copy(dst, src, count, kind, true, stream);
+    return copy(&drv, dst, src, count, kind, true, stream);
 }
 
 /*
@@ -634,11 +657,12 @@ static void set_side(CUmemorytype t, const void *p, const void **host, CUdevicep
 }
 
 /*
- * A 2D copy as the driver's cuMemcpy2D. A width past either pitch is the runtime's own
- * refusal (cudaErrorInvalidPitchValue, as documented), made before the driver is asked.
+ * A 2D copy as d's cuMemcpy2D. A width past either pitch is the runtime's own refusal
+ * (cudaErrorInvalidPitchValue, as documented), made before the driver is asked.
  */
-static cudaError_t copy2d(void *dst, size_t dpitch, const void *src, size_t spitch, size_t width,
-                          size_t height, enum cudaMemcpyKind kind, bool async, cudaStream_t s)
+static cudaError_t copy2d(const struct driver *d, void *dst, size_t dpitch, const void *src,
+                          size_t spitch, size_t width, size_t height, enum cudaMemcpyKind kind,
+                          bool async, cudaStream_t s)
 {
     CUDA_MEMCPY2D p;
     const void *dhost = NULL;
@@ -658,28 +682,29 @@ static cudaError_t copy2d(void *dst, size_t dpitch, const void *src, size_t spit
     p.srcPitch = spitch;
     p.WidthInBytes = width;
     p.Height = height;
-    return record_driver(async ? drv.cuMemcpy2DAsync_v2(&p, s) : drv.cuMemcpy2D_v2(&p));
+    return record_driver(async ? d->cuMemcpy2DAsync_v2(&p, s) : d->cuMemcpy2D_v2(&p));
 }
 
 KV_RT_API cudaError_t cudaMemcpy2D(void *dst, size_t dpitch, const void *src, size_t spitch,
                                    size_t width, size_t height, enum cudaMemcpyKind kind)
 {
-    return copy2d(dst, dpitch, src, spitch, width, height, kind, false, NULL);
+    return copy2d(&drv, dst, dpitch, src, spitch, width, height, kind, false, NULL);
 }
 
 KV_RT_API cudaError_t cudaMemcpy2DAsync(void *dst, size_t dpitch, const void *src, size_t spitch,
                                         size_t width, size_t height, enum cudaMemcpyKind kind,
                                         cudaStream_t stream)
 {
-    return copy2d(dst, dpitch, src, spitch, width, height, kind, true, stream);
+    return copy2d(&drv, dst, dpitch, src, spitch, width, height, kind, true, stream);
 }
 
 /*
- * A 3D copy as the driver's cuMemcpy3D: positions and the extent in bytes (no array takes
- * part: the emulation has none, and refuses one with cudaErrorInvalidValue), slices pitch *
- * ysize bytes apart on each side.
+ * A 3D copy as d's cuMemcpy3D: positions and the extent in bytes (no array takes part: the
+ * emulation has none, and refuses one with cudaErrorInvalidValue), slices pitch * ysize bytes
+ * apart on each side.
  */
-static cudaError_t copy3d(const struct cudaMemcpy3DParms *q, bool async, cudaStream_t s)
+static cudaError_t copy3d(const struct driver *d, const struct cudaMemcpy3DParms *q, bool async,
+                          cudaStream_t s)
 {
     CUDA_MEMCPY3D p;
     const void *dhost = NULL;
@@ -708,17 +733,17 @@ static cudaError_t copy3d(const struct cudaMemcpy3DParms *q, bool async, cudaStr
     p.WidthInBytes = q->extent.width;
     p.Height = q->extent.height;
     p.Depth = q->extent.depth;
-    return record_driver(async ? drv.cuMemcpy3DAsync_v2(&p, s) : drv.cuMemcpy3D_v2(&p));
+    return record_driver(async ? d->cuMemcpy3DAsync_v2(&p, s) : d->cuMemcpy3D_v2(&p));
 }
 
 KV_RT_API cudaError_t cudaMemcpy3D(const struct cudaMemcpy3DParms *p)
 {
-    return copy3d(p, false, NULL);
+    return copy3d(&drv, p, false, NULL);
 }
 
 KV_RT_API cudaError_t cudaMemcpy3DAsync(const struct cudaMemcpy3DParms *p, cudaStream_t stream)
 {
-    return copy3d(p, true, stream);
+    return copy3d(&drv, p, true, stream);
 }
 
 /* A copy between two devices' memory, through their primary contexts. */
@@ -751,6 +776,105 @@ KV_RT_API cudaError_t cudaMemcpyPeerAsync(void *dst, int dstDevice, const void *
                                           int srcDevice, size_t count, cudaStream_t stream)
 {
     return copy_peer(dst, dstDevice, src, srcDevice, count, true, stream);
+}
+
+/* ------------------------------------------------------------------ per-thread default stream */
+
+/*
+ * The _ptds and _ptsz forms a program built with --default-stream per-thread calls (cuda.h's
+ * runtime header names them only in such a build, hence these declarations): each is its plain
+ * form through drv_pt, the driver's per-thread forms, which read a NULL stream as the calling
+ * thread's per-thread default stream. There is none of cudaMemcpyPeer, as in the real runtime.
+ */
+cudaError_t cudaMemset_ptds(void *devPtr, int value, size_t count);
+cudaError_t cudaMemsetAsync_ptsz(void *devPtr, int value, size_t count, cudaStream_t stream);
+cudaError_t cudaMemset2D_ptds(void *devPtr, size_t pitch, int value, size_t width, size_t height);
+cudaError_t cudaMemset2DAsync_ptsz(void *devPtr, size_t pitch, int value, size_t width,
+                                   size_t height, cudaStream_t stream);
+cudaError_t cudaMemset3D_ptds(struct cudaPitchedPtr pitchedDevPtr, int value,
+                              struct cudaExtent extent);
+cudaError_t cudaMemset3DAsync_ptsz(struct cudaPitchedPtr pitchedDevPtr, int value,
+                                   struct cudaExtent extent, cudaStream_t stream);
+cudaError_t cudaMemcpy_ptds(void *dst, const void *src, size_t count, enum cudaMemcpyKind kind);
+cudaError_t cudaMemcpyAsync_ptsz(void *dst, const void *src, size_t count,
+                                 enum cudaMemcpyKind kind, cudaStream_t stream);
+cudaError_t cudaMemcpy2D_ptds(void *dst, size_t dpitch, const void *src, size_t spitch,
+                              size_t width, size_t height, enum cudaMemcpyKind kind);
+cudaError_t cudaMemcpy2DAsync_ptsz(void *dst, size_t dpitch, const void *src, size_t spitch,
+                                   size_t width, size_t height, enum cudaMemcpyKind kind,
+                                   cudaStream_t stream);
+cudaError_t cudaMemcpy3D_ptds(const struct cudaMemcpy3DParms *p);
+cudaError_t cudaMemcpy3DAsync_ptsz(const struct cudaMemcpy3DParms *p, cudaStream_t stream);
+
+KV_RT_API cudaError_t cudaMemset_ptds(void *devPtr, int value, size_t count)
+{
+    return set1d(&drv_pt, devPtr, value, count, false, NULL);
+}
+
+KV_RT_API cudaError_t cudaMemsetAsync_ptsz(void *devPtr, int value, size_t count,
+                                           cudaStream_t stream)
+{
+    return set1d(&drv_pt, devPtr, value, count, true, stream);
+}
+
+KV_RT_API cudaError_t cudaMemset2D_ptds(void *devPtr, size_t pitch, int value, size_t width,
+                                       size_t height)
+{
+    return set2d(&drv_pt, devPtr, pitch, value, width, height, false, NULL);
+}
+
+KV_RT_API cudaError_t cudaMemset2DAsync_ptsz(void *devPtr, size_t pitch, int value, size_t width,
+                                            size_t height, cudaStream_t stream)
+{
+    return set2d(&drv_pt, devPtr, pitch, value, width, height, true, stream);
+}
+
+KV_RT_API cudaError_t cudaMemset3D_ptds(struct cudaPitchedPtr pitchedDevPtr, int value,
+                                       struct cudaExtent extent)
+{
+    return memset3d(&drv_pt, pitchedDevPtr, value, extent, false, NULL);
+}
+
+KV_RT_API cudaError_t cudaMemset3DAsync_ptsz(struct cudaPitchedPtr pitchedDevPtr, int value,
+                                            struct cudaExtent extent, cudaStream_t stream)
+{
+    return memset3d(&drv_pt, pitchedDevPtr, value, extent, true, stream);
+}
+
+KV_RT_API cudaError_t cudaMemcpy_ptds(void *dst, const void *src, size_t count,
+                                      enum cudaMemcpyKind kind)
+{
+    return copy(&drv_pt, dst, src, count, kind, false, NULL);
+}
+
+KV_RT_API cudaError_t cudaMemcpyAsync_ptsz(void *dst, const void *src, size_t count,
+                                           enum cudaMemcpyKind kind, cudaStream_t stream)
+{
+    return copy(&drv_pt, dst, src, count, kind, true, stream);
+}
+
+KV_RT_API cudaError_t cudaMemcpy2D_ptds(void *dst, size_t dpitch, const void *src, size_t spitch,
+                                        size_t width, size_t height, enum cudaMemcpyKind kind)
+{
+    return copy2d(&drv_pt, dst, dpitch, src, spitch, width, height, kind, false, NULL);
+}
+
+KV_RT_API cudaError_t cudaMemcpy2DAsync_ptsz(void *dst, size_t dpitch, const void *src,
+                                             size_t spitch, size_t width, size_t height,
+                                             enum cudaMemcpyKind kind, cudaStream_t stream)
+{
+    return copy2d(&drv_pt, dst, dpitch, src, spitch, width, height, kind, true, stream);
+}
+
+KV_RT_API cudaError_t cudaMemcpy3D_ptds(const struct cudaMemcpy3DParms *p)
+{
+    return copy3d(&drv_pt, p, false, NULL);
+}
+
+KV_RT_API cudaError_t cudaMemcpy3DAsync_ptsz(const struct cudaMemcpy3DParms *p,
+                                             cudaStream_t stream)
+{
+    return copy3d(&drv_pt, p, true, stream);
 }
 
 /*
