@@ -195,6 +195,7 @@ int main(void)
 	srunner_add_suite(sr, share_trust_suite());
 	srunner_add_suite(sr, fair_suite());
 	srunner_add_suite(sr, hooks_suite());
+	srunner_add_suite(sr, ptds_suite());
 	srunner_add_suite(sr, capture_suite());
 	srunner_add_suite(sr, multidev_suite());
 	/* a CUDA context does not survive fork: on a GPU run every test in

@@ -30,6 +30,7 @@ Suite *share_suite(void);
 Suite *share_trust_suite(void);
 Suite *fair_suite(void);
 Suite *hooks_suite(void);
+Suite *ptds_suite(void);
 Suite *capture_suite(void);
 Suite *multidev_suite(void);
 

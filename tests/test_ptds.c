@@ -1,0 +1,842 @@
+/*
+ * test_ptds.c - the per-thread default stream forms of the copies and
+ * memsets kvshim hooks (the _ptds and _ptsz names of hooks.h), one table
+ * row each, reached as an engine built with --default-stream per-thread
+ * reaches them: a driver form through the shim's cuGetProcAddress asked for
+ * per-thread default streams, a runtime form by its name among the shim's
+ * exports (what a preloaded shim binds an import to). Each does its work
+ * into or out of span pages nothing backs yet, and must succeed, move the
+ * right bytes, back exactly the span pages it touches (the emulation faults,
+ * 700, on a page left unbacked), and reach the driver's per-thread form,
+ * never the plain one (a hook wired to its plain real function, or with
+ * its arguments shifted, fails here). A name hooks.h lists that the table
+ * lacks fails the table's own test.
+ *
+ * Emulation only: the calls are counted by the emulation, and a hook that
+ * backs too little must fault there, not on a GPU.
+ */
+#include <dlfcn.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "hooks.h"
+#include "suites.h"
+
+/* What a row does (see the op_* functions). */
+enum shape {
+	SET1D,          /* cuMemsetD8/16/32 */
+	SET2D,          /* cuMemsetD2D8/16/32 */
+	COPY,           /* the linear copies; arg: the device sides */
+	COPY2D,         /* cuMemcpy2D, cuMemcpy2DUnaligned */
+	COPY3D,         /* cuMemcpy3D */
+	COPY3D_PEER,    /* cuMemcpy3DPeer, in the current context */
+	PEER,           /* cuMemcpyPeer, in the current context */
+	BATCH,          /* cuMemcpyBatchAsync; arg: 12 for CUDA 12.8's form */
+	BATCH3D,        /* cuMemcpy3DBatchAsync; arg: 12 for CUDA 12.8's form */
+	RT_SET1D,       /* cudaMemset */
+	RT_SET2D,       /* cudaMemset2D */
+	RT_SET3D,       /* cudaMemset3D */
+	RT_COPY,        /* cudaMemcpy, device to device */
+	RT_COPY2D,      /* cudaMemcpy2D */
+	RT_COPY3D,      /* cudaMemcpy3D */
+};
+
+#define DST 1           /* COPY: the destination is device memory */
+#define SRC 2           /* and the source */
+
+struct row {
+	const char *name;       /* the per-thread form, as hooks.h names it */
+	const char *base;       /* a driver form: the name cuGetProcAddress is
+				 * asked for; NULL for a runtime form */
+	int version;            /* the CUDA version it is asked for */
+	enum shape shape;
+	int arg;                /* memsets: bytes per element; COPY: sides */
+	int async;              /* takes a stream (NULL: the per-thread one) */
+	const char *real;       /* the driver's per-thread form the call must
+				 * reach: the row's own for a driver form */
+};
+
+static const struct row rows[] = {
+	{ "cuMemsetD8_v2_ptds", "cuMemsetD8", 13000, SET1D, 1, 0, NULL },
+	{ "cuMemsetD16_v2_ptds", "cuMemsetD16", 13000, SET1D, 2, 0, NULL },
+	{ "cuMemsetD32_v2_ptds", "cuMemsetD32", 13000, SET1D, 4, 0, NULL },
+	{ "cuMemsetD8Async_ptsz", "cuMemsetD8Async", 13000, SET1D, 1, 1, NULL },
+	{ "cuMemsetD16Async_ptsz", "cuMemsetD16Async", 13000, SET1D, 2, 1, NULL },
+	{ "cuMemsetD32Async_ptsz", "cuMemsetD32Async", 13000, SET1D, 4, 1, NULL },
+	{ "cuMemsetD2D8_v2_ptds", "cuMemsetD2D8", 13000, SET2D, 1, 0, NULL },
+	{ "cuMemsetD2D16_v2_ptds", "cuMemsetD2D16", 13000, SET2D, 2, 0, NULL },
+	{ "cuMemsetD2D32_v2_ptds", "cuMemsetD2D32", 13000, SET2D, 4, 0, NULL },
+	{ "cuMemsetD2D8Async_ptsz", "cuMemsetD2D8Async", 13000, SET2D, 1, 1, NULL },
+	{ "cuMemsetD2D16Async_ptsz", "cuMemsetD2D16Async", 13000, SET2D, 2, 1, NULL },
+	{ "cuMemsetD2D32Async_ptsz", "cuMemsetD2D32Async", 13000, SET2D, 4, 1, NULL },
+	{ "cuMemcpy_ptds", "cuMemcpy", 13000, COPY, DST | SRC, 0, NULL },
+	{ "cuMemcpyAsync_ptsz", "cuMemcpyAsync", 13000, COPY, DST | SRC, 1, NULL },
+	{ "cuMemcpyHtoD_v2_ptds", "cuMemcpyHtoD", 13000, COPY, DST, 0, NULL },
+	{ "cuMemcpyDtoH_v2_ptds", "cuMemcpyDtoH", 13000, COPY, SRC, 0, NULL },
+	{ "cuMemcpyDtoD_v2_ptds", "cuMemcpyDtoD", 13000, COPY, DST | SRC, 0, NULL },
+	{ "cuMemcpyHtoDAsync_v2_ptsz", "cuMemcpyHtoDAsync", 13000, COPY, DST, 1, NULL },
+	{ "cuMemcpyDtoHAsync_v2_ptsz", "cuMemcpyDtoHAsync", 13000, COPY, SRC, 1, NULL },
+	{ "cuMemcpyDtoDAsync_v2_ptsz", "cuMemcpyDtoDAsync", 13000, COPY, DST | SRC, 1, NULL },
+	{ "cuMemcpy2D_v2_ptds", "cuMemcpy2D", 13000, COPY2D, 0, 0, NULL },
+	{ "cuMemcpy2DUnaligned_v2_ptds", "cuMemcpy2DUnaligned", 13000, COPY2D, 0, 0, NULL },
+	{ "cuMemcpy2DAsync_v2_ptsz", "cuMemcpy2DAsync", 13000, COPY2D, 0, 1, NULL },
+	{ "cuMemcpy3D_v2_ptds", "cuMemcpy3D", 13000, COPY3D, 0, 0, NULL },
+	{ "cuMemcpy3DAsync_v2_ptsz", "cuMemcpy3DAsync", 13000, COPY3D, 0, 1, NULL },
+	{ "cuMemcpyPeer_ptds", "cuMemcpyPeer", 13000, PEER, 0, 0, NULL },
+	{ "cuMemcpyPeerAsync_ptsz", "cuMemcpyPeerAsync", 13000, PEER, 0, 1, NULL },
+	{ "cuMemcpy3DPeer_ptds", "cuMemcpy3DPeer", 13000, COPY3D_PEER, 0, 0, NULL },
+	{ "cuMemcpy3DPeerAsync_ptsz", "cuMemcpy3DPeerAsync", 13000, COPY3D_PEER, 0, 1, NULL },
+	{ "cuMemcpyBatchAsync_ptsz", "cuMemcpyBatchAsync", 12080, BATCH, 12, 1, NULL },
+	{ "cuMemcpyBatchAsync_v2_ptsz", "cuMemcpyBatchAsync", 13000, BATCH, 13, 1, NULL },
+	{ "cuMemcpy3DBatchAsync_ptsz", "cuMemcpy3DBatchAsync", 12080, BATCH3D, 12, 1, NULL },
+	{ "cuMemcpy3DBatchAsync_v2_ptsz", "cuMemcpy3DBatchAsync", 13000, BATCH3D, 13, 1, NULL },
+	{ "cudaMemset_ptds", NULL, 0, RT_SET1D, 1, 0, "cuMemsetD8_v2_ptds" },
+	{ "cudaMemsetAsync_ptsz", NULL, 0, RT_SET1D, 1, 1, "cuMemsetD8Async_ptsz" },
+	{ "cudaMemset2D_ptds", NULL, 0, RT_SET2D, 1, 0, "cuMemsetD2D8_v2_ptds" },
+	{ "cudaMemset2DAsync_ptsz", NULL, 0, RT_SET2D, 1, 1, "cuMemsetD2D8Async_ptsz" },
+	{ "cudaMemset3D_ptds", NULL, 0, RT_SET3D, 1, 0, "cuMemsetD2D8_v2_ptds" },
+	{ "cudaMemset3DAsync_ptsz", NULL, 0, RT_SET3D, 1, 1, "cuMemsetD2D8Async_ptsz" },
+	{ "cudaMemcpy_ptds", NULL, 0, RT_COPY, 0, 0, "cuMemcpyDtoD_v2_ptds" },
+	{ "cudaMemcpyAsync_ptsz", NULL, 0, RT_COPY, 0, 1, "cuMemcpyDtoDAsync_v2_ptsz" },
+	{ "cudaMemcpy2D_ptds", NULL, 0, RT_COPY2D, 0, 0, "cuMemcpy2D_v2_ptds" },
+	{ "cudaMemcpy2DAsync_ptsz", NULL, 0, RT_COPY2D, 0, 1, "cuMemcpy2DAsync_v2_ptsz" },
+	{ "cudaMemcpy3D_ptds", NULL, 0, RT_COPY3D, 0, 0, "cuMemcpy3D_v2_ptds" },
+	{ "cudaMemcpy3DAsync_ptsz", NULL, 0, RT_COPY3D, 0, 1, "cuMemcpy3DAsync_v2_ptsz" },
+};
+
+#define NROWS ((int)(sizeof(rows) / sizeof(rows[0])))
+
+/* Every function kvshim hooks, by name. */
+#define KV_HOOK_NAME(name, ret, args) #name,
+static const char *const hooked[] = {
+	KV_DRIVER_HOOKS(KV_HOOK_NAME)
+	KV_RUNTIME_HOOKS(KV_HOOK_NAME)
+};
+#undef KV_HOOK_NAME
+
+static void *lib;
+static int (*reserve)(size_t, void **);
+static int (*release)(void *);
+static int (*map)(const void *, size_t);
+/* the driver's own, found before any test loads kvshim (loaded late, it
+ * hands out its wrappers through dlsym) */
+static CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+static CUresult (*ctx_current)(CUcontext *);
+
+/* The row under test and what it must reach. */
+static const struct row *row;
+static const char *real_name;
+static char plain_name[64];
+
+/* Whether name is a per-thread form (_ptds, _ptsz) of a copy or memset. */
+static int copy_or_set_per_thread(const char *name)
+{
+	size_t n = strlen(name);
+
+	if (n < 5 || (strcmp(name + n - 5, "_ptds") && strcmp(name + n - 5, "_ptsz")))
+		return 0;
+	return !strncmp(name, "cuMemcpy", 8) || !strncmp(name, "cuMemset", 8) ||
+	       !strncmp(name, "cudaMemcpy", 10) || !strncmp(name, "cudaMemset", 10);
+}
+
+/* The span of 8 pages a row works on: page 0 backed and holding seed 5's
+ * pattern, the others unbacked. */
+static CUdeviceptr span8(void)
+{
+	void *p = NULL;
+
+	ck_assert_int_eq(reserve(8 * PG, &p), 0);
+	ck_assert_int_eq(map(p, PG), 0);
+	ck_assert_int_eq(kv_dev_fill((CUdeviceptr)(uintptr_t)p, PG, 5), CUDA_SUCCESS);
+	return (CUdeviceptr)(uintptr_t)p;
+}
+
+/* The pages of span p backed now: bit i for page i. */
+static unsigned backed(CUdeviceptr p)
+{
+	unsigned mask = 0, i;
+
+	for (i = 0; i < 8; i++)
+		if (kv_dev_ordinal(p + i * PG) >= 0)
+			mask |= 1u << i;
+	return mask;
+}
+
+/* Before a step of the row: the driver's call counts from zero. */
+static void start(void)
+{
+	kv_dev_reset_counts();
+}
+
+/*
+ * Right after a step of the row (before the test reads anything back: its
+ * own reads use plain forms): it returned success, reached the per-thread
+ * form calls times and the plain form never, and span p has exactly the
+ * pages of mask backed. kvshim calls cuMemsetD8Async itself, to scrub the
+ * pages it backs on its own stream (on the caller's thread, or on its
+ * worker's at any time): where that is the plain form, its count cannot
+ * tell the row's call from kvshim's own, and the per-thread form's count
+ * alone shows which the row reached.
+ */
+static void done(int rc, unsigned long long calls, CUdeviceptr p, unsigned mask)
+{
+	unsigned long long real_calls = kv_dev_calls(real_name);
+	unsigned long long plain_calls = kv_dev_calls(plain_name);
+
+	ck_assert_msg(rc == 0, "%s: returned %d", row->name, rc);
+	ck_assert_msg(real_calls == calls, "%s: %s called %llu times, not %llu", row->name,
+		      real_name, real_calls, calls);
+	if (strcmp(plain_name, "cuMemsetD8Async"))
+		ck_assert_msg(plain_calls == 0, "%s: reached %s, the legacy stream's form",
+			      row->name, plain_name);
+	ck_assert_msg(backed(p) == mask, "%s: pages backed %#x, not %#x", row->name,
+		      backed(p), mask);
+}
+
+/* n bytes at d read back. */
+static void read_back(void *h, CUdeviceptr d, size_t n)
+{
+	ck_assert_int_eq(dtoh(h, d, n), CUDA_SUCCESS);
+}
+
+/* [d, d + n) holds seed 5's pattern (page 0's, copied). */
+static void holds_page0(CUdeviceptr d, size_t n)
+{
+	unsigned long long bad = 1;
+
+	ck_assert_int_eq(kv_dev_check(d, n, 5, &bad), CUDA_SUCCESS);
+	ck_assert_msg(bad == 0, "%s: %llu words are not page 0's", row->name, bad);
+}
+
+/* [d, d + n) holds zeros. */
+static void zeros(CUdeviceptr d, size_t n)
+{
+	size_t nz = 1;
+
+	ck_assert_int_eq(kv_dev_nonzero(d, n, &nz), CUDA_SUCCESS);
+	ck_assert_msg(nz == 0, "%s: %zu bytes are not zero", row->name, nz);
+}
+
+/* The host buffer h of n bytes holds byte v throughout. */
+static void host_is(const unsigned char *h, size_t n, unsigned char v)
+{
+	size_t i;
+
+	for (i = 0; i < n; i++)
+		ck_assert_msg(h[i] == v, "%s: host byte %zu is %#x, not %#x", row->name, i, h[i], v);
+}
+
+/* The memsets' value, w bytes wide, and its byte i (little endian). */
+static const unsigned values[] = { 0, 0x5a, 0x5a5b, 0, 0x5a5b5c5d };
+
+static unsigned char value_byte(int w, size_t i)
+{
+	return (unsigned char)(values[w] >> (8 * (i % (size_t)w)));
+}
+
+/* The 8 bytes around d (4 before, 4 from it): zeros before when
+ * set_before is 0, else the value; from it alike with set_after. */
+static void edge(CUdeviceptr d, int w, int set_before, int set_after)
+{
+	unsigned char h[8];
+	size_t i;
+
+	read_back(h, d - 4, sizeof(h));
+	for (i = 0; i < 8; i++) {
+		int set = i < 4 ? set_before : set_after;
+		unsigned char want = set ? value_byte(w, i) : 0;
+
+		ck_assert_msg(h[i] == want, "%s: byte %d around %#llx is %#x, not %#x", row->name,
+			      (int)i - 4, (unsigned long long)d, h[i], want);
+	}
+}
+
+/* The host pattern copies carry into the span. */
+static unsigned char pattern[4096];
+
+/* ---- the driver's forms ---------------------------------------------------------- */
+
+typedef CUresult (*set8_fn)(CUdeviceptr, unsigned char, size_t);
+typedef CUresult (*set16_fn)(CUdeviceptr, unsigned short, size_t);
+typedef CUresult (*set32_fn)(CUdeviceptr, unsigned int, size_t);
+typedef CUresult (*set8a_fn)(CUdeviceptr, unsigned char, size_t, CUstream);
+typedef CUresult (*set16a_fn)(CUdeviceptr, unsigned short, size_t, CUstream);
+typedef CUresult (*set32a_fn)(CUdeviceptr, unsigned int, size_t, CUstream);
+
+/* A memset of n elements of the row's width from d, through fn. */
+static CUresult set1d(void *fn, CUdeviceptr d, size_t n)
+{
+	switch (row->arg + 8 * row->async) {
+	case 1: return ((set8_fn)fn)(d, (unsigned char)values[1], n);
+	case 2: return ((set16_fn)fn)(d, (unsigned short)values[2], n);
+	case 4: return ((set32_fn)fn)(d, values[4], n);
+	case 9: return ((set8a_fn)fn)(d, (unsigned char)values[1], n, NULL);
+	case 10: return ((set16a_fn)fn)(d, (unsigned short)values[2], n, NULL);
+	default: return ((set32a_fn)fn)(d, values[4], n, NULL);
+	}
+}
+
+/* One page's worth of elements from 64 bytes into page 2: pages 2 and 3. */
+static void op_set1d(void *fn, CUdeviceptr p)
+{
+	int w = row->arg;
+	CUdeviceptr d = p + 2 * PG + 64;
+
+	start();
+	done(set1d(fn, d, PG / w), 1, p, 0x0d);
+	edge(d, w, 0, 1);
+	edge(d + PG, w, 1, 0);
+}
+
+typedef CUresult (*set2d8_fn)(CUdeviceptr, size_t, unsigned char, size_t, size_t);
+typedef CUresult (*set2d16_fn)(CUdeviceptr, size_t, unsigned short, size_t, size_t);
+typedef CUresult (*set2d32_fn)(CUdeviceptr, size_t, unsigned int, size_t, size_t);
+typedef CUresult (*set2d8a_fn)(CUdeviceptr, size_t, unsigned char, size_t, size_t, CUstream);
+typedef CUresult (*set2d16a_fn)(CUdeviceptr, size_t, unsigned short, size_t, size_t, CUstream);
+typedef CUresult (*set2d32a_fn)(CUdeviceptr, size_t, unsigned int, size_t, size_t, CUstream);
+
+/* A 2D memset of h rows of w elements, pitch bytes apart, from d. */
+static CUresult set2d(void *fn, CUdeviceptr d, size_t pitch, size_t w, size_t h)
+{
+	switch (row->arg + 8 * row->async) {
+	case 1: return ((set2d8_fn)fn)(d, pitch, (unsigned char)values[1], w, h);
+	case 2: return ((set2d16_fn)fn)(d, pitch, (unsigned short)values[2], w, h);
+	case 4: return ((set2d32_fn)fn)(d, pitch, values[4], w, h);
+	case 9: return ((set2d8a_fn)fn)(d, pitch, (unsigned char)values[1], w, h, NULL);
+	case 10: return ((set2d16a_fn)fn)(d, pitch, (unsigned short)values[2], w, h, NULL);
+	default: return ((set2d32a_fn)fn)(d, pitch, values[4], w, h, NULL);
+	}
+}
+
+/* Two rows of 64 elements at the start of pages 2 and 4: page 3, which
+ * the rows skip, is backed too (and left zero). */
+static void op_set2d(void *fn, CUdeviceptr p)
+{
+	int w = row->arg;
+
+	start();
+	done(set2d(fn, p + 2 * PG, 2 * PG, 64, 2), 1, p, 0x1d);
+	edge(p + 4 * PG + 4, w, 1, 1);
+	edge(p + 4 * PG + 64 * (size_t)w, w, 1, 0);
+	zeros(p + 3 * PG, 64);
+}
+
+typedef CUresult (*copy_fn)(CUdeviceptr, CUdeviceptr, size_t);
+typedef CUresult (*copya_fn)(CUdeviceptr, CUdeviceptr, size_t, CUstream);
+
+/* A linear copy of n bytes (a host side's pointer as a CUdeviceptr). */
+static CUresult copy(void *fn, CUdeviceptr d, CUdeviceptr s, size_t n)
+{
+	return row->async ? ((copya_fn)fn)(d, s, n, NULL) : ((copy_fn)fn)(d, s, n);
+}
+
+static CUdeviceptr hp(const void *h)
+{
+	return (CUdeviceptr)(uintptr_t)h;
+}
+
+/*
+ * Into the span: 4 KiB across the end of page 2, from the host or from
+ * page 0. Device to device: then from the end of page 4 (never written:
+ * zeros) over what was just copied, so that both sides must be backed.
+ * Out of the span: 4 KiB across the end of page 4 (zeros).
+ */
+static void op_copy(void *fn, CUdeviceptr p)
+{
+	static unsigned char host[4096];
+	CUdeviceptr to = p + 3 * PG - 2048, from = p + 5 * PG - 2048;
+
+	switch (row->arg) {
+	case DST:
+		start();
+		done(copy(fn, to, hp(pattern), sizeof(pattern)), 1, p, 0x0d);
+		read_back(host, to, sizeof(host));
+		ck_assert_msg(!memcmp(host, pattern, sizeof(host)), "%s: wrong bytes", row->name);
+		break;
+	case SRC:
+		memset(host, 0xee, sizeof(host));
+		start();
+		done(copy(fn, hp(host), from, sizeof(host)), 1, p, 0x31);
+		host_is(host, sizeof(host), 0);
+		break;
+	default:
+		start();
+		done(copy(fn, to, p, 4096), 1, p, 0x0d);
+		holds_page0(to, 4096);
+		start();
+		done(copy(fn, to, from, 4096), 1, p, 0x3d);
+		zeros(to, 4096);
+		break;
+	}
+}
+
+typedef CUresult (*peer_fn)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t);
+typedef CUresult (*peera_fn)(CUdeviceptr, CUcontext, CUdeviceptr, CUcontext, size_t, CUstream);
+
+/* A peer copy in the current context. */
+static CUresult peer(void *fn, CUdeviceptr d, CUdeviceptr s, size_t n)
+{
+	CUcontext c = NULL;
+
+	ck_assert_int_eq(ctx_current(&c), CUDA_SUCCESS);
+	ck_assert_ptr_nonnull(c);
+	return row->async ? ((peera_fn)fn)(d, c, s, c, n, NULL) : ((peer_fn)fn)(d, c, s, c, n);
+}
+
+/* As op_copy's device to device copies. */
+static void op_peer(void *fn, CUdeviceptr p)
+{
+	CUdeviceptr to = p + 3 * PG - 2048, from = p + 5 * PG - 2048;
+
+	start();
+	done(peer(fn, to, p, 4096), 1, p, 0x0d);
+	holds_page0(to, 4096);
+	start();
+	done(peer(fn, to, from, 4096), 1, p, 0x3d);
+	zeros(to, 4096);
+}
+
+typedef CUresult (*c2d_fn)(const CUDA_MEMCPY2D *);
+typedef CUresult (*c2da_fn)(const CUDA_MEMCPY2D *, CUstream);
+
+/*
+ * Two rows of 64 bytes from the host into the start of pages 2 and 4
+ * (page 3 between them backed too); then a row out of page 6 (zeros).
+ */
+static void op_copy2d(void *fn, CUdeviceptr p)
+{
+	static unsigned char host[64];
+	CUDA_MEMCPY2D c;
+
+	memset(&c, 0, sizeof(c));
+	c.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+	c.dstDevice = p + 2 * PG;
+	c.dstPitch = 2 * PG;
+	c.srcMemoryType = CU_MEMORYTYPE_HOST;
+	c.srcHost = pattern;
+	c.srcPitch = 64;
+	c.WidthInBytes = 64;
+	c.Height = 2;
+	start();
+	done(row->async ? ((c2da_fn)fn)(&c, NULL) : ((c2d_fn)fn)(&c), 1, p, 0x1d);
+	read_back(host, p + 4 * PG, sizeof(host));
+	ck_assert_msg(!memcmp(host, pattern + 64, sizeof(host)), "%s: wrong bytes", row->name);
+
+	memset(&c, 0, sizeof(c));
+	c.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+	c.srcDevice = p + 6 * PG;
+	c.dstMemoryType = CU_MEMORYTYPE_HOST;
+	c.dstHost = host;
+	c.dstPitch = 64;
+	c.WidthInBytes = 64;
+	c.Height = 1;
+	memset(host, 0xee, sizeof(host));
+	start();
+	done(row->async ? ((c2da_fn)fn)(&c, NULL) : ((c2d_fn)fn)(&c), 1, p, 0x5d);
+	host_is(host, sizeof(host), 0);
+}
+
+typedef CUresult (*c3d_fn)(const CUDA_MEMCPY3D *);
+typedef CUresult (*c3da_fn)(const CUDA_MEMCPY3D *, CUstream);
+typedef CUresult (*c3dp_fn)(const CUDA_MEMCPY3D_PEER *);
+typedef CUresult (*c3dpa_fn)(const CUDA_MEMCPY3D_PEER *, CUstream);
+
+/* A 3D copy through fn, as a peer copy in the current context for
+ * COPY3D_PEER. */
+static CUresult copy3d(void *fn, const CUDA_MEMCPY3D *c)
+{
+	CUDA_MEMCPY3D_PEER q;
+	CUcontext ctx = NULL;
+
+	if (row->shape == COPY3D)
+		return row->async ? ((c3da_fn)fn)(c, NULL) : ((c3d_fn)fn)(c);
+	ck_assert_int_eq(ctx_current(&ctx), CUDA_SUCCESS);
+	memset(&q, 0, sizeof(q));
+	q.srcXInBytes = c->srcXInBytes, q.srcY = c->srcY, q.srcZ = c->srcZ;
+	q.srcMemoryType = c->srcMemoryType, q.srcHost = c->srcHost;
+	q.srcDevice = c->srcDevice, q.srcContext = ctx;
+	q.srcPitch = c->srcPitch, q.srcHeight = c->srcHeight;
+	q.dstXInBytes = c->dstXInBytes, q.dstY = c->dstY, q.dstZ = c->dstZ;
+	q.dstMemoryType = c->dstMemoryType, q.dstHost = c->dstHost;
+	q.dstDevice = c->dstDevice, q.dstContext = ctx;
+	q.dstPitch = c->dstPitch, q.dstHeight = c->dstHeight;
+	q.WidthInBytes = c->WidthInBytes, q.Height = c->Height, q.Depth = c->Depth;
+	return row->async ? ((c3dpa_fn)fn)(&q, NULL) : ((c3dp_fn)fn)(&q);
+}
+
+/*
+ * Two slices of a row of 64 bytes from the host into the start of pages 2
+ * and 4 (slices two rows of a page apart: page 3 backed too); then a row
+ * out of page 6 (zeros).
+ */
+static void op_copy3d(void *fn, CUdeviceptr p)
+{
+	static unsigned char host[64];
+	CUDA_MEMCPY3D c;
+
+	memset(&c, 0, sizeof(c));
+	c.dstMemoryType = CU_MEMORYTYPE_DEVICE;
+	c.dstDevice = p + 2 * PG;
+	c.dstPitch = PG;
+	c.dstHeight = 2;
+	c.srcMemoryType = CU_MEMORYTYPE_HOST;
+	c.srcHost = pattern;
+	c.srcPitch = 64;
+	c.srcHeight = 1;
+	c.WidthInBytes = 64;
+	c.Height = 1;
+	c.Depth = 2;
+	start();
+	done(copy3d(fn, &c), 1, p, 0x1d);
+	read_back(host, p + 4 * PG, sizeof(host));
+	ck_assert_msg(!memcmp(host, pattern + 64, sizeof(host)), "%s: wrong bytes", row->name);
+
+	memset(&c, 0, sizeof(c));
+	c.srcMemoryType = CU_MEMORYTYPE_DEVICE;
+	c.srcDevice = p + 6 * PG;
+	c.dstMemoryType = CU_MEMORYTYPE_HOST;
+	c.dstHost = host;
+	c.WidthInBytes = 64;
+	c.Height = 1;
+	c.Depth = 1;
+	memset(host, 0xee, sizeof(host));
+	start();
+	done(copy3d(fn, &c), 1, p, 0x5d);
+	host_is(host, sizeof(host), 0);
+}
+
+typedef CUresult (*batch12_fn)(CUdeviceptr *, CUdeviceptr *, size_t *, size_t,
+			       CUmemcpyAttributes *, size_t *, size_t, size_t *, CUstream);
+typedef CUresult (*batch13_fn)(CUdeviceptr *, CUdeviceptr *, size_t *, size_t,
+			       CUmemcpyAttributes *, size_t *, size_t, CUstream);
+
+/*
+ * One batch: page 0 into 4 KiB across the end of page 2, the host into
+ * page 5, and page 6 (zeros) out to the host.
+ */
+static void op_batch(void *fn, CUdeviceptr p)
+{
+	static unsigned char host[4096];
+	CUdeviceptr d[3] = { p + 3 * PG - 2048, p + 5 * PG, hp(host) };
+	CUdeviceptr s[3] = { p, hp(pattern), p + 6 * PG };
+	size_t z[3] = { 4096, sizeof(pattern), sizeof(host) };
+	CUmemcpyAttributes attr;
+	size_t idx = 0, fail = 7;
+	CUresult r;
+
+	memset(&attr, 0, sizeof(attr));
+	attr.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
+	memset(host, 0xee, sizeof(host));
+	start();
+	if (row->arg == 12)
+		r = ((batch12_fn)fn)(d, s, z, 3, &attr, &idx, 1, &fail, NULL);
+	else
+		r = ((batch13_fn)fn)(d, s, z, 3, &attr, &idx, 1, NULL);
+	done(r, 1, p, 0x6d);
+	if (row->arg == 12)
+		ck_assert_uint_eq(fail, SIZE_MAX);
+	host_is(host, sizeof(host), 0);
+	holds_page0(d[0], 4096);
+	read_back(host, d[1], sizeof(host));
+	ck_assert_msg(!memcmp(host, pattern, sizeof(host)), "%s: wrong bytes", row->name);
+}
+
+typedef CUresult (*batch3d12_fn)(size_t, CUDA_MEMCPY3D_BATCH_OP *, size_t *,
+				 unsigned long long, CUstream);
+typedef CUresult (*batch3d13_fn)(size_t, CUDA_MEMCPY3D_BATCH_OP *, unsigned long long,
+				 CUstream);
+
+/* A pointer operand at p, its rows pitch bytes apart (0: as tight as the
+ * copy). */
+static CUmemcpy3DOperand operand(CUdeviceptr p, size_t pitch)
+{
+	CUmemcpy3DOperand o;
+
+	memset(&o, 0, sizeof(o));
+	o.type = CU_MEMCPY_OPERAND_TYPE_POINTER;
+	o.op.ptr.ptr = p;
+	o.op.ptr.rowLength = pitch;
+	return o;
+}
+
+/*
+ * One batch of 3D copies: three rows of 64 bytes of page 0, as tight as
+ * the copy, into the start of pages 2, 3 and 4 (rows a page apart); and a
+ * row out of page 6 (zeros) to the host.
+ */
+static void op_batch3d(void *fn, CUdeviceptr p)
+{
+	static unsigned char host[64], want[64];
+	CUDA_MEMCPY3D_BATCH_OP ops[2];
+	size_t fail = 7;
+	CUresult r;
+
+	memset(ops, 0, sizeof(ops));
+	ops[0].dst = operand(p + 2 * PG, PG);
+	ops[0].src = operand(p, 0);
+	ops[0].extent = (CUextent3D){ 64, 3, 1 };
+	ops[1].dst = operand(hp(host), 0);
+	ops[1].src = operand(p + 6 * PG, 0);
+	ops[1].extent = (CUextent3D){ 64, 1, 1 };
+	ops[0].srcAccessOrder = ops[1].srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
+	memset(host, 0xee, sizeof(host));
+	start();
+	if (row->arg == 12)
+		r = ((batch3d12_fn)fn)(2, ops, &fail, 0, NULL);
+	else
+		r = ((batch3d13_fn)fn)(2, ops, 0, NULL);
+	done(r, 1, p, 0x5d);
+	if (row->arg == 12)
+		ck_assert_uint_eq(fail, SIZE_MAX);
+	host_is(host, sizeof(host), 0);
+	read_back(want, p + 128, sizeof(want));
+	read_back(host, p + 4 * PG, sizeof(host));
+	ck_assert_msg(!memcmp(host, want, sizeof(host)), "%s: wrong bytes", row->name);
+}
+
+/* ---- the runtime's forms ---------------------------------------------------------- */
+
+static void *vp(CUdeviceptr d)
+{
+	return (void *)(uintptr_t)d;
+}
+
+/* cudaMemset: as op_set1d, one byte wide. */
+static void op_rt_set1d(void *fn, CUdeviceptr p)
+{
+	cudaError_t (*set)(void *, int, size_t);
+	cudaError_t (*seta)(void *, int, size_t, cudaStream_t);
+	CUdeviceptr d = p + 2 * PG + 64;
+
+	*(void **)&set = fn;
+	*(void **)&seta = fn;
+	start();
+	done(row->async ? seta(vp(d), (int)values[1], PG, NULL) : set(vp(d), (int)values[1], PG),
+	     1, p, 0x0d);
+	edge(d, 1, 0, 1);
+	edge(d + PG, 1, 1, 0);
+}
+
+/* cudaMemset2D: as op_set2d, one byte wide. */
+static void op_rt_set2d(void *fn, CUdeviceptr p)
+{
+	cudaError_t (*set)(void *, size_t, int, size_t, size_t);
+	cudaError_t (*seta)(void *, size_t, int, size_t, size_t, cudaStream_t);
+	void *d = vp(p + 2 * PG);
+
+	*(void **)&set = fn;
+	*(void **)&seta = fn;
+	start();
+	done(row->async ? seta(d, 2 * PG, (int)values[1], 64, 2, NULL) :
+			  set(d, 2 * PG, (int)values[1], 64, 2), 1, p, 0x1d);
+	edge(p + 4 * PG + 4, 1, 1, 1);
+	edge(p + 4 * PG + 64, 1, 1, 0);
+	zeros(p + 3 * PG, 64);
+}
+
+/* cudaMemset3D: two slices of a row of 64 bytes, at the start of pages 2
+ * and 4 (page 3 backed too): a 2D memset of the driver's per slice. */
+static void op_rt_set3d(void *fn, CUdeviceptr p)
+{
+	cudaError_t (*set)(struct cudaPitchedPtr, int, struct cudaExtent);
+	cudaError_t (*seta)(struct cudaPitchedPtr, int, struct cudaExtent, cudaStream_t);
+	struct cudaPitchedPtr pp = { vp(p + 2 * PG), PG, 64, 2 };
+	struct cudaExtent x = { 64, 1, 2 };
+
+	*(void **)&set = fn;
+	*(void **)&seta = fn;
+	start();
+	done(row->async ? seta(pp, (int)values[1], x, NULL) : set(pp, (int)values[1], x), 2, p,
+	     0x1d);
+	edge(p + 4 * PG + 4, 1, 1, 1);
+	edge(p + 4 * PG + 64, 1, 1, 0);
+	zeros(p + 3 * PG, 64);
+}
+
+/* cudaMemcpy device to device: as op_copy's. */
+static void op_rt_copy(void *fn, CUdeviceptr p)
+{
+	cudaError_t (*cp)(void *, const void *, size_t, enum cudaMemcpyKind);
+	cudaError_t (*cpa)(void *, const void *, size_t, enum cudaMemcpyKind, cudaStream_t);
+	CUdeviceptr to = p + 3 * PG - 2048, from = p + 5 * PG - 2048;
+	enum cudaMemcpyKind k = cudaMemcpyDeviceToDevice;
+
+	*(void **)&cp = fn;
+	*(void **)&cpa = fn;
+	start();
+	done(row->async ? cpa(vp(to), vp(p), 4096, k, NULL) : cp(vp(to), vp(p), 4096, k), 1, p,
+	     0x0d);
+	holds_page0(to, 4096);
+	start();
+	done(row->async ? cpa(vp(to), vp(from), 4096, k, NULL) : cp(vp(to), vp(from), 4096, k),
+	     1, p, 0x3d);
+	zeros(to, 4096);
+}
+
+/* cudaMemcpy2D: as op_copy2d. */
+static void op_rt_copy2d(void *fn, CUdeviceptr p)
+{
+	cudaError_t (*cp)(void *, size_t, const void *, size_t, size_t, size_t,
+			  enum cudaMemcpyKind);
+	cudaError_t (*cpa)(void *, size_t, const void *, size_t, size_t, size_t,
+			   enum cudaMemcpyKind, cudaStream_t);
+	static unsigned char host[64];
+	void *d = vp(p + 2 * PG), *s = vp(p + 6 * PG);
+
+	*(void **)&cp = fn;
+	*(void **)&cpa = fn;
+	start();
+	done(row->async ? cpa(d, 2 * PG, pattern, 64, 64, 2, cudaMemcpyHostToDevice, NULL) :
+			  cp(d, 2 * PG, pattern, 64, 64, 2, cudaMemcpyHostToDevice), 1, p, 0x1d);
+	read_back(host, p + 4 * PG, sizeof(host));
+	ck_assert_msg(!memcmp(host, pattern + 64, sizeof(host)), "%s: wrong bytes", row->name);
+	memset(host, 0xee, sizeof(host));
+	start();
+	done(row->async ? cpa(host, 64, s, 64, 64, 1, cudaMemcpyDeviceToHost, NULL) :
+			  cp(host, 64, s, 64, 64, 1, cudaMemcpyDeviceToHost), 1, p, 0x5d);
+	host_is(host, sizeof(host), 0);
+}
+
+/* cudaMemcpy3D: as op_copy3d. */
+static void op_rt_copy3d(void *fn, CUdeviceptr p)
+{
+	cudaError_t (*cp)(const struct cudaMemcpy3DParms *);
+	cudaError_t (*cpa)(const struct cudaMemcpy3DParms *, cudaStream_t);
+	static unsigned char host[64];
+	struct cudaMemcpy3DParms q;
+
+	*(void **)&cp = fn;
+	*(void **)&cpa = fn;
+	memset(&q, 0, sizeof(q));
+	q.dstPtr = (struct cudaPitchedPtr){ vp(p + 2 * PG), PG, 64, 2 };
+	q.srcPtr = (struct cudaPitchedPtr){ pattern, 64, 64, 1 };
+	q.extent = (struct cudaExtent){ 64, 1, 2 };
+	q.kind = cudaMemcpyHostToDevice;
+	start();
+	done(row->async ? cpa(&q, NULL) : cp(&q), 1, p, 0x1d);
+	read_back(host, p + 4 * PG, sizeof(host));
+	ck_assert_msg(!memcmp(host, pattern + 64, sizeof(host)), "%s: wrong bytes", row->name);
+
+	memset(&q, 0, sizeof(q));
+	q.dstPtr = (struct cudaPitchedPtr){ host, 64, 64, 1 };
+	q.srcPtr = (struct cudaPitchedPtr){ vp(p + 6 * PG), 64, 64, 1 };
+	q.extent = (struct cudaExtent){ 64, 1, 1 };
+	q.kind = cudaMemcpyDeviceToHost;
+	memset(host, 0xee, sizeof(host));
+	start();
+	done(row->async ? cpa(&q, NULL) : cp(&q), 1, p, 0x5d);
+	host_is(host, sizeof(host), 0);
+}
+
+static void (*const ops[])(void *, CUdeviceptr) = {
+	[SET1D] = op_set1d, [SET2D] = op_set2d, [COPY] = op_copy, [COPY2D] = op_copy2d,
+	[COPY3D] = op_copy3d, [COPY3D_PEER] = op_copy3d, [PEER] = op_peer, [BATCH] = op_batch,
+	[BATCH3D] = op_batch3d,
+	[RT_SET1D] = op_rt_set1d, [RT_SET2D] = op_rt_set2d, [RT_SET3D] = op_rt_set3d,
+	[RT_COPY] = op_rt_copy, [RT_COPY2D] = op_rt_copy2d, [RT_COPY3D] = op_rt_copy3d,
+};
+
+/* ---- the tests ---------------------------------------------------------------------- */
+
+static void open_lib(void)
+{
+	const char *path = getenv("KVSHIM_LIB");
+
+	ck_assert_msg(path != NULL, "KVSHIM_LIB names no library");
+	ck_assert(dtoh && ctx_current);
+	lib = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+	ck_assert_msg(lib != NULL, "dlopen %s: %s", path, dlerror());
+	*(void **)&reserve = dlsym(lib, "kvshim_reserve");
+	*(void **)&release = dlsym(lib, "kvshim_release");
+	*(void **)&map = dlsym(lib, "kvshim_map");
+	ck_assert(reserve && release && map);
+}
+
+/*
+ * The per-thread form as an engine finds it. A driver form: through the
+ * shim's cuGetProcAddress, by base name, asked for per-thread default
+ * streams; the driver picks its per-thread form and the shim hands out
+ * its wrapper of that name. A runtime form: the shim's export of its name
+ * (the runtime is loaded first, as an engine linking it has it).
+ */
+static void *find(void)
+{
+	CUresult (*gpa)(const char *, void **, int, cuuint64_t,
+			CUdriverProcAddressQueryResult *);
+	CUdriverProcAddressQueryResult q;
+	void *fn = NULL, *rt;
+
+	if (!row->base) {
+		rt = dlopen("libcudart.so.13", RTLD_NOW | RTLD_LOCAL);
+		ck_assert_msg(rt != NULL, "dlopen libcudart.so.13: %s", dlerror());
+		ck_assert_msg(dlsym(rt, row->name) != NULL, "the runtime has no %s", row->name);
+		fn = dlsym(lib, row->name);
+		ck_assert_msg(fn != NULL, "libkvshim.so does not export %s", row->name);
+		return fn;
+	}
+	*(void **)&gpa = dlsym(lib, "cuGetProcAddress_v2");
+	ck_assert_ptr_nonnull(gpa);
+	ck_assert_int_eq(gpa(row->base, &fn, row->version,
+			     CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, &q), CUDA_SUCCESS);
+	ck_assert_msg(fn != NULL && fn == dlsym(lib, row->name),
+		      "cuGetProcAddress(%s, per-thread) through libkvshim.so is not its %s",
+		      row->base, row->name);
+	return fn;
+}
+
+/* Row i of the table (see the head of this file). */
+START_TEST(test_per_thread_form)
+{
+	size_t n;
+	void *fn;
+	CUdeviceptr p;
+	size_t i;
+
+	row = &rows[_i];
+	real_name = row->real ? row->real : row->name;
+	n = strlen(real_name) - 5;
+	ck_assert_uint_lt(n, sizeof(plain_name));
+	memcpy(plain_name, real_name, n);
+	plain_name[n] = '\0';
+	for (i = 0; i < sizeof(pattern); i++)
+		pattern[i] = (unsigned char)(i * 7 + 1);
+	open_lib();
+	fn = find();
+	p = span8();
+	ck_assert_uint_eq(backed(p), 0x01);
+	ops[row->shape](fn, p);
+	ck_assert_int_eq(release(vp(p)), 0);
+}
+END_TEST
+
+/* The table has a row for every per-thread copy and memset hooks.h lists,
+ * and no row twice. */
+START_TEST(test_every_form_has_a_row)
+{
+	size_t i, rows_needed = 0;
+	int j, found;
+
+	for (i = 0; i < sizeof(hooked) / sizeof(hooked[0]); i++) {
+		if (!copy_or_set_per_thread(hooked[i]))
+			continue;
+		rows_needed++;
+		for (j = 0, found = 0; j < NROWS; j++)
+			found += !strcmp(rows[j].name, hooked[i]);
+		ck_assert_msg(found == 1, "%s: %d rows in test_ptds.c, not 1", hooked[i], found);
+	}
+	ck_assert_uint_eq(rows_needed, NROWS);
+}
+END_TEST
+
+Suite *ptds_suite(void)
+{
+	Suite *s = suite_create("ptds");
+	TCase *tc = tcase_create("per-thread");
+
+	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
+	*(void **)&ctx_current = kv_dev_sym("cuCtxGetCurrent");
+	tcase_add_test(tc, test_every_form_has_a_row);
+	kt_add_emu_loop(tc, test_per_thread_form, 0, NROWS);
+	suite_add_tcase(s, tc);
+	return s;
+}
