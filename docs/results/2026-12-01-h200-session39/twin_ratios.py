@@ -58,3 +58,23 @@ print("where static does not queue: kvshim %d rows, median %.2fx, %d below 1.00x
       "p %.2f (two-sided, normal approximation; the rows are not independent: each replay "
       "gives three)" % (len(a), statistics.median(a), sum(x < 1 for x in a), len(b),
                         statistics.median(b), sum(x < 1 for x in b), u / (len(a) * len(b)), z, p))
+
+# paired: each row's kvshim p99 over the twin's (static's own noise out)
+pairs = {(x[0], x[1], x[2]): x[3] for x in ratios["kvshim"] if not queues(x[1], x[2])}
+logs = []
+for x in ratios["twin"]:
+    key = (x[0], x[1], x[2])
+    if key in pairs:
+        # static/twin over static/kvshim: kvshim p99 / twin p99
+        logs.append(math.log(x[3] / pairs[key]))
+above = sum(v > 0 for v in logs)
+n = sum(v != 0 for v in logs)
+sign_p = min(1.0, 2 * sum(math.comb(n, k) for k in range(max(above, n - above), n + 1)) / 2 ** n)
+ranked = sorted((abs(v), v) for v in logs if v != 0)
+w = sum(i + 1 for i, (_, v) in enumerate(ranked) if v > 0)
+wm, ws = n * (n + 1) / 4, math.sqrt(n * (n + 1) * (2 * n + 1) / 24)
+wz = (w - wm) / ws
+print("paired, the same rows: kvshim p99 / twin p99 median %.2fx, geometric mean %.2fx; kvshim's "
+      "higher in %d of %d (sign test p %.2f); Wilcoxon signed-rank z %.2f, p %.2f (the rows are "
+      "not independent)" % (math.exp(statistics.median(logs)), math.exp(statistics.mean(logs)),
+                            above, n, sign_p, wz, math.erfc(abs(wz) / math.sqrt(2))))
