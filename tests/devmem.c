@@ -283,3 +283,20 @@ int kv_dev_ordinal(CUdeviceptr p)
 		return -1;
 	return ordinal;
 }
+
+CUDA_MEMCPY3D_PEER kv_dev_peer3d(const CUDA_MEMCPY3D *c, CUcontext cx)
+{
+	CUDA_MEMCPY3D_PEER q;
+
+	memset(&q, 0, sizeof(q));
+	q.srcXInBytes = c->srcXInBytes, q.srcY = c->srcY, q.srcZ = c->srcZ;
+	q.srcMemoryType = c->srcMemoryType, q.srcHost = c->srcHost;
+	q.srcDevice = c->srcDevice, q.srcContext = cx;
+	q.srcPitch = c->srcPitch, q.srcHeight = c->srcHeight;
+	q.dstXInBytes = c->dstXInBytes, q.dstY = c->dstY, q.dstZ = c->dstZ;
+	q.dstMemoryType = c->dstMemoryType, q.dstHost = c->dstHost;
+	q.dstDevice = c->dstDevice, q.dstContext = cx;
+	q.dstPitch = c->dstPitch, q.dstHeight = c->dstHeight;
+	q.WidthInBytes = c->WidthInBytes, q.Height = c->Height, q.Depth = c->Depth;
+	return q;
+}

@@ -49,6 +49,9 @@ int kv_dev_use(int device);
  * memory, a reserved page nothing backs). */
 int kv_dev_ordinal(CUdeviceptr p);
 
+/* The 3D copy c as a peer copy whose two sides are in context cx. */
+CUDA_MEMCPY3D_PEER kv_dev_peer3d(const CUDA_MEMCPY3D *c, CUcontext cx);
+
 /* The driver function name, for benchmarks that call it directly. */
 void *kv_dev_sym(const char *name);
 

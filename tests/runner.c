@@ -5,6 +5,7 @@
  * program exits 77 (Automake's skip) when there is none.
  */
 #include <glob.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -120,6 +121,16 @@ void kt_map_beside(struct kt_map *m, struct kt_map *o, int m_rc)
 	kv_dev_hold("cuMemCreate", 0);
 	ck_assert_int_eq(kt_map_finish(m), m_rc);
 	ck_assert_int_eq(kt_map_finish(o), 0);
+}
+
+CUdeviceptr kt_span8(int (*reserve)(size_t, void **), int (*map)(const void *, size_t))
+{
+	void *p = NULL;
+
+	ck_assert_int_eq(reserve(8 * PG, &p), 0);
+	ck_assert_int_eq(map(p, PG), 0);
+	ck_assert_int_eq(kv_dev_fill((CUdeviceptr)(uintptr_t)p, PG, 5), CUDA_SUCCESS);
+	return (CUdeviceptr)(uintptr_t)p;
 }
 
 static pid_t runner_pid;

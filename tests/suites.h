@@ -61,6 +61,11 @@ int kt_wait_held(const char *func);
  * nonzero. Returns it. */
 int kt_wait_flag(const int *flag);
 
+/* A span of 8 pages reserved and its first page mapped through the
+ * shim's kvshim_reserve and kvshim_map (as loaded by the test), that page
+ * holding seed 5's pattern (kv_dev_fill); the others unbacked. */
+CUdeviceptr kt_span8(int (*reserve)(size_t, void **), int (*map)(const void *, size_t));
+
 /* A kv_alloc_map on a thread of its own: kt_map_start starts it, failing
  * the test if it cannot; kt_map_finish joins it and returns its result. */
 struct kt_map {

@@ -101,12 +101,7 @@ static size_t mapped(void)
  * pattern. */
 static CUdeviceptr span8(void)
 {
-	void *p = NULL;
-
-	ck_assert_int_eq(reserve(8 * PG, &p), 0);
-	ck_assert_int_eq(map(p, PG), 0);
-	ck_assert_int_eq(kv_dev_fill((CUdeviceptr)(uintptr_t)p, PG, 5), CUDA_SUCCESS);
-	return (CUdeviceptr)(uintptr_t)p;
+	return kt_span8(reserve, map);
 }
 
 /* The first page still holds seed 5's pattern. */
@@ -406,23 +401,12 @@ static const char *const copy3d_names[][2] = {
 static CUDA_MEMCPY3D_PEER peer3d(const CUDA_MEMCPY3D *c)
 {
 	CUresult (*cur)(CUcontext *);
-	CUDA_MEMCPY3D_PEER q;
 	CUcontext ctx = NULL;
 
 	*(void **)&cur = kv_dev_sym("cuCtxGetCurrent");
 	ck_assert_ptr_nonnull(cur);
 	ck_assert_int_eq(cur(&ctx), CUDA_SUCCESS);
-	memset(&q, 0, sizeof(q));
-	q.srcXInBytes = c->srcXInBytes, q.srcY = c->srcY, q.srcZ = c->srcZ;
-	q.srcMemoryType = c->srcMemoryType, q.srcHost = c->srcHost;
-	q.srcDevice = c->srcDevice, q.srcContext = ctx;
-	q.srcPitch = c->srcPitch, q.srcHeight = c->srcHeight;
-	q.dstXInBytes = c->dstXInBytes, q.dstY = c->dstY, q.dstZ = c->dstZ;
-	q.dstMemoryType = c->dstMemoryType, q.dstHost = c->dstHost;
-	q.dstDevice = c->dstDevice, q.dstContext = ctx;
-	q.dstPitch = c->dstPitch, q.dstHeight = c->dstHeight;
-	q.WidthInBytes = c->WidthInBytes, q.Height = c->Height, q.Depth = c->Depth;
-	return q;
+	return kv_dev_peer3d(c, ctx);
 }
 
 static CUresult copy3d(int shim_side, int i, const CUDA_MEMCPY3D *c)

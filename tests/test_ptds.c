@@ -147,12 +147,7 @@ static int copy_or_set_per_thread(const char *name)
  * pattern, the others unbacked. */
 static CUdeviceptr span8(void)
 {
-	void *p = NULL;
-
-	ck_assert_int_eq(reserve(8 * PG, &p), 0);
-	ck_assert_int_eq(map(p, PG), 0);
-	ck_assert_int_eq(kv_dev_fill((CUdeviceptr)(uintptr_t)p, PG, 5), CUDA_SUCCESS);
-	return (CUdeviceptr)(uintptr_t)p;
+	return kt_span8(reserve, map);
 }
 
 /* The bytes kvshim has mapped into spans; before the row's span. */
@@ -482,16 +477,7 @@ static CUresult copy3d(void *fn, const CUDA_MEMCPY3D *c)
 	if (row->shape == COPY3D)
 		return row->async ? ((c3da_fn)fn)(c, NULL) : ((c3d_fn)fn)(c);
 	ck_assert_int_eq(ctx_current(&ctx), CUDA_SUCCESS);
-	memset(&q, 0, sizeof(q));
-	q.srcXInBytes = c->srcXInBytes, q.srcY = c->srcY, q.srcZ = c->srcZ;
-	q.srcMemoryType = c->srcMemoryType, q.srcHost = c->srcHost;
-	q.srcDevice = c->srcDevice, q.srcContext = ctx;
-	q.srcPitch = c->srcPitch, q.srcHeight = c->srcHeight;
-	q.dstXInBytes = c->dstXInBytes, q.dstY = c->dstY, q.dstZ = c->dstZ;
-	q.dstMemoryType = c->dstMemoryType, q.dstHost = c->dstHost;
-	q.dstDevice = c->dstDevice, q.dstContext = ctx;
-	q.dstPitch = c->dstPitch, q.dstHeight = c->dstHeight;
-	q.WidthInBytes = c->WidthInBytes, q.Height = c->Height, q.Depth = c->Depth;
+	q = kv_dev_peer3d(c, ctx);
 	return row->async ? ((c3dpa_fn)fn)(&q, NULL) : ((c3dp_fn)fn)(&q);
 }
 
