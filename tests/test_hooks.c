@@ -43,6 +43,16 @@ struct sets {
 };
 
 static struct sets drv;      /* the driver's own, found before kvshim loads */
+
+/* The driver's own functions the tests call as such, by versioned name,
+ * found before any test loads kvshim (keep, from hooks_suite): once
+ * loaded, kvshim hands out its wrappers through dlsym, and a "driver's
+ * answer" read then would be kvshim's own, a read back through it would
+ * back what it reads. */
+static struct {
+	const char *name;
+	void *fn;
+} drv_own[12];
 static struct sets shim;
 static void *lib;
 static int (*reserve)(size_t, void **);
@@ -68,6 +78,37 @@ static void find_sets(struct sets *s, void *(*sym)(const char *))
 static void *lib_sym(const char *name)
 {
 	return dlsym(lib, name);
+}
+
+static void keep(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(drv_own) / sizeof(drv_own[0]); i++) {
+		if (!drv_own[i].name) {
+			drv_own[i].name = name;
+			drv_own[i].fn = kv_dev_sym(name);
+			return;
+		}
+	}
+	ck_abort_msg("drv_own holds no room for %s", name);
+}
+
+/* The driver's own name, as keep found it (and not kvshim's). */
+static void *own(const char *name)
+{
+	size_t i;
+
+	for (i = 0; i < sizeof(drv_own) / sizeof(drv_own[0]); i++) {
+		if (drv_own[i].name && !strcmp(drv_own[i].name, name)) {
+			ck_assert_msg(drv_own[i].fn != NULL, "the driver has no %s", name);
+			ck_assert_msg(!lib || dlsym(lib, name) != drv_own[i].fn,
+				      "%s: the driver's own is kvshim's", name);
+			return drv_own[i].fn;
+		}
+	}
+	ck_abort_msg("%s: not kept as the driver's own", name);
+	return NULL;
 }
 
 static void open_lib(void)
@@ -238,7 +279,7 @@ START_TEST(test_memset2d_on_span)
 	size_t before;
 
 	open_lib();
-	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
+	*(void **)&dtoh = own("cuMemcpyDtoH_v2");
 	ck_assert_ptr_nonnull(dtoh);
 	p = span8();
 	before = mapped();
@@ -308,28 +349,6 @@ START_TEST(test_copy_past_span_end)
 }
 END_TEST
 
-/* The driver's own copy functions, by versioned name, found before any
- * test loads kvshim (keep_drv, from hooks_suite): once loaded, kvshim
- * hands out its wrappers through dlsym, and a "driver's answer" read then
- * would be kvshim's own. */
-static struct {
-	const char *name;
-	void *fn;
-} drv_copies[8];
-
-static void keep_drv(const char *name)
-{
-	size_t i;
-
-	for (i = 0; i < sizeof(drv_copies) / sizeof(drv_copies[0]); i++) {
-		if (!drv_copies[i].name) {
-			drv_copies[i].name = name;
-			drv_copies[i].fn = kv_dev_sym(name);
-			return;
-		}
-	}
-}
-
 /*
  * A copy function as an engine finds it: through the shim's
  * cuGetProcAddress (shim_side = 1), by base name, which hands out the
@@ -342,15 +361,10 @@ static void *copy_fn(int shim_side, const char *base, const char *name)
 			CUdriverProcAddressQueryResult *);
 	CUdriverProcAddressQueryResult q;
 	void *fn = NULL;
-	size_t i;
 
-	if (!shim_side) {
-		for (i = 0; i < sizeof(drv_copies) / sizeof(drv_copies[0]); i++)
-			if (drv_copies[i].name && !strcmp(drv_copies[i].name, name))
-				fn = drv_copies[i].fn;
-		ck_assert_msg(fn == NULL || dlsym(lib, name) != fn,
-			      "%s: the driver's own is kvshim's", name);
-	} else {
+	if (!shim_side)
+		fn = own(name);
+	else {
 		*(void **)&gpa = dlsym(lib, "cuGetProcAddress_v2");
 		ck_assert_ptr_nonnull(gpa);
 		ck_assert_int_eq(gpa(base, &fn, 13000, 0, &q), CUDA_SUCCESS);
@@ -473,7 +487,7 @@ START_TEST(test_copy2d_on_span)
 	size_t before;
 
 	open_lib();
-	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
+	*(void **)&dtoh = own("cuMemcpyDtoH_v2");
 	ck_assert_ptr_nonnull(dtoh);
 	memset(host, 0x11, sizeof(host));
 	p = span8();
@@ -570,7 +584,7 @@ START_TEST(test_copy3d_on_span)
 	size_t before, i;
 
 	open_lib();
-	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
+	*(void **)&dtoh = own("cuMemcpyDtoH_v2");
 	ck_assert_ptr_nonnull(dtoh);
 	for (i = 0; i < sizeof(host); i++)
 		host[i] = (unsigned char)(i / 64 + 1);
@@ -674,7 +688,7 @@ START_TEST(test_copy3d_two_spans)
 
 	open_lib();
 	*(void **)&htod = dlsym(lib, "cuMemcpyHtoD_v2");
-	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
+	*(void **)&dtoh = own("cuMemcpyDtoH_v2");
 	ck_assert(htod && dtoh);
 	p = span8();
 	r = span8();
@@ -888,7 +902,7 @@ typedef CUresult (*batch3d12_fn)(size_t, CUDA_MEMCPY3D_BATCH_OP *, size_t *,
 				 unsigned long long, CUstream);
 typedef CUresult (*batch3d13_fn)(size_t, CUDA_MEMCPY3D_BATCH_OP *, unsigned long long,
 				 CUstream);
-static void *drv_batch3d[2];
+#define DRV_BATCH3D(i) own((i) ? "cuMemcpy3DBatchAsync_v2" : "cuMemcpy3DBatchAsync")
 
 /* Run ops [0, n) as one batch through fn (form 12.8 where v12, *fail set;
  * else 13.0) on stream st. */
@@ -979,8 +993,8 @@ START_TEST(test_copy3d_batch_on_span)
 	*(void **)&create = kv_dev_sym("cuStreamCreate");
 	*(void **)&sync = kv_dev_sym("cuStreamSynchronize");
 	*(void **)&destroy = kv_dev_sym("cuStreamDestroy_v2");
-	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
-	ck_assert(gpa && create && sync && destroy && dtoh && drv_batch3d[_i]);
+	*(void **)&dtoh = own("cuMemcpyDtoH_v2");
+	ck_assert(gpa && create && sync && destroy && dtoh && DRV_BATCH3D(_i));
 	ck_assert_int_eq(gpa("cuMemcpy3DBatchAsync", &fn, _i ? 13000 : 12080, 0, &q),
 			 CUDA_SUCCESS);
 	ck_assert_ptr_nonnull(fn);
@@ -1062,7 +1076,7 @@ START_TEST(test_copy3d_batch_on_span)
 	before = mapped();
 	ops[0] = op3d(ptr_operand(p + 3 * PG, 0, 0), ptr_operand(HOST(host), 0, 0), 64, 1, 1);
 	ops[1] = op3d(ptr_operand(r + 6 * PG, PG, 0), ptr_operand(HOST(host), 0, 0), 64, 3, 1);
-	DRIVER_REFUSES(batch3d(drv_batch3d[_i], !_i, ops, 2, st, &fail));
+	DRIVER_REFUSES(batch3d(DRV_BATCH3D(_i), !_i, ops, 2, st, &fail));
 	if (kv_dev_is_emu() && !_i)
 		ck_assert_uint_eq(fail, 1);
 	ck_assert_int_eq(batch3d(fn, !_i, ops, 2, st, &fail), CUDA_ERROR_INVALID_VALUE);
@@ -1072,12 +1086,12 @@ START_TEST(test_copy3d_batch_on_span)
 
 	/* no copies, no list: passed on, the driver's answer (on the
 	 * emulation, invalid value), nothing backed */
-	e = batch3d(drv_batch3d[_i], !_i, ops, 0, st, &dfail);
+	e = batch3d(DRV_BATCH3D(_i), !_i, ops, 0, st, &dfail);
 	ck_assert_int_eq(batch3d(fn, !_i, ops, 0, st, &fail), e);
 	ck_assert_uint_eq(fail, dfail);
 	if (kv_dev_is_emu())
 		ck_assert_int_eq(e, CUDA_ERROR_INVALID_VALUE);
-	e = batch3d(drv_batch3d[_i], !_i, NULL, 1, st, &dfail);
+	e = batch3d(DRV_BATCH3D(_i), !_i, NULL, 1, st, &dfail);
 	ck_assert_int_eq(batch3d(fn, !_i, NULL, 1, st, &fail), e);
 	ck_assert_uint_eq(fail, dfail);
 	if (kv_dev_is_emu())
@@ -1113,7 +1127,7 @@ START_TEST(test_memset_in_span)
 	size_t before;
 
 	open_lib();
-	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
+	*(void **)&dtoh = own("cuMemcpyDtoH_v2");
 	ck_assert_ptr_nonnull(dtoh);
 	p = span8();
 	before = mapped();
@@ -1232,12 +1246,13 @@ Suite *hooks_suite(void)
 	/* the driver's own functions, looked up before any test loads kvshim
 	 * (once loaded late, it hands out its wrappers through dlsym) */
 	find_sets(&drv, kv_dev_sym);
-	drv_batch3d[0] = kv_dev_sym("cuMemcpy3DBatchAsync");
-	drv_batch3d[1] = kv_dev_sym("cuMemcpy3DBatchAsync_v2");
 	for (i = 0; i < sizeof(copy2d_names) / sizeof(copy2d_names[0]); i++)
-		keep_drv(copy2d_names[i][1]);
+		keep(copy2d_names[i][1]);
 	for (i = 0; i < sizeof(copy3d_names) / sizeof(copy3d_names[0]); i++)
-		keep_drv(copy3d_names[i][1]);
+		keep(copy3d_names[i][1]);
+	keep("cuMemcpy3DBatchAsync");
+	keep("cuMemcpy3DBatchAsync_v2");
+	keep("cuMemcpyDtoH_v2");
 	tcase_add_test(tc, test_memset_count_overflow);
 	tcase_add_test(tc, test_memset_past_span_end);
 	tcase_add_test(tc, test_memset_misaligned);
