@@ -101,13 +101,15 @@ CUresult kv_hook_##name(CUdeviceptr p, T v, size_t n ARGS)                 \
 #define ASYNC_ARGS , CUstream s
 #define ASYNC_PASS , s
 /* A memset captured into a graph sets, at every replay, whatever pages are
- * there then: it is never cut to the pages mapped at capture. */
+ * there then: it is never cut to the pages mapped at capture. The legacy
+ * stream never captures; a synchronous _ptds form runs on the per-thread
+ * default stream, which does. */
 MEMSET(cuMemsetD8_v2, unsigned char, 1, SYNC, SYNC, 0)
-MEMSET(cuMemsetD8_v2_ptds, unsigned char, 1, SYNC, SYNC, 0)
+MEMSET(cuMemsetD8_v2_ptds, unsigned char, 1, SYNC, SYNC, kv_hooks_captures(NULL, 1))
 MEMSET(cuMemsetD16_v2, unsigned short, 2, SYNC, SYNC, 0)
-MEMSET(cuMemsetD16_v2_ptds, unsigned short, 2, SYNC, SYNC, 0)
+MEMSET(cuMemsetD16_v2_ptds, unsigned short, 2, SYNC, SYNC, kv_hooks_captures(NULL, 1))
 MEMSET(cuMemsetD32_v2, unsigned int, 4, SYNC, SYNC, 0)
-MEMSET(cuMemsetD32_v2_ptds, unsigned int, 4, SYNC, SYNC, 0)
+MEMSET(cuMemsetD32_v2_ptds, unsigned int, 4, SYNC, SYNC, kv_hooks_captures(NULL, 1))
 MEMSET(cuMemsetD8Async, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS,
        kv_hooks_captures(s, 0))
 MEMSET(cuMemsetD8Async_ptsz, unsigned char, 1, ASYNC_ARGS, ASYNC_PASS,

@@ -99,9 +99,11 @@ cudaError_t kv_hook_##name(void *p, int v, size_t n ARGS)                   \
 }
 
 /* A memset captured into a graph sets, at every replay, whatever pages
- * are there then: it is never cut to the pages mapped at capture. */
+ * are there then: it is never cut to the pages mapped at capture. The
+ * legacy stream never captures; cudaMemset_ptds runs on the per-thread
+ * default stream, which does. */
 MEMSET(cudaMemset, SYNC, SYNC, 0)
-MEMSET(cudaMemset_ptds, SYNC, SYNC, 0)
+MEMSET(cudaMemset_ptds, SYNC, SYNC, kv_hooks_rt_captures(NULL, 1))
 MEMSET(cudaMemsetAsync, ASYNC_ARGS, ASYNC_PASS, kv_hooks_rt_captures(s, 0))
 MEMSET(cudaMemsetAsync_ptsz, ASYNC_ARGS, ASYNC_PASS, kv_hooks_rt_captures(s, 1))
 

@@ -19,6 +19,7 @@
  */
 #include <dlfcn.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 
 #include "hooks.h"
@@ -126,6 +127,11 @@ static int (*stats)(struct kvshim_stats *);
 static CUresult (*dtoh)(void *, CUdeviceptr, size_t);
 static CUresult (*ctx_current)(CUcontext *);
 static CUresult (*ctx_sync)(void);
+static CUresult (*instantiate)(CUgraphExec *, CUgraph, unsigned long long);
+static CUresult (*launch)(CUgraphExec, CUstream);
+static CUresult (*stream_sync)(CUstream);
+static CUresult (*graph_destroy)(CUgraph);
+static CUresult (*exec_destroy)(CUgraphExec);
 
 /* The row under test and what it must reach. */
 static const struct row *row;
@@ -287,17 +293,23 @@ typedef CUresult (*set8a_fn)(CUdeviceptr, unsigned char, size_t, CUstream);
 typedef CUresult (*set16a_fn)(CUdeviceptr, unsigned short, size_t, CUstream);
 typedef CUresult (*set32a_fn)(CUdeviceptr, unsigned int, size_t, CUstream);
 
-/* A memset of n elements of the row's width from d, through fn. */
-static CUresult set1d(void *fn, CUdeviceptr d, size_t n)
+/* A memset of n elements of the row's width from d to v, through fn. */
+static CUresult set1d_to(void *fn, CUdeviceptr d, size_t n, unsigned v)
 {
 	switch (row->arg + 8 * row->async) {
-	case 1: return ((set8_fn)fn)(d, (unsigned char)values[1], n);
-	case 2: return ((set16_fn)fn)(d, (unsigned short)values[2], n);
-	case 4: return ((set32_fn)fn)(d, values[4], n);
-	case 9: return ((set8a_fn)fn)(d, (unsigned char)values[1], n, NULL);
-	case 10: return ((set16a_fn)fn)(d, (unsigned short)values[2], n, NULL);
-	default: return ((set32a_fn)fn)(d, values[4], n, NULL);
+	case 1: return ((set8_fn)fn)(d, (unsigned char)v, n);
+	case 2: return ((set16_fn)fn)(d, (unsigned short)v, n);
+	case 4: return ((set32_fn)fn)(d, v, n);
+	case 9: return ((set8a_fn)fn)(d, (unsigned char)v, n, NULL);
+	case 10: return ((set16a_fn)fn)(d, (unsigned short)v, n, NULL);
+	default: return ((set32a_fn)fn)(d, v, n, NULL);
 	}
+}
+
+/* The same to the row's value. */
+static CUresult set1d(void *fn, CUdeviceptr d, size_t n)
+{
+	return set1d_to(fn, d, n, values[row->arg]);
 }
 
 /* One page's worth of elements from 64 bytes into page 2: pages 2 and 3. */
@@ -810,30 +822,103 @@ static void *find(void)
 	return fn;
 }
 
-/* Row i of the table (see the head of this file). */
-START_TEST(test_per_thread_form)
+/* Row i under test: its names, the pattern, kvshim loaded, and the form
+ * as an engine finds it. */
+static void *pick(int i)
 {
 	size_t n;
-	void *fn;
-	CUdeviceptr p;
-	size_t i;
 
-	row = &rows[_i];
+	row = &rows[i];
 	real_name = row->real ? row->real : row->name;
 	n = strlen(real_name) - 5;
 	ck_assert_uint_lt(n, sizeof(plain_name));
 	memcpy(plain_name, real_name, n);
 	plain_name[n] = '\0';
-	for (i = 0; i < sizeof(pattern); i++)
-		pattern[i] = (unsigned char)(i * 7 + 1);
+	for (n = 0; n < sizeof(pattern); n++)
+		pattern[n] = (unsigned char)(n * 7 + 1);
 	open_lib();
-	fn = find();
+	return find();
+}
+
+/* Row i of the table (see the head of this file). */
+START_TEST(test_per_thread_form)
+{
+	void *fn;
+	CUdeviceptr p;
+
+	fn = pick(_i);
 	mapped0 = mapped();
 	p = span8();
 	if (kv_dev_is_emu())
 		ck_assert_uint_eq(backed(p), 0x01);
 	ck_assert_uint_eq(mapped() - mapped0, PG);
 	ops[row->shape](fn, p);
+	ck_assert_int_eq(release(vp(p)), 0);
+}
+END_TEST
+
+/*
+ * Row i, one of the six 1D memsets (the table's first rows), sets a whole
+ * span of 8 pages (page 0 backed) to zero while the per-thread default
+ * stream captures, begun through kvshim as an engine begins it. A
+ * synchronous _ptds form runs on that stream: where the driver records it
+ * into the capture, as it records the _ptsz forms given no stream, kvshim
+ * must back every page first, or a replay would leave the pages backed
+ * later unset. Where the driver refuses the call, the capture ends
+ * invalidated. (Outside a capture a zero memset sets only the pages mapped
+ * now: the others arrive zeroed.)
+ */
+START_TEST(test_zero_memset_captured)
+{
+	CUresult (*gpa)(const char *, void **, int, cuuint64_t,
+			CUdriverProcAddressQueryResult *);
+	CUresult (*begin)(CUstream, CUstreamCaptureMode);
+	CUresult (*end)(CUstream, CUgraph *);
+	CUdriverProcAddressQueryResult q;
+	CUresult rc, ended;
+	CUgraphExec exec;
+	CUgraph g = NULL;
+	CUdeviceptr p;
+	void *fn;
+
+	ck_assert(instantiate && launch && stream_sync && graph_destroy && exec_destroy);
+	fn = pick(_i);
+	ck_assert_int_eq(rows[_i].shape, SET1D);
+	*(void **)&gpa = dlsym(lib, "cuGetProcAddress_v2");
+	ck_assert_ptr_nonnull(gpa);
+	ck_assert_int_eq(gpa("cuStreamBeginCapture", (void **)&begin, 13000,
+			     CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, &q), CUDA_SUCCESS);
+	ck_assert_int_eq(gpa("cuStreamEndCapture", (void **)&end, 13000,
+			     CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM, &q), CUDA_SUCCESS);
+	ck_assert_ptr_eq((void *)begin, dlsym(lib, "cuStreamBeginCapture_v2_ptsz"));
+	mapped0 = mapped();
+	p = span8();
+	ck_assert_int_eq(begin(NULL, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_SUCCESS);
+	rc = set1d_to(fn, p, 8 * PG / (size_t)row->arg, 0);
+	ended = end(NULL, &g);
+	if (rc != CUDA_SUCCESS) {
+		/* refused: the capture is invalidated, no graph */
+		ck_assert_msg(!row->async, "%s: refused in a capture (%d)", row->name, rc);
+		ck_assert_msg(ended != CUDA_SUCCESS && g == NULL,
+			      "%s: refused (%d), and the capture still ended (%d)", row->name,
+			      rc, ended);
+		ck_assert_int_eq(ctx_sync(), CUDA_SUCCESS);
+	} else {
+		ck_assert_msg(ended == CUDA_SUCCESS && g != NULL, "%s: capture end %d", row->name,
+			      ended);
+		ck_assert_msg(mapped() - mapped0 == 8 * PG, "%s: %zu of 8 pages backed",
+			      row->name, (mapped() - mapped0) / PG);
+		/* the engine writes every page, then the replay sets them all */
+		ck_assert_int_eq(kv_dev_fill(p, 8 * PG, 9), CUDA_SUCCESS);
+		ck_assert_int_eq(instantiate(&exec, g, 0), CUDA_SUCCESS);
+		ck_assert_int_eq(launch(exec, CU_STREAM_PER_THREAD), CUDA_SUCCESS);
+		ck_assert_int_eq(stream_sync(CU_STREAM_PER_THREAD), CUDA_SUCCESS);
+		zeros(p, 8 * PG);
+		exec_destroy(exec);
+		graph_destroy(g);
+	}
+	printf("ptds: %s while the per-thread stream captures: %s\n", row->name,
+	       rc == CUDA_SUCCESS ? "captured, replay sets every page" : "refused");
 	ck_assert_int_eq(release(vp(p)), 0);
 }
 END_TEST
@@ -866,11 +951,17 @@ Suite *ptds_suite(void)
 	*(void **)&dtoh = kv_dev_sym("cuMemcpyDtoH_v2");
 	*(void **)&ctx_current = kv_dev_sym("cuCtxGetCurrent");
 	*(void **)&ctx_sync = kv_dev_sym("cuCtxSynchronize");
+	*(void **)&instantiate = kv_dev_sym("cuGraphInstantiateWithFlags");
+	*(void **)&launch = kv_dev_sym("cuGraphLaunch");
+	*(void **)&stream_sync = kv_dev_sym("cuStreamSynchronize");
+	*(void **)&graph_destroy = kv_dev_sym("cuGraphDestroy");
+	*(void **)&exec_destroy = kv_dev_sym("cuGraphExecDestroy");
 	tcase_add_test(tc, test_every_form_has_a_row);
 	/* (the driver forms' rows come first) */
 	while (drivers < NROWS && rows[drivers].base)
 		drivers++;
 	tcase_add_loop_test(tc, test_per_thread_form, 0, kv_dev_is_emu() ? NROWS : drivers);
+	tcase_add_loop_test(tc, test_zero_memset_captured, 0, 6);
 	suite_add_tcase(s, tc);
 	return s;
 }
