@@ -8,6 +8,13 @@
  * mode and records a memset on it; the probing thread (A itself, or B)
  * sets its own capture mode, makes one call, and A ends the capture. The
  * line gives the call's result and the capture's end.
+ *
+ * A second table: the per-thread default stream captures (begun by the
+ * calling thread in each mode) and that thread makes a synchronous
+ * per-thread call (a _ptds form, which runs on that stream). The line gives
+ * the call's result, the capture's end, the graph's nodes, and for a memset
+ * whether a launch of the graph sets the range again: a memset the driver
+ * captures is replayed over whatever pages are there at the launch.
  */
 #include <pthread.h>
 #include <stdio.h>
@@ -228,6 +235,117 @@ static void one_case(size_t op, int same_thread, CUstreamCaptureMode mode)
 	cuCtxSynchronize();
 }
 
+/* ---- synchronous per-thread calls while the per-thread stream captures ---- */
+
+typedef CUresult (*memset8_fn)(CUdeviceptr, unsigned char, size_t);
+typedef CUresult (*memset2d8_fn)(CUdeviceptr, size_t, unsigned char, size_t, size_t);
+typedef CUresult (*dtod_fn)(CUdeviceptr, CUdeviceptr, size_t);
+typedef CUresult (*htod_fn)(CUdeviceptr, const void *, size_t);
+typedef CUresult (*dtoh_fn)(void *, CUdeviceptr, size_t);
+typedef CUresult (*memset8_async_fn)(CUdeviceptr, unsigned char, size_t, CUstream);
+
+static void *pt_fn(const char *name)
+{
+	CUdriverProcAddressQueryResult q;
+	void *fn = NULL;
+
+	if (cuGetProcAddress_v2(name, &fn, 12000, CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM,
+				&q) || q != CU_GET_PROC_ADDRESS_SUCCESS)
+		return NULL;
+	return fn;
+}
+
+static unsigned char host_buf[4096];
+
+/* The call of case k, on the first page of scratch (the second page is
+ * the copies' other side); 'sets' whether it writes 0 over the page. */
+static CUresult pt_call(int k, const char **name, int *sets)
+{
+	*sets = 0;
+	switch (k) {
+	case 0:
+		*name = "cuMemsetD8 (_ptds), 0";
+		*sets = 1;
+		return ((memset8_fn)pt_fn("cuMemsetD8"))(scratch, 0, 4096);
+	case 1:
+		*name = "cuMemsetD2D8 (_ptds), 0";
+		*sets = 1;
+		return ((memset2d8_fn)pt_fn("cuMemsetD2D8"))(scratch, 1024, 0, 1024, 4);
+	case 2:
+		*name = "cuMemsetD8Async (_ptsz), 0, stream 0";
+		*sets = 1;
+		return ((memset8_async_fn)pt_fn("cuMemsetD8Async"))(scratch, 0, 4096, NULL);
+	case 3:
+		*name = "cuMemcpyDtoD (_ptds)";
+		return ((dtod_fn)pt_fn("cuMemcpyDtoD"))(scratch + 4096, scratch, 4096);
+	case 4:
+		*name = "cuMemcpyHtoD (_ptds), pageable";
+		return ((htod_fn)pt_fn("cuMemcpyHtoD"))(scratch + 4096, host_buf, 4096);
+	default:
+		*name = "cuMemcpyDtoH (_ptds), pageable";
+		return ((dtoh_fn)pt_fn("cuMemcpyDtoH"))(host_buf, scratch + 4096, 4096);
+	}
+}
+
+#define PT_CASES 6
+
+/* Whether the first page of scratch reads all zero. */
+static int page_zero(void)
+{
+	unsigned char b[4096];
+	size_t i;
+
+	if (cuMemcpyDtoH(b, scratch, sizeof(b)))
+		return -1;
+	for (i = 0; i < sizeof(b); i++)
+		if (b[i])
+			return 0;
+	return 1;
+}
+
+static void pt_case(int k, CUstreamCaptureMode mode)
+{
+	const char *name = "?", *rn = "?", *en = "?", *replay = "-";
+	CUgraphExec ge = NULL;
+	CUgraph g = NULL;
+	CUresult begin, call, end;
+	size_t nodes = 0;
+	int sets;
+
+	cuMemsetD8(scratch, 0xab, 2 * 4096);
+	cuCtxSynchronize();
+	begin = cuStreamBeginCapture_v2(CU_STREAM_PER_THREAD, mode);
+	if (begin) {
+		printf("per-thread case %d: begin capture failed: %d\n", k, (int)begin);
+		return;
+	}
+	call = pt_call(k, &name, &sets);
+	end = cuStreamEndCapture(CU_STREAM_PER_THREAD, &g);
+	if (g)
+		cuGraphGetNodes(g, NULL, &nodes);
+	/* did the call run at once (the page zero before any launch)? */
+	if (sets && call == CUDA_SUCCESS && page_zero() == 1)
+		replay = "ran at the call";
+	else if (sets && g && end == CUDA_SUCCESS &&
+		 cuGraphInstantiate(&ge, g, 0) == CUDA_SUCCESS) {
+		cuMemsetD8(scratch, 0xab, 4096);
+		cuCtxSynchronize();
+		if (cuGraphLaunch(ge, CU_STREAM_PER_THREAD) == CUDA_SUCCESS &&
+		    cuStreamSynchronize(CU_STREAM_PER_THREAD) == CUDA_SUCCESS)
+			replay = page_zero() == 1 ? "launch sets it" : "launch leaves it";
+		else
+			replay = "launch failed";
+		cuGraphExecDestroy(ge);
+	}
+	if (g)
+		cuGraphDestroy(g);
+	cuGetErrorName(call, &rn);
+	cuGetErrorName(end, &en);
+	printf("%-40s %-12s call %-36s end %-36s nodes %zu  %s\n", name, mode_name(mode),
+	       rn, en, nodes, replay);
+	cuCtxSynchronize();
+}
+
 int main(void)
 {
 	static const CUstreamCaptureMode modes[] = {
@@ -261,5 +379,10 @@ int main(void)
 		for (same = 1; same >= 0; same--)
 			for (m = 0; m < 3; m++)
 				one_case(op, same, modes[m]);
+	printf("\nthe per-thread default stream captures; its thread makes a synchronous"
+	       " per-thread call\n");
+	for (op = 0; op < PT_CASES; op++)
+		for (m = 0; m < 3; m++)
+			pt_case((int)op, modes[m]);
 	return 0;
 }
