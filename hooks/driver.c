@@ -8,6 +8,7 @@
 #include <stdlib.h>
 
 #include "hooks.h"
+#include "kvlog.h"
 #include "policy.h"
 
 #define REAL_OR_FAIL(name)                                                \
@@ -294,8 +295,9 @@ COPY_PEER(cuMemcpyPeerAsync_ptsz, ASYNC_ARGS, ASYNC_PASS)
  * batch is backed, then each copy's span pages are backed as one copy's
  * (kv_policy_copy). A copy the policy refuses fails the whole batch before
  * the driver sees it, *fail naming it (where the caller asked); the driver
- * checks the rest (the attributes, the flags, the stream). get(ops, i, c)
- * says what copy i of count moves. Returns 0 or the policy's error.
+ * checks the rest (the attributes, the flags; the stream kvshim checks
+ * first, batch_stream_refused). get(ops, i, c) says what copy i of count
+ * moves. Returns 0 or the policy's error.
  */
 struct batch_copy {
 	struct kv_policy_box b[2];      /* destination, source */
@@ -327,6 +329,24 @@ static int touch_batch(const void *ops, size_t count,
 	return 0;
 }
 
+/*
+ * The streams a batch may not go on: the legacy stream (CU_STREAM_LEGACY,
+ * or NULL in a plain form), and NULL in CUDA 13.0's per-thread forms
+ * (v2_ptsz), where 12.8's read it as the per-thread default stream. The
+ * driver refuses a batch on them with an invalid value (measured on driver
+ * 580.159.04, every form); kvshim answers so itself before any page is
+ * backed, where the driver's refusal would come after kvshim had backed
+ * and pinned the batch's pages.
+ */
+static int batch_stream_refused(const char *name, CUstream s, int null_per_thread)
+{
+	if (s != CU_STREAM_LEGACY && (s || null_per_thread))
+		return 0;
+	kv_log_capped(KV_LOG_INFO, "kvshim: %s: stream %s: CUDA refuses a batched copy on it "
+		      "(invalid value)", name, s ? "CU_STREAM_LEGACY" : "NULL");
+	return 1;
+}
+
 /* Batched linear copies (cuMemcpyBatchAsync: CUDA 12.8's form with a
  * failIdx, 13.0's without, and their per-thread stream forms): copy i is
  * a linear copy of sizes[i] bytes, as cuMemcpy's (touch2). */
@@ -343,7 +363,7 @@ static void linear_copy(const void *ops, size_t i, struct batch_copy *c)
 				  l->sizes[i], 1, 1 };
 }
 
-#define COPY_BATCH(name, FAIL_ARG, FAIL_PASS, FAIL)                         \
+#define COPY_BATCH(name, FAIL_ARG, FAIL_PASS, FAIL, NULL_PT)                \
 CUresult kv_hook_##name(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, \
 			size_t count, CUmemcpyAttributes *attrs,            \
 			size_t *idxs, size_t nattrs FAIL_ARG, CUstream s)   \
@@ -352,6 +372,8 @@ CUresult kv_hook_##name(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, \
 	int rc;                                                            \
 									   \
 	REAL_OR_FAIL(name);                                                \
+	if (batch_stream_refused(#name, s, NULL_PT))                       \
+		return CUDA_ERROR_INVALID_VALUE;                           \
 	rc = dsts && srcs && sizes ?                                       \
 		touch_batch(&l, count, linear_copy, FAIL) : 0;             \
 	if (rc)                                                            \
@@ -363,10 +385,10 @@ CUresult kv_hook_##name(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, \
 #define FAIL_ARGS , size_t *fail
 #define FAIL_PASS , fail
 
-COPY_BATCH(cuMemcpyBatchAsync, FAIL_ARGS, FAIL_PASS, fail)
-COPY_BATCH(cuMemcpyBatchAsync_ptsz, FAIL_ARGS, FAIL_PASS, fail)
-COPY_BATCH(cuMemcpyBatchAsync_v2, SYNC, SYNC, NULL)
-COPY_BATCH(cuMemcpyBatchAsync_v2_ptsz, SYNC, SYNC, NULL)
+COPY_BATCH(cuMemcpyBatchAsync, FAIL_ARGS, FAIL_PASS, fail, 0)
+COPY_BATCH(cuMemcpyBatchAsync_ptsz, FAIL_ARGS, FAIL_PASS, fail, 1)
+COPY_BATCH(cuMemcpyBatchAsync_v2, SYNC, SYNC, NULL, 0)
+COPY_BATCH(cuMemcpyBatchAsync_v2_ptsz, SYNC, SYNC, NULL, 0)
 
 /*
  * Batched 3D copies (cuMemcpy3DBatchAsync: CUDA 12.8's form with a
@@ -400,20 +422,22 @@ static void copy_3d_op(const void *ops, size_t i, struct batch_copy *c)
 	c->b[1] = operand_box(&op->src, &op->extent);
 }
 
-#define COPY_3D_BATCH(name, FAIL_ARG, FAIL_PASS, FAIL)                      \
+#define COPY_3D_BATCH(name, FAIL_ARG, FAIL_PASS, FAIL, NULL_PT)             \
 CUresult kv_hook_##name(size_t count, CUDA_MEMCPY3D_BATCH_OP *ops FAIL_ARG, \
 			unsigned long long flags, CUstream s)               \
 {                                                                          \
 	int rc;                                                            \
 									   \
 	REAL_OR_FAIL(name);                                                \
+	if (batch_stream_refused(#name, s, NULL_PT))                       \
+		return CUDA_ERROR_INVALID_VALUE;                           \
 	rc = touch_batch(ops, count, copy_3d_op, FAIL);                    \
 	if (rc)                                                            \
 		return kv_hooks_cu_error(rc);                              \
 	return kv_real_##name(count, ops FAIL_PASS, flags, s);             \
 }
 
-COPY_3D_BATCH(cuMemcpy3DBatchAsync, FAIL_ARGS, FAIL_PASS, fail)
-COPY_3D_BATCH(cuMemcpy3DBatchAsync_ptsz, FAIL_ARGS, FAIL_PASS, fail)
-COPY_3D_BATCH(cuMemcpy3DBatchAsync_v2, SYNC, SYNC, NULL)
-COPY_3D_BATCH(cuMemcpy3DBatchAsync_v2_ptsz, SYNC, SYNC, NULL)
+COPY_3D_BATCH(cuMemcpy3DBatchAsync, FAIL_ARGS, FAIL_PASS, fail, 0)
+COPY_3D_BATCH(cuMemcpy3DBatchAsync_ptsz, FAIL_ARGS, FAIL_PASS, fail, 1)
+COPY_3D_BATCH(cuMemcpy3DBatchAsync_v2, SYNC, SYNC, NULL, 0)
+COPY_3D_BATCH(cuMemcpy3DBatchAsync_v2_ptsz, SYNC, SYNC, NULL, 0)

@@ -16,6 +16,10 @@
  * show: success, the bytes, and how many of the span's pages kvshim backed
  * (its stats; which ones, and which function the call reached, only the
  * emulation tells). The runtime forms' rows need the emulation's runtime.
+ *
+ * Beside the table: a zero memset while the per-thread stream captures
+ * (test_zero_memset_captured), and the streams each batched copy form may
+ * go on (test_batch_streams); both run on a GPU too.
  */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -54,7 +58,9 @@ struct row {
 	int version;            /* the CUDA version it is asked for */
 	enum shape shape;
 	int arg;                /* memsets: bytes per element; COPY: sides */
-	int async;              /* takes a stream (NULL: the per-thread one) */
+	int async;              /* takes a stream (NULL: the per-thread one;
+				 * named in 13.0's batches, which refuse
+				 * NULL: test_batch_streams) */
 	const char *real;       /* the driver's per-thread form the call must
 				 * reach: the row's own for a driver form */
 };
@@ -132,6 +138,8 @@ static CUresult (*launch)(CUgraphExec, CUstream);
 static CUresult (*stream_sync)(CUstream);
 static CUresult (*graph_destroy)(CUgraph);
 static CUresult (*exec_destroy)(CUgraphExec);
+static CUresult (*driver_gpa)(const char *, void **, int, cuuint64_t,
+			      CUdriverProcAddressQueryResult *);
 
 /* The row under test and what it must reach. */
 static const struct row *row;
@@ -561,7 +569,7 @@ static void op_batch(void *fn, CUdeviceptr p)
 	if (row->arg == 12)
 		r = ((batch12_fn)fn)(d, s, z, 3, &attr, &idx, 1, &fail, NULL);
 	else
-		r = ((batch13_fn)fn)(d, s, z, 3, &attr, &idx, 1, NULL);
+		r = ((batch13_fn)fn)(d, s, z, 3, &attr, &idx, 1, CU_STREAM_PER_THREAD);
 	done(r, 1, p, 0x6d);
 	/* (the emulation's: a driver need not touch failIdx when all went well) */
 	if (row->arg == 12 && kv_dev_is_emu())
@@ -617,7 +625,7 @@ static void op_batch3d(void *fn, CUdeviceptr p)
 	if (row->arg == 12)
 		r = ((batch3d12_fn)fn)(2, ops, &fail, 0, NULL);
 	else
-		r = ((batch3d13_fn)fn)(2, ops, 0, NULL);
+		r = ((batch3d13_fn)fn)(2, ops, 0, CU_STREAM_PER_THREAD);
 	done(r, 1, p, 0x5d);
 	if (row->arg == 12 && kv_dev_is_emu())
 		ck_assert_uint_eq(fail, SIZE_MAX);
@@ -923,6 +931,100 @@ START_TEST(test_zero_memset_captured)
 }
 END_TEST
 
+/*
+ * The streams a batched copy may go on, form by form: a linear batch and a
+ * 3D batch, CUDA 12.8's form and 13.0's, plain and per-thread (i: bit 0 3D,
+ * bit 1 13.0's, bit 2 per-thread), each on NULL, CU_STREAM_LEGACY and
+ * CU_STREAM_PER_THREAD. The legacy stream is refused (NULL in a plain form
+ * too), and so is NULL in 13.0's per-thread form, where 12.8's reads it as
+ * the per-thread default stream: what driver 580.159.04 answers (measured),
+ * and what the driver found here answers too, or the table is out of date.
+ * kvshim refuses those alike with nothing backed and the driver not
+ * called, and backs the pages of a batch on the others.
+ */
+START_TEST(test_batch_streams)
+{
+	static const CUstream streams[] = { NULL, CU_STREAM_LEGACY, CU_STREAM_PER_THREAD };
+	static const char *const stream_names[] = { "NULL", "CU_STREAM_LEGACY",
+						    "CU_STREAM_PER_THREAD" };
+	CUresult (*gpa)(const char *, void **, int, cuuint64_t,
+			CUdriverProcAddressQueryResult *);
+	int three_d = _i & 1, v13 = (_i >> 1) & 1, pt = (_i >> 2) & 1;
+	const char *base = three_d ? "cuMemcpy3DBatchAsync" : "cuMemcpyBatchAsync";
+	cuuint64_t flag = pt ? CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM :
+			       CU_GET_PROC_ADDRESS_LEGACY_STREAM;
+	CUdriverProcAddressQueryResult q;
+	CUDA_MEMCPY3D_BATCH_OP op;
+	CUmemcpyAttributes attr;
+	void *fn = NULL, *own = NULL;
+	CUdeviceptr p, d, src;
+	size_t j, z, idx = 0, fail, before;
+	CUresult rc, want;
+	char name[64];
+
+	ck_assert_ptr_nonnull(driver_gpa);
+	open_lib();
+	*(void **)&gpa = dlsym(lib, "cuGetProcAddress_v2");
+	ck_assert_ptr_nonnull(gpa);
+	ck_assert_int_eq(gpa(base, &fn, v13 ? 13000 : 12080, flag, &q), CUDA_SUCCESS);
+	ck_assert_int_eq(driver_gpa(base, &own, v13 ? 13000 : 12080, flag, &q), CUDA_SUCCESS);
+	snprintf(name, sizeof(name), "%s%s%s", base, v13 ? "_v2" : "", pt ? "_ptsz" : "");
+	ck_assert_msg(fn == dlsym(lib, name) && own && own != fn,
+		      "%s: not the shim's wrapper, or no driver function", name);
+	memset(&attr, 0, sizeof(attr));
+	attr.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
+	p = span8();
+	for (j = 0; j < 3; j++) {
+		CUstream st = streams[j];
+
+		want = st == CU_STREAM_LEGACY || (!st && !(pt && !v13)) ?
+			CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
+		/* the driver's own answer, on page 0 (backed) alone */
+		d = p + 2048;
+		src = p;
+		z = 1024;
+		memset(&op, 0, sizeof(op));
+		op.dst.type = op.src.type = CU_MEMCPY_OPERAND_TYPE_POINTER;
+		op.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
+		op.dst.op.ptr.ptr = d;
+		op.src.op.ptr.ptr = src;
+		op.extent = (CUextent3D){ z, 1, 1 };
+		rc = three_d ? (v13 ? ((batch3d13_fn)own)(1, &op, 0, st) :
+				      ((batch3d12_fn)own)(1, &op, &fail, 0, st)) :
+			       (v13 ? ((batch13_fn)own)(&d, &src, &z, 1, &attr, &idx, 1, st) :
+				      ((batch12_fn)own)(&d, &src, &z, 1, &attr, &idx, 1, &fail, st));
+		ck_assert_msg(rc == want, "%s, stream %s: the driver answers %d, not %d", name,
+			      stream_names[j], rc, want);
+		ck_assert_int_eq(ctx_sync(), CUDA_SUCCESS);
+		/* kvshim's, into page 2 + j (unbacked) */
+		d = p + (2 + j) * PG;
+		op.dst.op.ptr.ptr = d;
+		before = mapped();
+		kv_dev_reset_counts();
+		rc = three_d ? (v13 ? ((batch3d13_fn)fn)(1, &op, 0, st) :
+				      ((batch3d12_fn)fn)(1, &op, &fail, 0, st)) :
+			       (v13 ? ((batch13_fn)fn)(&d, &src, &z, 1, &attr, &idx, 1, st) :
+				      ((batch12_fn)fn)(&d, &src, &z, 1, &attr, &idx, 1, &fail, st));
+		ck_assert_msg(rc == want, "%s, stream %s: kvshim answers %d, not %d", name,
+			      stream_names[j], rc, want);
+		ck_assert_int_eq(ctx_sync(), CUDA_SUCCESS);
+		ck_assert_msg(mapped() - before == (want ? 0 : PG), "%s, stream %s: %zu pages backed",
+			      name, stream_names[j], (mapped() - before) / PG);
+		if (want && kv_dev_is_emu())
+			ck_assert_msg(kv_dev_calls(name) == 0, "%s, stream %s: the driver was called",
+				      name, stream_names[j]);
+		if (!want) {
+			unsigned long long bad = 1;
+
+			ck_assert_int_eq(kv_dev_check(d, z, 5, &bad), CUDA_SUCCESS);
+			ck_assert_msg(bad == 0, "%s, stream %s: %llu words are not page 0's",
+				      name, stream_names[j], bad);
+		}
+	}
+	ck_assert_int_eq(release(vp(p)), 0);
+}
+END_TEST
+
 /* The table has a row for every per-thread copy and memset hooks.h lists,
  * and no row twice. */
 START_TEST(test_every_form_has_a_row)
@@ -956,12 +1058,14 @@ Suite *ptds_suite(void)
 	*(void **)&stream_sync = kv_dev_sym("cuStreamSynchronize");
 	*(void **)&graph_destroy = kv_dev_sym("cuGraphDestroy");
 	*(void **)&exec_destroy = kv_dev_sym("cuGraphExecDestroy");
+	*(void **)&driver_gpa = kv_dev_sym("cuGetProcAddress_v2");
 	tcase_add_test(tc, test_every_form_has_a_row);
 	/* (the driver forms' rows come first) */
 	while (drivers < NROWS && rows[drivers].base)
 		drivers++;
 	tcase_add_loop_test(tc, test_per_thread_form, 0, kv_dev_is_emu() ? NROWS : drivers);
 	tcase_add_loop_test(tc, test_zero_memset_captured, 0, 6);
+	tcase_add_loop_test(tc, test_batch_streams, 0, 8);
 	suite_add_tcase(s, tc);
 	return s;
 }

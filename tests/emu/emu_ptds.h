@@ -15,7 +15,11 @@
 #define KV_EMU_PTDS_H
 
 /* A _ptsz form's stream as its plain form takes it: NULL there means the calling thread's
- * per-thread default stream, which the plain form names CU_STREAM_PER_THREAD. */
+ * per-thread default stream, which the plain form names CU_STREAM_PER_THREAD. Not in CUDA
+ * 13.0's batched copies (cuMemcpyBatchAsync_v2_ptsz, cuMemcpy3DBatchAsync_v2_ptsz), whose NULL
+ * stream is passed on as it is and refused, as the legacy stream is: driver 580.159.04 refuses
+ * it with an invalid value where CUDA 12.8's per-thread forms take it (measured on an H200,
+ * docs/results/2026-12-01-h200-session40/run2). */
 #define KV_EMU_PT_STREAM(s) ((s) ? (s) : CU_STREAM_PER_THREAD)
 
 #define KV_EMU_PER_THREAD(Y, X)                                                                   \
@@ -105,14 +109,14 @@
     Y(X, cuMemcpyBatchAsync_v2_ptsz, 13000, cuMemcpyBatchAsync_v2,                                \
       (CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, size_t count,                        \
        CUmemcpyAttributes *attrs, size_t *attrsIdxs, size_t numAttrs, CUstream hStream),         \
-      (dsts, srcs, sizes, count, attrs, attrsIdxs, numAttrs, KV_EMU_PT_STREAM(hStream)))       \
+      (dsts, srcs, sizes, count, attrs, attrsIdxs, numAttrs, hStream))                         \
     Y(X, cuMemcpy3DBatchAsync_ptsz, 12080, cuMemcpy3DBatchAsync,                                  \
       (size_t numOps, CUDA_MEMCPY3D_BATCH_OP *opList, size_t *failIdx, unsigned long long flags, \
        CUstream hStream),                                                                        \
       (numOps, opList, failIdx, flags, KV_EMU_PT_STREAM(hStream)))                               \
     Y(X, cuMemcpy3DBatchAsync_v2_ptsz, 13000, cuMemcpy3DBatchAsync_v2,                            \
       (size_t numOps, CUDA_MEMCPY3D_BATCH_OP *opList, unsigned long long flags, CUstream hStream),\
-      (numOps, opList, flags, KV_EMU_PT_STREAM(hStream)))
+      (numOps, opList, flags, hStream))
 
 /* Their prototypes. */
 #define KV_EMU_PT_DECLARE(X, name, ver, plain, params, args) CUresult CUDAAPI name params;
