@@ -5,6 +5,7 @@
  * (kv_in_runtime) goes straight to the driver: the runtime wrapper has
  * applied the policy already.
  */
+#include <stdint.h>
 #include <stdlib.h>
 
 #include "hooks.h"
@@ -334,16 +335,22 @@ static int touch_batch(const void *ops, size_t count,
  * or NULL in a plain form), and NULL in CUDA 13.0's per-thread forms
  * (v2_ptsz), where 12.8's read it as the per-thread default stream. The
  * driver refuses a batch on them with an invalid value (measured on driver
- * 580.159.04, every form); kvshim answers so itself before any page is
- * backed, where the driver's refusal would come after kvshim had backed
- * and pinned the batch's pages.
+ * 580.159.04, every form; the GPU suite checks the driver's answer, so a
+ * driver that changes it shows there); kvshim answers so itself before any
+ * page is backed, where the driver's refusal would come after kvshim had
+ * backed and pinned the batch's pages. *fail, where the caller gave one, is
+ * SIZE_MAX then, as CUDA 12.8 documents for an error of no one copy.
+ * Returns 1 for a stream refused, else 0.
  */
-static int batch_stream_refused(const char *name, CUstream s, int null_per_thread)
+static int batch_stream_refused(const char *name, CUstream s, int null_per_thread,
+				size_t *fail)
 {
 	if (s != CU_STREAM_LEGACY && (s || null_per_thread))
 		return 0;
-	kv_log_capped(KV_LOG_INFO, "kvshim: %s: stream %s: CUDA refuses a batched copy on it "
-		      "(invalid value)", name, s ? "CU_STREAM_LEGACY" : "NULL");
+	if (fail)
+		*fail = SIZE_MAX;
+	kv_log_capped(KV_LOG_INFO, "%s: stream %s: refused, as CUDA refuses a batched copy on "
+		      "it (invalid value)", name, s ? "CU_STREAM_LEGACY" : "NULL");
 	return 1;
 }
 
@@ -372,7 +379,7 @@ CUresult kv_hook_##name(CUdeviceptr *dsts, CUdeviceptr *srcs, size_t *sizes, \
 	int rc;                                                            \
 									   \
 	REAL_OR_FAIL(name);                                                \
-	if (batch_stream_refused(#name, s, NULL_PT))                       \
+	if (!kv_in_runtime && batch_stream_refused(#name, s, NULL_PT, FAIL)) \
 		return CUDA_ERROR_INVALID_VALUE;                           \
 	rc = dsts && srcs && sizes ?                                       \
 		touch_batch(&l, count, linear_copy, FAIL) : 0;             \
@@ -429,7 +436,7 @@ CUresult kv_hook_##name(size_t count, CUDA_MEMCPY3D_BATCH_OP *ops FAIL_ARG, \
 	int rc;                                                            \
 									   \
 	REAL_OR_FAIL(name);                                                \
-	if (batch_stream_refused(#name, s, NULL_PT))                       \
+	if (!kv_in_runtime && batch_stream_refused(#name, s, NULL_PT, FAIL)) \
 		return CUDA_ERROR_INVALID_VALUE;                           \
 	rc = touch_batch(ops, count, copy_3d_op, FAIL);                    \
 	if (rc)                                                            \

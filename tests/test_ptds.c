@@ -18,8 +18,9 @@
  * emulation tells). The runtime forms' rows need the emulation's runtime.
  *
  * Beside the table: a zero memset while the per-thread stream captures
- * (test_zero_memset_captured), and the streams each batched copy form may
- * go on (test_batch_streams); both run on a GPU too.
+ * (test_zero_memset_captured; the runtime's, test_rt_zero_memset_captured,
+ * on the emulation only), and the streams each batched copy form may go on
+ * (test_batch_streams); the driver's run on a GPU too.
  */
 #include <dlfcn.h>
 #include <stdint.h>
@@ -905,11 +906,16 @@ START_TEST(test_zero_memset_captured)
 	rc = set1d_to(fn, p, 8 * PG / (size_t)row->arg, 0);
 	ended = end(NULL, &g);
 	if (rc != CUDA_SUCCESS) {
-		/* refused: the capture is invalidated, no graph */
+		/* refused: the capture is invalidated, no graph. kvshim backed
+		 * the whole range first all the same: it cannot tell a driver
+		 * that refuses (every one seen, which wastes the backing) from
+		 * one that would capture the call */
 		ck_assert_msg(!row->async, "%s: refused in a capture (%d)", row->name, rc);
 		ck_assert_msg(ended != CUDA_SUCCESS && g == NULL,
 			      "%s: refused (%d), and the capture still ended (%d)", row->name,
 			      rc, ended);
+		ck_assert_msg(mapped() - mapped0 == 8 * PG, "%s: %zu of 8 pages backed",
+			      row->name, (mapped() - mapped0) / PG);
 		ck_assert_int_eq(ctx_sync(), CUDA_SUCCESS);
 	} else {
 		ck_assert_msg(ended == CUDA_SUCCESS && g != NULL, "%s: capture end %d", row->name,
@@ -932,6 +938,71 @@ START_TEST(test_zero_memset_captured)
 END_TEST
 
 /*
+ * The runtime's cudaMemset_ptds, zero over a span of 8 pages (page 0
+ * backed) while the per-thread default stream captures, begun through
+ * kvshim's cudaStreamBeginCapture_ptsz: kvshim backs the whole range first,
+ * as test_zero_memset_captured's driver forms, and the runtime's answer
+ * stands (the emulation's runtime, which refuses it as its driver does;
+ * a real runtime's is not tested).
+ */
+START_TEST(test_rt_zero_memset_captured)
+{
+	cudaError_t (*set)(void *, int, size_t);
+	cudaError_t (*begin)(cudaStream_t, enum cudaStreamCaptureMode);
+	cudaError_t (*end)(cudaStream_t, cudaGraph_t *);
+	cudaError_t rc, ended;
+	cudaGraph_t g = NULL;
+	CUdeviceptr p;
+	int i;
+
+	for (i = 0; i < NROWS && strcmp(rows[i].name, "cudaMemset_ptds"); i++)
+		;
+	ck_assert_int_lt(i, NROWS);
+	*(void **)&set = pick(i);
+	*(void **)&begin = dlsym(lib, "cudaStreamBeginCapture_ptsz");
+	*(void **)&end = dlsym(lib, "cudaStreamEndCapture_ptsz");
+	ck_assert(begin && end);
+	mapped0 = mapped();
+	p = span8();
+	ck_assert_int_eq(begin(NULL, cudaStreamCaptureModeGlobal), cudaSuccess);
+	rc = set(vp(p), 0, 8 * PG);
+	ended = end(NULL, &g);
+	ck_assert_msg(rc != cudaSuccess && ended != cudaSuccess && g == NULL,
+		      "cudaMemset_ptds in a per-thread capture: %d, the capture's end %d", rc,
+		      ended);
+	ck_assert_msg(mapped() - mapped0 == 8 * PG, "cudaMemset_ptds: %zu of 8 pages backed",
+		      (mapped() - mapped0) / PG);
+	ck_assert_int_eq(ctx_sync(), CUDA_SUCCESS);
+	ck_assert_int_eq(release(vp(p)), 0);
+}
+END_TEST
+
+/* One copy of z bytes from src to d as a batch through fn on stream st:
+ * a linear batch, or a 3D one (op) where three_d; CUDA 13.0's form where
+ * v13, else 12.8's, with *fail. */
+static CUresult call_batch(void *fn, int three_d, int v13, CUdeviceptr d, CUdeviceptr src,
+			   size_t z, CUstream st, size_t *fail)
+{
+	CUDA_MEMCPY3D_BATCH_OP op;
+	CUmemcpyAttributes attr;
+	size_t idx = 0;
+
+	memset(&attr, 0, sizeof(attr));
+	attr.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
+	memset(&op, 0, sizeof(op));
+	op.dst.type = op.src.type = CU_MEMCPY_OPERAND_TYPE_POINTER;
+	op.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
+	op.dst.op.ptr.ptr = d;
+	op.src.op.ptr.ptr = src;
+	op.extent = (CUextent3D){ z, 1, 1 };
+	if (three_d)
+		return v13 ? ((batch3d13_fn)fn)(1, &op, 0, st) :
+			     ((batch3d12_fn)fn)(1, &op, fail, 0, st);
+	return v13 ? ((batch13_fn)fn)(&d, &src, &z, 1, &attr, &idx, 1, st) :
+		     ((batch12_fn)fn)(&d, &src, &z, 1, &attr, &idx, 1, fail, st);
+}
+
+/*
  * The streams a batched copy may go on, form by form: a linear batch and a
  * 3D batch, CUDA 12.8's form and 13.0's, plain and per-thread (i: bit 0 3D,
  * bit 1 13.0's, bit 2 per-thread), each on NULL, CU_STREAM_LEGACY and
@@ -940,7 +1011,9 @@ END_TEST
  * the per-thread default stream: what driver 580.159.04 answers (measured),
  * and what the driver found here answers too, or the table is out of date.
  * kvshim refuses those alike with nothing backed and the driver not
- * called, and backs the pages of a batch on the others.
+ * called (12.8's failure index SIZE_MAX, as its documentation has it for
+ * an error of no one copy; the driver's is printed, and on the emulation
+ * must agree), and backs the pages of a batch on the others.
  */
 START_TEST(test_batch_streams)
 {
@@ -954,11 +1027,9 @@ START_TEST(test_batch_streams)
 	cuuint64_t flag = pt ? CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM :
 			       CU_GET_PROC_ADDRESS_LEGACY_STREAM;
 	CUdriverProcAddressQueryResult q;
-	CUDA_MEMCPY3D_BATCH_OP op;
-	CUmemcpyAttributes attr;
 	void *fn = NULL, *own = NULL;
-	CUdeviceptr p, d, src;
-	size_t j, z, idx = 0, fail, before;
+	size_t j, fail, own_fail, before;
+	CUdeviceptr p, d;
 	CUresult rc, want;
 	char name[64];
 
@@ -971,8 +1042,6 @@ START_TEST(test_batch_streams)
 	snprintf(name, sizeof(name), "%s%s%s", base, v13 ? "_v2" : "", pt ? "_ptsz" : "");
 	ck_assert_msg(fn == dlsym(lib, name) && own && own != fn,
 		      "%s: not the shim's wrapper, or no driver function", name);
-	memset(&attr, 0, sizeof(attr));
-	attr.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
 	p = span8();
 	for (j = 0; j < 3; j++) {
 		CUstream st = streams[j];
@@ -980,31 +1049,17 @@ START_TEST(test_batch_streams)
 		want = st == CU_STREAM_LEGACY || (!st && !(pt && !v13)) ?
 			CUDA_ERROR_INVALID_VALUE : CUDA_SUCCESS;
 		/* the driver's own answer, on page 0 (backed) alone */
-		d = p + 2048;
-		src = p;
-		z = 1024;
-		memset(&op, 0, sizeof(op));
-		op.dst.type = op.src.type = CU_MEMCPY_OPERAND_TYPE_POINTER;
-		op.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
-		op.dst.op.ptr.ptr = d;
-		op.src.op.ptr.ptr = src;
-		op.extent = (CUextent3D){ z, 1, 1 };
-		rc = three_d ? (v13 ? ((batch3d13_fn)own)(1, &op, 0, st) :
-				      ((batch3d12_fn)own)(1, &op, &fail, 0, st)) :
-			       (v13 ? ((batch13_fn)own)(&d, &src, &z, 1, &attr, &idx, 1, st) :
-				      ((batch12_fn)own)(&d, &src, &z, 1, &attr, &idx, 1, &fail, st));
+		own_fail = 77;
+		rc = call_batch(own, three_d, v13, p + 2048, p, 1024, st, &own_fail);
 		ck_assert_msg(rc == want, "%s, stream %s: the driver answers %d, not %d", name,
 			      stream_names[j], rc, want);
 		ck_assert_int_eq(ctx_sync(), CUDA_SUCCESS);
 		/* kvshim's, into page 2 + j (unbacked) */
 		d = p + (2 + j) * PG;
-		op.dst.op.ptr.ptr = d;
 		before = mapped();
 		kv_dev_reset_counts();
-		rc = three_d ? (v13 ? ((batch3d13_fn)fn)(1, &op, 0, st) :
-				      ((batch3d12_fn)fn)(1, &op, &fail, 0, st)) :
-			       (v13 ? ((batch13_fn)fn)(&d, &src, &z, 1, &attr, &idx, 1, st) :
-				      ((batch12_fn)fn)(&d, &src, &z, 1, &attr, &idx, 1, &fail, st));
+		fail = 77;
+		rc = call_batch(fn, three_d, v13, d, p, 1024, st, &fail);
 		ck_assert_msg(rc == want, "%s, stream %s: kvshim answers %d, not %d", name,
 			      stream_names[j], rc, want);
 		ck_assert_int_eq(ctx_sync(), CUDA_SUCCESS);
@@ -1013,10 +1068,20 @@ START_TEST(test_batch_streams)
 		if (want && kv_dev_is_emu())
 			ck_assert_msg(kv_dev_calls(name) == 0, "%s, stream %s: the driver was called",
 				      name, stream_names[j]);
+		if (want && !v13) {
+			printf("ptds: %s, stream %s: failIdx %s from kvshim, %s from the driver\n",
+			       name, stream_names[j], fail == SIZE_MAX ? "SIZE_MAX" : "other",
+			       own_fail == SIZE_MAX ? "SIZE_MAX" : own_fail == 77 ? "untouched" :
+			       "other");
+			ck_assert_msg(fail == SIZE_MAX, "%s, stream %s: failIdx %zu, not SIZE_MAX",
+				      name, stream_names[j], fail);
+			if (kv_dev_is_emu())
+				ck_assert_uint_eq(fail, own_fail);
+		}
 		if (!want) {
 			unsigned long long bad = 1;
 
-			ck_assert_int_eq(kv_dev_check(d, z, 5, &bad), CUDA_SUCCESS);
+			ck_assert_int_eq(kv_dev_check(d, 1024, 5, &bad), CUDA_SUCCESS);
 			ck_assert_msg(bad == 0, "%s, stream %s: %llu words are not page 0's",
 				      name, stream_names[j], bad);
 		}
@@ -1066,6 +1131,8 @@ Suite *ptds_suite(void)
 	tcase_add_loop_test(tc, test_per_thread_form, 0, kv_dev_is_emu() ? NROWS : drivers);
 	tcase_add_loop_test(tc, test_zero_memset_captured, 0, 6);
 	tcase_add_loop_test(tc, test_batch_streams, 0, 8);
+	if (kv_dev_is_emu())
+		tcase_add_test(tc, test_rt_zero_memset_captured);
 	suite_add_tcase(s, tc);
 	return s;
 }

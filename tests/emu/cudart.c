@@ -998,6 +998,43 @@ KV_RT_API cudaError_t cudaStreamIsCapturing(cudaStream_t stream,
     return record_driver(drv.cuStreamIsCapturing(stream, (CUstreamCaptureStatus *)pCaptureStatus));
 }
 
+/* Their per-thread forms, through drv_pt: a NULL stream is the calling thread's per-thread
+ * default stream. */
+cudaError_t cudaStreamBeginCapture_ptsz(cudaStream_t stream, enum cudaStreamCaptureMode mode);
+cudaError_t cudaStreamEndCapture_ptsz(cudaStream_t stream, cudaGraph_t *pGraph);
+cudaError_t cudaStreamIsCapturing_ptsz(cudaStream_t stream,
+                                       enum cudaStreamCaptureStatus *pCaptureStatus);
+
+KV_RT_API cudaError_t cudaStreamBeginCapture_ptsz(cudaStream_t stream,
+                                                  enum cudaStreamCaptureMode mode)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv_pt.cuStreamBeginCapture_v2(stream, (CUstreamCaptureMode)mode));
+}
+
+KV_RT_API cudaError_t cudaStreamEndCapture_ptsz(cudaStream_t stream, cudaGraph_t *pGraph)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv_pt.cuStreamEndCapture(stream, pGraph));
+}
+
+KV_RT_API cudaError_t cudaStreamIsCapturing_ptsz(cudaStream_t stream,
+                                                 enum cudaStreamCaptureStatus *pCaptureStatus)
+{
+    cudaError_t e = need_context();
+
+    if (e != cudaSuccess)
+        return record(e);
+    return record_driver(drv_pt.cuStreamIsCapturing(stream,
+                                                    (CUstreamCaptureStatus *)pCaptureStatus));
+}
+
 KV_RT_API cudaError_t cudaStreamGetCaptureInfo(cudaStream_t stream,
                                                enum cudaStreamCaptureStatus *captureStatus_out,
                                                unsigned long long *id_out, cudaGraph_t *graph_out,
