@@ -257,6 +257,11 @@ static void *pt_fn(const char *name)
 
 static unsigned char host_buf[4096];
 
+/* The driver's per-thread form of name, or an error for a driver without
+ * one (the call fails, the line says so). */
+#define PT_CALL(type, name, args)                                            \
+	(pt_fn(name) ? ((type)pt_fn(name))args : CUDA_ERROR_NOT_FOUND)
+
 /* The call of case k, on the first page of scratch (the second page is
  * the copies' other side); 'sets' whether it writes 0 over the page. */
 static CUresult pt_call(int k, const char **name, int *sets)
@@ -266,24 +271,24 @@ static CUresult pt_call(int k, const char **name, int *sets)
 	case 0:
 		*name = "cuMemsetD8 (_ptds), 0";
 		*sets = 1;
-		return ((memset8_fn)pt_fn("cuMemsetD8"))(scratch, 0, 4096);
+		return PT_CALL(memset8_fn, "cuMemsetD8", (scratch, 0, 4096));
 	case 1:
 		*name = "cuMemsetD2D8 (_ptds), 0";
 		*sets = 1;
-		return ((memset2d8_fn)pt_fn("cuMemsetD2D8"))(scratch, 1024, 0, 1024, 4);
+		return PT_CALL(memset2d8_fn, "cuMemsetD2D8", (scratch, 1024, 0, 1024, 4));
 	case 2:
 		*name = "cuMemsetD8Async (_ptsz), 0, stream 0";
 		*sets = 1;
-		return ((memset8_async_fn)pt_fn("cuMemsetD8Async"))(scratch, 0, 4096, NULL);
+		return PT_CALL(memset8_async_fn, "cuMemsetD8Async", (scratch, 0, 4096, NULL));
 	case 3:
 		*name = "cuMemcpyDtoD (_ptds)";
-		return ((dtod_fn)pt_fn("cuMemcpyDtoD"))(scratch + 4096, scratch, 4096);
+		return PT_CALL(dtod_fn, "cuMemcpyDtoD", (scratch + 4096, scratch, 4096));
 	case 4:
 		*name = "cuMemcpyHtoD (_ptds), pageable";
-		return ((htod_fn)pt_fn("cuMemcpyHtoD"))(scratch + 4096, host_buf, 4096);
+		return PT_CALL(htod_fn, "cuMemcpyHtoD", (scratch + 4096, host_buf, 4096));
 	default:
 		*name = "cuMemcpyDtoH (_ptds), pageable";
-		return ((dtoh_fn)pt_fn("cuMemcpyDtoH"))(host_buf, scratch + 4096, 4096);
+		return PT_CALL(dtoh_fn, "cuMemcpyDtoH", (host_buf, scratch + 4096, 4096));
 	}
 }
 
