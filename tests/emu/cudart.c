@@ -969,70 +969,74 @@ KV_RT_API cudaError_t cudaStreamQuery(cudaStream_t stream)
 /*
  * The driver's calls with the runtime's names: the modes and statuses have the same values, and
  * the driver's capture errors map to cudaErrorStreamCapture* (900 to 908, as in the driver).
+ * Capture's begin, end and status go through driver table d: drv, or drv_pt for the per-thread
+ * forms, where a NULL stream is the calling thread's per-thread default stream.
  */
-KV_RT_API cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode)
+static cudaError_t begin_capture(struct driver *d, cudaStream_t stream,
+                                 enum cudaStreamCaptureMode mode)
 {
     cudaError_t e = need_context();
 
     if (e != cudaSuccess)
         return record(e);
-    return record_driver(drv.cuStreamBeginCapture_v2(stream, (CUstreamCaptureMode)mode));
+    return record_driver(d->cuStreamBeginCapture_v2(stream, (CUstreamCaptureMode)mode));
 }
 
-KV_RT_API cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *pGraph)
+static cudaError_t end_capture(struct driver *d, cudaStream_t stream, cudaGraph_t *pGraph)
 {
     cudaError_t e = need_context();
 
     if (e != cudaSuccess)
         return record(e);
-    return record_driver(drv.cuStreamEndCapture(stream, pGraph));
+    return record_driver(d->cuStreamEndCapture(stream, pGraph));
 }
 
-KV_RT_API cudaError_t cudaStreamIsCapturing(cudaStream_t stream,
-                                            enum cudaStreamCaptureStatus *pCaptureStatus)
+static cudaError_t is_capturing(struct driver *d, cudaStream_t stream,
+                                enum cudaStreamCaptureStatus *pCaptureStatus)
 {
     cudaError_t e = need_context();
 
     if (e != cudaSuccess)
         return record(e);
-    return record_driver(drv.cuStreamIsCapturing(stream, (CUstreamCaptureStatus *)pCaptureStatus));
+    return record_driver(d->cuStreamIsCapturing(stream, (CUstreamCaptureStatus *)pCaptureStatus));
 }
 
-/* Their per-thread forms, through drv_pt: a NULL stream is the calling thread's per-thread
- * default stream. */
 cudaError_t cudaStreamBeginCapture_ptsz(cudaStream_t stream, enum cudaStreamCaptureMode mode);
 cudaError_t cudaStreamEndCapture_ptsz(cudaStream_t stream, cudaGraph_t *pGraph);
 cudaError_t cudaStreamIsCapturing_ptsz(cudaStream_t stream,
                                        enum cudaStreamCaptureStatus *pCaptureStatus);
 
+KV_RT_API cudaError_t cudaStreamBeginCapture(cudaStream_t stream, enum cudaStreamCaptureMode mode)
+{
+    return begin_capture(&drv, stream, mode);
+}
+
 KV_RT_API cudaError_t cudaStreamBeginCapture_ptsz(cudaStream_t stream,
                                                   enum cudaStreamCaptureMode mode)
 {
-    cudaError_t e = need_context();
+    return begin_capture(&drv_pt, stream, mode);
+}
 
-    if (e != cudaSuccess)
-        return record(e);
-    return record_driver(drv_pt.cuStreamBeginCapture_v2(stream, (CUstreamCaptureMode)mode));
+KV_RT_API cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t *pGraph)
+{
+    return end_capture(&drv, stream, pGraph);
 }
 
 KV_RT_API cudaError_t cudaStreamEndCapture_ptsz(cudaStream_t stream, cudaGraph_t *pGraph)
 {
-    cudaError_t e = need_context();
+    return end_capture(&drv_pt, stream, pGraph);
+}
 
-    if (e != cudaSuccess)
-        return record(e);
-    return record_driver(drv_pt.cuStreamEndCapture(stream, pGraph));
+KV_RT_API cudaError_t cudaStreamIsCapturing(cudaStream_t stream,
+                                            enum cudaStreamCaptureStatus *pCaptureStatus)
+{
+    return is_capturing(&drv, stream, pCaptureStatus);
 }
 
 KV_RT_API cudaError_t cudaStreamIsCapturing_ptsz(cudaStream_t stream,
                                                  enum cudaStreamCaptureStatus *pCaptureStatus)
 {
-    cudaError_t e = need_context();
-
-    if (e != cudaSuccess)
-        return record(e);
-    return record_driver(drv_pt.cuStreamIsCapturing(stream,
-                                                    (CUstreamCaptureStatus *)pCaptureStatus));
+    return is_capturing(&drv_pt, stream, pCaptureStatus);
 }
 
 KV_RT_API cudaError_t cudaStreamGetCaptureInfo(cudaStream_t stream,
