@@ -333,12 +333,12 @@ static int touch_batch(const void *ops, size_t count,
 /*
  * The streams a batch may not go on: the legacy stream (CU_STREAM_LEGACY,
  * or NULL in a plain form), and NULL in CUDA 13.0's per-thread forms
- * (v2_ptsz), where 12.8's read it as the per-thread default stream. The
- * driver refuses a batch on them with an invalid value (measured on driver
- * 580.159.04, every form; the GPU suite checks the driver's answer, so a
- * driver that changes it shows there); kvshim answers so itself before any
- * page is backed, where the driver's refusal would come after kvshim had
- * backed and pinned the batch's pages. *fail, where the caller gave one, is
+ * (v2_ptsz), which 12.8's per-thread forms accept. The driver refuses a
+ * batch on them with an invalid value (measured on driver 580.159.04,
+ * every form; the GPU suite checks the driver's answer, so a driver that
+ * changes it shows there); kvshim answers so itself before any page is
+ * backed, where the driver's refusal would come after kvshim had backed
+ * and pinned the batch's pages. *fail, where the caller gave one, is
  * SIZE_MAX then, as CUDA 12.8 documents for an error of no one copy.
  * Returns 1 for a stream refused, else 0.
  */
