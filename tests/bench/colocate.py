@@ -557,7 +557,7 @@ def engine(args):
 TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted", "dropped",
                    "reclaimed", "taken", "ahead_hits", "ahead_busy", "ahead_waited", "asks",
                    "asked_s", "no_page", "kept_out", "unused_pages", "moved", "packed_pages",
-                   "to_cpu", "started_over", "evicted_untold")
+                   "to_cpu", "started_over", "evicted_untold", "eager")
 
 
 # What kvshim counts of the maps that waited for other processes (kvshim.h)

@@ -4119,6 +4119,43 @@ def io_module(mask_shift=0):
     return mod
 
 
+class StandInGraphs:
+    """transformers' CudaGraphBuffer: the graphs kept, by shape."""
+    def __init__(self):
+        self._storage = {}
+
+    def get_graph(self, key):
+        return self._storage.get(key)
+
+    def set_graph(self, key, graph):
+        self._storage[key] = graph
+
+
+class StandInIOs:
+    """transformers' ContinuousBatchingIOs, as prepared for a batch: its
+    padded sizes, its path and the graphs kept for its shapes."""
+    def __init__(self):
+        self.num_q_tokens, self.max_kv_read, self.use_block_table = 256, 1024, False
+        self.graphs = StandInGraphs()
+
+    def _get_graph_key(self):
+        if self.use_block_table:
+            return (self.num_q_tokens,)
+        return (self.num_q_tokens, self.max_kv_read)
+
+
+class StandInAsyncIOs:
+    """transformers' ContinuousBatchingAsyncIOs: two pairs, each with the
+    IOs a batch runs on (device_io)."""
+    def __init__(self):
+        self.io_pairs = [types.SimpleNamespace(device_io=StandInIOs()) for _ in range(2)]
+        self.current_pair = 0
+
+    @property
+    def use_block_table(self):
+        return self.io_pairs[self.current_pair].device_io.use_block_table
+
+
 def runner_module():
     """transformers' model_runner: the varlen warm-up of 5.17, one fake
     request of max_batch_tokens new tokens after num_blocks * block_size -
@@ -4129,6 +4166,31 @@ def runner_module():
     class ModelRunner:
         def __init__(self, cache):
             self.cache, self.indices = cache, []
+            self.inputs_and_outputs = StandInIOs()
+            self.use_cuda_graph_varlen = self.use_cuda_graph_decode = True
+            self.ran = []
+
+        def compute_batch(self, model, batch_data):
+            # 5.17's: the IOs' path picks whether CUDA graphs apply; a
+            # graph kept for the batch's shape is replayed, else one is
+            # captured and kept
+            ios = self.inputs_and_outputs
+            if ios.use_block_table:
+                use = self.use_cuda_graph_decode
+            else:
+                use = self.use_cuda_graph_varlen
+            if isinstance(ios, StandInAsyncIOs):
+                ios = ios.io_pairs[ios.current_pair].device_io
+            key = ios._get_graph_key()
+            if batch_data == "fails":
+                raise RuntimeError("the forward failed")
+            if not use:
+                self.ran.append(("eager", key))
+            elif ios.graphs.get_graph(key) is not None:
+                self.ran.append(("replay", key))
+            else:
+                ios.graphs.set_graph(key, object())
+                self.ran.append(("capture", key))
 
         def warmup(self, model):
             num_q = self.cache.max_batch_tokens
@@ -4402,6 +4464,82 @@ class ReadBudgetTest(unittest.TestCase):
             s.add_waiting_request(r)
         self.assertEqual(r._new_tokens_limit, 1024 - 100)
         self.assertIn("stop at 1024 tokens", err.getvalue())
+
+    def test_batches_wider_than_the_share_capture_no_graph(self):
+        # a batch reading more than the engine's share (follow_share raised
+        # the bound) runs without a CUDA graph unless one is kept for its
+        # shape; within the share, or with no budget shared, graphs as ever
+        p = self.build()
+        r, tr = p.runner, p.cache.kvshim_tracker
+        ios = r.inputs_and_outputs
+        self.assertEqual(reads.follow_share(p.cache, p.scheduler, None), 65536)
+        self.assertIsNone(p.cache.kvshim_share_read)
+        ios.max_kv_read = 32768                      # alone: no share, a graph
+        r.compute_batch(None, {})
+        self.assertEqual(reads.follow_share(p.cache, p.scheduler, 1000), 16000)
+        self.assertEqual(p.cache.kvshim_share_read, 16000)
+        r.compute_batch(None, {})                    # kept from before: replayed
+        ios.max_kv_read = 16000                      # the share's own width
+        r.compute_batch(None, {})
+        ios.max_kv_read = 49152                      # wider, no graph kept: eager
+        r.compute_batch(None, {})
+        r.compute_batch(None, {})                    # and again (none captured)
+        self.assertEqual(r.ran, [("capture", (256, 32768)), ("replay", (256, 32768)),
+                                 ("capture", (256, 16000)), ("eager", (256, 49152)),
+                                 ("eager", (256, 49152))])
+        self.assertEqual(tr.eager, 2)
+        self.assertIs(r.use_cuda_graph_varlen, True)
+        # the decode fast path's shapes read no KV: graphs as ever
+        ios.use_block_table, ios.max_kv_read = True, 0
+        r.compute_batch(None, {})
+        self.assertEqual(r.ran[-1], ("capture", (256,)))
+        # a forward that fails: CUDA graphs are on again after it
+        ios.use_block_table, ios.max_kv_read = False, 65536
+        with self.assertRaises(RuntimeError):
+            r.compute_batch(None, "fails")
+        self.assertIs(r.use_cuda_graph_varlen, True)
+        self.assertEqual(tr.eager, 3)
+        # the share no longer binding: graphs as ever
+        self.assertEqual(reads.follow_share(p.cache, p.scheduler, 9000), 65536)
+        self.assertIsNone(p.cache.kvshim_share_read)
+        r.compute_batch(None, {})
+        self.assertEqual(r.ran[-1], ("capture", (256, 65536)))
+        self.assertEqual(tr.eager, 3)
+
+    def test_wider_batches_on_async_ios_and_without_graphs(self):
+        p = self.build()
+        r, tr = p.runner, p.cache.kvshim_tracker
+        reads.follow_share(p.cache, p.scheduler, 1000)
+        # asynchronous IOs: the pair about to run decides
+        r.inputs_and_outputs = aio = StandInAsyncIOs()
+        aio.io_pairs[1].device_io.max_kv_read = 32768
+        r.compute_batch(None, {})
+        aio.current_pair = 1
+        r.compute_batch(None, {})
+        self.assertEqual([x[0] for x in r.ran], ["capture", "eager"])
+        self.assertEqual(tr.eager, 1)
+        # CUDA graphs off: eager as transformers runs it, not counted
+        r.use_cuda_graph_varlen = False
+        r.compute_batch(None, {})
+        self.assertEqual((r.ran[-1][0], tr.eager), ("eager", 1))
+        self.assertIs(r.use_cuda_graph_varlen, False)
+        # IOs that cannot be read: transformers' own choice
+        r.use_cuda_graph_varlen = True
+        r.inputs_and_outputs = types.SimpleNamespace(use_block_table=False, max_kv_read=None,
+                                                     graphs=StandInGraphs(),
+                                                     _get_graph_key=lambda: (1,))
+        self.assertFalse(reads.compute_eagerly(r))
+
+    def test_unexpected_compute_batch_is_left_alone(self):
+        mod = runner_module()
+        orig = mod.ModelRunner.compute_batch = lambda self, model, batch_data, extra=0: None
+        err = io.StringIO()
+        with redirect_stderr(err):
+            reads.patch_runner_module(mod)
+        self.assertIn("ModelRunner.compute_batch takes", err.getvalue())
+        self.assertIn("captured as a CUDA graph", err.getvalue())
+        self.assertIs(mod.ModelRunner.compute_batch, orig)
+        self.assertIn("runner", reads._wired)         # the warm-up is wired all the same
 
     def test_unwired_pieces_leave_the_buffers(self):
         # a runner whose warm-up takes other arguments is left alone, and

@@ -211,6 +211,8 @@ class BlockTracker:
         self._thread = None      # the _Ahead thread, once needed
         self.ahead_hits = 0      # blocks handed out already backed
         self.taken = 0           # blocks handed out in all
+        self.eager = 0           # batches wider than the share run without
+                                 # a CUDA graph (transformers_cb_reads)
         self._named_at = None    # (taken, emptied) when the ids to back ahead
                                  # were last named
         # blocks claimed per page index (the same in every tensor of the

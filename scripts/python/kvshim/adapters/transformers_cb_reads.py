@@ -349,7 +349,8 @@ def follow_share(cache, scheduler, entitled, now=None):
     engine keeps: on an H200, raised straight to the blocks in use in a
     rate 6 warm-up, the large engine captured graphs reading 49152 tokens
     where its bound read 21824, and held 868 MiB more beside its KV cache
-    than static's: docs/BENCHMARKS.md, session 35.) now: time.monotonic(),
+    than static's: docs/BENCHMARKS.md, session 35; so a batch wider than
+    the share runs without one: see compute_eagerly.) now: time.monotonic(),
     for tests.
     Returns the bound, or None where it does not apply."""
     read = getattr(cache, "kvshim_read_most", None)
@@ -365,6 +366,8 @@ def follow_share(cache, scheduler, entitled, now=None):
         cap = max(int(entitled) * block, block)
         binds = cap < read
         if binds:
+            # the share's bound before any raise (see compute_eagerly)
+            cache.kvshim_share_read = cap
             now = time.monotonic() if now is None else now
             most, starving, longest = _held(scheduler, seen, now, read)
             # transformers pads a batch's read to its interval, at most
@@ -389,6 +392,7 @@ def follow_share(cache, scheduler, entitled, now=None):
     # STARVED_S again at the share)
     if not binds:
         seen.clear()
+        cache.kvshim_share_read = None
     cache.num_pages = cap
     return cap
 
@@ -698,8 +702,73 @@ def patch_runner_module(mod):
             return orig(self, model=model, num_q_tokens=num_q_tokens, max_kv_read=max_kv_read)
 
     cls.run_one_warmup = run_one_warmup
+    _patch_compute(cls)
     cls._kvshim_patched = True
     _wired.add("runner")
+
+
+_COMPUTE_PARAMS = ["self", "model", "batch_data"]
+
+
+def compute_eagerly(runner):
+    """Whether the batch runner is about to compute (its IOs prepared)
+    reads more KV tokens than the engine's share of a shared budget
+    (cache.kvshim_share_read, which follow_share keeps) on transformers'
+    varlen path with CUDA graphs, and no graph is kept for its shape: such
+    a batch is run without capturing one. It is wider than the share
+    because follow_share raised the bound for a starving request, or for
+    one that reads more than the share alone; transformers would capture
+    a graph for it into the pool all its graphs share and keep it, and the
+    pool's memory sits outside the KV budget (on an H200 the large engine
+    held 1100 MiB more beside its KV cache than static's after a warm-up
+    in which it captured 13 graphs wider than its share: docs/BENCHMARKS.md,
+    session 40). A graph kept for the shape (captured while the share was
+    larger) is replayed. False where any of it cannot be told."""
+    cache = getattr(runner, "cache", None)
+    share = getattr(cache, "kvshim_share_read", None)
+    if share is None or getattr(runner, "use_cuda_graph_varlen", False) is not True:
+        return False
+    ios = getattr(runner, "inputs_and_outputs", None)
+    try:
+        pairs = getattr(ios, "io_pairs", None)
+        if pairs is not None:           # asynchronous: the pair about to run
+            ios = pairs[ios.current_pair].device_io
+        if ios.use_block_table or int(ios.max_kv_read) <= share:
+            return False
+        return ios.graphs.get_graph(ios._get_graph_key()) is None
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError):
+        return False
+
+
+def _patch_compute(cls):
+    """ModelRunner.compute_batch runs a batch compute_eagerly picks as
+    transformers runs one without CUDA graphs, and counts it in the
+    cache's tracker (eager)."""
+    orig = getattr(cls, "compute_batch", None)
+    try:
+        params = list(inspect.signature(orig).parameters)
+    except (TypeError, ValueError):
+        params = None
+    if params != _COMPUTE_PARAMS:
+        warn("transformers continuous batching not as expected (ModelRunner.compute_batch %s): "
+             "a batch wider than the engine's share is captured as a CUDA graph, whose memory "
+             "the engine keeps" % ("takes %s" % params if params else "not found"))
+        return
+
+    @functools.wraps(orig)
+    def compute_batch(self, model, batch_data):
+        if not compute_eagerly(self):
+            return orig(self, model, batch_data)
+        tracker = getattr(self.cache, "kvshim_tracker", None)
+        if tracker is not None:
+            tracker.eager += 1
+        self.use_cuda_graph_varlen = False
+        try:
+            return orig(self, model, batch_data)
+        finally:
+            self.use_cuda_graph_varlen = True
+
+    cls.compute_batch = compute_batch
 
 
 # ---- requests and workloads -----------------------------------------------------
