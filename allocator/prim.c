@@ -141,6 +141,13 @@ static int fail(const char *what, CUresult r)
 {
 	const char *name = NULL;
 
+	if (r == CUDA_ERROR_DEINITIALIZED) {
+		/* the driver is shutting down: the process is exiting (a call
+		 * of kvshim's worker, or of an exit handler, after the driver's
+		 * own), and the driver releases every page with its contexts */
+		kv_debug("%s: the CUDA driver is shutting down", what);
+		return KVSHIM_EDRIVER;
+	}
 	if (drv.cuGetErrorName(r, &name) != CUDA_SUCCESS || !name)
 		name = "unknown CUresult";
 	if (r == CUDA_ERROR_OUT_OF_MEMORY) {

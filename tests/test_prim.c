@@ -2,6 +2,11 @@
  * test_prim.c - the primitive layer against the driver: set-up, the VMM
  * calls' contracts and how driver errors come back as kvshim errors.
  */
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "log.h"
 #include "prim.h"
 #include "suites.h"
 
@@ -126,6 +131,46 @@ START_TEST(test_driver_error_is_edriver)
 }
 END_TEST
 
+/*
+ * What a failed cuMemAddressReserve, failing with err, writes to stderr
+ * (at most n - 1 bytes into buf), at the default log level.
+ */
+static void reserve_fails_saying(CUresult err, char *buf, size_t n)
+{
+	int saved = dup(STDERR_FILENO), level = kv_log_get_level();
+	FILE *f = tmpfile();
+	CUdeviceptr va;
+	size_t got;
+
+	ck_assert(saved >= 0 && f);
+	kv_log_set_level(KV_LOG_WARN);
+	ck_assert_int_eq(kv_dev_fail_nth("cuMemAddressReserve", 1, err), 0);
+	ck_assert_int_eq(dup2(fileno(f), STDERR_FILENO), STDERR_FILENO);
+	ck_assert_int_eq(kv_prim_reserve(&p, PG, &va), KVSHIM_EDRIVER);
+	ck_assert_int_eq(dup2(saved, STDERR_FILENO), STDERR_FILENO);
+	close(saved);
+	kv_log_set_level(level);
+	rewind(f);
+	got = fread(buf, 1, n - 1, f);
+	buf[got] = '\0';
+	fclose(f);
+}
+
+/* A driver shutting down (the process exiting) is an error code, and no
+ * error line: the driver releases everything itself. */
+START_TEST(test_driver_shutting_down_is_quiet)
+{
+	char said[512];
+
+	reserve_fails_saying(CUDA_ERROR_DEINITIALIZED, said, sizeof(said));
+	ck_assert_msg(said[0] == '\0', "the driver shutting down logged: %s", said);
+	reserve_fails_saying(CUDA_ERROR_UNKNOWN, said, sizeof(said));
+	ck_assert_msg(strstr(said, "kvshim: error: cuMemAddressReserve failed: "),
+		      "another driver error logged: %s", said);
+	ck_assert_msg(strstr(said, "(999)"), "the code not named: %s", said);
+}
+END_TEST
+
 /* A driver that says out of memory really runs out: create until it does. */
 START_TEST(test_device_fills_up)
 {
@@ -161,6 +206,7 @@ Suite *prim_suite(void)
 	tcase_add_test(tc, test_page_two_addresses);
 	kt_add_emu(tc, test_driver_oom_is_enomem);
 	kt_add_emu(tc, test_driver_error_is_edriver);
+	kt_add_emu(tc, test_driver_shutting_down_is_quiet);
 	kt_add_emu(tc, test_device_fills_up);
 	suite_add_tcase(s, tc);
 	return s;
