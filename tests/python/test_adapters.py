@@ -4146,14 +4146,16 @@ class StandInIOs:
 
 class StandInAsyncIOs:
     """transformers' ContinuousBatchingAsyncIOs: two pairs, each with the
-    IOs a batch runs on (device_io)."""
+    IOs a batch is prepared on (host_io) and runs on (device_io, which
+    _transfer_inputs gives the host IOs' sizes and path)."""
     def __init__(self):
-        self.io_pairs = [types.SimpleNamespace(device_io=StandInIOs()) for _ in range(2)]
+        self.io_pairs = [types.SimpleNamespace(host_io=StandInIOs(), device_io=StandInIOs())
+                         for _ in range(2)]
         self.current_pair = 0
 
     @property
     def use_block_table(self):
-        return self.io_pairs[self.current_pair].device_io.use_block_table
+        return self.io_pairs[self.current_pair].host_io.use_block_table
 
 
 def runner_module():
@@ -4489,11 +4491,15 @@ class ReadBudgetTest(unittest.TestCase):
                                  ("eager", (256, 49152))])
         self.assertEqual(tr.eager, 2)
         self.assertIs(r.use_cuda_graph_varlen, True)
-        # the decode fast path's shapes read no KV: graphs as ever
+        # the decode fast path's shapes read no KV: graphs as ever (also
+        # were a transformers to keep a KV read on that path)
         ios.use_block_table, ios.max_kv_read = True, 0
         r.compute_batch(None, {})
         self.assertEqual(r.ran[-1], ("capture", (256,)))
-        # a forward that fails: CUDA graphs are on again after it
+        ios.max_kv_read = 65536
+        r.compute_batch(None, {})
+        self.assertEqual(r.ran[-1], ("replay", (256,)))
+        # a forward that fails: CUDA graphs are as they were after it
         ios.use_block_table, ios.max_kv_read = False, 65536
         with self.assertRaises(RuntimeError):
             r.compute_batch(None, "fails")
@@ -4505,6 +4511,36 @@ class ReadBudgetTest(unittest.TestCase):
         r.compute_batch(None, {})
         self.assertEqual(r.ran[-1], ("capture", (256, 65536)))
         self.assertEqual(tr.eager, 3)
+
+    def test_batches_raised_for_a_starving_request_capture_no_graph(self):
+        # the case it is for: the share binds (16000 tokens), a request
+        # admitted without its first token starves, follow_share raises the
+        # bound (on the padding's interval, 1024); transformers pads a
+        # batch's read up to the bound at most, and that batch runs eager
+        p = self.build()
+        sched, cache, r, tr = p.scheduler, p.cache, p.runner, p.cache.kvshim_tracker
+        use_blocks(cache, 3000)               # 48000 tokens in use
+        first = request("a", 500, 100)
+        first.generated_tokens = []
+        sched.active_requests = {"a": first}
+        t = 10.0
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t), 16000)
+        r.inputs_and_outputs.max_kv_read = cache.num_pages
+        r.compute_batch(None, {})             # the share's own width: a graph
+        for now, bound in ((t + reads.STARVED_S, 17408), (t + 2 * reads.STARVED_S, 48128)):
+            self.assertEqual(reads.follow_share(cache, sched, 1000, now=now), bound)
+            self.assertEqual(cache.kvshim_share_read, 16000)   # the share, not the raise
+            r.inputs_and_outputs.max_kv_read = cache.num_pages
+            r.compute_batch(None, {})
+        self.assertEqual(r.ran, [("capture", (256, 16000)), ("eager", (256, 17408)),
+                                 ("eager", (256, 48128))])
+        self.assertEqual(tr.eager, 2)
+        # its first token given: the share again, graphs as ever
+        first.generated_tokens = [1]
+        self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + 2), 16000)
+        r.inputs_and_outputs.max_kv_read = cache.num_pages
+        r.compute_batch(None, {})
+        self.assertEqual((r.ran[-1], tr.eager), (("replay", (256, 16000)), 2))
 
     def test_wider_batches_on_async_ios_and_without_graphs(self):
         p = self.build()
@@ -4523,12 +4559,18 @@ class ReadBudgetTest(unittest.TestCase):
         r.compute_batch(None, {})
         self.assertEqual((r.ran[-1][0], tr.eager), ("eager", 1))
         self.assertIs(r.use_cuda_graph_varlen, False)
-        # IOs that cannot be read: transformers' own choice
+        # IOs that cannot be read: transformers' own choice, and a warning
         r.use_cuda_graph_varlen = True
         r.inputs_and_outputs = types.SimpleNamespace(use_block_table=False, max_kv_read=None,
                                                      graphs=StandInGraphs(),
                                                      _get_graph_key=lambda: (1,))
-        self.assertFalse(reads.compute_eagerly(r))
+        err = io.StringIO()
+        with redirect_stderr(err):
+            self.assertFalse(reads.compute_eagerly(r))
+            r.inputs_and_outputs = None
+            self.assertFalse(reads.compute_eagerly(r))
+        self.assertEqual(err.getvalue().count("its batch IOs: TypeError"), 1)
+        self.assertIn("captured as a CUDA graph", err.getvalue())
 
     def test_unexpected_compute_batch_is_left_alone(self):
         mod = runner_module()
@@ -4540,6 +4582,20 @@ class ReadBudgetTest(unittest.TestCase):
         self.assertIn("captured as a CUDA graph", err.getvalue())
         self.assertIs(mod.ModelRunner.compute_batch, orig)
         self.assertIn("runner", reads._wired)         # the warm-up is wired all the same
+        # and the other way: an unexpected warm-up, compute_batch patched
+        # (once, however often the module is patched)
+        mod = runner_module()
+        mod.ModelRunner.run_one_warmup = lambda self, model, num_q_tokens: 0
+        orig = mod.ModelRunner.compute_batch
+        err = io.StringIO()
+        with redirect_stderr(err):
+            reads.patch_runner_module(mod)
+            patched = mod.ModelRunner.compute_batch
+            reads.patch_runner_module(mod)
+        self.assertIn("run_one_warmup takes", err.getvalue())
+        self.assertIsNot(patched, orig)
+        self.assertIs(mod.ModelRunner.compute_batch, patched)
+        self.assertIs(patched.__wrapped__, orig)
 
     def test_unwired_pieces_leave_the_buffers(self):
         # a runner whose warm-up takes other arguments is left alone, and

@@ -671,8 +671,13 @@ _WARMUP_PARAMS = ["self", "model", "num_q_tokens", "max_kv_read"]
 def patch_runner_module(mod):
     """ModelRunner.run_one_warmup, on a cache kvshim manages, warms up with a
     request of R tokens instead of the whole cache (padded, its reads fill
-    the buffers as the largest batch does) and runs on the padding block."""
+    the buffers as the largest batch does) and runs on the padding block;
+    ModelRunner.compute_batch runs a batch wider than the engine's share
+    without a CUDA graph (_patch_compute). Each is patched where it looks as
+    expected, the one without the other."""
     cls = getattr(mod, "ModelRunner", None)
+    if isinstance(cls, type):
+        _patch_compute(cls)
     orig = getattr(cls, "run_one_warmup", None)
     try:
         params = list(inspect.signature(orig).parameters)
@@ -702,7 +707,6 @@ def patch_runner_module(mod):
             return orig(self, model=model, num_q_tokens=num_q_tokens, max_kv_read=max_kv_read)
 
     cls.run_one_warmup = run_one_warmup
-    _patch_compute(cls)
     cls._kvshim_patched = True
     _wired.add("runner")
 
@@ -723,7 +727,11 @@ def compute_eagerly(runner):
     held 1100 MiB more beside its KV cache than static's after a warm-up
     in which it captured 13 graphs wider than its share: docs/BENCHMARKS.md,
     session 40). A graph kept for the shape (captured while the share was
-    larger) is replayed. False where any of it cannot be told."""
+    larger) is replayed. Running without one keeps no graph pool's memory,
+    but the batch's own temporaries come from PyTorch's caching allocator,
+    whose cache stays outside the budget too until PyTorch gives it back
+    (session 41: +568 MiB for 23 s after one such batch). False where any
+    of it cannot be told (warned once)."""
     cache = getattr(runner, "cache", None)
     share = getattr(cache, "kvshim_share_read", None)
     if share is None or getattr(runner, "use_cuda_graph_varlen", False) is not True:
@@ -733,10 +741,14 @@ def compute_eagerly(runner):
         pairs = getattr(ios, "io_pairs", None)
         if pairs is not None:           # asynchronous: the pair about to run
             ios = pairs[ios.current_pair].device_io
+        # (the decode path's graphs read no KV: their key has none)
         if ios.use_block_table or int(ios.max_kv_read) <= share:
             return False
         return ios.graphs.get_graph(ios._get_graph_key()) is None
-    except (AttributeError, TypeError, ValueError, IndexError, KeyError):
+    except (AttributeError, TypeError, ValueError, IndexError, KeyError) as e:
+        _warn_once("eager", "transformers continuous batching not as expected (its batch "
+                   "IOs: %s: %s): a batch wider than the engine's share is captured as a "
+                   "CUDA graph, whose memory the engine keeps" % (type(e).__name__, e))
         return False
 
 
@@ -744,6 +756,8 @@ def _patch_compute(cls):
     """ModelRunner.compute_batch runs a batch compute_eagerly picks as
     transformers runs one without CUDA graphs, and counts it in the
     cache's tracker (eager)."""
+    if vars(cls).get("_kvshim_compute_patched"):
+        return
     orig = getattr(cls, "compute_batch", None)
     try:
         params = list(inspect.signature(orig).parameters)
@@ -762,13 +776,14 @@ def _patch_compute(cls):
         tracker = getattr(self.cache, "kvshim_tracker", None)
         if tracker is not None:
             tracker.eager += 1
-        self.use_cuda_graph_varlen = False
+        was, self.use_cuda_graph_varlen = self.use_cuda_graph_varlen, False
         try:
             return orig(self, model, batch_data)
         finally:
-            self.use_cuda_graph_varlen = True
+            self.use_cuda_graph_varlen = was
 
     cls.compute_batch = compute_batch
+    cls._kvshim_compute_patched = True
 
 
 # ---- requests and workloads -----------------------------------------------------
