@@ -730,7 +730,7 @@ def compute_eagerly(runner):
     larger) is replayed. Running without one keeps no graph pool's memory,
     but the batch's own temporaries come from PyTorch's caching allocator,
     whose cache stays outside the budget too until PyTorch gives it back
-    (session 41: +568 MiB for 23 s after one such batch). False where any
+    (session 41: +568 MiB for 23 s, likely after one such batch). False where any
     of it cannot be told (warned once)."""
     cache = getattr(runner, "cache", None)
     share = getattr(cache, "kvshim_share_read", None)
