@@ -460,7 +460,7 @@ def engine(args):
     kvshim = None
     if os.environ.get("LD_PRELOAD", "").find("libkvshim") >= 0:
         import kvshim
-    steps, graphs = time_steps()
+    steps, graphs, eager = time_steps()
     t_start = time.perf_counter()
     # a first request builds the cache (in the manager's thread)
     manager = built_tree.started_manager(model, gen, cbc, "engine %s" % name)
@@ -520,6 +520,7 @@ def engine(args):
             tracker.worst, tracker.worst_in, tracker.ask_worst = 0.0, None, 0.0
             stats_before = kvshim.stats()
         first_step, first_graph = len(steps), len(graphs) if graphs is not None else 0
+        first_eager = len(eager)
         # the bound on what a pass reads, following the engine's share of a
         # shared budget (the adapter's follow_share; None: it does not)
         follows = getattr(cache, "kvshim_read_most", None) is not None
@@ -533,6 +534,10 @@ def engine(args):
                              + ((list(g[2]),) if g[2] is not None else ())
                              for g in graphs[first_graph:]]
         if tracker is not None:         # the fair shares' work in this engine
+            # the steps that ran batches without a CUDA graph, wider than
+            # the share: (start, seconds, batches)
+            run["eager_steps"] = [(round(e[0] - t0, 4), round(e[1], 5), e[2])
+                                  for e in eager[first_eager:]]
             run["kvshim_stats"] = kvshim.stats()
             after = tracker_figures(tracker)
             run["kvshim_tracker"] = {k: after[k] - before[k] for k in after}
@@ -617,11 +622,13 @@ def time_steps():
     of 2 from 1024, as far; its cache is a dict that never evicts, so a
     capture is a key the engine never met); key is None where transformers
     keeps no such key; graphs is None where it has no such method (not
-    counted)."""
+    counted). Under kvshim, eager gets (start, seconds, batches) per step
+    in which the adapter ran batches wider than the engine's share without
+    a CUDA graph (its tracker's eager count rose)."""
     from transformers.generation.continuous_batching import continuous_api
     cls = continuous_api.ContinuousBatchProcessor
     prepare, step = cls.prepare_next_batch, cls._generation_step
-    steps, last = [], threading.local()
+    steps, eager, last = [], [], threading.local()
     graphs = None
     try:
         from transformers.generation.continuous_batching import model_runner
@@ -661,13 +668,18 @@ def time_steps():
         return ready
 
     def timed_step(self, *args, **kwargs):
+        tracker = getattr(getattr(self, "cache", None), "kvshim_tracker", None)
+        ran = getattr(tracker, "eager", None)
         t = time.perf_counter()
         step(self, *args, **kwargs)
+        took = time.perf_counter() - t
         p = getattr(last, "prep", (t, 0.0, None))
-        steps.append((p[0], p[1], time.perf_counter() - t) + ((p[2],) if p[2] is not None else ()))
+        steps.append((p[0], p[1], took) + ((p[2],) if p[2] is not None else ()))
+        if ran is not None and tracker.eager > ran:
+            eager.append((t, took, tracker.eager - ran))
 
     cls.prepare_next_batch, cls._generation_step = timed_prepare, timed_step
-    return steps, graphs
+    return steps, graphs, eager
 
 
 def replay(manager, reqs, t0, kv_now, torch, adapter_now=None, read_cap=None):

@@ -5400,6 +5400,56 @@ class ColocateReadCapsTest(unittest.TestCase):
                         os.environ.pop(k, None)
                 self.assertEqual(mod.smi_id(), want, env)
 
+    def test_steps_that_ran_eager_are_timed(self):
+        # colocate times each generation step and each capture, and under
+        # kvshim the steps in which the adapter ran batches without a CUDA
+        # graph (its tracker's eager count rose), on the stand-in modules
+        # transformers' continuous batching names
+        import importlib.util
+        src = os.environ.get("KVSHIM_BENCH_SRC") or os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "..", "bench")
+        spec = importlib.util.spec_from_file_location("colocate_eager", os.path.join(src, "colocate.py"))
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        api, runner = types.ModuleType("continuous_api"), runner_module()
+        tracker = types.SimpleNamespace(eager=0, busy=0.0)
+
+        class ContinuousBatchProcessor:
+            def __init__(self):
+                self.cache = types.SimpleNamespace(kvshim_tracker=tracker)
+
+            def prepare_next_batch(self):
+                return True
+
+            def _generation_step(self, wide):
+                tracker.eager += wide
+
+        api.ContinuousBatchProcessor = ContinuousBatchProcessor
+        runner.ModelRunner._capture_graph = lambda self, *args: None
+        names = {"transformers": types.ModuleType("transformers"),
+                 "transformers.generation": types.ModuleType("transformers.generation"),
+                 "transformers.generation.continuous_batching":
+                     types.ModuleType("transformers.generation.continuous_batching")}
+        names["transformers.generation.continuous_batching"].continuous_api = api
+        names["transformers.generation.continuous_batching"].model_runner = runner
+        names["transformers.generation.continuous_batching.continuous_api"] = api
+        names["transformers.generation.continuous_batching.model_runner"] = runner
+        with unittest.mock.patch.dict(sys.modules, names):
+            steps, graphs, eager = mod.time_steps()
+        proc = ContinuousBatchProcessor()
+        for wide in (0, 2, 0, 1):
+            proc.prepare_next_batch()
+            proc._generation_step(wide)
+        self.assertEqual(len(steps), 4)
+        self.assertEqual(graphs, [])
+        self.assertEqual([e[2] for e in eager], [2, 1])
+        # each timed from its step's start (after its scheduling began)
+        self.assertTrue(steps[1][0] <= eager[0][0] < steps[2][0] <= steps[3][0] <= eager[1][0])
+        # without kvshim (no tracker): no eager steps
+        proc.cache = types.SimpleNamespace()
+        proc._generation_step(0)
+        self.assertEqual((len(steps), len(eager)), (5, 2))
+
 
 if __name__ == "__main__":
     unittest.main(verbosity=2)
