@@ -4293,6 +4293,17 @@ def use_blocks(cache, n):
         cache._block_manager._uninit_block_ids.popleft()
 
 
+def load_colocate(name):
+    """tests/bench/colocate.py (or KVSHIM_BENCH_SRC's), loaded as module name."""
+    import importlib.util
+    src = os.environ.get("KVSHIM_BENCH_SRC") or os.path.join(
+        os.path.dirname(os.path.abspath(__file__)), "..", "bench")
+    spec = importlib.util.spec_from_file_location(name, os.path.join(src, "colocate.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 class ReadBudgetTest(unittest.TestCase):
     # 16-token blocks of 32 KiB (8 heads x 128, bf16); 16384 blocks: a
     # capacity of 262144 tokens; batches of up to 256 new tokens
@@ -5382,12 +5393,7 @@ class ColocateReadCapsTest(unittest.TestCase):
         # samples is the engines' (torch.device("cuda"): CUDA ordinal 0,
         # whatever KVSHIM_DEVICE lists), mapped through
         # CUDA_VISIBLE_DEVICES where that is set
-        import importlib.util
-        src = os.environ.get("KVSHIM_BENCH_SRC") or os.path.join(
-            os.path.dirname(os.path.abspath(__file__)), "..", "bench")
-        spec = importlib.util.spec_from_file_location("colocate_smi", os.path.join(src, "colocate.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        mod = load_colocate("colocate_smi")
         cases = [({}, "0"), ({"KVSHIM_DEVICE": "all"}, "0"), ({"KVSHIM_DEVICE": "1,0"}, "0"),
                  ({"CUDA_VISIBLE_DEVICES": "1"}, "1"),
                  ({"CUDA_VISIBLE_DEVICES": "3, 2", "KVSHIM_DEVICE": "1,0"}, "3"),
@@ -5405,12 +5411,7 @@ class ColocateReadCapsTest(unittest.TestCase):
         # kvshim the steps in which the adapter ran batches without a CUDA
         # graph (its tracker's eager count rose), on the stand-in modules
         # transformers' continuous batching names
-        import importlib.util
-        src = os.environ.get("KVSHIM_BENCH_SRC") or os.path.join(
-            os.path.dirname(os.path.abspath(__file__)), "..", "bench")
-        spec = importlib.util.spec_from_file_location("colocate_eager", os.path.join(src, "colocate.py"))
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
+        mod = load_colocate("colocate_eager")
         api, runner = types.ModuleType("continuous_api"), runner_module()
         tracker = types.SimpleNamespace(eager=0, busy=0.0)
 
