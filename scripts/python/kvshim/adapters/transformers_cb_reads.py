@@ -730,8 +730,9 @@ def compute_eagerly(runner):
     larger) is replayed. Running without one keeps no graph pool's memory,
     but the batch's own temporaries come from PyTorch's caching allocator,
     whose cache stays outside the budget too until PyTorch gives it back
-    (session 41: +568 MiB for 23 s, likely after one such batch). False where any
-    of it cannot be told (warned once)."""
+    (torch.cuda.graph empties it as a capture begins; session 41: +568 MiB
+    for 23 s, likely after one such batch). False where any of it cannot
+    be told (warned once)."""
     cache = getattr(runner, "cache", None)
     share = getattr(cache, "kvshim_share_read", None)
     if share is None or getattr(runner, "use_cuda_graph_varlen", False) is not True:
