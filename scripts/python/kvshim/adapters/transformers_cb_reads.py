@@ -567,13 +567,19 @@ def _same_masks(torch, orig, mine):
 _MASK_PARAMS = ["attention_mask", "cumulative_seqlens_q", "cumulative_seqlens_k", "sliding_window"]
 
 
+def _params(fn):
+    """The names of fn's parameters, or None where fn has none to read (not
+    a function, or one inspect cannot read)."""
+    try:
+        return list(inspect.signature(fn).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
 def _patch_mask(mod):
     orig = getattr(mod, "build_attention_mask", None)
     torch = getattr(mod, "torch", None)
-    try:
-        params = list(inspect.signature(orig).parameters)
-    except (TypeError, ValueError):
-        params = None
+    params = _params(orig)
     why = None
     if torch is None or params != _MASK_PARAMS:
         why = "build_attention_mask%s" % (" takes %s" % params if params else " not found")
@@ -679,10 +685,7 @@ def patch_runner_module(mod):
     if isinstance(cls, type):
         _patch_compute(cls)
     orig = getattr(cls, "run_one_warmup", None)
-    try:
-        params = list(inspect.signature(orig).parameters)
-    except (TypeError, ValueError):
-        params = None
+    params = _params(orig)
     if params != _WARMUP_PARAMS:
         warn("transformers continuous batching not as expected (ModelRunner.run_one_warmup %s): "
              "the warm-up backs every block it reads" % ("takes %s" % params if params
@@ -760,10 +763,7 @@ def _patch_compute(cls):
     if vars(cls).get("_kvshim_compute_patched"):
         return
     orig = getattr(cls, "compute_batch", None)
-    try:
-        params = list(inspect.signature(orig).parameters)
-    except (TypeError, ValueError):
-        params = None
+    params = _params(orig)
     if params != _COMPUTE_PARAMS:
         warn("transformers continuous batching not as expected (ModelRunner.compute_batch %s): "
              "a batch wider than the engine's share is captured as a CUDA graph, whose memory "
