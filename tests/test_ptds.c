@@ -905,23 +905,21 @@ START_TEST(test_zero_memset_captured)
 	ck_assert_int_eq(begin(NULL, CU_STREAM_CAPTURE_MODE_GLOBAL), CUDA_SUCCESS);
 	rc = set1d_to(fn, p, 8 * PG / (size_t)row->arg, 0);
 	ended = end(NULL, &g);
+	ck_assert_msg(mapped() - mapped0 == 8 * PG, "%s: %zu of 8 pages backed", row->name,
+		      (mapped() - mapped0) / PG);
 	if (rc != CUDA_SUCCESS) {
 		/* refused: the capture is invalidated, no graph. kvshim backed
-		 * the whole range first all the same: it cannot tell a driver
-		 * that refuses (every one seen, which wastes the backing) from
-		 * one that would capture the call */
+		 * the whole range first all the same (above): it cannot tell a
+		 * driver that refuses (every one seen, which wastes the backing)
+		 * from one that would capture the call */
 		ck_assert_msg(!row->async, "%s: refused in a capture (%d)", row->name, rc);
 		ck_assert_msg(ended != CUDA_SUCCESS && g == NULL,
 			      "%s: refused (%d), and the capture still ended (%d)", row->name,
 			      rc, ended);
-		ck_assert_msg(mapped() - mapped0 == 8 * PG, "%s: %zu of 8 pages backed",
-			      row->name, (mapped() - mapped0) / PG);
 		ck_assert_int_eq(ctx_sync(), CUDA_SUCCESS);
 	} else {
 		ck_assert_msg(ended == CUDA_SUCCESS && g != NULL, "%s: capture end %d", row->name,
 			      ended);
-		ck_assert_msg(mapped() - mapped0 == 8 * PG, "%s: %zu of 8 pages backed",
-			      row->name, (mapped() - mapped0) / PG);
 		/* the engine writes every page, then the replay sets them all */
 		ck_assert_int_eq(kv_dev_fill(p, 8 * PG, 9), CUDA_SUCCESS);
 		ck_assert_int_eq(instantiate(&exec, g, 0), CUDA_SUCCESS);
