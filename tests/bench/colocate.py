@@ -562,7 +562,8 @@ def engine(args):
 TRACKER_FIGURES = ("busy", "calls", "slow", "retries", "short", "capped", "preempted", "dropped",
                    "reclaimed", "taken", "ahead_hits", "ahead_busy", "ahead_waited", "asks",
                    "asked_s", "no_page", "kept_out", "unused_pages", "moved", "packed_pages",
-                   "to_cpu", "started_over", "evicted_untold", "eager")
+                   "to_cpu", "started_over", "evicted_untold", "eager",
+                   "cache_given_back")
 
 
 # What kvshim counts of the maps that waited for other processes (kvshim.h)

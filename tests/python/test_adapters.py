@@ -4583,6 +4583,54 @@ class ReadBudgetTest(unittest.TestCase):
         self.assertEqual(err.getvalue().count("its batch IOs: TypeError"), 1)
         self.assertIn("captured as a CUDA graph", err.getvalue())
 
+    def test_cache_given_back_after_each_batch_without_a_graph(self):
+        # a batch run without a graph gives PyTorch's cache back (its
+        # temporaries), after it ran; a graph's batch, no; nor without
+        # torch, or CUDA not set up; a refusal is warned once, and the
+        # batches run on
+        p = self.build()
+        r, tr = p.runner, p.cache.kvshim_tracker
+        reads.follow_share(p.cache, p.scheduler, 1000)
+        ios = r.inputs_and_outputs
+        calls = []
+
+        class Cuda:
+            ready = True
+
+            def is_initialized(self):
+                return self.ready
+
+            def empty_cache(self):
+                if self.ready == "refuses":
+                    raise RuntimeError("CUDA error: an illegal memory access")
+                calls.append(r.ran[-1][0])     # after the batch ran
+
+        cuda = Cuda()
+        with unittest.mock.patch.dict(sys.modules, {"torch": types.SimpleNamespace(cuda=cuda)}):
+            ios.max_kv_read = 16000
+            r.compute_batch(None, {})                # a graph
+            ios.max_kv_read = 49152
+            r.compute_batch(None, {})
+            r.compute_batch(None, {})
+            self.assertEqual(calls, ["eager", "eager"])
+            self.assertEqual((tr.eager, tr.cache_given_back), (2, 2))
+            cuda.ready = False
+            r.compute_batch(None, {})
+            cuda.ready = "refuses"
+            err = io.StringIO()
+            with redirect_stderr(err):
+                r.compute_batch(None, {})
+                r.compute_batch(None, {})
+            self.assertEqual(err.getvalue().count("PyTorch's cache not given back"), 1)
+            self.assertIn("RuntimeError: CUDA error", err.getvalue())
+            self.assertEqual((len(calls), tr.eager, tr.cache_given_back), (2, 5, 2))
+            self.assertEqual([x[0] for x in r.ran[-3:]], ["eager"] * 3)
+        with unittest.mock.patch.dict(sys.modules):
+            sys.modules.pop("torch", None)
+            r.compute_batch(None, {})
+        self.assertEqual((tr.eager, tr.cache_given_back), (6, 2))
+        self.assertFalse(reads.give_back_cache())
+
     def test_unexpected_compute_batch_is_left_alone(self):
         mod = runner_module()
         orig = mod.ModelRunner.compute_batch = lambda self, model, batch_data, extra=0: None

@@ -39,6 +39,7 @@ import contextlib
 import functools
 import inspect
 import os
+import sys
 import threading
 import time
 
@@ -734,8 +735,8 @@ def compute_eagerly(runner):
     but the batch's own temporaries come from PyTorch's caching allocator,
     whose cache stays outside the budget too until PyTorch gives it back
     (torch.cuda.graph empties it as a capture begins; session 41: +568 MiB
-    for 23 s, likely after one such batch). False where any of it cannot
-    be told (warned once)."""
+    for 23 s, likely after one such batch): give_back_cache does after
+    each such batch. False where any of it cannot be told (warned once)."""
     cache = getattr(runner, "cache", None)
     share = getattr(cache, "kvshim_share_read", None)
     if share is None or getattr(runner, "use_cuda_graph_varlen", False) is not True:
@@ -756,10 +757,33 @@ def compute_eagerly(runner):
         return False
 
 
+def give_back_cache():
+    """PyTorch's cache of free device memory given back to the driver
+    (torch.cuda.empty_cache, as torch.cuda.graph does when a capture
+    begins): what a batch run without a graph took for its temporaries
+    (compute_eagerly). It waits for the device's queued work first. Returns
+    whether it was given back: not without torch or with CUDA not set up,
+    nor where PyTorch refused (warned once)."""
+    cuda = getattr(sys.modules.get("torch"), "cuda", None)
+    ready = getattr(cuda, "is_initialized", None)
+    empty = getattr(cuda, "empty_cache", None)
+    try:
+        if not callable(ready) or not callable(empty) or not ready():
+            return False
+        empty()
+        return True
+    except RuntimeError as e:
+        _warn_once("empty", "PyTorch's cache not given back after a batch run without a CUDA "
+                   "graph (%s: %s): its temporaries stay beside the KV budget" %
+                   (type(e).__name__, e))
+        return False
+
+
 def _patch_compute(cls):
     """ModelRunner.compute_batch runs a batch compute_eagerly picks as
-    transformers runs one without CUDA graphs, and counts it in the
-    cache's tracker (eager)."""
+    transformers runs one without CUDA graphs, counts it in the cache's
+    tracker (eager), and then gives PyTorch's cache back (give_back_cache;
+    counted as cache_given_back)."""
     if vars(cls).get("_kvshim_compute_patched"):
         return
     orig = getattr(cls, "compute_batch", None)
@@ -779,9 +803,12 @@ def _patch_compute(cls):
             tracker.eager += 1
         was, self.use_cuda_graph_varlen = self.use_cuda_graph_varlen, False
         try:
-            return orig(self, model, batch_data)
+            out = orig(self, model, batch_data)
         finally:
             self.use_cuda_graph_varlen = was
+        if give_back_cache() and tracker is not None:
+            tracker.cache_given_back += 1
+        return out
 
     cls.compute_batch = compute_batch
     cls._kvshim_compute_patched = True
