@@ -53,15 +53,7 @@
  *     idle pages as kept free, without giving them back, made engines
  *     drop their prefix caches into idle pages that the next map still
  *     waited for: on an H200 at 4 GiB, maps waited 42 times against 26
- *     without it.) R is never lent: a process may map into it up to its
- *     entitlement (kv_fair_entitled), but a take that would hold it past
- *     that leaves R free, as a pool's refill does, and so does the room
- *     an adapter is told (kv_share_figures). (Lent, it was gone when it
- *     was needed: on an H200 at 3 GiB, an idle small model's request
- *     waited 0.21 s for 48 MiB of pages while the large model held 1920
- *     MiB against its entitlement's 1024, with 16 MiB of the budget
- *     free.) The members apply it in their takes (share.c); the plan
- *     here keeps R.
+ *     without it.)
  */
 #ifndef KV_FAIR_H
 #define KV_FAIR_H

@@ -86,11 +86,8 @@ struct sums {
 				  * (kv_fair_bound; UINT64_MAX: none) */
 	unsigned members;        /* the processes planned (slots in use, the
 				  * dead not yet reaped too), this one too */
-	uint64_t entitled;       /* this process's part were all to want
-				  * all (kv_fair_entitled) */
 	uint64_t keep;           /* budget a take leaves free: the reserve,
-				  * while others share it, for a spare take
-				  * or one past the entitlement */
+				  * for a spare one while others share it */
 	int clamped;
 };
 
@@ -298,7 +295,6 @@ static void others(kv_share_t *s, uint64_t cap, uint64_t demand, struct sums *t)
 	n = fair_inputs(s, cap, demand, in, slot_of, t);
 	kv_fair_plan(cap, kv_seg_reserve(s->sh, cap), in, n, out, &t->plan);
 	t->members = n;
-	t->entitled = kv_fair_entitled(cap, in, n, 0);
 	for (i = 1; i < n; i++)
 		t->give[slot_of[i]] = out[i].givable;
 	t->me = out[0];
@@ -326,17 +322,14 @@ static void others_live(kv_share_t *s, struct sums *t)
 		others(s, budget_of(s), demand_of(s), t);
 }
 
-/* others(), and the reserve kept free while others share the budget, as
- * the plan keeps it (at most the budget less the floors), for a spare
- * take (the pool: spare; its trims would give it back) and for one of
- * bytes that takes this process past its entitlement: the reserve is for
- * a process growing within its own part, never lent (fair.h). */
+/* others(), and for a spare take (the pool: spare), the reserve kept free
+ * while others share the budget (its trims would give it back), as the
+ * plan keeps it: at most the budget less the floors. */
 static void others_keeping(kv_share_t *s, uint64_t cap, uint64_t demand, int spare,
-			   uint64_t bytes, struct sums *t)
+			   struct sums *t)
 {
 	others(s, cap, demand, t);
-	if (t->members > 1 &&
-	    (spare || kv_seg_sat_add(s->held, bytes) > t->entitled))
+	if (spare && t->members > 1)
 		t->keep = t->plan.reserve;
 }
 
@@ -1048,10 +1041,10 @@ static int take(kv_share_t *s, uint64_t bytes, uint64_t need, int may_ask)
 	need = need > bytes ? need : bytes;
 	if (may_ask && demand < need)
 		demand = need;
-	others_keeping(s, cap, demand, !may_ask, bytes, &t);
+	others_keeping(s, cap, demand, !may_ask, &t);
 	if (!fits(s, &t, cap, bytes, 1) &&
 	    kv_seg_reap_all(s->fd, s->sh, s->slot, s->path))
-		others_keeping(s, cap, demand, !may_ask, bytes, &t);
+		others_keeping(s, cap, demand, !may_ask, &t);
 	s->use_limit = t.bound;
 	if (fits(s, &t, cap, bytes, 1)) {
 		s->held += bytes;
@@ -1181,30 +1174,6 @@ uint64_t kv_share_entitled(kv_share_t *s)
 	return got;
 }
 
-/*
- * The most this process may hold beside the others' sums t, room bytes of
- * the budget being what they do not keep: as take() counts it, past its
- * entitlement the reserve stays free (while others share the budget), and
- * past its share what those waiting below theirs claim (while any waits).
- * Each of the three ranges, below both bounds, between them and above
- * both, gives a most; the largest is the answer. Returns it.
- */
-static uint64_t most_held(const struct sums *t, uint64_t room)
-{
-	uint64_t reserve = t->members > 1 ? t->plan.reserve : 0;
-	uint64_t share = t->gaps ? t->me.share : UINT64_MAX;
-	uint64_t lo = kv_seg_min(t->entitled, share);
-	uint64_t hi = t->entitled > share ? t->entitled : share;
-	uint64_t kept_between = t->entitled < share ? reserve : t->gaps;
-	uint64_t both = kv_seg_sat_add(reserve, t->gaps);
-	uint64_t most = kv_seg_min(lo, room), x;
-
-	x = kv_seg_min(hi, room > kept_between ? room - kept_between : 0);
-	most = x > most ? x : most;
-	x = room > both ? room - both : 0;
-	return x > most ? x : most;
-}
-
 void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,
 		      uint64_t *room)
 {
@@ -1228,7 +1197,15 @@ void kv_share_figures(kv_share_t *s, uint64_t *budget, uint64_t *others_out,
 	 * their idle pages come back on request */
 	kept = kv_seg_sat_add(kv_seg_sat_add(t.held, t.pending), t.floors);
 	kept = kept > t.givable ? kept - t.givable : 0;
-	*room = most_held(&t, cap > kept ? cap - kept : 0);
+	*room = cap > kept ? cap - kept : 0;
+	/* past its share, what those waiting below theirs claim is kept too */
+	if (t.gaps) {
+		uint64_t within = kv_seg_min(t.me.share, *room);
+
+		*room = *room > t.gaps ? *room - t.gaps : 0;
+		if (*room < within)
+			*room = within;
+	}
 }
 
 void kv_share_waiting(kv_share_t *s)

@@ -2019,10 +2019,9 @@ START_TEST(test_fair_reserve_asked)
 END_TEST
 
 /*
- * The pool leaves the reserve free while others share the budget: with 6
+ * The pool leaves the reserve free while others share the budget: with 4
  * pages free of 24 and a reserve of about 6, the worker's refill of its
- * pool (4 pages) is refused, within its entitlement as it is; alone, it
- * refills. It keeps the reserve as
+ * pool (4 pages) is refused; alone, it refills. It keeps the reserve as
  * the rule does, at most the budget less the floors: a process below its
  * floor of 8 beside one holding its floor of 14 keeps 2, and refills.
  */
@@ -2040,11 +2039,11 @@ START_TEST(test_fair_reserve_pool)
 	a = kt_create(&o);
 	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
 	ck_assert_int_eq(kv_alloc_map(a, s, 4 * PG), 0);      /* the pool's pages */
-	kt_member_start(&m, B, 0, 14);
+	kt_member_start(&m, B, 0, 16);
 	(void)kv_alloc_tick(a);
 	ck_assert_int_eq(kv_alloc_stats(a, &st), 0);
 	ck_assert_uint_eq(st.pooled_bytes, 0);
-	ck_assert_uint_eq(kt_seg_read(0)->held, 18 * PG);
+	ck_assert_uint_eq(kt_seg_read(0)->held, 20 * PG);
 	ck_assert_int_eq(kt_member_leave(&m), 0);
 	(void)kv_alloc_tick(a);
 	ck_assert_int_eq(kv_alloc_stats(a, &st), 0);
@@ -2097,49 +2096,6 @@ START_TEST(test_fair_reserve_dead_peer)
 	ck_assert_uint_eq(kt_seg_read(0)->held, 20 * PG);
 	ck_assert_int_eq(kt_member_leave(&m), 0);
 	reserve_done(a, s + 4 * PG, 18 * PG);
-}
-END_TEST
-
-/*
- * The reserve is never lent: beside a member holding 2 pages of 24, a
- * process maps freely up to its entitlement (12) and on while the reserve
- * (about 6) stays free, to 16; the 17th page is refused, nothing changed,
- * and the room it is told says so. A process within its entitlement maps
- * into the reserve; alone, a process may hold the whole budget.
- */
-START_TEST(test_fair_reserve_not_lent)
-{
-	struct kv_alloc_opts o;
-	struct kt_member m[2];
-	size_t budget, others, room, head;
-	kv_alloc_t *a;
-	CUdeviceptr s;
-
-	kt_new_pool();
-	reserve_opts(&o, 25);
-	o.share_wait_ms = 50;
-	a = kt_create(&o);
-	ck_assert_int_eq(kv_alloc_reserve(a, B, &s), 0);
-	kt_member_start(&m[0], B, 0, 2);
-	ck_assert_uint_eq(kv_alloc_entitled(a), 12 * PG);
-	ck_assert_int_eq(kv_alloc_map(a, s, 12 * PG), 0);
-	ck_assert_int_eq(kv_alloc_map(a, s + 12 * PG, 4 * PG), 0);
-	ck_assert_int_eq(kv_alloc_map(a, s + 16 * PG, PG), KVSHIM_ELIMIT);
-	ck_assert_uint_eq(kt_seg_read(0)->held, 18 * PG);
-	ck_assert(kv_alloc_shared(a, &budget, &others, &room));
-	ck_assert_uint_eq(room, B - 2 * PG - B / 100 * 25);
-	ck_assert_int_eq(kv_alloc_headroom(a, &head), 0);
-	ck_assert_uint_eq(head, 0);
-	kt_check(a);
-	/* within its entitlement (8 of 24 now), a member maps into it */
-	kt_member_start(&m[1], B, 0, 4);
-	ck_assert_uint_eq(kt_seg_read(0)->held, 22 * PG);
-	ck_assert_int_eq(kt_member_leave(&m[1]), 0);
-	ck_assert_int_eq(kt_member_leave(&m[0]), 0);
-	ck_assert_uint_eq(kt_seg_read(1)->held, 16 * PG);
-	ck_assert_int_eq(kv_alloc_map(a, s + 16 * PG, 8 * PG), 0);
-	ck_assert_uint_eq(kt_seg_read(0)->held, B);
-	reserve_done(a, s, B);
 }
 END_TEST
 
@@ -2318,7 +2274,6 @@ Suite *fair_suite(void)
 	kt_add_emu(tc, test_fair_reserve_asked);
 	kt_add_emu(tc, test_fair_reserve_pool);
 	kt_add_emu(tc, test_fair_reserve_dead_peer);
-	kt_add_emu(tc, test_fair_reserve_not_lent);
 	kt_add_emu(tc, test_fair_bad_weight);
 	kt_add_emu(tc, test_fair_bad_reserve);
 	kt_add_emu(tc, test_fair_share_values);
