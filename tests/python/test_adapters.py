@@ -4614,6 +4614,10 @@ class ReadBudgetTest(unittest.TestCase):
             r.compute_batch(None, {})
             self.assertEqual(calls, ["eager", "eager"])
             self.assertEqual((tr.eager, tr.cache_given_back), (2, 2))
+            # not while a stream of the process captures (another engine's)
+            with unittest.mock.patch.object(kvshim, "capture_wait", lambda ms: False):
+                r.compute_batch(None, {})
+            self.assertEqual((len(calls), tr.eager, tr.cache_given_back), (2, 3, 2))
             cuda.ready = False
             r.compute_batch(None, {})
             cuda.ready = "refuses"
@@ -4623,12 +4627,12 @@ class ReadBudgetTest(unittest.TestCase):
                 r.compute_batch(None, {})
             self.assertEqual(err.getvalue().count("PyTorch's cache not given back"), 1)
             self.assertIn("RuntimeError: CUDA error", err.getvalue())
-            self.assertEqual((len(calls), tr.eager, tr.cache_given_back), (2, 5, 2))
+            self.assertEqual((len(calls), tr.eager, tr.cache_given_back), (2, 6, 2))
             self.assertEqual([x[0] for x in r.ran[-3:]], ["eager"] * 3)
         with unittest.mock.patch.dict(sys.modules):
             sys.modules.pop("torch", None)
             r.compute_batch(None, {})
-        self.assertEqual((tr.eager, tr.cache_given_back), (6, 2))
+        self.assertEqual((tr.eager, tr.cache_given_back), (7, 2))
         self.assertFalse(reads.give_back_cache())
 
     def test_unexpected_compute_batch_is_left_alone(self):

@@ -43,6 +43,7 @@ import sys
 import threading
 import time
 
+import kvshim
 from kvshim.adapters import warn
 
 READ_TOKENS_VAR = "KVSHIM_CB_READ_TOKENS"
@@ -757,18 +758,32 @@ def compute_eagerly(runner):
         return False
 
 
+def _capturing():
+    """Whether a stream of this process captures a CUDA graph now (kvshim
+    sees every capture: kvshim.capture_wait); False where kvshim cannot
+    tell."""
+    try:
+        return not kvshim.capture_wait(0)
+    except (OSError, AttributeError, kvshim.KvshimError):
+        return False
+
+
 def give_back_cache():
     """PyTorch's cache of free device memory given back to the driver
     (torch.cuda.empty_cache, as torch.cuda.graph does when a capture
     begins): what a batch run without a graph took for its temporaries
-    (compute_eagerly). It waits for the device's queued work first. Returns
+    (compute_eagerly). It waits for the device's queued work first. Not
+    while a stream of the process captures (another engine's thread, say):
+    a capture in CUDA's global mode forbids the frees and syncs it makes,
+    and a forbidden call may end that capture; the cache goes at the next
+    such batch or capture. Returns
     whether it was given back: not without torch or with CUDA not set up,
-    nor where PyTorch refused (warned once)."""
+    not beside a capture, nor where PyTorch refused (warned once)."""
     cuda = getattr(sys.modules.get("torch"), "cuda", None)
     ready = getattr(cuda, "is_initialized", None)
     empty = getattr(cuda, "empty_cache", None)
     try:
-        if not callable(ready) or not callable(empty) or not ready():
+        if not callable(ready) or not callable(empty) or not ready() or _capturing():
             return False
         empty()
         return True
