@@ -59,6 +59,8 @@
 	  "transformers continuous batching, while other processes share its budget: asked to give back, move blocks in use off the pages they share with few others (their KV copied on the GPU, the block tables rewritten) so that those pages go back, before preempting requests") \
 	X(CB_CUSHION, cb_cushion, bool, "on",                                \
 	  "transformers continuous batching, while other processes share its budget: an engine with requests states one step's prefill as demand even when none waits, and keeps it backed for the next request; off: it states only what its waiting requests need, with the scheduler's margin") \
+	X(CB_GIVE_BACK, cb_give_back, bool, "on",                            \
+	  "transformers continuous batching: after a batch it runs without a CUDA graph (one reading more than its share of a shared budget), give PyTorch's cache of free device memory back to the driver, but not while a stream of the process captures; off: it stays until the engine's next graph capture") \
 	X(CB_KV_PAD, cb_kv_pad, pad, "auto",                                 \
 	  "transformers continuous batching: the multiple of tokens a step's KV read is padded to (at most the read budget, or the cache without one), which with its queries and longest KV keys its CUDA graphs: auto (transformers' own) or a number of tokens (K, M suffixes); one at or above the read budget pads every step to the budget")
 
@@ -94,6 +96,7 @@ struct kv_config {
 	int cb_ahead;          /* the Python adapter reads it */
 	int cb_pack;           /* the Python adapter reads it */
 	int cb_cushion;        /* the Python adapter reads it */
+	int cb_give_back;      /* the Python adapter reads it */
 	size_t cb_kv_pad;      /* 0: auto; the Python adapter reads it */
 };
 

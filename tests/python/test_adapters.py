@@ -3236,7 +3236,9 @@ class AdapterTest(unittest.TestCase):
         unset): their values, and bad ones refused naming the variable."""
         for setting, var, unset in ((transformers_cb.ahead_setting, "KVSHIM_CB_AHEAD", True),
                                     (transformers_cb.pack_setting, "KVSHIM_CB_PACK", True),
-                                    (transformers_cb.cushion_setting, "KVSHIM_CB_CUSHION", True)):
+                                    (transformers_cb.cushion_setting, "KVSHIM_CB_CUSHION", True),
+                                    (transformers_cb.give_back_setting, "KVSHIM_CB_GIVE_BACK",
+                                     True)):
             for v, want in ((None, unset), ("on", True), ("1", True), ("0", False),
                             ("No", False), ("Off", False)):
                 self.assertEqual(setting(v), want, (var, v))
@@ -4588,6 +4590,9 @@ class ReadBudgetTest(unittest.TestCase):
         # temporaries), after it ran; a graph's batch, no; nor without
         # torch, or CUDA not set up; a refusal is warned once, and the
         # batches run on
+        self.addCleanup(transformers_cb._give_back_setting.__setitem__, slice(None),
+                        list(transformers_cb._give_back_setting))
+        transformers_cb._give_back_setting[:] = [True]
         p = self.build()
         r, tr = p.runner, p.cache.kvshim_tracker
         reads.follow_share(p.cache, p.scheduler, 1000)
@@ -4596,28 +4601,63 @@ class ReadBudgetTest(unittest.TestCase):
 
         class Cuda:
             ready = True
+            cached = 0
 
             def is_initialized(self):
                 return self.ready
 
+            def memory_reserved(self):
+                return 1000 + self.cached
+
             def empty_cache(self):
                 if self.ready == "refuses":
-                    raise RuntimeError("CUDA error: an illegal memory access")
+                    raise RuntimeError("INTERNAL ASSERT FAILED: captures_underway.empty()")
                 calls.append(r.ran[-1][0])     # after the batch ran
+                self.cached = 0
 
         cuda = Cuda()
         with unittest.mock.patch.dict(sys.modules, {"torch": types.SimpleNamespace(cuda=cuda)}):
             ios.max_kv_read = 16000
             r.compute_batch(None, {})                # a graph
             ios.max_kv_read = 49152
+            cuda.cached = 5
             r.compute_batch(None, {})
+            cuda.cached = 5
             r.compute_batch(None, {})
             self.assertEqual(calls, ["eager", "eager"])
             self.assertEqual((tr.eager, tr.cache_given_back), (2, 2))
+            # nothing cached: emptied, not counted; a batch that raised: not
+            # emptied (it fails the engine's step; what it held is still
+            # held by its exception)
+            r.compute_batch(None, {})
+            with self.assertRaises(RuntimeError):
+                r.compute_batch(None, "fails")
+            self.assertEqual((len(calls), tr.eager, tr.cache_given_back), (3, 4, 2))
+            del calls[2:]
+            tr.eager = 2
             # not while a stream of the process captures (another engine's)
             with unittest.mock.patch.object(kvshim, "capture_wait", lambda ms: False):
                 r.compute_batch(None, {})
             self.assertEqual((len(calls), tr.eager, tr.cache_given_back), (2, 3, 2))
+            # nor with KVSHIM_CB_GIVE_BACK off, read once from the
+            # environment (a bad value warns, naming it, and counts as off)
+            for value, want in (("off", 0), ("on", 1), ("now", 0)):
+                transformers_cb._give_back_setting[:] = []
+                err = io.StringIO()
+                cuda.cached = 5
+                with unittest.mock.patch.dict(os.environ, {"KVSHIM_CB_GIVE_BACK": value}), \
+                        redirect_stderr(err):
+                    r.compute_batch(None, {})
+                cuda.cached = 5
+                with unittest.mock.patch.dict(os.environ, {"KVSHIM_CB_GIVE_BACK": "on"}):
+                    r.compute_batch(None, {})                # read once
+                self.assertEqual((len(calls), tr.cache_given_back), (2 + 2 * want, 2 + 2 * want),
+                                 value)
+                del calls[2:]
+                tr.cache_given_back = 2
+                self.assertEqual("KVSHIM_CB_GIVE_BACK=now" in err.getvalue(), value == "now")
+            transformers_cb._give_back_setting[:] = [True]
+            tr.eager = 3
             cuda.ready = False
             r.compute_batch(None, {})
             cuda.ready = "refuses"
@@ -4626,7 +4666,7 @@ class ReadBudgetTest(unittest.TestCase):
                 r.compute_batch(None, {})
                 r.compute_batch(None, {})
             self.assertEqual(err.getvalue().count("PyTorch's cache not given back"), 1)
-            self.assertIn("RuntimeError: CUDA error", err.getvalue())
+            self.assertIn("RuntimeError: INTERNAL ASSERT FAILED", err.getvalue())
             self.assertEqual((len(calls), tr.eager, tr.cache_given_back), (2, 6, 2))
             self.assertEqual([x[0] for x in r.ran[-3:]], ["eager"] * 3)
         with unittest.mock.patch.dict(sys.modules):

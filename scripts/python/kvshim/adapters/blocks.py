@@ -213,8 +213,10 @@ class BlockTracker:
         self.taken = 0           # blocks handed out in all
         self.eager = 0           # batches wider than the share run without
                                  # a CUDA graph (transformers_cb_reads)
-        self.cache_given_back = 0   # and after them, PyTorch's cache
-                                    # given back (give_back_cache)
+        self.cache_given_back = 0  # such batches after which PyTorch's
+                                 # reserved memory fell (give_back_cache;
+                                 # not after one that raised, beside a
+                                 # capture, or with KVSHIM_CB_GIVE_BACK off)
         self._named_at = None    # (taken, emptied) when the ids to back ahead
                                  # were last named
         # blocks claimed per page index (the same in every tensor of the

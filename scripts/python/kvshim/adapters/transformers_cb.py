@@ -381,11 +381,13 @@ def patch_cache_module(mod):
 AHEAD_VAR = "KVSHIM_CB_AHEAD"
 PACK_VAR = "KVSHIM_CB_PACK"
 CUSHION_VAR = "KVSHIM_CB_CUSHION"
+GIVE_BACK_VAR = "KVSHIM_CB_GIVE_BACK"
 _BOOL = {"1": True, "true": True, "yes": True, "on": True,
          "0": False, "false": False, "no": False, "off": False}
 _ahead_setting = []
 _pack_setting = []
 _cushion_setting = []
+_give_back_setting = []
 
 
 def _bool_setting(var, value, unset):
@@ -416,6 +418,12 @@ def cushion_setting(value):
     return _bool_setting(CUSHION_VAR, value, True)
 
 
+def give_back_setting(value):
+    """KVSHIM_CB_GIVE_BACK as kvshim-config reads it: on (also when unset)
+    or off. Raises ValueError naming the variable."""
+    return _bool_setting(GIVE_BACK_VAR, value, True)
+
+
 def _switch(kept, setting, var, off):
     """A switch read once from the environment's var by setting, kept in
     the list kept; a bad value warns (off: what that leaves undone) and
@@ -441,6 +449,14 @@ def _ahead_on():
 def _cushion_on():
     return _switch(_cushion_setting, cushion_setting, CUSHION_VAR,
                    "the engine states no cushion and keeps no step backed for the next request")
+
+
+def give_back_on():
+    """Whether PyTorch's cache is given back after a batch run without a
+    CUDA graph (transformers_cb_reads.give_back_cache): KVSHIM_CB_GIVE_BACK,
+    read once."""
+    return _switch(_give_back_setting, give_back_setting, GIVE_BACK_VAR,
+                   "PyTorch's cache is kept after a batch run without a CUDA graph")
 
 
 def map_ahead(processor, tracker):

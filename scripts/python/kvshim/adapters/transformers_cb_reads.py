@@ -772,21 +772,26 @@ def give_back_cache():
     """PyTorch's cache of free device memory given back to the driver
     (torch.cuda.empty_cache, as torch.cuda.graph does when a capture
     begins): what a batch run without a graph took for its temporaries
-    (compute_eagerly). It waits for the device's queued work first. Not
-    while a stream of the process captures (another engine's thread, say):
-    a capture in CUDA's global mode forbids the frees and syncs it makes,
-    and a forbidden call may end that capture; the cache goes at the next
-    such batch or capture. Returns
-    whether it was given back: not without torch or with CUDA not set up,
-    not beside a capture, nor where PyTorch refused (warned once)."""
+    (compute_eagerly). When it frees memory it waits for the device's
+    queued work (cudaFree's), which with transformers' asynchronous
+    batching costs that step's overlap of host and device. Not while a
+    stream of the process captures (another engine's thread, say): a
+    capture in CUDA's global mode forbids those frees and syncs, a
+    forbidden call may end it, and a recent PyTorch frees nothing then;
+    the cache goes at the next such batch or capture. Returns whether
+    PyTorch's reserved memory fell: not without torch or with CUDA not set
+    up, not beside a capture, nor where PyTorch refused (warned once: a
+    CUDA error there may be the batch's own, which its engine meets next)."""
     cuda = getattr(sys.modules.get("torch"), "cuda", None)
     ready = getattr(cuda, "is_initialized", None)
     empty = getattr(cuda, "empty_cache", None)
+    reserved = getattr(cuda, "memory_reserved", None)
     try:
-        if not callable(ready) or not callable(empty) or not ready() or _capturing():
+        if not all(map(callable, (ready, empty, reserved))) or not ready() or _capturing():
             return False
+        before = reserved()
         empty()
-        return True
+        return reserved() < before
     except RuntimeError as e:
         _warn_once("empty", "PyTorch's cache not given back after a batch run without a CUDA "
                    "graph (%s: %s): its temporaries stay beside the KV budget" %
@@ -797,8 +802,8 @@ def give_back_cache():
 def _patch_compute(cls):
     """ModelRunner.compute_batch runs a batch compute_eagerly picks as
     transformers runs one without CUDA graphs, counts it in the cache's
-    tracker (eager), and then gives PyTorch's cache back (give_back_cache;
-    counted as cache_given_back)."""
+    tracker (eager), and then, unless KVSHIM_CB_GIVE_BACK is off, gives
+    PyTorch's cache back (give_back_cache; counted as cache_given_back)."""
     if vars(cls).get("_kvshim_compute_patched"):
         return
     orig = getattr(cls, "compute_batch", None)
@@ -821,7 +826,9 @@ def _patch_compute(cls):
             out = orig(self, model, batch_data)
         finally:
             self.use_cuda_graph_varlen = was
-        if give_back_cache() and tracker is not None:
+        # (imported here: transformers_cb imports this module)
+        from kvshim.adapters.transformers_cb import give_back_on
+        if give_back_on() and give_back_cache() and tracker is not None:
             tracker.cache_given_back += 1
         return out
 
