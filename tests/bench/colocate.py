@@ -46,6 +46,11 @@ twelve configurations (--configs) run one after the other, in one invocation:
   and keeps it backed for the next request): each engine states only what
   its waiting requests need, which tells whether neighbours were asked to
   give back blocks in use for requests that had not come;
+- keepcache (only when --configs names it): kvshim with
+  KVSHIM_CB_GIVE_BACK=off (README.md: after a batch it runs without a CUDA
+  graph, the adapter gives PyTorch's cache back, from session 42): those
+  batches' temporaries stay in PyTorch's cache until the engine's next
+  capture, which tells what the give-back costs and saves;
 - kvpad (only when --configs names it): kvshim with KVSHIM_CB_KV_PAD set
   to --kv-pad tokens (32768 by default): each step's KV read padded to a
   multiple of it instead of transformers' 16384, so that an engine that
@@ -351,6 +356,7 @@ def dry_engine(args):
             "ahead": os.environ.get("KVSHIM_CB_AHEAD", "on" if kvshim else "off"),
             "weight": os.environ.get("KVSHIM_WEIGHT", "1") if kvshim else "-",
             "cushion": os.environ.get("KVSHIM_CB_CUSHION", "on" if kvshim else "off"),
+            "give_back": os.environ.get("KVSHIM_CB_GIVE_BACK", "on" if kvshim else "off"),
             "kv_pad": int(os.environ["KVSHIM_CB_KV_PAD"])
             if kvshim and os.environ.get("KVSHIM_CB_KV_PAD") else None,
             "ready_s": 0.0}
@@ -483,6 +489,8 @@ def engine(args):
             "ahead": os.environ.get("KVSHIM_CB_AHEAD", "on" if kvshim is not None else "off"),
             "weight": os.environ.get("KVSHIM_WEIGHT", "1") if kvshim is not None else "-",
             "cushion": os.environ.get("KVSHIM_CB_CUSHION", "on" if kvshim is not None else "off"),
+            "give_back": os.environ.get("KVSHIM_CB_GIVE_BACK",
+                                        "on" if kvshim is not None else "off"),
             # the padding of a step's KV read that the adapter set (None:
             # transformers' own)
             "kv_pad": getattr(cache, "kvshim_kv_pad", None),
@@ -898,6 +906,9 @@ def spawn(name, cfg, args, pool, outdir, tag):
     env.pop("KVSHIM_CB_CUSHION", None)  # the adapter's default (on); nocushion's off
     if not cfg.get("cushion", True):
         env["KVSHIM_CB_CUSHION"] = "off"
+    env.pop("KVSHIM_CB_GIVE_BACK", None)    # the adapter's default (on); keepcache's off
+    if not cfg.get("give_back", True):
+        env["KVSHIM_CB_GIVE_BACK"] = "off"
     env.pop("KVSHIM_CB_KV_PAD", None)   # transformers' own padding; kvpad's --kv-pad
     if cfg.get("kv_pad"):
         env["KVSHIM_CB_KV_PAD"] = str(cfg["kv_pad"])
@@ -2005,7 +2016,7 @@ def targets(table, traces, results, args):
     sweep = [c for c in results if is_sweep(c)]
     spread = {}
     for c in ("twin", "reads", "packed", "unpacked", "unreserved", "noahead", "nocushion",
-              "kvpad") + tuple(sweep):
+              "keepcache", "kvpad") + tuple(sweep):
         if c in results:
             spread[c] = out["repeats_" + c] = repeats(table, traces, results, c)
             out["repeats_apart_" + c] = repeats(table, traces, results, c, apart=True)
@@ -2108,9 +2119,9 @@ def replayed(table, labels, configs, fig):
 
 def repeats(table, traces, results, config="kvshim", apart=False):
     """For each trace that static and config (kvshim by default; twin,
-    reads, packed, unpacked, unreserved, noahead, nocushion or kvpad too) both
-    replayed more than once (--repeat; a replay --deadline skipped does
-    not count): per model, the p99 TTFT of every replay, static and
+    reads, packed, unpacked, unreserved, noahead, nocushion, keepcache or
+    kvpad too) both replayed more than once (--repeat; a replay --deadline
+    skipped does not count): per model, the p99 TTFT of every replay, static and
     config's, their medians and the ratio of the medians; config meets the
     static split within its spread when its median is at most the static
     replays' largest p99 (capped and ample are left out: the targets are
@@ -2532,9 +2543,9 @@ def main():
     configs = [c for c in args.configs.split(",") if c]
     if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "twin", "packed",
                                       "unpacked", "reads", "unreserved", "noahead",
-                                      "nocushion", "kvpad"}:
+                                      "nocushion", "keepcache", "kvpad"}:
         ap.error("--configs takes static, kvshim, capped, ample, twin, packed, unpacked, "
-                 "reads, unreserved, noahead, nocushion and kvpad")
+                 "reads, unreserved, noahead, nocushion, keepcache and kvpad")
     given = [o for o, v in (("--rates", args.rates), ("--seeds", args.seeds),
                             ("--seed", args.seed), ("--phases", args.phases),
                             ("--phase", args.phase), ("--quick", args.quick))
@@ -2649,6 +2660,7 @@ def main():
               "pack": c not in ("static", "ample", "twin", "unpacked"),
               "static_reads": c == "reads", "reserve": c != "unreserved",
               "ahead": c != "noahead", "cushion": c != "nocushion",
+              "give_back": c != "keepcache",
               "kv_pad": args.kv_pad if c == "kvpad" else None}, traces)
             for c in configs]
     # the sweep's budgets, kvshim's (packing, as kvshim does by default;
