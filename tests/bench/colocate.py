@@ -418,7 +418,12 @@ def dry_engine(args):
                                          os.environ.get("KVSHIM_CB_AHEAD") == "off" else 0.05,
                                          ahead_waited=0.0 if
                                          os.environ.get("KVSHIM_CB_AHEAD") == "off" else 0.01,
-                                         moved=3 if os.environ.get("KVSHIM_CB_PACK") == "on" else 0)
+                                         moved=3 if os.environ.get("KVSHIM_CB_PACK") == "on" else 0,
+                                         # (two batches without a CUDA graph, the cache
+                                         # given back after each unless it is off)
+                                         eager=2, cache_given_back=0 if os.environ.get(
+                                             "KVSHIM_CB_GIVE_BACK") == "off" else 2)
+            run["eager_steps"] = [(1.0, 0.06, 1), (2.0, 0.08, 1)]
             run["kvshim_waits"] = dict({k: 0 for k in WAIT_FIGURES}, share_waits=1,
                                        share_wait_ns=2000000)
             run["kvshim_gate"] = dict(capture_gate_waits=1, capture_gate_wait_ns=30000000)
@@ -1503,6 +1508,13 @@ def summarize(results, traces):
                     "kv_ask_worst": max([x.get("ask_worst", 0.0) for x in tracker] or [0.0]),
                     "kv_waits": {k: sum((run["engines"][n].get("kvshim_waits") or {}).get(k, 0)
                                         for n in engines) for k in WAIT_FIGURES},
+                    # batches run without a CUDA graph, those after which
+                    # PyTorch's cache was given back, and the seconds of the
+                    # steps they ran in
+                    "kv_eager": (sum(x.get("eager", 0) for x in tracker),
+                                 sum(x.get("cache_given_back", 0) for x in tracker),
+                                 [e[1] for n in engines
+                                  for e in run["engines"][n].get("eager_steps", ())]),
                     # (None: a library before session 34 counts none)
                     "kv_gate": None if any("kvshim_gate" not in run["engines"][n]
                                            for n in engines) else
@@ -1823,6 +1835,20 @@ def print_tables(table, traces, results, args):
                             "%.2f" % (t["kv_waits"]["share_wait_ns"] / 1e9),
                             "%d" % t["kv_waits"]["share_waits_used"],
                             "%d" % t["kv_waits"]["share_waits_failed"], t["kv_worst_in"]))
+        kv_table(table, label, results,
+                 "batches without a CUDA graph, trace %s: the batches each engine ran without "
+                 "one (reading more than its share of the budget, its bound raised for a "
+                 "starving request: docs/BENCHMARKS.md, session 41), those after which "
+                 "PyTorch's reserved memory fell (its cache given back, unless "
+                 "KVSHIM_CB_GIVE_BACK=off: session 42), and the steps they ran in: how many, "
+                 "their median and longest seconds, against the median of all its steps" % label,
+                 ("batches", "cache given back", "steps", "their p50 s", "their longest s",
+                  "all steps' p50 s"),
+                 lambda t: ("%d" % t["kv_eager"][0], "%d" % t["kv_eager"][1],
+                            "%d" % len(t["kv_eager"][2]),
+                            "%.3f" % pct(t["kv_eager"][2], 50) if t["kv_eager"][2] else "-",
+                            "%.3f" % max(t["kv_eager"][2]) if t["kv_eager"][2] else "-",
+                            "%.3f" % t["step_p50"] if t["step_p50"] == t["step_p50"] else "-"))
         kv_table(table, label, results,
                  "driver calls on physical pages, trace %s: over the replay, in the engine's "
                  "whole process (its thread, the adapter's thread mapping ahead and kvshim's "
