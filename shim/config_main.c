@@ -58,7 +58,7 @@ static int run(int argc, char **argv)
 
 		snprintf(name, sizeof(name), "KVSHIM_%s", kv_config_vars[i].name);
 		v = getenv(name);
-		printf("%-18s %-10s %s%s\n", name,
+		printf("%-22s %-10s %s%s\n", name,
 		       kv_log_escape(v ? v : kv_config_vars[i].def, shown, sizeof(shown)),
 		       v ? "" : "(default) ", kv_config_vars[i].meaning);
 	}
