@@ -3216,6 +3216,72 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(sorted(tr._ahead), list(range(64, 71)))   # 100 tokens: 7 blocks
         self.assertEqual(stated[-1], 0)
 
+    def idle_cushion(self, on):
+        """KVSHIM_CB_IDLE_CUSHION (and the cushion itself on) as on says,
+        for this test only."""
+        for kept in (transformers_cb._cushion_setting, transformers_cb._idle_cushion_setting):
+            self.addCleanup(kept.__setitem__, slice(None), list(kept))
+        transformers_cb._cushion_setting[:] = [True]
+        transformers_cb._idle_cushion_setting[:] = [on]
+
+    def test_idle_cushion_keeps_the_step_after_the_last_request(self):
+        """KVSHIM_CB_IDLE_CUSHION: off (the default), an engine whose last
+        request finished releases the step it kept backed and states no
+        demand; on, while it shares its budget, it keeps the step backed
+        pass after pass and states it, and its next request's first step
+        takes those blocks without a map; alone, or with the cushion off,
+        it keeps nothing."""
+        for on, shared, cushion, kept in ((False, True, True, False), (True, True, True, True),
+                                          (True, False, True, False),
+                                          (True, True, False, False)):
+            with self.subTest(on=on, shared=shared, cushion=cushion):
+                c, tr, proc, asked = self.paged_engine()
+                self.idle_cushion(on)
+                transformers_cb._cushion_setting[:] = [cushion]
+                self.addCleanup(setattr, transformers_cb, "_shared", transformers_cb._shared)
+                transformers_cb._shared = lambda proc: shared
+                stated = []
+                self.capture_demand(stated)
+                type(proc).max_batch_tokens = 512                  # 32 blocks a step
+                self.lay_out(proc, [("a", 64)])                    # page index 0, whole
+                self.assertTrue(proc.prepare_next_batch())
+                tr._settle()
+                standing = sorted(tr._ahead)
+                self.assertEqual(standing, list(range(64, 96)) if shared and cushion else [])
+                self.finish(c, proc, ["a"])                        # idle from here
+                for _ in range(3):
+                    proc.prepare_next_batch()
+                    tr._settle()
+                    self.assertEqual(sorted(tr._ahead), standing if kept else [])
+                self.assertEqual(transformers_cb._cushion_blocks(proc), 32 if kept else 0)
+                self.assertEqual(bool(stated and stated[-1]), kept, stated[-3:])
+                if not kept:
+                    continue
+                mapped, hits = tr.mapped, tr.ahead_hits
+                self.lay_out(proc, [("b", 32)])                    # the burst's first step
+                self.assertEqual(tr.ahead_hits - hits, 32)
+                self.assertEqual(tr.mapped, mapped + 32)
+                self.assertEqual(tr._ahead, set())
+
+    def test_idle_cushion_switch_read_from_the_environment(self):
+        """KVSHIM_CB_IDLE_CUSHION is read from the environment, once: off
+        when unset; on turns it on; a bad value warns, naming it, and counts
+        as off."""
+        self.addCleanup(transformers_cb._idle_cushion_setting.__setitem__, slice(None),
+                        list(transformers_cb._idle_cushion_setting))
+        for env, want in (({}, False), ({"KVSHIM_CB_IDLE_CUSHION": "on"}, True),
+                          ({"KVSHIM_CB_IDLE_CUSHION": "off"}, False),
+                          ({"KVSHIM_CB_IDLE_CUSHION": "lull"}, False)):
+            transformers_cb._idle_cushion_setting[:] = []
+            err = io.StringIO()
+            with unittest.mock.patch.dict(os.environ, env), redirect_stderr(err):
+                if not env:
+                    os.environ.pop("KVSHIM_CB_IDLE_CUSHION", None)      # unset
+                self.assertEqual(transformers_cb._idle_cushion_on(), want, env)
+            with unittest.mock.patch.dict(os.environ, {"KVSHIM_CB_IDLE_CUSHION": "on"}):
+                self.assertEqual(transformers_cb._idle_cushion_on(), want, env)     # once
+            self.assertEqual("KVSHIM_CB_IDLE_CUSHION=lull" in err.getvalue(), "lull" in str(env))
+
     def test_cushion_switch_read_from_the_environment(self):
         """KVSHIM_CB_CUSHION is read from the environment, once: off turns
         the cushion off; a bad value warns, naming it, and counts as off."""
@@ -3238,7 +3304,9 @@ class AdapterTest(unittest.TestCase):
                                     (transformers_cb.pack_setting, "KVSHIM_CB_PACK", True),
                                     (transformers_cb.cushion_setting, "KVSHIM_CB_CUSHION", True),
                                     (transformers_cb.give_back_setting, "KVSHIM_CB_GIVE_BACK",
-                                     True)):
+                                     True),
+                                    (transformers_cb.idle_cushion_setting,
+                                     "KVSHIM_CB_IDLE_CUSHION", False)):
             for v, want in ((None, unset), ("on", True), ("1", True), ("0", False),
                             ("No", False), ("Off", False)):
                 self.assertEqual(setting(v), want, (var, v))

@@ -381,12 +381,14 @@ def patch_cache_module(mod):
 AHEAD_VAR = "KVSHIM_CB_AHEAD"
 PACK_VAR = "KVSHIM_CB_PACK"
 CUSHION_VAR = "KVSHIM_CB_CUSHION"
+IDLE_CUSHION_VAR = "KVSHIM_CB_IDLE_CUSHION"
 GIVE_BACK_VAR = "KVSHIM_CB_GIVE_BACK"
 _BOOL = {"1": True, "true": True, "yes": True, "on": True,
          "0": False, "false": False, "no": False, "off": False}
 _ahead_setting = []
 _pack_setting = []
 _cushion_setting = []
+_idle_cushion_setting = []
 _give_back_setting = []
 
 
@@ -416,6 +418,12 @@ def cushion_setting(value):
     """KVSHIM_CB_CUSHION as kvshim-config reads it: on (also when unset) or
     off. Raises ValueError naming the variable."""
     return _bool_setting(CUSHION_VAR, value, True)
+
+
+def idle_cushion_setting(value):
+    """KVSHIM_CB_IDLE_CUSHION as kvshim-config reads it: off (also when
+    unset) or on. Raises ValueError naming the variable."""
+    return _bool_setting(IDLE_CUSHION_VAR, value, False)
 
 
 def give_back_setting(value):
@@ -451,6 +459,18 @@ def _cushion_on():
                    "the engine states no cushion and keeps no step backed for the next request")
 
 
+def _idle_cushion_on():
+    return _switch(_idle_cushion_setting, idle_cushion_setting, IDLE_CUSHION_VAR,
+                   "an engine without requests keeps no cushion")
+
+
+def _idle_cushion(proc):
+    """Whether an engine without requests keeps its cushion (see _cushion):
+    KVSHIM_CB_IDLE_CUSHION on, the cushion on, and other processes sharing
+    its budget."""
+    return _idle_cushion_on() and _cushion_on() and _shared(proc)
+
+
 def give_back_on():
     """Whether PyTorch's cache is given back after a batch run without a
     CUDA graph (transformers_cb_reads.give_back_cache): KVSHIM_CB_GIVE_BACK,
@@ -480,7 +500,8 @@ def map_ahead(processor, tracker):
     look at nothing. Of the ids, only those whose pages hold no claim are
     backed (ahead_worth): the others cost the engine's map no driver call,
     and its takes of them never wait for the thread. An engine without
-    requests holds none from its next pass (its idle pages are the others'),
+    requests holds none from its next pass (its idle pages are the others';
+    with KVSHIM_CB_IDLE_CUSHION on it keeps the step backed, see _cushion),
     nor while kvshim asks the engine to give back (the blocks backed ahead
     are released then, see _give_back: backed again at every pass, they
     would come and go for as long as the ask lasts; the engine's takes map
@@ -493,8 +514,8 @@ def map_ahead(processor, tracker):
         states = itertools.chain(active.values(), waiting.values())
         tokens = min(sum(len(s.remaining_prefill_tokens) for s in states),
                      processor.max_batch_tokens)
-        standing = (tokens <= 0 and bool(active or waiting) and _shared(processor)
-                    and _cushion_on())
+        standing = (tokens <= 0 and _cushion_on() and _shared(processor)
+                    and (bool(active or waiting) or _idle_cushion(processor)))
         if standing:
             if tracker.ahead_standing():
                 return
@@ -565,7 +586,14 @@ def _cushion(proc):
     3 to 5 s). Its own prefix cache's blocks (see _reclaim) and then its
     idle pages cover it first; with KVSHIM_CB_PACK, the free ids on its
     pages that packing leaves (it keeps the cushion's worth) before them.
-    0 for an idle engine: its idle pages are the others'; and 0 with
+    0 for an idle engine: its idle pages are the others' (unless
+    KVSHIM_CB_IDLE_CUSHION is on, while others share its budget: then it
+    keeps the cushion, and map_ahead the step backed, so that the first
+    step of a burst after a lull maps at once; on an H200 at a 3 GiB
+    budget an idle small model's request waited 0.21 s for 48 MiB of
+    pages, one step's prefill, while the large model held 1920 MiB against
+    its entitlement's 1024 and 16 MiB of the budget was free, session 41);
+    and 0 with
     KVSHIM_CB_CUSHION=off (nor does map_ahead keep a step backed for the
     next request then): the engine states what its waiting requests need
     (with the scheduler's margin), and nothing while none waits, so it
@@ -599,11 +627,13 @@ def _cushion(proc):
 def _cushion_blocks(proc):
     """The cushion before what covers it without memory (see _cushion):
     one step's prefill in every layer group above the margin, less the
-    prefix cache's blocks; 0 for an engine without requests. (Packing
+    prefix cache's blocks; 0 for an engine without requests, unless it
+    keeps its cushion idle (_idle_cushion). (Packing
     keeps this many free ids on its pages, whether the engine states the
     cushion or not: KVSHIM_CB_CUSHION switches the statement.)"""
     sched = getattr(proc, "scheduler", None)
-    if not (getattr(sched, "active_requests", None) or getattr(sched, "waiting_requests", None)):
+    if not (getattr(sched, "active_requests", None) or getattr(sched, "waiting_requests", None)
+            or _idle_cushion(proc)):
         return 0
     cache = proc.cache
     tokens = getattr(proc, "max_batch_tokens", 0)
