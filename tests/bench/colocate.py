@@ -46,6 +46,11 @@ thirteen configurations (--configs) run one after the other, in one invocation:
   and keeps it backed for the next request): each engine states only what
   its waiting requests need, which tells whether neighbours were asked to
   give back blocks in use for requests that had not come;
+- idle (only when --configs names it): kvshim with
+  KVSHIM_CB_IDLE_CUSHION=on (README.md: an engine without requests keeps
+  its cushion, one step stated and backed, while others share its budget,
+  from session 43): the first step of a burst after a lull maps at once,
+  and what the idle engines keep the others cannot borrow;
 - keepcache (only when --configs names it): kvshim with
   KVSHIM_CB_GIVE_BACK=off (README.md: after a batch it runs without a CUDA
   graph, the adapter gives PyTorch's cache back, from session 42): those
@@ -134,6 +139,7 @@ replays' most, as the spread table judges. --sweep-unreserved runs each of those
 budgets again without the reserve (unreserved@B, after kvshim@B), whose
 smallest is reported apart; --sweep-unreserved=only runs them without it
 alone. --sweep-nocushion does the same without the cushion (nocushion@B),
+--sweep-idle with the idle cushion (idle@B, as the idle configuration),
 and --sweep-reads with each engine's read budget at its static share's
 at --budget-gib, as the reads configuration (reads@B: half the memory
 with the reads of the split it is measured against); =only on any runs
@@ -357,6 +363,7 @@ def dry_engine(args):
             "weight": os.environ.get("KVSHIM_WEIGHT", "1") if kvshim else "-",
             "cushion": os.environ.get("KVSHIM_CB_CUSHION", "on" if kvshim else "off"),
             "give_back": os.environ.get("KVSHIM_CB_GIVE_BACK", "on" if kvshim else "off"),
+            "idle_cushion": os.environ.get("KVSHIM_CB_IDLE_CUSHION", "off"),
             "kv_pad": int(os.environ["KVSHIM_CB_KV_PAD"])
             if kvshim and os.environ.get("KVSHIM_CB_KV_PAD") else None,
             "ready_s": 0.0}
@@ -496,6 +503,7 @@ def engine(args):
             "cushion": os.environ.get("KVSHIM_CB_CUSHION", "on" if kvshim is not None else "off"),
             "give_back": os.environ.get("KVSHIM_CB_GIVE_BACK",
                                         "on" if kvshim is not None else "off"),
+            "idle_cushion": os.environ.get("KVSHIM_CB_IDLE_CUSHION", "off"),
             # the padding of a step's KV read that the adapter set (None:
             # transformers' own)
             "kv_pad": getattr(cache, "kvshim_kv_pad", None),
@@ -911,6 +919,9 @@ def spawn(name, cfg, args, pool, outdir, tag):
     env.pop("KVSHIM_CB_CUSHION", None)  # the adapter's default (on); nocushion's off
     if not cfg.get("cushion", True):
         env["KVSHIM_CB_CUSHION"] = "off"
+    env.pop("KVSHIM_CB_IDLE_CUSHION", None)     # the adapter's default (off); idle's on
+    if cfg.get("idle_cushion"):
+        env["KVSHIM_CB_IDLE_CUSHION"] = "on"
     env.pop("KVSHIM_CB_GIVE_BACK", None)    # the adapter's default (on); keepcache's off
     if not cfg.get("give_back", True):
         env["KVSHIM_CB_GIVE_BACK"] = "off"
@@ -1980,9 +1991,10 @@ def beside_table(table, label, results):
 
 
 # the sweep's budgets run again with a setting changed (--sweep-unreserved,
-# --sweep-nocushion, --sweep-reads): the configuration's name, and what the
-# tables say
+# --sweep-nocushion, --sweep-idle, --sweep-reads): the configuration's name,
+# and what the tables say
 SWEEP_VARIANTS = (("unreserved", "without the reserve"), ("nocushion", "without the cushion"),
+                  ("idle", "with the idle cushion"),
                   ("reads", "with each engine's read budget at its static share's"))
 
 
@@ -2042,7 +2054,7 @@ def targets(table, traces, results, args):
     sweep = [c for c in results if is_sweep(c)]
     spread = {}
     for c in ("twin", "reads", "packed", "unpacked", "unreserved", "noahead", "nocushion",
-              "keepcache", "kvpad") + tuple(sweep):
+              "idle", "keepcache", "kvpad") + tuple(sweep):
         if c in results:
             spread[c] = out["repeats_" + c] = repeats(table, traces, results, c)
             out["repeats_apart_" + c] = repeats(table, traces, results, c, apart=True)
@@ -2145,8 +2157,8 @@ def replayed(table, labels, configs, fig):
 
 def repeats(table, traces, results, config="kvshim", apart=False):
     """For each trace that static and config (kvshim by default; twin,
-    reads, packed, unpacked, unreserved, noahead, nocushion, keepcache or
-    kvpad too) both replayed more than once (--repeat; a replay --deadline
+    reads, packed, unpacked, unreserved, noahead, nocushion, idle,
+    keepcache or kvpad too) both replayed more than once (--repeat; a replay --deadline
     skipped does not count): per model, the p99 TTFT of every replay, static and
     config's, their medians and the ratio of the medians; config meets the
     static split within its spread when its median is at most the static
@@ -2530,6 +2542,9 @@ def main():
     ap.add_argument("--sweep-nocushion", nargs="?", const="also", choices=("also", "only"),
                     help="run each sweep budget again without the cushion (nocushion@B); "
                          "=only: without it alone")
+    ap.add_argument("--sweep-idle", nargs="?", const="also", choices=("also", "only"),
+                    help="run each sweep budget again with the idle cushion (idle@B); "
+                         "=only: with it alone")
     ap.add_argument("--sweep-reads", nargs="?", const="also", choices=("also", "only"),
                     help="run each sweep budget again with each engine's read budget at its "
                          "static share's at --budget-gib, as the reads configuration (reads@B); "
@@ -2569,9 +2584,9 @@ def main():
     configs = [c for c in args.configs.split(",") if c]
     if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "twin", "packed",
                                       "unpacked", "reads", "unreserved", "noahead",
-                                      "nocushion", "keepcache", "kvpad"}:
+                                      "nocushion", "idle", "keepcache", "kvpad"}:
         ap.error("--configs takes static, kvshim, capped, ample, twin, packed, unpacked, "
-                 "reads, unreserved, noahead, nocushion, keepcache and kvpad")
+                 "reads, unreserved, noahead, nocushion, idle, keepcache and kvpad")
     given = [o for o, v in (("--rates", args.rates), ("--seeds", args.seeds),
                             ("--seed", args.seed), ("--phases", args.phases),
                             ("--phase", args.phase), ("--quick", args.quick))
@@ -2686,7 +2701,7 @@ def main():
               "pack": c not in ("static", "ample", "twin", "unpacked"),
               "static_reads": c == "reads", "reserve": c != "unreserved",
               "ahead": c != "noahead", "cushion": c != "nocushion",
-              "give_back": c != "keepcache",
+              "idle_cushion": c == "idle", "give_back": c != "keepcache",
               "kv_pad": args.kv_pad if c == "kvpad" else None}, traces)
             for c in configs]
     # the sweep's budgets, kvshim's (packing, as kvshim does by default;
@@ -2696,7 +2711,7 @@ def main():
     # budget's run)
     same = [c for c in ("kvshim", "packed") if c in configs]
     # and each budget again with a setting off (--sweep-unreserved,
-    # --sweep-nocushion, or a setting on, --sweep-reads), after it, or
+    # --sweep-nocushion, or a setting on, --sweep-idle, --sweep-reads), after it, or
     # instead of it (=only)
     variants = [v for v, _ in SWEEP_VARIANTS if getattr(args, "sweep_" + v)]
     names = ([] if any(getattr(args, "sweep_" + v) == "only" for v in variants) else [base]) \
@@ -2711,7 +2726,7 @@ def main():
         return sweep_variant(cname) if alone else None
     plan += [({"name": "%s@%g" % (name, b), "mode": "kvshim", "budget": int(b * GIB),
                "pack": True, "reserve": name != "unreserved", "cushion": name != "nocushion",
-               "static_reads": name == "reads"},
+               "idle_cushion": name == "idle", "static_reads": name == "reads"},
               sweep_traces)
              for b in sorted(sweep)
              for name in names
