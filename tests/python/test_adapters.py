@@ -3263,6 +3263,62 @@ class AdapterTest(unittest.TestCase):
                 self.assertEqual(tr.mapped, mapped + 32)
                 self.assertEqual(tr._ahead, set())
 
+    def test_idle_step_named_again_after_it_backed_nothing(self):
+        """An idle engine's step that backed nothing (memory short: the
+        budget full when it was named) is named again once AHEAD_RETRY_S
+        has passed, and backed once memory is there: nothing the idle
+        engine does would change its ids. Before that it stands; and an
+        engine with requests keeps the standing rule (named again when it
+        takes a block or a page empties)."""
+        c, tr, proc, asked = self.paged_engine()
+        self.shared_on()
+        self.idle_cushion(True)
+        type(proc).max_batch_tokens = 512                      # 32 blocks a step
+        named, real, short = [], tr.group.map, [True]
+
+        def map_(ids):
+            if short[0]:
+                raise kvshim.KvshimError(kvshim.ELIMIT, "kvshim_group_map")
+            return real(ids)
+        tr.group.map = map_
+        real_ahead = tr.ahead
+        tr.ahead = lambda ids: (named.append(list(ids)), real_ahead(ids))[1]
+        def done():
+            end = time.monotonic() + 30
+            while tr._thread.in_flight() and time.monotonic() < end:
+                time.sleep(0.001)
+
+        tr.AHEAD_RETRY_S = 3600.0
+        proc.prepare_next_batch()                              # idle: the step named
+        self.assertEqual(named, [list(range(32))])
+        for _ in range(3):                                     # it failed; it stands
+            done()
+            proc.prepare_next_batch()
+            self.assertEqual(len(named), 1)
+        self.assertEqual(tr.ahead_backed(), 0)
+        tr.AHEAD_RETRY_S, short[0] = 0.0, False                # memory back, time up
+        proc.prepare_next_batch()                              # named again
+        self.assertEqual(named[1:], [list(range(32))])
+        done()
+        proc.prepare_next_batch()
+        self.assertEqual(sorted(tr._ahead), list(range(32)))
+        self.assertEqual(len(named), 2)                        # backed: it stands
+        # with a request, a step that backed nothing stands until the
+        # engine takes a block
+        self.lay_out(proc, [("a", 64)])                        # on the 32 and 32 more
+        done()
+        tr.drop_ahead()
+        short[0] = True
+        n = len(named)
+        proc.prepare_next_batch()                              # decoding: the step named
+        n += 1
+        self.assertEqual(len(named), n)
+        for _ in range(3):
+            done()
+            proc.prepare_next_batch()
+        self.assertEqual(len(named), n)
+        self.assertEqual(tr.ahead_backed(), 0)
+
     def test_idle_cushion_switch_read_from_the_environment(self):
         """KVSHIM_CB_IDLE_CUSHION is read from the environment, once: off
         when unset; on turns it on; a bad value warns, naming it, and counts

@@ -219,6 +219,8 @@ class BlockTracker:
                                  # capture, or with KVSHIM_CB_GIVE_BACK off)
         self._named_at = None    # (taken, emptied) when the ids to back ahead
                                  # were last named
+        self._ahead_failed = None  # when the last batch backed ahead was found
+                                 # to have backed nothing (memory short)
         # blocks claimed per page index (the same in every tensor of the
         # group): a free block on a page with claims costs no memory
         self._claims = collections.Counter()
@@ -438,6 +440,8 @@ class BlockTracker:
         if self._thread is None or (ids is not None and self._thread.apart(ids)):
             return
         done = self._thread.finish()
+        if done is not None:
+            self._ahead_failed = None if done[1] else time.monotonic()
         if done is not None and done[1]:
             new = [b for b in done[0] if b not in self._ahead]
             self._ahead.update(new)
@@ -519,14 +523,24 @@ class BlockTracker:
         if self._thread is not None and not self._thread.in_flight():
             self._settle()
 
-    def ahead_standing(self):
+    AHEAD_RETRY_S = 0.1          # how long a batch that backed nothing stands
+                                 # before ahead_standing(retry=True) names it again
+
+    def ahead_standing(self, retry=False):
         """Whether the blocks last named ahead still stand: no block was
         handed out since (see take) and no page emptied (its free ids come
         first now), so the ids the engine hands out next are the same; or
-        their batch is still in flight. Never waits."""
+        their batch is still in flight. With retry, a batch that backed
+        nothing (memory was short) stands only AHEAD_RETRY_S from when it
+        was taken in: an idle engine's, named once, would otherwise never
+        be backed, nothing it does changing the ids (see map_ahead). Never
+        waits."""
         if self._thread is not None and self._thread.in_flight():
             return True
-        return self._named_at == (self.taken, self.emptied)
+        if self._named_at != (self.taken, self.emptied):
+            return False
+        return (not retry or self._ahead_failed is None
+                or time.monotonic() - self._ahead_failed < self.AHEAD_RETRY_S)
 
     def ahead_backed(self):
         """How many blocks stand backed ahead (a batch taken in)."""

@@ -517,7 +517,9 @@ def map_ahead(processor, tracker):
         standing = (tokens <= 0 and _cushion_on() and _shared(processor)
                     and (bool(active or waiting) or _idle_cushion(processor)))
         if standing:
-            if tracker.ahead_standing():
+            # (an idle engine's step, named while memory was short, is
+            # named again: nothing it does would change its ids)
+            if tracker.ahead_standing(retry=not (active or waiting)):
                 return
             tokens = processor.max_batch_tokens
         n = cache.blocks_needed(-(-tokens // cache.block_size), 0) if tokens > 0 else 0
