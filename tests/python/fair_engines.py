@@ -11,7 +11,7 @@ adapter caps at what kvshim can back), and 5.17's offloading manager,
 which evicts the newest starved requests while their demand passes the
 free blocks (an evicted request starts again). A step sleeps a while, as
 the GPU's would. Each engine keeps WAITING requests waiting from its start
-to its end.
+to its end, or, given a lull, none until the lull ends.
 
 run(...) starts the engines (the first alone for a head start, the others
 after it) and returns each one's samples; as a script, it prints them as a
@@ -108,9 +108,14 @@ class ContinuousBatchProcessor:
                 self.done += 1
 
 
-def engine(seconds, num_blocks, start_at, prefix_cache=False, follow=False):
+def engine(seconds, num_blocks, start_at, prefix_cache=False, follow=False, lull=0.0):
     """One engine (this process), from start_at (a time.time()) for
-    seconds; prints its samples as JSON. prefix_cache: a request's
+    seconds; prints its samples as JSON. lull: seconds from its start with
+    no request (an idle engine), after which it keeps WAITING waiting as
+    the others; it then reports how its first request was admitted
+    (first: the passes that took, from the one after it came, the
+    adapter's retries in them, and the blocks it was handed backed ahead
+    by then). prefix_cache: a request's
     complete blocks, freed (finished or evicted), stay in the prefix cache
     (transformers 5.17 with block sharing, its default). follow: its
     cache's read bound follows its share, as with KVSHIM_CB_READ_TOKENS=auto
@@ -136,12 +141,23 @@ def engine(seconds, num_blocks, start_at, prefix_cache=False, follow=False):
     time.sleep(max(0.0, start_at - time.time()))
     t0 = time.monotonic()
     end, n, samples, next_sample = t0 + seconds, 0, [], t0
+    first, passes, retries = None, 0, 0
     while time.monotonic() < end:
-        while len(proc.scheduler.waiting_requests) < WAITING:
+        while len(proc.scheduler.waiting_requests) < WAITING and time.monotonic() >= t0 + lull:
             rid = "q%d" % n
             proc.scheduler.waiting_requests[rid] = Request(rid)
             n += 1
-        if proc.prepare_next_batch():
+        if lull and first is None and n:
+            if not passes:
+                retries = tracker.retries
+            passes += 1
+            ready = proc.prepare_next_batch()
+            if proc.scheduler.active_requests:
+                first = {"passes": passes, "retries": tracker.retries - retries,
+                         "hits": tracker.ahead_hits}
+        else:
+            ready = proc.prepare_next_batch()
+        if ready:
             proc.update_batch()
             time.sleep(STEP_S)
         else:
@@ -153,27 +169,31 @@ def engine(seconds, num_blocks, start_at, prefix_cache=False, follow=False):
                             kvshim.stats()["physical_bytes"],
                             len(proc.scheduler.active_requests), proc.done,
                             tracker.preempted, len(proc.offloading_manager.evicted), tracker.short,
-                            tracker.capped, getattr(cache, "num_pages", None)])
+                            tracker.capped, getattr(cache, "num_pages", None),
+                            tracker.ahead_backed()])
     json.dump({"pid": os.getpid(), "samples": samples, "moved": tracker.moved,
-               "ahead_hits": tracker.ahead_hits}, sys.stdout)
+               "ahead_hits": tracker.ahead_hits, "first": first}, sys.stdout)
     return 0
 
 
 # columns of a sample
 FIELDS = ("t", "blocks", "physical", "active", "done", "preempted", "evicted", "short", "capped",
-          "read")
+          "read", "ahead")
 
 
 def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weights=None,
-        prefix_cache=False, pack=False, follow=False):
+        prefix_cache=False, pack=False, follow=False, lulls=None, idle_cushions=None):
     """Start engines under one budget of budget_mib, the first head_start
     seconds before the others, each running seconds from its start, with
     KVSHIM_WEIGHT weights[k] (default 1 each), with a prefix cache or not
     (see engine), packing or not (KVSHIM_CB_PACK, said either way: off
     here unless pack, though on is the library's default), its read bound
-    following its share or not (see engine). Returns [{"pid",
-    "samples", "moved", "ahead_hits"}] in start order (moved: the blocks it
-    moved; ahead_hits: the blocks it was handed backed ahead)."""
+    following its share or not (see engine), engine k idle for lulls[k]
+    seconds from its start (see engine; none by default), with
+    KVSHIM_CB_IDLE_CUSHION on where idle_cushions[k] (off by default).
+    Returns [{"pid", "samples", "moved", "ahead_hits", "first"}] in start
+    order (moved: the blocks it moved; ahead_hits: the blocks it was
+    handed backed ahead; first: see engine)."""
     pool = pool or "fairengines%d" % os.getpid()
     env = dict(os.environ)
     env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET="%dM" % budget_mib, KVSHIM_POOL=pool,
@@ -186,11 +206,13 @@ def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weight
     try:
         for k in range(engines):
             at = start + (head_start if k else 0.0)
-            own = dict(env, KVSHIM_WEIGHT=str(weights[k] if weights else 1))
+            own = dict(env, KVSHIM_WEIGHT=str(weights[k] if weights else 1),
+                       KVSHIM_CB_IDLE_CUSHION="on" if idle_cushions and idle_cushions[k]
+                       else "off")
             procs.append(subprocess.Popen(
                 [sys.executable, os.path.abspath(__file__), "--engine", str(seconds),
                  str(num_blocks), repr(at), "1" if prefix_cache else "0",
-                 "1" if follow else "0"],
+                 "1" if follow else "0", repr(lulls[k] if lulls else 0.0)],
                 env=own, stdout=subprocess.PIPE, text=True))
         out = []
         for p in procs:
@@ -210,7 +232,7 @@ def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weight
 def main():
     if len(sys.argv) > 1 and sys.argv[1] == "--engine":
         return engine(float(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]),
-                      sys.argv[5:6] == ["1"], sys.argv[6:7] == ["1"])
+                      sys.argv[5:6] == ["1"], sys.argv[6:7] == ["1"], float(sys.argv[7]))
     out = run()
     print("t     " + "  ".join("engine %d: blocks MiB active done evicted" % k
                                 for k in range(len(out))))

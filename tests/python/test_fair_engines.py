@@ -125,6 +125,41 @@ class FairEnginesTest(unittest.TestCase):
             both = window(o["samples"], SECONDS - HEAD_START + 0.6, SECONDS, "read")
             self.assertIn(6144, both, "after the first left: %s" % both)
 
+    def test_idle_cushion_keeps_a_step_through_a_lull(self):
+        """KVSHIM_CB_IDLE_CUSHION: the second of two engines has no request
+        for its first LULL seconds while the first, with more work than
+        the budget holds, takes all it can. With the idle cushion the idle
+        engine states its step and keeps it backed through the lull (the
+        first engine gives way for it), and its first request is admitted
+        in the pass after it comes, on those blocks; without it, the idle
+        engine holds nothing. (How long the request waits without it
+        depends on when the first engine's passes come: not a check.)"""
+        lull = 3.0
+        for on in (True, False):
+            with self.subTest(idle_cushion=on):
+                out = fair_engines.run(budget_mib=BUDGET_MIB, seconds=SECONDS,
+                                       head_start=HEAD_START, engines=2, lulls=[0.0, lull],
+                                       idle_cushions=[False, on])
+                idle = out[1]["samples"]
+                # the lull's last second, the second engine's clock
+                ahead = window(idle, lull - 1.0, lull - 0.05, "ahead")
+                held = window(idle, lull - 1.0, lull - 0.05, "physical")
+                self.assertTrue(ahead, "no samples in the lull: %s" % idle)
+                step = fair_engines.PROMPT
+                first = out[1]["first"]
+                self.assertIsNotNone(first, "the idle engine admitted nothing")
+                if on:
+                    self.assertGreaterEqual(min(ahead), step, idle)
+                    self.assertGreaterEqual(min(held), 8 << 20, idle)    # a page index
+                    self.assertEqual(first["passes"], 1, first)
+                    self.assertEqual(first["retries"], 0, first)
+                    self.assertGreaterEqual(first["hits"], step, first)
+                else:
+                    self.assertEqual(max(ahead), 0, idle)
+                    self.assertEqual(max(held), 0, idle)
+                # the busy engine kept working beside it
+                done = window(out[0]["samples"], SECONDS - 2.0, SECONDS, "done")
+                self.assertTrue(done and done[-1] > done[0], out[0]["samples"][-5:])
 
 # Two processes under one budget of 16 MiB (8 pages): the first holds it
 # all in use through a block group (and gives nothing back: no engine
