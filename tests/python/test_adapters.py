@@ -3319,6 +3319,61 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(len(named), n)
         self.assertEqual(tr.ahead_backed(), 0)
 
+    def test_idle_step_failure_forgotten_once_named_afresh(self):
+        """A batch that backed nothing, then ids named afresh that need no
+        new batch (those worth backing are backed already), stand: the
+        failure was the old batch's. (Kept, it had an idle engine name its
+        step again at every pass for as long as it stayed idle.) And a
+        batch that failed for another reason than memory is not tried
+        again for it: it counts in map_errors."""
+        c, tr, proc, asked = self.paged_engine()
+        self.shared_on()
+        self.idle_cushion(True)
+        type(proc).max_batch_tokens = 1024                     # 64 blocks: a page index
+        named, real, fail = [], tr.group.map, [None]
+
+        def map_(ids):
+            if fail[0] is not None:
+                raise kvshim.KvshimError(fail[0], "kvshim_group_map")
+            return real(ids)
+        tr.group.map = map_
+        real_ahead = tr.ahead
+        tr.ahead = lambda ids: (named.append(list(ids)), real_ahead(ids))[1]
+
+        def done():
+            end = time.monotonic() + 30
+            while tr._thread is not None and tr._thread.in_flight() and time.monotonic() < end:
+                time.sleep(0.001)
+
+        proc.prepare_next_batch()                              # idle: 0..63 backed
+        done()
+        proc.prepare_next_batch()
+        self.assertEqual(sorted(tr._ahead), list(range(64)))
+        self.lay_out(proc, [("a", 16)])                        # takes 0..15 from them
+        fail[0] = kvshim.ELIMIT
+        proc.prepare_next_batch()                              # names 16..79: 64..79 fail
+        done()
+        proc.prepare_next_batch()
+        self.assertIsNotNone(tr._ahead_failed)
+        fail[0] = None
+        self.finish(c, proc, ["a"])                            # idle again
+        tr.AHEAD_RETRY_S = 0.0
+        n = len(named)
+        for _ in range(5):
+            done()
+            proc.prepare_next_batch()
+        self.assertLessEqual(len(named) - n, 1, named[n:])
+        # another error than memory: counted, and the step stands
+        tr.drop_ahead()
+        fail[0] = kvshim.EDRIVER
+        errors, n = tr.map_errors, len(named)
+        for _ in range(5):
+            done()
+            proc.prepare_next_batch()
+        self.assertEqual(len(named) - n, 1, named[n:])
+        self.assertEqual(tr.map_errors, errors + 1)
+        self.assertIsNone(tr._ahead_failed)
+
     def test_idle_cushion_switch_read_from_the_environment(self):
         """KVSHIM_CB_IDLE_CUSHION is read from the environment, once: off
         when unset; on turns it on; a bad value warns, naming it, and counts

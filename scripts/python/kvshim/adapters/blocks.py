@@ -65,7 +65,8 @@ class _Ahead(threading.Thread):
         self._cv = threading.Condition()
         self._todo = None        # the ids to back next
         self._batch = frozenset()  # the ids of the last batch started
-        self._done = None        # (ids, backed) of the last batch
+        self._done = None        # (ids, backed, short) of the last batch (short:
+                                 # it failed for want of memory)
         self._urgent = False     # the engine's thread waits for the batch
         self.busy = 0.0          # seconds spent backing
         self.waited = 0.0        # seconds spent waiting for captures to end
@@ -117,14 +118,16 @@ class _Ahead(threading.Thread):
             self._wait_captures()
             self.waited += time.perf_counter() - t
             t = time.perf_counter()
+            short = False
             try:
                 self.group.map(ids)
                 backed = True
-            except Exception:    # short of memory, or anything: the engine maps
-                backed = False   # them itself; the batch always ends, or it would wait
+            except Exception as e:   # short of memory, or anything: the engine maps
+                backed = False       # them itself; the batch always ends, or it would wait
+                short = isinstance(e, kvshim.KvshimError) and e.code in (ELIMIT, ENOMEM)
             self.busy += time.perf_counter() - t
             with self._cv:
-                self._todo, self._done = None, (ids, backed)
+                self._todo, self._done = None, (ids, backed, short)
                 self._cv.notify_all()
 
 
@@ -220,7 +223,8 @@ class BlockTracker:
         self._named_at = None    # (taken, emptied) when the ids to back ahead
                                  # were last named
         self._ahead_failed = None  # when the last batch backed ahead was found
-                                 # to have backed nothing (memory short)
+                                 # to have backed nothing for want of memory
+                                 # (None: it backed, or another error)
         # blocks claimed per page index (the same in every tensor of the
         # group): a free block on a page with claims costs no memory
         self._claims = collections.Counter()
@@ -441,7 +445,9 @@ class BlockTracker:
             return
         done = self._thread.finish()
         if done is not None:
-            self._ahead_failed = None if done[1] else time.monotonic()
+            self._ahead_failed = time.monotonic() if done[2] else None
+            if not done[1] and not done[2]:
+                self.map_errors += 1
         if done is not None and done[1]:
             new = [b for b in done[0] if b not in self._ahead]
             self._ahead.update(new)
@@ -531,10 +537,10 @@ class BlockTracker:
         handed out since (see take) and no page emptied (its free ids come
         first now), so the ids the engine hands out next are the same; or
         their batch is still in flight. With retry, a batch that backed
-        nothing (memory was short) stands only AHEAD_RETRY_S from when it
-        was taken in: an idle engine's, named once, would otherwise never
-        be backed, nothing it does changing the ids (see map_ahead). Never
-        waits."""
+        nothing for want of memory stands only AHEAD_RETRY_S from when it
+        was taken in (at the start of a pass, after its map's own wait):
+        an idle engine's, named once, would otherwise never be backed,
+        nothing it does changing the ids (see map_ahead). Never waits."""
         if self._thread is not None and self._thread.in_flight():
             return True
         if self._named_at != (self.taken, self.emptied):
@@ -567,6 +573,7 @@ class BlockTracker:
         self._release_ahead([b for b in self._ahead if b not in keep])
         new = [b for b in ids if b not in self._ahead]
         self._named_at = (self.taken, self.emptied)
+        self._ahead_failed = None   # named afresh: what failed before is not these
         if new:
             if self._thread is None:
                 self._thread = _Ahead(self.group)
