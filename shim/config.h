@@ -59,7 +59,7 @@
 	  "transformers continuous batching, while other processes share its budget: asked to give back, move blocks in use off the pages they share with few others (their KV copied on the GPU, the block tables rewritten) so that those pages go back, before preempting requests") \
 	X(CB_CUSHION, cb_cushion, bool, "on",                                \
 	  "transformers continuous batching, while other processes share its budget: an engine with requests states one step's prefill as demand even when none waits, and keeps it backed for the next request; off: it states only what its waiting requests need, with the scheduler's margin") \
-	X(CB_IDLE_CUSHION, cb_idle_cushion, bool, "off",                      \
+	X(CB_IDLE_CUSHION, cb_idle_cushion, bool, "off",                     \
 	  "transformers continuous batching, while other processes share its budget and KVSHIM_CB_CUSHION is on: an engine without requests keeps its cushion too (one step's prefill stated as demand and kept backed), so that the first step of its next burst maps at once; off: an idle engine's pages are the others'") \
 	X(CB_GIVE_BACK, cb_give_back, bool, "on",                            \
 	  "transformers continuous batching: after a batch it runs without a CUDA graph (one reading more than its share of a shared budget), give PyTorch's cache of free device memory back to the driver, but not while a stream of the process captures; off: it stays until the engine's next graph capture") \

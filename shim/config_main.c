@@ -29,7 +29,7 @@ static int run(int argc, char **argv)
 {
 	struct kv_config c;
 	size_t i;
-	int rc, print;
+	int rc, print, width = 0;
 
 	if (argc >= 2 && !strcmp(argv[1], "--segments"))
 		return kv_segments_main(argc, argv);
@@ -52,13 +52,20 @@ static int run(int argc, char **argv)
 		return KV_EXIT_CONFIG;
 	if (!print)
 		return 0;
+	/* the names' column as wide as the longest */
+	for (i = 0; i < kv_config_nvars; i++) {
+		int len = (int)strlen(kv_config_vars[i].name) + (int)strlen("KVSHIM_");
+
+		if (len > width)
+			width = len;
+	}
 	for (i = 0; i < kv_config_nvars; i++) {
 		char name[64], shown[96];
 		const char *v;
 
 		snprintf(name, sizeof(name), "KVSHIM_%s", kv_config_vars[i].name);
 		v = getenv(name);
-		printf("%-22s %-10s %s%s\n", name,
+		printf("%-*s %-10s %s%s\n", width, name,
 		       kv_log_escape(v ? v : kv_config_vars[i].def, shown, sizeof(shown)),
 		       v ? "" : "(default) ", kv_config_vars[i].meaning);
 	}
