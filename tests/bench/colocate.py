@@ -6,7 +6,7 @@ transformers 5.x; downloads nothing.
 Three engines, three processes: each is Hugging Face transformers'
 continuous batching (ContinuousBatchingManager, fed with add_request) over
 a randomly initialised Llama-style model of its own size (MODELS). One to
-thirteen configurations (--configs) run one after the other, in one invocation:
+fourteen configurations (--configs) run one after the other, in one invocation:
 - static: plain processes; each engine's KV cache is fixed at a third of
   the KV budget (num_blocks given), all of it allocated at start;
 - kvshim: each engine under kvshim-run with KVSHIM_SHARE=on,
