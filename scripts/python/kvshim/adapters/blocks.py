@@ -210,6 +210,8 @@ class BlockTracker:
                                  # twice, say): nothing released for them
         self._told_not_held = False
         self.map_errors = 0      # maps that failed for another reason than memory
+        self.ahead_errors = 0    # batches backed ahead that failed so (apart:
+                                 # the engine's checks read map_errors)
         self.forks_refused = 0   # forks of a request kvshim could not back, undone
         self._thread = None      # the _Ahead thread, once needed
         self.ahead_hits = 0      # blocks handed out already backed
@@ -447,7 +449,7 @@ class BlockTracker:
         if done is not None:
             self._ahead_failed = time.monotonic() if done[2] else None
             if not done[1] and not done[2]:
-                self.map_errors += 1
+                self.ahead_errors += 1
         if done is not None and done[1]:
             new = [b for b in done[0] if b not in self._ahead]
             self._ahead.update(new)

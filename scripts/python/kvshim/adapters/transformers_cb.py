@@ -499,8 +499,9 @@ def map_ahead(processor, tracker):
     since, or after an ask, and no batch is in flight, so most decode passes
     look at nothing; an idle engine's step (KVSHIM_CB_IDLE_CUSHION) that
     backed nothing for want of memory is also named again AHEAD_RETRY_S
-    after that try (its demand has others give way meanwhile). Of the ids, only those whose pages hold no claim are
-    backed (ahead_worth): the others cost the engine's map no driver call,
+    after that try (its demand has others give way meanwhile). Of the ids,
+    only those whose pages hold no claim are backed (ahead_worth): the
+    others cost the engine's map no driver call,
     and its takes of them never wait for the thread. An engine without
     requests holds none from its next pass (its idle pages are the others';
     with KVSHIM_CB_IDLE_CUSHION on it keeps the step backed, see _cushion),
