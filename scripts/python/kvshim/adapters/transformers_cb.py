@@ -518,7 +518,7 @@ def map_ahead(processor, tracker):
         tokens = min(sum(len(s.remaining_prefill_tokens) for s in states),
                      processor.max_batch_tokens)
         standing = (tokens <= 0 and _cushion_on() and _shared(processor)
-                    and (bool(active or waiting) or _idle_cushion(processor)))
+                    and (bool(active or waiting) or _idle_cushion_on()))
         if standing:
             # (an idle engine's step, named while memory was short, is
             # named again: nothing it does would change its ids)
