@@ -3376,6 +3376,26 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(tr.map_errors, errors)
         self.assertIsNone(tr._ahead_failed)
 
+    def test_idle_cushion_without_the_cushion_warned_once(self):
+        """KVSHIM_CB_IDLE_CUSHION on with KVSHIM_CB_CUSHION off does
+        nothing: said once, naming both; not said with either off alone
+        or both on."""
+        self.addCleanup(transformers_cb._idle_alone_warned.__setitem__, slice(None),
+                        list(transformers_cb._idle_alone_warned))
+        for idle, cushion in ((True, False), (False, False), (True, True), (False, True)):
+            with self.subTest(idle=idle, cushion=cushion):
+                c, tr, proc, asked = self.paged_engine()
+                self.idle_cushion(idle)
+                transformers_cb._cushion_setting[:] = [cushion]
+                transformers_cb._idle_alone_warned[:] = []
+                err = io.StringIO()
+                with redirect_stderr(err):
+                    for _ in range(3):
+                        transformers_cb._cushion(proc)
+                said = err.getvalue().count("KVSHIM_CB_IDLE_CUSHION=on does nothing while "
+                                            "KVSHIM_CB_CUSHION is off")
+                self.assertEqual(said, 1 if idle and not cushion else 0, err.getvalue())
+
     def test_idle_cushion_switch_read_from_the_environment(self):
         """KVSHIM_CB_IDLE_CUSHION is read from the environment, once: off
         when unset; on turns it on; a bad value warns, naming it, and counts

@@ -390,6 +390,7 @@ _pack_setting = []
 _cushion_setting = []
 _idle_cushion_setting = []
 _give_back_setting = []
+_idle_alone_warned = []
 
 
 def _bool_setting(var, value, unset):
@@ -611,6 +612,7 @@ def _cushion(proc):
     session 26, the asks at 3 GiB fell from 111 and 324 to 35 and 46
     (medium, large), but the tails did not follow one way: on by default.)"""
     if not _cushion_on():
+        _warn_idle_alone()
         return 0
     need = _cushion_blocks(proc)
     tracker = getattr(proc.cache, "kvshim_tracker", None)
@@ -627,6 +629,15 @@ def _cushion(proc):
         # backed already: stated again, the engine would want them twice
         need = max(0, need - tracker.ahead_backed())
     return need
+
+
+def _warn_idle_alone():
+    """KVSHIM_CB_IDLE_CUSHION on does nothing while KVSHIM_CB_CUSHION is
+    off (an idle engine keeps the cushion, and there is none): said once."""
+    if not _idle_alone_warned and _idle_cushion_on():
+        _idle_alone_warned.append(True)
+        warn("%s=on does nothing while %s is off: an engine without requests keeps "
+             "no cushion" % (IDLE_CUSHION_VAR, CUSHION_VAR))
 
 
 def _cushion_blocks(proc):
