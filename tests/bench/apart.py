@@ -13,7 +13,9 @@ DIR holds the engine files (unpacked). Prints, for each trace both
 configurations replayed, each model and all of them, the p99 TTFT of the
 requests that waited on no capture: median [least, most] over the
 replays, the ratio of the medians, and whether the second configuration's
-median is at most the first's most (colocate's spread rule).
+median is at most the first's most (colocate's spread rule); then the same
+on the requests no capture touched (colocate.untouched: those that waited
+on a capture in no replay of either configuration, the same in each).
 """
 
 import argparse
@@ -42,13 +44,24 @@ def replays(d, cfg):
     return {t: sorted(ls) for t, ls in out.items()}
 
 
-def p99_apart(d, cfg, label, names):
+def engines_of(d, cfg, label, names):
     engines = {}
     for n in names:
         with open(os.path.join(d, "colocate-%s-%s-%s.json" % (cfg, label, n))) as f:
             engines[n] = json.load(f)
-    got = colocate.uncaptured(engines, names)
+    return engines
+
+
+def p99_apart(d, cfg, label, names):
+    got = colocate.uncaptured(engines_of(d, cfg, label, names), names)
     return None if got is None else got[1]
+
+
+def row(t, m, s, k, extra=""):
+    ms, mk = statistics.median(s), statistics.median(k)
+    print("| %s | %s | %s%.3f [%.3f, %.3f] | %.3f [%.3f, %.3f] | %.2fx | %s |" % (
+        t, m, extra, ms, min(s), max(s), mk, min(k), max(k), ms / mk,
+        "yes" if mk <= max(s) else "NO"))
 
 
 def main():
@@ -79,11 +92,23 @@ def main():
             if any(v is None for x in xs for v in x):
                 print("| %s | %s | captures not counted | | | |" % (t, m))
                 continue
-            (s, k) = xs
-            ms, mk = statistics.median(s), statistics.median(k)
-            print("| %s | %s | %.3f [%.3f, %.3f] | %.3f [%.3f, %.3f] | %.2fx | %s |" % (
-                t, m, ms, min(s), max(s), mk, min(k), max(k), ms / mk,
-                "yes" if mk <= max(s) else "NO"))
+            row(t, m, *xs)
+    print("\non the requests no capture touched (in no replay of either configuration)")
+    print("| trace | model | requests | %s p99 | %s p99 | %s / %s (medians) | within %s's "
+          "spread |" % (cfgs[0], cfgs[1], cfgs[0], cfgs[1], cfgs[0]))
+    print("|---|---|---|---|---|---|---|")
+    for t in traces:
+        for m in MODELS + ("all",):
+            names = MODELS if m == "all" else (m,)
+            runs = [[engines_of(args.dir, c, lb, names) for lb in runs]
+                    for c, runs in ((cfgs[0], base[t]), (cfgs[1], other[t]))]
+            keep = colocate.untouched(runs[0] + runs[1], names)
+            if not keep:
+                print("| %s | %s | %s | | | | |" % (
+                    t, m, "captures not counted" if keep is None else "none"))
+                continue
+            row(t, m, *([colocate.p99_of(e, names, keep) for e in r] for r in runs),
+                extra="%d | " % len(keep))
     print("\npauses between steps over %.0f ms with requests in flight: how many, the longest "
           "(at s from the trace's start), in all s" % (1e3 * colocate.PAUSE_S))
     print("| replay | model | %s | %s |" % tuple(cfgs))

@@ -1600,6 +1600,52 @@ def uncaptured(engines, names):
     return (sum(waited), pct([r["ttft"] for (n, r), w in zip(rows, waited) if not w], 99))
 
 
+def untouched(replays, names):
+    """Of the requests of the engines names, those served in every one of
+    replays (each {name: its engine's results}: one trace's replays by the
+    configurations compared) whose engine was capturing a CUDA graph at no
+    time between their arrival and their first token in any of them: the
+    same requests in every replay, {(name, id)}. None where an engine's
+    captures were not counted. (A capture falls on whichever requests'
+    batches meet a new shape: the p99 apart from each replay's own
+    captures may leave out a burst's requests in one configuration and
+    keep them in the other.)"""
+    keep = None
+    for engines in replays:
+        if any(engines[n].get("graphs") is None for n in names):
+            return None
+        ok = {(n, r["id"]) for n in names for r in engines[n]["requests"]
+              if served(r) and not captured(engines[n], r["t"], r["t"] + r["ttft"])}
+        keep = ok if keep is None else keep & ok
+    return keep
+
+
+def p99_of(engines, names, keep):
+    """The p99 TTFT of the requests keep ({(name, id)}) of the engines
+    names."""
+    return pct([r["ttft"] for n in names for r in engines[n]["requests"]
+                if (n, r["id"]) in keep], 99)
+
+
+def p99s_untouched(results, labels, configs):
+    """For one trace's replays labels that every configuration in configs
+    ran: per model and all, the p99 TTFT of the requests no replay of any
+    of them waited on a capture for (untouched), each configuration's
+    replays in labels' order, and how many requests that is. Returns
+    {name: ({config: [p99, ...]}, requests)}, or None where captures were
+    not counted or no request is left for a model."""
+    out = {}
+    for name in ORDER + ("all",):
+        names = ORDER if name == "all" else (name,)
+        runs = {(c, lb): results[c]["runs"][lb]["engines"] for c in configs for lb in labels}
+        keep = untouched(list(runs.values()), names)
+        if not keep:
+            return None
+        out[name] = ({c: [p99_of(runs[(c, lb)], names, keep) for lb in labels]
+                      for c in configs}, len(keep))
+    return out
+
+
 PAIR_S = 0.15   # two engines' captures this close in a trace's time: most likely one shape
 
 
@@ -2016,7 +2062,7 @@ def targets(table, traces, results, args):
     tol = 1.0 + args.tolerance
     if "static" not in results:
         print("\nsummary: none (no static split in --configs to compare with)")
-        out["repeats"] = out["repeats_apart"] = {}
+        out["repeats"] = out["repeats_apart"] = out["repeats_common"] = {}
         return out
     if "kvshim" not in results:
         print("\nsummary: none against kvshim (not in --configs; the spread tables below "
@@ -2051,6 +2097,7 @@ def targets(table, traces, results, args):
                                                              "met" if v["overall_met"] else "NOT met")))
     out["repeats"] = repeats(table, traces, results)
     out["repeats_apart"] = repeats(table, traces, results, apart=True)
+    out["repeats_common"] = repeats(table, traces, results, common=True)
     sweep = [c for c in results if is_sweep(c)]
     spread = {}
     for c in ("twin", "reads", "packed", "unpacked", "unreserved", "noahead", "nocushion",
@@ -2058,6 +2105,7 @@ def targets(table, traces, results, args):
         if c in results:
             spread[c] = out["repeats_" + c] = repeats(table, traces, results, c)
             out["repeats_apart_" + c] = repeats(table, traces, results, c, apart=True)
+            out["repeats_common_" + c] = repeats(table, traces, results, c, common=True)
     if "kvshim" in results and "twin" in results:
         out["parity"] = parity(table, traces, results)
         out["parity_apart"] = parity(table, traces, results, apart=True)
@@ -2155,7 +2203,7 @@ def replayed(table, labels, configs, fig):
     return done
 
 
-def repeats(table, traces, results, config="kvshim", apart=False):
+def repeats(table, traces, results, config="kvshim", apart=False, common=False):
     """For each trace that static and config (kvshim by default; twin,
     reads, packed, unpacked, unreserved, noahead, nocushion, idle,
     keepcache or kvpad too) both replayed more than once (--repeat; a replay --deadline
@@ -2166,38 +2214,57 @@ def repeats(table, traces, results, config="kvshim", apart=False):
     kvshim's). With apart, the same for the p99 of the requests that
     waited on no capture (p99_apart; a trace where a replay lacks it is
     left out): what the spread is apart from transformers' captures.
-    Printed; returns {trace: {model: figures}}, config's under the keys
-    "kvshim" and "kvshim_median"."""
+    With common, the same for the p99 of the requests that waited on a
+    capture in no replay of either (p99s_untouched; the same requests in
+    each, how many under "requests"). Printed; returns {trace: {model:
+    figures}}, config's under the keys "kvshim" and "kvshim_median"."""
     fig = p99_apart if apart else (lambda t: t["ttft_p99"])
     out = {}
     for base, labels in by_base(traces).items():
         if "static" not in results or config not in results:
             continue
-        done = replayed(table, labels, ("static", config), fig)
-        if len(done) < 2:
-            continue
+        if common:
+            done = [lb for lb in labels if all((lb, c, "all") in table for c in ("static", config))]
+            figs = p99s_untouched(results, done, ("static", config)) if len(done) > 1 else None
+            if not figs:
+                continue
+        else:
+            done = replayed(table, labels, ("static", config), fig)
+            if len(done) < 2:
+                continue
+            figs = {name: ({c: [fig(table[(lb, c, name)]) for lb in done]
+                            for c in ("static", config)}, None) for name in ORDER + ("all",)}
         if not out:
             print("\nrun-to-run spread%s: the traces static and %s both replayed more than "
                   "once; p99 TTFT in seconds%s, median [least, most]; %s meets the static "
                   "split within its spread when its median is at most static's most"
-                  % (" apart from captures" if apart else "", config,
+                  % (" apart from captures" if apart else
+                     " on the requests no capture touched" if common else "", config,
                      " of the requests that waited on no CUDA graph capture (the CUDA "
-                     "graphs tables' p99 of the others)" if apart else "", config))
-            print("| trace | replays each | model | static p99 | %s p99 "
-                  "| static / %s (medians) | within static's spread |" % (config, config))
-            print("|---|---|---|---|---|---|---|")
+                     "graphs tables' p99 of the others)" if apart else
+                     " of the requests that waited on a CUDA graph capture in no replay of "
+                     "either configuration, the same requests in each (apart from captures "
+                     "leaves out each replay's own, which may be a burst's in one "
+                     "configuration and not in the other)" if common else "", config))
+            print("| trace | replays each | model | %sstatic p99 | %s p99 "
+                  "| static / %s (medians) | within static's spread |" % (
+                      "requests | " if common else "", config, config))
+            print("|---|---|---|---|---|---|---%s|" % ("|---" if common else ""))
         out[base] = {}
         for name in ORDER + ("all",):
-            st = [fig(table[(lb, "static", name)]) for lb in done]
-            kv = [fig(table[(lb, config, name)]) for lb in done]
+            (by, n) = figs[name]
+            st, kv = by["static"], by[config]
             f = {"static": st, "kvshim": kv, "static_median": statistics.median(st),
                  "kvshim_median": statistics.median(kv), "static_max": max(st)}
             f["ratio"] = f["static_median"] / f["kvshim_median"] if f["kvshim_median"] > 0 \
                 else float("nan")
             f["within_spread"] = f["kvshim_median"] <= max(st)
+            if common:
+                f["requests"] = n
             out[base][name] = f
-            print("| %s | %d | %s | %.3f [%.3f, %.3f] | %.3f [%.3f, %.3f] | %.2fx | %s |" % (
-                base, len(done), name, f["static_median"], min(st), max(st),
+            print("| %s | %d | %s | %s%.3f [%.3f, %.3f] | %.3f [%.3f, %.3f] | %.2fx | %s |" % (
+                base, len(done), name, "%d | " % n if common else "",
+                f["static_median"], min(st), max(st),
                 f["kvshim_median"], min(kv), max(kv), f["ratio"],
                 "yes" if f["within_spread"] else "NO"))
     return out
