@@ -341,6 +341,25 @@ static int parse_pad(const char *s, size_t *out, const char **why)
 	return 0;
 }
 
+/* A whole number of milliseconds from 1 to KV_STARVED_MS_MAX, digits only. */
+static int parse_ms(const char *s, size_t *out, const char **why)
+{
+	unsigned long long v;
+	const char *end;
+	int rc = digits(s, 10, KV_STARVED_MS_MAX, &v, &end);
+
+	if (rc == -2) {
+		*why = "too large (at most 60000 milliseconds)";
+		return KVSHIM_ECONFIG;
+	}
+	if (rc || *end || v == 0) {
+		*why = "expected a whole number of milliseconds from 1 to 60000, digits only";
+		return KVSHIM_ECONFIG;
+	}
+	*out = (size_t)v;
+	return 0;
+}
+
 /* auto, or a boolean: on and off. */
 static int parse_share(const char *s, int *out, const char **why)
 {
@@ -502,6 +521,7 @@ static int parse_mode(const char *s, unsigned *out, const char **why)
 #define kv_apply_mode(c, f, s, why) parse_mode(s, &(c)->f, why)
 #define kv_apply_reads(c, f, s, why) parse_reads(s, c, why)
 #define kv_apply_pad(c, f, s, why) parse_pad(s, &(c)->f, why)
+#define kv_apply_ms(c, f, s, why) parse_ms(s, &(c)->f, why)
 #define kv_apply_share(c, f, s, why) parse_share(s, &(c)->f, why)
 #define kv_apply_weight(c, f, s, why) parse_weight(s, &(c)->f, why)
 #define kv_apply_reserve(c, f, s, why) parse_reserve(s, &(c)->f, why)

@@ -64,7 +64,9 @@
 	X(CB_GIVE_BACK, cb_give_back, bool, "on",                            \
 	  "transformers continuous batching: after a batch it runs without a CUDA graph (one reading more than its share of a shared budget), give PyTorch's cache of free device memory back to the driver, but not while a stream of the process captures; off: it stays until the engine's next graph capture") \
 	X(CB_KV_PAD, cb_kv_pad, pad, "auto",                                 \
-	  "transformers continuous batching: the multiple of tokens a step's KV read is padded to (at most the read budget, or the cache without one), which with its queries and longest KV keys its CUDA graphs: auto (transformers' own) or a number of tokens (K, M suffixes); one at or above the read budget pads every step to the budget")
+	  "transformers continuous batching: the multiple of tokens a step's KV read is padded to (at most the read budget, or the cache without one), which with its queries and longest KV keys its CUDA graphs: auto (transformers' own) or a number of tokens (K, M suffixes); one at or above the read budget pads every step to the budget") \
+	X(CB_STARVED_MS, cb_starved_ms, ms, "500",                            \
+	  "transformers continuous batching, while its reads follow its share of a shared budget (KVSHIM_CB_READ_TOKENS=auto): an admitted request this many milliseconds without its first token or progress in its prefill raises the engine's bound for it, pass by pass (twice as long: to every admitted request's reads); a whole number from 1 to 60000")
 
 /* Device ordinals KVSHIM_DEVICE can name: 0 to KV_MAX_DEVICES - 1. */
 #define KV_MAX_DEVICES 64
@@ -101,7 +103,11 @@ struct kv_config {
 	int cb_idle_cushion;   /* the Python adapter reads it */
 	int cb_give_back;      /* the Python adapter reads it */
 	size_t cb_kv_pad;      /* 0: auto; the Python adapter reads it */
+	size_t cb_starved_ms;  /* 1..KV_STARVED_MS_MAX; the Python adapter reads it */
 };
+
+/* The most KVSHIM_CB_STARVED_MS may be. */
+#define KV_STARVED_MS_MAX 60000
 
 /* The most tokens KVSHIM_CB_READ_TOKENS may name. */
 #define KV_READ_TOKENS_MAX ((size_t)1 << 30)

@@ -626,6 +626,39 @@ START_TEST(test_config_cb_kv_pad)
 }
 END_TEST
 
+/* KVSHIM_CB_STARVED_MS (read by the Python adapter): 500 by default, a whole
+ * number of milliseconds from 1 to 60000; each bad kind refused with its
+ * reason. */
+START_TEST(test_config_cb_starved_ms)
+{
+	static const char *const good[][2] = {
+		{ "1", "1" }, { "250", "250" }, { "500", "500" }, { "60000", "60000" },
+		{ "0250", "250" },
+	};
+	static const char *const bad[] = {
+		"", "0", "-1", " 250", "250 ", "+250", "2.5", "250ms", "0.5s", "off", "auto",
+		"60001", "99999999999999999999",
+	};
+	static const char *const why[][2] = {
+		{ "0", "expected a whole number of milliseconds from 1 to 60000" },
+		{ "250ms", "expected a whole number of milliseconds from 1 to 60000" },
+		{ "off", "expected a whole number of milliseconds from 1 to 60000" },
+		{ "60001", "too large (at most 60000 milliseconds)" },
+	};
+	struct kv_config c;
+	size_t i;
+
+	ck_assert_int_eq(kv_config_load(&c), 0);
+	ck_assert_uint_eq(c.cb_starved_ms, 500);
+	read_as("CB_STARVED_MS", good, sizeof(good) / sizeof(good[0]),
+		offsetof(struct kv_config, cb_starved_ms));
+	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+		refused("CB_STARVED_MS", bad[i]);
+	for (i = 0; i < sizeof(why) / sizeof(why[0]); i++)
+		refused_because("CB_STARVED_MS", why[i][0], why[i][1]);
+}
+END_TEST
+
 /* KVSHIM_SHARE_MODE must give the owner read and write (0600 to 0777), as
  * its message says. */
 START_TEST(test_config_share_mode_owner)
@@ -874,6 +907,7 @@ Suite *api_suite(void)
 	kt_add_exit(cfg, test_config_share_mode_owner, 0);
 	kt_add_exit(cfg, test_config_cb_read_tokens, 0);
 	kt_add_exit(cfg, test_config_cb_kv_pad, 0);
+	kt_add_exit(cfg, test_config_cb_starved_ms, 0);
 	kt_add_exit(cfg, test_config_log_escapes, 0);
 	kt_add_exit(cfg, test_config_limit_100T, 0);
 	kt_add_exit(cfg, test_config_limit_all_ones, 0);

@@ -56,6 +56,13 @@ fourteen configurations (--configs) run one after the other, in one invocation:
   graph, the adapter gives PyTorch's cache back, from session 42): those
   batches' temporaries stay in PyTorch's cache until the engine's next
   capture, which tells what the give-back costs and saves;
+- starved (only when --configs names it): kvshim with
+  KVSHIM_CB_STARVED_MS set to --starved-ms (250 by default; README.md: an
+  admitted request that long without its first token or progress raises
+  its engine's read bound above its share, 500 ms by default, from
+  session 44): an admitted request starved by the bound waits less, at
+  the cost of more batches wider than the share (run without a CUDA
+  graph; the adapter's "eager" count);
 - kvpad (only when --configs names it): kvshim with KVSHIM_CB_KV_PAD set
   to --kv-pad tokens (32768 by default): each step's KV read padded to a
   multiple of it instead of transformers' 16384, so that an engine that
@@ -140,7 +147,8 @@ budgets again without the reserve (unreserved@B, after kvshim@B), whose
 smallest is reported apart; --sweep-unreserved=only runs them without it
 alone. --sweep-nocushion does the same without the cushion (nocushion@B),
 --sweep-idle with the idle cushion (idle@B, as the idle configuration),
-and --sweep-reads with each engine's read budget at its static share's
+--sweep-starved with KVSHIM_CB_STARVED_MS at --starved-ms (starved@B, as
+the starved configuration), and --sweep-reads with each engine's read budget at its static share's
 at --budget-gib, as the reads configuration (reads@B: half the memory
 with the reads of the split it is measured against); =only on any runs
 the variants alone, and then the first budget of
@@ -364,6 +372,7 @@ def dry_engine(args):
             "cushion": os.environ.get("KVSHIM_CB_CUSHION", "on" if kvshim else "off"),
             "give_back": os.environ.get("KVSHIM_CB_GIVE_BACK", "on" if kvshim else "off"),
             "idle_cushion": os.environ.get("KVSHIM_CB_IDLE_CUSHION", "off"),
+            "starved_ms": os.environ.get("KVSHIM_CB_STARVED_MS", "500") if kvshim else "-",
             "kv_pad": int(os.environ["KVSHIM_CB_KV_PAD"])
             if kvshim and os.environ.get("KVSHIM_CB_KV_PAD") else None,
             "ready_s": 0.0}
@@ -925,6 +934,9 @@ def spawn(name, cfg, args, pool, outdir, tag):
     env.pop("KVSHIM_CB_GIVE_BACK", None)    # the adapter's default (on); keepcache's off
     if not cfg.get("give_back", True):
         env["KVSHIM_CB_GIVE_BACK"] = "off"
+    env.pop("KVSHIM_CB_STARVED_MS", None)   # the adapter's default (500); starved's --starved-ms
+    if cfg.get("starved_ms"):
+        env["KVSHIM_CB_STARVED_MS"] = str(cfg["starved_ms"])
     env.pop("KVSHIM_CB_KV_PAD", None)   # transformers' own padding; kvpad's --kv-pad
     if cfg.get("kv_pad"):
         env["KVSHIM_CB_KV_PAD"] = str(cfg["kv_pad"])
@@ -2037,10 +2049,11 @@ def beside_table(table, label, results):
 
 
 # the sweep's budgets run again with a setting changed (--sweep-unreserved,
-# --sweep-nocushion, --sweep-idle, --sweep-reads): the configuration's name,
+# --sweep-nocushion, --sweep-idle, --sweep-starved, --sweep-reads): the configuration's name,
 # and what the tables say
 SWEEP_VARIANTS = (("unreserved", "without the reserve"), ("nocushion", "without the cushion"),
                   ("idle", "with the idle cushion"),
+                  ("starved", "with the starvation guard at --starved-ms"),
                   ("reads", "with each engine's read budget at its static share's"))
 
 
@@ -2101,7 +2114,7 @@ def targets(table, traces, results, args):
     sweep = [c for c in results if is_sweep(c)]
     spread = {}
     for c in ("twin", "reads", "packed", "unpacked", "unreserved", "noahead", "nocushion",
-              "idle", "keepcache", "kvpad") + tuple(sweep):
+              "idle", "keepcache", "starved", "kvpad") + tuple(sweep):
         if c in results:
             spread[c] = out["repeats_" + c] = repeats(table, traces, results, c)
             out["repeats_apart_" + c] = repeats(table, traces, results, c, apart=True)
@@ -2206,7 +2219,7 @@ def replayed(table, labels, configs, fig):
 def repeats(table, traces, results, config="kvshim", apart=False, common=False):
     """For each trace that static and config (kvshim by default; twin,
     reads, packed, unpacked, unreserved, noahead, nocushion, idle,
-    keepcache or kvpad too) both replayed more than once (--repeat; a replay --deadline
+    keepcache, starved or kvpad too) both replayed more than once (--repeat; a replay --deadline
     skipped does not count): per model, the p99 TTFT of every replay, static and
     config's, their medians and the ratio of the medians; config meets the
     static split within its spread when its median is at most the static
@@ -2586,6 +2599,10 @@ def main():
     ap.add_argument("--kv-pad", type=int, default=None,
                     help="kvpad's KVSHIM_CB_KV_PAD: the multiple of tokens its engines pad a "
                          "step's KV read to (32768 by default)")
+    ap.add_argument("--starved-ms", type=int, default=None,
+                    help="starved's KVSHIM_CB_STARVED_MS: the milliseconds an admitted request "
+                         "waits without its first token or progress before its engine's read "
+                         "bound is raised for it (250 by default; kvshim's own: 500)")
     ap.add_argument("--warmup-rate", type=float, default=None,
                     help="with --warmup, the warm-up trace's hot-phase rate, requests/s "
                          "(default: the highest rate replayed), so that a run replaying rate 3 "
@@ -2612,6 +2629,9 @@ def main():
     ap.add_argument("--sweep-idle", nargs="?", const="also", choices=("also", "only"),
                     help="run each sweep budget again with the idle cushion (idle@B); "
                          "=only: with it alone")
+    ap.add_argument("--sweep-starved", nargs="?", const="also", choices=("also", "only"),
+                    help="run each sweep budget again with KVSHIM_CB_STARVED_MS at --starved-ms "
+                         "(starved@B); =only: with it alone")
     ap.add_argument("--sweep-reads", nargs="?", const="also", choices=("also", "only"),
                     help="run each sweep budget again with each engine's read budget at its "
                          "static share's at --budget-gib, as the reads configuration (reads@B); "
@@ -2651,9 +2671,9 @@ def main():
     configs = [c for c in args.configs.split(",") if c]
     if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "twin", "packed",
                                       "unpacked", "reads", "unreserved", "noahead",
-                                      "nocushion", "idle", "keepcache", "kvpad"}:
+                                      "nocushion", "idle", "keepcache", "starved", "kvpad"}:
         ap.error("--configs takes static, kvshim, capped, ample, twin, packed, unpacked, "
-                 "reads, unreserved, noahead, nocushion, idle, keepcache and kvpad")
+                 "reads, unreserved, noahead, nocushion, idle, keepcache, starved and kvpad")
     given = [o for o, v in (("--rates", args.rates), ("--seeds", args.seeds),
                             ("--seed", args.seed), ("--phases", args.phases),
                             ("--phase", args.phase), ("--quick", args.quick))
@@ -2683,6 +2703,12 @@ def main():
         ap.error("--deadline must be more than 0 minutes")
     if not 1 <= args.repeat <= 20:
         ap.error("--repeat must be from 1 to 20")
+    if args.starved_ms is not None and "starved" not in configs and not args.sweep_starved:
+        ap.error("--starved-ms sets starved's engines: name starved in --configs, or give "
+                 "--sweep-starved")
+    args.starved_ms = 250 if args.starved_ms is None else args.starved_ms
+    if not 1 <= args.starved_ms <= 60000:
+        ap.error("--starved-ms must be from 1 to 60000 milliseconds")
     if args.kv_pad is not None and "kvpad" not in configs:
         ap.error("--kv-pad pads kvpad's engines: name kvpad in --configs")
     args.kv_pad = 32768 if args.kv_pad is None else args.kv_pad
@@ -2769,6 +2795,7 @@ def main():
               "static_reads": c == "reads", "reserve": c != "unreserved",
               "ahead": c != "noahead", "cushion": c != "nocushion",
               "idle_cushion": c == "idle", "give_back": c != "keepcache",
+              "starved_ms": args.starved_ms if c == "starved" else None,
               "kv_pad": args.kv_pad if c == "kvpad" else None}, traces)
             for c in configs]
     # the sweep's budgets, kvshim's (packing, as kvshim does by default;
@@ -2793,7 +2820,8 @@ def main():
         return sweep_variant(cname) if alone else None
     plan += [({"name": "%s@%g" % (name, b), "mode": "kvshim", "budget": int(b * GIB),
                "pack": True, "reserve": name != "unreserved", "cushion": name != "nocushion",
-               "idle_cushion": name == "idle", "static_reads": name == "reads"},
+               "idle_cushion": name == "idle", "static_reads": name == "reads",
+               "starved_ms": args.starved_ms if name == "starved" else None},
               sweep_traces)
              for b in sorted(sweep)
              for name in names

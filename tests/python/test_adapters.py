@@ -5016,6 +5016,60 @@ class ReadBudgetTest(unittest.TestCase):
         p.prepare_next_batch()
         self.assertEqual(p.cache.num_pages, 65536)
 
+    def test_starved_setting(self):
+        """KVSHIM_CB_STARVED_MS as kvshim-config reads it: 500 unset, a whole
+        number of milliseconds from 1 to 60000, digits only; each bad kind
+        refused naming the variable."""
+        self.assertEqual(reads.starved_ms_setting(None), 500)
+        for value, want in (("1", 1), ("250", 250), ("0250", 250), ("60000", 60000)):
+            self.assertEqual(reads.starved_ms_setting(value), want, value)
+        for value, why in (("", "expected a whole number"), ("0", "expected a whole number"),
+                           ("250ms", "expected a whole number"), (" 250", "expected a whole"),
+                           ("+250", "expected a whole"), ("2.5", "expected a whole"),
+                           ("off", "expected a whole"), ("\u0663", "expected a whole"),
+                           ("60001", "too large (at most 60000 milliseconds)")):
+            with self.assertRaises(ValueError, msg=value) as e:
+                reads.starved_ms_setting(value)
+            self.assertIn("KVSHIM_CB_STARVED_MS=%s: %s" % (value, why), str(e.exception))
+
+    def test_starved_read_from_the_environment(self):
+        """KVSHIM_CB_STARVED_MS is read once: unset, STARVED_S; 200, 0.2 s;
+        a bad value warns once, naming it, and STARVED_S stands."""
+        self.addCleanup(reads._starved.__setitem__, slice(None), list(reads._starved))
+        self.addCleanup(reads._warned.discard, "starved")
+        for env, want in ((None, reads.STARVED_S), ("200", 0.2), ("soon", reads.STARVED_S)):
+            reads._starved[:] = []
+            reads._warned.discard("starved")
+            err = io.StringIO()
+            with unittest.mock.patch.dict(os.environ, {} if env is None else
+                                          {"KVSHIM_CB_STARVED_MS": env}), redirect_stderr(err):
+                if env is None:
+                    os.environ.pop("KVSHIM_CB_STARVED_MS", None)
+                self.assertEqual(reads.starved_s(), want, env)
+            with unittest.mock.patch.dict(os.environ, {"KVSHIM_CB_STARVED_MS": "900"}):
+                self.assertEqual(reads.starved_s(), want, env)      # once
+            self.assertEqual("KVSHIM_CB_STARVED_MS=soon" in err.getvalue(), env == "soon")
+
+    def test_starved_setting_sets_when_the_bound_is_raised(self):
+        """With KVSHIM_CB_STARVED_MS=200 an admitted request without its
+        first token raises the bound after 0.2 s (not at 0.19), and to the
+        blocks in use after 0.4 s: the same steps as the default's 0.5 and
+        1 s."""
+        self.addCleanup(reads._starved.__setitem__, slice(None), list(reads._starved))
+        reads._starved[:] = [0.2]
+        p = self.build()
+        sched, cache = p.scheduler, p.cache
+        use_blocks(cache, 3000)               # 48000 tokens in use
+        first = request("a", 500, 100)
+        first.generated_tokens = []
+        going = request("b", 500, 100)
+        going.generated_tokens = [7]
+        sched.active_requests = {"b": going, "a": first}
+        t = 10.0
+        for dt, bound in ((0.0, 16000), (0.1, 16000), (0.19, 16000), (0.21, 17408),
+                          (0.39, 17408), (0.41, 48128)):
+            self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + dt), bound, dt)
+
     def test_read_follows_yet_starves_no_admitted_request(self):
         # transformers' scheduler spends the budget per batch on the
         # requests before one (decoding first) and skips one whose past

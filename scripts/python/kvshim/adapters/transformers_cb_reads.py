@@ -60,6 +60,9 @@ AUTO_READ_SERVER = 64 * 1024     # auto, no workload known: at least this
 # on an H200 with its blocks held, the engine's steps beginning every 0.03
 # to 0.21 s and its other first tokens taking at most 0.5 s).
 STARVED_S = 0.5
+STARVED_MS_VAR = "KVSHIM_CB_STARVED_MS"   # sets it (milliseconds)
+STARVED_MS_MAX = 60000           # as kvshim-config's KV_STARVED_MS_MAX
+_starved = []                    # the seconds in force, read once
 
 _NEEDED = frozenset(("io", "runner", "scheduler"))
 _wired = set()                   # pieces patched, of _NEEDED
@@ -188,6 +191,37 @@ def kv_pad_setting(value):
     if value.lower() in ("off", "none"):
         raise ValueError("%s=%s: %s" % (KV_PAD_VAR, value, expected))
     return _token_count(KV_PAD_VAR, value, expected, expected)
+
+
+def starved_ms_setting(value):
+    """KVSHIM_CB_STARVED_MS as kvshim-config reads it: STARVED_S in
+    milliseconds when unset, or a whole number of milliseconds from 1 to
+    STARVED_MS_MAX, digits only. Raises ValueError naming the variable and
+    why."""
+    if value is None:
+        return int(STARVED_S * 1000)
+    if not value or not all("0" <= ch <= "9" for ch in value) or int(value) == 0:
+        raise ValueError("%s=%s: expected a whole number of milliseconds from 1 to %d, digits "
+                         "only" % (STARVED_MS_VAR, value, STARVED_MS_MAX))
+    if int(value) > STARVED_MS_MAX:
+        raise ValueError("%s=%s: too large (at most %d milliseconds)"
+                         % (STARVED_MS_VAR, value, STARVED_MS_MAX))
+    return int(value)
+
+
+def starved_s():
+    """The seconds an admitted request waits without its first token or
+    progress before it counts as starved by the bound (see follow_share):
+    KVSHIM_CB_STARVED_MS, read once; a bad value warns, and STARVED_S
+    stands."""
+    if not _starved:
+        try:
+            ms = starved_ms_setting(os.environ.get(STARVED_MS_VAR))
+        except ValueError as e:
+            _warn_once("starved", "%s: %g s stands" % (e, STARVED_S))
+            ms = int(STARVED_S * 1000)
+        _starved.append(ms / 1000.0)
+    return _starved[0]
 
 
 def _positive(x):
@@ -341,11 +375,12 @@ def follow_share(cache, scheduler, entitled, now=None):
     did not: docs/BENCHMARKS.md, sessions 30 to 33). Only with the read
     budget chosen by kvshim (auto): a number set by the operator stands.
     A request the scheduler admitted (it holds blocks) is never starved by
-    the bound: one without its first token STARVED_S after the adapter
+    the bound: one without its first token starved_s() (STARVED_S unless
+    KVSHIM_CB_STARVED_MS says otherwise) after the adapter
     first saw it admitted, or saw its prefill move on (position_offset,
     where transformers keeps it), raises the bound, pass by pass while it
     starves, by what the starving requests read (on top of the bound, at
-    most the blocks in use); one starving 2 * STARVED_S, to what every
+    most the blocks in use); one starving twice as long, to what every
     admitted request reads (the blocks in use), so that transformers
     schedules them all. (A raise is a wider batch, whose CUDA graph an
     engine keeps: on an H200, raised straight to the blocks in use in a
@@ -371,7 +406,8 @@ def follow_share(cache, scheduler, entitled, now=None):
             # the share's bound before any raise (see compute_eagerly)
             cache.kvshim_share_read = cap
             now = time.monotonic() if now is None else now
-            most, starving, longest = _held(scheduler, seen, now, read)
+            starved = starved_s()
+            most, starving, longest = _held(scheduler, seen, now, read, starved)
             # transformers pads a batch's read to its interval, at most
             # num_pages, and keys a CUDA graph on the padded size: raised
             # for a request, the bound goes to the interval (the share's
@@ -384,14 +420,14 @@ def follow_share(cache, scheduler, entitled, now=None):
                 # the largest request's read alone, the padding would take
                 # a raise smaller than its slack back
                 force = min(cap if most <= cap else _round_up(most, step), read)
-                most = max(most, in_use if longest >= 2 * STARVED_S
+                most = max(most, in_use if longest >= 2 * starved
                            else min(force + starving, in_use))
             if most > cap:
                 cap = _round_up(most, step)
         cap = min(cap, read)
     # the share binding no more: what was seen is forgotten (not when the
     # guard raised the bound to R, or a request still starving would wait
-    # STARVED_S again at the share)
+    # starved_s() again at the share)
     if not binds:
         seen.clear()
         cache.kvshim_share_read = None
@@ -404,10 +440,10 @@ def _round_up(n, step):
     return -(-n // step) * step if step else n
 
 
-def _held(scheduler, seen, now, read):
+def _held(scheduler, seen, now, read, starved):
     """What the scheduler's requests (running or waiting) read at most, and
     of the admitted ones without their first token that have starved
-    STARVED_S (see _starved_for), what they read in all and the longest
+    starved seconds (see _starved_for), what they read in all and the longest
     they have waited: (most, starving, longest). seen keeps only the
     requests admitted without their first token."""
     most, starving, longest, live = 0, 0, 0.0, set()
@@ -418,7 +454,7 @@ def _held(scheduler, seen, now, read):
                 continue
             live.add(state.request_id)
             waited = _starved_for(seen, state, now)
-            if waited >= STARVED_S:
+            if waited >= starved:
                 starving += _request_tokens(state, read)
                 longest = max(longest, waited)
     for rid in [r for r in seen if r not in live]:
