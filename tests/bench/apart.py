@@ -12,7 +12,7 @@ for runs made before colocate printed them.
 DIR holds the engine files (unpacked). Prints, for each trace both
 configurations replayed, each model and all of them, the p99 TTFT of the
 requests that waited on no capture: median [least, most] over the
-replays, the ratio of the medians, and whether the second configuration's
+replays both ran (each with its three engines' files), the ratio of the medians, and whether the second configuration's
 median is at most the first's most (colocate's spread rule); then the same
 on the requests no capture touched (colocate.untouched: those that waited
 on a capture in no replay of either configuration, the same in each).
@@ -45,6 +45,8 @@ def replays(d, cfg):
 
 
 def engines_of(d, cfg, label, names):
+    """{name: its engine's results} of configuration cfg's replay label in
+    d, for the engines names."""
     engines = {}
     for n in names:
         with open(os.path.join(d, "colocate-%s-%s-%s.json" % (cfg, label, n))) as f:
@@ -57,7 +59,17 @@ def p99_apart(d, cfg, label, names):
     return None if got is None else got[1]
 
 
+def both_ran(d, cfgs, labels):
+    """Of a trace's replay labels, those each configuration in cfgs ran,
+    each with the files of its three engines in d, in order."""
+    return [lb for lb in sorted(labels) if all(
+        os.path.exists(os.path.join(d, "colocate-%s-%s-%s.json" % (c, lb, m)))
+        for c in cfgs for m in MODELS)]
+
+
 def row(t, m, s, k, extra=""):
+    """Prints a table row: the first configuration's p99s s against the
+    second's k, median [least, most], their ratio and the spread rule."""
     ms, mk = statistics.median(s), statistics.median(k)
     print("| %s | %s | %s%.3f [%.3f, %.3f] | %.3f [%.3f, %.3f] | %.2fx | %s |" % (
         t, m, extra, ms, min(s), max(s), mk, min(k), max(k), ms / mk,
@@ -84,24 +96,24 @@ def main():
     print("| trace | model | %s p99 | %s p99 | %s / %s (medians) | within %s's spread |" % (
         cfgs[0], cfgs[1], cfgs[0], cfgs[1], cfgs[0]))
     print("|---|---|---|---|---|---|")
+    both = {t: both_ran(args.dir, cfgs, set(base[t]) & set(other[t])) for t in traces}
     for t in traces:
         for m in MODELS + ("all",):
             names = MODELS if m == "all" else (m,)
-            xs = [[p99_apart(args.dir, c, lb, names) for lb in runs]
-                  for c, runs in ((cfgs[0], base[t]), (cfgs[1], other[t]))]
+            xs = [[p99_apart(args.dir, c, lb, names) for lb in both[t]] for c in cfgs]
             if any(v is None for x in xs for v in x):
                 print("| %s | %s | captures not counted | | | |" % (t, m))
                 continue
             row(t, m, *xs)
-    print("\non the requests no capture touched (in no replay of either configuration)")
+    print("\non the requests no capture of their engine touched, in no replay of either "
+          "configuration (the same requests in each)")
     print("| trace | model | requests | %s p99 | %s p99 | %s / %s (medians) | within %s's "
           "spread |" % (cfgs[0], cfgs[1], cfgs[0], cfgs[1], cfgs[0]))
     print("|---|---|---|---|---|---|---|")
     for t in traces:
         for m in MODELS + ("all",):
             names = MODELS if m == "all" else (m,)
-            runs = [[engines_of(args.dir, c, lb, names) for lb in runs]
-                    for c, runs in ((cfgs[0], base[t]), (cfgs[1], other[t]))]
+            runs = [[engines_of(args.dir, c, lb, names) for lb in both[t]] for c in cfgs]
             keep = colocate.untouched(runs[0] + runs[1], names)
             if not keep:
                 print("| %s | %s | %s | | | | |" % (

@@ -1608,26 +1608,32 @@ def uncaptured(engines, names):
     if any(engines[n].get("graphs") is None for n in names):
         return None
     rows = [(n, r) for n in names for r in engines[n]["requests"] if served(r)]
-    waited = [captured(engines[n], r["t"], r["t"] + r["ttft"]) > 0 for n, r in rows]
-    return (sum(waited), pct([r["ttft"] for (n, r), w in zip(rows, waited) if not w], 99))
+    waits = [waited(engines[n], r) for n, r in rows]
+    return (sum(waits), pct([r["ttft"] for (n, r), w in zip(rows, waits) if not w], 99))
+
+
+def waited(engine, r):
+    """Whether served request r's engine was capturing a CUDA graph at some
+    time between its arrival and its first token (its captures counted)."""
+    return captured(engine, r["t"], r["t"] + r["ttft"]) > 0
 
 
 def untouched(replays, names):
     """Of the requests of the engines names, those served in every one of
     replays (each {name: its engine's results}: one trace's replays by the
-    configurations compared) whose engine was capturing a CUDA graph at no
-    time between their arrival and their first token in any of them: the
-    same requests in every replay, {(name, id)}. None where an engine's
-    captures were not counted. (A capture falls on whichever requests'
-    batches meet a new shape: the p99 apart from each replay's own
-    captures may leave out a burst's requests in one configuration and
-    keep them in the other.)"""
+    configurations compared) whose own engine was capturing a CUDA graph at
+    no time between their arrival and their first token in any of them
+    (see waited): the same requests in every replay, {(name, id)}. None
+    where an engine's captures were not counted. (A capture falls on
+    whichever requests' batches meet a new shape: the p99 apart from each
+    replay's own captures may leave out a burst's requests in one
+    configuration and keep them in the other.)"""
     keep = None
     for engines in replays:
         if any(engines[n].get("graphs") is None for n in names):
             return None
         ok = {(n, r["id"]) for n in names for r in engines[n]["requests"]
-              if served(r) and not captured(engines[n], r["t"], r["t"] + r["ttft"])}
+              if served(r) and not waited(engines[n], r)}
         keep = ok if keep is None else keep & ok
     return keep
 
@@ -1643,18 +1649,18 @@ def p99s_untouched(results, labels, configs):
     """For one trace's replays labels that every configuration in configs
     ran: per model and all, the p99 TTFT of the requests no replay of any
     of them waited on a capture for (untouched), each configuration's
-    replays in labels' order, and how many requests that is. Returns
-    {name: ({config: [p99, ...]}, requests)}, or None where captures were
-    not counted or no request is left for a model."""
+    replays in labels' order, and how many requests that is (None for a
+    model none of whose requests is left). Returns {name: ({config: [p99,
+    ...]}, requests) or None}, or None where captures were not counted."""
     out = {}
+    runs = {(c, lb): results[c]["runs"][lb]["engines"] for c in configs for lb in labels}
     for name in ORDER + ("all",):
         names = ORDER if name == "all" else (name,)
-        runs = {(c, lb): results[c]["runs"][lb]["engines"] for c in configs for lb in labels}
         keep = untouched(list(runs.values()), names)
-        if not keep:
+        if keep is None:
             return None
         out[name] = ({c: [p99_of(runs[(c, lb)], names, keep) for lb in labels]
-                      for c in configs}, len(keep))
+                      for c in configs}, len(keep)) if keep else None
     return out
 
 
@@ -2204,12 +2210,18 @@ def by_base(traces):
     return bases
 
 
+def ran_by_all(table, labels, configs):
+    """Of one trace's replays (labels), those that every configuration in
+    configs ran (a replay --deadline skipped is none)."""
+    return [lb for lb in labels if all((lb, c, "all") in table for c in configs)]
+
+
 def replayed(table, labels, configs, fig):
     """Of one trace's replays (labels), those that every configuration in
     configs ran (a replay --deadline skipped is none). Returns their labels,
     or [] where fig (a p99 of a table row) is None for a model or all in one
     of them: that trace cannot be compared."""
-    done = [lb for lb in labels if all((lb, c, "all") in table for c in configs)]
+    done = ran_by_all(table, labels, configs)
     if any(fig(table[(lb, c, n)]) is None for lb in done for c in configs
            for n in ORDER + ("all",)):
         return []
@@ -2228,16 +2240,19 @@ def repeats(table, traces, results, config="kvshim", apart=False, common=False):
     waited on no capture (p99_apart; a trace where a replay lacks it is
     left out): what the spread is apart from transformers' captures.
     With common, the same for the p99 of the requests that waited on a
-    capture in no replay of either (p99s_untouched; the same requests in
-    each, how many under "requests"). Printed; returns {trace: {model:
-    figures}}, config's under the keys "kvshim" and "kvshim_median"."""
+    capture of their engine in no replay of either (p99s_untouched; the
+    same requests in each, how many under "requests"; a model none of
+    whose requests is left is printed so and left out, and a trace where
+    captures were not counted is left out, as apart's). Printed; returns
+    {trace: {model: figures}}, config's under the keys "kvshim" and
+    "kvshim_median"."""
     fig = p99_apart if apart else (lambda t: t["ttft_p99"])
     out = {}
     for base, labels in by_base(traces).items():
         if "static" not in results or config not in results:
             continue
         if common:
-            done = [lb for lb in labels if all((lb, c, "all") in table for c in ("static", config))]
+            done = ran_by_all(table, labels, ("static", config))
             figs = p99s_untouched(results, done, ("static", config)) if len(done) > 1 else None
             if not figs:
                 continue
@@ -2255,16 +2270,20 @@ def repeats(table, traces, results, config="kvshim", apart=False, common=False):
                      " on the requests no capture touched" if common else "", config,
                      " of the requests that waited on no CUDA graph capture (the CUDA "
                      "graphs tables' p99 of the others)" if apart else
-                     " of the requests that waited on a CUDA graph capture in no replay of "
-                     "either configuration, the same requests in each (apart from captures "
-                     "leaves out each replay's own, which may be a burst's in one "
-                     "configuration and not in the other)" if common else "", config))
+                     " of the requests that waited on a CUDA graph capture of their engine in "
+                     "no replay of either configuration, the same requests in each (apart "
+                     "from captures leaves out each replay's own, which may be a burst's in "
+                     "one configuration and not in the other; a model none of whose requests "
+                     "is left: none)" if common else "", config))
             print("| trace | replays each | model | %sstatic p99 | %s p99 "
                   "| static / %s (medians) | within static's spread |" % (
                       "requests | " if common else "", config, config))
             print("|---|---|---|---|---|---|---%s|" % ("|---" if common else ""))
         out[base] = {}
         for name in ORDER + ("all",):
+            if figs[name] is None:
+                print("| %s | %d | %s | 0 | none | | | |" % (base, len(done), name))
+                continue
             (by, n) = figs[name]
             st, kv = by["static"], by[config]
             f = {"static": st, "kvshim": kv, "static_median": statistics.median(st),
