@@ -5016,6 +5016,20 @@ class ReadBudgetTest(unittest.TestCase):
         p.prepare_next_batch()
         self.assertEqual(p.cache.num_pages, 65536)
 
+    def one_admitted_without_a_token(self):
+        """An engine whose blocks in use (48000 tokens) are above its bound,
+        with two admitted requests: b decoding, a without its first token.
+        Returns (the processor, a)."""
+        p = self.build()
+        sched, cache = p.scheduler, p.cache
+        use_blocks(cache, 3000)               # 48000 tokens in use
+        first = request("a", 500, 100)
+        first.generated_tokens = []
+        going = request("b", 500, 100)
+        going.generated_tokens = [7]
+        sched.active_requests = {"b": going, "a": first}
+        return p, first
+
     def test_starved_setting(self):
         """KVSHIM_CB_STARVED_MS as kvshim-config reads it: 500 unset, a whole
         number of milliseconds from 1 to 60000, digits only; each bad kind
@@ -5057,14 +5071,8 @@ class ReadBudgetTest(unittest.TestCase):
         1 s."""
         self.addCleanup(reads._starved.__setitem__, slice(None), list(reads._starved))
         reads._starved[:] = [0.2]
-        p = self.build()
+        p, _ = self.one_admitted_without_a_token()
         sched, cache = p.scheduler, p.cache
-        use_blocks(cache, 3000)               # 48000 tokens in use
-        first = request("a", 500, 100)
-        first.generated_tokens = []
-        going = request("b", 500, 100)
-        going.generated_tokens = [7]
-        sched.active_requests = {"b": going, "a": first}
         t = 10.0
         for dt, bound in ((0.0, 16000), (0.1, 16000), (0.19, 16000), (0.21, 17408),
                           (0.39, 17408), (0.41, 48128)):
@@ -5078,14 +5086,8 @@ class ReadBudgetTest(unittest.TestCase):
         # 10.3 s for its first token, session 34). One admitted STARVED_S
         # ago without its first token raises the bound by what it reads; one
         # 2 * STARVED_S ago, to the blocks in use
-        p = self.build()
+        p, first = self.one_admitted_without_a_token()
         sched, cache = p.scheduler, p.cache
-        use_blocks(cache, 3000)               # 48000 tokens in use
-        first = request("a", 500, 100)
-        first.generated_tokens = []
-        going = request("b", 500, 100)
-        going.generated_tokens = [7]
-        sched.active_requests = {"b": going, "a": first}
         t = 10.0
         self.assertEqual(reads.follow_share(cache, sched, 1000, now=t), 16000)
         self.assertEqual(reads.follow_share(cache, sched, 1000, now=t + reads.STARVED_S / 2), 16000)
