@@ -341,7 +341,10 @@ static int parse_pad(const char *s, size_t *out, const char **why)
 	return 0;
 }
 
-/* A whole number of milliseconds from 1 to KV_STARVED_MS_MAX, digits only. */
+/*
+ * A whole number of milliseconds from 1 to KV_STARVED_MS_MAX, digits only.
+ * Returns 0, or KVSHIM_ECONFIG with *why set and *out untouched.
+ */
 static int parse_ms(const char *s, size_t *out, const char **why)
 {
 	unsigned long long v;

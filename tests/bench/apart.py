@@ -12,10 +12,11 @@ for runs made before colocate printed them.
 DIR holds the engine files (unpacked). Prints, for each trace both
 configurations replayed, each model and all of them, the p99 TTFT of the
 requests that waited on no capture: median [least, most] over the
-replays both ran (each with its three engines' files), the ratio of the medians, and whether the second configuration's
-median is at most the first's most (colocate's spread rule); then the same
-on the requests no capture touched (colocate.untouched: those that waited
-on a capture in no replay of either configuration, the same in each).
+replays both ran (each with its three engines' files), the ratio of the
+medians, and whether the second configuration's median is at most the
+first's most (colocate's spread rule); then the same on the requests no
+capture touched (colocate.untouched: those that waited on a capture of
+their engine in no replay of either configuration, the same in each).
 """
 
 import argparse
@@ -100,6 +101,9 @@ def main():
     for t in traces:
         for m in MODELS + ("all",):
             names = MODELS if m == "all" else (m,)
+            if not both[t]:
+                print("| %s | %s | no replay both ran | | | |" % (t, m))
+                continue
             xs = [[p99_apart(args.dir, c, lb, names) for lb in both[t]] for c in cfgs]
             if any(v is None for x in xs for v in x):
                 print("| %s | %s | captures not counted | | | |" % (t, m))
@@ -113,6 +117,9 @@ def main():
     for t in traces:
         for m in MODELS + ("all",):
             names = MODELS if m == "all" else (m,)
+            if not both[t]:
+                print("| %s | %s | no replay both ran | | | | |" % (t, m))
+                continue
             runs = [[engines_of(args.dir, c, lb, names) for lb in both[t]] for c in cfgs]
             keep = colocate.untouched(runs[0] + runs[1], names)
             if not keep:

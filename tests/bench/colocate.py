@@ -6,7 +6,7 @@ transformers 5.x; downloads nothing.
 Three engines, three processes: each is Hugging Face transformers'
 continuous batching (ContinuousBatchingManager, fed with add_request) over
 a randomly initialised Llama-style model of its own size (MODELS). One to
-fourteen configurations (--configs) run one after the other, in one invocation:
+fifteen configurations (--configs) run one after the other, in one invocation:
 - static: plain processes; each engine's KV cache is fixed at a third of
   the KV budget (num_blocks given), all of it allocated at start;
 - kvshim: each engine under kvshim-run with KVSHIM_SHARE=on,
@@ -372,7 +372,7 @@ def dry_engine(args):
             "cushion": os.environ.get("KVSHIM_CB_CUSHION", "on" if kvshim else "off"),
             "give_back": os.environ.get("KVSHIM_CB_GIVE_BACK", "on" if kvshim else "off"),
             "idle_cushion": os.environ.get("KVSHIM_CB_IDLE_CUSHION", "off"),
-            "starved_ms": os.environ.get("KVSHIM_CB_STARVED_MS", "500") if kvshim else "-",
+            "starved_ms": str(starved_ms_used()) if kvshim else "-",
             "kv_pad": int(os.environ["KVSHIM_CB_KV_PAD"])
             if kvshim and os.environ.get("KVSHIM_CB_KV_PAD") else None,
             "ready_s": 0.0}
@@ -513,6 +513,7 @@ def engine(args):
             "give_back": os.environ.get("KVSHIM_CB_GIVE_BACK",
                                         "on" if kvshim is not None else "off"),
             "idle_cushion": os.environ.get("KVSHIM_CB_IDLE_CUSHION", "off"),
+            "starved_ms": str(starved_ms_used()) if kvshim is not None else "-",
             # the padding of a step's KV read that the adapter set (None:
             # transformers' own)
             "kv_pad": getattr(cache, "kvshim_kv_pad", None),
@@ -878,6 +879,13 @@ def dry_read_follows():
     the budget: with kvshim's own choice of it (auto)."""
     from kvshim.adapters import transformers_cb_reads as reads
     return reads.read_tokens_setting(os.environ.get(reads.READ_TOKENS_VAR)) == "auto"
+
+
+def starved_ms_used():
+    """The starvation guard's threshold the adapter uses, in milliseconds
+    (KVSHIM_CB_STARVED_MS, or its default)."""
+    from kvshim.adapters import transformers_cb_reads as reads
+    return round(1000 * reads.starved_s())
 
 
 def dry_read_tokens(name):

@@ -200,13 +200,16 @@ def starved_ms_setting(value):
     why."""
     if value is None:
         return int(STARVED_S * 1000)
-    if not value or not all("0" <= ch <= "9" for ch in value) or int(value) == 0:
-        raise ValueError("%s=%s: expected a whole number of milliseconds from 1 to %d, digits "
-                         "only" % (STARVED_MS_VAR, value, STARVED_MS_MAX))
-    if int(value) > STARVED_MS_MAX:
+    # (kvshim-config reads the digits first: a run of them past the most
+    # is too large, whatever follows)
+    lead = len(value) - len(value.lstrip("0123456789"))
+    if lead and _leading(value[:lead]) > STARVED_MS_MAX:
         raise ValueError("%s=%s: too large (at most %d milliseconds)"
                          % (STARVED_MS_VAR, value, STARVED_MS_MAX))
-    return int(value)
+    if not lead or lead != len(value) or _leading(value) == 0:
+        raise ValueError("%s=%s: expected a whole number of milliseconds from 1 to %d, digits "
+                         "only" % (STARVED_MS_VAR, value, STARVED_MS_MAX))
+    return _leading(value)
 
 
 def starved_s():
