@@ -626,7 +626,7 @@ START_TEST(test_config_cb_kv_pad)
 }
 END_TEST
 
-/* KVSHIM_CB_STARVED_MS (read by the Python adapter): 500 by default, a whole
+/* KVSHIM_CB_STARVED_MS (read by the Python adapter): 250 by default, a whole
  * number of milliseconds from 1 to 60000; each bad kind refused with its
  * reason. */
 START_TEST(test_config_cb_starved_ms)
@@ -649,7 +649,7 @@ START_TEST(test_config_cb_starved_ms)
 	size_t i;
 
 	ck_assert_int_eq(kv_config_load(&c), 0);
-	ck_assert_uint_eq(c.cb_starved_ms, 500);
+	ck_assert_uint_eq(c.cb_starved_ms, 250);
 	read_as("CB_STARVED_MS", good, sizeof(good) / sizeof(good[0]),
 		offsetof(struct kv_config, cb_starved_ms));
 	for (i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)

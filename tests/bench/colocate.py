@@ -57,11 +57,12 @@ fifteen configurations (--configs) run one after the other, in one invocation:
   batches' temporaries stay in PyTorch's cache until the engine's next
   capture, which tells what the give-back costs and saves;
 - starved (only when --configs names it): kvshim with
-  KVSHIM_CB_STARVED_MS set to --starved-ms (250 by default; README.md: an
-  admitted request that long without its first token or progress raises
-  its engine's read bound above its share, 500 ms by default, from
-  session 44): an admitted request starved by the bound waits less, at
-  the cost of more batches wider than the share (run without a CUDA
+  KVSHIM_CB_STARVED_MS set to --starved-ms (500 by default, the default
+  until session 45; README.md: an admitted request that long without its
+  first token or progress raises its engine's read bound above its share,
+  250 ms by default): the guard's threshold against kvshim's own, a
+  shorter one having an admitted request starved by the bound wait less,
+  at the cost of more batches wider than the share (run without a CUDA
   graph; the adapter's "eager" count);
 - kvpad (only when --configs names it): kvshim with KVSHIM_CB_KV_PAD set
   to --kv-pad tokens (32768 by default): each step's KV read padded to a
@@ -942,7 +943,7 @@ def spawn(name, cfg, args, pool, outdir, tag):
     env.pop("KVSHIM_CB_GIVE_BACK", None)    # the adapter's default (on); keepcache's off
     if not cfg.get("give_back", True):
         env["KVSHIM_CB_GIVE_BACK"] = "off"
-    env.pop("KVSHIM_CB_STARVED_MS", None)   # the adapter's default (500); starved's --starved-ms
+    env.pop("KVSHIM_CB_STARVED_MS", None)   # the adapter's default (250); starved's --starved-ms
     if cfg.get("starved_ms"):
         env["KVSHIM_CB_STARVED_MS"] = str(cfg["starved_ms"])
     env.pop("KVSHIM_CB_KV_PAD", None)   # transformers' own padding; kvpad's --kv-pad
@@ -2629,7 +2630,7 @@ def main():
     ap.add_argument("--starved-ms", type=int, default=None,
                     help="starved's KVSHIM_CB_STARVED_MS: the milliseconds an admitted request "
                          "waits without its first token or progress before its engine's read "
-                         "bound is raised for it (250 by default; kvshim's own: 500)")
+                         "bound is raised for it (500 by default; kvshim's own: 250)")
     ap.add_argument("--warmup-rate", type=float, default=None,
                     help="with --warmup, the warm-up trace's hot-phase rate, requests/s "
                          "(default: the highest rate replayed), so that a run replaying rate 3 "
@@ -2733,7 +2734,7 @@ def main():
     if args.starved_ms is not None and "starved" not in configs and not args.sweep_starved:
         ap.error("--starved-ms sets starved's engines: name starved in --configs, or give "
                  "--sweep-starved")
-    args.starved_ms = 250 if args.starved_ms is None else args.starved_ms
+    args.starved_ms = 500 if args.starved_ms is None else args.starved_ms
     if not 1 <= args.starved_ms <= 60000:
         ap.error("--starved-ms must be from 1 to 60000 milliseconds")
     if args.kv_pad is not None and "kvpad" not in configs:

@@ -5041,10 +5041,10 @@ class ReadBudgetTest(unittest.TestCase):
         return p, first
 
     def test_starved_setting(self):
-        """KVSHIM_CB_STARVED_MS as kvshim-config reads it: 500 unset, a whole
+        """KVSHIM_CB_STARVED_MS as kvshim-config reads it: 250 unset, a whole
         number of milliseconds from 1 to 60000, digits only; each bad kind
         refused naming the variable."""
-        self.assertEqual(reads.starved_ms_setting(None), 500)
+        self.assertEqual(reads.starved_ms_setting(None), 250)
         for value, want in (("1", 1), ("250", 250), ("0250", 250), ("60000", 60000),
                             ("0" * 5000 + "1", 1)):
             self.assertEqual(reads.starved_ms_setting(value), want, value[:20])
