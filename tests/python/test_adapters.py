@@ -3269,6 +3269,32 @@ class AdapterTest(unittest.TestCase):
                 self.assertEqual(tr.mapped, mapped + 32)
                 self.assertEqual(tr._ahead, set())
 
+    def idle_engine_failing_maps(self, step_tokens, error=None):
+        """An engine sharing its budget, the idle cushion on, steps of
+        step_tokens, whose group's maps raise fail[0] (an error code; error
+        at first) while it is set: (c, tr, proc, fail, named, done), named
+        the ids its tracker was asked to back ahead, batch by batch, and
+        done waiting (at most 30 s) for its thread that maps ahead."""
+        c, tr, proc, asked = self.paged_engine()
+        self.shared_on()
+        self.idle_cushion(True)
+        type(proc).max_batch_tokens = step_tokens
+        named, real, fail = [], tr.group.map, [error]
+
+        def map_(ids):
+            if fail[0] is not None:
+                raise kvshim.KvshimError(fail[0], "kvshim_group_map")
+            return real(ids)
+        tr.group.map = map_
+        real_ahead = tr.ahead
+        tr.ahead = lambda ids: (named.append(list(ids)), real_ahead(ids))[1]
+
+        def done():
+            end = time.monotonic() + 30
+            while tr._thread is not None and tr._thread.in_flight() and time.monotonic() < end:
+                time.sleep(0.001)
+        return c, tr, proc, fail, named, done
+
     def test_idle_step_named_again_after_it_backed_nothing(self):
         """An idle engine's step that backed nothing (memory short: the
         budget full when it was named) is named again once AHEAD_RETRY_S
@@ -3276,25 +3302,8 @@ class AdapterTest(unittest.TestCase):
         engine does would change its ids. Before that it stands; and an
         engine with requests keeps the standing rule (named again when it
         takes a block or a page empties)."""
-        c, tr, proc, asked = self.paged_engine()
-        self.shared_on()
-        self.idle_cushion(True)
-        type(proc).max_batch_tokens = 512                      # 32 blocks a step
-        named, real, short = [], tr.group.map, [True]
-
-        def map_(ids):
-            if short[0]:
-                raise kvshim.KvshimError(kvshim.ELIMIT, "kvshim_group_map")
-            return real(ids)
-        tr.group.map = map_
-        real_ahead = tr.ahead
-        tr.ahead = lambda ids: (named.append(list(ids)), real_ahead(ids))[1]
-        def done():
-            end = time.monotonic() + 30
-            while tr._thread.in_flight() and time.monotonic() < end:
-                time.sleep(0.001)
-
-        tr.AHEAD_RETRY_S = 3600.0
+        c, tr, proc, fail, named, done = self.idle_engine_failing_maps(512, kvshim.ELIMIT)
+        tr.AHEAD_RETRY_S = 3600.0                              # (32 blocks a step)
         proc.prepare_next_batch()                              # idle: the step named
         self.assertEqual(named, [list(range(32))])
         for _ in range(3):                                     # it failed; it stands
@@ -3302,7 +3311,7 @@ class AdapterTest(unittest.TestCase):
             proc.prepare_next_batch()
             self.assertEqual(len(named), 1)
         self.assertEqual(tr.ahead_backed(), 0)
-        tr.AHEAD_RETRY_S, short[0] = 0.0, False                # memory back, time up
+        tr.AHEAD_RETRY_S, fail[0] = 0.0, None                  # memory back, time up
         proc.prepare_next_batch()                              # named again
         self.assertEqual(named[1:], [list(range(32))])
         done()
@@ -3314,7 +3323,7 @@ class AdapterTest(unittest.TestCase):
         self.lay_out(proc, [("a", 64)])                        # on the 32 and 32 more
         done()
         tr.drop_ahead()
-        short[0] = True
+        fail[0] = kvshim.ELIMIT
         n = len(named)
         proc.prepare_next_batch()                              # decoding: the step named
         n += 1
@@ -3333,26 +3342,8 @@ class AdapterTest(unittest.TestCase):
         batch that failed for another reason than memory is not tried
         again for it: it counts in ahead_errors (not in map_errors, which
         the engine's checks read for its own maps)."""
-        c, tr, proc, asked = self.paged_engine()
-        self.shared_on()
-        self.idle_cushion(True)
-        type(proc).max_batch_tokens = 1024                     # 64 blocks: a page index
-        named, real, fail = [], tr.group.map, [None]
-
-        def map_(ids):
-            if fail[0] is not None:
-                raise kvshim.KvshimError(fail[0], "kvshim_group_map")
-            return real(ids)
-        tr.group.map = map_
-        real_ahead = tr.ahead
-        tr.ahead = lambda ids: (named.append(list(ids)), real_ahead(ids))[1]
-
-        def done():
-            end = time.monotonic() + 30
-            while tr._thread is not None and tr._thread.in_flight() and time.monotonic() < end:
-                time.sleep(0.001)
-
-        proc.prepare_next_batch()                              # idle: 0..63 backed
+        c, tr, proc, fail, named, done = self.idle_engine_failing_maps(1024)
+        proc.prepare_next_batch()                              # idle: 0..63 backed (a page index)
         done()
         proc.prepare_next_batch()
         self.assertEqual(sorted(tr._ahead), list(range(64)))
