@@ -60,10 +60,13 @@ fifteen configurations (--configs) run one after the other, in one invocation:
   KVSHIM_CB_STARVED_MS set to --starved-ms (500 by default, the default
   until session 45; README.md: an admitted request that long without its
   first token or progress raises its engine's read bound above its share,
-  250 ms by default): the guard's threshold against kvshim's own, a
-  shorter one having an admitted request starved by the bound wait less,
-  at the cost of more batches wider than the share (run without a CUDA
-  graph; the adapter's "eager" count);
+  250 ms by default): the guard's threshold against kvshim's own. A
+  shorter one has an admitted request starved by the bound wait less,
+  and may raise the bound more often: batches wider than the share, run
+  without a CUDA graph (the adapter's "eager" count; docs/BENCHMARKS.md,
+  session 45: at 3 GiB, 3 such batches with 250 ms against 9 with 500 in
+  the replays, and the medium engine's 37 against 2 in the rate 6
+  warm-up);
 - kvpad (only when --configs names it): kvshim with KVSHIM_CB_KV_PAD set
   to --kv-pad tokens (32768 by default): each step's KV read padded to a
   multiple of it instead of transformers' 16384, so that an engine that

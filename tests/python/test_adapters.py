@@ -3272,9 +3272,9 @@ class AdapterTest(unittest.TestCase):
     def idle_engine_failing_maps(self, step_tokens, error=None):
         """An engine sharing its budget, the idle cushion on, steps of
         step_tokens, whose group's maps raise fail[0] (an error code; error
-        at first) while it is set: (c, tr, proc, fail, named, done), named
-        the ids its tracker was asked to back ahead, batch by batch, and
-        done waiting (at most 30 s) for its thread that maps ahead."""
+        at first) while it is set. Returns (c, tr, proc, fail, named, done):
+        named the ids its tracker was asked to back ahead, batch by batch;
+        done waits (at most 30 s) for its thread that maps ahead."""
         c, tr, proc, asked = self.paged_engine()
         self.shared_on()
         self.idle_cushion(True)
@@ -3302,8 +3302,9 @@ class AdapterTest(unittest.TestCase):
         engine does would change its ids. Before that it stands; and an
         engine with requests keeps the standing rule (named again when it
         takes a block or a page empties)."""
+        # 32 blocks a step
         c, tr, proc, fail, named, done = self.idle_engine_failing_maps(512, kvshim.ELIMIT)
-        tr.AHEAD_RETRY_S = 3600.0                              # (32 blocks a step)
+        tr.AHEAD_RETRY_S = 3600.0
         proc.prepare_next_batch()                              # idle: the step named
         self.assertEqual(named, [list(range(32))])
         for _ in range(3):                                     # it failed; it stands
@@ -5036,7 +5037,7 @@ class ReadBudgetTest(unittest.TestCase):
         number of milliseconds from 1 to 60000, digits only; each bad kind
         refused naming the variable."""
         self.assertEqual(reads.starved_ms_setting(None), 250)
-        for value, want in (("1", 1), ("250", 250), ("0250", 250), ("60000", 60000),
+        for value, want in (("1", 1), ("250", 250), ("0250", 250), ("500", 500), ("60000", 60000),
                             ("0" * 5000 + "1", 1)):
             self.assertEqual(reads.starved_ms_setting(value), want, value[:20])
         expected, large = "expected a whole number", "too large (at most 60000 milliseconds)"
@@ -5050,6 +5051,16 @@ class ReadBudgetTest(unittest.TestCase):
             with self.assertRaises(ValueError, msg=value[:20]) as e:
                 reads.starved_ms_setting(value)
             self.assertIn("KVSHIM_CB_STARVED_MS=%s: %s" % (value, why), str(e.exception))
+
+    def test_starved_default_is_kvshim_configs(self):
+        """The adapter's default for KVSHIM_CB_STARVED_MS is the one
+        kvshim-config prints (the library's config table)."""
+        env = {k: v for k, v in os.environ.items() if k != "KVSHIM_CB_STARVED_MS"}
+        out = subprocess.run([os.environ["KVSHIM_CONFIG_BIN"], "--print"], env=env,
+                             capture_output=True, text=True, timeout=30).stdout
+        line = [l.split() for l in out.splitlines() if l.startswith("KVSHIM_CB_STARVED_MS ")]
+        self.assertEqual(len(line), 1, out)
+        self.assertEqual(line[0][1:3], [str(reads.starved_ms_setting(None)), "(default)"])
 
     def test_starved_read_from_the_environment(self):
         """KVSHIM_CB_STARVED_MS is read once: unset, STARVED_S; 200, 0.2 s;
@@ -5072,8 +5083,8 @@ class ReadBudgetTest(unittest.TestCase):
     def test_starved_setting_sets_when_the_bound_is_raised(self):
         """With KVSHIM_CB_STARVED_MS=200 an admitted request without its
         first token raises the bound after 0.2 s (not at 0.19), and to the
-        blocks in use after 0.4 s: the same steps as the default's 0.5 and
-        1 s."""
+        blocks in use after 0.4 s: the same steps as the default's 0.25 and
+        0.5 s."""
         self.addCleanup(reads._starved.__setitem__, slice(None), list(reads._starved))
         reads._starved[:] = [0.2]
         p, _ = self.one_admitted_without_a_token()

@@ -58,10 +58,15 @@ AUTO_READ_SERVER = 64 * 1024     # auto, no workload known: at least this
 # (decoding first) and skips one whose past tokens no longer fit (likely:
 # docs/BENCHMARKS.md, session 34, where an admitted request waited 10.3 s
 # on an H200 with its blocks held, the engine's steps beginning every 0.03
-# to 0.21 s and its other first tokens taking at most 0.5 s). 0.25 s: at
-# a 3 GiB budget on an H200, three engines with it met the static split's
-# p99 TTFT at 6 GiB for every model where with 0.5 s the medium missed
-# (docs/BENCHMARKS.md, session 45).
+# to 0.21 s and its other first tokens taking at most 0.5 s). 0.5 s was
+# the default until session 45; 0.25 s is close to those gaps between
+# steps, so a request that would have had its token soon may count as
+# starved and raise the bound (a batch wider than the share, run without a
+# CUDA graph). It is the default because, at a 3 GiB budget on an H200,
+# three engines with it met the static split's p99 TTFT at 6 GiB for
+# every model by medians where with 0.5 s the medium missed, on one
+# request held 0.70 s until a raise (one run, two replays each;
+# docs/BENCHMARKS.md, session 45). Not yet measured at 6 GiB.
 STARVED_S = 0.25
 STARVED_MS_VAR = "KVSHIM_CB_STARVED_MS"   # sets it (milliseconds)
 STARVED_MS_MAX = 60000           # as kvshim-config's KV_STARVED_MS_MAX
@@ -202,7 +207,7 @@ def starved_ms_setting(value):
     STARVED_MS_MAX, digits only. Raises ValueError naming the variable and
     why."""
     if value is None:
-        return int(STARVED_S * 1000)
+        return round(STARVED_S * 1000)
     # (kvshim-config reads the digits first: a run of them past the most
     # is too large, whatever follows)
     lead = len(value) - len(value.lstrip("0123456789"))
@@ -225,7 +230,7 @@ def starved_s():
             ms = starved_ms_setting(os.environ.get(STARVED_MS_VAR))
         except ValueError as e:
             _warn_once("starved", "%s: %g s stands" % (e, STARVED_S))
-            ms = int(STARVED_S * 1000)
+            ms = round(STARVED_S * 1000)
         _starved.append(ms / 1000.0)
     return _starved[0]
 
