@@ -190,7 +190,15 @@ in the JSON's seconds, and in the estimates; its CUDA graphs in the
 JSON's warmup_graphs): a machine runs its first batch shapes 0.5 to 1 s a
 step (kernels loaded or compiled; on an H200 the first configuration paid
 most of them), and transformers captures a CUDA graph for each batch key
-an engine first meets (20 to 325 ms each on an H200). --alternate, with
+an engine first meets (20 to 325 ms each on an H200). --capture-keys has
+each engine, in every configuration, capture a graph for every batch key
+it can form before it serves (tests/bench/graph_capture.py: its queries,
+its KV read up to its cache's tokens under static and its share's under
+kvshim, at most its read budget, and requests of at most --prompt-max
+and --new-max tokens; on its generation thread, kvshim's engines on the
+adapter's padding block), as a production engine captures its batch sizes
+at start: what each did is in its engine's start_graphs, its time in the
+engines' start. --alternate, with
 --repeat N, replays in N rounds: in round k each configuration replays
 the k-th replay of each trace, engines started afresh, in the
 configurations' order in even rounds and in reverse in odd ones (static,
@@ -241,6 +249,7 @@ and the shared budget was never passed, 1 if not, 77 without a GPU.
 """
 import argparse
 import collections
+import contextlib
 import functools
 import glob
 import importlib.machinery
@@ -260,6 +269,7 @@ import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import built_tree  # noqa: E402  the built tree's library and tools
+import graph_capture  # noqa: E402  --capture-keys' keys and captures
 
 MIB = 1 << 20
 GIB = 1 << 30
@@ -380,6 +390,13 @@ def dry_engine(args):
             "kv_pad": int(os.environ["KVSHIM_CB_KV_PAD"])
             if kvshim and os.environ.get("KVSHIM_CB_KV_PAD") else None,
             "ready_s": 0.0}
+    if args.capture_read:
+        # the keys as the engine would count them, every one captured
+        read = min(args.capture_read, info["read_tokens"])
+        n = len(graph_capture.varlen_keys(args.max_batch_tokens, read, 64, 16384,
+                                       args.capture_longest))
+        info["start_graphs"] = {"read": read, "longest": args.capture_longest, "keys": n,
+                                "captured": n, "skipped": 0, "seconds": 0.0, "counted": n}
     pad = info["kv_pad"] or 16384
     for mine, t0, out_path in commands(info):
         rows = []
@@ -522,6 +539,12 @@ def engine(args):
             # transformers' own)
             "kv_pad": getattr(cache, "kvshim_kv_pad", None),
             "ready_s": time.perf_counter() - t_start}
+    if args.capture_read:
+        graphs_before = len(graphs) if graphs is not None else None
+        info["start_graphs"] = capture_at_start(manager, model, cache, args, kvshim is not None)
+        if graphs_before is not None:   # as time_steps counted them
+            info["start_graphs"]["counted"] = len(graphs) - graphs_before
+        info["ready_s"] = time.perf_counter() - t_start
 
     def kv_now():
         if kvshim is None:
@@ -637,6 +660,71 @@ def tracker_figures(tracker):
     return {k: getattr(tracker, k, 0) for k in TRACKER_FIGURES} if tracker is not None else {}
 
 
+# Callables the engine's generation thread runs, each once, with its batch
+# processor, at its next scheduling pass (time_steps' wrapper), before it
+# schedules: work on its IOs that no step may run beside.
+ON_LOOP = []
+
+
+def capture_at_start(manager, model, cache, args, under_kvshim):
+    """--capture-keys: the engine's CUDA graphs for every batch key it can
+    meet (graph_capture.varlen_keys: its batches' queries, KV reads at most
+    --capture-read tokens, its share's, and requests of at most
+    --capture-longest tokens), captured on its generation thread before
+    it serves, its fake requests under kvshim on the adapter's padding
+    block. Returns what was done: keys, captured, skipped (keys the batch
+    did not come out as), seconds, the read and longest used, and error
+    where it failed (the engine serves on, capturing as it meets keys)."""
+    proc = manager.batch_processor
+    out = {"read": None, "longest": args.capture_longest, "keys": 0, "captured": 0,
+           "skipped": 0, "seconds": 0.0}
+    try:
+        conf = proc.model_runner.cb_config
+        read = min(int(cache.num_pages), args.capture_read)
+        keys = graph_capture.varlen_keys(int(cache.max_batch_tokens), read,
+                                      int(conf.q_padding_interval_size),
+                                      int(conf.kv_padding_interval_size), args.capture_longest)
+    except (AttributeError, TypeError, ValueError) as e:
+        out["error"] = "%s: %s" % (type(e).__name__, e)
+        return out
+    out.update(read=read, keys=len(keys))
+    on_padding = None
+    if under_kvshim:
+        from kvshim.adapters import transformers_cb_reads as reads
+        on_padding = reads._warmup_on_padding
+    done = threading.Event()
+
+    def run(proc_):
+        try:
+            out["captured"], out["skipped"], out["seconds"] = graph_capture.capture_all(
+                proc_, model, keys, on_padding)
+        except Exception as e:          # recorded; never raised into transformers' loop
+            out["error"] = "%s: %s" % (type(e).__name__, e)
+        finally:
+            done.set()
+    ON_LOOP.append(run)
+    if not done.wait(600):
+        with contextlib.suppress(ValueError):
+            ON_LOOP.remove(run)
+        out.setdefault("error", "the generation thread ran no scheduling pass in 600 s")
+    return out
+
+
+def start_graphs_text(name, done):
+    """What engine name's --capture-keys did (capture_at_start's), for a
+    line: its graphs captured of the keys, their seconds, and what went
+    wrong."""
+    if not done:
+        return "%s none (not asked)" % name
+    text = "%s %d of %d keys in %.1f s (KV read up to %s)" % (
+        name, done["captured"], done["keys"], done["seconds"], done["read"])
+    if done.get("skipped"):
+        text += ", %d skipped (the batch keyed otherwise)" % done["skipped"]
+    if done.get("error"):
+        text += ", failed: %s" % done["error"]
+    return text
+
+
 def time_steps():
     """Time every generation step of the engine, both configurations
     alike, and the CUDA graphs it captures: returns (steps, graphs). steps
@@ -695,6 +783,8 @@ def time_steps():
         runner._capture_graph = timed_capture
 
     def timed_prepare(self, *args, **kwargs):
+        while ON_LOOP:                  # work for the generation thread, between steps
+            ON_LOOP.pop(0)(self)
         tracker = getattr(getattr(self, "cache", None), "kvshim_tracker", None)
         busy = tracker.busy if tracker is not None else None
         t = time.perf_counter()
@@ -923,6 +1013,17 @@ def spawn(name, cfg, args, pool, outdir, tag):
     cmd.append("--cuda-graphs" if args.cuda_graphs else "--no-cuda-graphs")
     if args.dry_run:
         cmd.append("--dry-run")
+    if args.capture_keys:
+        # the most a batch of this engine reads: its cache's tokens
+        # (static), or its weighted part of the budget's (kvshim, whose
+        # read bound follows that share beside the others)
+        if mode == "static":
+            share = budget * cfg.get("shares", 1)
+        else:
+            w = args.weight_of or {}
+            share = 3 * budget * w.get(name, 1) // sum(w.get(n, 1) for n in ORDER)
+        cmd += ["--capture-read", str(static_blocks(name, share) * BLOCK),
+                "--capture-longest", str(args.prompt_max + args.new_max)]
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
     env.pop("KVSHIM_MAX", None)         # capped's alone (the caller's would pass)
@@ -1092,7 +1193,9 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
            "seconds": {}, "skipped": [], "pool": pool}
     try:
         for name, p in procs.items():
-            res["engines"][name] = json.loads(read_line(p, "READY", 600))
+            # (--capture-keys: their captures too, at most 600 s more)
+            res["engines"][name] = json.loads(read_line(p, "READY",
+                                                        1200 if args.capture_keys else 600))
         res["startup_s"] = time.perf_counter() - t_spawn
         took.setdefault(STARTS, []).append(res["startup_s"])
         pids = {n: e["pid"] for n, e in res["engines"].items()}
@@ -1102,6 +1205,10 @@ def run_config(cfg, args, traces, outdir, deadline=None, took=None, later=(), wa
                 ", a batch reads at most %d tokens" % e["read_tokens"] if e.get("read_tokens") else "",
                 ", its KV read padded to %d tokens" % e["kv_pad"] if e.get("kv_pad") else "")
             for n, e in res["engines"].items())), flush=True)
+        if args.capture_keys:
+            print("colocate: %s: CUDA graphs captured at start (--capture-keys): %s" % (
+                cfg["name"], ", ".join(start_graphs_text(n, e.get("start_graphs"))
+                                       for n, e in res["engines"].items())), flush=True)
         if warmup is not None:
             t_run = time.perf_counter()
             run = replay_all(procs, warmup, os.path.join(
@@ -2593,6 +2700,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--num-blocks", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--capture-read", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--capture-longest", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=os.environ.get("KVSHIM_SUITE_OUT", "."))
     ap.add_argument("--configs", default="static,kvshim")
     ap.add_argument("--budget-gib", type=float, default=6.0, help="KV budget of the three engines")
@@ -2642,6 +2751,11 @@ def main():
                     help="with --warmup, the warm-up trace's cycles: each model hot this many "
                          "times (transformers captures a CUDA graph for each batch key it "
                          "first meets; a longer warm-up meets more of them before the replays)")
+    ap.add_argument("--capture-keys", action="store_true",
+                    help="each engine, in every configuration, captures a CUDA graph for every "
+                         "batch key it can meet (queries, KV read up to its share, longest KV) "
+                         "before it serves, as production engines capture their batch sizes at "
+                         "start, so that the replays meet few new keys (tests/bench/graph_capture.py)")
     ap.add_argument("--sweep-gib", default="",
                     help="kvshim budgets to try against the static split at --budget-gib")
     ap.add_argument("--sweep-rates", default="3", help="the rates the sweep replays")
