@@ -390,14 +390,16 @@ def dry_engine(args):
             "kv_pad": int(os.environ["KVSHIM_CB_KV_PAD"])
             if kvshim and os.environ.get("KVSHIM_CB_KV_PAD") else None,
             "ready_s": 0.0}
+    pad = info["kv_pad"] or 16384
     if args.capture_read:
         # the keys as the engine would count them, every one captured
         read = min(args.capture_read, info["read_tokens"])
-        n = len(graph_capture.varlen_keys(args.max_batch_tokens, read, 64, 16384,
-                                       args.capture_longest))
+        n = len(graph_capture.varlen_keys(args.max_batch_tokens, read, 64, pad,
+                                          args.capture_longest))
         info["start_graphs"] = {"read": read, "longest": args.capture_longest, "keys": n,
-                                "captured": n, "skipped": 0, "seconds": 0.0, "counted": n}
-    pad = info["kv_pad"] or 16384
+                                "captured": n, "present": 0, "eager": 0, "skipped": 0,
+                                "on_padding": True if kvshim else None, "seconds": 0.0,
+                                "counted": n}
     for mine, t0, out_path in commands(info):
         rows = []
         for k, q in enumerate(mine):
@@ -668,22 +670,24 @@ ON_LOOP = []
 
 def capture_at_start(manager, model, cache, args, under_kvshim):
     """--capture-keys: the engine's CUDA graphs for every batch key it can
-    meet (graph_capture.varlen_keys: its batches' queries, KV reads at most
-    --capture-read tokens, its share's, and requests of at most
-    --capture-longest tokens), captured on its generation thread before
-    it serves, its fake requests under kvshim on the adapter's padding
-    block. Returns what was done: keys, captured, skipped (keys the batch
-    did not come out as), seconds, the read and longest used, and error
-    where it failed (the engine serves on, capturing as it meets keys)."""
+    meet (graph_capture.varlen_keys: its batches' queries, KV reads up to
+    --capture-read tokens, its share's, within the cache's num_pages, and
+    requests of at most --capture-longest tokens), captured on its
+    generation thread before it serves, its fake requests under kvshim on
+    the adapter's padding block. Returns what was done: keys, the read and
+    longest used, and graph_capture.capture_all's counts and seconds, or
+    error where it failed or its thread did not answer in 600 s (the
+    engine serves on, capturing as it meets keys)."""
     proc = manager.batch_processor
     out = {"read": None, "longest": args.capture_longest, "keys": 0, "captured": 0,
-           "skipped": 0, "seconds": 0.0}
+           "present": 0, "eager": 0, "skipped": 0, "seconds": 0.0}
     try:
         conf = proc.model_runner.cb_config
         read = min(int(cache.num_pages), args.capture_read)
         keys = graph_capture.varlen_keys(int(cache.max_batch_tokens), read,
-                                      int(conf.q_padding_interval_size),
-                                      int(conf.kv_padding_interval_size), args.capture_longest)
+                                         int(conf.q_padding_interval_size),
+                                         int(conf.kv_padding_interval_size),
+                                         args.capture_longest)
     except (AttributeError, TypeError, ValueError) as e:
         out["error"] = "%s: %s" % (type(e).__name__, e)
         return out
@@ -692,21 +696,22 @@ def capture_at_start(manager, model, cache, args, under_kvshim):
     if under_kvshim:
         from kvshim.adapters import transformers_cb_reads as reads
         on_padding = reads._warmup_on_padding
-    done = threading.Event()
+    done, answer = threading.Event(), []
 
     def run(proc_):
         try:
-            out["captured"], out["skipped"], out["seconds"] = graph_capture.capture_all(
-                proc_, model, keys, on_padding)
+            answer.append(graph_capture.capture_all(proc_, model, keys, read, on_padding))
         except Exception as e:          # recorded; never raised into transformers' loop
-            out["error"] = "%s: %s" % (type(e).__name__, e)
+            answer.append({"error": "%s: %s" % (type(e).__name__, e)})
         finally:
             done.set()
     ON_LOOP.append(run)
     if not done.wait(600):
         with contextlib.suppress(ValueError):
             ON_LOOP.remove(run)
-        out.setdefault("error", "the generation thread ran no scheduling pass in 600 s")
+        out["error"] = "the generation thread did not answer in 600 s"
+    else:
+        out.update(answer[0])
     return out
 
 
@@ -718,8 +723,13 @@ def start_graphs_text(name, done):
         return "%s none (not asked)" % name
     text = "%s %d of %d keys in %.1f s (KV read up to %s)" % (
         name, done["captured"], done["keys"], done["seconds"], done["read"])
-    if done.get("skipped"):
-        text += ", %d skipped (the batch keyed otherwise)" % done["skipped"]
+    for field, what in (("present", "in its cache already"),
+                        ("eager", "run without a graph"),
+                        ("skipped", "skipped (no blocks, or the batch keyed otherwise)")):
+        if done.get(field):
+            text += ", %d %s" % (done[field], what)
+    if done.get("on_padding") is False:
+        text += ", its fake requests on blocks of its own (no padding block)"
     if done.get("error"):
         text += ", failed: %s" % done["error"]
     return text
@@ -1013,7 +1023,7 @@ def spawn(name, cfg, args, pool, outdir, tag):
     cmd.append("--cuda-graphs" if args.cuda_graphs else "--no-cuda-graphs")
     if args.dry_run:
         cmd.append("--dry-run")
-    if args.capture_keys:
+    if args.capture_keys and args.cuda_graphs:
         # the most a batch of this engine reads: its cache's tokens
         # (static), or its weighted part of the budget's (kvshim, whose
         # read bound follows that share beside the others)
@@ -2848,6 +2858,8 @@ def main():
         ap.error("--deadline must be more than 0 minutes")
     if not 1 <= args.repeat <= 20:
         ap.error("--repeat must be from 1 to 20")
+    if args.capture_keys and not args.cuda_graphs:
+        ap.error("--capture-keys captures CUDA graphs: not with --no-cuda-graphs")
     if args.starved_ms is not None and "starved" not in configs and not args.sweep_starved:
         ap.error("--starved-ms sets starved's engines: name starved in --configs, or give "
                  "--sweep-starved")
