@@ -432,7 +432,11 @@ def dry_engine(args):
                    # grows 64 MiB a sample, and 128 MiB more under kvshim)
                    samples=[(0.1 * k, kv // (1 if not kvshim else 4 - k),
                              (512 + 64 * k) * MIB + (128 * MIB if kvshim else kv),
-                             [0, 0, num_blocks - num_blocks // 8, 0, 1, 0] if kvshim else
+                             # (requests waiting in the second: then 8 blocks shown
+                             # free, 4 MiB of demand, 16 blocks backed ahead, 32
+                             # free ids on its pages, 8 in its prefix cache)
+                             [0, 8, num_blocks - num_blocks // 8, 2 if k == 1 else 0, 1,
+                              4 * MIB if k == 1 else 0, 16, 32, 8] if kvshim else
                              [None, None, num_blocks - num_blocks // 4, 0, 1, None])
                             for k in range(3)],
                    # (every third a prefill's, three times as long; under
@@ -557,8 +561,11 @@ def engine(args):
         """What the engine and, under kvshim, its adapter last saw (read
         without calling kvshim): [blocks kvshim could back, capacity (the
         free block count it let the engine see), the engine's own free
-        blocks, waiting requests, active requests, demand stated (bytes)];
-        without kvshim the first two and the last are None."""
+        blocks, waiting requests, active requests, demand stated (bytes),
+        and from session 46 on blocks backed ahead (taken in), free ids on
+        pages its blocks claim, its prefix cache's blocks]; without kvshim
+        the first two and the demand are None, and the last three absent
+        (and absent too where they cannot be read: the rest stands)."""
         tracker = getattr(cache, "kvshim_tracker", None)
         proc = getattr(manager, "batch_processor", None)
         sched = getattr(proc, "scheduler", None)
@@ -569,9 +576,14 @@ def engine(args):
                    len(sched.active_requests)]
             if tracker is None:
                 return [None, None] + own + [None]
-            return [tracker._room[1], tracker._cap[1]] + own + [tracker._demand[1]]
+            view = [tracker._room[1], tracker._cap[1]] + own + [tracker._demand[1]]
         except (AttributeError, TypeError, IndexError):
             return None
+        try:
+            return view + [tracker.ahead_backed(), tracker.free_on_pages(),
+                           len(getattr(cache._block_manager, "_init_block_ids", None) or ())]
+        except (AttributeError, TypeError):
+            return view
 
     for mine, t0, out_path in commands(info):
         tracker = getattr(cache, "kvshim_tracker", None) if kvshim is not None else None
@@ -1519,6 +1531,41 @@ def in_use(engine):
     return (statistics.fmean(r[1] for r in rows), statistics.fmean(r[2] for r in rows))
 
 
+def held_while_waiting(engine):
+    """What an engine held while requests of its waited for admission: over
+    its samples with its view in which some did (kvshim's engines, from
+    session 46 on), their number and the means, in bytes, of its KV pages,
+    the blocks its requests held (as blocks_in_use), its prefix cache's
+    blocks (counted free by the engine, their pages held), the free ids on
+    pages its blocks claim (they cost no memory), the blocks backed ahead
+    (most among those free ids), the rest of its pages (neither: the
+    padding zone kvshim maps whole, pages on their way back), the free
+    blocks the adapter let the engine see and the demand it stated;
+    {"samples": 0} when none had requests waiting; None without samples
+    that tell (older runs', static's)."""
+    n, nbytes = engine.get("num_blocks"), engine.get("kv_tensor_bytes")
+    told = [s for s in engine.get("samples", ())
+            if len(s) > 3 and s[3] and len(s[3]) > 8 and s[3][2] is not None]
+    if not n or not nbytes or not told:
+        return None
+    rows = [s for s in told if s[3][3]]
+    if not rows:
+        return {"samples": 0}
+    per = nbytes / n
+
+    def mean(f):
+        return statistics.fmean(f(v) for v in rows)
+    out = {"samples": len(rows), "pages": mean(lambda v: v[1]),
+           "used": mean(lambda v: (n - v[3][2]) * per),
+           "cached": mean(lambda v: (v[3][8] or 0) * per),
+           "free": mean(lambda v: (v[3][7] or 0) * per),
+           "ahead": mean(lambda v: (v[3][6] or 0) * per),
+           "shown": mean(lambda v: (v[3][1] or 0) * per),
+           "demand": mean(lambda v: v[3][5] or 0)}
+    out["rest"] = out["pages"] - out["used"] - out["cached"] - out["free"]
+    return out
+
+
 def stated(held, pid):
     """(mean stated demand, mean idle pages, mean stated unused) of the
     process pid, bytes, over the shared segment's samples of a replay from
@@ -1631,6 +1678,7 @@ def summarize(results, traces):
                     "kv_idle_mean": said[1] if said else None,
                     "kv_unused_mean": said[2] if said else None,
                     "kv_blocks_mean": packing[1] if packing else None,
+                    "kv_waiting": held_while_waiting(run["engines"][name]) if packing else None,
                     "steps": len(steps),
                     "step_p50": pct([st[2] for st in steps], 50),
                     "step_p99": pct([st[2] for st in steps], 99),
@@ -2108,6 +2156,25 @@ def print_tables(table, traces, results, args):
                      if t["kv_blocks_mean"] > 0 else "-") + tuple(
                      "-" if t.get(k) is None else "%.0f" % (t[k] / MIB)
                      for k in ("kv_demand_mean", "kv_idle_mean", "kv_unused_mean")))
+        kv_table(table, label, results,
+                 "KV pages held while requests waited, trace %s: over each engine's samples "
+                 "(every 100 ms) in which requests of its waited for admission, how many, and "
+                 "the means of its KV pages, of the blocks its requests held, of its prefix "
+                 "cache's blocks (free to the engine, their pages held), of the free ids on "
+                 "pages its blocks claim (they cost no memory), of the blocks backed ahead for "
+                 "its next prefill (most among those free ids), of the rest of its pages "
+                 "(neither: the padding zone kvshim maps whole, pages on their way back), of "
+                 "the free blocks the adapter let the engine see (what it may admit with) and "
+                 "of the demand it stated (runs before session 46: none)" % label,
+                 ("samples", "KV pages held MiB", "blocks in use MiB", "prefix cache MiB",
+                  "free on its pages MiB", "backed ahead MiB", "the rest MiB",
+                  "shown free MiB", "demand MiB"),
+                 lambda t: ("-",) * 9 if t.get("kv_waiting") is None else
+                 ("0",) + ("-",) * 8 if not t["kv_waiting"]["samples"] else
+                 ("%d" % t["kv_waiting"]["samples"],) + tuple(
+                     "%.0f" % (t["kv_waiting"][k] / MIB)
+                     for k in ("pages", "used", "cached", "free", "ahead", "rest", "shown",
+                               "demand")))
         together = [(c, table[(label, c, "blocks")]) for c in results
                     if (label, c, "blocks") in table]
         if together:
