@@ -445,13 +445,16 @@ class AdapterTest(unittest.TestCase):
         c, tr = self.make(num_blocks=4096, layers=4)
         # the 64 MiB limit: 4 pages a tensor, less one page of margin: 192 blocks
         self.assertEqual(c.get_num_free_blocks(), 192)
+        self.assertEqual(tr.shown, 192)     # (for reports: what the engine saw last)
         c._block_manager.get_free_blocks(64, None, False, 0)
         time.sleep(0.01)                    # past the headroom's time to live
         self.assertEqual(c.get_num_free_blocks(), 128)
+        self.assertEqual(tr.shown, 128)
         # kvshim unable to tell: the engine's own count
         tr.group.close()
         time.sleep(0.01)
         self.assertEqual(c.get_num_free_blocks(), 4096 - 64)
+        self.assertEqual(tr.shown, 4096 - 64)
 
     def test_engine_waits_when_kvshim_is_short(self):
         self.ahead_off()
@@ -2592,7 +2595,10 @@ class AdapterTest(unittest.TestCase):
         for t in list(c.key_cache) + list(c.value_cache):
             row = t.stride(0) * t.element_size()
             kvshim.map(t.data_ptr() + 250 * c.block_size * row, 2 * c.block_size * row)
-        self.lay_out(proc, [("a", 64), ("b", 64), ("c", 64), ("z", 58)])
+        # (the padding page's ids go out first: z takes them, then is made
+        # the newest, as if admitted last)
+        self.lay_out(proc, [("z", 58), ("a", 64), ("b", 64), ("c", 64)])
+        proc.scheduler.active_requests.move_to_end("z")
         self.assertEqual(self.sharers(c, tr)[3], {"z"})
         asked[0] = 58 * tr.bytes_per_block
         time.sleep(0.01)
@@ -2745,7 +2751,7 @@ class AdapterTest(unittest.TestCase):
         looks to it; page 2 empties as before."""
         c, tr = self.make(num_blocks=250, layers=2)
         bm = c._block_manager
-        ids = bm.get_free_blocks(250, None, True, 0)
+        ids = sorted(bm.get_free_blocks(250, None, True, 0))
         self.assertEqual(sorted(tr._claims), [0, 1, 2, 3])
         emptied = tr.emptied
         bm.free_blocks(ids[192:], shareable=True, complete=True)   # page 3: prefix cache only
@@ -2756,6 +2762,30 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(tr.emptied, emptied)
         bm.free_blocks(ids[128:192], shareable=False)              # page 2
         self.assertEqual(tr.emptied, emptied + 1)
+
+    def test_padding_page_ids_go_out_first_and_count_free(self):
+        """With 250 blocks, 64 a page, the last page index holds blocks
+        192 to 249 and the padding zone, backed whole: its 58 ids count
+        free before any block is claimed, go out first at no map, stay
+        first once all are freed again, and are not worth backing ahead."""
+        c, tr = self.make(num_blocks=250, layers=2)
+        bm = c._block_manager
+        for t in list(c.key_cache) + list(c.value_cache):          # as _kv_from_spans
+            row = t.stride(0) * t.element_size()
+            kvshim.map(t.data_ptr() + 250 * c.block_size * row, 2 * c.block_size * row)
+        self.assertEqual(pages(c), 4)
+        self.assertEqual(tr.free_on_pages(), 58)
+        self.assertFalse(tr.ahead_worth(200))
+        self.assertTrue(tr.ahead_worth(0))
+        got = bm.get_free_blocks(10, None, True, 0)
+        self.assertTrue(all(192 <= b < 250 for b in got), got)
+        self.assertEqual(pages(c), 4)                              # no page mapped
+        self.assertEqual(tr.free_on_pages(), 48)
+        bm.free_blocks(got, shareable=False)
+        self.assertNotIn(3, tr._claims)
+        self.assertEqual(tr.free_on_pages(), 58)
+        self.assertTrue(all(192 <= b < 250 for b in bm.get_free_blocks(5, None, True, 0)))
+        self.assertEqual(pages(c), 4)
 
     def test_emptied_counts_pages_whose_last_claim_went(self):
         """tracker.emptied counts a page index when its last block is

@@ -155,6 +155,8 @@ class BlockTracker:
         self.short = 0           # times kvshim said no, checks and maps alike
         self.capped = 0          # times the engine's free block count was capped at
                                  # what kvshim can back
+        self.shown = None        # the free block count the engine was last shown
+                                 # (get_num_free_blocks), for reports
         self._room = (0.0, None)  # (when, blocks) of the last headroom read
         self.busy = 0.0          # seconds the engine spent in this tracker
         self.calls = 0           # ...over this many calls
@@ -280,7 +282,7 @@ class BlockTracker:
                         self.emptied += 1
                         self._held_off.pop(p, None)
                         self.reread()
-                    self._cool(p)
+                        self._cool(p)
                 elif self._free_on.get(p):
                     self._heat(p, later)
 
@@ -298,7 +300,8 @@ class BlockTracker:
                 self._hot_stack = [q for q in self._hot_stack if q in self._hot]
 
     def _cool(self, p):
-        """Page p has no claims or no free ids any more."""
+        """Page p has no claims (and is not pinned) or no free ids any
+        more."""
         if p in self._hot:
             self._hot.discard(p)
             self._hot_free -= len(self._free_on.get(p, ()))
@@ -308,9 +311,18 @@ class BlockTracker:
         (an engine's padding zone, mapped whole): the page index holding
         offset, if blocks of the group lie on it too, never goes back when
         they are all free. It is not counted emptied, and asks do not look
-        to empty it (owners, cache_only_pages)."""
+        to empty it (owners, cache_only_pages). Its free ids are hot
+        whether a block there is claimed or not: backed already, they go
+        out first (prefer) and count free (capacity), where they used to
+        wait for the free list to reach them, the engine meanwhile mapping
+        other pages for its blocks (on an H200 at a 3 GiB budget, the
+        large model's last page index, 96 MiB, held 30 of its 798 blocks:
+        docs/BENCHMARKS.md, session 46)."""
         if self._page and offset % self._page:
-            self._pinned.add(offset // self._page)
+            p = offset // self._page
+            self._pinned.add(p)
+            if self._free_on.get(p):
+                self._heat(p)
 
     def _one_page(self):
         """Whether every block lies on one page (the index below needs it)."""
@@ -329,7 +341,7 @@ class BlockTracker:
             s.add(b)
             if p in self._hot:
                 self._hot_free += 1
-            elif p in self._claims:
+            elif p in self._claims or p in self._pinned:
                 self._heat(p)
 
     def handed(self, b):
@@ -414,7 +426,8 @@ class BlockTracker:
                 yield from list(self._free_on.get(p, ()))
 
     def prefer(self):
-        """A free id on a page other blocks claim, to hand out before the
+        """A free id on a page other blocks claim (or on the padding zone's,
+        see pin), to hand out before the
         free list's first: taking it costs no memory, and filling the pages
         in use first keeps the blocks in use on few pages, so that pages
         empty out and can go back (handed out in the list's order, the
@@ -489,8 +502,9 @@ class BlockTracker:
         return drop
 
     def free_on_pages(self):
-        """The free ids on pages other blocks claim (they cost no memory:
-        see prefer); 0 when blocks may straddle pages."""
+        """The free ids on pages other blocks claim, and on the padding
+        zone's (see pin; they cost no memory: see prefer); 0 when blocks
+        may straddle pages."""
         return self._hot_free if self._one_page() else 0
 
     @_timed
@@ -557,12 +571,13 @@ class BlockTracker:
     def ahead_worth(self, b):
         """Whether block b is worth backing ahead: it is (backed ahead
         already), or backing it maps a page (one of its pages holds no
-        claim). A block on claimed pages costs the engine's map no driver
+        claim and is not the padding zone's, see pin). A block on claimed
+        pages costs the engine's map no driver
         call, and left to the engine it never waits for a batch in flight
         (see _settle)."""
         if b in self._ahead or not self._page:
             return True
-        return any(p not in self._claims for p in self._pages(b))
+        return any(p not in self._claims and p not in self._pinned for p in self._pages(b))
 
     @_timed
     def ahead(self, ids):

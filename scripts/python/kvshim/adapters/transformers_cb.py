@@ -296,7 +296,7 @@ def attach(cache):
 
     orig_free = cache.get_num_free_blocks
 
-    def get_num_free_blocks():
+    def free_shown():
         n = orig_free()
         room = tracker.room()
         if room is None or room >= n:
@@ -313,6 +313,10 @@ def attach(cache):
         # (counted apart from short, which states demand)
         tracker.capped += 1
         return cap
+
+    def get_num_free_blocks():
+        tracker.shown = free_shown()
+        return tracker.shown
 
     bm.get_free_blocks = get_free_blocks
     cache.get_num_free_blocks = get_num_free_blocks
