@@ -432,11 +432,15 @@ def dry_engine(args):
                    # grows 64 MiB a sample, and 128 MiB more under kvshim)
                    samples=[(0.1 * k, kv // (1 if not kvshim else 4 - k),
                              (512 + 64 * k) * MIB + (128 * MIB if kvshim else kv),
-                             # (requests waiting in the second: then 8 blocks shown
-                             # free, 4 MiB of demand, 16 blocks backed ahead, 32
-                             # free ids on its pages, 8 in its prefix cache)
-                             [0, 8, num_blocks - num_blocks // 8, 2 if k == 1 else 0, 1,
-                              4 * MIB if k == 1 else 0, 16, 32, 8] if kvshim else
+                             # (8 blocks shown free; requests waiting in the second
+                             # only: 4 MiB of demand, 16 blocks backed ahead, 32
+                             # free ids on its pages, 8 in its prefix cache, 4 MiB
+                             # in kvshim's pool, 2 MiB cached; the first's 2 MiB
+                             # of demand is its cushion's, nothing waiting)
+                             [0, 8, num_blocks - num_blocks // 8] + [
+                                 [0, 1, 2 * MIB, 4, 24, 6, 2 * MIB, 0],
+                                 [2, 1, 4 * MIB, 16, 32, 8, 4 * MIB, 2 * MIB],
+                                 [0, 1, 0, 0, 0, 0, 0, 0]][k] if kvshim else
                              [None, None, num_blocks - num_blocks // 4, 0, 1, None])
                             for k in range(3)],
                    # (every third a prefill's, three times as long; under
@@ -481,6 +485,44 @@ def dry_engine(args):
             run["read_caps"] = caps
         done(run, out_path)
     return 0
+
+
+# An engine's view in each of its samples (engine_view), by slot: blocks
+# kvshim could back, the free block count the engine was shown, its own free
+# blocks, requests waiting, requests active, the demand stated (bytes); from
+# session 46 on, under kvshim, blocks backed ahead (taken in), free ids on
+# the pages it holds, its prefix cache's blocks, and the bytes of kvshim's
+# pool of ready pages and of its cached pages (mapped, no block on them), in
+# the engine's process
+(VIEW_ROOM, VIEW_SHOWN, VIEW_FREE, VIEW_WAITING, VIEW_ACTIVE, VIEW_DEMAND,
+ VIEW_AHEAD, VIEW_FREE_ON, VIEW_PREFIX, VIEW_POOLED, VIEW_CACHED) = range(11)
+
+
+def engine_view(cache, sched, tracker, stats=None):
+    """What the engine and, under kvshim (its adapter's tracker), the
+    adapter last saw, read without calling kvshim (stats: kvshim.stats() as
+    read for the same sample): a list by the VIEW_ slots. Without kvshim
+    the room, the count shown and the demand are None and the last five
+    absent; under kvshim the last five are absent where they cannot be
+    read (the first six stand). The count shown is the adapter's record of
+    it (tracker.shown, from session 46 on); before, what its capacity last
+    read. None when the engine's own figures cannot be read."""
+    try:
+        view = [cache._block_manager.num_free_blocks, len(sched.waiting_requests),
+                len(sched.active_requests)]
+        if tracker is None:
+            return [None, None] + view + [None]
+        shown = getattr(tracker, "shown", None)
+        view = [tracker._room[1], tracker._cap[1] if shown is None else shown] + view + [
+            tracker._demand[1]]
+    except (AttributeError, TypeError, IndexError):
+        return None
+    try:
+        return view + [tracker.ahead_backed(), tracker.free_on_pages(),
+                       len(cache._block_manager._init_block_ids),
+                       stats["pooled_bytes"], stats["cached_bytes"]]
+    except (AttributeError, TypeError, KeyError):
+        return view
 
 
 def engine(args):
@@ -552,38 +594,22 @@ def engine(args):
             info["start_graphs"]["counted"] = len(graphs) - graphs_before
         info["ready_s"] = time.perf_counter() - t_start
 
+    stats = [None]      # kvshim.stats() as kv_now last read it
+
     def kv_now():
         if kvshim is None:
             return kv_tensor_bytes
-        return kvshim.stats()["physical_bytes"]
+        stats[0] = kvshim.stats()
+        return stats[0]["physical_bytes"]
 
     def adapter_now():
-        """What the engine and, under kvshim, its adapter last saw (read
-        without calling kvshim): [blocks kvshim could back, capacity (the
-        free block count it let the engine see), the engine's own free
-        blocks, waiting requests, active requests, demand stated (bytes),
-        and from session 46 on blocks backed ahead (taken in), free ids on
-        pages its blocks claim, its prefix cache's blocks]; without kvshim
-        the first two and the demand are None, and the last three absent
-        (and absent too where they cannot be read: the rest stands)."""
+        """engine_view of the engine now (after kv_now, in each sample)."""
         tracker = getattr(cache, "kvshim_tracker", None)
         proc = getattr(manager, "batch_processor", None)
         sched = getattr(proc, "scheduler", None)
         if sched is None or (kvshim is not None and tracker is None):
             return None
-        try:
-            own = [cache._block_manager.num_free_blocks, len(sched.waiting_requests),
-                   len(sched.active_requests)]
-            if tracker is None:
-                return [None, None] + own + [None]
-            view = [tracker._room[1], tracker._cap[1]] + own + [tracker._demand[1]]
-        except (AttributeError, TypeError, IndexError):
-            return None
-        try:
-            return view + [tracker.ahead_backed(), tracker.free_on_pages(),
-                           len(getattr(cache._block_manager, "_init_block_ids", None) or ())]
-        except (AttributeError, TypeError):
-            return view
+        return engine_view(cache, sched, tracker, stats[0])
 
     for mine, t0, out_path in commands(info):
         tracker = getattr(cache, "kvshim_tracker", None) if kvshim is not None else None
@@ -1518,8 +1544,8 @@ def blocks_in_use(engine):
     (transformers counts the prefix cache's blocks free), at the same
     moments."""
     n, per = engine.get("num_blocks"), engine.get("kv_tensor_bytes")
-    return [(s[0], s[1], (n - s[3][2]) * per / n) for s in engine.get("samples", ())
-            if n and per and len(s) > 3 and s[3] and s[3][2] is not None]
+    return [(s[0], s[1], (n - s[3][VIEW_FREE]) * per / n) for s in engine.get("samples", ())
+            if n and per and len(s) > 3 and s[3] and s[3][VIEW_FREE] is not None]
 
 
 def in_use(engine):
@@ -1532,37 +1558,43 @@ def in_use(engine):
 
 
 def held_while_waiting(engine):
-    """What an engine held while requests of its waited for admission: over
-    its samples with its view in which some did (kvshim's engines, from
-    session 46 on), their number and the means, in bytes, of its KV pages,
-    the blocks its requests held (as blocks_in_use), its prefix cache's
-    blocks (counted free by the engine, their pages held), the free ids on
-    pages its blocks claim (they cost no memory), the blocks backed ahead
-    (most among those free ids), the rest of its pages (neither: the
-    padding zone kvshim maps whole, pages on their way back), the free
-    blocks the adapter let the engine see and the demand it stated;
+    """What an engine held while requests of its waited for admission, over
+    its samples whose view has every VIEW_ slot (kvshim's engines, from
+    session 46 on) in which some did: a dict of "samples" (their number)
+    and the means, in bytes, of "pages" (its KV pages, as kvshim counts
+    them), "used" (the blocks its requests held, as blocks_in_use),
+    "prefix" (its prefix cache's blocks: free to the engine, their pages
+    held), "free_on" (the free ids on the pages it holds: handing them out
+    maps nothing), "ahead" (the blocks backed ahead, taken in: among
+    free_on where blocks lie on one page), "pooled" and "cached" (kvshim's
+    pool of ready pages and its cached pages, no block on them), "rest"
+    (the pages less all those but ahead: the padding zone's rows, pages
+    being mapped or unmapped, a batch backed ahead not taken in yet),
+    "shown" (the free block count the engine was shown: what it admits
+    with; None where no sample has it) and "demand" (stated);
     {"samples": 0} when none had requests waiting; None without samples
     that tell (older runs', static's)."""
     n, nbytes = engine.get("num_blocks"), engine.get("kv_tensor_bytes")
     told = [s for s in engine.get("samples", ())
-            if len(s) > 3 and s[3] and len(s[3]) > 8 and s[3][2] is not None]
+            if len(s) > 3 and s[3] and len(s[3]) > VIEW_CACHED and s[3][VIEW_FREE] is not None]
     if not n or not nbytes or not told:
         return None
-    rows = [s for s in told if s[3][3]]
+    rows = [s for s in told if s[3][VIEW_WAITING]]
     if not rows:
         return {"samples": 0}
     per = nbytes / n
 
-    def mean(f):
-        return statistics.fmean(f(v) for v in rows)
-    out = {"samples": len(rows), "pages": mean(lambda v: v[1]),
-           "used": mean(lambda v: (n - v[3][2]) * per),
-           "cached": mean(lambda v: (v[3][8] or 0) * per),
-           "free": mean(lambda v: (v[3][7] or 0) * per),
-           "ahead": mean(lambda v: (v[3][6] or 0) * per),
-           "shown": mean(lambda v: (v[3][1] or 0) * per),
-           "demand": mean(lambda v: v[3][5] or 0)}
-    out["rest"] = out["pages"] - out["used"] - out["cached"] - out["free"]
+    def mean(slot, scale=per):
+        return statistics.fmean((s[3][slot] or 0) * scale for s in rows)
+    shown = [s[3][VIEW_SHOWN] * per for s in rows if s[3][VIEW_SHOWN] is not None]
+    out = {"samples": len(rows), "pages": statistics.fmean(s[1] for s in rows),
+           "used": statistics.fmean((n - s[3][VIEW_FREE]) * per for s in rows),
+           "prefix": mean(VIEW_PREFIX), "free_on": mean(VIEW_FREE_ON), "ahead": mean(VIEW_AHEAD),
+           "pooled": mean(VIEW_POOLED, 1), "cached": mean(VIEW_CACHED, 1),
+           "shown": statistics.fmean(shown) if shown else None,
+           "demand": mean(VIEW_DEMAND, 1)}
+    out["rest"] = out["pages"] - sum(out[k] for k in ("used", "prefix", "free_on", "pooled",
+                                                      "cached"))
     return out
 
 
@@ -2159,22 +2191,18 @@ def print_tables(table, traces, results, args):
         kv_table(table, label, results,
                  "KV pages held while requests waited, trace %s: over each engine's samples "
                  "(every 100 ms) in which requests of its waited for admission, how many, and "
-                 "the means of its KV pages, of the blocks its requests held, of its prefix "
-                 "cache's blocks (free to the engine, their pages held), of the free ids on "
-                 "pages its blocks claim (they cost no memory), of the blocks backed ahead for "
-                 "its next prefill (most among those free ids), of the rest of its pages "
-                 "(neither: the padding zone kvshim maps whole, pages on their way back), of "
-                 "the free blocks the adapter let the engine see (what it may admit with) and "
-                 "of the demand it stated (runs before session 46: none)" % label,
+                 "the means of its KV pages (as kvshim counts them), of the blocks its requests "
+                 "held, of its prefix cache's blocks (free to the engine, their pages held), of "
+                 "the free ids on the pages it holds (handing them out maps nothing), of the "
+                 "blocks backed ahead for its next prefill (among those free ids), of kvshim's "
+                 "pool of ready pages and its cached pages (no block on them), of the rest (the "
+                 "padding zone's rows, pages being mapped or unmapped, a batch backed ahead not "
+                 "taken in yet), of the free blocks the engine was shown (what it admits with) "
+                 "and of the demand it stated (runs before session 46: none)" % label,
                  ("samples", "KV pages held MiB", "blocks in use MiB", "prefix cache MiB",
-                  "free on its pages MiB", "backed ahead MiB", "the rest MiB",
-                  "shown free MiB", "demand MiB"),
-                 lambda t: ("-",) * 9 if t.get("kv_waiting") is None else
-                 ("0",) + ("-",) * 8 if not t["kv_waiting"]["samples"] else
-                 ("%d" % t["kv_waiting"]["samples"],) + tuple(
-                     "%.0f" % (t["kv_waiting"][k] / MIB)
-                     for k in ("pages", "used", "cached", "free", "ahead", "rest", "shown",
-                               "demand")))
+                  "free on its pages MiB", "backed ahead MiB", "pool MiB", "cached MiB",
+                  "the rest MiB", "shown free MiB", "demand MiB"),
+                 waiting_row)
         together = [(c, table[(label, c, "blocks")]) for c in results
                     if (label, c, "blocks") in table]
         if together:
@@ -2669,6 +2697,20 @@ def plot(results, traces, outdir):
         fig.tight_layout()
         fig.savefig(os.path.join(outdir, "colocate-ttft-time-%s.png" % label), dpi=110)
         plt.close(fig)
+
+
+def waiting_row(t):
+    """The row of "KV pages held while requests waited" for an engine's
+    figures t (held_while_waiting's, under kv_waiting)."""
+    w = t.get("kv_waiting")
+    if w is None:
+        return ("-",) * 11
+    if not w["samples"]:
+        return ("0",) + ("-",) * 10
+    return ("%d" % w["samples"],) + tuple(
+        "-" if w[k] is None else "%.0f" % (w[k] / MIB)
+        for k in ("pages", "used", "prefix", "free_on", "ahead", "pooled", "cached", "rest",
+                  "shown", "demand"))
 
 
 def kv_table(table, label, results, title, columns, row):
