@@ -269,13 +269,20 @@ class AdapterTest(unittest.TestCase):
                         list(transformers_cb._ahead_setting))
         transformers_cb._ahead_setting[:] = [False]
 
-    def make(self, num_blocks=1024, layers=2):
+    def make(self, num_blocks=1024, layers=2, padding=False):
         # (a stand-in engine that map_ahead cannot read turns mapping ahead
-        # off for the process: each test starts from the setting as it was)
+        # off for the process: each test starts from the setting as it was;
+        # padding: the padding zone backed whole, as _kv_from_spans does)
         self.addCleanup(transformers_cb._ahead_setting.__setitem__, slice(None),
                         list(transformers_cb._ahead_setting))
         c = StandInCache(num_blocks, 16, layers, 8 * 128)
         self.addCleanup(self.release, c)
+        if padding:
+            for t in list(c.key_cache) + list(c.value_cache):
+                row = t.stride(0) * t.element_size()
+                kvshim.map(t.data_ptr() + num_blocks * c.block_size * row,
+                           2 * c.block_size * row)
+            c.kvshim_padding_backed = True
         tracker = transformers_cb.attach(c)
         self.assertIsNotNone(tracker)
         return c, tracker
@@ -1869,13 +1876,13 @@ class AdapterTest(unittest.TestCase):
         self.assertEqual(tr.mapped, 128 + 4)
         self.assertEqual(len(bm._uninit_block_ids), 128 - 4)
 
-    def paged_engine(self, num_blocks=256):
+    def paged_engine(self, num_blocks=256, padding=False):
         """A cache of num_blocks blocks (64 a 2 MiB page), its tracker, and
         a processor over it as admitting_api's, with transformers 5.17's
         offloading manager and a scheduler keeping its active requests in
         admission order: (cache, tracker, processor, the ask fake_ask
         reads, a FallingAsk)."""
-        c, tr = self.make(num_blocks=num_blocks, layers=2)
+        c, tr = self.make(num_blocks=num_blocks, layers=2, padding=padding)
         asked = FallingAsk([0])
 
         class Scheduler:
@@ -2591,10 +2598,7 @@ class AdapterTest(unittest.TestCase):
         all, and kvshim keeps the page; those blocks hold the next
         preemption off, and c stays."""
         self.hold_off_long()
-        c, tr, proc, asked = self.paged_engine(num_blocks=250)
-        for t in list(c.key_cache) + list(c.value_cache):
-            row = t.stride(0) * t.element_size()
-            kvshim.map(t.data_ptr() + 250 * c.block_size * row, 2 * c.block_size * row)
+        c, tr, proc, asked = self.paged_engine(num_blocks=250, padding=True)
         # (the padding page's ids go out first: z takes them, then is made
         # the newest, as if admitted last)
         self.lay_out(proc, [("z", 58), ("a", 64), ("b", 64), ("c", 64)])
@@ -2749,7 +2753,7 @@ class AdapterTest(unittest.TestCase):
         192 to 249 and the padding zone, backed outside the group: freeing
         its blocks empties no page (kvshim keeps it), and an ask never
         looks to it; page 2 empties as before."""
-        c, tr = self.make(num_blocks=250, layers=2)
+        c, tr = self.make(num_blocks=250, layers=2, padding=True)
         bm = c._block_manager
         ids = sorted(bm.get_free_blocks(250, None, True, 0))
         self.assertEqual(sorted(tr._claims), [0, 1, 2, 3])
@@ -2768,24 +2772,53 @@ class AdapterTest(unittest.TestCase):
         192 to 249 and the padding zone, backed whole: its 58 ids count
         free before any block is claimed, go out first at no map, stay
         first once all are freed again, and are not worth backing ahead."""
-        c, tr = self.make(num_blocks=250, layers=2)
+        c, tr = self.make(num_blocks=250, layers=2, padding=True)
         bm = c._block_manager
-        for t in list(c.key_cache) + list(c.value_cache):          # as _kv_from_spans
-            row = t.stride(0) * t.element_size()
-            kvshim.map(t.data_ptr() + 250 * c.block_size * row, 2 * c.block_size * row)
         self.assertEqual(pages(c), 4)
         self.assertEqual(tr.free_on_pages(), 58)
+        # (what covers the cushion at no memory cost, packing or not)
+        self.assertEqual((tr.free_after_plan({}, 0), tr.free_pinned()), (58, 58))
         self.assertFalse(tr.ahead_worth(200))
         self.assertTrue(tr.ahead_worth(0))
         got = bm.get_free_blocks(10, None, True, 0)
         self.assertTrue(all(192 <= b < 250 for b in got), got)
         self.assertEqual(pages(c), 4)                              # no page mapped
         self.assertEqual(tr.free_on_pages(), 48)
+        self.assertEqual(tr.free_pinned(), 48)
         bm.free_blocks(got, shareable=False)
         self.assertNotIn(3, tr._claims)
         self.assertEqual(tr.free_on_pages(), 58)
         self.assertTrue(all(192 <= b < 250 for b in bm.get_free_blocks(5, None, True, 0)))
         self.assertEqual(pages(c), 4)
+
+    def test_padding_page_ids_go_out_before_other_hot_pages(self):
+        """The padding page's free ids go out before those of a page made
+        hot after it (it never goes back; the other might), in the order
+        prefer gives and upcoming names alike."""
+        c, tr = self.make(num_blocks=250, layers=2, padding=True)
+        bm = c._block_manager
+        got = bm.get_free_blocks(58 + 64, None, True, 0)           # the padding page, page 0
+        self.assertEqual(sorted(got[:58]), list(range(192, 250)))
+        bm.free_blocks(got[:5], shareable=False)                   # the padding page: hot
+        bm.free_blocks([got[58]], shareable=False)                 # page 0: hot, after it
+        self.assertEqual(tr._hot_stack[-1], 0)
+        self.assertTrue(set(itertools.islice(bm._uninit_block_ids.upcoming(), 5))
+                        <= set(range(192, 250)))
+        self.assertTrue(all(192 <= b < 250 for b in bm.get_free_blocks(5, None, True, 0)))
+
+    def test_padding_page_ids_count_free_at_the_limit(self):
+        """At the 64 MiB limit the engine is shown the padding page's free
+        ids on top of what kvshim's room backs, and can take them all."""
+        c, tr = self.make(num_blocks=4090, layers=4, padding=True)   # 58 ids on its page
+        bm = c._block_manager
+        room = tr.room()
+        n = c.get_num_free_blocks()
+        self.assertEqual(n, room + 58)
+        self.assertEqual(tr.shown, n)
+        got = bm.get_free_blocks(n, None, True, 0)
+        self.assertEqual(len(got), n)
+        self.assertTrue(set(range(4032, 4090)) <= set(got))
+        self.assertEqual(tr.mapped, n)
 
     def test_emptied_counts_pages_whose_last_claim_went(self):
         """tracker.emptied counts a page index when its last block is
@@ -3156,6 +3189,21 @@ class AdapterTest(unittest.TestCase):
                         list(transformers_cb._pack_setting))
         transformers_cb._pack_setting[:] = [False]
         self.assertEqual(transformers_cb._cushion_blocks(proc), 32)    # a step, no margin here
+        self.assertEqual(transformers_cb._cushion(proc), 0)
+
+    def test_padding_page_ids_cover_the_cushion_without_packing(self):
+        """Without packing, the free ids on the padding page cover the
+        cushion as blocks backed ahead do: backed with the cache, they are
+        not stated again."""
+        c, tr, proc, _ = self.paged_engine(num_blocks=250, padding=True)
+        self.shared_on()
+        type(proc).max_batch_tokens = 512                      # 32 blocks a step
+        self.lay_out(proc, [("a", 10)])                        # on the padding page
+        self.addCleanup(transformers_cb._pack_setting.__setitem__, slice(None),
+                        list(transformers_cb._pack_setting))
+        transformers_cb._pack_setting[:] = [False]
+        self.assertEqual(transformers_cb._cushion_blocks(proc), 32)
+        self.assertEqual(tr.free_pinned(), 48)
         self.assertEqual(transformers_cb._cushion(proc), 0)
 
     def test_standing_batch_named_again_after_an_ask_and_after_a_page_empties(self):

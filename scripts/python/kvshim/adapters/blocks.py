@@ -155,8 +155,8 @@ class BlockTracker:
         self.short = 0           # times kvshim said no, checks and maps alike
         self.capped = 0          # times the engine's free block count was capped at
                                  # what kvshim can back
-        self.shown = None        # the free block count the engine was last shown
-                                 # (get_num_free_blocks), for reports
+        self.shown = None        # the free block count get_num_free_blocks last gave
+                                 # (the engine's calls and the adapter's), for reports
         self._room = (0.0, None)  # (when, blocks) of the last headroom read
         self.busy = 0.0          # seconds the engine spent in this tracker
         self.calls = 0           # ...over this many calls
@@ -324,6 +324,16 @@ class BlockTracker:
             if self._free_on.get(p):
                 self._heat(p)
 
+    def _pinned_free(self):
+        """The pinned page indices (see pin) with free ids, in order."""
+        return [p for p in sorted(self._pinned) if self._free_on.get(p)]
+
+    def free_pinned(self):
+        """The free ids on the pinned page indices (see pin): backed with
+        the cache, whatever the engine holds; 0 when blocks may straddle
+        pages."""
+        return sum(len(self._free_on[p]) for p in self._pinned_free()) if self._one_page() else 0
+
     def _one_page(self):
         """Whether every block lies on one page (the index below needs it)."""
         return self._page and self._page % self.group.block_bytes == 0
@@ -420,14 +430,17 @@ class BlockTracker:
     def preferred(self):
         """Every id prefer() would give, in turn."""
         seen = set()
+        for p in self._pinned_free():
+            seen.add(p)
+            yield from list(self._free_on[p])
         for p in reversed(list(self._hot_stack)):
             if p in self._hot and p not in seen:
                 seen.add(p)
                 yield from list(self._free_on.get(p, ()))
 
     def prefer(self):
-        """A free id on a page other blocks claim (or on the padding zone's,
-        see pin), to hand out before the
+        """A free id on a page other blocks claim (on the padding zone's
+        first, see pin: it never goes back), to hand out before the
         free list's first: taking it costs no memory, and filling the pages
         in use first keeps the blocks in use on few pages, so that pages
         empty out and can go back (handed out in the list's order, the
@@ -438,6 +451,8 @@ class BlockTracker:
             s = self._free_on.get(self._near)
             if s:
                 return next(iter(s))
+        for p in self._pinned_free():
+            return next(iter(self._free_on[p]))
         stack = self._hot_stack
         while stack:
             p = stack[-1]
@@ -801,8 +816,9 @@ class BlockTracker:
         return self._plan(cached, keep)[0]
 
     def free_after_plan(self, cached, keep=0):
-        """The free ids on the pages with blocks in use that pack_plan(cached,
-        keep) leaves (at least keep when there is a plan; not those of the
+        """The free ids on the pages with blocks in use, and on the padding
+        zone's, that pack_plan(cached, keep) leaves (at least keep when
+        there is a plan; not those of the
         pages only cached claims, stated unused): what covers the engine's
         cushion at no memory cost while the plan's pages are stated unused,
         so that the two are not counted twice. Looked at every PLAN_LOOK_S
@@ -822,10 +838,12 @@ class BlockTracker:
         use once it is carried out)."""
         if not self._one_page():
             return [], 0
-        # the pages with blocks in use: where blocks move to (their free
-        # ids: not those of pages only the cache claims, which go back)
+        # the pages with blocks in use, and the padding zone's (it never
+        # goes back): where blocks move to (their free ids: not those of
+        # pages only the cache claims, which go back)
         live_on = self._live_on(cached)
-        room = sum(len(self._free_on.get(p, ())) for p in live_on)
+        room = sum(len(self._free_on.get(p, ())) for p in live_on) + sum(
+            len(self._free_on[p]) for p in self._pinned_free() if p not in live_on)
         moving, plan = 0, []
         for live, p in sorted((n, p) for p, n in live_on.items() if p not in self._pinned):
             left = room - len(self._free_on.get(p, ()))
@@ -846,15 +864,18 @@ class BlockTracker:
 
     def pack_targets(self, sources, n, cached):
         """n free ids to move blocks in use to, off the page indices in
-        sources: on the other pages with blocks in use (see pack_plan), the
-        fullest first, so that the emptiest stay emptiest; fewer when there
-        are not n."""
+        sources: on the padding zone's page first (see pin: it never goes
+        back), then on the other pages with blocks in use (see pack_plan),
+        the fullest first, so that the emptiest stay emptiest; fewer when
+        there are not n."""
         if not self._one_page():
             return []
-        pages = sorted((len(self._free_on[p]), p) for p in self._live_on(cached)
-                       if p not in sources and self._free_on.get(p))
+        pinned = [p for p in self._pinned_free() if p not in sources]
+        pages = pinned + [p for _, p in sorted(
+            (len(self._free_on[p]), p) for p in self._live_on(cached)
+            if p not in sources and p not in pinned and self._free_on.get(p))]
         ids = []
-        for _, p in pages:
+        for p in pages:
             for b in sorted(self._free_on[p]):
                 ids.append(b)
                 if len(ids) == n:

@@ -151,6 +151,7 @@ def _kv_from_spans(cache, torch):
             row = t.stride(0) * t.element_size()
             rows = 2 * cache.block_size
             kvshim.map(t.data_ptr() + (t.shape[0] - rows) * row, rows * row)
+            cache.kvshim_padding_backed = True
         except (kvshim.KvshimError, ValueError, RuntimeError) as e:
             # kvshim cannot run here, or memory is short (or torch cannot
             # switch to the device: the plain allocation says why): this
@@ -222,9 +223,10 @@ def attach(cache):
         _back_whole(kv)
         return None
     tracker = BlockTracker(group)
-    # the padding zone, the last two blocks' rows, is backed whole (see
-    # _kv_from_spans)
-    tracker.pin((t.shape[0] - 2 * cache.block_size) * t.stride(0) * t.element_size())
+    if getattr(cache, "kvshim_padding_backed", False):
+        # the padding zone, the last two blocks' rows, is backed whole (see
+        # _kv_from_spans)
+        tracker.pin((t.shape[0] - 2 * cache.block_size) * t.stride(0) * t.element_size())
     bm = cache._block_manager
     free = TrackedFreeList(bm._uninit_block_ids, tracker.give, tracker)
     tracker.freed(free)     # ids never handed out are free on their pages too
@@ -630,8 +632,9 @@ def _cushion(proc):
         need = max(0, need - tracker.free_after_plan(init, need))
     elif need and tracker is not None:
         # the blocks backed ahead for the next request (see map_ahead) are
-        # backed already: stated again, the engine would want them twice
-        need = max(0, need - tracker.ahead_backed())
+        # backed already: stated again, the engine would want them twice;
+        # so are the padding zone's page's free ids (see BlockTracker.pin)
+        need = max(0, need - tracker.ahead_backed() - tracker.free_pinned())
     return need
 
 
