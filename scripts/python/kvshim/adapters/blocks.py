@@ -451,8 +451,10 @@ class BlockTracker:
             s = self._free_on.get(self._near)
             if s:
                 return next(iter(s))
-        for p in self._pinned_free():
-            return next(iter(self._free_on[p]))
+        for p in self._pinned:
+            s = self._free_on.get(p)
+            if s:
+                return next(iter(s))
         stack = self._hot_stack
         while stack:
             p = stack[-1]
