@@ -77,8 +77,14 @@ def row(t, m, s, k, extra=""):
         "yes" if mk <= max(s) else "NO"))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def command_line(doc, name):
+    """The command line of a script that reads a colocate run's engine
+    files as this one does (DIR [--configs A,B] [--traces T1,T2]; doc: its
+    docstring, name: its name in messages): (its arguments, the two
+    configurations, each one's {trace: replay labels}, the traces both
+    replayed, in --traces' order if given). Exits 2 on bad arguments, 1
+    when no trace was replayed by both."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     ap.add_argument("dir")
     ap.add_argument("--configs", default="static,kvshim")
     ap.add_argument("--traces")
@@ -89,11 +95,16 @@ def main():
     base, other = (replays(args.dir, c) for c in cfgs)
     traces = [t for t in base if t in other]
     if args.traces:
-        want = args.traces.split(",")
-        traces = [t for t in want if t in traces]
+        traces = [t for t in args.traces.split(",") if t in traces]
     if not traces:
-        print("apart: no trace both configurations replayed in %s" % args.dir, file=sys.stderr)
-        return 1
+        print("%s: no trace both configurations replayed in %s" % (name, args.dir),
+              file=sys.stderr)
+        sys.exit(1)
+    return args, cfgs, base, other, traces
+
+
+def main():
+    args, cfgs, base, other, traces = command_line(__doc__, "apart")
     print("| trace | model | %s p99 | %s p99 | %s / %s (medians) | within %s's spread |" % (
         cfgs[0], cfgs[1], cfgs[0], cfgs[1], cfgs[0]))
     print("|---|---|---|---|---|---|")

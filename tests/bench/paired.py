@@ -30,14 +30,13 @@ scheduling and its run; the request's arrival, admission and first token):
   scheduling and its run, and the token's way out).
 """
 
-import argparse
 import json
 import os
 import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from apart import MODELS, both_ran, replays  # noqa: E402
+from apart import MODELS, both_ran, command_line  # noqa: E402
 
 GREW_S = 0.010          # a request took longer (or less) by more than this
 
@@ -89,21 +88,7 @@ def compare(first, second):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("dir")
-    ap.add_argument("--configs", default="static,kvshim")
-    ap.add_argument("--traces")
-    args = ap.parse_args()
-    cfgs = args.configs.split(",")
-    if len(cfgs) != 2 or not os.path.isdir(args.dir):
-        ap.error("give a directory of engine files and two configurations")
-    base, other = (replays(args.dir, c) for c in cfgs)
-    traces = [t for t in base if t in other]
-    if args.traces:
-        traces = [t for t in args.traces.split(",") if t in traces]
-    if not traces:
-        print("paired: no trace both configurations replayed in %s" % args.dir, file=sys.stderr)
-        return 1
+    args, cfgs, base, other, traces = command_line(__doc__, "paired")
     print("each request in %s less itself in %s, ms: TTFT (mean, median), the mean split into "
           "the time before its step, scheduling, running and the rest; requests more than "
           "%.0f ms longer, and shorter" % (cfgs[1], cfgs[0], 1e3 * GREW_S))
