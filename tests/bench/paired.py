@@ -14,11 +14,12 @@ configuration's TTFT less the first's in milliseconds, its mean and
 median, the mean split into four parts that add up to it, how many
 requests took more than 10 ms longer, and how many 10 ms less, and how
 many served in both it left out: a request whose admission no step the
-engine recorded explains (a step's start is written to 0.1 ms), or one
-admitted again after its first token (moved to the CPU and back: its
-admission is the later one). A request transformers started over whole
-(requeued, no CPU room) keeps only its second run's times, here and in
-colocate's TTFT; colocate's evictions table counts them.
+engine recorded explains (colocate wrote a step's start to 0.1 ms before
+session 47, to 1 us since), or one admitted again after its first token
+(moved to the CPU and back: its admission is the later one). A request
+transformers started over whole (requeued, no CPU room) keeps only its
+second run's times, here and in colocate's TTFT; colocate's evictions
+table counts them.
 
 The parts, from the engine's own records (its steps: when each began, its
 scheduling and its run; the request's arrival, admission and first token):
@@ -45,7 +46,7 @@ import colocate  # noqa: E402
 from apart import MODELS, both_ran, command_line, engines_of  # noqa: E402
 
 GREW_S = 0.010          # a request took longer (or less) by more than this
-ROUNDED_S = 5e-5        # a step's start as colocate writes it, to 0.1 ms: at most this off
+ROUNDED_S = 5e-5        # a step's start as colocate wrote it, to 0.1 ms (1 us from session 47)
 
 
 def parts(engine):
