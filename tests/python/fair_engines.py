@@ -181,6 +181,16 @@ FIELDS = ("t", "blocks", "physical", "active", "done", "preempted", "evicted", "
           "read", "ahead")
 
 
+def own_env():
+    """The caller's environment without kvshim's settings, but for where its
+    library is and what it logs: a test's processes set their own. (In
+    one process over several test files, test_adapters' module sets
+    KVSHIM_LIMIT=64M for its own engines, which bound these to 64 MiB of a
+    96 MiB budget, and test_top's sets a floor, a ceiling and a reserve.)"""
+    return {k: v for k, v in os.environ.items()
+            if not k.startswith("KVSHIM_") or k in ("KVSHIM_LIB", "KVSHIM_LOG")}
+
+
 def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weights=None,
         prefix_cache=False, pack=False, follow=False, lulls=None, idle_cushions=None):
     """Start engines under one budget of budget_mib, the first head_start
@@ -195,13 +205,7 @@ def run(budget_mib=96, seconds=6.0, head_start=1.5, engines=3, pool=None, weight
     order (moved: the blocks it moved; ahead_hits: the blocks it was
     handed backed ahead; first: see engine)."""
     pool = pool or "fairengines%d" % os.getpid()
-    # (none of kvshim's settings from the caller's environment but where
-    # its library is and what it logs: test_adapters' module sets
-    # KVSHIM_LIMIT=64M for its own engines, which bound these to 64 MiB of
-    # a 96 MiB budget when both ran in one process, and test_top's
-    # KVSHIM_RESERVE; these engines' settings are the ones set below)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("KVSHIM_") or k in ("KVSHIM_LIB", "KVSHIM_LOG")}
+    env = own_env()
     env.update(KVSHIM_SHARE="on", KVSHIM_BUDGET="%dM" % budget_mib, KVSHIM_POOL=pool,
                KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0", KVSHIM_CB_PACK="on" if pack else "off")
     env["PYTHONPATH"] = os.pathsep.join(p for p in (HERE, env.get("PYTHONPATH")) if p)

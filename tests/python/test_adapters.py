@@ -25,13 +25,17 @@ import unittest
 import unittest.mock
 from contextlib import redirect_stderr
 
+import settings_once
+
 # before kvshim reads its configuration: no pool, a 64 MiB limit that
 # test_memory_short_requests_wait runs into, and no shared budget in this
 # process (the tests that share start processes of their own, in pools
-# named after POOL, never the GPU's real segment)
+# named after POOL, never the GPU's real segment); in one unittest process
+# over several test files only the first file's settings hold, and the
+# others' tests are skipped (see settings_once)
 POOL = "adapters%d" % os.getpid()
-os.environ.update(KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0", KVSHIM_LIMIT="64M",
-                  KVSHIM_POOL=POOL, KVSHIM_SHARE="off")
+settings_once.configure("test_adapters", KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0",
+                        KVSHIM_LIMIT="64M", KVSHIM_POOL=POOL, KVSHIM_SHARE="off")
 
 
 def _remove_segments(pool=POOL):
@@ -47,6 +51,10 @@ from kvshim.adapters import blocks, transformers_cb  # noqa: E402
 from kvshim.adapters import transformers_cb_reads as reads  # noqa: E402
 
 MIB = 1 << 20
+
+
+def setUpModule():
+    settings_once.skip_unless_mine("test_adapters", unittest)
 
 
 from standins import (FakeTensor, OffloadingManager517, StandInBlockManager,  # noqa: E402,F401

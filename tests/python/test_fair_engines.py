@@ -202,8 +202,8 @@ class GroupMapTest(unittest.TestCase):
         waits for them (up to 500 ms; here nobody gives back, and it gives
         up). kvshim_stats counts the one wait and nothing for the group."""
         pool = "groupmap%d" % os.getpid()
-        env = dict(os.environ, KVSHIM_SHARE="on", KVSHIM_BUDGET="16M", KVSHIM_POOL=pool,
-                   KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0")
+        env = dict(fair_engines.own_env(), KVSHIM_SHARE="on", KVSHIM_BUDGET="16M",
+                   KVSHIM_POOL=pool, KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0")
         holder = subprocess.Popen([sys.executable, "-c", HOLDER], env=env, text=True,
                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         try:

@@ -14,15 +14,23 @@ import sys
 import threading
 import unittest
 
+import settings_once
+
 POOL = "top%d" % os.getpid()
-os.environ.update(KVSHIM_SHARE="on", KVSHIM_POOL=POOL, KVSHIM_POOL_LOW="0",
-                  KVSHIM_POOL_HIGH="0", KVSHIM_MIN="4M", KVSHIM_MAX="64M", KVSHIM_WEIGHT="3",
-                  KVSHIM_RESERVE="10%")
+# (one unittest process over several test files: only the first file's
+# settings hold, and the others' tests are skipped; see settings_once)
+settings_once.configure(
+    "test_top", KVSHIM_SHARE="on", KVSHIM_POOL=POOL, KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0",
+    KVSHIM_MIN="4M", KVSHIM_MAX="64M", KVSHIM_WEIGHT="3", KVSHIM_RESERVE="10%")
 
 import kvshim  # noqa: E402
 
 TOP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts", "kvshim-top")
 MIB = 1 << 20
+
+
+def setUpModule():
+    settings_once.skip_unless_mine("test_top", unittest)
 
 
 @contextlib.contextmanager
