@@ -182,11 +182,13 @@ FIELDS = ("t", "blocks", "physical", "active", "done", "preempted", "evicted", "
 
 
 def own_env():
-    """The caller's environment without kvshim's settings, but for where its
-    library is and what it logs: a test's processes set their own. (In
-    one process over several test files, test_adapters' module sets
-    KVSHIM_LIMIT=64M for its own engines, which bound these to 64 MiB of a
-    96 MiB budget, and test_top's sets a floor, a ceiling and a reserve.)"""
+    """The caller's environment without any KVSHIM_ variable but where
+    kvshim's library is and what it logs (the test harness's own, such as
+    KVSHIM_CONFIG_BIN, go too: the engines read none), for a test's
+    processes that set kvshim's settings themselves. (In one process over
+    several test files, test_adapters' module sets KVSHIM_LIMIT=64M for its
+    own engines, which bound these to 64 MiB of a 96 MiB budget, and
+    test_top's sets a floor, a ceiling and a reserve.)"""
     return {k: v for k, v in os.environ.items()
             if not k.startswith("KVSHIM_") or k in ("KVSHIM_LIB", "KVSHIM_LOG")}
 

@@ -1,26 +1,39 @@
 """kvshim's settings for one test file of a process. The library reads
-them from the environment once, when it starts (at a file's first call),
-so in one unittest process over several test files only the first file
-that sets them has them: a later one's would come too late for it and
-over the first's."""
+them from the environment once, when the binding loads it (at the first
+call), so in one unittest process over several test files only the first
+file that sets them, before any call, has them: a later one's would come
+too late for it and over the first's. Files named by their path (under
+make check each runs as __main__)."""
 import os
+import sys
+import unittest
 
-_owner = []
-
-
-def configure(owner, **settings):
-    """Set settings for test file owner unless another test file of this
-    process set its own first; whether owner's hold."""
-    if _owner and _owner[0] != owner:
-        return False
-    _owner[:] = [owner]
-    os.environ.update(settings)
-    return True
+_owner = None
 
 
-def skip_unless_mine(owner, unittest):
-    """For a file's setUpModule: skip its tests when another test file of
-    this process set kvshim's settings (see configure)."""
-    if _owner and _owner[0] != owner:
-        raise unittest.SkipTest("kvshim's settings are %s's in this process (it reads them "
-                                "once): run %s.py alone" % (_owner[0], owner))
+def _started():
+    """Whether the binding has loaded kvshim's library in this process."""
+    return getattr(sys.modules.get("kvshim"), "_lib", None) is not None
+
+
+def configure(path, **settings):
+    """Set settings for the test file at path unless another test file of
+    this process set its own first, or kvshim already started with
+    others; whether they hold."""
+    global _owner
+    name = os.path.basename(path)
+    if _owner is None and not _started():
+        _owner = name
+        os.environ.update(settings)
+    return _owner == name
+
+
+def skip_unless_mine(path, tests):
+    """For the setUpModule of the test file at path, with tests tests: skip
+    them when its settings do not hold (see configure), saying how many."""
+    name = os.path.basename(path)
+    if _owner != name:
+        why = ("%s's settings" % _owner if _owner is not None
+               else "the settings kvshim started with before %s set its own" % name)
+        raise unittest.SkipTest("all %d tests of %s skipped: %s hold in this process (the "
+                                "library reads them once); run %s alone" % (tests, name, why, name))

@@ -25,7 +25,8 @@ import unittest
 import unittest.mock
 from contextlib import redirect_stderr
 
-import settings_once
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import settings_once  # noqa: E402
 
 # before kvshim reads its configuration: no pool, a 64 MiB limit that
 # test_memory_short_requests_wait runs into, and no shared budget in this
@@ -34,7 +35,7 @@ import settings_once
 # over several test files only the first file's settings hold, and the
 # others' tests are skipped (see settings_once)
 POOL = "adapters%d" % os.getpid()
-settings_once.configure("test_adapters", KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0",
+settings_once.configure(__file__, KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0",
                         KVSHIM_LIMIT="64M", KVSHIM_POOL=POOL, KVSHIM_SHARE="off")
 
 
@@ -54,7 +55,9 @@ MIB = 1 << 20
 
 
 def setUpModule():
-    settings_once.skip_unless_mine("test_adapters", unittest)
+    settings_once.skip_unless_mine(
+        __file__, unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
+        .countTestCases())
 
 
 from standins import (FakeTensor, OffloadingManager517, StandInBlockManager,  # noqa: E402,F401

@@ -14,13 +14,14 @@ import sys
 import threading
 import unittest
 
-import settings_once
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import settings_once  # noqa: E402
 
 POOL = "top%d" % os.getpid()
 # (one unittest process over several test files: only the first file's
 # settings hold, and the others' tests are skipped; see settings_once)
 settings_once.configure(
-    "test_top", KVSHIM_SHARE="on", KVSHIM_POOL=POOL, KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0",
+    __file__, KVSHIM_SHARE="on", KVSHIM_POOL=POOL, KVSHIM_POOL_LOW="0", KVSHIM_POOL_HIGH="0",
     KVSHIM_MIN="4M", KVSHIM_MAX="64M", KVSHIM_WEIGHT="3", KVSHIM_RESERVE="10%")
 
 import kvshim  # noqa: E402
@@ -30,7 +31,9 @@ MIB = 1 << 20
 
 
 def setUpModule():
-    settings_once.skip_unless_mine("test_top", unittest)
+    settings_once.skip_unless_mine(
+        __file__, unittest.defaultTestLoader.loadTestsFromModule(sys.modules[__name__])
+        .countTestCases())
 
 
 @contextlib.contextmanager
