@@ -28,11 +28,12 @@ def configure(path, **settings):
     return _owner == name
 
 
-def skip_unless_mine(path, tests):
-    """For the setUpModule of the test file at path, with tests tests: skip
-    them when its settings do not hold (see configure), saying how many."""
-    name = os.path.basename(path)
+def skip_unless_mine(module):
+    """For a test file's setUpModule (module: the file's own): skip its
+    tests when its settings do not hold (see configure), saying how many."""
+    name = os.path.basename(module.__file__)
     if _owner != name:
+        tests = unittest.defaultTestLoader.loadTestsFromModule(module).countTestCases()
         why = ("%s's settings" % _owner if _owner is not None
                else "the settings kvshim started with before %s set its own" % name)
         raise unittest.SkipTest("all %d tests of %s skipped: %s hold in this process (the "
