@@ -948,6 +948,22 @@ def nvidia_smi_used():
         return None
 
 
+def gpu_named(dry_run):
+    """The GPU the engines share as nvidia-smi names it ("name, memory.total
+    [MiB], driver_version"), "none (--dry-run)" in a dry run, or None where
+    nvidia-smi does not answer: rounds.py reads runs made apart as one only
+    on one kind of card."""
+    if dry_run:
+        return "none (--dry-run)"
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,memory.total,driver_version",
+                              "--format=csv,noheader", "-i", smi_id()],
+                             capture_output=True, text=True, timeout=5).stdout.strip()
+        return out or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
 def load_top():
     # kvshim-top reads segments through the built tree's kvshim-config
     os.environ.setdefault("KVSHIM_CONFIG_BIN", os.path.join(ROOT, "kvshim-config"))
@@ -2729,11 +2745,12 @@ def kv_table(table, label, results, title, columns, row):
                 print("| %s | %s | %s |" % (name, cname, " | ".join(row(t))))
 
 
-def write_json(path, args, traces, summary, table, results):
-    """colocate.json: the options, traces, summary and table, and every
-    request, engine step and sample of the shared segment."""
+def write_json(path, args, traces, summary, table, results, gpu):
+    """colocate.json: the options, the GPU (gpu_named), traces, summary and
+    table, and every request, engine step and sample of the shared
+    segment."""
     with open(path, "w") as f:
-        json.dump({"args": {k: v for k, v in vars(args).items()},
+        json.dump({"args": {k: v for k, v in vars(args).items()}, "gpu": gpu,
                    "traces": traces, "summary": summary,
                    "table": {"|".join(map(str, k)): v for k, v in table.items()},
                    "engines": {m: r["engines"] for m, r in results.items()},
@@ -3022,6 +3039,8 @@ def main():
         print("colocate: no torch: skipped")
         return 77
     t_all = time.perf_counter()
+    gpu = gpu_named(args.dry_run)
+    print("colocate: GPU: %s" % (gpu or "not named (nvidia-smi did not answer)"), flush=True)
     outdir = os.path.abspath(args.out)
     os.makedirs(outdir, exist_ok=True)
     traces = []
@@ -3197,7 +3216,8 @@ def main():
     summary = targets(table, traces, results, args)
     t_plot = time.perf_counter()
     plot(results, traces, outdir)
-    write_json(os.path.join(outdir, "colocate.json"), args, traces, summary, table, results)
+    write_json(os.path.join(outdir, "colocate.json"), args, traces, summary, table, results,
+               gpu)
     print("colocate: plots and JSON written in %.0f s; the whole run took %.1f min" % (
         time.perf_counter() - t_plot, (time.perf_counter() - t_all) / 60))
     skipped = dropped + ["%s %s" % (c, lb) for c, r in results.items()
