@@ -252,6 +252,7 @@ import collections
 import contextlib
 import functools
 import glob
+import hashlib
 import importlib.machinery
 import importlib.util
 import json
@@ -2745,13 +2746,40 @@ def kv_table(table, label, results, title, columns, row):
                 print("| %s | %s | %s |" % (name, cname, " | ".join(row(t))))
 
 
-def write_json(path, args, traces, summary, table, results, gpu):
-    """colocate.json: the options, the GPU (gpu_named), traces, summary and
-    table, and every request, engine step and sample of the shared
-    segment."""
+def code_version():
+    """What ran, so that runs made apart are read as one only where the
+    code was one: the SHA-256 (16 hex digits) of the library the engines
+    preload (None where there is none, as in a dry run) and of the Python
+    that shapes a replay (this file, built_tree.py and the adapter package
+    the engines import)."""
+    env = built_tree.environment()
+
+    def digest(paths):
+        h = hashlib.sha256()
+        for p in paths:
+            with open(p, "rb") as f:
+                h.update(os.path.relpath(p, ROOT).encode() + b"\0" + f.read())
+        return h.hexdigest()[:16]
+    lib = env["KVSHIM_LIB"]
+    here = os.path.dirname(os.path.abspath(__file__))
+    python = [os.path.join(here, "colocate.py"), os.path.join(here, "built_tree.py")] + sorted(
+        glob.glob(os.path.join(env["KVSHIM_PYTHONPATH"], "**", "*.py"), recursive=True))
+    try:
+        return {"library": digest([lib]) if os.path.isfile(lib) else None,
+                "python": digest(python)}
+    except OSError:
+        return None
+
+
+def write_json(path, args, traces, summary, table, results, gpu, warmup):
+    """colocate.json: the options, the GPU (gpu_named), the code's version
+    (code_version), traces and the warm-up's (None without --warmup),
+    summary and table, and every request, engine step and sample of the
+    shared segment."""
     with open(path, "w") as f:
         json.dump({"args": {k: v for k, v in vars(args).items()}, "gpu": gpu,
-                   "traces": traces, "summary": summary,
+                   "code": code_version(),
+                   "traces": traces, "warmup": warmup, "summary": summary,
                    "table": {"|".join(map(str, k)): v for k, v in table.items()},
                    "engines": {m: r["engines"] for m, r in results.items()},
                    # every request: [arrival s, TTFT s, queue wait s, prompt, new tokens, status,
@@ -3217,7 +3245,7 @@ def main():
     t_plot = time.perf_counter()
     plot(results, traces, outdir)
     write_json(os.path.join(outdir, "colocate.json"), args, traces, summary, table, results,
-               gpu)
+               gpu, warmup)
     print("colocate: plots and JSON written in %.0f s; the whole run took %.1f min" % (
         time.perf_counter() - t_plot, (time.perf_counter() - t_all) / 60))
     skipped = dropped + ["%s %s" % (c, lb) for c, r in results.items()

@@ -14,34 +14,50 @@ call, lose one round at most; alternate the configurations' order between
 runs by hand (static first in one, last in the next), as --alternate does.
 
 The runs must agree on every setting that shapes a replay (the budget,
-the trace's making, the warm-up, the engines' options: SAME) and on the
-GPU (as colocate.json names it from session 49; before, as card.txt beside
-the file does), and each trace they share must be the same trace.
-Differences are refused, naming the setting and the runs. Prints each
-replay's p99 TTFT per model and configuration, with the run it came from;
-then, for each trace replayed more than once, colocate's run-to-run spread
-table (kvshim against static, and twin against static where twin ran) and
-its parity table. Exits 0 when a trace was replayed more than once by
-static and kvshim, 1 when none was (nothing judged), 2 on bad input.
+the trace's making, the warm-up and its trace, the engines' options:
+SAME; a configuration's own, ONLY_IN, where both ran it; each engine's
+effective settings as it reported them: ENGINE), on the code (as
+colocate.json records its version from session 50), and on the GPU (as
+colocate.json names it from session 50; before, as card.txt beside the
+file does), and each trace they share must be the same trace. Differences
+are refused, naming the setting and the runs; so is one run given twice
+(by its path or by its engines' pids). Prints each run's configurations in
+the order it ran them, each replay's p99 TTFT per model and configuration,
+with the run it came from; then, for each trace replayed more than once,
+colocate's run-to-run spread table (kvshim against static, and twin
+against static where twin ran) and its parity table. Exits 0 when a trace
+was replayed more than once by static and kvshim, 1 when none was
+(nothing judged), 2 on bad input.
 """
 
 import argparse
 import json
 import lzma
+import numbers
 import os
+import re
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import colocate  # noqa: E402
 
 # colocate's settings that shape a replay; the others (--out, --configs,
-# --repeat, --alternate, --deadline, the sweep's, --tolerance) do not
-SAME = ("budget_gib", "floor_gib", "weights", "weight_of", "cold_rate", "cycles", "warmup",
-        "warmup_rate", "warmup_cycles", "kv_pad", "starved_ms", "capture_keys", "reserve",
-        "cpu_offload_gib", "capped_share", "cuda_graphs", "prefix_cache", "prompt_min",
-        "prompt_max", "new_min", "new_max", "max_batch_tokens", "dry_run")
+# --repeat, --alternate, --deadline, the sweep's, --tolerance, --weights as
+# given: weight_of is what it means) do not; the trace's own (--cycles,
+# --rates, --seeds, --phases) are compared trace by trace (TRACE)
+SAME = ("budget_gib", "floor_gib", "weight_of", "cold_rate", "warmup", "warmup_rate",
+        "warmup_cycles", "capture_keys", "reserve", "cpu_offload_gib", "cuda_graphs",
+        "prefix_cache", "prompt_min", "prompt_max", "new_min", "new_max",
+        "max_batch_tokens", "dry_run")
+# settings one configuration alone reads, compared where both runs ran it
+ONLY_IN = {"starved_ms": "starved", "kv_pad": "kvpad", "capped_share": "capped"}
 # what makes a trace, beside its base name
 TRACE = ("rate", "seed", "phase", "cycles", "n")
+# an engine's settings as it reported them on READY (colocate's engines
+# record), compared for each configuration both runs ran
+ENGINE = ("kvshim", "num_blocks", "max_batch_tokens", "kv_tensor_bytes", "read_tokens",
+          "ceiling", "cuda_graphs", "pack", "reserve", "ahead", "weight", "cushion",
+          "give_back", "idle_cushion", "starved_ms", "kv_pad")
 
 
 class Refused(Exception):
@@ -50,14 +66,17 @@ class Refused(Exception):
 
 def json_of(run):
     """The path of run's colocate.json (or .json.xz): run itself where it
-    is a file."""
+    is a file. A folder holding both is refused: which is the run?"""
     if os.path.isfile(run):
         return run
-    for name in ("colocate.json", "colocate.json.xz"):
-        path = os.path.join(run, name)
-        if os.path.isfile(path):
-            return path
-    raise Refused("%s: no colocate.json or colocate.json.xz there" % run)
+    there = [p for p in (os.path.join(run, n) for n in ("colocate.json", "colocate.json.xz"))
+             if os.path.isfile(p)]
+    if not there:
+        raise Refused("%s: no colocate.json or colocate.json.xz there" % run)
+    if len(there) > 1:
+        raise Refused("%s holds both colocate.json and colocate.json.xz: name the one to read"
+                      % run)
+    return there[0]
 
 
 def gpu_of(path, d):
@@ -69,7 +88,7 @@ def gpu_of(path, d):
     try:
         with open(card) as f:
             lines = f.read().splitlines()
-    except OSError:
+    except (OSError, ValueError):
         lines = []
     for i, line in enumerate(lines):
         if line.startswith("name, memory.total") and i + 1 < len(lines):
@@ -80,60 +99,146 @@ def gpu_of(path, d):
 
 
 def load(run):
-    """(path, its JSON) of one run, checked for what this reads."""
+    """(path, its JSON) of one run, checked for everything this reads."""
     path = json_of(run)
     try:
         opener = lzma.open if path.endswith(".xz") else open
         with opener(path, "rt") as f:
             d = json.load(f)
-    except (OSError, lzma.LZMAError, ValueError) as e:
-        raise Refused("%s: not a colocate.json (%s)" % (path, e))
+    except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
+        raise Refused("%s: not a colocate.json (%s)" % (path, str(e) or type(e).__name__))
     if not isinstance(d, dict) or not all(isinstance(d.get(k), t) for k, t in (
             ("args", dict), ("traces", list), ("table", dict))):
         raise Refused("%s: not a colocate.json (no args, traces and table)" % path)
+    for i, tr in enumerate(d["traces"]):
+        if not isinstance(tr, dict) or not isinstance(tr.get("label"), str):
+            raise Refused("%s: trace %d is not a colocate trace (no label)" % (path, i))
+    for key, row in d["table"].items():
+        if not isinstance(row, dict):
+            raise Refused("%s: table row %r is not a colocate row" % (path, key))
+        if key.rsplit("|", 1)[-1] in colocate.ORDER + ("all",) and (
+                "ttft_p99" not in row or not (
+                row["ttft_p99"] is None or isinstance(row["ttft_p99"], numbers.Real))):
+            raise Refused("%s: table row %r has no p99 TTFT (ttft_p99)" % (path, key))
+    for k in ("engines", "warmup", "code"):
+        if d.get(k) is not None and not isinstance(d[k], dict):
+            raise Refused("%s: its %s is not a colocate record" % (path, k))
     return path, d
+
+
+def warmup_of(d):
+    """The warm-up trace a run replayed first ({rate, seed, phase, cycles}
+    and n where recorded; None without --warmup): as colocate.json records
+    it from session 50, before, as colocate made it (the seed after its
+    traces', the first phase, --warmup-rate or the highest rate)."""
+    a = d["args"]
+    if not a.get("warmup"):
+        return None
+    if d.get("warmup"):
+        return {k: d["warmup"].get(k) for k in TRACE}
+    try:
+        rate = a.get("warmup_rate")
+        rate = "%g" % (rate if rate is not None else max(float(t["rate"]) for t in d["traces"]))
+        return {"rate": rate, "seed": max(int(t["seed"]) for t in d["traces"]) + 1,
+                "phase": a["phase_list"][0], "cycles": a.get("warmup_cycles", 1), "n": None}
+    except (KeyError, TypeError, ValueError, IndexError):
+        raise Refused("colocate.json: its warm-up's trace cannot be told (no rates, seeds "
+                      "or phases)")
+
+
+def engines_of(d):
+    """{configuration: {model: its engine's settings (ENGINE)}}."""
+    out = {}
+    for cname, engines in (d.get("engines") or {}).items():
+        if isinstance(engines, dict):
+            out[cname] = {m: {k: e.get(k) for k in ENGINE}
+                          for m, e in engines.items() if isinstance(e, dict)}
+    return out
+
+
+def pids_of(d):
+    """Every engine's pid, sorted: two files of one run share them all."""
+    return sorted(e.get("pid") for engines in (d.get("engines") or {}).values()
+                  if isinstance(engines, dict)
+                  for e in engines.values() if isinstance(e, dict) and e.get("pid"))
+
+
+def agree(p0, d0, path, d):
+    """Refuses a run (path, its JSON d) that differs from the first (p0,
+    d0) in a setting, its code or its engines."""
+    a0, a = d0["args"], d["args"]
+    for k in SAME:
+        if a0.get(k) != a.get(k):
+            raise Refused("%s and %s differ in %s (%r against %r): their replays cannot be "
+                          "read as one run's" % (p0, path, k, a0.get(k), a.get(k)))
+    ran0 = {key.split("|")[1] for key in d0["table"] if key.count("|") == 2}
+    ran = {key.split("|")[1] for key in d["table"] if key.count("|") == 2}
+    for k, cname in ONLY_IN.items():
+        both = {c for c in ran0 & ran if c.split("@")[0] == cname}
+        if both and a0.get(k) != a.get(k):
+            raise Refused("%s and %s differ in %s (%r against %r), which %s reads" % (
+                p0, path, k, a0.get(k), a.get(k), ", ".join(sorted(both))))
+    w0, w = warmup_of(d0), warmup_of(d)
+    if w0 and w and any(w0[k] != w[k] for k in TRACE if w0[k] is not None and w[k] is not None):
+        raise Refused("%s and %s warmed up on different traces (%s against %s)" % (
+            p0, path, w0, w))
+    c0, c = d0.get("code"), d.get("code")
+    if c0 and c and c0 != c:
+        raise Refused("%s and %s ran different code (%s against %s): compare only one tree's "
+                      "runs" % (p0, path, c0, c))
+    e0, e = engines_of(d0), engines_of(d)
+    for cname in sorted(set(e0) & set(e)):
+        for m in sorted(set(e0[cname]) & set(e[cname])):
+            for k in ENGINE:
+                if e0[cname][m][k] != e[cname][m][k]:
+                    raise Refused("%s and %s: %s's %s engine differs in %s (%r against %r)" % (
+                        p0, path, cname, m, k, e0[cname][m][k], e[cname][m][k]))
 
 
 def merged(runs):
     """Every run's replays as replays of one run: (table {(label, config,
     model): row}, traces [{"label", "base", ...}], configurations, rows
-    [(label, the run's number, from 1)], gpu). Refuses runs that differ in a setting of SAME,
-    in their GPU or in a trace they share, and a run given twice."""
-    seen, table, traces, configs, rows, count = {}, {}, [], [], [], {}
-    first = None
-    made = {}
+    [(label, the run's number, from 1)], gpu, each run's configurations in
+    its order). Refuses runs that disagree (agree), differ in their GPU or
+    in a trace they share, and a run given twice."""
+    seen, pids, table, traces, configs, rows, count = {}, {}, {}, [], [], [], {}
+    first, made, taken, orders = None, {}, set(), []
     for run in runs:
         path, d = load(run)
         real = os.path.realpath(path)
         if real in seen:
             raise Refused("%s is given twice (as %s too)" % (path, seen[real]))
         seen[real] = path
+        mine = tuple(pids_of(d))
+        if mine and mine in pids:
+            raise Refused("%s and %s are one run (their engines' pids are the same)" % (
+                pids[mine], path))
+        pids[mine] = path
         gpu = gpu_of(path, d)
         if first is None:
-            first = (path, d["args"], gpu)
+            first = (path, d, gpu)
         else:
-            p0, a0, g0 = first
-            for k in SAME:
-                if a0.get(k) != d["args"].get(k):
-                    raise Refused("%s and %s differ in %s (%r against %r): their replays "
-                                  "cannot be read as one run's" % (
-                                      p0, path, k, a0.get(k), d["args"].get(k)))
-            if gpu != g0:
+            agree(first[0], first[1], path, d)
+            if gpu != first[2]:
                 raise Refused("%s and %s ran on different GPUs (%s against %s): compare "
-                              "only within one kind of card" % (p0, path, g0, gpu))
-        names = {}
+                              "only within one kind of card" % (first[0], path, first[2], gpu))
+        names, order = {}, []
         ran = {key.split("|")[0] for key in d["table"]}
         for tr in d["traces"]:
-            if tr.get("label") not in ran:
+            if tr["label"] not in ran:
                 continue    # (a replay --deadline skipped)
-            base = tr.get("base", tr.get("label"))
-            mine = {k: tr.get(k) for k in TRACE}
-            if base in made and made[base][1] != mine:
+            base = tr.get("base") or re.sub(r"-run\d+$", "", tr["label"])
+            trace = {k: tr.get(k) for k in TRACE}
+            if base in made and made[base][1] != trace:
                 raise Refused("%s's trace %s is not %s's (%s against %s)" % (
-                    path, base, made[base][0], mine, made[base][1]))
-            made.setdefault(base, (path, mine))
+                    path, base, made[base][0], trace, made[base][1]))
+            made.setdefault(base, (path, trace))
             count[base] = count.get(base, 0) + 1
             label = base if count[base] == 1 else "%s-run%d" % (base, count[base])
+            if label in taken:
+                raise Refused("%s: its replay %s would be named %s, which an earlier replay "
+                              "is" % (path, tr["label"], label))
+            taken.add(label)
             names[tr["label"]] = label
             traces.append(dict(tr, label=label, base=base))
             rows.append((label, len(seen)))
@@ -144,7 +249,10 @@ def merged(runs):
             table[(names[parts[0]], parts[1], parts[2])] = row
             if parts[1] not in configs:
                 configs.append(parts[1])
-    return table, traces, configs, rows, first[2]
+            if parts[1] not in order:
+                order.append(parts[1])
+        orders.append(d["args"].get("configs") or ",".join(order))
+    return table, traces, configs, rows, first[2], orders
 
 
 def main():
@@ -154,13 +262,13 @@ def main():
     if len(args.runs) < 2:
         ap.error("give two runs or more (one run's own replays: colocate prints their tables)")
     try:
-        table, traces, configs, rows, gpu = merged(args.runs)
+        table, traces, configs, rows, gpu, orders = merged(args.runs)
     except Refused as e:
         print("rounds: %s" % e, file=sys.stderr)
         return 2
     print("rounds: %d runs read as one, on %s: %s" % (len(args.runs), gpu, ", ".join(configs)))
     for i, run in enumerate(args.runs):
-        print("run %d: %s" % (i + 1, run))
+        print("run %d: %s (%s)" % (i + 1, run, orders[i]))
     shown = [c for c in ("static", "kvshim", "twin") if c in configs]
     print("\neach replay's p99 TTFT in seconds, by the run it came from")
     print("| replay | run | model | %s |" % " | ".join(shown))
