@@ -262,6 +262,7 @@ import queue
 import random
 import re
 import statistics
+import struct
 import subprocess
 import sys
 import threading
@@ -2748,37 +2749,70 @@ def kv_table(table, label, results, title, columns, row):
 
 def code_version():
     """What ran, so that runs made apart are read as one only where the
-    code was one: the SHA-256 (16 hex digits) of the library the engines
-    preload (None where there is none, as in a dry run) and of the Python
-    that shapes a replay (this file, built_tree.py and the adapter package
-    the engines import)."""
+    code was one: SHA-256 (16 hex digits) of the loaded sections of the
+    library the engines preload (its code and data, not its build id or
+    debug sections: one build gives one hash, stripped or not; None where
+    the library is not there or not ELF), and of the Python that shapes a
+    replay (this file, built_tree.py, graph_capture.py and the adapter
+    package the engines import, each named relative to its folder, so a
+    copy of the tree elsewhere hashes alike). Taken as the run starts."""
     env = built_tree.environment()
-
-    def digest(paths):
-        h = hashlib.sha256()
-        for p in paths:
-            with open(p, "rb") as f:
-                h.update(os.path.relpath(p, ROOT).encode() + b"\0" + f.read())
-        return h.hexdigest()[:16]
-    lib = env["KVSHIM_LIB"]
     here = os.path.dirname(os.path.abspath(__file__))
-    python = [os.path.join(here, "colocate.py"), os.path.join(here, "built_tree.py")] + sorted(
-        glob.glob(os.path.join(env["KVSHIM_PYTHONPATH"], "**", "*.py"), recursive=True))
+    py = hashlib.sha256()
+    files = [(here, n) for n in ("colocate.py", "built_tree.py", "graph_capture.py")]
+    for top in env["KVSHIM_PYTHONPATH"].split(os.pathsep):
+        files += sorted((top, os.path.relpath(f, top)) for f in glob.glob(
+            os.path.join(top, "**", "*.py"), recursive=True))
     try:
-        return {"library": digest([lib]) if os.path.isfile(lib) else None,
-                "python": digest(python)}
+        for top, name in files:
+            with open(os.path.join(top, name), "rb") as f:
+                py.update(name.encode() + b"\0" + f.read() + b"\0")
     except OSError:
+        return None
+    return {"library": elf_sections_digest(env["KVSHIM_LIB"]), "python": py.hexdigest()[:16]}
+
+
+def elf_sections_digest(path, names=(b".text", b".rodata", b".data", b".dynsym", b".dynstr")):
+    """SHA-256 (16 hex digits) of an ELF64 little-endian file's sections
+    names, as their bytes and sizes (.bss: none), or None where the file
+    cannot be read as one."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:5] != b"\x7fELF\x02" or data[5] != 1:
+            return None
+        shoff, = struct.unpack_from("<Q", data, 0x28)
+        shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3a)
+
+        def section(i):
+            # (name offset, type, offset, size) of section i
+            base = shoff + i * shentsize
+            name, kind = struct.unpack_from("<II", data, base)
+            off, size = struct.unpack_from("<QQ", data, base + 0x18)
+            return name, kind, off, size
+        _, _, stroff, _ = section(shstrndx)
+        h, found = hashlib.sha256(), 0
+        for i in range(shnum):
+            name, kind, off, size = section(i)
+            label = data[stroff + name:data.index(b"\0", stroff + name)]
+            if label in names:
+                found += 1
+                h.update(label + b"\0" + str(size).encode() + b"\0")
+                if kind != 8:       # SHT_NOBITS: no bytes in the file
+                    h.update(data[off:off + size])
+        return h.hexdigest()[:16] if found else None
+    except (OSError, struct.error, ValueError, IndexError):
         return None
 
 
-def write_json(path, args, traces, summary, table, results, gpu, warmup):
+def write_json(path, args, traces, summary, table, results, gpu, warmup, code):
     """colocate.json: the options, the GPU (gpu_named), the code's version
-    (code_version), traces and the warm-up's (None without --warmup),
+    (code_version, as the run started), traces and the warm-up's (None without --warmup),
     summary and table, and every request, engine step and sample of the
     shared segment."""
     with open(path, "w") as f:
         json.dump({"args": {k: v for k, v in vars(args).items()}, "gpu": gpu,
-                   "code": code_version(),
+                   "code": code,
                    "traces": traces, "warmup": warmup, "summary": summary,
                    "table": {"|".join(map(str, k)): v for k, v in table.items()},
                    "engines": {m: r["engines"] for m, r in results.items()},
@@ -3068,6 +3102,7 @@ def main():
         return 77
     t_all = time.perf_counter()
     gpu = gpu_named(args.dry_run)
+    code = code_version()
     print("colocate: GPU: %s" % (gpu or "not named (nvidia-smi did not answer)"), flush=True)
     outdir = os.path.abspath(args.out)
     os.makedirs(outdir, exist_ok=True)
@@ -3245,7 +3280,7 @@ def main():
     t_plot = time.perf_counter()
     plot(results, traces, outdir)
     write_json(os.path.join(outdir, "colocate.json"), args, traces, summary, table, results,
-               gpu, warmup)
+               gpu, warmup, code)
     print("colocate: plots and JSON written in %.0f s; the whole run took %.1f min" % (
         time.perf_counter() - t_plot, (time.perf_counter() - t_all) / 60))
     skipped = dropped + ["%s %s" % (c, lb) for c, r in results.items()

@@ -21,8 +21,9 @@ colocate.json records its version from session 50), and on the GPU (as
 colocate.json names it from session 50; before, as card.txt beside the
 file does), and each trace they share must be the same trace. Differences
 are refused, naming the setting and the runs; so is one run given twice
-(by its path or by its engines' pids). Prints each run's configurations in
-the order it ran them, each replay's p99 TTFT per model and configuration,
+(by its path, or by its measured times: two copies of one run). Prints
+each run's --configs as given, each replay's p99 TTFT per model and
+configuration,
 with the run it came from; then, for each trace replayed more than once,
 colocate's run-to-run spread table (kvshim against static, and twin
 against static where twin ran) and its parity table. Exits 0 when a trace
@@ -31,8 +32,10 @@ was replayed more than once by static and kvshim, 1 when none was
 """
 
 import argparse
+import hashlib
 import json
 import lzma
+import math
 import numbers
 import os
 import re
@@ -54,10 +57,12 @@ ONLY_IN = {"starved_ms": "starved", "kv_pad": "kvpad", "capped_share": "capped"}
 # what makes a trace, beside its base name
 TRACE = ("rate", "seed", "phase", "cycles", "n")
 # an engine's settings as it reported them on READY (colocate's engines
-# record), compared for each configuration both runs ran
-ENGINE = ("kvshim", "num_blocks", "max_batch_tokens", "kv_tensor_bytes", "read_tokens",
-          "ceiling", "cuda_graphs", "pack", "reserve", "ahead", "weight", "cushion",
-          "give_back", "idle_cushion", "starved_ms", "kv_pad")
+# record), compared for each configuration both runs ran (not read_tokens:
+# before session 34 the engine reported the bound its first request had
+# lowered, which moved with timing)
+ENGINE = ("kvshim", "num_blocks", "max_batch_tokens", "kv_tensor_bytes", "ceiling",
+          "cuda_graphs", "pack", "reserve", "ahead", "weight", "cushion", "give_back",
+          "idle_cushion", "starved_ms", "kv_pad")
 
 
 class Refused(Exception):
@@ -98,35 +103,57 @@ def gpu_of(path, d):
                   % path)
 
 
+def finite(x):
+    """Whether x is a number a p99 can be (None: no requests)."""
+    if x is None:
+        return True
+    if isinstance(x, bool) or not isinstance(x, numbers.Real):
+        return False
+    try:
+        return math.isfinite(float(x))
+    except OverflowError:
+        return False
+
+
 def load(run):
-    """(path, its JSON) of one run, checked for everything this reads."""
+    """(path, its JSON) of one run, checked for what this reads of it:
+    its args, traces and table, the p99 of every model's row and the rows
+    of every model beside each configuration's "all" row, and the form of
+    its engines, warm-up and code records."""
     path = json_of(run)
     try:
         opener = lzma.open if path.endswith(".xz") else open
         with opener(path, "rt") as f:
             d = json.load(f)
-    except (OSError, EOFError, lzma.LZMAError, ValueError) as e:
-        raise Refused("%s: not a colocate.json (%s)" % (path, str(e) or type(e).__name__))
+    except (OSError, EOFError, lzma.LZMAError, ValueError, RecursionError) as e:
+        raise Refused("%s: not a colocate.json (%s)" % (
+            path, str(e) or type(e).__name__)) from e
     if not isinstance(d, dict) or not all(isinstance(d.get(k), t) for k, t in (
             ("args", dict), ("traces", list), ("table", dict))):
         raise Refused("%s: not a colocate.json (no args, traces and table)" % path)
     for i, tr in enumerate(d["traces"]):
-        if not isinstance(tr, dict) or not isinstance(tr.get("label"), str):
-            raise Refused("%s: trace %d is not a colocate trace (no label)" % (path, i))
+        if not isinstance(tr, dict) or not isinstance(tr.get("label"), str) \
+                or not isinstance(tr.get("base", ""), (str, type(None))):
+            raise Refused("%s: trace %d is not a colocate trace (no label, or a base not "
+                          "a name)" % (path, i))
     for key, row in d["table"].items():
         if not isinstance(row, dict):
             raise Refused("%s: table row %r is not a colocate row" % (path, key))
         if key.rsplit("|", 1)[-1] in colocate.ORDER + ("all",) and (
-                "ttft_p99" not in row or not (
-                row["ttft_p99"] is None or isinstance(row["ttft_p99"], numbers.Real))):
+                "ttft_p99" not in row or not finite(row["ttft_p99"])):
             raise Refused("%s: table row %r has no p99 TTFT (ttft_p99)" % (path, key))
+        parts = key.split("|")
+        if len(parts) == 3 and parts[2] == "all":
+            for m in colocate.ORDER:
+                if "|".join(parts[:2] + [m]) not in d["table"]:
+                    raise Refused("%s: table row %r has no %s row beside it" % (path, key, m))
     for k in ("engines", "warmup", "code"):
         if d.get(k) is not None and not isinstance(d[k], dict):
             raise Refused("%s: its %s is not a colocate record" % (path, k))
     return path, d
 
 
-def warmup_of(d):
+def warmup_of(path, d):
     """The warm-up trace a run replayed first ({rate, seed, phase, cycles}
     and n where recorded; None without --warmup): as colocate.json records
     it from session 50, before, as colocate made it (the seed after its
@@ -142,8 +169,8 @@ def warmup_of(d):
         return {"rate": rate, "seed": max(int(t["seed"]) for t in d["traces"]) + 1,
                 "phase": a["phase_list"][0], "cycles": a.get("warmup_cycles", 1), "n": None}
     except (KeyError, TypeError, ValueError, IndexError):
-        raise Refused("colocate.json: its warm-up's trace cannot be told (no rates, seeds "
-                      "or phases)")
+        raise Refused("%s: its warm-up's trace cannot be told (no rates, seeds or phases)"
+                      % path)
 
 
 def engines_of(d):
@@ -156,11 +183,17 @@ def engines_of(d):
     return out
 
 
-def pids_of(d):
-    """Every engine's pid, sorted: two files of one run share them all."""
-    return sorted(e.get("pid") for engines in (d.get("engines") or {}).values()
-                  if isinstance(engines, dict)
-                  for e in engines.values() if isinstance(e, dict) and e.get("pid"))
+def timings_of(d):
+    """A digest of the run's measured times (colocate.json's "requests",
+    "seconds" and "held": every request's, each configuration's start and
+    replays, the shared segment's samples): two files of one run share it,
+    two runs do not (their engines' pids may: each fresh machine numbers
+    its processes alike; a dry run's requests are made up alike). None
+    where the file has none of them."""
+    times = {k: d.get(k) for k in ("requests", "seconds", "held") if d.get(k)}
+    if not times:
+        return None
+    return hashlib.sha256(json.dumps(times, sort_keys=True).encode()).hexdigest()
 
 
 def agree(p0, d0, path, d):
@@ -178,7 +211,7 @@ def agree(p0, d0, path, d):
         if both and a0.get(k) != a.get(k):
             raise Refused("%s and %s differ in %s (%r against %r), which %s reads" % (
                 p0, path, k, a0.get(k), a.get(k), ", ".join(sorted(both))))
-    w0, w = warmup_of(d0), warmup_of(d)
+    w0, w = warmup_of(p0, d0), warmup_of(path, d)
     if w0 and w and any(w0[k] != w[k] for k in TRACE if w0[k] is not None and w[k] is not None):
         raise Refused("%s and %s warmed up on different traces (%s against %s)" % (
             p0, path, w0, w))
@@ -198,8 +231,8 @@ def agree(p0, d0, path, d):
 def merged(runs):
     """Every run's replays as replays of one run: (table {(label, config,
     model): row}, traces [{"label", "base", ...}], configurations, rows
-    [(label, the run's number, from 1)], gpu, each run's configurations in
-    its order). Refuses runs that disagree (agree), differ in their GPU or
+    [(label, the run's number, from 1)], gpu, each run's --configs as
+    given). Refuses runs that disagree (agree), differ in their GPU or
     in a trace they share, and a run given twice."""
     seen, pids, table, traces, configs, rows, count = {}, {}, {}, [], [], [], {}
     first, made, taken, orders = None, {}, set(), []
@@ -209,9 +242,9 @@ def merged(runs):
         if real in seen:
             raise Refused("%s is given twice (as %s too)" % (path, seen[real]))
         seen[real] = path
-        mine = tuple(pids_of(d))
-        if mine and mine in pids:
-            raise Refused("%s and %s are one run (their engines' pids are the same)" % (
+        mine = timings_of(d)
+        if mine is not None and mine in pids:
+            raise Refused("%s and %s are one run (their measured times are the same)" % (
                 pids[mine], path))
         pids[mine] = path
         gpu = gpu_of(path, d)
@@ -220,8 +253,9 @@ def merged(runs):
         else:
             agree(first[0], first[1], path, d)
             if gpu != first[2]:
-                raise Refused("%s and %s ran on different GPUs (%s against %s): compare "
-                              "only within one kind of card" % (first[0], path, first[2], gpu))
+                raise Refused("%s and %s ran on different GPUs or drivers (%s against %s): "
+                              "compare only within one kind of card" % (
+                                  first[0], path, first[2], gpu))
         names, order = {}, []
         ran = {key.split("|")[0] for key in d["table"]}
         for tr in d["traces"]:
@@ -251,7 +285,9 @@ def merged(runs):
                 configs.append(parts[1])
             if parts[1] not in order:
                 order.append(parts[1])
-        orders.append(d["args"].get("configs") or ",".join(order))
+        a = d["args"]
+        orders.append("--configs %s%s" % (a.get("configs") or ",".join(order),
+                                            " --alternate" if a.get("alternate") else ""))
     return table, traces, configs, rows, first[2], orders
 
 
