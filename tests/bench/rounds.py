@@ -23,12 +23,11 @@ file does), and each trace they share must be the same trace. Differences
 are refused, naming the setting and the runs; so is one run given twice
 (by its path, or by its measured times: two copies of one run). Prints
 each run's --configs as given, each replay's p99 TTFT per model and
-configuration,
-with the run it came from; then, for each trace replayed more than once,
-colocate's run-to-run spread table (kvshim against static, and twin
-against static where twin ran) and its parity table. Exits 0 when a trace
-was replayed more than once by static and kvshim, 1 when none was
-(nothing judged), 2 on bad input.
+configuration with the run it came from; then, for each trace replayed
+more than once, colocate's run-to-run spread table (kvshim against
+static, and twin against static where twin ran) and its parity table.
+Exits 0 when a trace was replayed more than once by static and kvshim, 1
+when none was (nothing judged), 2 on bad input.
 """
 
 import argparse
@@ -58,8 +57,8 @@ ONLY_IN = {"starved_ms": "starved", "kv_pad": "kvpad", "capped_share": "capped"}
 TRACE = ("rate", "seed", "phase", "cycles", "n")
 # an engine's settings as it reported them on READY (colocate's engines
 # record), compared for each configuration both runs ran (not read_tokens:
-# before session 34 the engine reported the bound its first request had
-# lowered, which moved with timing)
+# older trees, session 33's among them, reported the bound as the engine's
+# first request had lowered it, which moved with timing)
 ENGINE = ("kvshim", "num_blocks", "max_batch_tokens", "kv_tensor_bytes", "ceiling",
           "cuda_graphs", "pack", "reserve", "ahead", "weight", "cushion", "give_back",
           "idle_cushion", "starved_ms", "kv_pad")
