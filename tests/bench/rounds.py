@@ -233,7 +233,7 @@ def merged(runs):
     [(label, the run's number, from 1)], gpu, each run's --configs as
     given). Refuses runs that disagree (agree), differ in their GPU or
     in a trace they share, and a run given twice."""
-    seen, pids, table, traces, configs, rows, count = {}, {}, {}, [], [], [], {}
+    seen, times, table, traces, configs, rows, count = {}, {}, {}, [], [], [], {}
     first, made, taken, orders = None, {}, set(), []
     for run in runs:
         path, d = load(run)
@@ -242,10 +242,10 @@ def merged(runs):
             raise Refused("%s is given twice (as %s too)" % (path, seen[real]))
         seen[real] = path
         mine = timings_of(d)
-        if mine is not None and mine in pids:
+        if mine is not None and mine in times:
             raise Refused("%s and %s are one run (their measured times are the same)" % (
-                pids[mine], path))
-        pids[mine] = path
+                times[mine], path))
+        times[mine] = path
         gpu = gpu_of(path, d)
         if first is None:
             first = (path, d, gpu)
@@ -255,7 +255,7 @@ def merged(runs):
                 raise Refused("%s and %s ran on different GPUs or drivers (%s against %s): "
                               "compare only within one kind of card" % (
                                   first[0], path, first[2], gpu))
-        names, order = {}, []
+        names = {}
         ran = {key.split("|")[0] for key in d["table"]}
         for tr in d["traces"]:
             if tr["label"] not in ran:
@@ -282,10 +282,8 @@ def merged(runs):
             table[(names[parts[0]], parts[1], parts[2])] = row
             if parts[1] not in configs:
                 configs.append(parts[1])
-            if parts[1] not in order:
-                order.append(parts[1])
         a = d["args"]
-        orders.append("--configs %s%s" % (a.get("configs") or ",".join(order),
+        orders.append("--configs %s%s" % (a.get("configs") or "-",
                                             " --alternate" if a.get("alternate") else ""))
     return table, traces, configs, rows, first[2], orders
 
