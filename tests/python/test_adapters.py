@@ -149,6 +149,42 @@ def forking_api():
     return mod, cls
 
 
+def failing_forking_api(handle=None):
+    """forking_api's processor with 5.17's way of failing one request:
+    _handle_request_error(error, state) marks it FAILED with the error and
+    delivers it (.delivered), or calls handle(error, state) instead; the
+    scheduler's set_request_cancellation names a request, and the next
+    pass first drops those named and frees their blocks, as 5.17's
+    clear_cancelled_requests does. (module, class)"""
+    mod, cls = forking_api()
+    init, queue = cls.__init__, cls.prepare_next_batch
+
+    def __init__(self, cache):
+        init(self, cache)
+        self.delivered = []
+        sched = self.scheduler
+        sched._requests_to_cancel = set()
+        sched.set_request_cancellation = sched._requests_to_cancel.add
+
+    def _handle_request_error(self, error, state):
+        if handle is not None:
+            return handle(error, state)
+        state.status, state.error = "FAILED", str(error)
+        self.delivered.append(state)
+
+    def prepare_next_batch(self):
+        sched = self.scheduler
+        for rid in sorted(sched._requests_to_cancel):
+            sched.active_requests.pop(rid, None)
+            sched.waiting_requests.pop(rid, None)
+            self.cache.free_blocks(rid)
+        sched._requests_to_cancel.clear()
+        return queue(self)
+    cls.__init__, cls.prepare_next_batch = __init__, prepare_next_batch
+    cls._handle_request_error = _handle_request_error
+    return mod, cls
+
+
 def busy_forking_api(blocks):
     """forking_api's processor, busy: each pass admits every waiting request
     with blocks blocks (in arrival order, none while the scheduler has
@@ -3749,6 +3785,106 @@ class AdapterTest(unittest.TestCase):
                       % (tr.forks_refused, n - len(sched.waiting_requests)))
         for rid in list(sched.active_requests):
             c.free_blocks(rid)
+
+    def test_fork_never_backed_fails_its_request(self):
+        """A fork whose request's blocks and its own are more than kvshim's
+        limit (64 MiB here: 512 blocks of 32 KiB in each of 4 tensors) could
+        never be backed, whatever the engine's other requests give back,
+        and would wait for ever: its request fails alone, as transformers
+        fails a request in error (FAILED, kvshim's reason delivered to
+        whoever waits for it), its blocks freed at the next pass as a
+        cancelled request's, no demand stated for it. The engine goes on:
+        another request's fork in the same step goes through, and one whose
+        request and fork fill the limit exactly waits (for the blocks the
+        others hold) instead of failing, and goes through once they are
+        freed."""
+        c, tr = self.make(num_blocks=4096)
+        self.ahead_off()
+        stated = []
+        self.capture_demand(stated)
+        proc = patched(failing_forking_api())(c)
+        sched = proc.scheduler
+        # (forked last to first) r: 128 blocks, none complete (all copied),
+        # 4 children: 640 in all; s: 64, 1 child; t: 128, 3 children: 512
+        for rid, n, kids in (("t", 128, 3), ("s", 64, 1), ("r", 128, 4)):
+            self.assertEqual(c.allocate_blocks(n, rid, 0), n)
+            sched.active_requests[rid] = ForkingRequest(rid, kids)
+        self.assertTrue(proc.prepare_next_batch())
+        err = io.StringIO()
+        with redirect_stderr(err):
+            try:
+                proc.update_batch()
+            except (ValueError, RuntimeError, kvshim.KvshimError) as e:
+                self.fail("the fork raised into the engine's loop: %r" % e)
+        self.assertIn("fork of request r can never be backed", err.getvalue())
+        self.assertIn("fork of request t not backed", err.getvalue())
+        self.assertNotIn("request t can never", err.getvalue())
+        self.assertEqual([st.request_id for st in proc.delivered], ["r"])
+        r = proc.delivered[0]
+        self.assertEqual(r.status, "FAILED")
+        self.assertIn("the fork's 512 more need 80 MiB", r.error)
+        self.assertIn("more than kvshim's limit for this process there, 64 MiB", r.error)
+        self.assertEqual(r.num_children, 0)          # no fork queued again
+        self.assertNotIn("r", c.kvshim_forks)
+        self.assertEqual(tr.forks_failed, 1)
+        self.assertNotIn("r__child#0", sched.active_requests)
+        self.assertIn("s__child#0", sched.active_requests)     # forked beside it
+        self.assertEqual(sched.active_requests["t"].num_children, 3)
+        # the next pass drops r and frees its blocks; t's fork, 384 blocks,
+        # is stated as demand
+        self.assertTrue(proc.prepare_next_batch())
+        self.assertNotIn("r", sched.active_requests)
+        self.assertEqual(stated[-1], 384 * tr.bytes_per_block)
+        self.assertEqual(tr.mapped, 128 + 64 + 64)
+        for rid in ("s", "s__child#0"):
+            c.free_blocks(rid)
+            del sched.active_requests[rid]
+        self.assertTrue(proc.prepare_next_batch())
+        proc.update_batch()
+        self.assertIn("t__child#2", sched.active_requests)
+        self.assertEqual((tr.forks_failed, tr.mapped), (1, 512))
+        for rid in list(sched.active_requests):
+            c.free_blocks(rid)
+        self.assertEqual(tr.mapped, 0)
+        kvshim.trim(1 << 40)
+        self.assertEqual(kvshim.stats()["mapped_bytes"], 0)
+
+    def test_fork_never_backed_waits_where_it_cannot_fail(self):
+        """Where transformers cannot fail one request (no
+        _handle_request_error), or failing it raised, the fork that can
+        never be backed is undone and its request waits as before (its
+        num_children back, its blocks stated as demand), logged; nothing
+        is lost."""
+        for api, said in ((forking_api(), "undone, the request waits"),
+                          (failing_forking_api(handle=self.raise_on_fail),
+                           "request r could not be failed")):
+            with self.subTest(said=said):
+                c, tr = self.make(num_blocks=4096)
+                self.ahead_off()
+                stated = []
+                self.capture_demand(stated)
+                proc = patched(api)(c)
+                sched = proc.scheduler
+                self.assertEqual(c.allocate_blocks(128, "r", 0), 128)
+                sched.active_requests["r"] = ForkingRequest("r", 4)
+                self.assertTrue(proc.prepare_next_batch())
+                before = (c._block_manager.num_free_blocks, tr.mapped)
+                err = io.StringIO()
+                with redirect_stderr(err):
+                    proc.update_batch()
+                self.assertIn(said, err.getvalue())
+                self.assertEqual(list(sched.active_requests), ["r"])
+                self.assertEqual(sched.active_requests["r"].num_children, 4)
+                self.assertEqual(tr.forks_failed, 0)
+                self.assertEqual((c._block_manager.num_free_blocks, tr.mapped), before)
+                self.assertTrue(proc.prepare_next_batch())
+                self.assertEqual(stated[-1], 512 * tr.bytes_per_block)
+                c.free_blocks("r")
+                self.assertEqual(tr.mapped, 0)
+
+    @staticmethod
+    def raise_on_fail(error, state):
+        raise KeyError(state.request_id)
 
     def test_release_of_blocks_ahead_never_raises(self):
         """An id backed ahead that the engine puts back into the free list

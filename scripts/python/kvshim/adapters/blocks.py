@@ -215,6 +215,7 @@ class BlockTracker:
         self.ahead_errors = 0    # batches backed ahead that failed so (apart:
                                  # the engine's checks read map_errors)
         self.forks_refused = 0   # forks of a request kvshim could not back, undone
+        self.forks_failed = 0    # ...whose request failed: it could never be backed
         self._thread = None      # the _Ahead thread, once needed
         self.ahead_hits = 0      # blocks handed out already backed
         self.taken = 0           # blocks handed out in all

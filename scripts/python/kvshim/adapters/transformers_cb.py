@@ -36,8 +36,8 @@ is imported:
   nothing can be scheduled or offloaded because kvshim is short, the step
   does nothing and the loop retries, where transformers would fail; a
   fork of a request for parallel sampling kvshim cannot back is undone
-  and the request waits for it, where transformers would fail (see
-  _guard_forks); and a
+  and the request waits for it, where transformers would fail, or fails
+  alone where it could never be backed (see _guard_forks); and a
   pass kvshim left empty looks again every 2 ms for up to 100 ms, where
   transformers' loop would sleep 100 ms (or until a new request came),
   but not under tensor parallelism (each pass is a collective call);
@@ -223,6 +223,10 @@ def attach(cache):
         _back_whole(kv)
         return None
     tracker = BlockTracker(group)
+    # (the group's tensors on its first GPU, whose stats the tracker reads:
+    # see _never_backed)
+    devices = [getattr(x, "device", None) for x in kv]
+    cache.kvshim_gpu0_tensors = devices.count(devices[0])
     if getattr(cache, "kvshim_padding_backed", False):
         # the padding zone, the last two blocks' rows, is backed whole (see
         # _kv_from_spans)
@@ -1427,8 +1431,11 @@ def _guard_forks(proc, tracker):
     schedules it (5.17 holds back the last prompt token of a request with
     children for that), and the request waits. Logged once a request; the
     blocks the fork needs are stated as demand while it waits (see
-    _forks_waiting). A fork transformers refuses itself (its pool full) is
-    raised as before. The wrapped fork_request returns what transformers'
+    _forks_waiting). A fork that can never be backed (see _never_backed)
+    would wait for ever: its request fails instead, alone (see
+    _fail_request), and the engine goes on; not under tensor parallelism,
+    where the ranks must decide alike (it waits there). A fork
+    transformers refuses itself (its pool full) is raised as before. The wrapped fork_request returns what transformers'
     does (the copy's sources and destinations), two empty lists when
     undone."""
     cache = proc.cache
@@ -1503,15 +1510,80 @@ def _guard_forks(proc, tracker):
             warn("transformers: the fork of request %s not backed (%s): undone, its "
                  "children dropped (the request is gone)" % (source_request_id, why))
             return [], []
+        need = _fork_blocks(bm, managers, source_request_id, len(children))
+        never = None if _tensor_parallel(proc) else _never_backed(
+            cache, tracker, managers, source_request_id, need)
+        if never and _fail_request(proc, sched, parent, RuntimeError(
+                "kvshim cannot back the fork of request %s for parallel sampling: %s"
+                % (source_request_id, never))):
+            waiting.pop(source_request_id, None)
+            tracker.forks_failed += 1
+            warn("transformers: the fork of request %s can never be backed (%s): undone, "
+                 "the request fails, the engine goes on" % (source_request_id, never))
+            return [], []
         parent.num_children += len(children)
         if source_request_id not in waiting:
             warn("transformers: the fork of request %s not backed (%s): undone, the "
                  "request waits" % (source_request_id, why))
-        waiting[source_request_id] = _fork_blocks(bm, managers, source_request_id,
-                                                  len(children))
+        waiting[source_request_id] = need
         return [], []
 
     cache.fork_request = fork_request
+
+
+def _never_backed(cache, tracker, managers, request_id, fresh):
+    """Why a fork of request_id that takes fresh blocks more can never be
+    backed, or None: the request's blocks (its ids in every layer group)
+    and those, on the group's first GPU (the bytes of each block in each
+    of its tensors there), are more than the most kvshim lets this process
+    hold there: its limit (KVSHIM_LIMIT, else the GPU's memory) or the
+    budget it shares with other processes. Whole pages hold blocks, so the
+    memory needed is at least that: a fork this refuses could not be
+    backed even were every other request's block given back. None too
+    when kvshim cannot tell (its stats unread)."""
+    ids = set()
+    for cm in managers:
+        ids.update(cm.block_table.get(request_id, ()))
+    group = tracker.group
+    tensors = getattr(cache, "kvshim_gpu0_tensors", None) or group.ntensors
+    nbytes = (len(ids) + fresh) * group.block_bytes * tensors
+    try:
+        st = group.stats()
+    except kvshim.KvshimError:
+        return None
+    for what, most in (("kvshim's limit for this process", st.get("limit_bytes", 0)),
+                       ("the budget it shares with other processes",
+                        st.get("share_budget_bytes", 0))):
+        if most and nbytes > most:
+            return ("the request's blocks and the fork's %d more need %d MiB of KV on "
+                    "the GPU, more than %s there, %d MiB" % (fresh, nbytes >> 20, what,
+                                                            most >> 20))
+    return None
+
+
+def _fail_request(proc, sched, state, error):
+    """Fail one request as transformers fails a request in error
+    (ContinuousBatchProcessor._handle_request_error: status FAILED, the
+    error and its tokens delivered to whoever waits for it), and have its
+    blocks freed as a cancelled request's, at the start of the next pass
+    (Scheduler.set_request_cancellation; where there is none, at once,
+    finish_request). Whether it was done: not where transformers has no
+    such calls, or one raised (logged; the request then waits)."""
+    handle = getattr(proc, "_handle_request_error", None)
+    cancel = getattr(sched, "set_request_cancellation", None)
+    finish = getattr(sched, "finish_request", None)
+    if not callable(handle) or not (callable(cancel) or callable(finish)):
+        return False
+    try:
+        handle(error, state)
+        if callable(cancel):
+            cancel(state.request_id)
+        else:
+            finish(state.request_id)
+    except Exception as e:     # noqa: BLE001  (transformers' own calls: any error)
+        warn("transformers: request %s could not be failed (%r)" % (state.request_id, e))
+        return False
+    return True
 
 
 def _fork_blocks(bm, managers, request_id, children):

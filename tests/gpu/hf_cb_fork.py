@@ -1,0 +1,121 @@
+"""A fork for parallel sampling that kvshim can never back, on a GPU.
+
+transformers' continuous batching serves a randomly initialised Llama-style
+model (4 layers, 4 KV heads of 64, bf16; no download) under kvshim-run with
+a 96 MiB limit (KVSHIM_LIMIT, sharing off), num_return_sequences 4 and block
+sharing off, so that each request's fork copies all of its blocks for its 3
+children. One request has a 8192-token prompt: its blocks (32 MiB of KV)
+fit the limit, its fork (96 MiB more) never can. Eight requests of 64
+tokens, and their forks, fit beside it.
+
+Checks: the long request's result comes back FAILED with kvshim's reason
+(the adapter fails it alone, where it would otherwise wait for ever), every
+short request and each of its children finishes, the adapter counted one
+fork failed, and the engine ends. Prints what came back; exit 0 when the
+checks hold, 1 if not, 77 without a GPU.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "bench"))
+import built_tree  # noqa: E402  the built tree's library and tools
+
+LONG, SHORT, N_SHORT, SEQS = 8192, 64, 8, 4
+TIMEOUT = 120
+
+
+def child(out):
+    import torch
+    import transformers
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=512, intermediate_size=1024, num_hidden_layers=4,
+                      num_attention_heads=8, num_key_value_heads=4, head_dim=64,
+                      vocab_size=32000, max_position_embeddings=16384)
+    model = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16).eval()
+    gen = GenerationConfig(max_new_tokens=8, do_sample=True, top_k=50,
+                           num_return_sequences=SEQS, eos_token_id=-1, pad_token_id=0)
+    cbc = ContinuousBatchingConfig(block_size=32)
+    cbc.allow_block_sharing = False
+    manager = built_tree.started_manager(model, gen, cbc, "hf_cb_fork")
+    g = torch.Generator().manual_seed(1)
+    manager.add_request(torch.randint(1, cfg.vocab_size, (LONG,), generator=g).tolist(),
+                        request_id="long")
+    for i in range(N_SHORT):
+        manager.add_request(torch.randint(1, cfg.vocab_size, (SHORT,), generator=g).tolist(),
+                            request_id="short%d" % i)
+    want = {"long"} | {"short%d" % i for i in range(N_SHORT)}
+    want |= {"short%d__child#%d" % (i, k) for i in range(N_SHORT) for k in range(SEQS - 1)}
+    got, end = {}, time.monotonic() + TIMEOUT
+    while want - set(got) and time.monotonic() < end:
+        o = manager.get_result(timeout=max(0.1, end - time.monotonic()))
+        if o is None or o.request_id not in want:
+            continue
+        status = getattr(getattr(o, "status", None), "name", str(getattr(o, "status", "")))
+        if status == "FAILED" or o.is_finished():
+            got[o.request_id] = {"status": status, "error": getattr(o, "error", None),
+                                 "tokens": len(o.generated_tokens)}
+    tracker = manager.batch_processor.cache.kvshim_tracker
+    info = {"transformers": transformers.__version__, "results": got,
+            "missing": sorted(want - set(got)), "forks_failed": tracker.forks_failed,
+            "forks_refused": tracker.forks_refused}
+    manager.stop(block=True, timeout=30)
+    info["stopped"] = not manager.is_running()
+    json.dump(info, open(out, "w"), indent=1)
+
+
+def main():
+    if not built_tree.has_gpu():
+        return 77
+    out = os.path.join(os.environ.get("KVSHIM_SUITE_OUT", "."), "hf_cb_fork.json")
+    env = built_tree.environment()
+    env.update(KVSHIM_LIMIT="96M", KVSHIM_SHARE="off")
+    cmd = [built_tree.kvshim_run(), sys.executable, os.path.abspath(__file__), "--child", out]
+    try:
+        r = subprocess.run(cmd, env=env, timeout=TIMEOUT + 120, stderr=subprocess.PIPE,
+                           text=True)
+    except subprocess.TimeoutExpired:
+        print("hf_cb_fork: the engine did not end in %d s" % (TIMEOUT + 120))
+        return 1
+    log = r.stderr or ""
+    sys.stderr.write("".join(line + "\n" for line in log.splitlines() if "kvshim" in line))
+    if r.returncode:
+        sys.stderr.write(log[-4000:])
+        print("hf_cb_fork: the engine failed (exit %d)" % r.returncode)
+        return 1
+    info = json.load(open(out))
+    res = info["results"]
+    print("hf_cb_fork: transformers %s; %d results; forks refused %d, failed %d; "
+          "engine stopped: %s" % (info["transformers"], len(res), info["forks_refused"],
+                                  info["forks_failed"], info["stopped"]))
+    long = res.get("long", {})
+    print("hf_cb_fork: the long request: %s (%s)" % (long.get("status"), long.get("error")))
+    checks = {
+        "the long request failed with kvshim's reason":
+            long.get("status") == "FAILED"
+            and "kvshim cannot back the fork" in (long.get("error") or ""),
+        "every short request and child finished":
+            not info["missing"] and all(v["status"] == "FINISHED" for k, v in res.items()
+                                        if k != "long"),
+        "one fork failed": info["forks_failed"] == 1,
+        "the adapter said so": "can never be backed" in log,
+        "the engine stopped": info["stopped"],
+    }
+    for what, ok in checks.items():
+        print("hf_cb_fork: %s: %s" % (what, "yes" if ok else "NO"))
+    if info["missing"]:
+        print("hf_cb_fork: no result for %s" % ", ".join(info["missing"]))
+    return 0 if all(checks.values()) else 1
+
+
+if __name__ == "__main__":
+    if len(sys.argv) == 3 and sys.argv[1] == "--child":
+        child(sys.argv[2])
+        sys.exit(0)
+    sys.exit(main())
