@@ -65,9 +65,13 @@ def child(out):
     info = {"transformers": transformers.__version__, "results": got,
             "missing": sorted(want - set(got)), "forks_failed": tracker.forks_failed,
             "forks_refused": tracker.forks_refused}
+    info["stopped"] = False
+    with open(out, "w") as f:           # (before stopping: a stop that hangs keeps it)
+        json.dump(info, f, indent=1)
     manager.stop(block=True, timeout=30)
     info["stopped"] = not manager.is_running()
-    json.dump(info, open(out, "w"), indent=1)
+    with open(out, "w") as f:
+        json.dump(info, f, indent=1)
 
 
 def main():
@@ -82,6 +86,8 @@ def main():
                            text=True)
     except subprocess.TimeoutExpired:
         print("hf_cb_fork: the engine did not end in %d s" % (TIMEOUT + 120))
+        if os.path.exists(out):
+            print(open(out).read())
         return 1
     log = r.stderr or ""
     sys.stderr.write("".join(line + "\n" for line in log.splitlines() if "kvshim" in line))
@@ -117,5 +123,8 @@ def main():
 if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "--child":
         child(sys.argv[2])
-        sys.exit(0)
+        # (a generation thread a stop left running would hold the exit)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
     sys.exit(main())

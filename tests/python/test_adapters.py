@@ -149,13 +149,14 @@ def forking_api():
     return mod, cls
 
 
-def failing_forking_api(handle=None):
+def failing_forking_api(handle=None, finish=True):
     """forking_api's processor with 5.17's way of failing one request:
     _handle_request_error(error, state) marks it FAILED with the error and
     delivers it (.delivered), or calls handle(error, state) instead; the
-    scheduler's set_request_cancellation names a request, and the next
-    pass first drops those named and frees their blocks, as 5.17's
-    clear_cancelled_requests does. (module, class)"""
+    scheduler's finish_request frees a request's blocks and drops it (not
+    there when finish is False), and its set_request_cancellation names a
+    request, and the next pass first drops those named and frees their
+    blocks, as 5.17's clear_cancelled_requests does. (module, class)"""
     mod, cls = forking_api()
     init, queue = cls.__init__, cls.prepare_next_batch
 
@@ -165,6 +166,11 @@ def failing_forking_api(handle=None):
         sched = self.scheduler
         sched._requests_to_cancel = set()
         sched.set_request_cancellation = sched._requests_to_cancel.add
+        if finish:
+            def finish_request(request_id):
+                self.cache.free_blocks(request_id)
+                sched.active_requests.pop(request_id, None)
+            sched.finish_request = finish_request
 
     def _handle_request_error(self, error, state):
         if handle is not None:
@@ -3797,12 +3803,19 @@ class AdapterTest(unittest.TestCase):
         another request's fork in the same step goes through, and one whose
         request and fork fill the limit exactly waits (for the blocks the
         others hold) instead of failing, and goes through once they are
-        freed."""
+        freed. Its blocks are freed at once (finish_request, as
+        transformers frees a request it failed), or where the scheduler
+        has no finish_request, at the next pass as a cancelled request's."""
+        for finish in (True, False):
+            with self.subTest(finish=finish):
+                self.never_backed_fails(finish)
+
+    def never_backed_fails(self, finish):
         c, tr = self.make(num_blocks=4096)
         self.ahead_off()
         stated = []
         self.capture_demand(stated)
-        proc = patched(failing_forking_api())(c)
+        proc = patched(failing_forking_api(finish=finish))(c)
         sched = proc.scheduler
         # (forked last to first) r: 128 blocks, none complete (all copied),
         # 4 children: 640 in all; s: 64, 1 child; t: 128, 3 children: 512
@@ -3830,8 +3843,9 @@ class AdapterTest(unittest.TestCase):
         self.assertNotIn("r__child#0", sched.active_requests)
         self.assertIn("s__child#0", sched.active_requests)     # forked beside it
         self.assertEqual(sched.active_requests["t"].num_children, 3)
-        # the next pass drops r and frees its blocks; t's fork, 384 blocks,
-        # is stated as demand
+        # r is gone, its blocks freed (or, cancelled, at the next pass); t's
+        # fork, 384 blocks, is stated as demand
+        self.assertEqual("r" in sched.active_requests, not finish)
         self.assertTrue(proc.prepare_next_batch())
         self.assertNotIn("r", sched.active_requests)
         self.assertEqual(stated[-1], 384 * tr.bytes_per_block)
@@ -3851,19 +3865,25 @@ class AdapterTest(unittest.TestCase):
 
     def test_fork_never_backed_waits_where_it_cannot_fail(self):
         """Where transformers cannot fail one request (no
-        _handle_request_error), or failing it raised, the fork that can
-        never be backed is undone and its request waits as before (its
-        num_children back, its blocks stated as demand), logged; nothing
-        is lost."""
-        for api, said in ((forking_api(), "undone, the request waits"),
-                          (failing_forking_api(handle=self.raise_on_fail),
-                           "request r could not be failed")):
-            with self.subTest(said=said):
+        _handle_request_error), or delivering its result raised (its status
+        and error are put back), or under tensor parallelism (the ranks
+        must decide alike), the fork that can never be backed is undone and
+        its request waits as before (its num_children back, its blocks
+        stated as demand), logged; nothing is lost."""
+        tp = types.SimpleNamespace(tp_size=2)
+        for api, helper, said in (
+                (forking_api(), None, "undone, the request waits"),
+                (failing_forking_api(handle=self.raise_on_fail), None,
+                 "request r could not be failed"),
+                (failing_forking_api(), tp, "undone, the request waits")):
+            with self.subTest(said=said, tensor_parallel=helper is not None):
                 c, tr = self.make(num_blocks=4096)
                 self.ahead_off()
                 stated = []
                 self.capture_demand(stated)
                 proc = patched(api)(c)
+                if helper is not None:
+                    proc.distributed_helper = helper
                 sched = proc.scheduler
                 self.assertEqual(c.allocate_blocks(128, "r", 0), 128)
                 sched.active_requests["r"] = ForkingRequest("r", 4)
@@ -3875,6 +3895,9 @@ class AdapterTest(unittest.TestCase):
                 self.assertIn(said, err.getvalue())
                 self.assertEqual(list(sched.active_requests), ["r"])
                 self.assertEqual(sched.active_requests["r"].num_children, 4)
+                # (a result that could not be delivered: the state as before)
+                self.assertIsNone(getattr(sched.active_requests["r"], "status", None))
+                self.assertEqual(getattr(proc, "delivered", []), [])
                 self.assertEqual(tr.forks_failed, 0)
                 self.assertEqual((c._block_manager.num_free_blocks, tr.mapped), before)
                 self.assertTrue(proc.prepare_next_batch())
@@ -3884,6 +3907,8 @@ class AdapterTest(unittest.TestCase):
 
     @staticmethod
     def raise_on_fail(error, state):
+        # (as 5.17's can: the state marked, then the delivery raising)
+        state.status, state.error = "FAILED", str(error)
         raise KeyError(state.request_id)
 
     def test_release_of_blocks_ahead_never_raises(self):

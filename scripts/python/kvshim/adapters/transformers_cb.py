@@ -1435,9 +1435,9 @@ def _guard_forks(proc, tracker):
     would wait for ever: its request fails instead, alone (see
     _fail_request), and the engine goes on; not under tensor parallelism,
     where the ranks must decide alike (it waits there). A fork
-    transformers refuses itself (its pool full) is raised as before. The wrapped fork_request returns what transformers'
-    does (the copy's sources and destinations), two empty lists when
-    undone."""
+    transformers refuses itself (its pool full) is raised as before. The
+    wrapped fork_request returns what transformers' does (the copy's
+    sources and destinations), two empty lists when undone."""
     cache = proc.cache
     sched = getattr(proc, "scheduler", None)
     bm = getattr(cache, "_block_manager", None)
@@ -1555,34 +1555,46 @@ def _never_backed(cache, tracker, managers, request_id, fresh):
                        ("the budget it shares with other processes",
                         st.get("share_budget_bytes", 0))):
         if most and nbytes > most:
+            # (rounded up, the most down: the two never read alike)
             return ("the request's blocks and the fork's %d more need %d MiB of KV on "
-                    "the GPU, more than %s there, %d MiB" % (fresh, nbytes >> 20, what,
-                                                            most >> 20))
+                    "the GPU, more than %s there, %d MiB"
+                    % (fresh, -(-nbytes >> 20), what, most >> 20))
     return None
 
 
 def _fail_request(proc, sched, state, error):
     """Fail one request as transformers fails a request in error
     (ContinuousBatchProcessor._handle_request_error: status FAILED, the
-    error and its tokens delivered to whoever waits for it), and have its
-    blocks freed as a cancelled request's, at the start of the next pass
-    (Scheduler.set_request_cancellation; where there is none, at once,
-    finish_request). Whether it was done: not where transformers has no
-    such calls, or one raised (logged; the request then waits)."""
+    error and its tokens delivered as its result) and free its blocks at
+    once, as transformers does after it (Scheduler.finish_request; where
+    there is none, at the start of the next pass, as a cancelled
+    request's: set_request_cancellation). Whether it was done: not where
+    transformers has no such calls, nor where delivering the result raised
+    (logged; the request's status and error are put back, and it waits).
+    Once the result is out the request is failed whatever follows: a free
+    that raises is logged."""
     handle = getattr(proc, "_handle_request_error", None)
-    cancel = getattr(sched, "set_request_cancellation", None)
     finish = getattr(sched, "finish_request", None)
-    if not callable(handle) or not (callable(cancel) or callable(finish)):
+    cancel = getattr(sched, "set_request_cancellation", None)
+    if not callable(handle) or not (callable(finish) or callable(cancel)):
         return False
+    was = (getattr(state, "status", None), getattr(state, "error", None))
     try:
         handle(error, state)
-        if callable(cancel):
-            cancel(state.request_id)
-        else:
-            finish(state.request_id)
     except Exception as e:     # noqa: BLE001  (transformers' own calls: any error)
-        warn("transformers: request %s could not be failed (%r)" % (state.request_id, e))
+        state.status, state.error = was
+        warn("transformers: request %s could not be failed (%r): it waits"
+             % (state.request_id, e))
         return False
+    for free in (finish, cancel):
+        if not callable(free):
+            continue
+        try:
+            free(state.request_id)
+            break
+        except Exception as e:     # noqa: BLE001
+            warn("transformers: the blocks of failed request %s not freed by %s (%r)"
+                 % (state.request_id, getattr(free, "__name__", "transformers"), e))
     return True
 
 
