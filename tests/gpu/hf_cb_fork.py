@@ -6,12 +6,14 @@ a 96 MiB limit (KVSHIM_LIMIT, sharing off), num_return_sequences 4 and block
 sharing off, so that each request's fork copies all of its blocks for its 3
 children. One request has a 8192-token prompt: its blocks (32 MiB of KV)
 fit the limit, its fork (96 MiB more) never can. Eight requests of 64
-tokens, and their forks, fit beside it.
+tokens, and their forks, fit beside it; four more are added once the long
+request's result has come back.
 
 Checks: the long request's result comes back FAILED with kvshim's reason
 (the adapter fails it alone, where it would otherwise wait for ever), every
-short request and each of its children finishes, the adapter counted one
-fork failed, and the engine ends. Prints what came back; exit 0 when the
+short request and each of its children finishes, those added after the
+failure too (the engine went on serving), the adapter counted one fork
+failed, and the engine ends. Prints what came back; exit 0 when the
 checks hold, 1 if not, 77 without a GPU.
 """
 import json
@@ -24,7 +26,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(
                                 "bench"))
 import built_tree  # noqa: E402  the built tree's library and tools
 
-LONG, SHORT, N_SHORT, SEQS = 8192, 64, 8, 4
+LONG, SHORT, N_SHORT, N_AFTER, SEQS = 8192, 64, 8, 4, 4
 TIMEOUT = 120
 
 
@@ -50,10 +52,20 @@ def child(out):
     for i in range(N_SHORT):
         manager.add_request(torch.randint(1, cfg.vocab_size, (SHORT,), generator=g).tolist(),
                             request_id="short%d" % i)
-    want = {"long"} | {"short%d" % i for i in range(N_SHORT)}
-    want |= {"short%d__child#%d" % (i, k) for i in range(N_SHORT) for k in range(SEQS - 1)}
-    got, end = {}, time.monotonic() + TIMEOUT
+    def with_children(names):
+        return set(names) | {"%s__child#%d" % (n, k) for n in names for k in range(SEQS - 1)}
+
+    want = {"long"} | with_children("short%d" % i for i in range(N_SHORT))
+    got, end, after = {}, time.monotonic() + TIMEOUT, False
     while want - set(got) and time.monotonic() < end:
+        if "long" in got and not after:
+            names = ["after%d" % i for i in range(N_AFTER)]
+            for n in names:
+                manager.add_request(
+                    torch.randint(1, cfg.vocab_size, (SHORT,), generator=g).tolist(),
+                    request_id=n)
+            want |= with_children(names)
+            after = True
         o = manager.get_result(timeout=max(0.1, end - time.monotonic()))
         if o is None or o.request_id not in want:
             continue
@@ -62,7 +74,7 @@ def child(out):
             got[o.request_id] = {"status": status, "error": getattr(o, "error", None),
                                  "tokens": len(o.generated_tokens)}
     tracker = manager.batch_processor.cache.kvshim_tracker
-    info = {"transformers": transformers.__version__, "results": got,
+    info = {"transformers": transformers.__version__, "results": got, "after": after,
             "missing": sorted(want - set(got)), "forks_failed": tracker.forks_failed,
             "forks_refused": tracker.forks_refused}
     info["stopped"] = False
@@ -103,10 +115,12 @@ def main():
     long = res.get("long", {})
     print("hf_cb_fork: the long request: %s (%s)" % (long.get("status"), long.get("error")))
     checks = {
+        "requests were added after the failure": info["after"]
+            and any(k.startswith("after") for k in res),
         "the long request failed with kvshim's reason":
             long.get("status") == "FAILED"
             and "kvshim cannot back the fork" in (long.get("error") or ""),
-        "every short request and child finished":
+        "every short request and child finished, those after the failure too":
             not info["missing"] and all(v["status"] == "FINISHED" for k, v in res.items()
                                         if k != "long"),
         "one fork failed": info["forks_failed"] == 1,
