@@ -53,10 +53,11 @@ def child(out):
         manager.add_request(torch.randint(1, cfg.vocab_size, (SHORT,), generator=g).tolist(),
                             request_id="short%d" % i)
     def with_children(names):
+        names = list(names)
         return set(names) | {"%s__child#%d" % (n, k) for n in names for k in range(SEQS - 1)}
 
     want = {"long"} | with_children("short%d" % i for i in range(N_SHORT))
-    got, end, after = {}, time.monotonic() + TIMEOUT, False
+    got, longs, end, after = {}, {}, time.monotonic() + TIMEOUT, False
     while want - set(got) and time.monotonic() < end:
         if "long" in got and not after:
             names = ["after%d" % i for i in range(N_AFTER)]
@@ -67,14 +68,28 @@ def child(out):
             want |= with_children(names)
             after = True
         o = manager.get_result(timeout=max(0.1, end - time.monotonic()))
+        if o is not None and o.request_id.startswith("long__child") and o.is_finished():
+            longs[o.request_id] = len(o.generated_tokens)
         if o is None or o.request_id not in want:
             continue
         status = getattr(getattr(o, "status", None), "name", str(getattr(o, "status", "")))
         if status == "FAILED" or o.is_finished():
             got[o.request_id] = {"status": status, "error": getattr(o, "error", None),
                                  "tokens": len(o.generated_tokens)}
-    tracker = manager.batch_processor.cache.kvshim_tracker
+    cache = manager.batch_processor.cache
+    tracker = cache.kvshim_tracker
+    try:
+        limit = tracker.group.stats().get("limit_bytes")
+    except Exception as e:     # noqa: BLE001  (a figure to read, not a check)
+        limit = repr(e)
+    # (what decides whether the fork could be backed: read when it was not refused)
+    facts = {"num_blocks": getattr(cache, "num_blocks", None),
+             "block_bytes": tracker.group.block_bytes, "tensors": tracker.group.ntensors,
+             "block_sharing": [getattr(cm, "uses_block_sharing", None)
+                               for cm in getattr(cache, "group_cache_managers", ())],
+             "limit_bytes": limit, "long_children": longs}
     info = {"transformers": transformers.__version__, "results": got, "after": after,
+            "cache": facts,
             "missing": sorted(want - set(got)), "forks_failed": tracker.forks_failed,
             "forks_refused": tracker.forks_refused}
     info["stopped"] = False
@@ -114,6 +129,7 @@ def main():
                                   info["forks_failed"], info["stopped"]))
     long = res.get("long", {})
     print("hf_cb_fork: the long request: %s (%s)" % (long.get("status"), long.get("error")))
+    print("hf_cb_fork: the cache: %s" % json.dumps(info.get("cache")))
     checks = {
         "requests were added after the failure": info["after"]
             and any(k.startswith("after") for k in res),
