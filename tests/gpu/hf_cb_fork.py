@@ -43,8 +43,10 @@ def child(out):
     model = LlamaForCausalLM(cfg).to("cuda", torch.bfloat16).eval()
     gen = GenerationConfig(max_new_tokens=8, do_sample=True, top_k=50,
                            num_return_sequences=SEQS, eos_token_id=-1, pad_token_id=0)
-    cbc = ContinuousBatchingConfig(block_size=32)
-    cbc.allow_block_sharing = False
+    # (given to the constructor, as hf_cb_pack.py does; session 52's runs
+    # set it on the object after, and kvshim refused no fork: whether
+    # sharing stayed on, the cache's block_sharing below now says)
+    cbc = ContinuousBatchingConfig(block_size=32, allow_block_sharing=False)
     manager = built_tree.started_manager(model, gen, cbc, "hf_cb_fork")
     g = torch.Generator().manual_seed(1)
     manager.add_request(torch.randint(1, cfg.vocab_size, (LONG,), generator=g).tolist(),
