@@ -446,9 +446,10 @@ def dry_engine(args):
                              [None, None, num_blocks - num_blocks // 4, 0, 1, None])
                             for k in range(3)],
                    # (every third a prefill's, three times as long; under
-                   # kvshim the adapter's part of the scheduling)
+                   # kvshim the adapter's calls to its tracker in the
+                   # scheduling, and the part in transformers' own pass)
                    steps=[(round(q["t"], 4), 0.005, 0.21 if k % 3 == 0 else 0.07)
-                          + ((0.001,) if kvshim else ()) for k, q in enumerate(mine)],
+                          + ((0.001, 0.004) if kvshim else ()) for k, q in enumerate(mine)],
                    # (a CUDA graph captured in every fifth step's batch,
                    # its key a KV read of 1 to 4 times 16384 tokens padded
                    # as transformers pads it: to a multiple of 16384, or
@@ -784,7 +785,10 @@ def time_steps():
     it) per step that ran a batch, and under kvshim a fourth figure: the
     seconds of the scheduling that the adapter's calls to its tracker took
     (the tracker's busy time: kvshim's calls, its maps included; not the
-    adapter's other work, nor the thread that maps ahead). Scheduling
+    adapter's other work, nor the thread that maps ahead), and a fifth
+    where the adapter times it (from session 53): the seconds of the
+    scheduling in transformers' own pass, the rest being the adapter's
+    work around it (see sched_split). Scheduling
     (prepare_next_batch) includes those calls; a step without CUDA graphs
     is synchronous (transformers' sync batching), so its time is the GPU's;
     with graphs (the default), whether a step waits for its replay is
@@ -839,10 +843,12 @@ def time_steps():
             ON_LOOP.pop(0)(self)
         tracker = getattr(getattr(self, "cache", None), "kvshim_tracker", None)
         busy = tracker.busy if tracker is not None else None
+        own = getattr(tracker, "engine_s", None)
         t = time.perf_counter()
         ready = prepare(self, *args, **kwargs)
         last.prep = (t, time.perf_counter() - t,
-                     tracker.busy - busy if tracker is not None else None)
+                     tracker.busy - busy if tracker is not None else None,
+                     tracker.engine_s - own if own is not None else None)
         return ready
 
     def timed_step(self, *args, **kwargs):
@@ -851,8 +857,9 @@ def time_steps():
         t = time.perf_counter()
         step(self, *args, **kwargs)
         took = time.perf_counter() - t
-        p = getattr(last, "prep", (t, 0.0, None))
-        steps.append((p[0], p[1], took) + ((p[2],) if p[2] is not None else ()))
+        p = getattr(last, "prep", (t, 0.0, None, None))
+        steps.append((p[0], p[1], took) + ((p[2],) if p[2] is not None else ())
+                     + ((p[3],) if p[2] is not None and p[3] is not None else ()))
         if ran is not None and tracker.eager > ran:
             eager.append((t, took, tracker.eager - ran))
 
@@ -1389,6 +1396,11 @@ def glob_segments(pool):
     return glob.glob("/dev/shm/kvshim-GPU-*-" + pool)
 
 
+def ms2(x):
+    """Seconds x as milliseconds in a table's cell, '-' for nan."""
+    return "-" if x != x else "%.2f" % (1e3 * x)
+
+
 def pct(xs, p):
     xs = sorted(xs)
     if not xs:
@@ -1554,6 +1566,31 @@ def heavy_steps(engine):
     kv = [st[3] for st in heavy if len(st) > 3]
     return (len(heavy), pct([st[1] for st in heavy], 50), pct([st[1] for st in heavy], 90),
             pct(kv, 50), pct(kv, 90), pct([st[1] for st in light], 50))
+
+
+def sched_split(engine):
+    """An engine's scheduling a step split where the adapter timed it (steps
+    of five figures: see time_steps): (steps, mean seconds scheduling, of
+    it in transformers' own pass, around it) over all its steps, then the
+    same over its heavy steps (see heavy_steps); the means nan where no
+    step has the split (static's: its scheduling is transformers' alone;
+    runs before session 53). Transformers' pass holds kvshim's calls from
+    its block manager (a map when blocks are handed out) and the adapter's
+    hooks there; the work around it holds the adapter's checks, demand and
+    asks, kvshim's other calls, its retries' sleeps and the look at the
+    ids to map ahead. Against static's scheduling, which of the two a
+    longer scheduling under kvshim comes from."""
+    def mean(xs):
+        return statistics.fmean(xs) if xs else float("nan")
+
+    steps = engine.get("steps", ())
+    mid = pct([st[2] for st in steps], 50)
+    out = ()
+    for some in (steps, [st for st in steps if st[2] > HEAVY_STEP * mid]):
+        split = [st for st in some if len(st) > 4]
+        out += (len(some), mean([st[1] for st in some]), mean([st[4] for st in split]),
+                mean([st[1] - st[4] for st in split]))
+    return out
 
 
 def blocks_in_use(engine):
@@ -1722,6 +1759,7 @@ def summarize(results, traces):
                     "pauses": step_pauses(run["engines"][name]) if name in ORDER else None,
                     "graph_steps": graph_steps(run["engines"][name]) if name in ORDER else None,
                     "heavy_steps": heavy_steps(run["engines"][name]) if name in ORDER else None,
+                    "sched_split": sched_split(run["engines"][name]) if name in ORDER else None,
                     "kv_ahead": tuple(sum(x.get(k, 0) for x in tracker)
                                       for k in ("taken", "ahead_hits", "ahead_busy",
                                                 "ahead_waited")),
@@ -2130,6 +2168,23 @@ def print_tables(table, traces, results, args):
                 name, cname, n, ms(p50), ms(p90), ms(k50), ms(k90), ms(other),
                 taken if kv else "-", hits if kv else "-", "%.2f" % busy if kv else "-",
                 "%.2f" % waited if kv else "-"))
+        print("\nscheduling split, trace %s: each engine's scheduling a step, mean ms, over all "
+              "its steps and over its heavy steps (as above), and under kvshim that scheduling "
+              "split into transformers' own pass (kvshim's calls from its block manager, its "
+              "maps among them, included) and the adapter's work around it (its checks, demand "
+              "and asks, kvshim's other calls, its retries' sleeps, the look at the ids to map "
+              "ahead); static's is transformers' alone; '-' where the run recorded no split "
+              "(before session 53)" % label)
+        print("| model | config | steps | sched ms | in transformers' pass ms | around it ms "
+              "| heavy steps | their sched ms | in transformers' pass ms | around it ms |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for name, cname, t in cells(table, label, results):
+            if not t.get("sched_split"):
+                continue
+            n, sched, inner, outer, hn, hsched, hinner, houter = t["sched_split"]
+            print("| %s | %s | %d | %s | %s | %s | %d | %s | %s | %s |" % (
+                name, cname, n, ms2(sched), ms2(inner), ms2(outer), hn, ms2(hsched),
+                ms2(hinner), ms2(houter)))
         kv_table(table, label, results,
                  "maps that waited for other processes, trace %s: how many, how long in all, "
                  "how many waited for pages others use (above their share), how many gave up; "

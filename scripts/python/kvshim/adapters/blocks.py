@@ -159,6 +159,8 @@ class BlockTracker:
                                  # (the engine's calls and the adapter's), for reports
         self._room = (0.0, None)  # (when, blocks) of the last headroom read
         self.busy = 0.0          # seconds the engine spent in this tracker
+        self.engine_s = 0.0      # seconds in the engine's own scheduling passes (an
+                                 # adapter's, around which it does its own work)
         self.calls = 0           # ...over this many calls
         self.worst = 0.0         # the longest of them, seconds
         self.worst_in = None     # ...in this method (its name)
