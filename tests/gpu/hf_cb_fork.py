@@ -30,6 +30,48 @@ LONG, SHORT, N_SHORT, N_AFTER, SEQS = 8192, 64, 8, 4, 4
 TIMEOUT = 120
 
 
+def record_forks():
+    """Each fork transformers' cache makes, recorded under kvshim's guard
+    (wrapped at the class: the guard wraps the instance's method): the
+    parent's blocks in each layer group, its children, the blocks copied,
+    what it raised, and kvshim's mapped and physical MiB in this process
+    before and after. Session 53's run backed the long request's fork
+    under a limit it should not fit: these say what the fork took."""
+    from transformers.generation.continuous_batching import cache as cb_cache
+    forks = []
+    cls = getattr(cb_cache, "PagedAttentionCache", None)
+    orig = getattr(cls, "fork_request", None)
+    if not callable(orig):
+        forks.append({"raised": "no PagedAttentionCache.fork_request to record"})
+        return forks
+
+    def mib(cache):
+        tracker = getattr(cache, "kvshim_tracker", None)
+        try:
+            st = tracker.group.stats()
+        except Exception as e:     # noqa: BLE001  (a figure to read, not a check)
+            return repr(e)
+        return {k: st[k] >> 20 for k in ("mapped_bytes", "physical_bytes")}
+
+    def fork_request(self, source, dests, *args, **kwargs):
+        dests = list(dests)
+        rec = {"source": source, "children": len(dests), "before": mib(self),
+               "source_blocks": [len(cm.block_table.get(source, ()))
+                                 for cm in getattr(self, "group_cache_managers", ())]}
+        forks.append(rec)
+        try:
+            out = orig(self, source, dests, *args, **kwargs)
+        except Exception as e:     # noqa: BLE001  (recorded, raised as it was)
+            rec["raised"] = repr(e)
+            raise
+        rec["copied"] = len(out[0]) if out else 0
+        rec["after"] = mib(self)
+        return out
+
+    cls.fork_request = fork_request
+    return forks
+
+
 def child(out):
     import torch
     import transformers
@@ -47,6 +89,7 @@ def child(out):
     # set it on the object after, and kvshim refused no fork: whether
     # sharing stayed on, the cache's block_sharing below now says)
     cbc = ContinuousBatchingConfig(block_size=32, allow_block_sharing=False)
+    forks = record_forks()
     manager = built_tree.started_manager(model, gen, cbc, "hf_cb_fork")
     g = torch.Generator().manual_seed(1)
     manager.add_request(torch.randint(1, cfg.vocab_size, (LONG,), generator=g).tolist(),
@@ -81,15 +124,16 @@ def child(out):
     cache = manager.batch_processor.cache
     tracker = cache.kvshim_tracker
     try:
-        limit = tracker.group.stats().get("limit_bytes")
+        st = tracker.group.stats()
+        limit, peak = st.get("limit_bytes"), st.get("peak_physical_bytes", 0) >> 20
     except Exception as e:     # noqa: BLE001  (a figure to read, not a check)
-        limit = repr(e)
+        limit = peak = repr(e)
     # (what decides whether the fork could be backed: read when it was not refused)
     facts = {"num_blocks": getattr(cache, "num_blocks", None),
              "block_bytes": tracker.group.block_bytes, "tensors": tracker.group.ntensors,
              "block_sharing": [getattr(cm, "uses_block_sharing", None)
                                for cm in getattr(cache, "group_cache_managers", ())],
-             "limit_bytes": limit, "long_children": longs}
+             "limit_bytes": limit, "peak_physical_mib": peak, "long_children": longs, "forks": forks}
     info = {"transformers": transformers.__version__, "results": got, "after": after,
             "cache": facts,
             "missing": sorted(want - set(got)), "forks_failed": tracker.forks_failed,
@@ -131,7 +175,13 @@ def main():
                                   info["forks_failed"], info["stopped"]))
     long = res.get("long", {})
     print("hf_cb_fork: the long request: %s (%s)" % (long.get("status"), long.get("error")))
-    print("hf_cb_fork: the cache: %s" % json.dumps(info.get("cache")))
+    cache = dict(info.get("cache") or {})
+    forks = cache.pop("forks", None) or []
+    print("hf_cb_fork: the cache: %s" % json.dumps(cache))
+    for rec in forks:
+        if rec.get("source") in (None, "long") or "raised" in rec:
+            print("hf_cb_fork: a fork: %s" % json.dumps(rec))
+    print("hf_cb_fork: %d forks recorded" % len(forks))
     checks = {
         "requests were added after the failure": info["after"]
             and any(k.startswith("after") for k in res),
