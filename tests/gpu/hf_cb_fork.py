@@ -35,7 +35,7 @@ def record_forks():
     (wrapped at the class: the guard wraps the instance's method): the
     parent's blocks in each layer group, its children, the blocks copied,
     what it raised, and kvshim's mapped and physical MiB in this process
-    before and after. Session 53's run backed the long request's fork
+    before and after. Sessions 52 and 53 backed the long request's fork
     under a limit it should not fit: these say what the fork took."""
     from transformers.generation.continuous_batching import cache as cb_cache
     forks = []
