@@ -133,7 +133,8 @@ def child(out):
              "block_bytes": tracker.group.block_bytes, "tensors": tracker.group.ntensors,
              "block_sharing": [getattr(cm, "uses_block_sharing", None)
                                for cm in getattr(cache, "group_cache_managers", ())],
-             "limit_bytes": limit, "peak_physical_mib": peak, "long_children": longs, "forks": forks}
+             "limit_bytes": limit, "peak_physical_mib": peak, "long_children": longs,
+             "forks": forks}
     info = {"transformers": transformers.__version__, "results": got, "after": after,
             "cache": facts,
             "missing": sorted(want - set(got)), "forks_failed": tracker.forks_failed,
