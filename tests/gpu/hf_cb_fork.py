@@ -1,20 +1,29 @@
-"""A fork for parallel sampling that kvshim can never back, on a GPU.
+"""A fork for parallel sampling that kvshim cannot back whole, on a GPU.
 
 transformers' continuous batching serves a randomly initialised Llama-style
 model (4 layers, 4 KV heads of 64, bf16; no download) under kvshim-run with
 a 96 MiB limit (KVSHIM_LIMIT, sharing off), num_return_sequences 4 and block
-sharing off, so that each request's fork copies all of its blocks for its 3
-children. One request has a 8192-token prompt: its blocks (32 MiB of KV)
-fit the limit, its fork (96 MiB more) never can. Eight requests of 64
-tokens, and their forks, fit beside it; four more are added once the long
-request's result has come back.
+sharing off, so that each request's fork copies all of its blocks for each
+of its 3 children. One request has a 8192-token prompt: its blocks (32 MiB
+of KV) fit the limit, its fork into 3 children (96 MiB more) never can.
+Eight requests of 64 tokens, and their forks, fit beside it; four more are
+added once the long request's result has come back.
 
-Checks: the long request's result comes back FAILED with kvshim's reason
-(the adapter fails it alone, where it would otherwise wait for ever), every
-short request and each of its children finishes, those added after the
-failure too (the engine went on serving), the adapter counted one fork
-failed, and the engine ends. Prints what came back; exit 0 when the
-checks hold, 1 if not, 77 without a GPU.
+transformers from 5.17 forks a request into no more children than its free
+blocks fit (PagedAttentionCache.compute_max_num_forks, which reads the free
+count kvshim shows it) and queues the others as new requests that prefill
+the prompt again (sessions 52 to 54 found this on the GPU: the long
+request's fork took 1 child, the other 2 ran after it). There the checks
+are: the long request's fork took fewer children than it has, the long
+request and all of its children finish, kvshim refused no fork and its
+physical memory stayed within the limit. Before (no compute_max_num_forks)
+transformers forks all children at once and kvshim's guard must refuse it:
+the long request's result comes back FAILED with kvshim's reason (the
+adapter fails it alone, where it would otherwise wait for ever), the
+adapter counted one fork failed and said so. In both, every short request
+and each of its children finishes, those added after the long request's
+result too (the engine went on serving), and the engine ends. Prints what
+came back; exit 0 when the checks hold, 1 if not, 77 without a GPU.
 """
 import json
 import os
@@ -35,8 +44,10 @@ def record_forks():
     (wrapped at the class: the guard wraps the instance's method): the
     parent's blocks in each layer group, its children, the blocks copied,
     what it raised, and kvshim's mapped and physical MiB in this process
-    before and after. Sessions 52 and 53 backed the long request's fork
-    under a limit it should not fit: these say what the fork took."""
+    before and after; and each child a request state makes (5.17 makes
+    them for the children it forks; those it queues anew it makes
+    otherwise). Session 54's showed the long request's fork taking 1 child
+    of 3."""
     from transformers.generation.continuous_batching import cache as cb_cache
     forks = []
     cls = getattr(cb_cache, "PagedAttentionCache", None)
@@ -69,6 +80,18 @@ def record_forks():
         return out
 
     cls.fork_request = fork_request
+    # (and each child a request state makes: session 54's one fork of the
+    # long request had 1 child where it has 3, and the other two finished)
+    from transformers.generation.continuous_batching import requests as cb_requests
+    state_cls = getattr(cb_requests, "RequestState", None)
+    state_fork = getattr(state_cls, "fork", None)
+    if callable(state_fork):
+        def fork(self, new_request_id, *args, **kwargs):
+            forks.append({"state": self.request_id, "child": new_request_id,
+                          "children_left": getattr(self, "num_children", None),
+                          "status": getattr(getattr(self, "status", None), "name", None)})
+            return state_fork(self, new_request_id, *args, **kwargs)
+        state_cls.fork = fork
     return forks
 
 
@@ -90,6 +113,8 @@ def child(out):
     # sharing stayed on, the cache's block_sharing below now says)
     cbc = ContinuousBatchingConfig(block_size=32, allow_block_sharing=False)
     forks = record_forks()
+    from transformers.generation.continuous_batching import cache as cb_cache
+    sized = callable(getattr(cb_cache.PagedAttentionCache, "compute_max_num_forks", None))
     manager = built_tree.started_manager(model, gen, cbc, "hf_cb_fork")
     g = torch.Generator().manual_seed(1)
     manager.add_request(torch.randint(1, cfg.vocab_size, (LONG,), generator=g).tolist(),
@@ -102,6 +127,8 @@ def child(out):
         return set(names) | {"%s__child#%d" % (n, k) for n in names for k in range(SEQS - 1)}
 
     want = {"long"} | with_children("short%d" % i for i in range(N_SHORT))
+    if sized:       # (the long request's children run: forked or queued anew)
+        want |= with_children(["long"])
     got, longs, end, after = {}, {}, time.monotonic() + TIMEOUT, False
     while want - set(got) and time.monotonic() < end:
         if "long" in got and not after:
@@ -125,7 +152,7 @@ def child(out):
     tracker = cache.kvshim_tracker
     try:
         st = tracker.group.stats()
-        limit, peak = st.get("limit_bytes"), st.get("peak_physical_bytes", 0) >> 20
+        limit, peak = st.get("limit_bytes"), st.get("peak_physical_bytes")
     except Exception as e:     # noqa: BLE001  (a figure to read, not a check)
         limit = peak = repr(e)
     # (what decides whether the fork could be backed: read when it was not refused)
@@ -133,9 +160,10 @@ def child(out):
              "block_bytes": tracker.group.block_bytes, "tensors": tracker.group.ntensors,
              "block_sharing": [getattr(cm, "uses_block_sharing", None)
                                for cm in getattr(cache, "group_cache_managers", ())],
-             "limit_bytes": limit, "peak_physical_mib": peak, "long_children": longs,
+             "limit_bytes": limit, "peak_physical_bytes": peak, "long_children": longs,
              "forks": forks}
-    info = {"transformers": transformers.__version__, "results": got, "after": after,
+    info = {"transformers": transformers.__version__, "sized_forks": sized,
+            "results": got, "after": after,
             "cache": facts,
             "missing": sorted(want - set(got)), "forks_failed": tracker.forks_failed,
             "forks_refused": tracker.forks_refused}
@@ -171,31 +199,53 @@ def main():
         return 1
     info = json.load(open(out))
     res = info["results"]
-    print("hf_cb_fork: transformers %s; %d results; forks refused %d, failed %d; "
-          "engine stopped: %s" % (info["transformers"], len(res), info["forks_refused"],
-                                  info["forks_failed"], info["stopped"]))
+    print("hf_cb_fork: transformers %s (%s); %d results; forks refused %d, failed %d; "
+          "engine stopped: %s"
+          % (info["transformers"], "forks sized by the free blocks" if info.get("sized_forks")
+             else "all children forked at once", len(res), info["forks_refused"],
+             info["forks_failed"], info["stopped"]))
     long = res.get("long", {})
     print("hf_cb_fork: the long request: %s (%s)" % (long.get("status"), long.get("error")))
     cache = dict(info.get("cache") or {})
     forks = cache.pop("forks", None) or []
     print("hf_cb_fork: the cache: %s" % json.dumps(cache))
     for rec in forks:
-        if rec.get("source") in (None, "long") or "raised" in rec:
+        if (rec.get("source") == "long" or "raised" in rec
+                or str(rec.get("state", "")).startswith("long")):
             print("hf_cb_fork: a fork: %s" % json.dumps(rec))
-    print("hf_cb_fork: %d forks recorded" % len(forks))
+    print("hf_cb_fork: %d forks recorded, %d children made"
+          % (sum("source" in r for r in forks), sum("state" in r for r in forks)))
+    children = {k: v for k, v in res.items() if k != "long"}
     checks = {
-        "requests were added after the failure": info["after"]
+        "requests were added after the long request's result": info["after"]
             and any(k.startswith("after") for k in res),
-        "the long request failed with kvshim's reason":
-            long.get("status") == "FAILED"
-            and "kvshim cannot back the fork" in (long.get("error") or ""),
-        "every short request and child finished, those after the failure too":
-            not info["missing"] and all(v["status"] == "FINISHED" for k, v in res.items()
-                                        if k != "long"),
-        "one fork failed": info["forks_failed"] == 1,
-        "the adapter said so": "can never be backed" in log,
-        "the engine stopped": info["stopped"],
+        "every short request and child finished, those after the long request's too":
+            not info["missing"] and all(v["status"] == "FINISHED" for v in children.values()),
     }
+    if info.get("sized_forks"):
+        long_forks = [r for r in forks if r.get("source") == "long"]
+        limit = cache.get("limit_bytes")
+        checks.update({
+            "the long request's fork took fewer children than it has (sized by the "
+            "free blocks kvshim showed)":
+                len(long_forks) == 1 and 0 <= long_forks[0].get("children", SEQS) < SEQS - 1
+                and "raised" not in long_forks[0],
+            "the long request finished": long.get("status") == "FINISHED",
+            "kvshim refused no fork": info["forks_refused"] == 0 and info["forks_failed"] == 0,
+            "kvshim's physical memory stayed within its limit":
+                isinstance(limit, int) and limit > 0
+                and isinstance(cache.get("peak_physical_bytes"), int)
+                and cache["peak_physical_bytes"] <= limit,
+        })
+    else:
+        checks.update({
+            "the long request failed with kvshim's reason":
+                long.get("status") == "FAILED"
+                and "kvshim cannot back the fork" in (long.get("error") or ""),
+            "one fork failed": info["forks_failed"] == 1,
+            "the adapter said so": "can never be backed" in log,
+        })
+    checks["the engine stopped"] = info["stopped"]
     for what, ok in checks.items():
         print("hf_cb_fork: %s: %s" % (what, "yes" if ok else "NO"))
     if info["missing"]:

@@ -216,6 +216,23 @@ class StandInCache:
                     ids = ids[-1:]
                 self._block_manager.free_blocks(ids, shareable=share)
 
+    def compute_max_num_forks(self, request_id):
+        """The children a fork of request_id can take (5.17's): the free
+        blocks shown over the fresh blocks each child needs, in every
+        layer group its blocks but the leading complete ones where blocks
+        are shared; no bound where it needs none."""
+        need = 0
+        for cm in self.group_cache_managers:
+            table = cm.block_table[request_id]
+            shared = 0
+            if cm.uses_block_sharing:
+                for b in table:
+                    if not self._block_manager._id_to_block[b].is_complete:
+                        break
+                    shared += 1
+            need += len(table) - shared
+        return 2 ** 31 if need == 0 else self.get_num_free_blocks() // need
+
     def fork_request(self, request_id, children):
         """Fork a request's blocks into its children's, every layer group in
         turn (5.17's fork_request): (copy sources, copy destinations)."""

@@ -114,6 +114,10 @@ class ForkingRequest:
     def fork(self, request_id):
         return ForkingRequest(request_id, 0)
 
+    def create_equivalent_initial_request(self):
+        """A new request with this one's prompt, to prefill it again."""
+        return ForkingRequest(self.request_id, 0)
+
 
 def forking_api():
     """A continuous_api module whose processor (over a cache) queues, at
@@ -145,6 +149,34 @@ def forking_api():
             self.copies.append(self.cache.fork_request(state.request_id, children))
     mod, cls = stand_in_api(prepare_next_batch)
     cls.__init__ = __init__
+    cls.update_batch = update_batch
+    return mod, cls
+
+
+def sized_forking_api():
+    """forking_api's processor with 5.17's update_batch: each fork takes no
+    more children than the cache's compute_max_num_forks (the free blocks
+    shown over the blocks each child needs) and the others become new
+    requests, waiting, that prefill the prompt again; a request none fit
+    is not forked. (module, class)"""
+    mod, cls = forking_api()
+
+    def update_batch(self):
+        sched = self.scheduler
+        while sched._requests_to_fork:
+            state = sched._requests_to_fork.pop()
+            n, state.num_children = state.num_children, 0
+            children = ["%s__child#%d" % (state.request_id, i) for i in range(n)]
+            forked = min(n, self.cache.compute_max_num_forks(state.request_id))
+            for _ in range(n - forked):
+                child = state.create_equivalent_initial_request()
+                child.request_id = children.pop()
+                sched.waiting_requests[child.request_id] = child
+            if not forked:
+                continue
+            for child in children:
+                sched.active_requests[child] = state.fork(child)
+            self.copies.append(self.cache.fork_request(state.request_id, children))
     cls.update_batch = update_batch
     return mod, cls
 
@@ -3818,6 +3850,44 @@ class AdapterTest(unittest.TestCase):
                       % (tr.forks_refused, n - len(sched.waiting_requests)))
         for rid in list(sched.active_requests):
             c.free_blocks(rid)
+
+    def test_sized_fork_takes_what_kvshim_shows(self):
+        """transformers from 5.17 forks a request into no more children
+        than the free blocks it is shown fit (compute_max_num_forks) and
+        queues the others as new requests. The free count kvshim shows
+        bounds it: under the 64 MiB limit (512 blocks), a parent of 192
+        blocks, none complete, with 3 children, is forked into 1 (fewer
+        than 384 blocks shown free, where the cache alone has 3904), the 2
+        others wait as new requests; kvshim refuses nothing, nothing is
+        logged, and once the parent and its child are freed the 2 can be
+        admitted."""
+        c, tr = self.make(num_blocks=4096)
+        self.ahead_off()
+        proc = patched(sized_forking_api())(c)
+        sched = proc.scheduler
+        self.assertEqual(c.allocate_blocks(192, "r", 0), 192)
+        sched.active_requests["r"] = ForkingRequest("r", 3)
+        self.assertTrue(proc.prepare_next_batch())
+        shown = c.get_num_free_blocks()     # (what kvshim can back, less its cushion)
+        self.assertTrue(192 <= shown < 384, shown)
+        err = io.StringIO()
+        with redirect_stderr(err):
+            proc.update_batch()
+        self.assertEqual(err.getvalue(), "")
+        self.assertEqual(sorted(sched.active_requests), ["r", "r__child#0"])
+        self.assertEqual(sorted(sched.waiting_requests), ["r__child#1", "r__child#2"])
+        self.assertEqual((tr.forks_refused, tr.forks_failed, tr.mapped), (0, 0, 384))
+        self.assertEqual(len(proc.copies[0][0]), 192)
+        for rid in ("r", "r__child#0"):
+            c.free_blocks(rid)
+            del sched.active_requests[rid]
+        for rid in ("r__child#1", "r__child#2"):
+            self.assertEqual(c.allocate_blocks(192, rid, 0), 192)
+        for rid in ("r__child#1", "r__child#2"):
+            c.free_blocks(rid)
+        self.assertEqual(tr.mapped, 0)
+        kvshim.trim(1 << 40)
+        self.assertEqual(kvshim.stats()["mapped_bytes"], 0)
 
     def test_fork_never_backed_fails_its_request(self):
         """A fork whose request's blocks and its own are more than kvshim's
