@@ -1419,15 +1419,10 @@ def _guard_forks(proc, tracker):
     children join the active requests, then cache.fork_request gives them,
     in each layer group, the parent's complete blocks (referenced: their
     ref_count goes up) and fresh blocks for the rest (get_free_blocks,
-    which kvshim backs). 5.17 forks no more children than its free blocks
-    fit (compute_max_num_forks, over the free count kvshim shows) and
-    queues the others as new requests (tests/gpu/hf_cb_fork.py, session
-    54), so a fork falls short only when that count goes stale before it
-    (another process took from the shared budget, a map failed). When
-    kvshim cannot back the fork (short of memory, a map that fails, or a
-    KvshimError out of the tracker), 5.17 raises into its loop and the
-    engine fails, the references and the blocks of the children served
-    first left taken. Wraps fork_request once (at a
+    which kvshim backs). When kvshim cannot back those (short of memory, a
+    map that fails, or a KvshimError out of the tracker), 5.17 raises into
+    its loop and the engine fails, the references and the blocks of the
+    children served first left taken. Wraps fork_request once (at a
     processor's first pass, before its first update_batch) so that
     kvshim's refusal is undone whole: the children's tables and fresh
     blocks go (their claims with them), the references are as before, the
