@@ -119,13 +119,17 @@ class ForkingRequest:
         return ForkingRequest(self.request_id, 0)
 
 
-def forking_api():
+def forking_api(sized=False):
     """A continuous_api module whose processor (over a cache) queues, at
     each pass, the active requests with children for their fork, as 5.17's
     scheduler does when it schedules them, and whose update_batch forks
     them as 5.17's does: the children join the active requests, then the
     cache forks the parent's blocks into theirs (.copies: what each fork
-    returned). (module, class)"""
+    returned). sized: as 5.17, each fork takes no more children than the
+    cache's compute_max_num_forks (the free blocks shown over the blocks
+    each child needs) and the others become new requests, waiting, that
+    prefill the prompt again; a request none fit is not forked; else all
+    are forked at once, as before it. (module, class)"""
     def __init__(self, cache):
         self.cache, self.copies = cache, []
         self.scheduler = types.SimpleNamespace(active_requests={}, waiting_requests={},
@@ -144,30 +148,7 @@ def forking_api():
             state = sched._requests_to_fork.pop()
             n, state.num_children = state.num_children, 0
             children = ["%s__child#%d" % (state.request_id, i) for i in range(n)]
-            for child in children:
-                sched.active_requests[child] = state.fork(child)
-            self.copies.append(self.cache.fork_request(state.request_id, children))
-    mod, cls = stand_in_api(prepare_next_batch)
-    cls.__init__ = __init__
-    cls.update_batch = update_batch
-    return mod, cls
-
-
-def sized_forking_api():
-    """forking_api's processor with 5.17's update_batch: each fork takes no
-    more children than the cache's compute_max_num_forks (the free blocks
-    shown over the blocks each child needs) and the others become new
-    requests, waiting, that prefill the prompt again; a request none fit
-    is not forked. (module, class)"""
-    mod, cls = forking_api()
-
-    def update_batch(self):
-        sched = self.scheduler
-        while sched._requests_to_fork:
-            state = sched._requests_to_fork.pop()
-            n, state.num_children = state.num_children, 0
-            children = ["%s__child#%d" % (state.request_id, i) for i in range(n)]
-            forked = min(n, self.cache.compute_max_num_forks(state.request_id))
+            forked = min(n, self.cache.compute_max_num_forks(state.request_id)) if sized else n
             for _ in range(n - forked):
                 child = state.create_equivalent_initial_request()
                 child.request_id = children.pop()
@@ -177,6 +158,8 @@ def sized_forking_api():
             for child in children:
                 sched.active_requests[child] = state.fork(child)
             self.copies.append(self.cache.fork_request(state.request_id, children))
+    mod, cls = stand_in_api(prepare_next_batch)
+    cls.__init__ = __init__
     cls.update_batch = update_batch
     return mod, cls
 
@@ -3863,7 +3846,7 @@ class AdapterTest(unittest.TestCase):
         admitted."""
         c, tr = self.make(num_blocks=4096)
         self.ahead_off()
-        proc = patched(sized_forking_api())(c)
+        proc = patched(forking_api(sized=True))(c)
         sched = proc.scheduler
         self.assertEqual(c.allocate_blocks(192, "r", 0), 192)
         sched.active_requests["r"] = ForkingRequest("r", 3)
