@@ -13,7 +13,12 @@ how many and how long each took in all; and, timed apart on the idle
 engine before, the median of 200 evictions from the prefix cache (a
 prompt's 40 blocks back to the free list through the block manager's
 has_enough_free_blocks, as transformers 5.17 evicts them when its free
-list runs short). Then, apart (no kvshim: pure Python), what the read
+list runs short). A second table splits a pass as colocate's scheduling
+split does on a GPU (transformers' pass, kvshim's calls from the block
+manager in it, and the adapter's work around it), and that work by its
+parts in the order a pass does them (each timed where the pass calls it,
+not where one part calls another; the timers' own cost, about a
+microsecond a part, is in them). Then, apart (no kvshim: pure Python), what the read
 bound that follows the share costs a pass with --follow admitted requests
 (transformers_cb_reads.follow_share, the bound binding, every request
 looked at for the largest and for a starved one), microseconds a call.
@@ -35,11 +40,54 @@ EVICTIONS = 200                  # evictions from the prefix cache timed, the me
 STANDINS = os.path.join(HERE, "..", "python")
 
 
+# the parts of the adapter's work around transformers' pass, in the order
+# one_pass and prepare_next_batch do them: (label, where, name); several
+# names may share a label
+PARTS = (("settle", "tracker", "settle_done"), ("fork guard", "cb", "_guard_forks"),
+         ("give back", "cb", "_give_back"), ("admission", "cb", "_admission"),
+         ("read bound", "reads", "follow_share"), ("demand", "cb", "_waiting_blocks"),
+         ("demand", "cb", "_forks_waiting"), ("demand", "cb", "_margin_blocks"),
+         ("demand", "cb", "_cached_blocks"), ("demand", "tracker", "state_demand"),
+         ("cushion", "cb", "_cushion"), ("unused", "cb", "_state_unused"),
+         ("map ahead", "cb", "map_ahead"))
+LABELS = list(dict.fromkeys(label for label, _, _ in PARTS))
+
+
+def time_parts(fe, owners):
+    """Time each part of PARTS where the pass calls it (a part another
+    part or transformers' pass calls counts in that one), and the stand-in
+    engine's own pass: {label: seconds}, {"engine": seconds} filled in as
+    passes run. owners: {"cb", "reads", "tracker"} to patch. Before the
+    adapter patches the engine (it keeps the pass it wraps)."""
+    spent = dict.fromkeys(LABELS + ["engine"], 0.0)
+    depth = [0]
+
+    def timing(f, label):
+        def timed(*args, **kwargs):
+            if depth[0]:
+                return f(*args, **kwargs)
+            depth[0] += 1
+            t = time.perf_counter()
+            try:
+                return f(*args, **kwargs)
+            finally:
+                spent[label] += time.perf_counter() - t
+                depth[0] -= 1
+        return timed
+    for label, where, name in PARTS:
+        owner = owners[where]
+        setattr(owner, name, timing(getattr(owner, name), label))
+    cls = fe.ContinuousBatchProcessor
+    cls.prepare_next_batch = timing(cls.prepare_next_batch, "engine")
+    return spent
+
+
 def one(num_blocks, seconds, layers):
-    """One engine, this process: {"passes", "seconds", "looks", "look_s"}."""
+    """One engine, this process: {"passes", "seconds", "looks", "look_s",
+    "evict_s", "parts": {label: seconds}}."""
     sys.path.insert(0, STANDINS)
     import fair_engines as fe
-    from kvshim.adapters import blocks, transformers_cb
+    from kvshim.adapters import blocks, transformers_cb, transformers_cb_reads
     from standins import StandInCache
 
     fe.PROMPT, fe.STEPS, fe.GROW = 40, 200, 16
@@ -61,6 +109,8 @@ def one(num_blocks, seconds, layers):
             yield b
     blocks.TrackedFreeList.upcoming = timed_upcoming
 
+    spent = time_parts(fe, {"cb": transformers_cb, "reads": transformers_cb_reads,
+                            "tracker": blocks.BlockTracker})
     mod = type(sys)("adapter_passes_api")
     mod.ContinuousBatchProcessor = fe.ContinuousBatchProcessor
     transformers_cb.patch_api_module(mod)
@@ -92,6 +142,9 @@ def one(num_blocks, seconds, layers):
             break
         cache.free_blocks(rid)
     n = passes = 0
+    for k in spent:
+        spent[k] = 0.0
+    in_pass = 0.0
     t0 = time.perf_counter()
     end = t0 + seconds
     while time.perf_counter() < end:
@@ -99,11 +152,15 @@ def one(num_blocks, seconds, layers):
             rid = "q%d" % n
             proc.scheduler.waiting_requests[rid] = fe.Request(rid)
             n += 1
-        if proc.prepare_next_batch():
+        t = time.perf_counter()
+        ready = proc.prepare_next_batch()
+        in_pass += time.perf_counter() - t
+        if ready:
             proc.update_batch()
         passes += 1
     return {"passes": passes, "seconds": time.perf_counter() - t0,
-            "looks": looks[0], "look_s": looks[1], "evict_s": evict_s}
+            "looks": looks[0], "look_s": looks[1], "evict_s": evict_s,
+            "pass_s": in_pass, "parts": spent}
 
 
 def follow_cost(n, calls=2000):
@@ -173,6 +230,7 @@ def main():
           "%.0f s each (pool %s)" % (args.layers, args.seconds, pool))
     print("| blocks | passes | ms a pass | looks ahead | us a look | ms an eviction |")
     print("|---|---|---|---|---|---|")
+    rows = []
     try:
         for nb in counts:
             own = dict(env, KVSHIM_BUDGET="%dM" % (nb * 64 * args.layers // 1024 + 64))
@@ -188,9 +246,24 @@ def main():
             print("| %d | %d | %.3f | %d | %.1f | %.3f |" % (
                 nb, r["passes"], 1e3 * r["seconds"] / max(1, r["passes"]), r["looks"],
                 1e6 * r["look_s"] / max(1, r["looks"]), 1e3 * r["evict_s"]))
+            rows.append((nb, r))
     finally:
         for path in glob.glob("/dev/shm/kvshim-*-" + pool):
             os.unlink(path)
+    print("\na scheduling pass split, microseconds a pass: transformers' pass (the stand-in "
+          "engine's, kvshim's calls from its block manager in it) and the adapter's work "
+          "around it, by its parts; the rest: what no part names")
+    print("| blocks | pass | transformers' pass | around it | %s | the rest |"
+          % " | ".join(LABELS))
+    print("|---|---|---|---|%s---|" % ("---|" * len(LABELS)))
+    for nb, r in rows:
+        per = 1e6 / max(1, r["passes"])
+        parts = r["parts"]
+        around = r["pass_s"] - parts["engine"]
+        print("| %d | %.1f | %.1f | %.1f | %s | %.1f |" % (
+            nb, per * r["pass_s"], per * parts["engine"], per * around,
+            " | ".join("%.1f" % (per * parts[k]) for k in LABELS),
+            per * (around - sum(parts[k] for k in LABELS))))
     print("\nthe read bound that follows the share, one pass's call (follow_share, the bound "
           "binding; no kvshim call), median of 5 rounds")
     print("| admitted requests | waiting | us a call |")
