@@ -115,7 +115,7 @@ def one(num_blocks, seconds, layers):
     mod.ContinuousBatchProcessor = fe.ContinuousBatchProcessor
     transformers_cb.patch_api_module(mod)
     cache = StandInCache(num_blocks, fe.BLOCK_TOKENS, layers, 8 * 128)
-    transformers_cb.attach(cache)
+    tracker = transformers_cb.attach(cache)
     proc = fe.ContinuousBatchProcessor(cache)
     # an eviction from the prefix cache (5.17's has_enough_free_blocks puts
     # a prompt's worth of its blocks back one append at a time), timed apart
@@ -145,6 +145,7 @@ def one(num_blocks, seconds, layers):
     for k in spent:
         spent[k] = 0.0
     in_pass = 0.0
+    calls, busy = tracker.calls, tracker.busy
     t0 = time.perf_counter()
     end = t0 + seconds
     while time.perf_counter() < end:
@@ -160,7 +161,8 @@ def one(num_blocks, seconds, layers):
         passes += 1
     return {"passes": passes, "seconds": time.perf_counter() - t0,
             "looks": looks[0], "look_s": looks[1], "evict_s": evict_s,
-            "pass_s": in_pass, "parts": spent}
+            "pass_s": in_pass, "parts": spent,
+            "calls": tracker.calls - calls, "busy_s": tracker.busy - busy}
 
 
 def follow_cost(n, calls=2000):
@@ -252,18 +254,21 @@ def main():
             os.unlink(path)
     print("\na scheduling pass split, microseconds a pass: transformers' pass (the stand-in "
           "engine's, kvshim's calls from its block manager in it) and the adapter's work "
-          "around it, by its parts; the rest: what no part names")
-    print("| blocks | pass | transformers' pass | around it | %s | the rest |"
-          % " | ".join(LABELS))
-    print("|---|---|---|---|%s---|" % ("---|" * len(LABELS)))
+          "around it, by its parts; the rest: what no part names; and the tracker's "
+          "timed calls (its .calls and .busy, which colocate records on a GPU: in the pass "
+          "and around it), how many a pass and microseconds a call")
+    print("| blocks | pass | transformers' pass | around it | %s | the rest | tracker calls "
+          "| us a call |" % " | ".join(LABELS))
+    print("|---|---|---|---|%s---|---|---|" % ("---|" * len(LABELS)))
     for nb, r in rows:
         per = 1e6 / max(1, r["passes"])
         parts = r["parts"]
         around = r["pass_s"] - parts["engine"]
-        print("| %d | %.1f | %.1f | %.1f | %s | %.1f |" % (
+        print("| %d | %.1f | %.1f | %.1f | %s | %.1f | %.1f | %.1f |" % (
             nb, per * r["pass_s"], per * parts["engine"], per * around,
             " | ".join("%.1f" % (per * parts[k]) for k in LABELS),
-            per * (around - sum(parts[k] for k in LABELS))))
+            per * (around - sum(parts[k] for k in LABELS)),
+            r["calls"] / max(1, r["passes"]), 1e6 * r["busy_s"] / max(1, r["calls"])))
     print("\nthe read bound that follows the share, one pass's call (follow_share, the bound "
           "binding; no kvshim call), median of 5 rounds")
     print("| admitted requests | waiting | us a call |")
