@@ -56,7 +56,7 @@ LABELS = list(dict.fromkeys(label for label, _, _ in PARTS))
 def time_parts(fe, owners):
     """Time each part of PARTS where the pass calls it (a part another
     part or transformers' pass calls counts in that one), and the stand-in
-    engine's own pass: {label: seconds}, {"engine": seconds} filled in as
+    engine's own pass: {label: seconds, "engine": seconds}, filled in as
     passes run. owners: {"cb", "reads", "tracker"} to patch. Before the
     adapter patches the engine (it keeps the pass it wraps)."""
     spent = dict.fromkeys(LABELS + ["engine"], 0.0)
