@@ -3,7 +3,7 @@
 replays become replays of one trace, and colocate's spread and parity
 tables are printed over all of them.
 
-    python3 tests/bench/rounds.py RUN RUN [RUN ...]
+    python3 tests/bench/rounds.py [--config NAME] RUN RUN [RUN ...]
 
 A RUN is a colocate output folder (its colocate.json, or colocate.json.xz
 as docs/results keeps it) or that file. A long colocate run spans several
@@ -12,6 +12,10 @@ the whole run with it (session 49 lost 18 minutes so). Runs of one round
 each (--configs static,kvshim,twin, one replay of each trace), one per
 call, lose one round at most; alternate the configurations' order between
 runs by hand (static first in one, last in the next), as --alternate does.
+Under the spread table, the chance its rule reads NO on a model's row
+where kvshim is no different from static, for the replays each trace had
+(rule_chance: 0.20 with 3 replays each, 0.07 to 0.21 with 4): how strict
+the rule is, not a test of the figures.
 
 The runs must agree on every setting that shapes a replay (the budget,
 the trace's making, the warm-up and its trace, the engines' options:
@@ -25,9 +29,11 @@ are refused, naming the setting and the runs; so is one run given twice
 each run's --configs as given, each replay's p99 TTFT per model and
 configuration with the run it came from; then, for each trace replayed
 more than once, colocate's run-to-run spread table (kvshim against
-static, and twin against static where twin ran) and its parity table.
-Exits 0 when a trace was replayed more than once by static and kvshim, 1
-when none was (nothing judged), 2 on bad input.
+static, or --config's: kvpad, noahead or another configuration colocate
+ran beside static; and twin against static where twin ran) and its
+parity table. Exits 0 when a trace was replayed more than once by static
+and the configuration judged, 1 when none was (nothing judged), 2 on bad
+input.
 """
 
 import argparse
@@ -35,6 +41,7 @@ import hashlib
 import json
 import lzma
 import math
+from math import comb
 import numbers
 import os
 import re
@@ -288,10 +295,52 @@ def merged(runs):
     return table, traces, configs, rows, first[2], orders
 
 
+def rule_chance(n, m):
+    """The chance that the spread table's rule reads NO on a row where a
+    configuration's m replays are drawn as static's n are (no difference
+    at all): its median above static's most. From ranks alone, so for any
+    distribution without ties: the top k of the n + m replays all the
+    configuration's has chance C(n+m-k, m-k) / C(n+m, m). For odd m the
+    median is its ((m+1)/2)-th largest: exact, (p, p). For even m, the mean
+    of its middle two: at least the chance both pass static's most (k =
+    m/2 + 1), at most the chance the upper does (k = m/2). Returns (least,
+    most)."""
+    def top(k):
+        return comb(n + m - k, m - k) / comb(n + m, m)
+    if m % 2:
+        return top((m + 1) // 2), top((m + 1) // 2)
+    return top(m // 2 + 1), top(m // 2)
+
+
+def print_rule_chance(table, traces, config):
+    """Under the spread table, for each trace static and config both
+    replayed more than once, what its rule costs a configuration no
+    different from static: rule_chance per model row, for the replays
+    both ran."""
+    said = []
+    for base, labels in colocate.by_base(traces).items():
+        done = colocate.replayed(table, labels, ("static", config), lambda t: t["ttft_p99"])
+        if len(done) < 2:
+            continue
+        least, most = rule_chance(len(done), len(done))
+        said.append("%s, %d replays each: %s" % (
+            base, len(done), "%.2f" % least if least == most
+            else "between %.2f and %.2f" % (least, most)))
+    if said:
+        print("the spread rule's chance of a NO on one model's row where %s's replays are no "
+              "different from static's (from ranks alone): %s" % (config, "; ".join(said)))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", metavar="RUN")
+    ap.add_argument("--config", default="kvshim",
+                    help="the configuration judged against static (default kvshim; kvpad, "
+                    "noahead or another colocate runs beside static)")
     args = ap.parse_args()
+    if args.config in ("static", "twin", "capped", "ample"):
+        ap.error("--config %s: give a kvshim configuration to judge against static"
+                 % args.config)
     if len(args.runs) < 2:
         ap.error("give two runs or more (one run's own replays: colocate prints their tables)")
     try:
@@ -302,7 +351,7 @@ def main():
     print("rounds: %d runs read as one, on %s: %s" % (len(args.runs), gpu, ", ".join(configs)))
     for i, run in enumerate(args.runs):
         print("run %d: %s (%s)" % (i + 1, run, orders[i]))
-    shown = [c for c in ("static", "kvshim", "twin") if c in configs]
+    shown = [c for c in ("static", args.config, "twin") if c in configs]
     print("\neach replay's p99 TTFT in seconds, by the run it came from")
     print("| replay | run | model | %s |" % " | ".join(shown))
     print("|---|---|---|%s" % ("---|" * len(shown)))
@@ -313,13 +362,14 @@ def main():
                 "-" if t is None or t.get("ttft_p99") is None else "%.3f" % t["ttft_p99"]
                 for t in figs)))
     results = {c: {} for c in configs}
-    judged = colocate.repeats(table, traces, results)
+    judged = colocate.repeats(table, traces, results, args.config)
+    print_rule_chance(table, traces, args.config)
     if "twin" in results:
         colocate.repeats(table, traces, results, "twin")
     colocate.parity(table, traces, results)
     if not judged:
-        print("rounds: no trace replayed more than once by static and kvshim: nothing judged",
-              file=sys.stderr)
+        print("rounds: no trace replayed more than once by static and %s: nothing judged"
+              % args.config, file=sys.stderr)
         return 1
     return 0
 
