@@ -77,10 +77,11 @@ def row(t, m, s, k, extra=""):
         "yes" if mk <= max(s) else "NO"))
 
 
-def command_line(doc, name):
+def command_line(doc, name, extra=()):
     """The command line of a script that reads a colocate run's engine
     files as this one does (DIR [--configs A,B] [--traces T1,T2]; doc: its
-    docstring, name: its name in messages): (its arguments, the two
+    docstring, name: its name in messages; extra: its own options, as
+    (flag, add_argument's keywords) pairs): (its arguments, the two
     configurations, each one's {trace: replay labels}, the traces both
     replayed, in --traces' order if given). Exits 2 on bad arguments, 1
     when no trace was replayed by both."""
@@ -88,6 +89,8 @@ def command_line(doc, name):
     ap.add_argument("dir")
     ap.add_argument("--configs", default="static,kvshim")
     ap.add_argument("--traces")
+    for flag, kwargs in extra:
+        ap.add_argument(flag, **kwargs)
     args = ap.parse_args()
     cfgs = args.configs.split(",")
     if len(cfgs) != 2 or not os.path.isdir(args.dir):

@@ -41,7 +41,6 @@ import hashlib
 import json
 import lzma
 import math
-from math import comb
 import numbers
 import os
 import re
@@ -306,7 +305,7 @@ def rule_chance(n, m):
     m/2 + 1), at most the chance the upper does (k = m/2). Returns (least,
     most)."""
     def top(k):
-        return comb(n + m - k, m - k) / comb(n + m, m)
+        return math.comb(n + m - k, m - k) / math.comb(n + m, m)
     if m % 2:
         return top((m + 1) // 2), top((m + 1) // 2)
     return top(m // 2 + 1), top(m // 2)

@@ -78,20 +78,22 @@ def binned(engines, width):
     return bins
 
 
+def tokens(text):
+    """--bin's value: a positive number of tokens."""
+    n = int(text)
+    if n <= 0:
+        raise argparse.ArgumentTypeError("give a positive number of tokens (got %d)" % n)
+    return n
+
+
 def main():
-    extra = argparse.ArgumentParser(add_help=False)
-    extra.add_argument("--bin", type=int, default=4096)
-    mine, rest = extra.parse_known_args()
-    if mine.bin <= 0:
-        print("steps_by_kv: --bin %d: give a positive number of tokens" % mine.bin,
-              file=sys.stderr)
-        return 2
-    sys.argv[1:] = rest
-    args, cfgs, base, other, traces = command_line(__doc__, "steps_by_kv")
+    args, cfgs, base, other, traces = command_line(
+        __doc__, "steps_by_kv",
+        [("--bin", {"type": tokens, "default": 4096, "help": "tokens a bin (4096)"})])
     print("batch times by the KV in use, over the replays of %s both configurations ran: each "
           "step's batch in the bin of the KV tokens its engine's requests held (its last sample "
           "before the step), bins of %d tokens with %d steps or more; the KV read that pads to, "
-          "at the engine's padding and usual bound" % (", ".join(traces), mine.bin, LEAST))
+          "at the engine's padding and usual bound" % (", ".join(traces), args.bin, LEAST))
     print("| model | config | KV in use, tokens | steps | batch p50 ms | KV read padded to |")
     print("|---|---|---|---|---|---|")
     labels = {t: both_ran(args.dir, cfgs, set(base[t]) & set(other[t])) for t in traces}
@@ -102,10 +104,10 @@ def main():
                 continue
             pad = engines[0].get("kv_pad") or PAD
             bound = usual_bound(engines[0])
-            for b, xs in sorted(binned(engines, mine.bin).items()):
+            for b, xs in sorted(binned(engines, args.bin).items()):
                 if len(xs) < LEAST:
                     continue
-                lo, hi = b * mine.bin, (b + 1) * mine.bin
+                lo, hi = b * args.bin, (b + 1) * args.bin
                 reads = sorted({padded(min(lo + 1, hi - 1), pad, bound),
                                 padded(hi - 1, pad, bound)})
                 print("| %s | %s | %d to %d | %d | %.1f | %s |" % (
