@@ -68,10 +68,15 @@ fifteen configurations (--configs) run one after the other, in one invocation:
   the replays, and the medium engine's 37 against 2 in the rate 6
   warm-up);
 - kvpad (only when --configs names it): kvshim with KVSHIM_CB_KV_PAD set
-  to --kv-pad tokens (32768 by default): each step's KV read padded to a
-  multiple of it instead of transformers' 16384, so that an engine that
-  reads more than its static share's cache meets fewer CUDA graph keys
-  (the table "CUDA graphs by key"), at the cost of reading more padding;
+  to --kv-pad tokens (16384 by default: transformers' own, which kvshim
+  kept until session 56; its auto is 8192 since): each step's KV read
+  padded to a multiple of it, a coarser one meeting fewer CUDA graph keys
+  (the table "CUDA graphs by key") at the cost of reading more padding;
+- staticpad (only when --configs names it): the static split with its
+  engines' KV read padded as kvshim's adapter pads it by default
+  (kv_padding_interval_size 8192, KVSHIM_CB_KV_PAD=auto, against
+  transformers' 16384), so that what the finer padding gives is told
+  apart from what sharing gives;
 - reads (only when --configs names it): kvshim whose engines' read budget
   is the static split's engine's cache at --budget-gib (KVSHIM_CB_READ_TOKENS
   set to its third of the budget as a memory size, 2097152KiB at 6 GiB,
@@ -289,6 +294,28 @@ BLOCK = 32            # tokens a block
 VOCAB = 32000
 
 
+# the configurations whose engines run without kvshim
+STATIC_MODE = frozenset(("static", "ample", "twin", "staticpad"))
+
+
+def adapter_kv_pad():
+    """The adapter's KVSHIM_CB_KV_PAD=auto padding (transformers_cb_reads'
+    KV_PAD_AUTO), read from its source: importing it would load kvshim.
+    staticpad gives the static split's engines this padding."""
+    import ast
+    path = os.path.join(ROOT, "scripts", "python", "kvshim", "adapters",
+                        "transformers_cb_reads.py")
+    with open(path) as f:
+        for node in ast.parse(f.read(), path).body:
+            if isinstance(node, ast.Assign) and \
+                    [getattr(t, "id", None) for t in node.targets] == ["KV_PAD_AUTO"]:
+                return ast.literal_eval(node.value)
+    raise RuntimeError("%s: no KV_PAD_AUTO" % path)
+
+
+ADAPTER_KV_PAD = adapter_kv_pad()
+
+
 def kv_bytes_per_token(name):
     layers, _, _, kv_heads, _ = MODELS[name]
     return layers * 2 * kv_heads * 128 * 2          # K and V, bf16
@@ -389,8 +416,10 @@ def dry_engine(args):
             "give_back": os.environ.get("KVSHIM_CB_GIVE_BACK", "on" if kvshim else "off"),
             "idle_cushion": os.environ.get("KVSHIM_CB_IDLE_CUSHION", "off"),
             "starved_ms": str(starved_ms_used()) if kvshim else "-",
-            "kv_pad": int(os.environ["KVSHIM_CB_KV_PAD"])
-            if kvshim and os.environ.get("KVSHIM_CB_KV_PAD") else None,
+            # (as engine() reports it: the adapter's, whose auto is
+            # ADAPTER_KV_PAD against transformers' 16384; staticpad's)
+            "kv_pad": (int(os.environ.get("KVSHIM_CB_KV_PAD") or ADAPTER_KV_PAD) if kvshim
+                       else args.static_kv_pad or None),
             "ready_s": 0.0}
     pad = info["kv_pad"] or 16384
     if args.capture_read:
@@ -556,6 +585,13 @@ def engine(args):
     except TypeError:       # a transformers without CPU offloading
         cb_args.pop("cpu_offload_space", None)
         cbc = ContinuousBatchingConfig(**cb_args)
+    if args.static_kv_pad:
+        # staticpad: the padding of a step's KV read the adapter sets by
+        # default, in the engine's config as the adapter sets it
+        if not isinstance(getattr(cbc, "kv_padding_interval_size", None), int):
+            raise RuntimeError("staticpad: this transformers' ContinuousBatchingConfig has "
+                               "no kv_padding_interval_size")
+        cbc.kv_padding_interval_size = args.static_kv_pad
     kvshim = None
     if os.environ.get("LD_PRELOAD", "").find("libkvshim") >= 0:
         import kvshim
@@ -588,7 +624,7 @@ def engine(args):
             "starved_ms": str(starved_ms_used()) if kvshim is not None else "-",
             # the padding of a step's KV read that the adapter set (None:
             # transformers' own)
-            "kv_pad": getattr(cache, "kvshim_kv_pad", None),
+            "kv_pad": getattr(cache, "kvshim_kv_pad", None) or args.static_kv_pad or None,
             "ready_s": time.perf_counter() - t_start}
     if args.capture_read:
         graphs_before = len(graphs) if graphs is not None else None
@@ -1125,9 +1161,11 @@ def spawn(name, cfg, args, pool, outdir, tag):
     env.pop("KVSHIM_CB_STARVED_MS", None)   # the adapter's default (250); starved's --starved-ms
     if cfg.get("starved_ms"):
         env["KVSHIM_CB_STARVED_MS"] = str(cfg["starved_ms"])
-    env.pop("KVSHIM_CB_KV_PAD", None)   # transformers' own padding; kvpad's --kv-pad
-    if cfg.get("kv_pad"):
+    env.pop("KVSHIM_CB_KV_PAD", None)   # the adapter's auto; kvpad's --kv-pad
+    if cfg.get("kv_pad") and mode != "static":
         env["KVSHIM_CB_KV_PAD"] = str(cfg["kv_pad"])
+    elif cfg.get("kv_pad"):             # staticpad's: set in its config, as the adapter does
+        cmd += ["--static-kv-pad", str(cfg["kv_pad"])]
     if mode == "static":
         cmd += ["--num-blocks", str(static_blocks(name, budget * cfg.get("shares", 1)))]
         env["KVSHIM_SHARE"] = "off"     # no kvshim here; said for clarity
@@ -2419,7 +2457,7 @@ def targets(table, traces, results, args):
     sweep = [c for c in results if is_sweep(c)]
     spread = {}
     for c in ("twin", "reads", "packed", "unpacked", "unreserved", "noahead", "nocushion",
-              "idle", "keepcache", "starved", "kvpad") + tuple(sweep):
+              "idle", "keepcache", "starved", "kvpad", "staticpad") + tuple(sweep):
         if c in results:
             spread[c] = out["repeats_" + c] = repeats(table, traces, results, c)
             out["repeats_apart_" + c] = repeats(table, traces, results, c, apart=True)
@@ -2956,6 +2994,7 @@ def main():
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--num-blocks", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--capture-read", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--static-kv-pad", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--capture-longest", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=os.environ.get("KVSHIM_SUITE_OUT", "."))
     ap.add_argument("--configs", default="static,kvshim")
@@ -2993,7 +3032,8 @@ def main():
                          "pays most)")
     ap.add_argument("--kv-pad", type=int, default=None,
                     help="kvpad's KVSHIM_CB_KV_PAD: the multiple of tokens its engines pad a "
-                         "step's KV read to (32768 by default)")
+                         "step's KV read to (16384 by default: transformers' own, kvshim's "
+                         "until session 56)")
     ap.add_argument("--starved-ms", type=int, default=None,
                     help="starved's KVSHIM_CB_STARVED_MS: the milliseconds an admitted request "
                          "waits without its first token or progress before its engine's read "
@@ -3071,9 +3111,11 @@ def main():
     configs = [c for c in args.configs.split(",") if c]
     if not configs or set(configs) - {"static", "kvshim", "capped", "ample", "twin", "packed",
                                       "unpacked", "reads", "unreserved", "noahead",
-                                      "nocushion", "idle", "keepcache", "starved", "kvpad"}:
+                                      "nocushion", "idle", "keepcache", "starved", "kvpad",
+                                      "staticpad"}:
         ap.error("--configs takes static, kvshim, capped, ample, twin, packed, unpacked, "
-                 "reads, unreserved, noahead, nocushion, idle, keepcache, starved and kvpad")
+                 "reads, unreserved, noahead, nocushion, idle, keepcache, starved, kvpad "
+                 "and staticpad")
     given = [o for o, v in (("--rates", args.rates), ("--seeds", args.seeds),
                             ("--seed", args.seed), ("--phases", args.phases),
                             ("--phase", args.phase), ("--quick", args.quick))
@@ -3113,7 +3155,7 @@ def main():
         ap.error("--starved-ms must be from 1 to 60000 milliseconds")
     if args.kv_pad is not None and "kvpad" not in configs:
         ap.error("--kv-pad pads kvpad's engines: name kvpad in --configs")
-    args.kv_pad = 32768 if args.kv_pad is None else args.kv_pad
+    args.kv_pad = 16384 if args.kv_pad is None else args.kv_pad
     if not 1 <= args.kv_pad <= 1 << 30:
         ap.error("--kv-pad must be from 1 to 1073741824 tokens")
     if not 1 <= args.warmup_cycles <= 10:
@@ -3127,7 +3169,7 @@ def main():
     if args.floor_gib < 0 or 3 * args.floor_gib > min([args.budget_gib] + sweep):
         ap.error("--floor-gib must be from 0 to a third of --budget-gib (and of every --sweep-gib)")
     args.weight_of = weights(args.weights, ap) if args.weights is not None else None
-    if args.weight_of and not sweep and set(configs) <= {"static", "ample", "twin"}:
+    if args.weight_of and not sweep and set(configs) <= STATIC_MODE:
         ap.error("--weights weighs kvshim's engines: name a kvshim configuration in --configs "
                  "(or give --sweep-gib)")
     if not 1.0 <= args.capped_share <= 3.0:
@@ -3193,15 +3235,16 @@ def main():
     sweep_traces = [tr for tr in traces if float(tr["rate"]) in sweep_rates
                     and tr["seed"] == seeds[0] and tr["phase"] == args.phase_list[0]]
     budget = int(args.budget_gib * GIB)
-    plan = [({"name": c, "mode": "static" if c in ("static", "ample", "twin") else "kvshim",
+    plan = [({"name": c, "mode": "static" if c in STATIC_MODE else "kvshim",
               "budget": budget, "shares": 3 if c == "ample" else 1,
               "ceiling": int(args.capped_share * budget) // 3 if c == "capped" else 0,
-              "pack": c not in ("static", "ample", "twin", "unpacked"),
+              "pack": c not in STATIC_MODE | {"unpacked"},
               "static_reads": c == "reads", "reserve": c != "unreserved",
               "ahead": c != "noahead", "cushion": c != "nocushion",
               "idle_cushion": c == "idle", "give_back": c != "keepcache",
               "starved_ms": args.starved_ms if c == "starved" else None,
-              "kv_pad": args.kv_pad if c == "kvpad" else None}, traces)
+              "kv_pad": args.kv_pad if c == "kvpad" else
+              ADAPTER_KV_PAD if c == "staticpad" else None}, traces)
             for c in configs]
     # the sweep's budgets, kvshim's (packing, as kvshim does by default;
     # named packed@B with --sweep-pack)

@@ -4884,13 +4884,15 @@ class ReadBudgetTest(unittest.TestCase):
             sys.modules[name] = mod
 
     def build(self, hints=None, patch=("io", "runner", "scheduler"), wired=None,
-              num_blocks=16384):
+              num_blocks=16384, kv_interval=1024):
         """A batch processor built as generate_batch builds one, with the
-        adapter applied to the stand-in modules named in patch."""
+        adapter applied to the stand-in modules named in patch; the
+        engine's own KV padding kv_interval."""
         torch = FakeTorch()
         self.fake_transformers(torch)
         cbc = types.SimpleNamespace(block_size=16, num_blocks=num_blocks, max_batch_tokens=256,
-                                    max_requests_per_batch=8, kv_padding_interval_size=1024)
+                                    max_requests_per_batch=8,
+                                    kv_padding_interval_size=kv_interval)
         self.cbc = cbc
         cache_mod, api, iom, runner, sched = flow_modules(torch, cbc)
         err = io.StringIO()
@@ -5746,6 +5748,39 @@ class ReadBudgetTest(unittest.TestCase):
             self.assertEqual(self.err, "")
             self.assertEqual(self.cbc.kv_padding_interval_size, 1024)
             self.assertFalse(hasattr(p.cache, "kvshim_kv_pad"))
+
+    def test_kv_pad_auto_finer_than_transformers(self):
+        # auto: KV_PAD_AUTO (8192) where the engine's own padding is
+        # coarser (transformers 5.17: 16384), its own where as fine; the
+        # read budget as without it, its steps the padding's
+        self.assertEqual(reads.KV_PAD_AUTO, 8192)
+        for setting in (None, "auto"):
+            if setting is None:
+                os.environ.pop(reads.KV_PAD_VAR, None)
+            else:
+                os.environ[reads.KV_PAD_VAR] = setting
+            for own, want in ((16384, 8192), (65536, 8192), (8192, None), (4096, None)):
+                p = self.build(kv_interval=own)
+                self.assertEqual(self.err, "")
+                self.assertEqual(self.cbc.kv_padding_interval_size, want or own)
+                self.assertEqual(getattr(p.cache, "kvshim_kv_pad", None), want)
+                self.assertEqual(p.cache.kvshim_read_tokens, 65536)
+                self.assertEqual(p.cache.kvshim_read_interval, want or own)
+        # a number set stands, coarser than auto's too
+        os.environ[reads.KV_PAD_VAR] = "16384"
+        p = self.build(kv_interval=16384)
+        self.assertEqual(self.cbc.kv_padding_interval_size, 16384)
+        self.assertEqual(p.cache.kvshim_kv_pad, 16384)
+        # auto without the setting in the config: nothing set, no warning
+        os.environ.pop(reads.KV_PAD_VAR, None)
+        for cbc in (None, types.SimpleNamespace(block_size=16),
+                    types.SimpleNamespace(kv_padding_interval_size=True)):
+            cache = types.SimpleNamespace()
+            err = io.StringIO()
+            with redirect_stderr(err):
+                self.assertIsNone(reads.apply_kv_pad(cache, cbc))
+            self.assertEqual(err.getvalue(), "")
+            self.assertFalse(hasattr(cache, "kvshim_kv_pad"))
 
     def test_kv_pad_bad_setting_keeps_transformers_own(self):
         for value in ("off", "lots", "0"):

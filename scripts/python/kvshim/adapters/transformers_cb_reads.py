@@ -50,6 +50,17 @@ READ_TOKENS_VAR = "KVSHIM_CB_READ_TOKENS"
 READ_TOKENS_MAX = 1 << 30        # as kvshim-config's KV_READ_TOKENS_MAX
 SIZE_MAX = (1 << 64) - 1         # the most bytes kvshim-config reads
 KV_PAD_VAR = "KVSHIM_CB_KV_PAD"
+# auto pads a step's KV read to a multiple of this many tokens, where
+# transformers' own kv_padding_interval_size is coarser (16384 in 5.17).
+# A batch's time follows the padded read, not the KV in use: on an H200
+# the medium engine of tests/bench/colocate.py took 26 ms a batch below
+# 16384 tokens in use and 44 above, and its engines held 3600 to 8000 on
+# average (docs/BENCHMARKS.md, session 55). With 8192, two replays of the
+# rate 3 trace gave every model a p99 TTFT 1.23x to 1.76x shorter than the
+# static split's where with 16384 the small and medium were 0.97x to 1.15x
+# (session 56). The price is twice the CUDA graph keys (each KV size a
+# key), about 850 MiB more of the GPU over three engines there.
+KV_PAD_AUTO = 8192
 AUTO_READ_CAP = 64 * 1024        # auto, from a workload: at most this (tokens)
 AUTO_READ_SERVER = 64 * 1024     # auto, no workload known: at least this
 # A request admitted this long without its first token while the bound
@@ -191,8 +202,9 @@ def memory_tokens(setting, block, per_block):
 
 def kv_pad_setting(value):
     """KVSHIM_CB_KV_PAD as kvshim-config reads it: None for auto (also
-    when unset), or a number of tokens as read_tokens_setting reads one.
-    Raises ValueError naming the variable and why."""
+    when unset; apply_kv_pad makes it KV_PAD_AUTO or transformers' own),
+    or a number of tokens as read_tokens_setting reads one. Raises
+    ValueError naming the variable and why."""
     if value is None or value.lower() == "auto":
         return None
     expected = "expected auto or a number of tokens, with an optional K or M suffix"
@@ -512,17 +524,22 @@ def apply_kv_pad(cache, cb_config):
     kv_padding_interval_size, which with the padded queries and longest KV
     keys its CUDA graphs. Under kvshim an engine may read more than a
     static share's cache holds, and each KV size it meets is a key it
-    captures once; a coarser padding meets fewer. cache.kvshim_kv_pad
-    becomes the padding set. Returns it, or None where transformers' own
-    stands (auto, a malformed value or a continuous batching config without
-    the setting, with a warning for the last two)."""
+    captures once; a coarser padding meets fewer, a finer one shorter
+    steps. auto is KV_PAD_AUTO where transformers' own is coarser.
+    cache.kvshim_kv_pad becomes the padding set. Returns it, or None where
+    transformers' own stands (auto with its own as fine, a malformed value
+    or a continuous batching config without the setting, with a warning
+    for the last two where a number was set)."""
     try:
         pad = kv_pad_setting(os.environ.get(KV_PAD_VAR))
     except ValueError as e:
         _warn_once("kv_pad", "%s: transformers' own KV padding is kept" % e)
         return None
     if pad is None:
-        return None
+        own = getattr(cb_config, "kv_padding_interval_size", None)
+        if not isinstance(own, int) or isinstance(own, bool) or own <= KV_PAD_AUTO:
+            return None
+        pad = KV_PAD_AUTO
     if not isinstance(getattr(cb_config, "kv_padding_interval_size", None), int):
         _warn_once("kv_pad_config", "transformers continuous batching not as expected (no "
                    "kv_padding_interval_size in its config): %s=%d is not applied"
