@@ -833,8 +833,9 @@ def time_steps():
     an eager forward, then the capture), at its warm-up and in a step whose
     batch has no graph in its cache under its key (transformers 5.17:
     queries padded to q_padding_interval_size, 64; the KV the batch reads
-    padded to kv_padding_interval_size, 16384, at most the cache's tokens,
-    under kvshim the adapter's read budget; the longest KV padded to a power
+    padded to kv_padding_interval_size, 16384, or 8192 where kvshim's
+    adapter or staticpad sets it, at most the cache's tokens, under kvshim
+    the adapter's read budget; the longest KV padded to a power
     of 2 from 1024, as far; its cache is a dict that never evicts, so a
     capture is a key the engine never met); key is None where transformers
     keeps no such key; graphs is None where it has no such method (not

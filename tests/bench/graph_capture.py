@@ -4,7 +4,7 @@ at start: colocate.py's --capture-keys, in every configuration alike.
 
 transformers 5.17 keys a batch's graph on its queries padded to
 q_padding_interval_size (64), the KV it reads padded to
-kv_padding_interval_size (16384), at most the cache's num_pages
+kv_padding_interval_size (16384; kvshim's adapter sets 8192), at most the cache's num_pages
 (model_runner.py, maybe_pad_inputs), and its longest KV padded to a power
 of 2 from 1024, at most num_pages (input_outputs.py, get_model_kwargs and
 _get_graph_key), and captures one the first time it meets a key

@@ -4,11 +4,13 @@ by step, each batch's run (its forward pass, beside the other engines'
 on the GPU) put in a bin of the KV tokens its engine's requests held, to
 show what the padding of a batch's KV read costs. transformers 5.17 pads
 the KV a batch reads to a multiple of kv_padding_interval_size (16384
-tokens unless KVSHIM_CB_KV_PAD sets it), at most the cache's num_pages
-(under kvshim, the read bound): a batch's time steps up where the KV in
-use crosses a multiple, and moves less between (docs/BENCHMARKS.md,
-session 55: on an H200 the medium engine's batches took 26 ms with under
-16384 tokens in use and 44 ms above, under static and kvshim alike).
+tokens; 8192 under kvshim's adapter from session 56, KVSHIM_CB_KV_PAD,
+and in colocate's staticpad: the padding each engine file records), at
+most the cache's num_pages (under kvshim, the read bound): a batch's time
+steps up where the KV in use crosses a multiple, and moves less between
+(docs/BENCHMARKS.md, session 55: on an H200 the medium engine's batches
+took 26 ms with under 16384 tokens in use and 44 ms above, under static
+and kvshim alike; session 56: 15 ms under 8192 with 8192).
 
     python3 tests/bench/steps_by_kv.py DIR [--configs static,kvshim] [--traces T1,T2] [--bin N]
 

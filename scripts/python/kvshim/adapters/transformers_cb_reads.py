@@ -56,10 +56,11 @@ KV_PAD_VAR = "KVSHIM_CB_KV_PAD"
 # the medium engine of tests/bench/colocate.py took 26 ms a batch below
 # 16384 tokens in use and 44 above, and its engines held 3600 to 8000 on
 # average (docs/BENCHMARKS.md, session 55). With 8192, two replays of the
-# rate 3 trace gave every model a p99 TTFT 1.23x to 1.76x shorter than the
-# static split's where with 16384 the small and medium were 0.97x to 1.15x
-# (session 56). The price is twice the CUDA graph keys (each KV size a
-# key), about 850 MiB more of the GPU over three engines there.
+# rate 3 trace gave the small and medium a p99 TTFT 1.23x to 1.76x shorter
+# than the static split's where with 16384 they were 0.97x to 1.15x
+# (session 56); the static split padded alike gained as much. The price is
+# twice the CUDA graph keys (each padded size a set of keys), about 850 MiB
+# more of the GPU over three engines there.
 KV_PAD_AUTO = 8192
 AUTO_READ_CAP = 64 * 1024        # auto, from a workload: at most this (tokens)
 AUTO_READ_SERVER = 64 * 1024     # auto, no workload known: at least this
