@@ -64,7 +64,7 @@
 	X(CB_GIVE_BACK, cb_give_back, bool, "on",                            \
 	  "transformers continuous batching: after a batch it runs without a CUDA graph (one reading more than its share of a shared budget), give PyTorch's cache of free device memory back to the driver, but not while a stream of the process captures; off: it stays until the engine's next graph capture") \
 	X(CB_KV_PAD, cb_kv_pad, pad, "auto",                                 \
-	  "transformers continuous batching: the multiple of tokens a step's KV read is padded to (at most the read budget, or the cache without one), which with its queries and longest KV keys its CUDA graphs: auto (8192, or transformers' own where that is as fine; 16384 in transformers 5.17) or a number of tokens (K, M suffixes); one at or above the read budget pads every step to the budget") \
+	  "transformers continuous batching: the multiple of tokens a step's KV read is padded to (at most the read budget, or the cache without one), which with its queries and longest KV keys its CUDA graphs: auto (8192 where transformers' own is coarser, as 5.17's 16384 is; its own where as fine) or a number of tokens (K, M suffixes); one at or above the read budget pads every step to the budget") \
 	X(CB_STARVED_MS, cb_starved_ms, ms, "250",                            \
 	  "transformers continuous batching, while its reads follow its share of a shared budget (KVSHIM_CB_READ_TOKENS=auto): an admitted request this many milliseconds without its first token or progress in its prefill raises the engine's bound for it, pass by pass (twice as long: to every admitted request's reads); a whole number from 1 to 60000")
 

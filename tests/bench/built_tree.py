@@ -32,6 +32,52 @@ def kvshim_run():
     return os.environ.get("KVSHIM_RUN") or os.path.join(ROOT, "scripts", "kvshim-run")
 
 
+def adapter_kv_pad(path=None):
+    """The padding of a step's KV read that kvshim's transformers adapter
+    sets by default (KVSHIM_CB_KV_PAD=auto: transformers_cb_reads'
+    KV_PAD_AUTO, in tokens), read from its source (path, the tree's by
+    default): importing the adapter would load kvshim. Raises RuntimeError
+    where the source does not say it as a positive whole number."""
+    import ast
+    path = path or os.path.join(ROOT, "scripts", "python", "kvshim", "adapters",
+                                "transformers_cb_reads.py")
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else \
+            [node.target] if isinstance(node, ast.AnnAssign) and node.value else []
+        if [getattr(t, "id", None) for t in targets] == ["KV_PAD_AUTO"]:
+            try:
+                pad = eval(compile(ast.Expression(node.value), path, "eval"),
+                           {"__builtins__": {}})
+            except Exception as e:     # a name, a call: not a number alone
+                raise RuntimeError("%s: KV_PAD_AUTO is not a number (%s)" % (path, e))
+            if isinstance(pad, int) and not isinstance(pad, bool) and pad > 0:
+                return pad
+            raise RuntimeError("%s: KV_PAD_AUTO is %r, not a positive whole number"
+                               % (path, pad))
+    raise RuntimeError("%s: no KV_PAD_AUTO" % path)
+
+
+def pad_plain_as_kvshim(cbc):
+    """In a plain run (no kvshim preloaded), give the continuous batching
+    config cbc the KV padding kvshim's adapter sets by default, where
+    transformers' own is coarser, as the adapter does under kvshim-run: a
+    plain run and a kvshim one then read the same shapes, so that their
+    tokens may be compared bit for bit and their speed tells kvshim's cost
+    apart from the padding's. Returns the padding set, or None where the
+    config keeps its own (under kvshim, where the adapter sets it; as fine;
+    no such setting)."""
+    if "libkvshim" in os.environ.get("LD_PRELOAD", ""):
+        return None
+    own = getattr(cbc, "kv_padding_interval_size", None)
+    pad = adapter_kv_pad()
+    if not isinstance(own, int) or isinstance(own, bool) or own <= pad:
+        return None
+    cbc.kv_padding_interval_size = pad
+    return pad
+
+
 def has_gpu():
     """Whether torch is here and sees a GPU (a script exits 77, Automake's
     skip, when not)."""

@@ -6,7 +6,7 @@ transformers 5.x; downloads nothing.
 Three engines, three processes: each is Hugging Face transformers'
 continuous batching (ContinuousBatchingManager, fed with add_request) over
 a randomly initialised Llama-style model of its own size (MODELS). One to
-fifteen configurations (--configs) run one after the other, in one invocation:
+sixteen configurations (--configs) run one after the other, in one invocation:
 - static: plain processes; each engine's KV cache is fixed at a third of
   the KV budget (num_blocks given), all of it allocated at start;
 - kvshim: each engine under kvshim-run with KVSHIM_SHARE=on,
@@ -76,15 +76,19 @@ fifteen configurations (--configs) run one after the other, in one invocation:
   engines' KV read padded as kvshim's adapter pads it by default
   (kv_padding_interval_size 8192, KVSHIM_CB_KV_PAD=auto, against
   transformers' 16384), so that what the finer padding gives is told
-  apart from what sharing gives;
+  apart from what sharing gives. Every kvshim configuration pads so from
+  session 56 (kvpad apart), and the verdicts against static (the targets,
+  the spread, the sweep's smallest budget) compare it with the static split
+  as transformers pads it: the padding's gain is in them;
 - reads (only when --configs names it): kvshim whose engines' read budget
   is the static split's engine's cache at --budget-gib (KVSHIM_CB_READ_TOKENS
   set to its third of the budget as a memory size, 2097152KiB at 6 GiB,
   from session 31; a number of tokens before): at 6 GiB 87360, 32768 and
   21824 tokens, static's own
-  (kvshim's default: 65536 each), so batches pad to the shapes static's
-  do (the same CUDA graph keys), and the engines' masks are no larger than
-  static's (below). Until session 30 the adapter rounded a number up to a
+  (kvshim's default: 65536 each), so batches read at most what static's
+  do, and the engines' masks are no larger than static's (below); their
+  reads pad as kvshim's do (8192 from session 56), so the same CUDA graph
+  keys as staticpad's, not static's (until session 56 static's). Until session 30 the adapter rounded a number up to a
   multiple of 16384 (98304, 32768 and 32768), which let the large engine
   read 32768 tokens where static's reads 21824;
 - packed (only when --configs names it): kvshim with KVSHIM_CB_PACK=on,
@@ -298,24 +302,6 @@ VOCAB = 32000
 STATIC_MODE = frozenset(("static", "ample", "twin", "staticpad"))
 
 
-def adapter_kv_pad():
-    """The adapter's KVSHIM_CB_KV_PAD=auto padding (transformers_cb_reads'
-    KV_PAD_AUTO), read from its source: importing it would load kvshim.
-    staticpad gives the static split's engines this padding."""
-    import ast
-    path = os.path.join(ROOT, "scripts", "python", "kvshim", "adapters",
-                        "transformers_cb_reads.py")
-    with open(path) as f:
-        for node in ast.parse(f.read(), path).body:
-            if isinstance(node, ast.Assign) and \
-                    [getattr(t, "id", None) for t in node.targets] == ["KV_PAD_AUTO"]:
-                return ast.literal_eval(node.value)
-    raise RuntimeError("%s: no KV_PAD_AUTO" % path)
-
-
-ADAPTER_KV_PAD = adapter_kv_pad()
-
-
 def kv_bytes_per_token(name):
     layers, _, _, kv_heads, _ = MODELS[name]
     return layers * 2 * kv_heads * 128 * 2          # K and V, bf16
@@ -417,9 +403,9 @@ def dry_engine(args):
             "idle_cushion": os.environ.get("KVSHIM_CB_IDLE_CUSHION", "off"),
             "starved_ms": str(starved_ms_used()) if kvshim else "-",
             # (as engine() reports it: the adapter's, whose auto is
-            # ADAPTER_KV_PAD against transformers' 16384; staticpad's)
-            "kv_pad": (int(os.environ.get("KVSHIM_CB_KV_PAD") or ADAPTER_KV_PAD) if kvshim
-                       else args.static_kv_pad or None),
+            # built_tree.adapter_kv_pad() against transformers' 16384; staticpad's)
+            "kv_pad": (int(os.environ.get("KVSHIM_CB_KV_PAD") or built_tree.adapter_kv_pad())
+                       if kvshim else args.static_kv_pad or None),
             "ready_s": 0.0}
     pad = info["kv_pad"] or 16384
     if args.capture_read:
@@ -557,6 +543,14 @@ def engine_view(cache, sched, tracker, stats=None):
         return view
 
 
+def static_pad_used(manager, cbc):
+    """The KV padding a staticpad engine's steps use, as its model runner
+    holds it (the config given, where the runner has none)."""
+    conf = getattr(getattr(manager.batch_processor, "model_runner", None), "cb_config", cbc)
+    pad = getattr(conf, "kv_padding_interval_size", None)
+    return pad if isinstance(pad, int) else None
+
+
 def engine(args):
     if args.dry_run:
         return dry_engine(args)
@@ -624,7 +618,8 @@ def engine(args):
             "starved_ms": str(starved_ms_used()) if kvshim is not None else "-",
             # the padding of a step's KV read that the adapter set (None:
             # transformers' own)
-            "kv_pad": getattr(cache, "kvshim_kv_pad", None) or args.static_kv_pad or None,
+            "kv_pad": getattr(cache, "kvshim_kv_pad", None) or (
+                static_pad_used(manager, cbc) if args.static_kv_pad else None),
             "ready_s": time.perf_counter() - t_start}
     if args.capture_read:
         graphs_before = len(graphs) if graphs is not None else None
@@ -3245,7 +3240,7 @@ def main():
               "idle_cushion": c == "idle", "give_back": c != "keepcache",
               "starved_ms": args.starved_ms if c == "starved" else None,
               "kv_pad": args.kv_pad if c == "kvpad" else
-              ADAPTER_KV_PAD if c == "staticpad" else None}, traces)
+              built_tree.adapter_kv_pad() if c == "staticpad" else None}, traces)
             for c in configs]
     # the sweep's budgets, kvshim's (packing, as kvshim does by default;
     # named packed@B with --sweep-pack)

@@ -6,7 +6,9 @@ tokens each, greedy, with generate_batch: once plain and once under
 kvshim-run (the transformers adapter attached through sitecustomize, no edit
 to transformers or to this script), for a block size that divides 2 MiB (32
 tokens: 64 KiB blocks) and one that does not (24 tokens: 48 KiB). Each run
-is a fresh process.
+is a fresh process. The plain run's KV reads are padded as kvshim's adapter
+pads them by default (8192 tokens; built_tree.pad_plain_as_kvshim), so that
+both read the same shapes.
 
 Each run serves the requests twice with one kept manager (persistent_manager):
 the first pass builds the cache (its start-up is timed) and warms up; the
@@ -70,6 +72,7 @@ def child(block_size, out):
     cb_cache.PagedAttentionCache.__init__ = timed_init
     gen = GenerationConfig(max_new_tokens=NEW, do_sample=False, eos_token_id=-1, pad_token_id=0)
     cbc = ContinuousBatchingConfig(block_size=block_size)
+    built_tree.pad_plain_as_kvshim(cbc)     # plain reads kvshim's shapes
     # twice on one kept manager: the first pass pays for the cache, the
     # CUDA graphs and the warm-up; the second is the steady state
     walls, passes = [], []

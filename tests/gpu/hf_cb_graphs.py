@@ -14,7 +14,9 @@ fresh process serving the requests on one kept manager, 1 + HF_CB_PASSES
 times (default 1): the first pass builds the cache, warms up (graphs) and
 captures; the others are timed (their median counts) and their forward
 calls and tokens counted, so a difference in scheduling shows.
-Plain and kvshim runs alternate, the order flipped every round.
+Plain and kvshim runs alternate, the order flipped every round. The plain
+runs' KV reads are padded as kvshim's adapter pads them by default (8192
+tokens; built_tree.pad_plain_as_kvshim), so that both read the same shapes.
 
 While a run goes, a thread here reads the child's GPU memory through NVML
 every 50 ms (pynvml when importable, else nvidia-smi's compute-apps query;
@@ -335,6 +337,7 @@ def child(model_name, graphs, out):
     cb_cache.PagedAttentionCache.__init__ = keep
     gen = GenerationConfig(max_new_tokens=NEW, do_sample=False, eos_token_id=-1, pad_token_id=0)
     cbc = ContinuousBatchingConfig(use_cuda_graph=graphs, **cb_fields)
+    built_tree.pad_plain_as_kvshim(cbc)     # plain reads kvshim's shapes
     steps = []          # per pass: forward calls and the tokens they were given
 
     def count(module, args, kwargs):

@@ -18,7 +18,8 @@ the batches, and bf16 sums with them). Requests finishing at different
 times leave their pages part used, which is what packing empties.
 
 Checks, per graphs setting: every request finished in both runs, and its
-tokens identical to the plain run's; blocks moved (the tracker's figures) and pages emptied by it; no
+tokens identical to the plain run's (whose KV reads are padded as kvshim's
+adapter pads them by default: built_tree.pad_plain_as_kvshim); blocks moved (the tracker's figures) and pages emptied by it; no
 request preempted. Prints a table, writes hf_cb_pack.json under
 $KVSHIM_SUITE_OUT (or .). Exit 0 when the checks hold, 1 if one fails, 77
 without a GPU.
@@ -95,6 +96,7 @@ def child(graphs, pack, out):
     # (no prefix cache: a finished request's blocks then free ids on the
     # pages in use, which is what packing moves blocks onto)
     cbc = ContinuousBatchingConfig(block_size=32, use_cuda_graph=graphs, allow_block_sharing=False)
+    built_tree.pad_plain_as_kvshim(cbc)     # plain reads kvshim's shapes
     manager = built_tree.started_manager(model, gen, cbc, "hf_cb_pack", 120)
     cache = manager.batch_processor.cache
     tracker = getattr(cache, "kvshim_tracker", None)

@@ -8,7 +8,9 @@ every KV block, on its own GPU): 32 requests of 264 prompt tokens, 64 new
 tokens each, greedy, with generate_batch. Once plain and once under
 kvshim-run with sharing off (README: "Known hazard under tensor
 parallelism": a shared budget can make the ranks disagree), each a fresh
-torchrun.
+torchrun. The plain run's KV reads are padded as kvshim's adapter pads them
+by default (8192 tokens; built_tree.pad_plain_as_kvshim), so that both read
+the same shapes.
 
 Checks: both runs end (a hang is a failure, after HF_CB_TP_TIMEOUT s) with
 every rank's status 0; each rank's cache is on its own GPU (the shape of
@@ -72,9 +74,9 @@ def rank_main(model_dir, out):
     cb_cache.PagedAttentionCache.__init__ = kept_init
     gen = GenerationConfig(max_new_tokens=NEW, do_sample=False, eos_token_id=-1, pad_token_id=0)
     t0 = time.perf_counter()
-    res = model.generate_batch(prompts, generation_config=gen,
-                               continuous_batching_config=ContinuousBatchingConfig(
-                                   block_size=BLOCK),
+    cbc = ContinuousBatchingConfig(block_size=BLOCK)
+    built_tree.pad_plain_as_kvshim(cbc)     # plain reads kvshim's shapes
+    res = model.generate_batch(prompts, generation_config=gen, continuous_batching_config=cbc,
                                progress_bar=False)
     torch.cuda.synchronize()
     info = {"rank": rank, "device": torch.cuda.current_device(),

@@ -4833,6 +4833,71 @@ def load_colocate(name):
     return mod
 
 
+class PlainPaddingTest(unittest.TestCase):
+    # tests/bench/built_tree.py: the adapter's default padding read from its
+    # source, and given to a plain run's config so that plain and kvshim
+    # read the same shapes (tests/gpu's token comparisons, colocate's
+    # staticpad)
+    def setUp(self):
+        sys.path.insert(0, os.environ.get("KVSHIM_BENCH_SRC") or os.path.join(
+            os.path.dirname(os.path.abspath(__file__)), "..", "bench"))
+        self.addCleanup(sys.path.pop, 0)
+        import built_tree
+        self.bt = built_tree
+        self.addCleanup(self.put_back, os.environ.get("LD_PRELOAD"))
+        os.environ.pop("LD_PRELOAD", None)
+
+    def put_back(self, preload):
+        if preload is None:
+            os.environ.pop("LD_PRELOAD", None)
+        else:
+            os.environ["LD_PRELOAD"] = preload
+
+    def test_reads_the_adapters_own(self):
+        self.assertEqual(self.bt.adapter_kv_pad(), reads.KV_PAD_AUTO)
+
+    def test_source_forms(self):
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "reads.py")
+            for text, want in (("KV_PAD_AUTO = 8192\n", 8192),
+                               ("KV_PAD_AUTO: int = 4096\n", 4096),
+                               ("X = 1\nKV_PAD_AUTO = 8 * 1024   # tokens\n", 8192)):
+                with open(path, "w") as f:
+                    f.write(text)
+                self.assertEqual(self.bt.adapter_kv_pad(path), want, text)
+            for text, why in (("X = 8192\n", "no KV_PAD_AUTO"),
+                              ("KV_PAD_AUTO = SOME\n", "KV_PAD_AUTO is not a number"),
+                              ("KV_PAD_AUTO = open('x')\n", "KV_PAD_AUTO is not a number"),
+                              ("KV_PAD_AUTO = '8192'\n", "not a positive whole number"),
+                              ("KV_PAD_AUTO = 0\n", "not a positive whole number"),
+                              ("KV_PAD_AUTO = True\n", "not a positive whole number"),
+                              ("KV_PAD_AUTO: int\n", "no KV_PAD_AUTO")):
+                with open(path, "w") as f:
+                    f.write(text)
+                with self.assertRaises(RuntimeError, msg=text) as cm:
+                    self.bt.adapter_kv_pad(path)
+                self.assertIn(path, str(cm.exception))
+                self.assertIn(why, str(cm.exception))
+
+    def test_plain_config_padded_as_kvshim(self):
+        pad = reads.KV_PAD_AUTO
+        for own, want in ((16384, pad), (1 << 20, pad), (pad, None), (1024, None)):
+            cbc = types.SimpleNamespace(kv_padding_interval_size=own)
+            self.assertEqual(self.bt.pad_plain_as_kvshim(cbc), want)
+            self.assertEqual(cbc.kv_padding_interval_size, want or own)
+        # no such setting, or not a number: left alone
+        for cbc in (types.SimpleNamespace(), types.SimpleNamespace(kv_padding_interval_size=True),
+                    types.SimpleNamespace(kv_padding_interval_size="16384")):
+            before = dict(vars(cbc))
+            self.assertIsNone(self.bt.pad_plain_as_kvshim(cbc))
+            self.assertEqual(vars(cbc), before)
+        # under kvshim-run the adapter pads: nothing set here
+        os.environ["LD_PRELOAD"] = "/x/libkvshim.so"
+        cbc = types.SimpleNamespace(kv_padding_interval_size=16384)
+        self.assertIsNone(self.bt.pad_plain_as_kvshim(cbc))
+        self.assertEqual(cbc.kv_padding_interval_size, 16384)
+
+
 class ReadBudgetTest(unittest.TestCase):
     # 16-token blocks of 32 KiB (8 heads x 128, bf16); 16384 blocks: a
     # capacity of 262144 tokens; batches of up to 256 new tokens

@@ -59,8 +59,8 @@ KV_PAD_VAR = "KVSHIM_CB_KV_PAD"
 # rate 3 trace gave the small and medium a p99 TTFT 1.23x to 1.76x shorter
 # than the static split's where with 16384 they were 0.97x to 1.15x
 # (session 56); the static split padded alike gained as much. The price is
-# twice the CUDA graph keys (each padded size a set of keys), about 850 MiB
-# more of the GPU over three engines there.
+# up to twice the CUDA graph keys (each padded size a set of keys), about
+# 850 MiB more of the GPU over three engines there.
 KV_PAD_AUTO = 8192
 AUTO_READ_CAP = 64 * 1024        # auto, from a workload: at most this (tokens)
 AUTO_READ_SERVER = 64 * 1024     # auto, no workload known: at least this
@@ -272,11 +272,11 @@ def choose_read_tokens(setting, capacity, hints=None, max_requests=None, max_pos
       AUTO_READ_CAP and never less than one whole request;
     - auto, otherwise (a server; or max_new_tokens unset): the model's
       max_position_embeddings, and at least AUTO_READ_SERVER.
-    Auto's R is rounded up to a multiple of interval (transformers'
-    kv_padding_interval_size), so batches pad to the sizes they would
-    without kvshim; a number is not, so that a read budget set to a static
-    cache's size gives the batch shapes (the CUDA graph keys) that cache
-    gives."""
+    Auto's R is rounded up to a multiple of interval (transformers' own
+    kv_padding_interval_size, of which auto's padding, KV_PAD_AUTO, is a
+    divisor), so the widest batch reads R exactly; a number is not, so that
+    a read budget set to a static cache's size gives the batch shapes (the
+    CUDA graph keys) that cache gives at the same padding."""
     if setting == "off":
         return None, "%s=off" % READ_TOKENS_VAR
     prompt = _positive(getattr(hints, "max_prompt_length", 0))
