@@ -405,7 +405,8 @@ def dry_engine(args):
             # (as engine() reports it: the adapter's, whose auto is
             # built_tree.adapter_kv_pad() against transformers' 16384; staticpad's)
             "kv_pad": (int(os.environ.get("KVSHIM_CB_KV_PAD") or built_tree.adapter_kv_pad())
-                       if kvshim else args.static_kv_pad or None),
+                       if kvshim else built_tree.adapter_kv_pad() if args.pad_as_kvshim
+                       else None),
             "ready_s": 0.0}
     pad = info["kv_pad"] or 16384
     if args.capture_read:
@@ -579,13 +580,12 @@ def engine(args):
     except TypeError:       # a transformers without CPU offloading
         cb_args.pop("cpu_offload_space", None)
         cbc = ContinuousBatchingConfig(**cb_args)
-    if args.static_kv_pad:
-        # staticpad: the padding of a step's KV read the adapter sets by
-        # default, in the engine's config as the adapter sets it
+    if args.pad_as_kvshim:
+        # staticpad: its KV reads padded as kvshim's adapter pads them
+        built_tree.pad_plain_as_kvshim(cbc)
         if not isinstance(getattr(cbc, "kv_padding_interval_size", None), int):
             raise RuntimeError("staticpad: this transformers' ContinuousBatchingConfig has "
                                "no kv_padding_interval_size")
-        cbc.kv_padding_interval_size = args.static_kv_pad
     kvshim = None
     if os.environ.get("LD_PRELOAD", "").find("libkvshim") >= 0:
         import kvshim
@@ -619,7 +619,7 @@ def engine(args):
             # the padding of a step's KV read that the adapter set (None:
             # transformers' own)
             "kv_pad": getattr(cache, "kvshim_kv_pad", None) or (
-                static_pad_used(manager, cbc) if args.static_kv_pad else None),
+                static_pad_used(manager, cbc) if args.pad_as_kvshim else None),
             "ready_s": time.perf_counter() - t_start}
     if args.capture_read:
         graphs_before = len(graphs) if graphs is not None else None
@@ -1161,7 +1161,7 @@ def spawn(name, cfg, args, pool, outdir, tag):
     if cfg.get("kv_pad") and mode != "static":
         env["KVSHIM_CB_KV_PAD"] = str(cfg["kv_pad"])
     elif cfg.get("kv_pad"):             # staticpad's: set in its config, as the adapter does
-        cmd += ["--static-kv-pad", str(cfg["kv_pad"])]
+        cmd.append("--pad-as-kvshim")
     if mode == "static":
         cmd += ["--num-blocks", str(static_blocks(name, budget * cfg.get("shares", 1)))]
         env["KVSHIM_SHARE"] = "off"     # no kvshim here; said for clarity
@@ -2990,7 +2990,7 @@ def main():
     ap.add_argument("--engine", help=argparse.SUPPRESS)
     ap.add_argument("--num-blocks", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--capture-read", type=int, default=0, help=argparse.SUPPRESS)
-    ap.add_argument("--static-kv-pad", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--pad-as-kvshim", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--capture-longest", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--out", default=os.environ.get("KVSHIM_SUITE_OUT", "."))
     ap.add_argument("--configs", default="static,kvshim")

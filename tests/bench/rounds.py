@@ -335,11 +335,11 @@ def main():
     ap.add_argument("runs", nargs="+", metavar="RUN")
     ap.add_argument("--config", default="kvshim",
                     help="the configuration judged against static (default kvshim; kvpad, "
-                    "noahead or another colocate runs beside static)")
+                    "staticpad, noahead or another colocate runs beside static)")
     args = ap.parse_args()
-    if args.config in ("static", "twin", "capped", "ample"):
-        ap.error("--config %s: give a kvshim configuration to judge against static"
-                 % args.config)
+    if args.config in ("static", "twin"):
+        ap.error("--config %s: give a kvshim configuration to judge against static (or "
+                 "staticpad, ample; twin is judged beside any)" % args.config)
     if len(args.runs) < 2:
         ap.error("give two runs or more (one run's own replays: colocate prints their tables)")
     try:

@@ -60,7 +60,7 @@ KV_PAD_VAR = "KVSHIM_CB_KV_PAD"
 # than the static split's where with 16384 they were 0.97x to 1.15x
 # (session 56); the static split padded alike gained as much. The price is
 # up to twice the CUDA graph keys (each padded size a set of keys), about
-# 850 MiB more of the GPU over three engines there.
+# 850 MiB more of the whole GPU (nvidia-smi) over three engines there.
 KV_PAD_AUTO = 8192
 AUTO_READ_CAP = 64 * 1024        # auto, from a workload: at most this (tokens)
 AUTO_READ_SERVER = 64 * 1024     # auto, no workload known: at least this
