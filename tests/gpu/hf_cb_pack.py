@@ -4,18 +4,19 @@ requests: the tokens must be the same.
 
 One engine (a random 16-layer Llama-style model in bf16, block size 32,
 no download) serves REQUESTS requests of PROMPT random tokens each, with
-8 to 173 new tokens (greedy, no EOS), submitted at once through
+8 to 192 new tokens (greedy, no EOS), submitted at once through
 add_request, CUDA graphs on and off, no prefix cache (a finished
 request's blocks become free ids on the pages in use, what packing moves
-blocks onto). Plain, then under scripts/kvshim-run
-with KVSHIM_CB_PACK=on, where this script stands in for kvshim's ask
-(kvshim.share_asked) in the engine: every ASK_EVERY reads, it asks for the
-pages packing and the prefix cache could give back then (as the fair
-shares ask an engine at its share when another waits), and the ask falls
-as they go back; the adapter's preemptions are turned off in that run, so
-that the only thing the asks do is move blocks (a preemption would change
-the batches, and bf16 sums with them). Requests finishing at different
-times leave their pages part used, which is what packing empties.
+blocks onto). Plain, then under scripts/kvshim-run with
+KVSHIM_CB_PACK=on, where this script stands in for kvshim's ask
+(kvshim.Group.share_asked, which the adapter's tracker reads) in the
+engine: every ASK_EVERY reads, it asks for the pages packing and the
+prefix cache could give back then (as the fair shares ask an engine at
+its share when another waits), and the ask falls as they go back; the
+adapter's preemptions are turned off in that run, so that the only thing
+the asks do is move blocks (a preemption would change the batches, and
+bf16 sums with them). Requests finishing at different times leave their
+pages part used, which is what packing empties.
 
 Checks, per graphs setting: every request finished in both runs, and its
 tokens identical to the plain run's (whose KV reads are padded as kvshim's
@@ -153,11 +154,23 @@ def stand_in_for_the_ask(proc, tracker):
                 state.update(want=pages, at=state["reads"], **{"from": tracker.emptied})
                 return pages * tracker.page_index_bytes
         return 0
-    kvshim.share_asked = asked
-    transformers_cb._shared = lambda proc: True
-    transformers_cb._cushion_blocks = lambda proc: 0
-    transformers_cb._victims = lambda proc, tracker: []
-    transformers_cb._give_back_one = lambda proc, tracker, victim=None: False
+    replace(kvshim.Group, "share_asked", lambda group: asked())
+    replace(transformers_cb, "_shared", lambda proc: True)
+    replace(transformers_cb, "_cushion_blocks", lambda proc: 0)
+    replace(transformers_cb, "_victims", lambda proc, tracker: [])
+    replace(transformers_cb, "_give_back_one", lambda proc, tracker, victim=None: False)
+
+
+def replace(owner, name, fn):
+    """owner's name (the adapter's, or kvshim.Group's: what the tracker
+    reads kvshim's ask through) becomes fn; one that is not there stops
+    the run, so that a stand-in the adapter no longer calls cannot pass
+    for one that asked nothing (as kvshim.share_asked did once the
+    tracker read its group's ask)."""
+    if not callable(getattr(owner, name, None)):
+        raise SystemExit("hf_cb_pack: %s has no %s to stand in for: this script is older "
+                         "than the adapter" % (getattr(owner, "__name__", owner), name))
+    setattr(owner, name, fn)
 
 
 def run(graphs, pack, out, env):
