@@ -4,7 +4,7 @@ requests: the tokens must be the same.
 
 One engine (a random 16-layer Llama-style model in bf16, block size 32,
 no download) serves REQUESTS requests of PROMPT random tokens each, with
-8 to 192 new tokens (greedy, no EOS), submitted at once through
+8 to 173 new tokens (greedy, no EOS), submitted at once through
 add_request, CUDA graphs on and off, no prefix cache (a finished
 request's blocks become free ids on the pages in use, what packing moves
 blocks onto). Plain, then under scripts/kvshim-run with

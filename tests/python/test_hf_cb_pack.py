@@ -119,6 +119,13 @@ class StandInTest(unittest.TestCase):
         self.assertIn("transformers_cb", str(e.exception))
         self.assertEqual(dict(vars(transformers_cb)), before)    # nothing replaced
 
+    def test_a_name_that_is_not_a_function_stops_the_run(self):
+        before = transformers_cb.PACK_VAR
+        with self.assertRaises(SystemExit) as e:
+            hcp.replace(transformers_cb, "PACK_VAR", lambda: 0)
+        self.assertIn("has no PACK_VAR", str(e.exception))
+        self.assertEqual(transformers_cb.PACK_VAR, before)
+
 
 class ArgumentsTest(unittest.TestCase):
     def test_bad_graphs_refused(self):
