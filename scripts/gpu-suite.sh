@@ -30,6 +30,14 @@
 #                          .libs/libkvshim.so, as under `make check`).
 #   KVSHIM_SUITE_SKIP      tests/gpu scripts not to run, by file name,
 #                          separated by spaces (e.g. "hf_cb.py", the longest).
+#   KVSHIM_SUITE_ONLY      the steps to run, and no others, separated by
+#                          spaces: tests, bench (both page sizes), probe,
+#                          handoff, startup, bandwidth, long-prompt, and
+#                          tests/gpu scripts by file name; so that a suite
+#                          longer than one sitting runs in parts (SKIP
+#                          still applies to the scripts named).
+#   A name in either that is no step stops the suite before any step runs
+#   (exit 2), so that a mistyped one cannot leave a step out unseen.
 #
 # tests/emu is always taken off LD_LIBRARY_PATH otherwise, so a stale
 # setting cannot make the "GPU" run test the emulation. A gpu-libs/ folder
@@ -43,11 +51,12 @@ cd "$(dirname "$0")/.." || exit 1
 root=$PWD
 emu=${KVSHIM_SUITE_EMU:-0}
 step_timeout=${KVSHIM_SUITE_TIMEOUT:-1200}
-mkdir -p "$outdir" || exit 1
 
 steps=()
 results=()
 seconds=()
+# the steps KVSHIM_SUITE_ONLY can name beside the tests/gpu scripts
+fixed_steps="tests bench probe handoff startup bandwidth long-prompt"
 
 # Drop every tests/emu entry (relative or absolute, or reached through a
 # link) and every empty one (the current folder) from a colon list.
@@ -81,6 +90,44 @@ setup_env() {
 	else
 		unset LD_LIBRARY_PATH
 	fi
+}
+
+# gpu_scripts: the tests/gpu scripts' file names, one a line.
+gpu_scripts() {
+	local f
+	for f in tests/gpu/*.sh tests/gpu/*.py; do
+		[[ -e $f ]] && basename "$f"
+	done
+}
+
+# check_names: every name in KVSHIM_SUITE_ONLY a step, every one in
+# KVSHIM_SUITE_SKIP a tests/gpu script; else say which and return 1.
+check_names() {
+	local name bad=0 scripts
+	scripts=" $(gpu_scripts | tr '\n' ' ') "
+	for name in ${KVSHIM_SUITE_ONLY:-}; do
+		if [[ " $fixed_steps " != *" $name "* && $scripts != *" $name "* ]]; then
+			echo "gpu-suite: KVSHIM_SUITE_ONLY: no step named '$name'" \
+				"(steps: $fixed_steps, or a tests/gpu script's file name)" >&2
+			bad=1
+		fi
+	done
+	for name in ${KVSHIM_SUITE_SKIP:-}; do
+		if [[ $scripts != *" $name "* ]]; then
+			echo "gpu-suite: KVSHIM_SUITE_SKIP: no tests/gpu script named '$name'" >&2
+			bad=1
+		fi
+	done
+	if [[ -n ${KVSHIM_SUITE_ONLY+set} && -z ${KVSHIM_SUITE_ONLY// /} ]]; then
+		echo "gpu-suite: KVSHIM_SUITE_ONLY is set but names no step" >&2
+		bad=1
+	fi
+	return "$bad"
+}
+
+# wanted NAME: whether step NAME runs (KVSHIM_SUITE_ONLY unset, or names it).
+wanted() {
+	[[ -z ${KVSHIM_SUITE_ONLY+set} || " $KVSHIM_SUITE_ONLY " == *" $1 "* ]]
 }
 
 now_ms() {
@@ -130,7 +177,9 @@ show_gpus() {
 }
 
 run_tests() {
-	if [[ ! -x tests/kvshim-tests ]]; then
+	if ! wanted tests; then
+		return
+	elif [[ ! -x tests/kvshim-tests ]]; then
 		missing_step tests tests/kvshim-tests
 	elif [[ $emu == 1 ]]; then
 		run_step "tests (emulation)" "$outdir/tests.log" \
@@ -142,32 +191,51 @@ run_tests() {
 }
 
 run_bench() {
-	if [[ ! -x tests/bench/bench-alloc ]]; then
+	if ! wanted bench; then
+		:
+	elif [[ ! -x tests/bench/bench-alloc ]]; then
 		missing_step bench tests/bench/bench-alloc
-		return
+	else
+		run_step bench "$outdir/bench.txt" \
+			tests/bench/bench-alloc --csv "$outdir/bench.csv"
+		# the driver charges access and unmap per mapping: larger pages
+		# trade backing granularity for fewer charges
+		run_step "bench, 32 MiB pages" "$outdir/bench-32m.txt" \
+			tests/bench/bench-alloc --page-mib 32 --copy-mib 256 \
+			--csv "$outdir/bench-32m.csv"
 	fi
-	run_step bench "$outdir/bench.txt" \
-		tests/bench/bench-alloc --csv "$outdir/bench.csv"
-	# the driver charges access and unmap per mapping: larger pages
-	# trade backing granularity for fewer charges
-	run_step "bench, 32 MiB pages" "$outdir/bench-32m.txt" \
-		tests/bench/bench-alloc --page-mib 32 --copy-mib 256 --csv "$outdir/bench-32m.csv"
-	if [[ -x tests/bench/vmm-probe ]]; then
+	if wanted probe && [[ -x tests/bench/vmm-probe ]]; then
 		run_step "driver probe" "$outdir/vmm-probe.txt" tests/bench/vmm-probe
 	fi
 	# pages one process lets go of, usable by another (shared budget)
-	if [[ -x tests/bench/bench-handoff ]]; then
+	if wanted handoff && [[ -x tests/bench/bench-handoff ]]; then
 		run_step "handoff" "$outdir/handoff.txt" tests/bench/bench-handoff
 	fi
+	if [[ $emu == 1 ]]; then
+		# (a step named in KVSHIM_SUITE_ONLY is not left out unseen)
+		local name
+		for name in startup bandwidth long-prompt; do
+			if [[ " ${KVSHIM_SUITE_ONLY:-} " == *" $name "* ]]; then
+				steps+=("$name")
+				results+=("SKIP (a GPU's only)")
+				seconds+=(0.0)
+			fi
+		done
+		return
+	fi
 	# a KV cache built plain and on kvshim spans, phase by phase
-	if [[ $emu != 1 ]]; then
+	if wanted startup; then
 		run_step "cache start-up" "$outdir/startup.txt" \
 			python3 tests/bench/startup.py --json "$outdir/startup.json"
-		# map cost, kernel and copy-engine bandwidth by handle size
+	fi
+	# map cost, kernel and copy-engine bandwidth by handle size
+	if wanted bandwidth; then
 		run_step "span bandwidth" "$outdir/span-bandwidth.txt" \
 			env KVSHIM_SUITE_OUT="$outdir" python3 tests/bench/span_bandwidth.py
-		# long prompts with warm and cold pages, mapping ahead on and
-		# off, and steady decode, plain against kvshim-run
+	fi
+	# long prompts with warm and cold pages, mapping ahead on and off, and
+	# steady decode, plain against kvshim-run
+	if wanted long-prompt; then
 		run_step "long prompts" "$outdir/long-prompt.txt" \
 			env KVSHIM_SUITE_OUT="$outdir" python3 tests/bench/long_prompt.py \
 			--pages 2M,32M --no-ahead
@@ -185,6 +253,7 @@ run_gpu_scripts() {
 			echo "=== gpu/$base: skipped (KVSHIM_SUITE_SKIP)"
 			continue
 		fi
+		wanted "$base" || continue
 		case $f in
 		*.sh) run_step "gpu/$base" "$outdir/gpu-${base%.*}.log" bash "$f" ;;
 		*.py) run_step "gpu/$base" "$outdir/gpu-${base%.*}.log" python3 "$f" ;;
@@ -205,7 +274,10 @@ summary() {
 	return "$failed"
 }
 
+check_names || exit 2
+mkdir -p "$outdir" || exit 1
 echo "kvshim GPU suite: $(date '+%Y-%m-%d %H:%M:%S %Z'), tree $root, results in $outdir"
+[[ -n ${KVSHIM_SUITE_ONLY+set} ]] && echo "KVSHIM_SUITE_ONLY: $KVSHIM_SUITE_ONLY"
 [[ $emu == 1 ]] && echo "KVSHIM_SUITE_EMU=1: running on the CPU emulation, not on a GPU"
 show_gpus 2>&1 | tee "$outdir/gpus.txt"
 setup_env
