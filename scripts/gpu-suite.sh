@@ -29,15 +29,17 @@
 #   KVSHIM_LIB             the library the ABI tests load (default
 #                          .libs/libkvshim.so, as under `make check`).
 #   KVSHIM_SUITE_SKIP      tests/gpu scripts not to run, by file name,
-#                          separated by spaces (e.g. "hf_cb.py", the longest).
+#                          separated by blanks (e.g. "hf_cb.py", the longest).
 #   KVSHIM_SUITE_ONLY      the steps to run, and no others, separated by
-#                          spaces: tests, bench (both page sizes), probe,
+#                          blanks: tests, bench (both page sizes), probe,
 #                          handoff, startup, bandwidth, long-prompt, and
 #                          tests/gpu scripts by file name; so that a suite
 #                          longer than one sitting runs in parts (SKIP
-#                          still applies to the scripts named).
-#   A name in either that is no step stops the suite before any step runs
-#   (exit 2), so that a mistyped one cannot leave a step out unseen.
+#                          still applies to the scripts named). A step
+#                          named whose program is not built fails.
+#   A name in either that is no step (a pattern too: names are never
+#   globbed) stops the suite before any step runs (exit 2), so that a
+#   mistyped one cannot leave a step out unseen.
 #
 # tests/emu is always taken off LD_LIBRARY_PATH otherwise, so a stale
 # setting cannot make the "GPU" run test the emulation. A gpu-libs/ folder
@@ -56,7 +58,15 @@ steps=()
 results=()
 seconds=()
 # the steps KVSHIM_SUITE_ONLY can name beside the tests/gpu scripts
-fixed_steps="tests bench probe handoff startup bandwidth long-prompt"
+fixed_steps=(tests bench probe handoff startup bandwidth long-prompt)
+# the names in KVSHIM_SUITE_ONLY and KVSHIM_SUITE_SKIP, split once on
+# blanks and never globbed (a '*' is a name, checked as any)
+set -f
+# shellcheck disable=SC2206
+only_names=(${KVSHIM_SUITE_ONLY:-})
+# shellcheck disable=SC2206
+skip_names=(${KVSHIM_SUITE_SKIP:-})
+set +f
 
 # Drop every tests/emu entry (relative or absolute, or reached through a
 # link) and every empty one (the current folder) from a colon list.
@@ -100,25 +110,35 @@ gpu_scripts() {
 	done
 }
 
+# among NAME WORD...: whether NAME is one of the words.
+among() {
+	local name=$1 word
+	shift
+	for word in "$@"; do
+		[[ $word == "$name" ]] && return 0
+	done
+	return 1
+}
+
 # check_names: every name in KVSHIM_SUITE_ONLY a step, every one in
 # KVSHIM_SUITE_SKIP a tests/gpu script; else say which and return 1.
 check_names() {
 	local name bad=0 scripts
-	scripts=" $(gpu_scripts | tr '\n' ' ') "
-	for name in ${KVSHIM_SUITE_ONLY:-}; do
-		if [[ " $fixed_steps " != *" $name "* && $scripts != *" $name "* ]]; then
+	mapfile -t scripts < <(gpu_scripts)
+	for name in "${only_names[@]}"; do
+		if ! among "$name" "${fixed_steps[@]}" "${scripts[@]}"; then
 			echo "gpu-suite: KVSHIM_SUITE_ONLY: no step named '$name'" \
-				"(steps: $fixed_steps, or a tests/gpu script's file name)" >&2
+				"(steps: ${fixed_steps[*]}, or a tests/gpu script's file name)" >&2
 			bad=1
 		fi
 	done
-	for name in ${KVSHIM_SUITE_SKIP:-}; do
-		if [[ $scripts != *" $name "* ]]; then
+	for name in "${skip_names[@]}"; do
+		if ! among "$name" "${scripts[@]}"; then
 			echo "gpu-suite: KVSHIM_SUITE_SKIP: no tests/gpu script named '$name'" >&2
 			bad=1
 		fi
 	done
-	if [[ -n ${KVSHIM_SUITE_ONLY+set} && -z ${KVSHIM_SUITE_ONLY// /} ]]; then
+	if [[ -n ${KVSHIM_SUITE_ONLY+set} && ${#only_names[@]} -eq 0 ]]; then
 		echo "gpu-suite: KVSHIM_SUITE_ONLY is set but names no step" >&2
 		bad=1
 	fi
@@ -127,7 +147,12 @@ check_names() {
 
 # wanted NAME: whether step NAME runs (KVSHIM_SUITE_ONLY unset, or names it).
 wanted() {
-	[[ -z ${KVSHIM_SUITE_ONLY+set} || " $KVSHIM_SUITE_ONLY " == *" $1 "* ]]
+	[[ -z ${KVSHIM_SUITE_ONLY+set} ]] || among "$1" "${only_names[@]}"
+}
+
+# named NAME: whether KVSHIM_SUITE_ONLY names step NAME.
+named() {
+	[[ -n ${KVSHIM_SUITE_ONLY+set} ]] && among "$1" "${only_names[@]}"
 }
 
 now_ms() {
@@ -204,18 +229,23 @@ run_bench() {
 			tests/bench/bench-alloc --page-mib 32 --copy-mib 256 \
 			--csv "$outdir/bench-32m.csv"
 	fi
+	# (either, not built, is left out unless named)
 	if wanted probe && [[ -x tests/bench/vmm-probe ]]; then
 		run_step "driver probe" "$outdir/vmm-probe.txt" tests/bench/vmm-probe
+	elif named probe; then
+		missing_step "driver probe" tests/bench/vmm-probe
 	fi
 	# pages one process lets go of, usable by another (shared budget)
 	if wanted handoff && [[ -x tests/bench/bench-handoff ]]; then
 		run_step "handoff" "$outdir/handoff.txt" tests/bench/bench-handoff
+	elif named handoff; then
+		missing_step handoff tests/bench/bench-handoff
 	fi
 	if [[ $emu == 1 ]]; then
 		# (a step named in KVSHIM_SUITE_ONLY is not left out unseen)
 		local name
 		for name in startup bandwidth long-prompt; do
-			if [[ " ${KVSHIM_SUITE_ONLY:-} " == *" $name "* ]]; then
+			if named "$name"; then
 				steps+=("$name")
 				results+=("SKIP (a GPU's only)")
 				seconds+=(0.0)
@@ -249,11 +279,11 @@ run_gpu_scripts() {
 	shopt -s nullglob
 	for f in tests/gpu/*.sh tests/gpu/*.py; do
 		base=$(basename "$f")
-		if [[ " ${KVSHIM_SUITE_SKIP:-} " == *" $base "* ]]; then
+		wanted "$base" || continue
+		if among "$base" "${skip_names[@]}"; then
 			echo "=== gpu/$base: skipped (KVSHIM_SUITE_SKIP)"
 			continue
 		fi
-		wanted "$base" || continue
 		case $f in
 		*.sh) run_step "gpu/$base" "$outdir/gpu-${base%.*}.log" bash "$f" ;;
 		*.py) run_step "gpu/$base" "$outdir/gpu-${base%.*}.log" python3 "$f" ;;
@@ -277,7 +307,7 @@ summary() {
 check_names || exit 2
 mkdir -p "$outdir" || exit 1
 echo "kvshim GPU suite: $(date '+%Y-%m-%d %H:%M:%S %Z'), tree $root, results in $outdir"
-[[ -n ${KVSHIM_SUITE_ONLY+set} ]] && echo "KVSHIM_SUITE_ONLY: $KVSHIM_SUITE_ONLY"
+[[ -n ${KVSHIM_SUITE_ONLY+set} ]] && echo "KVSHIM_SUITE_ONLY: ${only_names[*]}"
 [[ $emu == 1 ]] && echo "KVSHIM_SUITE_EMU=1: running on the CPU emulation, not on a GPU"
 show_gpus 2>&1 | tee "$outdir/gpus.txt"
 setup_env
