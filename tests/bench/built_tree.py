@@ -32,49 +32,42 @@ def kvshim_run():
     return os.environ.get("KVSHIM_RUN") or os.path.join(ROOT, "scripts", "kvshim-run")
 
 
-def adapter_kv_pad(path=None):
+def adapter_reads():
+    """kvshim's transformers adapter's module of read budgets and padding
+    (transformers_cb_reads), from the tree's Python package
+    (KVSHIM_PYTHONPATH where make check sets it). Importing it loads
+    neither libkvshim (kvshim loads it at its first call) nor the adapter's
+    import hook (kvshim-run's sitecustomize installs that): a plain run
+    stays plain."""
+    import sys
+    path = os.environ.get("KVSHIM_PYTHONPATH") or os.path.join(ROOT, "scripts", "python")
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    from kvshim.adapters import transformers_cb_reads
+    return transformers_cb_reads
+
+
+def adapter_kv_pad():
     """The padding of a step's KV read that kvshim's transformers adapter
-    sets by default (KVSHIM_CB_KV_PAD=auto: transformers_cb_reads'
-    KV_PAD_AUTO, in tokens), read from its source (path, the tree's by
-    default): importing the adapter would load kvshim. Raises RuntimeError
-    where the source does not say it as a positive whole number."""
-    import ast
-    path = path or os.path.join(ROOT, "scripts", "python", "kvshim", "adapters",
-                                "transformers_cb_reads.py")
-    with open(path) as f:
-        tree = ast.parse(f.read(), path)
-    for node in tree.body:
-        targets = node.targets if isinstance(node, ast.Assign) else \
-            [node.target] if isinstance(node, ast.AnnAssign) and node.value else []
-        if [getattr(t, "id", None) for t in targets] == ["KV_PAD_AUTO"]:
-            try:
-                pad = eval(compile(ast.Expression(node.value), path, "eval"),
-                           {"__builtins__": {}})
-            except Exception as e:     # a name, a call: not a number alone
-                raise RuntimeError("%s: KV_PAD_AUTO is not a number (%s)" % (path, e))
-            if isinstance(pad, int) and not isinstance(pad, bool) and pad > 0:
-                return pad
-            raise RuntimeError("%s: KV_PAD_AUTO is %r, not a positive whole number"
-                               % (path, pad))
-    raise RuntimeError("%s: no KV_PAD_AUTO" % path)
+    sets by default where transformers' own is coarser
+    (KVSHIM_CB_KV_PAD=auto: KV_PAD_AUTO, in tokens)."""
+    return adapter_reads().KV_PAD_AUTO
 
 
 def pad_plain_as_kvshim(cbc):
     """In a plain run (no kvshim preloaded), give the continuous batching
-    config cbc the KV padding kvshim's adapter sets by default, where
-    transformers' own is coarser, as the adapter does under kvshim-run: a
-    plain run and a kvshim one then read the same shapes, so that their
-    tokens may be compared bit for bit and their speed tells kvshim's cost
-    apart from the padding's. Returns the padding set, or None where the
-    config keeps its own (under kvshim, where the adapter sets it; as fine;
-    no such setting)."""
+    config cbc the KV padding kvshim's adapter sets by default (its
+    auto_kv_pad), as the adapter does under kvshim-run: a plain run and a
+    kvshim one then read the same shapes, so that their tokens may be
+    compared bit for bit and their speed tells kvshim's cost apart from
+    the padding's. Returns the padding set, or None where the config keeps
+    its own (under kvshim, where the adapter sets it; as fine; no such
+    setting)."""
     if "libkvshim" in os.environ.get("LD_PRELOAD", ""):
         return None
-    own = getattr(cbc, "kv_padding_interval_size", None)
-    pad = adapter_kv_pad()
-    if not isinstance(own, int) or isinstance(own, bool) or own <= pad:
-        return None
-    cbc.kv_padding_interval_size = pad
+    pad = adapter_reads().auto_kv_pad(getattr(cbc, "kv_padding_interval_size", None))
+    if pad is not None:
+        cbc.kv_padding_interval_size = pad
     return pad
 
 

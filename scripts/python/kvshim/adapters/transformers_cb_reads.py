@@ -519,6 +519,16 @@ def _tokens_in_use(cache, read):
         return read
 
 
+def auto_kv_pad(own):
+    """The padding KVSHIM_CB_KV_PAD=auto sets where transformers' own
+    kv_padding_interval_size is own: KV_PAD_AUTO where own is a coarser
+    whole number, else None (its own stands). A plain run that is to read
+    kvshim's shapes pads by it too (tests/bench/built_tree.py)."""
+    if not isinstance(own, int) or isinstance(own, bool) or own <= KV_PAD_AUTO:
+        return None
+    return KV_PAD_AUTO
+
+
 def apply_kv_pad(cache, cb_config):
     """Pad each step's KV read to a multiple of KVSHIM_CB_KV_PAD tokens (at
     most cache.num_pages, the read budget where it applies): transformers'
@@ -537,10 +547,9 @@ def apply_kv_pad(cache, cb_config):
         _warn_once("kv_pad", "%s: transformers' own KV padding is kept" % e)
         return None
     if pad is None:
-        own = getattr(cb_config, "kv_padding_interval_size", None)
-        if not isinstance(own, int) or isinstance(own, bool) or own <= KV_PAD_AUTO:
+        pad = auto_kv_pad(getattr(cb_config, "kv_padding_interval_size", None))
+        if pad is None:
             return None
-        pad = KV_PAD_AUTO
     if not isinstance(getattr(cb_config, "kv_padding_interval_size", None), int):
         _warn_once("kv_pad_config", "transformers continuous batching not as expected (no "
                    "kv_padding_interval_size in its config): %s=%d is not applied"
