@@ -32,17 +32,29 @@ the pages of the padding blocks + kvshim's page pool (KVSHIM_POOL_HIGH,
 rounds) at least 0.97x plain's.
 
   python3 tests/gpu/hf_cb_graphs.py [--rounds N] [--models 28l,16l] [--graphs on,off]
+  python3 tests/gpu/hf_cb_graphs.py --records FOLDER
+
+Every run's JSON holds what the child wrote and what this script measured
+of it (its NVML peak), so --records judges the runs recorded in FOLDER by
+the same checks and prints the same table, running nothing and needing no
+GPU: for a run cut short by a time limit, whose finished runs still count.
+A record written before the NVML peak was kept in it fails the NVML check
+("no NVML reading"). A workload and graphs setting with fewer rounds than
+asked is judged on the rounds it has.
 
 From the root of a built tree (after make; KVSHIM_LIB defaults to
 .libs/libkvshim.so, KVSHIM_CONFIG_BIN to kvshim-config, KVSHIM_PYTHONPATH to
 scripts/python; a gpu-libs/ folder there goes first on LD_LIBRARY_PATH, as
-scripts/gpu-suite.sh puts it). About 6 minutes on an H200 with the defaults. Prints a table, writes hf_cb_graphs.json (and one JSON a
-run) under $KVSHIM_SUITE_OUT (or .). Exit 0 when the checks hold, 1 if one
-fails, 2 for bad arguments, 77 without a GPU.
+scripts/gpu-suite.sh puts it). About 7 minutes on an H200 with the defaults
+(12 of its 16 runs took 300 s on 2026-12-04), 3.5 with --rounds 1. Prints a
+table, writes hf_cb_graphs.json (and one JSON a run) under
+$KVSHIM_SUITE_OUT (or .). Exit 0 when the checks hold, 1 if one fails, 2
+for bad arguments or records, 77 without a GPU.
 """
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
@@ -75,11 +87,24 @@ WARMUP_FAILED = "Failed to warm up"
 def parse_args(argv):
     """The options; bad ones exit 2 with a message naming them."""
     ap = argparse.ArgumentParser(prog="hf_cb_graphs.py", description=__doc__.split("\n")[0])
-    ap.add_argument("--rounds", type=int, default=os.environ.get("HF_CB_ROUNDS", "2"),
+    ap.add_argument("--rounds", type=int,
                     help="rounds of plain and kvshim runs, the order flipped each round (2)")
-    ap.add_argument("--models", default="28l,16l", help="workloads: 28l, 16l (both)")
-    ap.add_argument("--graphs", default="on,off", help="CUDA graphs: on, off (both)")
+    ap.add_argument("--models", help="workloads: 28l, 16l (both)")
+    ap.add_argument("--graphs", help="CUDA graphs: on, off (both)")
+    ap.add_argument("--records", metavar="FOLDER",
+                    help="judge the runs recorded in FOLDER; run nothing")
     args = ap.parse_args(argv)
+    if args.records is not None:
+        given = [o for o, v in (("--rounds", args.rounds), ("--models", args.models),
+                                ("--graphs", args.graphs)) if v is not None]
+        if given:
+            ap.error("--records judges the runs it finds; %s cannot go with it"
+                     % ", ".join(given))
+        return args
+    if args.rounds is None:
+        args.rounds = ap.parse_args(["--rounds", os.environ.get("HF_CB_ROUNDS", "2")]).rounds
+    args.models = args.models if args.models is not None else "28l,16l"
+    args.graphs = args.graphs if args.graphs is not None else "on,off"
     if not 1 <= args.rounds <= 20:
         ap.error("--rounds must be from 1 to 20, not %d" % args.rounds)
     args.models = _choices(ap, "--models", args.models, MODELS)
@@ -120,6 +145,54 @@ def pages_covering(start, end, page):
     if end <= start:
         return 0
     return (end - 1) // page - start // page + 1
+
+
+def record_name(model, graphs, mode, rnd):
+    """The file one run's figures go to."""
+    return "hf_cb_graphs_%s_%s_%s_r%d.json" % (model, "graphs" if graphs else "eager", mode, rnd)
+
+
+RECORD = re.compile(r"hf_cb_graphs_(%s)_(graphs|eager)_(plain|kvshim)_r(\d+)\.json\Z"
+                    % "|".join(map(re.escape, MODELS)))
+RECORD_KEYS = ("outputs", "tokens", "wall_s", "kv_peak", "warmup_failed")
+ATTACHED_KEYS = ("weights", "ntensors", "page", "padding_bytes")   # the bounds' terms
+
+
+def load_records(folder):
+    """The runs recorded in folder, sorted by name, each with its model,
+    graphs, mode and round as its file's name gives them. Raises ValueError
+    naming what is wrong: no such folder, no record there, a record that is
+    no JSON object or lacks a figure the checks read."""
+    if not os.path.isdir(folder):
+        raise ValueError("--records: %s is not a folder" % folder)
+    runs = []
+    for name in sorted(os.listdir(folder)):
+        m = RECORD.match(name)
+        if not m:
+            continue
+        path = os.path.join(folder, name)
+        try:
+            with open(path) as f:
+                r = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ValueError("--records: %s: %s" % (path, e)) from None
+        if not isinstance(r, dict):
+            raise ValueError("--records: %s holds no JSON object" % path)
+        needed = RECORD_KEYS + (ATTACHED_KEYS if "live_kv" in r else ())
+        lacking = [k for k in needed if k not in r]
+        if lacking:
+            raise ValueError("--records: %s lacks %s" % (path, ", ".join(lacking)))
+        if not all(isinstance(r[k], (int, float)) and r[k] > 0 for k in ("tokens", "wall_s")):
+            raise ValueError("--records: %s: tokens %r in %r s is no rate"
+                             % (path, r["tokens"], r["wall_s"]))
+        r.setdefault("nvml_peak", None)
+        r.setdefault("nvml_how", None)
+        r.update(model=m.group(1), graphs=m.group(2) == "graphs", mode=m.group(3),
+                 round=int(m.group(4)))
+        runs.append(r)
+    if not runs:
+        raise ValueError("--records: no hf_cb_graphs_*_r*.json record in %s" % folder)
+    return runs
 
 
 def nvml_bound(weights, live_kv):
@@ -411,8 +484,7 @@ def _buffers(model):
 # ---- the benchmark -------------------------------------------------------------------
 
 def run_one(model, graphs, mode, rnd, out, env):
-    path = os.path.join(out, "hf_cb_graphs_%s_%s_%s_r%d.json"
-                        % (model, "graphs" if graphs else "eager", mode, rnd))
+    path = os.path.join(out, record_name(model, graphs, mode, rnd))
     cmd = [sys.executable, os.path.abspath(__file__), "--child", model,
            "on" if graphs else "off", path]
     if mode == "kvshim":
@@ -431,11 +503,23 @@ def run_one(model, graphs, mode, rnd, out, env):
     with open(path) as f:
         res = json.load(f)
     res.update(mode=mode, round=rnd, nvml_peak=peak, nvml_how=how)
+    with open(path, "w") as f:      # the record holds what was measured of it too
+        json.dump(res, f)
     return res
 
 
 def main(argv):
     args = parse_args(argv)
+    if args.records is not None:
+        try:
+            runs = load_records(args.records)
+        except ValueError as e:
+            print("hf_cb_graphs: %s" % e, file=sys.stderr)
+            return 2
+        rounds = len({r["round"] for r in runs})
+        print("hf_cb_graphs: %d runs recorded in %s, judged as recorded (nothing run)"
+              % (len(runs), args.records))
+        return report(runs, [], rounds, None, os.environ.get("KVSHIM_SUITE_OUT", "."))
     if not built_tree.has_gpu():
         return 77
     out = os.environ.get("KVSHIM_SUITE_OUT", ".")
@@ -452,12 +536,18 @@ def main(argv):
                                       % (model, "on" if graphs else "off", rnd, mode))
                     else:
                         runs.append(res)
+    return report(runs, failed, args.rounds, time.monotonic() - start, out)
+
+
+def report(runs, failed, rounds, seconds, out):
+    """Print the table and the runs' figures, write hf_cb_graphs.json under
+    out; the exit status of the checks (failed: runs that did not finish)."""
     rows, failures = summarize(runs)
     failures = failed + failures
-    print("\n%d rounds in %.0f s; tokens/s: the timed passes over the same requests on the "
-          "kept manager (their median), median over rounds; NVML peak: the run's process, the worst round; KV pages: "
-          "kvshim's peak physical pages (plain: all reserved)" % (args.rounds,
-                                                                 time.monotonic() - start))
+    print("\n%d rounds%s; tokens/s: the timed passes over the same requests on the "
+          "kept manager (their median), median over rounds; NVML peak: the run's process, "
+          "the worst round; KV pages: kvshim's peak physical pages (plain: all reserved)"
+          % (rounds, "" if seconds is None else " in %.0f s" % seconds))
     print(table(rows))
     for r in runs:
         print("hf_cb_graphs: %s, graphs %s, %s, round %d: passes %s s; forward calls, tokens "
@@ -467,7 +557,7 @@ def main(argv):
             print("hf_cb_graphs: %s, graphs %s, round %d: read budget %s (%s); the adapter's "
                   "kvshim calls %.1f ms; torch reserved at most %s MiB"
                   % (r["model"], "on" if r["graphs"] else "off", r["round"], r["read"],
-                     r.get("read_how"), r.get("adapter_s", 0) * 1e3, _mib(r["reserved_peak"])))
+                     r.get("read_how"), r.get("adapter_s", 0) * 1e3, _mib(r.get("reserved_peak"))))
     with open(os.path.join(out, "hf_cb_graphs.json"), "w") as f:
         json.dump({"rows": rows, "failures": failures,
                    "runs": [{k: v for k, v in r.items() if k != "outputs"} for r in runs]},

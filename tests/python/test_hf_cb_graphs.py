@@ -1,12 +1,15 @@
 """tests/gpu/hf_cb_graphs.py on the CPU: its arguments, the parsing of
-nvidia-smi's output, the bounds, and the checks and table it makes of its
-runs' figures (synthetic runs here; the GPU gives the real ones).
+nvidia-smi's output, the bounds, the checks and table it makes of its
+runs' figures (synthetic runs here; the GPU gives the real ones), and the
+records it keeps of them and judges again with --records.
 Run by `make check`.
 """
 import importlib.util
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import unittest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -193,6 +196,134 @@ class SummaryTest(unittest.TestCase):
         self.assertEqual([(r["model"], r["graphs"]) for r in rows],
                          [("28l", True)] * 2 + [("16l", False)] * 2)
         self.assertEqual(failures, ["16l, graphs off: tokens differ from plain"])
+
+
+class RecordsTest(unittest.TestCase):
+    """Each run's record, and --records judging a folder of them."""
+
+    def setUp(self):
+        self.tmp = tempfile.TemporaryDirectory()
+        self.dir = self.tmp.name
+
+    def tearDown(self):
+        self.tmp.cleanup()
+
+    def write(self, r, name=None, text=None):
+        name = name or hcg.record_name(r["model"], r["graphs"], r["mode"], r["round"])
+        with open(os.path.join(self.dir, name), "w") as f:
+            f.write(text if text is not None else json.dumps(r))
+        return name
+
+    def judge(self, folder, *more):
+        out = tempfile.mkdtemp(dir=self.dir, prefix="out")
+        p = subprocess.run([sys.executable, SCRIPT, "--records", folder] + list(more),
+                           capture_output=True, text=True, timeout=60,
+                           env=dict(os.environ, KVSHIM_SUITE_OUT=out))
+        return p, out
+
+    def test_a_run_keeps_what_was_measured_of_it(self):
+        # run_one with the child and the sampler stood in for: the record on
+        # disk holds the NVML peak and is judged as the run was
+        child = {k: v for k, v in run("16l", False, "kvshim", 3).items()
+                 if k not in ("mode", "round", "nvml_peak", "nvml_how")}
+
+        class Child:
+            def __init__(self, cmd, env):
+                with open(cmd[-1], "w") as f:
+                    json.dump(child, f)
+                self.pid = 1
+
+            def wait(self):
+                return 0
+
+        class Sampler:
+            def start(self):
+                pass
+
+            def finish(self):
+                return 5 * GIB, "pynvml, pid"
+
+        saved = hcg.subprocess.Popen, hcg.GpuSampler, hcg.built_tree.kvshim_run
+        hcg.subprocess.Popen, hcg.GpuSampler = Child, Sampler
+        hcg.built_tree.kvshim_run = lambda: "kvshim-run"
+        try:
+            got = hcg.run_one("16l", False, "kvshim", 3, self.dir, {})
+        finally:
+            hcg.subprocess.Popen, hcg.GpuSampler, hcg.built_tree.kvshim_run = saved
+        self.assertEqual(os.listdir(self.dir), ["hf_cb_graphs_16l_eager_kvshim_r3.json"])
+        self.assertEqual(hcg.load_records(self.dir), [got])
+        self.assertEqual((got["nvml_peak"], got["mode"], got["round"]), (5 * GIB, "kvshim", 3))
+
+    def test_records_judged_as_the_runs(self):
+        runs = both() + [run("16l", False, "plain", 1), run("16l", False, "kvshim", 1)]
+        for r in runs:
+            self.write(r)
+        self.write({}, name="notes.txt", text="not a record")
+        got = hcg.load_records(self.dir)
+        self.assertEqual(len(got), 4)
+        self.assertEqual(hcg.summarize(got), hcg.summarize(runs))
+        before = sorted(os.listdir(self.dir))
+        p, out = self.judge(self.dir)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("4 runs recorded in", p.stdout)
+        self.assertIn("| 16l | off | kvshim | yes | 500 (500) | 1.000x |", p.stdout)
+        self.assertIn("hf_cb_graphs: PASS", p.stdout)
+        self.assertEqual(sorted(os.listdir(self.dir)), sorted(before + [os.path.basename(out)]))
+        with open(os.path.join(out, "hf_cb_graphs.json")) as f:
+            self.assertEqual(json.load(f)["failures"], [])
+
+    def test_failing_records_fail(self):
+        self.write(run("28l", True, "plain", 0))
+        self.write(run("28l", True, "kvshim", 0, wall_s=2.0 / 0.9))
+        p, _ = self.judge(self.dir)
+        self.assertEqual(p.returncode, 1, p.stdout + p.stderr)
+        self.assertIn("FAIL: 28l, graphs on: tokens/s 0.900x of plain", p.stdout)
+
+    def test_an_older_record_has_no_nvml_reading(self):
+        old = run("28l", True, "kvshim", 0)
+        del old["nvml_peak"], old["nvml_how"]
+        self.write(run("28l", True, "plain", 0))
+        self.write(old)
+        self.assertEqual(hcg.summarize(hcg.load_records(self.dir))[1],
+                         ["28l, graphs on, round 0: no NVML reading"])
+
+    def test_bad_records_exit_2_naming_them(self):
+        kvshim = hcg.record_name("28l", True, "kvshim", 0)
+        lacking_page = {k: v for k, v in run("28l", True, "kvshim", 0).items() if k != "page"}
+        cases = [
+            ({}, "no hf_cb_graphs_*_r*.json record in"),
+            ({"hf_cb_graphs_99l_graphs_plain_r0.json": "{}"}, "no hf_cb_graphs_*_r*.json"),
+            ({kvshim: "{not json"}, kvshim),
+            ({kvshim: "[1, 2]"}, kvshim + " holds no JSON object"),
+            ({kvshim: json.dumps({"tokens": 1})}, "lacks outputs, wall_s, kv_peak"),
+            ({kvshim: json.dumps(lacking_page)}, "lacks page"),
+            ({kvshim: json.dumps(run("28l", True, "kvshim", 0, wall_s=0))}, "is no rate"),
+        ]
+        for files, why in cases:
+            with tempfile.TemporaryDirectory() as d:
+                for name, text in files.items():
+                    with open(os.path.join(d, name), "w") as f:
+                        f.write(text)
+                with self.assertRaises(ValueError) as e:
+                    hcg.load_records(d)
+                self.assertIn(why, str(e.exception))
+                before = sorted(os.listdir(d))
+                p, out = self.judge(d)
+                self.assertEqual(p.returncode, 2, (why, p.stdout, p.stderr))
+                self.assertIn(why, p.stderr)
+                self.assertEqual(sorted(os.listdir(d)), before)
+                self.assertEqual(os.listdir(out), [])
+        p, _ = self.judge(os.path.join(self.dir, "none"))
+        self.assertEqual(p.returncode, 2)
+        self.assertIn("none is not a folder", p.stderr)
+
+    def test_records_take_no_run_options(self):
+        self.write(run("28l", True, "plain", 0))
+        for more in (["--rounds", "2"], ["--models", "16l"], ["--graphs", "on"]):
+            p, out = self.judge(self.dir, *more)
+            self.assertEqual(p.returncode, 2, more)
+            self.assertIn(more[0] + " cannot go with it", p.stderr)
+            self.assertEqual(os.listdir(out), [])
 
 
 if __name__ == "__main__":
