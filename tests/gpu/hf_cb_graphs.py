@@ -38,9 +38,11 @@ Every run's JSON holds what the child wrote and what this script measured
 of it (its NVML peak), so --records judges the runs recorded in FOLDER by
 the same checks and prints the same table, running nothing and needing no
 GPU: for a run cut short by a time limit, whose finished runs still count.
-A record written before the NVML peak was kept in it fails the NVML check
-("no NVML reading"). A workload and graphs setting with fewer rounds than
-asked is judged on the rounds it has.
+Every file in FOLDER named as a run's record counts (a run removes its
+record before it starts, and writes it whole). A record written before the
+NVML peak was kept in it fails the NVML check ("no NVML reading"). A
+workload and graphs setting with fewer rounds than asked is judged on the
+rounds it has; a run whose round lacks the other mode's run is named.
 
 From the root of a built tree (after make; KVSHIM_LIB defaults to
 .libs/libkvshim.so, KVSHIM_CONFIG_BIN to kvshim-config, KVSHIM_PYTHONPATH to
@@ -53,6 +55,7 @@ for bad arguments or records, 77 without a GPU.
 """
 import argparse
 import json
+import math
 import os
 import re
 import statistics
@@ -152,17 +155,36 @@ def record_name(model, graphs, mode, rnd):
     return "hf_cb_graphs_%s_%s_%s_r%d.json" % (model, "graphs" if graphs else "eager", mode, rnd)
 
 
-RECORD = re.compile(r"hf_cb_graphs_(%s)_(graphs|eager)_(plain|kvshim)_r(\d+)\.json\Z"
+RECORD = re.compile(r"hf_cb_graphs_(%s)_(graphs|eager)_(plain|kvshim)_r(0|[1-9]\d*)\.json\Z"
                     % "|".join(map(re.escape, MODELS)))
 RECORD_KEYS = ("outputs", "tokens", "wall_s", "kv_peak", "warmup_failed")
 ATTACHED_KEYS = ("weights", "ntensors", "page", "padding_bytes")   # the bounds' terms
+# figures the checks and the table compute with: numbers where present (or null)
+NUMBER_KEYS = ("tokens", "wall_s", "kv_peak", "weights", "live_kv", "ntensors", "page",
+               "padding_bytes", "nvml_peak", "mask_bytes", "buffer_bytes", "reserved_peak",
+               "adapter_s", "capacity", "read", "max_batch_tokens")
+
+
+def _number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def write_json(path, obj):
+    """Write obj to path whole or not at all (a run stopped by a time limit
+    leaves no half-written record)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(obj, f)
+    os.replace(tmp, path)
 
 
 def load_records(folder):
-    """The runs recorded in folder, sorted by name, each with its model,
-    graphs, mode and round as its file's name gives them. Raises ValueError
-    naming what is wrong: no such folder, no record there, a record that is
-    no JSON object or lacks a figure the checks read."""
+    """The runs recorded in folder (every file named as run_one names them),
+    sorted by name, each with its model, graphs, mode and round as its
+    file's name gives them. Raises ValueError naming what is wrong: no such
+    folder, no record there, a record that is no JSON object, lacks a figure
+    the checks read, holds one that is no number or no rate, or names
+    another run than its file does."""
     if not os.path.isdir(folder):
         raise ValueError("--records: %s is not a folder" % folder)
     runs = []
@@ -179,16 +201,32 @@ def load_records(folder):
         if not isinstance(r, dict):
             raise ValueError("--records: %s holds no JSON object" % path)
         needed = RECORD_KEYS + (ATTACHED_KEYS if "live_kv" in r else ())
-        lacking = [k for k in needed if k not in r]
+        lacking = [k for k in needed if r.get(k) is None]
         if lacking:
             raise ValueError("--records: %s lacks %s" % (path, ", ".join(lacking)))
-        if not all(isinstance(r[k], (int, float)) and r[k] > 0 for k in ("tokens", "wall_s")):
+        bad = [k for k in NUMBER_KEYS if r.get(k) is not None and not _number(r[k])]
+        if not isinstance(r.get("walls", []), list) or not all(map(_number, r.get("walls", []))):
+            bad.append("walls")
+        if not isinstance(r["warmup_failed"], bool):
+            bad.append("warmup_failed")
+        if bad:
+            raise ValueError("--records: %s: %s not as a run writes it (a finite number; "
+                             "walls a list of them, warmup_failed true or false)"
+                             % (path, ", ".join("%s %s" % (k, json.dumps(r.get(k)))
+                                                for k in bad)))
+        if r["tokens"] <= 0 or r["wall_s"] <= 0:
             raise ValueError("--records: %s: tokens %r in %r s is no rate"
                              % (path, r["tokens"], r["wall_s"]))
+        named = dict(model=m.group(1), graphs=m.group(2) == "graphs", mode=m.group(3),
+                     round=int(m.group(4)))
+        differ = [k for k in named if k in r and r[k] != named[k]]
+        if differ:
+            raise ValueError("--records: %s holds %s, not the %s its name gives"
+                             % (path, ", ".join("%s %s" % (k, json.dumps(r[k])) for k in differ),
+                                ", ".join("%s %s" % (k, json.dumps(named[k])) for k in differ)))
         r.setdefault("nvml_peak", None)
-        r.setdefault("nvml_how", None)
-        r.update(model=m.group(1), graphs=m.group(2) == "graphs", mode=m.group(3),
-                 round=int(m.group(4)))
+        r.setdefault("nvml_how", "not recorded")
+        r.update(named)
         runs.append(r)
     if not runs:
         raise ValueError("--records: no hf_cb_graphs_*_r*.json record in %s" % folder)
@@ -454,8 +492,7 @@ def child(model_name, graphs, out):
                     padding_bytes=page * sum(pages_covering(
                         x.data_ptr() + c.num_blocks * block_bytes,
                         x.data_ptr() + (c.num_blocks + 2) * block_bytes, page) for x in kv))
-    with open(out, "w") as f:
-        json.dump(info, f)
+    write_json(out, info)
     model.destroy_cached_continuous_batching_manager()
 
 
@@ -489,6 +526,10 @@ def run_one(model, graphs, mode, rnd, out, env):
            "on" if graphs else "off", path]
     if mode == "kvshim":
         cmd = [built_tree.kvshim_run()] + cmd
+    try:
+        os.remove(path)             # an earlier run's record is not this one's
+    except FileNotFoundError:
+        pass
     sampler = GpuSampler()
     t0 = time.monotonic()
     p = subprocess.Popen(cmd, env=env)
@@ -503,8 +544,7 @@ def run_one(model, graphs, mode, rnd, out, env):
     with open(path) as f:
         res = json.load(f)
     res.update(mode=mode, round=rnd, nvml_peak=peak, nvml_how=how)
-    with open(path, "w") as f:      # the record holds what was measured of it too
-        json.dump(res, f)
+    write_json(path, res)           # the record holds what was measured of it too
     return res
 
 
@@ -519,6 +559,8 @@ def main(argv):
         rounds = len({r["round"] for r in runs})
         print("hf_cb_graphs: %d runs recorded in %s, judged as recorded (nothing run)"
               % (len(runs), args.records))
+        for line in unpaired(runs):
+            print("hf_cb_graphs: %s" % line)
         return report(runs, [], rounds, None, os.environ.get("KVSHIM_SUITE_OUT", "."))
     if not built_tree.has_gpu():
         return 77
@@ -539,6 +581,17 @@ def main(argv):
     return report(runs, failed, args.rounds, time.monotonic() - start, out)
 
 
+def unpaired(runs):
+    """A line for each run whose round has no run of the other mode for its
+    workload and graphs setting: it counts in its mode's tokens/s alone."""
+    have = {(r["model"], r["graphs"], r["round"], r["mode"]) for r in runs}
+    return ["%s, graphs %s, round %d: %s run without a %s run (its tokens/s counts, its "
+            "tokens are compared with nothing)" % (
+                m, "on" if g else "off", n, mode, "plain" if mode == "kvshim" else "kvshim")
+            for m, g, n, mode in sorted(have, key=lambda k: (k[0], not k[1], k[2], k[3]))
+            if (m, g, n, "plain" if mode == "kvshim" else "kvshim") not in have]
+
+
 def report(runs, failed, rounds, seconds, out):
     """Print the table and the runs' figures, write hf_cb_graphs.json under
     out; the exit status of the checks (failed: runs that did not finish)."""
@@ -556,8 +609,9 @@ def report(runs, failed, rounds, seconds, out):
         if r["mode"] == "kvshim":
             print("hf_cb_graphs: %s, graphs %s, round %d: read budget %s (%s); the adapter's "
                   "kvshim calls %.1f ms; torch reserved at most %s MiB"
-                  % (r["model"], "on" if r["graphs"] else "off", r["round"], r["read"],
-                     r.get("read_how"), r.get("adapter_s", 0) * 1e3, _mib(r.get("reserved_peak"))))
+                  % (r["model"], "on" if r["graphs"] else "off", r["round"], r.get("read"),
+                     r.get("read_how"), (r.get("adapter_s") or 0) * 1e3,
+                     _mib(r.get("reserved_peak"))))
     with open(os.path.join(out, "hf_cb_graphs.json"), "w") as f:
         json.dump({"rows": rows, "failures": failures,
                    "runs": [{k: v for k, v in r.items() if k != "outputs"} for r in runs]},

@@ -78,8 +78,19 @@ class ArgumentsTest(unittest.TestCase):
     def test_arguments(self):
         a = hcg.parse_args(["--rounds", "3", "--models", "16l", "--graphs", "off,on"])
         self.assertEqual((a.rounds, a.models, a.graphs), (3, ["16l"], [False, True]))
-        a = hcg.parse_args([])
-        self.assertEqual((a.models, a.graphs), (["28l", "16l"], [True, False]))
+        saved = os.environ.pop("HF_CB_ROUNDS", None)
+        try:
+            a = hcg.parse_args([])
+            self.assertEqual((a.rounds, a.models, a.graphs, a.records),
+                             (2, ["28l", "16l"], [True, False], None))
+            os.environ["HF_CB_ROUNDS"] = "3"
+            self.assertEqual(hcg.parse_args([]).rounds, 3)
+            self.assertEqual(hcg.parse_args(["--rounds", "4"]).rounds, 4)
+        finally:
+            os.environ.pop("HF_CB_ROUNDS", None)
+            if saved is not None:
+                os.environ["HF_CB_ROUNDS"] = saved
+        self.assertEqual(hcg.parse_args(["--records", "x"]).records, "x")
 
 
 class HelpersTest(unittest.TestCase):
@@ -208,8 +219,13 @@ class RecordsTest(unittest.TestCase):
     def tearDown(self):
         self.tmp.cleanup()
 
-    def write(self, r, name=None, text=None):
+    def write(self, r, name=None, text=None, anonymous=False):
+        """Write r as its run's record; anonymous: without the model, graphs,
+        mode and round (records before cb41d59 lack mode and round), so
+        that only the file's name gives them."""
         name = name or hcg.record_name(r["model"], r["graphs"], r["mode"], r["round"])
+        if anonymous:
+            r = {k: v for k, v in r.items() if k not in ("model", "graphs", "mode", "round")}
         with open(os.path.join(self.dir, name), "w") as f:
             f.write(text if text is not None else json.dumps(r))
         return name
@@ -254,10 +270,26 @@ class RecordsTest(unittest.TestCase):
         self.assertEqual(hcg.load_records(self.dir), [got])
         self.assertEqual((got["nvml_peak"], got["mode"], got["round"]), (5 * GIB, "kvshim", 3))
 
+        # a child that fails leaves no record: not even an earlier run's
+        class Failing(Child):
+            def __init__(self, cmd, env):
+                self.pid = 1
+
+            def wait(self):
+                return 1
+
+        hcg.subprocess.Popen, hcg.GpuSampler = Failing, Sampler
+        hcg.built_tree.kvshim_run = lambda: "kvshim-run"
+        try:
+            self.assertIsNone(hcg.run_one("16l", False, "kvshim", 3, self.dir, {}))
+        finally:
+            hcg.subprocess.Popen, hcg.GpuSampler, hcg.built_tree.kvshim_run = saved
+        self.assertEqual(os.listdir(self.dir), [])
+
     def test_records_judged_as_the_runs(self):
         runs = both() + [run("16l", False, "plain", 1), run("16l", False, "kvshim", 1)]
         for r in runs:
-            self.write(r)
+            self.write(r, anonymous=True)       # the names alone say which run each is
         self.write({}, name="notes.txt", text="not a record")
         got = hcg.load_records(self.dir)
         self.assertEqual(len(got), 4)
@@ -280,12 +312,42 @@ class RecordsTest(unittest.TestCase):
         self.assertIn("FAIL: 28l, graphs on: tokens/s 0.900x of plain", p.stdout)
 
     def test_an_older_record_has_no_nvml_reading(self):
+        # as records were before cb41d59: no NVML peak, mode or round
         old = run("28l", True, "kvshim", 0)
-        del old["nvml_peak"], old["nvml_how"]
+        del old["nvml_peak"], old["nvml_how"], old["mode"], old["round"]
         self.write(run("28l", True, "plain", 0))
-        self.write(old)
-        self.assertEqual(hcg.summarize(hcg.load_records(self.dir))[1],
-                         ["28l, graphs on, round 0: no NVML reading"])
+        self.write(old, name=hcg.record_name("28l", True, "kvshim", 0))
+        got = hcg.load_records(self.dir)
+        self.assertEqual(hcg.summarize(got)[1], ["28l, graphs on, round 0: no NVML reading"])
+        self.assertIn("| - (6744, not recorded) |", hcg.table(hcg.summarize(got)[0]))
+
+    def test_a_record_without_read_is_judged(self):
+        r = run("28l", True, "kvshim", 0)
+        del r["read"]
+        self.write(run("28l", True, "plain", 0))
+        self.write(r)
+        p, _ = self.judge(self.dir)
+        self.assertEqual(p.returncode, 0, p.stdout + p.stderr)
+        self.assertIn("read budget None", p.stdout)
+
+    def test_unpaired_runs_are_named(self):
+        # cut in round 1, where kvshim goes first: its plain run never ran
+        for r in both() + [run("28l", True, "kvshim", 1)]:
+            self.write(r)
+        self.assertEqual(hcg.unpaired(hcg.load_records(self.dir)), [
+            "28l, graphs on, round 1: kvshim run without a plain run (its tokens/s counts, "
+            "its tokens are compared with nothing)"])
+        p, _ = self.judge(self.dir)
+        self.assertIn("round 1: kvshim run without a plain run", p.stdout)
+        self.assertEqual(hcg.unpaired(both()), [])
+
+    def test_write_json_leaves_no_part(self):
+        path = os.path.join(self.dir, "x.json")
+        hcg.write_json(path, {"a": 1})
+        hcg.write_json(path, {"a": 2})
+        self.assertEqual(os.listdir(self.dir), ["x.json"])
+        with open(path) as f:
+            self.assertEqual(json.load(f), {"a": 2})
 
     def test_bad_records_exit_2_naming_them(self):
         kvshim = hcg.record_name("28l", True, "kvshim", 0)
@@ -298,6 +360,24 @@ class RecordsTest(unittest.TestCase):
             ({kvshim: json.dumps({"tokens": 1})}, "lacks outputs, wall_s, kv_peak"),
             ({kvshim: json.dumps(lacking_page)}, "lacks page"),
             ({kvshim: json.dumps(run("28l", True, "kvshim", 0, wall_s=0))}, "is no rate"),
+            ({kvshim: json.dumps(run("28l", True, "kvshim", 0, outputs=None))}, "lacks outputs"),
+            ({kvshim: json.dumps(run("28l", True, "kvshim", 0, weights=None))}, "lacks weights"),
+            ({kvshim: json.dumps(run("28l", True, "kvshim", 0, kv_peak="x"))}, 'kv_peak "x"'),
+            ({kvshim: json.dumps(run("28l", True, "kvshim", 0, nvml_peak="5"))}, 'nvml_peak "5"'),
+            ({kvshim: json.dumps(run("28l", True, "kvshim", 0, tokens=True))}, "tokens true"),
+            ({kvshim: json.dumps(run("28l", True, "kvshim", 0, walls=["a"]))}, "walls"),
+            ({kvshim: json.dumps(run("28l", True, "kvshim", 0, walls=None))}, "walls null"),
+            ({kvshim: json.dumps(run("28l", True, "kvshim", 0, adapter_s=[]))}, "adapter_s []"),
+            ({kvshim: json.dumps(run("28l", True, "kvshim", 0, wall_s=float("inf")))},
+             "wall_s Infinity"),
+            ({kvshim: json.dumps(run("28l", True, "kvshim", 0, warmup_failed="no"))},
+             'warmup_failed "no"'),
+            ({kvshim: json.dumps(run("28l", True, "plain", 0))},
+             'holds mode "plain", not the mode "kvshim" its name gives'),
+            ({kvshim: json.dumps(run("16l", False, "kvshim", 5))},
+             'holds model "16l", graphs false, round 5, not the model "28l", graphs true, round 0'),
+            ({"hf_cb_graphs_28l_graphs_kvshim_r01.json": json.dumps(run("28l", True, "kvshim", 1))},
+             "no hf_cb_graphs_*_r*.json record in"),
         ]
         for files, why in cases:
             with tempfile.TemporaryDirectory() as d:
@@ -313,9 +393,10 @@ class RecordsTest(unittest.TestCase):
                 self.assertIn(why, p.stderr)
                 self.assertEqual(sorted(os.listdir(d)), before)
                 self.assertEqual(os.listdir(out), [])
-        p, _ = self.judge(os.path.join(self.dir, "none"))
+        p, out = self.judge(os.path.join(self.dir, "none"))
         self.assertEqual(p.returncode, 2)
         self.assertIn("none is not a folder", p.stderr)
+        self.assertEqual(os.listdir(out), [])
 
     def test_records_take_no_run_options(self):
         self.write(run("28l", True, "plain", 0))
