@@ -44,9 +44,9 @@ class ArgumentsTest(unittest.TestCase):
         saved = os.environ.get("HF_CB_PASSES")
         try:
             os.environ.pop("HF_CB_PASSES", None)
-            self.assertEqual(hcg._timed_passes(), 1)
-            os.environ["HF_CB_PASSES"] = "3"
             self.assertEqual(hcg._timed_passes(), 3)
+            os.environ["HF_CB_PASSES"] = "1"
+            self.assertEqual(hcg._timed_passes(), 1)
             for bad in ("0", "11", "x", "", "-1", " 2"):
                 os.environ["HF_CB_PASSES"] = bad
                 with self.assertRaises(SystemExit) as e:
