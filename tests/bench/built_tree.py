@@ -4,6 +4,7 @@ scripts/gpu-suite.sh sets it; a transformers continuous-batching manager
 started and warmed up; the verdict a check prints. Imported by the
 benchmarks here and by tests/gpu's scripts; runs nothing itself."""
 import os
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -39,7 +40,6 @@ def adapter_reads():
     neither libkvshim (kvshim loads it at its first call) nor the adapter's
     import hook (kvshim-run's sitecustomize installs that): a plain run
     stays plain."""
-    import sys
     path = os.environ.get("KVSHIM_PYTHONPATH") or os.path.join(ROOT, "scripts", "python")
     if path not in sys.path:
         sys.path.insert(0, path)

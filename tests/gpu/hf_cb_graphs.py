@@ -590,12 +590,12 @@ def main(argv):
 def unpaired(runs):
     """A line for each run whose round has no run of the other mode for its
     workload and graphs setting: it counts in its mode's tokens/s alone."""
+    other = {"plain": "kvshim", "kvshim": "plain"}
     have = {(r["model"], r["graphs"], r["round"], r["mode"]) for r in runs}
     return ["%s, graphs %s, round %d: %s run without a %s run (its tokens/s counts, its "
-            "tokens are compared with nothing)" % (
-                m, "on" if g else "off", n, mode, "plain" if mode == "kvshim" else "kvshim")
+            "tokens are compared with nothing)" % (m, "on" if g else "off", n, mode, other[mode])
             for m, g, n, mode in sorted(have, key=lambda k: (k[0], not k[1], k[2], k[3]))
-            if (m, g, n, "plain" if mode == "kvshim" else "kvshim") not in have]
+            if (m, g, n, other[mode]) not in have]
 
 
 def report(runs, failed, rounds, seconds, out):
